@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install every Debian and npm package Turnpike needs. Idempotent: quiet and
+# fast when everything is already present.
+set -euo pipefail
+
+DEB_PKGS=(
+  build-essential pkg-config meson ninja-build clang libclang-rt-14-dev
+  libmicrohttpd-dev libjansson-dev libsqlite3-dev libcurl4-openssl-dev
+  libssl-dev libcmocka-dev libinih-dev libwslay-dev
+  sqlite3 curl wrk nginx-light
+)
+# Node.js may come from Debian or from nodesource (which bundles npm).
+command -v node >/dev/null 2>&1 || DEB_PKGS+=(nodejs)
+command -v npm >/dev/null 2>&1 || DEB_PKGS+=(npm)
+
+missing=()
+for p in "${DEB_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+    || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}" >&2
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq >/dev/null
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # nginx-light starts a system service on install; the benchmark runs its own.
+  $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
+fi
+
+# npm packages for the SDK tests (tests/sdk) and benchmarks.
+here=$(cd "$(dirname "$0")/.." && pwd)
+if [ -f "$here/tests/sdk/package.json" ]; then
+  if [ ! -d "$here/tests/sdk/node_modules" ] || \
+     [ "$here/tests/sdk/package-lock.json" -nt "$here/tests/sdk/node_modules/.package-lock.json" ]; then
+    echo "deps: npm ci in tests/sdk" >&2
+    (cd "$here/tests/sdk" && if [ -f package-lock.json ]; then npm ci --silent --no-audit --no-fund; else npm install --silent --no-audit --no-fund; fi) >/dev/null
+  fi
+fi

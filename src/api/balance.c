@@ -1,0 +1,137 @@
+/* /v1/balance and /v1/balance_transactions.
+ *
+ * The balance is read from the ledger's running sums: the merchant's
+ * "merchant:pending" and "merchant:available" accounts are credit accounts
+ * (negative when the merchant is owed money), so the amounts shown are their
+ * negations. */
+#include "api/commit.h"
+#include "api/handlers.h"
+#include "api/objects.h"
+#include "api/params.h"
+
+#include <string.h>
+
+#define ACCOUNT_PENDING "merchant:pending"
+#define ACCOUNT_AVAILABLE "merchant:available"
+/* More currencies than any merchant has; past it extra currencies are dropped. */
+#define BALANCE_MAX_CURRENCIES 64
+
+static const struct tp_pspec spec_balance[] = {
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {NULL, TP_P_ANY, NULL, NULL},
+};
+
+static const struct tp_pspec spec_txn_list[] = {
+  {"created", TP_P_RANGE, NULL, NULL},
+  {"ending_before", TP_P_STRING, NULL, NULL},
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {"limit", TP_P_INT, NULL, NULL},
+  {"source", TP_P_STRING, NULL, NULL},
+  {"starting_after", TP_P_STRING, NULL, NULL},
+  {"type", TP_P_STRING, NULL, NULL},
+  {NULL, TP_P_ANY, NULL, NULL},
+};
+
+struct cur_sum {
+  char currency[4];
+  int64_t available, pending;
+};
+
+static json_t *fund(const char *currency, int64_t amount)
+{
+  return json_pack("{s:I, s:s, s:{s:I}}", "amount", (json_int_t)amount, "currency", currency, "source_types",
+                   "card", (json_int_t)amount);
+}
+
+/* GET /v1/balance */
+void tp_h_balance(struct tp_req *r)
+{
+  struct tp_params_error pe;
+  if (tp_params_check(r->params, spec_balance, &pe) != 0) {
+    tp_reply_params_error(r, &pe, false);
+    return;
+  }
+  json_t *rows = tp_app.store.ops->balance(tp_app.store.cls, r->merchant.id);
+  if (!json_is_array(rows)) {
+    json_decref(rows);
+    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+    return;
+  }
+  struct cur_sum sums[BALANCE_MAX_CURRENCIES];
+  size_t n = 0;
+  size_t i;
+  json_t *row;
+  json_array_foreach(rows, i, row) {
+    const char *account = json_string_value(json_object_get(row, "account"));
+    const char *currency = json_string_value(json_object_get(row, "currency"));
+    int64_t amount = json_integer_value(json_object_get(row, "amount"));
+    if (!account || !currency || strlen(currency) != 3)
+      continue;
+    bool avail = strcmp(account, ACCOUNT_AVAILABLE) == 0;
+    if (!avail && strcmp(account, ACCOUNT_PENDING) != 0)
+      continue;
+    size_t k;
+    for (k = 0; k < n; k++)
+      if (strcmp(sums[k].currency, currency) == 0)
+        break;
+    if (k == n) {
+      if (n == BALANCE_MAX_CURRENCIES)
+        continue;
+      memcpy(sums[k].currency, currency, 4);
+      sums[k].available = sums[k].pending = 0;
+      n++;
+    }
+    if (avail)
+      sums[k].available = -amount;
+    else
+      sums[k].pending = -amount;
+  }
+  json_decref(rows);
+  if (n == 0) {
+    memcpy(sums[0].currency, "usd", 4);
+    sums[0].available = sums[0].pending = 0;
+    n = 1;
+  }
+  json_t *available = json_array(), *pending = json_array();
+  for (size_t k = 0; k < n; k++) {
+    json_array_append_new(available, fund(sums[k].currency, sums[k].available));
+    json_array_append_new(pending, fund(sums[k].currency, sums[k].pending));
+  }
+  tp_reply_json(r, 200, json_pack("{s:s, s:o, s:b, s:o}", "object", "balance", "available", available, "livemode", 0,
+                                  "pending", pending));
+}
+
+/* GET /v1/balance_transactions/{id} */
+void tp_h_balance_txn_retrieve(struct tp_req *r)
+{
+  tp_retrieve(r, TP_K_BALANCE_TXN, "balance transaction");
+}
+
+/* GET /v1/balance_transactions (filters type, source, created). */
+void tp_h_balance_txn_list(struct tp_req *r)
+{
+  struct tp_params_error pe;
+  if (tp_params_check(r->params, spec_txn_list, &pe) != 0) {
+    tp_reply_params_error(r, &pe, false);
+    return;
+  }
+  struct tp_list_query q;
+  memset(&q, 0, sizeof q);
+  q.kind = TP_K_BALANCE_TXN;
+  q.merchant = r->merchant.id;
+  q.created_gte = INT64_MIN;
+  q.created_lte = INT64_MAX;
+  const char *source = tp_pstr(r->params, "source");
+  const char *type = tp_pstr(r->params, "type");
+  if (source && *source) {
+    q.col_name = "source";
+    q.col_value = source;
+  }
+  if (type && *type) {
+    q.col2_name = "type";
+    q.col2_value = type;
+  }
+  if (!tp_list_params(r, &q))
+    return;
+  tp_reply_list(r, &q, "/v1/balance_transactions");
+}

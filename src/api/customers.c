@@ -1,0 +1,615 @@
+/* /v1/customers: create, retrieve, update, delete, list.
+ *
+ * A deleted customer stays in the store as Stripe's stub {"id", "object",
+ * "deleted": true}: retrieving it answers the stub, lists skip it (the
+ * "deleted" column is NULL only for live customers).
+ *
+ * This file also holds the commit-then-reply helpers of commit.h. */
+#include "api/commit.h"
+#include "api/handlers.h"
+#include "api/objects.h"
+#include "api/params.h"
+#include "util.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Stripe's own limits on customer fields. */
+#define CUS_EMAIL_MAX 512
+#define CUS_NAME_MAX 256
+#define CUS_DESCRIPTION_MAX 5000
+#define CUS_PHONE_MAX 20
+#define CUS_ADDRESS_FIELD_MAX 500
+
+#define S(n) {n, TP_P_STRING, NULL, NULL}
+#define END {NULL, TP_P_ANY, NULL, NULL}
+
+static const struct tp_pspec spec_address[] = {
+  S("city"), S("country"), S("line1"), S("line2"), S("postal_code"), S("state"), END,
+};
+static const struct tp_pspec spec_shipping[] = {
+  {"address", TP_P_OBJECT, spec_address, NULL}, S("name"), S("phone"), END,
+};
+static const struct tp_pspec spec_invoice_settings[] = {
+  S("default_payment_method"), S("footer"), END,
+};
+static const char *const tax_exempt_choices[] = {"none", "exempt", "reverse", NULL};
+
+static const struct tp_pspec spec_create[] = {
+  {"address", TP_P_OBJECT, spec_address, NULL},
+  {"balance", TP_P_INT, NULL, NULL},
+  S("description"),
+  S("email"),
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {"invoice_settings", TP_P_OBJECT, spec_invoice_settings, NULL},
+  {"metadata", TP_P_METADATA, NULL, NULL},
+  S("name"),
+  S("payment_method"),
+  S("phone"),
+  {"preferred_locales", TP_P_STRLIST, NULL, NULL},
+  {"shipping", TP_P_OBJECT, spec_shipping, NULL},
+  {"tax_exempt", TP_P_ENUM, NULL, tax_exempt_choices},
+  END,
+};
+
+static const struct tp_pspec spec_update[] = {
+  {"address", TP_P_OBJECT, spec_address, NULL},
+  {"balance", TP_P_INT, NULL, NULL},
+  S("description"),
+  S("email"),
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {"invoice_settings", TP_P_OBJECT, spec_invoice_settings, NULL},
+  {"metadata", TP_P_METADATA, NULL, NULL},
+  S("name"),
+  S("phone"),
+  {"preferred_locales", TP_P_STRLIST, NULL, NULL},
+  {"shipping", TP_P_OBJECT, spec_shipping, NULL},
+  {"tax_exempt", TP_P_ENUM, NULL, tax_exempt_choices},
+  END,
+};
+
+static const struct tp_pspec spec_expand_only[] = {
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  END,
+};
+
+static const struct tp_pspec spec_list[] = {
+  {"created", TP_P_RANGE, NULL, NULL},
+  S("email"),
+  S("ending_before"),
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {"limit", TP_P_INT, NULL, NULL},
+  S("starting_after"),
+  END,
+};
+
+/* ---- commit helpers (commit.h) ------------------------------------------ */
+struct commit_ctx {
+  struct tp_req *r;
+  char locks[TP_COMMIT_MAX_LOCKS][TP_ID_MAX];
+};
+
+static void commit_release(struct commit_ctx *c)
+{
+  for (size_t i = 0; i < TP_COMMIT_MAX_LOCKS; i++)
+    if (c->locks[i][0])
+      tp_lock_release(c->locks[i]);
+}
+
+/* Writer thread: the reply was set before submitting; only a failed commit
+ * changes it, so the client never hears of a write that did not happen. */
+static void commit_done(struct tp_cs *cs, int rc, void *arg)
+{
+  (void)cs;
+  struct commit_ctx *c = arg;
+  struct tp_req *r = c->r;
+  if (rc != 0)
+    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+  commit_release(c);
+  free(c);
+  tp_req_resume(r);
+}
+
+/* Submit cs and answer with the reply already set once it is committed. */
+void tp_commit_and_reply_locks(struct tp_req *r, struct tp_cs *cs, const char *const *lock_ids, size_t n)
+{
+  struct commit_ctx *c = calloc(1, sizeof *c);
+  if (!c)
+    abort();
+  c->r = r;
+  for (size_t i = 0, k = 0; i < n && k < TP_COMMIT_MAX_LOCKS; i++)
+    if (lock_ids[i] && lock_ids[i][0])
+      snprintf(c->locks[k++], TP_ID_MAX, "%s", lock_ids[i]);
+  tp_cs_on_done(cs, commit_done, c);
+  /* Suspend first: the completion may run before tp_writer_submit returns. */
+  tp_req_suspend(r);
+  if (tp_writer_submit(cs) != 0) {
+    tp_cs_free(cs);
+    tp_reply_error(r, TP_ERR_OVERLOADED, NULL, NULL);
+    commit_release(c);
+    free(c);
+    tp_req_resume(r);
+  }
+}
+
+/* Submit cs and answer once committed. */
+void tp_commit_and_reply(struct tp_req *r, struct tp_cs *cs)
+{
+  tp_commit_and_reply_locks(r, cs, NULL, 0);
+}
+
+/* Submit cs, release lock_id and answer once committed. */
+void tp_commit_and_reply_unlock(struct tp_req *r, struct tp_cs *cs, const char *lock_id)
+{
+  const char *ids[1] = {lock_id};
+  tp_commit_and_reply_locks(r, cs, ids, 1);
+}
+
+/* Reply with stored JSON text, expanded when the request asks for it. */
+void tp_reply_stored(struct tp_req *r, char *text)
+{
+  const json_t *ex = json_object_get(r->params, "expand");
+  if (!json_is_array(ex) || json_array_size(ex) == 0) {
+    tp_reply_raw(r, 200, text, strlen(text), "application/json");
+    return;
+  }
+  json_t *o = json_loads(text, 0, NULL);
+  free(text);
+  if (!o) {
+    tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+    return;
+  }
+  if (!tp_expand(r, o, NULL)) {
+    json_decref(o);
+    return;
+  }
+  tp_reply_json(r, 200, o);
+}
+
+/* GET one stored object by the {id} of the URL. */
+void tp_retrieve(struct tp_req *r, enum tp_kind kind, const char *what)
+{
+  struct tp_params_error pe;
+  if (tp_params_check(r->params, spec_expand_only, &pe) != 0) {
+    tp_reply_params_error(r, &pe, false);
+    return;
+  }
+  char *s = tp_store_get(&tp_app.store, kind, r->merchant.id, r->path_id);
+  if (!s) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "No such %s: '%s'", what, r->path_id);
+    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", msg);
+    return;
+  }
+  tp_reply_stored(r, s);
+}
+
+/* ---- customers ------------------------------------------------------------ */
+static void reply_no_such_customer(struct tp_req *r, const char *id, const char *param)
+{
+  char msg[160];
+  snprintf(msg, sizeof msg, "No such customer: '%s'", id);
+  tp_reply_error(r, TP_ERR_RESOURCE_MISSING, param, msg);
+}
+
+/* Absent, JSON null and "" all mean "no value" (unset on update). */
+static bool unset(const json_t *v)
+{
+  return json_is_null(v) || (json_is_string(v) && json_string_length(v) == 0);
+}
+
+/* Loose on purpose: Stripe accepts anything shaped local@domain. */
+static bool email_ok(const char *s)
+{
+  const char *at = strchr(s, '@');
+  if (!at || at == s || at[1] == '\0' || strchr(at + 1, '@'))
+    return false;
+  for (const char *p = s; *p; p++)
+    if ((unsigned char)*p <= ' ')
+      return false;
+  return true;
+}
+
+static json_t *customer_new(const char *id, int64_t created)
+{
+  char prefix[9];
+  tp_random_b62(prefix, 8);
+  for (int i = 0; i < 8; i++)
+    prefix[i] = (char)toupper((unsigned char)prefix[i]);
+  return json_pack("{s:s, s:s, s:n, s:I, s:I, s:n, s:n, s:b, s:n, s:n, s:n, s:s, "
+                   "s:{s:n, s:n, s:n, s:n}, s:b, s:{}, s:n, s:I, s:n, s:[], s:n, s:s, s:n}",
+                   "id", id, "object", "customer", "address", "balance", (json_int_t)0, "created",
+                   (json_int_t)created, "currency", "default_source", "delinquent", 0, "description",
+                   "discount", "email", "invoice_prefix", prefix, "invoice_settings", "custom_fields",
+                   "default_payment_method", "footer", "rendering_options", "livemode", 0, "metadata", "name",
+                   "next_invoice_sequence", (json_int_t)1, "phone", "preferred_locales", "shipping",
+                   "tax_exempt", "none", "test_clock");
+}
+
+/* Set a string field from a param: unset -> null; too long -> 400. */
+static bool set_string(struct tp_req *r, json_t *obj, const json_t *p, const char *key, const char *param,
+                       size_t max)
+{
+  const json_t *v = json_object_get(p, key);
+  if (!v)
+    return true;
+  if (unset(v)) {
+    json_object_set_new(obj, key, json_null());
+    return true;
+  }
+  if (json_string_length(v) > max) {
+    tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, param, NULL);
+    return false;
+  }
+  json_object_set_new(obj, key, json_string(json_string_value(v)));
+  return true;
+}
+
+/* Build Stripe's address object (all six keys) from address params. */
+static json_t *address_build(struct tp_req *r, const json_t *p, const char *param)
+{
+  static const char *const keys[] = {"city", "country", "line1", "line2", "postal_code", "state"};
+  json_t *a = json_object();
+  char name[128];
+  for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+    json_object_set_new(a, keys[i], json_null());
+    snprintf(name, sizeof name, "%s[%s]", param, keys[i]);
+    if (!set_string(r, a, p, keys[i], name, CUS_ADDRESS_FIELD_MAX)) {
+      json_decref(a);
+      return NULL;
+    }
+  }
+  const char *country = json_string_value(json_object_get(a, "country"));
+  if (country && !(strlen(country) == 2 && isalpha((unsigned char)country[0]) &&
+                   isalpha((unsigned char)country[1]))) {
+    snprintf(name, sizeof name, "%s[country]", param);
+    tp_reply_error(r, TP_ERR_COUNTRY_CODE_INVALID, name, NULL);
+    json_decref(a);
+    return NULL;
+  }
+  if (country) {
+    char up[3] = {(char)toupper((unsigned char)country[0]), (char)toupper((unsigned char)country[1]), 0};
+    json_object_set_new(a, "country", json_string(up));
+  }
+  return a;
+}
+
+/* Check that pm_id is attached to customer cus_id (or is being attached by
+ * this very request, attaching_now). */
+static bool default_pm_ok(struct tp_req *r, const char *pm_id, const char *cus_id, const char *attaching_now)
+{
+  if (attaching_now && strcmp(pm_id, attaching_now) == 0)
+    return true;
+  json_t *pm = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
+  const char *owner = pm ? json_string_value(json_object_get(pm, "customer")) : NULL;
+  bool ok = owner && strcmp(owner, cus_id) == 0;
+  json_decref(pm);
+  if (!ok) {
+    char msg[256];
+    snprintf(msg, sizeof msg,
+             "The customer does not have a payment method with the ID %s. The payment method must be attached "
+             "to the customer.",
+             pm_id);
+    tp_reply_error(r, TP_ERR_PAYMENT_METHOD_NOT_ATTACHED, "invoice_settings[default_payment_method]", msg);
+  }
+  return ok;
+}
+
+/* Metadata update semantics: "" for the whole value clears it, a key with
+ * "" removes that key, other keys are set. */
+static void metadata_apply(json_t *obj, const json_t *v)
+{
+  json_t *md = json_object_get(obj, "metadata");
+  if (!json_is_object(md)) {
+    md = json_object();
+    json_object_set_new(obj, "metadata", md);
+  }
+  if (unset(v)) {
+    json_object_clear(md);
+    return;
+  }
+  const char *k;
+  const json_t *mv;
+  json_object_foreach((json_t *)v, k, mv) {
+    if (unset(mv))
+      json_object_del(md, k);
+    else
+      json_object_set_new(md, k, json_string(json_string_value(mv)));
+  }
+}
+
+/* Apply create/update params to a customer object; false after replying. */
+static bool customer_apply(struct tp_req *r, json_t *cus, const json_t *p, const char *attaching_now)
+{
+  const json_t *v = json_object_get(p, "email");
+  if (v && !unset(v) && !email_ok(json_string_value(v))) {
+    tp_reply_error(r, TP_ERR_EMAIL_INVALID, "email", "Invalid email address: the email must be like name@example.com");
+    return false;
+  }
+  if (!set_string(r, cus, p, "email", "email", CUS_EMAIL_MAX) ||
+      !set_string(r, cus, p, "name", "name", CUS_NAME_MAX) ||
+      !set_string(r, cus, p, "description", "description", CUS_DESCRIPTION_MAX) ||
+      !set_string(r, cus, p, "phone", "phone", CUS_PHONE_MAX))
+    return false;
+
+  if ((v = json_object_get(p, "address"))) {
+    json_t *a = unset(v) ? json_null() : address_build(r, v, "address");
+    if (!a)
+      return false;
+    json_object_set_new(cus, "address", a);
+  }
+
+  if ((v = json_object_get(p, "shipping"))) {
+    if (unset(v)) {
+      json_object_set_new(cus, "shipping", json_null());
+    } else {
+      const json_t *sa = json_object_get(v, "address");
+      if (!json_is_object(sa)) {
+        tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "shipping[address]", NULL);
+        return false;
+      }
+      if (unset(json_object_get(v, "name"))) {
+        tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "shipping[name]", NULL);
+        return false;
+      }
+      json_t *sh = json_object();
+      json_t *a = address_build(r, sa, "shipping[address]");
+      if (!a) {
+        json_decref(sh);
+        return false;
+      }
+      json_object_set_new(sh, "address", a);
+      json_object_set_new(sh, "name", json_null());
+      json_object_set_new(sh, "phone", json_null());
+      if (!set_string(r, sh, v, "name", "shipping[name]", CUS_NAME_MAX) ||
+          !set_string(r, sh, v, "phone", "shipping[phone]", CUS_PHONE_MAX)) {
+        json_decref(sh);
+        return false;
+      }
+      json_object_set_new(cus, "shipping", sh);
+    }
+  }
+
+  int64_t balance;
+  if (tp_param_int(p, "balance", &balance))
+    json_object_set_new(cus, "balance", json_integer((json_int_t)balance));
+  else if ((v = json_object_get(p, "balance")) && unset(v))
+    json_object_set_new(cus, "balance", json_integer(0));
+
+  if ((v = json_object_get(p, "tax_exempt")))
+    json_object_set_new(cus, "tax_exempt", json_string(unset(v) ? "none" : json_string_value(v)));
+
+  if ((v = json_object_get(p, "preferred_locales")))
+    json_object_set_new(cus, "preferred_locales", json_is_array(v) ? json_deep_copy(v) : json_array());
+
+  if ((v = json_object_get(p, "metadata")))
+    metadata_apply(cus, v);
+
+  if ((v = json_object_get(p, "invoice_settings"))) {
+    json_t *is = json_object_get(cus, "invoice_settings");
+    if (!json_is_object(is)) {
+      is = json_pack("{s:n, s:n, s:n, s:n}", "custom_fields", "default_payment_method", "footer",
+                     "rendering_options");
+      json_object_set_new(cus, "invoice_settings", is);
+    }
+    if (unset(v)) {
+      json_object_set_new(is, "default_payment_method", json_null());
+      json_object_set_new(is, "footer", json_null());
+    } else {
+      const json_t *d = json_object_get(v, "default_payment_method");
+      if (d && !unset(d)) {
+        const char *cid = json_string_value(json_object_get(cus, "id"));
+        if (!default_pm_ok(r, json_string_value(d), cid, attaching_now))
+          return false;
+      }
+      if (!set_string(r, is, v, "default_payment_method", "invoice_settings[default_payment_method]", TP_ID_MAX) ||
+          !set_string(r, is, v, "footer", "invoice_settings[footer]", CUS_DESCRIPTION_MAX))
+        return false;
+    }
+  }
+  return true;
+}
+
+/* Reply with obj (a copy, expanded as asked); false after an expand error. */
+static bool reply_object(struct tp_req *r, const json_t *obj, const json_t *known)
+{
+  json_t *out = json_deep_copy(obj);
+  const json_t *ex = json_object_get(r->params, "expand");
+  if (json_is_array(ex) && json_array_size(ex) > 0 && !tp_expand(r, out, known)) {
+    json_decref(out);
+    return false;
+  }
+  tp_reply_json(r, 200, out);
+  return true;
+}
+
+static bool check(struct tp_req *r, const struct tp_pspec *spec)
+{
+  struct tp_params_error pe;
+  if (tp_params_check(r->params, spec, &pe) != 0) {
+    tp_reply_params_error(r, &pe, false);
+    return false;
+  }
+  return true;
+}
+
+/* POST /v1/customers */
+void tp_h_customer_create(struct tp_req *r)
+{
+  if (!check(r, spec_create))
+    return;
+  char id[TP_ID_MAX];
+  tp_id_new(id, "cus");
+  json_t *cus = customer_new(id, tp_now());
+  struct tp_cs *cs = tp_cs_new();
+  json_t *pm = NULL, *known = json_array();
+  char pm_lock[TP_ID_MAX] = "";
+  const char *pm_id = tp_pstr(r->params, "payment_method");
+
+  if (pm_id && *pm_id) {
+    char *s = tp_store_get(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
+    if (s) {
+      pm = json_loads(s, 0, NULL);
+      free(s);
+    } else {
+      /* Test ids (pm_card_visa...) make a fresh PaymentMethod, as Stripe does. */
+      struct tp_card_info ci;
+      pm = tp_pm_resolve(r, cs, pm_id, &ci);
+      tp_card_wipe(&ci, sizeof ci);
+      if (!pm)
+        goto fail; /* replied */
+    }
+    if (!pm) {
+      tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+      goto fail;
+    }
+    pm_id = json_string_value(json_object_get(pm, "id"));
+    if (!tp_lock_try(pm_id)) {
+      tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+      goto fail;
+    }
+    snprintf(pm_lock, sizeof pm_lock, "%s", pm_id);
+    if (!json_is_null(json_object_get(pm, "customer")) && json_object_get(pm, "customer")) {
+      tp_reply_error(r, TP_ERR_PAYMENT_METHOD_ALREADY_ATTACHED, "payment_method",
+                     "The payment method you provided has already been attached to a customer.");
+      goto fail;
+    }
+    json_object_set_new(pm, "customer", json_string(id));
+  }
+
+  if (!customer_apply(r, cus, r->params, pm_id))
+    goto fail;
+
+  tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, cus);
+  tp_emit(cs, r, r->merchant.id, "customer.created", cus);
+  if (pm) {
+    tp_cs_put(cs, TP_K_PAYMENT_METHOD, r->merchant.id, pm);
+    tp_emit(cs, r, r->merchant.id, "payment_method.attached", pm);
+    json_array_append(known, pm);
+  }
+  if (!reply_object(r, cus, known))
+    goto fail;
+  tp_idem_record(r, cs);
+  tp_commit_and_reply_unlock(r, cs, pm_lock[0] ? pm_lock : NULL);
+  json_decref(cus);
+  json_decref(pm);
+  json_decref(known);
+  return;
+
+fail:
+  if (pm_lock[0])
+    tp_lock_release(pm_lock);
+  tp_cs_free(cs);
+  json_decref(cus);
+  json_decref(pm);
+  json_decref(known);
+}
+
+/* GET /v1/customers/{id} (a deleted customer answers its stub, 200). */
+void tp_h_customer_retrieve(struct tp_req *r)
+{
+  tp_retrieve(r, TP_K_CUSTOMER, "customer");
+}
+
+/* Load a live (not deleted) customer, or reply 404 and return NULL. */
+static json_t *customer_load_live(struct tp_req *r, const char *id, const char *param)
+{
+  json_t *cus = tp_store_get_json(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, id);
+  if (!cus || json_is_true(json_object_get(cus, "deleted"))) {
+    json_decref(cus);
+    reply_no_such_customer(r, id, param);
+    return NULL;
+  }
+  return cus;
+}
+
+/* POST /v1/customers/{id} */
+void tp_h_customer_update(struct tp_req *r)
+{
+  if (!check(r, spec_update))
+    return;
+  if (!tp_lock_try(r->path_id)) {
+    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+    return;
+  }
+  json_t *cus = customer_load_live(r, r->path_id, "id");
+  json_t *before = cus ? json_deep_copy(cus) : NULL;
+  if (!cus || !customer_apply(r, cus, r->params, NULL))
+    goto out_unlock;
+  if (json_equal(cus, before)) {
+    /* Nothing changed: Stripe answers the object and emits no event. */
+    reply_object(r, cus, NULL);
+    goto out_unlock;
+  }
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, cus);
+  tp_emit(cs, r, r->merchant.id, "customer.updated", cus);
+  if (!reply_object(r, cus, NULL)) {
+    tp_cs_free(cs);
+    goto out_unlock;
+  }
+  tp_idem_record(r, cs);
+  tp_commit_and_reply_unlock(r, cs, r->path_id);
+  json_decref(cus);
+  json_decref(before);
+  return;
+
+out_unlock:
+  tp_lock_release(r->path_id);
+  json_decref(cus);
+  json_decref(before);
+}
+
+/* DELETE /v1/customers/{id} */
+void tp_h_customer_delete(struct tp_req *r)
+{
+  if (!check(r, spec_expand_only))
+    return;
+  if (!tp_lock_try(r->path_id)) {
+    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+    return;
+  }
+  json_t *cus = customer_load_live(r, r->path_id, "id");
+  if (!cus) {
+    tp_lock_release(r->path_id);
+    return;
+  }
+  json_t *stub = json_pack("{s:s, s:s, s:b}", "id", r->path_id, "object", "customer", "deleted", 1);
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, stub);
+  /* The event carries the customer as it was, like Stripe's. */
+  tp_emit(cs, r, r->merchant.id, "customer.deleted", cus);
+  tp_reply_json(r, 200, stub);
+  tp_idem_record(r, cs);
+  tp_commit_and_reply_unlock(r, cs, r->path_id);
+  json_decref(cus);
+}
+
+/* GET /v1/customers */
+void tp_h_customer_list(struct tp_req *r)
+{
+  if (!check(r, spec_list))
+    return;
+  struct tp_list_query q;
+  memset(&q, 0, sizeof q);
+  q.kind = TP_K_CUSTOMER;
+  q.merchant = r->merchant.id;
+  q.created_gte = INT64_MIN;
+  q.created_lte = INT64_MAX;
+  const char *email = tp_pstr(r->params, "email");
+  /* The store matches "deleted IS NULL" for a NULL value: live customers only. */
+  if (email && *email) {
+    q.col_name = "email";
+    q.col_value = email;
+    q.col2_name = "deleted";
+    q.col2_value = NULL;
+  } else {
+    q.col_name = "deleted";
+    q.col_value = NULL;
+  }
+  if (!tp_list_params(r, &q))
+    return;
+  tp_reply_list(r, &q, "/v1/customers");
+}

@@ -1,0 +1,32 @@
+/* Liveness and readiness probes, no authentication. */
+#include "api/handlers.h"
+#include "api/http.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* GET /healthz: the process answers HTTP. */
+void tp_h_healthz(struct tp_req *r)
+{
+  tp_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
+}
+
+/* GET /readyz: not shutting down and the store answers a read (a balance
+ * query on a reader connection; a merchant with no ledger gives []). */
+void tp_h_readyz(struct tp_req *r)
+{
+  if (tp_app.shutting_down) {
+    tp_reply_json(r, 503, json_pack("{s:s, s:s}", "status", "unavailable", "reason", "shutting_down"));
+    return;
+  }
+  json_t *b = tp_app.store.ops && tp_app.store.ops->balance
+                  ? tp_app.store.ops->balance(tp_app.store.cls, "acct_readyz_probe")
+                  : NULL;
+  if (!json_is_array(b)) {
+    json_decref(b);
+    tp_reply_json(r, 503, json_pack("{s:s, s:s}", "status", "unavailable", "reason", "store_unavailable"));
+    return;
+  }
+  json_decref(b);
+  tp_reply_json(r, 200, json_pack("{s:s}", "status", "ready"));
+}

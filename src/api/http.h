@@ -1,0 +1,119 @@
+/* The HTTP front: request context, route table entry points, replies.
+ *
+ * A handler parses, validates, builds one change set and either replies at
+ * once or suspends the connection (tp_req_suspend) and replies later from a
+ * completion (tp_req_resume). No HTTP thread ever waits on a processor or a
+ * commit. */
+#ifndef TP_HTTP_H
+#define TP_HTTP_H
+#include <jansson.h>
+#include <microhttpd.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "store/store.h"
+#include "tp_errors.h"
+
+struct tp_req;
+typedef void (*tp_handler_fn)(struct tp_req *r);
+
+enum tp_route_flags {
+  TP_R_AUTH = 1,        /* needs a secret key */
+  TP_R_PUBLIC = 2,      /* no authentication */
+  TP_R_HTML = 4,        /* form posts from a browser page, no Stripe auth */
+};
+
+struct tp_route {
+  const char *method;
+  const char *pattern;  /* "/v1/payment_intents/{id}/confirm" */
+  tp_handler_fn fn;
+  int flags;
+};
+
+struct tp_req {
+  struct MHD_Connection *conn;
+  const struct tp_route *route;
+  char method[8];
+  char *url;
+  char request_id[40];
+  int64_t t0_ns;
+
+  char *body;
+  size_t body_len, body_cap;
+  bool too_large;
+  bool dispatched;
+
+  json_t *params;
+  char path_id[72];
+  char path_sub[72];
+
+  bool authed;
+  struct tp_merchant merchant;
+  char key_kind[16];
+
+  /* idempotency */
+  char idem_key[256];
+  bool has_idem;
+  bool idem_registered;
+  char req_hash[65];
+
+  /* response */
+  unsigned status;
+  char *resp;
+  size_t resp_len;
+  const char *content_type;
+  bool replayed;
+  char location[2048];
+  bool suspended;
+
+  /* handler-private state for async work */
+  void *ctx;
+  void (*ctx_free)(void *ctx);
+};
+
+/* Global application state shared by the handlers. */
+struct tp_app {
+  struct tp_store store;
+  char data_dir[1024];
+  char public_url[256];   /* "http://127.0.0.1:8420" for links we hand out */
+  uint8_t vault_key[32];  /* file KEK (embedded default) */
+  volatile int shutting_down;
+};
+extern struct tp_app tp_app;
+
+/* Start/stop the HTTP daemon on host:port (port 0 picks one); *bound_port out. */
+int tp_http_start(const char *host, uint16_t port, unsigned threads, uint16_t *bound_port);
+/* Stop accepting, wait up to ms for in-flight requests, then stop. */
+void tp_http_stop(unsigned wait_ms);
+/* Number of suspended (in-flight) requests. */
+unsigned tp_http_inflight(void);
+
+/* Replies. All take ownership of what they are given. */
+void tp_reply_json(struct tp_req *r, unsigned status, json_t *obj);
+void tp_reply_raw(struct tp_req *r, unsigned status, char *body, size_t len, const char *content_type);
+void tp_reply_error(struct tp_req *r, enum tp_err e, const char *param, const char *message);
+/* Build the Stripe error object {"type","code",...} (without the "error" wrapper). */
+json_t *tp_error_object(enum tp_err e, const char *param, const char *message);
+/* Reply with a params-module error (bad body / unknown parameter). */
+struct tp_params_error;
+void tp_reply_params_error(struct tp_req *r, const struct tp_params_error *pe, bool unknown);
+
+/* Async: suspend before submitting work; resume after setting the reply. */
+void tp_req_suspend(struct tp_req *r);
+void tp_req_resume(struct tp_req *r);
+
+/* Idempotency (idem.c). Begin returns true when the reply is already set
+ * (replayed, conflicting or in use) and the handler must not run. */
+bool tp_idem_begin(struct tp_req *r);
+/* Add the idempotency record with the final reply to a change set: call after
+ * the reply is set, before submitting the change set. No-op without a key. */
+void tp_idem_record(struct tp_req *r, struct tp_cs *cs);
+/* Mark the key as in flight durably (write-ahead of a processor call). */
+void tp_idem_record_pending(struct tp_req *r, struct tp_cs *cs);
+/* Forget the in-memory in-flight mark (request finished). */
+void tp_idem_end(struct tp_req *r);
+
+/* The route table (routes.c). */
+extern const struct tp_route tp_routes[];
+extern const unsigned tp_routes_count;
+#endif

@@ -1,0 +1,153 @@
+/* Idempotency keys, scoped per merchant, kept 24 h.
+ *
+ * The stored reply (in the same commit as the change it describes) is
+ * checked first, so a retry after completion always replays; an in-memory
+ * set of keys in flight turns a concurrent duplicate into 409. A key whose
+ * request started executing (a processor attempt was written) is durably
+ * marked pending, so after a crash a retry waits for recovery instead of
+ * charging again. Requests that fail validation store nothing (as Stripe). */
+#include "api/http.h"
+#include "log.h"
+#include "util.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TP_IDEM_TTL_S (24 * 3600)
+#define TP_IDEM_BUCKETS 4096
+
+struct inflight {
+  char *key; /* merchant \x1f idempotency key */
+  struct inflight *next;
+};
+static struct inflight *buckets[TP_IDEM_BUCKETS];
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+
+static unsigned hash(const char *s)
+{
+  unsigned h = 2166136261u;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 16777619u;
+  return h % TP_IDEM_BUCKETS;
+}
+
+static void full_key(const struct tp_req *r, char *out, size_t n)
+{
+  snprintf(out, n, "%s\x1f%s", r->merchant.id, r->idem_key);
+}
+
+static bool inflight_add(const char *k)
+{
+  unsigned b = hash(k);
+  pthread_mutex_lock(&mu);
+  for (struct inflight *e = buckets[b]; e; e = e->next)
+    if (strcmp(e->key, k) == 0) {
+      pthread_mutex_unlock(&mu);
+      return false;
+    }
+  struct inflight *e = malloc(sizeof *e);
+  char *dup = strdup(k);
+  if (!e || !dup) {
+    free(e);
+    free(dup);
+    pthread_mutex_unlock(&mu);
+    return false;
+  }
+  e->key = dup;
+  e->next = buckets[b];
+  buckets[b] = e;
+  pthread_mutex_unlock(&mu);
+  return true;
+}
+
+static void inflight_del(const char *k)
+{
+  unsigned b = hash(k);
+  pthread_mutex_lock(&mu);
+  for (struct inflight **pp = &buckets[b]; *pp; pp = &(*pp)->next)
+    if (strcmp((*pp)->key, k) == 0) {
+      struct inflight *e = *pp;
+      *pp = e->next;
+      free(e->key);
+      free(e);
+      break;
+    }
+  pthread_mutex_unlock(&mu);
+}
+
+/* Fingerprint of the request: method, path and the canonical parameters. */
+static void request_hash(struct tp_req *r)
+{
+  char *canon = json_dumps(r->params, JSON_COMPACT | JSON_SORT_KEYS);
+  size_t ul = strlen(r->url), cl = canon ? strlen(canon) : 0;
+  size_t n = ul + cl + 16;
+  char *buf = malloc(n);
+  if (!buf)
+    abort();
+  int len = snprintf(buf, n, "%s %s\n%s", r->method, r->url, canon ? canon : "");
+  tp_sha256_hex(buf, (size_t)len, r->req_hash);
+  free(buf);
+  free(canon);
+}
+
+bool tp_idem_begin(struct tp_req *r)
+{
+  request_hash(r);
+  struct tp_idem_rec rec;
+  memset(&rec, 0, sizeof rec);
+  int found = tp_app.store.ops->idem_get(tp_app.store.cls, r->merchant.id, r->idem_key, &rec);
+  if (found == 1 && rec.status != 0) {
+    if (strcmp(rec.req_hash, r->req_hash) != 0) {
+      free(rec.body);
+      tp_reply_error(r, TP_ERR_IDEMPOTENCY_MISMATCH, NULL, NULL);
+      return true;
+    }
+    r->replayed = true;
+    tp_reply_raw(r, (unsigned)rec.status, rec.body ? rec.body : strdup("{}"), rec.body ? strlen(rec.body) : 2,
+                 "application/json");
+    return true;
+  }
+  free(rec.body);
+  if (found == 1 && rec.status == 0 && strcmp(rec.req_hash, r->req_hash) != 0) {
+    tp_reply_error(r, TP_ERR_IDEMPOTENCY_MISMATCH, NULL, NULL);
+    return true;
+  }
+  char k[400];
+  full_key(r, k, sizeof k);
+  if (found == 1 || !inflight_add(k)) {
+    /* In flight here, or pending from before a restart until recovery ends. */
+    if (found == 1 && inflight_add(k)) {
+      inflight_del(k);
+    }
+    tp_reply_error(r, TP_ERR_IDEMPOTENCY_KEY_IN_USE, NULL, NULL);
+    return true;
+  }
+  r->idem_registered = true;
+  return false;
+}
+
+void tp_idem_record(struct tp_req *r, struct tp_cs *cs)
+{
+  if (!r->has_idem || !r->idem_registered)
+    return;
+  tp_cs_idem(cs, r->merchant.id, r->idem_key, r->req_hash, (int)r->status, r->resp);
+}
+
+void tp_idem_record_pending(struct tp_req *r, struct tp_cs *cs)
+{
+  if (!r->has_idem || !r->idem_registered)
+    return;
+  tp_cs_idem(cs, r->merchant.id, r->idem_key, r->req_hash, 0, NULL);
+}
+
+void tp_idem_end(struct tp_req *r)
+{
+  if (!r->idem_registered)
+    return;
+  char k[400];
+  full_key(r, k, sizeof k);
+  inflight_del(k);
+  r->idem_registered = false;
+}

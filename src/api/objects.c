@@ -1,0 +1,441 @@
+/* Shared object builders: events, card payment methods, expansion, lists,
+ * per-object locks. */
+#include "api/objects.h"
+#include "log.h"
+#include "sec/vault.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const struct tp_pspec tp_spec_card[] = {
+  {"number", TP_P_STRING, NULL, NULL},
+  {"exp_month", TP_P_INT, NULL, NULL},
+  {"exp_year", TP_P_INT, NULL, NULL},
+  {"cvc", TP_P_STRING, NULL, NULL},
+  {"token", TP_P_STRING, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+
+static const struct tp_pspec spec_address[] = {
+  {"line1", TP_P_STRING, NULL, NULL}, {"line2", TP_P_STRING, NULL, NULL},
+  {"city", TP_P_STRING, NULL, NULL},  {"state", TP_P_STRING, NULL, NULL},
+  {"postal_code", TP_P_STRING, NULL, NULL}, {"country", TP_P_STRING, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+
+const struct tp_pspec tp_spec_billing_details[] = {
+  {"address", TP_P_OBJECT, spec_address, NULL},
+  {"email", TP_P_STRING, NULL, NULL},
+  {"name", TP_P_STRING, NULL, NULL},
+  {"phone", TP_P_STRING, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+
+const char *tp_pstr(const json_t *params, const char *key)
+{
+  return json_string_value(json_object_get(params, key));
+}
+
+/* ---- events ---------------------------------------------------------------- */
+void tp_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type, const json_t *object)
+{
+  char id[TP_ID_MAX];
+  tp_id_new(id, "evt");
+  json_t *req = json_object();
+  json_object_set_new(req, "id", r ? json_string(r->request_id) : json_null());
+  json_object_set_new(req, "idempotency_key", r && r->has_idem ? json_string(r->idem_key) : json_null());
+  json_t *ev = json_pack("{s:s, s:s, s:s, s:I, s:{s:O}, s:b, s:i, s:o, s:s}", "id", id, "object", "event",
+                         "api_version", TP_API_VERSION, "created", (json_int_t)tp_now(), "data", "object", object,
+                         "livemode", 0, "pending_webhooks", 0, "request", req, "type", type);
+  if (!ev)
+    abort();
+  tp_cs_put(cs, TP_K_EVENT, merchant, ev);
+  json_decref(ev);
+}
+
+/* ---- cards ----------------------------------------------------------------- */
+void tp_card_fingerprint(const struct tp_merchant *m, const char *pan, char out[17])
+{
+  char hex[65];
+  tp_hmac_sha256_hex(m->fp_key, sizeof m->fp_key, pan, strlen(pan), hex);
+  static const char b62[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+  for (int i = 0; i < 16; i++) {
+    unsigned v = (unsigned)strtoul((char[]){hex[2 * i], hex[2 * i + 1], 0}, NULL, 16);
+    out[i] = b62[v % 62];
+  }
+  out[16] = '\0';
+}
+
+json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const struct tp_card_info *ci,
+                          const json_t *billing_details, const json_t *metadata)
+{
+  char id[TP_ID_MAX], fp[17];
+  tp_id_new(id, "pm");
+  tp_card_fingerprint(m, ci->pan, fp);
+  uint8_t blob[TP_VAULT_MAX_BLOB];
+  size_t bl = 0;
+  if (tp_vault_seal(tp_app.vault_key, m->id, id, ci->pan, ci->exp_month, ci->exp_year, blob, &bl) != 0)
+    return NULL;
+  tp_cs_vault(cs, id, m->id, blob, bl);
+  const char *brand = tp_brand_name(ci->brand);
+  json_t *bd = json_pack("{s:{s:n, s:n, s:n, s:n, s:n, s:n}, s:n, s:n, s:n}", "address", "city", "country",
+                         "line1", "line2", "postal_code", "state", "email", "name", "phone");
+  if (json_is_object(billing_details)) {
+    const char *k;
+    json_t *v;
+    void *it;
+    json_t *bdm = json_deep_copy(billing_details);
+    json_object_foreach_safe(bdm, it, k, v)
+    {
+      if (strcmp(k, "address") == 0 && json_is_object(v))
+        json_object_update_existing(json_object_get(bd, "address"), v);
+      else if (json_is_string(v))
+        json_object_set(bd, k, v);
+    }
+    json_decref(bdm);
+  }
+  json_t *card = json_pack("{s:s, s:{s:n, s:n, s:n}, s:s, s:s, s:i, s:i, s:s, s:s, s:n, s:s, s:{s:[s], s:n}, "
+                           "s:{s:b}, s:n}",
+                           "brand", brand, "checks", "address_line1_check", "address_postal_code_check",
+                           "cvc_check", "country", ci->country, "display_brand", brand, "exp_month", ci->exp_month,
+                           "exp_year", ci->exp_year, "fingerprint", fp, "funding", ci->funding, "generated_from",
+                           "last4", ci->last4, "networks", "available", brand, "preferred",
+                           "three_d_secure_usage", "supported", 1, "wallet");
+  json_t *pm = json_pack("{s:s, s:s, s:o, s:o, s:I, s:n, s:b, s:O, s:s}", "id", id, "object", "payment_method",
+                         "billing_details", bd, "card", card, "created", (json_int_t)tp_now(), "customer",
+                         "livemode", 0, "metadata", json_is_object(metadata) ? metadata : json_object(), "type",
+                         "card");
+  if (!pm)
+    abort();
+  if (!json_is_object(metadata))
+    json_object_set_new(pm, "metadata", json_object());
+  tp_cs_put(cs, TP_K_PAYMENT_METHOD, m->id, pm);
+  return pm;
+}
+
+bool tp_card_from_params(struct tp_req *r, const json_t *card, const char *param_prefix, struct tp_card_info *ci,
+                         char *cvc_out)
+{
+  char param[160];
+  cvc_out[0] = '\0';
+  const char *number = json_string_value(json_object_get(card, "number"));
+  json_t *jm = json_object_get(card, "exp_month"), *jy = json_object_get(card, "exp_year");
+  if (!number || !*number) {
+    snprintf(param, sizeof param, "%s[number]", param_prefix);
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, param, NULL);
+    return false;
+  }
+  if (!json_is_integer(jm)) {
+    snprintf(param, sizeof param, "%s[exp_month]", param_prefix);
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, param, NULL);
+    return false;
+  }
+  if (!json_is_integer(jy)) {
+    snprintf(param, sizeof param, "%s[exp_year]", param_prefix);
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, param, NULL);
+    return false;
+  }
+  const char *cvc = json_string_value(json_object_get(card, "cvc"));
+  json_int_t m = json_integer_value(jm), y = json_integer_value(jy);
+  struct tp_card_input in = {number, (m < -1000 || m > 1000) ? 0 : (int)m, (y < 0 || y > 100000) ? 99999 : (int)y,
+                             (cvc && *cvc) ? cvc : NULL};
+  const char *bad = NULL;
+  enum tp_card_check cc = tp_card_validate(&in, (time_t)tp_now(), ci, &bad);
+  if (cc != TP_CARD_OK) {
+    static const enum tp_err map[] = {
+      [TP_CARD_INCORRECT_NUMBER] = TP_ERR_CARD_INCORRECT_NUMBER,
+      [TP_CARD_INVALID_EXPIRY_MONTH] = TP_ERR_CARD_INVALID_EXPIRY_MONTH,
+      [TP_CARD_INVALID_EXPIRY_YEAR] = TP_ERR_CARD_INVALID_EXPIRY_YEAR,
+      [TP_CARD_EXPIRED] = TP_ERR_CARD_EXPIRED,
+      [TP_CARD_INVALID_CVC] = TP_ERR_CARD_INVALID_CVC,
+    };
+    snprintf(param, sizeof param, "%s[%s]", param_prefix, bad ? bad : "number");
+    tp_card_wipe(ci, sizeof *ci);
+    tp_reply_error(r, map[cc], param, NULL);
+    return false;
+  }
+  if (cvc)
+    snprintf(cvc_out, 5, "%s", cvc);
+  return true;
+}
+
+int tp_vault_load(const char *merchant, const char *pm_id, struct tp_card_info *ci)
+{
+  void *blob = NULL;
+  size_t len = 0;
+  if (tp_app.store.ops->vault_get(tp_app.store.cls, merchant, pm_id, &blob, &len) != 1)
+    return -1;
+  char pan[TP_VAULT_MAX_BLOB];
+  int mm = 0, yy = 0;
+  int rc = tp_vault_open(tp_app.vault_key, merchant, pm_id, blob, len, pan, &mm, &yy);
+  free(blob);
+  if (rc != 0)
+    return -1;
+  struct tp_card_input in = {pan, mm, yy, NULL};
+  const char *bad;
+  /* Validate with a "now" of 0 so a card that expired since it was saved
+   * still loads; the processor decides about expiry. */
+  enum tp_card_check cc = tp_card_validate(&in, 0, ci, &bad);
+  tp_card_wipe(pan, sizeof pan);
+  return cc == TP_CARD_OK ? 0 : -1;
+}
+
+static const struct {
+  const char *id;
+  const char *pan;
+} test_pms[] = {
+  {"pm_card_visa", "4242424242424242"},
+  {"pm_card_visa_debit", "4000056655665556"},
+  {"pm_card_mastercard", "5555555555554444"},
+  {"pm_card_mastercard_debit", "5200828282828210"},
+  {"pm_card_mastercard_prepaid", "5105105105105100"},
+  {"pm_card_amex", "378282246310005"},
+  {"pm_card_discover", "6011111111111117"},
+  {"pm_card_diners", "3056930009020004"},
+  {"pm_card_jcb", "3566002020360505"},
+  {"pm_card_unionpay", "6200000000000005"},
+  {"pm_card_chargeDeclined", "4000000000000002"},
+  {"pm_card_chargeDeclinedInsufficientFunds", "4000000000009995"},
+  {"pm_card_chargeDeclinedLostCard", "4000000000009987"},
+  {"pm_card_chargeDeclinedStolenCard", "4000000000009979"},
+  {"pm_card_chargeDeclinedExpiredCard", "4000000000000069"},
+  {"pm_card_chargeDeclinedIncorrectCvc", "4000000000000127"},
+  {"pm_card_chargeDeclinedProcessingError", "4000000000000119"},
+  {"pm_card_chargeDeclinedFraudulent", "4100000000000019"},
+  {"pm_card_threeDSecure2Required", "4000000000003220"},
+  {"pm_card_authenticationRequired", "4000002760003184"},
+};
+
+json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, struct tp_card_info *ci)
+{
+  for (size_t i = 0; i < sizeof test_pms / sizeof test_pms[0]; i++) {
+    if (strcmp(pm_id, test_pms[i].id) != 0)
+      continue;
+    struct tp_card_input in = {test_pms[i].pan, 12, (int)(1970 + tp_now() / 31556952) + 3, NULL};
+    const char *bad;
+    if (tp_card_validate(&in, (time_t)tp_now(), ci, &bad) != TP_CARD_OK)
+      break;
+    json_t *pm = tp_pm_create_card(cs, &r->merchant, ci, NULL, NULL);
+    if (!pm)
+      tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+    return pm;
+  }
+  json_t *pm = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
+  if (!pm) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "No such PaymentMethod: '%.64s'", pm_id);
+    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "payment_method", msg);
+    return NULL;
+  }
+  if (tp_vault_load(r->merchant.id, pm_id, ci) != 0) {
+    json_decref(pm);
+    tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+    return NULL;
+  }
+  return pm;
+}
+
+/* ---- expansion -------------------------------------------------------------- */
+static enum tp_kind kind_of_id(const char *id, bool *ok)
+{
+  *ok = true;
+  for (int k = 0; k < TP_K__COUNT; k++) {
+    size_t pl = strlen(tp_kinds[k].prefix);
+    if (strncmp(id, tp_kinds[k].prefix, pl) == 0 && id[pl] == '_')
+      return (enum tp_kind)k;
+  }
+  *ok = false;
+  return TP_K_PAYMENT_INTENT;
+}
+
+static json_t *find_known(const json_t *known, const char *id)
+{
+  size_t i;
+  json_t *v;
+  json_array_foreach(known, i, v)
+  {
+    const char *vid = json_string_value(json_object_get(v, "id"));
+    if (vid && strcmp(vid, id) == 0)
+      return json_incref(v);
+  }
+  return NULL;
+}
+
+static void expand_field(struct tp_req *r, json_t *obj, const char *path, const json_t *known)
+{
+  const char *dot = strchr(path, '.');
+  if (dot) {
+    char head[64];
+    size_t hl = (size_t)(dot - path);
+    if (hl >= sizeof head)
+      return;
+    memcpy(head, path, hl);
+    head[hl] = '\0';
+    json_t *sub = json_object_get(obj, head);
+    if (json_is_array(sub)) {
+      size_t i;
+      json_t *v;
+      json_array_foreach(sub, i, v) expand_field(r, v, dot + 1, known);
+    } else if (json_is_object(sub))
+      expand_field(r, sub, dot + 1, known);
+    return;
+  }
+  const char *id = json_string_value(json_object_get(obj, path));
+  if (!id)
+    return;
+  bool ok;
+  enum tp_kind k = kind_of_id(id, &ok);
+  if (!ok)
+    return;
+  json_t *full = find_known(known, id);
+  if (!full)
+    full = tp_store_get_json(&tp_app.store, k, r->merchant.id, id);
+  if (full)
+    json_object_set_new(obj, path, full);
+}
+
+bool tp_expand(struct tp_req *r, json_t *obj, const json_t *known)
+{
+  const json_t *ex = json_object_get(r->params, "expand");
+  if (!json_is_array(ex))
+    return true;
+  size_t i;
+  json_t *v;
+  json_array_foreach(ex, i, v)
+  {
+    const char *path = json_string_value(v);
+    if (!path || strlen(path) > 200 || !*path) {
+      tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "expand", NULL);
+      return false;
+    }
+    /* Only fields that hold an id can be expanded. */
+    const char *last = strrchr(path, '.');
+    last = last ? last + 1 : path;
+    static const char *const ok_fields[] = {"latest_charge", "customer", "payment_method", "payment_intent", "charge",
+                                            "balance_transaction", "source", "default_payment_method", "object",
+                                            NULL};
+    bool okf = false;
+    for (int j = 0; ok_fields[j]; j++)
+      if (strcmp(last, ok_fields[j]) == 0)
+        okf = true;
+    if (!okf) {
+      char msg[300];
+      snprintf(msg, sizeof msg, "This property cannot be expanded (%.200s).", path);
+      tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "expand", msg);
+      return false;
+    }
+    expand_field(r, obj, path, known);
+  }
+  return true;
+}
+
+/* ---- lists ---------------------------------------------------------------- */
+bool tp_list_params(struct tp_req *r, struct tp_list_query *q)
+{
+  q->merchant = r->merchant.id;
+  q->created_gte = INT64_MIN;
+  q->created_lte = INT64_MAX;
+  q->limit = 10;
+  int64_t lim;
+  if (tp_param_int(r->params, "limit", &lim)) {
+    if (lim < 1 || lim > 100) {
+      tp_reply_error(r, TP_ERR_PARAMETER_INVALID_INTEGER, "limit",
+                     "Invalid limit: must be an integer between 1 and 100");
+      return false;
+    }
+    q->limit = (int)lim;
+  }
+  q->starting_after = tp_pstr(r->params, "starting_after");
+  q->ending_before = tp_pstr(r->params, "ending_before");
+  if (q->starting_after && !*q->starting_after)
+    q->starting_after = NULL;
+  if (q->ending_before && !*q->ending_before)
+    q->ending_before = NULL;
+  const json_t *c = json_object_get(r->params, "created");
+  if (json_is_integer(c)) {
+    q->created_gte = q->created_lte = json_integer_value(c);
+  } else if (json_is_object(c)) {
+    json_t *v;
+    if ((v = json_object_get(c, "gte")) && json_is_integer(v))
+      q->created_gte = json_integer_value(v);
+    if ((v = json_object_get(c, "gt")) && json_is_integer(v) && json_integer_value(v) < INT64_MAX)
+      q->created_gte = json_integer_value(v) + 1;
+    if ((v = json_object_get(c, "lte")) && json_is_integer(v))
+      q->created_lte = json_integer_value(v);
+    if ((v = json_object_get(c, "lt")) && json_is_integer(v) && json_integer_value(v) > INT64_MIN)
+      q->created_lte = json_integer_value(v) - 1;
+  }
+  return true;
+}
+
+void tp_reply_list(struct tp_req *r, struct tp_list_query *q, const char *url)
+{
+  bool has_more = false;
+  json_t *data = tp_app.store.ops->list(tp_app.store.cls, q, &has_more);
+  if (!data) {
+    tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+    return;
+  }
+  json_t *list = json_pack("{s:s, s:s, s:b, s:o}", "object", "list", "url", url, "has_more", has_more, "data", data);
+  /* expand[]=data.x applies to the items */
+  const json_t *ex = json_object_get(r->params, "expand");
+  if (json_is_array(ex) && json_array_size(ex) > 0 && !tp_expand(r, list, NULL)) {
+    json_decref(list);
+    return;
+  }
+  tp_reply_json(r, 200, list);
+}
+
+/* ---- locks ------------------------------------------------------------------ */
+#define LOCK_BUCKETS 1024
+struct lock_ent {
+  char id[TP_ID_MAX];
+  struct lock_ent *next;
+};
+static struct lock_ent *locks[LOCK_BUCKETS];
+static pthread_mutex_t lock_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static unsigned lock_hash(const char *s)
+{
+  unsigned h = 5381;
+  for (; *s; s++)
+    h = h * 33 + (unsigned char)*s;
+  return h % LOCK_BUCKETS;
+}
+
+bool tp_lock_try(const char *id)
+{
+  unsigned b = lock_hash(id);
+  pthread_mutex_lock(&lock_mu);
+  for (struct lock_ent *e = locks[b]; e; e = e->next)
+    if (strcmp(e->id, id) == 0) {
+      pthread_mutex_unlock(&lock_mu);
+      return false;
+    }
+  struct lock_ent *e = calloc(1, sizeof *e);
+  if (!e) {
+    pthread_mutex_unlock(&lock_mu);
+    return false;
+  }
+  snprintf(e->id, sizeof e->id, "%s", id);
+  e->next = locks[b];
+  locks[b] = e;
+  pthread_mutex_unlock(&lock_mu);
+  return true;
+}
+
+void tp_lock_release(const char *id)
+{
+  unsigned b = lock_hash(id);
+  pthread_mutex_lock(&lock_mu);
+  for (struct lock_ent **pp = &locks[b]; *pp; pp = &(*pp)->next)
+    if (strcmp((*pp)->id, id) == 0) {
+      struct lock_ent *e = *pp;
+      *pp = e->next;
+      free(e);
+      break;
+    }
+  pthread_mutex_unlock(&lock_mu);
+}

@@ -1,0 +1,74 @@
+/* Building the Stripe objects every resource shares: events, payment
+ * methods, expansion, list envelopes, per-object locks. */
+#ifndef TP_OBJECTS_H
+#define TP_OBJECTS_H
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "api/http.h"
+#include "api/params.h"
+#include "core/card.h"
+#include "store/store.h"
+
+#define TP_API_VERSION "2024-06-20"
+
+/* Add an event of `type` about `object` (copied) to the change set. */
+void tp_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type, const json_t *object);
+
+/* Card fingerprint: HMAC(merchant key, PAN), 16 base62-ish chars. Same card
+ * and merchant give the same fingerprint; it reveals nothing of the number. */
+void tp_card_fingerprint(const struct tp_merchant *m, const char *pan, char out[17]);
+
+/* A new card PaymentMethod object for validated card data; adds the vault
+ * record (sealed PAN) and the object to cs. Returns the object (owned). */
+json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const struct tp_card_info *ci,
+                          const json_t *billing_details, const json_t *metadata);
+
+/* Read card data from a params object {number, exp_month, exp_year, cvc}
+ * (already type-checked) and validate it; on failure replies with the Stripe
+ * card error (param "payment_method_data[card][number]" style, using prefix)
+ * and returns false. cvc_out (>= 5 bytes) gets the CVC or "". */
+bool tp_card_from_params(struct tp_req *r, const json_t *card, const char *param_prefix, struct tp_card_info *ci,
+                         char *cvc_out);
+
+/* Resolve a payment method id for a merchant: a stored pm_..., or a test id
+ * (pm_card_visa, pm_card_mastercard, pm_card_amex, pm_card_visa_debit,
+ * pm_card_chargeDeclined...) which creates a new PM like Stripe does. On
+ * success returns the PM object and fills ci with the card from the vault
+ * (PAN in memory only). On failure replies 404/400 and returns NULL. */
+json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, struct tp_card_info *ci);
+
+/* Load a vaulted card for a PM id. 0 on success. */
+int tp_vault_load(const char *merchant, const char *pm_id, struct tp_card_info *ci);
+
+/* Expand fields listed in params "expand" (array of strings) on obj, in
+ * place: "latest_charge", "customer", "payment_method", "payment_intent",
+ * "charge", "data.object" are looked up by id (first in `known`, an array of
+ * objects just built, then in the store). Unknown fields -> false and a 400
+ * reply. Nested "data.x" paths apply to list items. */
+bool tp_expand(struct tp_req *r, json_t *obj, const json_t *known);
+
+/* Reply with a list envelope for a store query built from params limit,
+ * starting_after, ending_before, created (range) and the optional filter
+ * column; validates limit 1..100. url is like "/v1/customers". */
+void tp_reply_list(struct tp_req *r, struct tp_list_query *q, const char *url);
+
+/* Fill q->created_gte/lte and paging from r->params; false after replying 400. */
+bool tp_list_params(struct tp_req *r, struct tp_list_query *q);
+
+/* Per-object locks so two requests never change one object at once.
+ * Try returns false (and the caller replies 429 lock_timeout) if held. */
+bool tp_lock_try(const char *id);
+void tp_lock_release(const char *id);
+
+/* Current time in Unix seconds (one place to stub). */
+#include "util.h"
+
+/* Common parameter specs. */
+extern const struct tp_pspec tp_spec_card[];
+extern const struct tp_pspec tp_spec_billing_details[];
+extern const struct tp_pspec tp_spec_range[];
+
+/* Helpers to read checked params. */
+const char *tp_pstr(const json_t *params, const char *key);   /* NULL when absent or not a string */
+#endif

@@ -1,0 +1,666 @@
+/* /v1/payment_intents: create, retrieve, update, confirm, capture, cancel,
+ * list. The status machine:
+ *   requires_payment_method -> requires_confirmation -> (requires_action) ->
+ *   processing -> requires_capture | succeeded; any open state -> canceled;
+ *   a decline returns to requires_payment_method with last_payment_error. */
+#include "api/commit.h"
+#include "api/handlers.h"
+#include "api/objects.h"
+#include "connectors/connector.h"
+#include "core/currency.h"
+#include "core/payflow.h"
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const capture_methods[] = {"automatic", "automatic_async", "manual", NULL};
+static const char *const sfu_values[] = {"on_session", "off_session", "", NULL};
+static const char *const cancel_reasons[] = {"duplicate", "fraudulent", "requested_by_customer", "abandoned", NULL};
+static const char *const confirmation_methods[] = {"automatic", "manual", NULL};
+
+static const struct tp_pspec spec_pmd[] = {
+  {"type", TP_P_STRING, NULL, NULL},
+  {"card", TP_P_OBJECT, tp_spec_card, NULL},
+  {"billing_details", TP_P_OBJECT, tp_spec_billing_details, NULL},
+  {"metadata", TP_P_METADATA, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+
+#define PI_COMMON                                                   \
+  {"amount", TP_P_INT, NULL, NULL}, {"currency", TP_P_STRING, NULL, NULL}, \
+  {"customer", TP_P_STRING, NULL, NULL}, {"description", TP_P_STRING, NULL, NULL}, \
+  {"metadata", TP_P_METADATA, NULL, NULL}, {"receipt_email", TP_P_STRING, NULL, NULL}, \
+  {"setup_future_usage", TP_P_ENUM, NULL, sfu_values}, {"payment_method", TP_P_STRING, NULL, NULL}, \
+  {"payment_method_types", TP_P_STRLIST, NULL, NULL}, {"capture_method", TP_P_ENUM, NULL, capture_methods}, \
+  {"statement_descriptor", TP_P_STRING, NULL, NULL}, {"statement_descriptor_suffix", TP_P_STRING, NULL, NULL}, \
+  {"shipping", TP_P_ANY, NULL, NULL}, {"expand", TP_P_STRLIST, NULL, NULL}, \
+  {"payment_method_data", TP_P_OBJECT, spec_pmd, NULL}, {"payment_method_options", TP_P_ANY, NULL, NULL}
+
+static const struct tp_pspec spec_create[] = {
+  PI_COMMON,
+  {"confirm", TP_P_BOOL, NULL, NULL},
+  {"off_session", TP_P_BOOL, NULL, NULL},
+  {"return_url", TP_P_STRING, NULL, NULL},
+  {"confirmation_method", TP_P_ENUM, NULL, confirmation_methods},
+  {"automatic_payment_methods", TP_P_ANY, NULL, NULL},
+  {"error_on_requires_action", TP_P_BOOL, NULL, NULL},
+  {"use_stripe_sdk", TP_P_BOOL, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+static const struct tp_pspec spec_update[] = {PI_COMMON, {NULL, 0, NULL, NULL}};
+static const struct tp_pspec spec_confirm[] = {
+  {"payment_method", TP_P_STRING, NULL, NULL},
+  {"payment_method_data", TP_P_OBJECT, spec_pmd, NULL},
+  {"payment_method_options", TP_P_ANY, NULL, NULL},
+  {"return_url", TP_P_STRING, NULL, NULL},
+  {"off_session", TP_P_BOOL, NULL, NULL},
+  {"receipt_email", TP_P_STRING, NULL, NULL},
+  {"setup_future_usage", TP_P_ENUM, NULL, sfu_values},
+  {"capture_method", TP_P_ENUM, NULL, capture_methods},
+  {"error_on_requires_action", TP_P_BOOL, NULL, NULL},
+  {"use_stripe_sdk", TP_P_BOOL, NULL, NULL},
+  {"shipping", TP_P_ANY, NULL, NULL},
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {"client_secret", TP_P_STRING, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+static const struct tp_pspec spec_capture[] = {
+  {"amount_to_capture", TP_P_INT, NULL, NULL},
+  {"metadata", TP_P_METADATA, NULL, NULL},
+  {"statement_descriptor", TP_P_STRING, NULL, NULL},
+  {"final_capture", TP_P_BOOL, NULL, NULL},
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+static const struct tp_pspec spec_cancel[] = {
+  {"cancellation_reason", TP_P_ENUM, NULL, cancel_reasons},
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+static const struct tp_pspec spec_list[] = {
+  {"limit", TP_P_INT, NULL, NULL},       {"starting_after", TP_P_STRING, NULL, NULL},
+  {"ending_before", TP_P_STRING, NULL, NULL}, {"customer", TP_P_STRING, NULL, NULL},
+  {"created", TP_P_RANGE, NULL, NULL},   {"expand", TP_P_STRLIST, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+static const struct tp_pspec spec_retrieve[] = {
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {"client_secret", TP_P_STRING, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+
+/* The challenge page's token: a keyed hash of the PaymentIntent id, so it
+ * needs no storage and cannot be guessed. */
+void tp_3ds_token(const char *pi_id, char out[65])
+{
+  char msg[128];
+  int n = snprintf(msg, sizeof msg, "3ds|%s", pi_id);
+  tp_hmac_sha256_hex(tp_app.vault_key, sizeof tp_app.vault_key, msg, (size_t)n, out);
+  out[32] = '\0';
+}
+
+static bool check(struct tp_req *r, const struct tp_pspec *spec)
+{
+  struct tp_params_error pe;
+  memset(&pe, 0, sizeof pe);
+  if (tp_params_check(r->params, spec, &pe) != 0) {
+    tp_reply_params_error(r, &pe, false);
+    return false;
+  }
+  return true;
+}
+
+static void missing_pi(struct tp_req *r)
+{
+  char msg[160];
+  snprintf(msg, sizeof msg, "No such payment_intent: '%.64s'", r->path_id);
+  tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "intent", msg);
+}
+
+static void unexpected_state(struct tp_req *r, const json_t *pi, const char *action)
+{
+  char msg[256];
+  snprintf(msg, sizeof msg, "This PaymentIntent's %s could not be performed because it has a status of %s.", action,
+           json_string_value(json_object_get(pi, "status")));
+  tp_reply_error(r, TP_ERR_PAYMENT_INTENT_UNEXPECTED_STATE, NULL, msg);
+}
+
+/* Validate amount against currency; reply and return false when wrong. */
+static bool check_amount(struct tp_req *r, int64_t amount, const struct tp_currency *cur)
+{
+  if (amount < tp_currency_min_charge(cur)) {
+    char msg[200], fmt[40];
+    tp_amount_format(fmt, sizeof fmt, tp_currency_min_charge(cur), cur);
+    snprintf(msg, sizeof msg, "Amount must be at least %s %s", fmt, cur->code);
+    tp_reply_error(r, TP_ERR_AMOUNT_TOO_SMALL, "amount", msg);
+    return false;
+  }
+  if (tp_amount_check(amount, cur) != 0) {
+    tp_reply_error(r, TP_ERR_AMOUNT_TOO_LARGE, "amount", NULL);
+    return false;
+  }
+  return true;
+}
+
+static bool check_currency(struct tp_req *r, const char *code, const struct tp_currency **out)
+{
+  *out = code ? tp_currency_find(code) : NULL;
+  if (!*out) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "Invalid currency: %.8s. Stripe currently supports these currencies: usd, eur, ...",
+             code ? code : "");
+    tp_reply_error(r, TP_ERR_CURRENCY_INVALID, "currency", code ? msg : NULL);
+    return false;
+  }
+  return true;
+}
+
+static bool customer_exists(struct tp_req *r, const char *id)
+{
+  json_t *c = tp_store_get_json(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, id);
+  bool ok = c && !json_is_true(json_object_get(c, "deleted"));
+  json_decref(c);
+  if (!ok) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "No such customer: '%.64s'", id);
+    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "customer", msg);
+  }
+  return ok;
+}
+
+/* Copy the settable fields of params onto pi. */
+static void apply_fields(json_t *pi, const json_t *params)
+{
+  static const char *const fields[] = {"description", "receipt_email", "setup_future_usage", "capture_method",
+                                       "statement_descriptor", "statement_descriptor_suffix", "shipping", "customer",
+                                       NULL};
+  for (int i = 0; fields[i]; i++) {
+    json_t *v = json_object_get(params, fields[i]);
+    if (!v)
+      continue;
+    if (json_is_string(v) && !*json_string_value(v))
+      json_object_set_new(pi, fields[i], json_null());
+    else
+      json_object_set(pi, fields[i], v);
+  }
+  json_t *md = json_object_get(params, "metadata");
+  if (json_is_string(md)) {
+    json_object_set_new(pi, "metadata", json_object());
+  } else if (json_is_object(md)) {
+    json_t *cur = json_object_get(pi, "metadata");
+    const char *k;
+    json_t *v;
+    json_object_foreach(md, k, v)
+    {
+      if (json_is_string(v) && !*json_string_value(v))
+        json_object_del(cur, k);
+      else
+        json_object_set(cur, k, v);
+    }
+  }
+}
+
+static json_t *pi_new(struct tp_req *r, int64_t amount, const struct tp_currency *cur)
+{
+  char id[TP_ID_MAX], secret[40], cs[128];
+  tp_id_new(id, "pi");
+  tp_random_b62(secret, 24);
+  snprintf(cs, sizeof cs, "%s_secret_%s", id, secret);
+  json_t *pi = json_pack("{s:s, s:s, s:I, s:I, s:{s:{}}, s:I, s:n, s:n, s:n, s:n, s:n, s:s, s:s, s:s, s:I, s:s, "
+                         "s:n, s:n, s:n, s:n, s:b, s:{}, s:n, s:n, s:n, s:{}, s:[s], s:n, s:n, s:n, s:n, s:n, s:n, "
+                         "s:n, s:s, s:n, s:n}",
+                         "id", id, "object", "payment_intent", "amount", (json_int_t)amount, "amount_capturable",
+                         (json_int_t)0, "amount_details", "tip", "amount_received", (json_int_t)0, "application",
+                         "application_fee_amount", "automatic_payment_methods", "canceled_at", "cancellation_reason",
+                         "capture_method", "automatic", "client_secret", cs, "confirmation_method", "automatic",
+                         "created", (json_int_t)tp_now(), "currency", cur->code, "customer", "description",
+                         "last_payment_error", "latest_charge", "livemode", 0, "metadata", "next_action",
+                         "on_behalf_of", "payment_method", "payment_method_options", "payment_method_types", "card",
+                         "processing", "receipt_email", "review", "setup_future_usage", "shipping",
+                         "statement_descriptor", "statement_descriptor_suffix", "status", "requires_payment_method",
+                         "transfer_data", "transfer_group");
+  if (!pi)
+    abort();
+  (void)r;
+  return pi;
+}
+
+/* ---- confirm -------------------------------------------------------------- */
+/* Start a confirmation of pi (owned) within cs (owned). Replies on failure.
+ * On success the request is suspended until the outcome is committed. */
+static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created, const char *lock_id)
+{
+  const json_t *params = r->params;
+  struct tp_card_info ci;
+  memset(&ci, 0, sizeof ci);
+  char cvc[8] = "";
+  json_t *pm = NULL;
+  const json_t *pmd = json_object_get(params, "payment_method_data");
+  const char *pm_id = tp_pstr(params, "payment_method");
+  if (json_is_object(pmd)) {
+    const char *type = tp_pstr(pmd, "type");
+    if (!type || strcmp(type, "card") != 0) {
+      tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "payment_method_data[type]",
+                     "Invalid payment_method_data[type]: must be card");
+      goto fail;
+    }
+    const json_t *card = json_object_get(pmd, "card");
+    if (!json_is_object(card)) {
+      tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "payment_method_data[card]", NULL);
+      goto fail;
+    }
+    if (!tp_card_from_params(r, card, "payment_method_data[card]", &ci, cvc))
+      goto fail;
+    pm = tp_pm_create_card(cs, &r->merchant, &ci, json_object_get(pmd, "billing_details"),
+                           json_object_get(pmd, "metadata"));
+    if (!pm) {
+      tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+      goto fail;
+    }
+  } else {
+    if (!pm_id || !*pm_id)
+      pm_id = json_string_value(json_object_get(pi, "payment_method"));
+    if (!pm_id || !*pm_id) {
+      tp_reply_error(r, TP_ERR_PAYMENT_METHOD_MISSING, "payment_method", NULL);
+      goto fail;
+    }
+    pm = tp_pm_resolve(r, cs, pm_id, &ci);
+    if (!pm)
+      goto fail;
+    const char *pm_cus = json_string_value(json_object_get(pm, "customer"));
+    const char *pi_cus = json_string_value(json_object_get(pi, "customer"));
+    if (pm_cus && (!pi_cus || strcmp(pm_cus, pi_cus) != 0)) {
+      tp_reply_error(r, TP_ERR_PAYMENT_METHOD_UNEXPECTED_STATE, "payment_method",
+                     "The provided PaymentMethod belongs to a customer other than the one on this PaymentIntent.");
+      goto fail;
+    }
+  }
+  json_object_set(pi, "payment_method", json_object_get(pm, "id"));
+  const char *ret = tp_pstr(params, "return_url");
+  json_object_set_new(pi, "last_payment_error", json_null());
+
+  if (tp_test_card_requires_3ds(ci.pan)) {
+    /* The issuer wants 3-D Secure: hand the customer a challenge. */
+    bool off = false;
+    tp_param_bool(params, "off_session", &off);
+    const char *pid = json_string_value(json_object_get(pi, "id"));
+    char token[65], url[600];
+    tp_3ds_token(pid, token);
+    snprintf(url, sizeof url, "%s/v1/turnpike/3ds/%s?token=%s", tp_app.public_url, pid, token);
+    json_object_set_new(pi, "status", json_string("requires_action"));
+    json_object_set_new(pi, "next_action",
+                        json_pack("{s:s, s:{s:s, s:o}}", "type", "redirect_to_url", "redirect_to_url", "url", url,
+                                  "return_url", ret && *ret ? json_string(ret) : json_null()));
+    if (off) {
+      /* Off-session: nobody can answer a challenge; fail like Stripe does. */
+      json_object_set_new(pi, "status", json_string("requires_payment_method"));
+      json_object_set_new(pi, "next_action", json_null());
+      json_t *err = tp_error_object(TP_ERR_DECLINE_AUTHENTICATION_REQUIRED, NULL, NULL);
+      json_object_set(err, "payment_method", pm);
+      json_object_set(pi, "last_payment_error", err);
+      json_object_set_new(pi, "payment_method", json_null());
+      tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
+      if (created)
+        tp_emit(cs, r, r->merchant.id, "payment_intent.created", pi);
+      tp_emit(cs, r, r->merchant.id, "payment_intent.payment_failed", pi);
+      json_object_set(err, "payment_intent", pi);
+      tp_reply_json(r, 402, json_pack("{s:o}", "error", err));
+    } else {
+      tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
+      if (created)
+        tp_emit(cs, r, r->merchant.id, "payment_intent.created", pi);
+      tp_emit(cs, r, r->merchant.id, "payment_intent.requires_action", pi);
+      json_t *out = json_deep_copy(pi);
+      json_t *known = json_pack("[O]", pm);
+      tp_expand(r, out, known);
+      json_decref(known);
+      tp_reply_json(r, 200, out);
+    }
+    tp_card_wipe(&ci, sizeof ci);
+    json_decref(pm);
+    json_decref(pi);
+    tp_commit_and_reply_unlock(r, cs, lock_id);
+    return;
+  }
+
+  /* Processing: commit the attempt first, then call the processor. */
+  json_object_set_new(pi, "status", json_string("processing"));
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
+  if (created)
+    tp_emit(cs, r, r->merchant.id, "payment_intent.created", pi);
+  struct tp_pay *p = tp_pay_new(r, &r->merchant);
+  p->pi = pi;
+  p->pm = pm;
+  p->outcome = tp_outcome_authorize;
+  if (lock_id)
+    snprintf(p->lock_id, sizeof p->lock_id, "%s", lock_id);
+  const char *cm = json_string_value(json_object_get(pi, "capture_method"));
+  tp_pay_attempt(p, "authorize", json_integer_value(json_object_get(pi, "amount")),
+                 json_string_value(json_object_get(pi, "currency")));
+  p->att.capture = !(cm && strcmp(cm, "manual") == 0);
+  snprintf(p->att.vault_token, sizeof p->att.vault_token, "%s", json_string_value(json_object_get(pm, "id")));
+  p->call.kind = TP_PROC_AUTHORIZE;
+  snprintf(p->call.pan, sizeof p->call.pan, "%s", ci.pan);
+  p->call.exp_month = ci.exp_month;
+  p->call.exp_year = ci.exp_year;
+  snprintf(p->call.cvc, sizeof p->call.cvc, "%s", cvc);
+  tp_card_wipe(&ci, sizeof ci);
+  tp_card_wipe(cvc, sizeof cvc);
+  tp_req_suspend(r);
+  tp_pay_run(p, cs);
+  return;
+fail:
+  tp_card_wipe(&ci, sizeof ci);
+  json_decref(pm);
+  json_decref(pi);
+  tp_cs_free(cs);
+  if (lock_id)
+    tp_lock_release(lock_id);
+}
+
+/* ---- handlers ---------------------------------------------------------------- */
+void tp_h_pi_create(struct tp_req *r)
+{
+  if (!check(r, spec_create))
+    return;
+  int64_t amount;
+  if (!tp_param_int(r->params, "amount", &amount)) {
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "amount", "Missing required param: amount.");
+    return;
+  }
+  const struct tp_currency *cur;
+  const char *code = tp_pstr(r->params, "currency");
+  if (!code) {
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "currency", "Missing required param: currency.");
+    return;
+  }
+  if (!check_currency(r, code, &cur) || !check_amount(r, amount, cur))
+    return;
+  const char *cus = tp_pstr(r->params, "customer");
+  if (cus && *cus && !customer_exists(r, cus))
+    return;
+  json_t *pi = pi_new(r, amount, cur);
+  apply_fields(pi, r->params);
+  const char *pm_id = tp_pstr(r->params, "payment_method");
+  bool do_confirm = false;
+  tp_param_bool(r->params, "confirm", &do_confirm);
+  if (pm_id && *pm_id) {
+    json_object_set_new(pi, "payment_method", json_string(pm_id));
+    json_object_set_new(pi, "status", json_string("requires_confirmation"));
+  }
+  struct tp_cs *cs = tp_cs_new();
+  if (do_confirm) {
+    confirm(r, pi, cs, true, NULL);
+    return;
+  }
+  if (json_object_get(r->params, "payment_method_data")) {
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "payment_method_data",
+                   "payment_method_data can only be used with confirm=true.");
+    json_decref(pi);
+    tp_cs_free(cs);
+    return;
+  }
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
+  tp_emit(cs, r, r->merchant.id, "payment_intent.created", pi);
+  if (!tp_expand(r, pi, NULL)) {
+    json_decref(pi);
+    tp_cs_free(cs);
+    return;
+  }
+  tp_reply_json(r, 200, pi);
+  tp_commit_and_reply_unlock(r, cs, NULL);
+}
+
+static json_t *public_pi(json_t *pi)
+{
+  return pi;
+}
+
+void tp_h_pi_retrieve(struct tp_req *r)
+{
+  if (!check(r, spec_retrieve))
+    return;
+  json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, r->path_id);
+  if (!pi) {
+    missing_pi(r);
+    return;
+  }
+  public_pi(pi);
+  if (!tp_expand(r, pi, NULL)) {
+    json_decref(pi);
+    return;
+  }
+  tp_reply_json(r, 200, pi);
+}
+
+/* Load the PI named in the URL under its lock; replies and returns NULL on failure. */
+static json_t *load_locked(struct tp_req *r)
+{
+  if (!tp_lock_try(r->path_id)) {
+    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+    return NULL;
+  }
+  json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, r->path_id);
+  if (!pi) {
+    tp_lock_release(r->path_id);
+    missing_pi(r);
+  }
+  return pi;
+}
+
+void tp_h_pi_update(struct tp_req *r)
+{
+  if (!check(r, spec_update))
+    return;
+  json_t *pi = load_locked(r);
+  if (!pi)
+    return;
+  const char *st = json_string_value(json_object_get(pi, "status"));
+  if (strcmp(st, "requires_payment_method") != 0 && strcmp(st, "requires_confirmation") != 0 &&
+      strcmp(st, "requires_action") != 0) {
+    unexpected_state(r, pi, "update");
+    goto out;
+  }
+  const char *code = tp_pstr(r->params, "currency");
+  const struct tp_currency *cur = tp_currency_find(json_string_value(json_object_get(pi, "currency")));
+  if (code && !check_currency(r, code, &cur))
+    goto out;
+  int64_t amount = json_integer_value(json_object_get(pi, "amount"));
+  tp_param_int(r->params, "amount", &amount);
+  if (!check_amount(r, amount, cur))
+    goto out;
+  const char *cus = tp_pstr(r->params, "customer");
+  if (cus && *cus && !customer_exists(r, cus))
+    goto out;
+  if (json_object_get(r->params, "payment_method_data")) {
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "payment_method_data",
+                   "payment_method_data can only be used when confirming.");
+    goto out;
+  }
+  json_object_set_new(pi, "amount", json_integer(amount));
+  json_object_set_new(pi, "currency", json_string(cur->code));
+  apply_fields(pi, r->params);
+  const char *pm_id = tp_pstr(r->params, "payment_method");
+  if (pm_id && *pm_id) {
+    json_object_set_new(pi, "payment_method", json_string(pm_id));
+    json_object_set_new(pi, "status", json_string("requires_confirmation"));
+  }
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
+  public_pi(pi);
+  json_t *out = json_incref(pi);
+  if (!tp_expand(r, out, NULL)) {
+    json_decref(out);
+    tp_cs_free(cs);
+    goto out;
+  }
+  tp_reply_json(r, 200, out);
+  json_decref(pi);
+  tp_commit_and_reply_unlock(r, cs, r->path_id);
+  return;
+out:
+  json_decref(pi);
+  tp_lock_release(r->path_id);
+}
+
+void tp_h_pi_confirm(struct tp_req *r)
+{
+  if (!check(r, spec_confirm))
+    return;
+  json_t *pi = load_locked(r);
+  if (!pi)
+    return;
+  const char *st = json_string_value(json_object_get(pi, "status"));
+  if (strcmp(st, "requires_payment_method") != 0 && strcmp(st, "requires_confirmation") != 0 &&
+      strcmp(st, "requires_action") != 0) {
+    unexpected_state(r, pi, "confirm");
+    json_decref(pi);
+    tp_lock_release(r->path_id);
+    return;
+  }
+  static const char *const fields[] = {"receipt_email", "setup_future_usage", "capture_method", "shipping", NULL};
+  for (int i = 0; fields[i]; i++)
+    if (json_object_get(r->params, fields[i]))
+      json_object_set(pi, fields[i], json_object_get(r->params, fields[i]));
+  confirm(r, pi, tp_cs_new(), false, r->path_id);
+}
+
+void tp_h_pi_capture(struct tp_req *r)
+{
+  if (!check(r, spec_capture))
+    return;
+  json_t *pi = load_locked(r);
+  if (!pi)
+    return;
+  if (strcmp(json_string_value(json_object_get(pi, "status")), "requires_capture") != 0) {
+    unexpected_state(r, pi, "capture");
+    goto fail;
+  }
+  int64_t capturable = json_integer_value(json_object_get(pi, "amount_capturable"));
+  int64_t amount = capturable;
+  if (tp_param_int(r->params, "amount_to_capture", &amount)) {
+    if (amount > capturable) {
+      tp_reply_error(r, TP_ERR_CAPTURE_AMOUNT_TOO_LARGE, "amount_to_capture", NULL);
+      goto fail;
+    }
+    if (amount < 1) {
+      tp_reply_error(r, TP_ERR_AMOUNT_TOO_SMALL, "amount_to_capture", NULL);
+      goto fail;
+    }
+  }
+  const char *chid = json_string_value(json_object_get(pi, "latest_charge"));
+  json_t *ch = chid ? tp_store_get_json(&tp_app.store, TP_K_CHARGE, r->merchant.id, chid) : NULL;
+  if (!ch) {
+    tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+    goto fail;
+  }
+  json_t *md = json_object_get(r->params, "metadata");
+  if (md) {
+    json_t *p2 = json_pack("{s:O}", "metadata", md);
+    apply_fields(pi, p2);
+    json_decref(p2);
+  }
+  struct tp_pay *p = tp_pay_new(r, &r->merchant);
+  p->pi = pi;
+  p->charge = ch;
+  p->outcome = tp_outcome_capture;
+  snprintf(p->lock_id, sizeof p->lock_id, "%s", r->path_id);
+  tp_pay_attempt(p, "capture", amount, json_string_value(json_object_get(pi, "currency")));
+  p->call.kind = TP_PROC_CAPTURE;
+  json_t *turn = json_object_get(ch, "turnpike");
+  const char *auth_att = json_string_value(json_object_get(turn, "attempt"));
+  snprintf(p->call.orig_ref, sizeof p->call.orig_ref, "%s", auth_att ? auth_att : "");
+  tp_req_suspend(r);
+  tp_pay_run(p, tp_cs_new());
+  return;
+fail:
+  json_decref(pi);
+  tp_lock_release(r->path_id);
+}
+
+void tp_h_pi_cancel(struct tp_req *r)
+{
+  if (!check(r, spec_cancel))
+    return;
+  json_t *pi = load_locked(r);
+  if (!pi)
+    return;
+  const char *st = json_string_value(json_object_get(pi, "status"));
+  const char *reason = tp_pstr(r->params, "cancellation_reason");
+  if (strcmp(st, "requires_capture") == 0) {
+    const char *chid = json_string_value(json_object_get(pi, "latest_charge"));
+    struct tp_pay *p = tp_pay_new(r, &r->merchant);
+    p->pi = pi;
+    p->charge = chid ? tp_store_get_json(&tp_app.store, TP_K_CHARGE, r->merchant.id, chid) : NULL;
+    p->outcome = tp_outcome_void;
+    snprintf(p->lock_id, sizeof p->lock_id, "%s", r->path_id);
+    snprintf(p->cancellation_reason, sizeof p->cancellation_reason, "%s", reason ? reason : "");
+    tp_pay_attempt(p, "void", json_integer_value(json_object_get(pi, "amount_capturable")),
+                   json_string_value(json_object_get(pi, "currency")));
+    p->call.kind = TP_PROC_VOID;
+    json_t *turn = json_object_get(p->charge, "turnpike");
+    const char *auth_att = json_string_value(json_object_get(turn, "attempt"));
+    snprintf(p->call.orig_ref, sizeof p->call.orig_ref, "%s", auth_att ? auth_att : "");
+    tp_req_suspend(r);
+    tp_pay_run(p, tp_cs_new());
+    return;
+  }
+  if (strcmp(st, "requires_payment_method") != 0 && strcmp(st, "requires_confirmation") != 0 &&
+      strcmp(st, "requires_action") != 0) {
+    char msg[256];
+    snprintf(msg, sizeof msg,
+             "You cannot cancel this PaymentIntent because it has a status of %s. Only a PaymentIntent with one of "
+             "the following statuses may be canceled: requires_payment_method, requires_capture, "
+             "requires_confirmation, requires_action, processing.",
+             st);
+    tp_reply_error(r, TP_ERR_PAYMENT_INTENT_UNEXPECTED_STATE, NULL, msg);
+    json_decref(pi);
+    tp_lock_release(r->path_id);
+    return;
+  }
+  json_object_set_new(pi, "status", json_string("canceled"));
+  json_object_set_new(pi, "canceled_at", json_integer(tp_now()));
+  json_object_set_new(pi, "cancellation_reason", reason ? json_string(reason) : json_null());
+  json_object_set_new(pi, "next_action", json_null());
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
+  public_pi(pi);
+  tp_emit(cs, r, r->merchant.id, "payment_intent.canceled", pi);
+  tp_expand(r, pi, NULL);
+  tp_reply_json(r, 200, pi);
+  tp_commit_and_reply_unlock(r, cs, r->path_id);
+}
+
+void tp_h_pi_list(struct tp_req *r)
+{
+  if (!check(r, spec_list))
+    return;
+  struct tp_list_query q;
+  memset(&q, 0, sizeof q);
+  q.kind = TP_K_PAYMENT_INTENT;
+  if (!tp_list_params(r, &q))
+    return;
+  const char *cus = tp_pstr(r->params, "customer");
+  if (cus && *cus) {
+    q.col_name = "customer";
+    q.col_value = cus;
+  }
+  bool has_more = false;
+  json_t *data = tp_app.store.ops->list(tp_app.store.cls, &q, &has_more);
+  if (!data) {
+    tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+    return;
+  }
+  size_t i;
+  json_t *v;
+  json_array_foreach(data, i, v) public_pi(v);
+  json_t *list = json_pack("{s:s, s:s, s:b, s:o}", "object", "list", "url", "/v1/payment_intents", "has_more",
+                           has_more, "data", data);
+  if (!tp_expand(r, list, NULL)) {
+    json_decref(list);
+    return;
+  }
+  tp_reply_json(r, 200, list);
+}

@@ -1,0 +1,520 @@
+/* /v1/payment_methods: create (cards), retrieve, update, attach, detach,
+ * list; and GET /v1/customers/{id}/payment_methods.
+ *
+ * The card number never lives outside the vault: create hands validated card
+ * data to tp_pm_create_card and wipes it; everything else works on the
+ * stored PaymentMethod object, which holds only brand, last4 and the like. */
+#include "api/commit.h"
+#include "api/handlers.h"
+#include "api/objects.h"
+#include "api/params.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Stripe caps billing detail strings well below the generic value limit. */
+#define PM_FIELD_MAX 500
+/* Furthest expiry year an update may set, from now. */
+#define PM_EXP_YEARS_AHEAD 50
+
+#define S(n) {n, TP_P_STRING, NULL, NULL}
+#define END {NULL, TP_P_ANY, NULL, NULL}
+
+static const char *const type_choices[] = {"card", NULL};
+
+static const struct tp_pspec spec_create[] = {
+  {"billing_details", TP_P_OBJECT, tp_spec_billing_details, NULL},
+  {"card", TP_P_OBJECT, tp_spec_card, NULL},
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {"metadata", TP_P_METADATA, NULL, NULL},
+  {"type", TP_P_ENUM, NULL, type_choices},
+  END,
+};
+
+static const struct tp_pspec spec_card_update[] = {
+  {"exp_month", TP_P_INT, NULL, NULL},
+  {"exp_year", TP_P_INT, NULL, NULL},
+  END,
+};
+
+static const struct tp_pspec spec_update[] = {
+  {"billing_details", TP_P_OBJECT, tp_spec_billing_details, NULL},
+  {"card", TP_P_OBJECT, spec_card_update, NULL},
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {"metadata", TP_P_METADATA, NULL, NULL},
+  END,
+};
+
+static const struct tp_pspec spec_attach[] = {
+  S("customer"),
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  END,
+};
+
+static const struct tp_pspec spec_detach[] = {
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  END,
+};
+
+static const struct tp_pspec spec_list[] = {
+  S("customer"),
+  S("ending_before"),
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {"limit", TP_P_INT, NULL, NULL},
+  S("starting_after"),
+  {"type", TP_P_ENUM, NULL, type_choices},
+  END,
+};
+
+static const struct tp_pspec spec_customer_list[] = {
+  S("ending_before"),
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {"limit", TP_P_INT, NULL, NULL},
+  S("starting_after"),
+  {"type", TP_P_ENUM, NULL, type_choices},
+  END,
+};
+
+static bool check(struct tp_req *r, const struct tp_pspec *spec)
+{
+  struct tp_params_error pe;
+  if (tp_params_check(r->params, spec, &pe) != 0) {
+    tp_reply_params_error(r, &pe, false);
+    return false;
+  }
+  return true;
+}
+
+static bool unset(const json_t *v)
+{
+  return json_is_null(v) || (json_is_string(v) && json_string_length(v) == 0);
+}
+
+static void reply_no_such_pm(struct tp_req *r, const char *id)
+{
+  char msg[160];
+  snprintf(msg, sizeof msg, "No such PaymentMethod: '%s'", id);
+  tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "payment_method", msg);
+}
+
+static void reply_no_such_customer(struct tp_req *r, const char *id, const char *param)
+{
+  char msg[160];
+  snprintf(msg, sizeof msg, "No such customer: '%s'", id);
+  tp_reply_error(r, TP_ERR_RESOURCE_MISSING, param, msg);
+}
+
+/* Reply with a copy of obj, expanded as asked; false after an expand error. */
+static bool reply_object(struct tp_req *r, const json_t *obj, const json_t *known)
+{
+  json_t *out = json_deep_copy(obj);
+  const json_t *ex = json_object_get(r->params, "expand");
+  if (json_is_array(ex) && json_array_size(ex) > 0 && !tp_expand(r, out, known)) {
+    json_decref(out);
+    return false;
+  }
+  tp_reply_json(r, 200, out);
+  return true;
+}
+
+static bool customer_live(struct tp_req *r, const char *id)
+{
+  json_t *cus = tp_store_get_json(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, id);
+  bool ok = cus && !json_is_true(json_object_get(cus, "deleted"));
+  json_decref(cus);
+  return ok;
+}
+
+/* POST /v1/payment_methods */
+void tp_h_pm_create(struct tp_req *r)
+{
+  if (!check(r, spec_create))
+    return;
+  const char *type = tp_pstr(r->params, "type");
+  if (!type || !*type) {
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "type", NULL);
+    return;
+  }
+  const json_t *card = json_object_get(r->params, "card");
+  if (!json_is_object(card)) {
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "card", NULL);
+    return;
+  }
+  struct tp_card_info ci;
+  char cvc[8];
+  memset(&ci, 0, sizeof ci);
+  if (!tp_card_from_params(r, card, "card", &ci, cvc)) {
+    tp_card_wipe(&ci, sizeof ci);
+    tp_card_wipe(cvc, sizeof cvc);
+    return;
+  }
+  const json_t *bd = json_object_get(r->params, "billing_details");
+  const json_t *md = json_object_get(r->params, "metadata");
+  struct tp_cs *cs = tp_cs_new();
+  json_t *pm = tp_pm_create_card(cs, &r->merchant, &ci, json_is_object(bd) ? bd : NULL,
+                                 json_is_object(md) ? md : NULL);
+  tp_card_wipe(&ci, sizeof ci);
+  tp_card_wipe(cvc, sizeof cvc);
+  if (!pm) {
+    tp_cs_free(cs);
+    tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+    return;
+  }
+  if (!reply_object(r, pm, NULL)) {
+    tp_cs_free(cs);
+    json_decref(pm);
+    return;
+  }
+  tp_idem_record(r, cs);
+  tp_commit_and_reply(r, cs);
+  json_decref(pm);
+}
+
+/* GET /v1/payment_methods/{id} */
+void tp_h_pm_retrieve(struct tp_req *r)
+{
+  tp_retrieve(r, TP_K_PAYMENT_METHOD, "PaymentMethod");
+}
+
+/* Merge billing_details params into the stored object: given keys replace,
+ * "" unsets; address keys merge one by one. */
+static void billing_merge(json_t *pm, const json_t *p)
+{
+  json_t *bd = json_object_get(pm, "billing_details");
+  if (!json_is_object(bd)) {
+    bd = json_object();
+    json_object_set_new(pm, "billing_details", bd);
+  }
+  if (unset(p)) {
+    json_object_set_new(bd, "address", json_null());
+    json_object_set_new(bd, "email", json_null());
+    json_object_set_new(bd, "name", json_null());
+    json_object_set_new(bd, "phone", json_null());
+    return;
+  }
+  const char *k;
+  const json_t *v;
+  json_object_foreach((json_t *)p, k, v) {
+    if (strcmp(k, "address") == 0) {
+      static const char *const keys[] = {"city", "country", "line1", "line2", "postal_code", "state"};
+      json_t *a = json_object_get(bd, "address");
+      if (!json_is_object(a)) {
+        a = json_object();
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+          json_object_set_new(a, keys[i], json_null());
+        json_object_set_new(bd, "address", a);
+      }
+      for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        const json_t *av = unset(v) ? json_null() : json_object_get(v, keys[i]);
+        if (av)
+          json_object_set_new(a, keys[i], unset(av) ? json_null() : json_string(json_string_value(av)));
+      }
+    } else if (json_is_string(v) || json_is_null(v)) {
+      json_object_set_new(bd, k, unset(v) ? json_null() : json_string(json_string_value(v)));
+    }
+  }
+}
+
+static void metadata_apply(json_t *obj, const json_t *v)
+{
+  json_t *md = json_object_get(obj, "metadata");
+  if (!json_is_object(md)) {
+    md = json_object();
+    json_object_set_new(obj, "metadata", md);
+  }
+  if (unset(v)) {
+    json_object_clear(md);
+    return;
+  }
+  const char *k;
+  const json_t *mv;
+  json_object_foreach((json_t *)v, k, mv) {
+    if (unset(mv))
+      json_object_del(md, k);
+    else
+      json_object_set_new(md, k, json_string(json_string_value(mv)));
+  }
+}
+
+/* Only the string fields of billing_details may be long; cap them. */
+static bool billing_lengths_ok(struct tp_req *r, const json_t *p)
+{
+  const char *k;
+  const json_t *v;
+  char name[96];
+  json_object_foreach((json_t *)p, k, v) {
+    if (json_is_string(v) && json_string_length(v) > PM_FIELD_MAX) {
+      snprintf(name, sizeof name, "billing_details[%s]", k);
+      tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, name, NULL);
+      return false;
+    }
+    if (json_is_object(v)) {
+      const char *k2;
+      const json_t *v2;
+      json_object_foreach((json_t *)v, k2, v2)
+        if (json_is_string(v2) && json_string_length(v2) > PM_FIELD_MAX) {
+          snprintf(name, sizeof name, "billing_details[%s][%s]", k, k2);
+          tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, name, NULL);
+          return false;
+        }
+    }
+  }
+  return true;
+}
+
+/* New expiry from card[exp_month]/card[exp_year]; false after replying. */
+static bool expiry_apply(struct tp_req *r, json_t *pm, const json_t *card)
+{
+  json_t *c = json_object_get(pm, "card");
+  if (!json_is_object(c)) {
+    tp_reply_error(r, TP_ERR_PAYMENT_METHOD_INVALID_PARAMETER, "card", NULL);
+    return false;
+  }
+  int64_t month = json_integer_value(json_object_get(c, "exp_month"));
+  int64_t year = json_integer_value(json_object_get(c, "exp_year"));
+  int64_t v;
+  if (tp_param_int(card, "exp_month", &v))
+    month = v;
+  if (tp_param_int(card, "exp_year", &v))
+    year = v < 100 ? 2000 + v : v;
+  if (month < 1 || month > 12) {
+    tp_reply_error(r, TP_ERR_CARD_INVALID_EXPIRY_MONTH, "card[exp_month]", NULL);
+    return false;
+  }
+  time_t now = (time_t)tp_now();
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  int64_t cy = tm.tm_year + 1900, cm = tm.tm_mon + 1;
+  if (year > cy + PM_EXP_YEARS_AHEAD || year < 2000) {
+    tp_reply_error(r, TP_ERR_CARD_INVALID_EXPIRY_YEAR, "card[exp_year]", NULL);
+    return false;
+  }
+  if (year < cy || (year == cy && month < cm)) {
+    tp_reply_error(r, TP_ERR_CARD_EXPIRED, "card[exp_month]", NULL);
+    return false;
+  }
+  json_object_set_new(c, "exp_month", json_integer((json_int_t)month));
+  json_object_set_new(c, "exp_year", json_integer((json_int_t)year));
+  return true;
+}
+
+/* POST /v1/payment_methods/{id} */
+void tp_h_pm_update(struct tp_req *r)
+{
+  if (!check(r, spec_update))
+    return;
+  const json_t *bd = json_object_get(r->params, "billing_details");
+  if (json_is_object(bd) && !billing_lengths_ok(r, bd))
+    return;
+  if (!tp_lock_try(r->path_id)) {
+    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+    return;
+  }
+  json_t *pm = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, r->path_id);
+  json_t *before = NULL;
+  if (!pm) {
+    reply_no_such_pm(r, r->path_id);
+    goto out_unlock;
+  }
+  /* Stripe only lets saved (attached) payment methods change. */
+  if (!json_is_string(json_object_get(pm, "customer"))) {
+    tp_reply_error(r, TP_ERR_PAYMENT_METHOD_UNEXPECTED_STATE, NULL,
+                   "You must save this PaymentMethod to a customer before you can update it.");
+    goto out_unlock;
+  }
+  before = json_deep_copy(pm);
+  const json_t *v;
+  if ((v = json_object_get(r->params, "billing_details")))
+    billing_merge(pm, v);
+  if ((v = json_object_get(r->params, "metadata")))
+    metadata_apply(pm, v);
+  if ((v = json_object_get(r->params, "card")) && json_is_object(v) && !expiry_apply(r, pm, v))
+    goto out_unlock;
+  if (json_equal(pm, before)) {
+    reply_object(r, pm, NULL);
+    goto out_unlock;
+  }
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_PAYMENT_METHOD, r->merchant.id, pm);
+  tp_emit(cs, r, r->merchant.id, "payment_method.updated", pm);
+  if (!reply_object(r, pm, NULL)) {
+    tp_cs_free(cs);
+    goto out_unlock;
+  }
+  tp_idem_record(r, cs);
+  tp_commit_and_reply_unlock(r, cs, r->path_id);
+  json_decref(pm);
+  json_decref(before);
+  return;
+
+out_unlock:
+  tp_lock_release(r->path_id);
+  json_decref(pm);
+  json_decref(before);
+}
+
+/* POST /v1/payment_methods/{id}/attach */
+void tp_h_pm_attach(struct tp_req *r)
+{
+  if (!check(r, spec_attach))
+    return;
+  const char *cus_id = tp_pstr(r->params, "customer");
+  if (!cus_id || !*cus_id) {
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "customer", NULL);
+    return;
+  }
+  if (!customer_live(r, cus_id)) {
+    reply_no_such_customer(r, cus_id, "customer");
+    return;
+  }
+  if (!tp_lock_try(r->path_id)) {
+    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+    return;
+  }
+  struct tp_cs *cs = tp_cs_new();
+  json_t *pm = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, r->path_id);
+  if (!pm) {
+    /* Test ids (pm_card_visa...) attach a fresh PaymentMethod. */
+    struct tp_card_info ci;
+    memset(&ci, 0, sizeof ci);
+    pm = tp_pm_resolve(r, cs, r->path_id, &ci);
+    tp_card_wipe(&ci, sizeof ci);
+    if (!pm)
+      goto fail; /* replied */
+  }
+  const json_t *owner = json_object_get(pm, "customer");
+  if (json_is_string(owner)) {
+    if (strcmp(json_string_value(owner), cus_id) == 0) {
+      /* Already attached here: nothing to change. */
+      reply_object(r, pm, NULL);
+      goto fail;
+    }
+    tp_reply_error(r, TP_ERR_PAYMENT_METHOD_ALREADY_ATTACHED, NULL,
+                   "The payment method you provided has already been attached to a customer.");
+    goto fail;
+  }
+  json_object_set_new(pm, "customer", json_string(cus_id));
+  tp_cs_put(cs, TP_K_PAYMENT_METHOD, r->merchant.id, pm);
+  tp_emit(cs, r, r->merchant.id, "payment_method.attached", pm);
+  if (!reply_object(r, pm, NULL))
+    goto fail;
+  tp_idem_record(r, cs);
+  tp_commit_and_reply_unlock(r, cs, r->path_id);
+  json_decref(pm);
+  return;
+
+fail:
+  tp_lock_release(r->path_id);
+  tp_cs_free(cs);
+  json_decref(pm);
+}
+
+/* POST /v1/payment_methods/{id}/detach */
+void tp_h_pm_detach(struct tp_req *r)
+{
+  if (!check(r, spec_detach))
+    return;
+  if (!tp_lock_try(r->path_id)) {
+    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+    return;
+  }
+  const char *locks[2] = {r->path_id, NULL};
+  json_t *cus = NULL;
+  json_t *pm = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, r->path_id);
+  if (!pm) {
+    reply_no_such_pm(r, r->path_id);
+    goto fail;
+  }
+  const char *cus_id = json_string_value(json_object_get(pm, "customer"));
+  if (!cus_id) {
+    tp_reply_error(r, TP_ERR_PAYMENT_METHOD_NOT_ATTACHED, NULL,
+                   "The payment method you provided is not attached to a customer so detachment is impossible.");
+    goto fail;
+  }
+  struct tp_cs *cs = tp_cs_new();
+  /* A customer whose default this was loses it, as on Stripe. */
+  cus = tp_store_get_json(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, cus_id);
+  json_t *is = cus ? json_object_get(cus, "invoice_settings") : NULL;
+  const char *def = json_string_value(json_object_get(is, "default_payment_method"));
+  if (def && strcmp(def, r->path_id) == 0) {
+    if (!tp_lock_try(cus_id)) {
+      tp_cs_free(cs);
+      tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+      goto fail;
+    }
+    locks[1] = json_string_value(json_object_get(cus, "id"));
+    json_object_set_new(is, "default_payment_method", json_null());
+    tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, cus);
+    tp_emit(cs, r, r->merchant.id, "customer.updated", cus);
+  }
+  json_object_set_new(pm, "customer", json_null());
+  tp_cs_put(cs, TP_K_PAYMENT_METHOD, r->merchant.id, pm);
+  tp_emit(cs, r, r->merchant.id, "payment_method.detached", pm);
+  if (!reply_object(r, pm, NULL)) {
+    tp_cs_free(cs);
+    goto fail;
+  }
+  tp_idem_record(r, cs);
+  tp_commit_and_reply_locks(r, cs, locks, 2);
+  json_decref(pm);
+  json_decref(cus);
+  return;
+
+fail:
+  for (size_t i = 0; i < 2; i++)
+    if (locks[i])
+      tp_lock_release(locks[i]);
+  json_decref(pm);
+  json_decref(cus);
+}
+
+static void list_pms(struct tp_req *r, const char *customer, const char *url)
+{
+  struct tp_list_query q;
+  memset(&q, 0, sizeof q);
+  q.kind = TP_K_PAYMENT_METHOD;
+  q.merchant = r->merchant.id;
+  q.created_gte = INT64_MIN;
+  q.created_lte = INT64_MAX;
+  const char *type = tp_pstr(r->params, "type");
+  if (customer && *customer) {
+    q.col_name = "customer";
+    q.col_value = customer;
+  }
+  if (type && *type) {
+    q.col2_name = "type";
+    q.col2_value = type;
+  }
+  if (!tp_list_params(r, &q))
+    return;
+  tp_reply_list(r, &q, url);
+}
+
+/* GET /v1/payment_methods?customer=cus_...&type=card (customer optional here). */
+void tp_h_pm_list(struct tp_req *r)
+{
+  if (!check(r, spec_list))
+    return;
+  const char *customer = tp_pstr(r->params, "customer");
+  if (customer && *customer && !customer_live(r, customer)) {
+    reply_no_such_customer(r, customer, "customer");
+    return;
+  }
+  list_pms(r, customer, "/v1/payment_methods");
+}
+
+/* GET /v1/customers/{id}/payment_methods */
+void tp_h_customer_pm_list(struct tp_req *r)
+{
+  if (!check(r, spec_customer_list))
+    return;
+  if (!customer_live(r, r->path_id)) {
+    reply_no_such_customer(r, r->path_id, "customer");
+    return;
+  }
+  char url[160];
+  snprintf(url, sizeof url, "/v1/customers/%s/payment_methods", r->path_id);
+  list_pms(r, r->path_id, url);
+}

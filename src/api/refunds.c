@@ -1,0 +1,219 @@
+/* /v1/refunds: a refund is a processor call like a capture: the refund and
+ * its attempt are committed before the call, the ledger reversal after. */
+#include "api/commit.h"
+#include "api/handlers.h"
+#include "api/objects.h"
+#include "core/payflow.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const reasons[] = {"duplicate", "fraudulent", "requested_by_customer", NULL};
+
+static const struct tp_pspec spec_create[] = {
+  {"payment_intent", TP_P_STRING, NULL, NULL}, {"charge", TP_P_STRING, NULL, NULL},
+  {"amount", TP_P_INT, NULL, NULL},            {"reason", TP_P_ENUM, NULL, reasons},
+  {"metadata", TP_P_METADATA, NULL, NULL},     {"expand", TP_P_STRLIST, NULL, NULL},
+  {"instructions_email", TP_P_STRING, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+static const struct tp_pspec spec_update[] = {
+  {"metadata", TP_P_METADATA, NULL, NULL},
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+static const struct tp_pspec spec_list[] = {
+  {"limit", TP_P_INT, NULL, NULL},           {"starting_after", TP_P_STRING, NULL, NULL},
+  {"ending_before", TP_P_STRING, NULL, NULL}, {"payment_intent", TP_P_STRING, NULL, NULL},
+  {"charge", TP_P_STRING, NULL, NULL},       {"created", TP_P_RANGE, NULL, NULL},
+  {"expand", TP_P_STRLIST, NULL, NULL},      {NULL, 0, NULL, NULL},
+};
+
+static bool check(struct tp_req *r, const struct tp_pspec *spec)
+{
+  struct tp_params_error pe;
+  memset(&pe, 0, sizeof pe);
+  if (tp_params_check(r->params, spec, &pe) != 0) {
+    tp_reply_params_error(r, &pe, false);
+    return false;
+  }
+  return true;
+}
+
+void tp_h_refund_create(struct tp_req *r)
+{
+  if (!check(r, spec_create))
+    return;
+  const char *pi_id = tp_pstr(r->params, "payment_intent"), *ch_id = tp_pstr(r->params, "charge");
+  if ((!pi_id || !*pi_id) && (!ch_id || !*ch_id)) {
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "charge",
+                   "One of the following params should be provided for this request: payment_intent or charge.");
+    return;
+  }
+  json_t *pi = NULL, *ch = NULL;
+  char msg[200];
+  if (pi_id && *pi_id) {
+    pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, pi_id);
+    if (!pi) {
+      snprintf(msg, sizeof msg, "No such payment_intent: '%.64s'", pi_id);
+      tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "payment_intent", msg);
+      return;
+    }
+    const char *lc = json_string_value(json_object_get(pi, "latest_charge"));
+    if (strcmp(json_string_value(json_object_get(pi, "status")), "succeeded") != 0 || !lc) {
+      snprintf(msg, sizeof msg, "This PaymentIntent (%.64s) does not have a successful charge to refund.", pi_id);
+      tp_reply_error(r, TP_ERR_CHARGE_NOT_REFUNDABLE, "payment_intent", msg);
+      json_decref(pi);
+      return;
+    }
+    if (ch_id && *ch_id && strcmp(ch_id, lc) != 0) {
+      tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "charge", "The charge does not belong to this PaymentIntent.");
+      json_decref(pi);
+      return;
+    }
+    ch_id = lc;
+  }
+  char chid[TP_ID_MAX];
+  snprintf(chid, sizeof chid, "%s", ch_id);
+  if (!tp_lock_try(chid)) {
+    json_decref(pi);
+    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+    return;
+  }
+  ch = tp_store_get_json(&tp_app.store, TP_K_CHARGE, r->merchant.id, chid);
+  if (!ch) {
+    snprintf(msg, sizeof msg, "No such charge: '%.64s'", chid);
+    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "charge", msg);
+    goto fail;
+  }
+  if (!json_is_true(json_object_get(ch, "captured"))) {
+    snprintf(msg, sizeof msg, "Charge %.64s has not been captured and cannot be refunded.", chid);
+    tp_reply_error(r, TP_ERR_CHARGE_NOT_REFUNDABLE, "charge", msg);
+    goto fail;
+  }
+  int64_t captured = json_integer_value(json_object_get(ch, "amount_captured"));
+  int64_t refunded = json_integer_value(json_object_get(ch, "amount_refunded"));
+  int64_t pending = json_integer_value(json_object_get(json_object_get(ch, "turnpike"), "refund_pending"));
+  int64_t remaining = captured - refunded - pending;
+  if (remaining <= 0) {
+    snprintf(msg, sizeof msg, "Charge %.64s has already been refunded.", chid);
+    tp_reply_error(r, TP_ERR_CHARGE_ALREADY_REFUNDED, "charge", msg);
+    goto fail;
+  }
+  int64_t amount = remaining;
+  if (tp_param_int(r->params, "amount", &amount)) {
+    if (amount < 1) {
+      tp_reply_error(r, TP_ERR_AMOUNT_TOO_SMALL, "amount", "Refund amount must be positive.");
+      goto fail;
+    }
+    if (amount > remaining) {
+      snprintf(msg, sizeof msg, "Refund amount (%lld) is greater than unrefunded amount on charge (%lld)",
+               (long long)amount, (long long)remaining);
+      tp_reply_error(r, TP_ERR_REFUND_AMOUNT_TOO_LARGE, "amount", msg);
+      goto fail;
+    }
+  }
+  if (!pi) {
+    const char *pid = json_string_value(json_object_get(ch, "payment_intent"));
+    pi = pid ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, pid) : NULL;
+  }
+  char id[TP_ID_MAX];
+  tp_id_new(id, "re");
+  const char *reason = tp_pstr(r->params, "reason");
+  json_t *md = json_object_get(r->params, "metadata");
+  json_t *re = json_pack("{s:s, s:s, s:I, s:n, s:O, s:I, s:O, s:o, s:O, s:o, s:n, s:n, s:s, s:n}", "id", id,
+                         "object", "refund", "amount", (json_int_t)amount, "balance_transaction", "charge",
+                         json_object_get(ch, "id"), "created", (json_int_t)tp_now(), "currency",
+                         json_object_get(ch, "currency"), "metadata", json_is_object(md) ? json_copy(md) : json_object(),
+                         "payment_intent", json_object_get(ch, "payment_intent"), "reason",
+                         reason ? json_string(reason) : json_null(), "receipt_number", "source_transfer_reversal",
+                         "status", "pending", "transfer_reversal");
+  if (!re)
+    abort();
+  struct tp_pay *p = tp_pay_new(r, &r->merchant);
+  p->pi = pi;
+  p->charge = ch;
+  p->refund = re;
+  p->outcome = tp_outcome_refund;
+  snprintf(p->lock_id, sizeof p->lock_id, "%s", chid);
+  tp_pay_attempt(p, "refund", amount, json_string_value(json_object_get(ch, "currency")));
+  snprintf(p->att.refund, sizeof p->att.refund, "%s", id);
+  p->call.kind = TP_PROC_REFUND;
+  const char *auth_att = json_string_value(json_object_get(json_object_get(ch, "turnpike"), "attempt"));
+  snprintf(p->call.orig_ref, sizeof p->call.orig_ref, "%s", auth_att ? auth_att : "");
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_REFUND, r->merchant.id, re);
+  tp_req_suspend(r);
+  tp_pay_run(p, cs);
+  return;
+fail:
+  json_decref(pi);
+  json_decref(ch);
+  tp_lock_release(chid);
+}
+
+void tp_h_refund_retrieve(struct tp_req *r)
+{
+  tp_retrieve(r, TP_K_REFUND, "refund");
+}
+
+void tp_h_refund_update(struct tp_req *r)
+{
+  if (!check(r, spec_update))
+    return;
+  if (!tp_lock_try(r->path_id)) {
+    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+    return;
+  }
+  json_t *re = tp_store_get_json(&tp_app.store, TP_K_REFUND, r->merchant.id, r->path_id);
+  if (!re) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "No such refund: '%.64s'", r->path_id);
+    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", msg);
+    tp_lock_release(r->path_id);
+    return;
+  }
+  json_t *md = json_object_get(r->params, "metadata");
+  json_t *cur = json_object_get(re, "metadata");
+  if (json_is_string(md))
+    json_object_clear(cur);
+  else if (json_is_object(md)) {
+    const char *k;
+    json_t *v;
+    json_object_foreach(md, k, v)
+    {
+      if (json_is_string(v) && !*json_string_value(v))
+        json_object_del(cur, k);
+      else
+        json_object_set(cur, k, v);
+    }
+  }
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_REFUND, r->merchant.id, re);
+  tp_emit(cs, r, r->merchant.id, "refund.updated", re);
+  tp_expand(r, re, NULL);
+  tp_reply_json(r, 200, re);
+  tp_commit_and_reply_unlock(r, cs, r->path_id);
+}
+
+void tp_h_refund_list(struct tp_req *r)
+{
+  if (!check(r, spec_list))
+    return;
+  struct tp_list_query q;
+  memset(&q, 0, sizeof q);
+  q.kind = TP_K_REFUND;
+  if (!tp_list_params(r, &q))
+    return;
+  const char *pi = tp_pstr(r->params, "payment_intent"), *ch = tp_pstr(r->params, "charge");
+  if (pi && *pi) {
+    q.col_name = "payment_intent";
+    q.col_value = pi;
+  }
+  if (ch && *ch) {
+    q.col2_name = "charge";
+    q.col2_value = ch;
+  }
+  tp_reply_list(r, &q, "/v1/refunds");
+}

@@ -1,0 +1,79 @@
+/* Building replies: JSON objects, Stripe-shaped errors. */
+#include "api/http.h"
+#include "api/params.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void tp_reply_raw(struct tp_req *r, unsigned status, char *body, size_t len, const char *content_type)
+{
+  free(r->resp);
+  r->status = status;
+  r->resp = body;
+  r->resp_len = len;
+  r->content_type = content_type;
+}
+
+void tp_reply_json(struct tp_req *r, unsigned status, json_t *obj)
+{
+  char *s = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  json_decref(obj);
+  if (!s) {
+    tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+    return;
+  }
+  tp_reply_raw(r, status, s, strlen(s), "application/json");
+}
+
+json_t *tp_error_object(enum tp_err e, const char *param, const char *message)
+{
+  const struct tp_error_info *ei = tp_error_info(e);
+  if (!ei)
+    ei = tp_error_info(TP_ERR_INTERNAL);
+  char msg[512];
+  if (message)
+    snprintf(msg, sizeof msg, "%s", message);
+  else if (strstr(ei->message, "%s")) {
+    /* Registry messages hold at most one %s, for a parameter name (checked by gen.py). */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+    snprintf(msg, sizeof msg, ei->message, param ? param : "");
+#pragma GCC diagnostic pop
+  }
+  else
+    snprintf(msg, sizeof msg, "%s", ei->message);
+  json_t *o = json_object();
+  json_object_set_new(o, "type", json_string(ei->type));
+  if (ei->code)
+    json_object_set_new(o, "code", json_string(ei->code));
+  if (ei->decline_code)
+    json_object_set_new(o, "decline_code", json_string(ei->decline_code));
+  json_object_set_new(o, "message", json_string(msg));
+  if (param && *param)
+    json_object_set_new(o, "param", json_string(param));
+  json_object_set_new(o, "tp_code", json_integer(ei->number));
+  return o;
+}
+
+void tp_reply_error(struct tp_req *r, enum tp_err e, const char *param, const char *message)
+{
+  const struct tp_error_info *ei = tp_error_info(e);
+  unsigned status = ei ? (unsigned)ei->http_status : 500;
+  json_t *err = tp_error_object(e, param, message);
+  json_object_set_new(err, "request_log_url", json_sprintf("%s/v1/turnpike/requests/%s", tp_app.public_url,
+                                                          r->request_id));
+  tp_reply_json(r, status, json_pack("{s:o}", "error", err));
+}
+
+void tp_reply_params_error(struct tp_req *r, const struct tp_params_error *pe, bool unknown)
+{
+  enum tp_err e = TP_ERR_PARAMETER_INVALID;
+  if (unknown || strncmp(pe->message, "Received unknown parameter", 26) == 0)
+    e = TP_ERR_PARAMETER_UNKNOWN;
+  else if (strncmp(pe->message, "Invalid integer", 15) == 0)
+    e = TP_ERR_PARAMETER_INVALID_INTEGER;
+  else if (!pe->param[0])
+    e = TP_ERR_BODY_MALFORMED;
+  tp_reply_error(r, e, pe->param[0] ? pe->param : NULL, pe->message[0] ? pe->message : NULL);
+}

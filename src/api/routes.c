@@ -1,0 +1,53 @@
+/* The whole API in one table. Order matters only where patterns overlap:
+ * more specific first. */
+#include "api/handlers.h"
+
+#define A TP_R_AUTH
+#define P TP_R_PUBLIC
+
+const struct tp_route tp_routes[] = {
+  {"POST", "/v1/payment_intents", tp_h_pi_create, A},
+  {"GET", "/v1/payment_intents", tp_h_pi_list, A},
+  {"GET", "/v1/payment_intents/{id}", tp_h_pi_retrieve, A},
+  {"POST", "/v1/payment_intents/{id}", tp_h_pi_update, A},
+  {"POST", "/v1/payment_intents/{id}/confirm", tp_h_pi_confirm, A},
+  {"POST", "/v1/payment_intents/{id}/capture", tp_h_pi_capture, A},
+  {"POST", "/v1/payment_intents/{id}/cancel", tp_h_pi_cancel, A},
+
+  {"GET", "/v1/charges", tp_h_charge_list, A},
+  {"GET", "/v1/charges/{id}", tp_h_charge_retrieve, A},
+
+  {"POST", "/v1/refunds", tp_h_refund_create, A},
+  {"GET", "/v1/refunds", tp_h_refund_list, A},
+  {"GET", "/v1/refunds/{id}", tp_h_refund_retrieve, A},
+  {"POST", "/v1/refunds/{id}", tp_h_refund_update, A},
+
+  {"POST", "/v1/customers", tp_h_customer_create, A},
+  {"GET", "/v1/customers", tp_h_customer_list, A},
+  {"GET", "/v1/customers/{id}", tp_h_customer_retrieve, A},
+  {"POST", "/v1/customers/{id}", tp_h_customer_update, A},
+  {"DELETE", "/v1/customers/{id}", tp_h_customer_delete, A},
+  {"GET", "/v1/customers/{id}/payment_methods", tp_h_customer_pm_list, A},
+
+  {"POST", "/v1/payment_methods", tp_h_pm_create, A},
+  {"GET", "/v1/payment_methods", tp_h_pm_list, A},
+  {"GET", "/v1/payment_methods/{id}", tp_h_pm_retrieve, A},
+  {"POST", "/v1/payment_methods/{id}", tp_h_pm_update, A},
+  {"POST", "/v1/payment_methods/{id}/attach", tp_h_pm_attach, A},
+  {"POST", "/v1/payment_methods/{id}/detach", tp_h_pm_detach, A},
+
+  {"GET", "/v1/events", tp_h_event_list, A},
+  {"GET", "/v1/events/{id}", tp_h_event_retrieve, A},
+
+  {"GET", "/v1/balance", tp_h_balance, A},
+  {"GET", "/v1/balance_transactions", tp_h_balance_txn_list, A},
+  {"GET", "/v1/balance_transactions/{id}", tp_h_balance_txn_retrieve, A},
+
+  {"GET", "/v1/turnpike/3ds/{id}", tp_h_3ds_page, P},
+  {"POST", "/v1/turnpike/3ds/{id}", tp_h_3ds_submit, P},
+
+  {"GET", "/healthz", tp_h_healthz, P},
+  {"GET", "/readyz", tp_h_readyz, P},
+};
+
+const unsigned tp_routes_count = sizeof tp_routes / sizeof tp_routes[0];

@@ -1,0 +1,173 @@
+/* The simulated 3-D Secure challenge: a page with Approve and Fail buttons
+ * standing in for the issuer's ACS. Approve continues to authorization;
+ * Fail returns the PaymentIntent to requires_payment_method. Either way the
+ * customer is sent back to return_url, as Stripe does. */
+#include "api/commit.h"
+#include "api/handlers.h"
+#include "api/objects.h"
+#include "core/payflow.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const struct tp_pspec spec_page[] = {
+  {"token", TP_P_STRING, NULL, NULL},
+  {"result", TP_P_STRING, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+
+static void html(struct tp_req *r, unsigned status, const char *body)
+{
+  char *s = strdup(body);
+  if (!s)
+    abort();
+  tp_reply_raw(r, status, s, strlen(s), "text/html; charset=utf-8");
+}
+
+/* Check the token against the PaymentIntent id; constant time. */
+static bool token_ok(const char *pi_id, const char *token)
+{
+  char want[65];
+  tp_3ds_token(pi_id, want);
+  return token && strlen(token) == 32 && tp_ct_equal(want, token, 32);
+}
+
+static bool valid_id(const char *id)
+{
+  for (const char *p = id; *p; p++)
+    if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || *p == '_'))
+      return false;
+  return strncmp(id, "pi_", 3) == 0;
+}
+
+void tp_h_3ds_page(struct tp_req *r)
+{
+  struct tp_params_error pe;
+  if (tp_params_check(r->params, spec_page, &pe) != 0 || !valid_id(r->path_id) ||
+      !token_ok(r->path_id, tp_pstr(r->params, "token"))) {
+    html(r, 404, "<!doctype html><title>Not found</title><p>This authentication link is not valid.</p>");
+    return;
+  }
+  char buf[4096];
+  const char *tok = tp_pstr(r->params, "token");
+  snprintf(buf, sizeof buf,
+           "<!doctype html><html><head><meta charset=\"utf-8\"><title>3-D Secure authentication</title>"
+           "<style>body{font-family:sans-serif;max-width:32em;margin:3em auto}button{font-size:1.1em;margin:.5em;"
+           "padding:.5em 1.5em}</style></head><body><h1>Turnpike test 3-D Secure</h1>"
+           "<p>Simulated issuer challenge for payment <code>%s</code>.</p>"
+           "<form method=\"post\" action=\"/v1/turnpike/3ds/%s\"><input type=\"hidden\" name=\"token\" value=\"%s\">"
+           "<button type=\"submit\" name=\"result\" value=\"approve\" id=\"approve\">Complete authentication</button></form>"
+           "<form method=\"post\" action=\"/v1/turnpike/3ds/%s\"><input type=\"hidden\" name=\"token\" value=\"%s\">"
+           "<button type=\"submit\" name=\"result\" value=\"fail\" id=\"fail\">Fail authentication</button></form>"
+           "</body></html>",
+           r->path_id, r->path_id, tok, r->path_id, tok);
+  html(r, 200, buf);
+}
+
+/* Build the redirect back to the merchant, or a plain page without one. */
+static void back_to_merchant(struct tp_req *r, const json_t *pi, bool ok)
+{
+  const json_t *na = json_object_get(json_object_get(pi, "next_action"), "redirect_to_url");
+  const char *ret = json_string_value(json_object_get(na, "return_url"));
+  if (ret && *ret) {
+    snprintf(r->location, sizeof r->location, "%s%spayment_intent=%s&payment_intent_client_secret=%s&redirect_status=%s",
+             ret, strchr(ret, '?') ? "&" : "?", json_string_value(json_object_get(pi, "id")),
+             json_string_value(json_object_get(pi, "client_secret")), ok ? "succeeded" : "failed");
+    html(r, 303, "<!doctype html><title>Redirecting</title>");
+  } else
+    html(r, 200, ok ? "<!doctype html><title>Done</title><p id=\"result\">Authentication complete.</p>"
+                    : "<!doctype html><title>Done</title><p id=\"result\">Authentication failed.</p>");
+}
+
+struct three_ds_ctx {
+  json_t *pi;
+  bool ok;
+};
+
+void tp_h_3ds_submit(struct tp_req *r)
+{
+  struct tp_params_error pe;
+  const char *tok = tp_pstr(r->params, "token"), *result = tp_pstr(r->params, "result");
+  if (tp_params_check(r->params, spec_page, &pe) != 0 || !valid_id(r->path_id) || !token_ok(r->path_id, tok) ||
+      !result || (strcmp(result, "approve") != 0 && strcmp(result, "fail") != 0)) {
+    html(r, 400, "<!doctype html><title>Bad request</title><p>This authentication request is not valid.</p>");
+    return;
+  }
+  /* The page is not authenticated by API key: find the merchant from the PI. */
+  if (!tp_lock_try(r->path_id)) {
+    html(r, 409, "<!doctype html><title>Busy</title><p>Try again.</p>");
+    return;
+  }
+  json_t *pi = NULL;
+  if (tp_app.store.ops->merchant_of && tp_app.store.ops->merchant_of(tp_app.store.cls, r->path_id, &r->merchant) == 1)
+    pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, r->path_id);
+  if (!pi || strcmp(json_string_value(json_object_get(pi, "status")), "requires_action") != 0) {
+    tp_lock_release(r->path_id);
+    json_decref(pi);
+    html(r, 409, "<!doctype html><title>Done</title><p>This payment no longer needs authentication.</p>");
+    return;
+  }
+  if (strcmp(result, "fail") == 0) {
+    json_t *err = tp_error_object(TP_ERR_SCA_CHALLENGE_FAILED, NULL, NULL);
+    const char *pm_id = json_string_value(json_object_get(pi, "payment_method"));
+    json_t *pm = pm_id ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id) : NULL;
+    if (pm)
+      json_object_set_new(err, "payment_method", pm);
+    back_to_merchant(r, pi, false);
+    json_object_set_new(pi, "last_payment_error", err);
+    json_object_set_new(pi, "status", json_string("requires_payment_method"));
+    json_object_set_new(pi, "next_action", json_null());
+    json_object_set_new(pi, "payment_method", json_null());
+    struct tp_cs *cs = tp_cs_new();
+    tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
+    tp_emit(cs, r, r->merchant.id, "payment_intent.payment_failed", pi);
+    json_decref(pi);
+    tp_commit_and_reply_unlock(r, cs, r->path_id);
+    return;
+  }
+  /* Approved: authorize now, through the normal pipeline. */
+  const char *pm_id = json_string_value(json_object_get(pi, "payment_method"));
+  struct tp_card_info ci;
+  json_t *pm = pm_id ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id) : NULL;
+  if (!pm || tp_vault_load(r->merchant.id, pm_id, &ci) != 0) {
+    json_decref(pm);
+    json_decref(pi);
+    tp_lock_release(r->path_id);
+    html(r, 500, "<!doctype html><title>Error</title><p>The card could not be loaded.</p>");
+    return;
+  }
+  back_to_merchant(r, pi, true);
+  unsigned status = r->status;
+  char *page = r->resp;
+  size_t page_len = r->resp_len;
+  r->resp = NULL;
+  json_object_set_new(pi, "status", json_string("processing"));
+  json_object_set_new(pi, "next_action", json_null());
+  struct tp_pay *p = tp_pay_new(NULL, &r->merchant);
+  p->pi = pi;
+  p->pm = pm;
+  p->three_ds_done = true;
+  p->outcome = tp_outcome_authorize;
+  snprintf(p->lock_id, sizeof p->lock_id, "%s", r->path_id);
+  const char *cm = json_string_value(json_object_get(pi, "capture_method"));
+  tp_pay_attempt(p, "authorize", json_integer_value(json_object_get(pi, "amount")),
+                 json_string_value(json_object_get(pi, "currency")));
+  p->att.capture = !(cm && strcmp(cm, "manual") == 0);
+  snprintf(p->att.vault_token, sizeof p->att.vault_token, "%s", pm_id);
+  p->call.kind = TP_PROC_AUTHORIZE;
+  snprintf(p->call.pan, sizeof p->call.pan, "%s", ci.pan);
+  p->call.exp_month = ci.exp_month;
+  p->call.exp_year = ci.exp_year;
+  tp_card_wipe(&ci, sizeof ci);
+  /* The browser gets the redirect once the outcome is committed. */
+  p->r = r;
+  p->params = NULL;
+  p->redirect_status = status;
+  p->redirect_body = page;
+  p->redirect_len = page_len;
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
+  tp_req_suspend(r);
+  tp_pay_run(p, cs);
+}

@@ -1,0 +1,72 @@
+/* The processor-call pipeline every money movement goes through:
+ *   1. commit the attempt (state "sent", our idempotency reference) together
+ *      with the caller's write-ahead objects;
+ *   2. send it through the connector, asynchronously;
+ *   3. build the outcome (objects, ledger entries, events, the reply) and
+ *      commit it in one transaction with the idempotency record;
+ *   4. answer the suspended request.
+ * Recovery runs the same steps 2-3 for attempts left "sent" by a crash, with
+ * a status query instead of the original call, so nothing is sent twice. */
+#ifndef TP_PAYFLOW_H
+#define TP_PAYFLOW_H
+#include <jansson.h>
+
+#include "api/http.h"
+#include "connectors/connector.h"
+#include "core/card.h"
+#include "store/store.h"
+
+struct tp_pay;
+typedef void (*tp_pay_outcome_fn)(struct tp_pay *p, struct tp_cs *cs);
+
+struct tp_pay {
+  struct tp_req *r;          /* NULL during recovery */
+  struct tp_merchant m;
+  json_t *pi, *charge, *refund, *pm; /* owned */
+  json_t *params;            /* request params (for expand), borrowed */
+  struct tp_attempt att;
+  struct tp_proc_call call;
+  char lock_id[80];
+  char cancellation_reason[64];
+  bool three_ds_done;        /* the payment passed a 3-D Secure challenge */
+  tp_pay_outcome_fn outcome;
+  /* a browser flow (3-D Secure) answers with this page instead */
+  unsigned redirect_status;
+  char *redirect_body;
+  size_t redirect_len;
+  /* the reply the outcome built */
+  unsigned status;
+  char *body;
+};
+
+/* The processor used for new payments (routing comes later). */
+extern struct tp_connector *tp_default_connector;
+
+struct tp_pay *tp_pay_new(struct tp_req *r, const struct tp_merchant *m);
+void tp_pay_free(struct tp_pay *p);
+/* Fill the attempt for p (kind "authorize" etc.), taking the client's
+ * idempotency key from the request. */
+void tp_pay_attempt(struct tp_pay *p, const char *kind, int64_t amount, const char *currency);
+/* Run the pipeline; cs holds the caller's write-ahead objects (may be empty)
+ * and is consumed. The request must be suspended by the caller before. */
+void tp_pay_run(struct tp_pay *p, struct tp_cs *cs);
+
+/* Outcome builders. */
+void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs);
+void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs);
+void tp_outcome_void(struct tp_pay *p, struct tp_cs *cs);
+void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs);
+
+/* Set p's reply from a JSON object (expanded with p->params when a request). */
+void tp_pay_reply(struct tp_pay *p, unsigned status, json_t *obj);
+
+/* Resolve every attempt left "sent" (start-up). Returns how many. */
+int tp_recover(void);
+
+/* Charge object helpers. */
+json_t *tp_charge_new(const struct tp_pay *p, bool approved);
+/* Post a balanced ledger transaction and its balance transaction for a
+ * capture (amount > 0) or refund (amount < 0); returns the txn id object. */
+json_t *tp_ledger_post(struct tp_cs *cs, const char *merchant, const char *processor, const char *currency,
+                       int64_t amount, const char *source, const char *type);
+#endif

@@ -1,0 +1,34 @@
+/* Small shared helpers: ids, hashing, randomness, time. */
+#ifndef TP_UTIL_H
+#define TP_UTIL_H
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#define TP_ID_MAX 64
+
+/* New Stripe-style id "<prefix>_<24 chars>": 8 chars of milliseconds, 3 of a
+ * per-process sequence, 13 random, all base62 in ASCII order, so ids sort by
+ * creation time (lists page in order) and never repeat within a process. */
+void tp_id_new(char out[TP_ID_MAX], const char *prefix);
+
+/* Cryptographically random bytes; aborts if the RNG fails (never fall back). */
+void tp_random(void *buf, size_t n);
+/* Random base62 string of n chars, NUL-terminated (out has n+1 bytes). */
+void tp_random_b62(char *out, size_t n);
+
+/* SHA-256 of data into out[32]; hex variant writes 64 chars + NUL. */
+void tp_sha256(const void *data, size_t len, uint8_t out[32]);
+void tp_sha256_hex(const void *data, size_t len, char out[65]);
+/* HMAC-SHA256 keyed, hex output (64 chars + NUL). */
+void tp_hmac_sha256_hex(const void *key, size_t keylen, const void *data, size_t len, char out[65]);
+void tp_hex(const uint8_t *in, size_t n, char *out);
+
+/* Unix seconds, and a monotonic clock in ms / ns. */
+int64_t tp_now(void);
+int64_t tp_mono_ms(void);
+int64_t tp_mono_ns(void);
+
+/* Constant-time comparison of two equal-length buffers. */
+int tp_ct_equal(const void *a, const void *b, size_t n);
+#endif

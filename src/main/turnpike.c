@@ -1,0 +1,386 @@
+/* turnpike: one binary, subcommands serve | merchant | migrate. */
+#include "api/http.h"
+#include "connectors/connector.h"
+#include "core/payflow.h"
+#include "log.h"
+#include "sec/vault.h"
+#include "store/store.h"
+#include "util.h"
+
+#include <ini.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+struct config {
+  char listen[256];
+  char data[1024];
+  char public_url[256];
+  unsigned threads;
+  char log_level[16];
+};
+
+static void config_defaults(struct config *c)
+{
+  memset(c, 0, sizeof *c);
+  snprintf(c->listen, sizeof c->listen, "127.0.0.1:8420");
+  snprintf(c->data, sizeof c->data, "./var");
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  c->threads = n > 0 ? (unsigned)n : 2;
+  snprintf(c->log_level, sizeof c->log_level, "info");
+}
+
+/* One setting from the INI file or the environment. */
+static int config_set(struct config *c, const char *section, const char *key, const char *value)
+{
+  if (strcasecmp(section, "server") == 0) {
+    if (strcasecmp(key, "listen") == 0)
+      snprintf(c->listen, sizeof c->listen, "%s", value);
+    else if (strcasecmp(key, "data") == 0)
+      snprintf(c->data, sizeof c->data, "%s", value);
+    else if (strcasecmp(key, "public_url") == 0)
+      snprintf(c->public_url, sizeof c->public_url, "%s", value);
+    else if (strcasecmp(key, "threads") == 0) {
+      long t = strtol(value, NULL, 10);
+      if (t < 1 || t > 256)
+        return 0;
+      c->threads = (unsigned)t;
+    } else
+      return 0;
+    return 1;
+  }
+  if (strcasecmp(section, "log") == 0 && strcasecmp(key, "level") == 0) {
+    if (tp_log_level_parse(value) < 0)
+      return 0;
+    snprintf(c->log_level, sizeof c->log_level, "%s", value);
+    return 1;
+  }
+  /* Unknown sections belong to later features (processors...). */
+  return strcasecmp(section, "server") != 0 && strcasecmp(section, "log") != 0;
+}
+
+static int ini_cb(void *user, const char *section, const char *name, const char *value)
+{
+  return config_set(user, section, name, value);
+}
+
+static void config_env(struct config *c)
+{
+  static const char *const keys[][2] = {{"SERVER", "LISTEN"}, {"SERVER", "DATA"}, {"SERVER", "PUBLIC_URL"},
+                                        {"SERVER", "THREADS"}, {"LOG", "LEVEL"}};
+  for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+    char var[96];
+    snprintf(var, sizeof var, "TURNPIKE_%s_%s", keys[i][0], keys[i][1]);
+    const char *v = getenv(var);
+    if (v && !config_set(c, keys[i][0], keys[i][1], v))
+      fprintf(stderr, "turnpike: ignoring invalid %s\n", var);
+  }
+}
+
+static const char *arg_value(int argc, char **argv, int *i, const char *name)
+{
+  size_t n = strlen(name);
+  if (strncmp(argv[*i], name, n) == 0 && argv[*i][n] == '=')
+    return argv[*i] + n + 1;
+  if (strcmp(argv[*i], name) == 0) {
+    if (*i + 1 >= argc) {
+      fprintf(stderr, "turnpike: %s needs a value\n", name);
+      exit(2);
+    }
+    return argv[++*i];
+  }
+  return NULL;
+}
+
+static void usage(FILE *f)
+{
+  fprintf(f, "usage: turnpike COMMAND [OPTIONS]\n\n"
+             "Turnpike is a Stripe-compatible payment gateway.\n\n"
+             "commands:\n"
+             "  serve            run the gateway (HTTP API on --listen)\n"
+             "  merchant create  create a merchant and print its API keys as JSON\n"
+             "  migrate          create or upgrade the store in --data, then exit\n"
+             "  help             this text; `turnpike COMMAND --help` describes a command\n");
+}
+
+static void usage_serve(FILE *f)
+{
+  fprintf(f, "usage: turnpike serve [--listen HOST:PORT] [--data DIR] [--config FILE] [--log-level LEVEL]\n\n"
+             "  --listen HOST:PORT  address to listen on (default 127.0.0.1:8420; port 0 picks a free port\n"
+             "                      and writes the bound address to DIR/serve.addr)\n"
+             "  --data DIR          data directory: SQLite store, vault key (default ./var)\n"
+             "  --config FILE       INI file (see etc/turnpike.ini); TURNPIKE_<SECTION>_<KEY> overrides\n"
+             "  --log-level LEVEL   debug | info | warn | error (default info)\n\n"
+             "With an empty store, a demo merchant is created and its test key printed.\n"
+             "SIGTERM/SIGINT stop accepting, finish in-flight requests, commit and exit 0.\n");
+}
+
+static void usage_merchant(FILE *f)
+{
+  fprintf(f, "usage: turnpike merchant create --data DIR --name NAME\n\n"
+             "Creates a merchant and prints {\"id\",\"secret_key\",\"publishable_key\"} as JSON on stdout.\n"
+             "Keys are stored only as SHA-256 hashes: this is the only time they are shown.\n");
+}
+
+static int split_listen(const char *listen, char *host, size_t hl, uint16_t *port)
+{
+  const char *colon = strrchr(listen, ':');
+  if (!colon || (size_t)(colon - listen) >= hl)
+    return -1;
+  memcpy(host, listen, (size_t)(colon - listen));
+  host[colon - listen] = '\0';
+  char *end;
+  long p = strtol(colon + 1, &end, 10);
+  if (*end || p < 0 || p > 65535)
+    return -1;
+  *port = (uint16_t)p;
+  return 0;
+}
+
+static int write_addr_file(const char *dir, const char *host, uint16_t port)
+{
+  char tmp[1200], path[1200];
+  snprintf(tmp, sizeof tmp, "%s/serve.addr.tmp", dir);
+  snprintf(path, sizeof path, "%s/serve.addr", dir);
+  FILE *f = fopen(tmp, "w");
+  if (!f)
+    return -1;
+  fprintf(f, "%s:%u\n", host, port);
+  if (fclose(f) != 0)
+    return -1;
+  return rename(tmp, path);
+}
+
+static int cmd_serve(int argc, char **argv)
+{
+  struct config c;
+  config_defaults(&c);
+  const char *cfg = NULL, *listen = NULL, *data = NULL, *level = NULL;
+  for (int i = 0; i < argc; i++) {
+    const char *v;
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      usage_serve(stdout);
+      return 0;
+    } else if ((v = arg_value(argc, argv, &i, "--listen")))
+      listen = v;
+    else if ((v = arg_value(argc, argv, &i, "--data")))
+      data = v;
+    else if ((v = arg_value(argc, argv, &i, "--config")))
+      cfg = v;
+    else if ((v = arg_value(argc, argv, &i, "--log-level")))
+      level = v;
+    else {
+      fprintf(stderr, "turnpike serve: unknown option %s\n", argv[i]);
+      usage_serve(stderr);
+      return 2;
+    }
+  }
+  if (cfg) {
+    int rc = ini_parse(cfg, ini_cb, &c);
+    if (rc != 0) {
+      fprintf(stderr, "turnpike: %s: %s (line %d)\n", cfg, rc < 0 ? "cannot read" : "invalid setting", rc);
+      return 2;
+    }
+  }
+  config_env(&c);
+  if (listen)
+    snprintf(c.listen, sizeof c.listen, "%s", listen);
+  if (data)
+    snprintf(c.data, sizeof c.data, "%s", data);
+  if (level)
+    snprintf(c.log_level, sizeof c.log_level, "%s", level);
+  int lvl = tp_log_level_parse(c.log_level);
+  if (lvl < 0) {
+    fprintf(stderr, "turnpike: bad log level %s\n", c.log_level);
+    return 2;
+  }
+  tp_log_threshold = lvl;
+  char host[200];
+  uint16_t port;
+  if (split_listen(c.listen, host, sizeof host, &port) != 0) {
+    fprintf(stderr, "turnpike: bad --listen %s (want HOST:PORT)\n", c.listen);
+    return 2;
+  }
+
+  /* Signals go to the main thread only; every other thread blocks them. */
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  snprintf(tp_app.data_dir, sizeof tp_app.data_dir, "%s", c.data);
+  char addr_path[1200];
+  snprintf(addr_path, sizeof addr_path, "%s/serve.addr", c.data);
+  unlink(addr_path);
+  if (tp_store_open_sqlite(&tp_app.store, c.data) != 0) {
+    tp_log(TP_LOG_ERROR, "store_open_failed", "{s:s}", "data", c.data);
+    return 1;
+  }
+  if (tp_vault_init(c.data, tp_app.vault_key) != 0)
+    return 1;
+  bool demo = false;
+  char demo_id[TP_ID_MAX], demo_sk[128], demo_pk[128];
+  if (tp_app.store.ops->merchant_count(tp_app.store.cls) == 0) {
+    if (tp_app.store.ops->merchant_create(tp_app.store.cls, "Demo merchant", demo_id, demo_sk, demo_pk) != 0)
+      return 1;
+    demo = true;
+  }
+  if (tp_writer_start(&tp_app.store) != 0)
+    return 1;
+  static struct tp_connector sandbox;
+  if (tp_sandbox_start(&sandbox, "sandbox") != 0)
+    return 1;
+  tp_default_connector = &sandbox;
+
+  /* Resolve attempts a crash left in flight before taking new work. */
+  int rec = tp_recover();
+  if (rec > 0) {
+    int64_t until = tp_mono_ms() + 30000;
+    for (;;) {
+      struct tp_attempt *left = NULL;
+      size_t n = 0;
+      if (tp_app.store.ops->attempts_in_state(tp_app.store.cls, "sent", &left, &n) != 0 || n == 0 ||
+          tp_mono_ms() > until) {
+        free(left);
+        break;
+      }
+      free(left);
+      usleep(20000);
+    }
+    tp_log(TP_LOG_INFO, "recovery_done", "{s:i}", "attempts", rec);
+  }
+
+  uint16_t bound = 0;
+  if (tp_http_start(host, port, c.threads, &bound) != 0) {
+    tp_log(TP_LOG_ERROR, "listen_failed", "{s:s}", "listen", c.listen);
+    return 1;
+  }
+  if (c.public_url[0])
+    snprintf(tp_app.public_url, sizeof tp_app.public_url, "%s", c.public_url);
+  else
+    snprintf(tp_app.public_url, sizeof tp_app.public_url, "http://%s:%u", host, bound);
+  if (write_addr_file(c.data, host, bound) != 0)
+    tp_log(TP_LOG_WARN, "addr_file_failed", "{s:s}", "error", strerror(errno));
+  tp_log(TP_LOG_INFO, "listening", "{s:s, s:s, s:i, s:s}", "address", tp_app.public_url, "data", c.data, "threads",
+         (int)c.threads, "store", tp_app.store.ops->name);
+  if (demo) {
+    printf("Turnpike is running at %s\n\n"
+           "A demo merchant was created (%s). Its test secret key:\n\n  %s\n\n"
+           "Try a payment:\n\n"
+           "  curl %s/v1/payment_intents -u %s: \\\n"
+           "    -d amount=2000 -d currency=usd -d confirm=true -d payment_method=pm_card_visa\n\n",
+           tp_app.public_url, demo_id, demo_sk, tp_app.public_url, demo_sk);
+    fflush(stdout);
+  }
+
+  int sig = 0;
+  for (;;) {
+    sigwait(&sigs, &sig);
+    if (sig != SIGHUP)
+      break;
+  }
+  tp_log(TP_LOG_INFO, "shutting_down", "{s:i, s:i}", "signal", sig, "inflight", (int)tp_http_inflight());
+  tp_app.shutting_down = 1;
+  tp_http_stop(10000);
+  tp_writer_stop();
+  sandbox.ops->stop(sandbox.cls);
+  tp_app.store.ops->close(tp_app.store.cls);
+  unlink(addr_path);
+  tp_log(TP_LOG_INFO, "stopped", NULL);
+  return 0;
+}
+
+static int cmd_merchant(int argc, char **argv)
+{
+  if (argc < 1 || strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0) {
+    usage_merchant(argc < 1 ? stderr : stdout);
+    return argc < 1 ? 2 : 0;
+  }
+  if (strcmp(argv[0], "create") != 0) {
+    usage_merchant(stderr);
+    return 2;
+  }
+  const char *data = "./var", *name = NULL;
+  for (int i = 1; i < argc; i++) {
+    const char *v;
+    if (strcmp(argv[i], "--help") == 0) {
+      usage_merchant(stdout);
+      return 0;
+    } else if ((v = arg_value(argc, argv, &i, "--data")))
+      data = v;
+    else if ((v = arg_value(argc, argv, &i, "--name")))
+      name = v;
+    else {
+      fprintf(stderr, "turnpike merchant create: unknown option %s\n", argv[i]);
+      return 2;
+    }
+  }
+  if (!name || !*name || strlen(name) > 100) {
+    fprintf(stderr, "turnpike merchant create: --name NAME is required (1-100 chars)\n");
+    return 2;
+  }
+  tp_log_threshold = TP_LOG_WARN;
+  struct tp_store st;
+  if (tp_store_open_sqlite(&st, data) != 0)
+    return 1;
+  char id[TP_ID_MAX], sk[128], pk[128];
+  int rc = st.ops->merchant_create(st.cls, name, id, sk, pk);
+  st.ops->close(st.cls);
+  if (rc != 0) {
+    fprintf(stderr, "turnpike merchant create: failed\n");
+    return 1;
+  }
+  json_t *o = json_pack("{s:s, s:s, s:s}", "id", id, "secret_key", sk, "publishable_key", pk);
+  char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  printf("%s\n", s);
+  free(s);
+  json_decref(o);
+  return 0;
+}
+
+static int cmd_migrate(int argc, char **argv)
+{
+  const char *data = "./var";
+  for (int i = 0; i < argc; i++) {
+    const char *v;
+    if (strcmp(argv[i], "--help") == 0) {
+      printf("usage: turnpike migrate [--data DIR]\n\nCreates or upgrades the store, then exits.\n");
+      return 0;
+    } else if ((v = arg_value(argc, argv, &i, "--data")))
+      data = v;
+    else {
+      fprintf(stderr, "turnpike migrate: unknown option %s\n", argv[i]);
+      return 2;
+    }
+  }
+  struct tp_store st;
+  if (tp_store_open_sqlite(&st, data) != 0)
+    return 1;
+  st.ops->close(st.cls);
+  return 0;
+}
+
+int main(int argc, char **argv)
+{
+  if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  if (strcmp(argv[1], "serve") == 0)
+    return cmd_serve(argc - 2, argv + 2);
+  if (strcmp(argv[1], "merchant") == 0)
+    return cmd_merchant(argc - 2, argv + 2);
+  if (strcmp(argv[1], "migrate") == 0)
+    return cmd_migrate(argc - 2, argv + 2);
+  fprintf(stderr, "turnpike: unknown command %s\n", argv[1]);
+  usage(stderr);
+  return 2;
+}

@@ -1,0 +1,200 @@
+/* Change sets: an ordered list of store operations applied atomically. */
+#include "store.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+const struct tp_kind_info tp_kinds[TP_K__COUNT] = {
+  [TP_K_PAYMENT_INTENT] = {"payment_intents", "payment_intent", "pi", {"customer", "status"}},
+  [TP_K_CHARGE] = {"charges", "charge", "ch", {"payment_intent", "customer"}},
+  [TP_K_REFUND] = {"refunds", "refund", "re", {"payment_intent", "charge"}},
+  [TP_K_CUSTOMER] = {"customers", "customer", "cus", {"email", "deleted"}},
+  [TP_K_PAYMENT_METHOD] = {"payment_methods", "payment_method", "pm", {"customer", "type"}},
+  [TP_K_EVENT] = {"events", "event", "evt", {"type", "object_id"}},
+  [TP_K_BALANCE_TXN] = {"balance_transactions", "balance_transaction", "txn", {"source", "type"}},
+};
+
+struct tp_cs {
+  struct tp_cs_op *ops;
+  size_t n, cap;
+  tp_cs_done_fn done;
+  void *done_arg;
+};
+
+struct tp_cs *tp_cs_new(void)
+{
+  struct tp_cs *cs = calloc(1, sizeof *cs);
+  if (!cs)
+    abort();
+  return cs;
+}
+
+static char *dup_or_null(const char *s)
+{
+  if (!s)
+    return NULL;
+  char *d = strdup(s);
+  if (!d)
+    abort();
+  return d;
+}
+
+static struct tp_cs_op *push(struct tp_cs *cs, enum tp_cs_op_type t)
+{
+  if (cs->n == cs->cap) {
+    cs->cap = cs->cap ? cs->cap * 2 : 8;
+    cs->ops = realloc(cs->ops, cs->cap * sizeof *cs->ops);
+    if (!cs->ops)
+      abort();
+  }
+  struct tp_cs_op *op = &cs->ops[cs->n++];
+  memset(op, 0, sizeof *op);
+  op->type = t;
+  return op;
+}
+
+void tp_cs_free(struct tp_cs *cs)
+{
+  if (!cs)
+    return;
+  for (size_t i = 0; i < cs->n; i++) {
+    struct tp_cs_op *op = &cs->ops[i];
+    free(op->merchant);
+    free(op->id);
+    free(op->s1);
+    free(op->s2);
+    free(op->s3);
+    free(op->s4);
+    if (op->data && op->type == TP_OP_VAULT)
+      memset(op->data, 0, op->data_len); /* ciphertext, but keep habits */
+    free(op->data);
+    free(op->attempt);
+  }
+  free(cs->ops);
+  free(cs);
+}
+
+/* Column value as text: strings as is, booleans "1"/"0", numbers in decimal,
+ * objects by their "id" (an expanded customer), null/absent as SQL NULL. */
+static char *col_text(const json_t *v)
+{
+  char buf[32];
+  if (!v || json_is_null(v))
+    return NULL;
+  if (json_is_string(v))
+    return dup_or_null(json_string_value(v));
+  if (json_is_boolean(v))
+    return dup_or_null(json_is_true(v) ? "1" : "0");
+  if (json_is_integer(v)) {
+    snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(v));
+    return dup_or_null(buf);
+  }
+  if (json_is_object(v))
+    return col_text(json_object_get(v, "id"));
+  return NULL;
+}
+
+void tp_cs_put(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const json_t *obj)
+{
+  struct tp_cs_op *op = push(cs, TP_OP_PUT);
+  op->kind = kind;
+  op->merchant = dup_or_null(merchant);
+  op->id = dup_or_null(json_string_value(json_object_get(obj, "id")));
+  op->n1 = json_integer_value(json_object_get(obj, "created"));
+  const struct tp_kind_info *ki = &tp_kinds[kind];
+  if (kind == TP_K_EVENT) {
+    op->s1 = col_text(json_object_get(obj, "type"));
+    const json_t *d = json_object_get(json_object_get(obj, "data"), "object");
+    op->s2 = col_text(json_object_get(d, "id"));
+  } else {
+    op->s1 = col_text(json_object_get(obj, ki->col[0]));
+    op->s2 = col_text(json_object_get(obj, ki->col[1]));
+  }
+  op->data = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  if (!op->data)
+    abort();
+  op->data_len = strlen(op->data);
+}
+
+void tp_cs_ledger(struct tp_cs *cs, const char *txn_id, const char *merchant, const char *account,
+                  const char *currency, int64_t amount)
+{
+  struct tp_cs_op *op = push(cs, TP_OP_LEDGER);
+  op->id = dup_or_null(txn_id);
+  op->merchant = dup_or_null(merchant);
+  op->s1 = dup_or_null(account);
+  op->s2 = dup_or_null(currency);
+  op->n1 = amount;
+}
+
+void tp_cs_attempt(struct tp_cs *cs, const struct tp_attempt *a)
+{
+  struct tp_cs_op *op = push(cs, TP_OP_ATTEMPT);
+  op->attempt = malloc(sizeof *a);
+  if (!op->attempt)
+    abort();
+  memcpy(op->attempt, a, sizeof *a);
+}
+
+void tp_cs_idem(struct tp_cs *cs, const char *merchant, const char *key, const char *req_hash,
+                int status, const char *body)
+{
+  struct tp_cs_op *op = push(cs, TP_OP_IDEM);
+  op->merchant = dup_or_null(merchant);
+  op->id = dup_or_null(key);
+  op->s1 = dup_or_null(req_hash);
+  op->n1 = status;
+  op->data = dup_or_null(body);
+  op->data_len = body ? strlen(body) : 0;
+}
+
+void tp_cs_vault(struct tp_cs *cs, const char *token, const char *merchant, const void *blob, size_t len)
+{
+  struct tp_cs_op *op = push(cs, TP_OP_VAULT);
+  op->id = dup_or_null(token);
+  op->merchant = dup_or_null(merchant);
+  op->data = malloc(len ? len : 1);
+  if (!op->data)
+    abort();
+  memcpy(op->data, blob, len);
+  op->data_len = len;
+}
+
+void tp_cs_on_done(struct tp_cs *cs, tp_cs_done_fn fn, void *arg)
+{
+  cs->done = fn;
+  cs->done_arg = arg;
+}
+
+size_t tp_cs_count(const struct tp_cs *cs)
+{
+  return cs->n;
+}
+
+const struct tp_cs_op *tp_cs_op_at(const struct tp_cs *cs, size_t i)
+{
+  return i < cs->n ? &cs->ops[i] : NULL;
+}
+
+/* Used by the writer only. */
+void tp_cs_run_done(struct tp_cs *cs, int rc);
+void tp_cs_run_done(struct tp_cs *cs, int rc)
+{
+  if (cs->done)
+    cs->done(cs, rc, cs->done_arg);
+}
+
+char *tp_store_get(struct tp_store *st, enum tp_kind kind, const char *merchant, const char *id)
+{
+  return st->ops->get(st->cls, kind, merchant, id);
+}
+
+json_t *tp_store_get_json(struct tp_store *st, enum tp_kind kind, const char *merchant, const char *id)
+{
+  char *s = st->ops->get(st->cls, kind, merchant, id);
+  if (!s)
+    return NULL;
+  json_t *j = json_loads(s, 0, NULL);
+  free(s);
+  return j;
+}

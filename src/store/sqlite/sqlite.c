@@ -1,0 +1,744 @@
+/* SQLite backend of the store: WAL, synchronous=FULL, one write connection
+ * owned by the writer thread, one read connection per reading thread. */
+#include "store/store.h"
+#include "log.h"
+#include "util.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+extern const char *const tp_migrations[];
+extern const size_t tp_migrations_count;
+
+#define BUSY_TIMEOUT_MS 10000
+
+struct sq {
+  char path[4096];
+  sqlite3 *w;                 /* write connection (writer thread, or admin before it starts) */
+  sqlite3_stmt *put[TP_K__COUNT];
+  sqlite3_stmt *ledger, *balance_add, *attempt, *idem, *vault;
+  pthread_key_t rkey;         /* per-thread read connection */
+  bool rkey_ok;
+};
+
+struct reader {
+  sqlite3 *db;
+  sqlite3_stmt *get[TP_K__COUNT];
+  sqlite3_stmt *idem_get, *apikey, *vault_get, *attempt_get;
+};
+
+static void reader_free(void *p)
+{
+  struct reader *r = p;
+  if (!r)
+    return;
+  for (int i = 0; i < TP_K__COUNT; i++)
+    sqlite3_finalize(r->get[i]);
+  sqlite3_finalize(r->idem_get);
+  sqlite3_finalize(r->apikey);
+  sqlite3_finalize(r->vault_get);
+  sqlite3_finalize(r->attempt_get);
+  sqlite3_close(r->db);
+  free(r);
+}
+
+static int exec(sqlite3 *db, const char *sql)
+{
+  char *err = NULL;
+  int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
+  if (rc != SQLITE_OK) {
+    tp_log(TP_LOG_ERROR, "sqlite_error", "{s:s, s:s}", "error", err ? err : sqlite3_errstr(rc), "sql", sql);
+    sqlite3_free(err);
+    return -1;
+  }
+  return 0;
+}
+
+static sqlite3_stmt *prep(sqlite3 *db, const char *sql)
+{
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
+    tp_log(TP_LOG_ERROR, "sqlite_prepare", "{s:s, s:s}", "error", sqlite3_errmsg(db), "sql", sql);
+    return NULL;
+  }
+  return st;
+}
+
+static sqlite3 *open_conn(const char *path, bool readonly)
+{
+  sqlite3 *db = NULL;
+  int flags = (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) |
+              SQLITE_OPEN_NOMUTEX;
+  if (sqlite3_open_v2(path, &db, flags, NULL) != SQLITE_OK) {
+    tp_log(TP_LOG_ERROR, "sqlite_open", "{s:s}", "error", db ? sqlite3_errmsg(db) : "oom");
+    sqlite3_close(db);
+    return NULL;
+  }
+  sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
+  return db;
+}
+
+static struct reader *reader(struct sq *s)
+{
+  struct reader *r = pthread_getspecific(s->rkey);
+  if (r)
+    return r;
+  r = calloc(1, sizeof *r);
+  if (!r)
+    return NULL;
+  r->db = open_conn(s->path, true);
+  if (!r->db) {
+    free(r);
+    return NULL;
+  }
+  exec(r->db, "PRAGMA query_only=1; PRAGMA cache_size=-8000; PRAGMA mmap_size=268435456");
+  pthread_setspecific(s->rkey, r);
+  return r;
+}
+
+static bool bind_text(sqlite3_stmt *st, int i, const char *v)
+{
+  return sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC) == SQLITE_OK;
+}
+
+/* ---- schema ------------------------------------------------------------ */
+static int migrate(sqlite3 *db)
+{
+  if (exec(db, "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)"))
+    return -1;
+  int version = 0;
+  sqlite3_stmt *st = prep(db, "SELECT value FROM meta WHERE key='schema_version'");
+  if (!st)
+    return -1;
+  if (sqlite3_step(st) == SQLITE_ROW)
+    version = atoi((const char *)sqlite3_column_text(st, 0));
+  sqlite3_finalize(st);
+  for (size_t v = (size_t)version; v < tp_migrations_count; v++) {
+    char set[96];
+    snprintf(set, sizeof set, "INSERT OR REPLACE INTO meta VALUES('schema_version','%zu')", v + 1);
+    if (exec(db, "BEGIN IMMEDIATE") || exec(db, tp_migrations[v]) || exec(db, set) || exec(db, "COMMIT")) {
+      exec(db, "ROLLBACK");
+      return -1;
+    }
+    tp_log(TP_LOG_INFO, "store_migrated", "{s:I}", "schema_version", (json_int_t)(v + 1));
+  }
+  if ((size_t)version > tp_migrations_count) {
+    tp_log(TP_LOG_ERROR, "store_too_new", "{s:i}", "schema_version", version);
+    return -1;
+  }
+  return 0;
+}
+
+/* ---- writer side ---------------------------------------------------------- */
+static int step_done(sqlite3 *db, sqlite3_stmt *st)
+{
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  if (rc != SQLITE_DONE) {
+    tp_log(TP_LOG_ERROR, "sqlite_step", "{s:s}", "error", sqlite3_errmsg(db));
+    return -1;
+  }
+  return 0;
+}
+
+struct ledger_sum {
+  char txn[64];
+  char cur[4];
+  int64_t sum;
+};
+
+static int apply_one(struct sq *s, struct tp_cs *cs)
+{
+  size_t n = tp_cs_count(cs);
+  struct ledger_sum sums[16];
+  size_t nsums = 0;
+  int64_t now = tp_now();
+  for (size_t i = 0; i < n; i++) {
+    const struct tp_cs_op *op = tp_cs_op_at(cs, i);
+    sqlite3_stmt *st;
+    switch (op->type) {
+    case TP_OP_PUT:
+      st = s->put[op->kind];
+      bind_text(st, 1, op->id);
+      bind_text(st, 2, op->merchant);
+      sqlite3_bind_int64(st, 3, op->n1);
+      bind_text(st, 4, op->s1);
+      bind_text(st, 5, op->s2);
+      sqlite3_bind_text(st, 6, op->data, (int)op->data_len, SQLITE_STATIC);
+      if (step_done(s->w, st))
+        return -1;
+      break;
+    case TP_OP_LEDGER: {
+      if (op->n1 == INT64_MIN)
+        return -1;
+      size_t k;
+      for (k = 0; k < nsums; k++)
+        if (strcmp(sums[k].txn, op->id) == 0 && strcmp(sums[k].cur, op->s2) == 0)
+          break;
+      if (k == nsums) {
+        if (nsums == 16 || strlen(op->id) >= 64 || strlen(op->s2) != 3)
+          return -1;
+        snprintf(sums[k].txn, sizeof sums[k].txn, "%s", op->id);
+        memcpy(sums[k].cur, op->s2, 4);
+        sums[k].sum = 0;
+        nsums++;
+      }
+      if (__builtin_add_overflow(sums[k].sum, op->n1, &sums[k].sum))
+        return -1;
+      st = s->ledger;
+      bind_text(st, 1, op->id);
+      bind_text(st, 2, op->merchant);
+      bind_text(st, 3, op->s1);
+      bind_text(st, 4, op->s2);
+      sqlite3_bind_int64(st, 5, op->n1);
+      sqlite3_bind_int64(st, 6, now);
+      if (step_done(s->w, st))
+        return -1;
+      st = s->balance_add;
+      bind_text(st, 1, op->merchant);
+      bind_text(st, 2, op->s1);
+      bind_text(st, 3, op->s2);
+      sqlite3_bind_int64(st, 4, op->n1);
+      if (step_done(s->w, st))
+        return -1;
+      break;
+    }
+    case TP_OP_ATTEMPT: {
+      const struct tp_attempt *a = op->attempt;
+      st = s->attempt;
+      bind_text(st, 1, a->id);
+      bind_text(st, 2, a->merchant);
+      bind_text(st, 3, a->payment_intent[0] ? a->payment_intent : NULL);
+      bind_text(st, 4, a->processor);
+      bind_text(st, 5, a->idem_ref);
+      bind_text(st, 6, a->kind);
+      bind_text(st, 7, a->state);
+      bind_text(st, 8, a->currency);
+      sqlite3_bind_int64(st, 9, a->amount);
+      bind_text(st, 10, a->vault_token[0] ? a->vault_token : NULL);
+      bind_text(st, 11, a->refund[0] ? a->refund : NULL);
+      bind_text(st, 12, a->result_code[0] ? a->result_code : NULL);
+      bind_text(st, 13, a->auth_code[0] ? a->auth_code : NULL);
+      bind_text(st, 14, a->processor_ref[0] ? a->processor_ref : NULL);
+      bind_text(st, 15, a->route[0] ? a->route : NULL);
+      bind_text(st, 16, a->client_idem_key[0] ? a->client_idem_key : NULL);
+      bind_text(st, 17, a->client_req_hash[0] ? a->client_req_hash : NULL);
+      sqlite3_bind_int(st, 18, a->capture);
+      sqlite3_bind_int64(st, 19, a->created ? a->created : now);
+      sqlite3_bind_int64(st, 20, now);
+      if (step_done(s->w, st))
+        return -1;
+      break;
+    }
+    case TP_OP_IDEM:
+      st = s->idem;
+      bind_text(st, 1, op->merchant);
+      bind_text(st, 2, op->id);
+      bind_text(st, 3, op->s1);
+      sqlite3_bind_int64(st, 4, op->n1);
+      if (op->data)
+        sqlite3_bind_text(st, 5, op->data, (int)op->data_len, SQLITE_STATIC);
+      sqlite3_bind_int64(st, 6, now);
+      if (step_done(s->w, st))
+        return -1;
+      break;
+    case TP_OP_VAULT:
+      st = s->vault;
+      bind_text(st, 1, op->id);
+      bind_text(st, 2, op->merchant);
+      sqlite3_bind_blob(st, 3, op->data, (int)op->data_len, SQLITE_STATIC);
+      sqlite3_bind_int64(st, 4, now);
+      if (step_done(s->w, st))
+        return -1;
+      break;
+    }
+  }
+  for (size_t k = 0; k < nsums; k++)
+    if (sums[k].sum != 0) {
+      tp_log(TP_LOG_ERROR, "ledger_unbalanced", "{s:s, s:s, s:I}", "txn", sums[k].txn, "currency",
+             sums[k].cur, "sum", (json_int_t)sums[k].sum);
+      return -1;
+    }
+  return 0;
+}
+
+static int sq_apply_batch(void *cls, struct tp_cs **sets, size_t n, int *rc)
+{
+  struct sq *s = cls;
+  if (exec(s->w, "BEGIN IMMEDIATE"))
+    return -1;
+  for (size_t i = 0; i < n; i++) {
+    if (n == 1) {
+      rc[i] = apply_one(s, sets[i]);
+      if (rc[i]) {
+        exec(s->w, "ROLLBACK");
+        return 0;
+      }
+      continue;
+    }
+    exec(s->w, "SAVEPOINT cs");
+    rc[i] = apply_one(s, sets[i]);
+    if (rc[i])
+      exec(s->w, "ROLLBACK TO cs");
+    exec(s->w, "RELEASE cs");
+  }
+  if (exec(s->w, "COMMIT")) {
+    exec(s->w, "ROLLBACK");
+    return -1;
+  }
+  return 0;
+}
+
+/* ---- reader side ---------------------------------------------------------- */
+static char *sq_get(void *cls, enum tp_kind kind, const char *merchant, const char *id)
+{
+  struct sq *s = cls;
+  struct reader *r = reader(s);
+  if (!r)
+    return NULL;
+  if (!r->get[kind]) {
+    char sql[256];
+    snprintf(sql, sizeof sql, "SELECT data FROM %s WHERE id=?1 AND merchant=?2", tp_kinds[kind].table);
+    r->get[kind] = prep(r->db, sql);
+    if (!r->get[kind])
+      return NULL;
+  }
+  sqlite3_stmt *st = r->get[kind];
+  bind_text(st, 1, id);
+  bind_text(st, 2, merchant);
+  char *out = NULL;
+  if (sqlite3_step(st) == SQLITE_ROW)
+    out = strdup((const char *)sqlite3_column_text(st, 0));
+  sqlite3_reset(st);
+  return out;
+}
+
+static json_t *sq_list(void *cls, const struct tp_list_query *q, bool *has_more)
+{
+  struct sq *s = cls;
+  struct reader *r = reader(s);
+  if (!r)
+    return NULL;
+  const struct tp_kind_info *ki = &tp_kinds[q->kind];
+  char sql[768];
+  int len = snprintf(sql, sizeof sql, "SELECT data FROM %s WHERE merchant=?1", ki->table);
+  /* Column names come from the kinds table, never from the request. */
+  const char *cols[2] = {q->col_name, q->col2_name};
+  for (int c = 0; c < 2; c++) {
+    if (!cols[c])
+      continue;
+    if (strcmp(cols[c], ki->col[0]) != 0 && strcmp(cols[c], ki->col[1]) != 0)
+      return NULL;
+    if (strcmp(cols[c], "deleted") == 0)
+      len += snprintf(sql + len, sizeof sql - (size_t)len, " AND %s IS ?%d", cols[c], 2 + c);
+    else
+      len += snprintf(sql + len, sizeof sql - (size_t)len, " AND %s=?%d", cols[c], 2 + c);
+  }
+  len += snprintf(sql + len, sizeof sql - (size_t)len, " AND created>=?4 AND created<=?5");
+  bool reverse = false;
+  if (q->starting_after)
+    len += snprintf(sql + len, sizeof sql - (size_t)len, " AND id<?6 ORDER BY id DESC");
+  else if (q->ending_before) {
+    len += snprintf(sql + len, sizeof sql - (size_t)len, " AND id>?6 ORDER BY id ASC");
+    reverse = true;
+  } else
+    len += snprintf(sql + len, sizeof sql - (size_t)len, " ORDER BY id DESC");
+  snprintf(sql + len, sizeof sql - (size_t)len, " LIMIT ?7");
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK)
+    return NULL;
+  bind_text(st, 1, q->merchant);
+  if (q->col_name)
+    bind_text(st, 2, q->col_value);
+  if (q->col2_name)
+    bind_text(st, 3, q->col2_value);
+  sqlite3_bind_int64(st, 4, q->created_gte);
+  sqlite3_bind_int64(st, 5, q->created_lte);
+  if (q->starting_after || q->ending_before)
+    bind_text(st, 6, q->starting_after ? q->starting_after : q->ending_before);
+  sqlite3_bind_int(st, 7, q->limit + 1);
+  json_t *arr = json_array();
+  int count = 0;
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    if (count == q->limit) {
+      *has_more = true;
+      break;
+    }
+    json_t *o = json_loads((const char *)sqlite3_column_text(st, 0), 0, NULL);
+    if (o) {
+      if (reverse)
+        json_array_insert_new(arr, 0, o);
+      else
+        json_array_append_new(arr, o);
+    }
+    count++;
+  }
+  if (count < q->limit)
+    *has_more = false;
+  sqlite3_finalize(st);
+  return arr;
+}
+
+static int sq_idem_get(void *cls, const char *merchant, const char *key, struct tp_idem_rec *out)
+{
+  struct sq *s = cls;
+  struct reader *r = reader(s);
+  if (!r)
+    return -1;
+  if (!r->idem_get && !(r->idem_get = prep(r->db, "SELECT req_hash, status, body FROM idempotency "
+                                                  "WHERE merchant=?1 AND key=?2")))
+    return -1;
+  sqlite3_stmt *st = r->idem_get;
+  bind_text(st, 1, merchant);
+  bind_text(st, 2, key);
+  int found = 0;
+  if (sqlite3_step(st) == SQLITE_ROW) {
+    snprintf(out->req_hash, sizeof out->req_hash, "%s", (const char *)sqlite3_column_text(st, 0));
+    out->status = sqlite3_column_int(st, 1);
+    const char *b = (const char *)sqlite3_column_text(st, 2);
+    out->body = b ? strdup(b) : NULL;
+    found = 1;
+  }
+  sqlite3_reset(st);
+  return found;
+}
+
+static int sq_apikey_lookup(void *cls, const uint8_t hash[32], struct tp_merchant *m, char kind[16])
+{
+  struct sq *s = cls;
+  struct reader *r = reader(s);
+  if (!r)
+    return -1;
+  if (!r->apikey &&
+      !(r->apikey = prep(r->db, "SELECT m.id, m.name, m.fp_key, k.kind FROM api_keys k JOIN merchants m "
+                                "ON m.id=k.merchant WHERE k.hash=?1 AND (k.expires IS NULL OR k.expires>?2)")))
+    return -1;
+  sqlite3_stmt *st = r->apikey;
+  sqlite3_bind_blob(st, 1, hash, 32, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, tp_now());
+  int found = 0;
+  if (sqlite3_step(st) == SQLITE_ROW) {
+    snprintf(m->id, sizeof m->id, "%s", (const char *)sqlite3_column_text(st, 0));
+    snprintf(m->name, sizeof m->name, "%s", (const char *)sqlite3_column_text(st, 1));
+    if (sqlite3_column_bytes(st, 2) == 32)
+      memcpy(m->fp_key, sqlite3_column_blob(st, 2), 32);
+    snprintf(kind, 16, "%s", (const char *)sqlite3_column_text(st, 3));
+    found = 1;
+  }
+  sqlite3_reset(st);
+  return found;
+}
+
+static int insert_key(sqlite3 *db, const char *merchant, const char *kind, const char *key)
+{
+  uint8_t h[32];
+  tp_sha256(key, strlen(key), h);
+  char hint[32];
+  size_t kl = strlen(key);
+  snprintf(hint, sizeof hint, "%.8s...%s", key, key + (kl > 4 ? kl - 4 : 0));
+  sqlite3_stmt *st = prep(db, "INSERT INTO api_keys(hash, merchant, kind, hint, created) VALUES(?1,?2,?3,?4,?5)");
+  if (!st)
+    return -1;
+  sqlite3_bind_blob(st, 1, h, 32, SQLITE_STATIC);
+  bind_text(st, 2, merchant);
+  bind_text(st, 3, kind);
+  bind_text(st, 4, hint);
+  sqlite3_bind_int64(st, 5, tp_now());
+  int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
+  sqlite3_finalize(st);
+  return rc;
+}
+
+static int sq_merchant_create(void *cls, const char *name, char *id_out, char *sk_out, char *pk_out)
+{
+  struct sq *s = cls;
+  char id[TP_ID_MAX], rnd[100];
+  tp_id_new(id, "acct");
+  uint8_t fp[32];
+  tp_random(fp, sizeof fp);
+  tp_random_b62(rnd, 99);
+  snprintf(sk_out, 128, "sk_test_%.99s", rnd);
+  tp_random_b62(rnd, 99);
+  snprintf(pk_out, 128, "pk_test_%.99s", rnd);
+  snprintf(id_out, TP_ID_MAX, "%s", id);
+  if (exec(s->w, "BEGIN IMMEDIATE"))
+    return -1;
+  sqlite3_stmt *st = prep(s->w, "INSERT INTO merchants(id, name, created, fp_key) VALUES(?1,?2,?3,?4)");
+  int rc = -1;
+  if (st) {
+    bind_text(st, 1, id);
+    bind_text(st, 2, name);
+    sqlite3_bind_int64(st, 3, tp_now());
+    sqlite3_bind_blob(st, 4, fp, 32, SQLITE_STATIC);
+    rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
+    sqlite3_finalize(st);
+  }
+  if (rc == 0)
+    rc = insert_key(s->w, id, "secret", sk_out);
+  if (rc == 0)
+    rc = insert_key(s->w, id, "publishable", pk_out);
+  if (rc == 0 && exec(s->w, "COMMIT") == 0)
+    return 0;
+  exec(s->w, "ROLLBACK");
+  return -1;
+}
+
+static int sq_merchant_count(void *cls)
+{
+  struct sq *s = cls;
+  sqlite3_stmt *st = prep(s->w, "SELECT count(*) FROM merchants");
+  int n = -1;
+  if (st && sqlite3_step(st) == SQLITE_ROW)
+    n = sqlite3_column_int(st, 0);
+  sqlite3_finalize(st);
+  return n;
+}
+
+static json_t *sq_balance(void *cls, const char *merchant)
+{
+  struct sq *s = cls;
+  struct reader *r = reader(s);
+  if (!r)
+    return NULL;
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(r->db, "SELECT account, currency, amount FROM ledger_balances WHERE merchant=?1 "
+                                "ORDER BY account, currency", -1, &st, NULL) != SQLITE_OK)
+    return NULL;
+  bind_text(st, 1, merchant);
+  json_t *arr = json_array();
+  while (sqlite3_step(st) == SQLITE_ROW)
+    json_array_append_new(arr, json_pack("{s:s, s:s, s:I}", "account", (const char *)sqlite3_column_text(st, 0),
+                                         "currency", (const char *)sqlite3_column_text(st, 1), "amount",
+                                         (json_int_t)sqlite3_column_int64(st, 2)));
+  sqlite3_finalize(st);
+  return arr;
+}
+
+static int sq_vault_get(void *cls, const char *merchant, const char *token, void **blob, size_t *len)
+{
+  struct sq *s = cls;
+  struct reader *r = reader(s);
+  if (!r)
+    return -1;
+  if (!r->vault_get && !(r->vault_get = prep(r->db, "SELECT blob FROM vault WHERE token=?1 AND merchant=?2")))
+    return -1;
+  sqlite3_stmt *st = r->vault_get;
+  bind_text(st, 1, token);
+  bind_text(st, 2, merchant);
+  int found = 0;
+  if (sqlite3_step(st) == SQLITE_ROW) {
+    *len = (size_t)sqlite3_column_bytes(st, 0);
+    *blob = malloc(*len ? *len : 1);
+    if (*blob) {
+      memcpy(*blob, sqlite3_column_blob(st, 0), *len);
+      found = 1;
+    }
+  }
+  sqlite3_reset(st);
+  return found;
+}
+
+#define ATTEMPT_COLS "id, merchant, payment_intent, processor, idem_ref, kind, state, currency, amount, " \
+                     "vault_token, refund, result_code, auth_code, processor_ref, route, client_idem_key, client_req_hash, capture, created, updated"
+
+static void row_to_attempt(sqlite3_stmt *st, struct tp_attempt *a)
+{
+  memset(a, 0, sizeof *a);
+#define COL(i, f) snprintf(a->f, sizeof a->f, "%s", sqlite3_column_text(st, i) ? (const char *)sqlite3_column_text(st, i) : "")
+  COL(0, id);
+  COL(1, merchant);
+  COL(2, payment_intent);
+  COL(3, processor);
+  COL(4, idem_ref);
+  COL(5, kind);
+  COL(6, state);
+  COL(7, currency);
+  a->amount = sqlite3_column_int64(st, 8);
+  COL(9, vault_token);
+  COL(10, refund);
+  COL(11, result_code);
+  COL(12, auth_code);
+  COL(13, processor_ref);
+  COL(14, route);
+  COL(15, client_idem_key);
+  COL(16, client_req_hash);
+#undef COL
+  a->capture = sqlite3_column_int(st, 17);
+  a->created = sqlite3_column_int64(st, 18);
+  a->updated = sqlite3_column_int64(st, 19);
+}
+
+static int sq_attempts_in_state(void *cls, const char *state, struct tp_attempt **out, size_t *n)
+{
+  struct sq *s = cls;
+  struct reader *r = reader(s);
+  if (!r)
+    return -1;
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(r->db, "SELECT " ATTEMPT_COLS " FROM attempts WHERE state=?1 ORDER BY id LIMIT 100000",
+                         -1, &st, NULL) != SQLITE_OK)
+    return -1;
+  bind_text(st, 1, state);
+  size_t cap = 16, cnt = 0;
+  struct tp_attempt *arr = malloc(cap * sizeof *arr);
+  while (arr && sqlite3_step(st) == SQLITE_ROW) {
+    if (cnt == cap) {
+      cap *= 2;
+      struct tp_attempt *na = realloc(arr, cap * sizeof *arr);
+      if (!na) {
+        free(arr);
+        arr = NULL;
+        break;
+      }
+      arr = na;
+    }
+    row_to_attempt(st, &arr[cnt++]);
+  }
+  sqlite3_finalize(st);
+  if (!arr)
+    return -1;
+  *out = arr;
+  *n = cnt;
+  return 0;
+}
+
+static int sq_attempt_get(void *cls, const char *id, struct tp_attempt *out)
+{
+  struct sq *s = cls;
+  struct reader *r = reader(s);
+  if (!r)
+    return -1;
+  if (!r->attempt_get && !(r->attempt_get = prep(r->db, "SELECT " ATTEMPT_COLS " FROM attempts WHERE id=?1")))
+    return -1;
+  sqlite3_stmt *st = r->attempt_get;
+  bind_text(st, 1, id);
+  int found = 0;
+  if (sqlite3_step(st) == SQLITE_ROW) {
+    row_to_attempt(st, out);
+    found = 1;
+  }
+  sqlite3_reset(st);
+  return found;
+}
+
+static int sq_merchant_of(void *cls, const char *pi_id, struct tp_merchant *m)
+{
+  struct sq *s = cls;
+  struct reader *r = reader(s);
+  if (!r)
+    return -1;
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(r->db, "SELECT m.id, m.name, m.fp_key FROM payment_intents p JOIN merchants m ON "
+                                "m.id=p.merchant WHERE p.id=?1", -1, &st, NULL) != SQLITE_OK)
+    return -1;
+  bind_text(st, 1, pi_id);
+  int found = 0;
+  if (sqlite3_step(st) == SQLITE_ROW) {
+    memset(m, 0, sizeof *m);
+    snprintf(m->id, sizeof m->id, "%s", (const char *)sqlite3_column_text(st, 0));
+    snprintf(m->name, sizeof m->name, "%s", (const char *)sqlite3_column_text(st, 1));
+    if (sqlite3_column_bytes(st, 2) == 32)
+      memcpy(m->fp_key, sqlite3_column_blob(st, 2), 32);
+    found = 1;
+  }
+  sqlite3_finalize(st);
+  return found;
+}
+
+static void sq_close(void *cls)
+{
+  struct sq *s = cls;
+  if (s->rkey_ok) {
+    reader_free(pthread_getspecific(s->rkey));
+    pthread_setspecific(s->rkey, NULL);
+  }
+  for (int i = 0; i < TP_K__COUNT; i++)
+    sqlite3_finalize(s->put[i]);
+  sqlite3_finalize(s->ledger);
+  sqlite3_finalize(s->balance_add);
+  sqlite3_finalize(s->attempt);
+  sqlite3_finalize(s->idem);
+  sqlite3_finalize(s->vault);
+  sqlite3_close(s->w);
+  free(s);
+}
+
+static const struct tp_store_ops sqlite_ops = {
+  .name = "sqlite",
+  .apply_batch = sq_apply_batch,
+  .get = sq_get,
+  .list = sq_list,
+  .idem_get = sq_idem_get,
+  .apikey_lookup = sq_apikey_lookup,
+  .merchant_create = sq_merchant_create,
+  .merchant_count = sq_merchant_count,
+  .balance = sq_balance,
+  .vault_get = sq_vault_get,
+  .attempts_in_state = sq_attempts_in_state,
+  .attempt_get = sq_attempt_get,
+  .merchant_of = sq_merchant_of,
+  .close = sq_close,
+};
+
+int tp_store_open_sqlite(struct tp_store *st, const char *dir)
+{
+  if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+    tp_log(TP_LOG_ERROR, "data_dir", "{s:s, s:s}", "dir", dir, "error", strerror(errno));
+    return -1;
+  }
+  struct sq *s = calloc(1, sizeof *s);
+  if (!s)
+    return -1;
+  snprintf(s->path, sizeof s->path, "%s/turnpike.db", dir);
+  s->w = open_conn(s->path, false);
+  if (!s->w) {
+    free(s);
+    return -1;
+  }
+  if (exec(s->w, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; "
+                 "PRAGMA cache_size=-32000; PRAGMA wal_autocheckpoint=4000; PRAGMA temp_store=MEMORY") ||
+      migrate(s->w)) {
+    sqlite3_close(s->w);
+    free(s);
+    return -1;
+  }
+  chmod(s->path, 0600);
+  for (int k = 0; k < TP_K__COUNT; k++) {
+    char sql[256];
+    snprintf(sql, sizeof sql, "INSERT OR REPLACE INTO %s(id, merchant, created, %s, %s, data) VALUES(?1,?2,?3,?4,?5,?6)",
+             tp_kinds[k].table, tp_kinds[k].col[0], tp_kinds[k].col[1]);
+    if (k == TP_K_EVENT)
+      snprintf(sql, sizeof sql, "INSERT OR REPLACE INTO events(id, merchant, created, type, object_id, data) "
+                                "VALUES(?1,?2,?3,?4,?5,?6)");
+    s->put[k] = prep(s->w, sql);
+  }
+  s->ledger = prep(s->w, "INSERT INTO ledger_entries(txn_id, seq, merchant, account, currency, amount, created) "
+                         "VALUES(?1, (SELECT count(*) FROM ledger_entries WHERE txn_id=?1), ?2, ?3, ?4, ?5, ?6)");
+  s->balance_add = prep(s->w, "INSERT INTO ledger_balances(merchant, account, currency, amount) VALUES(?1,?2,?3,?4) "
+                              "ON CONFLICT(merchant, account, currency) DO UPDATE SET amount=amount+excluded.amount");
+  s->attempt = prep(s->w, "INSERT OR REPLACE INTO attempts(" ATTEMPT_COLS ") VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,"
+                          "?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20)");
+  s->idem = prep(s->w, "INSERT OR REPLACE INTO idempotency(merchant, key, req_hash, status, body, created) "
+                       "VALUES(?1,?2,?3,?4,?5,?6)");
+  s->vault = prep(s->w, "INSERT OR REPLACE INTO vault(token, merchant, blob, created) VALUES(?1,?2,?3,?4)");
+  for (int k = 0; k < TP_K__COUNT; k++)
+    if (!s->put[k])
+      goto fail;
+  if (!s->ledger || !s->balance_add || !s->attempt || !s->idem || !s->vault)
+    goto fail;
+  if (pthread_key_create(&s->rkey, reader_free) != 0)
+    goto fail;
+  s->rkey_ok = true;
+  st->ops = &sqlite_ops;
+  st->cls = s;
+  return 0;
+fail:
+  sq_close(s);
+  return -1;
+}

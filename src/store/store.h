@@ -1,0 +1,166 @@
+/* The durable store: a table of functions implemented per backend (SQLite
+ * now, PostgreSQL later), the change sets the engine hands to the writer, and
+ * the group-commit writer itself.
+ *
+ * Handlers never hold SQL: they build a change set (objects to put, ledger
+ * entries, attempt rows, idempotency records) and submit it; the writer
+ * thread applies queued change sets in one transaction per batch, fsyncs, and
+ * then calls every change set's completion. */
+#ifndef TP_STORE_H
+#define TP_STORE_H
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Kinds of API objects, each stored as its Stripe JSON plus indexed columns. */
+enum tp_kind {
+  TP_K_PAYMENT_INTENT,
+  TP_K_CHARGE,
+  TP_K_REFUND,
+  TP_K_CUSTOMER,
+  TP_K_PAYMENT_METHOD,
+  TP_K_EVENT,
+  TP_K_BALANCE_TXN,
+  TP_K__COUNT
+};
+
+struct tp_kind_info {
+  const char *table;   /* SQL table */
+  const char *object;  /* Stripe "object" value */
+  const char *prefix;  /* id prefix */
+  const char *col[2];  /* extra indexed columns, taken from the JSON field of the same name */
+};
+extern const struct tp_kind_info tp_kinds[TP_K__COUNT];
+
+/* Processor attempt: the write-ahead record of one outbound call. */
+struct tp_attempt {
+  char id[64];
+  char merchant[64];
+  char payment_intent[64];
+  char processor[64];
+  char idem_ref[64];    /* the idempotency reference sent to the processor */
+  char kind[16];        /* authorize | capture | void | refund */
+  char state[16];       /* sent | succeeded | declined | failed | reversed */
+  char currency[4];
+  int64_t amount;
+  char vault_token[64]; /* card in the vault, for recovery status queries */
+  char refund[64];      /* re_ id for refunds */
+  char result_code[48]; /* decline code or "" */
+  char auth_code[16];
+  char processor_ref[64];
+  char route[256];      /* why this processor was chosen */
+  char client_idem_key[256]; /* merchant Idempotency-Key of the request, if any */
+  char client_req_hash[65];
+  int capture;          /* authorize: capture in the same call */
+  int64_t created, updated;
+};
+
+/* ---- change sets ---------------------------------------------------------- */
+struct tp_cs;
+typedef void (*tp_cs_done_fn)(struct tp_cs *cs, int rc, void *arg);
+
+struct tp_cs *tp_cs_new(void);
+void tp_cs_free(struct tp_cs *cs);
+/* Put (insert or replace) an object; id and created are read from obj. */
+void tp_cs_put(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const json_t *obj);
+/* One ledger entry (debit > 0, credit < 0); all entries of a txn must sum
+ * to zero per currency or the whole change set is refused. */
+void tp_cs_ledger(struct tp_cs *cs, const char *txn_id, const char *merchant, const char *account,
+                  const char *currency, int64_t amount);
+void tp_cs_attempt(struct tp_cs *cs, const struct tp_attempt *a);
+/* Record an idempotency key: status 0 = in flight (no body yet). */
+void tp_cs_idem(struct tp_cs *cs, const char *merchant, const char *key, const char *req_hash,
+                int status, const char *body);
+void tp_cs_vault(struct tp_cs *cs, const char *token, const char *merchant, const void *blob, size_t len);
+/* Called on the writer thread after commit (rc 0) or failure (rc < 0). Keep it short. */
+void tp_cs_on_done(struct tp_cs *cs, tp_cs_done_fn fn, void *arg);
+
+/* Iteration, for backends. */
+enum tp_cs_op_type { TP_OP_PUT, TP_OP_LEDGER, TP_OP_ATTEMPT, TP_OP_IDEM, TP_OP_VAULT };
+struct tp_cs_op {
+  enum tp_cs_op_type type;
+  enum tp_kind kind;
+  char *merchant, *id, *s1, *s2, *s3, *s4; /* meaning depends on type */
+  char *data;       /* JSON text / body / blob */
+  size_t data_len;
+  int64_t n1, n2;   /* created, amount, status ... */
+  struct tp_attempt *attempt;
+};
+size_t tp_cs_count(const struct tp_cs *cs);
+const struct tp_cs_op *tp_cs_op_at(const struct tp_cs *cs, size_t i);
+
+/* ---- queries ---------------------------------------------------------------- */
+struct tp_list_query {
+  enum tp_kind kind;
+  const char *merchant;
+  const char *col_name;  /* filter on one indexed column, or NULL */
+  const char *col_value;
+  const char *col2_name; /* second filter, or NULL */
+  const char *col2_value;
+  int64_t created_gte, created_lte; /* INT64_MIN / INT64_MAX when absent */
+  const char *starting_after;       /* id, or NULL */
+  const char *ending_before;        /* id, or NULL */
+  int limit;                        /* 1..100 */
+};
+
+struct tp_merchant {
+  char id[64];
+  char name[128];
+  uint8_t fp_key[32];  /* key for card fingerprints */
+};
+
+struct tp_idem_rec {
+  char req_hash[65];
+  int status;          /* 0 = in flight */
+  char *body;          /* malloc'ed, caller frees */
+};
+
+/* The backend's table of functions. Every function takes the backend's cls. */
+struct tp_store_ops {
+  const char *name;
+  /* writer side: apply a batch of change sets in one transaction, rc[i] per set */
+  int (*apply_batch)(void *cls, struct tp_cs **sets, size_t n, int *rc);
+  /* reader side (any thread) */
+  char *(*get)(void *cls, enum tp_kind kind, const char *merchant, const char *id);
+  json_t *(*list)(void *cls, const struct tp_list_query *q, bool *has_more);
+  int (*idem_get)(void *cls, const char *merchant, const char *key, struct tp_idem_rec *out);
+  int (*apikey_lookup)(void *cls, const uint8_t hash[32], struct tp_merchant *m, char kind[16]);
+  int (*merchant_create)(void *cls, const char *name, char *id_out, char *sk_out, char *pk_out);
+  int (*merchant_count)(void *cls);
+  json_t *(*balance)(void *cls, const char *merchant);
+  int (*vault_get)(void *cls, const char *merchant, const char *token, void **blob, size_t *len);
+  int (*attempts_in_state)(void *cls, const char *state, struct tp_attempt **out, size_t *n);
+  int (*attempt_get)(void *cls, const char *id, struct tp_attempt *out);
+  /* the merchant owning a PaymentIntent (for unauthenticated browser pages) */
+  int (*merchant_of)(void *cls, const char *pi_id, struct tp_merchant *m);
+  void (*close)(void *cls);
+};
+
+struct tp_store {
+  const struct tp_store_ops *ops;
+  void *cls;
+};
+
+/* Open the SQLite backend at DIR/turnpike.db, creating or migrating it. */
+int tp_store_open_sqlite(struct tp_store *st, const char *dir);
+
+/* Convenience wrappers. */
+char *tp_store_get(struct tp_store *st, enum tp_kind kind, const char *merchant, const char *id);
+json_t *tp_store_get_json(struct tp_store *st, enum tp_kind kind, const char *merchant, const char *id);
+
+/* ---- the group-commit writer --------------------------------------------- */
+#define TP_WRITER_MAX_BATCH 1024   /* change sets per transaction */
+#define TP_WRITER_MAX_QUEUE 65536  /* queued change sets before submit refuses */
+
+int tp_writer_start(struct tp_store *st);
+/* Queue a change set; ownership passes to the writer, which frees it after
+ * the completion ran. Returns -1 (and frees nothing) if the queue is full or
+ * the writer stopped; the caller then still owns cs. */
+int tp_writer_submit(struct tp_cs *cs);
+/* Apply everything queued, then stop the thread. */
+void tp_writer_stop(void);
+/* Figures for metrics. */
+struct tp_writer_stats { uint64_t batches, sets, commit_ns_total, max_batch; size_t queued; };
+void tp_writer_stats(struct tp_writer_stats *out);
+#endif

@@ -1,0 +1,125 @@
+/* The group-commit writer: one thread owns the write connection, takes every
+ * queued change set (up to TP_WRITER_MAX_BATCH), applies them in one
+ * transaction, commits (fsync), then runs each completion. Under load a batch
+ * fills while the previous one is being fsynced, so one fsync serves many
+ * payments. */
+#include "store.h"
+#include "log.h"
+#include "util.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+
+void tp_cs_run_done(struct tp_cs *cs, int rc);
+
+static struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  struct tp_cs **q;
+  size_t head, len;
+  bool running, stopping;
+  pthread_t thread;
+  struct tp_store *st;
+  struct tp_writer_stats stats;
+} W = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static void *writer_main(void *arg)
+{
+  (void)arg;
+  struct tp_cs **batch = malloc(TP_WRITER_MAX_BATCH * sizeof *batch);
+  int *rc = malloc(TP_WRITER_MAX_BATCH * sizeof *rc);
+  if (!batch || !rc)
+    abort();
+  for (;;) {
+    pthread_mutex_lock(&W.mu);
+    while (W.len == 0 && !W.stopping)
+      pthread_cond_wait(&W.cv, &W.mu);
+    if (W.len == 0 && W.stopping) {
+      pthread_mutex_unlock(&W.mu);
+      break;
+    }
+    size_t n = 0;
+    while (W.len > 0 && n < TP_WRITER_MAX_BATCH) {
+      batch[n++] = W.q[W.head];
+      W.head = (W.head + 1) % TP_WRITER_MAX_QUEUE;
+      W.len--;
+    }
+    pthread_mutex_unlock(&W.mu);
+
+    int64_t t0 = tp_mono_ns();
+    int brc = W.st->ops->apply_batch(W.st->cls, batch, n, rc);
+    int64_t dt = tp_mono_ns() - t0;
+    if (brc != 0) {
+      tp_log(TP_LOG_ERROR, "store_commit_failed", "{s:i, s:I}", "rc", brc, "sets", (json_int_t)n);
+      for (size_t i = 0; i < n; i++)
+        rc[i] = -1;
+    }
+    pthread_mutex_lock(&W.mu);
+    W.stats.batches++;
+    W.stats.sets += n;
+    W.stats.commit_ns_total += (uint64_t)dt;
+    if (n > W.stats.max_batch)
+      W.stats.max_batch = n;
+    pthread_mutex_unlock(&W.mu);
+    for (size_t i = 0; i < n; i++) {
+      tp_cs_run_done(batch[i], rc[i]);
+      tp_cs_free(batch[i]);
+    }
+  }
+  free(batch);
+  free(rc);
+  return NULL;
+}
+
+int tp_writer_start(struct tp_store *st)
+{
+  W.q = calloc(TP_WRITER_MAX_QUEUE, sizeof *W.q);
+  if (!W.q)
+    return -1;
+  W.st = st;
+  W.running = true;
+  W.stopping = false;
+  if (pthread_create(&W.thread, NULL, writer_main, NULL) != 0)
+    return -1;
+  return 0;
+}
+
+int tp_writer_submit(struct tp_cs *cs)
+{
+  pthread_mutex_lock(&W.mu);
+  if (!W.running || W.len >= TP_WRITER_MAX_QUEUE) {
+    pthread_mutex_unlock(&W.mu);
+    return -1;
+  }
+  W.q[(W.head + W.len) % TP_WRITER_MAX_QUEUE] = cs;
+  W.len++;
+  pthread_cond_signal(&W.cv);
+  pthread_mutex_unlock(&W.mu);
+  return 0;
+}
+
+void tp_writer_stop(void)
+{
+  pthread_mutex_lock(&W.mu);
+  if (!W.running) {
+    pthread_mutex_unlock(&W.mu);
+    return;
+  }
+  W.stopping = true;
+  pthread_cond_signal(&W.cv);
+  pthread_mutex_unlock(&W.mu);
+  pthread_join(W.thread, NULL);
+  pthread_mutex_lock(&W.mu);
+  W.running = false;
+  pthread_mutex_unlock(&W.mu);
+  free(W.q);
+  W.q = NULL;
+}
+
+void tp_writer_stats(struct tp_writer_stats *out)
+{
+  pthread_mutex_lock(&W.mu);
+  *out = W.stats;
+  out->queued = W.len;
+  pthread_mutex_unlock(&W.mu);
+}

@@ -1,0 +1,220 @@
+"""Bad input is refused with a Stripe-shaped error, creates nothing and never
+takes the daemon down."""
+import json
+
+from harness import (DaemonTestCase, PAN_BAD_LUHN, PAN_EXPIRED, PAN_OK,
+                     TEST_PANS, card, main)
+
+PI = "/v1/payment_intents"
+GOOD = {"amount": 1000, "currency": "usd"}
+
+
+def _post_raw(c, body, content_type=None, path=PI):
+    return c.post(path, body=body, content_type=content_type)
+
+
+# Requests that must fail without creating anything: name -> (send(client), status, param).
+# param None means "don't check"; checked where the contract names one.
+BAD = {
+    "body_300k": (lambda c: _post_raw(c, "amount=100&currency=usd&description=" + "a" * (300 * 1024)), 413, None),
+    "percent_bad_hex": (lambda c: _post_raw(c, "amount=100&currency=usd&description=%ZZ"), 400, None),
+    "percent_truncated": (lambda c: _post_raw(c, "amount=100&currency=usd&description=ab%4"), 400, None),
+    "utf8_invalid_encoded": (lambda c: _post_raw(c, "amount=100&currency=usd&description=%FF%FE%80"), 400, None),
+    "utf8_invalid_raw": (lambda c: _post_raw(c, b"amount=100&currency=usd&description=\xc3\x28"), 400, None),
+    "json_malformed": (lambda c: _post_raw(c, '{"amount": 100, "currency": "usd",', "application/json"), 400, None),
+    "json_root_array": (lambda c: _post_raw(c, '[{"amount": 100}]', "application/json"), 400, None),
+    "json_nested_50": (lambda c: _post_raw(c, '{"amount":100,"currency":"usd","metadata":' + '{"a":' * 50 + '"x"' + '}' * 50 + '}', "application/json"), 400, None),
+    "form_nested_50": (lambda c: _post_raw(c, "amount=100&currency=usd&metadata" + "%5Ba%5D" * 50 + "=x"), 400, None),
+    "params_10000": (lambda c: _post_raw(c, "amount=100&currency=usd&" + "&".join("metadata%%5Bk%d%%5D=v" % i for i in range(10000))), 400, None),
+    "amount_huge": (lambda c: c.post(PI, {"amount": "99999999999999999999", "currency": "usd"}), 400, "amount"),
+    "amount_negative": (lambda c: c.post(PI, {"amount": -5, "currency": "usd"}), 400, "amount"),
+    "amount_zero": (lambda c: c.post(PI, {"amount": 0, "currency": "usd"}), 400, "amount"),
+    "amount_text": (lambda c: c.post(PI, {"amount": "abc", "currency": "usd"}), 400, "amount"),
+    "amount_fraction": (lambda c: c.post(PI, {"amount": "1.5", "currency": "usd"}), 400, "amount"),
+    "currency_unknown": (lambda c: c.post(PI, {"amount": 1000, "currency": "zzz"}), 400, "currency"),
+    "param_unknown": (lambda c: c.post(PI, dict(GOOD, frobnicate="1")), 400, "frobnicate"),
+    "confirm_maybe": (lambda c: c.post(PI, dict(GOOD, confirm="maybe", payment_method="pm_card_visa")), 400, "confirm"),
+    "card_bad_luhn": (lambda c: c.post(PI, dict(GOOD, confirm="true", payment_method_data=card(PAN_BAD_LUHN))), 402, None),
+    "pm_bad_luhn": (lambda c: c.post("/v1/payment_methods", card(PAN_BAD_LUHN)), 402, None),
+    "customer_unknown_param": (lambda c: c.post("/v1/customers", {"email": "a@example.com", "frobnicate": "x"}), 400, "frobnicate"),
+}
+
+
+class ApiErrorsTest(DaemonTestCase):
+    # "bad" only ever receives bad requests; "other" owns objects the bad
+    # merchant must not see; "decline" receives declines that do store a PI.
+    MERCHANTS = ("bad", "other", "decline")
+
+    def send_bad(self, name):
+        send, status, param = BAD[name]
+        r = send(self.c("bad"))
+        err = self.assertStripeError(r, status, param=param)
+        if status == 400 or status == 413:
+            self.assertEqual(err["type"], "invalid_request_error", r)
+        return r
+
+    def test_body_over_256_kib_is_rejected_with_413(self):
+        self.send_bad("body_300k")
+
+    def test_malformed_percent_encoding_is_rejected(self):
+        self.send_bad("percent_bad_hex")
+        self.send_bad("percent_truncated")
+
+    def test_invalid_utf8_is_rejected(self):
+        self.send_bad("utf8_invalid_encoded")
+        self.send_bad("utf8_invalid_raw")
+
+    def test_malformed_json_is_rejected(self):
+        self.send_bad("json_malformed")
+
+    def test_json_root_array_is_rejected(self):
+        self.send_bad("json_root_array")
+
+    def test_nesting_depth_50_is_rejected(self):
+        self.send_bad("json_nested_50")
+        self.send_bad("form_nested_50")
+
+    def test_ten_thousand_parameters_are_rejected(self):
+        self.send_bad("params_10000")
+
+    def test_integer_overflow_amount_is_rejected(self):
+        self.send_bad("amount_huge")
+
+    def test_non_positive_or_non_integer_amounts_are_rejected(self):
+        for name in ("amount_negative", "amount_zero", "amount_text", "amount_fraction"):
+            with self.subTest(name):
+                self.send_bad(name)
+
+    def test_unknown_currency_is_rejected(self):
+        self.send_bad("currency_unknown")
+
+    def test_unknown_parameter_is_named(self):
+        r = self.send_bad("param_unknown")
+        self.assertEqual(r.json["error"].get("code"), "parameter_unknown", r)
+        r = self.send_bad("customer_unknown_param")
+        self.assertEqual(r.json["error"].get("code"), "parameter_unknown", r)
+
+    def test_non_boolean_confirm_is_rejected(self):
+        self.send_bad("confirm_maybe")
+
+    def test_missing_auth_is_401(self):
+        r = self.c("bad").post(PI, GOOD, key=None)
+        self.assertStripeError(r, 401, "invalid_request_error")
+        r = self.c("bad").get(PI, key=None)
+        self.assertStripeError(r, 401, "invalid_request_error")
+
+    def test_bad_key_is_401(self):
+        c = self.c("bad")
+        for auth in ("bearer", "basic"):
+            with self.subTest(auth):
+                r = c.get(PI, key="sk_test_doesnotexist0000000000", auth=auth)
+                self.assertStripeError(r, 401, "invalid_request_error")
+                r = c.post(PI, GOOD, key="sk_test_doesnotexist0000000000", auth=auth)
+                self.assertStripeError(r, 401, "invalid_request_error")
+        r = c.get(PI, headers={"Authorization": "Token abc"}, key=None)
+        self.assertStripeError(r, 401, "invalid_request_error")
+
+    def test_both_auth_styles_work_with_a_good_key(self):
+        for auth in ("bearer", "basic"):
+            with self.subTest(auth):
+                r = self.c("bad", auth=auth).get(PI)
+                self.assertEqual(r.status, 200, r)
+                self.assertTrue(r.headers.get("Request-Id"), r)
+
+    def test_unknown_url_is_404(self):
+        c = self.c("bad")
+        r = c.get("/v1/no_such_resource")
+        self.assertStripeError(r, 404, "invalid_request_error")
+        r = c.post("/v1/no_such_resource", {"a": "b"})
+        self.assertStripeError(r, 404, "invalid_request_error")
+
+    def test_other_merchants_payment_intent_is_resource_missing(self):
+        r = self.c("other").post(PI, GOOD)
+        self.assertEqual(r.status, 200, r)
+        pi = r.json["id"]
+        c = self.c("bad")
+        r = c.get(PI + "/" + pi)
+        self.assertStripeError(r, 404, "invalid_request_error", "resource_missing")
+        r = c.post(PI + "/" + pi + "/confirm", {"payment_method": "pm_card_visa"})
+        self.assertStripeError(r, 404, "invalid_request_error", "resource_missing")
+        r = c.post(PI + "/" + pi + "/cancel")
+        self.assertStripeError(r, 404, "invalid_request_error", "resource_missing")
+        r = c.post(PI + "/" + pi, {"amount": 5})
+        self.assertStripeError(r, 404, "invalid_request_error", "resource_missing")
+        # and the owner's object did not move
+        r = self.c("other").get(PI + "/" + pi)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["status"], "requires_payment_method", r)
+        self.assertEqual(r.json["amount"], 1000, r)
+
+    def test_invalid_card_number_is_incorrect_number_and_pan_is_not_echoed(self):
+        for name in ("card_bad_luhn", "pm_bad_luhn"):
+            with self.subTest(name):
+                r = self.send_bad(name)
+                self.assertEqual(r.json["error"]["type"], "card_error", r)
+                self.assertEqual(r.json["error"].get("code"), "incorrect_number", r)
+                self.assertNotIn(PAN_BAD_LUHN.encode(), r.body)
+                self.assertNotIn(PAN_BAD_LUHN, str(dict(r.headers)))
+
+    def test_expired_card_is_declined_with_expired_card(self):
+        c = self.c("decline")
+        r = c.post(PI, dict(GOOD, confirm="true", payment_method_data=card(PAN_EXPIRED)))
+        err = self.assertStripeError(r, 402, "card_error", "expired_card")
+        self.assertNotIn(PAN_EXPIRED.encode(), r.body)
+        pi = err.get("payment_intent")
+        self.assertIsInstance(pi, dict, r)
+        self.assertEqual(pi["status"], "requires_payment_method", r)
+        self.assertEqual(pi["last_payment_error"]["code"], "expired_card", r)
+        got = c.get(PI + "/" + pi["id"])
+        self.assertEqual(got.status, 200, got)
+        self.assertEqual(got.json["status"], "requires_payment_method", got)
+
+    def test_past_expiry_date_is_refused(self):
+        c = self.c("decline")
+        r = c.post(PI, dict(GOOD, confirm="true",
+                            payment_method_data=card(PAN_OK, exp_month=1, exp_year=2020)))
+        err = self.assertStripeError(r, 402, "card_error")
+        self.assertIn(err.get("code"), ("expired_card", "invalid_expiry_year"), r)
+        self.assertNotIn(PAN_OK.encode(), r.body)
+
+    def test_bad_requests_create_nothing_and_daemon_stays_healthy(self):
+        c = self.c("bad")
+        for name in sorted(BAD):
+            with self.subTest(name):
+                send, status, _ = BAD[name]
+                r = send(c)
+                self.assertEqual(r.status, status, "%s: %r" % (name, r))
+                self.assertTrue(r.headers.get("Request-Id"), name)
+        for path, params in ((PI, {"limit": 100}), ("/v1/customers", {"limit": 100}),
+                             ("/v1/charges", {"limit": 100}),
+                             ("/v1/payment_methods", {"type": "card", "limit": 100})):
+            with self.subTest(path):
+                r = c.get(path, params)
+                self.assertEqual(r.status, 200, r)
+                self.assertEqual(r.json["object"], "list", r)
+                self.assertEqual(r.json["data"], [], r)
+        r = c.get("/healthz", key=None)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json, {"status": "ok"})
+        self.assertIsNone(self.daemon.proc.poll(), "daemon died")
+
+    def test_test_pans_never_reach_the_log(self):
+        # send every test card through the paths that handle card data
+        c = self.c("decline")
+        for pan in TEST_PANS:
+            c.post(PI, dict(GOOD, confirm="true", payment_method_data=card(pan),
+                            return_url="https://shop.example/ret"))
+            c.post("/v1/payment_methods", card(pan))
+            c.post(PI, body=json.dumps(dict(GOOD, confirm=True, payment_method_data=card(pan))),
+                   content_type="application/json")
+            # and in a malformed body, which error paths may be tempted to echo
+            c.post(PI, body="amount=1&currency=usd&payment_method_data[card][number]=%s&%%ZZ" % pan)
+            c.post(PI, body="amount=1&currency=usd&frob=%s" % pan)
+        log = self.daemon.log_text()
+        self.assertTrue(log.strip(), "daemon logged nothing; the check would be vacuous")
+        for pan in TEST_PANS:
+            self.assertNotIn(pan, log, "PAN found in daemon log")
+
+
+if __name__ == "__main__":
+    main()

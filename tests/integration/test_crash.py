@@ -1,0 +1,162 @@
+"""Durability: kill -9 under payment load, restart on the same data, and
+every acknowledged payment is there exactly as acknowledged, replays return
+it, no attempt stays 'sent', the ledger balances and the balance agrees."""
+import random
+import sys
+import threading
+import time
+
+from harness import (DaemonTestCase, PaymentLoad, main, open_db_ro)
+
+PI = "/v1/payment_intents"
+CYCLES = 3
+LOAD_SECONDS = 4.0
+# fields that must survive exactly as acknowledged
+FIELDS = ("id", "status", "amount", "amount_received", "amount_capturable",
+          "currency", "capture_method")
+
+
+def parallel(items, fn, threads=8):
+    """fn(item) for every item on a few threads; returns the failures."""
+    items = list(items)
+    lock = threading.Lock()
+    failures = []
+    idx = [0]
+
+    def run():
+        while True:
+            with lock:
+                if idx[0] >= len(items):
+                    return
+                item = items[idx[0]]
+                idx[0] += 1
+            try:
+                msg = fn(item)
+            except Exception as e:  # reported as a failure of this item
+                msg = "%s: %r" % (type(e).__name__, e)
+            if msg:
+                with lock:
+                    failures.append(msg)
+
+    ts = [threading.Thread(target=run) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(300)
+    return failures
+
+
+class CrashTest(DaemonTestCase):
+    MERCHANTS = ("m",)
+
+    def check_ack(self, c, ack):
+        want = ack.pi()
+        r = c.get(PI + "/" + want["id"])
+        if r.status != 200:
+            return "%s: retrieve -> %r" % (want["id"], r)
+        for f in FIELDS:
+            if r.json.get(f) != want.get(f):
+                return "%s: %s acknowledged %r, now %r" % (want["id"], f, want.get(f), r.json.get(f))
+        again = c.post(PI, ack.params, idem=ack.key)
+        if again.status != ack.status:
+            return "%s: replay status %d, acknowledged %d (%r)" % (want["id"], again.status, ack.status, again)
+        got = again.json if again.status == 200 else (again.json or {}).get("error", {}).get("payment_intent", {})
+        if not isinstance(got, dict) or got.get("id") != want["id"]:
+            return "%s: replay answered another PI: %r" % (want["id"], again)
+        if again.headers.get("Idempotent-Replayed") != "true":
+            return "%s: replay lacks Idempotent-Replayed: true" % want["id"]
+        return None
+
+    def check_unacked(self, c, item):
+        """A request that got no reply, retried after recovery with its key,
+        gets a definite answer (it ran once, or now runs once)."""
+        key, params = item[0], item[1]
+        for _ in range(20):
+            r = c.post(PI, params, idem=key)
+            if r.status == 409:
+                time.sleep(0.5)
+                continue
+            if r.status not in (200, 402):
+                return "retry of unacknowledged %s: %r" % (key, r)
+            return None
+        return "retry of unacknowledged %s still 409 after 10 s" % key
+
+    def check_store(self):
+        db = open_db_ro(self.daemon)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                sent = db.execute("SELECT count(*) FROM attempts WHERE state = 'sent'").fetchone()[0]
+                if sent == 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            self.assertEqual(sent, 0, "attempts still 'sent' 10 s after restart")
+            bad = db.execute("SELECT txn_id, sum(amount) FROM ledger_entries GROUP BY txn_id "
+                             "HAVING sum(amount) != 0 LIMIT 10").fetchall()
+            self.assertEqual(bad, [], "unbalanced ledger transactions")
+            states = dict(db.execute("SELECT state, count(*) FROM attempts GROUP BY state").fetchall())
+            return states
+        finally:
+            db.close()
+
+    def check_balance(self, c):
+        pis = c.list_all(PI, max_pages=2000)
+        captured = sum(p["amount_received"] for p in pis
+                       if p["status"] == "succeeded" and p["currency"] == "usd")
+        refunds = c.list_all("/v1/refunds", max_pages=2000)
+        refunded = sum(rf["amount"] for rf in refunds
+                       if rf.get("status") in ("succeeded", "pending") and rf["currency"] == "usd")
+        r = c.get("/v1/balance")
+        self.assertEqual(r.status, 200, r)
+        total = sum(b["amount"] for kind in ("available", "pending")
+                    for b in r.json.get(kind, []) if b["currency"] == "usd")
+        self.assertEqual(total, captured - refunded,
+                         "balance %r vs captured %d - refunded %d" % (r.json, captured, refunded))
+        return len(pis), captured
+
+    def test_acknowledged_payments_survive_kill_9(self):
+        rng = random.Random(1234)
+        all_acks = []
+        for cycle in range(1, CYCLES + 1):
+            c = self.c()
+            load = PaymentLoad(c, threads=8, seconds=LOAD_SECONDS, tag="crash%d" % cycle).start()
+            kill_at = rng.uniform(1.5, LOAD_SECONDS - 1.0)
+            time.sleep(kill_at)
+            self.daemon.kill9()
+            self.assertTrue(load.join(60), "load threads hung after kill -9")
+            with load.lock:
+                acks = list(load.acks)
+                unacked = list(load.unacked)
+                other = list(load.other)
+            statuses = {}
+            for a in acks:
+                statuses[a.pi()["status"]] = statuses.get(a.pi()["status"], 0) + 1
+            print("cycle %d: killed at %.2f s, %d acknowledged %s, %d without reply, %d other replies"
+                  % (cycle, kill_at, len(acks), statuses, len(unacked), len(other)),
+                  file=sys.stderr)
+            self.assertGreater(len(acks), 0, "no payment acknowledged before the kill")
+            self.assertEqual([o[2] for o in other if o[2].status not in (429, 503)][:10], [],
+                             "unexpected replies during load")
+            all_acks.extend(acks)
+
+            t0 = time.monotonic()
+            self.daemon.start()
+            print("cycle %d: restarted on %s in %.2f s" % (cycle, self.daemon.addr,
+                                                         time.monotonic() - t0), file=sys.stderr)
+            c = self.c()
+            states = self.check_store()
+            print("cycle %d: attempts by state %s" % (cycle, states), file=sys.stderr)
+            failures = parallel(all_acks, lambda a: self.check_ack(c, a))
+            self.assertEqual(failures[:20], [], "%d acknowledged payments wrong after restart"
+                             % len(failures))
+            failures = parallel(unacked[:40], lambda u: self.check_unacked(c, u))
+            self.assertEqual(failures[:20], [])
+            n, captured = self.check_balance(c)
+            print("cycle %d: %d PaymentIntents, %d captured, store consistent"
+                  % (cycle, n, captured), file=sys.stderr)
+        # keys of unacknowledged requests were retried above; ledger must still balance
+        self.check_store()
+
+
+if __name__ == "__main__":
+    main()

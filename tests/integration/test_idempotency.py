@@ -1,0 +1,127 @@
+"""Idempotency-Key: replays are byte-identical, mismatches are refused,
+concurrent duplicates create one payment, keys belong to one merchant."""
+import threading
+
+from harness import (DaemonTestCase, PAN_DECLINE, card, main, new_key)
+
+PI = "/v1/payment_intents"
+
+
+def confirm_params(amount=1500, **extra):
+    p = {"amount": amount, "currency": "usd", "payment_method": "pm_card_visa",
+         "confirm": "true"}
+    p.update(extra)
+    return p
+
+
+class IdempotencyTest(DaemonTestCase):
+    MERCHANTS = ("main", "concurrent", "scope_a", "scope_b")
+
+    def assertReplayOf(self, first, again):
+        self.assertEqual(again.status, first.status, again)
+        self.assertEqual(again.body, first.body, "replayed body differs")
+        self.assertEqual(again.headers.get("Idempotent-Replayed"), "true", again)
+
+    def test_replay_returns_identical_status_body_and_replayed_header(self):
+        c = self.c("main")
+        key = new_key()
+        first = c.post(PI, confirm_params(description="replay"), idem=key)
+        self.assertEqual(first.status, 200, first)
+        self.assertEqual(first.json["status"], "succeeded", first)
+        self.assertNotEqual(first.headers.get("Idempotent-Replayed"), "true", first)
+        again = c.post(PI, confirm_params(description="replay"), idem=key)
+        self.assertReplayOf(first, again)
+        self.assertTrue(again.headers.get("Request-Id"), again)
+        # a replay did not charge twice
+        r = c.get(PI + "/" + first.json["id"])
+        self.assertEqual(r.json["amount_received"], 1500, r)
+
+    def test_replay_of_a_decline_is_replayed(self):
+        c = self.c("main")
+        key = new_key()
+        params = {"amount": 2100, "currency": "usd", "confirm": "true",
+                  "payment_method_data": card(PAN_DECLINE)}
+        first = c.post(PI, params, idem=key)
+        err = self.assertStripeError(first, 402, "card_error")
+        self.assertEqual(err.get("decline_code"), "generic_decline", first)
+        pi = err["payment_intent"]["id"]
+        again = c.post(PI, params, idem=key)
+        self.assertReplayOf(first, again)
+        # the replay did not start a second attempt on the same intent
+        r = c.get(PI + "/" + pi)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["status"], "requires_payment_method", r)
+        self.assertEqual(r.json["last_payment_error"]["decline_code"], "generic_decline", r)
+
+    def test_same_key_with_different_params_is_idempotency_error(self):
+        c = self.c("main")
+        key = new_key()
+        first = c.post(PI, {"amount": 1000, "currency": "usd"}, idem=key)
+        self.assertEqual(first.status, 200, first)
+        r = c.post(PI, {"amount": 2000, "currency": "usd"}, idem=key)
+        self.assertStripeError(r, 400, "idempotency_error")
+        # still only the original object, unchanged
+        r = c.get(PI + "/" + first.json["id"])
+        self.assertEqual(r.json["amount"], 1000, r)
+        # and the original request still replays
+        self.assertReplayOf(first, c.post(PI, {"amount": 1000, "currency": "usd"}, idem=key))
+
+    def test_concurrent_requests_with_one_key_create_exactly_one_payment(self):
+        c = self.c("concurrent")
+        key = new_key("conc")
+        n = 10
+        barrier = threading.Barrier(n)
+        results = [None] * n
+
+        def worker(i):
+            try:
+                barrier.wait(10)
+                results[i] = c.post(PI, confirm_params(amount=4242, description="conc"), idem=key)
+            except Exception as e:  # recorded and asserted below
+                results[i] = e
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertFalse(any(t.is_alive() for t in threads), "a request hung")
+        ids = set()
+        originals = 0
+        for r in results:
+            self.assertNotIsInstance(r, Exception, r)
+            if r.status == 200:
+                ids.add(r.json["id"])
+                if r.headers.get("Idempotent-Replayed") != "true":
+                    originals += 1
+            else:
+                self.assertStripeError(r, 409, code="idempotency_key_in_use")
+        self.assertEqual(originals, 1, results)
+        self.assertEqual(len(ids), 1, results)
+        listed = c.list_all(PI)
+        self.assertEqual([p["id"] for p in listed], list(ids))
+        self.assertEqual(listed[0]["status"], "succeeded")
+        self.assertEqual(listed[0]["amount_received"], 4242)
+        # once settled, the key replays the single original
+        r = c.post(PI, confirm_params(amount=4242, description="conc"), idem=key)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["id"], ids.pop(), r)
+        self.assertEqual(r.headers.get("Idempotent-Replayed"), "true", r)
+
+    def test_keys_are_scoped_per_merchant(self):
+        key = new_key("scope")
+        a = self.c("scope_a").post(PI, confirm_params(amount=777), idem=key)
+        b = self.c("scope_b").post(PI, confirm_params(amount=777), idem=key)
+        self.assertEqual(a.status, 200, a)
+        self.assertEqual(b.status, 200, b)
+        self.assertNotEqual(a.json["id"], b.json["id"])
+        self.assertNotEqual(a.headers.get("Idempotent-Replayed"), "true", a)
+        self.assertNotEqual(b.headers.get("Idempotent-Replayed"), "true", b)
+        self.assertEqual(len(self.c("scope_a").list_all(PI)), 1)
+        self.assertEqual(len(self.c("scope_b").list_all(PI)), 1)
+        r = self.c("scope_a").get(PI + "/" + b.json["id"])
+        self.assertStripeError(r, 404, code="resource_missing")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Lists: newest first, stable cursor paging under concurrent inserts, limit
+bounds, and expansion of latest_charge and customer."""
+import threading
+import time
+
+from harness import DaemonTestCase, main
+
+PI = "/v1/payment_intents"
+PRE = 30          # objects that exist before paging starts
+PAGE = 7
+MAX_INSERTS = 300
+
+
+class ListsTest(DaemonTestCase):
+    MERCHANTS = ("order", "paging", "limits", "expand")
+
+    def create_pis(self, c, n, tag):
+        ids = []
+        for i in range(n):
+            r = c.post(PI, {"amount": 100 + i, "currency": "usd", "description": "%s-%d" % (tag, i)})
+            self.assertEqual(r.status, 200, r)
+            ids.append(r.json["id"])
+        return ids
+
+    def test_lists_are_newest_first(self):
+        c = self.c("order")
+        pis = self.create_pis(c, 6, "order")
+        custs = []
+        for i in range(6):
+            r = c.post("/v1/customers", {"email": "c%d@example.com" % i})
+            self.assertEqual(r.status, 200, r)
+            custs.append(r.json["id"])
+        for path, ids in ((PI, pis), ("/v1/customers", custs)):
+            with self.subTest(path):
+                r = c.get(path, {"limit": 10})
+                self.assertEqual(r.status, 200, r)
+                self.assertEqual(r.json["object"], "list", r)
+                self.assertFalse(r.json["has_more"], r)
+                self.assertEqual([o["id"] for o in r.json["data"]], ids[::-1])
+                created = [o["created"] for o in r.json["data"]]
+                self.assertEqual(created, sorted(created, reverse=True))
+                r = c.get(path, {"limit": 4})
+                self.assertTrue(r.json["has_more"], r)
+                self.assertEqual([o["id"] for o in r.json["data"]], ids[::-1][:4])
+
+    def test_paging_is_stable_while_another_thread_inserts(self):
+        c = self.c("paging")
+        pre = self.create_pis(c, PRE, "pre")
+        stop = threading.Event()
+        inserted = []
+        errors = []
+
+        def inserter():
+            for i in range(MAX_INSERTS):
+                if stop.is_set():
+                    return
+                r = c.post(PI, {"amount": 5000 + i, "currency": "usd"})
+                if r.status == 200:
+                    inserted.append(r.json["id"])
+                else:
+                    errors.append(r)
+                time.sleep(0.01)
+
+        t = threading.Thread(target=inserter)
+        t.start()
+        try:
+            time.sleep(0.1)
+            # forward: newest to oldest with starting_after
+            seen, params = [], {"limit": PAGE}
+            for _ in range(200):
+                r = c.get(PI, params)
+                self.assertEqual(r.status, 200, r)
+                data = r.json["data"]
+                self.assertLessEqual(len(data), PAGE)
+                seen.extend(o["id"] for o in data)
+                if not r.json["has_more"]:
+                    break
+                params["starting_after"] = data[-1]["id"]
+            else:
+                self.fail("forward paging did not end")
+            self.assertEqual(len(seen), len(set(seen)), "duplicates in forward paging")
+            self.assertEqual(seen[-PRE:], pre[::-1], "forward paging lost or reordered objects")
+
+            # backward: oldest to newest with ending_before
+            back, cursor = [], pre[0]
+            for _ in range(200):
+                r = c.get(PI, {"limit": PAGE, "ending_before": cursor})
+                self.assertEqual(r.status, 200, r)
+                data = r.json["data"]
+                self.assertLessEqual(len(data), PAGE)
+                ids = [o["id"] for o in data]
+                # a page is still newest first, and holds the objects right after the cursor
+                back.extend(ids[::-1])
+                if not data or not r.json["has_more"]:
+                    break
+                cursor = data[0]["id"]
+            else:
+                self.fail("backward paging did not end")
+            self.assertEqual(len(back), len(set(back)), "duplicates in backward paging")
+            self.assertEqual(back[:PRE - 1], pre[1:], "backward paging lost or reordered objects")
+        finally:
+            stop.set()
+            t.join(60)
+        self.assertEqual(errors[:5], [])
+        self.assertGreater(len(inserted), 0, "the inserter made no objects")
+        # everything is there afterwards, once each, in creation order
+        everything = [o["id"] for o in c.list_all(PI)]
+        self.assertEqual(everything, (pre + inserted)[::-1])
+
+    def test_limit_must_be_between_1_and_100(self):
+        c = self.c("limits")
+        self.create_pis(c, 3, "lim")
+        for bad in ("0", "101", "-1", "abc", "1.5"):
+            with self.subTest(limit=bad):
+                r = c.get(PI, {"limit": bad})
+                self.assertStripeError(r, 400, "invalid_request_error", param="limit")
+        r = c.get(PI, {"limit": 1})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(len(r.json["data"]), 1)
+        self.assertTrue(r.json["has_more"])
+        r = c.get(PI, {"limit": 100})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(len(r.json["data"]), 3)
+        r = c.get(PI)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(len(r.json["data"]), 3)
+
+    def test_unknown_cursor_is_refused(self):
+        c = self.c("limits")
+        r = c.get(PI, {"starting_after": "pi_doesnotexist000000000000"})
+        self.assertGreaterEqual(r.status, 400, r)
+        self.assertLess(r.status, 500, r)
+        self.assertStripeError(r, r.status, "invalid_request_error")
+
+    def test_expand_latest_charge(self):
+        c = self.c("expand")
+        r = c.post(PI, {"amount": 2500, "currency": "usd", "payment_method": "pm_card_visa",
+                        "confirm": "true"})
+        self.assertEqual(r.status, 200, r)
+        pi = r.json
+        self.assertIsInstance(pi["latest_charge"], str, r)
+        self.assertTrue(pi["latest_charge"].startswith("ch_"), r)
+        r = c.get(PI + "/" + pi["id"], [("expand[]", "latest_charge")])
+        self.assertEqual(r.status, 200, r)
+        ch = r.json["latest_charge"]
+        self.assertIsInstance(ch, dict, r)
+        self.assertEqual(ch["object"], "charge")
+        self.assertEqual(ch["id"], pi["latest_charge"])
+        self.assertEqual(ch["amount"], 2500)
+        self.assertEqual(ch["payment_intent"], pi["id"])
+        self.assertEqual(ch["status"], "succeeded")
+        # the same charge through its own endpoint
+        r2 = c.get("/v1/charges/" + ch["id"])
+        self.assertEqual(r2.status, 200, r2)
+        self.assertEqual(r2.json["amount_captured"], 2500, r2)
+
+    def test_expand_customer(self):
+        c = self.c("expand")
+        r = c.post("/v1/customers", {"email": "expand@example.com", "name": "Ex Pand"})
+        self.assertEqual(r.status, 200, r)
+        cus = r.json["id"]
+        r = c.post(PI, {"amount": 900, "currency": "usd", "customer": cus})
+        self.assertEqual(r.status, 200, r)
+        pi = r.json["id"]
+        self.assertEqual(r.json["customer"], cus, r)
+        r = c.get(PI + "/" + pi, [("expand[0]", "customer")])
+        self.assertEqual(r.status, 200, r)
+        self.assertIsInstance(r.json["customer"], dict, r)
+        self.assertEqual(r.json["customer"]["id"], cus)
+        self.assertEqual(r.json["customer"]["object"], "customer")
+        self.assertEqual(r.json["customer"]["email"], "expand@example.com")
+        r = c.get(PI + "/" + pi)
+        self.assertEqual(r.json["customer"], cus, r)
+        r = c.get(PI + "/" + pi, [("expand[]", "no_such_field")])
+        self.assertStripeError(r, 400, "invalid_request_error")
+
+
+if __name__ == "__main__":
+    main()

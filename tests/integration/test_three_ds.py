@@ -1,0 +1,210 @@
+"""3-D Secure challenge: the redirect page, approve and fail, with and without
+return_url, manual capture, bad tokens, and the events it leaves."""
+import html.parser
+import time
+import urllib.parse
+
+from harness import (DaemonTestCase, PAN_3DS, PAN_3DS_2, card, main)
+
+PI = "/v1/payment_intents"
+RETURN_URL = "https://shop.example/return?order=17"
+
+
+class ChallengePage(html.parser.HTMLParser):
+    """Collects the forms of the challenge page: method, action, hidden
+    inputs and the values of submit buttons named result."""
+
+    def __init__(self):
+        super().__init__()
+        self.forms = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "form":
+            self.forms.append({"method": (a.get("method") or "").lower(),
+                               "action": a.get("action"), "hidden": {}, "results": []})
+        elif self.forms and tag in ("input", "button"):
+            f = self.forms[-1]
+            if (a.get("type") or "").lower() == "hidden" and a.get("name"):
+                f["hidden"][a["name"]] = a.get("value", "")
+            if a.get("name") == "result":
+                f["results"].append(a.get("value"))
+
+
+class ThreeDSTest(DaemonTestCase):
+    MERCHANTS = ("m",)
+
+    def start_challenge(self, return_url=RETURN_URL, pan=PAN_3DS, **extra):
+        params = {"amount": 3100, "currency": "eur", "confirm": "true",
+                  "payment_method_data": card(pan)}
+        if return_url:
+            params["return_url"] = return_url
+        params.update(extra)
+        r = self.c().post(PI, params)
+        self.assertEqual(r.status, 200, r)
+        pi = r.json
+        self.assertEqual(pi["status"], "requires_action", r)
+        na = pi["next_action"]
+        self.assertEqual(na["type"], "redirect_to_url", r)
+        url = na["redirect_to_url"]["url"]
+        if return_url:
+            self.assertEqual(na["redirect_to_url"].get("return_url"), return_url, r)
+        u = urllib.parse.urlsplit(url)
+        self.assertEqual(u.scheme, "http", url)
+        self.assertTrue(u.path.startswith("/v1/turnpike/3ds/" + pi["id"]), url)
+        token = urllib.parse.parse_qs(u.query).get("token", [""])[0]
+        self.assertTrue(token, url)
+        return pi, url, token
+
+    def fetch_page(self, url):
+        """GET the challenge page (no auth) and check its two forms."""
+        u = urllib.parse.urlsplit(url)
+        r = self.c().get(u.path + "?" + u.query, key=None)
+        self.assertEqual(r.status, 200, r)
+        self.assertIn("text/html", r.headers.get("Content-Type", ""), r)
+        page = ChallengePage()
+        page.feed(r.body.decode("utf-8"))
+        self.assertEqual(len(page.forms), 2, r.body[:2000])
+        results = set()
+        for f in page.forms:
+            self.assertEqual(f["method"], "post", f)
+            if f["action"]:
+                self.assertEqual(urllib.parse.urlsplit(f["action"]).path, u.path, f)
+            self.assertIn("token", f["hidden"], f)
+            results.update(f["results"])
+        self.assertEqual(results, {"approve", "fail"})
+        return u.path, page.forms[0]["hidden"]["token"]
+
+    def submit(self, path, token, result):
+        return self.c().post(path, {"token": token, "result": result}, key=None)
+
+    def get_pi(self, pi_id):
+        r = self.c().get(PI + "/" + pi_id)
+        self.assertEqual(r.status, 200, r)
+        return r.json
+
+    def assertRedirect(self, r, pi, status):
+        self.assertEqual(r.status, 303, r)
+        loc = r.headers.get("Location")
+        self.assertTrue(loc, r)
+        self.assertTrue(loc.startswith("https://shop.example/return?"), loc)
+        q = urllib.parse.parse_qs(urllib.parse.urlsplit(loc).query)
+        self.assertEqual(q.get("order"), ["17"], loc)
+        self.assertEqual(q.get("payment_intent"), [pi["id"]], loc)
+        self.assertEqual(q.get("payment_intent_client_secret"), [pi["client_secret"]], loc)
+        self.assertEqual(q.get("redirect_status"), [status], loc)
+
+    def events_for(self, pi_id, want, timeout=5.0):
+        """Types of this PI's events, oldest first, once `want` are all there."""
+        deadline = time.monotonic() + timeout
+        while True:
+            evs = self.c().list_all("/v1/events")
+            types = [e["type"] for e in reversed(evs)
+                     if e["data"]["object"].get("id") == pi_id]
+            if set(want) <= set(types) or time.monotonic() > deadline:
+                return types
+            time.sleep(0.2)
+
+    def test_challenge_url_points_at_this_daemon(self):
+        _, url, _ = self.start_challenge()
+        self.assertEqual(urllib.parse.urlsplit(url).netloc, self.daemon.addr, url)
+
+    def test_approve_with_return_url_redirects_and_succeeds(self):
+        pi, url, token = self.start_challenge()
+        path, form_token = self.fetch_page(url)
+        self.assertEqual(form_token, token)
+        r = self.submit(path, token, "approve")
+        self.assertRedirect(r, pi, "succeeded")
+        got = self.get_pi(pi["id"])
+        self.assertEqual(got["status"], "succeeded", got)
+        self.assertEqual(got["amount_received"], 3100, got)
+        self.assertIsNone(got.get("next_action"), got)
+        # a second submission does not move the payment again
+        r = self.submit(path, token, "fail")
+        self.assertLess(r.status, 500, r)
+        again = self.get_pi(pi["id"])
+        self.assertEqual(again["status"], "succeeded", again)
+        self.assertEqual(again["amount_received"], 3100, again)
+
+    def test_fail_with_return_url_redirects_and_requires_payment_method(self):
+        pi, url, token = self.start_challenge()
+        path, _ = self.fetch_page(url)
+        r = self.submit(path, token, "fail")
+        self.assertRedirect(r, pi, "failed")
+        got = self.get_pi(pi["id"])
+        self.assertEqual(got["status"], "requires_payment_method", got)
+        self.assertEqual(got["last_payment_error"]["code"],
+                         "payment_intent_authentication_failure", got)
+        self.assertEqual(got["amount_received"], 0, got)
+
+    def test_approve_without_return_url_shows_a_page(self):
+        pi, url, token = self.start_challenge(return_url=None, pan=PAN_3DS_2)
+        path, _ = self.fetch_page(url)
+        r = self.submit(path, token, "approve")
+        self.assertEqual(r.status, 200, r)
+        self.assertIn("text/html", r.headers.get("Content-Type", ""), r)
+        self.assertEqual(self.get_pi(pi["id"])["status"], "succeeded")
+
+    def test_fail_without_return_url_shows_a_page(self):
+        pi, url, token = self.start_challenge(return_url=None)
+        path, _ = self.fetch_page(url)
+        r = self.submit(path, token, "fail")
+        self.assertEqual(r.status, 200, r)
+        self.assertIn("text/html", r.headers.get("Content-Type", ""), r)
+        got = self.get_pi(pi["id"])
+        self.assertEqual(got["status"], "requires_payment_method", got)
+        self.assertEqual(got["last_payment_error"]["code"],
+                         "payment_intent_authentication_failure", got)
+
+    def test_approve_with_manual_capture_requires_capture_then_captures(self):
+        pi, url, token = self.start_challenge(capture_method="manual")
+        path, _ = self.fetch_page(url)
+        r = self.submit(path, token, "approve")
+        self.assertRedirect(r, pi, "succeeded")
+        got = self.get_pi(pi["id"])
+        self.assertEqual(got["status"], "requires_capture", got)
+        self.assertEqual(got["amount_capturable"], 3100, got)
+        self.assertEqual(got["amount_received"], 0, got)
+        r = self.c().post(PI + "/" + pi["id"] + "/capture")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["status"], "succeeded", r)
+        self.assertEqual(r.json["amount_received"], 3100, r)
+
+    def test_wrong_token_is_refused_and_changes_nothing(self):
+        pi, url, token = self.start_challenge()
+        path, _ = self.fetch_page(url)
+        for bad in ("", "x" * 64, token[:-1] + ("A" if token[-1] != "A" else "B")):
+            with self.subTest(bad=bad[:8]):
+                r = self.submit(path, bad, "approve")
+                self.assertGreaterEqual(r.status, 400, r)
+                self.assertLess(r.status, 500, r)
+                self.assertEqual(self.get_pi(pi["id"])["status"], "requires_action")
+        u = urllib.parse.urlsplit(url)
+        r = self.c().get(u.path + "?token=wrong", key=None)
+        self.assertGreaterEqual(r.status, 400, r)
+        self.assertLess(r.status, 500, r)
+        # the token of another payment does not open this one
+        _, _, other_token = self.start_challenge()
+        r = self.submit(path, other_token, "approve")
+        self.assertGreaterEqual(r.status, 400, r)
+        self.assertLess(r.status, 500, r)
+        self.assertEqual(self.get_pi(pi["id"])["status"], "requires_action")
+        # the right token still works afterwards
+        r = self.submit(path, token, "approve")
+        self.assertRedirect(r, pi, "succeeded")
+        self.assertEqual(self.get_pi(pi["id"])["status"], "succeeded")
+
+    def test_events_show_requires_action_then_succeeded(self):
+        pi, url, token = self.start_challenge()
+        path, _ = self.fetch_page(url)
+        self.assertRedirect(self.submit(path, token, "approve"), pi, "succeeded")
+        want = ["payment_intent.requires_action", "payment_intent.succeeded"]
+        types = self.events_for(pi["id"], want)
+        for t in want:
+            self.assertIn(t, types)
+        self.assertLess(types.index("payment_intent.requires_action"),
+                        types.index("payment_intent.succeeded"), types)
+
+
+if __name__ == "__main__":
+    main()

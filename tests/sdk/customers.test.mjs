@@ -1,0 +1,124 @@
+// Customers and card PaymentMethods: CRUD, attach/list/detach, fingerprints,
+// and paying with a saved card.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { stripe, errors, CARDS, card, tag, expectError } from './lib.mjs';
+
+test('customer create, retrieve, update, list, delete, then retrieve is gone', async () => {
+  const email = `${tag('c')}@example.test`;
+  const cus = await stripe.customers.create({ email, name: 'Ada Lovelace', metadata: { tier: 'gold' } });
+  assert.match(cus.id, /^cus_/);
+  assert.equal(cus.object, 'customer');
+  assert.equal(cus.email, email);
+  assert.equal(cus.name, 'Ada Lovelace');
+  assert.deepEqual(cus.metadata, { tier: 'gold' });
+  assert.equal(typeof cus.created, 'number');
+
+  const got = await stripe.customers.retrieve(cus.id);
+  assert.equal(got.id, cus.id);
+  assert.equal(got.email, email);
+
+  const upd = await stripe.customers.update(cus.id, { name: 'Ada King', metadata: { tier: 'platinum', since: '1843' } });
+  assert.equal(upd.name, 'Ada King');
+  assert.equal(upd.email, email, 'untouched fields stay');
+  assert.deepEqual(upd.metadata, { tier: 'platinum', since: '1843' });
+
+  const list = await stripe.customers.list({ limit: 100 });
+  assert.equal(list.object, 'list');
+  assert.ok(list.data.some((c) => c.id === cus.id), 'new customer is listed');
+
+  const del = await stripe.customers.del(cus.id);
+  assert.equal(del.id, cus.id);
+  assert.equal(del.object, 'customer');
+  assert.equal(del.deleted, true);
+
+  // The contract answers 404 resource_missing; Stripe documents a stub with
+  // deleted:true. Either way it must no longer read as a live customer.
+  let after;
+  try {
+    after = await stripe.customers.retrieve(cus.id);
+  } catch (err) {
+    assert.ok(err instanceof errors.StripeInvalidRequestError, `got ${err.constructor.name}`);
+    assert.equal(err.statusCode, 404);
+    assert.equal(err.code, 'resource_missing');
+    after = null;
+  }
+  if (after) assert.equal(after.deleted, true, 'deleted customer must read as deleted');
+  const list2 = await stripe.customers.list({ limit: 100 });
+  assert.ok(!list2.data.some((c) => c.id === cus.id), 'deleted customer is not listed');
+});
+
+test('retrieving an unknown customer is 404 resource_missing', async () => {
+  const err = await expectError(stripe.customers.retrieve('cus_doesnotexist000000'), errors.StripeInvalidRequestError);
+  assert.equal(err.statusCode, 404);
+  assert.equal(err.code, 'resource_missing');
+});
+
+test('payment method created from a card attaches, lists by customer, and detaches', async () => {
+  const cus = await stripe.customers.create({ email: `${tag('pm')}@example.test` });
+  const pm = await stripe.paymentMethods.create({ type: 'card', card: card(CARDS.mastercard) });
+  assert.match(pm.id, /^pm_/);
+  assert.equal(pm.object, 'payment_method');
+  assert.equal(pm.type, 'card');
+  assert.equal(pm.card.brand, 'mastercard');
+  assert.equal(pm.card.last4, '4444');
+  assert.equal(pm.card.exp_month, 12);
+  assert.equal(typeof pm.card.fingerprint, 'string');
+  assert.equal(pm.customer, null);
+  assert.ok(!JSON.stringify(pm).includes(CARDS.mastercard), 'no PAN in the payment method');
+  assert.ok(!('cvc' in pm.card) && !('number' in pm.card), 'no number or cvc echoed');
+
+  const att = await stripe.paymentMethods.attach(pm.id, { customer: cus.id });
+  assert.equal(att.id, pm.id);
+  assert.equal(att.customer, cus.id);
+
+  const pm2 = await stripe.paymentMethods.create({ type: 'card', card: card(CARDS.visa) });
+  await stripe.paymentMethods.attach(pm2.id, { customer: cus.id });
+
+  const list = await stripe.paymentMethods.list({ customer: cus.id, type: 'card' });
+  assert.equal(list.object, 'list');
+  assert.deepEqual(new Set(list.data.map((p) => p.id)), new Set([pm.id, pm2.id]));
+  assert.equal(list.data.length, 2);
+
+  const det = await stripe.paymentMethods.detach(pm.id);
+  assert.equal(det.id, pm.id);
+  assert.equal(det.customer, null);
+  const list2 = await stripe.paymentMethods.list({ customer: cus.id, type: 'card' });
+  assert.deepEqual(list2.data.map((p) => p.id), [pm2.id]);
+  assert.equal((await stripe.paymentMethods.retrieve(pm.id)).customer, null);
+});
+
+test('card fingerprint is equal for the same number and differs for another number', async () => {
+  const a = await stripe.paymentMethods.create({ type: 'card', card: card(CARDS.visa) });
+  const b = await stripe.paymentMethods.create({ type: 'card', card: { ...card(CARDS.visa), exp_month: 3, cvc: '999' } });
+  const c = await stripe.paymentMethods.create({ type: 'card', card: card(CARDS.mastercard) });
+  assert.notEqual(a.id, b.id);
+  assert.ok(a.card.fingerprint && a.card.fingerprint.length >= 8, `fingerprint ${a.card.fingerprint}`);
+  assert.equal(a.card.fingerprint, b.card.fingerprint);
+  assert.notEqual(a.card.fingerprint, c.card.fingerprint);
+  assert.ok(!a.card.fingerprint.includes('4242424242'), 'fingerprint does not reveal the number');
+});
+
+test('paying with a saved card of a customer sets customer and payment_method on the intent', async () => {
+  const cus = await stripe.customers.create({ name: 'Saved Card' });
+  const pm = await stripe.paymentMethods.create({ type: 'card', card: card(CARDS.visa) });
+  await stripe.paymentMethods.attach(pm.id, { customer: cus.id });
+  const pi = await stripe.paymentIntents.create({
+    amount: 4100, currency: 'usd', customer: cus.id, payment_method: pm.id, confirm: true,
+  });
+  assert.equal(pi.status, 'succeeded');
+  assert.equal(pi.customer, cus.id);
+  assert.equal(pi.payment_method, pm.id);
+  const ch = await stripe.charges.retrieve(pi.latest_charge);
+  assert.equal(ch.customer, cus.id);
+  assert.equal(ch.payment_method, pm.id);
+});
+
+test('a payment method with an expired date is rejected', async () => {
+  const err = await expectError(stripe.paymentMethods.create({
+    type: 'card', card: { number: CARDS.visa, exp_month: 1, exp_year: 2001, cvc: '123' },
+  }), errors.StripeError);
+  assert.ok(err instanceof errors.StripeCardError || err instanceof errors.StripeInvalidRequestError,
+    `got ${err.constructor.name}`);
+  assert.ok(!JSON.stringify(err.raw).includes(CARDS.visa));
+});

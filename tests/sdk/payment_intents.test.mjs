@@ -1,0 +1,255 @@
+// PaymentIntent lifecycle through the official SDK: automatic and manual
+// capture, cancel, update-then-confirm, declines, zero-decimal currencies.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { stripe, errors, CARDS, card, cardData, tag, expectError } from './lib.mjs';
+
+test('create with confirm and pm_card_visa succeeds and leaves a captured visa charge', async () => {
+  const pi = await stripe.paymentIntents.create({
+    amount: 2000, currency: 'usd', payment_method: 'pm_card_visa', confirm: true,
+  });
+  assert.match(pi.id, /^pi_/);
+  assert.equal(pi.object, 'payment_intent');
+  assert.equal(pi.status, 'succeeded');
+  assert.equal(pi.amount, 2000);
+  assert.equal(pi.amount_received, 2000);
+  assert.equal(pi.currency, 'usd');
+  assert.equal(pi.capture_method, 'automatic');
+  assert.equal(typeof pi.created, 'number');
+  assert.equal(pi.livemode, false);
+  assert.ok(pi.client_secret && pi.client_secret.startsWith(`${pi.id}_secret_`), `client_secret ${pi.client_secret}`);
+  assert.equal(typeof pi.latest_charge, 'string');
+  assert.match(pi.latest_charge, /^ch_/);
+  assert.match(String(pi.payment_method), /^pm_/);
+  assert.ok(pi.lastResponse.requestId, 'Request-Id header present');
+
+  const ch = await stripe.charges.retrieve(pi.latest_charge);
+  assert.equal(ch.object, 'charge');
+  assert.equal(ch.id, pi.latest_charge);
+  assert.equal(ch.payment_intent, pi.id);
+  assert.equal(ch.amount, 2000);
+  assert.equal(ch.amount_captured, 2000);
+  assert.equal(ch.currency, 'usd');
+  assert.equal(ch.captured, true);
+  assert.equal(ch.paid, true);
+  assert.equal(ch.status, 'succeeded');
+  assert.equal(ch.refunded, false);
+  assert.equal(ch.amount_refunded, 0);
+  assert.equal(ch.payment_method_details.type, 'card');
+  assert.equal(ch.payment_method_details.card.brand, 'visa');
+  assert.equal(ch.payment_method_details.card.last4, '4242');
+});
+
+test('pm_card_mastercard and pm_card_amex charge with their brand and last4', async () => {
+  for (const [pm, brand, last4] of [['pm_card_mastercard', 'mastercard', '4444'], ['pm_card_amex', 'amex', '8431']]) {
+    const pi = await stripe.paymentIntents.create({ amount: 1500, currency: 'usd', payment_method: pm, confirm: true });
+    assert.equal(pi.status, 'succeeded', pm);
+    const ch = await stripe.charges.retrieve(pi.latest_charge);
+    assert.equal(ch.payment_method_details.card.brand, brand, pm);
+    assert.equal(ch.payment_method_details.card.last4, last4, pm);
+  }
+});
+
+test('confirm with payment_method_data raw card 4242 succeeds and never echoes the number', async () => {
+  const pi = await stripe.paymentIntents.create({
+    amount: 1234, currency: 'usd', confirm: true, payment_method_data: cardData(CARDS.visa),
+  });
+  assert.equal(pi.status, 'succeeded');
+  assert.equal(pi.amount_received, 1234);
+  assert.ok(!JSON.stringify(pi).includes(CARDS.visa), 'response must not contain the PAN');
+  const pm = await stripe.paymentMethods.retrieve(pi.payment_method);
+  assert.equal(pm.type, 'card');
+  assert.equal(pm.card.brand, 'visa');
+  assert.equal(pm.card.last4, '4242');
+  assert.equal(pm.card.exp_month, 12);
+  assert.ok(!JSON.stringify(pm).includes(CARDS.visa), 'payment method must not contain the PAN');
+  const ch = await stripe.charges.retrieve(pi.latest_charge);
+  assert.equal(ch.payment_method_details.card.last4, '4242');
+});
+
+test('manual capture authorizes to requires_capture and a partial capture succeeds with amount_received', async () => {
+  const pi = await stripe.paymentIntents.create({
+    amount: 5000, currency: 'usd', payment_method: 'pm_card_visa', confirm: true, capture_method: 'manual',
+  });
+  assert.equal(pi.status, 'requires_capture');
+  assert.equal(pi.capture_method, 'manual');
+  assert.equal(pi.amount_capturable, 5000);
+  assert.equal(pi.amount_received, 0);
+  const auth = await stripe.charges.retrieve(pi.latest_charge);
+  assert.equal(auth.captured, false);
+  assert.equal(auth.status, 'succeeded');
+
+  const captured = await stripe.paymentIntents.capture(pi.id, { amount_to_capture: 3000 });
+  assert.equal(captured.status, 'succeeded');
+  assert.equal(captured.amount_received, 3000);
+  assert.equal(captured.amount_capturable, 0);
+  assert.equal(captured.amount, 5000);
+  const ch = await stripe.charges.retrieve(captured.latest_charge);
+  assert.equal(ch.captured, true);
+  assert.equal(ch.amount_captured, 3000);
+
+  // A second capture has nothing left to capture.
+  await expectError(stripe.paymentIntents.capture(pi.id), errors.StripeInvalidRequestError);
+});
+
+test('capturing more than amount_capturable is rejected and leaves the intent capturable', async () => {
+  const pi = await stripe.paymentIntents.create({
+    amount: 1000, currency: 'usd', payment_method: 'pm_card_visa', confirm: true, capture_method: 'manual',
+  });
+  const err = await expectError(stripe.paymentIntents.capture(pi.id, { amount_to_capture: 1001 }),
+    errors.StripeInvalidRequestError);
+  assert.equal(err.statusCode, 400);
+  const again = await stripe.paymentIntents.retrieve(pi.id);
+  assert.equal(again.status, 'requires_capture');
+  assert.equal(again.amount_capturable, 1000);
+  const full = await stripe.paymentIntents.capture(pi.id);
+  assert.equal(full.status, 'succeeded');
+  assert.equal(full.amount_received, 1000);
+});
+
+test('cancel of a requires_capture intent with cancellation_reason makes it canceled', async () => {
+  const pi = await stripe.paymentIntents.create({
+    amount: 2500, currency: 'usd', payment_method: 'pm_card_visa', confirm: true, capture_method: 'manual',
+  });
+  assert.equal(pi.status, 'requires_capture');
+  const canceled = await stripe.paymentIntents.cancel(pi.id, { cancellation_reason: 'requested_by_customer' });
+  assert.equal(canceled.status, 'canceled');
+  assert.equal(canceled.cancellation_reason, 'requested_by_customer');
+  assert.equal(typeof canceled.canceled_at, 'number');
+  assert.equal(canceled.amount_received, 0);
+  const retrieved = await stripe.paymentIntents.retrieve(pi.id);
+  assert.equal(retrieved.status, 'canceled');
+  // A canceled intent cannot be captured any more.
+  await expectError(stripe.paymentIntents.capture(pi.id), errors.StripeInvalidRequestError);
+});
+
+test('a succeeded intent cannot be canceled', async () => {
+  const pi = await stripe.paymentIntents.create({ amount: 700, currency: 'usd', payment_method: 'pm_card_visa', confirm: true });
+  assert.equal(pi.status, 'succeeded');
+  const err = await expectError(stripe.paymentIntents.cancel(pi.id), errors.StripeInvalidRequestError);
+  assert.equal(err.statusCode, 400);
+  assert.equal((await stripe.paymentIntents.retrieve(pi.id)).status, 'succeeded');
+});
+
+test('create without confirm waits in requires_payment_method, takes updates, and confirms later', async () => {
+  const pi = await stripe.paymentIntents.create({ amount: 1000, currency: 'usd', metadata: { step: 'one' } });
+  assert.equal(pi.status, 'requires_payment_method');
+  assert.equal(pi.latest_charge, null);
+  assert.equal(pi.amount_received, 0);
+  assert.deepEqual(pi.metadata, { step: 'one' });
+
+  const updated = await stripe.paymentIntents.update(pi.id, {
+    amount: 1750, metadata: { step: 'two', order: 'A-17' }, description: 'updated by sdk test',
+  });
+  assert.equal(updated.id, pi.id);
+  assert.equal(updated.amount, 1750);
+  assert.equal(updated.status, 'requires_payment_method');
+  assert.deepEqual(updated.metadata, { step: 'two', order: 'A-17' });
+  assert.equal(updated.description, 'updated by sdk test');
+
+  const withPm = await stripe.paymentIntents.update(pi.id, { payment_method: 'pm_card_visa' });
+  assert.equal(withPm.status, 'requires_confirmation');
+
+  const confirmed = await stripe.paymentIntents.confirm(pi.id);
+  assert.equal(confirmed.status, 'succeeded');
+  assert.equal(confirmed.amount_received, 1750);
+  const ch = await stripe.charges.retrieve(confirmed.latest_charge);
+  assert.equal(ch.amount, 1750);
+  assert.deepEqual((await stripe.paymentIntents.retrieve(pi.id)).metadata, { step: 'two', order: 'A-17' });
+});
+
+test('confirm passes payment_method on the confirm call itself', async () => {
+  const pi = await stripe.paymentIntents.create({ amount: 900, currency: 'eur' });
+  const confirmed = await stripe.paymentIntents.confirm(pi.id, { payment_method: 'pm_card_visa' });
+  assert.equal(confirmed.status, 'succeeded');
+  assert.equal(confirmed.currency, 'eur');
+  assert.equal(confirmed.amount_received, 900);
+});
+
+test('metadata key set to empty string is removed on update', async () => {
+  const pi = await stripe.paymentIntents.create({ amount: 500, currency: 'usd', metadata: { a: '1', b: '2' } });
+  const updated = await stripe.paymentIntents.update(pi.id, { metadata: { a: '' } });
+  assert.deepEqual(updated.metadata, { b: '2' });
+});
+
+const DECLINES = [
+  ['generic_decline', CARDS.generic_decline, 'card_declined', 'generic_decline'],
+  ['insufficient_funds', CARDS.insufficient_funds, 'card_declined', 'insufficient_funds'],
+  ['lost_card', CARDS.lost_card, 'card_declined', 'lost_card'],
+  ['stolen_card', CARDS.stolen_card, 'card_declined', 'stolen_card'],
+  ['fraudulent', CARDS.fraudulent, 'card_declined', 'fraudulent'],
+  ['expired_card', CARDS.expired_card, 'expired_card', null],
+  ['incorrect_cvc', CARDS.incorrect_cvc, 'incorrect_cvc', null],
+  ['processing_error', CARDS.processing_error, 'processing_error', null],
+];
+
+for (const [name, number, code, declineCode] of DECLINES) {
+  test(`decline card ${name} raises StripeCardError code ${code} and leaves requires_payment_method with last_payment_error`, async () => {
+    const err = await expectError(stripe.paymentIntents.create({
+      amount: 3100, currency: 'usd', confirm: true, payment_method_data: cardData(number),
+    }), errors.StripeCardError);
+    assert.equal(err.statusCode, 402);
+    assert.equal(err.rawType, 'card_error');
+    assert.equal(err.code, code);
+    if (declineCode) assert.equal(err.decline_code, declineCode);
+    assert.ok(err.message && !err.message.includes(number), 'message present and free of the PAN');
+    assert.ok(err.requestId, 'Request-Id on error responses');
+
+    const epi = err.raw.payment_intent;
+    assert.ok(epi && typeof epi === 'object', 'error.payment_intent carries the intent');
+    assert.match(epi.id, /^pi_/);
+    assert.equal(epi.status, 'requires_payment_method');
+    assert.equal(epi.last_payment_error.code, code);
+    assert.ok(!JSON.stringify(err.raw).includes(number), 'error body must not contain the PAN');
+
+    const pi = await stripe.paymentIntents.retrieve(epi.id);
+    assert.equal(pi.status, 'requires_payment_method');
+    assert.equal(pi.amount_received, 0);
+    assert.ok(pi.last_payment_error, 'last_payment_error set');
+    assert.equal(pi.last_payment_error.type, 'card_error');
+    assert.equal(pi.last_payment_error.code, code);
+    if (declineCode) assert.equal(pi.last_payment_error.decline_code, declineCode);
+  });
+}
+
+test('after a decline the same intent can be confirmed with a good card', async () => {
+  const pi = await stripe.paymentIntents.create({ amount: 4200, currency: 'usd' });
+  const err = await expectError(stripe.paymentIntents.confirm(pi.id, {
+    payment_method_data: cardData(CARDS.insufficient_funds),
+  }), errors.StripeCardError);
+  assert.equal(err.decline_code, 'insufficient_funds');
+  assert.equal(err.raw.payment_intent.id, pi.id);
+  const ok = await stripe.paymentIntents.confirm(pi.id, { payment_method: 'pm_card_visa' });
+  assert.equal(ok.status, 'succeeded');
+  assert.equal(ok.last_payment_error, null);
+  assert.equal(ok.amount_received, 4200);
+});
+
+test('a card number failing Luhn is rejected with incorrect_number and stores no intent', async () => {
+  const cus = await stripe.customers.create({ description: tag('luhn') });
+  const err = await expectError(stripe.paymentIntents.create({
+    amount: 1000, currency: 'usd', confirm: true, customer: cus.id,
+    payment_method_data: { type: 'card', card: card(CARDS.bad_luhn) },
+  }), errors.StripeCardError);
+  assert.equal(err.statusCode, 402);
+  assert.equal(err.code, 'incorrect_number');
+  assert.ok(!JSON.stringify(err.raw).includes(CARDS.bad_luhn));
+  const list = await stripe.paymentIntents.list({ customer: cus.id, limit: 10 });
+  assert.equal(list.data.length, 0, 'no PaymentIntent stored for an invalid card number');
+});
+
+test('JPY zero-decimal amount is taken as is', async () => {
+  const pi = await stripe.paymentIntents.create({ amount: 500, currency: 'jpy', payment_method: 'pm_card_visa', confirm: true });
+  assert.equal(pi.status, 'succeeded');
+  assert.equal(pi.currency, 'jpy');
+  assert.equal(pi.amount, 500);
+  assert.equal(pi.amount_received, 500);
+  const ch = await stripe.charges.retrieve(pi.latest_charge);
+  assert.equal(ch.amount, 500);
+  assert.equal(ch.currency, 'jpy');
+});
+
+test('uppercase currency is normalised to lowercase', async () => {
+  const pi = await stripe.paymentIntents.create({ amount: 800, currency: 'USD' });
+  assert.equal(pi.currency, 'usd');
+});

@@ -1,0 +1,106 @@
+// Refunds: full, partial, over-refund, by payment_intent or by charge, and
+// the charge's refunded totals that follow.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { stripe, errors, expectError } from './lib.mjs';
+
+async function paid(amount, currency = 'usd') {
+  const pi = await stripe.paymentIntents.create({ amount, currency, payment_method: 'pm_card_visa', confirm: true });
+  assert.equal(pi.status, 'succeeded');
+  return pi;
+}
+
+test('full refund by payment_intent refunds the whole charge and marks it refunded', async () => {
+  const pi = await paid(2200);
+  const re = await stripe.refunds.create({ payment_intent: pi.id, reason: 'requested_by_customer' });
+  assert.match(re.id, /^re_/);
+  assert.equal(re.object, 'refund');
+  assert.equal(re.amount, 2200);
+  assert.equal(re.currency, 'usd');
+  assert.equal(re.status, 'succeeded');
+  assert.equal(re.reason, 'requested_by_customer');
+  assert.equal(re.payment_intent, pi.id);
+  assert.equal(re.charge, pi.latest_charge);
+
+  const ch = await stripe.charges.retrieve(pi.latest_charge);
+  assert.equal(ch.amount_refunded, 2200);
+  assert.equal(ch.refunded, true);
+
+  const got = await stripe.refunds.retrieve(re.id);
+  assert.equal(got.id, re.id);
+  assert.equal(got.amount, 2200);
+
+  // Nothing left: a further refund is refused.
+  const err = await expectError(stripe.refunds.create({ payment_intent: pi.id, amount: 1 }),
+    errors.StripeInvalidRequestError);
+  assert.equal(err.statusCode, 400);
+});
+
+test('partial refunds add up on the charge and a refund past the remainder is rejected', async () => {
+  const pi = await paid(1000);
+  const r1 = await stripe.refunds.create({ payment_intent: pi.id, amount: 300 });
+  assert.equal(r1.amount, 300);
+  let ch = await stripe.charges.retrieve(pi.latest_charge);
+  assert.equal(ch.amount_refunded, 300);
+  assert.equal(ch.refunded, false);
+
+  const r2 = await stripe.refunds.create({ charge: pi.latest_charge, amount: 200 });
+  assert.equal(r2.amount, 200);
+  assert.equal(r2.payment_intent, pi.id);
+  ch = await stripe.charges.retrieve(pi.latest_charge);
+  assert.equal(ch.amount_refunded, 500);
+  assert.equal(ch.refunded, false);
+
+  const err = await expectError(stripe.refunds.create({ payment_intent: pi.id, amount: 501 }),
+    errors.StripeInvalidRequestError);
+  assert.equal(err.statusCode, 400);
+  ch = await stripe.charges.retrieve(pi.latest_charge);
+  assert.equal(ch.amount_refunded, 500, 'rejected refund changed nothing');
+
+  const r3 = await stripe.refunds.create({ payment_intent: pi.id });
+  assert.equal(r3.amount, 500, 'refund without amount takes the remainder');
+  ch = await stripe.charges.retrieve(pi.latest_charge);
+  assert.equal(ch.amount_refunded, 1000);
+  assert.equal(ch.refunded, true);
+
+  const list = await stripe.refunds.list({ payment_intent: pi.id, limit: 10 });
+  assert.equal(list.object, 'list');
+  assert.equal(list.has_more, false);
+  const ids = list.data.map((r) => r.id);
+  assert.deepEqual(new Set(ids), new Set([r1.id, r2.id, r3.id]));
+  assert.equal(ids.length, 3);
+  assert.deepEqual(ids, [r3.id, r2.id, r1.id], 'refunds listed newest first');
+  assert.equal(list.data.reduce((s, r) => s + r.amount, 0), 1000);
+});
+
+test('refund list by payment_intent holds only that intent refunds', async () => {
+  const a = await paid(800);
+  const b = await paid(900);
+  const ra = await stripe.refunds.create({ payment_intent: a.id, amount: 100 });
+  await stripe.refunds.create({ payment_intent: b.id, amount: 100 });
+  const list = await stripe.refunds.list({ payment_intent: a.id });
+  assert.deepEqual(list.data.map((r) => r.id), [ra.id]);
+});
+
+test('refund of an amount of zero or below is rejected', async () => {
+  const pi = await paid(600);
+  await expectError(stripe.refunds.create({ payment_intent: pi.id, amount: 0 }), errors.StripeInvalidRequestError);
+  await expectError(stripe.refunds.create({ payment_intent: pi.id, amount: -5 }), errors.StripeInvalidRequestError);
+  const ch = await stripe.charges.retrieve(pi.latest_charge);
+  assert.equal(ch.amount_refunded, 0);
+});
+
+test('refund of an intent that never paid is rejected', async () => {
+  const pi = await stripe.paymentIntents.create({ amount: 600, currency: 'usd' });
+  await expectError(stripe.refunds.create({ payment_intent: pi.id }), errors.StripeInvalidRequestError);
+});
+
+test('refund of a partially captured payment is bounded by the captured amount', async () => {
+  const pi = await stripe.paymentIntents.create({
+    amount: 4000, currency: 'usd', payment_method: 'pm_card_visa', confirm: true, capture_method: 'manual',
+  });
+  await stripe.paymentIntents.capture(pi.id, { amount_to_capture: 2500 });
+  await expectError(stripe.refunds.create({ payment_intent: pi.id, amount: 2501 }), errors.StripeInvalidRequestError);
+  const re = await stripe.refunds.create({ payment_intent: pi.id });
+  assert.equal(re.amount, 2500);
+});
