@@ -122,6 +122,8 @@ void tp_commit_and_reply_locks(struct tp_req *r, struct tp_cs *cs, const char *c
   for (size_t i = 0, k = 0; i < n && k < TP_COMMIT_MAX_LOCKS; i++)
     if (lock_ids[i] && lock_ids[i][0])
       snprintf(c->locks[k++], TP_ID_MAX, "%s", lock_ids[i]);
+  /* The reply is final here: keep it for idempotent replays, in the same commit. */
+  tp_idem_record(r, cs);
   tp_cs_on_done(cs, commit_done, c);
   /* Suspend first: the completion may run before tp_writer_submit returns. */
   tp_req_suspend(r);
@@ -299,7 +301,7 @@ static bool default_pm_ok(struct tp_req *r, const char *pm_id, const char *cus_i
 
 /* Metadata update semantics: "" for the whole value clears it, a key with
  * "" removes that key, other keys are set. */
-static void metadata_apply(json_t *obj, const json_t *v)
+static void metadata_apply(json_t *obj, json_t *v)
 {
   json_t *md = json_object_get(obj, "metadata");
   if (!json_is_object(md)) {
@@ -311,8 +313,8 @@ static void metadata_apply(json_t *obj, const json_t *v)
     return;
   }
   const char *k;
-  const json_t *mv;
-  json_object_foreach((json_t *)v, k, mv) {
+  json_t *mv;
+  json_object_foreach(v, k, mv) {
     if (unset(mv))
       json_object_del(md, k);
     else
@@ -323,7 +325,7 @@ static void metadata_apply(json_t *obj, const json_t *v)
 /* Apply create/update params to a customer object; false after replying. */
 static bool customer_apply(struct tp_req *r, json_t *cus, const json_t *p, const char *attaching_now)
 {
-  const json_t *v = json_object_get(p, "email");
+  json_t *v = json_object_get(p, "email");
   if (v && !unset(v) && !email_ok(json_string_value(v))) {
     tp_reply_error(r, TP_ERR_EMAIL_INVALID, "email", "Invalid email address: the email must be like name@example.com");
     return false;
@@ -465,7 +467,13 @@ void tp_h_customer_create(struct tp_req *r)
       tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
       goto fail;
     }
-    pm_id = json_string_value(json_object_get(pm, "id"));
+    const char *resolved = json_string_value(json_object_get(pm, "id"));
+    /* A test id named as the default too means the PaymentMethod it made. */
+    json_t *is = json_object_get(r->params, "invoice_settings");
+    const char *def = json_string_value(json_object_get(is, "default_payment_method"));
+    if (def && strcmp(def, pm_id) == 0 && strcmp(resolved, pm_id) != 0)
+      json_object_set_new(is, "default_payment_method", json_string(resolved));
+    pm_id = resolved;
     if (!tp_lock_try(pm_id)) {
       tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
       goto fail;

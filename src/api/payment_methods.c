@@ -127,6 +127,8 @@ static bool customer_live(struct tp_req *r, const char *id)
   return ok;
 }
 
+static bool billing_lengths_ok(struct tp_req *r, json_t *p);
+
 /* POST /v1/payment_methods */
 void tp_h_pm_create(struct tp_req *r)
 {
@@ -150,8 +152,13 @@ void tp_h_pm_create(struct tp_req *r)
     tp_card_wipe(cvc, sizeof cvc);
     return;
   }
-  const json_t *bd = json_object_get(r->params, "billing_details");
+  json_t *bd = json_object_get(r->params, "billing_details");
   const json_t *md = json_object_get(r->params, "metadata");
+  if (json_is_object(bd) && !billing_lengths_ok(r, bd)) {
+    tp_card_wipe(&ci, sizeof ci);
+    tp_card_wipe(cvc, sizeof cvc);
+    return;
+  }
   struct tp_cs *cs = tp_cs_new();
   json_t *pm = tp_pm_create_card(cs, &r->merchant, &ci, json_is_object(bd) ? bd : NULL,
                                  json_is_object(md) ? md : NULL);
@@ -180,7 +187,7 @@ void tp_h_pm_retrieve(struct tp_req *r)
 
 /* Merge billing_details params into the stored object: given keys replace,
  * "" unsets; address keys merge one by one. */
-static void billing_merge(json_t *pm, const json_t *p)
+static void billing_merge(json_t *pm, json_t *p)
 {
   json_t *bd = json_object_get(pm, "billing_details");
   if (!json_is_object(bd)) {
@@ -195,8 +202,8 @@ static void billing_merge(json_t *pm, const json_t *p)
     return;
   }
   const char *k;
-  const json_t *v;
-  json_object_foreach((json_t *)p, k, v) {
+  json_t *v;
+  json_object_foreach(p, k, v) {
     if (strcmp(k, "address") == 0) {
       static const char *const keys[] = {"city", "country", "line1", "line2", "postal_code", "state"};
       json_t *a = json_object_get(bd, "address");
@@ -217,7 +224,7 @@ static void billing_merge(json_t *pm, const json_t *p)
   }
 }
 
-static void metadata_apply(json_t *obj, const json_t *v)
+static void metadata_apply(json_t *obj, json_t *v)
 {
   json_t *md = json_object_get(obj, "metadata");
   if (!json_is_object(md)) {
@@ -229,8 +236,8 @@ static void metadata_apply(json_t *obj, const json_t *v)
     return;
   }
   const char *k;
-  const json_t *mv;
-  json_object_foreach((json_t *)v, k, mv) {
+  json_t *mv;
+  json_object_foreach(v, k, mv) {
     if (unset(mv))
       json_object_del(md, k);
     else
@@ -239,12 +246,12 @@ static void metadata_apply(json_t *obj, const json_t *v)
 }
 
 /* Only the string fields of billing_details may be long; cap them. */
-static bool billing_lengths_ok(struct tp_req *r, const json_t *p)
+static bool billing_lengths_ok(struct tp_req *r, json_t *p)
 {
   const char *k;
-  const json_t *v;
+  json_t *v;
   char name[96];
-  json_object_foreach((json_t *)p, k, v) {
+  json_object_foreach(p, k, v) {
     if (json_is_string(v) && json_string_length(v) > PM_FIELD_MAX) {
       snprintf(name, sizeof name, "billing_details[%s]", k);
       tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, name, NULL);
@@ -252,8 +259,8 @@ static bool billing_lengths_ok(struct tp_req *r, const json_t *p)
     }
     if (json_is_object(v)) {
       const char *k2;
-      const json_t *v2;
-      json_object_foreach((json_t *)v, k2, v2)
+      json_t *v2;
+      json_object_foreach(v, k2, v2)
         if (json_is_string(v2) && json_string_length(v2) > PM_FIELD_MAX) {
           snprintf(name, sizeof name, "billing_details[%s][%s]", k, k2);
           tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, name, NULL);
@@ -305,7 +312,7 @@ void tp_h_pm_update(struct tp_req *r)
 {
   if (!check(r, spec_update))
     return;
-  const json_t *bd = json_object_get(r->params, "billing_details");
+  json_t *bd = json_object_get(r->params, "billing_details");
   if (json_is_object(bd) && !billing_lengths_ok(r, bd))
     return;
   if (!tp_lock_try(r->path_id)) {
@@ -325,7 +332,7 @@ void tp_h_pm_update(struct tp_req *r)
     goto out_unlock;
   }
   before = json_deep_copy(pm);
-  const json_t *v;
+  json_t *v;
   if ((v = json_object_get(r->params, "billing_details")))
     billing_merge(pm, v);
   if ((v = json_object_get(r->params, "metadata")))
