@@ -103,14 +103,12 @@ json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const s
                            "exp_year", ci->exp_year, "fingerprint", fp, "funding", ci->funding, "generated_from",
                            "last4", ci->last4, "networks", "available", brand, "preferred",
                            "three_d_secure_usage", "supported", 1, "wallet");
-  json_t *pm = json_pack("{s:s, s:s, s:o, s:o, s:I, s:n, s:b, s:O, s:s}", "id", id, "object", "payment_method",
+  json_t *pm = json_pack("{s:s, s:s, s:o, s:o, s:I, s:n, s:b, s:o, s:s}", "id", id, "object", "payment_method",
                          "billing_details", bd, "card", card, "created", (json_int_t)tp_now(), "customer",
-                         "livemode", 0, "metadata", json_is_object(metadata) ? metadata : json_object(), "type",
-                         "card");
+                         "livemode", 0, "metadata",
+                         json_is_object(metadata) ? json_deep_copy(metadata) : json_object(), "type", "card");
   if (!pm)
     abort();
-  if (!json_is_object(metadata))
-    json_object_set_new(pm, "metadata", json_object());
   tp_cs_put(cs, TP_K_PAYMENT_METHOD, m->id, pm);
   return pm;
 }
@@ -353,6 +351,18 @@ bool tp_list_params(struct tp_req *r, struct tp_list_query *q)
     q->starting_after = NULL;
   if (q->ending_before && !*q->ending_before)
     q->ending_before = NULL;
+  /* A cursor must name an object of this merchant and kind (Stripe: 400). */
+  const char *cursor = q->starting_after ? q->starting_after : q->ending_before;
+  if (cursor) {
+    char *obj = tp_store_get(&tp_app.store, q->kind, q->merchant, cursor);
+    if (!obj) {
+      char msg[200];
+      snprintf(msg, sizeof msg, "No such %s: '%.64s'", tp_kinds[q->kind].object, cursor);
+      tp_reply_error(r, TP_ERR_PAGINATION_CURSOR_INVALID, q->starting_after ? "starting_after" : "ending_before", msg);
+      return false;
+    }
+    free(obj);
+  }
   const json_t *c = json_object_get(r->params, "created");
   if (json_is_integer(c)) {
     q->created_gte = q->created_lte = json_integer_value(c);
