@@ -81,6 +81,18 @@ class CrashTest(DaemonTestCase):
             return None
         return "retry of unacknowledged %s still 409 after 10 s" % key
 
+    def count_sent(self):
+        """Attempts in 'sent' while the daemon is down: shows whether the
+        restart had anything to recover (informational)."""
+        try:
+            db = open_db_ro(self.daemon)
+            try:
+                return db.execute("SELECT count(*) FROM attempts WHERE state = 'sent'").fetchone()[0]
+            finally:
+                db.close()
+        except Exception as e:  # only a diagnostic
+            return "unreadable (%s)" % e
+
     def check_store(self):
         db = open_db_ro(self.daemon)
         try:
@@ -138,6 +150,8 @@ class CrashTest(DaemonTestCase):
             self.assertEqual([o[2] for o in other if o[2].status not in (429, 503)][:10], [],
                              "unexpected replies during load")
             all_acks.extend(acks)
+            print("cycle %d: attempts left 'sent' by the kill: %s" % (cycle, self.count_sent()),
+                  file=sys.stderr)
 
             t0 = time.monotonic()
             self.daemon.start()

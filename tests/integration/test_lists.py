@@ -130,7 +130,8 @@ class ListsTest(DaemonTestCase):
         r = c.get(PI, {"starting_after": "pi_doesnotexist000000000000"})
         self.assertGreaterEqual(r.status, 400, r)
         self.assertLess(r.status, 500, r)
-        self.assertStripeError(r, r.status, "invalid_request_error")
+        # Stripe: invalid_request_error "No such ...", param starting_after
+        self.assertStripeError(r, r.status, "invalid_request_error", param="starting_after")
 
     def test_expand_latest_charge(self):
         c = self.c("expand")

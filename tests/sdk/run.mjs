@@ -4,7 +4,7 @@
 // *.test.mjs with node:test, then stops the daemon with SIGTERM and requires
 // a clean exit. Exit code is the suite's result.
 import { spawn, execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, unlinkSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -59,7 +59,7 @@ async function main() {
   const dumpStderr = () => {
     process.stdout.write('----- daemon stderr (tail) -----\n');
     process.stdout.write(stderr.slice(-64 * 1024));
-    process.stdout.write('\n----- end daemon stderr -----\n');
+    process.stdout.write(`\n----- end daemon stderr (full log: ${path.join(dataDir, 'daemon.log')}) -----\n`);
   };
 
   try {
@@ -72,6 +72,9 @@ async function main() {
     daemon = spawn(BIN, ['serve', '--listen', '127.0.0.1:0', '--data', dataDir],
       { stdio: ['ignore', 'ignore', 'pipe'] });
     daemon.stderr.setEncoding('utf8');
+    // The whole log also goes to DATA/daemon.log, kept when the run fails.
+    const logFile = createWriteStream(path.join(dataDir, 'daemon.log'));
+    daemon.stderr.pipe(logFile);
     daemon.stderr.on('data', (d) => {
       stderr += d;
       if (stderr.length > STDERR_KEEP * 2) stderr = stderr.slice(-STDERR_KEEP);

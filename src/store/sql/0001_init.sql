@@ -1,4 +1,6 @@
 -- Turnpike schema, version 1. API objects are kept as their Stripe JSON
+-- in ordinary rowid tables (rows are about 1 KB; WITHOUT ROWID suits small
+-- rows only and left pages a quarter full)
 -- (`data`) with the columns lists filter on; ids are time-ordered so
 -- "ORDER BY id DESC" is newest first and stable under concurrent inserts.
 CREATE TABLE merchants (
@@ -17,39 +19,39 @@ CREATE TABLE api_keys (
 ) WITHOUT ROWID;
 
 CREATE TABLE payment_intents (id TEXT PRIMARY KEY, merchant TEXT NOT NULL, created INTEGER NOT NULL,
-  customer TEXT, status TEXT, data TEXT NOT NULL) WITHOUT ROWID;
+  customer TEXT, status TEXT, data TEXT NOT NULL);
 CREATE INDEX payment_intents_m ON payment_intents(merchant, id);
 CREATE INDEX payment_intents_c ON payment_intents(merchant, customer, id) WHERE customer IS NOT NULL;
 
 CREATE TABLE charges (id TEXT PRIMARY KEY, merchant TEXT NOT NULL, created INTEGER NOT NULL,
-  payment_intent TEXT, customer TEXT, data TEXT NOT NULL) WITHOUT ROWID;
+  payment_intent TEXT, customer TEXT, data TEXT NOT NULL);
 CREATE INDEX charges_m ON charges(merchant, id);
 CREATE INDEX charges_pi ON charges(merchant, payment_intent, id);
 CREATE INDEX charges_c ON charges(merchant, customer, id) WHERE customer IS NOT NULL;
 
 CREATE TABLE refunds (id TEXT PRIMARY KEY, merchant TEXT NOT NULL, created INTEGER NOT NULL,
-  payment_intent TEXT, charge TEXT, data TEXT NOT NULL) WITHOUT ROWID;
+  payment_intent TEXT, charge TEXT, data TEXT NOT NULL);
 CREATE INDEX refunds_m ON refunds(merchant, id);
 CREATE INDEX refunds_pi ON refunds(merchant, payment_intent, id);
 CREATE INDEX refunds_ch ON refunds(merchant, charge, id);
 
 CREATE TABLE customers (id TEXT PRIMARY KEY, merchant TEXT NOT NULL, created INTEGER NOT NULL,
-  email TEXT, deleted TEXT, data TEXT NOT NULL) WITHOUT ROWID;
+  email TEXT, deleted TEXT, data TEXT NOT NULL);
 CREATE INDEX customers_m ON customers(merchant, id);
 CREATE INDEX customers_e ON customers(merchant, email, id) WHERE email IS NOT NULL;
 
 CREATE TABLE payment_methods (id TEXT PRIMARY KEY, merchant TEXT NOT NULL, created INTEGER NOT NULL,
-  customer TEXT, type TEXT, data TEXT NOT NULL) WITHOUT ROWID;
+  customer TEXT, type TEXT, data TEXT NOT NULL);
 CREATE INDEX payment_methods_m ON payment_methods(merchant, id);
 CREATE INDEX payment_methods_c ON payment_methods(merchant, customer, id) WHERE customer IS NOT NULL;
 
 CREATE TABLE events (id TEXT PRIMARY KEY, merchant TEXT NOT NULL, created INTEGER NOT NULL,
-  type TEXT, object_id TEXT, data TEXT NOT NULL) WITHOUT ROWID;
+  type TEXT, object_id TEXT, data TEXT NOT NULL);
 CREATE INDEX events_m ON events(merchant, id);
 CREATE INDEX events_t ON events(merchant, type, id);
 
 CREATE TABLE balance_transactions (id TEXT PRIMARY KEY, merchant TEXT NOT NULL, created INTEGER NOT NULL,
-  source TEXT, type TEXT, data TEXT NOT NULL) WITHOUT ROWID;
+  source TEXT, type TEXT, data TEXT NOT NULL);
 CREATE INDEX balance_transactions_m ON balance_transactions(merchant, id);
 
 -- Double-entry ledger: every transaction's entries sum to zero per currency
@@ -104,7 +106,7 @@ CREATE TABLE idempotency (
   body TEXT,
   created INTEGER NOT NULL,
   PRIMARY KEY (merchant, key)
-) WITHOUT ROWID;
+);
 CREATE INDEX idempotency_created ON idempotency(created);
 
 -- The card vault: AES-256-GCM ciphertexts only.
@@ -113,4 +115,4 @@ CREATE TABLE vault (
   merchant TEXT NOT NULL,
   blob BLOB NOT NULL,
   created INTEGER NOT NULL
-) WITHOUT ROWID;
+);
