@@ -6,7 +6,7 @@ set -euo pipefail
 DEB_PKGS=(
   build-essential pkg-config meson ninja-build clang libclang-rt-14-dev
   libmicrohttpd-dev libjansson-dev libsqlite3-dev libcurl4-openssl-dev
-  libssl-dev libcmocka-dev libinih-dev libwslay-dev
+  libssl-dev libcmocka-dev libinih-dev libwslay-dev libjemalloc-dev
   sqlite3 curl wrk nginx-light
 )
 # Node.js may come from Debian or from nodesource (which bundles npm).

@@ -290,6 +290,11 @@ static int cmd_serve(int argc, char **argv)
   tp_log(TP_LOG_INFO, "shutting_down", "{s:i, s:i}", "signal", sig, "inflight", (int)tp_http_inflight());
   tp_app.shutting_down = 1;
   tp_http_stop(10000);
+  struct tp_writer_stats ws;
+  tp_writer_stats(&ws);
+  tp_log(TP_LOG_INFO, "writer_stats", "{s:I, s:I, s:I, s:I}", "batches", (json_int_t)ws.batches, "change_sets",
+         (json_int_t)ws.sets, "max_batch", (json_int_t)ws.max_batch, "commit_us_avg",
+         (json_int_t)(ws.batches ? ws.commit_ns_total / ws.batches / 1000 : 0));
   tp_writer_stop();
   sandbox.ops->stop(sandbox.cls);
   tp_app.store.ops->close(tp_app.store.cls);

@@ -1,0 +1,198 @@
+/* Ids, randomness, hashes and constant-time comparison: the helpers every
+ * other module trusts, checked against published vectors where they exist. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include <cmocka.h>
+
+#include "util.h"
+
+#define B62 "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+static void test_id_has_prefix_and_24_base62_chars(void **state)
+{
+  (void)state;
+  static const char *const prefixes[] = {"pi", "cus", "evt", "acct", "x"};
+  for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
+    char id[TP_ID_MAX];
+    memset(id, 'Z', sizeof id); /* so a missing terminator shows up */
+    tp_id_new(id, prefixes[i]);
+    size_t p = strlen(prefixes[i]);
+    assert_memory_equal(id, prefixes[i], p);
+    assert_int_equal(id[p], '_');
+    assert_int_equal(strlen(id), p + 1 + 24);
+    assert_int_equal(strspn(id + p + 1, B62), 24);
+  }
+}
+
+static void test_ids_strictly_increase_in_one_thread(void **state)
+{
+  (void)state;
+  enum { N = 100000 };
+  char prev[TP_ID_MAX], cur[TP_ID_MAX];
+  tp_id_new(prev, "pi");
+  for (int i = 0; i < N; i++) {
+    tp_id_new(cur, "pi");
+    if (strcmp(prev, cur) >= 0)
+      fail_msg("id %d not increasing: %s then %s", i, prev, cur);
+    memcpy(prev, cur, sizeof cur);
+  }
+}
+
+enum { THREADS = 4, PER_THREAD = 20000 };
+
+struct id_batch {
+  char (*ids)[TP_ID_MAX];
+};
+
+static void *make_ids(void *arg)
+{
+  struct id_batch *b = arg;
+  for (int i = 0; i < PER_THREAD; i++)
+    tp_id_new(b->ids[i], "ch");
+  return NULL;
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+  return strcmp(a, b);
+}
+
+static void test_ids_unique_across_threads(void **state)
+{
+  (void)state;
+  char(*all)[TP_ID_MAX] = calloc((size_t)THREADS * PER_THREAD, TP_ID_MAX);
+  assert_non_null(all);
+  pthread_t th[THREADS];
+  struct id_batch b[THREADS];
+  for (int t = 0; t < THREADS; t++) {
+    b[t].ids = all + (size_t)t * PER_THREAD;
+    assert_int_equal(pthread_create(&th[t], NULL, make_ids, &b[t]), 0);
+  }
+  for (int t = 0; t < THREADS; t++)
+    pthread_join(th[t], NULL);
+  /* Each thread's own ids must still be in order. */
+  for (int t = 0; t < THREADS; t++)
+    for (int i = 1; i < PER_THREAD; i++)
+      assert_true(strcmp(b[t].ids[i - 1], b[t].ids[i]) < 0);
+  qsort(all, (size_t)THREADS * PER_THREAD, TP_ID_MAX, cmp_id);
+  for (size_t i = 1; i < (size_t)THREADS * PER_THREAD; i++)
+    if (strcmp(all[i - 1], all[i]) == 0)
+      fail_msg("duplicate id %s", all[i]);
+  free(all);
+}
+
+static void test_random_b62_uses_only_base62_and_all_of_it(void **state)
+{
+  (void)state;
+  char buf[4097];
+  int seen[256] = {0};
+  tp_random_b62(buf, 4096);
+  assert_int_equal(strlen(buf), 4096);
+  assert_int_equal(strspn(buf, B62), 4096);
+  for (size_t i = 0; i < 4096; i++)
+    seen[(unsigned char)buf[i]]++;
+  /* 4096 draws over 62 symbols: each expected ~66 times; missing one means a
+   * broken mapping, not bad luck (p < 1e-26). */
+  for (const char *c = B62; *c; c++)
+    assert_true(seen[(unsigned char)*c] > 0);
+  /* n = 0 yields the empty string. */
+  buf[0] = 'x';
+  tp_random_b62(buf, 0);
+  assert_int_equal(buf[0], '\0');
+  /* Two draws differ. */
+  char a[33], b[33];
+  tp_random_b62(a, 32);
+  tp_random_b62(b, 32);
+  assert_string_not_equal(a, b);
+}
+
+static void test_sha256_matches_fips_vectors(void **state)
+{
+  (void)state;
+  char hex[65];
+  tp_sha256_hex("abc", 3, hex);
+  assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  tp_sha256_hex("", 0, hex);
+  assert_string_equal(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  uint8_t raw[32];
+  tp_sha256("abc", 3, raw);
+  assert_int_equal(raw[0], 0xba);
+  assert_int_equal(raw[31], 0xad);
+}
+
+static void test_hmac_sha256_matches_rfc4231_case2(void **state)
+{
+  (void)state;
+  char hex[65];
+  const char *data = "what do ya want for nothing?";
+  tp_hmac_sha256_hex("Jefe", 4, data, strlen(data), hex);
+  assert_string_equal(hex, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+}
+
+static void test_hmac_sha256_matches_rfc4231_case1(void **state)
+{
+  (void)state;
+  uint8_t key[20];
+  memset(key, 0x0b, sizeof key);
+  char hex[65];
+  tp_hmac_sha256_hex(key, sizeof key, "Hi There", 8, hex);
+  assert_string_equal(hex, "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+}
+
+static void test_hex_encodes_lowercase(void **state)
+{
+  (void)state;
+  const uint8_t in[] = {0x00, 0x0f, 0xa5, 0xff};
+  char out[9];
+  tp_hex(in, sizeof in, out);
+  assert_string_equal(out, "000fa5ff");
+}
+
+static void test_ct_equal_compares_every_byte(void **state)
+{
+  (void)state;
+  uint8_t a[64], b[64];
+  for (int i = 0; i < 64; i++)
+    a[i] = b[i] = (uint8_t)(i * 7);
+  assert_true(tp_ct_equal(a, b, sizeof a));
+  assert_true(tp_ct_equal(a, b, 0));
+  for (int i = 0; i < 64; i++) {
+    b[i] ^= 0x80;
+    assert_false(tp_ct_equal(a, b, sizeof a));
+    b[i] ^= 0x80;
+  }
+  b[63] ^= 1;
+  assert_true(tp_ct_equal(a, b, 63)); /* only the first n bytes count */
+}
+
+static void test_clocks_are_sane(void **state)
+{
+  (void)state;
+  assert_true(tp_now() > 1700000000); /* after Nov 2023 */
+  int64_t a = tp_mono_ns(), b = tp_mono_ns();
+  assert_true(b >= a);
+  assert_true(tp_mono_ms() >= a / 1000000);
+}
+
+int main(void)
+{
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_id_has_prefix_and_24_base62_chars),
+    cmocka_unit_test(test_ids_strictly_increase_in_one_thread),
+    cmocka_unit_test(test_ids_unique_across_threads),
+    cmocka_unit_test(test_random_b62_uses_only_base62_and_all_of_it),
+    cmocka_unit_test(test_sha256_matches_fips_vectors),
+    cmocka_unit_test(test_hmac_sha256_matches_rfc4231_case2),
+    cmocka_unit_test(test_hmac_sha256_matches_rfc4231_case1),
+    cmocka_unit_test(test_hex_encodes_lowercase),
+    cmocka_unit_test(test_ct_equal_compares_every_byte),
+    cmocka_unit_test(test_clocks_are_sane),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
