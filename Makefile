@@ -43,7 +43,7 @@ $(FUZZ_BUILD)/build.ninja:
 
 fuzz: deps $(FUZZ_BUILD)/build.ninja
 	ninja -C $(FUZZ_BUILD)
-	@for f in $(FUZZ_BUILD)/tests/fuzz/fuzz_*; do \
+	@for f in $$(find $(FUZZ_BUILD)/tests/fuzz -maxdepth 1 -name 'fuzz_*' -type f -executable); do \
 	  n=$$(basename $$f | sed 's/^fuzz_//'); mkdir -p fuzz-out/$$n; \
 	  echo "== $$n ($(FUZZ_SECONDS)s)"; \
 	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 fuzz-out/$$n tests/fuzz/corpus/$$n 2>&1 | grep -E 'stat::|ERROR|SUMMARY' ; \

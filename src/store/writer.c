@@ -87,7 +87,7 @@ int tp_writer_start(struct tp_store *st)
 int tp_writer_submit(struct tp_cs *cs)
 {
   pthread_mutex_lock(&W.mu);
-  if (!W.running || W.len >= TP_WRITER_MAX_QUEUE) {
+  if (!W.running || W.stopping || W.len >= TP_WRITER_MAX_QUEUE) {
     pthread_mutex_unlock(&W.mu);
     return -1;
   }

@@ -121,8 +121,10 @@ async function main() {
       result = 1;
     } else {
       daemon.kill('SIGTERM');
-      const timer = sleep(STOP_WAIT_MS).then(() => null);
-      const info = await Promise.race([exited, timer]);
+      let timer;
+      const timeout = new Promise((r) => { timer = setTimeout(() => r(null), STOP_WAIT_MS); });
+      const info = await Promise.race([exited, timeout]);
+      clearTimeout(timer);
       if (!info) {
         log(`daemon did not exit within ${STOP_WAIT_MS} ms of SIGTERM; killing`);
         daemon.kill('SIGKILL');

@@ -365,6 +365,7 @@ static json_t *sq_list(void *cls, const struct tp_list_query *q, bool *has_more)
   sqlite3_bind_int(st, 7, q->limit + 1);
   json_t *arr = json_array();
   int count = 0;
+  *has_more = false;
   while (sqlite3_step(st) == SQLITE_ROW) {
     if (count == q->limit) {
       *has_more = true;
@@ -379,8 +380,6 @@ static json_t *sq_list(void *cls, const struct tp_list_query *q, bool *has_more)
     }
     count++;
   }
-  if (count < q->limit)
-    *has_more = false;
   sqlite3_finalize(st);
   return arr;
 }

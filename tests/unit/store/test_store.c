@@ -1,0 +1,859 @@
+/* The SQLite store and the group-commit writer, against a real database in a
+ * fresh directory per test: schema, tenant isolation, list paging, atomic
+ * change sets, ledger balance checks, idempotency, attempts, API keys. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <cmocka.h>
+
+#include "store/store.h"
+#include "util.h"
+
+#define M1 "acct_one"
+#define M2 "acct_two"
+
+struct fx {
+  char dir[64];
+  struct tp_store st;
+  bool open;
+};
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+  (void)sb;
+  (void)flag;
+  (void)ftw;
+  return remove(path);
+}
+
+static int setup(void **state)
+{
+  struct fx *f = calloc(1, sizeof *f);
+  if (!f)
+    return -1;
+  snprintf(f->dir, sizeof f->dir, "/tmp/tp_store_XXXXXX");
+  if (!mkdtemp(f->dir) || tp_store_open_sqlite(&f->st, f->dir) != 0) {
+    free(f);
+    return -1;
+  }
+  f->open = true;
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state)
+{
+  struct fx *f = *state;
+  if (f->open)
+    f->st.ops->close(f->st.cls);
+  int rc = nftw(f->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+  free(f);
+  return rc;
+}
+
+static void reopen(struct fx *f)
+{
+  f->st.ops->close(f->st.cls);
+  f->open = false;
+  assert_int_equal(tp_store_open_sqlite(&f->st, f->dir), 0);
+  f->open = true;
+}
+
+/* Apply one change set on its own, as a batch of one; returns its rc. */
+static int apply1(struct fx *f, struct tp_cs *cs)
+{
+  int rc = 12345;
+  assert_int_equal(f->st.ops->apply_batch(f->st.cls, &cs, 1, &rc), 0);
+  tp_cs_free(cs);
+  return rc;
+}
+
+static json_t *pi(const char *id, int64_t created, const char *customer, const char *status)
+{
+  json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:I}", "id", id, "object", "payment_intent", "amount",
+                        (json_int_t)1000, "currency", "usd", "created", (json_int_t)created);
+  json_object_set_new(o, "customer", customer ? json_string(customer) : json_null());
+  json_object_set_new(o, "status", json_string(status ? status : "requires_payment_method"));
+  return o;
+}
+
+static void put_pi(struct fx *f, const char *merchant, const char *id, int64_t created, const char *customer,
+                   const char *status)
+{
+  struct tp_cs *cs = tp_cs_new();
+  json_t *o = pi(id, created, customer, status);
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, merchant, o);
+  json_decref(o);
+  assert_int_equal(apply1(f, cs), 0);
+}
+
+/* A scalar from the database file, read through its own connection. */
+static char *sql_text(struct fx *f, const char *sql)
+{
+  char path[128];
+  snprintf(path, sizeof path, "%s/turnpike.db", f->dir);
+  sqlite3 *db = NULL;
+  assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+  sqlite3_stmt *st = NULL;
+  assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+  char *out = NULL;
+  if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+    out = strdup((const char *)sqlite3_column_text(st, 0));
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return out;
+}
+
+static long sql_long(struct fx *f, const char *sql)
+{
+  char *s = sql_text(f, sql);
+  assert_non_null(s);
+  long v = atol(s);
+  free(s);
+  return v;
+}
+
+/* ---- schema ----------------------------------------------------------------- */
+static void test_open_creates_db_and_migrates_to_version_1(void **state)
+{
+  struct fx *f = *state;
+  char path[128];
+  snprintf(path, sizeof path, "%s/turnpike.db", f->dir);
+  struct stat sb;
+  assert_int_equal(stat(path, &sb), 0);
+  assert_int_equal(sb.st_mode & 0777, 0600);
+  char *v = sql_text(f, "SELECT value FROM meta WHERE key='schema_version'");
+  assert_non_null(v);
+  assert_string_equal(v, "1");
+  free(v);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM sqlite_master WHERE type='table' AND name IN "
+                               "('merchants','api_keys','payment_intents','ledger_entries','attempts',"
+                               "'idempotency','vault')"),
+                   7);
+  char *mode = sql_text(f, "PRAGMA journal_mode");
+  assert_string_equal(mode, "wal");
+  free(mode);
+}
+
+static void test_reopen_is_a_noop(void **state)
+{
+  struct fx *f = *state;
+  put_pi(f, M1, "pi_keep", 100, NULL, NULL);
+  long objects = sql_long(f, "SELECT count(*) FROM sqlite_master");
+  reopen(f);
+  reopen(f);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM sqlite_master"), objects);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM meta"), 1);
+  char *v = sql_text(f, "SELECT value FROM meta WHERE key='schema_version'");
+  assert_string_equal(v, "1");
+  free(v);
+  char *got = tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M1, "pi_keep");
+  assert_non_null(got);
+  free(got);
+}
+
+/* ---- objects ---------------------------------------------------------------- */
+static void test_put_then_get_returns_same_json_for_owner_only(void **state)
+{
+  struct fx *f = *state;
+  json_t *o = pi("pi_iso", 1700000000, "cus_1", "succeeded");
+  json_object_set_new(o, "metadata", json_pack("{s:s}", "order", "é42"));
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, M1, o);
+  assert_int_equal(apply1(f, cs), 0);
+
+  char *want = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  char *got = tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M1, "pi_iso");
+  assert_non_null(got);
+  assert_string_equal(got, want);
+  json_t *gj = tp_store_get_json(&f->st, TP_K_PAYMENT_INTENT, M1, "pi_iso");
+  assert_true(json_equal(gj, o));
+  json_decref(gj);
+  free(got);
+  free(want);
+
+  /* Another merchant, another kind, an unknown id: nothing. */
+  assert_null(tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M2, "pi_iso"));
+  assert_null(tp_store_get(&f->st, TP_K_CHARGE, M1, "pi_iso"));
+  assert_null(tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M1, "pi_nope"));
+
+  /* A second put of the same id replaces it. */
+  json_object_set_new(o, "status", json_string("canceled"));
+  cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, M1, o);
+  assert_int_equal(apply1(f, cs), 0);
+  gj = tp_store_get_json(&f->st, TP_K_PAYMENT_INTENT, M1, "pi_iso");
+  assert_string_equal(json_string_value(json_object_get(gj, "status")), "canceled");
+  json_decref(gj);
+  json_decref(o);
+}
+
+/* Five PIs for M1 with increasing ids and created 100..500, plus noise for M2. */
+static void seed_list(struct fx *f, char ids[5][TP_ID_MAX])
+{
+  static const char *const cust[5] = {"cus_A", "cus_B", "cus_A", NULL, "cus_A"};
+  static const char *const status[5] = {"succeeded", "succeeded", "canceled", "succeeded", "succeeded"};
+  for (int i = 0; i < 5; i++) {
+    tp_id_new(ids[i], "pi");
+    put_pi(f, M1, ids[i], 100 * (i + 1), cust[i], status[i]);
+  }
+  char other[TP_ID_MAX];
+  tp_id_new(other, "pi");
+  put_pi(f, M2, other, 300, "cus_A", "succeeded");
+}
+
+static struct tp_list_query q_all(void)
+{
+  struct tp_list_query q = {.kind = TP_K_PAYMENT_INTENT, .merchant = M1, .created_gte = INT64_MIN,
+                            .created_lte = INT64_MAX, .limit = 10};
+  return q;
+}
+
+/* The listed ids, newest first as returned, must equal want[0..n). */
+static void expect_ids(json_t *arr, char ids[5][TP_ID_MAX], const int *want, size_t n)
+{
+  assert_non_null(arr);
+  assert_int_equal(json_array_size(arr), n);
+  for (size_t i = 0; i < n; i++)
+    assert_string_equal(json_string_value(json_object_get(json_array_get(arr, i), "id")), ids[want[i]]);
+  json_decref(arr);
+}
+
+static void test_list_is_newest_first_with_limit_and_has_more(void **state)
+{
+  struct fx *f = *state;
+  char ids[5][TP_ID_MAX];
+  seed_list(f, ids);
+  struct tp_list_query q = q_all();
+  bool more = true;
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){4, 3, 2, 1, 0}, 5);
+  assert_false(more);
+  q.limit = 3;
+  more = false;
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){4, 3, 2}, 3);
+  assert_true(more);
+  q.limit = 1;
+  more = false;
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){4}, 1);
+  assert_true(more);
+  q.merchant = "acct_nobody";
+  more = true;
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, NULL, 0);
+  assert_false(more);
+}
+
+/* has_more is an output: it must be written false when exactly `limit` rows
+ * exist, whatever the caller left in it. */
+static void test_list_has_more_false_when_exactly_limit_rows(void **state)
+{
+  struct fx *f = *state;
+  char ids[5][TP_ID_MAX];
+  seed_list(f, ids);
+  struct tp_list_query q = q_all();
+  q.limit = 5;
+  bool more = true;
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){4, 3, 2, 1, 0}, 5);
+  assert_false(more);
+}
+
+static void test_list_pages_with_starting_after_and_ending_before(void **state)
+{
+  struct fx *f = *state;
+  char ids[5][TP_ID_MAX];
+  seed_list(f, ids);
+  struct tp_list_query q = q_all();
+  /* has_more starts false, as the API handlers set it; whether list() writes
+   * false itself is the exact-limit test's concern. */
+  bool more = false;
+
+  /* Forward, page by page, the way a client follows has_more. */
+  q.limit = 2;
+  q.starting_after = ids[4];
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){3, 2}, 2);
+  assert_true(more);
+  q.starting_after = ids[2];
+  more = false;
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){1, 0}, 2);
+  assert_false(more);
+  q.starting_after = ids[0];
+  more = false;
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, NULL, 0);
+  assert_false(more);
+
+  /* Backward: the items just newer than the cursor, still newest first. */
+  q.starting_after = NULL;
+  q.ending_before = ids[0];
+  more = false;
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){2, 1}, 2);
+  assert_true(more);
+  q.ending_before = ids[2];
+  q.limit = 10;
+  more = false;
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){4, 3}, 2);
+  assert_false(more);
+}
+
+static void test_list_filters_by_indexed_columns(void **state)
+{
+  struct fx *f = *state;
+  char ids[5][TP_ID_MAX];
+  seed_list(f, ids);
+  struct tp_list_query q = q_all();
+  bool more = true;
+  q.col_name = "customer";
+  q.col_value = "cus_A";
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){4, 2, 0}, 3); /* not M2's cus_A */
+  assert_false(more);
+  q.col2_name = "status";
+  q.col2_value = "succeeded";
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){4, 0}, 2);
+  q.col_value = "cus_B";
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){1}, 1);
+  q.col_value = "cus_none";
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, NULL, 0);
+  /* Only the kind's indexed columns are accepted: never SQL from a request. */
+  q.col_name = "amount";
+  q.col2_name = NULL;
+  assert_null(f->st.ops->list(f->st.cls, &q, &more));
+  q.col_name = "customer; DROP TABLE payment_intents";
+  assert_null(f->st.ops->list(f->st.cls, &q, &more));
+  char *got = tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M1, ids[0]);
+  assert_non_null(got);
+  free(got);
+}
+
+static void test_list_filters_by_created_range(void **state)
+{
+  struct fx *f = *state;
+  char ids[5][TP_ID_MAX];
+  seed_list(f, ids);
+  struct tp_list_query q = q_all();
+  bool more = true;
+  q.created_gte = 200;
+  q.created_lte = 400;
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){3, 2, 1}, 3);
+  q.created_gte = 401;
+  q.created_lte = INT64_MAX;
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){4}, 1);
+  q.created_gte = INT64_MIN;
+  q.created_lte = 99;
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, NULL, 0);
+  /* Combined with a cursor and a column filter. */
+  q.created_gte = 100;
+  q.created_lte = 500;
+  q.col_name = "customer";
+  q.col_value = "cus_A";
+  q.starting_after = ids[4];
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){2, 0}, 2);
+}
+
+/* ---- change sets and the ledger ------------------------------------------- */
+static int64_t balance_of(struct fx *f, const char *merchant, const char *account, const char *cur, bool *found)
+{
+  json_t *arr = f->st.ops->balance(f->st.cls, merchant);
+  assert_non_null(arr);
+  size_t i;
+  json_t *e;
+  int64_t v = 0;
+  *found = false;
+  json_array_foreach(arr, i, e)
+  {
+    if (strcmp(json_string_value(json_object_get(e, "account")), account) == 0 &&
+        strcmp(json_string_value(json_object_get(e, "currency")), cur) == 0) {
+      v = json_integer_value(json_object_get(e, "amount"));
+      *found = true;
+    }
+  }
+  json_decref(arr);
+  return v;
+}
+
+static void test_unbalanced_change_set_is_refused_and_fully_rolled_back(void **state)
+{
+  struct fx *f = *state;
+  struct tp_cs *bad = tp_cs_new();
+  json_t *o = pi("pi_bad", 100, NULL, NULL);
+  tp_cs_put(bad, TP_K_PAYMENT_INTENT, M1, o);
+  json_decref(o);
+  tp_cs_idem(bad, M1, "idem_bad", "h", 0, NULL);
+  tp_cs_ledger(bad, "txn_bad", M1, "cash", "usd", 1000);
+  tp_cs_ledger(bad, "txn_bad", M1, "revenue", "usd", -990);
+
+  struct tp_cs *good = tp_cs_new();
+  o = pi("pi_good", 100, NULL, NULL);
+  tp_cs_put(good, TP_K_PAYMENT_INTENT, M1, o);
+  json_decref(o);
+  tp_cs_ledger(good, "txn_good", M1, "cash", "usd", 500);
+  tp_cs_ledger(good, "txn_good", M1, "revenue", "usd", -500);
+
+  struct tp_cs *sets[2] = {bad, good};
+  int rc[2] = {12345, 12345};
+  assert_int_equal(f->st.ops->apply_batch(f->st.cls, sets, 2, rc), 0);
+  tp_cs_free(bad);
+  tp_cs_free(good);
+  assert_int_not_equal(rc[0], 0);
+  assert_int_equal(rc[1], 0);
+
+  assert_null(tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M1, "pi_bad"));
+  struct tp_idem_rec ir = {0};
+  assert_int_equal(f->st.ops->idem_get(f->st.cls, M1, "idem_bad", &ir), 0);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM ledger_entries WHERE txn_id='txn_bad'"), 0);
+
+  char *got = tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M1, "pi_good");
+  assert_non_null(got);
+  free(got);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM ledger_entries WHERE txn_id='txn_good'"), 2);
+  bool found;
+  assert_int_equal(balance_of(f, M1, "cash", "usd", &found), 500);
+  assert_true(found);
+  assert_int_equal(balance_of(f, M1, "revenue", "usd", &found), -500);
+
+  /* Alone in its batch the refused set leaves nothing either. */
+  bad = tp_cs_new();
+  o = pi("pi_bad2", 100, NULL, NULL);
+  tp_cs_put(bad, TP_K_PAYMENT_INTENT, M1, o);
+  json_decref(o);
+  tp_cs_ledger(bad, "txn_bad2", M1, "cash", "usd", 1);
+  assert_int_not_equal(apply1(f, bad), 0);
+  assert_null(tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M1, "pi_bad2"));
+  assert_int_equal(balance_of(f, M1, "cash", "usd", &found), 500);
+}
+
+static void test_ledger_must_balance_per_currency(void **state)
+{
+  struct fx *f = *state;
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_ledger(cs, "txn_fx", M1, "cash", "usd", 100);
+  tp_cs_ledger(cs, "txn_fx", M1, "cash", "eur", -100); /* sums to 0 only across currencies */
+  assert_int_not_equal(apply1(f, cs), 0);
+  bool found;
+  balance_of(f, M1, "cash", "usd", &found);
+  assert_false(found);
+
+  /* Each txn of a set must balance on its own. */
+  cs = tp_cs_new();
+  tp_cs_ledger(cs, "txn_a", M1, "cash", "usd", 100);
+  tp_cs_ledger(cs, "txn_b", M1, "revenue", "usd", -100);
+  assert_int_not_equal(apply1(f, cs), 0);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM ledger_entries"), 0);
+}
+
+static void test_balanced_entries_update_balances(void **state)
+{
+  struct fx *f = *state;
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_ledger(cs, "txn_1", M1, "cash", "usd", 1000);
+  tp_cs_ledger(cs, "txn_1", M1, "revenue", "usd", -970);
+  tp_cs_ledger(cs, "txn_1", M1, "fees", "usd", -30);
+  tp_cs_ledger(cs, "txn_2", M1, "cash", "eur", 250);
+  tp_cs_ledger(cs, "txn_2", M1, "revenue", "eur", -250);
+  assert_int_equal(apply1(f, cs), 0);
+  cs = tp_cs_new();
+  tp_cs_ledger(cs, "txn_3", M1, "revenue", "usd", 400); /* a refund */
+  tp_cs_ledger(cs, "txn_3", M1, "cash", "usd", -400);
+  tp_cs_ledger(cs, "txn_4", M2, "cash", "usd", 7);
+  tp_cs_ledger(cs, "txn_4", M2, "revenue", "usd", -7);
+  assert_int_equal(apply1(f, cs), 0);
+
+  bool found;
+  assert_int_equal(balance_of(f, M1, "cash", "usd", &found), 600);
+  assert_int_equal(balance_of(f, M1, "revenue", "usd", &found), -570);
+  assert_int_equal(balance_of(f, M1, "fees", "usd", &found), -30);
+  assert_int_equal(balance_of(f, M1, "cash", "eur", &found), 250);
+  assert_int_equal(balance_of(f, M1, "revenue", "eur", &found), -250);
+  assert_int_equal(balance_of(f, M2, "cash", "usd", &found), 7);
+  json_t *arr = f->st.ops->balance(f->st.cls, M1);
+  assert_int_equal(json_array_size(arr), 5);
+  json_decref(arr);
+  assert_int_equal(sql_long(f, "SELECT sum(amount) FROM ledger_entries"), 0);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM ledger_entries WHERE txn_id='txn_1'"), 3);
+  assert_int_equal(sql_long(f, "SELECT max(seq) FROM ledger_entries WHERE txn_id='txn_1'"), 2);
+}
+
+/* ---- idempotency, attempts, vault ---------------------------------------- */
+static void test_idempotency_record_round_trip(void **state)
+{
+  struct fx *f = *state;
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_idem(cs, M1, "key-1", "hash-a", 0, NULL);
+  assert_int_equal(apply1(f, cs), 0);
+  struct tp_idem_rec r = {0};
+  assert_int_equal(f->st.ops->idem_get(f->st.cls, M1, "key-1", &r), 1);
+  assert_string_equal(r.req_hash, "hash-a");
+  assert_int_equal(r.status, 0);
+  assert_null(r.body);
+
+  cs = tp_cs_new();
+  tp_cs_idem(cs, M1, "key-1", "hash-a", 200, "{\"id\":\"pi_1\"}");
+  assert_int_equal(apply1(f, cs), 0);
+  memset(&r, 0, sizeof r);
+  assert_int_equal(f->st.ops->idem_get(f->st.cls, M1, "key-1", &r), 1);
+  assert_int_equal(r.status, 200);
+  assert_string_equal(r.body, "{\"id\":\"pi_1\"}");
+  free(r.body);
+
+  memset(&r, 0, sizeof r);
+  assert_int_equal(f->st.ops->idem_get(f->st.cls, M2, "key-1", &r), 0); /* keys are per merchant */
+  assert_int_equal(f->st.ops->idem_get(f->st.cls, M1, "key-2", &r), 0);
+}
+
+static struct tp_attempt attempt(const char *id, const char *state)
+{
+  struct tp_attempt a;
+  memset(&a, 0, sizeof a);
+  snprintf(a.id, sizeof a.id, "%s", id);
+  snprintf(a.merchant, sizeof a.merchant, "%s", M1);
+  snprintf(a.payment_intent, sizeof a.payment_intent, "pi_%s", id);
+  snprintf(a.processor, sizeof a.processor, "sandbox");
+  snprintf(a.idem_ref, sizeof a.idem_ref, "ref_%s", id);
+  snprintf(a.kind, sizeof a.kind, "authorize");
+  snprintf(a.state, sizeof a.state, "%s", state);
+  snprintf(a.currency, sizeof a.currency, "usd");
+  a.amount = 4200;
+  snprintf(a.vault_token, sizeof a.vault_token, "tok_%s", id);
+  a.capture = 1;
+  a.created = 1700000000;
+  return a;
+}
+
+static bool has_attempt(struct fx *f, const char *state, const char *id, size_t *count)
+{
+  struct tp_attempt *arr = NULL;
+  size_t n = 0;
+  assert_int_equal(f->st.ops->attempts_in_state(f->st.cls, state, &arr, &n), 0);
+  bool found = false;
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(arr[i].id, id) == 0)
+      found = true;
+  free(arr);
+  *count = n;
+  return found;
+}
+
+static void test_attempts_in_state_tracks_sent_until_updated(void **state)
+{
+  struct fx *f = *state;
+  struct tp_cs *cs = tp_cs_new();
+  struct tp_attempt a1 = attempt("att_1", "sent"), a2 = attempt("att_2", "sent"),
+                    a3 = attempt("att_3", "declined");
+  tp_cs_attempt(cs, &a1);
+  tp_cs_attempt(cs, &a2);
+  tp_cs_attempt(cs, &a3);
+  assert_int_equal(apply1(f, cs), 0);
+  size_t n;
+  assert_true(has_attempt(f, "sent", "att_1", &n));
+  assert_true(has_attempt(f, "sent", "att_2", &n));
+  assert_false(has_attempt(f, "sent", "att_3", &n));
+  assert_int_equal(n, 2);
+
+  snprintf(a1.state, sizeof a1.state, "succeeded");
+  snprintf(a1.auth_code, sizeof a1.auth_code, "A1B2C3");
+  cs = tp_cs_new();
+  tp_cs_attempt(cs, &a1);
+  assert_int_equal(apply1(f, cs), 0);
+  assert_false(has_attempt(f, "sent", "att_1", &n));
+  assert_int_equal(n, 1);
+  assert_true(has_attempt(f, "succeeded", "att_1", &n));
+  assert_int_equal(n, 1);
+
+  struct tp_attempt got;
+  assert_int_equal(f->st.ops->attempt_get(f->st.cls, "att_1", &got), 1);
+  assert_string_equal(got.state, "succeeded");
+  assert_string_equal(got.auth_code, "A1B2C3");
+  assert_string_equal(got.idem_ref, "ref_att_1");
+  assert_string_equal(got.vault_token, "tok_att_1");
+  assert_string_equal(got.payment_intent, "pi_att_1");
+  assert_int_equal(got.amount, 4200);
+  assert_int_equal(got.created, 1700000000);
+  assert_int_equal(f->st.ops->attempt_get(f->st.cls, "att_none", &got), 0);
+}
+
+static void test_vault_blob_round_trip_per_merchant(void **state)
+{
+  struct fx *f = *state;
+  uint8_t blob[100];
+  for (size_t i = 0; i < sizeof blob; i++)
+    blob[i] = (uint8_t)i; /* includes NUL bytes: stored as a blob, not text */
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_vault(cs, "tok_v", M1, blob, sizeof blob);
+  assert_int_equal(apply1(f, cs), 0);
+  void *out = NULL;
+  size_t len = 0;
+  assert_int_equal(f->st.ops->vault_get(f->st.cls, M1, "tok_v", &out, &len), 1);
+  assert_int_equal(len, sizeof blob);
+  assert_memory_equal(out, blob, sizeof blob);
+  free(out);
+  out = NULL;
+  assert_int_equal(f->st.ops->vault_get(f->st.cls, M2, "tok_v", &out, &len), 0);
+  assert_null(out);
+}
+
+/* ---- merchants and keys ---------------------------------------------------- */
+static bool file_contains(const char *path, const char *needle)
+{
+  FILE *fp = fopen(path, "rb");
+  if (!fp)
+    return false;
+  size_t cap = 1 << 20, n = 0;
+  char *buf = malloc(cap);
+  assert_non_null(buf);
+  size_t r;
+  while ((r = fread(buf + n, 1, cap - n, fp)) > 0) {
+    n += r;
+    if (n == cap) {
+      cap *= 2;
+      buf = realloc(buf, cap);
+      assert_non_null(buf);
+    }
+  }
+  fclose(fp);
+  bool hit = memmem(buf, n, needle, strlen(needle)) != NULL;
+  free(buf);
+  return hit;
+}
+
+static void expect_not_on_disk(struct fx *f, const char *secret)
+{
+  static const char *const files[] = {"turnpike.db", "turnpike.db-wal", "turnpike.db-shm"};
+  for (size_t i = 0; i < 3; i++) {
+    char path[128];
+    snprintf(path, sizeof path, "%s/%s", f->dir, files[i]);
+    if (file_contains(path, secret))
+      fail_msg("a plaintext API key is in %s", files[i]);
+  }
+}
+
+static void test_merchant_keys_are_found_by_hash_and_never_stored(void **state)
+{
+  struct fx *f = *state;
+  char id[TP_ID_MAX], sk[128], pk[128];
+  assert_int_equal(f->st.ops->merchant_count(f->st.cls), 0);
+  assert_int_equal(f->st.ops->merchant_create(f->st.cls, "Shop", id, sk, pk), 0);
+  assert_int_equal(f->st.ops->merchant_count(f->st.cls), 1);
+  assert_int_equal(strncmp(id, "acct_", 5), 0);
+  assert_int_equal(strncmp(sk, "sk_test_", 8), 0);
+  assert_int_equal(strncmp(pk, "pk_test_", 8), 0);
+  assert_true(strlen(sk) > 40);
+
+  uint8_t h[32];
+  struct tp_merchant m;
+  char kind[16];
+  memset(&m, 0, sizeof m);
+  tp_sha256(sk, strlen(sk), h);
+  assert_int_equal(f->st.ops->apikey_lookup(f->st.cls, h, &m, kind), 1);
+  assert_string_equal(m.id, id);
+  assert_string_equal(m.name, "Shop");
+  assert_string_equal(kind, "secret");
+  uint8_t zero[32] = {0};
+  assert_memory_not_equal(m.fp_key, zero, 32);
+
+  tp_sha256(pk, strlen(pk), h);
+  assert_int_equal(f->st.ops->apikey_lookup(f->st.cls, h, &m, kind), 1);
+  assert_string_equal(kind, "publishable");
+
+  char wrong[128];
+  snprintf(wrong, sizeof wrong, "%s", sk);
+  wrong[strlen(wrong) - 1] ^= 1;
+  tp_sha256(wrong, strlen(wrong), h);
+  assert_int_equal(f->st.ops->apikey_lookup(f->st.cls, h, &m, kind), 0);
+
+  /* Neither the key nor its random part reaches the files, live or after the
+   * WAL is checkpointed on close. */
+  expect_not_on_disk(f, sk);
+  expect_not_on_disk(f, pk);
+  expect_not_on_disk(f, sk + 8);
+  expect_not_on_disk(f, pk + 8);
+  reopen(f);
+  expect_not_on_disk(f, sk);
+  expect_not_on_disk(f, sk + 8);
+  expect_not_on_disk(f, pk + 8);
+  tp_sha256(sk, strlen(sk), h);
+  assert_int_equal(f->st.ops->apikey_lookup(f->st.cls, h, &m, kind), 1);
+}
+
+static void test_merchant_of_finds_owner_of_payment_intent(void **state)
+{
+  struct fx *f = *state;
+  char id[TP_ID_MAX], sk[128], pk[128];
+  assert_int_equal(f->st.ops->merchant_create(f->st.cls, "Owner", id, sk, pk), 0);
+  put_pi(f, id, "pi_owned", 100, NULL, NULL);
+  struct tp_merchant m;
+  assert_int_equal(f->st.ops->merchant_of(f->st.cls, "pi_owned", &m), 1);
+  assert_string_equal(m.id, id);
+  assert_string_equal(m.name, "Owner");
+  assert_int_equal(f->st.ops->merchant_of(f->st.cls, "pi_missing", &m), 0);
+}
+
+/* ---- the group-commit writer ---------------------------------------------- */
+struct slot {
+  int calls;
+  int rc;
+  char id[TP_ID_MAX];
+};
+
+static void on_done(struct tp_cs *cs, int rc, void *arg)
+{
+  (void)cs;
+  struct slot *s = arg;
+  __atomic_add_fetch(&s->calls, 1, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&s->rc, rc, __ATOMIC_SEQ_CST);
+}
+
+static struct tp_cs *pi_set(struct slot *s, const char *merchant)
+{
+  struct tp_cs *cs = tp_cs_new();
+  json_t *o = pi(s->id, 100, NULL, NULL);
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, merchant, o);
+  json_decref(o);
+  tp_cs_ledger(cs, s->id, merchant, "cash", "usd", 10);
+  tp_cs_ledger(cs, s->id, merchant, "revenue", "usd", -10);
+  tp_cs_on_done(cs, on_done, s);
+  s->rc = 12345;
+  return cs;
+}
+
+enum { W_THREADS = 4, W_PER_THREAD = 250, W_SETS = W_THREADS * W_PER_THREAD };
+
+static void *submitter(void *arg)
+{
+  struct slot *slots = arg;
+  for (int i = 0; i < W_PER_THREAD; i++) {
+    struct tp_cs *cs = pi_set(&slots[i], M1);
+    if (tp_writer_submit(cs) != 0) {
+      tp_cs_free(cs);
+      return (void *)1;
+    }
+  }
+  return NULL;
+}
+
+static void test_writer_group_commits_1000_sets_from_4_threads(void **state)
+{
+  struct fx *f = *state;
+  struct slot *slots = calloc(W_SETS, sizeof *slots);
+  assert_non_null(slots);
+  for (int i = 0; i < W_SETS; i++)
+    tp_id_new(slots[i].id, "pi");
+  struct tp_writer_stats before, after;
+  tp_writer_stats(&before);
+  assert_int_equal(tp_writer_start(&f->st), 0);
+  pthread_t th[W_THREADS];
+  for (int t = 0; t < W_THREADS; t++)
+    assert_int_equal(pthread_create(&th[t], NULL, submitter, slots + t * W_PER_THREAD), 0);
+  for (int t = 0; t < W_THREADS; t++) {
+    void *ret = NULL;
+    pthread_join(th[t], &ret);
+    assert_null(ret);
+  }
+  tp_writer_stop();
+  tp_writer_stats(&after);
+
+  for (int i = 0; i < W_SETS; i++) {
+    if (slots[i].calls != 1 || slots[i].rc != 0)
+      fail_msg("set %d: %d completions, rc %d", i, slots[i].calls, slots[i].rc);
+    char *got = tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M1, slots[i].id);
+    if (!got)
+      fail_msg("set %d: row %s missing", i, slots[i].id);
+    free(got);
+  }
+  bool found;
+  assert_int_equal(balance_of(f, M1, "cash", "usd", &found), 10 * W_SETS);
+  uint64_t batches = after.batches - before.batches, sets = after.sets - before.sets;
+  assert_int_equal(sets, W_SETS);
+  assert_int_equal(after.queued, 0);
+  print_message("group commit: %llu sets in %llu batches (largest %llu), %.1f us per commit\n",
+                (unsigned long long)sets, (unsigned long long)batches, (unsigned long long)after.max_batch,
+                batches ? (double)(after.commit_ns_total - before.commit_ns_total) / (double)batches / 1000.0 : 0.0);
+  assert_true(batches < sets);
+  free(slots);
+}
+
+static void test_writer_stop_drains_queue_before_returning(void **state)
+{
+  struct fx *f = *state;
+  enum { N = 300 };
+  struct slot *slots = calloc(N, sizeof *slots);
+  assert_non_null(slots);
+  assert_int_equal(tp_writer_start(&f->st), 0);
+  for (int i = 0; i < N; i++) {
+    tp_id_new(slots[i].id, "pi");
+    assert_int_equal(tp_writer_submit(pi_set(&slots[i], M2)), 0);
+  }
+  tp_writer_stop(); /* no waiting on our side: stop itself must drain */
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(slots[i].calls, 1);
+    assert_int_equal(slots[i].rc, 0);
+  }
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM payment_intents WHERE merchant='" M2 "'"), N);
+  struct tp_writer_stats s;
+  tp_writer_stats(&s);
+  assert_int_equal(s.queued, 0);
+
+  /* After stop, submit refuses and the caller keeps the set. */
+  struct slot late = {0};
+  tp_id_new(late.id, "pi");
+  struct tp_cs *cs = pi_set(&late, M2);
+  assert_int_not_equal(tp_writer_submit(cs), 0);
+  tp_cs_free(cs);
+  assert_int_equal(late.calls, 0);
+  free(slots);
+}
+
+static void test_writer_reports_refused_set_to_its_completion(void **state)
+{
+  struct fx *f = *state;
+  struct slot ok = {0}, bad = {0};
+  tp_id_new(ok.id, "pi");
+  tp_id_new(bad.id, "pi");
+  struct tp_cs *good_cs = pi_set(&ok, M1);
+  struct tp_cs *bad_cs = pi_set(&bad, M1);
+  tp_cs_ledger(bad_cs, bad.id, M1, "cash", "usd", 1); /* unbalance it */
+  assert_int_equal(tp_writer_start(&f->st), 0);
+  assert_int_equal(tp_writer_submit(bad_cs), 0);
+  assert_int_equal(tp_writer_submit(good_cs), 0);
+  tp_writer_stop();
+  assert_int_equal(bad.calls, 1);
+  assert_true(bad.rc < 0);
+  assert_int_equal(ok.calls, 1);
+  assert_int_equal(ok.rc, 0);
+  assert_null(tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M1, bad.id));
+  char *got = tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M1, ok.id);
+  assert_non_null(got);
+  free(got);
+}
+
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+
+int main(void)
+{
+  const struct CMUnitTest tests[] = {
+    T(test_open_creates_db_and_migrates_to_version_1),
+    T(test_reopen_is_a_noop),
+    T(test_put_then_get_returns_same_json_for_owner_only),
+    T(test_list_is_newest_first_with_limit_and_has_more),
+    T(test_list_has_more_false_when_exactly_limit_rows),
+    T(test_list_pages_with_starting_after_and_ending_before),
+    T(test_list_filters_by_indexed_columns),
+    T(test_list_filters_by_created_range),
+    T(test_unbalanced_change_set_is_refused_and_fully_rolled_back),
+    T(test_ledger_must_balance_per_currency),
+    T(test_balanced_entries_update_balances),
+    T(test_idempotency_record_round_trip),
+    T(test_attempts_in_state_tracks_sent_until_updated),
+    T(test_vault_blob_round_trip_per_merchant),
+    T(test_merchant_keys_are_found_by_hash_and_never_stored),
+    T(test_merchant_of_finds_owner_of_payment_intent),
+    T(test_writer_group_commits_1000_sets_from_4_threads),
+    T(test_writer_stop_drains_queue_before_returning),
+    T(test_writer_reports_refused_set_to_its_completion),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
