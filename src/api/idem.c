@@ -7,6 +7,7 @@
  * marked pending, so after a crash a retry waits for recovery instead of
  * charging again. Requests that fail validation store nothing (as Stripe). */
 #include "api/http.h"
+#include "core/card.h"
 #include "log.h"
 #include "util.h"
 
@@ -87,7 +88,10 @@ static void request_hash(struct tp_req *r)
   if (!buf)
     abort();
   int len = snprintf(buf, n, "%s %s\n%s", r->method, r->url, canon ? canon : "");
-  tp_sha256_hex(buf, (size_t)len, r->req_hash);
+  /* Keyed, not a plain SHA-256: the body may hold a card number, and a PAN's
+   * small search space would make a bare hash reversible. */
+  tp_hmac_sha256_hex(tp_app.vault_key, sizeof tp_app.vault_key, buf, (size_t)len, r->req_hash);
+  tp_card_wipe(buf, n);
   free(buf);
   free(canon);
 }

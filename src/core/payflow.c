@@ -91,6 +91,10 @@ static void finish(struct tp_pay *p, int rc)
     if (rc != 0)
       tp_reply_error(p->r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
     else if (p->redirect_body) {
+      /* The browser goes back with the real outcome of the authorization. */
+      char *st = strstr(p->r->location, "redirect_status=succeeded");
+      if (st && p->status != 200)
+        snprintf(st, sizeof p->r->location - (size_t)(st - p->r->location), "redirect_status=failed");
       tp_reply_raw(p->r, p->redirect_status, p->redirect_body, p->redirect_len, "text/html; charset=utf-8");
       p->redirect_body = NULL;
     } else {
