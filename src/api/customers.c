@@ -427,20 +427,10 @@ static bool reply_object(struct tp_req *r, const json_t *obj, const json_t *know
   return true;
 }
 
-static bool check(struct tp_req *r, const struct tp_pspec *spec)
-{
-  struct tp_params_error pe;
-  if (tp_params_check(r->params, spec, &pe) != 0) {
-    tp_reply_params_error(r, &pe, false);
-    return false;
-  }
-  return true;
-}
-
 /* POST /v1/customers */
 void tp_h_customer_create(struct tp_req *r)
 {
-  if (!check(r, spec_create))
+  if (!tp_check_params(r, spec_create))
     return;
   char id[TP_ID_MAX];
   tp_id_new(id, "cus");
@@ -536,7 +526,7 @@ static json_t *customer_load_live(struct tp_req *r, const char *id, const char *
 /* POST /v1/customers/{id} */
 void tp_h_customer_update(struct tp_req *r)
 {
-  if (!check(r, spec_update))
+  if (!tp_check_params(r, spec_update))
     return;
   if (!tp_lock_try(r->path_id)) {
     tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
@@ -573,7 +563,7 @@ out_unlock:
 /* DELETE /v1/customers/{id} */
 void tp_h_customer_delete(struct tp_req *r)
 {
-  if (!check(r, spec_expand_only))
+  if (!tp_check_params(r, spec_expand_only))
     return;
   if (!tp_lock_try(r->path_id)) {
     tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
@@ -598,7 +588,7 @@ void tp_h_customer_delete(struct tp_req *r)
 /* GET /v1/customers */
 void tp_h_customer_list(struct tp_req *r)
 {
-  if (!check(r, spec_list))
+  if (!tp_check_params(r, spec_list))
     return;
   struct tp_list_query q;
   memset(&q, 0, sizeof q);

@@ -118,13 +118,10 @@ bool tp_idem_begin(struct tp_req *r)
     tp_reply_error(r, TP_ERR_IDEMPOTENCY_MISMATCH, NULL, NULL);
     return true;
   }
+  /* found == 1 here means pending: in flight before a restart until recovery ends. */
   char k[400];
   full_key(r, k, sizeof k);
   if (found == 1 || !inflight_add(k)) {
-    /* In flight here, or pending from before a restart until recovery ends. */
-    if (found == 1 && inflight_add(k)) {
-      inflight_del(k);
-    }
     tp_reply_error(r, TP_ERR_IDEMPOTENCY_KEY_IN_USE, NULL, NULL);
     return true;
   }

@@ -33,6 +33,17 @@ const struct tp_pspec tp_spec_billing_details[] = {
   {NULL, 0, NULL, NULL},
 };
 
+bool tp_check_params(struct tp_req *r, const struct tp_pspec *spec)
+{
+  struct tp_params_error pe;
+  memset(&pe, 0, sizeof pe);
+  if (tp_params_check(r->params, spec, &pe) != 0) {
+    tp_reply_params_error(r, &pe, false);
+    return false;
+  }
+  return true;
+}
+
 const char *tp_pstr(const json_t *params, const char *key)
 {
   return json_string_value(json_object_get(params, key));

@@ -69,6 +69,9 @@ extern const struct tp_pspec tp_spec_card[];
 extern const struct tp_pspec tp_spec_billing_details[];
 extern const struct tp_pspec tp_spec_range[];
 
+/* Check r->params against spec; replies 400 and returns false on failure. */
+bool tp_check_params(struct tp_req *r, const struct tp_pspec *spec);
+
 /* Helpers to read checked params. */
 const char *tp_pstr(const json_t *params, const char *key);   /* NULL when absent or not a string */
 #endif

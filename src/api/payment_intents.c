@@ -101,17 +101,6 @@ void tp_3ds_token(const char *pi_id, char out[65])
   out[32] = '\0';
 }
 
-static bool check(struct tp_req *r, const struct tp_pspec *spec)
-{
-  struct tp_params_error pe;
-  memset(&pe, 0, sizeof pe);
-  if (tp_params_check(r->params, spec, &pe) != 0) {
-    tp_reply_params_error(r, &pe, false);
-    return false;
-  }
-  return true;
-}
-
 static void missing_pi(struct tp_req *r)
 {
   char msg[160];
@@ -363,7 +352,7 @@ fail:
 /* ---- handlers ---------------------------------------------------------------- */
 void tp_h_pi_create(struct tp_req *r)
 {
-  if (!check(r, spec_create))
+  if (!tp_check_params(r, spec_create))
     return;
   int64_t amount;
   if (!tp_param_int(r->params, "amount", &amount)) {
@@ -413,21 +402,15 @@ void tp_h_pi_create(struct tp_req *r)
   tp_commit_and_reply_unlock(r, cs, NULL);
 }
 
-static json_t *public_pi(json_t *pi)
-{
-  return pi;
-}
-
 void tp_h_pi_retrieve(struct tp_req *r)
 {
-  if (!check(r, spec_retrieve))
+  if (!tp_check_params(r, spec_retrieve))
     return;
   json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, r->path_id);
   if (!pi) {
     missing_pi(r);
     return;
   }
-  public_pi(pi);
   if (!tp_expand(r, pi, NULL)) {
     json_decref(pi);
     return;
@@ -452,7 +435,7 @@ static json_t *load_locked(struct tp_req *r)
 
 void tp_h_pi_update(struct tp_req *r)
 {
-  if (!check(r, spec_update))
+  if (!tp_check_params(r, spec_update))
     return;
   json_t *pi = load_locked(r);
   if (!pi)
@@ -489,7 +472,6 @@ void tp_h_pi_update(struct tp_req *r)
   }
   struct tp_cs *cs = tp_cs_new();
   tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
-  public_pi(pi);
   json_t *out = json_incref(pi);
   if (!tp_expand(r, out, NULL)) {
     json_decref(out);
@@ -507,7 +489,7 @@ out:
 
 void tp_h_pi_confirm(struct tp_req *r)
 {
-  if (!check(r, spec_confirm))
+  if (!tp_check_params(r, spec_confirm))
     return;
   json_t *pi = load_locked(r);
   if (!pi)
@@ -529,7 +511,7 @@ void tp_h_pi_confirm(struct tp_req *r)
 
 void tp_h_pi_capture(struct tp_req *r)
 {
-  if (!check(r, spec_capture))
+  if (!tp_check_params(r, spec_capture))
     return;
   json_t *pi = load_locked(r);
   if (!pi)
@@ -582,7 +564,7 @@ fail:
 
 void tp_h_pi_cancel(struct tp_req *r)
 {
-  if (!check(r, spec_cancel))
+  if (!tp_check_params(r, spec_cancel))
     return;
   json_t *pi = load_locked(r);
   if (!pi)
@@ -626,7 +608,6 @@ void tp_h_pi_cancel(struct tp_req *r)
   json_object_set_new(pi, "next_action", json_null());
   struct tp_cs *cs = tp_cs_new();
   tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
-  public_pi(pi);
   tp_emit(cs, r, r->merchant.id, "payment_intent.canceled", pi);
   tp_expand(r, pi, NULL);
   tp_reply_json(r, 200, pi);
@@ -635,7 +616,7 @@ void tp_h_pi_cancel(struct tp_req *r)
 
 void tp_h_pi_list(struct tp_req *r)
 {
-  if (!check(r, spec_list))
+  if (!tp_check_params(r, spec_list))
     return;
   struct tp_list_query q;
   memset(&q, 0, sizeof q);
@@ -653,9 +634,6 @@ void tp_h_pi_list(struct tp_req *r)
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
     return;
   }
-  size_t i;
-  json_t *v;
-  json_array_foreach(data, i, v) public_pi(v);
   json_t *list = json_pack("{s:s, s:s, s:b, s:o}", "object", "list", "url", "/v1/payment_intents", "has_more",
                            has_more, "data", data);
   if (!tp_expand(r, list, NULL)) {

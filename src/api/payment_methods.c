@@ -77,16 +77,6 @@ static const struct tp_pspec spec_customer_list[] = {
   END,
 };
 
-static bool check(struct tp_req *r, const struct tp_pspec *spec)
-{
-  struct tp_params_error pe;
-  if (tp_params_check(r->params, spec, &pe) != 0) {
-    tp_reply_params_error(r, &pe, false);
-    return false;
-  }
-  return true;
-}
-
 static bool unset(const json_t *v)
 {
   return json_is_null(v) || (json_is_string(v) && json_string_length(v) == 0);
@@ -132,7 +122,7 @@ static bool billing_lengths_ok(struct tp_req *r, json_t *p);
 /* POST /v1/payment_methods */
 void tp_h_pm_create(struct tp_req *r)
 {
-  if (!check(r, spec_create))
+  if (!tp_check_params(r, spec_create))
     return;
   const char *type = tp_pstr(r->params, "type");
   if (!type || !*type) {
@@ -310,7 +300,7 @@ static bool expiry_apply(struct tp_req *r, json_t *pm, const json_t *card)
 /* POST /v1/payment_methods/{id} */
 void tp_h_pm_update(struct tp_req *r)
 {
-  if (!check(r, spec_update))
+  if (!tp_check_params(r, spec_update))
     return;
   json_t *bd = json_object_get(r->params, "billing_details");
   if (json_is_object(bd) && !billing_lengths_ok(r, bd))
@@ -365,7 +355,7 @@ out_unlock:
 /* POST /v1/payment_methods/{id}/attach */
 void tp_h_pm_attach(struct tp_req *r)
 {
-  if (!check(r, spec_attach))
+  if (!tp_check_params(r, spec_attach))
     return;
   const char *cus_id = tp_pstr(r->params, "customer");
   if (!cus_id || !*cus_id) {
@@ -421,7 +411,7 @@ fail:
 /* POST /v1/payment_methods/{id}/detach */
 void tp_h_pm_detach(struct tp_req *r)
 {
-  if (!check(r, spec_detach))
+  if (!tp_check_params(r, spec_detach))
     return;
   if (!tp_lock_try(r->path_id)) {
     tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
@@ -502,7 +492,7 @@ static void list_pms(struct tp_req *r, const char *customer, const char *url)
 /* GET /v1/payment_methods?customer=cus_...&type=card (customer optional here). */
 void tp_h_pm_list(struct tp_req *r)
 {
-  if (!check(r, spec_list))
+  if (!tp_check_params(r, spec_list))
     return;
   const char *customer = tp_pstr(r->params, "customer");
   if (customer && *customer && !customer_live(r, customer)) {
@@ -515,7 +505,7 @@ void tp_h_pm_list(struct tp_req *r)
 /* GET /v1/customers/{id}/payment_methods */
 void tp_h_customer_pm_list(struct tp_req *r)
 {
-  if (!check(r, spec_customer_list))
+  if (!tp_check_params(r, spec_customer_list))
     return;
   if (!customer_live(r, r->path_id)) {
     reply_no_such_customer(r, r->path_id, "customer");

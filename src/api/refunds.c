@@ -30,20 +30,9 @@ static const struct tp_pspec spec_list[] = {
   {"expand", TP_P_STRLIST, NULL, NULL},      {NULL, 0, NULL, NULL},
 };
 
-static bool check(struct tp_req *r, const struct tp_pspec *spec)
-{
-  struct tp_params_error pe;
-  memset(&pe, 0, sizeof pe);
-  if (tp_params_check(r->params, spec, &pe) != 0) {
-    tp_reply_params_error(r, &pe, false);
-    return false;
-  }
-  return true;
-}
-
 void tp_h_refund_create(struct tp_req *r)
 {
-  if (!check(r, spec_create))
+  if (!tp_check_params(r, spec_create))
     return;
   const char *pi_id = tp_pstr(r->params, "payment_intent"), *ch_id = tp_pstr(r->params, "charge");
   if ((!pi_id || !*pi_id) && (!ch_id || !*ch_id)) {
@@ -94,8 +83,9 @@ void tp_h_refund_create(struct tp_req *r)
   }
   int64_t captured = json_integer_value(json_object_get(ch, "amount_captured"));
   int64_t refunded = json_integer_value(json_object_get(ch, "amount_refunded"));
-  int64_t pending = json_integer_value(json_object_get(json_object_get(ch, "turnpike"), "refund_pending"));
-  int64_t remaining = captured - refunded - pending;
+  /* The charge lock is held until the outcome commits, so no other refund
+   * of this charge is in flight. */
+  int64_t remaining = captured - refunded;
   if (remaining <= 0) {
     snprintf(msg, sizeof msg, "Charge %.64s has already been refunded.", chid);
     tp_reply_error(r, TP_ERR_CHARGE_ALREADY_REFUNDED, "charge", msg);
@@ -160,7 +150,7 @@ void tp_h_refund_retrieve(struct tp_req *r)
 
 void tp_h_refund_update(struct tp_req *r)
 {
-  if (!check(r, spec_update))
+  if (!tp_check_params(r, spec_update))
     return;
   if (!tp_lock_try(r->path_id)) {
     tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
@@ -199,7 +189,7 @@ void tp_h_refund_update(struct tp_req *r)
 
 void tp_h_refund_list(struct tp_req *r)
 {
-  if (!check(r, spec_list))
+  if (!tp_check_params(r, spec_list))
     return;
   struct tp_list_query q;
   memset(&q, 0, sizeof q);

@@ -277,7 +277,6 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
   bool approved = c->outcome == TP_OUT_APPROVED;
   json_t *ch = tp_charge_new(p, approved);
   json_object_set_new(ch, "outcome", outcome_obj(approved, c->decline_code[0] ? c->decline_code : "generic_decline"));
-  const char *pi_id = json_string_value(json_object_get(pi, "id"));
   json_object_set(pi, "latest_charge", json_object_get(ch, "id"));
   json_object_set_new(pi, "next_action", json_null());
   if (approved) {
@@ -331,7 +330,6 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
   json_t *body_err = json_deep_copy(err);
   json_object_set(body_err, "payment_intent", pi);
   json_decref(err);
-  (void)pi_id;
   tp_pay_reply(p, (unsigned)ei->http_status, json_pack("{s:o}", "error", body_err));
 }
 
