@@ -1,7 +1,10 @@
 /* turnpike: one binary, subcommands serve | merchant | migrate. */
 #include "api/http.h"
+#include "config.h"
 #include "connectors/connector.h"
 #include "core/payflow.h"
+#include "main/commands.h"
+#include "main/features.h"
 #include "log.h"
 #include "sec/vault.h"
 #include "store/store.h"
@@ -66,6 +69,7 @@ static int config_set(struct config *c, const char *section, const char *key, co
 
 static int ini_cb(void *user, const char *section, const char *name, const char *value)
 {
+  tp_config_put(section, name, value);
   return config_set(user, section, name, value);
 }
 
@@ -105,6 +109,11 @@ static void usage(FILE *f)
              "  serve            run the gateway (HTTP API on --listen)\n"
              "  merchant create  create a merchant and print its API keys as JSON\n"
              "  migrate          create or upgrade the store in --data, then exit\n"
+             "  sim              run the processor simulator (REST and ISO 8583)\n"
+             "  kek rotate       create a new key-encryption key version\n"
+             "  audit verify     check the hash chain of the audit log\n"
+             "  oauth-client create  create an OAuth 2.0 client and print its credentials\n"
+             "  api-key roll     roll a secret API key with an overlap period\n"
              "  help             this text; `turnpike COMMAND --help` describes a command\n");
 }
 
@@ -235,10 +244,8 @@ static int cmd_serve(int argc, char **argv)
   }
   if (tp_writer_start(&tp_app.store) != 0)
     return 1;
-  static struct tp_connector sandbox;
-  if (tp_sandbox_start(&sandbox, "sandbox") != 0)
+  if (tp_procs_start() != 0)
     return 1;
-  tp_default_connector = &sandbox;
 
   /* Resolve attempts a crash left in flight before taking new work. */
   int rec = tp_recover();
@@ -257,6 +264,9 @@ static int cmd_serve(int argc, char **argv)
     }
     tp_log(TP_LOG_INFO, "recovery_done", "{s:i}", "attempts", rec);
   }
+
+  if (tp_webhooks_start() != 0 || tp_stream_start() != 0 || tp_alerts_start() != 0)
+    return 1;
 
   uint16_t bound = 0;
   if (tp_http_start(host, port, c.threads, &bound) != 0) {
@@ -295,8 +305,11 @@ static int cmd_serve(int argc, char **argv)
   tp_log(TP_LOG_INFO, "writer_stats", "{s:I, s:I, s:I, s:I}", "batches", (json_int_t)ws.batches, "change_sets",
          (json_int_t)ws.sets, "max_batch", (json_int_t)ws.max_batch, "commit_us_avg",
          (json_int_t)(ws.batches ? ws.commit_ns_total / ws.batches / 1000 : 0));
+  tp_alerts_stop();
+  tp_stream_stop();
+  tp_webhooks_stop();
   tp_writer_stop();
-  sandbox.ops->stop(sandbox.cls);
+  tp_procs_stop();
   tp_app.store.ops->close(tp_app.store.cls);
   unlink(addr_path);
   tp_log(TP_LOG_INFO, "stopped", NULL);
@@ -385,6 +398,14 @@ int main(int argc, char **argv)
     return cmd_merchant(argc - 2, argv + 2);
   if (strcmp(argv[1], "migrate") == 0)
     return cmd_migrate(argc - 2, argv + 2);
+  static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+  } more[] = {{"sim", tp_cmd_sim}, {"kek", tp_cmd_kek}, {"audit", tp_cmd_audit},
+              {"oauth-client", tp_cmd_oauth_client}, {"api-key", tp_cmd_api_key}};
+  for (size_t i = 0; i < sizeof more / sizeof more[0]; i++)
+    if (strcmp(argv[1], more[i].name) == 0)
+      return more[i].fn(argc - 2, argv + 2);
   fprintf(stderr, "turnpike: unknown command %s\n", argv[1]);
   usage(stderr);
   return 2;

@@ -160,6 +160,17 @@ void tp_cs_vault(struct tp_cs *cs, const char *token, const char *merchant, cons
   op->data_len = len;
 }
 
+void tp_cs_sql(struct tp_cs *cs, const char *sql, const json_t *args, int min_changes)
+{
+  struct tp_cs_op *op = push(cs, TP_OP_SQL);
+  op->s1 = dup_or_null(sql);
+  op->data = args ? json_dumps(args, JSON_COMPACT) : NULL;
+  if (args && !op->data)
+    abort();
+  op->data_len = op->data ? strlen(op->data) : 0;
+  op->n1 = min_changes;
+}
+
 void tp_cs_on_done(struct tp_cs *cs, tp_cs_done_fn fn, void *arg)
 {
   cs->done = fn;
@@ -197,4 +208,9 @@ json_t *tp_store_get_json(struct tp_store *st, enum tp_kind kind, const char *me
   json_t *j = json_loads(s, 0, NULL);
   free(s);
   return j;
+}
+
+json_t *tp_store_query(struct tp_store *st, const char *sql, const json_t *args)
+{
+  return st->ops->query(st->cls, sql, args);
 }

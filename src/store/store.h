@@ -73,11 +73,18 @@ void tp_cs_attempt(struct tp_cs *cs, const struct tp_attempt *a);
 void tp_cs_idem(struct tp_cs *cs, const char *merchant, const char *key, const char *req_hash,
                 int status, const char *body);
 void tp_cs_vault(struct tp_cs *cs, const char *token, const char *merchant, const void *blob, size_t len);
+/* A feature's own SQL statement (its tables come from its migration file),
+ * applied in the same transaction as the rest of the change set. args is a
+ * JSON array bound to ?1..?N: strings as text, integers as int64, booleans as
+ * 0/1, null as NULL. Keep to portable SQL: PostgreSQL will run it too.
+ * If min_changes > 0 and the statement changed fewer rows, the whole change
+ * set fails (a compare-and-set). */
+void tp_cs_sql(struct tp_cs *cs, const char *sql, const json_t *args, int min_changes);
 /* Called on the writer thread after commit (rc 0) or failure (rc < 0). Keep it short. */
 void tp_cs_on_done(struct tp_cs *cs, tp_cs_done_fn fn, void *arg);
 
 /* Iteration, for backends. */
-enum tp_cs_op_type { TP_OP_PUT, TP_OP_LEDGER, TP_OP_ATTEMPT, TP_OP_IDEM, TP_OP_VAULT };
+enum tp_cs_op_type { TP_OP_PUT, TP_OP_LEDGER, TP_OP_ATTEMPT, TP_OP_IDEM, TP_OP_VAULT, TP_OP_SQL };
 struct tp_cs_op {
   enum tp_cs_op_type type;
   enum tp_kind kind;
@@ -134,6 +141,8 @@ struct tp_store_ops {
   int (*attempt_get)(void *cls, const char *id, struct tp_attempt *out);
   /* the merchant owning a PaymentIntent (for unauthenticated browser pages) */
   int (*merchant_of)(void *cls, const char *pi_id, struct tp_merchant *m);
+  /* a feature's own read query: rows as an array of {column: value}, NULL on error */
+  json_t *(*query)(void *cls, const char *sql, const json_t *args);
   void (*close)(void *cls);
 };
 
@@ -146,6 +155,8 @@ struct tp_store {
 int tp_store_open_sqlite(struct tp_store *st, const char *dir);
 
 /* Convenience wrappers. */
+/* Read rows with the store's query op (see tp_cs_sql for args); NULL on error. */
+json_t *tp_store_query(struct tp_store *st, const char *sql, const json_t *args);
 char *tp_store_get(struct tp_store *st, enum tp_kind kind, const char *merchant, const char *id);
 json_t *tp_store_get_json(struct tp_store *st, enum tp_kind kind, const char *merchant, const char *id);
 
@@ -163,4 +174,14 @@ void tp_writer_stop(void);
 /* Figures for metrics. */
 struct tp_writer_stats { uint64_t batches, sets, commit_ns_total, max_batch; size_t queued; };
 void tp_writer_stats(struct tp_writer_stats *out);
+
+/* Committed events, in commit order, to every subscriber (webhook outbox,
+ * WebSocket fan-out, alerting). Called on the writer thread right after the
+ * commit: copy what you need and return quickly. event_json is the stored
+ * Stripe event object. At most TP_WRITER_MAX_SUBSCRIBERS subscribers,
+ * registered at start-up from one thread. */
+#define TP_WRITER_MAX_SUBSCRIBERS 8
+typedef void (*tp_event_fn)(const char *merchant, const char *event_id, const char *type, const char *event_json,
+                            size_t len, void *arg);
+int tp_writer_subscribe(tp_event_fn fn, void *arg);
 #endif

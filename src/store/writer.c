@@ -8,6 +8,7 @@
 #include "util.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 
 void tp_cs_run_done(struct tp_cs *cs, int rc);
@@ -21,7 +22,36 @@ static struct {
   pthread_t thread;
   struct tp_store *st;
   struct tp_writer_stats stats;
+  struct { tp_event_fn fn; void *arg; } subs[TP_WRITER_MAX_SUBSCRIBERS];
+  _Atomic size_t nsubs;
 } W = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+int tp_writer_subscribe(tp_event_fn fn, void *arg)
+{
+  /* One registering thread at a time (start-up); the writer reads the count
+   * atomically, so an entry is complete before it is seen. */
+  size_t n = atomic_load(&W.nsubs);
+  if (n == TP_WRITER_MAX_SUBSCRIBERS)
+    return -1;
+  W.subs[n].fn = fn;
+  W.subs[n].arg = arg;
+  atomic_store(&W.nsubs, n + 1);
+  return 0;
+}
+
+/* Hand the committed events of one change set to every subscriber. */
+static void publish_events(struct tp_cs *cs)
+{
+  size_t n = tp_cs_count(cs);
+  for (size_t i = 0; i < n; i++) {
+    const struct tp_cs_op *op = tp_cs_op_at(cs, i);
+    if (op->type != TP_OP_PUT || op->kind != TP_K_EVENT)
+      continue;
+    size_t nsubs = atomic_load(&W.nsubs);
+    for (size_t k = 0; k < nsubs; k++)
+      W.subs[k].fn(op->merchant, op->id, op->s1, op->data, op->data_len, W.subs[k].arg);
+  }
+}
 
 static void *writer_main(void *arg)
 {
@@ -62,6 +92,8 @@ static void *writer_main(void *arg)
       W.stats.max_batch = n;
     pthread_mutex_unlock(&W.mu);
     for (size_t i = 0; i < n; i++) {
+      if (rc[i] == 0 && W.nsubs > 0)
+        publish_events(batch[i]);
       tp_cs_run_done(batch[i], rc[i]);
       tp_cs_free(batch[i]);
     }

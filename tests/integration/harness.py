@@ -228,8 +228,10 @@ class Daemon:
         return m
 
     # -- lifecycle -------------------------------------------------------
-    def start(self, extra_env=None):
-        """Start serve on 127.0.0.1:0 and wait for DATA/serve.addr and /healthz."""
+    def start(self, extra_env=None, config=None, args=None):
+        """Start serve on 127.0.0.1:0 and wait for DATA/serve.addr and /healthz.
+        config: INI text, written to ROOT/turnpike.ini and passed as --config;
+        args: more command-line arguments."""
         addr_file = os.path.join(self.data, "serve.addr")
         try:
             os.unlink(addr_file)
@@ -238,10 +240,17 @@ class Daemon:
         env = dict(os.environ)
         if extra_env:
             env.update(extra_env)
+        cmd = [BIN, "serve", "--listen", HOST + ":0", "--data", self.data]
+        if config is not None:
+            ini = os.path.join(self.root, "turnpike.ini")
+            with open(ini, "w") as f:
+                f.write(config)
+            cmd += ["--config", ini]
+        cmd += list(args or [])
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
-                [BIN, "serve", "--listen", HOST + ":0", "--data", self.data],
+                cmd,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 start_new_session=True)
         finally:

@@ -22,6 +22,8 @@ struct sq {
   sqlite3 *w;                 /* write connection (writer thread, or admin before it starts) */
   sqlite3_stmt *put[TP_K__COUNT];
   sqlite3_stmt *ledger, *balance_add, *attempt, *idem, *vault;
+  sqlite3_stmt *sql[64];      /* features' statements (tp_cs_sql), prepared once */
+  size_t nsql;
   pthread_key_t rkey;         /* per-thread read connection */
   bool rkey_ok;
 };
@@ -153,6 +155,70 @@ struct ledger_sum {
   int64_t sum;
 };
 
+/* Bind a JSON array to ?1..?N (see tp_cs_sql). */
+static int bind_json_args(sqlite3_stmt *st, const json_t *args)
+{
+  size_t i;
+  const json_t *v;
+  if (!args)
+    return 0;
+  if (!json_is_array(args))
+    return -1;
+  json_array_foreach(args, i, v) {
+    int k = (int)i + 1, rc;
+    if (json_is_string(v))
+      rc = sqlite3_bind_text(st, k, json_string_value(v), (int)json_string_length(v), SQLITE_TRANSIENT);
+    else if (json_is_integer(v))
+      rc = sqlite3_bind_int64(st, k, json_integer_value(v));
+    else if (json_is_boolean(v))
+      rc = sqlite3_bind_int(st, k, json_is_true(v));
+    else if (json_is_null(v))
+      rc = sqlite3_bind_null(st, k);
+    else
+      return -1;
+    if (rc != SQLITE_OK)
+      return -1;
+  }
+  return 0;
+}
+
+/* A feature's statement inside the writer transaction. Statements are
+ * prepared once and kept: features use a handful of fixed SQL strings. */
+static int apply_sql(struct sq *s, const struct tp_cs_op *op)
+{
+  sqlite3_stmt *st = NULL;
+  for (size_t i = 0; i < s->nsql; i++)
+    if (strcmp(sqlite3_sql(s->sql[i]), op->s1) == 0) {
+      st = s->sql[i];
+      break;
+    }
+  if (!st) {
+    if (sqlite3_prepare_v3(s->w, op->s1, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
+      tp_log(TP_LOG_ERROR, "sqlite_prepare", "{s:s, s:s}", "sql", op->s1, "error", sqlite3_errmsg(s->w));
+      return -1;
+    }
+    if (s->nsql < sizeof s->sql / sizeof s->sql[0])
+      s->sql[s->nsql++] = st;
+  }
+  json_t *args = op->data ? json_loadb(op->data, op->data_len, 0, NULL) : NULL;
+  int rc = bind_json_args(st, args);
+  json_decref(args);
+  if (rc == 0)
+    rc = step_done(s->w, st);
+  else {
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+  }
+  if (rc == 0 && op->n1 > 0 && sqlite3_changes(s->w) < op->n1)
+    rc = -1;
+  bool cached = false;
+  for (size_t i = 0; i < s->nsql; i++)
+    cached |= s->sql[i] == st;
+  if (!cached)
+    sqlite3_finalize(st);
+  return rc;
+}
+
 static int apply_one(struct sq *s, struct tp_cs *cs)
 {
   size_t n = tp_cs_count(cs);
@@ -246,6 +312,10 @@ static int apply_one(struct sq *s, struct tp_cs *cs)
         sqlite3_bind_text(st, 5, op->data, (int)op->data_len, SQLITE_STATIC);
       sqlite3_bind_int64(st, 6, now);
       if (step_done(s->w, st))
+        return -1;
+      break;
+    case TP_OP_SQL:
+      if (apply_sql(s, op))
         return -1;
       break;
     case TP_OP_VAULT:
@@ -650,9 +720,51 @@ static int sq_merchant_of(void *cls, const char *pi_id, struct tp_merchant *m)
   return found;
 }
 
+static json_t *sq_query(void *cls, const char *sql, const json_t *args)
+{
+  struct sq *s = cls;
+  struct reader *r = reader(s);
+  if (!r)
+    return NULL;
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK) {
+    tp_log(TP_LOG_ERROR, "sqlite_prepare", "{s:s, s:s}", "sql", sql, "error", sqlite3_errmsg(r->db));
+    return NULL;
+  }
+  if (bind_json_args(st, args) != 0) {
+    sqlite3_finalize(st);
+    return NULL;
+  }
+  json_t *rows = json_array();
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    json_t *row = json_object();
+    int nc = sqlite3_column_count(st);
+    for (int c = 0; c < nc; c++) {
+      json_t *v;
+      switch (sqlite3_column_type(st, c)) {
+      case SQLITE_INTEGER: v = json_integer(sqlite3_column_int64(st, c)); break;
+      case SQLITE_NULL: v = json_null(); break;
+      case SQLITE_FLOAT: v = json_integer((json_int_t)sqlite3_column_double(st, c)); break;
+      default: v = json_stringn((const char *)sqlite3_column_text(st, c), (size_t)sqlite3_column_bytes(st, c)); break;
+      }
+      json_object_set_new(row, sqlite3_column_name(st, c), v ? v : json_null());
+    }
+    json_array_append_new(rows, row);
+  }
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) {
+    json_decref(rows);
+    return NULL;
+  }
+  return rows;
+}
+
 static void sq_close(void *cls)
 {
   struct sq *s = cls;
+  for (size_t i = 0; i < s->nsql; i++)
+    sqlite3_finalize(s->sql[i]);
   if (s->rkey_ok) {
     reader_free(pthread_getspecific(s->rkey));
     pthread_setspecific(s->rkey, NULL);
@@ -682,6 +794,7 @@ static const struct tp_store_ops sqlite_ops = {
   .attempts_in_state = sq_attempts_in_state,
   .attempt_get = sq_attempt_get,
   .merchant_of = sq_merchant_of,
+  .query = sq_query,
   .close = sq_close,
 };
 

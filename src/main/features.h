@@ -1,0 +1,14 @@
+/* Start/stop hooks of the features `turnpike serve` runs besides the HTTP
+ * front and the writer. Start order: store, vault, processors, recovery,
+ * webhooks, stream, alerts, HTTP. Each start returns 0 or -1 (serve exits). */
+#ifndef TP_FEATURES_H
+#define TP_FEATURES_H
+int tp_procs_start(void);     /* src/core/procs.c: [processor.*] sections, connectors, health checks */
+void tp_procs_stop(void);
+int tp_webhooks_start(void);  /* src/net/webhooks.c: outbox delivery */
+void tp_webhooks_stop(void);
+int tp_stream_start(void);    /* src/net/stream.c: WebSocket fan-out */
+void tp_stream_stop(void);
+int tp_alerts_start(void);    /* src/core/alerts.c: dynamic baselines */
+void tp_alerts_stop(void);
+#endif
