@@ -3,6 +3,7 @@
  * webhooks, stream, alerts, HTTP. Each start returns 0 or -1 (serve exits). */
 #ifndef TP_FEATURES_H
 #define TP_FEATURES_H
+#include <stdint.h>
 int tp_procs_start(void);     /* src/core/procs.c: [processor.*] sections, connectors, health checks */
 void tp_procs_stop(void);
 int tp_webhooks_start(void);  /* src/net/webhooks.c: outbox delivery */
@@ -11,4 +12,8 @@ int tp_stream_start(void);    /* src/net/stream.c: WebSocket fan-out */
 void tp_stream_stop(void);
 int tp_alerts_start(void);    /* src/core/alerts.c: dynamic baselines */
 void tp_alerts_stop(void);
+int tp_housekeeping_start(void); /* src/core/housekeeping.c: expired idempotency keys */
+void tp_housekeeping_stop(void);
+/* Queue one batch of expired idempotency keys for deletion. */
+int tp_idem_purge(int64_t now, int64_t ttl);
 #endif

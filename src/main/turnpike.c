@@ -265,7 +265,7 @@ static int cmd_serve(int argc, char **argv)
     tp_log(TP_LOG_INFO, "recovery_done", "{s:i}", "attempts", rec);
   }
 
-  if (tp_webhooks_start() != 0 || tp_stream_start() != 0 || tp_alerts_start() != 0)
+  if (tp_webhooks_start() != 0 || tp_stream_start() != 0 || tp_alerts_start() != 0 || tp_housekeeping_start() != 0)
     return 1;
 
   uint16_t bound = 0;
@@ -305,6 +305,7 @@ static int cmd_serve(int argc, char **argv)
   tp_log(TP_LOG_INFO, "writer_stats", "{s:I, s:I, s:I, s:I}", "batches", (json_int_t)ws.batches, "change_sets",
          (json_int_t)ws.sets, "max_batch", (json_int_t)ws.max_batch, "commit_us_avg",
          (json_int_t)(ws.batches ? ws.commit_ns_total / ws.batches / 1000 : 0));
+  tp_housekeeping_stop();
   tp_alerts_stop();
   tp_stream_stop();
   tp_webhooks_stop();

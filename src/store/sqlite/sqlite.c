@@ -1,6 +1,7 @@
 /* SQLite backend of the store: WAL, synchronous=FULL, one write connection
  * owned by the writer thread, one read connection per reading thread. */
 #include "store/store.h"
+#include "config.h"
 #include "log.h"
 #include "util.h"
 
@@ -24,6 +25,7 @@ struct sq {
   sqlite3_stmt *ledger, *balance_add, *attempt, *idem, *vault;
   sqlite3_stmt *sql[64];      /* features' statements (tp_cs_sql), prepared once */
   size_t nsql;
+  int64_t idem_ttl;           /* seconds an Idempotency-Key is kept */
   pthread_key_t rkey;         /* per-thread read connection */
   bool rkey_ok;
 };
@@ -461,11 +463,14 @@ static int sq_idem_get(void *cls, const char *merchant, const char *key, struct 
   if (!r)
     return -1;
   if (!r->idem_get && !(r->idem_get = prep(r->db, "SELECT req_hash, status, body FROM idempotency "
-                                                  "WHERE merchant=?1 AND key=?2")))
+                                                  "WHERE merchant=?1 AND key=?2 AND (created > ?3 OR status = 0)")))
     return -1;
   sqlite3_stmt *st = r->idem_get;
   bind_text(st, 1, merchant);
   bind_text(st, 2, key);
+  /* An expired key is as good as unused (a pending mark never expires: it
+   * is resolved by recovery). */
+  sqlite3_bind_int64(st, 3, tp_now() - s->idem_ttl);
   int found = 0;
   if (sqlite3_step(st) == SQLITE_ROW) {
     snprintf(out->req_hash, sizeof out->req_hash, "%s", (const char *)sqlite3_column_text(st, 0));
@@ -808,6 +813,7 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
   if (!s)
     return -1;
   snprintf(s->path, sizeof s->path, "%s/turnpike.db", dir);
+  s->idem_ttl = tp_config_int("idempotency", "ttl_seconds", 86400, 1, 30 * 86400);
   s->w = open_conn(s->path, false);
   if (!s->w) {
     free(s);
@@ -836,8 +842,16 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
                               "ON CONFLICT(merchant, account, currency) DO UPDATE SET amount=amount+excluded.amount");
   s->attempt = prep(s->w, "INSERT OR REPLACE INTO attempts(" ATTEMPT_COLS ") VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,"
                           "?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20)");
-  s->idem = prep(s->w, "INSERT OR REPLACE INTO idempotency(merchant, key, req_hash, status, body, created) "
-                       "VALUES(?1,?2,?3,?4,?5,?6)");
+  /* A key's 24 h run from its first use: the final reply keeps the created
+   * time of the pending mark; a key reused after it expired starts afresh. */
+  char idem_sql[512];
+  snprintf(idem_sql, sizeof idem_sql,
+           "INSERT INTO idempotency(merchant, key, req_hash, status, body, created) VALUES(?1,?2,?3,?4,?5,?6) "
+           "ON CONFLICT(merchant, key) DO UPDATE SET req_hash=excluded.req_hash, status=excluded.status, "
+           "body=excluded.body, created=CASE WHEN idempotency.created <= excluded.created - %lld "
+           "THEN excluded.created ELSE idempotency.created END",
+           (long long)s->idem_ttl);
+  s->idem = prep(s->w, idem_sql);
   s->vault = prep(s->w, "INSERT OR REPLACE INTO vault(token, merchant, blob, created) VALUES(?1,?2,?3,?4)");
   for (int k = 0; k < TP_K__COUNT; k++)
     if (!s->put[k])

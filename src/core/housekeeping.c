@@ -1,0 +1,87 @@
+/* Housekeeping: expired Idempotency-Keys are deleted in small batches through
+ * the writer, so the table stays bounded without long write transactions. */
+#include "config.h"
+#include "log.h"
+#include "main/features.h"
+#include "store/store.h"
+#include "util.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <time.h>
+
+#define PURGE_BATCH 2000
+
+static struct {
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  bool running, stop;
+  int64_t interval_ms, ttl;
+} H = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+/* Queue the deletion of up to PURGE_BATCH expired, answered keys (pending
+ * marks stay: recovery resolves them). */
+int tp_idem_purge(int64_t now, int64_t ttl)
+{
+  struct tp_cs *cs = tp_cs_new();
+  json_t *args = json_pack("[I, i]", (json_int_t)(now - ttl), PURGE_BATCH);
+  tp_cs_sql(cs,
+            "DELETE FROM idempotency WHERE (merchant, key) IN (SELECT merchant, key FROM idempotency "
+            "WHERE created <= ?1 AND status != 0 LIMIT ?2)",
+            args, 0);
+  json_decref(args);
+  if (tp_writer_submit(cs) != 0) {
+    tp_cs_free(cs);
+    return -1;
+  }
+  return 0;
+}
+
+static void *housekeeping_main(void *arg)
+{
+  (void)arg;
+  pthread_mutex_lock(&H.mu);
+  while (!H.stop) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += H.interval_ms / 1000;
+    ts.tv_nsec += (H.interval_ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait(&H.cv, &H.mu, &ts);
+    if (H.stop)
+      break;
+    pthread_mutex_unlock(&H.mu);
+    if (tp_idem_purge(tp_now(), H.ttl) != 0)
+      tp_log(TP_LOG_WARN, "idempotency_purge_skipped", NULL);
+    pthread_mutex_lock(&H.mu);
+  }
+  pthread_mutex_unlock(&H.mu);
+  return NULL;
+}
+
+int tp_housekeeping_start(void)
+{
+  H.ttl = tp_config_int("idempotency", "ttl_seconds", 86400, 1, 30 * 86400);
+  H.interval_ms = tp_config_int("idempotency", "purge_interval_ms", 60000, 10, 86400000);
+  H.stop = false;
+  if (pthread_create(&H.thread, NULL, housekeeping_main, NULL) != 0)
+    return -1;
+  H.running = true;
+  return 0;
+}
+
+void tp_housekeeping_stop(void)
+{
+  if (!H.running)
+    return;
+  pthread_mutex_lock(&H.mu);
+  H.stop = true;
+  pthread_cond_signal(&H.cv);
+  pthread_mutex_unlock(&H.mu);
+  pthread_join(H.thread, NULL);
+  H.running = false;
+}
