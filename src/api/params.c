@@ -766,3 +766,36 @@ bool tp_param_bool(const json_t *obj, const char *key, bool *out) {
   if (out) *out = json_is_true(v);
   return true;
 }
+
+/* Only card fields are wiped: other strings may be shared (by reference)
+ * with objects that outlive the request. */
+static bool card_field(const char *k)
+{
+  return strcmp(k, "number") == 0 || strcmp(k, "cvc") == 0 || strcmp(k, "encrypted") == 0;
+}
+
+static void wipe_tree(json_t *params, bool wipe)
+{
+  if (json_is_string(params)) {
+    if (wipe) {
+      /* jansson owns the bytes; zeroing them in place is what we need here. */
+      char *v = (char *)(uintptr_t)json_string_value(params);
+      explicit_bzero(v, json_string_length(params));
+    }
+  } else if (json_is_object(params)) {
+    const char *k;
+    json_t *v;
+    json_object_foreach(params, k, v)
+      wipe_tree(v, card_field(k));
+  } else if (json_is_array(params)) {
+    size_t i;
+    json_t *v;
+    json_array_foreach(params, i, v)
+      wipe_tree(v, false);
+  }
+}
+
+void tp_params_wipe(json_t *params)
+{
+  wipe_tree(params, false);
+}

@@ -29,6 +29,9 @@ struct tp_params_error {
  * NUL bytes, conflicting shapes (a=1&a[b]=2), past-limit counts/depth -> NULL
  * and err filled. Returned object is owned by the caller. */
 json_t *tp_params_parse_form(const char *body, size_t len, struct tp_params_error *err);
+/* Zero the card fields (number, cvc, encrypted) of a parameter tree before
+ * it is freed: request parameters may hold a card number. */
+void tp_params_wipe(json_t *params);
 
 /* Parse a JSON body (must be an object; depth/size limits above; integers
  * outside int64 are rejected, floats are kept as reals). NULL + err on error. */

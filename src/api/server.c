@@ -356,9 +356,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
       size_t cap = r->body_cap ? r->body_cap : 1024;
       while (cap < r->body_len + n + 1)
         cap *= 2;
-      char *nb = realloc(r->body, cap);
+      /* Not realloc: the old buffer may hold a card number and must be wiped. */
+      char *nb = malloc(cap);
       if (!nb)
         return MHD_NO;
+      if (r->body) {
+        memcpy(nb, r->body, r->body_len);
+        explicit_bzero(r->body, r->body_cap);
+        free(r->body);
+      }
       r->body = nb;
       r->body_cap = cap;
     }
@@ -388,8 +394,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   tp_idem_end(r);
   if (r->ctx_free)
     r->ctx_free(r->ctx);
+  tp_params_wipe(r->params);
   json_decref(r->params);
   free(r->resp);
+  if (r->body)
+    explicit_bzero(r->body, r->body_cap);
   free(r->body);
   free(r->url);
   free(r);

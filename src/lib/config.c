@@ -103,6 +103,15 @@ void tp_config_sections(const char *prefix, void (*fn)(const char *section, void
   }
 }
 
+void tp_config_keys(const char *section, const char *prefix, void (*fn)(const char *key, const char *value, void *arg),
+                    void *arg)
+{
+  size_t pl = strlen(prefix);
+  for (size_t i = 0; i < nsettings; i++)
+    if (strcasecmp(settings[i].section, section) == 0 && strncasecmp(settings[i].key, prefix, pl) == 0)
+      fn(settings[i].key, settings[i].value, arg);
+}
+
 void tp_config_reset(void)
 {
   for (size_t i = 0; i < nsettings; i++) {

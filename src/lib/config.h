@@ -19,6 +19,10 @@ bool tp_config_bool(const char *section, const char *key, bool def);
 /* Call fn for every distinct section whose name starts with prefix, in file
  * order (e.g. prefix "processor." gives each processor section). */
 void tp_config_sections(const char *prefix, void (*fn)(const char *section, void *arg), void *arg);
+/* Call fn for every key of one section that starts with prefix, in file
+ * order (e.g. the "metadata." match keys of a [route.NAME] section). */
+void tp_config_keys(const char *section, const char *prefix, void (*fn)(const char *key, const char *value, void *arg),
+                    void *arg);
 /* Forget everything (tests). */
 void tp_config_reset(void);
 #endif

@@ -1,0 +1,66 @@
+/* Circuit breaker for one processor: pure logic, no locking, no clock of its
+ * own (every call takes the time in milliseconds, so tests drive it).
+ *
+ *   closed --(failure rate over the window >= threshold with >= min_calls,
+ *             or `consecutive` failures in a row)--> open
+ *   open --(open_ms elapsed, or a passing health check)--> half_open
+ *   half_open --(`probes` admitted calls all succeed)--> closed
+ *   half_open --(any failure)--> open
+ *
+ * The caller serialises access (procs.c holds a mutex per processor). */
+#ifndef TP_BREAKER_H
+#define TP_BREAKER_H
+#include <stdbool.h>
+#include <stdint.h>
+
+enum tp_breaker_state { TP_BREAKER_CLOSED, TP_BREAKER_OPEN, TP_BREAKER_HALF_OPEN };
+
+/* The failure-rate window: TP_BREAKER_BUCKETS buckets of bucket_ms each. */
+#define TP_BREAKER_BUCKETS 10
+
+struct tp_breaker_cfg {
+  double failure_rate;   /* open when failures/calls >= this (0 < r <= 1) */
+  int min_calls;         /* ... and the window holds at least this many calls */
+  int consecutive;       /* or this many failures in a row */
+  int64_t open_ms;       /* stay open this long before probing */
+  int probes;            /* calls admitted while half-open */
+  int64_t bucket_ms;     /* window = TP_BREAKER_BUCKETS * bucket_ms */
+};
+
+struct tp_breaker {
+  struct tp_breaker_cfg cfg;
+  enum tp_breaker_state state;
+  int64_t since_ms;      /* when the current state began */
+  int consec;            /* failures in a row */
+  /* rolling window: bucket i covers [epoch*bucket_ms, ...) for its epoch */
+  int64_t b_epoch[TP_BREAKER_BUCKETS];
+  int b_calls[TP_BREAKER_BUCKETS], b_fail[TP_BREAKER_BUCKETS];
+  /* half-open bookkeeping */
+  int admitted, succeeded;
+  int64_t last_admit_ms;
+  uint64_t opens;        /* times it opened (for the API) */
+};
+
+/* Fill cfg with the documented defaults (0.5, 20, 5, 5000 ms, 3, 1000 ms). */
+void tp_breaker_defaults(struct tp_breaker_cfg *cfg);
+/* Start closed at now_ms. */
+void tp_breaker_init(struct tp_breaker *b, const struct tp_breaker_cfg *cfg, int64_t now_ms);
+/* Advance time-driven transitions (open -> half_open after open_ms); returns
+ * the state now. */
+enum tp_breaker_state tp_breaker_tick(struct tp_breaker *b, int64_t now_ms);
+/* May a call go out now? Closed: yes. Open: no. Half-open: yes for up to
+ * `probes` calls (a probe that never reports frees its slot after open_ms). */
+bool tp_breaker_allow(struct tp_breaker *b, int64_t now_ms);
+/* A finished call: failure = transport error, timeout, 5xx, soft decline of
+ * the processing_error kind. Issuer declines are successes here. */
+void tp_breaker_record(struct tp_breaker *b, bool failure, int64_t now_ms);
+/* An active health check result. A failure counts toward `consecutive` (and
+ * sends half_open back to open, or keeps open open for another open_ms); a
+ * pass moves open to half_open early and counts as a passing probe while
+ * half_open. Passes never clear the consecutive count of real calls. */
+void tp_breaker_health(struct tp_breaker *b, bool ok, int64_t now_ms);
+/* Calls and failures in the rolling window. */
+void tp_breaker_window(const struct tp_breaker *b, int64_t now_ms, int *calls, int *failures);
+/* "closed", "open", "half_open". */
+const char *tp_breaker_state_name(enum tp_breaker_state s);
+#endif
