@@ -1,6 +1,7 @@
 /* Liveness and readiness probes, no authentication. */
 #include "api/handlers.h"
 #include "api/http.h"
+#include "core/procs.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -11,8 +12,9 @@ void tp_h_healthz(struct tp_req *r)
   tp_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
 }
 
-/* GET /readyz: not shutting down and the store answers a read (a balance
- * query on a reader connection; a merchant with no ledger gives []). */
+/* GET /readyz: not shutting down, the store answers a read (a balance
+ * query on a reader connection; a merchant with no ledger gives []) and at
+ * least one processor is usable. */
 void tp_h_readyz(struct tp_req *r)
 {
   if (tp_app.shutting_down) {
@@ -28,5 +30,11 @@ void tp_h_readyz(struct tp_req *r)
     return;
   }
   json_decref(b);
+  /* Payments need somewhere to go: at least one processor whose breaker is
+   * not open and whose health check has not failed. */
+  if (!tp_procs_any_usable()) {
+    tp_reply_json(r, 503, json_pack("{s:s, s:s}", "status", "unavailable", "reason", "no_processor_available"));
+    return;
+  }
   tp_reply_json(r, 200, json_pack("{s:s}", "status", "ready"));
 }

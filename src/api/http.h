@@ -50,6 +50,11 @@ struct tp_req {
   bool authed;
   struct tp_merchant merchant;
   char key_kind[16];
+  unsigned scopes;        /* TP_SCOPE_* of the key or token (sec/scopes.h) */
+  char actor[80];         /* "key:sk_test_...abcd" | "oauth:oc_..." (audit, logs) */
+  char rl_id[80];         /* rate-limit bucket of the key or OAuth client */
+  unsigned retry_after_s; /* Retry-After of a 429/503, 0 = 1 s */
+  char www_authenticate[96]; /* WWW-Authenticate header value, if any */
 
   /* idempotency */
   char idem_key[256];
@@ -65,6 +70,7 @@ struct tp_req {
   bool replayed;
   char location[2048];
   bool suspended;
+  struct MHD_Response *raw_resp; /* queued as is with status (a 101 upgrade) */
 
   /* handler-private state for async work */
   void *ctx;
@@ -83,6 +89,10 @@ extern struct tp_app tp_app;
 
 /* Start/stop the HTTP daemon on host:port (port 0 picks one); *bound_port out. */
 int tp_http_start(const char *host, uint16_t port, unsigned threads, uint16_t *bound_port);
+/* Serve HTTPS: certificate chain and private key as PEM text, GnuTLS
+ * priorities ("NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"). Call before
+ * tp_http_start; -1 if libmicrohttpd has no TLS. */
+int tp_http_set_tls(const char *cert_pem, const char *key_pem, const char *priorities);
 /* Stop accepting, wait up to ms for in-flight requests, then stop. */
 void tp_http_stop(unsigned wait_ms);
 /* Number of suspended (in-flight) requests. */
@@ -97,6 +107,10 @@ json_t *tp_error_object(enum tp_err e, const char *param, const char *message);
 /* Reply with a params-module error (bad body / unknown parameter). */
 struct tp_params_error;
 void tp_reply_params_error(struct tp_req *r, const struct tp_params_error *pe, bool unknown);
+
+/* Authenticate the request's API key (for routes that also accept other
+ * credentials and so are not TP_R_AUTH); sets r->merchant and r->authed. */
+enum tp_err tp_req_authenticate(struct tp_req *r);
 
 /* Async: suspend before submitting work; resume after setting the reply. */
 void tp_req_suspend(struct tp_req *r);

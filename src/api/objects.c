@@ -2,6 +2,7 @@
  * per-object locks. */
 #include "api/objects.h"
 #include "log.h"
+#include "sec/jwe.h"
 #include "sec/vault.h"
 
 #include <pthread.h>
@@ -15,6 +16,7 @@ const struct tp_pspec tp_spec_card[] = {
   {"exp_year", TP_P_INT, NULL, NULL},
   {"cvc", TP_P_STRING, NULL, NULL},
   {"token", TP_P_STRING, NULL, NULL},
+  {"encrypted", TP_P_STRING, NULL, NULL}, /* JWE of the fields above (sec/jwe.h) */
   {NULL, 0, NULL, NULL},
 };
 
@@ -87,7 +89,7 @@ json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const s
   tp_card_fingerprint(m, ci->pan, fp);
   uint8_t blob[TP_VAULT_MAX_BLOB];
   size_t bl = 0;
-  if (tp_vault_seal(tp_app.vault_key, m->id, id, ci->pan, ci->exp_month, ci->exp_year, blob, &bl) != 0)
+  if (tp_vault_seal_rec(m->id, id, ci->pan, ci->exp_month, ci->exp_year, blob, &bl) != 0)
     return NULL;
   tp_cs_vault(cs, id, m->id, blob, bl);
   const char *brand = tp_brand_name(ci->brand);
@@ -129,6 +131,9 @@ bool tp_card_from_params(struct tp_req *r, const json_t *card, const char *param
 {
   char param[160];
   cvc_out[0] = '\0';
+  const char *jwe = json_string_value(json_object_get(card, "encrypted"));
+  if (jwe) /* client-side encrypted card: decrypted only on this path */
+    return tp_card_from_jwe(r, jwe, param_prefix, ci, cvc_out);
   const char *number = json_string_value(json_object_get(card, "number"));
   json_t *jm = json_object_get(card, "exp_month"), *jy = json_object_get(card, "exp_year");
   if (!number || !*number) {
@@ -178,7 +183,7 @@ int tp_vault_load(const char *merchant, const char *pm_id, struct tp_card_info *
     return -1;
   char pan[TP_VAULT_MAX_BLOB];
   int mm = 0, yy = 0;
-  int rc = tp_vault_open(tp_app.vault_key, merchant, pm_id, blob, len, pan, &mm, &yy);
+  int rc = tp_vault_open_rec(merchant, pm_id, blob, len, pan, &mm, &yy);
   free(blob);
   if (rc != 0)
     return -1;

@@ -4,6 +4,7 @@
 #include "api/handlers.h"
 #include "api/objects.h"
 #include "core/payflow.h"
+#include "sec/audit.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -134,6 +135,10 @@ void tp_h_refund_create(struct tp_req *r)
   snprintf(p->call.orig_ref, sizeof p->call.orig_ref, "%s", auth_att ? auth_att : "");
   struct tp_cs *cs = tp_cs_new();
   tp_cs_put(cs, TP_K_REFUND, r->merchant.id, re);
+  json_t *audit = json_pack("{s:I, s:O, s:s}", "amount", (json_int_t)amount, "currency",
+                            json_object_get(ch, "currency"), "charge", chid);
+  tp_audit_append(cs, r->merchant.id, r->actor[0] ? r->actor : "api", "refund.created", id, audit);
+  json_decref(audit);
   tp_req_suspend(r);
   tp_pay_run(p, cs);
   return;

@@ -13,6 +13,7 @@ const struct tp_route tp_routes[] = {
   {"POST", "/v1/payment_intents/{id}/confirm", tp_h_pi_confirm, A},
   {"POST", "/v1/payment_intents/{id}/capture", tp_h_pi_capture, A},
   {"POST", "/v1/payment_intents/{id}/cancel", tp_h_pi_cancel, A},
+  {"GET", "/v1/payment_intents/{id}/attempts", tp_h_pi_attempts, A},
 
   {"GET", "/v1/charges", tp_h_charge_list, A},
   {"GET", "/v1/charges/{id}", tp_h_charge_retrieve, A},
@@ -39,12 +40,33 @@ const struct tp_route tp_routes[] = {
   {"GET", "/v1/events", tp_h_event_list, A},
   {"GET", "/v1/events/{id}", tp_h_event_retrieve, A},
 
+  {"POST", "/v1/webhook_endpoints", tp_h_we_create, A},
+  {"GET", "/v1/webhook_endpoints", tp_h_we_list, A},
+  {"GET", "/v1/webhook_endpoints/{id}", tp_h_we_retrieve, A},
+  {"POST", "/v1/webhook_endpoints/{id}", tp_h_we_update, A},
+  {"DELETE", "/v1/webhook_endpoints/{id}", tp_h_we_delete, A},
+  {"GET", "/v1/webhook_endpoints/{id}/deliveries", tp_h_we_deliveries, A},
+  {"POST", "/v1/webhook_endpoints/{id}/deliveries/{event}/resend", tp_h_we_resend, A},
+
   {"GET", "/v1/balance", tp_h_balance, A},
   {"GET", "/v1/balance_transactions", tp_h_balance_txn_list, A},
   {"GET", "/v1/balance_transactions/{id}", tp_h_balance_txn_retrieve, A},
 
   {"GET", "/v1/turnpike/3ds/{id}", tp_h_3ds_page, P},
   {"POST", "/v1/turnpike/3ds/{id}", tp_h_3ds_submit, P},
+  {"GET", "/v1/turnpike/encryption_key", tp_h_encryption_key, P}, /* any key of a merchant, pk_ too */
+  {"GET", "/v1/turnpike/processors", tp_h_processors_list, A},
+
+  {"GET", "/v1/turnpike/stream", tp_h_stream, P},          /* Bearer key or ?token= */
+  {"POST", "/v1/turnpike/stream_tokens", tp_h_stream_token, A},
+  {"POST", "/v1/turnpike/log_level", tp_h_log_level, A},
+  {"GET", "/metrics", tp_h_metrics, P},                     /* loopback or [metrics] token */
+
+  {"POST", "/oauth/token", tp_h_oauth_token, P},           /* client authentication in the handler */
+  {"POST", "/oauth/revoke", tp_h_oauth_revoke, P},
+  {"POST", "/oauth/introspect", tp_h_oauth_introspect, P},
+  {"GET", "/.well-known/jwks.json", tp_h_oauth_jwks, P},
+  {"GET", "/.well-known/oauth-authorization-server", tp_h_oauth_metadata, P},
 
   {"GET", "/healthz", tp_h_healthz, P},
   {"GET", "/readyz", tp_h_readyz, P},

@@ -2,7 +2,14 @@
  * parameter parsing, suspend/resume and response queueing. */
 #include "api/http.h"
 #include "api/params.h"
+#include "config.h"
 #include "log.h"
+#include "sec/auth.h"
+#include "sec/jwt.h"
+#include "sec/ratelimit.h"
+#include "sec/scopes.h"
+#include "metrics.h"
+#include "net/stream.h"
 #include "util.h"
 
 #include <arpa/inet.h>
@@ -18,12 +25,12 @@
 #define TP_HTTP_CONN_MEMORY (64 * 1024)   /* per-connection header/read buffer */
 #define TP_HTTP_TIMEOUT_S 60
 #define TP_HTTP_MAX_QUERY 8192
-#define TP_AUTH_CACHE_SLOTS 1024
 
 struct tp_app tp_app;
 
 static struct MHD_Daemon *daemon_;
 static atomic_uint inflight;
+static bool log_requests = true; /* [log] requests */
 
 unsigned tp_http_inflight(void)
 {
@@ -31,44 +38,8 @@ unsigned tp_http_inflight(void)
 }
 
 /* ---- authentication ------------------------------------------------------ */
-/* A small cache of key hash -> merchant so a payment costs no key lookup. */
-struct auth_slot {
-  uint8_t hash[32];
-  struct tp_merchant m;
-  char kind[16];
-  int64_t until_ms;
-  bool used;
-};
-static struct auth_slot auth_cache[TP_AUTH_CACHE_SLOTS];
-static pthread_rwlock_t auth_mu = PTHREAD_RWLOCK_INITIALIZER;
-
-static bool auth_lookup(const char *key, struct tp_merchant *m, char kind[16])
-{
-  uint8_t h[32];
-  tp_sha256(key, strlen(key), h);
-  unsigned slot = (unsigned)(h[0] | (h[1] << 8)) % TP_AUTH_CACHE_SLOTS;
-  int64_t now = tp_mono_ms();
-  pthread_rwlock_rdlock(&auth_mu);
-  struct auth_slot *s = &auth_cache[slot];
-  if (s->used && s->until_ms > now && memcmp(s->hash, h, 32) == 0) {
-    *m = s->m;
-    memcpy(kind, s->kind, 16);
-    pthread_rwlock_unlock(&auth_mu);
-    return true;
-  }
-  pthread_rwlock_unlock(&auth_mu);
-  int found = tp_app.store.ops->apikey_lookup(tp_app.store.cls, h, m, kind);
-  if (found != 1)
-    return false;
-  pthread_rwlock_wrlock(&auth_mu);
-  s->used = true;
-  memcpy(s->hash, h, 32);
-  s->m = *m;
-  memcpy(s->kind, kind, 16);
-  s->until_ms = now + 30000; /* revocations take effect within 30 s */
-  pthread_rwlock_unlock(&auth_mu);
-  return true;
-}
+/* API keys and OAuth access tokens are resolved (and cached) in src/sec/
+ * (apikey.c, oauth.c); here only the header is taken apart. */
 
 static const char *b64_alpha = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -100,7 +71,7 @@ static enum tp_err authenticate(struct tp_req *r)
   const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
   if (!h || !*h)
     return TP_ERR_AUTH_MISSING;
-  char key[256];
+  char key[TP_JWT_MAX_LEN + 1]; /* an API key or a JWT access token */
   if (strncasecmp(h, "Bearer ", 7) == 0) {
     const char *k = h + 7;
     while (*k == ' ')
@@ -118,12 +89,23 @@ static enum tp_err authenticate(struct tp_req *r)
     return TP_ERR_AUTH_INVALID_KEY;
   if (!key[0])
     return TP_ERR_AUTH_MISSING;
-  if (!auth_lookup(key, &r->merchant, r->key_kind))
-    return TP_ERR_AUTH_INVALID_KEY;
-  if (strcmp(r->key_kind, "secret") != 0)
-    return TP_ERR_PUBLISHABLE_KEY_FORBIDDEN;
+  struct tp_auth a;
+  /* API keys never hold a '.', a compact JWS always does. */
+  enum tp_err e = strchr(key, '.') ? tp_oauth_authenticate(key, &a) : tp_apikey_authenticate(key, &a);
+  if (e != TP_ERR_OK)
+    return e;
+  r->merchant = a.merchant;
+  memcpy(r->key_kind, a.kind, sizeof r->key_kind);
+  r->scopes = a.scopes;
+  snprintf(r->actor, sizeof r->actor, "%s", a.actor);
+  snprintf(r->rl_id, sizeof r->rl_id, "%s", a.rl_id);
   r->authed = true;
   return TP_ERR_OK;
+}
+
+enum tp_err tp_req_authenticate(struct tp_req *r)
+{
+  return authenticate(r);
 }
 
 /* ---- routing ---------------------------------------------------------------- */
@@ -245,6 +227,49 @@ static bool parse_params(struct tp_req *r)
 }
 
 /* ---- dispatch ------------------------------------------------------------- */
+/* Authentication, rate limits and the route's scope (src/sec/): false when
+ * the reply is already set. An address with too many failed attempts is
+ * answered 429 before its credentials are even looked at; nothing sleeps. */
+static bool access_check(struct tp_req *r, const struct tp_route *rt)
+{
+  char addr[64];
+  tp_req_remote_addr(r, addr, sizeof addr);
+  int wait = tp_ratelimit_auth_blocked(addr, tp_mono_ms());
+  if (wait) {
+    r->retry_after_s = (unsigned)wait;
+    tp_reply_error(r, TP_ERR_LOGIN_RATE_LIMITED, NULL, NULL);
+    return false;
+  }
+  enum tp_err e = authenticate(r);
+  if (e != TP_ERR_OK) {
+    if (e != TP_ERR_AUTH_MISSING && e != TP_ERR_STORE_UNAVAILABLE)
+      tp_ratelimit_auth_failed(addr, tp_mono_ms());
+    if (e >= TP_ERR_OAUTH_TOKEN_INVALID && e <= TP_ERR_OAUTH_TOKEN_ISSUER_INVALID)
+      snprintf(r->www_authenticate, sizeof r->www_authenticate, "Bearer realm=\"turnpike\", error=\"invalid_token\"");
+    tp_reply_error(r, e, NULL, NULL);
+    return false;
+  }
+  wait = tp_ratelimit_take(r->rl_id, tp_mono_ms());
+  if (wait) {
+    r->retry_after_s = (unsigned)wait;
+    tp_reply_error(r, TP_ERR_RATE_LIMITED, NULL, NULL);
+    return false;
+  }
+  unsigned need = tp_scope_required(r->method, rt->pattern);
+  if (!(r->scopes & need)) {
+    char msg[256];
+    bool oauth = strcmp(r->key_kind, "oauth") == 0;
+    snprintf(msg, sizeof msg, "The provided %s does not have the required permissions for this request: it needs "
+             "the `%s` scope.", oauth ? "access token" : "key", tp_scope_name(need));
+    if (oauth)
+      snprintf(r->www_authenticate, sizeof r->www_authenticate,
+               "Bearer realm=\"turnpike\", error=\"insufficient_scope\", scope=\"%s\"", tp_scope_name(need));
+    tp_reply_error(r, oauth ? TP_ERR_OAUTH_INSUFFICIENT_SCOPE : TP_ERR_PERMISSION_DENIED, NULL, msg);
+    return false;
+  }
+  return true;
+}
+
 static void dispatch(struct tp_req *r)
 {
   bool url_known;
@@ -261,13 +286,8 @@ static void dispatch(struct tp_req *r)
     tp_reply_error(r, TP_ERR_BODY_TOO_LARGE, NULL, NULL);
     return;
   }
-  if (rt->flags & TP_R_AUTH) {
-    enum tp_err e = authenticate(r);
-    if (e != TP_ERR_OK) {
-      tp_reply_error(r, e, NULL, NULL);
-      return;
-    }
-  }
+  if ((rt->flags & TP_R_AUTH) && !access_check(r, rt))
+    return;
   if (!parse_params(r))
     return;
   if (tp_app.shutting_down && strcmp(r->method, "POST") == 0) {
@@ -290,14 +310,52 @@ static void dispatch(struct tp_req *r)
   rt->fn(r);
 }
 
+/* Count the request in the metrics and write its log line (no bodies, no
+ * query strings: nothing that could hold card data). */
+static void observe_request(struct tp_req *r)
+{
+  int64_t us = (tp_mono_ns() - r->t0_ns) / 1000;
+  char labels[192];
+  snprintf(labels, sizeof labels, "route=\"%s\",method=\"%s\",code=\"%uxx\"",
+           r->route ? r->route->pattern : "unmatched", r->method, r->status / 100);
+  tp_metric_inc("turnpike_http_requests_total", labels, 1);
+  snprintf(labels, sizeof labels, "route=\"%s\",method=\"%s\"", r->route ? r->route->pattern : "unmatched",
+           r->method);
+  tp_metric_observe_us("turnpike_http_request_duration_seconds", labels, us);
+  if (!log_requests || !TP_LOG_ON(TP_LOG_INFO))
+    return;
+  /* The object the request was about: the {id} of the path, else the id of
+   * the object replied (objects are built with "id" first). */
+  char obj[sizeof r->path_id] = "";
+  if (r->path_id[0])
+    snprintf(obj, sizeof obj, "%s", r->path_id);
+  else if (r->resp && r->resp_len > 8 && strncmp(r->resp, "{\"id\":\"", 7) == 0) {
+    size_t i = 0;
+    for (const char *p = r->resp + 7; i + 1 < sizeof obj && p < r->resp + r->resp_len && *p != '"'; p++)
+      obj[i++] = *p;
+    obj[i] = '\0';
+  }
+  tp_log(TP_LOG_INFO, "request", "{s:s, s:s, s:s, s:s, s:i, s:s, s:s, s:I}", "request_id", r->request_id, "method",
+         r->method, "route", r->route ? r->route->pattern : "unmatched", "path", r->url, "status", (int)r->status,
+         "merchant", r->authed ? r->merchant.id : "", "object", obj, "latency_us", (json_int_t)us);
+}
+
 static enum MHD_Result queue_reply(struct tp_req *r)
 {
+  if (r->raw_resp) {
+    enum MHD_Result rr = MHD_queue_response(r->conn, r->status, r->raw_resp);
+    MHD_destroy_response(r->raw_resp);
+    r->raw_resp = NULL;
+    observe_request(r);
+    return rr;
+  }
   if (!r->resp) {
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
   }
   struct MHD_Response *resp = MHD_create_response_from_buffer(r->resp_len, r->resp, MHD_RESPMEM_MUST_FREE);
   if (!resp)
     return MHD_NO;
+  observe_request(r);
   r->resp = NULL; /* MHD owns it now */
   MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
                           r->content_type ? r->content_type : "application/json");
@@ -309,14 +367,15 @@ static enum MHD_Result queue_reply(struct tp_req *r)
     MHD_add_response_header(resp, "Idempotent-Replayed", "true");
   if (r->location[0])
     MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, r->location);
-  if (r->status == 429)
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+  if (r->status == 429 || r->retry_after_s) {
+    char ra[16];
+    snprintf(ra, sizeof ra, "%u", r->retry_after_s ? r->retry_after_s : 1);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+  }
+  if (r->www_authenticate[0])
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, r->www_authenticate);
   enum MHD_Result ret = MHD_queue_response(r->conn, r->status, resp);
   MHD_destroy_response(resp);
-  if (TP_LOG_ON(TP_LOG_DEBUG))
-    tp_log(TP_LOG_DEBUG, "request", "{s:s, s:s, s:s, s:i, s:s, s:I}", "request_id", r->request_id, "method",
-           r->method, "path", r->url, "status", (int)r->status, "merchant", r->authed ? r->merchant.id : "",
-           "latency_us", (json_int_t)((tp_mono_ns() - r->t0_ns) / 1000));
   return ret;
 }
 
@@ -392,6 +451,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   if (!r)
     return;
   tp_idem_end(r);
+  if (r->raw_resp)
+    MHD_destroy_response(r->raw_resp);
   if (r->ctx_free)
     r->ctx_free(r->ctx);
   tp_params_wipe(r->params);
@@ -418,6 +479,24 @@ void tp_req_resume(struct tp_req *r)
   atomic_fetch_sub(&inflight, 1);
 }
 
+/* TLS (tp_http_set_tls): PEM texts kept until the daemon stops. */
+static char *tls_cert, *tls_key, *tls_prio;
+
+int tp_http_set_tls(const char *cert_pem, const char *key_pem, const char *priorities)
+{
+  if (!MHD_is_feature_supported(MHD_FEATURE_TLS)) {
+    tp_log(TP_LOG_ERROR, "tls_unsupported", "{s:s}", "reason", "libmicrohttpd was built without TLS");
+    return -1;
+  }
+  free(tls_cert);
+  free(tls_key);
+  free(tls_prio);
+  tls_cert = strdup(cert_pem);
+  tls_key = strdup(key_pem);
+  tls_prio = strdup(priorities);
+  return tls_cert && tls_key && tls_prio ? 0 : -1;
+}
+
 int tp_http_start(const char *host, uint16_t port, unsigned threads, uint16_t *bound_port)
 {
   struct sockaddr_in sa;
@@ -428,7 +507,19 @@ int tp_http_start(const char *host, uint16_t port, unsigned threads, uint16_t *b
     tp_log(TP_LOG_ERROR, "listen_address", "{s:s}", "host", host);
     return -1;
   }
-  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC;
+  log_requests = tp_config_bool("log", "requests", true);
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC |
+                   MHD_ALLOW_UPGRADE;
+  struct MHD_OptionItem tls_opts[] = {
+    {MHD_OPTION_HTTPS_MEM_CERT, 0, tls_cert},
+    {MHD_OPTION_HTTPS_MEM_KEY, 0, tls_key},
+    {MHD_OPTION_HTTPS_PRIORITIES, 0, tls_prio},
+    {MHD_OPTION_END, 0, NULL},
+  };
+  if (tls_cert)
+    flags |= MHD_USE_TLS;
+  else
+    tls_opts[0].option = MHD_OPTION_END;
   daemon_ = MHD_start_daemon(flags, port, NULL, NULL, on_request, NULL,
                              MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
                              MHD_OPTION_THREAD_POOL_SIZE, threads,
@@ -437,6 +528,7 @@ int tp_http_start(const char *host, uint16_t port, unsigned threads, uint16_t *b
                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)TP_HTTP_TIMEOUT_S,
                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
                              MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+                             MHD_OPTION_ARRAY, tls_opts,
                              MHD_OPTION_END);
   if (!daemon_)
     return -1;
@@ -452,6 +544,7 @@ void tp_http_stop(unsigned wait_ms)
   MHD_socket s = MHD_quiesce_daemon(daemon_);
   if (s != MHD_INVALID_SOCKET)
     close(s);
+  tp_stream_shutdown(); /* upgraded sockets must be closed before MHD stops */
   int64_t until = tp_mono_ms() + wait_ms;
   while (atomic_load(&inflight) > 0 && tp_mono_ms() < until)
     usleep(5000);

@@ -19,6 +19,7 @@ struct tp_proc_call {
   enum tp_proc_kind kind;
   char ref[64];           /* our idempotency reference for this call */
   char orig_ref[64];      /* the authorization's reference, for capture/void/refund */
+  char payment[64];       /* the PaymentIntent id when known ("" otherwise), for the processor's records */
   int64_t amount;
   char currency[4];
   bool capture;           /* authorize and capture in one message */
@@ -49,6 +50,19 @@ struct tp_connector {
 
 /* The in-process sandbox processor (the embedded default). */
 int tp_sandbox_start(struct tp_connector *out, const char *name);
+/* A REST/JSON processor at base_url (http or https; certificates verified),
+ * Bearer api_key (may be empty), per-call timeout (docs/processors.md). */
+int tp_restjson_start(struct tp_connector *out, const char *name, const char *base_url, const char *api_key,
+                      int timeout_ms);
+/* An ISO 8583 acquirer host at host:port over one persistent TCP link;
+ * terminal_id / merchant_id are fields 41 / 42 (docs/iso8583.md; extra
+ * settings are read from [processor.NAME]). */
+int tp_iso8583_start(struct tp_connector *out, const char *name, const char *host, int port, int timeout_ms,
+                     const char *terminal_id, const char *merchant_id);
+struct json_t;
+/* Link state of an ISO 8583 connector (link, signed_on, in_flight,
+ * reversals_pending, last_echo_ms ...) added to out; no-op for other types. */
+void tp_iso8583_stats(const struct tp_connector *c, struct json_t *out);
 /* The Stripe test-card table shared by the sandbox and the simulator:
  * decline code for a PAN, "" when it approves. */
 const char *tp_test_card_decline(const char *pan);

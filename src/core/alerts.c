@@ -1,10 +1,460 @@
-/* Placeholder: being written. */
+/* Alerting with dynamic baselines, and the payment metrics read from the
+ * committed events.
+ *
+ * Feeds: tp_alert_observe (the processor registry, one call per processor
+ * call: scope = processor name, and the scope "processors" for all of them)
+ * and the committed charge events (scope "payments": what merchants saw,
+ * whichever processor served them; this is what the sandbox drives).
+ * Every [alerts] bucket_ms the alerts thread closes each scope's bucket and,
+ * when it holds at least min_samples outcomes, steps one detector per signal
+ * (error_rate, decline_rate, latency_ms). An opened or resolved alert is
+ * logged, sets turnpike_alert_open{scope,signal} and is committed as an event
+ * turnpike.alert.opened / turnpike.alert.resolved (so it reaches /v1/events,
+ * webhooks and the stream). Alerts are operator-level, but events belong to
+ * a merchant: the event goes to each merchant listed in [alerts] merchants,
+ * or by default to every merchant with payments in the last hour (at most
+ * TP_ALERT_MAX_MERCHANTS). */
 #include "core/alerts.h"
+
+#include "api/objects.h"
+#include "config.h"
+#include "log.h"
 #include "main/features.h"
+#include "metrics.h"
+#include "store/store.h"
+#include "util.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TP_ALERT_MAX_SCOPES 64
+#define TP_ALERT_MAX_MERCHANTS 256
+#define TP_ALERT_MERCHANT_TTL_S 3600
+#define TP_ALERT_QUEUE_MAX 65536
+#define TP_ALERT_EVENT_MAX (256 * 1024)
+
+enum { SIG_ERROR, SIG_DECLINE, SIG_LATENCY, SIG__N };
+static const char *const sig_names[SIG__N] = {"error_rate", "decline_rate", "latency_ms"};
+
+/* ---- the detector ---------------------------------------------------------------- */
+static void learn(struct tp_detector *d, const struct tp_detector_cfg *c, double v)
+{
+  if (d->seen == 0) {
+    d->mean = v;
+    d->dev = 0;
+  } else {
+    d->dev = (1 - c->alpha) * d->dev + c->alpha * fabs(v - d->mean);
+    d->mean = (1 - c->alpha) * d->mean + c->alpha * v;
+  }
+  d->seen++;
+}
+
+enum tp_detect tp_detector_step(struct tp_detector *d, const struct tp_detector_cfg *c, double v)
+{
+  if (d->seen < c->warmup) {
+    learn(d, c, v);
+    return TP_DETECT_NONE;
+  }
+  double band = c->k * (d->dev > c->dev_floor ? d->dev : c->dev_floor);
+  bool high = v > d->mean + band && v - d->mean >= c->min_abs;
+  if (!d->open) {
+    if (!high) {
+      d->high_run = 0;
+      learn(d, c, v);
+      return TP_DETECT_NONE;
+    }
+    if (++d->high_run >= c->open_after) {
+      d->open = true;
+      d->normal_run = 0;
+      return TP_DETECT_OPENED;
+    }
+    return TP_DETECT_NONE;
+  }
+  if (high) {
+    d->normal_run = 0;
+    return TP_DETECT_NONE;
+  }
+  if (++d->normal_run >= c->resolve_after) {
+    d->open = false;
+    d->high_run = 0;
+    learn(d, c, v);
+    return TP_DETECT_RESOLVED;
+  }
+  return TP_DETECT_NONE;
+}
+
+/* ---- scopes ------------------------------------------------------------------------ */
+struct scope {
+  char name[64];
+  uint64_t n, errors, declines, lat_n;
+  int64_t lat_sum_us;
+  struct tp_detector det[SIG__N];
+  char alert_id[SIG__N][TP_ID_MAX];
+  int64_t opened_at[SIG__N];
+};
+
+struct pev {
+  struct pev *next;
+  char merchant[64];
+  bool charge_ok;
+  size_t len;
+  char json[];
+};
+
+static struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  struct scope scopes[TP_ALERT_MAX_SCOPES];
+  int nscopes;
+  struct pev *head, *tail;
+  size_t qlen;
+  struct { char id[64]; int64_t seen; } merchants[TP_ALERT_MAX_MERCHANTS];
+  int nmerchants;
+  bool running, stopping;
+  pthread_t thread;
+  int64_t bucket_ms;
+  int64_t min_samples;
+  struct tp_detector_cfg rate_cfg, lat_cfg;
+  char fixed_merchants[1024];
+} A = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .bucket_ms = 1000, .min_samples = 10};
+
+/* Caller holds A.mu. NULL when the table is full. */
+static struct scope *scope_get(const char *name)
+{
+  for (int i = 0; i < A.nscopes; i++)
+    if (strcmp(A.scopes[i].name, name) == 0)
+      return &A.scopes[i];
+  if (A.nscopes == TP_ALERT_MAX_SCOPES || strlen(name) >= sizeof A.scopes[0].name)
+    return NULL;
+  struct scope *s = &A.scopes[A.nscopes++];
+  memset(s, 0, sizeof *s);
+  snprintf(s->name, sizeof s->name, "%s", name);
+  return s;
+}
+
+static void add(const char *name, bool error, bool declined, int64_t latency_us)
+{
+  struct scope *s = scope_get(name);
+  if (!s)
+    return;
+  s->n++;
+  s->errors += error;
+  s->declines += declined;
+  if (latency_us >= 0) {
+    s->lat_n++;
+    s->lat_sum_us += latency_us;
+  }
+}
 
 void tp_alert_observe(const char *scope, bool error, bool declined, int64_t latency_us)
 {
-  (void)scope; (void)error; (void)declined; (void)latency_us;
+  if (!scope || !*scope)
+    return;
+  pthread_mutex_lock(&A.mu);
+  add(scope, error, declined, latency_us);
+  if (strcmp(scope, "processors") != 0 && strcmp(scope, "payments") != 0)
+    add("processors", error, declined, latency_us);
+  pthread_mutex_unlock(&A.mu);
 }
-int tp_alerts_start(void) { return 0; }
-void tp_alerts_stop(void) {}
+
+/* ---- committed events -------------------------------------------------------------- */
+/* Writer thread: keep charge outcomes only, copied; parsing waits for the
+ * alerts thread. */
+static void on_event(const char *merchant, const char *event_id, const char *type, const char *json, size_t len,
+                     void *arg)
+{
+  (void)arg;
+  (void)event_id;
+  if (!type || !merchant || len > TP_ALERT_EVENT_MAX)
+    return;
+  bool ok = strcmp(type, "charge.succeeded") == 0;
+  if (!ok && strcmp(type, "charge.failed") != 0)
+    return;
+  struct pev *e = malloc(sizeof *e + len + 1);
+  if (!e)
+    return;
+  e->next = NULL;
+  snprintf(e->merchant, sizeof e->merchant, "%s", merchant);
+  e->charge_ok = ok;
+  e->len = len;
+  memcpy(e->json, json, len);
+  e->json[len] = '\0';
+  pthread_mutex_lock(&A.mu);
+  if (A.qlen >= TP_ALERT_QUEUE_MAX) {
+    pthread_mutex_unlock(&A.mu);
+    free(e);
+    tp_metric_inc("turnpike_alert_events_dropped_total", NULL, 1);
+    return;
+  }
+  if (A.tail)
+    A.tail->next = e;
+  else
+    A.head = e;
+  A.tail = e;
+  A.qlen++;
+  pthread_mutex_unlock(&A.mu);
+}
+
+static void merchant_seen(const char *m, int64_t now)
+{
+  int oldest = 0;
+  for (int i = 0; i < A.nmerchants; i++) {
+    if (strcmp(A.merchants[i].id, m) == 0) {
+      A.merchants[i].seen = now;
+      return;
+    }
+    if (A.merchants[i].seen < A.merchants[oldest].seen)
+      oldest = i;
+  }
+  int i = A.nmerchants < TP_ALERT_MAX_MERCHANTS ? A.nmerchants++ : oldest;
+  snprintf(A.merchants[i].id, sizeof A.merchants[i].id, "%s", m);
+  A.merchants[i].seen = now;
+}
+
+static void label_of(const char *v, char *out, size_t cap)
+{
+  tp_metric_label_escape(out, cap, v && *v ? v : "unknown");
+}
+
+/* One committed charge outcome: payment metrics and the "payments" scope. */
+static void count_charge(const struct pev *e, int64_t now)
+{
+  json_t *ev = json_loadb(e->json, e->len, 0, NULL);
+  json_t *ch = json_object_get(json_object_get(ev, "data"), "object");
+  const char *currency = json_string_value(json_object_get(ch, "currency"));
+  const char *brand = json_string_value(
+      json_object_get(json_object_get(json_object_get(ch, "payment_method_details"), "card"), "brand"));
+  const char *processor = json_string_value(json_object_get(json_object_get(ch, "turnpike"), "processor"));
+  const char *failure = json_string_value(json_object_get(ch, "failure_code"));
+  char cur[16], br[48], pr[96], labels[256];
+  label_of(currency, cur, sizeof cur);
+  label_of(brand, br, sizeof br);
+  label_of(processor, pr, sizeof pr);
+  snprintf(labels, sizeof labels, "status=\"%s\",processor=\"%s\",brand=\"%s\",currency=\"%s\"",
+           e->charge_ok ? "succeeded" : "failed", pr, br, cur);
+  tp_metric_inc("turnpike_payments_total", labels, 1);
+  if (e->charge_ok) {
+    json_int_t amount = json_integer_value(json_object_get(ch, "amount"));
+    snprintf(labels, sizeof labels, "currency=\"%s\"", cur);
+    tp_metric_inc("turnpike_payments_amount_minor_total", labels, amount > 0 ? (uint64_t)amount : 0);
+  }
+  /* A processing error is the processor failing; anything else a decline. */
+  bool error = !e->charge_ok && failure && strcmp(failure, "processing_error") == 0;
+  bool declined = !e->charge_ok && !error;
+  pthread_mutex_lock(&A.mu);
+  add("payments", error, declined, -1);
+  merchant_seen(e->merchant, now);
+  pthread_mutex_unlock(&A.mu);
+  json_decref(ev);
+}
+
+/* ---- alert events ---------------------------------------------------------------- */
+static void alert_emit(const char *type, json_t *alert)
+{
+  char list[TP_ALERT_MAX_MERCHANTS][64];
+  int n = 0;
+  pthread_mutex_lock(&A.mu);
+  if (A.fixed_merchants[0]) {
+    char buf[sizeof A.fixed_merchants];
+    snprintf(buf, sizeof buf, "%s", A.fixed_merchants);
+    char *save = NULL;
+    for (char *t = strtok_r(buf, ", ", &save); t && n < TP_ALERT_MAX_MERCHANTS; t = strtok_r(NULL, ", ", &save))
+      snprintf(list[n++], 64, "%s", t);
+  } else {
+    int64_t cut = tp_now() - TP_ALERT_MERCHANT_TTL_S;
+    for (int i = 0; i < A.nmerchants; i++)
+      if (A.merchants[i].seen >= cut)
+        snprintf(list[n++], 64, "%s", A.merchants[i].id);
+  }
+  pthread_mutex_unlock(&A.mu);
+  if (n == 0)
+    return;
+  struct tp_cs *cs = tp_cs_new();
+  for (int i = 0; i < n; i++)
+    tp_emit(cs, NULL, list[i], type, alert);
+  if (tp_writer_submit(cs) != 0) {
+    tp_cs_free(cs);
+    tp_log(TP_LOG_ERROR, "alert_event_not_committed", "{s:s}", "type", type);
+  }
+}
+
+static void report(struct scope *s, int sig, enum tp_detect what, double value)
+{
+  const struct tp_detector *d = &s->det[sig];
+  char lbl[160], esc[128];
+  tp_metric_label_escape(esc, sizeof esc, s->name);
+  snprintf(lbl, sizeof lbl, "scope=\"%s\",signal=\"%s\"", esc, sig_names[sig]);
+  int64_t now = tp_now();
+  if (what == TP_DETECT_OPENED) {
+    tp_id_new(s->alert_id[sig], "alrt");
+    s->opened_at[sig] = now;
+  }
+  bool open = what == TP_DETECT_OPENED;
+  tp_metric_set("turnpike_alert_open", lbl, open ? 1 : 0);
+  tp_metric_inc(open ? "turnpike_alerts_opened_total" : "turnpike_alerts_resolved_total", lbl, 1);
+  tp_log(TP_LOG_WARN, open ? "alert_opened" : "alert_resolved", "{s:s, s:s, s:s, s:f, s:f, s:f}", "alert",
+         s->alert_id[sig], "scope", s->name, "signal", sig_names[sig], "value", value, "baseline", d->mean,
+         "deviation", d->dev);
+  json_t *a = json_pack("{s:s, s:s, s:s, s:s, s:s, s:f, s:f, s:f, s:I, s:o}", "id", s->alert_id[sig], "object",
+                        "turnpike.alert", "status", open ? "open" : "resolved", "scope", s->name, "signal",
+                        sig_names[sig], "value", value, "baseline", d->mean, "deviation", d->dev, "opened_at",
+                        (json_int_t)s->opened_at[sig], "resolved_at",
+                        open ? json_null() : json_integer((json_int_t)now));
+  if (a) {
+    alert_emit(open ? "turnpike.alert.opened" : "turnpike.alert.resolved", a);
+    json_decref(a);
+  }
+}
+
+/* Close every scope's bucket and step its detectors. */
+static void tick(void)
+{
+  struct {
+    struct scope *s;
+    int sig;
+    enum tp_detect what;
+    double v;
+  } fired[TP_ALERT_MAX_SCOPES * SIG__N];
+  int nf = 0;
+  pthread_mutex_lock(&A.mu);
+  for (int i = 0; i < A.nscopes; i++) {
+    struct scope *s = &A.scopes[i];
+    if (s->n >= (uint64_t)A.min_samples) {
+      double v[SIG__N] = {(double)s->errors / (double)s->n, (double)s->declines / (double)s->n,
+                          s->lat_n ? (double)s->lat_sum_us / (double)s->lat_n / 1000.0 : NAN};
+      for (int k = 0; k < SIG__N; k++) {
+        if (isnan(v[k]))
+          continue;
+        enum tp_detect w = tp_detector_step(&s->det[k], k == SIG_LATENCY ? &A.lat_cfg : &A.rate_cfg, v[k]);
+        if (w != TP_DETECT_NONE) {
+          fired[nf].s = s;
+          fired[nf].sig = k;
+          fired[nf].what = w;
+          fired[nf].v = v[k];
+          nf++;
+        }
+      }
+    }
+    s->n = s->errors = s->declines = s->lat_n = 0;
+    s->lat_sum_us = 0;
+  }
+  pthread_mutex_unlock(&A.mu);
+  /* Scopes are never removed, so the pointers stay valid; only this thread
+   * writes alert ids and detectors. */
+  for (int i = 0; i < nf; i++)
+    report(fired[i].s, fired[i].sig, fired[i].what, fired[i].v);
+}
+
+static void drain(void)
+{
+  pthread_mutex_lock(&A.mu);
+  struct pev *e = A.head;
+  A.head = A.tail = NULL;
+  A.qlen = 0;
+  pthread_mutex_unlock(&A.mu);
+  int64_t now = tp_now();
+  while (e) {
+    struct pev *n = e->next;
+    count_charge(e, now);
+    free(e);
+    e = n;
+  }
+}
+
+static void *alerts_main(void *arg)
+{
+  (void)arg;
+  int64_t next = tp_mono_ms() + A.bucket_ms;
+  for (;;) {
+    pthread_mutex_lock(&A.mu);
+    if (!A.stopping) {
+      /* wake at least every 50 ms so the payment metrics stay fresh */
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_nsec += 50 * 1000000L;
+      if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+      }
+      pthread_cond_timedwait(&A.cv, &A.mu, &ts);
+    }
+    bool stop = A.stopping;
+    pthread_mutex_unlock(&A.mu);
+    drain();
+    if (stop)
+      break;
+    int64_t now = tp_mono_ms();
+    if (now >= next) {
+      tick();
+      next += A.bucket_ms;
+      if (next <= now)
+        next = now + A.bucket_ms; /* we were stalled: skip, do not burst */
+    }
+  }
+  return NULL;
+}
+
+static double cfg_double(const char *key, double def, double min, double max)
+{
+  const char *v = tp_config_get("alerts", key);
+  if (!v)
+    return def;
+  char *end;
+  double d = strtod(v, &end);
+  if (*end || !(d >= min && d <= max)) {
+    tp_log(TP_LOG_WARN, "config_value_ignored", "{s:s, s:s}", "section", "alerts", "key", key);
+    return def;
+  }
+  return d;
+}
+
+int tp_alerts_start(void)
+{
+  if (!tp_config_bool("alerts", "enabled", true))
+    return 0;
+  A.bucket_ms = tp_config_int("alerts", "bucket_ms", 1000, 50, 3600000);
+  A.min_samples = tp_config_int("alerts", "min_samples", 10, 1, 1000000);
+  struct tp_detector_cfg c = {
+      .alpha = cfg_double("alpha", 0.1, 0.001, 1),
+      .k = cfg_double("k", 4, 0.5, 100),
+      .min_abs = cfg_double("min_abs_rate", 0.1, 0, 1),
+      .dev_floor = cfg_double("dev_floor_rate", 0.01, 0, 1),
+      .warmup = (int)tp_config_int("alerts", "warmup_buckets", 10, 1, 100000),
+      .open_after = (int)tp_config_int("alerts", "open_after", 3, 1, 1000),
+      .resolve_after = (int)tp_config_int("alerts", "resolve_after", 5, 1, 1000),
+  };
+  A.rate_cfg = c;
+  c.min_abs = cfg_double("min_abs_latency_ms", 50, 0, 1e6);
+  c.dev_floor = cfg_double("dev_floor_latency_ms", 5, 0, 1e6);
+  A.lat_cfg = c;
+  const char *fm = tp_config_get("alerts", "merchants");
+  snprintf(A.fixed_merchants, sizeof A.fixed_merchants, "%s", fm ? fm : "");
+  tp_metric_help("turnpike_alert_open", "1 while an alert is open for the scope and signal.");
+  tp_metric_help("turnpike_payments_total", "Charge outcomes by status, processor, card brand and currency "
+                                            "(authorization rate: succeeded / all).");
+  tp_metric_help("turnpike_payments_amount_minor_total", "Captured and authorized amounts in minor units.");
+  if (tp_writer_subscribe(on_event, NULL) != 0)
+    return -1;
+  A.stopping = false;
+  A.running = true;
+  if (pthread_create(&A.thread, NULL, alerts_main, NULL) != 0) {
+    A.running = false;
+    return -1;
+  }
+  return 0;
+}
+
+void tp_alerts_stop(void)
+{
+  if (!A.running)
+    return;
+  pthread_mutex_lock(&A.mu);
+  A.stopping = true;
+  pthread_cond_signal(&A.cv);
+  pthread_mutex_unlock(&A.mu);
+  pthread_join(A.thread, NULL);
+  A.running = false;
+}

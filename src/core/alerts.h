@@ -6,6 +6,31 @@
 
 /* One finished processor call for the baselines of scope (a processor name;
  * the overall baseline is fed too). error: transport/processor failure;
- * declined: the issuer declined. */
+ * declined: the issuer declined. latency_us < 0: unknown. */
 void tp_alert_observe(const char *scope, bool error, bool declined, int64_t latency_us);
+
+/* The detector for one signal, fed one value per bucket: an exponentially
+ * weighted mean and mean absolute deviation form the baseline; a value above
+ * mean + k * max(dev, dev_floor) and at least min_abs above the mean is
+ * "high". open_after high buckets in a row open an alert; resolve_after
+ * normal ones close it. The baseline learns only from normal buckets, so a
+ * sustained spike does not become the new normal while it lasts, but a slow
+ * drift does (it never leaves the band). Pure: unit-tested with synthetic
+ * series. */
+struct tp_detector_cfg {
+  double alpha;       /* EWMA weight of the newest bucket, (0, 1] */
+  double k;           /* deviations above the mean that count as high */
+  double min_abs;     /* least absolute rise that counts as high */
+  double dev_floor;   /* least deviation used (a perfectly flat series) */
+  int warmup;         /* buckets learned before any alert */
+  int open_after;     /* high buckets in a row to open */
+  int resolve_after;  /* normal buckets in a row to resolve */
+};
+struct tp_detector {
+  double mean, dev;
+  int seen, high_run, normal_run;
+  bool open;
+};
+enum tp_detect { TP_DETECT_NONE, TP_DETECT_OPENED, TP_DETECT_RESOLVED };
+enum tp_detect tp_detector_step(struct tp_detector *d, const struct tp_detector_cfg *c, double value);
 #endif

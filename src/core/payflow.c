@@ -1,15 +1,244 @@
-/* The processor-call pipeline and its outcome builders (see payflow.h). */
+/* The processor-call pipeline and its outcome builders (see payflow.h).
+ *
+ * An authorization is orchestrated: the router orders the eligible
+ * processors; each call is its own attempt row, committed ("sent", its own
+ * reference) before it leaves; a transient failure (transport error, soft
+ * decline) is retried on the same processor after a backoff with full jitter,
+ * then cascades down the route; a hard decline or an approval ends it. A call
+ * whose outcome is unknown (timeout) is first resolved by a status query with
+ * its own reference, so a second processor is only tried once the first one
+ * is known not to have charged. Backoffs wait on a timer thread, never on a
+ * request or connector thread. See docs/routing.md. */
 #include "core/payflow.h"
 #include "api/objects.h"
+#include "config.h"
+#include "core/procs.h"
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct tp_connector *tp_default_connector;
 
+/* [routing] settings, read once by tp_recover at start-up. */
+static int64_t deadline_ms = 10000, backoff_base_ms = 50, backoff_cap_ms = 1000, recovery_ms = 5000;
+static int max_retries = 1;
+
+/* ---- the timer thread ------------------------------------------------------
+ * One sorted list of callbacks due at a monotonic time. Backoffs and the
+ * recovery tick run here; a callback must be short (it submits work). */
+struct timer_ent {
+  int64_t due_ms;
+  void (*fn)(void *arg, bool stopping);
+  void *arg;
+  struct timer_ent *next;
+};
+
+static pthread_mutex_t tmu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t tcv;
+static struct timer_ent *thead;
+static pthread_t tthread;
+static bool trunning, tstopping;
+
+static void *timer_main(void *arg)
+{
+  (void)arg;
+  pthread_mutex_lock(&tmu);
+  while (!tstopping) {
+    int64_t now = tp_mono_ms();
+    if (thead && thead->due_ms <= now) {
+      struct timer_ent *e = thead;
+      thead = e->next;
+      pthread_mutex_unlock(&tmu);
+      e->fn(e->arg, false);
+      free(e);
+      pthread_mutex_lock(&tmu);
+      continue;
+    }
+    if (!thead) {
+      pthread_cond_wait(&tcv, &tmu);
+      continue;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t wait = thead->due_ms - now;
+    ts.tv_sec += wait / 1000;
+    ts.tv_nsec += (wait % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait(&tcv, &tmu, &ts);
+  }
+  pthread_mutex_unlock(&tmu);
+  return NULL;
+}
+
+static int timer_start(void)
+{
+  pthread_mutex_lock(&tmu);
+  if (trunning) {
+    pthread_mutex_unlock(&tmu);
+    return 0;
+  }
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&tcv, &ca);
+  pthread_condattr_destroy(&ca);
+  tstopping = false;
+  int rc = pthread_create(&tthread, NULL, timer_main, NULL);
+  trunning = rc == 0;
+  pthread_mutex_unlock(&tmu);
+  return rc == 0 ? 0 : -1;
+}
+
+/* Run fn(arg) after delay_ms on the timer thread; at once when the timer is
+ * not running (unit tests, admin commands) or is stopping (fn sees it). */
+static void timer_after(int64_t delay_ms, void (*fn)(void *arg, bool stopping), void *arg)
+{
+  pthread_mutex_lock(&tmu);
+  if (!trunning || tstopping) {
+    bool stopping = tstopping;
+    pthread_mutex_unlock(&tmu);
+    fn(arg, stopping);
+    return;
+  }
+  struct timer_ent *e = calloc(1, sizeof *e);
+  if (!e)
+    abort();
+  e->due_ms = tp_mono_ms() + delay_ms;
+  e->fn = fn;
+  e->arg = arg;
+  struct timer_ent **pp = &thead;
+  while (*pp && (*pp)->due_ms <= e->due_ms)
+    pp = &(*pp)->next;
+  e->next = *pp;
+  *pp = e;
+  pthread_cond_signal(&tcv);
+  pthread_mutex_unlock(&tmu);
+}
+
+void tp_payflow_stop(void)
+{
+  pthread_mutex_lock(&tmu);
+  if (!trunning) {
+    pthread_mutex_unlock(&tmu);
+    return;
+  }
+  tstopping = true;
+  pthread_cond_signal(&tcv);
+  pthread_mutex_unlock(&tmu);
+  pthread_join(tthread, NULL);
+  /* Whatever still waits learns that we are stopping. */
+  pthread_mutex_lock(&tmu);
+  struct timer_ent *e = thead;
+  thead = NULL;
+  trunning = false;
+  pthread_mutex_unlock(&tmu);
+  while (e) {
+    struct timer_ent *next = e->next;
+    e->fn(e->arg, true);
+    free(e);
+    e = next;
+  }
+}
+
+/* ---- attempts in flight in this process ---------------------------------------
+ * The recovery tick must leave them alone: only attempts nobody here is
+ * waiting for are resolved. */
+#define INFLIGHT_BUCKETS 4096
+struct inflight {
+  struct inflight *next;
+  char id[64];
+};
+static struct inflight *inflight_tab[INFLIGHT_BUCKETS];
+static size_t inflight_n;
+static pthread_mutex_t inflight_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static size_t inflight_bucket(const char *id)
+{
+  uint64_t h = 1469598103934665603ULL;
+  for (; *id; id++)
+    h = (h ^ (unsigned char)*id) * 1099511628211ULL;
+  return (size_t)(h % INFLIGHT_BUCKETS);
+}
+
+/* Add id; false when it was already there. */
+static bool inflight_add(const char *id)
+{
+  size_t b = inflight_bucket(id);
+  pthread_mutex_lock(&inflight_mu);
+  for (struct inflight *e = inflight_tab[b]; e; e = e->next)
+    if (strcmp(e->id, id) == 0) {
+      pthread_mutex_unlock(&inflight_mu);
+      return false;
+    }
+  struct inflight *e = calloc(1, sizeof *e);
+  if (!e)
+    abort();
+  snprintf(e->id, sizeof e->id, "%s", id);
+  e->next = inflight_tab[b];
+  inflight_tab[b] = e;
+  inflight_n++;
+  pthread_mutex_unlock(&inflight_mu);
+  return true;
+}
+
+static void inflight_del(const char *id)
+{
+  size_t b = inflight_bucket(id);
+  pthread_mutex_lock(&inflight_mu);
+  for (struct inflight **pp = &inflight_tab[b]; *pp; pp = &(*pp)->next)
+    if (strcmp((*pp)->id, id) == 0) {
+      struct inflight *e = *pp;
+      *pp = e->next;
+      free(e);
+      inflight_n--;
+      break;
+    }
+  pthread_mutex_unlock(&inflight_mu);
+}
+
+size_t tp_payflow_inflight(void)
+{
+  pthread_mutex_lock(&inflight_mu);
+  size_t n = inflight_n;
+  pthread_mutex_unlock(&inflight_mu);
+  return n;
+}
+
+/* ---- processors ------------------------------------------------------------ */
+/* The connector (and registry entry, if any) of a processor by name. */
+static struct tp_connector *conn_of(const char *name, struct tp_proc **out)
+{
+  struct tp_proc *pr = tp_procs_count() ? tp_proc_find(name) : NULL;
+  if (out)
+    *out = pr;
+  if (pr)
+    return &pr->conn;
+  if (tp_default_connector && strcmp(tp_default_connector->name, name) == 0)
+    return tp_default_connector;
+  return NULL;
+}
+
+/* The processor for a call on an existing charge: the one that authorized it. */
+static const char *charge_processor(const json_t *charge)
+{
+  const char *n = json_string_value(json_object_get(json_object_get(charge, "turnpike"), "processor"));
+  if (n && *n)
+    return n;
+  if (tp_procs_count())
+    return tp_proc_at(0)->name;
+  return tp_default_connector ? tp_default_connector->name : "sandbox";
+}
+
+/* ---- pay objects --------------------------------------------------------------- */
 struct tp_pay *tp_pay_new(struct tp_req *r, const struct tp_merchant *m)
 {
   struct tp_pay *p = calloc(1, sizeof *p);
@@ -43,7 +272,9 @@ void tp_pay_attempt(struct tp_pay *p, const char *kind, int64_t amount, const ch
   snprintf(a->merchant, sizeof a->merchant, "%s", p->m.id);
   const char *pi = p->pi ? json_string_value(json_object_get(p->pi, "id")) : NULL;
   snprintf(a->payment_intent, sizeof a->payment_intent, "%s", pi ? pi : "");
-  snprintf(a->processor, sizeof a->processor, "%s", tp_default_connector->name);
+  /* An authorization is routed in tp_pay_run; everything else goes to the
+   * processor holding the authorization. */
+  snprintf(a->processor, sizeof a->processor, "%s", charge_processor(p->charge));
   /* Our reference to the processor is the attempt id: unique per call, so a
    * processor that deduplicates by reference can never charge twice. */
   snprintf(a->idem_ref, sizeof a->idem_ref, "%s", a->id);
@@ -51,7 +282,7 @@ void tp_pay_attempt(struct tp_pay *p, const char *kind, int64_t amount, const ch
   snprintf(a->state, sizeof a->state, "sent");
   snprintf(a->currency, sizeof a->currency, "%s", currency);
   a->amount = amount;
-  snprintf(a->route, sizeof a->route, "default processor %s", tp_default_connector->name);
+  snprintf(a->route, sizeof a->route, "{\"why\":\"%s\"}", strcmp(kind, "authorize") == 0 ? "default" : "authorization");
   if (p->r && p->r->has_idem && p->r->idem_registered) {
     snprintf(a->client_idem_key, sizeof a->client_idem_key, "%s", p->r->idem_key);
     snprintf(a->client_req_hash, sizeof a->client_req_hash, "%s", p->r->req_hash);
@@ -115,11 +346,8 @@ static void outcome_done(struct tp_cs *cs, int rc, void *arg)
   finish(p, rc);
 }
 
-static void call_done(struct tp_proc_call *c)
+static void set_state(struct tp_attempt *a, const struct tp_proc_call *c)
 {
-  struct tp_pay *p = c->arg;
-  struct tp_cs *cs = tp_cs_new();
-  struct tp_attempt *a = &p->att;
   switch (c->outcome) {
   case TP_OUT_APPROVED:
     snprintf(a->state, sizeof a->state, "succeeded");
@@ -134,33 +362,107 @@ static void call_done(struct tp_proc_call *c)
   snprintf(a->result_code, sizeof a->result_code, "%s", c->decline_code);
   snprintf(a->auth_code, sizeof a->auth_code, "%s", c->auth_code);
   snprintf(a->processor_ref, sizeof a->processor_ref, "%s", c->processor_ref);
-  /* Card data is not needed past the call. */
-  tp_card_wipe(c->pan, sizeof c->pan);
-  tp_card_wipe(c->cvc, sizeof c->cvc);
-  p->outcome(p, cs);
+  a->updated = tp_now();
+}
+
+/* Commit cs (the outcome) with the attempt and the idempotent reply, then
+ * answer. */
+static void commit_outcome(struct tp_pay *p, struct tp_cs *cs)
+{
+  struct tp_attempt *a = &p->att;
+  /* Card data is not needed past the last call. */
+  tp_card_wipe(p->call.pan, sizeof p->call.pan);
+  tp_card_wipe(p->call.cvc, sizeof p->call.cvc);
   tp_cs_attempt(cs, a);
   if (a->client_idem_key[0] && p->body)
     tp_cs_idem(cs, p->m.id, a->client_idem_key, a->client_req_hash, (int)p->status, p->body);
   tp_cs_on_done(cs, outcome_done, p);
+  inflight_del(a->id);
   if (tp_writer_submit(cs) != 0) {
     tp_cs_free(cs);
-    /* The attempt stays "sent"; recovery resolves it on the next start. */
+    /* The attempt stays "sent"; recovery resolves it. */
     finish(p, -1);
   }
 }
 
+/* The last call settled the payment: build the outcome and commit it. */
+static void final_outcome(struct tp_pay *p)
+{
+  struct tp_cs *cs = tp_cs_new();
+  set_state(&p->att, &p->call);
+  p->outcome(p, cs);
+  commit_outcome(p, cs);
+}
+
+/* Every processor failed transiently (or the deadline passed): nothing was
+ * charged. The PaymentIntent goes back to requires_confirmation with its
+ * payment method kept (a plain confirm tries again) and an api_error in
+ * last_payment_error; no charge object, as no charge happened. */
+static void exhausted_outcome(struct tp_pay *p, enum tp_err e)
+{
+  struct tp_cs *cs = tp_cs_new();
+  const char *merchant = p->m.id;
+  json_t *pi = p->pi;
+  json_t *err = tp_error_object(e, NULL, NULL);
+  json_object_set(pi, "last_payment_error", err);
+  json_object_set_new(pi, "status", json_string("requires_confirmation"));
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, merchant, pi);
+  tp_emit(cs, p->r, merchant, "payment_intent.payment_failed", pi);
+  json_t *body_err = json_deep_copy(err);
+  json_object_set(body_err, "payment_intent", pi);
+  json_decref(err);
+  const struct tp_error_info *ei = tp_error_info(e);
+  tp_pay_reply(p, ei ? (unsigned)ei->http_status : 502, json_pack("{s:o}", "error", body_err));
+  tp_metric_inc("turnpike_payments_exhausted_total", NULL, 1);
+  commit_outcome(p, cs);
+}
+
+/* A call's outcome is unknown and could not be resolved now: stop without
+ * trying anyone else (that could charge twice). The attempt stays "sent"
+ * and the PaymentIntent "processing"; the recovery timer resolves both and
+ * stores the reply for the client's retry. */
+static void unresolved(struct tp_pay *p)
+{
+  tp_log(TP_LOG_WARN, "attempt_unresolved", "{s:s, s:s, s:s}", "attempt", p->att.id, "processor", p->att.processor,
+         "error", p->last_code);
+  tp_metric_inc("turnpike_attempts_unresolved_total", NULL, 1);
+  inflight_del(p->att.id);
+  tp_pay_reply(p, 502, json_pack("{s:o}", "error", tp_error_object(TP_ERR_PROCESSOR_STATUS_UNKNOWN, NULL, NULL)));
+  finish(p, 0);
+}
+
+static void call_done(struct tp_proc_call *c);
+
 static void send_call(struct tp_pay *p)
 {
   struct tp_proc_call *c = &p->call;
+  struct tp_proc *pr = NULL;
+  struct tp_connector *conn = conn_of(p->att.processor, &pr);
   snprintf(c->ref, sizeof c->ref, "%s", p->att.idem_ref);
+  /* The processor groups its records by payment (the simulator's journal
+   * proves "no double charge" per payment with it). */
+  snprintf(c->payment, sizeof c->payment, "%s", p->att.payment_intent);
   c->amount = p->att.amount;
   snprintf(c->currency, sizeof c->currency, "%s", p->att.currency);
   c->capture = p->att.capture != 0;
   c->done = call_done;
   c->arg = p;
-  if (tp_default_connector->ops->submit(tp_default_connector->cls, c) != 0) {
+  c->outcome = TP_OUT_ERROR;
+  c->decline_code[0] = c->auth_code[0] = c->processor_ref[0] = '\0';
+  p->not_sent = false;
+  p->sent_us = tp_mono_ns() / 1000;
+  /* A new call asks the breaker first (half-open admits a few probes); a
+   * status query about a call already made always goes. */
+  if (pr && c->kind != TP_PROC_STATUS && p->orchestrated && !tp_proc_allow(pr)) {
+    p->not_sent = true;
+    snprintf(c->decline_code, sizeof c->decline_code, "processor_circuit_open");
+    call_done(c);
+    return;
+  }
+  if (!conn || conn->ops->submit(conn->cls, c) != 0) {
+    p->not_sent = true;
     c->outcome = TP_OUT_ERROR;
-    snprintf(c->decline_code, sizeof c->decline_code, "processing_error");
+    snprintf(c->decline_code, sizeof c->decline_code, "%s", conn ? "processor_queue_full" : "processor_config_invalid");
     call_done(c);
   }
 }
@@ -170,20 +472,314 @@ static void writeahead_done(struct tp_cs *cs, int rc, void *arg)
   (void)cs;
   struct tp_pay *p = arg;
   if (rc != 0) {
+    inflight_del(p->att.id);
     finish(p, rc);
     return;
   }
   send_call(p);
 }
 
+/* Errors that prove the processor did not act on the call. */
+static bool error_not_processed(const char *code)
+{
+  static const char *const codes[] = {"processor_connection_refused", "processor_dns_failed", "processor_tls_failed",
+                                      "processor_rate_limited", "processor_auth_failed", "processor_http_4xx",
+                                      "processor_http_5xx", "processor_circuit_open", "processor_queue_full",
+                                      "processor_link_down", "processor_config_invalid", NULL};
+  for (int i = 0; codes[i]; i++)
+    if (strcmp(code, codes[i]) == 0)
+      return true;
+  return false;
+}
+
+/* Full jitter: uniform in [0, min(cap, base * 2^(try-1))]. */
+static int64_t backoff_ms(int try_no)
+{
+  int64_t ceil_ms = backoff_base_ms;
+  for (int i = 1; i < try_no && ceil_ms < backoff_cap_ms; i++)
+    ceil_ms *= 2;
+  if (ceil_ms > backoff_cap_ms)
+    ceil_ms = backoff_cap_ms;
+  uint32_t r;
+  tp_random(&r, sizeof r);
+  return ceil_ms > 0 ? (int64_t)(r % (uint32_t)(ceil_ms + 1)) : 0;
+}
+
+static void route_reason(struct tp_pay *p)
+{
+  char buf[TP_ROUTE_JSON_MAX];
+  tp_router_reason(&p->route, p->route_i, buf, sizeof buf);
+  size_t n = strlen(buf);
+  if (p->tries > 0 && n > 1 && n + 12 < sizeof buf)
+    snprintf(buf + n - 1, sizeof buf - (n - 1), ",\"try\":%d}", p->tries + 1);
+  snprintf(p->att.route, sizeof p->att.route, "%s", buf);
+}
+
+/* The timer fired: commit the finished attempt with the next one, then send. */
+static void retry_fire(void *arg, bool stopping)
+{
+  struct tp_pay *p = arg;
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_attempt(cs, &p->att); /* the finished call, final state */
+  if (stopping || tp_mono_ms() >= p->deadline_ms) {
+    /* Nothing new goes out: settle with what we know. */
+    tp_cs_free(cs);
+    exhausted_outcome(p, stopping ? TP_ERR_PROCESSOR_CANCELLED : TP_ERR_PROCESSOR_RETRIES_EXHAUSTED);
+    return;
+  }
+  inflight_del(p->att.id);
+  char client_key[256], client_hash[65];
+  snprintf(client_key, sizeof client_key, "%s", p->att.client_idem_key);
+  snprintf(client_hash, sizeof client_hash, "%s", p->att.client_req_hash);
+  int capture = p->att.capture;
+  char vault_token[64];
+  snprintf(vault_token, sizeof vault_token, "%s", p->att.vault_token);
+  char currency[4];
+  snprintf(currency, sizeof currency, "%s", p->att.currency); /* tp_pay_attempt clears att */
+  tp_pay_attempt(p, "authorize", p->att.amount, currency);
+  snprintf(p->att.client_idem_key, sizeof p->att.client_idem_key, "%s", client_key);
+  snprintf(p->att.client_req_hash, sizeof p->att.client_req_hash, "%s", client_hash);
+  snprintf(p->att.vault_token, sizeof p->att.vault_token, "%s", vault_token);
+  p->att.capture = capture;
+  snprintf(p->att.processor, sizeof p->att.processor, "%s", p->route_names[p->route_i]);
+  route_reason(p);
+  p->call.kind = TP_PROC_AUTHORIZE;
+  p->calls++;
+  p->tries++;
+  tp_cs_attempt(cs, &p->att);
+  inflight_add(p->att.id);
+  tp_cs_on_done(cs, writeahead_done, p);
+  if (tp_writer_submit(cs) != 0) {
+    tp_cs_free(cs);
+    inflight_del(p->att.id);
+    finish(p, -1);
+  }
+}
+
+/* The current attempt failed without charging: retry, cascade, or give up. */
+static void next_step(struct tp_pay *p, bool transport_error)
+{
+  int64_t now = tp_mono_ms();
+  struct tp_proc *pr = NULL;
+  conn_of(p->att.processor, &pr);
+  /* Same processor again while it has retries left and its breaker is not
+   * open; else the next processor in the route whose breaker is not open. */
+  bool same = p->tries < max_retries + 1 && !p->not_sent && (!pr || tp_proc_breaker(pr) != TP_BREAKER_OPEN);
+  if (!same) {
+    size_t i = p->route_i + 1;
+    for (; i < p->route.n; i++) {
+      struct tp_proc *q = NULL;
+      conn_of(p->route_names[i], &q);
+      if (!q || tp_proc_breaker(q) != TP_BREAKER_OPEN)
+        break;
+    }
+    if (i >= p->route.n) {
+      if (transport_error)
+        exhausted_outcome(p, TP_ERR_PROCESSOR_RETRIES_EXHAUSTED);
+      else
+        final_outcome(p); /* the last soft decline is the answer */
+      return;
+    }
+    p->route_i = i;
+    p->tries = 0;
+    tp_metric_inc("turnpike_payment_cascades_total", NULL, 1);
+  } else {
+    tp_metric_inc("turnpike_payment_retries_total", NULL, 1);
+  }
+  int64_t delay = same ? backoff_ms(p->tries) : 0;
+  if (now + delay >= p->deadline_ms) {
+    if (transport_error)
+      exhausted_outcome(p, TP_ERR_PROCESSOR_RETRIES_EXHAUSTED);
+    else
+      final_outcome(p);
+    return;
+  }
+  /* p->tries counts calls made to route_i; retry_fire increments it. */
+  timer_after(delay, retry_fire, p);
+}
+
+/* Resolve the outcome-unknown call att by asking its processor. */
+static void query_status(struct tp_pay *p)
+{
+  p->resolving = true;
+  p->call.kind = TP_PROC_STATUS;
+  send_call(p);
+}
+
+/* An orchestrated authorization call finished. */
+static void orchestrate(struct tp_pay *p)
+{
+  struct tp_proc_call *c = &p->call;
+  struct tp_proc *pr = NULL;
+  conn_of(p->att.processor, &pr);
+  if (p->resolving) {
+    p->resolving = false;
+    c->kind = TP_PROC_AUTHORIZE;
+    switch (c->outcome) {
+    case TP_OUT_APPROVED:
+      final_outcome(p); /* the earlier call did charge: that is the payment */
+      return;
+    case TP_OUT_DECLINED:
+      if (!tp_decline_is_soft(c->decline_code)) {
+        final_outcome(p);
+        return;
+      }
+      set_state(&p->att, c);
+      next_step(p, false);
+      return;
+    case TP_OUT_NOT_FOUND:
+      /* Never reached the processor: safe to go on. */
+      snprintf(p->att.state, sizeof p->att.state, "failed");
+      snprintf(p->att.result_code, sizeof p->att.result_code, "%s", p->last_code);
+      p->att.updated = tp_now();
+      next_step(p, true);
+      return;
+    default:
+      if (error_not_processed(p->last_code)) {
+        snprintf(p->att.state, sizeof p->att.state, "failed");
+        snprintf(p->att.result_code, sizeof p->att.result_code, "%s", p->last_code);
+        p->att.updated = tp_now();
+        next_step(p, true);
+      } else {
+        unresolved(p);
+      }
+      return;
+    }
+  }
+  switch (c->outcome) {
+  case TP_OUT_APPROVED:
+    final_outcome(p);
+    return;
+  case TP_OUT_DECLINED:
+    if (!tp_decline_is_soft(c->decline_code)) {
+      final_outcome(p); /* a hard decline is never retried elsewhere */
+      return;
+    }
+    set_state(&p->att, c);
+    next_step(p, false);
+    return;
+  default:
+    break;
+  }
+  snprintf(p->last_code, sizeof p->last_code, "%s", c->decline_code[0] ? c->decline_code : "processor_unavailable");
+  if (p->not_sent || (pr && strcmp(pr->type, "iso8583") == 0)) {
+    /* Not sent at all, or an ISO link, whose connector reverses a timed-out
+     * authorization itself before it reports the error. */
+    set_state(&p->att, c);
+    next_step(p, true);
+    return;
+  }
+  if (!pr || pr->can_query_status || !tp_procs_count()) {
+    query_status(p);
+    return;
+  }
+  if (error_not_processed(p->last_code)) {
+    set_state(&p->att, c);
+    next_step(p, true);
+    return;
+  }
+  unresolved(p);
+}
+
+static void call_done(struct tp_proc_call *c)
+{
+  struct tp_pay *p = c->arg;
+  int64_t lat = tp_mono_ns() / 1000 - p->sent_us;
+  struct tp_proc *pr = NULL;
+  conn_of(p->att.processor, &pr);
+  if (c->kind != TP_PROC_STATUS && !p->not_sent) {
+    bool soft = c->outcome == TP_OUT_DECLINED && tp_decline_is_soft(c->decline_code);
+    bool transient = c->outcome == TP_OUT_ERROR || soft;
+    if (pr)
+      tp_proc_record(pr, p->brand, p->att.currency, c->outcome, c->decline_code, transient, lat);
+    /* The bandit learns issuer answers only; a processor's own failures
+     * (processing_error, transport) are the breaker's business. */
+    if (c->kind == TP_PROC_AUTHORIZE &&
+        (c->outcome == TP_OUT_APPROVED ||
+         (c->outcome == TP_OUT_DECLINED && strcmp(c->decline_code, "processing_error") != 0)))
+      tp_router_learn(p->att.processor, p->brand, p->att.currency, c->outcome == TP_OUT_APPROVED);
+  }
+  if (p->orchestrated && !p->recovering) {
+    orchestrate(p);
+    return;
+  }
+  if (p->recovering && c->outcome == TP_OUT_ERROR) {
+    /* Still unknown: the attempt stays "sent" for the next tick. */
+    tp_log(TP_LOG_WARN, "recovery_unresolved", "{s:s, s:s, s:s}", "attempt", p->att.id, "processor",
+           p->att.processor, "error", c->decline_code);
+    inflight_del(p->att.id);
+    tp_pay_free(p);
+    return;
+  }
+  final_outcome(p);
+}
+
+/* Order the processors for an authorization; 0 when none can take it. */
+static size_t route_payment(struct tp_pay *p)
+{
+  const json_t *card = json_object_get(p->pm, "card");
+  snprintf(p->brand, sizeof p->brand, "%s", json_string_value(json_object_get(card, "brand")) ?: "");
+  snprintf(p->country, sizeof p->country, "%s", json_string_value(json_object_get(card, "country")) ?: "");
+  struct tp_route_cand c[TP_ROUTE_MAX];
+  size_t nc = 0;
+  const char *cur = p->att.currency;
+  for (size_t i = 0; i < tp_procs_count() && nc < TP_ROUTE_MAX; i++) {
+    struct tp_proc *pr = tp_proc_at(i);
+    c[nc].name = pr->name;
+    c[nc].supports = tp_proc_supports(pr, p->brand, cur);
+    c[nc].open = tp_proc_breaker(pr) == TP_BREAKER_OPEN;
+    c[nc].fee = tp_proc_fee(pr, cur, p->att.amount);
+    c[nc].p50_us = tp_proc_latency_us(pr, 50);
+    c[nc].weight = pr->weight;
+    c[nc].priority = pr->priority;
+    nc++;
+  }
+  if (nc == 0 && tp_default_connector) {
+    struct tp_route_cand d = {tp_default_connector->name, true, false, 0, 0, 1, 0};
+    c[nc++] = d;
+  }
+  struct tp_route_pay pay = {p->att.payment_intent, p->m.id, cur, p->brand, p->country, p->att.amount,
+                             p->pi ? json_object_get(p->pi, "metadata") : NULL};
+  size_t n = tp_router_route(&pay, c, nc, &p->route);
+  for (size_t i = 0; i < n; i++)
+    snprintf(p->route_names[i], sizeof p->route_names[i], "%s", c[p->route.e[i].cand].name);
+  return n;
+}
+
 void tp_pay_run(struct tp_pay *p, struct tp_cs *cs)
 {
+  if (p->call.kind == TP_PROC_AUTHORIZE && strcmp(p->att.kind, "authorize") == 0) {
+    if (route_payment(p) == 0) {
+      /* Nothing was committed or sent: the request fails like a validation
+       * error and the PaymentIntent stays as it was. */
+      tp_cs_free(cs);
+      if (p->lock_id[0])
+        tp_lock_release(p->lock_id);
+      tp_metric_inc("turnpike_payments_unroutable_total", NULL, 1);
+      if (p->r) {
+        tp_reply_error(p->r, TP_ERR_NO_PROCESSOR_AVAILABLE, NULL, NULL);
+        tp_req_resume(p->r);
+      }
+      tp_pay_free(p);
+      return;
+    }
+    p->orchestrated = true;
+    p->route_i = 0;
+    p->calls = 1;
+    p->deadline_ms = tp_mono_ms() + deadline_ms;
+    snprintf(p->att.processor, sizeof p->att.processor, "%s", p->route_names[0]);
+    p->tries = 0;
+    route_reason(p);
+    p->tries = 1;
+  }
   tp_cs_attempt(cs, &p->att);
   if (p->att.client_idem_key[0])
     tp_cs_idem(cs, p->m.id, p->att.client_idem_key, p->att.client_req_hash, 0, NULL);
   tp_cs_on_done(cs, writeahead_done, p);
+  inflight_add(p->att.id);
   if (tp_writer_submit(cs) != 0) {
     tp_cs_free(cs);
+    inflight_del(p->att.id);
     if (p->lock_id[0])
       tp_lock_release(p->lock_id);
     if (p->r) {
@@ -414,69 +1010,129 @@ void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs)
 }
 
 /* ---- recovery ---------------------------------------------------------------- */
-struct recovery_wait {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  int left;
-};
+/* Only the attempt row changes (its PaymentIntent moved on without it). */
+static void outcome_attempt_only(struct tp_pay *p, struct tp_cs *cs)
+{
+  (void)cs;
+  if (p->call.outcome == TP_OUT_APPROVED) {
+    /* Cannot happen while attempts of one payment are strictly sequential;
+     * loud if it ever does, for a person to void it. */
+    tp_log(TP_LOG_ERROR, "recovery_orphan_approval", "{s:s, s:s, s:s}", "attempt", p->att.id, "processor",
+           p->att.processor, "payment_intent", p->att.payment_intent);
+    tp_metric_inc("turnpike_recovery_orphan_approvals_total", NULL, 1);
+  }
+}
 
-int tp_recover(void)
+/* Start resolving one attempt left "sent"; false when skipped. */
+static bool recover_one(const struct tp_attempt *a)
+{
+  struct tp_merchant m;
+  memset(&m, 0, sizeof m);
+  snprintf(m.id, sizeof m.id, "%s", a->merchant);
+  if (!inflight_add(a->id))
+    return false; /* someone here is still waiting for it */
+  struct tp_pay *p = tp_pay_new(NULL, &m);
+  p->att = *a;
+  p->recovering = true;
+  p->pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, a->merchant, a->payment_intent);
+  if (!p->pi) {
+    tp_log(TP_LOG_ERROR, "recovery_missing_pi", "{s:s}", "attempt", a->id);
+    inflight_del(a->id);
+    tp_pay_free(p);
+    return false;
+  }
+  const char *lc = json_string_value(json_object_get(p->pi, "latest_charge"));
+  if (lc)
+    p->charge = tp_store_get_json(&tp_app.store, TP_K_CHARGE, a->merchant, lc);
+  if (a->vault_token[0]) {
+    p->pm = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, a->merchant, a->vault_token);
+    struct tp_card_info ci;
+    if (tp_vault_load(a->merchant, a->vault_token, &ci) == 0) {
+      snprintf(p->call.pan, sizeof p->call.pan, "%s", ci.pan);
+      tp_card_wipe(&ci, sizeof ci);
+    }
+    const json_t *card = json_object_get(p->pm, "card");
+    snprintf(p->brand, sizeof p->brand, "%s", json_string_value(json_object_get(card, "brand")) ?: "");
+  }
+  if (strcmp(a->kind, "authorize") == 0) {
+    const char *st = json_string_value(json_object_get(p->pi, "status"));
+    p->outcome = st && strcmp(st, "processing") == 0 ? tp_outcome_authorize : outcome_attempt_only;
+  } else if (strcmp(a->kind, "capture") == 0)
+    p->outcome = tp_outcome_capture;
+  else if (strcmp(a->kind, "void") == 0)
+    p->outcome = tp_outcome_void;
+  else {
+    p->outcome = tp_outcome_refund;
+    p->refund = tp_store_get_json(&tp_app.store, TP_K_REFUND, a->merchant, a->refund);
+    if (p->refund) {
+      const char *chid = json_string_value(json_object_get(p->refund, "charge"));
+      json_decref(p->charge);
+      p->charge = chid ? tp_store_get_json(&tp_app.store, TP_K_CHARGE, a->merchant, chid) : NULL;
+    }
+    if (!p->refund || !p->charge) {
+      inflight_del(a->id);
+      tp_pay_free(p);
+      return false;
+    }
+  }
+  /* Ask the processor what became of our reference; never re-send. (An ISO
+   * link answers a status query by reversing the reference: NOT_FOUND.) */
+  p->call.kind = TP_PROC_STATUS;
+  tp_log(TP_LOG_INFO, "recovery_attempt", "{s:s, s:s, s:s}", "attempt", a->id, "kind", a->kind, "processor",
+         a->processor);
+  tp_metric_inc("turnpike_recovery_attempts_total", NULL, 1);
+  send_call(p);
+  return true;
+}
+
+/* Resolve attempts left "sent": all of them at start-up, else those older
+ * than twice their processor's timeout that nobody here waits for. */
+static int recover_scan(bool startup)
 {
   struct tp_attempt *list = NULL;
   size_t n = 0;
   if (tp_app.store.ops->attempts_in_state(tp_app.store.cls, "sent", &list, &n) != 0)
     return -1;
   int done = 0;
+  int64_t now = tp_now();
   for (size_t i = 0; i < n; i++) {
-    struct tp_attempt *a = &list[i];
-    struct tp_merchant m;
-    memset(&m, 0, sizeof m);
-    snprintf(m.id, sizeof m.id, "%s", a->merchant);
-    struct tp_pay *p = tp_pay_new(NULL, &m);
-    p->att = *a;
-    p->pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, a->merchant, a->payment_intent);
-    if (!p->pi) {
-      tp_log(TP_LOG_ERROR, "recovery_missing_pi", "{s:s}", "attempt", a->id);
-      tp_pay_free(p);
-      continue;
-    }
-    const char *lc = json_string_value(json_object_get(p->pi, "latest_charge"));
-    if (lc)
-      p->charge = tp_store_get_json(&tp_app.store, TP_K_CHARGE, a->merchant, lc);
-    if (a->vault_token[0]) {
-      p->pm = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, a->merchant, a->vault_token);
-      struct tp_card_info ci;
-      if (tp_vault_load(a->merchant, a->vault_token, &ci) == 0) {
-        snprintf(p->call.pan, sizeof p->call.pan, "%s", ci.pan);
-        tp_card_wipe(&ci, sizeof ci);
-      }
-    }
-    if (strcmp(a->kind, "authorize") == 0)
-      p->outcome = tp_outcome_authorize;
-    else if (strcmp(a->kind, "capture") == 0)
-      p->outcome = tp_outcome_capture;
-    else if (strcmp(a->kind, "void") == 0)
-      p->outcome = tp_outcome_void;
-    else {
-      p->outcome = tp_outcome_refund;
-      p->refund = tp_store_get_json(&tp_app.store, TP_K_REFUND, a->merchant, a->refund);
-      if (p->refund) {
-        const char *chid = json_string_value(json_object_get(p->refund, "charge"));
-        json_decref(p->charge);
-        p->charge = chid ? tp_store_get_json(&tp_app.store, TP_K_CHARGE, a->merchant, chid) : NULL;
-      }
-      if (!p->refund || !p->charge) {
-        tp_pay_free(p);
+    const struct tp_attempt *a = &list[i];
+    if (!startup) {
+      struct tp_proc *pr = NULL;
+      conn_of(a->processor, &pr);
+      int64_t timeout_ms = pr && pr->timeout_ms > 0 ? pr->timeout_ms : 5000;
+      /* created is in whole seconds: one second of slack. */
+      if ((now - a->created) * 1000 < 2 * timeout_ms + 1000)
         continue;
-      }
     }
-    /* Ask the processor what became of our reference; never re-send. */
-    p->call.kind = TP_PROC_STATUS;
-    tp_log(TP_LOG_INFO, "recovery_attempt", "{s:s, s:s, s:s}", "attempt", a->id, "kind", a->kind, "processor",
-           a->processor);
-    send_call(p);
-    done++;
+    done += recover_one(a);
   }
   free(list);
+  return done;
+}
+
+static void recovery_tick(void *arg, bool stopping)
+{
+  (void)arg;
+  if (stopping || tp_app.shutting_down)
+    return;
+  int n = recover_scan(false);
+  if (n > 0)
+    tp_log(TP_LOG_INFO, "recovery_tick", "{s:i}", "attempts", n);
+  timer_after(recovery_ms, recovery_tick, NULL);
+}
+
+int tp_recover(void)
+{
+  deadline_ms = tp_config_int("routing", "deadline_ms", 10000, 100, 600000);
+  backoff_base_ms = tp_config_int("routing", "backoff_base_ms", 50, 0, 60000);
+  backoff_cap_ms = tp_config_int("routing", "backoff_cap_ms", 1000, 0, 600000);
+  max_retries = (int)tp_config_int("routing", "max_retries", 1, 0, 10);
+  recovery_ms = tp_config_int("routing", "recovery_interval_ms", 5000, 100, 3600000);
+  tp_router_load();
+  if (timer_start() != 0)
+    return -1;
+  int done = recover_scan(true);
+  timer_after(recovery_ms, recovery_tick, NULL);
   return done;
 }

@@ -14,6 +14,7 @@
 #include "api/http.h"
 #include "connectors/connector.h"
 #include "core/card.h"
+#include "core/router.h"
 #include "store/store.h"
 
 struct tp_pay;
@@ -37,9 +38,23 @@ struct tp_pay {
   /* the reply the outcome built */
   unsigned status;
   char *body;
+  /* orchestration of an authorization (see docs/routing.md) */
+  bool orchestrated;         /* routed: retries and cascade apply */
+  bool recovering;           /* a recovery status query, no live request */
+  bool resolving;            /* the call in flight is a status query for att */
+  bool not_sent;             /* the last call never left (breaker, queue) */
+  struct tp_route_plan route;
+  char route_names[TP_ROUTE_MAX][64];
+  size_t route_i;            /* the processor of att in route */
+  int tries;                 /* calls to route_i so far */
+  int calls;                 /* calls of this payment so far */
+  int64_t deadline_ms;       /* monotonic */
+  int64_t sent_us;           /* when the current call went out */
+  char brand[32], country[4];
+  char last_code[48];        /* the error code of the call being resolved */
 };
 
-/* The processor used for new payments (routing comes later). */
+/* The processor used when the registry has none (set by the registry). */
 extern struct tp_connector *tp_default_connector;
 
 struct tp_pay *tp_pay_new(struct tp_req *r, const struct tp_merchant *m);
@@ -60,8 +75,13 @@ void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs);
 /* Set p's reply from a JSON object (expanded with p->params when a request). */
 void tp_pay_reply(struct tp_pay *p, unsigned status, json_t *obj);
 
-/* Resolve every attempt left "sent" (start-up). Returns how many. */
+/* Resolve every attempt left "sent" (start-up), then keep resolving stale
+ * ones on a timer ([routing] recovery_interval_ms). Returns how many. */
 int tp_recover(void);
+/* Stop the retry/recovery timer; pending retries finish with an error. */
+void tp_payflow_stop(void);
+/* Attempts of this process in flight now (tests, metrics). */
+size_t tp_payflow_inflight(void);
 
 /* Charge object helpers. */
 json_t *tp_charge_new(const struct tp_pay *p, bool approved);

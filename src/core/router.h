@@ -48,7 +48,7 @@ struct tp_route_entry {
   const char *why;         /* "split", "bandit", "only" */
 };
 
-struct tp_route {
+struct tp_route_plan {
   char rule[64];           /* matching rule, "" when none */
   size_t n;
   struct tp_route_entry e[TP_ROUTE_MAX];
@@ -59,9 +59,9 @@ void tp_router_load(void);
 /* Number of loaded rules (tests). */
 size_t tp_router_rules(void);
 /* Order the eligible candidates for a payment. Returns the count (0: none). */
-size_t tp_router_route(const struct tp_route_pay *pay, const struct tp_route_cand *c, size_t nc, struct tp_route *out);
+size_t tp_router_route(const struct tp_route_pay *pay, const struct tp_route_cand *c, size_t nc, struct tp_route_plan *out);
 /* The route reason of entry i as compact JSON (at most TP_ROUTE_JSON_MAX-1 bytes). */
-void tp_router_reason(const struct tp_route *rt, size_t i, char *out, size_t cap);
+void tp_router_reason(const struct tp_route_plan *rt, size_t i, char *out, size_t cap);
 
 /* Feed an issuer outcome (approved or declined by the issuer) to the bandit.
  * Transport errors belong to the breaker and must not be fed here. */

@@ -6,6 +6,10 @@
 #include "main/commands.h"
 #include "main/features.h"
 #include "log.h"
+#include "sec/auth.h"
+#include "sec/kek.h"
+#include "sec/ratelimit.h"
+#include "sec/tls.h"
 #include "sec/vault.h"
 #include "store/store.h"
 #include "util.h"
@@ -124,7 +128,10 @@ static void usage_serve(FILE *f)
              "                      and writes the bound address to DIR/serve.addr)\n"
              "  --data DIR          data directory: SQLite store, vault key (default ./var)\n"
              "  --config FILE       INI file (see etc/turnpike.ini); TURNPIKE_<SECTION>_<KEY> overrides\n"
-             "  --log-level LEVEL   debug | info | warn | error (default info)\n\n"
+             "  --log-level LEVEL   debug | info | warn | error (default info)\n"
+             "  --tls-cert FILE     serve HTTPS with this PEM certificate (chain) ([tls] cert)\n"
+             "  --tls-key FILE      the certificate's PEM private key ([tls] key)\n"
+             "  --tls-min-version V 1.2 (default: TLS 1.2 and 1.3) or 1.3 ([tls] min_version)\n\n"
              "With an empty store, a demo merchant is created and its test key printed.\n"
              "SIGTERM/SIGINT stop accepting, finish in-flight requests, commit and exit 0.\n");
 }
@@ -170,6 +177,7 @@ static int cmd_serve(int argc, char **argv)
   struct config c;
   config_defaults(&c);
   const char *cfg = NULL, *listen = NULL, *data = NULL, *level = NULL;
+  const char *tls_cert = NULL, *tls_key = NULL, *tls_min = NULL;
   for (int i = 0; i < argc; i++) {
     const char *v;
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -183,6 +191,12 @@ static int cmd_serve(int argc, char **argv)
       cfg = v;
     else if ((v = arg_value(argc, argv, &i, "--log-level")))
       level = v;
+    else if ((v = arg_value(argc, argv, &i, "--tls-cert")))
+      tls_cert = v;
+    else if ((v = arg_value(argc, argv, &i, "--tls-key")))
+      tls_key = v;
+    else if ((v = arg_value(argc, argv, &i, "--tls-min-version")))
+      tls_min = v;
     else {
       fprintf(stderr, "turnpike serve: unknown option %s\n", argv[i]);
       usage_serve(stderr);
@@ -235,6 +249,9 @@ static int cmd_serve(int argc, char **argv)
   }
   if (tp_vault_init(c.data, tp_app.vault_key) != 0)
     return 1;
+  /* Card vault KEK provider ([vault] kek = file | pkcs11), before the writer. */
+  if (tp_kek_init(&tp_app.store, c.data, cfg) != 0)
+    return 1;
   bool demo = false;
   char demo_id[TP_ID_MAX], demo_sk[128], demo_pk[128];
   if (tp_app.store.ops->merchant_count(tp_app.store.cls) == 0) {
@@ -267,7 +284,14 @@ static int cmd_serve(int argc, char **argv)
 
   if (tp_webhooks_start() != 0 || tp_stream_start() != 0 || tp_alerts_start() != 0 || tp_housekeeping_start() != 0)
     return 1;
+  if (tp_kek_start() != 0) /* KEK version poll, re-wrap, audit checkpoints */
+    return 1;
 
+  /* HTTPS, OAuth signing key, rate limits: before the first request. */
+  int tls = tp_tls_configure(tls_cert, tls_key, tls_min);
+  if (tls < 0 || tp_oauth_init(c.data) != 0)
+    return 1;
+  tp_ratelimit_init();
   uint16_t bound = 0;
   if (tp_http_start(host, port, c.threads, &bound) != 0) {
     tp_log(TP_LOG_ERROR, "listen_failed", "{s:s}", "listen", c.listen);
@@ -276,7 +300,7 @@ static int cmd_serve(int argc, char **argv)
   if (c.public_url[0])
     snprintf(tp_app.public_url, sizeof tp_app.public_url, "%s", c.public_url);
   else
-    snprintf(tp_app.public_url, sizeof tp_app.public_url, "http://%s:%u", host, bound);
+    snprintf(tp_app.public_url, sizeof tp_app.public_url, "%s://%s:%u", tls > 0 ? "https" : "http", host, bound);
   if (write_addr_file(c.data, host, bound) != 0)
     tp_log(TP_LOG_WARN, "addr_file_failed", "{s:s}", "error", strerror(errno));
   tp_log(TP_LOG_INFO, "listening", "{s:s, s:s, s:i, s:s}", "address", tp_app.public_url, "data", c.data, "threads",
@@ -300,6 +324,8 @@ static int cmd_serve(int argc, char **argv)
   tp_log(TP_LOG_INFO, "shutting_down", "{s:i, s:i}", "signal", sig, "inflight", (int)tp_http_inflight());
   tp_app.shutting_down = 1;
   tp_http_stop(10000);
+  tp_payflow_stop(); /* pending retries settle before the writer stops */
+  tp_kek_stop();
   struct tp_writer_stats ws;
   tp_writer_stats(&ws);
   tp_log(TP_LOG_INFO, "writer_stats", "{s:I, s:I, s:I, s:I}", "batches", (json_int_t)ws.batches, "change_sets",

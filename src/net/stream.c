@@ -1,5 +1,948 @@
-/* Placeholder: being written. */
-#include "main/features.h"
+/* WebSocket event stream: the upgrade handler (HTTP thread), the committed
+ * event feed (writer thread) and the stream thread that owns every
+ * connection after the upgrade.
+ *
+ *  writer --(copy, O(1))--> event queue --eventfd--> stream thread --> wslay
+ *  MHD upgrade callback --> pending list --eventfd-->      |
+ *
+ * The writer never waits: it copies each event onto a bounded queue. If the
+ * queue overflows (the stream thread fell far behind), every client is closed
+ * with 1013 and can resume from its last event id, so nothing is lost
+ * silently. Each client has a bounded send buffer: a client that does not
+ * read is closed with 1008 instead of growing memory. */
+#include "net/stream.h"
 
-int tp_stream_start(void) { return 0; }
-void tp_stream_stop(void) {}
+#include "api/http.h"
+#include "config.h"
+#include "log.h"
+#include "main/features.h"
+#include "metrics.h"
+#include "util.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <wslay/wslay.h>
+
+#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#define TP_STREAM_MAX_RECV_MSG (64 * 1024)  /* a subscribe message is small */
+#define TP_STREAM_MAX_PATTERNS 64
+#define TP_STREAM_MAX_OBJECTS 256
+#define TP_STREAM_CLOSE_GRACE_MS 2000       /* close handshake, then the socket goes */
+#define TP_STREAM_TICK_MS 100
+#define TP_STREAM_TOKEN_MAX 200
+
+/* Settings ([stream] in the INI file), read at start. */
+static struct {
+  int64_t max_connections;
+  int64_t ping_interval_ms;
+  int64_t send_buffer_bytes;
+  int64_t sndbuf;
+  int64_t replay_max;
+  int64_t token_ttl_s;
+  int64_t queue_max;
+} cfg = {1000, 20000, 1048576, 65536, 1000, 60, 65536};
+
+struct ev {
+  struct ev *next;
+  char merchant[64];
+  char id[64];
+  char type[96];
+  size_t len;
+  char json[]; /* NUL-terminated */
+};
+
+/* Handed from the upgrade handler to the callback. */
+struct handshake {
+  struct handshake *next, *prev;
+  char merchant[64];
+};
+
+struct conn {
+  struct conn *next;
+  int fd;
+  struct MHD_UpgradeResponseHandle *urh;
+  wslay_event_context_ptr ws;
+  char merchant[64];
+  char *extra;        /* bytes MHD read past the request headers */
+  size_t extra_len, extra_off;
+  bool subscribed;
+  char patterns[TP_STREAM_MAX_PATTERNS][100];
+  int npatterns;
+  char (*objects)[64];
+  int nobjects;
+  char (*replayed)[64]; /* ids sent by a resume, sorted: never sent twice */
+  size_t nreplayed;
+  bool closing;        /* close queued: send nothing else */
+  int64_t close_deadline_ms;
+  bool ping_outstanding;
+  int64_t next_ping_ms;
+  bool dead;
+  uint32_t epoll_events;
+};
+
+static struct {
+  pthread_mutex_t mu;
+  struct ev *head, *tail;
+  size_t qlen;
+  bool overflow;
+  struct conn *pending;          /* upgraded, not yet taken by the thread */
+  struct handshake *handshakes;  /* 101 queued, callback not yet run */
+  pthread_t thread;
+  bool running, stopping;
+  int efd, epfd;
+  uint8_t token_key[32];
+  atomic_int nconns;             /* handshaking + live */
+  struct conn *conns;            /* stream thread only */
+} S = {.mu = PTHREAD_MUTEX_INITIALIZER, .efd = -1, .epfd = -1};
+
+static void wake(void)
+{
+  uint64_t one = 1;
+  ssize_t w = write(S.efd, &one, sizeof one);
+  (void)w;
+}
+
+/* ---- tokens ------------------------------------------------------------------ */
+/* wst_<merchant>.<expires_at>.<hmac hex>: the merchant and expiry are signed
+ * with a key made at start-up, so tokens die with the process (60 s anyway). */
+void tp_stream_token_make(const char *merchant, long long expires_at, char *out, size_t cap)
+{
+  char msg[128], mac[65];
+  int n = snprintf(msg, sizeof msg, "%s.%lld", merchant, expires_at);
+  tp_hmac_sha256_hex(S.token_key, sizeof S.token_key, msg, (size_t)n, mac);
+  snprintf(out, cap, "wst_%s.%s", msg, mac);
+}
+
+bool tp_stream_token_verify(const char *token, char *merchant, size_t mcap)
+{
+  if (!token || strncmp(token, "wst_", 4) != 0 || strlen(token) > TP_STREAM_TOKEN_MAX)
+    return false;
+  const char *body = token + 4;
+  const char *mac = strrchr(body, '.');
+  if (!mac || strlen(mac + 1) != 64)
+    return false;
+  char msg[160];
+  size_t mlen = (size_t)(mac - body);
+  if (mlen >= sizeof msg)
+    return false;
+  memcpy(msg, body, mlen);
+  msg[mlen] = '\0';
+  char want[65];
+  tp_hmac_sha256_hex(S.token_key, sizeof S.token_key, msg, mlen, want);
+  if (!tp_ct_equal(want, mac + 1, 64))
+    return false;
+  char *dot = strrchr(msg, '.');
+  if (!dot)
+    return false;
+  *dot = '\0';
+  char *end;
+  long long exp = strtoll(dot + 1, &end, 10);
+  if (*end || exp < tp_now() || strlen(msg) >= mcap || !msg[0])
+    return false;
+  snprintf(merchant, mcap, "%s", msg);
+  return true;
+}
+
+/* POST /v1/turnpike/stream_tokens */
+void tp_h_stream_token(struct tp_req *r)
+{
+  if (json_object_size(r->params) > 0) {
+    const char *k = json_object_iter_key(json_object_iter(r->params));
+    tp_reply_error(r, TP_ERR_PARAMETER_UNKNOWN, k, NULL);
+    return;
+  }
+  long long exp = (long long)tp_now() + cfg.token_ttl_s;
+  char tok[TP_STREAM_TOKEN_MAX + 1];
+  tp_stream_token_make(r->merchant.id, exp, tok, sizeof tok);
+  tp_reply_json(r, 200, json_pack("{s:s, s:s, s:I}", "object", "turnpike.stream_token", "token", tok, "expires_at",
+                                   (json_int_t)exp));
+}
+
+/* ---- matching -------------------------------------------------------------- */
+bool tp_stream_type_matches(const char *pattern, const char *type)
+{
+  if (strcmp(pattern, "*") == 0)
+    return true;
+  size_t n = strlen(pattern);
+  if (n >= 2 && pattern[n - 1] == '*' && pattern[n - 2] == '.')
+    return strncmp(pattern, type, n - 1) == 0;
+  return strcmp(pattern, type) == 0;
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+  return strcmp((const char *)a, (const char *)b);
+}
+
+static bool conn_wants(const struct conn *c, const char *type, const char *object_id)
+{
+  bool ok = false;
+  for (int i = 0; i < c->npatterns && !ok; i++)
+    ok = tp_stream_type_matches(c->patterns[i], type);
+  if (!ok)
+    return false;
+  if (c->nobjects == 0)
+    return true;
+  if (!object_id)
+    return false;
+  for (int i = 0; i < c->nobjects; i++)
+    if (strcmp(c->objects[i], object_id) == 0)
+      return true;
+  return false;
+}
+
+/* ---- the writer side ------------------------------------------------------- */
+/* Writer thread: copy the event and return. Nothing is queued while no
+ * client is connected (a resume reads the table instead). */
+static void on_event(const char *merchant, const char *event_id, const char *type, const char *json, size_t len,
+                     void *arg)
+{
+  (void)arg;
+  if (atomic_load(&S.nconns) == 0 || !merchant || !event_id || !type)
+    return;
+  struct ev *e = malloc(sizeof *e + len + 1);
+  if (!e)
+    return;
+  e->next = NULL;
+  snprintf(e->merchant, sizeof e->merchant, "%s", merchant);
+  snprintf(e->id, sizeof e->id, "%s", event_id);
+  snprintf(e->type, sizeof e->type, "%s", type);
+  memcpy(e->json, json, len);
+  e->json[len] = '\0';
+  e->len = len;
+  pthread_mutex_lock(&S.mu);
+  if (S.qlen >= (size_t)cfg.queue_max || S.stopping) {
+    S.overflow = !S.stopping;
+    pthread_mutex_unlock(&S.mu);
+    free(e);
+    return;
+  }
+  if (S.tail)
+    S.tail->next = e;
+  else
+    S.head = e;
+  S.tail = e;
+  S.qlen++;
+  pthread_mutex_unlock(&S.mu);
+  wake();
+}
+
+/* ---- wslay callbacks ----------------------------------------------------------- */
+static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, void *user)
+{
+  (void)flags;
+  struct conn *c = user;
+  if (c->extra_off < c->extra_len) {
+    size_t n = c->extra_len - c->extra_off;
+    if (n > len)
+      n = len;
+    memcpy(buf, c->extra + c->extra_off, n);
+    c->extra_off += n;
+    return (ssize_t)n;
+  }
+  ssize_t n = recv(c->fd, buf, len, 0);
+  if (n < 0) {
+    wslay_event_set_error(ctx, (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                                   ? WSLAY_ERR_WOULDBLOCK
+                                   : WSLAY_ERR_CALLBACK_FAILURE);
+    return -1;
+  }
+  if (n == 0) {
+    wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+    return -1;
+  }
+  return n;
+}
+
+static ssize_t ws_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags, void *user)
+{
+  struct conn *c = user;
+  ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL | ((flags & WSLAY_MSG_MORE) ? MSG_MORE : 0));
+  if (n < 0) {
+    wslay_event_set_error(ctx, (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                                   ? WSLAY_ERR_WOULDBLOCK
+                                   : WSLAY_ERR_CALLBACK_FAILURE);
+    return -1;
+  }
+  return n;
+}
+
+static int ws_genmask(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, void *user)
+{
+  (void)ctx;
+  (void)user;
+  tp_random(buf, len);
+  return 0;
+}
+
+static void send_text(struct conn *c, const char *s, size_t len)
+{
+  struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)s, len};
+  if (wslay_event_queue_msg(c->ws, &m) == 0)
+    tp_metric_inc("turnpike_stream_messages_sent_total", NULL, 1);
+}
+
+static void send_json(struct conn *c, json_t *o)
+{
+  char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  json_decref(o);
+  if (s) {
+    send_text(c, s, strlen(s));
+    free(s);
+  }
+}
+
+static void conn_close(struct conn *c, uint16_t code, const char *reason)
+{
+  if (c->closing || c->dead)
+    return;
+  c->closing = true;
+  c->close_deadline_ms = tp_mono_ms() + TP_STREAM_CLOSE_GRACE_MS;
+  wslay_event_queue_close(c->ws, code, (const uint8_t *)reason, strlen(reason));
+  char lbl[64];
+  snprintf(lbl, sizeof lbl, "code=\"%u\"", (unsigned)code);
+  tp_metric_inc("turnpike_stream_closed_total", lbl, 1);
+  tp_log(code == 1000 || code == 1001 ? TP_LOG_DEBUG : TP_LOG_INFO, "stream_close", "{s:s, s:i, s:s}", "merchant",
+         c->merchant, "code", (int)code, "reason", reason);
+}
+
+static void send_error(struct conn *c, const char *code, const char *message)
+{
+  send_json(c, json_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "message", message));
+}
+
+/* Queue one event message unless the client's buffer is full, in which case
+ * the client is closed: a slow reader never costs more than its bound. */
+static void deliver(struct conn *c, const char *msg, size_t len)
+{
+  if (c->closing || c->dead)
+    return;
+  if (wslay_event_get_queued_msg_length(c->ws) + len > (size_t)cfg.send_buffer_bytes) {
+    tp_metric_inc("turnpike_stream_slow_client_closes_total", NULL, 1);
+    conn_close(c, 1008, "send buffer limit exceeded: client too slow");
+    return;
+  }
+  send_text(c, msg, len);
+}
+
+/* {"type":"event","event":<stored event JSON>} without re-serializing. */
+static char *event_msg(const char *json, size_t len, size_t *out_len)
+{
+  static const char pre[] = "{\"type\":\"event\",\"event\":";
+  char *m = malloc(sizeof pre + len + 2);
+  if (!m)
+    return NULL;
+  memcpy(m, pre, sizeof pre - 1);
+  memcpy(m + sizeof pre - 1, json, len);
+  m[sizeof pre - 1 + len] = '}';
+  *out_len = sizeof pre + len;
+  m[*out_len] = '\0';
+  return m;
+}
+
+static const char *object_id_of(json_t *ev)
+{
+  return json_string_value(json_object_get(json_object_get(json_object_get(ev, "data"), "object"), "id"));
+}
+
+/* Replay the merchant's events after last_id from the table, in id order. */
+static void replay(struct conn *c, const char *last_id)
+{
+  json_t *args = json_pack("[s, s, I]", c->merchant, last_id, (json_int_t)(cfg.replay_max + 1));
+  json_t *rows = tp_store_query(&tp_app.store,
+                                "SELECT id, type, data FROM events WHERE merchant = ?1 AND id > ?2 "
+                                "ORDER BY id LIMIT ?3",
+                                args);
+  json_decref(args);
+  if (!json_is_array(rows)) {
+    json_decref(rows);
+    send_error(c, "resume_failed", "The event log could not be read; retry.");
+    conn_close(c, 1011, "resume failed");
+    return;
+  }
+  size_t n = json_array_size(rows);
+  if (n > (size_t)cfg.replay_max) {
+    json_decref(rows);
+    send_error(c, "resume_too_far", "Too many events since last_event_id; page through /v1/events instead.");
+    conn_close(c, 1008, "resume window exceeded");
+    return;
+  }
+  free(c->replayed);
+  c->replayed = n ? calloc(n, sizeof *c->replayed) : NULL;
+  c->nreplayed = 0;
+  for (size_t i = 0; i < n; i++) {
+    json_t *row = json_array_get(rows, i);
+    const char *id = json_string_value(json_object_get(row, "id"));
+    const char *type = json_string_value(json_object_get(row, "type"));
+    const char *data = json_string_value(json_object_get(row, "data"));
+    if (!id || !type || !data)
+      continue;
+    if (c->replayed)
+      snprintf(c->replayed[c->nreplayed++], 64, "%s", id);
+    const char *oid = NULL;
+    json_t *ev = NULL;
+    if (c->nobjects) {
+      ev = json_loads(data, 0, NULL);
+      oid = object_id_of(ev);
+    }
+    if (conn_wants(c, type, oid)) {
+      size_t ml;
+      char *m = event_msg(data, strlen(data), &ml);
+      if (m)
+        deliver(c, m, ml);
+      free(m);
+    }
+    json_decref(ev);
+  }
+  json_decref(rows);
+  /* ids come back in order already; keep them sorted for bsearch */
+  if (c->nreplayed > 1)
+    qsort(c->replayed, c->nreplayed, sizeof *c->replayed, cmp_id);
+  tp_metric_inc("turnpike_stream_replayed_events_total", NULL, (uint64_t)c->nreplayed);
+}
+
+static bool valid_token_chars(const char *s, size_t max)
+{
+  size_t n = strlen(s);
+  if (n == 0 || n >= max)
+    return false;
+  for (; *s; s++)
+    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '_' ||
+          *s == '.' || *s == '*' || *s == '-'))
+      return false;
+  return true;
+}
+
+/* A text message from the client: only "subscribe" is defined. */
+static void on_client_message(struct conn *c, const uint8_t *data, size_t len)
+{
+  json_error_t jerr;
+  json_t *m = json_loadb((const char *)data, len, 0, &jerr);
+  const char *type = json_string_value(json_object_get(m, "type"));
+  if (!json_is_object(m) || !type) {
+    json_decref(m);
+    send_error(c, "invalid_message", "Messages are JSON objects with a \"type\".");
+    return;
+  }
+  if (strcmp(type, "subscribe") != 0) {
+    json_decref(m);
+    send_error(c, "unknown_type", "Unknown message type; only \"subscribe\" is defined.");
+    return;
+  }
+  json_t *events = json_object_get(m, "events");
+  json_t *objects = json_object_get(m, "objects");
+  json_t *last = json_object_get(m, "last_event_id");
+  const char *bad = NULL;
+  if (!json_is_array(events) || json_array_size(events) == 0 || json_array_size(events) > TP_STREAM_MAX_PATTERNS)
+    bad = "\"events\" must be a non-empty array of at most 64 event types or patterns.";
+  for (size_t i = 0; !bad && i < json_array_size(events); i++) {
+    const char *p = json_string_value(json_array_get(events, i));
+    if (!p || !valid_token_chars(p, sizeof c->patterns[0]) ||
+        (strchr(p, '*') && !(strcmp(p, "*") == 0 || (strlen(p) >= 2 && strcmp(p + strlen(p) - 2, ".*") == 0 &&
+                                                     strchr(p, '*') == p + strlen(p) - 1))))
+      bad = "Each event pattern is \"*\", \"prefix.*\" or an exact event type.";
+  }
+  if (!bad && objects && !json_is_null(objects)) {
+    if (!json_is_array(objects) || json_array_size(objects) > TP_STREAM_MAX_OBJECTS)
+      bad = "\"objects\" must be an array of at most 256 object ids.";
+    for (size_t i = 0; !bad && i < json_array_size(objects); i++) {
+      const char *o = json_string_value(json_array_get(objects, i));
+      if (!o || !valid_token_chars(o, 64) || strchr(o, '*'))
+        bad = "Each entry of \"objects\" is an object id like pi_123.";
+    }
+  }
+  const char *last_id = NULL;
+  if (!bad && last && !json_is_null(last)) {
+    last_id = json_string_value(last);
+    if (!last_id || strncmp(last_id, "evt_", 4) != 0 || !valid_token_chars(last_id, 64) || strchr(last_id, '*'))
+      bad = "\"last_event_id\" must be an event id (evt_...).";
+  }
+  if (bad) {
+    json_decref(m);
+    send_error(c, "invalid_subscription", bad);
+    return;
+  }
+  c->npatterns = 0;
+  for (size_t i = 0; i < json_array_size(events); i++)
+    snprintf(c->patterns[c->npatterns++], sizeof c->patterns[0], "%s", json_string_value(json_array_get(events, i)));
+  free(c->objects);
+  c->objects = NULL;
+  c->nobjects = 0;
+  size_t no = json_array_size(objects);
+  if (no) {
+    c->objects = calloc(no, sizeof *c->objects);
+    for (size_t i = 0; c->objects && i < no; i++)
+      snprintf(c->objects[c->nobjects++], 64, "%s", json_string_value(json_array_get(objects, i)));
+  }
+  c->subscribed = true;
+  send_json(c, json_pack("{s:s, s:O, s:o}", "type", "subscribed", "events", events, "objects",
+                         no ? json_incref(objects) : json_array()));
+  if (last_id)
+    replay(c, last_id);
+  json_decref(m);
+}
+
+static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg, void *user)
+{
+  (void)ctx;
+  struct conn *c = user;
+  if (arg->opcode == WSLAY_PONG)
+    c->ping_outstanding = false;
+  else if (arg->opcode == WSLAY_TEXT_FRAME && !c->closing)
+    on_client_message(c, arg->msg, arg->msg_length);
+  else if (arg->opcode == WSLAY_BINARY_FRAME && !c->closing)
+    conn_close(c, 1003, "binary messages are not accepted");
+}
+
+static const struct wslay_event_callbacks ws_callbacks = {ws_recv, ws_send, ws_genmask, NULL, NULL, NULL,
+                                                          ws_on_msg};
+
+/* ---- the stream thread ---------------------------------------------------------- */
+static void conn_free(struct conn *c)
+{
+  if (c->fd >= 0)
+    epoll_ctl(S.epfd, EPOLL_CTL_DEL, c->fd, NULL);
+  if (c->urh)
+    MHD_upgrade_action(c->urh, MHD_UPGRADE_ACTION_CLOSE); /* closes the socket */
+  if (c->ws)
+    wslay_event_context_free(c->ws);
+  free(c->extra);
+  free(c->objects);
+  free(c->replayed);
+  free(c);
+  atomic_fetch_sub(&S.nconns, 1);
+  tp_metric_add("turnpike_stream_connections", NULL, -1);
+}
+
+/* Read and write what the socket allows; mark dead when finished. */
+static void conn_pump(struct conn *c)
+{
+  if (c->dead)
+    return;
+  if (wslay_event_want_read(c->ws) && wslay_event_recv(c->ws) != 0) {
+    c->dead = true;
+    return;
+  }
+  if (wslay_event_want_write(c->ws) && wslay_event_send(c->ws) != 0) {
+    c->dead = true;
+    return;
+  }
+  if (!wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws)) {
+    c->dead = true; /* close handshake done */
+    return;
+  }
+  uint32_t want = EPOLLRDHUP;
+  if (wslay_event_want_read(c->ws))
+    want |= EPOLLIN;
+  if (wslay_event_want_write(c->ws))
+    want |= EPOLLOUT;
+  if (want != c->epoll_events) {
+    struct epoll_event ee = {.events = want, .data.ptr = c};
+    epoll_ctl(S.epfd, EPOLL_CTL_MOD, c->fd, &ee);
+    c->epoll_events = want;
+  }
+}
+
+static void take_pending(void)
+{
+  pthread_mutex_lock(&S.mu);
+  struct conn *p = S.pending;
+  S.pending = NULL;
+  pthread_mutex_unlock(&S.mu);
+  while (p) {
+    struct conn *c = p;
+    p = p->next;
+    int fl = fcntl(c->fd, F_GETFL);
+    fcntl(c->fd, F_SETFL, fl | O_NONBLOCK);
+    int one = 1; /* events are small and latency matters: no Nagle delay */
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    int sb = (int)cfg.sndbuf;
+    if (sb > 0)
+      setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &sb, sizeof sb);
+    c->epoll_events = EPOLLIN | EPOLLRDHUP;
+    struct epoll_event ee = {.events = c->epoll_events, .data.ptr = c};
+    if (wslay_event_context_server_init(&c->ws, &ws_callbacks, c) != 0)
+      c->dead = true;
+    else if (epoll_ctl(S.epfd, EPOLL_CTL_ADD, c->fd, &ee) != 0)
+      c->dead = true;
+    else
+      wslay_event_config_set_max_recv_msg_length(c->ws, TP_STREAM_MAX_RECV_MSG);
+    c->next_ping_ms = tp_mono_ms() + cfg.ping_interval_ms;
+    c->next = S.conns;
+    S.conns = c;
+    if (!c->dead)
+      conn_pump(c); /* bytes MHD already read (extra_in) */
+  }
+}
+
+/* Hand every queued committed event to the clients that want it. */
+static void fan_out(void)
+{
+  pthread_mutex_lock(&S.mu);
+  struct ev *e = S.head;
+  bool overflow = S.overflow;
+  S.head = S.tail = NULL;
+  S.qlen = 0;
+  S.overflow = false;
+  pthread_mutex_unlock(&S.mu);
+  if (overflow) {
+    tp_log(TP_LOG_WARN, "stream_queue_overflow", "{s:I}", "max", (json_int_t)cfg.queue_max);
+    for (struct conn *c = S.conns; c; c = c->next)
+      conn_close(c, 1013, "event queue overflow: reconnect with last_event_id");
+  }
+  bool need_obj = false;
+  for (struct conn *c = S.conns; c; c = c->next)
+    need_obj |= c->nobjects > 0;
+  while (e) {
+    struct ev *next = e->next;
+    json_t *parsed = need_obj ? json_loadb(e->json, e->len, 0, NULL) : NULL;
+    const char *oid = parsed ? object_id_of(parsed) : NULL;
+    char *msg = NULL;
+    size_t ml = 0;
+    for (struct conn *c = S.conns; c; c = c->next) {
+      if (!c->subscribed || c->closing || c->dead || strcmp(c->merchant, e->merchant) != 0 ||
+          !conn_wants(c, e->type, oid))
+        continue;
+      if (c->nreplayed && bsearch(e->id, c->replayed, c->nreplayed, sizeof *c->replayed, cmp_id))
+        continue;
+      if (!msg)
+        msg = event_msg(e->json, e->len, &ml);
+      if (msg) {
+        deliver(c, msg, ml);
+        conn_pump(c);
+      }
+    }
+    free(msg);
+    json_decref(parsed);
+    free(e);
+    e = next;
+  }
+}
+
+static void timers(int64_t now)
+{
+  for (struct conn *c = S.conns; c; c = c->next) {
+    if (c->dead)
+      continue;
+    if (c->closing && now > c->close_deadline_ms) {
+      c->dead = true; /* the peer never finished the close handshake */
+      continue;
+    }
+    if (!c->closing && now >= c->next_ping_ms) {
+      if (c->ping_outstanding) {
+        tp_metric_inc("turnpike_stream_ping_timeouts_total", NULL, 1);
+        conn_close(c, 1001, "ping timeout");
+      } else {
+        struct wslay_event_msg m = {WSLAY_PING, (const uint8_t *)"tp", 2};
+        wslay_event_queue_msg(c->ws, &m);
+        c->ping_outstanding = true;
+      }
+      c->next_ping_ms = now + cfg.ping_interval_ms;
+      conn_pump(c);
+    }
+  }
+}
+
+static void reap(void)
+{
+  struct conn **pp = &S.conns;
+  while (*pp) {
+    struct conn *c = *pp;
+    if (c->dead) {
+      *pp = c->next;
+      conn_free(c);
+    } else
+      pp = &c->next;
+  }
+}
+
+static void *stream_main(void *arg)
+{
+  (void)arg;
+  struct epoll_event evs[64];
+  bool closing_all = false;
+  int64_t all_deadline = 0;
+  for (;;) {
+    int n = epoll_wait(S.epfd, evs, 64, TP_STREAM_TICK_MS);
+    for (int i = 0; i < n; i++) {
+      if (evs[i].data.ptr == NULL) {
+        uint64_t v;
+        ssize_t rd = read(S.efd, &v, sizeof v);
+        (void)rd;
+        continue;
+      }
+      struct conn *c = evs[i].data.ptr;
+      if (evs[i].events & (EPOLLERR | EPOLLHUP))
+        c->dead = true;
+      conn_pump(c);
+    }
+    take_pending();
+    fan_out();
+    int64_t now = tp_mono_ms();
+    timers(now);
+    pthread_mutex_lock(&S.mu);
+    bool stop = S.stopping;
+    pthread_mutex_unlock(&S.mu);
+    if (stop && !closing_all) {
+      closing_all = true;
+      all_deadline = now + 1000;
+      for (struct conn *c = S.conns; c; c = c->next) {
+        conn_close(c, 1001, "server shutting down");
+        conn_pump(c);
+      }
+    }
+    if (closing_all && now > all_deadline)
+      for (struct conn *c = S.conns; c; c = c->next)
+        c->dead = true;
+    reap();
+    if (closing_all && !S.conns)
+      break;
+  }
+  return NULL;
+}
+
+/* ---- the upgrade ----------------------------------------------------------------- */
+/* MHD thread, once the 101 is sent: the socket is ours now. */
+static void on_upgrade(void *cls, struct MHD_Connection *connection, void *con_cls, const char *extra_in,
+                       size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh)
+{
+  (void)connection;
+  (void)con_cls;
+  struct handshake *h = cls;
+  pthread_mutex_lock(&S.mu);
+  if (h->prev)
+    h->prev->next = h->next;
+  else
+    S.handshakes = h->next;
+  if (h->next)
+    h->next->prev = h->prev;
+  pthread_mutex_unlock(&S.mu);
+  struct conn *c = calloc(1, sizeof *c);
+  if (c && extra_in_size) {
+    c->extra = malloc(extra_in_size);
+    if (c->extra) {
+      memcpy(c->extra, extra_in, extra_in_size);
+      c->extra_len = extra_in_size;
+    } else {
+      free(c);
+      c = NULL;
+    }
+  }
+  if (!c) {
+    MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+    atomic_fetch_sub(&S.nconns, 1);
+    free(h);
+    return;
+  }
+  c->fd = sock;
+  c->urh = urh;
+  snprintf(c->merchant, sizeof c->merchant, "%s", h->merchant);
+  free(h);
+  /* Checked in the same critical section as the push, so the stream
+   * thread, which leaves only once stopping is set, takes every push. */
+  pthread_mutex_lock(&S.mu);
+  bool stopping = S.stopping || !S.running;
+  if (!stopping) {
+    tp_metric_add("turnpike_stream_connections", NULL, 1);
+    c->next = S.pending;
+    S.pending = c;
+  }
+  pthread_mutex_unlock(&S.mu);
+  if (stopping) {
+    MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+    atomic_fetch_sub(&S.nconns, 1);
+    free(c->extra);
+    free(c);
+    return;
+  }
+  wake();
+}
+
+static bool header_has_token(struct tp_req *r, const char *name, const char *token)
+{
+  const char *v = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+  if (!v)
+    return false;
+  size_t tl = strlen(token);
+  for (const char *p = v; *p;) {
+    while (*p == ' ' || *p == ',' || *p == '\t')
+      p++;
+    const char *e = p;
+    while (*e && *e != ',')
+      e++;
+    const char *te = e;
+    while (te > p && (te[-1] == ' ' || te[-1] == '\t'))
+      te--;
+    if ((size_t)(te - p) == tl && strncasecmp(p, token, tl) == 0)
+      return true;
+    p = e;
+  }
+  return false;
+}
+
+/* GET /v1/turnpike/stream */
+void tp_h_stream(struct tp_req *r)
+{
+  const char *key = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Sec-WebSocket-Key");
+  const char *ver = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Sec-WebSocket-Version");
+  if (!header_has_token(r, "Upgrade", "websocket") || !header_has_token(r, "Connection", "upgrade") || !key ||
+      strlen(key) != 24 || !ver || strcmp(ver, "13") != 0) {
+    tp_reply_error(r, TP_ERR_WEBSOCKET_UPGRADE_REQUIRED, NULL, NULL);
+    return;
+  }
+  const char *tok = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "token");
+  if (tok) {
+    if (!tp_stream_token_verify(tok, r->merchant.id, sizeof r->merchant.id)) {
+      tp_reply_error(r, TP_ERR_AUTH_INVALID_KEY, NULL, "Invalid or expired stream token.");
+      return;
+    }
+    r->authed = true;
+  } else {
+    enum tp_err e = tp_req_authenticate(r);
+    if (e != TP_ERR_OK) {
+      tp_reply_error(r, e, NULL, NULL);
+      return;
+    }
+  }
+  pthread_mutex_lock(&S.mu);
+  bool up = S.running && !S.stopping;
+  pthread_mutex_unlock(&S.mu);
+  if (!up || tp_app.shutting_down) {
+    tp_reply_error(r, TP_ERR_SHUTTING_DOWN, NULL, NULL);
+    return;
+  }
+  if (atomic_fetch_add(&S.nconns, 1) >= cfg.max_connections) {
+    atomic_fetch_sub(&S.nconns, 1);
+    tp_metric_inc("turnpike_stream_rejected_total", "reason=\"connection_limit\"", 1);
+    tp_reply_error(r, TP_ERR_WEBSOCKET_CONNECTION_LIMIT, NULL, NULL);
+    return;
+  }
+  /* Sec-WebSocket-Accept = base64(SHA1(key + GUID)) (RFC 6455 §4.2.2) */
+  char buf[64];
+  unsigned char sha[SHA_DIGEST_LENGTH];
+  snprintf(buf, sizeof buf, "%s%s", key, WS_GUID);
+  SHA1((const unsigned char *)buf, strlen(buf), sha);
+  unsigned char accept[32];
+  EVP_EncodeBlock(accept, sha, SHA_DIGEST_LENGTH);
+
+  struct handshake *h = calloc(1, sizeof *h);
+  struct MHD_Response *resp = h ? MHD_create_response_for_upgrade(on_upgrade, h) : NULL;
+  if (!resp) {
+    free(h);
+    atomic_fetch_sub(&S.nconns, 1);
+    tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+    return;
+  }
+  snprintf(h->merchant, sizeof h->merchant, "%s", r->merchant.id);
+  pthread_mutex_lock(&S.mu);
+  h->next = S.handshakes;
+  if (S.handshakes)
+    S.handshakes->prev = h;
+  S.handshakes = h;
+  pthread_mutex_unlock(&S.mu);
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_UPGRADE, "websocket");
+  MHD_add_response_header(resp, "Sec-WebSocket-Accept", (const char *)accept);
+  MHD_add_response_header(resp, "Request-Id", r->request_id);
+  r->status = MHD_HTTP_SWITCHING_PROTOCOLS;
+  r->raw_resp = resp;
+}
+
+/* ---- start / stop ------------------------------------------------------------------ */
+int tp_stream_start(void)
+{
+  cfg.max_connections = tp_config_int("stream", "max_connections", cfg.max_connections, 1, 100000);
+  cfg.ping_interval_ms = tp_config_int("stream", "ping_interval_ms", cfg.ping_interval_ms, 100, 3600000);
+  cfg.send_buffer_bytes = tp_config_int("stream", "send_buffer_bytes", cfg.send_buffer_bytes, 4096, 1 << 30);
+  cfg.sndbuf = tp_config_int("stream", "socket_sndbuf", cfg.sndbuf, 0, 1 << 26);
+  cfg.replay_max = tp_config_int("stream", "replay_max", cfg.replay_max, 1, 100000);
+  cfg.token_ttl_s = tp_config_int("stream", "token_ttl_s", cfg.token_ttl_s, 5, 3600);
+  cfg.queue_max = tp_config_int("stream", "queue_max", cfg.queue_max, 16, 1 << 22);
+  tp_random(S.token_key, sizeof S.token_key);
+  tp_metric_help("turnpike_stream_connections", "Open WebSocket event stream connections.");
+  tp_metric_help("turnpike_stream_messages_sent_total", "Messages queued to stream clients.");
+  tp_metric_help("turnpike_stream_closed_total", "Stream connections closed by the server, by close code.");
+  tp_metric_help("turnpike_stream_slow_client_closes_total", "Stream clients closed because their send buffer was full.");
+  tp_metric_set("turnpike_stream_connections", NULL, 0);
+  tp_metric_inc("turnpike_stream_slow_client_closes_total", NULL, 0);
+  S.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  S.epfd = epoll_create1(EPOLL_CLOEXEC);
+  if (S.efd < 0 || S.epfd < 0)
+    return -1;
+  struct epoll_event ee = {.events = EPOLLIN, .data.ptr = NULL};
+  if (epoll_ctl(S.epfd, EPOLL_CTL_ADD, S.efd, &ee) != 0)
+    return -1;
+  if (tp_writer_subscribe(on_event, NULL) != 0) {
+    tp_log(TP_LOG_ERROR, "stream_subscribe_failed", NULL);
+    return -1;
+  }
+  S.running = true;
+  S.stopping = false;
+  if (pthread_create(&S.thread, NULL, stream_main, NULL) != 0) {
+    S.running = false;
+    return -1;
+  }
+  return 0;
+}
+
+void tp_stream_shutdown(void)
+{
+  pthread_mutex_lock(&S.mu);
+  bool was = S.running && !S.stopping;
+  S.stopping = true;
+  pthread_mutex_unlock(&S.mu);
+  if (!was)
+    return;
+  wake();
+  pthread_join(S.thread, NULL);
+}
+
+void tp_stream_stop(void)
+{
+  tp_stream_shutdown();
+  pthread_mutex_lock(&S.mu);
+  S.running = false;
+  struct ev *e = S.head;
+  S.head = S.tail = NULL;
+  S.qlen = 0;
+  struct handshake *h = S.handshakes;
+  S.handshakes = NULL;
+  struct conn *p = S.pending;
+  S.pending = NULL;
+  pthread_mutex_unlock(&S.mu);
+  while (e) {
+    struct ev *n = e->next;
+    free(e);
+    e = n;
+  }
+  while (h) {
+    struct handshake *n = h->next;
+    free(h);
+    h = n;
+  }
+  while (p) {
+    struct conn *n = p->next;
+    MHD_upgrade_action(p->urh, MHD_UPGRADE_ACTION_CLOSE);
+    free(p->extra);
+    free(p);
+    p = n;
+  }
+  if (S.epfd >= 0)
+    close(S.epfd);
+  if (S.efd >= 0)
+    close(S.efd);
+  S.epfd = S.efd = -1;
+}

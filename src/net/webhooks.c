@@ -1,5 +1,1021 @@
-/* Placeholder: being written. */
+/* Webhook delivery from the transactional outbox.
+ *
+ * Events are committed with the state change that caused them. The writer
+ * tells us about each committed event (tp_writer_subscribe); the delivery
+ * thread then commits one webhook_deliveries row per matching enabled
+ * endpoint and delivers from those rows: the rows, not memory, say what is
+ * still owed. A periodic scan (and one at start) adds the rows a crash or a
+ * full inbox lost, so after a kill -9 every event is still delivered: at
+ * least once, with its stable event id.
+ *
+ * One thread drives libcurl's multi interface. Each endpoint has its own
+ * bound of deliveries in flight and its own due time, so a slow or dead
+ * endpoint only ever occupies its own slots. A delivery stays "in flight"
+ * in memory until its outcome is committed, so the pending row is never
+ * picked twice. Failures are retried with exponential backoff and jitter
+ * for up to max_age; an endpoint failing continuously for disable_after is
+ * disabled and a turnpike.webhook_endpoint.disabled event is emitted. */
+#include "net/webhooks.h"
+#include "api/http.h"
+#include "api/objects.h"
+#include "config.h"
+#include "log.h"
 #include "main/features.h"
+#include "metrics.h"
+#include "store/store.h"
+#include "util.h"
 
-int tp_webhooks_start(void) { return 0; }
-void tp_webhooks_stop(void) {}
+#include <curl/curl.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Limits. */
+#define WH_INBOX_MAX 65536       /* queued committed events before we fall back to the scan */
+#define WH_MAX_ENDPOINTS 4096    /* endpoints loaded at once (all merchants) */
+#define WH_SCAN_PAGE 500         /* events read per scan query */
+#define WH_SCAN_PAGES 20         /* pages per endpoint per scan */
+#define WH_SCAN_SETTLE_S 60      /* events younger than this may still have older ids in flight */
+#define WH_MAX_SCHEDULE 32       /* entries of retry_schedule */
+#define WH_ERR_MAX 200           /* bytes of an attempt's error text */
+#define WH_IDLE_MS 1000          /* longest poll sleep */
+#define WH_USER_AGENT "Turnpike/1.0 (+webhooks)"
+
+static const char *const known_types[] = {
+  "balance.available",
+  "charge.captured", "charge.dispute.closed", "charge.dispute.created", "charge.expired", "charge.failed",
+  "charge.pending", "charge.refund.updated", "charge.refunded", "charge.succeeded", "charge.updated",
+  "customer.created", "customer.deleted", "customer.updated",
+  "payment_intent.amount_capturable_updated", "payment_intent.canceled", "payment_intent.created",
+  "payment_intent.partially_funded", "payment_intent.payment_failed", "payment_intent.processing",
+  "payment_intent.requires_action", "payment_intent.succeeded",
+  "payment_method.attached", "payment_method.automatically_updated", "payment_method.detached",
+  "payment_method.updated",
+  "payout.created", "payout.failed", "payout.paid",
+  "refund.created", "refund.failed", "refund.updated",
+  "setup_intent.canceled", "setup_intent.created", "setup_intent.requires_action", "setup_intent.setup_failed",
+  "setup_intent.succeeded",
+  "turnpike.alert.opened", "turnpike.alert.resolved", TP_WH_DISABLED_EVENT,
+  NULL,
+};
+
+bool tp_webhooks_event_type_known(const char *type)
+{
+  for (int i = 0; known_types[i]; i++)
+    if (strcmp(type, known_types[i]) == 0)
+      return true;
+  return false;
+}
+
+bool tp_webhooks_event_matches(const char *pattern, const char *type)
+{
+  return strcmp(pattern, "*") == 0 || strcmp(pattern, type) == 0;
+}
+
+void tp_webhooks_new_secret(char out[TP_WH_SECRET_MAX])
+{
+  /* 43 base62 characters: 256 bits, like 32 random bytes. */
+  char r[44];
+  tp_random_b62(r, 43);
+  snprintf(out, TP_WH_SECRET_MAX, "whsec_%s", r);
+}
+
+/* ---- secrets at rest ------------------------------------------------------- */
+/* Sealed: hex(nonce(12) | tag(16) | ciphertext) under SHA-256(vault key |
+ * label), the endpoint id as associated data, so a sealed secret cannot be
+ * moved to another endpoint. */
+static void secret_key(uint8_t key[32])
+{
+  uint8_t buf[32 + 32];
+  memcpy(buf, tp_app.vault_key, 32);
+  memcpy(buf + 32, "turnpike webhook secrets v1\0\0\0\0\0", 32);
+  tp_sha256(buf, sizeof buf, key);
+}
+
+static int gcm(bool seal, const uint8_t key[32], const uint8_t nonce[12], const char *aad, const uint8_t *in,
+               size_t inlen, uint8_t *out, uint8_t tag[16])
+{
+  EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+  int ok = c != NULL, n = 0;
+  ok = ok && EVP_CipherInit_ex(c, EVP_aes_256_gcm(), NULL, key, nonce, seal ? 1 : 0) == 1;
+  ok = ok && EVP_CipherUpdate(c, NULL, &n, (const uint8_t *)aad, (int)strlen(aad)) == 1;
+  ok = ok && EVP_CipherUpdate(c, out, &n, in, (int)inlen) == 1;
+  if (ok && !seal)
+    ok = EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, 16, tag) == 1;
+  ok = ok && EVP_CipherFinal_ex(c, out + n, &n) == 1;
+  if (ok && seal)
+    ok = EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, 16, tag) == 1;
+  EVP_CIPHER_CTX_free(c);
+  return ok ? 0 : -1;
+}
+
+int tp_webhooks_seal_secret(const char *endpoint_id, const char *secret, char out[TP_WH_SEALED_MAX])
+{
+  size_t len = strlen(secret);
+  if (len >= TP_WH_SECRET_MAX)
+    return -1;
+  uint8_t key[32], buf[12 + 16 + TP_WH_SECRET_MAX];
+  secret_key(key);
+  tp_random(buf, 12);
+  int rc = gcm(true, key, buf, endpoint_id, (const uint8_t *)secret, len, buf + 28, buf + 12);
+  OPENSSL_cleanse(key, sizeof key);
+  if (rc != 0)
+    return -1;
+  tp_hex(buf, 28 + len, out);
+  return 0;
+}
+
+int tp_webhooks_open_secret(const char *endpoint_id, const char *sealed, char out[TP_WH_SECRET_MAX])
+{
+  size_t hl = strlen(sealed);
+  if (hl % 2 || hl < 2 * 29 || hl / 2 - 28 >= TP_WH_SECRET_MAX)
+    return -1;
+  uint8_t buf[12 + 16 + TP_WH_SECRET_MAX];
+  size_t n = hl / 2;
+  for (size_t i = 0; i < n; i++) {
+    unsigned v;
+    if (sscanf(sealed + 2 * i, "%2x", &v) != 1)
+      return -1;
+    buf[i] = (uint8_t)v;
+  }
+  uint8_t key[32];
+  secret_key(key);
+  int rc = gcm(false, key, buf, endpoint_id, buf + 28, n - 28, (uint8_t *)out, buf + 12);
+  OPENSSL_cleanse(key, sizeof key);
+  if (rc != 0)
+    return -1;
+  out[n - 28] = '\0';
+  return 0;
+}
+
+/* ---- state ------------------------------------------------------------------ */
+struct ep {
+  char id[TP_ID_MAX];
+  char merchant[TP_ID_MAX];
+  char floor0[TP_ID_MAX];       /* "evt_" + the endpoint id's time part: older events are not ours */
+  char scan_floor[TP_ID_MAX];
+  char url[TP_WH_URL_MAX + 1];
+  char secret[TP_WH_SECRET_MAX];
+  json_t *events;               /* enabled_events */
+  bool enabled;
+  int64_t failing_since;        /* unix ms, 0 = healthy */
+  int inflight;                 /* in curl or waiting for the outcome's commit */
+  int64_t next_check;           /* unix ms when its rows may next be due; 0 = now */
+};
+
+struct job {
+  struct job *next;             /* W.jobs */
+  struct job *settled_next;     /* W.settled */
+  char endpoint[TP_ID_MAX];
+  char event[TP_ID_MAX];
+  char merchant[TP_ID_MAX];
+  int attempt;                  /* 1 for the first */
+  int64_t created_ms;           /* when the delivery first became due */
+  CURL *easy;
+  struct curl_slist *hdrs;
+  char *body;
+  int64_t t0_ns;
+  char errbuf[CURL_ERROR_SIZE];
+};
+
+struct ev_msg {
+  struct ev_msg *next;
+  char merchant[TP_ID_MAX];
+  char id[TP_ID_MAX];
+  char type[128];
+};
+
+static struct {
+  /* settings */
+  int64_t connect_ms, timeout_ms, per_endpoint, global_max, retry_base_ms, retry_max_ms, max_age_ms,
+    disable_after_ms, scan_ms, stop_wait_ms;
+  double retry_factor;
+  int64_t schedule[WH_MAX_SCHEDULE];
+  int nschedule;
+  bool enabled;
+
+  /* inbox: written by the writer thread and handlers, read by ours */
+  pthread_mutex_t mu;
+  struct ev_msg *ev_head, *ev_tail;
+  size_t ev_len;
+  struct job *settled;
+  bool changed, poll, scan_now, stopping, exited, started;
+  CURLM *multi;
+  _Atomic size_t n_enabled;     /* enabled endpoints loaded; 0 = ignore events */
+
+  /* owned by the delivery thread */
+  pthread_t thread;
+  struct ep *eps;
+  size_t neps;
+  struct job *jobs;             /* in flight or settling */
+  int njobs;
+  int64_t next_scan, next_reload;
+} W = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* Store calls that take ownership of their JSON arguments. */
+static json_t *wq(const char *sql, json_t *args)
+{
+  json_t *rows = tp_store_query(&tp_app.store, sql, args);
+  json_decref(args);
+  return rows;
+}
+
+static void wsql(struct tp_cs *cs, const char *sql, json_t *args, int min_changes)
+{
+  tp_cs_sql(cs, sql, args, min_changes);
+  json_decref(args);
+}
+
+static void wake(void)
+{
+  pthread_mutex_lock(&W.mu);
+  if (W.multi && !W.exited)
+    curl_multi_wakeup(W.multi);
+  pthread_mutex_unlock(&W.mu);
+}
+
+void tp_webhooks_changed(void)
+{
+  pthread_mutex_lock(&W.mu);
+  W.changed = true;
+  pthread_mutex_unlock(&W.mu);
+  wake();
+}
+
+static int64_t now_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Writer thread: copy and signal. */
+static void on_event(const char *merchant, const char *event_id, const char *type, const char *event_json,
+                     size_t len, void *arg)
+{
+  (void)event_json;
+  (void)len;
+  (void)arg;
+  if (!merchant || !event_id || !type || atomic_load(&W.n_enabled) == 0)
+    return; /* an endpoint being created now is covered by the scan */
+  pthread_mutex_lock(&W.mu);
+  if (!W.started || W.exited || W.stopping) {
+    pthread_mutex_unlock(&W.mu);
+    return; /* the scan after the next start finds it */
+  }
+  if (W.ev_len >= WH_INBOX_MAX) {
+    W.scan_now = true;
+    pthread_mutex_unlock(&W.mu);
+    wake();
+    return;
+  }
+  struct ev_msg *m = calloc(1, sizeof *m);
+  if (!m) {
+    W.scan_now = true;
+    pthread_mutex_unlock(&W.mu);
+    return;
+  }
+  snprintf(m->merchant, sizeof m->merchant, "%s", merchant);
+  snprintf(m->id, sizeof m->id, "%s", event_id);
+  snprintf(m->type, sizeof m->type, "%s", type);
+  if (W.ev_tail)
+    W.ev_tail->next = m;
+  else
+    W.ev_head = m;
+  W.ev_tail = m;
+  bool first = W.ev_len++ == 0;
+  pthread_mutex_unlock(&W.mu);
+  if (first) /* one wake-up per batch the thread has not taken yet */
+    wake();
+}
+
+static void job_free(struct job *j)
+{
+  if (j->easy)
+    curl_easy_cleanup(j->easy);
+  curl_slist_free_all(j->hdrs);
+  free(j->body);
+  free(j);
+}
+
+static struct ep *ep_find(const char *id)
+{
+  for (size_t i = 0; i < W.neps; i++)
+    if (strcmp(W.eps[i].id, id) == 0)
+      return &W.eps[i];
+  return NULL;
+}
+
+static bool job_inflight(const char *endpoint, const char *event)
+{
+  for (struct job *j = W.jobs; j; j = j->next)
+    if (strcmp(j->endpoint, endpoint) == 0 && strcmp(j->event, event) == 0)
+      return true;
+  return false;
+}
+
+static bool ep_wants(const struct ep *e, const char *event_id, const char *type)
+{
+  if (!e->enabled || strcmp(event_id, e->floor0) <= 0)
+    return false;
+  size_t i;
+  json_t *v;
+  json_array_foreach(e->events, i, v)
+  {
+    const char *p = json_string_value(v);
+    if (p && tp_webhooks_event_matches(p, type))
+      return true;
+  }
+  return false;
+}
+
+/* ---- endpoints ------------------------------------------------------------ */
+static void eps_free(struct ep *eps, size_t n)
+{
+  for (size_t i = 0; i < n; i++) {
+    json_decref(eps[i].events);
+    OPENSSL_cleanse(eps[i].secret, sizeof eps[i].secret);
+  }
+  free(eps);
+}
+
+/* Reload every endpoint; keeps in-flight counts of those that stay. */
+static void load_endpoints(void)
+{
+  json_t *rows = wq(
+                                "SELECT id, merchant, status, secret, failing_since, scan_floor, data FROM "
+                                "webhook_endpoints ORDER BY id LIMIT ?1",
+                                json_pack("[I]", (json_int_t)WH_MAX_ENDPOINTS));
+  if (!rows) {
+    tp_log(TP_LOG_ERROR, "webhook_endpoints_load_failed", NULL);
+    return;
+  }
+  size_t n = json_array_size(rows);
+  struct ep *eps = calloc(n ? n : 1, sizeof *eps);
+  if (!eps)
+    abort();
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    json_t *row = json_array_get(rows, i);
+    struct ep *e = &eps[k];
+    const char *id = json_string_value(json_object_get(row, "id"));
+    const char *sealed = json_string_value(json_object_get(row, "secret"));
+    json_t *data = json_loads(json_string_value(json_object_get(row, "data")) ?: "", 0, NULL);
+    const char *url = json_string_value(json_object_get(data, "url"));
+    if (!id || !sealed || !url || strlen(url) > TP_WH_URL_MAX || tp_webhooks_open_secret(id, sealed, e->secret)) {
+      tp_log(TP_LOG_ERROR, "webhook_endpoint_unusable", "{s:s?}", "endpoint", id);
+      json_decref(data);
+      continue;
+    }
+    snprintf(e->id, sizeof e->id, "%s", id);
+    snprintf(e->merchant, sizeof e->merchant, "%s", json_string_value(json_object_get(row, "merchant")) ?: "");
+    const char *dash = strchr(id, '_');
+    snprintf(e->floor0, sizeof e->floor0, "evt_%s", dash ? dash + 1 : "");
+    snprintf(e->scan_floor, sizeof e->scan_floor, "%s", json_string_value(json_object_get(row, "scan_floor")) ?: "");
+    snprintf(e->url, sizeof e->url, "%s", url);
+    e->events = json_incref(json_object_get(data, "enabled_events"));
+    if (!json_is_array(e->events)) {
+      json_decref(e->events);
+      e->events = json_array();
+    }
+    const char *status = json_string_value(json_object_get(row, "status"));
+    e->enabled = status && strcmp(status, "enabled") == 0;
+    e->failing_since = json_integer_value(json_object_get(row, "failing_since"));
+    struct ep *old = ep_find(id);
+    if (old)
+      e->inflight = old->inflight;
+    e->next_check = 0;
+    json_decref(data);
+    k++;
+  }
+  json_decref(rows);
+  eps_free(W.eps, W.neps);
+  W.eps = eps;
+  W.neps = k;
+  size_t en = 0;
+  for (size_t i = 0; i < k; i++)
+    en += eps[i].enabled;
+  atomic_store(&W.n_enabled, en);
+}
+
+/* ---- retry schedule -------------------------------------------------------- */
+/* Delay after the n-th failed attempt (n >= 1), with +-20% jitter. */
+static int64_t backoff_ms(int n)
+{
+  int64_t d;
+  if (W.nschedule > 0) {
+    d = W.schedule[n - 1 < W.nschedule ? n - 1 : W.nschedule - 1] * 1000;
+  } else {
+    double x = (double)W.retry_base_ms;
+    for (int i = 1; i < n && x < (double)W.retry_max_ms; i++)
+      x *= W.retry_factor;
+    d = x > (double)W.retry_max_ms ? W.retry_max_ms : (int64_t)x;
+  }
+  if (d < 1)
+    d = 1;
+  uint32_t r;
+  tp_random(&r, sizeof r);
+  int64_t span = d * 2 / 5;
+  return d - d / 5 + (span > 0 ? (int64_t)(r % (uint64_t)(span + 1)) : 0);
+}
+
+/* ---- committing --------------------------------------------------------- */
+static void settled_done(struct tp_cs *cs, int rc, void *arg)
+{
+  (void)cs;
+  struct job *j = arg;
+  if (rc != 0)
+    tp_log(TP_LOG_WARN, "webhook_outcome_not_stored", "{s:s, s:s}", "endpoint", j->endpoint, "event_id", j->event);
+  pthread_mutex_lock(&W.mu);
+  if (W.exited) {
+    pthread_mutex_unlock(&W.mu);
+    job_free(j);
+    return;
+  }
+  j->settled_next = W.settled;
+  W.settled = j;
+  pthread_mutex_unlock(&W.mu);
+  wake();
+}
+
+/* Delivery rows were committed: look for due ones (endpoints unchanged). */
+static void rows_done(struct tp_cs *cs, int rc, void *arg)
+{
+  (void)cs;
+  (void)rc;
+  (void)arg;
+  pthread_mutex_lock(&W.mu);
+  W.poll = true;
+  pthread_mutex_unlock(&W.mu);
+  wake();
+}
+
+/* Submit; false (and cs freed) when the writer refuses. */
+static bool submit(struct tp_cs *cs)
+{
+  if (tp_writer_submit(cs) == 0)
+    return true;
+  tp_cs_free(cs);
+  return false;
+}
+
+static const char *ins_delivery =
+  "INSERT INTO webhook_deliveries(endpoint, event, merchant, state, attempts, next_at, created) "
+  "VALUES(?1, ?2, ?3, 'pending', 0, ?4, ?4) ON CONFLICT(endpoint, event) DO NOTHING";
+
+/* Commit delivery rows for new events; the commit wakes the dispatcher. */
+static void fanout(struct ev_msg *list)
+{
+  struct tp_cs *cs = NULL;
+  int64_t t = now_ms();
+  for (struct ev_msg *m = list; m; m = m->next) {
+    for (size_t i = 0; i < W.neps; i++) {
+      struct ep *e = &W.eps[i];
+      if (strcmp(e->merchant, m->merchant) != 0 || !ep_wants(e, m->id, m->type))
+        continue;
+      if (!cs)
+        cs = tp_cs_new();
+      wsql(cs, ins_delivery, json_pack("[s, s, s, I]", e->id, m->id, m->merchant, (json_int_t)t), 0);
+    }
+  }
+  if (!cs)
+    return;
+  tp_cs_on_done(cs, rows_done, NULL);
+  if (!submit(cs)) {
+    pthread_mutex_lock(&W.mu);
+    W.scan_now = true;
+    pthread_mutex_unlock(&W.mu);
+  }
+}
+
+/* Add the rows a crash or a full inbox lost; advance each endpoint's floor
+ * past events old enough that no older-id event can still be committing. */
+static void scan(void)
+{
+  int64_t t = now_ms();
+  int64_t settled_before = t / 1000 - WH_SCAN_SETTLE_S;
+  for (size_t i = 0; i < W.neps; i++) {
+    struct ep *e = &W.eps[i];
+    if (!e->enabled)
+      continue;
+    char cursor[TP_ID_MAX], floor[TP_ID_MAX];
+    snprintf(floor, sizeof floor, "%s", strcmp(e->scan_floor, e->floor0) > 0 ? e->scan_floor : e->floor0);
+    snprintf(cursor, sizeof cursor, "%s", floor);
+    bool floor_moving = true;
+    struct tp_cs *cs = NULL;
+    for (int page = 0; page < WH_SCAN_PAGES; page++) {
+      json_t *rows = wq(
+                                    "SELECT e.id AS id, e.type AS type, e.created AS created, "
+                                    "(SELECT COUNT(*) FROM webhook_deliveries d WHERE d.endpoint=?2 AND "
+                                    "d.event=e.id) AS has FROM events e WHERE e.merchant=?1 AND e.id>?3 "
+                                    "ORDER BY e.id LIMIT ?4",
+                                    json_pack("[s, s, s, I]", e->merchant, e->id, cursor, (json_int_t)WH_SCAN_PAGE));
+      if (!rows)
+        break;
+      size_t n = json_array_size(rows);
+      for (size_t k = 0; k < n; k++) {
+        json_t *row = json_array_get(rows, k);
+        const char *id = json_string_value(json_object_get(row, "id"));
+        const char *type = json_string_value(json_object_get(row, "type"));
+        if (!id)
+          continue;
+        if (type && json_integer_value(json_object_get(row, "has")) == 0 && ep_wants(e, id, type)) {
+          if (!cs)
+            cs = tp_cs_new();
+          wsql(cs, ins_delivery, json_pack("[s, s, s, I]", e->id, id, e->merchant, (json_int_t)t), 0);
+        }
+        if (floor_moving && json_integer_value(json_object_get(row, "created")) < settled_before)
+          snprintf(floor, sizeof floor, "%s", id);
+        else
+          floor_moving = false;
+        snprintf(cursor, sizeof cursor, "%s", id);
+      }
+      json_decref(rows);
+      if (n < WH_SCAN_PAGE)
+        break;
+    }
+    if (strcmp(floor, e->scan_floor) != 0) {
+      if (!cs)
+        cs = tp_cs_new();
+      wsql(cs, "UPDATE webhook_endpoints SET scan_floor=?2 WHERE id=?1", json_pack("[s, s]", e->id, floor), 0);
+      snprintf(e->scan_floor, sizeof e->scan_floor, "%s", floor);
+    }
+    if (cs) {
+      tp_cs_on_done(cs, rows_done, NULL);
+      submit(cs);
+    }
+  }
+  /* Outbox lag: how long the oldest due delivery has waited. */
+  json_t *rows = wq(
+                                "SELECT MIN(next_at) AS m FROM webhook_deliveries WHERE state='pending'", NULL);
+  json_t *m = json_object_get(json_array_get(rows, 0), "m");
+  int64_t lag = json_is_integer(m) && json_integer_value(m) < t ? (t - json_integer_value(m)) / 1000 : 0;
+  tp_metric_set("turnpike_outbox_lag_seconds", NULL, lag);
+  json_decref(rows);
+}
+
+/* ---- delivering ------------------------------------------------------------ */
+static size_t discard(char *p, size_t sz, size_t n, void *arg)
+{
+  (void)p;
+  (void)arg;
+  return sz * n; /* the total timeout bounds how long a body may stream */
+}
+
+/* Start one delivery; false if it could not start (row left for later). */
+static bool start_job(struct ep *e, const char *event_id, int attempts, int64_t created_ms)
+{
+  char *body = tp_store_get(&tp_app.store, TP_K_EVENT, e->merchant, event_id);
+  if (!body) {
+    /* The event is gone: nothing can ever be delivered for this row. */
+    struct tp_cs *cs = tp_cs_new();
+    wsql(cs, "UPDATE webhook_deliveries SET state='failed' WHERE endpoint=?1 AND event=?2",
+              json_pack("[s, s]", e->id, event_id), 0);
+    submit(cs);
+    return false;
+  }
+  struct job *j = calloc(1, sizeof *j);
+  if (!j)
+    abort();
+  snprintf(j->endpoint, sizeof j->endpoint, "%s", e->id);
+  snprintf(j->event, sizeof j->event, "%s", event_id);
+  snprintf(j->merchant, sizeof j->merchant, "%s", e->merchant);
+  j->attempt = attempts + 1;
+  j->created_ms = created_ms;
+  j->body = body;
+  size_t blen = strlen(body);
+
+  /* Stripe's scheme: v1 = HMAC-SHA256(secret, "<t>.<body>"), keyed by the
+   * whole "whsec_..." string. */
+  int64_t ts = tp_now();
+  char tsbuf[24];
+  int tl = snprintf(tsbuf, sizeof tsbuf, "%lld.", (long long)ts);
+  char *signed_payload = malloc((size_t)tl + blen);
+  if (!signed_payload)
+    abort();
+  memcpy(signed_payload, tsbuf, (size_t)tl);
+  memcpy(signed_payload + tl, body, blen);
+  char sig[65];
+  tp_hmac_sha256_hex(e->secret, strlen(e->secret), signed_payload, (size_t)tl + blen, sig);
+  free(signed_payload);
+  char hdr[160];
+  snprintf(hdr, sizeof hdr, "Stripe-Signature: t=%lld,v1=%s", (long long)ts, sig);
+  j->hdrs = curl_slist_append(j->hdrs, hdr);
+  j->hdrs = curl_slist_append(j->hdrs, "Content-Type: application/json; charset=utf-8");
+  j->hdrs = curl_slist_append(j->hdrs, "User-Agent: " WH_USER_AGENT);
+  j->hdrs = curl_slist_append(j->hdrs, "Expect:"); /* no 100-continue round trip */
+  j->hdrs = curl_slist_append(j->hdrs, "Cache-Control: no-cache");
+
+  CURL *c = curl_easy_init();
+  if (!c || !j->hdrs) {
+    job_free(j);
+    if (c)
+      curl_easy_cleanup(c);
+    return false;
+  }
+  j->easy = c;
+  curl_easy_setopt(c, CURLOPT_URL, e->url);
+  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(c, CURLOPT_POST, 1L);
+  curl_easy_setopt(c, CURLOPT_POSTFIELDS, j->body);
+  curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, j->hdrs);
+  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)W.connect_ms);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)W.timeout_ms);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
+  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, j->errbuf);
+  curl_easy_setopt(c, CURLOPT_PRIVATE, j);
+  j->t0_ns = tp_mono_ns();
+  if (curl_multi_add_handle(W.multi, c) != CURLM_OK) {
+    job_free(j);
+    return false;
+  }
+  j->next = W.jobs;
+  W.jobs = j;
+  W.njobs++;
+  e->inflight++;
+  return true;
+}
+
+/* Emit the disabled event and flip the status, in one commit. */
+static void disable_endpoint(struct tp_cs *cs, struct ep *e)
+{
+  json_t *rows = wq( "SELECT data FROM webhook_endpoints WHERE id=?1",
+                                json_pack("[s]", e->id));
+  json_t *obj = json_loads(json_string_value(json_object_get(json_array_get(rows, 0), "data")) ?: "", 0, NULL);
+  json_decref(rows);
+  wsql(cs, "UPDATE webhook_endpoints SET status='disabled', failing_since=NULL WHERE id=?1 AND status='enabled'",
+            json_pack("[s]", e->id), 0);
+  if (obj) {
+    json_object_set_new(obj, "status", json_string("disabled"));
+    tp_emit(cs, NULL, e->merchant, TP_WH_DISABLED_EVENT, obj);
+    json_decref(obj);
+  }
+  tp_log(TP_LOG_WARN, "webhook_endpoint_disabled", "{s:s, s:s, s:I}", "endpoint", e->id, "merchant", e->merchant,
+         "failing_ms", (json_int_t)(now_ms() - e->failing_since));
+  e->enabled = false;
+  e->failing_since = 0;
+}
+
+/* Record a finished attempt and schedule what follows; the job stays in
+ * flight until that commit is done. */
+static void finish(struct job *j, CURLcode cc)
+{
+  long status = 0;
+  curl_easy_getinfo(j->easy, CURLINFO_RESPONSE_CODE, &status);
+  curl_multi_remove_handle(W.multi, j->easy);
+  int64_t dur_us = (tp_mono_ns() - j->t0_ns) / 1000;
+  bool ok = cc == CURLE_OK && status >= 200 && status < 300;
+  const char *outcome = ok ? "success" : cc == CURLE_OPERATION_TIMEDOUT ? "timeout" : "failure";
+  char err[WH_ERR_MAX];
+  err[0] = '\0';
+  if (cc != CURLE_OK)
+    snprintf(err, sizeof err, "%.*s", WH_ERR_MAX - 1, j->errbuf[0] ? j->errbuf : curl_easy_strerror(cc));
+  else if (!ok)
+    snprintf(err, sizeof err, "HTTP status %ld", status);
+  char labels[40];
+  snprintf(labels, sizeof labels, "outcome=\"%s\"", outcome);
+  tp_metric_inc("turnpike_webhook_deliveries_total", labels, 1);
+  tp_metric_observe_us("turnpike_webhook_delivery_duration_seconds", NULL, dur_us);
+
+  int64_t t = now_ms();
+  struct tp_cs *cs = tp_cs_new();
+  json_t *next_retry = json_null();
+  struct ep *e = ep_find(j->endpoint);
+  curl_easy_cleanup(j->easy);
+  j->easy = NULL;
+  if (!e) {
+    /* Deleted meanwhile: its rows and attempts are gone, record nothing. */
+    tp_cs_free(cs);
+    settled_done(NULL, 0, j);
+    return;
+  }
+  if (ok) {
+    wsql(cs, "UPDATE webhook_deliveries SET state='succeeded', attempts=?3 WHERE endpoint=?1 AND event=?2",
+              json_pack("[s, s, i]", j->endpoint, j->event, j->attempt), 0);
+    if (e && e->failing_since) {
+      wsql(cs, "UPDATE webhook_endpoints SET failing_since=NULL WHERE id=?1", json_pack("[s]", e->id), 0);
+      e->failing_since = 0;
+    }
+  } else {
+    if (t - j->created_ms >= W.max_age_ms) {
+      wsql(cs, "UPDATE webhook_deliveries SET state='failed', attempts=?3 WHERE endpoint=?1 AND event=?2",
+                json_pack("[s, s, i]", j->endpoint, j->event, j->attempt), 0);
+    } else {
+      int64_t next = t + backoff_ms(j->attempt);
+      next_retry = json_integer(next / 1000);
+      /* A resend may have reset the row meanwhile; only move a row we still own. */
+      wsql(cs,
+                "UPDATE webhook_deliveries SET attempts=?3, next_at=?4 WHERE endpoint=?1 AND event=?2 AND "
+                "state='pending'",
+                json_pack("[s, s, i, I]", j->endpoint, j->event, j->attempt, (json_int_t)next), 0);
+    }
+    if (e && e->enabled) {
+      if (!e->failing_since) {
+        e->failing_since = t;
+        wsql(cs, "UPDATE webhook_endpoints SET failing_since=?2 WHERE id=?1",
+                  json_pack("[s, I]", e->id, (json_int_t)t), 0);
+      } else if (t - e->failing_since >= W.disable_after_ms) {
+        disable_endpoint(cs, e);
+      }
+    }
+    tp_log(TP_LOG_INFO, "webhook_delivery_failed", "{s:s, s:s, s:i, s:I, s:s, s:s}", "endpoint", j->endpoint,
+           "event_id", j->event, "attempt", j->attempt, "status", (json_int_t)status, "outcome", outcome, "error", err);
+  }
+  char aid[TP_ID_MAX];
+  tp_id_new(aid, "wda");
+  json_t *args = json_pack("[s, s, s, s, i, o, s, s?, I, I, o]", aid, j->endpoint, j->event, j->merchant, j->attempt,
+                           status > 0 ? json_integer(status) : json_null(), outcome, err[0] ? err : NULL,
+                           (json_int_t)(dur_us / 1000), (json_int_t)(t / 1000), next_retry);
+  wsql(cs,
+            "INSERT INTO webhook_attempts(id, endpoint, event, merchant, attempt, status_code, outcome, error, "
+            "duration_ms, created, next_retry_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            args, 0);
+  tp_cs_on_done(cs, settled_done, j);
+  if (!submit(cs))
+    settled_done(NULL, -1, j);
+}
+
+/* Take back the jobs whose outcome is committed. */
+static void reap_settled(struct job *list)
+{
+  while (list) {
+    struct job *j = list;
+    list = j->settled_next;
+    for (struct job **pp = &W.jobs; *pp; pp = &(*pp)->next)
+      if (*pp == j) {
+        *pp = j->next;
+        break;
+      }
+    W.njobs--;
+    struct ep *e = ep_find(j->endpoint);
+    if (e) {
+      e->inflight--;
+      e->next_check = 0;
+    }
+    job_free(j);
+  }
+}
+
+/* Start due deliveries within the bounds; returns the earliest time a
+ * not-yet-due row becomes due. */
+static int64_t dispatch(void)
+{
+  int64_t t = now_ms(), wake_at = INT64_MAX;
+  for (size_t i = 0; i < W.neps; i++) {
+    struct ep *e = &W.eps[i];
+    if (!e->enabled)
+      continue;
+    if (e->next_check > t) {
+      if (e->next_check < wake_at)
+        wake_at = e->next_check;
+      continue;
+    }
+    if (W.njobs >= W.global_max) {
+      wake_at = t; /* come back once a slot frees (a settle wakes us) */
+      break;
+    }
+    int64_t cap = W.per_endpoint - e->inflight;
+    if (cap <= 0) {
+      e->next_check = INT64_MAX; /* a settle resets it */
+      continue;
+    }
+    json_t *rows = wq(
+                                  "SELECT event, attempts, next_at, created FROM webhook_deliveries WHERE "
+                                  "endpoint=?1 AND state='pending' ORDER BY next_at LIMIT ?2",
+                                  json_pack("[s, I]", e->id, (json_int_t)(e->inflight + cap + 1)));
+    if (!rows)
+      continue;
+    e->next_check = INT64_MAX;
+    size_t n = json_array_size(rows);
+    for (size_t k = 0; k < n; k++) {
+      json_t *row = json_array_get(rows, k);
+      const char *ev = json_string_value(json_object_get(row, "event"));
+      int64_t next_at = json_integer_value(json_object_get(row, "next_at"));
+      if (!ev || job_inflight(e->id, ev))
+        continue;
+      if (next_at > t) {
+        e->next_check = next_at;
+        break;
+      }
+      if (cap == 0 || W.njobs >= W.global_max) {
+        e->next_check = INT64_MAX;
+        break;
+      }
+      if (start_job(e, ev, (int)json_integer_value(json_object_get(row, "attempts")),
+                    json_integer_value(json_object_get(row, "created"))))
+        cap--;
+    }
+    json_decref(rows);
+    if (e->next_check < wake_at)
+      wake_at = e->next_check;
+  }
+  return wake_at;
+}
+
+/* ---- the thread ------------------------------------------------------------ */
+static void *wh_main(void *arg)
+{
+  (void)arg;
+  int64_t wake_at = 0;
+  int64_t stop_deadline = 0;
+  for (;;) {
+    pthread_mutex_lock(&W.mu);
+    struct ev_msg *evs = W.ev_head;
+    W.ev_head = W.ev_tail = NULL;
+    W.ev_len = 0;
+    struct job *settled = W.settled;
+    W.settled = NULL;
+    bool changed = W.changed, poll = W.poll, scan_now = W.scan_now, stopping = W.stopping;
+    W.changed = W.poll = W.scan_now = false;
+    pthread_mutex_unlock(&W.mu);
+
+    reap_settled(settled);
+    int64_t t = now_ms();
+    if (stopping) {
+      while (evs) {
+        struct ev_msg *m = evs;
+        evs = m->next;
+        free(m);
+      }
+      if (!stop_deadline) {
+        stop_deadline = t + W.stop_wait_ms;
+        tp_log(TP_LOG_INFO, "webhooks_stopping", "{s:i}", "in_flight", W.njobs);
+      }
+      if (W.njobs == 0 || t >= stop_deadline)
+        break;
+    } else {
+      if (changed || t >= W.next_reload) {
+        load_endpoints();
+        W.next_reload = t + W.scan_ms;
+        wake_at = 0;
+      }
+      if (evs) {
+        fanout(evs);
+        while (evs) {
+          struct ev_msg *m = evs;
+          evs = m->next;
+          free(m);
+        }
+      }
+      if (scan_now || t >= W.next_scan) {
+        scan();
+        W.next_scan = t + W.scan_ms;
+      }
+      if (poll)
+        for (size_t i = 0; i < W.neps; i++)
+          W.eps[i].next_check = 0;
+      if (changed || poll || settled || wake_at <= t)
+        wake_at = dispatch();
+    }
+
+    int running = 0;
+    curl_multi_perform(W.multi, &running);
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(W.multi, &left))) {
+      if (msg->msg != CURLMSG_DONE)
+        continue;
+      struct job *j = NULL;
+      curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&j);
+      if (j)
+        finish(j, msg->data.result);
+    }
+    t = now_ms();
+    int64_t until = W.next_scan;
+    if (wake_at < until)
+      until = wake_at;
+    int64_t ms = until - t;
+    if (ms > WH_IDLE_MS)
+      ms = WH_IDLE_MS;
+    if (ms < 0)
+      ms = 0;
+    if (stopping && ms > 50)
+      ms = 50;
+    curl_multi_poll(W.multi, NULL, 0, (int)ms, NULL);
+  }
+
+  /* Abandon what is still in curl: its rows stay pending and are delivered
+   * after the next start. Settling jobs are freed by their completion. */
+  int abandoned = 0;
+  for (struct job **pp = &W.jobs; *pp;) {
+    struct job *j = *pp;
+    if (j->easy) {
+      curl_multi_remove_handle(W.multi, j->easy);
+      *pp = j->next;
+      job_free(j);
+      abandoned++;
+    } else {
+      pp = &j->next;
+    }
+  }
+  pthread_mutex_lock(&W.mu);
+  W.exited = true;
+  struct job *settled = W.settled;
+  W.settled = NULL;
+  pthread_mutex_unlock(&W.mu);
+  /* Settled jobs are still on W.jobs: unlink them as they are freed. */
+  reap_settled(settled);
+  W.jobs = NULL; /* what is left is settling: its completion frees it */
+  W.njobs = 0;
+  if (abandoned)
+    tp_log(TP_LOG_WARN, "webhooks_abandoned", "{s:i}", "deliveries", abandoned);
+  return NULL;
+}
+
+static void load_settings(void)
+{
+  W.enabled = tp_config_bool("webhooks", "enabled", true);
+  W.connect_ms = tp_config_int("webhooks", "connect_timeout_ms", 5000, 10, 600000);
+  W.timeout_ms = tp_config_int("webhooks", "timeout_ms", 10000, 10, 600000);
+  W.per_endpoint = tp_config_int("webhooks", "max_in_flight_per_endpoint", 4, 1, 1000);
+  W.global_max = tp_config_int("webhooks", "max_in_flight", 256, 1, 100000);
+  W.retry_base_ms = tp_config_int("webhooks", "retry_base_ms", 60000, 1, INT64_C(86400000));
+  W.retry_max_ms = tp_config_int("webhooks", "retry_max_ms", INT64_C(21600000), 1, INT64_C(86400000) * 30);
+  W.retry_factor = (double)tp_config_int("webhooks", "retry_factor_percent", 200, 100, 1000) / 100.0;
+  W.max_age_ms = tp_config_int("webhooks", "max_age_s", 259200, 1, INT64_C(86400) * 365) * 1000;
+  W.disable_after_ms = tp_config_int("webhooks", "disable_after_s", 259200, 1, INT64_C(86400) * 365) * 1000;
+  W.scan_ms = tp_config_int("webhooks", "scan_interval_ms", 10000, 50, 3600000);
+  W.stop_wait_ms = tp_config_int("webhooks", "stop_wait_ms", 3000, 0, 60000);
+  W.nschedule = 0;
+  const char *s = tp_config_get("webhooks", "retry_schedule");
+  while (s && *s && W.nschedule < WH_MAX_SCHEDULE) {
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || v < 1 || v > 86400LL * 30) {
+      tp_log(TP_LOG_WARN, "config_invalid", "{s:s, s:s}", "setting", "webhooks.retry_schedule", "using",
+             "retry_base_ms");
+      W.nschedule = 0;
+      break;
+    }
+    W.schedule[W.nschedule++] = v;
+    while (*end == ' ' || *end == ',')
+      end++;
+    s = end;
+  }
+}
+
+int tp_webhooks_start(void)
+{
+  load_settings();
+  if (!W.enabled) {
+    tp_log(TP_LOG_INFO, "webhooks_disabled", NULL);
+    return 0;
+  }
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+    return -1;
+  W.multi = curl_multi_init();
+  if (!W.multi)
+    return -1;
+  /* One subscription for the process lifetime; a stopped thread ignores it. */
+  static bool subscribed;
+  if (!subscribed) {
+    if (tp_writer_subscribe(on_event, NULL) != 0)
+      return -1;
+    subscribed = true;
+  }
+  pthread_mutex_lock(&W.mu);
+  W.started = true;
+  W.exited = W.stopping = false;
+  W.scan_now = W.changed = true;
+  pthread_mutex_unlock(&W.mu);
+  W.next_scan = 0;
+  if (pthread_create(&W.thread, NULL, wh_main, NULL) != 0)
+    return -1;
+  tp_log(TP_LOG_INFO, "webhooks_started", "{s:I, s:I}", "per_endpoint", (json_int_t)W.per_endpoint, "retry_base_ms",
+         (json_int_t)W.retry_base_ms);
+  return 0;
+}
+
+void tp_webhooks_stop(void)
+{
+  pthread_mutex_lock(&W.mu);
+  bool run = W.started && !W.exited;
+  W.stopping = true;
+  pthread_mutex_unlock(&W.mu);
+  if (!run)
+    return;
+  wake();
+  pthread_join(W.thread, NULL);
+  pthread_mutex_lock(&W.mu);
+  W.started = false;
+  CURLM *multi = W.multi;
+  W.multi = NULL;
+  while (W.ev_head) {
+    struct ev_msg *m = W.ev_head;
+    W.ev_head = m->next;
+    free(m);
+  }
+  W.ev_tail = NULL;
+  W.ev_len = 0;
+  pthread_mutex_unlock(&W.mu);
+  curl_multi_cleanup(multi);
+  eps_free(W.eps, W.neps);
+  W.eps = NULL;
+  W.neps = 0;
+}

@@ -1,12 +1,321 @@
-/* Placeholder: being written. */
+/* API keys: authentication with a bounded cache, and the admin commands
+ * `turnpike api-key roll` (a new secret key, the old one valid for an overlap
+ * period) and `turnpike api-key create` (a restricted rk_ key with scopes).
+ *
+ * Keys are stored only as SHA-256 hashes (api_keys.hash, a BLOB). The store's
+ * query op binds text only, so a hash goes into SQL as an X'..' literal made
+ * here from the digest: never from client text. */
 #include "main/commands.h"
+#include "sec/audit.h"
+#include "sec/auth.h"
+#include "sec/scopes.h"
 
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+#include "util.h"
+
+#define TP_AUTH_CACHE_SLOTS 1024
+#define TP_AUTH_CACHE_S 30        /* default [auth] cache_seconds */
+#define TP_KEY_RANDOM_LEN 99      /* base62 characters after "sk_test_" */
+
+/* ---- lookup ------------------------------------------------------------------ */
+struct key_slot {
+  uint8_t hash[32];
+  struct tp_auth a;
+  int64_t expires;      /* unix s, 0 = never */
+  int64_t until_ms;
+  bool used;
+};
+static struct key_slot cache[TP_AUTH_CACHE_SLOTS];
+static pthread_rwlock_t cache_mu = PTHREAD_RWLOCK_INITIALIZER;
+static int64_t cache_ms;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+
+/* Keys changed by an admin command (roll, revoke) in another process are
+ * seen once their cache entry is this old. Expiry times are cached with the
+ * key, so a known expiry is exact. */
+static void cache_init(void)
+{
+  cache_ms = tp_config_int("auth", "cache_seconds", TP_AUTH_CACHE_S, 0, 3600) * 1000;
+}
+
+static void hex_lit(const uint8_t h[32], char out[65])
+{
+  tp_hex(h, 32, out);
+}
+
+static int unhex32(const char *s, uint8_t out[32])
+{
+  if (!s || strlen(s) != 64)
+    return -1;
+  for (int i = 0; i < 32; i++) {
+    unsigned v;
+    if (sscanf(s + 2 * i, "%2x", &v) != 1)
+      return -1;
+    out[i] = (uint8_t)v;
+  }
+  return 0;
+}
+
+int tp_auth_merchant(struct tp_store *st, const char *id, struct tp_merchant *m)
+{
+  json_t *args = json_pack("[s]", id);
+  json_t *rows = tp_store_query(st, "SELECT id, name, hex(fp_key) AS fp FROM merchants WHERE id=?1", args);
+  json_decref(args);
+  if (!rows)
+    return -1;
+  json_t *row = json_array_get(rows, 0);
+  int found = 0;
+  if (row) {
+    memset(m, 0, sizeof *m);
+    snprintf(m->id, sizeof m->id, "%s", json_string_value(json_object_get(row, "id")));
+    snprintf(m->name, sizeof m->name, "%s", json_string_value(json_object_get(row, "name")));
+    unhex32(json_string_value(json_object_get(row, "fp")), m->fp_key);
+    found = 1;
+  }
+  json_decref(rows);
+  return found;
+}
+
+/* Read one key row: 1 found (a and *expires set), 0 unknown, -1 error. */
+static int key_row(const uint8_t h[32], struct tp_auth *a, int64_t *expires)
+{
+  char hex[65], sql[400];
+  hex_lit(h, hex);
+  snprintf(sql, sizeof sql,
+           "SELECT m.id AS id, m.name AS name, hex(m.fp_key) AS fp, k.kind AS kind, k.scopes AS scopes, "
+           "k.expires AS expires, k.hint AS hint FROM api_keys k JOIN merchants m ON m.id=k.merchant "
+           "WHERE k.hash=X'%s'", hex);
+  json_t *rows = tp_store_query(&tp_app.store, sql, NULL);
+  if (!rows)
+    return -1;
+  json_t *row = json_array_get(rows, 0);
+  if (!row) {
+    json_decref(rows);
+    return 0;
+  }
+  memset(a, 0, sizeof *a);
+  snprintf(a->merchant.id, sizeof a->merchant.id, "%s", json_string_value(json_object_get(row, "id")));
+  snprintf(a->merchant.name, sizeof a->merchant.name, "%s", json_string_value(json_object_get(row, "name")));
+  unhex32(json_string_value(json_object_get(row, "fp")), a->merchant.fp_key);
+  const char *kind = json_string_value(json_object_get(row, "kind"));
+  snprintf(a->kind, sizeof a->kind, "%s", kind ? kind : "");
+  if (strcmp(a->kind, "secret") == 0)
+    a->scopes = TP_SCOPE_ALL;
+  else if (strcmp(a->kind, "restricted") == 0) {
+    bool ok;
+    a->scopes = tp_scopes_parse(json_string_value(json_object_get(row, "scopes")), &ok);
+  }
+  json_t *ex = json_object_get(row, "expires");
+  *expires = json_is_integer(ex) ? json_integer_value(ex) : 0;
+  snprintf(a->actor, sizeof a->actor, "key:%s", json_string_value(json_object_get(row, "hint")));
+  char short_hex[33];
+  memcpy(short_hex, hex, 32);
+  short_hex[32] = '\0';
+  snprintf(a->rl_id, sizeof a->rl_id, "k:%s", short_hex);
+  json_decref(rows);
+  return 1;
+}
+
+enum tp_err tp_apikey_authenticate(const char *key, struct tp_auth *a)
+{
+  uint8_t h[32];
+  tp_sha256(key, strlen(key), h);
+  unsigned i = (unsigned)(h[0] | (h[1] << 8)) % TP_AUTH_CACHE_SLOTS;
+  int64_t now_ms = tp_mono_ms(), expires = 0;
+  bool hit = false;
+  pthread_once(&cache_once, cache_init);
+  pthread_rwlock_rdlock(&cache_mu);
+  struct key_slot *s = &cache[i];
+  if (s->used && s->until_ms > now_ms && memcmp(s->hash, h, 32) == 0) {
+    *a = s->a;
+    expires = s->expires;
+    hit = true;
+  }
+  pthread_rwlock_unlock(&cache_mu);
+  if (!hit) {
+    int found = key_row(h, a, &expires);
+    if (found < 0)
+      return TP_ERR_STORE_UNAVAILABLE;
+    if (found == 0)
+      return TP_ERR_AUTH_INVALID_KEY;
+    pthread_rwlock_wrlock(&cache_mu);
+    s->used = true;
+    memcpy(s->hash, h, 32);
+    s->a = *a;
+    s->expires = expires;
+    s->until_ms = now_ms + cache_ms;
+    pthread_rwlock_unlock(&cache_mu);
+  }
+  if (expires && expires <= tp_now())
+    return TP_ERR_API_KEY_EXPIRED;
+  if (strcmp(a->kind, "secret") != 0 && strcmp(a->kind, "restricted") != 0)
+    return TP_ERR_PUBLISHABLE_KEY_FORBIDDEN;
+  return TP_ERR_OK;
+}
+
+/* ---- admin commands ------------------------------------------------------- */
+static void usage(FILE *f)
+{
+  fprintf(f,
+          "usage: turnpike api-key roll --data DIR --merchant ID [--overlap SECONDS] [--expires-in SECONDS]\n"
+          "       turnpike api-key create --data DIR --merchant ID --scopes \"SCOPE ...\" [--expires-in SECONDS]\n\n"
+          "roll    creates a new secret key (sk_) and keeps the merchant's current secret keys valid\n"
+          "        for --overlap seconds (default 86400), after which they answer 401 api_key_expired.\n"
+          "create  creates a restricted key (rk_) limited to the given scopes:\n"
+          "        payments:read payments:write refunds:write customers:write reports:read admin\n"
+          "--expires-in gives the new key a lifetime. Keys are printed once as JSON on stdout and\n"
+          "stored only as SHA-256 hashes.\n");
+}
+
+static const char *opt(int argc, char **argv, int *i, const char *name)
+{
+  size_t n = strlen(name);
+  if (strncmp(argv[*i], name, n) == 0 && argv[*i][n] == '=')
+    return argv[*i] + n + 1;
+  if (strcmp(argv[*i], name) == 0 && *i + 1 < argc)
+    return argv[++*i];
+  return NULL;
+}
+
+static bool parse_secs(const char *s, int64_t max, int64_t *out)
+{
+  char *end;
+  long long v = strtoll(s, &end, 10);
+  if (!*s || *end || v < 0 || v > max)
+    return false;
+  *out = v;
+  return true;
+}
+
+/* Add the INSERT of a new key to cs. */
+static void add_key(struct tp_cs *cs, const char *merchant, const char *kind, const char *key, const char *scopes,
+                    int64_t expires, char hint[32])
+{
+  uint8_t h[32];
+  char hex[65], sql[400];
+  tp_sha256(key, strlen(key), h);
+  hex_lit(h, hex);
+  size_t kl = strlen(key);
+  snprintf(hint, 32, "%.8s...%s", key, key + (kl > 4 ? kl - 4 : 0));
+  snprintf(sql, sizeof sql,
+           "INSERT INTO api_keys(hash, merchant, kind, hint, created, expires, scopes) "
+           "VALUES(X'%s', ?1, ?2, ?3, ?4, ?5, ?6)", hex);
+  json_t *args = json_pack("[s, s, s, I, o, o]", merchant, kind, hint, (json_int_t)tp_now(),
+                           expires ? json_integer(expires) : json_null(), scopes ? json_string(scopes) : json_null());
+  tp_cs_sql(cs, sql, args, 1);
+  json_decref(args);
+}
 
 int tp_cmd_api_key(int argc, char **argv)
 {
-  (void)argc;
-  (void)argv;
-  fprintf(stderr, "turnpike: not implemented yet\n");
-  return 2;
+  if (argc < 1 || strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0) {
+    usage(argc < 1 ? stderr : stdout);
+    return argc < 1 ? 2 : 0;
+  }
+  bool roll = strcmp(argv[0], "roll") == 0;
+  if (!roll && strcmp(argv[0], "create") != 0) {
+    usage(stderr);
+    return 2;
+  }
+  const char *data = "./var", *merchant = NULL, *scopes_s = NULL, *v;
+  int64_t overlap = 86400, expires_in = 0;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--help") == 0) {
+      usage(stdout);
+      return 0;
+    } else if ((v = opt(argc, argv, &i, "--data")))
+      data = v;
+    else if ((v = opt(argc, argv, &i, "--merchant")))
+      merchant = v;
+    else if (!roll && (v = opt(argc, argv, &i, "--scopes")))
+      scopes_s = v;
+    else if (roll && (v = opt(argc, argv, &i, "--overlap"))) {
+      if (!parse_secs(v, 365 * 86400, &overlap)) {
+        fprintf(stderr, "turnpike api-key: --overlap wants 0..31536000 seconds\n");
+        return 2;
+      }
+    } else if ((v = opt(argc, argv, &i, "--expires-in"))) {
+      if (!parse_secs(v, 10 * 365 * 86400, &expires_in) || expires_in == 0) {
+        fprintf(stderr, "turnpike api-key: --expires-in wants 1..315360000 seconds\n");
+        return 2;
+      }
+    } else {
+      fprintf(stderr, "turnpike api-key: unknown option %s\n", argv[i]);
+      usage(stderr);
+      return 2;
+    }
+  }
+  if (!merchant || strlen(merchant) >= TP_ID_MAX) {
+    fprintf(stderr, "turnpike api-key: --merchant ID is required\n");
+    return 2;
+  }
+  unsigned mask = 0;
+  char scopes[160] = "";
+  if (!roll) {
+    bool ok;
+    mask = scopes_s ? tp_scopes_parse(scopes_s, &ok) : 0;
+    if (!scopes_s || !ok || !mask) {
+      fprintf(stderr, "turnpike api-key create: --scopes wants one or more of payments:read payments:write "
+                      "refunds:write customers:write reports:read admin\n");
+      return 2;
+    }
+    tp_scopes_format(mask, scopes, sizeof scopes);
+  }
+  tp_log_threshold = TP_LOG_WARN;
+  struct tp_store st;
+  if (tp_store_open_sqlite(&st, data) != 0)
+    return 1;
+  struct tp_merchant m;
+  int found = tp_auth_merchant(&st, merchant, &m);
+  if (found != 1) {
+    fprintf(stderr, "turnpike api-key: %s\n", found < 0 ? "store error" : "no such merchant");
+    st.ops->close(st.cls);
+    return 1;
+  }
+  int64_t now = tp_now();
+  int64_t expires = expires_in ? now + expires_in : 0;
+  char key[128], rnd[TP_KEY_RANDOM_LEN + 1], hint[32];
+  tp_random_b62(rnd, TP_KEY_RANDOM_LEN);
+  snprintf(key, sizeof key, "%s_test_%s", roll ? "sk" : "rk", rnd);
+  struct tp_cs *cs = tp_cs_new();
+  int64_t old_until = now + overlap;
+  if (roll) {
+    /* Every live secret key now ends at the overlap (earlier expiries stay). */
+    json_t *args = json_pack("[I, s]", (json_int_t)old_until, merchant);
+    tp_cs_sql(cs, "UPDATE api_keys SET expires=?1 WHERE merchant=?2 AND kind='secret' "
+                  "AND (expires IS NULL OR expires>?1)", args, 0);
+    json_decref(args);
+  }
+  add_key(cs, merchant, roll ? "secret" : "restricted", key, roll ? NULL : scopes, expires, hint);
+  json_t *details = roll ? json_pack("{s:I}", "previous_keys_expire_at", (json_int_t)old_until)
+                         : json_pack("{s:s}", "scopes", scopes);
+  if (expires)
+    json_object_set_new(details, "expires_at", json_integer(expires));
+  tp_audit_append(cs, merchant, "cli", roll ? "api_key.rolled" : "api_key.created", hint, details);
+  json_decref(details);
+  int rc = -1;
+  st.ops->apply_batch(st.cls, &cs, 1, &rc);
+  tp_cs_free(cs);
+  st.ops->close(st.cls);
+  if (rc != 0) {
+    fprintf(stderr, "turnpike api-key: store write failed\n");
+    return 1;
+  }
+  json_t *out = json_pack("{s:s, s:s, s:s, s:o}", "merchant", merchant, roll ? "secret_key" : "restricted_key", key,
+                          "hint", hint, "expires_at", expires ? json_integer(expires) : json_null());
+  if (roll)
+    json_object_set_new(out, "previous_keys_expire_at", json_integer(old_until));
+  else
+    json_object_set_new(out, "scopes", json_string(scopes));
+  char *s = json_dumps(out, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  printf("%s\n", s);
+  free(s);
+  json_decref(out);
+  return 0;
 }

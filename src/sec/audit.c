@@ -1,19 +1,440 @@
-/* Placeholder: being written. */
+/* The tamper-evident audit log (see sec/audit.h).
+ *
+ * Ordering: an entry is two statements in the change set of the change it
+ * records. The INSERT reads the single chain-head row (audit_head) and
+ * computes hash = SHA-256(prev_hash || canonical entry) with the SQL function
+ * tp_audit_hash; the UPDATE then moves the head to the new entry. The store
+ * writer applies change sets one after another on one connection inside its
+ * transaction, so head reads and writes are serialized by construction; a
+ * change set that fails rolls back its entry and the head together (SAVEPOINT),
+ * so the chain never has a gap. tp_audit_hash (and tp_unhex, used by the
+ * vault re-wrap) are registered on every SQLite connection this process opens
+ * through sqlite3_auto_extension, from a constructor, before any store opens.
+ *
+ * Canonical entry bytes: the compact JSON array
+ * [seq, created, merchant, actor, action, object_id, details] (ASCII-escaped),
+ * details being the stored JSON text (keys sorted). */
 #include "sec/audit.h"
+#include "api/http.h"
+#include "config.h"
+#include "log.h"
 #include "main/commands.h"
+#include "sec/kek.h"
+#include "store/store.h"
+#include "util.h"
 
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/sha.h>
+#include <sqlite3.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ZERO_HASH "0000000000000000000000000000000000000000000000000000000000000000"
+
+static void hex32(const uint8_t *in, char out[65])
+{
+  static const char d[] = "0123456789abcdef";
+  for (int i = 0; i < 32; i++) {
+    out[2 * i] = d[in[i] >> 4];
+    out[2 * i + 1] = d[in[i] & 15];
+  }
+  out[64] = '\0';
+}
+
+/* The entry hash; NULL-able fields as NULL pointers. 0 or -1. */
+static int entry_hash(const char *prev, int64_t seq, int64_t created, const char *merchant, const char *actor,
+                      const char *action, const char *object_id, const char *details, char out[65])
+{
+  json_t *a = json_pack("[I, I, s?, s, s, s?, s]", (json_int_t)seq, (json_int_t)created, merchant, actor ? actor : "",
+                        action ? action : "", object_id, details ? details : "");
+  char *canon = a ? json_dumps(a, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+  json_decref(a);
+  if (!canon)
+    return -1;
+  uint8_t md[32];
+  EVP_MD_CTX *c = EVP_MD_CTX_new();
+  int ok = c && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 && EVP_DigestUpdate(c, prev, strlen(prev)) == 1 &&
+           EVP_DigestUpdate(c, canon, strlen(canon)) == 1 && EVP_DigestFinal_ex(c, md, NULL) == 1;
+  EVP_MD_CTX_free(c);
+  free(canon);
+  if (!ok)
+    return -1;
+  hex32(md, out);
+  return 0;
+}
+
+static const char *vtext(sqlite3_value *v)
+{
+  return sqlite3_value_type(v) == SQLITE_NULL ? NULL : (const char *)sqlite3_value_text(v);
+}
+
+/* tp_audit_hash(prev, seq, created, merchant, actor, action, object_id, details) */
+static void sql_audit_hash(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+  char out[65];
+  if (argc != 8 || !vtext(argv[0]) ||
+      entry_hash(vtext(argv[0]), sqlite3_value_int64(argv[1]), sqlite3_value_int64(argv[2]), vtext(argv[3]),
+                 vtext(argv[4]), vtext(argv[5]), vtext(argv[6]), vtext(argv[7]), out) != 0) {
+    sqlite3_result_error(ctx, "tp_audit_hash failed", -1);
+    return;
+  }
+  sqlite3_result_text(ctx, out, 64, SQLITE_TRANSIENT);
+}
+
+/* tp_unhex(text) -> blob (SQLite 3.40 has no unhex()). */
+static void sql_unhex(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+  const char *s = argc == 1 ? vtext(argv[0]) : NULL;
+  size_t n = s ? strlen(s) : 0;
+  if (!s || n % 2 || n > 65536) {
+    sqlite3_result_error(ctx, "tp_unhex: bad input", -1);
+    return;
+  }
+  uint8_t *b = sqlite3_malloc64(n / 2 + 1);
+  if (!b) {
+    sqlite3_result_error_nomem(ctx);
+    return;
+  }
+  for (size_t i = 0; i < n / 2; i++) {
+    unsigned v;
+    if (sscanf(s + 2 * i, "%2x", &v) != 1) {
+      sqlite3_free(b);
+      sqlite3_result_error(ctx, "tp_unhex: bad input", -1);
+      return;
+    }
+    b[i] = (uint8_t)v;
+  }
+  sqlite3_result_blob(ctx, b, (int)(n / 2), sqlite3_free);
+}
+
+static int register_fns(sqlite3 *db, const char **err, const void *api)
+{
+  (void)err;
+  (void)api;
+  int f = SQLITE_UTF8 | SQLITE_DETERMINISTIC;
+  if (sqlite3_create_function(db, "tp_audit_hash", 8, f, NULL, sql_audit_hash, NULL, NULL) != SQLITE_OK ||
+      sqlite3_create_function(db, "tp_unhex", 1, f, NULL, sql_unhex, NULL, NULL) != SQLITE_OK)
+    return SQLITE_ERROR;
+  return SQLITE_OK;
+}
+
+__attribute__((constructor)) static void audit_register(void)
+{
+  /* void (*)(void) is the documented type of an auto-extension entry. */
+  sqlite3_auto_extension((void (*)(void))register_fns);
+}
 
 void tp_audit_append(struct tp_cs *cs, const char *merchant, const char *actor, const char *action,
                      const char *object_id, const json_t *details)
 {
-  (void)cs; (void)merchant; (void)actor; (void)action; (void)object_id; (void)details;
+  char *d = details ? json_dumps(details, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY) : NULL;
+  json_t *a = json_pack("[I, s?, s, s, s?, s]", (json_int_t)tp_now(), merchant, actor ? actor : "system",
+                        action ? action : "unknown", object_id, d ? d : "{}");
+  free(d);
+  if (!a)
+    abort();
+  /* min_changes 1: without a head row the change set fails rather than
+   * committing an unrecorded change. */
+  tp_cs_sql(cs,
+            "INSERT INTO audit_log(seq, created, merchant, actor, action, object_id, details, prev_hash, hash) "
+            "SELECT seq + 1, ?1, ?2, ?3, ?4, ?5, ?6, hash, tp_audit_hash(hash, seq + 1, ?1, ?2, ?3, ?4, ?5, ?6) "
+            "FROM audit_head WHERE id = 1",
+            a, 1);
+  tp_cs_sql(cs,
+            "UPDATE audit_head SET seq = seq + 1, hash = (SELECT l.hash FROM audit_log l WHERE l.seq = audit_head.seq + 1) "
+            "WHERE id = 1",
+            NULL, 1);
+  json_decref(a);
+}
+
+/* ---- checkpoints ------------------------------------------------------------ */
+static void checkpoint_digest(int64_t seq, const char *hash, uint8_t md[32])
+{
+  char msg[128];
+  int n = snprintf(msg, sizeof msg, "turnpike-audit-checkpoint|%lld|%s", (long long)seq, hash);
+  SHA256((const unsigned char *)msg, (size_t)n, md);
+}
+
+static int64_t last_ckpt = -1;
+static int64_t last_ckpt_ms;
+
+static void checkpoint(bool force)
+{
+  struct tp_kek_provider *p = tp_kek();
+  if (!p)
+    return;
+  if (last_ckpt < 0) {
+    json_t *r = tp_store_query(&tp_app.store, "SELECT coalesce(max(seq), 0) AS s FROM audit_checkpoints", NULL);
+    if (!r)
+      return;
+    last_ckpt = json_integer_value(json_object_get(json_array_get(r, 0), "s"));
+    json_decref(r);
+    last_ckpt_ms = tp_mono_ms();
+  }
+  int64_t every_ms = tp_config_int("audit", "checkpoint_seconds", 60, 1, 86400) * 1000;
+  int64_t every_n = tp_config_int("audit", "checkpoint_entries", 1000, 1, 10000000);
+  json_t *r = tp_store_query(&tp_app.store, "SELECT seq, hash FROM audit_head WHERE id = 1", NULL);
+  json_t *row = json_array_get(r, 0);
+  int64_t seq = json_integer_value(json_object_get(row, "seq"));
+  const char *hash = json_string_value(json_object_get(row, "hash"));
+  if (!hash || seq <= last_ckpt ||
+      (!force && tp_mono_ms() - last_ckpt_ms < every_ms && seq - last_ckpt < every_n)) {
+    json_decref(r);
+    return;
+  }
+  uint8_t md[32], sig[160];
+  size_t sl = sizeof sig;
+  char pem[1024], sighex[2 * sizeof sig + 1];
+  if (strlen(hash) != 64 || p->pubkey_pem(p->cls, pem, sizeof pem) != 0) {
+    json_decref(r);
+    return;
+  }
+  checkpoint_digest(seq, hash, md);
+  if (p->sign(p->cls, md, sig, &sl) != 0) {
+    tp_log(TP_LOG_ERROR, "audit_checkpoint_sign_failed", NULL);
+    json_decref(r);
+    return;
+  }
+  for (size_t i = 0; i < sl; i++)
+    snprintf(sighex + 2 * i, 3, "%02x", sig[i]);
+  struct tp_cs *cs = tp_cs_new();
+  json_t *a = json_pack("[I, s, I, s, s]", (json_int_t)seq, hash, (json_int_t)tp_now(), sighex, pem);
+  tp_cs_sql(cs,
+            "INSERT INTO audit_checkpoints(seq, hash, created, sig, pubkey) SELECT ?1, ?2, ?3, ?4, ?5 "
+            "WHERE EXISTS (SELECT 1 FROM audit_log WHERE seq = ?1 AND hash = ?2)",
+            a, 0);
+  json_decref(a);
+  json_decref(r);
+  if (tp_writer_submit(cs) != 0) {
+    tp_cs_free(cs);
+    return;
+  }
+  last_ckpt = seq;
+  last_ckpt_ms = tp_mono_ms();
+}
+
+void tp_audit_tick(void)
+{
+  checkpoint(false);
+}
+
+void tp_audit_tick_final(void)
+{
+  checkpoint(true);
+}
+
+/* ---- turnpike audit verify ----------------------------------------------------- */
+struct vstate {
+  int64_t first_bad;
+  char reason[200];
+};
+
+static void bad(struct vstate *v, int64_t seq, const char *why)
+{
+  if (v->first_bad == 0 || seq < v->first_bad) {
+    v->first_bad = seq;
+    snprintf(v->reason, sizeof v->reason, "%s", why);
+  }
+}
+
+static const char *ctext(sqlite3_stmt *st, int i)
+{
+  return sqlite3_column_type(st, i) == SQLITE_NULL ? NULL : (const char *)sqlite3_column_text(st, i);
+}
+
+static int verify_sig(const char *pem, int64_t seq, const char *hash, const char *sighex)
+{
+  BIO *b = BIO_new_mem_buf(pem, -1);
+  EVP_PKEY *k = b ? PEM_read_bio_PUBKEY(b, NULL, NULL, NULL) : NULL;
+  BIO_free(b);
+  uint8_t sig[160], md[32];
+  size_t n = strlen(sighex);
+  int ok = k && n % 2 == 0 && n / 2 <= sizeof sig && strlen(hash) == 64;
+  for (size_t i = 0; ok && i < n / 2; i++) {
+    unsigned x;
+    ok = sscanf(sighex + 2 * i, "%2x", &x) == 1;
+    sig[i] = (uint8_t)x;
+  }
+  if (ok) {
+    checkpoint_digest(seq, hash, md);
+    EVP_PKEY_CTX *c = EVP_PKEY_CTX_new(k, NULL);
+    ok = c && EVP_PKEY_verify_init(c) == 1 && EVP_PKEY_verify(c, sig, n / 2, md, 32) == 1;
+    EVP_PKEY_CTX_free(c);
+  }
+  EVP_PKEY_free(k);
+  return ok ? 0 : -1;
+}
+
+/* Walk the chain, then the head row, then every checkpoint. */
+static int verify(sqlite3 *db, const char *pin_pem, json_t *summary)
+{
+  struct vstate v = {0, ""};
+  sqlite3_stmt *st = NULL;
+  int64_t expect = 1, entries = 0;
+  char prev[65] = ZERO_HASH;
+  if (sqlite3_prepare_v2(db,
+                         "SELECT seq, created, merchant, actor, action, object_id, details, prev_hash, hash "
+                         "FROM audit_log ORDER BY seq",
+                         -1, &st, NULL) != SQLITE_OK)
+    return -1;
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    int64_t seq = sqlite3_column_int64(st, 0);
+    const char *ph = ctext(st, 7), *h = ctext(st, 8);
+    char calc[65];
+    entries++;
+    if (seq != expect) {
+      bad(&v, expect, seq > expect ? "entry missing" : "entry out of order");
+      break;
+    }
+    if (sqlite3_column_type(st, 0) != SQLITE_INTEGER || sqlite3_column_type(st, 1) != SQLITE_INTEGER ||
+        entry_hash(prev, seq, sqlite3_column_int64(st, 1), ctext(st, 2), ctext(st, 3), ctext(st, 4), ctext(st, 5),
+                   ctext(st, 6), calc) != 0) {
+      bad(&v, seq, "entry unreadable");
+      break;
+    }
+    if (!ph || strcmp(ph, prev) != 0) {
+      bad(&v, seq, "prev_hash does not match the previous entry");
+      break;
+    }
+    if (!h || strcmp(h, calc) != 0) {
+      bad(&v, seq, "hash does not match the entry's contents");
+      break;
+    }
+    memcpy(prev, calc, sizeof prev);
+    expect++;
+  }
+  sqlite3_finalize(st);
+  int64_t last = expect - 1; /* last entry verified */
+  if (!v.first_bad && sqlite3_prepare_v2(db, "SELECT seq, hash FROM audit_head WHERE id = 1", -1, &st, NULL) ==
+                          SQLITE_OK) {
+    if (sqlite3_step(st) == SQLITE_ROW) {
+      int64_t hs = sqlite3_column_int64(st, 0);
+      const char *hh = ctext(st, 1);
+      if (hs > last)
+        bad(&v, last + 1, "entries after this one were removed (chain head is further on)");
+      else if (hs != last || !hh || strcmp(hh, prev) != 0)
+        bad(&v, hs + 1, "chain head does not match the last entry");
+    } else
+      bad(&v, 1, "chain head missing");
+    sqlite3_finalize(st);
+  }
+  int64_t ckpts = 0;
+  char keyfp[65] = "";
+  if (sqlite3_prepare_v2(db, "SELECT seq, hash, sig, pubkey FROM audit_checkpoints ORDER BY seq", -1, &st, NULL) ==
+      SQLITE_OK) {
+    while (sqlite3_step(st) == SQLITE_ROW) {
+      int64_t cs = sqlite3_column_int64(st, 0);
+      const char *ch = ctext(st, 1), *sig = ctext(st, 2), *pem = ctext(st, 3);
+      ckpts++;
+      if (!ch || !sig || !pem || verify_sig(pem, cs, ch, sig) != 0) {
+        bad(&v, cs, "checkpoint signature invalid");
+        continue;
+      }
+      if (pin_pem && strcmp(pin_pem, pem) != 0) {
+        bad(&v, cs, "checkpoint signed by another key than --pubkey");
+        continue;
+      }
+      uint8_t md[32];
+      SHA256((const unsigned char *)pem, strlen(pem), md);
+      hex32(md, keyfp);
+      if (cs > last) {
+        bad(&v, last + 1, "entries covered by a signed checkpoint were removed");
+        continue;
+      }
+      /* The entry at cs must still carry the signed hash. */
+      sqlite3_stmt *q = NULL;
+      if (sqlite3_prepare_v2(db, "SELECT hash FROM audit_log WHERE seq = ?1", -1, &q, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(q, 1, cs);
+        if (sqlite3_step(q) != SQLITE_ROW || !ctext(q, 0) || strcmp(ctext(q, 0), ch) != 0)
+          bad(&v, cs, "entry differs from its signed checkpoint");
+      }
+      sqlite3_finalize(q);
+    }
+    sqlite3_finalize(st);
+  }
+  json_object_set_new(summary, "ok", json_boolean(v.first_bad == 0));
+  json_object_set_new(summary, "entries", json_integer(entries));
+  json_object_set_new(summary, "checkpoints", json_integer(ckpts));
+  if (v.first_bad) {
+    json_object_set_new(summary, "first_bad_seq", json_integer(v.first_bad));
+    json_object_set_new(summary, "reason", json_string(v.reason));
+  } else {
+    json_object_set_new(summary, "head", json_string(prev));
+    json_object_set_new(summary, "checkpoint_key_sha256", keyfp[0] ? json_string(keyfp) : json_null());
+  }
+  return v.first_bad ? 1 : 0;
+}
+
+static void usage_audit(FILE *f)
+{
+  fprintf(f, "usage: turnpike audit verify --data DIR [--pubkey PEMFILE]\n\n"
+             "Walks the audit log's hash chain and checks every signed checkpoint.\n"
+             "Exit 0 and a JSON summary when intact; exit 1 naming the first bad entry\n"
+             "(first_bad_seq) when an entry was edited, removed or reordered.\n"
+             "--pubkey pins the checkpoint key (else the key stored with each checkpoint is used).\n");
 }
 
 int tp_cmd_audit(int argc, char **argv)
 {
-  (void)argc;
-  (void)argv;
-  fprintf(stderr, "turnpike: not implemented yet\n");
-  return 2;
+  if (argc < 1 || strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0) {
+    usage_audit(argc < 1 ? stderr : stdout);
+    return argc < 1 ? 2 : 0;
+  }
+  if (strcmp(argv[0], "verify") != 0) {
+    usage_audit(stderr);
+    return 2;
+  }
+  const char *data = "./var", *pubf = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--data") == 0 && i + 1 < argc)
+      data = argv[++i];
+    else if (strncmp(argv[i], "--data=", 7) == 0)
+      data = argv[i] + 7;
+    else if (strcmp(argv[i], "--pubkey") == 0 && i + 1 < argc)
+      pubf = argv[++i];
+    else {
+      fprintf(stderr, "turnpike audit verify: unknown option %s\n", argv[i]);
+      return 2;
+    }
+  }
+  char pin[4096] = "";
+  if (pubf) {
+    FILE *f = fopen(pubf, "r");
+    size_t n = f ? fread(pin, 1, sizeof pin - 1, f) : 0;
+    if (f)
+      fclose(f);
+    if (n == 0) {
+      fprintf(stderr, "turnpike audit verify: cannot read %s\n", pubf);
+      return 2;
+    }
+    pin[n] = '\0';
+  }
+  char path[1200];
+  snprintf(path, sizeof path, "%s/turnpike.db", data);
+  sqlite3 *db = NULL;
+  if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+    fprintf(stderr, "turnpike audit verify: cannot open %s\n", path);
+    sqlite3_close(db);
+    return 2;
+  }
+  sqlite3_busy_timeout(db, 5000);
+  json_t *sum = json_object();
+  int rc = verify(db, pubf ? pin : NULL, sum);
+  sqlite3_close(db);
+  if (rc < 0) {
+    fprintf(stderr, "turnpike audit verify: no audit log in %s\n", path);
+    json_decref(sum);
+    return 2;
+  }
+  char *s = json_dumps(sum, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  printf("%s\n", s);
+  if (rc)
+    fprintf(stderr, "turnpike audit verify: entry %lld: %s\n",
+            (long long)json_integer_value(json_object_get(sum, "first_bad_seq")),
+            json_string_value(json_object_get(sum, "reason")));
+  free(s);
+  json_decref(sum);
+  return rc;
 }

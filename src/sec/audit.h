@@ -13,4 +13,10 @@ struct tp_store;
  * details: extra JSON (borrowed, may be NULL), never card data. */
 void tp_audit_append(struct tp_cs *cs, const char *merchant, const char *actor, const char *action,
                      const char *object_id, const json_t *details);
+
+/* Daemon maintenance (called by the kek thread): write a signed checkpoint of
+ * the chain head when [audit] checkpoint_seconds or checkpoint_entries have
+ * passed; _final forces one (shutdown, before the writer stops). */
+void tp_audit_tick(void);
+void tp_audit_tick_final(void);
 #endif

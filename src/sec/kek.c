@@ -1,12 +1,633 @@
-/* Placeholder: being written. */
+/* KEK providers, versions, rotation and the re-wrap job (see sec/kek.h).
+ *
+ * The `file` provider keeps one 32-byte key per version in DATA/kek-vN.key
+ * (0600) and wraps data keys with AES-256-GCM: nonce(12) | wrapped(32) |
+ * tag(16). Its audit checkpoint key is DATA/audit-signing.pem (0600). */
+#include "sec/kek.h"
+#include "api/http.h"
+#include "config.h"
+#include "log.h"
 #include "main/commands.h"
+#include "sec/audit.h"
+#include "sec/jwe.h"
+#include "sec/vault.h"
+#include "store/store.h"
+#include "util.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <ini.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/sha.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FILE_CACHE 64
+
+/* ---- file provider ---------------------------------------------------------- */
+struct file_kek {
+  char dir[1024];
+  pthread_mutex_t mu;
+  struct {
+    uint32_t v;
+    uint8_t key[32];
+  } cache[FILE_CACHE];
+  size_t ncache;
+  EVP_PKEY *sign_key;
+};
+
+static int file_load(struct file_kek *f, uint32_t v, uint8_t key[32])
+{
+  pthread_mutex_lock(&f->mu);
+  for (size_t i = 0; i < f->ncache; i++)
+    if (f->cache[i].v == v) {
+      memcpy(key, f->cache[i].key, 32);
+      pthread_mutex_unlock(&f->mu);
+      return 0;
+    }
+  char path[1200];
+  snprintf(path, sizeof path, "%s/kek-v%u.key", f->dir, v);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  ssize_t n = fd >= 0 ? read(fd, key, 32) : -1;
+  if (fd >= 0)
+    close(fd);
+  if (n != 32) {
+    pthread_mutex_unlock(&f->mu);
+    tp_log(TP_LOG_ERROR, "kek_file_missing", "{s:s}", "path", path);
+    return -1;
+  }
+  size_t slot = f->ncache < FILE_CACHE ? f->ncache++ : v % FILE_CACHE;
+  f->cache[slot].v = v;
+  memcpy(f->cache[slot].key, key, 32);
+  pthread_mutex_unlock(&f->mu);
+  return 0;
+}
+
+static int file_create(void *cls, uint32_t v)
+{
+  struct file_kek *f = cls;
+  char path[1200];
+  uint8_t key[32];
+  snprintf(path, sizeof path, "%s/kek-v%u.key", f->dir, v);
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    tp_log(TP_LOG_ERROR, "kek_file_create", "{s:s, s:s}", "path", path, "error", strerror(errno));
+    return -1;
+  }
+  tp_random(key, sizeof key);
+  int ok = write(fd, key, 32) == 32 && fsync(fd) == 0;
+  close(fd);
+  OPENSSL_cleanse(key, sizeof key);
+  return ok ? 0 : -1;
+}
+
+static int file_wrap(void *cls, uint32_t v, const uint8_t dek[32], const uint8_t *aad, size_t aadlen, uint8_t *out,
+                     size_t *outlen)
+{
+  uint8_t key[32];
+  if (*outlen < 60 || file_load(cls, v, key) != 0)
+    return -1;
+  tp_random(out, 12);
+  int rc = tp_vault_gcm(1, key, out, aad, aadlen, dek, 32, out + 12, out + 44);
+  OPENSSL_cleanse(key, sizeof key);
+  *outlen = 60;
+  return rc;
+}
+
+static int file_unwrap(void *cls, uint32_t v, const uint8_t *in, size_t inlen, const uint8_t *aad, size_t aadlen,
+                       uint8_t dek[32])
+{
+  uint8_t key[32], tag[16];
+  if (inlen != 60 || file_load(cls, v, key) != 0)
+    return -1;
+  memcpy(tag, in + 44, 16);
+  int rc = tp_vault_gcm(0, key, in, aad, aadlen, in + 12, 32, dek, tag);
+  OPENSSL_cleanse(key, sizeof key);
+  return rc;
+}
+
+/* The checkpoint signing key, created on first use. */
+static EVP_PKEY *file_sign_key(struct file_kek *f)
+{
+  pthread_mutex_lock(&f->mu);
+  if (!f->sign_key) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/audit-signing.pem", f->dir);
+    FILE *fp = fopen(path, "r");
+    if (fp) {
+      f->sign_key = PEM_read_PrivateKey(fp, NULL, NULL, NULL);
+      fclose(fp);
+    } else {
+      EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+      int fd = k ? open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600) : -1;
+      FILE *out = fd >= 0 ? fdopen(fd, "w") : NULL;
+      if (out && PEM_write_PrivateKey(out, k, NULL, NULL, 0, NULL, NULL) == 1 && fflush(out) == 0 &&
+          fsync(fd) == 0)
+        f->sign_key = k;
+      else
+        EVP_PKEY_free(k);
+      if (out)
+        fclose(out);
+      else if (fd >= 0)
+        close(fd);
+    }
+  }
+  EVP_PKEY *k = f->sign_key;
+  pthread_mutex_unlock(&f->mu);
+  return k;
+}
+
+static int file_sign(void *cls, const uint8_t digest[32], uint8_t *sig, size_t *siglen)
+{
+  EVP_PKEY *k = file_sign_key(cls);
+  EVP_PKEY_CTX *c = k ? EVP_PKEY_CTX_new(k, NULL) : NULL;
+  int ok = c && EVP_PKEY_sign_init(c) == 1 && EVP_PKEY_sign(c, sig, siglen, digest, 32) == 1;
+  EVP_PKEY_CTX_free(c);
+  return ok ? 0 : -1;
+}
+
+static int file_pubkey(void *cls, char *pem, size_t cap)
+{
+  EVP_PKEY *k = file_sign_key(cls);
+  BIO *b = BIO_new(BIO_s_mem());
+  int rc = -1;
+  if (k && b && PEM_write_bio_PUBKEY(b, k) == 1) {
+    char *p;
+    long n = BIO_get_mem_data(b, &p);
+    if (n > 0 && (size_t)n < cap) {
+      memcpy(pem, p, (size_t)n);
+      pem[n] = '\0';
+      rc = 0;
+    }
+  }
+  BIO_free(b);
+  return rc;
+}
+
+static void file_close(void *cls)
+{
+  struct file_kek *f = cls;
+  OPENSSL_cleanse(f->cache, sizeof f->cache);
+  EVP_PKEY_free(f->sign_key);
+  pthread_mutex_destroy(&f->mu);
+  free(f);
+}
+
+int tp_kek_open_file(const char *dir, struct tp_kek_provider *p)
+{
+  struct file_kek *f = calloc(1, sizeof *f);
+  if (!f)
+    return -1;
+  snprintf(f->dir, sizeof f->dir, "%s", dir);
+  pthread_mutex_init(&f->mu, NULL);
+  *p = (struct tp_kek_provider){"file", f, file_create, file_wrap, file_unwrap, file_sign, file_pubkey, file_close};
+  return 0;
+}
+
+int tp_kek_open(const char *dir, struct tp_kek_provider *p)
+{
+  const char *kind = tp_config_get("vault", "kek");
+  if (!kind || !*kind || strcmp(kind, "file") == 0)
+    return tp_kek_open_file(dir, p);
+  if (strcmp(kind, "pkcs11") == 0)
+    return tp_kek_open_pkcs11(p);
+  tp_log(TP_LOG_ERROR, "kek_provider_unknown", "{s:s}", "kek", kind);
+  return -1;
+}
+
+/* ---- process-wide state --------------------------------------------------- */
+static struct tp_kek_provider g_prov;
+static struct tp_kek_provider *g_active;
+static _Atomic uint32_t g_current;
+
+struct tp_kek_provider *tp_kek(void)
+{
+  return g_active;
+}
+
+uint32_t tp_kek_current(void)
+{
+  return atomic_load(&g_current);
+}
+
+void tp_kek_set_current(uint32_t v)
+{
+  atomic_store(&g_current, v);
+}
+
+void tp_kek_use(struct tp_kek_provider *p, uint32_t current)
+{
+  g_active = p;
+  atomic_store(&g_current, current);
+}
+
+/* max(version) from kek_versions; 0 when none, -1 on error. */
+static int64_t latest_version(struct tp_store *st)
+{
+  json_t *rows = tp_store_query(st, "SELECT max(version) AS v FROM kek_versions", NULL);
+  if (!rows)
+    return -1;
+  json_t *v = json_object_get(json_array_get(rows, 0), "v");
+  int64_t r = json_is_integer(v) ? json_integer_value(v) : 0;
+  json_decref(rows);
+  return r;
+}
+
+static void cs_add_version(struct tp_cs *cs, uint32_t v, const char *provider, const char *actor)
+{
+  json_t *a = json_pack("[I, s, I]", (json_int_t)v, provider, (json_int_t)tp_now());
+  /* min_changes 1 on an INSERT of a primary key: two concurrent rotations
+   * cannot both claim the same version. */
+  tp_cs_sql(cs, "INSERT INTO kek_versions(version, provider, created) VALUES(?1, ?2, ?3)", a, 1);
+  json_decref(a);
+  char oid[32];
+  snprintf(oid, sizeof oid, "kek_v%u", v);
+  json_t *d = json_pack("{s:I, s:s}", "version", (json_int_t)v, "provider", provider);
+  tp_audit_append(cs, NULL, actor, v == 1 ? "kek.created" : "kek.rotated", oid, d);
+  json_decref(d);
+}
+
+static int apply_direct(struct tp_store *st, struct tp_cs *cs)
+{
+  int rc = -1;
+  int brc = st->ops->apply_batch(st->cls, &cs, 1, &rc);
+  return brc == 0 && rc == 0 ? 0 : -1;
+}
+
+/* SHA-256 of the configuration file, hex; "none" without one. */
+static void config_hash(const char *path, char out[65])
+{
+  snprintf(out, 65, "none");
+  FILE *f = path ? fopen(path, "rb") : NULL;
+  if (!f)
+    return;
+  EVP_MD_CTX *c = EVP_MD_CTX_new();
+  uint8_t buf[4096], md[32];
+  unsigned mdl = 0;
+  size_t n, total = 0;
+  EVP_DigestInit_ex(c, EVP_sha256(), NULL);
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0 && total < (64u << 20)) {
+    EVP_DigestUpdate(c, buf, n);
+    total += n;
+  }
+  fclose(f);
+  EVP_DigestFinal_ex(c, md, &mdl);
+  EVP_MD_CTX_free(c);
+  for (int i = 0; i < 32; i++)
+    snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+int tp_kek_init(struct tp_store *st, const char *dir, const char *config_path)
+{
+  if (tp_kek_open(dir, &g_prov) != 0)
+    return -1;
+  g_active = &g_prov;
+  if (tp_jwe_init(dir) != 0)
+    return -1;
+  if (strcmp(g_prov.name, "file") == 0)
+    tp_log(TP_LOG_WARN, "vault_file_kek", "{s:s}", "message",
+           "card vault key-encryption keys are files in the data dir; set [vault] kek = pkcs11 (HSM) in production");
+  int64_t v = latest_version(st);
+  if (v < 0)
+    return -1;
+  struct tp_cs *cs = tp_cs_new();
+  if (v == 0) {
+    if (g_prov.create(g_prov.cls, 1) != 0) {
+      tp_cs_free(cs);
+      return -1;
+    }
+    cs_add_version(cs, 1, g_prov.name, "system");
+    v = 1;
+  }
+  /* Configuration in force, recorded at every start: a change shows as a
+   * new hash in the chain. */
+  char h[65];
+  config_hash(config_path, h);
+  json_t *d = json_pack("{s:s, s:s, s:s}", "sha256", h, "file", config_path ? config_path : "", "kek", g_prov.name);
+  tp_audit_append(cs, NULL, "system", "config.loaded", NULL, d);
+  json_decref(d);
+  int rc = apply_direct(st, cs);
+  tp_cs_free(cs);
+  if (rc != 0) {
+    tp_log(TP_LOG_ERROR, "kek_init_failed", NULL);
+    return -1;
+  }
+  atomic_store(&g_current, (uint32_t)v);
+  tp_log(TP_LOG_INFO, "kek_ready", "{s:s, s:I}", "provider", g_prov.name, "version", (json_int_t)v);
+  return 0;
+}
+
+/* ---- re-wrap -------------------------------------------------------------- */
+struct waiter {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int done, rc;
+};
+
+static void waiter_done(struct tp_cs *cs, int rc, void *arg)
+{
+  (void)cs;
+  struct waiter *w = arg;
+  pthread_mutex_lock(&w->mu);
+  w->done = 1;
+  w->rc = rc;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* Submit a change set to the writer and wait for its commit. */
+static int submit_wait(struct tp_cs *cs)
+{
+  struct waiter w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+  tp_cs_on_done(cs, waiter_done, &w);
+  if (tp_writer_submit(cs) != 0) {
+    tp_cs_free(cs);
+    return -1;
+  }
+  pthread_mutex_lock(&w.mu);
+  while (!w.done)
+    pthread_cond_wait(&w.cv, &w.mu);
+  pthread_mutex_unlock(&w.mu);
+  return w.rc;
+}
+
+static int hexval(int c)
+{
+  return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+static int unhex(const char *s, uint8_t *out, size_t cap, size_t *len)
+{
+  size_t n = strlen(s);
+  if (n % 2 || n / 2 > cap)
+    return -1;
+  for (size_t i = 0; i < n / 2; i++) {
+    int a = hexval(s[2 * i]), b = hexval(s[2 * i + 1]);
+    if (a < 0 || b < 0)
+      return -1;
+    out[i] = (uint8_t)(a << 4 | b);
+  }
+  *len = n / 2;
+  return 0;
+}
+
+static void tohex(const uint8_t *in, size_t n, char *out)
+{
+  static const char d[] = "0123456789ABCDEF";
+  for (size_t i = 0; i < n; i++) {
+    out[2 * i] = d[in[i] >> 4];
+    out[2 * i + 1] = d[in[i] & 15];
+  }
+  out[2 * n] = '\0';
+}
+
+static char rw_cursor[128];
+static int rw_pass_count;
+
+int tp_kek_rewrap_batch(int max)
+{
+  uint32_t cur = tp_kek_current();
+  char hdr[11];
+  uint8_t h5[5] = {2, (uint8_t)(cur >> 24), (uint8_t)(cur >> 16), (uint8_t)(cur >> 8), (uint8_t)cur};
+  tohex(h5, 5, hdr);
+  json_t *rows = NULL;
+  for (int round = 0; round < 2; round++) {
+    /* Format-2 records whose header names another version, in token order
+     * from a cursor, so that a record which cannot be re-wrapped is tried
+     * once per pass, not forever. */
+    json_t *a = json_pack("[s, s, i]", hdr, rw_cursor, max);
+    rows = tp_store_query(&tp_app.store,
+                          "SELECT token, merchant, hex(blob) AS b FROM vault WHERE token > ?2 AND "
+                          "substr(hex(blob), 1, 2) = '02' AND substr(hex(blob), 1, 10) <> ?1 ORDER BY token LIMIT ?3",
+                          a);
+    json_decref(a);
+    if (!rows)
+      return -1;
+    if (json_array_size(rows) > 0)
+      break;
+    json_decref(rows);
+    rows = NULL;
+    if (!rw_cursor[0] || rw_pass_count == 0) {
+      rw_cursor[0] = '\0';
+      rw_pass_count = 0;
+      return 0; /* a whole pass found nothing left to do */
+    }
+    rw_cursor[0] = '\0';
+    rw_pass_count = 0;
+  }
+  if (!rows)
+    return 0;
+  struct tp_cs *cs = tp_cs_new();
+  int n = 0;
+  size_t i;
+  json_t *row;
+  json_array_foreach(rows, i, row)
+  {
+    const char *tok = json_string_value(json_object_get(row, "token"));
+    const char *mer = json_string_value(json_object_get(row, "merchant"));
+    const char *hex = json_string_value(json_object_get(row, "b"));
+    if (!tok || !mer || !hex)
+      continue;
+    snprintf(rw_cursor, sizeof rw_cursor, "%s", tok);
+    uint8_t blob[TP_VAULT_MAX_BLOB], out[TP_VAULT_MAX_BLOB];
+    size_t bl, ol;
+    char ohex[2 * TP_VAULT_MAX_BLOB + 1];
+    if (unhex(hex, blob, sizeof blob, &bl) != 0 ||
+        tp_vault_rewrap(mer, tok, blob, bl, cur, out, &ol) != 0) {
+      tp_log(TP_LOG_ERROR, "kek_rewrap_failed", "{s:s}", "token", tok);
+      continue;
+    }
+    tohex(out, ol, ohex);
+    /* Compare-and-set on the old bytes: a record changed meanwhile is left
+     * for the next pass. */
+    json_t *a = json_pack("[s, s, s, s]", ohex, tok, mer, hex);
+    tp_cs_sql(cs, "UPDATE vault SET blob = tp_unhex(?1) WHERE token = ?2 AND merchant = ?3 AND hex(blob) = ?4", a,
+              0);
+    json_decref(a);
+    n++;
+  }
+  json_decref(rows);
+  if (n == 0) {
+    tp_cs_free(cs);
+    return tp_kek_rewrap_batch(max); /* every row failed: go on from the advanced cursor */
+  }
+  if (submit_wait(cs) != 0)
+    return -1;
+  rw_pass_count += n;
+  return n;
+}
+
+/* ---- maintenance thread ---------------------------------------------------- */
+static pthread_t g_thread;
+static bool g_running;
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_cv = PTHREAD_COND_INITIALIZER;
+static bool g_stop;
+
+static bool sleep_ms(int ms)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += ms / 1000;
+  ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&g_mu);
+  if (!g_stop)
+    pthread_cond_timedwait(&g_cv, &g_mu, &ts);
+  bool stop = g_stop;
+  pthread_mutex_unlock(&g_mu);
+  return !stop;
+}
+
+static void *maint_main(void *arg)
+{
+  (void)arg;
+  int poll_ms = (int)tp_config_int("vault", "kek_poll_seconds", 2, 1, 3600) * 1000;
+  int batch = (int)tp_config_int("vault", "rewrap_batch", 50, 1, 1000);
+  int pause_ms = (int)tp_config_int("vault", "rewrap_pause_ms", 20, 0, 10000);
+  bool rewrap = true; /* one pass at start finishes a re-wrap a restart interrupted */
+  int total = 0;
+  int64_t next_poll = tp_mono_ms() + poll_ms;
+  for (;;) {
+    if (tp_mono_ms() >= next_poll) {
+      next_poll = tp_mono_ms() + poll_ms;
+      int64_t v = latest_version(&tp_app.store);
+      if (v > (int64_t)tp_kek_current()) {
+        tp_kek_set_current((uint32_t)v);
+        tp_log(TP_LOG_INFO, "kek_current", "{s:I}", "version", (json_int_t)v);
+        rewrap = true;
+        total = 0;
+      }
+    }
+    if (rewrap) {
+      int n = tp_kek_rewrap_batch(batch);
+      if (n > 0)
+        total += n;
+      if (n == 0) {
+        rewrap = false;
+        if (total > 0) {
+          tp_log(TP_LOG_INFO, "kek_rewrap_done", "{s:I, s:i}", "version", (json_int_t)tp_kek_current(), "records",
+                 total);
+          struct tp_cs *cs = tp_cs_new();
+          json_t *d = json_pack("{s:I, s:i}", "version", (json_int_t)tp_kek_current(), "records", total);
+          tp_audit_append(cs, NULL, "system", "kek.rewrapped", NULL, d);
+          json_decref(d);
+          submit_wait(cs);
+        }
+      }
+    }
+    tp_audit_tick();
+    if (!sleep_ms(rewrap ? pause_ms : 250))
+      break;
+  }
+  return NULL;
+}
+
+int tp_kek_start(void)
+{
+  g_stop = false;
+  if (pthread_create(&g_thread, NULL, maint_main, NULL) != 0)
+    return -1;
+  g_running = true;
+  return 0;
+}
+
+void tp_kek_stop(void)
+{
+  if (!g_running)
+    return;
+  pthread_mutex_lock(&g_mu);
+  g_stop = true;
+  pthread_cond_signal(&g_cv);
+  pthread_mutex_unlock(&g_mu);
+  pthread_join(g_thread, NULL);
+  g_running = false;
+  tp_audit_tick_final();
+}
+
+/* ---- turnpike kek rotate ----------------------------------------------------- */
+static int ini_put(void *user, const char *section, const char *name, const char *value)
+{
+  (void)user;
+  tp_config_put(section, name, value);
+  return 1;
+}
+
+static void usage_kek(FILE *f)
+{
+  fprintf(f, "usage: turnpike kek rotate --data DIR [--config FILE]\n\n"
+             "Creates a new key-encryption key version with the provider of [vault] kek (file | pkcs11)\n"
+             "and makes it current. A running daemon picks it up within [vault] kek_poll_seconds and\n"
+             "re-wraps the data keys of older card records in the background; reads work throughout.\n"
+             "Prints {\"version\",\"provider\"} as JSON.\n");
+}
 
 int tp_cmd_kek(int argc, char **argv)
 {
-  (void)argc;
-  (void)argv;
-  fprintf(stderr, "turnpike: not implemented yet\n");
-  return 2;
+  if (argc < 1 || strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0) {
+    usage_kek(argc < 1 ? stderr : stdout);
+    return argc < 1 ? 2 : 0;
+  }
+  if (strcmp(argv[0], "rotate") != 0) {
+    usage_kek(stderr);
+    return 2;
+  }
+  const char *data = "./var", *cfg = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--data") == 0 && i + 1 < argc)
+      data = argv[++i];
+    else if (strncmp(argv[i], "--data=", 7) == 0)
+      data = argv[i] + 7;
+    else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+      cfg = argv[++i];
+    else if (strncmp(argv[i], "--config=", 9) == 0)
+      cfg = argv[i] + 9;
+    else if (strcmp(argv[i], "--help") == 0) {
+      usage_kek(stdout);
+      return 0;
+    } else {
+      fprintf(stderr, "turnpike kek rotate: unknown option %s\n", argv[i]);
+      return 2;
+    }
+  }
+  if (cfg && ini_parse(cfg, ini_put, NULL) != 0) {
+    fprintf(stderr, "turnpike kek rotate: cannot read %s\n", cfg);
+    return 2;
+  }
+  tp_log_threshold = TP_LOG_WARN;
+  struct tp_store st;
+  if (tp_store_open_sqlite(&st, data) != 0)
+    return 1;
+  struct tp_kek_provider p;
+  if (tp_kek_open(data, &p) != 0) {
+    st.ops->close(st.cls);
+    return 1;
+  }
+  int rc = 1;
+  int64_t v = latest_version(&st);
+  if (v >= 0 && v + 1 < TP_KEK_MAX_VERSIONS && p.create(p.cls, (uint32_t)v + 1) == 0) {
+    struct tp_cs *cs = tp_cs_new();
+    cs_add_version(cs, (uint32_t)v + 1, p.name, "cli");
+    if (apply_direct(&st, cs) == 0) {
+      printf("{\"version\":%u,\"provider\":\"%s\"}\n", (unsigned)v + 1, p.name);
+      rc = 0;
+    }
+    tp_cs_free(cs);
+  }
+  if (rc != 0)
+    fprintf(stderr, "turnpike kek rotate: failed\n");
+  p.close(p.cls);
+  st.ops->close(st.cls);
+  return rc;
 }

@@ -1,6 +1,7 @@
 /* Envelope encryption of card data with OpenSSL AES-256-GCM.
  * Blob: ver(1) | wrap_nonce(12) | wrapped_dek(32) | wrap_tag(16) | nonce(12) | tag(16) | ciphertext. */
 #include "sec/vault.h"
+#include "sec/kek.h"
 #include "core/card.h"
 #include "log.h"
 #include "util.h"
@@ -40,12 +41,10 @@ int tp_vault_init(const char *dir, uint8_t kek[32])
     }
     close(fd);
   }
-  tp_log(TP_LOG_WARN, "vault_file_kek",
-         "{s:s}", "message", "card vault key-encryption key is a file in the data dir; use an HSM in production");
   return 0;
 }
 
-static int gcm(int enc, const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad, size_t aadlen,
+int tp_vault_gcm(int enc, const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad, size_t aadlen,
                const uint8_t *in, size_t len, uint8_t *out, uint8_t tag[16])
 {
   EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
@@ -84,9 +83,9 @@ int tp_vault_seal(const uint8_t kek[32], const char *merchant, const char *token
   out[0] = VAULT_VERSION;
   tp_random(out + 1, 12);
   tp_random(out + 61, 12);
-  int rc = gcm(1, kek, out + 1, (const uint8_t *)aad, (size_t)al, dek, 32, out + 13, out + 45);
+  int rc = tp_vault_gcm(1, kek, out + 1, (const uint8_t *)aad, (size_t)al, dek, 32, out + 13, out + 45);
   if (rc == 0)
-    rc = gcm(1, dek, out + 61, (const uint8_t *)aad, (size_t)al, (const uint8_t *)plain, (size_t)pl, out + HDR,
+    rc = tp_vault_gcm(1, dek, out + 61, (const uint8_t *)aad, (size_t)al, (const uint8_t *)plain, (size_t)pl, out + HDR,
              out + 73);
   tp_card_wipe(dek, sizeof dek);
   tp_card_wipe(plain, sizeof plain);
@@ -104,10 +103,10 @@ int tp_vault_open(const uint8_t kek[32], const char *merchant, const char *token
   uint8_t dek[32], tag[16];
   char plain[TP_VAULT_MAX_BLOB];
   memcpy(tag, blob + 45, 16);
-  int rc = gcm(0, kek, blob + 1, (const uint8_t *)aad, (size_t)al, blob + 13, 32, dek, tag);
+  int rc = tp_vault_gcm(0, kek, blob + 1, (const uint8_t *)aad, (size_t)al, blob + 13, 32, dek, tag);
   if (rc == 0) {
     memcpy(tag, blob + 73, 16);
-    rc = gcm(0, dek, blob + 61, (const uint8_t *)aad, (size_t)al, blob + HDR, len - HDR, (uint8_t *)plain, tag);
+    rc = tp_vault_gcm(0, dek, blob + 61, (const uint8_t *)aad, (size_t)al, blob + HDR, len - HDR, (uint8_t *)plain, tag);
   }
   tp_card_wipe(dek, sizeof dek);
   if (rc == 0) {
@@ -125,4 +124,146 @@ int tp_vault_open(const uint8_t kek[32], const char *merchant, const char *token
   }
   tp_card_wipe(plain, sizeof plain);
   return rc;
+}
+
+/* ---- format 2: provider KEK, versioned ------------------------------------ */
+#define REC_VERSION 2
+#define REC_FIXED (1 + 4 + 1 + 12 + 16)
+
+static int rec_aad(char *aad, size_t cap, const char *merchant, const char *token, uint32_t v)
+{
+  int n = v ? snprintf(aad, cap, "%s|%s|%u", merchant, token, v) : snprintf(aad, cap, "%s|%s", merchant, token);
+  return n <= 0 || (size_t)n >= cap ? -1 : n;
+}
+
+uint32_t tp_vault_rec_version(const uint8_t *blob, size_t len)
+{
+  if (len <= REC_FIXED || blob[0] != REC_VERSION)
+    return 0;
+  return (uint32_t)blob[1] << 24 | (uint32_t)blob[2] << 16 | (uint32_t)blob[3] << 8 | blob[4];
+}
+
+/* Split a record: wrapped key, nonce, tag, ciphertext. */
+static int rec_parse(const uint8_t *blob, size_t len, uint32_t *v, const uint8_t **w, size_t *wl,
+                     const uint8_t **rest)
+{
+  *v = tp_vault_rec_version(blob, len);
+  if (!*v || len > TP_VAULT_MAX_BLOB)
+    return -1;
+  *wl = blob[5];
+  if (*wl == 0 || *wl > TP_KEK_WRAP_MAX || REC_FIXED + *wl >= len)
+    return -1;
+  *w = blob + 6;
+  *rest = blob + 6 + *wl;
+  return 0;
+}
+
+static int rec_header(uint8_t *out, uint32_t v, const uint8_t *w, size_t wl)
+{
+  out[0] = REC_VERSION;
+  out[1] = (uint8_t)(v >> 24);
+  out[2] = (uint8_t)(v >> 16);
+  out[3] = (uint8_t)(v >> 8);
+  out[4] = (uint8_t)v;
+  out[5] = (uint8_t)wl;
+  memcpy(out + 6, w, wl);
+  return 6 + (int)wl;
+}
+
+int tp_vault_seal_rec(const char *merchant, const char *token, const char *pan, int exp_month, int exp_year,
+                      uint8_t *out, size_t *outlen)
+{
+  struct tp_kek_provider *p = tp_kek();
+  uint32_t v = tp_kek_current();
+  char plain[64], aad[200], waad[200];
+  int pl = snprintf(plain, sizeof plain, "%s|%d|%d", pan, exp_month, exp_year);
+  int al = rec_aad(aad, sizeof aad, merchant, token, 0), wal = rec_aad(waad, sizeof waad, merchant, token, v);
+  if (!p || !v || pl <= 0 || (size_t)pl >= sizeof plain || al < 0 || wal < 0) {
+    tp_card_wipe(plain, sizeof plain);
+    return -1;
+  }
+  uint8_t dek[32], w[TP_KEK_WRAP_MAX];
+  size_t wl = sizeof w;
+  tp_random(dek, sizeof dek);
+  int rc = p->wrap(p->cls, v, dek, (const uint8_t *)waad, (size_t)wal, w, &wl);
+  if (rc == 0 && (wl == 0 || wl > TP_KEK_WRAP_MAX || REC_FIXED + wl + (size_t)pl > TP_VAULT_MAX_BLOB))
+    rc = -1;
+  if (rc == 0) {
+    int h = rec_header(out, v, w, wl);
+    uint8_t *nonce = out + h, *tag = out + h + 12;
+    tp_random(nonce, 12);
+    rc = tp_vault_gcm(1, dek, nonce, (const uint8_t *)aad, (size_t)al, (const uint8_t *)plain, (size_t)pl, tag + 16, tag);
+    *outlen = (size_t)h + 28 + (size_t)pl;
+  }
+  tp_card_wipe(dek, sizeof dek);
+  tp_card_wipe(plain, sizeof plain);
+  return rc;
+}
+
+static int rec_unwrap(const char *merchant, const char *token, const uint8_t *blob, size_t len, uint8_t dek[32],
+                      const uint8_t **rest)
+{
+  struct tp_kek_provider *p = tp_kek();
+  uint32_t v;
+  const uint8_t *w;
+  size_t wl;
+  char waad[200];
+  if (!p || rec_parse(blob, len, &v, &w, &wl, rest) != 0)
+    return -1;
+  int wal = rec_aad(waad, sizeof waad, merchant, token, v);
+  if (wal < 0)
+    return -1;
+  return p->unwrap(p->cls, v, w, wl, (const uint8_t *)waad, (size_t)wal, dek);
+}
+
+int tp_vault_open_rec(const char *merchant, const char *token, const uint8_t *blob, size_t len, char *pan,
+                      int *exp_month, int *exp_year)
+{
+  uint8_t dek[32], tag[16];
+  const uint8_t *rest;
+  char aad[200], plain[TP_VAULT_MAX_BLOB];
+  int al = rec_aad(aad, sizeof aad, merchant, token, 0);
+  if (al < 0 || rec_unwrap(merchant, token, blob, len, dek, &rest) != 0)
+    return -1;
+  size_t cl = len - (size_t)(rest + 28 - blob);
+  memcpy(tag, rest + 12, 16);
+  int rc = tp_vault_gcm(0, dek, rest, (const uint8_t *)aad, (size_t)al, rest + 28, cl, (uint8_t *)plain, tag);
+  tp_card_wipe(dek, sizeof dek);
+  if (rc == 0) {
+    plain[cl] = '\0';
+    char *p1 = strchr(plain, '|');
+    char *p2 = p1 ? strchr(p1 + 1, '|') : NULL;
+    if (!p1 || !p2 || p1 - plain > 19) {
+      rc = -1;
+    } else {
+      memcpy(pan, plain, (size_t)(p1 - plain));
+      pan[p1 - plain] = '\0';
+      *exp_month = atoi(p1 + 1);
+      *exp_year = atoi(p2 + 1);
+    }
+  }
+  tp_card_wipe(plain, sizeof plain);
+  return rc;
+}
+
+int tp_vault_rewrap(const char *merchant, const char *token, const uint8_t *blob, size_t len, uint32_t v,
+                    uint8_t *out, size_t *outlen)
+{
+  struct tp_kek_provider *p = tp_kek();
+  uint8_t dek[32], w[TP_KEK_WRAP_MAX];
+  size_t wl = sizeof w;
+  const uint8_t *rest;
+  char waad[200];
+  int wal = rec_aad(waad, sizeof waad, merchant, token, v);
+  if (!p || wal < 0 || rec_unwrap(merchant, token, blob, len, dek, &rest) != 0)
+    return -1;
+  int rc = p->wrap(p->cls, v, dek, (const uint8_t *)waad, (size_t)wal, w, &wl);
+  tp_card_wipe(dek, sizeof dek);
+  size_t tail = len - (size_t)(rest - blob);
+  if (rc != 0 || wl == 0 || wl > TP_KEK_WRAP_MAX || 6 + wl + tail > TP_VAULT_MAX_BLOB)
+    return -1;
+  int h = rec_header(out, v, w, wl);
+  memcpy(out + h, rest, tail);
+  *outlen = (size_t)h + tail;
+  return 0;
 }

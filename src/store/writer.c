@@ -5,6 +5,7 @@
  * payments. */
 #include "store.h"
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 #include <pthread.h>
@@ -91,6 +92,8 @@ static void *writer_main(void *arg)
     if (n > W.stats.max_batch)
       W.stats.max_batch = n;
     pthread_mutex_unlock(&W.mu);
+    tp_metric_observe_n("turnpike_store_batch_size", NULL, n);
+    tp_metric_observe_us("turnpike_store_commit_duration_seconds", NULL, dt / 1000);
     for (size_t i = 0; i < n; i++) {
       if (rc[i] == 0 && W.nsubs > 0)
         publish_events(batch[i]);

@@ -108,9 +108,10 @@ class Client:
     """One merchant's view of the API. A new TCP connection per request keeps
     threads independent and makes connection errors attributable."""
 
-    def __init__(self, host, port, key=None, auth="bearer", timeout=30.0):
+    def __init__(self, host, port, key=None, auth="bearer", timeout=30.0, ssl_context=None):
         self.host, self.port, self.key, self.auth = host, port, key, auth
         self.timeout = timeout
+        self.ssl_context = ssl_context  # an ssl.SSLContext: talk HTTPS
 
     def _auth_header(self, key, auth):
         if key is None or auth is None:
@@ -153,8 +154,12 @@ class Client:
             hdrs["Content-Type"] = content_type or "application/x-www-form-urlencoded"
         if headers:
             hdrs.update(headers)
-        conn = http.client.HTTPConnection(self.host, self.port,
-                                          timeout=timeout or self.timeout)
+        if self.ssl_context is not None:
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout or self.timeout,
+                                               context=self.ssl_context)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port,
+                                              timeout=timeout or self.timeout)
         try:
             conn.request(method, path, body=body, headers=hdrs)
             resp = conn.getresponse()
@@ -207,6 +212,7 @@ class Daemon:
         self.port = None
         self.addr = None
         self.merchants = {}
+        self.ssl_context = None  # set by start(ssl_context=...) for a daemon serving HTTPS
 
     # -- admin -----------------------------------------------------------
     def create_merchant(self, name):
@@ -228,10 +234,12 @@ class Daemon:
         return m
 
     # -- lifecycle -------------------------------------------------------
-    def start(self, extra_env=None, config=None, args=None):
+    def start(self, extra_env=None, config=None, args=None, ssl_context=None):
         """Start serve on 127.0.0.1:0 and wait for DATA/serve.addr and /healthz.
         config: INI text, written to ROOT/turnpike.ini and passed as --config;
-        args: more command-line arguments."""
+        args: more command-line arguments; ssl_context: the daemon serves
+        HTTPS (--tls-cert in args): probe and build clients with it."""
+        self.ssl_context = ssl_context
         addr_file = os.path.join(self.data, "serve.addr")
         try:
             os.unlink(addr_file)
@@ -279,7 +287,7 @@ class Daemon:
                                (READY_TIMEOUT_S, self.log_tail()))
         while time.monotonic() < deadline:
             try:
-                r = Client(HOST, self.port, timeout=5).get("/healthz")
+                r = Client(HOST, self.port, timeout=5, ssl_context=self.ssl_context).get("/healthz")
                 if r.status == 200:
                     return self
             except OSError:
@@ -325,7 +333,7 @@ class Daemon:
     def client(self, merchant=None, auth="bearer", timeout=30.0):
         """A Client for a merchant created by name (None: no key)."""
         key = self.merchants[merchant]["secret_key"] if merchant else None
-        return Client(HOST, self.port, key=key, auth=auth, timeout=timeout)
+        return Client(HOST, self.port, key=key, auth=auth, timeout=timeout, ssl_context=self.ssl_context)
 
     def db_path(self):
         return os.path.join(self.data, "turnpike.db")

@@ -1,0 +1,125 @@
+/* Observability endpoints: GET /metrics (Prometheus text format 0.0.4) and
+ * POST /v1/turnpike/log_level.
+ *
+ * Scrapers have no Stripe key, so /metrics needs none: by default it answers
+ * loopback clients only; with [metrics] token = T it answers anyone sending
+ * Authorization: Bearer T (and nobody else); [metrics] public = true opens it
+ * to every client. */
+#include "api/handlers.h"
+#include "api/http.h"
+#include "config.h"
+#include "log.h"
+#include "metrics.h"
+#include "util.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static bool peer_is_loopback(struct tp_req *r)
+{
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  if (!ci || !ci->client_addr)
+    return false;
+  const struct sockaddr *sa = ci->client_addr;
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+    return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+  }
+  if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+    return IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr);
+  }
+  return false;
+}
+
+static void describe(void)
+{
+  tp_metric_help("turnpike_http_requests_total", "HTTP requests answered, by route pattern, method and status class.");
+  tp_metric_help("turnpike_http_request_duration_seconds", "Time from the first byte of a request to its reply.");
+  tp_metric_help("turnpike_http_inflight_requests", "Requests suspended while waiting for a commit or a processor.");
+  tp_metric_help("turnpike_writer_queue_depth", "Change sets queued for the group-commit writer.");
+  tp_metric_help("turnpike_writer_batches", "Group-commit transactions since start.");
+  tp_metric_help("turnpike_writer_max_batch_size", "Largest group-commit batch since start.");
+  tp_metric_help("turnpike_store_batch_size", "Change sets per group-commit transaction.");
+  tp_metric_help("turnpike_store_commit_duration_seconds", "Time to apply and commit one group-commit batch.");
+}
+
+/* Figures other modules keep themselves, copied into gauges at scrape time. */
+static void refresh_gauges(void)
+{
+  struct tp_writer_stats ws;
+  tp_writer_stats(&ws);
+  tp_metric_set("turnpike_writer_queue_depth", NULL, (int64_t)ws.queued);
+  tp_metric_set("turnpike_writer_batches", NULL, (int64_t)ws.batches);
+  tp_metric_set("turnpike_writer_max_batch_size", NULL, (int64_t)ws.max_batch);
+  tp_metric_set("turnpike_http_inflight_requests", NULL, (int64_t)tp_http_inflight());
+}
+
+/* GET /metrics */
+void tp_h_metrics(struct tp_req *r)
+{
+  const char *token = tp_config_get("metrics", "token");
+  if (token && *token) {
+    const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    size_t tl = strlen(token);
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0 || strlen(h + 7) != tl || !tp_ct_equal(h + 7, token, tl)) {
+      tp_reply_error(r, TP_ERR_AUTH_INVALID_KEY, NULL, "The metrics endpoint needs its bearer token.");
+      return;
+    }
+  } else if (!tp_config_bool("metrics", "public", false) && !peer_is_loopback(r)) {
+    tp_reply_error(r, TP_ERR_IP_NOT_ALLOWED, NULL,
+                   "Metrics are served to loopback clients only unless [metrics] token or public is set.");
+    return;
+  }
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, describe);
+  refresh_gauges();
+  char *text = tp_metrics_render();
+  if (!text) {
+    tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+    return;
+  }
+  tp_reply_raw(r, 200, text, strlen(text), "text/plain; version=0.0.4; charset=utf-8");
+}
+
+/* POST /v1/turnpike/log_level {level}: change the threshold of this process
+ * now (not persisted; the config file's [log] level applies at the next
+ * start). Replies with the previous and the new level. */
+void tp_h_log_level(struct tp_req *r)
+{
+  static const char *const names[] = {"debug", "info", "warn", "error"};
+  const char *bad = NULL;
+  const char *k;
+  json_t *v;
+  json_object_foreach(r->params, k, v)
+  {
+    if (strcmp(k, "level") != 0) {
+      bad = k;
+      break;
+    }
+  }
+  if (bad) {
+    tp_reply_error(r, TP_ERR_PARAMETER_UNKNOWN, bad, NULL);
+    return;
+  }
+  const char *lv = json_string_value(json_object_get(r->params, "level"));
+  if (!lv) {
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "level", NULL);
+    return;
+  }
+  int n = tp_log_level_parse(lv);
+  if (n < 0) {
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "level", "level must be one of debug, info, warn, error.");
+    return;
+  }
+  int old = tp_log_threshold;
+  tp_log_threshold = n;
+  tp_log(TP_LOG_WARN, "log_level_changed", "{s:s, s:s, s:s, s:s}", "from", names[old & 3], "to", names[n],
+         "merchant", r->merchant.id, "request_id", r->request_id);
+  tp_reply_json(r, 200, json_pack("{s:s, s:s, s:s}", "object", "turnpike.log_level", "level", names[n],
+                                   "previous", names[old & 3]));
+}

@@ -1,0 +1,185 @@
+/* Circuit breaker state machine (see breaker.h). */
+#include "core/breaker.h"
+
+#include <string.h>
+
+void tp_breaker_defaults(struct tp_breaker_cfg *cfg)
+{
+  cfg->failure_rate = 0.5;
+  cfg->min_calls = 20;
+  cfg->consecutive = 5;
+  cfg->open_ms = 5000;
+  cfg->probes = 3;
+  cfg->bucket_ms = 1000;
+}
+
+static void window_clear(struct tp_breaker *b)
+{
+  memset(b->b_epoch, 0, sizeof b->b_epoch);
+  memset(b->b_calls, 0, sizeof b->b_calls);
+  memset(b->b_fail, 0, sizeof b->b_fail);
+}
+
+static void enter(struct tp_breaker *b, enum tp_breaker_state s, int64_t now_ms)
+{
+  if (s == TP_BREAKER_OPEN && b->state != TP_BREAKER_OPEN)
+    b->opens++;
+  b->state = s;
+  b->since_ms = now_ms;
+  b->admitted = 0;
+  b->succeeded = 0;
+  b->last_admit_ms = now_ms;
+  /* A fresh start in every state: the failures that opened the breaker must
+   * not re-open it the moment it closes. */
+  b->consec = 0;
+  window_clear(b);
+}
+
+void tp_breaker_init(struct tp_breaker *b, const struct tp_breaker_cfg *cfg, int64_t now_ms)
+{
+  memset(b, 0, sizeof *b);
+  b->cfg = *cfg;
+  if (b->cfg.bucket_ms <= 0)
+    b->cfg.bucket_ms = 1000;
+  if (b->cfg.probes < 1)
+    b->cfg.probes = 1;
+  if (b->cfg.consecutive < 1)
+    b->cfg.consecutive = 1;
+  if (b->cfg.min_calls < 1)
+    b->cfg.min_calls = 1;
+  enter(b, TP_BREAKER_CLOSED, now_ms);
+}
+
+enum tp_breaker_state tp_breaker_tick(struct tp_breaker *b, int64_t now_ms)
+{
+  if (b->state == TP_BREAKER_OPEN && now_ms - b->since_ms >= b->cfg.open_ms)
+    enter(b, TP_BREAKER_HALF_OPEN, now_ms);
+  return b->state;
+}
+
+bool tp_breaker_allow(struct tp_breaker *b, int64_t now_ms)
+{
+  switch (tp_breaker_tick(b, now_ms)) {
+  case TP_BREAKER_CLOSED:
+    return true;
+  case TP_BREAKER_OPEN:
+    return false;
+  case TP_BREAKER_HALF_OPEN:
+    /* A probe admitted but never reported (its caller chose another
+     * processor, or crashed) must not wedge the breaker half-open. */
+    if (b->admitted >= b->cfg.probes && now_ms - b->last_admit_ms >= b->cfg.open_ms)
+      b->admitted = b->succeeded;
+    if (b->admitted >= b->cfg.probes)
+      return false;
+    b->admitted++;
+    b->last_admit_ms = now_ms;
+    return true;
+  }
+  return false;
+}
+
+void tp_breaker_window(const struct tp_breaker *b, int64_t now_ms, int *calls, int *failures)
+{
+  int64_t epoch = now_ms / b->cfg.bucket_ms;
+  int c = 0, f = 0;
+  for (int i = 0; i < TP_BREAKER_BUCKETS; i++)
+    if (b->b_epoch[i] > epoch - TP_BREAKER_BUCKETS && b->b_epoch[i] <= epoch) {
+      c += b->b_calls[i];
+      f += b->b_fail[i];
+    }
+  *calls = c;
+  *failures = f;
+}
+
+static void window_add(struct tp_breaker *b, bool failure, int64_t now_ms)
+{
+  int64_t epoch = now_ms / b->cfg.bucket_ms;
+  int i = (int)(epoch % TP_BREAKER_BUCKETS);
+  if (i < 0)
+    i += TP_BREAKER_BUCKETS;
+  if (b->b_epoch[i] != epoch) {
+    b->b_epoch[i] = epoch;
+    b->b_calls[i] = 0;
+    b->b_fail[i] = 0;
+  }
+  b->b_calls[i]++;
+  if (failure)
+    b->b_fail[i]++;
+}
+
+static void closed_failure_check(struct tp_breaker *b, int64_t now_ms)
+{
+  if (b->consec >= b->cfg.consecutive) {
+    enter(b, TP_BREAKER_OPEN, now_ms);
+    return;
+  }
+  int calls, fails;
+  tp_breaker_window(b, now_ms, &calls, &fails);
+  if (calls >= b->cfg.min_calls && (double)fails >= b->cfg.failure_rate * (double)calls)
+    enter(b, TP_BREAKER_OPEN, now_ms);
+}
+
+void tp_breaker_record(struct tp_breaker *b, bool failure, int64_t now_ms)
+{
+  switch (tp_breaker_tick(b, now_ms)) {
+  case TP_BREAKER_CLOSED:
+    window_add(b, failure, now_ms);
+    if (!failure) {
+      b->consec = 0;
+      return;
+    }
+    b->consec++;
+    closed_failure_check(b, now_ms);
+    return;
+  case TP_BREAKER_OPEN:
+    /* Answers to calls admitted before it opened: already decided. */
+    return;
+  case TP_BREAKER_HALF_OPEN:
+    if (failure) {
+      enter(b, TP_BREAKER_OPEN, now_ms);
+      return;
+    }
+    if (++b->succeeded >= b->cfg.probes)
+      enter(b, TP_BREAKER_CLOSED, now_ms);
+    return;
+  }
+}
+
+void tp_breaker_health(struct tp_breaker *b, bool ok, int64_t now_ms)
+{
+  switch (tp_breaker_tick(b, now_ms)) {
+  case TP_BREAKER_CLOSED:
+    if (!ok) {
+      b->consec++;
+      closed_failure_check(b, now_ms);
+    }
+    return;
+  case TP_BREAKER_OPEN:
+    if (ok)
+      enter(b, TP_BREAKER_HALF_OPEN, now_ms);
+    else
+      b->since_ms = now_ms; /* still down: do not let payments probe it */
+    return;
+  case TP_BREAKER_HALF_OPEN:
+    if (!ok) {
+      enter(b, TP_BREAKER_OPEN, now_ms);
+      return;
+    }
+    if (++b->succeeded >= b->cfg.probes)
+      enter(b, TP_BREAKER_CLOSED, now_ms);
+    return;
+  }
+}
+
+const char *tp_breaker_state_name(enum tp_breaker_state s)
+{
+  switch (s) {
+  case TP_BREAKER_CLOSED:
+    return "closed";
+  case TP_BREAKER_OPEN:
+    return "open";
+  case TP_BREAKER_HALF_OPEN:
+    return "half_open";
+  }
+  return "unknown";
+}

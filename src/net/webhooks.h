@@ -1,0 +1,28 @@
+/* Webhooks: delivery of committed events to merchants' endpoints, signed the
+ * way Stripe signs them. The endpoints API (src/api/webhook_endpoints.c)
+ * writes the tables; the delivery thread (src/net/webhooks.c) reads them and
+ * is told about changes through the functions below. */
+#ifndef TP_WEBHOOKS_H
+#define TP_WEBHOOKS_H
+#include <stdbool.h>
+#include <stddef.h>
+
+#define TP_WH_URL_MAX 2048        /* bytes in an endpoint URL */
+#define TP_WH_SECRET_MAX 64       /* bytes in a whsec_ secret, with NUL */
+#define TP_WH_SEALED_MAX 256      /* hex chars of a sealed secret, with NUL */
+#define TP_WH_DISABLED_EVENT "turnpike.webhook_endpoint.disabled"
+
+/* True when type is an event type an endpoint may subscribe to. */
+bool tp_webhooks_event_type_known(const char *type);
+/* True when pattern ("*" or an exact type) selects type. */
+bool tp_webhooks_event_matches(const char *pattern, const char *type);
+/* A new random "whsec_..." secret. */
+void tp_webhooks_new_secret(char out[TP_WH_SECRET_MAX]);
+/* Seal a secret for storage, bound to the endpoint id (hex out). 0 on success. */
+int tp_webhooks_seal_secret(const char *endpoint_id, const char *secret, char out[TP_WH_SEALED_MAX]);
+/* Open a sealed secret. 0 on success. */
+int tp_webhooks_open_secret(const char *endpoint_id, const char *sealed, char out[TP_WH_SECRET_MAX]);
+/* Endpoints or deliveries changed in the store (after the commit): reload
+ * and look for due deliveries now. Any thread. */
+void tp_webhooks_changed(void);
+#endif

@@ -1,0 +1,76 @@
+/* Reading the TLS certificate and key and choosing the protocol versions.
+ * The handshake itself is libmicrohttpd's (GnuTLS). */
+#include "sec/tls.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/http.h"
+#include "config.h"
+#include "log.h"
+
+const char *tp_tls_priorities(const char *min_version)
+{
+  /* TLS 1.0 and 1.1 are never offered; SSL 3 is gone from GnuTLS anyway. */
+  if (!min_version || strcmp(min_version, "1.2") == 0)
+    return "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2";
+  if (strcmp(min_version, "1.3") == 0)
+    return "NORMAL:-VERS-ALL:+VERS-TLS1.3";
+  return NULL;
+}
+
+/* The whole file as a NUL-terminated string (bounded), NULL on error. */
+static char *slurp(const char *path)
+{
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return NULL;
+  char *buf = malloc(TP_TLS_MAX_PEM + 1);
+  size_t n = buf ? fread(buf, 1, TP_TLS_MAX_PEM + 1, f) : 0;
+  bool err = ferror(f) != 0;
+  fclose(f);
+  if (!buf || err || n == 0 || n > TP_TLS_MAX_PEM) {
+    free(buf);
+    return NULL;
+  }
+  buf[n] = '\0';
+  return buf;
+}
+
+int tp_tls_configure(const char *cert_file, const char *key_file, const char *min_version)
+{
+  if (!cert_file)
+    cert_file = tp_config_get("tls", "cert");
+  if (!key_file)
+    key_file = tp_config_get("tls", "key");
+  if (!min_version)
+    min_version = tp_config_get("tls", "min_version");
+  if ((!cert_file || !*cert_file) && (!key_file || !*key_file))
+    return 0;
+  if (!cert_file || !*cert_file || !key_file || !*key_file) {
+    tp_log(TP_LOG_ERROR, "tls_config", "{s:s}", "reason", "both a certificate and a key are needed");
+    return -1;
+  }
+  const char *prio = tp_tls_priorities(min_version);
+  if (!prio) {
+    tp_log(TP_LOG_ERROR, "tls_config", "{s:s, s:s}", "reason", "min_version must be 1.2 or 1.3", "min_version",
+           min_version);
+    return -1;
+  }
+  char *cert = slurp(cert_file), *key = slurp(key_file);
+  int rc = -1;
+  if (!cert || !key)
+    tp_log(TP_LOG_ERROR, "tls_config", "{s:s, s:s}", "reason", "cannot read certificate or key", "file",
+           !cert ? cert_file : key_file);
+  else if (tp_http_set_tls(cert, key, prio) == 0)
+    rc = 1;
+  if (key) /* the private key does not stay in freed heap memory */
+    memset(key, 0, strlen(key));
+  free(cert);
+  free(key);
+  if (rc == 1)
+    tp_log(TP_LOG_INFO, "tls_enabled", "{s:s, s:s}", "cert", cert_file, "min_version",
+           min_version && *min_version ? min_version : "1.2");
+  return rc;
+}

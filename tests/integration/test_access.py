@@ -1,0 +1,329 @@
+"""Tenant isolation and key permissions.
+
+Merchant A creates one object of every kind (payment intents in each state, a
+charge, a refund, a customer, payment methods, events, balance transactions,
+a webhook endpoint). Then EVERY authenticated route of src/api/routes.c
+(parsed from the source, so routes added later are walked too) is called with
+merchant B's key and A's ids: object routes answer 404 resource_missing, list
+routes never show an id of A, creates that reference A's objects fail, and
+A's objects are byte-for-byte the same afterwards.
+
+Also: restricted keys (rk_) without the route's scope get 403
+permission_error, an expired key gets 401 api_key_expired, and
+`turnpike api-key roll` keeps the old key valid only for the overlap."""
+import json
+import os
+import re
+import subprocess
+import time
+
+from harness import BIN, PAN_3DS, DaemonTestCase, card, main
+
+ROUTES_C = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src", "api", "routes.c")
+ROUTE_RE = re.compile(r'\{\s*"(GET|POST|DELETE)"\s*,\s*"([^"]+)"\s*,\s*(\w+)\s*,\s*([^}]+)\}')
+# Parameters of a create that point at another object: B must not reach A's.
+REF_PARAMS = ("payment_intent", "charge", "customer", "payment_method")
+
+
+def routes():
+    """(method, pattern, authenticated) for every row of the route table."""
+    with open(ROUTES_C) as f:
+        text = f.read()
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    out = [(m, p, "A" in re.split(r"[\s|]+", flags.strip()) or "TP_R_AUTH" in flags)
+           for m, p, _, flags in ROUTE_RE.findall(text)]
+    if len(out) < 20:
+        raise AssertionError("parsed only %d routes from %s" % (len(out), ROUTES_C))
+    return out
+
+
+def family(pattern):
+    """/v1/customers/{id}/payment_methods -> /v1/customers"""
+    return pattern.split("/{", 1)[0]
+
+
+def admin(daemon, *args):
+    p = subprocess.run([BIN] + list(args) + ["--data", daemon.data], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=60, stdin=subprocess.DEVNULL)
+    if p.returncode != 0:
+        raise RuntimeError("%s: %s" % (args, p.stderr.decode()))
+    return json.loads(p.stdout)
+
+
+class AccessTest(DaemonTestCase):
+    MERCHANTS = ("A", "B")
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.ids = {}       # family -> [A's ids]
+        cls.made = {}      # what A created, by name
+        a = cls.daemon.client("A")
+
+        def ok(r):
+            if r.status != 200:
+                raise AssertionError(repr(r))
+            return r.json
+
+        pi = "/v1/payment_intents"
+        cus = ok(a.post("/v1/customers", {"email": "a@example.com", "name": "A's customer"}))
+        pm = ok(a.post("/v1/payment_methods", {"type": "card", "card": {"number": "4242424242424242",
+                                                                          "exp_month": 12, "exp_year": 2034,
+                                                                          "cvc": "123"}}))
+        ok(a.post("/v1/payment_methods/%s/attach" % pm["id"], {"customer": cus["id"]}))
+        made = {
+            "customer": cus["id"], "pm": pm["id"],
+            "pi_open": ok(a.post(pi, {"amount": 1000, "currency": "usd"}))["id"],
+            "pi_manual": ok(a.post(pi, {"amount": 1100, "currency": "usd", "confirm": "true",
+                                        "capture_method": "manual", "payment_method": "pm_card_visa"}))["id"],
+            "pi_3ds": ok(a.post(pi, {"amount": 1200, "currency": "usd", "confirm": "true",
+                                     "payment_method_data": card(PAN_3DS)}))["id"],
+            "pi_declined": a.post(pi, {"amount": 1300, "currency": "usd", "confirm": "true",
+                                       "payment_method": "pm_card_chargeDeclined"}).json,
+        }
+        if "error" in (made["pi_declined"] or {}):
+            made["pi_declined"] = made["pi_declined"]["error"].get("payment_intent", {}).get("id")
+        else:
+            made["pi_declined"] = (made["pi_declined"] or {}).get("id")
+        canceled = ok(a.post(pi, {"amount": 1400, "currency": "usd"}))
+        ok(a.post("%s/%s/cancel" % (pi, canceled["id"])))
+        made["pi_canceled"] = canceled["id"]
+        paid = ok(a.post(pi, {"amount": 5000, "currency": "usd", "confirm": "true", "customer": cus["id"],
+                              "payment_method": "pm_card_visa"}))
+        made["pi_paid"] = paid["id"]
+        made["charge"] = paid["latest_charge"]
+        made["refund"] = ok(a.post("/v1/refunds", {"payment_intent": paid["id"], "amount": 700}))["id"]
+        r = a.post("/v1/webhook_endpoints", [("url", "http://127.0.0.1:9/hook"), ("enabled_events[]", "*")])
+        if r.status == 200:
+            made["webhook_endpoint"] = r.json["id"]
+        cls.made = made
+        # Every id A can list, by family (events, balance transactions ...).
+        for m, p, auth in routes():
+            if m == "GET" and auth and "{" not in p:
+                r = a.get(p, {"limit": 100})
+                if r.status == 200 and isinstance(r.json, dict) and isinstance(r.json.get("data"), list):
+                    cls.ids[p] = [o["id"] for o in r.json["data"] if isinstance(o, dict) and "id" in o]
+        cls.all_ids = sorted({i for v in cls.ids.values() for i in v} |
+                             {v for v in made.values() if isinstance(v, str)})
+
+    def snapshot(self):
+        """A's view of everything: every list and every object, as JSON
+        (error replies without their per-request fields)."""
+        a = self.daemon.client("A")
+        snap = {}
+
+        def norm(r):
+            js = r.json
+            if isinstance(js, dict) and isinstance(js.get("error"), dict):
+                js["error"].pop("request_log_url", None)
+            return (r.status, js)
+
+        for m, p, auth in routes():
+            if m == "GET" and auth and "{" not in p and "/turnpike/" not in p:
+                r = a.get(p, {"limit": 100})
+                if r.status == 400:
+                    r = a.get(p)
+                snap[p] = norm(r)
+        for fam, ids in self.ids.items():
+            for i in ids:
+                snap["%s/%s" % (fam, i)] = norm(a.get("%s/%s" % (fam, i)))
+        return snap
+
+    def b_values(self):
+        """Plausible values of B's own for parameters a handler requires
+        before it looks the object up."""
+        b = self.daemon.client("B")
+        if not hasattr(self.__class__, "_bvals"):
+            cus = b.post("/v1/customers", {"email": "b@example.com"})
+            self.assertEqual(cus.status, 200, cus)
+            self.__class__._bvals = {"customer": cus.json["id"], "amount": "500", "currency": "usd",
+                                     "url": "http://127.0.0.1:9/hook", "payment_method": "pm_card_visa",
+                                     "enabled_events": ["*"], "email": "b2@example.com"}
+        return self._bvals
+
+    def call_until_lookup(self, client, method, url):
+        """Call with no parameters; while the handler asks for a missing one,
+        add a value of B's own, so the call has to reach the object lookup."""
+        params = {}
+        for _ in range(5):
+            r = client.request(method, url, params if method != "GET" else None)
+            err = (r.json or {}).get("error") if isinstance(r.json, dict) else None
+            if r.status != 400 or not err or err.get("code") != "parameter_missing":
+                return r
+            name = (err.get("param") or "").split("[")[0]
+            vals = self.b_values()
+            if name not in vals or name in params:
+                return r
+            params[name] = vals[name]
+        return r
+
+    def ids_for(self, fam):
+        if self.ids.get(fam):
+            return self.ids[fam]
+        if fam == "/v1/payment_intents":
+            return [v for k, v in self.made.items() if k.startswith("pi_") and v]
+        return ["%s_notlisted0000000000" % fam.rsplit("/", 1)[-1][:3]]
+
+    def fill(self, pattern):
+        """Every concrete URL of pattern with A's ids ({id} and any {sub})."""
+        fam = family(pattern)
+        urls = []
+        for i in self.ids_for(fam):
+            u = pattern.replace("{id}", i)
+            for sub in re.findall(r"\{(\w+)\}", u):
+                sub_id = (self.ids.get("/v1/events") or ["evt_x"])[0] if sub == "event" else "x"
+                u = u.replace("{%s}" % sub, sub_id)
+            urls.append(u)
+        return urls
+
+    def test_second_merchant_cannot_see_or_touch_first_merchants_objects(self):
+        self.assertIn("/v1/events", self.ids)
+        self.assertTrue(self.ids["/v1/events"], "A has no events")
+        self.assertTrue(self.ids.get("/v1/balance_transactions"), "A has no balance transactions")
+        before = self.snapshot()
+        b = self.daemon.client("B")
+        walked = 0
+        echoed = set()  # A's ids that B itself sent in a create that succeeded
+        for method, pattern, auth in routes():
+            if not auth:
+                continue
+            if "{" in pattern:
+                for url in self.fill(pattern):
+                    with self.subTest(method=method, url=url):
+                        r = self.call_until_lookup(b, method, url)
+                        self.assertStripeError(r, 404, "invalid_request_error", "resource_missing")
+                        walked += 1
+            elif method == "GET":
+                with self.subTest(method=method, url=pattern):
+                    r = b.get(pattern, {"limit": 100})
+                    self.assertLess(r.status, 500, r)
+                    text = r.body.decode("utf-8", "replace")
+                    for i in self.all_ids:
+                        if i not in echoed:
+                            self.assertNotIn(i, text, "%s shows A's %s" % (pattern, i))
+                    walked += 1
+            else:
+                # Creates: every reference to one of A's objects is refused.
+                refs = {"payment_intent": self.made["pi_paid"], "charge": self.made["charge"],
+                        "customer": self.made["customer"], "payment_method": self.made["pm"]}
+                for name in REF_PARAMS:
+                    params = {"amount": 500, "currency": "usd", name: refs[name]}
+                    with self.subTest(method=method, url=pattern, ref=name):
+                        r = b.request(method, pattern, params)
+                        self.assertLess(r.status, 500, r)
+                        if r.status == 200:
+                            # Only the id B sent may come back (B knew it
+                            # already); nothing else of A's.
+                            echoed.add(refs[name])
+                            text = r.body.decode("utf-8", "replace")
+                            for i in self.all_ids:
+                                if i != refs[name]:
+                                    self.assertNotIn(i, text, "%s %s reached A's %s" % (method, pattern, i))
+                            # ... and the reference cannot be used: confirming
+                            # with A's payment method never charges it.
+                            if r.json.get("object") == "payment_intent":
+                                c = b.post("/v1/payment_intents/%s/confirm" % r.json["id"])
+                                self.assertIn(c.status, (400, 402, 404), c)
+                                self.assertNotIn(c.json.get("status"), ("succeeded", "processing",
+                                                                        "requires_capture"), c)
+                        else:
+                            self.assertGreaterEqual(r.status, 400, r)
+                        walked += 1
+        self.assertGreater(walked, 60)
+        after = self.snapshot()
+        self.assertEqual(sorted(before), sorted(after))
+        for k in before:
+            self.assertEqual(before[k], after[k], "A's %s changed" % k)
+
+    def test_no_key_is_401_on_every_authenticated_route(self):
+        anon = self.daemon.client(None)
+        for method, pattern, auth in routes():
+            if auth:
+                url = pattern.replace("{id}", "x").replace("{event}", "y")
+                with self.subTest(method=method, url=url):
+                    self.assertStripeError(anon.request(method, url), 401, "invalid_request_error")
+
+
+class KeysTest(DaemonTestCase):
+    MERCHANTS = ("K", "R")
+
+    @classmethod
+    def setUpClass(cls):
+        # Keys changed by an admin command are re-read after 1 s, not 30 s.
+        from harness import Daemon
+        cls.daemon = Daemon()
+        try:
+            for name in cls.MERCHANTS:
+                cls.daemon.create_merchant(name)
+            cls.daemon.start(config="[auth]\ncache_seconds = 1\n")
+        except Exception:
+            cls.daemon.cleanup()
+            raise
+
+    def mid(self, name):
+        return self.daemon.merchants[name]["id"]
+
+    def key_client(self, key):
+        c = self.daemon.client(None)
+        c.key = key
+        return c
+
+    def test_restricted_key_is_limited_to_its_scopes(self):
+        rk = admin(self.daemon, "api-key", "create", "--merchant", self.mid("K"), "--scopes",
+                   "payments:read refunds:write")
+        self.assertTrue(rk["restricted_key"].startswith("rk_test_"))
+        self.assertEqual(rk["scopes"], "payments:read refunds:write")
+        c = self.key_client(rk["restricted_key"])
+        self.assertEqual(c.get("/v1/payment_intents").status, 200)
+        err = self.assertStripeError(c.post("/v1/payment_intents", {"amount": 100, "currency": "usd"}), 403,
+                                     "permission_error")
+        self.assertIn("payments:write", err["message"])
+        self.assertEqual(err["tp_code"], 2007)
+        self.assertStripeError(c.post("/v1/customers"), 403, "permission_error")
+        self.assertStripeError(c.get("/v1/balance"), 403, "permission_error")
+        # Its scopes do allow a refund of a payment made with the secret key.
+        pi = self.c("K").post("/v1/payment_intents", {"amount": 900, "currency": "usd", "confirm": "true",
+                                                      "payment_method": "pm_card_visa"})
+        self.assertEqual(pi.status, 200, pi)
+        r = c.post("/v1/refunds", {"payment_intent": pi.json["id"]})
+        self.assertEqual(r.status, 200, r)
+        # Basic auth works the same way.
+        c.auth = "basic"
+        self.assertEqual(c.get("/v1/payment_intents").status, 200)
+        # Unknown scopes are refused by the command.
+        with self.assertRaises(RuntimeError):
+            admin(self.daemon, "api-key", "create", "--merchant", self.mid("K"), "--scopes", "payments:all")
+
+    def test_expired_key_is_401_api_key_expired(self):
+        rk = admin(self.daemon, "api-key", "create", "--merchant", self.mid("K"), "--scopes", "payments:read",
+                   "--expires-in", "1")
+        c = self.key_client(rk["restricted_key"])
+        self.assertEqual(c.get("/v1/payment_intents").status, 200)  # now cached with its expiry
+        time.sleep(max(0.0, rk["expires_at"] - time.time()) + 1.1)
+        self.assertStripeError(c.get("/v1/payment_intents"), 401, "invalid_request_error", "api_key_expired")
+
+    def test_roll_keeps_the_old_key_for_the_overlap_only(self):
+        old = self.daemon.merchants["R"]["secret_key"]
+        oc = self.key_client(old)
+        self.assertEqual(oc.get("/v1/payment_intents").status, 200)
+        out = admin(self.daemon, "api-key", "roll", "--merchant", self.mid("R"), "--overlap", "2")
+        new = out["secret_key"]
+        self.assertTrue(new.startswith("sk_test_"))
+        self.assertNotEqual(new, old)
+        nc = self.key_client(new)
+        self.assertEqual(nc.get("/v1/payment_intents").status, 200)
+        self.assertEqual(oc.get("/v1/payment_intents").status, 200)
+        time.sleep(max(0.0, out["previous_keys_expire_at"] - time.time()) + 1.1)
+        self.assertStripeError(oc.get("/v1/payment_intents"), 401, "invalid_request_error", "api_key_expired")
+        self.assertEqual(nc.get("/v1/payment_intents").status, 200)
+        # Keys are stored hashed only.
+        with open(self.daemon.db_path(), "rb") as f:
+            self.assertNotIn(new.encode(), f.read())
+
+    def test_publishable_key_is_refused_on_secret_routes(self):
+        c = self.key_client(self.daemon.merchants["K"]["publishable_key"])
+        self.assertStripeError(c.get("/v1/payment_intents"), 401, "invalid_request_error")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""The tamper-evident audit log: refunds, KEK rotation and the configuration
+are recorded in a hash chain with signed checkpoints; `turnpike audit verify`
+passes on the real log and names the first bad entry after any single-byte
+edit, a deleted row, two swapped rows or a truncated tail."""
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import time
+import unittest
+
+from harness import (BIN, PAN_OK, Daemon, card, main)
+
+PI = "/v1/payment_intents"
+
+
+def verify(data, *extra):
+    p = subprocess.run([BIN, "audit", "verify", "--data", data] + list(extra), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=60, stdin=subprocess.DEVNULL)
+    out = json.loads(p.stdout) if p.stdout.strip() else {}
+    return p.returncode, out, p.stderr.decode()
+
+
+class AuditTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = d = Daemon()
+        try:
+            d.create_merchant("m")
+            d.start(config="[audit]\ncheckpoint_seconds = 1\ncheckpoint_entries = 5\n")
+            c = d.client("m")
+            cls.refunds = []
+            for i in range(12):
+                r = c.post(PI, {"amount": 1000 + i, "currency": "usd", "confirm": "true",
+                                "payment_method_data": card(PAN_OK)})
+                assert r.status == 200, r
+                rf = c.post("/v1/refunds", {"payment_intent": r.json["id"], "amount": 100})
+                assert rf.status == 200, rf
+                cls.refunds.append(rf.json["id"])
+                if i == 5:
+                    time.sleep(1.5)  # let a checkpoint land mid-way
+            p = subprocess.run([BIN, "kek", "rotate", "--data", d.data], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, timeout=60)
+            assert p.returncode == 0, p.stderr
+            time.sleep(4)  # the daemon picks the version up, re-wraps, checkpoints
+            assert d.stop() == 0
+            cls.db = os.path.join(d.data, "turnpike.db")
+            with sqlite3.connect(cls.db) as con:
+                cls.rows = con.execute("SELECT seq, action, object_id, actor FROM audit_log ORDER BY seq").fetchall()
+                cls.ckpts = [r[0] for r in con.execute("SELECT seq FROM audit_checkpoints ORDER BY seq")]
+        except Exception:
+            d.cleanup()
+            raise
+        cls.scratch = tempfile.mkdtemp(prefix="tp-audit-")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.cleanup()
+        shutil.rmtree(cls.scratch, ignore_errors=True)
+
+    def copy(self, name):
+        """A private copy of the store to tamper with."""
+        d = os.path.join(self.scratch, name)
+        os.makedirs(d)
+        src = sqlite3.connect(self.db)
+        dst = sqlite3.connect(os.path.join(d, "turnpike.db"))
+        src.backup(dst)
+        src.close()
+        return d, dst
+
+    def assertBad(self, d, seq):
+        rc, out, err = verify(d)
+        self.assertEqual(rc, 1, (out, err))
+        self.assertFalse(out["ok"])
+        self.assertEqual(out["first_bad_seq"], seq, out)
+        self.assertIn("entry %d" % seq, err)
+
+    # -- the real log ---------------------------------------------------------
+    def test_the_log_records_config_refunds_and_rotation(self):
+        actions = [r[1] for r in self.rows]
+        self.assertEqual([r[0] for r in self.rows], list(range(1, len(self.rows) + 1)))
+        self.assertEqual(actions[0], "kek.created")
+        self.assertIn("config.loaded", actions)
+        self.assertIn("kek.rotated", actions)
+        self.assertIn("kek.rewrapped", actions)
+        refunded = [r[2] for r in self.rows if r[1] == "refund.created"]
+        self.assertEqual(refunded, self.refunds)
+        for r in self.rows:
+            if r[1] == "refund.created":
+                self.assertTrue(r[3].startswith("key:") or r[3] == "api", r)
+        self.assertGreaterEqual(len(self.ckpts), 2, "periodic and shutdown checkpoints")
+        self.assertEqual(self.ckpts[-1], self.rows[-1][0], "the shutdown checkpoint covers the head")
+
+    def test_intact_log_verifies(self):
+        rc, out, err = verify(os.path.dirname(self.db))
+        self.assertEqual(rc, 0, (out, err))
+        self.assertTrue(out["ok"])
+        self.assertEqual(out["entries"], len(self.rows))
+        self.assertEqual(out["checkpoints"], len(self.ckpts))
+        self.assertEqual(len(out["checkpoint_key_sha256"]), 64)
+
+    # -- single-byte edits in every column ----------------------------------------
+    def flip(self, name, seq, col):
+        d, con = self.copy(name)
+        (v,) = con.execute("SELECT %s FROM audit_log WHERE seq = ?" % col, (seq,)).fetchone()
+        if isinstance(v, int):
+            nv = v ^ 1
+        else:
+            b = bytearray(v.encode())
+            i = len(b) // 2
+            b[i] = b[i] ^ 1 if chr(b[i] ^ 1).isprintable() else b[i] ^ 2
+            nv = b.decode()
+        con.execute("UPDATE audit_log SET %s = ? WHERE seq = ?" % col, (nv, seq))
+        con.commit()
+        con.close()
+        return d
+
+    def test_a_flipped_byte_in_any_column_is_found(self):
+        mid = len(self.rows) // 2
+        for col in ("created", "actor", "action", "details", "prev_hash", "hash"):
+            with self.subTest(col=col):
+                self.assertBad(self.flip("flip-" + col, mid, col), mid)
+        # a refund's object id (merchant-visible) and merchant column
+        seq = [r[0] for r in self.rows if r[1] == "refund.created"][3]
+        self.assertBad(self.flip("flip-object", seq, "object_id"), seq)
+        self.assertBad(self.flip("flip-merchant", seq, "merchant"), seq)
+
+    def test_a_rewritten_entry_with_recomputed_hash_still_breaks_the_chain(self):
+        # An attacker who edits an entry and fixes its own hash breaks the
+        # next entry's prev_hash.
+        d, con = self.copy("rehash")
+        seq = 3
+        con.execute("UPDATE audit_log SET hash = '%s' WHERE seq = ?" % ("ab" * 32), (seq,))
+        con.commit()
+        con.close()
+        self.assertBad(d, seq)
+
+    def test_a_deleted_middle_row_is_found(self):
+        d, con = self.copy("delete")
+        con.execute("DELETE FROM audit_log WHERE seq = 4")
+        con.commit()
+        con.close()
+        self.assertBad(d, 4)
+
+    def test_two_swapped_rows_are_found(self):
+        d, con = self.copy("swap")
+        con.execute("UPDATE audit_log SET seq = -1 WHERE seq = 5")
+        con.execute("UPDATE audit_log SET seq = 5 WHERE seq = 7")
+        con.execute("UPDATE audit_log SET seq = 7 WHERE seq = -1")
+        con.commit()
+        con.close()
+        self.assertBad(d, 5)
+
+    def test_a_truncated_tail_past_a_checkpoint_is_found(self):
+        # Remove the last entries, including some a checkpoint signed, and
+        # even move the chain head back to the new last entry.
+        cp = [c for c in self.ckpts if c > 3][0]
+        d, con = self.copy("truncate")
+        con.execute("DELETE FROM audit_log WHERE seq >= ?", (cp - 1,))
+        con.execute("UPDATE audit_head SET seq = ?, hash = (SELECT hash FROM audit_log WHERE seq = ?)",
+                    (cp - 2, cp - 2))
+        con.commit()
+        con.close()
+        self.assertBad(d, cp - 1)
+
+    def test_a_forged_checkpoint_is_found(self):
+        d, con = self.copy("forge")
+        cp = self.ckpts[0]
+        (sig,) = con.execute("SELECT sig FROM audit_checkpoints WHERE seq = ?", (cp,)).fetchone()
+        bad = sig[:20] + ("0" if sig[20] != "0" else "1") + sig[21:]
+        con.execute("UPDATE audit_checkpoints SET sig = ? WHERE seq = ?", (bad, cp))
+        con.commit()
+        con.close()
+        self.assertBad(d, cp)
+
+    def test_pinned_key_mismatch_is_found(self):
+        other = os.path.join(self.scratch, "other.pem")
+        subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", other + ".key"],
+                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["openssl", "ec", "-in", other + ".key", "-pubout", "-out", other], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        rc, out, _ = verify(os.path.dirname(self.db), "--pubkey", other)
+        self.assertEqual(rc, 1)
+        self.assertEqual(out["first_bad_seq"], self.ckpts[0])
+        # and the real key file passes when pinned
+        d = os.path.dirname(self.db)
+        pub = os.path.join(self.scratch, "real.pem")
+        subprocess.run(["openssl", "ec", "-in", os.path.join(d, "audit-signing.pem"), "-pubout", "-out", pub],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        rc, out, err = verify(d, "--pubkey", pub)
+        self.assertEqual(rc, 0, (out, err))
+
+
+if __name__ == "__main__":
+    main()

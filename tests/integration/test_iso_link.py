@@ -1,0 +1,316 @@
+"""The gateway's ISO 8583 connector against an acquirer host written here in
+Python: an independent implementation of the wire format of docs/iso8583.md
+(2-byte big-endian length, ASCII MTI, binary bitmaps, ASCII fields with
+LL/LLL prefixes), so a mistake shared by the C codec and its own unit tests
+would show up here.
+
+- sign-on (0800 70=001) and echo (70=301) reach the host; a payment goes out
+  as 0200 with the documented fields and its answer drives the PaymentIntent;
+- an authorization the host does not answer in time is reversed (0400 with
+  the same RRN and field 90 naming the original), the late approval is
+  ignored, and the payment is not reported as succeeded;
+- malformed and truncated messages from the host are logged clearly, the
+  link reconnects, and the next payment works; no PAN reaches the log.
+"""
+import re
+import socket
+import struct
+import threading
+import time
+import unittest
+
+import harness
+from harness import HOST, PAN_OK, PAN_INSUFFICIENT, Daemon, card, new_key
+
+WAIT_S = 15.0
+
+# field: (kind, prefix digits (0 = fixed), length) for the fields this test meets
+FIELDS = {
+    2: ("n", 2, 19), 3: ("n", 0, 6), 4: ("n", 0, 12), 7: ("n", 0, 10), 11: ("n", 0, 6),
+    12: ("n", 0, 6), 13: ("n", 0, 4), 14: ("n", 0, 4), 18: ("n", 0, 4), 22: ("n", 0, 3),
+    25: ("n", 0, 2), 37: ("an", 0, 12), 38: ("an", 0, 6), 39: ("an", 0, 2), 41: ("ans", 0, 8),
+    42: ("ans", 0, 15), 48: ("ans", 3, 999), 49: ("an", 0, 3), 70: ("n", 0, 3), 90: ("n", 0, 42),
+}
+
+DECLINES = {"4000000000009995": "51", "4000000000000002": "05"}
+
+
+def unpack(body):
+    """Parse a message body; raise ValueError on anything off."""
+    if len(body) < 12 or not body[:4].isdigit():
+        raise ValueError("short or bad MTI")
+    mti = body[:4].decode()
+    bits = int.from_bytes(body[4:12], "big")
+    pos, nbits = 12, 64
+    if bits >> 63:
+        bits = (bits << 64) | int.from_bytes(body[12:20], "big")
+        pos, nbits = 20, 128
+        if len(body) < 20:
+            raise ValueError("short secondary bitmap")
+    fields = {}
+    for f in range(2, nbits + 1):
+        if not (bits >> (nbits - f)) & 1:
+            continue
+        if f not in FIELDS:
+            raise ValueError("field %d not expected" % f)
+        kind, prefix, size = FIELDS[f]
+        if prefix:
+            ln = body[pos:pos + prefix]
+            if len(ln) != prefix or not ln.isdigit():
+                raise ValueError("field %d: bad length prefix" % f)
+            size = int(ln)
+            pos += prefix
+        v = body[pos:pos + size]
+        if len(v) != size:
+            raise ValueError("field %d truncated" % f)
+        v = v.decode("ascii")
+        if kind == "n" and not v.isdigit():
+            raise ValueError("field %d not numeric" % f)
+        fields[f] = v
+        pos += size
+    if pos != len(body):
+        raise ValueError("trailing bytes")
+    return mti, fields
+
+
+def pack(mti, fields):
+    """Build a message body; secondary bitmap only when a field > 64 is set."""
+    high = any(f > 64 for f in fields)
+    nbits = 128 if high else 64
+    bits = (1 << 127) if high else 0
+    out = b""
+    for f in sorted(fields):
+        kind, prefix, size = FIELDS[f]
+        v = fields[f].encode("ascii")
+        if prefix:
+            out += b"%0*d" % (prefix, len(v))
+        else:
+            assert len(v) == size, (f, v)
+        out += v
+        bits |= 1 << (nbits - f)
+    return mti.encode() + bits.to_bytes(nbits // 8, "big") + out
+
+
+def frame(body):
+    return struct.pack(">H", len(body)) + body
+
+
+class IsoHost:
+    """A single-connection acquirer host on 127.0.0.1:0."""
+
+    def __init__(self):
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind((HOST, 0))
+        self.lsock.listen(4)
+        self.lsock.settimeout(0.1)
+        self.port = self.lsock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.seen = []          # (mti, fields), in arrival order
+        self.errors = []        # what this host could not parse (a connector bug)
+        self.connections = 0
+        self.hold = 0           # this many 0100/0200 get no answer until their reversal
+        self.held = []
+        self.conn = None
+        self.stop = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.stop = True
+        self.thread.join(5)
+        self.lsock.close()
+
+    def count(self, mti, f70=None):
+        with self.lock:
+            return sum(1 for m, f in self.seen if m == mti and (f70 is None or f.get(70) == f70))
+
+    def last(self, mti):
+        with self.lock:
+            for m, f in reversed(self.seen):
+                if m == mti:
+                    return f
+        return None
+
+    def send_raw(self, data, then_close=False):
+        with self.lock:
+            c = self.conn
+        c.sendall(data)
+        if then_close:
+            c.shutdown(socket.SHUT_RDWR)
+
+    def reply(self, c, mti, q, f39):
+        r = {k: q[k] for k in (3, 4, 7, 11, 37, 41, 42, 49, 70) if k in q}
+        r[39] = f39
+        if f39 == "00" and mti in ("0110", "0210"):
+            r[38] = "PY0001"
+        c.sendall(frame(pack(mti, r)))
+
+    def handle(self, c, body):
+        try:
+            mti, f = unpack(body)
+        except ValueError as e:
+            with self.lock:
+                self.errors.append(str(e))
+            return
+        with self.lock:
+            self.seen.append((mti, f))
+            hold = mti in ("0100", "0200") and self.hold > 0
+            if hold:
+                self.hold -= 1
+                self.held.append((mti, f))
+        if mti == "0800":
+            self.reply(c, "0810", f, "00")
+        elif mti in ("0100", "0200") and not hold:
+            f39 = DECLINES.get(f.get(2, ""), "00")
+            self.reply(c, mti[:2] + "10", f, f39)
+        elif mti in ("0400", "0401"):
+            with self.lock:
+                held, self.held = self.held, []
+            for hm, hf in held:  # the late approval comes first, then the 0410
+                self.reply(c, hm[:2] + "10", hf, "00")
+            self.reply(c, "0410", f, "00")
+
+    def run(self):
+        while not self.stop:
+            try:
+                c, _ = self.lsock.accept()
+            except socket.timeout:
+                continue
+            with self.lock:
+                self.conn = c
+                self.connections += 1
+            c.settimeout(0.1)
+            buf = b""
+            while not self.stop:
+                try:
+                    d = c.recv(65536)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    break
+                if not d:
+                    break
+                buf += d
+                while len(buf) >= 2:
+                    n = struct.unpack(">H", buf[:2])[0]
+                    if len(buf) < 2 + n:
+                        break
+                    body, buf = buf[2:2 + n], buf[2 + n:]
+                    self.handle(c, body)
+            c.close()
+
+
+def wait_for(pred, timeout=WAIT_S, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for %s" % what)
+
+
+class IsoLink(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.host = IsoHost()
+        cls.daemon = Daemon()
+        try:
+            cls.daemon.create_merchant("m")
+            cls.daemon.start(config=(
+                "[processor.acq]\ntype = iso8583\nendpoint = %s:%d\ntimeout_ms = 700\n"
+                "terminal_id = TERM0042\nmerchant_id = MERCHANT4200001\n"
+                "echo_interval_ms = 200\nhealth_interval_ms = 0\n") % (HOST, cls.host.port))
+        except Exception:
+            cls.daemon.cleanup()
+            cls.host.close()
+            raise
+        wait_for(lambda: cls.host.count("0800", "001") >= 1, what="sign-on")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.cleanup()
+        cls.host.close()
+
+    def pay(self, pan=PAN_OK, amount=1999):
+        return self.daemon.client("m").post(
+            "/v1/payment_intents",
+            {"amount": amount, "currency": "usd", "confirm": "true", "payment_method_data": card(pan)},
+            idempotency_key=new_key())
+
+    def test_1_signon_echo_and_a_payment(self):
+        wait_for(lambda: self.host.count("0800", "301") >= 2, what="two echoes")
+        r = self.pay(amount=1234)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["status"], "succeeded", r)
+        f = self.host.last("0200")
+        self.assertIsNotNone(f)
+        self.assertEqual(f[2], PAN_OK)
+        self.assertEqual(f[3], "000000")
+        self.assertEqual(f[4], "000000001234")
+        self.assertEqual(f[49], "840")
+        self.assertEqual(f[41], "TERM0042")
+        self.assertEqual(f[42], "MERCHANT4200001")
+        self.assertRegex(f[37], r"^[0-9A-Z]{12}$")
+        self.assertRegex(f[7], r"^\d{10}$")
+        r = self.pay(pan=PAN_INSUFFICIENT)
+        self.assertEqual(r.status, 402, r)
+        self.assertEqual(r.json["error"]["decline_code"], "insufficient_funds", r)
+        self.assertEqual(self.host.errors, [])
+
+    def test_2_timed_out_authorization_is_reversed(self):
+        before_rev = self.host.count("0400")
+        with self.host.lock:
+            self.host.hold = 1
+        r = self.pay()
+        # Whatever the gateway does next, the timed-out request was reversed.
+        wait_for(lambda: self.host.count("0400") > before_rev, what="0400 reversal")
+        with self.host.lock:
+            orig = [f for m, f in self.host.seen if m == "0200"][-1] if r.status == 200 else None
+            held_all = [f for m, f in self.host.seen if m in ("0100", "0200")]
+        rev = self.host.last("0400")
+        timed_out = [f for f in held_all if f[37] == rev[37]]
+        self.assertTrue(timed_out, "the 0400 names no request's RRN")
+        t = timed_out[0]
+        self.assertEqual(rev[90][:4], "0200")
+        self.assertEqual(rev[90][4:10], t[11])
+        self.assertEqual(rev[90][10:20], t[7])
+        self.assertEqual(rev[4], t[4])
+        self.assertNotEqual(rev[11], t[11])
+        wait_for(lambda: "iso_late_response_ignored" in self.daemon.log_text(), what="late answer log")
+        # The late approval did not make the first attempt succeed; if the
+        # gateway retried, that retry is a different request with its own RRN.
+        if r.status == 200 and r.json.get("status") == "succeeded":
+            self.assertNotEqual(orig[37], rev[37])
+        self.assertEqual(self.host.errors, [])
+
+    def test_3_bad_and_truncated_messages_link_recovers(self):
+        conns = self.host.connections
+        # well framed, malformed body: logged and dropped, link stays
+        self.host.send_raw(frame(b"0110" + bytes([0x20]) + bytes(7) + b"XY"))
+        wait_for(lambda: "iso_bad_message" in self.daemon.log_text(), what="bad message log")
+        self.assertEqual(self.pay().json["status"], "succeeded")
+        self.assertEqual(self.host.connections, conns)
+        # a zero frame length: the stream is out of step, the link restarts
+        signons = self.host.count("0800", "001")
+        self.host.send_raw(b"\x00\x00")
+        wait_for(lambda: self.host.count("0800", "001") > signons, what="re-sign-on")
+        time.sleep(0.2)
+        self.assertEqual(self.pay().json["status"], "succeeded")
+        # truncated: 200 bytes announced, 10 sent, then the host hangs up
+        signons = self.host.count("0800", "001")
+        self.host.send_raw(b"\x00\xc8" + b"0110" + bytes(6), then_close=True)
+        wait_for(lambda: self.host.count("0800", "001") > signons, what="re-sign-on after truncation")
+        time.sleep(0.2)
+        self.assertEqual(self.pay().json["status"], "succeeded")
+        log = self.daemon.log_text()
+        self.assertIn("bad frame length 0", log)
+        self.assertIn("iso_link_down", log)
+        for pan in (PAN_OK, PAN_INSUFFICIENT):
+            self.assertNotIn(pan, log)
+        self.assertEqual(self.host.errors, [])
+
+
+if __name__ == "__main__":
+    harness.main()

@@ -1,0 +1,166 @@
+"""GET /metrics after real traffic: promtool accepts the exposition, request
+and payment counters move by exactly what was done, the endpoint is
+loopback-only or token-protected; the log level changes at run time; request
+log lines carry their fields and no card number ever reaches the log."""
+import json
+import re
+import shutil
+import subprocess
+import time
+
+from harness import (PAN_DECLINE, PAN_OK, TEST_PANS, Client, Daemon, DaemonTestCase, HOST, card,
+                     main)
+
+PI = "/v1/payment_intents"
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$')
+
+
+def parse(text):
+    """{(name, labels-text): float} of every sample line."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = SAMPLE.match(line)
+        assert m, "unparsable sample line: %r" % line
+        out[(m.group(1), m.group(3) or "")] = float(m.group(4))
+    return out
+
+
+class MetricsTest(DaemonTestCase):
+    MERCHANTS = ("m",)
+
+    def scrape(self):
+        r = Client(HOST, self.daemon.port).get("/metrics")
+        self.assertEqual(r.status, 200, r)
+        self.assertTrue(r.headers["Content-Type"].startswith("text/plain; version=0.0.4"), r.headers)
+        return r.body.decode("utf-8")
+
+    def wait_value(self, key, want, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            got = parse(self.scrape()).get(key, 0)
+            if got == want or time.monotonic() > deadline:
+                return got
+            time.sleep(0.05)
+
+    def test_promtool_accepts_the_output_and_counts_are_exact(self):
+        c = self.c()
+        before = parse(self.scrape())
+        ok_key = ("turnpike_http_requests_total", 'route="/v1/payment_intents",method="POST",code="2xx"')
+        dec_key = ("turnpike_http_requests_total", 'route="/v1/payment_intents",method="POST",code="4xx"')
+        hist_key = ("turnpike_http_request_duration_seconds_count", 'route="/v1/payment_intents",method="POST"')
+        paid_key = ("turnpike_payments_total",
+                    'status="succeeded",processor="sandbox",brand="visa",currency="usd"')
+        failed_key = ("turnpike_payments_total",
+                      'status="failed",processor="sandbox",brand="visa",currency="usd"')
+        n_ok, n_dec = 7, 2
+        for i in range(n_ok):
+            r = c.post(PI, {"amount": 1000 + i, "currency": "usd", "confirm": "true",
+                            "payment_method_data": card(PAN_OK)})
+            self.assertEqual(r.status, 200, r)
+        for i in range(n_dec):
+            r = c.post(PI, {"amount": 500, "currency": "usd", "confirm": "true",
+                            "payment_method_data": card(PAN_DECLINE)})
+            self.assertEqual(r.status, 402, r)
+        text = self.scrape()
+        after = parse(text)
+        self.assertEqual(after.get(ok_key, 0) - before.get(ok_key, 0), n_ok)
+        self.assertEqual(after.get(dec_key, 0) - before.get(dec_key, 0), n_dec)
+        self.assertEqual(after.get(hist_key, 0) - before.get(hist_key, 0), n_ok + n_dec)
+        # Payment outcomes are counted from the committed events (asynchronously).
+        self.assertEqual(self.wait_value(paid_key, before.get(paid_key, 0) + n_ok), before.get(paid_key, 0) + n_ok)
+        self.assertEqual(self.wait_value(failed_key, before.get(failed_key, 0) + n_dec),
+                         before.get(failed_key, 0) + n_dec)
+        text = self.scrape()
+        after = parse(text)
+        self.assertGreater(after[("turnpike_store_batch_size_count", "")], 0)
+        self.assertGreater(after[("turnpike_store_commit_duration_seconds_count", "")], 0)
+        self.assertIn(("turnpike_writer_queue_depth", ""), after)
+        self.assertIn(("turnpike_stream_connections", ""), after)
+        # histogram buckets are cumulative and end at _count
+        inf = after[("turnpike_http_request_duration_seconds_bucket",
+                     'route="/v1/payment_intents",method="POST",le="+Inf"')]
+        self.assertEqual(inf, after[hist_key])
+        promtool = shutil.which("promtool")
+        self.assertIsNotNone(promtool, "promtool (Debian package prometheus) is needed")
+        p = subprocess.run([promtool, "check", "metrics"], input=text.encode(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stdout.decode())
+
+    def test_log_level_changes_at_run_time(self):
+        c = self.c()
+        r = c.post("/v1/turnpike/log_level", {"level": "debug"})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["level"], "debug")
+        self.assertEqual(r.json["previous"], "info")
+        r = c.post("/v1/turnpike/log_level", {"level": "loud"})
+        self.assertStripeError(r, 400, param="level")
+        r = c.post("/v1/turnpike/log_level", {"level": "warn"})
+        self.assertEqual(r.json["previous"], "debug")
+        mark = "lvl-%d" % time.time_ns()
+        c.get("/v1/payment_intents/pi_%s" % mark.replace("-", ""))
+        r = Client(HOST, self.daemon.port).post("/v1/turnpike/log_level", {"level": "debug"})
+        self.assertStripeError(r, 401)
+        time.sleep(0.2)
+        # at warn, request lines (info) are not written
+        self.assertNotIn(mark.replace("-", ""), self.daemon.log_text())
+        r = c.post("/v1/turnpike/log_level", {"level": "info"})
+        self.assertEqual(r.status, 200, r)
+        c.get("/v1/payment_intents/pi_%s" % mark.replace("-", ""))
+        time.sleep(0.2)
+        self.assertIn(mark.replace("-", ""), self.daemon.log_text())
+
+    def test_request_log_lines_have_their_fields_and_no_card_numbers(self):
+        c = self.c()
+        r = c.post(PI, {"amount": 4200, "currency": "usd", "confirm": "true",
+                        "payment_method_data": card(PAN_OK)})
+        self.assertEqual(r.status, 200, r)
+        pi = r.json["id"]
+        for pan in TEST_PANS:
+            c.post(PI, {"amount": 4300, "currency": "usd", "confirm": "true",
+                        "payment_method_data": card(pan)})
+            c.post("/v1/payment_methods", {"type": "card", "card[number]": pan, "card[exp_month]": "12",
+                                           "card[exp_year]": "2034", "card[cvc]": "123"})
+        time.sleep(0.3)
+        log = self.daemon.log_text()
+        lines = [json.loads(l) for l in log.splitlines() if l.startswith("{")]
+        reqs = [l for l in lines if l.get("event") == "request" and l.get("object") == pi]
+        self.assertTrue(reqs, "no request line for %s" % pi)
+        line = reqs[0]
+        for field in ("ts", "level", "request_id", "merchant", "object", "latency_us", "status", "route"):
+            self.assertIn(field, line)
+        self.assertEqual(line["status"], 200)
+        self.assertEqual(line["merchant"], self.daemon.merchants["m"]["id"])
+        self.assertEqual(line["request_id"], r.headers["Request-Id"])
+        for pan in TEST_PANS:
+            self.assertNotIn(pan, log, "a card number reached the log")
+
+
+class MetricsTokenTest(DaemonTestCase):
+    MERCHANTS = ("m",)
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = Daemon()
+        try:
+            cls.daemon.create_merchant("m")
+            cls.daemon.start(config="[metrics]\ntoken = s3cret-scrape\n")
+        except Exception:
+            cls.daemon.cleanup()
+            raise
+
+    def test_token_is_required_when_configured(self):
+        anon = Client(HOST, self.daemon.port)
+        self.assertStripeError(anon.get("/metrics"), 401)
+        wrong = Client(HOST, self.daemon.port, key="s3cret-scrapX")
+        self.assertStripeError(wrong.get("/metrics"), 401)
+        # a merchant's Stripe key is not the scrape token
+        self.assertStripeError(self.c().get("/metrics"), 401)
+        ok = Client(HOST, self.daemon.port, key="s3cret-scrape").get("/metrics")
+        self.assertEqual(ok.status, 200, ok)
+        self.assertIn(b"# TYPE turnpike_http_requests_total counter", ok.body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""Processor orchestration against the real `turnpike sim`: cascading after
+timeouts, status-query resolution, hard declines not cascaded, soft declines
+retried, outage -> breaker -> reroute, the attempts API, and kill -9 of the
+gateway under load with recovery and the sim journal proving that no card was
+charged twice."""
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+import urllib.request
+
+from harness import (BIN, HOST, Daemon, PaymentLoad, new_key, open_db_ro, main)
+
+
+class Sim:
+    """A `turnpike sim` process with its own data directory."""
+
+    def __init__(self):
+        self.root = tempfile.mkdtemp(prefix="tp-sim-")
+        self.data = os.path.join(self.root, "data")
+        os.makedirs(self.data)
+        self.log = open(os.path.join(self.root, "sim.log"), "ab")
+        self.proc = subprocess.Popen(
+            [BIN, "sim", "--listen", HOST + ":0", "--iso-listen", HOST + ":0", "--data", self.data],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, start_new_session=True)
+        addr = os.path.join(self.data, "sim.addr")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("sim exited with %d" % self.proc.returncode)
+            try:
+                with open(addr) as f:
+                    lines = f.read().split("\n")
+                if len(lines) >= 3:
+                    self.rest, self.iso = lines[0], lines[1]
+                    return
+            except FileNotFoundError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("no sim.addr within 20 s")
+
+    def _call(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request("http://%s%s" % (self.rest, path), data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read().decode())
+
+    def faults(self, processor, **kw):
+        kw["processor"] = processor
+        return self._call("POST", "/_sim/faults", kw)
+
+    def journal(self, **query):
+        qs = "&".join("%s=%s" % kv for kv in query.items())
+        return self._call("GET", "/_sim/journal" + ("?" + qs if qs else ""))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def gateway_config(sim, names=("a", "b"), timeout_ms=400, extra=""):
+    ini = ["[routing]", "deadline_ms = 8000", "recovery_interval_ms = 300", "backoff_base_ms = 20", ""]
+    for i, n in enumerate(names):
+        ini += ["[processor.%s]" % n, "type = restjson", "endpoint = http://%s/p/%s" % (sim.rest, n),
+                "timeout_ms = %d" % timeout_ms, "priority = %d" % (i + 1), "breaker_consecutive = 3",
+                "breaker_open_ms = 800", "breaker_half_open_probes = 1", "health_interval_ms = 0", ""]
+    # A fixed order keeps the tests deterministic; the bandit has unit tests.
+    ini += ["[route.all]", "merchant = *", "processors = %s" % ",".join(names), "strategy = ordered", ""]
+    return "\n".join(ini) + extra
+
+
+class OrchestrationTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.sim = Sim()
+        cls.daemon = Daemon()
+        cls.daemon.create_merchant("m")
+        try:
+            cls.daemon.start(config=gateway_config(cls.sim))
+        except Exception:
+            cls.sim.stop()
+            raise
+        cls.c = cls.daemon.client("m")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.cleanup()
+        cls.sim.stop()
+
+    def setUp(self):
+        for n in ("a", "b"):
+            self.sim.faults(n, outage=False, timeout_rate=0.0, error_rate=0.0, reset_rate=0.0,
+                            decline_rate=0.0, latency_ms_min=0, latency_ms_max=0)
+        # Each test starts with closed breakers: after breaker_open_ms a
+        # breaker is half-open and one good payment (the probe) closes it.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            states = [p["breaker"] for p in self.c.get("/v1/turnpike/processors").json["data"]]
+            if all(st == "closed" for st in states):
+                return
+            if any(st == "half_open" for st in states):
+                self.pay()
+            time.sleep(0.1)
+        self.fail("breakers did not close: %r" % states)
+
+    def pay(self, **params):
+        p = {"amount": 1234, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa"}
+        p.update(params)
+        return self.c.post("/v1/payment_intents", p, idem=new_key("orch"))
+
+    def attempts(self, pi_id):
+        r = self.c.get("/v1/payment_intents/%s/attempts" % pi_id)
+        self.assertEqual(r.status, 200, r.json)
+        return r.json["data"]
+
+    def charge_processor(self, pi):
+        ch = self.c.get("/v1/charges/%s" % pi["latest_charge"]).json
+        return ch["turnpike"]["processor"]
+
+    def charges_of(self, pi_id):
+        j = self.sim.journal(payment=pi_id)
+        return j["summary"]["charges_by_payment"].get(pi_id, 0), j
+
+    def wait_breaker(self, name, state, seconds=10):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            r = self.c.get("/v1/turnpike/processors")
+            for p in r.json.get("data", []):
+                if p.get("name") == name and p.get("breaker") == state:
+                    return True
+            time.sleep(0.1)
+        return False
+
+    def test_approval_goes_to_first_processor_and_route_is_recorded(self):
+        r = self.pay()
+        self.assertEqual(r.status, 200, r.json)
+        self.assertEqual(r.json["status"], "succeeded")
+        self.assertEqual(self.charge_processor(r.json), "a")
+        att = self.attempts(r.json["id"])
+        self.assertEqual(len(att), 1)
+        self.assertEqual(att[0]["processor"], "a")
+        self.assertEqual(att[0]["state"], "succeeded")
+        self.assertEqual(att[0]["route"]["rule"], "all")
+        self.assertEqual(att[0]["route"]["rank"], 1)
+        n, _ = self.charges_of(r.json["id"])
+        self.assertEqual(n, 1)
+
+    def test_timeout_before_processing_cascades_to_next_processor(self):
+        self.sim.faults("a", timeout_rate=1.0, timeout_mode="before", timeout_hold_ms=1500)
+        r = self.pay()
+        self.assertEqual(r.status, 200, r.json)
+        self.assertEqual(r.json["status"], "succeeded")
+        self.assertEqual(self.charge_processor(r.json), "b")
+        att = self.attempts(r.json["id"])
+        procs = [a["processor"] for a in att]
+        # a: the call and one retry, each resolved by a status query (never
+        # seen) before anything else went out; then b.
+        self.assertEqual(procs, ["a", "a", "b"], att)
+        self.assertEqual([a["state"] for a in att], ["failed", "failed", "succeeded"])
+        self.assertEqual(att[0]["result_code"], "processor_timeout")
+        n, j = self.charges_of(r.json["id"])
+        self.assertEqual(n, 1, j)
+        self.assertEqual(j["summary"]["double_charges"], 0)
+
+    def test_timeout_after_processing_is_resolved_by_status_query(self):
+        # The sim charges, then answers too late: the status query finds the
+        # approval, and no other processor is tried.
+        self.sim.faults("a", timeout_rate=1.0, timeout_mode="after", timeout_hold_ms=1500)
+        r = self.pay()
+        self.assertEqual(r.status, 200, r.json)
+        self.assertEqual(self.charge_processor(r.json), "a")
+        att = self.attempts(r.json["id"])
+        self.assertEqual([(a["processor"], a["state"]) for a in att], [("a", "succeeded")])
+        n, j = self.charges_of(r.json["id"])
+        self.assertEqual(n, 1, j)
+        self.assertEqual(len([e for e in j["entries"] if e["processor"] == "b"]), 0)
+
+    def test_hard_decline_is_not_cascaded(self):
+        r = self.pay(payment_method="pm_card_chargeDeclinedInsufficientFunds")
+        self.assertEqual(r.status, 402, r.json)
+        self.assertEqual(r.json["error"]["decline_code"], "insufficient_funds")
+        pi = r.json["error"]["payment_intent"]
+        self.assertEqual(pi["status"], "requires_payment_method")
+        att = self.attempts(pi["id"])
+        self.assertEqual([(a["processor"], a["state"]) for a in att], [("a", "declined")])
+        _, j = self.charges_of(pi["id"])
+        self.assertEqual(len(j["entries"]), 1, j)
+
+    def test_soft_decline_is_retried_then_cascaded(self):
+        r = self.pay(payment_method="pm_card_chargeDeclinedProcessingError")
+        self.assertEqual(r.status, 402, r.json)
+        self.assertEqual(r.json["error"]["code"], "processing_error")
+        pi = r.json["error"]["payment_intent"]
+        att = self.attempts(pi["id"])
+        self.assertEqual([a["processor"] for a in att], ["a", "a", "b", "b"], att)
+        self.assertTrue(all(a["state"] == "declined" for a in att))
+        self.assertEqual(att[1]["route"].get("try"), 2)
+
+    def test_transport_errors_everywhere_exhaust_and_keep_the_intent(self):
+        self.sim.faults("a", error_rate=1.0)
+        self.sim.faults("b", error_rate=1.0)
+        r = self.pay()
+        self.assertEqual(r.status, 502, r.json)
+        self.assertEqual(r.json["error"]["tp_code"], 6024)  # processor_retries_exhausted
+        pi = r.json["error"]["payment_intent"]
+        self.assertEqual(pi["status"], "requires_confirmation")
+        # Nothing charged; a plain confirm works once a processor is back.
+        self.sim.faults("a", error_rate=0.0)
+        self.sim.faults("b", error_rate=0.0)
+        time.sleep(1.0)  # breakers: open_ms 800 -> half-open probes
+        r2 = self.c.post("/v1/payment_intents/%s/confirm" % pi["id"], {})
+        self.assertEqual(r2.status, 200, r2.json)
+        self.assertEqual(r2.json["status"], "succeeded")
+        n, _ = self.charges_of(pi["id"])
+        self.assertEqual(n, 1)
+
+    def test_outage_opens_breaker_and_reroutes(self):
+        self.sim.faults("a", outage=True)
+        t_outage = time.monotonic()
+        rerouted_at = None
+        for _ in range(20):
+            r = self.pay()
+            self.assertEqual(r.status, 200, r.json)
+            self.assertEqual(self.charge_processor(r.json), "b")
+            att = self.attempts(r.json["id"])
+            if [a["processor"] for a in att] == ["b"]:
+                rerouted_at = time.monotonic()
+                break
+        self.assertIsNotNone(rerouted_at, "a's breaker never opened")
+        # Once open, a is not even tried.
+        for _ in range(3):
+            r = self.pay()
+            att = self.attempts(r.json["id"])
+            self.assertEqual([a["processor"] for a in att], ["b"])
+        # a comes back: half-open probes close the breaker and traffic returns.
+        self.sim.faults("a", outage=False)
+        back = False
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not back:
+            r = self.pay()
+            self.assertEqual(r.status, 200, r.json)
+            back = self.charge_processor(r.json) == "a"
+            time.sleep(0.1)
+        self.assertTrue(back, "traffic never returned to a")
+        self.assertLess(rerouted_at - t_outage, 10)
+
+
+class CrashRecoveryTest(unittest.TestCase):
+    """kill -9 with attempts in flight; restart; every attempt resolved by
+    status query, no double charge, every acknowledged reply still true."""
+
+    def test_kill9_under_load_recovers_without_double_charge(self):
+        sim = Sim()
+        d = Daemon()
+        try:
+            d.create_merchant("m")
+            # Slow processors so that calls are in flight when we kill.
+            for n in ("a", "b"):
+                sim.faults(n, latency_ms_min=30, latency_ms_max=250)
+            sim.faults("a", error_rate=0.1, timeout_rate=0.05, timeout_mode="after", timeout_hold_ms=800)
+            d.start(config=gateway_config(sim, timeout_ms=400))
+            load = PaymentLoad(d.client("m"), threads=8, seconds=30, tag="orch-crash").start()
+            time.sleep(2.5)
+            d.kill9()
+            load.stop_flag.set()
+            self.assertTrue(load.join(60))
+            self.assertGreater(len(load.acks), 10)
+            with open_db_ro(d) as db:
+                sent_before = db.execute("SELECT COUNT(*) FROM attempts WHERE state='sent'").fetchone()[0]
+            # Restart: start-up recovery resolves every 'sent' attempt before listening.
+            sim.faults("a", error_rate=0.0, timeout_rate=0.0)
+            d.start(config=gateway_config(sim, timeout_ms=400))
+            deadline = time.monotonic() + 30
+            left = None
+            while time.monotonic() < deadline:
+                with open_db_ro(d) as db:
+                    left = db.execute("SELECT COUNT(*) FROM attempts WHERE state='sent'").fetchone()[0]
+                if left == 0:
+                    break
+                time.sleep(0.2)
+            self.assertEqual(left, 0, "attempts still 'sent' after recovery (had %d)" % sent_before)
+            j = sim.journal(limit=100000)
+            self.assertEqual(j["summary"]["double_charges"], 0, j["summary"])
+            c = d.client("m")
+            charged = j["summary"]["charges_by_payment"]
+            for ack in load.acks:
+                pi = ack.pi()
+                now = c.get("/v1/payment_intents/%s" % pi["id"]).json
+                self.assertEqual(now["status"], pi["status"], pi["id"])
+                if pi["status"] in ("succeeded", "requires_capture"):
+                    self.assertEqual(charged.get(pi["id"]), 1, pi["id"])
+                else:
+                    self.assertIsNone(charged.get(pi["id"]), pi["id"])
+            # Every PaymentIntent the store thinks is paid was charged exactly once.
+            with open_db_ro(d) as db:
+                rows = db.execute("SELECT id, status FROM payment_intents").fetchall()
+            for pid, status in rows:
+                if status in ("succeeded", "requires_capture"):
+                    self.assertEqual(charged.get(pid), 1, pid)
+                else:
+                    self.assertNotEqual(status, "processing", pid)
+                    self.assertIsNone(charged.get(pid), (pid, status))
+            print("kill9: acks=%d sent_at_kill=%d charges=%d" % (len(load.acks), sent_before,
+                                                                 j["summary"]["charges"]))
+        finally:
+            d.cleanup()
+            sim.stop()
+
+
+if __name__ == "__main__":
+    main()

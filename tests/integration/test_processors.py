@@ -1,0 +1,467 @@
+"""Processor registry, REST/JSON connector, circuit breakers and health checks.
+
+Two parts:
+- ConnectorContract: the gateway against a tiny REST processor written here
+  (the documented contract), to see the exact requests the connector sends
+  and how it maps broken answers (garbage, oversized body, 5xx).
+- WithSimulator: the real `turnpike sim` with two REST processors /p/a and
+  /p/b; payments go through REST; an outage of a opens its breaker (visible
+  in GET /v1/turnpike/processors), health checks bring it back half-open
+  and then closed once the outage ends.
+"""
+import http.server
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+import harness
+from harness import BIN, HOST, PAN_OK, PAN_INSUFFICIENT, Client, Daemon, card, new_key
+
+WAIT_S = 15.0
+
+
+def wait_for(pred, timeout=WAIT_S, step=0.05, what="condition"):
+    """Poll pred() until it returns something truthy; fail after timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(step)
+    raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
+
+
+def processors(client):
+    r = client.get("/v1/turnpike/processors")
+    assert r.status == 200, r
+    return {p["name"]: p for p in r.json["data"]}
+
+
+# -- a tiny processor implementing the contract ------------------------------
+
+DECLINES = {"4000000000000002": "generic_decline", "4000000000009995": "insufficient_funds"}
+
+
+class FakeProcessor:
+    """POST /v1/authorizations etc. Modes: ok, garbage, huge, 500, 401."""
+
+    def __init__(self):
+        self.mode = "ok"
+        self.requests = []  # (method, path, headers, body-json-or-None)
+        self.lock = threading.Lock()
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _reply(self, status, body):
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _handle(self, method):
+                n = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(n) if n else b""
+                js = json.loads(raw) if raw else None
+                with outer.lock:
+                    outer.requests.append((method, self.path, dict(self.headers), js))
+                    mode = outer.mode
+                path = self.path
+                if path.endswith("/v1/health"):
+                    return self._reply(200 if mode != "500" else 503, {"status": "ok"})
+                if mode == "garbage":
+                    return self._reply(200, b"<html>not json</html>")
+                if mode == "huge":
+                    return self._reply(200, b"[" + b"1," * 40000 + b"1]")
+                if mode == "500":
+                    return self._reply(500, {"error": "boom"})
+                if mode == "401":
+                    return self._reply(401, {"error": "bad key"})
+                if method == "POST" and path.endswith("/v1/authorizations"):
+                    d = DECLINES.get(js["card"]["number"])
+                    return self._reply(200, {
+                        "id": "auth_" + js["reference"], "reference": js["reference"],
+                        "status": "declined" if d else "approved", "decline_code": d,
+                        "auth_code": None if d else "A1B2C3", "amount": js["amount"],
+                        "currency": js["currency"], "captured": bool(js["capture"]) and not d})
+                if method == "POST" and path.endswith("/capture"):
+                    return self._reply(200, {"status": "captured", "reference": js["reference"]})
+                if method == "POST" and path.endswith("/void"):
+                    return self._reply(200, {"status": "voided", "reference": js["reference"]})
+                if method == "POST" and path.endswith("/v1/refunds"):
+                    return self._reply(200, {"status": "succeeded", "reference": js["reference"]})
+                if method == "GET" and "/v1/transactions/" in path:
+                    return self._reply(404, {"error": "not found"})
+                return self._reply(404, {"error": "no route"})
+
+            def do_POST(self):
+                self._handle("POST")
+
+            def do_GET(self):
+                self._handle("GET")
+
+        self.server = http.server.ThreadingHTTPServer((HOST, 0), H)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def calls(self, suffix, method="POST"):
+        with self.lock:
+            return [r for r in self.requests if r[0] == method and r[1].endswith(suffix)]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class ConnectorContract(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.fake = FakeProcessor()
+        cls.daemon = Daemon()
+        try:
+            cls.daemon.create_merchant("m")
+            cls.daemon.start(config=(
+                "[processor.fake]\n"
+                "type = restjson\n"
+                "endpoint = http://127.0.0.1:%d/p/fake\n"
+                "api_key = sk_fake_processor_credential\n"
+                "timeout_ms = 3000\n"
+                "health_interval_ms = 200\n"
+                "fee_percent = 2.9\n"
+                "fee_fixed = 30\n"
+                "fee_fixed.eur = 25\n"
+                "brands = visa, mastercard\n"
+                "currencies = usd,eur\n") % cls.fake.port)
+        except Exception:
+            cls.daemon.cleanup()
+            cls.fake.close()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.cleanup()
+        cls.fake.close()
+
+    def setUp(self):
+        self.fake.mode = "ok"
+        self.c = self.daemon.client("m")
+
+    def pay(self, pan, **extra):
+        params = {"amount": 2000, "currency": "usd", "confirm": "true",
+                  "payment_method_data": card(pan)}
+        params.update(extra)
+        return self.c.post("/v1/payment_intents", params, headers={"Idempotency-Key": new_key()})
+
+    def test_list_shows_config_without_credentials(self):
+        r = self.c.get("/v1/turnpike/processors")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["object"], "list")
+        self.assertNotIn("sk_fake_processor_credential", json.dumps(r.json))
+        [p] = r.json["data"]
+        self.assertEqual(p["object"], "processor")
+        self.assertEqual(p["name"], "fake")
+        self.assertEqual(p["type"], "restjson")
+        self.assertEqual(p["endpoint"], "http://127.0.0.1:%d/p/fake" % self.fake.port)
+        self.assertEqual(p["brands"], ["visa", "mastercard"])
+        self.assertEqual(p["currencies"], ["usd", "eur"])
+        self.assertEqual(p["fees"], {"percent": "2.9", "fixed": 30, "fixed_by_currency": {"eur": 25}})
+        self.assertIn(p["breaker"], ("closed", "half_open", "open"))
+        for k in ("p50", "p90", "p99"):
+            self.assertIn(k, p["latency_ms"])
+        # the health checker reaches GET {endpoint}/v1/health with the key
+        wait_for(lambda: processors(self.c)["fake"]["health"] == "up", what="health up")
+        h = self.fake.calls("/p/fake/v1/health", "GET")
+        self.assertTrue(h)
+        self.assertEqual(h[-1][2].get("Authorization"), "Bearer sk_fake_processor_credential")
+
+    def test_unauthenticated_list_is_refused(self):
+        r = Client(HOST, self.daemon.port).get("/v1/turnpike/processors")
+        self.assertEqual(r.status, 401, r)
+
+    def test_approved_payment_sends_the_contract_request(self):
+        r = self.pay(PAN_OK)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["status"], "succeeded", r)
+        auths = [x for x in self.fake.calls("/p/fake/v1/authorizations")
+                 if x[3]["amount"] == 2000 and x[3]["card"]["number"] == PAN_OK]
+        self.assertTrue(auths)
+        method, path, headers, body = auths[-1]
+        self.assertEqual(path, "/p/fake/v1/authorizations")
+        self.assertEqual(headers.get("Authorization"), "Bearer sk_fake_processor_credential")
+        self.assertEqual(headers.get("Content-Type"), "application/json")
+        self.assertEqual(body["currency"], "usd")
+        self.assertIs(body["capture"], True)
+        self.assertEqual(body["card"]["exp_month"], 12)
+        self.assertEqual(body["card"]["exp_year"], 2034)
+        self.assertEqual(body["card"]["cvc"], "123")
+        self.assertTrue(body["reference"])
+        # the PAN never reaches the gateway's log
+        self.assertNotIn(PAN_OK, self.daemon.log_text())
+
+    def test_decline_maps_to_card_declined(self):
+        r = self.pay(PAN_INSUFFICIENT)
+        self.assertEqual(r.status, 402, r)
+        self.assertEqual(r.json["error"]["code"], "card_declined")
+        self.assertEqual(r.json["error"]["decline_code"], "insufficient_funds")
+
+    def test_manual_capture_goes_to_the_capture_endpoint(self):
+        r = self.pay(PAN_OK, capture_method="manual")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["status"], "requires_capture", r)
+        pi = r.json["id"]
+        auth = [x for x in self.fake.calls("/p/fake/v1/authorizations") if x[3]["capture"] is False]
+        self.assertTrue(auth)
+        ref = auth[-1][3]["reference"]
+        r = self.c.post("/v1/payment_intents/%s/capture" % pi, {}, headers={"Idempotency-Key": new_key()})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["status"], "succeeded", r)
+        caps = self.fake.calls("/p/fake/v1/authorizations/%s/capture" % ref)
+        self.assertEqual(len(caps), 1)
+        self.assertEqual(caps[0][3]["amount"], 2000)
+
+    def test_broken_answers_fail_the_call_not_the_gateway(self):
+        before = processors(self.c)["fake"]
+        for mode in ("garbage", "huge", "500"):
+            self.fake.mode = mode
+            r = self.pay(PAN_OK)
+            self.assertGreaterEqual(r.status, 400, (mode, r))
+            self.assertNotEqual(r.json.get("status"), "succeeded", (mode, r))
+        self.fake.mode = "ok"
+        after = processors(self.c)["fake"]
+        self.assertGreaterEqual(after["errors"] - before["errors"], 3, after)
+        self.assertGreaterEqual(after["failures"] - before["failures"], 3, after)
+        # the daemon still serves payments once the processor behaves
+        wait_for(lambda: processors(self.c)["fake"]["breaker"] == "closed", what="breaker closed")
+        r = self.pay(PAN_OK)
+        self.assertEqual(r.json.get("status"), "succeeded", r)
+
+
+# -- the real simulator -------------------------------------------------------
+
+class Sim:
+    """`turnpike sim` on loopback with its own data directory."""
+
+    def __init__(self):
+        self.root = tempfile.mkdtemp(prefix="tp-sim-")
+        self.log = open(os.path.join(self.root, "sim.log"), "ab")
+        self.proc = subprocess.Popen(
+            [BIN, "sim", "--listen", HOST + ":0", "--iso-listen", HOST + ":0", "--data", self.root],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, start_new_session=True)
+        addr = os.path.join(self.root, "sim.addr")
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError("sim exited with %d" % self.proc.returncode)
+            try:
+                with open(addr) as f:
+                    t = f.read()
+            except FileNotFoundError:
+                return None
+            lines = t.split("\n")
+            return lines[0] if len(lines) >= 3 else None
+        self.rest = wait_for(ready, what="sim.addr")
+        host, _, port = self.rest.rpartition(":")
+        self.client = Client(host, int(port))
+
+    def faults(self, **kw):
+        r = self.client.request("POST", "/_sim/faults", body=json.dumps(kw).encode(),
+                                headers={"Content-Type": "application/json"})
+        assert r.status == 200, r
+        return r.json
+
+    def journal(self):
+        r = self.client.get("/_sim/journal")
+        assert r.status == 200, r
+        return r.json
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        if not os.environ.get("TP_KEEP_TMP"):
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def sim_usable():
+    try:
+        p = subprocess.run([BIN, "sim", "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return b"--iso-listen" in p.stdout
+
+
+@unittest.skipUnless(sim_usable(), "turnpike sim not available in this build")
+class WithSimulator(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.sim = Sim()
+        cls.daemon = Daemon()
+        base = "http://%s/p" % cls.sim.rest
+        ini = ""
+        for name, prio in (("a", 1), ("b", 2)):
+            ini += ("[processor.%s]\ntype = restjson\nendpoint = %s/%s\ntimeout_ms = 2000\n"
+                    "priority = %d\nhealth_interval_ms = 100\nbreaker_consecutive = 3\n"
+                    "breaker_open_ms = 60000\nbreaker_half_open_probes = 2\n\n") % (name, base, name, prio)
+        try:
+            cls.daemon.create_merchant("m")
+            cls.daemon.start(config=ini)
+        except Exception:
+            cls.daemon.cleanup()
+            cls.sim.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.cleanup()
+        cls.sim.stop()
+
+    def setUp(self):
+        self.c = self.daemon.client("m")
+        self.sim.faults(processor="a", outage=False)
+        self.sim.faults(processor="b", outage=False)
+        wait_for(lambda: all(p["breaker"] == "closed" for p in processors(self.c).values()),
+                 what="all breakers closed")
+
+    def pay(self, pan):
+        return self.c.post("/v1/payment_intents",
+                           {"amount": 1500, "currency": "usd", "confirm": "true",
+                            "payment_method_data": card(pan)},
+                           headers={"Idempotency-Key": new_key()})
+
+    def charged_payments(self):
+        return self.sim.journal()["summary"]
+
+    def test_payments_go_through_rest(self):
+        before = self.charged_payments()["charges"]
+        r = self.pay(PAN_OK)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["status"], "succeeded", r)
+        r = self.pay(PAN_INSUFFICIENT)
+        self.assertEqual(r.status, 402, r)
+        self.assertEqual(r.json["error"]["decline_code"], "insufficient_funds")
+        s = self.charged_payments()
+        self.assertEqual(s["charges"], before + 1, s)
+        self.assertEqual(s["double_charges"], 0, s)
+        ps = processors(self.c)
+        self.assertEqual(sorted(ps), ["a", "b"])
+        self.assertGreaterEqual(sum(p["calls"] for p in ps.values()), 2, ps)
+        entries = self.sim.journal()["entries"]
+        self.assertTrue(any(e["status"] == "declined" and e["decline_code"] == "insufficient_funds"
+                            for e in entries), entries)
+
+    def test_outage_opens_breaker_health_checks_close_it(self):
+        self.sim.faults(processor="a", outage=True)
+        t0 = time.monotonic()
+        a = wait_for(lambda: (lambda p: p if p["breaker"] == "open" else None)(processors(self.c)["a"]),
+                     what="breaker of a open")
+        opened_after = time.monotonic() - t0
+        self.assertEqual(a["health"], "down", a)
+        self.assertGreaterEqual(a["breaker_opens"], 1, a)
+        # 3 failed checks 100 ms apart: well under 2 s
+        self.assertLess(opened_after, 2.0)
+        # b still takes payments; readiness holds with one usable processor
+        r = self.pay(PAN_OK)
+        self.assertEqual(r.json.get("status"), "succeeded", r)
+        self.assertEqual(Client(HOST, self.daemon.port).get("/readyz").status, 200)
+        # while the outage lasts the breaker stays open (open_ms is long and
+        # failing checks keep it open)
+        time.sleep(0.5)
+        self.assertEqual(processors(self.c)["a"]["breaker"], "open")
+        self.sim.faults(processor="a", outage=False)
+        wait_for(lambda: processors(self.c)["a"]["breaker"] == "closed", what="breaker of a closed")
+        self.assertEqual(processors(self.c)["a"]["health"], "up")
+        log = self.daemon.log_text()
+        seq = [json.loads(l) for l in log.splitlines()
+               if '"processor_breaker"' in l and '"a"' in l]
+        trans = [(e["from"], e["to"]) for e in seq]
+        self.assertIn(("closed", "open"), trans)
+        self.assertIn(("open", "half_open"), trans)
+        self.assertIn(("half_open", "closed"), trans)
+
+    def test_all_processors_down_makes_readyz_fail(self):
+        ready = Client(HOST, self.daemon.port)
+        self.assertEqual(ready.get("/readyz").status, 200)
+        self.sim.faults(processor="a", outage=True)
+        self.sim.faults(processor="b", outage=True)
+        r = wait_for(lambda: (lambda r: r if r.status == 503 else None)(ready.get("/readyz")),
+                     what="readyz 503")
+        self.assertEqual(r.json["reason"], "no_processor_available")
+        self.sim.faults(processor="a", outage=False)
+        self.sim.faults(processor="b", outage=False)
+        wait_for(lambda: ready.get("/readyz").status == 200, what="readyz 200")
+
+
+@unittest.skipUnless(sim_usable(), "turnpike sim not available in this build")
+class IsoProcessorInRegistry(unittest.TestCase):
+    """An iso8583 processor: its connector starts, health follows the link."""
+
+    def test_iso_link_health_and_payment(self):
+        sim = Sim()
+        d = Daemon()
+        try:
+            with open(os.path.join(sim.root, "sim.addr")) as f:
+                iso = f.read().split("\n")[1]
+            d.create_merchant("m")
+            d.start(config=("[processor.acq]\ntype = iso8583\nendpoint = %s\n"
+                            "terminal_id = TERM0001\nmerchant_id = TURNPIKE0000001\n"
+                            "health_interval_ms = 100\n") % iso)
+            c = d.client("m")
+            p = wait_for(lambda: (lambda p: p if p["health"] == "up" else None)(processors(c)["acq"]),
+                         what="iso health up")
+            self.assertEqual(p["type"], "iso8583")
+            self.assertIs(p["can_query_status"], False)
+            self.assertEqual(p["link"]["link"], "up", p)
+            r = c.post("/v1/payment_intents", {"amount": 1200, "currency": "usd", "confirm": "true",
+                                               "payment_method_data": card(PAN_OK)},
+                       headers={"Idempotency-Key": new_key()})
+            self.assertEqual(r.json.get("status"), "succeeded", r)
+        finally:
+            d.cleanup()
+            sim.stop()
+
+
+class BadConfig(unittest.TestCase):
+    def start_fails(self, ini, needle):
+        d = Daemon()
+        try:
+            with self.assertRaises(RuntimeError):
+                d.start(config=ini)
+            self.assertIn("processor_config_invalid", d.log_text())
+            self.assertIn(needle, d.log_text())
+        finally:
+            d.cleanup()
+
+    def test_unknown_type(self):
+        self.start_fails("[processor.x]\ntype = telex\n", "unknown type")
+
+    def test_bad_endpoint(self):
+        self.start_fails("[processor.x]\ntype = restjson\nendpoint = gopher://h/x\n", "scheme")
+
+    def test_credentials_in_url(self):
+        self.start_fails("[processor.x]\ntype = restjson\nendpoint = http://u:p@127.0.0.1:1/x\n",
+                         "credentials in the URL")
+
+
+if __name__ == "__main__":
+    harness.main()

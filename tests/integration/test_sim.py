@@ -1,0 +1,648 @@
+"""`turnpike sim`: the processor simulator, driven over its real wire protocols.
+
+REST through http.client; ISO 8583 messages built here with struct, apart from
+the C codec, so these tests also cross-check the wire format (2-byte
+big-endian length, ASCII MTI, binary bitmap, ASCII fields with LL/LLL).
+Standard library only; every socket is on 127.0.0.1 with a kernel-chosen port.
+"""
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+import unittest
+import uuid
+
+BIN = os.environ.get("TURNPIKE_BIN", "/work/main/build/turnpike")
+READY_TIMEOUT_S = 20.0
+
+PAN_OK = "4242424242424242"
+PAN_DECLINE = "4000000000000002"
+PAN_INSUFFICIENT = "4000000000009995"
+PAN_3DS = "4000002760003184"
+
+
+class Sim:
+    """One `turnpike sim` process with its own data directory."""
+
+    def __init__(self, data=None, config=None):
+        self.tmp = tempfile.mkdtemp(prefix="tp-sim-")
+        self.data = data or os.path.join(self.tmp, "data")
+        self.config = config
+        self.proc = None
+
+    def start(self):
+        args = [BIN, "sim", "--listen", "127.0.0.1:0", "--iso-listen", "127.0.0.1:0",
+                "--data", self.data, "--threads", "2"]
+        if self.config:
+            path = os.path.join(self.tmp, "sim.ini")
+            with open(path, "w") as f:
+                f.write(self.config)
+            args += ["--config", path]
+        addr = os.path.join(self.data, "sim.addr")
+        if os.path.exists(addr):
+            os.unlink(addr)
+        if getattr(self, "log", None):
+            self.log.close()
+        self.log = open(os.path.join(self.tmp, "stderr.log"), "ab")
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self.log)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("sim exited with %s: %s" % (self.proc.returncode, self.stderr()))
+            if os.path.exists(addr):
+                with open(addr) as f:
+                    lines = f.read().split()
+                if len(lines) == 2:
+                    h, p = lines[0].rsplit(":", 1)
+                    self.rest = (h, int(p))
+                    h, p = lines[1].rsplit(":", 1)
+                    self.iso = (h, int(p))
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError("sim did not become ready")
+
+    def stderr(self):
+        try:
+            with open(os.path.join(self.tmp, "stderr.log"), "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self):
+        """SIGTERM; returns the exit status."""
+        if not self.proc or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def cleanup(self):
+        self.stop()
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # ---- REST ----
+    def call(self, method, path, body=None, headers=None, timeout=10.0, raw=None):
+        conn = http.client.HTTPConnection(self.rest[0], self.rest[1], timeout=timeout)
+        try:
+            h = {"Content-Type": "application/json"}
+            h.update(headers or {})
+            data = raw if raw is not None else (json.dumps(body) if body is not None else None)
+            conn.request(method, path, body=data, headers=h)
+            resp = conn.getresponse()
+            text = resp.read().decode()
+            return resp.status, dict(resp.getheaders()), (json.loads(text) if text else None)
+        finally:
+            conn.close()
+
+    def authorize(self, proc, ref, pan=PAN_OK, amount=1000, payment=None, capture=False, currency="usd",
+                  headers=None, timeout=10.0):
+        body = {"reference": ref, "amount": amount, "currency": currency, "capture": capture,
+                "card": {"number": pan, "exp_month": 12, "exp_year": 2034, "cvc": "123"}}
+        if payment:
+            body["payment"] = payment
+        return self.call("POST", "/p/%s/v1/authorizations" % proc, body, headers=headers, timeout=timeout)
+
+    def faults(self, **kw):
+        st, _, body = self.call("POST", "/_sim/faults", kw)
+        assert st == 200, body
+        return body
+
+    def journal(self, **params):
+        q = "&".join("%s=%s" % kv for kv in params.items())
+        st, _, body = self.call("GET", "/_sim/journal?" + q)
+        assert st == 200, body
+        return body
+
+    # ---- ISO 8583 ----
+    def iso_connect(self, timeout=5.0):
+        s = socket.create_connection(self.iso, timeout=timeout)
+        return s
+
+
+# ISO 8583:1987 ASCII layout of the fields these tests use: (kind, prefix, size).
+ISO_FIELDS = {
+    2: ("n", 2, 19), 3: ("n", 0, 6), 4: ("n", 0, 12), 7: ("n", 0, 10), 11: ("n", 0, 6),
+    12: ("n", 0, 6), 13: ("n", 0, 4), 14: ("n", 0, 4), 18: ("n", 0, 4), 22: ("n", 0, 3),
+    25: ("n", 0, 2), 37: ("an", 0, 12), 38: ("an", 0, 6), 39: ("an", 0, 2), 41: ("an", 0, 8),
+    42: ("an", 0, 15), 49: ("an", 0, 3), 70: ("n", 0, 3), 90: ("n", 0, 42),
+}
+
+
+def iso_pack(mti, fields):
+    """Message body (without the length) and its frame."""
+    present = sorted(fields)
+    secondary = any(n > 64 for n in present)
+    bits = 0
+    for n in present:
+        bits |= 1 << (128 - n)
+    if secondary:
+        bits |= 1 << 127
+    bitmap = bits.to_bytes(16, "big")
+    if not secondary:
+        bitmap = bitmap[:8]
+    out = mti.encode() + bitmap
+    for n in present:
+        kind, prefix, size = ISO_FIELDS[n]
+        v = str(fields[n])
+        if prefix == 0:
+            v = v.rjust(size, "0") if kind == "n" else v.ljust(size)
+            assert len(v) == size
+            out += v.encode()
+        else:
+            out += ("%0*d" % (prefix, len(v))).encode() + v.encode()
+    return out
+
+
+def iso_frame(mti, fields):
+    body = iso_pack(mti, fields)
+    return struct.pack(">H", len(body)) + body
+
+
+def iso_unpack(body):
+    mti = body[:4].decode()
+    bits = int.from_bytes(body[4:12], "big")
+    pos = 12
+    nbits = 64
+    if bits >> 63 & 1:
+        bits = (bits << 64) | int.from_bytes(body[12:20], "big")
+        pos = 20
+        nbits = 128
+    fields = {}
+    for n in range(2, nbits + 1):
+        if not (bits >> (nbits - n)) & 1:
+            continue
+        kind, prefix, size = ISO_FIELDS[n]
+        if prefix:
+            ln = int(body[pos:pos + prefix])
+            pos += prefix
+        else:
+            ln = size
+        fields[n] = body[pos:pos + ln].decode()
+        pos += ln
+    assert pos == len(body), "trailing bytes"
+    return mti, fields
+
+
+def recv_exact(sock, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    return buf
+
+
+def iso_recv(sock):
+    (ln,) = struct.unpack(">H", recv_exact(sock, 2))
+    return iso_unpack(recv_exact(sock, ln))
+
+
+_stan = [0]
+
+
+def auth_fields(pan, rrn, amount=1500, tid="TERM0001", stan=None):
+    _stan[0] += 1
+    return {2: pan, 3: "000000", 4: amount, 7: "1124123000", 11: stan or "%06d" % _stan[0],
+            12: "123000", 13: "1124", 14: "3412", 18: "5999", 22: "012", 25: "00",
+            37: rrn, 41: tid, 42: "MERCHANT0000001", 49: "840"}
+
+
+def new_name(prefix="p"):
+    return "%s-%s" % (prefix, uuid.uuid4().hex[:10])
+
+
+def closed_by_peer(sock, wait_s=5.0):
+    """True when the peer closes the connection within wait_s."""
+    sock.settimeout(wait_s)
+    try:
+        return sock.recv(1) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+class SimTest(unittest.TestCase):
+    """Shared simulator; each test uses its own processor names."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sim = Sim(config="[sim.secure]\napi_key = sk_sim_123\n\n"
+                             "[sim.slow]\nlatency_ms_min = 200\nlatency_ms_max = 200\n\n"
+                             "[sim.iso]\nprotocol = iso\n").start()
+
+    @classmethod
+    def tearDownClass(cls):
+        status = cls.sim.stop()
+        cls.sim.cleanup()
+        assert status == 0, "sim exit status %r" % status
+
+    # ---- REST ----
+    def test_approve_and_decline_by_test_card(self):
+        p = new_name()
+        st, _, b = self.sim.authorize(p, "r-ok", PAN_OK)
+        self.assertEqual(st, 200)
+        self.assertEqual(b["status"], "approved")
+        self.assertTrue(b["id"].startswith("auth_"))
+        self.assertEqual(len(b["auth_code"]), 6)
+        self.assertIsNone(b["decline_code"])
+        self.assertEqual((b["amount"], b["currency"], b["captured"]), (1000, "usd", False))
+        st, _, b = self.sim.authorize(p, "r-dec", PAN_DECLINE)
+        self.assertEqual((st, b["status"], b["decline_code"], b["auth_code"]),
+                         (200, "declined", "generic_decline", None))
+        st, _, b = self.sim.authorize(p, "r-nsf", PAN_INSUFFICIENT)
+        self.assertEqual(b["decline_code"], "insufficient_funds")
+        st, _, b = self.sim.authorize(p, "r-3ds", PAN_3DS)
+        self.assertEqual(b["status"], "approved", "3DS cards approve at the processor")
+        st, _, b = self.sim.authorize(p, "r-cap", PAN_OK, capture=True)
+        self.assertTrue(b["captured"])
+
+    def test_repeated_reference_returns_first_answer_and_charges_once(self):
+        p = new_name()
+        st, h1, b1 = self.sim.authorize(p, "ref-dup", payment="pi_dup1")
+        self.assertNotIn("Idempotent-Replayed", h1)
+        st, h2, b2 = self.sim.authorize(p, "ref-dup", payment="pi_dup1", amount=5555)
+        self.assertEqual(st, 200)
+        self.assertEqual(h2.get("Idempotent-Replayed"), "true")
+        self.assertEqual(b1, b2, "the first answer, byte for byte")
+        j = self.sim.journal(processor=p)
+        self.assertEqual(len(j["entries"]), 1)
+        self.assertEqual(j["summary"]["charges_by_payment"], {"pi_dup1": 1})
+        self.assertEqual(j["summary"]["double_charges"], 0)
+
+    def test_two_references_for_one_payment_count_as_a_double_charge(self):
+        p = new_name()
+        self.sim.authorize(p, "a1", payment="pi_twice")
+        self.sim.authorize(p, "a2", payment="pi_twice")
+        self.sim.authorize(p, "a3", payment="pi_once")
+        self.sim.authorize(p, "a4", PAN_DECLINE, payment="pi_declined")
+        s = self.sim.journal(processor=p)["summary"]
+        self.assertEqual(s["charges_by_payment"], {"pi_twice": 2, "pi_once": 1})
+        self.assertEqual(s["double_charges"], 1)
+        self.assertEqual(s["charges"], 3)
+
+    def test_capture_refund_and_their_idempotency(self):
+        p = new_name()
+        _, _, a = self.sim.authorize(p, "auth-1", amount=1000, payment="pi_c")
+        st, _, b = self.sim.call("POST", "/p/%s/v1/authorizations/auth-1/capture" % p,
+                                 {"reference": "cap-x", "amount": 1001})
+        self.assertEqual((st, b["error"]["code"]), (400, "amount_too_large"))
+        st, h, c1 = self.sim.call("POST", "/p/%s/v1/authorizations/%s/capture" % (p, a["id"]),
+                                  {"reference": "cap-1", "amount": 600})
+        self.assertEqual((st, c1["status"], c1["amount"], c1["authorization"]), (200, "captured", 600, a["id"]))
+        st, h, c2 = self.sim.call("POST", "/p/%s/v1/authorizations/auth-1/capture" % p,
+                                  {"reference": "cap-1", "amount": 600})
+        self.assertEqual((c1, h.get("Idempotent-Replayed")), (c2, "true"))
+        st, _, b = self.sim.call("POST", "/p/%s/v1/authorizations/auth-1/capture" % p,
+                                 {"reference": "cap-2", "amount": 100})
+        self.assertEqual((st, b["error"]["code"]), (409, "invalid_state"))
+        st, _, r = self.sim.call("POST", "/p/%s/v1/refunds" % p,
+                                 {"reference": "rf-1", "authorization": "auth-1", "amount": 700})
+        self.assertEqual((st, r["status"]), (200, "failed"), "over the captured remainder")
+        st, _, r = self.sim.call("POST", "/p/%s/v1/refunds" % p,
+                                 {"reference": "rf-2", "authorization": "auth-1", "amount": 400})
+        self.assertEqual((r["status"], r["amount"]), ("succeeded", 400))
+        self.assertTrue(r["id"].startswith("rf_"))
+        st, h, r2 = self.sim.call("POST", "/p/%s/v1/refunds" % p,
+                                  {"reference": "rf-2", "authorization": "auth-1", "amount": 400})
+        self.assertEqual((r2, h.get("Idempotent-Replayed")), (r, "true"))
+        st, _, r = self.sim.call("POST", "/p/%s/v1/refunds" % p,
+                                 {"reference": "rf-3", "authorization": "auth-1", "amount": 201})
+        self.assertEqual(r["status"], "failed", "only 200 left")
+        st, _, b = self.sim.call("POST", "/p/%s/v1/authorizations/auth-1/void" % p, {"reference": "v-1"})
+        self.assertEqual((st, b["error"]["code"]), (409, "invalid_state"), "captured: refund, not void")
+        st, _, b = self.sim.call("POST", "/p/%s/v1/refunds" % p,
+                                 {"reference": "rf-4", "authorization": "nope", "amount": 1})
+        self.assertEqual((st, b["error"]["code"]), (404, "not_found"))
+        ops = [e["operation"] for e in self.sim.journal(processor=p, payment="pi_c")["entries"]]
+        self.assertEqual(ops, ["authorize", "capture", "refund", "refund", "refund"])
+
+    def test_void_removes_the_charge_and_is_idempotent(self):
+        p = new_name()
+        self.sim.authorize(p, "auth-v", payment="pi_v")
+        st, _, v1 = self.sim.call("POST", "/p/%s/v1/authorizations/auth-v/void" % p, {"reference": "void-1"})
+        self.assertEqual((st, v1["status"]), (200, "voided"))
+        st, h, v2 = self.sim.call("POST", "/p/%s/v1/authorizations/auth-v/void" % p, {"reference": "void-1"})
+        self.assertEqual((v1, h.get("Idempotent-Replayed")), (v2, "true"))
+        st, _, b = self.sim.call("POST", "/p/%s/v1/authorizations/auth-v/capture" % p, {"reference": "cap-v"})
+        self.assertEqual(st, 409)
+        s = self.sim.journal(processor=p)["summary"]
+        self.assertEqual((s["charges_by_payment"], s["double_charges"]), ({}, 0))
+
+    def test_status_query_for_seen_and_unseen_references(self):
+        p = new_name()
+        _, _, a = self.sim.authorize(p, "st-auth")
+        _, _, c = self.sim.call("POST", "/p/%s/v1/authorizations/st-auth/capture" % p, {"reference": "st-cap"})
+        st, _, b = self.sim.call("GET", "/p/%s/v1/transactions/st-auth" % p)
+        self.assertEqual((st, b["operation"], b), (200, "authorize", a))
+        st, _, b = self.sim.call("GET", "/p/%s/v1/transactions/st-cap" % p)
+        self.assertEqual((st, b["operation"], b["amount"]), (200, "capture", 1000))
+        st, _, b = self.sim.call("GET", "/p/%s/v1/transactions/never-seen" % p)
+        self.assertEqual((st, b["error"]["code"]), (404, "not_found"))
+        st, _, b = self.sim.call("GET", "/p/other-%s/v1/transactions/st-auth" % p)
+        self.assertEqual(st, 404, "references are per processor")
+
+    def test_bad_requests_are_rejected(self):
+        p = new_name()
+        st, _, b = self.sim.call("POST", "/p/%s/v1/authorizations" % p, raw="{not json")
+        self.assertEqual((st, b["error"]["code"]), (400, "invalid_request"))
+        st, _, b = self.sim.call("POST", "/p/%s/v1/authorizations" % p,
+                                 {"reference": "x", "currency": "usd", "card": {"number": PAN_OK}})
+        self.assertEqual((st, b["error"]["code"]), (400, "invalid_request"))
+        self.assertIn("amount", b["error"]["message"])
+        st, _, b = self.sim.call("POST", "/p/%s/v1/authorizations" % p,
+                                 {"reference": "x" * 65, "amount": 1, "currency": "usd"})
+        self.assertEqual(st, 400)
+        st, _, b = self.sim.call("POST", "/p/%s/v1/authorizations" % p,
+                                 raw=json.dumps({"reference": "big", "pad": "x" * 70000}))
+        self.assertEqual((st, b["error"]["code"]), (400, "invalid_request"))
+        st, _, b = self.sim.call("GET", "/p/%s/v1/authorizations" % p)
+        self.assertEqual(st, 405)
+        st, _, b = self.sim.call("GET", "/p/%s/v1/nothing" % p)
+        self.assertEqual(st, 404)
+        self.assertEqual(self.sim.journal(processor=p)["entries"], [])
+
+    def test_api_key_is_checked_when_configured(self):
+        st, _, b = self.sim.authorize("secure", new_name("r"))
+        self.assertEqual((st, b["error"]["code"]), (401, "unauthorized"))
+        st, _, b = self.sim.authorize("secure", new_name("r"), headers={"Authorization": "Bearer wrong"})
+        self.assertEqual(st, 401)
+        st, _, b = self.sim.authorize("secure", new_name("r"), headers={"Authorization": "Bearer sk_sim_123"})
+        self.assertEqual((st, b["status"]), (200, "approved"))
+
+    def test_faults_switched_at_run_time(self):
+        p = new_name()
+        self.assertEqual(self.sim.call("GET", "/p/%s/v1/health" % p)[0], 200)
+        self.sim.faults(processor=p, outage=True)
+        st, _, b = self.sim.authorize(p, "f-1")
+        self.assertEqual((st, b["error"]["code"]), (503, "processor_unavailable"))
+        st, _, b = self.sim.call("GET", "/p/%s/v1/health" % p)
+        self.assertEqual((st, b["status"]), (503, "outage"))
+        all_ = self.sim.call("GET", "/_sim/faults")[2]["processors"]
+        self.assertTrue(all_[p]["outage"])
+        self.sim.faults(processor=p, outage=False, error_rate=1.0)
+        for i in range(5):
+            st, _, b = self.sim.authorize(p, "f-err-%d" % i)
+            self.assertIn(st, (500, 502, 503))
+            self.assertEqual(b["error"]["code"], "processor_error")
+        self.assertEqual(self.sim.call("GET", "/p/%s/v1/health" % p)[0], 200)
+        self.sim.faults(processor=p, error_rate=0)
+        st, _, b = self.sim.authorize(p, "f-ok")
+        self.assertEqual((st, b["status"]), (200, "approved"))
+        self.assertEqual(len(self.sim.journal(processor=p)["entries"]), 1, "faulted calls are not processed")
+        # Bad fault settings change nothing.
+        st, _, b = self.sim.call("POST", "/_sim/faults", {"processor": p, "error_rate": 2})
+        self.assertEqual(st, 400)
+        st, _, b = self.sim.call("POST", "/_sim/faults", {"processor": p, "bogus": 1})
+        self.assertEqual(st, 400)
+
+    def test_decline_rate_and_overrides(self):
+        p = new_name()
+        self.sim.faults(processor=p, decline_rate=1.0)
+        st, _, b = self.sim.authorize(p, "d-1", "5555555555554444")
+        self.assertEqual(b["status"], "declined")
+        self.assertIn(b["decline_code"], ("generic_decline", "do_not_honor"))
+        self.sim.faults(processor=p, **{"decline_rate.mastercard": 0.0})
+        st, _, b = self.sim.authorize(p, "d-2", "5555555555554444")
+        self.assertEqual(b["status"], "approved", "the brand override wins over the base rate")
+        st, _, b = self.sim.authorize(p, "d-3", "4000056655665556")
+        self.assertEqual(b["status"], "declined")
+
+    def test_reset_closes_the_connection_without_an_answer(self):
+        p = new_name()
+        self.sim.faults(processor=p, reset_rate=1.0)
+        with self.assertRaises((http.client.RemoteDisconnected, ConnectionResetError, http.client.BadStatusLine)):
+            self.sim.authorize(p, "reset-1")
+        self.sim.faults(processor=p, reset_rate=0.0)
+        st, _, b = self.sim.call("GET", "/p/%s/v1/transactions/reset-1" % p)
+        self.assertEqual(st, 404, "a reset request is not processed")
+
+    def test_timeout_after_processing_is_journaled(self):
+        p = new_name()
+        self.sim.faults(processor=p, timeout_rate=1.0, timeout_hold_ms=3000, timeout_mode="after")
+        t0 = time.monotonic()
+        with self.assertRaises(socket.timeout):
+            self.sim.authorize(p, "to-1", payment="pi_to", timeout=0.5)
+        self.assertLess(time.monotonic() - t0, 2.0)
+        self.sim.faults(processor=p, timeout_rate=0.0)
+        st, _, b = self.sim.call("GET", "/p/%s/v1/transactions/to-1" % p)
+        self.assertEqual((st, b["status"]), (200, "approved"), "processed although the client gave up")
+        self.assertEqual(self.sim.journal(processor=p)["summary"]["charges_by_payment"], {"pi_to": 1})
+        # A patient client gets the held answer.
+        self.sim.faults(processor=p, timeout_rate=1.0, timeout_hold_ms=700)
+        t0 = time.monotonic()
+        st, _, b = self.sim.authorize(p, "to-2", timeout=10)
+        self.assertEqual((st, b["status"]), (200, "approved"))
+        self.assertGreaterEqual(time.monotonic() - t0, 0.6)
+
+    def test_timeout_before_processing_drops_the_request(self):
+        p = new_name()
+        self.sim.faults(processor=p, timeout_rate=1.0, timeout_hold_ms=500, timeout_mode="before")
+        t0 = time.monotonic()
+        with self.assertRaises((http.client.RemoteDisconnected, ConnectionResetError, http.client.BadStatusLine)):
+            self.sim.authorize(p, "tb-1", timeout=10)
+        self.assertGreaterEqual(time.monotonic() - t0, 0.4)
+        self.sim.faults(processor=p, timeout_rate=0.0)
+        self.assertEqual(self.sim.call("GET", "/p/%s/v1/transactions/tb-1" % p)[0], 404)
+        self.assertEqual(self.sim.journal(processor=p)["entries"], [])
+
+    def test_latency_from_config(self):
+        t0 = time.monotonic()
+        st, _, b = self.sim.authorize("slow", new_name("r"))
+        self.assertEqual(st, 200)
+        self.assertGreaterEqual(time.monotonic() - t0, 0.19)
+
+    def test_journal_filters_and_limit(self):
+        p = new_name()
+        for i in range(5):
+            self.sim.authorize(p, "jl-%d" % i, payment="pi_jl%d" % i)
+        j = self.sim.journal(processor=p, limit=2)
+        self.assertEqual([e["reference"] for e in j["entries"]], ["jl-0", "jl-1"])
+        self.assertEqual(j["summary"]["charges"], 5)
+        j = self.sim.journal(processor=p, reference="jl-3")
+        self.assertEqual(len(j["entries"]), 1)
+        e = j["entries"][0]
+        for k in ("seq", "processor", "protocol", "operation", "reference", "payment", "amount", "currency",
+                  "status", "decline_code", "created_ms"):
+            self.assertIn(k, e)
+        self.assertEqual((e["protocol"], e["payment"]), ("rest", "pi_jl3"))
+        self.assertEqual(self.sim.call("GET", "/_sim/journal?limit=0")[0], 400)
+        # The CLI reads the same store while the sim runs.
+        out = subprocess.run([BIN, "sim", "journal", "--data", self.sim.data, "--reference", "jl-3"],
+                             capture_output=True, timeout=30, check=True)
+        cli = json.loads(out.stdout)
+        self.assertEqual([x["reference"] for x in cli["entries"]], ["jl-3"])
+
+    def test_concurrent_repeats_of_one_reference_charge_once(self):
+        import threading
+        p = new_name()
+        results = []
+
+        def go():
+            results.append(self.sim.authorize(p, "conc", payment="pi_conc")[2])
+
+        ts = [threading.Thread(target=go) for _ in range(8)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(30)
+        self.assertEqual(len(results), 8)
+        self.assertTrue(all(r == results[0] for r in results))
+        self.assertEqual(self.sim.journal(processor=p)["summary"]["charges_by_payment"], {"pi_conc": 1})
+
+    # ---- ISO 8583 ----
+    def test_iso_sign_on_and_echo(self):
+        with self.sim.iso_connect() as s:
+            for code in ("001", "301"):
+                s.sendall(iso_frame("0800", {7: "1124123000", 11: "000777", 70: code}))
+                mti, f = iso_recv(s)
+                self.assertEqual((mti, f[39], f[70], f[11]), ("0810", "00", code, "000777"))
+
+    def test_iso_authorization_approve_decline_and_duplicate(self):
+        rrn = uuid.uuid4().hex[:12].upper()
+        with self.sim.iso_connect() as s:
+            s.sendall(iso_frame("0100", auth_fields(PAN_OK, rrn, stan="000101")))
+            mti, f = iso_recv(s)
+            self.assertEqual((mti, f[39], f[11], f[37], f[41]), ("0110", "00", "000101", rrn, "TERM0001"))
+            self.assertEqual(len(f[38]), 6)
+            self.assertNotIn(2, f, "no PAN in the answer")
+            code = f[38]
+            # The same RRN and terminal again: the first answer, no second charge.
+            s.sendall(iso_frame("0100", auth_fields(PAN_OK, rrn, stan="000102")))
+            mti, f = iso_recv(s)
+            self.assertEqual((f[39], f[38], f[11]), ("00", code, "000102"))
+            rrn2 = uuid.uuid4().hex[:12].upper()
+            s.sendall(iso_frame("0200", auth_fields(PAN_INSUFFICIENT, rrn2)))
+            mti, f = iso_recv(s)
+            self.assertEqual((mti, f[39]), ("0210", "51"))
+            self.assertNotIn(38, f)
+        j = self.sim.journal(processor="iso", payment=rrn)
+        self.assertEqual(len(j["entries"]), 1)
+        self.assertEqual(j["entries"][0]["protocol"], "iso")
+        self.assertEqual(j["summary"]["charges_by_payment"], {rrn: 1})
+
+    def test_iso_reversal_removes_the_charge(self):
+        rrn = uuid.uuid4().hex[:12].upper()
+        with self.sim.iso_connect() as s:
+            s.sendall(iso_frame("0100", auth_fields(PAN_OK, rrn, amount=2500, stan="000201")))
+            self.assertEqual(iso_recv(s)[1][39], "00")
+            self.assertEqual(self.sim.journal(payment=rrn)["summary"]["charges"], 1)
+            f90 = "0100" + "000201" + "1124123000" + "0" * 11 + "0" * 11
+            s.sendall(iso_frame("0400", {4: 2500, 7: "1124123100", 11: "000202", 37: rrn, 41: "TERM0001",
+                                         49: "840", 90: f90}))
+            mti, f = iso_recv(s)
+            self.assertEqual((mti, f[39], f[37]), ("0410", "00", rrn))
+            # A repeat (0401) is answered again without a second journal row.
+            s.sendall(iso_frame("0401", {7: "1124123200", 11: "000203", 37: rrn, 41: "TERM0001", 90: f90}))
+            mti, f = iso_recv(s)
+            self.assertEqual((mti, f[39]), ("0410", "00"))
+            unknown = uuid.uuid4().hex[:12].upper()
+            s.sendall(iso_frame("0400", {7: "1124123300", 11: "000204", 37: unknown, 41: "TERM0001"}))
+            mti, f = iso_recv(s)
+            self.assertEqual((mti, f[39]), ("0410", "25"))
+        j = self.sim.journal(payment=rrn)
+        self.assertEqual([e["operation"] for e in j["entries"]], ["authorize", "reversal"])
+        self.assertEqual((j["summary"]["charges"], j["summary"]["charges_by_payment"]), (0, {}))
+        j = self.sim.journal(reference=unknown)
+        self.assertEqual([(e["operation"], e["status"]) for e in j["entries"]], [("reversal", "not_found")])
+
+    def test_iso_many_in_flight_on_one_connection(self):
+        n = 40
+        rrns = {"%06d" % (300 + i): uuid.uuid4().hex[:12].upper() for i in range(n)}
+        with self.sim.iso_connect() as s:
+            s.sendall(b"".join(iso_frame("0100", auth_fields(PAN_OK, rrn, stan=stan))
+                               for stan, rrn in rrns.items()))
+            got = {}
+            for _ in range(n):
+                mti, f = iso_recv(s)
+                got[f[11]] = f[37]
+        self.assertEqual(got, rrns, "every answer matched by STAN")
+
+    def test_iso_malformed_frame_closes_only_that_connection(self):
+        bad = [
+            struct.pack(">H", 3) + b"010",                                   # shorter than MTI + bitmap
+            struct.pack(">H", 20) + b"0100" + b"\xff" * 8 + b"12345678",  # bitmap promises fields never sent
+            iso_frame("0800", {7: "1124123000", 11: "000777", 70: "001"}).replace(b"000777", b"0007A7"),
+        ]
+        for frame in bad:
+            with self.sim.iso_connect() as s:
+                s.sendall(frame)
+                self.assertTrue(closed_by_peer(s), frame)
+            with self.sim.iso_connect() as s:
+                s.sendall(iso_frame("0800", {7: "1124123000", 11: "000001", 70: "301"}))
+                self.assertEqual(iso_recv(s)[1][39], "00")
+        self.assertIn("sim_iso_malformed", self.sim.stderr())
+
+    def test_iso_faults(self):
+        self.sim.faults(processor="iso", error_rate=1.0)
+        try:
+            with self.sim.iso_connect() as s:
+                rrn = uuid.uuid4().hex[:12].upper()
+                s.sendall(iso_frame("0100", auth_fields(PAN_OK, rrn)))
+                self.assertEqual(iso_recv(s)[1][39], "96")
+            self.sim.faults(processor="iso", error_rate=0.0, outage=True)
+            with self.sim.iso_connect() as s:
+                self.assertTrue(closed_by_peer(s), "outage: connections are refused")
+            self.sim.faults(processor="iso", outage=False, timeout_rate=1.0, timeout_mode="after")
+            with self.sim.iso_connect() as s:
+                rrn = uuid.uuid4().hex[:12].upper()
+                s.sendall(iso_frame("0100", auth_fields(PAN_OK, rrn)))
+                s.settimeout(1.0)
+                with self.assertRaises(socket.timeout):
+                    s.recv(1)
+            self.assertEqual(self.sim.journal(payment=rrn)["summary"]["charges"], 1,
+                             "processed, never answered: the gateway must reverse it")
+        finally:
+            self.sim.faults(processor="iso", error_rate=0.0, outage=False, timeout_rate=0.0)
+
+
+class SimRestartTest(unittest.TestCase):
+    def test_kill9_keeps_journal_and_idempotency(self):
+        sim = Sim().start()
+        try:
+            _, _, a = sim.authorize("acq", "k9-auth", payment="pi_k9")
+            _, _, c = sim.call("POST", "/p/acq/v1/authorizations/k9-auth/capture", {"reference": "k9-cap"})
+            rrn = uuid.uuid4().hex[:12].upper()
+            with sim.iso_connect() as s:
+                s.sendall(iso_frame("0100", auth_fields(PAN_OK, rrn, stan="000901")))
+                first = iso_recv(s)[1]
+            sim.kill9()
+            sim.start()
+            st, h, a2 = sim.authorize("acq", "k9-auth", payment="pi_k9", amount=9)
+            self.assertEqual((a2, h.get("Idempotent-Replayed")), (a, "true"))
+            st, h, c2 = sim.call("POST", "/p/acq/v1/authorizations/k9-auth/capture", {"reference": "k9-cap"})
+            self.assertEqual(c2, c)
+            self.assertEqual(sim.call("GET", "/p/acq/v1/transactions/k9-cap")[2], c)
+            # The captured state survived too: a second capture is refused.
+            st, _, b = sim.call("POST", "/p/acq/v1/authorizations/k9-auth/capture", {"reference": "k9-cap2"})
+            self.assertEqual(st, 409)
+            with sim.iso_connect() as s:
+                s.sendall(iso_frame("0100", auth_fields(PAN_OK, rrn, stan="000902")))
+                again = iso_recv(s)[1]
+            self.assertEqual(again[38], first[38])
+            s = sim.journal()["summary"]
+            self.assertEqual(s["charges_by_payment"], {"pi_k9": 1, rrn: 1})
+            self.assertEqual(s["double_charges"], 0)
+            self.assertEqual(sim.stop(), 0)
+        finally:
+            sim.cleanup()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

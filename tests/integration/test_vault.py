@@ -1,0 +1,244 @@
+"""Card vault keys: the file KEK (default, with a warning) and a PKCS#11 KEK on
+a SoftHSM2 token the test creates; `turnpike kek rotate` under payment load,
+background re-wrap to the new version, and old saved cards still charging."""
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+from harness import (BIN, PAN_OK, Daemon, card, main, open_db_ro)
+
+SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+PIN = "1234"
+PI = "/v1/payment_intents"
+REWRAP_WAIT_S = 60.0
+
+
+def vault_versions(daemon):
+    """{kek_version: count} read from the vault blob headers (format 2:
+    byte 0 = 2, bytes 1..4 = version, big endian)."""
+    db = open_db_ro(daemon)
+    try:
+        out = {}
+        for (blob,) in db.execute("SELECT blob FROM vault"):
+            b = bytes(blob)
+            v = int.from_bytes(b[1:5], "big") if b and b[0] == 2 else -1
+            out[v] = out.get(v, 0) + 1
+        return out
+    finally:
+        db.close()
+
+
+class Load:
+    """Payments in a background thread until stopped; counts outcomes."""
+
+    def __init__(self, client):
+        self.client = client
+        self.ok = 0
+        self.bad = []
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop.is_set() and len(self.bad) < 20:
+            r = self.client.post(PI, {"amount": 1500, "currency": "usd", "confirm": "true",
+                                      "payment_method_data": card(PAN_OK)})
+            if r.status == 200 and r.json.get("status") == "succeeded":
+                self.ok += 1
+            else:
+                self.bad.append(r)
+
+    def __enter__(self):
+        self.t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.t.join(60)
+
+
+class KekRotationMixin:
+    """Shared scenario: saved cards, rotate under load, re-wrap, charge."""
+
+    config = None
+    env = None
+
+    def rotate(self):
+        cmd = [BIN, "kek", "rotate", "--data", self.daemon.data]
+        if self.config is not None:
+            ini = os.path.join(self.daemon.root, "turnpike.ini")
+            cmd += ["--config", ini]
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
+                           env=dict(os.environ, **(self.env or {})), stdin=subprocess.DEVNULL)
+        self.assertEqual(p.returncode, 0, p.stderr.decode())
+        return json.loads(p.stdout)
+
+    def save_cards(self, n):
+        ids = []
+        for _ in range(n):
+            r = self.c().post("/v1/payment_methods", {"type": "card", "card": card(PAN_OK)["card"]})
+            self.assertEqual(r.status, 200, r)
+            ids.append(r.json["id"])
+        return ids
+
+    def wait_all_at(self, version):
+        deadline = time.monotonic() + REWRAP_WAIT_S
+        while time.monotonic() < deadline:
+            vv = vault_versions(self.daemon)
+            if set(vv) == {version}:
+                return vv
+            time.sleep(0.2)
+        self.fail("records not re-wrapped to v%d: %r" % (version, vault_versions(self.daemon)))
+
+    def charge(self, pm):
+        r = self.c().post(PI, {"amount": 2500, "currency": "usd", "confirm": "true", "payment_method": pm})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["status"], "succeeded", r)
+
+    def test_rotation_under_load_rewraps_everything_and_old_cards_still_charge(self):
+        saved = self.save_cards(30)
+        self.assertEqual(set(vault_versions(self.daemon)), {1})
+        with Load(self.c()) as load:
+            time.sleep(0.5)
+            v = self.rotate()
+            self.assertEqual(v["version"], 2)
+            # reads keep working while the re-wrap runs: charge old cards now
+            for pm in saved[:5]:
+                self.charge(pm)
+            self.wait_all_at(2)
+            time.sleep(0.3)
+        self.assertEqual(load.bad, [], "payments failed during rotation")
+        self.assertGreater(load.ok, 5)
+        for pm in saved[5:10]:
+            self.charge(pm)
+        # a second rotation too, new records get the new version at once
+        self.assertEqual(self.rotate()["version"], 3)
+        self.wait_all_at(3)
+        new = self.save_cards(1)[0]
+        self.assertEqual(set(vault_versions(self.daemon)), {3})
+        self.charge(new)
+        self.charge(saved[-1])
+        db = open_db_ro(self.daemon)
+        try:
+            versions = [r[0] for r in db.execute("SELECT version FROM kek_versions ORDER BY version")]
+            actions = [r[0] for r in db.execute("SELECT action FROM audit_log ORDER BY seq")]
+        finally:
+            db.close()
+        self.assertEqual(versions, [1, 2, 3])
+        self.assertEqual(actions.count("kek.rotated"), 2, actions)
+        self.assertIn("kek.rewrapped", actions)
+
+    def test_a_record_is_bound_to_its_merchant_and_token(self):
+        pm = self.save_cards(1)[0]
+        db = open_db_ro(self.daemon)
+        try:
+            (blob,) = db.execute("SELECT blob FROM vault WHERE token = ?", (pm,)).fetchone()
+        finally:
+            db.close()
+        self.assertNotIn(PAN_OK.encode(), bytes(blob))
+        self.assertNotIn(PAN_OK[-4:].encode() + b"|", bytes(blob))
+
+
+class FileKekTest(KekRotationMixin, unittest.TestCase):
+    MERCHANTS = ("m",)
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = Daemon()
+        cls.daemon.create_merchant("m")
+        cls.daemon.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.cleanup()
+
+    def c(self):
+        return self.daemon.client("m")
+
+    def test_file_kek_is_0600_and_warned_about(self):
+        p = os.path.join(self.daemon.data, "kek-v1.key")
+        st = os.stat(p)
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o600)
+        self.assertEqual(st.st_size, 32)
+        self.assertIn('"vault_file_kek"', self.daemon.log_text())
+
+
+def softhsm_available():
+    return os.path.exists(SOFTHSM_MODULE) and shutil.which("softhsm2-util") is not None
+
+
+@unittest.skipUnless(softhsm_available(), "SoftHSM2 not installed")
+class Pkcs11KekTest(KekRotationMixin, unittest.TestCase):
+    MERCHANTS = ("m",)
+
+    @classmethod
+    def setUpClass(cls):
+        cls.hsm = tempfile.mkdtemp(prefix="tp-hsm-")
+        tokens = os.path.join(cls.hsm, "tokens")
+        os.makedirs(tokens)
+        conf = os.path.join(cls.hsm, "softhsm2.conf")
+        with open(conf, "w") as f:
+            f.write("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n" % tokens)
+        cls.env = {"SOFTHSM2_CONF": conf, "TURNPIKE_VAULT_PKCS11_PIN": PIN}
+        subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "T", "--pin", PIN,
+                        "--so-pin", "5678"], check=True, env=dict(os.environ, **cls.env),
+                       stdout=subprocess.DEVNULL, timeout=60)
+        cls.config = ("[vault]\nkek = pkcs11\npkcs11_module = %s\npkcs11_token_label = T\n"
+                      "pkcs11_key_label = turnpike-kek\n[audit]\ncheckpoint_seconds = 1\n" % SOFTHSM_MODULE)
+        cls.daemon = Daemon()
+        cls.daemon.create_merchant("m")
+        try:
+            cls.daemon.start(extra_env=cls.env, config=cls.config)
+        except Exception:
+            cls.daemon.cleanup()
+            shutil.rmtree(cls.hsm, ignore_errors=True)
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.cleanup()
+        shutil.rmtree(cls.hsm, ignore_errors=True)
+
+    def c(self):
+        return self.daemon.client("m")
+
+    def test_no_key_material_in_the_data_dir_and_checkpoints_signed_on_the_token(self):
+        self.save_cards(2)
+        names = os.listdir(self.daemon.data)
+        self.assertFalse([n for n in names if n.startswith("kek-")], names)
+        self.assertFalse([n for n in names if n.startswith("audit-signing")], names)
+        self.assertNotIn('"vault_file_kek"', self.daemon.log_text())
+        self.assertIn('"kek_pkcs11_ready"', self.daemon.log_text())
+        deadline = time.monotonic() + 20
+        n = 0
+        while time.monotonic() < deadline and n == 0:
+            db = open_db_ro(self.daemon)
+            try:
+                n = db.execute("SELECT count(*) FROM audit_checkpoints").fetchone()[0]
+            finally:
+                db.close()
+            time.sleep(0.2)
+        self.assertGreater(n, 0)
+        p = subprocess.run([BIN, "audit", "verify", "--data", self.daemon.data], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertGreater(json.loads(p.stdout)["checkpoints"], 0)
+
+    def test_wrong_pin_refuses_to_start(self):
+        d = Daemon()
+        try:
+            d.create_merchant("x")
+            with self.assertRaises(RuntimeError) as cm:
+                d.start(extra_env=dict(self.env, TURNPIKE_VAULT_PKCS11_PIN="0000"), config=self.config)
+            self.assertIn("kek_pkcs11_failed", str(cm.exception))
+        finally:
+            d.cleanup()
+
+
+if __name__ == "__main__":
+    main()

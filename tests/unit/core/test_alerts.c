@@ -1,0 +1,132 @@
+/* The dynamic-baseline detector on synthetic series: steady noise stays
+ * quiet, a step opens within open_after buckets, recovery resolves, a slow
+ * drift is learned instead of alerted. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "core/alerts.h"
+
+static const struct tp_detector_cfg CFG = {
+    .alpha = 0.1, .k = 4, .min_abs = 0.1, .dev_floor = 0.01, .warmup = 10, .open_after = 3, .resolve_after = 5};
+
+/* Deterministic noise in [-amp, amp]. */
+static double noise(unsigned *seed, double amp)
+{
+  *seed = *seed * 1103515245u + 12345u;
+  return ((double)((*seed >> 8) % 20001) / 10000.0 - 1.0) * amp;
+}
+
+static int run(struct tp_detector *d, const double *v, int n, int *opened_at, int *resolved_at)
+{
+  int events = 0;
+  for (int i = 0; i < n; i++) {
+    enum tp_detect w = tp_detector_step(d, &CFG, v[i]);
+    if (w == TP_DETECT_OPENED) {
+      if (opened_at && *opened_at < 0)
+        *opened_at = i;
+      events++;
+    } else if (w == TP_DETECT_RESOLVED) {
+      if (resolved_at && *resolved_at < 0)
+        *resolved_at = i;
+      events++;
+    }
+  }
+  return events;
+}
+
+static void test_steady_noise_never_alerts(void **state)
+{
+  (void)state;
+  struct tp_detector d;
+  memset(&d, 0, sizeof d);
+  double v[5000];
+  unsigned seed = 42;
+  for (int i = 0; i < 5000; i++)
+    v[i] = 0.05 + noise(&seed, 0.04); /* a 5% decline rate, +-4 points */
+  assert_int_equal(run(&d, v, 5000, NULL, NULL), 0);
+  assert_false(d.open);
+  assert_true(d.mean > 0.03 && d.mean < 0.07); /* EWMA of the noise, within ~3 sigma */
+}
+
+static void test_step_opens_within_open_after_and_recovery_resolves(void **state)
+{
+  (void)state;
+  struct tp_detector d;
+  memset(&d, 0, sizeof d);
+  double v[200];
+  unsigned seed = 7;
+  for (int i = 0; i < 200; i++)
+    v[i] = (i >= 100 && i < 150 ? 0.6 : 0.05) + noise(&seed, 0.02);
+  int opened = -1, resolved = -1;
+  int events = run(&d, v, 200, &opened, &resolved);
+  assert_int_equal(events, 2);
+  assert_int_equal(opened, 100 + CFG.open_after - 1);
+  assert_int_equal(resolved, 150 + CFG.resolve_after - 1);
+  assert_false(d.open);
+  /* the spike did not leak into the baseline */
+  assert_true(d.mean < 0.1);
+}
+
+static void test_short_blip_shorter_than_open_after_is_ignored(void **state)
+{
+  (void)state;
+  struct tp_detector d;
+  memset(&d, 0, sizeof d);
+  double v[60];
+  for (int i = 0; i < 60; i++)
+    v[i] = (i == 30 || i == 31) ? 0.9 : 0.02;
+  assert_int_equal(run(&d, v, 60, NULL, NULL), 0);
+}
+
+static void test_slow_drift_is_learned_not_alerted(void **state)
+{
+  (void)state;
+  struct tp_detector d;
+  memset(&d, 0, sizeof d);
+  enum { N = 3000 };
+  static double v[N];
+  unsigned seed = 9;
+  for (int i = 0; i < N; i++)
+    v[i] = 0.05 + 0.5 * i / N + noise(&seed, 0.01); /* 5% to 55% over 3000 buckets */
+  assert_int_equal(run(&d, v, N, NULL, NULL), 0);
+  assert_true(d.mean > 0.45);
+}
+
+static void test_small_absolute_rise_on_a_flat_series_is_not_an_alert(void **state)
+{
+  (void)state;
+  struct tp_detector d;
+  memset(&d, 0, sizeof d);
+  double v[100];
+  for (int i = 0; i < 100; i++)
+    v[i] = i < 50 ? 0.0 : 0.05; /* far above a zero deviation, but under min_abs */
+  assert_int_equal(run(&d, v, 100, NULL, NULL), 0);
+}
+
+static void test_no_alert_during_warmup(void **state)
+{
+  (void)state;
+  struct tp_detector d;
+  memset(&d, 0, sizeof d);
+  double v[10] = {0, 0, 0, 0, 1, 1, 1, 1, 1, 1};
+  assert_int_equal(run(&d, v, CFG.warmup, NULL, NULL), 0);
+}
+
+int main(void)
+{
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_steady_noise_never_alerts),
+      cmocka_unit_test(test_step_opens_within_open_after_and_recovery_resolves),
+      cmocka_unit_test(test_short_blip_shorter_than_open_after_is_ignored),
+      cmocka_unit_test(test_slow_drift_is_learned_not_alerted),
+      cmocka_unit_test(test_small_absolute_rise_on_a_flat_series_is_not_an_alert),
+      cmocka_unit_test(test_no_alert_during_warmup),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,486 @@
+/* Circuit breaker state machine (with an injected clock), processor fees
+ * (exact, half-even, per currency) and [processor.*] config errors. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "config.h"
+#include "core/breaker.h"
+#include "core/procs.h"
+
+static struct tp_breaker_cfg cfg(void)
+{
+  struct tp_breaker_cfg c;
+  tp_breaker_defaults(&c);
+  c.failure_rate = 0.5;
+  c.min_calls = 10;
+  c.consecutive = 5;
+  c.open_ms = 1000;
+  c.probes = 3;
+  c.bucket_ms = 100; /* window 1 s */
+  return c;
+}
+
+static void test_consecutive_failures_open(void **state)
+{
+  (void)state;
+  struct tp_breaker_cfg c = cfg();
+  struct tp_breaker b;
+  tp_breaker_init(&b, &c, 0);
+  for (int i = 0; i < 4; i++)
+    tp_breaker_record(&b, true, 10 + i);
+  assert_int_equal(b.state, TP_BREAKER_CLOSED);
+  assert_true(tp_breaker_allow(&b, 20));
+  tp_breaker_record(&b, true, 21);
+  assert_int_equal(b.state, TP_BREAKER_OPEN);
+  assert_false(tp_breaker_allow(&b, 22));
+  assert_int_equal(b.opens, 1);
+}
+
+static void test_success_resets_consecutive_count(void **state)
+{
+  (void)state;
+  struct tp_breaker_cfg c = cfg();
+  c.min_calls = 1000; /* rate rule out of the way */
+  struct tp_breaker b;
+  tp_breaker_init(&b, &c, 0);
+  for (int round = 0; round < 10; round++) {
+    for (int i = 0; i < 4; i++)
+      tp_breaker_record(&b, true, round * 10 + i);
+    tp_breaker_record(&b, false, round * 10 + 5);
+  }
+  assert_int_equal(b.state, TP_BREAKER_CLOSED);
+}
+
+static void test_failure_rate_needs_min_calls(void **state)
+{
+  (void)state;
+  struct tp_breaker_cfg c = cfg();
+  struct tp_breaker b;
+  tp_breaker_init(&b, &c, 0);
+  /* alternate: 50% failures but never 5 in a row */
+  for (int i = 0; i < 9; i++)
+    tp_breaker_record(&b, i % 2 == 0, 100 + i);
+  assert_int_equal(b.state, TP_BREAKER_CLOSED); /* 9 calls < min_calls */
+  int calls, fails;
+  tp_breaker_window(&b, 110, &calls, &fails);
+  assert_int_equal(calls, 9);
+  assert_int_equal(fails, 5);
+  tp_breaker_record(&b, false, 110); /* 10 calls, 5 failures = 0.5 */
+  assert_int_equal(b.state, TP_BREAKER_CLOSED); /* checked on failures only */
+  tp_breaker_record(&b, true, 111);  /* 11 calls, 6 failures */
+  assert_int_equal(b.state, TP_BREAKER_OPEN);
+}
+
+static void test_failure_rate_below_threshold_stays_closed(void **state)
+{
+  (void)state;
+  struct tp_breaker_cfg c = cfg();
+  struct tp_breaker b;
+  tp_breaker_init(&b, &c, 0);
+  for (int i = 0; i < 100; i++)
+    tp_breaker_record(&b, i % 3 == 0, i * 5); /* 33% */
+  assert_int_equal(b.state, TP_BREAKER_CLOSED);
+}
+
+static void test_old_failures_leave_the_window(void **state)
+{
+  (void)state;
+  struct tp_breaker_cfg c = cfg();
+  struct tp_breaker b;
+  tp_breaker_init(&b, &c, 0);
+  /* 9 calls with 4 failures early on ... */
+  for (int i = 0; i < 9; i++)
+    tp_breaker_record(&b, i < 4, 10 + i);
+  /* ... then, 2 s later (window is 1 s), a few successes and failures */
+  tp_breaker_record(&b, false, 2000);
+  for (int i = 0; i < 3; i++)
+    tp_breaker_record(&b, true, 2001 + i);
+  int calls, fails;
+  tp_breaker_window(&b, 2010, &calls, &fails);
+  assert_int_equal(calls, 4);
+  assert_int_equal(fails, 3);
+  assert_int_equal(b.state, TP_BREAKER_CLOSED);
+}
+
+static void open_it(struct tp_breaker *b, int64_t t)
+{
+  for (int i = 0; i < 5; i++)
+    tp_breaker_record(b, true, t);
+  assert_int_equal(b->state, TP_BREAKER_OPEN);
+}
+
+static void test_half_open_after_open_ms_admits_limited_probes(void **state)
+{
+  (void)state;
+  struct tp_breaker_cfg c = cfg();
+  struct tp_breaker b;
+  tp_breaker_init(&b, &c, 0);
+  open_it(&b, 100);
+  assert_false(tp_breaker_allow(&b, 1099));
+  assert_int_equal(tp_breaker_tick(&b, 1099), TP_BREAKER_OPEN);
+  assert_true(tp_breaker_allow(&b, 1100));
+  assert_int_equal(b.state, TP_BREAKER_HALF_OPEN);
+  assert_true(tp_breaker_allow(&b, 1101));
+  assert_true(tp_breaker_allow(&b, 1102));
+  assert_false(tp_breaker_allow(&b, 1103)); /* 3 probes out */
+  tp_breaker_record(&b, false, 1110);
+  tp_breaker_record(&b, false, 1111);
+  assert_int_equal(b.state, TP_BREAKER_HALF_OPEN);
+  tp_breaker_record(&b, false, 1112);
+  assert_int_equal(b.state, TP_BREAKER_CLOSED);
+  assert_true(tp_breaker_allow(&b, 1113));
+  /* the failures that opened it are forgotten */
+  for (int i = 0; i < 4; i++)
+    tp_breaker_record(&b, true, 1120);
+  assert_int_equal(b.state, TP_BREAKER_CLOSED);
+}
+
+static void test_half_open_failure_reopens(void **state)
+{
+  (void)state;
+  struct tp_breaker_cfg c = cfg();
+  struct tp_breaker b;
+  tp_breaker_init(&b, &c, 0);
+  open_it(&b, 0);
+  assert_true(tp_breaker_allow(&b, 1000));
+  tp_breaker_record(&b, false, 1001);
+  tp_breaker_record(&b, true, 1002);
+  assert_int_equal(b.state, TP_BREAKER_OPEN);
+  assert_int_equal(b.opens, 2);
+  assert_false(tp_breaker_allow(&b, 1500));
+  assert_false(tp_breaker_allow(&b, 2001)); /* open_ms counts from the re-open */
+  assert_true(tp_breaker_allow(&b, 2002));
+}
+
+static void test_lost_probe_frees_its_slot(void **state)
+{
+  (void)state;
+  struct tp_breaker_cfg c = cfg();
+  c.probes = 1;
+  struct tp_breaker b;
+  tp_breaker_init(&b, &c, 0);
+  open_it(&b, 0);
+  assert_true(tp_breaker_allow(&b, 1000));
+  assert_false(tp_breaker_allow(&b, 1500)); /* the probe never reports */
+  assert_true(tp_breaker_allow(&b, 2000));  /* after open_ms another may go */
+}
+
+static void test_late_answers_while_open_are_ignored(void **state)
+{
+  (void)state;
+  struct tp_breaker_cfg c = cfg();
+  struct tp_breaker b;
+  tp_breaker_init(&b, &c, 0);
+  open_it(&b, 0);
+  for (int i = 0; i < 10; i++)
+    tp_breaker_record(&b, false, 10 + i);
+  assert_int_equal(b.state, TP_BREAKER_OPEN);
+}
+
+static void test_health_checks(void **state)
+{
+  (void)state;
+  struct tp_breaker_cfg c = cfg();
+  struct tp_breaker b;
+  tp_breaker_init(&b, &c, 0);
+  /* failed checks count toward consecutive; passes do not reset real failures */
+  tp_breaker_record(&b, true, 1);
+  tp_breaker_record(&b, true, 2);
+  tp_breaker_health(&b, true, 3);
+  tp_breaker_health(&b, false, 4);
+  tp_breaker_health(&b, false, 5);
+  assert_int_equal(b.state, TP_BREAKER_CLOSED);
+  tp_breaker_health(&b, false, 6);
+  assert_int_equal(b.state, TP_BREAKER_OPEN);
+  /* still failing: stays open past open_ms */
+  tp_breaker_health(&b, false, 900);
+  assert_int_equal(tp_breaker_tick(&b, 1500), TP_BREAKER_OPEN);
+  /* a pass while open: half-open early */
+  tp_breaker_health(&b, true, 1600);
+  assert_int_equal(b.state, TP_BREAKER_HALF_OPEN);
+  /* passes count as probes: closed after `probes` of them */
+  tp_breaker_health(&b, true, 1700);
+  tp_breaker_health(&b, true, 1800);
+  assert_int_equal(b.state, TP_BREAKER_HALF_OPEN);
+  tp_breaker_health(&b, true, 1900);
+  assert_int_equal(b.state, TP_BREAKER_CLOSED);
+  /* a failed check while half-open: open again */
+  open_it(&b, 2000);
+  tp_breaker_health(&b, true, 2100);
+  assert_int_equal(b.state, TP_BREAKER_HALF_OPEN);
+  tp_breaker_health(&b, false, 2200);
+  assert_int_equal(b.state, TP_BREAKER_OPEN);
+}
+
+/* ---- registry: config and fees ------------------------------------------ */
+
+static int64_t fake_now;
+static int64_t fake_clock(void)
+{
+  return fake_now;
+}
+
+static int teardown_registry(void **state)
+{
+  (void)state;
+  tp_procs_reset();
+  tp_config_reset();
+  tp_procs_set_clock(NULL);
+  return 0;
+}
+
+static void put(const char *sec, const char *k, const char *v)
+{
+  tp_config_put(sec, k, v);
+}
+
+static void test_no_sections_gives_the_sandbox(void **state)
+{
+  (void)state;
+  tp_config_reset();
+  assert_int_equal(tp_procs_configure(), 0);
+  assert_int_equal(tp_procs_count(), 1);
+  struct tp_proc *p = tp_proc_at(0);
+  assert_string_equal(p->name, "sandbox");
+  assert_string_equal(p->type, "sandbox");
+  assert_true(p->can_query_status);
+  assert_ptr_equal(tp_proc_find("sandbox"), p);
+  assert_null(tp_proc_find("nope"));
+  assert_true(tp_proc_supports(p, "amex", "jpy"));
+  assert_int_equal(tp_proc_fee(p, "usd", 10000), 0);
+  assert_true(tp_procs_any_usable());
+}
+
+static void test_fees_exact_half_even_per_currency(void **state)
+{
+  (void)state;
+  tp_config_reset();
+  put("processor.a", "type", "restjson");
+  put("processor.a", "endpoint", "http://127.0.0.1:9/p/a");
+  put("processor.a", "fee_percent", "2.9");
+  put("processor.a", "fee_fixed", "30");
+  put("processor.a", "fee_fixed.eur", "25");
+  put("processor.a", "fee_fixed.JPY", "0");
+  put("processor.b", "type", "restjson");
+  put("processor.b", "endpoint", "https://proc.example/base/");
+  put("processor.b", "fee_percent", "0.125");
+  assert_int_equal(tp_procs_configure(), 0);
+  assert_int_equal(tp_procs_count(), 2);
+  struct tp_proc *a = tp_proc_find("a"), *b = tp_proc_find("b");
+  assert_non_null(a);
+  assert_non_null(b);
+  assert_true(a->can_query_status);
+  /* 2.9% of 1000 = 29 exactly */
+  assert_int_equal(tp_proc_fee(a, "usd", 1000), 29 + 30);
+  assert_int_equal(tp_proc_fee(a, "eur", 1000), 29 + 25);
+  assert_int_equal(tp_proc_fee(a, "jpy", 1000), 29);
+  /* 2.9% of 50 = 1.45 -> 1; of 150 = 4.35 -> 4; of 250 = 7.25 -> 7 */
+  assert_int_equal(tp_proc_fee(a, "usd", 50), 1 + 30);
+  /* half-even: 0.125% of 400 = 0.5 -> 0; of 1200 = 1.5 -> 2; of 2000 = 2.5 -> 2 */
+  assert_int_equal(tp_proc_fee(b, "usd", 400), 0);
+  assert_int_equal(tp_proc_fee(b, "usd", 1200), 2);
+  assert_int_equal(tp_proc_fee(b, "usd", 2000), 2);
+  assert_int_equal(tp_proc_fee(b, "usd", 2001), 3);
+  /* largest amount: no overflow */
+  /* largest amount: 2899999.971 -> 2900000, no overflow */
+  assert_int_equal(tp_proc_fee(a, "usd", 99999999), 2900000 + 30);
+}
+
+static void test_brands_and_currencies_filter(void **state)
+{
+  (void)state;
+  tp_config_reset();
+  put("processor.x", "type", "sandbox");
+  put("processor.x", "brands", "Visa, mastercard");
+  put("processor.x", "currencies", "usd,EUR");
+  assert_int_equal(tp_procs_configure(), 0);
+  struct tp_proc *x = tp_proc_find("x");
+  assert_true(tp_proc_supports(x, "visa", "usd"));
+  assert_true(tp_proc_supports(x, "mastercard", "eur"));
+  assert_false(tp_proc_supports(x, "amex", "usd"));
+  assert_false(tp_proc_supports(x, "visa", "gbp"));
+  assert_true(tp_proc_supports(x, NULL, "usd"));
+  json_t *js = tp_proc_json(x);
+  assert_string_equal(json_string_value(json_object_get(js, "breaker")), "closed");
+  assert_int_equal(json_array_size(json_object_get(js, "brands")), 2);
+  assert_string_equal(json_string_value(json_array_get(json_object_get(js, "currencies"), 1)), "eur");
+  json_decref(js);
+}
+
+static void test_registry_breaker_record_and_stats(void **state)
+{
+  (void)state;
+  tp_config_reset();
+  put("processor.r", "type", "restjson");
+  put("processor.r", "endpoint", "http://127.0.0.1:9");
+  put("processor.r", "api_key", "sk_secret_never_shown");
+  put("processor.r", "breaker_consecutive", "3");
+  put("processor.r", "breaker_open_ms", "200");
+  put("processor.r", "breaker_half_open_probes", "1");
+  fake_now = 1000;
+  tp_procs_set_clock(fake_clock);
+  assert_int_equal(tp_procs_configure(), 0);
+  struct tp_proc *r = tp_proc_find("r");
+  /* issuer declines are not failures */
+  for (int i = 0; i < 10; i++)
+    tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "insufficient_funds", false, 1000 * (i + 1));
+  assert_int_equal(tp_proc_breaker(r), TP_BREAKER_CLOSED);
+  assert_int_equal(tp_proc_latency_us(r, 50), 5000);
+  assert_int_equal(tp_proc_latency_us(r, 90), 9000);
+  assert_int_equal(tp_proc_latency_us(r, 99), 10000);
+  tp_proc_record(r, "visa", "usd", TP_OUT_APPROVED, "", false, 500);
+  tp_proc_record(r, "visa", "usd", TP_OUT_APPROVED, "", false, 500);
+  tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500);
+  tp_proc_record(r, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 500);
+  assert_true(tp_proc_allow(r));
+  tp_proc_record(r, "visa", "usd", TP_OUT_ERROR, "processor_http_5xx", true, 500);
+  assert_int_equal(tp_proc_breaker(r), TP_BREAKER_OPEN);
+  assert_false(tp_proc_allow(r));
+  assert_false(tp_procs_any_usable());
+  json_t *js = tp_proc_json(r);
+  char *s = json_dumps(js, 0);
+  assert_null(strstr(s, "sk_secret")); /* credentials never shown */
+  free(s);
+  assert_string_equal(json_string_value(json_object_get(js, "breaker")), "open");
+  assert_int_equal(json_integer_value(json_object_get(js, "calls")), 15);
+  assert_int_equal(json_integer_value(json_object_get(js, "failures")), 3);
+  json_decref(js);
+  assert_true(tp_proc_success_rate(r) > 0.13 && tp_proc_success_rate(r) < 0.14); /* 2/15 */
+  fake_now += 200;
+  assert_int_equal(tp_proc_breaker(r), TP_BREAKER_HALF_OPEN);
+  assert_true(tp_proc_allow(r));
+  assert_false(tp_proc_allow(r));
+  tp_proc_record(r, "visa", "usd", TP_OUT_APPROVED, "", false, 500);
+  assert_int_equal(tp_proc_breaker(r), TP_BREAKER_CLOSED);
+  assert_true(tp_procs_any_usable());
+}
+
+static int transitions[3][3];
+static void on_breaker(struct tp_proc *p, enum tp_breaker_state from, enum tp_breaker_state to, void *arg)
+{
+  (void)p;
+  (void)arg;
+  transitions[from][to]++;
+}
+
+static void test_breaker_callback_and_health(void **state)
+{
+  (void)state;
+  tp_config_reset();
+  put("processor.h", "type", "restjson");
+  put("processor.h", "endpoint", "http://127.0.0.1:9");
+  fake_now = 5000;
+  tp_procs_set_clock(fake_clock);
+  assert_int_equal(tp_procs_configure(), 0);
+  memset(transitions, 0, sizeof transitions);
+  tp_procs_on_breaker(on_breaker, NULL);
+  struct tp_proc *h = tp_proc_find("h");
+  for (int i = 0; i < 5; i++)
+    tp_proc_health(h, false);
+  assert_int_equal(transitions[TP_BREAKER_CLOSED][TP_BREAKER_OPEN], 1);
+  tp_proc_health(h, true);
+  assert_int_equal(transitions[TP_BREAKER_OPEN][TP_BREAKER_HALF_OPEN], 1);
+  json_t *js = tp_proc_json(h);
+  assert_string_equal(json_string_value(json_object_get(js, "health")), "up");
+  assert_string_equal(json_string_value(json_object_get(js, "breaker")), "half_open");
+  json_decref(js);
+}
+
+static void expect_config_error(const char *key, const char *value)
+{
+  tp_config_reset();
+  put("processor.bad", "type", "restjson");
+  put("processor.bad", "endpoint", "http://127.0.0.1:9");
+  put("processor.bad", key, value);
+  if (tp_procs_configure() != -1)
+    fail_msg("%s = %s accepted", key, value);
+  assert_int_equal(tp_procs_count(), 0);
+}
+
+static void test_config_errors(void **state)
+{
+  (void)state;
+  expect_config_error("type", "carrier_pigeon");
+  expect_config_error("endpoint", "ftp://127.0.0.1/x");
+  expect_config_error("endpoint", "not a url");
+  expect_config_error("endpoint", "http://user:pw@127.0.0.1/x");
+  expect_config_error("endpoint", "http://127.0.0.1/x?key=1");
+  expect_config_error("timeout_ms", "0");
+  expect_config_error("timeout_ms", "12abc");
+  expect_config_error("fee_percent", "2.91234");
+  expect_config_error("fee_percent", "-1");
+  expect_config_error("fee_percent", "101");
+  expect_config_error("fee_percent", "2.");
+  expect_config_error("fee_fixed", "-5");
+  expect_config_error("fee_fixed.xyz", "5");
+  expect_config_error("brands", "visa,bitcoin");
+  expect_config_error("currencies", "usd,zzz");
+  expect_config_error("breaker_failure_rate", "0");
+  expect_config_error("breaker_failure_rate", "1.5");
+  expect_config_error("breaker_min_calls", "0");
+  expect_config_error("health_interval_ms", "5");
+
+  tp_config_reset();
+  put("processor.a b", "type", "sandbox");
+  assert_int_equal(tp_procs_configure(), -1);
+
+  tp_config_reset();
+  put("processor.iso", "type", "iso8583");
+  put("processor.iso", "endpoint", "127.0.0.1");
+  assert_int_equal(tp_procs_configure(), -1);
+  tp_config_reset();
+  put("processor.iso", "type", "iso8583");
+  put("processor.iso", "endpoint", "127.0.0.1:70000");
+  assert_int_equal(tp_procs_configure(), -1);
+  tp_config_reset();
+  put("processor.iso", "type", "iso8583");
+  put("processor.iso", "endpoint", "127.0.0.1:8583");
+  put("processor.iso", "terminal_id", "TERM0001");
+  assert_int_equal(tp_procs_configure(), 0);
+  assert_false(tp_proc_find("iso")->can_query_status);
+
+  tp_config_reset();
+  put("processor.r", "type", "restjson");
+  assert_int_equal(tp_procs_configure(), -1); /* endpoint required */
+}
+
+static void test_duplicate_names_rejected(void **state)
+{
+  (void)state;
+  tp_config_reset();
+  put("processor.dup", "type", "sandbox");
+  put("processor.DUP", "type", "sandbox");
+  put("processor.dup2", "type", "sandbox");
+  /* section names compare case-insensitively in the config: one section */
+  assert_int_equal(tp_procs_configure(), 0);
+  assert_int_equal(tp_procs_count(), 2);
+}
+
+int main(void)
+{
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_consecutive_failures_open),
+    cmocka_unit_test(test_success_resets_consecutive_count),
+    cmocka_unit_test(test_failure_rate_needs_min_calls),
+    cmocka_unit_test(test_failure_rate_below_threshold_stays_closed),
+    cmocka_unit_test(test_old_failures_leave_the_window),
+    cmocka_unit_test(test_half_open_after_open_ms_admits_limited_probes),
+    cmocka_unit_test(test_half_open_failure_reopens),
+    cmocka_unit_test(test_lost_probe_frees_its_slot),
+    cmocka_unit_test(test_late_answers_while_open_are_ignored),
+    cmocka_unit_test(test_health_checks),
+    cmocka_unit_test_teardown(test_no_sections_gives_the_sandbox, teardown_registry),
+    cmocka_unit_test_teardown(test_fees_exact_half_even_per_currency, teardown_registry),
+    cmocka_unit_test_teardown(test_brands_and_currencies_filter, teardown_registry),
+    cmocka_unit_test_teardown(test_registry_breaker_record_and_stats, teardown_registry),
+    cmocka_unit_test_teardown(test_breaker_callback_and_health, teardown_registry),
+    cmocka_unit_test_teardown(test_config_errors, teardown_registry),
+    cmocka_unit_test_teardown(test_duplicate_names_rejected, teardown_registry),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
