@@ -2,15 +2,16 @@
 -- (every request is a new charge committed to the journal before its answer).
 -- wrk -t2 -c64 -d10s -s bench/sim_wrk.lua http://127.0.0.1:8430
 local counter = 0
-local tid = 0
+local threads = 0
 
 function setup(thread)
-  tid = tid + 1
-  thread:set("tid", tid)
+  threads = threads + 1
+  thread:set("tid", threads)
 end
 
 function init(args)
-  prefix = string.format("w%d-%d-", tid or 0, math.random(1, 1000000000))
+  -- tid is set by setup() in this thread's Lua state; the time keeps runs apart.
+  prefix = string.format("w%s-%d-", tostring(tid), os.time())
 end
 
 function request()

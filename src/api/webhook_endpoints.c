@@ -207,6 +207,23 @@ static void metadata_apply(json_t *obj, const json_t *v)
   }
 }
 
+/* The object lock a write holds: the endpoint, or for a create the
+ * merchant's endpoint set (so the per-merchant limit holds). */
+static void lock_key(const struct tp_req *r, char out[TP_ID_MAX + 16])
+{
+  if (r->path_id[0])
+    snprintf(out, TP_ID_MAX + 16, "%s", r->path_id);
+  else
+    snprintf(out, TP_ID_MAX + 16, "we_create:%s", r->merchant.id);
+}
+
+static void unlock(const struct tp_req *r)
+{
+  char key[TP_ID_MAX + 16];
+  lock_key(r, key);
+  tp_lock_release(key);
+}
+
 /* Commit, tell the delivery thread, then send the reply already set. */
 static void commit_done(struct tp_cs *cs, int rc, void *arg)
 {
@@ -216,7 +233,7 @@ static void commit_done(struct tp_cs *cs, int rc, void *arg)
     tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
   else
     tp_webhooks_changed();
-  tp_lock_release(r->path_id[0] ? r->path_id : r->merchant.id);
+  unlock(r);
   tp_req_resume(r);
 }
 
@@ -229,14 +246,16 @@ static void commit(struct tp_req *r, struct tp_cs *cs)
   if (tp_writer_submit(cs) != 0) {
     tp_cs_free(cs);
     tp_reply_error(r, TP_ERR_OVERLOADED, NULL, NULL);
-    tp_lock_release(r->path_id[0] ? r->path_id : r->merchant.id);
+    unlock(r);
     tp_req_resume(r);
   }
 }
 
 static bool lock(struct tp_req *r)
 {
-  if (tp_lock_try(r->path_id[0] ? r->path_id : r->merchant.id))
+  char key[TP_ID_MAX + 16];
+  lock_key(r, key);
+  if (tp_lock_try(key))
     return true;
   tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
   return false;
@@ -269,7 +288,7 @@ void tp_h_we_create(struct tp_req *r)
   json_int_t n = json_integer_value(json_object_get(json_array_get(cnt, 0), "n"));
   json_decref(cnt);
   if (!cnt || n >= WE_MAX_PER_MERCHANT) {
-    tp_lock_release(r->merchant.id);
+    unlock(r);
     tp_reply_error(r, cnt ? TP_ERR_WEBHOOK_ENDPOINT_LIMIT_REACHED : TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
     return;
   }
@@ -278,7 +297,7 @@ void tp_h_we_create(struct tp_req *r)
   tp_id_new(id, "we");
   tp_webhooks_new_secret(secret);
   if (tp_webhooks_seal_secret(id, secret, sealed) != 0) {
-    tp_lock_release(r->merchant.id);
+    unlock(r);
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
     return;
   }
@@ -335,7 +354,7 @@ void tp_h_we_update(struct tp_req *r)
     return;
   json_t *ep = endpoint_load(r, r->path_id);
   if (!ep) {
-    tp_lock_release(r->path_id);
+    unlock(r);
     return;
   }
   if ((v = json_object_get(p, "url")))
@@ -380,7 +399,7 @@ void tp_h_we_delete(struct tp_req *r)
     return;
   json_t *ep = endpoint_load(r, r->path_id);
   if (!ep) {
-    tp_lock_release(r->path_id);
+    unlock(r);
     return;
   }
   json_decref(ep);

@@ -346,8 +346,8 @@ static int send_pend(struct iso_link *l, struct pend *p, int64_t now)
       explicit_bzero(buf, (size_t)n);
       return -1;
     }
-    memcpy(o, l->out, l->out_len);
     if (l->out) {
+      memcpy(o, l->out, l->out_len);
       explicit_bzero(l->out, l->out_len);
       free(l->out);
     }

@@ -823,7 +823,7 @@ void tp_procs_reset(void)
     memset(&procs[i], 0, sizeof procs[i]);
   }
   nprocs = 0;
-  ncallbacks = 0;
+  /* Callbacks stay: subsystems may register before the registry is built. */
 }
 
 int tp_procs_configure(void)

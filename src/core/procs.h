@@ -53,8 +53,9 @@ int64_t tp_proc_latency_us(const struct tp_proc *p, int percentile);
 double tp_proc_success_rate(const struct tp_proc *p);
 /* JSON for the API (no credentials). New reference. */
 json_t *tp_proc_json(const struct tp_proc *p);
-/* Register a callback for breaker state changes (up to 8; called on the
- * thread that caused the change, outside the processor's lock). */
+/* Register a callback for breaker state changes (up to 8; at start-up,
+ * before or after tp_procs_start, not while calls run; called on the thread
+ * that caused the change, outside the processor's lock). */
 void tp_procs_on_breaker(void (*fn)(struct tp_proc *p, enum tp_breaker_state from, enum tp_breaker_state to,
                                     void *arg),
                          void *arg);

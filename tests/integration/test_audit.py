@@ -2,6 +2,7 @@
 are recorded in a hash chain with signed checkpoints; `turnpike audit verify`
 passes on the real log and names the first bad entry after any single-byte
 edit, a deleted row, two swapped rows or a truncated tail."""
+import hashlib
 import json
 import os
 import shutil
@@ -129,14 +130,24 @@ class AuditTest(unittest.TestCase):
         self.assertBad(self.flip("flip-merchant", seq, "merchant"), seq)
 
     def test_a_rewritten_entry_with_recomputed_hash_still_breaks_the_chain(self):
-        # An attacker who edits an entry and fixes its own hash breaks the
-        # next entry's prev_hash.
+        # An attacker who edits an entry and recomputes its own hash (the
+        # documented SHA-256(prev_hash || canonical entry)) breaks the next
+        # entry's prev_hash.
         d, con = self.copy("rehash")
         seq = 3
-        con.execute("UPDATE audit_log SET hash = '%s' WHERE seq = ?" % ("ab" * 32), (seq,))
+        row = con.execute("SELECT seq, created, merchant, actor, action, object_id, details, prev_hash, hash "
+                          "FROM audit_log WHERE seq = ?", (seq,)).fetchone()
+        canon = json.dumps(list(row[:7]), separators=(",", ":"), ensure_ascii=True)
+        self.assertEqual(hashlib.sha256((row[7] + canon).encode()).hexdigest(), row[8],
+                         "the hash definition in docs/security.md holds")
+        forged = list(row[:7])
+        forged[3] = "cli"
+        canon = json.dumps(forged, separators=(",", ":"), ensure_ascii=True)
+        h = hashlib.sha256((row[7] + canon).encode()).hexdigest()
+        con.execute("UPDATE audit_log SET actor = 'cli', hash = ? WHERE seq = ?", (h, seq))
         con.commit()
         con.close()
-        self.assertBad(d, seq)
+        self.assertBad(d, seq + 1)
 
     def test_a_deleted_middle_row_is_found(self):
         d, con = self.copy("delete")

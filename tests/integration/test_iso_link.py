@@ -237,7 +237,7 @@ class IsoLink(unittest.TestCase):
         return self.daemon.client("m").post(
             "/v1/payment_intents",
             {"amount": amount, "currency": "usd", "confirm": "true", "payment_method_data": card(pan)},
-            idempotency_key=new_key())
+            idem=new_key())
 
     def test_1_signon_echo_and_a_payment(self):
         wait_for(lambda: self.host.count("0800", "301") >= 2, what="two echoes")
@@ -309,6 +309,7 @@ class IsoLink(unittest.TestCase):
         self.assertIn("iso_link_down", log)
         for pan in (PAN_OK, PAN_INSUFFICIENT):
             self.assertNotIn(pan, log)
+        self.assertNotIn("runtime error", log)  # UBSan reports
         self.assertEqual(self.host.errors, [])
 
 

@@ -456,6 +456,30 @@ class KillTest(DaemonTestCase):
         finally:
             recv.close()
 
+    def test_events_without_delivery_rows_are_found_by_the_scan(self):
+        # With delivery off, events commit but no delivery row is ever
+        # written: exactly what a crash right after the commit leaves.
+        recv = Receiver()
+        try:
+            self.daemon.stop()
+            self.daemon.start(config=BASE_CONFIG + "enabled = false\n")
+            c = self.c()
+            ep = c.post(WE, {"url": recv.url("/scan"), "enabled_events": ["charge.succeeded"]}).json
+            pis = [pay(c, 700 + i) for i in range(3)]
+            time.sleep(0.5)
+            self.assertEqual(recv.on("/scan"), [])
+            self.daemon.kill9()
+            self.daemon.start(config=BASE_CONFIG)
+            got = recv.wait_for("/scan", lambda g: len(event_ids(g)) >= 3, timeout=15)
+            self.assertEqual({g["event"]["data"]["object"]["payment_intent"] for g in got},
+                             {p["id"] for p in pis})
+            self.assertEqual({g["event"]["type"] for g in got}, {"charge.succeeded"})
+            for g in got:
+                h = {k.lower(): v for k, v in g["headers"].items()}
+                self.assertTrue(verify_signature(g["body"], h["stripe-signature"], ep["secret"]))
+        finally:
+            recv.close()
+
 
 if __name__ == "__main__":
     main()

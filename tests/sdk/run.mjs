@@ -110,6 +110,7 @@ async function main() {
         TP_PUBLISHABLE_KEY: m1.publishable_key,
         TP_SECRET_KEY_2: m2.secret_key,
         TP_DATA: dataDir,
+        TP_MERCHANT_ID: m1.id,
       },
     });
     const testCode = await new Promise((resolve) => tests.on('exit', (code, sig) => resolve(sig ? 1 : code)));

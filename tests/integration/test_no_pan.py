@@ -1,0 +1,188 @@
+"""After a run that uses every test card - raw card data, client-side
+encrypted (JWE) cards, saved payment methods, declines, 3-D Secure, card
+errors, idempotent replays - no test card number appears anywhere: not in
+turnpike.db, its WAL or shared-memory file, any other file of the data dir,
+nor the daemon's log; as plain digits, grouped with spaces or with dashes."""
+import base64
+import json
+import os
+import re
+import unittest
+
+from harness import (DaemonTestCase, card, main, new_key)
+
+try:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
+    HAVE_CRYPTO = True
+except ImportError:  # pragma: no cover
+    HAVE_CRYPTO = False
+
+PI = "/v1/payment_intents"
+
+# Every card number the sandbox knows (harness contract and the pm_card_* ids).
+PANS = [
+    "4242424242424242", "4000056655665556", "5555555555554444", "5200828282828210", "5105105105105100",
+    "371449635398431", "6011111111111117", "3056930009020004", "3566002020360505", "6200000000000005",
+    "4000000000000002", "4000000000009995", "4000000000009987", "4000000000009979", "4000000000000069",
+    "4000000000000127", "4000000000000119", "4100000000000019", "4000000000003220", "4000002760003184",
+]
+PM_IDS = ["pm_card_visa", "pm_card_visa_debit", "pm_card_mastercard", "pm_card_mastercard_debit",
+          "pm_card_mastercard_prepaid", "pm_card_amex", "pm_card_discover", "pm_card_diners", "pm_card_jcb",
+          "pm_card_unionpay", "pm_card_chargeDeclined", "pm_card_chargeDeclinedInsufficientFunds",
+          "pm_card_threeDSecure2Required", "pm_card_authenticationRequired"]
+BAD_LUHN = "4242424242424241"
+
+
+def forms(pan):
+    """The PAN as digits, in groups of 4 (4-6-5 for 15 digits) with spaces
+    and with dashes."""
+    if len(pan) == 15:
+        groups = [pan[:4], pan[4:10], pan[10:]]
+    else:
+        groups = [pan[i:i + 4] for i in range(0, len(pan), 4)]
+    return [pan.encode(), " ".join(groups).encode(), "-".join(groups).encode()]
+
+
+def cardp(pan, **kw):
+    """card() with a CVC of the right length (4 digits for Amex)."""
+    kw.setdefault("cvc", "1234" if len(pan) == 15 else "123")
+    return card(pan, **kw)
+
+
+def b64u(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def b64u_dec(s):
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+def jwe_encrypt(jwk, payload):
+    """Compact JWE with the `cryptography` package (not Turnpike's code)."""
+    plain = json.dumps(payload).encode()
+    cek_iv = os.urandom(12)
+    if jwk["alg"] == "RSA-OAEP-256":
+        pub = rsa.RSAPublicNumbers(int.from_bytes(b64u_dec(jwk["e"]), "big"),
+                                   int.from_bytes(b64u_dec(jwk["n"]), "big")).public_key()
+        cek = os.urandom(32)
+        ek = pub.encrypt(cek, padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(),
+                                           label=None))
+        hdr = {"alg": "RSA-OAEP-256", "enc": "A256GCM", "kid": jwk["kid"]}
+    else:
+        pub = ec.EllipticCurvePublicNumbers(int.from_bytes(b64u_dec(jwk["x"]), "big"),
+                                            int.from_bytes(b64u_dec(jwk["y"]), "big"),
+                                            ec.SECP256R1()).public_key()
+        eph = ec.generate_private_key(ec.SECP256R1())
+        z = eph.exchange(ec.ECDH(), pub)
+        other = (len(b"A256GCM")).to_bytes(4, "big") + b"A256GCM" + b"\0\0\0\0" * 2 + (256).to_bytes(4, "big")
+        cek = ConcatKDFHash(hashes.SHA256(), 32, other).derive(z)
+        n = eph.public_key().public_numbers()
+        hdr = {"alg": "ECDH-ES", "enc": "A256GCM", "kid": jwk["kid"],
+               "epk": {"kty": "EC", "crv": "P-256", "x": b64u(n.x.to_bytes(32, "big")),
+                       "y": b64u(n.y.to_bytes(32, "big"))}}
+        ek = b""
+    h = b64u(json.dumps(hdr, separators=(",", ":")).encode())
+    ct = AESGCM(cek).encrypt(cek_iv, plain, h.encode())
+    return ".".join([h, b64u(ek), b64u(cek_iv), b64u(ct[:-16]), b64u(ct[-16:])])
+
+
+class NoPanTest(DaemonTestCase):
+    MERCHANTS = ("m",)
+
+    def run_everything(self):
+        c = self.c()
+        statuses = {}
+
+        def pay(params, idem=None):
+            p = {"amount": 1234, "currency": "usd", "confirm": "true"}
+            p.update(params)
+            r = c.post(PI, p, idem=idem)
+            statuses[r.status] = statuses.get(r.status, 0) + 1
+            self.assertIn(r.status, (200, 402), r)
+            return r
+
+        for pan in PANS:
+            key = new_key("nopan")
+            r = pay({"payment_method_data": cardp(pan)}, idem=key)
+            again = c.post(PI, {"amount": 1234, "currency": "usd", "confirm": "true",
+                                "payment_method_data": cardp(pan)}, idem=key)
+            self.assertEqual(again.status, r.status)
+            # saved card, attached to a customer, then charged
+            pm = c.post("/v1/payment_methods", {"type": "card", "card": cardp(pan)["card"]})
+            self.assertEqual(pm.status, 200, pm)
+            cus = c.post("/v1/customers", {"email": "n@example.com"}).json["id"]
+            self.assertEqual(c.post("/v1/payment_methods/%s/attach" % pm.json["id"],
+                                    {"customer": cus}).status, 200)
+            pay({"payment_method": pm.json["id"], "customer": cus})
+        for pm in PM_IDS:
+            pay({"payment_method": pm})
+        # card errors must not echo the number
+        for bad in (card(BAD_LUHN), card(PANS[0], exp_month=13), card(PANS[0], exp_year=2001),
+                    card(PANS[0], cvc="12")):
+            r = c.post(PI, {"amount": 500, "currency": "usd", "confirm": "true", "payment_method_data": bad})
+            self.assertEqual(r.status // 100, 4, r)
+            self.assertNotIn(bad["card"]["number"][6:], r.body.decode())
+        # client-side encrypted cards, both algorithms
+        if HAVE_CRYPTO:
+            keys = c.get("/v1/turnpike/encryption_key").json["keys"]
+            for jwk in keys:
+                for pan in PANS[:6] + ["4000000000000002", "4000002760003184"]:
+                    jwe = jwe_encrypt(jwk, dict(cardp(pan)["card"]))
+                    r = pay({"payment_method_data": {"type": "card", "card": {"encrypted": jwe}}})
+                    if r.status == 200 and pan == PANS[0]:
+                        self.assertIn(r.json["status"], ("succeeded",), r)
+        # refunds on a few
+        r = pay({"payment_method_data": card(PANS[0])})
+        self.assertEqual(c.post("/v1/refunds", {"payment_intent": r.json["id"]}).status, 200)
+        return statuses
+
+    def test_no_test_pan_anywhere_after_a_full_run(self):
+        statuses = self.run_everything()
+        self.assertGreater(statuses.get(200, 0), 20)
+        self.assertGreater(statuses.get(402, 0), 5)
+        self.assertEqual(self.daemon.stop(), 0)
+        files = []
+        for root, _dirs, names in os.walk(self.daemon.data):
+            files += [os.path.join(root, n) for n in names]
+        files.append(self.daemon.log_path)
+        names = [os.path.basename(f) for f in files]
+        self.assertIn("turnpike.db", names)
+        found = []
+        total = 0
+        for path in files:
+            with open(path, "rb") as f:
+                data = f.read()
+            total += len(data)
+            for pan in PANS + [BAD_LUHN]:
+                for form in forms(pan):
+                    if form in data:
+                        found.append((os.path.basename(path), form.decode()))
+        self.assertGreater(total, 100000, "searched the real files")
+        self.assertEqual(found, [], "card numbers found on disk")
+
+    def test_zz_tables_hold_no_card_digits_beyond_last4(self):
+        # The store after the run above (or a fresh run): idempotency rows keep
+        # a keyed hash of the request, never the body; attempts only a token.
+        import sqlite3
+        db = sqlite3.connect(self.daemon.db_path())
+        try:
+            for (h,) in db.execute("SELECT req_hash FROM idempotency"):
+                self.assertRegex(h, r"^[0-9a-f]{64}$")
+            cols = [r[1] for r in db.execute("PRAGMA table_info(attempts)")]
+            self.assertNotIn("pan", cols)
+            pat = re.compile(rb"\d{13,19}")
+            for table in ("attempts", "idempotency", "payment_methods", "charges", "events", "audit_log"):
+                for row in db.execute("SELECT * FROM %s" % table):
+                    for v in row:
+                        b = v if isinstance(v, bytes) else str(v).encode()
+                        for m in pat.findall(b):
+                            self.assertNotIn(m.decode(), PANS, (table, row))
+        finally:
+            db.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Rate limits: a token bucket per API key ([ratelimit] rate, burst) answers
+429 rate_limit with Retry-After, per key; repeated authentication failures
+from one address ([ratelimit] auth_failures within auth_window seconds) are
+answered 429 at once, for the API and the OAuth token endpoint alike."""
+import time
+
+from harness import DaemonTestCase, Daemon, main
+
+CONFIG = """[ratelimit]
+rate = 2
+burst = 4
+auth_failures = 5
+auth_window = 3
+"""
+
+
+class RateLimitTest(DaemonTestCase):
+    MERCHANTS = ("a", "b")
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = Daemon()
+        try:
+            for name in cls.MERCHANTS:
+                cls.daemon.create_merchant(name)
+            cls.daemon.start(config=CONFIG)
+        except Exception:
+            cls.daemon.cleanup()
+            raise
+
+    def test_key_bucket_gives_burst_then_429_with_retry_after(self):
+        a, b = self.c("a"), self.c("b")
+        statuses = [a.get("/v1/payment_intents").status for _ in range(4)]
+        self.assertEqual(statuses, [200] * 4)
+        r = a.get("/v1/payment_intents")
+        err = self.assertStripeError(r, 429, "rate_limit_error", "rate_limit")
+        self.assertEqual(err["tp_code"], 2026)
+        wait = int(r.headers["Retry-After"])
+        self.assertTrue(1 <= wait <= 2, r.headers)
+        # Another key has its own bucket.
+        self.assertEqual(b.get("/v1/payment_intents").status, 200)
+        # Waiting as told is enough.
+        time.sleep(wait)
+        self.assertEqual(a.get("/v1/payment_intents").status, 200)
+        # Writes count too, and a refused one does nothing.
+        time.sleep(2.1)
+        codes = [a.post("/v1/customers", {"email": "x%d@example.com" % i}).status for i in range(6)]
+        self.assertEqual(codes[:4], [200] * 4)
+        self.assertIn(429, codes[4:])
+        time.sleep(2.1)
+        n = len(a.list_all("/v1/customers"))
+        self.assertEqual(n, codes.count(200))
+
+    def test_repeated_auth_failures_are_answered_429(self):
+        time.sleep(3.1)  # a fresh failure window
+        bad = self.daemon.client(None)
+        bad.key = "sk_test_wrong"
+        for _ in range(5):
+            self.assertStripeError(bad.get("/v1/payment_intents"), 401)
+        r = bad.get("/v1/payment_intents")
+        err = self.assertStripeError(r, 429, "rate_limit_error", "rate_limit")
+        self.assertEqual(err["tp_code"], 2028)
+        wait = int(r.headers["Retry-After"])
+        self.assertTrue(1 <= wait <= 3, r.headers)
+        # The address is slowed down whatever it sends, the token endpoint too ...
+        self.assertEqual(self.c("b").get("/v1/payment_intents").status, 429)
+        r = self.daemon.client(None).post("/oauth/token", {"grant_type": "client_credentials",
+                                                           "client_id": "x", "client_secret": "y"})
+        self.assertEqual(r.status, 429, r)
+        # ... until the window is over; the answer came at once (no sleeping thread).
+        t0 = time.monotonic()
+        bad.get("/v1/payment_intents")
+        self.assertLess(time.monotonic() - t0, 1.0)
+        time.sleep(wait + 0.2)
+        self.assertEqual(self.c("b").get("/v1/payment_intents").status, 200)
+        # Failed client authentication at the token endpoint counts as well.
+        time.sleep(3.1)
+        anon = self.daemon.client(None)
+        for _ in range(5):
+            r = anon.post("/oauth/token", {"grant_type": "client_credentials", "client_id": "x",
+                                           "client_secret": "y"})
+            self.assertEqual(r.status, 401, r)
+            self.assertEqual(r.json["error"], "invalid_client")
+        self.assertEqual(self.c("b").get("/v1/payment_intents").status, 429)
+
+
+if __name__ == "__main__":
+    main()

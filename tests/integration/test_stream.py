@@ -1,0 +1,170 @@
+"""Stream limits that need their own daemon settings, spoken at the byte
+level: the connection limit answers 429 before any upgrade, the server pings
+and closes a client that never answers (1001), a client that answers stays,
+and shutdown closes clients with 1001."""
+import base64
+import os
+import socket
+import struct
+import threading
+import time
+
+from harness import DaemonTestCase, Daemon, HOST, main
+
+CONFIG = """
+[stream]
+max_connections = 2
+ping_interval_ms = 300
+"""
+
+
+class RawWS:
+    """A minimal RFC 6455 client: enough to see status codes and frames."""
+
+    def __init__(self, port, key):
+        self.sock = socket.create_connection((HOST, port), timeout=5)
+        k = base64.b64encode(os.urandom(16)).decode()
+        req = ("GET /v1/turnpike/stream HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+               "Authorization: Bearer %s\r\n\r\n" % (HOST, port, k, key))
+        self.sock.sendall(req.encode())
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            d = self.sock.recv(4096)
+            if not d:
+                break
+            self.buf += d
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        self.status = int(head.split(b" ")[1])
+        self.head = head.decode("latin-1")
+
+    def _need(self, n):
+        while len(self.buf) < n:
+            d = self.sock.recv(65536)
+            if not d:
+                raise EOFError
+            self.buf += d
+
+    def frame(self):
+        """(opcode, payload) of the next frame from the server."""
+        self._need(2)
+        b0, b1 = self.buf[0], self.buf[1]
+        n, off = b1 & 0x7F, 2
+        if n == 126:
+            self._need(4)
+            n, off = struct.unpack(">H", self.buf[2:4])[0], 4
+        elif n == 127:
+            self._need(10)
+            n, off = struct.unpack(">Q", self.buf[2:10])[0], 10
+        self._need(off + n)
+        payload = self.buf[off:off + n]
+        self.buf = self.buf[off + n:]
+        return b0 & 0x0F, payload
+
+    def send(self, opcode, payload):
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        assert len(payload) < 126
+        self.sock.sendall(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+
+    def close(self):
+        self.sock.close()
+
+
+class StreamLimitsTest(DaemonTestCase):
+    MERCHANTS = ("m",)
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = Daemon()
+        try:
+            cls.daemon.create_merchant("m")
+            cls.daemon.start(config=CONFIG)
+        except Exception:
+            cls.daemon.cleanup()
+            raise
+
+    def key(self):
+        return self.daemon.merchants["m"]["secret_key"]
+
+    def test_connection_limit_answers_429_before_the_upgrade(self):
+        a, b = RawWS(self.daemon.port, self.key()), RawWS(self.daemon.port, self.key())
+        try:
+            self.assertEqual((a.status, b.status), (101, 101))
+            self.assertIn("Sec-WebSocket-Accept:", a.head)
+            c = RawWS(self.daemon.port, self.key())
+            self.assertEqual(c.status, 429, c.head)
+            body = c.buf
+            while b"websocket_connection_limit" not in body:
+                d = c.sock.recv(4096)
+                if not d:
+                    break
+                body += d
+            self.assertIn(b"websocket_connection_limit", body)
+            c.close()
+        finally:
+            a.close()
+            b.close()
+        # slots come back once the connections are gone
+        deadline = time.monotonic() + 5
+        while True:
+            d = RawWS(self.daemon.port, self.key())
+            d.close()
+            if d.status == 101 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertEqual(d.status, 101)
+
+    def test_a_client_that_never_pongs_is_closed_and_one_that_does_stays(self):
+        mute = RawWS(self.daemon.port, self.key())
+        polite = RawWS(self.daemon.port, self.key())
+        pongs = []
+
+        def answer():
+            """The polite client: answer pings, collect everything else."""
+            try:
+                while True:
+                    op, payload = polite.frame()
+                    if op == 0x9:
+                        polite.send(0xA, payload)
+                        pongs.append(payload)
+                    else:
+                        pongs.append((op, payload))
+            except (OSError, EOFError):
+                pass
+
+        th = threading.Thread(target=answer, daemon=True)
+        try:
+            self.assertEqual((mute.status, polite.status), (101, 101))
+            th.start()
+            t0 = time.monotonic()
+            seen = []
+            while True:
+                op, payload = mute.frame()
+                seen.append(op)
+                if op == 0x8:
+                    break
+                self.assertLess(time.monotonic() - t0, 5, seen)
+            self.assertIn(0x9, seen, "no ping before the close")
+            code = struct.unpack(">H", payload[:2])[0]
+            self.assertEqual(code, 1001)
+            self.assertIn(b"ping timeout", payload)
+            time.sleep(1.0)  # three more ping intervals
+            self.assertGreaterEqual(sum(1 for p in pongs if isinstance(p, bytes)), 3)
+            self.assertFalse([p for p in pongs if not isinstance(p, bytes)], "polite client got a non-ping frame")
+            polite.send(0x1, b'{"type":"subscribe","events":["*"]}')
+            deadline = time.monotonic() + 5
+            while not [p for p in pongs if not isinstance(p, bytes)] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            op, payload = [p for p in pongs if not isinstance(p, bytes)][0]
+            self.assertEqual(op, 0x1)
+            self.assertIn(b'"subscribed"', payload)
+        finally:
+            mute.close()
+            polite.sock.shutdown(socket.SHUT_RDWR)
+            polite.close()
+            th.join(5)
+
+
+if __name__ == "__main__":
+    main()
