@@ -37,6 +37,7 @@ $(BENCH_BUILD)/build.ninja:
 bench: deps $(BENCH_BUILD)/build.ninja
 	@ninja -C $(BENCH_BUILD) turnpike
 	./bench/run.sh $(BENCH_BUILD)
+	./bench/orchestration.sh $(BENCH_BUILD)
 
 $(FUZZ_BUILD)/build.ninja:
 	CC=clang meson setup $(FUZZ_BUILD) -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false >/dev/null

@@ -237,6 +237,7 @@ static bool access_check(struct tp_req *r, const struct tp_route *rt)
   int wait = tp_ratelimit_auth_blocked(addr, tp_mono_ms());
   if (wait) {
     r->retry_after_s = (unsigned)wait;
+    tp_metric_inc("turnpike_ratelimit_rejected_total", "reason=\"auth_failures\"", 1);
     tp_reply_error(r, TP_ERR_LOGIN_RATE_LIMITED, NULL, NULL);
     return false;
   }
@@ -252,6 +253,7 @@ static bool access_check(struct tp_req *r, const struct tp_route *rt)
   wait = tp_ratelimit_take(r->rl_id, tp_mono_ms());
   if (wait) {
     r->retry_after_s = (unsigned)wait;
+    tp_metric_inc("turnpike_ratelimit_rejected_total", "reason=\"key\"", 1);
     tp_reply_error(r, TP_ERR_RATE_LIMITED, NULL, NULL);
     return false;
   }
@@ -310,8 +312,22 @@ static void dispatch(struct tp_req *r)
   rt->fn(r);
 }
 
+/* Mask every run of 12 or more digits in place: a client may put a card
+ * number in a URL path, and the log must never hold one. */
+static void redact_digit_runs(char *s)
+{
+  for (char *p = s; *p;) {
+    char *q = p;
+    while (*q >= '0' && *q <= '9')
+      q++;
+    if (q - p >= 12)
+      memset(p, '*', (size_t)(q - p));
+    p = q > p ? q : p + 1;
+  }
+}
+
 /* Count the request in the metrics and write its log line (no bodies, no
- * query strings: nothing that could hold card data). */
+ * query strings, long digit runs masked: nothing that could hold card data). */
 static void observe_request(struct tp_req *r)
 {
   int64_t us = (tp_mono_ns() - r->t0_ns) / 1000;
@@ -335,8 +351,12 @@ static void observe_request(struct tp_req *r)
       obj[i++] = *p;
     obj[i] = '\0';
   }
+  char path[512];
+  snprintf(path, sizeof path, "%s", r->url);
+  redact_digit_runs(path);
+  redact_digit_runs(obj);
   tp_log(TP_LOG_INFO, "request", "{s:s, s:s, s:s, s:s, s:i, s:s, s:s, s:I}", "request_id", r->request_id, "method",
-         r->method, "route", r->route ? r->route->pattern : "unmatched", "path", r->url, "status", (int)r->status,
+         r->method, "route", r->route ? r->route->pattern : "unmatched", "path", path, "status", (int)r->status,
          "merchant", r->authed ? r->merchant.id : "", "object", obj, "latency_us", (json_int_t)us);
 }
 

@@ -522,6 +522,8 @@ static void answer_host_echo(struct iso_link *l, const struct tp_iso_msg *q, int
 
 static bool late_stan(struct iso_link *l, uint32_t stan)
 {
+  if (stan == 0)
+    return false; /* never assigned; also the ring's empty slots */
   for (size_t i = 0; i < ISO_LATE_RING; i++)
     if (l->late[i] == stan)
       return true;

@@ -65,11 +65,19 @@ struct ev {
   char json[]; /* NUL-terminated */
 };
 
-/* Handed from the upgrade handler to the callback. */
+/* Handed from the upgrade handler to the callback. Held by the callback and
+ * by the request (freed by whichever lets go last): MHD runs the callback
+ * once the 101 is out, and completes the request only after the upgraded
+ * socket is closed, or without any callback if the client left first, in
+ * which case the request's release gives the connection slot back. */
 struct handshake {
   struct handshake *next, *prev;
   char merchant[64];
+  int refs;
+  bool upgraded;
 };
+
+static void handshake_unlink(struct handshake *h);
 
 struct conn {
   struct conn *next;
@@ -723,14 +731,15 @@ static void on_upgrade(void *cls, struct MHD_Connection *connection, void *con_c
   (void)connection;
   (void)con_cls;
   struct handshake *h = cls;
+  char merchant[64];
   pthread_mutex_lock(&S.mu);
-  if (h->prev)
-    h->prev->next = h->next;
-  else
-    S.handshakes = h->next;
-  if (h->next)
-    h->next->prev = h->prev;
+  handshake_unlink(h);
+  h->upgraded = true;
+  snprintf(merchant, sizeof merchant, "%s", h->merchant);
+  bool last = --h->refs == 0;
   pthread_mutex_unlock(&S.mu);
+  if (last)
+    free(h);
   struct conn *c = calloc(1, sizeof *c);
   if (c && extra_in_size) {
     c->extra = malloc(extra_in_size);
@@ -745,13 +754,11 @@ static void on_upgrade(void *cls, struct MHD_Connection *connection, void *con_c
   if (!c) {
     MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
     atomic_fetch_sub(&S.nconns, 1);
-    free(h);
     return;
   }
   c->fd = sock;
   c->urh = urh;
-  snprintf(c->merchant, sizeof c->merchant, "%s", h->merchant);
-  free(h);
+  snprintf(c->merchant, sizeof c->merchant, "%s", merchant);
   /* Checked in the same critical section as the push, so the stream
    * thread, which leaves only once stopping is set, takes every push. */
   pthread_mutex_lock(&S.mu);
@@ -792,6 +799,33 @@ static bool header_has_token(struct tp_req *r, const char *name, const char *tok
     p = e;
   }
   return false;
+}
+
+/* Caller holds S.mu. Unlinking twice is harmless. */
+static void handshake_unlink(struct handshake *h)
+{
+  if (h->prev)
+    h->prev->next = h->next;
+  else if (S.handshakes == h)
+    S.handshakes = h->next;
+  if (h->next)
+    h->next->prev = h->prev;
+  h->next = h->prev = NULL;
+}
+
+/* The request is complete: if the upgrade never happened, free its slot. */
+static void handshake_release(void *arg)
+{
+  struct handshake *h = arg;
+  pthread_mutex_lock(&S.mu);
+  if (!h->upgraded) {
+    handshake_unlink(h);
+    atomic_fetch_sub(&S.nconns, 1);
+  }
+  bool last = --h->refs == 0;
+  pthread_mutex_unlock(&S.mu);
+  if (last)
+    free(h);
 }
 
 /* GET /v1/turnpike/stream */
@@ -848,6 +882,9 @@ void tp_h_stream(struct tp_req *r)
     return;
   }
   snprintf(h->merchant, sizeof h->merchant, "%s", r->merchant.id);
+  h->refs = 2;
+  r->ctx = h;
+  r->ctx_free = handshake_release;
   pthread_mutex_lock(&S.mu);
   h->next = S.handshakes;
   if (S.handshakes)

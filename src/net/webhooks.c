@@ -345,10 +345,9 @@ static void eps_free(struct ep *eps, size_t n)
 /* Reload every endpoint; keeps in-flight counts of those that stay. */
 static void load_endpoints(void)
 {
-  json_t *rows = wq(
-                                "SELECT id, merchant, status, secret, failing_since, scan_floor, data FROM "
-                                "webhook_endpoints ORDER BY id LIMIT ?1",
-                                json_pack("[I]", (json_int_t)WH_MAX_ENDPOINTS));
+  json_t *rows = wq("SELECT id, merchant, status, secret, failing_since, scan_floor, data FROM "
+                      "webhook_endpoints ORDER BY id LIMIT ?1",
+                      json_pack("[I]", (json_int_t)WH_MAX_ENDPOINTS));
   if (!rows) {
     tp_log(TP_LOG_ERROR, "webhook_endpoints_load_failed", NULL);
     return;
@@ -507,12 +506,11 @@ static void scan(void)
     bool floor_moving = true;
     struct tp_cs *cs = NULL;
     for (int page = 0; page < WH_SCAN_PAGES; page++) {
-      json_t *rows = wq(
-                                    "SELECT e.id AS id, e.type AS type, e.created AS created, "
-                                    "(SELECT COUNT(*) FROM webhook_deliveries d WHERE d.endpoint=?2 AND "
-                                    "d.event=e.id) AS has FROM events e WHERE e.merchant=?1 AND e.id>?3 "
-                                    "ORDER BY e.id LIMIT ?4",
-                                    json_pack("[s, s, s, I]", e->merchant, e->id, cursor, (json_int_t)WH_SCAN_PAGE));
+      json_t *rows = wq("SELECT e.id AS id, e.type AS type, e.created AS created, "
+                          "(SELECT COUNT(*) FROM webhook_deliveries d WHERE d.endpoint=?2 AND "
+                          "d.event=e.id) AS has FROM events e WHERE e.merchant=?1 AND e.id>?3 "
+                          "ORDER BY e.id LIMIT ?4",
+                          json_pack("[s, s, s, I]", e->merchant, e->id, cursor, (json_int_t)WH_SCAN_PAGE));
       if (!rows)
         break;
       size_t n = json_array_size(rows);
@@ -549,8 +547,7 @@ static void scan(void)
     }
   }
   /* Outbox lag: how long the oldest due delivery has waited. */
-  json_t *rows = wq(
-                                "SELECT MIN(next_at) AS m FROM webhook_deliveries WHERE state='pending'", NULL);
+  json_t *rows = wq("SELECT MIN(next_at) AS m FROM webhook_deliveries WHERE state='pending'", NULL);
   json_t *m = json_object_get(json_array_get(rows, 0), "m");
   int64_t lag = json_is_integer(m) && json_integer_value(m) < t ? (t - json_integer_value(m)) / 1000 : 0;
   tp_metric_set("turnpike_outbox_lag_seconds", NULL, lag);
@@ -573,7 +570,7 @@ static bool start_job(struct ep *e, const char *event_id, int attempts, int64_t 
     /* The event is gone: nothing can ever be delivered for this row. */
     struct tp_cs *cs = tp_cs_new();
     wsql(cs, "UPDATE webhook_deliveries SET state='failed' WHERE endpoint=?1 AND event=?2",
-              json_pack("[s, s]", e->id, event_id), 0);
+         json_pack("[s, s]", e->id, event_id), 0);
     submit(cs);
     return false;
   }
@@ -645,12 +642,11 @@ static bool start_job(struct ep *e, const char *event_id, int attempts, int64_t 
 /* Emit the disabled event and flip the status, in one commit. */
 static void disable_endpoint(struct tp_cs *cs, struct ep *e)
 {
-  json_t *rows = wq( "SELECT data FROM webhook_endpoints WHERE id=?1",
-                                json_pack("[s]", e->id));
+  json_t *rows = wq("SELECT data FROM webhook_endpoints WHERE id=?1", json_pack("[s]", e->id));
   json_t *obj = json_loads(json_string_value(json_object_get(json_array_get(rows, 0), "data")) ?: "", 0, NULL);
   json_decref(rows);
   wsql(cs, "UPDATE webhook_endpoints SET status='disabled', failing_since=NULL WHERE id=?1 AND status='enabled'",
-            json_pack("[s]", e->id), 0);
+       json_pack("[s]", e->id), 0);
   if (obj) {
     json_object_set_new(obj, "status", json_string("disabled"));
     tp_emit(cs, NULL, e->merchant, TP_WH_DISABLED_EVENT, obj);
@@ -696,30 +692,35 @@ static void finish(struct job *j, CURLcode cc)
     return;
   }
   if (ok) {
-    wsql(cs, "UPDATE webhook_deliveries SET state='succeeded', attempts=?3 WHERE endpoint=?1 AND event=?2",
-              json_pack("[s, s, i]", j->endpoint, j->event, j->attempt), 0);
-    if (e && e->failing_since) {
+    /* "created" guards every update: a resend meanwhile made a new delivery. */
+    wsql(cs,
+         "UPDATE webhook_deliveries SET state='succeeded', attempts=?3 WHERE endpoint=?1 AND event=?2 AND "
+         "created=?4",
+         json_pack("[s, s, i, I]", j->endpoint, j->event, j->attempt, (json_int_t)j->created_ms), 0);
+    if (e->failing_since) {
       wsql(cs, "UPDATE webhook_endpoints SET failing_since=NULL WHERE id=?1", json_pack("[s]", e->id), 0);
       e->failing_since = 0;
     }
   } else {
     if (t - j->created_ms >= W.max_age_ms) {
-      wsql(cs, "UPDATE webhook_deliveries SET state='failed', attempts=?3 WHERE endpoint=?1 AND event=?2",
-                json_pack("[s, s, i]", j->endpoint, j->event, j->attempt), 0);
+      wsql(cs,
+           "UPDATE webhook_deliveries SET state='failed', attempts=?3 WHERE endpoint=?1 AND event=?2 AND "
+           "created=?4",
+           json_pack("[s, s, i, I]", j->endpoint, j->event, j->attempt, (json_int_t)j->created_ms), 0);
     } else {
       int64_t next = t + backoff_ms(j->attempt);
       next_retry = json_integer(next / 1000);
-      /* A resend may have reset the row meanwhile; only move a row we still own. */
       wsql(cs,
-                "UPDATE webhook_deliveries SET attempts=?3, next_at=?4 WHERE endpoint=?1 AND event=?2 AND "
-                "state='pending'",
-                json_pack("[s, s, i, I]", j->endpoint, j->event, j->attempt, (json_int_t)next), 0);
+           "UPDATE webhook_deliveries SET attempts=?3, next_at=?4 WHERE endpoint=?1 AND event=?2 AND "
+           "state='pending' AND created=?5",
+           json_pack("[s, s, i, I, I]", j->endpoint, j->event, j->attempt, (json_int_t)next, (json_int_t)j->created_ms),
+           0);
     }
-    if (e && e->enabled) {
+    if (e->enabled) {
       if (!e->failing_since) {
         e->failing_since = t;
         wsql(cs, "UPDATE webhook_endpoints SET failing_since=?2 WHERE id=?1",
-                  json_pack("[s, I]", e->id, (json_int_t)t), 0);
+             json_pack("[s, I]", e->id, (json_int_t)t), 0);
       } else if (t - e->failing_since >= W.disable_after_ms) {
         disable_endpoint(cs, e);
       }
@@ -733,9 +734,9 @@ static void finish(struct job *j, CURLcode cc)
                            status > 0 ? json_integer(status) : json_null(), outcome, err[0] ? err : NULL,
                            (json_int_t)(dur_us / 1000), (json_int_t)(t / 1000), next_retry);
   wsql(cs,
-            "INSERT INTO webhook_attempts(id, endpoint, event, merchant, attempt, status_code, outcome, error, "
-            "duration_ms, created, next_retry_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            args, 0);
+       "INSERT INTO webhook_attempts(id, endpoint, event, merchant, attempt, status_code, outcome, error, "
+       "duration_ms, created, next_retry_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+       args, 0);
   tp_cs_on_done(cs, settled_done, j);
   if (!submit(cs))
     settled_done(NULL, -1, j);
@@ -776,19 +777,16 @@ static int64_t dispatch(void)
         wake_at = e->next_check;
       continue;
     }
-    if (W.njobs >= W.global_max) {
-      wake_at = t; /* come back once a slot frees (a settle wakes us) */
-      break;
-    }
+    if (W.njobs >= W.global_max)
+      break; /* every settle runs dispatch again; this endpoint is still due */
     int64_t cap = W.per_endpoint - e->inflight;
     if (cap <= 0) {
       e->next_check = INT64_MAX; /* a settle resets it */
       continue;
     }
-    json_t *rows = wq(
-                                  "SELECT event, attempts, next_at, created FROM webhook_deliveries WHERE "
-                                  "endpoint=?1 AND state='pending' ORDER BY next_at LIMIT ?2",
-                                  json_pack("[s, I]", e->id, (json_int_t)(e->inflight + cap + 1)));
+    json_t *rows = wq("SELECT event, attempts, next_at, created FROM webhook_deliveries WHERE "
+                        "endpoint=?1 AND state='pending' ORDER BY next_at LIMIT ?2",
+                        json_pack("[s, I]", e->id, (json_int_t)(e->inflight + cap + 1)));
     if (!rows)
       continue;
     e->next_check = INT64_MAX;
@@ -803,8 +801,12 @@ static int64_t dispatch(void)
         e->next_check = next_at;
         break;
       }
-      if (cap == 0 || W.njobs >= W.global_max) {
-        e->next_check = INT64_MAX;
+      if (W.njobs >= W.global_max) {
+        e->next_check = 0; /* due, waiting for a global slot */
+        break;
+      }
+      if (cap == 0) {
+        e->next_check = INT64_MAX; /* one of its own settles resets it */
         break;
       }
       if (start_job(e, ev, (int)json_integer_value(json_object_get(row, "attempts")),
@@ -812,7 +814,7 @@ static int64_t dispatch(void)
         cap--;
     }
     json_decref(rows);
-    if (e->next_check < wake_at)
+    if (e->next_check > 0 && e->next_check < wake_at)
       wake_at = e->next_check;
   }
   return wake_at;

@@ -30,6 +30,7 @@
 #define ISO_MAX_CONNS 1024
 #define ISO_OUT_MAX (1024 * 1024) /* unsent answers per connection before we drop it */
 #define ISO_IN_MAX (2 + TP_ISO_MAX_MSG)
+#define ISO_INFLIGHT_MAX 10000 /* messages in flight per connection; past it: 39=91 */
 
 struct iconn {
   int fd;
@@ -301,6 +302,10 @@ static bool handle(struct iconn *c, struct tp_iso_msg *m)
   }
   if (b.reset_rate > 0 && tp_sim_rand() < b.reset_rate)
     return false;
+  if (atomic_load(&c->refs) > ISO_INFLIGHT_MAX) {
+    answer_code(c, m, "91"); /* overloaded: the peer sends faster than we commit */
+    return true;
+  }
   if (b.error_rate > 0 && tp_sim_rand() < b.error_rate) {
     answer_code(c, m, "96");
     return true;

@@ -475,6 +475,9 @@ static enum MHD_Result queue(struct sreq *r)
     MHD_add_response_header(resp, "Idempotent-Replayed", "true");
   enum MHD_Result ret = MHD_queue_response(r->conn, r->status, resp);
   MHD_destroy_response(resp);
+  if (TP_LOG_ON(TP_LOG_DEBUG))
+    tp_log(TP_LOG_DEBUG, "sim_request", "{s:s, s:s, s:i, s:b}", "method", r->method, "path", r->url, "status",
+           (int)r->status, "replayed", (int)r->replayed);
   return ret;
 }
 

@@ -372,12 +372,11 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
   w->next = NULL;
   r->waiters = w;
   table_put(&by_ref, false, r);
-  pthread_mutex_unlock(&mu);
-  /* Submitted after unlocking; the writer is FIFO, so an authorization's row
-   * is committed before any capture that followed it. Submission order across
-   * threads can differ from decision order, but each row is committed before
-   * the answer that depends on it is released. */
+  /* Queued under the lock, so rows reach the FIFO writer in decision order:
+   * an authorization's row is never committed after a capture, void or
+   * refund that depended on it (the start-up replay relies on that). */
   tp_sim_journal_submit(e);
+  pthread_mutex_unlock(&mu);
   return TP_SIM_WAIT;
 }
 

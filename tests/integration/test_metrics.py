@@ -3,6 +3,7 @@ and payment counters move by exactly what was done, the endpoint is
 loopback-only or token-protected; the log level changes at run time; request
 log lines carry their fields and no card number ever reaches the log."""
 import json
+import random
 import re
 import shutil
 import subprocess
@@ -98,7 +99,7 @@ class MetricsTest(DaemonTestCase):
         self.assertStripeError(r, 400, param="level")
         r = c.post("/v1/turnpike/log_level", {"level": "warn"})
         self.assertEqual(r.json["previous"], "debug")
-        mark = "lvl-%d" % time.time_ns()
+        mark = "lvl-" + "".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(16))
         c.get("/v1/payment_intents/pi_%s" % mark.replace("-", ""))
         r = Client(HOST, self.daemon.port).post("/v1/turnpike/log_level", {"level": "debug"})
         self.assertStripeError(r, 401)
@@ -122,6 +123,7 @@ class MetricsTest(DaemonTestCase):
                         "payment_method_data": card(pan)})
             c.post("/v1/payment_methods", {"type": "card", "card[number]": pan, "card[exp_month]": "12",
                                            "card[exp_year]": "2034", "card[cvc]": "123"})
+            c.get("/v1/payment_methods/%s" % pan)  # a card number in a URL path
         time.sleep(0.3)
         log = self.daemon.log_text()
         lines = [json.loads(l) for l in log.splitlines() if l.startswith("{")]

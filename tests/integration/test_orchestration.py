@@ -75,6 +75,8 @@ def gateway_config(sim, names=("a", "b"), timeout_ms=400, extra=""):
         ini += ["[processor.%s]" % n, "type = restjson", "endpoint = http://%s/p/%s" % (sim.rest, n),
                 "timeout_ms = %d" % timeout_ms, "priority = %d" % (i + 1), "breaker_consecutive = 3",
                 "breaker_open_ms = 800", "breaker_half_open_probes = 1", "health_interval_ms = 0", ""]
+    # jpy payments may only use a processor that does not exist: nothing to route to.
+    ini += ["[route.nowhere]", "currency = jpy", "processors = zzz", ""]
     # A fixed order keeps the tests deterministic; the bandit has unit tests.
     ini += ["[route.all]", "merchant = *", "processors = %s" % ",".join(names), "strategy = ordered", ""]
     return "\n".join(ini) + extra
@@ -224,6 +226,44 @@ class OrchestrationTest(unittest.TestCase):
         self.assertEqual(r2.json["status"], "succeeded")
         n, _ = self.charges_of(pi["id"])
         self.assertEqual(n, 1)
+
+    def test_capture_and_refund_go_to_the_authorizing_processor(self):
+        self.sim.faults("a", timeout_rate=1.0, timeout_mode="before", timeout_hold_ms=1500)
+        r = self.pay(capture_method="manual")
+        self.assertEqual(r.status, 200, r.json)
+        self.assertEqual(r.json["status"], "requires_capture")
+        pi = r.json
+        self.assertEqual(self.charge_processor(pi), "b")
+        self.sim.faults("a", timeout_rate=0.0)
+        cap = self.c.post("/v1/payment_intents/%s/capture" % pi["id"], {})
+        self.assertEqual(cap.status, 200, cap.json)
+        self.assertEqual(cap.json["status"], "succeeded")
+        ref = self.c.post("/v1/refunds", {"payment_intent": pi["id"], "amount": 234})
+        self.assertEqual(ref.status, 200, ref.json)
+        self.assertEqual(ref.json["status"], "succeeded")
+        _, j = self.charges_of(pi["id"])
+        ops = sorted((e["processor"], e["operation"]) for e in j["entries"] if e["status"] != "not_found")
+        self.assertIn(("b", "capture"), ops)
+        self.assertIn(("b", "refund"), ops)
+        self.assertNotIn(("a", "capture"), ops)
+        att = self.attempts(pi["id"])
+        self.assertEqual([(a["kind"], a["processor"]) for a in att if a["kind"] != "authorize"],
+                         [("capture", "b"), ("refund", "b")])
+
+    def test_no_processor_available_leaves_nothing_behind(self):
+        r = self.pay(currency="jpy", amount=500)
+        self.assertEqual(r.status, 503, r.json)
+        self.assertEqual(r.json["error"]["tp_code"], 6027)  # no_processor_available
+        self.assertEqual(r.json["error"]["type"], "api_error")
+        # An existing PaymentIntent keeps its state.
+        pi = self.c.post("/v1/payment_intents", {"amount": 500, "currency": "jpy",
+                                                 "payment_method": "pm_card_visa"}).json
+        self.assertEqual(pi["status"], "requires_confirmation")
+        r = self.c.post("/v1/payment_intents/%s/confirm" % pi["id"], {})
+        self.assertEqual(r.status, 503, r.json)
+        now = self.c.get("/v1/payment_intents/%s" % pi["id"]).json
+        self.assertEqual(now["status"], "requires_confirmation")
+        self.assertEqual(self.attempts(pi["id"]), [])
 
     def test_outage_opens_breaker_and_reroutes(self):
         self.sim.faults("a", outage=True)

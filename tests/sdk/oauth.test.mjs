@@ -81,6 +81,12 @@ test('client_secret_basic, narrower scope, and RFC 6749 errors seen by openid-cl
   const header = decodeProtectedHeader(tokens.access_token);
   assert.equal(header.typ, 'at+jwt');
 
+  // client_secret_post with a wrong secret: 401 invalid_client, no challenge.
+  const wrongPost = await discover({ client_id: cred.client_id, client_secret: 'ocs_not_the_secret' });
+  await assert.rejects(client.clientCredentialsGrant(wrongPost), (err) => {
+    assert.equal(err.error, 'invalid_client');
+    return true;
+  });
   await assert.rejects(client.clientCredentialsGrant(config, { scope: 'admin' }), (err) => {
     assert.equal(err.error, 'invalid_scope');
     return true;
@@ -88,7 +94,10 @@ test('client_secret_basic, narrower scope, and RFC 6749 errors seen by openid-cl
   const wrong = await discover({ client_id: cred.client_id, client_secret: 'ocs_not_the_secret' },
     client.ClientSecretBasic('ocs_not_the_secret'));
   await assert.rejects(client.clientCredentialsGrant(wrong), (err) => {
-    assert.equal(err.error, 'invalid_client');
+    // RFC 6749 §5.2: 401 with a Basic challenge when Basic auth failed;
+    // openid-client reports the challenge.
+    assert.equal(err.status, 401);
+    assert.equal(err.cause[0].scheme, 'basic');
     return true;
   });
 });

@@ -38,6 +38,8 @@ static struct host {
   uint8_t inject[64];       /* raw bytes to send once */
   size_t inject_len;
   bool close_after_inject;
+  bool kick;                /* close the connection now */
+  int ignore_reversals;     /* leave this many 0400/0401 unanswered */
   /* what it saw */
   int connections, signons, echos, auths, financials, advices, reversals, repeats;
   char held_stan[7], held_rrn[13]; /* the held request's 11 and 37 */
@@ -108,6 +110,12 @@ static void host_handle(int fd, const uint8_t *body, size_t len)
     snprintf(H.last_rev_37, sizeof H.last_rev_37, "%s", tp_iso_get(&q, 37));
     snprintf(H.last_rev_90, sizeof H.last_rev_90, "%s", tp_iso_get(&q, 90));
     snprintf(H.last_rev_11, sizeof H.last_rev_11, "%s", tp_iso_get(&q, 11));
+    if (H.ignore_reversals > 0) {
+      H.ignore_reversals--;
+      pthread_mutex_unlock(&H.mu);
+      tp_iso_free(&q);
+      return;
+    }
     if (H.held_stan[0]) {
       /* The late approval of the timed-out request arrives first. */
       struct tp_iso_msg late;
@@ -135,6 +143,11 @@ static void *host_main(void *arg)
     pthread_mutex_lock(&H.mu);
     bool stop = H.stop;
     int cfd = H.cfd;
+    if (cfd >= 0 && H.kick) {
+      H.kick = false;
+      close(cfd);
+      H.cfd = cfd = -1;
+    }
     if (cfd >= 0 && H.inject_len) {
       assert_int_equal(send(cfd, H.inject, H.inject_len, MSG_NOSIGNAL), (ssize_t)H.inject_len);
       H.inject_len = 0;
@@ -431,6 +444,69 @@ static void test_timed_out_authorization_is_reversed_and_late_approval_ignored(v
   link_down();
 }
 
+static void test_link_lost_after_sending_reverses_on_the_next_link(void **state)
+{
+  (void)state;
+  link_up(1500);
+  pthread_mutex_lock(&H.mu);
+  H.hold_auth = true;
+  pthread_mutex_unlock(&H.mu);
+  struct tp_proc_call c;
+  call_init(&c, TP_PROC_AUTHORIZE, "att_link_lost", "4242424242424242");
+  assert_int_equal(conn.ops->submit(conn.cls, &c), 0);
+  assert_true(host_wait(&H.auths, 1, 2000));
+  /* The request went out; the link dies before the answer. */
+  pthread_mutex_lock(&H.mu);
+  H.kick = true;
+  H.held_stan[0] = '\0'; /* that connection's late answer can never come */
+  H.hold_auth = false;
+  pthread_mutex_unlock(&H.mu);
+  assert_true(host_wait(&H.signons, 2, 3000));
+  assert_true(host_wait(&H.reversals, 1, 3000));
+  assert_true(wait_done(1, 3000));
+  assert_int_equal(c.outcome, TP_OUT_ERROR);
+  assert_string_equal(c.decline_code, "processor_timeout"); /* reversal out before the deadline */
+  char rrn[13];
+  tp_iso_rrn("att_link_lost", rrn);
+  pthread_mutex_lock(&H.mu);
+  assert_string_equal(H.last_rev_37, rrn);
+  pthread_mutex_unlock(&H.mu);
+  link_down();
+}
+
+static void test_unanswered_reversal_is_repeated_as_0401_then_given_up(void **state)
+{
+  (void)state;
+  tp_config_put("processor.isot", "reversal_tries", "3");
+  link_up(150);
+  pthread_mutex_lock(&H.mu);
+  H.ignore_reversals = 100;
+  pthread_mutex_unlock(&H.mu);
+  struct tp_proc_call c;
+  call_init(&c, TP_PROC_VOID, "att_void", NULL);
+  snprintf(c.orig_ref, sizeof c.orig_ref, "att_auth_to_void");
+  assert_int_equal(conn.ops->submit(conn.cls, &c), 0);
+  assert_true(wait_done(1, 2000));
+  assert_int_equal(c.outcome, TP_OUT_ERROR);
+  assert_string_equal(c.decline_code, "processor_timeout");
+  assert_true(host_wait(&H.reversals, 3, 3000));
+  usleep(600000); /* well past a fourth timeout: nothing more is sent */
+  assert_int_equal(host_get(&H.reversals), 3);
+  assert_int_equal(host_get(&H.repeats), 2);
+  char rrn[13];
+  tp_iso_rrn("att_auth_to_void", rrn);
+  pthread_mutex_lock(&H.mu);
+  assert_string_equal(H.last_rev_37, rrn);
+  pthread_mutex_unlock(&H.mu);
+  json_t *st = json_object();
+  tp_iso8583_stats(&conn, st);
+  assert_int_equal(json_integer_value(json_object_get(st, "reversals_pending")), 0);
+  json_decref(st);
+  assert_int_equal(done_count(), 1);
+  link_down();
+  tp_config_reset();
+}
+
 static void test_status_query_reverses_and_reports_not_found(void **state)
 {
   (void)state;
@@ -555,6 +631,8 @@ int main(void)
       cmocka_unit_test(test_signon_and_echo_are_seen_by_the_host),
       cmocka_unit_test(test_approvals_and_declines_are_matched_by_stan),
       cmocka_unit_test(test_timed_out_authorization_is_reversed_and_late_approval_ignored),
+      cmocka_unit_test(test_link_lost_after_sending_reverses_on_the_next_link),
+      cmocka_unit_test(test_unanswered_reversal_is_repeated_as_0401_then_given_up),
       cmocka_unit_test(test_status_query_reverses_and_reports_not_found),
       cmocka_unit_test(test_bad_and_truncated_messages_link_recovers),
       cmocka_unit_test(test_link_down_fails_fast_without_sending),
