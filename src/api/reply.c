@@ -1,6 +1,7 @@
 /* Building replies: JSON objects, Stripe-shaped errors. */
 #include "api/http.h"
 #include "api/params.h"
+#include "jsonw.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,13 +18,14 @@ void tp_reply_raw(struct tp_req *r, unsigned status, char *body, size_t len, con
 
 void tp_reply_json(struct tp_req *r, unsigned status, json_t *obj)
 {
-  char *s = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  size_t len = 0;
+  char *s = tp_json_dump(obj, &len);
   json_decref(obj);
   if (!s) {
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
     return;
   }
-  tp_reply_raw(r, status, s, strlen(s), "application/json");
+  tp_reply_raw(r, status, s, len, "application/json");
 }
 
 json_t *tp_error_object(enum tp_err e, const char *param, const char *message)

@@ -315,9 +315,9 @@ static void flush_out(struct iso_link *l)
       return; /* EAGAIN: poll for POLLOUT; errors show up on the next read */
     }
     /* Wipe what went out: it may hold a PAN. */
-    explicit_bzero(l->out, (size_t)n);
     memmove(l->out, l->out + n, l->out_len - (size_t)n);
     l->out_len -= (size_t)n;
+    explicit_bzero(l->out + l->out_len, (size_t)n);
     l->out_written += (uint64_t)n;
   }
 }
@@ -542,6 +542,13 @@ static void on_call_answer(struct iso_link *l, struct pend *p, const struct tp_i
     to_reversal(l, p, now);
     return;
   }
+  if (strcmp(f39, "10") == 0) {
+    /* A partial approval: we never ask for one and cannot charge less than
+     * requested, so the hold is given back. */
+    tp_log(TP_LOG_WARN, "iso_partial_approval_reversed", "{s:s, s:s}", "processor", l->name, "rrn", p->rrn);
+    to_reversal(l, p, now);
+    return;
+  }
   struct tp_proc_call *c = p->c;
   if (c) {
     snprintf(c->processor_ref, sizeof c->processor_ref, "%s", p->rrn);
@@ -701,6 +708,7 @@ static void read_in(struct iso_link *l, int64_t now)
     }
     memmove(l->in, l->in + pos, l->in_len - pos);
     l->in_len -= pos;
+    explicit_bzero(l->in + l->in_len, pos);
   }
 }
 

@@ -23,13 +23,23 @@ void tp_random(void *buf, size_t n)
 
 void tp_random_b62(char *out, size_t n)
 {
-  uint8_t raw[64];
+  /* Ids and request ids take a few random bytes each, several times per
+   * request: draw them from a per-thread pool refilled from RAND_bytes 512
+   * bytes at a time (each call costs far more than the bytes it returns).
+   * Bytes are wiped as they are consumed. */
+  static __thread uint8_t pool[512];
+  static __thread size_t left;
   size_t i = 0;
   while (i < n) {
-    tp_random(raw, sizeof raw);
-    for (size_t j = 0; j < sizeof raw && i < n; j++)
-      if (raw[j] < 248) /* 248 = 4*62: reject to keep the draw uniform */
-        out[i++] = b62[raw[j] % 62];
+    if (left == 0) {
+      tp_random(pool, sizeof pool);
+      left = sizeof pool;
+    }
+    uint8_t v = pool[sizeof pool - left];
+    pool[sizeof pool - left] = 0;
+    left--;
+    if (v < 248) /* 248 = 4*62: reject to keep the draw uniform */
+      out[i++] = b62[v % 62];
   }
   out[n] = '\0';
 }

@@ -118,6 +118,7 @@ static void usage(FILE *f)
              "  audit verify     check the hash chain of the audit log\n"
              "  oauth-client create  create an OAuth 2.0 client and print its credentials\n"
              "  api-key roll     roll a secret API key with an overlap period\n"
+             "  api-key create   create a restricted (rk_) API key with scopes\n"
              "  help             this text; `turnpike COMMAND --help` describes a command\n");
 }
 
@@ -320,6 +321,7 @@ static int cmd_serve(int argc, char **argv)
     sigwait(&sigs, &sig);
     if (sig != SIGHUP)
       break;
+    tp_kek_poke(); /* e.g. after `turnpike kek rotate` */
   }
   tp_log(TP_LOG_INFO, "shutting_down", "{s:i, s:i}", "signal", sig, "inflight", (int)tp_http_inflight());
   tp_app.shutting_down = 1;

@@ -603,6 +603,7 @@ static void fan_out(void)
   pthread_mutex_lock(&S.mu);
   struct ev *e = S.head;
   bool overflow = S.overflow;
+  tp_metric_set("turnpike_stream_event_queue_depth", NULL, (int64_t)S.qlen);
   S.head = S.tail = NULL;
   S.qlen = 0;
   S.overflow = false;

@@ -538,7 +538,9 @@ static void scan(void)
     if (strcmp(floor, e->scan_floor) != 0) {
       if (!cs)
         cs = tp_cs_new();
-      wsql(cs, "UPDATE webhook_endpoints SET scan_floor=?2 WHERE id=?1", json_pack("[s, s]", e->id, floor), 0);
+      /* Only forward: re-enabling moves the floor ahead of us. */
+      wsql(cs, "UPDATE webhook_endpoints SET scan_floor=?2 WHERE id=?1 AND scan_floor<?2",
+           json_pack("[s, s]", e->id, floor), 0);
       snprintf(e->scan_floor, sizeof e->scan_floor, "%s", floor);
     }
     if (cs) {
@@ -547,10 +549,13 @@ static void scan(void)
     }
   }
   /* Outbox lag: how long the oldest due delivery has waited. */
-  json_t *rows = wq("SELECT MIN(next_at) AS m FROM webhook_deliveries WHERE state='pending'", NULL);
+  json_t *rows = wq("SELECT MIN(next_at) AS m, COUNT(*) AS n FROM webhook_deliveries WHERE state='pending'", NULL);
   json_t *m = json_object_get(json_array_get(rows, 0), "m");
   int64_t lag = json_is_integer(m) && json_integer_value(m) < t ? (t - json_integer_value(m)) / 1000 : 0;
   tp_metric_set("turnpike_outbox_lag_seconds", NULL, lag);
+  tp_metric_set("turnpike_webhook_pending_deliveries", NULL,
+                json_integer_value(json_object_get(json_array_get(rows, 0), "n")));
+  tp_metric_set("turnpike_webhook_in_flight", NULL, W.njobs);
   json_decref(rows);
 }
 
@@ -974,6 +979,11 @@ int tp_webhooks_start(void)
   W.multi = curl_multi_init();
   if (!W.multi)
     return -1;
+  tp_metric_help("turnpike_webhook_deliveries_total", "Webhook delivery attempts by outcome.");
+  tp_metric_help("turnpike_webhook_delivery_duration_seconds", "Duration of webhook delivery attempts.");
+  tp_metric_help("turnpike_outbox_lag_seconds", "How long the oldest due webhook delivery has waited.");
+  tp_metric_help("turnpike_webhook_pending_deliveries", "Webhook deliveries not yet succeeded or given up.");
+  tp_metric_help("turnpike_webhook_in_flight", "Webhook deliveries in flight.");
   /* One subscription for the process lifetime; a stopped thread ignores it. */
   static bool subscribed;
   if (!subscribed) {

@@ -471,6 +471,15 @@ static bool g_running;
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_cv = PTHREAD_COND_INITIALIZER;
 static bool g_stop;
+static atomic_bool g_poke;
+
+void tp_kek_poke(void)
+{
+  atomic_store(&g_poke, true);
+  pthread_mutex_lock(&g_mu);
+  pthread_cond_signal(&g_cv);
+  pthread_mutex_unlock(&g_mu);
+}
 
 static bool sleep_ms(int ms)
 {
@@ -500,7 +509,7 @@ static void *maint_main(void *arg)
   int total = 0;
   int64_t next_poll = tp_mono_ms() + poll_ms;
   for (;;) {
-    if (tp_mono_ms() >= next_poll) {
+    if (atomic_exchange(&g_poke, false) || tp_mono_ms() >= next_poll) {
       next_poll = tp_mono_ms() + poll_ms;
       int64_t v = latest_version(&tp_app.store);
       if (v > (int64_t)tp_kek_current()) {

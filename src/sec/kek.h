@@ -48,6 +48,8 @@ int tp_kek_init(struct tp_store *st, const char *dir, const char *config_path);
 int tp_kek_start(void);
 void tp_kek_stop(void);
 
+/* Look for a new KEK version now (SIGHUP) instead of at the next poll. */
+void tp_kek_poke(void);
 /* The process-wide provider opened by tp_kek_init (NULL before). */
 struct tp_kek_provider *tp_kek(void);
 /* The version new records are sealed with. */

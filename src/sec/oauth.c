@@ -181,10 +181,11 @@ static enum cauth client_auth(struct tp_req *r, struct oclient *c)
     if (!colon)
       return CA_BAD_BASIC;
     *colon = '\0';
-    if (strlen(dec) > TP_OAUTH_MAX_CRED || strlen(colon + 1) > TP_OAUTH_MAX_CRED)
+    size_t il = strlen(dec), sl = strlen(colon + 1);
+    if (il > TP_OAUTH_MAX_CRED || sl > TP_OAUTH_MAX_CRED)
       return CA_BAD_BASIC;
-    snprintf(id, sizeof id, "%s", dec);
-    snprintf(secret, sizeof secret, "%s", colon + 1);
+    memcpy(id, dec, il + 1);
+    memcpy(secret, colon + 1, sl + 1);
     if (!form_unescape(id) || !form_unescape(secret))
       return CA_BAD_BASIC;
     if (pid && strcmp(pid, id) != 0)
@@ -494,6 +495,11 @@ void tp_h_oauth_revoke(struct tp_req *r)
   json_t *args = json_pack("[s, s, I, I]", jti, cid, (json_int_t)json_integer_value(exp), (json_int_t)tp_now());
   tp_cs_sql(cs, "INSERT INTO oauth_revoked(jti, client_id, exp, revoked) VALUES(?1,?2,?3,?4) "
                 "ON CONFLICT(jti) DO NOTHING", args, 0);
+  json_decref(args);
+  /* Rows of tokens past their expiry are dead weight: each revocation
+   * clears them, which keeps the table as small as the live revocations. */
+  args = json_pack("[I]", (json_int_t)tp_now());
+  tp_cs_sql(cs, "DELETE FROM oauth_revoked WHERE exp < ?1", args, 0);
   json_decref(args);
   json_decref(cl);
   tp_cs_on_done(cs, revoke_done, r);

@@ -77,6 +77,13 @@ static CK_OBJECT_HANDLE kek_handle(struct p11 *p, uint32_t v)
     tp_log(TP_LOG_ERROR, "kek_pkcs11_missing", "{s:s}", "label", label);
     return 0;
   }
+  /* A KEK someone created by hand must still be one that cannot leave the token. */
+  CK_BBOOL extractable = CK_TRUE, sensitive = CK_FALSE;
+  CK_ATTRIBUTE a[] = {{CKA_EXTRACTABLE, &extractable, 1}, {CKA_SENSITIVE, &sensitive, 1}};
+  if (p->f->C_GetAttributeValue(p->s, h, a, 2) != CKR_OK || extractable || !sensitive) {
+    tp_log(TP_LOG_ERROR, "kek_pkcs11_exportable", "{s:s}", "label", label);
+    return 0;
+  }
   size_t slot = p->ncache < P11_CACHE ? p->ncache++ : v % P11_CACHE;
   p->cache[slot].v = v;
   p->cache[slot].h = h;

@@ -1,5 +1,6 @@
 /* Change sets: an ordered list of store operations applied atomically. */
 #include "store.h"
+#include "jsonw.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -110,10 +111,9 @@ void tp_cs_put(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const 
     op->s1 = col_text(json_object_get(obj, ki->col[0]));
     op->s2 = col_text(json_object_get(obj, ki->col[1]));
   }
-  op->data = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  op->data = tp_json_dump(obj, &op->data_len);
   if (!op->data)
     abort();
-  op->data_len = strlen(op->data);
 }
 
 void tp_cs_ledger(struct tp_cs *cs, const char *txn_id, const char *merchant, const char *account,
@@ -164,10 +164,9 @@ void tp_cs_sql(struct tp_cs *cs, const char *sql, const json_t *args, int min_ch
 {
   struct tp_cs_op *op = push(cs, TP_OP_SQL);
   op->s1 = dup_or_null(sql);
-  op->data = args ? json_dumps(args, JSON_COMPACT) : NULL;
+  op->data = args ? tp_json_dump(args, &op->data_len) : NULL;
   if (args && !op->data)
     abort();
-  op->data_len = op->data ? strlen(op->data) : 0;
   op->n1 = min_changes;
 }
 

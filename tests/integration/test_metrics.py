@@ -89,6 +89,13 @@ class MetricsTest(DaemonTestCase):
                            stderr=subprocess.STDOUT, timeout=60)
         self.assertEqual(p.returncode, 0, p.stdout.decode())
 
+    def test_health_probes_answer_without_credentials(self):
+        anon = Client(HOST, self.daemon.port)
+        r = anon.get("/healthz")
+        self.assertEqual((r.status, r.json["status"]), (200, "ok"))
+        r = anon.get("/readyz")
+        self.assertEqual((r.status, r.json["status"]), (200, "ready"), r)
+
     def test_log_level_changes_at_run_time(self):
         c = self.c()
         r = c.post("/v1/turnpike/log_level", {"level": "debug"})

@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import re
+import urllib.parse
 import unittest
 
 from harness import (DaemonTestCase, card, main, new_key)
@@ -134,6 +135,15 @@ class NoPanTest(DaemonTestCase):
                     r = pay({"payment_method_data": {"type": "card", "card": {"encrypted": jwe}}})
                     if r.status == 200 and pan == PANS[0]:
                         self.assertIn(r.json["status"], ("succeeded",), r)
+        # 3-D Secure challenges walked to the end, approved and failed
+        for pan, result in (("4000002760003184", "approve"), ("4000000000003220", "fail")):
+            r = c.post(PI, {"amount": 3100, "currency": "eur", "confirm": "true",
+                            "payment_method_data": cardp(pan), "return_url": "https://shop.example/r"})
+            self.assertEqual(r.json["status"], "requires_action", r)
+            u = urllib.parse.urlsplit(r.json["next_action"]["redirect_to_url"]["url"])
+            self.assertEqual(c.get(u.path + "?" + u.query, key=None).status, 200)
+            token = urllib.parse.parse_qs(u.query)["token"][0]
+            self.assertEqual(c.post(u.path, {"token": token, "result": result}, key=None).status, 303)
         # refunds on a few
         r = pay({"payment_method_data": card(PANS[0])})
         self.assertEqual(c.post("/v1/refunds", {"payment_intent": r.json["id"]}).status, 200)
@@ -161,6 +171,11 @@ class NoPanTest(DaemonTestCase):
                     if form in data:
                         found.append((os.path.basename(path), form.decode()))
         self.assertGreater(total, 100000, "searched the real files")
+        # the search itself finds every form it looks for
+        sample = b"x 4242 4242 4242 4242 y 3714-496353-98431 z 6011111111111117"
+        self.assertIn(forms("4242424242424242")[1], sample)
+        self.assertIn(forms("371449635398431")[2], sample)
+        self.assertIn(forms("6011111111111117")[0], sample)
         self.assertEqual(found, [], "card numbers found on disk")
 
     def test_zz_tables_hold_no_card_digits_beyond_last4(self):

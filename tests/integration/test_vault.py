@@ -4,6 +4,7 @@ background re-wrap to the new version, and old saved cards still charging."""
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -62,8 +63,8 @@ class Load:
         self.t.join(60)
 
 
-class KekRotationMixin:
-    """Shared scenario: saved cards, rotate under load, re-wrap, charge."""
+class KekHelpers:
+    """Rotation, saved cards and charges against self.daemon."""
 
     config = None
     env = None
@@ -100,6 +101,11 @@ class KekRotationMixin:
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.json["status"], "succeeded", r)
 
+
+
+class KekRotationMixin(KekHelpers):
+    """Shared scenario: saved cards, rotate under load, re-wrap, charge."""
+
     def test_rotation_under_load_rewraps_everything_and_old_cards_still_charge(self):
         saved = self.save_cards(30)
         self.assertEqual(set(vault_versions(self.daemon)), {1})
@@ -133,7 +139,7 @@ class KekRotationMixin:
         self.assertEqual(actions.count("kek.rotated"), 2, actions)
         self.assertIn("kek.rewrapped", actions)
 
-    def test_a_record_is_bound_to_its_merchant_and_token(self):
+    def test_a_vault_record_holds_no_clear_card_data(self):
         pm = self.save_cards(1)[0]
         db = open_db_ro(self.daemon)
         try:
@@ -166,6 +172,34 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
         self.assertEqual(stat.S_IMODE(st.st_mode), 0o600)
         self.assertEqual(st.st_size, 32)
         self.assertIn('"vault_file_kek"', self.daemon.log_text())
+
+
+class SighupTest(KekHelpers, unittest.TestCase):
+    """With polling effectively off, SIGHUP makes the daemon take a new KEK."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = Daemon()
+        cls.daemon.create_merchant("m")
+        cls.config = "[vault]\nkek_poll_seconds = 3600\n"
+        cls.daemon.start(config=cls.config)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.cleanup()
+
+    def c(self):
+        return self.daemon.client("m")
+
+    def test_sighup_picks_up_a_rotation(self):
+        saved = self.save_cards(5)
+        self.assertEqual(self.rotate()["version"], 2)
+        time.sleep(1.0)
+        self.assertEqual(set(vault_versions(self.daemon)), {1}, "no poll for an hour")
+        os.kill(self.daemon.proc.pid, signal.SIGHUP)
+        self.wait_all_at(2)
+        self.assertEqual(self.daemon.proc.poll(), None, "SIGHUP does not stop the daemon")
+        self.charge(saved[0])
 
 
 def softhsm_available():

@@ -289,6 +289,11 @@ class WebhooksTest(DaemonTestCase):
             self.assertEqual(a["attempt"], 1)
             self.assertEqual(a["object"], "webhook_delivery_attempt")
             self.assertIsNone(a["next_retry_at"])
+        # And counted in the metrics (loopback may read /metrics).
+        m = self.daemon.client(None).get("/metrics")
+        self.assertEqual(m.status, 200, m)
+        self.assertRegex(m.body.decode(), r'(?m)^turnpike_webhook_deliveries_total\{outcome="success"\} [1-9]')
+        self.assertIn("turnpike_webhook_delivery_duration_seconds_count", m.body.decode())
 
     def test_enabled_events_filter(self):
         self.endpoint("filter", "/only-charges", events=["charge.succeeded"])
@@ -416,6 +421,23 @@ class DisableTest(DaemonTestCase):
         time.sleep(0.6)
         self.assertEqual(len(self.recv.on("/dead")), n)
 
+        # Events of the disabled period are not delivered after re-enabling
+        # (like Stripe); new ones are, and the old pending ones resume.
+        self.recv.behaviour["/dead"] = lambda ev, n: (200, 0)
+        during = pay(c)
+        time.sleep(0.8)   # a few scans
+        self.assertEqual(c.post(WE + "/" + dead["id"], {"disabled": "false"}).json["status"], "enabled")
+        t_on = time.monotonic()
+        after = pay(c)
+        want = {e["id"] for e in pi_events(c, after["id"])}
+        self.assertGreaterEqual(len(want), 3)
+        got = self.recv.wait_for("/dead", lambda g: want <= event_ids(g))
+        self.assertTrue(want <= event_ids(got), want - event_ids(got))
+        time.sleep(0.8)
+        later = event_ids([g for g in self.recv.on("/dead") if g["t"] >= t_on])
+        self.assertFalse(later & {e["id"] for e in pi_events(c, during["id"])}, "disabled-period events delivered")
+        self.assertEqual(c.get(WE + "/" + dead["id"]).json["status"], "enabled")
+
 
 class KillTest(DaemonTestCase):
     MERCHANTS = ("m",)
@@ -454,6 +476,40 @@ class KillTest(DaemonTestCase):
             for g in got:
                 h = {k.lower(): v for k, v in g["headers"].items()}
                 self.assertTrue(verify_signature(g["body"], h["stripe-signature"], ep["secret"]))
+        finally:
+            recv.close()
+
+    def test_stop_abandons_a_hanging_delivery_which_is_retried_after_restart(self):
+        recv = Receiver()
+        recv.behaviour["/hang"] = lambda ev, n: (200, 30.0 if n == 0 else 0)
+        config = BASE_CONFIG.replace("timeout_ms = 1500", "timeout_ms = 60000")
+        try:
+            self.daemon.stop()
+            self.daemon.start(config=config)
+            c = self.c()
+            ep = c.post(WE, {"url": recv.url("/hang"), "enabled_events": ["payment_intent.created"]}).json
+            pi = pay(c)
+            recv.wait_for("/hang", lambda g: len(g) >= 1)
+            t0 = time.monotonic()
+            rc = self.daemon.stop()
+            took = time.monotonic() - t0
+            self.assertEqual(rc, 0)
+            self.assertLess(took, 6.0, "stop took %.1f s with a hanging delivery" % took)
+            self.assertIn("webhooks_abandoned", self.daemon.log_text())
+            self.daemon.start(config=config)
+            got = recv.wait_for("/hang", lambda g: len(g) >= 2)
+            self.assertEqual(len(got), 2)
+            self.assertEqual(got[0]["event"]["id"], got[1]["event"]["id"])
+            self.assertEqual(got[1]["event"]["data"]["object"]["id"], pi["id"])
+            c = self.c()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                a = c.get(WE + "/" + ep["id"] + "/deliveries").json["data"]
+                if a:
+                    break
+                time.sleep(0.05)
+            # The abandoned attempt left no record; the one after the restart did.
+            self.assertEqual([(x["attempt"], x["outcome"]) for x in a], [(1, "success")])
         finally:
             recv.close()
 

@@ -23,6 +23,9 @@ struct sq {
   sqlite3 *w;                 /* write connection (writer thread, or admin before it starts) */
   sqlite3_stmt *put[TP_K__COUNT];
   sqlite3_stmt *ledger, *balance_add, *attempt, *idem, *vault;
+  /* Transaction control, prepared once: sqlite3_exec would parse each of
+   * these again for every change set of every batch. */
+  sqlite3_stmt *tx_begin, *tx_commit, *sp_open, *sp_release, *sp_rollback;
   sqlite3_stmt *sql[64];      /* features' statements (tp_cs_sql), prepared once */
   size_t nsql;
   int64_t idem_ttl;           /* seconds an Idempotency-Key is kept */
@@ -340,10 +343,22 @@ static int apply_one(struct sq *s, struct tp_cs *cs)
   return 0;
 }
 
+/* Run a prepared transaction-control statement; -1 (logged) on failure. */
+static int tx_step(struct sq *s, sqlite3_stmt *st)
+{
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) {
+    tp_log(TP_LOG_ERROR, "sqlite_error", "{s:s, s:s}", "error", sqlite3_errmsg(s->w), "sql", sqlite3_sql(st));
+    return -1;
+  }
+  return 0;
+}
+
 static int sq_apply_batch(void *cls, struct tp_cs **sets, size_t n, int *rc)
 {
   struct sq *s = cls;
-  if (exec(s->w, "BEGIN IMMEDIATE"))
+  if (tx_step(s, s->tx_begin))
     return -1;
   for (size_t i = 0; i < n; i++) {
     if (n == 1) {
@@ -354,13 +369,13 @@ static int sq_apply_batch(void *cls, struct tp_cs **sets, size_t n, int *rc)
       }
       continue;
     }
-    exec(s->w, "SAVEPOINT cs");
+    tx_step(s, s->sp_open);
     rc[i] = apply_one(s, sets[i]);
     if (rc[i])
-      exec(s->w, "ROLLBACK TO cs");
-    exec(s->w, "RELEASE cs");
+      tx_step(s, s->sp_rollback);
+    tx_step(s, s->sp_release);
   }
-  if (exec(s->w, "COMMIT")) {
+  if (tx_step(s, s->tx_commit)) {
     exec(s->w, "ROLLBACK");
     return -1;
   }
@@ -781,6 +796,11 @@ static void sq_close(void *cls)
   sqlite3_finalize(s->attempt);
   sqlite3_finalize(s->idem);
   sqlite3_finalize(s->vault);
+  sqlite3_finalize(s->tx_begin);
+  sqlite3_finalize(s->tx_commit);
+  sqlite3_finalize(s->sp_open);
+  sqlite3_finalize(s->sp_release);
+  sqlite3_finalize(s->sp_rollback);
   sqlite3_close(s->w);
   free(s);
 }
@@ -853,10 +873,16 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
            (long long)s->idem_ttl);
   s->idem = prep(s->w, idem_sql);
   s->vault = prep(s->w, "INSERT OR REPLACE INTO vault(token, merchant, blob, created) VALUES(?1,?2,?3,?4)");
+  s->tx_begin = prep(s->w, "BEGIN IMMEDIATE");
+  s->tx_commit = prep(s->w, "COMMIT");
+  s->sp_open = prep(s->w, "SAVEPOINT cs");
+  s->sp_release = prep(s->w, "RELEASE cs");
+  s->sp_rollback = prep(s->w, "ROLLBACK TO cs");
   for (int k = 0; k < TP_K__COUNT; k++)
     if (!s->put[k])
       goto fail;
-  if (!s->ledger || !s->balance_add || !s->attempt || !s->idem || !s->vault)
+  if (!s->ledger || !s->balance_add || !s->attempt || !s->idem || !s->vault || !s->tx_begin || !s->tx_commit ||
+      !s->sp_open || !s->sp_release || !s->sp_rollback)
     goto fail;
   if (pthread_key_create(&s->rkey, reader_free) != 0)
     goto fail;

@@ -99,6 +99,8 @@ static void host_handle(int fd, const uint8_t *body, size_t len)
     } else {
       const char *pan = tp_iso_get(&q, 2);
       const char *f39 = pan ? tp_iso_f39_for_decline(tp_test_card_decline(pan)) : "00";
+      if (pan && strcmp(pan, "5555555555554444") == 0)
+        f39 = "10"; /* partial approval */
       char mti[5];
       snprintf(mti, sizeof mti, "%c%c%c0", q.mti[0], q.mti[1], q.mti[2] + 1);
       reply(fd, &q, mti, f39);
@@ -383,6 +385,16 @@ static void test_approvals_and_declines_are_matched_by_stan(void **state)
   }
   assert_int_equal(host_get(&H.auths), N / 2);
   assert_int_equal(host_get(&H.financials), N / 2);
+
+  /* a partial approval is given back, never reported as approved */
+  struct tp_proc_call part;
+  call_init(&part, TP_PROC_AUTHORIZE, "att_partial", "5555555555554444");
+  int revs = host_get(&H.reversals);
+  assert_int_equal(conn.ops->submit(conn.cls, &part), 0);
+  assert_true(wait_done(N + 1, 3000));
+  assert_int_equal(part.outcome, TP_OUT_ERROR);
+  assert_string_equal(part.decline_code, "processor_timeout");
+  assert_true(host_wait(&H.reversals, revs + 1, 2000));
 
   /* capture (0220) and refund (0200 20xxxx) carry the authorization's RRN in 48 */
   struct tp_proc_call cap;
