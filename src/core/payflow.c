@@ -522,9 +522,13 @@ static void retry_fire(void *arg, bool stopping)
   struct tp_cs *cs = tp_cs_new();
   tp_cs_attempt(cs, &p->att); /* the finished call, final state */
   if (stopping || tp_mono_ms() >= p->deadline_ms) {
-    /* Nothing new goes out: settle with what we know. */
+    /* Nothing new goes out: settle with what we know (a soft decline is
+     * the issuer's answer; a transport failure means nothing happened). */
     tp_cs_free(cs);
-    exhausted_outcome(p, stopping ? TP_ERR_PROCESSOR_CANCELLED : TP_ERR_PROCESSOR_RETRIES_EXHAUSTED);
+    if (p->call.outcome == TP_OUT_DECLINED)
+      final_outcome(p);
+    else
+      exhausted_outcome(p, stopping ? TP_ERR_PROCESSOR_CANCELLED : TP_ERR_PROCESSOR_RETRIES_EXHAUSTED);
     return;
   }
   inflight_del(p->att.id);
@@ -1130,6 +1134,12 @@ int tp_recover(void)
   max_retries = (int)tp_config_int("routing", "max_retries", 1, 0, 10);
   recovery_ms = tp_config_int("routing", "recovery_interval_ms", 5000, 100, 3600000);
   tp_router_load();
+  tp_metric_help("turnpike_payment_retries_total", "Calls retried on the same processor after a transient failure");
+  tp_metric_help("turnpike_payment_cascades_total", "Payments moved to the next processor of their route");
+  tp_metric_help("turnpike_payments_exhausted_total", "Payments whose every call failed transiently (or timed out)");
+  tp_metric_help("turnpike_payments_unroutable_total", "Payments with no eligible processor");
+  tp_metric_help("turnpike_attempts_unresolved_total", "Calls left with an unknown outcome for recovery");
+  tp_metric_help("turnpike_recovery_attempts_total", "Attempts resolved by a recovery status query");
   if (timer_start() != 0)
     return -1;
   int done = recover_scan(true);

@@ -625,6 +625,16 @@ int tp_cmd_kek(int argc, char **argv)
   }
   int rc = 1;
   int64_t v = latest_version(&st);
+  /* A version made by another provider than the daemon's would be one the
+   * daemon cannot use: refuse (usually a forgotten --config). */
+  json_t *prow = tp_store_query(&st, "SELECT provider FROM kek_versions ORDER BY version DESC LIMIT 1", NULL);
+  const char *prev = json_string_value(json_object_get(json_array_get(prow, 0), "provider"));
+  if (prev && strcmp(prev, p.name) != 0) {
+    fprintf(stderr, "turnpike kek rotate: the store's KEKs come from the %s provider, not %s (pass --config?)\n",
+            prev, p.name);
+    v = -1;
+  }
+  json_decref(prow);
   if (v >= 0 && v + 1 < TP_KEK_MAX_VERSIONS && p.create(p.cls, (uint32_t)v + 1) == 0) {
     struct tp_cs *cs = tp_cs_new();
     cs_add_version(cs, (uint32_t)v + 1, p.name, "cli");

@@ -188,6 +188,43 @@ class OrchestrationTest(unittest.TestCase):
         self.assertEqual(n, 1, j)
         self.assertEqual(len([e for e in j["entries"] if e["processor"] == "b"]), 0)
 
+    def test_unknown_outcome_stops_and_the_recovery_timer_settles_it(self):
+        # a charges and answers too late; by the time we ask, a is down, so
+        # the outcome is unknown: nothing else may be tried.
+        import threading
+        self.sim.faults("a", timeout_rate=1.0, timeout_mode="after", timeout_hold_ms=1000)
+        key = new_key("unknown")
+        box = {}
+        params = {"amount": 4321, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa"}
+        t = threading.Thread(target=lambda: box.update(
+            r=self.c.post("/v1/payment_intents", params, idem=key)))
+        t.start()
+        time.sleep(0.15)
+        self.sim.faults("a", outage=True)
+        t.join(30)
+        r = box["r"]
+        self.assertEqual(r.status, 502, r.json)
+        self.assertEqual(r.json["error"]["tp_code"], 6018)  # processor_status_unknown
+        # The client's retry is told the key is still in use, not charged again.
+        r2 = self.c.post("/v1/payment_intents", params, idem=key)
+        self.assertEqual(r2.status, 409, r2.json)
+        self.sim.faults("a", outage=False, timeout_rate=0.0)
+        # The recovery timer (300 ms; attempts older than 2 x 400 ms + 1 s)
+        # asks a, finds the approval and completes the PaymentIntent.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            r3 = self.c.post("/v1/payment_intents", params, idem=key)
+            if r3.status == 200:
+                break
+            time.sleep(0.3)
+        self.assertEqual(r3.status, 200, r3.json)
+        self.assertEqual(r3.json["status"], "succeeded")
+        self.assertEqual(r3.headers.get("Idempotent-Replayed"), "true")
+        att = self.attempts(r3.json["id"])
+        self.assertEqual([(a["processor"], a["state"]) for a in att], [("a", "succeeded")])
+        n, j = self.charges_of(r3.json["id"])
+        self.assertEqual(n, 1, j)
+
     def test_hard_decline_is_not_cascaded(self):
         r = self.pay(payment_method="pm_card_chargeDeclinedInsufficientFunds")
         self.assertEqual(r.status, 402, r.json)
@@ -294,6 +331,66 @@ class OrchestrationTest(unittest.TestCase):
             time.sleep(0.1)
         self.assertTrue(back, "traffic never returned to a")
         self.assertLess(rerouted_at - t_outage, 10)
+
+
+class IsoCascadeTest(unittest.TestCase):
+    """An ISO 8583 processor first, a REST one behind it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sim = Sim()
+        cls.daemon = Daemon()
+        cls.daemon.create_merchant("m")
+        ini = "\n".join([
+            "[routing]", "deadline_ms = 8000", "backoff_base_ms = 20", "",
+            "[processor.iso]", "type = iso8583", "endpoint = %s" % cls.sim.iso, "timeout_ms = 400",
+            "terminal_id = TERM0001", "merchant_id = TURNPIKE0000001", "health_interval_ms = 0",
+            "breaker_consecutive = 50", "",
+            "[processor.b]", "type = restjson", "endpoint = http://%s/p/b" % cls.sim.rest, "timeout_ms = 400",
+            "health_interval_ms = 0", "",
+            "[route.all]", "merchant = *", "processors = iso,b", "strategy = ordered", ""])
+        try:
+            cls.daemon.start(config=ini)
+        except Exception:
+            cls.sim.stop()
+            raise
+        cls.c = cls.daemon.client("m")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.cleanup()
+        cls.sim.stop()
+
+    def pay(self, **params):
+        p = {"amount": 1500, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa"}
+        p.update(params)
+        return self.c.post("/v1/payment_intents", p, idem=new_key("iso"))
+
+    def test_iso_approval_and_hard_decline(self):
+        self.sim.faults("iso", timeout_rate=0.0, error_rate=0.0)
+        r = self.pay()
+        self.assertEqual(r.status, 200, r.json)
+        ch = self.c.get("/v1/charges/%s" % r.json["latest_charge"]).json
+        self.assertEqual(ch["turnpike"]["processor"], "iso")
+        r = self.pay(payment_method="pm_card_chargeDeclinedStolenCard")
+        self.assertEqual(r.status, 402, r.json)
+        pi = r.json["error"]["payment_intent"]
+        att = self.c.get("/v1/payment_intents/%s/attempts" % pi["id"]).json["data"]
+        self.assertEqual([(a["processor"], a["state"]) for a in att], [("iso", "declined")])
+
+    def test_iso_error_cascades_to_rest(self):
+        # Field 39 = 96 (processing error) on every ISO request: transient,
+        # retried once, then the REST processor approves.
+        self.sim.faults("iso", error_rate=1.0)
+        try:
+            r = self.pay()
+        finally:
+            self.sim.faults("iso", error_rate=0.0)
+        self.assertEqual(r.status, 200, r.json)
+        att = self.c.get("/v1/payment_intents/%s/attempts" % r.json["id"]).json["data"]
+        self.assertEqual([a["processor"] for a in att], ["iso", "iso", "b"], att)
+        j = self.sim.journal(payment=r.json["id"])
+        self.assertEqual(j["summary"]["charges_by_payment"].get(r.json["id"]), 1, j)
 
 
 class CrashRecoveryTest(unittest.TestCase):

@@ -51,6 +51,30 @@ class RateLimitTest(DaemonTestCase):
         n = len(a.list_all("/v1/customers"))
         self.assertEqual(n, codes.count(200))
 
+    def test_all_tokens_of_one_oauth_client_share_its_bucket(self):
+        import json
+        import subprocess
+        from harness import BIN
+        time.sleep(2.1)
+        out = subprocess.run([BIN, "oauth-client", "create", "--data", self.daemon.data, "--merchant",
+                              self.daemon.merchants["b"]["id"], "--scopes", "payments:read"],
+                             stdout=subprocess.PIPE, check=True, timeout=60, stdin=subprocess.DEVNULL).stdout
+        cred = json.loads(out)
+        anon = self.daemon.client(None)
+        toks = []
+        for _ in range(2):  # the token endpoint itself is not a keyed route
+            r = anon.post("/oauth/token", {"grant_type": "client_credentials", "client_id": cred["client_id"],
+                                           "client_secret": cred["client_secret"]})
+            self.assertEqual(r.status, 200, r)
+            toks.append(r.json["access_token"])
+        codes = []
+        for i in range(6):
+            c = self.daemon.client(None)
+            c.key = toks[i % 2]
+            codes.append(c.get("/v1/payment_intents").status)
+        self.assertEqual(codes[:4], [200] * 4)
+        self.assertIn(429, codes[4:])
+
     def test_repeated_auth_failures_are_answered_429(self):
         time.sleep(3.1)  # a fresh failure window
         bad = self.daemon.client(None)

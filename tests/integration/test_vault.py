@@ -263,6 +263,13 @@ class Pkcs11KekTest(KekRotationMixin, unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
         self.assertGreater(json.loads(p.stdout)["checkpoints"], 0)
 
+    def test_rotate_without_the_hsm_config_is_refused(self):
+        p = subprocess.run([BIN, "kek", "rotate", "--data", self.daemon.data], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=60, env=dict(os.environ, **self.env))
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn(b"pkcs11 provider", p.stderr)
+        self.assertFalse([n for n in os.listdir(self.daemon.data) if n.startswith("kek-")])
+
     def test_wrong_pin_refuses_to_start(self):
         d = Daemon()
         try:
