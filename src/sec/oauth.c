@@ -31,7 +31,7 @@
 #include "util.h"
 
 #define TP_OAUTH_CACHE_SLOTS 1024
-#define TP_OAUTH_CACHE_MS 60000     /* re-check revocation at least this often */
+#define TP_OAUTH_CACHE_MS 60000     /* longest a verification is cached */
 #define TP_OAUTH_SECRET_LEN 48
 #define TP_OAUTH_MAX_CRED 256       /* client_id / client_secret length limit */
 
@@ -335,6 +335,17 @@ struct tok_slot {
 };
 static struct tok_slot tcache[TP_OAUTH_CACHE_SLOTS];
 static pthread_rwlock_t tcache_mu = PTHREAD_RWLOCK_INITIALIZER;
+static int64_t tcache_ms;
+static pthread_once_t tcache_once = PTHREAD_ONCE_INIT;
+
+/* A client disabled by the admin command (another process) is noticed when
+ * the verification ages out: the same bound as for API keys. */
+static void tcache_init(void)
+{
+  tcache_ms = tp_config_int("auth", "cache_seconds", TP_OAUTH_CACHE_MS / 1000, 0, 3600) * 1000;
+  if (tcache_ms > TP_OAUTH_CACHE_MS)
+    tcache_ms = TP_OAUTH_CACHE_MS;
+}
 
 static bool aud_ok(const json_t *aud)
 {
@@ -425,6 +436,7 @@ enum tp_err tp_oauth_authenticate(const char *token, struct tp_auth *a)
   unsigned gen = atomic_load(&revoke_gen);
   int64_t now_ms = tp_mono_ms(), exp = 0;
   bool hit = false;
+  pthread_once(&tcache_once, tcache_init);
   pthread_rwlock_rdlock(&tcache_mu);
   struct tok_slot *s = &tcache[i];
   if (s->used && s->gen == gen && s->until_ms > now_ms && memcmp(s->hash, h, 32) == 0) {
@@ -446,7 +458,7 @@ enum tp_err tp_oauth_authenticate(const char *token, struct tp_auth *a)
   /* gen as read before the store check: a revocation committed meanwhile
    * bumped it, so this entry is already stale. */
   s->gen = gen;
-  s->until_ms = now_ms + TP_OAUTH_CACHE_MS;
+  s->until_ms = now_ms + tcache_ms;
   pthread_rwlock_unlock(&tcache_mu);
   return TP_ERR_OK;
 }
@@ -587,11 +599,55 @@ void tp_h_oauth_metadata(struct tp_req *r)
 /* ---- turnpike oauth-client create ------------------------------------------- */
 static void usage(FILE *f)
 {
-  fprintf(f, "usage: turnpike oauth-client create --data DIR --merchant ID --scopes \"SCOPE ...\"\n\n"
+  fprintf(f, "usage: turnpike oauth-client create --data DIR --merchant ID --scopes \"SCOPE ...\"\n"
+             "       turnpike oauth-client revoke --data DIR --client-id ID\n\n"
              "Creates an OAuth 2.0 client (client credentials grant) for a merchant and prints\n"
              "{\"client_id\",\"client_secret\",\"merchant\",\"scopes\"} as JSON. The secret is stored only as\n"
              "its SHA-256: this is the only time it is shown. Scopes: payments:read payments:write\n"
-             "refunds:write customers:write reports:read admin\n");
+             "refunds:write customers:write reports:read admin\n"
+             "revoke disables a client: no new tokens, and its live tokens are refused within\n"
+             "[auth] cache_seconds.\n");
+}
+
+/* `turnpike oauth-client revoke`: the client can no longer get tokens, and
+ * its live tokens fail once their cached verification ages out. */
+static int revoke_client(const char *data, const char *client_id)
+{
+  if (!client_id || !*client_id || strlen(client_id) > TP_OAUTH_MAX_CRED) {
+    fprintf(stderr, "turnpike oauth-client revoke: --client-id ID is required\n");
+    return 2;
+  }
+  tp_log_threshold = TP_LOG_WARN;
+  struct tp_store st;
+  if (tp_store_open_sqlite(&st, data) != 0)
+    return 1;
+  json_t *args = json_pack("[s]", client_id);
+  json_t *rows = tp_store_query(&st, "SELECT merchant FROM oauth_clients WHERE client_id=?1 AND revoked IS NULL",
+                                args);
+  json_decref(args);
+  const char *merchant = json_string_value(json_object_get(json_array_get(rows, 0), "merchant"));
+  if (!merchant) {
+    fprintf(stderr, "turnpike oauth-client revoke: %s\n", rows ? "no such live client" : "store error");
+    json_decref(rows);
+    st.ops->close(st.cls);
+    return 1;
+  }
+  struct tp_cs *cs = tp_cs_new();
+  args = json_pack("[I, s]", (json_int_t)tp_now(), client_id);
+  tp_cs_sql(cs, "UPDATE oauth_clients SET revoked=?1 WHERE client_id=?2 AND revoked IS NULL", args, 1);
+  json_decref(args);
+  tp_audit_append(cs, merchant, "cli", "oauth_client.revoked", client_id, NULL);
+  int rc = -1;
+  st.ops->apply_batch(st.cls, &cs, 1, &rc);
+  tp_cs_free(cs);
+  json_decref(rows);
+  st.ops->close(st.cls);
+  if (rc != 0) {
+    fprintf(stderr, "turnpike oauth-client revoke: store write failed\n");
+    return 1;
+  }
+  printf("{\"client_id\":\"%s\",\"revoked\":true}\n", client_id);
+  return 0;
 }
 
 int tp_cmd_oauth_client(int argc, char **argv)
@@ -600,11 +656,12 @@ int tp_cmd_oauth_client(int argc, char **argv)
     usage(argc < 1 ? stderr : stdout);
     return argc < 1 ? 2 : 0;
   }
-  if (strcmp(argv[0], "create") != 0) {
+  bool revoke = strcmp(argv[0], "revoke") == 0;
+  if (!revoke && strcmp(argv[0], "create") != 0) {
     usage(stderr);
     return 2;
   }
-  const char *data = "./var", *merchant = NULL, *scopes_s = NULL;
+  const char *data = "./var", *merchant = NULL, *scopes_s = NULL, *client_id = NULL;
   for (int i = 1; i < argc; i++) {
     const char **dst = NULL;
     if (strcmp(argv[i], "--help") == 0) {
@@ -617,6 +674,8 @@ int tp_cmd_oauth_client(int argc, char **argv)
       dst = &merchant;
     else if (strcmp(argv[i], "--scopes") == 0)
       dst = &scopes_s;
+    else if (strcmp(argv[i], "--client-id") == 0)
+      dst = &client_id;
     if (!dst || i + 1 >= argc) {
       fprintf(stderr, "turnpike oauth-client: bad option %s\n", argv[i]);
       usage(stderr);
@@ -624,6 +683,8 @@ int tp_cmd_oauth_client(int argc, char **argv)
     }
     *dst = argv[++i];
   }
+  if (revoke)
+    return revoke_client(data, client_id);
   bool ok;
   unsigned mask = scopes_s ? tp_scopes_parse(scopes_s, &ok) : 0;
   if (!merchant || strlen(merchant) >= TP_ID_MAX || !scopes_s || !ok || !mask) {

@@ -224,7 +224,11 @@ static void on_durable(struct tp_sim_waiter *w, const char *response, bool ok)
   tp_iso_init(&resp, mti);
   copy_fields(&resp, &p->req, echo_fields, sizeof echo_fields / sizeof echo_fields[0]);
   if (op && !strcmp(op, "reversal"))
-    tp_iso_set(&resp, 39, status && !strcmp(status, "reversed") ? "00" : "25");
+    tp_iso_set(&resp, 39, status && strcmp(status, "not_found") != 0 ? "00" : "25");
+  else if (op && !strcmp(op, "capture"))
+    tp_iso_set(&resp, 39, "00"); /* a refused capture is never stored */
+  else if (op && !strcmp(op, "refund"))
+    tp_iso_set(&resp, 39, status && !strcmp(status, "succeeded") ? "00" : "13"); /* over the captured remainder */
   else {
     bool approved = status && !strcmp(status, "approved");
     tp_iso_set(&resp, 39, approved ? "00" : tp_iso_f39_for_decline(decline ? decline : "do_not_honor"));
@@ -287,16 +291,24 @@ static bool handle(struct iconn *c, struct tp_iso_msg *m)
     answer_code(c, m, "00");
     return true;
   }
-  bool auth = !strcmp(mti, "0100") || !strcmp(mti, "0200");
+  const char *f3 = tp_iso_get(m, 3);
+  bool refund = !strcmp(mti, "0200") && f3 && !strcmp(f3, "200000");
+  bool auth = (!strcmp(mti, "0100") || !strcmp(mti, "0200")) && !refund;
+  bool advice = !strcmp(mti, "0220") || !strcmp(mti, "0221"); /* capture of a 0100 */
   bool rev = !strcmp(mti, "0400") || !strcmp(mti, "0401");
-  if (!auth && !rev) {
+  if (advice && f3 && strcmp(f3, "000000") != 0) {
+    answer_code(c, m, "12"); /* only purchase captures are advised */
+    return true;
+  }
+  if (!auth && !rev && !refund && !advice) {
     if (mti[2] == '0' || mti[2] == '2' || mti[2] == '4' || mti[2] == '6' || mti[2] == '8')
       answer_code(c, m, "12"); /* invalid transaction */
     return true;              /* responses from the peer are ignored */
   }
   static const int need_auth[] = {2, 4, 11, 37, 41, 49};
   static const int need_rev[] = {11, 37, 41};
-  if (auth ? !has(m, need_auth, 6) : !has(m, need_rev, 3)) {
+  static const int need_linked[] = {4, 11, 37, 41, 48, 49}; /* capture, refund: no PAN, 48 = the auth's RRN */
+  if (auth ? !has(m, need_auth, 6) : rev ? !has(m, need_rev, 3) : !has(m, need_linked, 6)) {
     answer_code(c, m, "30"); /* format error */
     return true;
   }
@@ -314,10 +326,18 @@ static bool handle(struct iconn *c, struct tp_iso_msg *m)
   if (timeout && b.timeout_before)
     return true; /* lost on the way in: never processed, never answered */
 
-  char rrn[16], tid[16], pan[24] = "", cur[4] = "";
+  char rrn[16], tid[16], pan[24] = "", cur[4] = "", orig[16] = "";
   trimmed(tp_iso_get(m, 37), rrn, sizeof rrn);
   trimmed(tp_iso_get(m, 41), tid, sizeof tid);
-  if (!rrn[0]) {
+  if (!rev && !auth) {
+    const char *f48 = tp_iso_get(m, 48);
+    if (strlen(f48) >= sizeof orig) {
+      answer_code(c, m, "30"); /* not an RRN */
+      return true;
+    }
+    trimmed(f48, orig, sizeof orig);
+  }
+  if (!rrn[0] || (!rev && !auth && !orig[0])) {
     answer_code(c, m, "30");
     return true;
   }
@@ -343,12 +363,19 @@ static bool handle(struct iconn *c, struct tp_iso_msg *m)
     q.capture = mti[1] == '2';
     snprintf(pan, sizeof pan, "%s", tp_iso_get(m, 2));
     q.pan = pan;
+  } else if (refund || advice) {
+    if (!alpha || q.amount <= 0) {
+      answer_code(c, m, alpha ? "13" : "30");
+      return true;
+    }
+    q.op = refund ? TP_SIM_REFUND : TP_SIM_CAPTURE;
+    q.target = orig; /* the authorization's RRN, on the same terminal */
   } else {
     q.op = TP_SIM_REVERSAL;
     q.target = rrn;
     const char *f90 = tp_iso_get(m, 90);
     /* Field 90 (original MTI, STAN, ...) is only a cross-check: the RRN decides. */
-    if (f90 && strncmp(f90, "0100", 4) != 0 && strncmp(f90, "0200", 4) != 0)
+    if (f90 && strncmp(f90, "0100", 4) != 0 && strncmp(f90, "0200", 4) != 0 && strncmp(f90, "0220", 4) != 0)
       tp_log(TP_LOG_WARN, "sim_iso_reversal_f90", "{s:s}", "rrn", rrn);
   }
   memcpy(q.currency, cur, sizeof q.currency);
@@ -378,8 +405,15 @@ static bool handle(struct iconn *c, struct tp_iso_msg *m)
   case TP_SIM_WAIT:
     break;
   default:
-    /* Only a reference reused for another kind reaches here. */
-    answer_code(c, &p->req, "94"); /* duplicate transmission */
+    /* Refusals change nothing and are not stored: a repeat is decided again. */
+    if (res == TP_SIM_NOT_FOUND)
+      answer_code(c, &p->req, "25"); /* unable to locate the authorization */
+    else if (res == TP_SIM_TOO_LARGE)
+      answer_code(c, &p->req, "13"); /* over the authorized amount */
+    else if (replayed)
+      answer_code(c, &p->req, "94"); /* the RRN was used for another kind of message */
+    else
+      answer_code(c, &p->req, "12"); /* the authorization's state forbids it */
     pending_free(p);
     break;
   }

@@ -71,7 +71,7 @@ struct tp_sim_entry {
   char txn_id[TP_SIM_REF_MAX + 1]; /* auth_..., cap_..., rf_... */
   int64_t amount;
   char currency[4];
-  char status[16];
+  char status[24];     /* approved, captured, reversed, capture_reversed ... */
   char decline_code[48];
   char *response;       /* the answer as stored (JSON text, or ISO summary) — owned */
   int64_t created_ms;

@@ -29,6 +29,11 @@ struct rec {
   int64_t amount, captured, refunded;
   char currency[4];
   bool approved, voided, reversed;
+  /* ISO captures and refunds: the authorization they belong to (records live
+   * until shutdown), their amount, approved = captured / refund succeeded,
+   * undone = taken back by a 0400 naming their own RRN. */
+  struct rec *parent;
+  bool undone;
   char *response; /* immutable once set */
   bool committed;
   struct tp_sim_waiter *waiters;
@@ -134,6 +139,30 @@ static struct rec *find_auth(const char *processor, bool iso, const char *target
   return r && r->op == TP_SIM_AUTHORIZE ? r : NULL;
 }
 
+/* An ISO capture (0220) or refund that a reversal names by its own RRN: the
+ * gateway reverses any request that timed out, not only authorizations. */
+static struct rec *find_txn(const char *processor, const char *rrn, const char *terminal)
+{
+  char k[KEY_MAX];
+  make_key(k, processor, true, TP_SIM_CAPTURE, rrn, terminal);
+  struct rec *r = table_get(&by_ref, false, k);
+  return r && (r->op == TP_SIM_CAPTURE || r->op == TP_SIM_REFUND) && r->parent ? r : NULL;
+}
+
+/* Take a capture or a succeeded refund back from its authorization. */
+static void undo_txn(struct rec *t)
+{
+  if (t->undone)
+    return;
+  t->undone = true;
+  if (!t->approved)
+    return; /* a failed refund moved nothing */
+  if (t->op == TP_SIM_CAPTURE)
+    t->parent->captured = 0; /* one capture per authorization */
+  else
+    t->parent->refunded -= t->amount;
+}
+
 static char *dump(json_t *o)
 {
   char *s = json_dumps(o, JSON_COMPACT);
@@ -237,9 +266,14 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
     return TP_SIM_WAIT;
   }
 
-  struct rec *auth = NULL;
+  struct rec *auth = NULL, *txn = NULL;
   if (q->op != TP_SIM_AUTHORIZE) {
     auth = find_auth(q->processor, q->iso, q->target, q->terminal);
+    if (!auth && q->op == TP_SIM_REVERSAL && q->iso) {
+      txn = find_txn(q->processor, q->target, q->terminal);
+      if (txn)
+        auth = txn->parent;
+    }
     if (!auth && q->op != TP_SIM_REVERSAL) {
       pthread_mutex_unlock(&mu);
       return TP_SIM_NOT_FOUND;
@@ -257,6 +291,8 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
       conflict = "the authorization was voided";
     else if (auth->captured > 0)
       conflict = "the authorization is already captured";
+    else if (q->currency[0] && strcmp(q->currency, auth->currency) != 0)
+      conflict = "the currency differs from the authorization's";
     else if (amount > auth->amount) {
       pthread_mutex_unlock(&mu);
       return TP_SIM_TOO_LARGE;
@@ -267,6 +303,18 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
       conflict = "the authorization was declined";
     else if (auth->captured > 0)
       conflict = "the authorization is captured: refund it instead";
+    break;
+  case TP_SIM_REFUND:
+    if (q->currency[0] && strcmp(q->currency, auth->currency) != 0)
+      conflict = "the currency differs from the authorization's";
+    break;
+  case TP_SIM_REVERSAL:
+    /* Reversing a capture (or the whole authorization) after part of it was
+     * refunded would give that part back twice. */
+    if (txn && txn->op == TP_SIM_CAPTURE && !txn->undone && auth->refunded > 0)
+      conflict = "the capture is partly refunded: refund the rest instead";
+    else if (!txn && auth && !auth->reversed && auth->refunded > 0)
+      conflict = "the authorization is partly refunded: refund the rest instead";
     break;
   default:
     break;
@@ -312,6 +360,9 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
   }
   case TP_SIM_CAPTURE:
     auth->captured = amount;
+    r->parent = auth;
+    r->amount = amount;
+    r->approved = true;
     tp_id_new(id, "cap");
     o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s}", "id", id, "operation", "capture", "reference",
                   q->reference, "authorization", auth->id, "status", "captured", "amount", (json_int_t)amount,
@@ -335,6 +386,9 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
     bool ok = auth->approved && !auth->voided && !auth->reversed && amount > 0 && amount <= left;
     if (ok)
       auth->refunded += amount;
+    r->parent = auth;
+    r->amount = amount;
+    r->approved = ok;
     tp_id_new(id, "rf");
     o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s}", "id", id, "operation", "refund", "reference",
                   q->reference, "authorization", auth->id, "status", ok ? "succeeded" : "failed", "amount",
@@ -345,15 +399,21 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
     break;
   }
   case TP_SIM_REVERSAL: {
-    const char *st = auth ? "reversed" : "not_found";
-    if (auth)
+    /* Of an authorization (captured or not: its capture goes with it), or of
+     * a capture or refund named by its own RRN (only that one is undone). */
+    const char *st = txn ? (txn->op == TP_SIM_CAPTURE ? "capture_reversed" : "refund_reversed")
+                         : auth ? "reversed" : "not_found";
+    int64_t amt = txn ? txn->amount : auth ? auth->amount : q->amount;
+    if (txn)
+      undo_txn(txn);
+    else if (auth)
       auth->reversed = true;
     tp_id_new(id, "rev");
     o = json_pack("{s:s, s:s, s:s, s:s, s:I}", "id", id, "operation", "reversal", "reference", q->reference,
-                  "status", st, "amount", (json_int_t)(auth ? auth->amount : q->amount));
+                  "status", st, "amount", (json_int_t)amt);
     if (q->terminal)
       json_object_set_new(o, "terminal", json_string(q->terminal));
-    e->amount = auth ? auth->amount : q->amount;
+    e->amount = amt;
     snprintf(e->status, sizeof e->status, "%s", st);
     break;
   }
@@ -461,20 +521,35 @@ static void replay_one(const struct tp_sim_entry *e, void *arg)
     table_put(&by_id, true, r);
     break;
   case TP_SIM_CAPTURE:
-    if (auth)
+    if (auth) {
       auth->captured = e->amount;
+      r->parent = auth;
+      r->amount = e->amount;
+      r->approved = true;
+    }
     break;
   case TP_SIM_VOID:
     if (auth)
       auth->voided = true;
     break;
   case TP_SIM_REFUND:
-    if (auth && !strcmp(e->status, "succeeded"))
+    r->approved = !strcmp(e->status, "succeeded");
+    if (auth && r->approved)
       auth->refunded += e->amount;
+    if (auth) {
+      r->parent = auth;
+      r->amount = e->amount;
+    }
     break;
   case TP_SIM_REVERSAL:
     if (auth && !strcmp(e->status, "reversed"))
       auth->reversed = true;
+    else if (iso && (!strcmp(e->status, "capture_reversed") || !strcmp(e->status, "refund_reversed"))) {
+      /* The reversal's reference is the capture's or refund's own RRN. */
+      struct rec *t = find_txn(e->processor, e->reference, e->terminal);
+      if (t)
+        undo_txn(t);
+    }
     break;
   }
   table_put(&by_ref, false, r);

@@ -265,6 +265,23 @@ class OAuthTest(DaemonTestCase):
                            headers={"Authorization": basic(self.cl["client_id"], self.cl["client_secret"])})
         self.assertEqual(r.status, 200, r)
 
+    def test_revoked_client_gets_no_tokens_and_its_tokens_fail(self):
+        d = self.daemon
+        cl = create_client(d, d.merchants["a"]["id"], "payments:read")
+        tok = self.token(client=cl)
+        p = subprocess.run([BIN, "oauth-client", "revoke", "--data", d.data, "--client-id", cl["client_id"]],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60, stdin=subprocess.DEVNULL)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(json.loads(p.stdout), {"client_id": cl["client_id"], "revoked": True})
+        r = self.token_req({"grant_type": "client_credentials"}, client=cl)
+        self.assertEqual((r.status, r.json["error"]), (401, "invalid_client"), r)
+        # Never verified before, so not cached: refused at once.
+        self.assertStripeError(self.bearer(tok).get("/v1/payment_intents"), 401)
+        # Revoking twice is an error.
+        p = subprocess.run([BIN, "oauth-client", "revoke", "--data", d.data, "--client-id", cl["client_id"]],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60, stdin=subprocess.DEVNULL)
+        self.assertEqual(p.returncode, 1)
+
     # -- discovery ----------------------------------------------------------------
     def test_metadata_and_jwks(self):
         r = self.anon.get("/.well-known/oauth-authorization-server", key=None)

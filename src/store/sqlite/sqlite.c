@@ -242,7 +242,7 @@ static int apply_one(struct sq *s, struct tp_cs *cs)
       bind_text(st, 4, op->s1);
       bind_text(st, 5, op->s2);
       sqlite3_bind_text(st, 6, op->data, (int)op->data_len, SQLITE_STATIC);
-      if (step_done(s->w, st))
+      if (step_done(s->w, st) || sqlite3_changes(s->w) != 1)
         return -1;
       break;
     case TP_OP_LEDGER: {
@@ -303,7 +303,7 @@ static int apply_one(struct sq *s, struct tp_cs *cs)
       sqlite3_bind_int(st, 18, a->capture);
       sqlite3_bind_int64(st, 19, a->created ? a->created : now);
       sqlite3_bind_int64(st, 20, now);
-      if (step_done(s->w, st))
+      if (step_done(s->w, st) || sqlite3_changes(s->w) != 1)
         return -1;
       break;
     }
@@ -848,20 +848,37 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
   }
   chmod(s->path, 0600);
   for (int k = 0; k < TP_K__COUNT; k++) {
-    char sql[256];
-    snprintf(sql, sizeof sql, "INSERT OR REPLACE INTO %s(id, merchant, created, %s, %s, data) VALUES(?1,?2,?3,?4,?5,?6)",
-             tp_kinds[k].table, tp_kinds[k].col[0], tp_kinds[k].col[1]);
-    if (k == TP_K_EVENT)
-      snprintf(sql, sizeof sql, "INSERT OR REPLACE INTO events(id, merchant, created, type, object_id, data) "
-                                "VALUES(?1,?2,?3,?4,?5,?6)");
+    char sql[512];
+    /* An upsert, not INSERT OR REPLACE: a second put of an object (the
+     * PaymentIntent's outcome) rewrites its row in place instead of deleting
+     * and re-inserting it and every index entry; merchant and id stay, so
+     * their indexes are not touched. A put of another merchant's id changes
+     * nothing and fails the change set (apply_one checks). */
+    const char *c0 = k == TP_K_EVENT ? "type" : tp_kinds[k].col[0];
+    const char *c1 = k == TP_K_EVENT ? "object_id" : tp_kinds[k].col[1];
+    snprintf(sql, sizeof sql, "INSERT INTO %s(id, merchant, created, %s, %s, data) VALUES(?1,?2,?3,?4,?5,?6) "
+             "ON CONFLICT(id) DO UPDATE SET created=excluded.created, %s=excluded.%s, %s=excluded.%s, "
+             "data=excluded.data WHERE %s.merchant=excluded.merchant",
+             tp_kinds[k].table, c0, c1, c0, c0, c1, c1, tp_kinds[k].table);
     s->put[k] = prep(s->w, sql);
   }
   s->ledger = prep(s->w, "INSERT INTO ledger_entries(txn_id, seq, merchant, account, currency, amount, created) "
                          "VALUES(?1, (SELECT count(*) FROM ledger_entries WHERE txn_id=?1), ?2, ?3, ?4, ?5, ?6)");
   s->balance_add = prep(s->w, "INSERT INTO ledger_balances(merchant, account, currency, amount) VALUES(?1,?2,?3,?4) "
                               "ON CONFLICT(merchant, account, currency) DO UPDATE SET amount=amount+excluded.amount");
-  s->attempt = prep(s->w, "INSERT OR REPLACE INTO attempts(" ATTEMPT_COLS ") VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,"
-                          "?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20)");
+  /* Upsert for the same reason as puts: an attempt is written when sent and
+   * again when settled; its id, idem_ref, merchant and PaymentIntent never
+   * change (a mismatch changes nothing and fails the change set). */
+  s->attempt = prep(s->w, "INSERT INTO attempts(" ATTEMPT_COLS ") VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,"
+                          "?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20) ON CONFLICT(id) DO UPDATE SET "
+                          "processor=excluded.processor, kind=excluded.kind, state=excluded.state, "
+                          "currency=excluded.currency, amount=excluded.amount, vault_token=excluded.vault_token, "
+                          "refund=excluded.refund, result_code=excluded.result_code, auth_code=excluded.auth_code, "
+                          "processor_ref=excluded.processor_ref, route=excluded.route, "
+                          "client_idem_key=excluded.client_idem_key, client_req_hash=excluded.client_req_hash, "
+                          "capture=excluded.capture, created=excluded.created, updated=excluded.updated "
+                          "WHERE attempts.merchant=excluded.merchant AND attempts.idem_ref=excluded.idem_ref "
+                          "AND attempts.payment_intent IS excluded.payment_intent");
   /* A key's 24 h run from its first use: the final reply keeps the created
    * time of the pending mark; a key reused after it expired starts afresh. */
   char idem_sql[512];
