@@ -94,7 +94,7 @@ def fault_stats(dbpath, sim):
     print("payments_with_transient_failure %d recovered %d recovered_share %.4f" %
           (len(transient), recovered, recovered / len(transient) if transient else 1.0))
     print("attempts_by_processor %s attempts_left_sent %d" % (json.dumps(per_proc, sort_keys=True), sent))
-    print("journal_charges %d double_charges %d" % (j["summary"]["charges"], j["summary"]["double_charges"]))
+    print("journal_charges_all_runs %d double_charges %d" % (j["summary"]["charges"], j["summary"]["double_charges"]))
 
 
 def route_stats(dbpath, label, fees):

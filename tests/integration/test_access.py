@@ -177,11 +177,25 @@ class AccessTest(DaemonTestCase):
         return urls
 
     def test_second_merchant_cannot_see_or_touch_first_merchants_objects(self):
+        self.walk_as(self.daemon.client("B"))
+
+    def test_second_merchants_oauth_token_cannot_either(self):
+        """The same walk with an access token of B holding every scope."""
+        cl = admin(self.daemon, "oauth-client", "create", "--merchant", self.daemon.merchants["B"]["id"],
+                   "--scopes", "payments:read payments:write refunds:write customers:write reports:read admin")
+        r = self.daemon.client(None).post("/oauth/token", {"grant_type": "client_credentials",
+                                                           "client_id": cl["client_id"],
+                                                           "client_secret": cl["client_secret"]})
+        self.assertEqual(r.status, 200, r)
+        b = self.daemon.client(None)
+        b.key = r.json["access_token"]
+        self.walk_as(b)
+
+    def walk_as(self, b):
         self.assertIn("/v1/events", self.ids)
         self.assertTrue(self.ids["/v1/events"], "A has no events")
         self.assertTrue(self.ids.get("/v1/balance_transactions"), "A has no balance transactions")
         before = self.snapshot()
-        b = self.daemon.client("B")
         walked = 0
         echoed = set()  # A's ids that B itself sent in a create that succeeded
         # Creates first, so every list below already holds what B made.

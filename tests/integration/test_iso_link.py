@@ -362,6 +362,35 @@ class WithSimulator(unittest.TestCase):
         self.assertEqual(j["summary"]["double_charges"], 0, j)
         self.assertNotIn("runtime error", self.daemon.log_text())
 
+    # Named to run after the test above, which counts the sim's authorizations.
+    def test_refunds_after_manual_capture_through_the_sim(self):
+        c = self.daemon.client("m")
+        held = c.post("/v1/payment_intents", {"amount": 5000, "currency": "usd", "confirm": "true",
+                                              "capture_method": "manual",
+                                              "payment_method_data": card(PAN_OK)}, idem=new_key())
+        self.assertEqual(held.json["status"], "requires_capture", held)
+        cap = c.post("/v1/payment_intents/%s/capture" % held.json["id"], {"amount_to_capture": 4000},
+                     idem=new_key())
+        self.assertEqual(cap.status, 200, cap)
+        self.assertEqual((cap.json["status"], cap.json["amount_received"]), ("succeeded", 4000), cap)
+        rf1 = c.post("/v1/refunds", {"payment_intent": held.json["id"], "amount": 1500}, idem=new_key())
+        self.assertEqual((rf1.status, rf1.json.get("status")), (200, "succeeded"), rf1)
+        rf2 = c.post("/v1/refunds", {"payment_intent": held.json["id"]}, idem=new_key())
+        self.assertEqual((rf2.status, rf2.json.get("status"), rf2.json.get("amount")), (200, "succeeded", 2500), rf2)
+        # The sim saw one authorization, its capture and both refunds, linked by RRN.
+        entries = self.sim.journal(processor="acqsim")["entries"]
+        caps = [e for e in entries if e["operation"] == "capture"]
+        self.assertEqual([(e["amount"], e["status"], e["terminal"]) for e in caps],
+                         [(4000, "captured", "TERM0007")], entries)
+        auth_rrn = caps[0]["authorization"]
+        j = self.sim.journal(processor="acqsim", payment=auth_rrn)
+        self.assertEqual([(e["operation"], e["amount"], e["status"]) for e in j["entries"]],
+                         [("authorize", 5000, "approved"), ("capture", 4000, "captured"),
+                          ("refund", 1500, "succeeded"), ("refund", 2500, "succeeded")], j)
+        self.assertEqual(j["summary"]["charges_by_payment"], {auth_rrn: 1}, j)
+        self.assertEqual(self.sim.journal(processor="acqsim")["summary"]["double_charges"], 0)
+        self.assertNotIn("runtime error", self.daemon.log_text())
+
 
 if __name__ == "__main__":
     harness.main()

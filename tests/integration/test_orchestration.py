@@ -5,8 +5,10 @@ gateway under load with recovery and the sim journal proving that no card was
 charged twice."""
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -19,7 +21,7 @@ class Sim:
     """A `turnpike sim` process with its own data directory."""
 
     def __init__(self):
-        self.root = tempfile.mkdtemp(prefix="tp-sim-")
+        self.root = tempfile.mkdtemp(prefix="tp-orch-sim-")
         self.data = os.path.join(self.root, "data")
         os.makedirs(self.data)
         self.log = open(os.path.join(self.root, "sim.log"), "ab")
@@ -67,6 +69,10 @@ class Sim:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+        if os.environ.get("TP_KEEP_TMP"):
+            sys.stderr.write("kept %s\n" % self.root)
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def gateway_config(sim, names=("a", "b"), timeout_ms=400, extra=""):

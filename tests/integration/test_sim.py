@@ -139,7 +139,7 @@ ISO_FIELDS = {
     2: ("n", 2, 19), 3: ("n", 0, 6), 4: ("n", 0, 12), 7: ("n", 0, 10), 11: ("n", 0, 6),
     12: ("n", 0, 6), 13: ("n", 0, 4), 14: ("n", 0, 4), 18: ("n", 0, 4), 22: ("n", 0, 3),
     25: ("n", 0, 2), 37: ("an", 0, 12), 38: ("an", 0, 6), 39: ("an", 0, 2), 41: ("an", 0, 8),
-    42: ("an", 0, 15), 49: ("an", 0, 3), 70: ("n", 0, 3), 90: ("n", 0, 42),
+    42: ("an", 0, 15), 48: ("ans", 3, 999), 49: ("an", 0, 3), 70: ("n", 0, 3), 90: ("n", 0, 42),
 }
 
 
@@ -221,6 +221,30 @@ def auth_fields(pan, rrn, amount=1500, tid="TERM0001", stan=None):
     return {2: pan, 3: "000000", 4: amount, 7: "1124123000", 11: stan or "%06d" % _stan[0],
             12: "123000", 13: "1124", 14: "3412", 18: "5999", 22: "012", 25: "00",
             37: rrn, 41: tid, 42: "MERCHANT0000001", 49: "840"}
+
+
+def linked_fields(rrn, orig_rrn, amount, proc="000000", tid="TERM0001", stan=None, currency="840"):
+    """A capture advice (0220) or refund (0200, proc 200000) as the gateway
+    sends them: no PAN, field 48 = the authorization's RRN."""
+    _stan[0] += 1
+    return {3: proc, 4: amount, 7: "1124123000", 11: stan or "%06d" % _stan[0], 12: "123000", 13: "1124",
+            37: rrn, 41: tid, 42: "MERCHANT0000001", 48: orig_rrn, 49: currency}
+
+
+def new_rrn():
+    return uuid.uuid4().hex[:12].upper()
+
+
+def iso_call(sock, mti, fields):
+    """Send one message, return (answer MTI, answer fields)."""
+    sock.sendall(iso_frame(mti, fields))
+    return iso_recv(sock)
+
+
+def reversal_fields(rrn, orig_mti="0100", tid="TERM0001"):
+    _stan[0] += 1
+    return {7: "1124123100", 11: "%06d" % _stan[0], 37: rrn, 41: tid,
+            90: orig_mti + "0" * 6 + "1124123000" + "0" * 22}
 
 
 def new_name(prefix="p"):
@@ -562,6 +586,115 @@ class SimTest(unittest.TestCase):
         j = self.sim.journal(reference=unknown)
         self.assertEqual([(e["operation"], e["status"]) for e in j["entries"]], [("reversal", "not_found")])
 
+    def test_iso_capture_advice_its_idempotency_and_errors(self):
+        a, declined, sale = new_rrn(), new_rrn(), new_rrn()
+        c1, c2 = new_rrn(), new_rrn()
+        with self.sim.iso_connect() as s:
+            self.assertEqual(iso_call(s, "0100", auth_fields(PAN_OK, a, amount=1500))[1][39], "00")
+            self.assertEqual(iso_call(s, "0100", auth_fields(PAN_DECLINE, declined))[1][39], "05")
+            self.assertEqual(iso_call(s, "0200", auth_fields(PAN_OK, sale))[1][39], "00")
+            # Refusals: nothing stored, the authorization stays capturable.
+            for f48, amount, tid, cur, want in ((new_rrn(), 1000, "TERM0001", "840", "25"),
+                                                (a, 1000, "TERM0002", "840", "25"),  # another terminal's
+                                                (a, 1501, "TERM0001", "840", "13"),
+                                                (a, 0, "TERM0001", "840", "13"),
+                                                (a, 1000, "TERM0001", "978", "12"),
+                                                (declined, 1000, "TERM0001", "840", "12"),
+                                                (sale, 1000, "TERM0001", "840", "12")):
+                mti, f = iso_call(s, "0220", linked_fields(new_rrn(), f48, amount, tid=tid, currency=cur))
+                self.assertEqual((mti, f[39]), ("0230", want), (f48, amount, tid, cur))
+            no48 = linked_fields(new_rrn(), a, 1000)
+            del no48[48]
+            self.assertEqual(iso_call(s, "0220", no48)[1][39], "30")
+            mti, f = iso_call(s, "0220", linked_fields(c1, a, 1000, stan="000411"))
+            self.assertEqual((mti, f[39], f[37], f[11], f[4]), ("0230", "00", c1, "000411", "000000001000"))
+            self.assertNotIn(2, f)
+            # The same RRN again: the same answer, no second capture.
+            mti, f = iso_call(s, "0221", linked_fields(c1, a, 1000, stan="000412"))
+            self.assertEqual((mti, f[39], f[11]), ("0230", "00", "000412"))
+            self.assertEqual(iso_call(s, "0220", linked_fields(c2, a, 200))[1][39], "12", "already captured")
+        j = self.sim.journal(payment=a)
+        self.assertEqual([(e["operation"], e["reference"], e["status"], e["amount"]) for e in j["entries"]],
+                         [("authorize", a, "approved", 1500), ("capture", c1, "captured", 1000)])
+        cap = j["entries"][1]
+        self.assertEqual((cap["authorization"], cap["terminal"], cap["protocol"], cap["currency"]),
+                         (a, "TERM0001", "iso", "usd"))
+        self.assertEqual(j["summary"]["charges_by_payment"], {a: 1}, "a captured authorization is one charge")
+        self.assertEqual(self.sim.journal(reference=c2)["entries"], [], "refusals are not journaled")
+
+    def test_iso_refund_limits_and_idempotency(self):
+        a, b, sale, c = new_rrn(), new_rrn(), new_rrn(), new_rrn()
+        r1, r2, r3, r4 = new_rrn(), new_rrn(), new_rrn(), new_rrn()
+        refund = "200000"
+        with self.sim.iso_connect() as s:
+            self.assertEqual(iso_call(s, "0100", auth_fields(PAN_OK, a, amount=2000))[1][39], "00")
+            self.assertEqual(iso_call(s, "0100", auth_fields(PAN_OK, b, amount=2000))[1][39], "00")
+            self.assertEqual(iso_call(s, "0200", auth_fields(PAN_OK, sale, amount=800))[1][39], "00")
+            self.assertEqual(iso_call(s, "0220", linked_fields(c, a, 1500))[1][39], "00")
+            mti, f = iso_call(s, "0200", linked_fields(r1, a, 600, proc=refund, stan="000501"))
+            self.assertEqual((mti, f[39], f[3], f[37], f[11]), ("0210", "00", refund, r1, "000501"))
+            self.assertEqual(iso_call(s, "0200", linked_fields(r1, a, 600, proc=refund))[1][39], "00", "repeat")
+            mti, f = iso_call(s, "0200", linked_fields(r2, a, 901, proc=refund))
+            self.assertEqual((mti, f[39]), ("0210", "13"), "only 900 of the capture left")
+            self.assertEqual(iso_call(s, "0200", linked_fields(r2, a, 1, proc=refund))[1][39], "13",
+                             "a refused refund is journaled: its repeat is refused again")
+            self.assertEqual(iso_call(s, "0200", linked_fields(r3, a, 900, proc=refund))[1][39], "00")
+            self.assertEqual(iso_call(s, "0200", linked_fields(r4, a, 1, proc=refund))[1][39], "13")
+            self.assertEqual(iso_call(s, "0200", linked_fields(new_rrn(), b, 1, proc=refund))[1][39], "13",
+                             "nothing captured yet")
+            self.assertEqual(iso_call(s, "0200", linked_fields(new_rrn(), sale, 800, proc=refund))[1][39], "00",
+                             "a 0200 sale is captured at once")
+            self.assertEqual(iso_call(s, "0200", linked_fields(new_rrn(), new_rrn(), 1, proc=refund))[1][39], "25")
+            self.assertEqual(iso_call(s, "0200", linked_fields(c, a, 1, proc=refund))[1][39], "94",
+                             "the capture's RRN reused for a refund")
+            self.assertEqual(iso_call(s, "0200", linked_fields(new_rrn(), a, 0, proc=refund))[1][39], "13")
+        j = self.sim.journal(payment=a)
+        self.assertEqual([(e["operation"], e["reference"], e["status"], e["amount"]) for e in j["entries"]],
+                         [("authorize", a, "approved", 2000), ("capture", c, "captured", 1500),
+                          ("refund", r1, "succeeded", 600), ("refund", r2, "failed", 901),
+                          ("refund", r3, "succeeded", 900), ("refund", r4, "failed", 1)])
+        self.assertEqual(j["summary"]["charges_by_payment"], {a: 1}, "refunds create no charge")
+        for p in (b, sale):
+            s_ = self.sim.journal(payment=p)["summary"]
+            self.assertEqual((s_["charges"], s_["double_charges"]), (1, 0))
+
+    def test_iso_reversal_of_captures_refunds_and_captured_authorizations(self):
+        a, c, c2, r, r2, d, dc = (new_rrn() for _ in range(7))
+        with self.sim.iso_connect() as s:
+            self.assertEqual(iso_call(s, "0100", auth_fields(PAN_OK, a, amount=1000))[1][39], "00")
+            self.assertEqual(iso_call(s, "0220", linked_fields(c, a, 1000))[1][39], "00")
+            # A timed-out capture is reversed by its own RRN: only the capture is undone.
+            mti, f = iso_call(s, "0400", reversal_fields(c, "0220"))
+            self.assertEqual((mti, f[39], f[37]), ("0410", "00", c))
+            self.assertEqual(iso_call(s, "0401", reversal_fields(c, "0220"))[1][39], "00", "repeat")
+            self.assertEqual(iso_call(s, "0220", linked_fields(c2, a, 1000))[1][39], "00", "capturable again")
+            self.assertEqual(iso_call(s, "0200", linked_fields(r, a, 400, proc="200000"))[1][39], "00")
+            self.assertEqual(iso_call(s, "0400", reversal_fields(r, "0200"))[1][39], "00")
+            self.assertEqual(iso_call(s, "0200", linked_fields(r2, a, 1000, proc="200000"))[1][39], "00",
+                             "the reversed refund gave its 400 back")
+            # Refunded money cannot come back twice through a reversal.
+            self.assertEqual(iso_call(s, "0400", reversal_fields(a))[1][39], "12")
+            self.assertEqual(iso_call(s, "0400", reversal_fields(c2, "0220"))[1][39], "12")
+            # A captured authorization without refunds is reversed whole, capture included.
+            self.assertEqual(iso_call(s, "0100", auth_fields(PAN_OK, d, amount=500))[1][39], "00")
+            self.assertEqual(iso_call(s, "0220", linked_fields(dc, d, 500))[1][39], "00")
+            self.assertEqual(iso_call(s, "0400", reversal_fields(d))[1][39], "00")
+            self.assertEqual(iso_call(s, "0200", linked_fields(new_rrn(), d, 1, proc="200000"))[1][39], "13")
+            self.assertEqual(iso_call(s, "0220", linked_fields(new_rrn(), d, 500))[1][39], "12")
+        j = self.sim.journal(payment=a)
+        self.assertEqual([(e["operation"], e["reference"], e["status"]) for e in j["entries"]],
+                         [("authorize", a, "approved"), ("capture", c, "captured"),
+                          ("reversal", c, "capture_reversed"), ("capture", c2, "captured"),
+                          ("refund", r, "succeeded"), ("reversal", r, "refund_reversed"),
+                          ("refund", r2, "succeeded")])
+        self.assertEqual(j["summary"]["charges_by_payment"], {a: 1},
+                         "reversing a capture leaves the authorization charged")
+        j = self.sim.journal(payment=d)
+        self.assertEqual([(e["operation"], e["status"]) for e in j["entries"]],
+                         [("authorize", "approved"), ("capture", "captured"), ("reversal", "reversed"),
+                          ("refund", "failed")], "a refund over the remainder is journaled as failed")
+        self.assertEqual((j["summary"]["charges"], j["summary"]["charges_by_payment"]), (0, {}))
+
     def test_iso_many_in_flight_on_one_connection(self):
         n = 40
         rrns = {"%06d" % (300 + i): uuid.uuid4().hex[:12].upper() for i in range(n)}
@@ -639,6 +772,35 @@ class SimRestartTest(unittest.TestCase):
             s = sim.journal()["summary"]
             self.assertEqual(s["charges_by_payment"], {"pi_k9": 1, rrn: 1})
             self.assertEqual(s["double_charges"], 0)
+            self.assertEqual(sim.stop(), 0)
+        finally:
+            sim.cleanup()
+
+    def test_kill9_keeps_iso_captures_refunds_and_their_reversals(self):
+        sim = Sim().start()
+        try:
+            a, c, c2, r, r2 = (new_rrn() for _ in range(5))
+            with sim.iso_connect() as s:
+                self.assertEqual(iso_call(s, "0100", auth_fields(PAN_OK, a, amount=1000))[1][39], "00")
+                self.assertEqual(iso_call(s, "0220", linked_fields(c, a, 1000))[1][39], "00")
+                self.assertEqual(iso_call(s, "0400", reversal_fields(c, "0220"))[1][39], "00")
+                self.assertEqual(iso_call(s, "0220", linked_fields(c2, a, 900))[1][39], "00")
+                self.assertEqual(iso_call(s, "0200", linked_fields(r, a, 300, proc="200000"))[1][39], "00")
+                self.assertEqual(iso_call(s, "0400", reversal_fields(r, "0200"))[1][39], "00")
+            sim.kill9()
+            sim.start()
+            with sim.iso_connect() as s:
+                # Repeats are answered from the journal; the state behind them survived.
+                self.assertEqual(iso_call(s, "0220", linked_fields(c2, a, 900))[1][39], "00")
+                self.assertEqual(iso_call(s, "0220", linked_fields(new_rrn(), a, 100))[1][39], "12")
+                self.assertEqual(iso_call(s, "0200", linked_fields(r2, a, 901, proc="200000"))[1][39], "13")
+                self.assertEqual(iso_call(s, "0200", linked_fields(new_rrn(), a, 900, proc="200000"))[1][39],
+                                 "00", "the reversed refund is still given back after the restart")
+            j = sim.journal(payment=a)
+            self.assertEqual([e["operation"] for e in j["entries"]],
+                             ["authorize", "capture", "reversal", "capture", "refund", "reversal", "refund",
+                              "refund"])
+            self.assertEqual((j["summary"]["charges_by_payment"], j["summary"]["double_charges"]), ({a: 1}, 0))
             self.assertEqual(sim.stop(), 0)
         finally:
             sim.cleanup()
