@@ -36,6 +36,9 @@ bool tp_card_from_params(struct tp_req *r, const json_t *card, const char *param
  * pm_card_chargeDeclined...) which creates a new PM like Stripe does. On
  * success returns the PM object and fills ci with the card from the vault
  * (PAN in memory only). On failure replies 404/400 and returns NULL. */
+/* Is pm_id one of the merchant's PaymentMethods (or a pm_card_* test id)?
+ * Otherwise replies resource_missing and returns false. */
+bool tp_pm_exists(struct tp_req *r, const char *pm_id);
 json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, struct tp_card_info *ci);
 
 /* Load a vaulted card for a PM id. 0 on success. */

@@ -370,6 +370,9 @@ void tp_h_pi_create(struct tp_req *r)
   const char *cus = tp_pstr(r->params, "customer");
   if (cus && *cus && !customer_exists(r, cus))
     return;
+  const char *pm_given = tp_pstr(r->params, "payment_method");
+  if (pm_given && *pm_given && !tp_pm_exists(r, pm_given))
+    return;
   json_t *pi = pi_new(r, amount, cur);
   apply_fields(pi, r->params);
   const char *pm_id = tp_pstr(r->params, "payment_method");
@@ -462,6 +465,9 @@ void tp_h_pi_update(struct tp_req *r)
                    "payment_method_data can only be used when confirming.");
     goto out;
   }
+  const char *pm_given = tp_pstr(r->params, "payment_method");
+  if (pm_given && *pm_given && !tp_pm_exists(r, pm_given))
+    goto out;
   json_object_set_new(pi, "amount", json_integer(amount));
   json_object_set_new(pi, "currency", json_string(cur->code));
   apply_fields(pi, r->params);

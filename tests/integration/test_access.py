@@ -227,6 +227,11 @@ class AccessTest(DaemonTestCase):
                     with self.subTest(method=method, url=pattern, ref=name):
                         r = b.request(method, pattern, params)
                         self.assertLess(r.status, 500, r)
+                        if pattern == "/v1/payment_intents" and name in ("customer", "payment_method"):
+                            # a reference to another merchant's object is
+                            # refused outright, as Stripe does
+                            self.assertStripeError(r, 404, "invalid_request_error", "resource_missing",
+                                                   param=name)
                         if r.status == 200:
                             # Only the id B sent may come back (B knew it
                             # already); nothing else of A's.
