@@ -2,6 +2,7 @@
 #include "api/handlers.h"
 #include "api/http.h"
 #include "core/procs.h"
+#include "main/features.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -13,8 +14,8 @@ void tp_h_healthz(struct tp_req *r)
 }
 
 /* GET /readyz: not shutting down, the store answers a read (a balance
- * query on a reader connection; a merchant with no ledger gives []) and at
- * least one processor is usable. */
+ * query on a reader connection; a merchant with no ledger gives []) and
+ * takes writes, and at least one processor is usable. */
 void tp_h_readyz(struct tp_req *r)
 {
   if (tp_app.shutting_down) {
@@ -30,6 +31,12 @@ void tp_h_readyz(struct tp_req *r)
     return;
   }
   json_decref(b);
+  /* Writable: the writer takes work and a heartbeat row committed recently
+   * (the housekeeping job writes one every second). */
+  if (!tp_writer_ok() || tp_store_heartbeat_age_ms() > 5000) {
+    tp_reply_json(r, 503, json_pack("{s:s, s:s}", "status", "unavailable", "reason", "store_not_writable"));
+    return;
+  }
   /* Payments need somewhere to go: at least one processor whose breaker is
    * not open and whose health check has not failed. */
   if (!tp_procs_any_usable()) {

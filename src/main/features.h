@@ -14,6 +14,8 @@ int tp_alerts_start(void);    /* src/core/alerts.c: dynamic baselines */
 void tp_alerts_stop(void);
 int tp_housekeeping_start(void); /* src/core/housekeeping.c: expired idempotency keys */
 void tp_housekeeping_stop(void);
+/* Milliseconds since the last committed store heartbeat (INT64_MAX: none yet). */
+int64_t tp_store_heartbeat_age_ms(void);
 /* Queue one batch of expired idempotency keys for deletion. */
 int tp_idem_purge(int64_t now, int64_t ttl);
 #endif

@@ -174,6 +174,9 @@ void tp_writer_stop(void);
 /* Figures for metrics. */
 struct tp_writer_stats { uint64_t batches, sets, commit_ns_total, max_batch; size_t queued; };
 void tp_writer_stats(struct tp_writer_stats *out);
+/* Can the writer take work: running, the last batch committed, the queue
+ * not nearly full. */
+bool tp_writer_ok(void);
 
 /* Committed events, in commit order, to every subscriber (webhook outbox,
  * WebSocket fan-out, alerting). Called on the writer thread right after the

@@ -25,6 +25,7 @@ static struct {
   struct tp_writer_stats stats;
   struct { tp_event_fn fn; void *arg; } subs[TP_WRITER_MAX_SUBSCRIBERS];
   _Atomic size_t nsubs;
+  _Atomic bool last_batch_failed;
 } W = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
 int tp_writer_subscribe(tp_event_fn fn, void *arg)
@@ -80,6 +81,7 @@ static void *writer_main(void *arg)
     int64_t t0 = tp_mono_ns();
     int brc = W.st->ops->apply_batch(W.st->cls, batch, n, rc);
     int64_t dt = tp_mono_ns() - t0;
+    atomic_store(&W.last_batch_failed, brc != 0);
     if (brc != 0) {
       tp_log(TP_LOG_ERROR, "store_commit_failed", "{s:i, s:I}", "rc", brc, "sets", (json_int_t)n);
       for (size_t i = 0; i < n; i++)
@@ -157,4 +159,12 @@ void tp_writer_stats(struct tp_writer_stats *out)
   *out = W.stats;
   out->queued = W.len;
   pthread_mutex_unlock(&W.mu);
+}
+
+bool tp_writer_ok(void)
+{
+  pthread_mutex_lock(&W.mu);
+  bool ok = W.running && !W.stopping && W.len < TP_WRITER_MAX_QUEUE / 10 * 9;
+  pthread_mutex_unlock(&W.mu);
+  return ok && !atomic_load(&W.last_batch_failed);
 }
