@@ -50,10 +50,21 @@ struct tp_connector {
 
 /* The in-process sandbox processor (the embedded default). */
 int tp_sandbox_start(struct tp_connector *out, const char *name);
+/* TLS settings of an https processor: each path may be NULL or "" (ca_file
+ * empty = the system trust store; no client certificate). */
+struct tp_tls_opts {
+  const char *ca_file;      /* PEM bundle the processor's certificate must chain to */
+  const char *client_cert;  /* PEM client certificate for mutual TLS */
+  const char *client_key;   /* its PEM private key */
+};
+/* Set peer and host verification, TLS >= 1.2 and the opts on a curl easy
+ * handle (a CURL *, untyped here so this header needs no curl include). */
+void tp_curl_tls_setup(void *easy, const struct tp_tls_opts *tls);
 /* A REST/JSON processor at base_url (http or https; certificates verified),
- * Bearer api_key (may be empty), per-call timeout (docs/processors.md). */
+ * Bearer api_key (may be empty), per-call timeout, TLS settings (may be
+ * NULL) (docs/processors.md). */
 int tp_restjson_start(struct tp_connector *out, const char *name, const char *base_url, const char *api_key,
-                      int timeout_ms);
+                      int timeout_ms, const struct tp_tls_opts *tls);
 /* An ISO 8583 acquirer host at host:port over one persistent TCP link;
  * terminal_id / merchant_id are fields 41 / 42 (docs/iso8583.md; extra
  * settings are read from [processor.NAME]). */

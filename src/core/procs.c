@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #define PROC_BRANDS_MAX 16
 #define PROC_CURRENCIES_MAX 64
@@ -37,6 +38,7 @@ struct tp_proc_state {
   struct tp_breaker br;
   char endpoint[512];
   char api_key[256];
+  char ca_file[512], client_cert[512], client_key[512]; /* restjson TLS, "" = unset */
   char terminal_id[16];
   char merchant_id[16];
   char brands[PROC_BRANDS_MAX][16];
@@ -653,7 +655,8 @@ static const char *const known_keys[] = {
   "type", "endpoint", "api_key", "terminal_id", "merchant_id", "timeout_ms", "brands", "currencies",
   "fee_percent", "fee_fixed", "weight", "priority", "health_interval_ms", "breaker_failure_rate",
   "breaker_min_calls", "breaker_consecutive", "breaker_open_ms", "breaker_half_open_probes",
-  "breaker_window_ms", "echo_interval_ms", "reversal_tries", /* the last two: iso8583.c */
+  "breaker_window_ms", "ca_file", "client_cert", "client_key",
+  "echo_interval_ms", "reversal_tries", /* the last two: iso8583.c */
 };
 
 static void unknown_key(const char *key, const char *value, void *arg)
@@ -675,6 +678,24 @@ static void state_free(struct tp_proc_state *s)
   pthread_mutex_destroy(&s->mu);
   OPENSSL_cleanse(s->api_key, sizeof s->api_key);
   free(s);
+}
+
+/* An optional TLS file of a restjson processor: it must be readable now,
+ * so a typo stops serve instead of failing every payment later. */
+static int tls_path(const char *sec, const char *type, const char *key, char *out, size_t cap)
+{
+  const char *v = tp_config_get(sec, key);
+  out[0] = 0;
+  if (!v || !*v)
+    return 0;
+  if (strcmp(type, "restjson") != 0)
+    return cfg_error(sec, key, "only for type = restjson");
+  if (strlen(v) >= cap || strpbrk(v, "\r\n"))
+    return cfg_error(sec, key, "path too long or has a line break");
+  if (access(v, R_OK) != 0)
+    return cfg_error(sec, key, "file not readable");
+  snprintf(out, cap, "%s", v);
+  return 0;
 }
 
 /* One [processor.NAME] section into the next registry slot. */
@@ -740,6 +761,13 @@ static int configure_one(const char *sec)
     else
       snprintf(s->merchant_id, sizeof s->merchant_id, "%s", v);
   }
+
+  rc = rc == 0 ? tls_path(sec, type, "ca_file", s->ca_file, sizeof s->ca_file) : rc;
+  rc = rc == 0 ? tls_path(sec, type, "client_cert", s->client_cert, sizeof s->client_cert) : rc;
+  rc = rc == 0 ? tls_path(sec, type, "client_key", s->client_key, sizeof s->client_key) : rc;
+  if (rc == 0 && !s->client_cert[0] != !s->client_key[0])
+    rc = cfg_error(sec, s->client_cert[0] ? "client_key" : "client_cert",
+                   "client_cert and client_key go together");
 
   int64_t timeout, weight, priority, health, min_calls, consec, open_ms, probes, window_ms;
   if (rc == 0)
@@ -917,6 +945,8 @@ static void health_start_check(struct tp_proc *p, int64_t t)
   curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS, timeout);
   curl_easy_setopt(x->easy, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(x->easy, CURLOPT_WRITEFUNCTION, discard);
+  struct tp_tls_opts tls = {s->ca_file, s->client_cert, s->client_key};
+  tp_curl_tls_setup(x->easy, &tls);
   if (x->headers)
     curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->headers);
   if (curl_multi_add_handle(hc.multi, x->easy) != CURLM_OK) {
@@ -1005,8 +1035,10 @@ static int start_connector(struct tp_proc *p)
   struct tp_proc_state *s = p->st;
   if (strcmp(p->type, "sandbox") == 0)
     return tp_sandbox_start(&p->conn, p->name);
-  if (strcmp(p->type, "restjson") == 0)
-    return tp_restjson_start(&p->conn, p->name, s->endpoint, s->api_key, p->timeout_ms);
+  if (strcmp(p->type, "restjson") == 0) {
+    struct tp_tls_opts tls = {s->ca_file, s->client_cert, s->client_key};
+    return tp_restjson_start(&p->conn, p->name, s->endpoint, s->api_key, p->timeout_ms, &tls);
+  }
   /* iso8583: HOST:PORT, checked by check_hostport */
   char host[256];
   const char *colon = strrchr(s->endpoint, ':');

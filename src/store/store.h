@@ -143,6 +143,11 @@ struct tp_store_ops {
   int (*merchant_of)(void *cls, const char *pi_id, struct tp_merchant *m);
   /* a feature's own read query: rows as an array of {column: value}, NULL on error */
   json_t *(*query)(void *cls, const char *sql, const json_t *args);
+  /* Optional ([store] commit_sync = pipelined): from now on apply_batch
+   * commits without waiting for the disk; the writer calls sync, which makes
+   * every commit so far durable, before it runs any completion. 0 = on. */
+  int (*pipeline)(void *cls);
+  int (*sync)(void *cls);
   void (*close)(void *cls);
 };
 

@@ -4,6 +4,7 @@
  * fills while the previous one is being fsynced, so one fsync serves many
  * payments. */
 #include "store.h"
+#include "config.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -11,6 +12,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 
 void tp_cs_run_done(struct tp_cs *cs, int rc);
 
@@ -55,6 +57,35 @@ static void publish_events(struct tp_cs *cs)
   }
 }
 
+/* Hand the results of one committed (and synced) batch back: events to the
+ * subscribers, then each change set's completion, in commit order. */
+static void finish_batch(struct tp_cs **batch, const int *rc, size_t n)
+{
+  for (size_t i = 0; i < n; i++) {
+    if (rc[i] == 0 && W.nsubs > 0)
+      publish_events(batch[i]);
+    tp_cs_run_done(batch[i], rc[i]);
+    tp_cs_free(batch[i]);
+  }
+}
+
+#define TP_WRITER_MAX_UNSYNCED 64 /* committed batches waiting for the syncer */
+struct unsynced {
+  struct tp_cs **batch;
+  int *rc;
+  size_t n;
+};
+static struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv, space;
+  struct unsynced q[TP_WRITER_MAX_UNSYNCED];
+  size_t head, len;
+  bool on, stopping;
+  pthread_t thread;
+} S = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .space = PTHREAD_COND_INITIALIZER};
+
+static void hand_to_syncer(struct tp_cs **batch, const int *rc, size_t n);
+
 static void *writer_main(void *arg)
 {
   (void)arg;
@@ -96,16 +127,76 @@ static void *writer_main(void *arg)
     pthread_mutex_unlock(&W.mu);
     tp_metric_observe_n("turnpike_store_batch_size", NULL, n);
     tp_metric_observe_us("turnpike_store_commit_duration_seconds", NULL, dt / 1000);
-    for (size_t i = 0; i < n; i++) {
-      if (rc[i] == 0 && W.nsubs > 0)
-        publish_events(batch[i]);
-      tp_cs_run_done(batch[i], rc[i]);
-      tp_cs_free(batch[i]);
-    }
+    if (S.on)
+      hand_to_syncer(batch, rc, n);
+    else
+      finish_batch(batch, rc, n);
   }
   free(batch);
   free(rc);
   return NULL;
+}
+
+/* ---- pipelined commits ([store] commit_sync = pipelined) -------------------
+ * The writer commits a batch without waiting for the disk and goes on with
+ * the next one; this thread makes everything committed so far durable with
+ * one fdatasync of the WAL and only then runs the completions (so nothing is
+ * acknowledged, and no processor called for a write-ahead, before its commit
+ * is on disk), in commit order. */
+static void *syncer_main(void *arg)
+{
+  (void)arg;
+  struct unsynced items[TP_WRITER_MAX_UNSYNCED];
+  for (;;) {
+    pthread_mutex_lock(&S.mu);
+    while (S.len == 0 && !S.stopping)
+      pthread_cond_wait(&S.cv, &S.mu);
+    if (S.len == 0 && S.stopping) {
+      pthread_mutex_unlock(&S.mu);
+      break;
+    }
+    /* Every batch taken here was committed before the sync below starts. */
+    size_t k = 0;
+    while (S.len > 0) {
+      items[k++] = S.q[S.head];
+      S.head = (S.head + 1) % TP_WRITER_MAX_UNSYNCED;
+      S.len--;
+    }
+    pthread_cond_signal(&S.space);
+    pthread_mutex_unlock(&S.mu);
+    int64_t t0 = tp_mono_ns();
+    int src = W.st->ops->sync(W.st->cls);
+    tp_metric_observe_us("turnpike_store_sync_duration_seconds", NULL, (tp_mono_ns() - t0) / 1000);
+    if (src != 0)
+      atomic_store(&W.last_batch_failed, true);
+    for (size_t j = 0; j < k; j++) {
+      if (src != 0)
+        for (size_t i = 0; i < items[j].n; i++)
+          items[j].rc[i] = -1;
+      finish_batch(items[j].batch, items[j].rc, items[j].n);
+      free(items[j].batch);
+      free(items[j].rc);
+    }
+  }
+  return NULL;
+}
+
+/* Queue a committed batch (copied: the writer reuses its arrays) for the
+ * syncer; waits while TP_WRITER_MAX_UNSYNCED batches are pending. */
+static void hand_to_syncer(struct tp_cs **batch, const int *rc, size_t n)
+{
+  struct unsynced it = {malloc(n * sizeof *batch), malloc(n * sizeof *rc), n};
+  if (!it.batch || !it.rc)
+    abort();
+  memcpy(it.batch, batch, n * sizeof *batch);
+  memcpy(it.rc, rc, n * sizeof *rc);
+  pthread_mutex_lock(&S.mu);
+  while (S.len == TP_WRITER_MAX_UNSYNCED)
+    pthread_cond_wait(&S.space, &S.mu);
+  S.q[(S.head + S.len) % TP_WRITER_MAX_UNSYNCED] = it;
+  S.len++;
+  pthread_cond_signal(&S.cv);
+  pthread_mutex_unlock(&S.mu);
 }
 
 int tp_writer_start(struct tp_store *st)
@@ -116,6 +207,20 @@ int tp_writer_start(struct tp_store *st)
   W.st = st;
   W.running = true;
   W.stopping = false;
+  const char *mode = tp_config_get("store", "commit_sync");
+  if (mode && strcmp(mode, "pipelined") == 0) {
+    if (!st->ops->pipeline || !st->ops->sync || st->ops->pipeline(st->cls) != 0) {
+      tp_log(TP_LOG_ERROR, "store_pipeline_unavailable", "{s:s}", "backend", st->ops->name);
+      return -1;
+    }
+    S.on = true;
+    S.stopping = false;
+    if (pthread_create(&S.thread, NULL, syncer_main, NULL) != 0)
+      return -1;
+  } else if (mode && strcmp(mode, "full") != 0) {
+    tp_log(TP_LOG_ERROR, "config_invalid", "{s:s, s:s}", "key", "store.commit_sync", "value", mode);
+    return -1;
+  }
   if (pthread_create(&W.thread, NULL, writer_main, NULL) != 0)
     return -1;
   return 0;
@@ -146,6 +251,15 @@ void tp_writer_stop(void)
   pthread_cond_signal(&W.cv);
   pthread_mutex_unlock(&W.mu);
   pthread_join(W.thread, NULL);
+  if (S.on) {
+    /* The writer has handed over its last batch: drain and stop the syncer. */
+    pthread_mutex_lock(&S.mu);
+    S.stopping = true;
+    pthread_cond_signal(&S.cv);
+    pthread_mutex_unlock(&S.mu);
+    pthread_join(S.thread, NULL);
+    S.on = false;
+  }
   pthread_mutex_lock(&W.mu);
   W.running = false;
   pthread_mutex_unlock(&W.mu);

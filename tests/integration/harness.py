@@ -349,6 +349,44 @@ class Daemon:
         return self.log_text()[-n:]
 
 
+REGISTRY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "errors", "registry.tsv")
+_registry = None
+
+
+def registry():
+    """errors/registry.tsv as {number: row dict}."""
+    global _registry
+    if _registry is None:
+        _registry = {}
+        cols = None
+        with open(REGISTRY_PATH, encoding="utf-8") as f:
+            for line in f:
+                line = line.rstrip("\n")
+                if not line or line.startswith("#"):
+                    continue
+                cells = line.split("\t")
+                if cols is None:
+                    cols = cells
+                    continue
+                row = dict(zip(cols, cells))
+                _registry[int(row["number"])] = row
+    return _registry
+
+
+def check_registry(tc, r, err):
+    """An error reply matches the registry row named by its tp_code."""
+    tc.assertIn("tp_code", err, r)
+    row = registry().get(err["tp_code"])
+    tc.assertIsNotNone(row, "tp_code %r is not in errors/registry.tsv: %r" % (err["tp_code"], r))
+    tc.assertEqual(r.status, int(row["http_status"]), "status differs from registry row %s: %r" % (row["name"], r))
+    tc.assertEqual(err["type"], row["type"], "type differs from registry row %s: %r" % (row["name"], r))
+    if row["code"] != "-":
+        tc.assertEqual(err.get("code"), row["code"], "code differs from registry row %s: %r" % (row["name"], r))
+    if row["decline_code"] != "-":
+        tc.assertEqual(err.get("decline_code"), row["decline_code"],
+                       "decline_code differs from registry row %s: %r" % (row["name"], r))
+
+
 def open_db_ro(daemon):
     """The daemon's SQLite file, read-only (never writes, never checkpoints)."""
     import sqlite3
@@ -382,7 +420,9 @@ class DaemonTestCase(unittest.TestCase):
         return self.daemon.client(merchant or self.MERCHANTS[0], **kw)
 
     def assertStripeError(self, r, status, type_=None, code=None, param=None):
-        """The reply is a Stripe-shaped error with a Request-Id header."""
+        """The reply is a Stripe-shaped error with a Request-Id header, and
+        agrees with its row of errors/registry.tsv (status, type, code,
+        decline code), so the registry, the docs and the API cannot drift."""
         self.assertEqual(r.status, status, r)
         self.assertTrue(r.headers.get("Request-Id"), "no Request-Id header: %r" % (r,))
         self.assertIsInstance(r.json, dict, r)
@@ -397,6 +437,7 @@ class DaemonTestCase(unittest.TestCase):
             self.assertEqual(err.get("code"), code, r)
         if param is not None:
             self.assertEqual(err.get("param"), param, r)
+        check_registry(self, r, err)
         return err
 
 
