@@ -8,6 +8,7 @@
 #include "log.h"
 #include "sec/auth.h"
 #include "sec/kek.h"
+#include "sec/audit.h"
 #include "sec/ratelimit.h"
 #include "sec/tls.h"
 #include "sec/vault.h"
@@ -159,6 +160,26 @@ static int split_listen(const char *listen, char *host, size_t hl, uint16_t *por
   return 0;
 }
 
+/* Audit a new merchant and its first keys on a store without a running
+ * writer. Only key hints (prefix and last 4) go in: the log is readable by
+ * auditors, a full key would be a credential. 0 or -1. */
+static int audit_merchant_created(struct tp_store *st, const char *actor, const char *id, const char *name,
+                                  const char *sk, const char *pk)
+{
+  char skh[32], pkh[32];
+  size_t sl = strlen(sk), pl = strlen(pk);
+  snprintf(skh, sizeof skh, "%.8s...%s", sk, sk + (sl > 4 ? sl - 4 : 0));
+  snprintf(pkh, sizeof pkh, "%.8s...%s", pk, pk + (pl > 4 ? pl - 4 : 0));
+  json_t *details = json_pack("{s:s, s:s, s:s}", "name", name, "secret_key", skh, "publishable_key", pkh);
+  struct tp_cs *cs = tp_cs_new();
+  tp_audit_append(cs, id, actor, "merchant.created", id, details);
+  json_decref(details);
+  int rc = -1;
+  st->ops->apply_batch(st->cls, &cs, 1, &rc);
+  tp_cs_free(cs);
+  return rc == 0 ? 0 : -1;
+}
+
 static int write_addr_file(const char *dir, const char *host, uint16_t port)
 {
   char tmp[1200], path[1200];
@@ -258,6 +279,10 @@ static int cmd_serve(int argc, char **argv)
   if (tp_app.store.ops->merchant_count(tp_app.store.cls) == 0) {
     if (tp_app.store.ops->merchant_create(tp_app.store.cls, "Demo merchant", demo_id, demo_sk, demo_pk) != 0)
       return 1;
+    if (audit_merchant_created(&tp_app.store, "system", demo_id, "Demo merchant", demo_sk, demo_pk) != 0) {
+      tp_log(TP_LOG_ERROR, "audit_write_failed", "{s:s}", "action", "merchant.created");
+      return 1;
+    }
     demo = true;
   }
   if (tp_writer_start(&tp_app.store) != 0)
@@ -380,9 +405,12 @@ static int cmd_merchant(int argc, char **argv)
     return 1;
   char id[TP_ID_MAX], sk[128], pk[128];
   int rc = st.ops->merchant_create(st.cls, name, id, sk, pk);
+  /* The store op commits on its own, so the entry follows in a second
+   * transaction; a failure here is reported and the keys are not shown. */
+  int arc = rc == 0 ? audit_merchant_created(&st, "cli", id, name, sk, pk) : 0;
   st.ops->close(st.cls);
-  if (rc != 0) {
-    fprintf(stderr, "turnpike merchant create: failed\n");
+  if (rc != 0 || arc != 0) {
+    fprintf(stderr, "turnpike merchant create: %s\n", rc != 0 ? "failed" : "audit log write failed");
     return 1;
   }
   json_t *o = json_pack("{s:s, s:s, s:s}", "id", id, "secret_key", sk, "publishable_key", pk);

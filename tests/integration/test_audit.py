@@ -1,10 +1,11 @@
-"""The tamper-evident audit log: refunds, KEK rotation and the configuration
-are recorded in a hash chain with signed checkpoints; `turnpike audit verify`
+"""The tamper-evident audit log: merchant creation (CLI and the demo merchant
+of an empty store), refunds, KEK rotation and the configuration are recorded in a hash chain with signed checkpoints; `turnpike audit verify`
 passes on the real log and names the first bad entry after any single-byte
 edit, a deleted row, two swapped rows or a truncated tail."""
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -83,7 +84,9 @@ class AuditTest(unittest.TestCase):
     def test_the_log_records_config_refunds_and_rotation(self):
         actions = [r[1] for r in self.rows]
         self.assertEqual([r[0] for r in self.rows], list(range(1, len(self.rows) + 1)))
-        self.assertEqual(actions[0], "kek.created")
+        # `turnpike merchant create` ran before the first serve
+        self.assertEqual(actions[0], "merchant.created")
+        self.assertEqual(actions[1], "kek.created")
         self.assertIn("config.loaded", actions)
         self.assertIn("kek.rotated", actions)
         self.assertIn("kek.rewrapped", actions)
@@ -94,6 +97,54 @@ class AuditTest(unittest.TestCase):
                 self.assertTrue(r[3].startswith("key:") or r[3] == "api", r)
         self.assertGreaterEqual(len(self.ckpts), 2, "periodic and shutdown checkpoints")
         self.assertEqual(self.ckpts[-1], self.rows[-1][0], "the shutdown checkpoint covers the head")
+
+    def assertMerchantEntry(self, db, merchant, actor, sk, pk):
+        """One merchant.created entry for merchant, with key hints only."""
+        with sqlite3.connect(db) as con:
+            rows = con.execute("SELECT merchant, actor, object_id, details FROM audit_log "
+                               "WHERE action = 'merchant.created'").fetchall()
+            everything = "\n".join(str(r) for r in con.execute("SELECT * FROM audit_log"))
+        self.assertEqual(len(rows), 1, rows)
+        m, a, obj, details = rows[0]
+        self.assertEqual((m, a, obj), (merchant, actor, merchant))
+        det = json.loads(details)
+        self.assertEqual(det["secret_key"], sk[:8] + "..." + sk[-4:])
+        self.assertEqual(det["publishable_key"], pk[:8] + "..." + pk[-4:])
+        self.assertTrue(det["secret_key"].startswith("sk_test_"), det)
+        # never the full key, nor any long piece of it
+        for key in (sk, pk):
+            self.assertNotIn(key, everything)
+            self.assertNotIn(key[8:-4], everything)
+
+    def test_merchant_create_is_recorded(self):
+        m = self.daemon.merchants["m"]
+        self.assertMerchantEntry(self.db, m["id"], "cli", m["secret_key"], m["publishable_key"])
+
+    def test_demo_merchant_of_an_empty_store_is_recorded(self):
+        d = Daemon()
+        self.addCleanup(d.cleanup)
+        d.start()  # no merchant yet: serve creates the demo merchant
+        self.assertEqual(d.stop(), 0)
+        # serve prints the demo key once, on stdout (in the daemon's log file)
+        sk = re.search(r"\b(sk_test_[A-Za-z0-9]+)", d.log_text()).group(1)
+        with sqlite3.connect(d.db_path()) as con:
+            (mid,) = con.execute("SELECT id FROM merchants").fetchone()
+            rows = con.execute("SELECT actor, object_id, details FROM audit_log "
+                               "WHERE action = 'merchant.created'").fetchall()
+            everything = "\n".join(str(r) for r in con.execute("SELECT * FROM audit_log"))
+        self.assertEqual(len(rows), 1, rows)
+        actor, obj, details = rows[0]
+        self.assertEqual((actor, obj), ("system", mid))
+        det = json.loads(details)
+        self.assertEqual(det["name"], "Demo merchant")
+        self.assertEqual(det["secret_key"], sk[:8] + "..." + sk[-4:])
+        self.assertRegex(det["publishable_key"], r"^pk_test_\.\.\.[A-Za-z0-9]{4}$")
+        self.assertNotIn(sk, everything)
+        self.assertNotIn(sk[8:-4], everything)
+        rc, out, err = verify(d.data)
+        self.assertEqual(rc, 0, (out, err))
+        self.assertTrue(out["ok"])
+        self.assertGreaterEqual(out["entries"], 2)
 
     def test_intact_log_verifies(self):
         rc, out, err = verify(os.path.dirname(self.db))
