@@ -7,7 +7,7 @@ DEB_PKGS=(
   build-essential pkg-config meson ninja-build clang libclang-rt-14-dev
   libmicrohttpd-dev libjansson-dev libsqlite3-dev libcurl4-openssl-dev
   libssl-dev libcmocka-dev libinih-dev libwslay-dev libjemalloc-dev
-  softhsm2 libp11-kit-dev prometheus
+  softhsm2 libp11-kit-dev prometheus python3 python3-cryptography openssl
   sqlite3 curl wrk nginx-light
 )
 # Node.js may come from Debian or from nodesource (which bundles npm).

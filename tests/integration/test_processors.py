@@ -311,7 +311,6 @@ def sim_usable():
     return b"--iso-listen" in p.stdout
 
 
-@unittest.skipUnless(sim_usable(), "turnpike sim not available in this build")
 class WithSimulator(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -412,7 +411,6 @@ class WithSimulator(unittest.TestCase):
         wait_for(lambda: ready.get("/readyz").status == 200, what="readyz 200")
 
 
-@unittest.skipUnless(sim_usable(), "turnpike sim not available in this build")
 class IsoProcessorInRegistry(unittest.TestCase):
     """An iso8583 processor: its connector starts, health follows the link."""
 
