@@ -364,15 +364,28 @@ static int sq_apply_batch(void *cls, struct tp_cs **sets, size_t n, int *rc)
   struct sq *s = cls;
   if (tx_step(s, s->tx_begin))
     return -1;
-  for (size_t i = 0; i < n; i++) {
-    if (n == 1) {
-      rc[i] = apply_one(s, sets[i]);
-      if (rc[i]) {
-        exec(s->w, "ROLLBACK");
-        return 0;
-      }
-      continue;
+  /* Optimistic pass without savepoints: a savepoint per change set makes
+   * SQLite copy every page a set touches that an earlier set of the batch
+   * already dirtied (the shared tail pages of every table and index) into
+   * the statement journal. Change sets almost never fail; if one does, the
+   * whole batch is rolled back and applied again with a savepoint each, so
+   * only the failing set is dropped. */
+  size_t ok = 0;
+  while (ok < n && (rc[ok] = apply_one(s, sets[ok])) == 0)
+    ok++;
+  if (ok == n) {
+    if (tx_step(s, s->tx_commit)) {
+      exec(s->w, "ROLLBACK");
+      return -1;
     }
+    return 0;
+  }
+  exec(s->w, "ROLLBACK");
+  if (n == 1)
+    return 0;
+  if (tx_step(s, s->tx_begin))
+    return -1;
+  for (size_t i = 0; i < n; i++) {
     tx_step(s, s->sp_open);
     rc[i] = apply_one(s, sets[i]);
     if (rc[i])

@@ -430,6 +430,74 @@ static void test_unbalanced_change_set_is_refused_and_fully_rolled_back(void **s
   assert_int_equal(balance_of(f, M1, "cash", "usd", &found), 500);
 }
 
+/* A refused set in the middle of a batch: the sets before and after it are
+ * committed exactly once (the batch is first tried without savepoints, then
+ * replayed with one per set), the refused one leaves nothing. */
+static void test_refused_set_mid_batch_commits_the_others_once(void **state)
+{
+  struct fx *f = *state;
+  struct tp_cs *sets[3];
+  const char *ids[3] = {"pi_mid_a", "pi_mid_bad", "pi_mid_c"};
+  for (int i = 0; i < 3; i++) {
+    sets[i] = tp_cs_new();
+    json_t *o = pi(ids[i], 100 + i, NULL, NULL);
+    tp_cs_put(sets[i], TP_K_PAYMENT_INTENT, M2, o);
+    json_decref(o);
+    char txn[32];
+    snprintf(txn, sizeof txn, "txn_mid_%d", i);
+    tp_cs_ledger(sets[i], txn, M2, "cash", "usd", 300);
+    tp_cs_ledger(sets[i], txn, M2, "revenue", "usd", i == 1 ? -299 : -300);
+  }
+  int rc[3] = {12345, 12345, 12345};
+  assert_int_equal(f->st.ops->apply_batch(f->st.cls, sets, 3, rc), 0);
+  for (int i = 0; i < 3; i++)
+    tp_cs_free(sets[i]);
+  assert_int_equal(rc[0], 0);
+  assert_int_not_equal(rc[1], 0);
+  assert_int_equal(rc[2], 0);
+  assert_null(tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M2, "pi_mid_bad"));
+  for (int i = 0; i < 3; i += 2) {
+    char *got = tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M2, ids[i]);
+    assert_non_null(got);
+    free(got);
+  }
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM ledger_entries WHERE txn_id LIKE 'txn_mid_%'"), 4);
+  bool found;
+  assert_int_equal(balance_of(f, M2, "cash", "usd", &found), 600);
+  assert_int_equal(balance_of(f, M2, "revenue", "usd", &found), -600);
+}
+
+/* A second put of an object rewrites it (indexed columns follow); a put of
+ * the same id under another merchant is refused and changes nothing. */
+static void test_put_again_updates_and_foreign_id_is_refused(void **state)
+{
+  struct fx *f = *state;
+  json_t *o = pi("pi_twice", 100, NULL, "processing");
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, M1, o);
+  assert_int_equal(apply1(f, cs), 0);
+  json_object_set_new(o, "status", json_string("succeeded"));
+  json_object_set_new(o, "customer", json_string("cus_x"));
+  cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, M1, o);
+  assert_int_equal(apply1(f, cs), 0);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM payment_intents WHERE id='pi_twice' AND status='succeeded' "
+                               "AND customer='cus_x' AND merchant='" M1 "'"), 1);
+  char *got = tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M1, "pi_twice");
+  assert_non_null(got);
+  assert_non_null(strstr(got, "\"succeeded\""));
+  free(got);
+
+  json_object_set_new(o, "status", json_string("canceled"));
+  cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, M2, o);
+  assert_int_not_equal(apply1(f, cs), 0);
+  json_decref(o);
+  assert_null(tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M2, "pi_twice"));
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM payment_intents WHERE id='pi_twice' AND status='succeeded' "
+                               "AND merchant='" M1 "'"), 1);
+}
+
 static void test_ledger_must_balance_per_currency(void **state)
 {
   struct fx *f = *state;
@@ -847,6 +915,8 @@ int main(void)
     T(test_list_filters_by_indexed_columns),
     T(test_list_filters_by_created_range),
     T(test_unbalanced_change_set_is_refused_and_fully_rolled_back),
+    T(test_refused_set_mid_batch_commits_the_others_once),
+    T(test_put_again_updates_and_foreign_id_is_refused),
     T(test_ledger_must_balance_per_currency),
     T(test_balanced_entries_update_balances),
     T(test_idempotency_record_round_trip),
