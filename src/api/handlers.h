@@ -12,6 +12,7 @@ void tp_h_pi_capture(struct tp_req *r);
 void tp_h_pi_cancel(struct tp_req *r);
 void tp_h_pi_list(struct tp_req *r);
 void tp_h_pi_attempts(struct tp_req *r); /* attempts.c: processor calls of a PaymentIntent */
+void tp_h_request_retrieve(struct tp_req *r); /* requests.c: a recent request (request_log_url) */
 /* The 3-D Secure challenge token for a PaymentIntent (32 hex chars). */
 void tp_3ds_token(const char *pi_id, char out[65]);
 /* encryption_key.c: public keys for client-side card encryption (JWE) */

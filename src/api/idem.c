@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TP_IDEM_TTL_S (24 * 3600)
 #define TP_IDEM_BUCKETS 4096
 
 struct inflight {

@@ -14,6 +14,7 @@ const struct tp_route tp_routes[] = {
   {"POST", "/v1/payment_intents/{id}/capture", tp_h_pi_capture, A},
   {"POST", "/v1/payment_intents/{id}/cancel", tp_h_pi_cancel, A},
   {"GET", "/v1/payment_intents/{id}/attempts", tp_h_pi_attempts, A},
+  {"GET", "/v1/turnpike/requests/{id}", tp_h_request_retrieve, A},
 
   {"GET", "/v1/charges", tp_h_charge_list, A},
   {"GET", "/v1/charges/{id}", tp_h_charge_retrieve, A},

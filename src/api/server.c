@@ -1,6 +1,7 @@
 /* libmicrohttpd glue: bounded body reading, routing, authentication,
  * parameter parsing, suspend/resume and response queueing. */
 #include "api/http.h"
+#include "api/requests.h"
 #include "api/params.h"
 #include "config.h"
 #include "log.h"
@@ -338,6 +339,13 @@ static void observe_request(struct tp_req *r)
   snprintf(labels, sizeof labels, "route=\"%s\",method=\"%s\"", r->route ? r->route->pattern : "unmatched",
            r->method);
   tp_metric_observe_us("turnpike_http_request_duration_seconds", labels, us);
+  if (r->authed) {
+    char rpath[256];
+    snprintf(rpath, sizeof rpath, "%s", r->url);
+    redact_digit_runs(rpath);
+    tp_reqlog_record(r->request_id, r->merchant.id, r->method, r->route ? r->route->pattern : "unmatched", rpath,
+                     r->status, r->resp, r->resp_len, us);
+  }
   if (!log_requests || !TP_LOG_ON(TP_LOG_INFO))
     return;
   /* The object the request was about: the {id} of the path, else the id of

@@ -724,10 +724,10 @@ static size_t route_payment(struct tp_pay *p)
   const json_t *card = json_object_get(p->pm, "card");
   snprintf(p->brand, sizeof p->brand, "%s", json_string_value(json_object_get(card, "brand")) ?: "");
   snprintf(p->country, sizeof p->country, "%s", json_string_value(json_object_get(card, "country")) ?: "");
-  struct tp_route_cand c[TP_ROUTE_MAX];
+  struct tp_route_cand c[TP_ROUTE_CANDIDATES];
   size_t nc = 0;
   const char *cur = p->att.currency;
-  for (size_t i = 0; i < tp_procs_count() && nc < TP_ROUTE_MAX; i++) {
+  for (size_t i = 0; i < tp_procs_count() && nc < TP_ROUTE_CANDIDATES; i++) {
     struct tp_proc *pr = tp_proc_at(i);
     c[nc].name = pr->name;
     c[nc].supports = tp_proc_supports(pr, p->brand, cur);

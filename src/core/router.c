@@ -323,10 +323,10 @@ size_t tp_router_route(const struct tp_route_pay *pay, const struct tp_route_can
     }
   }
 
-  struct scored s[TP_ROUTE_MAX];
+  struct scored s[TP_ROUTE_CANDIDATES];
   size_t n = 0;
   pthread_mutex_lock(&arms_mu);
-  for (size_t i = 0; i < nc && n < TP_ROUTE_MAX; i++) {
+  for (size_t i = 0; i < nc && n < TP_ROUTE_CANDIDATES; i++) {
     const struct tp_route_cand *k = &c[i];
     if (!k->supports || k->open)
       continue;
@@ -362,6 +362,8 @@ size_t tp_router_route(const struct tp_route_pay *pay, const struct tp_route_can
         break;
       }
   }
+  if (n > TP_ROUTE_MAX)
+    n = TP_ROUTE_MAX; /* the best ones; the rest would only lengthen the cascade */
   for (size_t i = 0; i < n; i++) {
     out->e[i] = s[i].e;
     if (ru && ru->ordered && s[i].e.why[0] == 'b')

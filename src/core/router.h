@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #define TP_ROUTE_MAX 16          /* processors per route (and per rule) */
+#define TP_ROUTE_CANDIDATES 64   /* processors scored per payment; the best TP_ROUTE_MAX form the route */
 #define TP_ROUTE_MD_MAX 8        /* metadata.KEY match keys per rule */
 #define TP_ROUTE_RULES_MAX 64
 #define TP_ROUTE_LATENCY_DIV 100000.0 /* 1% of the amount per second of p50 */

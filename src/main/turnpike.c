@@ -115,16 +115,18 @@ static void usage(FILE *f)
   fprintf(f, "usage: turnpike COMMAND [OPTIONS]\n\n"
              "Turnpike is a Stripe-compatible payment gateway.\n\n"
              "commands:\n"
-             "  serve            run the gateway (HTTP API on --listen)\n"
-             "  merchant create  create a merchant and print its API keys as JSON\n"
-             "  migrate          create or upgrade the store in --data, then exit\n"
-             "  sim              run the processor simulator (REST and ISO 8583)\n"
-             "  kek rotate       create a new key-encryption key version\n"
-             "  audit verify     check the hash chain of the audit log\n"
-             "  oauth-client create  create an OAuth 2.0 client and print its credentials\n"
-             "  api-key roll     roll a secret API key with an overlap period\n"
-             "  api-key create   create a restricted (rk_) API key with scopes\n"
-             "  help             this text; `turnpike COMMAND --help` describes a command\n");
+             "  serve                 run the gateway (HTTP API on --listen)\n"
+             "  merchant create       create a merchant and print its API keys as JSON\n"
+             "  migrate               create or upgrade the store in --data, then exit\n"
+             "  sim                   run the processor simulator (REST/JSON and ISO 8583)\n"
+             "  sim journal           print the simulator's journal as JSON\n"
+             "  kek rotate            create a new key-encryption key version\n"
+             "  audit verify          check the hash chain and signed checkpoints of the audit log\n"
+             "  oauth-client create   create an OAuth 2.0 client and print its credentials\n"
+             "  oauth-client revoke   revoke an OAuth 2.0 client and its tokens\n"
+             "  api-key roll          roll the secret API key, the old one valid for an overlap period\n"
+             "  api-key create        create a restricted (rk_) API key with scopes\n"
+             "  help                  this text; `turnpike COMMAND --help` describes a command\n");
 }
 
 static void usage_serve(FILE *f)

@@ -94,6 +94,26 @@ class ApiErrorsTest(DaemonTestCase):
         r = self.send_bad("customer_unknown_param")
         self.assertEqual(r.json["error"].get("code"), "parameter_unknown", r)
 
+    def test_request_log_url_shows_the_failed_request_to_its_merchant_only(self):
+        r = self.send_bad("param_unknown")
+        err = r.json["error"]
+        url = err["request_log_url"]
+        prefix = "http://127.0.0.1:%d" % self.daemon.port
+        self.assertTrue(url.startswith(prefix + "/v1/turnpike/requests/req_"), url)
+        path = url[len(prefix):]
+        log = self.c("bad").get(path)
+        self.assertEqual(log.status, 200, log)
+        self.assertEqual(log.json["id"], r.headers["Request-Id"])
+        self.assertEqual(log.json["object"], "turnpike.request")
+        self.assertEqual(log.json["status"], r.status)
+        self.assertEqual(log.json["method"], "POST")
+        self.assertEqual(log.json["error"]["code"], "parameter_unknown")
+        self.assertEqual(log.json["error"]["tp_code"], err["tp_code"])
+        # another merchant cannot read it
+        self.assertStripeError(self.c("other").get(path), 404, "invalid_request_error", "resource_missing")
+        self.assertStripeError(self.c("bad").get("/v1/turnpike/requests/req_nope"), 404,
+                               "invalid_request_error", "resource_missing")
+
     def test_non_boolean_confirm_is_rejected(self):
         self.send_bad("confirm_maybe")
 
