@@ -1,6 +1,7 @@
 /* Shared object builders: events, card payment methods, expansion, lists,
  * per-object locks. */
 #include "api/objects.h"
+#include "jsonw.h"
 #include "log.h"
 #include "sec/jwe.h"
 #include "sec/vault.h"
@@ -52,20 +53,78 @@ const char *tp_pstr(const json_t *params, const char *key)
 }
 
 /* ---- events ---------------------------------------------------------------- */
-void tp_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type, const json_t *object)
+/* The event about an object whose compact JSON is obj (olen bytes): its
+ * own fields are serialised separately and spliced around obj, giving the
+ * same bytes as serialising the whole event, without walking the object
+ * again. */
+static void emit_dumped(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type,
+                        const json_t *object, const char *obj, size_t olen)
 {
   char id[TP_ID_MAX];
   tp_id_new(id, "evt");
+  json_int_t created = (json_int_t)tp_now();
   json_t *req = json_object();
   json_object_set_new(req, "id", r ? json_string(r->request_id) : json_null());
   json_object_set_new(req, "idempotency_key", r && r->has_idem ? json_string(r->idem_key) : json_null());
-  json_t *ev = json_pack("{s:s, s:s, s:s, s:I, s:{s:O}, s:b, s:i, s:o, s:s}", "id", id, "object", "event",
-                         "api_version", TP_API_VERSION, "created", (json_int_t)tp_now(), "data", "object", object,
-                         "livemode", 0, "pending_webhooks", 0, "request", req, "type", type);
+  json_t *head = json_pack("{s:s, s:s, s:s, s:I}", "id", id, "object", "event", "api_version", TP_API_VERSION,
+                           "created", created);
+  json_t *tail = json_pack("{s:b, s:i, s:o, s:s}", "livemode", 0, "pending_webhooks", 0, "request", req, "type", type);
+  /* Only for the indexed columns (id, created, type, object id). */
+  json_t *cols = json_pack("{s:s, s:I, s:s, s:{s:O}}", "id", id, "created", created, "type", type, "data", "object",
+                           object);
+  if (!head || !tail || !cols)
+    abort();
+  size_t hl = 0, tl = 0;
+  char *hs = tp_json_dump(head, &hl), *ts = tp_json_dump(tail, &tl);
+  if (!hs || !ts || hl < 2 || tl < 2)
+    abort();
+  static const char mid[] = ",\"data\":{\"object\":";
+  size_t ml = sizeof mid - 1;
+  /* head without its '}', mid, obj, '}', ',', tail without its '{' */
+  size_t len = (hl - 1) + ml + olen + 2 + (tl - 1);
+  char *ev = malloc(len + 1);
   if (!ev)
     abort();
-  tp_cs_put(cs, TP_K_EVENT, merchant, ev);
-  json_decref(ev);
+  char *w = ev;
+  memcpy(w, hs, hl - 1);
+  w += hl - 1;
+  memcpy(w, mid, ml);
+  w += ml;
+  memcpy(w, obj, olen);
+  w += olen;
+  *w++ = '}';
+  *w++ = ',';
+  memcpy(w, ts + 1, tl - 1);
+  w += tl - 1;
+  *w = '\0';
+  tp_cs_put_dumped(cs, TP_K_EVENT, merchant, cols, ev, len);
+  free(hs);
+  free(ts);
+  json_decref(head);
+  json_decref(tail);
+  json_decref(cols);
+}
+
+void tp_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type, const json_t *object)
+{
+  size_t ol = 0;
+  char *os = tp_json_dump(object, &ol);
+  if (!os)
+    abort();
+  emit_dumped(cs, r, merchant, type, object, os, ol);
+  free(os);
+}
+
+void tp_put_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant, enum tp_kind kind, const char *type,
+                 const json_t *object)
+{
+  size_t ol = 0;
+  char *os = tp_json_dump(object, &ol);
+  if (!os)
+    abort();
+  /* os now belongs to the change set, which outlives this call. */
+  tp_cs_put_dumped(cs, kind, merchant, object, os, ol);
+  emit_dumped(cs, r, merchant, type, object, os, ol);
 }
 
 /* ---- cards ----------------------------------------------------------------- */

@@ -14,6 +14,9 @@
 
 /* Add an event of `type` about `object` (copied) to the change set. */
 void tp_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type, const json_t *object);
+/* tp_cs_put of object (kind) and tp_emit about it, serialising it once. */
+void tp_put_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant, enum tp_kind kind, const char *type,
+                 const json_t *object);
 
 /* Card fingerprint: HMAC(merchant key, PAN), 16 base62-ish chars. Same card
  * and merchant give the same fingerprint; it reveals nothing of the number. */

@@ -316,9 +316,10 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
 
   /* Processing: commit the attempt first, then call the processor. */
   json_object_set_new(pi, "status", json_string("processing"));
-  tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
   if (created)
-    tp_emit(cs, r, r->merchant.id, "payment_intent.created", pi);
+    tp_put_emit(cs, r, r->merchant.id, TP_K_PAYMENT_INTENT, "payment_intent.created", pi);
+  else
+    tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
   struct tp_pay *p = tp_pay_new(r, &r->merchant);
   p->pi = pi;
   p->pm = pm;
@@ -394,8 +395,7 @@ void tp_h_pi_create(struct tp_req *r)
     tp_cs_free(cs);
     return;
   }
-  tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
-  tp_emit(cs, r, r->merchant.id, "payment_intent.created", pi);
+  tp_put_emit(cs, r, r->merchant.id, TP_K_PAYMENT_INTENT, "payment_intent.created", pi);
   if (!tp_expand(r, pi, NULL)) {
     json_decref(pi);
     tp_cs_free(cs);

@@ -13,6 +13,7 @@
 #include "api/objects.h"
 #include "config.h"
 #include "core/procs.h"
+#include "jsonw.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -309,7 +310,7 @@ void tp_pay_reply(struct tp_pay *p, unsigned status, json_t *obj)
   }
   free(p->body);
   p->status = status;
-  p->body = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  p->body = tp_json_dump(obj, NULL);
   json_decref(obj);
 }
 
@@ -406,8 +407,7 @@ static void exhausted_outcome(struct tp_pay *p, enum tp_err e)
   json_t *err = tp_error_object(e, NULL, NULL);
   json_object_set(pi, "last_payment_error", err);
   json_object_set_new(pi, "status", json_string("requires_confirmation"));
-  tp_cs_put(cs, TP_K_PAYMENT_INTENT, merchant, pi);
-  tp_emit(cs, p->r, merchant, "payment_intent.payment_failed", pi);
+  tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT, "payment_intent.payment_failed", pi);
   json_t *body_err = json_deep_copy(err);
   json_object_set(body_err, "payment_intent", pi);
   json_decref(err);
@@ -896,11 +896,9 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
       json_object_set_new(pi, "amount_capturable", json_integer(amount));
     }
     json_object_set_new(pi, "last_payment_error", json_null());
-    tp_cs_put(cs, TP_K_CHARGE, merchant, ch);
-    tp_cs_put(cs, TP_K_PAYMENT_INTENT, merchant, pi);
-    tp_emit(cs, p->r, merchant, "charge.succeeded", ch);
-    tp_emit(cs, p->r, merchant, p->att.capture ? "payment_intent.succeeded" : "payment_intent.amount_capturable_updated",
-            pi);
+    tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.succeeded", ch);
+    tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT,
+                p->att.capture ? "payment_intent.succeeded" : "payment_intent.amount_capturable_updated", pi);
     p->charge = ch;
     tp_pay_reply(p, 200, json_incref(pi));
     return;
@@ -922,10 +920,8 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
   json_object_set_new(pi, "status", json_string("requires_payment_method"));
   json_object_set_new(pi, "payment_method", json_null());
   json_object_set_new(pi, "amount_capturable", json_integer(0));
-  tp_cs_put(cs, TP_K_CHARGE, merchant, ch);
-  tp_cs_put(cs, TP_K_PAYMENT_INTENT, merchant, pi);
-  tp_emit(cs, p->r, merchant, "charge.failed", ch);
-  tp_emit(cs, p->r, merchant, "payment_intent.payment_failed", pi);
+  tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.failed", ch);
+  tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT, "payment_intent.payment_failed", pi);
   p->charge = ch;
   json_t *body_err = json_deep_copy(err);
   json_object_set(body_err, "payment_intent", pi);
@@ -952,10 +948,8 @@ void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs)
   json_object_set_new(pi, "status", json_string("succeeded"));
   json_object_set_new(pi, "amount_received", json_integer(amount));
   json_object_set_new(pi, "amount_capturable", json_integer(0));
-  tp_cs_put(cs, TP_K_CHARGE, merchant, ch);
-  tp_cs_put(cs, TP_K_PAYMENT_INTENT, merchant, pi);
-  tp_emit(cs, p->r, merchant, "charge.captured", ch);
-  tp_emit(cs, p->r, merchant, "payment_intent.succeeded", pi);
+  tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.captured", ch);
+  tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT, "payment_intent.succeeded", pi);
   tp_pay_reply(p, 200, json_incref(pi));
 }
 
@@ -971,16 +965,14 @@ void tp_outcome_void(struct tp_pay *p, struct tp_cs *cs)
     /* Releasing an uncaptured authorization shows as a full refund (Stripe). */
     json_object_set(ch, "amount_refunded", json_object_get(ch, "amount"));
     json_object_set_new(ch, "refunded", json_true());
-    tp_cs_put(cs, TP_K_CHARGE, merchant, ch);
-    tp_emit(cs, p->r, merchant, "charge.refunded", ch);
+    tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.refunded", ch);
   }
   json_object_set_new(pi, "status", json_string("canceled"));
   json_object_set_new(pi, "canceled_at", json_integer(tp_now()));
   json_object_set_new(pi, "cancellation_reason",
                       p->cancellation_reason[0] ? json_string(p->cancellation_reason) : json_null());
   json_object_set_new(pi, "amount_capturable", json_integer(0));
-  tp_cs_put(cs, TP_K_PAYMENT_INTENT, merchant, pi);
-  tp_emit(cs, p->r, merchant, "payment_intent.canceled", pi);
+  tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT, "payment_intent.canceled", pi);
   tp_pay_reply(p, 200, json_incref(pi));
 }
 
@@ -992,8 +984,7 @@ void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs)
   if (p->call.outcome != TP_OUT_APPROVED) {
     json_object_set_new(re, "status", json_string("failed"));
     json_object_set_new(re, "failure_reason", json_string("unknown"));
-    tp_cs_put(cs, TP_K_REFUND, merchant, re);
-    tp_emit(cs, p->r, merchant, "refund.failed", re);
+    tp_put_emit(cs, p->r, merchant, TP_K_REFUND, "refund.failed", re);
     tp_pay_reply(p, 200, json_incref(re));
     return;
   }
@@ -1006,10 +997,8 @@ void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs)
   int64_t refunded = json_integer_value(json_object_get(ch, "amount_refunded")) + amount;
   json_object_set_new(ch, "amount_refunded", json_integer(refunded));
   json_object_set_new(ch, "refunded", json_boolean(refunded >= json_integer_value(json_object_get(ch, "amount_captured"))));
-  tp_cs_put(cs, TP_K_REFUND, merchant, re);
-  tp_cs_put(cs, TP_K_CHARGE, merchant, ch);
-  tp_emit(cs, p->r, merchant, "refund.created", re);
-  tp_emit(cs, p->r, merchant, "charge.refunded", ch);
+  tp_put_emit(cs, p->r, merchant, TP_K_REFUND, "refund.created", re);
+  tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.refunded", ch);
   tp_pay_reply(p, 200, json_incref(re));
 }
 

@@ -95,7 +95,8 @@ static char *col_text(const json_t *v)
   return NULL;
 }
 
-void tp_cs_put(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const json_t *obj)
+void tp_cs_put_dumped(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const json_t *obj, char *data,
+                      size_t len)
 {
   struct tp_cs_op *op = push(cs, TP_OP_PUT);
   op->kind = kind;
@@ -111,9 +112,17 @@ void tp_cs_put(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const 
     op->s1 = col_text(json_object_get(obj, ki->col[0]));
     op->s2 = col_text(json_object_get(obj, ki->col[1]));
   }
-  op->data = tp_json_dump(obj, &op->data_len);
-  if (!op->data)
+  if (!data)
     abort();
+  op->data = data;
+  op->data_len = len;
+}
+
+void tp_cs_put(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const json_t *obj)
+{
+  size_t len = 0;
+  char *data = tp_json_dump(obj, &len);
+  tp_cs_put_dumped(cs, kind, merchant, obj, data, len);
 }
 
 void tp_cs_ledger(struct tp_cs *cs, const char *txn_id, const char *merchant, const char *account,

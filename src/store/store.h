@@ -64,6 +64,11 @@ struct tp_cs *tp_cs_new(void);
 void tp_cs_free(struct tp_cs *cs);
 /* Put (insert or replace) an object; id and created are read from obj. */
 void tp_cs_put(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const json_t *obj);
+/* tp_cs_put of an object already serialised: data (malloc'ed, len bytes,
+ * NUL-terminated) is its compact JSON and now belongs to the change set;
+ * the indexed columns are still read from obj. */
+void tp_cs_put_dumped(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const json_t *obj, char *data,
+                      size_t len);
 /* One ledger entry (debit > 0, credit < 0); all entries of a txn must sum
  * to zero per currency or the whole change set is refused. */
 void tp_cs_ledger(struct tp_cs *cs, const char *txn_id, const char *merchant, const char *account,

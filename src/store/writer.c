@@ -1,6 +1,7 @@
 /* The group-commit writer: one thread owns the write connection, takes every
  * queued change set (up to TP_WRITER_MAX_BATCH), applies them in one
- * transaction, commits (fsync), then runs each completion. Under load a batch
+ * transaction, commits (fsync), then hands the batch to the completion
+ * thread, which runs each completion in commit order. Under load a batch
  * fills while the previous one is being fsynced, so one fsync serves many
  * payments. */
 #include "store.h"
@@ -80,7 +81,7 @@ static struct {
   pthread_cond_t cv, space;
   struct unsynced q[TP_WRITER_MAX_UNSYNCED];
   size_t head, len;
-  bool on, stopping;
+  bool on, sync, stopping;
   pthread_t thread;
 } S = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .space = PTHREAD_COND_INITIALIZER};
 
@@ -164,9 +165,12 @@ static void *syncer_main(void *arg)
     }
     pthread_cond_signal(&S.space);
     pthread_mutex_unlock(&S.mu);
-    int64_t t0 = tp_mono_ns();
-    int src = W.st->ops->sync(W.st->cls);
-    tp_metric_observe_us("turnpike_store_sync_duration_seconds", NULL, (tp_mono_ns() - t0) / 1000);
+    int src = 0;
+    if (S.sync) {
+      int64_t t0 = tp_mono_ns();
+      src = W.st->ops->sync(W.st->cls);
+      tp_metric_observe_us("turnpike_store_sync_duration_seconds", NULL, (tp_mono_ns() - t0) / 1000);
+    }
     if (src != 0)
       atomic_store(&W.last_batch_failed, true);
     for (size_t j = 0; j < k; j++) {
@@ -208,21 +212,28 @@ int tp_writer_start(struct tp_store *st)
   W.running = true;
   W.stopping = false;
   const char *mode = tp_config_get("store", "commit_sync");
+  S.sync = false;
   if (mode && strcmp(mode, "pipelined") == 0) {
     if (!st->ops->pipeline || !st->ops->sync || st->ops->pipeline(st->cls) != 0) {
       tp_log(TP_LOG_ERROR, "store_pipeline_unavailable", "{s:s}", "backend", st->ops->name);
       return -1;
     }
-    S.on = true;
-    S.stopping = false;
-    if (pthread_create(&S.thread, NULL, syncer_main, NULL) != 0)
-      return -1;
+    S.sync = true;
   } else if (mode && strcmp(mode, "full") != 0) {
     tp_log(TP_LOG_ERROR, "config_invalid", "{s:s, s:s}", "key", "store.commit_sync", "value", mode);
     return -1;
   }
+  /* With commit_sync = full the commit already waited for the disk: the
+   * same thread then only runs completions, so the writer goes on with the
+   * next batch while replies, frees and subscribers of this one run. */
+  S.on = true;
+  S.stopping = false;
+  if (pthread_create(&S.thread, NULL, syncer_main, NULL) != 0)
+    return -1;
+  pthread_setname_np(S.thread, S.sync ? "tp-syncer" : "tp-completer");
   if (pthread_create(&W.thread, NULL, writer_main, NULL) != 0)
     return -1;
+  pthread_setname_np(W.thread, "tp-writer");
   return 0;
 }
 

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,12 @@ struct sq {
   bool sync_failed;           /* a failed fdatasync is final (the kernel may drop the pages) */
   pthread_key_t rkey;         /* per-thread read connection */
   bool rkey_ok;
+  /* Background checkpoints (see ckpt_main): started at the first full WAL. */
+  pthread_mutex_t ck_mu;
+  pthread_cond_t ck_cv;
+  pthread_t ck_thread;
+  bool ck_started, ck_due, ck_stop, ck_running;
+  atomic_bool ck_tail;        /* a pass ended: the writer copies the rest */
 };
 
 struct reader {
@@ -359,9 +366,12 @@ static int tx_step(struct sq *s, sqlite3_stmt *st)
   return 0;
 }
 
+static void ckpt_tail(struct sq *s);
+
 static int sq_apply_batch(void *cls, struct tp_cs **sets, size_t n, int *rc)
 {
   struct sq *s = cls;
+  ckpt_tail(s);
   if (tx_step(s, s->tx_begin))
     return -1;
   /* Optimistic pass without savepoints: a savepoint per change set makes
@@ -397,6 +407,99 @@ static int sq_apply_batch(void *cls, struct tp_cs **sets, size_t n, int *rc)
     return -1;
   }
   return 0;
+}
+
+/* ---- checkpoints ------------------------------------------------------------
+ * SQLite's automatic checkpoint runs on the committing connection, so it
+ * would stall the group-commit writer while it copies thousands of pages.
+ * Here the writer's WAL hook only wakes a thread with its own connection,
+ * which runs PASSIVE checkpoints (synchronous=FULL: the WAL is synced before
+ * pages are copied, the database after) concurrently with new commits, and
+ * repeats while the writer appends, so it catches up and the next write
+ * transaction can restart the WAL from its beginning. If that thread falls
+ * far behind, the writer checkpoints itself, as SQLite would. */
+#define CKPT_PAGES 4000        /* wake the checkpointer at this WAL size */
+#define CKPT_INLINE_PAGES 64000 /* the writer checkpoints itself past this */
+
+static void *ckpt_main(void *arg)
+{
+  struct sq *s = arg;
+  sqlite3 *db = open_conn(s->path, false);
+  if (db && exec(db, "PRAGMA synchronous=FULL")) {
+    sqlite3_close(db);
+    db = NULL;
+  }
+  pthread_mutex_lock(&s->ck_mu);
+  for (;;) {
+    while (!s->ck_due && !s->ck_stop)
+      pthread_cond_wait(&s->ck_cv, &s->ck_mu);
+    if (s->ck_stop)
+      break;
+    s->ck_due = false;
+    pthread_mutex_unlock(&s->ck_mu);
+    if (db)
+      sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    pthread_mutex_lock(&s->ck_mu);
+    s->ck_running = false;
+    atomic_store(&s->ck_tail, true);
+  }
+  pthread_mutex_unlock(&s->ck_mu);
+  sqlite3_close(db);
+  return NULL;
+}
+
+/* After each commit of the write connection: n frames are in the WAL. */
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int n)
+{
+  struct sq *s = arg;
+  if (n >= CKPT_INLINE_PAGES) {
+    sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    return SQLITE_OK;
+  }
+  if (n < CKPT_PAGES)
+    return SQLITE_OK;
+  pthread_mutex_lock(&s->ck_mu);
+  if (!s->ck_started && !s->ck_stop) {
+    s->ck_started = pthread_create(&s->ck_thread, NULL, ckpt_main, s) == 0;
+    if (s->ck_started)
+      pthread_setname_np(s->ck_thread, "tp-checkpoint");
+    if (!s->ck_started) {
+      pthread_mutex_unlock(&s->ck_mu);
+      sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+      return SQLITE_OK;
+    }
+  }
+  /* One pass at a time; the writer copies its tail (ckpt_tail). */
+  if (!s->ck_running && !atomic_load(&s->ck_tail)) {
+    s->ck_running = true;
+    s->ck_due = true;
+    pthread_cond_signal(&s->ck_cv);
+  }
+  pthread_mutex_unlock(&s->ck_mu);
+  return SQLITE_OK;
+}
+
+static void ckpt_stop(struct sq *s)
+{
+  pthread_mutex_lock(&s->ck_mu);
+  s->ck_stop = true;
+  bool started = s->ck_started;
+  pthread_cond_signal(&s->ck_cv);
+  pthread_mutex_unlock(&s->ck_mu);
+  if (started)
+    pthread_join(s->ck_thread, NULL);
+}
+
+/* Before a batch: a background pass has copied the WAL up to where it
+ * started; copy the few frames committed meanwhile here, between two
+ * transactions, so the next write transaction restarts the WAL from its
+ * beginning (it only does when every frame is in the database). */
+static void ckpt_tail(struct sq *s)
+{
+  if (!atomic_load(&s->ck_tail))
+    return;
+  atomic_store(&s->ck_tail, false);
+  sqlite3_wal_checkpoint_v2(s->w, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
 }
 
 /* ---- reader side ---------------------------------------------------------- */
@@ -855,6 +958,7 @@ static int sq_sync(void *cls)
 static void sq_close(void *cls)
 {
   struct sq *s = cls;
+  ckpt_stop(s);
   if (s->wal_fd >= 0)
     close(s->wal_fd);
   for (size_t i = 0; i < s->nsql; i++)
@@ -876,6 +980,8 @@ static void sq_close(void *cls)
   sqlite3_finalize(s->sp_release);
   sqlite3_finalize(s->sp_rollback);
   sqlite3_close(s->w);
+  pthread_mutex_destroy(&s->ck_mu);
+  pthread_cond_destroy(&s->ck_cv);
   free(s);
 }
 
@@ -910,6 +1016,8 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
     return -1;
   snprintf(s->path, sizeof s->path, "%s/turnpike.db", dir);
   s->wal_fd = -1;
+  pthread_mutex_init(&s->ck_mu, NULL);
+  pthread_cond_init(&s->ck_cv, NULL);
   s->idem_ttl = tp_config_int("idempotency", "ttl_seconds", 86400, 1, 30 * 86400);
   s->w = open_conn(s->path, false);
   if (!s->w) {
@@ -924,6 +1032,8 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
     return -1;
   }
   chmod(s->path, 0600);
+  /* Replaces wal_autocheckpoint (the hook is the same slot). */
+  sqlite3_wal_hook(s->w, wal_hook, s);
   for (int k = 0; k < TP_K__COUNT; k++) {
     char sql[512];
     /* An upsert, not INSERT OR REPLACE: a second put of an object (the
