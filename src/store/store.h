@@ -85,7 +85,7 @@ void tp_cs_vault(struct tp_cs *cs, const char *token, const char *merchant, cons
  * If min_changes > 0 and the statement changed fewer rows, the whole change
  * set fails (a compare-and-set). */
 void tp_cs_sql(struct tp_cs *cs, const char *sql, const json_t *args, int min_changes);
-/* Called on the writer thread after commit (rc 0) or failure (rc < 0). Keep it short. */
+/* Called on the completion thread (one, in commit order) after commit (rc 0) or failure (rc < 0). Keep it short. */
 void tp_cs_on_done(struct tp_cs *cs, tp_cs_done_fn fn, void *arg);
 
 /* Iteration, for backends. */
@@ -189,8 +189,8 @@ void tp_writer_stats(struct tp_writer_stats *out);
 bool tp_writer_ok(void);
 
 /* Committed events, in commit order, to every subscriber (webhook outbox,
- * WebSocket fan-out, alerting). Called on the writer thread right after the
- * commit: copy what you need and return quickly. event_json is the stored
+ * WebSocket fan-out, alerting). Called on the completion thread right after
+ * the commit: copy what you need and return quickly. event_json is the stored
  * Stripe event object. At most TP_WRITER_MAX_SUBSCRIBERS subscribers,
  * registered at start-up from one thread. */
 #define TP_WRITER_MAX_SUBSCRIBERS 8

@@ -413,12 +413,15 @@ static int sq_apply_batch(void *cls, struct tp_cs **sets, size_t n, int *rc)
  * SQLite's automatic checkpoint runs on the committing connection, so it
  * would stall the group-commit writer while it copies thousands of pages.
  * Here the writer's WAL hook only wakes a thread with its own connection,
- * which runs PASSIVE checkpoints (synchronous=FULL: the WAL is synced before
- * pages are copied, the database after) concurrently with new commits, and
- * repeats while the writer appends, so it catches up and the next write
- * transaction can restart the WAL from its beginning. If that thread falls
- * far behind, the writer checkpoints itself, as SQLite would. */
-#define CKPT_PAGES 4000        /* wake the checkpointer at this WAL size */
+ * which runs one PASSIVE checkpoint (synchronous=FULL: the WAL is synced
+ * before pages are copied, the database after) concurrently with new
+ * commits; the writer then copies the few frames committed meanwhile
+ * (ckpt_tail), so its next transaction restarts the WAL from its beginning.
+ * If that thread falls far behind, the writer checkpoints itself, as SQLite
+ * would. A larger WAL between checkpoints copies each hot page (the tail
+ * pages every batch rewrites) once for many of its versions: 16,000 frames
+ * (~64 MB) cost ~12% less CPU per payment than 4,000 under the bench. */
+#define CKPT_PAGES 16000       /* wake the checkpointer at this WAL size */
 #define CKPT_INLINE_PAGES 64000 /* the writer checkpoints itself past this */
 
 static void *ckpt_main(void *arg)
