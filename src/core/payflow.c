@@ -666,9 +666,12 @@ static void orchestrate(struct tp_pay *p)
     break;
   }
   snprintf(p->last_code, sizeof p->last_code, "%s", c->decline_code[0] ? c->decline_code : "processor_unavailable");
-  if (p->not_sent || (pr && strcmp(pr->type, "iso8583") == 0)) {
+  if (p->not_sent ||
+      (pr && strcmp(pr->type, "iso8583") == 0 && strcmp(p->last_code, "processor_status_unknown") != 0)) {
     /* Not sent at all, or an ISO link, whose connector reverses a timed-out
-     * authorization itself before it reports the error. */
+     * authorization itself before it reports the error. When the link could
+     * not even send the reversal (status unknown), the call may stand: the
+     * payment is left to recovery, which reverses it, instead of cascading. */
     set_state(&p->att, c);
     next_step(p, true);
     return;
