@@ -406,7 +406,8 @@ int tp_kek_rewrap_batch(int max)
     json_t *a = json_pack("[s, s, i]", hdr, rw_cursor, max);
     rows = tp_store_query(&tp_app.store,
                           "SELECT token, merchant, hex(blob) AS b FROM vault WHERE token > ?2 AND "
-                          "substr(hex(blob), 1, 2) = '02' AND substr(hex(blob), 1, 10) <> ?1 ORDER BY token LIMIT ?3",
+                          "(substr(hex(blob), 1, 2) = '01' OR (substr(hex(blob), 1, 2) = '02' AND "
+                          "substr(hex(blob), 1, 10) <> ?1)) ORDER BY token LIMIT ?3",
                           a);
     json_decref(a);
     if (!rows)

@@ -18,6 +18,11 @@
 #define VAULT_VERSION 1
 #define HDR (1 + 12 + 32 + 16 + 12 + 16)
 
+/* Format 1 records (written before KEK providers existed) were wrapped by
+ * DATA/vault.key: kept to read them and to upgrade them in the re-wrap job. */
+static uint8_t legacy_kek[32];
+static bool have_legacy;
+
 int tp_vault_init(const char *dir, uint8_t kek[32])
 {
   char path[1200];
@@ -41,6 +46,8 @@ int tp_vault_init(const char *dir, uint8_t kek[32])
     }
     close(fd);
   }
+  memcpy(legacy_kek, kek, 32);
+  have_legacy = true;
   return 0;
 }
 
@@ -222,6 +229,8 @@ int tp_vault_open_rec(const char *merchant, const char *token, const uint8_t *bl
   uint8_t dek[32], tag[16];
   const uint8_t *rest;
   char aad[200], plain[TP_VAULT_MAX_BLOB];
+  if (len > 0 && blob[0] == VAULT_VERSION)
+    return have_legacy ? tp_vault_open(legacy_kek, merchant, token, blob, len, pan, exp_month, exp_year) : -1;
   int al = rec_aad(aad, sizeof aad, merchant, token, 0);
   if (al < 0 || rec_unwrap(merchant, token, blob, len, dek, &rest) != 0)
     return -1;
@@ -255,7 +264,20 @@ int tp_vault_rewrap(const char *merchant, const char *token, const uint8_t *blob
   const uint8_t *rest;
   char waad[200];
   int wal = rec_aad(waad, sizeof waad, merchant, token, v);
-  if (!p || wal < 0 || rec_unwrap(merchant, token, blob, len, dek, &rest) != 0)
+  if (!p || wal < 0)
+    return -1;
+  if (len > HDR && blob[0] == VAULT_VERSION) {
+    /* Format 1 → 2: unwrap the data key with the legacy key; the card's
+     * nonce, tag and ciphertext (AAD merchant|token) carry over unchanged. */
+    char aad[200];
+    uint8_t tag[16];
+    int al = rec_aad(aad, sizeof aad, merchant, token, 0);
+    memcpy(tag, blob + 45, 16);
+    if (!have_legacy || al < 0 ||
+        tp_vault_gcm(0, legacy_kek, blob + 1, (const uint8_t *)aad, (size_t)al, blob + 13, 32, dek, tag) != 0)
+      return -1;
+    rest = blob + 61;
+  } else if (rec_unwrap(merchant, token, blob, len, dek, &rest) != 0)
     return -1;
   int rc = p->wrap(p->cls, v, dek, (const uint8_t *)waad, (size_t)wal, w, &wl);
   tp_card_wipe(dek, sizeof dek);

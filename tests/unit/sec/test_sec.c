@@ -97,6 +97,35 @@ static void test_record_opens_with_its_version_after_rotation_and_rewrap(void **
   assert_int_equal(tp_vault_rec_version(blob, len), 2);
 }
 
+/* Records sealed before KEK providers existed (format 1, DATA/vault.key)
+ * still open, and the re-wrap job upgrades them to the current version. */
+static void test_format1_record_opens_and_is_upgraded(void **state)
+{
+  (void)state;
+  uint8_t key[32], blob[TP_VAULT_MAX_BLOB], re[TP_VAULT_MAX_BLOB];
+  size_t len = 0, rl = 0;
+  char pan[24];
+  int m, y;
+  assert_int_equal(tp_vault_init(dir, key), 0); /* creates DATA/vault.key */
+  assert_int_equal(tp_vault_seal(key, "acct_1", "pm_old", PAN, 7, 2033, blob, &len), 0);
+  assert_int_equal(blob[0], 1);
+  assert_int_equal(tp_vault_open_rec("acct_1", "pm_old", blob, len, pan, &m, &y), 0);
+  assert_string_equal(pan, PAN);
+  assert_int_not_equal(tp_vault_open_rec("acct_1", "pm_other", blob, len, pan, &m, &y), 0);
+  tp_kek_set_current(1);
+  assert_int_equal(tp_vault_rewrap("acct_1", "pm_old", blob, len, 1, re, &rl), 0);
+  assert_int_equal(tp_vault_rec_version(re, rl), 1);
+  assert_null(memmem(re, rl, PAN, strlen(PAN)));
+  memset(pan, 0, sizeof pan);
+  assert_int_equal(tp_vault_open_rec("acct_1", "pm_old", re, rl, pan, &m, &y), 0);
+  assert_string_equal(pan, PAN);
+  assert_int_equal(m, 7);
+  assert_int_equal(y, 2033);
+  /* a format-1 record with a flipped byte is refused, not upgraded */
+  blob[20] ^= 1;
+  assert_int_not_equal(tp_vault_rewrap("acct_1", "pm_old", blob, len, 1, re, &rl), 0);
+}
+
 static void test_kek_files_are_private(void **state)
 {
   (void)state;
@@ -216,6 +245,7 @@ int main(void)
 {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_record_opens_with_its_version_after_rotation_and_rewrap),
+    cmocka_unit_test(test_format1_record_opens_and_is_upgraded),
     cmocka_unit_test(test_kek_files_are_private),
     cmocka_unit_test(test_audit_chain_verifies_and_detects_an_edit),
     cmocka_unit_test(test_jwe_rsa_oaep_roundtrip_and_tamper),
