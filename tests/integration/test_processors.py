@@ -302,15 +302,6 @@ class Sim:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-def sim_usable():
-    try:
-        p = subprocess.run([BIN, "sim", "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           stdin=subprocess.DEVNULL, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return b"--iso-listen" in p.stdout
-
-
 class WithSimulator(unittest.TestCase):
     @classmethod
     def setUpClass(cls):

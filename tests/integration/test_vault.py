@@ -202,10 +202,6 @@ class SighupTest(KekHelpers, unittest.TestCase):
         self.charge(saved[0])
 
 
-def softhsm_available():
-    return os.path.exists(SOFTHSM_MODULE) and shutil.which("softhsm2-util") is not None
-
-
 class Pkcs11KekTest(KekRotationMixin, unittest.TestCase):
     MERCHANTS = ("m",)
 
