@@ -1,5 +1,6 @@
 /* turnpike: one binary, subcommands serve | merchant | migrate. */
 #include "api/http.h"
+#include "cli.h"
 #include "config.h"
 #include "connectors/connector.h"
 #include "core/payflow.h"
@@ -95,21 +96,6 @@ static void config_env(struct config *c)
   }
 }
 
-static const char *arg_value(int argc, char **argv, int *i, const char *name)
-{
-  size_t n = strlen(name);
-  if (strncmp(argv[*i], name, n) == 0 && argv[*i][n] == '=')
-    return argv[*i] + n + 1;
-  if (strcmp(argv[*i], name) == 0) {
-    if (*i + 1 >= argc) {
-      fprintf(stderr, "turnpike: %s needs a value\n", name);
-      exit(2);
-    }
-    return argv[++*i];
-  }
-  return NULL;
-}
-
 static void usage(FILE *f)
 {
   fprintf(f, "usage: turnpike COMMAND [OPTIONS]\n\n"
@@ -149,21 +135,6 @@ static void usage_merchant(FILE *f)
   fprintf(f, "usage: turnpike merchant create --data DIR --name NAME\n\n"
              "Creates a merchant and prints {\"id\",\"secret_key\",\"publishable_key\"} as JSON on stdout.\n"
              "Keys are stored only as SHA-256 hashes: this is the only time they are shown.\n");
-}
-
-static int split_listen(const char *listen, char *host, size_t hl, uint16_t *port)
-{
-  const char *colon = strrchr(listen, ':');
-  if (!colon || (size_t)(colon - listen) >= hl)
-    return -1;
-  memcpy(host, listen, (size_t)(colon - listen));
-  host[colon - listen] = '\0';
-  char *end;
-  long p = strtol(colon + 1, &end, 10);
-  if (*end || p < 0 || p > 65535)
-    return -1;
-  *port = (uint16_t)p;
-  return 0;
 }
 
 /* Audit a new merchant and its first keys on a store without a running
@@ -211,19 +182,19 @@ static int cmd_serve(int argc, char **argv)
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
       usage_serve(stdout);
       return 0;
-    } else if ((v = arg_value(argc, argv, &i, "--listen")))
+    } else if ((v = tp_cli_value(argc, argv, &i, "--listen", "serve")))
       listen = v;
-    else if ((v = arg_value(argc, argv, &i, "--data")))
+    else if ((v = tp_cli_value(argc, argv, &i, "--data", "serve")))
       data = v;
-    else if ((v = arg_value(argc, argv, &i, "--config")))
+    else if ((v = tp_cli_value(argc, argv, &i, "--config", "serve")))
       cfg = v;
-    else if ((v = arg_value(argc, argv, &i, "--log-level")))
+    else if ((v = tp_cli_value(argc, argv, &i, "--log-level", "serve")))
       level = v;
-    else if ((v = arg_value(argc, argv, &i, "--tls-cert")))
+    else if ((v = tp_cli_value(argc, argv, &i, "--tls-cert", "serve")))
       tls_cert = v;
-    else if ((v = arg_value(argc, argv, &i, "--tls-key")))
+    else if ((v = tp_cli_value(argc, argv, &i, "--tls-key", "serve")))
       tls_key = v;
-    else if ((v = arg_value(argc, argv, &i, "--tls-min-version")))
+    else if ((v = tp_cli_value(argc, argv, &i, "--tls-min-version", "serve")))
       tls_min = v;
     else {
       fprintf(stderr, "turnpike serve: unknown option %s\n", argv[i]);
@@ -253,7 +224,7 @@ static int cmd_serve(int argc, char **argv)
   tp_log_threshold = lvl;
   char host[200];
   uint16_t port;
-  if (split_listen(c.listen, host, sizeof host, &port) != 0) {
+  if (tp_cli_hostport(c.listen, host, sizeof host, &port) != 0) {
     fprintf(stderr, "turnpike: bad --listen %s (want HOST:PORT)\n", c.listen);
     return 2;
   }
@@ -399,9 +370,9 @@ static int cmd_merchant(int argc, char **argv)
     if (strcmp(argv[i], "--help") == 0) {
       usage_merchant(stdout);
       return 0;
-    } else if ((v = arg_value(argc, argv, &i, "--data")))
+    } else if ((v = tp_cli_value(argc, argv, &i, "--data", "merchant create")))
       data = v;
-    else if ((v = arg_value(argc, argv, &i, "--name")))
+    else if ((v = tp_cli_value(argc, argv, &i, "--name", "merchant create")))
       name = v;
     else {
       fprintf(stderr, "turnpike merchant create: unknown option %s\n", argv[i]);
@@ -442,7 +413,7 @@ static int cmd_migrate(int argc, char **argv)
     if (strcmp(argv[i], "--help") == 0) {
       printf("usage: turnpike migrate [--data DIR]\n\nCreates or upgrades the store, then exits.\n");
       return 0;
-    } else if ((v = arg_value(argc, argv, &i, "--data")))
+    } else if ((v = tp_cli_value(argc, argv, &i, "--data", "migrate")))
       data = v;
     else {
       fprintf(stderr, "turnpike migrate: unknown option %s\n", argv[i]);

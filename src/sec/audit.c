@@ -15,6 +15,7 @@
  * [seq, created, merchant, actor, action, object_id, details] (ASCII-escaped),
  * details being the stored JSON text (keys sorted). */
 #include "sec/audit.h"
+#include "cli.h"
 #include "api/http.h"
 #include "config.h"
 #include "log.h"
@@ -388,12 +389,11 @@ int tp_cmd_audit(int argc, char **argv)
   }
   const char *data = "./var", *pubf = NULL;
   for (int i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--data") == 0 && i + 1 < argc)
-      data = argv[++i];
-    else if (strncmp(argv[i], "--data=", 7) == 0)
-      data = argv[i] + 7;
-    else if (strcmp(argv[i], "--pubkey") == 0 && i + 1 < argc)
-      pubf = argv[++i];
+    const char *v;
+    if ((v = tp_cli_value(argc, argv, &i, "--data", "audit verify")))
+      data = v;
+    else if ((v = tp_cli_value(argc, argv, &i, "--pubkey", "audit verify")))
+      pubf = v;
     else {
       fprintf(stderr, "turnpike audit verify: unknown option %s\n", argv[i]);
       return 2;

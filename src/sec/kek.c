@@ -4,6 +4,7 @@
  * (0600) and wraps data keys with AES-256-GCM: nonce(12) | wrapped(32) |
  * tag(16). Its audit checkpoint key is DATA/audit-signing.pem (0600). */
 #include "sec/kek.h"
+#include "cli.h"
 #include "api/http.h"
 #include "config.h"
 #include "log.h"
@@ -595,14 +596,11 @@ int tp_cmd_kek(int argc, char **argv)
   }
   const char *data = "./var", *cfg = NULL;
   for (int i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--data") == 0 && i + 1 < argc)
-      data = argv[++i];
-    else if (strncmp(argv[i], "--data=", 7) == 0)
-      data = argv[i] + 7;
-    else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
-      cfg = argv[++i];
-    else if (strncmp(argv[i], "--config=", 9) == 0)
-      cfg = argv[i] + 9;
+    const char *v;
+    if ((v = tp_cli_value(argc, argv, &i, "--data", "kek rotate")))
+      data = v;
+    else if ((v = tp_cli_value(argc, argv, &i, "--config", "kek rotate")))
+      cfg = v;
     else if (strcmp(argv[i], "--help") == 0) {
       usage_kek(stdout);
       return 0;

@@ -1,6 +1,7 @@
 /* `turnpike sim`: the processor simulator's command line, start-up and
  * shutdown, and `turnpike sim journal` (prints the journal from the store). */
 #include "sim/sim.h"
+#include "cli.h"
 #include "config.h"
 #include "log.h"
 #include "main/commands.h"
@@ -31,36 +32,6 @@ static void usage(FILE *f)
           "`sim journal` prints the journal and its charge summary as JSON (works while the sim runs).\n");
 }
 
-static const char *arg_value(int argc, char **argv, int *i, const char *name)
-{
-  size_t n = strlen(name);
-  if (strncmp(argv[*i], name, n) == 0 && argv[*i][n] == '=')
-    return argv[*i] + n + 1;
-  if (strcmp(argv[*i], name) == 0) {
-    if (*i + 1 >= argc) {
-      fprintf(stderr, "turnpike sim: %s needs a value\n", name);
-      exit(2);
-    }
-    return argv[++*i];
-  }
-  return NULL;
-}
-
-static int split_addr(const char *s, char *host, size_t hl, uint16_t *port)
-{
-  const char *colon = strrchr(s, ':');
-  if (!colon || colon == s || (size_t)(colon - s) >= hl)
-    return -1;
-  memcpy(host, s, (size_t)(colon - s));
-  host[colon - s] = '\0';
-  char *end;
-  long p = strtol(colon + 1, &end, 10);
-  if (!colon[1] || *end || p < 0 || p > 65535)
-    return -1;
-  *port = (uint16_t)p;
-  return 0;
-}
-
 static int ini_cb(void *user, const char *section, const char *name, const char *value)
 {
   (void)user;
@@ -77,15 +48,15 @@ static int cmd_journal(int argc, char **argv)
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
       usage(stdout);
       return 0;
-    } else if ((v = arg_value(argc, argv, &i, "--data")))
+    } else if ((v = tp_cli_value(argc, argv, &i, "--data", "sim journal")))
       data = v;
-    else if ((v = arg_value(argc, argv, &i, "--processor")))
+    else if ((v = tp_cli_value(argc, argv, &i, "--processor", "sim journal")))
       proc = v;
-    else if ((v = arg_value(argc, argv, &i, "--reference")))
+    else if ((v = tp_cli_value(argc, argv, &i, "--reference", "sim journal")))
       ref = v;
-    else if ((v = arg_value(argc, argv, &i, "--payment")))
+    else if ((v = tp_cli_value(argc, argv, &i, "--payment", "sim journal")))
       pay = v;
-    else if ((v = arg_value(argc, argv, &i, "--limit"))) {
+    else if ((v = tp_cli_value(argc, argv, &i, "--limit", "sim journal"))) {
       char *end;
       limit = strtoll(v, &end, 10);
       if (*end || limit < 1 || limit > 100000) {
@@ -153,17 +124,17 @@ int tp_cmd_sim(int argc, char **argv)
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
       usage(stdout);
       return 0;
-    } else if ((v = arg_value(argc, argv, &i, "--listen")))
+    } else if ((v = tp_cli_value(argc, argv, &i, "--listen", "sim")))
       listen = v;
-    else if ((v = arg_value(argc, argv, &i, "--iso-listen")))
+    else if ((v = tp_cli_value(argc, argv, &i, "--iso-listen", "sim")))
       iso_listen = v;
-    else if ((v = arg_value(argc, argv, &i, "--data")))
+    else if ((v = tp_cli_value(argc, argv, &i, "--data", "sim")))
       data = v;
-    else if ((v = arg_value(argc, argv, &i, "--config")))
+    else if ((v = tp_cli_value(argc, argv, &i, "--config", "sim")))
       cfg = v;
-    else if ((v = arg_value(argc, argv, &i, "--log-level")))
+    else if ((v = tp_cli_value(argc, argv, &i, "--log-level", "sim")))
       level = v;
-    else if ((v = arg_value(argc, argv, &i, "--threads"))) {
+    else if ((v = tp_cli_value(argc, argv, &i, "--threads", "sim"))) {
       char *end;
       threads = strtol(v, &end, 10);
       if (*end || threads < 1 || threads > 256) {
@@ -178,8 +149,8 @@ int tp_cmd_sim(int argc, char **argv)
   }
   char rhost[256], ihost[256];
   uint16_t rport, iport;
-  if (split_addr(listen, rhost, sizeof rhost, &rport) != 0 ||
-      split_addr(iso_listen, ihost, sizeof ihost, &iport) != 0) {
+  if (tp_cli_hostport(listen, rhost, sizeof rhost, &rport) != 0 ||
+      tp_cli_hostport(iso_listen, ihost, sizeof ihost, &iport) != 0) {
     fprintf(stderr, "turnpike sim: addresses must be HOST:PORT\n");
     return 2;
   }
