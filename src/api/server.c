@@ -435,29 +435,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
   if (*upload_data_size) {
     size_t n = *upload_data_size;
     *upload_data_size = 0;
-    if (r->too_large || r->body_len + n > TP_PARAMS_MAX_BODY) {
-      r->too_large = true; /* keep draining; answer 413 at the end */
-      return MHD_YES;
-    }
-    if (r->body_len + n + 1 > r->body_cap) {
-      size_t cap = r->body_cap ? r->body_cap : 1024;
-      while (cap < r->body_len + n + 1)
-        cap *= 2;
-      /* Not realloc: the old buffer may hold a card number and must be wiped. */
-      char *nb = malloc(cap);
-      if (!nb)
-        return MHD_NO;
-      if (r->body) {
-        memcpy(nb, r->body, r->body_len);
-        explicit_bzero(r->body, r->body_cap);
-        free(r->body);
-      }
-      r->body = nb;
-      r->body_cap = cap;
-    }
-    memcpy(r->body + r->body_len, upload_data, n);
-    r->body_len += n;
-    r->body[r->body_len] = '\0';
+    if (tp_body_append(&r->body, &r->body_len, &r->body_cap, &r->too_large, upload_data, n, TP_PARAMS_MAX_BODY))
+      return MHD_NO;
     return MHD_YES;
   }
   if (!r->dispatched) {
@@ -486,9 +465,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   tp_params_wipe(r->params);
   json_decref(r->params);
   free(r->resp);
-  if (r->body)
-    explicit_bzero(r->body, r->body_cap);
-  free(r->body);
+  tp_body_free(r->body, r->body_cap);
   free(r->url);
   free(r);
   *con_cls = NULL;

@@ -137,3 +137,38 @@ int tp_ct_equal(const void *a, const void *b, size_t n)
     d |= (uint8_t)(x[i] ^ y[i]);
   return d == 0;
 }
+
+int tp_body_append(char **buf, size_t *len, size_t *cap, bool *too_large, const char *data, size_t n, size_t max)
+{
+  if (*too_large || *len + n > max) {
+    *too_large = true;
+    return 0;
+  }
+  if (*len + n + 1 > *cap) {
+    size_t c = *cap ? *cap : 1024;
+    while (c < *len + n + 1)
+      c *= 2;
+    /* Not realloc: the old buffer must be wiped before it is freed. */
+    char *nb = malloc(c);
+    if (!nb)
+      return -1;
+    if (*buf) {
+      memcpy(nb, *buf, *len);
+      explicit_bzero(*buf, *cap);
+      free(*buf);
+    }
+    *buf = nb;
+    *cap = c;
+  }
+  memcpy(*buf + *len, data, n);
+  *len += n;
+  (*buf)[*len] = '\0';
+  return 0;
+}
+
+void tp_body_free(char *buf, size_t cap)
+{
+  if (buf)
+    explicit_bzero(buf, cap);
+  free(buf);
+}

@@ -1,6 +1,7 @@
 /* Small shared helpers: ids, hashing, randomness, time. */
 #ifndef TP_UTIL_H
 #define TP_UTIL_H
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -31,4 +32,11 @@ int64_t tp_mono_ns(void);
 
 /* Constant-time comparison of two equal-length buffers. */
 int tp_ct_equal(const void *a, const void *b, size_t n);
+/* Append n bytes of a request body to *buf (kept NUL-terminated), growing
+ * it by doubling. Past max bytes nothing more is kept and *too_large is set
+ * (the caller drains and answers an error at the end). A grown buffer's old
+ * copy is wiped: bodies may hold card numbers. 0, or -1 out of memory. */
+int tp_body_append(char **buf, size_t *len, size_t *cap, bool *too_large, const char *data, size_t n, size_t max);
+/* Wipe and free a body buffer of capacity cap. */
+void tp_body_free(char *buf, size_t cap);
 #endif

@@ -505,23 +505,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
   if (*upload_data_size) {
     size_t n = *upload_data_size;
     *upload_data_size = 0;
-    if (r->too_large || r->body_len + n > MAX_BODY) {
-      r->too_large = true; /* drain, answer 400 at the end */
-      return MHD_YES;
-    }
-    if (r->body_len + n + 1 > r->body_cap) {
-      size_t cap = r->body_cap ? r->body_cap : 1024;
-      while (cap < r->body_len + n + 1)
-        cap *= 2;
-      char *nb = realloc(r->body, cap);
-      if (!nb)
-        return MHD_NO;
-      r->body = nb;
-      r->body_cap = cap;
-    }
-    memcpy(r->body + r->body_len, upload_data, n);
-    r->body_len += n;
-    r->body[r->body_len] = '\0';
+    if (tp_body_append(&r->body, &r->body_len, &r->body_cap, &r->too_large, upload_data, n, MAX_BODY))
+      return MHD_NO;
     return MHD_YES;
   }
   if (!r->dispatched) {
@@ -545,7 +530,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   if (!r)
     return;
   free(r->resp);
-  free(r->body);
+  tp_body_free(r->body, r->body_cap); /* held a card number */
   free(r->url);
   free(r);
   *con_cls = NULL;
