@@ -196,12 +196,6 @@ static void reply_no_such_customer(struct tp_req *r, const char *id, const char 
   tp_reply_error(r, TP_ERR_RESOURCE_MISSING, param, msg);
 }
 
-/* Absent, JSON null and "" all mean "no value" (unset on update). */
-static bool unset(const json_t *v)
-{
-  return json_is_null(v) || (json_is_string(v) && json_string_length(v) == 0);
-}
-
 /* Loose on purpose: Stripe accepts anything shaped local@domain. */
 static bool email_ok(const char *s)
 {
@@ -237,7 +231,7 @@ static bool set_string(struct tp_req *r, json_t *obj, const json_t *p, const cha
   const json_t *v = json_object_get(p, key);
   if (!v)
     return true;
-  if (unset(v)) {
+  if (tp_unset(v)) {
     json_object_set_new(obj, key, json_null());
     return true;
   }
@@ -299,34 +293,11 @@ static bool default_pm_ok(struct tp_req *r, const char *pm_id, const char *cus_i
   return ok;
 }
 
-/* Metadata update semantics: "" for the whole value clears it, a key with
- * "" removes that key, other keys are set. */
-static void metadata_apply(json_t *obj, json_t *v)
-{
-  json_t *md = json_object_get(obj, "metadata");
-  if (!json_is_object(md)) {
-    md = json_object();
-    json_object_set_new(obj, "metadata", md);
-  }
-  if (unset(v)) {
-    json_object_clear(md);
-    return;
-  }
-  const char *k;
-  json_t *mv;
-  json_object_foreach(v, k, mv) {
-    if (unset(mv))
-      json_object_del(md, k);
-    else
-      json_object_set_new(md, k, json_string(json_string_value(mv)));
-  }
-}
-
 /* Apply create/update params to a customer object; false after replying. */
 static bool customer_apply(struct tp_req *r, json_t *cus, const json_t *p, const char *attaching_now)
 {
   json_t *v = json_object_get(p, "email");
-  if (v && !unset(v) && !email_ok(json_string_value(v))) {
+  if (v && !tp_unset(v) && !email_ok(json_string_value(v))) {
     tp_reply_error(r, TP_ERR_EMAIL_INVALID, "email", "Invalid email address: the email must be like name@example.com");
     return false;
   }
@@ -337,14 +308,14 @@ static bool customer_apply(struct tp_req *r, json_t *cus, const json_t *p, const
     return false;
 
   if ((v = json_object_get(p, "address"))) {
-    json_t *a = unset(v) ? json_null() : address_build(r, v, "address");
+    json_t *a = tp_unset(v) ? json_null() : address_build(r, v, "address");
     if (!a)
       return false;
     json_object_set_new(cus, "address", a);
   }
 
   if ((v = json_object_get(p, "shipping"))) {
-    if (unset(v)) {
+    if (tp_unset(v)) {
       json_object_set_new(cus, "shipping", json_null());
     } else {
       const json_t *sa = json_object_get(v, "address");
@@ -352,7 +323,7 @@ static bool customer_apply(struct tp_req *r, json_t *cus, const json_t *p, const
         tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "shipping[address]", NULL);
         return false;
       }
-      if (unset(json_object_get(v, "name"))) {
+      if (tp_unset(json_object_get(v, "name"))) {
         tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "shipping[name]", NULL);
         return false;
       }
@@ -377,17 +348,17 @@ static bool customer_apply(struct tp_req *r, json_t *cus, const json_t *p, const
   int64_t balance;
   if (tp_param_int(p, "balance", &balance))
     json_object_set_new(cus, "balance", json_integer((json_int_t)balance));
-  else if ((v = json_object_get(p, "balance")) && unset(v))
+  else if ((v = json_object_get(p, "balance")) && tp_unset(v))
     json_object_set_new(cus, "balance", json_integer(0));
 
   if ((v = json_object_get(p, "tax_exempt")))
-    json_object_set_new(cus, "tax_exempt", json_string(unset(v) ? "none" : json_string_value(v)));
+    json_object_set_new(cus, "tax_exempt", json_string(tp_unset(v) ? "none" : json_string_value(v)));
 
   if ((v = json_object_get(p, "preferred_locales")))
     json_object_set_new(cus, "preferred_locales", json_is_array(v) ? json_deep_copy(v) : json_array());
 
   if ((v = json_object_get(p, "metadata")))
-    metadata_apply(cus, v);
+    tp_metadata_apply(cus, v);
 
   if ((v = json_object_get(p, "invoice_settings"))) {
     json_t *is = json_object_get(cus, "invoice_settings");
@@ -396,12 +367,12 @@ static bool customer_apply(struct tp_req *r, json_t *cus, const json_t *p, const
                      "rendering_options");
       json_object_set_new(cus, "invoice_settings", is);
     }
-    if (unset(v)) {
+    if (tp_unset(v)) {
       json_object_set_new(is, "default_payment_method", json_null());
       json_object_set_new(is, "footer", json_null());
     } else {
       const json_t *d = json_object_get(v, "default_payment_method");
-      if (d && !unset(d)) {
+      if (d && !tp_unset(d)) {
         const char *cid = json_string_value(json_object_get(cus, "id"));
         if (!default_pm_ok(r, json_string_value(d), cid, attaching_now))
           return false;

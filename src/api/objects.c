@@ -540,3 +540,29 @@ void tp_lock_release(const char *id)
     }
   pthread_mutex_unlock(&lock_mu);
 }
+
+bool tp_unset(const json_t *v)
+{
+  return json_is_null(v) || (json_is_string(v) && json_string_length(v) == 0);
+}
+
+void tp_metadata_apply(json_t *obj, const json_t *v)
+{
+  json_t *md = json_object_get(obj, "metadata");
+  if (!json_is_object(md)) {
+    md = json_object();
+    json_object_set_new(obj, "metadata", md);
+  }
+  if (tp_unset(v)) {
+    json_object_clear(md);
+    return;
+  }
+  const char *k;
+  json_t *mv;
+  json_object_foreach((json_t *)(uintptr_t)v, k, mv) {
+    if (tp_unset(mv))
+      json_object_del(md, k);
+    else
+      json_object_set_new(md, k, json_string(json_string_value(mv)));
+  }
+}

@@ -80,4 +80,9 @@ bool tp_check_params(struct tp_req *r, const struct tp_pspec *spec);
 
 /* Helpers to read checked params. */
 const char *tp_pstr(const json_t *params, const char *key);   /* NULL when absent or not a string */
+/* A parameter given as null or "": Stripe's way to clear a field. */
+bool tp_unset(const json_t *v);
+/* Metadata update semantics: "" for the whole value clears it, a key with
+ * "" removes that key, other keys are set. */
+void tp_metadata_apply(json_t *obj, const json_t *v);
 #endif

@@ -77,11 +77,6 @@ static const struct tp_pspec spec_customer_list[] = {
   END,
 };
 
-static bool unset(const json_t *v)
-{
-  return json_is_null(v) || (json_is_string(v) && json_string_length(v) == 0);
-}
-
 static void reply_no_such_pm(struct tp_req *r, const char *id)
 {
   char msg[160];
@@ -184,7 +179,7 @@ static void billing_merge(json_t *pm, json_t *p)
     bd = json_object();
     json_object_set_new(pm, "billing_details", bd);
   }
-  if (unset(p)) {
+  if (tp_unset(p)) {
     json_object_set_new(bd, "address", json_null());
     json_object_set_new(bd, "email", json_null());
     json_object_set_new(bd, "name", json_null());
@@ -204,34 +199,13 @@ static void billing_merge(json_t *pm, json_t *p)
         json_object_set_new(bd, "address", a);
       }
       for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
-        const json_t *av = unset(v) ? json_null() : json_object_get(v, keys[i]);
+        const json_t *av = tp_unset(v) ? json_null() : json_object_get(v, keys[i]);
         if (av)
-          json_object_set_new(a, keys[i], unset(av) ? json_null() : json_string(json_string_value(av)));
+          json_object_set_new(a, keys[i], tp_unset(av) ? json_null() : json_string(json_string_value(av)));
       }
     } else if (json_is_string(v) || json_is_null(v)) {
-      json_object_set_new(bd, k, unset(v) ? json_null() : json_string(json_string_value(v)));
+      json_object_set_new(bd, k, tp_unset(v) ? json_null() : json_string(json_string_value(v)));
     }
-  }
-}
-
-static void metadata_apply(json_t *obj, json_t *v)
-{
-  json_t *md = json_object_get(obj, "metadata");
-  if (!json_is_object(md)) {
-    md = json_object();
-    json_object_set_new(obj, "metadata", md);
-  }
-  if (unset(v)) {
-    json_object_clear(md);
-    return;
-  }
-  const char *k;
-  json_t *mv;
-  json_object_foreach(v, k, mv) {
-    if (unset(mv))
-      json_object_del(md, k);
-    else
-      json_object_set_new(md, k, json_string(json_string_value(mv)));
   }
 }
 
@@ -326,7 +300,7 @@ void tp_h_pm_update(struct tp_req *r)
   if ((v = json_object_get(r->params, "billing_details")))
     billing_merge(pm, v);
   if ((v = json_object_get(r->params, "metadata")))
-    metadata_apply(pm, v);
+    tp_metadata_apply(pm, v);
   if ((v = json_object_get(r->params, "card")) && json_is_object(v) && !expiry_apply(r, pm, v))
     goto out_unlock;
   if (json_equal(pm, before)) {

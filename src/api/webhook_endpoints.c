@@ -82,9 +82,10 @@ static void cs_sql(struct tp_cs *cs, const char *sql, json_t *args, int min_chan
   json_decref(args);
 }
 
-static bool unset(const json_t *v)
+/* Absent, null or "": not given, or given to clear. */
+static bool absent_or_unset(const json_t *v)
 {
-  return !v || json_is_null(v) || (json_is_string(v) && json_string_length(v) == 0);
+  return !v || tp_unset(v);
 }
 
 /* The endpoint object of a stored row, status from its column. */
@@ -185,28 +186,6 @@ static bool check_description(struct tp_req *r, const json_t *v)
   return true;
 }
 
-static void metadata_apply(json_t *obj, const json_t *v)
-{
-  json_t *md = json_object_get(obj, "metadata");
-  if (!json_is_object(md)) {
-    md = json_object();
-    json_object_set_new(obj, "metadata", md);
-  }
-  if (unset(v)) {
-    json_object_clear(md);
-    return;
-  }
-  const char *k;
-  json_t *mv;
-  json_object_foreach((json_t *)(uintptr_t)v, k, mv)
-  {
-    if (unset(mv))
-      json_object_del(md, k);
-    else
-      json_object_set_new(md, k, json_string(json_string_value(mv)));
-  }
-}
-
 /* The object lock a write holds: the endpoint, or for a create the
  * merchant's endpoint set (so the per-merchant limit holds). */
 static void lock_key(const struct tp_req *r, char out[TP_ID_MAX + 16])
@@ -268,7 +247,7 @@ void tp_h_we_create(struct tp_req *r)
   if (!tp_check_params(r, spec_create))
     return;
   const json_t *p = r->params;
-  if (unset(json_object_get(p, "url"))) {
+  if (absent_or_unset(json_object_get(p, "url"))) {
     tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "url", NULL);
     return;
   }
@@ -306,12 +285,12 @@ void tp_h_we_create(struct tp_req *r)
   json_t *ep = json_pack("{s:s, s:s, s:o, s:n, s:I, s:o, s:O, s:b, s:{}, s:s, s:s}", "id", id, "object",
                          "webhook_endpoint", "api_version", api_version ? json_string(api_version) : json_null(),
                          "application", "created", (json_int_t)created, "description",
-                         unset(desc) ? json_null() : json_string(json_string_value(desc)), "enabled_events",
+                         absent_or_unset(desc) ? json_null() : json_string(json_string_value(desc)), "enabled_events",
                          json_object_get(p, "enabled_events"), "livemode", 0, "metadata", "status", "enabled",
                          "url", json_string_value(json_object_get(p, "url")));
   if (!ep)
     abort();
-  metadata_apply(ep, json_object_get(p, "metadata") ? json_object_get(p, "metadata") : json_null());
+  tp_metadata_apply(ep, json_object_get(p, "metadata") ? json_object_get(p, "metadata") : json_null());
   char *data = json_dumps(ep, JSON_COMPACT);
   struct tp_cs *cs = tp_cs_new();
   char floor[TP_ID_MAX + 8];
@@ -362,9 +341,9 @@ void tp_h_we_update(struct tp_req *r)
   if ((v = json_object_get(p, "enabled_events")))
     json_object_set(ep, "enabled_events", (json_t *)(uintptr_t)v);
   if ((v = json_object_get(p, "description")))
-    json_object_set_new(ep, "description", unset(v) ? json_null() : json_string(json_string_value(v)));
+    json_object_set_new(ep, "description", absent_or_unset(v) ? json_null() : json_string(json_string_value(v)));
   if ((v = json_object_get(p, "metadata")))
-    metadata_apply(ep, v);
+    tp_metadata_apply(ep, v);
   struct tp_cs *cs = tp_cs_new();
   if ((v = json_object_get(p, "disabled"))) {
     const char *st = json_is_true(v) ? "disabled" : "enabled";
