@@ -5,6 +5,7 @@
  * Keys are stored only as SHA-256 hashes (api_keys.hash, a BLOB). The store's
  * query op binds text only, so a hash goes into SQL as an X'..' literal made
  * here from the digest: never from client text. */
+#include "cli.h"
 #include "main/commands.h"
 #include "sec/audit.h"
 #include "sec/auth.h"
@@ -60,6 +61,21 @@ static int unhex32(const char *s, uint8_t out[32])
     out[i] = (uint8_t)v;
   }
   return 0;
+}
+
+int tp_auth_open_merchant(const char *dir, const char *id, const char *cmd, struct tp_store *st,
+                          struct tp_merchant *m)
+{
+  if (tp_store_open_sqlite(st, dir) != 0) {
+    fprintf(stderr, "turnpike %s: cannot open the store in %s\n", cmd, dir);
+    return 1;
+  }
+  int found = tp_auth_merchant(st, id, m);
+  if (found == 1)
+    return 0;
+  fprintf(stderr, "turnpike %s: %s\n", cmd, found < 0 ? "store error" : "no such merchant");
+  st->ops->close(st->cls);
+  return 1;
 }
 
 int tp_auth_merchant(struct tp_store *st, const char *id, struct tp_merchant *m)
@@ -173,16 +189,6 @@ static void usage(FILE *f)
           "stored only as SHA-256 hashes.\n");
 }
 
-static const char *opt(int argc, char **argv, int *i, const char *name)
-{
-  size_t n = strlen(name);
-  if (strncmp(argv[*i], name, n) == 0 && argv[*i][n] == '=')
-    return argv[*i] + n + 1;
-  if (strcmp(argv[*i], name) == 0 && *i + 1 < argc)
-    return argv[++*i];
-  return NULL;
-}
-
 static bool parse_secs(const char *s, int64_t max, int64_t *out)
 {
   char *end;
@@ -229,18 +235,18 @@ int tp_cmd_api_key(int argc, char **argv)
     if (strcmp(argv[i], "--help") == 0) {
       usage(stdout);
       return 0;
-    } else if ((v = opt(argc, argv, &i, "--data")))
+    } else if ((v = tp_cli_value(argc, argv, &i, "--data", "api-key")))
       data = v;
-    else if ((v = opt(argc, argv, &i, "--merchant")))
+    else if ((v = tp_cli_value(argc, argv, &i, "--merchant", "api-key")))
       merchant = v;
-    else if (!roll && (v = opt(argc, argv, &i, "--scopes")))
+    else if (!roll && (v = tp_cli_value(argc, argv, &i, "--scopes", "api-key")))
       scopes_s = v;
-    else if (roll && (v = opt(argc, argv, &i, "--overlap"))) {
+    else if (roll && (v = tp_cli_value(argc, argv, &i, "--overlap", "api-key"))) {
       if (!parse_secs(v, 365 * 86400, &overlap)) {
         fprintf(stderr, "turnpike api-key: --overlap wants 0..31536000 seconds\n");
         return 2;
       }
-    } else if ((v = opt(argc, argv, &i, "--expires-in"))) {
+    } else if ((v = tp_cli_value(argc, argv, &i, "--expires-in", "api-key"))) {
       if (!parse_secs(v, 10 * 365 * 86400, &expires_in) || expires_in == 0) {
         fprintf(stderr, "turnpike api-key: --expires-in wants 1..315360000 seconds\n");
         return 2;
@@ -269,15 +275,9 @@ int tp_cmd_api_key(int argc, char **argv)
   }
   tp_log_threshold = TP_LOG_WARN;
   struct tp_store st;
-  if (tp_store_open_sqlite(&st, data) != 0)
-    return 1;
   struct tp_merchant m;
-  int found = tp_auth_merchant(&st, merchant, &m);
-  if (found != 1) {
-    fprintf(stderr, "turnpike api-key: %s\n", found < 0 ? "store error" : "no such merchant");
-    st.ops->close(st.cls);
+  if (tp_auth_open_merchant(data, merchant, "api-key", &st, &m) != 0)
     return 1;
-  }
   int64_t now = tp_now();
   int64_t expires = expires_in ? now + expires_in : 0;
   char key[128], rnd[TP_KEY_RANDOM_LEN + 1], hint[32];

@@ -30,4 +30,8 @@ enum tp_err tp_oauth_authenticate(const char *token, struct tp_auth *a);
 void tp_req_remote_addr(struct tp_req *r, char *out, size_t cap);
 /* Read a merchant row by id into m: 1 found, 0 not, -1 store error. */
 int tp_auth_merchant(struct tp_store *st, const char *id, struct tp_merchant *m);
+/* For admin commands: open the store in dir and read merchant id into m.
+ * 0; or 1 (the store is closed and the reason printed as "turnpike CMD: …"). */
+int tp_auth_open_merchant(const char *dir, const char *id, const char *cmd, struct tp_store *st,
+                          struct tp_merchant *m);
 #endif

@@ -464,6 +464,24 @@ enum tp_err tp_oauth_authenticate(const char *token, struct tp_auth *a)
 }
 
 /* ---- POST /oauth/revoke ------------------------------------------------------ */
+/* The shared start of /oauth/revoke and /oauth/introspect: known
+ * parameters only, an authenticated client, a token. NULL when the error
+ * reply is already set. */
+static const char *token_request(struct tp_req *r, struct oclient *c)
+{
+  static const char *const allowed[] = {"token", "token_type_hint", "client_id", "client_secret", NULL};
+  if (!only_params(r, allowed)) {
+    oauth_error(r, 400, "invalid_request", "Unknown, repeated or non-text parameter.");
+    return NULL;
+  }
+  if (!endpoint_client_auth(r, c))
+    return NULL;
+  const char *token = param(r, "token");
+  if (!token)
+    oauth_error(r, 400, "invalid_request", "The token parameter is required.");
+  return token;
+}
+
 static void revoke_done(struct tp_cs *cs, int rc, void *arg)
 {
   (void)cs;
@@ -476,19 +494,10 @@ static void revoke_done(struct tp_cs *cs, int rc, void *arg)
 
 void tp_h_oauth_revoke(struct tp_req *r)
 {
-  static const char *const allowed[] = {"token", "token_type_hint", "client_id", "client_secret", NULL};
-  if (!only_params(r, allowed)) {
-    oauth_error(r, 400, "invalid_request", "Unknown, repeated or non-text parameter.");
-    return;
-  }
   struct oclient c;
-  if (!endpoint_client_auth(r, &c))
+  const char *token = token_request(r, &c);
+  if (!token)
     return;
-  const char *token = param(r, "token");
-  if (!token) {
-    oauth_error(r, 400, "invalid_request", "The token parameter is required.");
-    return;
-  }
   /* RFC 7009 §2.2: an invalid or unknown token is answered 200 too. A token
    * of another client is left alone, and the answer does not say so. */
   tp_reply_json(r, 200, json_object());
@@ -527,19 +536,10 @@ void tp_h_oauth_revoke(struct tp_req *r)
 /* ---- POST /oauth/introspect ------------------------------------------------ */
 void tp_h_oauth_introspect(struct tp_req *r)
 {
-  static const char *const allowed[] = {"token", "token_type_hint", "client_id", "client_secret", NULL};
-  if (!only_params(r, allowed)) {
-    oauth_error(r, 400, "invalid_request", "Unknown, repeated or non-text parameter.");
-    return;
-  }
   struct oclient c;
-  if (!endpoint_client_auth(r, &c))
+  const char *token = token_request(r, &c);
+  if (!token)
     return;
-  const char *token = param(r, "token");
-  if (!token) {
-    oauth_error(r, 400, "invalid_request", "The token parameter is required.");
-    return;
-  }
   struct tp_auth a;
   int64_t exp;
   json_t *cl = NULL;
@@ -695,15 +695,9 @@ int tp_cmd_oauth_client(int argc, char **argv)
   tp_scopes_format(mask, scopes, sizeof scopes);
   tp_log_threshold = TP_LOG_WARN;
   struct tp_store st;
-  if (tp_store_open_sqlite(&st, data) != 0)
-    return 1;
   struct tp_merchant m;
-  int found = tp_auth_merchant(&st, merchant, &m);
-  if (found != 1) {
-    fprintf(stderr, "turnpike oauth-client: %s\n", found < 0 ? "store error" : "no such merchant");
-    st.ops->close(st.cls);
+  if (tp_auth_open_merchant(data, merchant, "oauth-client", &st, &m) != 0)
     return 1;
-  }
   char id[TP_ID_MAX], rnd[TP_OAUTH_SECRET_LEN + 1], secret[80], hash[65];
   tp_id_new(id, "oc");
   tp_random_b62(rnd, TP_OAUTH_SECRET_LEN);
