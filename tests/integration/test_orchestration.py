@@ -5,74 +5,10 @@ gateway under load with recovery and the sim journal proving that no card was
 charged twice."""
 import json
 import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 import unittest
-import urllib.request
 
-from harness import (BIN, HOST, Daemon, PaymentLoad, new_key, open_db_ro, main)
-
-
-class Sim:
-    """A `turnpike sim` process with its own data directory."""
-
-    def __init__(self):
-        self.root = tempfile.mkdtemp(prefix="tp-orch-sim-")
-        self.data = os.path.join(self.root, "data")
-        os.makedirs(self.data)
-        self.log = open(os.path.join(self.root, "sim.log"), "ab")
-        self.proc = subprocess.Popen(
-            [BIN, "sim", "--listen", HOST + ":0", "--iso-listen", HOST + ":0", "--data", self.data],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, start_new_session=True)
-        addr = os.path.join(self.data, "sim.addr")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("sim exited with %d" % self.proc.returncode)
-            try:
-                with open(addr) as f:
-                    lines = f.read().split("\n")
-                if len(lines) >= 3:
-                    self.rest, self.iso = lines[0], lines[1]
-                    return
-            except FileNotFoundError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("no sim.addr within 20 s")
-
-    def _call(self, method, path, body=None):
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request("http://%s%s" % (self.rest, path), data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read().decode())
-
-    def faults(self, processor, **kw):
-        kw["processor"] = processor
-        return self._call("POST", "/_sim/faults", kw)
-
-    def journal(self, **query):
-        qs = "&".join("%s=%s" % kv for kv in query.items())
-        return self._call("GET", "/_sim/journal" + ("?" + qs if qs else ""))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        if os.environ.get("TP_KEEP_TMP"):
-            sys.stderr.write("kept %s\n" % self.root)
-        else:
-            shutil.rmtree(self.root, ignore_errors=True)
+from harness import (BIN, HOST, Daemon, PaymentLoad, Sim, new_key, open_db_ro, main)
 
 
 def gateway_config(sim, names=("a", "b"), timeout_ms=400, extra=""):

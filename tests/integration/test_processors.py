@@ -12,16 +12,12 @@ Two parts:
 import http.server
 import json
 import os
-import shutil
-import signal
-import subprocess
-import tempfile
 import threading
 import time
 import unittest
 
 import harness
-from harness import BIN, HOST, PAN_OK, PAN_INSUFFICIENT, Client, Daemon, card, new_key
+from harness import BIN, HOST, PAN_OK, PAN_INSUFFICIENT, Client, Daemon, Sim, card, new_key
 
 WAIT_S = 15.0
 
@@ -253,55 +249,6 @@ class ConnectorContract(unittest.TestCase):
 
 # -- the real simulator -------------------------------------------------------
 
-class Sim:
-    """`turnpike sim` on loopback with its own data directory."""
-
-    def __init__(self):
-        self.root = tempfile.mkdtemp(prefix="tp-sim-")
-        self.log = open(os.path.join(self.root, "sim.log"), "ab")
-        self.proc = subprocess.Popen(
-            [BIN, "sim", "--listen", HOST + ":0", "--iso-listen", HOST + ":0", "--data", self.root],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, start_new_session=True)
-        addr = os.path.join(self.root, "sim.addr")
-
-        def ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError("sim exited with %d" % self.proc.returncode)
-            try:
-                with open(addr) as f:
-                    t = f.read()
-            except FileNotFoundError:
-                return None
-            lines = t.split("\n")
-            return lines[0] if len(lines) >= 3 else None
-        self.rest = wait_for(ready, what="sim.addr")
-        host, _, port = self.rest.rpartition(":")
-        self.client = Client(host, int(port))
-
-    def faults(self, **kw):
-        r = self.client.request("POST", "/_sim/faults", body=json.dumps(kw).encode(),
-                                headers={"Content-Type": "application/json"})
-        assert r.status == 200, r
-        return r.json
-
-    def journal(self):
-        r = self.client.get("/_sim/journal")
-        assert r.status == 200, r
-        return r.json
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        if not os.environ.get("TP_KEEP_TMP"):
-            shutil.rmtree(self.root, ignore_errors=True)
-
-
 class WithSimulator(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -409,8 +356,7 @@ class IsoProcessorInRegistry(unittest.TestCase):
         sim = Sim()
         d = Daemon()
         try:
-            with open(os.path.join(sim.root, "sim.addr")) as f:
-                iso = f.read().split("\n")[1]
+            iso = sim.iso
             d.create_merchant("m")
             d.start(config=("[processor.acq]\ntype = iso8583\nendpoint = %s\n"
                             "terminal_id = TERM0001\nmerchant_id = TURNPIKE0000001\n"
