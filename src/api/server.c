@@ -23,7 +23,7 @@
 #include <unistd.h>
 
 #define TP_HTTP_MAX_CONNECTIONS 4096
-#define TP_HTTP_CONN_MEMORY (64 * 1024)   /* per-connection header/read buffer */
+#define TP_HTTP_CONN_MEMORY (16 * 1024)   /* per-connection header/read buffer (MHD zeroes it per request) */
 #define TP_HTTP_TIMEOUT_S 60
 #define TP_HTTP_MAX_QUERY 8192
 

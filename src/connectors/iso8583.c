@@ -714,6 +714,21 @@ static void read_in(struct iso_link *l, int64_t now)
 
 /* ---- timers --------------------------------------------------------------- */
 
+/* Stop repeating reversal p here. This is only the fast path: the reversal
+ * of an authorization is owed durably by the gateway's recovery (payflow
+ * commits the attempt "reversal_pending", or leaves it "sent" when the link
+ * could not say), and so is recovery's own status query, so those are
+ * handed over. A capture, refund or void reversal has no such owner: a
+ * person must look (error level). */
+static void reversal_give_up(struct iso_link *l, struct pend *p, const char *why)
+{
+  bool owned = p->kind == TP_PROC_AUTHORIZE || p->kind == TP_PROC_STATUS;
+  tp_log(owned ? TP_LOG_WARN : TP_LOG_ERROR, "iso_reversal_gave_up", "{s:s, s:s, s:i, s:s, s:s}", "processor",
+         l->name, "rrn", p->rrn, "tries", p->tries, "reason", why, "owner", owned ? "recovery" : "none");
+  tp_metric_inc("turnpike_iso_reversals_failed_total", l->labels, 1);
+  pend_drop(l, p);
+}
+
 static void on_deadline(struct iso_link *l, struct pend *p, int64_t now)
 {
   switch (p->type) {
@@ -732,10 +747,7 @@ static void on_deadline(struct iso_link *l, struct pend *p, int64_t now)
     if (p->c) /* a void or status query: the caller hears now; we keep trying */
       report(l, p, TP_OUT_ERROR, p->kind == TP_PROC_STATUS ? "processor_status_unknown" : "processor_timeout");
     if (p->tries >= l->rev_tries) {
-      tp_log(TP_LOG_ERROR, "iso_reversal_gave_up", "{s:s, s:s, s:i}", "processor", l->name, "rrn", p->rrn, "tries",
-             p->tries);
-      tp_metric_inc("turnpike_iso_reversals_failed_total", l->labels, 1);
-      pend_drop(l, p);
+      reversal_give_up(l, p, "no acknowledgement");
       return;
     }
     if (send_pend(l, p, now) != 0)
@@ -757,11 +769,8 @@ static void check_resend(struct iso_link *l, int64_t now)
       p->report_on_send = false;
       report(l, p, TP_OUT_ERROR, "processor_status_unknown");
     }
-    if (now - p->created > ISO_RESEND_MAX_MS) {
-      tp_log(TP_LOG_ERROR, "iso_reversal_gave_up", "{s:s, s:s, s:s}", "processor", l->name, "rrn", p->rrn,
-             "reason", "link down too long");
-      pend_drop(l, p);
-    }
+    if (now - p->created > ISO_RESEND_MAX_MS)
+      reversal_give_up(l, p, "link down too long");
     p = next;
   }
 }

@@ -673,6 +673,11 @@ static void orchestrate(struct tp_pay *p)
      * not even send the reversal (status unknown), the call may stand: the
      * payment is left to recovery, which reverses it, instead of cascading. */
     set_state(&p->att, c);
+    if (!p->not_sent && strcmp(p->last_code, "processor_timeout") == 0)
+      /* The reversal the connector started is owed until the host
+       * acknowledges it: committed with this attempt before the cascade
+       * goes out, so recovery repeats it (after a restart too). */
+      snprintf(p->att.state, sizeof p->att.state, "reversal_pending");
     next_step(p, true);
     return;
   }
@@ -687,6 +692,8 @@ static void orchestrate(struct tp_pay *p)
   }
   unresolved(p);
 }
+
+static void reversal_answered(struct tp_pay *p);
 
 static void call_done(struct tp_proc_call *c)
 {
@@ -708,6 +715,10 @@ static void call_done(struct tp_proc_call *c)
   }
   if (p->orchestrated && !p->recovering) {
     orchestrate(p);
+    return;
+  }
+  if (p->recovering && strcmp(p->att.state, "reversal_pending") == 0) {
+    reversal_answered(p);
     return;
   }
   if (p->recovering && c->outcome == TP_OUT_ERROR) {
@@ -1081,6 +1092,231 @@ static bool recover_one(const struct tp_attempt *a)
   return true;
 }
 
+/* ---- reversals owed ------------------------------------------------------------
+ * A timed-out ISO 8583 authorization is committed "reversal_pending" (see
+ * orchestrate): the host may have approved it while the payment went on
+ * elsewhere, so its reversal is repeated until the host acknowledges it,
+ * however long that takes and across restarts (store-and-forward). The
+ * connector's own 0401 repeats are the fast path; this is the durable one.
+ * Only the attempt row changes, to "reversed": its PaymentIntent moved on
+ * and no event is emitted. */
+static int64_t reversal_backoff_max_ms = 60000;
+
+#define REV_BUCKETS 1024
+#define REV_COUNTS_MAX 64
+struct rev_wait {
+  struct rev_wait *next;
+  char id[64];
+  int64_t due_ms; /* monotonic: the next try not before */
+  int tries;
+};
+static struct rev_wait *rev_tab[REV_BUCKETS];
+/* Pending reversals per processor as of the last scan (API, gauge). */
+static struct rev_count {
+  char name[64];
+  size_t n;
+} rev_counts[REV_COUNTS_MAX];
+static size_t rev_counts_n;
+static pthread_mutex_t rev_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* Where this process's backoff entry for attempt id is, or would go (rev_mu
+ * held): *slot is NULL when there is none. */
+static struct rev_wait **rev_slot(const char *id)
+{
+  struct rev_wait **pp = &rev_tab[inflight_bucket(id) % REV_BUCKETS];
+  while (*pp && strcmp((*pp)->id, id) != 0)
+    pp = &(*pp)->next;
+  return pp;
+}
+
+/* -1: no try of id seen here yet; 0: due now; 1: backing off. */
+static int rev_due(const char *id, int64_t now_ms)
+{
+  pthread_mutex_lock(&rev_mu);
+  struct rev_wait *e = *rev_slot(id);
+  int rc = !e ? -1 : e->due_ms > now_ms;
+  pthread_mutex_unlock(&rev_mu);
+  return rc;
+}
+
+/* A try of id failed: the next waits recovery_interval_ms, doubling per
+ * failure up to reversal_backoff_max_ms. Returns that wait. */
+static int64_t rev_later(const char *id)
+{
+  pthread_mutex_lock(&rev_mu);
+  struct rev_wait **pp = rev_slot(id), *e = *pp;
+  if (!e) {
+    e = calloc(1, sizeof *e);
+    if (!e)
+      abort();
+    snprintf(e->id, sizeof e->id, "%s", id);
+    *pp = e;
+  }
+  int64_t wait = recovery_ms;
+  for (int i = 0; i < e->tries && wait < reversal_backoff_max_ms; i++)
+    wait *= 2;
+  if (wait > reversal_backoff_max_ms)
+    wait = reversal_backoff_max_ms;
+  if (e->tries < 1000)
+    e->tries++;
+  e->due_ms = tp_mono_ms() + wait;
+  pthread_mutex_unlock(&rev_mu);
+  return wait;
+}
+
+static void rev_forget(const char *id)
+{
+  pthread_mutex_lock(&rev_mu);
+  struct rev_wait **pp = rev_slot(id), *e = *pp;
+  if (e) {
+    *pp = e->next;
+    free(e);
+  }
+  pthread_mutex_unlock(&rev_mu);
+}
+
+size_t tp_payflow_reversals_pending(const char *processor)
+{
+  size_t n = 0;
+  pthread_mutex_lock(&rev_mu);
+  for (size_t i = 0; i < rev_counts_n; i++)
+    if (strcmp(rev_counts[i].name, processor) == 0)
+      n = rev_counts[i].n;
+  pthread_mutex_unlock(&rev_mu);
+  return n;
+}
+
+/* Publish the counts of one scan: the API's and the gauge per processor
+ * (every ISO processor, and any name that had some before, so a count that
+ * drops to zero shows zero). */
+static void rev_publish(const struct rev_count *c, size_t n)
+{
+  char esc[160], labels[192];
+  pthread_mutex_lock(&rev_mu);
+  for (size_t i = 0; i < rev_counts_n; i++) {
+    size_t j = 0;
+    while (j < n && strcmp(c[j].name, rev_counts[i].name) != 0)
+      j++;
+    if (j == n) {
+      tp_metric_label_escape(esc, sizeof esc, rev_counts[i].name);
+      snprintf(labels, sizeof labels, "processor=\"%s\"", esc);
+      tp_metric_set("turnpike_reversals_pending", labels, 0);
+    }
+  }
+  memcpy(rev_counts, c, n * sizeof *c);
+  rev_counts_n = n;
+  pthread_mutex_unlock(&rev_mu);
+  for (size_t i = 0; i < n; i++) {
+    tp_metric_label_escape(esc, sizeof esc, c[i].name);
+    snprintf(labels, sizeof labels, "processor=\"%s\"", esc);
+    tp_metric_set("turnpike_reversals_pending", labels, (int64_t)c[i].n);
+  }
+}
+
+/* The processor answered recovery's reversal of p->att. */
+static void reversal_answered(struct tp_pay *p)
+{
+  const struct tp_proc_call *c = &p->call;
+  if (c->outcome == TP_OUT_NOT_FOUND) {
+    /* 0410 with 00 (reversed now) or 25 (nothing stands under the
+     * reference, e.g. the connector's own 0401 got there first). */
+    rev_forget(p->att.id);
+    snprintf(p->att.state, sizeof p->att.state, "reversed");
+    if (c->processor_ref[0])
+      snprintf(p->att.processor_ref, sizeof p->att.processor_ref, "%s", c->processor_ref);
+    p->att.updated = tp_now();
+    tp_log(TP_LOG_INFO, "reversal_recovered", "{s:s, s:s, s:s}", "attempt", p->att.id, "processor",
+           p->att.processor, "payment_intent", p->att.payment_intent);
+    tp_metric_inc("turnpike_reversals_recovered_total", NULL, 1);
+    commit_outcome(p, tp_cs_new());
+    return;
+  }
+  /* Refused, no answer, link down: still owed; never given up. */
+  int64_t wait = rev_later(p->att.id);
+  tp_log(TP_LOG_WARN, "reversal_still_pending", "{s:s, s:s, s:s, s:I}", "attempt", p->att.id, "processor",
+         p->att.processor, "error", c->outcome == TP_OUT_ERROR ? c->decline_code : "unexpected_answer", "retry_ms",
+         (json_int_t)wait);
+  inflight_del(p->att.id);
+  tp_pay_free(p);
+}
+
+/* Send the reversal of one "reversal_pending" attempt again (through the
+ * status call, which an ISO link answers by reversing the reference); false
+ * when someone here is already on it. */
+static bool recover_reversal(const struct tp_attempt *a)
+{
+  if (!inflight_add(a->id))
+    return false;
+  struct tp_merchant m;
+  memset(&m, 0, sizeof m);
+  snprintf(m.id, sizeof m.id, "%s", a->merchant);
+  struct tp_pay *p = tp_pay_new(NULL, &m);
+  p->att = *a;
+  p->recovering = true;
+  if (a->vault_token[0]) {
+    /* Field 2 like the first reversal; hosts match on field 37 anyway. */
+    struct tp_card_info ci;
+    if (tp_vault_load(a->merchant, a->vault_token, &ci) == 0) {
+      snprintf(p->call.pan, sizeof p->call.pan, "%s", ci.pan);
+      tp_card_wipe(&ci, sizeof ci);
+    }
+  }
+  p->call.kind = TP_PROC_STATUS;
+  tp_log(TP_LOG_INFO, "reversal_retry", "{s:s, s:s}", "attempt", a->id, "processor", a->processor);
+  tp_metric_inc("turnpike_reversal_retries_total", NULL, 1);
+  send_call(p);
+  return true;
+}
+
+/* Reverse again the "reversal_pending" attempts nobody here is on: all at
+ * start-up; on the tick, those past their backoff, or (first seen) older
+ * than twice their processor's timeout so the connector's 0401 repeats
+ * go first. */
+static int recover_reversals(bool startup)
+{
+  struct tp_attempt *list = NULL;
+  size_t n = 0;
+  if (tp_app.store.ops->attempts_in_state(tp_app.store.cls, "reversal_pending", &list, &n) != 0)
+    return 0;
+  struct rev_count counts[REV_COUNTS_MAX];
+  size_t nc = 0;
+  for (size_t i = 0; i < tp_procs_count() && nc < REV_COUNTS_MAX; i++)
+    if (strcmp(tp_proc_at(i)->type, "iso8583") == 0) {
+      snprintf(counts[nc].name, sizeof counts[nc].name, "%s", tp_proc_at(i)->name);
+      counts[nc++].n = 0;
+    }
+  int done = 0;
+  int64_t now = tp_now(), mono = tp_mono_ms();
+  for (size_t i = 0; i < n; i++) {
+    const struct tp_attempt *a = &list[i];
+    size_t j = 0;
+    while (j < nc && strcmp(counts[j].name, a->processor) != 0)
+      j++;
+    if (j == nc && nc < REV_COUNTS_MAX) {
+      snprintf(counts[nc].name, sizeof counts[nc].name, "%s", a->processor);
+      counts[nc++].n = 0;
+    }
+    if (j < nc)
+      counts[j].n++;
+    if (!startup) {
+      int due = rev_due(a->id, mono);
+      if (due > 0)
+        continue;
+      if (due < 0) {
+        struct tp_proc *pr = NULL;
+        conn_of(a->processor, &pr);
+        int64_t timeout_ms = pr && pr->timeout_ms > 0 ? pr->timeout_ms : 5000;
+        if ((now - a->updated) * 1000 < 2 * timeout_ms + 1000)
+          continue;
+      }
+    }
+    done += recover_reversal(a);
+  }
+  free(list);
+  rev_publish(counts, nc);
+  return done;
+}
+
 /* Resolve attempts left "sent": all of them at start-up, else those older
  * than twice their processor's timeout that nobody here waits for. */
 static int recover_scan(bool startup)
@@ -1104,7 +1340,7 @@ static int recover_scan(bool startup)
     done += recover_one(a);
   }
   free(list);
-  return done;
+  return done + recover_reversals(startup);
 }
 
 static void recovery_tick(void *arg, bool stopping)
@@ -1125,6 +1361,7 @@ int tp_recover(void)
   backoff_cap_ms = tp_config_int("routing", "backoff_cap_ms", 1000, 0, 600000);
   max_retries = (int)tp_config_int("routing", "max_retries", 1, 0, 10);
   recovery_ms = tp_config_int("routing", "recovery_interval_ms", 5000, 100, 3600000);
+  reversal_backoff_max_ms = tp_config_int("routing", "reversal_backoff_max_ms", 60000, 100, 86400000);
   tp_router_load();
   tp_metric_help("turnpike_payment_retries_total", "Calls retried on the same processor after a transient failure");
   tp_metric_help("turnpike_payment_cascades_total", "Payments moved to the next processor of their route");
@@ -1132,6 +1369,9 @@ int tp_recover(void)
   tp_metric_help("turnpike_payments_unroutable_total", "Payments with no eligible processor");
   tp_metric_help("turnpike_attempts_unresolved_total", "Calls left with an unknown outcome for recovery");
   tp_metric_help("turnpike_recovery_attempts_total", "Attempts resolved by a recovery status query");
+  tp_metric_help("turnpike_reversals_pending", "Timed-out ISO 8583 authorizations whose reversal is still owed");
+  tp_metric_help("turnpike_reversal_retries_total", "Reversals sent again by recovery");
+  tp_metric_help("turnpike_reversals_recovered_total", "Owed reversals the host acknowledged (attempt reversed)");
   if (timer_start() != 0)
     return -1;
   int done = recover_scan(true);

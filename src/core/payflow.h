@@ -82,6 +82,10 @@ int tp_recover(void);
 void tp_payflow_stop(void);
 /* Attempts of this process in flight now (tests, metrics). */
 size_t tp_payflow_inflight(void);
+/* Attempts of processor left in state reversal_pending (a timed-out ISO
+ * authorization whose reversal recovery still owes), as of the last
+ * recovery scan. */
+size_t tp_payflow_reversals_pending(const char *processor);
 
 /* Charge object helpers. */
 json_t *tp_charge_new(const struct tp_pay *p, bool approved);

@@ -392,6 +392,8 @@ json_t *tp_proc_json(const struct tp_proc *p)
     tp_iso8583_stats(&p->conn, link);
     json_object_set_new(o, "link", link);
   }
+  if (strcmp(p->type, "iso8583") == 0) /* owed durably, as of the last recovery scan */
+    json_object_set_new(o, "reversals_pending", json_integer((json_int_t)tp_payflow_reversals_pending(p->name)));
   return o;
 }
 

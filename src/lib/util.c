@@ -2,9 +2,8 @@
 #include "util.h"
 
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/rand.h>
-#include <openssl/sha.h>
+#include <openssl/crypto.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +12,15 @@
 
 static const char b62[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-void tp_random(void *buf, size_t n)
+/* Every draw comes from a per-thread pool refilled from RAND_bytes 1 KiB at
+ * a time: each RAND_bytes call costs far more (DRBG locking, reseed checks)
+ * than the bytes it returns, and a payment takes a few dozen bytes for ids,
+ * nonces and keys. Bytes are wiped from the pool as they are handed out, so
+ * a key drawn here exists in one place only. Large draws bypass the pool. */
+static __thread uint8_t rnd_pool[1024];
+static __thread size_t rnd_left;
+
+static void rng_fill(void *buf, size_t n)
 {
   if (RAND_bytes(buf, (int)n) != 1) {
     fprintf(stderr, "{\"level\":\"error\",\"event\":\"rng_failed\"}\n");
@@ -21,25 +28,38 @@ void tp_random(void *buf, size_t n)
   }
 }
 
+void tp_random(void *buf, size_t n)
+{
+  if (n > sizeof rnd_pool / 4) {
+    rng_fill(buf, n);
+    return;
+  }
+  uint8_t *out = buf;
+  while (n > 0) {
+    if (rnd_left == 0) {
+      rng_fill(rnd_pool, sizeof rnd_pool);
+      rnd_left = sizeof rnd_pool;
+    }
+    size_t take = n < rnd_left ? n : rnd_left;
+    uint8_t *src = rnd_pool + sizeof rnd_pool - rnd_left;
+    memcpy(out, src, take);
+    memset(src, 0, take);
+    rnd_left -= take;
+    out += take;
+    n -= take;
+  }
+}
+
 void tp_random_b62(char *out, size_t n)
 {
-  /* Ids and request ids take a few random bytes each, several times per
-   * request: draw them from a per-thread pool refilled from RAND_bytes 512
-   * bytes at a time (each call costs far more than the bytes it returns).
-   * Bytes are wiped as they are consumed. */
-  static __thread uint8_t pool[512];
-  static __thread size_t left;
   size_t i = 0;
+  uint8_t v[32];
   while (i < n) {
-    if (left == 0) {
-      tp_random(pool, sizeof pool);
-      left = sizeof pool;
-    }
-    uint8_t v = pool[sizeof pool - left];
-    pool[sizeof pool - left] = 0;
-    left--;
-    if (v < 248) /* 248 = 4*62: reject to keep the draw uniform */
-      out[i++] = b62[v % 62];
+    size_t want = n - i < sizeof v ? n - i : sizeof v;
+    tp_random(v, want);
+    for (size_t k = 0; k < want; k++)
+      if (v[k] < 248) /* 248 = 4*62: reject to keep the draw uniform */
+        out[i++] = b62[v[k] % 62];
   }
   out[n] = '\0';
 }
@@ -92,23 +112,86 @@ void tp_hex(const uint8_t *in, size_t n, char *out)
   out[2 * n] = '\0';
 }
 
+/* SHA-256 and HMAC-SHA-256 on the request path (API keys, request hashes,
+ * card fingerprints): OpenSSL 3's one-shot SHA256() and HMAC() look the
+ * algorithm up in the provider store on every call, which costs more than
+ * hashing a short message. Fetch it once and keep one digest context per
+ * thread; HMAC is RFC 2104 over it. */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static pthread_key_t sha_key; /* the thread's EVP_MD_CTX, freed when it exits */
+
+static void sha_ctx_free(void *c)
+{
+  EVP_MD_CTX_free(c);
+}
+
+static void sha256_fetch(void)
+{
+  sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+  if (pthread_key_create(&sha_key, sha_ctx_free) != 0)
+    abort();
+}
+
+static EVP_MD_CTX *sha_begin(void)
+{
+  pthread_once(&sha256_once, sha256_fetch);
+  EVP_MD_CTX *c = pthread_getspecific(sha_key);
+  if (!c && (c = EVP_MD_CTX_new()) != NULL)
+    pthread_setspecific(sha_key, c);
+  if (!sha256_md || !c || EVP_DigestInit_ex2(c, sha256_md, NULL) != 1)
+    abort();
+  return c;
+}
+
+static void sha_end(EVP_MD_CTX *c, uint8_t out[32])
+{
+  unsigned n = 32;
+  if (EVP_DigestFinal_ex(c, out, &n) != 1)
+    abort();
+}
+
 void tp_sha256(const void *data, size_t len, uint8_t out[32])
 {
-  SHA256(data, len, out);
+  EVP_MD_CTX *c = sha_begin();
+  EVP_DigestUpdate(c, data, len);
+  sha_end(c, out);
 }
 
 void tp_sha256_hex(const void *data, size_t len, char out[65])
 {
   uint8_t h[32];
-  SHA256(data, len, h);
+  tp_sha256(data, len, h);
   tp_hex(h, 32, out);
+}
+
+void tp_hmac_sha256(const void *key, size_t keylen, const void *data, size_t len, uint8_t out[32])
+{
+  uint8_t k[64] = {0}, pad[64];
+  if (keylen > sizeof k)
+    tp_sha256(key, keylen, k);
+  else
+    memcpy(k, key, keylen);
+  for (size_t i = 0; i < 64; i++)
+    pad[i] = k[i] ^ 0x36;
+  EVP_MD_CTX *c = sha_begin();
+  EVP_DigestUpdate(c, pad, 64);
+  EVP_DigestUpdate(c, data, len);
+  sha_end(c, out);
+  for (size_t i = 0; i < 64; i++)
+    pad[i] = k[i] ^ 0x5c;
+  c = sha_begin();
+  EVP_DigestUpdate(c, pad, 64);
+  EVP_DigestUpdate(c, out, 32);
+  sha_end(c, out);
+  OPENSSL_cleanse(k, sizeof k);
+  OPENSSL_cleanse(pad, sizeof pad);
 }
 
 void tp_hmac_sha256_hex(const void *key, size_t keylen, const void *data, size_t len, char out[65])
 {
   uint8_t h[32];
-  unsigned hl = 32;
-  HMAC(EVP_sha256(), key, (int)keylen, data, len, h, &hl);
+  tp_hmac_sha256(key, keylen, data, len, h);
   tp_hex(h, 32, out);
 }
 

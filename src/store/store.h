@@ -41,7 +41,7 @@ struct tp_attempt {
   char processor[64];
   char idem_ref[64];    /* the idempotency reference sent to the processor */
   char kind[16];        /* authorize | capture | void | refund */
-  char state[16];       /* sent | succeeded | declined | failed | reversed */
+  char state[24];       /* sent | succeeded | declined | failed | reversal_pending | reversed */
   char currency[4];
   int64_t amount;
   char vault_token[64]; /* card in the vault, for recovery status queries */

@@ -514,7 +514,7 @@ static char *sq_get(void *cls, enum tp_kind kind, const char *merchant, const ch
     return NULL;
   if (!r->get[kind]) {
     char sql[256];
-    snprintf(sql, sizeof sql, "SELECT data FROM %s WHERE id=?1 AND merchant=?2", tp_kinds[kind].table);
+    snprintf(sql, sizeof sql, "SELECT data FROM %s WHERE merchant=?2 AND id=?1", tp_kinds[kind].table);
     r->get[kind] = prep(r->db, sql);
     if (!r->get[kind])
       return NULL;
@@ -1042,14 +1042,14 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
     /* An upsert, not INSERT OR REPLACE: a second put of an object (the
      * PaymentIntent's outcome) rewrites its row in place instead of deleting
      * and re-inserting it and every index entry; merchant and id stay, so
-     * their indexes are not touched. A put of another merchant's id changes
-     * nothing and fails the change set (apply_one checks). */
+     * their indexes are not touched. Objects are keyed by (merchant, id)
+     * (migration 0007): one merchant's put never reaches another's row. */
     const char *c0 = k == TP_K_EVENT ? "type" : tp_kinds[k].col[0];
     const char *c1 = k == TP_K_EVENT ? "object_id" : tp_kinds[k].col[1];
     snprintf(sql, sizeof sql, "INSERT INTO %s(id, merchant, created, %s, %s, data) VALUES(?1,?2,?3,?4,?5,?6) "
-             "ON CONFLICT(id) DO UPDATE SET created=excluded.created, %s=excluded.%s, %s=excluded.%s, "
-             "data=excluded.data WHERE %s.merchant=excluded.merchant",
-             tp_kinds[k].table, c0, c1, c0, c0, c1, c1, tp_kinds[k].table);
+             "ON CONFLICT(merchant, id) DO UPDATE SET created=excluded.created, %s=excluded.%s, "
+             "%s=excluded.%s, data=excluded.data",
+             tp_kinds[k].table, c0, c1, c0, c0, c1, c1);
     s->put[k] = prep(s->w, sql);
   }
   s->ledger = prep(s->w, "INSERT INTO ledger_entries(txn_id, seq, merchant, account, currency, amount, created) "

@@ -40,6 +40,7 @@ static struct host {
   bool close_after_inject;
   bool kick;                /* close the connection now */
   int ignore_reversals;     /* leave this many 0400/0401 unanswered */
+  int refuse_reversals;     /* answer this many 0400/0401 with 39 = 96 */
   /* what it saw */
   int connections, signons, echos, auths, financials, advices, reversals, repeats;
   char held_stan[7], held_rrn[13]; /* the held request's 11 and 37 */
@@ -114,6 +115,13 @@ static void host_handle(int fd, const uint8_t *body, size_t len)
     snprintf(H.last_rev_11, sizeof H.last_rev_11, "%s", tp_iso_get(&q, 11));
     if (H.ignore_reversals > 0) {
       H.ignore_reversals--;
+      pthread_mutex_unlock(&H.mu);
+      tp_iso_free(&q);
+      return;
+    }
+    if (H.refuse_reversals > 0) {
+      H.refuse_reversals--;
+      reply(fd, &q, "0410", "96");
       pthread_mutex_unlock(&H.mu);
       tp_iso_free(&q);
       return;
@@ -537,6 +545,42 @@ static void test_status_query_reverses_and_reports_not_found(void **state)
   link_down();
 }
 
+/* What the gateway's recovery relies on to re-send an owed reversal: a
+ * refused reversal reports an error at once and is not kept by the
+ * connector (recovery owns the next try); the next one, acknowledged,
+ * reports NOT_FOUND. Both name the original RRN. */
+static void test_refused_status_reversal_is_reported_then_acknowledged(void **state)
+{
+  (void)state;
+  link_up(1000);
+  pthread_mutex_lock(&H.mu);
+  H.refuse_reversals = 1;
+  pthread_mutex_unlock(&H.mu);
+  struct tp_proc_call c;
+  call_init(&c, TP_PROC_STATUS, "att_owed", NULL);
+  assert_int_equal(conn.ops->submit(conn.cls, &c), 0);
+  assert_true(wait_done(1, 3000));
+  assert_int_equal(c.outcome, TP_OUT_ERROR);
+  assert_string_equal(c.decline_code, "processor_reversal_failed");
+  usleep(1300000); /* past timeout_ms: a kept reversal would have been repeated */
+  assert_int_equal(host_get(&H.reversals), 1);
+  json_t *st = json_object();
+  tp_iso8583_stats(&conn, st);
+  assert_int_equal(json_integer_value(json_object_get(st, "reversals_pending")), 0);
+  json_decref(st);
+  call_init(&c, TP_PROC_STATUS, "att_owed", NULL);
+  assert_int_equal(conn.ops->submit(conn.cls, &c), 0);
+  assert_true(wait_done(2, 3000));
+  assert_int_equal(c.outcome, TP_OUT_NOT_FOUND);
+  assert_int_equal(host_get(&H.reversals), 2);
+  char rrn[13];
+  tp_iso_rrn("att_owed", rrn);
+  pthread_mutex_lock(&H.mu);
+  assert_string_equal(H.last_rev_37, rrn);
+  pthread_mutex_unlock(&H.mu);
+  link_down();
+}
+
 static void inject(const void *bytes, size_t n, bool close_after)
 {
   pthread_mutex_lock(&H.mu);
@@ -646,6 +690,7 @@ int main(void)
       cmocka_unit_test(test_link_lost_after_sending_reverses_on_the_next_link),
       cmocka_unit_test(test_unanswered_reversal_is_repeated_as_0401_then_given_up),
       cmocka_unit_test(test_status_query_reverses_and_reports_not_found),
+      cmocka_unit_test(test_refused_status_reversal_is_reported_then_acknowledged),
       cmocka_unit_test(test_bad_and_truncated_messages_link_recovers),
       cmocka_unit_test(test_link_down_fails_fast_without_sending),
   };

@@ -18,6 +18,7 @@
 #include "util.h"
 
 /* Every numbered migration in src/store/sql (generated migrations.c). */
+extern const char *const tp_migrations[];
 extern const size_t tp_migrations_count;
 
 #define M1 "acct_one"
@@ -161,6 +162,72 @@ static void test_reopen_is_a_noop(void **state)
   char *got = tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M1, "pi_keep");
   assert_non_null(got);
   free(got);
+}
+
+/* A store written at schema 6 (objects keyed by id, the old indexes) keeps
+ * every row through migration 7, which re-keys the object tables by
+ * (merchant, id): each object is found by its owner only, lists keep their
+ * order, vault records and idempotency keys survive. */
+static void test_migration_7_keeps_objects(void **state)
+{
+  struct fx *f = *state;
+  f->st.ops->close(f->st.cls);
+  f->open = false;
+  char path[128];
+  snprintf(path, sizeof path, "%s/turnpike.db", f->dir);
+  remove(path);
+  sqlite3 *db = NULL;
+  assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(db, "PRAGMA journal_mode=WAL; CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT "
+                                    "NOT NULL)", NULL, NULL, NULL), SQLITE_OK);
+  assert_true(tp_migrations_count >= 7);
+  for (size_t v = 0; v < 6; v++)
+    assert_int_equal(sqlite3_exec(db, tp_migrations[v], NULL, NULL, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(db,
+      "INSERT INTO meta VALUES('schema_version','6');"
+      "INSERT INTO payment_intents VALUES('pi_a1','" M1 "',10,NULL,'succeeded','{\"id\":\"pi_a1\"}');"
+      "INSERT INTO payment_intents VALUES('pi_a2','" M1 "',11,'cus_1','processing','{\"id\":\"pi_a2\"}');"
+      "INSERT INTO payment_intents VALUES('pi_b1','" M2 "',12,NULL,'succeeded','{\"id\":\"pi_b1\"}');"
+      "INSERT INTO events VALUES('evt_1','" M1 "',10,'charge.succeeded','ch_1','{\"id\":\"evt_1\"}');"
+      "INSERT INTO charges VALUES('ch_1','" M1 "',10,'pi_a1',NULL,'{\"id\":\"ch_1\"}');"
+      "INSERT INTO vault VALUES('tok_1','" M1 "',x'0102',10);"
+      "INSERT INTO idempotency VALUES('" M1 "','k1','h',200,'{}',10);",
+      NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(db);
+
+  assert_int_equal(tp_store_open_sqlite(&f->st, f->dir), 0);
+  f->open = true;
+  assert_int_equal(sql_long(f, "SELECT value FROM meta WHERE key='schema_version'"), (long)tp_migrations_count);
+  char *got = tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M1, "pi_a2");
+  assert_non_null(got);
+  assert_string_equal(got, "{\"id\":\"pi_a2\"}");
+  free(got);
+  assert_null(tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M2, "pi_a1"));
+  got = tp_store_get(&f->st, TP_K_EVENT, M1, "evt_1");
+  assert_non_null(got);
+  free(got);
+  got = tp_store_get(&f->st, TP_K_CHARGE, M1, "ch_1");
+  assert_non_null(got);
+  free(got);
+  struct tp_list_query q = {
+      .kind = TP_K_PAYMENT_INTENT, .merchant = M1, .limit = 10, .created_gte = INT64_MIN, .created_lte = INT64_MAX};
+  bool more = true;
+  json_t *l = f->st.ops->list(f->st.cls, &q, &more);
+  assert_non_null(l);
+  assert_int_equal(json_array_size(l), 2);
+  assert_string_equal(json_string_value(json_object_get(json_array_get(l, 0), "id")), "pi_a2");
+  assert_false(more);
+  json_decref(l);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM vault WHERE token='tok_1' AND merchant='" M1 "'"), 1);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM idempotency WHERE key='k1'"), 1);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM sqlite_master WHERE name IN ('payment_intents_m', "
+                               "'events_m', 'charges_m', 'idempotency_created')"), 0);
+  /* The PaymentIntent id stays unique across merchants. */
+  struct tp_cs *cs = tp_cs_new();
+  json_t *o = pi("pi_a1", 13, NULL, "canceled");
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, M2, o);
+  json_decref(o);
+  assert_int_not_equal(apply1(f, cs), 0);
 }
 
 /* ---- objects ---------------------------------------------------------------- */
@@ -908,6 +975,7 @@ int main(void)
   const struct CMUnitTest tests[] = {
     T(test_open_creates_db_and_migrates_to_version_1),
     T(test_reopen_is_a_noop),
+    T(test_migration_7_keeps_objects),
     T(test_put_then_get_returns_same_json_for_owner_only),
     T(test_list_is_newest_first_with_limit_and_has_more),
     T(test_list_has_more_false_when_exactly_limit_rows),
