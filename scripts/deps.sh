@@ -8,6 +8,7 @@ DEB_PKGS=(
   libmicrohttpd-dev libjansson-dev libsqlite3-dev libcurl4-openssl-dev
   libssl-dev libcmocka-dev libinih-dev libwslay-dev libjemalloc-dev
   softhsm2 libp11-kit-dev prometheus python3 python3-cryptography openssl
+  libzstd-dev zstd python3-zstandard
   sqlite3 curl wrk nginx-light
 )
 # Node.js may come from Debian or from nodesource (which bundles npm).

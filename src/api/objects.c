@@ -122,9 +122,9 @@ void tp_put_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant,
   char *os = tp_json_dump(object, &ol);
   if (!os)
     abort();
-  /* os now belongs to the change set, which outlives this call. */
-  tp_cs_put_dumped(cs, kind, merchant, object, os, ol);
+  /* The event first: the put takes os over (and may compress and free it). */
   emit_dumped(cs, r, merchant, type, object, os, ol);
+  tp_cs_put_dumped(cs, kind, merchant, object, os, ol);
 }
 
 /* ---- cards ----------------------------------------------------------------- */

@@ -372,7 +372,7 @@ static void replay(struct conn *c, const char *last_id)
 {
   json_t *args = json_pack("[s, s, I]", c->merchant, last_id, (json_int_t)(cfg.replay_max + 1));
   json_t *rows = tp_store_query(&tp_app.store,
-                                "SELECT id, type, data FROM events WHERE merchant = ?1 AND id > ?2 "
+                                "SELECT id, type, tp_json(data) AS data FROM events WHERE merchant = ?1 AND id > ?2 "
                                 "ORDER BY id LIMIT ?3",
                                 args);
   json_decref(args);

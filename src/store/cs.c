@@ -1,6 +1,7 @@
 /* Change sets: an ordered list of store operations applied atomically. */
 #include "store.h"
 #include "jsonw.h"
+#include "store/zjson.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -69,10 +70,30 @@ void tp_cs_free(struct tp_cs *cs)
     if (op->data && op->type == TP_OP_VAULT)
       memset(op->data, 0, op->data_len); /* ciphertext, but keep habits */
     free(op->data);
+    free(op->zdata);
     free(op->attempt);
   }
   free(cs->ops);
   free(cs);
+}
+
+/* Compress an op's JSON for storage here, on the thread that builds the
+ * change set, so the single writer thread only binds the smaller blob. The
+ * text of an event is kept for the writer's subscribers (webhooks, the
+ * stream); other texts are dropped at once. */
+static void compress_op(struct tp_cs_op *op, bool keep_text)
+{
+  size_t zl = 0;
+  uint8_t *z = tp_zjson_pack(op->data, op->data_len, &zl);
+  if (!z)
+    return;
+  op->zdata = z;
+  op->zdata_len = zl;
+  if (!keep_text) {
+    free(op->data);
+    op->data = NULL;
+    op->data_len = 0;
+  }
 }
 
 /* Column value as text: strings as is, booleans "1"/"0", numbers in decimal,
@@ -116,6 +137,7 @@ void tp_cs_put_dumped(struct tp_cs *cs, enum tp_kind kind, const char *merchant,
     abort();
   op->data = data;
   op->data_len = len;
+  compress_op(op, kind == TP_K_EVENT);
 }
 
 void tp_cs_put(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const json_t *obj)
@@ -155,6 +177,8 @@ void tp_cs_idem(struct tp_cs *cs, const char *merchant, const char *key, const c
   op->n1 = status;
   op->data = dup_or_null(body);
   op->data_len = body ? strlen(body) : 0;
+  if (body)
+    compress_op(op, false);
 }
 
 void tp_cs_vault(struct tp_cs *cs, const char *token, const char *merchant, const void *blob, size_t len)

@@ -96,6 +96,8 @@ struct tp_cs_op {
   char *merchant, *id, *s1, *s2, *s3, *s4; /* meaning depends on type */
   char *data;       /* JSON text / body / blob */
   size_t data_len;
+  uint8_t *zdata;   /* data compressed for storage (zjson.h), or NULL: store data */
+  size_t zdata_len;
   int64_t n1, n2;   /* created, amount, status ... */
   struct tp_attempt *attempt;
 };

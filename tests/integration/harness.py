@@ -455,6 +455,47 @@ def open_db_ro(daemon):
     return sqlite3.connect(uri, uri=True, timeout=10)
 
 
+ZDICT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src", "store", "zdict")
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def stored_json(value):
+    """A value as the store keeps it, as text: objects and replies are zstd
+    frames (BLOB) made with one of the dictionaries in src/store/zdict
+    (src/store/zjson.h); anything else is returned unchanged."""
+    if not isinstance(value, bytes) or not value.startswith(ZSTD_MAGIC):
+        return value
+    try:
+        import zstandard
+    except ImportError:  # a python3 other than Debian's: use Debian's module (scripts/deps.sh)
+        sys.path.append("/usr/lib/python3/dist-packages")
+        import zstandard
+    for name in sorted(os.listdir(ZDICT_DIR)):
+        with open(os.path.join(ZDICT_DIR, name), "rb") as f:
+            d = zstandard.ZstdCompressionDict(f.read())
+        if d.dict_id() == zstandard.get_frame_parameters(value).dict_id:
+            return zstandard.ZstdDecompressor(dict_data=d).decompress(value).decode()
+    raise ValueError("stored value names an unknown dictionary")
+
+
+def all_stored_text(db_path):
+    """Every value of every table, compressed ones expanded, as bytes: what
+    a search of the database for a string must look through."""
+    import sqlite3
+    out = []
+    con = sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(db_path), uri=True, timeout=10)
+    try:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for t in tables:
+            for row in con.execute('SELECT * FROM "%s"' % t):
+                for v in row:
+                    v = stored_json(v)
+                    out.append(v if isinstance(v, bytes) else str(v).encode())
+    finally:
+        con.close()
+    return b"\n".join(out)
+
+
 class DaemonTestCase(unittest.TestCase):
     """One daemon per test class, with the merchants named in MERCHANTS."""
 

@@ -1,6 +1,7 @@
 /* SQLite backend of the store: WAL, synchronous=FULL, one write connection
  * owned by the writer thread, one read connection per reading thread. */
 #include "store/store.h"
+#include "store/zjson.h"
 #include "config.h"
 #include "log.h"
 #include "util.h"
@@ -101,6 +102,47 @@ static sqlite3 *open_conn(const char *path, bool readonly)
   return db;
 }
 
+/* A stored JSON value (column c of the current row) as a malloc'ed string:
+ * compressed frames (BLOB) are expanded, text is copied; NULL for SQL NULL
+ * or a frame that does not decode (logged: the row is damaged). */
+static char *column_json(sqlite3_stmt *st, int c)
+{
+  int t = sqlite3_column_type(st, c);
+  if (t == SQLITE_NULL)
+    return NULL;
+  if (t == SQLITE_BLOB) {
+    char *j = tp_zjson_unpack(sqlite3_column_blob(st, c), (size_t)sqlite3_column_bytes(st, c), NULL);
+    if (!j)
+      tp_log(TP_LOG_ERROR, "store_value_undecodable", "{s:i}", "bytes", sqlite3_column_bytes(st, c));
+    return j;
+  }
+  return strdup((const char *)sqlite3_column_text(st, c));
+}
+
+/* SQL function tp_json(x): the JSON text of a stored value, compressed or
+ * not, for statements that read objects directly (tp_store_query users,
+ * and anyone inspecting the database with turnpike's connections). */
+static void sql_tp_json(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+  (void)argc;
+  if (sqlite3_value_type(argv[0]) != SQLITE_BLOB) {
+    sqlite3_result_value(ctx, argv[0]);
+    return;
+  }
+  size_t n = 0;
+  char *j = tp_zjson_unpack(sqlite3_value_blob(argv[0]), (size_t)sqlite3_value_bytes(argv[0]), &n);
+  if (!j) {
+    sqlite3_result_error(ctx, "tp_json: undecodable value", -1);
+    return;
+  }
+  sqlite3_result_text(ctx, j, (int)n, free);
+}
+
+static void add_functions(sqlite3 *db)
+{
+  sqlite3_create_function(db, "tp_json", 1, SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL, sql_tp_json, NULL, NULL);
+}
+
 static struct reader *reader(struct sq *s)
 {
   struct reader *r = pthread_getspecific(s->rkey);
@@ -115,6 +157,7 @@ static struct reader *reader(struct sq *s)
     return NULL;
   }
   exec(r->db, "PRAGMA query_only=1; PRAGMA cache_size=-8000; PRAGMA mmap_size=268435456");
+  add_functions(r->db);
   pthread_setspecific(s->rkey, r);
   return r;
 }
@@ -235,6 +278,18 @@ static int apply_sql(struct sq *s, const struct tp_cs_op *op)
   return rc;
 }
 
+/* An object's JSON or an idempotent reply: the compressed frame when the
+ * change set has one (a BLOB), else the text; NULL when there is neither. */
+static void bind_data(sqlite3_stmt *st, int i, const struct tp_cs_op *op)
+{
+  if (op->zdata)
+    sqlite3_bind_blob(st, i, op->zdata, (int)op->zdata_len, SQLITE_STATIC);
+  else if (op->data)
+    sqlite3_bind_text(st, i, op->data, (int)op->data_len, SQLITE_STATIC);
+  else
+    sqlite3_bind_null(st, i);
+}
+
 static int apply_one(struct sq *s, struct tp_cs *cs)
 {
   size_t n = tp_cs_count(cs);
@@ -252,7 +307,7 @@ static int apply_one(struct sq *s, struct tp_cs *cs)
       sqlite3_bind_int64(st, 3, op->n1);
       bind_text(st, 4, op->s1);
       bind_text(st, 5, op->s2);
-      sqlite3_bind_text(st, 6, op->data, (int)op->data_len, SQLITE_STATIC);
+      bind_data(st, 6, op);
       if (step_done(s->w, st) || sqlite3_changes(s->w) != 1)
         return -1;
       break;
@@ -324,8 +379,7 @@ static int apply_one(struct sq *s, struct tp_cs *cs)
       bind_text(st, 2, op->id);
       bind_text(st, 3, op->s1);
       sqlite3_bind_int64(st, 4, op->n1);
-      if (op->data)
-        sqlite3_bind_text(st, 5, op->data, (int)op->data_len, SQLITE_STATIC);
+      bind_data(st, 5, op);
       sqlite3_bind_int64(st, 6, now);
       if (step_done(s->w, st))
         return -1;
@@ -524,7 +578,7 @@ static char *sq_get(void *cls, enum tp_kind kind, const char *merchant, const ch
   bind_text(st, 2, merchant);
   char *out = NULL;
   if (sqlite3_step(st) == SQLITE_ROW)
-    out = strdup((const char *)sqlite3_column_text(st, 0));
+    out = column_json(st, 0);
   sqlite3_reset(st);
   return out;
 }
@@ -581,7 +635,9 @@ static json_t *sq_list(void *cls, const struct tp_list_query *q, bool *has_more)
       *has_more = true;
       break;
     }
-    json_t *o = json_loads((const char *)sqlite3_column_text(st, 0), 0, NULL);
+    char *text = column_json(st, 0);
+    json_t *o = text ? json_loads(text, 0, NULL) : NULL;
+    free(text);
     if (o) {
       if (reverse)
         json_array_insert_new(arr, 0, o);
@@ -613,8 +669,7 @@ static int sq_idem_get(void *cls, const char *merchant, const char *key, struct 
   if (sqlite3_step(st) == SQLITE_ROW) {
     snprintf(out->req_hash, sizeof out->req_hash, "%s", (const char *)sqlite3_column_text(st, 0));
     out->status = sqlite3_column_int(st, 1);
-    const char *b = (const char *)sqlite3_column_text(st, 2);
-    out->body = b ? strdup(b) : NULL;
+    out->body = column_json(st, 2);
     found = 1;
   }
   sqlite3_reset(st);
@@ -1037,6 +1092,7 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
   chmod(s->path, 0600);
   /* Replaces wal_autocheckpoint (the hook is the same slot). */
   sqlite3_wal_hook(s->w, wal_hook, s);
+  add_functions(s->w);
   for (int k = 0; k < TP_K__COUNT; k++) {
     char sql[512];
     /* An upsert, not INSERT OR REPLACE: a second put of an object (the

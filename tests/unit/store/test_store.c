@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "store/store.h"
+#include "store/zjson.h"
 #include "util.h"
 
 /* Every numbered migration in src/store/sql (generated migrations.c). */
@@ -231,6 +232,71 @@ static void test_migration_7_keeps_objects(void **state)
 }
 
 /* ---- objects ---------------------------------------------------------------- */
+/* Objects and replies are stored compressed (a BLOB, far smaller than the
+ * JSON), come back byte for byte, and a plain-text row written before
+ * compression existed reads the same. Damaged frames, frames of an unknown
+ * dictionary and frames claiming an absurd size are refused. */
+static void test_objects_are_stored_compressed_and_read_back(void **state)
+{
+  struct fx *f = *state;
+  assert_true(tp_zjson_enabled());
+  json_t *o = pi("pi_z", 1700000000, "cus_z", "succeeded");
+  json_object_set_new(o, "description", json_string("a fairly ordinary payment for a fairly ordinary order"));
+  json_object_set_new(o, "metadata", json_pack("{s:s, s:s}", "order", "A-1001", "note", "é"));
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, M1, o);
+  tp_cs_idem(cs, M1, "key-z", "hash", 200, "{\"id\":\"pi_z\",\"object\":\"payment_intent\"}");
+  assert_int_equal(apply1(f, cs), 0);
+  char *want = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  assert_int_equal(sql_long(f, "SELECT typeof(data)='blob' FROM payment_intents WHERE id='pi_z'"), 1);
+  assert_true(sql_long(f, "SELECT length(data) FROM payment_intents WHERE id='pi_z'") < (long)strlen(want));
+  char *got = tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M1, "pi_z");
+  assert_non_null(got);
+  assert_string_equal(got, want);
+  free(got);
+  struct tp_idem_rec rec = {0};
+  assert_int_equal(f->st.ops->idem_get(f->st.cls, M1, "key-z", &rec), 1);
+  assert_string_equal(rec.body, "{\"id\":\"pi_z\",\"object\":\"payment_intent\"}");
+  free(rec.body);
+  json_t *rows = tp_store_query(&f->st, "SELECT tp_json(data) AS d FROM payment_intents WHERE id='pi_z'", NULL);
+  assert_string_equal(json_string_value(json_object_get(json_array_get(rows, 0), "d")), want);
+  json_decref(rows);
+
+  /* A row of plain JSON text (older store, or [store] compress = off). */
+  char path[128];
+  snprintf(path, sizeof path, "%s/turnpike.db", f->dir);
+  sqlite3 *db = NULL;
+  assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+  sqlite3_busy_timeout(db, 5000);
+  assert_int_equal(sqlite3_exec(db, "INSERT INTO payment_intents(id, merchant, created, data) VALUES "
+                                    "('pi_text', '" M1 "', 1, '{\"id\":\"pi_text\"}')", NULL, NULL, NULL),
+                   SQLITE_OK);
+  sqlite3_close(db);
+  got = tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M1, "pi_text");
+  assert_string_equal(got, "{\"id\":\"pi_text\"}");
+  free(got);
+
+  size_t zl = 0, n = 0;
+  uint8_t *z = tp_zjson_pack(want, strlen(want), &zl);
+  assert_non_null(z);
+  char *back = tp_zjson_unpack(z, zl, &n);
+  assert_int_equal(n, strlen(want));
+  assert_string_equal(back, want);
+  free(back);
+  z[zl - 2] ^= 0x55; /* damaged payload (checksum-free frames still fail to decode or differ) */
+  back = tp_zjson_unpack(z, zl, &n);
+  if (back)
+    assert_true(strcmp(back, want) != 0);
+  free(back);
+  assert_null(tp_zjson_unpack(z, 3, NULL)); /* truncated header */
+  free(z);
+  /* A frame made without our dictionary (dictionary id 0): refused. */
+  static const uint8_t plain[] = {0x28, 0xb5, 0x2f, 0xfd, 0x20, 0x02, 0x11, 0x00, 0x00, 0x7b, 0x7d};
+  assert_null(tp_zjson_unpack(plain, sizeof plain, NULL));
+  free(want);
+  json_decref(o);
+}
+
 static void test_put_then_get_returns_same_json_for_owner_only(void **state)
 {
   struct fx *f = *state;
@@ -976,6 +1042,7 @@ int main(void)
     T(test_open_creates_db_and_migrates_to_version_1),
     T(test_reopen_is_a_noop),
     T(test_migration_7_keeps_objects),
+    T(test_objects_are_stored_compressed_and_read_back),
     T(test_put_then_get_returns_same_json_for_owner_only),
     T(test_list_is_newest_first_with_limit_and_has_more),
     T(test_list_has_more_false_when_exactly_limit_rows),

@@ -1,0 +1,114 @@
+/* Compressed JSON at rest (see zjson.h). */
+#include "store/zjson.h"
+#include "config.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zstd.h>
+
+extern const uint8_t *const tp_zdicts[];
+extern const size_t tp_zdict_sizes[];
+extern const size_t tp_zdicts_count;
+
+#define ZLEVEL 1 /* fastest: with the dictionary it already compresses ~9x */
+
+static struct {
+  pthread_once_t once;
+  bool enabled;
+  ZSTD_CDict *cdict;          /* newest dictionary, for writing */
+  ZSTD_DDict **ddicts;        /* every dictionary, for reading */
+  unsigned *ids;
+  pthread_key_t cctx_key, dctx_key;
+} Z = {.once = PTHREAD_ONCE_INIT};
+
+static void free_cctx(void *p) { ZSTD_freeCCtx(p); }
+static void free_dctx(void *p) { ZSTD_freeDCtx(p); }
+
+static void init(void)
+{
+  const char *v = tp_config_get("store", "compress");
+  Z.enabled = !(v && (strcmp(v, "off") == 0 || strcmp(v, "false") == 0 || strcmp(v, "0") == 0));
+  if (pthread_key_create(&Z.cctx_key, free_cctx) != 0 || pthread_key_create(&Z.dctx_key, free_dctx) != 0)
+    abort();
+  Z.ddicts = calloc(tp_zdicts_count ? tp_zdicts_count : 1, sizeof *Z.ddicts);
+  Z.ids = calloc(tp_zdicts_count ? tp_zdicts_count : 1, sizeof *Z.ids);
+  if (!Z.ddicts || !Z.ids)
+    abort();
+  for (size_t i = 0; i < tp_zdicts_count; i++) {
+    Z.ddicts[i] = ZSTD_createDDict(tp_zdicts[i], tp_zdict_sizes[i]);
+    Z.ids[i] = ZSTD_getDictID_fromDict(tp_zdicts[i], tp_zdict_sizes[i]);
+    if (!Z.ddicts[i] || Z.ids[i] == 0)
+      abort(); /* a broken embedded dictionary is a build error */
+  }
+  if (tp_zdicts_count) {
+    size_t n = tp_zdicts_count - 1;
+    Z.cdict = ZSTD_createCDict(tp_zdicts[n], tp_zdict_sizes[n], ZLEVEL);
+    if (!Z.cdict)
+      abort();
+  } else {
+    Z.enabled = false;
+  }
+}
+
+bool tp_zjson_enabled(void)
+{
+  pthread_once(&Z.once, init);
+  return Z.enabled;
+}
+
+uint8_t *tp_zjson_pack(const char *json, size_t len, size_t *out_len)
+{
+  if (!tp_zjson_enabled())
+    return NULL;
+  ZSTD_CCtx *c = pthread_getspecific(Z.cctx_key);
+  if (!c) {
+    if (!(c = ZSTD_createCCtx()))
+      return NULL;
+    pthread_setspecific(Z.cctx_key, c);
+  }
+  size_t cap = ZSTD_compressBound(len);
+  uint8_t *out = malloc(cap);
+  if (!out)
+    return NULL;
+  size_t n = ZSTD_compress_usingCDict(c, out, cap, json, len, Z.cdict);
+  if (ZSTD_isError(n)) {
+    free(out);
+    return NULL;
+  }
+  *out_len = n;
+  return out;
+}
+
+char *tp_zjson_unpack(const void *frame, size_t len, size_t *out_len)
+{
+  pthread_once(&Z.once, init);
+  unsigned long long size = ZSTD_getFrameContentSize(frame, len);
+  if (size == ZSTD_CONTENTSIZE_UNKNOWN || size == ZSTD_CONTENTSIZE_ERROR || size > TP_ZJSON_MAX)
+    return NULL;
+  unsigned id = ZSTD_getDictID_fromFrame(frame, len);
+  const ZSTD_DDict *dd = NULL;
+  for (size_t i = 0; i < tp_zdicts_count; i++)
+    if (Z.ids[i] == id)
+      dd = Z.ddicts[i];
+  if (!dd)
+    return NULL;
+  ZSTD_DCtx *d = pthread_getspecific(Z.dctx_key);
+  if (!d) {
+    if (!(d = ZSTD_createDCtx()))
+      return NULL;
+    pthread_setspecific(Z.dctx_key, d);
+  }
+  char *out = malloc((size_t)size + 1);
+  if (!out)
+    return NULL;
+  size_t n = ZSTD_decompress_usingDDict(d, out, (size_t)size, frame, len, dd);
+  if (ZSTD_isError(n) || n != size) {
+    free(out);
+    return NULL;
+  }
+  out[n] = '\0';
+  if (out_len)
+    *out_len = n;
+  return out;
+}
