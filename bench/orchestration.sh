@@ -11,7 +11,7 @@
 #      even split ("round robin").
 # See docs/routing.md for what the figures mean.
 #
-# Environment: BENCH_SECONDS (5), BENCH_CONNS (32), BENCH_THREADS (2),
+# Environment: BENCH_SECONDS (5), BENCH_CONNS (64, as bench/run.sh), BENCH_THREADS (2),
 # BENCH_KEEP=1 keeps the temp dir. Exits non-zero only when something fails
 # to start; never because a figure is low.
 set -euo pipefail
@@ -21,7 +21,7 @@ BIN=$(cd "$1" 2>/dev/null && pwd)/turnpike || { echo "bench: no directory $1" >&
 [ -x "$BIN" ] || { echo "bench: no executable $BIN" >&2; exit 1; }
 HERE=$(cd "$(dirname "$0")" && pwd)
 SECS=${BENCH_SECONDS:-5}
-CONNS=${BENCH_CONNS:-32}
+CONNS=${BENCH_CONNS:-64}
 THREADS=${BENCH_THREADS:-2}
 for v in SECS CONNS THREADS; do
     [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -gt 0 ] || { echo "bench: $v must be a positive integer" >&2; exit 2; }

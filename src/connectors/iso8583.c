@@ -1021,6 +1021,7 @@ int tp_iso8583_start(struct tp_connector *out, const char *name, const char *hos
     free(l);
     return -1;
   }
+  pthread_setname_np(l->thread, "tp-iso");
   snprintf(out->name, sizeof out->name, "%s", name);
   out->ops = &iso_ops;
   out->cls = l;

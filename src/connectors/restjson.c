@@ -658,6 +658,7 @@ int tp_restjson_start(struct tp_connector *out, const char *name, const char *ba
     free(rj);
     return -1;
   }
+  pthread_setname_np(rj->thread, "tp-rest");
   snprintf(out->name, sizeof out->name, "%s", name);
   out->ops = &rj_ops;
   out->cls = rj;

@@ -133,6 +133,7 @@ int tp_sandbox_start(struct tp_connector *out, const char *name)
     free(s);
     return -1;
   }
+  pthread_setname_np(s->thread, "tp-sandbox");
   snprintf(out->name, sizeof out->name, "%s", name);
   out->ops = &sandbox_ops;
   out->cls = s;

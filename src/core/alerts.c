@@ -603,6 +603,7 @@ int tp_alerts_start(void)
     A.running = false;
     return -1;
   }
+  pthread_setname_np(A.thread, "tp-alerts");
   return 0;
 }
 

@@ -105,6 +105,7 @@ int tp_housekeeping_start(void)
   heartbeat();
   if (pthread_create(&H.thread, NULL, housekeeping_main, NULL) != 0)
     return -1;
+  pthread_setname_np(H.thread, "tp-housekeep");
   H.running = true;
   return 0;
 }

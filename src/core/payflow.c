@@ -94,6 +94,8 @@ static int timer_start(void)
   pthread_condattr_destroy(&ca);
   tstopping = false;
   int rc = pthread_create(&tthread, NULL, timer_main, NULL);
+  if (rc == 0)
+    pthread_setname_np(tthread, "tp-timer");
   trunning = rc == 0;
   pthread_mutex_unlock(&tmu);
   return rc == 0 ? 0 : -1;

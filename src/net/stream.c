@@ -933,6 +933,7 @@ int tp_stream_start(void)
     S.running = false;
     return -1;
   }
+  pthread_setname_np(S.thread, "tp-stream");
   return 0;
 }
 

@@ -999,6 +999,7 @@ int tp_webhooks_start(void)
   W.next_scan = 0;
   if (pthread_create(&W.thread, NULL, wh_main, NULL) != 0)
     return -1;
+  pthread_setname_np(W.thread, "tp-webhooks");
   tp_log(TP_LOG_INFO, "webhooks_started", "{s:I, s:I}", "per_endpoint", (json_int_t)W.per_endpoint, "retry_base_ms",
          (json_int_t)W.retry_base_ms);
   return 0;
