@@ -43,6 +43,8 @@ struct sq {
   pthread_t ck_thread;
   bool ck_started, ck_due, ck_stop, ck_running;
   atomic_bool ck_tail;        /* a pass ended: the writer copies the rest */
+  struct bal_delta *bal;      /* the batch's balance deltas (writer only; BAL_BATCH_MAX) */
+  size_t nbal;
 };
 
 struct reader {
@@ -214,6 +216,44 @@ struct ledger_sum {
   int64_t sum;
 };
 
+/* Running balances (ledger_balances) change once per batch, not once per
+ * entry: every capture moves the same two rows of a merchant, so a batch of
+ * n payments did 2n upserts of two rows. Each change set sums its deltas per
+ * (merchant, account, currency); a set that applied adds them to the
+ * batch's, and the batch writes them just before COMMIT (same transaction,
+ * so a balance still never differs from its entries once committed). */
+#define BAL_SET_MAX 32
+#define BAL_BATCH_MAX 256
+struct bal_delta {
+  char merchant[64];
+  char account[128];
+  char cur[4];
+  int64_t delta;
+};
+struct bal_set {
+  struct bal_delta d[BAL_SET_MAX];
+  size_t n;
+};
+
+/* Add delta to (merchant, account, cur) in d[0..*n); -1 when there is no room,
+ * a key does not fit or the sum overflows. */
+static int bal_add(struct bal_delta *d, size_t *n, size_t max, const char *merchant, const char *account,
+                   const char *cur, int64_t delta)
+{
+  for (size_t k = 0; k < *n; k++)
+    if (strcmp(d[k].account, account) == 0 && strcmp(d[k].merchant, merchant) == 0 && strcmp(d[k].cur, cur) == 0)
+      return __builtin_add_overflow(d[k].delta, delta, &d[k].delta) ? -1 : 0;
+  if (*n == max || strlen(merchant) >= sizeof d->merchant || strlen(account) >= sizeof d->account ||
+      strlen(cur) >= sizeof d->cur)
+    return -1;
+  struct bal_delta *e = &d[(*n)++];
+  snprintf(e->merchant, sizeof e->merchant, "%s", merchant);
+  snprintf(e->account, sizeof e->account, "%s", account);
+  snprintf(e->cur, sizeof e->cur, "%s", cur);
+  e->delta = delta;
+  return 0;
+}
+
 /* Bind a JSON array to ?1..?N (see tp_cs_sql). */
 static int bind_json_args(sqlite3_stmt *st, const json_t *args)
 {
@@ -290,11 +330,12 @@ static void bind_data(sqlite3_stmt *st, int i, const struct tp_cs_op *op)
     sqlite3_bind_null(st, i);
 }
 
-static int apply_one(struct sq *s, struct tp_cs *cs)
+static int apply_one(struct sq *s, struct tp_cs *cs, struct bal_set *bal)
 {
   size_t n = tp_cs_count(cs);
   struct ledger_sum sums[16];
   size_t nsums = 0;
+  bal->n = 0;
   int64_t now = tp_now();
   for (size_t i = 0; i < n; i++) {
     const struct tp_cs_op *op = tp_cs_op_at(cs, i);
@@ -328,6 +369,13 @@ static int apply_one(struct sq *s, struct tp_cs *cs)
       }
       if (__builtin_add_overflow(sums[k].sum, op->n1, &sums[k].sum))
         return -1;
+      /* A ledger transaction is written by one change set: its entries are
+       * numbered here (a txn id reused by a later set collides on the key). */
+      int64_t seq = 0;
+      for (size_t j = 0; j < i; j++) {
+        const struct tp_cs_op *prev = tp_cs_op_at(cs, j);
+        seq += prev->type == TP_OP_LEDGER && strcmp(prev->id, op->id) == 0;
+      }
       st = s->ledger;
       bind_text(st, 1, op->id);
       bind_text(st, 2, op->merchant);
@@ -335,14 +383,11 @@ static int apply_one(struct sq *s, struct tp_cs *cs)
       bind_text(st, 4, op->s2);
       sqlite3_bind_int64(st, 5, op->n1);
       sqlite3_bind_int64(st, 6, now);
+      sqlite3_bind_int64(st, 7, seq);
       if (step_done(s->w, st))
         return -1;
-      st = s->balance_add;
-      bind_text(st, 1, op->merchant);
-      bind_text(st, 2, op->s1);
-      bind_text(st, 3, op->s2);
-      sqlite3_bind_int64(st, 4, op->n1);
-      if (step_done(s->w, st))
+      if (!op->merchant || !op->s1 || !op->s2 ||
+          bal_add(bal->d, &bal->n, BAL_SET_MAX, op->merchant, op->s1, op->s2, op->n1) != 0)
         return -1;
       break;
     }
@@ -422,10 +467,45 @@ static int tx_step(struct sq *s, sqlite3_stmt *st)
 
 static void ckpt_tail(struct sq *s);
 
+/* Write the batch's balance deltas (upserts); -1 if one fails. */
+static int bal_flush(struct sq *s)
+{
+  for (size_t k = 0; k < s->nbal; k++) {
+    const struct bal_delta *d = &s->bal[k];
+    if (d->delta == 0)
+      continue;
+    sqlite3_stmt *st = s->balance_add;
+    bind_text(st, 1, d->merchant);
+    bind_text(st, 2, d->account);
+    bind_text(st, 3, d->cur);
+    sqlite3_bind_int64(st, 4, d->delta);
+    if (step_done(s->w, st))
+      return -1;
+  }
+  s->nbal = 0;
+  return 0;
+}
+
+/* A change set applied: fold its balance deltas into the batch's (writing
+ * them out early if the batch's table is full). */
+static int bal_merge(struct sq *s, const struct bal_set *set)
+{
+  for (size_t k = 0; k < set->n; k++) {
+    const struct bal_delta *d = &set->d[k];
+    if (bal_add(s->bal, &s->nbal, BAL_BATCH_MAX, d->merchant, d->account, d->cur, d->delta) == 0)
+      continue;
+    if (bal_flush(s) != 0 || bal_add(s->bal, &s->nbal, BAL_BATCH_MAX, d->merchant, d->account, d->cur, d->delta))
+      return -1;
+  }
+  return 0;
+}
+
 static int sq_apply_batch(void *cls, struct tp_cs **sets, size_t n, int *rc)
 {
   struct sq *s = cls;
+  struct bal_set set_bal;
   ckpt_tail(s);
+  s->nbal = 0;
   if (tx_step(s, s->tx_begin))
     return -1;
   /* Optimistic pass without savepoints: a savepoint per change set makes
@@ -435,28 +515,32 @@ static int sq_apply_batch(void *cls, struct tp_cs **sets, size_t n, int *rc)
    * whole batch is rolled back and applied again with a savepoint each, so
    * only the failing set is dropped. */
   size_t ok = 0;
-  while (ok < n && (rc[ok] = apply_one(s, sets[ok])) == 0)
+  while (ok < n && (rc[ok] = apply_one(s, sets[ok], &set_bal)) == 0 && (rc[ok] = bal_merge(s, &set_bal)) == 0)
     ok++;
   if (ok == n) {
-    if (tx_step(s, s->tx_commit)) {
+    if (bal_flush(s) || tx_step(s, s->tx_commit)) {
       exec(s->w, "ROLLBACK");
       return -1;
     }
     return 0;
   }
   exec(s->w, "ROLLBACK");
+  s->nbal = 0;
   if (n == 1)
     return 0;
   if (tx_step(s, s->tx_begin))
     return -1;
   for (size_t i = 0; i < n; i++) {
     tx_step(s, s->sp_open);
-    rc[i] = apply_one(s, sets[i]);
+    rc[i] = apply_one(s, sets[i], &set_bal);
+    /* A merge that has to write early does it inside this set's savepoint. */
+    if (rc[i] == 0)
+      rc[i] = bal_merge(s, &set_bal);
     if (rc[i])
       tx_step(s, s->sp_rollback);
     tx_step(s, s->sp_release);
   }
-  if (tx_step(s, s->tx_commit)) {
+  if (bal_flush(s) || tx_step(s, s->tx_commit)) {
     exec(s->w, "ROLLBACK");
     return -1;
   }
@@ -1040,6 +1124,7 @@ static void sq_close(void *cls)
   sqlite3_close(s->w);
   pthread_mutex_destroy(&s->ck_mu);
   pthread_cond_destroy(&s->ck_cv);
+  free(s->bal);
   free(s);
 }
 
@@ -1072,6 +1157,11 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
   struct sq *s = calloc(1, sizeof *s);
   if (!s)
     return -1;
+  s->bal = calloc(BAL_BATCH_MAX, sizeof *s->bal);
+  if (!s->bal) {
+    free(s);
+    return -1;
+  }
   snprintf(s->path, sizeof s->path, "%s/turnpike.db", dir);
   s->wal_fd = -1;
   pthread_mutex_init(&s->ck_mu, NULL);
@@ -1079,6 +1169,7 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
   s->idem_ttl = tp_config_int("idempotency", "ttl_seconds", 86400, 1, 30 * 86400);
   s->w = open_conn(s->path, false);
   if (!s->w) {
+    free(s->bal);
     free(s);
     return -1;
   }
@@ -1086,6 +1177,7 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
                  "PRAGMA cache_size=-32000; PRAGMA wal_autocheckpoint=4000; PRAGMA temp_store=MEMORY") ||
       migrate(s->w)) {
     sqlite3_close(s->w);
+    free(s->bal);
     free(s);
     return -1;
   }
@@ -1109,7 +1201,7 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
     s->put[k] = prep(s->w, sql);
   }
   s->ledger = prep(s->w, "INSERT INTO ledger_entries(txn_id, seq, merchant, account, currency, amount, created) "
-                         "VALUES(?1, (SELECT count(*) FROM ledger_entries WHERE txn_id=?1), ?2, ?3, ?4, ?5, ?6)");
+                         "VALUES(?1, ?7, ?2, ?3, ?4, ?5, ?6)");
   s->balance_add = prep(s->w, "INSERT INTO ledger_balances(merchant, account, currency, amount) VALUES(?1,?2,?3,?4) "
                               "ON CONFLICT(merchant, account, currency) DO UPDATE SET amount=amount+excluded.amount");
   /* Upsert for the same reason as puts: an attempt is written when sent and

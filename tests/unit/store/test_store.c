@@ -600,6 +600,45 @@ static void test_refused_set_mid_batch_commits_the_others_once(void **state)
   assert_int_equal(balance_of(f, M2, "revenue", "usd", &found), -600);
 }
 
+/* Balances are written once per batch from the sets that applied: a batch
+ * with more accounts than the batch table holds (written early), repeated
+ * accounts across sets, and one unbalanced set leaves every running balance
+ * equal to the sum of its entries. */
+static void test_batched_balances_match_entries(void **state)
+{
+  struct fx *f = *state;
+  enum { NSETS = 400 };
+  struct tp_cs *sets[NSETS];
+  int rc[NSETS];
+  for (int i = 0; i < NSETS; i++) {
+    sets[i] = tp_cs_new();
+    char txn[32], acct[32];
+    snprintf(txn, sizeof txn, "txn_b_%d", i);
+    snprintf(acct, sizeof acct, "processor:p%d:receivable", i % 300);
+    tp_cs_ledger(sets[i], txn, M1, acct, "usd", 100 + i);
+    tp_cs_ledger(sets[i], txn, M1, "merchant:pending", "usd", i == 77 ? -(100 + i) + 1 : -(100 + i));
+    rc[i] = 12345;
+  }
+  assert_int_equal(f->st.ops->apply_batch(f->st.cls, sets, NSETS, rc), 0);
+  for (int i = 0; i < NSETS; i++) {
+    assert_int_equal(rc[i] != 0, i == 77);
+    tp_cs_free(sets[i]);
+  }
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM ledger_entries WHERE txn_id LIKE 'txn_b_%'"), 2 * (NSETS - 1));
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM ledger_balances b WHERE amount != (SELECT sum(amount) FROM "
+                               "ledger_entries e WHERE e.merchant=b.merchant AND e.account=b.account AND "
+                               "e.currency=b.currency)"), 0);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM ledger_balances WHERE merchant='" M1 "'"), 301);
+  bool found;
+  int64_t want = 0;
+  for (int i = 0; i < NSETS; i++)
+    if (i != 77)
+      want -= 100 + i;
+  assert_int_equal(balance_of(f, M1, "merchant:pending", "usd", &found), want);
+  assert_int_equal(sql_long(f, "SELECT seq FROM ledger_entries WHERE txn_id='txn_b_5' AND account='merchant:pending'"),
+                   1);
+}
+
 /* A second put of an object rewrites it (indexed columns follow); a put of
  * the same id under another merchant is refused and changes nothing. */
 static void test_put_again_updates_and_foreign_id_is_refused(void **state)
@@ -1043,6 +1082,7 @@ int main(void)
     T(test_reopen_is_a_noop),
     T(test_migration_7_keeps_objects),
     T(test_objects_are_stored_compressed_and_read_back),
+    T(test_batched_balances_match_entries),
     T(test_put_then_get_returns_same_json_for_owner_only),
     T(test_list_is_newest_first_with_limit_and_has_more),
     T(test_list_has_more_false_when_exactly_limit_rows),
