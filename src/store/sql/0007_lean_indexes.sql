@@ -11,10 +11,16 @@
 -- page finds the merchant from the PaymentIntent id in its URL, and a put of
 -- one merchant's PaymentIntent id under another merchant fails.
 --
+-- The object tables are WITHOUT ROWID: rows are stored compressed (about
+-- 150-300 bytes, src/store/zjson.h), small enough to live in the key's
+-- b-tree itself, so an insert touches one b-tree instead of a rowid table
+-- plus the key's index. Rows written before compression (1-1.5 KB of text)
+-- are copied as they are and spill into overflow pages; they read the same.
+--
 -- Rows are copied in rowid order, so every table keeps its insertion order.
 
 CREATE TABLE payment_intents_new (id TEXT NOT NULL, merchant TEXT NOT NULL, created INTEGER NOT NULL,
-  customer TEXT, status TEXT, data TEXT NOT NULL, PRIMARY KEY (merchant, id));
+  customer TEXT, status TEXT, data TEXT NOT NULL, PRIMARY KEY (merchant, id)) WITHOUT ROWID;
 INSERT INTO payment_intents_new SELECT id, merchant, created, customer, status, data FROM payment_intents ORDER BY rowid;
 DROP TABLE payment_intents;
 ALTER TABLE payment_intents_new RENAME TO payment_intents;
@@ -22,7 +28,7 @@ CREATE UNIQUE INDEX payment_intents_id ON payment_intents(id);
 CREATE INDEX payment_intents_c ON payment_intents(merchant, customer, id) WHERE customer IS NOT NULL;
 
 CREATE TABLE charges_new (id TEXT NOT NULL, merchant TEXT NOT NULL, created INTEGER NOT NULL,
-  payment_intent TEXT, customer TEXT, data TEXT NOT NULL, PRIMARY KEY (merchant, id));
+  payment_intent TEXT, customer TEXT, data TEXT NOT NULL, PRIMARY KEY (merchant, id)) WITHOUT ROWID;
 INSERT INTO charges_new SELECT id, merchant, created, payment_intent, customer, data FROM charges ORDER BY rowid;
 DROP TABLE charges;
 ALTER TABLE charges_new RENAME TO charges;
@@ -30,7 +36,7 @@ CREATE INDEX charges_pi ON charges(merchant, payment_intent, id);
 CREATE INDEX charges_c ON charges(merchant, customer, id) WHERE customer IS NOT NULL;
 
 CREATE TABLE refunds_new (id TEXT NOT NULL, merchant TEXT NOT NULL, created INTEGER NOT NULL,
-  payment_intent TEXT, charge TEXT, data TEXT NOT NULL, PRIMARY KEY (merchant, id));
+  payment_intent TEXT, charge TEXT, data TEXT NOT NULL, PRIMARY KEY (merchant, id)) WITHOUT ROWID;
 INSERT INTO refunds_new SELECT id, merchant, created, payment_intent, charge, data FROM refunds ORDER BY rowid;
 DROP TABLE refunds;
 ALTER TABLE refunds_new RENAME TO refunds;
@@ -38,28 +44,28 @@ CREATE INDEX refunds_pi ON refunds(merchant, payment_intent, id);
 CREATE INDEX refunds_ch ON refunds(merchant, charge, id);
 
 CREATE TABLE customers_new (id TEXT NOT NULL, merchant TEXT NOT NULL, created INTEGER NOT NULL,
-  email TEXT, deleted TEXT, data TEXT NOT NULL, PRIMARY KEY (merchant, id));
+  email TEXT, deleted TEXT, data TEXT NOT NULL, PRIMARY KEY (merchant, id)) WITHOUT ROWID;
 INSERT INTO customers_new SELECT id, merchant, created, email, deleted, data FROM customers ORDER BY rowid;
 DROP TABLE customers;
 ALTER TABLE customers_new RENAME TO customers;
 CREATE INDEX customers_e ON customers(merchant, email, id) WHERE email IS NOT NULL;
 
 CREATE TABLE payment_methods_new (id TEXT NOT NULL, merchant TEXT NOT NULL, created INTEGER NOT NULL,
-  customer TEXT, type TEXT, data TEXT NOT NULL, PRIMARY KEY (merchant, id));
+  customer TEXT, type TEXT, data TEXT NOT NULL, PRIMARY KEY (merchant, id)) WITHOUT ROWID;
 INSERT INTO payment_methods_new SELECT id, merchant, created, customer, type, data FROM payment_methods ORDER BY rowid;
 DROP TABLE payment_methods;
 ALTER TABLE payment_methods_new RENAME TO payment_methods;
 CREATE INDEX payment_methods_c ON payment_methods(merchant, customer, id) WHERE customer IS NOT NULL;
 
 CREATE TABLE events_new (id TEXT NOT NULL, merchant TEXT NOT NULL, created INTEGER NOT NULL,
-  type TEXT, object_id TEXT, data TEXT NOT NULL, PRIMARY KEY (merchant, id));
+  type TEXT, object_id TEXT, data TEXT NOT NULL, PRIMARY KEY (merchant, id)) WITHOUT ROWID;
 INSERT INTO events_new SELECT id, merchant, created, type, object_id, data FROM events ORDER BY rowid;
 DROP TABLE events;
 ALTER TABLE events_new RENAME TO events;
 CREATE INDEX events_t ON events(merchant, type, id);
 
 CREATE TABLE balance_transactions_new (id TEXT NOT NULL, merchant TEXT NOT NULL, created INTEGER NOT NULL,
-  source TEXT, type TEXT, data TEXT NOT NULL, PRIMARY KEY (merchant, id));
+  source TEXT, type TEXT, data TEXT NOT NULL, PRIMARY KEY (merchant, id)) WITHOUT ROWID;
 INSERT INTO balance_transactions_new SELECT id, merchant, created, source, type, data FROM balance_transactions
   ORDER BY rowid;
 DROP TABLE balance_transactions;
@@ -71,6 +77,40 @@ CREATE TABLE vault_new (token TEXT PRIMARY KEY, merchant TEXT NOT NULL, blob BLO
 INSERT INTO vault_new SELECT token, merchant, blob, created FROM vault ORDER BY rowid;
 DROP TABLE vault;
 ALTER TABLE vault_new RENAME TO vault;
+
+-- The attempt's idempotency reference is its id (src/core/payflow.c), unique
+-- by the primary key: the separate unique index on idem_ref was a second
+-- copy of the key on every write-ahead.
+CREATE TABLE attempts_new (
+  id TEXT PRIMARY KEY,
+  merchant TEXT NOT NULL,
+  payment_intent TEXT,
+  processor TEXT NOT NULL,
+  idem_ref TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  state TEXT NOT NULL,
+  currency TEXT NOT NULL,
+  amount INTEGER NOT NULL,
+  vault_token TEXT,
+  refund TEXT,
+  result_code TEXT,
+  auth_code TEXT,
+  processor_ref TEXT,
+  route TEXT,
+  client_idem_key TEXT,
+  client_req_hash TEXT,
+  capture INTEGER NOT NULL DEFAULT 1,
+  created INTEGER NOT NULL,
+  updated INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO attempts_new SELECT id, merchant, payment_intent, processor, idem_ref, kind, state, currency, amount,
+  vault_token, refund, result_code, auth_code, processor_ref, route, client_idem_key, client_req_hash, capture,
+  created, updated FROM attempts;
+DROP TABLE attempts;
+ALTER TABLE attempts_new RENAME TO attempts;
+CREATE INDEX attempts_sent ON attempts(state) WHERE state = 'sent';
+CREATE INDEX attempts_reversal ON attempts(state) WHERE state = 'reversal_pending';
+CREATE INDEX attempts_pi ON attempts(payment_intent);
 
 -- Idempotency keys expire in insertion order, which is rowid order: the
 -- purge walks the oldest rows by rowid (src/core/housekeeping.c) instead of
