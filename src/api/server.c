@@ -304,6 +304,13 @@ static void dispatch(struct tp_req *r)
         tp_reply_error(r, TP_ERR_IDEMPOTENCY_KEY_TOO_LONG, NULL, NULL);
         return;
       }
+      /* Printable ASCII only: the key is echoed in headers and written
+       * into every event of the request (objects.c builds them by hand). */
+      for (const char *c = k; *c; c++)
+        if (*c < 0x20 || *c > 0x7e) {
+          tp_reply_error(r, TP_ERR_IDEMPOTENCY_KEY_INVALID, NULL, NULL);
+          return;
+        }
       snprintf(r->idem_key, sizeof r->idem_key, "%s", k);
       r->has_idem = true;
       if (tp_idem_begin(r))

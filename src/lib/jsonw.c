@@ -15,13 +15,8 @@
 
 #define TP_JSONW_MAX_DEPTH 512 /* deeper means a cycle or abuse: give up like json_dumps */
 
-struct wbuf {
-  char *p;
-  size_t len, cap;
-  bool failed;
-};
 
-static bool reserve(struct wbuf *b, size_t n)
+static bool reserve(struct tp_jbuf *b, size_t n)
 {
   if (b->failed)
     return false;
@@ -40,7 +35,7 @@ static bool reserve(struct wbuf *b, size_t n)
   return true;
 }
 
-static void put(struct wbuf *b, const char *s, size_t n)
+static void put(struct tp_jbuf *b, const char *s, size_t n)
 {
   if (!reserve(b, n))
     return;
@@ -48,7 +43,7 @@ static void put(struct wbuf *b, const char *s, size_t n)
   b->len += n;
 }
 
-static void putc1(struct wbuf *b, char c)
+static void putc1(struct tp_jbuf *b, char c)
 {
   if (!reserve(b, 1))
     return;
@@ -62,7 +57,7 @@ static const unsigned char needs_escape[256] = {
   0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1 /* \ */, 0, 0, 0,
 };
 
-static void put_string(struct wbuf *b, const char *s, size_t n)
+static void put_string(struct tp_jbuf *b, const char *s, size_t n)
 {
   static const char hex[] = "0123456789ABCDEF";
   putc1(b, '"');
@@ -100,7 +95,7 @@ static void put_string(struct wbuf *b, const char *s, size_t n)
   putc1(b, '"');
 }
 
-static void put_int(struct wbuf *b, json_int_t v)
+static void put_int(struct tp_jbuf *b, json_int_t v)
 {
   char tmp[24];
   size_t i = sizeof tmp;
@@ -115,7 +110,7 @@ static void put_int(struct wbuf *b, json_int_t v)
   put(b, tmp + i, sizeof tmp - i);
 }
 
-static void put_value(struct wbuf *b, const json_t *v, int depth)
+static void put_value(struct tp_jbuf *b, const json_t *v, int depth)
 {
   if (b->failed)
     return;
@@ -181,7 +176,7 @@ static void put_value(struct wbuf *b, const json_t *v, int depth)
 
 char *tp_json_dump(const json_t *v, size_t *len_out)
 {
-  struct wbuf b = {NULL, 0, 0, false};
+  struct tp_jbuf b = {NULL, 0, 0, false};
   if (!v || !(json_is_object(v) || json_is_array(v)))
     return NULL; /* like json_dumps without JSON_ENCODE_ANY */
   put_value(&b, v, 0);
@@ -193,4 +188,38 @@ char *tp_json_dump(const json_t *v, size_t *len_out)
   if (len_out)
     *len_out = b.len;
   return b.p;
+}
+
+/* ---- hand-built JSON (jsonw.h) --------------------------------------------- */
+void tp_jbuf_raw(struct tp_jbuf *b, const char *s, size_t n)
+{
+  put(b, s, n);
+}
+
+void tp_jbuf_str(struct tp_jbuf *b, const char *s)
+{
+  if (s)
+    put_string(b, s, strlen(s));
+  else
+    put(b, "null", 4);
+}
+
+void tp_jbuf_int(struct tp_jbuf *b, int64_t v)
+{
+  put_int(b, (json_int_t)v);
+}
+
+char *tp_jbuf_finish(struct tp_jbuf *b, size_t *len_out)
+{
+  if (b->failed || !reserve(b, 0)) {
+    free(b->p);
+    b->p = NULL;
+    return NULL;
+  }
+  b->p[b->len] = '\0';
+  if (len_out)
+    *len_out = b->len;
+  char *out = b->p;
+  b->p = NULL;
+  return out;
 }

@@ -140,6 +140,23 @@ void tp_cs_put_dumped(struct tp_cs *cs, enum tp_kind kind, const char *merchant,
   compress_op(op, kind == TP_K_EVENT);
 }
 
+void tp_cs_put_row(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const char *id, int64_t created,
+                   const char *col1, const char *col2, char *data, size_t len)
+{
+  struct tp_cs_op *op = push(cs, TP_OP_PUT);
+  op->kind = kind;
+  op->merchant = dup_or_null(merchant);
+  op->id = dup_or_null(id);
+  op->n1 = created;
+  op->s1 = dup_or_null(col1);
+  op->s2 = dup_or_null(col2);
+  if (!data)
+    abort();
+  op->data = data;
+  op->data_len = len;
+  compress_op(op, kind == TP_K_EVENT);
+}
+
 void tp_cs_put(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const json_t *obj)
 {
   size_t len = 0;

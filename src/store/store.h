@@ -69,6 +69,10 @@ void tp_cs_put(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const 
  * the indexed columns are still read from obj. */
 void tp_cs_put_dumped(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const json_t *obj, char *data,
                       size_t len);
+/* tp_cs_put_dumped with the indexed columns given directly (no object tree):
+ * id, created, col1, col2 (NULL for SQL NULL); data as there. */
+void tp_cs_put_row(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const char *id, int64_t created,
+                   const char *col1, const char *col2, char *data, size_t len);
 /* One ledger entry (debit > 0, credit < 0); all entries of a txn must sum
  * to zero per currency or the whole change set is refused. */
 void tp_cs_ledger(struct tp_cs *cs, const char *txn_id, const char *merchant, const char *account,

@@ -2,7 +2,7 @@
 concurrent duplicates create one payment, keys belong to one merchant."""
 import threading
 
-from harness import (DaemonTestCase, PAN_DECLINE, card, main, new_key)
+from harness import (DaemonTestCase, PAN_DECLINE, card, check_registry, main, new_key)
 
 PI = "/v1/payment_intents"
 
@@ -35,6 +35,22 @@ class IdempotencyTest(DaemonTestCase):
         # a replay did not charge twice
         r = c.get(PI + "/" + first.json["id"])
         self.assertEqual(r.json["amount_received"], 1500, r)
+
+    def test_keys_must_be_printable_ascii_and_at_most_255(self):
+        c = self.c("main")
+        before = c.get(PI, {"limit": 100}).json["data"]
+        for key, code in (("caf\xe9-" + new_key(), 3004),  # idempotency_key_invalid
+                          ("ctl\x01" + new_key(), 3004),
+                          ("k" * 256, 3003)):  # idempotency_key_too_long
+            r = c.post(PI, confirm_params(description="bad key"), idem=key)
+            self.assertEqual(r.status, 400, r)
+            self.assertEqual(r.json["error"]["tp_code"], code, r)
+            check_registry(self, r, r.json["error"])
+        self.assertEqual(c.get(PI, {"limit": 100}).json["data"], before, "a refused key stored nothing")
+        ok = c.post(PI, confirm_params(), idem="k" * 255)
+        self.assertEqual(ok.status, 200, ok)
+        ev = c.get("/v1/events", {"limit": 3}).json["data"]
+        self.assertTrue(any(e["request"]["idempotency_key"] == "k" * 255 for e in ev), ev)
 
     def test_replay_of_a_decline_is_replayed(self):
         c = self.c("main")

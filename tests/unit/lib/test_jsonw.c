@@ -26,6 +26,43 @@ static void assert_same_as_jansson(const json_t *v)
   free(got);
 }
 
+/* Hand-built JSON (tp_jbuf, used for events) gives the same bytes as
+ * json_dumps of the same fields. */
+static void test_jbuf_matches_jansson(void **state)
+{
+  (void)state;
+  const char *tricky = "k\"ey\\/\t\x01 caf\xc3\xa9";
+  json_t *inner = json_pack("{s:s, s:i}", "id", "pi_1", "amount", 1999);
+  json_t *o = json_pack("{s:s, s:I, s:O, s:b, s:{s:s, s:n}, s:s}", "id", "evt_1", "created", (json_int_t)-5,
+                        "data", inner, "livemode", 0, "request", "id", tricky, "idempotency_key", "type", "x.y");
+  char *want = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  char *in = tp_json_dump(inner, NULL);
+  struct tp_jbuf b = {0};
+  tp_jbuf_raw(&b, "{\"id\":", 6);
+  tp_jbuf_str(&b, "evt_1");
+  tp_jbuf_raw(&b, ",\"created\":", 11);
+  tp_jbuf_int(&b, -5);
+  tp_jbuf_raw(&b, ",\"data\":", 8);
+  tp_jbuf_raw(&b, in, strlen(in));
+  tp_jbuf_raw(&b, ",\"livemode\":false,\"request\":{\"id\":", 34);
+  tp_jbuf_str(&b, tricky);
+  tp_jbuf_raw(&b, ",\"idempotency_key\":", 19);
+  tp_jbuf_str(&b, NULL);
+  tp_jbuf_raw(&b, "},\"type\":", 9);
+  tp_jbuf_str(&b, "x.y");
+  tp_jbuf_raw(&b, "}", 1);
+  size_t len = 0;
+  char *got = tp_jbuf_finish(&b, &len);
+  assert_non_null(got);
+  assert_string_equal(got, want);
+  assert_int_equal(len, strlen(want));
+  free(got);
+  free(in);
+  free(want);
+  json_decref(o);
+  json_decref(inner);
+}
+
 static void test_escapes_and_scalars(void **state)
 {
   (void)state;
@@ -111,6 +148,7 @@ static void test_long_strings_grow_the_buffer(void **state)
 int main(void)
 {
   const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_jbuf_matches_jansson),
     cmocka_unit_test(test_escapes_and_scalars),
     cmocka_unit_test(test_nesting_and_order),
     cmocka_unit_test(test_refuses_scalars_and_deep_nesting),
