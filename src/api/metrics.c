@@ -45,6 +45,7 @@ static void describe(void)
   tp_metric_help("turnpike_writer_batches", "Group-commit transactions since start.");
   tp_metric_help("turnpike_writer_max_batch_size", "Largest group-commit batch since start.");
   tp_metric_help("turnpike_store_batch_size", "Change sets per group-commit transaction.");
+  tp_metric_help("turnpike_store_wal_frames_total", "Database pages appended to the WAL by commits (write amplification).");
   tp_metric_help("turnpike_store_commit_duration_seconds", "Time to apply and commit one group-commit batch.");
 }
 

@@ -4,6 +4,7 @@
 #include "store/zjson.h"
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 #include <errno.h>
@@ -44,6 +45,7 @@ struct sq {
   bool ck_started, ck_due, ck_stop, ck_running;
   atomic_bool ck_tail;        /* a pass ended: the writer copies the rest */
   struct bal_delta *bal;      /* the batch's balance deltas (writer only; BAL_BATCH_MAX) */
+  int wal_frames;             /* frames in the WAL after the last commit (wal_hook) */
   size_t nbal;
 };
 
@@ -593,6 +595,10 @@ static void *ckpt_main(void *arg)
 static int wal_hook(void *arg, sqlite3 *db, const char *name, int n)
 {
   struct sq *s = arg;
+  /* Frames this commit appended (the WAL restarts from 0 after a
+   * checkpoint): pages written per commit, the write amplification. */
+  tp_metric_inc("turnpike_store_wal_frames_total", NULL, (uint64_t)(n >= s->wal_frames ? n - s->wal_frames : n));
+  s->wal_frames = n;
   if (n >= CKPT_INLINE_PAGES) {
     sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
     return SQLITE_OK;
