@@ -56,3 +56,31 @@ void tp_log(enum tp_log_level lvl, const char *event, const char *fmt, ...)
   (void)w;
   free(s);
 }
+
+void tp_log_fields(enum tp_log_level lvl, const char *event, const char *fields, size_t len)
+{
+  if (!TP_LOG_ON(lvl))
+    return;
+  struct timeval tv;
+  gettimeofday(&tv, NULL);
+  char head[128];
+  int hl = snprintf(head, sizeof head, "{\"ts\":\"%lld.%03d\",\"level\":\"%s\",\"event\":",
+                    (long long)tv.tv_sec, (int)(tv.tv_usec / 1000), level_names[lvl]);
+  if (hl <= 0 || (size_t)hl >= sizeof head)
+    return;
+  struct tp_jbuf b = {0};
+  tp_jbuf_raw(&b, head, (size_t)hl);
+  tp_jbuf_str(&b, event);
+  if (len) {
+    tp_jbuf_raw(&b, ",", 1);
+    tp_jbuf_raw(&b, fields, len);
+  }
+  tp_jbuf_raw(&b, "}\n", 2);
+  size_t n = 0;
+  char *line = tp_jbuf_finish(&b, &n);
+  if (!line)
+    return;
+  ssize_t w = write(STDERR_FILENO, line, n);
+  (void)w;
+  free(line);
+}

@@ -1,6 +1,7 @@
 /* JSON-lines logging on stderr. Never pass card data to these functions. */
 #ifndef TP_LOG_H
 #define TP_LOG_H
+#include <stddef.h>
 #include <stdarg.h>
 
 enum tp_log_level { TP_LOG_DEBUG = 0, TP_LOG_INFO, TP_LOG_WARN, TP_LOG_ERROR };
@@ -13,6 +14,9 @@ extern volatile int tp_log_threshold;
 void tp_log(enum tp_log_level lvl, const char *event, const char *fmt, ...);
 /* Parse "debug"/"info"/"warn"/"error"; -1 when unknown. */
 int tp_log_level_parse(const char *s);
+/* A log line whose fields are already JSON members ("k":v,... without the
+ * braces, len bytes): for the per-request line, built without a tree. */
+void tp_log_fields(enum tp_log_level lvl, const char *event, const char *fields, size_t len);
 
 #define TP_LOG_ON(lvl) ((int)(lvl) >= tp_log_threshold)
 #endif
