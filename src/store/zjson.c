@@ -51,6 +51,19 @@ static void init(void)
   }
 }
 
+static void *new_cctx(void) { return ZSTD_createCCtx(); }
+static void *new_dctx(void) { return ZSTD_createDCtx(); }
+
+/* This thread's (de)compression context, made on first use and freed when
+ * the thread exits (the key's destructor); NULL if it cannot be made. */
+static void *thread_ctx(pthread_key_t key, void *(*make)(void))
+{
+  void *c = pthread_getspecific(key);
+  if (!c && (c = make()) != NULL)
+    pthread_setspecific(key, c);
+  return c;
+}
+
 bool tp_zjson_enabled(void)
 {
   pthread_once(&Z.once, init);
@@ -61,12 +74,9 @@ uint8_t *tp_zjson_pack(const char *json, size_t len, size_t *out_len)
 {
   if (!tp_zjson_enabled())
     return NULL;
-  ZSTD_CCtx *c = pthread_getspecific(Z.cctx_key);
-  if (!c) {
-    if (!(c = ZSTD_createCCtx()))
-      return NULL;
-    pthread_setspecific(Z.cctx_key, c);
-  }
+  ZSTD_CCtx *c = thread_ctx(Z.cctx_key, new_cctx);
+  if (!c)
+    return NULL;
   size_t cap = ZSTD_compressBound(len);
   uint8_t *out = malloc(cap);
   if (!out)
@@ -93,12 +103,9 @@ char *tp_zjson_unpack(const void *frame, size_t len, size_t *out_len)
       dd = Z.ddicts[i];
   if (!dd)
     return NULL;
-  ZSTD_DCtx *d = pthread_getspecific(Z.dctx_key);
-  if (!d) {
-    if (!(d = ZSTD_createDCtx()))
-      return NULL;
-    pthread_setspecific(Z.dctx_key, d);
-  }
+  ZSTD_DCtx *d = thread_ctx(Z.dctx_key, new_dctx);
+  if (!d)
+    return NULL;
   char *out = malloc((size_t)size + 1);
   if (!out)
     return NULL;
