@@ -23,6 +23,9 @@ struct tp_proc_call {
   int64_t amount;
   char currency[4];
   bool capture;           /* authorize and capture in one message */
+  /* TP_PROC_STATUS only: the kind of call it asks about (authorize when
+   * left zero), so a reversing link names the right original message */
+  enum tp_proc_kind status_of;
   /* card data: in memory only, wiped after the call */
   char pan[20];
   int exp_month, exp_year;

@@ -715,14 +715,15 @@ static void read_in(struct iso_link *l, int64_t now)
 /* ---- timers --------------------------------------------------------------- */
 
 /* Stop repeating reversal p here. This is only the fast path: the reversal
- * of an authorization is owed durably by the gateway's recovery (payflow
- * commits the attempt "reversal_pending", or leaves it "sent" when the link
- * could not say), and so is recovery's own status query, so those are
- * handed over. A capture, refund or void reversal has no such owner: a
- * person must look (error level). */
+ * of a timed-out authorization, capture or refund is owed durably by the
+ * gateway's recovery (payflow commits the attempt "reversal_pending", or
+ * leaves it "sent" when a crash kept it from saying), and so is recovery's
+ * own status query, so those are handed over. A void's reversal has no
+ * such owner (the void failed; the merchant may repeat it): error level. */
 static void reversal_give_up(struct iso_link *l, struct pend *p, const char *why)
 {
-  bool owned = p->kind == TP_PROC_AUTHORIZE || p->kind == TP_PROC_STATUS;
+  bool owned = p->kind == TP_PROC_AUTHORIZE || p->kind == TP_PROC_CAPTURE || p->kind == TP_PROC_REFUND ||
+               p->kind == TP_PROC_STATUS;
   tp_log(owned ? TP_LOG_WARN : TP_LOG_ERROR, "iso_reversal_gave_up", "{s:s, s:s, s:i, s:s, s:s}", "processor",
          l->name, "rrn", p->rrn, "tries", p->tries, "reason", why, "owner", owned ? "recovery" : "none");
   tp_metric_inc("turnpike_iso_reversals_failed_total", l->labels, 1);
@@ -924,10 +925,19 @@ static int iso_submit(void *cls, struct tp_proc_call *c)
   const char *target = c->orig_ref[0] ? c->orig_ref : c->ref;
   if (p->type == PT_REVERSAL) {
     /* Reverse the authorization (void) or whatever went out under the
-     * reference (status query after a crash). */
+     * reference (status query after a crash, or an owed reversal): field
+     * 90 and the processing code name that message as it was sent, so a
+     * host that looks a capture (0220) or refund (0200, 20) up by them
+     * finds it too. */
     tp_iso_rrn(target, p->rrn);
-    snprintf(p->orig_mti, sizeof p->orig_mti, "0100");
-    snprintf(p->proc_code, sizeof p->proc_code, "000000");
+    enum tp_proc_kind of = c->kind == TP_PROC_STATUS ? c->status_of : TP_PROC_AUTHORIZE;
+    const char *mti = "0100";
+    if (of == TP_PROC_CAPTURE)
+      mti = "0220";
+    else if (of == TP_PROC_REFUND || (c->kind == TP_PROC_STATUS && of == TP_PROC_AUTHORIZE && c->capture))
+      mti = "0200"; /* a refund, or a sale (authorize and capture) */
+    snprintf(p->orig_mti, sizeof p->orig_mti, "%s", mti);
+    snprintf(p->proc_code, sizeof p->proc_code, "%s", of == TP_PROC_REFUND ? "200000" : "000000");
   } else {
     tp_iso_rrn(c->ref, p->rrn);
     if (c->kind != TP_PROC_AUTHORIZE)

@@ -388,11 +388,37 @@ static void commit_outcome(struct tp_pay *p, struct tp_cs *cs)
   }
 }
 
+/* Does the capture or refund call just made owe a reversal? An ISO link
+ * that got no (usable) answer reverses the call itself before it reports
+ * processor_timeout, or queues that reversal when the link is down
+ * (processor_status_unknown); either way the host may have acted on it, so
+ * the reversal must be repeated until acknowledged, across restarts. Other
+ * errors say the call never left. */
+static bool owes_reversal(const struct tp_pay *p)
+{
+  const struct tp_proc_call *c = &p->call;
+  if (p->recovering || p->not_sent || c->outcome != TP_OUT_ERROR ||
+      (c->kind != TP_PROC_CAPTURE && c->kind != TP_PROC_REFUND))
+    return false;
+  if (strcmp(c->decline_code, "processor_timeout") != 0 && strcmp(c->decline_code, "processor_status_unknown") != 0)
+    return false;
+  const struct tp_connector *conn = conn_of(p->att.processor, NULL);
+  return conn && strcmp(conn->ops->type, "iso8583") == 0;
+}
+
 /* The last call settled the payment: build the outcome and commit it. */
 static void final_outcome(struct tp_pay *p)
 {
   struct tp_cs *cs = tp_cs_new();
   set_state(&p->att, &p->call);
+  if (owes_reversal(p)) {
+    /* The outcome below treats the call as not done (the capture or refund
+     * may be repeated); the attempt records in the same change set that
+     * its reversal is owed, for recovery to repeat (recover_reversals). */
+    snprintf(p->att.state, sizeof p->att.state, "reversal_pending");
+    tp_log(TP_LOG_WARN, "reversal_owed", "{s:s, s:s, s:s, s:s}", "attempt", p->att.id, "kind", p->att.kind,
+           "processor", p->att.processor, "error", p->call.decline_code);
+  }
   p->outcome(p, cs);
   commit_outcome(p, cs);
 }
@@ -1032,6 +1058,18 @@ static void outcome_attempt_only(struct tp_pay *p, struct tp_cs *cs)
   }
 }
 
+/* The call kind of an attempt kind, for a status query about it. */
+static enum tp_proc_kind kind_of(const char *kind)
+{
+  if (strcmp(kind, "capture") == 0)
+    return TP_PROC_CAPTURE;
+  if (strcmp(kind, "refund") == 0)
+    return TP_PROC_REFUND;
+  if (strcmp(kind, "void") == 0)
+    return TP_PROC_VOID;
+  return TP_PROC_AUTHORIZE;
+}
+
 /* Start resolving one attempt left "sent"; false when skipped. */
 static bool recover_one(const struct tp_attempt *a)
 {
@@ -1087,6 +1125,7 @@ static bool recover_one(const struct tp_attempt *a)
   /* Ask the processor what became of our reference; never re-send. (An ISO
    * link answers a status query by reversing the reference: NOT_FOUND.) */
   p->call.kind = TP_PROC_STATUS;
+  p->call.status_of = kind_of(a->kind);
   tp_log(TP_LOG_INFO, "recovery_attempt", "{s:s, s:s, s:s}", "attempt", a->id, "kind", a->kind, "processor",
          a->processor);
   tp_metric_inc("turnpike_recovery_attempts_total", NULL, 1);
@@ -1096,12 +1135,14 @@ static bool recover_one(const struct tp_attempt *a)
 
 /* ---- reversals owed ------------------------------------------------------------
  * A timed-out ISO 8583 authorization is committed "reversal_pending" (see
- * orchestrate): the host may have approved it while the payment went on
- * elsewhere, so its reversal is repeated until the host acknowledges it,
- * however long that takes and across restarts (store-and-forward). The
- * connector's own 0401 repeats are the fast path; this is the durable one.
- * Only the attempt row changes, to "reversed": its PaymentIntent moved on
- * and no event is emitted. */
+ * orchestrate), and so is a timed-out capture or refund (owes_reversal):
+ * the host may have acted on it while the payment went on elsewhere (or the
+ * capture / refund was reported as not done), so its reversal is repeated
+ * until the host acknowledges it, however long that takes and across
+ * restarts (store-and-forward). The connector's own 0401 repeats are the
+ * fast path; this is the durable one. Only the attempt row changes, to
+ * "reversed": its PaymentIntent, charge and refund moved on and no event is
+ * emitted. */
 static int64_t reversal_backoff_max_ms = 60000;
 
 #define REV_BUCKETS 1024
@@ -1264,7 +1305,9 @@ static bool recover_reversal(const struct tp_attempt *a)
     }
   }
   p->call.kind = TP_PROC_STATUS;
-  tp_log(TP_LOG_INFO, "reversal_retry", "{s:s, s:s}", "attempt", a->id, "processor", a->processor);
+  p->call.status_of = kind_of(a->kind); /* the reversal names the capture or refund it undoes */
+  tp_log(TP_LOG_INFO, "reversal_retry", "{s:s, s:s, s:s}", "attempt", a->id, "kind", a->kind, "processor",
+         a->processor);
   tp_metric_inc("turnpike_reversal_retries_total", NULL, 1);
   send_call(p);
   return true;
@@ -1371,7 +1414,8 @@ int tp_recover(void)
   tp_metric_help("turnpike_payments_unroutable_total", "Payments with no eligible processor");
   tp_metric_help("turnpike_attempts_unresolved_total", "Calls left with an unknown outcome for recovery");
   tp_metric_help("turnpike_recovery_attempts_total", "Attempts resolved by a recovery status query");
-  tp_metric_help("turnpike_reversals_pending", "Timed-out ISO 8583 authorizations whose reversal is still owed");
+  tp_metric_help("turnpike_reversals_pending",
+                 "Timed-out ISO 8583 authorizations, captures and refunds whose reversal is still owed");
   tp_metric_help("turnpike_reversal_retries_total", "Reversals sent again by recovery");
   tp_metric_help("turnpike_reversals_recovered_total", "Owed reversals the host acknowledged (attempt reversed)");
   if (timer_start() != 0)

@@ -83,8 +83,8 @@ void tp_payflow_stop(void);
 /* Attempts of this process in flight now (tests, metrics). */
 size_t tp_payflow_inflight(void);
 /* Attempts of processor left in state reversal_pending (a timed-out ISO
- * authorization whose reversal recovery still owes), as of the last
- * recovery scan. */
+ * authorization, capture or refund whose reversal recovery still owes), as
+ * of the last recovery scan. */
 size_t tp_payflow_reversals_pending(const char *processor);
 
 /* Charge object helpers. */

@@ -11,7 +11,15 @@ the test lets it accept:
   repeats have given up; once the host accepts, recovery's reversal (field
   37 = the original RRN) turns the attempt `reversed`;
 - kill -9 while the reversal is owed: the restarted gateway sends it again
-  (on a new connection to the host) and the attempt ends `reversed`.
+  (on a new connection to the host) and the attempt ends `reversed`;
+- the same for a timed-out capture (0220 of a manual-capture payment) and
+  refund (0200, processing code 20) the host ignores: the merchant is told
+  it did not happen (402 / refund `failed`), the capture or refund attempt
+  is `reversal_pending`, every reversal names that message (field 37 = its
+  RRN, field 90 its MTI, field 3 its processing code), never the
+  authorization; `reversed` once accepted, with no event and the objects
+  untouched, after which the merchant's repeat succeeds; and the capture's
+  reversal survives a kill -9.
 """
 import time
 import unittest
@@ -24,14 +32,16 @@ WAIT_S = 20.0
 
 
 class RefusingHost(IsoHost):
-    """Never answers 0100/0200 (while `silent`); answers reversals as
-    `rev_mode` says: "refuse" (39=96), "ignore" (no answer) or "accept"
-    (00 for an RRN it saw, 25 otherwise). Every message is recorded with
-    the number of the connection it came on."""
+    """Never answers 0100/0200 (while `silent`); never answers a capture
+    advice (0220) or a refund (0200, processing code 20) while `ignore_linked`;
+    answers reversals as `rev_mode` says: "refuse" (39=96), "ignore" (no
+    answer) or "accept" (00 for an RRN it saw, 25 otherwise). Every message
+    is recorded with the number of the connection it came on."""
 
     def __init__(self):
         self.rev_mode = "refuse"
         self.silent = True
+        self.ignore_linked = True
         self.by_conn = []  # (connection number, mti, fields)
         super().__init__()
 
@@ -45,10 +55,14 @@ class RefusingHost(IsoHost):
         with self.lock:
             self.seen.append((mti, f))
             self.by_conn.append((self.connections, mti, f))
-            mode, silent = self.rev_mode, self.silent
-            auth_rrns = {g.get(37) for m, g in self.seen if m in ("0100", "0200")}
+            mode, silent, ignore_linked = self.rev_mode, self.silent, self.ignore_linked
+            auth_rrns = {g.get(37) for m, g in self.seen if m in ("0100", "0200", "0220")}
+        refund = mti == "0200" and f.get(3) == "200000"
         if mti == "0800":
             self.reply(c, "0810", f, "00")
+        elif refund or mti == "0220":
+            if not ignore_linked:
+                self.reply(c, mti[:2] + ("30" if mti == "0220" else "10"), f, "00")
         elif mti in ("0100", "0200"):
             if not silent:
                 self.reply(c, mti[:2] + "10", f, "00")
@@ -65,7 +79,12 @@ class RefusingHost(IsoHost):
 
     def auths(self):
         with self.lock:
-            return [f for m, f in self.seen if m in ("0100", "0200")]
+            return [f for m, f in self.seen if m in ("0100", "0200") and f.get(3) != "200000"]
+
+    def linked(self, mti):
+        """Captures ("0220") or refunds ("0200" with processing code 20)."""
+        with self.lock:
+            return [f for m, f in self.seen if m == mti and (mti != "0200" or f.get(3) == "200000")]
 
 
 def config(port):
@@ -228,6 +247,185 @@ class ReversalSurvivesKill9(ReversalBase):
         self.assertEqual(self.host.errors, [])
         self.assertNotIn("runtime error", self.daemon.log_text())
 
+
+class LinkedBase(ReversalBase):
+    """The host approves authorizations but never answers the capture advice
+    (0220) or the refund (0200, processing code 20) that follows: the call
+    times out, the connector reverses it, and the attempt owes that reversal
+    durably like a timed-out authorization."""
+
+    def setUp(self):
+        super().setUp()
+        with self.host.lock:
+            self.host.silent = False
+
+    def of_kind(self, pi_id, kind):
+        return [a for a in self.attempts(pi_id) if a["kind"] == kind]
+
+    def authorize(self, capture_method):
+        r = self.daemon.client("m").post(
+            "/v1/payment_intents",
+            {"amount": 4321, "currency": "usd", "confirm": "true", "capture_method": capture_method,
+             "payment_method_data": card(PAN_OK)},
+            idem=new_key("auth"))
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["status"], "requires_capture" if capture_method == "manual" else "succeeded", r)
+        atts = self.attempts(r.json["id"])
+        self.assertEqual([(a["processor"], a["kind"], a["state"]) for a in atts],
+                         [("acq", "authorize", "succeeded")], atts)
+        auths = self.host.auths()
+        self.assertEqual(len(auths), 1, auths)
+        return r.json, auths[0][37]
+
+    def capture_timing_out(self):
+        """A manual-capture payment whose capture gets no answer: (pi, the
+        authorization's RRN, the capture's RRN)."""
+        pi, auth_rrn = self.authorize("manual")
+        r = self.daemon.client("m").post("/v1/payment_intents/%s/capture" % pi["id"], {}, idem=new_key("cap"))
+        # The capture did not happen (it is being reversed): the
+        # authorization stands and the merchant may capture again.
+        self.assertEqual(r.status, 402, r)
+        self.assertEqual(r.json["error"].get("decline_code"), "processing_error", r)
+        pi2 = self.daemon.client("m").get("/v1/payment_intents/%s" % pi["id"]).json
+        self.assertEqual((pi2["status"], pi2["amount_capturable"], pi2["amount_received"]),
+                         ("requires_capture", 4321, 0), pi2)
+        caps = self.of_kind(pi["id"], "capture")
+        self.assertEqual([(a["processor"], a["state"], a["result_code"]) for a in caps],
+                         [("acq", "reversal_pending", "processor_timeout")], caps)
+        sent = self.host.linked("0220")
+        self.assertEqual(len(sent), 1, sent)
+        self.assertEqual(sent[0][48].strip(), auth_rrn)
+        self.assertNotEqual(sent[0][37], auth_rrn)
+        return pi, auth_rrn, sent[0][37]
+
+    def gave_up_lines(self, rrn):
+        return [ln.replace(" ", "") for ln in self.daemon.log_text().splitlines()
+                if "iso_reversal_gave_up" in ln and rrn in ln]
+
+    def events(self):
+        return [e["id"] for e in self.daemon.client("m").get("/v1/events", {"limit": 100}).json["data"]]
+
+    def check_reversals(self, rrn, mti, proc_code, min_n):
+        revs = self.host.reversals(rrn)
+        self.assertGreaterEqual(len(revs), min_n, revs)
+        for _, m, f in revs:
+            self.assertEqual(f[37], rrn)
+            self.assertEqual(f[3], proc_code)
+            self.assertEqual(f[4], "000000004321")
+            self.assertEqual(f[90][:4], mti, f)
+        return revs
+
+    def owed_until_accepted(self, pi_id, kind, rrn, mti, proc_code):
+        """The connector's repeats give up (owner: recovery), recovery keeps
+        sending the reversal of that very message while the host refuses,
+        then the attempt turns reversed once it accepts; nothing else moves."""
+        wait_for(lambda: self.gave_up_lines(rrn), timeout=WAIT_S, what="the connector's repeats to end")
+        for ln in self.gave_up_lines(rrn):
+            self.assertIn('"owner":"recovery"', ln)
+        self.assertNotIn('"owner":"none"', self.daemon.log_text().replace(" ", ""))
+        wait_for(lambda: "reversal_retry" in self.daemon.log_text(), timeout=WAIT_S, what="recovery's reversal")
+        n = len(self.host.reversals(rrn))
+        wait_for(lambda: len(self.host.reversals(rrn)) >= n + 2, timeout=WAIT_S,
+                 what="recovery repeating the refused reversal")
+        self.assertEqual([a["state"] for a in self.of_kind(pi_id, kind)], ["reversal_pending"])
+        wait_for(lambda: self.proc_view().get("reversals_pending") == 1, timeout=WAIT_S,
+                 what="the processors view to count it")
+        events_before = self.events()
+        with self.host.lock:
+            self.host.rev_mode = "accept"
+        wait_for(lambda: self.of_kind(pi_id, kind)[0]["state"] == "reversed", timeout=WAIT_S,
+                 what="the %s attempt to be reversed" % kind)
+        self.check_reversals(rrn, mti, proc_code, 4)
+        wait_for(lambda: self.proc_view().get("reversals_pending") == 0, timeout=WAIT_S, what="count back to 0")
+        n = len(self.host.reversals(rrn))
+        time.sleep(1.5)
+        self.assertEqual(len(self.host.reversals(rrn)), n, "reversals went on after the acknowledgement")
+        self.assertEqual(self.events(), events_before, "recovery emitted events")
+        self.assertIn("reversal_recovered", self.daemon.log_text())
+
+
+class CaptureReversalOwed(LinkedBase):
+    def test_timed_out_capture_reversed_until_acknowledged(self):
+        pi, auth_rrn, cap_rrn = self.capture_timing_out()
+        self.owed_until_accepted(pi["id"], "capture", cap_rrn, "0220", "000000")
+        # Only the capture was reversed, never the authorization under it.
+        self.assertEqual(self.host.reversals(auth_rrn), [])
+        pi2 = self.daemon.client("m").get("/v1/payment_intents/%s" % pi["id"]).json
+        self.assertEqual((pi2["status"], pi2["amount_capturable"]), ("requires_capture", 4321), pi2)
+        # The merchant captures again; this time the host answers.
+        with self.host.lock:
+            self.host.ignore_linked = False
+        r = self.daemon.client("m").post("/v1/payment_intents/%s/capture" % pi["id"], {}, idem=new_key("cap"))
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual((r.json["status"], r.json["amount_received"]), ("succeeded", 4321), r)
+        self.assertEqual([a["state"] for a in self.of_kind(pi["id"], "capture")], ["reversed", "succeeded"])
+        caps = self.host.linked("0220")
+        self.assertEqual(len(caps), 2, caps)
+        self.assertNotEqual(caps[1][37], cap_rrn)
+        self.assertEqual(self.host.errors, [])
+        log = self.daemon.log_text()
+        self.assertNotIn(PAN_OK, log)
+        self.assertNotIn("runtime error", log)
+
+
+class RefundReversalOwed(LinkedBase):
+    def test_timed_out_refund_reversed_until_acknowledged(self):
+        pi, auth_rrn = self.authorize("automatic")
+        r = self.daemon.client("m").post("/v1/refunds", {"payment_intent": pi["id"]}, idem=new_key("re"))
+        # Reported as not done (it is being reversed); the charge keeps its
+        # amount refundable.
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["status"], "failed", r)
+        re_id = r.json["id"]
+        ch = self.daemon.client("m").get("/v1/charges/%s" % pi["latest_charge"]).json
+        self.assertEqual((ch["amount_refunded"], ch["refunded"]), (0, False), ch)
+        refs = self.of_kind(pi["id"], "refund")
+        self.assertEqual([(a["processor"], a["state"], a["result_code"]) for a in refs],
+                         [("acq", "reversal_pending", "processor_timeout")], refs)
+        sent = self.host.linked("0200")
+        self.assertEqual(len(sent), 1, sent)
+        ref_rrn = sent[0][37]
+        self.assertEqual(sent[0][48].strip(), auth_rrn)
+        self.owed_until_accepted(pi["id"], "refund", ref_rrn, "0200", "200000")
+        self.assertEqual(self.host.reversals(auth_rrn), [])
+        self.assertEqual(self.daemon.client("m").get("/v1/refunds/%s" % re_id).json["status"], "failed")
+        # The merchant refunds again; this time the host answers.
+        with self.host.lock:
+            self.host.ignore_linked = False
+        r = self.daemon.client("m").post("/v1/refunds", {"payment_intent": pi["id"]}, idem=new_key("re"))
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual((r.json["status"], r.json["amount"]), ("succeeded", 4321), r)
+        ch = self.daemon.client("m").get("/v1/charges/%s" % pi["latest_charge"]).json
+        self.assertEqual((ch["amount_refunded"], ch["refunded"]), (4321, True), ch)
+        self.assertEqual([a["state"] for a in self.of_kind(pi["id"], "refund")], ["reversed", "succeeded"])
+        self.assertEqual(self.host.errors, [])
+        self.assertNotIn("runtime error", self.daemon.log_text())
+
+
+class CaptureReversalSurvivesKill9(LinkedBase):
+    def test_capture_reversal_sent_again_after_restart(self):
+        pi, auth_rrn, cap_rrn = self.capture_timing_out()
+        wait_for(lambda: len(self.host.reversals(cap_rrn)) >= 1, timeout=WAIT_S, what="the first reversal")
+        self.daemon.kill9()
+        conns = self.host.connections
+        self.start()
+        wait_for(lambda: len(self.host.reversals(cap_rrn, min_conn=conns + 1)) >= 2, timeout=WAIT_S,
+                 what="reversals after the restart")
+        self.assertEqual([a["state"] for a in self.of_kind(pi["id"], "capture")], ["reversal_pending"])
+        with self.host.lock:
+            self.host.rev_mode = "accept"
+        wait_for(lambda: self.of_kind(pi["id"], "capture")[0]["state"] == "reversed", timeout=WAIT_S,
+                 what="the capture attempt to be reversed after the restart")
+        after = self.host.reversals(cap_rrn, min_conn=conns + 1)
+        self.assertTrue(after, "no reversal on the new connection")
+        self.assertEqual((after[-1][2][37], after[-1][2][90][:4]), (cap_rrn, "0220"))
+        self.check_reversals(cap_rrn, "0220", "000000", 3)
+        self.assertEqual(len(self.host.linked("0220")), 1, "the capture itself was re-sent")
+        self.assertEqual(self.host.reversals(auth_rrn), [])
+        pi2 = self.daemon.client("m").get("/v1/payment_intents/%s" % pi["id"]).json
+        self.assertEqual((pi2["status"], pi2["amount_capturable"]), ("requires_capture", 4321), pi2)
+        self.assertEqual(self.host.errors, [])
+        self.assertNotIn("runtime error", self.daemon.log_text())
 
 if __name__ == "__main__":
     harness.main()

@@ -44,7 +44,7 @@ static struct host {
   /* what it saw */
   int connections, signons, echos, auths, financials, advices, reversals, repeats;
   char held_stan[7], held_rrn[13]; /* the held request's 11 and 37 */
-  char last_rev_37[13], last_rev_90[43], last_rev_11[7];
+  char last_rev_37[13], last_rev_90[43], last_rev_11[7], last_rev_3[7];
   char last_req_48[16];
   char last_pan_seen[20];
 } H;
@@ -113,6 +113,7 @@ static void host_handle(int fd, const uint8_t *body, size_t len)
     snprintf(H.last_rev_37, sizeof H.last_rev_37, "%s", tp_iso_get(&q, 37));
     snprintf(H.last_rev_90, sizeof H.last_rev_90, "%s", tp_iso_get(&q, 90));
     snprintf(H.last_rev_11, sizeof H.last_rev_11, "%s", tp_iso_get(&q, 11));
+    snprintf(H.last_rev_3, sizeof H.last_rev_3, "%s", tp_iso_get(&q, 3) ? tp_iso_get(&q, 3) : "");
     if (H.ignore_reversals > 0) {
       H.ignore_reversals--;
       pthread_mutex_unlock(&H.mu);
@@ -545,6 +546,41 @@ static void test_status_query_reverses_and_reports_not_found(void **state)
   link_down();
 }
 
+/* An owed reversal of a capture or refund (recovery's status query with
+ * status_of) names that message in field 90 and the processing code, as the
+ * connector's own reversal of it did; a sale's names 0200. */
+static void test_status_query_names_capture_refund_and_sale(void **state)
+{
+  (void)state;
+  link_up(1000);
+  static const struct {
+    enum tp_proc_kind of;
+    bool capture;
+    const char *mti, *proc;
+  } cases[] = {{TP_PROC_CAPTURE, false, "0220", "000000"},
+               {TP_PROC_REFUND, false, "0200", "200000"},
+               {TP_PROC_AUTHORIZE, true, "0200", "000000"},
+               {TP_PROC_AUTHORIZE, false, "0100", "000000"}};
+  for (int i = 0; i < 4; i++) {
+    struct tp_proc_call c;
+    char ref[32], rrn[13];
+    snprintf(ref, sizeof ref, "att_owed_kind_%d", i);
+    call_init(&c, TP_PROC_STATUS, ref, NULL);
+    c.status_of = cases[i].of;
+    c.capture = cases[i].capture;
+    assert_int_equal(conn.ops->submit(conn.cls, &c), 0);
+    assert_true(wait_done(i + 1, 3000));
+    assert_int_equal(c.outcome, TP_OUT_NOT_FOUND);
+    tp_iso_rrn(ref, rrn);
+    pthread_mutex_lock(&H.mu);
+    assert_string_equal(H.last_rev_37, rrn);
+    assert_memory_equal(H.last_rev_90, cases[i].mti, 4);
+    assert_string_equal(H.last_rev_3, cases[i].proc);
+    pthread_mutex_unlock(&H.mu);
+  }
+  link_down();
+}
+
 /* What the gateway's recovery relies on to re-send an owed reversal: a
  * refused reversal reports an error at once and is not kept by the
  * connector (recovery owns the next try); the next one, acknowledged,
@@ -690,6 +726,7 @@ int main(void)
       cmocka_unit_test(test_link_lost_after_sending_reverses_on_the_next_link),
       cmocka_unit_test(test_unanswered_reversal_is_repeated_as_0401_then_given_up),
       cmocka_unit_test(test_status_query_reverses_and_reports_not_found),
+      cmocka_unit_test(test_status_query_names_capture_refund_and_sale),
       cmocka_unit_test(test_refused_status_reversal_is_reported_then_acknowledged),
       cmocka_unit_test(test_bad_and_truncated_messages_link_recovers),
       cmocka_unit_test(test_link_down_fails_fast_without_sending),
