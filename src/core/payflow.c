@@ -1313,6 +1313,18 @@ static bool recover_reversal(const struct tp_attempt *a)
   return true;
 }
 
+/* Whether attempt a has been left alone long enough (since `since`, unix
+ * seconds) for recovery to act: twice its processor's timeout, plus one
+ * second because the times are whole seconds. Before that, the call or the
+ * connector's own repeats may still be under way. */
+static bool quiet_since(const struct tp_attempt *a, int64_t since, int64_t now)
+{
+  struct tp_proc *pr = NULL;
+  conn_of(a->processor, &pr);
+  int64_t timeout_ms = pr && pr->timeout_ms > 0 ? pr->timeout_ms : 5000;
+  return (now - since) * 1000 >= 2 * timeout_ms + 1000;
+}
+
 /* Reverse again the "reversal_pending" attempts nobody here is on: all at
  * start-up; on the tick, those past their backoff, or (first seen) older
  * than twice their processor's timeout so the connector's 0401 repeats
@@ -1347,13 +1359,8 @@ static int recover_reversals(bool startup)
       int due = rev_due(a->id, mono);
       if (due > 0)
         continue;
-      if (due < 0) {
-        struct tp_proc *pr = NULL;
-        conn_of(a->processor, &pr);
-        int64_t timeout_ms = pr && pr->timeout_ms > 0 ? pr->timeout_ms : 5000;
-        if ((now - a->updated) * 1000 < 2 * timeout_ms + 1000)
-          continue;
-      }
+      if (due < 0 && !quiet_since(a, a->updated, now))
+        continue;
     }
     done += recover_reversal(a);
   }
@@ -1374,14 +1381,8 @@ static int recover_scan(bool startup)
   int64_t now = tp_now();
   for (size_t i = 0; i < n; i++) {
     const struct tp_attempt *a = &list[i];
-    if (!startup) {
-      struct tp_proc *pr = NULL;
-      conn_of(a->processor, &pr);
-      int64_t timeout_ms = pr && pr->timeout_ms > 0 ? pr->timeout_ms : 5000;
-      /* created is in whole seconds: one second of slack. */
-      if ((now - a->created) * 1000 < 2 * timeout_ms + 1000)
-        continue;
-    }
+    if (!startup && !quiet_since(a, a->created, now))
+      continue;
     done += recover_one(a);
   }
   free(list);
