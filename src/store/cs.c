@@ -116,30 +116,6 @@ static char *col_text(const json_t *v)
   return NULL;
 }
 
-void tp_cs_put_dumped(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const json_t *obj, char *data,
-                      size_t len)
-{
-  struct tp_cs_op *op = push(cs, TP_OP_PUT);
-  op->kind = kind;
-  op->merchant = dup_or_null(merchant);
-  op->id = dup_or_null(json_string_value(json_object_get(obj, "id")));
-  op->n1 = json_integer_value(json_object_get(obj, "created"));
-  const struct tp_kind_info *ki = &tp_kinds[kind];
-  if (kind == TP_K_EVENT) {
-    op->s1 = col_text(json_object_get(obj, "type"));
-    const json_t *d = json_object_get(json_object_get(obj, "data"), "object");
-    op->s2 = col_text(json_object_get(d, "id"));
-  } else {
-    op->s1 = col_text(json_object_get(obj, ki->col[0]));
-    op->s2 = col_text(json_object_get(obj, ki->col[1]));
-  }
-  if (!data)
-    abort();
-  op->data = data;
-  op->data_len = len;
-  compress_op(op, kind == TP_K_EVENT);
-}
-
 void tp_cs_put_row(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const char *id, int64_t created,
                    const char *col1, const char *col2, char *data, size_t len)
 {
@@ -155,6 +131,24 @@ void tp_cs_put_row(struct tp_cs *cs, enum tp_kind kind, const char *merchant, co
   op->data = data;
   op->data_len = len;
   compress_op(op, kind == TP_K_EVENT);
+}
+
+void tp_cs_put_dumped(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const json_t *obj, char *data,
+                      size_t len)
+{
+  const struct tp_kind_info *ki = &tp_kinds[kind];
+  char *c1, *c2;
+  if (kind == TP_K_EVENT) {
+    c1 = col_text(json_object_get(obj, "type"));
+    c2 = col_text(json_object_get(json_object_get(json_object_get(obj, "data"), "object"), "id"));
+  } else {
+    c1 = col_text(json_object_get(obj, ki->col[0]));
+    c2 = col_text(json_object_get(obj, ki->col[1]));
+  }
+  tp_cs_put_row(cs, kind, merchant, json_string_value(json_object_get(obj, "id")),
+                json_integer_value(json_object_get(obj, "created")), c1, c2, data, len);
+  free(c1);
+  free(c2);
 }
 
 void tp_cs_put(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const json_t *obj)

@@ -489,15 +489,30 @@ static int bal_flush(struct sq *s)
 }
 
 /* A change set applied: fold its balance deltas into the batch's (writing
- * them out early if the batch's table is full). */
+ * the batch's out first if they would not fit). All or nothing: a set whose
+ * fold fails is rolled back, so none of its deltas may stay behind. */
 static int bal_merge(struct sq *s, const struct bal_set *set)
 {
+  size_t fresh = 0;
   for (size_t k = 0; k < set->n; k++) {
     const struct bal_delta *d = &set->d[k];
-    if (bal_add(s->bal, &s->nbal, BAL_BATCH_MAX, d->merchant, d->account, d->cur, d->delta) == 0)
-      continue;
-    if (bal_flush(s) != 0 || bal_add(s->bal, &s->nbal, BAL_BATCH_MAX, d->merchant, d->account, d->cur, d->delta))
+    size_t m;
+    for (m = 0; m < s->nbal; m++)
+      if (strcmp(s->bal[m].account, d->account) == 0 && strcmp(s->bal[m].merchant, d->merchant) == 0 &&
+          strcmp(s->bal[m].cur, d->cur) == 0)
+        break;
+    int64_t sum;
+    if (m == s->nbal)
+      fresh++;
+    else if (__builtin_add_overflow(s->bal[m].delta, d->delta, &sum))
       return -1;
+  }
+  if (s->nbal + fresh > BAL_BATCH_MAX && bal_flush(s) != 0)
+    return -1;
+  for (size_t k = 0; k < set->n; k++) {
+    const struct bal_delta *d = &set->d[k];
+    if (bal_add(s->bal, &s->nbal, BAL_BATCH_MAX, d->merchant, d->account, d->cur, d->delta) != 0)
+      return -1; /* cannot happen after the checks above */
   }
   return 0;
 }
