@@ -837,27 +837,47 @@ void tp_pay_run(struct tp_pay *p, struct tp_cs *cs)
 }
 
 /* ---- objects ------------------------------------------------------------- */
-json_t *tp_ledger_post(struct tp_cs *cs, const char *merchant, const char *processor, const char *currency,
-                       int64_t amount, const char *source, const char *type)
+void tp_ledger_post(struct tp_cs *cs, const char *merchant, const char *processor, const char *currency,
+                    int64_t amount, const char *source, const char *type, char txn[TP_ID_MAX])
 {
-  char txn[TP_ID_MAX], acct[128];
+  char acct[128];
   tp_id_new(txn, "txn");
   snprintf(acct, sizeof acct, "processor:%s:receivable", processor);
   /* Capture: the processor owes us, the merchant's pending balance grows.
    * Refund: the reverse. Debits positive, credits negative. */
   tp_cs_ledger(cs, txn, merchant, acct, currency, amount);
   tp_cs_ledger(cs, txn, merchant, "merchant:pending", currency, -amount);
+  /* The balance transaction, written directly (a flat object, one per
+   * capture and refund: no tree needed). */
   int64_t now = tp_now();
-  json_t *bt = json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:n, s:n, s:I, s:[], s:I, s:s, s:s, s:s, s:s}", "id", txn,
-                         "object", "balance_transaction", "amount", (json_int_t)amount, "available_on",
-                         (json_int_t)(now + 2 * 86400), "created", (json_int_t)now, "currency", currency,
-                         "description", "exchange_rate", "fee", (json_int_t)0, "fee_details", "net",
-                         (json_int_t)amount, "reporting_category", type, "source", source, "status", "pending",
-                         "type", type);
+  struct tp_jbuf b = {0};
+  tp_jbuf_raw(&b, "{\"id\":", 6);
+  tp_jbuf_str(&b, txn);
+  static const char s1[] = ",\"object\":\"balance_transaction\",\"amount\":";
+  tp_jbuf_raw(&b, s1, sizeof s1 - 1);
+  tp_jbuf_int(&b, amount);
+  tp_jbuf_raw(&b, ",\"available_on\":", 16);
+  tp_jbuf_int(&b, now + 2 * 86400);
+  tp_jbuf_raw(&b, ",\"created\":", 11);
+  tp_jbuf_int(&b, now);
+  tp_jbuf_raw(&b, ",\"currency\":", 12);
+  tp_jbuf_str(&b, currency);
+  static const char s2[] = ",\"description\":null,\"exchange_rate\":null,\"fee\":0,\"fee_details\":[],\"net\":";
+  tp_jbuf_raw(&b, s2, sizeof s2 - 1);
+  tp_jbuf_int(&b, amount);
+  tp_jbuf_raw(&b, ",\"reporting_category\":", 22);
+  tp_jbuf_str(&b, type);
+  tp_jbuf_raw(&b, ",\"source\":", 10);
+  tp_jbuf_str(&b, source);
+  static const char s3[] = ",\"status\":\"pending\",\"type\":";
+  tp_jbuf_raw(&b, s3, sizeof s3 - 1);
+  tp_jbuf_str(&b, type);
+  tp_jbuf_raw(&b, "}", 1);
+  size_t len = 0;
+  char *bt = tp_jbuf_finish(&b, &len);
   if (!bt)
     abort();
-  tp_cs_put(cs, TP_K_BALANCE_TXN, merchant, bt);
-  return bt;
+  tp_cs_put_row(cs, TP_K_BALANCE_TXN, merchant, txn, now, source, type, bt, len);
 }
 
 json_t *tp_charge_new(const struct tp_pay *p, bool approved)
@@ -925,9 +945,10 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
     int64_t amount = json_integer_value(json_object_get(pi, "amount"));
     const char *cur = json_string_value(json_object_get(pi, "currency"));
     if (p->att.capture) {
-      json_t *bt = tp_ledger_post(cs, merchant, p->att.processor, cur, amount, json_string_value(json_object_get(ch, "id")), "charge");
-      json_object_set(ch, "balance_transaction", json_object_get(bt, "id"));
-      json_decref(bt);
+      char txn[TP_ID_MAX];
+      tp_ledger_post(cs, merchant, p->att.processor, cur, amount, json_string_value(json_object_get(ch, "id")), "charge",
+                     txn);
+      json_object_set_new(ch, "balance_transaction", json_string(txn));
       json_object_set_new(ch, "captured", json_true());
       json_object_set_new(ch, "amount_captured", json_integer(amount));
       json_object_set_new(pi, "status", json_string("succeeded"));
@@ -982,9 +1003,10 @@ void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs)
   }
   int64_t amount = p->att.amount;
   const char *cur = json_string_value(json_object_get(pi, "currency"));
-  json_t *bt = tp_ledger_post(cs, merchant, p->att.processor, cur, amount, json_string_value(json_object_get(ch, "id")), "charge");
-  json_object_set(ch, "balance_transaction", json_object_get(bt, "id"));
-  json_decref(bt);
+  char txn[TP_ID_MAX];
+  tp_ledger_post(cs, merchant, p->att.processor, cur, amount, json_string_value(json_object_get(ch, "id")), "charge",
+                 txn);
+  json_object_set_new(ch, "balance_transaction", json_string(txn));
   json_object_set_new(ch, "captured", json_true());
   json_object_set_new(ch, "amount_captured", json_integer(amount));
   json_object_set_new(pi, "status", json_string("succeeded"));
@@ -1031,10 +1053,10 @@ void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs)
     return;
   }
   const char *cur = json_string_value(json_object_get(re, "currency"));
-  json_t *bt = tp_ledger_post(cs, merchant, p->att.processor, cur, -amount, json_string_value(json_object_get(re, "id")),
-                              "refund");
-  json_object_set(re, "balance_transaction", json_object_get(bt, "id"));
-  json_decref(bt);
+  char txn[TP_ID_MAX];
+  tp_ledger_post(cs, merchant, p->att.processor, cur, -amount, json_string_value(json_object_get(re, "id")), "refund",
+                 txn);
+  json_object_set_new(re, "balance_transaction", json_string(txn));
   json_object_set_new(re, "status", json_string("succeeded"));
   int64_t refunded = json_integer_value(json_object_get(ch, "amount_refunded")) + amount;
   json_object_set_new(ch, "amount_refunded", json_integer(refunded));

@@ -16,6 +16,7 @@
 #include "core/card.h"
 #include "core/router.h"
 #include "store/store.h"
+#include "util.h"
 
 struct tp_pay;
 typedef void (*tp_pay_outcome_fn)(struct tp_pay *p, struct tp_cs *cs);
@@ -90,7 +91,7 @@ size_t tp_payflow_reversals_pending(const char *processor);
 /* Charge object helpers. */
 json_t *tp_charge_new(const struct tp_pay *p, bool approved);
 /* Post a balanced ledger transaction and its balance transaction for a
- * capture (amount > 0) or refund (amount < 0); returns the txn id object. */
-json_t *tp_ledger_post(struct tp_cs *cs, const char *merchant, const char *processor, const char *currency,
-                       int64_t amount, const char *source, const char *type);
+ * capture (amount > 0) or refund (amount < 0); its id goes to txn. */
+void tp_ledger_post(struct tp_cs *cs, const char *merchant, const char *processor, const char *currency,
+                    int64_t amount, const char *source, const char *type, char txn[TP_ID_MAX]);
 #endif
