@@ -374,22 +374,14 @@ static void observe_request(struct tp_req *r)
   /* Once per request: the fields are written directly (tp_jbuf), the same
    * line tp_log would give. */
   struct tp_jbuf b = {0};
-  tp_jbuf_raw(&b, "\"request_id\":", 13);
-  tp_jbuf_str(&b, r->request_id);
-  tp_jbuf_raw(&b, ",\"method\":", 10);
-  tp_jbuf_str(&b, r->method);
-  tp_jbuf_raw(&b, ",\"route\":", 9);
-  tp_jbuf_str(&b, r->route ? r->route->pattern : "unmatched");
-  tp_jbuf_raw(&b, ",\"path\":", 8);
-  tp_jbuf_str(&b, path);
-  tp_jbuf_raw(&b, ",\"status\":", 10);
-  tp_jbuf_int(&b, (int64_t)r->status);
-  tp_jbuf_raw(&b, ",\"merchant\":", 12);
-  tp_jbuf_str(&b, r->authed ? r->merchant.id : "");
-  tp_jbuf_raw(&b, ",\"object\":", 10);
-  tp_jbuf_str(&b, obj);
-  tp_jbuf_raw(&b, ",\"latency_us\":", 14);
-  tp_jbuf_int(&b, us);
+  TP_JBUF_STR(&b, "\"request_id\":", r->request_id);
+  TP_JBUF_STR(&b, ",\"method\":", r->method);
+  TP_JBUF_STR(&b, ",\"route\":", r->route ? r->route->pattern : "unmatched");
+  TP_JBUF_STR(&b, ",\"path\":", path);
+  TP_JBUF_INT(&b, ",\"status\":", (int64_t)r->status);
+  TP_JBUF_STR(&b, ",\"merchant\":", r->authed ? r->merchant.id : "");
+  TP_JBUF_STR(&b, ",\"object\":", obj);
+  TP_JBUF_INT(&b, ",\"latency_us\":", us);
   size_t n = 0;
   char *fields = tp_jbuf_finish(&b, &n);
   if (fields)

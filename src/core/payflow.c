@@ -851,28 +851,16 @@ void tp_ledger_post(struct tp_cs *cs, const char *merchant, const char *processo
    * capture and refund: no tree needed). */
   int64_t now = tp_now();
   struct tp_jbuf b = {0};
-  tp_jbuf_raw(&b, "{\"id\":", 6);
-  tp_jbuf_str(&b, txn);
-  static const char s1[] = ",\"object\":\"balance_transaction\",\"amount\":";
-  tp_jbuf_raw(&b, s1, sizeof s1 - 1);
-  tp_jbuf_int(&b, amount);
-  tp_jbuf_raw(&b, ",\"available_on\":", 16);
-  tp_jbuf_int(&b, now + 2 * 86400);
-  tp_jbuf_raw(&b, ",\"created\":", 11);
-  tp_jbuf_int(&b, now);
-  tp_jbuf_raw(&b, ",\"currency\":", 12);
-  tp_jbuf_str(&b, currency);
-  static const char s2[] = ",\"description\":null,\"exchange_rate\":null,\"fee\":0,\"fee_details\":[],\"net\":";
-  tp_jbuf_raw(&b, s2, sizeof s2 - 1);
-  tp_jbuf_int(&b, amount);
-  tp_jbuf_raw(&b, ",\"reporting_category\":", 22);
-  tp_jbuf_str(&b, type);
-  tp_jbuf_raw(&b, ",\"source\":", 10);
-  tp_jbuf_str(&b, source);
-  static const char s3[] = ",\"status\":\"pending\",\"type\":";
-  tp_jbuf_raw(&b, s3, sizeof s3 - 1);
-  tp_jbuf_str(&b, type);
-  tp_jbuf_raw(&b, "}", 1);
+  TP_JBUF_STR(&b, "{\"id\":", txn);
+  TP_JBUF_INT(&b, ",\"object\":\"balance_transaction\",\"amount\":", amount);
+  TP_JBUF_INT(&b, ",\"available_on\":", now + 2 * 86400);
+  TP_JBUF_INT(&b, ",\"created\":", now);
+  TP_JBUF_STR(&b, ",\"currency\":", currency);
+  TP_JBUF_INT(&b, ",\"description\":null,\"exchange_rate\":null,\"fee\":0,\"fee_details\":[],\"net\":", amount);
+  TP_JBUF_STR(&b, ",\"reporting_category\":", type);
+  TP_JBUF_STR(&b, ",\"source\":", source);
+  TP_JBUF_STR(&b, ",\"status\":\"pending\",\"type\":", type);
+  TP_JBUF_LIT(&b, "}");
   size_t len = 0;
   char *bt = tp_jbuf_finish(&b, &len);
   if (!bt)

@@ -25,4 +25,9 @@ void tp_jbuf_raw(struct tp_jbuf *b, const char *s, size_t n);
 void tp_jbuf_str(struct tp_jbuf *b, const char *s);
 void tp_jbuf_int(struct tp_jbuf *b, int64_t v);
 char *tp_jbuf_finish(struct tp_jbuf *b, size_t *len_out);
+/* A string literal (its length from sizeof, never counted by hand), and a
+ * member: a literal that ends in the key and its colon, then the value. */
+#define TP_JBUF_LIT(b, lit) tp_jbuf_raw((b), "" lit, sizeof(lit) - 1)
+#define TP_JBUF_STR(b, lit, v) (TP_JBUF_LIT(b, lit), tp_jbuf_str((b), (v)))
+#define TP_JBUF_INT(b, lit, v) (TP_JBUF_LIT(b, lit), tp_jbuf_int((b), (v)))
 #endif

@@ -72,10 +72,10 @@ void tp_log_fields(enum tp_log_level lvl, const char *event, const char *fields,
   tp_jbuf_raw(&b, head, (size_t)hl);
   tp_jbuf_str(&b, event);
   if (len) {
-    tp_jbuf_raw(&b, ",", 1);
+    TP_JBUF_LIT(&b, ",");
     tp_jbuf_raw(&b, fields, len);
   }
-  tp_jbuf_raw(&b, "}\n", 2);
+  TP_JBUF_LIT(&b, "}\n");
   size_t n = 0;
   char *line = tp_jbuf_finish(&b, &n);
   if (!line)
