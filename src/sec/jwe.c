@@ -1,5 +1,6 @@
 /* JWE decryption for client-side card encryption (see sec/jwe.h). */
 #include "sec/jwe.h"
+#include "sec/jwt.h"
 #include "log.h"
 #include "sec/vault.h"
 
@@ -18,60 +19,16 @@
 static EVP_PKEY *rsa_key, *ec_key;
 static char rsa_kid[40], ec_kid[40];
 
-/* ---- base64url (RFC 4648 §5, no padding) ------------------------------------ */
-static int b64u_val(int c)
-{
-  if (c >= 'A' && c <= 'Z')
-    return c - 'A';
-  if (c >= 'a' && c <= 'z')
-    return c - 'a' + 26;
-  if (c >= '0' && c <= '9')
-    return c - '0' + 52;
-  return c == '-' ? 62 : c == '_' ? 63 : -1;
-}
-
-/* Decode n chars; -1 on a bad character or if the result exceeds cap. */
+/* ---- base64url: the JWT module's codec (sec/jwt.h) ---------------------------- */
+/* Decode n chars into out (at most cap bytes); 0 and the length in *outlen,
+ * or -1 on a bad character, a non-canonical tail or overflow. */
 static int b64u_dec(const char *s, size_t n, uint8_t *out, size_t cap, size_t *outlen)
 {
-  uint32_t acc = 0;
-  int bits = 0;
-  size_t o = 0;
-  if (n % 4 == 1)
+  long l = tp_b64url_decode(s, n, out, cap);
+  if (l < 0)
     return -1;
-  for (size_t i = 0; i < n; i++) {
-    int v = b64u_val((unsigned char)s[i]);
-    if (v < 0)
-      return -1;
-    acc = acc << 6 | (uint32_t)v;
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      if (o >= cap)
-        return -1;
-      out[o++] = (uint8_t)(acc >> bits);
-    }
-  }
-  *outlen = o;
+  *outlen = (size_t)l;
   return 0;
-}
-
-static void b64u_enc(const uint8_t *in, size_t n, char *out)
-{
-  static const char a[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-  size_t o = 0;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (size_t i = 0; i < n; i++) {
-    acc = acc << 8 | in[i];
-    bits += 8;
-    while (bits >= 6) {
-      bits -= 6;
-      out[o++] = a[(acc >> bits) & 63];
-    }
-  }
-  if (bits > 0)
-    out[o++] = a[(acc << (6 - bits)) & 63];
-  out[o] = '\0';
 }
 
 /* ---- keys ----------------------------------------------------------------- */
@@ -117,7 +74,7 @@ static void make_kid(EVP_PKEY *k, const char *prefix, char *kid, size_t cap)
   }
   EVP_Digest(der, (size_t)n, md, NULL, EVP_sha256(), NULL);
   OPENSSL_free(der);
-  b64u_enc(md, 12, b);
+  tp_b64url_encode(md, 12, b, sizeof b);
   snprintf(kid, cap, "%s%s", prefix, b);
 }
 
@@ -151,7 +108,7 @@ static json_t *bn_param(EVP_PKEY *k, const char *name)
   json_t *r = NULL;
   if (n > 0 && (size_t)n <= sizeof buf) {
     BN_bn2bin(bn, buf);
-    b64u_enc(buf, (size_t)n, s);
+    tp_b64url_encode(buf, (size_t)n, s, sizeof s);
     r = json_string(s);
   }
   BN_free(bn);
@@ -173,8 +130,8 @@ json_t *tp_jwe_jwks(void)
     if (EVP_PKEY_get_octet_string_param(ec_key, OSSL_PKEY_PARAM_PUB_KEY, pt, sizeof pt, &pl) == 1 && pl == 65 &&
         pt[0] == 4) {
       char x[48], y[48];
-      b64u_enc(pt + 1, 32, x);
-      b64u_enc(pt + 33, 32, y);
+      tp_b64url_encode(pt + 1, 32, x, sizeof x);
+      tp_b64url_encode(pt + 33, 32, y, sizeof y);
       json_array_append_new(keys, json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "kty", "EC", "kid", ec_kid, "use",
                                             "enc", "alg", "ECDH-ES", "crv", "P-256", "x", x, "y", y));
     }
