@@ -3,6 +3,7 @@
  * batch in one transaction and only then calls each entry's completion, so
  * an answer is never sent before its row is on disk (group commit). */
 #include "sim/sim.h"
+#include "store/sqlite/walbuf.h"
 #include "log.h"
 #include "util.h"
 
@@ -52,7 +53,10 @@ static sqlite3 *open_db(const char *path, bool readonly)
 {
   sqlite3 *db = NULL;
   int flags = readonly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
-  if (sqlite3_open_v2(path, &db, flags | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+  /* The journal commits with synchronous=FULL: its WAL appends can be
+   * coalesced into one write per commit (store/sqlite/walbuf.h). */
+  const char *vfs = readonly ? NULL : tp_walbuf_vfs();
+  if (sqlite3_open_v2(path, &db, flags | SQLITE_OPEN_NOMUTEX, vfs) != SQLITE_OK) {
     tp_log(TP_LOG_ERROR, "sim_db_open", "{s:s, s:s}", "path", path, "error", db ? sqlite3_errmsg(db) : "oom");
     sqlite3_close(db);
     return NULL;
