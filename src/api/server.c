@@ -385,7 +385,7 @@ static void observe_request(struct tp_req *r)
   size_t n = 0;
   char *fields = tp_jbuf_finish(&b, &n);
   if (fields)
-    tp_log_fields(TP_LOG_INFO, "request", fields, n);
+    tp_log_fields(TP_LOG_INFO, "request", fields, n, true);
   free(fields);
 }
 

@@ -1,16 +1,129 @@
-/* JSON-lines logger: one write(2) per line so lines from threads never mix. */
+/* JSON-lines logger: whole lines only, so lines from threads never mix.
+ * Every line but the per-request ones is written at once (write(2) per
+ * line); request lines collect in a buffer that a thread writes out every
+ * `buffer_ms` (see tp_log_buffer_start), as nginx's buffered access_log
+ * does. A line written at once writes the buffer out first: order is kept. */
 #include "log.h"
 #include "jsonw.h"
 
+#include <errno.h>
 #include <jansson.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 volatile int tp_log_threshold = TP_LOG_INFO;
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+#define LOG_BUF_BYTES 65536
+
+static struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  pthread_t thread;
+  bool on, stop;
+  int every_ms;
+  size_t len;
+  char buf[LOG_BUF_BYTES];
+} B = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static void write_all(const char *p, size_t n)
+{
+  while (n > 0) {
+    ssize_t w = write(STDERR_FILENO, p, n);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return; /* nowhere to report it */
+    p += w;
+    n -= (size_t)w;
+  }
+}
+
+static void flush_locked(void)
+{
+  write_all(B.buf, B.len);
+  B.len = 0;
+}
+
+/* One whole line (ending in '\n'): into the buffer if `later` and buffering
+ * is on, else written now after anything buffered. */
+static void emit(const char *line, size_t n, bool later)
+{
+  pthread_mutex_lock(&B.mu);
+  if (later && B.on && n <= sizeof B.buf) {
+    if (B.len + n > sizeof B.buf)
+      flush_locked();
+    memcpy(B.buf + B.len, line, n);
+    B.len += n;
+  } else {
+    flush_locked();
+    write_all(line, n);
+  }
+  pthread_mutex_unlock(&B.mu);
+}
+
+void tp_log_flush(void)
+{
+  pthread_mutex_lock(&B.mu);
+  flush_locked();
+  pthread_mutex_unlock(&B.mu);
+}
+
+static void *buffer_main(void *arg)
+{
+  (void)arg;
+  pthread_mutex_lock(&B.mu);
+  while (!B.stop) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += (long)B.every_ms * 1000000L;
+    until.tv_sec += until.tv_nsec / 1000000000L;
+    until.tv_nsec %= 1000000000L;
+    pthread_cond_timedwait(&B.cv, &B.mu, &until);
+    flush_locked();
+  }
+  pthread_mutex_unlock(&B.mu);
+  return NULL;
+}
+
+int tp_log_buffer_start(int every_ms)
+{
+  if (every_ms <= 0)
+    return 0;
+  pthread_mutex_lock(&B.mu);
+  if (B.on) {
+    pthread_mutex_unlock(&B.mu);
+    return 0;
+  }
+  B.every_ms = every_ms;
+  B.stop = false;
+  B.on = pthread_create(&B.thread, NULL, buffer_main, NULL) == 0;
+  pthread_mutex_unlock(&B.mu);
+  if (!B.on)
+    return -1;
+  pthread_setname_np(B.thread, "tp-log");
+  atexit(tp_log_flush);
+  return 0;
+}
+
+void tp_log_buffer_stop(void)
+{
+  pthread_mutex_lock(&B.mu);
+  bool was = B.on;
+  B.on = false;
+  B.stop = true;
+  flush_locked();
+  pthread_cond_signal(&B.cv);
+  pthread_mutex_unlock(&B.mu);
+  if (was)
+    pthread_join(B.thread, NULL);
+}
 
 int tp_log_level_parse(const char *s)
 {
@@ -52,12 +165,11 @@ void tp_log(enum tp_log_level lvl, const char *event, const char *fmt, ...)
   if (!s)
     return;
   s[n] = '\n'; /* the NUL's byte is ours: overwrite it and write n+1 */
-  ssize_t w = write(STDERR_FILENO, s, n + 1);
-  (void)w;
+  emit(s, n + 1, false);
   free(s);
 }
 
-void tp_log_fields(enum tp_log_level lvl, const char *event, const char *fields, size_t len)
+void tp_log_fields(enum tp_log_level lvl, const char *event, const char *fields, size_t len, bool later)
 {
   if (!TP_LOG_ON(lvl))
     return;
@@ -80,7 +192,6 @@ void tp_log_fields(enum tp_log_level lvl, const char *event, const char *fields,
   char *line = tp_jbuf_finish(&b, &n);
   if (!line)
     return;
-  ssize_t w = write(STDERR_FILENO, line, n);
-  (void)w;
+  emit(line, n, later && lvl < TP_LOG_WARN);
   free(line);
 }

@@ -1,8 +1,9 @@
 /* JSON-lines logging on stderr. Never pass card data to these functions. */
 #ifndef TP_LOG_H
 #define TP_LOG_H
-#include <stddef.h>
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
 
 enum tp_log_level { TP_LOG_DEBUG = 0, TP_LOG_INFO, TP_LOG_WARN, TP_LOG_ERROR };
 
@@ -15,8 +16,16 @@ void tp_log(enum tp_log_level lvl, const char *event, const char *fmt, ...);
 /* Parse "debug"/"info"/"warn"/"error"; -1 when unknown. */
 int tp_log_level_parse(const char *s);
 /* A log line whose fields are already JSON members ("k":v,... without the
- * braces, len bytes): for the per-request line, built without a tree. */
-void tp_log_fields(enum tp_log_level lvl, const char *event, const char *fields, size_t len);
+ * braces, len bytes): for the per-request line, built without a tree.
+ * `later`: a debug or info line may wait in the buffer (below). */
+void tp_log_fields(enum tp_log_level lvl, const char *event, const char *fields, size_t len, bool later);
+/* From now on lines logged `later` are written by a thread every every_ms
+ * (at most 64 KiB wait; any other line writes them first, and so do
+ * tp_log_flush, tp_log_buffer_stop and exit). 0 = off; -1 if the thread
+ * cannot start (lines are then written at once). */
+int tp_log_buffer_start(int every_ms);
+void tp_log_buffer_stop(void);
+void tp_log_flush(void);
 
 #define TP_LOG_ON(lvl) ((int)(lvl) >= tp_log_threshold)
 #endif

@@ -71,7 +71,7 @@ static int config_set(struct config *c, const char *section, const char *key, co
     return 1;
   }
   if (strcasecmp(section, "log") == 0)
-    return strcasecmp(key, "requests") == 0; /* read through tp_config_bool */
+    return strcasecmp(key, "requests") == 0 || strcasecmp(key, "buffer_ms") == 0; /* read by the features */
   /* Other sections belong to the features, which read them through
    * src/lib/config.h and validate them themselves. */
   return 1;
@@ -325,6 +325,9 @@ static int cmd_serve(int argc, char **argv)
     fflush(stdout);
   }
 
+  /* Request lines are written in batches from here on (src/lib/log.c). */
+  if (tp_log_buffer_start((int)tp_config_int("log", "buffer_ms", 100, 0, 1000)) != 0)
+    tp_log(TP_LOG_WARN, "log_buffer_unavailable", NULL);
   int sig = 0;
   for (;;) {
     sigwait(&sigs, &sig);
@@ -351,6 +354,7 @@ static int cmd_serve(int argc, char **argv)
   tp_app.store.ops->close(tp_app.store.cls);
   unlink(addr_path);
   tp_log(TP_LOG_INFO, "stopped", NULL);
+  tp_log_buffer_stop();
   return 0;
 }
 

@@ -119,6 +119,33 @@ class MetricsTest(DaemonTestCase):
         time.sleep(0.2)
         self.assertIn(mark.replace("-", ""), self.daemon.log_text())
 
+    def test_buffered_request_lines_keep_their_order_and_are_written(self):
+        c = self.c()
+        # A request line alone reaches the log within [log] buffer_ms (100).
+        lone = "pi_lone%s" % "".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(12))
+        c.get("/v1/payment_intents/%s" % lone)
+        deadline = time.time() + 5
+        while lone not in self.daemon.log_text() and time.time() < deadline:
+            time.sleep(0.02)
+        self.assertIn(lone, self.daemon.log_text())
+        # A warn line (the level change) writes the buffered request lines
+        # first, at once: each before it, in the order they were made.
+        marks = ["pi_ord%d%s" % (i, "".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(12)))
+                 for i in range(5)]
+        for m in marks:
+            c.get("/v1/payment_intents/%s" % m)
+        r = c.post("/v1/turnpike/log_level", {"level": "info"})
+        self.assertEqual(r.status, 200, r)
+        lines = [json.loads(l) for l in self.daemon.log_text().splitlines() if l.startswith("{")]
+        pos = {}
+        for i, l in enumerate(lines):
+            if l.get("event") == "request" and l.get("path", "").split("/")[-1] in marks:
+                pos[l["path"].split("/")[-1]] = i
+        change = max(i for i, l in enumerate(lines) if l.get("event") == "log_level_changed")
+        self.assertEqual(sorted(pos), sorted(marks), "request lines missing before the warn line")
+        self.assertEqual([pos[m] for m in marks], sorted(pos[m] for m in marks))
+        self.assertTrue(all(p < change for p in pos.values()), (pos, change))
+
     def test_request_log_lines_have_their_fields_and_no_card_numbers(self):
         c = self.c()
         r = c.post(PI, {"amount": 4200, "currency": "usd", "confirm": "true",
