@@ -1,6 +1,7 @@
 /* libmicrohttpd glue: bounded body reading, routing, authentication,
  * parameter parsing, suspend/resume and response queueing. */
 #include "api/http.h"
+#include "cli.h"
 #include "api/requests.h"
 #include "api/params.h"
 #include "config.h"
@@ -525,17 +526,15 @@ int tp_http_set_tls(const char *cert_pem, const char *key_pem, const char *prior
 
 int tp_http_start(const char *host, uint16_t port, unsigned threads, uint16_t *bound_port)
 {
-  struct sockaddr_in sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons(port);
-  if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
+  struct sockaddr_storage sa;
+  socklen_t sa_len;
+  if (tp_cli_sockaddr(host, port, &sa, &sa_len) != 0) {
     tp_log(TP_LOG_ERROR, "listen_address", "{s:s}", "host", host);
     return -1;
   }
   log_requests = tp_config_bool("log", "requests", true);
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC |
-                   MHD_ALLOW_UPGRADE;
+                   MHD_ALLOW_UPGRADE | (sa.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
   struct MHD_OptionItem tls_opts[] = {
     {MHD_OPTION_HTTPS_MEM_CERT, 0, tls_cert},
     {MHD_OPTION_HTTPS_MEM_KEY, 0, tls_key},

@@ -1,6 +1,7 @@
 /* The processor registry (see procs.h): config parsing, connectors, circuit
  * breakers, rolling statistics and the active health-check thread. */
 #include "core/procs.h"
+#include "cli.h"
 #include "config.h"
 #include "core/alerts.h"
 #include "core/card.h"
@@ -604,15 +605,14 @@ static int check_url(const char *sec, const char *v)
   return rc;
 }
 
-/* iso8583: HOST:PORT. */
+/* iso8583: HOST:PORT or [IPV6]:PORT. */
 static int check_hostport(const char *sec, const char *v)
 {
-  const char *colon = strrchr(v, ':');
-  char *end;
-  long port = colon ? strtol(colon + 1, &end, 10) : 0;
-  if (!colon || colon == v || colon - v >= 256 || !colon[1] || *end || port < 1 || port > 65535)
+  char host[256];
+  uint16_t port;
+  if (tp_cli_hostport(v, host, sizeof host, &port) != 0 || port == 0)
     return cfg_error(sec, "endpoint", "expected HOST:PORT");
-  for (const char *s = v; s < colon; s++)
+  for (const char *s = host; *s; s++)
     if (*s == ' ' || *s == '/' || *s == '@')
       return cfg_error(sec, "endpoint", "expected HOST:PORT");
   return 0;
@@ -1041,12 +1041,12 @@ static int start_connector(struct tp_proc *p)
     struct tp_tls_opts tls = {s->ca_file, s->client_cert, s->client_key};
     return tp_restjson_start(&p->conn, p->name, s->endpoint, s->api_key, p->timeout_ms, &tls);
   }
-  /* iso8583: HOST:PORT, checked by check_hostport */
+  /* iso8583: checked by check_hostport */
   char host[256];
-  const char *colon = strrchr(s->endpoint, ':');
-  snprintf(host, sizeof host, "%.*s", (int)(colon - s->endpoint), s->endpoint);
-  return tp_iso8583_start(&p->conn, p->name, host, atoi(colon + 1), p->timeout_ms, s->terminal_id,
-                          s->merchant_id);
+  uint16_t port;
+  if (tp_cli_hostport(s->endpoint, host, sizeof host, &port) != 0)
+    return -1;
+  return tp_iso8583_start(&p->conn, p->name, host, port, p->timeout_ms, s->terminal_id, s->merchant_id);
 }
 
 static void stop_connectors(void)

@@ -1,6 +1,7 @@
 /* Command-line helpers shared by every subcommand. */
 #include "cli.h"
 
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,14 +23,53 @@ const char *tp_cli_value(int argc, char **argv, int *i, const char *name, const 
 int tp_cli_hostport(const char *s, char *host, size_t hl, uint16_t *port)
 {
   const char *colon = strrchr(s, ':');
-  if (!colon || colon == s || (size_t)(colon - s) >= hl || !colon[1])
+  if (!colon || colon == s || !colon[1])
+    return -1;
+  const char *h = s;
+  size_t n = (size_t)(colon - s);
+  if (s[0] == '[') { /* [IPv6]:PORT */
+    if (n < 3 || s[n - 1] != ']')
+      return -1;
+    h = s + 1;
+    n -= 2;
+  } else if (memchr(s, ':', n)) {
+    return -1; /* an IPv6 address needs its brackets */
+  }
+  if (n >= hl || memchr(h, '[', n) || memchr(h, ']', n))
     return -1;
   char *end;
   long p = strtol(colon + 1, &end, 10);
-  if (*end || p < 0 || p > 65535)
+  if (*end || p < 0 || p > 65535 || colon[1] == '-' || colon[1] == '+')
     return -1;
-  memcpy(host, s, (size_t)(colon - s));
-  host[colon - s] = '\0';
+  memcpy(host, h, n);
+  host[n] = '\0';
   *port = (uint16_t)p;
   return 0;
+}
+
+void tp_cli_hostport_fmt(char *out, size_t n, const char *host, unsigned port)
+{
+  snprintf(out, n, strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, port);
+}
+
+int tp_cli_sockaddr(const char *host, uint16_t port, struct sockaddr_storage *ss, socklen_t *len)
+{
+  memset(ss, 0, sizeof *ss);
+  struct sockaddr_in *v4 = (struct sockaddr_in *)ss;
+  struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)ss;
+  if (strcmp(host, "localhost") == 0)
+    host = "127.0.0.1";
+  if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(port);
+    *len = sizeof *v4;
+    return 0;
+  }
+  if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(port);
+    *len = sizeof *v6;
+    return 0;
+  }
+  return -1;
 }

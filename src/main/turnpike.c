@@ -118,8 +118,8 @@ static void usage(FILE *f)
 static void usage_serve(FILE *f)
 {
   fprintf(f, "usage: turnpike serve [--listen HOST:PORT] [--data DIR] [--config FILE] [--log-level LEVEL]\n\n"
-             "  --listen HOST:PORT  address to listen on (default 127.0.0.1:8420; port 0 picks a free port\n"
-             "                      and writes the bound address to DIR/serve.addr)\n"
+             "  --listen HOST:PORT  address to listen on: IPv4, [IPv6] or localhost (default 127.0.0.1:8420;\n"
+             "                      port 0 picks a free port and writes the bound address to DIR/serve.addr)\n"
              "  --data DIR          data directory: SQLite store, vault key (default ./var)\n"
              "  --config FILE       INI file (see etc/turnpike.ini); TURNPIKE_<SECTION>_<KEY> overrides\n"
              "  --log-level LEVEL   debug | info | warn | error (default info)\n"
@@ -165,7 +165,9 @@ static int write_addr_file(const char *dir, const char *host, uint16_t port)
   FILE *f = fopen(tmp, "w");
   if (!f)
     return -1;
-  fprintf(f, "%s:%u\n", host, port);
+  char a[300];
+  tp_cli_hostport_fmt(a, sizeof a, host, port);
+  fprintf(f, "%s\n", a);
   if (fclose(f) != 0)
     return -1;
   return rename(tmp, path);
@@ -310,7 +312,11 @@ static int cmd_serve(int argc, char **argv)
   if (c.public_url[0])
     snprintf(tp_app.public_url, sizeof tp_app.public_url, "%s", c.public_url);
   else
-    snprintf(tp_app.public_url, sizeof tp_app.public_url, "%s://%s:%u", tls > 0 ? "https" : "http", host, bound);
+  {
+    char hp[200];
+    tp_cli_hostport_fmt(hp, sizeof hp, host, bound);
+    snprintf(tp_app.public_url, sizeof tp_app.public_url, "%s://%s", tls > 0 ? "https" : "http", hp);
+  }
   if (write_addr_file(c.data, host, bound) != 0)
     tp_log(TP_LOG_WARN, "addr_file_failed", "{s:s}", "error", strerror(errno));
   tp_log(TP_LOG_INFO, "listening", "{s:s, s:s, s:i, s:s}", "address", tp_app.public_url, "data", c.data, "threads",

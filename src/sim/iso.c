@@ -8,6 +8,7 @@
  * per message in flight), so a late answer for a closed connection is simply
  * dropped. */
 #include "sim/sim.h"
+#include "cli.h"
 #include "core/iso8583.h"
 #include "log.h"
 #include "util.h"
@@ -553,22 +554,21 @@ static void *iso_main(void *arg)
 int tp_sim_iso_start(const char *host, uint16_t port, const char *name, uint16_t *bound)
 {
   snprintf(proc_name, sizeof proc_name, "%s", name);
-  struct sockaddr_in sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons(port);
-  if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
+  struct sockaddr_storage sa;
+  socklen_t sa_len;
+  if (tp_cli_sockaddr(host, port, &sa, &sa_len) != 0)
     return -1;
-  lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  lfd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (lfd < 0)
     return -1;
   int one = 1;
   setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   socklen_t sl = sizeof sa;
-  if (bind(lfd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(lfd, 512) != 0 ||
+  if (bind(lfd, (struct sockaddr *)&sa, sa_len) != 0 || listen(lfd, 512) != 0 ||
       getsockname(lfd, (struct sockaddr *)&sa, &sl) != 0)
     goto fail;
-  *bound = ntohs(sa.sin_port);
+  *bound = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
+                                          : ((struct sockaddr_in *)&sa)->sin_port);
   efd = epoll_create1(EPOLL_CLOEXEC);
   wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (efd < 0 || wakefd < 0)

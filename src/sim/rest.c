@@ -4,6 +4,7 @@
  * timeout) is suspended: no thread sleeps on it. The contract is documented
  * in docs/simulator.md. */
 #include "sim/sim.h"
+#include "cli.h"
 #include "core/currency.h"
 #include "log.h"
 #include "util.h"
@@ -538,15 +539,14 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 int tp_sim_rest_start(const char *host, uint16_t port, unsigned threads, uint16_t *bound)
 {
-  struct sockaddr_in sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons(port);
-  if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
+  struct sockaddr_storage sa;
+  socklen_t sa_len;
+  if (tp_cli_sockaddr(host, port, &sa, &sa_len) != 0) {
     tp_log(TP_LOG_ERROR, "sim_listen_address", "{s:s}", "host", host);
     return -1;
   }
-  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC;
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC |
+                   (sa.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
   daemon_ = MHD_start_daemon(flags, port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR,
                              (struct sockaddr *)&sa, MHD_OPTION_THREAD_POOL_SIZE, threads,
                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)MAX_CONNECTIONS,

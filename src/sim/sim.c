@@ -24,7 +24,8 @@ static void usage(FILE *f)
           "                    [--threads N] [--log-level LEVEL]\n"
           "       turnpike sim journal --data DIR [--processor NAME] [--reference R] [--payment P] [--limit N]\n\n"
           "Runs simulated payment processors: a REST/JSON processor API on --listen (default\n"
-          "127.0.0.1:8430) and an ISO 8583 acquirer host on --iso-listen (default 127.0.0.1:8431).\n"
+          "127.0.0.1:8430) and an ISO 8583 acquirer host on --iso-listen (default 127.0.0.1:8431);\n"
+          "addresses are IPv4, [IPv6] (\"[::1]:0\") or localhost.\n"
           "Every operation is committed to DIR/sim.db (default ./var-sim) before it is answered.\n"
           "With port 0 a free port is bound; once both listeners accept, \"REST_HOST:PORT\\nISO_HOST:PORT\\n\"\n"
           "is written to DIR/sim.addr. Processors are [sim.NAME] sections of the INI file\n"
@@ -92,7 +93,10 @@ static int write_addr(const char *dir, const char *rest, uint16_t rp, const char
   FILE *f = fopen(tmp, "w");
   if (!f)
     return -1;
-  fprintf(f, "%s:%u\n%s:%u\n", rest, rp, iso, ip);
+  char a[300], b[300];
+  tp_cli_hostport_fmt(a, sizeof a, rest, rp);
+  tp_cli_hostport_fmt(b, sizeof b, iso, ip);
+  fprintf(f, "%s\n%s\n", a, b);
   if (fclose(f) != 0)
     return -1;
   return rename(tmp, path);

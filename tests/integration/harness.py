@@ -20,6 +20,13 @@ import uuid
 
 BIN = os.environ.get("TURNPIKE_BIN", "/work/main/build/turnpike")
 HOST = "127.0.0.1"
+
+
+def hostport(host, port):
+    """HOST:PORT as Turnpike writes and reads it: [HOST]:PORT for IPv6;
+    port None gives the host part alone."""
+    h = "[%s]" % host if ":" in host else host
+    return h if port is None else "%s:%d" % (h, port)
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 
@@ -204,7 +211,8 @@ class Client:
 class Daemon:
     """A `turnpike serve` process on its own data directory."""
 
-    def __init__(self, root=None):
+    def __init__(self, root=None, host=HOST):
+        self.host = host  # the loopback address it listens on: 127.0.0.1 or ::1
         self.root = root or tempfile.mkdtemp(prefix="tp-it-")
         self.data = os.path.join(self.root, "data")
         os.makedirs(self.data, exist_ok=True)
@@ -236,7 +244,8 @@ class Daemon:
 
     # -- lifecycle -------------------------------------------------------
     def start(self, extra_env=None, config=None, args=None, ssl_context=None):
-        """Start serve on 127.0.0.1:0 and wait for DATA/serve.addr and /healthz.
+        """Start serve on self.host (127.0.0.1) port 0 and wait for
+        DATA/serve.addr and /healthz.
         config: INI text, written to ROOT/turnpike.ini and passed as --config;
         args: more command-line arguments; ssl_context: the daemon serves
         HTTPS (--tls-cert in args): probe and build clients with it."""
@@ -249,7 +258,7 @@ class Daemon:
         env = dict(os.environ)
         if extra_env:
             env.update(extra_env)
-        cmd = [BIN, "serve", "--listen", HOST + ":0", "--data", self.data]
+        cmd = [BIN, "serve", "--listen", hostport(self.host, 0), "--data", self.data]
         if config is not None:
             ini = os.path.join(self.root, "turnpike.ini")
             with open(ini, "w") as f:
@@ -276,10 +285,10 @@ class Daemon:
                 text = ""
             if text.endswith("\n"):
                 host, _, port = text.strip().rpartition(":")
-                if host != HOST:
-                    raise RuntimeError("serve.addr names %r, not %s" % (text, HOST))
+                if host != hostport(self.host, None):
+                    raise RuntimeError("serve.addr names %r, not %s" % (text, self.host))
                 self.port = int(port)
-                self.addr = "%s:%d" % (HOST, self.port)
+                self.addr = hostport(self.host, self.port)
                 break
             time.sleep(0.05)
         else:
@@ -288,7 +297,7 @@ class Daemon:
                                (READY_TIMEOUT_S, self.log_tail()))
         while time.monotonic() < deadline:
             try:
-                r = Client(HOST, self.port, timeout=5, ssl_context=self.ssl_context).get("/healthz")
+                r = Client(self.host, self.port, timeout=5, ssl_context=self.ssl_context).get("/healthz")
                 if r.status == 200:
                     return self
             except OSError:
@@ -334,7 +343,7 @@ class Daemon:
     def client(self, merchant=None, auth="bearer", timeout=30.0):
         """A Client for a merchant created by name (None: no key)."""
         key = self.merchants[merchant]["secret_key"] if merchant else None
-        return Client(HOST, self.port, key=key, auth=auth, timeout=timeout, ssl_context=self.ssl_context)
+        return Client(self.host, self.port, key=key, auth=auth, timeout=timeout, ssl_context=self.ssl_context)
 
     def db_path(self):
         return os.path.join(self.data, "turnpike.db")
@@ -393,13 +402,14 @@ def check_registry(tc, r, err):
 class Sim:
     """A `turnpike sim` process with its own data directory."""
 
-    def __init__(self):
+    def __init__(self, host=HOST):
+        self.host = host
         self.root = tempfile.mkdtemp(prefix="tp-sim-")
         self.data = os.path.join(self.root, "data")
         os.makedirs(self.data)
         self.log = open(os.path.join(self.root, "sim.log"), "ab")
         self.proc = subprocess.Popen(
-            [BIN, "sim", "--listen", HOST + ":0", "--iso-listen", HOST + ":0", "--data", self.data],
+            [BIN, "sim", "--listen", hostport(host, 0), "--iso-listen", hostport(host, 0), "--data", self.data],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, start_new_session=True)
         addr = os.path.join(self.data, "sim.addr")
         deadline = time.monotonic() + 20

@@ -11,6 +11,7 @@ Two parts:
 """
 import http.server
 import json
+import socket
 import os
 import threading
 import time
@@ -371,6 +372,41 @@ class IsoProcessorInRegistry(unittest.TestCase):
                                                "payment_method_data": card(PAN_OK)},
                        headers={"Idempotency-Key": new_key()})
             self.assertEqual(r.json.get("status"), "succeeded", r)
+        finally:
+            d.cleanup()
+            sim.stop()
+
+
+class OverIPv6(unittest.TestCase):
+    """Everything on ::1: the gateway's API, the simulator's REST and ISO 8583
+    listeners, and both connectors reaching them ([::1]:PORT endpoints)."""
+
+    def test_gateway_and_processors_on_ipv6_loopback(self):
+        try:
+            socket.socket(socket.AF_INET6).close()
+        except OSError:
+            self.skipTest("no IPv6 on this machine")
+        sim = Sim(host="::1")
+        d = Daemon(host="::1")
+        try:
+            self.assertTrue(sim.rest.startswith("[::1]:") and sim.iso.startswith("[::1]:"), (sim.rest, sim.iso))
+            d.create_merchant("m")
+            d.start(config=("[processor.rest]\ntype = restjson\nendpoint = http://%s/p/rest\npriority = 1\n"
+                            "currencies = usd\n"
+                            "[processor.acq]\ntype = iso8583\nendpoint = %s\npriority = 1\ncurrencies = eur\n"
+                            "terminal_id = TERM0001\nmerchant_id = TURNPIKE0000001\n"
+                            "health_interval_ms = 100\n") % (sim.rest, sim.iso))
+            self.assertTrue(d.addr.startswith("[::1]:"), d.addr)
+            c = d.client("m")
+            wait_for(lambda: processors(c)["acq"]["health"] == "up", what="iso link up over IPv6")
+            for cur, protocol in (("usd", "rest"), ("eur", "iso")):
+                r = c.post("/v1/payment_intents", {"amount": 1300, "currency": cur, "confirm": "true",
+                                                   "payment_method_data": card(PAN_OK)},
+                           headers={"Idempotency-Key": new_key()})
+                self.assertEqual(r.json.get("status"), "succeeded", r)
+                auths = [e for e in sim.journal()["entries"]
+                         if e["protocol"] == protocol and e["amount"] == 1300 and e["currency"].lower() in (cur, "978")]
+                self.assertTrue(auths, (protocol, sim.journal()))
         finally:
             d.cleanup()
             sim.stop()

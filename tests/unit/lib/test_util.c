@@ -11,6 +11,9 @@
 #include <cmocka.h>
 
 #include "util.h"
+#include "cli.h"
+
+#include <arpa/inet.h>
 
 #define B62 "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -180,6 +183,41 @@ static void test_clocks_are_sane(void **state)
   assert_true(tp_mono_ms() >= a / 1000000);
 }
 
+static void test_hostport_parses_ipv4_ipv6_and_rejects_the_rest(void **state)
+{
+  (void)state;
+  char h[64];
+  uint16_t p = 1;
+  assert_int_equal(tp_cli_hostport("127.0.0.1:8420", h, sizeof h, &p), 0);
+  assert_string_equal(h, "127.0.0.1");
+  assert_int_equal(p, 8420);
+  assert_int_equal(tp_cli_hostport("[::1]:0", h, sizeof h, &p), 0);
+  assert_string_equal(h, "::1");
+  assert_int_equal(p, 0);
+  assert_int_equal(tp_cli_hostport("[fe80::1:2]:65535", h, sizeof h, &p), 0);
+  assert_string_equal(h, "fe80::1:2");
+  assert_int_equal(p, 65535);
+  const char *bad[] = {"::1:80", "[::1]", "[::1]80", "[]:80", "host:", ":80", "host:65536", "host:-1", "host:+1",
+                       "host:8x", "[::1:80", "a]:80", "noport"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    assert_int_equal(tp_cli_hostport(bad[i], h, sizeof h, &p), -1);
+  assert_int_equal(tp_cli_hostport("0123456789012345678901234567890123456789:1", h, 16, &p), -1);
+  char out[64];
+  tp_cli_hostport_fmt(out, sizeof out, "::1", 443);
+  assert_string_equal(out, "[::1]:443");
+  tp_cli_hostport_fmt(out, sizeof out, "127.0.0.1", 80);
+  assert_string_equal(out, "127.0.0.1:80");
+  struct sockaddr_storage ss;
+  socklen_t len;
+  assert_int_equal(tp_cli_sockaddr("::1", 9, &ss, &len), 0);
+  assert_int_equal(ss.ss_family, AF_INET6);
+  assert_int_equal(ntohs(((struct sockaddr_in6 *)&ss)->sin6_port), 9);
+  assert_int_equal(tp_cli_sockaddr("localhost", 10, &ss, &len), 0);
+  assert_int_equal(ss.ss_family, AF_INET);
+  assert_int_equal(((struct sockaddr_in *)&ss)->sin_addr.s_addr, htonl(0x7f000001));
+  assert_int_equal(tp_cli_sockaddr("example.com", 10, &ss, &len), -1);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -193,6 +231,7 @@ int main(void)
     cmocka_unit_test(test_hex_encodes_lowercase),
     cmocka_unit_test(test_ct_equal_compares_every_byte),
     cmocka_unit_test(test_clocks_are_sane),
+    cmocka_unit_test(test_hostport_parses_ipv4_ipv6_and_rejects_the_rest),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
