@@ -130,7 +130,9 @@ void tp_cs_put_row(struct tp_cs *cs, enum tp_kind kind, const char *merchant, co
     abort();
   op->data = data;
   op->data_len = len;
-  compress_op(op, kind == TP_K_EVENT);
+  /* The text stays until the set is freed: events go to subscribers as
+   * text, and an idempotent reply equal to an object reuses its frame. */
+  compress_op(op, true);
 }
 
 void tp_cs_put_dumped(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const json_t *obj, char *data,
@@ -188,8 +190,27 @@ void tp_cs_idem(struct tp_cs *cs, const char *merchant, const char *key, const c
   op->n1 = status;
   op->data = dup_or_null(body);
   op->data_len = body ? strlen(body) : 0;
-  if (body)
-    compress_op(op, false);
+  if (!body)
+    return;
+  /* A reply is most often the object this set just wrote (the PaymentIntent
+   * after a confirmation), byte for byte: its frame is reused instead of
+   * compressing the same text again. */
+  for (size_t i = 0; i + 1 < cs->n; i++) {
+    const struct tp_cs_op *o = &cs->ops[i];
+    if (o->type == TP_OP_PUT && o->zdata && o->data && o->data_len == op->data_len &&
+        memcmp(o->data, op->data, op->data_len) == 0) {
+      op->zdata = malloc(o->zdata_len);
+      if (!op->zdata)
+        abort();
+      memcpy(op->zdata, o->zdata, o->zdata_len);
+      op->zdata_len = o->zdata_len;
+      free(op->data);
+      op->data = NULL;
+      op->data_len = 0;
+      return;
+    }
+  }
+  compress_op(op, false);
 }
 
 void tp_cs_vault(struct tp_cs *cs, const char *token, const char *merchant, const void *blob, size_t len)

@@ -748,6 +748,36 @@ static void test_idempotency_record_round_trip(void **state)
   assert_int_equal(f->st.ops->idem_get(f->st.cls, M1, "key-2", &r), 0);
 }
 
+/* A reply equal to an object the same set writes reuses the object's
+ * compressed frame; a different reply gets its own; both read back. */
+static void test_idempotent_reply_reuses_the_frame_of_an_equal_object(void **state)
+{
+  struct fx *f = *state;
+  const char *pi = "{\"id\":\"pi_frame\",\"object\":\"payment_intent\",\"amount\":4200,\"currency\":\"usd\","
+                   "\"status\":\"succeeded\",\"metadata\":{}}";
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_put_row(cs, TP_K_PAYMENT_INTENT, M1, "pi_frame", 1700000000, "cus_x", "succeeded", strdup(pi), strlen(pi));
+  tp_cs_idem(cs, M1, "key-same", "hash", 200, pi);
+  tp_cs_idem(cs, M1, "key-other", "hash", 200, "{\"id\":\"pi_other\"}");
+  const struct tp_cs_op *put = tp_cs_op_at(cs, 0), *same = tp_cs_op_at(cs, 1), *other = tp_cs_op_at(cs, 2);
+  assert_non_null(put->zdata);
+  assert_non_null(same->zdata);
+  assert_int_equal(same->zdata_len, put->zdata_len);
+  assert_memory_equal(same->zdata, put->zdata, put->zdata_len);
+  assert_ptr_not_equal(same->zdata, put->zdata); /* its own copy: each op frees its own */
+  assert_non_null(other->zdata);
+  assert_true(other->zdata_len != put->zdata_len || memcmp(other->zdata, put->zdata, put->zdata_len) != 0);
+  assert_int_equal(apply1(f, cs), 0);
+  struct tp_idem_rec r = {0};
+  assert_int_equal(f->st.ops->idem_get(f->st.cls, M1, "key-same", &r), 1);
+  assert_string_equal(r.body, pi);
+  free(r.body);
+  memset(&r, 0, sizeof r);
+  assert_int_equal(f->st.ops->idem_get(f->st.cls, M1, "key-other", &r), 1);
+  assert_string_equal(r.body, "{\"id\":\"pi_other\"}");
+  free(r.body);
+}
+
 static struct tp_attempt attempt(const char *id, const char *state)
 {
   struct tp_attempt a;
@@ -1095,6 +1125,7 @@ int main(void)
     T(test_ledger_must_balance_per_currency),
     T(test_balanced_entries_update_balances),
     T(test_idempotency_record_round_trip),
+    T(test_idempotent_reply_reuses_the_frame_of_an_equal_object),
     T(test_attempts_in_state_tracks_sent_until_updated),
     T(test_vault_blob_round_trip_per_merchant),
     T(test_merchant_keys_are_found_by_hash_and_never_stored),
