@@ -19,6 +19,14 @@ static const char *const capture_methods[] = {"automatic", "automatic_async", "m
 static const char *const sfu_values[] = {"on_session", "off_session", "", NULL};
 static const char *const cancel_reasons[] = {"duplicate", "fraudulent", "requested_by_customer", "abandoned", NULL};
 static const char *const confirmation_methods[] = {"automatic", "manual", NULL};
+static const char *const allow_redirects[] = {"always", "never", NULL};
+static const char *const three_ds_requests[] = {"automatic", "any", "challenge", NULL};
+
+static const struct tp_pspec spec_apm[] = {
+  {"enabled", TP_P_BOOL, NULL, NULL},
+  {"allow_redirects", TP_P_ENUM, NULL, allow_redirects},
+  {NULL, 0, NULL, NULL},
+};
 
 static const struct tp_pspec spec_pmd[] = {
   {"type", TP_P_STRING, NULL, NULL},
@@ -44,7 +52,7 @@ static const struct tp_pspec spec_create[] = {
   {"off_session", TP_P_BOOL, NULL, NULL},
   {"return_url", TP_P_STRING, NULL, NULL},
   {"confirmation_method", TP_P_ENUM, NULL, confirmation_methods},
-  {"automatic_payment_methods", TP_P_ANY, NULL, NULL},
+  {"automatic_payment_methods", TP_P_OBJECT, spec_apm, NULL},
   {"error_on_requires_action", TP_P_BOOL, NULL, NULL},
   {"use_stripe_sdk", TP_P_BOOL, NULL, NULL},
   {NULL, 0, NULL, NULL},
@@ -164,7 +172,7 @@ static void apply_fields(json_t *pi, const json_t *params)
 {
   static const char *const fields[] = {"description", "receipt_email", "setup_future_usage", "capture_method",
                                        "statement_descriptor", "statement_descriptor_suffix", "shipping", "customer",
-                                       NULL};
+                                       "confirmation_method", NULL};
   for (int i = 0; fields[i]; i++) {
     json_t *v = json_object_get(params, fields[i]);
     if (!v)
@@ -189,6 +197,63 @@ static void apply_fields(json_t *pi, const json_t *params)
         json_object_set(cur, k, v);
     }
   }
+}
+
+/* payment_method_options[card][request_three_d_secure]: automatic, any or
+ * challenge; the card options are kept on the PaymentIntent as Stripe shows
+ * them. false (replied) when the value is not one of those. */
+static bool apply_pm_options(struct tp_req *r, json_t *pi, const json_t *params)
+{
+  const json_t *pmo = json_object_get(params, "payment_method_options");
+  if (!pmo)
+    return true;
+  const json_t *card = json_object_get(pmo, "card");
+  const json_t *v = json_object_get(card, "request_three_d_secure");
+  if (!v)
+    return true;
+  const char *want = json_string_value(v);
+  bool known = false;
+  for (int i = 0; want && three_ds_requests[i]; i++)
+    known |= strcmp(want, three_ds_requests[i]) == 0;
+  if (!known) {
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "payment_method_options[card][request_three_d_secure]",
+                   "Invalid payment_method_options[card][request_three_d_secure]: must be one of automatic, any, "
+                   "or challenge");
+    return false;
+  }
+  json_object_set_new(pi, "payment_method_options",
+                      json_pack("{s:{s:n, s:n, s:n, s:s}}", "card", "installments", "mandate_options", "network",
+                                "request_three_d_secure", want));
+  return true;
+}
+
+/* automatic_payment_methods[enabled] (required in the hash) and
+ * [allow_redirects]; cards are the only method either way. */
+static bool apply_apm(struct tp_req *r, json_t *pi, const json_t *params)
+{
+  const json_t *apm = json_object_get(params, "automatic_payment_methods");
+  if (!apm)
+    return true;
+  bool enabled = false;
+  if (!tp_param_bool(apm, "enabled", &enabled)) {
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "automatic_payment_methods[enabled]", NULL);
+    return false;
+  }
+  const char *redirects = tp_pstr(apm, "allow_redirects");
+  json_object_set_new(pi, "automatic_payment_methods",
+                      enabled ? json_pack("{s:s, s:b}", "allow_redirects", redirects ? redirects : "always",
+                                          "enabled", 1)
+                              : json_pack("{s:b}", "enabled", 0));
+  return true;
+}
+
+/* The card asks for 3-D Secure, or the merchant does (request_three_d_secure
+ * any or challenge: the sandbox then challenges every card). */
+static bool wants_3ds(const json_t *pi, const char *pan)
+{
+  const char *rq = json_string_value(
+      json_object_get(json_object_get(json_object_get(pi, "payment_method_options"), "card"), "request_three_d_secure"));
+  return tp_test_card_requires_3ds(pan) || (rq && (strcmp(rq, "any") == 0 || strcmp(rq, "challenge") == 0));
 }
 
 static json_t *pi_new(struct tp_req *r, int64_t amount, const struct tp_currency *cur)
@@ -270,10 +335,13 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
   const char *ret = tp_pstr(params, "return_url");
   json_object_set_new(pi, "last_payment_error", json_null());
 
-  if (tp_test_card_requires_3ds(ci.pan)) {
+  if (wants_3ds(pi, ci.pan)) {
     /* The issuer wants 3-D Secure: hand the customer a challenge. */
-    bool off = false;
+    bool off = false, no_action = false;
     tp_param_bool(params, "off_session", &off);
+    /* error_on_requires_action: fail instead of asking, as off-session. */
+    tp_param_bool(params, "error_on_requires_action", &no_action);
+    off = off || no_action;
     const char *pid = json_string_value(json_object_get(pi, "id"));
     char token[65], url[600];
     tp_3ds_token(pid, token);
@@ -294,7 +362,9 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
       if (created)
         tp_emit(cs, r, r->merchant.id, "payment_intent.created", pi);
       tp_emit(cs, r, r->merchant.id, "payment_intent.payment_failed", pi);
-      json_object_set(err, "payment_intent", pi);
+      /* A copy: the PaymentIntent's last_payment_error is err itself, and a
+       * tree that contains itself cannot be written out. */
+      json_object_set_new(err, "payment_intent", json_deep_copy(pi));
       tp_reply_json(r, 402, json_pack("{s:o}", "error", err));
     } else {
       tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
@@ -376,6 +446,10 @@ void tp_h_pi_create(struct tp_req *r)
     return;
   json_t *pi = pi_new(r, amount, cur);
   apply_fields(pi, r->params);
+  if (!apply_apm(r, pi, r->params) || !apply_pm_options(r, pi, r->params)) {
+    json_decref(pi);
+    return;
+  }
   const char *pm_id = tp_pstr(r->params, "payment_method");
   bool do_confirm = false;
   tp_param_bool(r->params, "confirm", &do_confirm);
@@ -471,6 +545,8 @@ void tp_h_pi_update(struct tp_req *r)
   json_object_set_new(pi, "amount", json_integer(amount));
   json_object_set_new(pi, "currency", json_string(cur->code));
   apply_fields(pi, r->params);
+  if (!apply_pm_options(r, pi, r->params))
+    goto out;
   const char *pm_id = tp_pstr(r->params, "payment_method");
   if (pm_id && *pm_id) {
     json_object_set_new(pi, "payment_method", json_string(pm_id));
@@ -512,6 +588,11 @@ void tp_h_pi_confirm(struct tp_req *r)
   for (int i = 0; fields[i]; i++)
     if (json_object_get(r->params, fields[i]))
       json_object_set(pi, fields[i], json_object_get(r->params, fields[i]));
+  if (!apply_pm_options(r, pi, r->params)) {
+    json_decref(pi);
+    tp_lock_release(r->path_id);
+    return;
+  }
   confirm(r, pi, tp_cs_new(), false, r->path_id);
 }
 

@@ -4,7 +4,7 @@ import html.parser
 import time
 import urllib.parse
 
-from harness import (DaemonTestCase, PAN_3DS, PAN_3DS_2, card, main)
+from harness import (DaemonTestCase, PAN_3DS, PAN_3DS_2, PAN_OK, card, main)
 
 PI = "/v1/payment_intents"
 RETURN_URL = "https://shop.example/return?order=17"
@@ -104,6 +104,82 @@ class ThreeDSTest(DaemonTestCase):
             if set(want) <= set(types) or time.monotonic() > deadline:
                 return types
             time.sleep(0.2)
+
+    def assertAuthenticationRequired(self, r, amount):
+        """402 card_error authentication_required, the PaymentIntent back to
+        requires_payment_method (in the error and stored), nothing charged."""
+        self.assertEqual(r.status, 402, r)
+        e = r.json["error"]
+        self.assertEqual(e["type"], "card_error", r)
+        self.assertEqual(e["code"], "authentication_required", r)
+        self.assertEqual(e["decline_code"], "authentication_required", r)
+        self.assertTrue(e["payment_method"]["id"].startswith("pm_"), r)
+        pi = e["payment_intent"]
+        self.assertEqual(pi["status"], "requires_payment_method", r)
+        self.assertEqual(pi["last_payment_error"]["code"], "authentication_required", r)
+        got = self.get_pi(pi["id"])
+        self.assertEqual(got["status"], "requires_payment_method", got)
+        self.assertEqual(got["amount_received"], 0, got)
+        self.assertIsNone(got["latest_charge"], got)
+        self.assertEqual(got["amount"], amount, got)
+        self.assertIn("payment_intent.payment_failed", self.events_for(pi["id"], ["payment_intent.payment_failed"]))
+        return got
+
+    def test_off_session_3ds_card_fails_with_authentication_required(self):
+        r = self.c().post(PI, {"amount": 3300, "currency": "eur", "confirm": "true", "off_session": "true",
+                               "payment_method_data": card(PAN_3DS)})
+        self.assertAuthenticationRequired(r, 3300)
+
+    def test_error_on_requires_action_fails_instead_of_asking(self):
+        r = self.c().post(PI, {"amount": 3400, "currency": "eur", "confirm": "true",
+                               "error_on_requires_action": "true", "payment_method_data": card(PAN_3DS_2)})
+        self.assertAuthenticationRequired(r, 3400)
+
+    def test_request_three_d_secure_any_challenges_a_card_that_does_not_ask(self):
+        # 4242... needs no authentication by itself; the merchant asks for it.
+        pi, url, token = self.start_challenge(pan=PAN_OK, **{
+            "payment_method_options[card][request_three_d_secure]": "any"})
+        self.assertEqual(pi["payment_method_options"]["card"]["request_three_d_secure"], "any", pi)
+        path, _ = self.fetch_page(url)
+        r = self.submit(path, token, "approve")
+        self.assertRedirect(r, pi, "succeeded")
+        got = self.get_pi(pi["id"])
+        self.assertEqual(got["status"], "succeeded", got)
+        self.assertEqual(got["amount_received"], 3100, got)
+        # automatic (the default) leaves such a card alone
+        r = self.c().post(PI, {"amount": 3500, "currency": "eur", "confirm": "true",
+                               "payment_method_options[card][request_three_d_secure]": "automatic",
+                               "payment_method_data": card(PAN_OK)})
+        self.assertEqual(r.json["status"], "succeeded", r)
+
+    def test_bad_request_three_d_secure_and_automatic_payment_methods_change_nothing(self):
+        before = len(self.c().list_all(PI))
+        for extra, param in (({"payment_method_options[card][request_three_d_secure]": "sometimes"},
+                              "payment_method_options[card][request_three_d_secure]"),
+                             ({"automatic_payment_methods[allow_redirects]": "never"},
+                              "automatic_payment_methods[enabled]"),
+                             ({"automatic_payment_methods[enabled]": "true",
+                               "automatic_payment_methods[allow_redirects]": "sometimes"},
+                              "automatic_payment_methods[allow_redirects]"),
+                             ({"automatic_payment_methods[colour]": "red"}, "automatic_payment_methods[colour]")):
+            params = {"amount": 1000, "currency": "usd", "confirm": "true", "payment_method_data": card(PAN_OK)}
+            params.update(extra)
+            r = self.c().post(PI, params)
+            self.assertStripeError(r, 400, "invalid_request_error", param=param)
+        self.assertEqual(len(self.c().list_all(PI)), before)
+
+    def test_automatic_payment_methods_are_shown_as_stripe_does(self):
+        r = self.c().post(PI, {"amount": 1000, "currency": "usd", "automatic_payment_methods[enabled]": "true"})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["automatic_payment_methods"], {"allow_redirects": "always", "enabled": True})
+        self.assertEqual(r.json["payment_method_types"], ["card"])
+        r = self.c().post(PI, {"amount": 1000, "currency": "usd", "automatic_payment_methods[enabled]": "true",
+                               "automatic_payment_methods[allow_redirects]": "never", "confirm": "true",
+                               "payment_method": "pm_card_visa", "confirmation_method": "manual"})
+        self.assertEqual(r.json["status"], "succeeded", r)
+        self.assertEqual(r.json["automatic_payment_methods"], {"allow_redirects": "never", "enabled": True})
+        self.assertEqual(r.json["confirmation_method"], "manual")
+        self.assertEqual(self.get_pi(r.json["id"])["automatic_payment_methods"]["allow_redirects"], "never")
 
     def test_challenge_url_points_at_this_daemon(self):
         _, url, _ = self.start_challenge()

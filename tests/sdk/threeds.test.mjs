@@ -125,3 +125,37 @@ test('3DS without return_url approves to a 200 HTML page', async () => {
   await res.text();
   assert.equal((await stripe.paymentIntents.retrieve(pi.id)).status, 'succeeded');
 });
+
+test('off_session confirmation of a 3DS card throws StripeCardError authentication_required with the PaymentIntent', async () => {
+  await assert.rejects(
+    stripe.paymentIntents.create({
+      amount: 6500, currency: 'usd', confirm: true, off_session: true,
+      payment_method_data: cardData(CARDS.threeds_required),
+    }),
+    (err) => {
+      assert.equal(err.type, 'StripeCardError');
+      assert.equal(err.statusCode, 402);
+      assert.equal(err.code, 'authentication_required');
+      assert.equal(err.decline_code, 'authentication_required');
+      assert.equal(err.payment_intent.status, 'requires_payment_method');
+      assert.equal(err.payment_intent.last_payment_error.code, 'authentication_required');
+      assert.ok(err.payment_method.id.startsWith('pm_'));
+      return true;
+    });
+});
+
+test('request_three_d_secure=any challenges 4242 and error_on_requires_action fails it instead', async () => {
+  const pi = await challenged(CARDS.visa, {
+    payment_method_options: { card: { request_three_d_secure: 'any' } },
+  });
+  assert.equal(pi.payment_method_options.card.request_three_d_secure, 'any');
+  const res = await submitChallenge(pi.next_action.redirect_to_url.url, 'approve');
+  checkRedirect(res, pi, 'succeeded');
+  await assert.rejects(
+    stripe.paymentIntents.create({
+      amount: 6600, currency: 'usd', confirm: true, error_on_requires_action: true,
+      payment_method_data: cardData(CARDS.visa),
+      payment_method_options: { card: { request_three_d_secure: 'challenge' } },
+    }),
+    (err) => err.type === 'StripeCardError' && err.code === 'authentication_required');
+});
