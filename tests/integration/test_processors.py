@@ -377,6 +377,32 @@ class IsoProcessorInRegistry(unittest.TestCase):
             sim.stop()
 
 
+class SandboxTestCardsKeepTheBreakerClosed(unittest.TestCase):
+    """processing_error is a test card's answer in the sandbox (as in
+    Stripe's test mode), not the processor failing: a run of them must not
+    open the breaker of the only processor and refuse every payment."""
+
+    def test_processing_error_cards_then_a_good_card(self):
+        d = Daemon()
+        try:
+            d.create_merchant("m")
+            d.start()
+            c = d.client("m")
+            for _ in range(8):
+                r = c.post("/v1/payment_intents", {"amount": 700, "currency": "usd", "confirm": "true",
+                                                   "payment_method_data": card("4000000000000119")})
+                self.assertEqual(r.status, 402, r)
+                self.assertEqual(r.json["error"]["decline_code"], "processing_error", r)
+            p = processors(c)["sandbox"]
+            self.assertEqual(p["breaker"], "closed", p)
+            self.assertGreaterEqual(p["declined"], 8, p)
+            r = c.post("/v1/payment_intents", {"amount": 700, "currency": "usd", "confirm": "true",
+                                               "payment_method_data": card(PAN_OK)})
+            self.assertEqual(r.json.get("status"), "succeeded", r)
+        finally:
+            d.cleanup()
+
+
 class OverIPv6(unittest.TestCase):
     """Everything on ::1: the gateway's API, the simulator's REST and ISO 8583
     listeners, and both connectors reaching them ([::1]:PORT endpoints)."""
