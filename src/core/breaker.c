@@ -145,6 +145,21 @@ void tp_breaker_record(struct tp_breaker *b, bool failure, int64_t now_ms)
   }
 }
 
+void tp_breaker_record_soft(struct tp_breaker *b, int64_t now_ms)
+{
+  switch (tp_breaker_tick(b, now_ms)) {
+  case TP_BREAKER_CLOSED:
+    window_add(b, true, now_ms);
+    closed_failure_check(b, now_ms); /* the rate rule; consec is unchanged */
+    return;
+  case TP_BREAKER_OPEN:
+    return;
+  case TP_BREAKER_HALF_OPEN:
+    enter(b, TP_BREAKER_OPEN, now_ms);
+    return;
+  }
+}
+
 void tp_breaker_health(struct tp_breaker *b, bool ok, int64_t now_ms)
 {
   switch (tp_breaker_tick(b, now_ms)) {

@@ -51,9 +51,14 @@ enum tp_breaker_state tp_breaker_tick(struct tp_breaker *b, int64_t now_ms);
 /* May a call go out now? Closed: yes. Open: no. Half-open: yes for up to
  * `probes` calls (a probe that never reports frees its slot after open_ms). */
 bool tp_breaker_allow(struct tp_breaker *b, int64_t now_ms);
-/* A finished call: failure = transport error, timeout, 5xx, soft decline of
- * the processing_error kind. Issuer declines are successes here. */
+/* A finished call: failure = transport error, timeout, 5xx. Issuer declines
+ * are successes here. */
 void tp_breaker_record(struct tp_breaker *b, bool failure, int64_t now_ms);
+/* A finished call answered with a soft decline (processing_error, ISO 8583
+ * 96 or 91): a failure for the failure-rate window, but it neither counts
+ * toward nor clears `consecutive` (one customer retrying one card must not
+ * open the breaker for everyone); half-open, it reopens like any failure. */
+void tp_breaker_record_soft(struct tp_breaker *b, int64_t now_ms);
 /* An active health check result. A failure counts toward `consecutive` (and
  * sends half_open back to open, or keeps open open for another open_ms); a
  * pass moves open to half_open early and counts as a passing probe while

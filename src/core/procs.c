@@ -231,15 +231,21 @@ void tp_proc_record(struct tp_proc *p, const char *brand, const char *currency, 
 {
   struct tp_proc_state *s = p->st;
   /* A soft decline from a networked processor (ISO 96/91, processing_error)
-   * says it is struggling; from the in-process sandbox it is only the test
-   * card 4000000000000119 answering, as in Stripe's test mode, and must not
-   * open the breaker of what is often the only processor. */
-  bool failure = o == TP_OUT_ERROR || (transient && strcmp(p->type, "sandbox") != 0);
+   * may say it is struggling: it counts toward the failure rate, not the
+   * consecutive rule (tp_breaker_record_soft). From the in-process sandbox
+   * it is only the test card 4000000000000119 answering, as in Stripe's
+   * test mode: not a failure at all. */
+  bool error = o == TP_OUT_ERROR;
+  bool soft = !error && transient && strcmp(p->type, "sandbox") != 0;
+  bool failure = error || soft;
   if (latency_us < 0)
     latency_us = 0;
   pthread_mutex_lock(&s->mu);
   enum tp_breaker_state from = s->br.state;
-  tp_breaker_record(&s->br, failure, now_ms());
+  if (soft)
+    tp_breaker_record_soft(&s->br, now_ms());
+  else
+    tp_breaker_record(&s->br, error, now_ms());
   enum tp_breaker_state to = s->br.state;
   s->calls++;
   s->failures += failure;

@@ -290,6 +290,20 @@ class WithSimulator(unittest.TestCase):
     def charged_payments(self):
         return self.sim.journal()["summary"]
 
+    def test_a_card_retried_with_processing_error_does_not_open_the_breaker(self):
+        # breaker_consecutive = 3: soft declines (each payment is tried on a,
+        # retried, then cascaded to b) must not count toward it.
+        for _ in range(4):
+            r = self.pay("4000000000000119")
+            self.assertEqual(r.status, 402, r)
+            self.assertEqual(r.json["error"]["decline_code"], "processing_error", r)
+        ps = processors(self.c)
+        self.assertEqual((ps["a"]["breaker"], ps["b"]["breaker"]), ("closed", "closed"), ps)
+        r = self.pay(PAN_OK)
+        self.assertEqual(r.json.get("status"), "succeeded", r)
+        att = self.c.get("/v1/payment_intents/%s/attempts" % r.json["id"]).json["data"]
+        self.assertEqual(len(att), 1, att)  # the first processor the router chose took it
+
     def test_payments_go_through_rest(self):
         before = self.charged_payments()["charges"]
         r = self.pay(PAN_OK)

@@ -56,6 +56,43 @@ static void test_success_resets_consecutive_count(void **state)
   assert_int_equal(b.state, TP_BREAKER_CLOSED);
 }
 
+static void test_soft_declines_count_for_the_rate_not_the_run(void **state)
+{
+  (void)state;
+  struct tp_breaker_cfg c = cfg(); /* consecutive 5, rate 0.5 over >= 10 calls */
+  struct tp_breaker b;
+  tp_breaker_init(&b, &c, 0);
+  /* 9 soft declines in a row: no consecutive rule, too few calls for the rate */
+  for (int i = 0; i < 9; i++)
+    tp_breaker_record_soft(&b, 10 + i);
+  assert_int_equal(b.state, TP_BREAKER_CLOSED);
+  assert_int_equal(b.consec, 0);
+  /* the 10th call makes the window count: 10 of 10 failed */
+  tp_breaker_record_soft(&b, 20);
+  assert_int_equal(b.state, TP_BREAKER_OPEN);
+
+  /* soft declines neither add to nor clear a run of hard failures */
+  tp_breaker_init(&b, &c, 0);
+  c.min_calls = 1000;
+  b.cfg.min_calls = 1000;
+  for (int i = 0; i < 4; i++)
+    tp_breaker_record(&b, true, 10 + i);
+  tp_breaker_record_soft(&b, 15);
+  assert_int_equal(b.consec, 4);
+  assert_int_equal(b.state, TP_BREAKER_CLOSED);
+  tp_breaker_record(&b, true, 16);
+  assert_int_equal(b.state, TP_BREAKER_OPEN);
+
+  /* half-open: a soft decline sends it back to open */
+  tp_breaker_init(&b, &c, 0);
+  for (int i = 0; i < 5; i++)
+    tp_breaker_record(&b, true, 10 + i);
+  assert_int_equal(tp_breaker_tick(&b, 2000), TP_BREAKER_HALF_OPEN);
+  assert_true(tp_breaker_allow(&b, 2000));
+  tp_breaker_record_soft(&b, 2001);
+  assert_int_equal(b.state, TP_BREAKER_OPEN);
+}
+
 static void test_failure_rate_needs_min_calls(void **state)
 {
   (void)state;
@@ -335,6 +372,12 @@ static void test_registry_breaker_record_and_stats(void **state)
   assert_int_equal(tp_proc_latency_us(r, 99), 10000);
   tp_proc_record(r, "visa", "usd", TP_OUT_APPROVED, "", false, 500);
   tp_proc_record(r, "visa", "usd", TP_OUT_APPROVED, "", false, 500);
+  /* soft declines count as failures but not toward breaker_consecutive */
+  tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500);
+  tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500);
+  tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500);
+  assert_int_equal(tp_proc_breaker(r), TP_BREAKER_CLOSED);
+  tp_proc_record(r, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 500);
   tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500);
   tp_proc_record(r, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 500);
   assert_true(tp_proc_allow(r));
@@ -347,10 +390,10 @@ static void test_registry_breaker_record_and_stats(void **state)
   assert_null(strstr(s, "sk_secret")); /* credentials never shown */
   free(s);
   assert_string_equal(json_string_value(json_object_get(js, "breaker")), "open");
-  assert_int_equal(json_integer_value(json_object_get(js, "calls")), 15);
-  assert_int_equal(json_integer_value(json_object_get(js, "failures")), 3);
+  assert_int_equal(json_integer_value(json_object_get(js, "calls")), 19);
+  assert_int_equal(json_integer_value(json_object_get(js, "failures")), 7);
   json_decref(js);
-  assert_true(tp_proc_success_rate(r) > 0.13 && tp_proc_success_rate(r) < 0.14); /* 2/15 */
+  assert_true(tp_proc_success_rate(r) > 0.10 && tp_proc_success_rate(r) < 0.11); /* 2/19 */
   fake_now += 200;
   assert_int_equal(tp_proc_breaker(r), TP_BREAKER_HALF_OPEN);
   assert_true(tp_proc_allow(r));
@@ -466,6 +509,7 @@ int main(void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_consecutive_failures_open),
     cmocka_unit_test(test_success_resets_consecutive_count),
+    cmocka_unit_test(test_soft_declines_count_for_the_rate_not_the_run),
     cmocka_unit_test(test_failure_rate_needs_min_calls),
     cmocka_unit_test(test_failure_rate_below_threshold_stays_closed),
     cmocka_unit_test(test_old_failures_leave_the_window),
