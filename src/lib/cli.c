@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include <arpa/inet.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,4 +73,18 @@ int tp_cli_sockaddr(const char *host, uint16_t port, struct sockaddr_storage *ss
     return 0;
   }
   return -1;
+}
+
+long tp_cli_raise_nofile(long want)
+{
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+    return -1;
+  if (rl.rlim_cur != RLIM_INFINITY && (long)rl.rlim_cur < want) {
+    rlim_t to = (rl.rlim_max == RLIM_INFINITY || (long)rl.rlim_max > want) ? (rlim_t)want : rl.rlim_max;
+    struct rlimit nl = {to, rl.rlim_max};
+    if (setrlimit(RLIMIT_NOFILE, &nl) == 0)
+      rl.rlim_cur = to;
+  }
+  return rl.rlim_cur == RLIM_INFINITY ? want : (long)rl.rlim_cur;
 }

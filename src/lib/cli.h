@@ -17,4 +17,8 @@ void tp_cli_hostport_fmt(char *out, size_t n, const char *host, unsigned port);
 /* A numeric IPv4 or IPv6 address (or "localhost", 127.0.0.1) and a port as
  * a socket address for bind(2). 0 or -1. */
 int tp_cli_sockaddr(const char *host, uint16_t port, struct sockaddr_storage *ss, socklen_t *len);
+/* Raise the soft limit on open files toward `want` (at most the hard
+ * limit): a login shell's 1024 would cap a server at ~1000 connections.
+ * Returns the soft limit now in force. */
+long tp_cli_raise_nofile(long want);
 #endif

@@ -247,6 +247,13 @@ static int cmd_serve(int argc, char **argv)
       tp_log(TP_LOG_WARN, "core_dumps_not_disabled", "{s:s}", "error", strerror(errno));
   }
 
+  /* 4096 HTTP connections (TP_HTTP_MAX_CONNECTIONS) plus webhooks, stream,
+   * processors and the store: a shell's default 1024 would refuse
+   * connections under load long before that. */
+  long nofile = tp_cli_raise_nofile(8192);
+  if (nofile < 4096 + 256)
+    tp_log(TP_LOG_WARN, "open_files_limited", "{s:i, s:s}", "limit", (int)nofile, "hint",
+           "raise the hard limit (ulimit -Hn, LimitNOFILE=) to serve 4096 connections");
   snprintf(tp_app.data_dir, sizeof tp_app.data_dir, "%s", c.data);
   char addr_path[1200];
   snprintf(addr_path, sizeof addr_path, "%s/serve.addr", c.data);

@@ -194,6 +194,9 @@ int tp_cmd_sim(int argc, char **argv)
   pthread_sigmask(SIG_BLOCK, &set, NULL);
   signal(SIGPIPE, SIG_IGN);
 
+  /* Up to 8192 REST connections plus the ISO links and the journal. */
+  if (tp_cli_raise_nofile(16384) < 8192 + 256)
+    tp_log(TP_LOG_WARN, "open_files_limited", "{s:s}", "hint", "raise the hard limit (ulimit -Hn) for 8192 connections");
   int status = 1;
   if (tp_sim_journal_open(data) != 0 || tp_sim_state_load() != 0) {
     fprintf(stderr, "turnpike sim: cannot open the journal in %s\n", data);

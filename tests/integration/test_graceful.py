@@ -5,7 +5,12 @@ import subprocess
 import sys
 import time
 
-from harness import DaemonTestCase, PaymentLoad, main
+import os
+import resource
+import shutil
+import tempfile
+
+from harness import BIN, DaemonTestCase, PaymentLoad, main
 
 PI = "/v1/payment_intents"
 
@@ -72,6 +77,43 @@ class GracefulShutdownTest(DaemonTestCase):
         self.assertLess(time.monotonic() - t, 10)
         self.daemon.start()
         self.assertEqual(self.c().get("/healthz", key=None).status, 200)
+
+
+
+
+class OpenFilesLimitTest(DaemonTestCase):
+    """Started from a shell whose soft limit is 1024 open files, serve and sim
+    raise it (to 8192 and 16384, within the hard limit), or ~1000
+    connections would exhaust it."""
+    MERCHANTS = ()
+
+    def soft_nofile_of(self, args, addr_file):
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        if hard != resource.RLIM_INFINITY and hard < 16384:
+            self.skipTest("hard limit %d" % hard)
+        d = tempfile.mkdtemp(prefix="tp-nofile-")
+        try:
+            proc = subprocess.Popen(
+                [BIN] + args + ["--data", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard)))
+            try:
+                deadline = time.monotonic() + 20
+                while not os.path.exists(os.path.join(d, addr_file)) and time.monotonic() < deadline:
+                    self.assertIsNone(proc.poll())
+                    time.sleep(0.05)
+                with open("/proc/%d/limits" % proc.pid) as f:
+                    line = [l for l in f if l.startswith("Max open files")][0]
+                return int(line.split()[3])
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(15)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def test_serve_and_sim_raise_the_soft_limit(self):
+        self.assertEqual(self.soft_nofile_of(["serve", "--listen", "127.0.0.1:0"], "serve.addr"), 8192)
+        self.assertEqual(self.soft_nofile_of(["sim", "--listen", "127.0.0.1:0", "--iso-listen", "127.0.0.1:0"],
+                                             "sim.addr"), 16384)
 
 
 if __name__ == "__main__":
