@@ -519,6 +519,14 @@ static int bal_merge(struct sq *s, const struct bal_set *set)
   return 0;
 }
 
+/* Roll back the open transaction, if SQLite has not already (a COMMIT that
+ * fails with SQLITE_FULL or an I/O error rolls back by itself). */
+static void rollback(struct sq *s)
+{
+  if (!sqlite3_get_autocommit(s->w))
+    exec(s->w, "ROLLBACK");
+}
+
 static int sq_apply_batch(void *cls, struct tp_cs **sets, size_t n, int *rc)
 {
   struct sq *s = cls;
@@ -538,12 +546,12 @@ static int sq_apply_batch(void *cls, struct tp_cs **sets, size_t n, int *rc)
     ok++;
   if (ok == n) {
     if (bal_flush(s) || tx_step(s, s->tx_commit)) {
-      exec(s->w, "ROLLBACK");
+      rollback(s);
       return -1;
     }
     return 0;
   }
-  exec(s->w, "ROLLBACK");
+  rollback(s);
   s->nbal = 0;
   if (n == 1)
     return 0;
@@ -560,7 +568,7 @@ static int sq_apply_batch(void *cls, struct tp_cs **sets, size_t n, int *rc)
     tx_step(s, s->sp_release);
   }
   if (bal_flush(s) || tx_step(s, s->tx_commit)) {
-    exec(s->w, "ROLLBACK");
+    rollback(s);
     return -1;
   }
   return 0;
@@ -859,7 +867,7 @@ static int sq_merchant_create(void *cls, const char *name, char *id_out, char *s
     rc = insert_key(s->w, id, "publishable", pk_out);
   if (rc == 0 && exec(s->w, "COMMIT") == 0)
     return 0;
-  exec(s->w, "ROLLBACK");
+  rollback(s);
   return -1;
 }
 
