@@ -507,26 +507,38 @@ def all_stored_text(db_path):
 
 
 class DaemonTestCase(unittest.TestCase):
-    """One daemon per test class, with the merchants named in MERCHANTS."""
+    """One daemon per test class, with the merchants named in MERCHANTS,
+    configured by config(); with WITH_SIM a `turnpike sim` (cls.sim) is
+    started first, so config() can point processors at it."""
 
     MERCHANTS = ("m",)
+    WITH_SIM = False
     daemon = None
+    sim = None
+
+    @classmethod
+    def config(cls):
+        """INI text for the daemon; None: its embedded defaults."""
+        return None
 
     @classmethod
     def setUpClass(cls):
+        cls.sim = Sim() if cls.WITH_SIM else None
         cls.daemon = Daemon()
         try:
             for name in cls.MERCHANTS:
                 cls.daemon.create_merchant(name)
-            cls.daemon.start()
+            cls.daemon.start(config=cls.config())
         except Exception:
-            cls.daemon.cleanup()
+            cls.tearDownClass()
             raise
 
     @classmethod
     def tearDownClass(cls):
         if cls.daemon is not None:
             cls.daemon.cleanup()
+        if cls.sim is not None:
+            cls.sim.stop()
 
     def c(self, merchant=None, **kw):
         return self.daemon.client(merchant or self.MERCHANTS[0], **kw)

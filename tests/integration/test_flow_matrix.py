@@ -13,9 +13,8 @@ Written after a matrix like this found an off-session 3-D Secure
 confirmation answering 500 and test cards opening the only breaker."""
 import collections
 import itertools
-import unittest
 
-from harness import Daemon, Sim, card, main, new_key
+from harness import DaemonTestCase, card, main, new_key
 
 PI = "/v1/payment_intents"
 CARDS = ["4242424242424242", "5555555555554444", "4000000000000002", "4000000000009995",
@@ -107,48 +106,23 @@ class Matrix:
                 shown[b["currency"]] += b["amount"]
         for cur in set(sums) | set(shown):
             self.assertEqual(sums[cur], shown[cur], (cur, dict(sums), dict(shown)))
-        if getattr(self, "sim", None):
+        if self.sim is not None:
             self.assertEqual(self.sim.journal()["summary"]["double_charges"], 0)
 
 
-class SandboxMatrix(Matrix, unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.daemon = Daemon()
-        try:
-            cls.daemon.create_merchant("m")
-            cls.daemon.start()
-        except Exception:
-            cls.daemon.cleanup()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.daemon.cleanup()
+class SandboxMatrix(Matrix, DaemonTestCase):
+    pass
 
 
-class SimMatrix(Matrix, unittest.TestCase):
+class SimMatrix(Matrix, DaemonTestCase):
     currencies = ("usd", "eur", "jpy", "kwd")
+    WITH_SIM = True
 
     @classmethod
-    def setUpClass(cls):
-        cls.sim = Sim()
-        cls.daemon = Daemon()
-        ini = ("[processor.rest]\ntype = restjson\nendpoint = http://%s/p/rest\ncurrencies = usd,jpy\n"
-               "[processor.iso]\ntype = iso8583\nendpoint = %s\ncurrencies = eur,kwd\n"
-               "terminal_id = TERM0001\nmerchant_id = TURNPIKE0000001\n") % (cls.sim.rest, cls.sim.iso)
-        try:
-            cls.daemon.create_merchant("m")
-            cls.daemon.start(config=ini)
-        except Exception:
-            cls.daemon.cleanup()
-            cls.sim.stop()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.daemon.cleanup()
-        cls.sim.stop()
+    def config(cls):
+        return ("[processor.rest]\ntype = restjson\nendpoint = http://%s/p/rest\ncurrencies = usd,jpy\n"
+                "[processor.iso]\ntype = iso8583\nendpoint = %s\ncurrencies = eur,kwd\n"
+                "terminal_id = TERM0001\nmerchant_id = TURNPIKE0000001\n") % (cls.sim.rest, cls.sim.iso)
 
 
 if __name__ == "__main__":

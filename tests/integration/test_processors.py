@@ -250,29 +250,18 @@ class ConnectorContract(unittest.TestCase):
 
 # -- the real simulator -------------------------------------------------------
 
-class WithSimulator(unittest.TestCase):
+class WithSimulator(harness.DaemonTestCase):
+    WITH_SIM = True
+
     @classmethod
-    def setUpClass(cls):
-        cls.sim = Sim()
-        cls.daemon = Daemon()
+    def config(cls):
         base = "http://%s/p" % cls.sim.rest
         ini = ""
         for name, prio in (("a", 1), ("b", 2)):
             ini += ("[processor.%s]\ntype = restjson\nendpoint = %s/%s\ntimeout_ms = 2000\n"
                     "priority = %d\nhealth_interval_ms = 100\nbreaker_consecutive = 3\n"
                     "breaker_open_ms = 60000\nbreaker_half_open_probes = 2\n\n") % (name, base, name, prio)
-        try:
-            cls.daemon.create_merchant("m")
-            cls.daemon.start(config=ini)
-        except Exception:
-            cls.daemon.cleanup()
-            cls.sim.stop()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.daemon.cleanup()
-        cls.sim.stop()
+        return ini
 
     def setUp(self):
         self.c = self.daemon.client("m")
