@@ -1,12 +1,18 @@
 """Durability: kill -9 under payment load, restart on the same data, and
 every acknowledged payment is there exactly as acknowledged, replays return
 it, no attempt stays 'sent', the ledger balances and the balance agrees."""
+import collections
+import os
 import random
+import shutil
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+import unittest
 
-from harness import (DaemonTestCase, PaymentLoad, main, open_db_ro)
+from harness import (HOST, Client, Daemon, DaemonTestCase, PaymentLoad, main, open_db_ro)
 
 PI = "/v1/payment_intents"
 CYCLES = 3
@@ -170,6 +176,76 @@ class CrashTest(DaemonTestCase):
                   % (cycle, n, captured), file=sys.stderr)
         # keys of unacknowledged requests were retried above; ledger must still balance
         self.check_store()
+
+
+class DiskFullTest(unittest.TestCase):
+    """The disk fills under load (a 48 MB tmpfs; root only): payments get a
+    clean 503, /readyz says why, the daemon stays up, nothing acknowledged
+    is lost; once space is back it takes payments again and recovery
+    resolves the attempts whose outcome could not be written."""
+
+    def setUp(self):
+        self.mnt = tempfile.mkdtemp(prefix="tp-full-")
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", self.mnt],
+                                               stderr=subprocess.DEVNULL).returncode != 0:
+            os.rmdir(self.mnt)
+            self.skipTest("needs root to mount a small tmpfs")
+        self.daemon = Daemon(root=self.mnt)
+
+    def tearDown(self):
+        self.daemon.kill9()
+        subprocess.run(["umount", "-l", self.mnt])
+        shutil.rmtree(self.mnt, ignore_errors=True)
+
+    def test_full_disk_refuses_cleanly_and_recovers(self):
+        d = self.daemon
+        d.create_merchant("m")
+        d.start()
+        c = d.client("m")
+        filler = os.path.join(self.mnt, "filler")
+        free = shutil.disk_usage(self.mnt).free
+        with open(filler, "wb") as f:
+            f.truncate(0)
+            f.write(b"\0" * max(0, free - 6 * 1024 * 1024))
+        load = PaymentLoad(c, threads=8, seconds=30.0, tag="full").start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(o[2].status == 503 for o in list(load.other)):
+            time.sleep(0.1)
+        time.sleep(0.5)
+        load.stop_flag.set()
+        load.join()
+        statuses = collections.Counter(o[2].status for o in load.other)
+        self.assertGreater(statuses[503], 0, "the disk never filled: %r" % statuses)
+        self.assertEqual(set(statuses), {503}, statuses)
+        for o in load.other[:20]:
+            self.assertEqual(o[2].json["error"]["type"], "api_error", o[2])
+        self.assertIsNone(d.proc.poll(), "the daemon died")
+        r = Client(HOST, d.port).get("/readyz")
+        self.assertEqual((r.status, r.json.get("reason")), (503, "store_not_writable"), r)
+
+        os.unlink(filler)
+        wait = time.monotonic() + 20
+        while Client(HOST, d.port).get("/readyz").status != 200 and time.monotonic() < wait:
+            time.sleep(0.2)
+        r = c.post(PI, {"amount": 4100, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa"})
+        self.assertEqual(r.json.get("status"), "succeeded", r)
+        for a in load.acks:
+            pi = a.pi()
+            got = c.get("%s/%s" % (PI, pi["id"])).json
+            self.assertEqual(got["status"], pi["status"], (pi["id"], got))
+        # attempts sent while outcomes could not be written: resolved by recovery
+        wait = time.monotonic() + 30
+        while time.monotonic() < wait:
+            db = open_db_ro(d)
+            try:
+                left = db.execute("SELECT count(*) FROM attempts WHERE state = 'sent'").fetchone()[0]
+                stuck = db.execute("SELECT count(*) FROM payment_intents WHERE status = 'processing'").fetchone()[0]
+            finally:
+                db.close()
+            if left == 0 and stuck == 0:
+                break
+            time.sleep(0.5)
+        self.assertEqual((left, stuck), (0, 0))
 
 
 if __name__ == "__main__":
