@@ -412,9 +412,10 @@ class OverIPv6(unittest.TestCase):
 
     def test_gateway_and_processors_on_ipv6_loopback(self):
         try:
-            socket.socket(socket.AF_INET6).close()
+            with socket.socket(socket.AF_INET6) as s:
+                s.bind(("::1", 0))
         except OSError:
-            self.skipTest("no IPv6 on this machine")
+            self.skipTest("no IPv6 loopback on this machine")
         sim = Sim(host="::1")
         d = Daemon(host="::1")
         try:
