@@ -55,7 +55,10 @@ class Matrix:
     def test_matrix(self):
         c = self.daemon.client("m")
         pis = []
-        combos = list(itertools.product(CARDS, CAPTURE, range(len(OPTIONS))))
+        # Cards vary fastest: processing_error answers stay a small share of
+        # a processor's recent calls, as in real traffic (a run of them would
+        # trip the failure-rate rule of a networked processor's breaker).
+        combos = [(pan, cm, oi) for cm, oi, pan in itertools.product(CAPTURE, range(len(OPTIONS)), CARDS)]
         for i, (pan, cm, oi) in enumerate(combos):
             cur = self.currencies[i % len(self.currencies)]
             params = {"amount": "2000", "currency": cur, "confirm": "true", "capture_method": cm,
