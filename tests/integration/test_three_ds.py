@@ -78,6 +78,12 @@ class ThreeDSTest(DaemonTestCase):
     def submit(self, path, token, result):
         return self.c().post(path, {"token": token, "result": result}, key=None)
 
+    def approve_redirected(self, pi, url, token):
+        """Walk the page, approve, check the redirect; the PI afterwards."""
+        path, _ = self.fetch_page(url)
+        self.assertRedirect(self.submit(path, token, "approve"), pi, "succeeded")
+        return self.get_pi(pi["id"])
+
     def get_pi(self, pi_id):
         r = self.c().get(PI + "/" + pi_id)
         self.assertEqual(r.status, 200, r)
@@ -140,10 +146,7 @@ class ThreeDSTest(DaemonTestCase):
         pi, url, token = self.start_challenge(pan=PAN_OK, **{
             "payment_method_options[card][request_three_d_secure]": "any"})
         self.assertEqual(pi["payment_method_options"]["card"]["request_three_d_secure"], "any", pi)
-        path, _ = self.fetch_page(url)
-        r = self.submit(path, token, "approve")
-        self.assertRedirect(r, pi, "succeeded")
-        got = self.get_pi(pi["id"])
+        got = self.approve_redirected(pi, url, token)
         self.assertEqual(got["status"], "succeeded", got)
         self.assertEqual(got["amount_received"], 3100, got)
         # automatic (the default) leaves such a card alone
@@ -234,10 +237,7 @@ class ThreeDSTest(DaemonTestCase):
 
     def test_approve_with_manual_capture_requires_capture_then_captures(self):
         pi, url, token = self.start_challenge(capture_method="manual")
-        path, _ = self.fetch_page(url)
-        r = self.submit(path, token, "approve")
-        self.assertRedirect(r, pi, "succeeded")
-        got = self.get_pi(pi["id"])
+        got = self.approve_redirected(pi, url, token)
         self.assertEqual(got["status"], "requires_capture", got)
         self.assertEqual(got["amount_capturable"], 3100, got)
         self.assertEqual(got["amount_received"], 0, got)
