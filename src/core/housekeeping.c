@@ -1,5 +1,8 @@
-/* Housekeeping: expired Idempotency-Keys are deleted in small batches through
- * the writer, so the table stays bounded without long write transactions. */
+/* Housekeeping: expired Idempotency-Keys, and events past their retention
+ * with the webhook delivery records about them, are deleted in small
+ * batches through the writer, so the tables stay bounded without long write
+ * transactions. */
+#include "api/http.h"
 #include "config.h"
 #include "log.h"
 #include "main/features.h"
@@ -9,6 +12,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 #define PURGE_BATCH 5000 /* keys deleted per purge at most: 5000/s at the default interval */
@@ -20,6 +25,8 @@ static struct {
   pthread_cond_t cv;
   bool running, stop;
   int64_t interval_ms, ttl;
+  int64_t event_retention_s, event_interval_ms;
+  char merchant_cursor[TP_ID_MAX]; /* where the event purge goes on next time */
   _Atomic int64_t heartbeat_ms; /* monotonic time of the last committed heartbeat */
 } H = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
@@ -43,6 +50,99 @@ int tp_idem_purge(int64_t now, int64_t ttl)
     tp_cs_free(cs);
     return -1;
   }
+  return 0;
+}
+
+/* One merchant's events older than floor (an id floor, tp_id_floor), at most
+ * budget of them, with the finished webhook deliveries and attempts of that
+ * age; events a delivery to an enabled endpoint is still pending for stay
+ * (the outbox needs them; it gives up after [webhooks] max_age_s, 3 days),
+ * and so does everything after them. A disabled endpoint holds nothing: its
+ * rows for purged events fail when it is enabled again. Returns the rows queued for deletion. */
+static int64_t purge_merchant_events(const char *merchant, const char *floor_evt, const char *floor_wda,
+                                     int64_t budget)
+{
+  char floor[TP_ID_MAX];
+  snprintf(floor, sizeof floor, "%s", floor_evt);
+  json_t *rows = tp_store_query(&tp_app.store,
+                                "SELECT MIN(d.event) AS e, (SELECT COUNT(*) FROM webhook_endpoints WHERE "
+                                "merchant = ?1) AS eps FROM webhook_endpoints w JOIN webhook_deliveries d "
+                                "ON d.endpoint = w.id AND d.state = 'pending' WHERE w.merchant = ?1 AND "
+                                "w.status = 'enabled'",
+                                json_pack("[s]", merchant));
+  const char *pending = json_string_value(json_object_get(json_array_get(rows, 0), "e"));
+  if (!rows) /* cannot tell what is still owed: skip this merchant this time */
+    return 0;
+  if (pending && strcmp(pending, floor) < 0)
+    snprintf(floor, sizeof floor, "%s", pending);
+  bool endpoints = json_integer_value(json_object_get(json_array_get(rows, 0), "eps")) > 0;
+  json_decref(rows);
+  rows = tp_store_query(&tp_app.store,
+                        "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE merchant = ?1 AND id < ?2 "
+                        "LIMIT ?3)) AS n",
+                        json_pack("[s, s, I]", merchant, floor, (json_int_t)budget));
+  int64_t n = rows ? json_integer_value(json_object_get(json_array_get(rows, 0), "n")) : 0;
+  json_decref(rows);
+  if (n == 0 && !endpoints)
+    return 0; /* nothing to delete: no write */
+  struct tp_cs *cs = tp_cs_new();
+  json_t *args = json_pack("[s, s, I]", merchant, floor, (json_int_t)budget);
+  if (n > 0)
+    tp_cs_sql(cs,
+              "DELETE FROM events WHERE merchant = ?1 AND id IN (SELECT id FROM events WHERE merchant = ?1 "
+              "AND id < ?2 ORDER BY id LIMIT ?3)",
+              args, 0);
+  /* Delivery rows of old events that are finished (pending ones stay), and
+   * the log of attempts of the same age. */
+  tp_cs_sql(cs,
+            "DELETE FROM webhook_deliveries WHERE rowid IN (SELECT d.rowid FROM webhook_endpoints w JOIN "
+            "webhook_deliveries d ON d.endpoint = w.id WHERE w.merchant = ?1 AND d.event < ?2 AND "
+            "d.state != 'pending' LIMIT ?3)",
+            args, 0);
+  json_decref(args);
+  args = json_pack("[s, s, I]", merchant, floor_wda, (json_int_t)budget);
+  tp_cs_sql(cs,
+            "DELETE FROM webhook_attempts WHERE id IN (SELECT a.id FROM webhook_endpoints w JOIN "
+            "webhook_attempts a ON a.endpoint = w.id WHERE w.merchant = ?1 AND a.id < ?2 LIMIT ?3)",
+            args, 0);
+  json_decref(args);
+  if (tp_writer_submit(cs) != 0) {
+    tp_cs_free(cs);
+    return -1;
+  }
+  return n;
+}
+
+/* Delete events older than retention_s (Stripe keeps 30 days), merchant by
+ * merchant from where the last run stopped, at most PURGE_BATCH events per
+ * run. */
+int tp_event_purge(int64_t now_ms, int64_t retention_s)
+{
+  char floor_evt[TP_ID_MAX], floor_wda[TP_ID_MAX];
+  tp_id_floor(floor_evt, "evt", now_ms - retention_s * 1000);
+  tp_id_floor(floor_wda, "wda", now_ms - retention_s * 1000);
+  json_t *ms = tp_store_query(&tp_app.store, "SELECT id FROM merchants WHERE id > ?1 ORDER BY id LIMIT 64",
+                              json_pack("[s]", H.merchant_cursor));
+  if (!ms)
+    return -1;
+  int64_t budget = PURGE_BATCH;
+  size_t n = json_array_size(ms);
+  for (size_t i = 0; i < n && budget > 0; i++) {
+    const char *m = json_string_value(json_object_get(json_array_get(ms, i), "id"));
+    if (!m)
+      continue;
+    int64_t done = purge_merchant_events(m, floor_evt, floor_wda, budget);
+    if (done < 0) {
+      json_decref(ms);
+      return -1;
+    }
+    budget -= done;
+    if (budget > 0) /* this merchant is done for now; next run starts after it */
+      snprintf(H.merchant_cursor, sizeof H.merchant_cursor, "%s", m);
+  }
+  if (n < 64 && budget > 0)
+    H.merchant_cursor[0] = '\0'; /* went round every merchant: start again */
+  json_decref(ms);
   return 0;
 }
 
@@ -76,6 +176,7 @@ static void *housekeeping_main(void *arg)
 {
   (void)arg;
   int64_t next_purge = tp_mono_ms() + H.interval_ms;
+  int64_t next_event_purge = tp_mono_ms() + H.event_interval_ms;
   pthread_mutex_lock(&H.mu);
   while (!H.stop) {
     struct timespec ts;
@@ -91,6 +192,13 @@ static void *housekeeping_main(void *arg)
       if (tp_idem_purge(tp_now(), H.ttl) != 0)
         tp_log(TP_LOG_WARN, "idempotency_purge_skipped", NULL);
     }
+    if (tp_mono_ms() >= next_event_purge) {
+      next_event_purge = tp_mono_ms() + H.event_interval_ms;
+      struct timespec now;
+      clock_gettime(CLOCK_REALTIME, &now);
+      if (tp_event_purge((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000, H.event_retention_s) != 0)
+        tp_log(TP_LOG_WARN, "event_purge_skipped", NULL);
+    }
     pthread_mutex_lock(&H.mu);
   }
   pthread_mutex_unlock(&H.mu);
@@ -101,6 +209,9 @@ int tp_housekeeping_start(void)
 {
   H.ttl = tp_config_int("idempotency", "ttl_seconds", 86400, 1, 30 * 86400);
   H.interval_ms = tp_config_int("idempotency", "purge_interval_ms", 1000, 10, 86400000);
+  H.event_retention_s = tp_config_int("events", "retention_seconds", 30 * 86400, 1, 3650LL * 86400);
+  H.event_interval_ms = tp_config_int("events", "purge_interval_ms", 1000, 10, 86400000);
+  H.merchant_cursor[0] = '\0';
   H.stop = false;
   heartbeat();
   if (pthread_create(&H.thread, NULL, housekeeping_main, NULL) != 0)

@@ -102,6 +102,17 @@ void tp_id_new(char out[TP_ID_MAX], const char *prefix)
   tp_random_b62(out + p + 11, 13);
 }
 
+void tp_id_floor(char out[TP_ID_MAX], const char *prefix, int64_t ms)
+{
+  size_t p = strlen(prefix);
+  if (p > TP_ID_MAX - 26)
+    p = TP_ID_MAX - 26;
+  memcpy(out, prefix, p);
+  out[p++] = '_';
+  b62_fixed(out + p, ms > 0 ? (uint64_t)ms : 0, 8);
+  out[p + 8] = '\0';
+}
+
 void tp_hex(const uint8_t *in, size_t n, char *out)
 {
   static const char hx[] = "0123456789abcdef";

@@ -12,6 +12,10 @@
  * per-process sequence, 13 random, all base62 in ASCII order, so ids sort by
  * creation time (lists page in order) and never repeat within a process. */
 void tp_id_new(char out[TP_ID_MAX], const char *prefix);
+/* "<prefix>_" and the 8 time characters of unix millisecond ms: every id
+ * tp_id_new made before ms sorts below it, every one made at or after ms
+ * at or above it (retention cut-offs on the id keys). */
+void tp_id_floor(char out[TP_ID_MAX], const char *prefix, int64_t ms);
 
 /* Cryptographically random bytes; aborts if the RNG fails (never fall back). */
 void tp_random(void *buf, size_t n);

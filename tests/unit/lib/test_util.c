@@ -47,6 +47,31 @@ static void test_ids_strictly_increase_in_one_thread(void **state)
   }
 }
 
+/* The floor of a time sorts between the ids made before it and after it. */
+static void test_id_floor_splits_ids_by_time(void **state)
+{
+  (void)state;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  int64_t before_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  char old[TP_ID_MAX], floor_now[TP_ID_MAX], floor_past[TP_ID_MAX], floor_future[TP_ID_MAX];
+  tp_id_new(old, "evt");
+  tp_id_floor(floor_now, "evt", before_ms);
+  tp_id_floor(floor_past, "evt", before_ms - 1);
+  tp_id_floor(floor_future, "evt", before_ms + 60000);
+  assert_int_equal(strlen(floor_now), 4 + 8);
+  assert_memory_equal(floor_now, old, 4); /* "evt_" */
+  assert_true(strcmp(floor_past, old) < 0);
+  assert_true(strcmp(floor_now, old) <= 0);
+  assert_true(strcmp(floor_future, old) > 0);
+  /* 0 and a negative time are the lowest floor, below every id. */
+  char zero[TP_ID_MAX], neg[TP_ID_MAX];
+  tp_id_floor(zero, "evt", 0);
+  tp_id_floor(neg, "evt", -5);
+  assert_string_equal(zero, "evt_00000000");
+  assert_string_equal(neg, zero);
+}
+
 enum { THREADS = 4, PER_THREAD = 20000 };
 
 struct id_batch {
@@ -224,6 +249,7 @@ int main(void)
     cmocka_unit_test(test_id_has_prefix_and_24_base62_chars),
     cmocka_unit_test(test_ids_strictly_increase_in_one_thread),
     cmocka_unit_test(test_ids_unique_across_threads),
+    cmocka_unit_test(test_id_floor_splits_ids_by_time),
     cmocka_unit_test(test_random_b62_uses_only_base62_and_all_of_it),
     cmocka_unit_test(test_sha256_matches_fips_vectors),
     cmocka_unit_test(test_hmac_sha256_matches_rfc4231_case2),
