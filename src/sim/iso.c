@@ -293,10 +293,14 @@ static bool handle(struct iconn *c, struct tp_iso_msg *m)
     return true;
   }
   const char *f3 = tp_iso_get(m, 3);
-  bool refund = !strcmp(mti, "0200") && f3 && !strcmp(f3, "200000");
-  bool auth = (!strcmp(mti, "0100") || !strcmp(mti, "0200")) && !refund;
+  /* A repeat (last digit 1: 0101, 0201, 0221, 0401, 0421) is the original
+   * sent again; the RRN makes every one of them idempotent. 0420 is a
+   * reversal advice: reversed like a 0400, answered 0430. */
+  bool financial = !strcmp(mti, "0200") || !strcmp(mti, "0201");
+  bool refund = financial && f3 && !strcmp(f3, "200000");
+  bool auth = (!strcmp(mti, "0100") || !strcmp(mti, "0101") || financial) && !refund;
   bool advice = !strcmp(mti, "0220") || !strcmp(mti, "0221"); /* capture of a 0100 */
-  bool rev = !strcmp(mti, "0400") || !strcmp(mti, "0401");
+  bool rev = !strcmp(mti, "0400") || !strcmp(mti, "0401") || !strcmp(mti, "0420") || !strcmp(mti, "0421");
   if (advice && f3 && strcmp(f3, "000000") != 0) {
     answer_code(c, m, "12"); /* only purchase captures are advised */
     return true;

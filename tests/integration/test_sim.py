@@ -583,6 +583,27 @@ class SimTest(unittest.TestCase):
         j = self.sim.journal(payment=rrn)
         self.assertEqual([e["operation"] for e in j["entries"]], ["authorize", "reversal"])
         self.assertEqual((j["summary"]["charges"], j["summary"]["charges_by_payment"]), (0, {}))
+        # Repeats of an authorization (0101, 0201) and a reversal advice
+        # (0420, repeated 0421), as other acquirer software sends them.
+        rrn3 = uuid.uuid4().hex[:12].upper()
+        with self.sim.iso_connect() as s:
+            mti, f = iso_call(s, "0101", auth_fields(PAN_OK, rrn3, amount=700, stan="000301"))
+            self.assertEqual((mti, f[39], f[11]), ("0110", "00", "000301"))
+            code = f[38]
+            mti, f = iso_call(s, "0100", auth_fields(PAN_OK, rrn3, amount=700, stan="000302"))
+            self.assertEqual((mti, f[39], f[38]), ("0110", "00", code))
+            self.assertEqual(self.sim.journal(payment=rrn3)["summary"]["charges"], 1)
+            for mti_in, stan in (("0420", "000303"), ("0421", "000304")):
+                mti, f = iso_call(s, mti_in, {4: 700, 7: "1124123400", 11: stan, 37: rrn3, 41: "TERM0001",
+                                              49: "840", 90: "0100000301" + "1124123000" + "0" * 22})
+                self.assertEqual((mti, f[39], f[11]), ("0430", "00", stan))
+            sale = uuid.uuid4().hex[:12].upper()
+            mti, f = iso_call(s, "0201", auth_fields(PAN_OK, sale, stan="000305"))
+            self.assertEqual((mti, f[39]), ("0210", "00"))
+        j = self.sim.journal(payment=rrn3)
+        self.assertEqual([e["operation"] for e in j["entries"]], ["authorize", "reversal"])
+        self.assertEqual(j["summary"]["charges"], 0)
+        self.assertEqual(self.sim.journal(payment=sale)["summary"]["charges"], 1)
         j = self.sim.journal(reference=unknown)
         self.assertEqual([(e["operation"], e["status"]) for e in j["entries"]], [("reversal", "not_found")])
 
