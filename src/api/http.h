@@ -21,6 +21,7 @@ enum tp_route_flags {
   TP_R_AUTH = 1,        /* needs a secret key */
   TP_R_PUBLIC = 2,      /* no authentication */
   TP_R_HTML = 4,        /* form posts from a browser page, no Stripe auth */
+  TP_R_CLIENT = 8,      /* with TP_R_AUTH: a publishable key too, with the object's client_secret */
 };
 
 struct tp_route {
@@ -68,6 +69,7 @@ struct tp_req {
   size_t resp_len;
   const char *content_type;
   bool replayed;
+  bool publishable; /* authenticated by a publishable key (TP_R_CLIENT route) */
   char location[2048];
   bool suspended;
   struct MHD_Response *raw_resp; /* queued as is with status (a 101 upgrade) */
@@ -100,6 +102,10 @@ unsigned tp_http_inflight(void);
 
 /* Replies. All take ownership of what they are given. */
 void tp_reply_json(struct tp_req *r, unsigned status, json_t *obj);
+/* payment_intents.c: a reply body (a PaymentIntent, or an error holding one)
+ * cut to what a publishable-key client may see; malloc'ed, *len in and out;
+ * NULL when body is not JSON or memory ran out. */
+char *tp_pi_client_view(const char *body, size_t *len);
 void tp_reply_raw(struct tp_req *r, unsigned status, char *body, size_t len, const char *content_type);
 void tp_reply_error(struct tp_req *r, enum tp_err e, const char *param, const char *message);
 /* Build the Stripe error object {"type","code",...} (without the "error" wrapper). */

@@ -6,6 +6,7 @@
 #include "api/commit.h"
 #include "api/handlers.h"
 #include "api/objects.h"
+#include "jsonw.h"
 #include "connectors/connector.h"
 #include "core/currency.h"
 #include "core/payflow.h"
@@ -479,6 +480,60 @@ void tp_h_pi_create(struct tp_req *r)
   tp_commit_and_reply_unlock(r, cs, NULL);
 }
 
+/* What Stripe shows a client that holds only the publishable key and the
+ * client_secret: the fields its API reference marks as retrievable with a
+ * publishable key. Everything else (metadata, customer, charges, amounts
+ * received) is the merchant's. */
+static const char *const client_fields[] = {
+    "id", "object", "amount", "automatic_payment_methods", "canceled_at", "cancellation_reason",
+    "capture_method", "client_secret", "confirmation_method", "created", "currency", "description",
+    "last_payment_error", "livemode", "next_action", "payment_method", "payment_method_types", "processing",
+    "receipt_email", "setup_future_usage", "shipping", "status", NULL};
+
+static void client_cut(json_t *pi)
+{
+  const char *k;
+  json_t *v;
+  void *tmp;
+  json_object_foreach_safe(pi, tmp, k, v)
+  {
+    bool keep = false;
+    for (int i = 0; client_fields[i] && !keep; i++)
+      keep = strcmp(k, client_fields[i]) == 0;
+    if (!keep)
+      json_object_del(pi, k);
+  }
+}
+
+char *tp_pi_client_view(const char *body, size_t *len)
+{
+  json_t *o = json_loadb(body, *len, 0, NULL);
+  if (!o)
+    return NULL;
+  json_t *err = json_object_get(o, "error");
+  json_t *pi = err ? json_object_get(err, "payment_intent") : o;
+  const char *type = json_string_value(json_object_get(pi, "object"));
+  if (type && strcmp(type, "payment_intent") == 0)
+    client_cut(pi);
+  char *out = tp_json_dump(o, len);
+  json_decref(o);
+  return out;
+}
+
+/* A request made with a publishable key must name the PaymentIntent's
+ * client_secret; replies and returns false when it does not. */
+static bool client_secret_ok(struct tp_req *r, const json_t *pi)
+{
+  if (!r->publishable)
+    return true;
+  const char *given = json_string_value(json_object_get(r->params, "client_secret"));
+  const char *want = json_string_value(json_object_get(pi, "client_secret"));
+  if (given && want && strlen(given) == strlen(want) && tp_ct_equal(given, want, strlen(want)))
+    return true;
+  tp_reply_error(r, TP_ERR_CLIENT_SECRET_INVALID, "client_secret", NULL);
+  return false;
+}
+
 void tp_h_pi_retrieve(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_retrieve))
@@ -486,6 +541,10 @@ void tp_h_pi_retrieve(struct tp_req *r)
   json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, r->path_id);
   if (!pi) {
     missing_pi(r);
+    return;
+  }
+  if (!client_secret_ok(r, pi)) {
+    json_decref(pi);
     return;
   }
   if (!tp_expand(r, pi, NULL)) {
@@ -576,6 +635,11 @@ void tp_h_pi_confirm(struct tp_req *r)
   json_t *pi = load_locked(r);
   if (!pi)
     return;
+  if (!client_secret_ok(r, pi)) {
+    json_decref(pi);
+    tp_lock_release(r->path_id);
+    return;
+  }
   const char *st = json_string_value(json_object_get(pi, "status"));
   if (strcmp(st, "requires_payment_method") != 0 && strcmp(st, "requires_confirmation") != 0 &&
       strcmp(st, "requires_action") != 0) {

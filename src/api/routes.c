@@ -4,13 +4,14 @@
 
 #define A TP_R_AUTH
 #define P TP_R_PUBLIC
+#define C (TP_R_AUTH | TP_R_CLIENT)
 
 const struct tp_route tp_routes[] = {
   {"POST", "/v1/payment_intents", tp_h_pi_create, A},
   {"GET", "/v1/payment_intents", tp_h_pi_list, A},
-  {"GET", "/v1/payment_intents/{id}", tp_h_pi_retrieve, A},
+  {"GET", "/v1/payment_intents/{id}", tp_h_pi_retrieve, C},
   {"POST", "/v1/payment_intents/{id}", tp_h_pi_update, A},
-  {"POST", "/v1/payment_intents/{id}/confirm", tp_h_pi_confirm, A},
+  {"POST", "/v1/payment_intents/{id}/confirm", tp_h_pi_confirm, C},
   {"POST", "/v1/payment_intents/{id}/capture", tp_h_pi_capture, A},
   {"POST", "/v1/payment_intents/{id}/cancel", tp_h_pi_cancel, A},
   {"GET", "/v1/payment_intents/{id}/attempts", tp_h_pi_attempts, A},

@@ -95,6 +95,16 @@ static enum tp_err authenticate(struct tp_req *r)
   struct tp_auth a;
   /* API keys never hold a '.', a compact JWS always does. */
   enum tp_err e = strchr(key, '.') ? tp_oauth_authenticate(key, &a) : tp_apikey_authenticate(key, &a);
+  /* A browser holds the publishable key and a PaymentIntent's client_secret:
+   * enough to retrieve and confirm that one PaymentIntent (Stripe.js). The
+   * handler checks the secret; the reply is cut to what Stripe shows such a
+   * client (tp_pi_client_view). */
+  if (e == TP_ERR_PUBLISHABLE_KEY_FORBIDDEN && strcmp(a.kind, "publishable") == 0 && r->route &&
+      (r->route->flags & TP_R_CLIENT)) {
+    a.scopes = tp_scope_required(r->method, r->route->pattern);
+    r->publishable = true;
+    e = TP_ERR_OK;
+  }
   if (e != TP_ERR_OK)
     return e;
   r->merchant = a.merchant;
@@ -246,7 +256,8 @@ static bool access_check(struct tp_req *r, const struct tp_route *rt)
   }
   enum tp_err e = authenticate(r);
   if (e != TP_ERR_OK) {
-    if (e != TP_ERR_AUTH_MISSING && e != TP_ERR_STORE_UNAVAILABLE)
+    /* A publishable key on a secret route is a valid key, not a guess. */
+    if (e != TP_ERR_AUTH_MISSING && e != TP_ERR_STORE_UNAVAILABLE && e != TP_ERR_PUBLISHABLE_KEY_FORBIDDEN)
       tp_ratelimit_auth_failed(addr, tp_mono_ms());
     if (e >= TP_ERR_OAUTH_TOKEN_INVALID && e <= TP_ERR_OAUTH_TOKEN_ISSUER_INVALID)
       snprintf(r->www_authenticate, sizeof r->www_authenticate, "Bearer realm=\"turnpike\", error=\"invalid_token\"");
@@ -401,6 +412,19 @@ static enum MHD_Result queue_reply(struct tp_req *r)
   }
   if (!r->resp) {
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+  }
+  if (r->publishable && r->resp && (!r->content_type || strcmp(r->content_type, "application/json") == 0)) {
+    /* After the idempotency record took the whole reply: a replay to a
+     * secret key still gets all of it. */
+    size_t len = r->resp_len;
+    char *cut = tp_pi_client_view(r->resp, &len);
+    if (!cut) {
+      tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+    } else {
+      free(r->resp);
+      r->resp = cut;
+      r->resp_len = len;
+    }
   }
   struct MHD_Response *resp = MHD_create_response_from_buffer(r->resp_len, r->resp, MHD_RESPMEM_MUST_FREE);
   if (!resp)

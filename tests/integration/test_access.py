@@ -19,6 +19,7 @@ import time
 
 from harness import BIN, PAN_3DS, DaemonTestCase, card, main
 
+PI = "/v1/payment_intents"
 ROUTES_C = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src", "api", "routes.c")
 ROUTE_RE = re.compile(r'\{\s*"(GET|POST|DELETE)"\s*,\s*"([^"]+)"\s*,\s*(\w+)\s*,\s*([^}]+)\}')
 # Parameters of a create that point at another object: B must not reach A's.
@@ -30,7 +31,7 @@ def routes():
     with open(ROUTES_C) as f:
         text = f.read()
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    out = [(m, p, "A" in re.split(r"[\s|]+", flags.strip()) or "TP_R_AUTH" in flags)
+    out = [(m, p, bool({"A", "C"} & set(re.split(r"[\s|]+", flags.strip()))) or "TP_R_AUTH" in flags)
            for m, p, _, flags in ROUTE_RE.findall(text)]
     if len(out) < 20:
         raise AssertionError("parsed only %d routes from %s" % (len(out), ROUTES_C))
@@ -344,6 +345,72 @@ class KeysTest(DaemonTestCase):
     def test_publishable_key_is_refused_on_secret_routes(self):
         c = self.key_client(self.daemon.merchants["K"]["publishable_key"])
         self.assertStripeError(c.get("/v1/payment_intents"), 401, "invalid_request_error")
+        # every authenticated route but the two client ones (retrieve and
+        # confirm a PaymentIntent with its client_secret)
+        client_routes = {("GET", "/v1/payment_intents/{id}"), ("POST", "/v1/payment_intents/{id}/confirm")}
+        for method, pattern, authed in routes():
+            if not authed or (method, pattern) in client_routes:
+                continue
+            path = pattern.replace("{id}", "pi_x").replace("{event}", "evt_x")
+            r = c.request(method, path, {})
+            self.assertEqual(r.status, 401, (method, pattern, r))
+            self.assertEqual(r.json["error"]["code"], "secret_key_required", (method, pattern))
+
+    def test_publishable_key_with_client_secret_retrieves_and_confirms(self):
+        sk = self.key_client(self.daemon.merchants["K"]["secret_key"])
+        pk = self.key_client(self.daemon.merchants["K"]["publishable_key"])
+        other_pk = self.key_client(self.daemon.merchants["R"]["publishable_key"])
+        cus = sk.post("/v1/customers", {"email": "pk@example.test"}).json
+        pi = sk.post(PI, {"amount": 1500, "currency": "eur", "customer": cus["id"],
+                          "metadata": {"order": "o-17"}, "description": "shoes"}).json
+        other = sk.post(PI, {"amount": 900, "currency": "eur"}).json
+        url = PI + "/" + pi["id"]
+        # no secret, another PaymentIntent's secret, another merchant's key: refused
+        self.assertStripeError(pk.get(url), 400, "invalid_request_error", param="client_secret")
+        self.assertStripeError(pk.get(url, {"client_secret": other["client_secret"]}), 400,
+                               "invalid_request_error", param="client_secret")
+        self.assertStripeError(pk.post(url + "/confirm", {"client_secret": other["client_secret"],
+                                                          "payment_method": "pm_card_visa"}),
+                               400, "invalid_request_error", param="client_secret")
+        self.assertStripeError(other_pk.get(url, {"client_secret": pi["client_secret"]}), 404,
+                               "invalid_request_error", "resource_missing")
+        self.assertEqual(sk.get(url).json["status"], "requires_payment_method")
+        # the client's view: what Stripe shows a publishable key, no more
+        got = pk.get(url, {"client_secret": pi["client_secret"]})
+        self.assertEqual(got.status, 200, got)
+        self.assertEqual((got.json["id"], got.json["amount"], got.json["currency"], got.json["status"],
+                          got.json["client_secret"], got.json["description"]),
+                         (pi["id"], 1500, "eur", "requires_payment_method", pi["client_secret"], "shoes"))
+        for hidden in ("metadata", "customer", "latest_charge", "amount_received", "amount_capturable"):
+            self.assertNotIn(hidden, got.json)
+        # confirm from the browser: the payment goes through, the merchant sees all
+        done = pk.post(url + "/confirm", {"client_secret": pi["client_secret"], "payment_method": "pm_card_visa"},
+                       idem="pk-confirm-" + pi["id"])
+        self.assertEqual(done.status, 200, done)
+        self.assertEqual(done.json["status"], "succeeded")
+        self.assertNotIn("latest_charge", done.json)
+        self.assertNotIn("metadata", done.json)
+        again = pk.post(url + "/confirm", {"client_secret": pi["client_secret"], "payment_method": "pm_card_visa"},
+                        idem="pk-confirm-" + pi["id"])
+        self.assertEqual(again.headers.get("Idempotent-Replayed"), "true", again)
+        self.assertEqual(again.json, done.json)
+        full = sk.get(url).json
+        self.assertEqual((full["status"], full["amount_received"], full["customer"], full["metadata"]),
+                         ("succeeded", 1500, cus["id"], {"order": "o-17"}))
+        self.assertTrue(full["latest_charge"].startswith("ch_"))
+        # a decline: Stripe's card error, its PaymentIntent cut the same way
+        d = sk.post(PI, {"amount": 700, "currency": "eur", "metadata": {"k": "v"}}).json
+        err = pk.post(PI + "/" + d["id"] + "/confirm",
+                      {"client_secret": d["client_secret"], "payment_method_data[type]": "card",
+                       "payment_method_data[card][number]": "4000000000000002",
+                       "payment_method_data[card][exp_month]": "12",
+                       "payment_method_data[card][exp_year]": "2034",
+                       "payment_method_data[card][cvc]": "123"})
+        self.assertStripeError(err, 402, "card_error", "card_declined")
+        epi = err.json["error"]["payment_intent"]
+        self.assertEqual((epi["id"], epi["status"]), (d["id"], "requires_payment_method"))
+        self.assertNotIn("metadata", epi)
+        self.assertEqual(epi["last_payment_error"]["decline_code"], "generic_decline")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 // the challenge page is walked with plain fetch() like a browser would.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { stripe, BASE, CARDS, cardData, submitChallenge, parseChallengeForms } from './lib.mjs';
+import { stripe, client, BASE, CARDS, PUBLISHABLE_KEY, cardData, submitChallenge, parseChallengeForms } from './lib.mjs';
 
 const RETURN_URL = 'https://merchant.example/checkout/return?cart=9';
 
@@ -158,4 +158,39 @@ test('request_three_d_secure=any challenges 4242 and error_on_requires_action fa
       payment_method_options: { card: { request_three_d_secure: 'challenge' } },
     }),
     (err) => err.type === 'StripeCardError' && err.code === 'authentication_required');
+});
+
+// The browser's half of the flow, as Stripe.js does it: the server creates
+// the PaymentIntent and hands the client_secret over; the page, holding only
+// the publishable key, confirms it, follows the challenge and reads the
+// outcome back with the secret.
+test('publishable key with client_secret confirms through 3DS and retrieves the client view', async () => {
+  assert.ok(PUBLISHABLE_KEY, 'run.mjs hands over the publishable key');
+  const browser = client(PUBLISHABLE_KEY);
+  const pi = await stripe.paymentIntents.create({ amount: 4100, currency: 'usd', metadata: { cart: '9' } });
+  const secret = pi.client_secret;
+  const err = await browser.paymentIntents.retrieve(pi.id).catch((e) => e);
+  assert.equal(err.type, 'StripeInvalidRequestError');
+  assert.equal(err.param, 'client_secret');
+
+  const acted = await browser.paymentIntents.confirm(pi.id, {
+    client_secret: secret, payment_method_data: cardData(CARDS.threeds_required), return_url: RETURN_URL,
+  });
+  assert.equal(acted.status, 'requires_action');
+  assert.equal(acted.metadata, undefined, 'metadata is the merchant\'s');
+  const res = await submitChallenge(acted.next_action.redirect_to_url.url, 'approve');
+  checkRedirect(res, pi, 'succeeded');
+
+  const seen = await browser.paymentIntents.retrieve(pi.id, { client_secret: secret });
+  assert.equal(seen.status, 'succeeded');
+  assert.equal(seen.amount, 4100);
+  assert.equal(seen.latest_charge, undefined);
+  const full = await stripe.paymentIntents.retrieve(pi.id);
+  assert.equal(full.amount_received, 4100);
+  assert.deepEqual(full.metadata, { cart: '9' });
+
+  // the publishable key reaches nothing else
+  const denied = await browser.paymentIntents.capture(pi.id).catch((e) => e);
+  assert.equal(denied.type, 'StripeAuthenticationError');
+  assert.equal(denied.code, 'secret_key_required');
 });
