@@ -342,6 +342,12 @@ static void expand_field(struct tp_req *r, json_t *obj, const char *path, const 
     memcpy(head, path, hl);
     head[hl] = '\0';
     json_t *sub = json_object_get(obj, head);
+    if (json_is_string(sub)) {
+      /* "latest_charge.balance_transaction" expands latest_charge first
+       * (Stripe), then the field inside it. */
+      expand_field(r, obj, head, known);
+      sub = json_object_get(obj, head);
+    }
     if (json_is_array(sub)) {
       size_t i;
       json_t *v;

@@ -261,6 +261,7 @@ void tp_pay_free(struct tp_pay *p)
   json_decref(p->charge);
   json_decref(p->refund);
   json_decref(p->pm);
+  json_decref(p->txn);
   free(p->body);
   free(p->redirect_body);
   tp_card_wipe(&p->call, sizeof p->call);
@@ -293,10 +294,32 @@ void tp_pay_attempt(struct tp_pay *p, const char *kind, int64_t amount, const ch
   a->created = tp_now();
 }
 
+/* Will the reply expand a balance transaction (latest_charge.balance_transaction,
+ * charge.balance_transaction, balance_transaction)? Then the one this
+ * outcome posts is kept for it: it is not committed when the reply is built. */
+static bool wants_txn(const struct tp_pay *p)
+{
+  if (!p->r)
+    return false;
+  const json_t *ex = json_object_get(p->params, "expand");
+  size_t i;
+  const json_t *v;
+  json_array_foreach(ex, i, v)
+  {
+    const char *s = json_string_value(v);
+    size_t n = s ? strlen(s) : 0, k = strlen("balance_transaction");
+    if (n >= k && strcmp(s + n - k, "balance_transaction") == 0)
+      return true;
+  }
+  return false;
+}
+
 void tp_pay_reply(struct tp_pay *p, unsigned status, json_t *obj)
 {
   if (p->r && status < 300) {
     json_t *known = json_array();
+    if (p->txn)
+      json_array_append(known, p->txn);
     if (p->charge)
       json_array_append(known, p->charge);
     if (p->pm)
@@ -838,7 +861,7 @@ void tp_pay_run(struct tp_pay *p, struct tp_cs *cs)
 
 /* ---- objects ------------------------------------------------------------- */
 void tp_ledger_post(struct tp_cs *cs, const char *merchant, const char *processor, const char *currency,
-                    int64_t amount, const char *source, const char *type, char txn[TP_ID_MAX])
+                    int64_t amount, const char *source, const char *type, char txn[TP_ID_MAX], json_t **obj_out)
 {
   char acct[128];
   tp_id_new(txn, "txn");
@@ -865,6 +888,10 @@ void tp_ledger_post(struct tp_cs *cs, const char *merchant, const char *processo
   char *bt = tp_jbuf_finish(&b, &len);
   if (!bt)
     abort();
+  if (obj_out) {
+    json_decref(*obj_out);
+    *obj_out = json_loadb(bt, len, 0, NULL);
+  }
   tp_cs_put_row(cs, TP_K_BALANCE_TXN, merchant, txn, now, source, type, bt, len);
 }
 
@@ -935,7 +962,7 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
     if (p->att.capture) {
       char txn[TP_ID_MAX];
       tp_ledger_post(cs, merchant, p->att.processor, cur, amount, json_string_value(json_object_get(ch, "id")), "charge",
-                     txn);
+                     txn, wants_txn(p) ? &p->txn : NULL);
       json_object_set_new(ch, "balance_transaction", json_string(txn));
       json_object_set_new(ch, "captured", json_true());
       json_object_set_new(ch, "amount_captured", json_integer(amount));
@@ -993,7 +1020,7 @@ void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs)
   const char *cur = json_string_value(json_object_get(pi, "currency"));
   char txn[TP_ID_MAX];
   tp_ledger_post(cs, merchant, p->att.processor, cur, amount, json_string_value(json_object_get(ch, "id")), "charge",
-                 txn);
+                 txn, wants_txn(p) ? &p->txn : NULL);
   json_object_set_new(ch, "balance_transaction", json_string(txn));
   json_object_set_new(ch, "captured", json_true());
   json_object_set_new(ch, "amount_captured", json_integer(amount));
@@ -1043,7 +1070,7 @@ void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs)
   const char *cur = json_string_value(json_object_get(re, "currency"));
   char txn[TP_ID_MAX];
   tp_ledger_post(cs, merchant, p->att.processor, cur, -amount, json_string_value(json_object_get(re, "id")), "refund",
-                 txn);
+                 txn, wants_txn(p) ? &p->txn : NULL);
   json_object_set_new(re, "balance_transaction", json_string(txn));
   json_object_set_new(re, "status", json_string("succeeded"));
   int64_t refunded = json_integer_value(json_object_get(ch, "amount_refunded")) + amount;

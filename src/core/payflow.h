@@ -25,6 +25,7 @@ struct tp_pay {
   struct tp_req *r;          /* NULL during recovery */
   struct tp_merchant m;
   json_t *pi, *charge, *refund, *pm; /* owned */
+  json_t *txn;               /* the balance transaction posted, when the reply may expand it; owned */
   json_t *params;            /* request params (for expand), borrowed */
   struct tp_attempt att;
   struct tp_proc_call call;
@@ -91,7 +92,8 @@ size_t tp_payflow_reversals_pending(const char *processor);
 /* Charge object helpers. */
 json_t *tp_charge_new(const struct tp_pay *p, bool approved);
 /* Post a balanced ledger transaction and its balance transaction for a
- * capture (amount > 0) or refund (amount < 0); its id goes to txn. */
+ * capture (amount > 0) or refund (amount < 0); its id goes to txn, and the
+ * object to *obj_out (the caller's) when obj_out is not NULL. */
 void tp_ledger_post(struct tp_cs *cs, const char *merchant, const char *processor, const char *currency,
-                    int64_t amount, const char *source, const char *type, char txn[TP_ID_MAX]);
+                    int64_t amount, const char *source, const char *type, char txn[TP_ID_MAX], json_t **obj_out);
 #endif

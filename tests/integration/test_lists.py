@@ -155,6 +155,44 @@ class ListsTest(DaemonTestCase):
         self.assertEqual(r2.status, 200, r2)
         self.assertEqual(r2.json["amount_captured"], 2500, r2)
 
+    def test_expand_nested_balance_transaction(self):
+        """expand[]=latest_charge.balance_transaction expands the charge and the
+        balance transaction inside it, also in the reply of the confirmation
+        that posted it (before it was readable from the store)."""
+        c = self.c("expand")
+        nested = [("expand[]", "latest_charge.balance_transaction")]
+
+        def check_txn(ch, amount, type_):
+            txn = ch["balance_transaction"]
+            self.assertIsInstance(txn, dict, ch)
+            self.assertEqual((txn["object"], txn["amount"], txn["type"], txn["source"]),
+                             ("balance_transaction", amount, type_, ch["id"]))
+            return txn
+
+        pay = [("amount", "3100"), ("currency", "usd"), ("payment_method", "pm_card_visa"), ("confirm", "true")]
+        r = c.post(PI, pay + nested)
+        self.assertEqual(r.status, 200, r)
+        txn = check_txn(r.json["latest_charge"], 3100, "charge")
+        got = c.get(PI + "/" + r.json["id"], nested)
+        self.assertEqual(check_txn(got.json["latest_charge"], 3100, "charge"), txn)
+        self.assertEqual(c.get("/v1/balance_transactions/" + txn["id"]).json, txn)
+        # a manual capture, and a list with data. in front
+        m = c.post(PI, pay + [("capture_method", "manual")]).json
+        cap = c.post(PI + "/" + m["id"] + "/capture", [("amount_to_capture", "2000")] + nested)
+        self.assertEqual(cap.status, 200, cap)
+        check_txn(cap.json["latest_charge"], 2000, "charge")
+        lst = c.get(PI, [("limit", "2"), ("expand[]", "data.latest_charge.balance_transaction")])
+        self.assertEqual([p["id"] for p in lst.json["data"]], [m["id"], r.json["id"]])
+        for p_ in lst.json["data"]:
+            check_txn(p_["latest_charge"], p_["amount_received"], "charge")
+        # a refund's own balance transaction, in the refund's reply
+        ref = c.post("/v1/refunds", [("payment_intent", r.json["id"]), ("amount", "600"),
+                                     ("expand[]", "balance_transaction")])
+        self.assertEqual(ref.status, 200, ref)
+        rt = ref.json["balance_transaction"]
+        self.assertEqual((rt["object"], rt["amount"], rt["type"], rt["source"]),
+                         ("balance_transaction", -600, "refund", ref.json["id"]))
+
     def test_expand_customer(self):
         c = self.c("expand")
         r = c.post("/v1/customers", {"email": "expand@example.com", "name": "Ex Pand"})
