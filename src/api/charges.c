@@ -1,10 +1,12 @@
-/* /v1/charges: retrieve and list. Charges are written by the payment flow
- * (payment_intents.c); this file only reads them. */
+/* /v1/charges: retrieve, list and update. Charges are made by the payment
+ * flow (payment_intents.c); an update changes only what describes one
+ * (description, metadata, receipt_email, shipping, fraud_details). */
 #include "api/commit.h"
 #include "api/handlers.h"
 #include "api/objects.h"
 #include "api/params.h"
 
+#include <stdio.h>
 #include <string.h>
 
 static const struct tp_pspec spec_list[] = {
@@ -17,6 +19,96 @@ static const struct tp_pspec spec_list[] = {
   {"starting_after", TP_P_STRING, NULL, NULL},
   {NULL, TP_P_ANY, NULL, NULL},
 };
+
+static const char *const fraud_reports[] = {"fraudulent", "safe", "", NULL};
+static const struct tp_pspec spec_fraud[] = {
+  {"user_report", TP_P_ENUM, NULL, fraud_reports},
+  {NULL, 0, NULL, NULL},
+};
+static const struct tp_pspec spec_update[] = {
+  {"description", TP_P_STRING, NULL, NULL},
+  {"metadata", TP_P_METADATA, NULL, NULL},
+  {"receipt_email", TP_P_STRING, NULL, NULL},
+  {"shipping", TP_P_ANY, NULL, NULL},
+  {"fraud_details", TP_P_OBJECT, spec_fraud, NULL},
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+
+/* POST /v1/charges/{id}. A charge also changes under its PaymentIntent's
+ * lock (capture, cancel) and its own (refunds): both are held. */
+void tp_h_charge_update(struct tp_req *r)
+{
+  if (!tp_check_params(r, spec_update))
+    return;
+  json_t *ch = tp_store_get_json(&tp_app.store, TP_K_CHARGE, r->merchant.id, r->path_id);
+  if (!ch) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "No such charge: '%.64s'", r->path_id);
+    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", msg);
+    return;
+  }
+  char pi_lock[TP_ID_MAX] = "";
+  snprintf(pi_lock, sizeof pi_lock, "%s", json_string_value(json_object_get(ch, "payment_intent")) ?: "");
+  json_decref(ch);
+  if (pi_lock[0] && !tp_lock_try(pi_lock)) {
+    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+    return;
+  }
+  if (!tp_lock_try(r->path_id)) {
+    if (pi_lock[0])
+      tp_lock_release(pi_lock);
+    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+    return;
+  }
+  const char *locks[2] = {r->path_id, pi_lock};
+  size_t nlocks = pi_lock[0] ? 2 : 1;
+  /* Read again under the locks: the first read only named the lock. */
+  ch = tp_store_get_json(&tp_app.store, TP_K_CHARGE, r->merchant.id, r->path_id);
+  if (!ch) {
+    for (size_t i = 0; i < nlocks; i++)
+      tp_lock_release(locks[i]);
+    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", NULL);
+    return;
+  }
+  static const char *const text_fields[] = {"description", "receipt_email", NULL};
+  for (int i = 0; text_fields[i]; i++) {
+    const json_t *v = json_object_get(r->params, text_fields[i]);
+    if (v)
+      json_object_set_new(ch, text_fields[i], tp_unset(v) ? json_null() : json_string(json_string_value(v)));
+  }
+  const json_t *ship = json_object_get(r->params, "shipping");
+  if (ship)
+    json_object_set_new(ch, "shipping", tp_unset(ship) ? json_null() : json_deep_copy(ship));
+  const json_t *md = json_object_get(r->params, "metadata");
+  if (md)
+    tp_metadata_apply(ch, md);
+  const json_t *fd = json_object_get(r->params, "fraud_details");
+  if (fd) {
+    json_t *cur = json_object_get(ch, "fraud_details");
+    if (!json_is_object(cur)) {
+      cur = json_object();
+      json_object_set_new(ch, "fraud_details", cur);
+    }
+    const json_t *rep = json_object_get(fd, "user_report");
+    if (rep && tp_unset(rep))
+      json_object_del(cur, "user_report");
+    else if (rep)
+      json_object_set(cur, "user_report", (json_t *)(uintptr_t)rep);
+  }
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_CHARGE, r->merchant.id, ch);
+  tp_emit(cs, r, r->merchant.id, "charge.updated", ch);
+  if (!tp_expand(r, ch, NULL)) {
+    tp_cs_free(cs);
+    json_decref(ch);
+    for (size_t i = 0; i < nlocks; i++)
+      tp_lock_release(locks[i]);
+    return;
+  }
+  tp_reply_json(r, 200, ch);
+  tp_commit_and_reply_locks(r, cs, locks, nlocks);
+}
 
 /* GET /v1/charges/{id} */
 void tp_h_charge_retrieve(struct tp_req *r)

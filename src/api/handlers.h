@@ -27,6 +27,7 @@ void tp_h_refund_update(struct tp_req *r);
 void tp_h_refund_list(struct tp_req *r);
 /* charges.c */
 void tp_h_charge_retrieve(struct tp_req *r);
+void tp_h_charge_update(struct tp_req *r);
 void tp_h_charge_list(struct tp_req *r);
 /* customers.c */
 void tp_h_customer_create(struct tp_req *r);
@@ -42,6 +43,7 @@ void tp_h_pm_attach(struct tp_req *r);
 void tp_h_pm_detach(struct tp_req *r);
 void tp_h_pm_list(struct tp_req *r);
 void tp_h_customer_pm_list(struct tp_req *r);
+void tp_h_customer_pm_retrieve(struct tp_req *r);
 /* events.c */
 void tp_h_event_retrieve(struct tp_req *r);
 void tp_h_event_list(struct tp_req *r);

@@ -489,3 +489,31 @@ void tp_h_customer_pm_list(struct tp_req *r)
   snprintf(url, sizeof url, "/v1/customers/%s/payment_methods", r->path_id);
   list_pms(r, r->path_id, url);
 }
+
+/* GET /v1/customers/{id}/payment_methods/{payment_method}: one of the
+ * customer's PaymentMethods; one attached to nobody or to someone else is
+ * missing here. */
+void tp_h_customer_pm_retrieve(struct tp_req *r)
+{
+  static const struct tp_pspec spec[] = {{"expand", TP_P_STRLIST, NULL, NULL}, {NULL, 0, NULL, NULL}};
+  if (!tp_check_params(r, spec))
+    return;
+  if (!customer_live(r, r->path_id)) {
+    reply_no_such_customer(r, r->path_id, "customer");
+    return;
+  }
+  json_t *pm = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, r->path_sub);
+  const char *owner = json_string_value(json_object_get(pm, "customer"));
+  if (!pm || !owner || strcmp(owner, r->path_id) != 0) {
+    json_decref(pm);
+    char msg[200];
+    snprintf(msg, sizeof msg, "No such PaymentMethod: '%.64s'", r->path_sub);
+    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "payment_method", msg);
+    return;
+  }
+  if (!tp_expand(r, pm, NULL)) {
+    json_decref(pm);
+    return;
+  }
+  tp_reply_json(r, 200, pm);
+}

@@ -19,6 +19,7 @@ const struct tp_route tp_routes[] = {
 
   {"GET", "/v1/charges", tp_h_charge_list, A},
   {"GET", "/v1/charges/{id}", tp_h_charge_retrieve, A},
+  {"POST", "/v1/charges/{id}", tp_h_charge_update, A},
 
   {"POST", "/v1/refunds", tp_h_refund_create, A},
   {"GET", "/v1/refunds", tp_h_refund_list, A},
@@ -31,6 +32,7 @@ const struct tp_route tp_routes[] = {
   {"POST", "/v1/customers/{id}", tp_h_customer_update, A},
   {"DELETE", "/v1/customers/{id}", tp_h_customer_delete, A},
   {"GET", "/v1/customers/{id}/payment_methods", tp_h_customer_pm_list, A},
+  {"GET", "/v1/customers/{id}/payment_methods/{pm}", tp_h_customer_pm_retrieve, A},
 
   {"POST", "/v1/payment_methods", tp_h_pm_create, A},
   {"GET", "/v1/payment_methods", tp_h_pm_list, A},

@@ -172,7 +172,8 @@ class AccessTest(DaemonTestCase):
         for i in self.ids_for(fam):
             u = pattern.replace("{id}", i)
             for sub in re.findall(r"\{(\w+)\}", u):
-                sub_id = (self.ids.get("/v1/events") or ["evt_x"])[0] if sub == "event" else "x"
+                fam = {"event": "/v1/events", "pm": "/v1/payment_methods"}.get(sub)
+                sub_id = (self.ids.get(fam) or ["x"])[0] if fam else "x"
                 u = u.replace("{%s}" % sub, sub_id)
             urls.append(u)
         return urls
@@ -261,7 +262,7 @@ class AccessTest(DaemonTestCase):
         anon = self.daemon.client(None)
         for method, pattern, auth in routes():
             if auth:
-                url = pattern.replace("{id}", "x").replace("{event}", "y")
+                url = re.sub(r"\{\w+\}", "x", pattern)
                 with self.subTest(method=method, url=url):
                     self.assertStripeError(anon.request(method, url), 401, "invalid_request_error")
 
@@ -351,7 +352,7 @@ class KeysTest(DaemonTestCase):
         for method, pattern, authed in routes():
             if not authed or (method, pattern) in client_routes:
                 continue
-            path = pattern.replace("{id}", "pi_x").replace("{event}", "evt_x")
+            path = re.sub(r"\{\w+\}", "x", pattern.replace("{id}", "pi_x"))
             r = c.request(method, path, {})
             self.assertEqual(r.status, 401, (method, pattern, r))
             self.assertEqual(r.json["error"]["code"], "secret_key_required", (method, pattern))

@@ -80,6 +80,17 @@ test('payment method created from a card attaches, lists by customer, and detach
   assert.deepEqual(new Set(list.data.map((p) => p.id)), new Set([pm.id, pm2.id]));
   assert.equal(list.data.length, 2);
 
+  // one of them through the customer (customers.retrievePaymentMethod)
+  const one = await stripe.customers.retrievePaymentMethod(cus.id, pm2.id);
+  assert.equal(one.id, pm2.id);
+  assert.equal(one.customer, cus.id);
+  assert.equal(one.card.last4, '4242');
+  const stray = await stripe.paymentMethods.create({ type: 'card', card: card(CARDS.visa) });
+  const notHis = await expectError(stripe.customers.retrievePaymentMethod(cus.id, stray.id),
+    errors.StripeInvalidRequestError);
+  assert.equal(notHis.statusCode, 404);
+  assert.equal(notHis.code, 'resource_missing');
+
   const det = await stripe.paymentMethods.detach(pm.id);
   assert.equal(det.id, pm.id);
   assert.equal(det.customer, null);

@@ -104,3 +104,35 @@ test('refund of a partially captured payment is bounded by the captured amount',
   const re = await stripe.refunds.create({ payment_intent: pi.id });
   assert.equal(re.amount, 2500);
 });
+
+test('charges.update sets description, metadata and receipt_email, emits charge.updated, keeps the money', async () => {
+  const pi = await stripe.paymentIntents.create({
+    amount: 2600, currency: 'usd', payment_method: 'pm_card_visa', confirm: true,
+  });
+  const up = await stripe.charges.update(pi.latest_charge, {
+    description: 'order 1138', metadata: { order: '1138', gift: 'yes' }, receipt_email: 'r@example.test',
+    fraud_details: { user_report: 'safe' },
+  });
+  assert.equal(up.id, pi.latest_charge);
+  assert.equal(up.description, 'order 1138');
+  assert.deepEqual(up.metadata, { order: '1138', gift: 'yes' });
+  assert.equal(up.receipt_email, 'r@example.test');
+  assert.equal(up.fraud_details.user_report, 'safe');
+  assert.equal(up.amount_captured, 2600);
+  const again = await stripe.charges.update(pi.latest_charge, { metadata: { gift: '' } });
+  assert.deepEqual(again.metadata, { order: '1138' });
+  const got = await stripe.charges.retrieve(pi.latest_charge);
+  assert.deepEqual(got.metadata, { order: '1138' });
+  assert.equal(got.description, 'order 1138');
+  const ev = await stripe.events.list({ type: 'charge.updated', limit: 5 });
+  assert.ok(ev.data.some((e) => e.data.object.id === pi.latest_charge), 'charge.updated event');
+  // a refund still sees the whole captured amount
+  const re = await stripe.refunds.create({ charge: pi.latest_charge });
+  assert.equal(re.amount, 2600);
+  const bad = await expectError(stripe.charges.update(pi.latest_charge, { amount: 5 }),
+    errors.StripeInvalidRequestError);
+  assert.equal(bad.param, 'amount');
+  const missing = await expectError(stripe.charges.update('ch_nope', { description: 'x' }),
+    errors.StripeInvalidRequestError);
+  assert.equal(missing.statusCode, 404);
+});
