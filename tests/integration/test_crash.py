@@ -1,6 +1,7 @@
-"""Durability: kill -9 under payment load, restart on the same data, and
-every acknowledged payment is there exactly as acknowledged, replays return
-it, no attempt stays 'sent', the ledger balances and the balance agrees."""
+"""Durability: kill -9 under payment load (confirmations; and captures,
+refunds and cancels), restart on the same data, and every acknowledged
+operation is there exactly as acknowledged, replays return it, no attempt
+stays 'sent', the ledger balances and the balance agrees."""
 import collections
 import os
 import random
@@ -11,6 +12,7 @@ import tempfile
 import threading
 import time
 import unittest
+import uuid
 
 from harness import (HOST, Client, Daemon, DaemonTestCase, PaymentLoad, main, open_db_ro)
 
@@ -176,6 +178,117 @@ class CrashTest(DaemonTestCase):
                   % (cycle, n, captured), file=sys.stderr)
         # keys of unacknowledged requests were retried above; ledger must still balance
         self.check_store()
+
+
+class MixedCrashTest(DaemonTestCase):
+    """kill -9 while captures, partial refunds and cancels are in flight, not
+    only confirmations: after the restart every acknowledged capture, refund
+    and cancel is there as acknowledged, each charge's amount_refunded is the
+    sum of its succeeded refunds, nothing is left 'sent', and the balance is
+    what was captured less what was refunded."""
+    MERCHANTS = ("mix",)
+    WORKERS = 6
+
+    def worker(self, wid, stop, acks, lock):
+        c = self.c("mix", timeout=10)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            tag = "w%d-%d-%s" % (wid, n, uuid.uuid4().hex[:8])
+            try:
+                r = c.post(PI, {"amount": 5000 + n, "currency": "usd", "payment_method": "pm_card_visa",
+                                "confirm": "true", "capture_method": "manual"}, idem=tag + "-c")
+                if r.status != 200:
+                    continue
+                pi = r.json
+                with lock:
+                    acks.append(("authorized", pi["id"], None, pi["amount"]))
+                if n % 4 == 0:
+                    r = c.post(PI + "/" + pi["id"] + "/cancel", {}, idem=tag + "-x")
+                    if r.status == 200:
+                        with lock:
+                            acks.append(("canceled", pi["id"], None, 0))
+                    continue
+                amt = pi["amount"] - (n % 3) * 100
+                r = c.post(PI + "/" + pi["id"] + "/capture", {"amount_to_capture": amt}, idem=tag + "-k")
+                if r.status != 200:
+                    continue
+                with lock:
+                    acks.append(("captured", pi["id"], r.json["latest_charge"], amt))
+                for k in range(n % 3):
+                    r = c.post("/v1/refunds", {"payment_intent": pi["id"], "amount": 700 + k}, idem=tag + "-r%d" % k)
+                    if r.status == 200:
+                        with lock:
+                            acks.append(("refund", pi["id"], r.json["id"], r.json["amount"], r.json["status"]))
+            except OSError:
+                time.sleep(0.05)  # the daemon is down: wait for the restart
+
+    def test_captures_refunds_and_cancels_survive_kill_9(self):
+        rng = random.Random(99)
+        acks, lock = [], threading.Lock()
+        for cycle in range(2):
+            stop = threading.Event()
+            ts = [threading.Thread(target=self.worker, args=(i, stop, acks, lock), daemon=True)
+                  for i in range(self.WORKERS)]
+            for t in ts:
+                t.start()
+            time.sleep(rng.uniform(1.5, 3.0))
+            self.daemon.kill9()
+            stop.set()
+            for t in ts:
+                t.join(30)
+            self.daemon.start()
+            c = self.c("mix")
+            db = open_db_ro(self.daemon)
+            try:
+                deadline = time.monotonic() + 15
+                while db.execute("SELECT count(*) FROM attempts WHERE state='sent'").fetchone()[0] and \
+                        time.monotonic() < deadline:
+                    time.sleep(0.2)
+                self.assertEqual(db.execute("SELECT count(*) FROM attempts WHERE state='sent'").fetchone()[0], 0)
+                self.assertEqual(db.execute("SELECT txn_id FROM ledger_entries GROUP BY txn_id "
+                                            "HAVING sum(amount) != 0 LIMIT 5").fetchall(), [])
+            finally:
+                db.close()
+            with lock:
+                seen = list(acks)
+            kinds = collections.Counter(a[0] for a in seen)
+            print("mixed cycle %d: %s acknowledged" % (cycle, dict(kinds)), file=sys.stderr)
+            self.assertGreater(kinds["captured"], 0)
+            final = {}
+            for a in seen:
+                if a[0] in ("captured", "canceled"):
+                    final[a[1]] = a
+            for pid, a in final.items():
+                got = c.get(PI + "/" + pid).json
+                if a[0] == "canceled":
+                    self.assertEqual(got["status"], "canceled", got)
+                else:
+                    self.assertEqual((got["status"], got["amount_received"]), ("succeeded", a[3]), got)
+            refunds = [a for a in seen if a[0] == "refund"]
+            for a in refunds:
+                got = c.get("/v1/refunds/" + a[2])
+                self.assertEqual(got.status, 200, got)
+                self.assertEqual((got.json["amount"], got.json["status"]), (a[3], a[4]))
+            # every charge's amount_refunded is the sum of its succeeded refunds
+            by_charge = collections.defaultdict(int)
+            for rf in c.list_all("/v1/refunds", max_pages=500):
+                if rf["status"] == "succeeded":
+                    by_charge[rf["charge"]] += rf["amount"]
+            captured = 0
+            for ch in c.list_all("/v1/charges", max_pages=500):
+                if not ch["captured"]:
+                    # a canceled authorization shows as refunded in full (Stripe), with no refund object
+                    self.assertIn(ch["amount_refunded"], (0, ch["amount"]), ch["id"])
+                    self.assertNotIn(ch["id"], by_charge)
+                    continue
+                self.assertEqual(ch["amount_refunded"], by_charge.get(ch["id"], 0), ch["id"])
+                self.assertLessEqual(ch["amount_refunded"], ch["amount_captured"], ch["id"])
+                captured += ch["amount_captured"]
+            bal = c.get("/v1/balance").json
+            total = sum(b["amount"] for k in ("available", "pending") for b in bal.get(k, [])
+                        if b["currency"] == "usd")
+            self.assertEqual(total, captured - sum(by_charge.values()), bal)
 
 
 class DiskFullTest(unittest.TestCase):
