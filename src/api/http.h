@@ -106,6 +106,10 @@ void tp_reply_json(struct tp_req *r, unsigned status, json_t *obj);
  * cut to what a publishable-key client may see; malloc'ed, *len in and out;
  * NULL when body is not JSON or memory ran out. */
 char *tp_pi_client_view(const char *body, size_t *len);
+/* payment_intents.c: void and cancel ("automatic") an uncaptured
+ * PaymentIntent whose authorization is past its capture_before; 1 when
+ * started, 0 when not due or busy. */
+int tp_pi_expire(const char *merchant, const char *pi_id, int64_t now);
 void tp_reply_raw(struct tp_req *r, unsigned status, char *body, size_t len, const char *content_type);
 void tp_reply_error(struct tp_req *r, enum tp_err e, const char *param, const char *message);
 /* Build the Stripe error object {"type","code",...} (without the "error" wrapper). */

@@ -713,6 +713,60 @@ fail:
   tp_lock_release(r->path_id);
 }
 
+static json_t *charge_of(const struct tp_merchant *m, const json_t *pi)
+{
+  const char *chid = json_string_value(json_object_get(pi, "latest_charge"));
+  return chid ? tp_store_get_json(&tp_app.store, TP_K_CHARGE, m->id, chid) : NULL;
+}
+
+/* Void the authorization of pi (held under its lock, which the flow
+ * releases): a cancel (r, tp_outcome_void) or a lapsed authorization (no
+ * request, tp_outcome_expire). Takes pi and ch. */
+static void start_void(struct tp_req *r, const struct tp_merchant *m, json_t *pi, json_t *ch, const char *reason,
+                       tp_pay_outcome_fn outcome)
+{
+  struct tp_pay *p = tp_pay_new(r, m);
+  p->pi = pi;
+  p->charge = ch;
+  p->outcome = outcome;
+  snprintf(p->lock_id, sizeof p->lock_id, "%s", json_string_value(json_object_get(pi, "id")));
+  snprintf(p->cancellation_reason, sizeof p->cancellation_reason, "%s", reason ? reason : "");
+  tp_pay_attempt(p, "void", json_integer_value(json_object_get(pi, "amount_capturable")),
+                 json_string_value(json_object_get(pi, "currency")));
+  p->call.kind = TP_PROC_VOID;
+  json_t *turn = json_object_get(p->charge, "turnpike");
+  const char *auth_att = json_string_value(json_object_get(turn, "attempt"));
+  snprintf(p->call.orig_ref, sizeof p->call.orig_ref, "%s", auth_att ? auth_att : "");
+  tp_pay_run(p, tp_cs_new());
+}
+
+int tp_pi_expire(const char *merchant, const char *pi_id, int64_t now)
+{
+  if (!tp_lock_try(pi_id))
+    return 0; /* a request has it now: next scan */
+  struct tp_merchant m;
+  memset(&m, 0, sizeof m);
+  snprintf(m.id, sizeof m.id, "%s", merchant);
+  json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, merchant, pi_id);
+  const char *st = json_string_value(json_object_get(pi, "status"));
+  json_t *ch = st && strcmp(st, "requires_capture") == 0 ? charge_of(&m, pi) : NULL;
+  json_t *before = json_object_get(json_object_get(json_object_get(ch, "payment_method_details"), "card"),
+                                   "capture_before");
+  /* Without capture_before (charges written before it existed): from the
+   * charge's creation. */
+  int64_t due = json_is_integer(before) ? json_integer_value(before)
+                                        : json_integer_value(json_object_get(ch, "created")) + tp_authorization_ttl();
+  if (!ch || due > now) {
+    json_decref(pi);
+    json_decref(ch);
+    tp_lock_release(pi_id);
+    return 0;
+  }
+  tp_log(TP_LOG_INFO, "authorization_expired", "{s:s, s:s}", "payment_intent", pi_id, "merchant", merchant);
+  start_void(NULL, &m, pi, ch, "automatic", tp_outcome_expire);
+  return 1;
+}
+
 void tp_h_pi_cancel(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_cancel))
@@ -723,21 +777,8 @@ void tp_h_pi_cancel(struct tp_req *r)
   const char *st = json_string_value(json_object_get(pi, "status"));
   const char *reason = tp_pstr(r->params, "cancellation_reason");
   if (strcmp(st, "requires_capture") == 0) {
-    const char *chid = json_string_value(json_object_get(pi, "latest_charge"));
-    struct tp_pay *p = tp_pay_new(r, &r->merchant);
-    p->pi = pi;
-    p->charge = chid ? tp_store_get_json(&tp_app.store, TP_K_CHARGE, r->merchant.id, chid) : NULL;
-    p->outcome = tp_outcome_void;
-    snprintf(p->lock_id, sizeof p->lock_id, "%s", r->path_id);
-    snprintf(p->cancellation_reason, sizeof p->cancellation_reason, "%s", reason ? reason : "");
-    tp_pay_attempt(p, "void", json_integer_value(json_object_get(pi, "amount_capturable")),
-                   json_string_value(json_object_get(pi, "currency")));
-    p->call.kind = TP_PROC_VOID;
-    json_t *turn = json_object_get(p->charge, "turnpike");
-    const char *auth_att = json_string_value(json_object_get(turn, "attempt"));
-    snprintf(p->call.orig_ref, sizeof p->call.orig_ref, "%s", auth_att ? auth_att : "");
     tp_req_suspend(r);
-    tp_pay_run(p, tp_cs_new());
+    start_void(r, &r->merchant, pi, charge_of(&r->merchant, pi), reason, tp_outcome_void);
     return;
   }
   if (strcmp(st, "requires_payment_method") != 0 && strcmp(st, "requires_confirmation") != 0 &&

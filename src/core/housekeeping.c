@@ -4,6 +4,7 @@
  * transactions. */
 #include "api/http.h"
 #include "config.h"
+#include "core/payflow.h"
 #include "log.h"
 #include "main/features.h"
 #include "store/store.h"
@@ -27,6 +28,9 @@ static struct {
   int64_t interval_ms, ttl;
   int64_t event_retention_s, event_interval_ms;
   char merchant_cursor[TP_ID_MAX]; /* where the event purge goes on next time */
+  int64_t expiry_interval_ms;
+  int64_t expiry_created;          /* where the scan for lapsed authorizations goes on */
+  char expiry_id[TP_ID_MAX];
   _Atomic int64_t heartbeat_ms; /* monotonic time of the last committed heartbeat */
 } H = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
@@ -141,9 +145,51 @@ int tp_event_purge(int64_t now_ms, int64_t retention_s)
       snprintf(H.merchant_cursor, sizeof H.merchant_cursor, "%s", m);
   }
   if (n < 64 && budget > 0)
-    H.merchant_cursor[0] = '\0'; /* went round every merchant: start again */
+    H.merchant_cursor[0] = '\0';
+  H.expiry_interval_ms = tp_config_int("authorizations", "scan_interval_ms", 60000, 10, 86400000);
+  H.expiry_created = INT64_MIN;
+  H.expiry_id[0] = '\0'; /* went round every merchant: start again */
   json_decref(ms);
   return 0;
+}
+
+#define EXPIRY_PAGE 100
+
+/* Start the void of uncaptured authorizations past their capture_before.
+ * Candidates come from the partial index of PaymentIntents in
+ * requires_capture, created before now - ttl (the authorization is never
+ * older than its PaymentIntent); tp_pi_expire checks the charge's own
+ * capture_before. A cursor walks them page by page, so a candidate that is
+ * not due yet never hides the ones after it. Returns the voids started. */
+int tp_authorization_expiry_scan(int64_t now)
+{
+  json_t *rows = tp_store_query(&tp_app.store,
+                                "SELECT merchant, id, created FROM payment_intents WHERE status = 'requires_capture' "
+                                "AND created <= ?1 AND (created > ?2 OR (created = ?2 AND id > ?3)) "
+                                "ORDER BY created, id LIMIT ?4",
+                                json_pack("[I, I, s, i]", (json_int_t)(now - tp_authorization_ttl()),
+                                          (json_int_t)H.expiry_created, H.expiry_id, EXPIRY_PAGE));
+  if (!rows)
+    return -1;
+  int started = 0;
+  size_t n = json_array_size(rows), i;
+  json_t *row;
+  json_array_foreach(rows, i, row)
+  {
+    const char *m = json_string_value(json_object_get(row, "merchant"));
+    const char *id = json_string_value(json_object_get(row, "id"));
+    if (!m || !id)
+      continue;
+    started += tp_pi_expire(m, id, now);
+    H.expiry_created = json_integer_value(json_object_get(row, "created"));
+    snprintf(H.expiry_id, sizeof H.expiry_id, "%s", id);
+  }
+  if (n < EXPIRY_PAGE) { /* the end: start from the oldest next time */
+    H.expiry_created = INT64_MIN;
+    H.expiry_id[0] = '\0';
+  }
+  json_decref(rows);
+  return started;
 }
 
 static void heartbeat_done(struct tp_cs *cs, int rc, void *arg)
@@ -177,6 +223,7 @@ static void *housekeeping_main(void *arg)
   (void)arg;
   int64_t next_purge = tp_mono_ms() + H.interval_ms;
   int64_t next_event_purge = tp_mono_ms() + H.event_interval_ms;
+  int64_t next_expiry = tp_mono_ms() + H.expiry_interval_ms;
   pthread_mutex_lock(&H.mu);
   while (!H.stop) {
     struct timespec ts;
@@ -198,6 +245,11 @@ static void *housekeeping_main(void *arg)
       clock_gettime(CLOCK_REALTIME, &now);
       if (tp_event_purge((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000, H.event_retention_s) != 0)
         tp_log(TP_LOG_WARN, "event_purge_skipped", NULL);
+    }
+    if (tp_mono_ms() >= next_expiry) {
+      next_expiry = tp_mono_ms() + H.expiry_interval_ms;
+      if (tp_authorization_expiry_scan(tp_now()) < 0)
+        tp_log(TP_LOG_WARN, "authorization_expiry_scan_skipped", NULL);
     }
     pthread_mutex_lock(&H.mu);
   }

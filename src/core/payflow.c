@@ -19,6 +19,7 @@
 #include "util.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -972,6 +973,9 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
     } else {
       json_object_set_new(pi, "status", json_string("requires_capture"));
       json_object_set_new(pi, "amount_capturable", json_integer(amount));
+      /* Stripe: when an uncaptured authorization lapses (tp_pi_expire). */
+      json_object_set_new(json_object_get(json_object_get(ch, "payment_method_details"), "card"), "capture_before",
+                          json_integer(tp_now() + tp_authorization_ttl()));
     }
     json_object_set_new(pi, "last_payment_error", json_null());
     tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.succeeded", ch);
@@ -1050,6 +1054,42 @@ void tp_outcome_void(struct tp_pay *p, struct tp_cs *cs)
   json_object_set_new(pi, "canceled_at", json_integer(tp_now()));
   json_object_set_new(pi, "cancellation_reason",
                       p->cancellation_reason[0] ? json_string(p->cancellation_reason) : json_null());
+  json_object_set_new(pi, "amount_capturable", json_integer(0));
+  tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT, "payment_intent.canceled", pi);
+  tp_pay_reply(p, 200, json_incref(pi));
+}
+
+int64_t tp_authorization_ttl(void)
+{
+  static _Atomic int64_t ttl;
+  int64_t v = atomic_load(&ttl);
+  if (!v) {
+    v = tp_config_int("authorizations", "expire_after_seconds", 7 * 86400, 1, 31 * 86400);
+    atomic_store(&ttl, v);
+  }
+  return v;
+}
+
+/* An authorization left uncaptured past its capture_before: the void was
+ * asked of the processor, but whatever it answered the hold lapses at the
+ * issuer, so the PaymentIntent is canceled (reason "automatic") and the
+ * charge expired, as Stripe does. */
+void tp_outcome_expire(struct tp_pay *p, struct tp_cs *cs)
+{
+  json_t *pi = p->pi, *ch = p->charge;
+  const char *merchant = p->m.id;
+  if (p->call.outcome != TP_OUT_APPROVED)
+    tp_log(TP_LOG_WARN, "authorization_expired_void_failed", "{s:s, s:s, s:s}", "payment_intent",
+           json_string_value(json_object_get(pi, "id")), "processor", p->att.processor, "error",
+           p->call.decline_code);
+  if (ch) {
+    json_object_set(ch, "amount_refunded", json_object_get(ch, "amount"));
+    json_object_set_new(ch, "refunded", json_true());
+    tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.expired", ch);
+  }
+  json_object_set_new(pi, "status", json_string("canceled"));
+  json_object_set_new(pi, "canceled_at", json_integer(tp_now()));
+  json_object_set_new(pi, "cancellation_reason", json_string("automatic"));
   json_object_set_new(pi, "amount_capturable", json_integer(0));
   tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT, "payment_intent.canceled", pi);
   tp_pay_reply(p, 200, json_incref(pi));

@@ -72,6 +72,11 @@ void tp_pay_run(struct tp_pay *p, struct tp_cs *cs);
 void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs);
 void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs);
 void tp_outcome_void(struct tp_pay *p, struct tp_cs *cs);
+/* The void of an authorization that lapsed: canceled whatever the answer. */
+void tp_outcome_expire(struct tp_pay *p, struct tp_cs *cs);
+/* [authorizations] expire_after_seconds: how long an uncaptured
+ * authorization is held (Stripe: 7 days). */
+int64_t tp_authorization_ttl(void);
 void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs);
 
 /* Set p's reply from a JSON object (expanded with p->params when a request). */

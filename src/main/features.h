@@ -21,4 +21,7 @@ int tp_idem_purge(int64_t now, int64_t ttl);
 /* Delete events (and finished webhook deliveries) older than retention_s, a
  * bounded batch per call (src/core/housekeeping.c). */
 int tp_event_purge(int64_t now_ms, int64_t retention_s);
+/* Void and cancel uncaptured authorizations past their capture_before, a
+ * page per call; the number started, -1 if the store could not be read. */
+int tp_authorization_expiry_scan(int64_t now);
 #endif
