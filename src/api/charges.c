@@ -71,6 +71,7 @@ void tp_h_charge_update(struct tp_req *r)
     tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", NULL);
     return;
   }
+  json_t *before = json_deep_copy(ch);
   static const char *const text_fields[] = {"description", "receipt_email", NULL};
   for (int i = 0; text_fields[i]; i++) {
     const json_t *v = json_object_get(r->params, text_fields[i]);
@@ -98,7 +99,8 @@ void tp_h_charge_update(struct tp_req *r)
   }
   struct tp_cs *cs = tp_cs_new();
   tp_cs_put(cs, TP_K_CHARGE, r->merchant.id, ch);
-  tp_emit(cs, r, r->merchant.id, "charge.updated", ch);
+  tp_emit_update(cs, r, r->merchant.id, "charge.updated", before, ch);
+  json_decref(before);
   if (!tp_expand(r, ch, NULL)) {
     tp_cs_free(cs);
     json_decref(ch);

@@ -514,7 +514,7 @@ void tp_h_customer_update(struct tp_req *r)
   }
   struct tp_cs *cs = tp_cs_new();
   tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, cus);
-  tp_emit(cs, r, r->merchant.id, "customer.updated", cus);
+  tp_emit_update(cs, r, r->merchant.id, "customer.updated", before, cus);
   if (!reply_object(r, cus, NULL)) {
     tp_cs_free(cs);
     goto out_unlock;

@@ -58,7 +58,7 @@ const char *tp_pstr(const json_t *params, const char *key)
  * same bytes as serialising the whole event, without walking the object
  * again. */
 static void emit_dumped(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type,
-                        const json_t *object, const char *obj, size_t olen)
+                        const json_t *object, const char *obj, size_t olen, const char *prev, size_t prevlen)
 {
   /* Written by hand: an event is the same envelope around an object that is
    * already serialised, three times per payment, and building it as a tree
@@ -72,6 +72,10 @@ static void emit_dumped(struct tp_cs *cs, const struct tp_req *r, const char *me
   TP_JBUF_INT(&b, ",\"object\":\"event\",\"api_version\":\"" TP_API_VERSION "\",\"created\":", created);
   TP_JBUF_LIT(&b, ",\"data\":{\"object\":");
   tp_jbuf_raw(&b, obj, olen);
+  if (prev) {
+    TP_JBUF_LIT(&b, ",\"previous_attributes\":");
+    tp_jbuf_raw(&b, prev, prevlen);
+  }
   TP_JBUF_STR(&b, "},\"livemode\":false,\"pending_webhooks\":0,\"request\":{\"id\":", r ? r->request_id : NULL);
   TP_JBUF_STR(&b, ",\"idempotency_key\":", r && r->has_idem ? r->idem_key : NULL);
   TP_JBUF_STR(&b, "},\"type\":", type);
@@ -90,8 +94,47 @@ void tp_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant, con
   char *os = tp_json_dump(object, &ol);
   if (!os)
     abort();
-  emit_dumped(cs, r, merchant, type, object, os, ol);
+  emit_dumped(cs, r, merchant, type, object, os, ol, NULL, 0);
   free(os);
+}
+
+/* What changed from before to after, as Stripe's previous_attributes: each
+ * changed field with its old value (null when it was absent); in a nested
+ * object (metadata, billing_details, address ...) only the changed keys. */
+static json_t *prev_attrs(const json_t *before, const json_t *after)
+{
+  json_t *out = json_object();
+  const char *k;
+  json_t *bv, *av;
+  json_object_foreach((json_t *)(uintptr_t)before, k, bv) {
+    av = json_object_get(after, k);
+    if (json_equal(bv, av))
+      continue;
+    if (json_is_object(bv) && json_is_object(av))
+      json_object_set_new(out, k, prev_attrs(bv, av));
+    else
+      json_object_set(out, k, bv);
+  }
+  json_object_foreach((json_t *)(uintptr_t)after, k, av) {
+    if (!json_object_get(before, k))
+      json_object_set_new(out, k, json_null());
+  }
+  return out;
+}
+
+void tp_emit_update(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type,
+                    const json_t *before, const json_t *object)
+{
+  size_t ol = 0, pl = 0;
+  char *os = tp_json_dump(object, &ol);
+  json_t *prev = prev_attrs(before, object);
+  char *ps = tp_json_dump(prev, &pl);
+  json_decref(prev);
+  if (!os || !ps)
+    abort();
+  emit_dumped(cs, r, merchant, type, object, os, ol, ps, pl);
+  free(os);
+  free(ps);
 }
 
 void tp_put_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant, enum tp_kind kind, const char *type,
@@ -102,7 +145,7 @@ void tp_put_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant,
   if (!os)
     abort();
   /* The event first: the put takes os over (and may compress and free it). */
-  emit_dumped(cs, r, merchant, type, object, os, ol);
+  emit_dumped(cs, r, merchant, type, object, os, ol, NULL, 0);
   tp_cs_put_dumped(cs, kind, merchant, object, os, ol);
 }
 

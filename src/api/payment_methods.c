@@ -309,7 +309,7 @@ void tp_h_pm_update(struct tp_req *r)
   }
   struct tp_cs *cs = tp_cs_new();
   tp_cs_put(cs, TP_K_PAYMENT_METHOD, r->merchant.id, pm);
-  tp_emit(cs, r, r->merchant.id, "payment_method.updated", pm);
+  tp_emit_update(cs, r, r->merchant.id, "payment_method.updated", before, pm);
   if (!reply_object(r, pm, NULL)) {
     tp_cs_free(cs);
     goto out_unlock;
@@ -416,9 +416,11 @@ void tp_h_pm_detach(struct tp_req *r)
       goto fail;
     }
     locks[1] = json_string_value(json_object_get(cus, "id"));
+    json_t *cus_before = json_deep_copy(cus);
     json_object_set_new(is, "default_payment_method", json_null());
     tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, cus);
-    tp_emit(cs, r, r->merchant.id, "customer.updated", cus);
+    tp_emit_update(cs, r, r->merchant.id, "customer.updated", cus_before, cus);
+    json_decref(cus_before);
   }
   json_object_set_new(pm, "customer", json_null());
   tp_cs_put(cs, TP_K_PAYMENT_METHOD, r->merchant.id, pm);

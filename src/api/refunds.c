@@ -169,6 +169,7 @@ void tp_h_refund_update(struct tp_req *r)
     tp_lock_release(r->path_id);
     return;
   }
+  json_t *before = json_deep_copy(re);
   json_t *md = json_object_get(r->params, "metadata");
   json_t *cur = json_object_get(re, "metadata");
   if (json_is_string(md))
@@ -186,7 +187,8 @@ void tp_h_refund_update(struct tp_req *r)
   }
   struct tp_cs *cs = tp_cs_new();
   tp_cs_put(cs, TP_K_REFUND, r->merchant.id, re);
-  tp_emit(cs, r, r->merchant.id, "refund.updated", re);
+  tp_emit_update(cs, r, r->merchant.id, "refund.updated", before, re);
+  json_decref(before);
   tp_expand(r, re, NULL);
   tp_reply_json(r, 200, re);
   tp_commit_and_reply_unlock(r, cs, r->path_id);

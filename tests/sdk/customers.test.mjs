@@ -22,6 +22,12 @@ test('customer create, retrieve, update, list, delete, then retrieve is gone', a
   assert.equal(upd.name, 'Ada King');
   assert.equal(upd.email, email, 'untouched fields stay');
   assert.deepEqual(upd.metadata, { tier: 'platinum', since: '1843' });
+  // the customer.updated event says what it was before (data.previous_attributes)
+  const ev = (await stripe.events.list({ type: 'customer.updated', limit: 20 })).data
+    .find((e) => e.data.object.id === cus.id);
+  assert.ok(ev, 'customer.updated event');
+  assert.deepEqual(ev.data.previous_attributes, { name: 'Ada Lovelace', metadata: { tier: 'gold', since: null } });
+  assert.equal(ev.data.object.name, 'Ada King');
 
   const list = await stripe.customers.list({ limit: 100 });
   assert.equal(list.object, 'list');

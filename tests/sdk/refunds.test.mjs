@@ -125,7 +125,13 @@ test('charges.update sets description, metadata and receipt_email, emits charge.
   assert.deepEqual(got.metadata, { order: '1138' });
   assert.equal(got.description, 'order 1138');
   const ev = await stripe.events.list({ type: 'charge.updated', limit: 5 });
-  assert.ok(ev.data.some((e) => e.data.object.id === pi.latest_charge), 'charge.updated event');
+  const mine = ev.data.filter((e) => e.data.object.id === pi.latest_charge);
+  assert.equal(mine.length, 2, 'a charge.updated event per update');
+  // newest first: the second update removed gift, the first set four fields
+  assert.deepEqual(mine[0].data.previous_attributes, { metadata: { gift: 'yes' } });
+  assert.deepEqual(mine[1].data.previous_attributes, {
+    description: null, metadata: { order: null, gift: null }, receipt_email: null, fraud_details: { user_report: null },
+  });
   // a refund still sees the whole captured amount
   const re = await stripe.refunds.create({ charge: pi.latest_charge });
   assert.equal(re.amount, 2600);
