@@ -235,6 +235,11 @@ static bool apply_apm(struct tp_req *r, json_t *pi, const json_t *params)
   const json_t *apm = json_object_get(params, "automatic_payment_methods");
   if (!apm)
     return true;
+  if (json_object_get(params, "payment_method_types")) {
+    tp_reply_error(r, TP_ERR_PARAMETERS_EXCLUSIVE, "automatic_payment_methods",
+                   "You may only specify one of these parameters: automatic_payment_methods, payment_method_types.");
+    return false;
+  }
   bool enabled = false;
   if (!tp_param_bool(apm, "enabled", &enabled)) {
     tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "automatic_payment_methods[enabled]", NULL);

@@ -164,7 +164,9 @@ class ThreeDSTest(DaemonTestCase):
                              ({"automatic_payment_methods[enabled]": "true",
                                "automatic_payment_methods[allow_redirects]": "sometimes"},
                               "automatic_payment_methods[allow_redirects]"),
-                             ({"automatic_payment_methods[colour]": "red"}, "automatic_payment_methods[colour]")):
+                             ({"automatic_payment_methods[colour]": "red"}, "automatic_payment_methods[colour]"),
+                             ({"automatic_payment_methods[enabled]": "true", "payment_method_types[]": "card"},
+                              "automatic_payment_methods")):
             params = {"amount": 1000, "currency": "usd", "confirm": "true", "payment_method_data": card(PAN_OK)}
             params.update(extra)
             r = self.c().post(PI, params)
