@@ -401,6 +401,29 @@ static void observe_request(struct tp_req *r)
   free(fields);
 }
 
+/* Stripe-Should-Retry, which Stripe's SDKs obey before their own rules
+ * (they retry any 409 and 5xx, with the same Idempotency-Key): "true" for a
+ * lock or key held by another request, which frees up in moments; "false"
+ * for an answer that is final (a replay, or a payment outcome the key
+ * replays), so the SDK does not wait to be told the same; else unset. */
+static const char *should_retry(const struct tp_req *r)
+{
+  if (r->replayed)
+    return "false";
+  if (r->status < 400 || !r->resp)
+    return NULL;
+  /* Every error body carries its registry number (tp_code). */
+  const char *c = memmem(r->resp, r->resp_len, "\"tp_code\":", 10);
+  if (!c)
+    return NULL;
+  long code = strtol(c + 10, NULL, 10);
+  if (code == TP_ERR_LOCK_TIMEOUT || code == TP_ERR_IDEMPOTENCY_KEY_IN_USE)
+    return "true";
+  if (code == TP_ERR_PROCESSOR_RETRIES_EXHAUSTED || code == TP_ERR_PROCESSOR_STATUS_UNKNOWN)
+    return "false";
+  return NULL;
+}
+
 static enum MHD_Result queue_reply(struct tp_req *r)
 {
   if (r->raw_resp) {
@@ -426,6 +449,7 @@ static enum MHD_Result queue_reply(struct tp_req *r)
       r->resp_len = len;
     }
   }
+  const char *retry = should_retry(r); /* before MHD takes the body */
   struct MHD_Response *resp = MHD_create_response_from_buffer(r->resp_len, r->resp, MHD_RESPMEM_MUST_FREE);
   if (!resp)
     return MHD_NO;
@@ -439,6 +463,8 @@ static enum MHD_Result queue_reply(struct tp_req *r)
     MHD_add_response_header(resp, "Idempotency-Key", r->idem_key);
   if (r->replayed)
     MHD_add_response_header(resp, "Idempotent-Replayed", "true");
+  if (retry)
+    MHD_add_response_header(resp, "Stripe-Should-Retry", retry);
   if (r->location[0])
     MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, r->location);
   if (r->status == 429 || r->retry_after_s) {

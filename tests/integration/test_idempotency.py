@@ -21,6 +21,8 @@ class IdempotencyTest(DaemonTestCase):
         self.assertEqual(again.status, first.status, again)
         self.assertEqual(again.body, first.body, "replayed body differs")
         self.assertEqual(again.headers.get("Idempotent-Replayed"), "true", again)
+        # a replay is final: Stripe's SDKs are told not to retry it
+        self.assertEqual(again.headers.get("Stripe-Should-Retry"), "false", again)
 
     def test_replay_returns_identical_status_body_and_replayed_header(self):
         c = self.c("main")
@@ -29,6 +31,7 @@ class IdempotencyTest(DaemonTestCase):
         self.assertEqual(first.status, 200, first)
         self.assertEqual(first.json["status"], "succeeded", first)
         self.assertNotEqual(first.headers.get("Idempotent-Replayed"), "true", first)
+        self.assertIsNone(first.headers.get("Stripe-Should-Retry"), first)
         again = c.post(PI, confirm_params(description="replay"), idem=key)
         self.assertReplayOf(first, again)
         self.assertTrue(again.headers.get("Request-Id"), again)
@@ -112,6 +115,8 @@ class IdempotencyTest(DaemonTestCase):
                     originals += 1
             else:
                 self.assertStripeError(r, 409, code="idempotency_key_in_use")
+                # the key frees up in moments: SDKs retry it
+                self.assertEqual(r.headers.get("Stripe-Should-Retry"), "true", r)
         self.assertEqual(originals, 1, results)
         self.assertEqual(len(ids), 1, results)
         listed = c.list_all(PI)

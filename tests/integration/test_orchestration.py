@@ -194,6 +194,8 @@ class OrchestrationTest(unittest.TestCase):
         r = self.pay()
         self.assertEqual(r.status, 502, r.json)
         self.assertEqual(r.json["error"]["tp_code"], 6024)  # processor_retries_exhausted
+        # final for this request (the key would replay it): SDKs must not retry
+        self.assertEqual(r.headers.get("Stripe-Should-Retry"), "false", r)
         pi = r.json["error"]["payment_intent"]
         self.assertEqual(pi["status"], "requires_confirmation")
         # Nothing charged; a plain confirm works once a processor is back.
