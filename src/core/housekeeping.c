@@ -34,6 +34,16 @@ static struct {
   _Atomic int64_t heartbeat_ms; /* monotonic time of the last committed heartbeat */
 } H = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
+/* Hand a change set to the writer; 0, or -1 (and cs freed) if it refused. */
+static int submit(struct tp_cs *cs)
+{
+  if (tp_writer_submit(cs) != 0) {
+    tp_cs_free(cs);
+    return -1;
+  }
+  return 0;
+}
+
 /* Queue the deletion of up to PURGE_BATCH expired, answered keys (pending
  * marks stay: recovery resolves them). */
 int tp_idem_purge(int64_t now, int64_t ttl)
@@ -50,11 +60,7 @@ int tp_idem_purge(int64_t now, int64_t ttl)
             "FROM idempotency ORDER BY rowid LIMIT ?3) WHERE created <= ?1 AND status != 0 LIMIT ?2)",
             args, 0);
   json_decref(args);
-  if (tp_writer_submit(cs) != 0) {
-    tp_cs_free(cs);
-    return -1;
-  }
-  return 0;
+  return submit(cs);
 }
 
 /* One merchant's events older than floor (an id floor, tp_id_floor), at most
@@ -110,11 +116,7 @@ static int64_t purge_merchant_events(const char *merchant, const char *floor_evt
             "webhook_attempts a ON a.endpoint = w.id WHERE w.merchant = ?1 AND a.id < ?2 LIMIT ?3)",
             args, 0);
   json_decref(args);
-  if (tp_writer_submit(cs) != 0) {
-    tp_cs_free(cs);
-    return -1;
-  }
-  return n;
+  return submit(cs) != 0 ? -1 : n;
 }
 
 /* Delete events older than retention_s (Stripe keeps 30 days), merchant by
@@ -208,8 +210,7 @@ static void heartbeat(void)
   tp_cs_sql(cs, "INSERT OR REPLACE INTO heartbeat(id, at) VALUES(1, ?1)", args, 1);
   json_decref(args);
   tp_cs_on_done(cs, heartbeat_done, NULL);
-  if (tp_writer_submit(cs) != 0)
-    tp_cs_free(cs);
+  submit(cs);
 }
 
 int64_t tp_store_heartbeat_age_ms(void)

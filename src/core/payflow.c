@@ -1037,19 +1037,17 @@ void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs)
   tp_pay_reply(p, 200, json_incref(pi));
 }
 
-void tp_outcome_void(struct tp_pay *p, struct tp_cs *cs)
+/* The authorization is released: the charge shows as refunded in full
+ * (Stripe), with charge_event, and the PaymentIntent is canceled with the
+ * reason p->cancellation_reason (none when empty). */
+static void release_authorization(struct tp_pay *p, struct tp_cs *cs, const char *charge_event)
 {
   json_t *pi = p->pi, *ch = p->charge;
   const char *merchant = p->m.id;
-  if (p->call.outcome != TP_OUT_APPROVED) {
-    tp_pay_reply(p, 402, json_pack("{s:o}", "error", tp_error_object(TP_ERR_DECLINE_PROCESSING_ERROR, NULL, NULL)));
-    return;
-  }
   if (ch) {
-    /* Releasing an uncaptured authorization shows as a full refund (Stripe). */
     json_object_set(ch, "amount_refunded", json_object_get(ch, "amount"));
     json_object_set_new(ch, "refunded", json_true());
-    tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.refunded", ch);
+    tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, charge_event, ch);
   }
   json_object_set_new(pi, "status", json_string("canceled"));
   json_object_set_new(pi, "canceled_at", json_integer(tp_now()));
@@ -1058,6 +1056,15 @@ void tp_outcome_void(struct tp_pay *p, struct tp_cs *cs)
   json_object_set_new(pi, "amount_capturable", json_integer(0));
   tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT, "payment_intent.canceled", pi);
   tp_pay_reply(p, 200, json_incref(pi));
+}
+
+void tp_outcome_void(struct tp_pay *p, struct tp_cs *cs)
+{
+  if (p->call.outcome != TP_OUT_APPROVED) {
+    tp_pay_reply(p, 402, json_pack("{s:o}", "error", tp_error_object(TP_ERR_DECLINE_PROCESSING_ERROR, NULL, NULL)));
+    return;
+  }
+  release_authorization(p, cs, "charge.refunded");
 }
 
 int64_t tp_authorization_ttl(void)
@@ -1073,27 +1080,15 @@ int64_t tp_authorization_ttl(void)
 
 /* An authorization left uncaptured past its capture_before: the void was
  * asked of the processor, but whatever it answered the hold lapses at the
- * issuer, so the PaymentIntent is canceled (reason "automatic") and the
- * charge expired, as Stripe does. */
+ * issuer, so the PaymentIntent is canceled (reason "automatic", set by
+ * tp_pi_expire) and the charge expired, as Stripe does. */
 void tp_outcome_expire(struct tp_pay *p, struct tp_cs *cs)
 {
-  json_t *pi = p->pi, *ch = p->charge;
-  const char *merchant = p->m.id;
   if (p->call.outcome != TP_OUT_APPROVED)
     tp_log(TP_LOG_WARN, "authorization_expired_void_failed", "{s:s, s:s, s:s}", "payment_intent",
-           json_string_value(json_object_get(pi, "id")), "processor", p->att.processor, "error",
+           json_string_value(json_object_get(p->pi, "id")), "processor", p->att.processor, "error",
            p->call.decline_code);
-  if (ch) {
-    json_object_set(ch, "amount_refunded", json_object_get(ch, "amount"));
-    json_object_set_new(ch, "refunded", json_true());
-    tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.expired", ch);
-  }
-  json_object_set_new(pi, "status", json_string("canceled"));
-  json_object_set_new(pi, "canceled_at", json_integer(tp_now()));
-  json_object_set_new(pi, "cancellation_reason", json_string("automatic"));
-  json_object_set_new(pi, "amount_capturable", json_integer(0));
-  tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT, "payment_intent.canceled", pi);
-  tp_pay_reply(p, 200, json_incref(pi));
+  release_authorization(p, cs, "charge.expired");
 }
 
 void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs)
