@@ -74,7 +74,7 @@ static int64_t purge_merchant_events(const char *merchant, const char *floor_evt
 {
   char floor[TP_ID_MAX];
   snprintf(floor, sizeof floor, "%s", floor_evt);
-  json_t *rows = tp_store_query(&tp_app.store,
+  json_t *rows = tp_store_query_take(&tp_app.store,
                                 "SELECT MIN(d.event) AS e, (SELECT COUNT(*) FROM webhook_endpoints WHERE "
                                 "merchant = ?1) AS eps FROM webhook_endpoints w JOIN webhook_deliveries d "
                                 "ON d.endpoint = w.id AND d.state = 'pending' WHERE w.merchant = ?1 AND "
@@ -87,7 +87,7 @@ static int64_t purge_merchant_events(const char *merchant, const char *floor_evt
     snprintf(floor, sizeof floor, "%s", pending);
   bool endpoints = json_integer_value(json_object_get(json_array_get(rows, 0), "eps")) > 0;
   json_decref(rows);
-  rows = tp_store_query(&tp_app.store,
+  rows = tp_store_query_take(&tp_app.store,
                         "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE merchant = ?1 AND id < ?2 "
                         "LIMIT ?3)) AS n",
                         json_pack("[s, s, I]", merchant, floor, (json_int_t)budget));
@@ -127,7 +127,7 @@ int tp_event_purge(int64_t now_ms, int64_t retention_s)
   char floor_evt[TP_ID_MAX], floor_wda[TP_ID_MAX];
   tp_id_floor(floor_evt, "evt", now_ms - retention_s * 1000);
   tp_id_floor(floor_wda, "wda", now_ms - retention_s * 1000);
-  json_t *ms = tp_store_query(&tp_app.store, "SELECT id FROM merchants WHERE id > ?1 ORDER BY id LIMIT 64",
+  json_t *ms = tp_store_query_take(&tp_app.store, "SELECT id FROM merchants WHERE id > ?1 ORDER BY id LIMIT 64",
                               json_pack("[s]", H.merchant_cursor));
   if (!ms)
     return -1;
@@ -165,7 +165,7 @@ int tp_event_purge(int64_t now_ms, int64_t retention_s)
  * not due yet never hides the ones after it. Returns the voids started. */
 int tp_authorization_expiry_scan(int64_t now)
 {
-  json_t *rows = tp_store_query(&tp_app.store,
+  json_t *rows = tp_store_query_take(&tp_app.store,
                                 "SELECT merchant, id, created FROM payment_intents WHERE status = 'requires_capture' "
                                 "AND created <= ?1 AND (created > ?2 OR (created = ?2 AND id > ?3)) "
                                 "ORDER BY created, id LIMIT ?4",

@@ -218,9 +218,7 @@ static struct {
 /* Store calls that take ownership of their JSON arguments. */
 static json_t *wq(const char *sql, json_t *args)
 {
-  json_t *rows = tp_store_query(&tp_app.store, sql, args);
-  json_decref(args);
-  return rows;
+  return tp_store_query_take(&tp_app.store, sql, args);
 }
 
 static void wsql(struct tp_cs *cs, const char *sql, json_t *args, int min_changes)

@@ -278,3 +278,10 @@ json_t *tp_store_query(struct tp_store *st, const char *sql, const json_t *args)
 {
   return st->ops->query(st->cls, sql, args);
 }
+
+json_t *tp_store_query_take(struct tp_store *st, const char *sql, json_t *args)
+{
+  json_t *rows = st->ops->query(st->cls, sql, args);
+  json_decref(args);
+  return rows;
+}
