@@ -16,7 +16,9 @@
 #include "util.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/socket.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -617,8 +619,25 @@ void tp_http_stop(unsigned wait_ms)
   if (!daemon_)
     return;
   MHD_socket s = MHD_quiesce_daemon(daemon_);
-  if (s != MHD_INVALID_SOCKET)
+  if (s != MHD_INVALID_SOCKET) {
+    /* Connections the kernel already completed but MHD had not accepted
+     * would be reset by close(): a client that sent its request before the
+     * signal would get no answer. Hand them to MHD instead; a POST among
+     * them is answered 503 shutting_down, which a client can retry. */
+    int fl = fcntl(s, F_GETFL);
+    if (fl >= 0)
+      fcntl(s, F_SETFL, fl | O_NONBLOCK);
+    for (int i = 0; i < TP_HTTP_MAX_CONNECTIONS; i++) {
+      struct sockaddr_storage ca;
+      socklen_t cl = sizeof ca;
+      int fd = accept4(s, (struct sockaddr *)&ca, &cl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0)
+        break;
+      /* On failure MHD has closed fd itself. */
+      (void)MHD_add_connection(daemon_, fd, (struct sockaddr *)&ca, cl);
+    }
     close(s);
+  }
   tp_stream_shutdown(); /* upgraded sockets must be closed before MHD stops */
   int64_t until = tp_mono_ms() + wait_ms;
   while (atomic_load(&inflight) > 0 && tp_mono_ms() < until)
