@@ -11,6 +11,7 @@ void tp_h_pi_confirm(struct tp_req *r);
 void tp_h_pi_capture(struct tp_req *r);
 void tp_h_pi_cancel(struct tp_req *r);
 void tp_h_pi_list(struct tp_req *r);
+void tp_h_pi_search(struct tp_req *r);
 void tp_h_pi_attempts(struct tp_req *r); /* attempts.c: processor calls of a PaymentIntent */
 void tp_h_request_retrieve(struct tp_req *r); /* requests.c: a recent request (request_log_url) */
 /* The 3-D Secure challenge token for a PaymentIntent (32 hex chars). */
@@ -29,12 +30,14 @@ void tp_h_refund_list(struct tp_req *r);
 void tp_h_charge_retrieve(struct tp_req *r);
 void tp_h_charge_update(struct tp_req *r);
 void tp_h_charge_list(struct tp_req *r);
+void tp_h_charge_search(struct tp_req *r);
 /* customers.c */
 void tp_h_customer_create(struct tp_req *r);
 void tp_h_customer_retrieve(struct tp_req *r);
 void tp_h_customer_update(struct tp_req *r);
 void tp_h_customer_delete(struct tp_req *r);
 void tp_h_customer_list(struct tp_req *r);
+void tp_h_customer_search(struct tp_req *r);
 /* payment_methods.c */
 void tp_h_pm_create(struct tp_req *r);
 void tp_h_pm_retrieve(struct tp_req *r);

@@ -9,6 +9,7 @@
 const struct tp_route tp_routes[] = {
   {"POST", "/v1/payment_intents", tp_h_pi_create, A},
   {"GET", "/v1/payment_intents", tp_h_pi_list, A},
+  {"GET", "/v1/payment_intents/search", tp_h_pi_search, A},
   {"GET", "/v1/payment_intents/{id}", tp_h_pi_retrieve, C},
   {"POST", "/v1/payment_intents/{id}", tp_h_pi_update, A},
   {"POST", "/v1/payment_intents/{id}/confirm", tp_h_pi_confirm, C},
@@ -18,6 +19,7 @@ const struct tp_route tp_routes[] = {
   {"GET", "/v1/turnpike/requests/{id}", tp_h_request_retrieve, A},
 
   {"GET", "/v1/charges", tp_h_charge_list, A},
+  {"GET", "/v1/charges/search", tp_h_charge_search, A},
   {"GET", "/v1/charges/{id}", tp_h_charge_retrieve, A},
   {"POST", "/v1/charges/{id}", tp_h_charge_update, A},
 
@@ -28,6 +30,7 @@ const struct tp_route tp_routes[] = {
 
   {"POST", "/v1/customers", tp_h_customer_create, A},
   {"GET", "/v1/customers", tp_h_customer_list, A},
+  {"GET", "/v1/customers/search", tp_h_customer_search, A},
   {"GET", "/v1/customers/{id}", tp_h_customer_retrieve, A},
   {"POST", "/v1/customers/{id}", tp_h_customer_update, A},
   {"DELETE", "/v1/customers/{id}", tp_h_customer_delete, A},

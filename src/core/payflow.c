@@ -933,6 +933,7 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved)
     abort();
   json_object_set(ch, "billing_details", json_object_get(p->pm, "billing_details"));
   json_object_set_new(ch, "fraud_details", json_object());
+  json_object_set_new(ch, "disputed", json_false());
   json_object_set_new(ch, "authorization_code", approved ? json_string(p->call.auth_code) : json_null());
   return ch;
 }

@@ -1,0 +1,513 @@
+/* The search query language and GET /v1/.../search (see search.h). */
+#include "api/search.h"
+#include "api/handlers.h"
+#include "api/objects.h"
+#include "api/params.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* The query fields Stripe documents for each resource that we hold. */
+const struct tp_search_field tp_search_fields_payment_intents[] = {
+  {"amount", TP_SF_NUMBER},  {"created", TP_SF_NUMBER}, {"currency", TP_SF_ENUM},
+  {"customer", TP_SF_ID},    {"metadata", TP_SF_METADATA}, {"status", TP_SF_ENUM},
+  {NULL, TP_SF_ID},
+};
+const struct tp_search_field tp_search_fields_charges[] = {
+  {"amount", TP_SF_NUMBER},
+  {"billing_details.address.postal_code", TP_SF_ENUM},
+  {"created", TP_SF_NUMBER},
+  {"currency", TP_SF_ENUM},
+  {"customer", TP_SF_ID},
+  {"disputed", TP_SF_BOOL},
+  {"metadata", TP_SF_METADATA},
+  {"payment_intent", TP_SF_ID},
+  {"payment_method_details.card.brand", TP_SF_ENUM},
+  {"payment_method_details.card.exp_month", TP_SF_NUMBER},
+  {"payment_method_details.card.exp_year", TP_SF_NUMBER},
+  {"payment_method_details.card.fingerprint", TP_SF_ID},
+  {"payment_method_details.card.last4", TP_SF_ENUM},
+  {"refunded", TP_SF_BOOL},
+  {"status", TP_SF_ENUM},
+  {NULL, TP_SF_ID},
+};
+const struct tp_search_field tp_search_fields_customers[] = {
+  {"created", TP_SF_NUMBER}, {"email", TP_SF_STRING}, {"metadata", TP_SF_METADATA},
+  {"name", TP_SF_STRING},    {"phone", TP_SF_STRING}, {NULL, TP_SF_ID},
+};
+
+/* ---- parser ----------------------------------------------------------------- */
+struct lexer {
+  const char *s;
+  size_t i;
+  char *err;
+  size_t errlen;
+};
+
+/* The message is before, then arg (sanitized), then after. */
+static bool fail3(struct lexer *lx, const char *before, const char *arg, const char *after)
+{
+  /* The message quotes at most 40 bytes of the query, printable ASCII only, */
+  char safe[48];
+  size_t k = 0;
+  for (const char *p = arg ? arg : ""; *p && k < 40; p++)
+    safe[k++] = (*p >= 0x20 && *p < 0x7f) ? *p : '?';
+  safe[k] = '\0';
+  /* and never a long run of digits: it could be a card number */
+  for (size_t i = 0; i < k;) {
+    size_t j = i;
+    while (j < k && isdigit((unsigned char)safe[j]))
+      j++;
+    if (j - i >= 8)
+      memset(safe + i, '*', j - i);
+    i = j > i ? j : i + 1;
+  }
+  snprintf(lx->err, lx->errlen, "%s%s%s", before, safe, after);
+  return false;
+}
+
+static void skip_ws(struct lexer *lx)
+{
+  while (lx->s[lx->i] == ' ' || lx->s[lx->i] == '\t' || lx->s[lx->i] == '\n' || lx->s[lx->i] == '\r')
+    lx->i++;
+}
+
+static bool is_ws_or_end(char c) { return c == '\0' || c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+/* A quoted string at lx->i (which holds the quote) into out. */
+static bool read_quoted(struct lexer *lx, char *out, size_t cap)
+{
+  char q = lx->s[lx->i++];
+  size_t n = 0;
+  for (;;) {
+    char c = lx->s[lx->i];
+    if (c == '\0')
+      return fail3(lx, "Unterminated string in the search query", NULL, "");
+    lx->i++;
+    if (c == q)
+      break;
+    if (c == '\\') {
+      c = lx->s[lx->i];
+      if (c != q && c != '\\')
+        return fail3(lx, "A backslash in a search value may only escape a quote or a backslash", NULL, "");
+      lx->i++;
+    }
+    if (n + 1 >= cap)
+      return fail3(lx, "A search value is too long", NULL, "");
+    out[n++] = c;
+  }
+  out[n] = '\0';
+  return true;
+}
+
+/* The word at lx->i if it is AND or OR on its own: 1 or 2, and advances past it. */
+static int conjunction(struct lexer *lx)
+{
+  const char *p = lx->s + lx->i;
+  if (strncasecmp(p, "AND", 3) == 0 && is_ws_or_end(p[3])) {
+    lx->i += 3;
+    return 1;
+  }
+  if (strncasecmp(p, "OR", 2) == 0 && is_ws_or_end(p[2])) {
+    lx->i += 2;
+    return 2;
+  }
+  return 0;
+}
+
+static bool parse_int(const char *v, int64_t *out)
+{
+  if (!*v || strlen(v) > 20)
+    return false;
+  const char *p = v;
+  if (*p == '-')
+    p++;
+  if (!*p)
+    return false;
+  for (; *p; p++)
+    if (!isdigit((unsigned char)*p))
+      return false;
+  errno = 0;
+  char *end;
+  long long x = strtoll(v, &end, 10);
+  if (errno || *end)
+    return false;
+  *out = x;
+  return true;
+}
+
+static bool parse_clause(struct lexer *lx, const struct tp_search_field *fields, struct tp_search_clause *c)
+{
+  memset(c, 0, sizeof *c);
+  if (lx->s[lx->i] == '-') {
+    c->negate = true;
+    lx->i++;
+  }
+  /* field: a dotted name, or metadata["key"] */
+  char name[64];
+  size_t n = 0;
+  while (isalnum((unsigned char)lx->s[lx->i]) || lx->s[lx->i] == '_' || lx->s[lx->i] == '.') {
+    if (n + 1 >= sizeof name)
+      return fail3(lx, "A search field name is too long", NULL, "");
+    name[n++] = (char)tolower((unsigned char)lx->s[lx->i++]);
+  }
+  name[n] = '\0';
+  if (n == 0) {
+    /* The position, not the text: a query is the client's, and may hold anything. */
+    char pos[24];
+    snprintf(pos, sizeof pos, "%zu", lx->i + 1);
+    return fail3(lx, "Expected a search field at character ", pos, "");
+  }
+  bool meta_key = false;
+  if (lx->s[lx->i] == '[') {
+    if (strcmp(name, "metadata") != 0)
+      return fail3(lx, "Only metadata takes a key in brackets, not '", name, "'");
+    lx->i++;
+    if (lx->s[lx->i] != '"' && lx->s[lx->i] != '\'')
+      return fail3(lx, "A metadata key must be quoted: metadata[\"key\"]", NULL, "");
+    if (!read_quoted(lx, c->key, sizeof c->key))
+      return false;
+    if (lx->s[lx->i] != ']')
+      return fail3(lx, "Expected ']' after the metadata key", NULL, "");
+    lx->i++;
+    meta_key = true;
+  }
+  for (const struct tp_search_field *f = fields; f->name; f++)
+    if (strcmp(f->name, name) == 0)
+      c->field = f;
+  if (!c->field)
+    return fail3(lx, "Field '", name, "' is an unsupported search field for this resource");
+  if ((c->field->type == TP_SF_METADATA) != meta_key)
+    return meta_key ? fail3(lx, "Field '", name, "' takes no key") : fail3(lx, "Search metadata by key: ", name, "[\"key\"]");
+  /* operator */
+  const char *p = lx->s + lx->i;
+  if (p[0] == ':')
+    c->op = TP_SO_EQ, lx->i += 1;
+  else if (p[0] == '~')
+    c->op = TP_SO_SUB, lx->i += 1;
+  else if (p[0] == '>' && p[1] == '=')
+    c->op = TP_SO_GE, lx->i += 2;
+  else if (p[0] == '<' && p[1] == '=')
+    c->op = TP_SO_LE, lx->i += 2;
+  else if (p[0] == '>')
+    c->op = TP_SO_GT, lx->i += 1;
+  else if (p[0] == '<')
+    c->op = TP_SO_LT, lx->i += 1;
+  else
+    return fail3(lx, "Expected an operator (: ~ > < >= <=) after field '", name, "'");
+  /* value */
+  bool quoted = lx->s[lx->i] == '"' || lx->s[lx->i] == '\'';
+  if (quoted) {
+    if (!read_quoted(lx, c->value, sizeof c->value))
+      return false;
+  } else {
+    size_t k = 0;
+    while (!is_ws_or_end(lx->s[lx->i])) {
+      if (k + 1 >= sizeof c->value)
+        return fail3(lx, "A search value is too long", NULL, "");
+      c->value[k++] = lx->s[lx->i++];
+    }
+    c->value[k] = '\0';
+    if (k == 0)
+      return fail3(lx, "Expected a value after field '", name, "'");
+  }
+  if (!is_ws_or_end(lx->s[lx->i]))
+    return fail3(lx, "Expected a space after the value of field '", name, "'");
+  c->is_null = !quoted && strcmp(c->value, "null") == 0;
+  if (c->is_null) {
+    if (c->op != TP_SO_EQ)
+      return fail3(lx, "null can only be matched with ':' (field '", name, "')");
+    return true;
+  }
+  bool compare = c->op == TP_SO_GT || c->op == TP_SO_LT || c->op == TP_SO_GE || c->op == TP_SO_LE;
+  switch (c->field->type) {
+  case TP_SF_NUMBER:
+    if (c->op == TP_SO_SUB)
+      return fail3(lx, "Field '", name, "' does not support substring matching");
+    if (!parse_int(c->value, &c->num))
+      return fail3(lx, "Field '", name, "' takes an integer");
+    break;
+  case TP_SF_BOOL:
+    if (c->op != TP_SO_EQ)
+      return fail3(lx, "Field '", name, "' only supports exact matching with ':'");
+    if (strcmp(c->value, "true") == 0)
+      c->boolean = true;
+    else if (strcmp(c->value, "false") != 0)
+      return fail3(lx, "Field '", name, "' takes true or false");
+    break;
+  case TP_SF_STRING:
+    if (compare)
+      return fail3(lx, "Field '", name, "' does not support numeric comparison");
+    if (c->op == TP_SO_SUB && strlen(c->value) < 3)
+      return fail3(lx, "Substring matching needs at least 3 characters (field '", name, "')");
+    if (!quoted)
+      return fail3(lx, "String values must be quoted (field '", name, "')");
+    break;
+  default:
+    if (c->op != TP_SO_EQ)
+      return fail3(lx, "Field '", name, "' only supports exact matching with ':'");
+    if (!quoted)
+      return fail3(lx, "String values must be quoted (field '", name, "')");
+  }
+  return true;
+}
+
+bool tp_search_parse(const char *query, const struct tp_search_field *fields, struct tp_search *out, char *err,
+                     size_t errlen)
+{
+  struct lexer lx = {query, 0, err, errlen};
+  memset(out, 0, offsetof(struct tp_search, c));
+  if (!query || strlen(query) > TP_SEARCH_MAX_QUERY)
+    return fail3(&lx, "The search query must be at most 1000 characters", NULL, "");
+  int joiner = 0; /* 0 unknown, 1 AND (or space), 2 OR */
+  skip_ws(&lx);
+  if (!query[lx.i])
+    return fail3(&lx, "The search query is empty", NULL, "");
+  while (query[lx.i]) {
+    if (out->n > 0) {
+      int j = conjunction(&lx);
+      if (j == 0)
+        j = 1; /* clauses separated by a space are ANDed */
+      else
+        skip_ws(&lx);
+      if (joiner && j != joiner)
+        return fail3(&lx, "A search query cannot combine AND and OR", NULL, "");
+      joiner = j;
+      if (!query[lx.i])
+        return fail3(&lx, "The search query ends after a conjunction", NULL, "");
+    }
+    if (out->n == TP_SEARCH_MAX_CLAUSES)
+      return fail3(&lx, "A search query has at most 10 clauses", NULL, "");
+    if (!parse_clause(&lx, fields, &out->c[out->n]))
+      return false;
+    out->n++;
+    skip_ws(&lx);
+  }
+  out->any = joiner == 2;
+  return true;
+}
+
+/* ---- evaluation --------------------------------------------------------------- */
+static const json_t *at_path(const json_t *obj, const char *path)
+{
+  char seg[64];
+  while (obj && *path) {
+    const char *dot = strchr(path, '.');
+    size_t n = dot ? (size_t)(dot - path) : strlen(path);
+    if (n >= sizeof seg)
+      return NULL;
+    memcpy(seg, path, n);
+    seg[n] = '\0';
+    obj = json_is_object(obj) ? json_object_get(obj, seg) : NULL;
+    path += n + (dot ? 1 : 0);
+  }
+  return obj;
+}
+
+static bool contains_ci(const char *hay, const char *needle)
+{
+  size_t nl = strlen(needle);
+  for (; *hay; hay++)
+    if (strncasecmp(hay, needle, nl) == 0)
+      return true;
+  return false;
+}
+
+static bool clause_match(const struct tp_search_clause *c, const json_t *obj)
+{
+  const json_t *v = c->field->type == TP_SF_METADATA ? json_object_get(json_object_get(obj, "metadata"), c->key)
+                                                     : at_path(obj, c->field->name);
+  if (c->is_null)
+    return v == NULL || json_is_null(v);
+  /* an expanded field still matches by its id */
+  if (json_is_object(v) && (c->field->type == TP_SF_ID))
+    v = json_object_get(v, "id");
+  switch (c->field->type) {
+  case TP_SF_NUMBER: {
+    if (!json_is_integer(v))
+      return false;
+    json_int_t x = json_integer_value(v);
+    switch (c->op) {
+    case TP_SO_EQ: return x == c->num;
+    case TP_SO_GT: return x > c->num;
+    case TP_SO_LT: return x < c->num;
+    case TP_SO_GE: return x >= c->num;
+    case TP_SO_LE: return x <= c->num;
+    default: return false;
+    }
+  }
+  case TP_SF_BOOL: /* a flag a stored object does not carry (older rows) is false */
+    return json_is_true(v) == c->boolean && (json_is_boolean(v) || v == NULL);
+  case TP_SF_ID:
+  case TP_SF_METADATA:
+    return json_is_string(v) && strcmp(json_string_value(v), c->value) == 0;
+  case TP_SF_ENUM:
+    return json_is_string(v) && strcasecmp(json_string_value(v), c->value) == 0;
+  case TP_SF_STRING:
+    if (!json_is_string(v))
+      return false;
+    return c->op == TP_SO_SUB ? contains_ci(json_string_value(v), c->value)
+                              : strcasecmp(json_string_value(v), c->value) == 0;
+  }
+  return false;
+}
+
+bool tp_search_match(const struct tp_search *s, const json_t *obj)
+{
+  for (size_t i = 0; i < s->n; i++) {
+    bool m = clause_match(&s->c[i], obj) != s->c[i].negate;
+    if (s->any && m)
+      return true;
+    if (!s->any && !m)
+      return false;
+  }
+  return !s->any;
+}
+
+/* ---- the endpoint ----------------------------------------------------------- */
+/* Rows read per store query, and at most per request: a query that matches
+ * rarely returns a short (even empty) page with has_more and next_page, as
+ * Stripe may; the client goes on from there. */
+#define SCAN_CHUNK 200
+#define SCAN_MAX 10000
+#define PAGE_PREFIX "tps1_"
+
+static const struct tp_pspec spec_search[] = {
+  {"query", TP_P_STRING, NULL, NULL},
+  {"limit", TP_P_INT, NULL, NULL},
+  {"page", TP_P_STRING, NULL, NULL},
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+
+static bool id_chars_ok(const char *s)
+{
+  if (!*s || strlen(s) >= 64)
+    return false;
+  for (; *s; s++)
+    if (!isalnum((unsigned char)*s) && *s != '_')
+      return false;
+  return true;
+}
+
+void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct tp_search_field *fields)
+{
+  if (!tp_check_params(r, spec_search))
+    return;
+  const char *query = tp_pstr(r->params, "query");
+  if (!query) {
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "query", NULL);
+    return;
+  }
+  struct tp_search *s = malloc(sizeof *s);
+  if (!s) {
+    tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+    return;
+  }
+  char err[200];
+  if (!tp_search_parse(query, fields, s, err, sizeof err)) {
+    tp_reply_error(r, TP_ERR_SEARCH_QUERY_INVALID, "query", err);
+    free(s);
+    return;
+  }
+  int64_t limit = 10;
+  if (tp_param_int(r->params, "limit", &limit) && (limit < 1 || limit > 100)) {
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID_INTEGER, "limit", "Invalid limit: must be an integer between 1 and 100");
+    free(s);
+    return;
+  }
+  char cursor[80] = "~"; /* above every id: ids are [A-Za-z0-9_] */
+  const char *page = tp_pstr(r->params, "page");
+  if (page && *page) {
+    size_t pl = strlen(PAGE_PREFIX);
+    if (strncmp(page, PAGE_PREFIX, pl) != 0 || !id_chars_ok(page + pl)) {
+      tp_reply_error(r, TP_ERR_SEARCH_PAGE_INVALID, "page", NULL);
+      free(s);
+      return;
+    }
+    snprintf(cursor, sizeof cursor, "%s", page + pl);
+  }
+  const char *table = tp_kinds[kind].table;
+  char sql[256];
+  snprintf(sql, sizeof sql,
+           "SELECT id, tp_json(data) AS data FROM %s WHERE merchant = ?1 AND id < ?2%s ORDER BY id DESC LIMIT ?3",
+           table, kind == TP_K_CUSTOMER ? " AND deleted IS NULL" : "");
+  json_t *data = json_array();
+  bool has_more = false, end = false, failed = false;
+  long scanned = 0;
+  while (!end && !has_more && scanned < SCAN_MAX) {
+    json_t *rows = tp_store_query_take(&tp_app.store, sql, json_pack("[s, s, i]", r->merchant.id, cursor, SCAN_CHUNK));
+    if (!rows) {
+      failed = true;
+      break;
+    }
+    size_t nrows = json_array_size(rows);
+    if (nrows < SCAN_CHUNK)
+      end = true;
+    size_t i;
+    json_t *row;
+    json_array_foreach(rows, i, row)
+    {
+      const char *id = json_string_value(json_object_get(row, "id"));
+      const char *text = json_string_value(json_object_get(row, "data"));
+      if (!id || !text)
+        continue;
+      json_t *obj = json_loads(text, 0, NULL);
+      if (obj && tp_search_match(s, obj)) {
+        if (json_array_size(data) == (size_t)limit) {
+          /* one more match: this page is full, the next starts after its last */
+          has_more = true;
+          json_decref(obj);
+          break;
+        }
+        json_array_append_new(data, obj);
+      } else {
+        json_decref(obj);
+      }
+      snprintf(cursor, sizeof cursor, "%s", id);
+      scanned++;
+    }
+    json_decref(rows);
+  }
+  free(s);
+  if (failed) {
+    json_decref(data);
+    tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+    return;
+  }
+  if (!end && !has_more)
+    has_more = true; /* the scan budget ran out: the client goes on from the cursor */
+  json_t *next = json_null();
+  if (has_more) {
+    char tok[96];
+    snprintf(tok, sizeof tok, PAGE_PREFIX "%s", cursor);
+    next = json_string(tok);
+  }
+  json_t *res = json_pack("{s:s, s:s, s:b, s:o, s:o}", "object", "search_result", "url", url, "has_more", has_more,
+                          "data", data, "next_page", next);
+  const json_t *ex = json_object_get(r->params, "expand");
+  if (json_is_array(ex) && json_array_size(ex) > 0 && !tp_expand(r, res, NULL)) {
+    json_decref(res);
+    return;
+  }
+  tp_reply_json(r, 200, res);
+}
+
+void tp_h_pi_search(struct tp_req *r)
+{
+  tp_search_reply(r, TP_K_PAYMENT_INTENT, "/v1/payment_intents/search", tp_search_fields_payment_intents);
+}
+
+void tp_h_charge_search(struct tp_req *r)
+{
+  tp_search_reply(r, TP_K_CHARGE, "/v1/charges/search", tp_search_fields_charges);
+}
+
+void tp_h_customer_search(struct tp_req *r)
+{
+  tp_search_reply(r, TP_K_CUSTOMER, "/v1/customers/search", tp_search_fields_customers);
+}

@@ -1,0 +1,175 @@
+"""Search (GET /v1/{payment_intents,charges,customers}/search): the query
+language against real stored objects, paging by next_page, merchant scoping,
+and refusals that change nothing."""
+from harness import DaemonTestCase, main
+
+PI = "/v1/payment_intents"
+
+
+class SearchTest(DaemonTestCase):
+    MERCHANTS = ("shop", "other")
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        c = cls.daemon.client("shop")
+        cls.pis = []  # (id, amount, currency, status, metadata) oldest first
+        for i in range(24):
+            cur = "eur" if i % 3 == 0 else "usd"
+            params = {"amount": 1000 + 100 * i, "currency": cur, "metadata[order]": "o%d" % i,
+                      "metadata[parity]": "even" if i % 2 == 0 else "odd"}
+            if i % 4 != 3:
+                params.update({"confirm": "true",
+                               "payment_method": "pm_card_mastercard" if i % 5 == 0 else "pm_card_visa"})
+            r = c.post(PI, params)
+            assert r.status == 200, r
+            cls.pis.append(r.json)
+        # a full refund on two of the charges
+        cls.refunded = set()
+        for p in cls.pis[:6]:
+            if p["latest_charge"] and len(cls.refunded) < 2:
+                r = c.post("/v1/refunds", {"payment_intent": p["id"]})
+                assert r.status == 200, r
+                cls.refunded.add(p["latest_charge"])
+        cls.customers = []
+        for name, email in (("Amy Rider", "amy@rocketrides.io"), ("Bob Stone", "bob@stone.example"),
+                            ("Cat O'Hara", "cat@rocketrides.io"), ("Dan Gone", "dan@rocketrides.io")):
+            r = c.post("/v1/customers", {"name": name, "email": email})
+            assert r.status == 200, r
+            cls.customers.append(r.json)
+        r = c.delete("/v1/customers/" + cls.customers[3]["id"])
+        assert r.status == 200, r
+        # the other merchant holds look-alikes that must never show
+        o = cls.daemon.client("other")
+        for i in range(5):
+            r = o.post(PI, {"amount": 1000 + 100 * i, "currency": "usd", "metadata[order]": "o%d" % i})
+            assert r.status == 200, r
+        r = o.post("/v1/customers", {"name": "Amy Rider", "email": "amy@rocketrides.io"})
+        assert r.status == 200, r
+
+    def search_all(self, path, query, limit=3):
+        """Every page of a search, following next_page; checks each page's shape."""
+        c = self.c("shop")
+        out, page, pages = [], None, 0
+        while True:
+            params = {"query": query, "limit": limit}
+            if page:
+                params["page"] = page
+            r = c.get(path, params)
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual(r.json["object"], "search_result", r)
+            self.assertEqual(r.json["url"], path, r)
+            self.assertLessEqual(len(r.json["data"]), limit, r)
+            out += r.json["data"]
+            pages += 1
+            self.assertLess(pages, 50, "paging does not end")
+            if not r.json["has_more"]:
+                self.assertIsNone(r.json["next_page"], r)
+                return out
+            self.assertTrue(r.json["next_page"], r)
+            page = r.json["next_page"]
+
+    def current(self, kind, ids):
+        c = self.c("shop")
+        return [c.get("/v1/%s/%s" % (kind, i)).json for i in ids]
+
+    def test_payment_intents(self):
+        pis = self.current("payment_intents", [p["id"] for p in self.pis])
+        cases = {
+            "currency:'eur'": lambda p: p["currency"] == "eur",
+            "status:\"succeeded\" AND amount>=2000": lambda p: p["status"] == "succeeded" and p["amount"] >= 2000,
+            "metadata['parity']:'odd' amount<1500": lambda p: p["metadata"]["parity"] == "odd" and p["amount"] < 1500,
+            "status:'requires_payment_method' OR metadata[\"order\"]:'o5'":
+                lambda p: p["status"] == "requires_payment_method" or p["metadata"]["order"] == "o5",
+            "-currency:'usd'": lambda p: p["currency"] != "usd",
+            "metadata['missing']:null": lambda p: True,
+            "-metadata['order']:null AND customer:null": lambda p: True,
+            "amount:1700": lambda p: p["amount"] == 1700,
+        }
+        for q, pred in cases.items():
+            with self.subTest(q):
+                want = [p["id"] for p in reversed(pis) if pred(p)]
+                self.assertTrue(want, "a case that matches nothing proves little")
+                got = [p["id"] for p in self.search_all(PI + "/search", q)]
+                self.assertEqual(got, want)
+
+    def test_charges(self):
+        ch_ids = [p["latest_charge"] for p in self.pis if p["latest_charge"]]
+        charges = self.current("charges", ch_ids)
+        cases = {
+            "refunded:true": lambda ch: ch["refunded"],
+            "payment_method_details.card.last4:'4444'":
+                lambda ch: ch["payment_method_details"]["card"]["last4"] == "4444",
+            "payment_method_details.card.brand:'visa' AND refunded:false AND currency:'usd'":
+                lambda ch: ch["payment_method_details"]["card"]["brand"] == "visa" and not ch["refunded"]
+                and ch["currency"] == "usd",
+            "status:'succeeded' disputed:false": lambda ch: ch["status"] == "succeeded",
+        }
+        for q, pred in cases.items():
+            with self.subTest(q):
+                want = [ch["id"] for ch in reversed(charges) if pred(ch)]
+                self.assertTrue(want)
+                got = [ch["id"] for ch in self.search_all("/v1/charges/search", q, limit=2)]
+                self.assertEqual(got, want)
+        self.assertEqual({ch["id"] for ch in charges if ch["refunded"]}, self.refunded)
+        one = self.pis[1]
+        r = self.c("shop").get("/v1/charges/search", {"query": "payment_intent:'%s'" % one["id"],
+                                                       "expand[]": "data.payment_intent"})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(len(r.json["data"]), 1, r)
+        self.assertEqual(r.json["data"][0]["payment_intent"]["id"], one["id"])
+
+    def test_customers(self):
+        cu = self.customers
+        got = [x["id"] for x in self.search_all("/v1/customers/search", "email~'rocketrides'")]
+        self.assertEqual(got, [cu[2]["id"], cu[0]["id"]])  # the deleted one is gone
+        got = [x["id"] for x in self.search_all("/v1/customers/search", "name:'cat o\\'hara'")]
+        self.assertEqual(got, [cu[2]["id"]])
+        got = [x["id"] for x in self.search_all("/v1/customers/search", "email:'BOB@stone.example' OR name~'rid'")]
+        self.assertEqual(got, [cu[1]["id"], cu[0]["id"]])
+
+    def test_other_merchant_sees_only_its_own(self):
+        o = self.c("other")
+        r = o.get(PI + "/search", {"query": "amount>0", "limit": 100})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(len(r.json["data"]), 5, r)
+        mine = {p["id"] for p in self.pis}
+        self.assertFalse(mine & {p["id"] for p in r.json["data"]})
+        r = o.get("/v1/customers/search", {"query": "email~'rocket'"})
+        self.assertEqual(len(r.json["data"]), 1, r)
+        self.assertNotIn(r.json["data"][0]["id"], {x["id"] for x in self.customers})
+
+    def test_refusals(self):
+        c = self.c("shop")
+        before = c.get(PI, {"limit": 100}).json["data"]
+        bad = [
+            ({}, 400, "parameter_missing", "query"),
+            ({"query": ""}, 400, "parameter_invalid_string", "query"),
+            ({"query": "email:'a@b.c'"}, 400, "parameter_invalid_string", "query"),
+            ({"query": "amount:1 OR amount:2 AND amount:3"}, 400, "parameter_invalid_string", "query"),
+            ({"query": "status:succeeded"}, 400, "parameter_invalid_string", "query"),
+            ({"query": "amount>1", "limit": 0}, 400, "parameter_invalid_integer", "limit"),
+            ({"query": "amount>1", "limit": 101}, 400, "parameter_invalid_integer", "limit"),
+            ({"query": "amount>1", "page": "pi_x'; DROP TABLE x"}, 400, "parameter_invalid_string", "page"),
+            ({"query": "amount>1", "colour": "red"}, 400, "parameter_unknown", "colour"),
+            ({"query": "amount:1 4242424242424242"}, 400, "parameter_invalid_string", "query"),
+        ]
+        for params, status, code, param in bad:
+            with self.subTest(params):
+                r = c.get(PI + "/search", params)
+                self.assertEqual(r.status, status, r)
+                self.assertEqual(r.json["error"]["type"], "invalid_request_error", r)
+                self.assertEqual(r.json["error"]["code"], code, r)
+                self.assertEqual(r.json["error"].get("param"), param, r)
+                self.assertNotIn("4242424242", r.body.decode(), r)
+        self.assertEqual(c.get(PI, {"limit": 100}).json["data"], before)
+        # a publishable key may not search
+        from harness import Client
+        d = self.daemon
+        pk = Client(d.host, d.port, key=d.merchants["shop"]["publishable_key"], auth="bearer",
+                    ssl_context=d.ssl_context)
+        r = pk.get(PI + "/search", {"query": "amount>1"})
+        self.assertEqual(r.status, 401, r)
+
+if __name__ == "__main__":
+    main()
