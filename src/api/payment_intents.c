@@ -665,26 +665,35 @@ void tp_h_pi_confirm(struct tp_req *r)
   confirm(r, pi, tp_cs_new(), false, r->path_id);
 }
 
-void tp_h_pi_capture(struct tp_req *r)
+/* Capture the authorization of PaymentIntent pi_id (its lock taken here):
+ * amount_param names the amount's parameter (amount_to_capture, or amount on
+ * the Charges API), reply_charge answers with the charge instead of the
+ * PaymentIntent. The reply comes when the capture is committed. */
+static void capture(struct tp_req *r, const char *pi_id, const char *amount_param, bool reply_charge)
 {
-  if (!tp_check_params(r, spec_capture))
+  if (!tp_lock_try(pi_id)) {
+    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
     return;
-  json_t *pi = load_locked(r);
-  if (!pi)
+  }
+  json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, pi_id);
+  if (!pi) {
+    tp_lock_release(pi_id);
+    missing_pi(r);
     return;
+  }
   if (strcmp(json_string_value(json_object_get(pi, "status")), "requires_capture") != 0) {
     unexpected_state(r, pi, "capture");
     goto fail;
   }
   int64_t capturable = json_integer_value(json_object_get(pi, "amount_capturable"));
   int64_t amount = capturable;
-  if (tp_param_int(r->params, "amount_to_capture", &amount)) {
+  if (tp_param_int(r->params, amount_param, &amount)) {
     if (amount > capturable) {
-      tp_reply_error(r, TP_ERR_CAPTURE_AMOUNT_TOO_LARGE, "amount_to_capture", NULL);
+      tp_reply_error(r, TP_ERR_CAPTURE_AMOUNT_TOO_LARGE, amount_param, NULL);
       goto fail;
     }
     if (amount < 1) {
-      tp_reply_error(r, TP_ERR_AMOUNT_TOO_SMALL, "amount_to_capture", NULL);
+      tp_reply_error(r, TP_ERR_AMOUNT_TOO_SMALL, amount_param, NULL);
       goto fail;
     }
   }
@@ -697,14 +706,18 @@ void tp_h_pi_capture(struct tp_req *r)
   json_t *md = json_object_get(r->params, "metadata");
   if (md) {
     json_t *p2 = json_pack("{s:O}", "metadata", md);
-    apply_fields(pi, p2);
+    apply_fields(reply_charge ? ch : pi, p2);
     json_decref(p2);
   }
+  const char *receipt = tp_pstr(r->params, "receipt_email");
+  if (reply_charge && receipt && *receipt)
+    json_object_set_new(ch, "receipt_email", json_string(receipt));
   struct tp_pay *p = tp_pay_new(r, &r->merchant);
   p->pi = pi;
   p->charge = ch;
   p->outcome = tp_outcome_capture;
-  snprintf(p->lock_id, sizeof p->lock_id, "%s", r->path_id);
+  p->reply_charge = reply_charge;
+  snprintf(p->lock_id, sizeof p->lock_id, "%s", pi_id);
   tp_pay_attempt(p, "capture", amount, json_string_value(json_object_get(pi, "currency")));
   p->call.kind = TP_PROC_CAPTURE;
   json_t *turn = json_object_get(ch, "turnpike");
@@ -715,7 +728,54 @@ void tp_h_pi_capture(struct tp_req *r)
   return;
 fail:
   json_decref(pi);
-  tp_lock_release(r->path_id);
+  tp_lock_release(pi_id);
+}
+
+void tp_h_pi_capture(struct tp_req *r)
+{
+  if (!tp_check_params(r, spec_capture))
+    return;
+  capture(r, r->path_id, "amount_to_capture", false);
+}
+
+/* POST /v1/charges/{id}/capture: the Charges API's capture of a charge
+ * created by a PaymentIntent with capture_method=manual. It captures that
+ * PaymentIntent (amount as amount_to_capture) and answers the charge. */
+static const struct tp_pspec spec_charge_capture[] = {
+  {"amount", TP_P_INT, NULL, NULL},
+  {"receipt_email", TP_P_STRING, NULL, NULL},
+  {"metadata", TP_P_METADATA, NULL, NULL},
+  {"statement_descriptor", TP_P_STRING, NULL, NULL},
+  {"statement_descriptor_suffix", TP_P_STRING, NULL, NULL},
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+
+void tp_h_charge_capture(struct tp_req *r)
+{
+  if (!tp_check_params(r, spec_charge_capture))
+    return;
+  json_t *ch = tp_store_get_json(&tp_app.store, TP_K_CHARGE, r->merchant.id, r->path_id);
+  if (!ch) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "No such charge: '%.64s'", r->path_id);
+    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", msg);
+    return;
+  }
+  if (json_is_true(json_object_get(ch, "captured")))
+    tp_reply_error(r, TP_ERR_CHARGE_ALREADY_CAPTURED, NULL, NULL);
+  else if (json_is_true(json_object_get(ch, "refunded")))
+    tp_reply_error(r, TP_ERR_CHARGE_EXPIRED_FOR_CAPTURE, NULL, NULL);
+  else if (!json_is_true(json_object_get(ch, "paid")))
+    tp_reply_error(r, TP_ERR_CAPTURE_UNAUTHORIZED_PAYMENT, NULL, NULL);
+  else {
+    char pi_id[TP_ID_MAX];
+    snprintf(pi_id, sizeof pi_id, "%s", json_string_value(json_object_get(ch, "payment_intent")) ?: "");
+    json_decref(ch);
+    capture(r, pi_id, "amount", true);
+    return;
+  }
+  json_decref(ch);
 }
 
 static json_t *charge_of(const struct tp_merchant *m, const json_t *pi)

@@ -22,6 +22,7 @@ const struct tp_route tp_routes[] = {
   {"GET", "/v1/charges/search", tp_h_charge_search, A},
   {"GET", "/v1/charges/{id}", tp_h_charge_retrieve, A},
   {"POST", "/v1/charges/{id}", tp_h_charge_update, A},
+  {"POST", "/v1/charges/{id}/capture", tp_h_charge_capture, A},
 
   {"POST", "/v1/refunds", tp_h_refund_create, A},
   {"GET", "/v1/refunds", tp_h_refund_list, A},

@@ -1035,7 +1035,7 @@ void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs)
   json_object_set_new(pi, "amount_capturable", json_integer(0));
   tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.captured", ch);
   tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT, "payment_intent.succeeded", pi);
-  tp_pay_reply(p, 200, json_incref(pi));
+  tp_pay_reply(p, 200, json_incref(p->reply_charge ? ch : pi));
 }
 
 /* The authorization is released: the charge shows as refunded in full

@@ -32,6 +32,7 @@ struct tp_pay {
   char lock_id[80];
   char cancellation_reason[64];
   bool three_ds_done;        /* the payment passed a 3-D Secure challenge */
+  bool reply_charge;         /* a capture answers the charge (Charges API), not the PaymentIntent */
   tp_pay_outcome_fn outcome;
   /* a browser flow (3-D Secure) answers with this page instead */
   unsigned redirect_status;

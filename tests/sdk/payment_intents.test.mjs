@@ -253,3 +253,28 @@ test('uppercase currency is normalised to lowercase', async () => {
   const pi = await stripe.paymentIntents.create({ amount: 800, currency: 'USD' });
   assert.equal(pi.currency, 'usd');
 });
+
+test('charges.capture captures a manual PaymentIntent through its charge, partially, once', async () => {
+  const pi = await stripe.paymentIntents.create({
+    amount: 1500, currency: 'usd', payment_method: 'pm_card_visa', confirm: true, capture_method: 'manual',
+  });
+  assert.equal(pi.status, 'requires_capture');
+  const ch = await stripe.charges.capture(pi.latest_charge, { amount: 600, expand: ['balance_transaction'] });
+  assert.equal(ch.object, 'charge');
+  assert.equal(ch.id, pi.latest_charge);
+  assert.equal(ch.captured, true);
+  assert.equal(ch.amount_captured, 600);
+  assert.equal(ch.balance_transaction.amount, 600);
+  const after = await stripe.paymentIntents.retrieve(pi.id);
+  assert.equal(after.status, 'succeeded');
+  assert.equal(after.amount_received, 600);
+  const again = await expectError(stripe.charges.capture(pi.latest_charge), errors.StripeInvalidRequestError);
+  assert.equal(again.code, 'charge_already_captured');
+  const too = await stripe.paymentIntents.create({
+    amount: 700, currency: 'usd', payment_method: 'pm_card_visa', confirm: true, capture_method: 'manual',
+  });
+  const big = await expectError(stripe.charges.capture(too.latest_charge, { amount: 701 }),
+    errors.StripeInvalidRequestError);
+  assert.equal(big.param, 'amount');
+  assert.equal((await stripe.paymentIntents.retrieve(too.id)).status, 'requires_capture');
+});
