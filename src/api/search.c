@@ -373,7 +373,7 @@ bool tp_search_match(const struct tp_search *s, const json_t *obj)
  * rarely returns a short (even empty) page with has_more and next_page, as
  * Stripe may; the client goes on from there. */
 #define SCAN_CHUNK 200
-#define SCAN_MAX 10000
+#define SCAN_MAX 1000 /* about 16 ms of one HTTP thread (docs/search.md) */
 #define PAGE_PREFIX "tps1_"
 
 static const struct tp_pspec spec_search[] = {
