@@ -3,6 +3,7 @@
 #include "api/handlers.h"
 #include "api/objects.h"
 #include "api/params.h"
+#include "config.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -369,11 +370,12 @@ bool tp_search_match(const struct tp_search *s, const json_t *obj)
 }
 
 /* ---- the endpoint ----------------------------------------------------------- */
-/* Rows read per store query, and at most per request: a query that matches
- * rarely returns a short (even empty) page with has_more and next_page, as
- * Stripe may; the client goes on from there. */
+/* Rows read per store query, and at most per request ([search]
+ * max_scan_rows): a query that matches rarely returns a short (even empty)
+ * page with has_more and next_page, as Stripe may; the client goes on from
+ * there. */
 #define SCAN_CHUNK 200
-#define SCAN_MAX 1000 /* about 16 ms of one HTTP thread (docs/search.md) */
+#define SCAN_MAX_DEFAULT 1000 /* about 16 ms of one HTTP thread (docs/search.md) */
 #define PAGE_PREFIX "tps1_"
 
 static const struct tp_pspec spec_search[] = {
@@ -438,15 +440,16 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
            table, kind == TP_K_CUSTOMER ? " AND deleted IS NULL" : "");
   json_t *data = json_array();
   bool has_more = false, end = false, failed = false;
-  long scanned = 0;
-  while (!end && !has_more && scanned < SCAN_MAX) {
-    json_t *rows = tp_store_query_take(&tp_app.store, sql, json_pack("[s, s, i]", r->merchant.id, cursor, SCAN_CHUNK));
+  int64_t scanned = 0, budget = tp_config_int("search", "max_scan_rows", SCAN_MAX_DEFAULT, 10, 100000);
+  while (!end && !has_more && scanned < budget) {
+    int64_t want = budget - scanned < SCAN_CHUNK ? budget - scanned : SCAN_CHUNK;
+    json_t *rows = tp_store_query_take(&tp_app.store, sql, json_pack("[s, s, I]", r->merchant.id, cursor, (json_int_t)want));
     if (!rows) {
       failed = true;
       break;
     }
     size_t nrows = json_array_size(rows);
-    if (nrows < SCAN_CHUNK)
+    if (nrows < (size_t)want)
       end = true;
     size_t i;
     json_t *row;

@@ -171,5 +171,43 @@ class SearchTest(DaemonTestCase):
         r = pk.get(PI + "/search", {"query": "amount>1"})
         self.assertEqual(r.status, 401, r)
 
+
+
+class SearchBudgetTest(DaemonTestCase):
+    """A rare match under a small scan budget: short pages, each ending with
+    has_more and a next_page, and following them finds every match once."""
+    MERCHANTS = ("b",)
+
+    @classmethod
+    def config(cls):
+        return "[search]\nmax_scan_rows = 10\n"
+
+    def test_short_pages_still_find_everything(self):
+        c = self.c("b")
+        want = []
+        for i in range(45):
+            r = c.post(PI, {"amount": 1000 + i, "currency": "usd", "metadata[rare]": "yes" if i % 11 == 4 else "no"})
+            self.assertEqual(r.status, 200, r)
+            if i % 11 == 4:
+                want.append(r.json["id"])
+        got, page, pages, short = [], None, 0, 0
+        while True:
+            params = {"query": "metadata['rare']:'yes'", "limit": 3}
+            if page:
+                params["page"] = page
+            r = c.get(PI + "/search", params)
+            self.assertEqual(r.status, 200, r)
+            got += [p["id"] for p in r.json["data"]]
+            pages += 1
+            self.assertLess(pages, 20)
+            if not r.json["has_more"]:
+                break
+            short += len(r.json["data"]) < 3
+            page = r.json["next_page"]
+        self.assertEqual(got, want[::-1])
+        self.assertGreaterEqual(pages, 5, "45 rows at 10 a request take at least 5 requests")
+        self.assertGreater(short, 0, "some page ended early on the budget")
+
+
 if __name__ == "__main__":
     main()
