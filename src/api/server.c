@@ -159,7 +159,9 @@ static const struct tp_route *route(struct tp_req *r, bool *url_known)
     if (!match(rt->pattern, r->url, r))
       continue;
     *url_known = true;
-    if (strcmp(rt->method, r->method) == 0)
+    /* HEAD is GET without the body (RFC 9110 9.3.2; MHD drops the body). */
+    if (strcmp(rt->method, r->method) == 0 ||
+        (strcmp(r->method, "HEAD") == 0 && strcmp(rt->method, "GET") == 0))
       return rt;
   }
   return NULL;

@@ -53,6 +53,21 @@ class ApiErrorsTest(DaemonTestCase):
             self.assertEqual(err["type"], "invalid_request_error", r)
         return r
 
+    def test_head_is_get_without_a_body(self):
+        c = self.c("bad")
+        r = c.post("/v1/customers", {"email": "head@example.com"})
+        self.assertEqual(r.status, 200, r)
+        g = c.get("/v1/customers/" + r.json["id"])
+        h = c.request("HEAD", "/v1/customers/" + r.json["id"])
+        self.assertEqual(h.status, 200, h)
+        self.assertEqual(h.body, b"", h)
+        self.assertEqual(h.headers["Content-Type"], g.headers["Content-Type"])
+        self.assertTrue(h.headers.get("Request-Id"), h)
+        self.assertEqual(c.request("HEAD", "/v1/customers/cus_nope").status, 404)
+        # a route with no GET has no HEAD either, and HEAD creates nothing
+        self.assertEqual(c.request("HEAD", "/v1/payment_intents/pi_x/confirm").status, 405)
+        self.assertEqual(self.daemon.client(None).request("HEAD", "/v1/customers").status, 401)
+
     def test_body_over_256_kib_is_rejected_with_413(self):
         self.send_bad("body_300k")
 
