@@ -149,6 +149,30 @@ void tp_put_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant,
   tp_cs_put_dumped(cs, kind, merchant, object, os, ol);
 }
 
+/* ---- refunds ---------------------------------------------------------------- */
+json_t *tp_refund_object(int64_t amount, const json_t *ch, const char *reason, const json_t *metadata,
+                         const char *status)
+{
+  char id[TP_ID_MAX];
+  tp_id_new(id, "re");
+  json_t *re = json_pack("{s:s, s:s, s:I, s:n, s:O, s:I, s:O, s:o, s:O, s:o, s:n, s:n, s:s, s:n}", "id", id,
+                         "object", "refund", "amount", (json_int_t)amount, "balance_transaction", "charge",
+                         json_object_get(ch, "id"), "created", (json_int_t)tp_now(), "currency",
+                         json_object_get(ch, "currency"), "metadata",
+                         json_is_object(metadata) ? json_copy((json_t *)(uintptr_t)metadata) : json_object(),
+                         "payment_intent", json_object_get(ch, "payment_intent"), "reason",
+                         reason ? json_string(reason) : json_null(), "receipt_number", "source_transfer_reversal",
+                         "status", status, "transfer_reversal");
+  if (!re)
+    abort();
+  return re;
+}
+
+int64_t tp_charge_released(const json_t *ch)
+{
+  return json_integer_value(json_object_get(json_object_get(ch, "turnpike"), "released"));
+}
+
 /* ---- cards ----------------------------------------------------------------- */
 void tp_card_fingerprint(const struct tp_merchant *m, const char *pan, char out[17])
 {

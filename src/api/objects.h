@@ -28,6 +28,14 @@ void tp_card_fingerprint(const struct tp_merchant *m, const char *pan, char out[
 
 /* A new card PaymentMethod object for validated card data; adds the vault
  * record (sealed PAN) and the object to cs. Returns the object (owned). */
+/* A new Refund of amount on charge ch (id, currency, payment_intent taken
+ * from it), with reason (NULL: none), metadata (copied; NULL: {}) and status. */
+json_t *tp_refund_object(int64_t amount, const json_t *ch, const char *reason, const json_t *metadata,
+                         const char *status);
+/* The part of a charge's amount_refunded that is the uncaptured rest of a
+ * partial capture (released, not refunded money; 0 when none). */
+int64_t tp_charge_released(const json_t *ch);
+
 json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const struct tp_card_info *ci,
                           const json_t *billing_details, const json_t *metadata);
 

@@ -83,7 +83,9 @@ void tp_h_refund_create(struct tp_req *r)
     goto fail;
   }
   int64_t captured = json_integer_value(json_object_get(ch, "amount_captured"));
-  int64_t refunded = json_integer_value(json_object_get(ch, "amount_refunded"));
+  /* amount_refunded counts the uncaptured rest of a partial capture too
+   * (Stripe); only what was captured can be refunded. */
+  int64_t refunded = json_integer_value(json_object_get(ch, "amount_refunded")) - tp_charge_released(ch);
   /* The charge lock is held until the outcome commits, so no other refund
    * of this charge is in flight. */
   int64_t remaining = captured - refunded;
@@ -109,19 +111,8 @@ void tp_h_refund_create(struct tp_req *r)
     const char *pid = json_string_value(json_object_get(ch, "payment_intent"));
     pi = pid ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, pid) : NULL;
   }
-  char id[TP_ID_MAX];
-  tp_id_new(id, "re");
   const char *reason = tp_pstr(r->params, "reason");
-  json_t *md = json_object_get(r->params, "metadata");
-  json_t *re = json_pack("{s:s, s:s, s:I, s:n, s:O, s:I, s:O, s:o, s:O, s:o, s:n, s:n, s:s, s:n}", "id", id,
-                         "object", "refund", "amount", (json_int_t)amount, "balance_transaction", "charge",
-                         json_object_get(ch, "id"), "created", (json_int_t)tp_now(), "currency",
-                         json_object_get(ch, "currency"), "metadata", json_is_object(md) ? json_copy(md) : json_object(),
-                         "payment_intent", json_object_get(ch, "payment_intent"), "reason",
-                         reason ? json_string(reason) : json_null(), "receipt_number", "source_transfer_reversal",
-                         "status", "pending", "transfer_reversal");
-  if (!re)
-    abort();
+  json_t *re = tp_refund_object(amount, ch, reason, json_object_get(r->params, "metadata"), "pending");
   struct tp_pay *p = tp_pay_new(r, &r->merchant);
   p->pi = pi;
   p->charge = ch;
@@ -129,7 +120,7 @@ void tp_h_refund_create(struct tp_req *r)
   p->outcome = tp_outcome_refund;
   snprintf(p->lock_id, sizeof p->lock_id, "%s", chid);
   tp_pay_attempt(p, "refund", amount, json_string_value(json_object_get(ch, "currency")));
-  snprintf(p->att.refund, sizeof p->att.refund, "%s", id);
+  snprintf(p->att.refund, sizeof p->att.refund, "%s", json_string_value(json_object_get(re, "id")));
   p->call.kind = TP_PROC_REFUND;
   const char *auth_att = json_string_value(json_object_get(json_object_get(ch, "turnpike"), "attempt"));
   snprintf(p->call.orig_ref, sizeof p->call.orig_ref, "%s", auth_att ? auth_att : "");
@@ -137,7 +128,7 @@ void tp_h_refund_create(struct tp_req *r)
   tp_cs_put(cs, TP_K_REFUND, r->merchant.id, re);
   json_t *audit = json_pack("{s:I, s:O, s:s}", "amount", (json_int_t)amount, "currency",
                             json_object_get(ch, "currency"), "charge", chid);
-  tp_audit_append(cs, r->merchant.id, r->actor[0] ? r->actor : "api", "refund.created", id, audit);
+  tp_audit_append(cs, r->merchant.id, r->actor[0] ? r->actor : "api", "refund.created", p->att.refund, audit);
   json_decref(audit);
   tp_req_suspend(r);
   tp_pay_run(p, cs);

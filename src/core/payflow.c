@@ -1030,6 +1030,20 @@ void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs)
   json_object_set_new(ch, "balance_transaction", json_string(txn));
   json_object_set_new(ch, "captured", json_true());
   json_object_set_new(ch, "amount_captured", json_integer(amount));
+  /* A partial capture refunds the rest of the authorization (Stripe: "any
+   * additional amount is automatically refunded"): a succeeded Refund with
+   * no balance transaction, since that money was never captured, counted
+   * in the charge's amount_refunded and remembered as turnpike.released. */
+  int64_t released = json_integer_value(json_object_get(ch, "amount")) - amount;
+  if (released > 0) {
+    json_t *re = tp_refund_object(released, ch, NULL, NULL, "succeeded");
+    tp_put_emit(cs, p->r, merchant, TP_K_REFUND, "refund.created", re);
+    json_decref(re);
+    json_object_set_new(ch, "amount_refunded", json_integer(released));
+    json_t *turn = json_object_get(ch, "turnpike");
+    if (json_is_object(turn))
+      json_object_set_new(turn, "released", json_integer(released));
+  }
   json_object_set_new(pi, "status", json_string("succeeded"));
   json_object_set_new(pi, "amount_received", json_integer(amount));
   json_object_set_new(pi, "amount_capturable", json_integer(0));
@@ -1112,7 +1126,8 @@ void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs)
   json_object_set_new(re, "status", json_string("succeeded"));
   int64_t refunded = json_integer_value(json_object_get(ch, "amount_refunded")) + amount;
   json_object_set_new(ch, "amount_refunded", json_integer(refunded));
-  json_object_set_new(ch, "refunded", json_boolean(refunded >= json_integer_value(json_object_get(ch, "amount_captured"))));
+  json_object_set_new(ch, "refunded", json_boolean(refunded - tp_charge_released(ch) >=
+                                                  json_integer_value(json_object_get(ch, "amount_captured"))));
   tp_put_emit(cs, p->r, merchant, TP_K_REFUND, "refund.created", re);
   tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.refunded", ch);
   tp_pay_reply(p, 200, json_incref(re));
