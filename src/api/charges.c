@@ -41,13 +41,9 @@ void tp_h_charge_update(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_update))
     return;
-  json_t *ch = tp_store_get_json(&tp_app.store, TP_K_CHARGE, r->merchant.id, r->path_id);
-  if (!ch) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "No such charge: '%.64s'", r->path_id);
-    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", msg);
+  json_t *ch = tp_load_path(r, TP_K_CHARGE, "charge");
+  if (!ch)
     return;
-  }
   char pi_lock[TP_ID_MAX] = "";
   snprintf(pi_lock, sizeof pi_lock, "%s", json_string_value(json_object_get(ch, "payment_intent")) ?: "");
   json_decref(ch);

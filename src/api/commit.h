@@ -28,4 +28,6 @@ void tp_reply_stored(struct tp_req *r, char *text);
 /* A GET /v1/<things>/{id} handler body: check that only "expand" was sent,
  * then reply with the stored object or 404 "No such <what>: '<id>'". */
 void tp_retrieve(struct tp_req *r, enum tp_kind kind, const char *what);
+/* The object of kind named by the {id} of the URL, or NULL after a 404. */
+json_t *tp_load_path(struct tp_req *r, enum tp_kind kind, const char *what);
 #endif

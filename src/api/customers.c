@@ -170,6 +170,14 @@ void tp_reply_stored(struct tp_req *r, char *text)
   tp_reply_json(r, 200, o);
 }
 
+/* 404 resource_missing for the {id} of the URL. */
+static void reply_missing(struct tp_req *r, const char *what)
+{
+  char msg[160];
+  snprintf(msg, sizeof msg, "No such %s: '%.64s'", what, r->path_id);
+  tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", msg);
+}
+
 /* GET one stored object by the {id} of the URL. */
 void tp_retrieve(struct tp_req *r, enum tp_kind kind, const char *what)
 {
@@ -180,12 +188,18 @@ void tp_retrieve(struct tp_req *r, enum tp_kind kind, const char *what)
   }
   char *s = tp_store_get(&tp_app.store, kind, r->merchant.id, r->path_id);
   if (!s) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "No such %s: '%s'", what, r->path_id);
-    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", msg);
+    reply_missing(r, what);
     return;
   }
   tp_reply_stored(r, s);
+}
+
+json_t *tp_load_path(struct tp_req *r, enum tp_kind kind, const char *what)
+{
+  json_t *o = tp_store_get_json(&tp_app.store, kind, r->merchant.id, r->path_id);
+  if (!o)
+    reply_missing(r, what);
+  return o;
 }
 
 /* ---- customers ------------------------------------------------------------ */

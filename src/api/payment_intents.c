@@ -755,13 +755,9 @@ void tp_h_charge_capture(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_charge_capture))
     return;
-  json_t *ch = tp_store_get_json(&tp_app.store, TP_K_CHARGE, r->merchant.id, r->path_id);
-  if (!ch) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "No such charge: '%.64s'", r->path_id);
-    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", msg);
+  json_t *ch = tp_load_path(r, TP_K_CHARGE, "charge");
+  if (!ch)
     return;
-  }
   if (json_is_true(json_object_get(ch, "captured")))
     tp_reply_error(r, TP_ERR_CHARGE_ALREADY_CAPTURED, NULL, NULL);
   else if (json_is_true(json_object_get(ch, "refunded")))
