@@ -949,6 +949,20 @@ static json_t *outcome_obj(bool approved, const char *decline)
                    "The bank did not return any further details with this decline.", "type", "issuer_declined");
 }
 
+/* setup_future_usage with a customer: once the card is authorized it is
+ * saved to that customer (Stripe attaches the PaymentMethod on a successful
+ * confirmation), unless it belongs to a customer already. */
+static void save_for_future_use(struct tp_pay *p, struct tp_cs *cs)
+{
+  const char *sfu = json_string_value(json_object_get(p->pi, "setup_future_usage"));
+  const char *cus = json_string_value(json_object_get(p->pi, "customer"));
+  if (!sfu || !cus || !json_is_object(p->pm) || json_is_string(json_object_get(p->pm, "customer")))
+    return;
+  json_object_set_new(p->pm, "customer", json_string(cus));
+  tp_cs_put(cs, TP_K_PAYMENT_METHOD, p->m.id, p->pm);
+  tp_emit(cs, p->r, p->m.id, "payment_method.attached", p->pm);
+}
+
 void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
 {
   const struct tp_proc_call *c = &p->call;
@@ -980,6 +994,7 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
                           json_integer(tp_now() + tp_authorization_ttl()));
     }
     json_object_set_new(pi, "last_payment_error", json_null());
+    save_for_future_use(p, cs);
     tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.succeeded", ch);
     tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT,
                 p->att.capture ? "payment_intent.succeeded" : "payment_intent.amount_capturable_updated", pi);

@@ -139,3 +139,34 @@ test('a payment method with an expired date is rejected', async () => {
     `got ${err.constructor.name}`);
   assert.ok(!JSON.stringify(err.raw).includes(CARDS.visa));
 });
+
+test('setup_future_usage with a customer saves the card to the customer, then an off-session payment uses it', async () => {
+  const cus = await stripe.customers.create({ email: `${tag('sfu')}@example.com` });
+  const first = await stripe.paymentIntents.create({
+    amount: 1800, currency: 'usd', customer: cus.id, setup_future_usage: 'off_session',
+    payment_method: 'pm_card_visa', confirm: true,
+  });
+  assert.equal(first.status, 'succeeded');
+  assert.equal(first.setup_future_usage, 'off_session');
+  const saved = await stripe.customers.listPaymentMethods(cus.id);
+  assert.deepEqual(saved.data.map((pm) => pm.id), [first.payment_method]);
+  assert.equal(saved.data[0].customer, cus.id);
+  const attached = await stripe.events.list({ type: 'payment_method.attached', limit: 20 });
+  assert.ok(attached.data.some((e) => e.data.object.id === first.payment_method && e.data.object.customer === cus.id));
+
+  const later = await stripe.paymentIntents.create({
+    amount: 900, currency: 'usd', customer: cus.id, payment_method: saved.data[0].id, off_session: true, confirm: true,
+  });
+  assert.equal(later.status, 'succeeded');
+
+  // a declined card is not saved; without setup_future_usage nothing is saved
+  await expectError(stripe.paymentIntents.create({
+    amount: 500, currency: 'usd', customer: cus.id, setup_future_usage: 'on_session', confirm: true,
+    payment_method_data: { type: 'card', card: card(CARDS.generic_decline) },
+  }), errors.StripeCardError);
+  await stripe.paymentIntents.create({
+    amount: 700, currency: 'usd', customer: cus.id, payment_method: 'pm_card_mastercard', confirm: true,
+  });
+  const still = await stripe.customers.listPaymentMethods(cus.id);
+  assert.deepEqual(still.data.map((pm) => pm.id), [first.payment_method]);
+});
