@@ -327,6 +327,24 @@ static const struct {
   {"pm_card_authenticationRequired", "4000002760003184"},
 };
 
+bool tp_pm_materialize(struct tp_req *r, struct tp_cs *cs, json_t *pi)
+{
+  const char *pm_id = json_string_value(json_object_get(pi, "payment_method"));
+  bool test = false;
+  for (size_t i = 0; pm_id && i < sizeof test_pms / sizeof test_pms[0]; i++)
+    test = test || strcmp(pm_id, test_pms[i].id) == 0;
+  if (!test)
+    return true;
+  struct tp_card_info ci;
+  json_t *pm = tp_pm_resolve(r, cs, pm_id, &ci);
+  tp_card_wipe(&ci, sizeof ci);
+  if (!pm)
+    return false;
+  json_object_set(pi, "payment_method", json_object_get(pm, "id"));
+  json_decref(pm);
+  return true;
+}
+
 bool tp_pm_exists(struct tp_req *r, const char *pm_id)
 {
   for (size_t i = 0; i < sizeof test_pms / sizeof test_pms[0]; i++)

@@ -54,6 +54,10 @@ bool tp_card_from_params(struct tp_req *r, const json_t *card, const char *param
 /* Is pm_id one of the merchant's PaymentMethods (or a pm_card_* test id)?
  * Otherwise replies resource_missing and returns false. */
 bool tp_pm_exists(struct tp_req *r, const char *pm_id);
+/* A test token (pm_card_visa ...) in pi's payment_method becomes a new
+ * PaymentMethod in cs, as Stripe creates one when the token is set: false
+ * after an error reply. */
+bool tp_pm_materialize(struct tp_req *r, struct tp_cs *cs, json_t *pi);
 json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, struct tp_card_info *ci);
 
 /* Load a vaulted card for a PM id. 0 on success. */

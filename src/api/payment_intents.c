@@ -475,6 +475,11 @@ void tp_h_pi_create(struct tp_req *r)
     tp_cs_free(cs);
     return;
   }
+  if (!tp_pm_materialize(r, cs, pi)) {
+    json_decref(pi);
+    tp_cs_free(cs);
+    return;
+  }
   tp_put_emit(cs, r, r->merchant.id, TP_K_PAYMENT_INTENT, "payment_intent.created", pi);
   if (!tp_expand(r, pi, NULL)) {
     json_decref(pi);
@@ -617,6 +622,10 @@ void tp_h_pi_update(struct tp_req *r)
     json_object_set_new(pi, "status", json_string("requires_confirmation"));
   }
   struct tp_cs *cs = tp_cs_new();
+  if (!tp_pm_materialize(r, cs, pi)) {
+    tp_cs_free(cs);
+    goto out;
+  }
   tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
   json_t *out = json_incref(pi);
   if (!tp_expand(r, out, NULL)) {

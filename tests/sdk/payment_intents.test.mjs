@@ -303,3 +303,20 @@ test('charges.capture captures a manual PaymentIntent through its charge, partia
   assert.equal(big.param, 'amount');
   assert.equal((await stripe.paymentIntents.retrieve(too.id)).status, 'requires_capture');
 });
+
+test('a test token set without confirming becomes a real PaymentMethod, on create and on update', async () => {
+  const pi = await stripe.paymentIntents.create({ amount: 1100, currency: 'usd', payment_method: 'pm_card_visa' });
+  assert.equal(pi.status, 'requires_confirmation');
+  assert.match(pi.payment_method, /^pm_/);
+  assert.notEqual(pi.payment_method, 'pm_card_visa');
+  const pm = await stripe.paymentMethods.retrieve(pi.payment_method);
+  assert.equal(pm.card.last4, '4242');
+  const upd = await stripe.paymentIntents.update(pi.id, { payment_method: 'pm_card_mastercard' });
+  assert.notEqual(upd.payment_method, pi.payment_method);
+  assert.equal((await stripe.paymentMethods.retrieve(upd.payment_method)).card.last4, '4444');
+  const done = await stripe.paymentIntents.confirm(pi.id);
+  assert.equal(done.status, 'succeeded');
+  assert.equal(done.payment_method, upd.payment_method);
+  const ch = await stripe.charges.retrieve(done.latest_charge);
+  assert.equal(ch.payment_method_details.card.last4, '4444');
+});
