@@ -12,6 +12,7 @@ void tp_h_pi_capture(struct tp_req *r);
 void tp_h_pi_cancel(struct tp_req *r);
 void tp_h_pi_list(struct tp_req *r);
 void tp_h_pi_search(struct tp_req *r);
+void tp_h_pi_increment(struct tp_req *r);
 void tp_h_pi_attempts(struct tp_req *r); /* attempts.c: processor calls of a PaymentIntent */
 void tp_h_request_retrieve(struct tp_req *r); /* requests.c: a recent request (request_log_url) */
 /* The 3-D Secure challenge token for a PaymentIntent (32 hex chars). */
@@ -25,6 +26,7 @@ void tp_h_3ds_submit(struct tp_req *r);
 void tp_h_refund_create(struct tp_req *r);
 void tp_h_refund_retrieve(struct tp_req *r);
 void tp_h_refund_update(struct tp_req *r);
+void tp_h_refund_cancel(struct tp_req *r);
 void tp_h_refund_list(struct tp_req *r);
 /* charges.c */
 void tp_h_charge_retrieve(struct tp_req *r);

@@ -139,9 +139,32 @@ fail:
   tp_lock_release(chid);
 }
 
+static const struct tp_pspec spec_expand_only_refund[] = {
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+
 void tp_h_refund_retrieve(struct tp_req *r)
 {
   tp_retrieve(r, TP_K_REFUND, "refund");
+}
+
+/* POST /v1/refunds/{id}/cancel. Stripe cancels only a refund that waits for
+ * the customer (requires_action); a card refund here is pending while its
+ * processor call runs, then succeeded or failed, so none ever can be. */
+void tp_h_refund_cancel(struct tp_req *r)
+{
+  if (!tp_check_params(r, spec_expand_only_refund))
+    return;
+  json_t *re = tp_load_path(r, TP_K_REFUND, "refund");
+  if (!re)
+    return;
+  const char *st = json_string_value(json_object_get(re, "status"));
+  char msg[200];
+  snprintf(msg, sizeof msg, "Only a refund with a status of requires_action can be canceled; this refund's status is %s.",
+           st ? st : "unknown");
+  tp_reply_error(r, TP_ERR_REFUND_NOT_CANCELABLE, NULL, msg);
+  json_decref(re);
 }
 
 void tp_h_refund_update(struct tp_req *r)

@@ -15,6 +15,7 @@ const struct tp_route tp_routes[] = {
   {"POST", "/v1/payment_intents/{id}/confirm", tp_h_pi_confirm, C},
   {"POST", "/v1/payment_intents/{id}/capture", tp_h_pi_capture, A},
   {"POST", "/v1/payment_intents/{id}/cancel", tp_h_pi_cancel, A},
+  {"POST", "/v1/payment_intents/{id}/increment_authorization", tp_h_pi_increment, A},
   {"GET", "/v1/payment_intents/{id}/attempts", tp_h_pi_attempts, A},
   {"GET", "/v1/turnpike/requests/{id}", tp_h_request_retrieve, A},
 
@@ -28,6 +29,7 @@ const struct tp_route tp_routes[] = {
   {"GET", "/v1/refunds", tp_h_refund_list, A},
   {"GET", "/v1/refunds/{id}", tp_h_refund_retrieve, A},
   {"POST", "/v1/refunds/{id}", tp_h_refund_update, A},
+  {"POST", "/v1/refunds/{id}/cancel", tp_h_refund_cancel, A},
 
   {"POST", "/v1/customers", tp_h_customer_create, A},
   {"GET", "/v1/customers", tp_h_customer_list, A},

@@ -142,3 +142,28 @@ test('charges.update sets description, metadata and receipt_email, emits charge.
     errors.StripeInvalidRequestError);
   assert.equal(missing.statusCode, 404);
 });
+
+test('refunds.cancel of a card refund is refused: only requires_action refunds can be canceled', async () => {
+  const pi = await stripe.paymentIntents.create({ amount: 900, currency: 'usd', payment_method: 'pm_card_visa', confirm: true });
+  const re = await stripe.refunds.create({ payment_intent: pi.id, amount: 100 });
+  const err = await expectError(stripe.refunds.cancel(re.id), errors.StripeInvalidRequestError);
+  assert.match(err.message, /requires_action/);
+  assert.equal((await stripe.refunds.retrieve(re.id)).status, 'succeeded');
+  await expectError(stripe.refunds.cancel('re_nope'), errors.StripeInvalidRequestError);
+});
+
+test('paymentIntents.incrementAuthorization answers clearly that no processor offers it, and changes nothing', async () => {
+  const pi = await stripe.paymentIntents.create({
+    amount: 1000, currency: 'usd', payment_method: 'pm_card_visa', confirm: true, capture_method: 'manual',
+  });
+  const err = await expectError(stripe.paymentIntents.incrementAuthorization(pi.id, { amount: 1500 }),
+    errors.StripeInvalidRequestError);
+  assert.match(err.message, /Incremental authorization/);
+  const same = await stripe.paymentIntents.retrieve(pi.id);
+  assert.equal(same.amount, 1000);
+  assert.equal(same.amount_capturable, 1000);
+  const done = await stripe.paymentIntents.create({ amount: 500, currency: 'usd', payment_method: 'pm_card_visa', confirm: true });
+  const st = await expectError(stripe.paymentIntents.incrementAuthorization(done.id, { amount: 900 }),
+    errors.StripeInvalidRequestError);
+  assert.equal(st.code, 'payment_intent_unexpected_state');
+});
