@@ -70,11 +70,6 @@ static const struct tp_pspec spec_update[] = {
   END,
 };
 
-static const struct tp_pspec spec_expand_only[] = {
-  {"expand", TP_P_STRLIST, NULL, NULL},
-  END,
-};
-
 static const struct tp_pspec spec_list[] = {
   {"created", TP_P_RANGE, NULL, NULL},
   S("email"),
@@ -181,11 +176,8 @@ static void reply_missing(struct tp_req *r, const char *what)
 /* GET one stored object by the {id} of the URL. */
 void tp_retrieve(struct tp_req *r, enum tp_kind kind, const char *what)
 {
-  struct tp_params_error pe;
-  if (tp_params_check(r->params, spec_expand_only, &pe) != 0) {
-    tp_reply_params_error(r, &pe, false);
+  if (!tp_check_params(r, tp_spec_expand_only))
     return;
-  }
   char *s = tp_store_get(&tp_app.store, kind, r->merchant.id, r->path_id);
   if (!s) {
     reply_missing(r, what);
@@ -548,7 +540,7 @@ out_unlock:
 /* DELETE /v1/customers/{id} */
 void tp_h_customer_delete(struct tp_req *r)
 {
-  if (!tp_check_params(r, spec_expand_only))
+  if (!tp_check_params(r, tp_spec_expand_only))
     return;
   if (!tp_lock_try(r->path_id)) {
     tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);

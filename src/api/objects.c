@@ -47,6 +47,11 @@ bool tp_check_params(struct tp_req *r, const struct tp_pspec *spec)
   return true;
 }
 
+const struct tp_pspec tp_spec_expand_only[] = {
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+
 const char *tp_pstr(const json_t *params, const char *key)
 {
   return json_string_value(json_object_get(params, key));

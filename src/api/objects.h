@@ -93,6 +93,8 @@ extern const struct tp_pspec tp_spec_range[];
 
 /* Check r->params against spec; replies 400 and returns false on failure. */
 bool tp_check_params(struct tp_req *r, const struct tp_pspec *spec);
+/* The spec of a request that takes nothing but expand[]. */
+extern const struct tp_pspec tp_spec_expand_only[];
 
 /* Helpers to read checked params. */
 const char *tp_pstr(const json_t *params, const char *key);   /* NULL when absent or not a string */

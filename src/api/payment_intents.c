@@ -564,16 +564,17 @@ void tp_h_pi_retrieve(struct tp_req *r)
   tp_reply_json(r, 200, pi);
 }
 
-/* Load the PI named in the URL under its lock; replies and returns NULL on failure. */
-static json_t *load_locked(struct tp_req *r)
+/* Load PaymentIntent id (the URL's, or a charge's) under its lock; replies
+ * and returns NULL on failure. */
+static json_t *load_locked(struct tp_req *r, const char *id)
 {
-  if (!tp_lock_try(r->path_id)) {
+  if (!tp_lock_try(id)) {
     tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
     return NULL;
   }
-  json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, r->path_id);
+  json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, id);
   if (!pi) {
-    tp_lock_release(r->path_id);
+    tp_lock_release(id);
     missing_pi(r);
   }
   return pi;
@@ -583,7 +584,7 @@ void tp_h_pi_update(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_update))
     return;
-  json_t *pi = load_locked(r);
+  json_t *pi = load_locked(r, r->path_id);
   if (!pi)
     return;
   const char *st = json_string_value(json_object_get(pi, "status"));
@@ -646,7 +647,7 @@ void tp_h_pi_confirm(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_confirm))
     return;
-  json_t *pi = load_locked(r);
+  json_t *pi = load_locked(r, r->path_id);
   if (!pi)
     return;
   if (!client_secret_ok(r, pi)) {
@@ -680,16 +681,9 @@ void tp_h_pi_confirm(struct tp_req *r)
  * PaymentIntent. The reply comes when the capture is committed. */
 static void capture(struct tp_req *r, const char *pi_id, const char *amount_param, bool reply_charge)
 {
-  if (!tp_lock_try(pi_id)) {
-    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+  json_t *pi = load_locked(r, pi_id);
+  if (!pi)
     return;
-  }
-  json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, pi_id);
-  if (!pi) {
-    tp_lock_release(pi_id);
-    missing_pi(r);
-    return;
-  }
   if (strcmp(json_string_value(json_object_get(pi, "status")), "requires_capture") != 0) {
     unexpected_state(r, pi, "capture");
     goto fail;
@@ -742,9 +736,8 @@ fail:
 
 /* POST /v1/payment_intents/{id}/increment_authorization. None of the
  * connectors can raise a hold (the ISO 8583 and REST protocols here have no
- * incremental authorization message), so charges show
- * incremental_authorization.status "unavailable" and this answers as Stripe
- * does for a PaymentIntent that is not eligible, after the usual checks. */
+ * incremental authorization message), so after the usual checks this
+ * refuses, as Stripe does for a PaymentIntent that is not eligible. */
 static const struct tp_pspec spec_increment[] = {
   {"amount", TP_P_INT, NULL, NULL},
   {"description", TP_P_STRING, NULL, NULL},
@@ -874,7 +867,7 @@ void tp_h_pi_cancel(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_cancel))
     return;
-  json_t *pi = load_locked(r);
+  json_t *pi = load_locked(r, r->path_id);
   if (!pi)
     return;
   const char *st = json_string_value(json_object_get(pi, "status"));

@@ -139,11 +139,6 @@ fail:
   tp_lock_release(chid);
 }
 
-static const struct tp_pspec spec_expand_only_refund[] = {
-  {"expand", TP_P_STRLIST, NULL, NULL},
-  {NULL, 0, NULL, NULL},
-};
-
 void tp_h_refund_retrieve(struct tp_req *r)
 {
   tp_retrieve(r, TP_K_REFUND, "refund");
@@ -154,7 +149,7 @@ void tp_h_refund_retrieve(struct tp_req *r)
  * processor call runs, then succeeded or failed, so none ever can be. */
 void tp_h_refund_cancel(struct tp_req *r)
 {
-  if (!tp_check_params(r, spec_expand_only_refund))
+  if (!tp_check_params(r, tp_spec_expand_only))
     return;
   json_t *re = tp_load_path(r, TP_K_REFUND, "refund");
   if (!re)

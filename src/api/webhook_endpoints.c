@@ -47,11 +47,6 @@ static const struct tp_pspec spec_update[] = {
   END,
 };
 
-static const struct tp_pspec spec_expand_only[] = {
-  {"expand", TP_P_STRLIST, NULL, NULL},
-  END,
-};
-
 static const struct tp_pspec spec_list[] = {
   S("ending_before"),
   {"expand", TP_P_STRLIST, NULL, NULL},
@@ -309,7 +304,7 @@ void tp_h_we_create(struct tp_req *r)
 /* GET /v1/webhook_endpoints/{id} */
 void tp_h_we_retrieve(struct tp_req *r)
 {
-  if (!tp_check_params(r, spec_expand_only))
+  if (!tp_check_params(r, tp_spec_expand_only))
     return;
   json_t *o = endpoint_load(r, r->path_id);
   if (o)
@@ -372,7 +367,7 @@ void tp_h_we_update(struct tp_req *r)
 /* DELETE /v1/webhook_endpoints/{id} */
 void tp_h_we_delete(struct tp_req *r)
 {
-  if (!tp_check_params(r, spec_expand_only))
+  if (!tp_check_params(r, tp_spec_expand_only))
     return;
   if (!lock(r))
     return;
@@ -504,7 +499,7 @@ void tp_h_we_deliveries(struct tp_req *r)
  * event again now (a new attempt, whatever happened before). */
 void tp_h_we_resend(struct tp_req *r)
 {
-  if (!tp_check_params(r, spec_expand_only))
+  if (!tp_check_params(r, tp_spec_expand_only))
     return;
   json_t *ep = endpoint_load(r, r->path_id);
   if (!ep)
