@@ -1028,6 +1028,24 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
   tp_pay_reply(p, (unsigned)ei->http_status, json_pack("{s:o}", "error", body_err));
 }
 
+/* Part or all of an authorization is given back uncaptured: a succeeded
+ * Refund with no balance transaction (that money never moved), counted in
+ * the charge's amount_refunded and remembered as turnpike.released so that
+ * later refunds are limited to the captured money. */
+static void release_uncaptured(struct tp_pay *p, struct tp_cs *cs, int64_t released)
+{
+  json_t *ch = p->charge;
+  if (!ch || released <= 0)
+    return;
+  json_t *re = tp_refund_object(released, ch, NULL, NULL, "succeeded");
+  tp_put_emit(cs, p->r, p->m.id, TP_K_REFUND, "refund.created", re);
+  json_decref(re);
+  json_object_set_new(ch, "amount_refunded", json_integer(released));
+  json_t *turn = json_object_get(ch, "turnpike");
+  if (json_is_object(turn))
+    json_object_set_new(turn, "released", json_integer(released));
+}
+
 void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs)
 {
   json_t *pi = p->pi, *ch = p->charge;
@@ -1046,19 +1064,8 @@ void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs)
   json_object_set_new(ch, "captured", json_true());
   json_object_set_new(ch, "amount_captured", json_integer(amount));
   /* A partial capture refunds the rest of the authorization (Stripe: "any
-   * additional amount is automatically refunded"): a succeeded Refund with
-   * no balance transaction, since that money was never captured, counted
-   * in the charge's amount_refunded and remembered as turnpike.released. */
-  int64_t released = json_integer_value(json_object_get(ch, "amount")) - amount;
-  if (released > 0) {
-    json_t *re = tp_refund_object(released, ch, NULL, NULL, "succeeded");
-    tp_put_emit(cs, p->r, merchant, TP_K_REFUND, "refund.created", re);
-    json_decref(re);
-    json_object_set_new(ch, "amount_refunded", json_integer(released));
-    json_t *turn = json_object_get(ch, "turnpike");
-    if (json_is_object(turn))
-      json_object_set_new(turn, "released", json_integer(released));
-  }
+   * additional amount is automatically refunded"). */
+  release_uncaptured(p, cs, json_integer_value(json_object_get(ch, "amount")) - amount);
   json_object_set_new(pi, "status", json_string("succeeded"));
   json_object_set_new(pi, "amount_received", json_integer(amount));
   json_object_set_new(pi, "amount_capturable", json_integer(0));
@@ -1067,15 +1074,16 @@ void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs)
   tp_pay_reply(p, 200, json_incref(p->reply_charge ? ch : pi));
 }
 
-/* The authorization is released: the charge shows as refunded in full
- * (Stripe), with charge_event, and the PaymentIntent is canceled with the
+/* The authorization is released: the charge shows as refunded in full by a
+ * released Refund (Stripe), with charge_event, and the PaymentIntent is canceled with the
  * reason p->cancellation_reason (none when empty). */
 static void release_authorization(struct tp_pay *p, struct tp_cs *cs, const char *charge_event)
 {
   json_t *pi = p->pi, *ch = p->charge;
   const char *merchant = p->m.id;
   if (ch) {
-    json_object_set(ch, "amount_refunded", json_object_get(ch, "amount"));
+    /* Stripe: "the remaining amount_capturable is automatically refunded". */
+    release_uncaptured(p, cs, json_integer_value(json_object_get(ch, "amount")));
     json_object_set_new(ch, "refunded", json_true());
     tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, charge_event, ch);
   }

@@ -74,6 +74,29 @@ test('manual capture, refund and cancel emit their events', async () => {
   assert.ok(await findEvent('customer.created', cus.id), 'customer.created');
 });
 
+test('canceling an authorization refunds it in full with a refund that moves no money', async () => {
+  const b0 = await stripe.balance.retrieve();
+  const pi = await stripe.paymentIntents.create({
+    amount: 3100, currency: 'usd', payment_method: 'pm_card_visa', confirm: true, capture_method: 'manual',
+  });
+  const canceled = await stripe.paymentIntents.cancel(pi.id, { cancellation_reason: 'requested_by_customer' });
+  assert.equal(canceled.status, 'canceled');
+  assert.equal(canceled.amount_capturable, 0);
+  const ch = await stripe.charges.retrieve(pi.latest_charge);
+  assert.equal(ch.captured, false);
+  assert.equal(ch.refunded, true);
+  assert.equal(ch.amount_refunded, 3100);
+  const refunds = await stripe.refunds.list({ payment_intent: pi.id });
+  assert.equal(refunds.data.length, 1);
+  assert.equal(refunds.data[0].amount, 3100);
+  assert.equal(refunds.data[0].status, 'succeeded');
+  assert.equal(refunds.data[0].balance_transaction, null);
+  assert.ok(await findEvent('refund.created', refunds.data[0].id), 'refund.created');
+  assert.ok(await findEvent('charge.refunded', ch.id), 'charge.refunded');
+  assert.equal(usdTotal(await stripe.balance.retrieve()), usdTotal(b0), 'no money moved');
+  await expectError(stripe.refunds.create({ payment_intent: pi.id, amount: 100 }), errors.StripeInvalidRequestError);
+});
+
 test('unknown event id is 404 resource_missing', async () => {
   const err = await expectError(stripe.events.retrieve('evt_doesnotexist000000'), errors.StripeInvalidRequestError);
   assert.equal(err.statusCode, 404);
