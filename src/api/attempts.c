@@ -2,6 +2,7 @@
  * call made for a PaymentIntent, oldest first, with the router's reason for
  * choosing the processor (attempts.route, compact JSON). */
 #include "api/handlers.h"
+#include "jpack.h"
 #include "api/objects.h"
 
 #include <stdio.h>
@@ -19,7 +20,7 @@ void tp_h_pi_attempts(struct tp_req *r)
     return;
   }
   json_decref(pi);
-  json_t *args = json_pack("[s, s, i]", r->merchant.id, r->path_id, ATTEMPTS_LIST_MAX + 1);
+  json_t *args = tp_pack("[s, s, i]", r->merchant.id, r->path_id, ATTEMPTS_LIST_MAX + 1);
   json_t *rows = tp_store_query(&tp_app.store,
                                 "SELECT id, processor, kind, state, result_code, route, amount, currency, created "
                                 "FROM attempts WHERE merchant = ?1 AND payment_intent = ?2 "
@@ -41,7 +42,7 @@ void tp_h_pi_attempts(struct tp_req *r)
     /* route is stored as JSON text; hand it out as an object. */
     const char *rt = json_string_value(json_object_get(row, "route"));
     json_t *route = rt ? json_loads(rt, 0, NULL) : NULL;
-    json_t *a = json_pack("{s:O, s:s, s:O, s:O, s:O, s:O, s:o, s:O, s:O, s:O}", "id", json_object_get(row, "id"),
+    json_t *a = tp_pack("{s:O, s:s, s:O, s:O, s:O, s:O, s:o, s:O, s:O, s:O}", "id", json_object_get(row, "id"),
                           "object", "turnpike.attempt", "processor", json_object_get(row, "processor"), "kind",
                           json_object_get(row, "kind"), "state", json_object_get(row, "state"), "result_code",
                           json_object_get(row, "result_code"), "route", route ? route : json_null(), "amount",
@@ -53,5 +54,5 @@ void tp_h_pi_attempts(struct tp_req *r)
   json_decref(rows);
   char url[160];
   snprintf(url, sizeof url, "/v1/payment_intents/%.64s/attempts", r->path_id);
-  tp_reply_json(r, 200, json_pack("{s:s, s:s, s:b, s:o}", "object", "list", "url", url, "has_more", more, "data", data));
+  tp_reply_json(r, 200, tp_pack("{s:s, s:s, s:b, s:o}", "object", "list", "url", url, "has_more", more, "data", data));
 }

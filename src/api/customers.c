@@ -6,6 +6,7 @@
  *
  * This file also holds the commit-then-reply helpers of commit.h. */
 #include "api/commit.h"
+#include "jpack.h"
 #include "api/handlers.h"
 #include "api/objects.h"
 #include "api/params.h"
@@ -220,7 +221,7 @@ static json_t *customer_new(const char *id, int64_t created)
   tp_random_b62(prefix, 8);
   for (int i = 0; i < 8; i++)
     prefix[i] = (char)toupper((unsigned char)prefix[i]);
-  return json_pack("{s:s, s:s, s:n, s:I, s:I, s:n, s:n, s:b, s:n, s:n, s:n, s:s, "
+  return tp_pack("{s:s, s:s, s:n, s:I, s:I, s:n, s:n, s:b, s:n, s:n, s:n, s:s, "
                    "s:{s:n, s:n, s:n, s:n}, s:b, s:{}, s:n, s:I, s:n, s:[], s:n, s:s, s:n}",
                    "id", id, "object", "customer", "address", "balance", (json_int_t)0, "created",
                    (json_int_t)created, "currency", "default_source", "delinquent", 0, "description",
@@ -369,7 +370,7 @@ static bool customer_apply(struct tp_req *r, json_t *cus, const json_t *p, const
   if ((v = json_object_get(p, "invoice_settings"))) {
     json_t *is = json_object_get(cus, "invoice_settings");
     if (!json_is_object(is)) {
-      is = json_pack("{s:n, s:n, s:n, s:n}", "custom_fields", "default_payment_method", "footer",
+      is = tp_pack("{s:n, s:n, s:n, s:n}", "custom_fields", "default_payment_method", "footer",
                      "rendering_options");
       json_object_set_new(cus, "invoice_settings", is);
     }
@@ -551,7 +552,7 @@ void tp_h_customer_delete(struct tp_req *r)
     tp_lock_release(r->path_id);
     return;
   }
-  json_t *stub = json_pack("{s:s, s:s, s:b}", "id", r->path_id, "object", "customer", "deleted", 1);
+  json_t *stub = tp_pack("{s:s, s:s, s:b}", "id", r->path_id, "object", "customer", "deleted", 1);
   struct tp_cs *cs = tp_cs_new();
   tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, stub);
   /* The event carries the customer as it was, like Stripe's. */

@@ -1,6 +1,7 @@
 /* GET /v1/turnpike/encryption_key: the public keys clients encrypt card data
  * with (JWK set), and the card[encrypted] path of card parameters. */
 #include "api/handlers.h"
+#include "jpack.h"
 #include "api/objects.h"
 #include "core/card.h"
 #include "sec/jwe.h"
@@ -74,7 +75,7 @@ bool tp_card_from_jwe(struct tp_req *r, const char *jwe, const char *param_prefi
     json_t *m = int_field(json_object_get(c, "exp_month")), *y = int_field(json_object_get(c, "exp_year"));
     const json_t *cvc = json_object_get(c, "cvc");
     if (m && y && (!cvc || json_is_string(cvc))) {
-      card = json_pack("{s:O, s:o, s:o}", "number", json_object_get(c, "number"), "exp_month", m, "exp_year", y);
+      card = tp_pack("{s:O, s:o, s:o}", "number", json_object_get(c, "number"), "exp_month", m, "exp_year", y);
       if (cvc)
         json_object_set(card, "cvc", (json_t *)(uintptr_t)cvc);
     } else {

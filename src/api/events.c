@@ -4,6 +4,7 @@
  * ("payment_intent.*") or a `types[]` list is filtered in memory over pages
  * of the plain list, scanning at most EVENTS_MAX_SCAN events per request. */
 #include "api/commit.h"
+#include "jpack.h"
 #include "api/handlers.h"
 #include "api/objects.h"
 #include "api/params.h"
@@ -183,7 +184,7 @@ void tp_h_event_list(struct tp_req *r)
   json_t *data = filtered(r, &q, (int)limit, type, types, &more);
   if (!data)
     return;
-  json_t *env = json_pack("{s:s, s:o, s:b, s:s}", "object", "list", "data", data, "has_more", more, "url",
+  json_t *env = tp_pack("{s:s, s:o, s:b, s:s}", "object", "list", "data", data, "has_more", more, "url",
                           "/v1/events");
   const json_t *ex = json_object_get(r->params, "expand");
   if (json_is_array(ex) && json_array_size(ex) > 0 && !tp_expand(r, env, NULL)) {

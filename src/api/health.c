@@ -1,5 +1,6 @@
 /* Liveness and readiness probes, no authentication. */
 #include "api/handlers.h"
+#include "jpack.h"
 #include "api/http.h"
 #include "core/procs.h"
 #include "main/features.h"
@@ -10,7 +11,7 @@
 /* GET /healthz: the process answers HTTP. */
 void tp_h_healthz(struct tp_req *r)
 {
-  tp_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
+  tp_reply_json(r, 200, tp_pack("{s:s}", "status", "ok"));
 }
 
 /* GET /readyz: not shutting down, the store answers a read (a balance
@@ -19,7 +20,7 @@ void tp_h_healthz(struct tp_req *r)
 void tp_h_readyz(struct tp_req *r)
 {
   if (tp_app.shutting_down) {
-    tp_reply_json(r, 503, json_pack("{s:s, s:s}", "status", "unavailable", "reason", "shutting_down"));
+    tp_reply_json(r, 503, tp_pack("{s:s, s:s}", "status", "unavailable", "reason", "shutting_down"));
     return;
   }
   json_t *b = tp_app.store.ops && tp_app.store.ops->balance
@@ -27,21 +28,21 @@ void tp_h_readyz(struct tp_req *r)
                   : NULL;
   if (!json_is_array(b)) {
     json_decref(b);
-    tp_reply_json(r, 503, json_pack("{s:s, s:s}", "status", "unavailable", "reason", "store_unavailable"));
+    tp_reply_json(r, 503, tp_pack("{s:s, s:s}", "status", "unavailable", "reason", "store_unavailable"));
     return;
   }
   json_decref(b);
   /* Writable: the writer takes work and a heartbeat row committed recently
    * (the housekeeping job writes one every second). */
   if (!tp_writer_ok() || tp_store_heartbeat_age_ms() > 5000) {
-    tp_reply_json(r, 503, json_pack("{s:s, s:s}", "status", "unavailable", "reason", "store_not_writable"));
+    tp_reply_json(r, 503, tp_pack("{s:s, s:s}", "status", "unavailable", "reason", "store_not_writable"));
     return;
   }
   /* Payments need somewhere to go: at least one processor whose breaker is
    * not open and whose health check has not failed. */
   if (!tp_procs_any_usable()) {
-    tp_reply_json(r, 503, json_pack("{s:s, s:s}", "status", "unavailable", "reason", "no_processor_available"));
+    tp_reply_json(r, 503, tp_pack("{s:s, s:s}", "status", "unavailable", "reason", "no_processor_available"));
     return;
   }
-  tp_reply_json(r, 200, json_pack("{s:s}", "status", "ready"));
+  tp_reply_json(r, 200, tp_pack("{s:s}", "status", "ready"));
 }

@@ -98,10 +98,23 @@ static void request_hash(struct tp_req *r)
 bool tp_idem_begin(struct tp_req *r)
 {
   request_hash(r);
+  /* Claim the key in memory before reading the store: a request that ran
+   * with this key commits its reply before it leaves the in-flight set, so
+   * once the claim holds, the read below sees that reply. (Reading first
+   * left a window: a duplicate could read "absent", the first request
+   * commit and leave, and the duplicate then claim the key and run the
+   * payment a second time.) */
+  char k[400];
+  full_key(r, k, sizeof k);
+  if (!inflight_add(k)) {
+    tp_reply_error(r, TP_ERR_IDEMPOTENCY_KEY_IN_USE, NULL, NULL);
+    return true;
+  }
   struct tp_idem_rec rec;
   memset(&rec, 0, sizeof rec);
   int found = tp_app.store.ops->idem_get(tp_app.store.cls, r->merchant.id, r->idem_key, &rec);
   if (found == 1 && rec.status != 0) {
+    inflight_del(k);
     if (strcmp(rec.req_hash, r->req_hash) != 0) {
       free(rec.body);
       tp_reply_error(r, TP_ERR_IDEMPOTENCY_MISMATCH, NULL, NULL);
@@ -113,15 +126,11 @@ bool tp_idem_begin(struct tp_req *r)
     return true;
   }
   free(rec.body);
-  if (found == 1 && rec.status == 0 && strcmp(rec.req_hash, r->req_hash) != 0) {
-    tp_reply_error(r, TP_ERR_IDEMPOTENCY_MISMATCH, NULL, NULL);
-    return true;
-  }
-  /* found == 1 here means pending: in flight before a restart until recovery ends. */
-  char k[400];
-  full_key(r, k, sizeof k);
-  if (found == 1 || !inflight_add(k)) {
-    tp_reply_error(r, TP_ERR_IDEMPOTENCY_KEY_IN_USE, NULL, NULL);
+  if (found == 1) { /* pending: in flight before a restart, until recovery ends */
+    inflight_del(k);
+    tp_reply_error(r, strcmp(rec.req_hash, r->req_hash) != 0 ? TP_ERR_IDEMPOTENCY_MISMATCH
+                                                             : TP_ERR_IDEMPOTENCY_KEY_IN_USE,
+                   NULL, NULL);
     return true;
   }
   r->idem_registered = true;

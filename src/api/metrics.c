@@ -6,6 +6,7 @@
  * Authorization: Bearer T (and nobody else); [metrics] public = true opens it
  * to every client. */
 #include "api/handlers.h"
+#include "jpack.h"
 #include "api/http.h"
 #include "config.h"
 #include "log.h"
@@ -121,6 +122,6 @@ void tp_h_log_level(struct tp_req *r)
   tp_log_threshold = n;
   tp_log(TP_LOG_WARN, "log_level_changed", "{s:s, s:s, s:s, s:s}", "from", names[old & 3], "to", names[n],
          "merchant", r->merchant.id, "request_id", r->request_id);
-  tp_reply_json(r, 200, json_pack("{s:s, s:s, s:s}", "object", "turnpike.log_level", "level", names[n],
+  tp_reply_json(r, 200, tp_pack("{s:s, s:s, s:s}", "object", "turnpike.log_level", "level", names[n],
                                    "previous", names[old & 3]));
 }

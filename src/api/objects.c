@@ -1,6 +1,7 @@
 /* Shared object builders: events, card payment methods, expansion, lists,
  * per-object locks. */
 #include "api/objects.h"
+#include "jpack.h"
 #include "jsonw.h"
 #include "log.h"
 #include "sec/jwe.h"
@@ -160,7 +161,7 @@ json_t *tp_refund_object(int64_t amount, const json_t *ch, const char *reason, c
 {
   char id[TP_ID_MAX];
   tp_id_new(id, "re");
-  json_t *re = json_pack("{s:s, s:s, s:I, s:n, s:O, s:I, s:O, s:o, s:O, s:o, s:n, s:n, s:s, s:n}", "id", id,
+  json_t *re = tp_pack("{s:s, s:s, s:I, s:n, s:O, s:I, s:O, s:o, s:O, s:o, s:n, s:n, s:s, s:n}", "id", id,
                          "object", "refund", "amount", (json_int_t)amount, "balance_transaction", "charge",
                          json_object_get(ch, "id"), "created", (json_int_t)tp_now(), "currency",
                          json_object_get(ch, "currency"), "metadata",
@@ -203,7 +204,7 @@ json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const s
     return NULL;
   tp_cs_vault(cs, id, m->id, blob, bl);
   const char *brand = tp_brand_name(ci->brand);
-  json_t *bd = json_pack("{s:{s:n, s:n, s:n, s:n, s:n, s:n}, s:n, s:n, s:n}", "address", "city", "country",
+  json_t *bd = tp_pack("{s:{s:n, s:n, s:n, s:n, s:n, s:n}, s:n, s:n, s:n}", "address", "city", "country",
                          "line1", "line2", "postal_code", "state", "email", "name", "phone");
   if (json_is_object(billing_details)) {
     const char *k;
@@ -219,14 +220,14 @@ json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const s
     }
     json_decref(bdm);
   }
-  json_t *card = json_pack("{s:s, s:{s:n, s:n, s:n}, s:s, s:s, s:i, s:i, s:s, s:s, s:n, s:s, s:{s:[s], s:n}, "
+  json_t *card = tp_pack("{s:s, s:{s:n, s:n, s:n}, s:s, s:s, s:i, s:i, s:s, s:s, s:n, s:s, s:{s:[s], s:n}, "
                            "s:{s:b}, s:n}",
                            "brand", brand, "checks", "address_line1_check", "address_postal_code_check",
                            "cvc_check", "country", ci->country, "display_brand", brand, "exp_month", ci->exp_month,
                            "exp_year", ci->exp_year, "fingerprint", fp, "funding", ci->funding, "generated_from",
                            "last4", ci->last4, "networks", "available", brand, "preferred",
                            "three_d_secure_usage", "supported", 1, "wallet");
-  json_t *pm = json_pack("{s:s, s:s, s:o, s:o, s:I, s:n, s:b, s:o, s:s}", "id", id, "object", "payment_method",
+  json_t *pm = tp_pack("{s:s, s:s, s:o, s:o, s:I, s:n, s:b, s:o, s:s}", "id", id, "object", "payment_method",
                          "billing_details", bd, "card", card, "created", (json_int_t)tp_now(), "customer",
                          "livemode", 0, "metadata",
                          json_is_object(metadata) ? json_deep_copy(metadata) : json_object(), "type", "card");
@@ -554,7 +555,7 @@ void tp_reply_list(struct tp_req *r, struct tp_list_query *q, const char *url)
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
     return;
   }
-  json_t *list = json_pack("{s:s, s:s, s:b, s:o}", "object", "list", "url", url, "has_more", has_more, "data", data);
+  json_t *list = tp_pack("{s:s, s:s, s:b, s:o}", "object", "list", "url", url, "has_more", has_more, "data", data);
   /* expand[]=data.x applies to the items */
   const json_t *ex = json_object_get(r->params, "expand");
   if (json_is_array(ex) && json_array_size(ex) > 0 && !tp_expand(r, list, NULL)) {

@@ -4,6 +4,7 @@
  *   processing -> requires_capture | succeeded; any open state -> canceled;
  *   a decline returns to requires_payment_method with last_payment_error. */
 #include "api/commit.h"
+#include "jpack.h"
 #include "api/handlers.h"
 #include "api/objects.h"
 #include "jsonw.h"
@@ -223,7 +224,7 @@ static bool apply_pm_options(struct tp_req *r, json_t *pi, const json_t *params)
     return false;
   }
   json_object_set_new(pi, "payment_method_options",
-                      json_pack("{s:{s:n, s:n, s:n, s:s}}", "card", "installments", "mandate_options", "network",
+                      tp_pack("{s:{s:n, s:n, s:n, s:s}}", "card", "installments", "mandate_options", "network",
                                 "request_three_d_secure", want));
   return true;
 }
@@ -247,9 +248,9 @@ static bool apply_apm(struct tp_req *r, json_t *pi, const json_t *params)
   }
   const char *redirects = tp_pstr(apm, "allow_redirects");
   json_object_set_new(pi, "automatic_payment_methods",
-                      enabled ? json_pack("{s:s, s:b}", "allow_redirects", redirects ? redirects : "always",
+                      enabled ? tp_pack("{s:s, s:b}", "allow_redirects", redirects ? redirects : "always",
                                           "enabled", 1)
-                              : json_pack("{s:b}", "enabled", 0));
+                              : tp_pack("{s:b}", "enabled", 0));
   return true;
 }
 
@@ -268,7 +269,7 @@ static json_t *pi_new(struct tp_req *r, int64_t amount, const struct tp_currency
   tp_id_new(id, "pi");
   tp_random_b62(secret, 24);
   snprintf(cs, sizeof cs, "%s_secret_%s", id, secret);
-  json_t *pi = json_pack("{s:s, s:s, s:I, s:I, s:{s:{}}, s:I, s:n, s:n, s:n, s:n, s:n, s:s, s:s, s:s, s:I, s:s, "
+  json_t *pi = tp_pack("{s:s, s:s, s:I, s:I, s:{s:{}}, s:I, s:n, s:n, s:n, s:n, s:n, s:s, s:s, s:s, s:I, s:s, "
                          "s:n, s:n, s:n, s:n, s:b, s:{}, s:n, s:n, s:n, s:{}, s:[s], s:n, s:n, s:n, s:n, s:n, s:n, "
                          "s:n, s:s, s:n, s:n}",
                          "id", id, "object", "payment_intent", "amount", (json_int_t)amount, "amount_capturable",
@@ -354,7 +355,7 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
     snprintf(url, sizeof url, "%s/v1/turnpike/3ds/%s?token=%s", tp_app.public_url, pid, token);
     json_object_set_new(pi, "status", json_string("requires_action"));
     json_object_set_new(pi, "next_action",
-                        json_pack("{s:s, s:{s:s, s:o}}", "type", "redirect_to_url", "redirect_to_url", "url", url,
+                        tp_pack("{s:s, s:{s:s, s:o}}", "type", "redirect_to_url", "redirect_to_url", "url", url,
                                   "return_url", ret && *ret ? json_string(ret) : json_null()));
     if (off) {
       /* Off-session: nobody can answer a challenge; fail like Stripe does. */
@@ -371,14 +372,14 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
       /* A copy: the PaymentIntent's last_payment_error is err itself, and a
        * tree that contains itself cannot be written out. */
       json_object_set_new(err, "payment_intent", json_deep_copy(pi));
-      tp_reply_json(r, 402, json_pack("{s:o}", "error", err));
+      tp_reply_json(r, 402, tp_pack("{s:o}", "error", err));
     } else {
       tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
       if (created)
         tp_emit(cs, r, r->merchant.id, "payment_intent.created", pi);
       tp_emit(cs, r, r->merchant.id, "payment_intent.requires_action", pi);
       json_t *out = json_deep_copy(pi);
-      json_t *known = json_pack("[O]", pm);
+      json_t *known = tp_pack("[O]", pm);
       tp_expand(r, out, known);
       json_decref(known);
       tp_reply_json(r, 200, out);
@@ -708,7 +709,7 @@ static void capture(struct tp_req *r, const char *pi_id, const char *amount_para
   }
   json_t *md = json_object_get(r->params, "metadata");
   if (md) {
-    json_t *p2 = json_pack("{s:O}", "metadata", md);
+    json_t *p2 = tp_pack("{s:O}", "metadata", md);
     apply_fields(reply_charge ? ch : pi, p2);
     json_decref(p2);
   }
@@ -922,7 +923,7 @@ void tp_h_pi_list(struct tp_req *r)
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
     return;
   }
-  json_t *list = json_pack("{s:s, s:s, s:b, s:o}", "object", "list", "url", "/v1/payment_intents", "has_more",
+  json_t *list = tp_pack("{s:s, s:s, s:b, s:o}", "object", "list", "url", "/v1/payment_intents", "has_more",
                            has_more, "data", data);
   if (!tp_expand(r, list, NULL)) {
     json_decref(list);

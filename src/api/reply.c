@@ -1,5 +1,6 @@
 /* Building replies: JSON objects, Stripe-shaped errors. */
 #include "api/http.h"
+#include "jpack.h"
 #include "api/params.h"
 #include "jsonw.h"
 
@@ -65,7 +66,7 @@ void tp_reply_error(struct tp_req *r, enum tp_err e, const char *param, const ch
   json_t *err = tp_error_object(e, param, message);
   json_object_set_new(err, "request_log_url", json_sprintf("%s/v1/turnpike/requests/%s", tp_app.public_url,
                                                           r->request_id));
-  tp_reply_json(r, status, json_pack("{s:o}", "error", err));
+  tp_reply_json(r, status, tp_pack("{s:o}", "error", err));
 }
 
 void tp_reply_params_error(struct tp_req *r, const struct tp_params_error *pe, bool unknown)

@@ -1,5 +1,6 @@
 /* The search query language and GET /v1/.../search (see search.h). */
 #include "api/search.h"
+#include "jpack.h"
 #include "api/handlers.h"
 #include "api/objects.h"
 #include "api/params.h"
@@ -443,7 +444,7 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
   int64_t scanned = 0, budget = tp_config_int("search", "max_scan_rows", SCAN_MAX_DEFAULT, 10, 100000);
   while (!end && !has_more && scanned < budget) {
     int64_t want = budget - scanned < SCAN_CHUNK ? budget - scanned : SCAN_CHUNK;
-    json_t *rows = tp_store_query_take(&tp_app.store, sql, json_pack("[s, s, I]", r->merchant.id, cursor, (json_int_t)want));
+    json_t *rows = tp_store_query_take(&tp_app.store, sql, tp_pack("[s, s, I]", r->merchant.id, cursor, (json_int_t)want));
     if (!rows) {
       failed = true;
       break;
@@ -490,7 +491,7 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
     snprintf(tok, sizeof tok, PAGE_PREFIX "%s", cursor);
     next = json_string(tok);
   }
-  json_t *res = json_pack("{s:s, s:s, s:b, s:o, s:o}", "object", "search_result", "url", url, "has_more", has_more,
+  json_t *res = tp_pack("{s:s, s:s, s:b, s:o, s:o}", "object", "search_result", "url", url, "has_more", has_more,
                           "data", data, "next_page", next);
   const json_t *ex = json_object_get(r->params, "expand");
   if (json_is_array(ex) && json_array_size(ex) > 0 && !tp_expand(r, res, NULL)) {

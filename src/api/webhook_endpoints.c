@@ -7,6 +7,7 @@
  * disable an endpoint without touching data). Every commit tells the
  * delivery thread to reload (tp_webhooks_changed). */
 #include "api/handlers.h"
+#include "jpack.h"
 #include "api/objects.h"
 #include "api/params.h"
 #include "net/webhooks.h"
@@ -96,7 +97,7 @@ static json_t *endpoint_of_row(const json_t *row)
 static json_t *endpoint_load(struct tp_req *r, const char *id)
 {
   json_t *rows = query("SELECT data, status FROM webhook_endpoints WHERE id=?1 AND merchant=?2",
-                       json_pack("[s, s]", id, r->merchant.id));
+                       tp_pack("[s, s]", id, r->merchant.id));
   if (!rows) {
     tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
     return NULL;
@@ -258,7 +259,7 @@ void tp_h_we_create(struct tp_req *r)
   if (!lock(r))
     return;
   json_t *cnt = query("SELECT COUNT(*) AS n FROM webhook_endpoints WHERE merchant=?1",
-                      json_pack("[s]", r->merchant.id));
+                      tp_pack("[s]", r->merchant.id));
   json_int_t n = json_integer_value(json_object_get(json_array_get(cnt, 0), "n"));
   json_decref(cnt);
   if (!cnt || n >= WE_MAX_PER_MERCHANT) {
@@ -277,7 +278,7 @@ void tp_h_we_create(struct tp_req *r)
   }
   int64_t created = tp_now();
   const json_t *desc = json_object_get(p, "description");
-  json_t *ep = json_pack("{s:s, s:s, s:o, s:n, s:I, s:o, s:O, s:b, s:{}, s:s, s:s}", "id", id, "object",
+  json_t *ep = tp_pack("{s:s, s:s, s:o, s:n, s:I, s:o, s:O, s:b, s:{}, s:s, s:s}", "id", id, "object",
                          "webhook_endpoint", "api_version", api_version ? json_string(api_version) : json_null(),
                          "application", "created", (json_int_t)created, "description",
                          absent_or_unset(desc) ? json_null() : json_string(json_string_value(desc)), "enabled_events",
@@ -293,7 +294,7 @@ void tp_h_we_create(struct tp_req *r)
   cs_sql(cs,
          "INSERT INTO webhook_endpoints(id, merchant, created, status, secret, failing_since, scan_floor, data) "
          "VALUES(?1, ?2, ?3, 'enabled', ?4, NULL, ?5, ?6)",
-         json_pack("[s, s, I, s, s, s]", id, r->merchant.id, (json_int_t)created, sealed, floor, data), 1);
+         tp_pack("[s, s, I, s, s, s]", id, r->merchant.id, (json_int_t)created, sealed, floor, data), 1);
   free(data);
   /* Only this response ever shows the secret. */
   json_object_set_new(ep, "secret", json_string(secret));
@@ -346,19 +347,19 @@ void tp_h_we_update(struct tp_req *r)
     json_object_set_new(ep, "status", json_string(st));
     /* Enabling starts a fresh failure window. */
     cs_sql(cs, "UPDATE webhook_endpoints SET status=?2, failing_since=NULL WHERE id=?1",
-           json_pack("[s, s]", r->path_id, st), 1);
+           tp_pack("[s, s]", r->path_id, st), 1);
     if (was_disabled && !json_is_true(v)) {
       /* Like Stripe, events of the disabled period are not delivered: the
        * restart scan starts from now. */
       char now_id[TP_ID_MAX], floor[TP_ID_MAX + 8];
       tp_id_new(now_id, "evt");
       snprintf(floor, sizeof floor, "%s", now_id);
-      cs_sql(cs, "UPDATE webhook_endpoints SET scan_floor=?2 WHERE id=?1", json_pack("[s, s]", r->path_id, floor),
+      cs_sql(cs, "UPDATE webhook_endpoints SET scan_floor=?2 WHERE id=?1", tp_pack("[s, s]", r->path_id, floor),
              1);
     }
   }
   char *data = json_dumps(ep, JSON_COMPACT);
-  cs_sql(cs, "UPDATE webhook_endpoints SET data=?2 WHERE id=?1", json_pack("[s, s]", r->path_id, data), 1);
+  cs_sql(cs, "UPDATE webhook_endpoints SET data=?2 WHERE id=?1", tp_pack("[s, s]", r->path_id, data), 1);
   free(data);
   tp_reply_json(r, 200, ep);
   commit(r, cs);
@@ -378,11 +379,11 @@ void tp_h_we_delete(struct tp_req *r)
   }
   json_decref(ep);
   struct tp_cs *cs = tp_cs_new();
-  cs_sql(cs, "DELETE FROM webhook_endpoints WHERE id=?1 AND merchant=?2", json_pack("[s, s]", r->path_id,
+  cs_sql(cs, "DELETE FROM webhook_endpoints WHERE id=?1 AND merchant=?2", tp_pack("[s, s]", r->path_id,
                                                                                      r->merchant.id), 1);
-  cs_sql(cs, "DELETE FROM webhook_deliveries WHERE endpoint=?1", json_pack("[s]", r->path_id), 0);
-  cs_sql(cs, "DELETE FROM webhook_attempts WHERE endpoint=?1", json_pack("[s]", r->path_id), 0);
-  tp_reply_json(r, 200, json_pack("{s:s, s:s, s:b}", "id", r->path_id, "object", "webhook_endpoint", "deleted", 1));
+  cs_sql(cs, "DELETE FROM webhook_deliveries WHERE endpoint=?1", tp_pack("[s]", r->path_id), 0);
+  cs_sql(cs, "DELETE FROM webhook_attempts WHERE endpoint=?1", tp_pack("[s]", r->path_id), 0);
+  tp_reply_json(r, 200, tp_pack("{s:s, s:s, s:b}", "id", r->path_id, "object", "webhook_endpoint", "deleted", 1));
   commit(r, cs);
 }
 
@@ -451,7 +452,7 @@ static void reply_page(struct tp_req *r, const char *table, const char *cols, co
       json_array_append_new(data, o);
   }
   json_decref(rows);
-  tp_reply_json(r, 200, json_pack("{s:s, s:s, s:b, s:o}", "object", "list", "url", url, "has_more", more, "data",
+  tp_reply_json(r, 200, tp_pack("{s:s, s:s, s:b, s:o}", "object", "list", "url", url, "has_more", more, "data",
                                   data));
 }
 
@@ -460,7 +461,7 @@ void tp_h_we_list(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_list))
     return;
-  reply_page(r, "webhook_endpoints", "data, status", "merchant=?1", json_pack("[s]", r->merchant.id), WE_LIST_URL,
+  reply_page(r, "webhook_endpoints", "data, status", "merchant=?1", tp_pack("[s]", r->merchant.id), WE_LIST_URL,
              "webhook_endpoint", endpoint_of_row);
 }
 
@@ -488,10 +489,10 @@ void tp_h_we_deliveries(struct tp_req *r)
   const char *event = tp_pstr(r->params, "event");
   const char *cols = "id, endpoint, event, attempt, status_code, outcome, error, duration_ms, created, next_retry_at";
   if (event && *event)
-    reply_page(r, "webhook_attempts", cols, "endpoint=?1 AND event=?2", json_pack("[s, s]", r->path_id, event), url,
+    reply_page(r, "webhook_attempts", cols, "endpoint=?1 AND event=?2", tp_pack("[s, s]", r->path_id, event), url,
                "webhook_delivery_attempt", attempt_of_row);
   else
-    reply_page(r, "webhook_attempts", cols, "endpoint=?1", json_pack("[s]", r->path_id), url,
+    reply_page(r, "webhook_attempts", cols, "endpoint=?1", tp_pack("[s]", r->path_id), url,
                "webhook_delivery_attempt", attempt_of_row);
 }
 
@@ -528,8 +529,8 @@ void tp_h_we_resend(struct tp_req *r)
          "INSERT INTO webhook_deliveries(endpoint, event, merchant, state, attempts, next_at, created) "
          "VALUES(?1, ?2, ?3, 'pending', 0, ?4, ?4) ON CONFLICT(endpoint, event) DO UPDATE SET state='pending', "
          "next_at=excluded.next_at, created=excluded.created",
-         json_pack("[s, s, s, I]", r->path_id, r->path_sub, r->merchant.id, (json_int_t)t), 1);
-  tp_reply_json(r, 200, json_pack("{s:s, s:s, s:s, s:s, s:I}", "object", "webhook_delivery", "webhook_endpoint",
+         tp_pack("[s, s, s, I]", r->path_id, r->path_sub, r->merchant.id, (json_int_t)t), 1);
+  tp_reply_json(r, 200, tp_pack("{s:s, s:s, s:s, s:s, s:I}", "object", "webhook_delivery", "webhook_endpoint",
                                   r->path_id, "event", r->path_sub, "status", "pending", "next_retry_at",
                                   (json_int_t)(t / 1000)));
   commit(r, cs);

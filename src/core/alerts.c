@@ -15,6 +15,7 @@
  * or by default to every merchant with payments in the last hour (at most
  * TP_ALERT_MAX_MERCHANTS). */
 #include "core/alerts.h"
+#include "jpack.h"
 
 #include "api/objects.h"
 #include "config.h"
@@ -457,7 +458,7 @@ static void report(struct scope *s, int sig, enum tp_detect what, double value)
   tp_log(TP_LOG_WARN, open ? "alert_opened" : "alert_resolved", "{s:s, s:s, s:s, s:f, s:f, s:f}", "alert",
          s->alert_id[sig], "scope", s->name, "signal", sig_names[sig], "value", value, "baseline", d->mean,
          "deviation", d->dev);
-  json_t *a = json_pack("{s:s, s:s, s:s, s:s, s:s, s:f, s:f, s:f, s:I, s:o}", "id", s->alert_id[sig], "object",
+  json_t *a = tp_pack("{s:s, s:s, s:s, s:s, s:s, s:f, s:f, s:f, s:I, s:o}", "id", s->alert_id[sig], "object",
                         "turnpike.alert", "status", open ? "open" : "resolved", "scope", s->name, "signal",
                         sig_names[sig], "value", value, "baseline", d->mean, "deviation", d->dev, "opened_at",
                         (json_int_t)s->opened_at[sig], "resolved_at",

@@ -3,6 +3,7 @@
  * batches through the writer, so the tables stay bounded without long write
  * transactions. */
 #include "api/http.h"
+#include "jpack.h"
 #include "config.h"
 #include "core/payflow.h"
 #include "log.h"
@@ -49,7 +50,7 @@ static int submit(struct tp_cs *cs)
 int tp_idem_purge(int64_t now, int64_t ttl)
 {
   struct tp_cs *cs = tp_cs_new();
-  json_t *args = json_pack("[I, i, i]", (json_int_t)(now - ttl), PURGE_BATCH, PURGE_WINDOW);
+  json_t *args = tp_pack("[I, i, i]", (json_int_t)(now - ttl), PURGE_BATCH, PURGE_WINDOW);
   /* Keys are inserted in time order, so the expired ones are the oldest
    * rowids: look at the oldest PURGE_WINDOW rows only (no index on created;
    * migration 0007). A key reused after expiry keeps its old rowid with a
@@ -79,7 +80,7 @@ static int64_t purge_merchant_events(const char *merchant, const char *floor_evt
                                 "merchant = ?1) AS eps FROM webhook_endpoints w JOIN webhook_deliveries d "
                                 "ON d.endpoint = w.id AND d.state = 'pending' WHERE w.merchant = ?1 AND "
                                 "w.status = 'enabled'",
-                                json_pack("[s]", merchant));
+                                tp_pack("[s]", merchant));
   const char *pending = json_string_value(json_object_get(json_array_get(rows, 0), "e"));
   if (!rows) /* cannot tell what is still owed: skip this merchant this time */
     return 0;
@@ -90,13 +91,13 @@ static int64_t purge_merchant_events(const char *merchant, const char *floor_evt
   rows = tp_store_query_take(&tp_app.store,
                         "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE merchant = ?1 AND id < ?2 "
                         "LIMIT ?3)) AS n",
-                        json_pack("[s, s, I]", merchant, floor, (json_int_t)budget));
+                        tp_pack("[s, s, I]", merchant, floor, (json_int_t)budget));
   int64_t n = rows ? json_integer_value(json_object_get(json_array_get(rows, 0), "n")) : 0;
   json_decref(rows);
   if (n == 0 && !endpoints)
     return 0; /* nothing to delete: no write */
   struct tp_cs *cs = tp_cs_new();
-  json_t *args = json_pack("[s, s, I]", merchant, floor, (json_int_t)budget);
+  json_t *args = tp_pack("[s, s, I]", merchant, floor, (json_int_t)budget);
   if (n > 0)
     tp_cs_sql(cs,
               "DELETE FROM events WHERE merchant = ?1 AND id IN (SELECT id FROM events WHERE merchant = ?1 "
@@ -110,7 +111,7 @@ static int64_t purge_merchant_events(const char *merchant, const char *floor_evt
             "d.state != 'pending' LIMIT ?3)",
             args, 0);
   json_decref(args);
-  args = json_pack("[s, s, I]", merchant, floor_wda, (json_int_t)budget);
+  args = tp_pack("[s, s, I]", merchant, floor_wda, (json_int_t)budget);
   tp_cs_sql(cs,
             "DELETE FROM webhook_attempts WHERE id IN (SELECT a.id FROM webhook_endpoints w JOIN "
             "webhook_attempts a ON a.endpoint = w.id WHERE w.merchant = ?1 AND a.id < ?2 LIMIT ?3)",
@@ -128,7 +129,7 @@ int tp_event_purge(int64_t now_ms, int64_t retention_s)
   tp_id_floor(floor_evt, "evt", now_ms - retention_s * 1000);
   tp_id_floor(floor_wda, "wda", now_ms - retention_s * 1000);
   json_t *ms = tp_store_query_take(&tp_app.store, "SELECT id FROM merchants WHERE id > ?1 ORDER BY id LIMIT 64",
-                              json_pack("[s]", H.merchant_cursor));
+                              tp_pack("[s]", H.merchant_cursor));
   if (!ms)
     return -1;
   int64_t budget = PURGE_BATCH;
@@ -169,7 +170,7 @@ int tp_authorization_expiry_scan(int64_t now)
                                 "SELECT merchant, id, created FROM payment_intents WHERE status = 'requires_capture' "
                                 "AND created <= ?1 AND (created > ?2 OR (created = ?2 AND id > ?3)) "
                                 "ORDER BY created, id LIMIT ?4",
-                                json_pack("[I, I, s, i]", (json_int_t)(now - tp_authorization_ttl()),
+                                tp_pack("[I, I, s, i]", (json_int_t)(now - tp_authorization_ttl()),
                                           (json_int_t)H.expiry_created, H.expiry_id, EXPIRY_PAGE));
   if (!rows)
     return -1;
@@ -206,7 +207,7 @@ static void heartbeat_done(struct tp_cs *cs, int rc, void *arg)
 static void heartbeat(void)
 {
   struct tp_cs *cs = tp_cs_new();
-  json_t *args = json_pack("[I]", (json_int_t)tp_now());
+  json_t *args = tp_pack("[I]", (json_int_t)tp_now());
   tp_cs_sql(cs, "INSERT OR REPLACE INTO heartbeat(id, at) VALUES(1, ?1)", args, 1);
   json_decref(args);
   tp_cs_on_done(cs, heartbeat_done, NULL);

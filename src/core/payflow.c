@@ -10,6 +10,7 @@
  * is known not to have charged. Backoffs wait on a timer thread, never on a
  * request or connector thread. See docs/routing.md. */
 #include "core/payflow.h"
+#include "jpack.h"
 #include "api/objects.h"
 #include "config.h"
 #include "core/procs.h"
@@ -464,7 +465,7 @@ static void exhausted_outcome(struct tp_pay *p, enum tp_err e)
   json_object_set(body_err, "payment_intent", pi);
   json_decref(err);
   const struct tp_error_info *ei = tp_error_info(e);
-  tp_pay_reply(p, ei ? (unsigned)ei->http_status : 502, json_pack("{s:o}", "error", body_err));
+  tp_pay_reply(p, ei ? (unsigned)ei->http_status : 502, tp_pack("{s:o}", "error", body_err));
   tp_metric_inc("turnpike_payments_exhausted_total", NULL, 1);
   commit_outcome(p, cs);
 }
@@ -479,7 +480,7 @@ static void unresolved(struct tp_pay *p)
          "error", p->last_code);
   tp_metric_inc("turnpike_attempts_unresolved_total", NULL, 1);
   inflight_del(p->att.id);
-  tp_pay_reply(p, 502, json_pack("{s:o}", "error", tp_error_object(TP_ERR_PROCESSOR_STATUS_UNKNOWN, NULL, NULL)));
+  tp_pay_reply(p, 502, tp_pack("{s:o}", "error", tp_error_object(TP_ERR_PROCESSOR_STATUS_UNKNOWN, NULL, NULL)));
   finish(p, 0);
 }
 
@@ -902,7 +903,7 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved)
   tp_id_new(id, "ch");
   const json_t *pi = p->pi;
   const json_t *card = json_object_get(p->pm, "card");
-  json_t *pmd_card = json_pack("{s:O, s:{s:n, s:n, s:s}, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:n, s:n}", "brand",
+  json_t *pmd_card = tp_pack("{s:O, s:{s:n, s:n, s:s}, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:n, s:n}", "brand",
                                json_object_get(card, "brand"), "checks", "address_line1_check",
                                "address_postal_code_check", "cvc_check", p->call.cvc[0] || p->three_ds_done ? "pass" : "unchecked",
                                "country", json_object_get(card, "country"), "exp_month",
@@ -914,9 +915,9 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved)
     abort();
   if (p->three_ds_done)
     json_object_set_new(pmd_card, "three_d_secure",
-                        json_pack("{s:s, s:s, s:s}", "authentication_flow", "challenge", "result", "authenticated",
+                        tp_pack("{s:s, s:s, s:s}", "authentication_flow", "challenge", "result", "authenticated",
                                   "version", "2.2.0"));
-  json_t *ch = json_pack("{s:s, s:s, s:O, s:I, s:I, s:n, s:{s:n, s:n, s:n, s:n}, s:b, s:I, s:O, s:O, s:O, "
+  json_t *ch = tp_pack("{s:s, s:s, s:O, s:I, s:I, s:n, s:{s:n, s:n, s:n, s:n}, s:b, s:I, s:O, s:O, s:O, "
                          "s:n, s:n, s:b, s:O, s:n, s:b, s:O, s:O, s:{s:o, s:s}, s:O, s:b, s:s, s:{s:s, s:s}}",
                          "id", id, "object", "charge", "amount", json_object_get(pi, "amount"), "amount_captured",
                          (json_int_t)0, "amount_refunded", (json_int_t)0, "balance_transaction", "billing_details",
@@ -941,10 +942,10 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved)
 static json_t *outcome_obj(bool approved, const char *decline)
 {
   if (approved)
-    return json_pack("{s:s, s:n, s:s, s:i, s:s, s:s}", "network_status", "approved_by_network", "reason",
+    return tp_pack("{s:s, s:n, s:s, s:i, s:s, s:s}", "network_status", "approved_by_network", "reason",
                      "risk_level", "normal", "risk_score", 20, "seller_message", "Payment complete.", "type",
                      "authorized");
-  return json_pack("{s:s, s:s, s:s, s:i, s:s, s:s}", "network_status", "declined_by_network", "reason", decline,
+  return tp_pack("{s:s, s:s, s:s, s:i, s:s, s:s}", "network_status", "declined_by_network", "reason", decline,
                    "risk_level", "normal", "risk_score", 20, "seller_message",
                    "The bank did not return any further details with this decline.", "type", "issuer_declined");
 }
@@ -1025,7 +1026,7 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
   json_t *body_err = json_deep_copy(err);
   json_object_set(body_err, "payment_intent", pi);
   json_decref(err);
-  tp_pay_reply(p, (unsigned)ei->http_status, json_pack("{s:o}", "error", body_err));
+  tp_pay_reply(p, (unsigned)ei->http_status, tp_pack("{s:o}", "error", body_err));
 }
 
 /* Part or all of an authorization is given back uncaptured: a succeeded
@@ -1052,7 +1053,7 @@ void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs)
   const char *merchant = p->m.id;
   if (p->call.outcome != TP_OUT_APPROVED) {
     /* The authorization stays; the merchant may retry the capture. */
-    tp_pay_reply(p, 402, json_pack("{s:o}", "error", tp_error_object(TP_ERR_DECLINE_PROCESSING_ERROR, NULL, NULL)));
+    tp_pay_reply(p, 402, tp_pack("{s:o}", "error", tp_error_object(TP_ERR_DECLINE_PROCESSING_ERROR, NULL, NULL)));
     return;
   }
   int64_t amount = p->att.amount;
@@ -1099,7 +1100,7 @@ static void release_authorization(struct tp_pay *p, struct tp_cs *cs, const char
 void tp_outcome_void(struct tp_pay *p, struct tp_cs *cs)
 {
   if (p->call.outcome != TP_OUT_APPROVED) {
-    tp_pay_reply(p, 402, json_pack("{s:o}", "error", tp_error_object(TP_ERR_DECLINE_PROCESSING_ERROR, NULL, NULL)));
+    tp_pay_reply(p, 402, tp_pack("{s:o}", "error", tp_error_object(TP_ERR_DECLINE_PROCESSING_ERROR, NULL, NULL)));
     return;
   }
   release_authorization(p, cs, "charge.refunded");

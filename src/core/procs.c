@@ -1,6 +1,7 @@
 /* The processor registry (see procs.h): config parsing, connectors, circuit
  * breakers, rolling statistics and the active health-check thread. */
 #include "core/procs.h"
+#include "jpack.h"
 #include "cli.h"
 #include "config.h"
 #include "core/alerts.h"
@@ -385,14 +386,14 @@ json_t *tp_proc_json(const struct tp_proc *p)
   json_object_set_new(o, "approved", json_integer((json_int_t)s->approved));
   json_object_set_new(o, "declined", json_integer((json_int_t)s->declined));
   json_object_set_new(o, "errors", json_integer((json_int_t)s->errors));
-  json_object_set_new(o, "latency_ms", json_pack("{s:f, s:f, s:f, s:I}", "p50", (double)s->pct[0] / 1000.0, "p90",
+  json_object_set_new(o, "latency_ms", tp_pack("{s:f, s:f, s:f, s:I}", "p50", (double)s->pct[0] / 1000.0, "p90",
                                                  (double)s->pct[1] / 1000.0, "p99", (double)s->pct[2] / 1000.0,
                                                  "samples", (json_int_t)s->ring_n));
-  json_object_set_new(o, "window", json_pack("{s:i, s:i}", "calls", calls_w, "failures", fails_w));
+  json_object_set_new(o, "window", tp_pack("{s:i, s:i}", "calls", calls_w, "failures", fails_w));
   pthread_mutex_unlock(&s->mu);
   json_object_set_new(o, "brands", brands);
   json_object_set_new(o, "currencies", currencies);
-  json_object_set_new(o, "fees", json_pack("{s:s, s:I, s:o}", "percent", pct, "fixed", (json_int_t)s->fee_fixed,
+  json_object_set_new(o, "fees", tp_pack("{s:s, s:I, s:o}", "percent", pct, "fixed", (json_int_t)s->fee_fixed,
                                            "fixed_by_currency", fixed));
   json_object_set_new(o, "weight", json_integer(p->weight));
   json_object_set_new(o, "priority", json_integer(p->priority));

@@ -4,6 +4,7 @@
  * `buffer_ms` (see tp_log_buffer_start), as nginx's buffered access_log
  * does. A line written at once writes the buffer out first: order is kept. */
 #include "log.h"
+#include "jpack.h"
 #include "jsonw.h"
 
 #include <errno.h>
@@ -141,8 +142,7 @@ void tp_log(enum tp_log_level lvl, const char *event, const char *fmt, ...)
   if (fmt) {
     va_list ap;
     va_start(ap, fmt);
-    json_error_t jerr;
-    o = json_vpack_ex(&jerr, 0, fmt, ap);
+    o = tp_vpack(fmt, ap);
     va_end(ap);
   }
   if (!o || !json_is_object(o)) {

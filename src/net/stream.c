@@ -11,6 +11,7 @@
  * silently. Each client has a bounded send buffer: a client that does not
  * read is closed with 1008 instead of growing memory. */
 #include "net/stream.h"
+#include "jpack.h"
 
 #include "api/http.h"
 #include "config.h"
@@ -176,7 +177,7 @@ void tp_h_stream_token(struct tp_req *r)
   long long exp = (long long)tp_now() + cfg.token_ttl_s;
   char tok[TP_STREAM_TOKEN_MAX + 1];
   tp_stream_token_make(r->merchant.id, exp, tok, sizeof tok);
-  tp_reply_json(r, 200, json_pack("{s:s, s:s, s:I}", "object", "turnpike.stream_token", "token", tok, "expires_at",
+  tp_reply_json(r, 200, tp_pack("{s:s, s:s, s:I}", "object", "turnpike.stream_token", "token", tok, "expires_at",
                                    (json_int_t)exp));
 }
 
@@ -330,7 +331,7 @@ static void conn_close(struct conn *c, uint16_t code, const char *reason)
 
 static void send_error(struct conn *c, const char *code, const char *message)
 {
-  send_json(c, json_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "message", message));
+  send_json(c, tp_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "message", message));
 }
 
 /* Queue one event message unless the client's buffer is full, in which case
@@ -370,7 +371,7 @@ static const char *object_id_of(json_t *ev)
 /* Replay the merchant's events after last_id from the table, in id order. */
 static void replay(struct conn *c, const char *last_id)
 {
-  json_t *args = json_pack("[s, s, I]", c->merchant, last_id, (json_int_t)(cfg.replay_max + 1));
+  json_t *args = tp_pack("[s, s, I]", c->merchant, last_id, (json_int_t)(cfg.replay_max + 1));
   json_t *rows = tp_store_query(&tp_app.store,
                                 "SELECT id, type, tp_json(data) AS data FROM events WHERE merchant = ?1 AND id > ?2 "
                                 "ORDER BY id LIMIT ?3",
@@ -497,7 +498,7 @@ static void on_client_message(struct conn *c, const uint8_t *data, size_t len)
       snprintf(c->objects[c->nobjects++], 64, "%s", json_string_value(json_array_get(objects, i)));
   }
   c->subscribed = true;
-  send_json(c, json_pack("{s:s, s:O, s:o}", "type", "subscribed", "events", events, "objects",
+  send_json(c, tp_pack("{s:s, s:O, s:o}", "type", "subscribed", "events", events, "objects",
                          no ? json_incref(objects) : json_array()));
   if (last_id)
     replay(c, last_id);

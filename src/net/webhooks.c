@@ -16,6 +16,7 @@
  * for up to max_age; an endpoint failing continuously for disable_after is
  * disabled and a turnpike.webhook_endpoint.disabled event is emitted. */
 #include "net/webhooks.h"
+#include "jpack.h"
 #include "api/http.h"
 #include "api/objects.h"
 #include "config.h"
@@ -345,7 +346,7 @@ static void load_endpoints(void)
 {
   json_t *rows = wq("SELECT id, merchant, status, secret, failing_since, scan_floor, data FROM "
                       "webhook_endpoints ORDER BY id LIMIT ?1",
-                      json_pack("[I]", (json_int_t)WH_MAX_ENDPOINTS));
+                      tp_pack("[I]", (json_int_t)WH_MAX_ENDPOINTS));
   if (!rows) {
     tp_log(TP_LOG_ERROR, "webhook_endpoints_load_failed", NULL);
     return;
@@ -475,7 +476,7 @@ static void fanout(struct ev_msg *list)
         continue;
       if (!cs)
         cs = tp_cs_new();
-      wsql(cs, ins_delivery, json_pack("[s, s, s, I]", e->id, m->id, m->merchant, (json_int_t)t), 0);
+      wsql(cs, ins_delivery, tp_pack("[s, s, s, I]", e->id, m->id, m->merchant, (json_int_t)t), 0);
     }
   }
   if (!cs)
@@ -508,7 +509,7 @@ static void scan(void)
                           "(SELECT COUNT(*) FROM webhook_deliveries d WHERE d.endpoint=?2 AND "
                           "d.event=e.id) AS has FROM events e WHERE e.merchant=?1 AND e.id>?3 "
                           "ORDER BY e.id LIMIT ?4",
-                          json_pack("[s, s, s, I]", e->merchant, e->id, cursor, (json_int_t)WH_SCAN_PAGE));
+                          tp_pack("[s, s, s, I]", e->merchant, e->id, cursor, (json_int_t)WH_SCAN_PAGE));
       if (!rows)
         break;
       size_t n = json_array_size(rows);
@@ -521,7 +522,7 @@ static void scan(void)
         if (type && json_integer_value(json_object_get(row, "has")) == 0 && ep_wants(e, id, type)) {
           if (!cs)
             cs = tp_cs_new();
-          wsql(cs, ins_delivery, json_pack("[s, s, s, I]", e->id, id, e->merchant, (json_int_t)t), 0);
+          wsql(cs, ins_delivery, tp_pack("[s, s, s, I]", e->id, id, e->merchant, (json_int_t)t), 0);
         }
         if (floor_moving && json_integer_value(json_object_get(row, "created")) < settled_before)
           snprintf(floor, sizeof floor, "%s", id);
@@ -538,7 +539,7 @@ static void scan(void)
         cs = tp_cs_new();
       /* Only forward: re-enabling moves the floor ahead of us. */
       wsql(cs, "UPDATE webhook_endpoints SET scan_floor=?2 WHERE id=?1 AND scan_floor<?2",
-           json_pack("[s, s]", e->id, floor), 0);
+           tp_pack("[s, s]", e->id, floor), 0);
       snprintf(e->scan_floor, sizeof e->scan_floor, "%s", floor);
     }
     if (cs) {
@@ -573,7 +574,7 @@ static bool start_job(struct ep *e, const char *event_id, int attempts, int64_t 
     /* The event is gone: nothing can ever be delivered for this row. */
     struct tp_cs *cs = tp_cs_new();
     wsql(cs, "UPDATE webhook_deliveries SET state='failed' WHERE endpoint=?1 AND event=?2",
-         json_pack("[s, s]", e->id, event_id), 0);
+         tp_pack("[s, s]", e->id, event_id), 0);
     submit(cs);
     return false;
   }
@@ -645,11 +646,11 @@ static bool start_job(struct ep *e, const char *event_id, int attempts, int64_t 
 /* Emit the disabled event and flip the status, in one commit. */
 static void disable_endpoint(struct tp_cs *cs, struct ep *e)
 {
-  json_t *rows = wq("SELECT data FROM webhook_endpoints WHERE id=?1", json_pack("[s]", e->id));
+  json_t *rows = wq("SELECT data FROM webhook_endpoints WHERE id=?1", tp_pack("[s]", e->id));
   json_t *obj = json_loads(json_string_value(json_object_get(json_array_get(rows, 0), "data")) ?: "", 0, NULL);
   json_decref(rows);
   wsql(cs, "UPDATE webhook_endpoints SET status='disabled', failing_since=NULL WHERE id=?1 AND status='enabled'",
-       json_pack("[s]", e->id), 0);
+       tp_pack("[s]", e->id), 0);
   if (obj) {
     json_object_set_new(obj, "status", json_string("disabled"));
     tp_emit(cs, NULL, e->merchant, TP_WH_DISABLED_EVENT, obj);
@@ -699,9 +700,9 @@ static void finish(struct job *j, CURLcode cc)
     wsql(cs,
          "UPDATE webhook_deliveries SET state='succeeded', attempts=?3 WHERE endpoint=?1 AND event=?2 AND "
          "created=?4",
-         json_pack("[s, s, i, I]", j->endpoint, j->event, j->attempt, (json_int_t)j->created_ms), 0);
+         tp_pack("[s, s, i, I]", j->endpoint, j->event, j->attempt, (json_int_t)j->created_ms), 0);
     if (e->failing_since) {
-      wsql(cs, "UPDATE webhook_endpoints SET failing_since=NULL WHERE id=?1", json_pack("[s]", e->id), 0);
+      wsql(cs, "UPDATE webhook_endpoints SET failing_since=NULL WHERE id=?1", tp_pack("[s]", e->id), 0);
       e->failing_since = 0;
     }
   } else {
@@ -709,21 +710,21 @@ static void finish(struct job *j, CURLcode cc)
       wsql(cs,
            "UPDATE webhook_deliveries SET state='failed', attempts=?3 WHERE endpoint=?1 AND event=?2 AND "
            "created=?4",
-           json_pack("[s, s, i, I]", j->endpoint, j->event, j->attempt, (json_int_t)j->created_ms), 0);
+           tp_pack("[s, s, i, I]", j->endpoint, j->event, j->attempt, (json_int_t)j->created_ms), 0);
     } else {
       int64_t next = t + backoff_ms(j->attempt);
       next_retry = json_integer(next / 1000);
       wsql(cs,
            "UPDATE webhook_deliveries SET attempts=?3, next_at=?4 WHERE endpoint=?1 AND event=?2 AND "
            "state='pending' AND created=?5",
-           json_pack("[s, s, i, I, I]", j->endpoint, j->event, j->attempt, (json_int_t)next, (json_int_t)j->created_ms),
+           tp_pack("[s, s, i, I, I]", j->endpoint, j->event, j->attempt, (json_int_t)next, (json_int_t)j->created_ms),
            0);
     }
     if (e->enabled) {
       if (!e->failing_since) {
         e->failing_since = t;
         wsql(cs, "UPDATE webhook_endpoints SET failing_since=?2 WHERE id=?1",
-             json_pack("[s, I]", e->id, (json_int_t)t), 0);
+             tp_pack("[s, I]", e->id, (json_int_t)t), 0);
       } else if (t - e->failing_since >= W.disable_after_ms) {
         disable_endpoint(cs, e);
       }
@@ -733,7 +734,7 @@ static void finish(struct job *j, CURLcode cc)
   }
   char aid[TP_ID_MAX];
   tp_id_new(aid, "wda");
-  json_t *args = json_pack("[s, s, s, s, i, o, s, s?, I, I, o]", aid, j->endpoint, j->event, j->merchant, j->attempt,
+  json_t *args = tp_pack("[s, s, s, s, i, o, s, s?, I, I, o]", aid, j->endpoint, j->event, j->merchant, j->attempt,
                            status > 0 ? json_integer(status) : json_null(), outcome, err[0] ? err : NULL,
                            (json_int_t)(dur_us / 1000), (json_int_t)(t / 1000), next_retry);
   wsql(cs,
@@ -789,7 +790,7 @@ static int64_t dispatch(void)
     }
     json_t *rows = wq("SELECT event, attempts, next_at, created FROM webhook_deliveries WHERE "
                         "endpoint=?1 AND state='pending' ORDER BY next_at LIMIT ?2",
-                        json_pack("[s, I]", e->id, (json_int_t)(e->inflight + cap + 1)));
+                        tp_pack("[s, I]", e->id, (json_int_t)(e->inflight + cap + 1)));
     if (!rows)
       continue;
     e->next_check = INT64_MAX;

@@ -6,6 +6,7 @@
  * query op binds text only, so a hash goes into SQL as an X'..' literal made
  * here from the digest: never from client text. */
 #include "cli.h"
+#include "jpack.h"
 #include "main/commands.h"
 #include "sec/audit.h"
 #include "sec/auth.h"
@@ -80,7 +81,7 @@ int tp_auth_open_merchant(const char *dir, const char *id, const char *cmd, stru
 
 int tp_auth_merchant(struct tp_store *st, const char *id, struct tp_merchant *m)
 {
-  json_t *args = json_pack("[s]", id);
+  json_t *args = tp_pack("[s]", id);
   json_t *rows = tp_store_query(st, "SELECT id, name, hex(fp_key) AS fp FROM merchants WHERE id=?1", args);
   json_decref(args);
   if (!rows)
@@ -212,7 +213,7 @@ static void add_key(struct tp_cs *cs, const char *merchant, const char *kind, co
   snprintf(sql, sizeof sql,
            "INSERT INTO api_keys(hash, merchant, kind, hint, created, expires, scopes) "
            "VALUES(X'%s', ?1, ?2, ?3, ?4, ?5, ?6)", hex);
-  json_t *args = json_pack("[s, s, s, I, o, o]", merchant, kind, hint, (json_int_t)tp_now(),
+  json_t *args = tp_pack("[s, s, s, I, o, o]", merchant, kind, hint, (json_int_t)tp_now(),
                            expires ? json_integer(expires) : json_null(), scopes ? json_string(scopes) : json_null());
   tp_cs_sql(cs, sql, args, 1);
   json_decref(args);
@@ -287,14 +288,14 @@ int tp_cmd_api_key(int argc, char **argv)
   int64_t old_until = now + overlap;
   if (roll) {
     /* Every live secret key now ends at the overlap (earlier expiries stay). */
-    json_t *args = json_pack("[I, s]", (json_int_t)old_until, merchant);
+    json_t *args = tp_pack("[I, s]", (json_int_t)old_until, merchant);
     tp_cs_sql(cs, "UPDATE api_keys SET expires=?1 WHERE merchant=?2 AND kind='secret' "
                   "AND (expires IS NULL OR expires>?1)", args, 0);
     json_decref(args);
   }
   add_key(cs, merchant, roll ? "secret" : "restricted", key, roll ? NULL : scopes, expires, hint);
-  json_t *details = roll ? json_pack("{s:I}", "previous_keys_expire_at", (json_int_t)old_until)
-                         : json_pack("{s:s}", "scopes", scopes);
+  json_t *details = roll ? tp_pack("{s:I}", "previous_keys_expire_at", (json_int_t)old_until)
+                         : tp_pack("{s:s}", "scopes", scopes);
   if (expires)
     json_object_set_new(details, "expires_at", json_integer(expires));
   tp_audit_append(cs, merchant, "cli", roll ? "api_key.rolled" : "api_key.created", hint, details);
@@ -307,7 +308,7 @@ int tp_cmd_api_key(int argc, char **argv)
     fprintf(stderr, "turnpike api-key: store write failed\n");
     return 1;
   }
-  json_t *out = json_pack("{s:s, s:s, s:s, s:o}", "merchant", merchant, roll ? "secret_key" : "restricted_key", key,
+  json_t *out = tp_pack("{s:s, s:s, s:s, s:o}", "merchant", merchant, roll ? "secret_key" : "restricted_key", key,
                           "hint", hint, "expires_at", expires ? json_integer(expires) : json_null());
   if (roll)
     json_object_set_new(out, "previous_keys_expire_at", json_integer(old_until));

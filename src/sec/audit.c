@@ -15,6 +15,7 @@
  * [seq, created, merchant, actor, action, object_id, details] (ASCII-escaped),
  * details being the stored JSON text (keys sorted). */
 #include "sec/audit.h"
+#include "jpack.h"
 #include "cli.h"
 #include "api/http.h"
 #include "config.h"
@@ -48,7 +49,7 @@ static void hex32(const uint8_t *in, char out[65])
 static int entry_hash(const char *prev, int64_t seq, int64_t created, const char *merchant, const char *actor,
                       const char *action, const char *object_id, const char *details, char out[65])
 {
-  json_t *a = json_pack("[I, I, s?, s, s, s?, s]", (json_int_t)seq, (json_int_t)created, merchant, actor ? actor : "",
+  json_t *a = tp_pack("[I, I, s?, s, s, s?, s]", (json_int_t)seq, (json_int_t)created, merchant, actor ? actor : "",
                         action ? action : "", object_id, details ? details : "");
   char *canon = a ? json_dumps(a, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
   json_decref(a);
@@ -131,7 +132,7 @@ void tp_audit_append(struct tp_cs *cs, const char *merchant, const char *actor, 
                      const char *object_id, const json_t *details)
 {
   char *d = details ? json_dumps(details, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY) : NULL;
-  json_t *a = json_pack("[I, s?, s, s, s?, s]", (json_int_t)tp_now(), merchant, actor ? actor : "system",
+  json_t *a = tp_pack("[I, s?, s, s, s?, s]", (json_int_t)tp_now(), merchant, actor ? actor : "system",
                         action ? action : "unknown", object_id, d ? d : "{}");
   free(d);
   if (!a)
@@ -201,7 +202,7 @@ static void checkpoint(bool force)
   for (size_t i = 0; i < sl; i++)
     snprintf(sighex + 2 * i, 3, "%02x", sig[i]);
   struct tp_cs *cs = tp_cs_new();
-  json_t *a = json_pack("[I, s, I, s, s]", (json_int_t)seq, hash, (json_int_t)tp_now(), sighex, pem);
+  json_t *a = tp_pack("[I, s, I, s, s]", (json_int_t)seq, hash, (json_int_t)tp_now(), sighex, pem);
   tp_cs_sql(cs,
             "INSERT INTO audit_checkpoints(seq, hash, created, sig, pubkey) SELECT ?1, ?2, ?3, ?4, ?5 "
             "WHERE EXISTS (SELECT 1 FROM audit_log WHERE seq = ?1 AND hash = ?2)",

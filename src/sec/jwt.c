@@ -2,6 +2,7 @@
  * the raw 64 bytes r||s (RFC 7518 §3.4), OpenSSL speaks DER: we convert both
  * ways. */
 #include "sec/jwt.h"
+#include "jpack.h"
 
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
@@ -194,7 +195,7 @@ json_t *tp_jwt_key_jwk(const struct tp_jwt_key *k)
   char xs[48], ys[48];
   tp_b64url_encode(x, 32, xs, sizeof xs);
   tp_b64url_encode(y, 32, ys, sizeof ys);
-  return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "kty", "EC", "crv", "P-256", "x", xs, "y", ys, "kid",
+  return tp_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "kty", "EC", "crv", "P-256", "x", xs, "y", ys, "kid",
                    k->kid, "alg", "ES256", "use", "sig");
 }
 
@@ -216,7 +217,7 @@ static char *b64url_json(const json_t *j)
 
 char *tp_jwt_sign(const struct tp_jwt_key *k, const char *typ, const json_t *claims)
 {
-  json_t *hdr = json_pack("{s:s, s:s, s:s}", "typ", typ, "alg", "ES256", "kid", k->kid);
+  json_t *hdr = tp_pack("{s:s, s:s, s:s}", "typ", typ, "alg", "ES256", "kid", k->kid);
   char *h = b64url_json(hdr), *p = b64url_json(claims);
   json_decref(hdr);
   char *out = NULL;

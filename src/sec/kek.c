@@ -4,6 +4,7 @@
  * (0600) and wraps data keys with AES-256-GCM: nonce(12) | wrapped(32) |
  * tag(16). Its audit checkpoint key is DATA/audit-signing.pem (0600). */
 #include "sec/kek.h"
+#include "jpack.h"
 #include "cli.h"
 #include "api/http.h"
 #include "config.h"
@@ -244,14 +245,14 @@ static int64_t latest_version(struct tp_store *st)
 
 static void cs_add_version(struct tp_cs *cs, uint32_t v, const char *provider, const char *actor)
 {
-  json_t *a = json_pack("[I, s, I]", (json_int_t)v, provider, (json_int_t)tp_now());
+  json_t *a = tp_pack("[I, s, I]", (json_int_t)v, provider, (json_int_t)tp_now());
   /* min_changes 1 on an INSERT of a primary key: two concurrent rotations
    * cannot both claim the same version. */
   tp_cs_sql(cs, "INSERT INTO kek_versions(version, provider, created) VALUES(?1, ?2, ?3)", a, 1);
   json_decref(a);
   char oid[32];
   snprintf(oid, sizeof oid, "kek_v%u", v);
-  json_t *d = json_pack("{s:I, s:s}", "version", (json_int_t)v, "provider", provider);
+  json_t *d = tp_pack("{s:I, s:s}", "version", (json_int_t)v, "provider", provider);
   tp_audit_append(cs, NULL, actor, v == 1 ? "kek.created" : "kek.rotated", oid, d);
   json_decref(d);
 }
@@ -312,7 +313,7 @@ int tp_kek_init(struct tp_store *st, const char *dir, const char *config_path)
    * new hash in the chain. */
   char h[65];
   config_hash(config_path, h);
-  json_t *d = json_pack("{s:s, s:s, s:s}", "sha256", h, "file", config_path ? config_path : "", "kek", g_prov.name);
+  json_t *d = tp_pack("{s:s, s:s, s:s}", "sha256", h, "file", config_path ? config_path : "", "kek", g_prov.name);
   tp_audit_append(cs, NULL, "system", "config.loaded", NULL, d);
   json_decref(d);
   int rc = apply_direct(st, cs);
@@ -404,7 +405,7 @@ int tp_kek_rewrap_batch(int max)
     /* Format-2 records whose header names another version, in token order
      * from a cursor, so that a record which cannot be re-wrapped is tried
      * once per pass, not forever. */
-    json_t *a = json_pack("[s, s, i]", hdr, rw_cursor, max);
+    json_t *a = tp_pack("[s, s, i]", hdr, rw_cursor, max);
     rows = tp_store_query(&tp_app.store,
                           "SELECT token, merchant, hex(blob) AS b FROM vault WHERE token > ?2 AND "
                           "(substr(hex(blob), 1, 2) = '01' OR (substr(hex(blob), 1, 2) = '02' AND "
@@ -450,7 +451,7 @@ int tp_kek_rewrap_batch(int max)
     tohex(out, ol, ohex);
     /* Compare-and-set on the old bytes: a record changed meanwhile is left
      * for the next pass. */
-    json_t *a = json_pack("[s, s, s, s]", ohex, tok, mer, hex);
+    json_t *a = tp_pack("[s, s, s, s]", ohex, tok, mer, hex);
     tp_cs_sql(cs, "UPDATE vault SET blob = tp_unhex(?1) WHERE token = ?2 AND merchant = ?3 AND hex(blob) = ?4", a,
               0);
     json_decref(a);
@@ -531,7 +532,7 @@ static void *maint_main(void *arg)
           tp_log(TP_LOG_INFO, "kek_rewrap_done", "{s:I, s:i}", "version", (json_int_t)tp_kek_current(), "records",
                  total);
           struct tp_cs *cs = tp_cs_new();
-          json_t *d = json_pack("{s:I, s:i}", "version", (json_int_t)tp_kek_current(), "records", total);
+          json_t *d = tp_pack("{s:I, s:i}", "version", (json_int_t)tp_kek_current(), "records", total);
           tp_audit_append(cs, NULL, "system", "kek.rewrapped", NULL, d);
           json_decref(d);
           submit_wait(cs);

@@ -9,6 +9,7 @@
  * accepted, so a key can be rotated without failing live tokens (move the
  * current file to .prev and restart). */
 #include "api/handlers.h"
+#include "jpack.h"
 #include "main/commands.h"
 #include "sec/audit.h"
 #include "sec/auth.h"
@@ -94,7 +95,7 @@ void tp_req_remote_addr(struct tp_req *r, char *out, size_t cap)
 /* RFC 6749 §5.2 error body. */
 static void oauth_error(struct tp_req *r, unsigned status, const char *error, const char *desc)
 {
-  tp_reply_json(r, status, json_pack("{s:s, s:s}", "error", error, "error_description", desc));
+  tp_reply_json(r, status, tp_pack("{s:s, s:s}", "error", error, "error_description", desc));
 }
 
 static const char *param(struct tp_req *r, const char *name)
@@ -198,7 +199,7 @@ static enum cauth client_auth(struct tp_req *r, struct oclient *c)
     snprintf(id, sizeof id, "%s", pid);
     snprintf(secret, sizeof secret, "%s", psecret);
   }
-  json_t *args = json_pack("[s]", id);
+  json_t *args = tp_pack("[s]", id);
   json_t *rows = tp_store_query(&tp_app.store,
                                 "SELECT merchant, secret_hash, scopes, revoked FROM oauth_clients WHERE client_id=?1",
                                 args);
@@ -308,7 +309,7 @@ void tp_h_oauth_token(struct tp_req *r)
   tp_scopes_format(want, scopes, sizeof scopes);
   tp_id_new(jti, "at");
   int64_t now = tp_now(), ttl = token_ttl();
-  json_t *claims = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:s, s:s}", "iss", issuer(), "sub",
+  json_t *claims = tp_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:s, s:s}", "iss", issuer(), "sub",
                              c.client_id, "aud", audience(), "client_id", c.client_id, "exp", (json_int_t)(now + ttl),
                              "iat", (json_int_t)now, "nbf", (json_int_t)now, "jti", jti, "scope", scopes, "merchant",
                              c.merchant);
@@ -319,7 +320,7 @@ void tp_h_oauth_token(struct tp_req *r)
     return;
   }
   tp_metric_inc("turnpike_oauth_tokens_issued_total", NULL, 1);
-  tp_reply_json(r, 200, json_pack("{s:s, s:s, s:I, s:s}", "access_token", tok, "token_type", "Bearer", "expires_in",
+  tp_reply_json(r, 200, tp_pack("{s:s, s:s, s:I, s:s}", "access_token", tok, "token_type", "Bearer", "expires_in",
                                   (json_int_t)ttl, "scope", scopes));
   free(tok);
 }
@@ -392,7 +393,7 @@ static enum tp_err verify_token(const char *token, struct tp_auth *a, int64_t *e
     return e;
   }
   /* Revoked token, or a client disabled since it was issued. */
-  json_t *args = json_pack("[s, s]", jti, cid);
+  json_t *args = tp_pack("[s, s]", jti, cid);
   json_t *rows = tp_store_query(&tp_app.store,
                                 "SELECT (SELECT count(*) FROM oauth_revoked WHERE jti=?1) AS revoked, "
                                 "(SELECT count(*) FROM oauth_clients WHERE client_id=?2 AND revoked IS NULL) AS live",
@@ -513,13 +514,13 @@ void tp_h_oauth_revoke(struct tp_req *r)
     return;
   }
   struct tp_cs *cs = tp_cs_new();
-  json_t *args = json_pack("[s, s, I, I]", jti, cid, (json_int_t)json_integer_value(exp), (json_int_t)tp_now());
+  json_t *args = tp_pack("[s, s, I, I]", jti, cid, (json_int_t)json_integer_value(exp), (json_int_t)tp_now());
   tp_cs_sql(cs, "INSERT INTO oauth_revoked(jti, client_id, exp, revoked) VALUES(?1,?2,?3,?4) "
                 "ON CONFLICT(jti) DO NOTHING", args, 0);
   json_decref(args);
   /* Rows of tokens past their expiry are dead weight: each revocation
    * clears them, which keeps the table as small as the live revocations. */
-  args = json_pack("[I]", (json_int_t)tp_now());
+  args = tp_pack("[I]", (json_int_t)tp_now());
   tp_cs_sql(cs, "DELETE FROM oauth_revoked WHERE exp < ?1", args, 0);
   json_decref(args);
   json_decref(cl);
@@ -551,16 +552,16 @@ void tp_h_oauth_introspect(struct tp_req *r)
   /* A client sees only tokens of its own merchant (tenant isolation). */
   if (e != TP_ERR_OK || strcmp(a.merchant.id, c.merchant) != 0) {
     json_decref(cl);
-    tp_reply_json(r, 200, json_pack("{s:b}", "active", 0));
+    tp_reply_json(r, 200, tp_pack("{s:b}", "active", 0));
     return;
   }
-  json_t *o = json_pack("{s:b, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:s}", "active", 1, "scope",
+  json_t *o = tp_pack("{s:b, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:s}", "active", 1, "scope",
                         json_object_get(cl, "scope"), "client_id", json_object_get(cl, "client_id"), "exp",
                         json_object_get(cl, "exp"), "iat", json_object_get(cl, "iat"), "sub",
                         json_object_get(cl, "sub"), "aud", json_object_get(cl, "aud"), "iss",
                         json_object_get(cl, "iss"), "jti", json_object_get(cl, "jti"), "token_type", "Bearer");
   json_decref(cl);
-  tp_reply_json(r, 200, o ? o : json_pack("{s:b}", "active", 0));
+  tp_reply_json(r, 200, o ? o : tp_pack("{s:b}", "active", 0));
 }
 
 /* ---- discovery ---------------------------------------------------------------- */
@@ -573,7 +574,7 @@ void tp_h_oauth_jwks(struct tp_req *r)
     if (k)
       json_array_append_new(arr, k);
   }
-  tp_reply_json(r, 200, json_pack("{s:o}", "keys", arr));
+  tp_reply_json(r, 200, tp_pack("{s:o}", "keys", arr));
 }
 
 /* GET /.well-known/oauth-authorization-server (RFC 8414) */
@@ -585,7 +586,7 @@ void tp_h_oauth_metadata(struct tp_req *r)
   json_t *scopes = json_array();
   for (unsigned b = 1; b & TP_SCOPE_ALL; b <<= 1)
     json_array_append_new(scopes, json_string(tp_scope_name(b)));
-  json_t *o = json_pack("{s:s, s:s+, s:s+, s:s+, s:s+, s:[s], s:[s, s], s:[s, s], s:[s, s], s:o, s:[s]}", "issuer",
+  json_t *o = tp_pack("{s:s, s:s+, s:s+, s:s+, s:s+, s:[s], s:[s, s], s:[s, s], s:[s, s], s:o, s:[s]}", "issuer",
                         iss, "token_endpoint", iss, "/oauth/token", "jwks_uri", iss, "/.well-known/jwks.json",
                         "revocation_endpoint", iss, "/oauth/revoke", "introspection_endpoint", iss,
                         "/oauth/introspect", "grant_types_supported", "client_credentials",
@@ -621,7 +622,7 @@ static int revoke_client(const char *data, const char *client_id)
   struct tp_store st;
   if (tp_store_open_sqlite(&st, data) != 0)
     return 1;
-  json_t *args = json_pack("[s]", client_id);
+  json_t *args = tp_pack("[s]", client_id);
   json_t *rows = tp_store_query(&st, "SELECT merchant FROM oauth_clients WHERE client_id=?1 AND revoked IS NULL",
                                 args);
   json_decref(args);
@@ -633,7 +634,7 @@ static int revoke_client(const char *data, const char *client_id)
     return 1;
   }
   struct tp_cs *cs = tp_cs_new();
-  args = json_pack("[I, s]", (json_int_t)tp_now(), client_id);
+  args = tp_pack("[I, s]", (json_int_t)tp_now(), client_id);
   tp_cs_sql(cs, "UPDATE oauth_clients SET revoked=?1 WHERE client_id=?2 AND revoked IS NULL", args, 1);
   json_decref(args);
   tp_audit_append(cs, merchant, "cli", "oauth_client.revoked", client_id, NULL);
@@ -704,11 +705,11 @@ int tp_cmd_oauth_client(int argc, char **argv)
   snprintf(secret, sizeof secret, "ocs_%s", rnd);
   tp_sha256_hex(secret, strlen(secret), hash);
   struct tp_cs *cs = tp_cs_new();
-  json_t *args = json_pack("[s, s, s, s, I]", id, merchant, hash, scopes, (json_int_t)tp_now());
+  json_t *args = tp_pack("[s, s, s, s, I]", id, merchant, hash, scopes, (json_int_t)tp_now());
   tp_cs_sql(cs, "INSERT INTO oauth_clients(client_id, merchant, secret_hash, scopes, created) "
                 "VALUES(?1,?2,?3,?4,?5)", args, 1);
   json_decref(args);
-  json_t *details = json_pack("{s:s}", "scopes", scopes);
+  json_t *details = tp_pack("{s:s}", "scopes", scopes);
   tp_audit_append(cs, merchant, "cli", "oauth_client.created", id, details);
   json_decref(details);
   int rc = -1;
@@ -719,7 +720,7 @@ int tp_cmd_oauth_client(int argc, char **argv)
     fprintf(stderr, "turnpike oauth-client: store write failed\n");
     return 1;
   }
-  json_t *out = json_pack("{s:s, s:s, s:s, s:s}", "client_id", id, "client_secret", secret, "merchant", merchant,
+  json_t *out = tp_pack("{s:s, s:s, s:s, s:s}", "client_id", id, "client_secret", secret, "merchant", merchant,
                           "scopes", scopes);
   char *s = json_dumps(out, JSON_COMPACT | JSON_PRESERVE_ORDER);
   printf("%s\n", s);

@@ -3,6 +3,7 @@
  * batch in one transaction and only then calls each entry's completion, so
  * an answer is never sent before its row is on disk (group commit). */
 #include "sim/sim.h"
+#include "jpack.h"
 #include "store/sqlite/walbuf.h"
 #include "log.h"
 #include "util.h"
@@ -318,7 +319,7 @@ static json_t *query_db(sqlite3 *db, const char *processor, const char *referenc
   bind_opt(st, 3, payment);
   sqlite3_bind_int64(st, 4, limit);
   while (sqlite3_step(st) == SQLITE_ROW) {
-    json_t *o = json_pack("{s:I, s:o, s:o, s:o, s:o, s:o, s:I, s:o, s:o, s:o, s:I}", "seq",
+    json_t *o = tp_pack("{s:I, s:o, s:o, s:o, s:o, s:o, s:I, s:o, s:o, s:o, s:I}", "seq",
                           (json_int_t)sqlite3_column_int64(st, 0), "processor", col_json(st, 1), "protocol",
                           col_json(st, 2), "operation", col_json(st, 3), "reference", col_json(st, 4), "payment",
                           col_json(st, 6), "amount", (json_int_t)sqlite3_column_int64(st, 9), "currency",
@@ -363,7 +364,7 @@ out:
     json_decref(by);
     return NULL;
   }
-  return json_pack("{s:o, s:{s:o, s:I, s:I, s:I}}", "entries", entries, "summary", "charges_by_payment", by,
+  return tp_pack("{s:o, s:{s:o, s:I, s:I, s:I}}", "entries", entries, "summary", "charges_by_payment", by,
                    "double_charges", doubles, "charges", charges, "payments_charged", payments);
 }
 

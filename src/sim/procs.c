@@ -2,6 +2,7 @@
  * file, changed at run time by POST /_sim/faults, and the random draws
  * (latency, declines, faults) made against them. */
 #include "sim/sim.h"
+#include "jpack.h"
 #include "config.h"
 #include "core/card.h"
 #include "log.h"
@@ -285,7 +286,7 @@ int tp_sim_faults_apply(json_t *o, char *err, size_t errlen)
 
 static json_t *behaviour_json(const struct tp_sim_behaviour *b)
 {
-  json_t *o = json_pack("{s:s, s:b, s:f, s:f, s:f, s:f, s:I, s:I, s:I, s:I, s:I, s:s, s:b}", "protocol",
+  json_t *o = tp_pack("{s:s, s:b, s:f, s:f, s:f, s:f, s:I, s:I, s:I, s:I, s:I, s:s, s:b}", "protocol",
                         b->iso ? "iso" : "rest", "outage", (int)b->outage, "decline_rate", b->decline_rate,
                         "error_rate", b->error_rate, "timeout_rate", b->timeout_rate, "reset_rate",
                         b->reset_rate, "latency_ms_min", (json_int_t)b->latency_ms_min, "latency_ms_max",

@@ -4,6 +4,7 @@
  * timeout) is suspended: no thread sleeps on it. The contract is documented
  * in docs/simulator.md. */
 #include "sim/sim.h"
+#include "jpack.h"
 #include "cli.h"
 #include "core/currency.h"
 #include "log.h"
@@ -56,10 +57,10 @@ static void answer(struct sreq *r, unsigned status, json_t *o)
 
 static void answer_error(struct sreq *r, unsigned status, const char *code, const char *message)
 {
-  json_t *e = json_pack("{s:s}", "code", code);
+  json_t *e = tp_pack("{s:s}", "code", code);
   if (message)
     json_object_set_new(e, "message", json_string(message));
-  answer(r, status, json_pack("{s:o}", "error", e));
+  answer(r, status, tp_pack("{s:o}", "error", e));
 }
 
 static void resume_cb(void *arg)
@@ -295,7 +296,7 @@ static void handle_processor(struct sreq *r, const char *path)
   struct tp_sim_behaviour b;
   tp_sim_behaviour(proc, &b);
   if (p == P_HEALTH) {
-    answer(r, b.outage ? 503 : 200, json_pack("{s:s}", "status", b.outage ? "outage" : "ok"));
+    answer(r, b.outage ? 503 : 200, tp_pack("{s:s}", "status", b.outage ? "outage" : "ok"));
     return;
   }
   if (!authorized(r, &b)) {
@@ -393,7 +394,7 @@ static void handle_control(struct sreq *r, const char *what)
 {
   if (strcmp(what, "faults") == 0) {
     if (strcmp(r->method, "GET") == 0) {
-      answer(r, 200, json_pack("{s:o}", "processors", tp_sim_faults_dump()));
+      answer(r, 200, tp_pack("{s:o}", "processors", tp_sim_faults_dump()));
       return;
     }
     if (strcmp(r->method, "POST") != 0) {
@@ -410,7 +411,7 @@ static void handle_control(struct sreq *r, const char *what)
     if (tp_sim_faults_apply(o, err, sizeof err) != 0)
       answer_error(r, 400, "invalid_request", err);
     else
-      answer(r, 200, json_pack("{s:o}", "processors", tp_sim_faults_dump()));
+      answer(r, 200, tp_pack("{s:o}", "processors", tp_sim_faults_dump()));
     json_decref(o);
     return;
   }

@@ -4,6 +4,7 @@
  * restart. Decisions are made under one lock (they are short); the answer is
  * released to callers only once its journal row is committed. */
 #include "sim/sim.h"
+#include "jpack.h"
 #include "connectors/connector.h"
 #include "log.h"
 #include "util.h"
@@ -342,7 +343,7 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
     r->amount = q->amount;
     snprintf(r->currency, sizeof r->currency, "%s", q->currency);
     r->captured = r->approved && q->capture ? q->amount : 0;
-    o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:b}", "id", id, "operation", "authorize", "reference",
+    o = tp_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:b}", "id", id, "operation", "authorize", "reference",
                   q->reference, "status", r->approved ? "approved" : "declined", "payment",
                   q->payment ? q->payment : "", "amount", (json_int_t)q->amount, "currency", q->currency,
                   "captured", (int)(r->captured > 0));
@@ -364,7 +365,7 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
     r->amount = amount;
     r->approved = true;
     tp_id_new(id, "cap");
-    o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s}", "id", id, "operation", "capture", "reference",
+    o = tp_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s}", "id", id, "operation", "capture", "reference",
                   q->reference, "authorization", auth->id, "status", "captured", "amount", (json_int_t)amount,
                   "currency", auth->currency);
     e->amount = amount;
@@ -373,7 +374,7 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
   case TP_SIM_VOID:
     auth->voided = true;
     tp_id_new(id, "void");
-    o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s}", "id", id, "operation", "void", "reference",
+    o = tp_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s}", "id", id, "operation", "void", "reference",
                   q->reference, "authorization", auth->id, "status", "voided", "amount",
                   (json_int_t)auth->amount, "currency", auth->currency);
     e->amount = auth->amount;
@@ -390,7 +391,7 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
     r->amount = amount;
     r->approved = ok;
     tp_id_new(id, "rf");
-    o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s}", "id", id, "operation", "refund", "reference",
+    o = tp_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s}", "id", id, "operation", "refund", "reference",
                   q->reference, "authorization", auth->id, "status", ok ? "succeeded" : "failed", "amount",
                   (json_int_t)amount, "currency", auth->currency);
     json_object_set_new(o, "failure_reason", ok ? json_null() : json_string("amount_exceeds_captured"));
@@ -409,7 +410,7 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
     else if (auth)
       auth->reversed = true;
     tp_id_new(id, "rev");
-    o = json_pack("{s:s, s:s, s:s, s:s, s:I}", "id", id, "operation", "reversal", "reference", q->reference,
+    o = tp_pack("{s:s, s:s, s:s, s:s, s:I}", "id", id, "operation", "reversal", "reference", q->reference,
                   "status", st, "amount", (json_int_t)amt);
     if (q->terminal)
       json_object_set_new(o, "terminal", json_string(q->terminal));

@@ -173,7 +173,7 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir);
 /* Convenience wrappers. */
 /* Read rows with the store's query op (see tp_cs_sql for args); NULL on error. */
 json_t *tp_store_query(struct tp_store *st, const char *sql, const json_t *args);
-/* tp_store_query that takes args over (for json_pack(...) in the call). */
+/* tp_store_query that takes args over (for tp_pack(...) in the call). */
 json_t *tp_store_query_take(struct tp_store *st, const char *sql, json_t *args);
 char *tp_store_get(struct tp_store *st, enum tp_kind kind, const char *merchant, const char *id);
 json_t *tp_store_get_json(struct tp_store *st, enum tp_kind kind, const char *merchant, const char *id);
