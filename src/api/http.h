@@ -69,6 +69,7 @@ struct tp_req {
   size_t resp_len;
   const char *content_type;
   bool replayed;
+  char original_request[40]; /* a replay: the request whose reply it is ("" if unknown) */
   bool publishable; /* authenticated by a publishable key (TP_R_CLIENT route) */
   char location[2048];
   bool suspended;

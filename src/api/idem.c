@@ -121,6 +121,7 @@ bool tp_idem_begin(struct tp_req *r)
       return true;
     }
     r->replayed = true;
+    snprintf(r->original_request, sizeof r->original_request, "%s", rec.request_id);
     tp_reply_raw(r, (unsigned)rec.status, rec.body ? rec.body : strdup("{}"), rec.body ? strlen(rec.body) : 2,
                  "application/json");
     return true;
@@ -141,14 +142,14 @@ void tp_idem_record(struct tp_req *r, struct tp_cs *cs)
 {
   if (!r->has_idem || !r->idem_registered)
     return;
-  tp_cs_idem(cs, r->merchant.id, r->idem_key, r->req_hash, (int)r->status, r->resp);
+  tp_cs_idem(cs, r->merchant.id, r->idem_key, r->req_hash, r->request_id, (int)r->status, r->resp);
 }
 
 void tp_idem_record_pending(struct tp_req *r, struct tp_cs *cs)
 {
   if (!r->has_idem || !r->idem_registered)
     return;
-  tp_cs_idem(cs, r->merchant.id, r->idem_key, r->req_hash, 0, NULL);
+  tp_cs_idem(cs, r->merchant.id, r->idem_key, r->req_hash, r->request_id, 0, NULL);
 }
 
 void tp_idem_end(struct tp_req *r)

@@ -465,8 +465,11 @@ static enum MHD_Result queue_reply(struct tp_req *r)
   MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache, no-store");
   if (r->has_idem)
     MHD_add_response_header(resp, "Idempotency-Key", r->idem_key);
-  if (r->replayed)
+  if (r->replayed) {
     MHD_add_response_header(resp, "Idempotent-Replayed", "true");
+    if (r->original_request[0]) /* Stripe: the request that made this reply */
+      MHD_add_response_header(resp, "Original-Request", r->original_request);
+  }
   if (retry)
     MHD_add_response_header(resp, "Stripe-Should-Retry", retry);
   if (r->location[0])

@@ -403,7 +403,8 @@ static void commit_outcome(struct tp_pay *p, struct tp_cs *cs)
   tp_card_wipe(p->call.cvc, sizeof p->call.cvc);
   tp_cs_attempt(cs, a);
   if (a->client_idem_key[0] && p->body)
-    tp_cs_idem(cs, p->m.id, a->client_idem_key, a->client_req_hash, (int)p->status, p->body);
+    tp_cs_idem(cs, p->m.id, a->client_idem_key, a->client_req_hash, p->r ? p->r->request_id : NULL, (int)p->status,
+               p->body);
   tp_cs_on_done(cs, outcome_done, p);
   inflight_del(a->id);
   if (tp_writer_submit(cs) != 0) {
@@ -845,7 +846,8 @@ void tp_pay_run(struct tp_pay *p, struct tp_cs *cs)
   }
   tp_cs_attempt(cs, &p->att);
   if (p->att.client_idem_key[0])
-    tp_cs_idem(cs, p->m.id, p->att.client_idem_key, p->att.client_req_hash, 0, NULL);
+    tp_cs_idem(cs, p->m.id, p->att.client_idem_key, p->att.client_req_hash, p->r ? p->r->request_id : NULL, 0,
+               NULL);
   tp_cs_on_done(cs, writeahead_done, p);
   inflight_add(p->att.id);
   if (tp_writer_submit(cs) != 0) {

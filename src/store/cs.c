@@ -181,12 +181,13 @@ void tp_cs_attempt(struct tp_cs *cs, const struct tp_attempt *a)
 }
 
 void tp_cs_idem(struct tp_cs *cs, const char *merchant, const char *key, const char *req_hash,
-                int status, const char *body)
+                const char *request_id, int status, const char *body)
 {
   struct tp_cs_op *op = push(cs, TP_OP_IDEM);
   op->merchant = dup_or_null(merchant);
   op->id = dup_or_null(key);
   op->s1 = dup_or_null(req_hash);
+  op->s2 = request_id && *request_id ? dup_or_null(request_id) : NULL;
   op->n1 = status;
   op->data = dup_or_null(body);
   op->data_len = body ? strlen(body) : 0;

@@ -78,9 +78,11 @@ void tp_cs_put_row(struct tp_cs *cs, enum tp_kind kind, const char *merchant, co
 void tp_cs_ledger(struct tp_cs *cs, const char *txn_id, const char *merchant, const char *account,
                   const char *currency, int64_t amount);
 void tp_cs_attempt(struct tp_cs *cs, const struct tp_attempt *a);
-/* Record an idempotency key: status 0 = in flight (no body yet). */
+/* Record an idempotency key: status 0 = in flight (no body yet). request_id
+ * is the request that used the key (replays name it in Original-Request);
+ * NULL keeps the one already recorded. */
 void tp_cs_idem(struct tp_cs *cs, const char *merchant, const char *key, const char *req_hash,
-                int status, const char *body);
+                const char *request_id, int status, const char *body);
 void tp_cs_vault(struct tp_cs *cs, const char *token, const char *merchant, const void *blob, size_t len);
 /* A feature's own SQL statement (its tables come from its migration file),
  * applied in the same transaction as the rest of the change set. args is a
@@ -132,6 +134,7 @@ struct tp_idem_rec {
   char req_hash[65];
   int status;          /* 0 = in flight */
   char *body;          /* malloc'ed, caller frees */
+  char request_id[40]; /* the request that used the key, or "" */
 };
 
 /* The backend's table of functions. Every function takes the backend's cls. */

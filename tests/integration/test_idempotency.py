@@ -35,6 +35,17 @@ class IdempotencyTest(DaemonTestCase):
         again = c.post(PI, confirm_params(description="replay"), idem=key)
         self.assertReplayOf(first, again)
         self.assertTrue(again.headers.get("Request-Id"), again)
+        # Stripe names the request whose reply this is; the replay has its own id
+        self.assertEqual(again.headers.get("Original-Request"), first.headers.get("Request-Id"), again)
+        self.assertNotEqual(again.headers.get("Request-Id"), first.headers.get("Request-Id"), again)
+        self.assertIsNone(first.headers.get("Original-Request"), first)
+        # a reply stored by the generic path (no processor call) names it too
+        cus_key = new_key()
+        cus = c.post("/v1/customers", {"email": "orig@example.com"}, idem=cus_key)
+        self.assertEqual(cus.status, 200, cus)
+        cus2 = c.post("/v1/customers", {"email": "orig@example.com"}, idem=cus_key)
+        self.assertReplayOf(cus, cus2)
+        self.assertEqual(cus2.headers.get("Original-Request"), cus.headers.get("Request-Id"), cus2)
         # a replay did not charge twice
         r = c.get(PI + "/" + first.json["id"])
         self.assertEqual(r.json["amount_received"], 1500, r)

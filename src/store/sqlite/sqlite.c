@@ -431,6 +431,7 @@ static int apply_one(struct sq *s, struct tp_cs *cs, struct bal_set *bal)
       sqlite3_bind_int64(st, 4, op->n1);
       bind_data(st, 5, op);
       sqlite3_bind_int64(st, 6, now);
+      bind_text(st, 7, op->s2);
       if (step_done(s->w, st))
         return -1;
       break;
@@ -772,7 +773,7 @@ static int sq_idem_get(void *cls, const char *merchant, const char *key, struct 
   struct reader *r = reader(s);
   if (!r)
     return -1;
-  if (!r->idem_get && !(r->idem_get = prep(r->db, "SELECT req_hash, status, body FROM idempotency "
+  if (!r->idem_get && !(r->idem_get = prep(r->db, "SELECT req_hash, status, body, request_id FROM idempotency "
                                                   "WHERE merchant=?1 AND key=?2 AND (created > ?3 OR status = 0)")))
     return -1;
   sqlite3_stmt *st = r->idem_get;
@@ -786,6 +787,8 @@ static int sq_idem_get(void *cls, const char *merchant, const char *key, struct 
     snprintf(out->req_hash, sizeof out->req_hash, "%s", (const char *)sqlite3_column_text(st, 0));
     out->status = sqlite3_column_int(st, 1);
     out->body = column_json(st, 2);
+    const unsigned char *rid = sqlite3_column_text(st, 3);
+    snprintf(out->request_id, sizeof out->request_id, "%s", rid ? (const char *)rid : "");
     found = 1;
   }
   sqlite3_reset(st);
@@ -1263,8 +1266,10 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
    * time of the pending mark; a key reused after it expired starts afresh. */
   char idem_sql[512];
   snprintf(idem_sql, sizeof idem_sql,
-           "INSERT INTO idempotency(merchant, key, req_hash, status, body, created) VALUES(?1,?2,?3,?4,?5,?6) "
+           "INSERT INTO idempotency(merchant, key, req_hash, status, body, created, request_id) "
+           "VALUES(?1,?2,?3,?4,?5,?6,?7) "
            "ON CONFLICT(merchant, key) DO UPDATE SET req_hash=excluded.req_hash, status=excluded.status, "
+           "request_id=COALESCE(excluded.request_id, idempotency.request_id), "
            "body=excluded.body, created=CASE WHEN idempotency.created <= excluded.created - %lld "
            "THEN excluded.created ELSE idempotency.created END",
            (long long)s->idem_ttl);

@@ -245,7 +245,7 @@ static void test_objects_are_stored_compressed_and_read_back(void **state)
   json_object_set_new(o, "metadata", json_pack("{s:s, s:s}", "order", "A-1001", "note", "é"));
   struct tp_cs *cs = tp_cs_new();
   tp_cs_put(cs, TP_K_PAYMENT_INTENT, M1, o);
-  tp_cs_idem(cs, M1, "key-z", "hash", 200, "{\"id\":\"pi_z\",\"object\":\"payment_intent\"}");
+  tp_cs_idem(cs, M1, "key-z", "hash", NULL, 200, "{\"id\":\"pi_z\",\"object\":\"payment_intent\"}");
   assert_int_equal(apply1(f, cs), 0);
   char *want = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
   assert_int_equal(sql_long(f, "SELECT typeof(data)='blob' FROM payment_intents WHERE id='pi_z'"), 1);
@@ -519,7 +519,7 @@ static void test_unbalanced_change_set_is_refused_and_fully_rolled_back(void **s
   json_t *o = pi("pi_bad", 100, NULL, NULL);
   tp_cs_put(bad, TP_K_PAYMENT_INTENT, M1, o);
   json_decref(o);
-  tp_cs_idem(bad, M1, "idem_bad", "h", 0, NULL);
+  tp_cs_idem(bad, M1, "idem_bad", "h", NULL, 0, NULL);
   tp_cs_ledger(bad, "txn_bad", M1, "cash", "usd", 1000);
   tp_cs_ledger(bad, "txn_bad", M1, "revenue", "usd", -990);
 
@@ -726,21 +726,32 @@ static void test_idempotency_record_round_trip(void **state)
 {
   struct fx *f = *state;
   struct tp_cs *cs = tp_cs_new();
-  tp_cs_idem(cs, M1, "key-1", "hash-a", 0, NULL);
+  tp_cs_idem(cs, M1, "key-1", "hash-a", "req_first", 0, NULL);
   assert_int_equal(apply1(f, cs), 0);
   struct tp_idem_rec r = {0};
   assert_int_equal(f->st.ops->idem_get(f->st.cls, M1, "key-1", &r), 1);
   assert_string_equal(r.req_hash, "hash-a");
   assert_int_equal(r.status, 0);
   assert_null(r.body);
+  assert_string_equal(r.request_id, "req_first");
 
+  /* The final reply without a request of its own (recovery) keeps the
+   * pending mark's request; one with its own request takes that. */
   cs = tp_cs_new();
-  tp_cs_idem(cs, M1, "key-1", "hash-a", 200, "{\"id\":\"pi_1\"}");
+  tp_cs_idem(cs, M1, "key-1", "hash-a", NULL, 200, "{\"id\":\"pi_1\"}");
   assert_int_equal(apply1(f, cs), 0);
   memset(&r, 0, sizeof r);
   assert_int_equal(f->st.ops->idem_get(f->st.cls, M1, "key-1", &r), 1);
   assert_int_equal(r.status, 200);
   assert_string_equal(r.body, "{\"id\":\"pi_1\"}");
+  assert_string_equal(r.request_id, "req_first");
+  free(r.body);
+  cs = tp_cs_new();
+  tp_cs_idem(cs, M1, "key-1", "hash-a", "req_second", 200, "{\"id\":\"pi_1\"}");
+  assert_int_equal(apply1(f, cs), 0);
+  memset(&r, 0, sizeof r);
+  assert_int_equal(f->st.ops->idem_get(f->st.cls, M1, "key-1", &r), 1);
+  assert_string_equal(r.request_id, "req_second");
   free(r.body);
 
   memset(&r, 0, sizeof r);
@@ -757,8 +768,8 @@ static void test_idempotent_reply_reuses_the_frame_of_an_equal_object(void **sta
                    "\"status\":\"succeeded\",\"metadata\":{}}";
   struct tp_cs *cs = tp_cs_new();
   tp_cs_put_row(cs, TP_K_PAYMENT_INTENT, M1, "pi_frame", 1700000000, "cus_x", "succeeded", strdup(pi), strlen(pi));
-  tp_cs_idem(cs, M1, "key-same", "hash", 200, pi);
-  tp_cs_idem(cs, M1, "key-other", "hash", 200, "{\"id\":\"pi_other\"}");
+  tp_cs_idem(cs, M1, "key-same", "hash", NULL, 200, pi);
+  tp_cs_idem(cs, M1, "key-other", "hash", NULL, 200, "{\"id\":\"pi_other\"}");
   const struct tp_cs_op *put = tp_cs_op_at(cs, 0), *same = tp_cs_op_at(cs, 1), *other = tp_cs_op_at(cs, 2);
   assert_non_null(put->zdata);
   assert_non_null(same->zdata);
