@@ -420,6 +420,7 @@ void tp_h_customer_create(struct tp_req *r)
 
   if (pm_id && *pm_id) {
     char *s = tp_store_get(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
+    bool stored = s != NULL;
     if (s) {
       pm = json_loads(s, 0, NULL);
       free(s);
@@ -447,6 +448,15 @@ void tp_h_customer_create(struct tp_req *r)
       goto fail;
     }
     snprintf(pm_lock, sizeof pm_lock, "%s", pm_id);
+    if (stored) { /* read again under the lock: an attach may have committed since */
+      json_t *fresh = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
+      if (!fresh) {
+        tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+        goto fail;
+      }
+      json_decref(pm);
+      pm = fresh;
+    }
     if (!json_is_null(json_object_get(pm, "customer")) && json_object_get(pm, "customer")) {
       tp_reply_error(r, TP_ERR_PAYMENT_METHOD_ALREADY_ATTACHED, "payment_method",
                      "The payment method you provided has already been attached to a customer.");

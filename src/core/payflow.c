@@ -259,6 +259,8 @@ void tp_pay_free(struct tp_pay *p)
 {
   if (!p)
     return;
+  if (p->pm_lock_id[0])
+    tp_lock_release(p->pm_lock_id);
   json_decref(p->pi);
   json_decref(p->charge);
   json_decref(p->refund);
@@ -961,6 +963,26 @@ static void save_for_future_use(struct tp_pay *p, struct tp_cs *cs)
   const char *cus = json_string_value(json_object_get(p->pi, "customer"));
   if (!sfu || !cus || !json_is_object(p->pm) || json_is_string(json_object_get(p->pm, "customer")))
     return;
+  /* As attach, detach and update do: take the PaymentMethod's lock, then
+   * read it afresh. p->pm was read before the processor call, and an attach
+   * committed since then must not be overwritten. The lock is held until
+   * this outcome is committed (released with p). A PaymentMethod another
+   * request holds right now is not saved; the payment itself goes on. */
+  const char *pm_id = json_string_value(json_object_get(p->pm, "id"));
+  if (!pm_id || !tp_lock_try(pm_id)) {
+    tp_log(TP_LOG_WARN, "payment_method_not_saved", "{s:s?, s:s}", "payment_method", pm_id, "reason", "locked");
+    return;
+  }
+  snprintf(p->pm_lock_id, sizeof p->pm_lock_id, "%s", pm_id);
+  json_t *fresh = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, p->m.id, pm_id);
+  if (fresh) {
+    if (json_is_string(json_object_get(fresh, "customer"))) {
+      json_decref(fresh);
+      return; /* attached meanwhile: stays where it is */
+    }
+    json_decref(p->pm);
+    p->pm = fresh;
+  }
   json_object_set_new(p->pm, "customer", json_string(cus));
   tp_cs_put(cs, TP_K_PAYMENT_METHOD, p->m.id, p->pm);
   tp_emit(cs, p->r, p->m.id, "payment_method.attached", p->pm);

@@ -30,6 +30,7 @@ struct tp_pay {
   struct tp_attempt att;
   struct tp_proc_call call;
   char lock_id[80];
+  char pm_lock_id[80];       /* the PaymentMethod being saved to a customer, released with p */
   char cancellation_reason[64];
   bool three_ds_done;        /* the payment passed a 3-D Secure challenge */
   bool reply_charge;         /* a capture answers the charge (Charges API), not the PaymentIntent */

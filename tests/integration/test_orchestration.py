@@ -167,6 +167,43 @@ class OrchestrationTest(unittest.TestCase):
         n, j = self.charges_of(r3.json["id"])
         self.assertEqual(n, 1, j)
 
+    def test_saving_a_card_does_not_overwrite_an_attach_made_during_the_call(self):
+        # setup_future_usage saves the card to the payment's customer once it
+        # is authorized; an attach to another customer committed while the
+        # processor was answering wins (the card is not moved).
+        import threading
+        c = self.c
+        pm = c.post("/v1/payment_methods", {"type": "card", "card[number]": "4242424242424242",
+                                            "card[exp_month]": "12", "card[exp_year]": "2040",
+                                            "card[cvc]": "123"}).json
+        payer = c.post("/v1/customers", {"email": "payer@example.com"}).json
+        other = c.post("/v1/customers", {"email": "other@example.com"}).json
+        self.sim.faults("a", latency_ms_min=300, latency_ms_max=300)  # under timeout_ms (400)
+        box = {}
+        params = {"amount": 2500, "currency": "usd", "confirm": "true", "payment_method": pm["id"],
+                  "customer": payer["id"], "setup_future_usage": "off_session"}
+        t = threading.Thread(target=lambda: box.update(
+            r=c.post("/v1/payment_intents", params, idem=new_key("sfu"))))
+        t.start()
+        time.sleep(0.1)
+        att = c.post("/v1/payment_methods/%s/attach" % pm["id"], {"customer": other["id"]})
+        t.join(30)
+        self.assertEqual(att.status, 200, att.json)
+        r = box["r"]
+        self.assertEqual(r.status, 200, r.json)
+        self.assertEqual(r.json["status"], "succeeded", r.json)
+        got = c.get("/v1/payment_methods/%s" % pm["id"]).json
+        self.assertEqual(got["customer"], other["id"], got)
+        self.assertEqual(c.get("/v1/customers/%s/payment_methods" % payer["id"]).json["data"], [])
+        # Without a concurrent attach the card is saved to the payer.
+        self.sim.faults("a", latency_ms_min=0, latency_ms_max=0)
+        pm2 = c.post("/v1/payment_methods", {"type": "card", "card[number]": "4242424242424242",
+                                             "card[exp_month]": "12", "card[exp_year]": "2040"}).json
+        params["payment_method"] = pm2["id"]
+        r2 = c.post("/v1/payment_intents", params, idem=new_key("sfu"))
+        self.assertEqual(r2.json["status"], "succeeded", r2.json)
+        self.assertEqual(c.get("/v1/payment_methods/%s" % pm2["id"]).json["customer"], payer["id"])
+
     def test_hard_decline_is_not_cascaded(self):
         r = self.pay(payment_method="pm_card_chargeDeclinedInsufficientFunds")
         self.assertEqual(r.status, 402, r.json)
