@@ -34,6 +34,16 @@ static bool utf8_ok(const char *p, size_t n)
 {
   const unsigned char *s = (const unsigned char *)p, *e = s + n;
   while (s < e) {
+    /* ASCII, eight bytes at a time. */
+    while (e - s >= 8) {
+      uint64_t w;
+      memcpy(&w, s, 8);
+      if (w & 0x8080808080808080ull)
+        break;
+      s += 8;
+    }
+    if (s >= e)
+      break;
     unsigned c = *s;
     if (c < 0x80) {
       s++;

@@ -57,6 +57,18 @@ static const unsigned char needs_escape[256] = {
   0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1 /* \ */, 0, 0, 0,
 };
 
+/* Whether any of the 8 bytes in w is < 0x20, '"' or '\\' (the bytes
+ * needs_escape marks): the classic "has zero byte" test on w, on w with
+ * every '"' and on w with every '\\' cleared. */
+static inline bool word_needs_escape(uint64_t w)
+{
+  const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+  uint64_t q = w ^ (ones * '"'), bs = w ^ (ones * '\\');
+  uint64_t lt = (w - ones * 0x20) & ~w;        /* high bit set where a byte < 0x20 */
+  uint64_t zq = (q - ones) & ~q, zb = (bs - ones) & ~bs;
+  return ((lt | zq | zb) & highs) != 0;
+}
+
 static void put_string(struct tp_jbuf *b, const char *s, size_t n)
 {
   static const char hex[] = "0123456789ABCDEF";
@@ -64,6 +76,14 @@ static void put_string(struct tp_jbuf *b, const char *s, size_t n)
   size_t i = 0;
   while (i < n) {
     size_t run = i;
+    /* Eight bytes at a time while none needs escaping (most strings). */
+    while (run + 8 <= n) {
+      uint64_t w;
+      memcpy(&w, s + run, 8);
+      if (word_needs_escape(w))
+        break;
+      run += 8;
+    }
     while (run < n && !needs_escape[(unsigned char)s[run]])
       run++;
     put(b, s + i, run - i);

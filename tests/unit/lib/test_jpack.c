@@ -62,6 +62,9 @@ static void test_errors_release_references(void **state)
   assert_null(tp_pack("{s:i}", "bad\xc3", 1));
   assert_null(tp_pack("[s]", "\xed\xa0\x80")); /* a UTF-16 surrogate */
   assert_null(tp_pack("[s]", "\xc0\xaf"));     /* overlong */
+  assert_null(tp_pack("[s]", "0123456789abcdef\xff")); /* past the 8-byte ASCII scan */
+  assert_null(tp_pack("[s]", "01234567\xc3("));
+  SAME("[s]", "0123456789abcdef\xc3\xa9xyz0123456789");
   assert_null(tp_pack("{s:i", "a", 1));
   assert_null(tp_pack("{s:i}x", "a", 1));
   assert_null(tp_pack("{s:q}", "a"));

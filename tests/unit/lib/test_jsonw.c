@@ -140,6 +140,32 @@ static void test_long_strings_grow_the_buffer(void **state)
   free(big);
 }
 
+/* Strings are scanned eight bytes at a time: every byte that must be
+ * escaped, and bytes next to the ones that must not, at every position of
+ * strings of every length around the word size, give json_dumps' bytes. */
+static void test_escapes_at_every_word_position(void **state)
+{
+  (void)state;
+  static const unsigned char specials[] = {'"', '\\', 0x01, 0x1f, 0x0a, 0x20, 0x21, 0x5b, 0x5d, 0x7f, 0xc3, '/'};
+  for (size_t len = 1; len <= 33; len++)
+    for (size_t pos = 0; pos < len; pos++)
+      for (size_t k = 0; k < sizeof specials; k++) {
+        char buf[40];
+        memset(buf, 'a', len);
+        buf[pos] = (char)specials[k];
+        if (specials[k] == 0xc3) { /* keep it valid UTF-8: é */
+          if (pos + 1 >= len)
+            continue;
+          buf[pos + 1] = (char)0xa9;
+        }
+        json_t *a = json_array();
+        json_array_append_new(a, json_stringn(buf, len));
+        assert_int_equal(json_array_size(a), 1);
+        assert_same_as_jansson(a);
+        json_decref(a);
+      }
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -148,6 +174,7 @@ int main(void)
     cmocka_unit_test(test_nesting_and_order),
     cmocka_unit_test(test_refuses_scalars_and_deep_nesting),
     cmocka_unit_test(test_long_strings_grow_the_buffer),
+    cmocka_unit_test(test_escapes_at_every_word_position),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
