@@ -54,5 +54,5 @@ N=$((N1 - N0))
 IR=$(awk '/^totals:/ {print $2; exit}' "$TMP/callgrind.out")
 [ "$N" -gt 0 ] && [ -n "$IR" ] || { echo "bench: no payments or no counts" >&2; exit 1; }
 echo "== instructions per create+confirm (callgrind, $SECS s, wrk 8 connections) =="
-awk -v n="$N" -v ir="$IR" 'BEGIN { printf "payments %d  instructions %d  per payment %.0f\n", n, ir, ir / n }'
+awk -v n="$N" -v ir="$IR" 'BEGIN { printf "payments %d  instructions %.0f  per payment %.0f\n", n, ir, ir / n }'
 callgrind_annotate --inclusive=yes "$TMP/callgrind.out" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | sed -n '2,11p'

@@ -247,12 +247,17 @@ static const char *skip_ws(const char *p, const char *end)
 /* p at '"': the end of the string (past the closing quote), NULL if cut. */
 static const char *skip_str(const char *p, const char *end, bool *esc)
 {
-  for (p++; p < end; p++) {
-    if (*p == '\\') {
-      *esc = true;
-      p++;
-    } else if (*p == '"')
-      return p + 1;
+  /* memchr for the closing quote, then for a backslash before it: two
+   * vectorised scans for the usual string without escapes. */
+  for (p++; p < end;) {
+    const char *q = memchr(p, '"', (size_t)(end - p));
+    if (!q)
+      return NULL;
+    const char *b = memchr(p, '\\', (size_t)(q - p));
+    if (!b)
+      return q + 1;
+    *esc = true;
+    p = b + 2; /* past the escaped character, which may be that quote */
   }
   return NULL;
 }
@@ -264,13 +269,19 @@ static const char *scan_val(const char *p, const char *end, char *path, size_t p
   p = skip_ws(p, end);
   if (p >= end || depth > 16)
     return NULL;
+  /* A leaf may be wanted; an object may lead to wanted leaves. */
   int want = -1;
   bool prefix = false;
   for (int i = 0; i < CF__N; i++) {
-    if (strcmp(cf_paths[i], path) == 0)
+    if (*p == '{') {
+      if (strncmp(cf_paths[i], path, plen) == 0 && (plen == 0 || cf_paths[i][plen] == '.')) {
+        prefix = true;
+        break;
+      }
+    } else if (*p != '[' && strcmp(cf_paths[i], path) == 0) {
       want = i;
-    else if (strncmp(cf_paths[i], path, plen) == 0 && (plen == 0 || cf_paths[i][plen] == '.'))
-      prefix = true;
+      break;
+    }
   }
   const char *start = p;
   if (*p == '"') {
@@ -358,38 +369,56 @@ static const char *cspan_str(const struct cspan *c, char *buf, size_t cap)
 }
 
 /* One committed charge outcome: payment metrics and the "payments" scope. */
-static void count_charge(const struct pev *e, int64_t now)
+static void copy_str(char *dst, size_t cap, const char *src)
 {
+  dst[0] = '\0';
+  if (src && strlen(src) < cap)
+    memcpy(dst, src, strlen(src) + 1);
+}
+
+void tp_alerts_charge_fields(const char *json, size_t len, struct tp_charge_fields *out)
+{
+  memset(out, 0, sizeof *out);
   struct cspan f[CF__N] = {{0}};
   char path[128] = "";
-  bool scanned = scan_val(e->json, e->json + e->len, path, 0, 0, f) != NULL;
+  bool scanned = scan_val(json, json + len, path, 0, 0, f) != NULL;
   for (int i = 0; i < CF__N; i++)
     scanned = scanned && !f[i].esc;
-  json_t *ev = NULL, *ch = NULL;
-  const char *currency, *brand, *processor, *failure;
-  json_int_t amount = 0;
-  char cb[16], bb[48], pb[96], fb[64];
   if (scanned) {
-    currency = cspan_str(&f[CF_CURRENCY], cb, sizeof cb);
-    brand = cspan_str(&f[CF_BRAND], bb, sizeof bb);
-    processor = cspan_str(&f[CF_PROCESSOR], pb, sizeof pb);
-    failure = cspan_str(&f[CF_FAILURE], fb, sizeof fb);
+    /* out is zeroed: a field cspan_str cannot give stays "". */
+    (void)cspan_str(&f[CF_CURRENCY], out->currency, sizeof out->currency);
+    (void)cspan_str(&f[CF_BRAND], out->brand, sizeof out->brand);
+    (void)cspan_str(&f[CF_PROCESSOR], out->processor, sizeof out->processor);
+    (void)cspan_str(&f[CF_FAILURE], out->failure, sizeof out->failure);
     if (f[CF_AMOUNT].p && !f[CF_AMOUNT].str && f[CF_AMOUNT].n < 24) {
       char ab[24];
       memcpy(ab, f[CF_AMOUNT].p, f[CF_AMOUNT].n);
       ab[f[CF_AMOUNT].n] = '\0';
-      amount = strtoll(ab, NULL, 10);
+      out->amount = strtoll(ab, NULL, 10);
     }
-  } else {
-    ev = json_loadb(e->json, e->len, 0, NULL);
-    ch = json_object_get(json_object_get(ev, "data"), "object");
-    currency = json_string_value(json_object_get(ch, "currency"));
-    brand = json_string_value(
-        json_object_get(json_object_get(json_object_get(ch, "payment_method_details"), "card"), "brand"));
-    processor = json_string_value(json_object_get(json_object_get(ch, "turnpike"), "processor"));
-    failure = json_string_value(json_object_get(ch, "failure_code"));
-    amount = json_integer_value(json_object_get(ch, "amount"));
+    return;
   }
+  out->parsed = true;
+  json_t *ev = json_loadb(json, len, 0, NULL);
+  json_t *ch = json_object_get(json_object_get(ev, "data"), "object");
+  copy_str(out->currency, sizeof out->currency, json_string_value(json_object_get(ch, "currency")));
+  copy_str(out->brand, sizeof out->brand,
+           json_string_value(json_object_get(
+               json_object_get(json_object_get(ch, "payment_method_details"), "card"), "brand")));
+  copy_str(out->processor, sizeof out->processor,
+           json_string_value(json_object_get(json_object_get(ch, "turnpike"), "processor")));
+  copy_str(out->failure, sizeof out->failure, json_string_value(json_object_get(ch, "failure_code")));
+  out->amount = json_integer_value(json_object_get(ch, "amount"));
+  json_decref(ev);
+}
+
+static void count_charge(const struct pev *e, int64_t now)
+{
+  struct tp_charge_fields cf;
+  tp_alerts_charge_fields(e->json, e->len, &cf);
+  const char *currency = cf.currency[0] ? cf.currency : NULL, *brand = cf.brand[0] ? cf.brand : NULL,
+             *processor = cf.processor[0] ? cf.processor : NULL, *failure = cf.failure[0] ? cf.failure : NULL;
+  json_int_t amount = cf.amount;
   char cur[16], br[48], pr[96], labels[256];
   label_of(currency, cur, sizeof cur);
   label_of(brand, br, sizeof br);
@@ -408,7 +437,6 @@ static void count_charge(const struct pev *e, int64_t now)
   add("payments", error, declined, -1);
   merchant_seen(e->merchant, now);
   pthread_mutex_unlock(&A.mu);
-  json_decref(ev);
 }
 
 /* ---- alert events ---------------------------------------------------------------- */

@@ -2,6 +2,7 @@
 #ifndef TP_ALERTS_H
 #define TP_ALERTS_H
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* One finished processor call for the baselines of scope (a processor name;
@@ -33,4 +34,15 @@ struct tp_detector {
 };
 enum tp_detect { TP_DETECT_NONE, TP_DETECT_OPENED, TP_DETECT_RESOLVED };
 enum tp_detect tp_detector_step(struct tp_detector *d, const struct tp_detector_cfg *c, double value);
+
+/* The fields the payment metrics read from a committed charge event (its
+ * JSON, len bytes): found by a one-pass scanner that skips everything else,
+ * or by the JSON parser when a wanted value has an escape or the scan
+ * fails. "" for a string that is absent or not a string; amount 0 if absent. */
+struct tp_charge_fields {
+  char currency[16], brand[48], processor[96], failure[64];
+  int64_t amount;
+  bool parsed; /* the parser was needed */
+};
+void tp_alerts_charge_fields(const char *json, size_t len, struct tp_charge_fields *out);
 #endif

@@ -118,9 +118,48 @@ static void test_no_alert_during_warmup(void **state)
   assert_int_equal(run(&d, v, CFG.warmup, NULL, NULL), 0);
 }
 
+/* The charge-event scanner gives what the JSON parser gives, on the shape
+ * events have and on shapes they could have: escapes in skipped strings
+ * and keys, brackets and quotes inside strings, nested arrays, whitespace;
+ * a wanted value with an escape goes to the parser. */
+static void test_charge_fields_scan_agrees_with_the_parser(void **state)
+{
+  (void)state;
+  static const struct {
+    const char *json;
+    const char *currency, *brand, *processor, *failure;
+    long long amount;
+    bool parsed;
+  } cases[] = {
+    {"{\"id\":\"evt_1\",\"data\":{\"object\":{\"id\":\"ch_1\",\"amount\":1999,\"currency\":\"usd\","
+     "\"failure_code\":null,\"payment_method_details\":{\"card\":{\"brand\":\"visa\",\"last4\":\"4242\"},"
+     "\"type\":\"card\"},\"turnpike\":{\"processor\":\"sandbox\"}}},\"type\":\"charge.succeeded\"}",
+     "usd", "visa", "sandbox", "", 1999, false},
+    {"{ \"data\" : { \"object\" : { \"description\":\"a \\\"quoted\\\" }{][ \\\\\", \"metadata\":{\"k\\\"\":\"}\"},"
+     "\"refunds\":[[1,{\"a\":\"]\"}],\"[\"], \"amount\" : 50 , \"currency\":\"jpy\",\"failure_code\":\"card_declined\","
+     "\"payment_method_details\":{\"card\":{\"brand\":\"amex\"}},\"turnpike\":{\"processor\":\"iso-1\"} } } }",
+     "jpy", "amex", "iso-1", "card_declined", 50, false},
+    {"{\"data\":{\"object\":{\"amount\":7,\"currency\":\"e\\u0075r\",\"turnpike\":{\"processor\":\"p\"}}}}",
+     "eur", "", "p", "", 7, true},
+    {"{\"data\":{\"object\":{\"currency\":\"usd\"}}", "", "", "", "", 0, true}, /* truncated: neither reads it */
+    {"{\"data\":{\"object\":{}}}", "", "", "", "", 0, false},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    struct tp_charge_fields f;
+    tp_alerts_charge_fields(cases[i].json, strlen(cases[i].json), &f);
+    assert_string_equal(f.currency, cases[i].currency);
+    assert_string_equal(f.brand, cases[i].brand);
+    assert_string_equal(f.processor, cases[i].processor);
+    assert_string_equal(f.failure, cases[i].failure);
+    assert_int_equal(f.amount, cases[i].amount);
+    assert_int_equal(f.parsed, cases[i].parsed);
+  }
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_charge_fields_scan_agrees_with_the_parser),
       cmocka_unit_test(test_steady_noise_never_alerts),
       cmocka_unit_test(test_step_opens_within_open_after_and_recovery_resolves),
       cmocka_unit_test(test_short_blip_shorter_than_open_after_is_ignored),
