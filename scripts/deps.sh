@@ -32,12 +32,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
 fi
 
-# npm packages for the SDK tests (tests/sdk) and benchmarks.
+# npm packages: the official Stripe SDK (tests/sdk) and an independent
+# ISO 8583 implementation (tests/interop).
 here=$(cd "$(dirname "$0")/.." && pwd)
-if [ -f "$here/tests/sdk/package.json" ]; then
-  if [ ! -d "$here/tests/sdk/node_modules" ] || \
-     [ "$here/tests/sdk/package-lock.json" -nt "$here/tests/sdk/node_modules/.package-lock.json" ]; then
-    echo "deps: npm ci in tests/sdk" >&2
-    (cd "$here/tests/sdk" && if [ -f package-lock.json ]; then npm ci --silent --no-audit --no-fund; else npm install --silent --no-audit --no-fund; fi) >/dev/null
+for dir in tests/sdk tests/interop; do
+  if [ -f "$here/$dir/package.json" ]; then
+    if [ ! -d "$here/$dir/node_modules" ] || \
+       [ "$here/$dir/package-lock.json" -nt "$here/$dir/node_modules/.package-lock.json" ]; then
+      echo "deps: npm ci in $dir" >&2
+      (cd "$here/$dir" && if [ -f package-lock.json ]; then npm ci --silent --no-audit --no-fund; else npm install --silent --no-audit --no-fund; fi) >/dev/null
+    fi
   fi
-fi
+done

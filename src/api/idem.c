@@ -23,6 +23,7 @@ struct inflight {
   struct inflight *next;
 };
 static struct inflight *buckets[TP_IDEM_BUCKETS];
+static unsigned long released[TP_IDEM_BUCKETS]; /* keys that left each bucket */
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 
 static unsigned hash(const char *s)
@@ -38,10 +39,21 @@ static void full_key(const struct tp_req *r, char *out, size_t n)
   snprintf(out, n, "%s\x1f%s", r->merchant.id, r->idem_key);
 }
 
-static bool inflight_add(const char *k)
+static unsigned long released_from(const char *k)
 {
   unsigned b = hash(k);
   pthread_mutex_lock(&mu);
+  unsigned long n = released[b];
+  pthread_mutex_unlock(&mu);
+  return n;
+}
+
+/* Claim k; *released_out is the bucket's release count at the claim. */
+static bool inflight_add(const char *k, unsigned long *released_out)
+{
+  unsigned b = hash(k);
+  pthread_mutex_lock(&mu);
+  *released_out = released[b];
   for (struct inflight *e = buckets[b]; e; e = e->next)
     if (strcmp(e->key, k) == 0) {
       pthread_mutex_unlock(&mu);
@@ -72,6 +84,7 @@ static void inflight_del(const char *k)
       *pp = e->next;
       free(e->key);
       free(e);
+      released[b]++;
       break;
     }
   pthread_mutex_unlock(&mu);
@@ -95,44 +108,64 @@ static void request_hash(struct tp_req *r)
   free(canon);
 }
 
-bool tp_idem_begin(struct tp_req *r)
+/* The stored record of r's key: replay it or refuse (true: replied), or
+ * false when the key is free in the store. */
+static bool answer_from_store(struct tp_req *r, int found, struct tp_idem_rec *rec)
 {
-  request_hash(r);
-  /* Claim the key in memory before reading the store: a request that ran
-   * with this key commits its reply before it leaves the in-flight set, so
-   * once the claim holds, the read below sees that reply. (Reading first
-   * left a window: a duplicate could read "absent", the first request
-   * commit and leave, and the duplicate then claim the key and run the
-   * payment a second time.) */
-  char k[400];
-  full_key(r, k, sizeof k);
-  if (!inflight_add(k)) {
-    tp_reply_error(r, TP_ERR_IDEMPOTENCY_KEY_IN_USE, NULL, NULL);
-    return true;
-  }
-  struct tp_idem_rec rec;
-  memset(&rec, 0, sizeof rec);
-  int found = tp_app.store.ops->idem_get(tp_app.store.cls, r->merchant.id, r->idem_key, &rec);
-  if (found == 1 && rec.status != 0) {
-    inflight_del(k);
-    if (strcmp(rec.req_hash, r->req_hash) != 0) {
-      free(rec.body);
+  if (found == 1 && rec->status != 0) {
+    if (strcmp(rec->req_hash, r->req_hash) != 0) {
+      free(rec->body);
       tp_reply_error(r, TP_ERR_IDEMPOTENCY_MISMATCH, NULL, NULL);
       return true;
     }
     r->replayed = true;
-    snprintf(r->original_request, sizeof r->original_request, "%s", rec.request_id);
-    tp_reply_raw(r, (unsigned)rec.status, rec.body ? rec.body : strdup("{}"), rec.body ? strlen(rec.body) : 2,
-                 "application/json");
+    snprintf(r->original_request, sizeof r->original_request, "%s", rec->request_id);
+    tp_reply_raw(r, (unsigned)rec->status, rec->body ? rec->body : strdup("{}"),
+                 rec->body ? strlen(rec->body) : 2, "application/json");
     return true;
   }
-  free(rec.body);
+  free(rec->body);
+  rec->body = NULL;
   if (found == 1) { /* pending: in flight before a restart, until recovery ends */
-    inflight_del(k);
-    tp_reply_error(r, strcmp(rec.req_hash, r->req_hash) != 0 ? TP_ERR_IDEMPOTENCY_MISMATCH
-                                                             : TP_ERR_IDEMPOTENCY_KEY_IN_USE,
+    tp_reply_error(r, strcmp(rec->req_hash, r->req_hash) != 0 ? TP_ERR_IDEMPOTENCY_MISMATCH
+                                                              : TP_ERR_IDEMPOTENCY_KEY_IN_USE,
                    NULL, NULL);
     return true;
+  }
+  return false;
+}
+
+bool tp_idem_begin(struct tp_req *r)
+{
+  request_hash(r);
+  char k[400];
+  full_key(r, k, sizeof k);
+  /* 1. The stored reply first: a retry that races the end of the original
+   *    request (the client has the answer before MHD's completion callback
+   *    released the key) gets the replay, not 409. */
+  unsigned long before = released_from(k);
+  struct tp_idem_rec rec;
+  memset(&rec, 0, sizeof rec);
+  int found = tp_app.store.ops->idem_get(tp_app.store.cls, r->merchant.id, r->idem_key, &rec);
+  if (answer_from_store(r, found, &rec))
+    return true;
+  /* 2. Claim the key; held by a request in flight: 409. */
+  unsigned long at_claim = 0;
+  if (!inflight_add(k, &at_claim)) {
+    tp_reply_error(r, TP_ERR_IDEMPOTENCY_KEY_IN_USE, NULL, NULL);
+    return true;
+  }
+  /* 3. A request with this key may have committed its reply and left
+   *    between 1 and 2; it would have counted a release in the key's bucket.
+   *    Then read again, or the payment would run a second time. (Rare: one
+   *    bucket of 4096 in a few microseconds.) */
+  if (at_claim != before) {
+    memset(&rec, 0, sizeof rec);
+    found = tp_app.store.ops->idem_get(tp_app.store.cls, r->merchant.id, r->idem_key, &rec);
+    if (answer_from_store(r, found, &rec)) {
+      inflight_del(k);
+      return true;
+    }
   }
   r->idem_registered = true;
   return false;

@@ -50,6 +50,20 @@ class IdempotencyTest(DaemonTestCase):
         r = c.get(PI + "/" + first.json["id"])
         self.assertEqual(r.json["amount_received"], 1500, r)
 
+    def test_retry_sent_the_moment_the_answer_arrives_is_a_replay(self):
+        # The client can read the answer before the server's completion
+        # callback has released the key: the stored reply must win (not 409).
+        c = self.c("main")
+        for i in range(40):
+            key = new_key("fast")
+            p = confirm_params(amount=1000 + i) if i % 2 else {"amount": 1000 + i, "currency": "usd",
+                                                               "confirm": "true",
+                                                               "payment_method_data": card(PAN_DECLINE)}
+            first = c.post(PI, p, idem=key)
+            again = c.post(PI, p, idem=key)
+            self.assertIn(first.status, (200, 402), first)
+            self.assertReplayOf(first, again)
+
     def test_keys_must_be_printable_ascii_and_at_most_255(self):
         c = self.c("main")
         before = c.get(PI, {"limit": 100}).json["data"]
