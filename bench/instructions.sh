@@ -8,8 +8,9 @@
 # whatever the load, and under valgrind (~50 times slower) it would weigh on
 # the per-payment figure by how many payments the machine let through: the
 # daemon is then measured idle for BENCH_IDLE (5) seconds and that rate is
-# taken off. Prints payments, instructions, instructions per payment (with
-# and without that correction) and the ten most expensive functions.
+# taken off. Prints payments, instructions, instructions per payment, the
+# group-commit writer's part of it and the rest, and the ten most expensive
+# functions (inclusive).
 #
 # Environment: BENCH_KEEP=1 keeps the temp dir (callgrind.out for
 # callgrind_annotate). Exits non-zero only when something fails to start.
