@@ -3,6 +3,7 @@
 #include "api/objects.h"
 #include "jpack.h"
 #include "jsonw.h"
+#include "store/zjson.h"
 #include "log.h"
 #include "sec/jwe.h"
 #include "sec/vault.h"
@@ -64,7 +65,8 @@ const char *tp_pstr(const json_t *params, const char *key)
  * same bytes as serialising the whole event, without walking the object
  * again. */
 static void emit_dumped(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type,
-                        const json_t *object, const char *obj, size_t olen, const char *prev, size_t prevlen)
+                        const json_t *object, const char *obj, size_t olen, const char *prev, size_t prevlen,
+                        const uint8_t *oz, size_t ozlen)
 {
   /* Written by hand: an event is the same envelope around an object that is
    * already serialised, three times per payment, and building it as a tree
@@ -77,6 +79,7 @@ static void emit_dumped(struct tp_cs *cs, const struct tp_req *r, const char *me
   TP_JBUF_STR(&b, "{\"id\":", id);
   TP_JBUF_INT(&b, ",\"object\":\"event\",\"api_version\":\"" TP_API_VERSION "\",\"created\":", created);
   TP_JBUF_LIT(&b, ",\"data\":{\"object\":");
+  size_t head = b.len;
   tp_jbuf_raw(&b, obj, olen);
   if (prev) {
     TP_JBUF_LIT(&b, ",\"previous_attributes\":");
@@ -90,8 +93,9 @@ static void emit_dumped(struct tp_cs *cs, const struct tp_req *r, const char *me
   char *ev = tp_jbuf_finish(&b, &len);
   if (!ev)
     abort();
-  tp_cs_put_row(cs, TP_K_EVENT, merchant, id, created, type,
-                json_string_value(json_object_get(object, "id")), ev, len);
+  /* oz: the object's own stored frame, reused inside the event's. */
+  tp_cs_put_event_around(cs, merchant, id, created, type, json_string_value(json_object_get(object, "id")), ev,
+                         len, head, olen, oz, ozlen);
 }
 
 void tp_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type, const json_t *object)
@@ -100,7 +104,7 @@ void tp_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant, con
   char *os = tp_json_dump(object, &ol);
   if (!os)
     abort();
-  emit_dumped(cs, r, merchant, type, object, os, ol, NULL, 0);
+  emit_dumped(cs, r, merchant, type, object, os, ol, NULL, 0, NULL, 0);
   free(os);
 }
 
@@ -138,7 +142,7 @@ void tp_emit_update(struct tp_cs *cs, const struct tp_req *r, const char *mercha
   json_decref(prev);
   if (!os || !ps)
     abort();
-  emit_dumped(cs, r, merchant, type, object, os, ol, ps, pl);
+  emit_dumped(cs, r, merchant, type, object, os, ol, ps, pl, NULL, 0);
   free(os);
   free(ps);
 }
@@ -150,9 +154,13 @@ void tp_put_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant,
   char *os = tp_json_dump(object, &ol);
   if (!os)
     abort();
-  /* The event first: the put takes os over (and may compress and free it). */
-  emit_dumped(cs, r, merchant, type, object, os, ol, NULL, 0);
-  tp_cs_put_dumped(cs, kind, merchant, object, os, ol);
+  /* The object is compressed once: its frame is stored in its row and,
+   * between the envelope's own small frames, in its event's. The event
+   * first (as before), then the put takes os and the frame over. */
+  size_t zl = 0;
+  uint8_t *z = tp_zjson_pack(os, ol, &zl);
+  emit_dumped(cs, r, merchant, type, object, os, ol, NULL, 0, z, zl);
+  tp_cs_put_framed(cs, kind, merchant, object, os, ol, z, zl);
 }
 
 /* ---- refunds ---------------------------------------------------------------- */

@@ -116,8 +116,8 @@ static char *col_text(const json_t *v)
   return NULL;
 }
 
-void tp_cs_put_row(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const char *id, int64_t created,
-                   const char *col1, const char *col2, char *data, size_t len)
+static struct tp_cs_op *put_row_op(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const char *id,
+                                   int64_t created, const char *col1, const char *col2, char *data, size_t len)
 {
   struct tp_cs_op *op = push(cs, TP_OP_PUT);
   op->kind = kind;
@@ -130,6 +130,38 @@ void tp_cs_put_row(struct tp_cs *cs, enum tp_kind kind, const char *merchant, co
     abort();
   op->data = data;
   op->data_len = len;
+  return op;
+}
+
+void tp_cs_put_event_around(struct tp_cs *cs, const char *merchant, const char *id, int64_t created,
+                            const char *type, const char *object_id, char *data, size_t len, size_t head,
+                            size_t olen, const uint8_t *oz, size_t ozlen)
+{
+  struct tp_cs_op *op = put_row_op(cs, TP_K_EVENT, merchant, id, created, type, object_id, data, len);
+  if (oz && head > 0 && head + olen < len) {
+    size_t hl = 0, tl = 0;
+    uint8_t *zh = tp_zjson_pack(data, head, &hl);
+    uint8_t *zt = tp_zjson_pack(data + head + olen, len - head - olen, &tl);
+    uint8_t *z = zh && zt ? malloc(hl + ozlen + tl) : NULL;
+    if (z) {
+      memcpy(z, zh, hl);
+      memcpy(z + hl, oz, ozlen);
+      memcpy(z + hl + ozlen, zt, tl);
+      op->zdata = z;
+      op->zdata_len = hl + ozlen + tl;
+    }
+    free(zh);
+    free(zt);
+    if (z)
+      return;
+  }
+  compress_op(op, true);
+}
+
+void tp_cs_put_row(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const char *id, int64_t created,
+                   const char *col1, const char *col2, char *data, size_t len)
+{
+  struct tp_cs_op *op = put_row_op(cs, kind, merchant, id, created, col1, col2, data, len);
   /* The text stays until the set is freed: events go to subscribers as
    * text, and an idempotent reply equal to an object reuses its frame. */
   compress_op(op, true);
@@ -137,6 +169,12 @@ void tp_cs_put_row(struct tp_cs *cs, enum tp_kind kind, const char *merchant, co
 
 void tp_cs_put_dumped(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const json_t *obj, char *data,
                       size_t len)
+{
+  tp_cs_put_framed(cs, kind, merchant, obj, data, len, NULL, 0);
+}
+
+void tp_cs_put_framed(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const json_t *obj, char *data,
+                      size_t len, uint8_t *z, size_t zlen)
 {
   const struct tp_kind_info *ki = &tp_kinds[kind];
   char *c1, *c2;
@@ -147,10 +185,16 @@ void tp_cs_put_dumped(struct tp_cs *cs, enum tp_kind kind, const char *merchant,
     c1 = col_text(json_object_get(obj, ki->col[0]));
     c2 = col_text(json_object_get(obj, ki->col[1]));
   }
-  tp_cs_put_row(cs, kind, merchant, json_string_value(json_object_get(obj, "id")),
-                json_integer_value(json_object_get(obj, "created")), c1, c2, data, len);
+  struct tp_cs_op *op = put_row_op(cs, kind, merchant, json_string_value(json_object_get(obj, "id")),
+                                   json_integer_value(json_object_get(obj, "created")), c1, c2, data, len);
   free(c1);
   free(c2);
+  if (z) { /* compressed by the caller (tp_zjson_pack of data) */
+    op->zdata = z;
+    op->zdata_len = zlen;
+  } else {
+    compress_op(op, true);
+  }
 }
 
 void tp_cs_put(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const json_t *obj)

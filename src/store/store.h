@@ -69,6 +69,20 @@ void tp_cs_put(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const 
  * the indexed columns are still read from obj. */
 void tp_cs_put_dumped(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const json_t *obj, char *data,
                       size_t len);
+/* tp_cs_put_dumped with data's stored frame given: z (malloc'ed, zlen bytes)
+ * is tp_zjson_pack(data, len) and now belongs to the change set; NULL
+ * compresses here as tp_cs_put_dumped does. */
+void tp_cs_put_framed(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const json_t *obj, char *data,
+                      size_t len, uint8_t *z, size_t zlen);
+/* An event whose text (data, len bytes, taken over) is head bytes, then an
+ * object's text of olen bytes, then the rest, where oz (ozlen bytes,
+ * borrowed) is that object's stored frame: the event is stored as head and
+ * rest compressed alone around a copy of oz (zstd reads frames in a row as
+ * one text), so the object is compressed once for its row and its event.
+ * oz NULL: compressed whole. */
+void tp_cs_put_event_around(struct tp_cs *cs, const char *merchant, const char *id, int64_t created,
+                            const char *type, const char *object_id, char *data, size_t len, size_t head,
+                            size_t olen, const uint8_t *oz, size_t ozlen);
 /* tp_cs_put_dumped with the indexed columns given directly (no object tree):
  * id, created, col1, col2 (NULL for SQL NULL); data as there. */
 void tp_cs_put_row(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const char *id, int64_t created,

@@ -93,10 +93,23 @@ uint8_t *tp_zjson_pack(const char *json, size_t len, size_t *out_len)
 char *tp_zjson_unpack(const void *frame, size_t len, size_t *out_len)
 {
   pthread_once(&Z.once, init);
-  unsigned long long size = ZSTD_getFrameContentSize(frame, len);
-  if (size == ZSTD_CONTENTSIZE_UNKNOWN || size == ZSTD_CONTENTSIZE_ERROR || size > TP_ZJSON_MAX)
-    return NULL;
+  /* One frame, or several in a row (an event stored around its object's
+   * frame, see tp_cs_put_event_around): the sizes of all, each frame
+   * written with the same dictionary. */
+  unsigned long long size = 0;
   unsigned id = ZSTD_getDictID_fromFrame(frame, len);
+  for (size_t off = 0; off < len;) {
+    const uint8_t *f = (const uint8_t *)frame + off;
+    unsigned long long fs = ZSTD_getFrameContentSize(f, len - off);
+    size_t fl = ZSTD_findFrameCompressedSize(f, len - off);
+    if (fs == ZSTD_CONTENTSIZE_UNKNOWN || fs == ZSTD_CONTENTSIZE_ERROR || ZSTD_isError(fl) || fl == 0 ||
+        ZSTD_getDictID_fromFrame(f, len - off) != id)
+      return NULL;
+    size += fs;
+    if (size > TP_ZJSON_MAX)
+      return NULL;
+    off += fl;
+  }
   const ZSTD_DDict *dd = NULL;
   for (size_t i = 0; i < tp_zdicts_count; i++)
     if (Z.ids[i] == id)

@@ -5,6 +5,7 @@ daemon gets its own temporary data directory and listens on 127.0.0.1 with a
 port the kernel picks (the daemon reports it in DATA/serve.addr).
 """
 import http.client
+import io
 import json
 import os
 import shutil
@@ -484,7 +485,11 @@ def stored_json(value):
         with open(os.path.join(ZDICT_DIR, name), "rb") as f:
             d = zstandard.ZstdCompressionDict(f.read())
         if d.dict_id() == zstandard.get_frame_parameters(value).dict_id:
-            return zstandard.ZstdDecompressor(dict_data=d).decompress(value).decode()
+            # An event is stored as frames in a row (its envelope around its
+            # object's frame): read across them, as the zstd format says.
+            reader = zstandard.ZstdDecompressor(dict_data=d).stream_reader(io.BytesIO(value),
+                                                                           read_across_frames=True)
+            return reader.read().decode()
     raise ValueError("stored value names an unknown dictionary")
 
 

@@ -297,6 +297,55 @@ static void test_objects_are_stored_compressed_and_read_back(void **state)
   json_decref(o);
 }
 
+/* An event stored around its object's frame (tp_cs_put_event_around) reads
+ * back as the whole text; frames in a row decode as one; a damaged or cut
+ * second frame, or frames of different dictionaries, are refused. */
+static void test_event_around_object_frame_reads_back_whole(void **state)
+{
+  struct fx *f = *state;
+  const char *obj = "{\"id\":\"ch_around\",\"object\":\"charge\",\"amount\":1999,\"currency\":\"usd\","
+                    "\"description\":\"a \\\"quoted\\\" text\",\"metadata\":{}}";
+  const char *head = "{\"id\":\"evt_around\",\"object\":\"event\",\"created\":1700000000,\"data\":{\"object\":";
+  const char *tail = "},\"type\":\"charge.succeeded\"}";
+  size_t ol = strlen(obj), hl = strlen(head), tl = strlen(tail);
+  char want[512];
+  assert_true(hl + ol + tl < sizeof want);
+  snprintf(want, sizeof want, "%s%s%s", head, obj, tail);
+  char *ev = strdup(want); /* taken over by the change set */
+  assert_non_null(ev);
+  size_t zl = 0;
+  uint8_t *z = tp_zjson_pack(obj, ol, &zl);
+  assert_non_null(z);
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_put_event_around(cs, M1, "evt_around", 1700000000, "charge.succeeded", "ch_around", ev, hl + ol + tl, hl,
+                         ol, z, zl);
+  const struct tp_cs_op *op = tp_cs_op_at(cs, 0);
+  assert_non_null(op->zdata);
+  assert_true(op->zdata_len > zl); /* the object's frame inside, two small ones around it */
+  assert_non_null(memmem(op->zdata, op->zdata_len, z, zl));
+  size_t n = 0;
+  char *back = tp_zjson_unpack(op->zdata, op->zdata_len, &n);
+  assert_non_null(back);
+  assert_int_equal(n, hl + ol + tl);
+  assert_memory_equal(back, want, n);
+  free(back);
+  /* cut inside the last frame; a flipped byte in the middle frame's header */
+  assert_null(tp_zjson_unpack(op->zdata, op->zdata_len - 2, NULL));
+  uint8_t *bad = malloc(op->zdata_len);
+  assert_non_null(bad);
+  memcpy(bad, op->zdata, op->zdata_len);
+  size_t mid = (size_t)((uint8_t *)memmem(bad, op->zdata_len, z, zl) - bad);
+  bad[mid] ^= 0xff; /* the middle frame's magic */
+  assert_null(tp_zjson_unpack(bad, op->zdata_len, NULL));
+  free(bad);
+  assert_int_equal(apply1(f, cs), 0);
+  char *got = tp_store_get(&f->st, TP_K_EVENT, M1, "evt_around");
+  assert_non_null(got);
+  assert_string_equal(got, want);
+  free(got);
+  free(z);
+}
+
 static void test_put_then_get_returns_same_json_for_owner_only(void **state)
 {
   struct fx *f = *state;
@@ -1124,6 +1173,7 @@ int main(void)
     T(test_migration_7_keeps_objects),
     T(test_objects_are_stored_compressed_and_read_back),
     T(test_batched_balances_match_entries),
+    T(test_event_around_object_frame_reads_back_whole),
     T(test_put_then_get_returns_same_json_for_owner_only),
     T(test_list_is_newest_first_with_limit_and_has_more),
     T(test_list_has_more_false_when_exactly_limit_rows),
