@@ -2,7 +2,8 @@
  * frames come from our own writer, but a damaged or tampered database must
  * only ever give NULL, never a crash, an overread or an allocation past
  * TP_ZJSON_MAX. The input is used as a frame as is, and also spliced into a
- * real frame's header so the dictionary and size paths see garbage. A value
+ * real frame's header so the dictionary and size paths see garbage, and
+ * after a whole real frame (frames in a row, as events are stored). A value
  * that compresses and expands must come back byte for byte. */
 #include <stddef.h>
 #include <stdint.h>
@@ -29,6 +30,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(mix, z, 6);
     memcpy(mix + 6, data, size);
     out = tp_zjson_unpack(mix, 6 + size, &n);
+    free(out);
+    free(mix);
+    /* The input as the frames after a whole genuine one (an event is its
+     * envelope's frames around its object's). */
+    mix = malloc(zl + size);
+    memcpy(mix, z, zl);
+    memcpy(mix + zl, data, size);
+    out = tp_zjson_unpack(mix, zl + size, &n);
+    if (out && (n > TP_ZJSON_MAX || strlen(out) > n))
+      abort();
     free(out);
     free(mix);
   }
