@@ -12,6 +12,7 @@
 #include "util.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +24,10 @@ struct inflight {
   struct inflight *next;
 };
 static struct inflight *buckets[TP_IDEM_BUCKETS];
-static unsigned long released[TP_IDEM_BUCKETS]; /* keys that left each bucket */
+/* Keys that left each bucket: bumped under mu, read without it (a claim
+ * compares the count it read before its store read with the one at the
+ * claim, so only a change matters, never a torn value). */
+static _Atomic unsigned long released[TP_IDEM_BUCKETS];
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 
 static unsigned hash(const char *s)
@@ -41,11 +45,7 @@ static void full_key(const struct tp_req *r, char *out, size_t n)
 
 static unsigned long released_from(const char *k)
 {
-  unsigned b = hash(k);
-  pthread_mutex_lock(&mu);
-  unsigned long n = released[b];
-  pthread_mutex_unlock(&mu);
-  return n;
+  return atomic_load(&released[hash(k)]);
 }
 
 /* Claim k; *released_out is the bucket's release count at the claim. */
@@ -53,7 +53,7 @@ static bool inflight_add(const char *k, unsigned long *released_out)
 {
   unsigned b = hash(k);
   pthread_mutex_lock(&mu);
-  *released_out = released[b];
+  *released_out = atomic_load(&released[b]);
   for (struct inflight *e = buckets[b]; e; e = e->next)
     if (strcmp(e->key, k) == 0) {
       pthread_mutex_unlock(&mu);
@@ -84,7 +84,7 @@ static void inflight_del(const char *k)
       *pp = e->next;
       free(e->key);
       free(e);
-      released[b]++;
+      atomic_fetch_add(&released[b], 1);
       break;
     }
   pthread_mutex_unlock(&mu);

@@ -371,9 +371,11 @@ static const char *cspan_str(const struct cspan *c, char *buf, size_t cap)
 /* One committed charge outcome: payment metrics and the "payments" scope. */
 static void copy_str(char *dst, size_t cap, const char *src)
 {
-  dst[0] = '\0';
-  if (src && strlen(src) < cap)
-    memcpy(dst, src, strlen(src) + 1);
+  size_t n = src ? strlen(src) : cap;
+  if (n < cap)
+    memcpy(dst, src, n + 1);
+  else
+    dst[0] = '\0';
 }
 
 void tp_alerts_charge_fields(const char *json, size_t len, struct tp_charge_fields *out)
