@@ -2,8 +2,8 @@
  * call made for a PaymentIntent, oldest first, with the router's reason for
  * choosing the processor (attempts.route, compact JSON). */
 #include "api/handlers.h"
-#include "jpack.h"
 #include "api/objects.h"
+#include "jpack.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -43,11 +43,11 @@ void tp_h_pi_attempts(struct tp_req *r)
     const char *rt = json_string_value(json_object_get(row, "route"));
     json_t *route = rt ? json_loads(rt, 0, NULL) : NULL;
     json_t *a = tp_pack("{s:O, s:s, s:O, s:O, s:O, s:O, s:o, s:O, s:O, s:O}", "id", json_object_get(row, "id"),
-                          "object", "turnpike.attempt", "processor", json_object_get(row, "processor"), "kind",
-                          json_object_get(row, "kind"), "state", json_object_get(row, "state"), "result_code",
-                          json_object_get(row, "result_code"), "route", route ? route : json_null(), "amount",
-                          json_object_get(row, "amount"), "currency", json_object_get(row, "currency"), "created",
-                          json_object_get(row, "created"));
+                        "object", "turnpike.attempt", "processor", json_object_get(row, "processor"), "kind",
+                        json_object_get(row, "kind"), "state", json_object_get(row, "state"), "result_code",
+                        json_object_get(row, "result_code"), "route", route ? route : json_null(), "amount",
+                        json_object_get(row, "amount"), "currency", json_object_get(row, "currency"), "created",
+                        json_object_get(row, "created"));
     if (a)
       json_array_append_new(data, a);
   }

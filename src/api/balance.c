@@ -5,10 +5,10 @@
  * (negative when the merchant is owed money), so the amounts shown are their
  * negations. */
 #include "api/commit.h"
-#include "jpack.h"
 #include "api/handlers.h"
 #include "api/objects.h"
 #include "api/params.h"
+#include "jpack.h"
 
 #include <string.h>
 
@@ -41,7 +41,7 @@ struct cur_sum {
 static json_t *fund(const char *currency, int64_t amount)
 {
   return tp_pack("{s:I, s:s, s:{s:I}}", "amount", (json_int_t)amount, "currency", currency, "source_types",
-                   "card", (json_int_t)amount);
+                 "card", (json_int_t)amount);
 }
 
 /* GET /v1/balance */
@@ -99,7 +99,7 @@ void tp_h_balance(struct tp_req *r)
     json_array_append_new(pending, fund(sums[k].currency, sums[k].pending));
   }
   tp_reply_json(r, 200, tp_pack("{s:s, s:o, s:b, s:o}", "object", "balance", "available", available, "livemode", 0,
-                                  "pending", pending));
+                                "pending", pending));
 }
 
 /* GET /v1/balance_transactions/{id} */

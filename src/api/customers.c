@@ -6,10 +6,10 @@
  *
  * This file also holds the commit-then-reply helpers of commit.h. */
 #include "api/commit.h"
-#include "jpack.h"
 #include "api/handlers.h"
 #include "api/objects.h"
 #include "api/params.h"
+#include "jpack.h"
 #include "util.h"
 
 #include <ctype.h>
@@ -222,13 +222,13 @@ static json_t *customer_new(const char *id, int64_t created)
   for (int i = 0; i < 8; i++)
     prefix[i] = (char)toupper((unsigned char)prefix[i]);
   return tp_pack("{s:s, s:s, s:n, s:I, s:I, s:n, s:n, s:b, s:n, s:n, s:n, s:s, "
-                   "s:{s:n, s:n, s:n, s:n}, s:b, s:{}, s:n, s:I, s:n, s:[], s:n, s:s, s:n}",
-                   "id", id, "object", "customer", "address", "balance", (json_int_t)0, "created",
-                   (json_int_t)created, "currency", "default_source", "delinquent", 0, "description",
-                   "discount", "email", "invoice_prefix", prefix, "invoice_settings", "custom_fields",
-                   "default_payment_method", "footer", "rendering_options", "livemode", 0, "metadata", "name",
-                   "next_invoice_sequence", (json_int_t)1, "phone", "preferred_locales", "shipping",
-                   "tax_exempt", "none", "test_clock");
+                 "s:{s:n, s:n, s:n, s:n}, s:b, s:{}, s:n, s:I, s:n, s:[], s:n, s:s, s:n}",
+                 "id", id, "object", "customer", "address", "balance", (json_int_t)0, "created",
+                 (json_int_t)created, "currency", "default_source", "delinquent", 0, "description",
+                 "discount", "email", "invoice_prefix", prefix, "invoice_settings", "custom_fields",
+                 "default_payment_method", "footer", "rendering_options", "livemode", 0, "metadata", "name",
+                 "next_invoice_sequence", (json_int_t)1, "phone", "preferred_locales", "shipping",
+                 "tax_exempt", "none", "test_clock");
 }
 
 /* Set a string field from a param: unset -> null; too long -> 400. */
@@ -371,7 +371,7 @@ static bool customer_apply(struct tp_req *r, json_t *cus, const json_t *p, const
     json_t *is = json_object_get(cus, "invoice_settings");
     if (!json_is_object(is)) {
       is = tp_pack("{s:n, s:n, s:n, s:n}", "custom_fields", "default_payment_method", "footer",
-                     "rendering_options");
+                   "rendering_options");
       json_object_set_new(cus, "invoice_settings", is);
     }
     if (tp_unset(v)) {

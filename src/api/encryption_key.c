@@ -1,9 +1,9 @@
 /* GET /v1/turnpike/encryption_key: the public keys clients encrypt card data
  * with (JWK set), and the card[encrypted] path of card parameters. */
 #include "api/handlers.h"
-#include "jpack.h"
 #include "api/objects.h"
 #include "core/card.h"
+#include "jpack.h"
 #include "sec/jwe.h"
 
 #include <stdio.h>

@@ -4,10 +4,10 @@
  * ("payment_intent.*") or a `types[]` list is filtered in memory over pages
  * of the plain list, scanning at most EVENTS_MAX_SCAN events per request. */
 #include "api/commit.h"
-#include "jpack.h"
 #include "api/handlers.h"
 #include "api/objects.h"
 #include "api/params.h"
+#include "jpack.h"
 #include "util.h"
 
 #include <stdio.h>
@@ -185,7 +185,7 @@ void tp_h_event_list(struct tp_req *r)
   if (!data)
     return;
   json_t *env = tp_pack("{s:s, s:o, s:b, s:s}", "object", "list", "data", data, "has_more", more, "url",
-                          "/v1/events");
+                        "/v1/events");
   const json_t *ex = json_object_get(r->params, "expand");
   if (json_is_array(ex) && json_array_size(ex) > 0 && !tp_expand(r, env, NULL)) {
     json_decref(env);

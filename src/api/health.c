@@ -1,8 +1,8 @@
 /* Liveness and readiness probes, no authentication. */
 #include "api/handlers.h"
-#include "jpack.h"
 #include "api/http.h"
 #include "core/procs.h"
+#include "jpack.h"
 #include "main/features.h"
 
 #include <stdio.h>

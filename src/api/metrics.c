@@ -6,9 +6,9 @@
  * Authorization: Bearer T (and nobody else); [metrics] public = true opens it
  * to every client. */
 #include "api/handlers.h"
-#include "jpack.h"
 #include "api/http.h"
 #include "config.h"
+#include "jpack.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"

@@ -4,13 +4,13 @@
  *   processing -> requires_capture | succeeded; any open state -> canceled;
  *   a decline returns to requires_payment_method with last_payment_error. */
 #include "api/commit.h"
-#include "jpack.h"
 #include "api/handlers.h"
 #include "api/objects.h"
-#include "jsonw.h"
 #include "connectors/connector.h"
 #include "core/currency.h"
 #include "core/payflow.h"
+#include "jpack.h"
+#include "jsonw.h"
 #include "log.h"
 
 #include <stdio.h>
@@ -225,7 +225,7 @@ static bool apply_pm_options(struct tp_req *r, json_t *pi, const json_t *params)
   }
   json_object_set_new(pi, "payment_method_options",
                       tp_pack("{s:{s:n, s:n, s:n, s:s}}", "card", "installments", "mandate_options", "network",
-                                "request_three_d_secure", want));
+                              "request_three_d_secure", want));
   return true;
 }
 
@@ -249,7 +249,7 @@ static bool apply_apm(struct tp_req *r, json_t *pi, const json_t *params)
   const char *redirects = tp_pstr(apm, "allow_redirects");
   json_object_set_new(pi, "automatic_payment_methods",
                       enabled ? tp_pack("{s:s, s:b}", "allow_redirects", redirects ? redirects : "always",
-                                          "enabled", 1)
+                                        "enabled", 1)
                               : tp_pack("{s:b}", "enabled", 0));
   return true;
 }
@@ -270,18 +270,18 @@ static json_t *pi_new(struct tp_req *r, int64_t amount, const struct tp_currency
   tp_random_b62(secret, 24);
   snprintf(cs, sizeof cs, "%s_secret_%s", id, secret);
   json_t *pi = tp_pack("{s:s, s:s, s:I, s:I, s:{s:{}}, s:I, s:n, s:n, s:n, s:n, s:n, s:s, s:s, s:s, s:I, s:s, "
-                         "s:n, s:n, s:n, s:n, s:b, s:{}, s:n, s:n, s:n, s:{}, s:[s], s:n, s:n, s:n, s:n, s:n, s:n, "
-                         "s:n, s:s, s:n, s:n}",
-                         "id", id, "object", "payment_intent", "amount", (json_int_t)amount, "amount_capturable",
-                         (json_int_t)0, "amount_details", "tip", "amount_received", (json_int_t)0, "application",
-                         "application_fee_amount", "automatic_payment_methods", "canceled_at", "cancellation_reason",
-                         "capture_method", "automatic", "client_secret", cs, "confirmation_method", "automatic",
-                         "created", (json_int_t)tp_now(), "currency", cur->code, "customer", "description",
-                         "last_payment_error", "latest_charge", "livemode", 0, "metadata", "next_action",
-                         "on_behalf_of", "payment_method", "payment_method_options", "payment_method_types", "card",
-                         "processing", "receipt_email", "review", "setup_future_usage", "shipping",
-                         "statement_descriptor", "statement_descriptor_suffix", "status", "requires_payment_method",
-                         "transfer_data", "transfer_group");
+                       "s:n, s:n, s:n, s:n, s:b, s:{}, s:n, s:n, s:n, s:{}, s:[s], s:n, s:n, s:n, s:n, s:n, s:n, "
+                       "s:n, s:s, s:n, s:n}",
+                       "id", id, "object", "payment_intent", "amount", (json_int_t)amount, "amount_capturable",
+                       (json_int_t)0, "amount_details", "tip", "amount_received", (json_int_t)0, "application",
+                       "application_fee_amount", "automatic_payment_methods", "canceled_at", "cancellation_reason",
+                       "capture_method", "automatic", "client_secret", cs, "confirmation_method", "automatic",
+                       "created", (json_int_t)tp_now(), "currency", cur->code, "customer", "description",
+                       "last_payment_error", "latest_charge", "livemode", 0, "metadata", "next_action",
+                       "on_behalf_of", "payment_method", "payment_method_options", "payment_method_types", "card",
+                       "processing", "receipt_email", "review", "setup_future_usage", "shipping",
+                       "statement_descriptor", "statement_descriptor_suffix", "status", "requires_payment_method",
+                       "transfer_data", "transfer_group");
   if (!pi)
     abort();
   (void)r;
@@ -356,7 +356,7 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
     json_object_set_new(pi, "status", json_string("requires_action"));
     json_object_set_new(pi, "next_action",
                         tp_pack("{s:s, s:{s:s, s:o}}", "type", "redirect_to_url", "redirect_to_url", "url", url,
-                                  "return_url", ret && *ret ? json_string(ret) : json_null()));
+                                "return_url", ret && *ret ? json_string(ret) : json_null()));
     if (off) {
       /* Off-session: nobody can answer a challenge; fail like Stripe does. */
       json_object_set_new(pi, "status", json_string("requires_payment_method"));
@@ -924,7 +924,7 @@ void tp_h_pi_list(struct tp_req *r)
     return;
   }
   json_t *list = tp_pack("{s:s, s:s, s:b, s:o}", "object", "list", "url", "/v1/payment_intents", "has_more",
-                           has_more, "data", data);
+                         has_more, "data", data);
   if (!tp_expand(r, list, NULL)) {
     json_decref(list);
     return;

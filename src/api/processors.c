@@ -2,9 +2,9 @@
  * breaker state, rolling success rate and latency percentiles (never its
  * credentials). */
 #include "api/handlers.h"
-#include "jpack.h"
 #include "api/http.h"
 #include "core/procs.h"
+#include "jpack.h"
 
 /* GET /v1/turnpike/processors */
 void tp_h_processors_list(struct tp_req *r)
@@ -14,5 +14,5 @@ void tp_h_processors_list(struct tp_req *r)
   for (size_t i = 0; i < n; i++)
     json_array_append_new(data, tp_proc_json(tp_proc_at(i)));
   tp_reply_json(r, 200, tp_pack("{s:s, s:o, s:b, s:s}", "object", "list", "data", data, "has_more", 0, "url",
-                                  "/v1/turnpike/processors"));
+                                "/v1/turnpike/processors"));
 }

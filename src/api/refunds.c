@@ -1,10 +1,10 @@
 /* /v1/refunds: a refund is a processor call like a capture: the refund and
  * its attempt are committed before the call, the ledger reversal after. */
 #include "api/commit.h"
-#include "jpack.h"
 #include "api/handlers.h"
 #include "api/objects.h"
 #include "core/payflow.h"
+#include "jpack.h"
 #include "sec/audit.h"
 
 #include <stdio.h>
@@ -128,7 +128,7 @@ void tp_h_refund_create(struct tp_req *r)
   struct tp_cs *cs = tp_cs_new();
   tp_cs_put(cs, TP_K_REFUND, r->merchant.id, re);
   json_t *audit = tp_pack("{s:I, s:O, s:s}", "amount", (json_int_t)amount, "currency",
-                            json_object_get(ch, "currency"), "charge", chid);
+                          json_object_get(ch, "currency"), "charge", chid);
   tp_audit_append(cs, r->merchant.id, r->actor[0] ? r->actor : "api", "refund.created", p->att.refund, audit);
   json_decref(audit);
   tp_req_suspend(r);

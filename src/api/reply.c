@@ -1,7 +1,7 @@
 /* Building replies: JSON objects, Stripe-shaped errors. */
 #include "api/http.h"
-#include "jpack.h"
 #include "api/params.h"
+#include "jpack.h"
 #include "jsonw.h"
 
 #include <stdio.h>

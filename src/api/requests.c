@@ -3,9 +3,9 @@
  * only (a restart forgets them, as a log rotation would). Holds what the log
  * line holds: never bodies, query strings or card data. */
 #include "api/handlers.h"
-#include "jpack.h"
 #include "api/http.h"
 #include "api/requests.h"
+#include "jpack.h"
 #include "util.h"
 
 #include <pthread.h>
@@ -89,12 +89,12 @@ void tp_h_request_retrieve(struct tp_req *r)
     return;
   }
   json_t *o = tp_pack("{s:s, s:s, s:I, s:s, s:s, s:s, s:i, s:I, s:b}", "id", e.id, "object", "turnpike.request",
-                        "created", (json_int_t)e.created, "method", e.method, "route", e.route, "path", e.path,
-                        "status", (int)e.status, "latency_us", (json_int_t)e.latency_us, "livemode", 0);
+                      "created", (json_int_t)e.created, "method", e.method, "route", e.route, "path", e.path,
+                      "status", (int)e.status, "latency_us", (json_int_t)e.latency_us, "livemode", 0);
   if (e.status >= 400 && e.err_type[0])
     json_object_set_new(o, "error",
                         tp_pack("{s:s, s:s?, s:s?, s:i}", "type", e.err_type, "code", e.err_code[0] ? e.err_code : NULL,
-                                  "param", e.err_param[0] ? e.err_param : NULL, "tp_code", e.tp_code));
+                                "param", e.err_param[0] ? e.err_param : NULL, "tp_code", e.tp_code));
   else
     json_object_set_new(o, "error", json_null());
   tp_reply_json(r, 200, o);

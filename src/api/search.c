@@ -1,10 +1,10 @@
 /* The search query language and GET /v1/.../search (see search.h). */
 #include "api/search.h"
-#include "jpack.h"
 #include "api/handlers.h"
 #include "api/objects.h"
 #include "api/params.h"
 #include "config.h"
+#include "jpack.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -492,7 +492,7 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
     next = json_string(tok);
   }
   json_t *res = tp_pack("{s:s, s:s, s:b, s:o, s:o}", "object", "search_result", "url", url, "has_more", has_more,
-                          "data", data, "next_page", next);
+                        "data", data, "next_page", next);
   const json_t *ex = json_object_get(r->params, "expand");
   if (json_is_array(ex) && json_array_size(ex) > 0 && !tp_expand(r, res, NULL)) {
     json_decref(res);

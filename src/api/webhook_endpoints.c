@@ -7,9 +7,9 @@
  * disable an endpoint without touching data). Every commit tells the
  * delivery thread to reload (tp_webhooks_changed). */
 #include "api/handlers.h"
-#include "jpack.h"
 #include "api/objects.h"
 #include "api/params.h"
+#include "jpack.h"
 #include "net/webhooks.h"
 #include "util.h"
 
@@ -279,11 +279,11 @@ void tp_h_we_create(struct tp_req *r)
   int64_t created = tp_now();
   const json_t *desc = json_object_get(p, "description");
   json_t *ep = tp_pack("{s:s, s:s, s:o, s:n, s:I, s:o, s:O, s:b, s:{}, s:s, s:s}", "id", id, "object",
-                         "webhook_endpoint", "api_version", api_version ? json_string(api_version) : json_null(),
-                         "application", "created", (json_int_t)created, "description",
-                         absent_or_unset(desc) ? json_null() : json_string(json_string_value(desc)), "enabled_events",
-                         json_object_get(p, "enabled_events"), "livemode", 0, "metadata", "status", "enabled",
-                         "url", json_string_value(json_object_get(p, "url")));
+                       "webhook_endpoint", "api_version", api_version ? json_string(api_version) : json_null(),
+                       "application", "created", (json_int_t)created, "description",
+                       absent_or_unset(desc) ? json_null() : json_string(json_string_value(desc)), "enabled_events",
+                       json_object_get(p, "enabled_events"), "livemode", 0, "metadata", "status", "enabled",
+                       "url", json_string_value(json_object_get(p, "url")));
   if (!ep)
     abort();
   tp_metadata_apply(ep, json_object_get(p, "metadata") ? json_object_get(p, "metadata") : json_null());
@@ -453,7 +453,7 @@ static void reply_page(struct tp_req *r, const char *table, const char *cols, co
   }
   json_decref(rows);
   tp_reply_json(r, 200, tp_pack("{s:s, s:s, s:b, s:o}", "object", "list", "url", url, "has_more", more, "data",
-                                  data));
+                                data));
 }
 
 /* GET /v1/webhook_endpoints */
@@ -531,7 +531,7 @@ void tp_h_we_resend(struct tp_req *r)
          "next_at=excluded.next_at, created=excluded.created",
          tp_pack("[s, s, s, I]", r->path_id, r->path_sub, r->merchant.id, (json_int_t)t), 1);
   tp_reply_json(r, 200, tp_pack("{s:s, s:s, s:s, s:s, s:I}", "object", "webhook_delivery", "webhook_endpoint",
-                                  r->path_id, "event", r->path_sub, "status", "pending", "next_retry_at",
-                                  (json_int_t)(t / 1000)));
+                                r->path_id, "event", r->path_sub, "status", "pending", "next_retry_at",
+                                (json_int_t)(t / 1000)));
   commit(r, cs);
 }

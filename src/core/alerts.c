@@ -489,10 +489,10 @@ static void report(struct scope *s, int sig, enum tp_detect what, double value)
          s->alert_id[sig], "scope", s->name, "signal", sig_names[sig], "value", value, "baseline", d->mean,
          "deviation", d->dev);
   json_t *a = tp_pack("{s:s, s:s, s:s, s:s, s:s, s:f, s:f, s:f, s:I, s:o}", "id", s->alert_id[sig], "object",
-                        "turnpike.alert", "status", open ? "open" : "resolved", "scope", s->name, "signal",
-                        sig_names[sig], "value", value, "baseline", d->mean, "deviation", d->dev, "opened_at",
-                        (json_int_t)s->opened_at[sig], "resolved_at",
-                        open ? json_null() : json_integer((json_int_t)now));
+                      "turnpike.alert", "status", open ? "open" : "resolved", "scope", s->name, "signal",
+                      sig_names[sig], "value", value, "baseline", d->mean, "deviation", d->dev, "opened_at",
+                      (json_int_t)s->opened_at[sig], "resolved_at",
+                      open ? json_null() : json_integer((json_int_t)now));
   if (a) {
     alert_emit(open ? "turnpike.alert.opened" : "turnpike.alert.resolved", a);
     json_decref(a);

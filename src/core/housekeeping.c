@@ -3,9 +3,9 @@
  * batches through the writer, so the tables stay bounded without long write
  * transactions. */
 #include "api/http.h"
-#include "jpack.h"
 #include "config.h"
 #include "core/payflow.h"
+#include "jpack.h"
 #include "log.h"
 #include "main/features.h"
 #include "store/store.h"
@@ -171,7 +171,7 @@ int tp_authorization_expiry_scan(int64_t now)
                                 "AND created <= ?1 AND (created > ?2 OR (created = ?2 AND id > ?3)) "
                                 "ORDER BY created, id LIMIT ?4",
                                 tp_pack("[I, I, s, i]", (json_int_t)(now - tp_authorization_ttl()),
-                                          (json_int_t)H.expiry_created, H.expiry_id, EXPIRY_PAGE));
+                                        (json_int_t)H.expiry_created, H.expiry_id, EXPIRY_PAGE));
   if (!rows)
     return -1;
   int started = 0;

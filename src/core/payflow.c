@@ -10,10 +10,10 @@
  * is known not to have charged. Backoffs wait on a timer thread, never on a
  * request or connector thread. See docs/routing.md. */
 #include "core/payflow.h"
-#include "jpack.h"
 #include "api/objects.h"
 #include "config.h"
 #include "core/procs.h"
+#include "jpack.h"
 #include "jsonw.h"
 #include "log.h"
 #include "metrics.h"
@@ -908,32 +908,32 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved)
   const json_t *pi = p->pi;
   const json_t *card = json_object_get(p->pm, "card");
   json_t *pmd_card = tp_pack("{s:O, s:{s:n, s:n, s:s}, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:n, s:n}", "brand",
-                               json_object_get(card, "brand"), "checks", "address_line1_check",
-                               "address_postal_code_check", "cvc_check", p->call.cvc[0] || p->three_ds_done ? "pass" : "unchecked",
-                               "country", json_object_get(card, "country"), "exp_month",
-                               json_object_get(card, "exp_month"), "exp_year", json_object_get(card, "exp_year"),
-                               "fingerprint", json_object_get(card, "fingerprint"), "funding",
-                               json_object_get(card, "funding"), "last4", json_object_get(card, "last4"), "network",
-                               json_object_get(card, "brand"), "three_d_secure", "wallet");
+                             json_object_get(card, "brand"), "checks", "address_line1_check",
+                             "address_postal_code_check", "cvc_check", p->call.cvc[0] || p->three_ds_done ? "pass" : "unchecked",
+                             "country", json_object_get(card, "country"), "exp_month",
+                             json_object_get(card, "exp_month"), "exp_year", json_object_get(card, "exp_year"),
+                             "fingerprint", json_object_get(card, "fingerprint"), "funding",
+                             json_object_get(card, "funding"), "last4", json_object_get(card, "last4"), "network",
+                             json_object_get(card, "brand"), "three_d_secure", "wallet");
   if (!pmd_card)
     abort();
   if (p->three_ds_done)
     json_object_set_new(pmd_card, "three_d_secure",
                         tp_pack("{s:s, s:s, s:s}", "authentication_flow", "challenge", "result", "authenticated",
-                                  "version", "2.2.0"));
+                                "version", "2.2.0"));
   json_t *ch = tp_pack("{s:s, s:s, s:O, s:I, s:I, s:n, s:{s:n, s:n, s:n, s:n}, s:b, s:I, s:O, s:O, s:O, "
-                         "s:n, s:n, s:b, s:O, s:n, s:b, s:O, s:O, s:{s:o, s:s}, s:O, s:b, s:s, s:{s:s, s:s}}",
-                         "id", id, "object", "charge", "amount", json_object_get(pi, "amount"), "amount_captured",
-                         (json_int_t)0, "amount_refunded", (json_int_t)0, "balance_transaction", "billing_details",
-                         "email", "name", "phone", "address", "captured", 0, "created", (json_int_t)tp_now(),
-                         "currency", json_object_get(pi, "currency"), "customer", json_object_get(pi, "customer"),
-                         "description", json_object_get(pi, "description"), "failure_code", "failure_message",
-                         "livemode", 0, "metadata", json_object_get(pi, "metadata"), "outcome", "paid", approved,
-                         "payment_intent", json_object_get(pi, "id"), "payment_method", json_object_get(p->pm, "id"),
-                         "payment_method_details", "card", pmd_card, "type", "card", "receipt_email",
-                         json_object_get(pi, "receipt_email"), "refunded", 0, "status",
-                         approved ? "succeeded" : "failed", "turnpike", "processor", p->att.processor, "attempt",
-                         p->att.id);
+                       "s:n, s:n, s:b, s:O, s:n, s:b, s:O, s:O, s:{s:o, s:s}, s:O, s:b, s:s, s:{s:s, s:s}}",
+                       "id", id, "object", "charge", "amount", json_object_get(pi, "amount"), "amount_captured",
+                       (json_int_t)0, "amount_refunded", (json_int_t)0, "balance_transaction", "billing_details",
+                       "email", "name", "phone", "address", "captured", 0, "created", (json_int_t)tp_now(),
+                       "currency", json_object_get(pi, "currency"), "customer", json_object_get(pi, "customer"),
+                       "description", json_object_get(pi, "description"), "failure_code", "failure_message",
+                       "livemode", 0, "metadata", json_object_get(pi, "metadata"), "outcome", "paid", approved,
+                       "payment_intent", json_object_get(pi, "id"), "payment_method", json_object_get(p->pm, "id"),
+                       "payment_method_details", "card", pmd_card, "type", "card", "receipt_email",
+                       json_object_get(pi, "receipt_email"), "refunded", 0, "status",
+                       approved ? "succeeded" : "failed", "turnpike", "processor", p->att.processor, "attempt",
+                       p->att.id);
   if (!ch)
     abort();
   json_object_set(ch, "billing_details", json_object_get(p->pm, "billing_details"));
@@ -947,11 +947,11 @@ static json_t *outcome_obj(bool approved, const char *decline)
 {
   if (approved)
     return tp_pack("{s:s, s:n, s:s, s:i, s:s, s:s}", "network_status", "approved_by_network", "reason",
-                     "risk_level", "normal", "risk_score", 20, "seller_message", "Payment complete.", "type",
-                     "authorized");
+                   "risk_level", "normal", "risk_score", 20, "seller_message", "Payment complete.", "type",
+                   "authorized");
   return tp_pack("{s:s, s:s, s:s, s:i, s:s, s:s}", "network_status", "declined_by_network", "reason", decline,
-                   "risk_level", "normal", "risk_score", 20, "seller_message",
-                   "The bank did not return any further details with this decline.", "type", "issuer_declined");
+                 "risk_level", "normal", "risk_score", 20, "seller_message",
+                 "The bank did not return any further details with this decline.", "type", "issuer_declined");
 }
 
 /* setup_future_usage with a customer: once the card is authorized it is

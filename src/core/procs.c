@@ -1,13 +1,13 @@
 /* The processor registry (see procs.h): config parsing, connectors, circuit
  * breakers, rolling statistics and the active health-check thread. */
 #include "core/procs.h"
-#include "jpack.h"
 #include "cli.h"
 #include "config.h"
 #include "core/alerts.h"
 #include "core/card.h"
 #include "core/currency.h"
 #include "core/payflow.h"
+#include "jpack.h"
 #include "log.h"
 #include "main/features.h"
 #include "metrics.h"
@@ -387,14 +387,14 @@ json_t *tp_proc_json(const struct tp_proc *p)
   json_object_set_new(o, "declined", json_integer((json_int_t)s->declined));
   json_object_set_new(o, "errors", json_integer((json_int_t)s->errors));
   json_object_set_new(o, "latency_ms", tp_pack("{s:f, s:f, s:f, s:I}", "p50", (double)s->pct[0] / 1000.0, "p90",
-                                                 (double)s->pct[1] / 1000.0, "p99", (double)s->pct[2] / 1000.0,
-                                                 "samples", (json_int_t)s->ring_n));
+                                               (double)s->pct[1] / 1000.0, "p99", (double)s->pct[2] / 1000.0,
+                                               "samples", (json_int_t)s->ring_n));
   json_object_set_new(o, "window", tp_pack("{s:i, s:i}", "calls", calls_w, "failures", fails_w));
   pthread_mutex_unlock(&s->mu);
   json_object_set_new(o, "brands", brands);
   json_object_set_new(o, "currencies", currencies);
   json_object_set_new(o, "fees", tp_pack("{s:s, s:I, s:o}", "percent", pct, "fixed", (json_int_t)s->fee_fixed,
-                                           "fixed_by_currency", fixed));
+                                         "fixed_by_currency", fixed));
   json_object_set_new(o, "weight", json_integer(p->weight));
   json_object_set_new(o, "priority", json_integer(p->priority));
   json_object_set_new(o, "timeout_ms", json_integer(p->timeout_ms));

@@ -499,7 +499,7 @@ static void on_client_message(struct conn *c, const uint8_t *data, size_t len)
   }
   c->subscribed = true;
   send_json(c, tp_pack("{s:s, s:O, s:o}", "type", "subscribed", "events", events, "objects",
-                         no ? json_incref(objects) : json_array()));
+                       no ? json_incref(objects) : json_array()));
   if (last_id)
     replay(c, last_id);
   json_decref(m);

@@ -16,10 +16,10 @@
  * for up to max_age; an endpoint failing continuously for disable_after is
  * disabled and a turnpike.webhook_endpoint.disabled event is emitted. */
 #include "net/webhooks.h"
-#include "jpack.h"
 #include "api/http.h"
 #include "api/objects.h"
 #include "config.h"
+#include "jpack.h"
 #include "log.h"
 #include "main/features.h"
 #include "metrics.h"
@@ -735,8 +735,8 @@ static void finish(struct job *j, CURLcode cc)
   char aid[TP_ID_MAX];
   tp_id_new(aid, "wda");
   json_t *args = tp_pack("[s, s, s, s, i, o, s, s?, I, I, o]", aid, j->endpoint, j->event, j->merchant, j->attempt,
-                           status > 0 ? json_integer(status) : json_null(), outcome, err[0] ? err : NULL,
-                           (json_int_t)(dur_us / 1000), (json_int_t)(t / 1000), next_retry);
+                         status > 0 ? json_integer(status) : json_null(), outcome, err[0] ? err : NULL,
+                         (json_int_t)(dur_us / 1000), (json_int_t)(t / 1000), next_retry);
   wsql(cs,
        "INSERT INTO webhook_attempts(id, endpoint, event, merchant, attempt, status_code, outcome, error, "
        "duration_ms, created, next_retry_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",

@@ -214,7 +214,7 @@ static void add_key(struct tp_cs *cs, const char *merchant, const char *kind, co
            "INSERT INTO api_keys(hash, merchant, kind, hint, created, expires, scopes) "
            "VALUES(X'%s', ?1, ?2, ?3, ?4, ?5, ?6)", hex);
   json_t *args = tp_pack("[s, s, s, I, o, o]", merchant, kind, hint, (json_int_t)tp_now(),
-                           expires ? json_integer(expires) : json_null(), scopes ? json_string(scopes) : json_null());
+                         expires ? json_integer(expires) : json_null(), scopes ? json_string(scopes) : json_null());
   tp_cs_sql(cs, sql, args, 1);
   json_decref(args);
 }
@@ -309,7 +309,7 @@ int tp_cmd_api_key(int argc, char **argv)
     return 1;
   }
   json_t *out = tp_pack("{s:s, s:s, s:s, s:o}", "merchant", merchant, roll ? "secret_key" : "restricted_key", key,
-                          "hint", hint, "expires_at", expires ? json_integer(expires) : json_null());
+                        "hint", hint, "expires_at", expires ? json_integer(expires) : json_null());
   if (roll)
     json_object_set_new(out, "previous_keys_expire_at", json_integer(old_until));
   else

@@ -15,10 +15,10 @@
  * [seq, created, merchant, actor, action, object_id, details] (ASCII-escaped),
  * details being the stored JSON text (keys sorted). */
 #include "sec/audit.h"
-#include "jpack.h"
-#include "cli.h"
 #include "api/http.h"
+#include "cli.h"
 #include "config.h"
+#include "jpack.h"
 #include "log.h"
 #include "main/commands.h"
 #include "sec/kek.h"
@@ -50,7 +50,7 @@ static int entry_hash(const char *prev, int64_t seq, int64_t created, const char
                       const char *action, const char *object_id, const char *details, char out[65])
 {
   json_t *a = tp_pack("[I, I, s?, s, s, s?, s]", (json_int_t)seq, (json_int_t)created, merchant, actor ? actor : "",
-                        action ? action : "", object_id, details ? details : "");
+                      action ? action : "", object_id, details ? details : "");
   char *canon = a ? json_dumps(a, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
   json_decref(a);
   if (!canon)
@@ -133,7 +133,7 @@ void tp_audit_append(struct tp_cs *cs, const char *merchant, const char *actor, 
 {
   char *d = details ? json_dumps(details, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY) : NULL;
   json_t *a = tp_pack("[I, s?, s, s, s?, s]", (json_int_t)tp_now(), merchant, actor ? actor : "system",
-                        action ? action : "unknown", object_id, d ? d : "{}");
+                      action ? action : "unknown", object_id, d ? d : "{}");
   free(d);
   if (!a)
     abort();

@@ -1,8 +1,8 @@
 /* JWE decryption for client-side card encryption (see sec/jwe.h). */
 #include "sec/jwe.h"
 #include "jpack.h"
-#include "sec/jwt.h"
 #include "log.h"
+#include "sec/jwt.h"
 #include "sec/vault.h"
 
 #include <errno.h>
@@ -123,7 +123,7 @@ json_t *tp_jwe_jwks(void)
     json_t *n = bn_param(rsa_key, OSSL_PKEY_PARAM_RSA_N), *e = bn_param(rsa_key, OSSL_PKEY_PARAM_RSA_E);
     if (n && e)
       json_array_append_new(keys, tp_pack("{s:s, s:s, s:s, s:s, s:o, s:o}", "kty", "RSA", "kid", rsa_kid, "use",
-                                            "enc", "alg", "RSA-OAEP-256", "n", n, "e", e));
+                                          "enc", "alg", "RSA-OAEP-256", "n", n, "e", e));
   }
   if (ec_key) {
     uint8_t pt[65];
@@ -134,7 +134,7 @@ json_t *tp_jwe_jwks(void)
       tp_b64url_encode(pt + 1, 32, x, sizeof x);
       tp_b64url_encode(pt + 33, 32, y, sizeof y);
       json_array_append_new(keys, tp_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "kty", "EC", "kid", ec_kid, "use",
-                                            "enc", "alg", "ECDH-ES", "crv", "P-256", "x", x, "y", y));
+                                          "enc", "alg", "ECDH-ES", "crv", "P-256", "x", x, "y", y));
     }
   }
   return tp_pack("{s:o}", "keys", keys);

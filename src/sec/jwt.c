@@ -196,7 +196,7 @@ json_t *tp_jwt_key_jwk(const struct tp_jwt_key *k)
   tp_b64url_encode(x, 32, xs, sizeof xs);
   tp_b64url_encode(y, 32, ys, sizeof ys);
   return tp_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "kty", "EC", "crv", "P-256", "x", xs, "y", ys, "kid",
-                   k->kid, "alg", "ES256", "use", "sig");
+                 k->kid, "alg", "ES256", "use", "sig");
 }
 
 /* ---- sign / verify ------------------------------------------------------- */

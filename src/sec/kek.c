@@ -4,10 +4,10 @@
  * (0600) and wraps data keys with AES-256-GCM: nonce(12) | wrapped(32) |
  * tag(16). Its audit checkpoint key is DATA/audit-signing.pem (0600). */
 #include "sec/kek.h"
-#include "jpack.h"
-#include "cli.h"
 #include "api/http.h"
+#include "cli.h"
 #include "config.h"
+#include "jpack.h"
 #include "log.h"
 #include "main/commands.h"
 #include "sec/audit.h"

@@ -310,9 +310,9 @@ void tp_h_oauth_token(struct tp_req *r)
   tp_id_new(jti, "at");
   int64_t now = tp_now(), ttl = token_ttl();
   json_t *claims = tp_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:s, s:s}", "iss", issuer(), "sub",
-                             c.client_id, "aud", audience(), "client_id", c.client_id, "exp", (json_int_t)(now + ttl),
-                             "iat", (json_int_t)now, "nbf", (json_int_t)now, "jti", jti, "scope", scopes, "merchant",
-                             c.merchant);
+                           c.client_id, "aud", audience(), "client_id", c.client_id, "exp", (json_int_t)(now + ttl),
+                           "iat", (json_int_t)now, "nbf", (json_int_t)now, "jti", jti, "scope", scopes, "merchant",
+                           c.merchant);
   char *tok = tp_jwt_sign(&keys[0], "at+jwt", claims);
   json_decref(claims);
   if (!tok) {
@@ -321,7 +321,7 @@ void tp_h_oauth_token(struct tp_req *r)
   }
   tp_metric_inc("turnpike_oauth_tokens_issued_total", NULL, 1);
   tp_reply_json(r, 200, tp_pack("{s:s, s:s, s:I, s:s}", "access_token", tok, "token_type", "Bearer", "expires_in",
-                                  (json_int_t)ttl, "scope", scopes));
+                                (json_int_t)ttl, "scope", scopes));
   free(tok);
 }
 
@@ -556,10 +556,10 @@ void tp_h_oauth_introspect(struct tp_req *r)
     return;
   }
   json_t *o = tp_pack("{s:b, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:s}", "active", 1, "scope",
-                        json_object_get(cl, "scope"), "client_id", json_object_get(cl, "client_id"), "exp",
-                        json_object_get(cl, "exp"), "iat", json_object_get(cl, "iat"), "sub",
-                        json_object_get(cl, "sub"), "aud", json_object_get(cl, "aud"), "iss",
-                        json_object_get(cl, "iss"), "jti", json_object_get(cl, "jti"), "token_type", "Bearer");
+                      json_object_get(cl, "scope"), "client_id", json_object_get(cl, "client_id"), "exp",
+                      json_object_get(cl, "exp"), "iat", json_object_get(cl, "iat"), "sub",
+                      json_object_get(cl, "sub"), "aud", json_object_get(cl, "aud"), "iss",
+                      json_object_get(cl, "iss"), "jti", json_object_get(cl, "jti"), "token_type", "Bearer");
   json_decref(cl);
   tp_reply_json(r, 200, o ? o : tp_pack("{s:b}", "active", 0));
 }
@@ -587,13 +587,13 @@ void tp_h_oauth_metadata(struct tp_req *r)
   for (unsigned b = 1; b & TP_SCOPE_ALL; b <<= 1)
     json_array_append_new(scopes, json_string(tp_scope_name(b)));
   json_t *o = tp_pack("{s:s, s:s+, s:s+, s:s+, s:s+, s:[s], s:[s, s], s:[s, s], s:[s, s], s:o, s:[s]}", "issuer",
-                        iss, "token_endpoint", iss, "/oauth/token", "jwks_uri", iss, "/.well-known/jwks.json",
-                        "revocation_endpoint", iss, "/oauth/revoke", "introspection_endpoint", iss,
-                        "/oauth/introspect", "grant_types_supported", "client_credentials",
-                        "token_endpoint_auth_methods_supported", "client_secret_basic", "client_secret_post",
-                        "revocation_endpoint_auth_methods_supported", "client_secret_basic", "client_secret_post",
-                        "introspection_endpoint_auth_methods_supported", "client_secret_basic",
-                        "client_secret_post", "scopes_supported", scopes, "response_types_supported", "token");
+                      iss, "token_endpoint", iss, "/oauth/token", "jwks_uri", iss, "/.well-known/jwks.json",
+                      "revocation_endpoint", iss, "/oauth/revoke", "introspection_endpoint", iss,
+                      "/oauth/introspect", "grant_types_supported", "client_credentials",
+                      "token_endpoint_auth_methods_supported", "client_secret_basic", "client_secret_post",
+                      "revocation_endpoint_auth_methods_supported", "client_secret_basic", "client_secret_post",
+                      "introspection_endpoint_auth_methods_supported", "client_secret_basic",
+                      "client_secret_post", "scopes_supported", scopes, "response_types_supported", "token");
   tp_reply_json(r, 200, o);
 }
 
@@ -721,7 +721,7 @@ int tp_cmd_oauth_client(int argc, char **argv)
     return 1;
   }
   json_t *out = tp_pack("{s:s, s:s, s:s, s:s}", "client_id", id, "client_secret", secret, "merchant", merchant,
-                          "scopes", scopes);
+                        "scopes", scopes);
   char *s = json_dumps(out, JSON_COMPACT | JSON_PRESERVE_ORDER);
   printf("%s\n", s);
   free(s);

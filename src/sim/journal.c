@@ -2,10 +2,10 @@
  * its own schema. One writer thread takes every queued entry, inserts the
  * batch in one transaction and only then calls each entry's completion, so
  * an answer is never sent before its row is on disk (group commit). */
-#include "sim/sim.h"
 #include "jpack.h"
-#include "store/sqlite/walbuf.h"
 #include "log.h"
+#include "sim/sim.h"
+#include "store/sqlite/walbuf.h"
 #include "util.h"
 
 #include <pthread.h>
@@ -320,11 +320,11 @@ static json_t *query_db(sqlite3 *db, const char *processor, const char *referenc
   sqlite3_bind_int64(st, 4, limit);
   while (sqlite3_step(st) == SQLITE_ROW) {
     json_t *o = tp_pack("{s:I, s:o, s:o, s:o, s:o, s:o, s:I, s:o, s:o, s:o, s:I}", "seq",
-                          (json_int_t)sqlite3_column_int64(st, 0), "processor", col_json(st, 1), "protocol",
-                          col_json(st, 2), "operation", col_json(st, 3), "reference", col_json(st, 4), "payment",
-                          col_json(st, 6), "amount", (json_int_t)sqlite3_column_int64(st, 9), "currency",
-                          col_json(st, 10), "status", col_json(st, 11), "decline_code", col_json(st, 12),
-                          "created_ms", (json_int_t)sqlite3_column_int64(st, 13));
+                        (json_int_t)sqlite3_column_int64(st, 0), "processor", col_json(st, 1), "protocol",
+                        col_json(st, 2), "operation", col_json(st, 3), "reference", col_json(st, 4), "payment",
+                        col_json(st, 6), "amount", (json_int_t)sqlite3_column_int64(st, 9), "currency",
+                        col_json(st, 10), "status", col_json(st, 11), "decline_code", col_json(st, 12),
+                        "created_ms", (json_int_t)sqlite3_column_int64(st, 13));
     if (!o)
       continue;
     if (sqlite3_column_bytes(st, 5) > 0)
@@ -365,7 +365,7 @@ out:
     return NULL;
   }
   return tp_pack("{s:o, s:{s:o, s:I, s:I, s:I}}", "entries", entries, "summary", "charges_by_payment", by,
-                   "double_charges", doubles, "charges", charges, "payments_charged", payments);
+                 "double_charges", doubles, "charges", charges, "payments_charged", payments);
 }
 
 json_t *tp_sim_journal_query(const char *processor, const char *reference, const char *payment, int64_t limit)

@@ -1,11 +1,11 @@
 /* Per-processor behaviour of the simulator: [sim.NAME] settings from the INI
  * file, changed at run time by POST /_sim/faults, and the random draws
  * (latency, declines, faults) made against them. */
-#include "sim/sim.h"
-#include "jpack.h"
 #include "config.h"
 #include "core/card.h"
+#include "jpack.h"
 #include "log.h"
+#include "sim/sim.h"
 #include "util.h"
 
 #include <ctype.h>
@@ -287,13 +287,13 @@ int tp_sim_faults_apply(json_t *o, char *err, size_t errlen)
 static json_t *behaviour_json(const struct tp_sim_behaviour *b)
 {
   json_t *o = tp_pack("{s:s, s:b, s:f, s:f, s:f, s:f, s:I, s:I, s:I, s:I, s:I, s:s, s:b}", "protocol",
-                        b->iso ? "iso" : "rest", "outage", (int)b->outage, "decline_rate", b->decline_rate,
-                        "error_rate", b->error_rate, "timeout_rate", b->timeout_rate, "reset_rate",
-                        b->reset_rate, "latency_ms_min", (json_int_t)b->latency_ms_min, "latency_ms_max",
-                        (json_int_t)b->latency_ms_max, "latency_p50_ms", (json_int_t)b->latency_p50_ms,
-                        "latency_p99_ms", (json_int_t)b->latency_p99_ms, "timeout_hold_ms",
-                        (json_int_t)b->timeout_hold_ms, "timeout_mode", b->timeout_before ? "before" : "after",
-                        "api_key_set", (int)(b->api_key[0] != '\0'));
+                      b->iso ? "iso" : "rest", "outage", (int)b->outage, "decline_rate", b->decline_rate,
+                      "error_rate", b->error_rate, "timeout_rate", b->timeout_rate, "reset_rate",
+                      b->reset_rate, "latency_ms_min", (json_int_t)b->latency_ms_min, "latency_ms_max",
+                      (json_int_t)b->latency_ms_max, "latency_p50_ms", (json_int_t)b->latency_p50_ms,
+                      "latency_p99_ms", (json_int_t)b->latency_p99_ms, "timeout_hold_ms",
+                      (json_int_t)b->timeout_hold_ms, "timeout_mode", b->timeout_before ? "before" : "after",
+                      "api_key_set", (int)(b->api_key[0] != '\0'));
   for (unsigned i = 0; i < b->n_overrides; i++) {
     char k[40];
     snprintf(k, sizeof k, "decline_rate.%s", b->overrides[i].key);

@@ -3,11 +3,11 @@
  * request that waits (for its journal commit, for injected latency or a held
  * timeout) is suspended: no thread sleeps on it. The contract is documented
  * in docs/simulator.md. */
-#include "sim/sim.h"
-#include "jpack.h"
 #include "cli.h"
 #include "core/currency.h"
+#include "jpack.h"
 #include "log.h"
+#include "sim/sim.h"
 #include "util.h"
 
 #include <arpa/inet.h>

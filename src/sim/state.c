@@ -3,10 +3,10 @@
  * from the journal at start-up, so idempotency by reference survives a
  * restart. Decisions are made under one lock (they are short); the answer is
  * released to callers only once its journal row is committed. */
-#include "sim/sim.h"
-#include "jpack.h"
 #include "connectors/connector.h"
+#include "jpack.h"
 #include "log.h"
+#include "sim/sim.h"
 #include "util.h"
 
 #include <pthread.h>
@@ -344,9 +344,9 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
     snprintf(r->currency, sizeof r->currency, "%s", q->currency);
     r->captured = r->approved && q->capture ? q->amount : 0;
     o = tp_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:b}", "id", id, "operation", "authorize", "reference",
-                  q->reference, "status", r->approved ? "approved" : "declined", "payment",
-                  q->payment ? q->payment : "", "amount", (json_int_t)q->amount, "currency", q->currency,
-                  "captured", (int)(r->captured > 0));
+                q->reference, "status", r->approved ? "approved" : "declined", "payment",
+                q->payment ? q->payment : "", "amount", (json_int_t)q->amount, "currency", q->currency,
+                "captured", (int)(r->captured > 0));
     json_object_set_new(o, "decline_code", r->approved ? json_null() : json_string(decline));
     json_object_set_new(o, "auth_code", r->approved ? json_string(code) : json_null());
     if (q->iso && q->terminal)
@@ -366,8 +366,8 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
     r->approved = true;
     tp_id_new(id, "cap");
     o = tp_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s}", "id", id, "operation", "capture", "reference",
-                  q->reference, "authorization", auth->id, "status", "captured", "amount", (json_int_t)amount,
-                  "currency", auth->currency);
+                q->reference, "authorization", auth->id, "status", "captured", "amount", (json_int_t)amount,
+                "currency", auth->currency);
     e->amount = amount;
     snprintf(e->status, sizeof e->status, "captured");
     break;
@@ -375,8 +375,8 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
     auth->voided = true;
     tp_id_new(id, "void");
     o = tp_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s}", "id", id, "operation", "void", "reference",
-                  q->reference, "authorization", auth->id, "status", "voided", "amount",
-                  (json_int_t)auth->amount, "currency", auth->currency);
+                q->reference, "authorization", auth->id, "status", "voided", "amount",
+                (json_int_t)auth->amount, "currency", auth->currency);
     e->amount = auth->amount;
     snprintf(e->status, sizeof e->status, "voided");
     break;
@@ -392,8 +392,8 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
     r->approved = ok;
     tp_id_new(id, "rf");
     o = tp_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s}", "id", id, "operation", "refund", "reference",
-                  q->reference, "authorization", auth->id, "status", ok ? "succeeded" : "failed", "amount",
-                  (json_int_t)amount, "currency", auth->currency);
+                q->reference, "authorization", auth->id, "status", ok ? "succeeded" : "failed", "amount",
+                (json_int_t)amount, "currency", auth->currency);
     json_object_set_new(o, "failure_reason", ok ? json_null() : json_string("amount_exceeds_captured"));
     e->amount = amount;
     snprintf(e->status, sizeof e->status, "%s", ok ? "succeeded" : "failed");
@@ -411,7 +411,7 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
       auth->reversed = true;
     tp_id_new(id, "rev");
     o = tp_pack("{s:s, s:s, s:s, s:s, s:I}", "id", id, "operation", "reversal", "reference", q->reference,
-                  "status", st, "amount", (json_int_t)amt);
+                "status", st, "amount", (json_int_t)amt);
     if (q->terminal)
       json_object_set_new(o, "terminal", json_string(q->terminal));
     e->amount = amt;

@@ -1,12 +1,12 @@
 /* SQLite backend of the store: WAL, synchronous=FULL, one write connection
  * owned by the writer thread, one read connection per reading thread. */
-#include "store/store.h"
-#include "jpack.h"
-#include "store/zjson.h"
-#include "store/sqlite/walbuf.h"
 #include "config.h"
+#include "jpack.h"
 #include "log.h"
 #include "metrics.h"
+#include "store/sqlite/walbuf.h"
+#include "store/store.h"
+#include "store/zjson.h"
 #include "util.h"
 
 #include <errno.h>
@@ -900,8 +900,8 @@ static json_t *sq_balance(void *cls, const char *merchant)
   json_t *arr = json_array();
   while (sqlite3_step(st) == SQLITE_ROW)
     json_array_append_new(arr, tp_pack("{s:s, s:s, s:I}", "account", (const char *)sqlite3_column_text(st, 0),
-                                         "currency", (const char *)sqlite3_column_text(st, 1), "amount",
-                                         (json_int_t)sqlite3_column_int64(st, 2)));
+                                       "currency", (const char *)sqlite3_column_text(st, 1), "amount",
+                                       (json_int_t)sqlite3_column_int64(st, 2)));
   sqlite3_finalize(st);
   return arr;
 }
