@@ -45,7 +45,7 @@ void tp_h_charge_update(struct tp_req *r)
   if (!ch)
     return;
   char pi_lock[TP_ID_MAX] = "";
-  snprintf(pi_lock, sizeof pi_lock, "%s", json_string_value(json_object_get(ch, "payment_intent")) ?: "");
+  tp_scopy(pi_lock, sizeof pi_lock, json_string_value(json_object_get(ch, "payment_intent")) ?: "");
   json_decref(ch);
   if (pi_lock[0] && !tp_lock_try(pi_lock)) {
     tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);

@@ -447,7 +447,7 @@ void tp_h_customer_create(struct tp_req *r)
       tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
       goto fail;
     }
-    snprintf(pm_lock, sizeof pm_lock, "%s", pm_id);
+    tp_scopy(pm_lock, sizeof pm_lock, pm_id);
     if (stored) { /* read again under the lock: an attach may have committed since */
       json_t *fresh = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
       if (!fresh) {

@@ -81,7 +81,7 @@ static json_t *filtered(struct tp_req *r, const struct tp_list_query *q0, int li
   struct tp_list_query q = *q0;
   bool ascending = q.ending_before != NULL; /* ending_before walks toward newer events */
   char cursor[TP_ID_MAX];
-  snprintf(cursor, sizeof cursor, "%s", ascending ? q.ending_before : (q.starting_after ? q.starting_after : ""));
+  tp_scopy(cursor, sizeof cursor, ascending ? q.ending_before : (q.starting_after ? q.starting_after : ""));
   json_t *out = json_array();
   size_t scanned = 0;
   *more = false;
@@ -111,7 +111,7 @@ static json_t *filtered(struct tp_req *r, const struct tp_list_query *q0, int li
     scanned += n;
     if (n > 0) {
       const json_t *edge = json_array_get(page, ascending ? 0 : n - 1);
-      snprintf(cursor, sizeof cursor, "%s", json_string_value(json_object_get(edge, "id")));
+      tp_scopy(cursor, sizeof cursor, json_string_value(json_object_get(edge, "id")));
     }
     json_decref(page);
     if (*more || !page_more || n == 0)

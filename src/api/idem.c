@@ -119,7 +119,7 @@ static bool answer_from_store(struct tp_req *r, int found, struct tp_idem_rec *r
       return true;
     }
     r->replayed = true;
-    snprintf(r->original_request, sizeof r->original_request, "%s", rec->request_id);
+    tp_scopy(r->original_request, sizeof r->original_request, rec->request_id);
     tp_reply_raw(r, (unsigned)rec->status, rec->body ? rec->body : strdup("{}"),
                  rec->body ? strlen(rec->body) : 2, "application/json");
     return true;

@@ -604,7 +604,7 @@ bool tp_lock_try(const char *id)
     pthread_mutex_unlock(&lock_mu);
     return false;
   }
-  snprintf(e->id, sizeof e->id, "%s", id);
+  tp_scopy(e->id, sizeof e->id, id);
   e->next = locks[b];
   locks[b] = e;
   pthread_mutex_unlock(&lock_mu);

@@ -3,6 +3,7 @@
  * parameter *value* into an error unless it is short, harmless and not under a
  * card field, because errors end up in responses and logs. */
 #include "params.h"
+#include "util.h"
 
 #include <limits.h>
 #include <stdarg.h>
@@ -38,7 +39,7 @@ static void set_err(struct tp_params_error *err, const char *param, const char *
   va_start(ap, fmt);
   vsnprintf(err->message, sizeof err->message, fmt, ap);
   va_end(ap);
-  snprintf(err->param, sizeof err->param, "%s", param ? param : "");
+  tp_scopy(err->param, sizeof err->param, param ? param : "");
 }
 
 /* Length of the valid UTF-8 sequence at s (at most n bytes), or 0 when it is

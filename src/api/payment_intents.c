@@ -402,17 +402,17 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
   p->pm = pm;
   p->outcome = tp_outcome_authorize;
   if (lock_id)
-    snprintf(p->lock_id, sizeof p->lock_id, "%s", lock_id);
+    tp_scopy(p->lock_id, sizeof p->lock_id, lock_id);
   const char *cm = json_string_value(json_object_get(pi, "capture_method"));
   tp_pay_attempt(p, "authorize", json_integer_value(json_object_get(pi, "amount")),
                  json_string_value(json_object_get(pi, "currency")));
   p->att.capture = !(cm && strcmp(cm, "manual") == 0);
-  snprintf(p->att.vault_token, sizeof p->att.vault_token, "%s", json_string_value(json_object_get(pm, "id")));
+  tp_scopy(p->att.vault_token, sizeof p->att.vault_token, json_string_value(json_object_get(pm, "id")));
   p->call.kind = TP_PROC_AUTHORIZE;
-  snprintf(p->call.pan, sizeof p->call.pan, "%s", ci.pan);
+  tp_scopy(p->call.pan, sizeof p->call.pan, ci.pan);
   p->call.exp_month = ci.exp_month;
   p->call.exp_year = ci.exp_year;
-  snprintf(p->call.cvc, sizeof p->call.cvc, "%s", cvc);
+  tp_scopy(p->call.cvc, sizeof p->call.cvc, cvc);
   tp_card_wipe(&ci, sizeof ci);
   tp_card_wipe(cvc, sizeof cvc);
   tp_req_suspend(r);
@@ -721,12 +721,12 @@ static void capture(struct tp_req *r, const char *pi_id, const char *amount_para
   p->charge = ch;
   p->outcome = tp_outcome_capture;
   p->reply_charge = reply_charge;
-  snprintf(p->lock_id, sizeof p->lock_id, "%s", pi_id);
+  tp_scopy(p->lock_id, sizeof p->lock_id, pi_id);
   tp_pay_attempt(p, "capture", amount, json_string_value(json_object_get(pi, "currency")));
   p->call.kind = TP_PROC_CAPTURE;
   json_t *turn = json_object_get(ch, "turnpike");
   const char *auth_att = json_string_value(json_object_get(turn, "attempt"));
-  snprintf(p->call.orig_ref, sizeof p->call.orig_ref, "%s", auth_att ? auth_att : "");
+  tp_scopy(p->call.orig_ref, sizeof p->call.orig_ref, auth_att ? auth_att : "");
   tp_req_suspend(r);
   tp_pay_run(p, tp_cs_new());
   return;
@@ -802,7 +802,7 @@ void tp_h_charge_capture(struct tp_req *r)
     tp_reply_error(r, TP_ERR_CAPTURE_UNAUTHORIZED_PAYMENT, NULL, NULL);
   else {
     char pi_id[TP_ID_MAX];
-    snprintf(pi_id, sizeof pi_id, "%s", json_string_value(json_object_get(ch, "payment_intent")) ?: "");
+    tp_scopy(pi_id, sizeof pi_id, json_string_value(json_object_get(ch, "payment_intent")) ?: "");
     json_decref(ch);
     capture(r, pi_id, "amount", true);
     return;
@@ -826,14 +826,14 @@ static void start_void(struct tp_req *r, const struct tp_merchant *m, json_t *pi
   p->pi = pi;
   p->charge = ch;
   p->outcome = outcome;
-  snprintf(p->lock_id, sizeof p->lock_id, "%s", json_string_value(json_object_get(pi, "id")));
-  snprintf(p->cancellation_reason, sizeof p->cancellation_reason, "%s", reason ? reason : "");
+  tp_scopy(p->lock_id, sizeof p->lock_id, json_string_value(json_object_get(pi, "id")));
+  tp_scopy(p->cancellation_reason, sizeof p->cancellation_reason, reason ? reason : "");
   tp_pay_attempt(p, "void", json_integer_value(json_object_get(pi, "amount_capturable")),
                  json_string_value(json_object_get(pi, "currency")));
   p->call.kind = TP_PROC_VOID;
   json_t *turn = json_object_get(p->charge, "turnpike");
   const char *auth_att = json_string_value(json_object_get(turn, "attempt"));
-  snprintf(p->call.orig_ref, sizeof p->call.orig_ref, "%s", auth_att ? auth_att : "");
+  tp_scopy(p->call.orig_ref, sizeof p->call.orig_ref, auth_att ? auth_att : "");
   tp_pay_run(p, tp_cs_new());
 }
 
@@ -843,7 +843,7 @@ int tp_pi_expire(const char *merchant, const char *pi_id, int64_t now)
     return 0; /* a request has it now: next scan */
   struct tp_merchant m;
   memset(&m, 0, sizeof m);
-  snprintf(m.id, sizeof m.id, "%s", merchant);
+  tp_scopy(m.id, sizeof m.id, merchant);
   json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, merchant, pi_id);
   const char *st = json_string_value(json_object_get(pi, "status"));
   json_t *ch = st && strcmp(st, "requires_capture") == 0 ? charge_of(&m, pi) : NULL;

@@ -66,7 +66,7 @@ void tp_h_refund_create(struct tp_req *r)
     ch_id = lc;
   }
   char chid[TP_ID_MAX];
-  snprintf(chid, sizeof chid, "%s", ch_id);
+  tp_scopy(chid, sizeof chid, ch_id);
   if (!tp_lock_try(chid)) {
     json_decref(pi);
     tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
@@ -119,12 +119,12 @@ void tp_h_refund_create(struct tp_req *r)
   p->charge = ch;
   p->refund = re;
   p->outcome = tp_outcome_refund;
-  snprintf(p->lock_id, sizeof p->lock_id, "%s", chid);
+  tp_scopy(p->lock_id, sizeof p->lock_id, chid);
   tp_pay_attempt(p, "refund", amount, json_string_value(json_object_get(ch, "currency")));
-  snprintf(p->att.refund, sizeof p->att.refund, "%s", json_string_value(json_object_get(re, "id")));
+  tp_scopy(p->att.refund, sizeof p->att.refund, json_string_value(json_object_get(re, "id")));
   p->call.kind = TP_PROC_REFUND;
   const char *auth_att = json_string_value(json_object_get(json_object_get(ch, "turnpike"), "attempt"));
-  snprintf(p->call.orig_ref, sizeof p->call.orig_ref, "%s", auth_att ? auth_att : "");
+  tp_scopy(p->call.orig_ref, sizeof p->call.orig_ref, auth_att ? auth_att : "");
   struct tp_cs *cs = tp_cs_new();
   tp_cs_put(cs, TP_K_REFUND, r->merchant.id, re);
   json_t *audit = tp_pack("{s:I, s:O, s:s}", "amount", (json_int_t)amount, "currency",

@@ -3,6 +3,7 @@
 #include "api/params.h"
 #include "jpack.h"
 #include "jsonw.h"
+#include "util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,7 +37,7 @@ json_t *tp_error_object(enum tp_err e, const char *param, const char *message)
     ei = tp_error_info(TP_ERR_INTERNAL);
   char msg[512];
   if (message)
-    snprintf(msg, sizeof msg, "%s", message);
+    tp_scopy(msg, sizeof msg, message);
   else if (strstr(ei->message, "%s")) {
     /* Registry messages hold at most one %s, for a parameter name (checked by gen.py). */
 #pragma GCC diagnostic push
@@ -45,7 +46,7 @@ json_t *tp_error_object(enum tp_err e, const char *param, const char *message)
 #pragma GCC diagnostic pop
   }
   else
-    snprintf(msg, sizeof msg, "%s", ei->message);
+    tp_scopy(msg, sizeof msg, ei->message);
   json_t *o = json_object();
   json_object_set_new(o, "type", json_string(ei->type));
   if (ei->code)

@@ -39,9 +39,9 @@ static void error_fields(struct entry *e, const char *body, size_t len)
     const char *t = json_string_value(json_object_get(err, "type"));
     const char *c = json_string_value(json_object_get(err, "code"));
     const char *p = json_string_value(json_object_get(err, "param"));
-    snprintf(e->err_type, sizeof e->err_type, "%s", t ? t : "");
-    snprintf(e->err_code, sizeof e->err_code, "%s", c ? c : "");
-    snprintf(e->err_param, sizeof e->err_param, "%s", p ? p : "");
+    tp_scopy(e->err_type, sizeof e->err_type, t ? t : "");
+    tp_scopy(e->err_code, sizeof e->err_code, c ? c : "");
+    tp_scopy(e->err_param, sizeof e->err_param, p ? p : "");
     e->tp_code = (int)json_integer_value(json_object_get(err, "tp_code"));
   }
   json_decref(j);
@@ -52,11 +52,11 @@ void tp_reqlog_record(const char *request_id, const char *merchant, const char *
 {
   struct entry e;
   memset(&e, 0, sizeof e);
-  snprintf(e.id, sizeof e.id, "%s", request_id);
-  snprintf(e.merchant, sizeof e.merchant, "%s", merchant);
-  snprintf(e.method, sizeof e.method, "%s", method);
-  snprintf(e.route, sizeof e.route, "%s", route);
-  snprintf(e.path, sizeof e.path, "%s", path);
+  tp_scopy(e.id, sizeof e.id, request_id);
+  tp_scopy(e.merchant, sizeof e.merchant, merchant);
+  tp_scopy(e.method, sizeof e.method, method);
+  tp_scopy(e.route, sizeof e.route, route);
+  tp_scopy(e.path, sizeof e.path, path);
   e.status = status;
   e.latency_us = latency_us;
   e.created = tp_now();

@@ -432,7 +432,7 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
       free(s);
       return;
     }
-    snprintf(cursor, sizeof cursor, "%s", page + pl);
+    tp_scopy(cursor, sizeof cursor, page + pl);
   }
   const char *table = tp_kinds[kind].table;
   char sql[256];
@@ -472,7 +472,7 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
       } else {
         json_decref(obj);
       }
-      snprintf(cursor, sizeof cursor, "%s", id);
+      tp_scopy(cursor, sizeof cursor, id);
       scanned++;
     }
     json_decref(rows);

@@ -83,7 +83,7 @@ static enum tp_err authenticate(struct tp_req *r)
       k++;
     if (strlen(k) >= sizeof key)
       return TP_ERR_AUTH_INVALID_KEY;
-    snprintf(key, sizeof key, "%s", k);
+    tp_scopy(key, sizeof key, k);
   } else if (strncasecmp(h, "Basic ", 6) == 0) {
     if (strlen(h) > 400 || b64_decode(h + 6, key, sizeof key) < 0)
       return TP_ERR_AUTH_INVALID_KEY;
@@ -112,8 +112,8 @@ static enum tp_err authenticate(struct tp_req *r)
   r->merchant = a.merchant;
   memcpy(r->key_kind, a.kind, sizeof r->key_kind);
   r->scopes = a.scopes;
-  snprintf(r->actor, sizeof r->actor, "%s", a.actor);
-  snprintf(r->rl_id, sizeof r->rl_id, "%s", a.rl_id);
+  tp_scopy(r->actor, sizeof r->actor, a.actor);
+  tp_scopy(r->rl_id, sizeof r->rl_id, a.rl_id);
   r->authed = true;
   return TP_ERR_OK;
 }
@@ -328,7 +328,7 @@ static void dispatch(struct tp_req *r)
           tp_reply_error(r, TP_ERR_IDEMPOTENCY_KEY_INVALID, NULL, NULL);
           return;
         }
-      snprintf(r->idem_key, sizeof r->idem_key, "%s", k);
+      tp_scopy(r->idem_key, sizeof r->idem_key, k);
       r->has_idem = true;
       if (tp_idem_begin(r))
         return;
@@ -365,7 +365,7 @@ static void observe_request(struct tp_req *r)
   tp_metric_observe_us("turnpike_http_request_duration_seconds", labels, us);
   if (r->authed) {
     char rpath[256];
-    snprintf(rpath, sizeof rpath, "%s", r->url);
+    tp_scopy(rpath, sizeof rpath, r->url);
     redact_digit_runs(rpath);
     tp_reqlog_record(r->request_id, r->merchant.id, r->method, r->route ? r->route->pattern : "unmatched", rpath,
                      r->status, r->resp, r->resp_len, us);
@@ -376,7 +376,7 @@ static void observe_request(struct tp_req *r)
    * the object replied (objects are built with "id" first). */
   char obj[sizeof r->path_id] = "";
   if (r->path_id[0])
-    snprintf(obj, sizeof obj, "%s", r->path_id);
+    tp_scopy(obj, sizeof obj, r->path_id);
   else if (r->resp && r->resp_len > 8 && strncmp(r->resp, "{\"id\":\"", 7) == 0) {
     size_t i = 0;
     for (const char *p = r->resp + 7; i + 1 < sizeof obj && p < r->resp + r->resp_len && *p != '"'; p++)
@@ -384,7 +384,7 @@ static void observe_request(struct tp_req *r)
     obj[i] = '\0';
   }
   char path[512];
-  snprintf(path, sizeof path, "%s", r->url);
+  tp_scopy(path, sizeof path, r->url);
   redact_digit_runs(path);
   redact_digit_runs(obj);
   /* Once per request: the fields are written directly (tp_jbuf), the same
@@ -499,7 +499,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
       return MHD_NO;
     r->conn = conn;
     r->t0_ns = tp_mono_ns();
-    snprintf(r->method, sizeof r->method, "%s", method);
+    tp_scopy(r->method, sizeof r->method, method);
     r->url = strdup(url);
     if (!r->url) {
       free(r);

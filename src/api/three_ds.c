@@ -149,14 +149,14 @@ void tp_h_3ds_submit(struct tp_req *r)
   p->pm = pm;
   p->three_ds_done = true;
   p->outcome = tp_outcome_authorize;
-  snprintf(p->lock_id, sizeof p->lock_id, "%s", r->path_id);
+  tp_scopy(p->lock_id, sizeof p->lock_id, r->path_id);
   const char *cm = json_string_value(json_object_get(pi, "capture_method"));
   tp_pay_attempt(p, "authorize", json_integer_value(json_object_get(pi, "amount")),
                  json_string_value(json_object_get(pi, "currency")));
   p->att.capture = !(cm && strcmp(cm, "manual") == 0);
-  snprintf(p->att.vault_token, sizeof p->att.vault_token, "%s", pm_id);
+  tp_scopy(p->att.vault_token, sizeof p->att.vault_token, pm_id);
   p->call.kind = TP_PROC_AUTHORIZE;
-  snprintf(p->call.pan, sizeof p->call.pan, "%s", ci.pan);
+  tp_scopy(p->call.pan, sizeof p->call.pan, ci.pan);
   p->call.exp_month = ci.exp_month;
   p->call.exp_year = ci.exp_year;
   tp_card_wipe(&ci, sizeof ci);

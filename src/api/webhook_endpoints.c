@@ -353,7 +353,7 @@ void tp_h_we_update(struct tp_req *r)
        * restart scan starts from now. */
       char now_id[TP_ID_MAX], floor[TP_ID_MAX + 8];
       tp_id_new(now_id, "evt");
-      snprintf(floor, sizeof floor, "%s", now_id);
+      tp_scopy(floor, sizeof floor, now_id);
       cs_sql(cs, "UPDATE webhook_endpoints SET scan_floor=?2 WHERE id=?1", tp_pack("[s, s]", r->path_id, floor),
              1);
     }

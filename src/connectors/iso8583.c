@@ -125,7 +125,7 @@ static void report(struct iso_link *l, struct pend *p, enum tp_proc_outcome o, c
     return;
   p->c = NULL;
   c->outcome = o;
-  snprintf(c->decline_code, sizeof c->decline_code, "%s", code ? code : "");
+  tp_scopy(c->decline_code, sizeof c->decline_code, code ? code : "");
   if (o == TP_OUT_ERROR)
     tp_metric_inc("turnpike_iso_errors_total", l->labels, 1);
   c->done(c);
@@ -262,7 +262,7 @@ static int build(struct iso_link *l, struct pend *p, struct tp_iso_msg *m)
     return bad ? -1 : 0;
   }
   if (p->type == PT_REVERSAL) {
-    snprintf(p->mti, sizeof p->mti, "%s", p->tries == 0 ? "0400" : "0401");
+    tp_scopy(p->mti, sizeof p->mti, p->tries == 0 ? "0400" : "0401");
     tp_iso_init(m, p->mti);
     utc_fields(m, f7);
     if (p->pan[0])
@@ -278,7 +278,7 @@ static int build(struct iso_link *l, struct pend *p, struct tp_iso_msg *m)
     bad |= tp_iso_set(m, 90, f90);
   } else {
     const char *mti = p->kind == TP_PROC_CAPTURE ? "0220" : p->kind == TP_PROC_REFUND || p->capture ? "0200" : "0100";
-    snprintf(p->mti, sizeof p->mti, "%s", mti);
+    tp_scopy(p->mti, sizeof p->mti, mti);
     tp_iso_init(m, mti);
     utc_fields(m, p->orig_f7);
     if (p->pan[0])
@@ -387,7 +387,7 @@ static void to_reversal(struct iso_link *l, struct pend *p, int64_t now)
   }
   p->type = PT_REVERSAL;
   l->reversals++;
-  snprintf(p->orig_mti, sizeof p->orig_mti, "%s", p->mti);
+  tp_scopy(p->orig_mti, sizeof p->orig_mti, p->mti);
   p->tries = 0;
   p->report_on_send = p->c != NULL;
   tp_metric_inc("turnpike_iso_reversals_total", l->labels, 1);
@@ -551,10 +551,10 @@ static void on_call_answer(struct iso_link *l, struct pend *p, const struct tp_i
   }
   struct tp_proc_call *c = p->c;
   if (c) {
-    snprintf(c->processor_ref, sizeof c->processor_ref, "%s", p->rrn);
+    tp_scopy(c->processor_ref, sizeof c->processor_ref, p->rrn);
     const char *f38 = tp_iso_get(m, 38);
     if (f38)
-      snprintf(c->auth_code, sizeof c->auth_code, "%s", f38);
+      tp_scopy(c->auth_code, sizeof c->auth_code, f38);
   }
   if (tp_iso_f39_approved(f39))
     report(l, p, TP_OUT_APPROVED, "");
@@ -569,7 +569,7 @@ static void on_reversal_answer(struct iso_link *l, struct pend *p, const struct 
   bool reversed = f39 && strcmp(f39, "00") == 0;
   bool unknown = f39 && strcmp(f39, "25") == 0; /* unable to locate: nothing stands */
   if (p->c) {
-    snprintf(p->c->processor_ref, sizeof p->c->processor_ref, "%s", p->rrn);
+    tp_scopy(p->c->processor_ref, sizeof p->c->processor_ref, p->rrn);
     if (p->kind == TP_PROC_STATUS) {
       if (reversed || unknown)
         report(l, p, TP_OUT_NOT_FOUND, "");
@@ -936,20 +936,20 @@ static int iso_submit(void *cls, struct tp_proc_call *c)
       mti = "0220";
     else if (of == TP_PROC_REFUND || (c->kind == TP_PROC_STATUS && of == TP_PROC_AUTHORIZE && c->capture))
       mti = "0200"; /* a refund, or a sale (authorize and capture) */
-    snprintf(p->orig_mti, sizeof p->orig_mti, "%s", mti);
-    snprintf(p->proc_code, sizeof p->proc_code, "%s", of == TP_PROC_REFUND ? "200000" : "000000");
+    tp_scopy(p->orig_mti, sizeof p->orig_mti, mti);
+    tp_scopy(p->proc_code, sizeof p->proc_code, of == TP_PROC_REFUND ? "200000" : "000000");
   } else {
     tp_iso_rrn(c->ref, p->rrn);
     if (c->kind != TP_PROC_AUTHORIZE)
       tp_iso_rrn(target, p->orig_rrn);
-    snprintf(p->proc_code, sizeof p->proc_code, "%s", c->kind == TP_PROC_REFUND ? "200000" : "000000");
+    tp_scopy(p->proc_code, sizeof p->proc_code, c->kind == TP_PROC_REFUND ? "200000" : "000000");
     if (!p->cur[0]) {
       pend_free(p);
       return -1;
     }
   }
   if (c->pan[0])
-    snprintf(p->pan, sizeof p->pan, "%s", c->pan);
+    tp_scopy(p->pan, sizeof p->pan, c->pan);
   if (c->exp_month >= 1 && c->exp_month <= 12 && c->exp_year > 0)
     snprintf(p->exp, sizeof p->exp, "%02u%02u", (unsigned)c->exp_year % 100u, (unsigned)c->exp_month % 100u);
   pthread_mutex_lock(&l->mu);
@@ -1000,8 +1000,8 @@ int tp_iso8583_start(struct tp_connector *out, const char *name, const char *hos
   struct iso_link *l = calloc(1, sizeof *l);
   if (!l)
     return -1;
-  snprintf(l->name, sizeof l->name, "%s", name);
-  snprintf(l->host, sizeof l->host, "%s", host);
+  tp_scopy(l->name, sizeof l->name, name);
+  tp_scopy(l->host, sizeof l->host, host);
   l->port = port;
   l->timeout_ms = timeout_ms > 0 ? timeout_ms : 2000;
   char section[96];
@@ -1010,8 +1010,8 @@ int tp_iso8583_start(struct tp_connector *out, const char *name, const char *hos
   l->rev_tries = (int)tp_config_int(section, "reversal_tries", 5, 1, 100);
   const char *tid = terminal_id && *terminal_id ? terminal_id : tp_config_get(section, "terminal_id");
   const char *mid = merchant_id && *merchant_id ? merchant_id : tp_config_get(section, "merchant_id");
-  snprintf(l->tid, sizeof l->tid, "%s", tid ? tid : "TP000001");
-  snprintf(l->mid, sizeof l->mid, "%s", mid ? mid : "TURNPIKE0000001");
+  tp_scopy(l->tid, sizeof l->tid, tid ? tid : "TP000001");
+  tp_scopy(l->mid, sizeof l->mid, mid ? mid : "TURNPIKE0000001");
   /* Fields 41/42 are ans: reject what the codec would refuse at send time. */
   struct tp_iso_msg probe;
   tp_iso_init(&probe, "0800");
@@ -1032,7 +1032,7 @@ int tp_iso8583_start(struct tp_connector *out, const char *name, const char *hos
     return -1;
   }
   pthread_setname_np(l->thread, "tp-iso");
-  snprintf(out->name, sizeof out->name, "%s", name);
+  tp_scopy(out->name, sizeof out->name, name);
   out->ops = &iso_ops;
   out->cls = l;
   return 0;

@@ -16,6 +16,7 @@
  * checks in procs.c). */
 #include "connectors/connector.h"
 #include "log.h"
+#include "util.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -239,7 +240,7 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *arg)
 static void set_error(struct tp_proc_call *c, const char *code)
 {
   c->outcome = TP_OUT_ERROR;
-  snprintf(c->decline_code, sizeof c->decline_code, "%s", code);
+  tp_scopy(c->decline_code, sizeof c->decline_code, code);
 }
 
 static const char *curl_error_code(CURLcode rc)
@@ -286,7 +287,7 @@ static void copy_code(struct tp_proc_call *c, const char *code, const char *def)
   for (const char *s = code; ok && *s; s++)
     if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_'))
       ok = false;
-  snprintf(c->decline_code, sizeof c->decline_code, "%s", ok ? code : def);
+  tp_scopy(c->decline_code, sizeof c->decline_code, ok ? code : def);
 }
 
 static void copy_text(char *dst, size_t cap, json_t *v)
@@ -626,7 +627,7 @@ int tp_restjson_start(struct tp_connector *out, const char *name, const char *ba
   rj->tls.ca_file = rj->ca_file;
   rj->tls.client_cert = rj->client_cert;
   rj->tls.client_key = rj->client_key;
-  snprintf(rj->name, sizeof rj->name, "%s", name);
+  tp_scopy(rj->name, sizeof rj->name, name);
   rj->timeout_ms = timeout_ms > 0 ? timeout_ms : 2000;
   rj->q = calloc(RJ_QUEUE, sizeof *rj->q);
   rj->multi = curl_multi_init();
@@ -659,7 +660,7 @@ int tp_restjson_start(struct tp_connector *out, const char *name, const char *ba
     return -1;
   }
   pthread_setname_np(rj->thread, "tp-rest");
-  snprintf(out->name, sizeof out->name, "%s", name);
+  tp_scopy(out->name, sizeof out->name, name);
   out->ops = &rj_ops;
   out->cls = rj;
   return 0;

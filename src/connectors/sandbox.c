@@ -62,7 +62,7 @@ static void decide(struct tp_proc_call *c)
   const char *d = tp_test_card_decline(c->pan);
   if (*d) {
     c->outcome = TP_OUT_DECLINED;
-    snprintf(c->decline_code, sizeof c->decline_code, "%s", d);
+    tp_scopy(c->decline_code, sizeof c->decline_code, d);
   } else {
     c->outcome = TP_OUT_APPROVED;
     uint8_t h[32];
@@ -134,7 +134,7 @@ int tp_sandbox_start(struct tp_connector *out, const char *name)
     return -1;
   }
   pthread_setname_np(s->thread, "tp-sandbox");
-  snprintf(out->name, sizeof out->name, "%s", name);
+  tp_scopy(out->name, sizeof out->name, name);
   out->ops = &sandbox_ops;
   out->cls = s;
   return 0;

@@ -132,7 +132,7 @@ static struct scope *scope_get(const char *name)
     return NULL;
   struct scope *s = &A.scopes[A.nscopes++];
   memset(s, 0, sizeof *s);
-  snprintf(s->name, sizeof s->name, "%s", name);
+  tp_scopy(s->name, sizeof s->name, name);
   return s;
 }
 
@@ -178,7 +178,7 @@ static void on_event(const char *merchant, const char *event_id, const char *typ
   if (!e)
     return;
   e->next = NULL;
-  snprintf(e->merchant, sizeof e->merchant, "%s", merchant);
+  tp_scopy(e->merchant, sizeof e->merchant, merchant);
   e->charge_ok = ok;
   e->len = len;
   memcpy(e->json, json, len);
@@ -211,7 +211,7 @@ static void merchant_seen(const char *m, int64_t now)
       oldest = i;
   }
   int i = A.nmerchants < TP_ALERT_MAX_MERCHANTS ? A.nmerchants++ : oldest;
-  snprintf(A.merchants[i].id, sizeof A.merchants[i].id, "%s", m);
+  tp_scopy(A.merchants[i].id, sizeof A.merchants[i].id, m);
   A.merchants[i].seen = now;
 }
 
@@ -449,7 +449,7 @@ static void alert_emit(const char *type, json_t *alert)
   pthread_mutex_lock(&A.mu);
   if (A.fixed_merchants[0]) {
     char buf[sizeof A.fixed_merchants];
-    snprintf(buf, sizeof buf, "%s", A.fixed_merchants);
+    tp_scopy(buf, sizeof buf, A.fixed_merchants);
     char *save = NULL;
     for (char *t = strtok_r(buf, ", ", &save); t && n < TP_ALERT_MAX_MERCHANTS; t = strtok_r(NULL, ", ", &save))
       snprintf(list[n++], 64, "%s", t);
@@ -621,7 +621,7 @@ int tp_alerts_start(void)
   c.dev_floor = cfg_double("dev_floor_latency_ms", 5, 0, 1e6);
   A.lat_cfg = c;
   const char *fm = tp_config_get("alerts", "merchants");
-  snprintf(A.fixed_merchants, sizeof A.fixed_merchants, "%s", fm ? fm : "");
+  tp_scopy(A.fixed_merchants, sizeof A.fixed_merchants, fm ? fm : "");
   tp_metric_help("turnpike_alert_open", "1 while an alert is open for the scope and signal.");
   tp_metric_help("turnpike_payments_total", "Charge outcomes by status, processor, card brand and currency "
                                             "(authorization rate: succeeded / all).");

@@ -74,7 +74,7 @@ static int64_t purge_merchant_events(const char *merchant, const char *floor_evt
                                      int64_t budget)
 {
   char floor[TP_ID_MAX];
-  snprintf(floor, sizeof floor, "%s", floor_evt);
+  tp_scopy(floor, sizeof floor, floor_evt);
   json_t *rows = tp_store_query_take(&tp_app.store,
                                 "SELECT MIN(d.event) AS e, (SELECT COUNT(*) FROM webhook_endpoints WHERE "
                                 "merchant = ?1) AS eps FROM webhook_endpoints w JOIN webhook_deliveries d "
@@ -85,7 +85,7 @@ static int64_t purge_merchant_events(const char *merchant, const char *floor_evt
   if (!rows) /* cannot tell what is still owed: skip this merchant this time */
     return 0;
   if (pending && strcmp(pending, floor) < 0)
-    snprintf(floor, sizeof floor, "%s", pending);
+    tp_scopy(floor, sizeof floor, pending);
   bool endpoints = json_integer_value(json_object_get(json_array_get(rows, 0), "eps")) > 0;
   json_decref(rows);
   rows = tp_store_query_take(&tp_app.store,
@@ -145,7 +145,7 @@ int tp_event_purge(int64_t now_ms, int64_t retention_s)
     }
     budget -= done;
     if (budget > 0) /* this merchant is done for now; next run starts after it */
-      snprintf(H.merchant_cursor, sizeof H.merchant_cursor, "%s", m);
+      tp_scopy(H.merchant_cursor, sizeof H.merchant_cursor, m);
   }
   if (n < 64 && budget > 0)
     H.merchant_cursor[0] = '\0';
@@ -185,7 +185,7 @@ int tp_authorization_expiry_scan(int64_t now)
       continue;
     started += tp_pi_expire(m, id, now);
     H.expiry_created = json_integer_value(json_object_get(row, "created"));
-    snprintf(H.expiry_id, sizeof H.expiry_id, "%s", id);
+    tp_scopy(H.expiry_id, sizeof H.expiry_id, id);
   }
   if (n < EXPIRY_PAGE) { /* the end: start from the oldest next time */
     H.expiry_created = INT64_MIN;

@@ -128,7 +128,7 @@ void tp_iso_init(struct tp_iso_msg *m, const char *mti)
 {
   memset(m, 0, sizeof *m);
   if (mti)
-    snprintf(m->mti, sizeof m->mti, "%s", mti);
+    tp_scopy(m->mti, sizeof m->mti, mti);
 }
 
 static void free_field(char **p)

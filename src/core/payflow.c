@@ -187,7 +187,7 @@ static bool inflight_add(const char *id)
   struct inflight *e = calloc(1, sizeof *e);
   if (!e)
     abort();
-  snprintf(e->id, sizeof e->id, "%s", id);
+  tp_scopy(e->id, sizeof e->id, id);
   e->next = inflight_tab[b];
   inflight_tab[b] = e;
   inflight_n++;
@@ -277,23 +277,23 @@ void tp_pay_attempt(struct tp_pay *p, const char *kind, int64_t amount, const ch
   struct tp_attempt *a = &p->att;
   memset(a, 0, sizeof *a);
   tp_id_new(a->id, "att");
-  snprintf(a->merchant, sizeof a->merchant, "%s", p->m.id);
+  tp_scopy(a->merchant, sizeof a->merchant, p->m.id);
   const char *pi = p->pi ? json_string_value(json_object_get(p->pi, "id")) : NULL;
-  snprintf(a->payment_intent, sizeof a->payment_intent, "%s", pi ? pi : "");
+  tp_scopy(a->payment_intent, sizeof a->payment_intent, pi ? pi : "");
   /* An authorization is routed in tp_pay_run; everything else goes to the
    * processor holding the authorization. */
-  snprintf(a->processor, sizeof a->processor, "%s", charge_processor(p->charge));
+  tp_scopy(a->processor, sizeof a->processor, charge_processor(p->charge));
   /* Our reference to the processor is the attempt id: unique per call, so a
    * processor that deduplicates by reference can never charge twice. */
-  snprintf(a->idem_ref, sizeof a->idem_ref, "%s", a->id);
-  snprintf(a->kind, sizeof a->kind, "%s", kind);
+  tp_scopy(a->idem_ref, sizeof a->idem_ref, a->id);
+  tp_scopy(a->kind, sizeof a->kind, kind);
   snprintf(a->state, sizeof a->state, "sent");
-  snprintf(a->currency, sizeof a->currency, "%s", currency);
+  tp_scopy(a->currency, sizeof a->currency, currency);
   a->amount = amount;
   snprintf(a->route, sizeof a->route, "{\"why\":\"%s\"}", strcmp(kind, "authorize") == 0 ? "default" : "authorization");
   if (p->r && p->r->has_idem && p->r->idem_registered) {
-    snprintf(a->client_idem_key, sizeof a->client_idem_key, "%s", p->r->idem_key);
-    snprintf(a->client_req_hash, sizeof a->client_req_hash, "%s", p->r->req_hash);
+    tp_scopy(a->client_idem_key, sizeof a->client_idem_key, p->r->idem_key);
+    tp_scopy(a->client_req_hash, sizeof a->client_req_hash, p->r->req_hash);
   }
   a->created = tp_now();
 }
@@ -389,9 +389,9 @@ static void set_state(struct tp_attempt *a, const struct tp_proc_call *c)
     snprintf(a->state, sizeof a->state, "failed");
     break;
   }
-  snprintf(a->result_code, sizeof a->result_code, "%s", c->decline_code);
-  snprintf(a->auth_code, sizeof a->auth_code, "%s", c->auth_code);
-  snprintf(a->processor_ref, sizeof a->processor_ref, "%s", c->processor_ref);
+  tp_scopy(a->result_code, sizeof a->result_code, c->decline_code);
+  tp_scopy(a->auth_code, sizeof a->auth_code, c->auth_code);
+  tp_scopy(a->processor_ref, sizeof a->processor_ref, c->processor_ref);
   a->updated = tp_now();
 }
 
@@ -494,12 +494,12 @@ static void send_call(struct tp_pay *p)
   struct tp_proc_call *c = &p->call;
   struct tp_proc *pr = NULL;
   struct tp_connector *conn = conn_of(p->att.processor, &pr);
-  snprintf(c->ref, sizeof c->ref, "%s", p->att.idem_ref);
+  tp_scopy(c->ref, sizeof c->ref, p->att.idem_ref);
   /* The processor groups its records by payment (the simulator's journal
    * proves "no double charge" per payment with it). */
-  snprintf(c->payment, sizeof c->payment, "%s", p->att.payment_intent);
+  tp_scopy(c->payment, sizeof c->payment, p->att.payment_intent);
   c->amount = p->att.amount;
-  snprintf(c->currency, sizeof c->currency, "%s", p->att.currency);
+  tp_scopy(c->currency, sizeof c->currency, p->att.currency);
   c->capture = p->att.capture != 0;
   c->done = call_done;
   c->arg = p;
@@ -518,7 +518,7 @@ static void send_call(struct tp_pay *p)
   if (!conn || conn->ops->submit(conn->cls, c) != 0) {
     p->not_sent = true;
     c->outcome = TP_OUT_ERROR;
-    snprintf(c->decline_code, sizeof c->decline_code, "%s", conn ? "processor_queue_full" : "processor_config_invalid");
+    tp_scopy(c->decline_code, sizeof c->decline_code, conn ? "processor_queue_full" : "processor_config_invalid");
     call_done(c);
   }
 }
@@ -568,7 +568,7 @@ static void route_reason(struct tp_pay *p)
   size_t n = strlen(buf);
   if (p->tries > 0 && n > 1 && n + 12 < sizeof buf)
     snprintf(buf + n - 1, sizeof buf - (n - 1), ",\"try\":%d}", p->tries + 1);
-  snprintf(p->att.route, sizeof p->att.route, "%s", buf);
+  tp_scopy(p->att.route, sizeof p->att.route, buf);
 }
 
 /* The timer fired: commit the finished attempt with the next one, then send. */
@@ -589,19 +589,19 @@ static void retry_fire(void *arg, bool stopping)
   }
   inflight_del(p->att.id);
   char client_key[256], client_hash[65];
-  snprintf(client_key, sizeof client_key, "%s", p->att.client_idem_key);
-  snprintf(client_hash, sizeof client_hash, "%s", p->att.client_req_hash);
+  tp_scopy(client_key, sizeof client_key, p->att.client_idem_key);
+  tp_scopy(client_hash, sizeof client_hash, p->att.client_req_hash);
   int capture = p->att.capture;
   char vault_token[64];
-  snprintf(vault_token, sizeof vault_token, "%s", p->att.vault_token);
+  tp_scopy(vault_token, sizeof vault_token, p->att.vault_token);
   char currency[4];
   snprintf(currency, sizeof currency, "%s", p->att.currency); /* tp_pay_attempt clears att */
   tp_pay_attempt(p, "authorize", p->att.amount, currency);
-  snprintf(p->att.client_idem_key, sizeof p->att.client_idem_key, "%s", client_key);
-  snprintf(p->att.client_req_hash, sizeof p->att.client_req_hash, "%s", client_hash);
-  snprintf(p->att.vault_token, sizeof p->att.vault_token, "%s", vault_token);
+  tp_scopy(p->att.client_idem_key, sizeof p->att.client_idem_key, client_key);
+  tp_scopy(p->att.client_req_hash, sizeof p->att.client_req_hash, client_hash);
+  tp_scopy(p->att.vault_token, sizeof p->att.vault_token, vault_token);
   p->att.capture = capture;
-  snprintf(p->att.processor, sizeof p->att.processor, "%s", p->route_names[p->route_i]);
+  tp_scopy(p->att.processor, sizeof p->att.processor, p->route_names[p->route_i]);
   route_reason(p);
   p->call.kind = TP_PROC_AUTHORIZE;
   p->calls++;
@@ -690,14 +690,14 @@ static void orchestrate(struct tp_pay *p)
     case TP_OUT_NOT_FOUND:
       /* Never reached the processor: safe to go on. */
       snprintf(p->att.state, sizeof p->att.state, "failed");
-      snprintf(p->att.result_code, sizeof p->att.result_code, "%s", p->last_code);
+      tp_scopy(p->att.result_code, sizeof p->att.result_code, p->last_code);
       p->att.updated = tp_now();
       next_step(p, true);
       return;
     default:
       if (error_not_processed(p->last_code)) {
         snprintf(p->att.state, sizeof p->att.state, "failed");
-        snprintf(p->att.result_code, sizeof p->att.result_code, "%s", p->last_code);
+        tp_scopy(p->att.result_code, sizeof p->att.result_code, p->last_code);
         p->att.updated = tp_now();
         next_step(p, true);
       } else {
@@ -721,7 +721,7 @@ static void orchestrate(struct tp_pay *p)
   default:
     break;
   }
-  snprintf(p->last_code, sizeof p->last_code, "%s", c->decline_code[0] ? c->decline_code : "processor_unavailable");
+  tp_scopy(p->last_code, sizeof p->last_code, c->decline_code[0] ? c->decline_code : "processor_unavailable");
   if (p->not_sent ||
       (pr && strcmp(pr->type, "iso8583") == 0 && strcmp(p->last_code, "processor_status_unknown") != 0)) {
     /* Not sent at all, or an ISO link, whose connector reverses a timed-out
@@ -792,8 +792,8 @@ static void call_done(struct tp_proc_call *c)
 static size_t route_payment(struct tp_pay *p)
 {
   const json_t *card = json_object_get(p->pm, "card");
-  snprintf(p->brand, sizeof p->brand, "%s", json_string_value(json_object_get(card, "brand")) ?: "");
-  snprintf(p->country, sizeof p->country, "%s", json_string_value(json_object_get(card, "country")) ?: "");
+  tp_scopy(p->brand, sizeof p->brand, json_string_value(json_object_get(card, "brand")) ?: "");
+  tp_scopy(p->country, sizeof p->country, json_string_value(json_object_get(card, "country")) ?: "");
   struct tp_route_cand c[TP_ROUTE_CANDIDATES];
   size_t nc = 0;
   const char *cur = p->att.currency;
@@ -816,7 +816,7 @@ static size_t route_payment(struct tp_pay *p)
                              p->pi ? json_object_get(p->pi, "metadata") : NULL};
   size_t n = tp_router_route(&pay, c, nc, &p->route);
   for (size_t i = 0; i < n; i++)
-    snprintf(p->route_names[i], sizeof p->route_names[i], "%s", c[p->route.e[i].cand].name);
+    tp_scopy(p->route_names[i], sizeof p->route_names[i], c[p->route.e[i].cand].name);
   return n;
 }
 
@@ -841,7 +841,7 @@ void tp_pay_run(struct tp_pay *p, struct tp_cs *cs)
     p->route_i = 0;
     p->calls = 1;
     p->deadline_ms = tp_mono_ms() + deadline_ms;
-    snprintf(p->att.processor, sizeof p->att.processor, "%s", p->route_names[0]);
+    tp_scopy(p->att.processor, sizeof p->att.processor, p->route_names[0]);
     p->tries = 0;
     route_reason(p);
     p->tries = 1;
@@ -973,7 +973,7 @@ static void save_for_future_use(struct tp_pay *p, struct tp_cs *cs)
     tp_log(TP_LOG_WARN, "payment_method_not_saved", "{s:s?, s:s}", "payment_method", pm_id, "reason", "locked");
     return;
   }
-  snprintf(p->pm_lock_id, sizeof p->pm_lock_id, "%s", pm_id);
+  tp_scopy(p->pm_lock_id, sizeof p->pm_lock_id, pm_id);
   json_t *fresh = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, p->m.id, pm_id);
   if (fresh) {
     if (json_is_string(json_object_get(fresh, "customer"))) {
@@ -1212,7 +1212,7 @@ static bool recover_one(const struct tp_attempt *a)
 {
   struct tp_merchant m;
   memset(&m, 0, sizeof m);
-  snprintf(m.id, sizeof m.id, "%s", a->merchant);
+  tp_scopy(m.id, sizeof m.id, a->merchant);
   if (!inflight_add(a->id))
     return false; /* someone here is still waiting for it */
   struct tp_pay *p = tp_pay_new(NULL, &m);
@@ -1232,11 +1232,11 @@ static bool recover_one(const struct tp_attempt *a)
     p->pm = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, a->merchant, a->vault_token);
     struct tp_card_info ci;
     if (tp_vault_load(a->merchant, a->vault_token, &ci) == 0) {
-      snprintf(p->call.pan, sizeof p->call.pan, "%s", ci.pan);
+      tp_scopy(p->call.pan, sizeof p->call.pan, ci.pan);
       tp_card_wipe(&ci, sizeof ci);
     }
     const json_t *card = json_object_get(p->pm, "card");
-    snprintf(p->brand, sizeof p->brand, "%s", json_string_value(json_object_get(card, "brand")) ?: "");
+    tp_scopy(p->brand, sizeof p->brand, json_string_value(json_object_get(card, "brand")) ?: "");
   }
   if (strcmp(a->kind, "authorize") == 0) {
     const char *st = json_string_value(json_object_get(p->pi, "status"));
@@ -1329,7 +1329,7 @@ static int64_t rev_later(const char *id)
     e = calloc(1, sizeof *e);
     if (!e)
       abort();
-    snprintf(e->id, sizeof e->id, "%s", id);
+    tp_scopy(e->id, sizeof e->id, id);
     *pp = e;
   }
   int64_t wait = recovery_ms;
@@ -1403,7 +1403,7 @@ static void reversal_answered(struct tp_pay *p)
     rev_forget(p->att.id);
     snprintf(p->att.state, sizeof p->att.state, "reversed");
     if (c->processor_ref[0])
-      snprintf(p->att.processor_ref, sizeof p->att.processor_ref, "%s", c->processor_ref);
+      tp_scopy(p->att.processor_ref, sizeof p->att.processor_ref, c->processor_ref);
     p->att.updated = tp_now();
     tp_log(TP_LOG_INFO, "reversal_recovered", "{s:s, s:s, s:s}", "attempt", p->att.id, "processor",
            p->att.processor, "payment_intent", p->att.payment_intent);
@@ -1429,7 +1429,7 @@ static bool recover_reversal(const struct tp_attempt *a)
     return false;
   struct tp_merchant m;
   memset(&m, 0, sizeof m);
-  snprintf(m.id, sizeof m.id, "%s", a->merchant);
+  tp_scopy(m.id, sizeof m.id, a->merchant);
   struct tp_pay *p = tp_pay_new(NULL, &m);
   p->att = *a;
   p->recovering = true;
@@ -1437,7 +1437,7 @@ static bool recover_reversal(const struct tp_attempt *a)
     /* Field 2 like the first reversal; hosts match on field 37 anyway. */
     struct tp_card_info ci;
     if (tp_vault_load(a->merchant, a->vault_token, &ci) == 0) {
-      snprintf(p->call.pan, sizeof p->call.pan, "%s", ci.pan);
+      tp_scopy(p->call.pan, sizeof p->call.pan, ci.pan);
       tp_card_wipe(&ci, sizeof ci);
     }
   }
@@ -1476,7 +1476,7 @@ static int recover_reversals(bool startup)
   size_t nc = 0;
   for (size_t i = 0; i < tp_procs_count() && nc < REV_COUNTS_MAX; i++)
     if (strcmp(tp_proc_at(i)->type, "iso8583") == 0) {
-      snprintf(counts[nc].name, sizeof counts[nc].name, "%s", tp_proc_at(i)->name);
+      tp_scopy(counts[nc].name, sizeof counts[nc].name, tp_proc_at(i)->name);
       counts[nc++].n = 0;
     }
   int done = 0;
@@ -1487,7 +1487,7 @@ static int recover_reversals(bool startup)
     while (j < nc && strcmp(counts[j].name, a->processor) != 0)
       j++;
     if (j == nc && nc < REV_COUNTS_MAX) {
-      snprintf(counts[nc].name, sizeof counts[nc].name, "%s", a->processor);
+      tp_scopy(counts[nc].name, sizeof counts[nc].name, a->processor);
       counts[nc++].n = 0;
     }
     if (j < nc)

@@ -659,7 +659,7 @@ static void fixed_key(const char *key, const char *value, void *arg)
     f->failed = -1;
     return;
   }
-  snprintf(f->s->fixed[f->s->nfixed].currency, sizeof f->s->fixed[0].currency, "%s", c->code);
+  tp_scopy(f->s->fixed[f->s->nfixed].currency, sizeof f->s->fixed[0].currency, c->code);
   f->s->fixed[f->s->nfixed].amount = amt;
   f->s->nfixed++;
 }
@@ -730,7 +730,7 @@ static int configure_one(const char *sec)
     return cfg_error(sec, NULL, "out of memory");
   pthread_mutex_init(&s->mu, NULL);
   p->st = s;
-  snprintf(p->name, sizeof p->name, "%s", name);
+  tp_scopy(p->name, sizeof p->name, name);
   snprintf(s->labels, sizeof s->labels, "processor=\"%s\"", name);
 
   const char *type = tp_config_get(sec, "type");
@@ -740,7 +740,7 @@ static int configure_one(const char *sec)
     state_free(s);
     return cfg_error(sec, "type", "unknown type (sandbox, restjson or iso8583)");
   }
-  snprintf(p->type, sizeof p->type, "%s", type);
+  tp_scopy(p->type, sizeof p->type, type);
   p->can_query_status = strcmp(type, "iso8583") != 0;
 
   const char *ep = tp_config_get(sec, "endpoint");
@@ -753,26 +753,26 @@ static int configure_one(const char *sec)
   } else if (strcmp(type, "restjson") == 0 ? check_url(sec, ep) : check_hostport(sec, ep)) {
     rc = -1;
   } else {
-    snprintf(s->endpoint, sizeof s->endpoint, "%s", ep);
+    tp_scopy(s->endpoint, sizeof s->endpoint, ep);
   }
   const char *v;
   if (rc == 0 && (v = tp_config_get(sec, "api_key")) != NULL) {
     if (strlen(v) >= sizeof s->api_key || strpbrk(v, "\r\n"))
       rc = cfg_error(sec, "api_key", "too long or has a line break");
     else
-      snprintf(s->api_key, sizeof s->api_key, "%s", v);
+      tp_scopy(s->api_key, sizeof s->api_key, v);
   }
   if (rc == 0 && (v = tp_config_get(sec, "terminal_id")) != NULL) {
     if (strlen(v) != 8)
       rc = cfg_error(sec, "terminal_id", "must be 8 characters (ISO 8583 field 41)");
     else
-      snprintf(s->terminal_id, sizeof s->terminal_id, "%s", v);
+      tp_scopy(s->terminal_id, sizeof s->terminal_id, v);
   }
   if (rc == 0 && (v = tp_config_get(sec, "merchant_id")) != NULL) {
     if (strlen(v) == 0 || strlen(v) > 15)
       rc = cfg_error(sec, "merchant_id", "must be 1-15 characters (ISO 8583 field 42)");
     else
-      snprintf(s->merchant_id, sizeof s->merchant_id, "%s", v);
+      tp_scopy(s->merchant_id, sizeof s->merchant_id, v);
   }
 
   rc = rc == 0 ? tls_path(sec, type, "ca_file", s->ca_file, sizeof s->ca_file) : rc;

@@ -66,8 +66,8 @@ static void md_key(const char *key, const char *value, void *arg)
   const char *k = key + strlen("metadata.");
   if (ru->nmd >= TP_ROUTE_MD_MAX || !*k || strlen(k) > 40)
     return;
-  snprintf(ru->md_key[ru->nmd], sizeof ru->md_key[0], "%s", k);
-  snprintf(ru->md_val[ru->nmd], sizeof ru->md_val[0], "%s", value);
+  tp_scopy(ru->md_key[ru->nmd], sizeof ru->md_key[0], k);
+  tp_scopy(ru->md_val[ru->nmd], sizeof ru->md_val[0], value);
   ru->nmd++;
 }
 
@@ -80,13 +80,13 @@ static void load_rule(const char *section, void *arg)
   }
   struct rule *ru = &rules[nrules];
   memset(ru, 0, sizeof *ru);
-  snprintf(ru->name, sizeof ru->name, "%s", section + strlen("route."));
+  tp_scopy(ru->name, sizeof ru->name, section + strlen("route."));
   /* The name goes into the attempt's route JSON unescaped: keep it plain. */
   for (char *q = ru->name; *q; q++)
     if (*q == '"' || *q == '\\' || (unsigned char)*q < 0x20)
       *q = '_';
   const char *v = tp_config_get(section, "merchant");
-  snprintf(ru->merchant, sizeof ru->merchant, "%s", v && strcmp(v, "*") != 0 ? v : "");
+  tp_scopy(ru->merchant, sizeof ru->merchant, v && strcmp(v, "*") != 0 ? v : "");
   copy_lower(ru->currency, sizeof ru->currency, tp_config_get(section, "currency"));
   copy_lower(ru->brand, sizeof ru->brand, tp_config_get(section, "brand"));
   copy_lower(ru->country, sizeof ru->country, tp_config_get(section, "country"));
@@ -104,7 +104,7 @@ static void load_rule(const char *section, void *arg)
       continue;
     }
     *colon = '\0';
-    snprintf(ru->split_name[ru->nsplit], sizeof ru->split_name[0], "%s", parts[i]);
+    tp_scopy(ru->split_name[ru->nsplit], sizeof ru->split_name[0], parts[i]);
     ru->split_pct[ru->nsplit++] = (unsigned)pct;
   }
   const char *st = tp_config_get(section, "strategy");
@@ -184,7 +184,7 @@ static struct arm *arm_get(const char *proc, const char *brand, const char *curr
     if (!a->key[0]) {
       if (!create)
         return NULL;
-      snprintf(a->key, sizeof a->key, "%s", key);
+      tp_scopy(a->key, sizeof a->key, key);
       a->a = a->b = 1.0;
       return a;
     }
@@ -307,7 +307,7 @@ size_t tp_router_route(const struct tp_route_pay *pay, const struct tp_route_can
     if (rule_matches(&rules[i], pay))
       ru = &rules[i];
   if (ru)
-    snprintf(out->rule, sizeof out->rule, "%s", ru->name);
+    tp_scopy(out->rule, sizeof out->rule, ru->name);
 
   /* The split member this payment falls into, if the rule has a split. */
   const char *split_pick = NULL;

@@ -3,6 +3,7 @@
  * series rarely meet. An update is one hash, one uncontended lock and an
  * add; rendering copies every shard under its lock, sorts and prints. */
 #include "metrics.h"
+#include "util.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -127,8 +128,8 @@ static struct series *get(const char *name, const char *labels, enum mtype type,
   }
   s->hash = h;
   s->type = type;
-  snprintf(s->name, sizeof s->name, "%s", name);
-  snprintf(s->labels, sizeof s->labels, "%s", labels);
+  tp_scopy(s->name, sizeof s->name, name);
+  tp_scopy(s->labels, sizeof s->labels, labels);
   s->next = sh->slots[slot];
   sh->slots[slot] = s;
   *out = sh;
@@ -204,7 +205,7 @@ void tp_metric_help(const char *name, const char *help)
   while (i < nhelps && strcmp(helps[i].name, name) != 0)
     i++;
   if (i < HELPS_MAX) {
-    snprintf(helps[i].name, sizeof helps[i].name, "%s", name);
+    tp_scopy(helps[i].name, sizeof helps[i].name, name);
     /* HELP text escapes only backslash and newline; we drop newlines. */
     size_t o = 0;
     for (const char *p = help; *p && o + 3 < sizeof helps[i].text; p++) {

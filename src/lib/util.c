@@ -4,6 +4,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/crypto.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -221,6 +222,17 @@ int64_t tp_mono_ns(void)
 int64_t tp_mono_ms(void)
 {
   return tp_mono_ns() / 1000000LL;
+}
+
+int tp_scopy(char *dst, size_t cap, const char *src)
+{
+  size_t n = strlen(src);
+  if (cap > 0) {
+    size_t k = n < cap ? n : cap - 1;
+    memmove(dst, src, k);
+    dst[k] = '\0';
+  }
+  return n > INT_MAX ? INT_MAX : (int)n;
 }
 
 int tp_ct_equal(const void *a, const void *b, size_t n)

@@ -52,11 +52,11 @@ static int config_set(struct config *c, const char *section, const char *key, co
 {
   if (strcasecmp(section, "server") == 0) {
     if (strcasecmp(key, "listen") == 0)
-      snprintf(c->listen, sizeof c->listen, "%s", value);
+      tp_scopy(c->listen, sizeof c->listen, value);
     else if (strcasecmp(key, "data") == 0)
-      snprintf(c->data, sizeof c->data, "%s", value);
+      tp_scopy(c->data, sizeof c->data, value);
     else if (strcasecmp(key, "public_url") == 0)
-      snprintf(c->public_url, sizeof c->public_url, "%s", value);
+      tp_scopy(c->public_url, sizeof c->public_url, value);
     else if (strcasecmp(key, "threads") == 0) {
       long t = strtol(value, NULL, 10);
       if (t < 1 || t > 256)
@@ -69,7 +69,7 @@ static int config_set(struct config *c, const char *section, const char *key, co
   if (strcasecmp(section, "log") == 0 && strcasecmp(key, "level") == 0) {
     if (tp_log_level_parse(value) < 0)
       return 0;
-    snprintf(c->log_level, sizeof c->log_level, "%s", value);
+    tp_scopy(c->log_level, sizeof c->log_level, value);
     return 1;
   }
   if (strcasecmp(section, "log") == 0)
@@ -215,11 +215,11 @@ static int cmd_serve(int argc, char **argv)
   }
   config_env(&c);
   if (listen)
-    snprintf(c.listen, sizeof c.listen, "%s", listen);
+    tp_scopy(c.listen, sizeof c.listen, listen);
   if (data)
-    snprintf(c.data, sizeof c.data, "%s", data);
+    tp_scopy(c.data, sizeof c.data, data);
   if (level)
-    snprintf(c.log_level, sizeof c.log_level, "%s", level);
+    tp_scopy(c.log_level, sizeof c.log_level, level);
   int lvl = tp_log_level_parse(c.log_level);
   if (lvl < 0) {
     fprintf(stderr, "turnpike: bad log level %s\n", c.log_level);
@@ -256,7 +256,7 @@ static int cmd_serve(int argc, char **argv)
   if (nofile < 4096 + 256)
     tp_log(TP_LOG_WARN, "open_files_limited", "{s:i, s:s}", "limit", (int)nofile, "hint",
            "raise the hard limit (ulimit -Hn, LimitNOFILE=) to serve 4096 connections");
-  snprintf(tp_app.data_dir, sizeof tp_app.data_dir, "%s", c.data);
+  tp_scopy(tp_app.data_dir, sizeof tp_app.data_dir, c.data);
   char addr_path[1200];
   snprintf(addr_path, sizeof addr_path, "%s/serve.addr", c.data);
   unlink(addr_path);
@@ -319,7 +319,7 @@ static int cmd_serve(int argc, char **argv)
     return 1;
   }
   if (c.public_url[0])
-    snprintf(tp_app.public_url, sizeof tp_app.public_url, "%s", c.public_url);
+    tp_scopy(tp_app.public_url, sizeof tp_app.public_url, c.public_url);
   else
   {
     char hp[200];

@@ -227,9 +227,9 @@ static void on_event(const char *merchant, const char *event_id, const char *typ
   if (!e)
     return;
   e->next = NULL;
-  snprintf(e->merchant, sizeof e->merchant, "%s", merchant);
-  snprintf(e->id, sizeof e->id, "%s", event_id);
-  snprintf(e->type, sizeof e->type, "%s", type);
+  tp_scopy(e->merchant, sizeof e->merchant, merchant);
+  tp_scopy(e->id, sizeof e->id, event_id);
+  tp_scopy(e->type, sizeof e->type, type);
   memcpy(e->json, json, len);
   e->json[len] = '\0';
   e->len = len;
@@ -487,7 +487,7 @@ static void on_client_message(struct conn *c, const uint8_t *data, size_t len)
   }
   c->npatterns = 0;
   for (size_t i = 0; i < json_array_size(events); i++)
-    snprintf(c->patterns[c->npatterns++], sizeof c->patterns[0], "%s", json_string_value(json_array_get(events, i)));
+    tp_scopy(c->patterns[c->npatterns++], sizeof c->patterns[0], json_string_value(json_array_get(events, i)));
   free(c->objects);
   c->objects = NULL;
   c->nobjects = 0;
@@ -737,7 +737,7 @@ static void on_upgrade(void *cls, struct MHD_Connection *connection, void *con_c
   pthread_mutex_lock(&S.mu);
   handshake_unlink(h);
   h->upgraded = true;
-  snprintf(merchant, sizeof merchant, "%s", h->merchant);
+  tp_scopy(merchant, sizeof merchant, h->merchant);
   bool last = --h->refs == 0;
   pthread_mutex_unlock(&S.mu);
   if (last)
@@ -760,7 +760,7 @@ static void on_upgrade(void *cls, struct MHD_Connection *connection, void *con_c
   }
   c->fd = sock;
   c->urh = urh;
-  snprintf(c->merchant, sizeof c->merchant, "%s", merchant);
+  tp_scopy(c->merchant, sizeof c->merchant, merchant);
   /* Checked in the same critical section as the push, so the stream
    * thread, which leaves only once stopping is set, takes every push. */
   pthread_mutex_lock(&S.mu);
@@ -883,7 +883,7 @@ void tp_h_stream(struct tp_req *r)
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
     return;
   }
-  snprintf(h->merchant, sizeof h->merchant, "%s", r->merchant.id);
+  tp_scopy(h->merchant, sizeof h->merchant, r->merchant.id);
   h->refs = 2;
   r->ctx = h;
   r->ctx_free = handshake_release;

@@ -277,9 +277,9 @@ static void on_event(const char *merchant, const char *event_id, const char *typ
     pthread_mutex_unlock(&W.mu);
     return;
   }
-  snprintf(m->merchant, sizeof m->merchant, "%s", merchant);
-  snprintf(m->id, sizeof m->id, "%s", event_id);
-  snprintf(m->type, sizeof m->type, "%s", type);
+  tp_scopy(m->merchant, sizeof m->merchant, merchant);
+  tp_scopy(m->id, sizeof m->id, event_id);
+  tp_scopy(m->type, sizeof m->type, type);
   if (W.ev_tail)
     W.ev_tail->next = m;
   else
@@ -368,12 +368,12 @@ static void load_endpoints(void)
       json_decref(data);
       continue;
     }
-    snprintf(e->id, sizeof e->id, "%s", id);
-    snprintf(e->merchant, sizeof e->merchant, "%s", json_string_value(json_object_get(row, "merchant")) ?: "");
+    tp_scopy(e->id, sizeof e->id, id);
+    tp_scopy(e->merchant, sizeof e->merchant, json_string_value(json_object_get(row, "merchant")) ?: "");
     const char *dash = strchr(id, '_');
     snprintf(e->floor0, sizeof e->floor0, "evt_%s", dash ? dash + 1 : "");
-    snprintf(e->scan_floor, sizeof e->scan_floor, "%s", json_string_value(json_object_get(row, "scan_floor")) ?: "");
-    snprintf(e->url, sizeof e->url, "%s", url);
+    tp_scopy(e->scan_floor, sizeof e->scan_floor, json_string_value(json_object_get(row, "scan_floor")) ?: "");
+    tp_scopy(e->url, sizeof e->url, url);
     e->events = json_incref(json_object_get(data, "enabled_events"));
     if (!json_is_array(e->events)) {
       json_decref(e->events);
@@ -500,8 +500,8 @@ static void scan(void)
     if (!e->enabled)
       continue;
     char cursor[TP_ID_MAX], floor[TP_ID_MAX];
-    snprintf(floor, sizeof floor, "%s", strcmp(e->scan_floor, e->floor0) > 0 ? e->scan_floor : e->floor0);
-    snprintf(cursor, sizeof cursor, "%s", floor);
+    tp_scopy(floor, sizeof floor, strcmp(e->scan_floor, e->floor0) > 0 ? e->scan_floor : e->floor0);
+    tp_scopy(cursor, sizeof cursor, floor);
     bool floor_moving = true;
     struct tp_cs *cs = NULL;
     for (int page = 0; page < WH_SCAN_PAGES; page++) {
@@ -525,10 +525,10 @@ static void scan(void)
           wsql(cs, ins_delivery, tp_pack("[s, s, s, I]", e->id, id, e->merchant, (json_int_t)t), 0);
         }
         if (floor_moving && json_integer_value(json_object_get(row, "created")) < settled_before)
-          snprintf(floor, sizeof floor, "%s", id);
+          tp_scopy(floor, sizeof floor, id);
         else
           floor_moving = false;
-        snprintf(cursor, sizeof cursor, "%s", id);
+        tp_scopy(cursor, sizeof cursor, id);
       }
       json_decref(rows);
       if (n < WH_SCAN_PAGE)
@@ -540,7 +540,7 @@ static void scan(void)
       /* Only forward: re-enabling moves the floor ahead of us. */
       wsql(cs, "UPDATE webhook_endpoints SET scan_floor=?2 WHERE id=?1 AND scan_floor<?2",
            tp_pack("[s, s]", e->id, floor), 0);
-      snprintf(e->scan_floor, sizeof e->scan_floor, "%s", floor);
+      tp_scopy(e->scan_floor, sizeof e->scan_floor, floor);
     }
     if (cs) {
       tp_cs_on_done(cs, rows_done, NULL);
@@ -581,9 +581,9 @@ static bool start_job(struct ep *e, const char *event_id, int attempts, int64_t 
   struct job *j = calloc(1, sizeof *j);
   if (!j)
     abort();
-  snprintf(j->endpoint, sizeof j->endpoint, "%s", e->id);
-  snprintf(j->event, sizeof j->event, "%s", event_id);
-  snprintf(j->merchant, sizeof j->merchant, "%s", e->merchant);
+  tp_scopy(j->endpoint, sizeof j->endpoint, e->id);
+  tp_scopy(j->event, sizeof j->event, event_id);
+  tp_scopy(j->merchant, sizeof j->merchant, e->merchant);
   j->attempt = attempts + 1;
   j->created_ms = created_ms;
   j->body = body;

@@ -90,8 +90,8 @@ int tp_auth_merchant(struct tp_store *st, const char *id, struct tp_merchant *m)
   int found = 0;
   if (row) {
     memset(m, 0, sizeof *m);
-    snprintf(m->id, sizeof m->id, "%s", json_string_value(json_object_get(row, "id")));
-    snprintf(m->name, sizeof m->name, "%s", json_string_value(json_object_get(row, "name")));
+    tp_scopy(m->id, sizeof m->id, json_string_value(json_object_get(row, "id")));
+    tp_scopy(m->name, sizeof m->name, json_string_value(json_object_get(row, "name")));
     unhex32(json_string_value(json_object_get(row, "fp")), m->fp_key);
     found = 1;
   }
@@ -117,11 +117,11 @@ static int key_row(const uint8_t h[32], struct tp_auth *a, int64_t *expires)
     return 0;
   }
   memset(a, 0, sizeof *a);
-  snprintf(a->merchant.id, sizeof a->merchant.id, "%s", json_string_value(json_object_get(row, "id")));
-  snprintf(a->merchant.name, sizeof a->merchant.name, "%s", json_string_value(json_object_get(row, "name")));
+  tp_scopy(a->merchant.id, sizeof a->merchant.id, json_string_value(json_object_get(row, "id")));
+  tp_scopy(a->merchant.name, sizeof a->merchant.name, json_string_value(json_object_get(row, "name")));
   unhex32(json_string_value(json_object_get(row, "fp")), a->merchant.fp_key);
   const char *kind = json_string_value(json_object_get(row, "kind"));
-  snprintf(a->kind, sizeof a->kind, "%s", kind ? kind : "");
+  tp_scopy(a->kind, sizeof a->kind, kind ? kind : "");
   if (strcmp(a->kind, "secret") == 0)
     a->scopes = TP_SCOPE_ALL;
   else if (strcmp(a->kind, "restricted") == 0) {

@@ -237,7 +237,7 @@ static void bad(struct vstate *v, int64_t seq, const char *why)
 {
   if (v->first_bad == 0 || seq < v->first_bad) {
     v->first_bad = seq;
-    snprintf(v->reason, sizeof v->reason, "%s", why);
+    tp_scopy(v->reason, sizeof v->reason, why);
   }
 }
 

@@ -188,7 +188,7 @@ int tp_kek_open_file(const char *dir, struct tp_kek_provider *p)
   struct file_kek *f = calloc(1, sizeof *f);
   if (!f)
     return -1;
-  snprintf(f->dir, sizeof f->dir, "%s", dir);
+  tp_scopy(f->dir, sizeof f->dir, dir);
   pthread_mutex_init(&f->mu, NULL);
   *p = (struct tp_kek_provider){"file", f, file_create, file_wrap, file_unwrap, file_sign, file_pubkey, file_close};
   return 0;
@@ -439,7 +439,7 @@ int tp_kek_rewrap_batch(int max)
     const char *hex = json_string_value(json_object_get(row, "b"));
     if (!tok || !mer || !hex)
       continue;
-    snprintf(rw_cursor, sizeof rw_cursor, "%s", tok);
+    tp_scopy(rw_cursor, sizeof rw_cursor, tok);
     uint8_t blob[TP_VAULT_MAX_BLOB], out[TP_VAULT_MAX_BLOB];
     size_t bl, ol;
     char ohex[2 * TP_VAULT_MAX_BLOB + 1];

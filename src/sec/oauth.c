@@ -196,8 +196,8 @@ static enum cauth client_auth(struct tp_req *r, struct oclient *c)
       return pid || psecret ? CA_BAD_CLIENT : CA_BAD_REQUEST;
     if (strlen(pid) > TP_OAUTH_MAX_CRED || strlen(psecret) > TP_OAUTH_MAX_CRED)
       return CA_BAD_CLIENT;
-    snprintf(id, sizeof id, "%s", pid);
-    snprintf(secret, sizeof secret, "%s", psecret);
+    tp_scopy(id, sizeof id, pid);
+    tp_scopy(secret, sizeof secret, psecret);
   }
   json_t *args = tp_pack("[s]", id);
   json_t *rows = tp_store_query(&tp_app.store,
@@ -211,12 +211,12 @@ static enum cauth client_auth(struct tp_req *r, struct oclient *c)
   /* Hash even for an unknown id, so timing tells nothing about which ids exist. */
   tp_sha256_hex(secret, strlen(secret), got);
   const char *sh = row ? json_string_value(json_object_get(row, "secret_hash")) : NULL;
-  snprintf(want, sizeof want, "%s", sh && strlen(sh) == 64 ? sh : "");
+  tp_scopy(want, sizeof want, sh && strlen(sh) == 64 ? sh : "");
   bool ok = row && want[0] && tp_ct_equal(want, got, 64) && json_is_null(json_object_get(row, "revoked"));
   if (ok) {
     bool sok;
-    snprintf(c->client_id, sizeof c->client_id, "%s", id);
-    snprintf(c->merchant, sizeof c->merchant, "%s", json_string_value(json_object_get(row, "merchant")));
+    tp_scopy(c->client_id, sizeof c->client_id, id);
+    tp_scopy(c->merchant, sizeof c->merchant, json_string_value(json_object_get(row, "merchant")));
     c->scopes = tp_scopes_parse(json_string_value(json_object_get(row, "scopes")), &sok);
   }
   json_decref(rows);

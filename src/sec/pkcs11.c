@@ -335,8 +335,8 @@ int tp_kek_open_pkcs11(struct tp_kek_provider *out)
   if (!p)
     return -1;
   pthread_mutex_init(&p->mu, NULL);
-  snprintf(p->label, sizeof p->label, "%s", label && *label ? label : "turnpike-kek");
-  snprintf(p->audit_label, sizeof p->audit_label, "%s", alabel && *alabel ? alabel : "turnpike-audit");
+  tp_scopy(p->label, sizeof p->label, label && *label ? label : "turnpike-kek");
+  tp_scopy(p->audit_label, sizeof p->audit_label, alabel && *alabel ? alabel : "turnpike-audit");
   const char *stage = "dlopen";
   CK_RV r = CKR_OK;
   p->dl = dlopen(mod, RTLD_NOW | RTLD_LOCAL);

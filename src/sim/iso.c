@@ -358,7 +358,7 @@ static bool handle(struct iconn *c, struct tp_iso_msg *m)
   const char *f49 = tp_iso_get(m, 49);
   const char *alpha = f49 ? tp_iso_currency_alpha(f49) : NULL;
   if (alpha)
-    snprintf(cur, sizeof cur, "%s", alpha);
+    tp_scopy(cur, sizeof cur, alpha);
   if (auth) {
     if (!alpha || q.amount <= 0 || strlen(tp_iso_get(m, 2)) < 12) {
       answer_code(c, m, alpha ? "13" : "30"); /* 13 invalid amount */
@@ -366,7 +366,7 @@ static bool handle(struct iconn *c, struct tp_iso_msg *m)
     }
     q.op = TP_SIM_AUTHORIZE;
     q.capture = mti[1] == '2';
-    snprintf(pan, sizeof pan, "%s", tp_iso_get(m, 2));
+    tp_scopy(pan, sizeof pan, tp_iso_get(m, 2));
     q.pan = pan;
   } else if (refund || advice) {
     if (!alpha || q.amount <= 0) {
@@ -557,7 +557,7 @@ static void *iso_main(void *arg)
 
 int tp_sim_iso_start(const char *host, uint16_t port, const char *name, uint16_t *bound)
 {
-  snprintf(proc_name, sizeof proc_name, "%s", name);
+  tp_scopy(proc_name, sizeof proc_name, name);
   struct sockaddr_storage sa;
   socklen_t sa_len;
   if (tp_cli_sockaddr(host, port, &sa, &sa_len) != 0)

@@ -56,7 +56,7 @@ static struct proc *find_or_add(const char *name)
   if (n_procs >= TP_SIM_MAX_PROCS)
     return NULL;
   struct proc *p = &procs[n_procs++];
-  snprintf(p->name, sizeof p->name, "%s", name);
+  tp_scopy(p->name, sizeof p->name, name);
   defaults(&p->b);
   return p;
 }
@@ -108,7 +108,7 @@ static int set_override(struct tp_sim_behaviour *b, const char *key, double rate
     }
   if (b->n_overrides >= TP_SIM_MAX_OVERRIDES)
     return -1;
-  snprintf(b->overrides[b->n_overrides].key, sizeof b->overrides[0].key, "%s", low);
+  tp_scopy(b->overrides[b->n_overrides].key, sizeof b->overrides[0].key, low);
   b->overrides[b->n_overrides++].rate = rate;
   return 0;
 }
@@ -165,7 +165,7 @@ static int set_key(struct tp_sim_behaviour *b, const char *key, const char *valu
   } else if (!strcasecmp(key, "api_key")) {
     if (strlen(value) >= sizeof b->api_key)
       return -1;
-    snprintf(b->api_key, sizeof b->api_key, "%s", value);
+    tp_scopy(b->api_key, sizeof b->api_key, value);
   } else
     return -1;
   return 0;
@@ -259,13 +259,13 @@ int tp_sim_faults_apply(json_t *o, char *err, size_t errlen)
       continue;
     char buf[160];
     if (json_is_boolean(v))
-      snprintf(buf, sizeof buf, "%s", json_is_true(v) ? "true" : "false");
+      tp_scopy(buf, sizeof buf, json_is_true(v) ? "true" : "false");
     else if (json_is_integer(v))
       snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(v));
     else if (json_is_real(v))
       snprintf(buf, sizeof buf, "%.17g", json_real_value(v));
     else if (json_is_string(v) && strlen(json_string_value(v)) < sizeof buf)
-      snprintf(buf, sizeof buf, "%s", json_string_value(v));
+      tp_scopy(buf, sizeof buf, json_string_value(v));
     else {
       pthread_rwlock_unlock(&procs_mu);
       snprintf(err, errlen, "%.64s: unsupported value", key);

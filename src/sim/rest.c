@@ -495,7 +495,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (!r)
       return MHD_NO;
     r->conn = conn;
-    snprintf(r->method, sizeof r->method, "%s", method);
+    tp_scopy(r->method, sizeof r->method, method);
     r->url = strdup(url);
     if (!r->url) {
       free(r);

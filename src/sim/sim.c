@@ -111,7 +111,7 @@ static void pick_iso(const char *section, void *arg)
   struct iso_pick *p = arg;
   const char *proto = tp_config_get(section, "protocol");
   if (!p->name[0] && proto && !strcasecmp(proto, "iso") && tp_sim_name_ok(section + 4))
-    snprintf(p->name, sizeof p->name, "%s", section + 4);
+    tp_scopy(p->name, sizeof p->name, section + 4);
 }
 
 int tp_cmd_sim(int argc, char **argv)

@@ -199,9 +199,9 @@ static struct rec *new_rec(const struct tp_sim_request *q, const char *key)
   struct rec *r = calloc(1, sizeof *r);
   if (!r)
     abort();
-  snprintf(r->key, sizeof r->key, "%s", key);
+  tp_scopy(r->key, sizeof r->key, key);
   r->op = q->op;
-  snprintf(r->reference, sizeof r->reference, "%s", q->reference);
+  tp_scopy(r->reference, sizeof r->reference, q->reference);
   return r;
 }
 
@@ -210,12 +210,12 @@ static struct tp_sim_entry *new_entry(const struct tp_sim_request *q, struct rec
   struct tp_sim_entry *e = calloc(1, sizeof *e);
   if (!e)
     abort();
-  snprintf(e->processor, sizeof e->processor, "%s", q->processor);
-  snprintf(e->protocol, sizeof e->protocol, "%s", q->iso ? "iso" : "rest");
-  snprintf(e->operation, sizeof e->operation, "%s", op_name(q->op));
-  snprintf(e->reference, sizeof e->reference, "%s", q->reference);
-  snprintf(e->terminal, sizeof e->terminal, "%s", q->terminal ? q->terminal : "");
-  snprintf(e->payment, sizeof e->payment, "%s", q->payment ? q->payment : "");
+  tp_scopy(e->processor, sizeof e->processor, q->processor);
+  tp_scopy(e->protocol, sizeof e->protocol, q->iso ? "iso" : "rest");
+  tp_scopy(e->operation, sizeof e->operation, op_name(q->op));
+  tp_scopy(e->reference, sizeof e->reference, q->reference);
+  tp_scopy(e->terminal, sizeof e->terminal, q->terminal ? q->terminal : "");
+  tp_scopy(e->payment, sizeof e->payment, q->payment ? q->payment : "");
   e->done = on_commit;
   e->arg = r;
   return e;
@@ -338,10 +338,10 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
     if (r->approved)
       tp_sim_auth_code(code);
     tp_id_new(id, "auth");
-    snprintf(r->id, sizeof r->id, "%s", id);
-    snprintf(r->payment, sizeof r->payment, "%s", q->payment ? q->payment : "");
+    tp_scopy(r->id, sizeof r->id, id);
+    tp_scopy(r->payment, sizeof r->payment, q->payment ? q->payment : "");
     r->amount = q->amount;
-    snprintf(r->currency, sizeof r->currency, "%s", q->currency);
+    tp_scopy(r->currency, sizeof r->currency, q->currency);
     r->captured = r->approved && q->capture ? q->amount : 0;
     o = tp_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:b}", "id", id, "operation", "authorize", "reference",
                 q->reference, "status", r->approved ? "approved" : "declined", "payment",
@@ -351,10 +351,10 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
     json_object_set_new(o, "auth_code", r->approved ? json_string(code) : json_null());
     if (q->iso && q->terminal)
       json_object_set_new(o, "terminal", json_string(q->terminal));
-    snprintf(e->txn_id, sizeof e->txn_id, "%s", id);
+    tp_scopy(e->txn_id, sizeof e->txn_id, id);
     e->amount = q->amount;
-    snprintf(e->status, sizeof e->status, "%s", r->approved ? "approved" : "declined");
-    snprintf(e->decline_code, sizeof e->decline_code, "%s", decline);
+    tp_scopy(e->status, sizeof e->status, r->approved ? "approved" : "declined");
+    tp_scopy(e->decline_code, sizeof e->decline_code, decline);
     make_id_key(r->id_key, q->processor, id);
     table_put(&by_id, true, r);
     break;
@@ -396,7 +396,7 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
                 (json_int_t)amount, "currency", auth->currency);
     json_object_set_new(o, "failure_reason", ok ? json_null() : json_string("amount_exceeds_captured"));
     e->amount = amount;
-    snprintf(e->status, sizeof e->status, "%s", ok ? "succeeded" : "failed");
+    tp_scopy(e->status, sizeof e->status, ok ? "succeeded" : "failed");
     break;
   }
   case TP_SIM_REVERSAL: {
@@ -415,17 +415,17 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
     if (q->terminal)
       json_object_set_new(o, "terminal", json_string(q->terminal));
     e->amount = amt;
-    snprintf(e->status, sizeof e->status, "%s", st);
+    tp_scopy(e->status, sizeof e->status, st);
     break;
   }
   }
   if (auth) {
-    snprintf(e->target, sizeof e->target, "%s", auth->reference);
+    tp_scopy(e->target, sizeof e->target, auth->reference);
     snprintf(e->payment, sizeof e->payment, "%s", auth->payment); /* the journal groups by payment */
-    snprintf(e->currency, sizeof e->currency, "%s", auth->currency);
+    tp_scopy(e->currency, sizeof e->currency, auth->currency);
   } else
-    snprintf(e->currency, sizeof e->currency, "%s", q->currency);
-  snprintf(e->txn_id, sizeof e->txn_id, "%s", id);
+    tp_scopy(e->currency, sizeof e->currency, q->currency);
+  tp_scopy(e->txn_id, sizeof e->txn_id, id);
   r->response = dump(o);
   e->response = strdup(r->response);
   if (!e->response)
@@ -503,18 +503,18 @@ static void replay_one(const struct tp_sim_entry *e, void *arg)
   struct rec *r = calloc(1, sizeof *r);
   if (!r)
     abort();
-  snprintf(r->key, sizeof r->key, "%s", key);
+  tp_scopy(r->key, sizeof r->key, key);
   r->op = op;
-  snprintf(r->reference, sizeof r->reference, "%s", e->reference);
+  tp_scopy(r->reference, sizeof r->reference, e->reference);
   r->response = strdup(e->response ? e->response : "{}");
   r->committed = true;
   struct rec *auth = e->target[0] ? find_auth(e->processor, iso, e->target, e->terminal) : NULL;
   switch (op) {
   case TP_SIM_AUTHORIZE:
-    snprintf(r->id, sizeof r->id, "%s", e->txn_id);
-    snprintf(r->payment, sizeof r->payment, "%s", e->payment);
+    tp_scopy(r->id, sizeof r->id, e->txn_id);
+    tp_scopy(r->payment, sizeof r->payment, e->payment);
     r->amount = e->amount;
-    snprintf(r->currency, sizeof r->currency, "%s", e->currency);
+    tp_scopy(r->currency, sizeof r->currency, e->currency);
     r->approved = strcmp(e->status, "approved") == 0;
     if (r->approved && strstr(r->response, "\"captured\":true"))
       r->captured = e->amount;

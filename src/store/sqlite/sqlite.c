@@ -252,9 +252,9 @@ static int bal_add(struct bal_delta *d, size_t *n, size_t max, const char *merch
       strlen(cur) >= sizeof d->cur)
     return -1;
   struct bal_delta *e = &d[(*n)++];
-  snprintf(e->merchant, sizeof e->merchant, "%s", merchant);
-  snprintf(e->account, sizeof e->account, "%s", account);
-  snprintf(e->cur, sizeof e->cur, "%s", cur);
+  tp_scopy(e->merchant, sizeof e->merchant, merchant);
+  tp_scopy(e->account, sizeof e->account, account);
+  tp_scopy(e->cur, sizeof e->cur, cur);
   e->delta = delta;
   return 0;
 }
@@ -367,7 +367,7 @@ static int apply_one(struct sq *s, struct tp_cs *cs, struct bal_set *bal)
       if (k == nsums) {
         if (nsums == 16 || strlen(op->id) >= 64 || strlen(op->s2) != 3)
           return -1;
-        snprintf(sums[k].txn, sizeof sums[k].txn, "%s", op->id);
+        tp_scopy(sums[k].txn, sizeof sums[k].txn, op->id);
         memcpy(sums[k].cur, op->s2, 4);
         sums[k].sum = 0;
         nsums++;
@@ -784,11 +784,11 @@ static int sq_idem_get(void *cls, const char *merchant, const char *key, struct 
   sqlite3_bind_int64(st, 3, tp_now() - s->idem_ttl);
   int found = 0;
   if (sqlite3_step(st) == SQLITE_ROW) {
-    snprintf(out->req_hash, sizeof out->req_hash, "%s", (const char *)sqlite3_column_text(st, 0));
+    tp_scopy(out->req_hash, sizeof out->req_hash, (const char *)sqlite3_column_text(st, 0));
     out->status = sqlite3_column_int(st, 1);
     out->body = column_json(st, 2);
     const unsigned char *rid = sqlite3_column_text(st, 3);
-    snprintf(out->request_id, sizeof out->request_id, "%s", rid ? (const char *)rid : "");
+    tp_scopy(out->request_id, sizeof out->request_id, rid ? (const char *)rid : "");
     found = 1;
   }
   sqlite3_reset(st);
@@ -810,8 +810,8 @@ static int sq_apikey_lookup(void *cls, const uint8_t hash[32], struct tp_merchan
   sqlite3_bind_int64(st, 2, tp_now());
   int found = 0;
   if (sqlite3_step(st) == SQLITE_ROW) {
-    snprintf(m->id, sizeof m->id, "%s", (const char *)sqlite3_column_text(st, 0));
-    snprintf(m->name, sizeof m->name, "%s", (const char *)sqlite3_column_text(st, 1));
+    tp_scopy(m->id, sizeof m->id, (const char *)sqlite3_column_text(st, 0));
+    tp_scopy(m->name, sizeof m->name, (const char *)sqlite3_column_text(st, 1));
     if (sqlite3_column_bytes(st, 2) == 32)
       memcpy(m->fp_key, sqlite3_column_blob(st, 2), 32);
     snprintf(kind, 16, "%s", (const char *)sqlite3_column_text(st, 3));
@@ -1027,8 +1027,8 @@ static int sq_merchant_of(void *cls, const char *pi_id, struct tp_merchant *m)
   int found = 0;
   if (sqlite3_step(st) == SQLITE_ROW) {
     memset(m, 0, sizeof *m);
-    snprintf(m->id, sizeof m->id, "%s", (const char *)sqlite3_column_text(st, 0));
-    snprintf(m->name, sizeof m->name, "%s", (const char *)sqlite3_column_text(st, 1));
+    tp_scopy(m->id, sizeof m->id, (const char *)sqlite3_column_text(st, 0));
+    tp_scopy(m->name, sizeof m->name, (const char *)sqlite3_column_text(st, 1));
     if (sqlite3_column_bytes(st, 2) == 32)
       memcpy(m->fp_key, sqlite3_column_blob(st, 2), 32);
     found = 1;
@@ -1095,7 +1095,7 @@ static int wal_fd_ready(struct sq *s)
   if (s->wal_fd < 0)
     return -1;
   char dir[4200];
-  snprintf(dir, sizeof dir, "%s", s->path);
+  tp_scopy(dir, sizeof dir, s->path);
   char *slash = strrchr(dir, '/');
   if (slash)
     *slash = '\0';

@@ -182,6 +182,29 @@ static void test_hex_encodes_lowercase(void **state)
   assert_string_equal(out, "000fa5ff");
 }
 
+/* tp_scopy must give exactly what snprintf(dst, cap, "%s", src) gives, for
+ * every length around the capacity, and touch nothing past cap. */
+static void test_scopy_matches_snprintf(void **state)
+{
+  (void)state;
+  const char *src = "pi_0123456789abcdefghijklmnopqrstuvwxyz";
+  size_t srclen = strlen(src);
+  for (size_t cap = 1; cap <= srclen + 2; cap++) {
+    char want[64], got[64];
+    memset(want, 'X', sizeof want);
+    memset(got, 'X', sizeof got);
+    int w = snprintf(want, cap, "%s", src);
+    int g = tp_scopy(got, cap, src);
+    assert_int_equal(g, w);
+    assert_memory_equal(got, want, sizeof got);
+  }
+  char one[4] = "abc";
+  assert_int_equal(tp_scopy(one, 4, ""), 0);
+  assert_string_equal(one, "");
+  assert_int_equal(tp_scopy(one, 0, "zz"), 2); /* cap 0: nothing written */
+  assert_string_equal(one, "");
+}
+
 static void test_ct_equal_compares_every_byte(void **state)
 {
   (void)state;
@@ -255,6 +278,7 @@ int main(void)
     cmocka_unit_test(test_hmac_sha256_matches_rfc4231_case2),
     cmocka_unit_test(test_hmac_sha256_matches_rfc4231_case1),
     cmocka_unit_test(test_hex_encodes_lowercase),
+    cmocka_unit_test(test_scopy_matches_snprintf),
     cmocka_unit_test(test_ct_equal_compares_every_byte),
     cmocka_unit_test(test_clocks_are_sane),
     cmocka_unit_test(test_hostport_parses_ipv4_ipv6_and_rejects_the_rest),
