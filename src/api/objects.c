@@ -1,6 +1,7 @@
 /* Shared object builders: events, card payment methods, expansion, lists,
  * per-object locks. */
 #include "api/objects.h"
+#include "core/currency.h"
 #include "jpack.h"
 #include "jsonw.h"
 #include "log.h"
@@ -649,4 +650,19 @@ void tp_metadata_apply(json_t *obj, const json_t *v)
     else
       json_object_set_new(md, k, json_string(json_string_value(mv)));
   }
+}
+
+/* The three-decimal currencies' last digit (tp_amount_card_check); reply
+ * and return false when it is not 0. PaymentIntents (amount, amount_to_capture) and refunds. */
+bool tp_check_card_amount(struct tp_req *r, int64_t amount, const struct tp_currency *cur, const char *param)
+{
+  if (tp_amount_card_check(amount, cur) == 0)
+    return true;
+  char msg[200];
+  snprintf(msg, sizeof msg,
+           "Amounts in %s must be a multiple of 10 for card payments: card networks carry %s with two decimals, "
+           "so the last of the three digits must be 0.",
+           cur->code, cur->code);
+  tp_reply_error(r, TP_ERR_INVALID_CHARGE_AMOUNT, param, msg);
+  return false;
 }

@@ -103,4 +103,9 @@ bool tp_unset(const json_t *v);
 /* Metadata update semantics: "" for the whole value clears it, a key with
  * "" removes that key, other keys are set. */
 void tp_metadata_apply(json_t *obj, const json_t *v);
+/* Stripe's card rule for the three-decimal currencies (BHD, JOD, KWD, OMR,
+ * TND; tp_amount_card_check): an amount whose last digit is not 0 gets 400
+ * invalid_charge_amount on param. true when amount is fine. */
+struct tp_currency;
+bool tp_check_card_amount(struct tp_req *r, int64_t amount, const struct tp_currency *cur, const char *param);
 #endif

@@ -140,7 +140,7 @@ static bool check_amount(struct tp_req *r, int64_t amount, const struct tp_curre
     tp_reply_error(r, TP_ERR_AMOUNT_TOO_LARGE, "amount", NULL);
     return false;
   }
-  return true;
+  return tp_check_card_amount(r, amount, cur, "amount");
 }
 
 static bool check_currency(struct tp_req *r, const char *code, const struct tp_currency **out)
@@ -700,6 +700,9 @@ static void capture(struct tp_req *r, const char *pi_id, const char *amount_para
       tp_reply_error(r, TP_ERR_AMOUNT_TOO_SMALL, amount_param, NULL);
       goto fail;
     }
+    if (!tp_check_card_amount(r, amount, tp_currency_find(json_string_value(json_object_get(pi, "currency"))),
+                           amount_param))
+      goto fail;
   }
   const char *chid = json_string_value(json_object_get(pi, "latest_charge"));
   json_t *ch = chid ? tp_store_get_json(&tp_app.store, TP_K_CHARGE, r->merchant.id, chid) : NULL;

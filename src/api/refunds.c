@@ -3,6 +3,7 @@
 #include "api/commit.h"
 #include "api/handlers.h"
 #include "api/objects.h"
+#include "core/currency.h"
 #include "core/payflow.h"
 #include "jpack.h"
 #include "sec/audit.h"
@@ -101,6 +102,9 @@ void tp_h_refund_create(struct tp_req *r)
       tp_reply_error(r, TP_ERR_AMOUNT_TOO_SMALL, "amount", "Refund amount must be positive.");
       goto fail;
     }
+    if (!tp_check_card_amount(r, amount, tp_currency_find(json_string_value(json_object_get(ch, "currency"))),
+                              "amount"))
+      goto fail;
     if (amount > remaining) {
       snprintf(msg, sizeof msg, "Refund amount (%lld) is greater than unrefunded amount on charge (%lld)",
                (long long)amount, (long long)remaining);

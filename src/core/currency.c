@@ -146,6 +146,11 @@ int tp_amount_check(int64_t amount, const struct tp_currency *c)
   return 0;
 }
 
+int tp_amount_card_check(int64_t amount, const struct tp_currency *c)
+{
+  return c != NULL && c->exponent == 3 && amount % 10 != 0 ? -1 : 0;
+}
+
 /* Format amount with c's exponent; snprintf semantics (returns the full
  * length, truncates to outlen - 1 bytes and always NUL-terminates). */
 int tp_amount_format(char *out, unsigned outlen, int64_t amount, const struct tp_currency *c)

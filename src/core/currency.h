@@ -30,6 +30,12 @@ int64_t tp_currency_min_charge(const struct tp_currency *c);
  * -1 otherwise. (Minimum charge is checked separately by the caller.) */
 int tp_amount_check(int64_t amount, const struct tp_currency *c);
 
+/* Stripe's rule for card payments in the three-decimal currencies (BHD,
+ * JOD, KWD, OMR, TND): the last digit must be 0, since card networks carry
+ * these amounts with two decimals. 0 when amount may be charged, captured or
+ * refunded on a card in c, -1 otherwise (any amount for other currencies). */
+int tp_amount_card_check(int64_t amount, const struct tp_currency *c);
+
 /* Format an amount as a decimal string with the currency's exponent
  * ("12.34", "1234", "1.234"); returns bytes written (snprintf semantics). */
 int tp_amount_format(char *out, unsigned outlen, int64_t amount, const struct tp_currency *c);

@@ -32,6 +32,7 @@ BAD = {
     "amount_text": (lambda c: c.post(PI, {"amount": "abc", "currency": "usd"}), 400, "amount"),
     "amount_fraction": (lambda c: c.post(PI, {"amount": "1.5", "currency": "usd"}), 400, "amount"),
     "currency_unknown": (lambda c: c.post(PI, {"amount": 1000, "currency": "zzz"}), 400, "currency"),
+    "amount_kwd_last_digit": (lambda c: c.post(PI, {"amount": 1005, "currency": "kwd"}), 400, "amount"),
     "param_unknown": (lambda c: c.post(PI, dict(GOOD, frobnicate="1")), 400, "frobnicate"),
     "confirm_maybe": (lambda c: c.post(PI, dict(GOOD, confirm="maybe", payment_method="pm_card_visa")), 400, "confirm"),
     "card_bad_luhn": (lambda c: c.post(PI, dict(GOOD, confirm="true", payment_method_data=card(PAN_BAD_LUHN))), 402, None),
@@ -99,6 +100,42 @@ class ApiErrorsTest(DaemonTestCase):
         for name in ("amount_negative", "amount_zero", "amount_text", "amount_fraction"):
             with self.subTest(name):
                 self.send_bad(name)
+
+    def test_three_decimal_currency_amount_must_end_in_zero(self):
+        # Stripe: card amounts in BHD, JOD, KWD, OMR and TND must be
+        # multiples of 10. Create, update, capture and refund all refuse
+        # another last digit and change nothing.
+        r = self.send_bad("amount_kwd_last_digit")
+        self.assertEqual(r.json["error"]["code"], "invalid_charge_amount", r)
+        self.assertIn("KWD", r.json["error"]["message"].upper(), r)
+        c = self.c("other")
+        for cur in ("bhd", "jod", "omr", "tnd"):
+            r = c.post(PI, {"amount": 2001, "currency": cur})
+            self.assertStripeError(r, 400, param="amount")
+        self.assertEqual(c.post(PI, {"amount": 2000, "currency": "bhd"}).status, 200)
+        # two-decimal and zero-decimal currencies have no such rule
+        self.assertEqual(c.post(PI, {"amount": 1001, "currency": "usd"}).status, 200)
+        self.assertEqual(c.post(PI, {"amount": 1001, "currency": "jpy"}).status, 200)
+        pi = c.post(PI, {"amount": 5000, "currency": "kwd"}).json
+        r = c.post(PI + "/" + pi["id"], {"amount": 5001})
+        self.assertStripeError(r, 400, param="amount")
+        self.assertEqual(c.get(PI + "/" + pi["id"]).json["amount"], 5000)
+        pi = c.post(PI, {"amount": 5000, "currency": "kwd", "confirm": "true", "capture_method": "manual",
+                         "payment_method": "pm_card_visa"}).json
+        self.assertEqual(pi["status"], "requires_capture", pi)
+        r = c.post(PI + "/" + pi["id"] + "/capture", {"amount_to_capture": 1234})
+        err = self.assertStripeError(r, 400, param="amount_to_capture")
+        self.assertEqual(err["code"], "invalid_charge_amount", r)
+        self.assertEqual(c.get(PI + "/" + pi["id"]).json["status"], "requires_capture")
+        r = c.post(PI + "/" + pi["id"] + "/capture", {"amount_to_capture": 1230})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["amount_received"], 1230, r)
+        r = c.post("/v1/refunds", {"payment_intent": pi["id"], "amount": 15})
+        self.assertEqual(self.assertStripeError(r, 400, param="amount")["code"], "invalid_charge_amount", r)
+        self.assertEqual(c.get("/v1/charges/" + pi["latest_charge"]).json["amount_refunded"], 3770)
+        r = c.post("/v1/refunds", {"payment_intent": pi["id"], "amount": 10})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(c.get("/v1/charges/" + pi["latest_charge"]).json["amount_refunded"], 3780)
 
     def test_unknown_currency_is_rejected(self):
         self.send_bad("currency_unknown")

@@ -239,6 +239,25 @@ static int64_t md(int64_t a, int64_t n, int64_t d)
   return out;
 }
 
+static void test_three_decimal_card_amounts_end_in_zero(void **state)
+{
+  (void)state;
+  unsigned three = 0;
+  for (unsigned i = 0; i < tp_currency_count(); i++) {
+    const struct tp_currency *c = tp_currency_at(i);
+    for (int64_t a = 1; a <= 40; a++)
+      assert_int_equal(tp_amount_card_check(a, c), c->exponent == 3 && a % 10 != 0 ? -1 : 0);
+    if (c->exponent == 3)
+      three++;
+  }
+  /* BHD, IQD, JOD, KWD, LYD, OMR, TND: Stripe names five of them */
+  assert_true(three >= 5);
+  assert_int_equal(tp_amount_card_check(1005, tp_currency_find("kwd")), -1);
+  assert_int_equal(tp_amount_card_check(1000, tp_currency_find("KWD")), 0);
+  assert_int_equal(tp_amount_card_check(1005, tp_currency_find("usd")), 0);
+  assert_int_equal(tp_amount_card_check(1005, NULL), 0);
+}
+
 static void test_muldiv_rounds_half_to_even(void **state)
 {
   (void)state;
@@ -296,6 +315,7 @@ int main(void)
     cmocka_unit_test(test_parse_accepts_fewer_decimals),
     cmocka_unit_test(test_parse_rejects_bad_input),
     cmocka_unit_test(test_parse_detects_overflow),
+    cmocka_unit_test(test_three_decimal_card_amounts_end_in_zero),
     cmocka_unit_test(test_muldiv_rounds_half_to_even),
     cmocka_unit_test(test_muldiv_is_exact_beyond_64_bits),
     cmocka_unit_test(test_muldiv_detects_overflow_and_zero_den),
