@@ -352,7 +352,8 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
     const char *pid = json_string_value(json_object_get(pi, "id"));
     char token[65], url[600];
     tp_3ds_token(pid, token);
-    snprintf(url, sizeof url, "%s/v1/turnpike/3ds/%s?token=%s", tp_app.public_url, pid, token);
+    snprintf(url, sizeof url, "%s/v1/turnpike/3ds/%s?token=%s&account=%s", tp_app.public_url, pid, token,
+             r->merchant.id);
     json_object_set_new(pi, "status", json_string("requires_action"));
     json_object_set_new(pi, "next_action",
                         tp_pack("{s:s, s:{s:s, s:o}}", "type", "redirect_to_url", "redirect_to_url", "url", url,

@@ -14,6 +14,7 @@
 static const struct tp_pspec spec_page[] = {
   {"token", TP_P_STRING, NULL, NULL},
   {"result", TP_P_STRING, NULL, NULL},
+  {"account", TP_P_STRING, NULL, NULL},
   {NULL, 0, NULL, NULL},
 };
 
@@ -41,27 +42,42 @@ static bool valid_id(const char *id)
   return strncmp(id, "pi_", 3) == 0;
 }
 
+/* An account id as the link carries it: "acct_" and base62 (it is written
+ * back into the page, so nothing else passes). */
+static bool valid_account(const char *id)
+{
+  size_t n = 0;
+  for (const char *p = id; *p; p++, n++)
+    if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || *p == '_'))
+      return false;
+  return n < 64 && strncmp(id, "acct_", 5) == 0;
+}
+
 void tp_h_3ds_page(struct tp_req *r)
 {
   struct tp_params_error pe;
+  const char *acct_p = tp_pstr(r->params, "account");
   if (tp_params_check(r->params, spec_page, &pe) != 0 || !valid_id(r->path_id) ||
-      !token_ok(r->path_id, tp_pstr(r->params, "token"))) {
+      !token_ok(r->path_id, tp_pstr(r->params, "token")) || (acct_p && !valid_account(acct_p))) {
     html(r, 404, "<!doctype html><title>Not found</title><p>This authentication link is not valid.</p>");
     return;
   }
   char buf[4096];
   const char *tok = tp_pstr(r->params, "token");
+  char acct_field[160] = "";
+  if (acct_p)
+    snprintf(acct_field, sizeof acct_field, "<input type=\"hidden\" name=\"account\" value=\"%s\">", acct_p);
   snprintf(buf, sizeof buf,
            "<!doctype html><html><head><meta charset=\"utf-8\"><title>3-D Secure authentication</title>"
            "<style>body{font-family:sans-serif;max-width:32em;margin:3em auto}button{font-size:1.1em;margin:.5em;"
            "padding:.5em 1.5em}</style></head><body><h1>Turnpike test 3-D Secure</h1>"
            "<p>Simulated issuer challenge for payment <code>%s</code>.</p>"
-           "<form method=\"post\" action=\"/v1/turnpike/3ds/%s\"><input type=\"hidden\" name=\"token\" value=\"%s\">"
+           "<form method=\"post\" action=\"/v1/turnpike/3ds/%s\"><input type=\"hidden\" name=\"token\" value=\"%s\">%s"
            "<button type=\"submit\" name=\"result\" value=\"approve\" id=\"approve\">Complete authentication</button></form>"
-           "<form method=\"post\" action=\"/v1/turnpike/3ds/%s\"><input type=\"hidden\" name=\"token\" value=\"%s\">"
+           "<form method=\"post\" action=\"/v1/turnpike/3ds/%s\"><input type=\"hidden\" name=\"token\" value=\"%s\">%s"
            "<button type=\"submit\" name=\"result\" value=\"fail\" id=\"fail\">Fail authentication</button></form>"
            "</body></html>",
-           r->path_id, r->path_id, tok, r->path_id, tok);
+           r->path_id, r->path_id, tok, acct_field, r->path_id, tok, acct_field);
   html(r, 200, buf);
 }
 
@@ -89,8 +105,10 @@ void tp_h_3ds_submit(struct tp_req *r)
 {
   struct tp_params_error pe;
   const char *tok = tp_pstr(r->params, "token"), *result = tp_pstr(r->params, "result");
+  const char *acct_p = tp_pstr(r->params, "account");
   if (tp_params_check(r->params, spec_page, &pe) != 0 || !valid_id(r->path_id) || !token_ok(r->path_id, tok) ||
-      !result || (strcmp(result, "approve") != 0 && strcmp(result, "fail") != 0)) {
+      (acct_p && !valid_account(acct_p)) || !result ||
+      (strcmp(result, "approve") != 0 && strcmp(result, "fail") != 0)) {
     html(r, 400, "<!doctype html><title>Bad request</title><p>This authentication request is not valid.</p>");
     return;
   }
@@ -100,7 +118,11 @@ void tp_h_3ds_submit(struct tp_req *r)
     return;
   }
   json_t *pi = NULL;
-  if (tp_app.store.ops->merchant_of && tp_app.store.ops->merchant_of(tp_app.store.cls, r->path_id, &r->merchant) == 1)
+  /* account= (in links since migration 0010) makes it one key lookup; a
+   * link without it is looked up across merchants. */
+  const char *acct = tp_pstr(r->params, "account");
+  if (tp_app.store.ops->merchant_of &&
+      tp_app.store.ops->merchant_of(tp_app.store.cls, r->path_id, acct, &r->merchant) == 1)
     pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, r->path_id);
   if (!pi || strcmp(json_string_value(json_object_get(pi, "status")), "requires_action") != 0) {
     tp_lock_release(r->path_id);

@@ -168,7 +168,9 @@ struct tp_store_ops {
   int (*attempts_in_state)(void *cls, const char *state, struct tp_attempt **out, size_t *n);
   int (*attempt_get)(void *cls, const char *id, struct tp_attempt *out);
   /* the merchant owning a PaymentIntent (for unauthenticated browser pages) */
-  int (*merchant_of)(void *cls, const char *pi_id, struct tp_merchant *m);
+  /* account: the merchant the caller was told (the page link's account=),
+   * or NULL to look at every merchant; 1 found, 0 not, -1 error */
+  int (*merchant_of)(void *cls, const char *pi_id, const char *account, struct tp_merchant *m);
   /* a feature's own read query: rows as an array of {column: value}, NULL on error */
   json_t *(*query)(void *cls, const char *sql, const json_t *args);
   /* Optional ([store] commit_sync = pipelined): from now on apply_batch

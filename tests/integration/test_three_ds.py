@@ -272,6 +272,32 @@ class ThreeDSTest(DaemonTestCase):
         self.assertRedirect(r, pi, "succeeded")
         self.assertEqual(self.get_pi(pi["id"])["status"], "succeeded")
 
+    def test_link_names_the_account_and_the_page_passes_it_on(self):
+        # The link carries account= (the PaymentIntent is found by its
+        # primary key (merchant, id)); the page's forms pass it on; a link
+        # without it still works; a wrong account finds nothing and changes
+        # nothing.
+        acct = self.daemon.merchants["m"]["id"]
+        pi, url, token = self.start_challenge()
+        q = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+        self.assertEqual(q.get("account"), [acct], url)
+        u = urllib.parse.urlsplit(url)
+        page = self.c().get(u.path + "?" + u.query, key=None)
+        self.assertIn(('name="account" value="%s"' % acct).encode(), page.body)
+        # a malformed account is a bad link, never written into the page
+        r = self.c().get(u.path + "?token=%s&account=%s" % (token, urllib.parse.quote("<script>")), key=None)
+        self.assertEqual(r.status, 404, r)
+        self.assertNotIn(b"<script>", r.body)
+        for wrong in ("acct_nobody", "<script>", "x" * 300):
+            with self.subTest(wrong=wrong[:12]):
+                r = self.c().post(u.path, {"token": token, "result": "approve", "account": wrong}, key=None)
+                self.assertGreaterEqual(r.status, 400, r)
+                self.assertLess(r.status, 500, r)
+                self.assertEqual(self.get_pi(pi["id"])["status"], "requires_action")
+        r = self.c().post(u.path, {"token": token, "result": "approve", "account": acct}, key=None)
+        self.assertRedirect(r, pi, "succeeded")
+        self.assertEqual(self.get_pi(pi["id"])["status"], "succeeded")
+
     def test_events_show_requires_action_then_succeeded(self):
         pi, url, token = self.start_challenge()
         path, _ = self.fetch_page(url)

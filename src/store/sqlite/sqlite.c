@@ -1013,17 +1013,22 @@ static int sq_attempt_get(void *cls, const char *id, struct tp_attempt *out)
   return found;
 }
 
-static int sq_merchant_of(void *cls, const char *pi_id, struct tp_merchant *m)
+static int sq_merchant_of(void *cls, const char *pi_id, const char *account, struct tp_merchant *m)
 {
   struct sq *s = cls;
   struct reader *r = reader(s);
   if (!r)
     return -1;
   sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(r->db, "SELECT m.id, m.name, m.fp_key FROM payment_intents p JOIN merchants m ON "
-                                "m.id=p.merchant WHERE p.id=?1", -1, &st, NULL) != SQLITE_OK)
+  /* payment_intents is keyed by (merchant, id) and has no index on id
+   * (migration 0010): with the account it is one key lookup, without it one
+   * per merchant. */
+  if (sqlite3_prepare_v2(r->db, "SELECT m.id, m.name, m.fp_key FROM merchants m WHERE (?2 IS NULL OR m.id=?2) AND "
+                                "EXISTS (SELECT 1 FROM payment_intents p WHERE p.merchant=m.id AND p.id=?1) LIMIT 1",
+                         -1, &st, NULL) != SQLITE_OK)
     return -1;
   bind_text(st, 1, pi_id);
+  bind_text(st, 2, account);
   int found = 0;
   if (sqlite3_step(st) == SQLITE_ROW) {
     memset(m, 0, sizeof *m);

@@ -223,12 +223,16 @@ static void test_migration_7_keeps_objects(void **state)
   assert_int_equal(sql_long(f, "SELECT count(*) FROM idempotency WHERE key='k1'"), 1);
   assert_int_equal(sql_long(f, "SELECT count(*) FROM sqlite_master WHERE name IN ('payment_intents_m', "
                                "'events_m', 'charges_m', 'idempotency_created')"), 0);
-  /* The PaymentIntent id stays unique across merchants. */
+  /* Another merchant's put of the same id never reaches M1's row (the key
+   * is (merchant, id); migration 0010 dropped the index on id alone). */
   struct tp_cs *cs = tp_cs_new();
   json_t *o = pi("pi_a1", 13, NULL, "canceled");
   tp_cs_put(cs, TP_K_PAYMENT_INTENT, M2, o);
   json_decref(o);
-  assert_int_not_equal(apply1(f, cs), 0);
+  assert_int_equal(apply1(f, cs), 0);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM payment_intents WHERE id='pi_a1' AND merchant='" M1
+                               "' AND status IS NOT 'canceled'"), 1);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM sqlite_master WHERE name='payment_intents_id'"), 0);
 }
 
 /* ---- objects ---------------------------------------------------------------- */
@@ -689,7 +693,8 @@ static void test_batched_balances_match_entries(void **state)
 }
 
 /* A second put of an object rewrites it (indexed columns follow); a put of
- * the same id under another merchant is refused and changes nothing. */
+ * the same id under another merchant is that merchant's own row and changes
+ * nothing of the first merchant's. */
 static void test_put_again_updates_and_foreign_id_is_refused(void **state)
 {
   struct fx *f = *state;
@@ -712,9 +717,12 @@ static void test_put_again_updates_and_foreign_id_is_refused(void **state)
   json_object_set_new(o, "status", json_string("canceled"));
   cs = tp_cs_new();
   tp_cs_put(cs, TP_K_PAYMENT_INTENT, M2, o);
-  assert_int_not_equal(apply1(f, cs), 0);
+  assert_int_equal(apply1(f, cs), 0);
   json_decref(o);
-  assert_null(tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M2, "pi_twice"));
+  got = tp_store_get(&f->st, TP_K_PAYMENT_INTENT, M1, "pi_twice");
+  assert_non_null(got);
+  assert_non_null(strstr(got, "\"succeeded\""));
+  free(got);
   assert_int_equal(sql_long(f, "SELECT count(*) FROM payment_intents WHERE id='pi_twice' AND status='succeeded' "
                                "AND merchant='" M1 "'"), 1);
 }
@@ -1017,12 +1025,25 @@ static void test_merchant_of_finds_owner_of_payment_intent(void **state)
   struct fx *f = *state;
   char id[TP_ID_MAX], sk[128], pk[128];
   assert_int_equal(f->st.ops->merchant_create(f->st.cls, "Owner", id, sk, pk), 0);
+  char other[TP_ID_MAX];
+  assert_int_equal(f->st.ops->merchant_create(f->st.cls, "Other", other, sk, pk), 0);
   put_pi(f, id, "pi_owned", 100, NULL, NULL);
+  put_pi(f, other, "pi_other", 100, NULL, NULL);
   struct tp_merchant m;
-  assert_int_equal(f->st.ops->merchant_of(f->st.cls, "pi_owned", &m), 1);
+  /* without the account: every merchant is looked at */
+  assert_int_equal(f->st.ops->merchant_of(f->st.cls, "pi_owned", NULL, &m), 1);
   assert_string_equal(m.id, id);
   assert_string_equal(m.name, "Owner");
-  assert_int_equal(f->st.ops->merchant_of(f->st.cls, "pi_missing", &m), 0);
+  assert_int_equal(f->st.ops->merchant_of(f->st.cls, "pi_other", NULL, &m), 1);
+  assert_string_equal(m.id, other);
+  assert_int_equal(f->st.ops->merchant_of(f->st.cls, "pi_missing", NULL, &m), 0);
+  /* with it: only that merchant's PaymentIntents */
+  assert_int_equal(f->st.ops->merchant_of(f->st.cls, "pi_owned", id, &m), 1);
+  assert_string_equal(m.id, id);
+  assert_int_equal(f->st.ops->merchant_of(f->st.cls, "pi_owned", other, &m), 0);
+  assert_int_equal(f->st.ops->merchant_of(f->st.cls, "pi_owned", "acct_nobody", &m), 0);
+  /* the id index is gone (migration 0010): the primary key serves */
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM sqlite_master WHERE name='payment_intents_id'"), 0);
 }
 
 /* ---- the group-commit writer ---------------------------------------------- */
