@@ -34,23 +34,25 @@ static bool token_ok(const char *pi_id, const char *token)
   return token && strlen(token) == 32 && tp_ct_equal(want, token, 32);
 }
 
-static bool valid_id(const char *id)
-{
-  for (const char *p = id; *p; p++)
-    if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || *p == '_'))
-      return false;
-  return strncmp(id, "pi_", 3) == 0;
-}
-
-/* An account id as the link carries it: "acct_" and base62 (it is written
- * back into the page, so nothing else passes). */
-static bool valid_account(const char *id)
+/* An id as a link carries it: prefix then base62 and '_', shorter than
+ * TP_ID_MAX (ids are written back into the page, so nothing else passes). */
+static bool valid_ref(const char *id, const char *prefix)
 {
   size_t n = 0;
   for (const char *p = id; *p; p++, n++)
     if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || *p == '_'))
       return false;
-  return n < 64 && strncmp(id, "acct_", 5) == 0;
+  return n < TP_ID_MAX && strncmp(id, prefix, strlen(prefix)) == 0;
+}
+
+static bool valid_id(const char *id)
+{
+  return valid_ref(id, "pi_");
+}
+
+static bool valid_account(const char *id)
+{
+  return valid_ref(id, "acct_");
 }
 
 void tp_h_3ds_page(struct tp_req *r)
@@ -120,9 +122,8 @@ void tp_h_3ds_submit(struct tp_req *r)
   json_t *pi = NULL;
   /* account= (in links since migration 0010) makes it one key lookup; a
    * link without it is looked up across merchants. */
-  const char *acct = tp_pstr(r->params, "account");
   if (tp_app.store.ops->merchant_of &&
-      tp_app.store.ops->merchant_of(tp_app.store.cls, r->path_id, acct, &r->merchant) == 1)
+      tp_app.store.ops->merchant_of(tp_app.store.cls, r->path_id, acct_p, &r->merchant) == 1)
     pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, r->path_id);
   if (!pi || strcmp(json_string_value(json_object_get(pi, "status")), "requires_action") != 0) {
     tp_lock_release(r->path_id);

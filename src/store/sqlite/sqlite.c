@@ -1021,14 +1021,18 @@ static int sq_merchant_of(void *cls, const char *pi_id, const char *account, str
     return -1;
   sqlite3_stmt *st = NULL;
   /* payment_intents is keyed by (merchant, id) and has no index on id
-   * (migration 0010): with the account it is one key lookup, without it one
-   * per merchant. */
-  if (sqlite3_prepare_v2(r->db, "SELECT m.id, m.name, m.fp_key FROM merchants m WHERE (?2 IS NULL OR m.id=?2) AND "
-                                "EXISTS (SELECT 1 FROM payment_intents p WHERE p.merchant=m.id AND p.id=?1) LIMIT 1",
-                         -1, &st, NULL) != SQLITE_OK)
+   * (migration 0010): with the account, two primary-key lookups; without
+   * it, one per merchant. Two statements, because "?2 IS NULL OR m.id=?2"
+   * would make SQLite scan the merchants either way. */
+  const char *sql = account ? "SELECT m.id, m.name, m.fp_key FROM merchants m JOIN payment_intents p ON "
+                              "p.merchant=m.id AND p.id=?1 WHERE m.id=?2"
+                            : "SELECT m.id, m.name, m.fp_key FROM merchants m WHERE EXISTS (SELECT 1 FROM "
+                              "payment_intents p WHERE p.merchant=m.id AND p.id=?1) LIMIT 1";
+  if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK)
     return -1;
   bind_text(st, 1, pi_id);
-  bind_text(st, 2, account);
+  if (account)
+    bind_text(st, 2, account);
   int found = 0;
   if (sqlite3_step(st) == SQLITE_ROW) {
     memset(m, 0, sizeof *m);
