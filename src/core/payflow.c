@@ -255,17 +255,23 @@ struct tp_pay *tp_pay_new(struct tp_req *r, const struct tp_merchant *m)
   return p;
 }
 
+static void drop_objects(struct tp_pay *p)
+{
+  json_decref(p->pi);
+  json_decref(p->charge);
+  json_decref(p->refund);
+  json_decref(p->pm);
+  json_decref(p->txn);
+  p->pi = p->charge = p->refund = p->pm = p->txn = NULL;
+}
+
 void tp_pay_free(struct tp_pay *p)
 {
   if (!p)
     return;
   if (p->pm_lock_id[0])
     tp_lock_release(p->pm_lock_id);
-  json_decref(p->pi);
-  json_decref(p->charge);
-  json_decref(p->refund);
-  json_decref(p->pm);
-  json_decref(p->txn);
+  drop_objects(p);
   free(p->body);
   free(p->redirect_body);
   tp_card_wipe(&p->call, sizeof p->call);
@@ -409,6 +415,12 @@ static void commit_outcome(struct tp_pay *p, struct tp_cs *cs)
                p->body);
   tp_cs_on_done(cs, outcome_done, p);
   inflight_del(a->id);
+  /* The outcome and its reply are serialised: the object trees are not
+   * needed any more. They are freed here, by the thread that built them
+   * while their memory is still in its cache, rather than after the commit
+   * by the completion thread, which walked them cold (a third of its time
+   * under load). */
+  drop_objects(p);
   if (tp_writer_submit(cs) != 0) {
     tp_cs_free(cs);
     /* The attempt stays "sent"; recovery resolves it. */
