@@ -2,6 +2,7 @@
 #include "store.h"
 #include "jsonw.h"
 #include "store/zjson.h"
+#include "util.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -138,24 +139,76 @@ void tp_cs_put_event_around(struct tp_cs *cs, const char *merchant, const char *
                             size_t olen, const uint8_t *oz, size_t ozlen)
 {
   struct tp_cs_op *op = put_row_op(cs, TP_K_EVENT, merchant, id, created, type, object_id, data, len);
-  if (oz && head > 0 && head + olen < len) {
-    size_t hl = 0, tl = 0;
-    uint8_t *zh = tp_zjson_pack(data, head, &hl);
-    uint8_t *zt = tp_zjson_pack(data + head + olen, len - head - olen, &tl);
-    uint8_t *z = zh && zt ? malloc(hl + ozlen + tl) : NULL;
-    if (z) {
-      memcpy(z, zh, hl);
-      memcpy(z + hl, oz, ozlen);
-      memcpy(z + hl + ozlen, zt, tl);
-      op->zdata = z;
-      op->zdata_len = hl + ozlen + tl;
-    }
-    free(zh);
-    free(zt);
-    if (z)
-      return;
+  /* The envelope's head, which holds the event id, is stored raw: the
+   * writer renumbers the event in place (tp_cs_number_events). The rest is
+   * the object's own frame and the compressed tail, or, without an object
+   * frame, the rest compressed. */
+  size_t hl = 0, rl = 0, tl = 0;
+  uint8_t *zh = head > 0 && head <= len ? tp_zjson_raw(data, head, &hl) : NULL;
+  uint8_t *zr = NULL, *zt = NULL;
+  if (zh && oz && head + olen < len) {
+    zt = tp_zjson_pack(data + head + olen, len - head - olen, &tl);
+  } else if (zh && head < len) {
+    zr = tp_zjson_pack(data + head, len - head, &rl);
+    oz = NULL;
+    ozlen = 0;
   }
-  compress_op(op, true);
+  uint8_t *z = zh && (zt || zr) ? malloc(hl + ozlen + rl + tl) : NULL;
+  if (z) {
+    memcpy(z, zh, hl);
+    if (oz)
+      memcpy(z + hl, oz, ozlen);
+    if (zr)
+      memcpy(z + hl, zr, rl);
+    if (zt)
+      memcpy(z + hl + ozlen, zt, tl);
+    op->zdata = z;
+    op->zdata_len = hl + ozlen + rl + tl;
+  }
+  free(zh);
+  free(zr);
+  free(zt);
+  if (!z)
+    compress_op(op, true);
+}
+
+/* An event's id, in its key, its text and its stored frame, made anew
+ * here, in the order the writer applies change sets: ids made when events
+ * are built sort by build time, and two payments finishing together can
+ * commit in the other order, so a reader that goes on from the last id it
+ * saw (the stream's last_event_id, the webhook outbox) could skip one.
+ * The new id has the old one's length and replaces it in place; an event
+ * not built by tp_cs_put_event_around keeps its id. */
+static void number_event(struct tp_cs_op *op)
+{
+  static const char pre[] = "{\"id\":\"";
+  const size_t pl = sizeof pre - 1;
+  size_t il = op->id ? strlen(op->id) : 0;
+  if (il == 0 || !op->data || op->data_len < pl + il + 1 || memcmp(op->data, pre, pl) != 0 ||
+      memcmp(op->data + pl, op->id, il) != 0 || op->data[pl + il] != '"')
+    return;
+  uint8_t *zid = NULL;
+  if (op->zdata) {
+    if (!tp_zjson_is_raw(op->zdata, op->zdata_len) || op->zdata_len < TP_ZJSON_RAW_HEAD + pl + il + 1 ||
+        memcmp(op->zdata + TP_ZJSON_RAW_HEAD, op->data, pl + il + 1) != 0)
+      return;
+    zid = op->zdata + TP_ZJSON_RAW_HEAD + pl;
+  }
+  char id[TP_ID_MAX];
+  tp_id_new(id, "evt");
+  if (strlen(id) != il || memcmp(id, op->id, 4) != 0)
+    return;
+  memcpy(op->id, id, il);
+  memcpy(op->data + pl, id, il);
+  if (zid)
+    memcpy(zid, id, il);
+}
+
+void tp_cs_number_events(struct tp_cs *cs)
+{
+  for (size_t i = 0; i < cs->n; i++)
+    if (cs->ops[i].type == TP_OP_PUT && cs->ops[i].kind == TP_K_EVENT)
+      number_event(&cs->ops[i]);
 }
 
 void tp_cs_put_row(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const char *id, int64_t created,

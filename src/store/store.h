@@ -76,13 +76,20 @@ void tp_cs_put_framed(struct tp_cs *cs, enum tp_kind kind, const char *merchant,
                       size_t len, uint8_t *z, size_t zlen);
 /* An event whose text (data, len bytes, taken over) is head bytes, then an
  * object's text of olen bytes, then the rest, where oz (ozlen bytes,
- * borrowed) is that object's stored frame: the event is stored as head and
- * rest compressed alone around a copy of oz (zstd reads frames in a row as
- * one text), so the object is compressed once for its row and its event.
- * oz NULL: compressed whole. */
+ * borrowed) is that object's stored frame: the event is stored as the head
+ * in a raw frame (it holds the id, see tp_cs_number_events), a copy of oz,
+ * and the rest compressed alone (zstd reads frames in a row as one text),
+ * so the object is compressed once for its row and its event. oz NULL: the
+ * raw head, then everything after it compressed. data must start with
+ * {"id":"<id>". */
 void tp_cs_put_event_around(struct tp_cs *cs, const char *merchant, const char *id, int64_t created,
                             const char *type, const char *object_id, char *data, size_t len, size_t head,
                             size_t olen, const uint8_t *oz, size_t ozlen);
+/* The group-commit writer calls this for each change set, in the order it
+ * applies them: every event of cs gets a new id (same prefix and length,
+ * tp_id_new), so event ids sort in commit order and a reader that goes on
+ * from the last event id it saw misses nothing committed after it. */
+void tp_cs_number_events(struct tp_cs *cs);
 /* tp_cs_put_dumped with the indexed columns given directly (no object tree):
  * id, created, col1, col2 (NULL for SQL NULL); data as there. */
 void tp_cs_put_row(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const char *id, int64_t created,

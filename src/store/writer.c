@@ -110,6 +110,9 @@ static void *writer_main(void *arg)
     }
     pthread_mutex_unlock(&W.mu);
 
+    /* Event ids in commit order (tp_cs_number_events). */
+    for (size_t i = 0; i < n; i++)
+      tp_cs_number_events(batch[i]);
     int64_t t0 = tp_mono_ns();
     int brc = W.st->ops->apply_batch(W.st->cls, batch, n, rc);
     int64_t dt = tp_mono_ns() - t0;

@@ -90,6 +90,48 @@ uint8_t *tp_zjson_pack(const char *json, size_t len, size_t *out_len)
   return out;
 }
 
+/* RFC 8878 §3.1.1: magic, a header descriptor (4-byte content size, single
+ * segment, 4-byte dictionary id, no checksum), the dictionary id, the size,
+ * then one block: last, raw, len bytes. */
+#define RAW_FHD 0xA3u
+
+static void le32(uint8_t *p, uint32_t v)
+{
+  for (int i = 0; i < 4; i++)
+    p[i] = (uint8_t)(v >> (8 * i));
+}
+
+uint8_t *tp_zjson_raw(const char *json, size_t len, size_t *out_len)
+{
+  if (!tp_zjson_enabled() || len > TP_ZJSON_RAW_MAX)
+    return NULL;
+  uint8_t *out = malloc(TP_ZJSON_RAW_HEAD + len);
+  if (!out)
+    return NULL;
+  le32(out, ZSTD_MAGICNUMBER);
+  out[4] = RAW_FHD;
+  le32(out + 5, Z.ids[tp_zdicts_count - 1]);
+  le32(out + 9, (uint32_t)len);
+  uint32_t bh = 1u | ((uint32_t)len << 3); /* last block, type 0 (raw) */
+  out[13] = (uint8_t)bh;
+  out[14] = (uint8_t)(bh >> 8);
+  out[15] = (uint8_t)(bh >> 16);
+  memcpy(out + TP_ZJSON_RAW_HEAD, json, len);
+  *out_len = TP_ZJSON_RAW_HEAD + len;
+  return out;
+}
+
+bool tp_zjson_is_raw(const void *frame, size_t len)
+{
+  const uint8_t *f = frame;
+  if (len < TP_ZJSON_RAW_HEAD || f[4] != RAW_FHD || (f[13] & 7u) != 1u)
+    return false;
+  uint32_t magic = (uint32_t)f[0] | (uint32_t)f[1] << 8 | (uint32_t)f[2] << 16 | (uint32_t)f[3] << 24;
+  uint32_t size = (uint32_t)f[9] | (uint32_t)f[10] << 8 | (uint32_t)f[11] << 16 | (uint32_t)f[12] << 24;
+  uint32_t bsize = ((uint32_t)f[13] | (uint32_t)f[14] << 8 | (uint32_t)f[15] << 16) >> 3;
+  return magic == ZSTD_MAGICNUMBER && size == bsize && size <= len - TP_ZJSON_RAW_HEAD;
+}
+
 char *tp_zjson_unpack(const void *frame, size_t len, size_t *out_len)
 {
   pthread_once(&Z.once, init);

@@ -124,6 +124,34 @@ test('resume with last_event_id replays the missed events once, then continues l
   ws2.close();
 });
 
+test('under concurrent payments events arrive in id order, and a resume from any of them replays exactly the rest', async () => {
+  // Ids are given in commit order by the writer, so the stream (commit
+  // order) sees them increasing, and "everything after id X" is exactly
+  // what came after X, even for events built before X but committed after.
+  const ws = await connect({ sub: { type: 'subscribe', events: ['*'] } });
+  const from = ws.msgs.length;
+  const pis = await Promise.all(Array.from({ length: 48 }, (_, i) => stripe.paymentIntents.create(
+    { amount: 2000 + i, currency: 'usd', confirm: true, payment_method: 'pm_card_visa' })));
+  for (const pi of pis) {
+    await ws.waitFor((m) => m.type === 'event' && m.event.type === 'payment_intent.succeeded' && m.event.data.object.id === pi.id, { timeoutMs: 10000 });
+  }
+  const live = ws.msgs.slice(from).filter((m) => m.type === 'event').map((m) => m.event.id);
+  assert.ok(live.length >= 48 * 3, `only ${live.length} events`); // created, charge.succeeded, succeeded
+  for (let i = 1; i < live.length; i++) {
+    assert.ok(live[i - 1] < live[i], `event ${i} (${live[i]}) arrived after ${live[i - 1]}, which sorts after it`);
+  }
+  ws.close();
+  await ws.closed;
+  for (const k of [0, Math.floor(live.length / 3), live.length - 2]) {
+    const want = live.slice(k + 1);
+    const ws2 = await connect({ sub: { type: 'subscribe', events: ['*'], last_event_id: live[k] } });
+    await ws2.waitFor(() => events(ws2).length >= want.length, { timeoutMs: 10000 });
+    assert.deepEqual(events(ws2).slice(0, want.length).map((m) => m.event.id), want, `resume after event ${k}`);
+    ws2.close();
+    await ws2.closed;
+  }
+});
+
 test('a browser token from /v1/turnpike/stream_tokens opens the stream; bad or forged tokens do not', async () => {
   const res = await fetch(`http://127.0.0.1:${PORT}/v1/turnpike/stream_tokens`, {
     method: 'POST', headers: { Authorization: `Bearer ${SECRET_KEY}` },

@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "store/store.h"
@@ -1046,6 +1047,54 @@ static void test_merchant_of_finds_owner_of_payment_intent(void **state)
   assert_int_equal(sql_long(f, "SELECT count(*) FROM sqlite_master WHERE name='payment_intents_id'"), 0);
 }
 
+/* The raw frame the event head is stored in: reads back alone and in a row
+ * with compressed frames, is recognised, and is patched in place. */
+static void test_raw_frame_reads_back_and_patches_in_place(void **state)
+{
+  (void)state;
+  const char *head = "{\"id\":\"evt_0000000000000000000000aa\",\"object\":\"event\",\"data\":{\"object\":";
+  const char *rest = "{\"id\":\"ch_1\",\"object\":\"charge\",\"amount\":1999}},\"type\":\"charge.succeeded\"}";
+  size_t hl = strlen(head), rl = strlen(rest), fl = 0, zl = 0;
+  uint8_t *raw = tp_zjson_raw(head, hl, &fl);
+  assert_non_null(raw);
+  assert_int_equal(fl, TP_ZJSON_RAW_HEAD + hl);
+  assert_true(tp_zjson_is_raw(raw, fl));
+  assert_memory_equal(raw + TP_ZJSON_RAW_HEAD, head, hl);
+  size_t n = 0;
+  char *back = tp_zjson_unpack(raw, fl, &n);
+  assert_non_null(back);
+  assert_int_equal(n, hl);
+  assert_string_equal(back, head);
+  free(back);
+  uint8_t *z = tp_zjson_pack(rest, rl, &zl);
+  assert_non_null(z);
+  assert_false(tp_zjson_is_raw(z, zl)); /* a compressed frame is not raw */
+  uint8_t *both = malloc(fl + zl);
+  assert_non_null(both);
+  memcpy(both, raw, fl);
+  memcpy(both + fl, z, zl);
+  memcpy(both + TP_ZJSON_RAW_HEAD + 7, "evt_0000000000000000000000bb", 28); /* in place */
+  back = tp_zjson_unpack(both, fl + zl, &n);
+  assert_non_null(back);
+  assert_int_equal(n, hl + rl);
+  assert_memory_equal(back, "{\"id\":\"evt_0000000000000000000000bb\",", 36);
+  assert_string_equal(back + hl, rest);
+  free(back);
+  /* a frame cut short, a size that disagrees with the block's */
+  assert_false(tp_zjson_is_raw(raw, fl - 1 - hl));
+  assert_null(tp_zjson_unpack(raw, fl - 1, NULL));
+  raw[9] ^= 1;
+  assert_false(tp_zjson_is_raw(raw, fl));
+  free(both);
+  free(z);
+  free(raw);
+  char *big = malloc(TP_ZJSON_RAW_MAX + 1);
+  assert_non_null(big);
+  memset(big, ' ', TP_ZJSON_RAW_MAX + 1);
+  assert_null(tp_zjson_raw(big, TP_ZJSON_RAW_MAX + 1, &fl));
+  free(big);
+}
+
 /* ---- the group-commit writer ---------------------------------------------- */
 struct slot {
   int calls;
@@ -1130,6 +1179,105 @@ static void test_writer_group_commits_1000_sets_from_4_threads(void **state)
   free(slots);
 }
 
+/* What the writer's subscriber got: event ids and texts in commit order. */
+static struct {
+  pthread_mutex_t mu;
+  char ids[8][TP_ID_MAX];
+  char *texts[8];
+  int n;
+} seen = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static void on_event(const char *merchant, const char *id, const char *type, const char *data, size_t len,
+                     void *arg)
+{
+  (void)merchant;
+  (void)type;
+  (void)arg;
+  pthread_mutex_lock(&seen.mu);
+  if (seen.n < 8) {
+    tp_scopy(seen.ids[seen.n], TP_ID_MAX, id);
+    seen.texts[seen.n] = strndup(data, len);
+    seen.n++;
+  }
+  pthread_mutex_unlock(&seen.mu);
+}
+
+/* One event in its own change set, built as the API builds it (the head
+ * holding the id, the charge's own frame, the tail). */
+static struct tp_cs *event_set(const char *evt_id, const char *charge_id, struct slot *s)
+{
+  char obj[128], head[128], ev[512];
+  snprintf(obj, sizeof obj, "{\"id\":\"%s\",\"object\":\"charge\",\"amount\":1999}", charge_id);
+  snprintf(head, sizeof head, "{\"id\":\"%s\",\"object\":\"event\",\"data\":{\"object\":", evt_id);
+  snprintf(ev, sizeof ev, "%s%s},\"type\":\"charge.succeeded\"}", head, obj);
+  size_t zl = 0;
+  uint8_t *z = tp_zjson_pack(obj, strlen(obj), &zl);
+  assert_non_null(z);
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_put_event_around(cs, M1, evt_id, 1700000000, "charge.succeeded", charge_id, strdup(ev), strlen(ev),
+                         strlen(head), strlen(obj), z, zl);
+  free(z);
+  tp_cs_on_done(cs, on_done, s);
+  return cs;
+}
+
+/* Events built in one order and committed in the other get ids in commit
+ * order: in their keys, their stored texts and what subscribers receive.
+ * So "every event after the last id I saw" (stream resume, the webhook
+ * outbox) misses none. */
+static void test_writer_numbers_events_in_commit_order(void **state)
+{
+  struct fx *f = *state;
+  char first[TP_ID_MAX], second[TP_ID_MAX];
+  tp_id_new(first, "evt"); /* built first ... */
+  tp_id_new(second, "evt");
+  assert_true(strcmp(first, second) < 0);
+  struct slot sa = {0}, sb = {0};
+  struct tp_cs *a = event_set(first, "ch_built_first", &sa);
+  struct tp_cs *b = event_set(second, "ch_built_second", &sb);
+  static bool subscribed;
+  if (!subscribed)
+    assert_int_equal(tp_writer_subscribe(on_event, NULL), 0);
+  subscribed = true;
+  seen.n = 0;
+  assert_int_equal(tp_writer_start(&f->st), 0);
+  assert_int_equal(tp_writer_submit(b), 0); /* ... committed second: goes first */
+  for (int i = 0; i < 5000 && !__atomic_load_n(&sb.calls, __ATOMIC_SEQ_CST); i++)
+    usleep(1000);
+  assert_int_equal(tp_writer_submit(a), 0);
+  tp_writer_stop();
+  assert_int_equal(sa.calls, 1);
+  assert_int_equal(sb.calls, 1);
+  assert_int_equal(sa.rc, 0);
+  assert_int_equal(sb.rc, 0);
+
+  assert_int_equal(seen.n, 2);
+  /* the set committed first has the smaller id, and neither kept its own */
+  assert_true(strcmp(seen.ids[0], seen.ids[1]) < 0);
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(strlen(seen.ids[i]), strlen(first));
+    assert_memory_equal(seen.ids[i], "evt_", 4);
+    assert_string_not_equal(seen.ids[i], first);
+    assert_string_not_equal(seen.ids[i], second);
+    char want[80];
+    snprintf(want, sizeof want, "{\"id\":\"%s\",", seen.ids[i]);
+    assert_memory_equal(seen.texts[i], want, strlen(want));
+    /* stored under the new id, with the new id inside, whole */
+    char *got = tp_store_get(&f->st, TP_K_EVENT, M1, seen.ids[i]);
+    assert_non_null(got);
+    assert_string_equal(got, seen.texts[i]);
+    assert_non_null(strstr(got, i == 0 ? "ch_built_second" : "ch_built_first"));
+    free(got);
+    free(seen.texts[i]);
+  }
+  char *old = tp_store_get(&f->st, TP_K_EVENT, M1, first);
+  assert_null(old);
+  char *order = sql_text(f, "SELECT group_concat(object_id) FROM (SELECT object_id FROM events ORDER BY id)");
+  assert_non_null(order);
+  assert_string_equal(order, "ch_built_second,ch_built_first");
+  free(order);
+}
+
 static void test_writer_stop_drains_queue_before_returning(void **state)
 {
   struct fx *f = *state;
@@ -1195,6 +1343,7 @@ int main(void)
     T(test_objects_are_stored_compressed_and_read_back),
     T(test_batched_balances_match_entries),
     T(test_event_around_object_frame_reads_back_whole),
+    T(test_raw_frame_reads_back_and_patches_in_place),
     T(test_put_then_get_returns_same_json_for_owner_only),
     T(test_list_is_newest_first_with_limit_and_has_more),
     T(test_list_has_more_false_when_exactly_limit_rows),
@@ -1213,6 +1362,7 @@ int main(void)
     T(test_merchant_keys_are_found_by_hash_and_never_stored),
     T(test_merchant_of_finds_owner_of_payment_intent),
     T(test_writer_group_commits_1000_sets_from_4_threads),
+    T(test_writer_numbers_events_in_commit_order),
     T(test_writer_stop_drains_queue_before_returning),
     T(test_writer_reports_refused_set_to_its_completion),
   };
