@@ -6,6 +6,9 @@
       after DELAY_S, switch processor NAME to an outage and send one payment
       after another until one is routed without touching NAME; writes the
       elapsed milliseconds (outage -> first payment routed around it) to OUT
+  orch_report.py failover DB GATEWAY_LOG NAME PROBE_OUT
+      outage -> breaker open (from the log), and new payments routed to NAME
+      after that (from the attempts' ids)
   orch_report.py fault-stats DB SIM_REST
       success rate, recovered share of transient failures, double charges
   orch_report.py route-stats DB LABEL FEES
@@ -49,6 +52,7 @@ def gw(addr, key, method, path, params=None):
 def probe(addr, key, sim, name, delay, out):
     time.sleep(float(delay))
     sim_call(sim, "POST", "/_sim/faults", {"processor": name, "outage": True})
+    outage_at = time.time()
     t0 = time.monotonic()
     elapsed = None
     for _ in range(2000):
@@ -62,7 +66,59 @@ def probe(addr, key, sim, name, delay, out):
             elapsed = (time.monotonic() - t0) * 1000.0
             break
     with open(out, "w") as f:
-        f.write("%s\n" % ("%.0f" % elapsed if elapsed is not None else "none"))
+        f.write("%s\n%.3f\n" % ("%.0f" % elapsed if elapsed is not None else "none", outage_at))
+
+
+B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def id_ms(ident):
+    """Unix milliseconds of a Turnpike id (the 8 base62 characters after '_')."""
+    v = 0
+    for ch in ident.split("_", 1)[1][:8]:
+        v = v * 62 + B62.index(ch)
+    return v
+
+
+def failover(dbpath, log, name, probe_out):
+    """Outage -> breaker open (detection), and what new payments did after it:
+    how many still went to NAME first before its first half-open probe, and
+    when the first one went elsewhere. From the gateway's log (wall-clock ms)
+    and the attempts' ids (their creation ms)."""
+    lines = open(probe_out).read().split()
+    outage = float(lines[1]) * 1000.0 if len(lines) > 1 else None
+    opened = half = None
+    for line in open(log, errors="replace"):
+        if '"processor_breaker"' not in line:
+            continue
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if ev.get("processor") != name:
+            continue
+        ts = float(ev["ts"]) * 1000.0
+        if outage is not None and ts < outage:
+            continue
+        if opened is None and ev.get("to") == "open":
+            opened = ts
+        elif opened is not None and half is None and ev.get("to") == "half_open":
+            half = ts
+    if outage is None or opened is None:
+        print("failover: breaker of %s never opened after the outage" % name)
+        return
+    first = {}
+    for pi, aid, proc in db_rows(dbpath, "SELECT payment_intent, id, processor FROM attempts WHERE kind = 'authorize'"):
+        if pi not in first or aid < first[pi][0]:
+            first[pi] = (aid, proc)
+    end = half if half is not None else float("inf")
+    to_down = [id_ms(a) for a, p in first.values() if p == name and opened <= id_ms(a) < end]
+    around = [id_ms(a) for a, p in first.values() if p != name and id_ms(a) >= opened]
+    print("outage_to_detection_ms %.0f (breaker of %s open)" % (opened - outage, name))
+    print("new_payments_to_%s_after_detection %d%s" % (
+        name, len(to_down), " (last %.0f ms after)" % (max(to_down) - opened) if to_down else ""))
+    print("detection_to_first_payment_routed_around_ms %s" % (
+        "%.0f" % max(0.0, min(around) - opened) if around else "none"))
 
 
 def db_rows(path, sql):
@@ -123,6 +179,8 @@ def main():
         sim_call(sys.argv[2], "POST", "/_sim/faults", dict(json.loads(sys.argv[4]), processor=sys.argv[3]))
     elif cmd == "probe":
         probe(*sys.argv[2:8])
+    elif cmd == "failover":
+        failover(*sys.argv[2:6])
     elif cmd == "fault-stats":
         fault_stats(sys.argv[2], sys.argv[3])
     elif cmd == "route-stats":

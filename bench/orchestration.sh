@@ -145,7 +145,8 @@ if start_gw fault "$FAULT_CFG"; then
     run_wrk fault "$SECS"
     wait "$PROBE_PID" || true
     sleep 1
-    echo "time from outage to first payment routed around a: $(cat "$TMP/reroute.ms") ms (client probe; includes breaker detection)"
+    echo "time from outage to first payment routed around a: $(head -n 1 "$TMP/reroute.ms") ms (client probe; includes breaker detection)"
+    R failover "$GW_DB" "$TMP/gw-fault.log" a "$TMP/reroute.ms"
     R fault-stats "$GW_DB" "$SIM_REST"
     stop_gw
 else
