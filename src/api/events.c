@@ -8,6 +8,7 @@
 #include "api/objects.h"
 #include "api/params.h"
 #include "jpack.h"
+#include "net/webhooks.h"
 #include "util.h"
 
 #include <stdio.h>
@@ -33,10 +34,116 @@ static const struct tp_pspec spec_list[] = {
   {NULL, TP_P_ANY, NULL, NULL},
 };
 
+/* ---- pending_webhooks ---------------------------------------------------------
+ * Stripe's count of the webhook endpoints that have not yet received an
+ * event successfully. Stored events say 0 (the count changes after the
+ * event is written); it is worked out when an event is read: an endpoint
+ * counts when it has a pending delivery row for the event, or when it has
+ * no row yet but is enabled, wants the event's type and is older than the
+ * event (the webhook thread commits the row just after the event, see
+ * src/net/webhooks.c). */
+struct wh_eps {
+  size_t n;
+  struct {
+    char id[TP_ID_MAX];
+    char floor[TP_ID_MAX]; /* "evt_" + the endpoint id's suffix: older events are not its */
+    bool enabled;
+    json_t *events;        /* enabled_events */
+  } e[TP_WH_MAX_PER_MERCHANT];
+};
+
+static void eps_load(const char *merchant, struct wh_eps *w)
+{
+  w->n = 0;
+  json_t *rows = tp_store_query_take(&tp_app.store,
+                                     "SELECT id, status, data FROM webhook_endpoints WHERE merchant=?1 "
+                                     "ORDER BY id LIMIT ?2",
+                                     tp_pack("[s, I]", merchant, (json_int_t)TP_WH_MAX_PER_MERCHANT));
+  size_t i;
+  json_t *row;
+  json_array_foreach(rows, i, row) {
+    const char *id = json_string_value(json_object_get(row, "id"));
+    const char *dash = id ? strchr(id, '_') : NULL;
+    json_t *data = json_loads(json_string_value(json_object_get(row, "data")) ?: "", 0, NULL);
+    json_t *events = json_object_get(data, "enabled_events");
+    if (dash && json_is_array(events) && w->n < TP_WH_MAX_PER_MERCHANT) {
+      tp_scopy(w->e[w->n].id, TP_ID_MAX, id);
+      snprintf(w->e[w->n].floor, TP_ID_MAX, "evt_%s", dash + 1);
+      const char *status = json_string_value(json_object_get(row, "status"));
+      w->e[w->n].enabled = status && strcmp(status, "enabled") == 0;
+      w->e[w->n].events = json_incref(events);
+      w->n++;
+    }
+    json_decref(data);
+  }
+  json_decref(rows);
+}
+
+static void eps_free(struct wh_eps *w)
+{
+  for (size_t i = 0; i < w->n; i++)
+    json_decref(w->e[i].events);
+  w->n = 0;
+}
+
+static bool ep_wants(const struct wh_eps *w, size_t k, const char *type)
+{
+  size_t i;
+  const json_t *v;
+  json_array_foreach(w->e[k].events, i, v) {
+    const char *p = json_string_value(v);
+    if (p && tp_webhooks_event_matches(p, type))
+      return true;
+  }
+  return false;
+}
+
+static void set_pending(json_t *ev, const struct wh_eps *w)
+{
+  const char *id = json_string_value(json_object_get(ev, "id"));
+  const char *type = json_string_value(json_object_get(ev, "type"));
+  if (!id || !type)
+    return;
+  json_int_t pending = 0;
+  for (size_t k = 0; k < w->n; k++) {
+    json_t *rows = tp_store_query_take(&tp_app.store,
+                                       "SELECT state FROM webhook_deliveries WHERE endpoint=?1 AND event=?2",
+                                       tp_pack("[s, s]", w->e[k].id, id));
+    const char *state = json_string_value(json_object_get(json_array_get(rows, 0), "state"));
+    if (state)
+      pending += strcmp(state, "pending") == 0;
+    else if (rows)
+      pending += w->e[k].enabled && strcmp(id, w->e[k].floor) > 0 && ep_wants(w, k, type);
+    json_decref(rows);
+  }
+  json_object_set_new(ev, "pending_webhooks", json_integer(pending));
+}
+
+static void set_pending_all(json_t *events, void *arg)
+{
+  const struct wh_eps *w = arg;
+  size_t i;
+  json_t *ev;
+  if (w->n == 0)
+    return;
+  json_array_foreach(events, i, ev)
+    set_pending(ev, w);
+}
+
 /* GET /v1/events/{id} */
 void tp_h_event_retrieve(struct tp_req *r)
 {
-  tp_retrieve(r, TP_K_EVENT, "event");
+  if (!tp_check_params(r, tp_spec_expand_only))
+    return;
+  json_t *ev = tp_load_path(r, TP_K_EVENT, "event");
+  if (!ev)
+    return;
+  struct wh_eps w;
+  eps_load(r->merchant.id, &w);
+  if (w.n > 0)
+    set_pending(ev, &w);
+  eps_free(&w);
+  tp_reply_json(r, 200, ev);
 }
 
 /* "*" matches any run of characters (Stripe uses it as "charge.*"). */
@@ -169,7 +276,10 @@ void tp_h_event_list(struct tp_req *r)
     }
     if (!tp_list_params(r, &q))
       return;
-    tp_reply_list(r, &q, "/v1/events");
+    struct wh_eps w;
+    eps_load(r->merchant.id, &w);
+    tp_reply_list_fixed(r, &q, "/v1/events", set_pending_all, &w);
+    eps_free(&w);
     return;
   }
 
@@ -184,6 +294,10 @@ void tp_h_event_list(struct tp_req *r)
   json_t *data = filtered(r, &q, (int)limit, type, types, &more);
   if (!data)
     return;
+  struct wh_eps w;
+  eps_load(r->merchant.id, &w);
+  set_pending_all(data, &w);
+  eps_free(&w);
   json_t *env = tp_pack("{s:s, s:o, s:b, s:s}", "object", "list", "data", data, "has_more", more, "url",
                         "/v1/events");
   const json_t *ex = json_object_get(r->params, "expand");

@@ -558,12 +558,20 @@ bool tp_list_params(struct tp_req *r, struct tp_list_query *q)
 
 void tp_reply_list(struct tp_req *r, struct tp_list_query *q, const char *url)
 {
+  tp_reply_list_fixed(r, q, url, NULL, NULL);
+}
+
+void tp_reply_list_fixed(struct tp_req *r, struct tp_list_query *q, const char *url, void (*fix)(json_t *, void *),
+                         void *arg)
+{
   bool has_more = false;
   json_t *data = tp_app.store.ops->list(tp_app.store.cls, q, &has_more);
   if (!data) {
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
     return;
   }
+  if (fix)
+    fix(data, arg);
   json_t *list = tp_pack("{s:s, s:s, s:b, s:o}", "object", "list", "url", url, "has_more", has_more, "data", data);
   /* expand[]=data.x applies to the items */
   const json_t *ex = json_object_get(r->params, "expand");

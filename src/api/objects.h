@@ -74,6 +74,10 @@ bool tp_expand(struct tp_req *r, json_t *obj, const json_t *known);
  * starting_after, ending_before, created (range) and the optional filter
  * column; validates limit 1..100. url is like "/v1/customers". */
 void tp_reply_list(struct tp_req *r, struct tp_list_query *q, const char *url);
+/* tp_reply_list, with fix(data, arg) run on the page's items (a JSON
+ * array) before expansion. */
+void tp_reply_list_fixed(struct tp_req *r, struct tp_list_query *q, const char *url, void (*fix)(json_t *, void *),
+                         void *arg);
 
 /* Fill q->created_gte/lte and paging from r->params; false after replying 400. */
 bool tp_list_params(struct tp_req *r, struct tp_list_query *q);

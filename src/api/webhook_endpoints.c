@@ -19,7 +19,6 @@
 #include <string.h>
 #include <strings.h>
 
-#define WE_MAX_PER_MERCHANT 16    /* Stripe's limit */
 #define WE_DESCRIPTION_MAX 5000
 #define WE_API_VERSION_MAX 40
 #define WE_LIST_URL "/v1/webhook_endpoints"
@@ -262,7 +261,7 @@ void tp_h_we_create(struct tp_req *r)
                       tp_pack("[s]", r->merchant.id));
   json_int_t n = json_integer_value(json_object_get(json_array_get(cnt, 0), "n"));
   json_decref(cnt);
-  if (!cnt || n >= WE_MAX_PER_MERCHANT) {
+  if (!cnt || n >= TP_WH_MAX_PER_MERCHANT) {
     unlock(r);
     tp_reply_error(r, cnt ? TP_ERR_WEBHOOK_ENDPOINT_LIMIT_REACHED : TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
     return;

@@ -10,6 +10,7 @@
 #define TP_WH_URL_MAX 2048        /* bytes in an endpoint URL */
 #define TP_WH_SECRET_MAX 64       /* bytes in a whsec_ secret, with NUL */
 #define TP_WH_SEALED_MAX 256      /* hex chars of a sealed secret, with NUL */
+#define TP_WH_MAX_PER_MERCHANT 16 /* endpoints a merchant may have (Stripe's limit) */
 #define TP_WH_DISABLED_EVENT "turnpike.webhook_endpoint.disabled"
 
 /* True when type is an event type an endpoint may subscribe to. */

@@ -131,7 +131,7 @@ def pi_events(c, pi_id):
 
 
 class WebhooksTest(DaemonTestCase):
-    MERCHANTS = ("crud", "other", "pay", "filter", "retry", "slow", "resend")
+    MERCHANTS = ("crud", "other", "pay", "filter", "retry", "slow", "resend", "pending")
 
     @classmethod
     def setUpClass(cls):
@@ -306,6 +306,39 @@ class WebhooksTest(DaemonTestCase):
         got = self.recv.on("/only-charges")
         self.assertEqual([g["event"]["type"] for g in got], ["charge.succeeded"], got)
         self.assertEqual(got[0]["event"]["data"]["object"]["payment_intent"], pi["id"])
+
+    def test_pending_webhooks_counts_the_endpoints_still_owed_an_event(self):
+        c = self.c("pending")
+        before = c.post(PI, {"amount": 700, "currency": "usd"}).json  # older than every endpoint
+        self.recv.behaviour["/pend-fail"] = lambda ev, n: (500, 0)
+        self.endpoint("pending", "/pend-fail", events=["payment_intent.succeeded"])
+        self.endpoint("pending", "/pend-ok", events=["payment_intent.succeeded", "charge.succeeded"])
+        pi = pay(c)
+        self.recv.wait_for("/pend-ok", lambda g: len(event_ids(g)) >= 2)
+        self.recv.wait_for("/pend-fail", lambda g: len(g) >= 2)  # failing, and retried
+        evs = {e["type"]: e["id"] for e in pi_events(c, pi["id"])}
+        old = [e["id"] for e in pi_events(c, before["id"])]
+        self.assertEqual(len(old), 1)
+
+        def pending(ev_id):
+            r = c.get("/v1/events/" + ev_id)
+            self.assertEqual(r.status, 200, r)
+            return r.json["pending_webhooks"]
+        want = {evs["payment_intent.succeeded"]: 1,  # the failing endpoint still owes it
+                evs["charge.succeeded"]: 0,          # its only endpoint has it
+                evs["payment_intent.created"]: 0,    # no endpoint wants it
+                old[0]: 0}                           # older than the endpoints
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(pending(e) != n for e, n in want.items()):
+            time.sleep(0.05)  # the successful deliveries' rows commit just after the POSTs
+        self.assertEqual({e: pending(e) for e in want}, want)
+        listed = {e["id"]: e["pending_webhooks"] for e in c.list_all("/v1/events")}
+        self.assertEqual({e: listed[e] for e in want}, want)
+        wild = c.get("/v1/events", {"type": "payment_intent.*", "limit": 100}).json["data"]
+        self.assertEqual({e["id"]: e["pending_webhooks"] for e in wild if e["id"] in want},
+                         {e: n for e, n in want.items() if e != evs["charge.succeeded"]})
+        # The stored event is not changed by reading it.
+        self.assertEqual(self.recv.on("/pend-ok")[0]["event"]["pending_webhooks"], 0)
 
     def test_failures_are_retried_with_backoff(self):
         # Two 500s, then 200, for every event.
