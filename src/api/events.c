@@ -46,7 +46,6 @@ struct wh_eps {
   size_t n;
   struct {
     char id[TP_ID_MAX];
-    char floor[TP_ID_MAX]; /* "evt_" + the endpoint id's suffix: older events are not its */
     bool enabled;
     json_t *events;        /* enabled_events */
   } e[TP_WH_MAX_PER_MERCHANT];
@@ -63,12 +62,10 @@ static void eps_load(const char *merchant, struct wh_eps *w)
   json_t *row;
   json_array_foreach(rows, i, row) {
     const char *id = json_string_value(json_object_get(row, "id"));
-    const char *dash = id ? strchr(id, '_') : NULL;
     json_t *data = json_loads(json_string_value(json_object_get(row, "data")) ?: "", 0, NULL);
     json_t *events = json_object_get(data, "enabled_events");
-    if (dash && json_is_array(events) && w->n < TP_WH_MAX_PER_MERCHANT) {
+    if (id && json_is_array(events) && w->n < TP_WH_MAX_PER_MERCHANT) {
       tp_scopy(w->e[w->n].id, TP_ID_MAX, id);
-      snprintf(w->e[w->n].floor, TP_ID_MAX, "evt_%s", dash + 1);
       const char *status = json_string_value(json_object_get(row, "status"));
       w->e[w->n].enabled = status && strcmp(status, "enabled") == 0;
       w->e[w->n].events = json_incref(events);
@@ -86,18 +83,6 @@ static void eps_free(struct wh_eps *w)
   w->n = 0;
 }
 
-static bool ep_wants(const struct wh_eps *w, size_t k, const char *type)
-{
-  size_t i;
-  const json_t *v;
-  json_array_foreach(w->e[k].events, i, v) {
-    const char *p = json_string_value(v);
-    if (p && tp_webhooks_event_matches(p, type))
-      return true;
-  }
-  return false;
-}
-
 static void set_pending(json_t *ev, const struct wh_eps *w)
 {
   const char *id = json_string_value(json_object_get(ev, "id"));
@@ -113,7 +98,7 @@ static void set_pending(json_t *ev, const struct wh_eps *w)
     if (state)
       pending += strcmp(state, "pending") == 0;
     else if (rows)
-      pending += w->e[k].enabled && strcmp(id, w->e[k].floor) > 0 && ep_wants(w, k, type);
+      pending += w->e[k].enabled && tp_webhooks_endpoint_wants(w->e[k].id, w->e[k].events, id, type);
     json_decref(rows);
   }
   json_object_set_new(ev, "pending_webhooks", json_integer(pending));
@@ -133,17 +118,18 @@ static void set_pending_all(json_t *events, void *arg)
 /* GET /v1/events/{id} */
 void tp_h_event_retrieve(struct tp_req *r)
 {
-  if (!tp_check_params(r, tp_spec_expand_only))
-    return;
-  json_t *ev = tp_load_path(r, TP_K_EVENT, "event");
-  if (!ev)
-    return;
   struct wh_eps w;
   eps_load(r->merchant.id, &w);
-  if (w.n > 0)
+  if (w.n == 0) { /* nothing pending: the stored text as it is */
+    tp_retrieve(r, TP_K_EVENT, "event");
+    return;
+  }
+  json_t *ev = tp_check_params(r, tp_spec_expand_only) ? tp_load_path(r, TP_K_EVENT, "event") : NULL;
+  if (ev) {
     set_pending(ev, &w);
+    tp_reply_json(r, 200, ev);
+  }
   eps_free(&w);
-  tp_reply_json(r, 200, ev);
 }
 
 /* "*" matches any run of characters (Stripe uses it as "charge.*"). */

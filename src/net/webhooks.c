@@ -316,19 +316,35 @@ static bool job_inflight(const char *endpoint, const char *event)
   return false;
 }
 
-static bool ep_wants(const struct ep *e, const char *event_id, const char *type)
+/* "evt_" + the endpoint id's suffix: events at or below it are older than
+ * the endpoint (ids sort by time). */
+static void endpoint_floor(const char *endpoint_id, char out[TP_ID_MAX])
 {
-  if (!e->enabled || strcmp(event_id, e->floor0) <= 0)
+  const char *dash = strchr(endpoint_id, '_');
+  snprintf(out, TP_ID_MAX, "evt_%s", dash ? dash + 1 : "");
+}
+
+bool tp_webhooks_endpoint_wants(const char *endpoint_id, const json_t *enabled_events, const char *event_id,
+                                const char *type)
+{
+  char floor[TP_ID_MAX];
+  endpoint_floor(endpoint_id, floor);
+  if (strcmp(event_id, floor) <= 0)
     return false;
   size_t i;
-  json_t *v;
-  json_array_foreach(e->events, i, v)
+  const json_t *v;
+  json_array_foreach(enabled_events, i, v)
   {
     const char *p = json_string_value(v);
     if (p && tp_webhooks_event_matches(p, type))
       return true;
   }
   return false;
+}
+
+static bool ep_wants(const struct ep *e, const char *event_id, const char *type)
+{
+  return e->enabled && tp_webhooks_endpoint_wants(e->id, e->events, event_id, type);
 }
 
 /* ---- endpoints ------------------------------------------------------------ */
@@ -370,8 +386,7 @@ static void load_endpoints(void)
     }
     tp_scopy(e->id, sizeof e->id, id);
     tp_scopy(e->merchant, sizeof e->merchant, json_string_value(json_object_get(row, "merchant")) ?: "");
-    const char *dash = strchr(id, '_');
-    snprintf(e->floor0, sizeof e->floor0, "evt_%s", dash ? dash + 1 : "");
+    endpoint_floor(id, e->floor0);
     tp_scopy(e->scan_floor, sizeof e->scan_floor, json_string_value(json_object_get(row, "scan_floor")) ?: "");
     tp_scopy(e->url, sizeof e->url, url);
     e->events = json_incref(json_object_get(data, "enabled_events"));

@@ -7,6 +7,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <jansson.h>
+
 #define TP_WH_URL_MAX 2048        /* bytes in an endpoint URL */
 #define TP_WH_SECRET_MAX 64       /* bytes in a whsec_ secret, with NUL */
 #define TP_WH_SEALED_MAX 256      /* hex chars of a sealed secret, with NUL */
@@ -17,6 +19,10 @@
 bool tp_webhooks_event_type_known(const char *type);
 /* True when pattern ("*" or an exact type) selects type. */
 bool tp_webhooks_event_matches(const char *pattern, const char *type);
+/* Whether an endpoint (its id and enabled_events array) is owed event_id of
+ * type: the event is newer than the endpoint and one pattern selects it. */
+bool tp_webhooks_endpoint_wants(const char *endpoint_id, const json_t *enabled_events, const char *event_id,
+                                const char *type);
 /* A new random "whsec_..." secret. */
 void tp_webhooks_new_secret(char out[TP_WH_SECRET_MAX]);
 /* Seal a secret for storage, bound to the endpoint id (hex out). 0 on success. */
