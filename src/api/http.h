@@ -22,6 +22,7 @@ enum tp_route_flags {
   TP_R_PUBLIC = 2,      /* no authentication */
   TP_R_HTML = 4,        /* form posts from a browser page, no Stripe auth */
   TP_R_CLIENT = 8,      /* with TP_R_AUTH: a publishable key too, with the object's client_secret */
+  TP_R_PUBLISHABLE = 16, /* with TP_R_AUTH: a publishable key too, as is (a browser tokenising a card) */
 };
 
 struct tp_route {
@@ -70,8 +71,9 @@ struct tp_req {
   const char *content_type;
   bool replayed;
   char original_request[40]; /* a replay: the request whose reply it is ("" if unknown) */
-  bool publishable; /* authenticated by a publishable key (TP_R_CLIENT route) */
+  bool publishable; /* authenticated by a publishable key (TP_R_CLIENT or TP_R_PUBLISHABLE route) */
   char location[2048];
+  char cors_methods[48]; /* an OPTIONS preflight: the methods its path serves */
   bool suspended;
   struct MHD_Response *raw_resp; /* queued as is with status (a 101 upgrade) */
 

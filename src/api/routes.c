@@ -5,6 +5,7 @@
 #define A TP_R_AUTH
 #define P TP_R_PUBLIC
 #define C (TP_R_AUTH | TP_R_CLIENT)
+#define B (TP_R_AUTH | TP_R_PUBLISHABLE)
 
 const struct tp_route tp_routes[] = {
   {"POST", "/v1/payment_intents", tp_h_pi_create, A},
@@ -40,7 +41,7 @@ const struct tp_route tp_routes[] = {
   {"GET", "/v1/customers/{id}/payment_methods", tp_h_customer_pm_list, A},
   {"GET", "/v1/customers/{id}/payment_methods/{pm}", tp_h_customer_pm_retrieve, A},
 
-  {"POST", "/v1/payment_methods", tp_h_pm_create, A},
+  {"POST", "/v1/payment_methods", tp_h_pm_create, B}, /* Stripe.js tokenises a card with pk_ */
   {"GET", "/v1/payment_methods", tp_h_pm_list, A},
   {"GET", "/v1/payment_methods/{id}", tp_h_pm_retrieve, A},
   {"POST", "/v1/payment_methods/{id}", tp_h_pm_update, A},

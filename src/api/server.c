@@ -100,9 +100,11 @@ static enum tp_err authenticate(struct tp_req *r)
   /* A browser holds the publishable key and a PaymentIntent's client_secret:
    * enough to retrieve and confirm that one PaymentIntent (Stripe.js). The
    * handler checks the secret; the reply is cut to what Stripe shows such a
-   * client (tp_pi_client_view). */
+   * client (tp_pi_client_view). The key alone creates a PaymentMethod: the
+   * browser tokenises the card, so the PAN never reaches the merchant's
+   * server (TP_R_PUBLISHABLE). */
   if (e == TP_ERR_PUBLISHABLE_KEY_FORBIDDEN && strcmp(a.kind, "publishable") == 0 && r->route &&
-      (r->route->flags & TP_R_CLIENT)) {
+      (r->route->flags & (TP_R_CLIENT | TP_R_PUBLISHABLE))) {
     a.scopes = tp_scope_required(r->method, r->route->pattern);
     r->publishable = true;
     e = TP_ERR_OK;
@@ -290,8 +292,59 @@ static bool access_check(struct tp_req *r, const struct tp_route *rt)
   return true;
 }
 
+/* ---- CORS ------------------------------------------------------------------ */
+/* Browsers call /v1 from a merchant's page with the publishable key
+ * (Stripe.js: tokenise a card, retrieve and confirm a PaymentIntent with its
+ * client_secret). As Stripe's API does, every /v1 reply may be read by any
+ * origin: authentication is a bearer key, never a cookie, so a page can do
+ * nothing with the API that its own key does not allow. */
+static bool cors_url(const char *url)
+{
+  return strncmp(url, "/v1/", 4) == 0 || strcmp(url, "/v1") == 0;
+}
+
+#define CORS_ALLOW_HEADERS \
+  "Authorization, Content-Type, Idempotency-Key, Stripe-Version, Stripe-Account, X-Stripe-Client-User-Agent"
+#define CORS_EXPOSE_HEADERS \
+  "Request-Id, Idempotency-Key, Idempotent-Replayed, Original-Request, Stripe-Should-Retry, Retry-After"
+
+/* An OPTIONS preflight (Fetch standard, CORS protocol): no credentials, so
+ * answered before authentication, with the methods the path serves. */
+static void preflight(struct tp_req *r)
+{
+  size_t n = 0;
+  for (unsigned i = 0; i < tp_routes_count; i++) {
+    const struct tp_route *rt = &tp_routes[i];
+    if (!match(rt->pattern, r->url, r))
+      continue;
+    if (!r->route)
+      r->route = rt;
+    if (strstr(r->cors_methods, rt->method))
+      continue;
+    int w = snprintf(r->cors_methods + n, sizeof r->cors_methods - n, "%s%s", n ? ", " : "", rt->method);
+    if (w > 0 && (size_t)w < sizeof r->cors_methods - n)
+      n += (size_t)w;
+  }
+  if (!r->route) {
+    tp_reply_error(r, TP_ERR_URL_UNKNOWN, NULL, NULL);
+    return;
+  }
+  if (!cors_url(r->url)) {
+    r->cors_methods[0] = '\0';
+    tp_reply_error(r, TP_ERR_METHOD_NOT_ALLOWED, NULL, NULL);
+    return;
+  }
+  if (strstr(r->cors_methods, "GET"))
+    tp_scopy(r->cors_methods + n, sizeof r->cors_methods - n, ", HEAD");
+  tp_reply_raw(r, 204, strdup(""), 0, "text/plain");
+}
+
 static void dispatch(struct tp_req *r)
 {
+  if (strcmp(r->method, "OPTIONS") == 0) {
+    preflight(r);
+    return;
+  }
   bool url_known;
   const struct tp_route *rt = route(r, &url_known);
   if (!rt) {
@@ -440,7 +493,8 @@ static enum MHD_Result queue_reply(struct tp_req *r)
   if (!r->resp) {
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
   }
-  if (r->publishable && r->resp && (!r->content_type || strcmp(r->content_type, "application/json") == 0)) {
+  if (r->publishable && (r->route->flags & TP_R_CLIENT) && r->resp &&
+      (!r->content_type || strcmp(r->content_type, "application/json") == 0)) {
     /* After the idempotency record took the whole reply: a replay to a
      * secret key still gets all of it. */
     size_t len = r->resp_len;
@@ -481,6 +535,15 @@ static enum MHD_Result queue_reply(struct tp_req *r)
   }
   if (r->www_authenticate[0])
     MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, r->www_authenticate);
+  if (cors_url(r->url)) {
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, "*");
+    if (r->cors_methods[0]) {
+      MHD_add_response_header(resp, "Access-Control-Allow-Methods", r->cors_methods);
+      MHD_add_response_header(resp, "Access-Control-Allow-Headers", CORS_ALLOW_HEADERS);
+      MHD_add_response_header(resp, "Access-Control-Max-Age", "300");
+    } else
+      MHD_add_response_header(resp, "Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS);
+  }
   enum MHD_Result ret = MHD_queue_response(r->conn, r->status, resp);
   MHD_destroy_response(resp);
   return ret;

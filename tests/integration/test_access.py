@@ -31,7 +31,7 @@ def routes():
     with open(ROUTES_C) as f:
         text = f.read()
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    out = [(m, p, bool({"A", "C"} & set(re.split(r"[\s|]+", flags.strip()))) or "TP_R_AUTH" in flags)
+    out = [(m, p, bool({"A", "B", "C"} & set(re.split(r"[\s|]+", flags.strip()))) or "TP_R_AUTH" in flags)
            for m, p, _, flags in ROUTE_RE.findall(text)]
     if len(out) < 20:
         raise AssertionError("parsed only %d routes from %s" % (len(out), ROUTES_C))
@@ -346,9 +346,10 @@ class KeysTest(DaemonTestCase):
     def test_publishable_key_is_refused_on_secret_routes(self):
         c = self.key_client(self.daemon.merchants["K"]["publishable_key"])
         self.assertStripeError(c.get("/v1/payment_intents"), 401, "invalid_request_error")
-        # every authenticated route but the two client ones (retrieve and
-        # confirm a PaymentIntent with its client_secret)
-        client_routes = {("GET", "/v1/payment_intents/{id}"), ("POST", "/v1/payment_intents/{id}/confirm")}
+        # every authenticated route but the three browser ones (retrieve and
+        # confirm a PaymentIntent with its client_secret, tokenise a card)
+        client_routes = {("GET", "/v1/payment_intents/{id}"), ("POST", "/v1/payment_intents/{id}/confirm"),
+                         ("POST", "/v1/payment_methods")}
         for method, pattern, authed in routes():
             if not authed or (method, pattern) in client_routes:
                 continue
@@ -412,6 +413,86 @@ class KeysTest(DaemonTestCase):
         self.assertEqual((epi["id"], epi["status"]), (d["id"], "requires_payment_method"))
         self.assertNotIn("metadata", epi)
         self.assertEqual(epi["last_payment_error"]["decline_code"], "generic_decline")
+
+    def test_publishable_key_tokenises_a_card_the_server_then_charges(self):
+        """Stripe.js's flow: the browser creates the PaymentMethod with the
+        publishable key, so the card number never reaches the merchant's
+        server, which charges the pm_ id with its secret key."""
+        sk = self.key_client(self.daemon.merchants["K"]["secret_key"])
+        pk = self.key_client(self.daemon.merchants["K"]["publishable_key"])
+        other_sk = self.key_client(self.daemon.merchants["R"]["secret_key"])
+        pm = pk.post("/v1/payment_methods", dict(card("5555555555554444"),
+                                                billing_details={"name": "Ada"}), idem="pk-pm-1")
+        self.assertEqual(pm.status, 200, pm)
+        self.assertEqual((pm.json["object"], pm.json["card"]["brand"], pm.json["card"]["last4"],
+                          pm.json["billing_details"]["name"], pm.json["customer"]),
+                         ("payment_method", "mastercard", "4444", "Ada", None))
+        self.assertNotIn("5555555555554444", json.dumps(pm.json))
+        again = pk.post("/v1/payment_methods", dict(card("5555555555554444"),
+                                                   billing_details={"name": "Ada"}), idem="pk-pm-1")
+        self.assertEqual((again.headers.get("Idempotent-Replayed"), again.json), ("true", pm.json))
+        # the browser's key does nothing else with it
+        self.assertStripeError(pk.get("/v1/payment_methods/" + pm.json["id"]), 401, "invalid_request_error",
+                               "secret_key_required")
+        self.assertStripeError(pk.post("/v1/payment_methods/" + pm.json["id"] + "/attach", {"customer": "cus_x"}),
+                               401, "invalid_request_error", "secret_key_required")
+        self.assertStripeError(pk.post("/v1/payment_methods", dict(card("4242424242424242"),
+                                                                  customer="cus_x")),
+                               400, "invalid_request_error", "parameter_unknown", param="customer")
+        # card validation is the same as for a secret key
+        self.assertStripeError(pk.post("/v1/payment_methods", dict(card("4242424242424241"))),
+                               402, "card_error", "incorrect_number")
+        # the merchant's server sees it and charges it; another merchant cannot
+        self.assertEqual(sk.get("/v1/payment_methods/" + pm.json["id"]).json, pm.json)
+        self.assertStripeError(other_sk.get("/v1/payment_methods/" + pm.json["id"]), 404, "invalid_request_error",
+                               "resource_missing")
+        pi = sk.post(PI, {"amount": 2500, "currency": "usd", "payment_method": pm.json["id"], "confirm": "true"})
+        self.assertEqual((pi.status, pi.json["status"], pi.json["amount_received"]), (200, "succeeded", 2500), pi)
+        ch = sk.get("/v1/charges/" + pi.json["latest_charge"]).json
+        self.assertEqual((ch["payment_method"], ch["payment_method_details"]["card"]["last4"]),
+                         (pm.json["id"], "4444"))
+        # or the browser confirms with it, holding the client_secret
+        pi2 = sk.post(PI, {"amount": 900, "currency": "usd"}).json
+        done = pk.post(PI + "/" + pi2["id"] + "/confirm",
+                       {"client_secret": pi2["client_secret"], "payment_method": pm.json["id"]})
+        self.assertEqual((done.status, done.json["status"]), (200, "succeeded"), done)
+
+    def test_cors_lets_a_page_on_another_origin_call_the_api(self):
+        """The CORS protocol of the Fetch standard, as Stripe's API answers
+        it: preflights need no key and create nothing; every /v1 reply,
+        errors included, may be read by any origin."""
+        pk = self.key_client(self.daemon.merchants["K"]["publishable_key"])
+        sk = self.key_client(self.daemon.merchants["K"]["secret_key"])
+        before = len(sk.list_all("/v1/payment_methods", {"type": "card"}))
+        origin = {"Origin": "https://shop.example"}
+        pre = pk.request("OPTIONS", "/v1/payment_methods", key=None, headers=dict(origin, **{
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, idempotency-key"}))
+        self.assertEqual(pre.status, 204, pre)
+        h = {k.lower(): v for k, v in pre.headers.items()}
+        self.assertEqual(h.get("access-control-allow-origin"), "*")
+        self.assertEqual(set(h["access-control-allow-methods"].split(", ")), {"GET", "HEAD", "POST"})
+        allowed = {x.strip().lower() for x in h["access-control-allow-headers"].split(",")}
+        self.assertLessEqual({"authorization", "content-type", "idempotency-key", "stripe-version"}, allowed)
+        self.assertEqual(h.get("access-control-max-age"), "300")
+        pre = pk.request("OPTIONS", "/v1/customers/cus_x", key=None, headers=origin)
+        self.assertEqual(pre.status, 204, pre)
+        self.assertEqual(set(pre.headers["Access-Control-Allow-Methods"].split(", ")),
+                         {"GET", "HEAD", "POST", "DELETE"})
+        self.assertStripeError(pk.request("OPTIONS", "/v1/nothing_here", key=None, headers=origin), 404,
+                               "invalid_request_error")
+        self.assertEqual(len(sk.list_all("/v1/payment_methods", {"type": "card"})), before)
+        # the real requests carry the origin header and expose theirs
+        ok = pk.post("/v1/payment_methods", dict(card("4242424242424242")), headers=origin)
+        self.assertEqual(ok.status, 200, ok)
+        self.assertEqual(ok.headers.get("Access-Control-Allow-Origin"), "*")
+        self.assertIn("Request-Id", ok.headers.get("Access-Control-Expose-Headers", ""))
+        bad = pk.get("/v1/payment_methods/" + ok.json["id"], headers=origin)
+        self.assertEqual((bad.status, bad.headers.get("Access-Control-Allow-Origin")), (401, "*"))
+        # outside /v1 (OAuth, metrics) no origin is allowed
+        tok = pk.request("OPTIONS", "/oauth/token", key=None, headers=origin)
+        self.assertEqual(tok.status, 405, tok)
+        self.assertIsNone(tok.headers.get("Access-Control-Allow-Origin"))
 
 
 if __name__ == "__main__":

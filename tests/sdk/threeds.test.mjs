@@ -2,7 +2,7 @@
 // the challenge page is walked with plain fetch() like a browser would.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { stripe, client, BASE, CARDS, PUBLISHABLE_KEY, cardData, submitChallenge, parseChallengeForms } from './lib.mjs';
+import { stripe, client, BASE, CARDS, PUBLISHABLE_KEY, card, cardData, submitChallenge, parseChallengeForms } from './lib.mjs';
 
 const RETURN_URL = 'https://merchant.example/checkout/return?cart=9';
 
@@ -193,4 +193,29 @@ test('publishable key with client_secret confirms through 3DS and retrieves the 
   const denied = await browser.paymentIntents.capture(pi.id).catch((e) => e);
   assert.equal(denied.type, 'StripeAuthenticationError');
   assert.equal(denied.code, 'secret_key_required');
+});
+
+// Stripe.js's other half: the page tokenises the card with the publishable
+// key (the number never reaches the merchant's server), the server charges
+// the pm_ id with its secret key.
+test('publishable key creates a PaymentMethod that the secret key charges', async () => {
+  assert.ok(PUBLISHABLE_KEY, 'run.mjs hands over the publishable key');
+  const browser = client(PUBLISHABLE_KEY);
+  const pm = await browser.paymentMethods.create({
+    type: 'card', card: card(CARDS.mastercard), billing_details: { email: 'ada@example.test' },
+  });
+  assert.match(pm.id, /^pm_/);
+  assert.equal(pm.card.brand, 'mastercard');
+  assert.equal(pm.card.last4, '4444');
+  assert.equal(pm.billing_details.email, 'ada@example.test');
+  assert.ok(!JSON.stringify(pm).includes(CARDS.mastercard), 'no card number in the reply');
+  const denied = await browser.paymentMethods.retrieve(pm.id).catch((e) => e);
+  assert.equal(denied.type, 'StripeAuthenticationError');
+  assert.equal(denied.code, 'secret_key_required');
+
+  const pi = await stripe.paymentIntents.create({ amount: 1250, currency: 'eur', payment_method: pm.id, confirm: true });
+  assert.equal(pi.status, 'succeeded');
+  const ch = await stripe.charges.retrieve(pi.latest_charge);
+  assert.equal(ch.payment_method, pm.id);
+  assert.equal(ch.payment_method_details.card.last4, '4444');
 });
