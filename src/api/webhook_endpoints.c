@@ -112,9 +112,11 @@ static json_t *endpoint_load(struct tp_req *r, const char *id)
 }
 
 /* An absolute http(s) URL with a host, no whitespace or control bytes,
- * that libcurl's own parser accepts. */
-static bool url_ok(const char *url)
+ * that libcurl's own parser accepts; *denied when private_networks = deny
+ * refuses its host (tp_webhooks_host_denied). */
+static bool url_ok(const char *url, bool *denied)
 {
+  *denied = false;
   size_t n = strlen(url);
   if (n == 0 || n > TP_WH_URL_MAX)
     return false;
@@ -133,6 +135,7 @@ static bool url_ok(const char *url)
   bool ok = curl_url_set(h, CURLUPART_URL, url, 0) == CURLUE_OK;
   char *host = NULL;
   ok = ok && curl_url_get(h, CURLUPART_HOST, &host, 0) == CURLUE_OK && host && *host;
+  *denied = ok && tp_webhooks_host_denied(host);
   curl_free(host);
   curl_url_cleanup(h);
   return ok;
@@ -141,9 +144,16 @@ static bool url_ok(const char *url)
 static bool check_url(struct tp_req *r, const json_t *v)
 {
   const char *url = json_string_value(v);
-  if (!url || !url_ok(url)) {
+  bool denied = false;
+  if (!url || !url_ok(url, &denied)) {
     tp_reply_error(r, TP_ERR_WEBHOOK_ENDPOINT_URL_INVALID, "url",
                    "Invalid URL: must be an absolute http or https URL with a host, at most 2048 characters");
+    return false;
+  }
+  if (denied) {
+    tp_reply_error(r, TP_ERR_WEBHOOK_ENDPOINT_URL_INVALID, "url",
+                   "Invalid URL: webhook endpoints must be publicly accessible; this host is a local, private or "
+                   "reserved address");
     return false;
   }
   return true;

@@ -2,8 +2,13 @@
 #include "cli.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -87,4 +92,40 @@ long tp_cli_raise_nofile(long want)
       rl.rlim_cur = to;
   }
   return rl.rlim_cur == RLIM_INFINITY ? want : (long)rl.rlim_cur;
+}
+
+int tp_cli_lock_dir(const char *dir, const char *name, long *holder)
+{
+  *holder = 0;
+  if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+    return -1;
+  char path[1200];
+  if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, name) >= sizeof path) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return -1;
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int e = errno;
+    if (e == EWOULDBLOCK) {
+      char buf[24] = "";
+      ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+      if (n > 0) {
+        buf[n] = '\0';
+        *holder = strtol(buf, NULL, 10);
+      }
+    }
+    close(fd);
+    errno = e;
+    return e == EWOULDBLOCK ? -2 : -1;
+  }
+  char pid[24];
+  int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n) {
+    close(fd);
+    return -1;
+  }
+  return fd;
 }

@@ -21,4 +21,12 @@ int tp_cli_sockaddr(const char *host, uint16_t port, struct sockaddr_storage *ss
  * limit): a login shell's 1024 would cap a server at ~1000 connections.
  * Returns the soft limit now in force. */
 long tp_cli_raise_nofile(long want);
+/* Make `dir` (0700) if missing and take an exclusive flock(2) on
+ * DIR/NAME for the life of the process, writing our pid into it: one
+ * server per data directory (two would each keep their own in-flight
+ * idempotency keys and object locks over one store). The kernel drops the
+ * lock when the process dies, kill -9 included. Returns the descriptor
+ * (kept open, close-on-exec), -2 when another process holds the lock
+ * (*holder its pid, 0 if unknown) or -1 on any other error (errno). */
+int tp_cli_lock_dir(const char *dir, const char *name, long *holder);
 #endif

@@ -4,7 +4,9 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/crypto.h>
+#include <arpa/inet.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -277,4 +279,101 @@ void tp_body_free(char *buf, size_t cap)
   if (buf)
     explicit_bzero(buf, cap);
   free(buf);
+}
+
+/* ---- addresses ------------------------------------------------------------ */
+static bool v4_public(uint32_t a)
+{
+  static const struct {
+    uint32_t net, mask;
+  } deny[] = {
+    {0x00000000, 0xff000000}, /* 0.0.0.0/8 this network */
+    {0x0a000000, 0xff000000}, /* 10/8 private */
+    {0x64400000, 0xffc00000}, /* 100.64/10 shared (CGN) */
+    {0x7f000000, 0xff000000}, /* 127/8 loopback */
+    {0xa9fe0000, 0xffff0000}, /* 169.254/16 link-local, cloud metadata */
+    {0xac100000, 0xfff00000}, /* 172.16/12 private */
+    {0xc0000000, 0xffffff00}, /* 192.0.0/24 IETF protocol assignments */
+    {0xc0000200, 0xffffff00}, /* 192.0.2/24 TEST-NET-1 */
+    {0xc0586300, 0xffffff00}, /* 192.88.99/24 6to4 relay anycast */
+    {0xc0a80000, 0xffff0000}, /* 192.168/16 private */
+    {0xc6120000, 0xfffe0000}, /* 198.18/15 benchmarking */
+    {0xc6336400, 0xffffff00}, /* 198.51.100/24 TEST-NET-2 */
+    {0xcb007100, 0xffffff00}, /* 203.0.113/24 TEST-NET-3 */
+    {0xe0000000, 0xf0000000}, /* 224/4 multicast */
+    {0xf0000000, 0xf0000000}, /* 240/4 reserved, broadcast */
+  };
+  for (size_t i = 0; i < sizeof deny / sizeof deny[0]; i++)
+    if ((a & deny[i].mask) == deny[i].net)
+      return false;
+  return true;
+}
+
+static uint32_t be32(const uint8_t *p)
+{
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static bool v6_public(const uint8_t *b)
+{
+  static const uint8_t zero[12] = {0};
+  static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  static const uint8_t nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
+  /* ::/96 (unspecified, loopback, IPv4-compatible), ::ffff:0:0/96, 64:ff9b::/96:
+   * the last 32 bits are an IPv4 address, judged as one. */
+  if (memcmp(b, zero, 12) == 0 || memcmp(b, mapped, 12) == 0 || memcmp(b, nat64, 12) == 0)
+    return v4_public(be32(b + 12));
+  if (b[0] == 0x20 && b[1] == 0x02) /* 2002::/16 6to4: bits 16-47 */
+    return v4_public(be32(b + 2));
+  if (b[0] == 0xff)                               /* ff00::/8 multicast */
+    return false;
+  if ((b[0] & 0xfe) == 0xfc)                      /* fc00::/7 unique local */
+    return false;
+  if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80)      /* fe80::/10 link-local */
+    return false;
+  if (b[0] == 0xfe && (b[1] & 0xc0) == 0xc0)      /* fec0::/10 site-local */
+    return false;
+  if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0x0d && b[3] == 0xb8) /* 2001:db8::/32 documentation */
+    return false;
+  if (b[0] == 0x01 && b[1] == 0 && memcmp(b + 2, zero, 6) == 0) /* 100::/64 discard */
+    return false;
+  if (b[0] == 0x20 && b[1] == 0x01 && (b[2] & 0xfe) == 0) /* 2001::/23 IETF (Teredo, ORCHID...) */
+    return false;
+  return true;
+}
+
+bool tp_addr_is_public(const struct sockaddr *sa)
+{
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+    return v4_public(ntohl(in->sin_addr.s_addr));
+  }
+  if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+    return v6_public(in6->sin6_addr.s6_addr);
+  }
+  return false;
+}
+
+int tp_addr_text_is_public(const char *host)
+{
+  char buf[INET6_ADDRSTRLEN + 2];
+  size_t n = strlen(host);
+  if (n >= 2 && host[0] == '[' && host[n - 1] == ']') {
+    if (n - 2 >= sizeof buf)
+      return -1;
+    memcpy(buf, host + 1, n - 2);
+    buf[n - 2] = '\0';
+  } else {
+    if (n >= sizeof buf)
+      return -1;
+    memcpy(buf, host, n + 1);
+  }
+  struct in_addr a4;
+  struct in6_addr a6;
+  if (inet_pton(AF_INET, buf, &a4) == 1)
+    return v4_public(ntohl(a4.s_addr)) ? 1 : 0;
+  if (inet_pton(AF_INET6, buf, &a6) == 1)
+    return v6_public(a6.s6_addr) ? 1 : 0;
+  return -1;
 }

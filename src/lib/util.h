@@ -51,4 +51,15 @@ int tp_ct_equal(const void *a, const void *b, size_t n);
 int tp_body_append(char **buf, size_t *len, size_t *cap, bool *too_large, const char *data, size_t n, size_t max);
 /* Wipe and free a body buffer of capacity cap. */
 void tp_body_free(char *buf, size_t cap);
+
+/* Whether an IPv4 or IPv6 address is publicly routable: false for
+ * loopback, private (RFC 1918, ULA), shared (100.64/10), link-local,
+ * unspecified, documentation, benchmarking, multicast and reserved ranges,
+ * and for IPv6 forms that embed such an IPv4 address (mapped, compatible,
+ * NAT64 64:ff9b::/96, 6to4). Any other family: false. */
+struct sockaddr;
+bool tp_addr_is_public(const struct sockaddr *sa);
+/* The same for the text of an address literal ("10.0.0.1", "::1", "[::1]"):
+ * 1 public, 0 not, -1 when the text is not an address literal. */
+int tp_addr_text_is_public(const char *host);
 #endif

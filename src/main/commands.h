@@ -6,4 +6,6 @@ int tp_cmd_kek(int argc, char **argv);          /* src/sec/kek.c */
 int tp_cmd_audit(int argc, char **argv);        /* src/sec/audit.c */
 int tp_cmd_oauth_client(int argc, char **argv); /* src/sec/oauth.c */
 int tp_cmd_api_key(int argc, char **argv);      /* src/sec/apikey.c */
+int tp_cmd_backup(int argc, char **argv);       /* src/store/backup.c */
+int tp_cmd_restore(int argc, char **argv);      /* src/store/backup.c */
 #endif

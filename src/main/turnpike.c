@@ -106,6 +106,8 @@ static void usage(FILE *f)
              "  serve                 run the gateway (HTTP API on --listen)\n"
              "  merchant create       create a merchant and print its API keys as JSON\n"
              "  migrate               create or upgrade the store in --data, then exit\n"
+             "  backup                write a consistent, checked copy of the store while it runs\n"
+             "  restore               put a backup in place as the store (the server stopped)\n"
              "  sim                   run the processor simulator (REST/JSON and ISO 8583)\n"
              "  sim journal           print the simulator's journal as JSON\n"
              "  kek rotate            create a new key-encryption key version\n"
@@ -257,6 +259,19 @@ static int cmd_serve(int argc, char **argv)
     tp_log(TP_LOG_WARN, "open_files_limited", "{s:i, s:s}", "limit", (int)nofile, "hint",
            "raise the hard limit (ulimit -Hn, LimitNOFILE=) to serve 4096 connections");
   tp_scopy(tp_app.data_dir, sizeof tp_app.data_dir, c.data);
+  /* Before anything in the directory is touched: a second server would
+   * remove the first's serve.addr and share its store. */
+  long holder = 0;
+  int lock_fd = tp_cli_lock_dir(c.data, "turnpike.lock", &holder);
+  if (lock_fd == -2) {
+    tp_log(TP_LOG_ERROR, "data_dir_in_use", "{s:s, s:I, s:s}", "data", c.data, "pid", (json_int_t)holder, "hint",
+           "another turnpike serve uses this --data directory; stop it or choose another");
+    return 1;
+  }
+  if (lock_fd < 0) {
+    tp_log(TP_LOG_ERROR, "data_dir_lock_failed", "{s:s, s:s}", "data", c.data, "error", strerror(errno));
+    return 1;
+  }
   char addr_path[1200];
   snprintf(addr_path, sizeof addr_path, "%s/serve.addr", c.data);
   unlink(addr_path);
@@ -467,7 +482,8 @@ int main(int argc, char **argv)
     const char *name;
     int (*fn)(int, char **);
   } more[] = {{"sim", tp_cmd_sim}, {"kek", tp_cmd_kek}, {"audit", tp_cmd_audit},
-              {"oauth-client", tp_cmd_oauth_client}, {"api-key", tp_cmd_api_key}};
+              {"oauth-client", tp_cmd_oauth_client}, {"api-key", tp_cmd_api_key}, {"backup", tp_cmd_backup},
+              {"restore", tp_cmd_restore}};
   for (size_t i = 0; i < sizeof more / sizeof more[0]; i++)
     if (strcmp(argv[1], more[i].name) == 0)
       return more[i].fn(argc - 2, argv + 2);

@@ -26,6 +26,7 @@
 #include "store/store.h"
 #include "util.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
 #include <openssl/evp.h>
 #include <pthread.h>
@@ -33,6 +34,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
 
 /* Limits. */
 #define WH_INBOX_MAX 65536       /* queued committed events before we fall back to the scan */
@@ -180,6 +183,7 @@ struct job {
   char *body;
   int64_t t0_ns;
   char errbuf[CURL_ERROR_SIZE];
+  char blocked[64];             /* the address refused by private_networks = deny */
 };
 
 struct ev_msg {
@@ -197,6 +201,7 @@ static struct {
   int64_t schedule[WH_MAX_SCHEDULE];
   int nschedule;
   bool enabled;
+  bool deny_private;            /* [webhooks] private_networks = deny */
 
   /* inbox: written by the writer thread and handlers, read by ours */
   pthread_mutex_t mu;
@@ -215,6 +220,8 @@ static struct {
   int njobs;
   int64_t next_scan, next_reload;
 } W = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *a);
 
 /* Store calls that take ownership of their JSON arguments. */
 static json_t *wq(const char *sql, json_t *args)
@@ -646,6 +653,8 @@ static bool start_job(struct ep *e, const char *event_id, int attempts, int64_t 
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
   curl_easy_setopt(c, CURLOPT_ERRORBUFFER, j->errbuf);
   curl_easy_setopt(c, CURLOPT_PRIVATE, j);
+  curl_easy_setopt(c, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+  curl_easy_setopt(c, CURLOPT_OPENSOCKETDATA, j);
   j->t0_ns = tp_mono_ns();
   if (curl_multi_add_handle(W.multi, c) != CURLM_OK) {
     job_free(j);
@@ -689,7 +698,10 @@ static void finish(struct job *j, CURLcode cc)
   const char *outcome = ok ? "success" : cc == CURLE_OPERATION_TIMEDOUT ? "timeout" : "failure";
   char err[WH_ERR_MAX];
   err[0] = '\0';
-  if (cc != CURLE_OK)
+  if (cc != CURLE_OK && j->blocked[0])
+    snprintf(err, sizeof err, "destination_blocked: %s is not a public address ([webhooks] private_networks = deny)",
+             j->blocked);
+  else if (cc != CURLE_OK)
     snprintf(err, sizeof err, "%.*s", WH_ERR_MAX - 1, j->errbuf[0] ? j->errbuf : curl_easy_strerror(cc));
   else if (!ok)
     snprintf(err, sizeof err, "HTTP status %ld", status);
@@ -949,9 +961,58 @@ static void *wh_main(void *arg)
   return NULL;
 }
 
+/* private_networks: "allow" (the default: a self-hosted gateway delivers
+ * to the merchant's own services) or "deny" (merchants are untrusted
+ * tenants: no endpoint may make the gateway call into its own network).
+ * Anything else is refused at start. */
+static int private_networks_setting(void)
+{
+  const char *v = tp_config_get("webhooks", "private_networks");
+  if (!v || strcmp(v, "allow") == 0)
+    return 0;
+  if (strcmp(v, "deny") == 0)
+    return 1;
+  tp_log(TP_LOG_ERROR, "config_invalid", "{s:s, s:s, s:s}", "setting", "webhooks.private_networks", "value", v,
+         "expected", "allow | deny");
+  return -1;
+}
+
+bool tp_webhooks_host_denied(const char *host)
+{
+  if (private_networks_setting() != 1)
+    return false;
+  size_t n = strlen(host);
+  while (n && host[n - 1] == '.') /* "localhost." is localhost */
+    n--;
+  if ((n == 9 && strncasecmp(host, "localhost", 9) == 0) ||
+      (n > 10 && strncasecmp(host + n - 10, ".localhost", 10) == 0))
+    return true;
+  return tp_addr_text_is_public(host) == 0;
+}
+
+/* libcurl asks us for every socket it connects, after name resolution: the
+ * address checked is the one connected to, so a name that resolves (or
+ * re-resolves) to an internal address is refused too. */
+static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *a)
+{
+  struct job *j = clientp;
+  (void)purpose;
+  if (W.deny_private && !tp_addr_is_public(&a->addr)) {
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (a->family == AF_INET)
+      inet_ntop(AF_INET, &((struct sockaddr_in *)(void *)&a->addr)->sin_addr, ip, sizeof ip);
+    else if (a->family == AF_INET6)
+      inet_ntop(AF_INET6, &((struct sockaddr_in6 *)(void *)&a->addr)->sin6_addr, ip, sizeof ip);
+    tp_scopy(j->blocked, sizeof j->blocked, ip);
+    return CURL_SOCKET_BAD;
+  }
+  return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
 static void load_settings(void)
 {
   W.enabled = tp_config_bool("webhooks", "enabled", true);
+  W.deny_private = private_networks_setting() == 1;
   W.connect_ms = tp_config_int("webhooks", "connect_timeout_ms", 5000, 10, 600000);
   W.timeout_ms = tp_config_int("webhooks", "timeout_ms", 10000, 10, 600000);
   W.per_endpoint = tp_config_int("webhooks", "max_in_flight_per_endpoint", 4, 1, 1000);
@@ -983,6 +1044,8 @@ static void load_settings(void)
 
 int tp_webhooks_start(void)
 {
+  if (private_networks_setting() < 0)
+    return -1;
   load_settings();
   if (!W.enabled) {
     tp_log(TP_LOG_INFO, "webhooks_disabled", NULL);

@@ -15,6 +15,12 @@
 #define TP_WH_MAX_PER_MERCHANT 16 /* endpoints a merchant may have (Stripe's limit) */
 #define TP_WH_DISABLED_EVENT "turnpike.webhook_endpoint.disabled"
 
+/* With [webhooks] private_networks = deny: whether an endpoint URL's host
+ * (as libcurl's URL parser gives it) is refused when the endpoint is
+ * created or updated: "localhost", "*.localhost" (RFC 6761) and address
+ * literals that are not public (tp_addr_text_is_public). Other names are
+ * resolved at delivery, where every address connected to is checked. */
+bool tp_webhooks_host_denied(const char *host);
 /* True when type is an event type an endpoint may subscribe to. */
 bool tp_webhooks_event_type_known(const char *type);
 /* True when pattern ("*" or an exact type) selects type. */

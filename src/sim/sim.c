@@ -175,8 +175,14 @@ int tp_cmd_sim(int argc, char **argv)
     }
     tp_log_threshold = l;
   }
-  if (mkdir(data, 0700) != 0 && errno != EEXIST) {
-    fprintf(stderr, "turnpike sim: cannot create %s: %s\n", data, strerror(errno));
+  long holder = 0;
+  int lock_fd = tp_cli_lock_dir(data, "sim.lock", &holder);
+  if (lock_fd == -2) {
+    fprintf(stderr, "turnpike sim: %s is in use by another turnpike sim (pid %ld)\n", data, holder);
+    return 1;
+  }
+  if (lock_fd < 0) {
+    fprintf(stderr, "turnpike sim: cannot lock %s: %s\n", data, strerror(errno));
     return 1;
   }
   tp_sim_procs_load();

@@ -593,9 +593,10 @@ LOAD_MIX = (
 class Ack:
     """One acknowledged create+confirm: what was sent and what came back."""
 
-    def __init__(self, key, params, status, js, t_sent):
+    def __init__(self, key, params, status, js, t_sent, t_done=None):
         self.key, self.params, self.status, self.js = key, params, status, js
         self.t_sent = t_sent
+        self.t_done = t_done  # monotonic time the reply was read
 
     def pi(self):
         """The PaymentIntent the reply acknowledged."""
@@ -670,6 +671,7 @@ class PaymentLoad:
                 t_sent = time.monotonic()
                 resp = conn.getresponse()
                 data = resp.read()
+                t_done = time.monotonic()
             except (OSError, http.client.HTTPException) as e:
                 with self.lock:
                     self.unacked.append((key, params, e, time.monotonic()))
@@ -682,7 +684,7 @@ class PaymentLoad:
                 js = None
             with self.lock:
                 if resp.status in (200, 402) and js is not None:
-                    self.acks.append(Ack(key, params, resp.status, js, t_sent))
+                    self.acks.append(Ack(key, params, resp.status, js, t_sent, t_done))
                 else:
                     self.other.append((key, params, Response(resp.status, resp.headers, js, data)))
             return "reply"

@@ -7,6 +7,7 @@ process; each test uses its own merchant (and URL path) so deliveries of one
 test never reach another's endpoint."""
 import hashlib
 import hmac
+import ipaddress
 import http.server
 import json
 import socket
@@ -412,6 +413,76 @@ class WebhooksTest(DaemonTestCase):
         self.assertStripeError(self.c("other").post(WE + "/" + ep["id"] + "/deliveries/" + evid + "/resend"), 404)
         c.post(WE + "/" + ep["id"], {"disabled": "true"})
         self.assertStripeError(c.post(WE + "/" + ep["id"] + "/deliveries/" + evid + "/resend"), 400)
+
+
+class PrivateNetworksTest(DaemonTestCase):
+    """[webhooks] private_networks = deny: a merchant cannot make the
+    gateway call into its own network (SSRF). Address literals and
+    localhost are refused when the endpoint is saved; a name is checked at
+    delivery against every address libcurl would connect to."""
+    MERCHANTS = ("m",)
+
+    @classmethod
+    def setUpClass(cls):
+        cls.recv = Receiver()
+        cls.daemon = Daemon()
+        try:
+            cls.daemon.create_merchant("m")
+            cls.daemon.start(config=BASE_CONFIG + "private_networks = deny\n")
+        except Exception:
+            cls.daemon.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.recv.close()
+        cls.daemon.cleanup()
+
+    def test_private_destinations_are_refused(self):
+        c = self.c()
+        before = c.get(WE).json["data"]
+        for url in (self.recv.url("/x"), "http://[::1]:%d/x" % self.recv.port, "http://localhost:%d/x"
+                    % self.recv.port, "http://LOCALHOST./x", "https://api.localhost/x", "http://10.0.0.7/x",
+                    "http://169.254.169.254/latest/meta-data/", "http://[fd00::1]/x",
+                    "http://[::ffff:127.0.0.1]:%d/x" % self.recv.port, "http://0.0.0.0:%d/x" % self.recv.port):
+            r = c.post(WE, {"url": url, "enabled_events": ["*"]})
+            self.assertStripeError(r, 400, "invalid_request_error", "url_invalid", param="url")
+            self.assertIn("publicly accessible", r.json["error"]["message"], url)
+        self.assertEqual(c.get(WE).json["data"], before)
+        ok = c.post(WE, {"url": "https://hooks.example.com/turnpike", "enabled_events": ["*"]})
+        self.assertEqual(ok.status, 200, ok)
+        r = c.post(WE + "/" + ok.json["id"], {"url": "http://192.168.0.10/x"})
+        self.assertStripeError(r, 400, "invalid_request_error", "url_invalid", param="url")
+        self.assertEqual(c.get(WE + "/" + ok.json["id"]).json["url"], "https://hooks.example.com/turnpike")
+        self.assertEqual(c.delete(WE + "/" + ok.json["id"]).status, 200)
+
+    def test_a_name_that_resolves_to_a_private_address_is_not_called(self):
+        host = socket.gethostname()
+        try:
+            addrs = {ai[4][0] for ai in socket.getaddrinfo(host, self.recv.port, type=socket.SOCK_STREAM)}
+        except OSError:
+            self.skipTest("%s does not resolve" % host)
+        if not all(ipaddress.ip_address(a.split("%")[0]).is_private for a in addrs):
+            self.skipTest("%s resolves to a public address: %s" % (host, addrs))
+        c = self.c()
+        ep = c.post(WE, {"url": "http://%s:%d/named" % (host, self.recv.port), "enabled_events": ["*"]})
+        self.assertEqual(ep.status, 200, ep)
+        pay(c)
+        deadline = time.monotonic() + 10
+        attempts = []
+        while time.monotonic() < deadline:
+            attempts = c.get(WE + "/" + ep.json["id"] + "/deliveries", {"limit": 100}).json["data"]
+            if len(attempts) >= 2:
+                break
+            time.sleep(0.1)
+        self.assertGreaterEqual(len(attempts), 2, attempts)
+        for a in attempts:
+            self.assertEqual(a["outcome"], "failure", a)
+            self.assertIsNone(a["status_code"], a)
+            self.assertTrue(a["error"].startswith("destination_blocked: "), a)
+            self.assertIn("private_networks = deny", a["error"])
+        self.assertEqual(self.recv.on("/named"), [])
+        self.assertEqual(c.delete(WE + "/" + ep.json["id"]).status, 200)
 
 
 class DisableTest(DaemonTestCase):

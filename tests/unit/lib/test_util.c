@@ -266,6 +266,46 @@ static void test_hostport_parses_ipv4_ipv6_and_rejects_the_rest(void **state)
   assert_int_equal(tp_cli_sockaddr("example.com", 10, &ss, &len), -1);
 }
 
+/* Webhook destinations with [webhooks] private_networks = deny. */
+static void test_addresses_public_or_not(void **state)
+{
+  (void)state;
+  static const char *const not_public[] = {
+    "127.0.0.1", "127.255.255.254", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254",
+    "100.64.0.1", "100.127.255.255", "0.0.0.0", "0.1.2.3", "192.0.0.8", "192.0.2.1", "198.18.0.1", "198.19.255.1",
+    "198.51.100.7", "203.0.113.9", "224.0.0.1", "239.1.1.1", "240.0.0.1", "255.255.255.255", "192.88.99.1",
+    "::", "::1", "[::1]", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::127.0.0.1", "64:ff9b::a9fe:a9fe",
+    "2002:7f00:1::", "2002:c0a8:0101::1", "fc00::1", "fd12:3456::1", "fe80::1", "febf::1", "fec0::1",
+    "ff02::1", "2001:db8::1", "100::1", "2001::1", "2001:1ff::1", NULL};
+  static const char *const public_[] = {
+    "1.1.1.1", "8.8.8.8", "172.15.255.255", "172.32.0.1", "192.167.1.1", "192.169.0.1", "100.63.255.255",
+    "100.128.0.1", "169.253.1.1", "198.17.255.255", "198.20.0.1", "223.255.255.255", "2606:4700::1111",
+    "[2a00:1450:4001::200e]", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1", "2001:200::1", NULL};
+  for (int i = 0; not_public[i]; i++) {
+    if (tp_addr_text_is_public(not_public[i]) != 0)
+      fail_msg("%s counted public", not_public[i]);
+  }
+  for (int i = 0; public_[i]; i++) {
+    if (tp_addr_text_is_public(public_[i]) != 1)
+      fail_msg("%s not counted public", public_[i]);
+  }
+  assert_int_equal(tp_addr_text_is_public("localhost"), -1);
+  assert_int_equal(tp_addr_text_is_public("example.com"), -1);
+  assert_int_equal(tp_addr_text_is_public("[example]"), -1);
+  assert_int_equal(tp_addr_text_is_public(""), -1);
+  /* the socket-address form agrees */
+  struct sockaddr_in in = {.sin_family = AF_INET};
+  in.sin_addr.s_addr = htonl(0x0a000001);
+  assert_false(tp_addr_is_public((struct sockaddr *)&in));
+  in.sin_addr.s_addr = htonl(0x08080808);
+  assert_true(tp_addr_is_public((struct sockaddr *)&in));
+  struct sockaddr_in6 in6 = {.sin6_family = AF_INET6};
+  in6.sin6_addr.s6_addr[15] = 1;
+  assert_false(tp_addr_is_public((struct sockaddr *)&in6));
+  struct sockaddr un = {.sa_family = AF_UNIX};
+  assert_false(tp_addr_is_public(&un));
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -282,6 +322,7 @@ int main(void)
     cmocka_unit_test(test_ct_equal_compares_every_byte),
     cmocka_unit_test(test_clocks_are_sane),
     cmocka_unit_test(test_hostport_parses_ipv4_ipv6_and_rejects_the_rest),
+    cmocka_unit_test(test_addresses_public_or_not),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,457 @@
+/* turnpike backup | restore: an online, consistent copy of the store.
+ *
+ * backup: `VACUUM INTO` on a read-only connection. SQLite copies every table
+ * inside one read transaction, so the copy is the store as of one commit,
+ * while the server goes on committing (WAL readers never block the writer).
+ * The copy is written to FILE.partial with umask 077, fsynced, checked
+ * (quick_check, the ledger: every transaction sums to zero per currency and
+ * the running balances equal the entries), then renamed to FILE and the
+ * directory fsynced: FILE either does not exist or is a whole, durable,
+ * checked copy.
+ *
+ * restore: refuses while a server holds the data directory's lock, checks
+ * the copy the same way, then replaces DIR/turnpike.db. A stale
+ * turnpike.db-wal next to the restored file would be replayed onto it (a
+ * WAL does not know which database it belongs to), so the old WAL and its
+ * index are removed, and the directory synced, before the rename.
+ *
+ * Key material (vault.key, kek-vN.key, the PEM keys) is never in the copy:
+ * card records are sealed under those keys, and a backup that held both
+ * would be plaintext card data for whoever reads it (PCI DSS 3.6/3.7 keep
+ * keys apart from the data they protect). Both commands name the key files
+ * so the operator copies them on their own path. */
+#include "main/commands.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <libgen.h>
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+extern const size_t tp_migrations_count;
+
+static int fsync_path(const char *path, bool dir)
+{
+  int fd = open(path, (dir ? O_RDONLY | O_DIRECTORY : O_RDWR) | O_CLOEXEC);
+  if (fd < 0)
+    return -1;
+  int rc = dir ? fsync(fd) : fdatasync(fd);
+  close(fd);
+  return rc;
+}
+
+static int fsync_parent(const char *path)
+{
+  char tmp[1200];
+  snprintf(tmp, sizeof tmp, "%s", path);
+  return fsync_path(dirname(tmp), true);
+}
+
+static long long one_int(sqlite3 *db, const char *sql, bool *ok)
+{
+  sqlite3_stmt *st = NULL;
+  long long v = -1;
+  if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+    v = sqlite3_column_int64(st, 0);
+  else
+    *ok = false;
+  sqlite3_finalize(st);
+  return v;
+}
+
+/* Open a store file read-only and describe it; NULL (with *why) when it is
+ * not a whole Turnpike store. Sets *balanced. */
+static json_t *inspect(const char *path, bool *balanced, const char **why)
+{
+  *balanced = false;
+  sqlite3 *db = NULL;
+  if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+    *why = "cannot be opened";
+    sqlite3_close(db);
+    return NULL;
+  }
+  sqlite3_busy_timeout(db, 10000);
+  sqlite3_stmt *st = NULL;
+  bool good = sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &st, NULL) == SQLITE_OK &&
+              sqlite3_step(st) == SQLITE_ROW && strcmp((const char *)sqlite3_column_text(st, 0), "ok") == 0;
+  sqlite3_finalize(st);
+  if (!good) {
+    *why = "fails SQLite's quick_check (not a database, or damaged)";
+    sqlite3_close(db);
+    return NULL;
+  }
+  bool ok = true;
+  long long version = one_int(db, "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'schema_version'", &ok);
+  if (!ok || version < 1) {
+    *why = "is not a Turnpike store (no schema version)";
+    sqlite3_close(db);
+    return NULL;
+  }
+  if ((size_t)version > tp_migrations_count) {
+    *why = "was written by a newer Turnpike (its schema version is unknown here)";
+    sqlite3_close(db);
+    return NULL;
+  }
+  json_t *o = json_pack("{s:I}", "schema_version", (json_int_t)version);
+  static const char *const tables[] = {"merchants", "payment_intents", "charges", "refunds", "customers",
+                                       "payment_methods", "events", "ledger_entries", "attempts", NULL};
+  json_t *counts = json_object();
+  for (int i = 0; tables[i]; i++) {
+    char sql[96];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM %s", tables[i]);
+    json_object_set_new(counts, tables[i], json_integer(one_int(db, sql, &ok)));
+  }
+  json_object_set_new(o, "counts", counts);
+  /* Double entry: each transaction balances per currency, and the running
+   * balances are the sums of the entries. */
+  long long unbalanced = one_int(db,
+                                 "SELECT count(*) FROM (SELECT 1 FROM ledger_entries GROUP BY txn_id, currency "
+                                 "HAVING sum(amount) != 0)",
+                                 &ok);
+  long long drift = one_int(db,
+                            "SELECT count(*) FROM (SELECT merchant, account, currency, sum(amount) AS s "
+                            "FROM ledger_entries GROUP BY 1, 2, 3) e FULL JOIN ledger_balances b "
+                            "USING (merchant, account, currency) WHERE coalesce(e.s, 0) != coalesce(b.amount, 0)",
+                            &ok);
+  if (!ok) {
+    *why = "could not be read whole";
+    json_decref(o);
+    sqlite3_close(db);
+    return NULL;
+  }
+  *balanced = unbalanced == 0 && drift == 0;
+  json_object_set_new(o, "ledger_balanced", json_boolean(*balanced));
+  json_object_set_new(o, "unbalanced_transactions", json_integer(unbalanced));
+  json_object_set_new(o, "balances_off", json_integer(drift));
+  sqlite3_close(db);
+  return o;
+}
+
+/* The files of DIR that hold keys: never in a backup, needed by a restore. */
+static json_t *key_files(const char *dir)
+{
+  json_t *a = json_array();
+  DIR *d = opendir(dir);
+  if (!d)
+    return a;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    size_t n = strlen(e->d_name);
+    if ((n > 4 && strcmp(e->d_name + n - 4, ".key") == 0) || (n > 4 && strcmp(e->d_name + n - 4, ".pem") == 0))
+      json_array_append_new(a, json_string(e->d_name));
+  }
+  closedir(d);
+  /* readdir order is the file system's; sort for a stable answer */
+  size_t k = json_array_size(a);
+  for (size_t i = 1; i < k; i++)
+    for (size_t j = i; j > 0 && strcmp(json_string_value(json_array_get(a, j - 1)),
+                                       json_string_value(json_array_get(a, j))) > 0;
+         j--) {
+      json_t *x = json_incref(json_array_get(a, j));
+      json_array_set(a, j, json_array_get(a, j - 1));
+      json_array_set_new(a, j - 1, x);
+    }
+  return a;
+}
+
+static void print_json(json_t *o)
+{
+  char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  if (s)
+    printf("%s\n", s);
+  free(s);
+  json_decref(o);
+}
+
+static void usage_backup(FILE *f)
+{
+  fprintf(f, "usage: turnpike backup --out FILE [--data DIR]\n\n"
+             "Writes a consistent copy of the store in DIR (default ./var) to FILE while the\n"
+             "server runs: one snapshot, fsynced, checked (SQLite quick_check, every ledger\n"
+             "transaction balanced, running balances equal to the entries), then renamed\n"
+             "into place. FILE must not exist. Prints a JSON summary; exit 1 if the copy\n"
+             "could not be made or its ledger does not balance.\n\n"
+             "Keys are not in the copy: back up the files the summary lists under\n"
+             "key_files (vault.key, kek-vN.key, *.pem) separately from it.\n");
+}
+
+int tp_cmd_backup(int argc, char **argv)
+{
+  const char *data = "./var", *out = NULL;
+  for (int i = 0; i < argc; i++) {
+    const char *v;
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      usage_backup(stdout);
+      return 0;
+    } else if ((v = tp_cli_value(argc, argv, &i, "--data", "backup")))
+      data = v;
+    else if ((v = tp_cli_value(argc, argv, &i, "--out", "backup")))
+      out = v;
+    else {
+      fprintf(stderr, "turnpike backup: unknown option %s\n", argv[i]);
+      return 2;
+    }
+  }
+  if (!out || !*out) {
+    usage_backup(stderr);
+    return 2;
+  }
+  char src[1200], tmp[1200];
+  snprintf(src, sizeof src, "%s/turnpike.db", data);
+  if ((size_t)snprintf(tmp, sizeof tmp, "%s.partial", out) >= sizeof tmp) {
+    fprintf(stderr, "turnpike backup: --out is too long\n");
+    return 2;
+  }
+  struct stat sb;
+  if (stat(src, &sb) != 0) {
+    fprintf(stderr, "turnpike backup: no store at %s\n", src);
+    return 1;
+  }
+  if (lstat(out, &sb) == 0) {
+    fprintf(stderr, "turnpike backup: %s exists; a backup never overwrites\n", out);
+    return 1;
+  }
+  unlink(tmp); /* left by an interrupted backup: never a whole copy */
+  sqlite3 *db = NULL;
+  if (sqlite3_open_v2(src, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+    fprintf(stderr, "turnpike backup: cannot open %s: %s\n", src, sqlite3_errmsg(db));
+    sqlite3_close(db);
+    return 1;
+  }
+  sqlite3_busy_timeout(db, 10000);
+  time_t t0 = time(NULL);
+  sqlite3_stmt *st = NULL;
+  mode_t old = umask(077);
+  int rc = sqlite3_prepare_v2(db, "VACUUM INTO ?1", -1, &st, NULL);
+  if (rc == SQLITE_OK)
+    rc = sqlite3_bind_text(st, 1, tmp, -1, SQLITE_STATIC);
+  if (rc == SQLITE_OK)
+    rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+  umask(old);
+  if (rc != SQLITE_OK) {
+    fprintf(stderr, "turnpike backup: copy failed: %s\n", sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    unlink(tmp);
+    return 1;
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  if (fsync_path(tmp, false) != 0) {
+    fprintf(stderr, "turnpike backup: cannot sync %s: %s\n", tmp, strerror(errno));
+    unlink(tmp);
+    return 1;
+  }
+  bool balanced;
+  const char *why = "";
+  json_t *sum = inspect(tmp, &balanced, &why);
+  if (!sum) {
+    fprintf(stderr, "turnpike backup: the copy %s\n", why);
+    unlink(tmp);
+    return 1;
+  }
+  if (rename(tmp, out) != 0 || fsync_parent(out) != 0) {
+    fprintf(stderr, "turnpike backup: cannot put the copy at %s: %s\n", out, strerror(errno));
+    unlink(tmp);
+    json_decref(sum);
+    return 1;
+  }
+  stat(out, &sb);
+  json_t *o = json_pack("{s:s, s:s, s:I, s:I}", "object", "backup", "path", out, "bytes", (json_int_t)sb.st_size,
+                        "created", (json_int_t)t0);
+  json_object_update(o, sum);
+  json_decref(sum);
+  json_object_set_new(o, "key_files", key_files(data));
+  json_object_set_new(o, "key_files_note",
+                      json_string("not in the backup: copy them separately; a restore needs them to read "
+                                  "card records"));
+  print_json(o);
+  if (!balanced) {
+    fprintf(stderr, "turnpike backup: written, but the store's ledger does not balance\n");
+    return 1;
+  }
+  return 0;
+}
+
+static void usage_restore(FILE *f)
+{
+  fprintf(f, "usage: turnpike restore --from FILE [--data DIR] [--force]\n\n"
+             "Puts a copy made by `turnpike backup` in place as DIR/turnpike.db (default\n"
+             "./var). Refuses while a turnpike serve uses DIR, when FILE is not a whole\n"
+             "Turnpike store or its ledger does not balance, and when DIR already holds a\n"
+             "store unless --force (which replaces it, and drops that store's WAL). The\n"
+             "next `turnpike serve` migrates it if it is older. Prints a JSON summary,\n"
+             "with the key files the store needs that DIR lacks.\n");
+}
+
+static int copy_file(const char *from, const char *to)
+{
+  int in = open(from, O_RDONLY | O_CLOEXEC);
+  if (in < 0)
+    return -1;
+  int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (out < 0) {
+    close(in);
+    return -1;
+  }
+  char buf[1 << 16];
+  ssize_t n;
+  int rc = 0;
+  while ((n = read(in, buf, sizeof buf)) != 0) {
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      rc = -1;
+      break;
+    }
+    for (ssize_t off = 0; off < n;) {
+      ssize_t w = write(out, buf + off, (size_t)(n - off));
+      if (w < 0 && errno == EINTR)
+        continue;
+      if (w <= 0) {
+        rc = -1;
+        break;
+      }
+      off += w;
+    }
+    if (rc)
+      break;
+  }
+  if (rc == 0 && fdatasync(out) != 0)
+    rc = -1;
+  int e = errno;
+  close(in);
+  if (close(out) != 0 && rc == 0)
+    rc = -1;
+  errno = e;
+  return rc;
+}
+
+/* Key files the restored store needs: vault.key always, kek-vN.key for
+ * every file-provider KEK version it names. */
+static json_t *missing_keys(const char *db_path, const char *dir)
+{
+  json_t *need = json_array();
+  json_array_append_new(need, json_string("vault.key"));
+  sqlite3 *db = NULL;
+  if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT version FROM kek_versions WHERE provider = 'file' ORDER BY version", -1,
+                           &st, NULL) == SQLITE_OK)
+      while (sqlite3_step(st) == SQLITE_ROW) {
+        char name[48];
+        snprintf(name, sizeof name, "kek-v%lld.key", (long long)sqlite3_column_int64(st, 0));
+        json_array_append_new(need, json_string(name));
+      }
+    sqlite3_finalize(st);
+  }
+  sqlite3_close(db);
+  json_t *missing = json_array();
+  size_t i;
+  json_t *v;
+  json_array_foreach(need, i, v)
+  {
+    char p[1300];
+    snprintf(p, sizeof p, "%s/%s", dir, json_string_value(v));
+    if (access(p, R_OK) != 0)
+      json_array_append(missing, v);
+  }
+  json_decref(need);
+  return missing;
+}
+
+int tp_cmd_restore(int argc, char **argv)
+{
+  const char *data = "./var", *from = NULL;
+  bool force = false;
+  for (int i = 0; i < argc; i++) {
+    const char *v;
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      usage_restore(stdout);
+      return 0;
+    } else if ((v = tp_cli_value(argc, argv, &i, "--data", "restore")))
+      data = v;
+    else if ((v = tp_cli_value(argc, argv, &i, "--from", "restore")))
+      from = v;
+    else if (strcmp(argv[i], "--force") == 0)
+      force = true;
+    else {
+      fprintf(stderr, "turnpike restore: unknown option %s\n", argv[i]);
+      return 2;
+    }
+  }
+  if (!from || !*from) {
+    usage_restore(stderr);
+    return 2;
+  }
+  bool balanced;
+  const char *why = "";
+  json_t *sum = inspect(from, &balanced, &why);
+  if (!sum) {
+    fprintf(stderr, "turnpike restore: %s %s\n", from, why);
+    return 1;
+  }
+  if (!balanced) {
+    fprintf(stderr, "turnpike restore: the ledger in %s does not balance; not restored\n", from);
+    json_decref(sum);
+    return 1;
+  }
+  /* Held until exit: no server starts on DIR while the file is swapped. */
+  long holder = 0;
+  int lock = tp_cli_lock_dir(data, "turnpike.lock", &holder);
+  if (lock < 0) {
+    if (lock == -2)
+      fprintf(stderr, "turnpike restore: a turnpike serve (pid %ld) uses %s; stop it first\n", holder, data);
+    else
+      fprintf(stderr, "turnpike restore: cannot lock %s: %s\n", data, strerror(errno));
+    json_decref(sum);
+    return 1;
+  }
+  char db[1200], wal[1300], shm[1300], tmp[1300];
+  snprintf(db, sizeof db, "%s/turnpike.db", data);
+  snprintf(wal, sizeof wal, "%s-wal", db);
+  snprintf(shm, sizeof shm, "%s-shm", db);
+  snprintf(tmp, sizeof tmp, "%s.restoring", db);
+  struct stat sb;
+  if (stat(db, &sb) == 0 && !force) {
+    fprintf(stderr, "turnpike restore: %s already holds a store; --force replaces it\n", data);
+    json_decref(sum);
+    close(lock);
+    return 1;
+  }
+  int rc = 1;
+  if (copy_file(from, tmp) != 0) {
+    fprintf(stderr, "turnpike restore: cannot copy %s to %s: %s\n", from, tmp, strerror(errno));
+    goto done;
+  }
+  if ((unlink(wal) != 0 && errno != ENOENT) || (unlink(shm) != 0 && errno != ENOENT) ||
+      fsync_path(data, true) != 0) {
+    fprintf(stderr, "turnpike restore: cannot remove the old store's WAL in %s: %s\n", data, strerror(errno));
+    goto done;
+  }
+  if (rename(tmp, db) != 0 || fsync_path(data, true) != 0) {
+    fprintf(stderr, "turnpike restore: cannot put the copy at %s: %s\n", db, strerror(errno));
+    goto done;
+  }
+  rc = 0;
+  json_t *o = json_pack("{s:s, s:s, s:s}", "object", "restore", "from", from, "path", db);
+  json_object_update(o, sum);
+  json_object_set_new(o, "missing_key_files", missing_keys(db, data));
+  print_json(o);
+done:
+  if (rc)
+    unlink(tmp);
+  json_decref(sum);
+  close(lock);
+  return rc;
+}

@@ -1,0 +1,194 @@
+"""Operations on the data directory: one server per directory, an online
+backup taken under load, and a restore that brings every payment
+acknowledged before the backup back, with its card vault readable.
+
+- `turnpike serve` on a directory another server uses exits 1
+  (data_dir_in_use) and leaves the first serving, its serve.addr untouched.
+- `turnpike backup` while a load of confirmations runs: the copy holds every
+  payment whose reply was read before the backup started, with the
+  acknowledged status and amounts; its ledger balances; it never overwrites.
+- `turnpike restore` into a fresh directory with the key files copied apart:
+  a server on it answers the old key, shows those payments, charges a card
+  saved before the backup (the vault decrypts), passes `audit verify`.
+- Refusals change nothing: restore while a server runs, restore over a store
+  without --force, restore of a truncated or non-store file."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from harness import BIN, HOST, Daemon, DaemonTestCase, PaymentLoad, card, hostport, main
+
+PI = "/v1/payment_intents"
+FIELDS = ("status", "amount", "amount_received", "amount_capturable", "currency", "capture_method")
+
+
+def run(*args, timeout=120):
+    p = subprocess.run([BIN] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
+                       stdin=subprocess.DEVNULL)
+    return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+
+
+def tree(d):
+    """{name: (size, mtime_ns)} of a directory's files, to prove nothing changed
+    (but the lock file, which whoever takes the lock writes its pid into)."""
+    out = {}
+    for name in sorted(os.listdir(d)):
+        if name == "turnpike.lock":
+            continue
+        st = os.stat(os.path.join(d, name))
+        out[name] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+class BackupTest(DaemonTestCase):
+    MERCHANTS = ("shop",)
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="tp-backup-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+
+    def test_a_second_server_on_the_same_directory_is_refused(self):
+        addr = os.path.join(self.daemon.data, "serve.addr")
+        with open(addr) as f:
+            before = f.read()
+        t0 = time.monotonic()
+        p = subprocess.run([BIN, "serve", "--listen", hostport(HOST, 0), "--data", self.daemon.data],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30, stdin=subprocess.DEVNULL)
+        self.assertEqual(p.returncode, 1, p.stderr[-2000:])
+        self.assertLess(time.monotonic() - t0, 10)
+        err = p.stderr.decode()
+        self.assertIn('"event":"data_dir_in_use"', err)
+        self.assertIn('"pid":%d' % self.daemon.proc.pid, err)
+        with open(addr) as f:
+            self.assertEqual(f.read(), before)
+        r = self.c().post(PI, {"amount": 500, "currency": "usd", "payment_method": "pm_card_visa",
+                               "confirm": "true"})
+        self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
+
+    def test_backup_under_load_restores_every_payment_acknowledged_before_it(self):
+        c = self.c()
+        # a saved card, to prove the restored vault decrypts with the copied keys
+        cus = c.post("/v1/customers", {"email": "saved@example.test"}).json
+        pm = c.post("/v1/payment_methods", card("5555555555554444")).json
+        self.assertEqual(c.post("/v1/payment_methods/%s/attach" % pm["id"], {"customer": cus["id"]}).status, 200)
+        refunded = c.post(PI, {"amount": 3000, "currency": "usd", "payment_method": "pm_card_visa",
+                               "confirm": "true"}).json
+        rf = c.post("/v1/refunds", {"payment_intent": refunded["id"], "amount": 1200})
+        self.assertEqual(rf.status, 200, rf)
+
+        load = PaymentLoad(c, threads=6, seconds=6.0, tag="bk").start()
+        time.sleep(2.5)
+        out = os.path.join(self.tmp, "turnpike-backup.db")
+        t_backup = time.monotonic()
+        rc, stdout, stderr = run("backup", "--data", self.daemon.data, "--out", out)
+        t_backup_end = time.monotonic()
+        self.assertTrue(load.join(60))
+        self.assertEqual(rc, 0, stderr)
+        summary = json.loads(stdout)
+        with load.lock:
+            acks = list(load.acks)
+        before = [a for a in acks if a.t_done < t_backup]
+        after = [a for a in acks if a.t_sent > t_backup_end]
+        print("backup: %d acknowledged before it, %d after, %.2f s, %d bytes, counts %s"
+              % (len(before), len(after), t_backup_end - t_backup, summary["bytes"], summary["counts"]),
+              file=sys.stderr)
+        self.assertGreater(len(before), 20, "the load acknowledged too little before the backup")
+        self.assertGreater(len(after), 0, "the server stopped taking payments during the backup")
+        self.assertEqual((summary["object"], summary["ledger_balanced"], summary["unbalanced_transactions"],
+                          summary["balances_off"]), ("backup", True, 0, 0))
+        self.assertGreaterEqual(summary["counts"]["payment_intents"], len(before) + 1)
+        self.assertEqual(os.stat(out).st_mode & 0o777, 0o600)
+        self.assertFalse(os.path.exists(out + ".partial"))
+        self.assertIn("vault.key", summary["key_files"])
+        self.assertIn("kek-v1.key", summary["key_files"])
+        # no key material inside the copy
+        with open(out, "rb") as f:
+            blob = f.read()
+        for name in summary["key_files"]:
+            with open(os.path.join(self.daemon.data, name), "rb") as f:
+                key = f.read()
+            mid = len(key) // 2
+            self.assertNotIn(key[mid - 12:mid + 12], blob, name)
+        # a backup never overwrites
+        mtime = os.stat(out).st_mtime_ns
+        rc, _, stderr = run("backup", "--data", self.daemon.data, "--out", out)
+        self.assertEqual(rc, 1)
+        self.assertIn("exists", stderr)
+        self.assertEqual(os.stat(out).st_mtime_ns, mtime)
+
+        # restore refuses while the server runs, and changes nothing
+        keys = {k: v for k, v in tree(self.daemon.data).items() if k.endswith((".key", ".pem"))}
+        rc, _, stderr = run("restore", "--from", out, "--data", self.daemon.data, "--force")
+        self.assertEqual(rc, 1)
+        self.assertIn("pid %d" % self.daemon.proc.pid, stderr)
+        live = tree(self.daemon.data)
+        self.assertEqual({k: v for k, v in live.items() if k.endswith((".key", ".pem"))}, keys)
+        self.assertNotIn("turnpike.db.restoring", live)
+        self.assertEqual(self.c().get(PI + "/" + refunded["id"]).json["amount_received"], 3000)
+
+        # a fresh directory: the copy, and the key files carried apart
+        fresh = Daemon(root=os.path.join(self.tmp, "restored"))
+        self.addCleanup(fresh.cleanup)
+        rc, stdout, stderr = run("restore", "--from", out, "--data", fresh.data)
+        self.assertEqual(rc, 0, stderr)
+        rs = json.loads(stdout)
+        self.assertEqual(rs["counts"], summary["counts"])
+        self.assertEqual(rs["missing_key_files"], ["vault.key", "kek-v1.key"])
+        for name in summary["key_files"]:
+            shutil.copy2(os.path.join(self.daemon.data, name), os.path.join(fresh.data, name))
+        fresh.merchants = self.daemon.merchants
+        fresh.start()
+        rc2 = fresh.client("shop")
+        wrong = []
+        for a in before:
+            want = a.pi()
+            got = rc2.get(PI + "/" + want["id"])
+            if got.status != 200 or any(got.json.get(f) != want.get(f) for f in FIELDS):
+                wrong.append((want["id"], got.status, [(f, want.get(f), (got.json or {}).get(f)) for f in FIELDS]))
+        self.assertEqual(wrong[:5], [], "%d acknowledged payments wrong in the restored store" % len(wrong))
+        self.assertEqual(rc2.get("/v1/refunds/" + rf.json["id"]).json["amount"], 1200)
+        # the balance the restored ledger gives is the restored payments'
+        pis = rc2.list_all(PI, max_pages=2000)
+        captured = sum(p["amount_received"] for p in pis if p["status"] == "succeeded")
+        bal = rc2.get("/v1/balance").json
+        total = sum(b["amount"] for kind in ("available", "pending") for b in bal[kind] if b["currency"] == "usd")
+        self.assertEqual(total, captured - 1200)
+        # the vault opens with the copied keys: the saved card is charged
+        paid = rc2.post(PI, {"amount": 4200, "currency": "usd", "customer": cus["id"], "payment_method": pm["id"],
+                             "confirm": "true"})
+        self.assertEqual((paid.status, paid.json["status"]), (200, "succeeded"), paid)
+        ch = rc2.get("/v1/charges/" + paid.json["latest_charge"]).json
+        self.assertEqual(ch["payment_method_details"]["card"]["last4"], "4444")
+        rc, stdout, stderr = run("audit", "verify", "--data", fresh.data)
+        self.assertEqual(rc, 0, stdout + stderr)
+
+        # over a store: refused without --force, nothing changed
+        fresh.stop()
+        snap = tree(fresh.data)
+        rc, _, stderr = run("restore", "--from", out, "--data", fresh.data)
+        self.assertEqual(rc, 1)
+        self.assertIn("--force", stderr)
+        self.assertEqual(tree(fresh.data), snap)
+        # a truncated copy, or a file that is not a store: refused, nothing changed
+        cut = os.path.join(self.tmp, "cut.db")
+        with open(out, "rb") as f, open(cut, "wb") as g:
+            g.write(f.read(8192))
+        for bad in (cut, os.path.join(self.daemon.data, "vault.key")):
+            rc, _, stderr = run("restore", "--from", bad, "--data", fresh.data, "--force")
+            self.assertEqual(rc, 1, bad)
+            self.assertEqual(tree(fresh.data), snap)
+        # --force puts the backup back: the payment made on the restored store is gone
+        rc, _, stderr = run("restore", "--from", out, "--data", fresh.data, "--force")
+        self.assertEqual(rc, 0, stderr)
+        self.assertFalse(os.path.exists(os.path.join(fresh.data, "turnpike.db-wal")))
+        fresh.start()
+        self.assertStripeError(fresh.client("shop").get(PI + "/" + paid.json["id"]), 404, "invalid_request_error",
+                               "resource_missing")
+
+
+if __name__ == "__main__":
+    main()
