@@ -10,6 +10,7 @@ DEB_PKGS=(
   softhsm2 libp11-kit-dev prometheus python3 python3-cryptography openssl
   libzstd-dev zstd python3-zstandard
   sqlite3 curl wrk nginx-light
+  chromium
 )
 # Node.js may come from Debian or from nodesource (which bundles npm).
 command -v node >/dev/null 2>&1 || DEB_PKGS+=(nodejs)
@@ -32,8 +33,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
 fi
 
-# npm packages: the official Stripe SDK (tests/sdk) and an independent
-# ISO 8583 implementation (tests/interop).
+# npm packages: the official Stripe SDK and playwright-core, which drives
+# Debian's chromium in the browser test (tests/sdk), and an independent ISO
+# 8583 implementation (tests/interop).
 here=$(cd "$(dirname "$0")/.." && pwd)
 for dir in tests/sdk tests/interop; do
   if [ -f "$here/$dir/package.json" ]; then
