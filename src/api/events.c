@@ -90,17 +90,8 @@ static void set_pending(json_t *ev, const struct wh_eps *w)
   if (!id || !type)
     return;
   json_int_t pending = 0;
-  for (size_t k = 0; k < w->n; k++) {
-    json_t *rows = tp_store_query_take(&tp_app.store,
-                                       "SELECT state FROM webhook_deliveries WHERE endpoint=?1 AND event=?2",
-                                       tp_pack("[s, s]", w->e[k].id, id));
-    const char *state = json_string_value(json_object_get(json_array_get(rows, 0), "state"));
-    if (state)
-      pending += strcmp(state, "pending") == 0;
-    else if (rows)
-      pending += w->e[k].enabled && tp_webhooks_endpoint_wants(w->e[k].id, w->e[k].events, id, type);
-    json_decref(rows);
-  }
+  for (size_t k = 0; k < w->n; k++)
+    pending += tp_webhooks_owed(w->e[k].id, w->e[k].enabled, w->e[k].events, id, type);
   json_object_set_new(ev, "pending_webhooks", json_integer(pending));
 }
 

@@ -354,6 +354,63 @@ static bool ep_wants(const struct ep *e, const char *event_id, const char *type)
   return e->enabled && tp_webhooks_endpoint_wants(e->id, e->events, event_id, type);
 }
 
+bool tp_webhooks_owed(const char *endpoint_id, bool enabled, const json_t *enabled_events, const char *event_id,
+                      const char *type)
+{
+  json_t *rows = tp_store_query_take(&tp_app.store,
+                                     "SELECT state FROM webhook_deliveries WHERE endpoint=?1 AND event=?2",
+                                     tp_pack("[s, s]", endpoint_id, event_id));
+  const char *state = json_string_value(json_object_get(json_array_get(rows, 0), "state"));
+  bool owed = state ? strcmp(state, "pending") == 0
+                    : rows && enabled && tp_webhooks_endpoint_wants(endpoint_id, enabled_events, event_id, type);
+  json_decref(rows);
+  return owed;
+}
+
+/* The delivered event says how many endpoints still owe it a successful
+ * delivery, this one included, as Stripe's payloads do. The stored text
+ * says 0 (the count changes after the event is written): the envelope's
+ * tail, written by tp_put_emit, is patched before the body is signed.
+ * Returns the body to send (body itself when there is nothing to patch). */
+static char *with_pending(char *body, const char *merchant, const char *event_id)
+{
+  static const char pw[] = "},\"livemode\":false,\"pending_webhooks\":0,";
+  static const char ty[] = "},\"type\":\"";
+  size_t len = strlen(body);
+  const char *at = NULL, *tp = NULL;
+  /* the envelope's own fields come after data.object: the last occurrences */
+  for (const char *p = body; (p = memmem(p, len - (size_t)(p - body), pw, sizeof pw - 1)); p++)
+    at = p;
+  for (const char *p = body; (p = memmem(p, len - (size_t)(p - body), ty, sizeof ty - 1)); p++)
+    tp = p;
+  if (!at || !tp || tp < at)
+    return body;
+  char type[128];
+  const char *t = tp + sizeof ty - 1;
+  size_t tn = strcspn(t, "\"\\");
+  if (tn == 0 || tn >= sizeof type || t[tn] != '"')
+    return body;
+  memcpy(type, t, tn);
+  type[tn] = '\0';
+  long long n = 0;
+  for (size_t i = 0; i < W.neps; i++)
+    if (strcmp(W.eps[i].merchant, merchant) == 0)
+      n += tp_webhooks_owed(W.eps[i].id, W.eps[i].enabled, W.eps[i].events, event_id, type);
+  if (n == 0)
+    return body;
+  char num[24];
+  int nl = snprintf(num, sizeof num, "%lld", n);
+  size_t digit = (size_t)(at - body) + sizeof pw - 3; /* the '0' */
+  char *out = malloc(len + (size_t)nl);
+  if (!out)
+    return body;
+  memcpy(out, body, digit);
+  memcpy(out + digit, num, (size_t)nl);
+  memcpy(out + digit + nl, body + digit + 1, len - digit); /* with the NUL */
+  free(body);
+  return out;
+}
+
 /* ---- endpoints ------------------------------------------------------------ */
 static void eps_free(struct ep *eps, size_t n)
 {
@@ -608,6 +665,7 @@ static bool start_job(struct ep *e, const char *event_id, int attempts, int64_t 
   tp_scopy(j->merchant, sizeof j->merchant, e->merchant);
   j->attempt = attempts + 1;
   j->created_ms = created_ms;
+  body = with_pending(body, e->merchant, event_id);
   j->body = body;
   size_t blen = strlen(body);
 

@@ -29,6 +29,12 @@ bool tp_webhooks_event_matches(const char *pattern, const char *type);
  * type: the event is newer than the endpoint and one pattern selects it. */
 bool tp_webhooks_endpoint_wants(const char *endpoint_id, const json_t *enabled_events, const char *event_id,
                                 const char *type);
+/* Whether an endpoint still owes event_id (of type) a successful delivery,
+ * Stripe's pending_webhooks: its delivery row is pending, or it has no row
+ * yet and is enabled and wants the event (the webhook thread commits rows
+ * just after the event). One store read. */
+bool tp_webhooks_owed(const char *endpoint_id, bool enabled, const json_t *enabled_events, const char *event_id,
+                      const char *type);
 /* A new random "whsec_..." secret. */
 void tp_webhooks_new_secret(char out[TP_WH_SECRET_MAX]);
 /* Seal a secret for storage, bound to the endpoint id (hex out). 0 on success. */

@@ -275,7 +275,10 @@ class WebhooksTest(DaemonTestCase):
             self.assertEqual(h["user-agent"], "Turnpike/1.0 (+webhooks)")
             ev = g["event"]
             self.assertIn(ev["id"], stored)
-            self.assertEqual(ev, stored[ev["id"]], "delivered body is the stored event")
+            # the stored event, but for the count of endpoints owed it when sent (this one)
+            self.assertEqual(ev["pending_webhooks"], 1, ev)
+            self.assertEqual(dict(ev, pending_webhooks=0), dict(stored[ev["id"]], pending_webhooks=0),
+                             "delivered body is the stored event")
             self.assertEqual(ev["object"], "event")
         # Stable ids: every delivered id is a stored event, each delivered once.
         ids = [g["event"]["id"] for g in got]
@@ -338,8 +341,13 @@ class WebhooksTest(DaemonTestCase):
         wild = c.get("/v1/events", {"type": "payment_intent.*", "limit": 100}).json["data"]
         self.assertEqual({e["id"]: e["pending_webhooks"] for e in wild if e["id"] in want},
                          {e: n for e, n in want.items() if e != evs["charge.succeeded"]})
-        # The stored event is not changed by reading it.
-        self.assertEqual(self.recv.on("/pend-ok")[0]["event"]["pending_webhooks"], 0)
+        # A delivered payload carries the count when it was sent, the
+        # receiving endpoint included (Stripe's payloads say at least 1).
+        sent = {g["event"]["type"]: g["event"]["pending_webhooks"] for g in self.recv.on("/pend-ok")}
+        self.assertEqual(sent, {"charge.succeeded": 1, "payment_intent.succeeded": 2})
+        fails = [g["event"]["pending_webhooks"] for g in self.recv.on("/pend-fail")]
+        self.assertLessEqual(set(fails), {1, 2}, fails)
+        self.assertEqual(fails[-1], 1, fails)  # retried after /pend-ok had it: only itself
 
     def test_failures_are_retried_with_backoff(self):
         # Two 500s, then 200, for every event.
