@@ -423,12 +423,11 @@ class WebhooksTest(DaemonTestCase):
         self.assertStripeError(c.post(WE + "/" + ep["id"] + "/deliveries/" + evid + "/resend"), 400)
 
 
-class PrivateNetworksTest(DaemonTestCase):
-    """[webhooks] private_networks = deny: a merchant cannot make the
-    gateway call into its own network (SSRF). Address literals and
-    localhost are refused when the endpoint is saved; a name is checked at
-    delivery against every address libcurl would connect to."""
+class ReceiverCase(DaemonTestCase):
+    """One merchant "m", a Receiver, and a daemon started with BASE_CONFIG
+    plus EXTRA."""
     MERCHANTS = ("m",)
+    EXTRA = ""
 
     @classmethod
     def setUpClass(cls):
@@ -436,7 +435,7 @@ class PrivateNetworksTest(DaemonTestCase):
         cls.daemon = Daemon()
         try:
             cls.daemon.create_merchant("m")
-            cls.daemon.start(config=BASE_CONFIG + "private_networks = deny\n")
+            cls.daemon.start(config=BASE_CONFIG + cls.EXTRA)
         except Exception:
             cls.daemon.cleanup()
             raise
@@ -445,6 +444,14 @@ class PrivateNetworksTest(DaemonTestCase):
     def tearDownClass(cls):
         cls.recv.close()
         cls.daemon.cleanup()
+
+
+class PrivateNetworksTest(ReceiverCase):
+    """[webhooks] private_networks = deny: a merchant cannot make the
+    gateway call into its own network (SSRF). Address literals and
+    localhost are refused when the endpoint is saved; a name is checked at
+    delivery against every address libcurl would connect to."""
+    EXTRA = "private_networks = deny\n"
 
     def test_private_destinations_are_refused(self):
         c = self.c()
@@ -493,24 +500,8 @@ class PrivateNetworksTest(DaemonTestCase):
         self.assertEqual(c.delete(WE + "/" + ep.json["id"]).status, 200)
 
 
-class DisableTest(DaemonTestCase):
-    MERCHANTS = ("m",)
-
-    @classmethod
-    def setUpClass(cls):
-        cls.recv = Receiver()
-        cls.daemon = Daemon()
-        try:
-            cls.daemon.create_merchant("m")
-            cls.daemon.start(config=BASE_CONFIG + "disable_after_s = 1\n")
-        except Exception:
-            cls.daemon.cleanup()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.recv.close()
-        cls.daemon.cleanup()
+class DisableTest(ReceiverCase):
+    EXTRA = "disable_after_s = 1\n"
 
     def test_endpoint_failing_too_long_is_disabled_with_an_event(self):
         self.recv.behaviour["/dead"] = lambda ev, n: (500, 0)
