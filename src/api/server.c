@@ -270,6 +270,14 @@ static bool access_check(struct tp_req *r, const struct tp_route *rt)
     tp_reply_error(r, e, NULL, NULL);
     return false;
   }
+  /* A publishable key is public: anyone can spend its tokens. Each client
+   * address gets its own bucket for it, so one abuser cannot shut every
+   * customer's checkout out (Stripe limits publishable-key calls per
+   * client the same way). */
+  if (r->publishable) {
+    size_t n = strlen(r->rl_id);
+    snprintf(r->rl_id + n, sizeof r->rl_id - n, "@%s", addr);
+  }
   wait = tp_ratelimit_take(r->rl_id, tp_mono_ms());
   if (wait) {
     r->retry_after_s = (unsigned)wait;

@@ -2,9 +2,10 @@
 429 rate_limit with Retry-After, per key; repeated authentication failures
 from one address ([ratelimit] auth_failures within auth_window seconds) are
 answered 429 at once, for the API and the OAuth token endpoint alike."""
+import http.client
 import time
 
-from harness import DaemonTestCase, Daemon, main
+from harness import PAN_OK, DaemonTestCase, Daemon, card, form_encode, main
 
 CONFIG = """[ratelimit]
 rate = 2
@@ -74,6 +75,32 @@ class RateLimitTest(DaemonTestCase):
             codes.append(c.get("/v1/payment_intents").status)
         self.assertEqual(codes[:4], [200] * 4)
         self.assertIn(429, codes[4:])
+
+    def test_publishable_key_has_a_bucket_per_client_address(self):
+        """A publishable key is public, so its tokens are counted per client
+        address: one abuser cannot shut every shopper's checkout out."""
+        time.sleep(2.1)
+        pk = self.daemon.merchants["b"]["publishable_key"]
+        body = form_encode(card(PAN_OK))
+
+        def tokenise(src):
+            conn = http.client.HTTPConnection(self.daemon.host, self.daemon.port, timeout=10,
+                                              source_address=(src, 0))
+            try:
+                conn.request("POST", "/v1/payment_methods", body=body,
+                             headers={"Authorization": "Bearer " + pk,
+                                      "Content-Type": "application/x-www-form-urlencoded"})
+                r = conn.getresponse()
+                r.read()
+                return r.status
+            finally:
+                conn.close()
+        first = [tokenise("127.0.0.1") for _ in range(5)]
+        self.assertEqual(first[:4], [200] * 4)
+        self.assertEqual(first[4], 429)
+        # another shopper of the same shop, and the shop's own server, are not shut out
+        self.assertEqual(tokenise("127.0.0.2"), 200)
+        self.assertEqual(self.c("b").get("/v1/payment_intents").status, 200)
 
     def test_repeated_auth_failures_are_answered_429(self):
         time.sleep(3.1)  # a fresh failure window
