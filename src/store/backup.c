@@ -83,7 +83,8 @@ static json_t *inspect(const char *path, bool *balanced, const char **why)
   sqlite3_busy_timeout(db, 10000);
   sqlite3_stmt *st = NULL;
   bool good = sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &st, NULL) == SQLITE_OK &&
-              sqlite3_step(st) == SQLITE_ROW && strcmp((const char *)sqlite3_column_text(st, 0), "ok") == 0;
+              sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) &&
+              strcmp((const char *)sqlite3_column_text(st, 0), "ok") == 0;
   sqlite3_finalize(st);
   if (!good) {
     *why = "fails SQLite's quick_check (not a database, or damaged)";
