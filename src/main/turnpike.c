@@ -348,10 +348,11 @@ static int cmd_serve(int argc, char **argv)
   if (demo) {
     printf("Turnpike is running at %s\n\n"
            "A demo merchant was created (%s). Its test secret key:\n\n  %s\n\n"
+           "and its publishable key, for browsers (tokenise a card, confirm with a client_secret):\n\n  %s\n\n"
            "Try a payment:\n\n"
            "  curl %s/v1/payment_intents -u %s: \\\n"
            "    -d amount=2000 -d currency=usd -d confirm=true -d payment_method=pm_card_visa\n\n",
-           tp_app.public_url, demo_id, demo_sk, tp_app.public_url, demo_sk);
+           tp_app.public_url, demo_id, demo_sk, demo_pk, tp_app.public_url, demo_sk);
     fflush(stdout);
   }
 

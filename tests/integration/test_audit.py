@@ -139,6 +139,8 @@ class AuditTest(unittest.TestCase):
         self.assertEqual(det["name"], "Demo merchant")
         self.assertEqual(det["secret_key"], sk[:8] + "..." + sk[-4:])
         self.assertRegex(det["publishable_key"], r"^pk_test_\.\.\.[A-Za-z0-9]{4}$")
+        pk = re.search(r"\b(pk_test_[A-Za-z0-9]+)", d.log_text()).group(1)  # printed for browsers too
+        self.assertEqual(det["publishable_key"], pk[:8] + "..." + pk[-4:])
         self.assertNotIn(sk, everything)
         self.assertNotIn(sk[8:-4], everything)
         rc, out, err = verify(d.data)
