@@ -292,7 +292,11 @@ static void usage_restore(FILE *f)
              "Turnpike store or its ledger does not balance, and when DIR already holds a\n"
              "store unless --force (which replaces it, and drops that store's WAL). The\n"
              "next `turnpike serve` migrates it if it is older. Prints a JSON summary,\n"
-             "with the key files the store needs that DIR lacks.\n");
+             "with the key files the store needs that DIR lacks.\n\n"
+             "A restore goes back to the moment of the backup: what was acknowledged\n"
+             "after it is not in the store, and a client retrying such a request with its\n"
+             "Idempotency-Key would be served anew. Reconcile with the processors (their\n"
+             "journals or settlement files) before the restored store takes traffic.\n");
 }
 
 static int copy_file(const char *from, const char *to)
