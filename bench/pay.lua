@@ -27,7 +27,12 @@ end
 local counter = 0
 local headers = nil
 local prefix = ""
-local body = "amount=1999&currency=usd&confirm=true&payment_method=pm_card_visa"
+-- BENCH_BODY (bench/run.sh with BENCH_FLOW=saved) charges a customer's saved
+-- card instead of the test token pm_card_visa.
+local body = os.getenv("BENCH_BODY")
+if body == nil or body == "" then
+   body = "amount=1999&currency=usd&confirm=true&payment_method=pm_card_visa"
+end
 -- Counts by HTTP status; kept as plain globals so thread:get can read them.
 n200 = 0
 n2xx = 0

@@ -5,7 +5,11 @@
 #
 # Environment: BENCH_SECONDS (10), BENCH_CONNS (64), BENCH_THREADS (2),
 # BENCH_WARMUP (2), BENCH_KEEP=1 keeps the temp dir (database, logs),
-# NGINX (/usr/sbin/nginx).
+# NGINX (/usr/sbin/nginx), BENCH_FLOW: token (default: every payment
+# confirms with pm_card_visa, which creates a PaymentMethod and a vault
+# record per payment, as Stripe does) or saved (every payment charges one
+# customer's saved card off-session: the PaymentMethod and its vault record
+# are read, not written).
 #
 # Exits non-zero only when something fails to start or dies; never because a
 # figure is low.
@@ -150,6 +154,22 @@ done
 TP_ADDR=$(head -n 1 "$DATA/serve.addr")
 [[ $TP_ADDR =~ ^127\.0\.0\.1:[0-9]+$ ]] || fail "unexpected serve.addr: $TP_ADDR"
 curl -fsS --max-time 5 "http://$TP_ADDR/healthz" >/dev/null || fail "GET /healthz failed on $TP_ADDR"
+FLOW=${BENCH_FLOW:-token}
+export BENCH_BODY=
+case $FLOW in
+token) FLOW_LABEL="create+confirm (durable):  " ;;
+saved)
+    api() { curl -fsS --max-time 10 -u "$KEY:" "http://$TP_ADDR$1" "${@:2}"; }
+    pyid() { python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'; }
+    CUS=$(api /v1/customers -d email=bench@example.test | pyid) || fail "customer create failed"
+    PM=$(api /v1/payment_methods -d type=card -d 'card[number]=4242424242424242' -d 'card[exp_month]=12' \
+        -d "card[exp_year]=$(($(date +%Y) + 3))" -d 'card[cvc]=123' | pyid) || fail "PaymentMethod create failed"
+    api "/v1/payment_methods/$PM/attach" -d "customer=$CUS" >/dev/null || fail "attach failed"
+    BENCH_BODY="amount=1999&currency=usd&confirm=true&customer=$CUS&payment_method=$PM&off_session=true"
+    FLOW_LABEL="saved card, off-session:   "
+    ;;
+*) fail "BENCH_FLOW must be token or saved" ;;
+esac
 
 # ---- 2. nginx -------------------------------------------------------------
 mkdir -p "$NGX"/{body,proxy,fastcgi,uwsgi,scgi}
@@ -221,13 +241,13 @@ awk -v cores="$CORES" -v conns="$CONNS" -v secs="$DURATION" -v hz="$HZ" \
     -v tp_p50="$(field tp p50_us)" -v tp_p90="$(field tp p90_us)" -v tp_p99="$(field tp p99_us)" \
     -v ng_us="$NG_US" -v ng_2xx="$NG_2XX" -v ng_non2xx="$NG_NON2XX" \
     -v ng_p50="$(field ngx p50_us)" -v ng_p90="$(field ngx p90_us)" -v ng_p99="$(field ngx p99_us)" \
-    -v hwm_kb="$HWM_KB" -v cpu="$((CPU1 - CPU0))" -v rows="$ROWS" '
+    -v hwm_kb="$HWM_KB" -v cpu="$((CPU1 - CPU0))" -v rows="$ROWS" -v flow="$FLOW_LABEL" '
 BEGIN {
     tp_rate = tp_us > 0 ? tp_200 / (tp_us / 1e6) : 0
     ng_rate = ng_us > 0 ? ng_2xx / (ng_us / 1e6) : 0
     printf "\n== Turnpike bench (%d cores, %d conns, %d s) ==\n", cores, conns, secs
-    printf "turnpike  create+confirm (durable):  %6.0f payments/s  p50 %.2f ms  p90 %.2f ms  p99 %.2f ms  non-2xx %d  socket errors %d  peak RSS %.1f MiB\n",
-        tp_rate, tp_p50 / 1000, tp_p90 / 1000, tp_p99 / 1000, tp_non2xx, tp_sock, hwm_kb / 1024
+    printf "turnpike  %s%6.0f payments/s  p50 %.2f ms  p90 %.2f ms  p99 %.2f ms  non-2xx %d  socket errors %d  peak RSS %.1f MiB\n",
+        flow, tp_rate, tp_p50 / 1000, tp_p90 / 1000, tp_p99 / 1000, tp_non2xx, tp_sock, hwm_kb / 1024
     printf "nginx     constant 200:              %6.0f req/s       p50 %.2f ms  p90 %.2f ms  p99 %.2f ms  non-2xx %d\n",
         ng_rate, ng_p50 / 1000, ng_p90 / 1000, ng_p99 / 1000, ng_non2xx
     if (ng_rate > 0) printf "ratio turnpike/nginx: %.2f\n", tp_rate / ng_rate

@@ -163,7 +163,14 @@ static struct reader *reader(struct sq *s)
     free(r);
     return NULL;
   }
-  exec(r->db, "PRAGMA query_only=1; PRAGMA cache_size=-8000; PRAGMA mmap_size=268435456");
+  /* No mmap: a WAL reader that finds the database changed since its last
+   * transaction drops its whole mapping (SQLite's pager unfetches it), and
+   * with a commit every ~1.5 ms nearly every read transaction did: a munmap
+   * and a TLB shootdown to the other core each time, 13% of the HTTP
+   * threads' time when a payment reads its customer, PaymentMethod and vault
+   * record (docs/architecture.md, Performance, session 10). pread from the
+   * page cache is cheaper. */
+  exec(r->db, "PRAGMA query_only=1; PRAGMA cache_size=-8000; PRAGMA mmap_size=0");
   add_functions(r->db);
   pthread_setspecific(s->rkey, r);
   return r;
