@@ -158,9 +158,12 @@ static bool check_currency(struct tp_req *r, const char *code, const struct tp_c
 
 static bool customer_exists(struct tp_req *r, const char *id)
 {
-  json_t *c = tp_store_get_json(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, id);
-  bool ok = c && !json_is_true(json_object_get(c, "deleted"));
-  json_decref(c);
+  int live = tp_store_live(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, id);
+  if (live < 0) {
+    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+    return false;
+  }
+  bool ok = live == 1;
   if (!ok) {
     char msg[160];
     snprintf(msg, sizeof msg, "No such customer: '%.64s'", id);

@@ -362,6 +362,11 @@ char *tp_store_get(struct tp_store *st, enum tp_kind kind, const char *merchant,
   return st->ops->get(st->cls, kind, merchant, id);
 }
 
+int tp_store_live(struct tp_store *st, enum tp_kind kind, const char *merchant, const char *id)
+{
+  return st->ops->live(st->cls, kind, merchant, id);
+}
+
 json_t *tp_store_get_json(struct tp_store *st, enum tp_kind kind, const char *merchant, const char *id)
 {
   char *s = st->ops->get(st->cls, kind, merchant, id);

@@ -165,6 +165,9 @@ struct tp_store_ops {
   int (*apply_batch)(void *cls, struct tp_cs **sets, size_t n, int *rc);
   /* reader side (any thread) */
   char *(*get)(void *cls, enum tp_kind kind, const char *merchant, const char *id);
+  /* whether the object exists without reading it (a customer: and is not
+   * deleted); 1 yes, 0 no, -1 error */
+  int (*live)(void *cls, enum tp_kind kind, const char *merchant, const char *id);
   json_t *(*list)(void *cls, const struct tp_list_query *q, bool *has_more);
   int (*idem_get)(void *cls, const char *merchant, const char *key, struct tp_idem_rec *out);
   int (*apikey_lookup)(void *cls, const uint8_t hash[32], struct tp_merchant *m, char kind[16]);
@@ -203,6 +206,8 @@ json_t *tp_store_query(struct tp_store *st, const char *sql, const json_t *args)
 json_t *tp_store_query_take(struct tp_store *st, const char *sql, json_t *args);
 char *tp_store_get(struct tp_store *st, enum tp_kind kind, const char *merchant, const char *id);
 json_t *tp_store_get_json(struct tp_store *st, enum tp_kind kind, const char *merchant, const char *id);
+/* ops->live: 1 the object exists (a customer: not deleted), 0 not, -1 error. */
+int tp_store_live(struct tp_store *st, enum tp_kind kind, const char *merchant, const char *id);
 
 /* ---- the group-commit writer --------------------------------------------- */
 #define TP_WRITER_MAX_BATCH 1024   /* change sets per transaction */

@@ -54,6 +54,23 @@ test('customer create, retrieve, update, list, delete, then retrieve is gone', a
   assert.ok(!list2.data.some((c) => c.id === cus.id), 'deleted customer is not listed');
 });
 
+test('a PaymentIntent may name a live customer, not a deleted or unknown one', async () => {
+  const cus = await stripe.customers.create({ email: `${tag('live')}@example.test` });
+  const pi = await stripe.paymentIntents.create({ amount: 500, currency: 'usd', customer: cus.id });
+  assert.equal(pi.customer, cus.id);
+  await stripe.customers.del(cus.id);
+  for (const id of [cus.id, 'cus_doesnotexist000000']) {
+    const err = await expectError(stripe.paymentIntents.create({ amount: 500, currency: 'usd', customer: id }),
+      errors.StripeInvalidRequestError);
+    assert.equal(err.statusCode, 404);
+    assert.equal(err.code, 'resource_missing');
+    assert.equal(err.param, 'customer');
+    const upd = await expectError(stripe.paymentIntents.update(pi.id, { customer: id }),
+      errors.StripeInvalidRequestError);
+    assert.equal(upd.param, 'customer');
+  }
+});
+
 test('retrieving an unknown customer is 404 resource_missing', async () => {
   const err = await expectError(stripe.customers.retrieve('cus_doesnotexist000000'), errors.StripeInvalidRequestError);
   assert.equal(err.statusCode, 404);

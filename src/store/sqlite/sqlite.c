@@ -53,7 +53,7 @@ struct sq {
 
 struct reader {
   sqlite3 *db;
-  sqlite3_stmt *get[TP_K__COUNT];
+  sqlite3_stmt *get[TP_K__COUNT], *live[TP_K__COUNT];
   sqlite3_stmt *idem_get, *apikey, *vault_get, *attempt_get;
 };
 
@@ -62,8 +62,10 @@ static void reader_free(void *p)
   struct reader *r = p;
   if (!r)
     return;
-  for (int i = 0; i < TP_K__COUNT; i++)
+  for (int i = 0; i < TP_K__COUNT; i++) {
     sqlite3_finalize(r->get[i]);
+    sqlite3_finalize(r->live[i]);
+  }
   sqlite3_finalize(r->idem_get);
   sqlite3_finalize(r->apikey);
   sqlite3_finalize(r->vault_get);
@@ -707,6 +709,29 @@ static char *sq_get(void *cls, enum tp_kind kind, const char *merchant, const ch
   return out;
 }
 
+static int sq_live(void *cls, enum tp_kind kind, const char *merchant, const char *id)
+{
+  struct sq *s = cls;
+  struct reader *r = reader(s);
+  if (!r)
+    return -1;
+  if (!r->live[kind]) {
+    char sql[256];
+    /* a deleted customer keeps its stub row, with the deleted column set */
+    snprintf(sql, sizeof sql, "SELECT 1 FROM %s WHERE merchant=?2 AND id=?1%s", tp_kinds[kind].table,
+             kind == TP_K_CUSTOMER ? " AND deleted IS NULL" : "");
+    r->live[kind] = prep(r->db, sql);
+    if (!r->live[kind])
+      return -1;
+  }
+  sqlite3_stmt *st = r->live[kind];
+  bind_text(st, 1, id);
+  bind_text(st, 2, merchant);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+}
+
 static json_t *sq_list(void *cls, const struct tp_list_query *q, bool *has_more)
 {
   struct sq *s = cls;
@@ -1198,6 +1223,7 @@ static const struct tp_store_ops sqlite_ops = {
   .attempt_get = sq_attempt_get,
   .merchant_of = sq_merchant_of,
   .query = sq_query,
+  .live = sq_live,
   .pipeline = sq_pipeline,
   .sync = sq_sync,
   .close = sq_close,
