@@ -365,11 +365,13 @@ bool tp_pm_exists(struct tp_req *r, const char *pm_id)
   for (size_t i = 0; i < sizeof test_pms / sizeof test_pms[0]; i++)
     if (strcmp(pm_id, test_pms[i].id) == 0)
       return true;
-  char *pm = tp_store_get(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
-  if (pm) {
-    free(pm);
-    return true;
+  int live = tp_store_live(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
+  if (live < 0) {
+    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+    return false;
   }
+  if (live)
+    return true;
   char msg[160];
   snprintf(msg, sizeof msg, "No such PaymentMethod: '%.64s'", pm_id);
   tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "payment_method", msg);

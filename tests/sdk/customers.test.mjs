@@ -2,7 +2,7 @@
 // and paying with a saved card.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { stripe, errors, CARDS, card, tag, expectError } from './lib.mjs';
+import { stripe, stripe2, errors, CARDS, card, tag, expectError } from './lib.mjs';
 
 test('customer create, retrieve, update, list, delete, then retrieve is gone', async () => {
   const email = `${tag('c')}@example.test`;
@@ -68,6 +68,24 @@ test('a PaymentIntent may name a live customer, not a deleted or unknown one', a
     const upd = await expectError(stripe.paymentIntents.update(pi.id, { customer: id }),
       errors.StripeInvalidRequestError);
     assert.equal(upd.param, 'customer');
+  }
+});
+
+test('a PaymentIntent may name an existing PaymentMethod, not an unknown or another merchant\'s', async () => {
+  const pm = await stripe.paymentMethods.create({ type: 'card', card: card(CARDS.visa) });
+  const pi = await stripe.paymentIntents.create({ amount: 700, currency: 'usd', payment_method: pm.id });
+  assert.equal(pi.payment_method, pm.id);
+  const ids = ['pm_doesnotexist000000'];
+  if (stripe2) ids.push((await stripe2.paymentMethods.create({ type: 'card', card: card(CARDS.visa) })).id);
+  for (const id of ids) {
+    const err = await expectError(stripe.paymentIntents.create({ amount: 700, currency: 'usd', payment_method: id }),
+      errors.StripeInvalidRequestError);
+    assert.equal(err.statusCode, 404);
+    assert.equal(err.code, 'resource_missing');
+    assert.equal(err.param, 'payment_method');
+    const upd = await expectError(stripe.paymentIntents.update(pi.id, { payment_method: id }),
+      errors.StripeInvalidRequestError);
+    assert.equal(upd.param, 'payment_method');
   }
 });
 
