@@ -13,7 +13,9 @@
 # functions (inclusive).
 #
 # Environment: BENCH_KEEP=1 keeps the temp dir (callgrind.out for
-# callgrind_annotate). Exits non-zero only when something fails to start.
+# callgrind_annotate); BENCH_FLOW=saved charges one customer's saved card
+# off-session, as bench/run.sh does. Exits non-zero only when something
+# fails to start.
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 BUILD_DIR [SECONDS]" >&2; exit 2; }
 BIN=$(cd "$1" 2>/dev/null && pwd)/turnpike || { echo "bench: no directory $1" >&2; exit 1; }
@@ -38,6 +40,16 @@ PID=$!
 for _ in $(seq 1 600); do [ -s "$TMP/serve.addr" ] && break; sleep 0.1; done
 [ -s "$TMP/serve.addr" ] || { tail -n 20 "$TMP/serve.log" >&2; echo "bench: no serve.addr" >&2; exit 1; }
 ADDR=$(head -n 1 "$TMP/serve.addr")
+export BENCH_BODY=
+if [ "${BENCH_FLOW:-token}" = saved ]; then
+    api() { curl -fsS --max-time 60 -u "$KEY:" "http://$ADDR$1" "${@:2}"; }
+    pyid() { python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'; }
+    CUS=$(api /v1/customers -d email=bench@example.test | pyid)
+    PM=$(api /v1/payment_methods -d type=card -d 'card[number]=4242424242424242' -d 'card[exp_month]=12' \
+        -d "card[exp_year]=$(($(date +%Y) + 3))" -d 'card[cvc]=123' | pyid)
+    api "/v1/payment_methods/$PM/attach" -d "customer=$CUS" >/dev/null
+    BENCH_BODY="amount=1999&currency=usd&confirm=true&customer=$CUS&payment_method=$PM&off_session=true"
+fi
 load() { # SECONDS RUN_ID
     TURNPIKE_KEY=$KEY BENCH_RUN_ID=$2 timeout -k 5 $(($1 + 60)) \
         wrk -t 1 -c 8 -d "${1}s" --timeout 20s -s "$HERE/pay.lua" "http://$ADDR" >"$TMP/wrk.$2" 2>&1 || true

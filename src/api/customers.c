@@ -10,6 +10,7 @@
 #include "api/objects.h"
 #include "api/params.h"
 #include "jpack.h"
+#include "jparse.h"
 #include "util.h"
 
 #include <ctype.h>
@@ -153,7 +154,7 @@ void tp_reply_stored(struct tp_req *r, char *text)
     tp_reply_raw(r, 200, text, strlen(text), "application/json");
     return;
   }
-  json_t *o = json_loads(text, 0, NULL);
+  json_t *o = tp_json_loads(text);
   free(text);
   if (!o) {
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
@@ -422,7 +423,7 @@ void tp_h_customer_create(struct tp_req *r)
     char *s = tp_store_get(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
     bool stored = s != NULL;
     if (s) {
-      pm = json_loads(s, 0, NULL);
+      pm = tp_json_loads(s);
       free(s);
     } else {
       /* Test ids (pm_card_visa...) make a fresh PaymentMethod, as Stripe does. */

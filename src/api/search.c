@@ -5,6 +5,7 @@
 #include "api/params.h"
 #include "config.h"
 #include "jpack.h"
+#include "jparse.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -460,7 +461,7 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
       const char *text = json_string_value(json_object_get(row, "data"));
       if (!id || !text)
         continue;
-      json_t *obj = json_loads(text, 0, NULL);
+      json_t *obj = tp_json_loads(text);
       if (obj && tp_search_match(s, obj)) {
         if (json_array_size(data) == (size_t)limit) {
           /* one more match: this page is full, the next starts after its last */

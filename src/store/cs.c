@@ -1,5 +1,6 @@
 /* Change sets: an ordered list of store operations applied atomically. */
 #include "store.h"
+#include "jparse.h"
 #include "jsonw.h"
 #include "store/zjson.h"
 #include "util.h"
@@ -372,7 +373,7 @@ json_t *tp_store_get_json(struct tp_store *st, enum tp_kind kind, const char *me
   char *s = st->ops->get(st->cls, kind, merchant, id);
   if (!s)
     return NULL;
-  json_t *j = json_loads(s, 0, NULL);
+  json_t *j = tp_json_loads(s);
   free(s);
   return j;
 }

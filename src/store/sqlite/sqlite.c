@@ -2,6 +2,7 @@
  * owned by the writer thread, one read connection per reading thread. */
 #include "config.h"
 #include "jpack.h"
+#include "jparse.h"
 #include "log.h"
 #include "metrics.h"
 #include "store/sqlite/walbuf.h"
@@ -785,7 +786,7 @@ static json_t *sq_list(void *cls, const struct tp_list_query *q, bool *has_more)
       break;
     }
     char *text = column_json(st, 0);
-    json_t *o = text ? json_loads(text, 0, NULL) : NULL;
+    json_t *o = text ? tp_json_loads(text) : NULL;
     free(text);
     if (o) {
       if (reverse)
