@@ -8,6 +8,7 @@
 #include "api/objects.h"
 #include "api/params.h"
 #include "jpack.h"
+#include "jparse.h"
 #include "net/webhooks.h"
 #include "util.h"
 
@@ -62,7 +63,7 @@ static void eps_load(const char *merchant, struct wh_eps *w)
   json_t *row;
   json_array_foreach(rows, i, row) {
     const char *id = json_string_value(json_object_get(row, "id"));
-    json_t *data = json_loads(json_string_value(json_object_get(row, "data")) ?: "", 0, NULL);
+    json_t *data = tp_json_loads(json_string_value(json_object_get(row, "data")) ?: "");
     json_t *events = json_object_get(data, "enabled_events");
     if (id && json_is_array(events) && w->n < TP_WH_MAX_PER_MERCHANT) {
       tp_scopy(w->e[w->n].id, TP_ID_MAX, id);

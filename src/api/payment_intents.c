@@ -6,6 +6,7 @@
 #include "api/commit.h"
 #include "api/handlers.h"
 #include "api/objects.h"
+#include "jparse.h"
 #include "connectors/connector.h"
 #include "core/currency.h"
 #include "core/payflow.h"
@@ -522,7 +523,7 @@ static void client_cut(json_t *pi)
 
 char *tp_pi_client_view(const char *body, size_t *len)
 {
-  json_t *o = json_loadb(body, *len, 0, NULL);
+  json_t *o = tp_json_loadb(body, *len);
   if (!o)
     return NULL;
   json_t *err = json_object_get(o, "error");

@@ -12,6 +12,7 @@
  * read is closed with 1008 instead of growing memory. */
 #include "net/stream.h"
 #include "jpack.h"
+#include "jparse.h"
 
 #include "api/http.h"
 #include "config.h"
@@ -405,7 +406,7 @@ static void replay(struct conn *c, const char *last_id)
     const char *oid = NULL;
     json_t *ev = NULL;
     if (c->nobjects) {
-      ev = json_loads(data, 0, NULL);
+      ev = tp_json_loads(data);
       oid = object_id_of(ev);
     }
     if (conn_wants(c, type, oid)) {
@@ -619,7 +620,7 @@ static void fan_out(void)
     need_obj |= c->nobjects > 0;
   while (e) {
     struct ev *next = e->next;
-    json_t *parsed = need_obj ? json_loadb(e->json, e->len, 0, NULL) : NULL;
+    json_t *parsed = need_obj ? tp_json_loadb(e->json, e->len) : NULL;
     const char *oid = parsed ? object_id_of(parsed) : NULL;
     char *msg = NULL;
     size_t ml = 0;
