@@ -1,5 +1,6 @@
 /* tp_pack: json_pack's format language read in one pass (see jpack.h). */
 #include "jpack.h"
+#include "util.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -49,30 +50,10 @@ static bool utf8_ok(const char *p, size_t n)
       s++;
       continue;
     }
-    size_t k;
-    unsigned cp;
-    if (c >= 0xC2 && c <= 0xDF) {
-      k = 1;
-      cp = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      k = 2;
-      cp = c & 0x0F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      k = 3;
-      cp = c & 0x07;
-    } else {
+    size_t l = tp_utf8_char_len(s, e);
+    if (!l)
       return false;
-    }
-    if ((size_t)(e - s) <= k)
-      return false;
-    for (size_t i = 1; i <= k; i++) {
-      if ((s[i] & 0xC0) != 0x80)
-        return false;
-      cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if ((k == 2 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (k == 3 && (cp < 0x10000 || cp > 0x10FFFF)))
-      return false;
-    s += k + 1;
+    s += l;
   }
   return true;
 }

@@ -1,5 +1,6 @@
 /* A JSON reader with jansson's acceptance rules (see jparse.h). */
 #include "jparse.h"
+#include "util.h"
 
 #include <errno.h>
 #include <math.h>
@@ -36,36 +37,6 @@ static bool reserve(struct jp *j, size_t n)
   j->buf = b;
   j->cap = cap;
   return true;
-}
-
-/* Length of the valid UTF-8 sequence at p (first byte >= 0x80), 0 if
- * invalid: jansson's rules (no overlongs, no surrogates, at most U+10FFFF). */
-static size_t utf8_len(const unsigned char *p, const unsigned char *end)
-{
-  unsigned c = p[0];
-  size_t n;
-  uint32_t v;
-  if (c >= 0xc2 && c <= 0xdf) {
-    n = 2;
-    v = c & 0x1f;
-  } else if (c >= 0xe0 && c <= 0xef) {
-    n = 3;
-    v = c & 0x0f;
-  } else if (c >= 0xf0 && c <= 0xf4) {
-    n = 4;
-    v = c & 0x07;
-  } else
-    return 0;
-  if ((size_t)(end - p) < n)
-    return 0;
-  for (size_t i = 1; i < n; i++) {
-    if ((p[i] & 0xc0) != 0x80)
-      return 0;
-    v = (v << 6) | (p[i] & 0x3f);
-  }
-  if ((n == 3 && v < 0x800) || (v >= 0xd800 && v <= 0xdfff) || (n == 4 && (v < 0x10000 || v > 0x10ffff)))
-    return 0;
-  return n;
 }
 
 static int hex4(const unsigned char *p, const unsigned char *end)
@@ -137,7 +108,7 @@ static bool string(struct jp *j, const char **s, size_t *n)
       p++;
       continue;
     }
-    size_t l = utf8_len(p, j->end);
+    size_t l = tp_utf8_char_len(p, j->end);
     if (!l)
       return false;
     p += l;
@@ -161,7 +132,7 @@ static bool string(struct jp *j, const char **s, size_t *n)
     if (c < 0x20)
       return false;
     if (c >= 0x80) {
-      size_t l = utf8_len(p, j->end);
+      size_t l = tp_utf8_char_len(p, j->end);
       if (!l)
         return false;
       memcpy(o + on, p, l);

@@ -52,6 +52,11 @@ int tp_body_append(char **buf, size_t *len, size_t *cap, bool *too_large, const 
 /* Wipe and free a body buffer of capacity cap. */
 void tp_body_free(char *buf, size_t cap);
 
+/* The length of the UTF-8 sequence at p, whose first byte is >= 0x80, if
+ * it is valid RFC 3629 (no overlong form, no surrogate, nothing past
+ * U+10FFFF) and ends by end; else 0. Used by the JSON builder and reader. */
+size_t tp_utf8_char_len(const unsigned char *p, const unsigned char *end);
+
 /* Whether an IPv4 or IPv6 address is publicly routable: false for
  * loopback, private (RFC 1918, ULA), shared (100.64/10), link-local,
  * unspecified, documentation, benchmarking, multicast and reserved ranges,
