@@ -256,6 +256,16 @@ static bool literal(struct jp *j, const char *word, size_t n)
 
 static json_t *value(struct jp *j);
 
+/* After a member of an object or array: 1 on ',' (another follows), 0 on
+ * the closing bracket, -1 on anything else; consumes what it read. */
+static int after_member(struct jp *j, char close)
+{
+  ws(j);
+  if (j->p < j->end && (*j->p == ',' || *j->p == close))
+    return *j->p++ == ',';
+  return -1;
+}
+
 static json_t *object(struct jp *j)
 {
   json_t *o = json_object();
@@ -296,17 +306,12 @@ static json_t *object(struct jp *j)
       free(key);
     if (rc != 0)
       goto fail;
-    ws(j);
-    if (j->p < j->end && *j->p == ',') {
-      j->p++;
-      ws(j);
-      continue;
-    }
-    if (j->p < j->end && *j->p == '}') {
-      j->p++;
+    int sep = after_member(j, '}');
+    if (sep == 0)
       return o;
-    }
-    goto fail;
+    if (sep < 0)
+      goto fail;
+    ws(j);
   }
 fail:
   json_decref(o);
@@ -327,16 +332,11 @@ static json_t *array(struct jp *j)
     json_t *v = value(j);
     if (!v || json_array_append_new(a, v) != 0)
       goto fail;
-    ws(j);
-    if (j->p < j->end && *j->p == ',') {
-      j->p++;
-      continue;
-    }
-    if (j->p < j->end && *j->p == ']') {
-      j->p++;
+    int sep = after_member(j, ']');
+    if (sep == 0)
       return a;
-    }
-    goto fail;
+    if (sep < 0)
+      goto fail;
   }
 fail:
   json_decref(a);

@@ -5,6 +5,8 @@
 #include <openssl/rand.h>
 #include <openssl/crypto.h>
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -405,4 +407,21 @@ size_t tp_utf8_char_len(const unsigned char *p, const unsigned char *end)
   if ((n == 3 && v < 0x800) || (v >= 0xd800 && v <= 0xdfff) || (n == 4 && (v < 0x10000 || v > 0x10ffff)))
     return 0;
   return n;
+}
+
+int tp_fsync_dir_of(const char *path)
+{
+  char dir[4200];
+  tp_scopy(dir, sizeof dir, path);
+  char *slash = strrchr(dir, '/');
+  if (slash == dir)
+    dir[1] = '\0'; /* "/name": the root */
+  else if (slash)
+    *slash = '\0';
+  int fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0)
+    return -1;
+  int rc = fsync(fd);
+  close(fd);
+  return rc;
 }

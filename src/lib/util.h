@@ -52,6 +52,10 @@ int tp_body_append(char **buf, size_t *len, size_t *cap, bool *too_large, const 
 /* Wipe and free a body buffer of capacity cap. */
 void tp_body_free(char *buf, size_t cap);
 
+/* fsync the directory that holds path ("." when path has no '/'), so a
+ * rename or a new file in it is durable. 0 or -1 (errno). */
+int tp_fsync_dir_of(const char *path);
+
 /* The length of the UTF-8 sequence at p, whose first byte is >= 0x80, if
  * it is valid RFC 3629 (no overlong form, no surrogate, nothing past
  * U+10FFFF) and ends by end; else 0. Used by the JSON builder and reader. */

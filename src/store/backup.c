@@ -26,7 +26,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
-#include <libgen.h>
 #include <sqlite3.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -37,6 +36,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "util.h"
 
 extern const size_t tp_migrations_count;
 
@@ -48,13 +48,6 @@ static int fsync_path(const char *path, bool dir)
   int rc = dir ? fsync(fd) : fdatasync(fd);
   close(fd);
   return rc;
-}
-
-static int fsync_parent(const char *path)
-{
-  char tmp[1200];
-  snprintf(tmp, sizeof tmp, "%s", path);
-  return fsync_path(dirname(tmp), true);
 }
 
 static long long one_int(sqlite3 *db, const char *sql, bool *ok)
@@ -139,29 +132,22 @@ static json_t *inspect(const char *path, bool *balanced, const char **why)
 }
 
 /* The files of DIR that hold keys: never in a backup, needed by a restore. */
+static int is_key_file(const struct dirent *e)
+{
+  size_t n = strlen(e->d_name);
+  return n > 4 && (strcmp(e->d_name + n - 4, ".key") == 0 || strcmp(e->d_name + n - 4, ".pem") == 0);
+}
+
 static json_t *key_files(const char *dir)
 {
   json_t *a = json_array();
-  DIR *d = opendir(dir);
-  if (!d)
-    return a;
-  struct dirent *e;
-  while ((e = readdir(d))) {
-    size_t n = strlen(e->d_name);
-    if ((n > 4 && strcmp(e->d_name + n - 4, ".key") == 0) || (n > 4 && strcmp(e->d_name + n - 4, ".pem") == 0))
-      json_array_append_new(a, json_string(e->d_name));
+  struct dirent **names = NULL;
+  int n = scandir(dir, &names, is_key_file, alphasort); /* sorted: a stable answer */
+  for (int i = 0; i < n; i++) {
+    json_array_append_new(a, json_string(names[i]->d_name));
+    free(names[i]);
   }
-  closedir(d);
-  /* readdir order is the file system's; sort for a stable answer */
-  size_t k = json_array_size(a);
-  for (size_t i = 1; i < k; i++)
-    for (size_t j = i; j > 0 && strcmp(json_string_value(json_array_get(a, j - 1)),
-                                       json_string_value(json_array_get(a, j))) > 0;
-         j--) {
-      json_t *x = json_incref(json_array_get(a, j));
-      json_array_set(a, j, json_array_get(a, j - 1));
-      json_array_set_new(a, j - 1, x);
-    }
+  free(names);
   return a;
 }
 
@@ -261,7 +247,7 @@ int tp_cmd_backup(int argc, char **argv)
     unlink(tmp);
     return 1;
   }
-  if (rename(tmp, out) != 0 || fsync_parent(out) != 0) {
+  if (rename(tmp, out) != 0 || tp_fsync_dir_of(out) != 0) {
     fprintf(stderr, "turnpike backup: cannot put the copy at %s: %s\n", out, strerror(errno));
     unlink(tmp);
     json_decref(sum);

@@ -1136,16 +1136,7 @@ static int wal_fd_ready(struct sq *s)
   s->wal_fd = open(wal, O_RDONLY | O_CLOEXEC);
   if (s->wal_fd < 0)
     return -1;
-  char dir[4200];
-  tp_scopy(dir, sizeof dir, s->path);
-  char *slash = strrchr(dir, '/');
-  if (slash)
-    *slash = '\0';
-  int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  int rc = dfd >= 0 && fsync(dfd) == 0 ? 0 : -1;
-  if (dfd >= 0)
-    close(dfd);
-  return rc;
+  return tp_fsync_dir_of(s->path);
 }
 
 /* Commits stop waiting for the disk: synchronous=NORMAL still syncs the WAL
