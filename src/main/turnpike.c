@@ -6,6 +6,7 @@
 #include "core/payflow.h"
 #include "jpack.h"
 #include "log.h"
+#include "proxies.h"
 #include "main/commands.h"
 #include "main/features.h"
 #include "sec/audit.h"
@@ -62,7 +63,8 @@ static int config_set(struct config *c, const char *section, const char *key, co
       if (t < 1 || t > 256)
         return 0;
       c->threads = (unsigned)t;
-    } else if (strcasecmp(key, "core_dumps") != 0) /* read through tp_config_bool */
+    } else if (strcasecmp(key, "core_dumps") != 0 && /* read through tp_config_bool */
+               strcasecmp(key, "trusted_proxies") != 0) /* tp_proxies_init */
       return 0;
     return 1;
   }
@@ -325,7 +327,7 @@ static int cmd_serve(int argc, char **argv)
 
   /* HTTPS, OAuth signing key, rate limits: before the first request. */
   int tls = tp_tls_configure(tls_cert, tls_key, tls_min);
-  if (tls < 0 || tp_oauth_init(c.data) != 0)
+  if (tls < 0 || tp_oauth_init(c.data) != 0 || tp_proxies_init() != 0)
     return 1;
   tp_ratelimit_init();
   uint16_t bound = 0;

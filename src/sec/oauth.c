@@ -29,6 +29,7 @@
 #include "config.h"
 #include "log.h"
 #include "metrics.h"
+#include "proxies.h"
 #include "util.h"
 
 #define TP_OAUTH_CACHE_SLOTS 1024
@@ -79,6 +80,41 @@ int tp_oauth_init(const char *data_dir)
 }
 
 /* ---- helpers --------------------------------------------------------------- */
+/* Every X-Forwarded-For header, joined with commas in the order sent; when
+ * they are longer than the buffer only the tail (the hops nearest to us,
+ * the only ones that can be believed) is kept. */
+struct xff_buf {
+  char s[1024];
+  size_t len;
+};
+
+static enum MHD_Result collect_xff(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+  (void)kind;
+  struct xff_buf *b = cls;
+  if (!key || !value || strcasecmp(key, "X-Forwarded-For") != 0)
+    return MHD_YES;
+  size_t vl = strlen(value), need = vl + (b->len ? 1 : 0);
+  if (need >= sizeof b->s) { /* the value alone is too long: its tail */
+    memcpy(b->s, value + vl - (sizeof b->s - 1), sizeof b->s - 1);
+    b->len = sizeof b->s - 1;
+  } else {
+    if (b->len + need >= sizeof b->s) {
+      size_t drop = b->len + need - (sizeof b->s - 1);
+      memmove(b->s, b->s + drop, b->len - drop);
+      b->len -= drop;
+    }
+    if (b->len)
+      b->s[b->len++] = ',';
+    memcpy(b->s + b->len, value, vl);
+    b->len += vl;
+  }
+  b->s[b->len] = '\0';
+  return MHD_YES;
+}
+
+/* The client's address: the peer's, or with [server] trusted_proxies the
+ * one a trusted proxy vouches for in X-Forwarded-For (src/lib/proxies.h). */
 void tp_req_remote_addr(struct tp_req *r, char *out, size_t cap)
 {
   snprintf(out, cap, "?");
@@ -86,10 +122,21 @@ void tp_req_remote_addr(struct tp_req *r, char *out, size_t cap)
   if (!ci || !ci->client_addr)
     return;
   const struct sockaddr *sa = ci->client_addr;
+  char peer[INET6_ADDRSTRLEN] = "";
   if (sa->sa_family == AF_INET)
-    inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out, (socklen_t)cap);
+    inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, peer, sizeof peer);
   else if (sa->sa_family == AF_INET6)
-    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out, (socklen_t)cap);
+    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, peer, sizeof peer);
+  if (!peer[0])
+    return;
+  if (!tp_proxies_configured()) {
+    tp_scopy(out, cap, peer);
+    return;
+  }
+  struct xff_buf xff = {.len = 0};
+  xff.s[0] = '\0';
+  MHD_get_connection_values(r->conn, MHD_HEADER_KIND, collect_xff, &xff);
+  tp_client_addr(peer, xff.s, out, cap);
 }
 
 /* RFC 6749 §5.2 error body. */

@@ -1,7 +1,10 @@
 """Rate limits: a token bucket per API key ([ratelimit] rate, burst) answers
 429 rate_limit with Retry-After, per key; repeated authentication failures
 from one address ([ratelimit] auth_failures within auth_window seconds) are
-answered 429 at once, for the API and the OAuth token endpoint alike."""
+answered 429 at once, for the API and the OAuth token endpoint alike.
+Behind a trusted proxy ([server] trusted_proxies) the client address is the
+one the proxy put in X-Forwarded-For; from anyone else the header counts for
+nothing."""
 import http.client
 import time
 
@@ -133,6 +136,91 @@ class RateLimitTest(DaemonTestCase):
             self.assertEqual(r.status, 401, r)
             self.assertEqual(r.json["error"], "invalid_client")
         self.assertEqual(self.c("b").get("/v1/payment_intents").status, 429)
+
+
+class TrustedProxyTest(DaemonTestCase):
+    """The daemon behind a reverse proxy at 127.0.0.1: every connection comes
+    from the proxy, and the limits kept per client address follow the
+    address it forwards. 127.0.0.2 plays a client that reaches the daemon
+    directly and writes the header itself."""
+    MERCHANTS = ("a", "b")
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = Daemon()
+        try:
+            for name in cls.MERCHANTS:
+                cls.daemon.create_merchant(name)
+            cls.daemon.start(config=CONFIG + "\n[server]\ntrusted_proxies = 127.0.0.1, ::1\n")
+        except Exception:
+            cls.daemon.cleanup()
+            raise
+
+    def call(self, method, path, key, src="127.0.0.1", xff=None, body=None):
+        conn = http.client.HTTPConnection(self.daemon.host, self.daemon.port, timeout=10,
+                                          source_address=(src, 0))
+        headers = {"Authorization": "Bearer " + key}
+        if body is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        if xff is not None:
+            headers["X-Forwarded-For"] = xff
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            r = conn.getresponse()
+            r.read()
+            return r.status
+        finally:
+            conn.close()
+
+    def test_publishable_key_buckets_follow_the_forwarded_address(self):
+        pk = self.daemon.merchants["b"]["publishable_key"]
+        body = form_encode(card(PAN_OK))
+
+        def tokenise(**kw):
+            return self.call("POST", "/v1/payment_methods", pk, body=body, **kw)
+        # The shopper's own words to the left of the proxy's entry do not count.
+        first = [tokenise(xff="198.51.100.%d, 203.0.113.5" % i) for i in range(5)]
+        self.assertEqual(first, [200] * 4 + [429])
+        # Another shopper behind the same proxy has a bucket of its own.
+        self.assertEqual(tokenise(xff="203.0.113.6"), 200)
+        self.assertEqual(tokenise(xff="203.0.113.5"), 429)
+        # A client that is not a proxy cannot pick its bucket with the header:
+        # every request from 127.0.0.2 is 127.0.0.2's, whatever it claims.
+        direct = [tokenise(src="127.0.0.2", xff="192.0.2.%d" % i) for i in range(5)]
+        self.assertEqual(direct, [200] * 4 + [429])
+        # Nor borrow a forwarded shopper's: 203.0.113.7 still has its tokens.
+        self.assertEqual(tokenise(xff="203.0.113.7"), 200)
+        # The proxy's own requests (no header) are the proxy's.
+        self.assertEqual(tokenise(), 200)
+
+    def test_failed_logins_lock_out_the_forwarded_address_only(self):
+        time.sleep(3.1)  # a fresh failure window
+        for _ in range(5):
+            self.assertEqual(self.call("GET", "/v1/payment_intents", "sk_test_wrong", xff="203.0.113.66"), 401)
+        self.assertEqual(self.call("GET", "/v1/payment_intents", "sk_test_wrong", xff="203.0.113.66"), 429)
+        sk = self.daemon.merchants["a"]["secret_key"]
+        # The guesser is locked out even with the right key ...
+        self.assertEqual(self.call("GET", "/v1/payment_intents", sk, xff="203.0.113.66"), 429)
+        # ... the other clients behind the same proxy are not.
+        self.assertEqual(self.call("GET", "/v1/payment_intents", sk, xff="203.0.113.67"), 200)
+        self.assertEqual(self.call("GET", "/v1/payment_intents", sk), 200)
+
+    def test_a_bad_setting_stops_the_server_at_start(self):
+        import subprocess
+        from harness import BIN
+        d = Daemon()
+        try:
+            ini = d.root + "/bad.ini"
+            with open(ini, "w") as f:
+                f.write("[server]\ntrusted_proxies = 10.0.0.0/8, proxy.example\n")
+            p = subprocess.run([BIN, "serve", "--listen", "127.0.0.1:0", "--data", d.data, "--config", ini],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
+                               stdin=subprocess.DEVNULL)
+            self.assertNotEqual(p.returncode, 0)
+            self.assertIn(b"server.trusted_proxies", p.stderr)
+            self.assertIn(b"proxy.example", p.stderr)
+        finally:
+            d.cleanup()
 
 
 if __name__ == "__main__":
