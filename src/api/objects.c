@@ -246,11 +246,115 @@ json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const s
   return pm;
 }
 
+/* Stripe's test PaymentMethods (pm_card_NAME) and card tokens (tok_NAME):
+ * one name table for both, each name standing for its test card number.
+ * Using one creates a fresh card PaymentMethod, as Stripe does. */
+static const struct {
+  const char *name;
+  const char *pan;
+} test_cards[] = {
+  {"visa", "4242424242424242"},
+  {"visa_debit", "4000056655665556"},
+  {"mastercard", "5555555555554444"},
+  {"mastercard_debit", "5200828282828210"},
+  {"mastercard_prepaid", "5105105105105100"},
+  {"amex", "371449635398431"},
+  {"discover", "6011111111111117"},
+  {"diners", "3056930009020004"},
+  {"jcb", "3566002020360505"},
+  {"unionpay", "6200000000000005"},
+  /* by country (card.country from the BIN table in core/card.c) */
+  {"us", "4242424242424242"},
+  {"at", "4000000400000008"},
+  {"be", "4000000560000004"},
+  {"dk", "4000002080000001"},
+  {"fi", "4000002460000001"},
+  {"fr", "4000002500000003"},
+  {"de", "4000002760000016"},
+  {"ie", "4000003720000005"},
+  {"it", "4000003800000008"},
+  {"nl", "4000005280000002"},
+  {"no", "4000005780000007"},
+  {"es", "4000007240000007"},
+  {"se", "4000007520000008"},
+  {"ch", "4000007560000009"},
+  {"gb", "4000008260000000"},
+  {"gb_debit", "4000058260000005"},
+  {"au", "4000000360000006"},
+  {"ca", "4000001240000000"},
+  {"mx", "4000004840008001"},
+  {"br", "4000000760000002"},
+  {"jp", "4000003920000003"},
+  {"sg", "4000007020000003"},
+  {"in", "4000003560000008"},
+  /* declines (connectors/sandbox.c) */
+  {"chargeDeclined", "4000000000000002"},
+  {"visa_chargeDeclined", "4000000000000002"},
+  {"chargeDeclinedInsufficientFunds", "4000000000009995"},
+  {"visa_chargeDeclinedInsufficientFunds", "4000000000009995"},
+  {"chargeDeclinedLostCard", "4000000000009987"},
+  {"visa_chargeDeclinedLostCard", "4000000000009987"},
+  {"chargeDeclinedStolenCard", "4000000000009979"},
+  {"visa_chargeDeclinedStolenCard", "4000000000009979"},
+  {"chargeDeclinedExpiredCard", "4000000000000069"},
+  {"chargeDeclinedIncorrectCvc", "4000000000000127"},
+  {"chargeDeclinedProcessingError", "4000000000000119"},
+  {"visa_chargeDeclinedVelocityLimitExceeded", "4000000000006975"},
+  {"chargeDeclinedFraudulent", "4100000000000019"},
+  {"radarBlock", "4100000000000019"},
+  /* 3-D Secure */
+  {"threeDSecure2Required", "4000000000003220"},
+  {"authenticationRequired", "4000002760003184"},
+  {"threeDSecureOptional", "4000000000003055"},
+};
+
+/* The test card number behind a pm_card_NAME (tokens false) or tok_NAME
+ * (tokens true) id, or NULL. */
+static const char *test_pan(const char *id, bool tokens)
+{
+  const char *prefix = tokens ? "tok_" : "pm_card_";
+  size_t pl = strlen(prefix);
+  if (!id || strncmp(id, prefix, pl) != 0)
+    return NULL;
+  for (size_t i = 0; i < sizeof test_cards / sizeof test_cards[0]; i++)
+    if (strcmp(id + pl, test_cards[i].name) == 0)
+      return test_cards[i].pan;
+  return NULL;
+}
+
+/* A test card as a validated card that expires in three years. */
+static bool test_card_info(const char *pan, struct tp_card_info *ci)
+{
+  struct tp_card_input in = {pan, 12, (int)(1970 + tp_now() / 31556952) + 3, NULL};
+  const char *bad;
+  return tp_card_validate(&in, (time_t)tp_now(), ci, &bad) == TP_CARD_OK;
+}
+
 bool tp_card_from_params(struct tp_req *r, const json_t *card, const char *param_prefix, struct tp_card_info *ci,
                          char *cvc_out)
 {
   char param[160];
   cvc_out[0] = '\0';
+  const char *tok = json_string_value(json_object_get(card, "token"));
+  if (tok) {
+    /* A test card token (tok_visa ...) stands for the whole card. */
+    snprintf(param, sizeof param, "%s[token]", param_prefix);
+    static const char *const others[] = {"number", "exp_month", "exp_year", "cvc", "encrypted"};
+    for (size_t i = 0; i < sizeof others / sizeof others[0]; i++) {
+      if (json_object_get(card, others[i])) {
+        tp_reply_error(r, TP_ERR_PARAMETERS_EXCLUSIVE, param, NULL);
+        return false;
+      }
+    }
+    const char *pan = test_pan(tok, true);
+    if (!pan || !test_card_info(pan, ci)) {
+      char msg[160];
+      snprintf(msg, sizeof msg, "No such token: '%.64s'", tok);
+      tp_reply_error(r, TP_ERR_RESOURCE_MISSING, param, msg);
+      return false;
+    }
+    return true;
+  }
   const char *jwe = json_string_value(json_object_get(card, "encrypted"));
   if (jwe) /* client-side encrypted card: decrypted only on this path */
     return tp_card_from_jwe(r, jwe, param_prefix, ci, cvc_out);
@@ -316,39 +420,10 @@ int tp_vault_load(const char *merchant, const char *pm_id, struct tp_card_info *
   return cc == TP_CARD_OK || cc == TP_CARD_EXPIRED ? 0 : -1;
 }
 
-static const struct {
-  const char *id;
-  const char *pan;
-} test_pms[] = {
-  {"pm_card_visa", "4242424242424242"},
-  {"pm_card_visa_debit", "4000056655665556"},
-  {"pm_card_mastercard", "5555555555554444"},
-  {"pm_card_mastercard_debit", "5200828282828210"},
-  {"pm_card_mastercard_prepaid", "5105105105105100"},
-  {"pm_card_amex", "371449635398431"},
-  {"pm_card_discover", "6011111111111117"},
-  {"pm_card_diners", "3056930009020004"},
-  {"pm_card_jcb", "3566002020360505"},
-  {"pm_card_unionpay", "6200000000000005"},
-  {"pm_card_chargeDeclined", "4000000000000002"},
-  {"pm_card_chargeDeclinedInsufficientFunds", "4000000000009995"},
-  {"pm_card_chargeDeclinedLostCard", "4000000000009987"},
-  {"pm_card_chargeDeclinedStolenCard", "4000000000009979"},
-  {"pm_card_chargeDeclinedExpiredCard", "4000000000000069"},
-  {"pm_card_chargeDeclinedIncorrectCvc", "4000000000000127"},
-  {"pm_card_chargeDeclinedProcessingError", "4000000000000119"},
-  {"pm_card_chargeDeclinedFraudulent", "4100000000000019"},
-  {"pm_card_threeDSecure2Required", "4000000000003220"},
-  {"pm_card_authenticationRequired", "4000002760003184"},
-};
-
 bool tp_pm_materialize(struct tp_req *r, struct tp_cs *cs, json_t *pi)
 {
   const char *pm_id = json_string_value(json_object_get(pi, "payment_method"));
-  bool test = false;
-  for (size_t i = 0; pm_id && i < sizeof test_pms / sizeof test_pms[0]; i++)
-    test = test || strcmp(pm_id, test_pms[i].id) == 0;
-  if (!test)
+  if (!test_pan(pm_id, false))
     return true;
   struct tp_card_info ci;
   json_t *pm = tp_pm_resolve(r, cs, pm_id, &ci);
@@ -362,9 +437,8 @@ bool tp_pm_materialize(struct tp_req *r, struct tp_cs *cs, json_t *pi)
 
 bool tp_pm_exists(struct tp_req *r, const char *pm_id)
 {
-  for (size_t i = 0; i < sizeof test_pms / sizeof test_pms[0]; i++)
-    if (strcmp(pm_id, test_pms[i].id) == 0)
-      return true;
+  if (test_pan(pm_id, false))
+    return true;
   int live = tp_store_live(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
   if (live < 0) {
     tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
@@ -380,13 +454,8 @@ bool tp_pm_exists(struct tp_req *r, const char *pm_id)
 
 json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, struct tp_card_info *ci)
 {
-  for (size_t i = 0; i < sizeof test_pms / sizeof test_pms[0]; i++) {
-    if (strcmp(pm_id, test_pms[i].id) != 0)
-      continue;
-    struct tp_card_input in = {test_pms[i].pan, 12, (int)(1970 + tp_now() / 31556952) + 3, NULL};
-    const char *bad;
-    if (tp_card_validate(&in, (time_t)tp_now(), ci, &bad) != TP_CARD_OK)
-      break;
+  const char *pan = test_pan(pm_id, false);
+  if (pan && test_card_info(pan, ci)) {
     json_t *pm = tp_pm_create_card(cs, &r->merchant, ci, NULL, NULL);
     if (!pm)
       tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);

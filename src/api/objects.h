@@ -39,16 +39,17 @@ int64_t tp_charge_released(const json_t *ch);
 json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const struct tp_card_info *ci,
                           const json_t *billing_details, const json_t *metadata);
 
-/* Read card data from a params object {number, exp_month, exp_year, cvc}
- * (already type-checked) and validate it; on failure replies with the Stripe
+/* Read card data from a params object {number, exp_month, exp_year, cvc},
+ * {encrypted} (a JWE of those) or {token} (a Stripe test token, tok_visa
+ * ..., alone) (already type-checked) and validate it; on failure replies with the Stripe
  * card error (param "payment_method_data[card][number]" style, using prefix)
  * and returns false. cvc_out (>= 5 bytes) gets the CVC or "". */
 bool tp_card_from_params(struct tp_req *r, const json_t *card, const char *param_prefix, struct tp_card_info *ci,
                          char *cvc_out);
 
 /* Resolve a payment method id for a merchant: a stored pm_..., or a test id
- * (pm_card_visa, pm_card_mastercard, pm_card_amex, pm_card_visa_debit,
- * pm_card_chargeDeclined...) which creates a new PM like Stripe does. On
+ * (Stripe's pm_card_visa, pm_card_gb, pm_card_chargeDeclined..., the table
+ * in objects.c) which creates a new PM like Stripe does. On
  * success returns the PM object and fills ci with the card from the vault
  * (PAN in memory only). On failure replies 404/400 and returns NULL. */
 /* Is pm_id one of the merchant's PaymentMethods (or a pm_card_* test id)?

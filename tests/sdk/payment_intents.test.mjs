@@ -50,6 +50,61 @@ test('pm_card_mastercard and pm_card_amex charge with their brand and last4', as
   }
 });
 
+test("Stripe's test PaymentMethods by country, decline and 3-D Secure behave as named", async () => {
+  for (const [pm, country, last4] of [['pm_card_us', 'US', '4242'], ['pm_card_gb', 'GB', '0000'],
+    ['pm_card_de', 'DE', '0016'], ['pm_card_ca', 'CA', '0000'], ['pm_card_threeDSecureOptional', 'US', '3055']]) {
+    const pi = await stripe.paymentIntents.create({ amount: 1500, currency: 'usd', payment_method: pm, confirm: true });
+    assert.equal(pi.status, 'succeeded', pm);
+    const m = await stripe.paymentMethods.retrieve(pi.payment_method);
+    assert.equal(m.card.country, country, pm);
+    assert.equal(m.card.last4, last4, pm);
+  }
+  for (const [pm, declineCode] of [['pm_card_visa_chargeDeclined', 'generic_decline'],
+    ['pm_card_visa_chargeDeclinedInsufficientFunds', 'insufficient_funds'],
+    ['pm_card_visa_chargeDeclinedVelocityLimitExceeded', 'card_velocity_exceeded'],
+    ['pm_card_radarBlock', 'fraudulent']]) {
+    const err = await expectError(stripe.paymentIntents.create({
+      amount: 1500, currency: 'usd', payment_method: pm, confirm: true,
+    }), errors.StripeCardError);
+    assert.equal(err.code, 'card_declined', pm);
+    assert.equal(err.decline_code, declineCode, pm);
+  }
+  const err = await expectError(stripe.paymentIntents.create({
+    amount: 1500, currency: 'usd', payment_method: 'pm_card_nosuchthing', confirm: true,
+  }), errors.StripeInvalidRequestError);
+  assert.equal(err.code, 'resource_missing');
+  assert.equal(err.param, 'payment_method');
+});
+
+test('card tokens (tok_visa ...) make PaymentMethods; unknown or mixed with card details are refused', async () => {
+  const pm = await stripe.paymentMethods.create({ type: 'card', card: { token: 'tok_mastercard' } });
+  assert.match(pm.id, /^pm_/);
+  assert.equal(pm.card.brand, 'mastercard');
+  assert.equal(pm.card.last4, '4444');
+  assert.ok(pm.card.exp_year > new Date().getUTCFullYear(), 'a token card expires in the future');
+  const pi = await stripe.paymentIntents.create({ amount: 1200, currency: 'eur', payment_method: pm.id, confirm: true });
+  assert.equal(pi.status, 'succeeded');
+  // Same card, same fingerprint, however it arrived.
+  const raw = await stripe.paymentMethods.create({ type: 'card', card: card('5555555555554444') });
+  assert.equal(raw.card.fingerprint, pm.card.fingerprint);
+
+  const declined = await expectError(stripe.paymentIntents.create({
+    amount: 1200, currency: 'usd', confirm: true,
+    payment_method_data: { type: 'card', card: { token: 'tok_chargeDeclinedInsufficientFunds' } },
+  }), errors.StripeCardError);
+  assert.equal(declined.decline_code, 'insufficient_funds');
+
+  const unknown = await expectError(stripe.paymentMethods.create({ type: 'card', card: { token: 'tok_nope' } }),
+    errors.StripeInvalidRequestError);
+  assert.equal(unknown.code, 'resource_missing');
+  assert.equal(unknown.param, 'card[token]');
+  const mixed = await expectError(stripe.paymentMethods.create({
+    type: 'card', card: { token: 'tok_visa', number: '4242424242424242' },
+  }), errors.StripeInvalidRequestError);
+  assert.equal(mixed.code, 'parameters_exclusive');
+  assert.equal(mixed.param, 'card[token]');
+});
+
 test('confirm with payment_method_data raw card 4242 succeeds and never echoes the number', async () => {
   const pi = await stripe.paymentIntents.create({
     amount: 1234, currency: 'usd', confirm: true, payment_method_data: cardData(CARDS.visa),
