@@ -20,6 +20,7 @@ struct entry {
   char method[8];
   char route[96];
   char path[256];
+  char ip[48];
   unsigned status;
   char err_type[32], err_code[48], err_param[64];
   int tp_code;
@@ -48,7 +49,7 @@ static void error_fields(struct entry *e, const char *body, size_t len)
 }
 
 void tp_reqlog_record(const char *request_id, const char *merchant, const char *method, const char *route,
-                      const char *path, unsigned status, const char *body, size_t body_len, int64_t latency_us)
+                      const char *path, const char *ip, unsigned status, const char *body, size_t body_len, int64_t latency_us)
 {
   struct entry e;
   memset(&e, 0, sizeof e);
@@ -57,6 +58,7 @@ void tp_reqlog_record(const char *request_id, const char *merchant, const char *
   tp_scopy(e.method, sizeof e.method, method);
   tp_scopy(e.route, sizeof e.route, route);
   tp_scopy(e.path, sizeof e.path, path);
+  tp_scopy(e.ip, sizeof e.ip, ip ? ip : "");
   e.status = status;
   e.latency_us = latency_us;
   e.created = tp_now();
@@ -88,9 +90,10 @@ void tp_h_request_retrieve(struct tp_req *r)
     tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", "No such request (only recent requests are kept)");
     return;
   }
-  json_t *o = tp_pack("{s:s, s:s, s:I, s:s, s:s, s:s, s:i, s:I, s:b}", "id", e.id, "object", "turnpike.request",
-                      "created", (json_int_t)e.created, "method", e.method, "route", e.route, "path", e.path,
-                      "status", (int)e.status, "latency_us", (json_int_t)e.latency_us, "livemode", 0);
+  json_t *o = tp_pack("{s:s, s:s, s:I, s:s, s:s, s:s, s:s, s:i, s:I, s:b}", "id", e.id, "object",
+                      "turnpike.request", "created", (json_int_t)e.created, "method", e.method, "route", e.route,
+                      "path", e.path, "ip", e.ip, "status", (int)e.status, "latency_us", (json_int_t)e.latency_us,
+                      "livemode", 0);
   if (e.status >= 400 && e.err_type[0])
     json_object_set_new(o, "error",
                         tp_pack("{s:s, s:s?, s:s?, s:i}", "type", e.err_type, "code", e.err_code[0] ? e.err_code : NULL,

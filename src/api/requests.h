@@ -4,7 +4,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Remember one finished request of a merchant (path already redacted). */
+/* Remember one finished request of a merchant (path already redacted; ip:
+ * the client address, see [server] trusted_proxies). */
 void tp_reqlog_record(const char *request_id, const char *merchant, const char *method, const char *route,
-                      const char *path, unsigned status, const char *body, size_t body_len, int64_t latency_us);
+                      const char *path, const char *ip, unsigned status, const char *body, size_t body_len, int64_t latency_us);
 #endif

@@ -251,8 +251,7 @@ static bool parse_params(struct tp_req *r)
  * answered 429 before its credentials are even looked at; nothing sleeps. */
 static bool access_check(struct tp_req *r, const struct tp_route *rt)
 {
-  char addr[64];
-  tp_req_remote_addr(r, addr, sizeof addr);
+  const char *addr = tp_req_client_addr(r);
   int wait = tp_ratelimit_auth_blocked(addr, tp_mono_ms());
   if (wait) {
     r->retry_after_s = (unsigned)wait;
@@ -429,7 +428,7 @@ static void observe_request(struct tp_req *r)
     tp_scopy(rpath, sizeof rpath, r->url);
     redact_digit_runs(rpath);
     tp_reqlog_record(r->request_id, r->merchant.id, r->method, r->route ? r->route->pattern : "unmatched", rpath,
-                     r->status, r->resp, r->resp_len, us);
+                     tp_req_client_addr(r), r->status, r->resp, r->resp_len, us);
   }
   if (!log_requests || !TP_LOG_ON(TP_LOG_INFO))
     return;
@@ -457,6 +456,7 @@ static void observe_request(struct tp_req *r)
   TP_JBUF_STR(&b, ",\"path\":", path);
   TP_JBUF_INT(&b, ",\"status\":", (int64_t)r->status);
   TP_JBUF_STR(&b, ",\"merchant\":", r->authed ? r->merchant.id : "");
+  TP_JBUF_STR(&b, ",\"ip\":", tp_req_client_addr(r));
   TP_JBUF_STR(&b, ",\"object\":", obj);
   TP_JBUF_INT(&b, ",\"latency_us\":", us);
   size_t n = 0;

@@ -28,6 +28,9 @@ int tp_oauth_init(const char *data_dir);
 enum tp_err tp_oauth_authenticate(const char *token, struct tp_auth *a);
 /* The peer's IP address as text ("?" when unknown), for failure counting. */
 void tp_req_remote_addr(struct tp_req *r, char *out, size_t cap);
+/* The client address of the request (tp_req_remote_addr, worked out once and
+ * kept in r->client_addr). */
+const char *tp_req_client_addr(struct tp_req *r);
 /* Read a merchant row by id into m: 1 found, 0 not, -1 store error. */
 int tp_auth_merchant(struct tp_store *st, const char *id, struct tp_merchant *m);
 /* For admin commands: open the store in dir and read merchant id into m.

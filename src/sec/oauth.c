@@ -139,6 +139,13 @@ void tp_req_remote_addr(struct tp_req *r, char *out, size_t cap)
   tp_client_addr(peer, xff.s, out, cap);
 }
 
+const char *tp_req_client_addr(struct tp_req *r)
+{
+  if (!r->client_addr[0])
+    tp_req_remote_addr(r, r->client_addr, sizeof r->client_addr);
+  return r->client_addr;
+}
+
 /* RFC 6749 §5.2 error body. */
 static void oauth_error(struct tp_req *r, unsigned status, const char *error, const char *desc)
 {
@@ -274,8 +281,7 @@ static enum cauth client_auth(struct tp_req *r, struct oclient *c)
  * when the handler may go on. */
 static bool endpoint_client_auth(struct tp_req *r, struct oclient *c)
 {
-  char addr[64];
-  tp_req_remote_addr(r, addr, sizeof addr);
+  const char *addr = tp_req_client_addr(r);
   int wait = tp_ratelimit_auth_blocked(addr, tp_mono_ms());
   if (wait) {
     r->retry_after_s = (unsigned)wait;

@@ -159,6 +159,7 @@ class ApiErrorsTest(DaemonTestCase):
         self.assertEqual(log.json["object"], "turnpike.request")
         self.assertEqual(log.json["status"], r.status)
         self.assertEqual(log.json["method"], "POST")
+        self.assertEqual(log.json["ip"], "127.0.0.1")
         self.assertEqual(log.json["error"]["code"], "parameter_unknown")
         self.assertEqual(log.json["error"]["tp_code"], err["tp_code"])
         # another merchant cannot read it

@@ -164,8 +164,9 @@ class MetricsTest(DaemonTestCase):
         reqs = [l for l in lines if l.get("event") == "request" and l.get("object") == pi]
         self.assertTrue(reqs, "no request line for %s" % pi)
         line = reqs[0]
-        for field in ("ts", "level", "request_id", "merchant", "object", "latency_us", "status", "route"):
+        for field in ("ts", "level", "request_id", "merchant", "object", "latency_us", "status", "route", "ip"):
             self.assertIn(field, line)
+        self.assertEqual(line["ip"], "127.0.0.1")
         self.assertEqual(line["status"], 200)
         self.assertEqual(line["merchant"], self.daemon.merchants["m"]["id"])
         self.assertEqual(line["request_id"], r.headers["Request-Id"])

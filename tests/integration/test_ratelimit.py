@@ -205,6 +205,36 @@ class TrustedProxyTest(DaemonTestCase):
         self.assertEqual(self.call("GET", "/v1/payment_intents", sk, xff="203.0.113.67"), 200)
         self.assertEqual(self.call("GET", "/v1/payment_intents", sk), 200)
 
+    def test_request_log_names_the_client_address(self):
+        sk = self.daemon.merchants["a"]["secret_key"]
+
+        def request_id(src, xff):
+            conn = http.client.HTTPConnection(self.daemon.host, self.daemon.port, timeout=10,
+                                              source_address=(src, 0))
+            headers = {"Authorization": "Bearer " + sk}
+            if xff:
+                headers["X-Forwarded-For"] = xff
+            try:
+                conn.request("GET", "/v1/customers/cus_nope", headers=headers)
+                r = conn.getresponse()
+                r.read()
+                self.assertEqual(r.status, 404)
+                return r.getheader("Request-Id")
+            finally:
+                conn.close()
+        time.sleep(2.1)  # tokens for the lookups below
+        cases = [("127.0.0.1", "192.0.2.1, 203.0.113.80", "203.0.113.80"),
+                 ("127.0.0.1", None, "127.0.0.1"),
+                 ("127.0.0.2", "203.0.113.81", "127.0.0.2")]
+        for src, xff, want in cases:
+            rid = request_id(src, xff)
+            log = self.c("a").get("/v1/turnpike/requests/" + rid)
+            self.assertEqual(log.status, 200, log)
+            self.assertEqual(log.json["ip"], want, (src, xff))
+            time.sleep(1.0)  # the key's bucket ([ratelimit] rate = 2) refills
+        lines = [l for l in self.daemon.log_text().splitlines() if '"event":"request"' in l]
+        self.assertTrue(any('"ip":"203.0.113.80"' in l for l in lines), "the log line names the forwarded client")
+
     def test_a_bad_setting_stops_the_server_at_start(self):
         import subprocess
         from harness import BIN
