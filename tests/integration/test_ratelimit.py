@@ -22,15 +22,8 @@ class RateLimitTest(DaemonTestCase):
     MERCHANTS = ("a", "b")
 
     @classmethod
-    def setUpClass(cls):
-        cls.daemon = Daemon()
-        try:
-            for name in cls.MERCHANTS:
-                cls.daemon.create_merchant(name)
-            cls.daemon.start(config=CONFIG)
-        except Exception:
-            cls.daemon.cleanup()
-            raise
+    def config(cls):
+        return CONFIG
 
     def test_key_bucket_gives_burst_then_429_with_retry_after(self):
         a, b = self.c("a"), self.c("b")
@@ -146,15 +139,8 @@ class TrustedProxyTest(DaemonTestCase):
     MERCHANTS = ("a", "b")
 
     @classmethod
-    def setUpClass(cls):
-        cls.daemon = Daemon()
-        try:
-            for name in cls.MERCHANTS:
-                cls.daemon.create_merchant(name)
-            cls.daemon.start(config=CONFIG + "\n[server]\ntrusted_proxies = 127.0.0.1, ::1\n")
-        except Exception:
-            cls.daemon.cleanup()
-            raise
+    def config(cls):
+        return CONFIG + "\n[server]\ntrusted_proxies = 127.0.0.1, ::1\n"
 
     def call(self, method, path, key, src="127.0.0.1", xff=None, body=None):
         conn = http.client.HTTPConnection(self.daemon.host, self.daemon.port, timeout=10,

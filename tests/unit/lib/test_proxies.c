@@ -66,24 +66,34 @@ static void test_list_parses_addresses_and_prefixes(void **state)
 static void test_prefix_matching(void **state)
 {
   (void)state;
-  use("10.0.0.0/8 192.168.4.0/22 172.16.5.7 2001:db8::/32 ::1");
-  assert_true(tp_cidr_list_has(list, nlist, "10.255.255.255"));
-  assert_false(tp_cidr_list_has(list, nlist, "11.0.0.0"));
-  assert_true(tp_cidr_list_has(list, nlist, "192.168.7.255"));
-  assert_false(tp_cidr_list_has(list, nlist, "192.168.8.0"));
-  assert_false(tp_cidr_list_has(list, nlist, "192.168.3.255"));
-  assert_true(tp_cidr_list_has(list, nlist, "172.16.5.7"));
-  assert_false(tp_cidr_list_has(list, nlist, "172.16.5.8"));
-  assert_true(tp_cidr_list_has(list, nlist, "2001:db8:ffff::1"));
-  assert_false(tp_cidr_list_has(list, nlist, "2001:db9::1"));
-  assert_true(tp_cidr_list_has(list, nlist, "::1"));
-  assert_false(tp_cidr_list_has(list, nlist, "::2"));
-  /* An IPv4-mapped peer (a dual-stack listener) matches IPv4 entries. */
-  assert_true(tp_cidr_list_has(list, nlist, "::ffff:10.9.8.7"));
-  assert_false(tp_cidr_list_has(list, nlist, "not an address"));
-  use("0.0.0.0/0");
-  assert_true(tp_cidr_list_has(list, nlist, "203.0.113.9"));
-  assert_false(tp_cidr_list_has(list, nlist, "2001:db8::1"));
+  static const struct {
+    const char *list, *addr;
+    bool inside;
+  } cases[] = {
+    {"10.0.0.0/8", "10.255.255.255", true},
+    {"10.0.0.0/8", "11.0.0.0", false},
+    {"192.168.4.0/22", "192.168.7.255", true},
+    {"192.168.4.0/22", "192.168.8.0", false},
+    {"192.168.4.0/22", "192.168.3.255", false},
+    {"172.16.5.7", "172.16.5.7", true},
+    {"172.16.5.7", "172.16.5.8", false},
+    {"2001:db8::/32", "2001:db8:ffff::1", true},
+    {"2001:db8::/32", "2001:db9::1", false},
+    {"::1", "::1", true},
+    {"::1", "::2", false},
+    /* An IPv4-mapped peer (a dual-stack listener) matches IPv4 entries. */
+    {"10.0.0.0/8", "::ffff:10.9.8.7", true},
+    {"10.0.0.0/8 ::/0", "not an address", false},
+    {"0.0.0.0/0", "203.0.113.9", true},
+    {"0.0.0.0/0", "2001:db8::1", false},
+    {"::/0", "2001:db8::1", true},
+    {"10.0.0.0/8, ::1", "127.0.0.1", false},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    use(cases[i].list);
+    if (tp_cidr_list_has(list, nlist, cases[i].addr) != cases[i].inside)
+      fail_msg("%s in [%s]: expected %s", cases[i].addr, cases[i].list, cases[i].inside ? "yes" : "no");
+  }
 }
 
 static void test_client_is_the_peer_unless_a_trusted_proxy_vouches(void **state)
