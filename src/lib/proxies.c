@@ -9,10 +9,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 static struct tp_cidr proxies_[TP_PROXIES_MAX];
 static size_t nproxies_;
+static bool rfc7239_; /* [server] forwarded_header = Forwarded */
 
 static const uint8_t v4_mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
 
@@ -195,8 +197,144 @@ void tp_client_addr_of(const struct tp_cidr *list, size_t n, const char *peer, c
   addr_text(family, addr, out, cap);
 }
 
+/* ---- RFC 7239 Forwarded --------------------------------------------------- */
+struct fwd_out {
+  char *s;
+  size_t cap, len;
+  bool overflow;
+};
+
+/* Append one value (len bytes) as a list entry; on overflow the oldest
+ * entries are dropped, as the walk only needs the rightmost ones. */
+static void fwd_put(struct fwd_out *o, const char *v, size_t len)
+{
+  size_t need = len + (o->len ? 1 : 0);
+  if (need >= o->cap) {
+    o->len = 0;
+    o->overflow = true;
+    if (len >= o->cap)
+      return;
+    need = len;
+  }
+  while (o->len + need >= o->cap) {
+    /* drop the leftmost entry */
+    char *comma = memchr(o->s, ',', o->len);
+    size_t drop = comma ? (size_t)(comma - o->s) + 1 : o->len;
+    memmove(o->s, o->s + drop, o->len - drop);
+    o->len -= drop;
+    o->overflow = true;
+    need = len + (o->len ? 1 : 0);
+  }
+  if (o->len)
+    o->s[o->len++] = ',';
+  memcpy(o->s + o->len, v, len);
+  o->len += len;
+  o->s[o->len] = '\0';
+}
+
+static bool tchar(char c)
+{
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         (c != '\0' && strchr("!#$%&'*+-.^_`|~:[]", c) != NULL); /* ':' '[' ']': unquoted for= values seen in the wild */
+}
+
+void tp_forwarded_for(const char *fwd, char *out, size_t cap)
+{
+  struct fwd_out o = {out, cap, 0, false};
+  if (cap)
+    out[0] = '\0';
+  if (!fwd || cap < 2)
+    return;
+  const char *p = fwd;
+  while (*p) {
+    /* One forwarded-element: pairs separated by ';', up to a ',' outside
+     * quotes. */
+    char val[64];
+    size_t vlen = 0;
+    bool have_for = false, bad = false;
+    for (;;) {
+      while (*p == ' ' || *p == '\t' || *p == ';')
+        p++;
+      if (!*p || *p == ',')
+        break;
+      const char *name = p;
+      while (tchar(*p) && *p != '=')
+        p++;
+      size_t nlen = (size_t)(p - name);
+      if (*p != '=' || nlen == 0) {
+        bad = true;
+        while (*p && *p != ',')
+          p++;
+        break;
+      }
+      p++;
+      char buf[64];
+      size_t blen = 0;
+      bool toolong = false;
+      if (*p == '"') {
+        p++;
+        while (*p && *p != '"') {
+          if (*p == '\\' && p[1])
+            p++;
+          if (blen < sizeof buf)
+            buf[blen++] = *p;
+          else
+            toolong = true;
+          p++;
+        }
+        if (*p != '"') {
+          bad = true;
+          break;
+        }
+        p++;
+      } else {
+        while (tchar(*p)) {
+          if (blen < sizeof buf)
+            buf[blen++] = *p;
+          else
+            toolong = true;
+          p++;
+        }
+      }
+      while (*p == ' ' || *p == '\t')
+        p++;
+      if (*p && *p != ';' && *p != ',') {
+        bad = true;
+        while (*p && *p != ',')
+          p++;
+        break;
+      }
+      if (nlen == 3 && strncasecmp(name, "for", 3) == 0) {
+        if (have_for || toolong || blen == 0)
+          bad = true;
+        have_for = true;
+        memcpy(val, buf, blen);
+        vlen = blen;
+      }
+    }
+    /* A value the X-Forwarded-For reader could take apart at commas, or
+     * nothing usable, stands for an unknown hop. */
+    if (bad || !have_for || memchr(val, ',', vlen) || memchr(val, ' ', vlen))
+      fwd_put(&o, "unknown", 7);
+    else
+      fwd_put(&o, val, vlen);
+    if (*p == ',')
+      p++;
+  }
+}
+
 int tp_proxies_init(void)
 {
+  const char *h = tp_config_get("server", "forwarded_header");
+  if (!h || strcasecmp(h, "x-forwarded-for") == 0) {
+    rfc7239_ = false;
+  } else if (strcasecmp(h, "forwarded") == 0) {
+    rfc7239_ = true;
+  } else {
+    tp_log(TP_LOG_ERROR, "config_invalid", "{s:s, s:s, s:s}", "key", "server.forwarded_header", "value", h,
+           "error", "expected X-Forwarded-For or Forwarded");
+    return -1;
+  }
   const char *v = tp_config_get("server", "trusted_proxies");
   char bad[80] = "";
   int n = tp_cidr_list_parse(v, proxies_, TP_PROXIES_MAX, bad, sizeof bad);
@@ -214,6 +352,16 @@ int tp_proxies_init(void)
 bool tp_proxies_configured(void)
 {
   return nproxies_ > 0;
+}
+
+const char *tp_proxies_header(void)
+{
+  return rfc7239_ ? "Forwarded" : "X-Forwarded-For";
+}
+
+bool tp_proxies_rfc7239(void)
+{
+  return rfc7239_;
 }
 
 void tp_client_addr(const char *peer, const char *xff, char *out, size_t cap)

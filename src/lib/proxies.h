@@ -43,12 +43,25 @@ bool tp_cidr_list_has(const struct tp_cidr *list, size_t n, const char *addr);
 void tp_client_addr_of(const struct tp_cidr *list, size_t n, const char *peer, const char *xff, char *out,
                        size_t cap);
 
-/* [server] trusted_proxies, read once at start: 0, or -1 after logging
- * config_invalid. */
+/* The for= values of an RFC 7239 Forwarded header (several headers joined
+ * with commas), in order, as an X-Forwarded-For style list for
+ * tp_client_addr_of: quoted strings unquoted, an element without for= (or
+ * that cannot be read) as "unknown", which stops the walk there. Written
+ * to out (cap bytes; only the rightmost elements when it would not fit). */
+void tp_forwarded_for(const char *fwd, char *out, size_t cap);
+
+/* [server] trusted_proxies and forwarded_header (X-Forwarded-For, the
+ * default, or Forwarded: only the header the proxies set may be read, the
+ * other could come from the client), read once at start: 0, or -1 after
+ * logging config_invalid. */
 int tp_proxies_init(void);
 /* tp_client_addr_of with the configured list. */
 void tp_client_addr(const char *peer, const char *xff, char *out, size_t cap);
-/* Whether any proxy is configured (X-Forwarded-For is read only then). */
+/* Whether any proxy is configured (the header is read only then). */
 bool tp_proxies_configured(void);
+/* The configured header's name: "X-Forwarded-For" or "Forwarded". */
+const char *tp_proxies_header(void);
+/* Whether the configured header is Forwarded (RFC 7239). */
+bool tp_proxies_rfc7239(void);
 
 #endif

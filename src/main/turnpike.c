@@ -64,7 +64,7 @@ static int config_set(struct config *c, const char *section, const char *key, co
         return 0;
       c->threads = (unsigned)t;
     } else if (strcasecmp(key, "core_dumps") != 0 && /* read through tp_config_bool */
-               strcasecmp(key, "trusted_proxies") != 0) /* tp_proxies_init */
+               strcasecmp(key, "trusted_proxies") != 0 && strcasecmp(key, "forwarded_header") != 0) /* tp_proxies_init */
       return 0;
     return 1;
   }

@@ -80,7 +80,8 @@ int tp_oauth_init(const char *data_dir)
 }
 
 /* ---- helpers --------------------------------------------------------------- */
-/* Every X-Forwarded-For header, joined with commas in the order sent; when
+/* Every X-Forwarded-For (or, with [server] forwarded_header = Forwarded,
+ * Forwarded) header, joined with commas in the order sent; when
  * they are longer than the buffer only the tail (the hops nearest to us,
  * the only ones that can be believed) is kept. */
 struct xff_buf {
@@ -92,7 +93,7 @@ static enum MHD_Result collect_xff(void *cls, enum MHD_ValueKind kind, const cha
 {
   (void)kind;
   struct xff_buf *b = cls;
-  if (!key || !value || strcasecmp(key, "X-Forwarded-For") != 0)
+  if (!key || !value || strcasecmp(key, tp_proxies_header()) != 0)
     return MHD_YES;
   size_t vl = strlen(value), need = vl + (b->len ? 1 : 0);
   if (need >= sizeof b->s) { /* the value alone is too long: its tail */
@@ -136,7 +137,13 @@ void tp_req_remote_addr(struct tp_req *r, char *out, size_t cap)
   struct xff_buf xff = {.len = 0};
   xff.s[0] = '\0';
   MHD_get_connection_values(r->conn, MHD_HEADER_KIND, collect_xff, &xff);
-  tp_client_addr(peer, xff.s, out, cap);
+  if (tp_proxies_rfc7239()) {
+    char list[sizeof xff.s];
+    tp_forwarded_for(xff.s, list, sizeof list);
+    tp_client_addr(peer, list, out, cap);
+  } else {
+    tp_client_addr(peer, xff.s, out, cap);
+  }
 }
 
 const char *tp_req_client_addr(struct tp_req *r)

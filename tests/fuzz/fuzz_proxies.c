@@ -1,9 +1,9 @@
 /* libFuzzer target for the trusted-proxy list and X-Forwarded-For reader
  * (src/lib/proxies.c). The input is "LIST\nHEADER": the first line is parsed
  * as a trusted_proxies setting (a fixed list when it does not parse), the
- * rest read as X-Forwarded-For from a trusted peer. Checks: no crash, the
- * answer is a terminated address text that parses back, and it is either
- * the peer or an entry of the header (canonical form). */
+ * rest read as X-Forwarded-For, and as Forwarded (RFC 7239), from a trusted
+ * peer. Checks: no crash, every output terminated, and the client is an
+ * address text that parses back. */
 #include <arpa/inet.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -36,14 +36,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   int n = tp_cidr_list_parse(s, list, TP_PROXIES_MAX, NULL, 0);
   if (n <= 0)
     n = tp_cidr_list_parse("10.0.0.0/8 ::1 192.168.0.0/16", list, TP_PROXIES_MAX, NULL, 0);
-  char out[64];
-  memset(out, 'x', sizeof out);
-  tp_client_addr_of(list, (size_t)n, "10.0.0.1", xff, out, sizeof out);
-  if (!memchr(out, '\0', sizeof out))
+  /* The header as X-Forwarded-For, then as Forwarded (RFC 7239). */
+  char fl[1024];
+  memset(fl, 'x', sizeof fl);
+  tp_forwarded_for(xff, fl, sizeof fl);
+  if (!memchr(fl, '\0', sizeof fl))
     abort();
-  uint8_t buf[16];
-  if (inet_pton(AF_INET, out, buf) != 1 && inet_pton(AF_INET6, out, buf) != 1)
-    abort();
+  const char *lists[2] = {xff, fl};
+  for (int k = 0; k < 2; k++) {
+    char out[64];
+    memset(out, 'x', sizeof out);
+    tp_client_addr_of(list, (size_t)n, "10.0.0.1", lists[k], out, sizeof out);
+    if (!memchr(out, '\0', sizeof out))
+      abort();
+    uint8_t buf[16];
+    if (inet_pton(AF_INET, out, buf) != 1 && inet_pton(AF_INET6, out, buf) != 1)
+      abort();
+  }
   free(s);
   return 0;
 }

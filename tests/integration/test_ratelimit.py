@@ -18,6 +18,24 @@ auth_window = 3
 """
 
 
+def assert_refused_at_start(test, ini_text, *needles):
+    """serve with this INI exits non-zero at start, naming each needle on stderr."""
+    import subprocess
+    from harness import BIN
+    d = Daemon()
+    try:
+        ini = d.root + "/bad.ini"
+        with open(ini, "w") as f:
+            f.write(ini_text)
+        p = subprocess.run([BIN, "serve", "--listen", "127.0.0.1:0", "--data", d.data, "--config", ini],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60, stdin=subprocess.DEVNULL)
+        test.assertNotEqual(p.returncode, 0)
+        for n in needles:
+            test.assertIn(n, p.stderr)
+    finally:
+        d.cleanup()
+
+
 class RateLimitTest(DaemonTestCase):
     MERCHANTS = ("a", "b")
 
@@ -222,21 +240,46 @@ class TrustedProxyTest(DaemonTestCase):
         self.assertTrue(any('"ip":"203.0.113.80"' in l for l in lines), "the log line names the forwarded client")
 
     def test_a_bad_setting_stops_the_server_at_start(self):
-        import subprocess
-        from harness import BIN
-        d = Daemon()
+        assert_refused_at_start(self, "[server]\ntrusted_proxies = 10.0.0.0/8, proxy.example\n",
+                                b"server.trusted_proxies", b"proxy.example")
+
+
+class ForwardedHeaderTest(DaemonTestCase):
+    """[server] forwarded_header = Forwarded: the proxies write RFC 7239's
+    header, so that one is read and X-Forwarded-For (which such a proxy
+    passes on from the client untouched) is not."""
+    MERCHANTS = ("a",)
+
+    @classmethod
+    def config(cls):
+        return CONFIG + "\n[server]\ntrusted_proxies = 127.0.0.1\nforwarded_header = Forwarded\n"
+
+    def logged_ip(self, headers):
+        sk = self.daemon.merchants["a"]["secret_key"]
+        conn = http.client.HTTPConnection(self.daemon.host, self.daemon.port, timeout=10)
         try:
-            ini = d.root + "/bad.ini"
-            with open(ini, "w") as f:
-                f.write("[server]\ntrusted_proxies = 10.0.0.0/8, proxy.example\n")
-            p = subprocess.run([BIN, "serve", "--listen", "127.0.0.1:0", "--data", d.data, "--config", ini],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
-                               stdin=subprocess.DEVNULL)
-            self.assertNotEqual(p.returncode, 0)
-            self.assertIn(b"server.trusted_proxies", p.stderr)
-            self.assertIn(b"proxy.example", p.stderr)
+            conn.request("GET", "/v1/customers/cus_nope", headers=dict(headers, Authorization="Bearer " + sk))
+            r = conn.getresponse()
+            r.read()
+            self.assertEqual(r.status, 404)
+            rid = r.getheader("Request-Id")
         finally:
-            d.cleanup()
+            conn.close()
+        time.sleep(1.0)  # the key's bucket ([ratelimit] rate = 2) refills
+        log = self.c("a").get("/v1/turnpike/requests/" + rid)
+        self.assertEqual(log.status, 200, log)
+        time.sleep(0.5)
+        return log.json["ip"]
+
+    def test_forwarded_is_read_and_x_forwarded_for_is_not(self):
+        self.assertEqual(self.logged_ip({"Forwarded": 'for=192.0.2.9, for="[2001:db8::7]:4711";proto=https'}),
+                         "2001:db8::7")
+        self.assertEqual(self.logged_ip({"X-Forwarded-For": "203.0.113.9"}), "127.0.0.1")
+        self.assertEqual(self.logged_ip({"Forwarded": "for=_hidden", "X-Forwarded-For": "203.0.113.9"}),
+                         "127.0.0.1")
+
+    def test_a_bad_header_name_stops_the_server_at_start(self):
+        assert_refused_at_start(self, "[server]\nforwarded_header = X-Real-IP\n", b"server.forwarded_header")
 
 
 if __name__ == "__main__":

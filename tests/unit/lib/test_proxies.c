@@ -146,12 +146,65 @@ static void test_client_is_the_peer_unless_a_trusted_proxy_vouches(void **state)
   expect_client("?", "198.51.100.1", "?");
 }
 
+static void expect_forwarded(const char *fwd, const char *want)
+{
+  char out[256];
+  tp_forwarded_for(fwd, out, sizeof out);
+  if (strcmp(out, want) != 0)
+    fail_msg("Forwarded \"%s\": got \"%s\", want \"%s\"", fwd, out, want);
+}
+
+static void test_forwarded_header_gives_the_for_values(void **state)
+{
+  (void)state;
+  expect_forwarded("", "");
+  expect_forwarded("for=192.0.2.60;proto=http;by=203.0.113.43", "192.0.2.60");
+  /* RFC 7239 §4's examples */
+  expect_forwarded("for=\"_gazonk\"", "_gazonk");
+  expect_forwarded("For=\"[2001:db8:cafe::17]:4711\"", "[2001:db8:cafe::17]:4711");
+  expect_forwarded("for=192.0.2.43, for=198.51.100.17", "192.0.2.43,198.51.100.17");
+  /* parameters in any order and case, spaces around elements */
+  expect_forwarded("proto=https;FOR=198.51.100.1 ,  by=10.0.0.1;for=10.0.0.9", "198.51.100.1,10.0.0.9");
+  /* quoted-pairs and a comma inside quotes do not split */
+  expect_forwarded("for=\"198.51.100.\\1\"", "198.51.100.1");
+  expect_forwarded("host=\"a,b\";for=198.51.100.2, for=10.0.0.2", "198.51.100.2,10.0.0.2");
+  /* what cannot be read is an unknown hop */
+  expect_forwarded("by=10.0.0.1", "unknown");
+  expect_forwarded("for=unknown", "unknown");
+  expect_forwarded("for=198.51.100.1;for=198.51.100.2", "unknown");
+  expect_forwarded("for=\"198.51.100.1", "unknown");
+  expect_forwarded("for=198.51.100.1 x, for=10.0.0.2", "unknown,10.0.0.2");
+  expect_forwarded("garbage, for=10.0.0.2", "unknown,10.0.0.2");
+  expect_forwarded("for=\"a b\"", "unknown");
+  /* too long for the buffer: the rightmost elements are kept */
+  char big[2048] = "";
+  for (int i = 0; i < 60; i++)
+    snprintf(big + strlen(big), sizeof big - strlen(big), "%sfor=198.51.100.%d", i ? ", " : "", i);
+  char out[64];
+  tp_forwarded_for(big, out, sizeof out);
+  size_t n = strlen(out);
+  assert_true(n > 0 && n < sizeof out);
+  assert_string_equal(out + n - strlen("198.51.100.59"), "198.51.100.59");
+  assert_true(strncmp(out, "198.51.100.", 11) == 0);
+
+  /* and through the walk: a trusted proxy's Forwarded element names the client */
+  use("10.0.0.0/8");
+  char fl[256], addr[64];
+  tp_forwarded_for("for=192.0.2.1, for=\"[2001:db8::5]:4711\";proto=https, for=10.0.0.7", fl, sizeof fl);
+  tp_client_addr_of(list, nlist, "10.0.0.2", fl, addr, sizeof addr);
+  assert_string_equal(addr, "2001:db8::5");
+  tp_forwarded_for("for=192.0.2.1, for=_hidden, for=10.0.0.7", fl, sizeof fl);
+  tp_client_addr_of(list, nlist, "10.0.0.2", fl, addr, sizeof addr);
+  assert_string_equal(addr, "10.0.0.7");
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_list_parses_addresses_and_prefixes),
     cmocka_unit_test(test_prefix_matching),
     cmocka_unit_test(test_client_is_the_peer_unless_a_trusted_proxy_vouches),
+    cmocka_unit_test(test_forwarded_header_gives_the_for_values),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
