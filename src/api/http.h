@@ -56,6 +56,7 @@ struct tp_req {
   char actor[80];         /* "key:sk_test_...abcd" | "oauth:oc_..." (audit, logs) */
   char rl_id[80];         /* rate-limit bucket of the key or OAuth client */
   char client_addr[48];   /* tp_req_client_addr, once asked; "" before */
+  bool client_addr_known; /* false: a proxy did not disclose the client (proxies.h) */
   unsigned retry_after_s; /* Retry-After of a 429/503, 0 = 1 s */
   char www_authenticate[96]; /* WWW-Authenticate header value, if any */
 

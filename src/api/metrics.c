@@ -11,6 +11,8 @@
 #include "jpack.h"
 #include "log.h"
 #include "metrics.h"
+#include "proxies.h"
+#include "sec/auth.h"
 #include "util.h"
 
 #include <arpa/inet.h>
@@ -19,6 +21,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Whether the client is on this host. Behind a reverse proxy on this host
+ * every connection comes from loopback: with [server] trusted_proxies the
+ * client is the one the proxy forwards (and one it does not disclose is not
+ * a loopback client). */
+static bool client_is_loopback(struct tp_req *r);
 
 static bool peer_is_loopback(struct tp_req *r)
 {
@@ -35,6 +43,22 @@ static bool peer_is_loopback(struct tp_req *r)
     return IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr);
   }
   return false;
+}
+
+static bool client_is_loopback(struct tp_req *r)
+{
+  if (!peer_is_loopback(r))
+    return false;
+  if (!tp_proxies_configured())
+    return true;
+  const char *a = tp_req_client_addr(r);
+  if (!r->client_addr_known)
+    return false;
+  struct in_addr v4;
+  struct in6_addr v6;
+  if (inet_pton(AF_INET, a, &v4) == 1)
+    return (ntohl(v4.s_addr) >> 24) == 127;
+  return inet_pton(AF_INET6, a, &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
 }
 
 static void describe(void)
@@ -72,7 +96,7 @@ void tp_h_metrics(struct tp_req *r)
       tp_reply_error(r, TP_ERR_AUTH_INVALID_KEY, NULL, "The metrics endpoint needs its bearer token.");
       return;
     }
-  } else if (!tp_config_bool("metrics", "public", false) && !peer_is_loopback(r)) {
+  } else if (!tp_config_bool("metrics", "public", false) && !client_is_loopback(r)) {
     tp_reply_error(r, TP_ERR_IP_NOT_ALLOWED, NULL,
                    "Metrics are served to loopback clients only unless [metrics] token or public is set.");
     return;

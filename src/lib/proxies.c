@@ -161,14 +161,15 @@ static void addr_text(int family, const uint8_t addr[16], char *out, size_t cap)
   tp_scopy(out, cap, buf[0] ? buf : "?");
 }
 
-void tp_client_addr_of(const struct tp_cidr *list, size_t n, const char *peer, const char *xff, char *out,
+bool tp_client_addr_of(const struct tp_cidr *list, size_t n, const char *peer, const char *xff, char *out,
                        size_t cap)
 {
   int family;
   uint8_t addr[16];
+  bool known = true;
   if (!peer || !parse_addr(peer, strlen(peer), &family, addr)) {
     tp_scopy(out, cap, peer ? peer : "?");
-    return;
+    return false;
   }
   /* The client so far: the peer, then each hop a trusted one vouched for. */
   if (n > 0 && xff && *xff && list_has(list, n, family, addr)) {
@@ -184,8 +185,10 @@ void tp_client_addr_of(const struct tp_cidr *list, size_t n, const char *peer, c
         if (*q != ' ' && *q != '\t')
           blank = false;
       if (!blank) {
-        if (!parse_hop(comma, (size_t)(end - comma), &f, a))
-          break; /* not an address: believe no further */
+        if (!parse_hop(comma, (size_t)(end - comma), &f, a)) {
+          known = false; /* not an address: believe no further */
+          break;
+        }
         family = f;
         memcpy(addr, a, sizeof addr);
         if (!list_has(list, n, family, addr))
@@ -195,6 +198,7 @@ void tp_client_addr_of(const struct tp_cidr *list, size_t n, const char *peer, c
     }
   }
   addr_text(family, addr, out, cap);
+  return known;
 }
 
 /* ---- RFC 7239 Forwarded --------------------------------------------------- */
@@ -364,7 +368,7 @@ bool tp_proxies_rfc7239(void)
   return rfc7239_;
 }
 
-void tp_client_addr(const char *peer, const char *xff, char *out, size_t cap)
+bool tp_client_addr(const char *peer, const char *xff, char *out, size_t cap)
 {
-  tp_client_addr_of(proxies_, nproxies_, peer, xff, out, cap);
+  return tp_client_addr_of(proxies_, nproxies_, peer, xff, out, cap);
 }

@@ -39,8 +39,11 @@ bool tp_cidr_list_has(const struct tp_cidr *list, size_t n, const char *addr);
  * headers joined with commas): peer itself unless peer is a trusted proxy;
  * then the rightmost entry that is not one (the leftmost if all are, the
  * nearest trusted hop if an entry is not an address). Written to out in
- * canonical text form (IPv4-mapped IPv6 as IPv4). */
-void tp_client_addr_of(const struct tp_cidr *list, size_t n, const char *peer, const char *xff, char *out,
+ * canonical text form (IPv4-mapped IPv6 as IPv4). Returns false only in
+ * that last case, where the client was not disclosed: out is then the
+ * nearest trusted hop, fine to count a rate limit against, not to grant
+ * anything to. */
+bool tp_client_addr_of(const struct tp_cidr *list, size_t n, const char *peer, const char *xff, char *out,
                        size_t cap);
 
 /* The for= values of an RFC 7239 Forwarded header (several headers joined
@@ -56,7 +59,7 @@ void tp_forwarded_for(const char *fwd, char *out, size_t cap);
  * logging config_invalid. */
 int tp_proxies_init(void);
 /* tp_client_addr_of with the configured list. */
-void tp_client_addr(const char *peer, const char *xff, char *out, size_t cap);
+bool tp_client_addr(const char *peer, const char *xff, char *out, size_t cap);
 /* Whether any proxy is configured (the header is read only then). */
 bool tp_proxies_configured(void);
 /* The configured header's name: "X-Forwarded-For" or "Forwarded". */

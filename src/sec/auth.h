@@ -27,7 +27,9 @@ int tp_oauth_init(const char *data_dir);
  * until a revocation or the token's expiry). */
 enum tp_err tp_oauth_authenticate(const char *token, struct tp_auth *a);
 /* The peer's IP address as text ("?" when unknown), for failure counting. */
-void tp_req_remote_addr(struct tp_req *r, char *out, size_t cap);
+/* false when a trusted proxy did not disclose the client (out is then that
+ * proxy's address; see tp_client_addr_of). */
+bool tp_req_remote_addr(struct tp_req *r, char *out, size_t cap);
 /* The client address of the request (tp_req_remote_addr, worked out once and
  * kept in r->client_addr). */
 const char *tp_req_client_addr(struct tp_req *r);

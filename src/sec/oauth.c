@@ -116,12 +116,12 @@ static enum MHD_Result collect_xff(void *cls, enum MHD_ValueKind kind, const cha
 
 /* The client's address: the peer's, or with [server] trusted_proxies the
  * one a trusted proxy vouches for in X-Forwarded-For (src/lib/proxies.h). */
-void tp_req_remote_addr(struct tp_req *r, char *out, size_t cap)
+bool tp_req_remote_addr(struct tp_req *r, char *out, size_t cap)
 {
   snprintf(out, cap, "?");
   const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
   if (!ci || !ci->client_addr)
-    return;
+    return false;
   const struct sockaddr *sa = ci->client_addr;
   char peer[INET6_ADDRSTRLEN] = "";
   if (sa->sa_family == AF_INET)
@@ -129,10 +129,10 @@ void tp_req_remote_addr(struct tp_req *r, char *out, size_t cap)
   else if (sa->sa_family == AF_INET6)
     inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, peer, sizeof peer);
   if (!peer[0])
-    return;
+    return false;
   if (!tp_proxies_configured()) {
     tp_scopy(out, cap, peer);
-    return;
+    return true;
   }
   struct xff_buf xff = {.len = 0};
   xff.s[0] = '\0';
@@ -140,16 +140,15 @@ void tp_req_remote_addr(struct tp_req *r, char *out, size_t cap)
   if (tp_proxies_rfc7239()) {
     char list[sizeof xff.s];
     tp_forwarded_for(xff.s, list, sizeof list);
-    tp_client_addr(peer, list, out, cap);
-  } else {
-    tp_client_addr(peer, xff.s, out, cap);
+    return tp_client_addr(peer, list, out, cap);
   }
+  return tp_client_addr(peer, xff.s, out, cap);
 }
 
 const char *tp_req_client_addr(struct tp_req *r)
 {
   if (!r->client_addr[0])
-    tp_req_remote_addr(r, r->client_addr, sizeof r->client_addr);
+    r->client_addr_known = tp_req_remote_addr(r, r->client_addr, sizeof r->client_addr);
   return r->client_addr;
 }
 

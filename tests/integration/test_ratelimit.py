@@ -239,6 +239,25 @@ class TrustedProxyTest(DaemonTestCase):
         lines = [l for l in self.daemon.log_text().splitlines() if '"event":"request"' in l]
         self.assertTrue(any('"ip":"203.0.113.80"' in l for l in lines), "the log line names the forwarded client")
 
+    def test_metrics_stay_loopback_only_behind_a_local_proxy(self):
+        """A reverse proxy on this host makes every client look like
+        loopback; /metrics (loopback only by default) goes by the address
+        the proxy forwards, and a client it does not disclose is refused."""
+        def metrics(xff):
+            conn = http.client.HTTPConnection(self.daemon.host, self.daemon.port, timeout=10)
+            try:
+                conn.request("GET", "/metrics", headers={"X-Forwarded-For": xff} if xff else {})
+                r = conn.getresponse()
+                r.read()
+                return r.status
+            finally:
+                conn.close()
+        self.assertEqual(metrics(None), 200)          # the proxy host itself, or a scraper on it
+        self.assertEqual(metrics("127.0.0.1"), 200)   # a local client through the proxy
+        self.assertEqual(metrics("203.0.113.5"), 403)  # a remote client through the proxy
+        self.assertEqual(metrics("127.0.0.1, 203.0.113.5"), 403)
+        self.assertEqual(metrics("unknown"), 403)     # not disclosed
+
     def test_a_bad_setting_stops_the_server_at_start(self):
         assert_refused_at_start(self, "[server]\ntrusted_proxies = 10.0.0.0/8, proxy.example\n",
                                 b"server.trusted_proxies", b"proxy.example")

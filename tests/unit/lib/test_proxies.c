@@ -119,9 +119,15 @@ static void test_client_is_the_peer_unless_a_trusted_proxy_vouches(void **state)
   /* All hops trusted: the leftmost. */
   expect_client("10.0.0.2", "10.9.9.9, 10.3.3.3", "10.9.9.9");
   /* Something that is not an address stops the walk at the last hop that
-   * could be believed. */
+   * could be believed, and says the client was not disclosed. */
   expect_client("10.0.0.2", "198.51.100.1, unknown", "10.0.0.2");
   expect_client("10.0.0.2", "198.51.100.1, garbage, 10.3.3.3", "10.3.3.3");
+  char a[64];
+  assert_false(tp_client_addr_of(list, nlist, "10.0.0.2", "198.51.100.1, unknown", a, sizeof a));
+  assert_true(tp_client_addr_of(list, nlist, "10.0.0.2", "unknown, 198.51.100.1", a, sizeof a));
+  assert_true(tp_client_addr_of(list, nlist, "10.0.0.2", NULL, a, sizeof a));
+  assert_true(tp_client_addr_of(list, nlist, "203.0.113.7", "unknown", a, sizeof a));
+  assert_true(tp_client_addr_of(list, nlist, "10.0.0.2", "10.9.9.9, 10.3.3.3", a, sizeof a));
   /* Ports and brackets as some proxies write them; canonical output. */
   expect_client("10.0.0.2", "198.51.100.1:51234", "198.51.100.1");
   expect_client("10.0.0.2", "[2001:DB8::0:1]:443", "2001:db8::1");
