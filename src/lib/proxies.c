@@ -205,7 +205,6 @@ bool tp_client_addr_of(const struct tp_cidr *list, size_t n, const char *peer, c
 struct fwd_out {
   char *s;
   size_t cap, len;
-  bool overflow;
 };
 
 /* Append one value (len bytes) as a list entry; on overflow the oldest
@@ -215,7 +214,6 @@ static void fwd_put(struct fwd_out *o, const char *v, size_t len)
   size_t need = len + (o->len ? 1 : 0);
   if (need >= o->cap) {
     o->len = 0;
-    o->overflow = true;
     if (len >= o->cap)
       return;
     need = len;
@@ -226,7 +224,6 @@ static void fwd_put(struct fwd_out *o, const char *v, size_t len)
     size_t drop = comma ? (size_t)(comma - o->s) + 1 : o->len;
     memmove(o->s, o->s + drop, o->len - drop);
     o->len -= drop;
-    o->overflow = true;
     need = len + (o->len ? 1 : 0);
   }
   if (o->len)
@@ -239,12 +236,14 @@ static void fwd_put(struct fwd_out *o, const char *v, size_t len)
 static bool tchar(char c)
 {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-         (c != '\0' && strchr("!#$%&'*+-.^_`|~:[]", c) != NULL); /* ':' '[' ']': unquoted for= values seen in the wild */
+         /* RFC 7230's token characters, and ':' '[' ']' for the unquoted
+          * "[v6]:port" values some proxies write */
+         (c != '\0' && strchr("!#$%&'*+-.^_`|~:[]", c) != NULL);
 }
 
 void tp_forwarded_for(const char *fwd, char *out, size_t cap)
 {
-  struct fwd_out o = {out, cap, 0, false};
+  struct fwd_out o = {out, cap, 0};
   if (cap)
     out[0] = '\0';
   if (!fwd || cap < 2)
