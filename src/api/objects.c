@@ -39,6 +39,8 @@ const struct tp_pspec tp_spec_billing_details[] = {
   {NULL, 0, NULL, NULL},
 };
 
+static bool expand_paths_ok(struct tp_req *r);
+
 bool tp_check_params(struct tp_req *r, const struct tp_pspec *spec)
 {
   struct tp_params_error pe;
@@ -47,7 +49,10 @@ bool tp_check_params(struct tp_req *r, const struct tp_pspec *spec)
     tp_reply_params_error(r, &pe, false);
     return false;
   }
-  return true;
+  /* expand[] is checked here, before the handler does anything: a request
+   * whose expansion cannot be made is refused whole, as Stripe does, not
+   * carried out with the expansion left off. */
+  return expand_paths_ok(r);
 }
 
 const struct tp_pspec tp_spec_expand_only[] = {
@@ -496,8 +501,11 @@ static json_t *find_known(const json_t *known, const char *id)
   json_array_foreach(known, i, v)
   {
     const char *vid = json_string_value(json_object_get(v, "id"));
+    /* A copy: expanding inside it (latest_charge.payment_intent) must not
+     * change the caller's object, nor make a tree that contains itself
+     * (the PaymentIntent in its own charge), which cannot be written out. */
     if (vid && strcmp(vid, id) == 0)
-      return json_incref(v);
+      return json_deep_copy(v);
   }
   return NULL;
 }
@@ -541,11 +549,18 @@ static void expand_field(struct tp_req *r, json_t *obj, const char *path, const 
     json_object_set_new(obj, path, full);
 }
 
-bool tp_expand(struct tp_req *r, json_t *obj, const json_t *known)
+#define TP_EXPAND_MAX_LEVELS 4 /* Stripe's limit, "data" of a list counted */
+
+/* Every expand[] path: non-empty, at most 200 bytes and four levels, and
+ * ending in a field that holds an id; false after replying otherwise. */
+static bool expand_paths_ok(struct tp_req *r)
 {
   const json_t *ex = json_object_get(r->params, "expand");
   if (!json_is_array(ex))
     return true;
+  static const char *const ok_fields[] = {"latest_charge", "customer", "payment_method", "payment_intent", "charge",
+                                          "balance_transaction", "source", "default_payment_method", "object",
+                                          NULL};
   size_t i;
   json_t *v;
   json_array_foreach(ex, i, v)
@@ -555,24 +570,44 @@ bool tp_expand(struct tp_req *r, json_t *obj, const json_t *known)
       tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "expand", NULL);
       return false;
     }
+    char msg[300];
+    int levels = 1;
+    for (const char *p = path; *p; p++)
+      levels += *p == '.';
+    if (levels > TP_EXPAND_MAX_LEVELS) {
+      snprintf(msg, sizeof msg, "You cannot expand more than %d levels of a property. Property: %.200s",
+               TP_EXPAND_MAX_LEVELS, path);
+      tp_reply_error(r, TP_ERR_EXPAND_TOO_DEEP, "expand", msg);
+      return false;
+    }
     /* Only fields that hold an id can be expanded. */
     const char *last = strrchr(path, '.');
     last = last ? last + 1 : path;
-    static const char *const ok_fields[] = {"latest_charge", "customer", "payment_method", "payment_intent", "charge",
-                                            "balance_transaction", "source", "default_payment_method", "object",
-                                            NULL};
     bool okf = false;
     for (int j = 0; ok_fields[j]; j++)
       if (strcmp(last, ok_fields[j]) == 0)
         okf = true;
     if (!okf) {
-      char msg[300];
       snprintf(msg, sizeof msg, "This property cannot be expanded (%.200s).", path);
-      tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "expand", msg);
+      tp_reply_error(r, TP_ERR_EXPAND_INVALID, "expand", msg);
       return false;
     }
-    expand_field(r, obj, path, known);
   }
+  return true;
+}
+
+bool tp_expand(struct tp_req *r, json_t *obj, const json_t *known)
+{
+  const json_t *ex = json_object_get(r->params, "expand");
+  if (!json_is_array(ex))
+    return true;
+  /* Checked already by tp_check_params; again for a caller that did not. */
+  if (!expand_paths_ok(r))
+    return false;
+  size_t i;
+  json_t *v;
+  json_array_foreach(ex, i, v)
+    expand_field(r, obj, json_string_value(v), known);
   return true;
 }
 

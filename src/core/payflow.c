@@ -326,21 +326,18 @@ static bool wants_txn(const struct tp_pay *p)
 
 void tp_pay_reply(struct tp_pay *p, unsigned status, json_t *obj)
 {
-  if (p->r && status < 300) {
+  const json_t *ex = json_object_get(p->params, "expand");
+  if (p->r && status < 300 && json_is_array(ex) && json_array_size(ex) > 0) {
+    /* The objects this payment just wrote, as they are before obj (which
+     * may be one of them) is expanded: latest_charge.payment_intent then
+     * shows the PaymentIntent with latest_charge as an id, as Stripe does. */
     json_t *known = json_array();
-    if (p->txn)
-      json_array_append(known, p->txn);
-    if (p->charge)
-      json_array_append(known, p->charge);
-    if (p->pm)
-      json_array_append(known, p->pm);
-    if (p->pi)
-      json_array_append(known, p->pi);
-    const json_t *ex = json_object_get(p->params, "expand");
-    if (json_is_array(ex) && json_array_size(ex) > 0) {
-      /* Expansion errors were checked up front; ignore them here. */
-      tp_expand(p->r, obj, known);
-    }
+    const json_t *mine[] = {p->txn, p->charge, p->pm, p->pi};
+    for (size_t i = 0; i < sizeof mine / sizeof mine[0]; i++)
+      if (mine[i])
+        json_array_append_new(known, json_deep_copy(mine[i]));
+    /* Expansion errors were checked up front (tp_check_params). */
+    tp_expand(p->r, obj, known);
     json_decref(known);
   }
   free(p->body);

@@ -38,6 +38,15 @@ BAD = {
     "card_bad_luhn": (lambda c: c.post(PI, dict(GOOD, confirm="true", payment_method_data=card(PAN_BAD_LUHN))), 402, None),
     "pm_bad_luhn": (lambda c: c.post("/v1/payment_methods", card(PAN_BAD_LUHN)), 402, None),
     "customer_unknown_param": (lambda c: c.post("/v1/customers", {"email": "a@example.com", "frobnicate": "x"}), 400, "frobnicate"),
+    # An expansion that cannot be made refuses the whole request, before the
+    # payment is made (not a charged card with the expansion left off).
+    "expand_unknown_on_confirm": (lambda c: c.post(PI, dict(GOOD, confirm="true", payment_method="pm_card_visa",
+                                                            expand=["nope"])), 400, "expand"),
+    "expand_too_deep_on_confirm": (lambda c: c.post(PI, dict(GOOD, confirm="true", payment_method="pm_card_visa",
+                                                             expand=["latest_charge.balance_transaction.source."
+                                                                     "payment_intent.latest_charge"])), 400, "expand"),
+    "expand_unknown_on_customer": (lambda c: c.post("/v1/customers", {"email": "a@example.com",
+                                                                      "expand": ["email"]}), 400, "expand"),
 }
 
 
@@ -68,6 +77,27 @@ class ApiErrorsTest(DaemonTestCase):
         # a route with no GET has no HEAD either, and HEAD creates nothing
         self.assertEqual(c.request("HEAD", "/v1/payment_intents/pi_x/confirm").status, 405)
         self.assertEqual(self.daemon.client(None).request("HEAD", "/v1/customers").status, 401)
+
+    def test_expansions_are_checked_before_anything_happens(self):
+        err = self.send_bad("expand_unknown_on_confirm").json["error"]
+        self.assertEqual(err["tp_code"], 1041)
+        self.assertIn("nope", err["message"])
+        err = self.send_bad("expand_too_deep_on_confirm").json["error"]
+        self.assertEqual(err["tp_code"], 1042)
+        self.assertIn("4 levels", err["message"])
+        self.send_bad("expand_unknown_on_customer")
+        # four levels are allowed, on a list the "data" level counted
+        c = self.c("decline")
+        r = c.post(PI, dict(GOOD, confirm="true", payment_method="pm_card_visa",
+                            expand=["latest_charge.payment_intent.latest_charge.balance_transaction"]))
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["latest_charge"]["payment_intent"]["latest_charge"]["balance_transaction"]["object"],
+                         "balance_transaction")
+        r = c.get(PI, [("limit", "1"), ("expand[]", "data.latest_charge.payment_intent.latest_charge")])
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["data"][0]["latest_charge"]["payment_intent"]["latest_charge"]["object"], "charge")
+        r = c.get(PI, [("limit", "1"), ("expand[]", "data.latest_charge.payment_intent.latest_charge.customer")])
+        self.assertStripeError(r, 400, "invalid_request_error", param="expand")
 
     def test_body_over_256_kib_is_rejected_with_413(self):
         self.send_bad("body_300k")

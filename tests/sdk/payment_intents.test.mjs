@@ -76,6 +76,29 @@ test("Stripe's test PaymentMethods by country, decline and 3-D Secure behave as 
   assert.equal(err.param, 'payment_method');
 });
 
+test('expansions on a confirming create are made from the payment just committed, and bad ones refuse it whole', async () => {
+  const pi = await stripe.paymentIntents.create({
+    amount: 2100, currency: 'usd', payment_method: 'pm_card_visa', confirm: true,
+    expand: ['latest_charge.payment_intent', 'latest_charge.balance_transaction'],
+  }, { idempotencyKey: tag('expand-confirm') });
+  assert.equal(pi.status, 'succeeded');
+  assert.equal(pi.latest_charge.object, 'charge');
+  assert.equal(pi.latest_charge.payment_intent.id, pi.id);
+  assert.equal(pi.latest_charge.payment_intent.latest_charge, pi.latest_charge.id);
+  assert.equal(pi.latest_charge.balance_transaction.amount, 2100);
+  const before = (await stripe.paymentIntents.list({ limit: 100 })).data.length;
+  const err = await expectError(stripe.paymentIntents.create({
+    amount: 2100, currency: 'usd', payment_method: 'pm_card_visa', confirm: true, expand: ['latest_charge.amount'],
+  }), errors.StripeInvalidRequestError);
+  assert.equal(err.param, 'expand');
+  const deep = await expectError(stripe.paymentIntents.create({
+    amount: 2100, currency: 'usd', payment_method: 'pm_card_visa', confirm: true,
+    expand: ['latest_charge.payment_intent.latest_charge.payment_intent.customer'],
+  }), errors.StripeInvalidRequestError);
+  assert.match(deep.message, /4 levels/);
+  assert.equal((await stripe.paymentIntents.list({ limit: 100 })).data.length, before, 'nothing was created');
+});
+
 test('card tokens (tok_visa ...) make PaymentMethods; unknown or mixed with card details are refused', async () => {
   const pm = await stripe.paymentMethods.create({ type: 'card', card: { token: 'tok_mastercard' } });
   assert.match(pm.id, /^pm_/);
