@@ -604,8 +604,24 @@ bool tp_expand(struct tp_req *r, json_t *obj, const json_t *known)
   /* Checked already by tp_check_params; again for a caller that did not. */
   if (!expand_paths_ok(r))
     return false;
+  /* A list's (or search result's) own fields are not expandable: its items
+   * are, under "data.". */
+  const char *what = json_string_value(json_object_get(obj, "object"));
+  bool list = what && (strcmp(what, "list") == 0 || strcmp(what, "search_result") == 0);
   size_t i;
   json_t *v;
+  json_array_foreach(ex, i, v)
+  {
+    const char *path = json_string_value(v);
+    if (list && strncmp(path, "data.", 5) != 0) {
+      char msg[400];
+      snprintf(msg, sizeof msg,
+               "This property cannot be expanded (%.120s). You may want to try expanding 'data.%.120s' instead.",
+               path, path);
+      tp_reply_error(r, TP_ERR_EXPAND_INVALID, "expand", msg);
+      return false;
+    }
+  }
   json_array_foreach(ex, i, v)
     expand_field(r, obj, json_string_value(v), known);
   return true;

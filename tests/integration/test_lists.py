@@ -185,6 +185,10 @@ class ListsTest(DaemonTestCase):
         self.assertEqual([p["id"] for p in lst.json["data"]], [m["id"], r.json["id"]])
         for p_ in lst.json["data"]:
             check_txn(p_["latest_charge"], p_["amount_received"], "charge")
+        # a list's items are expanded under "data."; the list has no such field
+        bad = c.get(PI, [("limit", "2"), ("expand[]", "latest_charge")])
+        err = self.assertStripeError(bad, 400, "invalid_request_error", param="expand")
+        self.assertIn("data.latest_charge", err["message"])
         # a refund's own balance transaction, in the refund's reply
         ref = c.post("/v1/refunds", [("payment_intent", r.json["id"]), ("amount", "600"),
                                      ("expand[]", "balance_transaction")])
