@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #define TP_HTTP_MAX_CONNECTIONS 4096
@@ -557,6 +558,18 @@ static enum MHD_Result queue_reply(struct tp_req *r)
   return ret;
 }
 
+/* The path of a request target: RFC 9112 §3.2.2 has servers accept the
+ * absolute form ("http://host/v1/..."), which proxies send; it names the
+ * same resource as its path. */
+static const char *origin_form(const char *url)
+{
+  size_t skip = strncasecmp(url, "http://", 7) == 0 ? 7 : strncasecmp(url, "https://", 8) == 0 ? 8 : 0;
+  if (!skip)
+    return url;
+  const char *slash = strchr(url + skip, '/');
+  return slash ? slash : "/";
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                                   const char *version, const char *upload_data, size_t *upload_data_size,
                                   void **con_cls)
@@ -571,7 +584,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     r->conn = conn;
     r->t0_ns = tp_mono_ns();
     tp_scopy(r->method, sizeof r->method, method);
-    r->url = strdup(url);
+    r->url = strdup(origin_form(url));
     if (!r->url) {
       free(r);
       return MHD_NO;

@@ -99,6 +99,26 @@ class ApiErrorsTest(DaemonTestCase):
         r = c.get(PI, [("limit", "1"), ("expand[]", "data.latest_charge.payment_intent.latest_charge.customer")])
         self.assertStripeError(r, 400, "invalid_request_error", param="expand")
 
+    def test_absolute_form_request_target_is_its_path(self):
+        """RFC 9112 §3.2.2: a server accepts "GET http://host/path" (what a
+        forward proxy sends) as the path."""
+        import http.client
+        conn = http.client.HTTPConnection(self.daemon.host, self.daemon.port, timeout=10)
+        try:
+            key = self.daemon.merchants["bad"]["secret_key"]
+            conn.request("GET", "http://%s:%d/v1/customers?limit=1" % (self.daemon.host, self.daemon.port),
+                         headers={"Authorization": "Bearer " + key})
+            r = conn.getresponse()
+            body = json.loads(r.read())
+            self.assertEqual(r.status, 200, body)
+            self.assertEqual(body["object"], "list")
+            conn.request("GET", "HTTP://example.test", headers={"Authorization": "Bearer " + key})
+            r = conn.getresponse()
+            r.read()
+            self.assertEqual(r.status, 404)
+        finally:
+            conn.close()
+
     def test_body_over_256_kib_is_rejected_with_413(self):
         self.send_bad("body_300k")
 
