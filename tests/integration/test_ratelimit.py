@@ -6,7 +6,9 @@ Behind a trusted proxy ([server] trusted_proxies) the client address is the
 one the proxy put in X-Forwarded-For; from anyone else the header counts for
 nothing."""
 import http.client
+import socket
 import time
+import unittest
 
 from harness import PAN_OK, DaemonTestCase, Daemon, card, form_encode, main
 
@@ -299,6 +301,129 @@ class ForwardedHeaderTest(DaemonTestCase):
 
     def test_a_bad_header_name_stops_the_server_at_start(self):
         assert_refused_at_start(self, "[server]\nforwarded_header = X-Real-IP\n", b"server.forwarded_header")
+
+
+NGINX = "/usr/sbin/nginx"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class NginxProxyTest(DaemonTestCase):
+    """The README's set-up, for real: nginx on this host proxies to the
+    daemon with `proxy_set_header X-Forwarded-For
+    $proxy_add_x_forwarded_for`, the daemon trusts 127.0.0.1. Shoppers at
+    127.0.0.2 and 127.0.0.3 (nginx sees their addresses) get their own
+    publishable-key buckets and show up in the request log."""
+    MERCHANTS = ("a",)
+
+    @classmethod
+    def config(cls):
+        return CONFIG + "\n[server]\ntrusted_proxies = 127.0.0.1, ::1\n"
+
+    @classmethod
+    def setUpClass(cls):
+        import os
+        import shutil
+        import subprocess
+        import tempfile
+        if not os.access(NGINX, os.X_OK):
+            raise unittest.SkipTest("no nginx (scripts/deps.sh installs nginx-light)")
+        super().setUpClass()
+        cls.ngx = tempfile.mkdtemp(prefix="tp-nginx-")
+        for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            os.makedirs(os.path.join(cls.ngx, d))
+        user = ""
+        if os.getuid() == 0:
+            import grp
+            import pwd
+            user = "user %s %s;" % (pwd.getpwuid(0).pw_name, grp.getgrgid(0).gr_name)
+        cls.nginx = None
+        for _ in range(3):
+            cls.port = free_port()
+            conf = os.path.join(cls.ngx, "nginx.conf")
+            with open(conf, "w") as f:
+                f.write("""%s
+worker_processes 1;
+daemon off;
+pid %s/nginx.pid;
+error_log %s/error.log warn;
+events { worker_connections 256; }
+http {
+    access_log off;
+    client_body_temp_path %s/body; proxy_temp_path %s/proxy; fastcgi_temp_path %s/fastcgi;
+    uwsgi_temp_path %s/uwsgi; scgi_temp_path %s/scgi;
+    server {
+        listen 127.0.0.1:%d;
+        location / {
+            proxy_pass http://%s:%d;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }
+    }
+}
+""" % ((user,) + (cls.ngx,) * 7 + (cls.port, cls.daemon.host, cls.daemon.port)))
+            cls.nginx = subprocess.Popen([NGINX, "-p", cls.ngx, "-c", conf, "-e", cls.ngx + "/error.log"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         stdin=subprocess.DEVNULL)
+            for _ in range(100):
+                if cls.nginx.poll() is not None:
+                    break
+                try:
+                    with socket.create_connection(("127.0.0.1", cls.port), timeout=0.2):
+                        break
+                except OSError:
+                    time.sleep(0.05)
+            if cls.nginx.poll() is None:
+                break
+        if cls.nginx is None or cls.nginx.poll() is not None:
+            shutil.rmtree(cls.ngx, ignore_errors=True)
+            super().tearDownClass()
+            raise RuntimeError("nginx did not start")
+
+    @classmethod
+    def tearDownClass(cls):
+        import shutil
+        if getattr(cls, "nginx", None) is not None and cls.nginx.poll() is None:
+            cls.nginx.terminate()
+            try:
+                cls.nginx.wait(10)
+            except Exception:
+                cls.nginx.kill()
+        shutil.rmtree(getattr(cls, "ngx", ""), ignore_errors=True)
+        super().tearDownClass()
+
+    def via_nginx(self, src, method, path, key, body=None, headers=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10, source_address=(src, 0))
+        h = dict(headers or {}, Authorization="Bearer " + key)
+        if body is not None:
+            h["Content-Type"] = "application/x-www-form-urlencoded"
+        try:
+            conn.request(method, path, body=body, headers=h)
+            r = conn.getresponse()
+            return r.status, r.getheader("Request-Id"), r.read()
+        finally:
+            conn.close()
+
+    def test_clients_behind_nginx_keep_their_own_address(self):
+        pk = self.daemon.merchants["a"]["publishable_key"]
+        body = form_encode(card(PAN_OK))
+        # A shopper who also writes the header: nginx appends the real
+        # address, and that is the one counted.
+        first = [self.via_nginx("127.0.0.2", "POST", "/v1/payment_methods", pk, body,
+                                {"X-Forwarded-For": "198.51.100.%d" % i})[0] for i in range(5)]
+        self.assertEqual(first, [200] * 4 + [429])
+        self.assertEqual(self.via_nginx("127.0.0.3", "POST", "/v1/payment_methods", pk, body)[0], 200)
+        sk = self.daemon.merchants["a"]["secret_key"]
+        time.sleep(1.0)
+        status, rid, _ = self.via_nginx("127.0.0.3", "GET", "/v1/customers/cus_nope", sk)
+        self.assertEqual(status, 404)
+        time.sleep(1.0)
+        log = self.c("a").get("/v1/turnpike/requests/" + rid)
+        self.assertEqual(log.status, 200, log)
+        self.assertEqual(log.json["ip"], "127.0.0.3")
 
 
 if __name__ == "__main__":
