@@ -11,6 +11,14 @@
 # customer's saved card off-session: the PaymentMethod and its vault record
 # are read, not written).
 #
+# BENCH_NOSYNC=1 preloads bench/nosync.c into the daemon (fsync/fdatasync
+# return at once): NOT DURABLE, measurement only, to show what the durable
+# commit costs; the report says so.
+#
+# After the run it prints each thread's CPU per payment (ticks from
+# /proc/PID/task/*/stat) and the time it spent runnable but waiting for a
+# core (/proc/PID/task/*/schedstat), per second of the run.
+#
 # Exits non-zero only when something fails to start or dies; never because a
 # figure is low.
 set -euo pipefail
@@ -103,6 +111,20 @@ cpu_ticks() {
     echo $((f[11] + f[12]))
 }
 
+# Per thread name (threads of one name summed): CPU ticks, then run and
+# run-queue wait in ns (schedstat), one line each.
+thread_snap() {
+    local t st name rest
+    for t in /proc/"$DAEMON_PID"/task/*; do
+        st=$(cat "$t/stat" 2>/dev/null) || continue
+        name=${st#*(}
+        name=${name%%)*}
+        rest=${st##*) }
+        read -r -a f <<<"$rest"
+        echo "${name// /_} $((f[11] + f[12])) $(cat "$t/schedstat" 2>/dev/null || echo '0 0 0')"
+    done | awk '{c[$1] += $2; r[$1] += $3; w[$1] += $4} END {for (k in c) print k, c[k], r[k], w[k]}' | sort
+}
+
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
@@ -143,7 +165,14 @@ KEY=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["secret_ke
     fail "no secret_key in: $(cat "$TMP/merchant.json")"
 
 rm -f "$DATA/serve.addr"
-"$BIN" serve --listen 127.0.0.1:0 --data "$DATA" >"$TMP/serve.out" 2>"$TMP/serve.log" &
+PRELOAD=
+if [ "${BENCH_NOSYNC:-0}" = 1 ]; then
+    command -v cc >/dev/null || fail "BENCH_NOSYNC needs a C compiler"
+    cc -shared -fPIC -O2 -o "$TMP/nosync.so" "$HERE/nosync.c" || fail "cannot build bench/nosync.c"
+    PRELOAD=$TMP/nosync.so
+    echo "bench: BENCH_NOSYNC=1: fsync/fdatasync are no-ops in the daemon: NOT DURABLE, measurement only"
+fi
+LD_PRELOAD=$PRELOAD "$BIN" serve --listen 127.0.0.1:0 --data "$DATA" >"$TMP/serve.out" 2>"$TMP/serve.log" &
 DAEMON_PID=$!
 for ((i = 0; i < 200; i++)); do
     [ -s "$DATA/serve.addr" ] && break
@@ -170,6 +199,7 @@ saved)
     ;;
 *) fail "BENCH_FLOW must be token or saved" ;;
 esac
+[ -n "$PRELOAD" ] && FLOW_LABEL="${FLOW:0:5} flow, NO fsync:        "
 
 # ---- 2. nginx -------------------------------------------------------------
 mkdir -p "$NGX"/{body,proxy,fastcgi,uwsgi,scgi}
@@ -209,12 +239,14 @@ sleep 0.5
 alive "$DAEMON_PID" || { tail -n 20 "$TMP/serve.log" >&2; fail "turnpike serve died during warmup"; }
 ROWS0=$(durable_rows)
 CPU0=$(cpu_ticks "$DAEMON_PID")
+thread_snap >"$TMP/threads0"
 
 echo "bench: turnpike ${DURATION} s"
 run_wrk tp "http://$TP_ADDR" "$DURATION" "$$-$RANDOM-m" "$KEY"
 sleep 0.5
 alive "$DAEMON_PID" || { tail -n 20 "$TMP/serve.log" >&2; fail "turnpike serve died during the run"; }
 CPU1=$(cpu_ticks "$DAEMON_PID")
+thread_snap >"$TMP/threads1"
 HWM_KB=$(awk '/^VmHWM:/ {print $2}' "/proc/$DAEMON_PID/status")
 ROWS1=$(durable_rows)
 
@@ -257,6 +289,20 @@ BEGIN {
             cpu_s * 1000 / (tp_200 / 1000), cpu_s / (tp_us / 1e6), cores
     printf "durable rows: %s (wrk counted 200s: %d)\n", rows, tp_200
 }'
+# Per thread: CPU per payment, and per second of the run the time on a core
+# and runnable but waiting for one.
+join "$TMP/threads0" "$TMP/threads1" | awk -v n="$TP_200" -v hz="$HZ" -v us="$TP_US" '
+BEGIN { print "threads (CPU per payment by ticks; per second of the run: on a core / waiting for one):" }
+{
+    cpu = ($5 - $2) / hz * 1e6 / (n > 0 ? n : 1)
+    run = ($6 - $3) / (us / 1e6) / 1e6
+    wait = ($7 - $4) / (us / 1e6) / 1e6
+    if (cpu >= 0.5 || run >= 5)
+        printf "  %-14s %7.1f us/payment   %6.1f / %6.1f ms/s\n", $1, cpu, run, wait
+}'
+if [ -n "$PRELOAD" ]; then
+    echo "NOT DURABLE: fsync/fdatasync were no-ops (BENCH_NOSYNC=1); a measurement of the commit's cost only"
+fi
 if [[ $ROWS =~ ^[0-9]+$ ]]; then
     diff=$((ROWS - TP_200))
     if [ "$diff" -ge 0 ] && [ "$diff" -le "$CONNS" ]; then
