@@ -47,6 +47,15 @@ json_t *tp_error_object(enum tp_err e, const char *param, const char *message)
   }
   else
     tp_scopy(msg, sizeof msg, ei->message);
+  /* Messages and params can echo what the client sent (an id, a parameter
+   * name): a card number typed into the wrong field must not come back. */
+  tp_mask_card_numbers(msg);
+  char pbuf[256];
+  if (param) {
+    tp_scopy(pbuf, sizeof pbuf, param);
+    tp_mask_card_numbers(pbuf);
+    param = pbuf;
+  }
   json_t *o = json_object();
   json_object_set_new(o, "type", json_string(ei->type));
   if (ei->code)

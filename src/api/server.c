@@ -398,22 +398,9 @@ static void dispatch(struct tp_req *r)
   rt->fn(r);
 }
 
-/* Mask every run of 12 or more digits in place: a client may put a card
- * number in a URL path, and the log must never hold one. */
-static void redact_digit_runs(char *s)
-{
-  for (char *p = s; *p;) {
-    char *q = p;
-    while (*q >= '0' && *q <= '9')
-      q++;
-    if (q - p >= 12)
-      memset(p, '*', (size_t)(q - p));
-    p = q > p ? q : p + 1;
-  }
-}
-
 /* Count the request in the metrics and write its log line (no bodies, no
- * query strings, long digit runs masked: nothing that could hold card data). */
+ * query strings, card-number-like digit runs masked, spaced or dashed too
+ * (tp_mask_card_numbers): nothing that could hold card data). */
 static void observe_request(struct tp_req *r)
 {
   int64_t us = (tp_mono_ns() - r->t0_ns) / 1000;
@@ -427,7 +414,7 @@ static void observe_request(struct tp_req *r)
   if (r->authed) {
     char rpath[256];
     tp_scopy(rpath, sizeof rpath, r->url);
-    redact_digit_runs(rpath);
+    tp_mask_card_numbers(rpath);
     tp_reqlog_record(r->request_id, r->merchant.id, r->method, r->route ? r->route->pattern : "unmatched", rpath,
                      tp_req_client_addr(r), r->status, r->resp, r->resp_len, us);
   }
@@ -446,8 +433,8 @@ static void observe_request(struct tp_req *r)
   }
   char path[512];
   tp_scopy(path, sizeof path, r->url);
-  redact_digit_runs(path);
-  redact_digit_runs(obj);
+  tp_mask_card_numbers(path);
+  tp_mask_card_numbers(obj);
   /* Once per request: the fields are written directly (tp_jbuf), the same
    * line tp_log would give. */
   struct tp_jbuf b = {0};

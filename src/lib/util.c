@@ -425,3 +425,35 @@ int tp_fsync_dir_of(const char *path)
   close(fd);
   return rc;
 }
+
+int tp_mask_card_numbers(char *s)
+{
+  int masked = 0;
+  for (char *p = s; *p;) {
+    if (*p < '0' || *p > '9') {
+      p++;
+      continue;
+    }
+    /* A run: digits, with one space or dash between two digits. */
+    char *q = p;
+    int digits = 0;
+    for (;;) {
+      if (*q >= '0' && *q <= '9') {
+        digits++;
+        q++;
+      } else if ((*q == ' ' || *q == '-') && q[1] >= '0' && q[1] <= '9') {
+        q++;
+      } else {
+        break;
+      }
+    }
+    if (digits >= 12) {
+      for (char *t = p; t < q; t++)
+        if (*t >= '0' && *t <= '9')
+          *t = '*';
+      masked++;
+    }
+    p = q;
+  }
+  return masked;
+}

@@ -71,4 +71,10 @@ bool tp_addr_is_public(const struct sockaddr *sa);
 /* The same for the text of an address literal ("10.0.0.1", "::1", "[::1]"):
  * 1 public, 0 not, -1 when the text is not an address literal. */
 int tp_addr_text_is_public(const char *host);
+
+/* Replace with '*' the digits of every run that could be a card number:
+ * 12 or more digits, single spaces or dashes between them allowed
+ * ("4242 4242 4242 4242"). For text that echoes client input (error
+ * messages), which must never carry a PAN. Returns how many runs it masked. */
+int tp_mask_card_numbers(char *s);
 #endif

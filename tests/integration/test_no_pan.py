@@ -125,6 +125,23 @@ class NoPanTest(DaemonTestCase):
             r = c.post(PI, {"amount": 500, "currency": "usd", "confirm": "true", "payment_method_data": bad})
             self.assertEqual(r.status // 100, 4, r)
             self.assertNotIn(bad["card"]["number"][6:], r.body.decode())
+        # a card number typed into the wrong field is not echoed either (the
+        # error messages that name the value mask it), nor stored with the
+        # idempotent reply
+        for pan, spaced in ((PANS[0], False), (PANS[5], True)):
+            v = forms(pan)[1].decode() if spaced else pan
+            tries = [("POST", PI, {"amount": 500, "currency": "usd", "payment_method": v}),
+                     ("POST", PI, {"amount": 500, "currency": "usd", "customer": v}),
+                     ("POST", "/v1/payment_methods", {"type": "card", "card": {"token": v}}),
+                     ("POST", "/v1/refunds", {"charge": v}),
+                     ("GET", "/v1/payment_methods/" + urllib.parse.quote(v), None),
+                     ("POST", PI, {"amount": 500, "currency": "usd", "metadata": {v: "x" * 600}})]
+            for method, path, params in tries:
+                r = c.request(method, path, params, idem=new_key("wrong") if method == "POST" else None)
+                self.assertEqual(r.status // 100, 4, r)
+                body = r.body
+                for form in forms(pan):
+                    self.assertNotIn(form, body, "%s %s echoed the card number: %r" % (method, path, r))
         # client-side encrypted cards, both algorithms
         if HAVE_CRYPTO:
             keys = c.get("/v1/turnpike/encryption_key").json["keys"]

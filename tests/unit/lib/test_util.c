@@ -267,6 +267,38 @@ static void test_hostport_parses_ipv4_ipv6_and_rejects_the_rest(void **state)
 }
 
 /* Webhook destinations with [webhooks] private_networks = deny. */
+static void test_card_numbers_are_masked_in_echoed_text(void **state)
+{
+  (void)state;
+  static const struct {
+    const char *in, *out;
+    int runs;
+  } cases[] = {
+    {"No such PaymentMethod: '4242424242424242'", "No such PaymentMethod: '****************'", 1},
+    {"4242 4242 4242 4242", "**** **** **** ****", 1},
+    {"x 4242-4242-4242-4242 y", "x ****-****-****-**** y", 1},
+    {"371449635398431", "***************", 1},
+    {"123456789012", "************", 1},
+    {"12345678901", "12345678901", 0},               /* 11 digits: an amount, a date, not a PAN */
+    {"Amount must be no more than 99999999", "Amount must be no more than 99999999", 0},
+    {"4242  4242 4242 4242", "4242  **** **** ****", 1},   /* two spaces split it: 4 + 12 */
+    {"1234 5678 9012", "**** **** ****", 1},
+    {"1234 5678 901", "1234 5678 901", 0},
+    {"pi_0VcrW8EC000r6KGQZ81Fjthg", "pi_0VcrW8EC000r6KGQZ81Fjthg", 0},
+    {"a 4242424242424242 and 5555555555554444", "a **************** and ****************", 2},
+    {"4242424242424242-", "****************-", 1},
+    {"", "", 0},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", cases[i].in);
+    int n = tp_mask_card_numbers(buf);
+    if (strcmp(buf, cases[i].out) != 0 || n != cases[i].runs)
+      fail_msg("\"%s\": got \"%s\" (%d runs), want \"%s\" (%d)", cases[i].in, buf, n, cases[i].out,
+               cases[i].runs);
+  }
+}
+
 static void test_addresses_public_or_not(void **state)
 {
   (void)state;
@@ -323,6 +355,7 @@ int main(void)
     cmocka_unit_test(test_clocks_are_sane),
     cmocka_unit_test(test_hostport_parses_ipv4_ipv6_and_rejects_the_rest),
     cmocka_unit_test(test_addresses_public_or_not),
+    cmocka_unit_test(test_card_numbers_are_masked_in_echoed_text),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
