@@ -204,28 +204,13 @@ bool tp_client_addr_of(const struct tp_cidr *list, size_t n, const char *peer, c
 /* ---- RFC 7239 Forwarded --------------------------------------------------- */
 struct fwd_out {
   char *s;
-  size_t cap, len;
+  size_t len;
 };
 
-/* Append one value (len bytes) as a list entry; on overflow the oldest
- * entries are dropped, as the walk only needs the rightmost ones. */
+/* Append one value (len bytes) as a list entry; tp_forwarded_for sized the
+ * buffer for the worst case, so it always fits. */
 static void fwd_put(struct fwd_out *o, const char *v, size_t len)
 {
-  size_t need = len + (o->len ? 1 : 0);
-  if (need >= o->cap) {
-    o->len = 0;
-    if (len >= o->cap)
-      return;
-    need = len;
-  }
-  while (o->len + need >= o->cap) {
-    /* drop the leftmost entry */
-    char *comma = memchr(o->s, ',', o->len);
-    size_t drop = comma ? (size_t)(comma - o->s) + 1 : o->len;
-    memmove(o->s, o->s + drop, o->len - drop);
-    o->len -= drop;
-    need = len + (o->len ? 1 : 0);
-  }
   if (o->len)
     o->s[o->len++] = ',';
   memcpy(o->s + o->len, v, len);
@@ -241,14 +226,16 @@ static bool tchar(char c)
          (c != '\0' && strchr("!#$%&'*+-.^_`|~:[]", c) != NULL);
 }
 
-void tp_forwarded_for(const char *fwd, char *out, size_t cap)
+char *tp_forwarded_for(const char *fwd)
 {
-  struct fwd_out o = {out, cap, 0};
-  if (cap)
-    out[0] = '\0';
-  if (!fwd || cap < 2)
-    return;
-  const char *p = fwd;
+  /* Every input byte ends at most one element, and an element becomes at
+   * most its value or "unknown" (7 bytes) and a comma: 8 bytes a byte. */
+  size_t in = fwd ? strlen(fwd) : 0;
+  struct fwd_out o = {malloc(8 * in + 8), 0};
+  if (!o.s)
+    return NULL;
+  o.s[0] = '\0';
+  const char *p = fwd ? fwd : "";
   while (*p) {
     /* One forwarded-element: pairs separated by ';', up to a ',' outside
      * quotes. */
@@ -324,6 +311,7 @@ void tp_forwarded_for(const char *fwd, char *out, size_t cap)
     if (*p == ',')
       p++;
   }
+  return o.s;
 }
 
 int tp_proxies_init(void)

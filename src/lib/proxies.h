@@ -49,9 +49,9 @@ bool tp_client_addr_of(const struct tp_cidr *list, size_t n, const char *peer, c
 /* The for= values of an RFC 7239 Forwarded header (several headers joined
  * with commas), in order, as an X-Forwarded-For style list for
  * tp_client_addr_of: quoted strings unquoted, an element without for= (or
- * that cannot be read) as "unknown", which stops the walk there. Written
- * to out (cap bytes; only the rightmost elements when it would not fit). */
-void tp_forwarded_for(const char *fwd, char *out, size_t cap);
+ * that cannot be read) as "unknown", which stops the walk there. Malloc'ed
+ * (the caller frees); NULL only when out of memory. */
+char *tp_forwarded_for(const char *fwd);
 
 /* [server] trusted_proxies and forwarded_header (X-Forwarded-For, the
  * default, or Forwarded: only the header the proxies set may be read, the

@@ -81,36 +81,33 @@ int tp_oauth_init(const char *data_dir)
 
 /* ---- helpers --------------------------------------------------------------- */
 /* Every X-Forwarded-For (or, with [server] forwarded_header = Forwarded,
- * Forwarded) header, joined with commas in the order sent; when
- * they are longer than the buffer only the tail (the hops nearest to us,
- * the only ones that can be believed) is kept. */
-struct xff_buf {
-  char s[1024];
+ * Forwarded) header, joined with commas in the order sent. MHD bounds all of
+ * a request's headers ([server] connection memory, 16 KiB), so nothing is
+ * cut; a failed allocation leaves "unknown", which trusts no hop. */
+struct hdr_join {
+  char *s;
   size_t len;
 };
 
 static enum MHD_Result collect_xff(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
   (void)kind;
-  struct xff_buf *b = cls;
+  struct hdr_join *b = cls;
   if (!key || !value || strcasecmp(key, tp_proxies_header()) != 0)
     return MHD_YES;
-  size_t vl = strlen(value), need = vl + (b->len ? 1 : 0);
-  if (need >= sizeof b->s) { /* the value alone is too long: its tail */
-    memcpy(b->s, value + vl - (sizeof b->s - 1), sizeof b->s - 1);
-    b->len = sizeof b->s - 1;
-  } else {
-    if (b->len + need >= sizeof b->s) {
-      size_t drop = b->len + need - (sizeof b->s - 1);
-      memmove(b->s, b->s + drop, b->len - drop);
-      b->len -= drop;
-    }
-    if (b->len)
-      b->s[b->len++] = ',';
-    memcpy(b->s + b->len, value, vl);
-    b->len += vl;
+  size_t vl = strlen(value);
+  char *n = realloc(b->s, b->len + vl + 2);
+  if (!n) {
+    free(b->s);
+    b->s = strdup("unknown");
+    b->len = b->s ? 7 : 0;
+    return MHD_NO;
   }
-  b->s[b->len] = '\0';
+  b->s = n;
+  if (b->len)
+    b->s[b->len++] = ',';
+  memcpy(b->s + b->len, value, vl + 1);
+  b->len += vl;
   return MHD_YES;
 }
 
@@ -134,15 +131,13 @@ bool tp_req_remote_addr(struct tp_req *r, char *out, size_t cap)
     tp_scopy(out, cap, peer);
     return true;
   }
-  struct xff_buf xff = {.len = 0};
-  xff.s[0] = '\0';
-  MHD_get_connection_values(r->conn, MHD_HEADER_KIND, collect_xff, &xff);
-  if (tp_proxies_rfc7239()) {
-    char list[sizeof xff.s];
-    tp_forwarded_for(xff.s, list, sizeof list);
-    return tp_client_addr(peer, list, out, cap);
-  }
-  return tp_client_addr(peer, xff.s, out, cap);
+  struct hdr_join h = {NULL, 0};
+  MHD_get_connection_values(r->conn, MHD_HEADER_KIND, collect_xff, &h);
+  char *list = h.s && tp_proxies_rfc7239() ? tp_forwarded_for(h.s) : NULL;
+  bool known = tp_client_addr(peer, list ? list : h.s ? h.s : "", out, cap);
+  free(list);
+  free(h.s);
+  return known;
 }
 
 const char *tp_req_client_addr(struct tp_req *r)
