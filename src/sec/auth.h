@@ -26,12 +26,10 @@ int tp_oauth_init(const char *data_dir);
 /* A Bearer JWT access token to its merchant and scopes (verifications cached
  * until a revocation or the token's expiry). */
 enum tp_err tp_oauth_authenticate(const char *token, struct tp_auth *a);
-/* The peer's IP address as text ("?" when unknown), for failure counting. */
-/* false when a trusted proxy did not disclose the client (out is then that
- * proxy's address; see tp_client_addr_of). */
-bool tp_req_remote_addr(struct tp_req *r, char *out, size_t cap);
-/* The client address of the request (tp_req_remote_addr, worked out once and
- * kept in r->client_addr). */
+/* The client address of the request: the peer's, or with [server]
+ * trusted_proxies the one a trusted proxy forwards (src/lib/proxies.h);
+ * worked out once and kept in r->client_addr, r->client_addr_known false
+ * when a proxy did not disclose the client. */
 const char *tp_req_client_addr(struct tp_req *r);
 /* Read a merchant row by id into m: 1 found, 0 not, -1 store error. */
 int tp_auth_merchant(struct tp_store *st, const char *id, struct tp_merchant *m);

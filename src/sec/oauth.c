@@ -113,7 +113,7 @@ static enum MHD_Result collect_xff(void *cls, enum MHD_ValueKind kind, const cha
 
 /* The client's address: the peer's, or with [server] trusted_proxies the
  * one a trusted proxy vouches for in X-Forwarded-For (src/lib/proxies.h). */
-bool tp_req_remote_addr(struct tp_req *r, char *out, size_t cap)
+static bool remote_addr(struct tp_req *r, char *out, size_t cap)
 {
   snprintf(out, cap, "?");
   const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -143,7 +143,7 @@ bool tp_req_remote_addr(struct tp_req *r, char *out, size_t cap)
 const char *tp_req_client_addr(struct tp_req *r)
 {
   if (!r->client_addr[0])
-    r->client_addr_known = tp_req_remote_addr(r, r->client_addr, sizeof r->client_addr);
+    r->client_addr_known = remote_addr(r, r->client_addr, sizeof r->client_addr);
   return r->client_addr;
 }
 
