@@ -11,6 +11,8 @@
 # customer's saved card off-session: the PaymentMethod and its vault record
 # are read, not written).
 #
+# BENCH_CONFIG=FILE starts the daemon with --config FILE (to compare settings).
+#
 # BENCH_NOSYNC=1 preloads bench/nosync.c into the daemon (fsync/fdatasync
 # return at once): NOT DURABLE, measurement only, to show what the durable
 # commit costs; the report says so.
@@ -172,7 +174,7 @@ if [ "${BENCH_NOSYNC:-0}" = 1 ]; then
     PRELOAD=$TMP/nosync.so
     echo "bench: BENCH_NOSYNC=1: fsync/fdatasync are no-ops in the daemon: NOT DURABLE, measurement only"
 fi
-LD_PRELOAD=$PRELOAD "$BIN" serve --listen 127.0.0.1:0 --data "$DATA" >"$TMP/serve.out" 2>"$TMP/serve.log" &
+LD_PRELOAD=$PRELOAD "$BIN" serve --listen 127.0.0.1:0 --data "$DATA" ${BENCH_CONFIG:+--config "$BENCH_CONFIG"} >"$TMP/serve.out" 2>"$TMP/serve.log" &
 DAEMON_PID=$!
 for ((i = 0; i < 200; i++)); do
     [ -s "$DATA/serve.addr" ] && break

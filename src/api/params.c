@@ -662,6 +662,9 @@ static int check_value(struct check_ctx *c, size_t plen, json_t *v, const struct
       const char *s = json_string_value(v);
       if (strcmp(s, "true") == 0) { *repl = json_true(); return 0; }
       if (strcmp(s, "false") == 0) { *repl = json_false(); return 0; }
+      /* Strings that also mean true (off_session's one_off, recurring). */
+      for (const char *const *ch = sp->choices; ch && *ch; ch++)
+        if (strcmp(*ch, s) == 0) { *repl = json_true(); return 0; }
     }
     return type_error(c, sp->name, v, "boolean");
   case TP_P_ENUM: {

@@ -44,7 +44,7 @@ json_t *tp_params_parse_json(const char *body, size_t len, struct tp_params_erro
 enum tp_ptype {
   TP_P_STRING,     /* JSON string (max TP_PARAMS_MAX_VALUE) */
   TP_P_INT,        /* integer, or a string of an optional '-' and digits fitting int64 */
-  TP_P_BOOL,       /* true/false, or the strings "true"/"false" */
+  TP_P_BOOL,       /* true/false, the strings "true"/"false", or one of spec->choices (read as true) */
   TP_P_ENUM,       /* string, one of spec->choices (NULL-terminated list) */
   TP_P_METADATA,   /* object of string->string, <= 50 keys, key <= 40, value <= 500;
                       "" as the whole value (metadata=) means "unset all"; a key

@@ -23,6 +23,8 @@ static const char *const sfu_values[] = {"on_session", "off_session", "", NULL};
 static const char *const cancel_reasons[] = {"duplicate", "fraudulent", "requested_by_customer", "abandoned", NULL};
 static const char *const confirmation_methods[] = {"automatic", "manual", NULL};
 static const char *const allow_redirects[] = {"always", "never", NULL};
+/* Stripe's off_session is a boolean or the kind of off-session payment. */
+static const char *const off_session_kinds[] = {"one_off", "recurring", NULL};
 static const char *const three_ds_requests[] = {"automatic", "any", "challenge", NULL};
 
 static const struct tp_pspec spec_apm[] = {
@@ -52,7 +54,7 @@ static const struct tp_pspec spec_pmd[] = {
 static const struct tp_pspec spec_create[] = {
   PI_COMMON,
   {"confirm", TP_P_BOOL, NULL, NULL},
-  {"off_session", TP_P_BOOL, NULL, NULL},
+  {"off_session", TP_P_BOOL, NULL, off_session_kinds},
   {"return_url", TP_P_STRING, NULL, NULL},
   {"confirmation_method", TP_P_ENUM, NULL, confirmation_methods},
   {"automatic_payment_methods", TP_P_OBJECT, spec_apm, NULL},
@@ -66,7 +68,7 @@ static const struct tp_pspec spec_confirm[] = {
   {"payment_method_data", TP_P_OBJECT, spec_pmd, NULL},
   {"payment_method_options", TP_P_ANY, NULL, NULL},
   {"return_url", TP_P_STRING, NULL, NULL},
-  {"off_session", TP_P_BOOL, NULL, NULL},
+  {"off_session", TP_P_BOOL, NULL, off_session_kinds},
   {"receipt_email", TP_P_STRING, NULL, NULL},
   {"setup_future_usage", TP_P_ENUM, NULL, sfu_values},
   {"capture_method", TP_P_ENUM, NULL, capture_methods},
@@ -293,6 +295,59 @@ static json_t *pi_new(struct tp_req *r, int64_t amount, const struct tp_currency
 }
 
 /* ---- confirm -------------------------------------------------------------- */
+/* The PaymentMethod that payment_method_data describes, created in cs (with
+ * its vault record); its card in ci and cvc. NULL after replying. */
+static json_t *pm_from_data(struct tp_req *r, struct tp_cs *cs, const json_t *pmd, struct tp_card_info *ci,
+                            char cvc[8])
+{
+  const char *type = tp_pstr(pmd, "type");
+  if (!type || strcmp(type, "card") != 0) {
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "payment_method_data[type]",
+                   "Invalid payment_method_data[type]: must be card");
+    return NULL;
+  }
+  const json_t *card = json_object_get(pmd, "card");
+  if (!json_is_object(card)) {
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "payment_method_data[card]", NULL);
+    return NULL;
+  }
+  if (!tp_card_from_params(r, card, "payment_method_data[card]", ci, cvc))
+    return NULL;
+  json_t *pm = tp_pm_create_card(cs, &r->merchant, ci, json_object_get(pmd, "billing_details"),
+                                 json_object_get(pmd, "metadata"));
+  if (!pm)
+    tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+  return pm;
+}
+
+/* Without a confirmation, payment_method_data only creates the
+ * PaymentMethod (in cs) and puts it on pi, as Stripe does; the card is
+ * charged when pi is confirmed. False after replying. */
+static bool attach_pm_data(struct tp_req *r, struct tp_cs *cs, json_t *pi)
+{
+  const json_t *pmd = json_object_get(r->params, "payment_method_data");
+  if (!pmd)
+    return true;
+  const char *pm_given = tp_pstr(r->params, "payment_method");
+  if (pm_given && *pm_given) {
+    tp_reply_error(r, TP_ERR_PARAMETERS_EXCLUSIVE, "payment_method_data",
+                   "You cannot specify both payment_method and payment_method_data.");
+    return false;
+  }
+  struct tp_card_info ci;
+  memset(&ci, 0, sizeof ci);
+  char cvc[8] = "";
+  json_t *pm = pm_from_data(r, cs, pmd, &ci, cvc);
+  tp_card_wipe(&ci, sizeof ci);
+  tp_card_wipe(cvc, sizeof cvc);
+  if (!pm)
+    return false;
+  json_object_set(pi, "payment_method", json_object_get(pm, "id"));
+  json_object_set_new(pi, "status", json_string("requires_confirmation"));
+  json_decref(pm);
+  return true;
+}
+
 /* Start a confirmation of pi (owned) within cs (owned). Replies on failure.
  * On success the request is suspended until the outcome is committed. */
 static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created, const char *lock_id)
@@ -304,26 +359,15 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
   json_t *pm = NULL;
   const json_t *pmd = json_object_get(params, "payment_method_data");
   const char *pm_id = tp_pstr(params, "payment_method");
+  if (json_is_object(pmd) && pm_id && *pm_id) {
+    tp_reply_error(r, TP_ERR_PARAMETERS_EXCLUSIVE, "payment_method_data",
+                   "You cannot specify both payment_method and payment_method_data.");
+    goto fail;
+  }
   if (json_is_object(pmd)) {
-    const char *type = tp_pstr(pmd, "type");
-    if (!type || strcmp(type, "card") != 0) {
-      tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "payment_method_data[type]",
-                     "Invalid payment_method_data[type]: must be card");
+    pm = pm_from_data(r, cs, pmd, &ci, cvc);
+    if (!pm)
       goto fail;
-    }
-    const json_t *card = json_object_get(pmd, "card");
-    if (!json_is_object(card)) {
-      tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "payment_method_data[card]", NULL);
-      goto fail;
-    }
-    if (!tp_card_from_params(r, card, "payment_method_data[card]", &ci, cvc))
-      goto fail;
-    pm = tp_pm_create_card(cs, &r->merchant, &ci, json_object_get(pmd, "billing_details"),
-                           json_object_get(pmd, "metadata"));
-    if (!pm) {
-      tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
-      goto fail;
-    }
   } else {
     if (!pm_id || !*pm_id)
       pm_id = json_string_value(json_object_get(pi, "payment_method"));
@@ -474,14 +518,7 @@ void tp_h_pi_create(struct tp_req *r)
     confirm(r, pi, cs, true, NULL);
     return;
   }
-  if (json_object_get(r->params, "payment_method_data")) {
-    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "payment_method_data",
-                   "payment_method_data can only be used with confirm=true.");
-    json_decref(pi);
-    tp_cs_free(cs);
-    return;
-  }
-  if (!tp_pm_materialize(r, cs, pi)) {
+  if (!attach_pm_data(r, cs, pi) || !tp_pm_materialize(r, cs, pi)) {
     json_decref(pi);
     tp_cs_free(cs);
     return;
@@ -610,11 +647,6 @@ void tp_h_pi_update(struct tp_req *r)
   const char *cus = tp_pstr(r->params, "customer");
   if (cus && *cus && !customer_exists(r, cus))
     goto out;
-  if (json_object_get(r->params, "payment_method_data")) {
-    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "payment_method_data",
-                   "payment_method_data can only be used when confirming.");
-    goto out;
-  }
   const char *pm_given = tp_pstr(r->params, "payment_method");
   if (pm_given && *pm_given && !tp_pm_exists(r, pm_given))
     goto out;
@@ -629,7 +661,7 @@ void tp_h_pi_update(struct tp_req *r)
     json_object_set_new(pi, "status", json_string("requires_confirmation"));
   }
   struct tp_cs *cs = tp_cs_new();
-  if (!tp_pm_materialize(r, cs, pi)) {
+  if (!attach_pm_data(r, cs, pi) || !tp_pm_materialize(r, cs, pi)) {
     tp_cs_free(cs);
     goto out;
   }

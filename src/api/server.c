@@ -297,6 +297,17 @@ static bool access_check(struct tp_req *r, const struct tp_route *rt)
     tp_reply_error(r, oauth ? TP_ERR_OAUTH_INSUFFICIENT_SCOPE : TP_ERR_PERMISSION_DENIED, NULL, msg);
     return false;
   }
+  /* Stripe-Account acts on a connected account (Stripe Connect). Turnpike
+   * has none: naming the key's own account is harmless, any other is
+   * refused rather than silently served from the key's account. */
+  const char *acct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Stripe-Account");
+  if (acct && strcmp(acct, r->merchant.id) != 0) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "The provided key does not have access to account '%.64s' (or that account does not "
+             "exist). Application access may have been revoked.", acct);
+    tp_reply_error(r, TP_ERR_ACCOUNT_INVALID, NULL, msg);
+    return false;
+  }
   return true;
 }
 

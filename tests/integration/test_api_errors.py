@@ -37,6 +37,18 @@ BAD = {
     "confirm_maybe": (lambda c: c.post(PI, dict(GOOD, confirm="maybe", payment_method="pm_card_visa")), 400, "confirm"),
     "card_bad_luhn": (lambda c: c.post(PI, dict(GOOD, confirm="true", payment_method_data=card(PAN_BAD_LUHN))), 402, None),
     "pm_bad_luhn": (lambda c: c.post("/v1/payment_methods", card(PAN_BAD_LUHN)), 402, None),
+    "pmd_bad_luhn_unconfirmed": (lambda c: c.post(PI, dict(GOOD, payment_method_data=card(PAN_BAD_LUHN))), 402, None),
+    "pmd_with_payment_method": (lambda c: c.post(PI, dict(GOOD, payment_method="pm_card_visa",
+                                                          payment_method_data=card(PAN_OK))),
+                                400, "payment_method_data"),
+    "pmd_with_payment_method_confirmed": (lambda c: c.post(PI, dict(GOOD, confirm="true", payment_method="pm_card_visa",
+                                                                    payment_method_data=card(PAN_OK))),
+                                          400, "payment_method_data"),
+    "off_session_unknown_kind": (lambda c: c.post(PI, dict(GOOD, confirm="true", payment_method="pm_card_visa",
+                                                           off_session="sometimes")), 400, "off_session"),
+    # Stripe Connect's header naming another account: refused, not served
+    # from the key's own account.
+    "stripe_account_other": (lambda c: c.post(PI, GOOD, headers={"Stripe-Account": "acct_someoneelse"}), 403, None),
     "customer_unknown_param": (lambda c: c.post("/v1/customers", {"email": "a@example.com", "frobnicate": "x"}), 400, "frobnicate"),
     # An expansion that cannot be made refuses the whole request, before the
     # payment is made (not a charged card with the expansion left off).
@@ -98,6 +110,56 @@ class ApiErrorsTest(DaemonTestCase):
         self.assertEqual(r.json["data"][0]["latest_charge"]["payment_intent"]["latest_charge"]["object"], "charge")
         r = c.get(PI, [("limit", "1"), ("expand[]", "data.latest_charge.payment_intent.latest_charge.customer")])
         self.assertStripeError(r, 400, "invalid_request_error", param="expand")
+
+    def test_payment_method_data_without_confirm_creates_the_payment_method(self):
+        """As on Stripe: payment_method_data on create (or update) without
+        confirm creates the PaymentMethod and puts it on the PaymentIntent;
+        the card is charged at confirmation."""
+        c = self.c("decline")
+        r = c.post(PI, dict(GOOD, payment_method_data=dict(card("5555555555554444"),
+                                                           billing_details={"name": "Jo"})))
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["status"], "requires_confirmation", r)
+        self.assertIsNone(r.json["latest_charge"], r)
+        pm = c.get("/v1/payment_methods/" + r.json["payment_method"])
+        self.assertEqual(pm.status, 200, pm)
+        self.assertEqual((pm.json["card"]["brand"], pm.json["card"]["last4"]), ("mastercard", "4444"), pm)
+        self.assertEqual(pm.json["billing_details"]["name"], "Jo", pm)
+        ok = c.post(PI + "/" + r.json["id"] + "/confirm")
+        self.assertEqual(ok.status, 200, ok)
+        self.assertEqual(ok.json["status"], "succeeded", ok)
+        ch = c.get("/v1/charges/" + ok.json["latest_charge"])
+        self.assertEqual(ch.json["payment_method"], r.json["payment_method"], ch)
+        self.assertEqual(ch.json["payment_method_details"]["card"]["last4"], "4444", ch)
+        # update: the same, and a declining card declines at confirmation
+        r = c.post(PI, GOOD)
+        u = c.post(PI + "/" + r.json["id"], {"payment_method_data": card("4000000000009995")})
+        self.assertEqual(u.status, 200, u)
+        self.assertEqual(u.json["status"], "requires_confirmation", u)
+        self.assertTrue(u.json["payment_method"].startswith("pm_"), u)
+        d = c.post(PI + "/" + r.json["id"] + "/confirm")
+        self.assertStripeError(d, 402, "card_error")
+        self.assertEqual(d.json["error"]["decline_code"], "insufficient_funds", d)
+
+    def test_off_session_takes_stripes_kinds(self):
+        c = self.c("decline")
+        for kind in ("one_off", "recurring", "true"):
+            r = c.post(PI, dict(GOOD, confirm="true", payment_method="pm_card_visa", off_session=kind))
+            self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), r)
+        # off-session, a card that wants authentication fails instead of asking
+        r = c.post(PI, dict(GOOD, confirm="true", payment_method="pm_card_threeDSecure2Required",
+                            off_session="recurring"))
+        self.assertStripeError(r, 402, "card_error")
+        self.assertEqual(r.json["error"]["code"], "authentication_required", r)
+
+    def test_stripe_account_header(self):
+        c = self.c("decline")
+        err = self.send_bad("stripe_account_other").json["error"]
+        self.assertEqual((err["code"], err["tp_code"]), ("account_invalid", 2032), err)
+        self.assertIn("acct_someoneelse", err["message"])
+        own = self.daemon.merchants["decline"]["id"]
+        r = c.post(PI, GOOD, headers={"Stripe-Account": own})
+        self.assertEqual(r.status, 200, r)
 
     def test_absolute_form_request_target_is_its_path(self):
         """RFC 9112 §3.2.2: a server accepts "GET http://host/path" (what a
