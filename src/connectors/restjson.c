@@ -44,6 +44,7 @@ struct rj_xfer {
   char *resp;
   size_t resp_len, resp_cap;
   bool too_large;
+  bool sent;                        /* a connection was ready to carry the request (on_prereq) */
   struct rj_xfer *next_free;        /* free list */
   struct rj_xfer *prev, *next;      /* in-flight list */
 };
@@ -348,6 +349,16 @@ static void map_status(struct tp_proc_call *c, enum tp_proc_kind kind, json_t *j
   set_error(c, "processor_bad_response");
 }
 
+/* libcurl calls this when a connection (new or reused) is ready and the
+ * request is about to go out on it. */
+static int on_prereq(void *arg, char *primary_ip, char *local_ip, int primary_port, int local_port)
+{
+  (void)primary_ip, (void)local_ip, (void)primary_port, (void)local_port;
+  struct rj_xfer *x = arg;
+  x->sent = true;
+  return CURL_PREREQFUNC_OK;
+}
+
 static void finish_xfer(struct rj_xfer *x, CURLcode rc)
 {
   struct tp_proc_call *c = x->c;
@@ -356,6 +367,14 @@ static void finish_xfer(struct rj_xfer *x, CURLcode rc)
   c->decline_code[0] = 0;
   if (x->too_large)
     set_error(c, "processor_response_too_large");
+  else if (rc != CURLE_OK && x->sent &&
+           (rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_SSL_CONNECT_ERROR))
+    /* A connection failure after the request went out: libcurl sent it on a
+     * kept-alive connection that then died, and its own retry on a fresh
+     * connection could not connect. The processor may have acted on the
+     * first send, so the outcome is unknown (a status query settles it),
+     * not "never reached the processor". */
+    set_error(c, "processor_connection_reset");
   else if (rc != CURLE_OK)
     set_error(c, curl_error_code(rc));
   else if (http >= 500)
@@ -470,6 +489,9 @@ static void start_call(struct rj *rj, struct tp_proc_call *c)
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, rj->headers);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+  x->sent = false;
+  curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
+  curl_easy_setopt(e, CURLOPT_PREREQDATA, x);
   if (c->kind == TP_PROC_STATUS) {
     curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
   } else {

@@ -409,25 +409,54 @@ class Sim:
         self.data = os.path.join(self.root, "data")
         os.makedirs(self.data)
         self.log = open(os.path.join(self.root, "sim.log"), "ab")
-        self.proc = subprocess.Popen(
-            [BIN, "sim", "--listen", hostport(host, 0), "--iso-listen", hostport(host, 0), "--data", self.data],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, start_new_session=True)
+        if not self._spawn(hostport(host, 0), hostport(host, 0)):
+            self.stop()
+            raise RuntimeError("no sim.addr within 20 s")
+
+    def _spawn(self, rest, iso):
+        """Start the process on these addresses; False if it did not come up."""
         addr = os.path.join(self.data, "sim.addr")
+        try:
+            os.unlink(addr)
+        except FileNotFoundError:
+            pass
+        self.proc = subprocess.Popen(
+            [BIN, "sim", "--listen", rest, "--iso-listen", iso, "--data", self.data],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, start_new_session=True)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("sim exited with %d" % self.proc.returncode)
+                return False
             try:
                 with open(addr) as f:
                     lines = f.read().split("\n")
                 if len(lines) >= 3:
                     self.rest, self.iso = lines[0], lines[1]
-                    return
+                    return True
             except FileNotFoundError:
                 pass
             time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("no sim.addr within 20 s")
+        return False
+
+    def kill9(self):
+        """SIGKILL the simulator (a processor crashing) and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self, seconds=15):
+        """Start again on the same addresses and data directory (its journal),
+        retrying while the ports are still being released."""
+        rest, iso = self.rest, self.iso
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self._spawn(rest, iso):
+                return
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            time.sleep(0.2)
+        raise RuntimeError("sim did not come back on %s / %s" % (rest, iso))
 
     def _call(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None

@@ -435,6 +435,89 @@ class CrashRecoveryTest(unittest.TestCase):
             d.cleanup()
             sim.stop()
 
+    def test_processor_crash_under_load_charges_once_and_settles_every_payment(self):
+        """kill -9 of the processor (the sim) with calls in flight, then a
+        restart on the same ports with its journal: the gateway resolves the
+        calls whose answer was lost by status query (never by sending them
+        again), a client retrying with its Idempotency-Key gets the settled
+        answer, and every paid PaymentIntent was charged exactly once."""
+        sim = Sim()
+        d = Daemon()
+        try:
+            d.create_merchant("m")
+            for n in ("a", "b"):
+                sim.faults(n, latency_ms_min=30, latency_ms_max=200)
+            d.start(config=gateway_config(sim, timeout_ms=2000))
+            c = d.client("m")
+            load = PaymentLoad(c, threads=8, seconds=30, tag="sim-crash").start()
+            time.sleep(2.0)
+            sim.kill9()
+            time.sleep(1.0)  # payments meet a processor that is gone
+            load.stop_flag.set()
+            self.assertTrue(load.join(60))
+            self.assertGreater(len(load.acks), 10)
+            with open_db_ro(d) as db:
+                sent_at_crash = db.execute("SELECT COUNT(*) FROM attempts WHERE state='sent'").fetchone()[0]
+            sim.restart()
+            deadline = time.monotonic() + 30
+            left = None
+            while time.monotonic() < deadline:
+                with open_db_ro(d) as db:
+                    left = db.execute("SELECT COUNT(*) FROM attempts WHERE state='sent'").fetchone()[0]
+                if left == 0:
+                    break
+                time.sleep(0.2)
+            self.assertEqual(left, 0, "attempts still 'sent' after the processor came back (had %d)" % sent_at_crash)
+            j = sim.journal(limit=100000)
+            self.assertEqual(j["summary"]["double_charges"], 0, j["summary"])
+            charged = j["summary"]["charges_by_payment"]
+            with open_db_ro(d) as db:
+                rows = db.execute("SELECT id, status FROM payment_intents").fetchall()
+            statuses = dict(rows)
+            for pid, status in rows:
+                self.assertNotEqual(status, "processing", pid)
+                if status in ("succeeded", "requires_capture"):
+                    self.assertEqual(charged.get(pid), 1, (pid, status))
+                else:
+                    self.assertIsNone(charged.get(pid), (pid, status, c.get("/v1/payment_intents/%s/attempts" % pid).json))
+            # Nothing charged that the gateway does not know as paid.
+            for pid in charged:
+                self.assertIn(statuses.get(pid), ("succeeded", "requires_capture"), pid)
+            for ack in load.acks:
+                pi = ack.pi()
+                self.assertEqual(statuses[pi["id"]], pi["status"], pi["id"])
+            # Answers that were not final replay, with the same key, as what
+            # the store now says, and never charge again: an unknown outcome
+            # settled by recovery, an exhausted route as the stored 502. A
+            # request refused before anything was committed (no processor
+            # available: both breakers open) stored nothing, so its retry
+            # runs as a new request, once.
+            retried = fresh = 0
+            for key, params, resp in load.other:
+                r = c.post("/v1/payment_intents", params, idem=key)
+                if resp.json and resp.json.get("error", {}).get("tp_code") == 6027:
+                    self.assertIn(r.status, (200, 402), (key, r))
+                    self.assertNotEqual(r.headers.get("Idempotent-Replayed"), "true", key)
+                    again = c.post("/v1/payment_intents", params, idem=key)
+                    self.assertEqual((again.status, again.headers.get("Idempotent-Replayed")), (r.status, "true"))
+                    self.assertEqual(again.json, r.json)
+                    fresh += 1
+                elif r.status in (200, 402):
+                    pi = r.json if r.status == 200 else r.json["error"]["payment_intent"]
+                    self.assertEqual(statuses.get(pi["id"]), pi["status"], (key, resp))
+                    retried += 1
+                else:
+                    self.assertIn(r.status, (502, 504), (key, r))
+                    self.assertEqual(r.json, resp.json, key)
+            after = sim.journal(limit=100000)["summary"]
+            self.assertEqual(after["double_charges"], 0, after)
+            self.assertLessEqual(after["charges"], j["summary"]["charges"] + fresh)
+            print("sim kill9: acks=%d other=%d (settled on retry %d, new on retry %d) sent_at_crash=%d charges=%d" %
+                  (len(load.acks), len(load.other), retried, fresh, sent_at_crash, j["summary"]["charges"]))
+        finally:
+            d.cleanup()
+            sim.stop()
+
 
 if __name__ == "__main__":
     main()
