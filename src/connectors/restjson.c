@@ -315,6 +315,13 @@ static void map_status(struct tp_proc_call *c, enum tp_proc_kind kind, json_t *j
                    : kind == TP_PROC_CAPTURE ? "captured"
                    : kind == TP_PROC_VOID    ? "voided"
                                              : "succeeded";
+  if (kind == TP_PROC_STATUS && strcmp(st, "voided") == 0 &&
+      strcmp(json_string_value(json_object_get(js, "operation")) ?: "", "authorize") == 0) {
+    /* An authorization voided before it arrived (we fenced the reference
+     * after a lost answer): it never charged. */
+    c->outcome = TP_OUT_NOT_FOUND;
+    return;
+  }
   bool approved = strcmp(st, ok) == 0;
   if (kind == TP_PROC_STATUS) /* the stored answer of any operation */
     approved = strcmp(st, "approved") == 0 || strcmp(st, "captured") == 0 || strcmp(st, "voided") == 0 ||

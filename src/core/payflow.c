@@ -503,7 +503,12 @@ static void send_call(struct tp_pay *p)
   struct tp_proc_call *c = &p->call;
   struct tp_proc *pr = NULL;
   struct tp_connector *conn = conn_of(p->att.processor, &pr);
-  tp_scopy(c->ref, sizeof c->ref, p->att.idem_ref);
+  if (p->fencing) {
+    /* its own reference (so it is idempotent too), naming att's */
+    snprintf(c->ref, sizeof c->ref, "%.56s-fence", p->att.idem_ref);
+    tp_scopy(c->orig_ref, sizeof c->orig_ref, p->att.idem_ref);
+  } else
+    tp_scopy(c->ref, sizeof c->ref, p->att.idem_ref);
   /* The processor groups its records by payment (the simulator's journal
    * proves "no double charge" per payment with it). */
   tp_scopy(c->payment, sizeof c->payment, p->att.payment_intent);
@@ -518,7 +523,7 @@ static void send_call(struct tp_pay *p)
   p->sent_us = tp_mono_ns() / 1000;
   /* A new call asks the breaker first (half-open admits a few probes); a
    * status query about a call already made always goes. */
-  if (pr && c->kind != TP_PROC_STATUS && p->orchestrated && !tp_proc_allow(pr)) {
+  if (pr && c->kind != TP_PROC_STATUS && !p->fencing && p->orchestrated && !tp_proc_allow(pr)) {
     p->not_sent = true;
     snprintf(c->decline_code, sizeof c->decline_code, "processor_circuit_open");
     call_done(c);
@@ -675,12 +680,63 @@ static void query_status(struct tp_pay *p)
   send_call(p);
 }
 
+/* A status query found no trace of an authorization whose answer was lost
+ * (a timeout, a reset). Over HTTP that does not prove it will never
+ * arrive: the request may still sit in a socket buffer or a stalled
+ * process, to be processed after the payment has gone elsewhere. So the
+ * reference is voided first (the processor records it as voided before it
+ * was seen, and a late arrival charges nothing: see docs/processors.md),
+ * and only a confirmed void lets the payment move on. An ISO link's status
+ * query already reverses the reference. */
+static bool needs_fence(const struct tp_pay *p)
+{
+  const struct tp_connector *conn = conn_of(p->att.processor, NULL);
+  return conn && strcmp(conn->ops->type, "restjson") == 0 && strcmp(p->att.kind, "authorize") == 0;
+}
+
+static void fence(struct tp_pay *p)
+{
+  tp_metric_inc("turnpike_attempt_fences_total", NULL, 1);
+  p->fencing = true;
+  p->call.kind = TP_PROC_VOID;
+  send_call(p);
+}
+
+/* The fence's answer: true when the reference is voided (nothing was or
+ * will be charged with it); the call then reads as "not found" again. */
+static bool fenced(struct tp_pay *p)
+{
+  struct tp_proc_call *c = &p->call;
+  p->fencing = false;
+  bool ok = c->outcome == TP_OUT_APPROVED; /* "voided" */
+  if (!ok)
+    tp_log(TP_LOG_WARN, "attempt_fence_failed", "{s:s, s:s, s:s}", "attempt", p->att.id, "processor",
+           p->att.processor, "error", c->decline_code);
+  c->kind = p->recovering ? TP_PROC_STATUS : TP_PROC_AUTHORIZE;
+  c->outcome = ok ? TP_OUT_NOT_FOUND : TP_OUT_ERROR;
+  c->auth_code[0] = c->processor_ref[0] = '\0';
+  if (ok)
+    c->decline_code[0] = '\0';
+  return ok;
+}
+
 /* An orchestrated authorization call finished. */
 static void orchestrate(struct tp_pay *p)
 {
   struct tp_proc_call *c = &p->call;
   struct tp_proc *pr = NULL;
   conn_of(p->att.processor, &pr);
+  if (p->fencing) {
+    if (!fenced(p)) {
+      unresolved(p); /* recovery asks again later */
+      return;
+    }
+    snprintf(p->att.state, sizeof p->att.state, "failed");
+    tp_scopy(p->att.result_code, sizeof p->att.result_code, p->last_code);
+    p->att.updated = tp_now();
+    next_step(p, true);
+    return;
+  }
   if (p->resolving) {
     p->resolving = false;
     c->kind = TP_PROC_AUTHORIZE;
@@ -697,6 +753,10 @@ static void orchestrate(struct tp_pay *p)
       next_step(p, false);
       return;
     case TP_OUT_NOT_FOUND:
+      if (needs_fence(p)) {
+        fence(p);
+        return;
+      }
       /* Never reached the processor: safe to go on. */
       snprintf(p->att.state, sizeof p->att.state, "failed");
       tp_scopy(p->att.result_code, sizeof p->att.result_code, p->last_code);
@@ -766,7 +826,7 @@ static void call_done(struct tp_proc_call *c)
   int64_t lat = tp_mono_ns() / 1000 - p->sent_us;
   struct tp_proc *pr = NULL;
   conn_of(p->att.processor, &pr);
-  if (c->kind != TP_PROC_STATUS && !p->not_sent) {
+  if (c->kind != TP_PROC_STATUS && !p->fencing && !p->not_sent) {
     bool soft = c->outcome == TP_OUT_DECLINED && tp_decline_is_soft(c->decline_code);
     bool transient = c->outcome == TP_OUT_ERROR || soft;
     if (pr)
@@ -784,6 +844,12 @@ static void call_done(struct tp_proc_call *c)
   }
   if (p->recovering && strcmp(p->att.state, "reversal_pending") == 0) {
     reversal_answered(p);
+    return;
+  }
+  if (p->recovering && p->fencing)
+    fenced(p); /* voided: "not found" below; else an error: asked again next tick */
+  else if (p->recovering && c->kind == TP_PROC_STATUS && c->outcome == TP_OUT_NOT_FOUND && needs_fence(p)) {
+    fence(p);
     return;
   }
   if (p->recovering && c->outcome == TP_OUT_ERROR) {
@@ -1560,6 +1626,8 @@ int tp_recover(void)
   tp_metric_help("turnpike_payments_exhausted_total", "Payments whose every call failed transiently (or timed out)");
   tp_metric_help("turnpike_payments_unroutable_total", "Payments with no eligible processor");
   tp_metric_help("turnpike_attempts_unresolved_total", "Calls left with an unknown outcome for recovery");
+  tp_metric_help("turnpike_attempt_fences_total",
+                 "Lost authorizations voided by reference (not found by a status query) before moving on");
   tp_metric_help("turnpike_recovery_attempts_total", "Attempts resolved by a recovery status query");
   tp_metric_help("turnpike_reversals_pending",
                  "Timed-out ISO 8583 authorizations, captures and refunds whose reversal is still owed");

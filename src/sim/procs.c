@@ -28,10 +28,57 @@ static unsigned n_procs;
 static struct tp_sim_behaviour overflow_default; /* names past TP_SIM_MAX_PROCS */
 static pthread_rwlock_t procs_mu = PTHREAD_RWLOCK_INITIALIZER;
 
+#define TIMEOUT_OPS_ALL ((1u << TP_SIM_AUTHORIZE) | (1u << TP_SIM_CAPTURE) | (1u << TP_SIM_VOID) | (1u << TP_SIM_REFUND))
+
 static void defaults(struct tp_sim_behaviour *b)
 {
   memset(b, 0, sizeof *b);
   b->timeout_hold_ms = DEFAULT_HOLD_MS;
+  b->timeout_ops = TIMEOUT_OPS_ALL;
+}
+
+/* "all", or a comma-separated list of authorize, capture, void, refund. */
+static bool parse_ops(const char *value, unsigned *out)
+{
+  static const char *const names[] = {"authorize", "capture", "void", "refund"};
+  if (!strcasecmp(value, "all")) {
+    *out = TIMEOUT_OPS_ALL;
+    return true;
+  }
+  unsigned m = 0;
+  const char *s = value;
+  while (*s) {
+    size_t n = strcspn(s, ",");
+    bool found = false;
+    for (unsigned i = 0; i < 4; i++)
+      if (n == strlen(names[i]) && !strncasecmp(s, names[i], n)) {
+        m |= 1u << i;
+        found = true;
+      }
+    if (!found)
+      return false;
+    s += n;
+    if (*s == ',')
+      s++;
+  }
+  if (!m)
+    return false;
+  *out = m;
+  return true;
+}
+
+static void ops_text(unsigned m, char *out, size_t cap)
+{
+  static const char *const names[] = {"authorize", "capture", "void", "refund"};
+  size_t n = 0;
+  out[0] = '\0';
+  for (unsigned i = 0; i < 4; i++)
+    if (m & (1u << i)) {
+      int w = snprintf(out + n, cap - n, "%s%s", n ? "," : "", names[i]);
+      if (w < 0 || (size_t)w >= cap - n)
+        break;
+      n += (size_t)w;
+    }
 }
 
 bool tp_sim_name_ok(const char *name)
@@ -162,6 +209,9 @@ static int set_key(struct tp_sim_behaviour *b, const char *key, const char *valu
       b->timeout_before = false;
     else
       return -1;
+  } else if (!strcasecmp(key, "timeout_operations")) {
+    if (!parse_ops(value, &b->timeout_ops))
+      return -1;
   } else if (!strcasecmp(key, "api_key")) {
     if (strlen(value) >= sizeof b->api_key)
       return -1;
@@ -174,7 +224,7 @@ static int set_key(struct tp_sim_behaviour *b, const char *key, const char *valu
 static const char *const known_keys[] = {
     "protocol",       "outage",         "decline_rate",   "error_rate",      "timeout_rate",
     "reset_rate",     "latency_ms_min", "latency_ms_max", "latency_p50_ms",  "latency_p99_ms",
-    "timeout_hold_ms", "timeout_mode",  "api_key",
+    "timeout_hold_ms", "timeout_mode",  "timeout_operations", "api_key",
 };
 
 static void load_section(const char *section, void *arg)
@@ -294,6 +344,9 @@ static json_t *behaviour_json(const struct tp_sim_behaviour *b)
                       "latency_p99_ms", (json_int_t)b->latency_p99_ms, "timeout_hold_ms",
                       (json_int_t)b->timeout_hold_ms, "timeout_mode", b->timeout_before ? "before" : "after",
                       "api_key_set", (int)(b->api_key[0] != '\0'));
+  char ops[64];
+  ops_text(b->timeout_ops, ops, sizeof ops);
+  json_object_set_new(o, "timeout_operations", json_string(ops));
   for (unsigned i = 0; i < b->n_overrides; i++) {
     char k[40];
     snprintf(k, sizeof k, "decline_rate.%s", b->overrides[i].key);

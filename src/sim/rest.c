@@ -338,7 +338,7 @@ static void handle_processor(struct sreq *r, const char *path)
     goto out;
   }
   r->delay_ms = tp_sim_latency(&b);
-  if (p != P_STATUS && b.timeout_rate > 0 && tp_sim_rand() < b.timeout_rate) {
+  if (p != P_STATUS && (b.timeout_ops & (1u << q.op)) && b.timeout_rate > 0 && tp_sim_rand() < b.timeout_rate) {
     if (b.timeout_before) {
       /* Lost on the way in: held, then dropped, never processed. */
       r->close_conn = true;

@@ -34,6 +34,7 @@ struct tp_sim_behaviour {
   int64_t latency_p50_ms, latency_p99_ms; /* log-normal when p50 > 0 */
   int64_t timeout_hold_ms;
   bool timeout_before;      /* timeout_mode = before: hold, then close unprocessed */
+  unsigned timeout_ops;     /* timeout_operations: 1 << enum tp_sim_op of the REST operations timeout_rate applies to */
   char api_key[128];
   struct tp_sim_override overrides[TP_SIM_MAX_OVERRIDES];
   unsigned n_overrides;

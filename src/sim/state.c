@@ -186,12 +186,51 @@ static void on_commit(void *arg, bool ok)
   r->committed = true;
   struct tp_sim_waiter *w = r->waiters;
   r->waiters = NULL;
+  /* A void that fenced an unseen reference makes its tombstone durable too
+   * (an authorization arriving late waits on it). */
+  struct rec *t = r->op == TP_SIM_VOID && r->parent && !r->parent->committed ? r->parent : NULL;
+  struct tp_sim_waiter *tw = NULL;
+  if (t) {
+    t->committed = true;
+    tw = t->waiters;
+    t->waiters = NULL;
+  }
   pthread_mutex_unlock(&mu);
   while (w) {
     struct tp_sim_waiter *next = w->next;
     w->fn(w, r->response, true);
     w = next;
   }
+  while (tw) {
+    struct tp_sim_waiter *next = tw->next;
+    tw->fn(tw, t->response, true);
+    tw = next;
+  }
+}
+
+/* A REST void naming a reference never seen (not an authorization id): the
+ * caller timed out on an authorization that may still be on its way (held
+ * in a socket buffer, a stalled process) and fences it before trying
+ * elsewhere. Record the reference as an authorization that was voided
+ * before it arrived: an authorization arriving later with it gets this
+ * answer and charges nothing. Under mu. */
+static struct rec *tombstone(const struct tp_sim_request *q)
+{
+  char key[KEY_MAX];
+  make_key(key, q->processor, false, TP_SIM_AUTHORIZE, q->target, q->terminal);
+  struct rec *t = calloc(1, sizeof *t);
+  if (!t)
+    abort();
+  tp_scopy(t->key, sizeof t->key, key);
+  t->op = TP_SIM_AUTHORIZE;
+  tp_scopy(t->reference, sizeof t->reference, q->target);
+  t->voided = true;
+  t->response = dump(tp_pack("{s:n, s:s, s:s, s:s, s:s, s:I, s:n, s:b, s:s, s:n}", "id", "operation", "authorize",
+                             "reference", q->target, "status", "voided", "payment", "", "amount", (json_int_t)0,
+                             "currency", "captured", 0, "decline_code", "voided_before_authorization",
+                             "auth_code"));
+  table_put(&by_ref, false, t);
+  return t;
 }
 
 static struct rec *new_rec(const struct tp_sim_request *q, const char *key)
@@ -275,6 +314,8 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
       if (txn)
         auth = txn->parent;
     }
+    if (!auth && q->op == TP_SIM_VOID && !q->iso && strncmp(q->target, "auth_", 5) != 0)
+      auth = tombstone(q);
     if (!auth && q->op != TP_SIM_REVERSAL) {
       pthread_mutex_unlock(&mu);
       return TP_SIM_NOT_FOUND;
@@ -300,7 +341,7 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
     }
     break;
   case TP_SIM_VOID:
-    if (!auth->approved)
+    if (!auth->approved && !auth->voided)
       conflict = "the authorization was declined";
     else if (auth->captured > 0)
       conflict = "the authorization is captured: refund it instead";
@@ -373,10 +414,14 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
     break;
   case TP_SIM_VOID:
     auth->voided = true;
+    if (!auth->committed)
+      r->parent = auth; /* its tombstone, committed with this row */
     tp_id_new(id, "void");
-    o = tp_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s}", "id", id, "operation", "void", "reference",
-                q->reference, "authorization", auth->id, "status", "voided", "amount",
-                (json_int_t)auth->amount, "currency", auth->currency);
+    o = tp_pack("{s:s, s:s, s:s, s:o, s:s, s:I, s:s}", "id", id, "operation", "void", "reference",
+                q->reference, "authorization", auth->id[0] ? json_string(auth->id) : json_null(), "status",
+                "voided", "amount", (json_int_t)auth->amount, "currency", auth->currency);
+    if (!auth->id[0])
+      json_object_set_new(o, "before_authorization", json_true());
     e->amount = auth->amount;
     snprintf(e->status, sizeof e->status, "voided");
     break;
@@ -530,6 +575,12 @@ static void replay_one(const struct tp_sim_entry *e, void *arg)
     }
     break;
   case TP_SIM_VOID:
+    if (!auth && !iso && e->target[0]) {
+      /* a fence of a reference never seen (tombstone) */
+      struct tp_sim_request q = {.processor = e->processor, .target = e->target, .terminal = e->terminal};
+      auth = tombstone(&q);
+      auth->committed = true;
+    }
     if (auth)
       auth->voided = true;
     break;

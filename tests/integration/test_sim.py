@@ -369,6 +369,27 @@ class SimTest(unittest.TestCase):
         s = self.sim.journal(processor=p)["summary"]
         self.assertEqual((s["charges_by_payment"], s["double_charges"]), ({}, 0))
 
+    def test_void_of_an_unseen_reference_fences_it(self):
+        """A gateway that lost an authorization's answer and found no trace
+        of it voids the reference before going elsewhere: the sim records it
+        as voided before it arrived, so the request, if it still arrives,
+        charges nothing."""
+        p = new_name()
+        st, _, v = self.sim.call("POST", "/p/%s/v1/authorizations/late-1/void" % p, {"reference": "late-1-fence"})
+        self.assertEqual((st, v["status"], v["authorization"], v.get("before_authorization")),
+                         (200, "voided", None, True), v)
+        st, h, v2 = self.sim.call("POST", "/p/%s/v1/authorizations/late-1/void" % p, {"reference": "late-1-fence"})
+        self.assertEqual((v2, h.get("Idempotent-Replayed")), (v, "true"))
+        st, _, a = self.sim.authorize(p, "late-1", payment="pi_late")
+        self.assertEqual((st, a["status"], a["decline_code"]), (200, "voided", "voided_before_authorization"), a)
+        st, _, t = self.sim.call("GET", "/p/%s/v1/transactions/late-1" % p)
+        self.assertEqual((st, t["operation"], t["status"]), (200, "authorize", "voided"))
+        s = self.sim.journal(processor=p)["summary"]
+        self.assertEqual((s["charges"], s["double_charges"]), (0, 0))
+        # an authorization id the sim never issued is still not found
+        st, _, b = self.sim.call("POST", "/p/%s/v1/authorizations/auth_nope/void" % p, {"reference": "v-nope"})
+        self.assertEqual((st, b["error"]["code"]), (404, "not_found"))
+
     def test_status_query_for_seen_and_unseen_references(self):
         p = new_name()
         _, _, a = self.sim.authorize(p, "st-auth")
@@ -435,6 +456,18 @@ class SimTest(unittest.TestCase):
         self.assertEqual(st, 400)
         st, _, b = self.sim.call("POST", "/_sim/faults", {"processor": p, "bogus": 1})
         self.assertEqual(st, 400)
+        st, _, b = self.sim.call("POST", "/_sim/faults", {"processor": p, "timeout_operations": "authorize,nap"})
+        self.assertEqual(st, 400)
+        # Timeouts for some operations only: an authorization is lost, a void is not.
+        b = self.sim.faults(processor=p, timeout_rate=1.0, timeout_mode="before", timeout_hold_ms=10,
+                            timeout_operations="authorize")
+        self.assertEqual(b["processors"][p]["timeout_operations"], "authorize")
+        with self.assertRaises((OSError, http.client.HTTPException)):
+            self.sim.authorize(p, "f-lost")
+        st, _, v = self.sim.call("POST", "/p/%s/v1/authorizations/f-lost/void" % p, {"reference": "f-lost-fence"})
+        self.assertEqual((st, v["status"]), (200, "voided"))
+        b = self.sim.faults(processor=p, timeout_rate=0, timeout_operations="all")
+        self.assertEqual(b["processors"][p]["timeout_operations"], "authorize,capture,void,refund")
 
     def test_decline_rate_and_overrides(self):
         p = new_name()
@@ -771,6 +804,8 @@ class SimRestartTest(unittest.TestCase):
         sim = Sim().start()
         try:
             _, _, a = sim.authorize("acq", "k9-auth", payment="pi_k9")
+            st, _, _ = sim.call("POST", "/p/acq/v1/authorizations/k9-fenced/void", {"reference": "k9-fence"})
+            self.assertEqual(st, 200)
             _, _, c = sim.call("POST", "/p/acq/v1/authorizations/k9-auth/capture", {"reference": "k9-cap"})
             rrn = uuid.uuid4().hex[:12].upper()
             with sim.iso_connect() as s:
@@ -790,6 +825,9 @@ class SimRestartTest(unittest.TestCase):
                 s.sendall(iso_frame("0100", auth_fields(PAN_OK, rrn, stan="000902")))
                 again = iso_recv(s)[1]
             self.assertEqual(again[38], first[38])
+            # the fence survived: the late authorization charges nothing
+            st, _, late = sim.authorize("acq", "k9-fenced", payment="pi_k9_late")
+            self.assertEqual((st, late["status"]), (200, "voided"))
             s = sim.journal()["summary"]
             self.assertEqual(s["charges_by_payment"], {"pi_k9": 1, rrn: 1})
             self.assertEqual(s["double_charges"], 0)
