@@ -691,15 +691,29 @@ static void query_status(struct tp_pay *p)
 static bool needs_fence(const struct tp_pay *p)
 {
   const struct tp_connector *conn = conn_of(p->att.processor, NULL);
-  return conn && strcmp(conn->ops->type, "restjson") == 0 && strcmp(p->att.kind, "authorize") == 0;
+  /* A call that failed in a way proving it was not acted on (refused, an
+   * HTTP error answer) needs none: only a lost answer does. */
+  return conn && strcmp(conn->ops->type, "restjson") == 0 && strcmp(p->att.kind, "authorize") == 0 &&
+         !(p->last_code[0] && error_not_processed(p->last_code));
 }
 
 static void fence(struct tp_pay *p)
 {
   tp_metric_inc("turnpike_attempt_fences_total", NULL, 1);
   p->fencing = true;
+  p->fence_tries++;
   p->call.kind = TP_PROC_VOID;
   send_call(p);
+}
+
+static void fence_again(void *arg, bool stopping)
+{
+  struct tp_pay *p = arg;
+  if (stopping) {
+    unresolved(p);
+    return;
+  }
+  fence(p);
 }
 
 /* The fence's answer: true when the reference is voided (nothing was or
@@ -715,8 +729,10 @@ static bool fenced(struct tp_pay *p)
   c->kind = p->recovering ? TP_PROC_STATUS : TP_PROC_AUTHORIZE;
   c->outcome = ok ? TP_OUT_NOT_FOUND : TP_OUT_ERROR;
   c->auth_code[0] = c->processor_ref[0] = '\0';
-  if (ok)
+  if (ok) {
     c->decline_code[0] = '\0';
+    p->fence_tries = 0;
+  }
   return ok;
 }
 
@@ -727,7 +743,16 @@ static void orchestrate(struct tp_pay *p)
   struct tp_proc *pr = NULL;
   conn_of(p->att.processor, &pr);
   if (p->fencing) {
+    char why[sizeof c->decline_code];
+    tp_scopy(why, sizeof why, c->decline_code);
     if (!fenced(p)) {
+      /* The void failed in a way that proves it was not acted on (a 5xx,
+       * refused): try it again, with backoff, within the deadline. */
+      int64_t delay = backoff_ms(p->fence_tries);
+      if (error_not_processed(why) && p->fence_tries < 3 && tp_mono_ms() + delay < p->deadline_ms) {
+        timer_after(delay, fence_again, p);
+        return;
+      }
       unresolved(p); /* recovery asks again later */
       return;
     }

@@ -48,6 +48,7 @@ struct tp_pay {
   bool resolving;            /* the call in flight is a status query for att */
   bool not_sent;             /* the last call never left (breaker, queue) */
   bool fencing;              /* the call in flight voids att's reference, which the processor never saw */
+  int fence_tries;           /* voids sent for att's reference */
   struct tp_route_plan route;
   char route_names[TP_ROUTE_MAX][64];
   size_t route_i;            /* the processor of att in route */
