@@ -680,6 +680,16 @@ static void query_status(struct tp_pay *p)
   send_call(p);
 }
 
+/* The attempt provably charged nothing (never reached the processor, or
+ * its reference is fenced): close it as failed and go on. */
+static void not_charged_next(struct tp_pay *p)
+{
+  snprintf(p->att.state, sizeof p->att.state, "failed");
+  tp_scopy(p->att.result_code, sizeof p->att.result_code, p->last_code);
+  p->att.updated = tp_now();
+  next_step(p, true);
+}
+
 /* A status query found no trace of an authorization whose answer was lost
  * (a timeout, a reset). Over HTTP that does not prove it will never
  * arrive: the request may still sit in a socket buffer or a stalled
@@ -756,10 +766,7 @@ static void orchestrate(struct tp_pay *p)
       unresolved(p); /* recovery asks again later */
       return;
     }
-    snprintf(p->att.state, sizeof p->att.state, "failed");
-    tp_scopy(p->att.result_code, sizeof p->att.result_code, p->last_code);
-    p->att.updated = tp_now();
-    next_step(p, true);
+    not_charged_next(p);
     return;
   }
   if (p->resolving) {
@@ -783,17 +790,11 @@ static void orchestrate(struct tp_pay *p)
         return;
       }
       /* Never reached the processor: safe to go on. */
-      snprintf(p->att.state, sizeof p->att.state, "failed");
-      tp_scopy(p->att.result_code, sizeof p->att.result_code, p->last_code);
-      p->att.updated = tp_now();
-      next_step(p, true);
+      not_charged_next(p);
       return;
     default:
       if (error_not_processed(p->last_code)) {
-        snprintf(p->att.state, sizeof p->att.state, "failed");
-        tp_scopy(p->att.result_code, sizeof p->att.result_code, p->last_code);
-        p->att.updated = tp_now();
-        next_step(p, true);
+        not_charged_next(p);
       } else {
         unresolved(p);
       }

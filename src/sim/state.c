@@ -214,16 +214,22 @@ static void on_commit(void *arg, bool ok)
  * elsewhere. Record the reference as an authorization that was voided
  * before it arrived: an authorization arriving later with it gets this
  * answer and charges nothing. Under mu. */
+static struct rec *alloc_rec(const char *key, enum tp_sim_op op, const char *reference)
+{
+  struct rec *r = calloc(1, sizeof *r);
+  if (!r)
+    abort();
+  tp_scopy(r->key, sizeof r->key, key);
+  r->op = op;
+  tp_scopy(r->reference, sizeof r->reference, reference);
+  return r;
+}
+
 static struct rec *tombstone(const struct tp_sim_request *q)
 {
   char key[KEY_MAX];
   make_key(key, q->processor, false, TP_SIM_AUTHORIZE, q->target, q->terminal);
-  struct rec *t = calloc(1, sizeof *t);
-  if (!t)
-    abort();
-  tp_scopy(t->key, sizeof t->key, key);
-  t->op = TP_SIM_AUTHORIZE;
-  tp_scopy(t->reference, sizeof t->reference, q->target);
+  struct rec *t = alloc_rec(key, TP_SIM_AUTHORIZE, q->target);
   t->voided = true;
   t->response = dump(tp_pack("{s:n, s:s, s:s, s:s, s:s, s:I, s:n, s:b, s:s, s:n}", "id", "operation", "authorize",
                              "reference", q->target, "status", "voided", "payment", "", "amount", (json_int_t)0,
@@ -235,13 +241,7 @@ static struct rec *tombstone(const struct tp_sim_request *q)
 
 static struct rec *new_rec(const struct tp_sim_request *q, const char *key)
 {
-  struct rec *r = calloc(1, sizeof *r);
-  if (!r)
-    abort();
-  tp_scopy(r->key, sizeof r->key, key);
-  r->op = q->op;
-  tp_scopy(r->reference, sizeof r->reference, q->reference);
-  return r;
+  return alloc_rec(key, q->op, q->reference);
 }
 
 static struct tp_sim_entry *new_entry(const struct tp_sim_request *q, struct rec *r)
@@ -545,12 +545,7 @@ static void replay_one(const struct tp_sim_entry *e, void *arg)
   make_key(key, e->processor, iso, op, e->reference, e->terminal);
   if (table_get(&by_ref, false, key))
     return; /* cannot happen: references are answered once */
-  struct rec *r = calloc(1, sizeof *r);
-  if (!r)
-    abort();
-  tp_scopy(r->key, sizeof r->key, key);
-  r->op = op;
-  tp_scopy(r->reference, sizeof r->reference, e->reference);
+  struct rec *r = alloc_rec(key, op, e->reference);
   r->response = strdup(e->response ? e->response : "{}");
   r->committed = true;
   struct rec *auth = e->target[0] ? find_auth(e->processor, iso, e->target, e->terminal) : NULL;

@@ -445,14 +445,7 @@ class CrashRecoveryTest(unittest.TestCase):
             # Restart: start-up recovery resolves every 'sent' attempt before listening.
             sim.faults("a", error_rate=0.0, timeout_rate=0.0)
             d.start(config=gateway_config(sim, timeout_ms=400))
-            deadline = time.monotonic() + 30
-            left = None
-            while time.monotonic() < deadline:
-                with open_db_ro(d) as db:
-                    left = db.execute("SELECT COUNT(*) FROM attempts WHERE state='sent'").fetchone()[0]
-                if left == 0:
-                    break
-                time.sleep(0.2)
+            left = self.wait_settled(d, 30)
             self.assertEqual(left, 0, "attempts still 'sent' after recovery (had %d)" % sent_before)
             j = sim.journal(limit=100000)
             self.assertEqual(j["summary"]["double_charges"], 0, j["summary"])
@@ -493,7 +486,8 @@ class CrashRecoveryTest(unittest.TestCase):
         """The same through two ISO 8583 links to the sim's host: calls on
         the wire when the link dies are reversed once it is back."""
         def config(sim):
-            ini = ["[routing]", "deadline_ms = 8000", "recovery_interval_ms = 300", "backoff_base_ms = 20", ""]
+            ini = ["[routing]", "deadline_ms = 8000", "recovery_interval_ms = 300", "backoff_base_ms = 20",
+                   "reversal_backoff_max_ms = 1000", ""]
             for i, n in enumerate(("x", "y")):
                 ini += ["[processor.%s]" % n, "type = iso8583", "endpoint = %s" % sim.iso, "timeout_ms = 2000",
                         "terminal_id = TERM000%d" % i, "merchant_id = TURNPIKE000000%d" % i,
@@ -502,6 +496,18 @@ class CrashRecoveryTest(unittest.TestCase):
             ini += ["[route.all]", "merchant = *", "processors = x,y", "strategy = ordered", ""]
             return "\n".join(ini)
         self.processor_crash(config, ("iso",), iso=True)
+
+    def wait_settled(self, d, seconds):
+        """Attempts still 'sent' (or owing an ISO reversal) once recovery had up
+        to `seconds` to settle them."""
+        deadline = time.monotonic() + seconds
+        while True:
+            with open_db_ro(d) as db:
+                left = db.execute("SELECT COUNT(*) FROM attempts WHERE state IN ('sent', 'reversal_pending')"
+                                  ).fetchone()[0]
+            if left == 0 or time.monotonic() >= deadline:
+                return left
+            time.sleep(0.2)
 
     def charges_by_pi(self, d, journal, iso):
         """The sim's charges per PaymentIntent. A REST call names the payment;
@@ -533,7 +539,8 @@ class CrashRecoveryTest(unittest.TestCase):
     def test_iso_host_hang_under_load_charges_once_and_settles_every_payment(self):
         def config(sim):
             return "\n".join([
-                "[routing]", "deadline_ms = 8000", "recovery_interval_ms = 300", "backoff_base_ms = 20", "",
+                "[routing]", "deadline_ms = 8000", "recovery_interval_ms = 300", "backoff_base_ms = 20",
+                "reversal_backoff_max_ms = 1000", "",
                 "[processor.x]", "type = iso8583", "endpoint = %s" % sim.iso, "timeout_ms = 600",
                 "terminal_id = TERM0001", "merchant_id = TURNPIKE0000001", "health_interval_ms = 0", "",
                 "[route.all]", "merchant = *", "processors = x", "strategy = ordered", ""])
@@ -565,15 +572,8 @@ class CrashRecoveryTest(unittest.TestCase):
                 sent_at_crash = db.execute("SELECT COUNT(*) FROM attempts WHERE state='sent'").fetchone()[0]
             if not hang:
                 sim.restart()
-            deadline = time.monotonic() + 40
-            left = None
-            while time.monotonic() < deadline:
-                with open_db_ro(d) as db:
-                    left = db.execute("SELECT COUNT(*) FROM attempts WHERE state='sent'").fetchone()[0]
-                if left == 0:
-                    break
-                time.sleep(0.2)
-            self.assertEqual(left, 0, "attempts still 'sent' after the processor came back (had %d)" % sent_at_crash)
+            left = self.wait_settled(d, 40)
+            self.assertEqual(left, 0, "attempts still unsettled after the processor came back (had %d)" % sent_at_crash)
             j = sim.journal(limit=100000)
             self.assertEqual(j["summary"]["double_charges"], 0, j["summary"])
             charged = self.charges_by_pi(d, j, iso)
