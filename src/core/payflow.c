@@ -846,6 +846,16 @@ static void orchestrate(struct tp_pay *p)
 
 static void reversal_answered(struct tp_pay *p);
 
+static bool answer_lost(const struct tp_pay *p)
+{
+  const struct tp_proc_call *c = &p->call;
+  if (p->not_sent || c->outcome != TP_OUT_ERROR ||
+      (c->kind != TP_PROC_CAPTURE && c->kind != TP_PROC_REFUND && c->kind != TP_PROC_VOID))
+    return false;
+  const struct tp_connector *conn = conn_of(p->att.processor, NULL);
+  return conn && strcmp(conn->ops->type, "restjson") == 0 && !error_not_processed(c->decline_code);
+}
+
 static void call_done(struct tp_proc_call *c)
 {
   struct tp_pay *p = c->arg;
@@ -870,6 +880,16 @@ static void call_done(struct tp_proc_call *c)
   }
   if (p->recovering && strcmp(p->att.state, "reversal_pending") == 0) {
     reversal_answered(p);
+    return;
+  }
+  if (!p->recovering && answer_lost(p)) {
+    /* A capture, refund or void through a REST processor whose answer was
+     * lost may have moved the money: not a failure. Left "sent" for
+     * recovery's status query, which records what the processor did and
+     * stores the reply for the client's retry. (An ISO link reverses such
+     * a call instead: owes_reversal.) */
+    tp_scopy(p->last_code, sizeof p->last_code, c->decline_code);
+    unresolved(p);
     return;
   }
   if (p->recovering && p->fencing)

@@ -127,6 +127,58 @@ class OrchestrationTest(unittest.TestCase):
             fences = [e for e in self.sim.journal(processor="a", reference=a["id"] + "-fence")["entries"]]
             self.assertEqual([(e["operation"], e["status"]) for e in fences], [("void", "voided")], a)
 
+    def test_capture_whose_answer_is_lost_is_settled_by_recovery(self):
+        """The processor captures but its answer is lost (timeout after
+        processing). The gateway must not report the capture as failed (the
+        money moved); it answers 502 processor_status_unknown, and recovery
+        finds the capture by status query and records it, ledger included;
+        the client's retry with its key gets the settled answer."""
+        r = self.pay(capture_method="manual")
+        self.assertEqual((r.status, r.json["status"]), (200, "requires_capture"), r.json)
+        pi = r.json
+        self.assertEqual(self.charge_processor(pi), "a")
+        self.sim.faults("a", timeout_rate=1.0, timeout_mode="after", timeout_hold_ms=1500,
+                        timeout_operations="capture")
+        key = new_key("cap")
+        cap = self.c.post("/v1/payment_intents/%s/capture" % pi["id"], {}, idem=key)
+        self.sim.faults("a", timeout_rate=0.0, timeout_operations="all")
+        self.assertEqual((cap.status, cap.json["error"].get("tp_code")), (502, 6018), cap.json)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            now = self.c.get("/v1/payment_intents/" + pi["id"]).json
+            if now["status"] != "requires_capture":
+                break
+            time.sleep(0.1)
+        self.assertEqual(now["status"], "succeeded", now)
+        self.assertEqual(now["amount_received"], pi["amount"])
+        ch = self.c.get("/v1/charges/" + pi["latest_charge"]).json
+        self.assertTrue(ch["captured"], ch)
+        again = self.c.post("/v1/payment_intents/%s/capture" % pi["id"], {}, idem=key)
+        self.assertEqual((again.status, again.json.get("status")), (200, "succeeded"), again.json)
+        _, j = self.charges_of(pi["id"])
+        caps = [e for e in j["entries"] if e["operation"] == "capture" and e["status"] == "captured"]
+        self.assertEqual(len(caps), 1, j)
+        # the same for a refund
+        self.sim.faults("a", timeout_rate=1.0, timeout_mode="after", timeout_hold_ms=1500,
+                        timeout_operations="refund")
+        rkey = new_key("ref")
+        ref = self.c.post("/v1/refunds", {"payment_intent": pi["id"], "amount": 300}, idem=rkey)
+        self.sim.faults("a", timeout_rate=0.0, timeout_operations="all")
+        self.assertEqual((ref.status, ref.json["error"].get("tp_code")), (502, 6018), ref.json)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ch = self.c.get("/v1/charges/" + pi["latest_charge"]).json
+            if ch["amount_refunded"]:
+                break
+            time.sleep(0.1)
+        self.assertEqual(ch["amount_refunded"], 300, ch)
+        again = self.c.post("/v1/refunds", {"payment_intent": pi["id"], "amount": 300}, idem=rkey)
+        self.assertEqual((again.status, again.json.get("status"), again.json.get("amount")), (200, "succeeded", 300),
+                         again.json)
+        _, j = self.charges_of(pi["id"])
+        refunds = [e for e in j["entries"] if e["operation"] == "refund" and e["status"] == "succeeded"]
+        self.assertEqual(len(refunds), 1, j)
+
     def test_lost_authorization_that_cannot_be_fenced_waits_for_recovery(self):
         """Every request to a is lost: the status query finds nothing, but the
         void that would fence the reference is lost too. The payment does not
