@@ -4,6 +4,7 @@ retried, outage -> breaker -> reroute, the attempts API, kill -9 of the
 gateway under load with recovery and the sim journal proving that no card was
 charged twice, and kill -9 of the processor itself (REST and ISO 8583) under
 load: nothing charged that the gateway shows unpaid, nothing paid uncharged."""
+import collections
 import json
 import os
 import signal
@@ -597,6 +598,73 @@ class CrashRecoveryTest(unittest.TestCase):
                 "terminal_id = TERM0001", "merchant_id = TURNPIKE0000001", "health_interval_ms = 0", "",
                 "[route.all]", "merchant = *", "processors = x", "strategy = ordered", ""])
         self.processor_crash(config, ("iso",), iso=True, hang=True)
+
+    def test_captures_during_a_processor_hang_match_the_processor(self):
+        """Captures in flight when the processor stops answering: once it is
+        back and recovery has run, a PaymentIntent is succeeded exactly when
+        the processor holds its capture, and the balance holds exactly the
+        captured amounts."""
+        import threading
+        sim = Sim()
+        d = Daemon()
+        try:
+            d.create_merchant("m")
+            d.start(config=gateway_config(sim, names=("a",), timeout_ms=600))
+            c = d.client("m")
+            pis = []
+            for i in range(40):
+                r = c.post("/v1/payment_intents", {"amount": 2000 + i, "currency": "usd", "confirm": "true",
+                                                   "payment_method": "pm_card_visa", "capture_method": "manual"})
+                self.assertEqual(r.status, 200, r.json)
+                pis.append(r.json)
+            sim.faults("a", latency_ms_min=30, latency_ms_max=200)
+            answers = {}
+
+            def capture(pi):
+                key = new_key("cap")
+                answers[pi["id"]] = (key, c.post("/v1/payment_intents/%s/capture" % pi["id"], {}, idem=key))
+
+            threads = [threading.Thread(target=capture, args=(pi,)) for pi in pis]
+            for t in threads:
+                t.start()
+                time.sleep(0.01)
+            os.kill(sim.proc.pid, signal.SIGSTOP)
+            time.sleep(1.5)
+            os.kill(sim.proc.pid, signal.SIGCONT)
+            for t in threads:
+                t.join(30)
+            self.assertEqual(self.wait_settled(d, 30), 0)
+            statuses = {k: v.status for k, (_, v) in answers.items()}
+            self.assertTrue(set(statuses.values()) <= {200, 402, 502}, statuses)
+            j = sim.journal(limit=100000)
+            captured = {}
+            for e in j["entries"]:
+                if e["operation"] == "capture" and e["status"] == "captured":
+                    captured[e["payment"]] = captured.get(e["payment"], 0) + e["amount"]
+            total = 0
+            for pi in pis:
+                now = c.get("/v1/payment_intents/" + pi["id"]).json
+                if now["status"] == "succeeded":
+                    self.assertEqual(captured.get(pi["id"]), pi["amount"], pi["id"])
+                    total += pi["amount"]
+                else:
+                    self.assertEqual(now["status"], "requires_capture", now)
+                    self.assertIsNone(captured.get(pi["id"]), pi["id"])
+                # the client's retry with its key answers what happened
+                key, first = answers[pi["id"]]
+                again = c.post("/v1/payment_intents/%s/capture" % pi["id"], {}, idem=key)
+                if now["status"] == "succeeded":
+                    self.assertEqual((again.status, again.json["status"]), (200, "succeeded"), (first, again))
+                else:
+                    self.assertEqual(again.status, 402, (first, again))
+            bal = c.get("/v1/balance").json
+            pending = sum(x["amount"] for x in bal["pending"] if x["currency"] == "usd")
+            self.assertEqual(pending, total, bal)
+            print("captures during hang: %r, captured %d of %d" % (
+                sorted(collections.Counter(statuses.values()).items()), len(captured), len(pis)))
+        finally:
+            d.cleanup()
+            sim.stop()
 
     def processor_crash(self, config, sim_names, iso=False, hang=False):
         sim = Sim()
