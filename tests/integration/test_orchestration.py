@@ -604,12 +604,28 @@ class CrashRecoveryTest(unittest.TestCase):
         back and recovery has run, a PaymentIntent is succeeded exactly when
         the processor holds its capture, and the balance holds exactly the
         captured amounts."""
+        self.captures_during_hang(lambda sim: gateway_config(sim, names=("a",), timeout_ms=600), "a", iso=False)
+
+    def test_iso_captures_during_a_host_hang_match_the_host(self):
+        """The same through an ISO 8583 link: a capture (0220) whose answer
+        is lost is reversed, so it is not captured on either side."""
+        def config(sim):
+            return "\n".join([
+                "[routing]", "deadline_ms = 8000", "recovery_interval_ms = 300", "backoff_base_ms = 20",
+                "reversal_backoff_max_ms = 1000", "",
+                "[processor.x]", "type = iso8583", "endpoint = %s" % sim.iso, "timeout_ms = 600",
+                "terminal_id = TERM0001", "merchant_id = TURNPIKE0000001", "health_interval_ms = 0", "",
+                "[route.all]", "merchant = *", "processors = x", "strategy = ordered", ""])
+        self.captures_during_hang(config, "iso", iso=True)
+
+    def captures_during_hang(self, config, sim_name, iso):
+        import hashlib
         import threading
         sim = Sim()
         d = Daemon()
         try:
             d.create_merchant("m")
-            d.start(config=gateway_config(sim, names=("a",), timeout_ms=600))
+            d.start(config=config(sim))
             c = d.client("m")
             pis = []
             for i in range(40):
@@ -617,7 +633,7 @@ class CrashRecoveryTest(unittest.TestCase):
                                                    "payment_method": "pm_card_visa", "capture_method": "manual"})
                 self.assertEqual(r.status, 200, r.json)
                 pis.append(r.json)
-            sim.faults("a", latency_ms_min=30, latency_ms_max=200)
+            sim.faults(sim_name, latency_ms_min=30, latency_ms_max=200)
             answers = {}
 
             def capture(pi):
@@ -637,10 +653,20 @@ class CrashRecoveryTest(unittest.TestCase):
             statuses = {k: v.status for k, (_, v) in answers.items()}
             self.assertTrue(set(statuses.values()) <= {200, 402, 502}, statuses)
             j = sim.journal(limit=100000)
+            # the journal names the payment (REST) or the authorization's RRN (ISO)
+            pi_of = {}
+            if iso:
+                alnum = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                with open_db_ro(d) as db:
+                    for pid, ref in db.execute("SELECT payment_intent, idem_ref FROM attempts WHERE kind='authorize'"):
+                        pi_of["".join(alnum[b % 36] for b in hashlib.sha256(ref.encode()).digest()[:12])] = pid
+            undone = {e["reference"] for e in j["entries"] if e["operation"] == "reversal"
+                      and e["status"] == "capture_reversed"}
             captured = {}
             for e in j["entries"]:
-                if e["operation"] == "capture" and e["status"] == "captured":
-                    captured[e["payment"]] = captured.get(e["payment"], 0) + e["amount"]
+                if e["operation"] == "capture" and e["status"] == "captured" and e["reference"] not in undone:
+                    pid = pi_of.get(e["payment"], e["payment"])
+                    captured[pid] = captured.get(pid, 0) + e["amount"]
             total = 0
             for pi in pis:
                 now = c.get("/v1/payment_intents/" + pi["id"]).json
