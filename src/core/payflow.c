@@ -690,9 +690,9 @@ static void not_charged_next(struct tp_pay *p)
   next_step(p, true);
 }
 
-/* A status query found no trace of an authorization whose answer was lost
- * (a timeout, a reset). Over HTTP that does not prove it will never
- * arrive: the request may still sit in a socket buffer or a stalled
+/* A status query found no trace of an authorization (or, in recovery, a
+ * capture or refund) whose answer was lost (a timeout, a reset). Over HTTP
+ * that does not prove it will never arrive: the request may still sit in a socket buffer or a stalled
  * process, to be processed after the payment has gone elsewhere. So the
  * reference is voided first (the processor records it as voided before it
  * was seen, and a late arrival charges nothing: see docs/processors.md),
@@ -703,7 +703,9 @@ static bool needs_fence(const struct tp_pay *p)
   const struct tp_connector *conn = conn_of(p->att.processor, NULL);
   /* A call that failed in a way proving it was not acted on (refused, an
    * HTTP error answer) needs none: only a lost answer does. */
-  return conn && strcmp(conn->ops->type, "restjson") == 0 && strcmp(p->att.kind, "authorize") == 0 &&
+  return conn && strcmp(conn->ops->type, "restjson") == 0 &&
+         (strcmp(p->att.kind, "authorize") == 0 || strcmp(p->att.kind, "capture") == 0 ||
+          strcmp(p->att.kind, "refund") == 0) &&
          !(p->last_code[0] && error_not_processed(p->last_code));
 }
 

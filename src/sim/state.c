@@ -209,9 +209,9 @@ static void on_commit(void *arg, bool ok)
 }
 
 /* A REST void naming a reference never seen (not an authorization id): the
- * caller timed out on an authorization that may still be on its way (held
- * in a socket buffer, a stalled process) and fences it before trying
- * elsewhere. Record the reference as an authorization that was voided
+ * caller lost the answer to a call with that reference (an authorization,
+ * a capture, a refund) that may still be on its way (held in a socket
+ * buffer, a stalled process), and fences it before going on. Record the reference as an authorization that was voided
  * before it arrived: an authorization arriving later with it gets this
  * answer and charges nothing. Under mu. */
 static struct rec *alloc_rec(const char *key, enum tp_sim_op op, const char *reference)
@@ -314,8 +314,21 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
       if (txn)
         auth = txn->parent;
     }
-    if (!auth && q->op == TP_SIM_VOID && !q->iso && strncmp(q->target, "auth_", 5) != 0)
+    if (!auth && q->op == TP_SIM_VOID && !q->iso && strncmp(q->target, "auth_", 5) != 0) {
+      /* Only a reference nothing used yet: one a capture or refund already
+       * used cannot be fenced (that call happened). */
+      char tk[KEY_MAX];
+      make_key(tk, q->processor, false, TP_SIM_AUTHORIZE, q->target, q->terminal);
+      struct rec *used = table_get(&by_ref, false, tk);
+      if (used) {
+        pthread_mutex_unlock(&mu);
+        char msg[160];
+        snprintf(msg, sizeof msg, "reference already used for a %s", op_name(used->op));
+        *response = strdup(msg);
+        return TP_SIM_CONFLICT;
+      }
       auth = tombstone(q);
+    }
     if (!auth && q->op != TP_SIM_REVERSAL) {
       pthread_mutex_unlock(&mu);
       return TP_SIM_NOT_FOUND;

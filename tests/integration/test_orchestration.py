@@ -180,6 +180,39 @@ class OrchestrationTest(unittest.TestCase):
         refunds = [e for e in j["entries"] if e["operation"] == "refund" and e["status"] == "succeeded"]
         self.assertEqual(len(refunds), 1, j)
 
+    def test_capture_lost_on_the_way_is_fenced_by_recovery(self):
+        """A capture that never reached the processor (lost on the way in):
+        502 processor_status_unknown, then recovery finds nothing, fences the
+        capture's reference (a late arrival would be refused) and records it
+        as not done; the client's retry with its key gets that answer, and a
+        new capture then captures once."""
+        r = self.pay(capture_method="manual")
+        self.assertEqual((r.status, r.json["status"]), (200, "requires_capture"), r.json)
+        pi = r.json
+        self.sim.faults("a", timeout_rate=1.0, timeout_mode="before", timeout_hold_ms=800,
+                        timeout_operations="capture")
+        key = new_key("cap")
+        cap = self.c.post("/v1/payment_intents/%s/capture" % pi["id"], {}, idem=key)
+        self.sim.faults("a", timeout_rate=0.0, timeout_operations="all")
+        self.assertEqual((cap.status, cap.json["error"].get("tp_code")), (502, 6018), cap.json)
+        deadline = time.monotonic() + 20
+        att = []
+        while time.monotonic() < deadline:
+            att = [a for a in self.attempts(pi["id"]) if a["kind"] == "capture"]
+            if att and att[0]["state"] != "sent":
+                break
+            time.sleep(0.1)
+        self.assertEqual([a["state"] for a in att], ["failed"], att)
+        fence = self.sim.journal(processor="a", reference=att[0]["id"] + "-fence")["entries"]
+        self.assertEqual([(e["operation"], e["status"]) for e in fence], [("void", "voided")])
+        self.assertEqual(self.c.get("/v1/payment_intents/" + pi["id"]).json["status"], "requires_capture")
+        again = self.c.post("/v1/payment_intents/%s/capture" % pi["id"], {}, idem=key)
+        self.assertEqual(again.status, 402, again.json)
+        ok = self.c.post("/v1/payment_intents/%s/capture" % pi["id"], {}, idem=new_key("cap"))
+        self.assertEqual((ok.status, ok.json.get("status")), (200, "succeeded"), ok.json)
+        _, j = self.charges_of(pi["id"])
+        self.assertEqual(len([e for e in j["entries"] if e["operation"] == "capture" and e["status"] == "captured"]), 1)
+
     def test_lost_authorization_that_cannot_be_fenced_waits_for_recovery(self):
         """Every request to a is lost: the status query finds nothing, but the
         void that would fence the reference is lost too. The payment does not

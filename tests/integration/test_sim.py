@@ -389,6 +389,20 @@ class SimTest(unittest.TestCase):
         # an authorization id the sim never issued is still not found
         st, _, b = self.sim.call("POST", "/p/%s/v1/authorizations/auth_nope/void" % p, {"reference": "v-nope"})
         self.assertEqual((st, b["error"]["code"]), (404, "not_found"))
+        # a capture's lost reference is fenced the same way: the capture, if
+        # it still arrives, is refused and moves nothing
+        self.sim.authorize(p, "auth-f", payment="pi_f")
+        st, _, v = self.sim.call("POST", "/p/%s/v1/authorizations/cap-lost/void" % p, {"reference": "cap-lost-fence"})
+        self.assertEqual((st, v["status"]), (200, "voided"))
+        st, _, b = self.sim.call("POST", "/p/%s/v1/authorizations/auth-f/capture" % p, {"reference": "cap-lost"})
+        self.assertEqual((st, b["error"]["code"]), (409, "invalid_state"), b)
+        # a reference a capture already used cannot be fenced: that capture happened
+        st, _, _ = self.sim.call("POST", "/p/%s/v1/authorizations/auth-f/capture" % p, {"reference": "cap-done"})
+        self.assertEqual(st, 200)
+        st, _, b = self.sim.call("POST", "/p/%s/v1/authorizations/cap-done/void" % p, {"reference": "cap-done-fence"})
+        self.assertEqual(st, 409, b)
+        caps = [e for e in self.sim.journal(processor=p, payment="pi_f")["entries"] if e["operation"] == "capture"]
+        self.assertEqual([e["reference"] for e in caps], ["cap-done"])
 
     def test_status_query_for_seen_and_unseen_references(self):
         p = new_name()
