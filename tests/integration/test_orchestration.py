@@ -5,6 +5,7 @@ gateway under load with recovery and the sim journal proving that no card was
 charged twice, and kill -9 of the processor itself (REST and ISO 8583) under
 load: nothing charged that the gateway shows unpaid, nothing paid uncharged."""
 import collections
+import http.client
 import json
 import os
 import signal
@@ -651,7 +652,15 @@ class CrashRecoveryTest(unittest.TestCase):
                 "[route.all]", "merchant = *", "processors = x", "strategy = ordered", ""])
         self.captures_during_hang(config, "iso", iso=True)
 
-    def captures_during_hang(self, config, sim_name, iso):
+    def test_captures_during_a_gateway_kill_match_the_processor(self):
+        """kill -9 of the gateway with captures in flight to a REST processor:
+        after the restart every PaymentIntent matches the processor, and a
+        client retrying with its key gets what happened (or, for a capture
+        the gateway never committed, makes it now, once)."""
+        self.captures_during_hang(lambda sim: gateway_config(sim, names=("a",), timeout_ms=600), "a", iso=False,
+                                  kill_gateway=True)
+
+    def captures_during_hang(self, config, sim_name, iso, kill_gateway=False):
         import hashlib
         import threading
         sim = Sim()
@@ -671,19 +680,39 @@ class CrashRecoveryTest(unittest.TestCase):
 
             def capture(pi):
                 key = new_key("cap")
-                answers[pi["id"]] = (key, c.post("/v1/payment_intents/%s/capture" % pi["id"], {}, idem=key))
+                try:
+                    resp = c.post("/v1/payment_intents/%s/capture" % pi["id"], {}, idem=key)
+                except (OSError, http.client.HTTPException):
+                    resp = None  # the gateway died with it
+                answers[pi["id"]] = (key, resp)
 
             threads = [threading.Thread(target=capture, args=(pi,)) for pi in pis]
             for t in threads:
                 t.start()
                 time.sleep(0.01)
-            os.kill(sim.proc.pid, signal.SIGSTOP)
-            time.sleep(1.5)
-            os.kill(sim.proc.pid, signal.SIGCONT)
+            if kill_gateway:
+                d.kill9()
+            else:
+                os.kill(sim.proc.pid, signal.SIGSTOP)
+                time.sleep(1.5)
+                os.kill(sim.proc.pid, signal.SIGCONT)
             for t in threads:
                 t.join(30)
+            unanswered = sum(1 for _, v in answers.values() if v is None)
+            if kill_gateway:
+                with open_db_ro(d) as db:
+                    in_flight = db.execute("SELECT COUNT(*) FROM attempts WHERE kind='capture' AND state='sent'"
+                                           ).fetchone()[0]
+                d.start(config=config(sim))
+                c = d.client("m")
+                # a capture with no answer: the retry replays what the gateway
+                # committed, or (nothing committed) captures now
+                for pi in pis:
+                    key, first = answers[pi["id"]]
+                    if first is None:
+                        answers[pi["id"]] = (key, c.post("/v1/payment_intents/%s/capture" % pi["id"], {}, idem=key))
             self.assertEqual(self.wait_settled(d, 30), 0)
-            statuses = {k: v.status for k, (_, v) in answers.items()}
+            statuses = {k: (v.status if v else None) for k, (_, v) in answers.items()}
             self.assertTrue(set(statuses.values()) <= {200, 402, 502}, statuses)
             j = sim.journal(limit=100000)
             # the journal names the payment (REST) or the authorization's RRN (ISO)
@@ -719,8 +748,10 @@ class CrashRecoveryTest(unittest.TestCase):
             bal = c.get("/v1/balance").json
             pending = sum(x["amount"] for x in bal["pending"] if x["currency"] == "usd")
             self.assertEqual(pending, total, bal)
-            print("captures during hang: %r, captured %d of %d" % (
-                sorted(collections.Counter(statuses.values()).items()), len(captured), len(pis)))
+            print("captures during %s: %r, %d unanswered%s, captured %d of %d" % (
+                "gateway kill" if kill_gateway else "hang", sorted(collections.Counter(statuses.values()).items()),
+                unanswered, " (%d in flight at the kill)" % in_flight if kill_gateway else "", len(captured),
+                len(pis)))
         finally:
             d.cleanup()
             sim.stop()
