@@ -28,6 +28,16 @@ def gateway_config(sim, names=("a", "b"), timeout_ms=400, extra=""):
     return "\n".join(ini) + extra
 
 
+def one_iso_link_config(sim):
+    """One ISO 8583 link (x) to the sim's host, quick recovery."""
+    return "\n".join([
+        "[routing]", "deadline_ms = 8000", "recovery_interval_ms = 300", "backoff_base_ms = 20",
+        "reversal_backoff_max_ms = 1000", "",
+        "[processor.x]", "type = iso8583", "endpoint = %s" % sim.iso, "timeout_ms = 600",
+        "terminal_id = TERM0001", "merchant_id = TURNPIKE0000001", "health_interval_ms = 0", "",
+        "[route.all]", "merchant = *", "processors = x", "strategy = ordered", ""])
+
+
 class OrchestrationTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -129,22 +139,28 @@ class OrchestrationTest(unittest.TestCase):
             fences = [e for e in self.sim.journal(processor="a", reference=a["id"] + "-fence")["entries"]]
             self.assertEqual([(e["operation"], e["status"]) for e in fences], [("void", "voided")], a)
 
+    def lost_capture(self, mode, hold_ms):
+        """A manual-capture payment at a, then a capture whose answer a loses
+        (timeout_mode `mode`): 502 processor_status_unknown. (pi, key)."""
+        r = self.pay(capture_method="manual")
+        self.assertEqual((r.status, r.json["status"]), (200, "requires_capture"), r.json)
+        pi = r.json
+        self.assertEqual(self.charge_processor(pi), "a")
+        self.sim.faults("a", timeout_rate=1.0, timeout_mode=mode, timeout_hold_ms=hold_ms,
+                        timeout_operations="capture")
+        key = new_key("cap")
+        cap = self.c.post("/v1/payment_intents/%s/capture" % pi["id"], {}, idem=key)
+        self.sim.faults("a", timeout_rate=0.0, timeout_operations="all")
+        self.assertEqual((cap.status, cap.json["error"].get("tp_code")), (502, 6018), cap.json)
+        return pi, key
+
     def test_capture_whose_answer_is_lost_is_settled_by_recovery(self):
         """The processor captures but its answer is lost (timeout after
         processing). The gateway must not report the capture as failed (the
         money moved); it answers 502 processor_status_unknown, and recovery
         finds the capture by status query and records it, ledger included;
         the client's retry with its key gets the settled answer."""
-        r = self.pay(capture_method="manual")
-        self.assertEqual((r.status, r.json["status"]), (200, "requires_capture"), r.json)
-        pi = r.json
-        self.assertEqual(self.charge_processor(pi), "a")
-        self.sim.faults("a", timeout_rate=1.0, timeout_mode="after", timeout_hold_ms=1500,
-                        timeout_operations="capture")
-        key = new_key("cap")
-        cap = self.c.post("/v1/payment_intents/%s/capture" % pi["id"], {}, idem=key)
-        self.sim.faults("a", timeout_rate=0.0, timeout_operations="all")
-        self.assertEqual((cap.status, cap.json["error"].get("tp_code")), (502, 6018), cap.json)
+        pi, key = self.lost_capture("after", 1500)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             now = self.c.get("/v1/payment_intents/" + pi["id"]).json
@@ -187,15 +203,7 @@ class OrchestrationTest(unittest.TestCase):
         capture's reference (a late arrival would be refused) and records it
         as not done; the client's retry with its key gets that answer, and a
         new capture then captures once."""
-        r = self.pay(capture_method="manual")
-        self.assertEqual((r.status, r.json["status"]), (200, "requires_capture"), r.json)
-        pi = r.json
-        self.sim.faults("a", timeout_rate=1.0, timeout_mode="before", timeout_hold_ms=800,
-                        timeout_operations="capture")
-        key = new_key("cap")
-        cap = self.c.post("/v1/payment_intents/%s/capture" % pi["id"], {}, idem=key)
-        self.sim.faults("a", timeout_rate=0.0, timeout_operations="all")
-        self.assertEqual((cap.status, cap.json["error"].get("tp_code")), (502, 6018), cap.json)
+        pi, key = self.lost_capture("before", 800)
         deadline = time.monotonic() + 20
         att = []
         while time.monotonic() < deadline:
@@ -624,14 +632,7 @@ class CrashRecoveryTest(unittest.TestCase):
         self.processor_crash(lambda sim: gateway_config(sim, timeout_ms=600), ("a", "b"), hang=True)
 
     def test_iso_host_hang_under_load_charges_once_and_settles_every_payment(self):
-        def config(sim):
-            return "\n".join([
-                "[routing]", "deadline_ms = 8000", "recovery_interval_ms = 300", "backoff_base_ms = 20",
-                "reversal_backoff_max_ms = 1000", "",
-                "[processor.x]", "type = iso8583", "endpoint = %s" % sim.iso, "timeout_ms = 600",
-                "terminal_id = TERM0001", "merchant_id = TURNPIKE0000001", "health_interval_ms = 0", "",
-                "[route.all]", "merchant = *", "processors = x", "strategy = ordered", ""])
-        self.processor_crash(config, ("iso",), iso=True, hang=True)
+        self.processor_crash(one_iso_link_config, ("iso",), iso=True, hang=True)
 
     def test_captures_during_a_processor_hang_match_the_processor(self):
         """Captures in flight when the processor stops answering: once it is
@@ -643,14 +644,7 @@ class CrashRecoveryTest(unittest.TestCase):
     def test_iso_captures_during_a_host_hang_match_the_host(self):
         """The same through an ISO 8583 link: a capture (0220) whose answer
         is lost is reversed, so it is not captured on either side."""
-        def config(sim):
-            return "\n".join([
-                "[routing]", "deadline_ms = 8000", "recovery_interval_ms = 300", "backoff_base_ms = 20",
-                "reversal_backoff_max_ms = 1000", "",
-                "[processor.x]", "type = iso8583", "endpoint = %s" % sim.iso, "timeout_ms = 600",
-                "terminal_id = TERM0001", "merchant_id = TURNPIKE0000001", "health_interval_ms = 0", "",
-                "[route.all]", "merchant = *", "processors = x", "strategy = ordered", ""])
-        self.captures_during_hang(config, "iso", iso=True)
+        self.captures_during_hang(one_iso_link_config, "iso", iso=True)
 
     def test_captures_during_a_gateway_kill_match_the_processor(self):
         """kill -9 of the gateway with captures in flight to a REST processor:
