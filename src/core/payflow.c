@@ -425,6 +425,15 @@ static void commit_outcome(struct tp_pay *p, struct tp_cs *cs)
   }
 }
 
+/* Is the processor of p's attempt a connector of this type ("restjson",
+ * "iso8583")? The two speak different recovery protocols: status query and
+ * fence, or reversal. */
+static bool proc_type_is(const struct tp_pay *p, const char *type)
+{
+  const struct tp_connector *conn = conn_of(p->att.processor, NULL);
+  return conn && strcmp(conn->ops->type, type) == 0;
+}
+
 /* Does the capture or refund call just made owe a reversal? An ISO link
  * that got no (usable) answer reverses the call itself before it reports
  * processor_timeout, or queues that reversal when the link is down
@@ -439,8 +448,7 @@ static bool owes_reversal(const struct tp_pay *p)
     return false;
   if (strcmp(c->decline_code, "processor_timeout") != 0 && strcmp(c->decline_code, "processor_status_unknown") != 0)
     return false;
-  const struct tp_connector *conn = conn_of(p->att.processor, NULL);
-  return conn && strcmp(conn->ops->type, "iso8583") == 0;
+  return proc_type_is(p, "iso8583");
 }
 
 /* The last call settled the payment: build the outcome and commit it. */
@@ -692,18 +700,17 @@ static void not_charged_next(struct tp_pay *p)
 
 /* A status query found no trace of an authorization (or, in recovery, a
  * capture or refund) whose answer was lost (a timeout, a reset). Over HTTP
- * that does not prove it will never arrive: the request may still sit in a socket buffer or a stalled
- * process, to be processed after the payment has gone elsewhere. So the
- * reference is voided first (the processor records it as voided before it
+ * that does not prove it will never arrive: the request may still sit in a
+ * socket buffer or a stalled process, to be processed after the payment has
+ * gone elsewhere. So the reference is voided first (the processor records it as voided before it
  * was seen, and a late arrival charges nothing: see docs/processors.md),
  * and only a confirmed void lets the payment move on. An ISO link's status
  * query already reverses the reference. */
 static bool needs_fence(const struct tp_pay *p)
 {
-  const struct tp_connector *conn = conn_of(p->att.processor, NULL);
   /* A call that failed in a way proving it was not acted on (refused, an
    * HTTP error answer) needs none: only a lost answer does. */
-  return conn && strcmp(conn->ops->type, "restjson") == 0 &&
+  return proc_type_is(p, "restjson") &&
          (strcmp(p->att.kind, "authorize") == 0 || strcmp(p->att.kind, "capture") == 0 ||
           strcmp(p->att.kind, "refund") == 0) &&
          !(p->last_code[0] && error_not_processed(p->last_code));
@@ -854,8 +861,7 @@ static bool answer_lost(const struct tp_pay *p)
   if (p->not_sent || c->outcome != TP_OUT_ERROR ||
       (c->kind != TP_PROC_CAPTURE && c->kind != TP_PROC_REFUND && c->kind != TP_PROC_VOID))
     return false;
-  const struct tp_connector *conn = conn_of(p->att.processor, NULL);
-  return conn && strcmp(conn->ops->type, "restjson") == 0 && !error_not_processed(c->decline_code);
+  return proc_type_is(p, "restjson") && !error_not_processed(c->decline_code);
 }
 
 static void call_done(struct tp_proc_call *c)
@@ -1675,7 +1681,7 @@ int tp_recover(void)
   tp_metric_help("turnpike_payments_unroutable_total", "Payments with no eligible processor");
   tp_metric_help("turnpike_attempts_unresolved_total", "Calls left with an unknown outcome for recovery");
   tp_metric_help("turnpike_attempt_fences_total",
-                 "Lost authorizations voided by reference (not found by a status query) before moving on");
+                 "Lost calls (authorizations; captures and refunds in recovery) voided by reference before moving on");
   tp_metric_help("turnpike_recovery_attempts_total", "Attempts resolved by a recovery status query");
   tp_metric_help("turnpike_reversals_pending",
                  "Timed-out ISO 8583 authorizations, captures and refunds whose reversal is still owed");

@@ -40,7 +40,6 @@ static void defaults(struct tp_sim_behaviour *b)
 /* "all", or a comma-separated list of authorize, capture, void, refund. */
 static bool parse_ops(const char *value, unsigned *out)
 {
-  static const char *const names[] = {"authorize", "capture", "void", "refund"};
   if (!strcasecmp(value, "all")) {
     *out = TIMEOUT_OPS_ALL;
     return true;
@@ -50,8 +49,8 @@ static bool parse_ops(const char *value, unsigned *out)
   while (*s) {
     size_t n = strcspn(s, ",");
     bool found = false;
-    for (unsigned i = 0; i < 4; i++)
-      if (n == strlen(names[i]) && !strncasecmp(s, names[i], n)) {
+    for (unsigned i = TP_SIM_AUTHORIZE; i <= TP_SIM_REFUND; i++)
+      if (n == strlen(tp_sim_op_name(i)) && !strncasecmp(s, tp_sim_op_name(i), n)) {
         m |= 1u << i;
         found = true;
       }
@@ -69,12 +68,11 @@ static bool parse_ops(const char *value, unsigned *out)
 
 static void ops_text(unsigned m, char *out, size_t cap)
 {
-  static const char *const names[] = {"authorize", "capture", "void", "refund"};
   size_t n = 0;
   out[0] = '\0';
-  for (unsigned i = 0; i < 4; i++)
+  for (unsigned i = TP_SIM_AUTHORIZE; i <= TP_SIM_REFUND; i++)
     if (m & (1u << i)) {
-      int w = snprintf(out + n, cap - n, "%s%s", n ? "," : "", names[i]);
+      int w = snprintf(out + n, cap - n, "%s%s", n ? "," : "", tp_sim_op_name(i));
       if (w < 0 || (size_t)w >= cap - n)
         break;
       n += (size_t)w;

@@ -104,6 +104,8 @@ struct tp_sim_waiter {
 };
 
 enum tp_sim_op { TP_SIM_AUTHORIZE, TP_SIM_CAPTURE, TP_SIM_VOID, TP_SIM_REFUND, TP_SIM_REVERSAL };
+/* "authorize", "capture", "void", "refund", "reversal" (the journal's operation). */
+const char *tp_sim_op_name(enum tp_sim_op op);
 
 /* A request to the ledger, parsed and validated by rest.c or iso.c. */
 struct tp_sim_request {

@@ -121,7 +121,7 @@ static void make_id_key(char out[KEY_MAX], const char *processor, const char *id
   snprintf(out, KEY_MAX, "%s\x1f%s", processor, id);
 }
 
-static const char *op_name(enum tp_sim_op op)
+const char *tp_sim_op_name(enum tp_sim_op op)
 {
   static const char *const names[] = {"authorize", "capture", "void", "refund", "reversal"};
   return names[op];
@@ -251,7 +251,7 @@ static struct tp_sim_entry *new_entry(const struct tp_sim_request *q, struct rec
     abort();
   tp_scopy(e->processor, sizeof e->processor, q->processor);
   tp_scopy(e->protocol, sizeof e->protocol, q->iso ? "iso" : "rest");
-  tp_scopy(e->operation, sizeof e->operation, op_name(q->op));
+  tp_scopy(e->operation, sizeof e->operation, tp_sim_op_name(q->op));
   tp_scopy(e->reference, sizeof e->reference, q->reference);
   tp_scopy(e->terminal, sizeof e->terminal, q->terminal ? q->terminal : "");
   tp_scopy(e->payment, sizeof e->payment, q->payment ? q->payment : "");
@@ -289,7 +289,7 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
     if (r->op != q->op) {
       pthread_mutex_unlock(&mu);
       char msg[160];
-      snprintf(msg, sizeof msg, "reference already used for a %s", op_name(r->op));
+      snprintf(msg, sizeof msg, "reference already used for a %s", tp_sim_op_name(r->op));
       *response = strdup(msg);
       return TP_SIM_CONFLICT;
     }
@@ -323,7 +323,7 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
       if (used) {
         pthread_mutex_unlock(&mu);
         char msg[160];
-        snprintf(msg, sizeof msg, "reference already used for a %s", op_name(used->op));
+        snprintf(msg, sizeof msg, "reference already used for a %s", tp_sim_op_name(used->op));
         *response = strdup(msg);
         return TP_SIM_CONFLICT;
       }

@@ -28,6 +28,14 @@ def gateway_config(sim, names=("a", "b"), timeout_ms=400, extra=""):
     return "\n".join(ini) + extra
 
 
+def iso_rrn(ref):
+    """The RRN (field 37) the ISO connector derives from an attempt's
+    reference (tp_iso_rrn): 12 of [0-9A-Z] from its SHA-256."""
+    import hashlib
+    alnum = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return "".join(alnum[b % 36] for b in hashlib.sha256(ref.encode()).digest()[:12])
+
+
 def one_iso_link_config(sim):
     """One ISO 8583 link (x) to the sim's host, quick recovery."""
     return "\n".join([
@@ -612,14 +620,11 @@ class CrashRecoveryTest(unittest.TestCase):
         by_payment = journal["summary"]["charges_by_payment"]
         if not iso:
             return dict(by_payment)
-        import hashlib
-        alnum = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
         with open_db_ro(d) as db:
             rows = db.execute("SELECT payment_intent, idem_ref FROM attempts").fetchall()
         out = {}
         for pi, ref in rows:
-            rrn = "".join(alnum[b % 36] for b in hashlib.sha256(ref.encode()).digest()[:12])
-            n = by_payment.pop(rrn, 0)
+            n = by_payment.pop(iso_rrn(ref), 0)
             if n:
                 out[pi] = out.get(pi, 0) + n
         self.assertEqual(by_payment, {}, "charges for RRNs no attempt made")
@@ -655,7 +660,6 @@ class CrashRecoveryTest(unittest.TestCase):
                                   kill_gateway=True)
 
     def captures_during_hang(self, config, sim_name, iso, kill_gateway=False):
-        import hashlib
         import threading
         sim = Sim()
         d = Daemon()
@@ -712,10 +716,9 @@ class CrashRecoveryTest(unittest.TestCase):
             # the journal names the payment (REST) or the authorization's RRN (ISO)
             pi_of = {}
             if iso:
-                alnum = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
                 with open_db_ro(d) as db:
                     for pid, ref in db.execute("SELECT payment_intent, idem_ref FROM attempts WHERE kind='authorize'"):
-                        pi_of["".join(alnum[b % 36] for b in hashlib.sha256(ref.encode()).digest()[:12])] = pid
+                        pi_of[iso_rrn(ref)] = pid
             undone = {e["reference"] for e in j["entries"] if e["operation"] == "reversal"
                       and e["status"] == "capture_reversed"}
             captured = {}
