@@ -3,9 +3,12 @@
  * choosing the processor (attempts.route, compact JSON). */
 #include "api/handlers.h"
 #include "api/objects.h"
+#include "core/payflow.h"
 #include "jpack.h"
 
+#include <ctype.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define ATTEMPTS_LIST_MAX 100 /* calls per payment are few: deadline x backoff */
@@ -55,4 +58,166 @@ void tp_h_pi_attempts(struct tp_req *r)
   char url[160];
   snprintf(url, sizeof url, "/v1/payment_intents/%.64s/attempts", r->path_id);
   tp_reply_json(r, 200, tp_pack("{s:s, s:s, s:b, s:o}", "object", "list", "url", url, "has_more", more, "data", data));
+}
+
+/* ---- operator: attempts whose outcome is unknown ------------------------------
+ * A call whose answer was lost stays "sent" until recovery learns from the
+ * processor what became of it; a timed-out ISO 8583 call stays
+ * "reversal_pending" until the host acknowledges its reversal. Both settle
+ * by themselves while the processor answers. When it cannot (it refuses
+ * the fence, a host never acknowledges, the processor is gone for good),
+ * an operator who has learnt the outcome from the processor settles the
+ * attempt here (docs/routing.md, "Settling by hand"). */
+
+json_t *tp_attempt_json(const struct tp_attempt *a)
+{
+  return tp_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:I, s:I}", "id", a->id, "object",
+                 "turnpike.attempt", "payment_intent", a->payment_intent, "processor", a->processor, "kind", a->kind,
+                 "state", a->state, "result_code", a->result_code, "authorization_code", a->auth_code,
+                 "processor_reference", a->processor_ref, "refund", a->refund, "amount", (json_int_t)a->amount,
+                 "currency", a->currency, "created", (json_int_t)a->created, "updated", (json_int_t)a->updated);
+}
+
+#define UNSETTLED_LIST_MAX 100
+
+static const char *const unsettled_states[] = {"sent", "reversal_pending", NULL};
+static const struct tp_pspec spec_unsettled[] = {
+  {"state", TP_P_ENUM, NULL, unsettled_states},
+  {"processor", TP_P_STRING, NULL, NULL},
+  {"limit", TP_P_INT, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+
+/* GET /v1/turnpike/attempts[?state=sent|reversal_pending][&processor=][&limit=]:
+ * the merchant's attempts whose outcome is not settled yet, oldest first
+ * (both states when state is not given). */
+void tp_h_attempts_unsettled(struct tp_req *r)
+{
+  if (!tp_check_params(r, spec_unsettled))
+    return;
+  const char *state = tp_pstr(r->params, "state");
+  const char *proc = tp_pstr(r->params, "processor");
+  json_int_t limit = UNSETTLED_LIST_MAX;
+  const json_t *lv = json_object_get(r->params, "limit");
+  if (lv) {
+    limit = json_integer_value(lv);
+    if (!json_is_integer(lv) || limit < 1 || limit > UNSETTLED_LIST_MAX) {
+      tp_reply_error(r, TP_ERR_PARAMETER_INVALID_INTEGER, "limit", "limit must be between 1 and 100.");
+      return;
+    }
+  }
+  json_t *data = json_array();
+  bool more = false;
+  for (size_t s = 0; unsettled_states[s] && !more; s++) {
+    if (state && *state && strcmp(state, unsettled_states[s]) != 0)
+      continue;
+    struct tp_attempt *list = NULL;
+    size_t n = 0;
+    if (tp_app.store.ops->attempts_in_state(tp_app.store.cls, unsettled_states[s], &list, &n) != 0) {
+      json_decref(data);
+      tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+      return;
+    }
+    for (size_t i = 0; i < n; i++) {
+      if (strcmp(list[i].merchant, r->merchant.id) != 0 || (proc && *proc && strcmp(list[i].processor, proc) != 0))
+        continue;
+      if ((json_int_t)json_array_size(data) == limit) {
+        more = true;
+        break;
+      }
+      json_array_append_new(data, tp_attempt_json(&list[i]));
+    }
+    free(list);
+  }
+  tp_reply_json(r, 200, tp_pack("{s:s, s:s, s:b, s:o}", "object", "list", "url", "/v1/turnpike/attempts", "has_more",
+                                more, "data", data));
+}
+
+static const char *const resolve_outcomes[] = {"processed", "not_processed", NULL};
+static const struct tp_pspec spec_resolve[] = {
+  {"outcome", TP_P_ENUM, NULL, resolve_outcomes},
+  {"reason", TP_P_STRING, NULL, NULL},
+  {"authorization_code", TP_P_STRING, NULL, NULL},
+  {"processor_reference", TP_P_STRING, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+
+/* [A-Za-z0-9_-], 1..max bytes (or empty when allowed). */
+static bool token_ok(const char *s, size_t max)
+{
+  size_t n = strlen(s);
+  if (n > max)
+    return false;
+  for (size_t i = 0; i < n; i++)
+    if (!isalnum((unsigned char)s[i]) && s[i] != '-' && s[i] != '_')
+      return false;
+  return true;
+}
+
+/* POST /v1/turnpike/attempts/{id}/resolve outcome=processed|not_processed,
+ * reason (required, kept in the audit log), authorization_code and
+ * processor_reference (what the processor reported, for a processed
+ * authorization). Answers the attempt as settled, after the commit. */
+void tp_h_attempt_resolve(struct tp_req *r)
+{
+  if (!tp_check_params(r, spec_resolve))
+    return;
+  const char *outcome = tp_pstr(r->params, "outcome");
+  const char *reason = tp_pstr(r->params, "reason");
+  const char *auth = tp_pstr(r->params, "authorization_code");
+  const char *ref = tp_pstr(r->params, "processor_reference");
+  if (!outcome || !*outcome) {
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "outcome", NULL);
+    return;
+  }
+  if (!reason || !*reason) {
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "reason", NULL);
+    return;
+  }
+  if (strlen(reason) > 500) {
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "reason", "reason must be at most 500 characters.");
+    return;
+  }
+  if (auth && !token_ok(auth, 15)) {
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "authorization_code",
+                   "authorization_code must be at most 15 letters, digits, '-' or '_'.");
+    return;
+  }
+  if (ref && !token_ok(ref, 63)) {
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "processor_reference",
+                   "processor_reference must be at most 63 letters, digits, '-' or '_'.");
+    return;
+  }
+  bool processed = strcmp(outcome, "processed") == 0;
+  struct tp_attempt a;
+  int found = tp_app.store.ops->attempt_get(tp_app.store.cls, r->path_id, &a);
+  if (found < 0) {
+    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+    return;
+  }
+  if (found == 0 || strcmp(a.merchant, r->merchant.id) != 0) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "No such attempt: '%.64s'", r->path_id);
+    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", msg);
+    return;
+  }
+  if (!processed && (auth || ref) && ((auth && *auth) || (ref && *ref))) {
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, auth && *auth ? "authorization_code" : "processor_reference",
+                   "authorization_code and processor_reference describe a processed call only.");
+    return;
+  }
+  int e = tp_payflow_resolve(r, &a, processed, auth, ref, reason);
+  if (e == 0)
+    return;
+  char msg[256];
+  if (e == TP_ERR_ATTEMPT_UNEXPECTED_STATE)
+    snprintf(msg, sizeof msg,
+             strcmp(a.state, "reversal_pending") == 0
+                 ? "The attempt %.64s owes a reversal: only outcome=not_processed (the host did not act on it, or "
+                   "it was undone there) can settle it."
+                 : "The attempt %.64s is %s: its outcome is known.",
+             a.id, a.state);
+  else
+    snprintf(msg, sizeof msg, "The attempt %.64s or its payment is being worked on now; try again shortly.", a.id);
+  tp_reply_error(r, (enum tp_err)e, NULL, msg);
 }

@@ -14,6 +14,8 @@ void tp_h_pi_list(struct tp_req *r);
 void tp_h_pi_search(struct tp_req *r);
 void tp_h_pi_increment(struct tp_req *r);
 void tp_h_pi_attempts(struct tp_req *r); /* attempts.c: processor calls of a PaymentIntent */
+void tp_h_attempts_unsettled(struct tp_req *r); /* attempts.c: operator, unknown outcomes */
+void tp_h_attempt_resolve(struct tp_req *r);
 void tp_h_request_retrieve(struct tp_req *r); /* requests.c: a recent request (request_log_url) */
 /* The 3-D Secure challenge token for a PaymentIntent (32 hex chars). */
 void tp_3ds_token(const char *pi_id, char out[65]);

@@ -83,6 +83,10 @@ void tp_reply_list_fixed(struct tp_req *r, struct tp_list_query *q, const char *
 /* Fill q->created_gte/lte and paging from r->params; false after replying 400. */
 bool tp_list_params(struct tp_req *r, struct tp_list_query *q);
 
+/* A processor attempt as the operator API shows it (turnpike.attempt). */
+struct tp_attempt;
+json_t *tp_attempt_json(const struct tp_attempt *a);
+
 /* Per-object locks so two requests never change one object at once.
  * Try returns false (and the caller replies 429 lock_timeout) if held. */
 bool tp_lock_try(const char *id);

@@ -67,6 +67,8 @@ const struct tp_route tp_routes[] = {
   {"POST", "/v1/turnpike/3ds/{id}", tp_h_3ds_submit, P},
   {"GET", "/v1/turnpike/encryption_key", tp_h_encryption_key, P}, /* any key of a merchant, pk_ too */
   {"GET", "/v1/turnpike/processors", tp_h_processors_list, A},
+  {"GET", "/v1/turnpike/attempts", tp_h_attempts_unsettled, A},
+  {"POST", "/v1/turnpike/attempts/{id}/resolve", tp_h_attempt_resolve, A},
 
   {"GET", "/v1/turnpike/stream", tp_h_stream, P},          /* Bearer key or ?token= */
   {"POST", "/v1/turnpike/stream_tokens", tp_h_stream_token, A},

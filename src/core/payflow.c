@@ -17,6 +17,7 @@
 #include "jsonw.h"
 #include "log.h"
 #include "metrics.h"
+#include "sec/audit.h"
 #include "util.h"
 
 #include <pthread.h>
@@ -272,6 +273,7 @@ void tp_pay_free(struct tp_pay *p)
   if (p->pm_lock_id[0])
     tp_lock_release(p->pm_lock_id);
   drop_objects(p);
+  json_decref(p->op_audit);
   free(p->body);
   free(p->redirect_body);
   tp_card_wipe(&p->call, sizeof p->call);
@@ -367,6 +369,13 @@ static void finish(struct tp_pay *p, int rc)
     }
     tp_req_resume(p->r);
   }
+  if (p->op_req) {
+    if (rc != 0)
+      tp_reply_error(p->op_req, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+    else
+      tp_reply_json(p->op_req, 200, tp_attempt_json(&p->att));
+    tp_req_resume(p->op_req);
+  }
   tp_pay_free(p);
 }
 
@@ -376,6 +385,9 @@ static void outcome_done(struct tp_cs *cs, int rc, void *arg)
   struct tp_pay *p = arg;
   if (rc != 0)
     tp_log(TP_LOG_ERROR, "outcome_commit_failed", "{s:s}", "attempt", p->att.id);
+  /* Only now, with its outcome committed (or not), may recovery look at
+   * the attempt: it re-reads its state when it claims it (claim). */
+  inflight_del(p->att.id);
   finish(p, rc);
 }
 
@@ -407,11 +419,13 @@ static void commit_outcome(struct tp_pay *p, struct tp_cs *cs)
   tp_card_wipe(p->call.pan, sizeof p->call.pan);
   tp_card_wipe(p->call.cvc, sizeof p->call.cvc);
   tp_cs_attempt(cs, a);
+  if (p->op_req)
+    tp_audit_append(cs, p->m.id, p->op_req->actor[0] ? p->op_req->actor : "api", "attempt.resolved", a->id,
+                    p->op_audit);
   if (a->client_idem_key[0] && p->body)
     tp_cs_idem(cs, p->m.id, a->client_idem_key, a->client_req_hash, p->r ? p->r->request_id : NULL, (int)p->status,
                p->body);
   tp_cs_on_done(cs, outcome_done, p);
-  inflight_del(a->id);
   /* The outcome and its reply are serialised: the object trees are not
    * needed any more. They are freed here, by the thread that built them
    * while their memory is still in its cache, rather than after the commit
@@ -421,6 +435,7 @@ static void commit_outcome(struct tp_pay *p, struct tp_cs *cs)
   if (tp_writer_submit(cs) != 0) {
     tp_cs_free(cs);
     /* The attempt stays "sent"; recovery resolves it. */
+    inflight_del(a->id);
     finish(p, -1);
   }
 }
@@ -549,6 +564,10 @@ static void writeahead_done(struct tp_cs *cs, int rc, void *arg)
 {
   (void)cs;
   struct tp_pay *p = arg;
+  if (p->prev_att[0]) {
+    inflight_del(p->prev_att);
+    p->prev_att[0] = '\0';
+  }
   if (rc != 0) {
     inflight_del(p->att.id);
     finish(p, rc);
@@ -609,7 +628,9 @@ static void retry_fire(void *arg, bool stopping)
       exhausted_outcome(p, stopping ? TP_ERR_PROCESSOR_CANCELLED : TP_ERR_PROCESSOR_RETRIES_EXHAUSTED);
     return;
   }
-  inflight_del(p->att.id);
+  /* The finished call stays claimed until its final state commits with
+   * the next write-ahead (writeahead_done). */
+  tp_scopy(p->prev_att, sizeof p->prev_att, p->att.id);
   char client_key[256], client_hash[65];
   tp_scopy(client_key, sizeof client_key, p->att.client_idem_key);
   tp_scopy(client_hash, sizeof client_hash, p->att.client_req_hash);
@@ -634,6 +655,7 @@ static void retry_fire(void *arg, bool stopping)
   if (tp_writer_submit(cs) != 0) {
     tp_cs_free(cs);
     inflight_del(p->att.id);
+    inflight_del(p->prev_att);
     finish(p, -1);
   }
 }
@@ -1336,14 +1358,30 @@ static enum tp_proc_kind kind_of(const char *kind)
   return TP_PROC_AUTHORIZE;
 }
 
-/* Start resolving one attempt left "sent"; false when skipped. */
-static bool recover_one(const struct tp_attempt *a)
+/* Take attempt a (as a scan or a request read it) for this thread: no
+ * call, recovery or operator of this process is on it, and its committed
+ * state is still a's (the scan may have read it just before another
+ * thread's outcome for it committed). False when it is not to be touched. */
+static bool claim(const struct tp_attempt *a)
+{
+  if (!inflight_add(a->id))
+    return false;
+  struct tp_attempt now;
+  if (tp_app.store.ops->attempt_get(tp_app.store.cls, a->id, &now) == 1 && strcmp(now.state, a->state) == 0)
+    return true;
+  inflight_del(a->id);
+  return false;
+}
+
+/* A pay object to settle attempt a (left "sent") with the objects its
+ * outcome needs (PaymentIntent, charge, PaymentMethod and card, refund) and
+ * its outcome builder; NULL when they are gone. The caller holds a's
+ * inflight entry; on NULL it is released. */
+static struct tp_pay *recovery_pay(const struct tp_attempt *a)
 {
   struct tp_merchant m;
   memset(&m, 0, sizeof m);
   tp_scopy(m.id, sizeof m.id, a->merchant);
-  if (!inflight_add(a->id))
-    return false; /* someone here is still waiting for it */
   struct tp_pay *p = tp_pay_new(NULL, &m);
   p->att = *a;
   p->recovering = true;
@@ -1352,7 +1390,7 @@ static bool recover_one(const struct tp_attempt *a)
     tp_log(TP_LOG_ERROR, "recovery_missing_pi", "{s:s}", "attempt", a->id);
     inflight_del(a->id);
     tp_pay_free(p);
-    return false;
+    return NULL;
   }
   const char *lc = json_string_value(json_object_get(p->pi, "latest_charge"));
   if (lc)
@@ -1385,13 +1423,24 @@ static bool recover_one(const struct tp_attempt *a)
     if (!p->refund || !p->charge) {
       inflight_del(a->id);
       tp_pay_free(p);
-      return false;
+      return NULL;
     }
   }
-  /* Ask the processor what became of our reference; never re-send. (An ISO
-   * link answers a status query by reversing the reference: NOT_FOUND.) */
   p->call.kind = TP_PROC_STATUS;
   p->call.status_of = kind_of(a->kind);
+  return p;
+}
+
+/* Start resolving one attempt left "sent"; false when skipped. */
+static bool recover_one(const struct tp_attempt *a)
+{
+  if (!claim(a))
+    return false; /* someone here is still on it, or it is settled now */
+  struct tp_pay *p = recovery_pay(a);
+  if (!p)
+    return false;
+  /* Ask the processor what became of our reference; never re-send. (An ISO
+   * link answers a status query by reversing the reference: NOT_FOUND.) */
   tp_log(TP_LOG_INFO, "recovery_attempt", "{s:s, s:s, s:s}", "attempt", a->id, "kind", a->kind, "processor",
          a->processor);
   tp_metric_inc("turnpike_recovery_attempts_total", NULL, 1);
@@ -1554,7 +1603,7 @@ static void reversal_answered(struct tp_pay *p)
  * when someone here is already on it. */
 static bool recover_reversal(const struct tp_attempt *a)
 {
-  if (!inflight_add(a->id))
+  if (!claim(a))
     return false;
   struct tp_merchant m;
   memset(&m, 0, sizeof m);
@@ -1577,6 +1626,62 @@ static bool recover_reversal(const struct tp_attempt *a)
   tp_metric_inc("turnpike_reversal_retries_total", NULL, 1);
   send_call(p);
   return true;
+}
+
+int tp_payflow_resolve(struct tp_req *r, const struct tp_attempt *a, bool processed, const char *auth_code,
+                       const char *processor_ref, const char *reason)
+{
+  bool owed = strcmp(a->state, "reversal_pending") == 0;
+  /* A reversal is owed because the host may have acted on a call the
+   * payment went on without: "processed" has no outcome to record there
+   * (the money would have to come back by a refund at the host). */
+  if ((!owed && strcmp(a->state, "sent") != 0) || (owed && processed))
+    return TP_ERR_ATTEMPT_UNEXPECTED_STATE;
+  if (!tp_lock_try(a->payment_intent))
+    return TP_ERR_ATTEMPT_IN_FLIGHT; /* a request is working on the payment */
+  if (!claim(a)) {
+    tp_lock_release(a->payment_intent);
+    return TP_ERR_ATTEMPT_IN_FLIGHT; /* its call, or recovery's, is out now, or just settled it */
+  }
+  struct tp_pay *p;
+  if (owed) {
+    struct tp_merchant m;
+    memset(&m, 0, sizeof m);
+    tp_scopy(m.id, sizeof m.id, a->merchant);
+    p = tp_pay_new(NULL, &m);
+    p->att = *a;
+    p->recovering = true;
+  } else if (!(p = recovery_pay(a))) {
+    tp_lock_release(a->payment_intent);
+    return TP_ERR_STORE_UNAVAILABLE;
+  }
+  tp_scopy(p->lock_id, sizeof p->lock_id, a->payment_intent);
+  p->op_req = r;
+  p->op_audit = tp_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "outcome", processed ? "processed" : "not_processed",
+                        "kind", a->kind, "state_before", a->state, "processor", a->processor, "payment_intent",
+                        a->payment_intent, "reason", reason ? reason : "");
+  tp_log(TP_LOG_WARN, "attempt_resolved_by_operator", "{s:s, s:s, s:s, s:s, s:s}", "attempt", a->id, "kind",
+         a->kind, "processor", a->processor, "outcome", processed ? "processed" : "not_processed", "actor",
+         r->actor);
+  tp_metric_inc("turnpike_attempts_resolved_by_operator_total", NULL, 1);
+  tp_req_suspend(r);
+  if (owed) {
+    /* The host did not act on it, or it was undone there: stop repeating. */
+    rev_forget(a->id);
+    snprintf(p->att.state, sizeof p->att.state, "reversed");
+    tp_scopy(p->att.result_code, sizeof p->att.result_code, "resolved_by_operator");
+    p->att.updated = tp_now();
+    commit_outcome(p, tp_cs_new());
+    return 0;
+  }
+  /* The answer a status query would have brought. */
+  struct tp_proc_call *c = &p->call;
+  c->outcome = processed ? TP_OUT_APPROVED : TP_OUT_NOT_FOUND;
+  tp_scopy(c->decline_code, sizeof c->decline_code, processed ? "" : "processing_error");
+  tp_scopy(c->auth_code, sizeof c->auth_code, auth_code ? auth_code : "");
+  tp_scopy(c->processor_ref, sizeof c->processor_ref, processor_ref ? processor_ref : "");
+  final_outcome(p);
+  return 0;
 }
 
 /* Whether attempt a has been left alone long enough (since `since`, unix
@@ -1680,6 +1785,8 @@ int tp_recover(void)
   tp_metric_help("turnpike_payments_exhausted_total", "Payments whose every call failed transiently (or timed out)");
   tp_metric_help("turnpike_payments_unroutable_total", "Payments with no eligible processor");
   tp_metric_help("turnpike_attempts_unresolved_total", "Calls left with an unknown outcome for recovery");
+  tp_metric_help("turnpike_attempts_resolved_by_operator_total",
+                 "Unsettled attempts an operator settled (POST /v1/turnpike/attempts/{id}/resolve)");
   tp_metric_help("turnpike_attempt_fences_total",
                  "Lost calls (authorizations; captures and refunds in recovery) voided by reference before moving on");
   tp_metric_help("turnpike_recovery_attempts_total", "Attempts resolved by a recovery status query");

@@ -49,6 +49,7 @@ struct tp_pay {
   bool not_sent;             /* the last call never left (breaker, queue) */
   bool fencing;              /* the call in flight voids att's reference, which the processor never saw */
   int fence_tries;           /* voids sent for att's reference */
+  char prev_att[64];         /* the finished attempt committed with att's write-ahead */
   struct tp_route_plan route;
   char route_names[TP_ROUTE_MAX][64];
   size_t route_i;            /* the processor of att in route */
@@ -58,6 +59,10 @@ struct tp_pay {
   int64_t sent_us;           /* when the current call went out */
   char brand[32], country[4];
   char last_code[48];        /* the error code of the call being resolved */
+  /* an operator settling the attempt (tp_payflow_resolve): answered with
+   * the attempt once the outcome commits, which carries this audit entry */
+  struct tp_req *op_req;
+  json_t *op_audit;          /* owned */
 };
 
 /* The processor used when the registry has none (set by the registry). */
@@ -89,6 +94,21 @@ void tp_pay_reply(struct tp_pay *p, unsigned status, json_t *obj);
 /* Resolve every attempt left "sent" (start-up), then keep resolving stale
  * ones on a timer ([routing] recovery_interval_ms). Returns how many. */
 int tp_recover(void);
+/* An operator settles attempt a (state "sent" or "reversal_pending", of
+ * r's merchant) with what its processor says happened, when the gateway
+ * cannot find out itself (the fence or the reversal is refused, the
+ * processor is gone): processed (with its authorization code and
+ * reference, may be empty) or not. The outcome is the one recovery would
+ * commit for that answer (charge and ledger, or the payment failed; the
+ * client's idempotent retry gets it), in one change set with an audit
+ * entry (actor, reason), and r is answered with the attempt. Returns 0
+ * when started (r suspended), else the error to answer (nothing changed):
+ * TP_ERR_ATTEMPT_IN_FLIGHT when a call or a request holds it now,
+ * TP_ERR_ATTEMPT_UNEXPECTED_STATE when it is settled or processed is not
+ * possible for its state. */
+int tp_payflow_resolve(struct tp_req *r, const struct tp_attempt *a, bool processed, const char *auth_code,
+                       const char *processor_ref, const char *reason);
+
 /* Stop the retry/recovery timer; pending retries finish with an error. */
 void tp_payflow_stop(void);
 /* Attempts of this process in flight now (tests, metrics). */

@@ -221,6 +221,44 @@ class ReversalOwed(ReversalBase):
         self.assertNotIn("runtime error", log)
 
 
+class ReversalSettledByOperator(ReversalBase):
+    def test_operator_settles_an_owed_reversal(self):
+        """The host never acknowledges the reversal; the operator learns
+        from the acquirer that the authorization was not acted on and says
+        so: the attempt is reversed (audit-logged), recovery stops sending
+        the reversal, the payment is untouched. "processed" cannot settle an
+        owed reversal (the payment went on without it)."""
+        pi, rrn = self.pay_cascading()
+        att = self.iso_attempt(pi["id"])
+        c = self.daemon.client("m")
+        wait_for(lambda: "reversal_retry" in self.daemon.log_text(), timeout=WAIT_S, what="recovery's reversal")
+        listed = c.get("/v1/turnpike/attempts", {"state": "reversal_pending"}).json["data"]
+        self.assertEqual([a["id"] for a in listed], [att["id"]], listed)
+        r = c.post("/v1/turnpike/attempts/%s/resolve" % att["id"], {"outcome": "processed", "reason": "x"})
+        self.assertEqual((r.status, r.json["error"]["tp_code"]), (400, 1100), r.json)
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            r = c.post("/v1/turnpike/attempts/%s/resolve" % att["id"],
+                       {"outcome": "not_processed", "reason": "acquirer: authorization never booked"})
+            if r.status != 409 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual((r.status, r.json.get("state"), r.json.get("result_code")),
+                         (200, "reversed", "resolved_by_operator"), r.json)
+        self.assertEqual(self.iso_attempt(pi["id"])["state"], "reversed")
+        self.assertEqual(c.get("/v1/turnpike/attempts").json["data"], [])
+        n = len(self.host.reversals(rrn))
+        time.sleep(1.5)  # recovery_interval_ms and reversal_backoff_max_ms are shorter
+        self.assertLessEqual(len(self.host.reversals(rrn)), n + 1)  # one may have been on the wire
+        now = c.get("/v1/payment_intents/" + pi["id"]).json
+        self.assertEqual((now["status"], now["amount_received"]), ("succeeded", pi["amount"]), now)
+        with harness.open_db_ro(self.daemon) as con:
+            rows = con.execute("SELECT details FROM audit_log WHERE action = 'attempt.resolved' AND object_id = ?",
+                               (att["id"],)).fetchall()
+        self.assertEqual(len(rows), 1, rows)
+        self.assertIn("never booked", rows[0][0])
+
+
 class ReversalSurvivesKill9(ReversalBase):
     def test_reversal_sent_again_after_restart(self):
         pi, rrn = self.pay_cascading()

@@ -52,6 +52,7 @@ class OrchestrationTest(unittest.TestCase):
         cls.sim = Sim()
         cls.daemon = Daemon()
         cls.daemon.create_merchant("m")
+        cls.daemon.create_merchant("n")
         try:
             cls.daemon.start(config=gateway_config(cls.sim))
         except Exception:
@@ -264,6 +265,169 @@ class OrchestrationTest(unittest.TestCase):
         self.assertIn(again.status, (402, 502), again.json)
         self.assertEqual(again.json["error"]["payment_intent"]["id"], pi_id, again.json)
         self.assertEqual(self.charges_of(pi_id)[0], 0)
+
+    def stuck_payment(self, amount):
+        """A payment whose authorization to a was lost and cannot be settled
+        by the gateway: a loses every request (so the fence is lost too),
+        then refuses connections, so recovery learns nothing either. Returns
+        (PaymentIntent id, attempt id, idempotency key, params)."""
+        self.sim.faults("a", timeout_rate=1.0, timeout_mode="before", timeout_hold_ms=600)
+        key = new_key("stuck")
+        params = {"amount": amount, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa"}
+        r = self.c.post("/v1/payment_intents", params, idem=key)
+        self.assertEqual((r.status, r.json["error"].get("tp_code") if r.status != 200 else None), (502, 6018), r.json)
+        self.sim.faults("a", outage=True, timeout_rate=0.0)
+        pi_id = self.c.get("/v1/payment_intents", {"limit": 1}).json["data"][0]["id"]
+        att = self.attempts(pi_id)
+        self.assertEqual([(a["processor"], a["state"]) for a in att], [("a", "sent")], att)
+        return pi_id, att[0]["id"], key, params
+
+    def resolve(self, att_id, **params):
+        """POST .../resolve, again while the attempt is busy (recovery's
+        status query out, 409) for up to 10 s."""
+        deadline = time.monotonic() + 10
+        while True:
+            r = self.c.post("/v1/turnpike/attempts/%s/resolve" % att_id, params)
+            if r.status != 409 or time.monotonic() > deadline:
+                return r
+            time.sleep(0.05)
+
+    def audit_rows(self, att_id):
+        with open_db_ro(self.daemon) as con:
+            return [(a, json.loads(d)) for a, d in con.execute(
+                "SELECT actor, details FROM audit_log WHERE action = 'attempt.resolved' AND object_id = ?",
+                (att_id,))]
+
+    def test_operator_settles_a_stuck_authorization_as_processed(self):
+        """The processor told the operator it charged the card: the payment
+        succeeds with the charge, the ledger and the events recovery would
+        have written, the client's retry gets that answer, the audit log
+        names who did it and why, and the attempt cannot be settled twice."""
+        pi_id, att_id, key, params = self.stuck_payment(2345)
+        before = self.c.get("/v1/balance").json["pending"][0]["amount"]
+        listed = self.c.get("/v1/turnpike/attempts", {"state": "sent", "processor": "a"})
+        self.assertEqual(listed.status, 200, listed.json)
+        self.assertIn(att_id, [a["id"] for a in listed.json["data"]])
+        r = self.resolve(att_id, outcome="processed", authorization_code="A1B2C3",
+                         processor_reference="proc-778", reason="acquirer portal shows it approved")
+        self.assertEqual(r.status, 200, r.json)
+        self.assertEqual((r.json["object"], r.json["id"], r.json["state"], r.json["authorization_code"],
+                          r.json["processor_reference"]),
+                         ("turnpike.attempt", att_id, "succeeded", "A1B2C3", "proc-778"), r.json)
+        pi = self.c.get("/v1/payment_intents/" + pi_id).json
+        self.assertEqual((pi["status"], pi["amount_received"]), ("succeeded", 2345), pi)
+        ch = self.c.get("/v1/charges/" + pi["latest_charge"]).json
+        self.assertEqual((ch["captured"], ch["amount_captured"], ch["turnpike"]["processor"]), (True, 2345, "a"), ch)
+        self.assertTrue(ch["balance_transaction"], ch)
+        self.assertEqual(self.c.get("/v1/balance").json["pending"][0]["amount"], before + 2345)
+        types = [e["type"] for e in self.c.get("/v1/events", {"limit": 10}).json["data"]
+                 if e["data"]["object"]["id"] in (pi_id, ch["id"])]
+        self.assertIn("payment_intent.succeeded", types)
+        self.assertIn("charge.succeeded", types)
+        again = self.c.post("/v1/payment_intents", params, idem=key)
+        self.assertEqual((again.status, again.json.get("id"), again.json.get("status")), (200, pi_id, "succeeded"),
+                         again.json)
+        self.assertNotIn(att_id, [a["id"] for a in self.c.get("/v1/turnpike/attempts").json["data"]])
+        rows = self.audit_rows(att_id)
+        self.assertEqual(len(rows), 1, rows)
+        actor, d = rows[0]
+        self.assertTrue(actor.startswith("key:sk_test_"), actor)
+        self.assertEqual((d["outcome"], d["reason"], d["kind"], d["payment_intent"], d["state_before"]),
+                         ("processed", "acquirer portal shows it approved", "authorize", pi_id, "sent"), d)
+        twice = self.resolve(att_id, outcome="not_processed", reason="again")
+        self.assertEqual((twice.status, twice.json["error"]["tp_code"]), (400, 1100), twice.json)
+        self.assertEqual(len(self.audit_rows(att_id)), 1)
+        # Recovery, once a answers, leaves the settled attempt alone.
+        self.sim.faults("a", outage=False)
+        time.sleep(1.0)
+        self.assertEqual([a["state"] for a in self.attempts(pi_id)], ["succeeded"])
+        self.assertEqual(self.c.get("/v1/payment_intents/" + pi_id).json["status"], "succeeded")
+
+    def test_operator_settles_a_stuck_authorization_as_not_processed(self):
+        pi_id, att_id, key, params = self.stuck_payment(3456)
+        before = self.c.get("/v1/balance").json["pending"][0]["amount"]
+        r = self.resolve(att_id, outcome="not_processed", reason="processor confirms no such reference")
+        self.assertEqual((r.status, r.json.get("state")), (200, "failed"), r.json)
+        pi = self.c.get("/v1/payment_intents/" + pi_id).json
+        self.assertEqual((pi["status"], pi["amount_received"]), ("requires_payment_method", 0), pi)
+        self.assertEqual(pi["last_payment_error"]["decline_code"], "processing_error", pi)
+        self.assertEqual(self.c.get("/v1/charges/" + pi["latest_charge"]).json["status"], "failed")
+        self.assertEqual(self.c.get("/v1/balance").json["pending"][0]["amount"], before)
+        again = self.c.post("/v1/payment_intents", params, idem=key)
+        self.assertEqual((again.status, again.json["error"]["payment_intent"]["id"]), (402, pi_id), again.json)
+        self.sim.faults("a", outage=False)
+        # The PaymentIntent can be paid again, now through a.
+        r2 = self.c.post("/v1/payment_intents/%s/confirm" % pi_id, {"payment_method": "pm_card_visa"})
+        self.assertEqual((r2.status, r2.json.get("status")), (200, "succeeded"), r2.json)
+        self.assertEqual(self.charges_of(pi_id)[0], 1)
+
+    def test_operator_settles_a_stuck_capture_and_refund(self):
+        """A capture whose answer was lost, at a processor that then stays
+        down: settled by hand as processed, the capture is recorded with
+        its ledger entry and the client's retry gets it; the same for a
+        refund settled as not processed (refund failed, no ledger entry)."""
+        pi, key = self.lost_capture("before", 600)
+        self.sim.faults("a", outage=True)
+        before = self.c.get("/v1/balance").json["pending"][0]["amount"]
+        caps = [a for a in self.attempts(pi["id"]) if a["kind"] == "capture"]
+        self.assertEqual([a["state"] for a in caps], ["sent"], caps)
+        r = self.resolve(caps[0]["id"], outcome="processed", reason="captured per settlement file")
+        self.assertEqual((r.status, r.json.get("kind"), r.json.get("state")), (200, "capture", "succeeded"), r.json)
+        now = self.c.get("/v1/payment_intents/" + pi["id"]).json
+        self.assertEqual((now["status"], now["amount_received"]), ("succeeded", pi["amount"]), now)
+        self.assertEqual(self.c.get("/v1/balance").json["pending"][0]["amount"], before + pi["amount"])
+        again = self.c.post("/v1/payment_intents/%s/capture" % pi["id"], {}, idem=key)
+        self.assertEqual((again.status, again.json.get("status")), (200, "succeeded"), again.json)
+        # a refund lost the same way, settled as not processed
+        self.sim.faults("a", outage=False, timeout_rate=1.0, timeout_mode="before", timeout_hold_ms=600,
+                        timeout_operations="refund")
+        rkey = new_key("ref")
+        ref = self.c.post("/v1/refunds", {"payment_intent": pi["id"], "amount": 100}, idem=rkey)
+        self.sim.faults("a", outage=True, timeout_rate=0.0, timeout_operations="all")
+        self.assertEqual((ref.status, ref.json["error"].get("tp_code")), (502, 6018), ref.json)
+        refs = [a for a in self.attempts(pi["id"]) if a["kind"] == "refund"]
+        self.assertEqual([a["state"] for a in refs], ["sent"], refs)
+        r = self.resolve(refs[0]["id"], outcome="not_processed", reason="processor has no such refund")
+        self.assertEqual((r.status, r.json.get("state")), (200, "failed"), r.json)
+        re = self.c.post("/v1/refunds", {"payment_intent": pi["id"], "amount": 100}, idem=rkey)
+        self.assertEqual((re.status, re.json.get("status")), (200, "failed"), re.json)
+        self.assertEqual(self.c.get("/v1/balance").json["pending"][0]["amount"], before + pi["amount"])
+        self.assertEqual(self.c.get("/v1/charges/" + pi["latest_charge"]).json["amount_refunded"], 0)
+
+    def test_operator_resolution_refuses_bad_requests_and_changes_nothing(self):
+        pi_id, att_id, key, params = self.stuck_payment(4567)
+        cases = [
+            ({"outcome": "processed"}, 400, "parameter_missing", "reason"),
+            ({"reason": "x"}, 400, "parameter_missing", "outcome"),
+            ({"outcome": "maybe", "reason": "x"}, 400, "parameter_invalid_string", "outcome"),
+            ({"outcome": "not_processed", "reason": "x", "authorization_code": "123456"}, 400,
+             "parameter_invalid_string", "authorization_code"),
+            ({"outcome": "processed", "reason": "x", "authorization_code": "12 34"}, 400,
+             "parameter_invalid_string", "authorization_code"),
+            ({"outcome": "processed", "reason": "x" * 501}, 400, "parameter_invalid_string", "reason"),
+            ({"outcome": "processed", "reason": "x", "amount": "5"}, 400, "parameter_unknown", "amount"),
+        ]
+        for body, status, code, param in cases:
+            r = self.resolve(att_id, **body)
+            self.assertEqual((r.status, r.json["error"].get("code"), r.json["error"].get("param")),
+                             (status, code, param), (body, r.json))
+        r = self.resolve("att_doesnotexist", outcome="processed", reason="x")
+        self.assertEqual((r.status, r.json["error"]["code"]), (404, "resource_missing"), r.json)
+        other = self.daemon.client("n")
+        r = other.post("/v1/turnpike/attempts/%s/resolve" % att_id, {"outcome": "processed", "reason": "x"})
+        self.assertEqual((r.status, r.json["error"]["code"]), (404, "resource_missing"), r.json)
+        self.assertNotIn(att_id, [a["id"] for a in other.get("/v1/turnpike/attempts").json["data"]])
+        r = self.c.get("/v1/turnpike/attempts", {"limit": 0})
+        self.assertEqual(r.status, 400, r.json)
+        self.assertEqual([a["state"] for a in self.attempts(pi_id)], ["sent"])
+        self.assertEqual(self.c.get("/v1/payment_intents/" + pi_id).json["status"], "processing")
+        self.assertEqual(self.audit_rows(att_id), [])
+        # a is back: recovery settles it by itself (fence, then not charged).
+        self.sim.faults("a", outage=False)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and self.attempts(pi_id)[0]["state"] == "sent":
+            time.sleep(0.1)
+        self.assertEqual(self.attempts(pi_id)[0]["state"], "failed")
 
     def test_timeout_after_processing_is_resolved_by_status_query(self):
         # The sim charges, then answers too late: the status query finds the
