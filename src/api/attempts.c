@@ -221,3 +221,39 @@ void tp_h_attempt_resolve(struct tp_req *r)
     snprintf(msg, sizeof msg, "The attempt %.64s or its payment is being worked on now; try again shortly.", a.id);
   tp_reply_error(r, (enum tp_err)e, NULL, msg);
 }
+
+/* A call for PaymentIntent pi_id whose outcome is unknown (state "sent":
+ * its answer was lost, recovery or an operator settles it) decides what is
+ * left to capture, void or refund: no other money-moving call may start on
+ * the payment until it is settled. 1 when there is one, 0 when not, -1 on a
+ * store error. */
+int tp_pi_unsettled(const char *merchant, const char *pi_id)
+{
+  json_t *rows = tp_store_query_take(&tp_app.store,
+                                     "SELECT id FROM attempts WHERE payment_intent = ?2 AND merchant = ?1 "
+                                     "AND state = 'sent' LIMIT 1",
+                                     tp_pack("[s, s]", merchant, pi_id));
+  if (!rows)
+    return -1;
+  int n = json_array_size(rows) > 0;
+  json_decref(rows);
+  return n;
+}
+
+bool tp_refuse_unsettled(struct tp_req *r, const char *pi_id)
+{
+  int u = tp_pi_unsettled(r->merchant.id, pi_id);
+  if (u == 0)
+    return false;
+  if (u < 0) {
+    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+    return true;
+  }
+  char msg[256];
+  snprintf(msg, sizeof msg,
+           "A processor call for PaymentIntent %.64s has an unknown outcome that is being settled; retry that request "
+           "with its Idempotency-Key, or try again once it is settled.",
+           pi_id);
+  tp_reply_error(r, TP_ERR_ATTEMPT_IN_FLIGHT, NULL, msg);
+  return true;
+}

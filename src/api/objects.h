@@ -86,6 +86,12 @@ bool tp_list_params(struct tp_req *r, struct tp_list_query *q);
 /* A processor attempt as the operator API shows it (turnpike.attempt). */
 struct tp_attempt;
 json_t *tp_attempt_json(const struct tp_attempt *a);
+/* Has PaymentIntent pi_id a call whose outcome is unknown (attempt "sent")?
+ * 1 / 0, -1 on a store error. Then no capture, void or refund may start. */
+int tp_pi_unsettled(const char *merchant, const char *pi_id);
+/* tp_pi_unsettled for a request: replies 409 attempt_in_flight (or 503)
+ * and returns true when there is one (or on error). */
+bool tp_refuse_unsettled(struct tp_req *r, const char *pi_id);
 
 /* Per-object locks so two requests never change one object at once.
  * Try returns false (and the caller replies 429 lock_timeout) if held. */

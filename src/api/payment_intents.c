@@ -726,6 +726,8 @@ static void capture(struct tp_req *r, const char *pi_id, const char *amount_para
     unexpected_state(r, pi, "capture");
     goto fail;
   }
+  if (tp_refuse_unsettled(r, pi_id))
+    goto fail;
   int64_t capturable = json_integer_value(json_object_get(pi, "amount_capturable"));
   int64_t amount = capturable;
   if (tp_param_int(r->params, amount_param, &amount)) {
@@ -893,7 +895,9 @@ int tp_pi_expire(const char *merchant, const char *pi_id, int64_t now)
    * charge's creation. */
   int64_t due = json_is_integer(before) ? json_integer_value(before)
                                         : json_integer_value(json_object_get(ch, "created")) + tp_authorization_ttl();
-  if (!ch || due > now) {
+  /* Not while a capture's outcome is unknown (it may have been taken):
+   * the next scan, once it is settled. */
+  if (!ch || due > now || tp_pi_unsettled(merchant, pi_id) != 0) {
     json_decref(pi);
     json_decref(ch);
     tp_lock_release(pi_id);
@@ -914,6 +918,11 @@ void tp_h_pi_cancel(struct tp_req *r)
   const char *st = json_string_value(json_object_get(pi, "status"));
   const char *reason = tp_pstr(r->params, "cancellation_reason");
   if (strcmp(st, "requires_capture") == 0) {
+    if (tp_refuse_unsettled(r, r->path_id)) {
+      json_decref(pi);
+      tp_lock_release(r->path_id);
+      return;
+    }
     tp_req_suspend(r);
     start_void(r, &r->merchant, pi, charge_of(&r->merchant, pi), reason, tp_outcome_void);
     return;

@@ -84,6 +84,10 @@ void tp_h_refund_create(struct tp_req *r)
     tp_reply_error(r, TP_ERR_CHARGE_NOT_REFUNDABLE, "charge", msg);
     goto fail;
   }
+  /* A refund whose outcome is unknown is not in amount_refunded yet. */
+  const char *ch_pi = json_string_value(json_object_get(ch, "payment_intent"));
+  if (ch_pi && tp_refuse_unsettled(r, ch_pi))
+    goto fail;
   int64_t captured = json_integer_value(json_object_get(ch, "amount_captured"));
   /* amount_refunded counts the uncaptured rest of a partial capture too
    * (Stripe); only what was captured can be refunded. */

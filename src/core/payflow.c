@@ -1374,10 +1374,13 @@ static bool claim(const struct tp_attempt *a)
 }
 
 /* A pay object to settle attempt a (left "sent") with the objects its
- * outcome needs (PaymentIntent, charge, PaymentMethod and card, refund) and
- * its outcome builder; NULL when they are gone. The caller holds a's
- * inflight entry; on NULL it is released. */
-static struct tp_pay *recovery_pay(const struct tp_attempt *a)
+ * outcome needs (PaymentIntent, charge, PaymentMethod and card, refund),
+ * read under the lock the live call held (the PaymentIntent's; a refund's
+ * charge's), so that no request changes them before the outcome commits,
+ * and its outcome builder. NULL when they are gone, or when the lock is
+ * taken (*busy: a request is on the payment now). The caller has claimed a;
+ * on NULL the claim is released. */
+static struct tp_pay *recovery_pay(const struct tp_attempt *a, bool *busy)
 {
   struct tp_merchant m;
   memset(&m, 0, sizeof m);
@@ -1385,14 +1388,26 @@ static struct tp_pay *recovery_pay(const struct tp_attempt *a)
   struct tp_pay *p = tp_pay_new(NULL, &m);
   p->att = *a;
   p->recovering = true;
+  *busy = false;
+  const char *lock = a->payment_intent;
+  if (strcmp(a->kind, "refund") == 0) {
+    p->refund = tp_store_get_json(&tp_app.store, TP_K_REFUND, a->merchant, a->refund);
+    lock = json_string_value(json_object_get(p->refund, "charge"));
+    if (!lock)
+      goto gone;
+  }
+  if (!tp_lock_try(lock)) {
+    *busy = true;
+    goto gone;
+  }
+  tp_scopy(p->lock_id, sizeof p->lock_id, lock);
   p->pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, a->merchant, a->payment_intent);
   if (!p->pi) {
     tp_log(TP_LOG_ERROR, "recovery_missing_pi", "{s:s}", "attempt", a->id);
-    inflight_del(a->id);
-    tp_pay_free(p);
-    return NULL;
+    goto gone;
   }
-  const char *lc = json_string_value(json_object_get(p->pi, "latest_charge"));
+  const char *lc = p->refund ? json_string_value(json_object_get(p->refund, "charge"))
+                             : json_string_value(json_object_get(p->pi, "latest_charge"));
   if (lc)
     p->charge = tp_store_get_json(&tp_app.store, TP_K_CHARGE, a->merchant, lc);
   if (a->vault_token[0]) {
@@ -1414,21 +1429,19 @@ static struct tp_pay *recovery_pay(const struct tp_attempt *a)
     p->outcome = tp_outcome_void;
   else {
     p->outcome = tp_outcome_refund;
-    p->refund = tp_store_get_json(&tp_app.store, TP_K_REFUND, a->merchant, a->refund);
-    if (p->refund) {
-      const char *chid = json_string_value(json_object_get(p->refund, "charge"));
-      json_decref(p->charge);
-      p->charge = chid ? tp_store_get_json(&tp_app.store, TP_K_CHARGE, a->merchant, chid) : NULL;
-    }
-    if (!p->refund || !p->charge) {
-      inflight_del(a->id);
-      tp_pay_free(p);
-      return NULL;
-    }
+    if (!p->charge)
+      goto gone;
   }
   p->call.kind = TP_PROC_STATUS;
   p->call.status_of = kind_of(a->kind);
   return p;
+gone:
+  if (p->lock_id[0])
+    tp_lock_release(p->lock_id);
+  p->lock_id[0] = '\0';
+  inflight_del(a->id);
+  tp_pay_free(p);
+  return NULL;
 }
 
 /* Start resolving one attempt left "sent"; false when skipped. */
@@ -1436,9 +1449,10 @@ static bool recover_one(const struct tp_attempt *a)
 {
   if (!claim(a))
     return false; /* someone here is still on it, or it is settled now */
-  struct tp_pay *p = recovery_pay(a);
+  bool busy;
+  struct tp_pay *p = recovery_pay(a, &busy);
   if (!p)
-    return false;
+    return false; /* gone, or a request is on the payment: next tick */
   /* Ask the processor what became of our reference; never re-send. (An ISO
    * link answers a status query by reversing the reference: NOT_FOUND.) */
   tp_log(TP_LOG_INFO, "recovery_attempt", "{s:s, s:s, s:s}", "attempt", a->id, "kind", a->kind, "processor",
@@ -1637,25 +1651,22 @@ int tp_payflow_resolve(struct tp_req *r, const struct tp_attempt *a, bool proces
    * (the money would have to come back by a refund at the host). */
   if ((!owed && strcmp(a->state, "sent") != 0) || (owed && processed))
     return TP_ERR_ATTEMPT_UNEXPECTED_STATE;
-  if (!tp_lock_try(a->payment_intent))
-    return TP_ERR_ATTEMPT_IN_FLIGHT; /* a request is working on the payment */
-  if (!claim(a)) {
-    tp_lock_release(a->payment_intent);
+  if (!claim(a))
     return TP_ERR_ATTEMPT_IN_FLIGHT; /* its call, or recovery's, is out now, or just settled it */
-  }
   struct tp_pay *p;
   if (owed) {
+    /* Only the attempt row changes: no object lock. */
     struct tp_merchant m;
     memset(&m, 0, sizeof m);
     tp_scopy(m.id, sizeof m.id, a->merchant);
     p = tp_pay_new(NULL, &m);
     p->att = *a;
     p->recovering = true;
-  } else if (!(p = recovery_pay(a))) {
-    tp_lock_release(a->payment_intent);
-    return TP_ERR_STORE_UNAVAILABLE;
+  } else {
+    bool busy;
+    if (!(p = recovery_pay(a, &busy)))
+      return busy ? TP_ERR_ATTEMPT_IN_FLIGHT : TP_ERR_STORE_UNAVAILABLE;
   }
-  tp_scopy(p->lock_id, sizeof p->lock_id, a->payment_intent);
   p->op_req = r;
   p->op_audit = tp_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "outcome", processed ? "processed" : "not_processed",
                         "kind", a->kind, "state_before", a->state, "processor", a->processor, "payment_intent",

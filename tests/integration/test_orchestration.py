@@ -363,14 +363,23 @@ class OrchestrationTest(unittest.TestCase):
 
     def test_operator_settles_a_stuck_capture_and_refund(self):
         """A capture whose answer was lost, at a processor that then stays
-        down: settled by hand as processed, the capture is recorded with
-        its ledger entry and the client's retry gets it; the same for a
-        refund settled as not processed (refund failed, no ledger entry)."""
-        pi, key = self.lost_capture("before", 600)
+        down: until it is settled no other capture, cancel or refund may
+        start on the payment (409 attempt_in_flight: the lost call decides
+        what is left); settled by hand as processed, the capture is recorded
+        with its ledger entry and the client's retry gets it; the same for a
+        refund settled as not processed (refund failed, no ledger entry),
+        after which a new refund goes through."""
+        pi, key = self.lost_capture("after", 600)  # a did capture
         self.sim.faults("a", outage=True)
         before = self.c.get("/v1/balance").json["pending"][0]["amount"]
         caps = [a for a in self.attempts(pi["id"]) if a["kind"] == "capture"]
         self.assertEqual([a["state"] for a in caps], ["sent"], caps)
+        # Nothing else may move the money while that capture is unknown:
+        # not another capture (new key), not a cancel (void).
+        for path in ("capture", "cancel"):
+            other = self.c.post("/v1/payment_intents/%s/%s" % (pi["id"], path), {}, idem=new_key(path))
+            self.assertEqual((other.status, other.json["error"].get("tp_code")), (409, 3009), (path, other.json))
+        self.assertEqual(self.c.get("/v1/payment_intents/" + pi["id"]).json["status"], "requires_capture")
         r = self.resolve(caps[0]["id"], outcome="processed", reason="captured per settlement file")
         self.assertEqual((r.status, r.json.get("kind"), r.json.get("state")), (200, "capture", "succeeded"), r.json)
         now = self.c.get("/v1/payment_intents/" + pi["id"]).json
@@ -387,12 +396,18 @@ class OrchestrationTest(unittest.TestCase):
         self.assertEqual((ref.status, ref.json["error"].get("tp_code")), (502, 6018), ref.json)
         refs = [a for a in self.attempts(pi["id"]) if a["kind"] == "refund"]
         self.assertEqual([a["state"] for a in refs], ["sent"], refs)
+        other = self.c.post("/v1/refunds", {"payment_intent": pi["id"], "amount": 100}, idem=new_key("ref2"))
+        self.assertEqual((other.status, other.json["error"].get("tp_code")), (409, 3009), other.json)
         r = self.resolve(refs[0]["id"], outcome="not_processed", reason="processor has no such refund")
         self.assertEqual((r.status, r.json.get("state")), (200, "failed"), r.json)
         re = self.c.post("/v1/refunds", {"payment_intent": pi["id"], "amount": 100}, idem=rkey)
         self.assertEqual((re.status, re.json.get("status")), (200, "failed"), re.json)
         self.assertEqual(self.c.get("/v1/balance").json["pending"][0]["amount"], before + pi["amount"])
         self.assertEqual(self.c.get("/v1/charges/" + pi["latest_charge"]).json["amount_refunded"], 0)
+        self.sim.faults("a", outage=False)
+        ok = self.c.post("/v1/refunds", {"payment_intent": pi["id"], "amount": 100}, idem=new_key("ref3"))
+        self.assertEqual((ok.status, ok.json.get("status")), (200, "succeeded"), ok.json)
+        self.assertEqual(self.c.get("/v1/charges/" + pi["latest_charge"]).json["amount_refunded"], 100)
 
     def test_operator_resolution_refuses_bad_requests_and_changes_nothing(self):
         pi_id, att_id, key, params = self.stuck_payment(4567)
