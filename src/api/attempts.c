@@ -166,6 +166,19 @@ void tp_h_attempt_resolve(struct tp_req *r)
   const char *reason = tp_pstr(r->params, "reason");
   const char *auth = tp_pstr(r->params, "authorization_code");
   const char *ref = tp_pstr(r->params, "processor_reference");
+  /* Another merchant's attempt is not there at all, whatever was asked. */
+  struct tp_attempt a;
+  int found = tp_app.store.ops->attempt_get(tp_app.store.cls, r->path_id, &a);
+  if (found < 0) {
+    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+    return;
+  }
+  if (found == 0 || strcmp(a.merchant, r->merchant.id) != 0) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "No such attempt: '%.64s'", r->path_id);
+    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", msg);
+    return;
+  }
   if (!outcome || !*outcome) {
     tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "outcome", NULL);
     return;
@@ -189,19 +202,7 @@ void tp_h_attempt_resolve(struct tp_req *r)
     return;
   }
   bool processed = strcmp(outcome, "processed") == 0;
-  struct tp_attempt a;
-  int found = tp_app.store.ops->attempt_get(tp_app.store.cls, r->path_id, &a);
-  if (found < 0) {
-    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
-    return;
-  }
-  if (found == 0 || strcmp(a.merchant, r->merchant.id) != 0) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "No such attempt: '%.64s'", r->path_id);
-    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", msg);
-    return;
-  }
-  if (!processed && (auth || ref) && ((auth && *auth) || (ref && *ref))) {
+  if (!processed && ((auth && *auth) || (ref && *ref))) {
     tp_reply_error(r, TP_ERR_PARAMETER_INVALID, auth && *auth ? "authorization_code" : "processor_reference",
                    "authorization_code and processor_reference describe a processed call only.");
     return;
