@@ -270,6 +270,10 @@ void tp_pay_free(struct tp_pay *p)
 {
   if (!p)
     return;
+  /* Whatever way a payment ends (a recovery query still unanswered too),
+   * the object lock it holds goes with it. */
+  if (p->lock_id[0])
+    tp_lock_release(p->lock_id);
   if (p->pm_lock_id[0])
     tp_lock_release(p->pm_lock_id);
   drop_objects(p);
@@ -352,7 +356,8 @@ void tp_pay_reply(struct tp_pay *p, unsigned status, json_t *obj)
 static void finish(struct tp_pay *p, int rc)
 {
   if (p->lock_id[0])
-    tp_lock_release(p->lock_id);
+    tp_lock_release(p->lock_id); /* before the reply: the client may go on at once */
+  p->lock_id[0] = '\0';
   if (p->r) {
     if (rc != 0)
       tp_reply_error(p->r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
@@ -978,8 +983,6 @@ void tp_pay_run(struct tp_pay *p, struct tp_cs *cs)
       /* Nothing was committed or sent: the request fails like a validation
        * error and the PaymentIntent stays as it was. */
       tp_cs_free(cs);
-      if (p->lock_id[0])
-        tp_lock_release(p->lock_id);
       tp_metric_inc("turnpike_payments_unroutable_total", NULL, 1);
       if (p->r) {
         tp_reply_error(p->r, TP_ERR_NO_PROCESSOR_AVAILABLE, NULL, NULL);
@@ -1008,6 +1011,7 @@ void tp_pay_run(struct tp_pay *p, struct tp_cs *cs)
     inflight_del(p->att.id);
     if (p->lock_id[0])
       tp_lock_release(p->lock_id);
+    p->lock_id[0] = '\0';
     if (p->r) {
       tp_reply_error(p->r, TP_ERR_OVERLOADED, NULL, NULL);
       tp_req_resume(p->r);
@@ -1436,9 +1440,6 @@ static struct tp_pay *recovery_pay(const struct tp_attempt *a, bool *busy)
   p->call.status_of = kind_of(a->kind);
   return p;
 gone:
-  if (p->lock_id[0])
-    tp_lock_release(p->lock_id);
-  p->lock_id[0] = '\0';
   inflight_del(a->id);
   tp_pay_free(p);
   return NULL;

@@ -302,10 +302,15 @@ static int cmd_serve(int argc, char **argv)
   if (tp_procs_start() != 0)
     return 1;
 
-  /* Resolve attempts a crash left in flight before taking new work. */
+  /* Resolve attempts a crash left in flight before taking new work, for a
+   * while: a client retrying then gets the settled answer rather than 409.
+   * Not for long: with a processor down its attempts cannot settle, and
+   * every other payment would wait for it (the unsettled ones are safe
+   * meanwhile: their PaymentIntents refuse other money movements, and the
+   * recovery timer goes on). */
   int rec = tp_recover();
   if (rec > 0) {
-    int64_t until = tp_mono_ms() + 30000;
+    int64_t until = tp_mono_ms() + tp_config_int("routing", "startup_settle_ms", 5000, 0, 600000);
     for (;;) {
       struct tp_attempt *left = NULL;
       size_t n = 0;

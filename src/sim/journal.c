@@ -282,7 +282,7 @@ static const char charges_sql[] =
 
 static const char entries_sql[] =
     "SELECT seq, processor, protocol, operation, reference, terminal, payment, target, txn_id, amount, currency,"
-    " status, decline_code, created_ms FROM sim_journal"
+    " status, decline_code, created_ms, response LIKE '%\"captured\":true%' FROM sim_journal"
     " WHERE (?1 IS NULL OR processor = ?1) AND (?2 IS NULL OR reference = ?2 OR target = ?2)"
     "  AND (?3 IS NULL OR payment = ?3)"
     " ORDER BY seq LIMIT ?4";
@@ -333,6 +333,11 @@ static json_t *query_db(sqlite3 *db, const char *processor, const char *referenc
       json_object_set_new(o, "authorization", col_json(st, 7));
     if (sqlite3_column_bytes(st, 8) > 0)
       json_object_set_new(o, "id", col_json(st, 8));
+    /* An authorization made with capture (a sale) captured its amount at
+     * once: no capture row follows. */
+    const char *op = (const char *)sqlite3_column_text(st, 3);
+    if (op && strcmp(op, "authorize") == 0)
+      json_object_set_new(o, "captured", json_boolean(sqlite3_column_int(st, 14) != 0));
     json_array_append_new(entries, o);
   }
   sqlite3_finalize(st);

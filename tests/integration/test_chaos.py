@@ -1,0 +1,312 @@
+"""Money reconciliation under chaos.
+
+Eight merchant threads run whole payment lives against the real gateway and
+two REST processors in the real `turnpike sim`: create+confirm (automatic or
+manual capture, some declined cards), then capture (full or partial),
+cancel, or leave a manual payment uncaptured, and refund paid ones (one or
+two partial refunds). Every request carries its own Idempotency-Key and is
+retried with it, as an SDK does, after a broken connection, a 5xx, a 409 or
+a 429. Meanwhile a chaos thread keeps switching faults on the processors
+(timeouts before and after processing, resets, 5xx, outages, latency),
+stalls the sim with SIGSTOP, kills the sim with SIGKILL and restarts it on
+its journal, and kills the gateway with SIGKILL and restarts it on its
+store.
+
+When the chaos stops and recovery has settled every call, the gateway and
+the processors must agree on every cent, payment by payment:
+
+- no payment charged twice (the sim journal's own count);
+- succeeded: one charge at the processors, captured there exactly
+  `amount_received`; requires_capture: one uncaptured authorization;
+  every other status: nothing charged, nothing captured;
+- refunds that moved money (with a balance transaction) add up to what the
+  processors refunded for that payment, and to the charge's
+  `amount_refunded` less the released (never captured) part;
+- the balance is the sum of what was captured less what was refunded;
+- every reply the client got as a success still holds (a 200 for a
+  capture, refund or payment is never undone), and no PaymentIntent is
+  left `processing`.
+
+TP_CHAOS_SECONDS (default 20) and TP_CHAOS_SEED (default: the clock; printed)
+vary the run.
+"""
+import collections
+import http.client
+import os
+import random
+import signal
+import threading
+import time
+import unittest
+
+from harness import Daemon, Sim, main, new_key, open_db_ro
+
+SECONDS = float(os.environ.get("TP_CHAOS_SECONDS", "20"))
+SEED = int(os.environ.get("TP_CHAOS_SEED", str(int(time.time() * 1000) % 1000000)))
+THREADS = 8
+NAMES = ("a", "b")
+CALM = dict(outage=False, timeout_rate=0.0, error_rate=0.0, reset_rate=0.0, decline_rate=0.0,
+            latency_ms_min=0, latency_ms_max=0, timeout_operations="all")
+
+
+def gateway_config(sim):
+    ini = ["[routing]", "deadline_ms = 4000", "recovery_interval_ms = 300", "backoff_base_ms = 20", ""]
+    for i, n in enumerate(NAMES):
+        ini += ["[processor.%s]" % n, "type = restjson", "endpoint = http://%s/p/%s" % (sim.rest, n),
+                "timeout_ms = 300", "priority = %d" % (i + 1), "breaker_consecutive = 5",
+                "breaker_open_ms = 500", "breaker_half_open_probes = 1", "health_interval_ms = 0", ""]
+    ini += ["[route.all]", "merchant = *", "processors = %s" % ",".join(NAMES), "strategy = ordered", ""]
+    return "\n".join(ini)
+
+
+class ChaosTest(unittest.TestCase):
+    def setUp(self):
+        print("chaos seed %d, %.0f s" % (SEED, SECONDS), flush=True)
+        self.sim = Sim()
+        self.daemon = Daemon()
+        self.daemon.create_merchant("m")
+        self.config = gateway_config(self.sim)
+        self.daemon.start(config=self.config)
+        self.client = self.daemon.client("m")
+        self.gw_lock = threading.Lock()   # held while the gateway restarts
+        self.log_lock = threading.Lock()
+        self.ok = []        # (what, pi id, reply json) of 200 replies
+        self.pis = set()
+        self.events = collections.Counter()
+        self.stop = threading.Event()
+
+    def tearDown(self):
+        try:
+            os.kill(self.sim.proc.pid, signal.SIGCONT)
+        except (ProcessLookupError, AttributeError):
+            pass
+        self.daemon.cleanup()
+        self.sim.stop()
+
+    # -- the merchant side -------------------------------------------------
+    def call(self, method, path, params, key, budget=15.0):
+        """One request, retried with the same key like an SDK until it gets
+        an answer that is not a broken connection, 5xx, 409 or 429."""
+        deadline = time.monotonic() + budget
+        delay = 0.05
+        r = None
+        while True:
+            with self.gw_lock:
+                c = self.client
+            try:
+                r = c.request(method, path, params, idem=key, timeout=20)
+            except (OSError, http.client.HTTPException):
+                r = None
+            if r is not None and r.status < 500 and r.status not in (409, 429):
+                return r
+            with self.log_lock:
+                self.events["retry %s" % (r.status if r is not None else "broken")] += 1
+            if time.monotonic() > deadline or (self.stop.is_set() and time.monotonic() > deadline - budget / 2):
+                return r
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def record(self, what, r):
+        if r is not None and r.status == 200:
+            with self.log_lock:
+                self.ok.append((what, r.json))
+
+    def one_life(self, rnd):
+        manual = rnd.random() < 0.45
+        pm = "pm_card_chargeDeclined" if rnd.random() < 0.08 else "pm_card_visa"
+        amount = rnd.randint(200, 5000)
+        r = self.call("POST", "/v1/payment_intents",
+                      {"amount": amount, "currency": "usd", "confirm": "true", "payment_method": pm,
+                       "capture_method": "manual" if manual else "automatic"}, new_key("life"))
+        if r is None:
+            return
+        pi = r.json if r.status == 200 else (r.json or {}).get("error", {}).get("payment_intent")
+        if not pi:
+            return
+        with self.log_lock:
+            self.pis.add(pi["id"])
+        self.record("pay", r)
+        if r.status != 200:
+            return
+        if pi["status"] == "requires_capture":
+            x = rnd.random()
+            if x < 0.6:
+                params = {}
+                if rnd.random() < 0.4:
+                    params["amount_to_capture"] = rnd.randint(1, amount)
+                r = self.call("POST", "/v1/payment_intents/%s/capture" % pi["id"], params, new_key("cap"))
+                self.record("capture", r)
+                if r is None or r.status != 200:
+                    return
+                pi = r.json
+            elif x < 0.85:
+                self.record("cancel", self.call("POST", "/v1/payment_intents/%s/cancel" % pi["id"], {},
+                                                new_key("cancel")))
+                return
+            else:
+                return
+        if pi["status"] != "succeeded" or rnd.random() < 0.45:
+            return
+        for _ in range(rnd.choice((1, 1, 2))):
+            params = {"payment_intent": pi["id"]}
+            if rnd.random() < 0.7:
+                params["amount"] = rnd.randint(1, max(1, pi["amount_received"] // 2))
+            r = self.call("POST", "/v1/refunds", params, new_key("ref"))
+            self.record("refund", r)
+
+    def merchant(self, i):
+        rnd = random.Random(SEED * 100 + i)
+        while not self.stop.is_set():
+            self.one_life(rnd)
+
+    # -- the chaos side ----------------------------------------------------
+    def restart_gateway(self):
+        with self.gw_lock:
+            self.daemon.kill9()
+            self.daemon.start(config=self.config)
+            self.client = self.daemon.client("m")
+
+    def chaos(self):
+        rnd = random.Random(SEED)
+        t0 = time.monotonic()
+        plan = {SECONDS * 0.45: "kill_gateway", SECONDS * 0.7: "kill_sim"}
+        while time.monotonic() - t0 < SECONDS:
+            due = [k for k in plan if time.monotonic() - t0 >= k]
+            for k in due:
+                what = plan.pop(k)
+                self.events[what] += 1
+                if what == "kill_gateway":
+                    self.restart_gateway()
+                else:
+                    self.sim.kill9()
+                    time.sleep(0.3)
+                    self.sim.restart()
+            n = rnd.choice(NAMES)
+            x = rnd.random()
+            try:
+                if x < 0.25:
+                    self.sim.faults(n, timeout_rate=0.3, timeout_mode=rnd.choice(("before", "after")),
+                                    timeout_hold_ms=500)
+                    self.events["timeouts"] += 1
+                elif x < 0.4:
+                    self.sim.faults(n, reset_rate=0.2)
+                    self.events["resets"] += 1
+                elif x < 0.55:
+                    self.sim.faults(n, error_rate=0.3)
+                    self.events["errors"] += 1
+                elif x < 0.65:
+                    self.sim.faults(n, outage=True)
+                    self.events["outage"] += 1
+                elif x < 0.75:
+                    self.sim.faults(n, latency_ms_min=50, latency_ms_max=400)
+                    self.events["latency"] += 1
+                elif x < 0.85:
+                    os.kill(self.sim.proc.pid, signal.SIGSTOP)
+                    time.sleep(rnd.uniform(0.3, 0.8))
+                    os.kill(self.sim.proc.pid, signal.SIGCONT)
+                    self.events["sigstop"] += 1
+                else:
+                    self.sim.faults(n, **CALM)
+                    self.events["calm"] += 1
+            except OSError:
+                pass  # the sim is restarting
+            time.sleep(rnd.uniform(0.3, 0.8))
+        for n in NAMES:
+            self.sim.faults(n, **CALM)
+
+    # -- the check -----------------------------------------------------------
+    def test_gateway_and_processors_agree_on_every_cent(self):
+        workers = [threading.Thread(target=self.merchant, args=(i,), daemon=True) for i in range(THREADS)]
+        for w in workers:
+            w.start()
+        self.chaos()
+        self.stop.set()
+        for w in workers:
+            w.join(60)
+        self.assertFalse(any(w.is_alive() for w in workers), "merchant threads stuck")
+        print("chaos: %d payments, %d successes; %s" % (len(self.pis), len(self.ok), dict(self.events)),
+              flush=True)
+        self.assertGreater(len(self.pis), 30)
+
+        # Recovery settles every call once the processors answer.
+        deadline = time.monotonic() + 60
+        while True:
+            with open_db_ro(self.daemon) as db:
+                left = db.execute("SELECT COUNT(*) FROM attempts WHERE state = 'sent'").fetchone()[0]
+            if left == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(left, 0, "attempts still sent 60 s after the chaos")
+
+        c = self.daemon.client("m")
+        pis = {p["id"]: p for p in c.list_all("/v1/payment_intents")}
+        self.assertTrue(self.pis <= set(pis), self.pis - set(pis))
+        charges = {ch["id"]: ch for ch in c.list_all("/v1/charges")}
+        refunds = c.list_all("/v1/refunds")
+        j = self.sim.journal(limit=100000)
+        self.assertEqual(j["summary"]["double_charges"], 0, j["summary"])
+        sim_charges = j["summary"]["charges_by_payment"]
+        sim_captured, sim_refunded = collections.Counter(), collections.Counter()
+        for e in j["entries"]:
+            if e["operation"] == "authorize" and e["status"] == "approved" and e.get("captured"):
+                sim_captured[e["payment"]] += e["amount"]  # a sale: captured with the authorization
+            elif e["operation"] == "capture" and e["status"] == "captured":
+                sim_captured[e["payment"]] += e["amount"]
+            elif e["operation"] == "refund" and e["status"] == "succeeded":
+                sim_refunded[e["payment"]] += e["amount"]
+        gw_refunded = collections.Counter()
+        for re in refunds:
+            if re["status"] == "succeeded" and re.get("balance_transaction"):
+                gw_refunded[re["payment_intent"]] += re["amount"]
+
+        bad = []
+        expected_balance = 0
+        statuses = collections.Counter()
+        for pid, pi in pis.items():
+            st = pi["status"]
+            statuses[st] += 1
+            n = sim_charges.get(pid, 0)
+            if st == "succeeded":
+                ch = charges[pi["latest_charge"]]
+                released = (ch.get("turnpike") or {}).get("released", 0)
+                if (n, sim_captured[pid]) != (1, pi["amount_received"]):
+                    bad.append("%s succeeded %d: processors charged %d, captured %d" %
+                               (pid, pi["amount_received"], n, sim_captured[pid]))
+                if gw_refunded[pid] != sim_refunded[pid] or ch["amount_refunded"] - released != gw_refunded[pid]:
+                    bad.append("%s refunds: gateway %d (charge %d - released %d), processors %d" %
+                               (pid, gw_refunded[pid], ch["amount_refunded"], released, sim_refunded[pid]))
+                expected_balance += pi["amount_received"] - gw_refunded[pid]
+            elif st == "requires_capture":
+                if (n, sim_captured[pid]) != (1, 0):
+                    bad.append("%s requires_capture: processors charged %d, captured %d" %
+                               (pid, n, sim_captured[pid]))
+            elif st == "processing":
+                bad.append("%s left processing" % pid)
+            else:
+                if n or sim_captured[pid] or sim_refunded[pid]:
+                    bad.append("%s %s: processors charged %d, captured %d, refunded %d" %
+                               (pid, st, n, sim_captured[pid], sim_refunded[pid]))
+        print("chaos: final statuses %s" % dict(statuses), flush=True)
+
+        # Every success the client was told of still holds.
+        for what, obj in self.ok:
+            if what in ("pay", "capture") and obj.get("status") == "succeeded":
+                now = pis[obj["id"]]
+                if now["status"] != "succeeded" or now["amount_received"] != obj["amount_received"]:
+                    bad.append("%s %s acknowledged %d, now %s %d" % (what, obj["id"], obj["amount_received"],
+                                                                   now["status"], now["amount_received"]))
+            elif what == "refund" and obj.get("status") == "succeeded":
+                if gw_refunded[obj["payment_intent"]] < obj["amount"]:
+                    bad.append("refund %s acknowledged, not in the refunds" % obj["id"])
+            elif what == "cancel" and pis[obj["id"]]["status"] != "canceled":
+                bad.append("cancel %s acknowledged, now %s" % (obj["id"], pis[obj["id"]]["status"]))
+
+        bal = c.get("/v1/balance").json
+        total = sum(x["amount"] for k in ("available", "pending") for x in bal[k] if x["currency"] == "usd")
+        if total != expected_balance:
+            bad.append("balance %d, captured less refunded %d" % (total, expected_balance))
+        self.assertEqual(bad, [], "seed %d:\n%s" % (SEED, "\n".join(bad[:40])))
+
+
+if __name__ == "__main__":
+    main()
