@@ -575,7 +575,10 @@ static void on_reversal_answer(struct iso_link *l, struct pend *p, const struct 
         report(l, p, TP_OUT_NOT_FOUND, "");
       else
         report(l, p, TP_OUT_ERROR, "processor_reversal_failed");
-    } else if (reversed) {
+    } else if (reversed || unknown) {
+      /* A void: the hold is released, or nothing stands under the
+       * authorization's RRN any more (an earlier repeat of this reversal
+       * got there): voided either way. */
       report(l, p, TP_OUT_APPROVED, "");
     } else {
       report(l, p, TP_OUT_DECLINED, tp_iso_decline_code(f39));
@@ -718,12 +721,14 @@ static void read_in(struct iso_link *l, int64_t now)
  * of a timed-out authorization, capture or refund is owed durably by the
  * gateway's recovery (payflow commits the attempt "reversal_pending", or
  * leaves it "sent" when a crash kept it from saying), and so is recovery's
- * own status query, so those are handed over. A void's reversal has no
- * such owner (the void failed; the merchant may repeat it): error level. */
+ * own status query, so those are handed over; so is a void, whose attempt
+ * stays "sent" after a timeout (recovery reverses the authorization again;
+ * the void of a lapsed authorization is the exception, canceled whatever
+ * the answer: its hold lapses at the issuer anyway). */
 static void reversal_give_up(struct iso_link *l, struct pend *p, const char *why)
 {
   bool owned = p->kind == TP_PROC_AUTHORIZE || p->kind == TP_PROC_CAPTURE || p->kind == TP_PROC_REFUND ||
-               p->kind == TP_PROC_STATUS;
+               p->kind == TP_PROC_STATUS || p->kind == TP_PROC_VOID;
   tp_log(owned ? TP_LOG_WARN : TP_LOG_ERROR, "iso_reversal_gave_up", "{s:s, s:s, s:i, s:s, s:s}", "processor",
          l->name, "rrn", p->rrn, "tries", p->tries, "reason", why, "owner", owned ? "recovery" : "none");
   tp_metric_inc("turnpike_iso_reversals_failed_total", l->labels, 1);

@@ -888,6 +888,16 @@ static bool answer_lost(const struct tp_pay *p)
   if (p->not_sent || c->outcome != TP_OUT_ERROR ||
       (c->kind != TP_PROC_CAPTURE && c->kind != TP_PROC_REFUND && c->kind != TP_PROC_VOID))
     return false;
+  if (proc_type_is(p, "iso8583"))
+    /* An ISO void is the reversal of the authorization, which the link
+     * goes on repeating after it reports the timeout: the host may still
+     * release the hold, so the cancel is not "failed" (the chaos test saw
+     * a PaymentIntent left requires_capture on a reversed authorization).
+     * A lapsed authorization is canceled whatever the answer. (Captures
+     * and refunds are reversed instead: owes_reversal.) */
+    return c->kind == TP_PROC_VOID && p->outcome != tp_outcome_expire &&
+           (strcmp(c->decline_code, "processor_timeout") == 0 ||
+            strcmp(c->decline_code, "processor_status_unknown") == 0);
   return proc_type_is(p, "restjson") && !error_not_processed(c->decline_code);
 }
 
@@ -1438,6 +1448,14 @@ static struct tp_pay *recovery_pay(const struct tp_attempt *a, bool *busy)
   }
   p->call.kind = TP_PROC_STATUS;
   p->call.status_of = kind_of(a->kind);
+  if (strcmp(a->kind, "void") == 0 && proc_type_is(p, "iso8583")) {
+    /* An ISO void is the reversal of the authorization: asking again is
+     * sending it again, which is harmless (a host that reversed it already
+     * answers 25, nothing stands, read as voided by the connector). */
+    p->call.kind = TP_PROC_VOID;
+    const char *auth_att = json_string_value(json_object_get(json_object_get(p->charge, "turnpike"), "attempt"));
+    tp_scopy(p->call.orig_ref, sizeof p->call.orig_ref, auth_att ? auth_att : "");
+  }
   return p;
 gone:
   inflight_del(a->id);

@@ -382,6 +382,38 @@ class LinkedBase(ReversalBase):
         self.assertIn("reversal_recovered", self.daemon.log_text())
 
 
+class VoidTimedOut(LinkedBase):
+    def test_timed_out_void_is_settled_by_recovery(self):
+        """A cancel whose reversal (the void of the authorization) gets no
+        answer is not a failure: the link keeps repeating it and the host
+        may release the hold. The cancel answers 502, the void attempt
+        stays sent, a capture meanwhile is refused (409), and once the host
+        answers, recovery reverses the authorization again: canceled, and
+        the client's retry with its key gets that."""
+        pi, auth_rrn = self.authorize("manual")
+        c = self.daemon.client("m")
+        with self.host.lock:
+            self.host.rev_mode = "ignore"
+        key = new_key("void")
+        r = c.post("/v1/payment_intents/%s/cancel" % pi["id"], {}, idem=key)
+        self.assertEqual((r.status, r.json["error"].get("tp_code")), (502, 6018), r)
+        self.assertEqual(c.get("/v1/payment_intents/" + pi["id"]).json["status"], "requires_capture")
+        self.assertEqual([a["state"] for a in self.of_kind(pi["id"], "void")], ["sent"])
+        cap = c.post("/v1/payment_intents/%s/capture" % pi["id"], {}, idem=new_key("cap"))
+        self.assertEqual((cap.status, cap.json["error"].get("tp_code")), (409, 3009), cap)
+        self.assertEqual(self.host.linked("0220"), [])
+        with self.host.lock:
+            self.host.rev_mode = "accept"
+        wait_for(lambda: c.get("/v1/payment_intents/" + pi["id"]).json["status"] == "canceled", timeout=WAIT_S,
+                 what="recovery to settle the void")
+        self.assertEqual([a["state"] for a in self.of_kind(pi["id"], "void")], ["succeeded"])
+        again = c.post("/v1/payment_intents/%s/cancel" % pi["id"], {}, idem=key)
+        self.assertEqual((again.status, again.json.get("status")), (200, "canceled"), again)
+        revs = self.host.reversals(auth_rrn)
+        self.assertGreaterEqual(len(revs), 2, revs)
+        self.assertTrue(all(f[90][:4] == "0100" for _, _, f in revs), revs)
+
+
 class CaptureReversalOwed(LinkedBase):
     def test_timed_out_capture_reversed_until_acknowledged(self):
         pi, auth_rrn, cap_rrn = self.capture_timing_out()
