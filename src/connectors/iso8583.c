@@ -5,6 +5,7 @@
  * unknown. docs/iso8583.md describes the messages. */
 #include "connectors/connector.h"
 #include "core/iso8583.h"
+#include "core/router.h"
 #include "config.h"
 #include "log.h"
 #include "metrics.h"
@@ -580,6 +581,13 @@ static void on_reversal_answer(struct iso_link *l, struct pend *p, const struct 
        * authorization's RRN any more (an earlier repeat of this reversal
        * got there): voided either way. */
       report(l, p, TP_OUT_APPROVED, "");
+    } else if (tp_decline_is_soft(tp_iso_decline_code(f39))) {
+      /* 96, 91 ...: the host could not act now. That says nothing of an
+       * earlier send of this reversal (a 0401 repeat is answered so while
+       * the 0400 went through): unknown, and recovery reverses again until
+       * the host says 00 or 25 (the chaos test found a void reported
+       * declined on an authorization the host had reversed). */
+      report(l, p, TP_OUT_ERROR, "processor_status_unknown");
     } else {
       report(l, p, TP_OUT_DECLINED, tp_iso_decline_code(f39));
     }
