@@ -12,8 +12,8 @@ cancel, after one failed refund they send the next, each with a new key,
 while the first call's outcome may still be unknown. Meanwhile a chaos thread keeps switching faults on the processors
 (timeouts before and after processing, resets, 5xx, outages, latency),
 stalls the sim with SIGSTOP, kills the sim with SIGKILL and restarts it on
-its journal, and kills the gateway with SIGKILL and restarts it on its
-store.
+its journal, and stops the gateway, once with SIGTERM (it must finish what
+is in flight and exit 0) and once with SIGKILL, restarting it on its store.
 
 When the chaos stops and recovery has settled every call, the gateway and
 the processors must agree on every cent, payment by payment:
@@ -127,6 +127,7 @@ class ChaosTest(unittest.TestCase):
         self.pis = set()
         self.events = collections.Counter()
         self.stop = threading.Event()
+        self.term_rc = None
 
     def tearDown(self):
         try:
@@ -223,23 +224,27 @@ class ChaosTest(unittest.TestCase):
             self.one_life(rnd)
 
     # -- the chaos side ----------------------------------------------------
-    def restart_gateway(self):
+    def restart_gateway(self, graceful):
+        """kill -9, or SIGTERM (which must finish what is in flight and exit 0)."""
         with self.gw_lock:
-            self.daemon.kill9()
+            if graceful:
+                self.term_rc = self.daemon.stop()
+            else:
+                self.daemon.kill9()
             self.daemon.start(config=self.config)
             self.client = self.daemon.client("m")
 
     def chaos(self):
         rnd = random.Random(SEED)
         t0 = time.monotonic()
-        plan = {SECONDS * 0.45: "kill_gateway", SECONDS * 0.7: "kill_sim"}
+        plan = {SECONDS * 0.25: "term_gateway", SECONDS * 0.45: "kill_gateway", SECONDS * 0.7: "kill_sim"}
         while time.monotonic() - t0 < SECONDS:
             due = [k for k in plan if time.monotonic() - t0 >= k]
             for k in due:
                 what = plan.pop(k)
                 self.events[what] += 1
-                if what == "kill_gateway":
-                    self.restart_gateway()
+                if what in ("kill_gateway", "term_gateway"):
+                    self.restart_gateway(graceful=what == "term_gateway")
                 else:
                     self.sim.kill9()
                     time.sleep(0.3)
@@ -290,6 +295,7 @@ class ChaosTest(unittest.TestCase):
         print("chaos: %d payments, %d successes; %s" % (len(self.pis), len(self.ok), dict(self.events)),
               flush=True)
         self.assertGreater(len(self.pis), 30)
+        self.assertEqual(self.term_rc, 0, "SIGTERM under chaos: exit status")
 
         # Recovery settles every call once the processors answer.
         deadline = time.monotonic() + 60
