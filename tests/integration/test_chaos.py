@@ -9,7 +9,9 @@ two partial refunds). Every request carries its own Idempotency-Key and is
 retried with it, as an SDK does, after a broken connection, a 5xx, a 409 or
 a 429; some clients are impatient instead: after one failed capture they
 cancel, after one failed refund they send the next, each with a new key,
-while the first call's outcome may still be unknown. Meanwhile a chaos thread keeps switching faults on the processors
+while the first call's outcome may still be unknown; and some send two
+calls on one payment at once (a capture and a cancel, or two refunds that
+together exceed what was paid). Meanwhile a chaos thread keeps switching faults on the processors
 (timeouts before and after processing, resets, 5xx, outages, latency),
 stalls the sim with SIGSTOP, kills the sim with SIGKILL and restarts it on
 its journal, and stops the gateway, once with SIGTERM (it must finish what
@@ -184,6 +186,11 @@ class ChaosTest(unittest.TestCase):
             return
         if pi["status"] == "requires_capture":
             x = rnd.random()
+            if x < 0.1:
+                # A capture and a cancel of one payment at the same time.
+                self.concurrently(("capture", "POST", "/v1/payment_intents/%s/capture" % pi["id"], {}),
+                                  ("cancel", "POST", "/v1/payment_intents/%s/cancel" % pi["id"], {}))
+                return
             if x < 0.6:
                 params = {}
                 if rnd.random() < 0.4:
@@ -209,6 +216,13 @@ class ChaosTest(unittest.TestCase):
                 return
         if pi["status"] != "succeeded" or rnd.random() < 0.45:
             return
+        if rnd.random() < 0.15:
+            # Two refunds of one payment at the same time, together maybe
+            # more than was paid.
+            half = max(1, pi["amount_received"] * 2 // 3)
+            self.concurrently(("refund", "POST", "/v1/refunds", {"payment_intent": pi["id"], "amount": half}),
+                              ("refund", "POST", "/v1/refunds", {"payment_intent": pi["id"], "amount": half}))
+            return
         for _ in range(rnd.choice((1, 1, 2))):
             params = {"payment_intent": pi["id"]}
             if rnd.random() < 0.7:
@@ -217,6 +231,15 @@ class ChaosTest(unittest.TestCase):
             # send the next one at once.
             r = self.call("POST", "/v1/refunds", params, new_key("ref"), budget=0.0 if rnd.random() < 0.3 else 15.0)
             self.record("refund", r)
+
+    def concurrently(self, *calls):
+        """Each (what, method, path, params) on its own thread and key."""
+        ts = [threading.Thread(target=lambda w=w, m=m, p=p, q=q: self.record(w, self.call(m, p, q, new_key(w))))
+              for w, m, p, q in calls]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
 
     def merchant(self, i):
         rnd = random.Random(SEED * 100 + i)
@@ -372,6 +395,35 @@ class ChaosTest(unittest.TestCase):
                     bad.append("refund %s acknowledged, not in the refunds" % obj["id"])
             elif what == "cancel" and pis[obj["id"]]["status"] != "canceled":
                 bad.append("cancel %s acknowledged, now %s" % (obj["id"], pis[obj["id"]]["status"]))
+
+        # The events are committed with the changes they describe: the
+        # newest event of each PaymentIntent, charge and refund shows it as
+        # it is now.
+        newest = {}
+        for ev in c.list_all("/v1/events"):  # newest first
+            obj = ev["data"]["object"]
+            newest.setdefault(obj["id"], obj)
+        for pid, pi in pis.items():
+            ev = newest.get(pid)
+            if ev is None or (ev["status"], ev["amount_received"]) != (pi["status"], pi["amount_received"]):
+                bad.append("%s is %s %d, its newest event says %s" %
+                           (pid, pi["status"], pi["amount_received"],
+                            ev and (ev["status"], ev["amount_received"])))
+        for cid, ch in charges.items():
+            ev = newest.get(cid)
+            fields = ("status", "captured", "amount_captured", "amount_refunded", "refunded")
+            if ev is None or [ev.get(f) for f in fields] != [ch.get(f) for f in fields]:
+                bad.append("charge %s %r, its newest event %r" % (cid, [ch.get(f) for f in fields],
+                                                                 ev and [ev.get(f) for f in fields]))
+        for re in refunds:
+            ev = newest.get(re["id"])
+            if ev is None or ev["status"] != re["status"]:
+                bad.append("refund %s %s, its newest event %s" % (re["id"], re["status"], ev and ev["status"]))
+        # The balance transactions add up to the balance.
+        txns = c.list_all("/v1/balance_transactions")
+        if sum(t["amount"] for t in txns if t["currency"] == "usd") != expected_balance:
+            bad.append("balance transactions add up to %d, captured less refunded %d" %
+                       (sum(t["amount"] for t in txns), expected_balance))
 
         bal = c.get("/v1/balance").json
         total = sum(x["amount"] for k in ("available", "pending") for x in bal[k] if x["currency"] == "usd")
