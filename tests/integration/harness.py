@@ -488,6 +488,14 @@ class Sim:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+def iso_rrn(ref):
+    """The RRN (field 37) the ISO connector derives from an attempt's
+    reference (tp_iso_rrn): 12 of [0-9A-Z] from its SHA-256."""
+    import hashlib
+    alnum = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return "".join(alnum[b % 36] for b in hashlib.sha256(ref.encode()).digest()[:12])
+
+
 def open_db_ro(daemon):
     """The daemon's SQLite file, read-only (never writes, never checkpoints)."""
     import sqlite3

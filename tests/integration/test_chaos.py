@@ -44,7 +44,7 @@ import threading
 import time
 import unittest
 
-from harness import Daemon, Sim, main, new_key, open_db_ro
+from harness import Daemon, Sim, iso_rrn, main, new_key, open_db_ro
 
 SECONDS = float(os.environ.get("TP_CHAOS_SECONDS", "20"))
 SEED = int(os.environ.get("TP_CHAOS_SEED", "1"))
@@ -69,13 +69,6 @@ def gateway_config(sim):
     ini += ["[route.all]", "merchant = *", "processors = a,x,b", "strategy = ordered", ""]
     return "\n".join(ini)
 
-
-def iso_rrn(ref):
-    """The RRN (field 37) the ISO connector derives from an attempt's
-    reference (tp_iso_rrn): 12 of [0-9A-Z] from its SHA-256."""
-    import hashlib
-    alnum = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    return "".join(alnum[b % 36] for b in hashlib.sha256(ref.encode()).digest()[:12])
 
 
 def processor_money(entries, payment_of):

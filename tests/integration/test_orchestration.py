@@ -12,7 +12,7 @@ import signal
 import time
 import unittest
 
-from harness import (BIN, HOST, Daemon, PaymentLoad, Sim, new_key, open_db_ro, main)
+from harness import (BIN, HOST, Daemon, PaymentLoad, Sim, iso_rrn, new_key, open_db_ro, main)
 
 
 def gateway_config(sim, names=("a", "b"), timeout_ms=400, extra=""):
@@ -27,13 +27,6 @@ def gateway_config(sim, names=("a", "b"), timeout_ms=400, extra=""):
     ini += ["[route.all]", "merchant = *", "processors = %s" % ",".join(names), "strategy = ordered", ""]
     return "\n".join(ini) + extra
 
-
-def iso_rrn(ref):
-    """The RRN (field 37) the ISO connector derives from an attempt's
-    reference (tp_iso_rrn): 12 of [0-9A-Z] from its SHA-256."""
-    import hashlib
-    alnum = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    return "".join(alnum[b % 36] for b in hashlib.sha256(ref.encode()).digest()[:12])
 
 
 def one_iso_link_config(sim):
