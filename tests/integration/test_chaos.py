@@ -3,7 +3,8 @@
 Eight merchant threads run whole payment lives against the real gateway and
 three processors in the real `turnpike sim` (REST, ISO 8583, REST, in that
 order of the route): create+confirm (automatic or
-manual capture, some declined cards), then capture (full or partial),
+manual capture, some declined cards, some 3-D Secure cards whose challenge
+page the test's "browser" approves or fails), then capture (full or partial),
 cancel, or leave a manual payment uncaptured, and refund paid ones (one or
 two partial refunds). Every request carries its own Idempotency-Key and is
 retried with it, as an SDK does, after a broken connection, a 5xx, a 409 or
@@ -43,8 +44,9 @@ import signal
 import threading
 import time
 import unittest
+import urllib.parse
 
-from harness import Daemon, Sim, iso_rrn, main, new_key, open_db_ro
+from harness import Daemon, Response, Sim, iso_rrn, main, new_key, open_db_ro
 
 SECONDS = float(os.environ.get("TP_CHAOS_SECONDS", "20"))
 SEED = int(os.environ.get("TP_CHAOS_SEED", "1"))
@@ -123,6 +125,7 @@ class ChaosTest(unittest.TestCase):
         self.events = collections.Counter()
         self.stop = threading.Event()
         self.term_rc = None
+        self.crashed = []
 
     def tearDown(self):
         try:
@@ -133,7 +136,7 @@ class ChaosTest(unittest.TestCase):
         self.sim.stop()
 
     # -- the merchant side -------------------------------------------------
-    def call(self, method, path, params, key, budget=15.0):
+    def call(self, method, path, params, idem, budget=15.0, **kw):
         """One request, retried with the same key like an SDK until it gets
         an answer that is not a broken connection, 5xx, 409 or 429."""
         deadline = time.monotonic() + budget
@@ -143,7 +146,7 @@ class ChaosTest(unittest.TestCase):
             with self.gw_lock:
                 c = self.client
             try:
-                r = c.request(method, path, params, idem=key, timeout=20)
+                r = c.request(method, path, params, idem=idem, timeout=20, **kw)
             except (OSError, http.client.HTTPException):
                 r = None
             if r is not None and r.status < 500 and r.status not in (409, 429):
@@ -160,15 +163,46 @@ class ChaosTest(unittest.TestCase):
             with self.log_lock:
                 self.ok.append((what, r.json))
 
+    def challenge(self, pi, rnd):
+        """The customer's browser on the 3-D Secure page: approve (mostly) or
+        fail. A redirect that says succeeded is an acknowledged payment."""
+        u = urllib.parse.urlsplit(pi["next_action"]["redirect_to_url"]["url"])
+        token = urllib.parse.parse_qs(u.query).get("token", [""])[0]
+        result = "approve" if rnd.random() < 0.85 else "fail"
+        r = self.call("POST", u.path, {"token": token, "result": result}, None, budget=5.0, key=None)
+        loc = r.headers.get("Location", "") if r is not None and r.status == 303 else ""
+        with self.log_lock:
+            self.events["3ds %s -> %s" % (result, "succeeded" if "redirect_status=succeeded" in loc else
+                                          "failed" if loc else "no redirect")] += 1
+        if "redirect_status=succeeded" in loc:
+            with self.log_lock:
+                self.ok.append(("3ds", {"id": pi["id"], "status": "authorized", "amount_received": 0}))
+        with self.gw_lock:
+            c = self.client
+        try:
+            now = c.get("/v1/payment_intents/" + pi["id"])
+        except (OSError, http.client.HTTPException):
+            return None
+        return now.json if now.status == 200 else None
+
     def one_life(self, rnd):
         manual = rnd.random() < 0.45
-        pm = "pm_card_chargeDeclined" if rnd.random() < 0.08 else "pm_card_visa"
+        x = rnd.random()
+        pm = "pm_card_chargeDeclined" if x < 0.08 else "pm_card_threeDSecure2Required" if x < 0.16 else "pm_card_visa"
         amount = rnd.randint(200, 5000)
         r = self.call("POST", "/v1/payment_intents",
                       {"amount": amount, "currency": "usd", "confirm": "true", "payment_method": pm,
-                       "capture_method": "manual" if manual else "automatic"}, new_key("life"))
+                       "capture_method": "manual" if manual else "automatic",
+                       "return_url": "https://shop.example/return"}, new_key("life"))
         if r is None:
             return
+        if r.status == 200 and r.json.get("status") == "requires_action":
+            with self.log_lock:
+                self.pis.add(r.json["id"])
+            pi = self.challenge(r.json, rnd)
+            if not pi or pi["status"] not in ("succeeded", "requires_capture"):
+                return
+            r = Response(200, r.headers, pi, b"")
         pi = r.json if r.status == 200 else (r.json or {}).get("error", {}).get("payment_intent")
         if not pi:
             return
@@ -236,8 +270,13 @@ class ChaosTest(unittest.TestCase):
 
     def merchant(self, i):
         rnd = random.Random(SEED * 100 + i)
-        while not self.stop.is_set():
-            self.one_life(rnd)
+        try:
+            while not self.stop.is_set():
+                self.one_life(rnd)
+        except Exception as e:  # a bug in the test, or an answer it cannot read
+            with self.log_lock:
+                self.crashed.append("merchant %d: %r" % (i, e))
+            raise
 
     # -- the chaos side ----------------------------------------------------
     def restart_gateway(self, graceful):
@@ -308,6 +347,7 @@ class ChaosTest(unittest.TestCase):
         for w in workers:
             w.join(60)
         self.assertFalse(any(w.is_alive() for w in workers), "merchant threads stuck")
+        self.assertEqual(self.crashed, [])
         print("chaos: %d payments, %d successes; %s" % (len(self.pis), len(self.ok), dict(self.events)),
               flush=True)
         self.assertGreater(len(self.pis), 30)
@@ -378,7 +418,13 @@ class ChaosTest(unittest.TestCase):
 
         # Every success the client was told of still holds.
         for what, obj in self.ok:
-            if what in ("pay", "capture") and obj.get("status") == "succeeded":
+            if what == "3ds":
+                # Authorized after the challenge: paid, or held for capture
+                # (a later cancel or capture may have moved it on).
+                if pis[obj["id"]]["status"] not in ("succeeded", "requires_capture", "canceled"):
+                    bad.append("3-D Secure payment %s redirected as succeeded, now %s" %
+                               (obj["id"], pis[obj["id"]]["status"]))
+            elif what in ("pay", "capture") and obj.get("status") == "succeeded":
                 now = pis[obj["id"]]
                 if now["status"] != "succeeded" or now["amount_received"] != obj["amount_received"]:
                     bad.append("%s %s acknowledged %d, now %s %d" % (what, obj["id"], obj["amount_received"],
