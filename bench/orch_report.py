@@ -51,8 +51,11 @@ def gw(addr, key, method, path, params=None):
 
 def probe(addr, key, sim, name, delay, out):
     time.sleep(float(delay))
-    sim_call(sim, "POST", "/_sim/faults", {"processor": name, "outage": True})
+    # The outage starts somewhere during this call; the breaker can open
+    # before its answer is read under load, so the clock is read first (it
+    # was read after, and a quick breaker was reported as never opened).
     outage_at = time.time()
+    sim_call(sim, "POST", "/_sim/faults", {"processor": name, "outage": True})
     t0 = time.monotonic()
     elapsed = None
     for _ in range(2000):
