@@ -31,7 +31,11 @@ the processors must agree on every cent, payment by payment:
 - the balance is the sum of what was captured less what was refunded;
 - every reply the client got as a success still holds (a 200 for a
   capture, refund or payment is never undone), and no PaymentIntent is
-  left `processing`.
+  left `processing`;
+- the events are committed with their changes (the newest event of each
+  object shows it as it is), and a webhook endpoint (failing one delivery
+  in ten) gets every event of its types, signed, at least once, and none
+  that was not committed.
 
 TP_CHAOS_SECONDS (default 20) and TP_CHAOS_SEED (default 1; the thread
 interleaving differs from run to run anyway) vary the run.
@@ -47,6 +51,7 @@ import unittest
 import urllib.parse
 
 from harness import Daemon, Response, Sim, iso_rrn, main, new_key, open_db_ro
+from test_webhooks import Receiver, verify_signature
 
 SECONDS = float(os.environ.get("TP_CHAOS_SECONDS", "20"))
 SEED = int(os.environ.get("TP_CHAOS_SEED", "1"))
@@ -69,7 +74,12 @@ def gateway_config(sim):
     ini += ["[processor.x]", "type = iso8583", "endpoint = %s" % sim.iso, "timeout_ms = 400",
             "terminal_id = TERM0001", "merchant_id = TURNPIKE0000001"] + breaker + [""]
     ini += ["[route.all]", "merchant = *", "processors = a,x,b", "strategy = ordered", ""]
+    ini += ["[webhooks]", "retry_base_ms = 100", "retry_max_ms = 400", "scan_interval_ms = 300",
+            "timeout_ms = 1500", "connect_timeout_ms = 1000", "stop_wait_ms = 1000", ""]
     return "\n".join(ini)
+
+
+HOOKED = ("payment_intent.succeeded", "payment_intent.canceled", "charge.refunded", "charge.captured")
 
 
 
@@ -118,6 +128,14 @@ class ChaosTest(unittest.TestCase):
         self.config = gateway_config(self.sim)
         self.daemon.start(config=self.config)
         self.client = self.daemon.client("m")
+        # A webhook endpoint that fails one delivery in ten.
+        self.hooks = Receiver()
+        rnd = random.Random(SEED + 7)
+        self.hooks.behaviour["/hook"] = lambda ev, n: (500 if rnd.random() < 0.1 else 200, 0)
+        we = self.client.post("/v1/webhook_endpoints", {"url": self.hooks.url("/hook"),
+                                                        "enabled_events": list(HOOKED)})
+        assert we.status == 200, we
+        self.hook_secret = we.json["secret"]
         self.gw_lock = threading.Lock()   # held while the gateway restarts
         self.log_lock = threading.Lock()
         self.ok = []        # (what, pi id, reply json) of 200 replies
@@ -128,6 +146,7 @@ class ChaosTest(unittest.TestCase):
         self.crashed = []
 
     def tearDown(self):
+        self.hooks.close()
         try:
             os.kill(self.sim.proc.pid, signal.SIGCONT)
         except (ProcessLookupError, AttributeError):
@@ -438,10 +457,11 @@ class ChaosTest(unittest.TestCase):
         # The events are committed with the changes they describe: the
         # newest event of each PaymentIntent, charge and refund shows it as
         # it is now.
-        newest = {}
+        newest, newest_ev = {}, {}
         for ev in c.list_all("/v1/events"):  # newest first
             obj = ev["data"]["object"]
             newest.setdefault(obj["id"], obj)
+            newest_ev[ev["id"]] = ev["type"]
         for pid, pi in pis.items():
             ev = newest.get(pid)
             if ev is None or (ev["status"], ev["amount_received"]) != (pi["status"], pi["amount_received"]):
@@ -458,6 +478,28 @@ class ChaosTest(unittest.TestCase):
             ev = newest.get(re["id"])
             if ev is None or ev["status"] != re["status"]:
                 bad.append("refund %s %s, its newest event %s" % (re["id"], re["status"], ev and ev["status"]))
+        # Webhooks: every committed event of the endpoint's types reaches
+        # it, signed, at least once, through the kills; and nothing reaches
+        # it that was not committed (an event of a change a kill undid).
+        want = {e for e, obj in newest_ev.items() if obj in HOOKED}
+        deadline = time.monotonic() + 60
+        while True:
+            got = self.hooks.on("/hook")
+            delivered = {g["event"]["id"] for g in got if g["event"] and
+                         verify_signature(g["body"], g["headers"].get("Stripe-Signature", ""), self.hook_secret)}
+            if want <= delivered or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        if not want <= delivered:
+            bad.append("%d of %d events never delivered (or badly signed), e.g. %s" %
+                       (len(want - delivered), len(want), sorted(want - delivered)[:3]))
+        phantom = {g["event"]["id"] for g in got if g["event"]} - set(newest_ev)
+        if phantom:
+            bad.append("webhooks for events that are not in /v1/events: %s" % sorted(phantom)[:3])
+        self.events["webhooks"] = len(got)
+        self.events["webhook events"] = len(want)
+        print("chaos: %d webhook requests for %d events" % (len(got), len(want)), flush=True)
+
         # The balance transactions add up to the balance.
         txns = c.list_all("/v1/balance_transactions")
         if sum(t["amount"] for t in txns if t["currency"] == "usd") != expected_balance:
