@@ -35,13 +35,17 @@ the processors must agree on every cent, payment by payment:
 - the events are committed with their changes (the newest event of each
   object shows it as it is), and a webhook endpoint (failing one delivery
   in ten) gets every event of its types, signed, at least once, and none
-  that was not committed.
+  that was not committed; a WebSocket subscriber that reconnects with
+  `last_event_id` after each restart sees every payment_intent event once,
+  in commit order.
 
 TP_CHAOS_SECONDS (default 20) and TP_CHAOS_SEED (default 1; the thread
 interleaving differs from run to run anyway) vary the run.
 """
 import collections
 import http.client
+import json
+import socket
 import os
 import random
 import signal
@@ -51,6 +55,7 @@ import unittest
 import urllib.parse
 
 from harness import Daemon, Response, Sim, iso_rrn, main, new_key, open_db_ro
+from test_stream import RawWS
 from test_webhooks import Receiver, verify_signature
 
 SECONDS = float(os.environ.get("TP_CHAOS_SECONDS", "20"))
@@ -144,6 +149,7 @@ class ChaosTest(unittest.TestCase):
         self.stop = threading.Event()
         self.term_rc = None
         self.crashed = []
+        self.sub_ids, self.sub_log, self.sub_stop = set(), collections.Counter(), threading.Event()
 
     def tearDown(self):
         self.hooks.close()
@@ -297,6 +303,55 @@ class ChaosTest(unittest.TestCase):
                 self.crashed.append("merchant %d: %r" % (i, e))
             raise
 
+    # -- a WebSocket subscriber ---------------------------------------------
+    def subscriber(self):
+        """Follows payment_intent.* on /v1/turnpike/stream and, whenever the
+        connection drops (the gateway is killed or stopped), reconnects with
+        last_event_id. Records every event id; an id not above the last one
+        (a duplicate, or out of commit order) is a failure."""
+        last = None
+        while not self.sub_stop.is_set():
+            with self.gw_lock:
+                port, key = self.daemon.port, self.daemon.merchants["m"]["secret_key"]
+            try:
+                ws = RawWS(port, key)
+            except OSError:
+                time.sleep(0.1)
+                continue
+            try:
+                if ws.status != 101:
+                    time.sleep(0.1)
+                    continue
+                sub = {"type": "subscribe", "events": ["payment_intent.*"]}
+                if last:
+                    sub["last_event_id"] = last
+                ws.send(1, json.dumps(sub, separators=(",", ":")).encode())
+                ws.sock.settimeout(0.5)
+                self.sub_log["connections"] += 1
+                while not self.sub_stop.is_set():
+                    try:
+                        op, payload = ws.frame()
+                    except socket.timeout:
+                        continue
+                    if op == 9:
+                        ws.send(10, payload[:125])
+                    elif op == 8:
+                        break
+                    elif op == 1:
+                        msg = json.loads(payload.decode())
+                        if msg.get("type") == "event":
+                            eid = msg["event"]["id"]
+                            if last is not None and eid <= last:
+                                self.sub_log["out of order or repeated"] += 1
+                            self.sub_ids.add(eid)
+                            last = eid
+                        elif msg.get("type") == "error":
+                            self.sub_log["error " + msg.get("code", "")] += 1
+            except (OSError, EOFError, ValueError):
+                pass
+            finally:
+                ws.close()
+
     # -- the chaos side ----------------------------------------------------
     def restart_gateway(self, graceful):
         """kill -9, or SIGTERM (which must finish what is in flight and exit 0)."""
@@ -358,6 +413,8 @@ class ChaosTest(unittest.TestCase):
 
     # -- the check -----------------------------------------------------------
     def test_gateway_and_processors_agree_on_every_cent(self):
+        sub = threading.Thread(target=self.subscriber, daemon=True)
+        sub.start()
         workers = [threading.Thread(target=self.merchant, args=(i,), daemon=True) for i in range(THREADS)]
         for w in workers:
             w.start()
@@ -499,6 +556,24 @@ class ChaosTest(unittest.TestCase):
         self.events["webhooks"] = len(got)
         self.events["webhook events"] = len(want)
         print("chaos: %d webhook requests for %d events" % (len(got), len(want)), flush=True)
+
+        # The stream subscriber, reconnecting with last_event_id after each
+        # restart, saw every payment_intent.* event once, in commit order.
+        want = {e for e, t in newest_ev.items() if t.startswith("payment_intent.")}
+        deadline = time.monotonic() + 30
+        while not want <= self.sub_ids and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.sub_stop.set()
+        sub.join(10)
+        print("chaos: stream %d of %d events, %s" % (len(self.sub_ids & want), len(want), dict(self.sub_log)),
+              flush=True)
+        if not want <= self.sub_ids:
+            bad.append("stream: %d of %d payment_intent events never arrived, e.g. %s" %
+                       (len(want - self.sub_ids), len(want), sorted(want - self.sub_ids)[:3]))
+        if self.sub_ids - set(newest_ev):
+            bad.append("stream: events that are not in /v1/events: %s" % sorted(self.sub_ids - set(newest_ev))[:3])
+        if self.sub_log["out of order or repeated"]:
+            bad.append("stream: %d events out of order or repeated" % self.sub_log["out of order or repeated"])
 
         # The balance transactions add up to the balance.
         txns = c.list_all("/v1/balance_transactions")
