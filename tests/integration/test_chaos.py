@@ -29,6 +29,8 @@ the processors must agree on every cent, payment by payment:
   processors refunded for that payment, and to the charge's
   `amount_refunded` less the released (never captured) part;
 - the balance is the sum of what was captured less what was refunded;
+- a request sent again with its key gets the very answer it got first,
+  through the kills;
 - every reply the client got as a success still holds (a 200 for a
   capture, refund or payment is never undone), and no PaymentIntent is
   left `processing`;
@@ -149,6 +151,7 @@ class ChaosTest(unittest.TestCase):
         self.stop = threading.Event()
         self.term_rc = None
         self.crashed = []
+        self.answers = []   # (method, path, params, key, Response) of answered keyed requests
         self.sub_ids, self.sub_log, self.sub_stop = set(), collections.Counter(), threading.Event()
 
     def tearDown(self):
@@ -175,6 +178,9 @@ class ChaosTest(unittest.TestCase):
             except (OSError, http.client.HTTPException):
                 r = None
             if r is not None and r.status < 500 and r.status not in (409, 429):
+                if idem and r.status in (200, 402):
+                    with self.log_lock:
+                        self.answers.append((method, path, params, idem, r))
                 return r
             with self.log_lock:
                 self.events["retry %s" % (r.status if r is not None else "broken")] += 1
@@ -574,6 +580,19 @@ class ChaosTest(unittest.TestCase):
             bad.append("stream: events that are not in /v1/events: %s" % sorted(self.sub_ids - set(newest_ev))[:3])
         if self.sub_log["out of order or repeated"]:
             bad.append("stream: %d events out of order or repeated" % self.sub_log["out of order or repeated"])
+
+        # A request sent again with its key gets the answer it got (after
+        # the kills and the restarts too), marked as replayed, and changes
+        # nothing.
+        sample = random.Random(SEED).sample(self.answers, min(150, len(self.answers)))
+        for method, path, params, key, first in sample:
+            again = c.request(method, path, params, idem=key)
+            if (again.status, again.json) != (first.status, first.json) or \
+                    again.headers.get("Idempotent-Replayed") != "true":
+                bad.append("%s %s with key %s: first %d %s, again %d %s (replayed: %s)" % (
+                    method, path, key, first.status, str(first.json)[:120], again.status, str(again.json)[:120],
+                    again.headers.get("Idempotent-Replayed")))
+        self.events["replays checked"] = len(sample)
 
         # The balance transactions add up to the balance.
         txns = c.list_all("/v1/balance_transactions")
