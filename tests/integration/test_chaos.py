@@ -13,8 +13,9 @@ cancel, after one failed refund they send the next, each with a new key,
 while the first call's outcome may still be unknown; and some send two
 calls on one payment at once (a capture and a cancel, or two refunds that
 together exceed what was paid). Meanwhile a chaos thread keeps switching faults on the processors
-(timeouts before and after processing, resets, 5xx, outages, latency),
-stalls the sim with SIGSTOP, kills the sim with SIGKILL and restarts it on
+(timeouts before and after processing, of every call or only some kinds,
+resets, 5xx, outages, latency), stalls the sim, and the gateway itself, with
+SIGSTOP, kills the sim with SIGKILL and restarts it on
 its journal, and stops the gateway, once with SIGTERM (it must finish what
 is in flight and exit 0) and once with SIGKILL, restarting it on its store.
 
@@ -389,7 +390,9 @@ class ChaosTest(unittest.TestCase):
             try:
                 if x < 0.25:
                     self.sim.faults(n, timeout_rate=0.3, timeout_mode=rnd.choice(("before", "after")),
-                                    timeout_hold_ms=500)
+                                    timeout_hold_ms=500,
+                                    timeout_operations=rnd.choice(("all", "all", "authorize", "capture,refund",
+                                                                   "void")))
                     self.events["timeouts"] += 1
                 elif x < 0.4:
                     self.sim.faults(n, reset_rate=0.2)
@@ -403,11 +406,20 @@ class ChaosTest(unittest.TestCase):
                 elif x < 0.75:
                     self.sim.faults(n, latency_ms_min=50, latency_ms_max=400)
                     self.events["latency"] += 1
-                elif x < 0.85:
+                elif x < 0.8:
                     os.kill(self.sim.proc.pid, signal.SIGSTOP)
                     time.sleep(rnd.uniform(0.3, 0.8))
                     os.kill(self.sim.proc.pid, signal.SIGCONT)
                     self.events["sigstop"] += 1
+                elif x < 0.85:
+                    # The gateway itself stalls (a paused VM, a long GC-like
+                    # hiccup): its timers fire late, all at once.
+                    with self.gw_lock:
+                        pid = self.daemon.proc.pid
+                        os.kill(pid, signal.SIGSTOP)
+                        time.sleep(rnd.uniform(0.3, 0.8))
+                        os.kill(pid, signal.SIGCONT)
+                    self.events["gateway sigstop"] += 1
                 else:
                     self.sim.faults(n, **CALM)
                     self.events["calm"] += 1
