@@ -4,7 +4,9 @@ Eight merchant threads run whole payment lives against the real gateway and
 three processors in the real `turnpike sim` (REST, ISO 8583, REST, in that
 order of the route): create+confirm (automatic or
 manual capture, some declined cards, some 3-D Secure cards whose challenge
-page the test's "browser" approves or fails), then capture (full or partial),
+page the test's "browser" approves or fails, some saving the card to the
+thread's customer and some charging a saved card off-session), then capture
+(full or partial),
 cancel, or leave a manual payment uncaptured, and refund paid ones (one or
 two partial refunds). Every request carries its own Idempotency-Key and is
 retried with it, as an SDK does, after a broken connection, a 5xx, a 409 or
@@ -152,6 +154,7 @@ class ChaosTest(unittest.TestCase):
         self.stop = threading.Event()
         self.term_rc = None
         self.crashed = []
+        self.customers = []
         self.answers = []   # (method, path, params, key, Response) of answered keyed requests
         self.sub_ids, self.sub_log, self.sub_stop = set(), collections.Counter(), threading.Event()
 
@@ -217,15 +220,26 @@ class ChaosTest(unittest.TestCase):
             return None
         return now.json if now.status == 200 else None
 
-    def one_life(self, rnd):
+    def one_life(self, rnd, me):
         manual = rnd.random() < 0.45
         x = rnd.random()
         pm = "pm_card_chargeDeclined" if x < 0.08 else "pm_card_threeDSecure2Required" if x < 0.16 else "pm_card_visa"
         amount = rnd.randint(200, 5000)
-        r = self.call("POST", "/v1/payment_intents",
-                      {"amount": amount, "currency": "usd", "confirm": "true", "payment_method": pm,
-                       "capture_method": "manual" if manual else "automatic",
-                       "return_url": "https://shop.example/return"}, new_key("life"))
+        params = {"amount": amount, "currency": "usd", "confirm": "true", "payment_method": pm,
+                  "capture_method": "manual" if manual else "automatic",
+                  "return_url": "https://shop.example/return"}
+        y = rnd.random()
+        if me["customer"] and y < 0.12:
+            # Save the card to this thread's customer for later payments.
+            params.update(customer=me["customer"], setup_future_usage="off_session")
+        elif me["customer"] and me["saved"] and y < 0.24:
+            # Charge a saved card, the customer not present.
+            params.update(customer=me["customer"], payment_method=rnd.choice(me["saved"]), off_session="true")
+            params.pop("return_url")
+        r = self.call("POST", "/v1/payment_intents", params, new_key("life"))
+        if r is not None and r.status == 200 and params.get("setup_future_usage") and \
+                r.json.get("status") in ("succeeded", "requires_capture"):
+            me["saved"].append(r.json["payment_method"])
         if r is None:
             return
         if r.status == 200 and r.json.get("status") == "requires_action":
@@ -302,9 +316,15 @@ class ChaosTest(unittest.TestCase):
 
     def merchant(self, i):
         rnd = random.Random(SEED * 100 + i)
+        me = {"customer": None, "saved": []}
         try:
+            r = self.call("POST", "/v1/customers", {"email": "chaos%d@example.com" % i}, new_key("cus"))
+            if r is not None and r.status == 200:
+                me["customer"] = r.json["id"]
+                with self.log_lock:
+                    self.customers.append(me["customer"])
             while not self.stop.is_set():
-                self.one_life(rnd)
+                self.one_life(rnd, me)
         except Exception as e:  # a bug in the test, or an answer it cannot read
             with self.log_lock:
                 self.crashed.append("merchant %d: %r" % (i, e))
@@ -605,6 +625,24 @@ class ChaosTest(unittest.TestCase):
                     method, path, key, first.status, str(first.json)[:120], again.status, str(again.json)[:120],
                     again.headers.get("Idempotent-Replayed")))
         self.events["replays checked"] = len(sample)
+
+        # A card saved with a payment (setup_future_usage) is the customer's
+        # once the payment was authorized, and only then.
+        attached = set()
+        for cus in self.customers:
+            attached |= {m["id"] for m in c.list_all("/v1/customers/%s/payment_methods" % cus)}
+        saves = 0
+        for pid, pi in pis.items():
+            if not pi.get("setup_future_usage") or not pi.get("latest_charge"):
+                continue
+            ch = charges[pi["latest_charge"]]
+            authorized = ch["status"] == "succeeded"
+            saves += authorized
+            if authorized != (ch["payment_method"] in attached):
+                bad.append("%s: charge %s, its card %s %s attached to the customer" % (
+                    pid, ch["status"], ch["payment_method"], "is not" if authorized else "is"))
+        self.events["cards saved"] = saves
+        print("chaos: %d cards saved to %d customers" % (saves, len(self.customers)), flush=True)
 
         # The balance transactions add up to the balance.
         txns = c.list_all("/v1/balance_transactions")
