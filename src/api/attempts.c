@@ -6,7 +6,6 @@
 #include "core/payflow.h"
 #include "jpack.h"
 
-#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,18 +141,6 @@ static const struct tp_pspec spec_resolve[] = {
   {NULL, 0, NULL, NULL},
 };
 
-/* [A-Za-z0-9_-], 1..max bytes (or empty when allowed). */
-static bool token_ok(const char *s, size_t max)
-{
-  size_t n = strlen(s);
-  if (n > max)
-    return false;
-  for (size_t i = 0; i < n; i++)
-    if (!isalnum((unsigned char)s[i]) && s[i] != '-' && s[i] != '_')
-      return false;
-  return true;
-}
-
 /* POST /v1/turnpike/attempts/{id}/resolve outcome=processed|not_processed,
  * reason (required, kept in the audit log), authorization_code and
  * processor_reference (what the processor reported, for a processed
@@ -191,12 +178,12 @@ void tp_h_attempt_resolve(struct tp_req *r)
     tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "reason", "reason must be at most 500 characters.");
     return;
   }
-  if (auth && !token_ok(auth, 15)) {
+  if (auth && !tp_token_ok(auth, 15)) {
     tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "authorization_code",
                    "authorization_code must be at most 15 letters, digits, '-' or '_'.");
     return;
   }
-  if (ref && !token_ok(ref, 63)) {
+  if (ref && !tp_token_ok(ref, 63)) {
     tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "processor_reference",
                    "processor_reference must be at most 63 letters, digits, '-' or '_'.");
     return;

@@ -125,16 +125,7 @@ static bool all_digits(const char *s, size_t max)
 }
 
 /* A path segment we put in a URL: our references are [A-Za-z0-9_-]. */
-static bool safe_segment(const char *s)
-{
-  if (!*s || strlen(s) >= 64)
-    return false;
-  for (; *s; s++)
-    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '_' ||
-          *s == '-'))
-      return false;
-  return true;
-}
+static bool safe_segment(const char *s) { return *s && tp_token_ok(s, 63); }
 
 /* Build url and body for c; -1 when the call cannot be expressed. */
 static int build_request(struct rj_xfer *x)

@@ -239,6 +239,16 @@ int tp_scopy(char *dst, size_t cap, const char *src)
   return n > INT_MAX ? INT_MAX : (int)n;
 }
 
+bool tp_token_ok(const char *s, size_t max)
+{
+  size_t n = 0;
+  for (; s[n]; n++)
+    if (n >= max || !((s[n] >= 'a' && s[n] <= 'z') || (s[n] >= 'A' && s[n] <= 'Z') ||
+                      (s[n] >= '0' && s[n] <= '9') || s[n] == '_' || s[n] == '-'))
+      return false;
+  return true;
+}
+
 int tp_ct_equal(const void *a, const void *b, size_t n)
 {
   const volatile uint8_t *x = a, *y = b;

@@ -42,6 +42,10 @@ int64_t tp_mono_ns(void);
  * times per payment. Returns strlen(src) (at most INT_MAX), so a result >= cap
  * means the copy was cut. */
 int tp_scopy(char *dst, size_t cap, const char *src);
+/* s is a reference token: at most max bytes of [A-Za-z0-9_-] (empty
+ * passes). What our references to processors are made of, and so what may
+ * go into a URL path segment or be recorded as a processor's reference. */
+bool tp_token_ok(const char *s, size_t max);
 /* Constant-time comparison of two equal-length buffers. */
 int tp_ct_equal(const void *a, const void *b, size_t n);
 /* Append n bytes of a request body to *buf (kept NUL-terminated), growing

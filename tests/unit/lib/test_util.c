@@ -205,6 +205,20 @@ static void test_scopy_matches_snprintf(void **state)
   assert_string_equal(one, "");
 }
 
+static void test_token_ok_takes_reference_characters_up_to_max(void **state)
+{
+  (void)state;
+  assert_true(tp_token_ok("", 15));
+  assert_true(tp_token_ok("att_0VcsS5vi-fence", 63));
+  assert_true(tp_token_ok("AZaz09_-", 8));
+  assert_false(tp_token_ok("AZaz09_-x", 8)); /* one over max */
+  assert_false(tp_token_ok("a b", 15));
+  assert_false(tp_token_ok("a/b", 15));
+  assert_false(tp_token_ok("a.b", 15));
+  assert_false(tp_token_ok("caf\xc3\xa9", 15)); /* non-ASCII */
+  assert_false(tp_token_ok("a%2f", 15));
+}
+
 static void test_ct_equal_compares_every_byte(void **state)
 {
   (void)state;
@@ -351,6 +365,7 @@ int main(void)
     cmocka_unit_test(test_hmac_sha256_matches_rfc4231_case1),
     cmocka_unit_test(test_hex_encodes_lowercase),
     cmocka_unit_test(test_scopy_matches_snprintf),
+    cmocka_unit_test(test_token_ok_takes_reference_characters_up_to_max),
     cmocka_unit_test(test_ct_equal_compares_every_byte),
     cmocka_unit_test(test_clocks_are_sane),
     cmocka_unit_test(test_hostport_parses_ipv4_ipv6_and_rejects_the_rest),
