@@ -96,14 +96,10 @@ void tp_h_attempts_unsettled(struct tp_req *r)
     return;
   const char *state = tp_pstr(r->params, "state");
   const char *proc = tp_pstr(r->params, "processor");
-  json_int_t limit = UNSETTLED_LIST_MAX;
-  const json_t *lv = json_object_get(r->params, "limit");
-  if (lv) {
-    limit = json_integer_value(lv);
-    if (!json_is_integer(lv) || limit < 1 || limit > UNSETTLED_LIST_MAX) {
-      tp_reply_error(r, TP_ERR_PARAMETER_INVALID_INTEGER, "limit", "limit must be between 1 and 100.");
-      return;
-    }
+  int64_t limit = UNSETTLED_LIST_MAX;
+  if (tp_param_int(r->params, "limit", &limit) && (limit < 1 || limit > UNSETTLED_LIST_MAX)) {
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID_INTEGER, "limit", "Invalid limit: must be an integer between 1 and 100");
+    return;
   }
   json_t *data = json_array();
   bool more = false;
@@ -120,7 +116,7 @@ void tp_h_attempts_unsettled(struct tp_req *r)
     for (size_t i = 0; i < n; i++) {
       if (strcmp(list[i].merchant, r->merchant.id) != 0 || (proc && *proc && strcmp(list[i].processor, proc) != 0))
         continue;
-      if ((json_int_t)json_array_size(data) == limit) {
+      if ((int64_t)json_array_size(data) == limit) {
         more = true;
         break;
       }
