@@ -103,7 +103,7 @@ static void commit_done(struct tp_cs *cs, int rc, void *arg)
   struct commit_ctx *c = arg;
   struct tp_req *r = c->r;
   if (rc != 0)
-    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+    tp_reply_commit_failed(r, rc);
   commit_release(c);
   free(c);
   tp_req_resume(r);

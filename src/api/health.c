@@ -38,6 +38,10 @@ void tp_h_readyz(struct tp_req *r)
     tp_reply_json(r, 503, tp_pack("{s:s, s:s}", "status", "unavailable", "reason", "store_not_writable"));
     return;
   }
+  if (tp_store_space_low()) {
+    tp_reply_json(r, 503, tp_pack("{s:s, s:s}", "status", "unavailable", "reason", "store_space_low"));
+    return;
+  }
   /* Payments need somewhere to go: at least one processor whose breaker is
    * not open and whose health check has not failed. */
   if (!tp_procs_any_usable()) {

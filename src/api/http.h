@@ -23,6 +23,7 @@ enum tp_route_flags {
   TP_R_HTML = 4,        /* form posts from a browser page, no Stripe auth */
   TP_R_CLIENT = 8,      /* with TP_R_AUTH: a publishable key too, with the object's client_secret */
   TP_R_PUBLISHABLE = 16, /* with TP_R_AUTH: a publishable key too, as is (a browser tokenising a card) */
+  TP_R_NO_NEW_WORK = 32, /* a POST that starts nothing new: served while the disk is short of space */
 };
 
 struct tp_route {
@@ -117,6 +118,9 @@ char *tp_pi_client_view(const char *body, size_t *len);
 int tp_pi_expire(const char *merchant, const char *pi_id, int64_t now);
 void tp_reply_raw(struct tp_req *r, unsigned status, char *body, size_t len, const char *content_type);
 void tp_reply_error(struct tp_req *r, enum tp_err e, const char *param, const char *message);
+/* Reply to a change set that did not commit (its completion's rc != 0):
+ * 503 store_full when the disk is full, else 503 store_unavailable. */
+void tp_reply_commit_failed(struct tp_req *r, int rc);
 /* Build the Stripe error object {"type","code",...} (without the "error" wrapper). */
 json_t *tp_error_object(enum tp_err e, const char *param, const char *message);
 /* Reply with a params-module error (bad body / unknown parameter). */

@@ -90,3 +90,8 @@ void tp_reply_params_error(struct tp_req *r, const struct tp_params_error *pe, b
     e = TP_ERR_BODY_MALFORMED;
   tp_reply_error(r, e, pe->param[0] ? pe->param : NULL, pe->message[0] ? pe->message : NULL);
 }
+
+void tp_reply_commit_failed(struct tp_req *r, int rc)
+{
+  tp_reply_error(r, rc == TP_STORE_ERR_FULL ? TP_ERR_STORE_FULL : TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+}

@@ -68,11 +68,11 @@ const struct tp_route tp_routes[] = {
   {"GET", "/v1/turnpike/encryption_key", tp_h_encryption_key, P}, /* any key of a merchant, pk_ too */
   {"GET", "/v1/turnpike/processors", tp_h_processors_list, A},
   {"GET", "/v1/turnpike/attempts", tp_h_attempts_unsettled, A},
-  {"POST", "/v1/turnpike/attempts/{id}/resolve", tp_h_attempt_resolve, A},
+  {"POST", "/v1/turnpike/attempts/{id}/resolve", tp_h_attempt_resolve, A | TP_R_NO_NEW_WORK}, /* settles */
 
   {"GET", "/v1/turnpike/stream", tp_h_stream, P},          /* Bearer key or ?token= */
-  {"POST", "/v1/turnpike/stream_tokens", tp_h_stream_token, A},
-  {"POST", "/v1/turnpike/log_level", tp_h_log_level, A},
+  {"POST", "/v1/turnpike/stream_tokens", tp_h_stream_token, A | TP_R_NO_NEW_WORK},
+  {"POST", "/v1/turnpike/log_level", tp_h_log_level, A | TP_R_NO_NEW_WORK},
   {"GET", "/metrics", tp_h_metrics, P},                     /* loopback or [metrics] token */
 
   {"POST", "/oauth/token", tp_h_oauth_token, P},           /* client authentication in the handler */

@@ -7,6 +7,7 @@
 #include "config.h"
 #include "jsonw.h"
 #include "log.h"
+#include "main/features.h"
 #include "sec/auth.h"
 #include "sec/jwt.h"
 #include "sec/ratelimit.h"
@@ -384,6 +385,14 @@ static void dispatch(struct tp_req *r)
     return;
   if (tp_app.shutting_down && strcmp(r->method, "POST") == 0) {
     tp_reply_error(r, TP_ERR_SHUTTING_DOWN, NULL, NULL);
+    return;
+  }
+  /* The space guard (src/core/housekeeping.c): with the disk nearly full,
+   * keep what is left for the outcomes of calls already sent. */
+  if ((rt->flags & TP_R_AUTH) && !(rt->flags & TP_R_NO_NEW_WORK) && strcmp(r->method, "GET") != 0 &&
+      tp_store_space_low()) {
+    tp_reply_error(r, TP_ERR_STORE_FULL, NULL, "The data store is nearly out of space; new requests are refused "
+                                              "until space is freed");
     return;
   }
   if ((rt->flags & TP_R_AUTH) && strcmp(r->method, "POST") == 0) {

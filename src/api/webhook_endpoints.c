@@ -214,7 +214,7 @@ static void commit_done(struct tp_cs *cs, int rc, void *arg)
   (void)cs;
   struct tp_req *r = arg;
   if (rc != 0)
-    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+    tp_reply_commit_failed(r, rc);
   else
     tp_webhooks_changed();
   unlock(r);

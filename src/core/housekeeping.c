@@ -1,13 +1,15 @@
 /* Housekeeping: expired Idempotency-Keys, and events past their retention
  * with the webhook delivery records about them, are deleted in small
  * batches through the writer, so the tables stay bounded without long write
- * transactions. */
+ * transactions. Every tick also commits the store heartbeat and measures the
+ * free space of the data directory (the space guard, below). */
 #include "api/http.h"
 #include "config.h"
 #include "core/payflow.h"
 #include "jpack.h"
 #include "log.h"
 #include "main/features.h"
+#include "metrics.h"
 #include "store/store.h"
 #include "util.h"
 
@@ -16,6 +18,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <time.h>
 
 #define PURGE_BATCH 5000 /* keys deleted per purge at most: 5000/s at the default interval */
@@ -33,6 +36,9 @@ static struct {
   int64_t expiry_created;          /* where the scan for lapsed authorizations goes on */
   char expiry_id[TP_ID_MAX];
   _Atomic int64_t heartbeat_ms; /* monotonic time of the last committed heartbeat */
+  int64_t min_free;             /* [store] min_free_mb in bytes; 0: no guard */
+  _Atomic bool space_low;       /* free space under min_free: new work is refused */
+  _Atomic int64_t free_bytes;   /* at the last look; -1 unknown */
 } H = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
 /* Hand a change set to the writer; 0, or -1 (and cs freed) if it refused. */
@@ -220,6 +226,44 @@ int64_t tp_store_heartbeat_age_ms(void)
   return at ? tp_mono_ms() - at : INT64_MAX;
 }
 
+/* ---- the space guard ---------------------------------------------------------
+ * A full disk fails every commit, and the commits a full disk fails worst are
+ * the outcomes of processor calls already sent: the card is charged and the
+ * gateway cannot record it until recovery settles the call once space is
+ * back. So new work stops first: while the data directory's file system has
+ * less than [store] min_free_mb available, requests that would start new
+ * work (every POST and DELETE under /v1 but the operator's settlement) are
+ * refused with 503 store_full before anything is written, and /readyz says
+ * store_space_low; the outcomes, recovery, webhooks and reads go on in the
+ * space kept free. Measured every housekeeping tick (1 s). */
+static void space_check(void)
+{
+  if (H.min_free <= 0)
+    return;
+  struct statvfs v;
+  if (statvfs(tp_app.data_dir, &v) != 0) {
+    atomic_store(&H.free_bytes, -1);
+    return; /* keep the last verdict */
+  }
+  int64_t avail = (int64_t)v.f_bavail * (int64_t)(v.f_frsize ? v.f_frsize : v.f_bsize);
+  atomic_store(&H.free_bytes, avail);
+  tp_metric_set("turnpike_store_free_bytes", NULL, avail);
+  bool low = avail < H.min_free;
+  if (atomic_exchange(&H.space_low, low) != low) {
+    if (low)
+      tp_log(TP_LOG_ERROR, "store_space_low", "{s:I, s:I, s:s}", "free_bytes", (json_int_t)avail,
+             "min_free_bytes", (json_int_t)H.min_free, "action", "refusing new work with 503 store_full");
+    else
+      tp_log(TP_LOG_WARN, "store_space_ok", "{s:I, s:I}", "free_bytes", (json_int_t)avail, "min_free_bytes",
+             (json_int_t)H.min_free);
+  }
+}
+
+bool tp_store_space_low(void)
+{
+  return atomic_load(&H.space_low);
+}
+
 static void *housekeeping_main(void *arg)
 {
   (void)arg;
@@ -235,6 +279,7 @@ static void *housekeeping_main(void *arg)
     if (H.stop)
       break;
     pthread_mutex_unlock(&H.mu);
+    space_check();
     heartbeat();
     if (tp_mono_ms() >= next_purge) {
       next_purge = tp_mono_ms() + H.interval_ms;
@@ -266,6 +311,10 @@ int tp_housekeeping_start(void)
   H.event_retention_s = tp_config_int("events", "retention_seconds", 30 * 86400, 1, 3650LL * 86400);
   H.event_interval_ms = tp_config_int("events", "purge_interval_ms", 1000, 10, 86400000);
   H.merchant_cursor[0] = '\0';
+  H.min_free = tp_config_int("store", "min_free_mb", 64, 0, 1 << 20) * 1024 * 1024;
+  tp_metric_help("turnpike_store_free_bytes", "Space available to the data directory's file system at the last look.");
+  atomic_store(&H.space_low, false);
+  space_check();
   H.stop = false;
   heartbeat();
   if (pthread_create(&H.thread, NULL, housekeeping_main, NULL) != 0)

@@ -360,7 +360,7 @@ static void finish(struct tp_pay *p, int rc)
   p->lock_id[0] = '\0';
   if (p->r) {
     if (rc != 0)
-      tp_reply_error(p->r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+      tp_reply_commit_failed(p->r, rc);
     else if (p->redirect_body) {
       /* The browser goes back with the real outcome of the authorization. */
       char *st = strstr(p->r->location, "redirect_status=succeeded");
@@ -376,7 +376,7 @@ static void finish(struct tp_pay *p, int rc)
   }
   if (p->op_req) {
     if (rc != 0)
-      tp_reply_error(p->op_req, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+      tp_reply_commit_failed(p->op_req, rc);
     else
       tp_reply_json(p->op_req, 200, tp_attempt_json(&p->att));
     tp_req_resume(p->op_req);

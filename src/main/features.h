@@ -3,6 +3,7 @@
  * webhooks, stream, alerts, HTTP. Each start returns 0 or -1 (serve exits). */
 #ifndef TP_FEATURES_H
 #define TP_FEATURES_H
+#include <stdbool.h>
 #include <stdint.h>
 int tp_procs_start(void);     /* src/core/procs.c: [processor.*] sections, connectors, health checks */
 void tp_procs_stop(void);
@@ -14,6 +15,9 @@ int tp_alerts_start(void);    /* src/core/alerts.c: dynamic baselines */
 void tp_alerts_stop(void);
 int tp_housekeeping_start(void); /* src/core/housekeeping.c: expired idempotency keys */
 void tp_housekeeping_stop(void);
+/* Is the data directory short of space ([store] min_free_mb)? New work is
+ * refused while it is (src/core/housekeeping.c). */
+bool tp_store_space_low(void);
 /* Milliseconds since the last committed store heartbeat (INT64_MAX: none yet). */
 int64_t tp_store_heartbeat_age_ms(void);
 /* Queue one batch of expired idempotency keys for deletion. */

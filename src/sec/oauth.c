@@ -543,7 +543,7 @@ static void revoke_done(struct tp_cs *cs, int rc, void *arg)
   struct tp_req *r = arg;
   atomic_fetch_add(&revoke_gen, 1);
   if (rc != 0)
-    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+    tp_reply_commit_failed(r, rc);
   tp_req_resume(r);
 }
 

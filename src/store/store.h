@@ -58,7 +58,10 @@ struct tp_attempt {
 
 /* ---- change sets ---------------------------------------------------------- */
 struct tp_cs;
+/* A change set's completion: rc 0 committed; TP_STORE_ERR_FULL not
+ * committed because the disk is full; any other non-zero not committed. */
 typedef void (*tp_cs_done_fn)(struct tp_cs *cs, int rc, void *arg);
+#define TP_STORE_ERR_FULL (-28) /* -ENOSPC */
 
 struct tp_cs *tp_cs_new(void);
 void tp_cs_free(struct tp_cs *cs);

@@ -120,7 +120,7 @@ static void *writer_main(void *arg)
     if (brc != 0) {
       tp_log(TP_LOG_ERROR, "store_commit_failed", "{s:i, s:I}", "rc", brc, "sets", (json_int_t)n);
       for (size_t i = 0; i < n; i++)
-        rc[i] = -1;
+        rc[i] = brc == TP_STORE_ERR_FULL ? brc : -1;
     }
     pthread_mutex_lock(&W.mu);
     W.stats.batches++;

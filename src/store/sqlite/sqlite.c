@@ -39,6 +39,7 @@ struct sq {
   int64_t idem_ttl;           /* seconds an Idempotency-Key is kept */
   int wal_fd;                 /* pipelined commits: our own descriptor of the WAL, -1 = none */
   bool sync_failed;           /* a failed fdatasync is final (the kernel may drop the pages) */
+  bool full;                  /* this batch failed for lack of disk space (SQLITE_FULL) */
   pthread_key_t rkey;         /* per-thread read connection */
   bool rkey_ok;
   /* Background checkpoints (see ckpt_main): started at the first full WAL. */
@@ -475,6 +476,8 @@ static int tx_step(struct sq *s, sqlite3_stmt *st)
   int rc = sqlite3_step(st);
   sqlite3_reset(st);
   if (rc != SQLITE_DONE) {
+    if ((rc & 0xff) == SQLITE_FULL)
+      s->full = true;
     tp_log(TP_LOG_ERROR, "sqlite_error", "{s:s, s:s}", "error", sqlite3_errmsg(s->w), "sql", sqlite3_sql(st));
     return -1;
   }
@@ -539,9 +542,36 @@ static void rollback(struct sq *s)
     exec(s->w, "ROLLBACK");
 }
 
+/* After a failed step: was it for lack of disk space? The connection keeps
+ * the last error until its next call. */
+static int failed(struct sq *s)
+{
+  if ((sqlite3_errcode(s->w) & 0xff) == SQLITE_FULL)
+    s->full = true;
+  return s->full ? TP_STORE_ERR_FULL : -1;
+}
+
+static int apply_batch(struct sq *s, struct tp_cs **sets, size_t n, int *rc);
+
+/* A batch that failed for lack of space says so (TP_STORE_ERR_FULL), in its
+ * return and in each set's rc, so clients hear store_full. */
 static int sq_apply_batch(void *cls, struct tp_cs **sets, size_t n, int *rc)
 {
   struct sq *s = cls;
+  s->full = false;
+  int brc = apply_batch(s, sets, n, rc);
+  if (s->full) {
+    for (size_t i = 0; i < n; i++)
+      if (rc[i] != 0)
+        rc[i] = TP_STORE_ERR_FULL;
+    if (brc != 0)
+      brc = TP_STORE_ERR_FULL;
+  }
+  return brc;
+}
+
+static int apply_batch(struct sq *s, struct tp_cs **sets, size_t n, int *rc)
+{
   struct bal_set set_bal;
   ckpt_tail(s);
   s->nbal = 0;
@@ -556,6 +586,8 @@ static int sq_apply_batch(void *cls, struct tp_cs **sets, size_t n, int *rc)
   size_t ok = 0;
   while (ok < n && (rc[ok] = apply_one(s, sets[ok], &set_bal)) == 0 && (rc[ok] = bal_merge(s, &set_bal)) == 0)
     ok++;
+  if (ok < n)
+    failed(s);
   if (ok == n) {
     if (bal_flush(s) || tx_step(s, s->tx_commit)) {
       rollback(s);
@@ -575,8 +607,10 @@ static int sq_apply_batch(void *cls, struct tp_cs **sets, size_t n, int *rc)
     /* A merge that has to write early does it inside this set's savepoint. */
     if (rc[i] == 0)
       rc[i] = bal_merge(s, &set_bal);
-    if (rc[i])
+    if (rc[i]) {
+      rc[i] = failed(s);
       tx_step(s, s->sp_rollback);
+    }
     tx_step(s, s->sp_release);
   }
   if (bal_flush(s) || tx_step(s, s->tx_commit)) {
