@@ -302,7 +302,7 @@ class MixedCrashTest(DaemonTestCase):
 
 class DiskFullTest(unittest.TestCase):
     """The disk fills under load (a 48 MB tmpfs; root only): payments get a
-    clean 503, /readyz says why, the daemon stays up, nothing acknowledged
+    clean 503 store_full, /readyz says why, the daemon stays up, nothing acknowledged
     is lost; once space is back it takes payments again and recovery
     resolves the attempts whose outcome could not be written."""
 
@@ -322,7 +322,9 @@ class DiskFullTest(unittest.TestCase):
     def test_full_disk_refuses_cleanly_and_recovers(self):
         d = self.daemon
         d.create_merchant("m")
-        d.start()
+        # The space guard off: this is the disk actually filling (with the
+        # guard, test_disk_full.py).
+        d.start(config="[store]\nmin_free_mb = 0\n")
         c = d.client("m")
         filler = os.path.join(self.mnt, "filler")
         free = shutil.disk_usage(self.mnt).free
@@ -351,6 +353,7 @@ class DiskFullTest(unittest.TestCase):
         self.assertEqual(set(statuses), {503}, statuses)
         for o in load.other[:20]:
             self.assertEqual(o[2].json["error"]["type"], "api_error", o[2])
+            self.assertEqual(o[2].json["error"].get("tp_code"), 8009, o[2])  # store_full
         self.assertIsNone(d.proc.poll(), "the daemon died")
         self.assertEqual(ready, (503, "store_not_writable"))
 
