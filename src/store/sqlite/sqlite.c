@@ -40,6 +40,7 @@ struct sq {
   int wal_fd;                 /* pipelined commits: our own descriptor of the WAL, -1 = none */
   bool sync_failed;           /* a failed fdatasync is final (the kernel may drop the pages) */
   bool full;                  /* this batch failed for lack of disk space (SQLITE_FULL) */
+  int ckpt_pages;             /* WAL frames that start a checkpoint */
   pthread_key_t rkey;         /* per-thread read connection */
   bool rkey_ok;
   /* Background checkpoints (see ckpt_main): started at the first full WAL. */
@@ -632,8 +633,8 @@ static int apply_batch(struct sq *s, struct tp_cs **sets, size_t n, int *rc)
  * would. A larger WAL between checkpoints copies each hot page (the tail
  * pages every batch rewrites) once for many of its versions: 16,000 frames
  * (~64 MB) cost ~12% less CPU per payment than 4,000 under the bench. */
-#define CKPT_PAGES 16000       /* wake the checkpointer at this WAL size */
-#define CKPT_INLINE_PAGES 64000 /* the writer checkpoints itself past this */
+#define CKPT_PAGES 16000 /* wake the checkpointer at this WAL size ([store] checkpoint_pages) */
+#define CKPT_INLINE 4    /* the writer checkpoints itself past this many times that */
 
 static void *ckpt_main(void *arg)
 {
@@ -670,11 +671,11 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int n)
    * checkpoint): pages written per commit, the write amplification. */
   tp_metric_inc("turnpike_store_wal_frames_total", NULL, (uint64_t)(n >= s->wal_frames ? n - s->wal_frames : n));
   s->wal_frames = n;
-  if (n >= CKPT_INLINE_PAGES) {
+  if (n >= CKPT_INLINE * s->ckpt_pages) {
     sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
     return SQLITE_OK;
   }
-  if (n < CKPT_PAGES)
+  if (n < s->ckpt_pages)
     return SQLITE_OK;
   pthread_mutex_lock(&s->ck_mu);
   if (!s->ck_started && !s->ck_stop) {
@@ -1274,6 +1275,7 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
   pthread_mutex_init(&s->ck_mu, NULL);
   pthread_cond_init(&s->ck_cv, NULL);
   s->idem_ttl = tp_config_int("idempotency", "ttl_seconds", 86400, 1, 30 * 86400);
+  s->ckpt_pages = (int)tp_config_int("store", "checkpoint_pages", CKPT_PAGES, 100, 1000000);
   /* The write connection's WAL appends reach the file in one pwrite per
    * commit (walbuf.h); it commits with synchronous=FULL unless
    * sq_pipeline turns buffering off. */

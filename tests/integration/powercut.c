@@ -1,0 +1,344 @@
+/* powercut.so: what a power cut leaves on disk, for test_powercut.py only.
+ *
+ * A kill -9 loses nothing the process wrote: the kernel's page cache still
+ * holds it. A power cut loses every write not yet made durable by fsync or
+ * fdatasync. LD_PRELOADed into `turnpike serve`, this keeps an image of the
+ * data directory as a disk would have it after a cut:
+ *
+ *   TP_POWERCUT_DATA   the data directory (absolute path, as given to serve)
+ *   TP_POWERCUT_IMAGE  a copy of it taken before serve started; from then on
+ *                      a write to a file under DATA is held back, per file,
+ *                      and applied to IMAGE/<same name> only when that file
+ *                      is fsynced or fdatasynced (through any descriptor);
+ *   TP_POWERCUT_CTL    once CTL/cut exists no sync is applied any more: the
+ *                      power is off, whatever the process goes on doing.
+ *
+ * The test then kills the process, puts IMAGE in place of DATA and starts
+ * the server on it. Writes synced before the cut are all there; none after.
+ * (A real disk may also keep some unsynced writes, torn; SQLite's WAL
+ * checksums are what cope with that, and this does not model it.) The
+ * shared-memory index (-shm) is not data: it is never imaged. Renames and
+ * unlinks are applied to the image at once. Not part of the product: built
+ * only for the integration tests. */
+#undef _FILE_OFFSET_BITS /* both names of each call are defined here */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#define MAX_FD 4096
+#define MAX_FILES 64
+
+struct op {
+  struct op *next;
+  off_t off;      /* write: where; truncate: the new length */
+  size_t len;     /* write: bytes in data */
+  bool truncate;
+  unsigned char data[];
+};
+
+struct file {
+  char rel[256]; /* name under DATA */
+  struct op *head, *tail;
+};
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static struct file files[MAX_FILES];
+static int fd_file[MAX_FD]; /* index + 1 into files, 0: not tracked */
+static bool cut;
+
+typedef int (*open_fn)(const char *, int, ...);
+typedef ssize_t (*write_fn)(int, const void *, size_t);
+typedef ssize_t (*pwrite_fn)(int, const void *, size_t, off_t);
+typedef int (*trunc_fn)(int, off_t);
+typedef int (*sync_fn)(int);
+typedef int (*close_fn)(int);
+typedef int (*rename_fn)(const char *, const char *);
+typedef int (*unlink_fn)(const char *);
+
+#define REAL(name, type)                                                                                       \
+  static type real_##name;                                                                                     \
+  if (!real_##name)                                                                                            \
+    real_##name = (type)dlsym(RTLD_NEXT, #name);
+
+static const char *env(const char *name)
+{
+  const char *v = getenv(name);
+  return v && *v ? v : NULL;
+}
+
+/* The name under DATA of path, or NULL if it is not a data file. */
+static const char *data_rel(const char *path)
+{
+  const char *data = env("TP_POWERCUT_DATA");
+  if (!data || !path)
+    return NULL;
+  size_t n = strlen(data);
+  if (strncmp(path, data, n) != 0 || path[n] != '/' || !path[n + 1])
+    return NULL;
+  const char *rel = path + n + 1;
+  size_t rl = strlen(rel);
+  if (strchr(rel, '/') || rl >= sizeof files[0].rel || (rl > 4 && strcmp(rel + rl - 4, "-shm") == 0))
+    return NULL;
+  return rel;
+}
+
+static int file_index(const char *rel) /* under mu */
+{
+  for (int i = 0; i < MAX_FILES; i++)
+    if (files[i].rel[0] && strcmp(files[i].rel, rel) == 0)
+      return i;
+  for (int i = 0; i < MAX_FILES; i++)
+    if (!files[i].rel[0]) {
+      snprintf(files[i].rel, sizeof files[i].rel, "%s", rel);
+      return i;
+    }
+  return -1;
+}
+
+static void drop_ops(struct file *f)
+{
+  for (struct op *o = f->head, *n; o; o = n) {
+    n = o->next;
+    free(o);
+  }
+  f->head = f->tail = NULL;
+}
+
+static void track(int fd, const char *path)
+{
+  const char *rel = data_rel(path);
+  if (fd < 0 || fd >= MAX_FD || !rel)
+    return;
+  pthread_mutex_lock(&mu);
+  fd_file[fd] = file_index(rel) + 1;
+  pthread_mutex_unlock(&mu);
+}
+
+static void record(int fd, const void *buf, size_t len, off_t off, bool truncate)
+{
+  if (fd < 0 || fd >= MAX_FD)
+    return;
+  pthread_mutex_lock(&mu);
+  int i = fd_file[fd] - 1;
+  if (i >= 0 && !cut) {
+    struct op *o = malloc(sizeof *o + (truncate ? 0 : len));
+    if (!o)
+      abort();
+    o->next = NULL;
+    o->off = off;
+    o->len = truncate ? 0 : len;
+    o->truncate = truncate;
+    if (!truncate)
+      memcpy(o->data, buf, len);
+    struct file *f = &files[i];
+    if (f->tail)
+      f->tail->next = o;
+    else
+      f->head = o;
+    f->tail = o;
+  }
+  pthread_mutex_unlock(&mu);
+}
+
+static bool power_off(void)
+{
+  if (cut)
+    return true;
+  char flag[PATH_MAX];
+  const char *ctl = env("TP_POWERCUT_CTL");
+  if (ctl && snprintf(flag, sizeof flag, "%s/cut", ctl) < (int)sizeof flag && access(flag, F_OK) == 0)
+    cut = true;
+  return cut;
+}
+
+/* fd was synced: what was written to its file before is on the disk. */
+static void apply(int fd)
+{
+  REAL(open64, open_fn);
+  REAL(pwrite64, pwrite_fn);
+  REAL(ftruncate64, trunc_fn);
+  REAL(close, close_fn);
+  if (fd < 0 || fd >= MAX_FD)
+    return;
+  pthread_mutex_lock(&mu);
+  int i = fd_file[fd] - 1;
+  if (i < 0 || power_off() || !files[i].head) {
+    pthread_mutex_unlock(&mu);
+    return;
+  }
+  struct file *f = &files[i];
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/%s", env("TP_POWERCUT_IMAGE"), f->rel);
+  int ifd = real_open64(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  if (ifd < 0)
+    abort();
+  for (struct op *o = f->head; o; o = o->next) {
+    if (o->truncate ? real_ftruncate64(ifd, o->off) != 0
+                    : real_pwrite64(ifd, o->data, o->len, o->off) != (ssize_t)o->len)
+      abort();
+  }
+  real_close(ifd);
+  drop_ops(f);
+  pthread_mutex_unlock(&mu);
+}
+
+static int open_common(open_fn real, const char *path, int flags, va_list ap)
+{
+  mode_t mode = 0;
+  if (flags & (O_CREAT | O_TMPFILE))
+    mode = (mode_t)va_arg(ap, int);
+  int fd = real(path, flags, mode);
+  track(fd, path);
+  return fd;
+}
+
+int open(const char *path, int flags, ...)
+{
+  REAL(open, open_fn);
+  va_list ap;
+  va_start(ap, flags);
+  int fd = open_common(real_open, path, flags, ap);
+  va_end(ap);
+  return fd;
+}
+
+int open64(const char *path, int flags, ...)
+{
+  REAL(open64, open_fn);
+  va_list ap;
+  va_start(ap, flags);
+  int fd = open_common(real_open64, path, flags, ap);
+  va_end(ap);
+  return fd;
+}
+
+int close(int fd)
+{
+  REAL(close, close_fn);
+  if (fd >= 0 && fd < MAX_FD) {
+    pthread_mutex_lock(&mu);
+    fd_file[fd] = 0; /* unsynced writes stay with the file, not the descriptor */
+    pthread_mutex_unlock(&mu);
+  }
+  return real_close(fd);
+}
+
+ssize_t pwrite64(int fd, const void *buf, size_t len, off_t off)
+{
+  REAL(pwrite64, pwrite_fn);
+  ssize_t n = real_pwrite64(fd, buf, len, off);
+  if (n > 0)
+    record(fd, buf, (size_t)n, off, false);
+  return n;
+}
+
+ssize_t pwrite(int fd, const void *buf, size_t len, off_t off)
+{
+  return pwrite64(fd, buf, len, off);
+}
+
+ssize_t write(int fd, const void *buf, size_t len)
+{
+  REAL(write, write_fn);
+  bool tracked = fd >= 0 && fd < MAX_FD && fd_file[fd];
+  off_t off = tracked ? lseek(fd, 0, SEEK_CUR) : 0;
+  ssize_t n = real_write(fd, buf, len);
+  if (tracked && n > 0 && off >= 0)
+    record(fd, buf, (size_t)n, off, false);
+  return n;
+}
+
+int ftruncate64(int fd, off_t len)
+{
+  REAL(ftruncate64, trunc_fn);
+  int rc = real_ftruncate64(fd, len);
+  if (rc == 0)
+    record(fd, NULL, 0, len, true);
+  return rc;
+}
+
+int ftruncate(int fd, off_t len)
+{
+  return ftruncate64(fd, len);
+}
+
+int fsync(int fd)
+{
+  REAL(fsync, sync_fn);
+  int rc = real_fsync(fd);
+  if (rc == 0)
+    apply(fd);
+  return rc;
+}
+
+int fdatasync(int fd)
+{
+  REAL(fdatasync, sync_fn);
+  int rc = real_fdatasync(fd);
+  if (rc == 0)
+    apply(fd);
+  return rc;
+}
+
+static void image_path(char *out, size_t cap, const char *rel)
+{
+  snprintf(out, cap, "%s/%s", env("TP_POWERCUT_IMAGE"), rel);
+}
+
+int rename(const char *from, const char *to)
+{
+  REAL(rename, rename_fn);
+  int rc = real_rename(from, to);
+  const char *rf = data_rel(from), *rt = data_rel(to);
+  if (rc == 0 && rf && rt) {
+    pthread_mutex_lock(&mu);
+    if (!cut) {
+      char a[PATH_MAX], b[PATH_MAX];
+      image_path(a, sizeof a, rf);
+      image_path(b, sizeof b, rt);
+      real_rename(a, b);
+      int i = file_index(rf), j = file_index(rt);
+      if (i >= 0 && j >= 0) {
+        drop_ops(&files[j]);
+        files[j].head = files[i].head;
+        files[j].tail = files[i].tail;
+        files[i].head = files[i].tail = NULL;
+      }
+    }
+    pthread_mutex_unlock(&mu);
+  }
+  return rc;
+}
+
+int unlink(const char *path)
+{
+  REAL(unlink, unlink_fn);
+  int rc = real_unlink(path);
+  const char *rel = data_rel(path);
+  if (rc == 0 && rel) {
+    pthread_mutex_lock(&mu);
+    if (!cut) {
+      char a[PATH_MAX];
+      image_path(a, sizeof a, rel);
+      real_unlink(a);
+      int i = file_index(rel);
+      if (i >= 0)
+        drop_ops(&files[i]);
+    }
+    pthread_mutex_unlock(&mu);
+  }
+  return rc;
+}
