@@ -13,15 +13,23 @@ SQLite's integrity check, the ledger must balance and the balance must equal
 what was captured; recovery must leave nothing in flight. Payments
 acknowledged after the cut must be missing (that shows the cut was real).
 Both commit modes: `full` (SQLite syncs in each COMMIT) and `pipelined` (a
-second thread fdatasyncs the WAL before any completion runs)."""
+second thread fdatasyncs the WAL before any completion runs).
+
+And through a processor (the REST processor of `turnpike sim`), the power
+cut stopping everything at once (SIGSTOP, then the cut, then kill -9) while
+calls are at the processor: every call was written ahead and synced before
+it was sent, so after the restart recovery settles each one by status query,
+and the processor's journal and the gateway agree on every payment: nothing
+charged that the gateway does not know, nothing charged twice."""
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
 import unittest
 
-from harness import Daemon, PaymentLoad, open_db_ro, main
+from harness import Daemon, PaymentLoad, Sim, open_db_ro, main
 
 PI = "/v1/payment_intents"
 SO = os.environ.get("TP_POWERCUT_SO", "")
@@ -65,22 +73,36 @@ class PowerCutTest(unittest.TestCase):
             return "%s: replay lacks Idempotent-Replayed" % want["id"]
         return None
 
-    def cut_under_load(self, mode):
+    def start_imaged(self, config):
+        """A first run writes the keys and the schema; a clean stop leaves the
+        store whole on disk, and the image starts as its copy. Then the
+        daemon runs with the shim. Returns the database's size in the image."""
         d = self.daemon
         d.create_merchant("m")
-        # Small checkpoints: many of them, and WAL restarts, fall in the load.
-        config = "[store]\ncommit_sync = %s\ncheckpoint_pages = 300\n" % mode
-        # A first run writes the keys and the schema; a clean stop leaves
-        # the store whole on disk, and the image starts as its copy.
         d.start(config=config)
-        d.stop()
+        self.assertEqual(d.stop(), 0)
         copy_files(d.data, self.image)
-        db_size0 = os.path.getsize(os.path.join(self.image, "turnpike.db"))
         asan = os.environ.get("ASAN_OPTIONS", "")
         env = {"LD_PRELOAD": SO, "TP_POWERCUT_DATA": d.data, "TP_POWERCUT_IMAGE": self.image,
                "TP_POWERCUT_CTL": self.ctl,
                "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
         d.start(config=config, extra_env=env)
+        return os.path.getsize(os.path.join(self.image, "turnpike.db"))
+
+    def restore_image(self):
+        """The disk as the cut left it, in place of the data directory."""
+        d = self.daemon
+        for name in os.listdir(d.data):
+            p = os.path.join(d.data, name)
+            if os.path.isfile(p):
+                os.unlink(p)
+        copy_files(self.image, d.data)
+
+    def cut_under_load(self, mode):
+        d = self.daemon
+        # Small checkpoints: many of them, and WAL restarts, fall in the load.
+        config = "[store]\ncommit_sync = %s\ncheckpoint_pages = 300\n" % mode
+        db_size0 = self.start_imaged(config)
         c = d.client("m")
         load = PaymentLoad(c, threads=8, seconds=30.0, tag="cut-" + mode).start()
         time.sleep(3.0)
@@ -102,12 +124,7 @@ class PowerCutTest(unittest.TestCase):
         db_size = os.path.getsize(os.path.join(self.image, "turnpike.db"))
         self.assertGreater(db_size, db_size0, "no checkpoint reached the disk before the cut")
 
-        # The disk as the cut left it.
-        for name in os.listdir(d.data):
-            p = os.path.join(d.data, name)
-            if os.path.isfile(p):
-                os.unlink(p)
-        copy_files(self.image, d.data)
+        self.restore_image()
         d.start(config=config)
         c = d.client("m")
 
@@ -146,6 +163,71 @@ class PowerCutTest(unittest.TestCase):
         total = sum(b["amount"] for kind in ("available", "pending") for b in bal.get(kind, [])
                     if b["currency"] == "usd")
         self.assertEqual(total, captured, "balance %r vs captured %d" % (bal, captured))
+
+    def test_power_cut_with_calls_at_a_processor(self):
+        sim = Sim()
+        try:
+            self.cut_with_processor(sim)
+        finally:
+            sim.stop()
+
+    def cut_with_processor(self, sim):
+        d = self.daemon
+        config = "\n".join([
+            "[store]", "checkpoint_pages = 300", "",
+            "[routing]", "deadline_ms = 8000", "recovery_interval_ms = 300", "backoff_base_ms = 20", "",
+            "[processor.a]", "type = restjson", "endpoint = http://%s/p/a" % sim.rest, "timeout_ms = 3000",
+            "health_interval_ms = 0", "",
+            "[route.all]", "merchant = *", "processors = a", "strategy = ordered", ""])
+        sim.faults("a", latency_ms_min=5, latency_ms_max=120)  # calls are at the processor when it cuts
+        self.start_imaged(config)
+        load = PaymentLoad(d.client("m"), threads=8, seconds=30.0, tag="cut-proc").start()
+        time.sleep(3.0)
+        # The power goes: everything stops at once, nothing more is synced or sent.
+        os.kill(d.proc.pid, signal.SIGSTOP)
+        open(os.path.join(self.ctl, "cut"), "w").close()
+        d.kill9()
+        load.stop_flag.set()
+        self.assertTrue(load.join(60), "load threads hung")
+        with load.lock:
+            acks = list(load.acks)
+        self.assertGreater(len(acks), 20)
+        self.restore_image()
+        with open_db_ro(d) as db:
+            sent_at_cut = db.execute("SELECT COUNT(*) FROM attempts WHERE state = 'sent'").fetchone()[0]
+        d.start(config=config)
+        deadline = time.monotonic() + 30
+        while True:
+            with open_db_ro(d) as db:
+                left = db.execute("SELECT COUNT(*) FROM attempts WHERE state = 'sent'").fetchone()[0]
+            if left == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(left, 0, "attempts still 'sent' after recovery (%d at the cut)" % sent_at_cut)
+
+        j = sim.journal(limit=100000)
+        self.assertEqual(j["summary"]["double_charges"], 0, j["summary"])
+        charged = dict(j["summary"]["charges_by_payment"])
+        c = d.client("m")
+        for ack in acks:
+            pi = ack.pi()
+            now = c.get(PI + "/" + pi["id"]).json
+            self.assertEqual(now.get("status"), pi["status"], pi["id"])
+        with open_db_ro(d) as db:
+            rows = dict(db.execute("SELECT id, status FROM payment_intents").fetchall())
+        # Nothing the processor charged is unknown to the gateway, and the
+        # gateway shows paid exactly what was charged, once.
+        unknown = [pid for pid in charged if pid not in rows]
+        self.assertEqual(unknown[:10], [], "charged at the processor, unknown to the gateway")
+        for pid, status in rows.items():
+            self.assertNotEqual(status, "processing", pid)
+            if status in ("succeeded", "requires_capture"):
+                self.assertEqual(charged.get(pid), 1, (pid, status))
+            else:
+                self.assertIsNone(charged.get(pid), (pid, status))
+        print("processor: %d acknowledged, %d calls sent at the cut and settled by recovery, %d charges, "
+              "none unknown, none twice" % (len(acks), sent_at_cut, j["summary"]["charges"]), file=sys.stderr)
+        self.assertGreater(sent_at_cut, 0, "no call was at the processor when the power went")
 
     def test_power_cut_with_full_sync(self):
         self.cut_under_load("full")
