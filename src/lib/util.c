@@ -77,26 +77,52 @@ static void b62_fixed(char *out, uint64_t v, int width)
   }
 }
 
+static pthread_mutex_t id_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t id_last_ms, id_seq;
+
+void tp_id_seed(int64_t ms)
+{
+  pthread_mutex_lock(&id_mu);
+  if (ms > 0 && (uint64_t)ms >= id_last_ms) {
+    id_last_ms = (uint64_t)ms + 1; /* strictly above every id made at ms */
+    id_seq = 0;
+  }
+  pthread_mutex_unlock(&id_mu);
+}
+
+int64_t tp_id_ms(const char *id)
+{
+  const char *u = id ? strrchr(id, '_') : NULL;
+  if (!u || strlen(u + 1) != 24)
+    return -1;
+  int64_t v = 0;
+  for (int i = 1; i <= 8; i++) {
+    const char *p = strchr(b62, u[i]);
+    if (!u[i] || !p)
+      return -1;
+    v = v * 62 + (p - b62);
+  }
+  return v;
+}
+
 void tp_id_new(char out[TP_ID_MAX], const char *prefix)
 {
-  static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-  static uint64_t last_ms, seq;
   struct timeval tv;
   gettimeofday(&tv, NULL);
   uint64_t ms = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
-  pthread_mutex_lock(&mu);
-  if (ms <= last_ms) {
-    ms = last_ms; /* clock stepped back or same ms: keep order by sequence */
-    if (++seq >= 62 * 62 * 62) {
-      seq = 0;
-      ms = ++last_ms;
+  pthread_mutex_lock(&id_mu);
+  if (ms <= id_last_ms) {
+    ms = id_last_ms; /* clock stepped back or same ms: keep order by sequence */
+    if (++id_seq >= 62 * 62 * 62) {
+      id_seq = 0;
+      ms = ++id_last_ms;
     }
   } else {
-    last_ms = ms;
-    seq = 0;
+    id_last_ms = ms;
+    id_seq = 0;
   }
-  uint64_t s = seq;
-  pthread_mutex_unlock(&mu);
+  uint64_t s = id_seq;
+  pthread_mutex_unlock(&id_mu);
   size_t p = strlen(prefix);
   if (p > TP_ID_MAX - 26)
     p = TP_ID_MAX - 26;

@@ -16,6 +16,12 @@ void tp_id_new(char out[TP_ID_MAX], const char *prefix);
  * tp_id_new made before ms sorts below it, every one made at or after ms
  * at or above it (retention cut-offs on the id keys). */
 void tp_id_floor(char out[TP_ID_MAX], const char *prefix, int64_t ms);
+/* The unix milliseconds an id of tp_id_new carries, or -1 if id is not one. */
+int64_t tp_id_ms(const char *id);
+/* Ids made from now on sort above every id made at or before ms, even if
+ * the wall clock is behind it (a clock stepped back across a restart): the
+ * time part continues from ms until the clock passes it. */
+void tp_id_seed(int64_t ms);
 
 /* Cryptographically random bytes; aborts if the RNG fails (never fall back). */
 void tp_random(void *buf, size_t n);

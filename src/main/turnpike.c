@@ -28,6 +28,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/resource.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 struct config {
@@ -179,6 +180,33 @@ static int write_addr_file(const char *dir, const char *host, uint16_t port)
   return rename(tmp, path);
 }
 
+/* Ids sort by time (lists, event order, the stream's resume, webhook scan
+ * floors): after a restart on a wall clock stepped back, new ids must still
+ * sort above every stored one. Every object's creation commits an event
+ * numbered at commit (tp_cs_number_events), so the newest event id (one
+ * index seek per merchant) bounds every id made before; tp_id_new continues
+ * from there until the clock passes it. */
+static void seed_ids(struct tp_store *st)
+{
+  json_t *rows = tp_store_query(st,
+                                "SELECT (SELECT max(e.id) FROM events e WHERE e.merchant = m.id) AS e FROM merchants m",
+                                NULL);
+  int64_t ms = 0;
+  for (size_t i = 0; i < json_array_size(rows); i++) {
+    int64_t t = tp_id_ms(json_string_value(json_object_get(json_array_get(rows, i), "e")));
+    if (t > ms)
+      ms = t;
+  }
+  json_decref(rows);
+  struct timeval tv;
+  gettimeofday(&tv, NULL);
+  int64_t now = (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+  if (ms > now)
+    tp_log(TP_LOG_WARN, "clock_behind_store", "{s:I, s:s}", "behind_ms", (json_int_t)(ms - now), "action",
+           "new ids continue from the newest stored one until the clock catches up");
+  tp_id_seed(ms);
+}
+
 static int cmd_serve(int argc, char **argv)
 {
   struct config c;
@@ -281,6 +309,7 @@ static int cmd_serve(int argc, char **argv)
     tp_log(TP_LOG_ERROR, "store_open_failed", "{s:s}", "data", c.data);
     return 1;
   }
+  seed_ids(&tp_app.store);
   if (tp_vault_init(c.data, tp_app.vault_key) != 0)
     return 1;
   /* Card vault KEK provider ([vault] kek = file | pkcs11), before the writer. */

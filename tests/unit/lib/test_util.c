@@ -47,6 +47,52 @@ static void test_ids_strictly_increase_in_one_thread(void **state)
   }
 }
 
+/* tp_id_ms reads back the time an id carries; anything else is -1. */
+static void test_id_ms_reads_the_time_back(void **state)
+{
+  (void)state;
+  struct timespec a, b;
+  char id[TP_ID_MAX];
+  clock_gettime(CLOCK_REALTIME, &a);
+  tp_id_new(id, "evt");
+  clock_gettime(CLOCK_REALTIME, &b);
+  int64_t ms = tp_id_ms(id);
+  assert_true(ms >= (int64_t)a.tv_sec * 1000 + a.tv_nsec / 1000000);
+  assert_true(ms <= (int64_t)b.tv_sec * 1000 + b.tv_nsec / 1000000);
+  assert_int_equal(tp_id_ms(NULL), -1);
+  assert_int_equal(tp_id_ms("evt"), -1);
+  assert_int_equal(tp_id_ms("evt_short"), -1);
+  assert_int_equal(tp_id_ms("evt_0Vcs-bmG000UdmAEb52gRbaI"), -1);
+}
+
+/* Seeded with a time ahead of the clock (the clock stepped back since the
+ * newest stored id), new ids sort above that time and keep increasing.
+ * Run last: the ids of this process stay ahead of the clock after it. */
+static void test_id_seed_keeps_ids_above_a_stored_time(void **state)
+{
+  (void)state;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  int64_t stored = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + 3600 * 1000;
+  char floor_stored[TP_ID_MAX], prev[TP_ID_MAX], cur[TP_ID_MAX];
+  tp_id_floor(floor_stored, "evt", stored + 1);
+  tp_id_seed(stored);
+  tp_id_new(prev, "evt");
+  assert_true(strcmp(prev, floor_stored) >= 0);
+  assert_true(tp_id_ms(prev) > stored);
+  assert_true(tp_id_ms(prev) < stored + 1000);
+  for (int i = 0; i < 300000; i++) { /* past one millisecond's sequence */
+    tp_id_new(cur, "evt");
+    if (strcmp(prev, cur) >= 0)
+      fail_msg("id %d not increasing after the seed: %s then %s", i, prev, cur);
+    memcpy(prev, cur, sizeof cur);
+  }
+  /* A seed below what was already made changes nothing. */
+  tp_id_seed(stored - 60000);
+  tp_id_new(cur, "evt");
+  assert_true(strcmp(prev, cur) < 0);
+}
+
 /* The floor of a time sorts between the ids made before it and after it. */
 static void test_id_floor_splits_ids_by_time(void **state)
 {
@@ -371,6 +417,8 @@ int main(void)
     cmocka_unit_test(test_hostport_parses_ipv4_ipv6_and_rejects_the_rest),
     cmocka_unit_test(test_addresses_public_or_not),
     cmocka_unit_test(test_card_numbers_are_masked_in_echoed_text),
+    cmocka_unit_test(test_id_ms_reads_the_time_back),
+    cmocka_unit_test(test_id_seed_keeps_ids_above_a_stored_time), /* last: ids stay ahead of the clock */
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

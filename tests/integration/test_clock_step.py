@@ -1,0 +1,64 @@
+"""A wall clock stepped back across a restart (an NTP step, a VM restored
+from a snapshot). Ids carry their creation time and sort by it: lists page
+by id, the event stream resumes after `last_event_id`, webhook scans start
+from a floor id. So ids made after the restart must still sort above every
+stored one, or new events would hide behind old ones. The daemon is
+restarted with tests/integration/clockshift.c preloaded, its clock an hour
+behind: the newest payment and its events must come first in the lists, and
+"newer than the last event seen before" must find them."""
+import os
+import unittest
+
+from harness import Daemon, new_key, main
+
+PI = "/v1/payment_intents"
+SO = os.environ.get("TP_CLOCKSHIFT_SO", "")
+
+
+@unittest.skipUnless(SO, "TP_CLOCKSHIFT_SO (the clockshift.so test shim; meson passes it) not set")
+class ClockStepTest(unittest.TestCase):
+    def setUp(self):
+        self.daemon = Daemon()
+        self.daemon.create_merchant("m")
+
+    def tearDown(self):
+        self.daemon.cleanup()
+
+    def pay(self, c, amount):
+        r = c.post(PI, {"amount": amount, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa"},
+                   idem=new_key("clk"))
+        self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), r.json)
+        return r.json
+
+    def test_ids_after_a_restart_on_a_clock_stepped_back_sort_above_the_stored_ones(self):
+        d = self.daemon
+        d.start()
+        c = d.client("m")
+        old = self.pay(c, 500)
+        last_seen = c.get("/v1/events", {"limit": 1}).json["data"][0]["id"]
+        self.assertEqual(d.stop(), 0)
+
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        d.start(extra_env={"LD_PRELOAD": SO, "TP_CLOCK_SHIFT_S": "-3600",
+                           "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"})
+        c = d.client("m")
+        new = self.pay(c, 600)
+        self.assertLess(new["created"], old["created"] - 3000)  # the clock really is an hour behind
+        self.assertGreater(new["id"], old["id"])
+        self.assertEqual(c.get(PI, {"limit": 1}).json["data"][0]["id"], new["id"])
+
+        # Events newer than the last one seen before the restart: the new
+        # payment's, and they come first in the list.
+        newer = c.get("/v1/events", {"ending_before": last_seen, "limit": 100}).json["data"]
+        objs = {e["data"]["object"]["id"] for e in newer}
+        self.assertIn(new["id"], objs, [e["type"] for e in newer])
+        self.assertNotIn(old["id"], objs)
+        self.assertTrue(all(e["id"] > last_seen for e in newer))
+        first = c.get("/v1/events", {"limit": 1}).json["data"][0]
+        self.assertEqual(first["data"]["object"]["id"] if first["type"].startswith("payment_intent")
+                         else first["data"]["object"].get("payment_intent"), new["id"], first)
+        self.assertIn('"clock_behind_store"', d.log_text())
+
+
+if __name__ == "__main__":
+    main()
