@@ -81,44 +81,37 @@ typedef int (*statvfs64_fn)(const char *, struct statvfs64 *);
   if (!real_##name)                                                                                            \
     real_##name = (type)dlsym(RTLD_NEXT, #name);
 
+/* Every write call: fail with ENOSPC while the disk is full. */
+#define FULL_OR(fd, nonempty, call)                                                                            \
+  do {                                                                                                         \
+    if ((nonempty) && fd_full(fd)) {                                                                           \
+      errno = ENOSPC;                                                                                          \
+      return -1;                                                                                               \
+    }                                                                                                          \
+    return call;                                                                                               \
+  } while (0)
+
 ssize_t write(int fd, const void *buf, size_t len)
 {
   REAL(write, write_fn);
-  if (len && fd_full(fd)) {
-    errno = ENOSPC;
-    return -1;
-  }
-  return real_write(fd, buf, len);
-}
-
-ssize_t pwrite(int fd, const void *buf, size_t len, off_t off)
-{
-  REAL(pwrite, pwrite_fn);
-  if (len && fd_full(fd)) {
-    errno = ENOSPC;
-    return -1;
-  }
-  return real_pwrite(fd, buf, len, off);
+  FULL_OR(fd, len > 0, real_write(fd, buf, len));
 }
 
 ssize_t pwrite64(int fd, const void *buf, size_t len, off_t off)
 {
   REAL(pwrite64, pwrite_fn);
-  if (len && fd_full(fd)) {
-    errno = ENOSPC;
-    return -1;
-  }
-  return real_pwrite64(fd, buf, len, off);
+  FULL_OR(fd, len > 0, real_pwrite64(fd, buf, len, off));
+}
+
+ssize_t pwrite(int fd, const void *buf, size_t len, off_t off)
+{
+  return pwrite64(fd, buf, len, off);
 }
 
 ssize_t writev(int fd, const struct iovec *iov, int n)
 {
   REAL(writev, writev_fn);
-  if (n > 0 && fd_full(fd)) {
-    errno = ENOSPC;
-    return -1;
-  }
-  return real_writev(fd, iov, n);
+  FULL_OR(fd, n > 0, real_writev(fd, iov, n));
 }
 
 /* The free space the test set, or -1 for the real figure. */

@@ -496,6 +496,17 @@ def iso_rrn(ref):
     return "".join(alnum[b % 36] for b in hashlib.sha256(ref.encode()).digest()[:12])
 
 
+def preload_env(so, **variables):
+    """Environment for a daemon with the test shim `so` LD_PRELOADed (one of
+    tests/integration/*.c: diskfault, powercut, clockshift) and its control
+    variables. The shim loads before the sanitizer runtime of a test build,
+    which would otherwise refuse to start."""
+    asan = os.environ.get("ASAN_OPTIONS", "")
+    env = {"LD_PRELOAD": so, "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
+    env.update({k: str(v) for k, v in variables.items()})
+    return env
+
+
 def open_db_ro(daemon):
     """The daemon's SQLite file, read-only (never writes, never checkpoints)."""
     import sqlite3

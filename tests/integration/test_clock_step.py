@@ -9,7 +9,7 @@ behind: the newest payment and its events must come first in the lists, and
 import os
 import unittest
 
-from harness import Daemon, new_key, main
+from harness import Daemon, new_key, preload_env, main
 
 PI = "/v1/payment_intents"
 SO = os.environ.get("TP_CLOCKSHIFT_SO", "")
@@ -38,9 +38,7 @@ class ClockStepTest(unittest.TestCase):
         last_seen = c.get("/v1/events", {"limit": 1}).json["data"][0]["id"]
         self.assertEqual(d.stop(), 0)
 
-        asan = os.environ.get("ASAN_OPTIONS", "")
-        d.start(extra_env={"LD_PRELOAD": SO, "TP_CLOCK_SHIFT_S": "-3600",
-                           "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"})
+        d.start(extra_env=preload_env(SO, TP_CLOCK_SHIFT_S=-3600))
         c = d.client("m")
         new = self.pay(c, 600)
         self.assertLess(new["created"], old["created"] - 3000)  # the clock really is an hour behind

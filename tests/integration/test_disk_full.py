@@ -20,7 +20,7 @@ import threading
 import time
 import unittest
 
-from harness import Daemon, Sim, new_key, open_db_ro, main
+from harness import Daemon, Sim, new_key, open_db_ro, preload_env, main
 
 PI = "/v1/payment_intents"
 SO = os.environ.get("TP_DISKFAULT_SO", "")
@@ -44,11 +44,7 @@ class DiskFullTest(unittest.TestCase):
         cls.ctl = tempfile.mkdtemp(prefix="tp-diskfault-")
         cls.daemon = Daemon()
         cls.daemon.create_merchant("m")
-        asan = os.environ.get("ASAN_OPTIONS", "")
-        env = {"LD_PRELOAD": SO, "TP_DISKFAULT_DATA": os.path.realpath(cls.daemon.data),
-               "TP_DISKFAULT_CTL": cls.ctl,
-               # the shim comes before the sanitizer runtime in the load order
-               "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
+        env = preload_env(SO, TP_DISKFAULT_DATA=os.path.realpath(cls.daemon.data), TP_DISKFAULT_CTL=cls.ctl)
         try:
             cls.daemon.start(config=config(cls.sim), extra_env=env)
         except Exception:

@@ -29,7 +29,7 @@ import tempfile
 import time
 import unittest
 
-from harness import Daemon, PaymentLoad, Sim, open_db_ro, main
+from harness import Daemon, PaymentLoad, Sim, open_db_ro, preload_env, main
 
 PI = "/v1/payment_intents"
 SO = os.environ.get("TP_POWERCUT_SO", "")
@@ -82,11 +82,8 @@ class PowerCutTest(unittest.TestCase):
         d.start(config=config)
         self.assertEqual(d.stop(), 0)
         copy_files(d.data, self.image)
-        asan = os.environ.get("ASAN_OPTIONS", "")
-        env = {"LD_PRELOAD": SO, "TP_POWERCUT_DATA": d.data, "TP_POWERCUT_IMAGE": self.image,
-               "TP_POWERCUT_CTL": self.ctl,
-               "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
-        d.start(config=config, extra_env=env)
+        d.start(config=config, extra_env=preload_env(SO, TP_POWERCUT_DATA=d.data, TP_POWERCUT_IMAGE=self.image,
+                                                     TP_POWERCUT_CTL=self.ctl))
         return os.path.getsize(os.path.join(self.image, "turnpike.db"))
 
     def restore_image(self):
