@@ -403,11 +403,13 @@ def check_registry(tc, r, err):
 class Sim:
     """A `turnpike sim` process with its own data directory."""
 
-    def __init__(self, host=HOST):
+    def __init__(self, host=HOST, env_for=None):
+        """env_for(data_dir): more environment for the process (a test shim)."""
         self.host = host
         self.root = tempfile.mkdtemp(prefix="tp-sim-")
         self.data = os.path.join(self.root, "data")
         os.makedirs(self.data)
+        self.env = dict(os.environ, **env_for(self.data)) if env_for else None
         self.log = open(os.path.join(self.root, "sim.log"), "ab")
         if not self._spawn(hostport(host, 0), hostport(host, 0)):
             self.stop()
@@ -422,7 +424,7 @@ class Sim:
             pass
         self.proc = subprocess.Popen(
             [BIN, "sim", "--listen", rest, "--iso-listen", iso, "--data", self.data],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, start_new_session=True)
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, start_new_session=True, env=self.env)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -444,9 +446,12 @@ class Sim:
             self.proc.kill()
             self.proc.wait()
 
-    def restart(self, seconds=15):
+    def restart(self, seconds=15, env=Ellipsis):
         """Start again on the same addresses and data directory (its journal),
-        retrying while the ports are still being released."""
+        retrying while the ports are still being released; env (None: the
+        test's own) replaces the environment given at construction."""
+        if env is not Ellipsis:
+            self.env = env
         rest, iso = self.rest, self.iso
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:

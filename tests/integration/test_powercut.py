@@ -226,6 +226,65 @@ class PowerCutTest(unittest.TestCase):
               "none unknown, none twice" % (len(acks), sent_at_cut, j["summary"]["charges"]), file=sys.stderr)
         self.assertGreater(sent_at_cut, 0, "no call was at the processor when the power went")
 
+    def test_power_cut_at_the_processor_forgets_no_authorization(self):
+        """The processor (the sim, whose journal is durable) loses power under
+        load: after it is back on its journal as synced, every payment the
+        gateway shows paid is in it, once, and recovery settles the rest."""
+        image, ctl = self.image, self.ctl
+        sim = Sim(env_for=lambda data: preload_env(SO, TP_POWERCUT_DATA=data, TP_POWERCUT_IMAGE=image,
+                                                    TP_POWERCUT_CTL=ctl))
+        try:
+            self.sim_cut(sim)
+        finally:
+            sim.stop()
+
+    def sim_cut(self, sim):
+        d = self.daemon
+        d.create_merchant("m")
+        config = "\n".join([
+            "[routing]", "deadline_ms = 8000", "recovery_interval_ms = 300", "backoff_base_ms = 20", "",
+            "[processor.a]", "type = restjson", "endpoint = http://%s/p/a" % sim.rest, "timeout_ms = 1500",
+            "health_interval_ms = 0", "breaker_consecutive = 1000", "",
+            "[route.all]", "merchant = *", "processors = a", "strategy = ordered", ""])
+        sim.faults("a", latency_ms_min=2, latency_ms_max=60)
+        d.start(config=config)
+        load = PaymentLoad(d.client("m"), threads=8, seconds=30.0, tag="cut-sim").start()
+        time.sleep(3.0)
+        os.kill(sim.proc.pid, signal.SIGSTOP)
+        open(os.path.join(self.ctl, "cut"), "w").close()
+        sim.kill9()
+        load.stop_flag.set()
+        self.assertTrue(load.join(60), "load threads hung")
+        for name in os.listdir(sim.data):
+            p = os.path.join(sim.data, name)
+            if os.path.isfile(p):
+                os.unlink(p)
+        copy_files(self.image, sim.data)
+        sim.restart(env=None)
+        sim.faults("a", latency_ms_min=0, latency_ms_max=0)
+        deadline = time.monotonic() + 30
+        while True:
+            with open_db_ro(d) as db:
+                left = db.execute("SELECT COUNT(*) FROM attempts WHERE state = 'sent'").fetchone()[0]
+            if left == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(left, 0, "attempts still 'sent' after the processor came back")
+        j = sim.journal(limit=100000)
+        self.assertEqual(j["summary"]["double_charges"], 0, j["summary"])
+        charged = dict(j["summary"]["charges_by_payment"])
+        with open_db_ro(d) as db:
+            rows = dict(db.execute("SELECT id, status FROM payment_intents").fetchall())
+        paid = [pid for pid, st in rows.items() if st in ("succeeded", "requires_capture")]
+        self.assertGreater(len(paid), 20)
+        forgotten = [pid for pid in paid if charged.get(pid) != 1]
+        self.assertEqual(forgotten[:10], [], "%d paid payments not (once) in the processor's journal"
+                         % len(forgotten))
+        unknown = [pid for pid in charged if rows.get(pid) not in ("succeeded", "requires_capture")]
+        self.assertEqual(unknown[:10], [], "charges the gateway does not show paid")
+        print("processor power cut: %d payments paid, each once in the journal as the cut left it"
+              % len(paid), file=sys.stderr)
+
     def test_power_cut_with_full_sync(self):
         self.cut_under_load("full")
 
