@@ -1,5 +1,6 @@
 /* Command-line helpers shared by every subcommand. */
 #include "cli.h"
+#include "util.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -97,7 +98,9 @@ long tp_cli_raise_nofile(long want)
 int tp_cli_lock_dir(const char *dir, const char *name, long *holder)
 {
   *holder = 0;
-  if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+  if (mkdir(dir, 0700) == 0)
+    tp_fsync_dir_of(dir); /* the new directory's name is durable once its parent is synced */
+  else if (errno != EEXIST)
     return -1;
   char path[1200];
   if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, name) >= sizeof path) {

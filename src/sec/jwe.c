@@ -4,6 +4,7 @@
 #include "log.h"
 #include "sec/jwt.h"
 #include "sec/vault.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -49,7 +50,8 @@ static EVP_PKEY *load_or_create(const char *dir, const char *name, const char *t
   k = strcmp(type, "RSA") == 0 ? EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)3072) : EVP_PKEY_Q_keygen(NULL, NULL, "EC", param);
   int fd = k ? open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600) : -1;
   FILE *w = fd >= 0 ? fdopen(fd, "w") : NULL;
-  bool ok = w && PEM_write_PrivateKey(w, k, NULL, NULL, 0, NULL, NULL) == 1 && fflush(w) == 0 && fsync(fd) == 0;
+  bool ok = w && PEM_write_PrivateKey(w, k, NULL, NULL, 0, NULL, NULL) == 1 && fflush(w) == 0 && fsync(fd) == 0 &&
+            tp_fsync_dir_of(path) == 0;
   if (w)
     fclose(w);
   else if (fd >= 0)

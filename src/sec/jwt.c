@@ -171,7 +171,7 @@ int tp_jwt_key_load_or_create(const char *path, struct tp_jwt_key *k)
     return -1;
   }
   int ok = PEM_write_PrivateKey(f, k->pkey, NULL, NULL, 0, NULL, NULL) == 1;
-  ok = (fflush(f) == 0 && fsync(fileno(f)) == 0) && ok;
+  ok = (fflush(f) == 0 && fsync(fileno(f)) == 0 && tp_fsync_dir_of(path) == 0) && ok;
   ok = fclose(f) == 0 && ok;
   if (!ok) {
     unlink(path);

@@ -85,7 +85,8 @@ static int file_create(void *cls, uint32_t v)
     return -1;
   }
   tp_random(key, sizeof key);
-  int ok = write(fd, key, 32) == 32 && fsync(fd) == 0;
+  /* The directory too: a new file's name is durable only once it is. */
+  int ok = write(fd, key, 32) == 32 && fsync(fd) == 0 && tp_fsync_dir_of(path) == 0;
   close(fd);
   OPENSSL_cleanse(key, sizeof key);
   return ok ? 0 : -1;
@@ -132,7 +133,7 @@ static EVP_PKEY *file_sign_key(struct file_kek *f)
       int fd = k ? open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600) : -1;
       FILE *out = fd >= 0 ? fdopen(fd, "w") : NULL;
       if (out && PEM_write_PrivateKey(out, k, NULL, NULL, 0, NULL, NULL) == 1 && fflush(out) == 0 &&
-          fsync(fd) == 0)
+          fsync(fd) == 0 && tp_fsync_dir_of(path) == 0)
         f->sign_key = k;
       else
         EVP_PKEY_free(k);

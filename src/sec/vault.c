@@ -39,7 +39,8 @@ int tp_vault_init(const char *dir, uint8_t kek[32])
   } else {
     tp_random(kek, 32);
     fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
-    if (fd < 0 || write(fd, kek, 32) != 32 || fsync(fd) != 0) {
+    /* The directory too: a new file's name is durable only once it is. */
+    if (fd < 0 || write(fd, kek, 32) != 32 || fsync(fd) != 0 || tp_fsync_dir_of(path) != 0) {
       tp_log(TP_LOG_ERROR, "vault_key_create", "{s:s, s:s}", "path", path, "error", strerror(errno));
       if (fd >= 0)
         close(fd);

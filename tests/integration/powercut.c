@@ -13,6 +13,11 @@
  *   TP_POWERCUT_CTL    once CTL/cut exists no sync is applied any more: the
  *                      power is off, whatever the process goes on doing.
  *
+ * A file's name is durable only once its directory is synced: a file created
+ * (or renamed into place) under DATA is listed in CTL/undurable until DATA
+ * itself is fsynced; the test deletes the files still listed there from the
+ * image, as the cut would have lost their directory entries.
+ *
  * The test then kills the process, puts IMAGE in place of DATA and starts
  * the server on it. Writes synced before the cut are all there; none after.
  * (A real disk may also keep some unsynced writes, torn; SQLite's WAL
@@ -57,6 +62,8 @@ struct file {
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct file files[MAX_FILES];
 static int fd_file[MAX_FD]; /* index + 1 into files, 0: not tracked */
+static bool fd_dir[MAX_FD]; /* a descriptor of DATA itself */
+static char undurable[MAX_FILES][256]; /* names created since DATA was last synced */
 static bool cut;
 
 typedef int (*open_fn)(const char *, int, ...);
@@ -93,6 +100,65 @@ static const char *data_rel(const char *path)
   if (strchr(rel, '/') || rl >= sizeof files[0].rel || (rl > 4 && strcmp(rel + rl - 4, "-shm") == 0))
     return NULL;
   return rel;
+}
+
+static bool is_data_dir(const char *path)
+{
+  const char *data = env("TP_POWERCUT_DATA");
+  if (!data || !path)
+    return false;
+  size_t n = strlen(data);
+  return strncmp(path, data, n) == 0 && (path[n] == '\0' || (path[n] == '/' && path[n + 1] == '\0'));
+}
+
+/* Write CTL/undurable: the names whose directory entry is not yet durable. */
+static void save_undurable(void) /* under mu */
+{
+  const char *ctl = env("TP_POWERCUT_CTL");
+  if (!ctl || cut)
+    return;
+  char tmp[PATH_MAX], path[PATH_MAX], buf[MAX_FILES * 257];
+  size_t len = 0;
+  for (int i = 0; i < MAX_FILES; i++)
+    if (undurable[i][0])
+      len += (size_t)snprintf(buf + len, sizeof buf - len, "%s\n", undurable[i]);
+  snprintf(tmp, sizeof tmp, "%s/undurable.tmp", ctl);
+  snprintf(path, sizeof path, "%s/undurable", ctl);
+  static open_fn o;
+  static write_fn w;
+  static close_fn c;
+  static rename_fn r;
+  if (!o) {
+    o = (open_fn)dlsym(RTLD_NEXT, "open64");
+    w = (write_fn)dlsym(RTLD_NEXT, "write");
+    c = (close_fn)dlsym(RTLD_NEXT, "close");
+    r = (rename_fn)dlsym(RTLD_NEXT, "rename");
+  }
+  int fd = o(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0 || w(fd, buf, len) != (ssize_t)len)
+    abort();
+  c(fd);
+  r(tmp, path);
+}
+
+static void set_undurable(const char *rel, bool on) /* under mu */
+{
+  int free_slot = -1;
+  for (int i = 0; i < MAX_FILES; i++) {
+    if (undurable[i][0] && strcmp(undurable[i], rel) == 0) {
+      if (!on) {
+        undurable[i][0] = '\0';
+        save_undurable();
+      }
+      return;
+    }
+    if (!undurable[i][0] && free_slot < 0)
+      free_slot = i;
+  }
+  if (on && free_slot >= 0) {
+    snprintf(undurable[free_slot], sizeof undurable[free_slot], "%s", rel);
+    save_undurable();
+  }
 }
 
 static int file_index(const char *rel) /* under mu */
@@ -174,6 +240,12 @@ static void apply(int fd)
   if (fd < 0 || fd >= MAX_FD)
     return;
   pthread_mutex_lock(&mu);
+  if (fd_dir[fd] && !power_off()) {
+    /* DATA synced: every name in it is durable now. */
+    for (int k = 0; k < MAX_FILES; k++)
+      undurable[k][0] = '\0';
+    save_undurable();
+  }
   int i = fd_file[fd] - 1;
   if (i < 0 || power_off() || !files[i].head) {
     pthread_mutex_unlock(&mu);
@@ -200,8 +272,17 @@ static int open_common(open_fn real, const char *path, int flags, va_list ap)
   mode_t mode = 0;
   if (flags & (O_CREAT | O_TMPFILE))
     mode = (mode_t)va_arg(ap, int);
+  const char *rel = data_rel(path);
+  bool creates = rel && (flags & O_CREAT) && access(path, F_OK) != 0;
   int fd = real(path, flags, mode);
   track(fd, path);
+  if (fd >= 0 && fd < MAX_FD && (creates || is_data_dir(path))) {
+    pthread_mutex_lock(&mu);
+    if (creates && !cut)
+      set_undurable(rel, true);
+    fd_dir[fd] = is_data_dir(path);
+    pthread_mutex_unlock(&mu);
+  }
   return fd;
 }
 
@@ -231,6 +312,7 @@ int close(int fd)
   if (fd >= 0 && fd < MAX_FD) {
     pthread_mutex_lock(&mu);
     fd_file[fd] = 0; /* unsynced writes stay with the file, not the descriptor */
+    fd_dir[fd] = false;
     pthread_mutex_unlock(&mu);
   }
   return real_close(fd);
@@ -310,6 +392,8 @@ int rename(const char *from, const char *to)
       image_path(a, sizeof a, rf);
       image_path(b, sizeof b, rt);
       real_rename(a, b);
+      set_undurable(rf, false);
+      set_undurable(rt, true); /* a new entry, durable once DATA is synced */
       int i = file_index(rf), j = file_index(rt);
       if (i >= 0 && j >= 0) {
         drop_ops(&files[j]);
@@ -334,6 +418,7 @@ int unlink(const char *path)
       char a[PATH_MAX];
       image_path(a, sizeof a, rel);
       real_unlink(a);
+      set_undurable(rel, false);
       int i = file_index(rel);
       if (i >= 0)
         drop_ops(&files[i]);

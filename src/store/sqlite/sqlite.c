@@ -1258,7 +1258,11 @@ static const struct tp_store_ops sqlite_ops = {
 
 int tp_store_open_sqlite(struct tp_store *st, const char *dir)
 {
-  if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+  if (mkdir(dir, 0700) == 0) {
+    /* A new directory's name is durable once its parent is synced. */
+    if (tp_fsync_dir_of(dir) != 0)
+      tp_log(TP_LOG_WARN, "data_dir_sync", "{s:s, s:s}", "dir", dir, "error", strerror(errno));
+  } else if (errno != EEXIST) {
     tp_log(TP_LOG_ERROR, "data_dir", "{s:s, s:s}", "dir", dir, "error", strerror(errno));
     return -1;
   }
