@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -335,6 +336,40 @@ class PowerCutTest(unittest.TestCase):
         self.assertEqual(c.get(PI + "/" + first.json["id"]).json.get("status"), "succeeded")
         again = c.post(PI, params, idem=new_key("again"))
         self.assertEqual((again.status, again.json.get("status")), (200, "succeeded"), again.json)
+
+    def test_backup_is_on_disk_when_the_command_returns(self):
+        """`turnpike backup` says the copy is fsynced and renamed into place:
+        a power cut the moment it exits must leave the whole copy there."""
+        d = self.daemon
+        d.create_merchant("m")
+        d.start()
+        c = d.client("m")
+        ids = []
+        for i in range(20):
+            r = c.post(PI, {"amount": 300 + i, "currency": "usd", "confirm": "true",
+                            "payment_method": "pm_card_visa"}, idem=new_key("bk"))
+            self.assertEqual(r.status, 200, r.json)
+            ids.append(r.json["id"])
+        out_dir = tempfile.mkdtemp(prefix="tp-backups-")
+        try:
+            env = preload_env(SO, TP_POWERCUT_DATA=out_dir, TP_POWERCUT_IMAGE=self.image, TP_POWERCUT_CTL=self.ctl)
+            p = subprocess.run([BIN, "backup", "--data", d.data, "--out", os.path.join(out_dir, "copy.db")],
+                               env=dict(os.environ, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               timeout=120, stdin=subprocess.DEVNULL)
+            self.assertEqual(p.returncode, 0, p.stderr.decode()[-2000:])
+            # The power goes now: what is in the image is what the disk has.
+            lost = restore(self.image, self.ctl, out_dir)
+            self.assertNotIn("copy.db", lost)
+            self.assertTrue(os.path.exists(os.path.join(out_dir, "copy.db")), os.listdir(out_dir))
+            db = sqlite3.connect("file:%s?mode=ro" % os.path.join(out_dir, "copy.db"), uri=True)
+            try:
+                self.assertEqual(db.execute("PRAGMA integrity_check").fetchone()[0], "ok")
+                got = {r[0] for r in db.execute("SELECT id FROM payment_intents")}
+            finally:
+                db.close()
+            self.assertEqual(set(ids) - got, set())
+        finally:
+            shutil.rmtree(out_dir, ignore_errors=True)
 
     def test_power_cut_with_full_sync(self):
         self.cut_under_load("full")
