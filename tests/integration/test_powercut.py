@@ -70,6 +70,15 @@ def restore(image, ctl, data):
     return lost
 
 
+def rest_config(sim, timeout_ms, extra=()):
+    """The gateway with one REST processor, a, at the sim."""
+    return "\n".join(list(extra) + [
+        "[routing]", "deadline_ms = 8000", "recovery_interval_ms = 300", "backoff_base_ms = 20", "",
+        "[processor.a]", "type = restjson", "endpoint = http://%s/p/a" % sim.rest, "timeout_ms = %d" % timeout_ms,
+        "health_interval_ms = 0", "breaker_consecutive = 1000", "",
+        "[route.all]", "merchant = *", "processors = a", "strategy = ordered", ""])
+
+
 @unittest.skipUnless(SO, "TP_POWERCUT_SO (the powercut.so test shim; meson passes it) not set")
 class PowerCutTest(unittest.TestCase):
     def setUp(self):
@@ -110,6 +119,23 @@ class PowerCutTest(unittest.TestCase):
         d.start(config=config, extra_env=preload_env(SO, TP_POWERCUT_DATA=d.data, TP_POWERCUT_IMAGE=self.image,
                                                      TP_POWERCUT_CTL=self.ctl))
         return os.path.getsize(os.path.join(self.image, "turnpike.db"))
+
+    def power_off(self, proc_owner):
+        """The power goes: the process stops at once (nothing more is synced
+        or sent), the shim applies no more syncs, and the process dies."""
+        os.kill(proc_owner.proc.pid, signal.SIGSTOP)
+        open(os.path.join(self.ctl, "cut"), "w").close()
+        proc_owner.kill9()
+
+    def wait_settled(self, d, seconds=30):
+        """Attempts still 'sent' once recovery had up to `seconds`."""
+        deadline = time.monotonic() + seconds
+        while True:
+            with open_db_ro(d) as db:
+                left = db.execute("SELECT COUNT(*) FROM attempts WHERE state = 'sent'").fetchone()[0]
+            if left == 0 or time.monotonic() > deadline:
+                return left
+            time.sleep(0.2)
 
     def restore_image(self):
         """The disk as the cut left it, in place of the data directory."""
@@ -160,15 +186,9 @@ class PowerCutTest(unittest.TestCase):
         self.assertGreater(len(after), 0, "nothing acknowledged after the cut: it showed nothing")
         self.assertGreater(len(lost), 0, "every payment acknowledged after the cut survived: no cut happened")
 
+        self.assertEqual(self.wait_settled(d, 15), 0, "attempts still 'sent' after the restart")
         db = open_db_ro(d)
         try:
-            deadline = time.monotonic() + 15
-            while True:
-                sent = db.execute("SELECT count(*) FROM attempts WHERE state = 'sent'").fetchone()[0]
-                if sent == 0 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
-            self.assertEqual(sent, 0, "attempts still 'sent' after the restart")
             bad = db.execute("SELECT txn_id, sum(amount) FROM ledger_entries GROUP BY txn_id "
                              "HAVING sum(amount) != 0 LIMIT 10").fetchall()
             self.assertEqual(bad, [], "unbalanced ledger transactions")
@@ -190,20 +210,12 @@ class PowerCutTest(unittest.TestCase):
 
     def cut_with_processor(self, sim):
         d = self.daemon
-        config = "\n".join([
-            "[store]", "checkpoint_pages = 300", "",
-            "[routing]", "deadline_ms = 8000", "recovery_interval_ms = 300", "backoff_base_ms = 20", "",
-            "[processor.a]", "type = restjson", "endpoint = http://%s/p/a" % sim.rest, "timeout_ms = 3000",
-            "health_interval_ms = 0", "",
-            "[route.all]", "merchant = *", "processors = a", "strategy = ordered", ""])
+        config = rest_config(sim, 3000, ["[store]", "checkpoint_pages = 300", ""])
         sim.faults("a", latency_ms_min=5, latency_ms_max=120)  # calls are at the processor when it cuts
         self.start_imaged(config)
         load = PaymentLoad(d.client("m"), threads=8, seconds=30.0, tag="cut-proc").start()
         time.sleep(3.0)
-        # The power goes: everything stops at once, nothing more is synced or sent.
-        os.kill(d.proc.pid, signal.SIGSTOP)
-        open(os.path.join(self.ctl, "cut"), "w").close()
-        d.kill9()
+        self.power_off(d)
         load.stop_flag.set()
         self.assertTrue(load.join(60), "load threads hung")
         with load.lock:
@@ -213,14 +225,7 @@ class PowerCutTest(unittest.TestCase):
         with open_db_ro(d) as db:
             sent_at_cut = db.execute("SELECT COUNT(*) FROM attempts WHERE state = 'sent'").fetchone()[0]
         d.start(config=config)
-        deadline = time.monotonic() + 30
-        while True:
-            with open_db_ro(d) as db:
-                left = db.execute("SELECT COUNT(*) FROM attempts WHERE state = 'sent'").fetchone()[0]
-            if left == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        self.assertEqual(left, 0, "attempts still 'sent' after recovery (%d at the cut)" % sent_at_cut)
+        self.assertEqual(self.wait_settled(d), 0, "attempts still 'sent' after recovery (%d at the cut)" % sent_at_cut)
 
         j = sim.journal(limit=100000)
         self.assertEqual(j["summary"]["double_charges"], 0, j["summary"])
@@ -261,31 +266,18 @@ class PowerCutTest(unittest.TestCase):
     def sim_cut(self, sim):
         d = self.daemon
         d.create_merchant("m")
-        config = "\n".join([
-            "[routing]", "deadline_ms = 8000", "recovery_interval_ms = 300", "backoff_base_ms = 20", "",
-            "[processor.a]", "type = restjson", "endpoint = http://%s/p/a" % sim.rest, "timeout_ms = 1500",
-            "health_interval_ms = 0", "breaker_consecutive = 1000", "",
-            "[route.all]", "merchant = *", "processors = a", "strategy = ordered", ""])
+        config = rest_config(sim, 1500)
         sim.faults("a", latency_ms_min=2, latency_ms_max=60)
         d.start(config=config)
         load = PaymentLoad(d.client("m"), threads=8, seconds=30.0, tag="cut-sim").start()
         time.sleep(3.0)
-        os.kill(sim.proc.pid, signal.SIGSTOP)
-        open(os.path.join(self.ctl, "cut"), "w").close()
-        sim.kill9()
+        self.power_off(sim)
         load.stop_flag.set()
         self.assertTrue(load.join(60), "load threads hung")
         restore(self.image, self.ctl, sim.data)
         sim.restart(env=None)
         sim.faults("a", latency_ms_min=0, latency_ms_max=0)
-        deadline = time.monotonic() + 30
-        while True:
-            with open_db_ro(d) as db:
-                left = db.execute("SELECT COUNT(*) FROM attempts WHERE state = 'sent'").fetchone()[0]
-            if left == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        self.assertEqual(left, 0, "attempts still 'sent' after the processor came back")
+        self.assertEqual(self.wait_settled(d), 0, "attempts still 'sent' after the processor came back")
         j = sim.journal(limit=100000)
         self.assertEqual(j["summary"]["double_charges"], 0, j["summary"])
         charged = dict(j["summary"]["charges_by_payment"])
@@ -325,9 +317,7 @@ class PowerCutTest(unittest.TestCase):
         first = c.post(PI, params, idem=new_key("first"))
         self.assertEqual((first.status, first.json.get("status")), (200, "succeeded"), first.json)
         time.sleep(0.3)
-        os.kill(d.proc.pid, signal.SIGSTOP)
-        open(os.path.join(self.ctl, "cut"), "w").close()
-        d.kill9()
+        self.power_off(d)
         lost = self.restore_image()
         print("first start: names not durable at the cut: %s" % (lost or "none"), file=sys.stderr)
         self.assertEqual([n for n in lost if n.endswith((".key", ".pem"))], [], "key files lost with the cut")
