@@ -389,8 +389,8 @@ static void dispatch(struct tp_req *r)
   }
   /* The space guard (src/core/housekeeping.c): with the disk nearly full,
    * keep what is left for the outcomes of calls already sent. */
-  if ((rt->flags & TP_R_AUTH) && !(rt->flags & TP_R_NO_NEW_WORK) &&
-      (strcmp(r->method, "POST") == 0 || strcmp(r->method, "DELETE") == 0) && tp_store_space_low()) {
+  if (tp_store_space_low() && (rt->flags & TP_R_AUTH) && !(rt->flags & TP_R_NO_NEW_WORK) &&
+      (strcmp(r->method, "POST") == 0 || strcmp(r->method, "DELETE") == 0)) {
     tp_reply_error(r, TP_ERR_STORE_FULL, NULL, "The data store is nearly out of space; new requests are refused "
                                               "until space is freed");
     return;

@@ -38,7 +38,6 @@ static struct {
   _Atomic int64_t heartbeat_ms; /* monotonic time of the last committed heartbeat */
   int64_t min_free;             /* [store] min_free_mb in bytes; 0: no guard */
   _Atomic bool space_low;       /* free space under min_free: new work is refused */
-  _Atomic int64_t free_bytes;   /* at the last look; -1 unknown */
 } H = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
 /* Hand a change set to the writer; 0, or -1 (and cs freed) if it refused. */
@@ -241,12 +240,9 @@ static void space_check(void)
   if (H.min_free <= 0)
     return;
   struct statvfs v;
-  if (statvfs(tp_app.data_dir, &v) != 0) {
-    atomic_store(&H.free_bytes, -1);
+  if (statvfs(tp_app.data_dir, &v) != 0)
     return; /* keep the last verdict */
-  }
   int64_t avail = (int64_t)v.f_bavail * (int64_t)(v.f_frsize ? v.f_frsize : v.f_bsize);
-  atomic_store(&H.free_bytes, avail);
   tp_metric_set("turnpike_store_free_bytes", NULL, avail);
   bool low = avail < H.min_free;
   if (atomic_exchange(&H.space_low, low) != low) {
