@@ -501,6 +501,18 @@ def iso_rrn(ref):
     return "".join(alnum[b % 36] for b in hashlib.sha256(ref.encode()).digest()[:12])
 
 
+def start_beside(sim, daemon, **start_kw):
+    """daemon.start(**start_kw) for a test class that runs a sim: if the
+    daemon does not come up, the sim is stopped before the error goes on
+    (tearDownClass does not run after a failed setUpClass)."""
+    try:
+        daemon.start(**start_kw)
+    except Exception:
+        sim.stop()
+        raise
+    return daemon
+
+
 def preload_env(so, **variables):
     """Environment for a daemon with the test shim `so` LD_PRELOADed (one of
     tests/integration/*.c: diskfault, powercut, clockshift) and its control

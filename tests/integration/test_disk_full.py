@@ -20,7 +20,7 @@ import threading
 import time
 import unittest
 
-from harness import Daemon, Sim, new_key, open_db_ro, preload_env, main
+from harness import Daemon, Sim, new_key, open_db_ro, preload_env, start_beside, main
 
 PI = "/v1/payment_intents"
 SO = os.environ.get("TP_DISKFAULT_SO", "")
@@ -45,11 +45,7 @@ class DiskFullTest(unittest.TestCase):
         cls.daemon = Daemon()
         cls.daemon.create_merchant("m")
         env = preload_env(SO, TP_DISKFAULT_DATA=os.path.realpath(cls.daemon.data), TP_DISKFAULT_CTL=cls.ctl)
-        try:
-            cls.daemon.start(config=config(cls.sim), extra_env=env)
-        except Exception:
-            cls.sim.stop()
-            raise
+        start_beside(cls.sim, cls.daemon, config=config(cls.sim), extra_env=env)
         cls.c = cls.daemon.client("m")
 
     @classmethod

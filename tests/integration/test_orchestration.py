@@ -12,7 +12,7 @@ import signal
 import time
 import unittest
 
-from harness import (BIN, HOST, Daemon, PaymentLoad, Sim, iso_rrn, new_key, open_db_ro, main)
+from harness import (BIN, HOST, Daemon, PaymentLoad, Sim, iso_rrn, new_key, open_db_ro, start_beside, main)
 
 
 def gateway_config(sim, names=("a", "b"), timeout_ms=400, extra=""):
@@ -46,11 +46,7 @@ class OrchestrationTest(unittest.TestCase):
         cls.daemon = Daemon()
         cls.daemon.create_merchant("m")
         cls.daemon.create_merchant("n")
-        try:
-            cls.daemon.start(config=gateway_config(cls.sim))
-        except Exception:
-            cls.sim.stop()
-            raise
+        start_beside(cls.sim, cls.daemon, config=gateway_config(cls.sim))
         cls.c = cls.daemon.client("m")
 
     @classmethod
@@ -651,11 +647,7 @@ class IsoCascadeTest(unittest.TestCase):
             "[processor.b]", "type = restjson", "endpoint = http://%s/p/b" % cls.sim.rest, "timeout_ms = 400",
             "health_interval_ms = 0", "",
             "[route.all]", "merchant = *", "processors = iso,b", "strategy = ordered", ""])
-        try:
-            cls.daemon.start(config=ini)
-        except Exception:
-            cls.sim.stop()
-            raise
+        start_beside(cls.sim, cls.daemon, config=ini)
         cls.c = cls.daemon.client("m")
 
     @classmethod
