@@ -13,7 +13,14 @@
  * the copy the same way, then replaces DIR/turnpike.db. A stale
  * turnpike.db-wal next to the restored file would be replayed onto it (a
  * WAL does not know which database it belongs to), so the old WAL and its
- * index are removed, and the directory synced, before the rename.
+ * index are removed, and the directory synced, before the rename. But the
+ * old WAL may still hold commits (and the pages of a checkpoint cut short)
+ * that the old turnpike.db needs: a power cut between the removal and the
+ * rename would leave the old store without them. So the old store is first
+ * checkpointed in full and its file synced (wal_checkpoint(TRUNCATE)),
+ * which leaves a WAL with nothing in it to lose; only a store SQLite cannot
+ * checkpoint (a damaged one, most likely what is being replaced) goes
+ * without, and restore says so.
  *
  * Key material (vault.key, kek-vN.key, the PEM keys) is never in the copy:
  * card records are sealed under those keys, and a backup that held both
@@ -270,6 +277,40 @@ int tp_cmd_backup(int argc, char **argv)
   return 0;
 }
 
+/* Fold the old store's WAL into its database file, synced, so that removing
+ * the WAL loses nothing (see the top of the file). 0 when done or when there
+ * is no old store; -1 (with why) when SQLite could not. */
+static int settle_old(const char *db_path, const char **why)
+{
+  struct stat sb;
+  if (stat(db_path, &sb) != 0)
+    return 0;
+  sqlite3 *db = NULL;
+  int busy = -1, log = -1, done = -1;
+  if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+    *why = "cannot be opened";
+  } else if (sqlite3_exec(db, "PRAGMA synchronous=FULL", NULL, NULL, NULL) != SQLITE_OK) {
+    *why = sqlite3_errmsg(db);
+  } else {
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "PRAGMA wal_checkpoint(TRUNCATE)", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+      busy = sqlite3_column_int(st, 0);
+      log = sqlite3_column_int(st, 1);
+      done = sqlite3_column_int(st, 2);
+    }
+    *why = busy < 0 ? sqlite3_errmsg(db) : "is busy";
+    sqlite3_finalize(st);
+  }
+  if (db && sqlite3_close(db) != SQLITE_OK)
+    busy = -1;
+  /* busy 0 and every frame of the log checkpointed (-1, -1 when not in WAL
+   * mode: nothing to fold). */
+  if (busy == 0 && log == done)
+    return 0;
+  return -1;
+}
+
 static void usage_restore(FILE *f)
 {
   fprintf(f, "usage: turnpike restore --from FILE [--data DIR] [--force]\n\n"
@@ -425,6 +466,10 @@ int tp_cmd_restore(int argc, char **argv)
     fprintf(stderr, "turnpike restore: cannot copy %s to %s: %s\n", from, tmp, strerror(errno));
     goto done;
   }
+  const char *unsettled = "";
+  if (settle_old(db, &unsettled) != 0)
+    fprintf(stderr, "turnpike restore: warning: the old store %s %s; its WAL is removed without a checkpoint\n",
+            db, unsettled);
   if ((unlink(wal) != 0 && errno != ENOENT) || (unlink(shm) != 0 && errno != ENOENT) ||
       fsync_path(data, true) != 0) {
     fprintf(stderr, "turnpike restore: cannot remove the old store's WAL in %s: %s\n", data, strerror(errno));

@@ -12,6 +12,9 @@
  *                      is fsynced or fdatasynced (through any descriptor);
  *   TP_POWERCUT_CTL    once CTL/cut exists no sync is applied any more: the
  *                      power is off, whatever the process goes on doing.
+ *                      CTL/cut_at_rename holding a name under DATA cuts the
+ *                      power just before a rename onto that name: the cut
+ *                      between two steps of a command.
  *
  * A file's name is durable only once its directory is synced: a file created
  * (or renamed into place) under DATA is listed in CTL/undurable until DATA
@@ -380,11 +383,32 @@ static void image_path(char *out, size_t cap, const char *rel)
   snprintf(out, cap, "%s/%s", env("TP_POWERCUT_IMAGE"), rel);
 }
 
+/* CTL/cut_at_rename names rel: the power goes now. */
+static void cut_at_rename(const char *rel)
+{
+  const char *ctl = env("TP_POWERCUT_CTL");
+  char path[PATH_MAX], want[256] = "";
+  if (!ctl || !rel || snprintf(path, sizeof path, "%s/cut_at_rename", ctl) >= (int)sizeof path)
+    return;
+  FILE *f = fopen(path, "r");
+  if (!f)
+    return;
+  if (fgets(want, sizeof want, f))
+    want[strcspn(want, "\n")] = '\0';
+  fclose(f);
+  if (strcmp(want, rel) == 0) {
+    pthread_mutex_lock(&mu);
+    cut = true;
+    pthread_mutex_unlock(&mu);
+  }
+}
+
 int rename(const char *from, const char *to)
 {
   REAL(rename, rename_fn);
-  int rc = real_rename(from, to);
   const char *rf = data_rel(from), *rt = data_rel(to);
+  cut_at_rename(rt);
+  int rc = real_rename(from, to);
   if (rc == 0 && rf && rt) {
     pthread_mutex_lock(&mu);
     if (!cut) {
