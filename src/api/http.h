@@ -76,7 +76,8 @@ struct tp_req {
   char original_request[40]; /* a replay: the request whose reply it is ("" if unknown) */
   bool publishable; /* authenticated by a publishable key (TP_R_CLIENT or TP_R_PUBLISHABLE route) */
   char location[2048];
-  char cors_methods[48]; /* an OPTIONS preflight: the methods its path serves */
+  char methods[48];    /* the methods the path serves: a preflight's, a 405's Allow */
+  bool cors_preflight; /* answering an OPTIONS preflight */
   bool suspended;
   struct MHD_Response *raw_resp; /* queued as is with status (a 101 upgrade) */
 

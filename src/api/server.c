@@ -328,9 +328,10 @@ static bool cors_url(const char *url)
 #define CORS_EXPOSE_HEADERS \
   "Request-Id, Idempotency-Key, Idempotent-Replayed, Original-Request, Stripe-Should-Retry, Retry-After"
 
-/* An OPTIONS preflight (Fetch standard, CORS protocol): no credentials, so
- * answered before authentication, with the methods the path serves. */
-static void preflight(struct tp_req *r)
+/* The methods the request's path serves, into r->methods ("GET, HEAD,
+ * POST"; HEAD wherever GET is); r->route set to the first match. False when
+ * no route has the path. */
+static bool path_methods(struct tp_req *r)
 {
   size_t n = 0;
   for (unsigned i = 0; i < tp_routes_count; i++) {
@@ -339,23 +340,30 @@ static void preflight(struct tp_req *r)
       continue;
     if (!r->route)
       r->route = rt;
-    if (strstr(r->cors_methods, rt->method))
+    if (strstr(r->methods, rt->method))
       continue;
-    int w = snprintf(r->cors_methods + n, sizeof r->cors_methods - n, "%s%s", n ? ", " : "", rt->method);
-    if (w > 0 && (size_t)w < sizeof r->cors_methods - n)
+    int w = snprintf(r->methods + n, sizeof r->methods - n, "%s%s", n ? ", " : "", rt->method);
+    if (w > 0 && (size_t)w < sizeof r->methods - n)
       n += (size_t)w;
   }
-  if (!r->route) {
+  if (strstr(r->methods, "GET"))
+    tp_scopy(r->methods + n, sizeof r->methods - n, ", HEAD");
+  return r->route != NULL;
+}
+
+/* An OPTIONS preflight (Fetch standard, CORS protocol): no credentials, so
+ * answered before authentication, with the methods the path serves. */
+static void preflight(struct tp_req *r)
+{
+  if (!path_methods(r)) {
     tp_reply_error(r, TP_ERR_URL_UNKNOWN, NULL, NULL);
     return;
   }
   if (!cors_url(r->url)) {
-    r->cors_methods[0] = '\0';
     tp_reply_error(r, TP_ERR_METHOD_NOT_ALLOWED, NULL, NULL);
     return;
   }
-  if (strstr(r->cors_methods, "GET"))
-    tp_scopy(r->cors_methods + n, sizeof r->cors_methods - n, ", HEAD");
+  r->cors_preflight = true;
   tp_reply_raw(r, 204, strdup(""), 0, "text/plain");
 }
 
@@ -368,9 +376,12 @@ static void dispatch(struct tp_req *r)
   bool url_known;
   const struct tp_route *rt = route(r, &url_known);
   if (!rt) {
-    if (url_known)
+    if (url_known) {
+      /* RFC 9110 15.5.6: a 405 carries Allow, the methods the path serves. */
+      (void)path_methods(r);
+      r->route = NULL;
       tp_reply_error(r, TP_ERR_METHOD_NOT_ALLOWED, NULL, NULL);
-    else
+    } else
       tp_reply_error(r, TP_ERR_URL_UNKNOWN, NULL, NULL);
     return;
   }
@@ -551,10 +562,12 @@ static enum MHD_Result queue_reply(struct tp_req *r)
   }
   if (r->www_authenticate[0])
     MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, r->www_authenticate);
+  if (r->status == 405 && r->methods[0])
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->methods);
   if (cors_url(r->url)) {
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, "*");
-    if (r->cors_methods[0]) {
-      MHD_add_response_header(resp, "Access-Control-Allow-Methods", r->cors_methods);
+    if (r->cors_preflight) {
+      MHD_add_response_header(resp, "Access-Control-Allow-Methods", r->methods);
       MHD_add_response_header(resp, "Access-Control-Allow-Headers", CORS_ALLOW_HEADERS);
       MHD_add_response_header(resp, "Access-Control-Max-Age", "300");
     } else

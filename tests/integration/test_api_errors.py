@@ -87,7 +87,25 @@ class ApiErrorsTest(DaemonTestCase):
         self.assertTrue(h.headers.get("Request-Id"), h)
         self.assertEqual(c.request("HEAD", "/v1/customers/cus_nope").status, 404)
         # a route with no GET has no HEAD either, and HEAD creates nothing
-        self.assertEqual(c.request("HEAD", "/v1/payment_intents/pi_x/confirm").status, 405)
+        h = c.request("HEAD", "/v1/payment_intents/pi_x/confirm")
+        self.assertEqual(h.status, 405)
+        self.assertEqual(h.headers.get("Allow"), "POST", h.headers)
+
+    def test_method_not_allowed_names_the_allowed_methods(self):
+        """RFC 9110 15.5.6: a 405 carries Allow with the path's methods."""
+        c = self.c("bad")
+        for method, path, allow in (("PUT", "/v1/payment_intents", "GET, POST, HEAD"),
+                                    ("DELETE", "/v1/payment_intents/pi_x", "GET, POST, HEAD"),
+                                    ("GET", "/v1/payment_intents/pi_x/capture", "POST"),
+                                    ("PATCH", "/v1/customers/cus_x", "GET, POST, DELETE, HEAD")):
+            r = c.request(method, path)
+            self.assertEqual(r.status, 405, (method, path, r))
+            self.assertEqual(r.json["error"]["tp_code"], 1027)
+            got = sorted(m.strip() for m in r.headers.get("Allow", "").split(","))
+            self.assertEqual(got, sorted(allow.split(", ")), (method, path, r.headers))
+        r = c.request("PUT", "/v1/nothing_here")
+        self.assertEqual(r.status, 404)
+        self.assertNotIn("Allow", r.headers)
         self.assertEqual(self.daemon.client(None).request("HEAD", "/v1/customers").status, 401)
 
     def test_expansions_are_checked_before_anything_happens(self):
