@@ -23,8 +23,17 @@
  *
  * The test then kills the process, puts IMAGE in place of DATA and starts
  * the server on it. Writes synced before the cut are all there; none after.
- * (A real disk may also keep some unsynced writes, torn; SQLite's WAL
- * checksums are what cope with that, and this does not model it.) The
+ *
+ *   TP_POWERCUT_TORN   (a number, the seed) a real disk may also have kept
+ *                      any of the writes not yet synced when the power went,
+ *                      in any order and torn: when the process first meets
+ *                      the cut (its next sync), each 512-byte sector of each
+ *                      such write (and each such truncate) reaches the image
+ *                      or not, at random, later writes over earlier ones.
+ *                      SQLite's WAL checksums and its order of syncs are
+ *                      what must cope with that.
+ *
+ * The
  * shared-memory index (-shm) is not data: it is never imaged. Renames and
  * unlinks are applied to the image at once. Not part of the product: built
  * only for the integration tests. */
@@ -222,14 +231,78 @@ static void record(int fd, const void *buf, size_t len, off_t off, bool truncate
   pthread_mutex_unlock(&mu);
 }
 
-static bool power_off(void)
+/* The power went with TP_POWERCUT_TORN set: some of every file's unsynced
+ * writes reach the image, sector by sector, at random (under mu). */
+static void tear(void)
+{
+  REAL(open64, open_fn);
+  REAL(pwrite64, pwrite_fn);
+  REAL(ftruncate64, trunc_fn);
+  REAL(close, close_fn);
+  const char *seed = env("TP_POWERCUT_TORN");
+  if (!seed)
+    return;
+  unsigned int rs = (unsigned int)strtoul(seed, NULL, 10);
+  unsigned long kept = 0, lost = 0;
+  for (int i = 0; i < MAX_FILES; i++) {
+    struct file *f = &files[i];
+    if (!f->rel[0] || !f->head)
+      continue;
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/%s", env("TP_POWERCUT_IMAGE"), f->rel) >= (int)sizeof path)
+      abort();
+    int ifd = real_open64(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (ifd < 0)
+      abort();
+    for (struct op *o = f->head; o; o = o->next) {
+      if (o->truncate) {
+        if (rand_r(&rs) & 1) {
+          if (real_ftruncate64(ifd, o->off) != 0)
+            abort();
+          kept++;
+        } else
+          lost++;
+        continue;
+      }
+      /* Sector by sector, as a disk writes them: 512-byte aligned pieces. */
+      for (off_t at = o->off; at < o->off + (off_t)o->len;) {
+        off_t end = (at / 512 + 1) * 512;
+        if (end > o->off + (off_t)o->len)
+          end = o->off + (off_t)o->len;
+        if (rand_r(&rs) & 1) {
+          if (real_pwrite64(ifd, o->data + (at - o->off), (size_t)(end - at), at) != (ssize_t)(end - at))
+            abort();
+          kept++;
+        } else
+          lost++;
+        at = end;
+      }
+    }
+    real_close(ifd);
+    drop_ops(f);
+  }
+  /* For the test's log: how much of the unsynced data the disk kept. */
+  const char *ctl = env("TP_POWERCUT_CTL");
+  char note[PATH_MAX];
+  if (ctl && snprintf(note, sizeof note, "%s/torn", ctl) < (int)sizeof note) {
+    FILE *nf = fopen(note, "w");
+    if (nf) {
+      fprintf(nf, "%lu %lu\n", kept, lost);
+      fclose(nf);
+    }
+  }
+}
+
+static bool power_off(void) /* under mu */
 {
   if (cut)
     return true;
   char flag[PATH_MAX];
   const char *ctl = env("TP_POWERCUT_CTL");
-  if (ctl && snprintf(flag, sizeof flag, "%s/cut", ctl) < (int)sizeof flag && access(flag, F_OK) == 0)
+  if (ctl && snprintf(flag, sizeof flag, "%s/cut", ctl) < (int)sizeof flag && access(flag, F_OK) == 0) {
     cut = true;
+    tear();
+  }
   return cut;
 }
 
