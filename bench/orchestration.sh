@@ -8,7 +8,10 @@
 #      transient failures, time from outage to reroute, double charges;
 #   3. routing run: processors with different true approval rates (sim
 #      decline_rate) and fees: the router vs the best single processor vs an
-#      even split ("round robin").
+#      even split ("round robin"); then a segmented run, where each of two
+#      processors is the better one for one card brand (half the payments
+#      visa, half mastercard): the router vs each single processor vs the
+#      split.
 # See docs/routing.md for what the figures mean.
 #
 # Environment: BENCH_SECONDS (5), BENCH_CONNS (64, as bench/run.sh), BENCH_THREADS (2),
@@ -179,3 +182,28 @@ $RULE"; then
         echo "$strategy: gateway did not start"
     fi
 done
+
+echo "-- 3b. segmented routing run: a approves visa 95% / mastercard 70%, b the reverse; fees 2.0% both"
+R faults "$SIM_REST" sa '{"error_rate":0,"decline_rate":0,"decline_rate.visa":0.05,"decline_rate.mastercard":0.30,"latency_ms_min":1,"latency_ms_max":3}'
+R faults "$SIM_REST" sb '{"error_rate":0,"decline_rate":0,"decline_rate.visa":0.30,"decline_rate.mastercard":0.05,"latency_ms_min":1,"latency_ms_max":3}'
+PROCS3B="$(rest_proc sa 'fee_percent = 2.0')
+$(rest_proc sb 'fee_percent = 2.0')"
+export BENCH_BODIES="amount=1999&currency=usd&confirm=true&payment_method=pm_card_visa|amount=1999&currency=usd&confirm=true&payment_method=pm_card_mastercard"
+for strategy in router only_a only_b round_robin; do
+    case $strategy in
+        router) RULE="" ;;
+        only_a) RULE=$(printf '[route.only_a]\nmerchant = *\nprocessors = sa\n') ;;
+        only_b) RULE=$(printf '[route.only_b]\nmerchant = *\nprocessors = sb\n') ;;
+        round_robin) RULE=$(printf '[route.even]\nmerchant = *\nprocessors = sa,sb\nsplit = sa:50,sb:50\n') ;;
+    esac
+    if start_gw "seg-$strategy" "$PROCS3B
+$RULE"; then
+        run_wrk "seg-$strategy" "$SECS" >/dev/null
+        sleep 0.5
+        R route-stats "$GW_DB" "$strategy" "sa:2.0,sb:2.0"
+        stop_gw
+    else
+        echo "$strategy: gateway did not start"
+    fi
+done
+unset BENCH_BODIES

@@ -33,6 +33,12 @@ local body = os.getenv("BENCH_BODY")
 if body == nil or body == "" then
    body = "amount=1999&currency=usd&confirm=true&payment_method=pm_card_visa"
 end
+-- BENCH_BODIES="A|B|..." (bench/orchestration.sh's segmented routing run)
+-- takes turns between several bodies, e.g. cards of different brands.
+local bodies = {}
+for b in string.gmatch(os.getenv("BENCH_BODIES") or "", "[^|]+") do
+   table.insert(bodies, b)
+end
 -- Counts by HTTP status; kept as plain globals so thread:get can read them.
 n200 = 0
 n2xx = 0
@@ -54,6 +60,9 @@ end
 function request()
    counter = counter + 1
    headers["Idempotency-Key"] = prefix .. counter
+   if #bodies > 0 then
+      return wrk.format("POST", "/v1/payment_intents", headers, bodies[counter % #bodies + 1])
+   end
    return wrk.format("POST", "/v1/payment_intents", headers, body)
 end
 
