@@ -158,52 +158,46 @@ fi
 R faults "$SIM_REST" a '{"outage":false}'
 
 # ---- 3. routing run ---------------------------------------------------------------
+# routing_run TAG PROCS FEES STRATEGY=RULE...: one fresh gateway per strategy
+# (PROCS plus that strategy's route rule, "" for the router), the same load,
+# then its authorization rate, fees and net per payment.
+routing_run() {
+    local tag=$1 procs=$2 fees=$3 spec strategy rule
+    shift 3
+    for spec in "$@"; do
+        strategy=${spec%%=*}
+        rule=${spec#*=}
+        if start_gw "$tag-$strategy" "$procs
+$(printf '%b' "$rule")"; then
+            run_wrk "$tag-$strategy" "$SECS" >/dev/null
+            sleep 0.5
+            R route-stats "$GW_DB" "$strategy" "$fees"
+            stop_gw
+        else
+            echo "$strategy: gateway did not start"
+        fi
+    done
+}
+
 echo "-- 3. routing run: true approval a 95% fee 3.0%, b 85% fee 2.0%, c 70% fee 1.0%"
 R faults "$SIM_REST" a '{"error_rate":0,"decline_rate":0.05,"latency_ms_min":1,"latency_ms_max":3}'
 R faults "$SIM_REST" b '{"error_rate":0,"decline_rate":0.15,"latency_ms_min":1,"latency_ms_max":3}'
 R faults "$SIM_REST" c '{"error_rate":0,"decline_rate":0.30,"latency_ms_min":1,"latency_ms_max":3}'
-PROCS3="$(rest_proc a 'fee_percent = 3.0')
+routing_run route "$(rest_proc a 'fee_percent = 3.0')
 $(rest_proc b 'fee_percent = 2.0')
-$(rest_proc c 'fee_percent = 1.0')"
-FEES="a:3.0,b:2.0,c:1.0"
-for strategy in router best_single round_robin; do
-    case $strategy in
-        router) RULE="" ;;
-        best_single) RULE=$(printf '[route.only_a]\nmerchant = *\nprocessors = a\n') ;;
-        round_robin) RULE=$(printf '[route.even]\nmerchant = *\nprocessors = a,b,c\nsplit = a:34,b:33,c:33\n') ;;
-    esac
-    if start_gw "route-$strategy" "$PROCS3
-$RULE"; then
-        run_wrk "route-$strategy" "$SECS" >/dev/null
-        sleep 0.5
-        R route-stats "$GW_DB" "$strategy" "$FEES"
-        stop_gw
-    else
-        echo "$strategy: gateway did not start"
-    fi
-done
+$(rest_proc c 'fee_percent = 1.0')" "a:3.0,b:2.0,c:1.0" \
+    "router=" \
+    'best_single=[route.only_a]\nmerchant = *\nprocessors = a\n' \
+    'round_robin=[route.even]\nmerchant = *\nprocessors = a,b,c\nsplit = a:34,b:33,c:33\n'
 
 echo "-- 3b. segmented routing run: a approves visa 95% / mastercard 70%, b the reverse; fees 2.0% both"
 R faults "$SIM_REST" sa '{"error_rate":0,"decline_rate":0,"decline_rate.visa":0.05,"decline_rate.mastercard":0.30,"latency_ms_min":1,"latency_ms_max":3}'
 R faults "$SIM_REST" sb '{"error_rate":0,"decline_rate":0,"decline_rate.visa":0.30,"decline_rate.mastercard":0.05,"latency_ms_min":1,"latency_ms_max":3}'
-PROCS3B="$(rest_proc sa 'fee_percent = 2.0')
-$(rest_proc sb 'fee_percent = 2.0')"
 export BENCH_BODIES="amount=1999&currency=usd&confirm=true&payment_method=pm_card_visa|amount=1999&currency=usd&confirm=true&payment_method=pm_card_mastercard"
-for strategy in router only_a only_b round_robin; do
-    case $strategy in
-        router) RULE="" ;;
-        only_a) RULE=$(printf '[route.only_a]\nmerchant = *\nprocessors = sa\n') ;;
-        only_b) RULE=$(printf '[route.only_b]\nmerchant = *\nprocessors = sb\n') ;;
-        round_robin) RULE=$(printf '[route.even]\nmerchant = *\nprocessors = sa,sb\nsplit = sa:50,sb:50\n') ;;
-    esac
-    if start_gw "seg-$strategy" "$PROCS3B
-$RULE"; then
-        run_wrk "seg-$strategy" "$SECS" >/dev/null
-        sleep 0.5
-        R route-stats "$GW_DB" "$strategy" "sa:2.0,sb:2.0"
-        stop_gw
-    else
-        echo "$strategy: gateway did not start"
-    fi
-done
+routing_run seg "$(rest_proc sa 'fee_percent = 2.0')
+$(rest_proc sb 'fee_percent = 2.0')" "sa:2.0,sb:2.0" \
+    "router=" \
+    'only_a=[route.only_a]\nmerchant = *\nprocessors = sa\n' \
+    'only_b=[route.only_b]\nmerchant = *\nprocessors = sb\n' \
+    'round_robin=[route.even]\nmerchant = *\nprocessors = sa,sb\nsplit = sa:50,sb:50\n'
 unset BENCH_BODIES
