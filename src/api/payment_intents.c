@@ -631,10 +631,39 @@ void tp_h_pi_update(struct tp_req *r)
   if (!pi)
     return;
   const char *st = json_string_value(json_object_get(pi, "status"));
-  if (strcmp(st, "requires_payment_method") != 0 && strcmp(st, "requires_confirmation") != 0 &&
-      strcmp(st, "requires_action") != 0) {
+  if (strcmp(st, "processing") == 0) {
+    /* Its outcome (or recovery) writes the PaymentIntent next. */
     unexpected_state(r, pi, "update");
     goto out;
+  }
+  if (strcmp(st, "requires_payment_method") != 0 && strcmp(st, "requires_confirmation") != 0 &&
+      strcmp(st, "requires_action") != 0) {
+    /* As on Stripe, what only describes the payment (metadata, description,
+     * receipt_email, shipping) may change once it is confirmed, say an order
+     * id added after it has succeeded; what would change the payment itself
+     * only before. */
+    static const char *const any_status[] = {"metadata", "description", "receipt_email", "shipping", "expand",
+                                             NULL};
+    const char *k;
+    json_t *v;
+    json_object_foreach(r->params, k, v)
+    {
+      int i = 0;
+      while (any_status[i] && strcmp(any_status[i], k) != 0)
+        i++;
+      if (any_status[i])
+        continue;
+      char msg[320];
+      snprintf(msg, sizeof msg,
+               "This PaymentIntent's %s could not be updated because it has a status of %s. You may only update "
+               "the %s of a PaymentIntent with one of the following statuses: requires_payment_method, "
+               "requires_confirmation, requires_action.",
+               k, st, k);
+      tp_reply_error(r, strcmp(k, "amount") == 0 ? TP_ERR_PAYMENT_INTENT_AMOUNT_LOCKED
+                                                  : TP_ERR_PAYMENT_INTENT_UNEXPECTED_STATE,
+                     k, msg);
+      goto out;
+    }
   }
   const char *code = tp_pstr(r->params, "currency");
   const struct tp_currency *cur = tp_currency_find(json_string_value(json_object_get(pi, "currency")));

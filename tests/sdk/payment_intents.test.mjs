@@ -261,6 +261,38 @@ test('create without confirm waits in requires_payment_method, takes updates, an
   assert.deepEqual((await stripe.paymentIntents.retrieve(pi.id)).metadata, { step: 'two', order: 'A-17' });
 });
 
+test('a succeeded payment takes metadata and a description, not a new amount', async () => {
+  const pi = await stripe.paymentIntents.create({ amount: 1200, currency: 'usd', confirm: true,
+    payment_method: 'pm_card_visa', metadata: { cart: 'c1' } });
+  assert.equal(pi.status, 'succeeded');
+  const updated = await stripe.paymentIntents.update(pi.id, {
+    metadata: { order_id: '6735' }, description: 'order 6735', receipt_email: 'buyer@example.com',
+  });
+  assert.equal(updated.status, 'succeeded');
+  assert.deepEqual(updated.metadata, { cart: 'c1', order_id: '6735' });
+  assert.equal(updated.description, 'order 6735');
+  assert.equal(updated.receipt_email, 'buyer@example.com');
+  assert.equal(updated.amount_received, 1200);
+  assert.deepEqual((await stripe.paymentIntents.retrieve(pi.id)).metadata, { cart: 'c1', order_id: '6735' });
+
+  const e = await expectError(stripe.paymentIntents.update(pi.id, { amount: 1500, metadata: { x: 'y' } }),
+    errors.StripeInvalidRequestError);
+  assert.equal(e.code, 'payment_intent_unexpected_state');
+  assert.equal(e.param, 'amount');
+  assert.equal(e.raw.tp_code, 1055);
+  const after = await stripe.paymentIntents.retrieve(pi.id);
+  assert.equal(after.amount, 1200);
+  assert.equal(after.metadata.x, undefined, 'a refused update changes nothing');
+
+  const canceled = await stripe.paymentIntents.cancel(
+    (await stripe.paymentIntents.create({ amount: 300, currency: 'usd' })).id);
+  const c2 = await stripe.paymentIntents.update(canceled.id, { metadata: { why: 'dup' } });
+  assert.equal(c2.status, 'canceled');
+  assert.equal(c2.metadata.why, 'dup');
+  await expectError(stripe.paymentIntents.update(canceled.id, { payment_method: 'pm_card_visa' }),
+    errors.StripeInvalidRequestError);
+});
+
 test('confirm passes payment_method on the confirm call itself', async () => {
   const pi = await stripe.paymentIntents.create({ amount: 900, currency: 'eur' });
   const confirmed = await stripe.paymentIntents.confirm(pi.id, { payment_method: 'pm_card_visa' });
