@@ -329,17 +329,18 @@ static bool cors_url(const char *url)
   "Request-Id, Idempotency-Key, Idempotent-Replayed, Original-Request, Stripe-Should-Retry, Retry-After"
 
 /* The methods the request's path serves, into r->methods ("GET, HEAD,
- * POST"; HEAD wherever GET is); r->route set to the first match. False when
- * no route has the path. */
-static bool path_methods(struct tp_req *r)
+ * POST"; HEAD wherever GET is). Returns the first route with the path, NULL
+ * when there is none. */
+static const struct tp_route *path_methods(struct tp_req *r)
 {
+  const struct tp_route *first = NULL;
   size_t n = 0;
   for (unsigned i = 0; i < tp_routes_count; i++) {
     const struct tp_route *rt = &tp_routes[i];
     if (!match(rt->pattern, r->url, r))
       continue;
-    if (!r->route)
-      r->route = rt;
+    if (!first)
+      first = rt;
     if (strstr(r->methods, rt->method))
       continue;
     int w = snprintf(r->methods + n, sizeof r->methods - n, "%s%s", n ? ", " : "", rt->method);
@@ -348,14 +349,15 @@ static bool path_methods(struct tp_req *r)
   }
   if (strstr(r->methods, "GET"))
     tp_scopy(r->methods + n, sizeof r->methods - n, ", HEAD");
-  return r->route != NULL;
+  return first;
 }
 
 /* An OPTIONS preflight (Fetch standard, CORS protocol): no credentials, so
  * answered before authentication, with the methods the path serves. */
 static void preflight(struct tp_req *r)
 {
-  if (!path_methods(r)) {
+  r->route = path_methods(r);
+  if (!r->route) {
     tp_reply_error(r, TP_ERR_URL_UNKNOWN, NULL, NULL);
     return;
   }
@@ -379,7 +381,6 @@ static void dispatch(struct tp_req *r)
     if (url_known) {
       /* RFC 9110 15.5.6: a 405 carries Allow, the methods the path serves. */
       (void)path_methods(r);
-      r->route = NULL;
       tp_reply_error(r, TP_ERR_METHOD_NOT_ALLOWED, NULL, NULL);
     } else
       tp_reply_error(r, TP_ERR_URL_UNKNOWN, NULL, NULL);

@@ -279,19 +279,16 @@ int tp_cmd_backup(int argc, char **argv)
 
 /* Fold the old store's WAL into its database file, synced, so that removing
  * the WAL loses nothing (see the top of the file). 0 when done or when there
- * is no old store; -1 (with why) when SQLite could not. */
-static int settle_old(const char *db_path, const char **why)
+ * is no old store; -1, with the reason in why, when SQLite could not. */
+static int settle_old(const char *db_path, char *why, size_t cap)
 {
   struct stat sb;
   if (stat(db_path, &sb) != 0)
     return 0;
   sqlite3 *db = NULL;
   int busy = -1, log = -1, done = -1;
-  if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
-    *why = "cannot be opened";
-  } else if (sqlite3_exec(db, "PRAGMA synchronous=FULL", NULL, NULL, NULL) != SQLITE_OK) {
-    *why = sqlite3_errmsg(db);
-  } else {
+  if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK &&
+      sqlite3_exec(db, "PRAGMA synchronous=FULL", NULL, NULL, NULL) == SQLITE_OK) {
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(db, "PRAGMA wal_checkpoint(TRUNCATE)", -1, &st, NULL) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW) {
@@ -299,16 +296,15 @@ static int settle_old(const char *db_path, const char **why)
       log = sqlite3_column_int(st, 1);
       done = sqlite3_column_int(st, 2);
     }
-    *why = busy < 0 ? sqlite3_errmsg(db) : "is busy";
     sqlite3_finalize(st);
   }
-  if (db && sqlite3_close(db) != SQLITE_OK)
+  /* The message belongs to the connection: copied before it is closed. */
+  snprintf(why, cap, "%s", busy > 0 ? "is busy" : db ? sqlite3_errmsg(db) : "cannot be opened");
+  if (sqlite3_close(db) != SQLITE_OK)
     busy = -1;
   /* busy 0 and every frame of the log checkpointed (-1, -1 when not in WAL
    * mode: nothing to fold). */
-  if (busy == 0 && log == done)
-    return 0;
-  return -1;
+  return busy == 0 && log == done ? 0 : -1;
 }
 
 static void usage_restore(FILE *f)
@@ -466,8 +462,8 @@ int tp_cmd_restore(int argc, char **argv)
     fprintf(stderr, "turnpike restore: cannot copy %s to %s: %s\n", from, tmp, strerror(errno));
     goto done;
   }
-  const char *unsettled = "";
-  if (settle_old(db, &unsettled) != 0)
+  char unsettled[200];
+  if (settle_old(db, unsettled, sizeof unsettled) != 0)
     fprintf(stderr, "turnpike restore: warning: the old store %s %s; its WAL is removed without a checkpoint\n",
             db, unsettled);
   if ((unlink(wal) != 0 && errno != ENOENT) || (unlink(shm) != 0 && errno != ENOENT) ||

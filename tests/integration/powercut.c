@@ -231,56 +231,56 @@ static void record(int fd, const void *buf, size_t len, off_t off, bool truncate
   pthread_mutex_unlock(&mu);
 }
 
-/* The power went with TP_POWERCUT_TORN set: some of every file's unsynced
- * writes reach the image, sector by sector, at random (under mu). */
-static void tear(void)
+/* f's unsynced writes and truncates reach the image and are forgotten: all
+ * of them (a sync; rs NULL), or, the power gone with TP_POWERCUT_TORN set,
+ * each truncate and each 512-byte sector of each write at random (rand_r
+ * on rs), counted in kept and lost. Under mu. */
+static void to_image(struct file *f, unsigned int *rs, unsigned long *kept, unsigned long *lost)
 {
   REAL(open64, open_fn);
   REAL(pwrite64, pwrite_fn);
   REAL(ftruncate64, trunc_fn);
   REAL(close, close_fn);
+  char path[PATH_MAX];
+  if (snprintf(path, sizeof path, "%s/%s", env("TP_POWERCUT_IMAGE"), f->rel) >= (int)sizeof path)
+    abort();
+  int ifd = real_open64(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  if (ifd < 0)
+    abort();
+  for (struct op *o = f->head; o; o = o->next) {
+    /* A truncate whole; a write sector by sector, as a disk writes it. */
+    off_t at = o->off, stop = o->truncate ? o->off + 1 : o->off + (off_t)o->len;
+    while (at < stop) {
+      off_t end = o->truncate || !rs ? stop : (at / 512 + 1) * 512;
+      if (end > stop)
+        end = stop;
+      if (!rs || (rand_r(rs) & 1)) {
+        if (o->truncate ? real_ftruncate64(ifd, o->off) != 0
+                        : real_pwrite64(ifd, o->data + (at - o->off), (size_t)(end - at), at) != (ssize_t)(end - at))
+          abort();
+        if (kept)
+          (*kept)++;
+      } else if (lost)
+        (*lost)++;
+      at = end;
+    }
+  }
+  real_close(ifd);
+  drop_ops(f);
+}
+
+/* The power went with TP_POWERCUT_TORN set: some of every file's unsynced
+ * writes reach the image, sector by sector, at random (under mu). */
+static void tear(void)
+{
   const char *seed = env("TP_POWERCUT_TORN");
   if (!seed)
     return;
   unsigned int rs = (unsigned int)strtoul(seed, NULL, 10);
   unsigned long kept = 0, lost = 0;
-  for (int i = 0; i < MAX_FILES; i++) {
-    struct file *f = &files[i];
-    if (!f->rel[0] || !f->head)
-      continue;
-    char path[PATH_MAX];
-    if (snprintf(path, sizeof path, "%s/%s", env("TP_POWERCUT_IMAGE"), f->rel) >= (int)sizeof path)
-      abort();
-    int ifd = real_open64(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-    if (ifd < 0)
-      abort();
-    for (struct op *o = f->head; o; o = o->next) {
-      if (o->truncate) {
-        if (rand_r(&rs) & 1) {
-          if (real_ftruncate64(ifd, o->off) != 0)
-            abort();
-          kept++;
-        } else
-          lost++;
-        continue;
-      }
-      /* Sector by sector, as a disk writes them: 512-byte aligned pieces. */
-      for (off_t at = o->off; at < o->off + (off_t)o->len;) {
-        off_t end = (at / 512 + 1) * 512;
-        if (end > o->off + (off_t)o->len)
-          end = o->off + (off_t)o->len;
-        if (rand_r(&rs) & 1) {
-          if (real_pwrite64(ifd, o->data + (at - o->off), (size_t)(end - at), at) != (ssize_t)(end - at))
-            abort();
-          kept++;
-        } else
-          lost++;
-        at = end;
-      }
-    }
-    real_close(ifd);
-    drop_ops(f);
-  }
+  for (int i = 0; i < MAX_FILES; i++)
+    if (files[i].rel[0] && files[i].head)
+      to_image(&files[i], &rs, &kept, &lost);
   /* For the test's log: how much of the unsynced data the disk kept. */
   const char *ctl = env("TP_POWERCUT_CTL");
   char note[PATH_MAX];
@@ -309,10 +309,6 @@ static bool power_off(void) /* under mu */
 /* fd was synced: what was written to its file before is on the disk. */
 static void apply(int fd)
 {
-  REAL(open64, open_fn);
-  REAL(pwrite64, pwrite_fn);
-  REAL(ftruncate64, trunc_fn);
-  REAL(close, close_fn);
   if (fd < 0 || fd >= MAX_FD)
     return;
   pthread_mutex_lock(&mu);
@@ -327,19 +323,7 @@ static void apply(int fd)
     pthread_mutex_unlock(&mu);
     return;
   }
-  struct file *f = &files[i];
-  char path[PATH_MAX];
-  snprintf(path, sizeof path, "%s/%s", env("TP_POWERCUT_IMAGE"), f->rel);
-  int ifd = real_open64(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-  if (ifd < 0)
-    abort();
-  for (struct op *o = f->head; o; o = o->next) {
-    if (o->truncate ? real_ftruncate64(ifd, o->off) != 0
-                    : real_pwrite64(ifd, o->data, o->len, o->off) != (ssize_t)o->len)
-      abort();
-  }
-  real_close(ifd);
-  drop_ops(f);
+  to_image(&files[i], NULL, NULL, NULL);
   pthread_mutex_unlock(&mu);
 }
 
