@@ -510,6 +510,45 @@ static json_t *find_known(const json_t *known, const char *id)
   return NULL;
 }
 
+/* Lists that an object shows only when expanded (Stripe, API 2022-11-15
+ * on): a charge's refunds, newest first, the first ten with has_more, as
+ * GET /v1/refunds?charge= gives them; a customer's sources, subscriptions
+ * and tax ids, which Turnpike never has. True when path named one of them
+ * on this kind of object. */
+static bool expand_list(struct tp_req *r, json_t *obj, const char *path)
+{
+  const char *what = json_string_value(json_object_get(obj, "object"));
+  const char *id = json_string_value(json_object_get(obj, "id"));
+  if (!what || !id || strlen(id) >= TP_ID_MAX)
+    return false;
+  char url[160];
+  json_t *data = NULL;
+  bool more = false;
+  if (strcmp(what, "charge") == 0 && strcmp(path, "refunds") == 0) {
+    struct tp_list_query q;
+    memset(&q, 0, sizeof q);
+    q.kind = TP_K_REFUND;
+    q.merchant = r->merchant.id;
+    q.col2_name = "charge";
+    q.col2_value = id;
+    q.created_gte = INT64_MIN;
+    q.created_lte = INT64_MAX;
+    q.limit = 10;
+    data = tp_app.store.ops->list(tp_app.store.cls, &q, &more);
+    if (!data)
+      return true; /* left as it was: the store said no */
+  } else if (strcmp(what, "customer") == 0 &&
+             (strcmp(path, "sources") == 0 || strcmp(path, "subscriptions") == 0 || strcmp(path, "tax_ids") == 0)) {
+    data = json_array();
+  } else {
+    return false;
+  }
+  snprintf(url, sizeof url, "/v1/%s/%s/%s", strcmp(what, "charge") == 0 ? "charges" : "customers", id, path);
+  json_object_set_new(obj, path, tp_pack("{s:s, s:o, s:b, s:s}", "object", "list", "data", data, "has_more", more,
+                                         "url", url));
+  return true;
+}
+
 static void expand_field(struct tp_req *r, json_t *obj, const char *path, const json_t *known)
 {
   const char *dot = strchr(path, '.');
@@ -535,6 +574,8 @@ static void expand_field(struct tp_req *r, json_t *obj, const char *path, const 
       expand_field(r, sub, dot + 1, known);
     return;
   }
+  if (expand_list(r, obj, path))
+    return;
   const char *id = json_string_value(json_object_get(obj, path));
   if (!id)
     return;
@@ -558,8 +599,34 @@ static bool expand_paths_ok(struct tp_req *r)
   const json_t *ex = json_object_get(r->params, "expand");
   if (!json_is_array(ex))
     return true;
-  static const char *const ok_fields[] = {"latest_charge", "customer", "payment_method", "payment_intent", "charge",
-                                          "balance_transaction", "source", "default_payment_method", "object",
+  /* Stripe's expandable fields of the objects Turnpike serves. Those that
+   * Turnpike always leaves null (review, application, transfers ...) expand
+   * to null, as on Stripe; refunds, sources, subscriptions and tax_ids are
+   * lists (expand_list). */
+  static const char *const ok_fields[] = {"latest_charge",
+                                          "customer",
+                                          "payment_method",
+                                          "payment_intent",
+                                          "charge",
+                                          "balance_transaction",
+                                          "source",
+                                          "default_payment_method",
+                                          "object",
+                                          "refunds",
+                                          "review",
+                                          "application",
+                                          "application_fee",
+                                          "on_behalf_of",
+                                          "failure_balance_transaction",
+                                          "source_transfer",
+                                          "transfer",
+                                          "transfer_reversal",
+                                          "source_transfer_reversal",
+                                          "default_source",
+                                          "test_clock",
+                                          "sources",
+                                          "subscriptions",
+                                          "tax_ids",
                                           NULL};
   size_t i;
   json_t *v;

@@ -167,3 +167,36 @@ test('paymentIntents.incrementAuthorization answers clearly that no processor of
     errors.StripeInvalidRequestError);
   assert.equal(st.code, 'payment_intent_unexpected_state');
 });
+
+test("a charge's refunds come as a list only when expanded, newest first, ten at a time", async () => {
+  const pi = await paid(5000);
+  const made = [];
+  for (let i = 0; i < 11; i++)
+    made.push((await stripe.refunds.create({ payment_intent: pi.id, amount: 100 + i })).id);
+  // API 2022-11-15 on: not there unless asked for.
+  assert.equal('refunds' in await stripe.charges.retrieve(pi.latest_charge), false);
+
+  const ch = await stripe.charges.retrieve(pi.latest_charge, { expand: ['refunds'] });
+  assert.equal(ch.refunds.object, 'list');
+  assert.equal(ch.refunds.url, `/v1/charges/${ch.id}/refunds`);
+  assert.equal(ch.refunds.has_more, true);
+  assert.deepEqual(ch.refunds.data.map((r) => r.id), made.slice(1).reverse());
+  assert.ok(ch.refunds.data.every((r) => r.object === 'refund' && r.charge === ch.id));
+
+  // Through the PaymentIntent, and on every item of a charge list.
+  const got = await stripe.paymentIntents.retrieve(pi.id, { expand: ['latest_charge.refunds'] });
+  assert.deepEqual(got.latest_charge.refunds.data.map((r) => r.amount), [110, 109, 108, 107, 106, 105, 104, 103, 102, 101]);
+  const other = await paid(700);
+  const list = await stripe.charges.list({ limit: 2, expand: ['data.refunds'] });
+  assert.equal(list.data[0].id, other.latest_charge);
+  assert.deepEqual(list.data[0].refunds.data, []);
+  assert.equal(list.data[0].refunds.has_more, false);
+  assert.equal(list.data[1].refunds.data.length, 10);
+
+  // Fields Turnpike always leaves empty expand to what they are, as on Stripe.
+  const c = await stripe.charges.retrieve(other.latest_charge, { expand: ['review', 'application_fee'] });
+  assert.equal(c.id, other.latest_charge);
+  const cus = await stripe.customers.retrieve((await stripe.customers.create({})).id, { expand: ['sources', 'default_source'] });
+  assert.equal(cus.default_source, null);
+  assert.deepEqual(cus.sources, { object: 'list', data: [], has_more: false, url: `/v1/customers/${cus.id}/sources` });
+});
