@@ -3,6 +3,7 @@ BUILD        ?= build
 TEST_BUILD   ?= build-test
 BENCH_BUILD  ?= build-release
 FUZZ_BUILD   ?= build-fuzz
+TSAN_BUILD   ?= build-tsan
 FUZZ_SECONDS ?= 60
 LISTEN       ?= 127.0.0.1:8420
 DATA         ?= ./var
@@ -30,6 +31,7 @@ test: deps $(TEST_BUILD)/build.ninja
 	ninja -C $(TEST_BUILD)
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  meson test -C $(TEST_BUILD) --print-errorlogs --num-processes 2
+	./tests/tsan.sh $(TSAN_BUILD)
 
 $(BENCH_BUILD)/build.ninja:
 	meson setup $(BENCH_BUILD) --buildtype=release -Db_ndebug=true >/dev/null
@@ -51,4 +53,4 @@ fuzz: deps $(FUZZ_BUILD)/build.ninja
 	done
 
 clean:
-	rm -rf $(BUILD) $(TEST_BUILD) $(BENCH_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(TEST_BUILD) $(BENCH_BUILD) $(FUZZ_BUILD) $(TSAN_BUILD)

@@ -92,7 +92,7 @@ struct tp_app {
   char data_dir[1024];
   char public_url[256];   /* "http://127.0.0.1:8420" for links we hand out */
   uint8_t vault_key[32];  /* file KEK (embedded default) */
-  volatile int shutting_down;
+  _Atomic int shutting_down;
 };
 extern struct tp_app tp_app;
 

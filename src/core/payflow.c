@@ -353,6 +353,21 @@ void tp_pay_reply(struct tp_pay *p, unsigned status, json_t *obj)
 }
 
 /* ---- the pipeline ---------------------------------------------------------- */
+/* A payment's objects share strings with its request's parameters (by
+ * reference, through jansson's reference counts). The payment lets go of
+ * them before its requests resume, so that the HTTP thread which then frees
+ * the parameters (on_completed) comes after, not alongside: the resume is
+ * the hand-over (ThreadSanitizer saw the two threads free one tree at once
+ * when the payment was freed after the resume). Replies are set already. */
+static void free_then_resume(struct tp_pay *p, struct tp_req *r, struct tp_req *op_req)
+{
+  tp_pay_free(p);
+  if (r)
+    tp_req_resume(r);
+  if (op_req)
+    tp_req_resume(op_req);
+}
+
 static void finish(struct tp_pay *p, int rc)
 {
   if (p->lock_id[0])
@@ -372,16 +387,14 @@ static void finish(struct tp_pay *p, int rc)
       tp_reply_raw(p->r, p->status, p->body, p->body ? strlen(p->body) : 0, "application/json");
       p->body = NULL;
     }
-    tp_req_resume(p->r);
   }
   if (p->op_req) {
     if (rc != 0)
       tp_reply_commit_failed(p->op_req, rc);
     else
       tp_reply_json(p->op_req, 200, tp_attempt_json(&p->att));
-    tp_req_resume(p->op_req);
   }
-  tp_pay_free(p);
+  free_then_resume(p, p->r, p->op_req);
 }
 
 static void outcome_done(struct tp_cs *cs, int rc, void *arg)
@@ -994,11 +1007,9 @@ void tp_pay_run(struct tp_pay *p, struct tp_cs *cs)
        * error and the PaymentIntent stays as it was. */
       tp_cs_free(cs);
       tp_metric_inc("turnpike_payments_unroutable_total", NULL, 1);
-      if (p->r) {
+      if (p->r)
         tp_reply_error(p->r, TP_ERR_NO_PROCESSOR_AVAILABLE, NULL, NULL);
-        tp_req_resume(p->r);
-      }
-      tp_pay_free(p);
+      free_then_resume(p, p->r, NULL);
       return;
     }
     p->orchestrated = true;
@@ -1022,11 +1033,9 @@ void tp_pay_run(struct tp_pay *p, struct tp_cs *cs)
     if (p->lock_id[0])
       tp_lock_release(p->lock_id);
     p->lock_id[0] = '\0';
-    if (p->r) {
+    if (p->r)
       tp_reply_error(p->r, TP_ERR_OVERLOADED, NULL, NULL);
-      tp_req_resume(p->r);
-    }
-    tp_pay_free(p);
+    free_then_resume(p, p->r, NULL);
   }
 }
 

@@ -914,7 +914,7 @@ struct health_xfer {
 static struct {
   pthread_t thread;
   bool started;
-  volatile bool stop;
+  _Atomic bool stop; /* read by health_main */
   CURLM *multi;
 } hc;
 

@@ -17,7 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-volatile int tp_log_threshold = TP_LOG_INFO;
+_Atomic int tp_log_threshold = TP_LOG_INFO;
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 

@@ -8,7 +8,7 @@
 enum tp_log_level { TP_LOG_DEBUG = 0, TP_LOG_INFO, TP_LOG_WARN, TP_LOG_ERROR };
 
 /* Current threshold; messages below it are dropped (cheap check first). */
-extern volatile int tp_log_threshold;
+extern _Atomic int tp_log_threshold;
 
 /* Log one line: {"ts":..., "level":..., "event":EVENT, ...fields}. `fmt` is a
  * jansson json_pack format describing an object ("{s:s, s:I}") or NULL. */
