@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # bench/run.sh BUILD_DIR — throughput of durable create+confirm payments
-# through `turnpike serve`, next to nginx returning a constant 200 on the same
-# machine with the same wrk load. See bench/README.md for how to read it.
+# through `turnpike serve`, next to nginx returning a constant 200 and the
+# floor (bench/floor.c: libmicrohttpd and SQLite with two group commits per
+# payment and nothing else) on the same machine with the same wrk load. See
+# bench/README.md for how to read it.
 #
 # Environment: BENCH_SECONDS (10), BENCH_CONNS (64), BENCH_THREADS (2),
 # BENCH_WARMUP (2), BENCH_KEEP=1 keeps the temp dir (database, logs),
@@ -86,6 +88,7 @@ cleanup() {
     DAEMON_PID=
     stop "$NGINX_PID" QUIT 5
     NGINX_PID=
+    stop "${FLOOR_PID:-}" TERM 5
     if [ "${BENCH_KEEP:-0}" = 1 ]; then
         echo "bench: kept $TMP"
     else
@@ -255,6 +258,32 @@ ROWS1=$(durable_rows)
 echo "bench: nginx ${DURATION} s"
 run_wrk ngx "http://127.0.0.1:$NGX_PORT" "$DURATION" "$$-n" ""
 
+# ---- 3b. the floor (bench/floor.c) ----------------------------------------
+# libmicrohttpd and SQLite as Turnpike uses them, two group commits per
+# payment, one row each, nothing else: what a durable payment costs here
+# before any of the work a payment is for.
+FLOOR_PID=
+
+if cc -O2 -o "$TMP/floor" "$HERE/floor.c" -lmicrohttpd -lsqlite3 -lpthread 2>"$TMP/floor.err"; then
+    mkdir -p "$TMP/floor.d"
+    "$TMP/floor" "$TMP/floor.d" 2>"$TMP/floor.log" &
+    FLOOR_PID=$!
+    for ((i = 0; i < 50; i++)); do [ -s "$TMP/floor.d/floor.addr" ] && break; sleep 0.1; done
+fi
+if [ -n "$FLOOR_PID" ] && [ -s "$TMP/floor.d/floor.addr" ]; then
+    FL_ADDR=$(head -n 1 "$TMP/floor.d/floor.addr")
+    echo "bench: floor ${DURATION} s (bench/floor.c at $FL_ADDR)"
+    FL_CPU0=$(cpu_ticks "$FLOOR_PID")
+    run_wrk floor "http://$FL_ADDR" "$DURATION" "$$-f" ""
+    FL_CPU1=$(cpu_ticks "$FLOOR_PID")
+    stop "$FLOOR_PID" TERM 5
+    FLOOR_PID=
+else
+    echo "bench: the floor did not build or start; skipped ($(head -c 300 "$TMP/floor.err" "$TMP/floor.log" 2>/dev/null))"
+    [ -n "$FLOOR_PID" ] && stop "$FLOOR_PID" KILL 1
+    FLOOR_PID=
+fi
+
 # ---- 4. report ------------------------------------------------------------
 TP_US=$(field tp duration_us)
 TP_200=$(field tp n200)
@@ -275,6 +304,9 @@ awk -v cores="$CORES" -v conns="$CONNS" -v secs="$DURATION" -v hz="$HZ" \
     -v tp_p50="$(field tp p50_us)" -v tp_p90="$(field tp p90_us)" -v tp_p99="$(field tp p99_us)" \
     -v ng_us="$NG_US" -v ng_2xx="$NG_2XX" -v ng_non2xx="$NG_NON2XX" \
     -v ng_p50="$(field ngx p50_us)" -v ng_p90="$(field ngx p90_us)" -v ng_p99="$(field ngx p99_us)" \
+    -v fl_us="$(field floor duration_us 2>/dev/null)" -v fl_200="$(field floor n200 2>/dev/null)" \
+    -v fl_p50="$(field floor p50_us 2>/dev/null)" -v fl_p90="$(field floor p90_us 2>/dev/null)" \
+    -v fl_p99="$(field floor p99_us 2>/dev/null)" -v fl_cpu="$((${FL_CPU1:-0} - ${FL_CPU0:-0}))" \
     -v hwm_kb="$HWM_KB" -v cpu="$((CPU1 - CPU0))" -v rows="$ROWS" -v flow="$FLOW_LABEL" '
 BEGIN {
     tp_rate = tp_us > 0 ? tp_200 / (tp_us / 1e6) : 0
@@ -284,7 +316,13 @@ BEGIN {
         flow, tp_rate, tp_p50 / 1000, tp_p90 / 1000, tp_p99 / 1000, tp_non2xx, tp_sock, hwm_kb / 1024
     printf "nginx     constant 200:              %6.0f req/s       p50 %.2f ms  p90 %.2f ms  p99 %.2f ms  non-2xx %d\n",
         ng_rate, ng_p50 / 1000, ng_p90 / 1000, ng_p99 / 1000, ng_non2xx
+    if (fl_us > 0 && fl_200 > 0) {
+        fl_rate = fl_200 / (fl_us / 1e6)
+        printf "floor     MHD+SQLite, 2 commits:     %6.0f payments/s  p50 %.2f ms  p90 %.2f ms  p99 %.2f ms  CPU %.1f us/payment\n",
+            fl_rate, fl_p50 / 1000, fl_p90 / 1000, fl_p99 / 1000, fl_cpu / hz * 1e6 / fl_200
+    }
     if (ng_rate > 0) printf "ratio turnpike/nginx: %.2f\n", tp_rate / ng_rate
+    if (fl_rate > 0) printf "ratio turnpike/floor: %.2f\n", tp_rate / fl_rate
     cpu_s = cpu / hz
     if (tp_200 > 0)
         printf "turnpike CPU: %.1f ms per 1000 payments (%.2f of %d cores busy)\n",
