@@ -30,6 +30,8 @@ void tp_h_refund_retrieve(struct tp_req *r);
 void tp_h_refund_update(struct tp_req *r);
 void tp_h_refund_cancel(struct tp_req *r);
 void tp_h_refund_list(struct tp_req *r);
+void tp_h_charge_refund_list(struct tp_req *r);
+void tp_h_charge_refund_retrieve(struct tp_req *r);
 /* charges.c */
 void tp_h_charge_retrieve(struct tp_req *r);
 void tp_h_charge_update(struct tp_req *r);

@@ -232,3 +232,65 @@ void tp_h_refund_list(struct tp_req *r)
   }
   tp_reply_list(r, &q, "/v1/refunds");
 }
+
+/* The charge's own refund list, the url of its expanded `refunds`
+ * (GET /v1/charges/{id}/refunds): GET /v1/refunds?charge= under that url,
+ * 404 for a charge this merchant does not have. */
+static bool charge_known(struct tp_req *r)
+{
+  int live = tp_store_live(&tp_app.store, TP_K_CHARGE, r->merchant.id, r->path_id);
+  if (live < 0) {
+    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+    return false;
+  }
+  if (!live) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "No such charge: '%.64s'", r->path_id);
+    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", msg);
+    return false;
+  }
+  return true;
+}
+
+void tp_h_charge_refund_list(struct tp_req *r)
+{
+  static const struct tp_pspec spec[] = {
+    {"limit", TP_P_INT, NULL, NULL},           {"starting_after", TP_P_STRING, NULL, NULL},
+    {"ending_before", TP_P_STRING, NULL, NULL}, {"expand", TP_P_STRLIST, NULL, NULL},
+    {NULL, 0, NULL, NULL},
+  };
+  if (!tp_check_params(r, spec) || !charge_known(r))
+    return;
+  struct tp_list_query q;
+  memset(&q, 0, sizeof q);
+  q.kind = TP_K_REFUND;
+  if (!tp_list_params(r, &q))
+    return;
+  q.col2_name = "charge";
+  q.col2_value = r->path_id;
+  char url[128];
+  snprintf(url, sizeof url, "/v1/charges/%.64s/refunds", r->path_id);
+  tp_reply_list(r, &q, url);
+}
+
+/* GET /v1/charges/{id}/refunds/{refund}: one of the charge's refunds; a
+ * refund of another charge is missing here. */
+void tp_h_charge_refund_retrieve(struct tp_req *r)
+{
+  if (!tp_check_params(r, tp_spec_expand_only) || !charge_known(r))
+    return;
+  json_t *re = tp_store_get_json(&tp_app.store, TP_K_REFUND, r->merchant.id, r->path_sub);
+  const char *ch = json_string_value(json_object_get(re, "charge"));
+  if (!re || !ch || strcmp(ch, r->path_id) != 0) {
+    json_decref(re);
+    char msg[160];
+    snprintf(msg, sizeof msg, "No such refund: '%.64s'", r->path_sub);
+    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", msg);
+    return;
+  }
+  if (!tp_expand(r, re, NULL)) {
+    json_decref(re);
+    return;
+  }
+  tp_reply_json(r, 200, re);
+}

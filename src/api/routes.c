@@ -25,6 +25,8 @@ const struct tp_route tp_routes[] = {
   {"GET", "/v1/charges/{id}", tp_h_charge_retrieve, A},
   {"POST", "/v1/charges/{id}", tp_h_charge_update, A},
   {"POST", "/v1/charges/{id}/capture", tp_h_charge_capture, A},
+  {"GET", "/v1/charges/{id}/refunds", tp_h_charge_refund_list, A},
+  {"GET", "/v1/charges/{id}/refunds/{refund}", tp_h_charge_refund_retrieve, A},
 
   {"POST", "/v1/refunds", tp_h_refund_create, A},
   {"GET", "/v1/refunds", tp_h_refund_list, A},

@@ -193,6 +193,23 @@ test("a charge's refunds come as a list only when expanded, newest first, ten at
   assert.equal(list.data[0].refunds.has_more, false);
   assert.equal(list.data[1].refunds.data.length, 10);
 
+  // The list's url answers too, and pages like /v1/refunds?charge=.
+  const page = await stripe.rawRequest('GET', `${ch.refunds.url}?limit=3`);
+  assert.equal(page.url, ch.refunds.url);
+  assert.deepEqual(page.data.map((r) => r.id), made.slice(-3).reverse());
+  assert.equal(page.has_more, true);
+  const next = await stripe.rawRequest('GET', `${ch.refunds.url}?limit=100&starting_after=${made[8]}`);
+  assert.deepEqual(next.data.map((r) => r.id), made.slice(0, 8).reverse());
+  assert.equal(next.has_more, false);
+  const one = await stripe.rawRequest('GET', `${ch.refunds.url}/${made[0]}`);
+  assert.equal(one.id, made[0]);
+  // A refund of another charge, or a charge that is not there, is missing.
+  const elsewhere = await stripe.refunds.create({ payment_intent: (await paid(900)).id, amount: 100 });
+  let err = await expectError(stripe.rawRequest('GET', `${ch.refunds.url}/${elsewhere.id}`), errors.StripeInvalidRequestError);
+  assert.equal(err.statusCode, 404);
+  err = await expectError(stripe.rawRequest('GET', '/v1/charges/ch_missing/refunds'), errors.StripeInvalidRequestError);
+  assert.equal(err.statusCode, 404);
+
   // Fields Turnpike always leaves empty expand to what they are, as on Stripe.
   const c = await stripe.charges.retrieve(other.latest_charge, { expand: ['review', 'application_fee'] });
   assert.equal(c.id, other.latest_charge);
