@@ -68,9 +68,9 @@ static int extra_rows, extra_bytes;
 static atomic_ulong next_id;
 static volatile sig_atomic_t stopping;
 
-static void enqueue(struct req *r)
+/* With Q.mu held. */
+static void append_locked(struct req *r)
 {
-  pthread_mutex_lock(&Q.mu);
   r->next = NULL;
   if (Q.tail)
     Q.tail->next = r;
@@ -78,6 +78,12 @@ static void enqueue(struct req *r)
     Q.head = r;
   Q.tail = r;
   pthread_cond_signal(&Q.cv);
+}
+
+static void enqueue(struct req *r)
+{
+  pthread_mutex_lock(&Q.mu);
+  append_locked(r);
   pthread_mutex_unlock(&Q.mu);
 }
 
@@ -238,13 +244,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
       return MHD_NO;
     }
     MHD_suspend_connection(conn);
-    r->next = NULL;
-    if (Q.tail)
-      Q.tail->next = r;
-    else
-      Q.head = r;
-    Q.tail = r;
-    pthread_cond_signal(&Q.cv);
+    append_locked(r);
     pthread_mutex_unlock(&Q.mu);
     return MHD_YES;
   }

@@ -212,16 +212,15 @@ void tp_h_refund_update(struct tp_req *r)
   tp_commit_and_reply_unlock(r, cs, r->path_id);
 }
 
-void tp_h_refund_list(struct tp_req *r)
+/* A page of refunds, newest first, of one PaymentIntent and/or charge when
+ * given (NULL or "" for any). */
+static void reply_refunds(struct tp_req *r, const char *pi, const char *ch, const char *url)
 {
-  if (!tp_check_params(r, spec_list))
-    return;
   struct tp_list_query q;
   memset(&q, 0, sizeof q);
   q.kind = TP_K_REFUND;
   if (!tp_list_params(r, &q))
     return;
-  const char *pi = tp_pstr(r->params, "payment_intent"), *ch = tp_pstr(r->params, "charge");
   if (pi && *pi) {
     q.col_name = "payment_intent";
     q.col_value = pi;
@@ -230,7 +229,13 @@ void tp_h_refund_list(struct tp_req *r)
     q.col2_name = "charge";
     q.col2_value = ch;
   }
-  tp_reply_list(r, &q, "/v1/refunds");
+  tp_reply_list(r, &q, url);
+}
+
+void tp_h_refund_list(struct tp_req *r)
+{
+  if (tp_check_params(r, spec_list))
+    reply_refunds(r, tp_pstr(r->params, "payment_intent"), tp_pstr(r->params, "charge"), "/v1/refunds");
 }
 
 /* The charge's own refund list, the url of its expanded `refunds`
@@ -261,16 +266,9 @@ void tp_h_charge_refund_list(struct tp_req *r)
   };
   if (!tp_check_params(r, spec) || !charge_known(r))
     return;
-  struct tp_list_query q;
-  memset(&q, 0, sizeof q);
-  q.kind = TP_K_REFUND;
-  if (!tp_list_params(r, &q))
-    return;
-  q.col2_name = "charge";
-  q.col2_value = r->path_id;
   char url[128];
   snprintf(url, sizeof url, "/v1/charges/%.64s/refunds", r->path_id);
-  tp_reply_list(r, &q, url);
+  reply_refunds(r, NULL, r->path_id, url);
 }
 
 /* GET /v1/charges/{id}/refunds/{refund}: one of the charge's refunds; a
