@@ -4,6 +4,7 @@
 #ifndef TP_CONNECTOR_H
 #define TP_CONNECTOR_H
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 enum tp_proc_kind { TP_PROC_AUTHORIZE, TP_PROC_CAPTURE, TP_PROC_VOID, TP_PROC_REFUND, TP_PROC_STATUS };
@@ -66,6 +67,11 @@ void tp_curl_tls_setup(void *easy, const struct tp_tls_opts *tls);
 /* A REST/JSON processor at base_url (http or https; certificates verified),
  * Bearer api_key (may be empty), per-call timeout, TLS settings (may be
  * NULL) (docs/processors.md). */
+/* A REST/JSON processor's answer (HTTP status, body) to call c, as c's
+ * outcome, decline_code, auth_code and processor_ref. Whatever the bytes,
+ * the codes come out as lower-case words and the references as printable
+ * ASCII (they reach our objects and logs). */
+void tp_restjson_interpret(struct tp_proc_call *c, long http, const char *body, size_t len);
 int tp_restjson_start(struct tp_connector *out, const char *name, const char *base_url, const char *api_key,
                       int timeout_ms, const struct tp_tls_opts *tls);
 /* An ISO 8583 acquirer host at host:port over one persistent TCP link;

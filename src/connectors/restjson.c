@@ -347,6 +347,30 @@ static void map_status(struct tp_proc_call *c, enum tp_proc_kind kind, json_t *j
   set_error(c, "processor_bad_response");
 }
 
+void tp_restjson_interpret(struct tp_proc_call *c, long http, const char *body, size_t len)
+{
+  c->decline_code[0] = 0;
+  if (http >= 500)
+    set_error(c, "processor_http_5xx");
+  else if (c->kind == TP_PROC_STATUS && http == 404)
+    c->outcome = TP_OUT_NOT_FOUND;
+  else if (http == 401 || http == 403)
+    set_error(c, "processor_auth_failed");
+  else if (http == 429)
+    set_error(c, "processor_rate_limited");
+  else if (http < 200 || http >= 300)
+    set_error(c, "processor_http_4xx");
+  else {
+    json_error_t err;
+    json_t *js = body ? json_loadb(body, len, JSON_REJECT_DUPLICATES, &err) : NULL;
+    if (!json_is_object(js))
+      set_error(c, "processor_bad_response");
+    else
+      map_status(c, c->kind, js);
+    json_decref(js);
+  }
+}
+
 /* libcurl calls this when a connection (new or reused) is ready and the
  * request is about to go out on it. */
 static int on_prereq(void *arg, char *primary_ip, char *local_ip, int primary_port, int local_port)
@@ -375,25 +399,8 @@ static void finish_xfer(struct rj_xfer *x, CURLcode rc)
     set_error(c, "processor_connection_reset");
   else if (rc != CURLE_OK)
     set_error(c, curl_error_code(rc));
-  else if (http >= 500)
-    set_error(c, "processor_http_5xx");
-  else if (c->kind == TP_PROC_STATUS && http == 404)
-    c->outcome = TP_OUT_NOT_FOUND;
-  else if (http == 401 || http == 403)
-    set_error(c, "processor_auth_failed");
-  else if (http == 429)
-    set_error(c, "processor_rate_limited");
-  else if (http < 200 || http >= 300)
-    set_error(c, "processor_http_4xx");
-  else {
-    json_error_t err;
-    json_t *js = x->resp ? json_loadb(x->resp, x->resp_len, JSON_REJECT_DUPLICATES, &err) : NULL;
-    if (!json_is_object(js))
-      set_error(c, "processor_bad_response");
-    else
-      map_status(c, c->kind, js);
-    json_decref(js);
-  }
+  else
+    tp_restjson_interpret(c, http, x->resp, x->resp_len);
   if (c->outcome == TP_OUT_ERROR && TP_LOG_ON(TP_LOG_DEBUG))
     tp_log(TP_LOG_DEBUG, "restjson_call_failed", "{s:s, s:s, s:s, s:i, s:i}", "processor", x->rj->name, "ref",
            c->ref, "error", c->decline_code, "http_status", (int)http, "curl", (int)rc);
