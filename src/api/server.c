@@ -746,7 +746,12 @@ void tp_http_stop(unsigned wait_ms)
       /* On failure MHD has closed fd itself. */
       (void)MHD_add_connection(daemon_, fd, (struct sockaddr *)&ca, cl);
     }
-    close(s);
+    /* Stop listening now, but keep the descriptor until MHD has stopped:
+     * MHD_quiesce_daemon only asks the workers to take it out of their
+     * epoll sets, and a close() before they have would let a new
+     * connection get its number while a worker still deletes "it"
+     * (ThreadSanitizer saw a worker's epoll_ctl on it after the close). */
+    shutdown(s, SHUT_RDWR);
   }
   tp_stream_shutdown(); /* upgraded sockets must be closed before MHD stops */
   int64_t until = tp_mono_ms() + wait_ms;
@@ -756,4 +761,6 @@ void tp_http_stop(unsigned wait_ms)
   usleep(100000);
   MHD_stop_daemon(daemon_);
   daemon_ = NULL;
+  if (s != MHD_INVALID_SOCKET)
+    close(s);
 }
