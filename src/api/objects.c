@@ -440,11 +440,9 @@ bool tp_pm_materialize(struct tp_req *r, struct tp_cs *cs, json_t *pi)
   return true;
 }
 
-bool tp_pm_exists(struct tp_req *r, const char *pm_id)
+bool tp_live_or_missing(struct tp_req *r, enum tp_kind kind, const char *id, const char *what, const char *param)
 {
-  if (test_pan(pm_id, false))
-    return true;
-  int live = tp_store_live(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
+  int live = tp_store_live(&tp_app.store, kind, r->merchant.id, id);
   if (live < 0) {
     tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
     return false;
@@ -452,9 +450,14 @@ bool tp_pm_exists(struct tp_req *r, const char *pm_id)
   if (live)
     return true;
   char msg[160];
-  snprintf(msg, sizeof msg, "No such PaymentMethod: '%.64s'", pm_id);
-  tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "payment_method", msg);
+  snprintf(msg, sizeof msg, "No such %s: '%.64s'", what, id);
+  tp_reply_error(r, TP_ERR_RESOURCE_MISSING, param, msg);
   return false;
+}
+
+bool tp_pm_exists(struct tp_req *r, const char *pm_id)
+{
+  return test_pan(pm_id, false) || tp_live_or_missing(r, TP_K_PAYMENT_METHOD, pm_id, "PaymentMethod", "payment_method");
 }
 
 json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, struct tp_card_info *ci)

@@ -54,6 +54,10 @@ bool tp_card_from_params(struct tp_req *r, const json_t *card, const char *param
  * (PAN in memory only). On failure replies 404/400 and returns NULL. */
 /* Is pm_id one of the merchant's PaymentMethods (or a pm_card_* test id)?
  * Otherwise replies resource_missing and returns false. */
+/* True when this merchant has object id of kind (a deleted customer does
+ * not count); else replies 404 "No such WHAT: 'id'" naming param (or 503
+ * when the store cannot say) and returns false. */
+bool tp_live_or_missing(struct tp_req *r, enum tp_kind kind, const char *id, const char *what, const char *param);
 bool tp_pm_exists(struct tp_req *r, const char *pm_id);
 /* A test token (pm_card_visa ...) in pi's payment_method becomes a new
  * PaymentMethod in cs, as Stripe creates one when the token is set: false

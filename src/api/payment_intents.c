@@ -159,22 +159,6 @@ static bool check_currency(struct tp_req *r, const char *code, const struct tp_c
   return true;
 }
 
-static bool customer_exists(struct tp_req *r, const char *id)
-{
-  int live = tp_store_live(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, id);
-  if (live < 0) {
-    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
-    return false;
-  }
-  bool ok = live == 1;
-  if (!ok) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "No such customer: '%.64s'", id);
-    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "customer", msg);
-  }
-  return ok;
-}
-
 /* Copy the settable fields of params onto pi. */
 static void apply_fields(json_t *pi, const json_t *params)
 {
@@ -495,7 +479,7 @@ void tp_h_pi_create(struct tp_req *r)
   if (!check_currency(r, code, &cur) || !check_amount(r, amount, cur))
     return;
   const char *cus = tp_pstr(r->params, "customer");
-  if (cus && *cus && !customer_exists(r, cus))
+  if (cus && *cus && !tp_live_or_missing(r, TP_K_CUSTOMER, cus, "customer", "customer"))
     return;
   const char *pm_given = tp_pstr(r->params, "payment_method");
   if (pm_given && *pm_given && !tp_pm_exists(r, pm_given))
@@ -674,7 +658,7 @@ void tp_h_pi_update(struct tp_req *r)
   if (!check_amount(r, amount, cur))
     goto out;
   const char *cus = tp_pstr(r->params, "customer");
-  if (cus && *cus && !customer_exists(r, cus))
+  if (cus && *cus && !tp_live_or_missing(r, TP_K_CUSTOMER, cus, "customer", "customer"))
     goto out;
   const char *pm_given = tp_pstr(r->params, "payment_method");
   if (pm_given && *pm_given && !tp_pm_exists(r, pm_given))

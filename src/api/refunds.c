@@ -238,25 +238,9 @@ void tp_h_refund_list(struct tp_req *r)
     reply_refunds(r, tp_pstr(r->params, "payment_intent"), tp_pstr(r->params, "charge"), "/v1/refunds");
 }
 
-/* The charge's own refund list, the url of its expanded `refunds`
- * (GET /v1/charges/{id}/refunds): GET /v1/refunds?charge= under that url,
- * 404 for a charge this merchant does not have. */
-static bool charge_known(struct tp_req *r)
-{
-  int live = tp_store_live(&tp_app.store, TP_K_CHARGE, r->merchant.id, r->path_id);
-  if (live < 0) {
-    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
-    return false;
-  }
-  if (!live) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "No such charge: '%.64s'", r->path_id);
-    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", msg);
-    return false;
-  }
-  return true;
-}
-
+/* GET /v1/charges/{id}/refunds, the url of a charge's expanded `refunds`:
+ * GET /v1/refunds?charge= under that url, 404 for a charge this merchant
+ * does not have. */
 void tp_h_charge_refund_list(struct tp_req *r)
 {
   static const struct tp_pspec spec[] = {
@@ -264,7 +248,7 @@ void tp_h_charge_refund_list(struct tp_req *r)
     {"ending_before", TP_P_STRING, NULL, NULL}, {"expand", TP_P_STRLIST, NULL, NULL},
     {NULL, 0, NULL, NULL},
   };
-  if (!tp_check_params(r, spec) || !charge_known(r))
+  if (!tp_check_params(r, spec) || !tp_live_or_missing(r, TP_K_CHARGE, r->path_id, "charge", "id"))
     return;
   char url[128];
   snprintf(url, sizeof url, "/v1/charges/%.64s/refunds", r->path_id);
@@ -275,7 +259,7 @@ void tp_h_charge_refund_list(struct tp_req *r)
  * refund of another charge is missing here. */
 void tp_h_charge_refund_retrieve(struct tp_req *r)
 {
-  if (!tp_check_params(r, tp_spec_expand_only) || !charge_known(r))
+  if (!tp_check_params(r, tp_spec_expand_only) || !tp_live_or_missing(r, TP_K_CHARGE, r->path_id, "charge", "id"))
     return;
   json_t *re = tp_store_get_json(&tp_app.store, TP_K_REFUND, r->merchant.id, r->path_sub);
   const char *ch = json_string_value(json_object_get(re, "charge"));

@@ -64,14 +64,14 @@ struct tp_tls_opts {
 /* Set peer and host verification, TLS >= 1.2 and the opts on a curl easy
  * handle (a CURL *, untyped here so this header needs no curl include). */
 void tp_curl_tls_setup(void *easy, const struct tp_tls_opts *tls);
-/* A REST/JSON processor at base_url (http or https; certificates verified),
- * Bearer api_key (may be empty), per-call timeout, TLS settings (may be
- * NULL) (docs/processors.md). */
 /* A REST/JSON processor's answer (HTTP status, body) to call c, as c's
  * outcome, decline_code, auth_code and processor_ref. Whatever the bytes,
  * the codes come out as lower-case words and the references as printable
  * ASCII (they reach our objects and logs). */
 void tp_restjson_interpret(struct tp_proc_call *c, long http, const char *body, size_t len);
+/* A REST/JSON processor at base_url (http or https; certificates verified),
+ * Bearer api_key (may be empty), per-call timeout, TLS settings (may be
+ * NULL) (docs/processors.md). */
 int tp_restjson_start(struct tp_connector *out, const char *name, const char *base_url, const char *api_key,
                       int timeout_ms, const struct tp_tls_opts *tls);
 /* An ISO 8583 acquirer host at host:port over one persistent TCP link;
