@@ -8,7 +8,7 @@ DEB_PKGS=(
   libmicrohttpd-dev libjansson-dev libsqlite3-dev libcurl4-openssl-dev
   libssl-dev libcmocka-dev libinih-dev libwslay-dev libjemalloc-dev
   softhsm2 libp11-kit-dev prometheus python3 python3-cryptography openssl
-  libzstd-dev zstd python3-zstandard
+  libzstd-dev zstd python3-zstandard python3-stripe
   sqlite3 curl wrk nginx-light
   chromium
 )

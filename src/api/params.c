@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* Stripe's metadata limits. */
 #define TP_META_MAX_KEYS   50
@@ -660,8 +661,9 @@ static int check_value(struct check_ctx *c, size_t plen, json_t *v, const struct
     if (json_is_boolean(v)) return 0;
     if (json_is_string(v)) {
       const char *s = json_string_value(v);
-      if (strcmp(s, "true") == 0) { *repl = json_true(); return 0; }
-      if (strcmp(s, "false") == 0) { *repl = json_false(); return 0; }
+      /* Any case: stripe-python (through 5.x) sends Python's "True" / "False". */
+      if (strcasecmp(s, "true") == 0) { *repl = json_true(); return 0; }
+      if (strcasecmp(s, "false") == 0) { *repl = json_false(); return 0; }
       /* Strings that also mean true (off_session's one_off, recurring). */
       for (const char *const *ch = sp->choices; ch && *ch; ch++)
         if (strcmp(*ch, s) == 0) { *repl = json_true(); return 0; }

@@ -1,0 +1,321 @@
+"""The official Python SDK (Debian's python3-stripe, stripe-python 5.0)
+against the real daemon: a second official client beside stripe-node
+(tests/sdk), with its own encoding of parameters.
+
+stripe-python sends a Python bool as the text of str(): "True" / "False"
+(stripe-node sends "true"); it sends lists as key[0], key[1], nested
+dictionaries as key[sub], no Stripe-Version header unless told, and maps
+each error type to an exception class. Every flow below goes through the
+SDK's own classes, as a merchant's code would."""
+import hashlib
+import http.server
+import json
+import sys
+import threading
+import time
+import unittest
+
+try:
+    import stripe
+except ImportError:  # a python3 other than Debian's: use Debian's package (scripts/deps.sh)
+    sys.path.append("/usr/lib/python3/dist-packages")
+    import stripe
+
+from harness import (PAN_3DS, PAN_DECLINE, PAN_INSUFFICIENT, DaemonTestCase, card,
+                     hostport, main, new_key)
+
+WEBHOOK_CONFIG = """[webhooks]
+retry_base_ms = 100
+retry_max_ms = 400
+scan_interval_ms = 300
+timeout_ms = 1500
+"""
+
+
+class Inbox:
+    """Webhook deliveries to 127.0.0.1, kept raw (body and signature header)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.got = []
+        inbox = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with inbox.lock:
+                    inbox.got.append((body, self.headers.get("Stripe-Signature")))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, pred, seconds=15.0):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            with self.lock:
+                for body, sig in self.got:
+                    if pred(json.loads(body)):
+                        return body, sig
+            time.sleep(0.05)
+        raise AssertionError("no delivery matched in %.0f s" % seconds)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class StripePython(DaemonTestCase):
+    MERCHANTS = ("py", "other", "pages")
+
+    @classmethod
+    def config(cls):
+        return WEBHOOK_CONFIG
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        stripe.api_base = "http://" + hostport(cls.daemon.host, cls.daemon.port)
+        stripe.max_network_retries = 0
+        stripe.api_key = None  # each call names its merchant's key
+
+    def key(self, merchant="py"):
+        return self.daemon.merchants[merchant]["secret_key"]
+
+    # -- payments ---------------------------------------------------------
+
+    def test_python_booleans_confirm_and_capture(self):
+        """confirm=True arrives as "True": the intent is confirmed, not
+        refused as a bad boolean; manual capture, partial capture, and a
+        False that keeps an intent unconfirmed."""
+        k = self.key()
+        pi = stripe.PaymentIntent.create(api_key=k, amount=1099, currency="usd",
+                                         payment_method="pm_card_visa", confirm=True,
+                                         metadata={"order": "o-1"}, expand=["latest_charge"])
+        self.assertEqual(pi.status, "succeeded")
+        self.assertEqual(pi.amount_received, 1099)
+        self.assertEqual(pi.latest_charge.object, "charge")
+        self.assertTrue(pi.latest_charge.captured)
+        self.assertTrue(pi.latest_charge.paid)
+        self.assertEqual(pi.latest_charge.payment_method_details.card.last4, "4242")
+        self.assertEqual(pi.metadata["order"], "o-1")
+
+        held = stripe.PaymentIntent.create(api_key=k, amount=2000, currency="eur",
+                                           payment_method="pm_card_mastercard",
+                                           capture_method="manual", confirm=True)
+        self.assertEqual(held.status, "requires_capture")
+        self.assertEqual(held.amount_capturable, 2000)
+        done = held.capture(amount_to_capture=1500)  # the instance method
+        self.assertEqual(done.status, "succeeded")
+        self.assertEqual(done.amount_received, 1500)
+        ch = stripe.Charge.retrieve(done.latest_charge, api_key=k)
+        self.assertEqual((ch.amount, ch.amount_captured, ch.captured), (2000, 1500, True))
+
+        later = stripe.PaymentIntent.create(api_key=k, amount=500, currency="usd",
+                                            payment_method="pm_card_visa", confirm=False)
+        self.assertEqual(later.status, "requires_confirmation")
+        self.assertEqual(stripe.PaymentIntent.confirm(later.id, api_key=k).status, "succeeded")
+
+        # A bool that is neither spelling is still refused, naming the parameter.
+        r = self.c("py").post("/v1/payment_intents", {"amount": 500, "currency": "usd",
+                                                      "confirm": "yes"})
+        self.assertStripeError(r, 400, "invalid_request_error", param="confirm")
+
+    def test_update_confirm_cancel_and_list(self):
+        k = self.key()
+        pi = stripe.PaymentIntent.create(api_key=k, amount=700, currency="usd")
+        self.assertEqual(pi.status, "requires_payment_method")
+        pi = stripe.PaymentIntent.modify(pi.id, api_key=k, description="seven",
+                                         payment_method="pm_card_amex", metadata={"a": "1"})
+        self.assertEqual((pi.status, pi.description), ("requires_confirmation", "seven"))
+        pi = stripe.PaymentIntent.retrieve(pi.id, api_key=k).confirm()
+        self.assertEqual(pi.status, "succeeded")
+        # Unsetting a metadata key with an empty value, as Stripe documents.
+        pi = stripe.PaymentIntent.modify(pi.id, api_key=k, metadata={"a": ""})
+        self.assertNotIn("a", pi.metadata)
+
+        gone = stripe.PaymentIntent.create(api_key=k, amount=800, currency="usd")
+        gone = gone.cancel(cancellation_reason="requested_by_customer")
+        self.assertEqual((gone.status, gone.cancellation_reason),
+                         ("canceled", "requested_by_customer"))
+        with self.assertRaises(stripe.error.InvalidRequestError) as e:
+            gone.cancel()
+        self.assertEqual(e.exception.code, "payment_intent_unexpected_state")
+        self.assertEqual(e.exception.http_status, 400)
+
+    def test_auto_paging_walks_every_page(self):
+        """auto_paging_iter follows has_more with starting_after; a
+        merchant of its own holds exactly what this test made."""
+        k = self.key("pages")
+        cus = stripe.Customer.create(api_key=k, email="pages@example.com")
+        made = [stripe.PaymentIntent.create(api_key=k, amount=100 + i, currency="usd",
+                                            customer=cus.id).id for i in range(7)]
+        seen = [p.id for p in stripe.PaymentIntent.list(api_key=k, limit=2,
+                                                        customer=cus.id).auto_paging_iter()]
+        self.assertEqual(seen, list(reversed(made)))  # newest first, each once
+        page = stripe.PaymentIntent.list(api_key=k, limit=3)
+        self.assertEqual(len(page.data), 3)
+        self.assertTrue(page.has_more)
+        older = stripe.PaymentIntent.list(api_key=k, limit=3, starting_after=page.data[-1].id)
+        self.assertEqual([p.id for p in older.data], list(reversed(made))[3:6])
+        newer = stripe.PaymentIntent.list(api_key=k, limit=10, ending_before=older.data[0].id)
+        self.assertEqual([p.id for p in newer.data], list(reversed(made))[:3])
+        created = stripe.PaymentIntent.retrieve(made[0], api_key=k).created
+        since = stripe.PaymentIntent.list(api_key=k, limit=100, created={"gte": created})
+        self.assertEqual(len(since.data), 7)
+
+    # -- customers, cards, refunds -----------------------------------------
+
+    def test_customer_saved_card_off_session_and_refunds(self):
+        k = self.key()
+        cus = stripe.Customer.create(api_key=k, email="ada@example.com", name="Ada",
+                                     metadata={"tier": "gold"})
+        pm = stripe.PaymentMethod.create(api_key=k, type="card",
+                                         card={"number": "5555555555554444", "exp_month": 4,
+                                               "exp_year": 2033, "cvc": "314"})
+        self.assertEqual((pm.card.brand, pm.card.last4, pm.card.exp_year),
+                         ("mastercard", "4444", 2033))
+        self.assertNotIn("5555555555554444", json.dumps(pm.to_dict_recursive()))
+        stripe.PaymentMethod.attach(pm.id, api_key=k, customer=cus.id)
+        listed = stripe.Customer.list_payment_methods(cus.id, api_key=k, type="card")
+        self.assertEqual([p.id for p in listed.data], [pm.id])
+        self.assertEqual(stripe.Customer.retrieve_payment_method(cus.id, pm.id, api_key=k).id,
+                         pm.id)
+        cus = stripe.Customer.modify(cus.id, api_key=k,
+                                     invoice_settings={"default_payment_method": pm.id})
+        self.assertEqual(cus.invoice_settings.default_payment_method, pm.id)
+
+        # The saved card charged with the customer away: off_session=True.
+        pi = stripe.PaymentIntent.create(api_key=k, amount=4200, currency="gbp", customer=cus.id,
+                                         payment_method=pm.id, off_session=True, confirm=True)
+        self.assertEqual(pi.status, "succeeded")
+        self.assertEqual(pi.customer, cus.id)
+
+        r1 = stripe.Refund.create(api_key=k, payment_intent=pi.id, amount=1000,
+                                  reason="requested_by_customer")
+        self.assertEqual((r1.status, r1.amount, r1.currency), ("succeeded", 1000, "gbp"))
+        r2 = stripe.Refund.create(api_key=k, charge=pi.latest_charge)
+        self.assertEqual(r2.amount, 3200)  # the rest
+        ch = stripe.Charge.retrieve(pi.latest_charge, api_key=k, expand=["refunds"])
+        self.assertEqual((ch.amount_refunded, ch.refunded), (4200, True))
+        self.assertEqual([r.id for r in ch.refunds.data], [r2.id, r1.id])
+        self.assertEqual({r.id for r in stripe.Refund.list(api_key=k, payment_intent=pi.id)
+                          .auto_paging_iter()}, {r1.id, r2.id})
+        with self.assertRaises(stripe.error.InvalidRequestError) as e:
+            stripe.Refund.create(api_key=k, payment_intent=pi.id, amount=1)
+        self.assertEqual(e.exception.code, "charge_already_refunded")
+
+        # The ledger saw it: the merchant's pending gbp balance is back to 0.
+        bal = stripe.Balance.retrieve(api_key=k)
+        gbp = [b.amount for b in bal.pending if b.currency == "gbp"]
+        self.assertEqual(gbp, [0])
+
+        detached = stripe.PaymentMethod.detach(pm.id, api_key=k)
+        self.assertIsNone(detached.customer)
+        deleted = stripe.Customer.delete(cus.id, api_key=k)
+        self.assertTrue(deleted.deleted)
+        # As Stripe: a deleted customer still retrieves, as its id and deleted.
+        again = stripe.Customer.retrieve(cus.id, api_key=k)
+        self.assertEqual((again.id, again.get("deleted")), (cus.id, True))
+        self.assertNotIn(cus.id, [c.id for c in stripe.Customer.list(api_key=k, limit=100).data])
+
+    # -- errors -----------------------------------------------------------
+
+    def test_errors_reach_the_sdk_exception_classes(self):
+        k = self.key()
+        with self.assertRaises(stripe.error.CardError) as e:
+            stripe.PaymentIntent.create(api_key=k, amount=900, currency="usd", confirm=True,
+                                        payment_method_data={"type": "card",
+                                                             "card": card(PAN_DECLINE)["card"]})
+        self.assertEqual((e.exception.code, e.exception.http_status), ("card_declined", 402))
+        self.assertEqual(e.exception.error.decline_code, "generic_decline")
+        self.assertEqual(e.exception.error.payment_intent.status, "requires_payment_method")
+        self.assertTrue(e.exception.request_id.startswith("req_"))
+        with self.assertRaises(stripe.error.CardError) as e:
+            stripe.PaymentIntent.create(api_key=k, amount=900, currency="usd", confirm=True,
+                                        payment_method_data={"type": "card",
+                                                             "card": card(PAN_INSUFFICIENT)["card"]})
+        self.assertEqual(e.exception.error.decline_code, "insufficient_funds")
+
+        with self.assertRaises(stripe.error.InvalidRequestError) as e:
+            stripe.PaymentIntent.create(api_key=k, amount=900, currency="zzz")
+        self.assertEqual(e.exception.param, "currency")
+        with self.assertRaises(stripe.error.InvalidRequestError) as e:
+            stripe.PaymentIntent.retrieve("pi_doesnotexist", api_key=k)
+        self.assertEqual(e.exception.http_status, 404)
+        with self.assertRaises(stripe.error.AuthenticationError) as e:
+            stripe.Customer.list(api_key="sk_test_notakey")
+        self.assertEqual(e.exception.http_status, 401)
+
+        # Another merchant's object is not found, not shown.
+        mine = stripe.Customer.create(api_key=k)
+        with self.assertRaises(stripe.error.InvalidRequestError) as e:
+            stripe.Customer.retrieve(mine.id, api_key=self.key("other"))
+        self.assertEqual(e.exception.http_status, 404)
+
+    def test_idempotency_keys(self):
+        k = self.key()
+        key = new_key("py")
+        a = stripe.PaymentIntent.create(api_key=k, idempotency_key=key, amount=1234,
+                                        currency="usd", payment_method="pm_card_visa",
+                                        confirm=True)
+        b = stripe.PaymentIntent.create(api_key=k, idempotency_key=key, amount=1234,
+                                        currency="usd", payment_method="pm_card_visa",
+                                        confirm=True)
+        self.assertEqual(a.id, b.id)
+        self.assertEqual(b.last_response.headers.get("Idempotent-Replayed"), "true")
+        charges = stripe.Charge.list(api_key=k, payment_intent=a.id)
+        self.assertEqual(len(charges.data), 1)  # charged once
+        with self.assertRaises(stripe.error.IdempotencyError):
+            stripe.PaymentIntent.create(api_key=k, idempotency_key=key, amount=1235,
+                                        currency="usd", payment_method="pm_card_visa",
+                                        confirm=True)
+
+    # -- 3-D Secure, events, search, webhooks ----------------------------------
+
+    def test_three_d_secure_stops_in_requires_action(self):
+        k = self.key()
+        pi = stripe.PaymentIntent.create(api_key=k, amount=2500, currency="eur", confirm=True,
+                                         payment_method_data={"type": "card",
+                                                              "card": card(PAN_3DS)["card"]},
+                                         return_url="https://shop.example/done")
+        self.assertEqual(pi.status, "requires_action")
+        self.assertEqual(pi.next_action.type, "redirect_to_url")
+        self.assertTrue(pi.next_action.redirect_to_url.url.startswith("http"))
+        self.assertEqual(pi.next_action.redirect_to_url.return_url, "https://shop.example/done")
+
+    def test_events_search_and_signed_webhooks(self):
+        k = self.key("other")
+        inbox = Inbox()
+        self.addCleanup(inbox.close)
+        we = stripe.WebhookEndpoint.create(api_key=k, url="http://127.0.0.1:%d/hook" % inbox.port,
+                                           enabled_events=["payment_intent.succeeded"])
+        self.assertTrue(we.secret.startswith("whsec_"))
+        tag = hashlib.sha256(new_key().encode()).hexdigest()[:12]
+        pi = stripe.PaymentIntent.create(api_key=k, amount=3100, currency="usd", confirm=True,
+                                         payment_method="pm_card_visa", metadata={"tag": tag})
+
+        ev = stripe.Event.list(api_key=k, type="payment_intent.succeeded", limit=1).data[0]
+        self.assertEqual(ev.data.object.id, pi.id)
+        self.assertEqual(stripe.Event.retrieve(ev.id, api_key=k).type, "payment_intent.succeeded")
+
+        found = stripe.PaymentIntent.search(api_key=k, query="metadata['tag']:'%s'" % tag)
+        self.assertEqual([p.id for p in found.data], [pi.id])
+
+        body, sig = inbox.wait(lambda e: e["data"]["object"]["id"] == pi.id)
+        event = stripe.Webhook.construct_event(body.decode(), sig, we.secret)
+        self.assertEqual((event.type, event.data.object.amount), ("payment_intent.succeeded", 3100))
+        with self.assertRaises(stripe.error.SignatureVerificationError):
+            stripe.Webhook.construct_event(body.decode().replace("3100", "3101"), sig, we.secret)
+        with self.assertRaises(stripe.error.SignatureVerificationError):
+            stripe.Webhook.construct_event(body.decode(), sig, "whsec_wrong")
+
+
+if __name__ == "__main__":
+    main()
