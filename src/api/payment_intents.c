@@ -27,6 +27,21 @@ static const char *const allow_redirects[] = {"always", "never", NULL};
 static const char *const off_session_kinds[] = {"one_off", "recurring", NULL};
 static const char *const three_ds_requests[] = {"automatic", "any", "challenge", NULL};
 
+static const char *const pmo_capture_methods[] = {"manual", "", NULL};
+static const char *const pmo_sfu_values[] = {"none", "off_session", "on_session", "", NULL};
+static const struct tp_pspec spec_pmo_card[] = {
+  {"request_three_d_secure", TP_P_ENUM, NULL, three_ds_requests},
+  {"capture_method", TP_P_ENUM, NULL, pmo_capture_methods},
+  {"setup_future_usage", TP_P_ENUM, NULL, pmo_sfu_values},
+  {"network", TP_P_STRING, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+/* Cards are the only payment method type. */
+static const struct tp_pspec spec_pmo[] = {
+  {"card", TP_P_OBJECT, spec_pmo_card, NULL},
+  {NULL, 0, NULL, NULL},
+};
+
 static const struct tp_pspec spec_apm[] = {
   {"enabled", TP_P_BOOL, NULL, NULL},
   {"allow_redirects", TP_P_ENUM, NULL, allow_redirects},
@@ -49,7 +64,7 @@ static const struct tp_pspec spec_pmd[] = {
   {"payment_method_types", TP_P_STRLIST, NULL, NULL}, {"capture_method", TP_P_ENUM, NULL, capture_methods}, \
   {"statement_descriptor", TP_P_STRING, NULL, NULL}, {"statement_descriptor_suffix", TP_P_STRING, NULL, NULL}, \
   {"shipping", TP_P_ANY, NULL, NULL}, {"expand", TP_P_STRLIST, NULL, NULL}, \
-  {"payment_method_data", TP_P_OBJECT, spec_pmd, NULL}, {"payment_method_options", TP_P_ANY, NULL, NULL}
+  {"payment_method_data", TP_P_OBJECT, spec_pmd, NULL}, {"payment_method_options", TP_P_OBJECT, spec_pmo, NULL}
 
 static const struct tp_pspec spec_create[] = {
   PI_COMMON,
@@ -66,7 +81,7 @@ static const struct tp_pspec spec_update[] = {PI_COMMON, {NULL, 0, NULL, NULL}};
 static const struct tp_pspec spec_confirm[] = {
   {"payment_method", TP_P_STRING, NULL, NULL},
   {"payment_method_data", TP_P_OBJECT, spec_pmd, NULL},
-  {"payment_method_options", TP_P_ANY, NULL, NULL},
+  {"payment_method_options", TP_P_OBJECT, spec_pmo, NULL},
   {"return_url", TP_P_STRING, NULL, NULL},
   {"off_session", TP_P_BOOL, NULL, off_session_kinds},
   {"receipt_email", TP_P_STRING, NULL, NULL},
@@ -191,32 +206,31 @@ static void apply_fields(json_t *pi, const json_t *params)
   }
 }
 
-/* payment_method_options[card][request_three_d_secure]: automatic, any or
- * challenge; the card options are kept on the PaymentIntent as Stripe shows
- * them. false (replied) when the value is not one of those. */
-static bool apply_pm_options(struct tp_req *r, json_t *pi, const json_t *params)
+/* payment_method_options[card]: request_three_d_secure, and capture_method
+ * and setup_future_usage, which override the top-level fields for a card
+ * (tp_pi_card_option). Kept on the PaymentIntent as Stripe shows them,
+ * merged with what an earlier request set; an empty value unsets. */
+static void apply_pm_options(json_t *pi, const json_t *params)
 {
-  const json_t *pmo = json_object_get(params, "payment_method_options");
-  if (!pmo)
-    return true;
-  const json_t *card = json_object_get(pmo, "card");
-  const json_t *v = json_object_get(card, "request_three_d_secure");
-  if (!v)
-    return true;
-  const char *want = json_string_value(v);
-  bool known = false;
-  for (int i = 0; want && three_ds_requests[i]; i++)
-    known |= strcmp(want, three_ds_requests[i]) == 0;
-  if (!known) {
-    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "payment_method_options[card][request_three_d_secure]",
-                   "Invalid payment_method_options[card][request_three_d_secure]: must be one of automatic, any, "
-                   "or challenge");
-    return false;
+  json_t *given = json_object_get(json_object_get(params, "payment_method_options"), "card");
+  if (!json_is_object(given))
+    return;
+  json_t *pmo = json_object_get(pi, "payment_method_options");
+  json_t *card = json_object_get(pmo, "card");
+  if (!json_is_object(card)) {
+    card = tp_pack("{s:n, s:n, s:n, s:s}", "installments", "mandate_options", "network", "request_three_d_secure",
+                   "automatic");
+    json_object_set_new(pi, "payment_method_options", tp_pack("{s:o}", "card", card));
   }
-  json_object_set_new(pi, "payment_method_options",
-                      tp_pack("{s:{s:n, s:n, s:n, s:s}}", "card", "installments", "mandate_options", "network",
-                              "request_three_d_secure", want));
-  return true;
+  const char *k;
+  json_t *v;
+  json_object_foreach(given, k, v)
+  {
+    if (json_is_string(v) && !*json_string_value(v))
+      json_object_del(card, k);
+    else
+      json_object_set(card, k, v);
+  }
 }
 
 /* automatic_payment_methods[enabled] (required in the hash) and
@@ -436,7 +450,7 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
   p->outcome = tp_outcome_authorize;
   if (lock_id)
     tp_scopy(p->lock_id, sizeof p->lock_id, lock_id);
-  const char *cm = json_string_value(json_object_get(pi, "capture_method"));
+  const char *cm = tp_pi_card_option(pi, "capture_method");
   tp_pay_attempt(p, "authorize", json_integer_value(json_object_get(pi, "amount")),
                  json_string_value(json_object_get(pi, "currency")));
   p->att.capture = !(cm && strcmp(cm, "manual") == 0);
@@ -486,10 +500,11 @@ void tp_h_pi_create(struct tp_req *r)
     return;
   json_t *pi = pi_new(r, amount, cur);
   apply_fields(pi, r->params);
-  if (!apply_apm(r, pi, r->params) || !apply_pm_options(r, pi, r->params)) {
+  if (!apply_apm(r, pi, r->params)) {
     json_decref(pi);
     return;
   }
+  apply_pm_options(pi, r->params);
   const char *pm_id = tp_pstr(r->params, "payment_method");
   bool do_confirm = false;
   tp_param_bool(r->params, "confirm", &do_confirm);
@@ -666,8 +681,7 @@ void tp_h_pi_update(struct tp_req *r)
   json_object_set_new(pi, "amount", json_integer(amount));
   json_object_set_new(pi, "currency", json_string(cur->code));
   apply_fields(pi, r->params);
-  if (!apply_pm_options(r, pi, r->params))
-    goto out;
+  apply_pm_options(pi, r->params);
   const char *pm_id = tp_pstr(r->params, "payment_method");
   if (pm_id && *pm_id) {
     json_object_set_new(pi, "payment_method", json_string(pm_id));
@@ -718,11 +732,7 @@ void tp_h_pi_confirm(struct tp_req *r)
   for (int i = 0; fields[i]; i++)
     if (json_object_get(r->params, fields[i]))
       json_object_set(pi, fields[i], json_object_get(r->params, fields[i]));
-  if (!apply_pm_options(r, pi, r->params)) {
-    json_decref(pi);
-    tp_lock_release(r->path_id);
-    return;
-  }
+  apply_pm_options(pi, r->params);
   confirm(r, pi, tp_cs_new(), false, r->path_id);
 }
 

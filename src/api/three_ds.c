@@ -173,7 +173,7 @@ void tp_h_3ds_submit(struct tp_req *r)
   p->three_ds_done = true;
   p->outcome = tp_outcome_authorize;
   tp_scopy(p->lock_id, sizeof p->lock_id, r->path_id);
-  const char *cm = json_string_value(json_object_get(pi, "capture_method"));
+  const char *cm = tp_pi_card_option(pi, "capture_method");
   tp_pay_attempt(p, "authorize", json_integer_value(json_object_get(pi, "amount")),
                  json_string_value(json_object_get(pi, "currency")));
   p->att.capture = !(cm && strcmp(cm, "manual") == 0);

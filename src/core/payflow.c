@@ -1128,12 +1128,21 @@ static json_t *outcome_obj(bool approved, const char *decline)
                  "The bank did not return any further details with this decline.", "type", "issuer_declined");
 }
 
+const char *tp_pi_card_option(const json_t *pi, const char *field)
+{
+  const json_t *card = json_object_get(json_object_get(pi, "payment_method_options"), "card");
+  const char *v = json_string_value(json_object_get(card, field));
+  return v ? v : json_string_value(json_object_get(pi, field));
+}
+
 /* setup_future_usage with a customer: once the card is authorized it is
  * saved to that customer (Stripe attaches the PaymentMethod on a successful
  * confirmation), unless it belongs to a customer already. */
 static void save_for_future_use(struct tp_pay *p, struct tp_cs *cs)
 {
-  const char *sfu = json_string_value(json_object_get(p->pi, "setup_future_usage"));
+  const char *sfu = tp_pi_card_option(p->pi, "setup_future_usage");
+  if (sfu && strcmp(sfu, "none") == 0)
+    sfu = NULL; /* the card's own "none" overrides the top level */
   const char *cus = json_string_value(json_object_get(p->pi, "customer"));
   if (!sfu || !cus || !json_is_object(p->pm) || json_is_string(json_object_get(p->pm, "customer")))
     return;

@@ -119,6 +119,11 @@ size_t tp_payflow_inflight(void);
 size_t tp_payflow_reversals_pending(const char *processor);
 
 /* Charge object helpers. */
+/* A PaymentIntent's capture_method or setup_future_usage as it applies to a
+ * card: payment_method_options[card][field] when set, else the top-level
+ * field (NULL when neither is). */
+const char *tp_pi_card_option(const json_t *pi, const char *field);
+
 json_t *tp_charge_new(const struct tp_pay *p, bool approved);
 /* Post a balanced ledger transaction and its balance transaction for a
  * capture (amount > 0) or refund (amount < 0); its id goes to txn, and the

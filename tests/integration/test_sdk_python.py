@@ -127,6 +127,61 @@ class StripePython(DaemonTestCase):
                                                       "confirm": "yes"})
         self.assertStripeError(r, 400, "invalid_request_error", param="confirm")
 
+    def test_card_options_override_the_top_level(self):
+        """payment_method_options[card][capture_method]=manual holds the
+        funds although the top level says automatic (Stripe: the card's
+        option overrides); [setup_future_usage]=none keeps a card unsaved
+        that the top level would save; an option Turnpike does not know is
+        refused, not ignored."""
+        k = self.key()
+        held = stripe.PaymentIntent.create(api_key=k, amount=1500, currency="usd",
+                                           payment_method="pm_card_visa", confirm=True,
+                                           capture_method="automatic",
+                                           payment_method_options={"card": {"capture_method": "manual"}})
+        self.assertEqual((held.status, held.amount_capturable, held.amount_received),
+                         ("requires_capture", 1500, 0))
+        self.assertEqual(held.payment_method_options.card.capture_method, "manual")
+        self.assertFalse(stripe.Charge.retrieve(held.latest_charge, api_key=k).captured)
+        self.assertEqual(held.capture().status, "succeeded")
+
+        # Set on update, unset on confirm with "": captured at once.
+        pi = stripe.PaymentIntent.create(api_key=k, amount=1600, currency="usd",
+                                         payment_method="pm_card_visa")
+        pi = stripe.PaymentIntent.modify(pi.id, api_key=k,
+                                         payment_method_options={"card": {"capture_method": "manual"}})
+        self.assertEqual(pi.payment_method_options.card.capture_method, "manual")
+        pi = stripe.PaymentIntent.confirm(pi.id, api_key=k,
+                                          payment_method_options={"card": {"capture_method": ""}})
+        self.assertEqual(pi.status, "succeeded")
+        self.assertNotIn("capture_method", pi.payment_method_options.card)
+
+        cus = stripe.Customer.create(api_key=k)
+        kept = stripe.PaymentIntent.create(api_key=k, amount=1700, currency="usd", customer=cus.id,
+                                           setup_future_usage="off_session", confirm=True,
+                                           payment_method_data={"type": "card",
+                                                                "card": card("4242424242424242")["card"]},
+                                           payment_method_options={"card": {"setup_future_usage": "none"}})
+        self.assertEqual(kept.status, "succeeded")
+        self.assertEqual(stripe.PaymentMethod.retrieve(kept.payment_method, api_key=k).customer, None)
+        saved = stripe.PaymentIntent.create(api_key=k, amount=1800, currency="usd", customer=cus.id,
+                                            confirm=True,
+                                            payment_method_data={"type": "card",
+                                                                 "card": card("4242424242424242")["card"]},
+                                            payment_method_options={"card": {"setup_future_usage": "off_session"}})
+        self.assertEqual(stripe.PaymentMethod.retrieve(saved.payment_method, api_key=k).customer, cus.id)
+
+        before = len(stripe.PaymentIntent.list(api_key=k, limit=100).data)
+        for bad, param in (({"card": {"capture_method": "automatic"}},
+                            "payment_method_options[card][capture_method]"),
+                           ({"card": {"installments_plan": "x"}},
+                            "payment_method_options[card][installments_plan]"),
+                           ({"sepa_debit": {"mandate": "x"}}, "payment_method_options[sepa_debit]")):
+            with self.assertRaises(stripe.error.InvalidRequestError) as e:
+                stripe.PaymentIntent.create(api_key=k, amount=1900, currency="usd", confirm=True,
+                                            payment_method="pm_card_visa", payment_method_options=bad)
+            self.assertEqual(e.exception.param, param)
+        self.assertEqual(len(stripe.PaymentIntent.list(api_key=k, limit=100).data), before)
+
     def test_update_confirm_cancel_and_list(self):
         k = self.key()
         pi = stripe.PaymentIntent.create(api_key=k, amount=700, currency="usd")
