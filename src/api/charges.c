@@ -29,7 +29,7 @@ static const struct tp_pspec spec_update[] = {
   {"description", TP_P_STRING, NULL, NULL},
   {"metadata", TP_P_METADATA, NULL, NULL},
   {"receipt_email", TP_P_STRING, NULL, NULL},
-  {"shipping", TP_P_ANY, NULL, NULL},
+  {"shipping", TP_P_OBJECT, tp_spec_shipping, NULL},
   {"fraud_details", TP_P_OBJECT, spec_fraud, NULL},
   {"expand", TP_P_STRLIST, NULL, NULL},
   {NULL, 0, NULL, NULL},
@@ -41,19 +41,27 @@ void tp_h_charge_update(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_update))
     return;
-  json_t *ch = tp_load_path(r, TP_K_CHARGE, "charge");
-  if (!ch)
+  const json_t *ship = json_object_get(r->params, "shipping");
+  json_t *sh = ship ? tp_shipping_build(r, ship, true) : NULL;
+  if (ship && !sh)
     return;
+  json_t *ch = tp_load_path(r, TP_K_CHARGE, "charge");
+  if (!ch) {
+    json_decref(sh);
+    return;
+  }
   char pi_lock[TP_ID_MAX] = "";
   tp_scopy(pi_lock, sizeof pi_lock, json_string_value(json_object_get(ch, "payment_intent")) ?: "");
   json_decref(ch);
   if (pi_lock[0] && !tp_lock_try(pi_lock)) {
+    json_decref(sh);
     tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
     return;
   }
   if (!tp_lock_try(r->path_id)) {
     if (pi_lock[0])
       tp_lock_release(pi_lock);
+    json_decref(sh);
     tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
     return;
   }
@@ -64,6 +72,7 @@ void tp_h_charge_update(struct tp_req *r)
   if (!ch) {
     for (size_t i = 0; i < nlocks; i++)
       tp_lock_release(locks[i]);
+    json_decref(sh);
     tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", NULL);
     return;
   }
@@ -74,9 +83,8 @@ void tp_h_charge_update(struct tp_req *r)
     if (v)
       json_object_set_new(ch, text_fields[i], tp_unset(v) ? json_null() : json_string(json_string_value(v)));
   }
-  const json_t *ship = json_object_get(r->params, "shipping");
-  if (ship)
-    json_object_set_new(ch, "shipping", tp_unset(ship) ? json_null() : json_deep_copy(ship));
+  if (sh)
+    json_object_set_new(ch, "shipping", sh);
   const json_t *md = json_object_get(r->params, "metadata");
   if (md)
     tp_metadata_apply(ch, md);

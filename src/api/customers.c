@@ -20,19 +20,14 @@
 
 /* Stripe's own limits on customer fields. */
 #define CUS_EMAIL_MAX 512
-#define CUS_NAME_MAX 256
 #define CUS_DESCRIPTION_MAX 5000
-#define CUS_PHONE_MAX 20
-#define CUS_ADDRESS_FIELD_MAX 500
 
 #define S(n) {n, TP_P_STRING, NULL, NULL}
 #define END {NULL, TP_P_ANY, NULL, NULL}
 
-static const struct tp_pspec spec_address[] = {
-  S("city"), S("country"), S("line1"), S("line2"), S("postal_code"), S("state"), END,
-};
+/* A customer's shipping has no carrier or tracking number (a payment's has). */
 static const struct tp_pspec spec_shipping[] = {
-  {"address", TP_P_OBJECT, spec_address, NULL}, S("name"), S("phone"), END,
+  {"address", TP_P_OBJECT, tp_spec_address, NULL}, S("name"), S("phone"), END,
 };
 static const struct tp_pspec spec_invoice_settings[] = {
   S("default_payment_method"), S("footer"), END,
@@ -40,7 +35,7 @@ static const struct tp_pspec spec_invoice_settings[] = {
 static const char *const tax_exempt_choices[] = {"none", "exempt", "reverse", NULL};
 
 static const struct tp_pspec spec_create[] = {
-  {"address", TP_P_OBJECT, spec_address, NULL},
+  {"address", TP_P_OBJECT, tp_spec_address, NULL},
   {"balance", TP_P_INT, NULL, NULL},
   S("description"),
   S("email"),
@@ -57,7 +52,7 @@ static const struct tp_pspec spec_create[] = {
 };
 
 static const struct tp_pspec spec_update[] = {
-  {"address", TP_P_OBJECT, spec_address, NULL},
+  {"address", TP_P_OBJECT, tp_spec_address, NULL},
   {"balance", TP_P_INT, NULL, NULL},
   S("description"),
   S("email"),
@@ -232,54 +227,6 @@ static json_t *customer_new(const char *id, int64_t created)
                  "tax_exempt", "none", "test_clock");
 }
 
-/* Set a string field from a param: unset -> null; too long -> 400. */
-static bool set_string(struct tp_req *r, json_t *obj, const json_t *p, const char *key, const char *param,
-                       size_t max)
-{
-  const json_t *v = json_object_get(p, key);
-  if (!v)
-    return true;
-  if (tp_unset(v)) {
-    json_object_set_new(obj, key, json_null());
-    return true;
-  }
-  if (json_string_length(v) > max) {
-    tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, param, NULL);
-    return false;
-  }
-  json_object_set_new(obj, key, json_string(json_string_value(v)));
-  return true;
-}
-
-/* Build Stripe's address object (all six keys) from address params. */
-static json_t *address_build(struct tp_req *r, const json_t *p, const char *param)
-{
-  static const char *const keys[] = {"city", "country", "line1", "line2", "postal_code", "state"};
-  json_t *a = json_object();
-  char name[128];
-  for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
-    json_object_set_new(a, keys[i], json_null());
-    snprintf(name, sizeof name, "%s[%s]", param, keys[i]);
-    if (!set_string(r, a, p, keys[i], name, CUS_ADDRESS_FIELD_MAX)) {
-      json_decref(a);
-      return NULL;
-    }
-  }
-  const char *country = json_string_value(json_object_get(a, "country"));
-  if (country && !(strlen(country) == 2 && isalpha((unsigned char)country[0]) &&
-                   isalpha((unsigned char)country[1]))) {
-    snprintf(name, sizeof name, "%s[country]", param);
-    tp_reply_error(r, TP_ERR_COUNTRY_CODE_INVALID, name, NULL);
-    json_decref(a);
-    return NULL;
-  }
-  if (country) {
-    char up[3] = {(char)toupper((unsigned char)country[0]), (char)toupper((unsigned char)country[1]), 0};
-    json_object_set_new(a, "country", json_string(up));
-  }
-  return a;
-}
-
 /* Check that pm_id is attached to customer cus_id (or is being attached by
  * this very request, attaching_now). */
 static bool default_pm_ok(struct tp_req *r, const char *pm_id, const char *cus_id, const char *attaching_now)
@@ -309,48 +256,24 @@ static bool customer_apply(struct tp_req *r, json_t *cus, const json_t *p, const
     tp_reply_error(r, TP_ERR_EMAIL_INVALID, "email", "Invalid email address: the email must be like name@example.com");
     return false;
   }
-  if (!set_string(r, cus, p, "email", "email", CUS_EMAIL_MAX) ||
-      !set_string(r, cus, p, "name", "name", CUS_NAME_MAX) ||
-      !set_string(r, cus, p, "description", "description", CUS_DESCRIPTION_MAX) ||
-      !set_string(r, cus, p, "phone", "phone", CUS_PHONE_MAX))
+  if (!tp_set_string(r, cus, p, "email", "email", CUS_EMAIL_MAX) ||
+      !tp_set_string(r, cus, p, "name", "name", TP_NAME_MAX) ||
+      !tp_set_string(r, cus, p, "description", "description", CUS_DESCRIPTION_MAX) ||
+      !tp_set_string(r, cus, p, "phone", "phone", TP_PHONE_MAX))
     return false;
 
   if ((v = json_object_get(p, "address"))) {
-    json_t *a = tp_unset(v) ? json_null() : address_build(r, v, "address");
+    json_t *a = tp_unset(v) ? json_null() : tp_address_build(r, v, "address");
     if (!a)
       return false;
     json_object_set_new(cus, "address", a);
   }
 
   if ((v = json_object_get(p, "shipping"))) {
-    if (tp_unset(v)) {
-      json_object_set_new(cus, "shipping", json_null());
-    } else {
-      const json_t *sa = json_object_get(v, "address");
-      if (!json_is_object(sa)) {
-        tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "shipping[address]", NULL);
-        return false;
-      }
-      if (tp_unset(json_object_get(v, "name"))) {
-        tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "shipping[name]", NULL);
-        return false;
-      }
-      json_t *sh = json_object();
-      json_t *a = address_build(r, sa, "shipping[address]");
-      if (!a) {
-        json_decref(sh);
-        return false;
-      }
-      json_object_set_new(sh, "address", a);
-      json_object_set_new(sh, "name", json_null());
-      json_object_set_new(sh, "phone", json_null());
-      if (!set_string(r, sh, v, "name", "shipping[name]", CUS_NAME_MAX) ||
-          !set_string(r, sh, v, "phone", "shipping[phone]", CUS_PHONE_MAX)) {
-        json_decref(sh);
-        return false;
-      }
-      json_object_set_new(cus, "shipping", sh);
-    }
+    json_t *sh = tp_shipping_build(r, v, false);
+    if (!sh)
+      return false;
+    json_object_set_new(cus, "shipping", sh);
   }
 
   int64_t balance;
@@ -385,8 +308,8 @@ static bool customer_apply(struct tp_req *r, json_t *cus, const json_t *p, const
         if (!default_pm_ok(r, json_string_value(d), cid, attaching_now))
           return false;
       }
-      if (!set_string(r, is, v, "default_payment_method", "invoice_settings[default_payment_method]", TP_ID_MAX) ||
-          !set_string(r, is, v, "footer", "invoice_settings[footer]", CUS_DESCRIPTION_MAX))
+      if (!tp_set_string(r, is, v, "default_payment_method", "invoice_settings[default_payment_method]", TP_ID_MAX) ||
+          !tp_set_string(r, is, v, "footer", "invoice_settings[footer]", CUS_DESCRIPTION_MAX))
         return false;
     }
   }

@@ -9,6 +9,7 @@
 #include "sec/vault.h"
 #include "store/zjson.h"
 
+#include <ctype.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,7 +25,7 @@ const struct tp_pspec tp_spec_card[] = {
   {NULL, 0, NULL, NULL},
 };
 
-static const struct tp_pspec spec_address[] = {
+const struct tp_pspec tp_spec_address[] = {
   {"line1", TP_P_STRING, NULL, NULL}, {"line2", TP_P_STRING, NULL, NULL},
   {"city", TP_P_STRING, NULL, NULL},  {"state", TP_P_STRING, NULL, NULL},
   {"postal_code", TP_P_STRING, NULL, NULL}, {"country", TP_P_STRING, NULL, NULL},
@@ -32,12 +33,96 @@ static const struct tp_pspec spec_address[] = {
 };
 
 const struct tp_pspec tp_spec_billing_details[] = {
-  {"address", TP_P_OBJECT, spec_address, NULL},
+  {"address", TP_P_OBJECT, tp_spec_address, NULL},
   {"email", TP_P_STRING, NULL, NULL},
   {"name", TP_P_STRING, NULL, NULL},
   {"phone", TP_P_STRING, NULL, NULL},
   {NULL, 0, NULL, NULL},
 };
+
+const struct tp_pspec tp_spec_shipping[] = {
+  {"address", TP_P_OBJECT, tp_spec_address, NULL}, {"name", TP_P_STRING, NULL, NULL},
+  {"phone", TP_P_STRING, NULL, NULL}, {"carrier", TP_P_STRING, NULL, NULL},
+  {"tracking_number", TP_P_STRING, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+
+bool tp_set_string(struct tp_req *r, json_t *obj, const json_t *p, const char *key, const char *param, size_t max)
+{
+  const json_t *v = json_object_get(p, key);
+  if (!v)
+    return true;
+  if (tp_unset(v)) {
+    json_object_set_new(obj, key, json_null());
+    return true;
+  }
+  if (json_string_length(v) > max) {
+    tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, param, NULL);
+    return false;
+  }
+  json_object_set_new(obj, key, json_string(json_string_value(v)));
+  return true;
+}
+
+json_t *tp_address_build(struct tp_req *r, const json_t *p, const char *param)
+{
+  static const char *const keys[] = {"city", "country", "line1", "line2", "postal_code", "state"};
+  json_t *a = json_object();
+  char name[128];
+  for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+    json_object_set_new(a, keys[i], json_null());
+    snprintf(name, sizeof name, "%s[%s]", param, keys[i]);
+    if (!tp_set_string(r, a, p, keys[i], name, TP_ADDRESS_FIELD_MAX)) {
+      json_decref(a);
+      return NULL;
+    }
+  }
+  const char *country = json_string_value(json_object_get(a, "country"));
+  if (country && !(strlen(country) == 2 && isalpha((unsigned char)country[0]) &&
+                   isalpha((unsigned char)country[1]))) {
+    snprintf(name, sizeof name, "%s[country]", param);
+    tp_reply_error(r, TP_ERR_COUNTRY_CODE_INVALID, name, NULL);
+    json_decref(a);
+    return NULL;
+  }
+  if (country) {
+    char up[3] = {(char)toupper((unsigned char)country[0]), (char)toupper((unsigned char)country[1]), 0};
+    json_object_set_new(a, "country", json_string(up));
+  }
+  return a;
+}
+
+json_t *tp_shipping_build(struct tp_req *r, const json_t *v, bool tracking)
+{
+  if (tp_unset(v))
+    return json_null();
+  const json_t *sa = json_object_get(v, "address");
+  if (!json_is_object(sa)) {
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "shipping[address]", NULL);
+    return NULL;
+  }
+  const json_t *name = json_object_get(v, "name");
+  if (!name || tp_unset(name)) {
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "shipping[name]", NULL);
+    return NULL;
+  }
+  json_t *a = tp_address_build(r, sa, "shipping[address]");
+  if (!a)
+    return NULL;
+  json_t *sh = tp_pack("{s:o, s:n, s:n}", "address", a, "name", "phone");
+  if (tracking) {
+    json_object_set_new(sh, "carrier", json_null());
+    json_object_set_new(sh, "tracking_number", json_null());
+  }
+  if (!tp_set_string(r, sh, v, "name", "shipping[name]", TP_NAME_MAX) ||
+      !tp_set_string(r, sh, v, "phone", "shipping[phone]", TP_PHONE_MAX) ||
+      (tracking && (!tp_set_string(r, sh, v, "carrier", "shipping[carrier]", TP_NAME_MAX) ||
+                    !tp_set_string(r, sh, v, "tracking_number", "shipping[tracking_number]", TP_NAME_MAX)))) {
+    json_decref(sh);
+    return NULL;
+  }
+  return sh;
+}
 
 static bool expand_paths_ok(struct tp_req *r);
 

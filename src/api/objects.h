@@ -109,6 +109,26 @@ void tp_lock_release(const char *id);
 extern const struct tp_pspec tp_spec_card[];
 extern const struct tp_pspec tp_spec_billing_details[];
 extern const struct tp_pspec tp_spec_range[];
+extern const struct tp_pspec tp_spec_address[];
+/* A PaymentIntent's or charge's shipping (with carrier and tracking_number). */
+extern const struct tp_pspec tp_spec_shipping[];
+
+/* Stripe's limits on names, phone numbers and address lines. */
+#define TP_NAME_MAX 256
+#define TP_PHONE_MAX 20
+#define TP_ADDRESS_FIELD_MAX 500
+
+/* Set obj[key] from the string param p[key] (param names it in errors):
+ * absent leaves it, unset ("") makes it null, longer than max is a 400.
+ * false after replying. */
+bool tp_set_string(struct tp_req *r, json_t *obj, const json_t *p, const char *key, const char *param, size_t max);
+/* Stripe's address object (all six keys, country upper-cased) from address
+ * params; NULL after replying. */
+json_t *tp_address_build(struct tp_req *r, const json_t *p, const char *param);
+/* Stripe's shipping object from shipping params: address and name required;
+ * tracking adds carrier and tracking_number (a payment's shipping; a
+ * customer's has neither). json null when unset; NULL after replying. */
+json_t *tp_shipping_build(struct tp_req *r, const json_t *v, bool tracking);
 
 /* Check r->params against spec; replies 400 and returns false on failure. */
 bool tp_check_params(struct tp_req *r, const struct tp_pspec *spec);

@@ -63,7 +63,7 @@ static const struct tp_pspec spec_pmd[] = {
   {"setup_future_usage", TP_P_ENUM, NULL, sfu_values}, {"payment_method", TP_P_STRING, NULL, NULL}, \
   {"payment_method_types", TP_P_STRLIST, NULL, NULL}, {"capture_method", TP_P_ENUM, NULL, capture_methods}, \
   {"statement_descriptor", TP_P_STRING, NULL, NULL}, {"statement_descriptor_suffix", TP_P_STRING, NULL, NULL}, \
-  {"shipping", TP_P_ANY, NULL, NULL}, {"expand", TP_P_STRLIST, NULL, NULL}, \
+  {"shipping", TP_P_OBJECT, tp_spec_shipping, NULL}, {"expand", TP_P_STRLIST, NULL, NULL}, \
   {"payment_method_data", TP_P_OBJECT, spec_pmd, NULL}, {"payment_method_options", TP_P_OBJECT, spec_pmo, NULL}
 
 static const struct tp_pspec spec_create[] = {
@@ -89,7 +89,7 @@ static const struct tp_pspec spec_confirm[] = {
   {"capture_method", TP_P_ENUM, NULL, capture_methods},
   {"error_on_requires_action", TP_P_BOOL, NULL, NULL},
   {"use_stripe_sdk", TP_P_BOOL, NULL, NULL},
-  {"shipping", TP_P_ANY, NULL, NULL},
+  {"shipping", TP_P_OBJECT, tp_spec_shipping, NULL},
   {"expand", TP_P_STRLIST, NULL, NULL},
   {"client_secret", TP_P_STRING, NULL, NULL},
   {NULL, 0, NULL, NULL},
@@ -174,11 +174,24 @@ static bool check_currency(struct tp_req *r, const char *code, const struct tp_c
   return true;
 }
 
-/* Copy the settable fields of params onto pi. */
-static void apply_fields(json_t *pi, const json_t *params)
+/* shipping, checked and in Stripe's shape; false after replying. */
+static bool apply_shipping(struct tp_req *r, json_t *obj, const json_t *params)
+{
+  const json_t *v = json_object_get(params, "shipping");
+  if (!v)
+    return true;
+  json_t *sh = tp_shipping_build(r, v, true);
+  if (!sh)
+    return false;
+  json_object_set_new(obj, "shipping", sh);
+  return true;
+}
+
+/* Copy the settable fields of params onto pi; false after replying. */
+static bool apply_fields(struct tp_req *r, json_t *pi, const json_t *params)
 {
   static const char *const fields[] = {"description", "receipt_email", "setup_future_usage", "capture_method",
-                                       "statement_descriptor", "statement_descriptor_suffix", "shipping", "customer",
+                                       "statement_descriptor", "statement_descriptor_suffix", "customer",
                                        "confirmation_method", NULL};
   for (int i = 0; fields[i]; i++) {
     json_t *v = json_object_get(params, fields[i]);
@@ -204,6 +217,7 @@ static void apply_fields(json_t *pi, const json_t *params)
         json_object_set(cur, k, v);
     }
   }
+  return apply_shipping(r, pi, params);
 }
 
 /* payment_method_options[card]: request_three_d_secure, and capture_method
@@ -499,8 +513,7 @@ void tp_h_pi_create(struct tp_req *r)
   if (pm_given && *pm_given && !tp_pm_exists(r, pm_given))
     return;
   json_t *pi = pi_new(r, amount, cur);
-  apply_fields(pi, r->params);
-  if (!apply_apm(r, pi, r->params)) {
+  if (!apply_fields(r, pi, r->params) || !apply_apm(r, pi, r->params)) {
     json_decref(pi);
     return;
   }
@@ -680,7 +693,8 @@ void tp_h_pi_update(struct tp_req *r)
     goto out;
   json_object_set_new(pi, "amount", json_integer(amount));
   json_object_set_new(pi, "currency", json_string(cur->code));
-  apply_fields(pi, r->params);
+  if (!apply_fields(r, pi, r->params))
+    goto out;
   apply_pm_options(pi, r->params);
   const char *pm_id = tp_pstr(r->params, "payment_method");
   if (pm_id && *pm_id) {
@@ -728,10 +742,15 @@ void tp_h_pi_confirm(struct tp_req *r)
     tp_lock_release(r->path_id);
     return;
   }
-  static const char *const fields[] = {"receipt_email", "setup_future_usage", "capture_method", "shipping", NULL};
+  static const char *const fields[] = {"receipt_email", "setup_future_usage", "capture_method", NULL};
   for (int i = 0; fields[i]; i++)
     if (json_object_get(r->params, fields[i]))
       json_object_set(pi, fields[i], json_object_get(r->params, fields[i]));
+  if (!apply_shipping(r, pi, r->params)) {
+    json_decref(pi);
+    tp_lock_release(r->path_id);
+    return;
+  }
   apply_pm_options(pi, r->params);
   confirm(r, pi, tp_cs_new(), false, r->path_id);
 }
@@ -775,7 +794,7 @@ static void capture(struct tp_req *r, const char *pi_id, const char *amount_para
   json_t *md = json_object_get(r->params, "metadata");
   if (md) {
     json_t *p2 = tp_pack("{s:O}", "metadata", md);
-    apply_fields(reply_charge ? ch : pi, p2);
+    apply_fields(r, reply_charge ? ch : pi, p2); /* metadata alone: cannot fail */
     json_decref(p2);
   }
   const char *receipt = tp_pstr(r->params, "receipt_email");

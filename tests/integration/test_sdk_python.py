@@ -182,6 +182,42 @@ class StripePython(DaemonTestCase):
             self.assertEqual(e.exception.param, param)
         self.assertEqual(len(stripe.PaymentIntent.list(api_key=k, limit=100).data), before)
 
+    def test_shipping_in_stripes_shape(self):
+        """A payment's shipping is checked and shown as Stripe shows it: the
+        whole address (absent lines null, country upper-cased), carrier and
+        tracking_number; name and address are required; a charge's shipping
+        is updated the same way, and "" removes it."""
+        k = self.key()
+        pi = stripe.PaymentIntent.create(api_key=k, amount=2100, currency="usd",
+                                         payment_method="pm_card_visa", confirm=True,
+                                         shipping={"name": "Ada", "address": {"line1": "1 Main St",
+                                                                              "country": "us"}})
+        self.assertEqual(pi.shipping.to_dict_recursive(), {
+            "name": "Ada", "phone": None, "carrier": None, "tracking_number": None,
+            "address": {"line1": "1 Main St", "line2": None, "city": None, "state": None,
+                        "postal_code": None, "country": "US"}})
+        # After confirmation shipping may still change (a tracking number).
+        pi = stripe.PaymentIntent.modify(pi.id, api_key=k, shipping={
+            "name": "Ada", "carrier": "DHL", "tracking_number": "JD0001",
+            "address": {"line1": "1 Main St", "country": "US"}})
+        self.assertEqual((pi.shipping.carrier, pi.shipping.tracking_number), ("DHL", "JD0001"))
+        ch = stripe.Charge.modify(pi.latest_charge, api_key=k, shipping={
+            "name": "Bo", "address": {"city": "Oslo", "country": "no"}})
+        self.assertEqual((ch.shipping.name, ch.shipping.address.city, ch.shipping.address.country),
+                         ("Bo", "Oslo", "NO"))
+        self.assertIsNone(stripe.Charge.modify(pi.latest_charge, api_key=k, shipping="").shipping)
+
+        for bad, param in (({"address": {"line1": "x"}}, "shipping[name]"),
+                           ({"name": "Ada"}, "shipping[address]"),
+                           ({"name": "Ada", "address": {"country": "USA"}}, "shipping[address][country]"),
+                           ({"name": "Ada", "address": {"line1": "x"}, "colour": "red"},
+                            "shipping[colour]"),
+                           ({"name": "A" * 300, "address": {"line1": "x"}}, "shipping[name]")):
+            with self.assertRaises(stripe.error.InvalidRequestError) as e:
+                stripe.PaymentIntent.modify(pi.id, api_key=k, shipping=bad)
+            self.assertEqual(e.exception.param, param, bad)
+        self.assertEqual(stripe.PaymentIntent.retrieve(pi.id, api_key=k).shipping.carrier, "DHL")
+
     def test_update_confirm_cancel_and_list(self):
         k = self.key()
         pi = stripe.PaymentIntent.create(api_key=k, amount=700, currency="usd")
