@@ -360,6 +360,31 @@ static bool attach_pm_data(struct tp_req *r, struct tp_cs *cs, json_t *pi)
   return true;
 }
 
+/* As Stripe: a PaymentIntent open to every automatic payment method may
+ * need a redirect (3-D Secure here), so its confirmation names a return_url
+ * unless allow_redirects is never, or the customer is away (off_session) or
+ * a Stripe SDK handles the action itself (use_stripe_sdk). False after
+ * replying. */
+static bool redirect_allowed(struct tp_req *r, const json_t *pi)
+{
+  const json_t *apm = json_object_get(pi, "automatic_payment_methods");
+  const char *redirects = json_string_value(json_object_get(apm, "allow_redirects"));
+  bool away = false, sdk = false;
+  tp_param_bool(r->params, "off_session", &away);
+  tp_param_bool(r->params, "use_stripe_sdk", &sdk);
+  const char *ret = tp_pstr(r->params, "return_url");
+  if (!json_is_true(json_object_get(apm, "enabled")) || (redirects && strcmp(redirects, "never") == 0) || away ||
+      sdk || (ret && *ret))
+    return true;
+  tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "return_url",
+                 "A `return_url` must be specified because this Payment Intent is configured to automatically "
+                 "accept the payment methods enabled in the Dashboard, some of which may require a full page "
+                 "redirect to succeed. If you do not want to accept redirect-based payment methods, set "
+                 "`automatic_payment_methods[enabled]` to `true` and `automatic_payment_methods[allow_redirects]` "
+                 "to `never` when creating Setup Intents and Payment Intents.");
+  return false;
+}
+
 /* Start a confirmation of pi (owned) within cs (owned). Replies on failure.
  * On success the request is suspended until the outcome is committed. */
 static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created, const char *lock_id)
@@ -371,6 +396,8 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
   json_t *pm = NULL;
   const json_t *pmd = json_object_get(params, "payment_method_data");
   const char *pm_id = tp_pstr(params, "payment_method");
+  if (!redirect_allowed(r, pi))
+    goto fail;
   if (json_is_object(pmd) && pm_id && *pm_id) {
     tp_reply_error(r, TP_ERR_PARAMETERS_EXCLUSIVE, "payment_method_data",
                    "You cannot specify both payment_method and payment_method_data.");

@@ -72,7 +72,7 @@ class Inbox:
 
 
 class StripePython(DaemonTestCase):
-    MERCHANTS = ("py", "other", "pages")
+    MERCHANTS = ("py", "other", "pages", "apm")
 
     @classmethod
     def config(cls):
@@ -181,6 +181,41 @@ class StripePython(DaemonTestCase):
                                             payment_method="pm_card_visa", payment_method_options=bad)
             self.assertEqual(e.exception.param, param)
         self.assertEqual(len(stripe.PaymentIntent.list(api_key=k, limit=100).data), before)
+
+    def test_automatic_payment_methods_confirm_needs_a_return_url(self):
+        """Stripe refuses to confirm a PaymentIntent open to every automatic
+        payment method without a return_url (one may redirect); with one, or
+        allow_redirects=never, it goes through. The refused create+confirm
+        leaves nothing behind."""
+        k = self.key("apm")
+        before = [p.id for p in stripe.PaymentIntent.list(api_key=k, limit=100).data]
+        with self.assertRaises(stripe.error.InvalidRequestError) as e:
+            stripe.PaymentIntent.create(api_key=k, amount=1000, currency="usd", confirm=True,
+                                        payment_method="pm_card_visa",
+                                        automatic_payment_methods={"enabled": True})
+        self.assertEqual((e.exception.param, e.exception.code), ("return_url", "parameter_missing"))
+        self.assertIn("allow_redirects", e.exception.user_message)
+        self.assertEqual([p.id for p in stripe.PaymentIntent.list(api_key=k, limit=100).data], before)
+
+        ok = stripe.PaymentIntent.create(api_key=k, amount=1000, currency="usd", confirm=True,
+                                         payment_method="pm_card_visa",
+                                         automatic_payment_methods={"enabled": True},
+                                         return_url="https://shop.example/back")
+        self.assertEqual(ok.status, "succeeded")
+        never = stripe.PaymentIntent.create(api_key=k, amount=1000, currency="usd", confirm=True,
+                                            payment_method="pm_card_visa",
+                                            automatic_payment_methods={"enabled": True,
+                                                                       "allow_redirects": "never"})
+        self.assertEqual(never.status, "succeeded")
+        # Created first, confirmed later: the confirmation is where it is asked.
+        pi = stripe.PaymentIntent.create(api_key=k, amount=1000, currency="usd",
+                                         automatic_payment_methods={"enabled": True})
+        with self.assertRaises(stripe.error.InvalidRequestError):
+            stripe.PaymentIntent.confirm(pi.id, api_key=k, payment_method="pm_card_visa")
+        self.assertEqual(stripe.PaymentIntent.retrieve(pi.id, api_key=k).status, "requires_payment_method")
+        pi = stripe.PaymentIntent.confirm(pi.id, api_key=k, payment_method="pm_card_visa",
+                                          return_url="https://shop.example/back")
+        self.assertEqual(pi.status, "succeeded")
 
     def test_shipping_in_stripes_shape(self):
         """A payment's shipping is checked and shown as Stripe shows it: the
