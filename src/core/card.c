@@ -3,6 +3,7 @@
  * copies the PAN anywhere but the caller's struct. */
 #include "card.h"
 
+#include <ctype.h>
 #include <string.h>
 #include <strings.h>
 
@@ -297,4 +298,41 @@ void tp_card_wipe(void *p, size_t n)
 {
   if (p != NULL && n > 0)
     explicit_bzero(p, n);
+}
+
+void tp_calculated_descriptor(char out[TP_DESCRIPTOR_MAX + 1], const char *descriptor, const char *suffix,
+                              const char *merchant_name)
+{
+  /* Card networks show letters, digits and a few signs, upper case; Stripe
+   * leaves out < > \ ' " * and shortens the prefix to fit a suffix. */
+  const char *src = descriptor && *descriptor ? descriptor : merchant_name ? merchant_name : "";
+  char prefix[TP_DESCRIPTOR_MAX + 1];
+  size_t n = 0;
+  for (const char *c = src; *c && n < TP_DESCRIPTOR_MAX; c++) {
+    unsigned char ch = (unsigned char)*c;
+    if (ch < 0x20 || ch > 0x7e || strchr("<>\\'\"*", ch))
+      continue;
+    if (n == 0 && ch == ' ')
+      continue;
+    prefix[n++] = (char)toupper(ch);
+  }
+  while (n > 0 && prefix[n - 1] == ' ')
+    n--;
+  prefix[n] = '\0';
+  if (suffix && *suffix) {
+    size_t keep = n < 10 ? n : 10;
+    while (keep > 0 && prefix[keep - 1] == ' ')
+      keep--;
+    prefix[keep] = '\0';
+    size_t o = 0;
+    for (const char *c = prefix; *c; c++)
+      out[o++] = *c;
+    out[o++] = '*';
+    out[o++] = ' ';
+    for (const char *c = suffix; *c && o < TP_DESCRIPTOR_MAX; c++)
+      out[o++] = (char)toupper((unsigned char)*c);
+    out[o] = '\0';
+  } else {
+    memcpy(out, prefix, n + 1);
+  }
 }

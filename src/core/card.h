@@ -79,4 +79,13 @@ enum tp_card_check tp_card_validate(const struct tp_card_input *in, time_t now,
 
 /* Wipe a buffer holding card data in a way the compiler will not remove. */
 void tp_card_wipe(void *p, size_t n);
+
+/* The statement descriptor a charge shows (Stripe's
+ * calculated_statement_descriptor): the PaymentIntent's descriptor, else the
+ * merchant's name, upper case, at most 22 characters; with a suffix the
+ * prefix is cut to 10 and "PREFIX* SUFFIX" is shown. "" when all are empty. */
+#define TP_DESCRIPTOR_MAX 22
+void tp_calculated_descriptor(char out[TP_DESCRIPTOR_MAX + 1], const char *descriptor, const char *suffix,
+                              const char *merchant_name);
+
 #endif

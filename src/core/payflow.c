@@ -22,6 +22,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1114,8 +1115,26 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved)
   json_object_set_new(ch, "fraud_details", json_object());
   json_object_set_new(ch, "disputed", json_false());
   json_object_set_new(ch, "authorization_code", approved ? json_string(p->call.auth_code) : json_null());
+  /* The rest of Stripe's charge: what the PaymentIntent carries over, and
+   * the Connect, Radar and receipt fields Turnpike leaves empty. */
+  static const char *const from_pi[] = {"shipping", "statement_descriptor", "statement_descriptor_suffix", NULL};
+  for (int i = 0; from_pi[i]; i++) {
+    json_t *v = json_object_get(pi, from_pi[i]);
+    json_object_set_new(ch, from_pi[i], v ? json_deep_copy(v) : json_null());
+  }
+  char desc[TP_DESCRIPTOR_MAX + 1];
+  tp_calculated_descriptor(desc, json_string_value(json_object_get(pi, "statement_descriptor")),
+                           json_string_value(json_object_get(pi, "statement_descriptor_suffix")), p->m.name);
+  json_object_set_new(ch, "calculated_statement_descriptor", desc[0] ? json_string(desc) : json_null());
+  static const char *const empty[] = {"application", "application_fee", "application_fee_amount",
+                                      "failure_balance_transaction", "on_behalf_of", "receipt_number", "receipt_url",
+                                      "review", "source_transfer", "transfer_data", "transfer_group", NULL};
+  for (int i = 0; empty[i]; i++)
+    json_object_set_new(ch, empty[i], json_null());
+  json_object_set_new(ch, "radar_options", json_object());
   return ch;
 }
+
 
 static json_t *outcome_obj(bool approved, const char *decline)
 {

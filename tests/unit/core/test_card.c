@@ -392,6 +392,27 @@ static void test_wipe_clears_buffer(void **state)
   tp_card_wipe(NULL, 0);
 }
 
+static void test_calculated_descriptor(void **state)
+{
+  (void)state;
+  char d[TP_DESCRIPTOR_MAX + 1];
+  tp_calculated_descriptor(d, NULL, NULL, "Acme Coffee Roasters");
+  assert_string_equal(d, "ACME COFFEE ROASTERS");
+  tp_calculated_descriptor(d, "", NULL, "  The <Very> \"Long\" Merchant Name, Inc.*");
+  assert_string_equal(d, "THE VERY LONG MERCHANT"); /* signs dropped, 22 characters, no trailing space */
+  tp_calculated_descriptor(d, "shop.example", NULL, "Acme");
+  assert_string_equal(d, "SHOP.EXAMPLE");
+  tp_calculated_descriptor(d, NULL, "order 42", "Acme Coffee Roasters");
+  assert_string_equal(d, "ACME COFFE* ORDER 42"); /* prefix cut to 10 */
+  tp_calculated_descriptor(d, NULL, "a suffix far too long to fit", "Acme");
+  assert_string_equal(d, "ACME* A SUFFIX FAR TOO");
+  assert_int_equal(strlen(d), TP_DESCRIPTOR_MAX);
+  tp_calculated_descriptor(d, NULL, NULL, "\xc3\xa9t\xc3\xa9 caf\xc3\xa9");
+  assert_string_equal(d, "T CAF"); /* non-ASCII left out */
+  tp_calculated_descriptor(d, NULL, NULL, NULL);
+  assert_string_equal(d, "");
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -410,6 +431,7 @@ int main(void)
     cmocka_unit_test(test_number_is_checked_before_expiry_and_cvc),
     cmocka_unit_test(test_bin_is_six_digits_for_short_pans),
     cmocka_unit_test(test_wipe_clears_buffer),
+    cmocka_unit_test(test_calculated_descriptor),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
