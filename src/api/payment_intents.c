@@ -14,6 +14,7 @@
 #include "jsonw.h"
 #include "log.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -187,9 +188,41 @@ static bool apply_shipping(struct tp_req *r, json_t *obj, const json_t *params)
   return true;
 }
 
+/* statement_descriptor (5 to 22 characters) and statement_descriptor_suffix
+ * (1 to 22), as Stripe checks them: printable ASCII with at least one
+ * letter, none of < > \ ' " *. False after replying. */
+static bool descriptors_ok(struct tp_req *r, const json_t *params)
+{
+  static const char *const names[] = {"statement_descriptor", "statement_descriptor_suffix"};
+  for (int i = 0; i < 2; i++) {
+    const char *v = tp_pstr(params, names[i]);
+    if (!v || !*v)
+      continue;
+    size_t n = strlen(v);
+    bool letter = false, ok = n >= (i == 0 ? 5u : 1u) && n <= 22;
+    for (const char *c = v; ok && *c; c++) {
+      unsigned char ch = (unsigned char)*c;
+      ok = ch >= 0x20 && ch <= 0x7e && !strchr("<>\\'\"*", ch);
+      letter |= isalpha(ch) != 0;
+    }
+    if (!ok || !letter) {
+      char msg[200];
+      snprintf(msg, sizeof msg,
+               "Invalid %s: it must be %s to 22 printable ASCII characters with at least one letter, and none "
+               "of < > \\ ' \" *",
+               names[i], i == 0 ? "5" : "1");
+      tp_reply_error(r, TP_ERR_STATEMENT_DESCRIPTOR_INVALID, names[i], msg);
+      return false;
+    }
+  }
+  return true;
+}
+
 /* Copy the settable fields of params onto pi; false after replying. */
 static bool apply_fields(struct tp_req *r, json_t *pi, const json_t *params)
 {
+  if (!descriptors_ok(r, params))
+    return false;
   static const char *const fields[] = {"description", "receipt_email", "setup_future_usage", "capture_method",
                                        "statement_descriptor", "statement_descriptor_suffix", "customer",
                                        "confirmation_method", NULL};

@@ -245,6 +245,12 @@ class StripePython(DaemonTestCase):
         ch = stripe.Charge.retrieve(sfx.latest_charge, api_key=k)
         self.assertEqual((ch.statement_descriptor_suffix, ch.calculated_statement_descriptor),
                          ("order 7", "PY* ORDER 7"))
+        for bad in ({"statement_descriptor_suffix": "x" * 23}, {"statement_descriptor_suffix": "1234"},
+                    {"statement_descriptor_suffix": "a<b"}, {"statement_descriptor": "ABC"},
+                    {"statement_descriptor": 'SHOP "X"'}, {"statement_descriptor": "caf\u00e9 shop"}):
+            with self.assertRaises(stripe.error.InvalidRequestError) as e:
+                stripe.PaymentIntent.create(api_key=k, amount=2200, currency="usd", **bad)
+            self.assertEqual(e.exception.param, list(bad)[0], bad)
         # After confirmation shipping may still change (a tracking number).
         pi = stripe.PaymentIntent.modify(pi.id, api_key=k, shipping={
             "name": "Ada", "carrier": "DHL", "tracking_number": "JD0001",
