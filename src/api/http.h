@@ -65,7 +65,7 @@ struct tp_req {
   char idem_key[256];
   bool has_idem;
   bool idem_registered;
-  char req_hash[65];
+  char req_hash[TP_REQ_HASH_LEN];
 
   /* response */
   unsigned status;

@@ -90,7 +90,8 @@ static void inflight_del(const char *k)
   pthread_mutex_unlock(&mu);
 }
 
-/* Fingerprint of the request: method, path and the canonical parameters. */
+/* Fingerprint of the request (TP_REQ_HASH_LEN): the method, path and
+ * canonical parameters, then '/' and the method and path alone. */
 static void request_hash(struct tp_req *r)
 {
   char *canon = json_dumps(r->params, JSON_COMPACT | JSON_SORT_KEYS);
@@ -102,10 +103,39 @@ static void request_hash(struct tp_req *r)
   int len = snprintf(buf, n, "%s %s\n%s", r->method, r->url, canon ? canon : "");
   /* Keyed, not a plain SHA-256: the body may hold a card number, and a PAN's
    * small search space would make a bare hash reversible. */
-  tp_hmac_sha256_hex(tp_app.vault_key, sizeof tp_app.vault_key, buf, (size_t)len, r->req_hash);
+  char whole[65], endpoint[65];
+  tp_hmac_sha256_hex(tp_app.vault_key, sizeof tp_app.vault_key, buf, (size_t)len, whole);
+  tp_hmac_sha256_hex(tp_app.vault_key, sizeof tp_app.vault_key, buf, strlen(r->method) + 1 + ul, endpoint);
+  snprintf(r->req_hash, sizeof r->req_hash, "%.64s/%.16s", whole, endpoint);
   tp_card_wipe(buf, n);
   free(buf);
   free(canon);
+}
+
+/* How a stored fingerprint differs from r's: 0 the same request,
+ * TP_ERR_IDEMPOTENCY_ENDPOINT_MISMATCH another endpoint,
+ * TP_ERR_IDEMPOTENCY_MISMATCH other parameters. A record from before the
+ * endpoint part is compared on the whole request alone. */
+static int idem_differs(const char *stored, const struct tp_req *r)
+{
+  if (strlen(stored) == TP_REQ_HASH_LEN - 1 && memcmp(stored + 65, r->req_hash + 65, 16) != 0)
+    return TP_ERR_IDEMPOTENCY_ENDPOINT_MISMATCH;
+  return strncmp(stored, r->req_hash, 64) != 0 ? TP_ERR_IDEMPOTENCY_MISMATCH : 0;
+}
+
+/* Refuse r for reusing its key: another endpoint, or other parameters. */
+static void refuse_reuse(struct tp_req *r, int why)
+{
+  if (why != TP_ERR_IDEMPOTENCY_ENDPOINT_MISMATCH) {
+    tp_reply_error(r, why, NULL, NULL);
+    return;
+  }
+  char msg[512];
+  snprintf(msg, sizeof msg,
+           "Keys for idempotent requests can only be used for the same endpoint they were first used for; this "
+           "request is %s %.120s. Try using a key other than '%.64s' if you meant to execute a different request.",
+           r->method, r->url, r->idem_key);
+  tp_reply_error(r, why, NULL, msg);
 }
 
 /* The stored record of r's key: replay it or refuse (true: replied), or
@@ -113,9 +143,10 @@ static void request_hash(struct tp_req *r)
 static bool answer_from_store(struct tp_req *r, int found, struct tp_idem_rec *rec)
 {
   if (found == 1 && rec->status != 0) {
-    if (strcmp(rec->req_hash, r->req_hash) != 0) {
+    int why = idem_differs(rec->req_hash, r);
+    if (why) {
       free(rec->body);
-      tp_reply_error(r, TP_ERR_IDEMPOTENCY_MISMATCH, NULL, NULL);
+      refuse_reuse(r, why);
       return true;
     }
     r->replayed = true;
@@ -127,9 +158,8 @@ static bool answer_from_store(struct tp_req *r, int found, struct tp_idem_rec *r
   free(rec->body);
   rec->body = NULL;
   if (found == 1) { /* pending: in flight before a restart, until recovery ends */
-    tp_reply_error(r, strcmp(rec->req_hash, r->req_hash) != 0 ? TP_ERR_IDEMPOTENCY_MISMATCH
-                                                              : TP_ERR_IDEMPOTENCY_KEY_IN_USE,
-                   NULL, NULL);
+    int why = idem_differs(rec->req_hash, r);
+    refuse_reuse(r, why ? why : TP_ERR_IDEMPOTENCY_KEY_IN_USE);
     return true;
   }
   return false;

@@ -650,7 +650,7 @@ static void retry_fire(void *arg, bool stopping)
   /* The finished call stays claimed until its final state commits with
    * the next write-ahead (writeahead_done). */
   tp_scopy(p->prev_att, sizeof p->prev_att, p->att.id);
-  char client_key[256], client_hash[65];
+  char client_key[256], client_hash[TP_REQ_HASH_LEN];
   tp_scopy(client_key, sizeof client_key, p->att.client_idem_key);
   tp_scopy(client_hash, sizeof client_hash, p->att.client_req_hash);
   int capture = p->att.capture;

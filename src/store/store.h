@@ -34,6 +34,12 @@ struct tp_kind_info {
 extern const struct tp_kind_info tp_kinds[TP_K__COUNT];
 
 /* Processor attempt: the write-ahead record of one outbound call. */
+/* An idempotent request's fingerprint as stored: 64 hex digits of the whole
+ * request (method, path, parameters), '/', and 16 of its endpoint (method and
+ * path), so a key reused elsewhere is told apart from changed parameters.
+ * Records written before the endpoint part have the 64 digits alone. */
+#define TP_REQ_HASH_LEN (64 + 1 + 16 + 1)
+
 struct tp_attempt {
   char id[64];
   char merchant[64];
@@ -51,7 +57,7 @@ struct tp_attempt {
   char processor_ref[64];
   char route[256];      /* why this processor was chosen */
   char client_idem_key[256]; /* merchant Idempotency-Key of the request, if any */
-  char client_req_hash[65];
+  char client_req_hash[TP_REQ_HASH_LEN];
   int capture;          /* authorize: capture in the same call */
   int64_t created, updated;
 };
@@ -155,7 +161,7 @@ struct tp_merchant {
 };
 
 struct tp_idem_rec {
-  char req_hash[65];
+  char req_hash[TP_REQ_HASH_LEN];
   int status;          /* 0 = in flight */
   char *body;          /* malloc'ed, caller frees */
   char request_id[40]; /* the request that used the key, or "" */

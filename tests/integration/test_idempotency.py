@@ -1,5 +1,6 @@
 """Idempotency-Key: replays are byte-identical, mismatches are refused,
 concurrent duplicates create one payment, keys belong to one merchant."""
+import sqlite3
 import threading
 
 from harness import (DaemonTestCase, PAN_DECLINE, card, check_registry, main, new_key)
@@ -109,6 +110,41 @@ class IdempotencyTest(DaemonTestCase):
         self.assertEqual(r.json["amount"], 1000, r)
         # and the original request still replays
         self.assertReplayOf(first, c.post(PI, {"amount": 1000, "currency": "usd"}, idem=key))
+
+    def test_same_key_on_another_endpoint_is_told_apart(self):
+        """A key reused on another endpoint (or another object's path) gets
+        Stripe's endpoint message (3005), not the parameters one; a record
+        stored before endpoints were told apart is still replayed, and
+        compared on the whole request."""
+        c = self.c("main")
+        key = new_key()
+        first = c.post("/v1/customers", {"name": "Ada"}, idem=key)
+        self.assertEqual(first.status, 200, first)
+        before = c.get(PI, {"limit": 100}).json["data"]
+        for path, params in ((PI, {"amount": 1000, "currency": "usd"}),
+                             ("/v1/customers/" + first.json["id"], {"name": "Ada"})):
+            r = c.post(path, params, idem=key)
+            err = self.assertStripeError(r, 400, "idempotency_error")
+            self.assertEqual(err["tp_code"], 3005, r)
+            self.assertIn("same endpoint", err["message"])
+            self.assertIn(path, err["message"])
+        self.assertEqual(c.get(PI, {"limit": 100}).json["data"], before)
+        r = c.post("/v1/customers", {"name": "Bo"}, idem=key)
+        self.assertEqual(self.assertStripeError(r, 400, "idempotency_error")["tp_code"], 3001, r)
+        self.assertReplayOf(first, c.post("/v1/customers", {"name": "Ada"}, idem=key))
+
+        # An older record: the fingerprint of the whole request alone.
+        old = new_key()
+        first = c.post("/v1/customers", {"name": "Cy"}, idem=old)
+        con = sqlite3.connect(self.daemon.db_path(), timeout=10)
+        with con:
+            n = con.execute("UPDATE idempotency SET req_hash = substr(req_hash, 1, 64) WHERE key = ?",
+                            (old,)).rowcount
+        con.close()
+        self.assertEqual(n, 1)
+        self.assertReplayOf(first, c.post("/v1/customers", {"name": "Cy"}, idem=old))
+        r = c.post(PI, {"amount": 1000, "currency": "usd"}, idem=old)
+        self.assertEqual(self.assertStripeError(r, 400, "idempotency_error")["tp_code"], 3001, r)
 
     def test_concurrent_requests_with_one_key_create_exactly_one_payment(self):
         c = self.c("concurrent")
