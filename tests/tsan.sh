@@ -4,7 +4,8 @@
 # runs integration tests against it (by default the ones that drive every
 # thread at once: concurrent payments, the pipelined and full commit paths,
 # the REST and ISO 8583 connectors, webhooks, the event stream, recovery
-# after a kill, graceful shutdown). Fails when a test fails or when any
+# after a kill, graceful shutdown), and both official SDKs' suites (`sdk`:
+# tests/sdk with stripe-node, every API flow; test_sdk_python). Fails when a test fails or when any
 # process under test reported a data race, printing the reports.
 #
 # `make test` runs it after the ASan+UBSan suites. The libraries are not
@@ -17,7 +18,7 @@ shift || true
 TESTS=("$@")
 if [ ${#TESTS[@]} -eq 0 ]; then
     TESTS=(test_orchestration test_concurrency test_flow_matrix test_commit_sync test_iso_link
-           test_webhooks test_stream test_crash test_graceful test_chaos)
+           test_webhooks test_stream test_crash test_graceful test_chaos sdk test_sdk_python)
 fi
 cd "$ROOT"
 [ -f "$BUILD/build.ninja" ] ||
@@ -34,7 +35,11 @@ run_one() { # TEST: runs it, writes LOGS/TEST.rc
     start=$(date +%s)
     # setarch -R: no address-space randomisation, which some kernels set
     # higher than this TSan's memory layout allows.
-    setarch "$(uname -m)" -R timeout 600 python3 "tests/integration/$t.py" >"$LOGS/$t.out" 2>&1 || rc=$?
+    if [ "$t" = sdk ]; then
+        setarch "$(uname -m)" -R timeout 600 node tests/sdk/run.mjs >"$LOGS/$t.out" 2>&1 || rc=$?
+    else
+        setarch "$(uname -m)" -R timeout 600 python3 "tests/integration/$t.py" >"$LOGS/$t.out" 2>&1 || rc=$?
+    fi
     echo "$rc $(($(date +%s) - start))" >"$LOGS/$t.rc"
 }
 # Two at a time (each test has its own ports and data directory).
