@@ -199,18 +199,6 @@ static void reply_no_such_customer(struct tp_req *r, const char *id, const char 
   tp_reply_error(r, TP_ERR_RESOURCE_MISSING, param, msg);
 }
 
-/* Loose on purpose: Stripe accepts anything shaped local@domain. */
-static bool email_ok(const char *s)
-{
-  const char *at = strchr(s, '@');
-  if (!at || at == s || at[1] == '\0' || strchr(at + 1, '@'))
-    return false;
-  for (const char *p = s; *p; p++)
-    if ((unsigned char)*p <= ' ')
-      return false;
-  return true;
-}
-
 static json_t *customer_new(const char *id, int64_t created)
 {
   char prefix[9];
@@ -252,7 +240,7 @@ static bool default_pm_ok(struct tp_req *r, const char *pm_id, const char *cus_i
 static bool customer_apply(struct tp_req *r, json_t *cus, const json_t *p, const char *attaching_now)
 {
   json_t *v = json_object_get(p, "email");
-  if (v && !tp_unset(v) && !email_ok(json_string_value(v))) {
+  if (v && !tp_unset(v) && !tp_email_ok(json_string_value(v))) {
     tp_reply_error(r, TP_ERR_EMAIL_INVALID, "email", "Invalid email address: the email must be like name@example.com");
     return false;
   }

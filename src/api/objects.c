@@ -47,6 +47,28 @@ const struct tp_pspec tp_spec_shipping[] = {
   {NULL, 0, NULL, NULL},
 };
 
+/* Loose on purpose: Stripe accepts anything shaped local@domain. */
+bool tp_email_ok(const char *s)
+{
+  const char *at = s ? strchr(s, '@') : NULL;
+  if (!at || at == s || at[1] == '\0' || strchr(at + 1, '@'))
+    return false;
+  for (const char *p = s; *p; p++)
+    if ((unsigned char)*p <= ' ')
+      return false;
+  return true;
+}
+
+bool tp_receipt_email_ok(struct tp_req *r, const json_t *params)
+{
+  const json_t *v = json_object_get(params, "receipt_email");
+  if (!v || tp_unset(v) || tp_email_ok(json_string_value(v)))
+    return true;
+  tp_reply_error(r, TP_ERR_EMAIL_INVALID, "receipt_email",
+                 "Invalid email address: the email must be like name@example.com");
+  return false;
+}
+
 bool tp_set_string(struct tp_req *r, json_t *obj, const json_t *p, const char *key, const char *param, size_t max)
 {
   const json_t *v = json_object_get(p, key);

@@ -118,6 +118,10 @@ extern const struct tp_pspec tp_spec_shipping[];
 #define TP_PHONE_MAX 20
 #define TP_ADDRESS_FIELD_MAX 500
 
+/* An email address as Stripe takes one (local@domain, no spaces). */
+bool tp_email_ok(const char *s);
+/* params' receipt_email, when set, is an email address; false after replying. */
+bool tp_receipt_email_ok(struct tp_req *r, const json_t *params);
 /* Set obj[key] from the string param p[key] (param names it in errors):
  * absent leaves it, unset ("") makes it null, longer than max is a 400.
  * false after replying. */

@@ -218,10 +218,41 @@ static bool descriptors_ok(struct tp_req *r, const json_t *params)
   return true;
 }
 
+/* A PaymentIntent's description: Stripe's limit. */
+#define PI_DESCRIPTION_MAX 1000
+
+/* The strings a PaymentIntent takes from params, checked: descriptors,
+ * receipt_email, description's length, and payment_method_types (cards
+ * only: another type is refused, not dropped). False after replying. */
+static bool pi_strings_ok(struct tp_req *r, const json_t *params)
+{
+  if (!descriptors_ok(r, params) || !tp_receipt_email_ok(r, params))
+    return false;
+  if (json_string_length(json_object_get(params, "description")) > PI_DESCRIPTION_MAX) {
+    tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, "description", NULL);
+    return false;
+  }
+  const json_t *types = json_object_get(params, "payment_method_types");
+  size_t i;
+  const json_t *t;
+  json_array_foreach(types, i, t)
+  {
+    const char *type = json_string_value(t);
+    if (type && strcmp(type, "card") == 0)
+      continue;
+    char msg[200];
+    snprintf(msg, sizeof msg, "The payment method type \"%.40s\" is invalid: Turnpike takes card payments only.",
+             type ? type : "");
+    tp_reply_error(r, TP_ERR_PAYMENT_METHOD_UNSUPPORTED_TYPE, "payment_method_types", msg);
+    return false;
+  }
+  return true;
+}
+
 /* Copy the settable fields of params onto pi; false after replying. */
 static bool apply_fields(struct tp_req *r, json_t *pi, const json_t *params)
 {
-  if (!descriptors_ok(r, params))
+  if (!pi_strings_ok(r, params))
     return false;
   static const char *const fields[] = {"description", "receipt_email", "setup_future_usage", "capture_method",
                                        "statement_descriptor", "statement_descriptor_suffix", "customer",
@@ -798,6 +829,11 @@ void tp_h_pi_confirm(struct tp_req *r)
   if (strcmp(st, "requires_payment_method") != 0 && strcmp(st, "requires_confirmation") != 0 &&
       strcmp(st, "requires_action") != 0) {
     unexpected_state(r, pi, "confirm");
+    json_decref(pi);
+    tp_lock_release(r->path_id);
+    return;
+  }
+  if (!tp_receipt_email_ok(r, r->params)) {
     json_decref(pi);
     tp_lock_release(r->path_id);
     return;

@@ -245,6 +245,18 @@ class StripePython(DaemonTestCase):
         ch = stripe.Charge.retrieve(sfx.latest_charge, api_key=k)
         self.assertEqual((ch.statement_descriptor_suffix, ch.calculated_statement_descriptor),
                          ("order 7", "PY* ORDER 7"))
+        for bad, param in (({"payment_method_types": ["card", "sepa_debit"]}, "payment_method_types"),
+                           ({"receipt_email": "not-an-address"}, "receipt_email"),
+                           ({"description": "d" * 1001}, "description")):
+            with self.assertRaises(stripe.error.InvalidRequestError) as e:
+                stripe.PaymentIntent.create(api_key=k, amount=2200, currency="usd", **bad)
+            self.assertEqual(e.exception.param, param, bad)
+            with self.assertRaises(stripe.error.InvalidRequestError) as e:
+                stripe.PaymentIntent.modify(pi.id, api_key=k, **bad)
+            self.assertEqual(e.exception.param, param, bad)
+        with self.assertRaises(stripe.error.InvalidRequestError) as e:
+            stripe.Charge.modify(pi.latest_charge, api_key=k, receipt_email="nope")
+        self.assertEqual(e.exception.code, "email_invalid")
         for bad in ({"statement_descriptor_suffix": "x" * 23}, {"statement_descriptor_suffix": "1234"},
                     {"statement_descriptor_suffix": "a<b"}, {"statement_descriptor": "ABC"},
                     {"statement_descriptor": 'SHOP "X"'}, {"statement_descriptor": "caf\u00e9 shop"}):
