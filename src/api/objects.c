@@ -47,6 +47,47 @@ const struct tp_pspec tp_spec_shipping[] = {
   {NULL, 0, NULL, NULL},
 };
 
+bool tp_billing_details_ok(struct tp_req *r, json_t *bd, const char *param)
+{
+  const char *k;
+  json_t *v;
+  char name[128];
+  json_object_foreach(bd, k, v)
+  {
+    snprintf(name, sizeof name, "%s[%s]", param, k);
+    if (json_is_string(v) && json_string_length(v) > TP_ADDRESS_FIELD_MAX) {
+      tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, name, NULL);
+      return false;
+    }
+    if (strcmp(k, "email") == 0 && json_is_string(v) && !tp_unset(v) && !tp_email_ok(json_string_value(v))) {
+      tp_reply_error(r, TP_ERR_EMAIL_INVALID, name, "Invalid email address: the email must be like name@example.com");
+      return false;
+    }
+    if (!json_is_object(v))
+      continue;
+    const char *k2;
+    json_t *v2;
+    json_object_foreach(v, k2, v2)
+    {
+      snprintf(name, sizeof name, "%s[%s][%s]", param, k, k2);
+      if (json_is_string(v2) && json_string_length(v2) > TP_ADDRESS_FIELD_MAX) {
+        tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, name, NULL);
+        return false;
+      }
+      if (strcmp(k2, "country") != 0 || !json_is_string(v2) || tp_unset(v2))
+        continue;
+      const char *c = json_string_value(v2);
+      if (strlen(c) != 2 || !isalpha((unsigned char)c[0]) || !isalpha((unsigned char)c[1])) {
+        tp_reply_error(r, TP_ERR_COUNTRY_CODE_INVALID, name, NULL);
+        return false;
+      }
+      char up[3] = {(char)toupper((unsigned char)c[0]), (char)toupper((unsigned char)c[1]), 0};
+      json_object_set_new(v, k2, json_string(up)); /* same key: the iteration goes on */
+    }
+  }
+  return true;
+}
+
 /* Loose on purpose: Stripe accepts anything shaped local@domain. */
 bool tp_email_ok(const char *s)
 {

@@ -118,6 +118,10 @@ extern const struct tp_pspec tp_spec_shipping[];
 #define TP_PHONE_MAX 20
 #define TP_ADDRESS_FIELD_MAX 500
 
+/* billing_details params (param names them in errors) checked in place:
+ * strings at most TP_ADDRESS_FIELD_MAX, email an address, address[country]
+ * two letters (upper-cased here). False after replying. */
+bool tp_billing_details_ok(struct tp_req *r, json_t *bd, const char *param);
 /* An email address as Stripe takes one (local@domain, no spaces). */
 bool tp_email_ok(const char *s);
 /* params' receipt_email, when set, is an email address; false after replying. */

@@ -387,6 +387,9 @@ static json_t *pm_from_data(struct tp_req *r, struct tp_cs *cs, const json_t *pm
     tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "payment_method_data[card]", NULL);
     return NULL;
   }
+  json_t *bd = json_object_get(pmd, "billing_details");
+  if (json_is_object(bd) && !tp_billing_details_ok(r, bd, "payment_method_data[billing_details]"))
+    return NULL;
   if (!tp_card_from_params(r, card, "payment_method_data[card]", ci, cvc))
     return NULL;
   json_t *pm = tp_pm_create_card(cs, &r->merchant, ci, json_object_get(pmd, "billing_details"),

@@ -15,7 +15,6 @@
 #include <string.h>
 
 /* Stripe caps billing detail strings well below the generic value limit. */
-#define PM_FIELD_MAX 500
 /* Furthest expiry year an update may set, from now. */
 #define PM_EXP_YEARS_AHEAD 50
 
@@ -112,7 +111,6 @@ static bool customer_live(struct tp_req *r, const char *id)
   return ok;
 }
 
-static bool billing_lengths_ok(struct tp_req *r, json_t *p);
 
 /* POST /v1/payment_methods */
 void tp_h_pm_create(struct tp_req *r)
@@ -139,7 +137,7 @@ void tp_h_pm_create(struct tp_req *r)
   }
   json_t *bd = json_object_get(r->params, "billing_details");
   const json_t *md = json_object_get(r->params, "metadata");
-  if (json_is_object(bd) && !billing_lengths_ok(r, bd)) {
+  if (json_is_object(bd) && !tp_billing_details_ok(r, bd, "billing_details")) {
     tp_card_wipe(&ci, sizeof ci);
     tp_card_wipe(cvc, sizeof cvc);
     return;
@@ -209,31 +207,6 @@ static void billing_merge(json_t *pm, json_t *p)
   }
 }
 
-/* Only the string fields of billing_details may be long; cap them. */
-static bool billing_lengths_ok(struct tp_req *r, json_t *p)
-{
-  const char *k;
-  json_t *v;
-  char name[96];
-  json_object_foreach(p, k, v) {
-    if (json_is_string(v) && json_string_length(v) > PM_FIELD_MAX) {
-      snprintf(name, sizeof name, "billing_details[%s]", k);
-      tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, name, NULL);
-      return false;
-    }
-    if (json_is_object(v)) {
-      const char *k2;
-      json_t *v2;
-      json_object_foreach(v, k2, v2)
-        if (json_is_string(v2) && json_string_length(v2) > PM_FIELD_MAX) {
-          snprintf(name, sizeof name, "billing_details[%s][%s]", k, k2);
-          tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, name, NULL);
-          return false;
-        }
-    }
-  }
-  return true;
-}
 
 /* New expiry from card[exp_month]/card[exp_year]; false after replying. */
 static bool expiry_apply(struct tp_req *r, json_t *pm, const json_t *card)
@@ -277,7 +250,7 @@ void tp_h_pm_update(struct tp_req *r)
   if (!tp_check_params(r, spec_update))
     return;
   json_t *bd = json_object_get(r->params, "billing_details");
-  if (json_is_object(bd) && !billing_lengths_ok(r, bd))
+  if (json_is_object(bd) && !tp_billing_details_ok(r, bd, "billing_details"))
     return;
   if (!tp_lock_try(r->path_id)) {
     tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);

@@ -211,12 +211,13 @@ class NoPanTest(DaemonTestCase):
 
     def test_zz_tables_hold_no_card_digits_beyond_last4(self):
         # The store after the run above (or a fresh run): idempotency rows keep
-        # a keyed hash of the request, never the body; attempts only a token.
+        # a keyed hash of the request, never the body (and a plain hash of its
+        # method and path); attempts only a token.
         import sqlite3
         db = sqlite3.connect(self.daemon.db_path())
         try:
             for (h,) in db.execute("SELECT req_hash FROM idempotency"):
-                self.assertRegex(h, r"^[0-9a-f]{64}$")
+                self.assertRegex(h, r"^[0-9a-f]{64}/[0-9a-f]{16}$")
             cols = [r[1] for r in db.execute("PRAGMA table_info(attempts)")]
             self.assertNotIn("pan", cols)
             pat = re.compile(rb"\d{13,19}")

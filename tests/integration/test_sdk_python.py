@@ -340,6 +340,27 @@ class StripePython(DaemonTestCase):
         self.assertEqual((pm.card.brand, pm.card.last4, pm.card.exp_year),
                          ("mastercard", "4444", 2033))
         self.assertNotIn("5555555555554444", json.dumps(pm.to_dict_recursive()))
+        # billing_details are checked: an address's country is two letters
+        # (upper-cased), an email an address; through payment_method_data too.
+        billed = stripe.PaymentMethod.create(api_key=k, type="card",
+                                             card={"number": "4242424242424242", "exp_month": 4,
+                                                   "exp_year": 2033},
+                                             billing_details={"email": "ada@example.com",
+                                                              "address": {"country": "gb"}})
+        self.assertEqual(billed.billing_details.address.country, "GB")
+        for bd, param in (({"email": "ada"}, "billing_details[email]"),
+                          ({"address": {"country": "GBR"}}, "billing_details[address][country]")):
+            with self.assertRaises(stripe.error.InvalidRequestError) as e:
+                stripe.PaymentMethod.create(api_key=k, type="card", billing_details=bd,
+                                            card={"number": "4242424242424242", "exp_month": 4,
+                                                  "exp_year": 2033})
+            self.assertEqual(e.exception.param, param)
+            with self.assertRaises(stripe.error.InvalidRequestError) as e:
+                stripe.PaymentIntent.create(api_key=k, amount=900, currency="usd", confirm=True,
+                                            payment_method_data={"type": "card", "billing_details": bd,
+                                                                 "card": card("4242424242424242")["card"]})
+            self.assertEqual(e.exception.param,
+                             "payment_method_data[billing_details]" + param[len("billing_details"):])
         stripe.PaymentMethod.attach(pm.id, api_key=k, customer=cus.id)
         listed = stripe.Customer.list_payment_methods(cus.id, api_key=k, type="card")
         self.assertEqual([p.id for p in listed.data], [pm.id])
