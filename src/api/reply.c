@@ -30,6 +30,20 @@ void tp_reply_json(struct tp_req *r, unsigned status, json_t *obj)
   tp_reply_raw(r, status, s, len, "application/json");
 }
 
+/* A JSON string of s, which may echo what the client sent cut short: not
+ * valid UTF-8 (jansson refuses it) comes back with its non-ASCII bytes as
+ * '?', so a message is never lost. */
+static json_t *echo_string(char *s)
+{
+  json_t *j = json_string(s);
+  if (j)
+    return j;
+  for (char *c = s; *c; c++)
+    if ((unsigned char)*c >= 0x80)
+      *c = '?';
+  return json_string(s);
+}
+
 json_t *tp_error_object(enum tp_err e, const char *param, const char *message)
 {
   const struct tp_error_info *ei = tp_error_info(e);
@@ -62,9 +76,9 @@ json_t *tp_error_object(enum tp_err e, const char *param, const char *message)
     json_object_set_new(o, "code", json_string(ei->code));
   if (ei->decline_code)
     json_object_set_new(o, "decline_code", json_string(ei->decline_code));
-  json_object_set_new(o, "message", json_string(msg));
+  json_object_set_new(o, "message", echo_string(msg));
   if (param && *param)
-    json_object_set_new(o, "param", json_string(param));
+    json_object_set_new(o, "param", echo_string(pbuf));
   json_object_set_new(o, "tp_code", json_integer(ei->number));
   return o;
 }
