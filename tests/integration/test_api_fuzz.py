@@ -13,6 +13,7 @@ report is in its log and it exits 0.
 Bounded: TP_FUZZ_REQUESTS requests (default 1500) or TP_FUZZ_SECONDS
 (default 60) seconds, whichever ends first; TP_FUZZ_SEED picks the walk
 (default: random, printed, so a failure can be replayed)."""
+import json
 import os
 import random
 import re
@@ -220,6 +221,32 @@ class ApiFuzz(DaemonTestCase):
                                               "pi_%2Fcharges", "cus_" + "A" * 24])
         return re.sub(r"\{([a-z_]+)\}", one, text)
 
+    JSON_VALUES = [None, True, False, 0, -1, 1.5, 2 ** 63, 10 ** 30, -(2 ** 63) - 1, "", "x", [], {}, [1, "a"],
+                   {"x": {"y": [None]}}, "\u0000", "\ud83d\ude80"]
+
+    def json_mutate(self, rnd, ids, tree):
+        """A copy of a request's parameter tree with one to three changes:
+        a value of another JSON type, a key dropped or added."""
+        import copy
+        tree = copy.deepcopy(tree)
+        for _ in range(rnd.randint(1, 3)):
+            node = tree
+            while isinstance(node, dict) and node and rnd.random() < 0.5:
+                child = node[rnd.choice(list(node))]
+                if not isinstance(child, dict) or not child:
+                    break
+                node = child
+            if not isinstance(node, dict):
+                continue
+            op = rnd.random()
+            if node and op < 0.6:
+                node[rnd.choice(list(node))] = rnd.choice(self.JSON_VALUES + [self.mutate_value(rnd, ids, "v")])
+            elif node and op < 0.8:
+                del node[rnd.choice(list(node))]
+            else:
+                node[rnd.choice(["colour", "amount", "metadata", "expand", "customer"])] = rnd.choice(self.JSON_VALUES)
+        return tree
+
     def check_reply(self, r, what):
         self.assertLess(r.status, 500, what)
         self.assertTrue(r.headers.get("Request-Id"), what)
@@ -249,7 +276,15 @@ class ApiFuzz(DaemonTestCase):
             before = self.counts(db) if method in ("POST", "DELETE") else None
             idem = new_key("fz") if method == "POST" and rnd.random() < 0.5 else None
             flat = [(k, str(v)) for k, v in pairs]
-            r = self.c_.request(method, path, flat, idem=idem)
+            if method == "POST" and rnd.random() < 0.15:
+                # The request as JSON: other types (numbers, booleans, null,
+                # arrays, objects) where the form has only strings.
+                tree = self.json_mutate(rnd, ids, json.loads(self.fill(rnd, ids, json.dumps(base))))
+                body = json.dumps(tree)
+                what = "seed %d request %d: %s %s JSON %s" % (SEED, sent, method, path, body[:400])
+                r = self.c_.request(method, path, body=body, content_type="application/json", idem=idem)
+            else:
+                r = self.c_.request(method, path, flat, idem=idem)
             sent += 1
             statuses[r.status] = statuses.get(r.status, 0) + 1
             if method in ("GET", "DELETE") and len(form_encode(flat)) > 8000 and r.status in (414, 431):
