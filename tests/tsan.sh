@@ -5,7 +5,8 @@
 # thread at once: concurrent payments, the pipelined and full commit paths,
 # the REST and ISO 8583 connectors, webhooks, the event stream, recovery
 # after a kill, graceful shutdown), and both official SDKs' suites (`sdk`:
-# tests/sdk with stripe-node, every API flow; test_sdk_python). Fails when a test fails or when any
+# tests/sdk with stripe-node, every API flow; test_sdk_python), and the API
+# fuzz run with four walkers racing over the same objects. Fails when a test fails or when any
 # process under test reported a data race, printing the reports.
 #
 # `make test` runs it after the ASan+UBSan suites. The libraries are not
@@ -18,7 +19,7 @@ shift || true
 TESTS=("$@")
 if [ ${#TESTS[@]} -eq 0 ]; then
     TESTS=(test_orchestration test_concurrency test_flow_matrix test_commit_sync test_iso_link
-           test_webhooks test_stream test_crash test_graceful test_chaos sdk test_sdk_python)
+           test_webhooks test_stream test_crash test_graceful test_chaos sdk test_sdk_python test_api_fuzz)
 fi
 cd "$ROOT"
 [ -f "$BUILD/build.ninja" ] ||
@@ -35,7 +36,10 @@ run_one() { # TEST: runs it, writes LOGS/TEST.rc
     start=$(date +%s)
     # setarch -R: no address-space randomisation, which some kernels set
     # higher than this TSan's memory layout allows.
-    if [ "$t" = sdk ]; then
+    if [ "$t" = test_api_fuzz ]; then
+        TP_FUZZ_THREADS=4 TP_FUZZ_REQUESTS=3000 TP_FUZZ_SECONDS=90 \
+            setarch "$(uname -m)" -R timeout 600 python3 "tests/integration/$t.py" >"$LOGS/$t.out" 2>&1 || rc=$?
+    elif [ "$t" = sdk ]; then
         setarch "$(uname -m)" -R timeout 600 node tests/sdk/run.mjs >"$LOGS/$t.out" 2>&1 || rc=$?
     else
         setarch "$(uname -m)" -R timeout 600 python3 "tests/integration/$t.py" >"$LOGS/$t.out" 2>&1 || rc=$?

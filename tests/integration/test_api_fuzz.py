@@ -12,12 +12,14 @@ report is in its log and it exits 0.
 
 Bounded: TP_FUZZ_REQUESTS requests (default 1500) or TP_FUZZ_SECONDS
 (default 60) seconds, whichever ends first; TP_FUZZ_SEED picks the walk
-(default: random, printed, so a failure can be replayed)."""
+(default: random, printed, so a failure can be replayed); TP_FUZZ_THREADS
+walkers (default 1) share the requests."""
 import json
 import os
 import random
 import re
 import sys
+import threading
 import time
 
 from harness import (PAN_3DS, PAN_DECLINE, PAN_OK, DaemonTestCase, check_registry, form_encode, main,
@@ -258,47 +260,81 @@ class ApiFuzz(DaemonTestCase):
             self.assertTrue(err.get("message"), what)
             check_registry(self, r, err)
 
+    def walk(self, rnd, ids, quota, end, stats, alone):
+        """quota mutated requests (until end); with alone, a refused POST
+        or DELETE must leave every counted table as it was (with other
+        walkers running alongside, rows change under it)."""
+        db = open_db_ro(self.daemon)
+        try:
+            for n in range(quota):
+                if time.monotonic() >= end:
+                    break
+                self.one_request(rnd, ids, db, n, stats, alone)
+        finally:
+            db.close()
+
+    def one_request(self, rnd, ids, db, n, stats, alone):
+        method, template, base = rnd.choice(TEMPLATES)
+        path = self.fill(rnd, ids, template)
+        filled = [(k, self.fill(rnd, ids, v)) for k, v in flatten(base)]
+        pairs = self.mutate(rnd, ids, filled) if rnd.random() < 0.9 else filled
+        what = "seed %d request %d: %s %s %r" % (SEED, n, method, path, pairs[:12])
+        before = self.counts(db) if alone and method in ("POST", "DELETE") else None
+        idem = new_key("fz") if method == "POST" and rnd.random() < 0.5 else None
+        flat = [(k, str(v)) for k, v in pairs]
+        if method == "POST" and rnd.random() < 0.15:
+            # The request as JSON: other types (numbers, booleans, null,
+            # arrays, objects) where the form has only strings.
+            tree = self.json_mutate(rnd, ids, json.loads(self.fill(rnd, ids, json.dumps(base))))
+            body = json.dumps(tree)
+            what = "seed %d request %d: %s %s JSON %s" % (SEED, n, method, path, body[:400])
+            r = self.c_.request(method, path, body=body, content_type="application/json", idem=idem)
+        else:
+            r = self.c_.request(method, path, flat, idem=idem)
+        with self.lock:
+            stats[r.status] = stats.get(r.status, 0) + 1
+        if method in ("GET", "DELETE") and len(form_encode(flat)) > 8000 and r.status in (414, 431):
+            # A request line past the connection's 16 KiB: libmicrohttpd
+            # refuses it itself, before Turnpike sees it (its own page).
+            return
+        self.check_reply(r, what + " -> %r" % (r,))
+        if before is not None and 400 <= r.status < 500 and r.status != 402:
+            with self.lock:
+                stats["refused"] = stats.get("refused", 0) + 1
+            self.assertEqual(self.counts(db), before, "a refused request changed the store: " + what)
+
     def test_mutated_requests(self):
-        sys.stderr.write("api fuzz: TP_FUZZ_SEED=%d\n" % SEED)
-        rnd = random.Random(SEED)
+        """One walker (TP_FUZZ_THREADS=1, the default) checks that refused
+        requests change nothing; several (tests/tsan.sh runs 4) race each
+        other over the same objects."""
+        threads = int(os.environ.get("TP_FUZZ_THREADS", "1"))
+        sys.stderr.write("api fuzz: TP_FUZZ_SEED=%d TP_FUZZ_THREADS=%d\n" % (SEED, threads))
+        self.lock = threading.Lock()
         ids = self.seed_objects()
+        end = time.monotonic() + SECONDS
+        stats = {}
+        failures = []
+
+        def run(i):
+            try:
+                self.walk(random.Random(SEED + i), ids, REQUESTS // threads, end, stats, threads == 1)
+            except BaseException as e:  # re-raised below, on the test's thread
+                failures.append(e)
+
+        workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        if failures:
+            raise failures[0]
+        refused = stats.pop("refused", 0)
+        sys.stderr.write("api fuzz: %d requests (%d refused POST/DELETE checked), statuses %s\n"
+                         % (sum(stats.values()), refused, dict(sorted(stats.items()))))
+        self.assertGreater(stats.get(200, 0), 0)
+        self.assertGreater(sum(n for s, n in stats.items() if s >= 400), 0)
         db = open_db_ro(self.daemon)
         self.addCleanup(db.close)
-        end = time.monotonic() + SECONDS
-        sent = refused = 0
-        statuses = {}
-        while sent < REQUESTS and time.monotonic() < end:
-            method, template, base = rnd.choice(TEMPLATES)
-            path = self.fill(rnd, ids, template)
-            filled = [(k, self.fill(rnd, ids, v)) for k, v in flatten(base)]
-            pairs = self.mutate(rnd, ids, filled) if rnd.random() < 0.9 else filled
-            what = "seed %d request %d: %s %s %r" % (SEED, sent, method, path, pairs[:12])
-            before = self.counts(db) if method in ("POST", "DELETE") else None
-            idem = new_key("fz") if method == "POST" and rnd.random() < 0.5 else None
-            flat = [(k, str(v)) for k, v in pairs]
-            if method == "POST" and rnd.random() < 0.15:
-                # The request as JSON: other types (numbers, booleans, null,
-                # arrays, objects) where the form has only strings.
-                tree = self.json_mutate(rnd, ids, json.loads(self.fill(rnd, ids, json.dumps(base))))
-                body = json.dumps(tree)
-                what = "seed %d request %d: %s %s JSON %s" % (SEED, sent, method, path, body[:400])
-                r = self.c_.request(method, path, body=body, content_type="application/json", idem=idem)
-            else:
-                r = self.c_.request(method, path, flat, idem=idem)
-            sent += 1
-            statuses[r.status] = statuses.get(r.status, 0) + 1
-            if method in ("GET", "DELETE") and len(form_encode(flat)) > 8000 and r.status in (414, 431):
-                # A request line past the connection's 16 KiB: libmicrohttpd
-                # refuses it itself, before Turnpike sees it (its own page).
-                continue
-            self.check_reply(r, what + " -> %r" % (r,))
-            if before is not None and 400 <= r.status < 500 and r.status != 402:
-                refused += 1
-                self.assertEqual(self.counts(db), before, "a refused request changed the store: " + what)
-        sys.stderr.write("api fuzz: %d requests (%d refused POST/DELETE checked), statuses %s\n"
-                         % (sent, refused, dict(sorted(statuses.items()))))
-        self.assertGreater(statuses.get(200, 0), 0)
-        self.assertGreater(sum(n for s, n in statuses.items() if s >= 400), 0)
 
         # The daemon is ready, the ledger balances, the balances match.
         self.assertEqual(self.c_.get("/readyz", key=None).status, 200)
