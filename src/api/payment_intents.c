@@ -30,11 +30,21 @@ static const char *const three_ds_requests[] = {"automatic", "any", "challenge",
 
 static const char *const pmo_capture_methods[] = {"manual", "", NULL};
 static const char *const pmo_sfu_values[] = {"none", "off_session", "on_session", "", NULL};
+/* request_extended_authorization, _incremental_, _multicapture and
+ * _overcapture ask for a feature only where the card and processor offer
+ * it: kept and shown, and none of Turnpike's connectors offers one (the
+ * charge's payment_method_details say "unavailable" as Stripe's do). */
+static const char *const pmo_if_available[] = {"if_available", "never", NULL};
 static const struct tp_pspec spec_pmo_card[] = {
   {"request_three_d_secure", TP_P_ENUM, NULL, three_ds_requests},
   {"capture_method", TP_P_ENUM, NULL, pmo_capture_methods},
   {"setup_future_usage", TP_P_ENUM, NULL, pmo_sfu_values},
   {"network", TP_P_STRING, NULL, NULL},
+  {"request_extended_authorization", TP_P_ENUM, NULL, pmo_if_available},
+  {"request_incremental_authorization", TP_P_ENUM, NULL, pmo_if_available},
+  {"request_multicapture", TP_P_ENUM, NULL, pmo_if_available},
+  {"request_overcapture", TP_P_ENUM, NULL, pmo_if_available},
+  {"require_cvc_recollection", TP_P_BOOL, NULL, NULL},
   {NULL, 0, NULL, NULL},
 };
 /* Cards are the only payment method type. */

@@ -1092,6 +1092,18 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved)
                              json_object_get(card, "brand"), "three_d_secure", "wallet");
   if (!pmd_card)
     abort();
+  /* Stripe's fields for what the authorization allows: none of the
+   * request_* features is offered by a connector here. */
+  json_t *amt = json_object_get(pi, "amount");
+  json_object_set_new(pmd_card, "amount_authorized", approved ? json_copy(amt) : json_null());
+  json_object_set_new(pmd_card, "extended_authorization", tp_pack("{s:s}", "status", "disabled"));
+  json_object_set_new(pmd_card, "incremental_authorization", tp_pack("{s:s}", "status", "unavailable"));
+  json_object_set_new(pmd_card, "multicapture", tp_pack("{s:s}", "status", "unavailable"));
+  json_object_set_new(pmd_card, "overcapture",
+                      tp_pack("{s:O, s:s}", "maximum_amount_capturable", amt, "status", "unavailable"));
+  json_object_set_new(pmd_card, "installments", json_null());
+  json_object_set_new(pmd_card, "mandate", json_null());
+  json_object_set_new(pmd_card, "network_token", tp_pack("{s:b}", "used", 0));
   if (p->three_ds_done)
     json_object_set_new(pmd_card, "three_d_secure",
                         tp_pack("{s:s, s:s, s:s}", "authentication_flow", "challenge", "result", "authenticated",

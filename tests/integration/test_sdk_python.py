@@ -141,7 +141,22 @@ class StripePython(DaemonTestCase):
         self.assertEqual((held.status, held.amount_capturable, held.amount_received),
                          ("requires_capture", 1500, 0))
         self.assertEqual(held.payment_method_options.card.capture_method, "manual")
-        self.assertFalse(stripe.Charge.retrieve(held.latest_charge, api_key=k).captured)
+        ch = stripe.Charge.retrieve(held.latest_charge, api_key=k)
+        self.assertFalse(ch.captured)
+        self.assertGreater(ch.payment_method_details.card.capture_before, ch.created)
+        self.assertEqual(ch.payment_method_details.card.amount_authorized, 1500)
+
+        # Features asked for "if available" are taken, shown, and reported
+        # unavailable on the charge (no connector offers them).
+        inc = stripe.PaymentIntent.create(api_key=k, amount=1400, currency="usd", payment_method="pm_card_visa",
+                                          confirm=True, capture_method="manual",
+                                          payment_method_options={"card": {
+                                              "request_incremental_authorization": "if_available",
+                                              "request_overcapture": "never"}})
+        self.assertEqual(inc.payment_method_options.card.request_incremental_authorization, "if_available")
+        card_details = stripe.Charge.retrieve(inc.latest_charge, api_key=k).payment_method_details.card
+        self.assertEqual(card_details.incremental_authorization.status, "unavailable")
+        self.assertEqual(card_details.overcapture.status, "unavailable")
         self.assertEqual(held.capture().status, "succeeded")
 
         # Set on update, unset on confirm with "": captured at once.
