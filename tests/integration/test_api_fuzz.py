@@ -14,6 +14,7 @@ Bounded: TP_FUZZ_REQUESTS requests (default 1500) or TP_FUZZ_SECONDS
 (default 60) seconds, whichever ends first; TP_FUZZ_SEED picks the walk
 (default: random, printed, so a failure can be replayed); TP_FUZZ_THREADS
 walkers (default 1) share the requests."""
+import copy
 import json
 import os
 import random
@@ -229,7 +230,6 @@ class ApiFuzz(DaemonTestCase):
     def json_mutate(self, rnd, ids, tree):
         """A copy of a request's parameter tree with one to three changes:
         a value of another JSON type, a key dropped or added."""
-        import copy
         tree = copy.deepcopy(tree)
         for _ in range(rnd.randint(1, 3)):
             node = tree
@@ -242,11 +242,13 @@ class ApiFuzz(DaemonTestCase):
                 continue
             op = rnd.random()
             if node and op < 0.6:
-                node[rnd.choice(list(node))] = rnd.choice(self.JSON_VALUES + [self.mutate_value(rnd, ids, "v")])
+                node[rnd.choice(list(node))] = copy.deepcopy(
+                    rnd.choice(self.JSON_VALUES + [self.mutate_value(rnd, ids, "v")]))
             elif node and op < 0.8:
                 del node[rnd.choice(list(node))]
             else:
-                node[rnd.choice(["colour", "amount", "metadata", "expand", "customer"])] = rnd.choice(self.JSON_VALUES)
+                node[rnd.choice(["colour", "amount", "metadata", "expand", "customer"])] = copy.deepcopy(
+                    rnd.choice(self.JSON_VALUES))
         return tree
 
     def check_reply(self, r, what):
@@ -273,6 +275,15 @@ class ApiFuzz(DaemonTestCase):
         finally:
             db.close()
 
+    def send(self, what, *args, **kw):
+        if os.environ.get("TP_FUZZ_TRACE"):  # the request about to go, whole
+            with open(os.environ["TP_FUZZ_TRACE"], "w") as f:
+                f.write(repr((args, kw)))
+        try:
+            return self.c_.request(*args, **kw)
+        except OSError as e:  # no answer (a timeout) or the daemon gone
+            raise AssertionError("%s: %r" % (what, e)) from e
+
     def one_request(self, rnd, ids, db, n, stats, alone):
         method, template, base = rnd.choice(TEMPLATES)
         path = self.fill(rnd, ids, template)
@@ -282,21 +293,25 @@ class ApiFuzz(DaemonTestCase):
         before = self.counts(db) if alone and method in ("POST", "DELETE") else None
         idem = new_key("fz") if method == "POST" and rnd.random() < 0.5 else None
         flat = [(k, str(v)) for k, v in pairs]
+        while method in ("GET", "DELETE") and len(form_encode(flat)) > 12000:
+            # libmicrohttpd 0.9.75 (Debian 12) leaves a request line of
+            # about 16,270-16,390 bytes (its 16 KiB connection pool) without
+            # an answer until the connection times out; past it, it answers
+            # 414/431 itself. Turnpike never sees either (docs/architecture.md
+            # §9), so queries stay under 12,000 bytes here.
+            i = max(range(len(flat)), key=lambda j: len(flat[j][1]))
+            flat[i] = (flat[i][0], flat[i][1][:len(flat[i][1]) // 2])
         if method == "POST" and rnd.random() < 0.15:
             # The request as JSON: other types (numbers, booleans, null,
             # arrays, objects) where the form has only strings.
             tree = self.json_mutate(rnd, ids, json.loads(self.fill(rnd, ids, json.dumps(base))))
             body = json.dumps(tree)
             what = "seed %d request %d: %s %s JSON %s" % (SEED, n, method, path, body[:400])
-            r = self.c_.request(method, path, body=body, content_type="application/json", idem=idem)
+            r = self.send(what, method, path, body=body, content_type="application/json", idem=idem)
         else:
-            r = self.c_.request(method, path, flat, idem=idem)
+            r = self.send(what, method, path, flat, idem=idem)
         with self.lock:
             stats[r.status] = stats.get(r.status, 0) + 1
-        if method in ("GET", "DELETE") and len(form_encode(flat)) > 8000 and r.status in (414, 431):
-            # A request line past the connection's 16 KiB: libmicrohttpd
-            # refuses it itself, before Turnpike sees it (its own page).
-            return
         self.check_reply(r, what + " -> %r" % (r,))
         if before is not None and 400 <= r.status < 500 and r.status != 402:
             with self.lock:
