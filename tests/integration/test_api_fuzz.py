@@ -6,7 +6,8 @@ malformed one) against the real daemon (ASan+UBSan in make test).
 Each reply must be a JSON object with a Request-Id; never a 5xx; an error
 must be Stripe-shaped and agree with the error registry; a refused POST
 (4xx other than a card decline, which Stripe also records as a failed
-charge) must change no stored row. At the end: the daemon is ready, the
+charge) must change no stored row; one request in ten goes with the
+publishable key, which must get nothing but a new PaymentMethod. At the end: the daemon is ready, the
 ledger balances, every running balance equals its entries, no sanitizer
 report is in its log and it exits 0.
 
@@ -301,18 +302,29 @@ class ApiFuzz(DaemonTestCase):
             # §9), so queries stay under 12,000 bytes here.
             i = max(range(len(flat)), key=lambda j: len(flat[j][1]))
             flat[i] = (flat[i][0], flat[i][1][:len(flat[i][1]) // 2])
+        # One request in ten with the merchant's publishable key, which
+        # every shopper's browser holds: it may only create PaymentMethods
+        # (and confirm or read a PaymentIntent with its client_secret,
+        # which this walk never has).
+        pk = rnd.random() < 0.1
+        key = self.daemon.merchants["fuzz"]["publishable_key"] if pk else Ellipsis
+        if pk:
+            what = "pk_ " + what
         if method == "POST" and rnd.random() < 0.15:
             # The request as JSON: other types (numbers, booleans, null,
             # arrays, objects) where the form has only strings.
             tree = self.json_mutate(rnd, ids, json.loads(self.fill(rnd, ids, json.dumps(base))))
             body = json.dumps(tree)
             what = "seed %d request %d: %s %s JSON %s" % (SEED, n, method, path, body[:400])
-            r = self.send(what, method, path, body=body, content_type="application/json", idem=idem)
+            r = self.send(what, method, path, body=body, content_type="application/json", idem=idem, key=key)
         else:
-            r = self.send(what, method, path, flat, idem=idem)
+            r = self.send(what, method, path, flat, idem=idem, key=key)
         with self.lock:
             stats[r.status] = stats.get(r.status, 0) + 1
         self.check_reply(r, what + " -> %r" % (r,))
+        if pk and r.status < 300:
+            self.assertEqual((method, template), ("POST", "/v1/payment_methods"),
+                             "a publishable key was let through: " + what)
         if before is not None and 400 <= r.status < 500 and r.status != 402:
             with self.lock:
                 stats["refused"] = stats.get("refused", 0) + 1
