@@ -22,7 +22,6 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
-#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
