@@ -466,6 +466,42 @@ class StripePython(DaemonTestCase):
                                         currency="usd", payment_method="pm_card_visa",
                                         confirm=True)
 
+    def test_other_resources_through_the_sdk(self):
+        """Webhook endpoints, balance transactions, search with paging, and
+        list filters, each through its stripe-python class."""
+        k = self.key("other")
+        we = stripe.WebhookEndpoint.create(api_key=k, url="https://hooks.example/py",
+                                           enabled_events=["charge.succeeded", "charge.refunded"],
+                                           description="py", metadata={"team": "pay"})
+        we = stripe.WebhookEndpoint.modify(we.id, api_key=k, disabled=True, description="off")
+        self.assertEqual((we.status, we.description), ("disabled", "off"))
+        self.assertIn(we.id, [w.id for w in stripe.WebhookEndpoint.list(api_key=k).auto_paging_iter()])
+        self.assertTrue(stripe.WebhookEndpoint.delete(we.id, api_key=k).deleted)
+        with self.assertRaises(stripe.error.InvalidRequestError):
+            stripe.WebhookEndpoint.retrieve(we.id, api_key=k)
+
+        tag = new_key("s")[:20]
+        paid = [stripe.PaymentIntent.create(api_key=k, amount=600 + i, currency="usd", confirm=True,
+                                            payment_method="pm_card_visa", metadata={"batch": tag})
+                for i in range(3)]
+        found = stripe.PaymentIntent.search(api_key=k, query="metadata['batch']:'%s'" % tag, limit=2)
+        ids = [p.id for p in found.auto_paging_iter()]
+        self.assertEqual(sorted(ids), sorted(p.id for p in paid))
+
+        ch = stripe.Charge.retrieve(paid[0].latest_charge, api_key=k, expand=["balance_transaction"])
+        bt = ch.balance_transaction
+        self.assertEqual((bt.object, bt.amount, bt.source, bt.type), ("balance_transaction", 600, ch.id, "charge"))
+        self.assertEqual(stripe.BalanceTransaction.retrieve(bt.id, api_key=k).net, 600)
+        listed = stripe.BalanceTransaction.list(api_key=k, source=ch.id)
+        self.assertEqual([b.id for b in listed.data], [bt.id])
+
+        refunded = stripe.Refund.create(api_key=k, charge=ch.id)
+        with self.assertRaises(stripe.error.InvalidRequestError):
+            stripe.Refund.cancel(refunded.id, api_key=k)  # only a refund waiting for an action cancels
+        events = stripe.Event.list(api_key=k, type="charge.refunded", limit=1).data
+        self.assertEqual(events[0].data.object.id, ch.id)
+        self.assertTrue(events[0].data.object.refunded)
+
     # -- 3-D Secure, events, search, webhooks ----------------------------------
 
     def test_three_d_secure_stops_in_requires_action(self):
