@@ -39,7 +39,7 @@ static const struct tp_pspec spec_update[] = {
  * lock (capture, cancel) and its own (refunds): both are held. */
 void tp_h_charge_update(struct tp_req *r)
 {
-  if (!tp_check_params(r, spec_update) || !tp_receipt_email_ok(r, r->params))
+  if (!tp_check_params(r, spec_update) || !tp_email_param_ok(r, r->params, "receipt_email", "receipt_email"))
     return;
   const json_t *ship = json_object_get(r->params, "shipping");
   json_t *sh = ship ? tp_shipping_build(r, ship, true) : NULL;

@@ -239,11 +239,9 @@ static bool default_pm_ok(struct tp_req *r, const char *pm_id, const char *cus_i
 /* Apply create/update params to a customer object; false after replying. */
 static bool customer_apply(struct tp_req *r, json_t *cus, const json_t *p, const char *attaching_now)
 {
-  json_t *v = json_object_get(p, "email");
-  if (v && !tp_unset(v) && !tp_email_ok(json_string_value(v))) {
-    tp_reply_error(r, TP_ERR_EMAIL_INVALID, "email", "Invalid email address: the email must be like name@example.com");
+  json_t *v;
+  if (!tp_email_param_ok(r, p, "email", "email"))
     return false;
-  }
   if (!tp_set_string(r, cus, p, "email", "email", CUS_EMAIL_MAX) ||
       !tp_set_string(r, cus, p, "name", "name", TP_NAME_MAX) ||
       !tp_set_string(r, cus, p, "description", "description", CUS_DESCRIPTION_MAX) ||

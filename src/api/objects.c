@@ -47,6 +47,18 @@ const struct tp_pspec tp_spec_shipping[] = {
   {NULL, 0, NULL, NULL},
 };
 
+/* Loose on purpose: Stripe accepts anything shaped local@domain. */
+static bool email_ok(const char *s)
+{
+  const char *at = s ? strchr(s, '@') : NULL;
+  if (!at || at == s || at[1] == '\0' || strchr(at + 1, '@'))
+    return false;
+  for (const char *p = s; *p; p++)
+    if ((unsigned char)*p <= ' ')
+      return false;
+  return true;
+}
+
 bool tp_billing_details_ok(struct tp_req *r, json_t *bd, const char *param)
 {
   const char *k;
@@ -59,10 +71,8 @@ bool tp_billing_details_ok(struct tp_req *r, json_t *bd, const char *param)
       tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, name, NULL);
       return false;
     }
-    if (strcmp(k, "email") == 0 && json_is_string(v) && !tp_unset(v) && !tp_email_ok(json_string_value(v))) {
-      tp_reply_error(r, TP_ERR_EMAIL_INVALID, name, "Invalid email address: the email must be like name@example.com");
+    if (strcmp(k, "email") == 0 && !tp_email_param_ok(r, bd, k, name))
       return false;
-    }
     if (!json_is_object(v))
       continue;
     const char *k2;
@@ -88,25 +98,13 @@ bool tp_billing_details_ok(struct tp_req *r, json_t *bd, const char *param)
   return true;
 }
 
-/* Loose on purpose: Stripe accepts anything shaped local@domain. */
-bool tp_email_ok(const char *s)
-{
-  const char *at = s ? strchr(s, '@') : NULL;
-  if (!at || at == s || at[1] == '\0' || strchr(at + 1, '@'))
-    return false;
-  for (const char *p = s; *p; p++)
-    if ((unsigned char)*p <= ' ')
-      return false;
-  return true;
-}
 
-bool tp_receipt_email_ok(struct tp_req *r, const json_t *params)
+bool tp_email_param_ok(struct tp_req *r, const json_t *params, const char *key, const char *param)
 {
-  const json_t *v = json_object_get(params, "receipt_email");
-  if (!v || tp_unset(v) || tp_email_ok(json_string_value(v)))
+  const json_t *v = json_object_get(params, key);
+  if (!json_is_string(v) || tp_unset(v) || email_ok(json_string_value(v)))
     return true;
-  tp_reply_error(r, TP_ERR_EMAIL_INVALID, "receipt_email",
-                 "Invalid email address: the email must be like name@example.com");
+  tp_reply_error(r, TP_ERR_EMAIL_INVALID, param, "Invalid email address: the email must be like name@example.com");
   return false;
 }
 

@@ -122,10 +122,9 @@ extern const struct tp_pspec tp_spec_shipping[];
  * strings at most TP_ADDRESS_FIELD_MAX, email an address, address[country]
  * two letters (upper-cased here). False after replying. */
 bool tp_billing_details_ok(struct tp_req *r, json_t *bd, const char *param);
-/* An email address as Stripe takes one (local@domain, no spaces). */
-bool tp_email_ok(const char *s);
-/* params' receipt_email, when set, is an email address; false after replying. */
-bool tp_receipt_email_ok(struct tp_req *r, const json_t *params);
+/* params[key], when set, is an email address (param names it in the 400);
+ * false after replying. */
+bool tp_email_param_ok(struct tp_req *r, const json_t *params, const char *key, const char *param);
 /* Set obj[key] from the string param p[key] (param names it in errors):
  * absent leaves it, unset ("") makes it null, longer than max is a 400.
  * false after replying. */

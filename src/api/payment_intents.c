@@ -236,7 +236,7 @@ static bool descriptors_ok(struct tp_req *r, const json_t *params)
  * only: another type is refused, not dropped). False after replying. */
 static bool pi_strings_ok(struct tp_req *r, const json_t *params)
 {
-  if (!descriptors_ok(r, params) || !tp_receipt_email_ok(r, params))
+  if (!descriptors_ok(r, params) || !tp_email_param_ok(r, params, "receipt_email", "receipt_email"))
     return false;
   if (json_string_length(json_object_get(params, "description")) > PI_DESCRIPTION_MAX) {
     tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, "description", NULL);
@@ -846,7 +846,7 @@ void tp_h_pi_confirm(struct tp_req *r)
     tp_lock_release(r->path_id);
     return;
   }
-  if (!tp_receipt_email_ok(r, r->params)) {
+  if (!tp_email_param_ok(r, r->params, "receipt_email", "receipt_email")) {
     json_decref(pi);
     tp_lock_release(r->path_id);
     return;
