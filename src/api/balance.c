@@ -10,6 +10,8 @@
 #include "api/params.h"
 #include "jpack.h"
 
+#include <ctype.h>
+#include <stdio.h>
 #include <string.h>
 
 #define ACCOUNT_PENDING "merchant:pending"
@@ -24,6 +26,8 @@ static const struct tp_pspec spec_balance[] = {
 
 static const struct tp_pspec spec_txn_list[] = {
   {"created", TP_P_RANGE, NULL, NULL},
+  {"currency", TP_P_STRING, NULL, NULL},
+  {"payout", TP_P_STRING, NULL, NULL},
   {"ending_before", TP_P_STRING, NULL, NULL},
   {"expand", TP_P_STRLIST, NULL, NULL},
   {"limit", TP_P_INT, NULL, NULL},
@@ -131,6 +135,24 @@ void tp_h_balance_txn_list(struct tp_req *r)
   if (type && *type) {
     q.col2_name = "type";
     q.col2_value = type;
+  }
+  /* Turnpike makes no payouts, so no payout id names one. */
+  const char *payout = tp_pstr(r->params, "payout");
+  if (payout && *payout) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "No such payout: '%.64s'", payout);
+    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "payout", msg);
+    return;
+  }
+  char cur[8];
+  const char *currency = tp_pstr(r->params, "currency");
+  if (currency && *currency) {
+    size_t i = 0;
+    for (; currency[i] && i < sizeof cur - 1; i++)
+      cur[i] = (char)tolower((unsigned char)currency[i]);
+    cur[i] = '\0';
+    q.field = "$.currency";
+    q.field_value = cur;
   }
   if (!tp_list_params(r, &q))
     return;

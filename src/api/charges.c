@@ -17,6 +17,7 @@ static const struct tp_pspec spec_list[] = {
   {"limit", TP_P_INT, NULL, NULL},
   {"payment_intent", TP_P_STRING, NULL, NULL},
   {"starting_after", TP_P_STRING, NULL, NULL},
+  {"transfer_group", TP_P_STRING, NULL, NULL},
   {NULL, TP_P_ANY, NULL, NULL},
 };
 
@@ -32,6 +33,8 @@ static const struct tp_pspec spec_update[] = {
   {"shipping", TP_P_OBJECT, tp_spec_shipping, NULL},
   {"fraud_details", TP_P_OBJECT, spec_fraud, NULL},
   {"expand", TP_P_STRLIST, NULL, NULL},
+  {"customer", TP_P_STRING, NULL, NULL},
+  {"transfer_group", TP_P_STRING, NULL, NULL},
   {NULL, 0, NULL, NULL},
 };
 
@@ -40,6 +43,10 @@ static const struct tp_pspec spec_update[] = {
 void tp_h_charge_update(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_update) || !tp_email_param_ok(r, r->params, "receipt_email", "receipt_email"))
+    return;
+  /* customer: only a charge without one takes one (Stripe's rule). */
+  const char *cus = tp_pstr(r->params, "customer");
+  if (cus && *cus && !tp_live_or_missing(r, TP_K_CUSTOMER, cus, "customer", "customer"))
     return;
   const json_t *ship = json_object_get(r->params, "shipping");
   json_t *sh = ship ? tp_shipping_build(r, ship, true) : NULL;
@@ -76,8 +83,20 @@ void tp_h_charge_update(struct tp_req *r)
     tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", NULL);
     return;
   }
+  const char *had = json_string_value(json_object_get(ch, "customer"));
+  if (cus && (!*cus ? had != NULL : had && strcmp(had, cus) != 0)) {
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "customer",
+                   "This charge already has a customer: its customer may only be set when it has none.");
+    for (size_t i = 0; i < nlocks; i++)
+      tp_lock_release(locks[i]);
+    json_decref(sh);
+    json_decref(ch);
+    return;
+  }
   json_t *before = json_deep_copy(ch);
-  static const char *const text_fields[] = {"description", "receipt_email", NULL};
+  if (cus && *cus)
+    json_object_set_new(ch, "customer", json_string(cus));
+  static const char *const text_fields[] = {"description", "receipt_email", "transfer_group", NULL};
   for (int i = 0; text_fields[i]; i++) {
     const json_t *v = json_object_get(r->params, text_fields[i]);
     if (v)
@@ -145,6 +164,11 @@ void tp_h_charge_list(struct tp_req *r)
   if (cus && *cus) {
     q.col2_name = "customer";
     q.col2_value = cus;
+  }
+  const char *group = tp_pstr(r->params, "transfer_group");
+  if (group && *group) {
+    q.field = "$.transfer_group";
+    q.field_value = group;
   }
   if (!tp_list_params(r, &q))
     return;

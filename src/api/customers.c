@@ -21,6 +21,7 @@
 /* Stripe's own limits on customer fields. */
 #define CUS_EMAIL_MAX 512
 #define CUS_DESCRIPTION_MAX 5000
+#define CUS_PARTY_NAME_MAX 150 /* business_name, individual_name */
 
 #define S(n) {n, TP_P_STRING, NULL, NULL}
 #define END {NULL, TP_P_ANY, NULL, NULL}
@@ -48,6 +49,16 @@ static const struct tp_pspec spec_create[] = {
   {"preferred_locales", TP_P_STRLIST, NULL, NULL},
   {"shipping", TP_P_OBJECT, spec_shipping, NULL},
   {"tax_exempt", TP_P_ENUM, NULL, tax_exempt_choices},
+  S("business_name"),
+  S("individual_name"),
+  S("invoice_prefix"),
+  {"next_invoice_sequence", TP_P_INT, NULL, NULL},
+  {"tax", TP_P_UNSUPPORTED, NULL, tp_why_tax},
+  {"validate", TP_P_UNSUPPORTED, NULL, tp_why_tax},
+  {"cash_balance", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance},
+  {"source", TP_P_UNSUPPORTED, NULL, tp_why_sources},
+  {"tax_id_data", TP_P_UNSUPPORTED, NULL, tp_why_tax},
+  {"test_clock", TP_P_UNSUPPORTED, NULL, tp_why_test_clock},
   END,
 };
 
@@ -64,6 +75,15 @@ static const struct tp_pspec spec_update[] = {
   {"preferred_locales", TP_P_STRLIST, NULL, NULL},
   {"shipping", TP_P_OBJECT, spec_shipping, NULL},
   {"tax_exempt", TP_P_ENUM, NULL, tax_exempt_choices},
+  S("business_name"),
+  S("individual_name"),
+  S("invoice_prefix"),
+  {"next_invoice_sequence", TP_P_INT, NULL, NULL},
+  {"tax", TP_P_UNSUPPORTED, NULL, tp_why_tax},
+  {"validate", TP_P_UNSUPPORTED, NULL, tp_why_tax},
+  {"cash_balance", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance},
+  {"source", TP_P_UNSUPPORTED, NULL, tp_why_sources},
+  {"default_source", TP_P_UNSUPPORTED, NULL, tp_why_sources},
   END,
 };
 
@@ -74,6 +94,7 @@ static const struct tp_pspec spec_list[] = {
   {"expand", TP_P_STRLIST, NULL, NULL},
   {"limit", TP_P_INT, NULL, NULL},
   S("starting_after"),
+  {"test_clock", TP_P_UNSUPPORTED, NULL, tp_why_test_clock},
   END,
 };
 
@@ -205,11 +226,11 @@ static json_t *customer_new(const char *id, int64_t created)
   tp_random_b62(prefix, 8);
   for (int i = 0; i < 8; i++)
     prefix[i] = (char)toupper((unsigned char)prefix[i]);
-  return tp_pack("{s:s, s:s, s:n, s:I, s:I, s:n, s:n, s:b, s:n, s:n, s:n, s:s, "
+  return tp_pack("{s:s, s:s, s:n, s:I, s:n, s:I, s:n, s:n, s:b, s:n, s:n, s:n, s:n, s:s, "
                  "s:{s:n, s:n, s:n, s:n}, s:b, s:{}, s:n, s:I, s:n, s:[], s:n, s:s, s:n}",
-                 "id", id, "object", "customer", "address", "balance", (json_int_t)0, "created",
+                 "id", id, "object", "customer", "address", "balance", (json_int_t)0, "business_name", "created",
                  (json_int_t)created, "currency", "default_source", "delinquent", 0, "description",
-                 "discount", "email", "invoice_prefix", prefix, "invoice_settings", "custom_fields",
+                 "discount", "email", "individual_name", "invoice_prefix", prefix, "invoice_settings", "custom_fields",
                  "default_payment_method", "footer", "rendering_options", "livemode", 0, "metadata", "name",
                  "next_invoice_sequence", (json_int_t)1, "phone", "preferred_locales", "shipping",
                  "tax_exempt", "none", "test_clock");
@@ -245,8 +266,34 @@ static bool customer_apply(struct tp_req *r, json_t *cus, const json_t *p, const
   if (!tp_set_string(r, cus, p, "email", "email", CUS_EMAIL_MAX) ||
       !tp_set_string(r, cus, p, "name", "name", TP_NAME_MAX) ||
       !tp_set_string(r, cus, p, "description", "description", CUS_DESCRIPTION_MAX) ||
-      !tp_set_string(r, cus, p, "phone", "phone", TP_PHONE_MAX))
+      !tp_set_string(r, cus, p, "phone", "phone", TP_PHONE_MAX) ||
+      !tp_set_string(r, cus, p, "business_name", "business_name", CUS_PARTY_NAME_MAX) ||
+      !tp_set_string(r, cus, p, "individual_name", "individual_name", CUS_PARTY_NAME_MAX))
     return false;
+
+  /* Stripe's rule: 3 to 12 upper-case letters or digits. Unset keeps it. */
+  const char *prefix = tp_pstr(p, "invoice_prefix");
+  if (prefix && *prefix) {
+    size_t n = strlen(prefix);
+    bool ok = n >= 3 && n <= 12;
+    for (size_t i = 0; ok && i < n; i++)
+      ok = isupper((unsigned char)prefix[i]) || isdigit((unsigned char)prefix[i]);
+    if (!ok) {
+      tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "invoice_prefix",
+                     "Invalid invoice_prefix: it must be 3 to 12 upper-case letters or digits.");
+      return false;
+    }
+    json_object_set_new(cus, "invoice_prefix", json_string(prefix));
+  }
+  int64_t seq;
+  if (tp_param_int(p, "next_invoice_sequence", &seq)) {
+    if (seq < 1 || seq > 1000000000) {
+      tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "next_invoice_sequence",
+                     "Invalid next_invoice_sequence: it must be a positive integer.");
+      return false;
+    }
+    json_object_set_new(cus, "next_invoice_sequence", json_integer((json_int_t)seq));
+  }
 
   if ((v = json_object_get(p, "address"))) {
     json_t *a = tp_unset(v) ? json_null() : tp_address_build(r, v, "address");

@@ -331,6 +331,12 @@ json_t *tp_refund_object(int64_t amount, const json_t *ch, const char *reason, c
                        "status", status, "transfer_reversal");
   if (!re)
     abort();
+  /* Where the money goes back: the card. No connector reports an acquirer
+   * reference number (ARN) for a refund, so there is none to show. */
+  json_object_set_new(re, "destination_details",
+                      tp_pack("{s:{s:n, s:s, s:s, s:s}, s:s}", "card", "reference", "reference_status",
+                              "unavailable", "reference_type", "acquirer_reference_number", "type", "refund",
+                              "type", "card"));
   return re;
 }
 
@@ -352,8 +358,29 @@ void tp_card_fingerprint(const struct tp_merchant *m, const char *pan, char out[
   out[16] = '\0';
 }
 
+const char *const tp_allow_redisplay[] = {"always", "limited", "unspecified", NULL};
+
+const char *const tp_why_connect[] = {"Turnpike has no Stripe Connect: no connected accounts, application fees or "
+                                      "transfers", NULL};
+const char *const tp_why_customer_account[] = {"Turnpike has no Accounts v2; name a customer", NULL};
+const char *const tp_why_mandates[] = {"Turnpike takes card payments without mandates", NULL};
+const char *const tp_why_hooks[] = {"Turnpike has no Stripe Tax hooks", NULL};
+const char *const tp_why_pm_configuration[] = {"Turnpike has no payment method configurations: cards only", NULL};
+const char *const tp_why_confirmation_token[] = {"Turnpike has no ConfirmationTokens; pass payment_method or "
+                                                 "payment_method_data", NULL};
+const char *const tp_why_amount_details[] = {"Turnpike sends no Level 2/3 data or tips to processors", NULL};
+const char *const tp_why_tax[] = {"Turnpike has no Stripe Tax or tax ids", NULL};
+const char *const tp_why_sources[] = {"Turnpike has no legacy Sources; use PaymentMethods", NULL};
+const char *const tp_why_test_clock[] = {"Turnpike has no test clocks", NULL};
+const char *const tp_why_customer_balance[] = {"Turnpike has no customer balances", NULL};
+const char *const tp_why_pm_type[] = {"Turnpike takes cards only", NULL};
+const struct tp_pspec tp_spec_radar_options[] = {
+  {"session", TP_P_STRING, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+
 json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const struct tp_card_info *ci,
-                          const json_t *billing_details, const json_t *metadata)
+                          const json_t *billing_details, const json_t *metadata, const char *allow_redisplay)
 {
   char id[TP_ID_MAX], fp[17];
   tp_id_new(id, "pm");
@@ -387,7 +414,8 @@ json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const s
                          "exp_year", ci->exp_year, "fingerprint", fp, "funding", ci->funding, "generated_from",
                          "last4", ci->last4, "networks", "available", brand, "preferred",
                          "three_d_secure_usage", "supported", 1, "wallet");
-  json_t *pm = tp_pack("{s:s, s:s, s:o, s:o, s:I, s:n, s:b, s:o, s:s}", "id", id, "object", "payment_method",
+  json_t *pm = tp_pack("{s:s, s:s, s:s, s:o, s:o, s:I, s:n, s:b, s:o, s:s}", "id", id, "object", "payment_method",
+                       "allow_redisplay", allow_redisplay && *allow_redisplay ? allow_redisplay : "unspecified",
                        "billing_details", bd, "card", card, "created", (json_int_t)tp_now(), "customer",
                        "livemode", 0, "metadata",
                        json_is_object(metadata) ? json_deep_copy(metadata) : json_object(), "type", "card");
@@ -610,7 +638,7 @@ json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, str
 {
   const char *pan = test_pan(pm_id, false);
   if (pan && test_card_info(pan, ci)) {
-    json_t *pm = tp_pm_create_card(cs, &r->merchant, ci, NULL, NULL);
+    json_t *pm = tp_pm_create_card(cs, &r->merchant, ci, NULL, NULL, NULL);
     if (!pm)
       tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
     return pm;

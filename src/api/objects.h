@@ -36,8 +36,11 @@ json_t *tp_refund_object(int64_t amount, const json_t *ch, const char *reason, c
  * partial capture (released, not refunded money; 0 when none). */
 int64_t tp_charge_released(const json_t *ch);
 
+/* allow_redisplay: always, limited or unspecified (NULL: unspecified). */
 json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const struct tp_card_info *ci,
-                          const json_t *billing_details, const json_t *metadata);
+                          const json_t *billing_details, const json_t *metadata, const char *allow_redisplay);
+/* A PaymentMethod's allow_redisplay values (Stripe's). */
+extern const char *const tp_allow_redisplay[];
 
 /* Read card data from a params object {number, exp_month, exp_year, cvc},
  * {encrypted} (a JWE of those) or {token} (a Stripe test token, tok_visa
@@ -112,6 +115,61 @@ extern const struct tp_pspec tp_spec_range[];
 extern const struct tp_pspec tp_spec_address[];
 /* A PaymentIntent's or charge's shipping (with carrier and tracking_number). */
 extern const struct tp_pspec tp_spec_shipping[];
+
+/* Why a Stripe parameter is refused (TP_P_UNSUPPORTED specs' choices): the
+ * feature Turnpike does not have, named in the 400. */
+extern const char *const tp_why_connect[];         /* connected accounts, fees, transfers */
+extern const char *const tp_why_customer_account[]; /* Accounts v2 */
+extern const char *const tp_why_mandates[];
+extern const char *const tp_why_hooks[];
+extern const char *const tp_why_pm_configuration[];
+extern const char *const tp_why_confirmation_token[];
+extern const char *const tp_why_amount_details[];  /* Level 2/3 data, tips */
+extern const char *const tp_why_tax[];
+extern const char *const tp_why_sources[];
+extern const char *const tp_why_test_clock[];
+extern const char *const tp_why_customer_balance[];
+extern const char *const tp_why_pm_type[];
+/* The hashes of Stripe's other payment method types (PaymentMethod create,
+ * payment_method_data): refused as unsupported, not unknown. */
+#define TP_SPEC_OTHER_PM_TYPES \
+  {"acss_debit", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"affirm", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"afterpay_clearpay", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"alipay", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"alma", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"amazon_pay", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"au_becs_debit", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"bacs_debit", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"bancontact", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"billie", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"bizum", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"blik", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"boleto", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"cashapp", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"crypto", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"custom", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"customer_balance", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"eps", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"fpx", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"giropay", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"grabpay", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"ideal", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"interac_present", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"kakao_pay", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"klarna", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"konbini", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"kr_card", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"link", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"mb_way", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"mobilepay", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"multibanco", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"naver_pay", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"nz_bank_account", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"oxxo", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"p24", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"pay_by_bank", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"payco", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"paynow", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"paypal", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"paypay", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"payto", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"pix", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"promptpay", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"revolut_pay", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"samsung_pay", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"satispay", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"scalapay", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"sepa_debit", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"sequra", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"sofort", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"sunbit", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"swish", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"twint", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"upi", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"us_bank_account", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, \
+  {"wechat_pay", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"zip", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}
+/* radar_options[session]: taken and not used (no Radar sessions). */
+extern const struct tp_pspec tp_spec_radar_options[];
 
 /* Stripe's limits on names, phone numbers and address lines. */
 #define TP_NAME_MAX 256

@@ -710,6 +710,10 @@ static int check_value(struct check_ctx *c, size_t plen, json_t *v, const struct
     return 0;
   case TP_P_RANGE:
     return check_range(c, plen, v, sp->name, repl);
+  case TP_P_UNSUPPORTED:
+    set_err(c->err, c->path, "Parameter not supported by Turnpike: %s (%s)", c->path,
+            sp->choices && sp->choices[0] ? sp->choices[0] : "not implemented");
+    return -1;
   case TP_P_ANY:
     return 0;
   }

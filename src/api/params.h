@@ -54,6 +54,12 @@ enum tp_ptype {
   TP_P_STRLIST,    /* array of strings (expand[]) */
   TP_P_RANGE,      /* integer, or object with gt/gte/lt/lte integers (created[gte]) */
   TP_P_ANY,        /* anything (rarely used) */
+  TP_P_UNSUPPORTED /* a Stripe parameter of a feature Turnpike does not have
+                      (Connect, mandates, Stripe Tax ...): refused with
+                      "Parameter not supported by Turnpike: <name> (<why>)",
+                      why = spec->choices[0] when given; "" or null (unset)
+                      passes. Not "unknown": the SDKs send it, and the client
+                      should learn why, not look for a typo. */
 };
 
 struct tp_pspec {

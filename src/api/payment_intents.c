@@ -61,11 +61,23 @@ static const struct tp_pspec spec_apm[] = {
 
 static const struct tp_pspec spec_pmd[] = {
   {"type", TP_P_STRING, NULL, NULL},
+  {"allow_redisplay", TP_P_ENUM, NULL, tp_allow_redisplay},
+  {"radar_options", TP_P_OBJECT, tp_spec_radar_options, NULL},
+  TP_SPEC_OTHER_PM_TYPES,
   {"card", TP_P_OBJECT, tp_spec_card, NULL},
   {"billing_details", TP_P_OBJECT, tp_spec_billing_details, NULL},
   {"metadata", TP_P_METADATA, NULL, NULL},
   {NULL, 0, NULL, NULL},
 };
+
+/* payment_details: the references a card network carries (Level 2). */
+static const struct tp_pspec spec_payment_details[] = {
+  {"customer_reference", TP_P_STRING, NULL, NULL},
+  {"order_reference", TP_P_STRING, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+
+#define UNSUPPORTED(name, why) {name, TP_P_UNSUPPORTED, NULL, why}
 
 #define PI_COMMON                                                   \
   {"amount", TP_P_INT, NULL, NULL}, {"currency", TP_P_STRING, NULL, NULL}, \
@@ -75,7 +87,13 @@ static const struct tp_pspec spec_pmd[] = {
   {"payment_method_types", TP_P_STRLIST, NULL, NULL}, {"capture_method", TP_P_ENUM, NULL, capture_methods}, \
   {"statement_descriptor", TP_P_STRING, NULL, NULL}, {"statement_descriptor_suffix", TP_P_STRING, NULL, NULL}, \
   {"shipping", TP_P_OBJECT, tp_spec_shipping, NULL}, {"expand", TP_P_STRLIST, NULL, NULL}, \
-  {"payment_method_data", TP_P_OBJECT, spec_pmd, NULL}, {"payment_method_options", TP_P_OBJECT, spec_pmo, NULL}
+  {"payment_method_data", TP_P_OBJECT, spec_pmd, NULL}, {"payment_method_options", TP_P_OBJECT, spec_pmo, NULL}, \
+  {"allowed_payment_method_types", TP_P_STRLIST, NULL, NULL},                                  \
+  {"excluded_payment_method_types", TP_P_STRLIST, NULL, NULL},                                 \
+  {"payment_details", TP_P_OBJECT, spec_payment_details, NULL}, {"transfer_group", TP_P_STRING, NULL, NULL}, \
+  UNSUPPORTED("amount_details", tp_why_amount_details), UNSUPPORTED("application_fee_amount", tp_why_connect), \
+  UNSUPPORTED("transfer_data", tp_why_connect), UNSUPPORTED("customer_account", tp_why_customer_account), \
+  UNSUPPORTED("hooks", tp_why_hooks), UNSUPPORTED("payment_method_configuration", tp_why_pm_configuration)
 
 static const struct tp_pspec spec_create[] = {
   PI_COMMON,
@@ -86,6 +104,11 @@ static const struct tp_pspec spec_create[] = {
   {"automatic_payment_methods", TP_P_OBJECT, spec_apm, NULL},
   {"error_on_requires_action", TP_P_BOOL, NULL, NULL},
   {"use_stripe_sdk", TP_P_BOOL, NULL, NULL},
+  {"radar_options", TP_P_OBJECT, tp_spec_radar_options, NULL},
+  UNSUPPORTED("on_behalf_of", tp_why_connect),
+  UNSUPPORTED("mandate", tp_why_mandates),
+  UNSUPPORTED("mandate_data", tp_why_mandates),
+  UNSUPPORTED("confirmation_token", tp_why_confirmation_token),
   {NULL, 0, NULL, NULL},
 };
 static const struct tp_pspec spec_update[] = {PI_COMMON, {NULL, 0, NULL, NULL}};
@@ -103,12 +126,28 @@ static const struct tp_pspec spec_confirm[] = {
   {"shipping", TP_P_OBJECT, tp_spec_shipping, NULL},
   {"expand", TP_P_STRLIST, NULL, NULL},
   {"client_secret", TP_P_STRING, NULL, NULL},
+  {"allowed_payment_method_types", TP_P_STRLIST, NULL, NULL},
+  {"excluded_payment_method_types", TP_P_STRLIST, NULL, NULL},
+  {"payment_details", TP_P_OBJECT, spec_payment_details, NULL},
+  {"amount_to_confirm", TP_P_INT, NULL, NULL},
+  {"radar_options", TP_P_OBJECT, tp_spec_radar_options, NULL},
+  UNSUPPORTED("amount_details", tp_why_amount_details),
+  UNSUPPORTED("hooks", tp_why_hooks),
+  UNSUPPORTED("mandate", tp_why_mandates),
+  UNSUPPORTED("mandate_data", tp_why_mandates),
+  UNSUPPORTED("confirmation_token", tp_why_confirmation_token),
   {NULL, 0, NULL, NULL},
 };
 static const struct tp_pspec spec_capture[] = {
   {"amount_to_capture", TP_P_INT, NULL, NULL},
   {"metadata", TP_P_METADATA, NULL, NULL},
   {"statement_descriptor", TP_P_STRING, NULL, NULL},
+  {"statement_descriptor_suffix", TP_P_STRING, NULL, NULL},
+  {"payment_details", TP_P_OBJECT, spec_payment_details, NULL},
+  UNSUPPORTED("amount_details", tp_why_amount_details),
+  UNSUPPORTED("application_fee_amount", tp_why_connect),
+  UNSUPPORTED("transfer_data", tp_why_connect),
+  UNSUPPORTED("hooks", tp_why_hooks),
   {"final_capture", TP_P_BOOL, NULL, NULL},
   {"expand", TP_P_STRLIST, NULL, NULL},
   {NULL, 0, NULL, NULL},
@@ -122,6 +161,7 @@ static const struct tp_pspec spec_list[] = {
   {"limit", TP_P_INT, NULL, NULL},       {"starting_after", TP_P_STRING, NULL, NULL},
   {"ending_before", TP_P_STRING, NULL, NULL}, {"customer", TP_P_STRING, NULL, NULL},
   {"created", TP_P_RANGE, NULL, NULL},   {"expand", TP_P_STRLIST, NULL, NULL},
+  UNSUPPORTED("customer_account", tp_why_customer_account),
   {NULL, 0, NULL, NULL},
 };
 static const struct tp_pspec spec_retrieve[] = {
@@ -242,21 +282,70 @@ static bool pi_strings_ok(struct tp_req *r, const json_t *params)
     tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, "description", NULL);
     return false;
   }
-  const json_t *types = json_object_get(params, "payment_method_types");
+  static const char *const lists[] = {"payment_method_types", "allowed_payment_method_types"};
+  for (int l = 0; l < 2; l++) {
+    const json_t *types = json_object_get(params, lists[l]);
+    size_t i;
+    const json_t *t;
+    json_array_foreach(types, i, t)
+    {
+      const char *type = json_string_value(t);
+      if (type && strcmp(type, "card") == 0)
+        continue;
+      char msg[200];
+      snprintf(msg, sizeof msg, "The payment method type \"%.40s\" is invalid: Turnpike takes card payments only.",
+               type ? type : "");
+      tp_reply_error(r, TP_ERR_PAYMENT_METHOD_UNSUPPORTED_TYPE, lists[l], msg);
+      return false;
+    }
+  }
+  /* Excluding a type Turnpike never offers changes nothing; excluding
+   * cards leaves nothing to pay with. */
+  const json_t *excluded = json_object_get(params, "excluded_payment_method_types");
   size_t i;
   const json_t *t;
-  json_array_foreach(types, i, t)
+  json_array_foreach(excluded, i, t)
   {
     const char *type = json_string_value(t);
-    if (type && strcmp(type, "card") == 0)
+    if (type && *type && strcmp(type, "card") != 0)
       continue;
-    char msg[200];
-    snprintf(msg, sizeof msg, "The payment method type \"%.40s\" is invalid: Turnpike takes card payments only.",
-             type ? type : "");
-    tp_reply_error(r, TP_ERR_PAYMENT_METHOD_UNSUPPORTED_TYPE, "payment_method_types", msg);
+    tp_reply_error(r, TP_ERR_PAYMENT_METHOD_UNSUPPORTED_TYPE, "excluded_payment_method_types",
+                   type && *type ? "Excluding card leaves no payment method type: Turnpike takes card payments only."
+                                 : "Invalid excluded_payment_method_types: a payment method type may not be empty.");
     return false;
   }
   return true;
+}
+
+/* allowed_ and excluded_payment_method_types (checked by pi_strings_ok) and
+ * payment_details, which create, update and confirm take: shown on pi only
+ * once set (each key costs every payment's JSON); "" unsets. */
+static void apply_method_fields(json_t *pi, const json_t *params)
+{
+  static const char *const lists[] = {"allowed_payment_method_types", "excluded_payment_method_types"};
+  for (int l = 0; l < 2; l++) {
+    json_t *v = json_object_get(params, lists[l]);
+    if (v)
+      json_object_set_new(pi, lists[l], json_is_array(v) ? json_deep_copy(v) : json_null());
+  }
+  json_t *pd = json_object_get(params, "payment_details");
+  if (!pd)
+    return;
+  if (!json_is_object(pd)) {
+    json_object_set_new(pi, "payment_details", json_null());
+    return;
+  }
+  json_t *cur = json_object_get(pi, "payment_details");
+  if (!json_is_object(cur)) {
+    cur = tp_pack("{s:n, s:n}", "customer_reference", "order_reference");
+    json_object_set_new(pi, "payment_details", cur);
+  }
+  const char *k;
+  json_t *v;
+  json_object_foreach(pd, k, v)
+  {
+    json_object_set_new(cur, k, json_string_length(v) ? json_copy(v) : json_null());
+  }
 }
 
 /* Copy the settable fields of params onto pi; false after replying. */
@@ -264,9 +353,10 @@ static bool apply_fields(struct tp_req *r, json_t *pi, const json_t *params)
 {
   if (!pi_strings_ok(r, params))
     return false;
+  apply_method_fields(pi, params);
   static const char *const fields[] = {"description", "receipt_email", "setup_future_usage", "capture_method",
                                        "statement_descriptor", "statement_descriptor_suffix", "customer",
-                                       "confirmation_method", NULL};
+                                       "confirmation_method", "transfer_group", NULL};
   for (int i = 0; fields[i]; i++) {
     json_t *v = json_object_get(params, fields[i]);
     if (!v)
@@ -403,7 +493,7 @@ static json_t *pm_from_data(struct tp_req *r, struct tp_cs *cs, const json_t *pm
   if (!tp_card_from_params(r, card, "payment_method_data[card]", ci, cvc))
     return NULL;
   json_t *pm = tp_pm_create_card(cs, &r->merchant, ci, json_object_get(pmd, "billing_details"),
-                                 json_object_get(pmd, "metadata"));
+                                 json_object_get(pmd, "metadata"), tp_pstr(pmd, "allow_redisplay"));
   if (!pm)
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
   return pm;
@@ -846,11 +936,23 @@ void tp_h_pi_confirm(struct tp_req *r)
     tp_lock_release(r->path_id);
     return;
   }
-  if (!tp_email_param_ok(r, r->params, "receipt_email", "receipt_email")) {
+  int64_t to_confirm;
+  if (tp_param_int(r->params, "amount_to_confirm", &to_confirm) &&
+      to_confirm != json_integer_value(json_object_get(pi, "amount"))) {
+    /* Stripe's default; a part of the amount is a multi-part payment,
+     * which no connector here can make. */
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "amount_to_confirm",
+                   "Invalid amount_to_confirm: Turnpike confirms the PaymentIntent's whole amount.");
     json_decref(pi);
     tp_lock_release(r->path_id);
     return;
   }
+  if (!tp_email_param_ok(r, r->params, "receipt_email", "receipt_email") || !pi_strings_ok(r, r->params)) {
+    json_decref(pi);
+    tp_lock_release(r->path_id);
+    return;
+  }
+  apply_method_fields(pi, r->params);
   static const char *const fields[] = {"receipt_email", "setup_future_usage", "capture_method", NULL};
   for (int i = 0; fields[i]; i++)
     if (json_object_get(r->params, fields[i]))
@@ -862,6 +964,30 @@ void tp_h_pi_confirm(struct tp_req *r)
   }
   apply_pm_options(pi, r->params);
   confirm(r, pi, tp_cs_new(), false, r->path_id);
+}
+
+/* statement_descriptor and _suffix given at capture: the charge's, as
+ * Stripe's capture sets them; false after replying. */
+static bool capture_descriptors(struct tp_req *r, json_t *ch)
+{
+  if (!descriptors_ok(r, r->params))
+    return false;
+  static const char *const names[] = {"statement_descriptor", "statement_descriptor_suffix"};
+  bool changed = false;
+  for (int i = 0; i < 2; i++) {
+    const char *v = tp_pstr(r->params, names[i]);
+    if (v && *v) {
+      json_object_set_new(ch, names[i], json_string(v));
+      changed = true;
+    }
+  }
+  if (changed) {
+    char desc[TP_DESCRIPTOR_MAX + 1];
+    tp_calculated_descriptor(desc, json_string_value(json_object_get(ch, "statement_descriptor")),
+                             json_string_value(json_object_get(ch, "statement_descriptor_suffix")), r->merchant.name);
+    json_object_set_new(ch, "calculated_statement_descriptor", desc[0] ? json_string(desc) : json_null());
+  }
+  return true;
 }
 
 /* Capture the authorization of PaymentIntent pi_id (its lock taken here):
@@ -909,6 +1035,15 @@ static void capture(struct tp_req *r, const char *pi_id, const char *amount_para
   const char *receipt = tp_pstr(r->params, "receipt_email");
   if (reply_charge && receipt && *receipt)
     json_object_set_new(ch, "receipt_email", json_string(receipt));
+  const char *group = tp_pstr(r->params, "transfer_group");
+  if (reply_charge && group && *group)
+    json_object_set_new(ch, "transfer_group", json_string(group));
+  if (!reply_charge)
+    apply_method_fields(pi, r->params); /* payment_details */
+  if (!capture_descriptors(r, ch)) {
+    json_decref(ch);
+    goto fail;
+  }
   struct tp_pay *p = tp_pay_new(r, &r->merchant);
   p->pi = pi;
   p->charge = ch;
@@ -934,6 +1069,11 @@ fail:
  * refuses, as Stripe does for a PaymentIntent that is not eligible. */
 static const struct tp_pspec spec_increment[] = {
   {"amount", TP_P_INT, NULL, NULL},
+  {"payment_details", TP_P_OBJECT, spec_payment_details, NULL},
+  UNSUPPORTED("amount_details", tp_why_amount_details),
+  UNSUPPORTED("application_fee_amount", tp_why_connect),
+  UNSUPPORTED("transfer_data", tp_why_connect),
+  UNSUPPORTED("hooks", tp_why_hooks),
   {"description", TP_P_STRING, NULL, NULL},
   {"metadata", TP_P_METADATA, NULL, NULL},
   {"statement_descriptor", TP_P_STRING, NULL, NULL},
@@ -972,6 +1112,10 @@ void tp_h_pi_capture(struct tp_req *r)
  * PaymentIntent (amount as amount_to_capture) and answers the charge. */
 static const struct tp_pspec spec_charge_capture[] = {
   {"amount", TP_P_INT, NULL, NULL},
+  {"transfer_group", TP_P_STRING, NULL, NULL},
+  UNSUPPORTED("application_fee", tp_why_connect),
+  UNSUPPORTED("application_fee_amount", tp_why_connect),
+  UNSUPPORTED("transfer_data", tp_why_connect),
   {"receipt_email", TP_P_STRING, NULL, NULL},
   {"metadata", TP_P_METADATA, NULL, NULL},
   {"statement_descriptor", TP_P_STRING, NULL, NULL},

@@ -24,6 +24,11 @@
 static const char *const type_choices[] = {"card", NULL};
 
 static const struct tp_pspec spec_create[] = {
+  {"allow_redisplay", TP_P_ENUM, NULL, tp_allow_redisplay},
+  {"radar_options", TP_P_OBJECT, tp_spec_radar_options, NULL},
+  {"customer", TP_P_UNSUPPORTED, NULL, tp_why_connect}, /* with payment_method: Connect's cloning */
+  {"payment_method", TP_P_UNSUPPORTED, NULL, tp_why_connect},
+  TP_SPEC_OTHER_PM_TYPES,
   {"billing_details", TP_P_OBJECT, tp_spec_billing_details, NULL},
   {"card", TP_P_OBJECT, tp_spec_card, NULL},
   {"expand", TP_P_STRLIST, NULL, NULL},
@@ -39,6 +44,8 @@ static const struct tp_pspec spec_card_update[] = {
 };
 
 static const struct tp_pspec spec_update[] = {
+  {"allow_redisplay", TP_P_ENUM, NULL, tp_allow_redisplay},
+  {"us_bank_account", TP_P_UNSUPPORTED, NULL, tp_why_pm_type},
   {"billing_details", TP_P_OBJECT, tp_spec_billing_details, NULL},
   {"card", TP_P_OBJECT, spec_card_update, NULL},
   {"expand", TP_P_STRLIST, NULL, NULL},
@@ -48,6 +55,7 @@ static const struct tp_pspec spec_update[] = {
 
 static const struct tp_pspec spec_attach[] = {
   S("customer"),
+  {"customer_account", TP_P_UNSUPPORTED, NULL, tp_why_customer_account},
   {"expand", TP_P_STRLIST, NULL, NULL},
   END,
 };
@@ -59,6 +67,8 @@ static const struct tp_pspec spec_detach[] = {
 
 static const struct tp_pspec spec_list[] = {
   S("customer"),
+  {"allow_redisplay", TP_P_ENUM, NULL, tp_allow_redisplay},
+  {"customer_account", TP_P_UNSUPPORTED, NULL, tp_why_customer_account},
   S("ending_before"),
   {"expand", TP_P_STRLIST, NULL, NULL},
   {"limit", TP_P_INT, NULL, NULL},
@@ -68,6 +78,7 @@ static const struct tp_pspec spec_list[] = {
 };
 
 static const struct tp_pspec spec_customer_list[] = {
+  {"allow_redisplay", TP_P_ENUM, NULL, tp_allow_redisplay},
   S("ending_before"),
   {"expand", TP_P_STRLIST, NULL, NULL},
   {"limit", TP_P_INT, NULL, NULL},
@@ -144,7 +155,7 @@ void tp_h_pm_create(struct tp_req *r)
   }
   struct tp_cs *cs = tp_cs_new();
   json_t *pm = tp_pm_create_card(cs, &r->merchant, &ci, json_is_object(bd) ? bd : NULL,
-                                 json_is_object(md) ? md : NULL);
+                                 json_is_object(md) ? md : NULL, tp_pstr(r->params, "allow_redisplay"));
   tp_card_wipe(&ci, sizeof ci);
   tp_card_wipe(cvc, sizeof cvc);
   if (!pm) {
@@ -274,6 +285,8 @@ void tp_h_pm_update(struct tp_req *r)
     billing_merge(pm, v);
   if ((v = json_object_get(r->params, "metadata")))
     tp_metadata_apply(pm, v);
+  if ((v = json_object_get(r->params, "allow_redisplay")) && json_string_length(v))
+    json_object_set(pm, "allow_redisplay", v);
   if ((v = json_object_get(r->params, "card")) && json_is_object(v) && !expiry_apply(r, pm, v))
     goto out_unlock;
   if (json_equal(pm, before)) {
@@ -432,6 +445,13 @@ static void list_pms(struct tp_req *r, const char *customer, const char *url)
   if (type && *type) {
     q.col2_name = "type";
     q.col2_value = type;
+  }
+  /* PaymentMethods stored before allow_redisplay was shown are "unspecified". */
+  const char *redisplay = tp_pstr(r->params, "allow_redisplay");
+  if (redisplay && *redisplay) {
+    q.field = "$.allow_redisplay";
+    q.field_value = redisplay;
+    q.field_default = "unspecified";
   }
   if (!tp_list_params(r, &q))
     return;

@@ -19,6 +19,13 @@ static const struct tp_pspec spec_create[] = {
   {"amount", TP_P_INT, NULL, NULL},            {"reason", TP_P_ENUM, NULL, reasons},
   {"metadata", TP_P_METADATA, NULL, NULL},     {"expand", TP_P_STRLIST, NULL, NULL},
   {"instructions_email", TP_P_STRING, NULL, NULL},
+  /* Refunds to a customer's balance, without a charge. */
+  {"currency", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance},
+  {"customer", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance},
+  {"origin", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance},
+  /* Connect's: false is what happens anyway. */
+  {"refund_application_fee", TP_P_BOOL, NULL, NULL},
+  {"reverse_transfer", TP_P_BOOL, NULL, NULL},
   {NULL, 0, NULL, NULL},
 };
 static const struct tp_pspec spec_update[] = {
@@ -37,6 +44,16 @@ void tp_h_refund_create(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_create))
     return;
+  static const char *const connect_flags[] = {"refund_application_fee", "reverse_transfer"};
+  for (int i = 0; i < 2; i++) {
+    bool on = false;
+    if (tp_param_bool(r->params, connect_flags[i], &on) && on) {
+      char msg[200];
+      snprintf(msg, sizeof msg, "Parameter not supported by Turnpike: %s (%s)", connect_flags[i], tp_why_connect[0]);
+      tp_reply_error(r, TP_ERR_PARAMETER_UNSUPPORTED, connect_flags[i], msg);
+      return;
+    }
+  }
   const char *pi_id = tp_pstr(r->params, "payment_intent"), *ch_id = tp_pstr(r->params, "charge");
   if ((!pi_id || !*pi_id) && (!ch_id || !*ch_id)) {
     tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "charge",

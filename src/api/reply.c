@@ -98,6 +98,8 @@ void tp_reply_params_error(struct tp_req *r, const struct tp_params_error *pe, b
   enum tp_err e = TP_ERR_PARAMETER_INVALID;
   if (unknown || strncmp(pe->message, "Received unknown parameter", 26) == 0)
     e = TP_ERR_PARAMETER_UNKNOWN;
+  else if (strncmp(pe->message, "Parameter not supported", 23) == 0)
+    e = TP_ERR_PARAMETER_UNSUPPORTED;
   else if (strncmp(pe->message, "Invalid integer", 15) == 0)
     e = TP_ERR_PARAMETER_INVALID_INTEGER;
   else if (!pe->param[0])

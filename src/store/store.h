@@ -148,6 +148,10 @@ struct tp_list_query {
   const char *col_value;
   const char *col2_name; /* second filter, or NULL */
   const char *col2_value;
+  /* a filter on the object's JSON (json_extract path, e.g. "$.currency"),
+   * or NULL: not indexed, read row by row within the other filters;
+   * field_default stands for an absent value (or NULL) */
+  const char *field, *field_value, *field_default;
   int64_t created_gte, created_lte; /* INT64_MIN / INT64_MAX when absent */
   const char *starting_after;       /* id, or NULL */
   const char *ending_before;        /* id, or NULL */

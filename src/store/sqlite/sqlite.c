@@ -790,6 +790,8 @@ static json_t *sq_list(void *cls, const struct tp_list_query *q, bool *has_more)
       len += snprintf(sql + len, sizeof sql - (size_t)len, " AND %s=?%d", cols[c], 2 + c);
   }
   len += snprintf(sql + len, sizeof sql - (size_t)len, " AND created>=?4 AND created<=?5");
+  if (q->field)
+    len += snprintf(sql + len, sizeof sql - (size_t)len, " AND IFNULL(json_extract(tp_json(data), ?8), ?10) IS ?9");
   bool reverse = false;
   if (q->starting_after)
     len += snprintf(sql + len, sizeof sql - (size_t)len, " AND id<?6 ORDER BY id DESC");
@@ -812,6 +814,12 @@ static json_t *sq_list(void *cls, const struct tp_list_query *q, bool *has_more)
   if (q->starting_after || q->ending_before)
     bind_text(st, 6, q->starting_after ? q->starting_after : q->ending_before);
   sqlite3_bind_int(st, 7, q->limit + 1);
+  if (q->field) {
+    bind_text(st, 8, q->field);
+    bind_text(st, 9, q->field_value);
+    if (q->field_default)
+      bind_text(st, 10, q->field_default);
+  }
   json_t *arr = json_array();
   int count = 0;
   *has_more = false;
