@@ -31,7 +31,9 @@ static const struct tp_pspec spec_shipping[] = {
   {"address", TP_P_OBJECT, tp_spec_address, NULL}, S("name"), S("phone"), END,
 };
 static const struct tp_pspec spec_invoice_settings[] = {
-  S("default_payment_method"), S("footer"), END,
+  S("default_payment_method"), S("footer"),
+  {"custom_fields", TP_P_UNSUPPORTED, NULL, tp_why_invoices},
+  {"rendering_options", TP_P_UNSUPPORTED, NULL, tp_why_invoices}, END,
 };
 static const char *const tax_exempt_choices[] = {"none", "exempt", "reverse", NULL};
 

@@ -22,6 +22,7 @@ const struct tp_pspec tp_spec_card[] = {
   {"cvc", TP_P_STRING, NULL, NULL},
   {"token", TP_P_STRING, NULL, NULL},
   {"encrypted", TP_P_STRING, NULL, NULL}, /* JWE of the fields above (sec/jwe.h) */
+  {"networks", TP_P_UNSUPPORTED, NULL, tp_why_networks},
   {NULL, 0, NULL, NULL},
 };
 
@@ -37,6 +38,7 @@ const struct tp_pspec tp_spec_billing_details[] = {
   {"email", TP_P_STRING, NULL, NULL},
   {"name", TP_P_STRING, NULL, NULL},
   {"phone", TP_P_STRING, NULL, NULL},
+  {"tax_id", TP_P_STRING, NULL, NULL},
   {NULL, 0, NULL, NULL},
 };
 
@@ -374,6 +376,12 @@ const char *const tp_why_sources[] = {"Turnpike has no legacy Sources; use Payme
 const char *const tp_why_test_clock[] = {"Turnpike has no test clocks", NULL};
 const char *const tp_why_customer_balance[] = {"Turnpike has no customer balances", NULL};
 const char *const tp_why_pm_type[] = {"Turnpike takes cards only", NULL};
+const char *const tp_why_networks[] = {"each card is sent on its own brand's network: no co-badged choice", NULL};
+const char *const tp_why_invoices[] = {"Turnpike has no invoices", NULL};
+const char *const tp_why_card_option[] = {"Turnpike's connectors offer no installments, MOTO flag, CVC tokens or "
+                                          "credential-usage indicators", NULL};
+const char *const tp_why_external_3ds[] = {"Turnpike runs its own 3-D Secure and takes no results from another "
+                                           "3-D Secure server", NULL};
 const struct tp_pspec tp_spec_radar_options[] = {
   {"session", TP_P_STRING, NULL, NULL},
   {NULL, 0, NULL, NULL},

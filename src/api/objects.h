@@ -130,6 +130,10 @@ extern const char *const tp_why_sources[];
 extern const char *const tp_why_test_clock[];
 extern const char *const tp_why_customer_balance[];
 extern const char *const tp_why_pm_type[];
+extern const char *const tp_why_networks[];
+extern const char *const tp_why_invoices[];
+extern const char *const tp_why_card_option[];
+extern const char *const tp_why_external_3ds[];
 /* The hashes of Stripe's other payment method types (PaymentMethod create,
  * payment_method_data): refused as unsupported, not unknown. */
 #define TP_SPEC_OTHER_PM_TYPES \

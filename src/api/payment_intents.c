@@ -45,6 +45,16 @@ static const struct tp_pspec spec_pmo_card[] = {
   {"request_multicapture", TP_P_ENUM, NULL, pmo_if_available},
   {"request_overcapture", TP_P_ENUM, NULL, pmo_if_available},
   {"require_cvc_recollection", TP_P_BOOL, NULL, NULL},
+  /* Japanese statement descriptors: kept and shown, as the other options. */
+  {"statement_descriptor_suffix_kana", TP_P_STRING, NULL, NULL},
+  {"statement_descriptor_suffix_kanji", TP_P_STRING, NULL, NULL},
+  {"cvc_token", TP_P_UNSUPPORTED, NULL, tp_why_card_option},
+  {"installments", TP_P_UNSUPPORTED, NULL, tp_why_card_option},
+  {"moto", TP_P_UNSUPPORTED, NULL, tp_why_card_option},
+  {"setup_credential_usage", TP_P_UNSUPPORTED, NULL, tp_why_card_option},
+  {"stored_credential_usage", TP_P_UNSUPPORTED, NULL, tp_why_card_option},
+  {"mandate_options", TP_P_UNSUPPORTED, NULL, tp_why_mandates},
+  {"three_d_secure", TP_P_UNSUPPORTED, NULL, tp_why_external_3ds},
   {NULL, 0, NULL, NULL},
 };
 /* Cards are the only payment method type. */

@@ -40,6 +40,7 @@ static const struct tp_pspec spec_create[] = {
 static const struct tp_pspec spec_card_update[] = {
   {"exp_month", TP_P_INT, NULL, NULL},
   {"exp_year", TP_P_INT, NULL, NULL},
+  {"networks", TP_P_UNSUPPORTED, NULL, tp_why_networks},
   END,
 };
 

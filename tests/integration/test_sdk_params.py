@@ -46,6 +46,48 @@ def sdk_params(file_name, interface):
     return names
 
 
+def _block(src, start):
+    """(begin, end) of the braces block opening at or after start."""
+    i = src.index("{", start) + 1
+    depth, k = 1, i
+    while depth:
+        depth += (src[k] == "{") - (src[k] == "}")
+        k += 1
+    return i, k - 1
+
+
+def _keys(text):
+    names, depth = [], 0
+    for line in text.split("\n"):
+        if depth == 0:
+            mm = re.match(r"\s*(\w+)\??:", line)
+            if mm:
+                names.append(mm.group(1))
+        depth += line.count("{") - line.count("}")
+    return names
+
+
+def sdk_nested(file_name, namespace, interface):
+    """Parameter names of the nested `interface` (e.g. Card) inside the
+    SDK's `namespace` (e.g. PaymentIntentCreateParams): where the name
+    occurs more than once there, the one with the most fields."""
+    with open(os.path.join(RESOURCES, file_name), encoding="utf-8") as f:
+        src = f.read()
+    m = re.search(r"\bnamespace %s \{" % re.escape(namespace), src)
+    if not m:
+        raise AssertionError("the SDK has no namespace %s in %s" % (namespace, file_name))
+    lo, hi = _block(src, m.start())
+    best = []
+    for mm in re.finditer(r"\binterface %s \{" % re.escape(interface), src[lo:hi]):
+        i, k = _block(src, lo + mm.start())
+        names = _keys(src[i:k])
+        if len(names) > len(best):
+            best = names
+    if not best:
+        raise AssertionError("the SDK has no %s.%s" % (namespace, interface))
+    return best
+
+
 class SdkParams(h.DaemonTestCase):
 
     @classmethod
@@ -137,6 +179,44 @@ class SdkParams(h.DaemonTestCase):
                 if err.get("code") == "parameter_unknown" or "unknown parameter" in err.get("message", ""):
                     unknown.append("%s %s" % (interface, name))
         self.assertGreater(probed, 300)  # the SDK's lists were read
+        self.assertEqual(unknown, [])
+
+    def test_every_documented_nested_parameter_is_known(self):
+        """The same for the nested hashes a card payment uses: card options,
+        payment_method_data, billing details, shipping, cards, invoice
+        settings."""
+        s = type(self)
+        pi_ns = ("PaymentIntentCreateParams", "POST", "/v1/payment_intents")
+        nested = [
+            ("PaymentIntents.d.ts", pi_ns, "Card", "payment_method_options[card]"),
+            ("PaymentIntents.d.ts", pi_ns, "PaymentMethodData", "payment_method_data"),
+            ("PaymentIntents.d.ts", pi_ns, "BillingDetails", "payment_method_data[billing_details]"),
+            ("PaymentIntents.d.ts", pi_ns, "Shipping", "shipping"),
+            ("PaymentIntents.d.ts", pi_ns, "AutomaticPaymentMethods", "automatic_payment_methods"),
+            ("PaymentIntents.d.ts", pi_ns, "PaymentDetails", "payment_details"),
+            ("PaymentIntents.d.ts", ("PaymentIntentConfirmParams", "POST",
+                                     "/v1/payment_intents/%s/confirm" % s.pi_open), "Card",
+             "payment_method_options[card]"),
+            ("PaymentMethods.d.ts", ("PaymentMethodCreateParams", "POST", "/v1/payment_methods"), "Card", "card"),
+            ("PaymentMethods.d.ts", ("PaymentMethodCreateParams", "POST", "/v1/payment_methods"),
+             "BillingDetails", "billing_details"),
+            ("PaymentMethods.d.ts", ("PaymentMethodUpdateParams", "POST", "/v1/payment_methods/" + s.pm), "Card",
+             "card"),
+            ("Customers.d.ts", ("CustomerCreateParams", "POST", "/v1/customers"), "InvoiceSettings",
+             "invoice_settings"),
+            ("Customers.d.ts", ("CustomerCreateParams", "POST", "/v1/customers"), "Shipping", "shipping"),
+            ("Charges.d.ts", ("ChargeUpdateParams", "POST", "/v1/charges/" + s.ch_paid), "Shipping", "shipping"),
+        ]
+        c = self.c()
+        unknown, probed = [], 0
+        for file_name, (namespace, method, path), interface, prefix in nested:
+            for name in sdk_nested(file_name, namespace, interface):
+                r = c.request(method, path, [("%s[%s]" % (prefix, name), "x")])
+                probed += 1
+                err = (r.json or {}).get("error") or {}
+                if err.get("code") == "parameter_unknown" or "unknown parameter" in err.get("message", ""):
+                    unknown.append("%s %s[%s]" % (namespace, prefix, name))
+        self.assertGreater(probed, 100)
         self.assertEqual(unknown, [])
 
     def test_unsupported_features_are_named_and_change_nothing(self):

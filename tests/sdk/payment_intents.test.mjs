@@ -430,3 +430,27 @@ test('a test token set without confirming becomes a real PaymentMethod, on creat
   const ch = await stripe.charges.retrieve(done.latest_charge);
   assert.equal(ch.payment_method_details.card.last4, '4444');
 });
+
+test("parameters of the pinned API version the SDK types: allowed types, payment_details, allow_redisplay; a missing feature is named", async () => {
+  const pi = await stripe.paymentIntents.create({
+    amount: 1800, currency: 'usd', confirm: true, payment_method: 'pm_card_visa',
+    allowed_payment_method_types: ['card'], excluded_payment_method_types: ['klarna'],
+    payment_details: { order_reference: 'ord-42' }, transfer_group: 'grp-42',
+  });
+  assert.equal(pi.status, 'succeeded');
+  assert.deepEqual(pi.allowed_payment_method_types, ['card']);
+  assert.deepEqual(pi.excluded_payment_method_types, ['klarna']);
+  assert.equal(pi.payment_details.order_reference, 'ord-42');
+  assert.equal(pi.payment_details.customer_reference, null);
+  assert.equal(pi.transfer_group, 'grp-42');
+
+  const pm = await stripe.paymentMethods.create({ type: 'card', card: card(CARDS.visa), allow_redisplay: 'always' });
+  assert.equal(pm.allow_redisplay, 'always');
+
+  const err = await expectError(stripe.paymentIntents.create({
+    amount: 1800, currency: 'usd', application_fee_amount: 100,
+  }), errors.StripeInvalidRequestError);
+  assert.equal(err.statusCode, 400);
+  assert.equal(err.param, 'application_fee_amount');
+  assert.match(err.message, /Connect/);
+});
