@@ -66,6 +66,7 @@ static void describe(void)
   tp_metric_help("turnpike_http_requests_total", "HTTP requests answered, by route pattern, method and status class.");
   tp_metric_help("turnpike_http_request_duration_seconds", "Time from the first byte of a request to its reply.");
   tp_metric_help("turnpike_http_inflight_requests", "Requests suspended while waiting for a commit or a processor.");
+  tp_metric_help("turnpike_http_uri_too_long_total", "Requests refused 414 as their request line was parsed (longer than the connection memory allows an answer for).");
   tp_metric_help("turnpike_writer_queue_depth", "Change sets queued for the group-commit writer.");
   tp_metric_help("turnpike_writer_batches", "Group-commit transactions since start.");
   tp_metric_help("turnpike_writer_max_batch_size", "Largest group-commit batch since start.");

@@ -686,6 +686,51 @@ int tp_http_set_tls(const char *cert_pem, const char *key_pem, const char *prior
   return tls_cert && tls_key && tls_prio ? 0 : -1;
 }
 
+/* A request line that fills the connection's memory but for a few hundred
+ * bytes (TP_HTTP_CONN_MEMORY less ~0-150) leaves libmicrohttpd 0.9.75 no
+ * room to build its own 431 answer, and it answers nothing until the idle
+ * timeout (found by test_api_fuzz). Longer lines get its 414 and shorter
+ * ones reach on_request, which refuses a query past TP_HTTP_MAX_QUERY. So a
+ * URI longer than TP_HTTP_URI_MAX is answered here, as soon as the line is
+ * parsed: a 414 in Stripe's error shape written to the socket (plain HTTP;
+ * over TLS the bytes would have to go through the session), then the socket
+ * is shut down, which MHD sees as the peer closing and cleans up. The
+ * answer goes out before MHD has sent anything for this request (it reads
+ * a request only after the last answer went out). */
+#define TP_HTTP_URI_MAX (TP_HTTP_CONN_MEMORY - 4096)
+
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+  (void)cls;
+  if (!uri || strnlen(uri, TP_HTTP_URI_MAX + 1) <= TP_HTTP_URI_MAX)
+    return NULL;
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+  if (!ci)
+    return NULL;
+  int fd = ci->connect_fd;
+  if (!tls_cert) {
+    char rnd[15], rid[24];
+    tp_random_b62(rnd, 14);
+    snprintf(rid, sizeof rid, "req_%s", rnd);
+    json_t *err = tp_error_object(TP_ERR_URI_TOO_LONG, NULL, NULL);
+    json_t *whole = err ? json_pack("{s:o}", "error", err) : NULL;
+    char *body = whole ? json_dumps(whole, JSON_COMPACT) : NULL;
+    json_decref(whole);
+    char head[320];
+    int hl = snprintf(head, sizeof head,
+                      "HTTP/1.1 414 URI Too Long\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                      "Request-Id: %s\r\nContent-Length: %zu\r\n\r\n",
+                      rid, body ? strlen(body) : 0);
+    /* Best effort: a client that does not read gets the close alone. */
+    if (send(fd, head, (size_t)hl, MSG_NOSIGNAL | MSG_DONTWAIT) == hl && body)
+      (void)send(fd, body, strlen(body), MSG_NOSIGNAL | MSG_DONTWAIT);
+    free(body);
+  }
+  shutdown(fd, SHUT_RDWR);
+  tp_metric_inc("turnpike_http_uri_too_long_total", NULL, 1);
+  return NULL;
+}
+
 int tp_http_start(const char *host, uint16_t port, unsigned threads, uint16_t *bound_port)
 {
   struct sockaddr_storage sa;
@@ -714,6 +759,7 @@ int tp_http_start(const char *host, uint16_t port, unsigned threads, uint16_t *b
                              MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)TP_HTTP_CONN_MEMORY,
                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)TP_HTTP_TIMEOUT_S,
                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+                             MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
                              MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
                              MHD_OPTION_ARRAY, tls_opts,
                              MHD_OPTION_END);

@@ -1,6 +1,7 @@
 """Bad input is refused with a Stripe-shaped error, creates nothing and never
 takes the daemon down."""
 import json
+import re
 
 from harness import (DaemonTestCase, PAN_BAD_LUHN, PAN_EXPIRED, PAN_OK,
                      TEST_PANS, card, main)
@@ -198,6 +199,49 @@ class ApiErrorsTest(DaemonTestCase):
             self.assertEqual(r.status, 404)
         finally:
             conn.close()
+
+    def test_every_long_request_line_is_answered_at_once(self):
+        """Request lines from 12,000 to 16,600 bytes (the connection holds
+        16 KiB): each is answered within seconds, never left to the 60 s idle
+        timeout. libmicrohttpd 0.9.75 answered nothing for lines of about
+        16,260-16,390 bytes; Turnpike now answers a URI past 12 KiB itself
+        with a 414 in Stripe's shape as the line is parsed (past ~16,400
+        bytes the line does not fit and libmicrohttpd answers its own 414)."""
+        import socket
+        key = self.daemon.merchants["bad"]["secret_key"]
+        shaped = 0
+        for n in list(range(12000, 16600, 97)) + list(range(16240, 16420, 10)):
+            target = "/v1/payment_intents?q=" + "a" * (n - len("/v1/payment_intents?q="))
+            s = socket.create_connection((self.daemon.host, self.daemon.port), timeout=5)
+            try:
+                s.sendall(("GET %s HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n\r\n"
+                           % (target, key)).encode())
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = s.recv(65536)  # a timeout here fails the test
+                    if not chunk:
+                        break
+                    data += chunk
+                head, _, rest = data.partition(b"\r\n\r\n")
+                status = head.split(b"\r\n")[0].decode()
+                self.assertRegex(status, r"^HTTP/1\.1 (413|414|431) ", (n, status))
+                if n <= 16200:  # Stripe's shape: 413 from the handler up to 12 KiB, then 414
+                    self.assertIn(" 414 " if n > 12288 else " 413 ", status, n)
+                    self.assertRegex(head, rb"(?i)\r\nrequest-id: req_\w+\r\n")
+                    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                    while len(rest) < length:
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        rest += chunk
+                    err = json.loads(rest)["error"]
+                    self.assertEqual((err["type"], err["tp_code"]),
+                                     ("invalid_request_error", 1102 if n > 12288 else 1021), err)
+                    shaped += 1
+            finally:
+                s.close()
+        self.assertGreater(shaped, 40)
+        self.assertEqual(self.c("bad").get("/healthz").status, 200)
 
     def test_body_over_256_kib_is_rejected_with_413(self):
         self.send_bad("body_300k")

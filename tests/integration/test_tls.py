@@ -87,6 +87,29 @@ class TLSTest(unittest.TestCase):
         finally:
             conn.close()
 
+    def test_overlong_request_line_is_closed_at_once(self):
+        """A request target past 12 KiB (test_api_errors has the plain-HTTP
+        414) over TLS: the connection is closed as soon as the line is
+        parsed, not left to the idle timeout (libmicrohttpd 0.9.75 answered
+        nothing to a line of ~16,300 bytes)."""
+        import socket
+        import time
+        for n in (13000, 16300):
+            raw = socket.create_connection((HOST, self.daemon.port), timeout=5)
+            s = self.ctx.wrap_socket(raw, server_hostname=HOST)
+            try:
+                t = time.monotonic()
+                s.sendall(("GET /v1/customers?q=%s HTTP/1.1\r\nHost: t\r\n\r\n" % ("a" * n)).encode())
+                try:
+                    data = s.recv(4096)  # a timeout (5 s) here fails the test
+                except (ConnectionResetError, ssl.SSLError):
+                    data = b""
+                self.assertEqual(data, b"", n)
+                self.assertLess(time.monotonic() - t, 4, n)
+            finally:
+                s.close()
+        self.assertEqual(self.daemon.client("m").get("/v1/customers").status, 200)
+
     def test_payment_over_https_and_https_public_url(self):
         c = self.daemon.client("m")
         r = c.post("/v1/payment_intents", {"amount": 2000, "currency": "usd", "confirm": "true",
