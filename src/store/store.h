@@ -141,6 +141,9 @@ size_t tp_cs_count(const struct tp_cs *cs);
 const struct tp_cs_op *tp_cs_op_at(const struct tp_cs *cs, size_t i);
 
 /* ---- queries ---------------------------------------------------------------- */
+/* Rows a JSON-field list filter reads per page. */
+#define TP_LIST_FIELD_MAX_SCAN 10000
+
 struct tp_list_query {
   enum tp_kind kind;
   const char *merchant;
@@ -149,8 +152,9 @@ struct tp_list_query {
   const char *col2_name; /* second filter, or NULL */
   const char *col2_value;
   /* a filter on the object's JSON (json_extract path, e.g. "$.currency"),
-   * or NULL: not indexed, read row by row within the other filters;
-   * field_default stands for an absent value (or NULL) */
+   * or NULL: not indexed, read row by row within the other filters, at
+   * most TP_LIST_FIELD_MAX_SCAN rows per page (past them the page ends
+   * early with has_more); field_default stands for an absent value */
   const char *field, *field_value, *field_default;
   int64_t created_gte, created_lte; /* INT64_MIN / INT64_MAX when absent */
   const char *starting_after;       /* id, or NULL */

@@ -491,6 +491,52 @@ static void test_list_pages_with_starting_after_and_ending_before(void **state)
   assert_false(more);
 }
 
+/* A filter on the stored JSON (not indexed): within the other filters, and
+ * reading at most TP_LIST_FIELD_MAX_SCAN rows per page, after which the page
+ * ends early with has_more and the next page goes on from its cursor. */
+static void test_list_filters_by_json_field_within_a_bound(void **state)
+{
+  struct fx *f = *state;
+  char ids[5][TP_ID_MAX];
+  seed_list(f, ids);
+  struct tp_list_query q = q_all();
+  bool more = true;
+  q.field = "$.status";
+  q.field_value = "canceled";
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){2}, 1);
+  assert_false(more);
+  q.col_name = "customer";
+  q.col_value = "cus_B";
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, NULL, 0);
+  q.col_name = NULL;
+  q.field = "$.nonesuch"; /* absent: the default stands in */
+  q.field_value = "dflt";
+  q.field_default = "dflt";
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){4, 3, 2, 1, 0}, 5);
+  /* TP_LIST_FIELD_MAX_SCAN newer PaymentIntents, none canceled. */
+  struct tp_cs *cs = tp_cs_new();
+  char last[TP_ID_MAX] = "";
+  for (int i = 0; i < TP_LIST_FIELD_MAX_SCAN; i++) {
+    char id[TP_ID_MAX];
+    tp_id_new(id, "pi");
+    json_t *o = pi(id, 1000 + i, NULL, "succeeded");
+    tp_cs_put(cs, TP_K_PAYMENT_INTENT, M1, o);
+    json_decref(o);
+    if (i == 0)
+      memcpy(last, id, sizeof last);
+  }
+  assert_int_equal(apply1(f, cs), 0);
+  q = q_all();
+  q.field = "$.status";
+  q.field_value = "canceled";
+  more = false;
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, NULL, 0);
+  assert_true(more); /* the window was full: more lie past it */
+  q.starting_after = last; /* the oldest of the new ones */
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){2}, 1);
+  assert_false(more);
+}
+
 static void test_list_filters_by_indexed_columns(void **state)
 {
   struct fx *f = *state;
@@ -1349,6 +1395,7 @@ int main(void)
     T(test_list_has_more_false_when_exactly_limit_rows),
     T(test_list_pages_with_starting_after_and_ending_before),
     T(test_list_filters_by_indexed_columns),
+    T(test_list_filters_by_json_field_within_a_bound),
     T(test_list_filters_by_created_range),
     T(test_unbalanced_change_set_is_refused_and_fully_rolled_back),
     T(test_refused_set_mid_batch_commits_the_others_once),
