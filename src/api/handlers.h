@@ -38,6 +38,7 @@ void tp_h_charge_update(struct tp_req *r);
 void tp_h_charge_list(struct tp_req *r);
 void tp_h_charge_search(struct tp_req *r);
 void tp_h_charge_capture(struct tp_req *r);
+void tp_h_charge_create(struct tp_req *r);
 /* customers.c */
 void tp_h_customer_create(struct tp_req *r);
 void tp_h_customer_retrieve(struct tp_req *r);

@@ -564,7 +564,12 @@ static bool redirect_allowed(struct tp_req *r, const json_t *pi)
 
 /* Start a confirmation of pi (owned) within cs (owned). Replies on failure.
  * On success the request is suspended until the outcome is committed. */
-static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created, const char *lock_id)
+/* charges_api: the Charges API's create (POST /v1/charges) made pi for this
+ * confirmation: nobody can answer a 3-D Secure challenge there, so a card
+ * that wants one is declined (authentication_required), and the replies
+ * are the charge, or an error naming it, never the PaymentIntent. */
+static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created, const char *lock_id,
+                    bool charges_api)
 {
   const json_t *params = r->params;
   struct tp_card_info ci;
@@ -612,7 +617,7 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
     tp_param_bool(params, "off_session", &off);
     /* error_on_requires_action: fail instead of asking, as off-session. */
     tp_param_bool(params, "error_on_requires_action", &no_action);
-    off = off || no_action;
+    off = off || no_action || charges_api;
     const char *pid = json_string_value(json_object_get(pi, "id"));
     char token[65], url[600];
     tp_3ds_token(pid, token);
@@ -636,7 +641,14 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
       tp_emit(cs, r, r->merchant.id, "payment_intent.payment_failed", pi);
       /* A copy: the PaymentIntent's last_payment_error is err itself, and a
        * tree that contains itself cannot be written out. */
-      json_object_set_new(err, "payment_intent", json_deep_copy(pi));
+      if (charges_api) {
+        json_t *body = json_deep_copy(err);
+        json_object_del(body, "payment_method");
+        json_decref(err);
+        err = body;
+      } else {
+        json_object_set_new(err, "payment_intent", json_deep_copy(pi));
+      }
       tp_reply_json(r, 402, tp_pack("{s:o}", "error", err));
     } else {
       tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
@@ -666,6 +678,7 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
   p->pi = pi;
   p->pm = pm;
   p->outcome = tp_outcome_authorize;
+  p->reply_charge = charges_api;
   if (lock_id)
     tp_scopy(p->lock_id, sizeof p->lock_id, lock_id);
   const char *cm = tp_pi_card_option(pi, "capture_method");
@@ -731,7 +744,7 @@ void tp_h_pi_create(struct tp_req *r)
   }
   struct tp_cs *cs = tp_cs_new();
   if (do_confirm) {
-    confirm(r, pi, cs, true, NULL);
+    confirm(r, pi, cs, true, NULL, false);
     return;
   }
   if (!attach_pm_data(r, cs, pi) || !tp_pm_materialize(r, cs, pi)) {
@@ -973,7 +986,96 @@ void tp_h_pi_confirm(struct tp_req *r)
     return;
   }
   apply_pm_options(pi, r->params);
-  confirm(r, pi, tp_cs_new(), false, r->path_id);
+  confirm(r, pi, tp_cs_new(), false, r->path_id, false);
+}
+
+/* POST /v1/charges: the Charges API's create. Turnpike makes every charge
+ * through a PaymentIntent, so this creates one (its description, metadata,
+ * receipt_email, shipping, descriptors, transfer_group and customer are
+ * the charge's), confirms it with the source (a PaymentMethod, a test
+ * PaymentMethod id, a test card token tok_visa ..., or the customer's
+ * default PaymentMethod) and answers the charge: capture=false holds it for
+ * POST /v1/charges/{id}/capture. The charge's payment_intent names that
+ * PaymentIntent (Stripe shows null on a Charges API charge) and its events
+ * are sent as well. */
+static const struct tp_pspec spec_charge_create[] = {
+  {"amount", TP_P_INT, NULL, NULL},
+  {"currency", TP_P_STRING, NULL, NULL},
+  {"source", TP_P_STRING, NULL, NULL},
+  {"customer", TP_P_STRING, NULL, NULL},
+  {"capture", TP_P_BOOL, NULL, NULL},
+  {"description", TP_P_STRING, NULL, NULL},
+  {"metadata", TP_P_METADATA, NULL, NULL},
+  {"receipt_email", TP_P_STRING, NULL, NULL},
+  {"shipping", TP_P_OBJECT, tp_spec_shipping, NULL},
+  {"statement_descriptor", TP_P_STRING, NULL, NULL},
+  {"statement_descriptor_suffix", TP_P_STRING, NULL, NULL},
+  {"transfer_group", TP_P_STRING, NULL, NULL},
+  {"radar_options", TP_P_OBJECT, tp_spec_radar_options, NULL},
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  UNSUPPORTED("application_fee", tp_why_connect),
+  UNSUPPORTED("application_fee_amount", tp_why_connect),
+  UNSUPPORTED("destination", tp_why_connect),
+  UNSUPPORTED("on_behalf_of", tp_why_connect),
+  UNSUPPORTED("transfer_data", tp_why_connect),
+  UNSUPPORTED("level3", tp_why_amount_details),
+  {NULL, 0, NULL, NULL},
+};
+
+void tp_h_charge_create(struct tp_req *r)
+{
+  if (!tp_check_params(r, spec_charge_create))
+    return;
+  int64_t amount;
+  if (!tp_param_int(r->params, "amount", &amount)) {
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "amount", "Missing required param: amount.");
+    return;
+  }
+  const struct tp_currency *cur;
+  const char *code = tp_pstr(r->params, "currency");
+  if (!code) {
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "currency", "Missing required param: currency.");
+    return;
+  }
+  if (!check_currency(r, code, &cur) || !check_amount(r, amount, cur))
+    return;
+  const char *cus = tp_pstr(r->params, "customer");
+  if (cus && *cus && !tp_live_or_missing(r, TP_K_CUSTOMER, cus, "customer", "customer"))
+    return;
+  /* The source: a test token stands for its test card (tok_visa is
+   * pm_card_visa); without one, the customer's default PaymentMethod. */
+  char source[TP_ID_MAX + 8] = "";
+  const char *given = tp_pstr(r->params, "source");
+  if (given && strncmp(given, "tok_", 4) == 0)
+    snprintf(source, sizeof source, "pm_card_%.*s", TP_ID_MAX - 8, given + 4);
+  else if (given && *given)
+    tp_scopy(source, sizeof source, given);
+  else if (cus && *cus) {
+    json_t *c = tp_store_get_json(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, cus);
+    const char *def =
+        json_string_value(json_object_get(json_object_get(c, "invoice_settings"), "default_payment_method"));
+    tp_scopy(source, sizeof source, def ? def : "");
+    json_decref(c);
+  }
+  if (!source[0]) {
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, cus && *cus ? "customer" : "source",
+                   cus && *cus ? "Cannot charge a customer that has no active card" : "Must provide source or customer.");
+    return;
+  }
+  if (!tp_pm_exists(r, source))
+    return;
+  json_t *pi = pi_new(r, amount, cur);
+  if (!apply_fields(r, pi, r->params)) {
+    json_decref(pi);
+    return;
+  }
+  bool capture = true;
+  tp_param_bool(r->params, "capture", &capture);
+  if (!capture)
+    json_object_set_new(pi, "capture_method", json_string("manual"));
+  json_object_set_new(pi, "payment_method", json_string(source));
+  json_object_set_new(pi, "status", json_string("requires_confirmation"));
+  confirm(r, pi, tp_cs_new(), true, NULL, true);
 }
 
 /* statement_descriptor and _suffix given at capture: the charge's, as

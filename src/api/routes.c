@@ -20,6 +20,7 @@ const struct tp_route tp_routes[] = {
   {"GET", "/v1/payment_intents/{id}/attempts", tp_h_pi_attempts, A},
   {"GET", "/v1/turnpike/requests/{id}", tp_h_request_retrieve, A},
 
+  {"POST", "/v1/charges", tp_h_charge_create, A},
   {"GET", "/v1/charges", tp_h_charge_list, A},
   {"GET", "/v1/charges/search", tp_h_charge_search, A},
   {"GET", "/v1/charges/{id}", tp_h_charge_retrieve, A},

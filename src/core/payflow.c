@@ -1233,7 +1233,7 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
     tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT,
                 p->att.capture ? "payment_intent.succeeded" : "payment_intent.amount_capturable_updated", pi);
     p->charge = ch;
-    tp_pay_reply(p, 200, json_incref(pi));
+    tp_pay_reply(p, 200, json_incref(p->reply_charge ? ch : pi));
     return;
   }
   /* Declined or failed: the charge is recorded as failed and the
@@ -1257,7 +1257,10 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
   tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT, "payment_intent.payment_failed", pi);
   p->charge = ch;
   json_t *body_err = json_deep_copy(err);
-  json_object_set(body_err, "payment_intent", pi);
+  if (p->reply_charge) /* the Charges API's error names the charge alone */
+    json_object_del(body_err, "payment_method");
+  else
+    json_object_set(body_err, "payment_intent", pi);
   json_decref(err);
   tp_pay_reply(p, (unsigned)ei->http_status, tp_pack("{s:o}", "error", body_err));
 }

@@ -134,6 +134,7 @@ class SdkParams(h.DaemonTestCase):
              "/v1/payment_intents/%s/increment_authorization" % s.pi_held),
             ("PaymentIntents.d.ts", "PaymentIntentListParams", "GET", "/v1/payment_intents"),
             ("PaymentIntents.d.ts", "PaymentIntentSearchParams", "GET", "/v1/payment_intents/search"),
+            ("Charges.d.ts", "ChargeCreateParams", "POST", "/v1/charges"),
             ("Charges.d.ts", "ChargeRetrieveParams", "GET", "/v1/charges/" + s.ch_paid),
             ("Charges.d.ts", "ChargeUpdateParams", "POST", "/v1/charges/" + s.ch_paid),
             ("Charges.d.ts", "ChargeCaptureParams", "POST", "/v1/charges/%s/capture" % s.ch_held),
@@ -302,6 +303,66 @@ class SdkParams(h.DaemonTestCase):
         listed = c.get("/v1/charges", {"transfer_group": "order-77"}).json["data"]
         self.assertEqual([x["id"] for x in listed], [ch["id"]])
         self.assertEqual(c.get("/v1/charges", {"transfer_group": "none-such"}).json["data"], [])
+
+    def test_charges_api_create(self):
+        """POST /v1/charges (the Charges API): a source (test token, test
+        PaymentMethod, saved PaymentMethod) or the customer's default;
+        capture=false holds it; a decline is a card_error naming the failed
+        charge; a card that wants 3-D Secure is declined (nobody to answer a
+        challenge); the Idempotency-Key replays the charge."""
+        c = self.c()
+        key = h.new_key("ch")
+        r = c.post("/v1/charges", {"amount": 2000, "currency": "usd", "source": "tok_visa",
+                                   "description": "legacy", "metadata": {"order": "7"},
+                                   "statement_descriptor_suffix": "ORDER 7"}, idem=key)
+        self.assertEqual(r.status, 200, r)
+        ch = r.json
+        self.assertEqual((ch["object"], ch["status"], ch["captured"], ch["paid"]), ("charge", "succeeded", True, True))
+        self.assertEqual((ch["amount"], ch["amount_captured"], ch["description"]), (2000, 2000, "legacy"))
+        self.assertEqual(ch["metadata"], {"order": "7"})
+        self.assertEqual(ch["payment_method_details"]["card"]["last4"], "4242")
+        self.assertTrue(ch["calculated_statement_descriptor"].endswith("ORDER 7"), ch)
+        self.assertTrue(ch["balance_transaction"].startswith("txn_"))
+        again = c.post("/v1/charges", {"amount": 2000, "currency": "usd", "source": "tok_visa",
+                                       "description": "legacy", "metadata": {"order": "7"},
+                                       "statement_descriptor_suffix": "ORDER 7"}, idem=key)
+        self.assertEqual(again.json["id"], ch["id"])
+        self.assertEqual(again.headers.get("Idempotent-Replayed"), "true")
+        self.assertEqual(c.get("/v1/charges/" + ch["id"]).json["status"], "succeeded")
+        # Held, then captured in part through the Charges API.
+        held = c.post("/v1/charges", {"amount": 3000, "currency": "eur", "source": "pm_card_mastercard",
+                                      "capture": "false"}).json
+        self.assertEqual((held["captured"], held["status"], held["amount_captured"]), (False, "succeeded", 0))
+        r = c.post("/v1/charges/%s/capture" % held["id"], {"amount": 2500})
+        self.assertEqual((r.json["captured"], r.json["amount_captured"]), (True, 2500), r)
+        # A decline names the failed charge; no PaymentIntent in the error.
+        r = c.post("/v1/charges", {"amount": 2000, "currency": "usd", "source": "tok_chargeDeclined"})
+        self.assertStripeError(r, 402, "card_error", "card_declined")
+        failed = c.get("/v1/charges/" + r.json["error"]["charge"]).json
+        self.assertEqual((failed["status"], failed["paid"]), ("failed", False))
+        self.assertNotIn("payment_intent", r.json["error"])
+        r = c.post("/v1/charges", {"amount": 2000, "currency": "usd", "source": "pm_card_threeDSecure2Required"})
+        self.assertStripeError(r, 402, "card_error", "authentication_required")
+        # The customer's default PaymentMethod, when no source is named.
+        cus = c.post("/v1/customers", {"payment_method": "pm_card_visa",
+                                       "invoice_settings": {"default_payment_method": "pm_card_visa"}}).json
+        r = c.post("/v1/charges", {"amount": 1200, "currency": "usd", "customer": cus["id"]})
+        self.assertEqual((r.json.get("customer"), r.json.get("status")), (cus["id"], "succeeded"), r)
+        self.assertEqual(r.json["payment_method"], cus["invoice_settings"]["default_payment_method"])
+        # Refused before anything is stored.
+        before = (self.count("charges"), self.count("payment_intents"))
+        bare = c.post("/v1/customers", {}).json["id"]
+        for params, status, param in (({"amount": 2000, "currency": "usd"}, 400, "source"),
+                                      ({"amount": 2000, "currency": "usd", "customer": bare}, 400, "customer"),
+                                      ({"amount": 2000, "currency": "usd", "source": "pm_nonesuch"}, 404, None),
+                                      ({"amount": 2000, "currency": "usd", "source": "tok_visa",
+                                        "destination": "acct_1"}, 400, "destination"),
+                                      ({"currency": "usd", "source": "tok_visa"}, 400, "amount")):
+            r = c.post("/v1/charges", params)
+            self.assertEqual(r.status, status, (params, r))
+            if param:
+                self.assertEqual(r.json["error"].get("param"), param, r)
+        self.assertEqual((self.count("charges"), self.count("payment_intents")), before)
 
     def test_charge_takes_a_customer_once(self):
         c = self.c()

@@ -217,3 +217,27 @@ test("a charge's refunds come as a list only when expanded, newest first, ten at
   assert.equal(cus.default_source, null);
   assert.deepEqual(cus.sources, { object: 'list', data: [], has_more: false, url: `/v1/customers/${cus.id}/sources` });
 });
+
+test('the Charges API: charges.create with a test token, capture later, a decline as StripeCardError naming the charge, then a refund', async () => {
+  const ch = await stripe.charges.create({ amount: 2600, currency: 'usd', source: 'tok_visa', description: 'legacy' });
+  assert.equal(ch.object, 'charge');
+  assert.equal(ch.status, 'succeeded');
+  assert.equal(ch.captured, true);
+  assert.equal(ch.description, 'legacy');
+
+  const held = await stripe.charges.create({ amount: 1800, currency: 'usd', source: 'tok_mastercard', capture: false });
+  assert.equal(held.captured, false);
+  const captured = await stripe.charges.capture(held.id, { amount: 1000 });
+  assert.equal(captured.amount_captured, 1000);
+
+  const err = await expectError(stripe.charges.create({ amount: 2600, currency: 'usd', source: 'tok_chargeDeclined' }),
+    errors.StripeCardError);
+  assert.equal(err.code, 'card_declined');
+  assert.match(err.raw.charge, /^ch_/);
+  const failed = await stripe.charges.retrieve(err.raw.charge);
+  assert.equal(failed.status, 'failed');
+
+  const re = await stripe.refunds.create({ charge: ch.id, amount: 600 });
+  assert.equal(re.status, 'succeeded');
+  assert.equal((await stripe.charges.retrieve(ch.id)).amount_refunded, 600);
+});
