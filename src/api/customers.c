@@ -37,54 +37,39 @@ static const struct tp_pspec spec_invoice_settings[] = {
 };
 static const char *const tax_exempt_choices[] = {"none", "exempt", "reverse", NULL};
 
+/* What create and update both take (a customer's fields). */
+#define CUS_COMMON \
+  {"address", TP_P_OBJECT, tp_spec_address, NULL}, \
+  {"balance", TP_P_INT, NULL, NULL}, \
+  S("description"), \
+  S("email"), \
+  {"expand", TP_P_STRLIST, NULL, NULL}, \
+  {"invoice_settings", TP_P_OBJECT, spec_invoice_settings, NULL}, \
+  {"metadata", TP_P_METADATA, NULL, NULL}, \
+  S("name"), \
+  S("phone"), \
+  {"preferred_locales", TP_P_STRLIST, NULL, NULL}, \
+  {"shipping", TP_P_OBJECT, spec_shipping, NULL}, \
+  {"tax_exempt", TP_P_ENUM, NULL, tax_exempt_choices}, \
+  S("business_name"), \
+  S("individual_name"), \
+  S("invoice_prefix"), \
+  {"next_invoice_sequence", TP_P_INT, NULL, NULL}, \
+  {"tax", TP_P_UNSUPPORTED, NULL, tp_why_tax}, \
+  {"validate", TP_P_UNSUPPORTED, NULL, tp_why_tax}, \
+  {"cash_balance", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance}, \
+  {"source", TP_P_UNSUPPORTED, NULL, tp_why_sources}
+
 static const struct tp_pspec spec_create[] = {
-  {"address", TP_P_OBJECT, tp_spec_address, NULL},
-  {"balance", TP_P_INT, NULL, NULL},
-  S("description"),
-  S("email"),
-  {"expand", TP_P_STRLIST, NULL, NULL},
-  {"invoice_settings", TP_P_OBJECT, spec_invoice_settings, NULL},
-  {"metadata", TP_P_METADATA, NULL, NULL},
-  S("name"),
+  CUS_COMMON,
   S("payment_method"),
-  S("phone"),
-  {"preferred_locales", TP_P_STRLIST, NULL, NULL},
-  {"shipping", TP_P_OBJECT, spec_shipping, NULL},
-  {"tax_exempt", TP_P_ENUM, NULL, tax_exempt_choices},
-  S("business_name"),
-  S("individual_name"),
-  S("invoice_prefix"),
-  {"next_invoice_sequence", TP_P_INT, NULL, NULL},
-  {"tax", TP_P_UNSUPPORTED, NULL, tp_why_tax},
-  {"validate", TP_P_UNSUPPORTED, NULL, tp_why_tax},
-  {"cash_balance", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance},
-  {"source", TP_P_UNSUPPORTED, NULL, tp_why_sources},
   {"tax_id_data", TP_P_UNSUPPORTED, NULL, tp_why_tax},
   {"test_clock", TP_P_UNSUPPORTED, NULL, tp_why_test_clock},
   END,
 };
 
 static const struct tp_pspec spec_update[] = {
-  {"address", TP_P_OBJECT, tp_spec_address, NULL},
-  {"balance", TP_P_INT, NULL, NULL},
-  S("description"),
-  S("email"),
-  {"expand", TP_P_STRLIST, NULL, NULL},
-  {"invoice_settings", TP_P_OBJECT, spec_invoice_settings, NULL},
-  {"metadata", TP_P_METADATA, NULL, NULL},
-  S("name"),
-  S("phone"),
-  {"preferred_locales", TP_P_STRLIST, NULL, NULL},
-  {"shipping", TP_P_OBJECT, spec_shipping, NULL},
-  {"tax_exempt", TP_P_ENUM, NULL, tax_exempt_choices},
-  S("business_name"),
-  S("individual_name"),
-  S("invoice_prefix"),
-  {"next_invoice_sequence", TP_P_INT, NULL, NULL},
-  {"tax", TP_P_UNSUPPORTED, NULL, tp_why_tax},
-  {"validate", TP_P_UNSUPPORTED, NULL, tp_why_tax},
-  {"cash_balance", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance},
-  {"source", TP_P_UNSUPPORTED, NULL, tp_why_sources},
+  CUS_COMMON,
   {"default_source", TP_P_UNSUPPORTED, NULL, tp_why_sources},
   END,
 };

@@ -706,25 +706,31 @@ fail:
 }
 
 /* ---- handlers ---------------------------------------------------------------- */
-void tp_h_pi_create(struct tp_req *r)
+/* What a PaymentIntent's and a Charges API charge's creation both need:
+ * amount and currency (valid together), and the customer, when named, a
+ * live one. False after replying. */
+static bool create_basics(struct tp_req *r, int64_t *amount, const struct tp_currency **cur)
 {
-  if (!tp_check_params(r, spec_create))
-    return;
-  int64_t amount;
-  if (!tp_param_int(r->params, "amount", &amount)) {
+  if (!tp_param_int(r->params, "amount", amount)) {
     tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "amount", "Missing required param: amount.");
-    return;
+    return false;
   }
-  const struct tp_currency *cur;
   const char *code = tp_pstr(r->params, "currency");
   if (!code) {
     tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "currency", "Missing required param: currency.");
-    return;
+    return false;
   }
-  if (!check_currency(r, code, &cur) || !check_amount(r, amount, cur))
-    return;
+  if (!check_currency(r, code, cur) || !check_amount(r, *amount, *cur))
+    return false;
   const char *cus = tp_pstr(r->params, "customer");
-  if (cus && *cus && !tp_live_or_missing(r, TP_K_CUSTOMER, cus, "customer", "customer"))
+  return !cus || !*cus || tp_live_or_missing(r, TP_K_CUSTOMER, cus, "customer", "customer");
+}
+
+void tp_h_pi_create(struct tp_req *r)
+{
+  int64_t amount;
+  const struct tp_currency *cur;
+  if (!tp_check_params(r, spec_create) || !create_basics(r, &amount, &cur))
     return;
   const char *pm_given = tp_pstr(r->params, "payment_method");
   if (pm_given && *pm_given && !tp_pm_exists(r, pm_given))
@@ -1024,24 +1030,11 @@ static const struct tp_pspec spec_charge_create[] = {
 
 void tp_h_charge_create(struct tp_req *r)
 {
-  if (!tp_check_params(r, spec_charge_create))
-    return;
   int64_t amount;
-  if (!tp_param_int(r->params, "amount", &amount)) {
-    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "amount", "Missing required param: amount.");
-    return;
-  }
   const struct tp_currency *cur;
-  const char *code = tp_pstr(r->params, "currency");
-  if (!code) {
-    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "currency", "Missing required param: currency.");
-    return;
-  }
-  if (!check_currency(r, code, &cur) || !check_amount(r, amount, cur))
+  if (!tp_check_params(r, spec_charge_create) || !create_basics(r, &amount, &cur))
     return;
   const char *cus = tp_pstr(r->params, "customer");
-  if (cus && *cus && !tp_live_or_missing(r, TP_K_CUSTOMER, cus, "customer", "customer"))
-    return;
   /* The source: a test token stands for its test card (tok_visa is
    * pm_card_visa); without one, the customer's default PaymentMethod. */
   char source[TP_ID_MAX + 8] = "";
