@@ -448,6 +448,21 @@ class StripePython(DaemonTestCase):
             stripe.Customer.retrieve(mine.id, api_key=self.key("other"))
         self.assertEqual(e.exception.http_status, 404)
 
+    def test_charges_api(self):
+        """stripe.Charge.create (the Charges API), with Python's False for
+        capture, then Charge.capture; a decline is a CardError naming the
+        charge."""
+        k = self.key()
+        ch = stripe.Charge.create(api_key=k, amount=2100, currency="usd", source="tok_visa",
+                                  description="py legacy", capture=False)
+        self.assertEqual((ch.object, ch.captured, ch.status), ("charge", False, "succeeded"))
+        ch = stripe.Charge.capture(ch.id, api_key=k, amount=2000)
+        self.assertEqual((ch.captured, ch.amount_captured, ch.description), (True, 2000, "py legacy"))
+        with self.assertRaises(stripe.error.CardError) as e:
+            stripe.Charge.create(api_key=k, amount=2100, currency="usd", source="tok_chargeDeclinedInsufficientFunds")
+        self.assertEqual(e.exception.error.decline_code, "insufficient_funds")
+        self.assertEqual(stripe.Charge.retrieve(e.exception.error.charge, api_key=k).status, "failed")
+
     def test_idempotency_keys(self):
         k = self.key()
         key = new_key("py")
