@@ -105,20 +105,21 @@ static const struct tp_pspec spec_payment_details[] = {
   UNSUPPORTED("transfer_data", tp_why_connect), UNSUPPORTED("customer_account", tp_why_customer_account), \
   UNSUPPORTED("hooks", tp_why_hooks), UNSUPPORTED("payment_method_configuration", tp_why_pm_configuration)
 
+/* What a confirmation takes, on create (confirm=true) and on confirm. */
+#define PI_CONFIRMING                                                                          \
+  {"off_session", TP_P_BOOL, NULL, off_session_kinds}, {"return_url", TP_P_STRING, NULL, NULL},  \
+  {"error_on_requires_action", TP_P_BOOL, NULL, NULL}, {"use_stripe_sdk", TP_P_BOOL, NULL, NULL}, \
+  {"radar_options", TP_P_OBJECT, tp_spec_radar_options, NULL},                                  \
+  UNSUPPORTED("mandate", tp_why_mandates), UNSUPPORTED("mandate_data", tp_why_mandates),        \
+  UNSUPPORTED("confirmation_token", tp_why_confirmation_token)
+
 static const struct tp_pspec spec_create[] = {
   PI_COMMON,
   {"confirm", TP_P_BOOL, NULL, NULL},
-  {"off_session", TP_P_BOOL, NULL, off_session_kinds},
-  {"return_url", TP_P_STRING, NULL, NULL},
   {"confirmation_method", TP_P_ENUM, NULL, confirmation_methods},
   {"automatic_payment_methods", TP_P_OBJECT, spec_apm, NULL},
-  {"error_on_requires_action", TP_P_BOOL, NULL, NULL},
-  {"use_stripe_sdk", TP_P_BOOL, NULL, NULL},
-  {"radar_options", TP_P_OBJECT, tp_spec_radar_options, NULL},
   UNSUPPORTED("on_behalf_of", tp_why_connect),
-  UNSUPPORTED("mandate", tp_why_mandates),
-  UNSUPPORTED("mandate_data", tp_why_mandates),
-  UNSUPPORTED("confirmation_token", tp_why_confirmation_token),
+  PI_CONFIRMING,
   {NULL, 0, NULL, NULL},
 };
 static const struct tp_pspec spec_update[] = {PI_COMMON, {NULL, 0, NULL, NULL}};
@@ -126,13 +127,9 @@ static const struct tp_pspec spec_confirm[] = {
   {"payment_method", TP_P_STRING, NULL, NULL},
   {"payment_method_data", TP_P_OBJECT, spec_pmd, NULL},
   {"payment_method_options", TP_P_OBJECT, spec_pmo, NULL},
-  {"return_url", TP_P_STRING, NULL, NULL},
-  {"off_session", TP_P_BOOL, NULL, off_session_kinds},
   {"receipt_email", TP_P_STRING, NULL, NULL},
   {"setup_future_usage", TP_P_ENUM, NULL, sfu_values},
   {"capture_method", TP_P_ENUM, NULL, capture_methods},
-  {"error_on_requires_action", TP_P_BOOL, NULL, NULL},
-  {"use_stripe_sdk", TP_P_BOOL, NULL, NULL},
   {"shipping", TP_P_OBJECT, tp_spec_shipping, NULL},
   {"expand", TP_P_STRLIST, NULL, NULL},
   {"client_secret", TP_P_STRING, NULL, NULL},
@@ -140,12 +137,9 @@ static const struct tp_pspec spec_confirm[] = {
   {"excluded_payment_method_types", TP_P_STRLIST, NULL, NULL},
   {"payment_details", TP_P_OBJECT, spec_payment_details, NULL},
   {"amount_to_confirm", TP_P_INT, NULL, NULL},
-  {"radar_options", TP_P_OBJECT, tp_spec_radar_options, NULL},
   UNSUPPORTED("amount_details", tp_why_amount_details),
   UNSUPPORTED("hooks", tp_why_hooks),
-  UNSUPPORTED("mandate", tp_why_mandates),
-  UNSUPPORTED("mandate_data", tp_why_mandates),
-  UNSUPPORTED("confirmation_token", tp_why_confirmation_token),
+  PI_CONFIRMING,
   {NULL, 0, NULL, NULL},
 };
 static const struct tp_pspec spec_capture[] = {
