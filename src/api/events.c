@@ -15,8 +15,9 @@
 #include <stdio.h>
 #include <string.h>
 
-/* Events read per request when filtering in memory; past it the page ends
- * early with has_more = true so the client can go on from the last item. */
+/* Events read per request when filtering in memory; past it a page that
+ * has a match ends early with has_more = true so the client can go on from
+ * the last item (one without reads on). */
 #define EVENTS_MAX_SCAN 10000
 #define EVENTS_PAGE 100
 /* Stripe's cap on types[]. */
@@ -201,7 +202,11 @@ static json_t *filtered(struct tp_req *r, const struct tp_list_query *q0, int li
     json_decref(page);
     if (*more || !page_more || n == 0)
       break;
-    if (scanned >= EVENTS_MAX_SCAN) {
+    /* Past the bound the page ends early, but only on a match: an empty
+     * page with has_more gives a client no item to go on from (stripe-node's
+     * auto-paging throws on one), so a filter that has matched nothing
+     * reads on. */
+    if (scanned >= EVENTS_MAX_SCAN && json_array_size(out) > 0) {
       *more = true;
       break;
     }

@@ -152,9 +152,10 @@ struct tp_list_query {
   const char *col2_name; /* second filter, or NULL */
   const char *col2_value;
   /* a filter on the object's JSON (json_extract path, e.g. "$.currency"),
-   * or NULL: not indexed, read row by row within the other filters, at
-   * most TP_LIST_FIELD_MAX_SCAN rows per page (past them the page ends
-   * early with has_more); field_default stands for an absent value */
+   * or NULL: not indexed, read row by row within the other filters; once a
+   * page has a row it reads at most TP_LIST_FIELD_MAX_SCAN rows (past them
+   * it ends early with has_more), and a page is never empty with has_more;
+   * field_default stands for an absent value */
   const char *field, *field_value, *field_default;
   int64_t created_gte, created_lte; /* INT64_MIN / INT64_MAX when absent */
   const char *starting_after;       /* id, or NULL */

@@ -12,7 +12,7 @@ MAX_INSERTS = 300
 
 
 class ListsTest(DaemonTestCase):
-    MERCHANTS = ("order", "paging", "limits", "expand")
+    MERCHANTS = ("order", "paging", "limits", "expand", "scan")
 
     def create_pis(self, c, n, tag):
         ids = []
@@ -106,6 +106,38 @@ class ListsTest(DaemonTestCase):
         # everything is there afterwards, once each, in creation order
         everything = [o["id"] for o in c.list_all(PI)]
         self.assertEqual(everything, (pre + inserted)[::-1])
+
+    def test_a_filtered_page_is_never_empty_with_has_more(self):
+        """Filters without an index (events by a wildcard type) read a bounded
+        number of rows per page once they have a match; one that has matched
+        nothing reads on, rather than answering an empty page with has_more
+        (no item to go on from: stripe-node's auto-paging throws). 10,050
+        newer events of another type are written into the store beside the
+        daemon (plain JSON, which the store reads as it reads its frames)."""
+        import sqlite3
+        c = self.c("scan")
+        pi = c.post(PI, {"amount": 500, "currency": "usd"}).json
+        merchant = self.daemon.merchants["scan"]["id"]
+        ev = c.get("/v1/events", {"type": "payment_intent.created"}).json["data"]
+        self.assertEqual([e["data"]["object"]["id"] for e in ev], [pi["id"]])
+        db = sqlite3.connect(self.daemon.db_path(), timeout=30)
+        try:
+            rows = []
+            for i in range(10050):
+                eid = "evt_zzzz%012d" % i  # sorts after every real id
+                rows.append((eid, merchant, ev[0]["created"], "test.noise", "x",
+                             '{"id":"%s","object":"event","type":"test.noise","created":%d,"data":{"object":{}}}'
+                             % (eid, ev[0]["created"])))
+            db.executemany("INSERT INTO events(id, merchant, created, type, object_id, data) "
+                           "VALUES(?,?,?,?,?,?)", rows)
+            db.commit()
+        finally:
+            db.close()
+        r = c.get("/v1/events", {"type": "payment_intent.*", "limit": 10})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(([e["id"] for e in r.json["data"]], r.json["has_more"]), ([ev[0]["id"]], False))
+        r = c.get("/v1/events", {"types": ["charge.*", "customer.*"]})
+        self.assertEqual((r.json["data"], r.json["has_more"]), ([], False))
 
     def test_limit_must_be_between_1_and_100(self):
         c = self.c("limits")

@@ -792,6 +792,29 @@ static void list_bind(sqlite3_stmt *st, const struct tp_list_query *q)
   }
 }
 
+/* "FROM table WHERE ..." of a list query: its window's rows. False when a
+ * column is not one of the kind's (column names come from the kinds
+ * table, never from a request). */
+static bool list_where(const struct tp_kind_info *ki, const struct tp_list_query *q, char *where, size_t cap)
+{
+  int len = snprintf(where, cap, "FROM %s WHERE merchant=?1", ki->table);
+  const char *cols[2] = {q->col_name, q->col2_name};
+  for (int c = 0; c < 2; c++) {
+    if (!cols[c])
+      continue;
+    if (strcmp(cols[c], ki->col[0]) != 0 && strcmp(cols[c], ki->col[1]) != 0)
+      return false;
+    len += snprintf(where + len, cap - (size_t)len,
+                    strcmp(cols[c], "deleted") == 0 ? " AND %s IS ?%d" : " AND %s=?%d", cols[c], 2 + c);
+  }
+  len += snprintf(where + len, cap - (size_t)len, " AND created>=?4 AND created<=?5");
+  if (q->starting_after)
+    snprintf(where + len, cap - (size_t)len, " AND id<?6");
+  else if (q->ending_before)
+    snprintf(where + len, cap - (size_t)len, " AND id>?6");
+  return true;
+}
+
 static json_t *sq_list(void *cls, const struct tp_list_query *q, bool *has_more)
 {
   struct sq *s = cls;
@@ -799,73 +822,79 @@ static json_t *sq_list(void *cls, const struct tp_list_query *q, bool *has_more)
   if (!r)
     return NULL;
   const struct tp_kind_info *ki = &tp_kinds[q->kind];
-  /* FROM ... WHERE ...: the rows of the page's window, in id order. */
-  char where[512];
-  int len = snprintf(where, sizeof where, "FROM %s WHERE merchant=?1", ki->table);
-  /* Column names come from the kinds table, never from the request. */
-  const char *cols[2] = {q->col_name, q->col2_name};
-  for (int c = 0; c < 2; c++) {
-    if (!cols[c])
-      continue;
-    if (strcmp(cols[c], ki->col[0]) != 0 && strcmp(cols[c], ki->col[1]) != 0)
-      return NULL;
-    if (strcmp(cols[c], "deleted") == 0)
-      len += snprintf(where + len, sizeof where - (size_t)len, " AND %s IS ?%d", cols[c], 2 + c);
-    else
-      len += snprintf(where + len, sizeof where - (size_t)len, " AND %s=?%d", cols[c], 2 + c);
-  }
-  len += snprintf(where + len, sizeof where - (size_t)len, " AND created>=?4 AND created<=?5");
   bool reverse = q->ending_before && !q->starting_after;
-  if (q->starting_after)
-    len += snprintf(where + len, sizeof where - (size_t)len, " AND id<?6");
-  else if (q->ending_before)
-    len += snprintf(where + len, sizeof where - (size_t)len, " AND id>?6");
   const char *dir = reverse ? "ASC" : "DESC";
-  char sql[900];
-  /* A filter on the stored JSON has no index: it reads at most
-   * TP_LIST_FIELD_MAX_SCAN rows of the window (each expanded), so that one
-   * request cannot hold a reader for a whole table. */
-  if (q->field)
-    snprintf(sql, sizeof sql,
-             "SELECT data FROM (SELECT id, data %s ORDER BY id %s LIMIT ?11) "
-             "WHERE IFNULL(json_extract(tp_json(data), ?8), ?10) IS ?9 ORDER BY id %s LIMIT ?7",
-             where, dir, dir);
-  else
-    snprintf(sql, sizeof sql, "SELECT data %s ORDER BY id %s LIMIT ?7", where, dir);
-  sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK)
-    return NULL;
-  list_bind(st, q);
+  /* A filter on the stored JSON has no index: a page reads at most
+   * TP_LIST_FIELD_MAX_SCAN rows (each expanded) once it has found one, and
+   * ends there with has_more. A window that finds none is passed over (its
+   * last row becomes the cursor) rather than answered as an empty page with
+   * has_more, from which no client could go on (stripe-node's auto-paging
+   * throws on one): a filter that matches nothing reads the whole list. */
+  struct tp_list_query w = *q;
+  char cursor[TP_ID_MAX + 1];
   json_t *arr = json_array();
-  int count = 0;
   *has_more = false;
-  while (sqlite3_step(st) == SQLITE_ROW) {
-    if (count == q->limit) {
-      *has_more = true;
-      break;
+  for (;;) {
+    char where[512], sql[900];
+    if (!list_where(ki, &w, where, sizeof where)) {
+      json_decref(arr);
+      return NULL;
     }
-    char *text = column_json(st, 0);
-    json_t *o = text ? tp_json_loads(text) : NULL;
-    free(text);
-    if (o) {
-      if (reverse)
-        json_array_insert_new(arr, 0, o);
-      else
-        json_array_append_new(arr, o);
+    if (w.field)
+      snprintf(sql, sizeof sql,
+               "SELECT data FROM (SELECT id, data %s ORDER BY id %s LIMIT ?11) "
+               "WHERE IFNULL(json_extract(tp_json(data), ?8), ?10) IS ?9 ORDER BY id %s LIMIT ?7",
+               where, dir, dir);
+    else
+      snprintf(sql, sizeof sql, "SELECT data %s ORDER BY id %s LIMIT ?7", where, dir);
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK) {
+      json_decref(arr);
+      return NULL;
     }
-    count++;
-  }
-  sqlite3_finalize(st);
-  if (q->field && !*has_more) {
-    /* The page is short: more rows lie past the bound when the window was
-     * full (then, as for filtered events, the page ends early). */
-    snprintf(sql, sizeof sql, "SELECT count(*) FROM (SELECT 1 %s LIMIT ?11)", where);
-    if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) == SQLITE_OK) {
-      list_bind(st, q);
-      if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) >= TP_LIST_FIELD_MAX_SCAN)
+    list_bind(st, &w);
+    int count = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+      if (count == w.limit) {
         *has_more = true;
+        break;
+      }
+      char *text = column_json(st, 0);
+      json_t *o = text ? tp_json_loads(text) : NULL;
+      free(text);
+      if (o) {
+        if (reverse)
+          json_array_insert_new(arr, 0, o);
+        else
+          json_array_append_new(arr, o);
+      }
+      count++;
+    }
+    sqlite3_finalize(st);
+    if (!w.field || *has_more)
+      break;
+    /* The window's last row, when it was full: more lie past it. */
+    snprintf(sql, sizeof sql, "SELECT id %s ORDER BY id %s LIMIT 1 OFFSET ?12", where, dir);
+    bool full = false;
+    if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) == SQLITE_OK) {
+      list_bind(st, &w);
+      sqlite3_bind_int(st, 12, TP_LIST_FIELD_MAX_SCAN - 1);
+      if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0)) {
+        full = true;
+        snprintf(cursor, sizeof cursor, "%s", (const char *)sqlite3_column_text(st, 0));
+      }
       sqlite3_finalize(st);
     }
+    if (!full)
+      break;
+    if (count > 0) {
+      *has_more = true; /* the page ends early, on a row the client can go on from */
+      break;
+    }
+    if (reverse)
+      w.ending_before = cursor;
+    else
+      w.starting_after = cursor;
   }
   return arr;
 }

@@ -529,10 +529,42 @@ static void test_list_filters_by_json_field_within_a_bound(void **state)
   q = q_all();
   q.field = "$.status";
   q.field_value = "canceled";
-  more = false;
-  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, NULL, 0);
-  assert_true(more); /* the window was full: more lie past it */
+  more = true;
+  /* A window of TP_LIST_FIELD_MAX_SCAN that finds nothing is passed over:
+   * never an empty page with has_more. */
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){2}, 1);
+  assert_false(more);
   q.starting_after = last; /* the oldest of the new ones */
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){2}, 1);
+  assert_false(more);
+  /* A page that found a row ends at the bound with has_more: the first
+   * PaymentIntent "succeeded", then TP_LIST_FIELD_MAX_SCAN newer ones not. */
+  q = q_all();
+  q.field = "$.status";
+  q.field_value = "succeeded";
+  q.col_name = "customer";
+  q.col_value = "cus_A"; /* seed ids 0, 2, 4: succeeded, canceled, succeeded */
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){4, 0}, 2);
+  assert_false(more);
+  q.col_name = NULL;
+  q.field_value = "canceled";
+  q.limit = 1;
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){2}, 1);
+  assert_false(more);
+  q.field_value = "nothing";
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, NULL, 0);
+  assert_false(more); /* read to the end: nothing matches */
+  /* One more canceled, newest: the first window finds it and is full, so
+   * the page ends there with has_more; the next goes on from it. */
+  char newest[5][TP_ID_MAX];
+  tp_id_new(newest[0], "pi");
+  put_pi(f, M1, newest[0], 20000, NULL, "canceled");
+  q.limit = 10;
+  q.field_value = "canceled";
+  more = false;
+  expect_ids(f->st.ops->list(f->st.cls, &q, &more), newest, (const int[]){0}, 1);
+  assert_true(more);
+  q.starting_after = newest[0];
   expect_ids(f->st.ops->list(f->st.cls, &q, &more), ids, (const int[]){2}, 1);
   assert_false(more);
 }
