@@ -392,6 +392,7 @@ void tp_h_customer_create(struct tp_req *r)
       goto fail;
     }
     tp_scopy(pm_lock, sizeof pm_lock, pm_id);
+    pm_id = pm_lock; /* resolved points into pm, which the fresh read below replaces */
     if (stored) { /* read again under the lock: an attach may have committed since */
       json_t *fresh = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
       if (!fresh) {

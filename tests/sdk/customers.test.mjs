@@ -205,3 +205,12 @@ test('setup_future_usage with a customer saves the card to the customer, then an
   const still = await stripe.customers.listPaymentMethods(cus.id);
   assert.deepEqual(still.data.map((pm) => pm.id), [first.payment_method]);
 });
+
+test('a customer created with a saved PaymentMethod that is also its default (a use-after-free the fuzz walk found under ThreadSanitizer)', async () => {
+  const pm = await stripe.paymentMethods.create({ type: 'card', card: card(CARDS.visa) });
+  const cus = await stripe.customers.create({
+    payment_method: pm.id, invoice_settings: { default_payment_method: pm.id },
+  });
+  assert.equal(cus.invoice_settings.default_payment_method, pm.id);
+  assert.equal((await stripe.paymentMethods.retrieve(pm.id)).customer, cus.id);
+});
