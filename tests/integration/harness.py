@@ -368,7 +368,10 @@ def registry():
     """errors/registry.tsv as {number: row dict}."""
     global _registry
     if _registry is None:
-        _registry = {}
+        # Built whole, then published: the fuzz walk's threads call this at
+        # once, and one of them saw a half-filled table (a tp_code "not in
+        # the registry" that was).
+        rows = {}
         cols = None
         with open(REGISTRY_PATH, encoding="utf-8") as f:
             for line in f:
@@ -380,7 +383,8 @@ def registry():
                     cols = cells
                     continue
                 row = dict(zip(cols, cells))
-                _registry[int(row["number"])] = row
+                rows[int(row["number"])] = row
+        _registry = rows
     return _registry
 
 
