@@ -174,7 +174,11 @@ class PowerCutTest(unittest.TestCase):
                 kept, lost = (int(x) for x in f.read().split())
             print("%s, torn (seed %d): the disk kept %d of the %d unsynced sectors and truncates"
                   % (mode, torn_seed, kept, kept + lost), file=sys.stderr)
-            self.assertGreater(kept, 0, "nothing unsynced was pending at the cut: the tear showed nothing")
+            # Each sector is kept with probability 1/2, so with the few
+            # sectors a synchronous store has pending a run may keep none
+            # (a plain cut then, seen in 1 of 4 runs with 2 sectors): what
+            # must hold is that something was pending to tear.
+            self.assertGreater(kept + lost, 0, "nothing unsynced was pending at the cut: nothing to tear")
         d.start(config=config)
         c = d.client("m")
 
