@@ -8,9 +8,9 @@
 #include "api/handlers.h"
 #include "api/objects.h"
 #include "api/params.h"
+#include "core/currency.h"
 #include "jpack.h"
 
-#include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -144,15 +144,15 @@ void tp_h_balance_txn_list(struct tp_req *r)
     tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "payout", msg);
     return;
   }
-  char cur[8];
   const char *currency = tp_pstr(r->params, "currency");
   if (currency && *currency) {
-    size_t i = 0;
-    for (; currency[i] && i < sizeof cur - 1; i++)
-      cur[i] = (char)tolower((unsigned char)currency[i]);
-    cur[i] = '\0';
+    const struct tp_currency *cur = tp_currency_find(currency);
+    if (!cur) {
+      tp_reply_error(r, TP_ERR_CURRENCY_INVALID, "currency", NULL);
+      return;
+    }
     q.field = "$.currency";
-    q.field_value = cur;
+    q.field_value = cur->code; /* lower case, as stored */
   }
   if (!tp_list_params(r, &q))
     return;

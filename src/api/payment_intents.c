@@ -1080,12 +1080,8 @@ static bool capture_descriptors(struct tp_req *r, json_t *ch)
       changed = true;
     }
   }
-  if (changed) {
-    char desc[TP_DESCRIPTOR_MAX + 1];
-    tp_calculated_descriptor(desc, json_string_value(json_object_get(ch, "statement_descriptor")),
-                             json_string_value(json_object_get(ch, "statement_descriptor_suffix")), r->merchant.name);
-    json_object_set_new(ch, "calculated_statement_descriptor", desc[0] ? json_string(desc) : json_null());
-  }
+  if (changed)
+    tp_charge_set_descriptor(ch, ch, r->merchant.name);
   return true;
 }
 

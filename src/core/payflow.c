@@ -1135,11 +1135,16 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved)
     if (v && !json_is_null(v))
       json_object_set_new(ch, from_pi[i], json_deep_copy(v));
   }
-  char desc[TP_DESCRIPTOR_MAX + 1];
-  tp_calculated_descriptor(desc, json_string_value(json_object_get(pi, "statement_descriptor")),
-                           json_string_value(json_object_get(pi, "statement_descriptor_suffix")), p->m.name);
-  json_object_set_new(ch, "calculated_statement_descriptor", desc[0] ? json_string(desc) : json_null());
+  tp_charge_set_descriptor(ch, pi, p->m.name);
   return ch;
+}
+
+void tp_charge_set_descriptor(json_t *ch, const json_t *from, const char *merchant_name)
+{
+  char desc[TP_DESCRIPTOR_MAX + 1];
+  tp_calculated_descriptor(desc, json_string_value(json_object_get(from, "statement_descriptor")),
+                           json_string_value(json_object_get(from, "statement_descriptor_suffix")), merchant_name);
+  json_object_set_new(ch, "calculated_statement_descriptor", desc[0] ? json_string(desc) : json_null());
 }
 
 

@@ -125,6 +125,9 @@ size_t tp_payflow_reversals_pending(const char *processor);
 const char *tp_pi_card_option(const json_t *pi, const char *field);
 
 json_t *tp_charge_new(const struct tp_pay *p, bool approved);
+/* ch's calculated_statement_descriptor from the descriptor and suffix of
+ * from (the PaymentIntent, or the charge itself once a capture set them). */
+void tp_charge_set_descriptor(json_t *ch, const json_t *from, const char *merchant_name);
 /* Post a balanced ledger transaction and its balance transaction for a
  * capture (amount > 0) or refund (amount < 0); its id goes to txn, and the
  * object to *obj_out (the caller's) when obj_out is not NULL. */

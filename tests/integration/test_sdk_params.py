@@ -456,6 +456,8 @@ class SdkParams(h.DaemonTestCase):
         self.assertTrue(all(t["currency"] == "eur" for t in r.json["data"]), r.json["data"])
         usd = c.get("/v1/balance_transactions", {"currency": "usd", "limit": 100}).json["data"]
         self.assertTrue(usd and all(t["currency"] == "usd" for t in usd))
+        r = c.get("/v1/balance_transactions", {"currency": "zzz"})
+        self.assertStripeError(r, 400, "invalid_request_error", None, "currency")
         r = c.get("/v1/balance_transactions", {"payout": "po_123"})
         self.assertStripeError(r, 404, "invalid_request_error", "resource_missing", "payout")
 
