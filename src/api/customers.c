@@ -213,11 +213,13 @@ static json_t *customer_new(const char *id, int64_t created)
   tp_random_b62(prefix, 8);
   for (int i = 0; i < 8; i++)
     prefix[i] = (char)toupper((unsigned char)prefix[i]);
-  return tp_pack("{s:s, s:s, s:n, s:I, s:n, s:I, s:n, s:n, s:b, s:n, s:n, s:n, s:n, s:s, "
+  /* business_name and individual_name are shown only once set: the API
+   * version's Customer has them optional and never null. */
+  return tp_pack("{s:s, s:s, s:n, s:I, s:I, s:n, s:n, s:b, s:n, s:n, s:n, s:s, "
                  "s:{s:n, s:n, s:n, s:n}, s:b, s:{}, s:n, s:I, s:n, s:[], s:n, s:s, s:n}",
-                 "id", id, "object", "customer", "address", "balance", (json_int_t)0, "business_name", "created",
+                 "id", id, "object", "customer", "address", "balance", (json_int_t)0, "created",
                  (json_int_t)created, "currency", "default_source", "delinquent", 0, "description",
-                 "discount", "email", "individual_name", "invoice_prefix", prefix, "invoice_settings", "custom_fields",
+                 "discount", "email", "invoice_prefix", prefix, "invoice_settings", "custom_fields",
                  "default_payment_method", "footer", "rendering_options", "livemode", 0, "metadata", "name",
                  "next_invoice_sequence", (json_int_t)1, "phone", "preferred_locales", "shipping",
                  "tax_exempt", "none", "test_clock");
@@ -257,6 +259,10 @@ static bool customer_apply(struct tp_req *r, json_t *cus, const json_t *p, const
       !tp_set_string(r, cus, p, "business_name", "business_name", CUS_PARTY_NAME_MAX) ||
       !tp_set_string(r, cus, p, "individual_name", "individual_name", CUS_PARTY_NAME_MAX))
     return false;
+  static const char *const shown_once_set[] = {"business_name", "individual_name"};
+  for (size_t i = 0; i < sizeof shown_once_set / sizeof shown_once_set[0]; i++)
+    if (json_is_null(json_object_get(cus, shown_once_set[i])))
+      json_object_del(cus, shown_once_set[i]);
 
   /* Stripe's rule: 3 to 12 upper-case letters or digits. Unset keeps it. */
   const char *prefix = tp_pstr(p, "invoice_prefix");

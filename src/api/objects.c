@@ -323,12 +323,14 @@ json_t *tp_refund_object(int64_t amount, const json_t *ch, const char *reason, c
 {
   char id[TP_ID_MAX];
   tp_id_new(id, "re");
-  json_t *re = tp_pack("{s:s, s:s, s:I, s:n, s:O, s:I, s:O, s:o, s:O, s:o, s:n, s:n, s:s, s:n}", "id", id,
-                       "object", "refund", "amount", (json_int_t)amount, "balance_transaction", "charge",
+  json_t *re = tp_pack("{s:s, s:s, s:I, s:n, s:O, s:I, s:O, s:O?, s:n, s:o, s:O, s:O?, s:o, s:n, s:n, s:s, s:n}",
+                       "id", id, "object", "refund", "amount", (json_int_t)amount, "balance_transaction", "charge",
                        json_object_get(ch, "id"), "created", (json_int_t)tp_now(), "currency",
-                       json_object_get(ch, "currency"), "metadata",
+                       json_object_get(ch, "currency"), "customer", json_object_get(ch, "customer"),
+                       "customer_account", "metadata",
                        json_is_object(metadata) ? json_copy((json_t *)(uintptr_t)metadata) : json_object(),
-                       "payment_intent", json_object_get(ch, "payment_intent"), "reason",
+                       "payment_intent", json_object_get(ch, "payment_intent"), "payment_method",
+                       json_object_get(ch, "payment_method"), "reason",
                        reason ? json_string(reason) : json_null(), "receipt_number", "source_transfer_reversal",
                        "status", status, "transfer_reversal");
   if (!re)
@@ -336,9 +338,8 @@ json_t *tp_refund_object(int64_t amount, const json_t *ch, const char *reason, c
   /* Where the money goes back: the card. No connector reports an acquirer
    * reference number (ARN) for a refund, so there is none to show. */
   json_object_set_new(re, "destination_details",
-                      tp_pack("{s:{s:n, s:s, s:s, s:s}, s:s}", "card", "reference", "reference_status",
-                              "unavailable", "reference_type", "acquirer_reference_number", "type", "refund",
-                              "type", "card"));
+                      tp_pack("{s:{s:s, s:s, s:s}, s:s}", "card", "reference_status", "unavailable",
+                              "reference_type", "acquirer_reference_number", "type", "refund", "type", "card"));
   return re;
 }
 
@@ -399,8 +400,8 @@ json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const s
     return NULL;
   tp_cs_vault(cs, id, m->id, blob, bl);
   const char *brand = tp_brand_name(ci->brand);
-  json_t *bd = tp_pack("{s:{s:n, s:n, s:n, s:n, s:n, s:n}, s:n, s:n, s:n}", "address", "city", "country",
-                       "line1", "line2", "postal_code", "state", "email", "name", "phone");
+  json_t *bd = tp_pack("{s:{s:n, s:n, s:n, s:n, s:n, s:n}, s:n, s:n, s:n, s:n}", "address", "city", "country",
+                       "line1", "line2", "postal_code", "state", "email", "name", "phone", "tax_id");
   if (json_is_object(billing_details)) {
     const char *k;
     json_t *v;
@@ -416,15 +417,16 @@ json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const s
     json_decref(bdm);
   }
   json_t *card = tp_pack("{s:s, s:{s:n, s:n, s:n}, s:s, s:s, s:i, s:i, s:s, s:s, s:n, s:s, s:{s:[s], s:n}, "
-                         "s:{s:b}, s:n}",
+                         "s:n, s:{s:b}, s:n}",
                          "brand", brand, "checks", "address_line1_check", "address_postal_code_check",
                          "cvc_check", "country", ci->country, "display_brand", brand, "exp_month", ci->exp_month,
                          "exp_year", ci->exp_year, "fingerprint", fp, "funding", ci->funding, "generated_from",
-                         "last4", ci->last4, "networks", "available", brand, "preferred",
+                         "last4", ci->last4, "networks", "available", brand, "preferred", "regulated_status",
                          "three_d_secure_usage", "supported", 1, "wallet");
-  json_t *pm = tp_pack("{s:s, s:s, s:s, s:o, s:o, s:I, s:n, s:b, s:o, s:s}", "id", id, "object", "payment_method",
-                       "allow_redisplay", allow_redisplay && *allow_redisplay ? allow_redisplay : "unspecified",
-                       "billing_details", bd, "card", card, "created", (json_int_t)tp_now(), "customer",
+  json_t *pm = tp_pack("{s:s, s:s, s:s, s:o, s:o, s:I, s:n, s:n, s:b, s:o, s:s}", "id", id, "object",
+                       "payment_method", "allow_redisplay",
+                       allow_redisplay && *allow_redisplay ? allow_redisplay : "unspecified", "billing_details", bd,
+                       "card", card, "created", (json_int_t)tp_now(), "customer", "customer_account",
                        "livemode", 0, "metadata",
                        json_is_object(metadata) ? json_deep_copy(metadata) : json_object(), "type", "card");
   if (!pm)

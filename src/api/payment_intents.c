@@ -322,8 +322,8 @@ static bool pi_strings_ok(struct tp_req *r, const json_t *params)
 }
 
 /* allowed_ and excluded_payment_method_types (checked by pi_strings_ok) and
- * payment_details, which create, update and confirm take: shown on pi only
- * once set (each key costs every payment's JSON); "" unsets. */
+ * payment_details, which create, update and confirm take; "" unsets (the
+ * lists are null until set, payment_details is shown only once set). */
 static void apply_method_fields(json_t *pi, const json_t *params)
 {
   static const char *const lists[] = {"allowed_payment_method_types", "excluded_payment_method_types"};
@@ -455,19 +455,25 @@ static json_t *pi_new(struct tp_req *r, int64_t amount, const struct tp_currency
   tp_id_new(id, "pi");
   tp_random_b62(secret, 24);
   snprintf(cs, sizeof cs, "%s_secret_%s", id, secret);
-  json_t *pi = tp_pack("{s:s, s:s, s:I, s:I, s:{s:{}}, s:I, s:n, s:n, s:n, s:n, s:n, s:s, s:s, s:s, s:I, s:s, "
-                       "s:n, s:n, s:n, s:n, s:b, s:{}, s:n, s:n, s:n, s:{}, s:[s], s:n, s:n, s:n, s:n, s:n, s:n, "
-                       "s:n, s:s, s:n, s:n}",
+  /* Every key the API version's PaymentIntent always has, null where
+   * Turnpike has no such feature (Connect, Radar reviews, payment method
+   * configurations, payment records): clients index them unconditionally
+   * (tests/integration/test_object_shapes.py). */
+  json_t *pi = tp_pack("{s:s, s:s, s:I, s:I, s:{s:{}}, s:I, s:n, s:n, s:n, s:n, s:n, s:n, s:s, s:s, s:s, s:I, "
+                       "s:s, s:n, s:n, s:n, s:n, s:n, s:n, s:b, s:n, s:{}, s:n, s:n, s:n, s:n, s:{}, s:[s], s:n, "
+                       "s:n, s:n, s:n, s:n, s:n, s:n, s:n, s:n, s:s, s:n, s:n}",
                        "id", id, "object", "payment_intent", "amount", (json_int_t)amount, "amount_capturable",
-                       (json_int_t)0, "amount_details", "tip", "amount_received", (json_int_t)0, "application",
-                       "application_fee_amount", "automatic_payment_methods", "canceled_at", "cancellation_reason",
-                       "capture_method", "automatic", "client_secret", cs, "confirmation_method", "automatic",
-                       "created", (json_int_t)tp_now(), "currency", cur->code, "customer", "description",
-                       "last_payment_error", "latest_charge", "livemode", 0, "metadata", "next_action",
-                       "on_behalf_of", "payment_method", "payment_method_options", "payment_method_types", "card",
-                       "processing", "receipt_email", "review", "setup_future_usage", "shipping",
-                       "statement_descriptor", "statement_descriptor_suffix", "status", "requires_payment_method",
-                       "transfer_data", "transfer_group");
+                       (json_int_t)0, "amount_details", "tip", "amount_received", (json_int_t)0,
+                       "allowed_payment_method_types", "application", "application_fee_amount",
+                       "automatic_payment_methods", "canceled_at", "cancellation_reason", "capture_method",
+                       "automatic", "client_secret", cs, "confirmation_method", "automatic", "created",
+                       (json_int_t)tp_now(), "currency", cur->code, "customer", "customer_account", "description",
+                       "excluded_payment_method_types", "last_payment_error", "latest_charge", "livemode", 0,
+                       "managed_payments", "metadata", "next_action", "on_behalf_of", "payment_method",
+                       "payment_method_configuration_details", "payment_method_options", "payment_method_types",
+                       "card", "payment_record", "processing", "receipt_email", "review", "setup_future_usage",
+                       "shipping", "source", "statement_descriptor", "statement_descriptor_suffix", "status",
+                       "requires_payment_method", "transfer_data", "transfer_group");
   if (!pi)
     abort();
   (void)r;

@@ -194,6 +194,7 @@ static void billing_merge(json_t *pm, json_t *p)
     json_object_set_new(bd, "email", json_null());
     json_object_set_new(bd, "name", json_null());
     json_object_set_new(bd, "phone", json_null());
+    json_object_set_new(bd, "tax_id", json_null());
     return;
   }
   const char *k;

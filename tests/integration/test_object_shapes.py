@@ -1,0 +1,196 @@
+"""Every object the API returns has the shape the official SDK's types give
+it (tests/integration/sdk_types.py reads them from stripe-node's .d.ts): each
+field the type declares as always present is there (null where Turnpike has
+no such feature), nulls only where the type allows them, strings, numbers
+and booleans of the declared kind, enum values the type lists. Clients index
+fields unconditionally: stripe-python raises AttributeError and stripe-ruby
+NoMethodError on a key the object lacks, where Stripe would send null; a
+typed client generated from the same types rejects the object.
+
+The objects come from real flows (succeeded, held, declined, 3-D Secure,
+canceled, refunded, deleted), by retrieve, list, search, expand and from
+the events their changes left, whose data.object is checked against the
+type its "object" names. No reply may repeat a key."""
+import json
+import os
+import urllib.parse
+
+from harness import PAN_3DS, PAN_DECLINE, DaemonTestCase, card, main
+from sdk_types import Types
+
+FILES = ["Charges.d.ts", "PaymentIntents.d.ts", "PaymentMethods.d.ts", "Customers.d.ts", "Refunds.d.ts",
+         "Events.d.ts", "BalanceTransactions.d.ts", "Balance.d.ts", "WebhookEndpoints.d.ts"]
+TYPE_OF = {"payment_intent": "PaymentIntent", "charge": "Charge", "payment_method": "PaymentMethod",
+           "customer": "Customer", "refund": "Refund", "balance_transaction": "BalanceTransaction",
+           "balance": "Balance", "webhook_endpoint": "WebhookEndpoint", "event": "EventBase"}
+# Turnpike's own additions, documented in docs/architecture.md §11.
+OWN = {"turnpike", "tp_code"}
+
+
+def no_repeated_keys(pairs):
+    keys = [k for k, _ in pairs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise AssertionError("repeated keys %s in one object" % dup)
+    return dict(pairs)
+
+
+class ObjectShapes(DaemonTestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.types = Types(FILES)
+        cls.seen = {}
+
+    def get(self, path, params=None):
+        r = self.c().get(path, params)
+        self.assertEqual(r.status, 200, r)
+        return json.loads(r.body, object_pairs_hook=no_repeated_keys)
+
+    def post(self, path, params, status=200):
+        r = self.c().post(path, params)
+        self.assertEqual(r.status, status, r)
+        return json.loads(r.body, object_pairs_hook=no_repeated_keys)
+
+    def assertShape(self, obj, where):
+        """obj agrees with the SDK type its "object" names; the events and
+        lists inside are followed."""
+        kind = obj.get("object")
+        if kind in ("list", "search_result"):
+            self.assertShape_list(obj, where)
+            return
+        if kind == "customer" and obj.get("deleted"):
+            name = "DeletedCustomer"
+        else:
+            self.assertIn(kind, TYPE_OF, where)
+            name = TYPE_OF[kind]
+        problems, extras = [], set()
+        self.types.check(obj, name, where, problems, extras)
+        extras = {e for e in extras if e.rsplit(".", 1)[1] not in OWN and ".data.object" not in e
+                  and ".previous_attributes" not in e}
+        if os.environ.get("SHAPES_LIST"):  # list every disagreement instead of stopping at the first
+            print("\n".join(problems + ["%s: not in the SDK's type" % e for e in sorted(extras)]))
+            problems, extras = [], set()
+        self.assertEqual(problems, [], "%s (%s) disagrees with the SDK's %s" % (where, obj.get("id"), name))
+        self.assertFalse(extras, "%s: keys the SDK's %s does not have" % (where, name))
+        self.seen[name] = self.seen.get(name, 0) + 1
+        if kind == "event":
+            inner = obj["data"]["object"]
+            self.assertShape(inner, where + ".data.object")
+
+    def assertShape_list(self, lst, where):
+        fields = {"object", "data", "has_more", "url"}
+        if lst["object"] == "search_result":
+            fields |= {"next_page"}
+        self.assertLessEqual(fields, set(lst), where)
+        for i, item in enumerate(lst["data"]):
+            self.assertShape(item, "%s.data[%d]" % (where, i))
+
+    def test_the_sdk_types_are_read(self):
+        """The parser finds what the checks below rely on (else they would
+        pass on nothing)."""
+        t = self.types.types
+        for name, field in [("PaymentIntent", "latest_charge"), ("Charge", "receipt_url"),
+                            ("Charge.PaymentMethodDetails.Card", "amount_authorized"),
+                            ("PaymentMethod.Card", "regulated_status"), ("Refund", "payment_method"),
+                            ("BalanceTransaction", "balance_type"), ("EventBase", "pending_webhooks"),
+                            ("DeletedCustomer", "deleted"), ("WebhookEndpoint", "enabled_events")]:
+            self.assertIn(field, [f[0] for f in t.get(name, [])], name)
+        self.assertIn("'requires_capture'", self.types.aliases["PaymentIntent.Status"])
+        problems = self.types.check({"id": 1, "object": "charge"}, "Charge", "probe", [])
+        self.assertIn("probe.id = 1; the type is string", problems)
+        self.assertTrue(any(p.startswith("probe.receipt_url missing") for p in problems), problems)
+
+    def test_payment_flows(self):
+        cus = self.post("/v1/customers", {"email": "shape@example.test", "name": "Shape"})
+        self.assertShape(cus, "customer")
+        paid = self.post("/v1/payment_intents", {
+            "amount": 2000, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa",
+            "customer": cus["id"], "setup_future_usage": "off_session", "shipping[name]": "A",
+            "shipping[address][line1]": "1 Road", "statement_descriptor_suffix": "ORDER 1",
+            "transfer_group": "g1", "expand[]": "latest_charge.balance_transaction"})
+        self.assertEqual(paid["status"], "succeeded")
+        self.assertShape(paid, "pi(succeeded, expanded)")
+        ch = paid["latest_charge"]
+        self.assertEqual(ch["payment_method_details"]["card"]["amount_authorized"], 2000)
+        self.assertEqual(ch["transfer_group"], "g1")
+        self.assertEqual(ch["statement_descriptor_suffix"], "ORDER 1")
+        self.assertEqual(ch["shipping"]["name"], "A")
+        self.assertEqual(ch["balance_transaction"]["balance_type"], "payments")
+        held = self.post("/v1/payment_intents", {"amount": 1500, "currency": "eur", "confirm": "true",
+                                                 "payment_method": "pm_card_mastercard",
+                                                 "capture_method": "manual"})
+        self.assertShape(held, "pi(requires_capture)")
+        self.assertShape(self.get("/v1/charges/" + held["latest_charge"]), "charge(uncaptured)")
+        self.assertShape(self.post("/v1/payment_intents/%s/capture" % held["id"], {"amount_to_capture": 1000}),
+                         "pi(partially captured)")
+        r = self.c().post("/v1/payment_intents", {"amount": 900, "currency": "usd", "confirm": "true",
+                                                  "payment_method_data": card(PAN_DECLINE)})
+        self.assertEqual(r.status, 402, r)
+        declined = json.loads(r.body, object_pairs_hook=no_repeated_keys)["error"]["payment_intent"]
+        self.assertShape(declined, "error.payment_intent")
+        failed = self.get("/v1/charges/" + declined["latest_charge"])
+        self.assertEqual(failed["status"], "failed")
+        self.assertIsNone(failed["payment_method_details"]["card"]["amount_authorized"])
+        self.assertShape(failed, "charge(failed)")
+        self.assertShape(self.post("/v1/payment_intents", {"amount": 700, "currency": "usd"}),
+                         "pi(requires_payment_method)")
+        open_ = self.post("/v1/payment_intents", {"amount": 700, "currency": "usd",
+                                                  "payment_method": "pm_card_visa"})
+        self.assertShape(open_, "pi(requires_confirmation)")
+        self.assertShape(self.post("/v1/payment_intents/%s/cancel" % open_["id"],
+                                   {"cancellation_reason": "abandoned"}), "pi(canceled)")
+        action = self.post("/v1/payment_intents", {
+            "amount": 3100, "currency": "eur", "confirm": "true", "payment_method_data": card(PAN_3DS),
+            "return_url": "https://shop.example/return"})
+        self.assertEqual(action["status"], "requires_action")
+        self.assertShape(action, "pi(requires_action)")
+        url = urllib.parse.urlsplit(action["next_action"]["redirect_to_url"]["url"])
+        token = urllib.parse.parse_qs(url.query)["token"][0]
+        r = self.c().post(url.path, {"token": token, "result": "approve"}, key=None)
+        self.assertEqual(r.status, 303, r)
+        done = self.get("/v1/payment_intents/" + action["id"], {"expand[]": "latest_charge"})
+        self.assertEqual(done["status"], "succeeded")
+        self.assertIsInstance(done["latest_charge"]["payment_method_details"]["card"]["three_d_secure"], dict)
+        self.assertShape(done, "pi(after 3-D Secure, expanded)")
+        charges_api = self.post("/v1/charges", {"amount": 1200, "currency": "usd", "source": "tok_visa"})
+        self.assertShape(charges_api, "charge(Charges API)")
+        refund = self.post("/v1/refunds", {"payment_intent": paid["id"], "amount": 500})
+        self.assertEqual(refund["payment_method"], paid["payment_method"])
+        self.assertEqual(refund["customer"], cus["id"])
+        self.assertShape(refund, "refund")
+        self.assertShape(self.get("/v1/balance_transactions/" + refund["balance_transaction"]),
+                         "balance_transaction(refund)")
+        self.assertShape(self.post("/v1/refunds", {"charge": held["latest_charge"]}), "refund(whole)")
+        self.assertShape(self.get("/v1/charges/" + paid["latest_charge"]["id"]), "charge(refunded in part)")
+        pm = self.get("/v1/payment_methods/" + paid["payment_method"])
+        self.assertEqual(pm["customer"], cus["id"])
+        self.assertShape(pm, "payment_method(attached)")
+        self.assertShape(self.post("/v1/payment_methods", {"type": "card", "card": {
+            "number": "5555555555554444", "exp_month": 1, "exp_year": 2040, "cvc": "321"},
+            "billing_details": {"name": "N", "address": {"country": "FR"}}}), "payment_method(new)")
+        self.assertShape(self.get("/v1/customers/%s/payment_methods" % cus["id"]), "customer.payment_methods")
+
+        for path in ["/v1/payment_intents", "/v1/charges", "/v1/refunds", "/v1/customers",
+                     "/v1/balance_transactions", "/v1/events"]:
+            self.assertShape(self.get(path, {"limit": 100}), path)
+        self.assertShape(self.get("/v1/payment_intents/search", {"query": "status:'succeeded'"}), "pi search")
+        self.assertShape(self.get("/v1/charges/search", {"query": "amount>0"}), "charge search")
+        self.assertShape(self.get("/v1/customers/search", {"query": "email:'shape@example.test'"}),
+                         "customer search")
+        self.assertShape(self.get("/v1/charges/%s/refunds" % paid["latest_charge"]["id"]), "charge.refunds")
+        self.assertShape(self.get("/v1/balance"), "balance")
+        self.assertShape(self.post("/v1/webhook_endpoints", {"url": "https://example.com/h",
+                                                             "enabled_events[]": "*"}), "webhook_endpoint")
+        self.assertShape(self.get("/v1/webhook_endpoints"), "webhook_endpoints")
+        self.assertShape(self.c().delete("/v1/customers/" + cus["id"]).json, "deleted customer")
+        # every kind was seen, events among them (with their objects)
+        for name in ["PaymentIntent", "Charge", "PaymentMethod", "Customer", "DeletedCustomer", "Refund",
+                     "BalanceTransaction", "Balance", "WebhookEndpoint", "EventBase"]:
+            self.assertGreater(self.seen.get(name, 0), 0, name)
+        self.assertGreater(self.seen["EventBase"], 10)
+
+
+if __name__ == "__main__":
+    main()
