@@ -491,10 +491,25 @@ static const struct {
   {"visa_chargeDeclinedVelocityLimitExceeded", "4000000000006975"},
   {"chargeDeclinedFraudulent", "4100000000000019"},
   {"radarBlock", "4100000000000019"},
-  /* 3-D Secure */
+  {"riskLevelHighest", "4000000000004954"},
+  {"riskLevelElevated", "4000000000009235"},
+  {"chargeCustomerFail", "4000000000000341"},
+  /* the issuer's checks */
+  {"cvcCheckFail", "4000000000000101"},
+  {"avsFail", "4000000000000010"},
+  {"avsLine1Fail", "4000000000000028"},
+  {"avsZipFail", "4000000000000036"},
+  {"avsUnchecked", "4000000000000044"},
+  /* 3-D Secure (connectors/sandbox.c says when each asks) */
   {"threeDSecure2Required", "4000000000003220"},
+  {"threeDSecureRequired", "4000000000003063"},
+  {"threeDSecureRequiredChargeDeclined", "4000008400001629"},
   {"authenticationRequired", "4000002760003184"},
+  {"authenticationRequiredOnSetup", "4000002500003155"},
+  {"authenticationRequiredSetupForOffSession", "4000003800000446"},
+  {"authenticationRequiredChargeDeclinedInsufficientFunds", "4000008260003178"},
   {"threeDSecureOptional", "4000000000003055"},
+  {"amex_threeDSecureNotSupported", "378282246310005"},
 };
 
 /* The test card number behind a pm_card_NAME (tokens false) or tok_NAME

@@ -440,13 +440,17 @@ static bool apply_apm(struct tp_req *r, json_t *pi, const json_t *params)
   return true;
 }
 
-/* The card asks for 3-D Secure, or the merchant does (request_three_d_secure
- * any or challenge: the sandbox then challenges every card). */
-static bool wants_3ds(const json_t *pi, const char *pan)
+/* The card asks for 3-D Secure (for this payment, off_session or not, and
+ * pm, which may have been set up by an authenticated payment), or the
+ * merchant does (request_three_d_secure any or challenge: the sandbox then
+ * challenges every card). */
+static bool wants_3ds(const json_t *pi, const char *pan, bool off_session, const json_t *pm)
 {
   const char *rq = json_string_value(
       json_object_get(json_object_get(json_object_get(pi, "payment_method_options"), "card"), "request_three_d_secure"));
-  return tp_test_card_requires_3ds(pan) || (rq && (strcmp(rq, "any") == 0 || strcmp(rq, "challenge") == 0));
+  bool set_up = json_is_true(json_object_get(json_object_get(pm, "turnpike"), "off_session_authenticated"));
+  return tp_test_card_requires_3ds(pan, off_session, set_up) ||
+         (rq && (strcmp(rq, "any") == 0 || strcmp(rq, "challenge") == 0));
 }
 
 static json_t *pi_new(struct tp_req *r, int64_t amount, const struct tp_currency *cur)
@@ -611,10 +615,11 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
   const char *ret = tp_pstr(params, "return_url");
   json_object_set_new(pi, "last_payment_error", json_null());
 
-  if (wants_3ds(pi, ci.pan)) {
+  bool off = false;
+  tp_param_bool(params, "off_session", &off);
+  if (wants_3ds(pi, ci.pan, off, pm)) {
     /* The issuer wants 3-D Secure: hand the customer a challenge. */
-    bool off = false, no_action = false;
-    tp_param_bool(params, "off_session", &off);
+    bool no_action = false;
     /* error_on_requires_action: fail instead of asking, as off-session. */
     tp_param_bool(params, "error_on_requires_action", &no_action);
     off = off || no_action || charges_api;

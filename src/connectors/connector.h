@@ -86,6 +86,14 @@ void tp_iso8583_stats(const struct tp_connector *c, struct json_t *out);
 /* The Stripe test-card table shared by the sandbox and the simulator:
  * decline code for a PAN, "" when it approves. */
 const char *tp_test_card_decline(const char *pan);
-/* Does the issuer of this test card require 3-D Secure? */
-bool tp_test_card_requires_3ds(const char *pan);
+/* Does the issuer of this test card require 3-D Secure, for a payment made
+ * off_session or not, with a card set up for off-session payments by an
+ * authenticated payment (set_up) or not? */
+bool tp_test_card_requires_3ds(const char *pan, bool off_session, bool set_up);
+/* The fraud risk of a test card: "normal" (score 20), "elevated" (65) or
+ * "highest" (95: Stripe's default rules block it). */
+const char *tp_test_card_risk(const char *pan, int *score);
+/* The issuer's address checks of a test card, for an address it is given:
+ * "pass", "fail" or "unavailable" for line1 and for the postal code. */
+void tp_test_card_avs(const char *pan, const char **line1, const char **postal_code);
 #endif

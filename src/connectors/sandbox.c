@@ -26,6 +26,10 @@ static const struct {
   {"4100000000000019", "fraudulent"},
   {"4000000000000101", "incorrect_cvc"},
   {"4000000000006975", "card_velocity_exceeded"},
+  {"4000000000000341", "generic_decline"},    /* attaches, but every charge is declined */
+  {"4000008400001629", "generic_decline"},    /* 3-D Secure passes, then the issuer declines */
+  {"4000008260003178", "insufficient_funds"}, /* the same, for want of funds */
+  {"4000000000004954", "fraudulent"},         /* highest risk: blocked */
 };
 
 const char *tp_test_card_decline(const char *pan)
@@ -36,10 +40,65 @@ const char *tp_test_card_decline(const char *pan)
   return "";
 }
 
-bool tp_test_card_requires_3ds(const char *pan)
+/* Stripe's 3-D Secure test cards and when their issuer asks. */
+static const struct {
+  const char *pan;
+  enum { ALWAYS, UNLESS_SET_UP, ON_SESSION } when;
+} three_ds_cards[] = {
+  {"4000002760003184", ALWAYS},        /* every payment, however the card was saved */
+  {"4000000000003220", ALWAYS},        /* 3-D Secure 2 required */
+  {"4000000000003063", ALWAYS},        /* 3-D Secure required */
+  {"4000008400001629", ALWAYS},        /* required, then declined */
+  {"4000008260003178", ALWAYS},        /* required, then insufficient funds */
+  {"4000002500003155", UNLESS_SET_UP}, /* off-session once set up with authentication */
+  {"4000003800000446", ON_SESSION},    /* off-session payments never ask */
+};
+
+const char *tp_test_card_risk(const char *pan, int *score)
 {
-  return strcmp(pan, "4000002760003184") == 0 || strcmp(pan, "4000000000003220") == 0 ||
-         strcmp(pan, "4000002500003155") == 0;
+  if (strcmp(pan, "4100000000000019") == 0 || strcmp(pan, "4000000000004954") == 0) {
+    *score = 95;
+    return "highest";
+  }
+  if (strcmp(pan, "4000000000009235") == 0) {
+    *score = 65;
+    return "elevated";
+  }
+  *score = 20;
+  return "normal";
+}
+
+void tp_test_card_avs(const char *pan, const char **line1, const char **postal_code)
+{
+  static const struct {
+    const char *pan, *line1, *postal_code;
+  } avs[] = {
+    {"4000000000000010", "fail", "fail"},
+    {"4000000000000028", "fail", "pass"},
+    {"4000000000000036", "pass", "fail"},
+    {"4000000000000044", "unavailable", "unavailable"},
+  };
+  *line1 = *postal_code = "pass";
+  for (size_t i = 0; i < sizeof avs / sizeof avs[0]; i++)
+    if (strcmp(pan, avs[i].pan) == 0) {
+      *line1 = avs[i].line1;
+      *postal_code = avs[i].postal_code;
+    }
+}
+
+bool tp_test_card_requires_3ds(const char *pan, bool off_session, bool set_up)
+{
+  for (size_t i = 0; i < sizeof three_ds_cards / sizeof three_ds_cards[0]; i++)
+    if (strcmp(pan, three_ds_cards[i].pan) == 0)
+      switch (three_ds_cards[i].when) {
+      case ALWAYS:
+        return true;
+      case UNLESS_SET_UP:
+        return !(off_session && set_up);
+      case ON_SESSION:
+        return !off_session;
+      }
+  return false;
 }
 
 struct sandbox {

@@ -1082,13 +1082,24 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved)
   tp_id_new(id, "ch");
   const json_t *pi = p->pi;
   const json_t *card = json_object_get(p->pm, "card");
-  /* amount_authorized and authorization_code are filled in when the
-   * processor approves (tp_charge_authorized). */
-  json_t *pmd_card = tp_pack("{s:n, s:n, s:O, s:{s:n, s:n, s:s}, s:O, s:n, s:O, s:O, s:O, s:O, s:n, s:O, s:n, "
+  /* The issuer checks what it was given: the CVC, and the billing
+   * address's line1 and postal code (by test card: connectors/sandbox.c).
+   * amount_authorized and authorization_code are filled in below when the
+   * processor approves. */
+  const json_t *addr = json_object_get(json_object_get(p->pm, "billing_details"), "address");
+  const char *avs_line1, *avs_zip;
+  tp_test_card_avs(p->call.pan, &avs_line1, &avs_zip);
+  const char *cvc_check = strcmp(p->call.decline_code, "incorrect_cvc") == 0 ? "fail"
+                          : p->call.cvc[0] || p->three_ds_done          ? "pass"
+                                                                         : "unchecked";
+  json_t *pmd_card = tp_pack("{s:n, s:n, s:O, s:{s:s?, s:s?, s:s}, s:O, s:n, s:O, s:O, s:O, s:O, s:n, s:O, s:n, "
                              "s:O, s:n, s:n, s:n, s:n, s:n}",
                              "amount_authorized", "authorization_code", "brand", json_object_get(card, "brand"),
-                             "checks", "address_line1_check", "address_postal_code_check", "cvc_check",
-                             p->call.cvc[0] || p->three_ds_done ? "pass" : "unchecked", "country",
+                             "checks", "address_line1_check",
+                             json_string_length(json_object_get(addr, "line1")) ? avs_line1 : NULL,
+                             "address_postal_code_check",
+                             json_string_length(json_object_get(addr, "postal_code")) ? avs_zip : NULL, "cvc_check",
+                             cvc_check, "country",
                              json_object_get(card, "country"), "electronic_commerce_indicator", "exp_month",
                              json_object_get(card, "exp_month"), "exp_year", json_object_get(card, "exp_year"),
                              "fingerprint", json_object_get(card, "fingerprint"), "funding",
@@ -1162,16 +1173,26 @@ void tp_charge_set_descriptor(json_t *ch, const json_t *from, const char *mercha
 }
 
 
-static json_t *outcome_obj(bool approved, const char *decline)
+/* The charge's outcome. Risk comes from the test card (there is no fraud
+ * scoring yet, docs/architecture.md §11): a card of the highest risk is
+ * shown blocked, as Stripe's default rules block it. No connector reports
+ * the network's own advice or decline codes. */
+static json_t *outcome_obj(bool approved, const char *decline, const char *pan)
 {
-  /* No connector reports the network's own advice or decline codes. */
+  int score;
+  const char *risk = tp_test_card_risk(pan, &score);
   if (approved)
     return tp_pack("{s:n, s:n, s:n, s:s, s:n, s:s, s:i, s:s, s:s}", "advice_code", "network_advice_code",
-                   "network_decline_code", "network_status", "approved_by_network", "reason", "risk_level",
-                   "normal", "risk_score", 20, "seller_message", "Payment complete.", "type", "authorized");
+                   "network_decline_code", "network_status", "approved_by_network", "reason", "risk_level", risk,
+                   "risk_score", score, "seller_message", "Payment complete.", "type", "authorized");
+  if (strcmp(risk, "highest") == 0 && strcmp(decline, "fraudulent") == 0)
+    return tp_pack("{s:s, s:n, s:n, s:s, s:s, s:s, s:i, s:s, s:s}", "advice_code", "do_not_try_again",
+                   "network_advice_code", "network_decline_code", "network_status", "not_sent_to_network",
+                   "reason", "highest_risk_level", "risk_level", risk, "risk_score", score, "seller_message",
+                   "Turnpike blocked this payment as too risky.", "type", "blocked");
   return tp_pack("{s:n, s:n, s:n, s:s, s:s, s:s, s:i, s:s, s:s}", "advice_code", "network_advice_code",
                  "network_decline_code", "network_status", "declined_by_network", "reason", decline, "risk_level",
-                 "normal", "risk_score", 20, "seller_message",
+                 risk, "risk_score", score, "seller_message",
                  "The bank did not return any further details with this decline.", "type", "issuer_declined");
 }
 
@@ -1185,13 +1206,24 @@ const char *tp_pi_card_option(const json_t *pi, const char *field)
 /* setup_future_usage with a customer: once the card is authorized it is
  * saved to that customer (Stripe attaches the PaymentMethod on a successful
  * confirmation), unless it belongs to a customer already. */
+static bool set_up_by_authentication(const json_t *pm)
+{
+  return json_is_true(json_object_get(json_object_get(pm, "turnpike"), "off_session_authenticated"));
+}
+
+/* A payment authenticated by 3-D Secure that sets the card up for future
+ * use also records that on the PaymentMethod (turnpike.
+ * off_session_authenticated): the issuer of a card that asks only until it
+ * is set up (Stripe's 4000002500003155) then takes off-session payments
+ * without a challenge. */
 static void save_for_future_use(struct tp_pay *p, struct tp_cs *cs)
 {
   const char *sfu = tp_pi_card_option(p->pi, "setup_future_usage");
   if (sfu && strcmp(sfu, "none") == 0)
     sfu = NULL; /* the card's own "none" overrides the top level */
   const char *cus = json_string_value(json_object_get(p->pi, "customer"));
-  if (!sfu || !cus || !json_is_object(p->pm) || json_is_string(json_object_get(p->pm, "customer")))
+  bool mark = p->three_ds_done && !set_up_by_authentication(p->pm);
+  if (!sfu || !cus || !json_is_object(p->pm) || (json_is_string(json_object_get(p->pm, "customer")) && !mark))
     return;
   /* As attach, detach and update do: take the PaymentMethod's lock, then
    * read it afresh. p->pm was read before the processor call, and an attach
@@ -1206,16 +1238,23 @@ static void save_for_future_use(struct tp_pay *p, struct tp_cs *cs)
   tp_scopy(p->pm_lock_id, sizeof p->pm_lock_id, pm_id);
   json_t *fresh = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, p->m.id, pm_id);
   if (fresh) {
-    if (json_is_string(json_object_get(fresh, "customer"))) {
+    const char *owner = json_string_value(json_object_get(fresh, "customer"));
+    if (owner && (!mark || strcmp(owner, cus) != 0)) {
       json_decref(fresh);
       return; /* attached meanwhile: stays where it is */
     }
     json_decref(p->pm);
     p->pm = fresh;
   }
-  json_object_set_new(p->pm, "customer", json_string(cus));
+  /* Marking alone is Turnpike's own bookkeeping: no Stripe event. */
+  if (mark)
+    json_object_set_new(p->pm, "turnpike", tp_pack("{s:b}", "off_session_authenticated", 1));
+  bool attach = !json_is_string(json_object_get(p->pm, "customer"));
+  if (attach)
+    json_object_set_new(p->pm, "customer", json_string(cus));
   tp_cs_put(cs, TP_K_PAYMENT_METHOD, p->m.id, p->pm);
-  tp_emit(cs, p->r, p->m.id, "payment_method.attached", p->pm);
+  if (attach)
+    tp_emit(cs, p->r, p->m.id, "payment_method.attached", p->pm);
 }
 
 void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
@@ -1225,7 +1264,8 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
   const char *merchant = p->m.id;
   bool approved = c->outcome == TP_OUT_APPROVED;
   json_t *ch = tp_charge_new(p, approved);
-  json_object_set_new(ch, "outcome", outcome_obj(approved, c->decline_code[0] ? c->decline_code : "generic_decline"));
+  json_object_set_new(ch, "outcome",
+                      outcome_obj(approved, c->decline_code[0] ? c->decline_code : "generic_decline", c->pan));
   json_object_set(pi, "latest_charge", json_object_get(ch, "id"));
   json_object_set_new(pi, "next_action", json_null());
   if (approved) {

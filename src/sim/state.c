@@ -268,7 +268,7 @@ static void decide_authorization(const struct tp_sim_request *q, char decline[48
     snprintf(decline, 48, "%s", d);
     return;
   }
-  if (tp_test_card_requires_3ds(q->pan))
+  if (tp_test_card_requires_3ds(q->pan, false, false))
     return; /* 3DS was done at the gateway: the issuer approves */
   double rate = tp_sim_decline_rate(q->b, tp_sim_brand(q->pan), q->currency);
   if (rate > 0 && tp_sim_rand() < rate)

@@ -1,0 +1,191 @@
+"""Stripe's documented test cards behave as Stripe documents them: the test
+PaymentMethods by name, the 3-D Secure cards by when their issuer asks
+(always; until the card is set up by an authenticated payment; only
+on-session), the cards declined after authentication or after attaching,
+the fraud-risk cards (highest risk is blocked, elevated passes with its
+level shown) and the address and CVC checks."""
+import urllib.parse
+
+from harness import DaemonTestCase, card, main
+
+PI = "/v1/payment_intents"
+RETURN = "https://shop.example/return"
+
+
+class TestCards(DaemonTestCase):
+
+    def pay(self, status=200, **params):
+        body = {"amount": 1000, "currency": "usd", "confirm": "true"}
+        body.update(params)
+        r = self.c().post(PI, body)
+        self.assertEqual(r.status, status, r)
+        return r.json
+
+    def authenticate(self, pi):
+        """Pass the 3-D Secure challenge of a requires_action PaymentIntent;
+        the PaymentIntent afterwards."""
+        self.assertEqual(pi["status"], "requires_action", pi)
+        u = urllib.parse.urlsplit(pi["next_action"]["redirect_to_url"]["url"])
+        token = urllib.parse.parse_qs(u.query)["token"][0]
+        r = self.c().post(u.path, {"token": token, "result": "approve"}, key=None)
+        self.assertEqual(r.status, 303, r)
+        return self.c().get(PI + "/" + pi["id"], {"expand[]": "latest_charge"}).json
+
+    def save_with_authentication(self, pan):
+        """A customer and the card saved to it by an on-session payment that
+        passed 3-D Secure; (customer, PaymentMethod id)."""
+        cus = self.c().post("/v1/customers", {}).json["id"]
+        pi = self.pay(customer=cus, setup_future_usage="off_session", payment_method_data=card(pan),
+                      return_url=RETURN)
+        done = self.authenticate(pi)
+        self.assertEqual(done["status"], "succeeded", done)
+        pm = self.c().get("/v1/payment_methods/" + done["payment_method"]).json
+        self.assertEqual(pm["customer"], cus)
+        return cus, pm
+
+    def off_session(self, cus, pm_id, status):
+        return self.pay(status, customer=cus, payment_method=pm_id, off_session="true")
+
+    def test_test_payment_methods_by_name(self):
+        want = {
+            "pm_card_riskLevelElevated": "succeeded", "pm_card_avsFail": "succeeded",
+            "pm_card_avsLine1Fail": "succeeded", "pm_card_avsZipFail": "succeeded",
+            "pm_card_avsUnchecked": "succeeded", "pm_card_threeDSecureOptional": "succeeded",
+            "pm_card_amex_threeDSecureNotSupported": "succeeded",
+            "pm_card_threeDSecureRequired": "requires_action", "pm_card_threeDSecure2Required": "requires_action",
+            "pm_card_threeDSecureRequiredChargeDeclined": "requires_action",
+            "pm_card_authenticationRequired": "requires_action",
+            "pm_card_authenticationRequiredOnSetup": "requires_action",
+            "pm_card_authenticationRequiredSetupForOffSession": "requires_action",
+            "pm_card_authenticationRequiredChargeDeclinedInsufficientFunds": "requires_action",
+            "pm_card_riskLevelHighest": "fraudulent", "pm_card_radarBlock": "fraudulent",
+            "pm_card_cvcCheckFail": "incorrect_cvc", "pm_card_chargeCustomerFail": "generic_decline",
+            "pm_card_visa_chargeDeclinedVelocityLimitExceeded": "card_velocity_exceeded",
+        }
+        for name, outcome in want.items():
+            r = self.c().post(PI, {"amount": 1000, "currency": "usd", "confirm": "true", "payment_method": name,
+                                   "return_url": RETURN})
+            got = r.json["status"] if r.status == 200 else r.json["error"].get("decline_code")
+            self.assertEqual(got, outcome, (name, r))
+
+    def test_a_card_set_up_with_authentication_pays_off_session_without_it(self):
+        pan = "4000002500003155"
+        # Not set up: off-session asks for authentication, which nobody can give.
+        cus = self.c().post("/v1/customers", {}).json["id"]
+        pm = self.c().post("/v1/payment_methods", {"type": "card", "card": {
+            "number": pan, "exp_month": 12, "exp_year": 2034, "cvc": "123"}}).json["id"]
+        self.assertEqual(self.c().post("/v1/payment_methods/%s/attach" % pm, {"customer": cus}).status, 200)
+        err = self.off_session(cus, pm, 402)["error"]
+        self.assertEqual(err["code"], "authentication_required", err)
+        self.assertFalse(self.c().get("/v1/payment_methods/" + pm).json.get("turnpike"))
+        # Set up by an authenticated payment: off-session goes through, again and again.
+        cus, pm = self.save_with_authentication(pan)
+        self.assertEqual(pm["turnpike"], {"off_session_authenticated": True})
+        for _ in range(2):
+            self.assertEqual(self.off_session(cus, pm["id"], 200)["status"], "succeeded")
+        # On-session, the issuer still asks.
+        self.assertEqual(self.pay(customer=cus, payment_method=pm["id"], return_url=RETURN)["status"],
+                         "requires_action")
+
+    def test_a_card_set_up_by_an_earlier_attach_is_marked_by_its_authenticated_payment(self):
+        pan = "4000002500003155"
+        cus = self.c().post("/v1/customers", {}).json["id"]
+        pm = self.c().post("/v1/payment_methods", {"type": "card", "card": {
+            "number": pan, "exp_month": 12, "exp_year": 2034, "cvc": "123"}}).json["id"]
+        self.c().post("/v1/payment_methods/%s/attach" % pm, {"customer": cus})
+        done = self.authenticate(self.pay(customer=cus, payment_method=pm, setup_future_usage="off_session",
+                                          return_url=RETURN))
+        self.assertEqual(done["status"], "succeeded")
+        self.assertEqual(self.off_session(cus, pm, 200)["status"], "succeeded")
+        # Without setup_future_usage an authenticated payment sets nothing up.
+        pm2 = self.c().post("/v1/payment_methods", {"type": "card", "card": {
+            "number": pan, "exp_month": 12, "exp_year": 2034, "cvc": "123"}}).json["id"]
+        self.c().post("/v1/payment_methods/%s/attach" % pm2, {"customer": cus})
+        self.authenticate(self.pay(customer=cus, payment_method=pm2, return_url=RETURN))
+        self.assertEqual(self.off_session(cus, pm2, 402)["error"]["code"], "authentication_required")
+
+    def test_a_card_that_always_asks_fails_off_session_even_when_set_up(self):
+        cus, pm = self.save_with_authentication("4000002760003184")
+        err = self.off_session(cus, pm["id"], 402)["error"]
+        self.assertEqual(err["code"], "authentication_required", err)
+
+    def test_a_card_that_asks_only_on_session(self):
+        pan = "4000003800000446"
+        self.assertEqual(self.pay(payment_method_data=card(pan), return_url=RETURN)["status"], "requires_action")
+        cus = self.c().post("/v1/customers", {}).json["id"]
+        pm = self.c().post("/v1/payment_methods", {"type": "card", "card": {
+            "number": pan, "exp_month": 12, "exp_year": 2034, "cvc": "123"}}).json["id"]
+        self.c().post("/v1/payment_methods/%s/attach" % pm, {"customer": cus})
+        self.assertEqual(self.off_session(cus, pm, 200)["status"], "succeeded")
+
+    def test_cards_declined_after_authentication(self):
+        for pan, code in [("4000008400001629", "generic_decline"), ("4000008260003178", "insufficient_funds")]:
+            done = self.authenticate(self.pay(payment_method_data=card(pan), return_url=RETURN))
+            self.assertEqual(done["status"], "requires_payment_method", done)
+            self.assertEqual(done["last_payment_error"]["decline_code"], code)
+            ch = done["latest_charge"]
+            self.assertEqual(ch["status"], "failed")
+            self.assertEqual(ch["payment_method_details"]["card"]["three_d_secure"]["result"], "authenticated")
+
+    def test_a_card_that_attaches_but_is_never_charged(self):
+        pan = "4000000000000341"
+        cus = self.c().post("/v1/customers", {}).json["id"]
+        pm = self.c().post("/v1/payment_methods", {"type": "card", "card": {
+            "number": pan, "exp_month": 12, "exp_year": 2034, "cvc": "123"}}).json["id"]
+        self.assertEqual(self.c().post("/v1/payment_methods/%s/attach" % pm, {"customer": cus}).status, 200)
+        err = self.pay(402, customer=cus, payment_method=pm)["error"]
+        self.assertEqual((err["code"], err["decline_code"]), ("card_declined", "generic_decline"))
+
+    def test_fraud_risk_levels(self):
+        for name in ("pm_card_riskLevelHighest", "pm_card_radarBlock"):
+            err = self.pay(402, payment_method=name)["error"]
+            self.assertEqual(err["decline_code"], "fraudulent")
+            ch = self.c().get("/v1/charges/" + err["charge"]).json
+            o = ch["outcome"]
+            self.assertEqual((o["type"], o["reason"], o["risk_level"], o["network_status"]),
+                             ("blocked", "highest_risk_level", "highest", "not_sent_to_network"), name)
+            self.assertEqual((ch["status"], ch["failure_code"]), ("failed", "card_declined"))
+        ch = self.pay(payment_method="pm_card_riskLevelElevated", **{"expand[]": "latest_charge"})["latest_charge"]
+        self.assertEqual((ch["outcome"]["type"], ch["outcome"]["risk_level"]), ("authorized", "elevated"))
+        self.assertGreater(ch["outcome"]["risk_score"], 20)
+        ch = self.pay(payment_method="pm_card_visa", **{"expand[]": "latest_charge"})["latest_charge"]
+        self.assertEqual((ch["outcome"]["risk_level"], ch["outcome"]["risk_score"]), ("normal", 20))
+        # an ordinary decline is the issuer's, not a block
+        err = self.pay(402, payment_method="pm_card_chargeDeclined")["error"]
+        o = self.c().get("/v1/charges/" + err["charge"]).json["outcome"]
+        self.assertEqual((o["type"], o["network_status"]), ("issuer_declined", "declined_by_network"))
+
+    def test_address_and_cvc_checks(self):
+        address = {"line1": "1 Main St", "postal_code": "12345"}
+        for pan, line1, zip_ in [("4242424242424242", "pass", "pass"), ("4000000000000010", "fail", "fail"),
+                                 ("4000000000000028", "fail", "pass"), ("4000000000000036", "pass", "fail"),
+                                 ("4000000000000044", "unavailable", "unavailable")]:
+            pmd = dict(card(pan), billing_details={"address": address})
+            pi = self.pay(payment_method_data=pmd, **{"expand[]": "latest_charge"})
+            self.assertEqual(pi["status"], "succeeded", pan)  # address checks alone decline nothing
+            checks = pi["latest_charge"]["payment_method_details"]["card"]["checks"]
+            self.assertEqual((checks["address_line1_check"], checks["address_postal_code_check"],
+                              checks["cvc_check"]), (line1, zip_, "pass"), pan)
+        # no address given: nothing to check
+        pi = self.pay(payment_method_data=card("4000000000000010"), **{"expand[]": "latest_charge"})
+        checks = pi["latest_charge"]["payment_method_details"]["card"]["checks"]
+        self.assertEqual((checks["address_line1_check"], checks["address_postal_code_check"]), (None, None))
+        # only the postal code given: only it is checked
+        pmd = dict(card("4000000000000036"), billing_details={"address": {"postal_code": "12345"}})
+        checks = self.pay(payment_method_data=pmd, **{"expand[]": "latest_charge"})["latest_charge"][
+            "payment_method_details"]["card"]["checks"]
+        self.assertEqual((checks["address_line1_check"], checks["address_postal_code_check"]), (None, "fail"))
+        # a saved test card carries no CVC: unchecked
+        checks = self.pay(payment_method="pm_card_visa", **{"expand[]": "latest_charge"})["latest_charge"][
+            "payment_method_details"]["card"]["checks"]
+        self.assertEqual(checks["cvc_check"], "unchecked")
+        # a wrong CVC fails the check and the payment
+        for pan in ("4000000000000127", "4000000000000101"):
+            err = self.pay(402, payment_method_data=card(pan))["error"]
+            self.assertEqual(err["code"], "incorrect_cvc")
+            ch = self.c().get("/v1/charges/" + err["charge"]).json
+            self.assertEqual(ch["payment_method_details"]["card"]["checks"]["cvc_check"], "fail")
+
+
+if __name__ == "__main__":
+    main()
