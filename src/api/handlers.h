@@ -2,6 +2,7 @@
 #ifndef TP_HANDLERS_H
 #define TP_HANDLERS_H
 #include "api/http.h"
+#include "api/params.h"
 
 /* payment_intents.c */
 void tp_h_pi_create(struct tp_req *r);
@@ -17,8 +18,41 @@ void tp_h_pi_attempts(struct tp_req *r); /* attempts.c: processor calls of a Pay
 void tp_h_attempts_unsettled(struct tp_req *r); /* attempts.c: operator, unknown outcomes */
 void tp_h_attempt_resolve(struct tp_req *r);
 void tp_h_request_retrieve(struct tp_req *r); /* requests.c: a recent request (request_log_url) */
-/* The 3-D Secure challenge token for a PaymentIntent (32 hex chars). */
+/* The 3-D Secure challenge token for a PaymentIntent or SetupIntent (32 hex
+ * chars). */
 void tp_3ds_token(const char *pi_id, char out[65]);
+/* What payment_intents.c shares with setup_intents.c. */
+struct tp_cs;
+struct tp_card_info;
+extern const struct tp_pspec tp_spec_pmd[]; /* payment_method_data */
+/* The PaymentMethod payment_method_data describes, created in cs (with its
+ * vault record); its card in ci and cvc. NULL after replying. */
+json_t *tp_pm_from_data(struct tp_req *r, struct tp_cs *cs, const json_t *pmd, struct tp_card_info *ci,
+                        char cvc[8]);
+/* An intent open to every automatic payment method names a return_url for
+ * its confirmation unless redirects are off, the customer is away or a
+ * Stripe SDK handles the action. False after replying. */
+bool tp_redirect_allowed(struct tp_req *r, const json_t *intent);
+/* Does this confirmation of intent (a PaymentIntent or SetupIntent) with
+ * card pan and PaymentMethod pm need 3-D Secure: the issuer asks (test
+ * cards, connectors/sandbox.c) or the intent's request_three_d_secure does. */
+bool tp_wants_3ds(const json_t *intent, const char *pan, bool off_session, const json_t *pm);
+/* setup_intents.c */
+void tp_h_si_create(struct tp_req *r);
+void tp_h_si_retrieve(struct tp_req *r);
+void tp_h_si_update(struct tp_req *r);
+void tp_h_si_confirm(struct tp_req *r);
+void tp_h_si_cancel(struct tp_req *r);
+void tp_h_si_list(struct tp_req *r);
+void tp_h_si_verify_microdeposits(struct tp_req *r);
+/* The end of a SetupIntent's confirmation once its card is known (and, from
+ * the 3-D Secure page, authenticated): the issuer's verification (the
+ * test-card table), then si succeeded (pm saved to its customer, marked
+ * authenticated) or back to requires_payment_method with last_setup_error.
+ * Puts and events go into cs; returns the error object (owned) for a
+ * failure, NULL on success. */
+json_t *tp_si_finish(struct tp_req *r, struct tp_cs *cs, json_t *si, json_t *pm, const char *pan,
+                     bool authenticated);
 /* encryption_key.c: public keys for client-side card encryption (JWE) */
 void tp_h_encryption_key(struct tp_req *r);
 /* three_ds.c: the simulated 3-D Secure challenge page */

@@ -69,7 +69,7 @@ static const struct tp_pspec spec_apm[] = {
   {NULL, 0, NULL, NULL},
 };
 
-static const struct tp_pspec spec_pmd[] = {
+const struct tp_pspec tp_spec_pmd[] = {
   {"type", TP_P_STRING, NULL, NULL},
   {"allow_redisplay", TP_P_ENUM, NULL, tp_allow_redisplay},
   {"radar_options", TP_P_OBJECT, tp_spec_radar_options, NULL},
@@ -97,7 +97,7 @@ static const struct tp_pspec spec_payment_details[] = {
   {"payment_method_types", TP_P_STRLIST, NULL, NULL}, {"capture_method", TP_P_ENUM, NULL, capture_methods}, \
   {"statement_descriptor", TP_P_STRING, NULL, NULL}, {"statement_descriptor_suffix", TP_P_STRING, NULL, NULL}, \
   {"shipping", TP_P_OBJECT, tp_spec_shipping, NULL}, {"expand", TP_P_STRLIST, NULL, NULL}, \
-  {"payment_method_data", TP_P_OBJECT, spec_pmd, NULL}, {"payment_method_options", TP_P_OBJECT, spec_pmo, NULL}, \
+  {"payment_method_data", TP_P_OBJECT, tp_spec_pmd, NULL}, {"payment_method_options", TP_P_OBJECT, spec_pmo, NULL}, \
   {"allowed_payment_method_types", TP_P_STRLIST, NULL, NULL},                                  \
   {"excluded_payment_method_types", TP_P_STRLIST, NULL, NULL},                                 \
   {"payment_details", TP_P_OBJECT, spec_payment_details, NULL}, {"transfer_group", TP_P_STRING, NULL, NULL}, \
@@ -125,7 +125,7 @@ static const struct tp_pspec spec_create[] = {
 static const struct tp_pspec spec_update[] = {PI_COMMON, {NULL, 0, NULL, NULL}};
 static const struct tp_pspec spec_confirm[] = {
   {"payment_method", TP_P_STRING, NULL, NULL},
-  {"payment_method_data", TP_P_OBJECT, spec_pmd, NULL},
+  {"payment_method_data", TP_P_OBJECT, tp_spec_pmd, NULL},
   {"payment_method_options", TP_P_OBJECT, spec_pmo, NULL},
   {"receipt_email", TP_P_STRING, NULL, NULL},
   {"setup_future_usage", TP_P_ENUM, NULL, sfu_values},
@@ -444,7 +444,7 @@ static bool apply_apm(struct tp_req *r, json_t *pi, const json_t *params)
  * pm, which may have been set up by an authenticated payment), or the
  * merchant does (request_three_d_secure any or challenge: the sandbox then
  * challenges every card). */
-static bool wants_3ds(const json_t *pi, const char *pan, bool off_session, const json_t *pm)
+bool tp_wants_3ds(const json_t *pi, const char *pan, bool off_session, const json_t *pm)
 {
   const char *rq = json_string_value(
       json_object_get(json_object_get(json_object_get(pi, "payment_method_options"), "card"), "request_three_d_secure"));
@@ -487,8 +487,8 @@ static json_t *pi_new(struct tp_req *r, int64_t amount, const struct tp_currency
 /* ---- confirm -------------------------------------------------------------- */
 /* The PaymentMethod that payment_method_data describes, created in cs (with
  * its vault record); its card in ci and cvc. NULL after replying. */
-static json_t *pm_from_data(struct tp_req *r, struct tp_cs *cs, const json_t *pmd, struct tp_card_info *ci,
-                            char cvc[8])
+json_t *tp_pm_from_data(struct tp_req *r, struct tp_cs *cs, const json_t *pmd, struct tp_card_info *ci,
+                        char cvc[8])
 {
   const char *type = tp_pstr(pmd, "type");
   if (!type || strcmp(type, "card") != 0) {
@@ -530,7 +530,7 @@ static bool attach_pm_data(struct tp_req *r, struct tp_cs *cs, json_t *pi)
   struct tp_card_info ci;
   memset(&ci, 0, sizeof ci);
   char cvc[8] = "";
-  json_t *pm = pm_from_data(r, cs, pmd, &ci, cvc);
+  json_t *pm = tp_pm_from_data(r, cs, pmd, &ci, cvc);
   tp_card_wipe(&ci, sizeof ci);
   tp_card_wipe(cvc, sizeof cvc);
   if (!pm)
@@ -546,7 +546,7 @@ static bool attach_pm_data(struct tp_req *r, struct tp_cs *cs, json_t *pi)
  * unless allow_redirects is never, or the customer is away (off_session) or
  * a Stripe SDK handles the action itself (use_stripe_sdk). False after
  * replying. */
-static bool redirect_allowed(struct tp_req *r, const json_t *pi)
+bool tp_redirect_allowed(struct tp_req *r, const json_t *pi)
 {
   const json_t *apm = json_object_get(pi, "automatic_payment_methods");
   const char *redirects = json_string_value(json_object_get(apm, "allow_redirects"));
@@ -582,7 +582,7 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
   json_t *pm = NULL;
   const json_t *pmd = json_object_get(params, "payment_method_data");
   const char *pm_id = tp_pstr(params, "payment_method");
-  if (!redirect_allowed(r, pi))
+  if (!tp_redirect_allowed(r, pi))
     goto fail;
   if (json_is_object(pmd) && pm_id && *pm_id) {
     tp_reply_error(r, TP_ERR_PARAMETERS_EXCLUSIVE, "payment_method_data",
@@ -590,7 +590,7 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
     goto fail;
   }
   if (json_is_object(pmd)) {
-    pm = pm_from_data(r, cs, pmd, &ci, cvc);
+    pm = tp_pm_from_data(r, cs, pmd, &ci, cvc);
     if (!pm)
       goto fail;
   } else {
@@ -617,7 +617,7 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
 
   bool off = false;
   tp_param_bool(params, "off_session", &off);
-  if (wants_3ds(pi, ci.pan, off, pm)) {
+  if (tp_wants_3ds(pi, ci.pan, off, pm)) {
     /* The issuer wants 3-D Secure: hand the customer a challenge. */
     bool no_action = false;
     /* error_on_requires_action: fail instead of asking, as off-session. */
@@ -783,7 +783,12 @@ static const char *const client_fields[] = {
     "last_payment_error", "livemode", "next_action", "payment_method", "payment_method_types", "processing",
     "receipt_email", "setup_future_usage", "shipping", "status", NULL};
 
-static void client_cut(json_t *pi)
+/* The same for a SetupIntent. */
+static const char *const si_client_fields[] = {
+    "id", "object", "cancellation_reason", "client_secret", "created", "description", "last_setup_error",
+    "livemode", "next_action", "payment_method", "payment_method_types", "status", "usage", NULL};
+
+static void client_cut(json_t *pi, const char *const *fields)
 {
   const char *k;
   json_t *v;
@@ -791,8 +796,8 @@ static void client_cut(json_t *pi)
   json_object_foreach_safe(pi, tmp, k, v)
   {
     bool keep = false;
-    for (int i = 0; client_fields[i] && !keep; i++)
-      keep = strcmp(k, client_fields[i]) == 0;
+    for (int i = 0; fields[i] && !keep; i++)
+      keep = strcmp(k, fields[i]) == 0;
     if (!keep)
       json_object_del(pi, k);
   }
@@ -807,7 +812,11 @@ char *tp_pi_client_view(const char *body, size_t *len)
   json_t *pi = err ? json_object_get(err, "payment_intent") : o;
   const char *type = json_string_value(json_object_get(pi, "object"));
   if (type && strcmp(type, "payment_intent") == 0)
-    client_cut(pi);
+    client_cut(pi, client_fields);
+  json_t *si = err ? json_object_get(err, "setup_intent") : o;
+  type = json_string_value(json_object_get(si, "object"));
+  if (type && strcmp(type, "setup_intent") == 0)
+    client_cut(si, si_client_fields);
   char *out = tp_json_dump(o, len);
   json_decref(o);
   return out;

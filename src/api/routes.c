@@ -18,6 +18,13 @@ const struct tp_route tp_routes[] = {
   {"POST", "/v1/payment_intents/{id}/cancel", tp_h_pi_cancel, A},
   {"POST", "/v1/payment_intents/{id}/increment_authorization", tp_h_pi_increment, A},
   {"GET", "/v1/payment_intents/{id}/attempts", tp_h_pi_attempts, A},
+  {"POST", "/v1/setup_intents", tp_h_si_create, A},
+  {"GET", "/v1/setup_intents", tp_h_si_list, A},
+  {"GET", "/v1/setup_intents/{id}", tp_h_si_retrieve, C},
+  {"POST", "/v1/setup_intents/{id}", tp_h_si_update, A},
+  {"POST", "/v1/setup_intents/{id}/confirm", tp_h_si_confirm, C},
+  {"POST", "/v1/setup_intents/{id}/cancel", tp_h_si_cancel, A},
+  {"POST", "/v1/setup_intents/{id}/verify_microdeposits", tp_h_si_verify_microdeposits, A},
   {"GET", "/v1/turnpike/requests/{id}", tp_h_request_retrieve, A},
 
   {"POST", "/v1/charges", tp_h_charge_create, A},

@@ -1,11 +1,13 @@
 /* The simulated 3-D Secure challenge: a page with Approve and Fail buttons
- * standing in for the issuer's ACS. Approve continues to authorization;
- * Fail returns the PaymentIntent to requires_payment_method. Either way the
- * customer is sent back to return_url, as Stripe does. */
+ * standing in for the issuer's ACS. For a PaymentIntent, Approve continues
+ * to authorization; for a SetupIntent, to the card's verification
+ * (tp_si_finish). Fail returns either to requires_payment_method. Either way
+ * the customer is sent back to return_url, as Stripe does. */
 #include "api/commit.h"
 #include "api/handlers.h"
 #include "api/objects.h"
 #include "core/payflow.h"
+#include "jpack.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,7 +49,12 @@ static bool valid_ref(const char *id, const char *prefix)
 
 static bool valid_id(const char *id)
 {
-  return valid_ref(id, "pi_");
+  return valid_ref(id, "pi_") || valid_ref(id, "seti_");
+}
+
+static bool is_setup(const char *id)
+{
+  return strncmp(id, "seti_", 5) == 0;
 }
 
 static bool valid_account(const char *id)
@@ -73,13 +80,14 @@ void tp_h_3ds_page(struct tp_req *r)
            "<!doctype html><html><head><meta charset=\"utf-8\"><title>3-D Secure authentication</title>"
            "<style>body{font-family:sans-serif;max-width:32em;margin:3em auto}button{font-size:1.1em;margin:.5em;"
            "padding:.5em 1.5em}</style></head><body><h1>Turnpike test 3-D Secure</h1>"
-           "<p>Simulated issuer challenge for payment <code>%s</code>.</p>"
+           "<p>Simulated issuer challenge for %s <code>%s</code>.</p>"
            "<form method=\"post\" action=\"/v1/turnpike/3ds/%s\"><input type=\"hidden\" name=\"token\" value=\"%s\">%s"
            "<button type=\"submit\" name=\"result\" value=\"approve\" id=\"approve\">Complete authentication</button></form>"
            "<form method=\"post\" action=\"/v1/turnpike/3ds/%s\"><input type=\"hidden\" name=\"token\" value=\"%s\">%s"
            "<button type=\"submit\" name=\"result\" value=\"fail\" id=\"fail\">Fail authentication</button></form>"
            "</body></html>",
-           r->path_id, r->path_id, tok, acct_field, r->path_id, tok, acct_field);
+           is_setup(r->path_id) ? "saving a card," : "payment", r->path_id, r->path_id, tok, acct_field, r->path_id,
+           tok, acct_field);
   html(r, 200, buf);
 }
 
@@ -89,8 +97,9 @@ static void back_to_merchant(struct tp_req *r, const json_t *pi, bool ok)
   const json_t *na = json_object_get(json_object_get(pi, "next_action"), "redirect_to_url");
   const char *ret = json_string_value(json_object_get(na, "return_url"));
   if (ret && *ret) {
-    snprintf(r->location, sizeof r->location, "%s%spayment_intent=%s&payment_intent_client_secret=%s&redirect_status=%s",
-             ret, strchr(ret, '?') ? "&" : "?", json_string_value(json_object_get(pi, "id")),
+    const char *kind = is_setup(json_string_value(json_object_get(pi, "id"))) ? "setup_intent" : "payment_intent";
+    snprintf(r->location, sizeof r->location, "%s%s%s=%s&%s_client_secret=%s&redirect_status=%s", ret,
+             strchr(ret, '?') ? "&" : "?", kind, json_string_value(json_object_get(pi, "id")), kind,
              json_string_value(json_object_get(pi, "client_secret")), ok ? "succeeded" : "failed");
     html(r, 303, "<!doctype html><title>Redirecting</title>");
   } else
@@ -98,10 +107,51 @@ static void back_to_merchant(struct tp_req *r, const json_t *pi, bool ok)
                     : "<!doctype html><title>Done</title><p id=\"result\">Authentication failed.</p>");
 }
 
-struct three_ds_ctx {
-  json_t *pi;
-  bool ok;
-};
+/* A SetupIntent's challenge answered (si owned, its lock held): verify
+ * and save the card, or fail, then send the customer back. */
+static void setup_done(struct tp_req *r, json_t *si, bool approved)
+{
+  const char *pm_id = json_string_value(json_object_get(si, "payment_method"));
+  char pm_lock[TP_ID_MAX] = "";
+  if (pm_id && tp_lock_try(pm_id))
+    tp_scopy(pm_lock, sizeof pm_lock, pm_id);
+  json_t *pm = pm_lock[0] ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id) : NULL;
+  struct tp_card_info ci;
+  memset(&ci, 0, sizeof ci);
+  if (!pm || (approved && tp_vault_load(r->merchant.id, pm_id, &ci) != 0)) {
+    json_decref(pm);
+    json_decref(si);
+    if (pm_lock[0])
+      tp_lock_release(pm_lock);
+    tp_lock_release(r->path_id);
+    html(r, pm_lock[0] ? 500 : 409, "<!doctype html><title>Error</title><p>The card could not be loaded.</p>");
+    return;
+  }
+  /* Where to send the customer, as the SetupIntent says before finishing. */
+  json_t *back = tp_pack("{s:O, s:O, s:O}", "id", json_object_get(si, "id"), "client_secret",
+                         json_object_get(si, "client_secret"), "next_action", json_object_get(si, "next_action"));
+  struct tp_cs *cs = tp_cs_new();
+  json_t *err;
+  if (approved) {
+    err = tp_si_finish(r, cs, si, pm, ci.pan, true);
+  } else {
+    err = tp_error_object(TP_ERR_SETUP_INTENT_AUTHENTICATION_FAILURE, NULL, NULL);
+    json_object_set(err, "payment_method", pm);
+    json_object_set(si, "last_setup_error", err);
+    json_object_set_new(si, "status", json_string("requires_payment_method"));
+    json_object_set_new(si, "next_action", json_null());
+    json_object_set_new(si, "payment_method", json_null());
+    tp_put_emit(cs, r, r->merchant.id, TP_K_SETUP_INTENT, "setup_intent.setup_failed", si);
+  }
+  tp_card_wipe(&ci, sizeof ci);
+  back_to_merchant(r, back, err == NULL);
+  json_decref(back);
+  json_decref(err);
+  json_decref(pm);
+  json_decref(si);
+  const char *locks[2] = {r->path_id, pm_lock};
+  tp_commit_and_reply_locks(r, cs, locks, 2);
+}
 
 void tp_h_3ds_submit(struct tp_req *r)
 {
@@ -120,15 +170,21 @@ void tp_h_3ds_submit(struct tp_req *r)
     return;
   }
   json_t *pi = NULL;
+  bool setup = is_setup(r->path_id);
   /* account= (in links since migration 0010) makes it one key lookup; a
    * link without it is looked up across merchants. */
   if (tp_app.store.ops->merchant_of &&
       tp_app.store.ops->merchant_of(tp_app.store.cls, r->path_id, acct_p, &r->merchant) == 1)
-    pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, r->path_id);
+    pi = tp_store_get_json(&tp_app.store, setup ? TP_K_SETUP_INTENT : TP_K_PAYMENT_INTENT, r->merchant.id,
+                           r->path_id);
   if (!pi || strcmp(json_string_value(json_object_get(pi, "status")), "requires_action") != 0) {
     tp_lock_release(r->path_id);
     json_decref(pi);
     html(r, 409, "<!doctype html><title>Done</title><p>This payment no longer needs authentication.</p>");
+    return;
+  }
+  if (setup) {
+    setup_done(r, pi, strcmp(result, "approve") == 0);
     return;
   }
   if (strcmp(result, "fail") == 0) {

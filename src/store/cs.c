@@ -16,6 +16,7 @@ const struct tp_kind_info tp_kinds[TP_K__COUNT] = {
   [TP_K_PAYMENT_METHOD] = {"payment_methods", "payment_method", "pm", {"customer", "type"}},
   [TP_K_EVENT] = {"events", "event", "evt", {"type", "object_id"}},
   [TP_K_BALANCE_TXN] = {"balance_transactions", "balance_transaction", "txn", {"source", "type"}},
+  [TP_K_SETUP_INTENT] = {"setup_intents", "setup_intent", "seti", {"customer", "payment_method"}},
 };
 
 struct tp_cs {

@@ -19,10 +19,11 @@ from harness import PAN_3DS, PAN_DECLINE, DaemonTestCase, card, main
 from sdk_types import Types
 
 FILES = ["Charges.d.ts", "PaymentIntents.d.ts", "PaymentMethods.d.ts", "Customers.d.ts", "Refunds.d.ts",
-         "Events.d.ts", "BalanceTransactions.d.ts", "Balance.d.ts", "WebhookEndpoints.d.ts"]
+         "Events.d.ts", "BalanceTransactions.d.ts", "Balance.d.ts", "WebhookEndpoints.d.ts", "SetupIntents.d.ts"]
 TYPE_OF = {"payment_intent": "PaymentIntent", "charge": "Charge", "payment_method": "PaymentMethod",
            "customer": "Customer", "refund": "Refund", "balance_transaction": "BalanceTransaction",
-           "balance": "Balance", "webhook_endpoint": "WebhookEndpoint", "event": "EventBase"}
+           "balance": "Balance", "webhook_endpoint": "WebhookEndpoint", "event": "EventBase",
+           "setup_intent": "SetupIntent"}
 # Turnpike's own additions, documented in docs/architecture.md §11.
 OWN = {"turnpike", "tp_code"}
 
@@ -190,6 +191,25 @@ class ObjectShapes(DaemonTestCase):
                      "BalanceTransaction", "Balance", "WebhookEndpoint", "EventBase"]:
             self.assertGreater(self.seen.get(name, 0), 0, name)
         self.assertGreater(self.seen["EventBase"], 10)
+
+    def test_setup_intents(self):
+        cus = self.post("/v1/customers", {})["id"]
+        self.assertShape(self.post("/v1/setup_intents", {"customer": cus}), "setup_intent(new)")
+        self.assertShape(self.post("/v1/setup_intents", {"customer": cus, "payment_method": "pm_card_visa",
+                                                         "confirm": "true", "expand[]": "payment_method"}),
+                         "setup_intent(succeeded, expanded)")
+        self.assertShape(self.post("/v1/setup_intents", {"payment_method": "pm_card_threeDSecure2Required",
+                                                         "confirm": "true", "return_url": "https://x.test/r"}),
+                         "setup_intent(requires_action)")
+        r = self.c().post("/v1/setup_intents", {"payment_method": "pm_card_chargeDeclined", "confirm": "true"})
+        self.assertEqual(r.status, 402, r)
+        self.assertShape(json.loads(r.body, object_pairs_hook=no_repeated_keys)["error"]["setup_intent"],
+                         "error.setup_intent")
+        open_ = self.post("/v1/setup_intents", {"payment_method": "pm_card_visa"})
+        self.assertShape(self.post("/v1/setup_intents/%s/cancel" % open_["id"], {"cancellation_reason": "abandoned"}),
+                         "setup_intent(canceled)")
+        self.assertShape(self.get("/v1/setup_intents", {"limit": 100}), "/v1/setup_intents")
+        self.assertGreaterEqual(self.seen.get("SetupIntent", 0), 10)
 
 
 if __name__ == "__main__":

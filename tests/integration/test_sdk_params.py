@@ -108,6 +108,7 @@ class SdkParams(h.DaemonTestCase):
         cls.refund = c.post("/v1/refunds", {"payment_intent": cls.pi_paid, "amount": 10}).json["id"]
         cls.we = c.post("/v1/webhook_endpoints", {"url": "https://example.com/h",
                                                   "enabled_events": ["*"]}).json["id"]
+        cls.seti = c.post("/v1/setup_intents", {}).json["id"]
 
     def count(self, table):
         db = h.open_db_ro(self.daemon)
@@ -169,6 +170,12 @@ class SdkParams(h.DaemonTestCase):
             ("BalanceTransactions.d.ts", "BalanceTransactionRetrieveParams", "GET",
              "/v1/balance_transactions/txn_x"),
             ("BalanceTransactions.d.ts", "BalanceTransactionListParams", "GET", "/v1/balance_transactions"),
+            ("SetupIntents.d.ts", "SetupIntentCreateParams", "POST", "/v1/setup_intents"),
+            ("SetupIntents.d.ts", "SetupIntentRetrieveParams", "GET", "/v1/setup_intents/" + s.seti),
+            ("SetupIntents.d.ts", "SetupIntentUpdateParams", "POST", "/v1/setup_intents/" + s.seti),
+            ("SetupIntents.d.ts", "SetupIntentConfirmParams", "POST", "/v1/setup_intents/%s/confirm" % s.seti),
+            ("SetupIntents.d.ts", "SetupIntentCancelParams", "POST", "/v1/setup_intents/%s/cancel" % s.seti),
+            ("SetupIntents.d.ts", "SetupIntentListParams", "GET", "/v1/setup_intents"),
         ]
         c = self.c()
         unknown, probed = [], 0
@@ -207,6 +214,12 @@ class SdkParams(h.DaemonTestCase):
              "invoice_settings"),
             ("Customers.d.ts", ("CustomerCreateParams", "POST", "/v1/customers"), "Shipping", "shipping"),
             ("Charges.d.ts", ("ChargeUpdateParams", "POST", "/v1/charges/" + s.ch_paid), "Shipping", "shipping"),
+            ("SetupIntents.d.ts", ("SetupIntentCreateParams", "POST", "/v1/setup_intents"), "Card",
+             "payment_method_options[card]"),
+            ("SetupIntents.d.ts", ("SetupIntentCreateParams", "POST", "/v1/setup_intents"), "PaymentMethodData",
+             "payment_method_data"),
+            ("SetupIntents.d.ts", ("SetupIntentCreateParams", "POST", "/v1/setup_intents"),
+             "AutomaticPaymentMethods", "automatic_payment_methods"),
         ]
         c = self.c()
         unknown, probed = [], 0

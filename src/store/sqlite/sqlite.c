@@ -1156,10 +1156,17 @@ static int sq_merchant_of(void *cls, const char *pi_id, const char *account, str
    * (migration 0010): with the account, two primary-key lookups; without
    * it, one per merchant. Two statements, because "?2 IS NULL OR m.id=?2"
    * would make SQLite scan the merchants either way. */
-  const char *sql = account ? "SELECT m.id, m.name, m.fp_key FROM merchants m JOIN payment_intents p ON "
-                              "p.merchant=m.id AND p.id=?1 WHERE m.id=?2"
-                            : "SELECT m.id, m.name, m.fp_key FROM merchants m WHERE EXISTS (SELECT 1 FROM "
-                              "payment_intents p WHERE p.merchant=m.id AND p.id=?1) LIMIT 1";
+  /* A SetupIntent's page (seti_) looks in its own table the same way. */
+  const char *table = strncmp(pi_id, "seti_", 5) == 0 ? "setup_intents" : "payment_intents";
+  char sql[300];
+  if (account)
+    snprintf(sql, sizeof sql,
+             "SELECT m.id, m.name, m.fp_key FROM merchants m JOIN %s p ON p.merchant=m.id AND p.id=?1 "
+             "WHERE m.id=?2", table);
+  else
+    snprintf(sql, sizeof sql,
+             "SELECT m.id, m.name, m.fp_key FROM merchants m WHERE EXISTS (SELECT 1 FROM %s p WHERE "
+             "p.merchant=m.id AND p.id=?1) LIMIT 1", table);
   if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK)
     return -1;
   bind_text(st, 1, pi_id);

@@ -1,0 +1,660 @@
+/* /v1/setup_intents: create, retrieve, update, confirm, cancel, list.
+ *
+ * A SetupIntent saves a card for later payments without charging it. Its
+ * confirmation checks the card as a payment's does, asks for 3-D Secure
+ * where the issuer wants it on a setup (the test cards of
+ * connectors/sandbox.c, asked on-session) or the SetupIntent's
+ * request_three_d_secure does (any, challenge), then has the issuer verify
+ * the card (the same test-card table as the sandbox and the simulator; no
+ * connector sends an account-verification message yet), and on success
+ * saves the PaymentMethod to the SetupIntent's customer and, when it was
+ * authenticated, records that for later off-session payments
+ * (turnpike.off_session_authenticated, as a payment with
+ * setup_future_usage does: payflow.c). Statuses:
+ *   requires_payment_method -> requires_confirmation -> (requires_action) ->
+ *   succeeded; a failed verification or challenge returns to
+ *   requires_payment_method with last_setup_error; an open one -> canceled. */
+#include "api/commit.h"
+#include "api/handlers.h"
+#include "api/objects.h"
+#include "connectors/connector.h"
+#include "jpack.h"
+#include "jsonw.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define UNSUPPORTED(name, why) {name, TP_P_UNSUPPORTED, NULL, why}
+#define SI_DESCRIPTION_MAX 1000
+
+static const char *const usages[] = {"off_session", "on_session", NULL};
+static const char *const cancel_reasons[] = {"abandoned", "duplicate", "requested_by_customer", NULL};
+static const char *const three_ds_requests[] = {"automatic", "any", "challenge", NULL};
+static const char *const allow_redirects[] = {"always", "never", NULL};
+static const char *const directions[] = {"inbound", "outbound", NULL};
+
+static const struct tp_pspec spec_pmo_card[] = {
+  {"request_three_d_secure", TP_P_ENUM, NULL, three_ds_requests},
+  {"network", TP_P_STRING, NULL, NULL},
+  UNSUPPORTED("mandate_options", tp_why_mandates),
+  UNSUPPORTED("moto", tp_why_card_option),
+  UNSUPPORTED("setup_credential_usage", tp_why_card_option),
+  UNSUPPORTED("three_d_secure", tp_why_external_3ds),
+  {NULL, 0, NULL, NULL},
+};
+static const struct tp_pspec spec_pmo[] = {
+  {"card", TP_P_OBJECT, spec_pmo_card, NULL},
+  {NULL, 0, NULL, NULL},
+};
+static const struct tp_pspec spec_apm[] = {
+  {"enabled", TP_P_BOOL, NULL, NULL},
+  {"allow_redirects", TP_P_ENUM, NULL, allow_redirects},
+  {NULL, 0, NULL, NULL},
+};
+
+/* What create and update take. */
+#define SI_COMMON                                                                                        \
+  {"customer", TP_P_STRING, NULL, NULL}, {"description", TP_P_STRING, NULL, NULL},                     \
+  {"metadata", TP_P_METADATA, NULL, NULL}, {"payment_method", TP_P_STRING, NULL, NULL},                \
+  {"payment_method_data", TP_P_OBJECT, tp_spec_pmd, NULL},                                             \
+  {"payment_method_options", TP_P_OBJECT, spec_pmo, NULL},                                             \
+  {"payment_method_types", TP_P_STRLIST, NULL, NULL},                                                  \
+  {"allowed_payment_method_types", TP_P_STRLIST, NULL, NULL},                                          \
+  {"excluded_payment_method_types", TP_P_STRLIST, NULL, NULL},                                         \
+  {"flow_directions", TP_P_STRLIST, NULL, NULL}, {"expand", TP_P_STRLIST, NULL, NULL},                  \
+  UNSUPPORTED("attach_to_self", tp_why_connect), UNSUPPORTED("customer_account", tp_why_customer_account), \
+  UNSUPPORTED("payment_method_configuration", tp_why_pm_configuration)
+
+#define SI_CONFIRMING                                                                                     \
+  {"return_url", TP_P_STRING, NULL, NULL}, {"use_stripe_sdk", TP_P_BOOL, NULL, NULL},                   \
+  UNSUPPORTED("mandate_data", tp_why_mandates), UNSUPPORTED("confirmation_token", tp_why_confirmation_token)
+
+static const struct tp_pspec spec_create[] = {
+  SI_COMMON,
+  SI_CONFIRMING,
+  {"confirm", TP_P_BOOL, NULL, NULL},
+  {"usage", TP_P_ENUM, NULL, usages},
+  {"automatic_payment_methods", TP_P_OBJECT, spec_apm, NULL},
+  UNSUPPORTED("on_behalf_of", tp_why_connect),
+  UNSUPPORTED("single_use", tp_why_mandates),
+  {NULL, 0, NULL, NULL},
+};
+static const struct tp_pspec spec_update[] = {SI_COMMON, {NULL, 0, NULL, NULL}};
+static const struct tp_pspec spec_confirm[] = {
+  {"payment_method", TP_P_STRING, NULL, NULL},
+  {"payment_method_data", TP_P_OBJECT, tp_spec_pmd, NULL},
+  {"payment_method_options", TP_P_OBJECT, spec_pmo, NULL},
+  {"allowed_payment_method_types", TP_P_STRLIST, NULL, NULL},
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {"client_secret", TP_P_STRING, NULL, NULL},
+  SI_CONFIRMING,
+  {NULL, 0, NULL, NULL},
+};
+static const struct tp_pspec spec_cancel[] = {
+  {"cancellation_reason", TP_P_ENUM, NULL, cancel_reasons},
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+static const struct tp_pspec spec_retrieve[] = {
+  {"client_secret", TP_P_STRING, NULL, NULL},
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+static const struct tp_pspec spec_list[] = {
+  {"limit", TP_P_INT, NULL, NULL},
+  {"starting_after", TP_P_STRING, NULL, NULL},
+  {"ending_before", TP_P_STRING, NULL, NULL},
+  {"created", TP_P_RANGE, NULL, NULL},
+  {"customer", TP_P_STRING, NULL, NULL},
+  {"payment_method", TP_P_STRING, NULL, NULL},
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  UNSUPPORTED("attach_to_self", tp_why_connect),
+  UNSUPPORTED("customer_account", tp_why_customer_account),
+  {NULL, 0, NULL, NULL},
+};
+
+static json_t *si_new(void)
+{
+  char id[TP_ID_MAX], secret[40], cs[128];
+  tp_id_new(id, "seti");
+  tp_random_b62(secret, 24);
+  snprintf(cs, sizeof cs, "%s_secret_%s", id, secret);
+  /* Every key the API version's SetupIntent always has, null where
+   * Turnpike has no such feature (Connect, mandates, payment method
+   * configurations, setup attempts). */
+  json_t *si = tp_pack("{s:s, s:s, s:n, s:n, s:n, s:n, s:s, s:I, s:n, s:n, s:n, s:n, s:n, s:b, s:n, s:{}, s:n, "
+                       "s:n, s:n, s:n, s:{s:{s:n, s:n, s:s}}, s:[s], s:n, s:s, s:s}",
+                       "id", id, "object", "setup_intent", "allowed_payment_method_types", "application",
+                       "automatic_payment_methods", "cancellation_reason", "client_secret", cs, "created",
+                       (json_int_t)tp_now(), "customer", "description", "excluded_payment_method_types",
+                       "last_setup_error", "latest_attempt", "livemode", 0, "mandate", "metadata", "next_action",
+                       "on_behalf_of", "payment_method", "payment_method_configuration_details",
+                       "payment_method_options", "card", "mandate_options", "network", "request_three_d_secure",
+                       "automatic", "payment_method_types", "card", "single_use_mandate", "status",
+                       "requires_payment_method", "usage", "off_session");
+  if (!si)
+    abort();
+  return si;
+}
+
+static void missing_si(struct tp_req *r)
+{
+  char msg[160];
+  snprintf(msg, sizeof msg, "No such setupintent: '%.64s'", r->path_id);
+  tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "intent", msg);
+}
+
+static void unexpected_state(struct tp_req *r, const json_t *si, const char *action)
+{
+  char msg[256];
+  snprintf(msg, sizeof msg, "You cannot %s this SetupIntent because it has a status of %s.", action,
+           json_string_value(json_object_get(si, "status")));
+  tp_reply_error(r, TP_ERR_SETUP_INTENT_UNEXPECTED_STATE, NULL, msg);
+}
+
+static bool open_status(const json_t *si)
+{
+  const char *st = json_string_value(json_object_get(si, "status"));
+  return st && (strcmp(st, "requires_payment_method") == 0 || strcmp(st, "requires_confirmation") == 0 ||
+                strcmp(st, "requires_action") == 0);
+}
+
+static bool in_list(const char *v, const char *const *list)
+{
+  for (; *list; list++)
+    if (strcmp(v, *list) == 0)
+      return true;
+  return false;
+}
+
+/* Card is the only payment method type: another one is refused, not
+ * dropped; excluding cards leaves nothing. False after replying. */
+static bool types_ok(struct tp_req *r, const json_t *params)
+{
+  static const char *const lists[] = {"payment_method_types", "allowed_payment_method_types",
+                                      "excluded_payment_method_types", "flow_directions"};
+  for (int l = 0; l < 4; l++) {
+    size_t i;
+    const json_t *t;
+    json_array_foreach(json_object_get(params, lists[l]), i, t)
+    {
+      const char *type = json_string_value(t);
+      bool ok;
+      if (l == 3)
+        ok = type && in_list(type, directions);
+      else if (l == 2)
+        ok = type && *type && strcmp(type, "card") != 0;
+      else
+        ok = type && strcmp(type, "card") == 0;
+      if (ok)
+        continue;
+      char msg[200];
+      snprintf(msg, sizeof msg,
+               l == 3   ? "Invalid flow_directions: \"%.40s\" is not inbound or outbound."
+               : l == 2 ? "Excluding \"%.40s\" leaves no payment method type: Turnpike takes cards only."
+                        : "The payment method type \"%.40s\" is invalid: Turnpike takes cards only.",
+               type ? type : "");
+      tp_reply_error(r, l == 3 ? TP_ERR_PARAMETER_INVALID : TP_ERR_PAYMENT_METHOD_UNSUPPORTED_TYPE, lists[l], msg);
+      return false;
+    }
+  }
+  if (json_string_length(json_object_get(params, "description")) > SI_DESCRIPTION_MAX) {
+    tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, "description", NULL);
+    return false;
+  }
+  return true;
+}
+
+/* Apply what create and update share to si; the PaymentMethod named or
+ * described (created in cs) becomes si's. False after replying. */
+static bool si_apply(struct tp_req *r, struct tp_cs *cs, json_t *si, bool creating)
+{
+  const json_t *p = r->params;
+  if (!types_ok(r, p))
+    return false;
+  const char *cus = tp_pstr(p, "customer");
+  if (cus && *cus) {
+    const char *had = json_string_value(json_object_get(si, "customer"));
+    if (had && strcmp(had, cus) != 0 && !creating) {
+      tp_reply_error(r, TP_ERR_SETUP_INTENT_INVALID_PARAMETER, "customer",
+                     "A SetupIntent's customer cannot be changed once set.");
+      return false;
+    }
+    if (!tp_live_or_missing(r, TP_K_CUSTOMER, cus, "customer", "customer"))
+      return false;
+    json_object_set_new(si, "customer", json_string(cus));
+  }
+  if (!tp_set_string(r, si, p, "description", "description", SI_DESCRIPTION_MAX))
+    return false;
+  json_t *v;
+  if ((v = json_object_get(p, "metadata")))
+    tp_metadata_apply(si, v);
+  static const char *const lists[] = {"allowed_payment_method_types", "excluded_payment_method_types",
+                                      "flow_directions"};
+  for (int l = 0; l < 3; l++)
+    if ((v = json_object_get(p, lists[l])))
+      json_object_set_new(si, lists[l], json_is_array(v) ? json_deep_copy(v) : json_null());
+  const char *rq = json_string_value(
+      json_object_get(json_object_get(json_object_get(p, "payment_method_options"), "card"), "request_three_d_secure"));
+  if (rq && *rq)
+    json_object_set_new(json_object_get(json_object_get(si, "payment_method_options"), "card"),
+                        "request_three_d_secure", json_string(rq));
+  if (creating) {
+    const char *usage = tp_pstr(p, "usage");
+    if (usage && *usage)
+      json_object_set_new(si, "usage", json_string(usage));
+    const json_t *apm = json_object_get(p, "automatic_payment_methods");
+    if (json_is_object(apm)) {
+      bool enabled = false;
+      tp_param_bool(apm, "enabled", &enabled);
+      const char *ar = tp_pstr(apm, "allow_redirects");
+      json_t *o = tp_pack("{s:b}", "enabled", enabled);
+      if (enabled)
+        json_object_set_new(o, "allow_redirects", json_string(ar && *ar ? ar : "always"));
+      json_object_set_new(si, "automatic_payment_methods", o);
+    }
+  }
+  /* The PaymentMethod: by id (checked now, a test id made into one) or
+   * described by payment_method_data. */
+  const json_t *pmd = json_object_get(p, "payment_method_data");
+  const char *pm_id = tp_pstr(p, "payment_method");
+  if (json_is_object(pmd) && pm_id && *pm_id) {
+    tp_reply_error(r, TP_ERR_PARAMETERS_EXCLUSIVE, "payment_method_data",
+                   "You cannot specify both payment_method and payment_method_data.");
+    return false;
+  }
+  json_t *pm = NULL;
+  struct tp_card_info ci;
+  memset(&ci, 0, sizeof ci);
+  char cvc[8] = "";
+  if (json_is_object(pmd))
+    pm = tp_pm_from_data(r, cs, pmd, &ci, cvc);
+  else if (pm_id && *pm_id)
+    pm = tp_pm_resolve(r, cs, pm_id, &ci);
+  tp_card_wipe(&ci, sizeof ci);
+  tp_card_wipe(cvc, sizeof cvc);
+  if ((json_is_object(pmd) || (pm_id && *pm_id)) && !pm)
+    return false;
+  if (pm) {
+    json_object_set(si, "payment_method", json_object_get(pm, "id"));
+    json_decref(pm);
+  }
+  const char *st = json_string_value(json_object_get(si, "status"));
+  if (st && strcmp(st, "requires_payment_method") == 0 && json_is_string(json_object_get(si, "payment_method")))
+    json_object_set_new(si, "status", json_string("requires_confirmation"));
+  return true;
+}
+
+/* Save pm to si's customer (unless it has one) and, when authenticated,
+ * record that for later off-session payments; into cs when it changed. */
+static void save_pm(struct tp_req *r, struct tp_cs *cs, const json_t *si, json_t *pm, bool authenticated)
+{
+  const char *cus = json_string_value(json_object_get(si, "customer"));
+  bool attach = cus && !json_is_string(json_object_get(pm, "customer"));
+  bool mark = authenticated &&
+              !json_is_true(json_object_get(json_object_get(pm, "turnpike"), "off_session_authenticated"));
+  if (mark)
+    json_object_set_new(pm, "turnpike", tp_pack("{s:b}", "off_session_authenticated", 1));
+  if (attach)
+    json_object_set_new(pm, "customer", json_string(cus));
+  if (attach || mark)
+    tp_cs_put(cs, TP_K_PAYMENT_METHOD, r->merchant.id, pm);
+  if (attach)
+    tp_emit(cs, r, r->merchant.id, "payment_method.attached", pm);
+}
+
+json_t *tp_si_finish(struct tp_req *r, struct tp_cs *cs, json_t *si, json_t *pm, const char *pan,
+                     bool authenticated)
+{
+  json_object_set_new(si, "next_action", json_null());
+  const char *decline = tp_test_card_decline(pan);
+  if (!*decline) {
+    json_object_set_new(si, "status", json_string("succeeded"));
+    json_object_set(si, "payment_method", json_object_get(pm, "id"));
+    json_object_set_new(si, "last_setup_error", json_null());
+    save_pm(r, cs, si, pm, authenticated);
+    tp_put_emit(cs, r, r->merchant.id, TP_K_SETUP_INTENT, "setup_intent.succeeded", si);
+    return NULL;
+  }
+  const struct tp_error_info *ei = tp_error_by_decline_code(decline);
+  if (!ei)
+    ei = tp_error_by_decline_code("generic_decline");
+  json_t *err = tp_error_object((enum tp_err)ei->number, NULL, NULL);
+  json_object_set_new(err, "doc_url", json_sprintf("https://docs.stripe.com/error-codes/%s",
+                                                   json_string_value(json_object_get(err, "code"))));
+  json_object_set(err, "payment_method", pm);
+  json_object_set(si, "last_setup_error", err);
+  json_object_set_new(si, "status", json_string("requires_payment_method"));
+  json_object_set_new(si, "payment_method", json_null());
+  tp_put_emit(cs, r, r->merchant.id, TP_K_SETUP_INTENT, "setup_intent.setup_failed", si);
+  return err;
+}
+
+/* The reply to an API confirmation that ended: si (expanded with pm as
+ * this change set leaves it, not as stored), or the card error with si in
+ * it. */
+static void reply_finished(struct tp_req *r, json_t *si, const json_t *pm, json_t *err)
+{
+  if (!err) {
+    json_t *out = json_deep_copy(si);
+    json_t *known = tp_pack("[O]", pm);
+    if (tp_expand(r, out, known))
+      tp_reply_json(r, 200, out);
+    else
+      json_decref(out);
+    json_decref(known);
+    return;
+  }
+  json_t *body = json_deep_copy(err);
+  json_object_set_new(body, "setup_intent", json_deep_copy(si));
+  const char *dc = json_string_value(json_object_get(err, "decline_code"));
+  const struct tp_error_info *ei = dc ? tp_error_by_decline_code(dc) : NULL;
+  tp_reply_json(r, ei ? (unsigned)ei->http_status : 402, tp_pack("{s:o}", "error", body));
+  json_decref(err);
+}
+
+/* Confirm si (owned) in cs (owned), holding lock_id; replies and commits. */
+static void si_confirm(struct tp_req *r, json_t *si, struct tp_cs *cs, bool created, const char *lock_id)
+{
+  const json_t *p = r->params;
+  char pm_lock[TP_ID_MAX] = ""; /* a copy: si's own payment_method is replaced below */
+  json_t *pm = NULL;
+  struct tp_card_info ci;
+  memset(&ci, 0, sizeof ci);
+  char cvc[8] = "";
+  if (!tp_redirect_allowed(r, si))
+    goto fail;
+  const json_t *pmd = json_object_get(p, "payment_method_data");
+  const char *pm_id = tp_pstr(p, "payment_method");
+  if (json_is_object(pmd) && pm_id && *pm_id) {
+    tp_reply_error(r, TP_ERR_PARAMETERS_EXCLUSIVE, "payment_method_data",
+                   "You cannot specify both payment_method and payment_method_data.");
+    goto fail;
+  }
+  if (json_is_object(pmd)) {
+    pm = tp_pm_from_data(r, cs, pmd, &ci, cvc);
+    if (!pm)
+      goto fail;
+  } else {
+    if (!pm_id || !*pm_id)
+      pm_id = json_string_value(json_object_get(si, "payment_method"));
+    if (!pm_id || !*pm_id) {
+      tp_reply_error(r, TP_ERR_SETUP_INTENT_UNEXPECTED_STATE, "payment_method",
+                     "You cannot confirm this SetupIntent because it's missing a payment method. Update the "
+                     "SetupIntent with a payment method and then confirm it again.");
+      goto fail;
+    }
+    /* A stored PaymentMethod may be saved to the customer below: as attach
+     * and detach do, under its lock, read afresh. */
+    if (strncmp(pm_id, "pm_card_", 8) != 0) {
+      if (strlen(pm_id) >= sizeof pm_lock || !tp_lock_try(pm_id)) {
+        tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+        goto fail;
+      }
+      tp_scopy(pm_lock, sizeof pm_lock, pm_id);
+    }
+    pm = tp_pm_resolve(r, cs, pm_id, &ci);
+    if (!pm)
+      goto fail;
+  }
+  const char *pm_cus = json_string_value(json_object_get(pm, "customer"));
+  const char *si_cus = json_string_value(json_object_get(si, "customer"));
+  if (pm_cus && (!si_cus || strcmp(pm_cus, si_cus) != 0)) {
+    tp_reply_error(r, TP_ERR_PAYMENT_METHOD_UNEXPECTED_STATE, "payment_method",
+                   "The provided PaymentMethod belongs to a customer other than the one on this SetupIntent.");
+    goto fail;
+  }
+  json_object_set(si, "payment_method", json_object_get(pm, "id"));
+  json_object_set_new(si, "last_setup_error", json_null());
+  if (created)
+    tp_emit(cs, r, r->merchant.id, "setup_intent.created", si);
+  /* Setting a card up is on-session: the customer is there to answer. */
+  if (tp_wants_3ds(si, ci.pan, false, pm)) {
+    const char *ret = tp_pstr(p, "return_url");
+    const char *sid = json_string_value(json_object_get(si, "id"));
+    char token[65], url[600];
+    tp_3ds_token(sid, token);
+    snprintf(url, sizeof url, "%s/v1/turnpike/3ds/%s?token=%s&account=%s", tp_app.public_url, sid, token,
+             r->merchant.id);
+    json_object_set_new(si, "status", json_string("requires_action"));
+    json_object_set_new(si, "next_action",
+                        tp_pack("{s:s, s:{s:s, s:o}}", "type", "redirect_to_url", "redirect_to_url", "url", url,
+                                "return_url", ret && *ret ? json_string(ret) : json_null()));
+    tp_put_emit(cs, r, r->merchant.id, TP_K_SETUP_INTENT, "setup_intent.requires_action", si);
+    reply_finished(r, si, pm, NULL);
+  } else {
+    json_t *err = tp_si_finish(r, cs, si, pm, ci.pan, false);
+    reply_finished(r, si, pm, err);
+  }
+  tp_card_wipe(&ci, sizeof ci);
+  tp_card_wipe(cvc, sizeof cvc);
+  json_decref(pm);
+  json_decref(si);
+  const char *held[2];
+  size_t n = 0;
+  if (lock_id)
+    held[n++] = lock_id;
+  if (pm_lock[0])
+    held[n++] = pm_lock;
+  tp_commit_and_reply_locks(r, cs, held, n);
+  return;
+fail:
+  tp_card_wipe(&ci, sizeof ci);
+  tp_card_wipe(cvc, sizeof cvc);
+  json_decref(pm);
+  json_decref(si);
+  tp_cs_free(cs);
+  if (pm_lock[0])
+    tp_lock_release(pm_lock);
+  if (lock_id)
+    tp_lock_release(lock_id);
+}
+
+void tp_h_si_create(struct tp_req *r)
+{
+  if (!tp_check_params(r, spec_create))
+    return;
+  json_t *si = si_new();
+  struct tp_cs *cs = tp_cs_new();
+  if (!si_apply(r, cs, si, true)) {
+    json_decref(si);
+    tp_cs_free(cs);
+    return;
+  }
+  bool confirm = false;
+  tp_param_bool(r->params, "confirm", &confirm);
+  if (confirm) {
+    si_confirm(r, si, cs, true, NULL);
+    return;
+  }
+  tp_put_emit(cs, r, r->merchant.id, TP_K_SETUP_INTENT, "setup_intent.created", si);
+  json_t *out = json_deep_copy(si);
+  json_decref(si);
+  if (!tp_expand(r, out, NULL)) {
+    json_decref(out);
+    tp_cs_free(cs);
+    return;
+  }
+  tp_reply_json(r, 200, out);
+  tp_commit_and_reply(r, cs);
+}
+
+/* A request made with a publishable key names the client_secret. */
+static bool client_secret_ok(struct tp_req *r, const json_t *si)
+{
+  if (!r->publishable)
+    return true;
+  const char *given = json_string_value(json_object_get(r->params, "client_secret"));
+  const char *want = json_string_value(json_object_get(si, "client_secret"));
+  if (given && want && strlen(given) == strlen(want) && tp_ct_equal(given, want, strlen(want)))
+    return true;
+  tp_reply_error(r, TP_ERR_CLIENT_SECRET_INVALID, "client_secret", NULL);
+  return false;
+}
+
+void tp_h_si_retrieve(struct tp_req *r)
+{
+  if (!tp_check_params(r, spec_retrieve))
+    return;
+  json_t *si = tp_store_get_json(&tp_app.store, TP_K_SETUP_INTENT, r->merchant.id, r->path_id);
+  if (!si) {
+    missing_si(r);
+    return;
+  }
+  if (!client_secret_ok(r, si) || !tp_expand(r, si, NULL)) {
+    json_decref(si);
+    return;
+  }
+  tp_reply_json(r, 200, si);
+}
+
+/* si under its lock; NULL after replying. */
+static json_t *load_locked(struct tp_req *r)
+{
+  if (!tp_lock_try(r->path_id)) {
+    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+    return NULL;
+  }
+  json_t *si = tp_store_get_json(&tp_app.store, TP_K_SETUP_INTENT, r->merchant.id, r->path_id);
+  if (!si) {
+    tp_lock_release(r->path_id);
+    missing_si(r);
+  }
+  return si;
+}
+
+void tp_h_si_update(struct tp_req *r)
+{
+  if (!tp_check_params(r, spec_update))
+    return;
+  json_t *si = load_locked(r);
+  if (!si)
+    return;
+  /* Once it succeeded or was canceled only its description and metadata
+   * may change. */
+  if (!open_status(si)) {
+    const char *k;
+    json_t *v;
+    json_object_foreach(r->params, k, v)
+    {
+      if (strcmp(k, "metadata") != 0 && strcmp(k, "description") != 0 && strcmp(k, "expand") != 0) {
+        unexpected_state(r, si, "update");
+        json_decref(si);
+        tp_lock_release(r->path_id);
+        return;
+      }
+    }
+  }
+  /* Stripe has no setup_intent.updated event: an update emits none. */
+  struct tp_cs *cs = tp_cs_new();
+  if (!si_apply(r, cs, si, false)) {
+    json_decref(si);
+    tp_cs_free(cs);
+    tp_lock_release(r->path_id);
+    return;
+  }
+  tp_cs_put(cs, TP_K_SETUP_INTENT, r->merchant.id, si);
+  json_t *out = json_deep_copy(si);
+  json_decref(si);
+  if (!tp_expand(r, out, NULL)) {
+    json_decref(out);
+    tp_cs_free(cs);
+    tp_lock_release(r->path_id);
+    return;
+  }
+  tp_reply_json(r, 200, out);
+  tp_commit_and_reply_unlock(r, cs, r->path_id);
+}
+
+void tp_h_si_confirm(struct tp_req *r)
+{
+  if (!tp_check_params(r, spec_confirm))
+    return;
+  json_t *si = load_locked(r);
+  if (!si)
+    return;
+  if (!client_secret_ok(r, si)) {
+    json_decref(si);
+    tp_lock_release(r->path_id);
+    return;
+  }
+  const char *st = json_string_value(json_object_get(si, "status"));
+  if (!st || (strcmp(st, "requires_payment_method") != 0 && strcmp(st, "requires_confirmation") != 0 &&
+              strcmp(st, "requires_action") != 0)) {
+    unexpected_state(r, si, "confirm");
+    json_decref(si);
+    tp_lock_release(r->path_id);
+    return;
+  }
+  if (!types_ok(r, r->params)) {
+    json_decref(si);
+    tp_lock_release(r->path_id);
+    return;
+  }
+  const char *rq = json_string_value(json_object_get(
+      json_object_get(json_object_get(r->params, "payment_method_options"), "card"), "request_three_d_secure"));
+  if (rq && *rq)
+    json_object_set_new(json_object_get(json_object_get(si, "payment_method_options"), "card"),
+                        "request_three_d_secure", json_string(rq));
+  si_confirm(r, si, tp_cs_new(), false, r->path_id);
+}
+
+void tp_h_si_cancel(struct tp_req *r)
+{
+  if (!tp_check_params(r, spec_cancel))
+    return;
+  json_t *si = load_locked(r);
+  if (!si)
+    return;
+  if (!open_status(si)) {
+    unexpected_state(r, si, "cancel");
+    json_decref(si);
+    tp_lock_release(r->path_id);
+    return;
+  }
+  const char *reason = tp_pstr(r->params, "cancellation_reason");
+  json_object_set_new(si, "status", json_string("canceled"));
+  json_object_set_new(si, "cancellation_reason", reason && *reason ? json_string(reason) : json_null());
+  json_object_set_new(si, "next_action", json_null());
+  struct tp_cs *cs = tp_cs_new();
+  tp_put_emit(cs, r, r->merchant.id, TP_K_SETUP_INTENT, "setup_intent.canceled", si);
+  json_t *out = json_deep_copy(si);
+  json_decref(si);
+  if (!tp_expand(r, out, NULL)) {
+    json_decref(out);
+    tp_cs_free(cs);
+    tp_lock_release(r->path_id);
+    return;
+  }
+  tp_reply_json(r, 200, out);
+  tp_commit_and_reply_unlock(r, cs, r->path_id);
+}
+
+void tp_h_si_list(struct tp_req *r)
+{
+  if (!tp_check_params(r, spec_list))
+    return;
+  struct tp_list_query q;
+  memset(&q, 0, sizeof q);
+  q.kind = TP_K_SETUP_INTENT;
+  if (!tp_list_params(r, &q))
+    return;
+  const char *cus = tp_pstr(r->params, "customer"), *pm = tp_pstr(r->params, "payment_method");
+  if (cus && *cus) {
+    q.col_name = "customer";
+    q.col_value = cus;
+  }
+  if (pm && *pm) {
+    q.col2_name = "payment_method";
+    q.col2_value = pm;
+  }
+  tp_reply_list(r, &q, "/v1/setup_intents");
+}
+
+void tp_h_si_verify_microdeposits(struct tp_req *r)
+{
+  tp_reply_error(r, TP_ERR_PARAMETER_UNSUPPORTED, NULL,
+                 "Parameter not supported by Turnpike: verify_microdeposits (Turnpike takes card payments only: "
+                 "no bank accounts to verify)");
+}

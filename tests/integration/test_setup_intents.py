@@ -1,0 +1,223 @@
+"""SetupIntents: a card saved for later payments without a charge. The status
+machine, 3-D Secure on setup through the challenge page (approve and fail),
+the issuer's verification (a declined card is not saved), the card saved to
+the customer and recorded as authenticated so that a card that asks until
+it is set up (4000002500003155) then pays off-session without a challenge,
+cancel, update, list filters, the publishable key's view, and bad input
+that changes nothing."""
+import urllib.parse
+
+from harness import DaemonTestCase, card, main, open_db_ro
+
+SI = "/v1/setup_intents"
+RETURN = "https://shop.example/saved?x=1"
+
+
+class SetupIntents(DaemonTestCase):
+
+    def customer(self):
+        return self.c().post("/v1/customers", {"email": "si@example.test"}).json["id"]
+
+    def events(self, object_id):
+        r = self.c().get("/v1/events", {"limit": 100})
+        return [e["type"] for e in reversed(r.json["data"]) if e["data"]["object"]["id"] == object_id]
+
+    def count(self, table):
+        db = open_db_ro(self.daemon)
+        try:
+            return db.execute("SELECT count(*) FROM %s" % table).fetchone()[0]
+        finally:
+            db.close()
+
+    def challenge(self, si, result):
+        """Answer si's challenge page; the redirect's query."""
+        self.assertEqual(si["status"], "requires_action", si)
+        u = urllib.parse.urlsplit(si["next_action"]["redirect_to_url"]["url"])
+        token = urllib.parse.parse_qs(u.query)["token"][0]
+        page = self.c().get(u.path + "?" + u.query, key=None)
+        self.assertEqual(page.status, 200, page)
+        self.assertIn(b"saving a card", page.body)
+        r = self.c().post(u.path, {"token": token, "result": result}, key=None)
+        self.assertEqual(r.status, 303, r)
+        loc = r.headers["Location"]
+        self.assertTrue(loc.startswith(RETURN + "&"), loc)
+        return urllib.parse.parse_qs(urllib.parse.urlsplit(loc).query)
+
+    def test_the_status_machine_and_its_events(self):
+        c = self.c()
+        cus = self.customer()
+        si = c.post(SI, {"customer": cus, "metadata": {"order": "7"}, "description": "save"}).json
+        self.assertEqual((si["status"], si["usage"], si["payment_method"]), ("requires_payment_method",
+                                                                               "off_session", None))
+        self.assertTrue(si["client_secret"].startswith(si["id"] + "_secret_"))
+        si = c.post(SI + "/" + si["id"], {"payment_method": "pm_card_mastercard"}).json
+        self.assertEqual(si["status"], "requires_confirmation")
+        pm_id = si["payment_method"]
+        si = c.post(SI + "/%s/confirm" % si["id"], {"expand[]": "payment_method"}).json
+        self.assertEqual(si["status"], "succeeded", si)
+        self.assertEqual(si["payment_method"]["id"], pm_id)
+        self.assertEqual(si["payment_method"]["customer"], cus)
+        self.assertEqual(si["metadata"], {"order": "7"})
+        self.assertEqual(self.events(si["id"]), ["setup_intent.created", "setup_intent.succeeded"])
+        self.assertEqual(self.events(pm_id), ["payment_method.attached"])
+        # the saved card pays off-session
+        pi = c.post("/v1/payment_intents", {"amount": 1500, "currency": "usd", "customer": cus,
+                                            "payment_method": pm_id, "off_session": "true",
+                                            "confirm": "true"}).json
+        self.assertEqual(pi["status"], "succeeded", pi)
+        # nothing more to do with it
+        for action in ("confirm", "cancel"):
+            r = c.post(SI + "/%s/%s" % (si["id"], action), {})
+            self.assertStripeError(r, 400, "invalid_request_error", "setup_intent_unexpected_state")
+        r = c.post(SI + "/" + si["id"], {"payment_method": "pm_card_visa"})
+        self.assertStripeError(r, 400, "invalid_request_error", "setup_intent_unexpected_state")
+        self.assertEqual(c.post(SI + "/" + si["id"], {"metadata": {"order": "8"}}).json["metadata"], {"order": "8"})
+
+    def test_a_card_that_asks_on_setup_is_authenticated_then_pays_off_session(self):
+        c = self.c()
+        cus = self.customer()
+        si = c.post(SI, {"customer": cus, "payment_method_data": card("4000002500003155"), "confirm": "true",
+                         "return_url": RETURN}).json
+        self.assertEqual(si["next_action"]["redirect_to_url"]["return_url"], RETURN)
+        q = self.challenge(si, "approve")
+        self.assertEqual(q["setup_intent"], [si["id"]])
+        self.assertEqual(q["setup_intent_client_secret"], [si["client_secret"]])
+        self.assertEqual(q["redirect_status"], ["succeeded"])
+        done = c.get(SI + "/" + si["id"]).json
+        self.assertEqual((done["status"], done["next_action"]), ("succeeded", None))
+        pm = c.get("/v1/payment_methods/" + done["payment_method"]).json
+        self.assertEqual(pm["customer"], cus)
+        self.assertEqual(pm["turnpike"], {"off_session_authenticated": True})
+        self.assertEqual(self.events(si["id"]), ["setup_intent.created", "setup_intent.requires_action",
+                                                 "setup_intent.succeeded"])
+        pi = c.post("/v1/payment_intents", {"amount": 900, "currency": "eur", "customer": cus,
+                                            "payment_method": pm["id"], "off_session": "true",
+                                            "confirm": "true"}).json
+        self.assertEqual(pi["status"], "succeeded", pi)
+        # the page cannot be answered twice
+        u = urllib.parse.urlsplit(si["next_action"]["redirect_to_url"]["url"])
+        token = urllib.parse.parse_qs(u.query)["token"][0]
+        self.assertEqual(c.post(u.path, {"token": token, "result": "fail"}, key=None).status, 409)
+
+    def test_a_failed_challenge_saves_nothing(self):
+        c = self.c()
+        cus = self.customer()
+        si = c.post(SI, {"customer": cus, "payment_method": "pm_card_authenticationRequired", "confirm": "true",
+                         "return_url": RETURN}).json
+        pm_id = si["payment_method"]
+        q = self.challenge(si, "fail")
+        self.assertEqual(q["redirect_status"], ["failed"])
+        si = c.get(SI + "/" + si["id"]).json
+        self.assertEqual((si["status"], si["payment_method"]), ("requires_payment_method", None))
+        self.assertEqual(si["last_setup_error"]["code"], "setup_intent_authentication_failure")
+        self.assertEqual(si["last_setup_error"]["payment_method"]["id"], pm_id)
+        self.assertIsNone(c.get("/v1/payment_methods/" + pm_id).json["customer"])
+        self.assertEqual(self.events(si["id"])[-1], "setup_intent.setup_failed")
+        # another card then goes through
+        si = c.post(SI + "/%s/confirm" % si["id"], {"payment_method": "pm_card_visa"}).json
+        self.assertEqual((si["status"], si["last_setup_error"]), ("succeeded", None))
+
+    def test_the_merchant_can_ask_for_3ds_on_any_card(self):
+        si = self.c().post(SI, {"payment_method": "pm_card_visa", "confirm": "true", "return_url": RETURN,
+                                "payment_method_options[card][request_three_d_secure]": "any"}).json
+        self.assertEqual(si["status"], "requires_action", si)
+        self.assertEqual(si["payment_method_options"]["card"]["request_three_d_secure"], "any")
+        self.challenge(si, "approve")
+        self.assertEqual(self.c().get(SI + "/" + si["id"]).json["status"], "succeeded")
+
+    def test_a_declined_card_is_not_saved(self):
+        c = self.c()
+        cus = self.customer()
+        for pan, code, decline in [("4000000000000002", "card_declined", "generic_decline"),
+                                   ("4000000000009995", "card_declined", "insufficient_funds"),
+                                   ("4000000000000127", "incorrect_cvc", "incorrect_cvc")]:
+            r = c.post(SI, {"customer": cus, "payment_method_data": card(pan), "confirm": "true"})
+            err = self.assertStripeError(r, 402, "card_error", code)
+            self.assertEqual(err["decline_code"], decline)
+            si = err["setup_intent"]
+            self.assertEqual((si["status"], si["payment_method"]), ("requires_payment_method", None))
+            self.assertEqual(si["last_setup_error"]["decline_code"], decline)
+            pm = si["last_setup_error"]["payment_method"]
+            self.assertIsNone(c.get("/v1/payment_methods/" + pm["id"]).json["customer"])
+            self.assertEqual(c.get(SI + "/" + si["id"]).json["status"], "requires_payment_method")
+            self.assertEqual(self.events(si["id"]), ["setup_intent.created", "setup_intent.setup_failed"])
+        self.assertEqual(c.get("/v1/customers/%s/payment_methods" % cus).json["data"], [])
+
+    def test_cancel_list_and_retrieve(self):
+        c = self.c()
+        cus = self.customer()
+        a = c.post(SI, {"customer": cus}).json
+        b = c.post(SI, {"customer": cus, "payment_method": "pm_card_visa", "confirm": "true"}).json
+        other = c.post(SI, {}).json
+        r = c.post(SI + "/%s/cancel" % a["id"], {"cancellation_reason": "requested_by_customer"})
+        self.assertEqual((r.json["status"], r.json["cancellation_reason"]), ("canceled", "requested_by_customer"))
+        self.assertEqual(self.events(a["id"]), ["setup_intent.created", "setup_intent.canceled"])
+        ids = [s["id"] for s in c.get(SI, {"customer": cus}).json["data"]]
+        self.assertEqual(ids, [b["id"], a["id"]])
+        ids = [s["id"] for s in c.get(SI, {"payment_method": b["payment_method"]}).json["data"]]
+        self.assertEqual(ids, [b["id"]])
+        page = c.get(SI, {"limit": 2}).json
+        self.assertEqual((page["url"], page["has_more"], page["data"][0]["id"]), (SI, True, other["id"]))
+        r = c.get(SI + "/seti_nothere")
+        self.assertStripeError(r, 404, "invalid_request_error", "resource_missing")
+        # another merchant's SetupIntent is not found
+        self.assertEqual(self.c("n").get(SI + "/" + b["id"]).status, 404)
+
+    MERCHANTS = ("m", "n")
+
+    def test_a_card_of_another_customer_is_refused(self):
+        c = self.c()
+        cus1, cus2 = self.customer(), self.customer()
+        si = c.post(SI, {"customer": cus1, "payment_method": "pm_card_visa", "confirm": "true"}).json
+        r = c.post(SI, {"customer": cus2, "payment_method": si["payment_method"], "confirm": "true"})
+        self.assertStripeError(r, 400, "invalid_request_error", "payment_method_unexpected_state")
+
+    def test_the_publishable_key_sees_the_client_view(self):
+        pk = self.daemon.merchants["m"]["publishable_key"]
+        si = self.c().post(SI, {"customer": self.customer(), "metadata": {"secret": "yes"}}).json
+        pc = self.daemon.client("m")
+        r = pc.get(SI + "/" + si["id"], {"client_secret": si["client_secret"]}, key=pk)
+        self.assertEqual(r.status, 200, r)
+        self.assertNotIn("metadata", r.json)
+        self.assertNotIn("customer", r.json)
+        self.assertEqual(r.json["status"], "requires_payment_method")
+        r = pc.get(SI + "/" + si["id"], {"client_secret": "seti_x_secret_y"}, key=pk)
+        self.assertEqual(r.status, 400, r)
+        r = pc.post(SI + "/%s/confirm" % si["id"], {"client_secret": si["client_secret"],
+                                                     "payment_method": "pm_card_visa"}, key=pk)
+        self.assertEqual((r.status, r.json["status"]), (200, "succeeded"))
+        self.assertNotIn("metadata", r.json)
+        # creating one takes the secret key
+        self.assertEqual(pc.post(SI, {}, key=pk).status, 401)
+
+    def test_bad_input_changes_nothing(self):
+        c = self.c()
+        before = self.count("setup_intents")
+        for params, param in [({"payment_method_types[]": "sepa_debit"}, "payment_method_types"),
+                              ({"usage": "sometimes"}, "usage"),
+                              ({"customer": "cus_missing"}, "customer"),
+                              ({"payment_method": "pm_missing"}, "payment_method"),
+                              ({"flow_directions[]": "sideways"}, "flow_directions"),
+                              ({"excluded_payment_method_types[]": "card"}, "excluded_payment_method_types"),
+                              ({"payment_method": "pm_card_visa", "payment_method_data": card("4242424242424242")},
+                               "payment_method_data"),
+                              ({"single_use[amount]": "100"}, "single_use"),
+                              ({"on_behalf_of": "acct_x"}, "on_behalf_of"),
+                              ({"confirm": "true"}, "payment_method"),
+                              ({"payment_method_data": card("4242424242424241"), "confirm": "true"},
+                               "payment_method_data[card][number]")]:
+            r = c.post(SI, params)
+            self.assertIn(r.status, (400, 402, 404), (params, r))
+            self.assertEqual(r.json["error"].get("param"), param, (params, r))
+        self.assertEqual(self.count("setup_intents"), before)
+        r = c.post(SI + "/seti_x/verify_microdeposits", {"amounts[]": "32"})
+        self.assertStripeError(r, 400, "invalid_request_error")
+        # automatic payment methods need a return_url for a confirmation, as on PaymentIntents
+        r = c.post(SI, {"automatic_payment_methods[enabled]": "true", "payment_method": "pm_card_visa",
+                        "confirm": "true"})
+        self.assertStripeError(r, 400, "invalid_request_error", "parameter_missing", "return_url")
+        self.assertEqual(self.count("setup_intents"), before)
+
+
+if __name__ == "__main__":
+    main()
