@@ -654,6 +654,12 @@ void tp_h_si_list(struct tp_req *r)
 
 void tp_h_si_verify_microdeposits(struct tp_req *r)
 {
+  json_t *si = tp_store_get_json(&tp_app.store, TP_K_SETUP_INTENT, r->merchant.id, r->path_id);
+  if (!si) {
+    missing_si(r);
+    return;
+  }
+  json_decref(si);
   tp_reply_error(r, TP_ERR_PARAMETER_UNSUPPORTED, NULL,
                  "Parameter not supported by Turnpike: verify_microdeposits (Turnpike takes card payments only: "
                  "no bank accounts to verify)");

@@ -346,9 +346,11 @@ class KeysTest(DaemonTestCase):
     def test_publishable_key_is_refused_on_secret_routes(self):
         c = self.key_client(self.daemon.merchants["K"]["publishable_key"])
         self.assertStripeError(c.get("/v1/payment_intents"), 401, "invalid_request_error")
-        # every authenticated route but the three browser ones (retrieve and
-        # confirm a PaymentIntent with its client_secret, tokenise a card)
+        # every authenticated route but the browser ones (retrieve and
+        # confirm a PaymentIntent or SetupIntent with its client_secret,
+        # tokenise a card)
         client_routes = {("GET", "/v1/payment_intents/{id}"), ("POST", "/v1/payment_intents/{id}/confirm"),
+                         ("GET", "/v1/setup_intents/{id}"), ("POST", "/v1/setup_intents/{id}/confirm"),
                          ("POST", "/v1/payment_methods")}
         for method, pattern, authed in routes():
             if not authed or (method, pattern) in client_routes:

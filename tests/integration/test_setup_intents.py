@@ -210,8 +210,12 @@ class SetupIntents(DaemonTestCase):
             self.assertIn(r.status, (400, 402, 404), (params, r))
             self.assertEqual(r.json["error"].get("param"), param, (params, r))
         self.assertEqual(self.count("setup_intents"), before)
-        r = c.post(SI + "/seti_x/verify_microdeposits", {"amounts[]": "32"})
-        self.assertStripeError(r, 400, "invalid_request_error")
+        self.assertEqual(c.post(SI + "/seti_x/verify_microdeposits", {"amounts[]": "32"}).status, 404)
+        mine = c.post(SI, {}).json["id"]
+        before += 1
+        r = c.post(SI + "/%s/verify_microdeposits" % mine, {"amounts[]": "32"})
+        err = self.assertStripeError(r, 400, "invalid_request_error")
+        self.assertEqual(err["tp_code"], 1101)
         # automatic payment methods need a return_url for a confirmation, as on PaymentIntents
         r = c.post(SI, {"automatic_payment_methods[enabled]": "true", "payment_method": "pm_card_visa",
                         "confirm": "true"})
