@@ -304,10 +304,22 @@ void tp_emit_update(struct tp_cs *cs, const struct tp_req *r, const char *mercha
 void tp_put_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant, enum tp_kind kind, const char *type,
                  const json_t *object)
 {
+  tp_put_emit_text(cs, r, merchant, kind, type, object, NULL);
+}
+
+void tp_put_emit_text(struct tp_cs *cs, const struct tp_req *r, const char *merchant, enum tp_kind kind,
+                      const char *type, const json_t *object, char **text)
+{
   size_t ol = 0;
   char *os = tp_json_dump(object, &ol);
   if (!os)
     abort();
+  if (text) {
+    *text = malloc(ol + 1);
+    if (!*text)
+      abort();
+    memcpy(*text, os, ol + 1);
+  }
   /* The object is compressed once: its frame is stored in its row and,
    * between the envelope's own small frames, in its event's. The event
    * first (as before), then the put takes os and the frame over. */

@@ -21,6 +21,10 @@ void tp_emit_update(struct tp_cs *cs, const struct tp_req *r, const char *mercha
 /* tp_cs_put of object (kind) and tp_emit about it, serialising it once. */
 void tp_put_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant, enum tp_kind kind, const char *type,
                  const json_t *object);
+/* tp_put_emit that also hands back a copy of object's compact JSON text
+ * (malloc'ed, NUL-terminated) in *text, for a reply of the same object. */
+void tp_put_emit_text(struct tp_cs *cs, const struct tp_req *r, const char *merchant, enum tp_kind kind,
+                      const char *type, const json_t *object, char **text);
 
 /* Card fingerprint: HMAC(merchant key, PAN), 16 base62-ish chars. Same card
  * and merchant give the same fingerprint; it reveals nothing of the number. */

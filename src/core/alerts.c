@@ -227,9 +227,13 @@ static void label_of(const char *v, char *out, size_t cap)
  * is enough. A string with an escape is not decoded: the caller falls back to
  * the parser. */
 enum { CF_CURRENCY, CF_BRAND, CF_PROCESSOR, CF_FAILURE, CF_AMOUNT, CF__N };
-static const char *const cf_paths[CF__N] = {
-    "data.object.currency", "data.object.payment_method_details.card.brand", "data.object.turnpike.processor",
-    "data.object.failure_code", "data.object.amount"};
+#define CF_PATH(s) {s, sizeof s - 1}
+static const struct {
+  const char *s;
+  size_t n;
+} cf_paths[CF__N] = {CF_PATH("data.object.currency"), CF_PATH("data.object.payment_method_details.card.brand"),
+                     CF_PATH("data.object.turnpike.processor"), CF_PATH("data.object.failure_code"),
+                     CF_PATH("data.object.amount")};
 
 struct cspan {
   const char *p;
@@ -272,13 +276,14 @@ static const char *scan_val(const char *p, const char *end, char *path, size_t p
   /* A leaf may be wanted; an object may lead to wanted leaves. */
   int want = -1;
   bool prefix = false;
+  /* Lengths first: most keys of the charge match no wanted path. */
   for (int i = 0; i < CF__N; i++) {
     if (*p == '{') {
-      if (strncmp(cf_paths[i], path, plen) == 0 && (plen == 0 || cf_paths[i][plen] == '.')) {
+      if (cf_paths[i].n > plen && memcmp(cf_paths[i].s, path, plen) == 0 && (plen == 0 || cf_paths[i].s[plen] == '.')) {
         prefix = true;
         break;
       }
-    } else if (*p != '[' && strcmp(cf_paths[i], path) == 0) {
+    } else if (*p != '[' && cf_paths[i].n == plen && memcmp(cf_paths[i].s, path, plen) == 0) {
       want = i;
       break;
     }

@@ -330,6 +330,21 @@ static bool wants_txn(const struct tp_pay *p)
   return false;
 }
 
+void tp_pay_reply_text(struct tp_pay *p, unsigned status, json_t *obj, char *text)
+{
+  const json_t *ex = json_object_get(p->params, "expand");
+  if (text && !(p->r && json_is_array(ex) && json_array_size(ex) > 0)) {
+    /* obj as already written out (tp_put_emit_text): the same bytes. */
+    free(p->body);
+    p->status = status;
+    p->body = text;
+    json_decref(obj);
+    return;
+  }
+  free(text);
+  tp_pay_reply(p, status, obj);
+}
+
 void tp_pay_reply(struct tp_pay *p, unsigned status, json_t *obj)
 {
   const json_t *ex = json_object_get(p->params, "expand");
@@ -1290,11 +1305,13 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
     }
     json_object_set_new(pi, "last_payment_error", json_null());
     save_for_future_use(p, cs);
-    tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.succeeded", ch);
-    tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT,
-                p->att.capture ? "payment_intent.succeeded" : "payment_intent.amount_capturable_updated", pi);
+    char *text = NULL;
+    tp_put_emit_text(cs, p->r, merchant, TP_K_CHARGE, "charge.succeeded", ch, p->reply_charge ? &text : NULL);
+    tp_put_emit_text(cs, p->r, merchant, TP_K_PAYMENT_INTENT,
+                     p->att.capture ? "payment_intent.succeeded" : "payment_intent.amount_capturable_updated", pi,
+                     p->reply_charge ? NULL : &text);
     p->charge = ch;
-    tp_pay_reply(p, 200, json_incref(p->reply_charge ? ch : pi));
+    tp_pay_reply_text(p, 200, json_incref(p->reply_charge ? ch : pi), text);
     return;
   }
   /* Declined or failed: the charge is recorded as failed and the

@@ -90,6 +90,9 @@ void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs);
 
 /* Set p's reply from a JSON object (expanded with p->params when a request). */
 void tp_pay_reply(struct tp_pay *p, unsigned status, json_t *obj);
+/* The same, given obj's compact text already written (owned; NULL: dump
+ * obj): used as it is unless the request expands something. */
+void tp_pay_reply_text(struct tp_pay *p, unsigned status, json_t *obj, char *text);
 
 /* Resolve every attempt left "sent" (start-up), then keep resolving stale
  * ones on a timer ([routing] recovery_interval_ms). Returns how many. */
