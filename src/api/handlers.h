@@ -37,6 +37,11 @@ bool tp_redirect_allowed(struct tp_req *r, const json_t *intent);
  * card pan and PaymentMethod pm need 3-D Secure: the issuer asks (test
  * cards, connectors/sandbox.c) or the intent's request_three_d_secure does. */
 bool tp_wants_3ds(const json_t *intent, const char *pan, bool off_session, const json_t *pm);
+/* disputes.c */
+void tp_h_dispute_retrieve(struct tp_req *r);
+void tp_h_dispute_list(struct tp_req *r);
+void tp_h_dispute_update(struct tp_req *r);
+void tp_h_dispute_close(struct tp_req *r);
 /* setup_intents.c */
 void tp_h_si_create(struct tp_req *r);
 void tp_h_si_retrieve(struct tp_req *r);

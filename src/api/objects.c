@@ -506,6 +506,10 @@ static const struct {
   {"riskLevelHighest", "4000000000004954"},
   {"riskLevelElevated", "4000000000009235"},
   {"chargeCustomerFail", "4000000000000341"},
+  /* disputes, opened once the charge is captured (api/disputes.c) */
+  {"createDispute", "4000000000000259"},
+  {"createDisputeProductNotReceived", "4000000000002685"},
+  {"createDisputeInquiry", "4000000000001976"},
   /* the issuer's checks */
   {"cvcCheckFail", "4000000000000101"},
   {"avsFail", "4000000000000010"},

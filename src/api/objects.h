@@ -29,6 +29,13 @@ void tp_put_emit_text(struct tp_cs *cs, const struct tp_req *r, const char *merc
 /* Card fingerprint: HMAC(merchant key, PAN), 16 base62-ish chars. Same card
  * and merchant give the same fingerprint; it reveals nothing of the number. */
 void tp_card_fingerprint(const struct tp_merchant *m, const char *pan, char out[17]);
+/* disputes.c: open the dispute a captured charge ch was marked for (its
+ * turnpike.dispute, from the test card), into cs: the dispute, its events,
+ * a chargeback's ledger adjustment, ch disputed (put again). No-op for an
+ * unmarked charge. */
+void tp_dispute_open(struct tp_cs *cs, const struct tp_req *r, const char *merchant, json_t *ch);
+/* Does a dispute on this charge forbid refunding it (a chargeback)? */
+bool tp_charge_dispute_blocks_refund(const char *merchant, const char *charge_id);
 
 /* A new card PaymentMethod object for validated card data; adds the vault
  * record (sealed PAN) and the object to cs. Returns the object (owned). */

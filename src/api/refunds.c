@@ -101,6 +101,12 @@ void tp_h_refund_create(struct tp_req *r)
     tp_reply_error(r, TP_ERR_CHARGE_NOT_REFUNDABLE, "charge", msg);
     goto fail;
   }
+  /* A chargeback has taken the money back already (Stripe: charge_disputed). */
+  if (json_is_true(json_object_get(ch, "disputed")) && tp_charge_dispute_blocks_refund(r->merchant.id, chid)) {
+    snprintf(msg, sizeof msg, "Charge %.64s has been charged back; you can't refund a disputed charge.", chid);
+    tp_reply_error(r, TP_ERR_CHARGE_DISPUTED, "charge", msg);
+    goto fail;
+  }
   /* A refund whose outcome is unknown is not in amount_refunded yet. */
   const char *ch_pi = json_string_value(json_object_get(ch, "payment_intent"));
   if (ch_pi && tp_refuse_unsettled(r, ch_pi))

@@ -90,6 +90,10 @@ const char *tp_test_card_decline(const char *pan);
  * off_session or not, with a card set up for off-session payments by an
  * authenticated payment (set_up) or not? */
 bool tp_test_card_requires_3ds(const char *pan, bool off_session, bool set_up);
+/* The dispute the cardholder of a test card opens once a charge is
+ * captured: "fraudulent" or "product_not_received" (a chargeback),
+ * "inquiry" (a retrieval request, no funds withdrawn), "" for none. */
+const char *tp_test_card_dispute(const char *pan);
 /* The fraud risk of a test card: "normal" (score 20), "elevated" (65) or
  * "highest" (95: Stripe's default rules block it). */
 const char *tp_test_card_risk(const char *pan, int *score);

@@ -54,6 +54,21 @@ static const struct {
   {"4000003800000446", ON_SESSION},    /* off-session payments never ask */
 };
 
+const char *tp_test_card_dispute(const char *pan)
+{
+  static const struct {
+    const char *pan, *kind;
+  } cards[] = {
+    {"4000000000000259", "fraudulent"},
+    {"4000000000002685", "product_not_received"},
+    {"4000000000001976", "inquiry"},
+  };
+  for (size_t i = 0; i < sizeof cards / sizeof cards[0]; i++)
+    if (strcmp(pan, cards[i].pan) == 0)
+      return cards[i].kind;
+  return "";
+}
+
 const char *tp_test_card_risk(const char *pan, int *score)
 {
   if (strcmp(pan, "4100000000000019") == 0 || strcmp(pan, "4000000000004954") == 0) {

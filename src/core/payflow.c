@@ -1076,7 +1076,8 @@ void tp_ledger_post(struct tp_cs *cs, const char *merchant, const char *processo
   TP_JBUF_INT(&b, ",\"created\":", now);
   TP_JBUF_STR(&b, ",\"currency\":", currency);
   TP_JBUF_INT(&b, ",\"description\":null,\"exchange_rate\":null,\"fee\":0,\"fee_details\":[],\"net\":", amount);
-  TP_JBUF_STR(&b, ",\"reporting_category\":", type);
+  /* Stripe reports a dispute's adjustments under "dispute". */
+  TP_JBUF_STR(&b, ",\"reporting_category\":", strcmp(type, "adjustment") == 0 ? "dispute" : type);
   TP_JBUF_STR(&b, ",\"source\":", source);
   TP_JBUF_STR(&b, ",\"status\":\"pending\",\"type\":", type);
   TP_JBUF_LIT(&b, "}");
@@ -1170,6 +1171,11 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved)
                        p->att.id);
   if (!ch)
     abort();
+  /* A test card whose cardholder disputes the payment: opened at capture
+   * (tp_dispute_open), when the card is no longer at hand. */
+  const char *dispute = tp_test_card_dispute(p->call.pan);
+  if (approved && *dispute)
+    json_object_set_new(json_object_get(ch, "turnpike"), "dispute", json_string(dispute));
   if (approved) {
     json_object_set_new(ch, "authorization_code", json_string(p->call.auth_code));
     json_object_set(pmd_card, "amount_authorized", json_object_get(pi, "amount"));
@@ -1307,6 +1313,8 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
     save_for_future_use(p, cs);
     char *text = NULL;
     tp_put_emit_text(cs, p->r, merchant, TP_K_CHARGE, "charge.succeeded", ch, p->reply_charge ? &text : NULL);
+    if (p->att.capture)
+      tp_dispute_open(cs, p->r, merchant, ch);
     tp_put_emit_text(cs, p->r, merchant, TP_K_PAYMENT_INTENT,
                      p->att.capture ? "payment_intent.succeeded" : "payment_intent.amount_capturable_updated", pi,
                      p->reply_charge ? NULL : &text);
@@ -1385,6 +1393,7 @@ void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs)
   json_object_set_new(pi, "amount_received", json_integer(amount));
   json_object_set_new(pi, "amount_capturable", json_integer(0));
   tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.captured", ch);
+  tp_dispute_open(cs, p->r, merchant, ch);
   tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT, "payment_intent.succeeded", pi);
   tp_pay_reply(p, 200, json_incref(p->reply_charge ? ch : pi));
 }

@@ -50,7 +50,8 @@
 
 static const char *const known_types[] = {
   "balance.available",
-  "charge.captured", "charge.dispute.closed", "charge.dispute.created", "charge.expired", "charge.failed",
+  "charge.captured", "charge.dispute.closed", "charge.dispute.created", "charge.dispute.funds_reinstated",
+  "charge.dispute.funds_withdrawn", "charge.dispute.updated", "charge.expired", "charge.failed",
   "charge.pending", "charge.refund.updated", "charge.refunded", "charge.succeeded", "charge.updated",
   "customer.created", "customer.deleted", "customer.updated",
   "payment_intent.amount_capturable_updated", "payment_intent.canceled", "payment_intent.created",

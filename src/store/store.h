@@ -23,6 +23,7 @@ enum tp_kind {
   TP_K_EVENT,
   TP_K_BALANCE_TXN,
   TP_K_SETUP_INTENT,
+  TP_K_DISPUTE,
   TP_K__COUNT
 };
 

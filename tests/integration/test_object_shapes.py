@@ -19,11 +19,12 @@ from harness import PAN_3DS, PAN_DECLINE, DaemonTestCase, card, main
 from sdk_types import Types
 
 FILES = ["Charges.d.ts", "PaymentIntents.d.ts", "PaymentMethods.d.ts", "Customers.d.ts", "Refunds.d.ts",
-         "Events.d.ts", "BalanceTransactions.d.ts", "Balance.d.ts", "WebhookEndpoints.d.ts", "SetupIntents.d.ts"]
+         "Events.d.ts", "BalanceTransactions.d.ts", "Balance.d.ts", "WebhookEndpoints.d.ts", "SetupIntents.d.ts",
+         "Disputes.d.ts"]
 TYPE_OF = {"payment_intent": "PaymentIntent", "charge": "Charge", "payment_method": "PaymentMethod",
            "customer": "Customer", "refund": "Refund", "balance_transaction": "BalanceTransaction",
            "balance": "Balance", "webhook_endpoint": "WebhookEndpoint", "event": "EventBase",
-           "setup_intent": "SetupIntent"}
+           "setup_intent": "SetupIntent", "dispute": "Dispute"}
 # Turnpike's own additions, documented in docs/architecture.md §11.
 OWN = {"turnpike", "tp_code"}
 
@@ -210,6 +211,18 @@ class ObjectShapes(DaemonTestCase):
                          "setup_intent(canceled)")
         self.assertShape(self.get("/v1/setup_intents", {"limit": 100}), "/v1/setup_intents")
         self.assertGreaterEqual(self.seen.get("SetupIntent", 0), 10)
+
+    def test_disputes(self):
+        for pm in ("pm_card_createDispute", "pm_card_createDisputeInquiry"):
+            ch = self.post("/v1/payment_intents", {"amount": 1000, "currency": "usd", "confirm": "true",
+                                                   "payment_method": pm})["latest_charge"]
+            dp = self.get("/v1/disputes", {"charge": ch})["data"][0]
+            self.assertShape(dp, "dispute(open)")
+            self.assertShape(self.post("/v1/disputes/" + dp["id"], {"evidence[uncategorized_text]": "winning_evidence"}),
+                             "dispute(won)")
+        self.assertShape(self.get("/v1/disputes", {"limit": 100}), "/v1/disputes")
+        self.assertShape(self.get("/v1/events", {"limit": 100, "type": "charge.dispute.*"}), "dispute events")
+        self.assertGreaterEqual(self.seen.get("Dispute", 0), 8)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,9 @@ class SdkParams(h.DaemonTestCase):
         cls.we = c.post("/v1/webhook_endpoints", {"url": "https://example.com/h",
                                                   "enabled_events": ["*"]}).json["id"]
         cls.seti = c.post("/v1/setup_intents", {}).json["id"]
+        disputed = c.post("/v1/payment_intents", {"amount": 1000, "currency": "usd", "confirm": "true",
+                                                  "payment_method": "pm_card_createDispute"}).json
+        cls.dp = c.get("/v1/disputes", {"charge": disputed["latest_charge"]}).json["data"][0]["id"]
 
     def count(self, table):
         db = h.open_db_ro(self.daemon)
@@ -176,6 +179,10 @@ class SdkParams(h.DaemonTestCase):
             ("SetupIntents.d.ts", "SetupIntentConfirmParams", "POST", "/v1/setup_intents/%s/confirm" % s.seti),
             ("SetupIntents.d.ts", "SetupIntentCancelParams", "POST", "/v1/setup_intents/%s/cancel" % s.seti),
             ("SetupIntents.d.ts", "SetupIntentListParams", "GET", "/v1/setup_intents"),
+            ("Disputes.d.ts", "DisputeRetrieveParams", "GET", "/v1/disputes/" + s.dp),
+            ("Disputes.d.ts", "DisputeUpdateParams", "POST", "/v1/disputes/" + s.dp),
+            ("Disputes.d.ts", "DisputeListParams", "GET", "/v1/disputes"),
+            ("Disputes.d.ts", "DisputeCloseParams", "POST", "/v1/disputes/%s/close" % s.dp),
         ]
         c = self.c()
         unknown, probed = [], 0
@@ -220,6 +227,7 @@ class SdkParams(h.DaemonTestCase):
              "payment_method_data"),
             ("SetupIntents.d.ts", ("SetupIntentCreateParams", "POST", "/v1/setup_intents"),
              "AutomaticPaymentMethods", "automatic_payment_methods"),
+            ("Disputes.d.ts", ("DisputeUpdateParams", "POST", "/v1/disputes/" + s.dp), "Evidence", "evidence"),
         ]
         c = self.c()
         unknown, probed = [], 0

@@ -1,0 +1,350 @@
+/* /v1/disputes: retrieve, list, update (evidence, metadata, submit), close.
+ *
+ * A dispute is the cardholder's: a chargeback (the network takes the
+ * amount back from the merchant at once, a balanced ledger adjustment and a
+ * balance transaction of type "adjustment") or an inquiry (a retrieval
+ * request: no money moves). No connector reports disputes yet, so they come
+ * from Stripe's test cards (connectors/sandbox.c, tp_test_card_dispute): the
+ * charge is marked when authorized and the dispute opened in the commit that
+ * captures it (tp_dispute_open). Its statuses, as Stripe's:
+ *   needs_response -> under_review (evidence submitted) -> won | lost
+ *   warning_needs_response -> warning_under_review -> warning_closed
+ * Submitted evidence whose uncategorized_text is "winning_evidence" or
+ * "losing_evidence" decides the dispute at once, as in Stripe's test mode
+ * (a won chargeback gives the money back: a second adjustment); otherwise
+ * it stays under review. close accepts the dispute: lost. A chargeback's
+ * charge cannot be refunded (refunds.c). */
+#include "api/commit.h"
+#include "api/handlers.h"
+#include "api/objects.h"
+#include "core/payflow.h"
+#include "jpack.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define UNSUPPORTED(name, why) {name, TP_P_UNSUPPORTED, NULL, why}
+#define DISPUTE_RESPONSE_DAYS 7  /* evidence due, counted from the dispute */
+#define EVIDENCE_TEXT_MAX 20000  /* Stripe's limit on each text field */
+
+static const char *const why_files[] = {"Turnpike has no Files API: give the evidence as text", NULL};
+static const char *const why_enhanced[] = {"Turnpike submits no enhanced evidence (Visa Compelling Evidence 3.0, "
+                                           "network compliance)", NULL};
+static const char *const why_appeal[] = {"Turnpike has no dispute appeals: a dispute ends won or lost", NULL};
+static const char *const submission_methods[] = {"manual", "prefer_manual", "prefer_smart_disputes",
+                                                 "smart_disputes", NULL};
+
+/* The evidence Stripe takes as text. */
+static const char *const evidence_text[] = {
+    "access_activity_log", "billing_address", "cancellation_policy_disclosure", "cancellation_rebuttal",
+    "customer_email_address", "customer_name", "customer_purchase_ip", "duplicate_charge_explanation",
+    "duplicate_charge_id", "product_description", "refund_policy_disclosure", "refund_refusal_explanation",
+    "service_date", "shipping_address", "shipping_carrier", "shipping_date", "shipping_tracking_number",
+    "uncategorized_text", NULL};
+/* ... and as uploaded files. */
+static const char *const evidence_files[] = {
+    "cancellation_policy", "customer_communication", "customer_signature", "duplicate_charge_documentation",
+    "receipt", "refund_policy", "service_documentation", "shipping_documentation", "uncategorized_file", NULL};
+
+#define S(name) {name, TP_P_STRING, NULL, NULL}
+#define F(name) UNSUPPORTED(name, why_files)
+static const struct tp_pspec spec_evidence[] = {
+  S("access_activity_log"), S("billing_address"), S("cancellation_policy_disclosure"), S("cancellation_rebuttal"),
+  S("customer_email_address"), S("customer_name"), S("customer_purchase_ip"), S("duplicate_charge_explanation"),
+  S("duplicate_charge_id"), S("product_description"), S("refund_policy_disclosure"),
+  S("refund_refusal_explanation"), S("service_date"), S("shipping_address"), S("shipping_carrier"),
+  S("shipping_date"), S("shipping_tracking_number"), S("uncategorized_text"),
+  F("cancellation_policy"), F("customer_communication"), F("customer_signature"),
+  F("duplicate_charge_documentation"), F("receipt"), F("refund_policy"), F("service_documentation"),
+  F("shipping_documentation"), F("uncategorized_file"),
+  UNSUPPORTED("enhanced_evidence", why_enhanced),
+  UNSUPPORTED("appeal", why_appeal),
+  {NULL, 0, NULL, NULL},
+};
+#undef S
+#undef F
+
+static const struct tp_pspec spec_update[] = {
+  {"evidence", TP_P_OBJECT, spec_evidence, NULL},
+  {"metadata", TP_P_METADATA, NULL, NULL},
+  {"submit", TP_P_BOOL, NULL, NULL},
+  {"intended_submission_method", TP_P_ENUM, NULL, submission_methods},
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+static const struct tp_pspec spec_list[] = {
+  {"limit", TP_P_INT, NULL, NULL},
+  {"starting_after", TP_P_STRING, NULL, NULL},
+  {"ending_before", TP_P_STRING, NULL, NULL},
+  {"created", TP_P_RANGE, NULL, NULL},
+  {"charge", TP_P_STRING, NULL, NULL},
+  {"payment_intent", TP_P_STRING, NULL, NULL},
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+
+/* The network's reason code for a reason, by brand (Visa's 10.4 "other
+ * fraud, card-absent", 13.1 "merchandise not received"; Mastercard's 4837
+ * and 4855). */
+static const char *reason_code(const char *reason, const char *brand)
+{
+  bool mc = brand && strcmp(brand, "mastercard") == 0;
+  if (strcmp(reason, "product_not_received") == 0)
+    return mc ? "4855" : "13.1";
+  return mc ? "4837" : "10.4";
+}
+
+static json_t *evidence_new(void)
+{
+  json_t *e = json_object();
+  for (int i = 0; evidence_text[i]; i++)
+    json_object_set_new(e, evidence_text[i], json_null());
+  for (int i = 0; evidence_files[i]; i++)
+    json_object_set_new(e, evidence_files[i], json_null());
+  json_object_set_new(e, "enhanced_evidence", json_object());
+  return e;
+}
+
+/* Move a chargeback's amount: out of the merchant's balance (sign -1) or
+ * back in (+1), as a balanced ledger transaction and its balance
+ * transaction, listed on the dispute. */
+static void adjust(struct tp_cs *cs, const char *merchant, json_t *dp, const char *processor, int sign)
+{
+  char txn[TP_ID_MAX];
+  json_t *bt = NULL;
+  tp_ledger_post(cs, merchant, processor, json_string_value(json_object_get(dp, "currency")),
+                 sign * json_integer_value(json_object_get(dp, "amount")),
+                 json_string_value(json_object_get(dp, "id")), "adjustment", txn, &bt);
+  if (bt)
+    json_array_append_new(json_object_get(dp, "balance_transactions"), bt);
+}
+
+void tp_dispute_open(struct tp_cs *cs, const struct tp_req *r, const char *merchant, json_t *ch)
+{
+  json_t *turn = json_object_get(ch, "turnpike");
+  const char *kind = json_string_value(json_object_get(turn, "dispute"));
+  if (!kind)
+    return;
+  bool inquiry = strcmp(kind, "inquiry") == 0;
+  const char *reason = inquiry ? "fraudulent" : kind;
+  const char *brand =
+      json_string_value(json_object_get(json_object_get(json_object_get(ch, "payment_method_details"), "card"),
+                                        "brand"));
+  char id[TP_ID_MAX];
+  tp_id_new(id, "dp");
+  int64_t now = tp_now();
+  json_t *dp = tp_pack("{s:s, s:s, s:O, s:[], s:O, s:I, s:O, s:[], s:o, s:{s:I, s:{}, s:b, s:b, s:i, s:s}, "
+                       "s:n, s:b, s:b, s:{}, s:s, s:O?, s:{s:{s:s, s:s, s:s, s:s}, s:s}, s:s, s:s}",
+                       "id", id, "object", "dispute", "amount", json_object_get(ch, "amount_captured"),
+                       "balance_transactions", "charge", json_object_get(ch, "id"), "created", (json_int_t)now,
+                       "currency", json_object_get(ch, "currency"), "enhanced_eligibility_types", "evidence",
+                       evidence_new(), "evidence_details", "due_by",
+                       (json_int_t)(now + DISPUTE_RESPONSE_DAYS * 86400), "enhanced_eligibility", "has_evidence", 0,
+                       "past_due", 0, "submission_count", 0, "submission_method", "not_submitted",
+                       "intended_submission_method", "is_charge_refundable", inquiry, "livemode", 0, "metadata",
+                       "network_reason_code", reason_code(reason, brand), "payment_intent",
+                       json_object_get(ch, "payment_intent"), "payment_method_details", "card", "brand",
+                       brand ? brand : "unknown", "case_type", inquiry ? "inquiry" : "chargeback", "network",
+                       brand ? brand : "unknown", "network_reason_code", reason_code(reason, brand), "type", "card",
+                       "reason", reason, "status", inquiry ? "warning_needs_response" : "needs_response");
+  if (!dp)
+    abort();
+  tp_put_emit(cs, r, merchant, TP_K_DISPUTE, "charge.dispute.created", dp);
+  if (!inquiry) {
+    adjust(cs, merchant, dp, json_string_value(json_object_get(turn, "processor")), -1);
+    tp_put_emit(cs, r, merchant, TP_K_DISPUTE, "charge.dispute.funds_withdrawn", dp);
+  }
+  json_decref(dp);
+  json_object_del(turn, "dispute");
+  json_object_set_new(ch, "disputed", json_true());
+  tp_cs_put(cs, TP_K_CHARGE, merchant, ch);
+}
+
+static void missing(struct tp_req *r)
+{
+  char msg[160];
+  snprintf(msg, sizeof msg, "No such dispute: '%.64s'", r->path_id);
+  tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "dispute", msg);
+}
+
+void tp_h_dispute_retrieve(struct tp_req *r)
+{
+  if (!tp_check_params(r, tp_spec_expand_only))
+    return;
+  tp_retrieve(r, TP_K_DISPUTE, "dispute");
+}
+
+void tp_h_dispute_list(struct tp_req *r)
+{
+  if (!tp_check_params(r, spec_list))
+    return;
+  struct tp_list_query q;
+  memset(&q, 0, sizeof q);
+  q.kind = TP_K_DISPUTE;
+  if (!tp_list_params(r, &q))
+    return;
+  const char *ch = tp_pstr(r->params, "charge"), *pi = tp_pstr(r->params, "payment_intent");
+  if (ch && *ch) {
+    q.col_name = "charge";
+    q.col_value = ch;
+  }
+  if (pi && *pi) {
+    q.col2_name = "payment_intent";
+    q.col2_value = pi;
+  }
+  tp_reply_list(r, &q, "/v1/disputes");
+}
+
+/* The dispute under its lock, and the processor of its charge; NULL after
+ * replying. */
+static json_t *load_locked(struct tp_req *r, char processor[TP_ID_MAX])
+{
+  if (!tp_lock_try(r->path_id)) {
+    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+    return NULL;
+  }
+  json_t *dp = tp_store_get_json(&tp_app.store, TP_K_DISPUTE, r->merchant.id, r->path_id);
+  if (!dp) {
+    tp_lock_release(r->path_id);
+    missing(r);
+    return NULL;
+  }
+  json_t *ch = tp_store_get_json(&tp_app.store, TP_K_CHARGE, r->merchant.id,
+                                 json_string_value(json_object_get(dp, "charge")));
+  tp_scopy(processor, TP_ID_MAX,
+           json_string_value(json_object_get(json_object_get(ch, "turnpike"), "processor")) ?: "sandbox");
+  json_decref(ch);
+  return dp;
+}
+
+static bool open_status(const char *st)
+{
+  return strcmp(st, "needs_response") == 0 || strcmp(st, "warning_needs_response") == 0;
+}
+
+/* Decide dp: won (a chargeback's money comes back) or lost; an inquiry
+ * just closes. Events into cs. */
+static void decide(struct tp_req *r, struct tp_cs *cs, json_t *dp, const char *processor, bool won)
+{
+  bool inquiry = strncmp(json_string_value(json_object_get(dp, "status")), "warning_", 8) == 0;
+  json_object_set_new(dp, "status", json_string(inquiry ? "warning_closed" : won ? "won" : "lost"));
+  if (!inquiry && won) {
+    adjust(cs, r->merchant.id, dp, processor, +1);
+    tp_emit(cs, r, r->merchant.id, "charge.dispute.funds_reinstated", dp);
+  }
+  tp_emit(cs, r, r->merchant.id, "charge.dispute.closed", dp);
+}
+
+void tp_h_dispute_update(struct tp_req *r)
+{
+  if (!tp_check_params(r, spec_update))
+    return;
+  char processor[TP_ID_MAX];
+  json_t *dp = load_locked(r, processor);
+  if (!dp)
+    return;
+  const char *st = json_string_value(json_object_get(dp, "status"));
+  const json_t *ev = json_object_get(r->params, "evidence");
+  bool submit = true; /* Stripe: evidence is submitted unless submit=false */
+  tp_param_bool(r->params, "submit", &submit);
+  if ((ev || json_object_get(r->params, "submit")) && !open_status(st)) {
+    char msg[200];
+    snprintf(msg, sizeof msg, "This dispute is already %s: its evidence can no longer be changed.",
+             strcmp(st, "under_review") == 0 || strcmp(st, "warning_under_review") == 0 ? "under review" : "closed");
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "evidence", msg);
+    goto out;
+  }
+  json_t *before = json_deep_copy(dp);
+  json_t *evidence = json_object_get(dp, "evidence");
+  const char *k;
+  json_t *v;
+  json_object_foreach((json_t *)(uintptr_t)ev, k, v)
+  {
+    if (json_string_length(v) > EVIDENCE_TEXT_MAX) {
+      char param[80];
+      snprintf(param, sizeof param, "evidence[%s]", k);
+      tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, param, NULL);
+      json_decref(before);
+      goto out;
+    }
+    json_object_set_new(evidence, k, tp_unset(v) ? json_null() : json_string(json_string_value(v)));
+  }
+  if ((v = json_object_get(r->params, "metadata")))
+    tp_metadata_apply(dp, v);
+  const char *ism = tp_pstr(r->params, "intended_submission_method");
+  if (ism && *ism)
+    json_object_set_new(dp, "intended_submission_method", json_string(ism));
+  json_t *details = json_object_get(dp, "evidence_details");
+  bool has = false;
+  json_object_foreach(evidence, k, v) has = has || json_is_string(v);
+  json_object_set_new(details, "has_evidence", json_boolean(has));
+  struct tp_cs *cs = tp_cs_new();
+  bool inquiry = strcmp(st, "warning_needs_response") == 0;
+  if (open_status(st) && submit && (ev || json_object_get(r->params, "submit"))) {
+    json_object_set_new(dp, "status", json_string(inquiry ? "warning_under_review" : "under_review"));
+    json_object_set_new(details, "submission_count",
+                        json_integer(json_integer_value(json_object_get(details, "submission_count")) + 1));
+    json_object_set_new(details, "submission_method", json_string("manual"));
+    tp_emit_update(cs, r, r->merchant.id, "charge.dispute.updated", before, dp);
+    /* Stripe's test mode decides on these words at once. */
+    const char *text = json_string_value(json_object_get(evidence, "uncategorized_text"));
+    if (text && (strcmp(text, "winning_evidence") == 0 || strcmp(text, "losing_evidence") == 0))
+      decide(r, cs, dp, processor, strcmp(text, "winning_evidence") == 0);
+  } else if (!json_equal(before, dp)) {
+    tp_emit_update(cs, r, r->merchant.id, "charge.dispute.updated", before, dp);
+  }
+  json_decref(before);
+  tp_cs_put(cs, TP_K_DISPUTE, r->merchant.id, dp);
+  tp_reply_json(r, 200, dp);
+  tp_commit_and_reply_unlock(r, cs, r->path_id);
+  return;
+out:
+  json_decref(dp);
+  tp_lock_release(r->path_id);
+}
+
+void tp_h_dispute_close(struct tp_req *r)
+{
+  if (!tp_check_params(r, tp_spec_expand_only))
+    return;
+  char processor[TP_ID_MAX];
+  json_t *dp = load_locked(r, processor);
+  if (!dp)
+    return;
+  const char *st = json_string_value(json_object_get(dp, "status"));
+  if (!open_status(st) && strcmp(st, "under_review") != 0 && strcmp(st, "warning_under_review") != 0) {
+    char msg[200];
+    snprintf(msg, sizeof msg, "This dispute is already closed (%s).", st);
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, NULL, msg);
+    json_decref(dp);
+    tp_lock_release(r->path_id);
+    return;
+  }
+  struct tp_cs *cs = tp_cs_new();
+  decide(r, cs, dp, processor, false);
+  tp_cs_put(cs, TP_K_DISPUTE, r->merchant.id, dp);
+  tp_reply_json(r, 200, dp);
+  tp_commit_and_reply_unlock(r, cs, r->path_id);
+}
+
+bool tp_charge_dispute_blocks_refund(const char *merchant, const char *charge_id)
+{
+  struct tp_list_query q;
+  memset(&q, 0, sizeof q);
+  q.kind = TP_K_DISPUTE;
+  q.merchant = merchant;
+  q.col_name = "charge";
+  q.col_value = charge_id;
+  q.created_gte = INT64_MIN;
+  q.created_lte = INT64_MAX;
+  q.limit = 100;
+  bool has_more = false;
+  json_t *list = tp_app.store.ops->list(tp_app.store.cls, &q, &has_more);
+  bool blocks = false;
+  size_t i;
+  json_t *dp;
+  json_array_foreach(list, i, dp) blocks = blocks || json_is_false(json_object_get(dp, "is_charge_refundable"));
+  json_decref(list);
+  return blocks;
+}

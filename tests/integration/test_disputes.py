@@ -1,0 +1,158 @@
+"""Disputes from Stripe's dispute test cards: a chargeback opened in the
+commit that captures the charge takes the money back (a balanced ledger
+adjustment: the balance and the ledger agree), the charge is disputed and
+cannot be refunded; evidence is kept and submitted; "winning_evidence"
+wins it back (a second adjustment), "losing_evidence" and close lose it;
+an inquiry moves no money and leaves the charge refundable; a manual
+capture opens the dispute at capture; events for each step; another
+merchant sees none of it; bad input changes nothing."""
+from harness import DaemonTestCase, card, main, open_db_ro
+
+PI = "/v1/payment_intents"
+DP = "/v1/disputes"
+
+
+class Disputes(DaemonTestCase):
+    MERCHANTS = ("m", "n")
+
+    def pay(self, pm="pm_card_createDispute", amount=2000, **extra):
+        params = {"amount": amount, "currency": "usd", "confirm": "true", "payment_method": pm}
+        params.update(extra)
+        r = self.c().post(PI, params)
+        self.assertEqual(r.status, 200, r)
+        return r.json
+
+    def dispute_of(self, ch):
+        r = self.c().get(DP, {"charge": ch})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(len(r.json["data"]), 1, r)
+        return r.json["data"][0]
+
+    def pending(self):
+        bal = self.c().get("/v1/balance").json
+        return sum(b["amount"] for b in bal["pending"] if b["currency"] == "usd")
+
+    def ledger_sums(self):
+        db = open_db_ro(self.daemon)
+        try:
+            per_txn = db.execute("SELECT count(*) FROM (SELECT txn_id FROM ledger_entries GROUP BY txn_id, currency "
+                                 "HAVING sum(amount) != 0)").fetchone()[0]
+            merchant = db.execute("SELECT coalesce(sum(amount), 0) FROM ledger_entries WHERE merchant=? AND "
+                                  "account='merchant:pending' AND currency='usd'",
+                                  (self.daemon.merchants["m"]["id"],)).fetchone()[0]
+            return per_txn, merchant
+        finally:
+            db.close()
+
+    def events(self, object_id):
+        r = self.c().get("/v1/events", {"limit": 100})
+        return [e["type"] for e in reversed(r.json["data"]) if e["data"]["object"]["id"] == object_id]
+
+    def test_a_chargeback_takes_the_money_back_and_winning_evidence_returns_it(self):
+        before = self.pending()
+        pi = self.pay(amount=2000)
+        ch = pi["latest_charge"]
+        dp = self.dispute_of(ch)
+        self.assertEqual((dp["status"], dp["reason"], dp["amount"], dp["payment_intent"]),
+                         ("needs_response", "fraudulent", 2000, pi["id"]))
+        self.assertFalse(dp["is_charge_refundable"])
+        self.assertEqual(dp["payment_method_details"]["card"]["case_type"], "chargeback")
+        bt = dp["balance_transactions"][0]
+        self.assertEqual((bt["amount"], bt["type"], bt["reporting_category"], bt["source"]),
+                         (-2000, "adjustment", "dispute", dp["id"]))
+        self.assertEqual(self.c().get("/v1/balance_transactions/" + bt["id"]).json["amount"], -2000)
+        self.assertTrue(self.c().get("/v1/charges/" + ch).json["disputed"])
+        self.assertEqual(self.pending(), before)  # +2000 captured, -2000 withdrawn
+        unbalanced, merchant = self.ledger_sums()
+        self.assertEqual(unbalanced, 0)
+        self.assertEqual(-merchant, self.pending())  # the balance is the ledger's
+        self.assertEqual(self.events(dp["id"]), ["charge.dispute.created", "charge.dispute.funds_withdrawn"])
+        # a charged-back charge cannot be refunded
+        r = self.c().post("/v1/refunds", {"charge": ch})
+        self.assertStripeError(r, 400, "invalid_request_error", "charge_disputed")
+        # evidence kept without submitting, then submitted: won
+        r = self.c().post(DP + "/" + dp["id"], {"evidence[customer_name]": "Ada", "submit": "false",
+                                                "metadata[case]": "17"})
+        self.assertEqual((r.json["status"], r.json["evidence"]["customer_name"]), ("needs_response", "Ada"))
+        self.assertTrue(r.json["evidence_details"]["has_evidence"])
+        self.assertEqual(r.json["metadata"], {"case": "17"})
+        r = self.c().post(DP + "/" + dp["id"], {"evidence[uncategorized_text]": "winning_evidence"})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual((r.json["status"], r.json["evidence_details"]["submission_count"]), ("won", 1))
+        self.assertEqual([b["amount"] for b in r.json["balance_transactions"]], [-2000, 2000])
+        self.assertEqual(self.pending(), before + 2000)
+        self.assertEqual(self.ledger_sums()[0], 0)
+        # the evidence kept, then submitted (under review), then decided
+        self.assertEqual(self.events(dp["id"])[2:], ["charge.dispute.updated", "charge.dispute.updated",
+                                                     "charge.dispute.funds_reinstated", "charge.dispute.closed"])
+        # closed: its evidence is final
+        r = self.c().post(DP + "/" + dp["id"], {"evidence[customer_name]": "Bob"})
+        self.assertStripeError(r, 400, "invalid_request_error")
+        self.assertStripeError(self.c().post(DP + "/%s/close" % dp["id"], {}), 400, "invalid_request_error")
+
+    def test_losing_evidence_and_close_lose_it(self):
+        ch = self.pay(pm="pm_card_createDisputeProductNotReceived")["latest_charge"]
+        dp = self.dispute_of(ch)
+        self.assertEqual((dp["reason"], dp["network_reason_code"]), ("product_not_received", "13.1"))
+        r = self.c().post(DP + "/" + dp["id"], {"evidence[uncategorized_text]": "losing_evidence"})
+        self.assertEqual((r.json["status"], len(r.json["balance_transactions"])), ("lost", 1))
+        ch = self.pay()["latest_charge"]
+        dp = self.dispute_of(ch)
+        r = self.c().post(DP + "/" + dp["id"], {"evidence[product_description]": "a book"})
+        self.assertEqual(r.json["status"], "under_review")
+        r = self.c().post(DP + "/%s/close" % dp["id"], {})
+        self.assertEqual(r.json["status"], "lost")
+        self.assertEqual(self.events(dp["id"])[-1], "charge.dispute.closed")
+
+    def test_an_inquiry_moves_no_money_and_the_charge_stays_refundable(self):
+        before = self.pending()
+        ch = self.pay(pm="pm_card_createDisputeInquiry", amount=3000)["latest_charge"]
+        dp = self.dispute_of(ch)
+        self.assertEqual((dp["status"], dp["balance_transactions"], dp["is_charge_refundable"]),
+                         ("warning_needs_response", [], True))
+        self.assertEqual(dp["payment_method_details"]["card"]["case_type"], "inquiry")
+        self.assertEqual(self.pending(), before + 3000)
+        self.assertEqual(self.events(dp["id"]), ["charge.dispute.created"])
+        r = self.c().post("/v1/refunds", {"charge": ch, "amount": 500})
+        self.assertEqual(r.status, 200, r)
+        r = self.c().post(DP + "/" + dp["id"], {"evidence[uncategorized_text]": "winning_evidence"})
+        self.assertEqual(r.json["status"], "warning_closed")
+
+    def test_a_held_payment_is_disputed_once_captured(self):
+        pi = self.pay(capture_method="manual", payment_method_data=card("4000000000000259"), pm=None)
+        ch = pi["latest_charge"]
+        self.assertEqual(self.c().get(DP, {"charge": ch}).json["data"], [])
+        self.assertFalse(self.c().get("/v1/charges/" + ch).json["disputed"])
+        r = self.c().post(PI + "/%s/capture" % pi["id"], {"amount_to_capture": 1500})
+        self.assertEqual(r.status, 200, r)
+        dp = self.dispute_of(ch)
+        self.assertEqual(dp["amount"], 1500)
+        self.assertEqual([d["id"] for d in self.c().get(DP, {"payment_intent": pi["id"]}).json["data"]], [dp["id"]])
+
+    def test_no_dispute_without_the_card_and_none_for_another_merchant(self):
+        ch = self.pay(pm="pm_card_visa")["latest_charge"]
+        self.assertEqual(self.c().get(DP, {"charge": ch}).json["data"], [])
+        self.assertFalse(self.c().get("/v1/charges/" + ch).json["disputed"])
+        dp = self.dispute_of(self.pay()["latest_charge"])
+        other = self.c("n")
+        self.assertStripeError(other.get(DP + "/" + dp["id"]), 404, "invalid_request_error", "resource_missing")
+        self.assertStripeError(other.post(DP + "/%s/close" % dp["id"], {}), 404, "invalid_request_error",
+                               "resource_missing")
+        self.assertEqual(other.get(DP).json["data"], [])
+
+    def test_bad_input_changes_nothing(self):
+        dp = self.dispute_of(self.pay()["latest_charge"])
+        for params, param in [({"evidence[nonsense]": "x"}, "evidence[nonsense]"),
+                              ({"evidence[receipt]": "file_123"}, "evidence[receipt]"),
+                              ({"evidence[customer_name]": "x" * 20001}, "evidence[customer_name]"),
+                              ({"submit": "maybe"}, "submit"),
+                              ({"intended_submission_method": "fax"}, "intended_submission_method")]:
+            r = self.c().post(DP + "/" + dp["id"], params)
+            self.assertEqual(r.status, 400, (params, r))
+            self.assertEqual(r.json["error"].get("param"), param, (params, r))
+        self.assertEqual(self.c().get(DP + "/" + dp["id"]).json, dp)
+        self.assertStripeError(self.c().get(DP + "/dp_nothere"), 404, "invalid_request_error", "resource_missing")
+
+
+if __name__ == "__main__":
+    main()
