@@ -236,6 +236,19 @@ static void decide(struct tp_req *r, struct tp_cs *cs, json_t *dp, const char *p
   tp_emit(cs, r, r->merchant.id, "charge.dispute.closed", dp);
 }
 
+/* Reply with dp (owned; expanded as asked: its charge, its PaymentIntent),
+ * then commit cs and release dp's lock. */
+static void reply_and_commit(struct tp_req *r, struct tp_cs *cs, json_t *dp)
+{
+  /* Expansions were checked up front (tp_check_params): a failure here
+   * has replied already. */
+  if (tp_expand(r, dp, NULL))
+    tp_reply_json(r, 200, dp);
+  else
+    json_decref(dp);
+  tp_commit_and_reply_unlock(r, cs, r->path_id);
+}
+
 void tp_h_dispute_update(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_update))
@@ -296,8 +309,7 @@ void tp_h_dispute_update(struct tp_req *r)
   }
   json_decref(before);
   tp_cs_put(cs, TP_K_DISPUTE, r->merchant.id, dp);
-  tp_reply_json(r, 200, dp);
-  tp_commit_and_reply_unlock(r, cs, r->path_id);
+  reply_and_commit(r, cs, dp);
   return;
 out:
   json_decref(dp);
@@ -324,8 +336,7 @@ void tp_h_dispute_close(struct tp_req *r)
   struct tp_cs *cs = tp_cs_new();
   decide(r, cs, dp, processor, false);
   tp_cs_put(cs, TP_K_DISPUTE, r->merchant.id, dp);
-  tp_reply_json(r, 200, dp);
-  tp_commit_and_reply_unlock(r, cs, r->path_id);
+  reply_and_commit(r, cs, dp);
 }
 
 bool tp_charge_dispute_blocks_refund(const char *merchant, const char *charge_id)
