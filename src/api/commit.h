@@ -21,6 +21,11 @@ void tp_commit_and_reply(struct tp_req *r, struct tp_cs *cs);
 void tp_commit_and_reply_unlock(struct tp_req *r, struct tp_cs *cs, const char *lock_id);
 /* Same with up to TP_COMMIT_MAX_LOCKS lock ids (NULL entries are skipped). */
 void tp_commit_and_reply_locks(struct tp_req *r, struct tp_cs *cs, const char *const *lock_ids, size_t n);
+/* Reply with obj (owned), expanded as the request asks, then commit cs and
+ * release lock_id (NULL: none). When the expansion fails (it has replied)
+ * nothing is committed: cs is freed and the lock released. */
+struct json_t;
+void tp_reply_expanded_unlock(struct tp_req *r, struct tp_cs *cs, struct json_t *obj, const char *lock_id);
 
 /* Reply 200 with a stored object's JSON text (takes it), expanding fields
  * when the request's "expand" asks for any. */

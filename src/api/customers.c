@@ -136,6 +136,19 @@ void tp_commit_and_reply_locks(struct tp_req *r, struct tp_cs *cs, const char *c
   }
 }
 
+void tp_reply_expanded_unlock(struct tp_req *r, struct tp_cs *cs, json_t *obj, const char *lock_id)
+{
+  if (!tp_expand(r, obj, NULL)) {
+    json_decref(obj);
+    tp_cs_free(cs);
+    if (lock_id)
+      tp_lock_release(lock_id);
+    return;
+  }
+  tp_reply_json(r, 200, obj);
+  tp_commit_and_reply_unlock(r, cs, lock_id);
+}
+
 /* Submit cs and answer once committed. */
 void tp_commit_and_reply(struct tp_req *r, struct tp_cs *cs)
 {

@@ -177,23 +177,7 @@ void tp_h_dispute_retrieve(struct tp_req *r)
 
 void tp_h_dispute_list(struct tp_req *r)
 {
-  if (!tp_check_params(r, spec_list))
-    return;
-  struct tp_list_query q;
-  memset(&q, 0, sizeof q);
-  q.kind = TP_K_DISPUTE;
-  if (!tp_list_params(r, &q))
-    return;
-  const char *ch = tp_pstr(r->params, "charge"), *pi = tp_pstr(r->params, "payment_intent");
-  if (ch && *ch) {
-    q.col_name = "charge";
-    q.col_value = ch;
-  }
-  if (pi && *pi) {
-    q.col2_name = "payment_intent";
-    q.col2_value = pi;
-  }
-  tp_reply_list(r, &q, "/v1/disputes");
+  tp_reply_list_by(r, spec_list, TP_K_DISPUTE, "/v1/disputes");
 }
 
 /* The dispute under its lock, and the processor of its charge; NULL after
@@ -234,19 +218,6 @@ static void decide(struct tp_req *r, struct tp_cs *cs, json_t *dp, const char *p
     tp_emit(cs, r, r->merchant.id, "charge.dispute.funds_reinstated", dp);
   }
   tp_emit(cs, r, r->merchant.id, "charge.dispute.closed", dp);
-}
-
-/* Reply with dp (owned; expanded as asked: its charge, its PaymentIntent),
- * then commit cs and release dp's lock. */
-static void reply_and_commit(struct tp_req *r, struct tp_cs *cs, json_t *dp)
-{
-  /* Expansions were checked up front (tp_check_params): a failure here
-   * has replied already. */
-  if (tp_expand(r, dp, NULL))
-    tp_reply_json(r, 200, dp);
-  else
-    json_decref(dp);
-  tp_commit_and_reply_unlock(r, cs, r->path_id);
 }
 
 void tp_h_dispute_update(struct tp_req *r)
@@ -309,7 +280,7 @@ void tp_h_dispute_update(struct tp_req *r)
   }
   json_decref(before);
   tp_cs_put(cs, TP_K_DISPUTE, r->merchant.id, dp);
-  reply_and_commit(r, cs, dp);
+  tp_reply_expanded_unlock(r, cs, dp, r->path_id);
   return;
 out:
   json_decref(dp);
@@ -336,7 +307,7 @@ void tp_h_dispute_close(struct tp_req *r)
   struct tp_cs *cs = tp_cs_new();
   decide(r, cs, dp, processor, false);
   tp_cs_put(cs, TP_K_DISPUTE, r->merchant.id, dp);
-  reply_and_commit(r, cs, dp);
+  tp_reply_expanded_unlock(r, cs, dp, r->path_id);
 }
 
 bool tp_charge_dispute_blocks_refund(const char *merchant, const char *charge_id)

@@ -42,6 +42,10 @@ void tp_h_dispute_retrieve(struct tp_req *r);
 void tp_h_dispute_list(struct tp_req *r);
 void tp_h_dispute_update(struct tp_req *r);
 void tp_h_dispute_close(struct tp_req *r);
+/* A request made with a publishable key must name the intent's (a
+ * PaymentIntent's or SetupIntent's) client_secret; replies and returns
+ * false when it does not. */
+bool tp_client_secret_ok(struct tp_req *r, const json_t *intent);
 /* setup_intents.c */
 void tp_h_si_create(struct tp_req *r);
 void tp_h_si_retrieve(struct tp_req *r);

@@ -963,6 +963,28 @@ bool tp_list_params(struct tp_req *r, struct tp_list_query *q)
   return true;
 }
 
+void tp_reply_list_by(struct tp_req *r, const struct tp_pspec *spec, enum tp_kind kind, const char *url)
+{
+  if (!tp_check_params(r, spec))
+    return;
+  struct tp_list_query q;
+  memset(&q, 0, sizeof q);
+  q.kind = kind;
+  if (!tp_list_params(r, &q))
+    return;
+  /* The kind's two indexed columns filter by the parameters of their names. */
+  const char *v1 = tp_pstr(r->params, tp_kinds[kind].col[0]), *v2 = tp_pstr(r->params, tp_kinds[kind].col[1]);
+  if (v1 && *v1) {
+    q.col_name = tp_kinds[kind].col[0];
+    q.col_value = v1;
+  }
+  if (v2 && *v2) {
+    q.col2_name = tp_kinds[kind].col[1];
+    q.col2_value = v2;
+  }
+  tp_reply_list(r, &q, url);
+}
+
 void tp_reply_list(struct tp_req *r, struct tp_list_query *q, const char *url)
 {
   tp_reply_list_fixed(r, q, url, NULL, NULL);

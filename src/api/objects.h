@@ -93,6 +93,9 @@ bool tp_expand(struct tp_req *r, json_t *obj, const json_t *known);
  * starting_after, ending_before, created (range) and the optional filter
  * column; validates limit 1..100. url is like "/v1/customers". */
 void tp_reply_list(struct tp_req *r, struct tp_list_query *q, const char *url);
+/* A list endpoint whole: params checked against spec, paging, and the
+ * kind's two indexed columns (tp_kinds[kind].col) as filters named alike. */
+void tp_reply_list_by(struct tp_req *r, const struct tp_pspec *spec, enum tp_kind kind, const char *url);
 /* tp_reply_list, with fix(data, arg) run on the page's items (a JSON
  * array) before expansion. */
 void tp_reply_list_fixed(struct tp_req *r, struct tp_list_query *q, const char *url, void (*fix)(json_t *, void *),

@@ -822,9 +822,7 @@ char *tp_pi_client_view(const char *body, size_t *len)
   return out;
 }
 
-/* A request made with a publishable key must name the PaymentIntent's
- * client_secret; replies and returns false when it does not. */
-static bool client_secret_ok(struct tp_req *r, const json_t *pi)
+bool tp_client_secret_ok(struct tp_req *r, const json_t *pi)
 {
   if (!r->publishable)
     return true;
@@ -845,7 +843,7 @@ void tp_h_pi_retrieve(struct tp_req *r)
     missing_pi(r);
     return;
   }
-  if (!client_secret_ok(r, pi)) {
+  if (!tp_client_secret_ok(r, pi)) {
     json_decref(pi);
     return;
   }
@@ -966,7 +964,7 @@ void tp_h_pi_confirm(struct tp_req *r)
   json_t *pi = load_locked(r, r->path_id);
   if (!pi)
     return;
-  if (!client_secret_ok(r, pi)) {
+  if (!tp_client_secret_ok(r, pi)) {
     json_decref(pi);
     tp_lock_release(r->path_id);
     return;

@@ -469,28 +469,7 @@ void tp_h_si_create(struct tp_req *r)
     return;
   }
   tp_put_emit(cs, r, r->merchant.id, TP_K_SETUP_INTENT, "setup_intent.created", si);
-  json_t *out = json_deep_copy(si);
-  json_decref(si);
-  if (!tp_expand(r, out, NULL)) {
-    json_decref(out);
-    tp_cs_free(cs);
-    return;
-  }
-  tp_reply_json(r, 200, out);
-  tp_commit_and_reply(r, cs);
-}
-
-/* A request made with a publishable key names the client_secret. */
-static bool client_secret_ok(struct tp_req *r, const json_t *si)
-{
-  if (!r->publishable)
-    return true;
-  const char *given = json_string_value(json_object_get(r->params, "client_secret"));
-  const char *want = json_string_value(json_object_get(si, "client_secret"));
-  if (given && want && strlen(given) == strlen(want) && tp_ct_equal(given, want, strlen(want)))
-    return true;
-  tp_reply_error(r, TP_ERR_CLIENT_SECRET_INVALID, "client_secret", NULL);
-  return false;
+  tp_reply_expanded_unlock(r, cs, si, NULL);
 }
 
 void tp_h_si_retrieve(struct tp_req *r)
@@ -502,7 +481,7 @@ void tp_h_si_retrieve(struct tp_req *r)
     missing_si(r);
     return;
   }
-  if (!client_secret_ok(r, si) || !tp_expand(r, si, NULL)) {
+  if (!tp_client_secret_ok(r, si) || !tp_expand(r, si, NULL)) {
     json_decref(si);
     return;
   }
@@ -555,16 +534,7 @@ void tp_h_si_update(struct tp_req *r)
     return;
   }
   tp_cs_put(cs, TP_K_SETUP_INTENT, r->merchant.id, si);
-  json_t *out = json_deep_copy(si);
-  json_decref(si);
-  if (!tp_expand(r, out, NULL)) {
-    json_decref(out);
-    tp_cs_free(cs);
-    tp_lock_release(r->path_id);
-    return;
-  }
-  tp_reply_json(r, 200, out);
-  tp_commit_and_reply_unlock(r, cs, r->path_id);
+  tp_reply_expanded_unlock(r, cs, si, r->path_id);
 }
 
 void tp_h_si_confirm(struct tp_req *r)
@@ -574,7 +544,7 @@ void tp_h_si_confirm(struct tp_req *r)
   json_t *si = load_locked(r);
   if (!si)
     return;
-  if (!client_secret_ok(r, si)) {
+  if (!tp_client_secret_ok(r, si)) {
     json_decref(si);
     tp_lock_release(r->path_id);
     return;
@@ -619,37 +589,12 @@ void tp_h_si_cancel(struct tp_req *r)
   json_object_set_new(si, "next_action", json_null());
   struct tp_cs *cs = tp_cs_new();
   tp_put_emit(cs, r, r->merchant.id, TP_K_SETUP_INTENT, "setup_intent.canceled", si);
-  json_t *out = json_deep_copy(si);
-  json_decref(si);
-  if (!tp_expand(r, out, NULL)) {
-    json_decref(out);
-    tp_cs_free(cs);
-    tp_lock_release(r->path_id);
-    return;
-  }
-  tp_reply_json(r, 200, out);
-  tp_commit_and_reply_unlock(r, cs, r->path_id);
+  tp_reply_expanded_unlock(r, cs, si, r->path_id);
 }
 
 void tp_h_si_list(struct tp_req *r)
 {
-  if (!tp_check_params(r, spec_list))
-    return;
-  struct tp_list_query q;
-  memset(&q, 0, sizeof q);
-  q.kind = TP_K_SETUP_INTENT;
-  if (!tp_list_params(r, &q))
-    return;
-  const char *cus = tp_pstr(r->params, "customer"), *pm = tp_pstr(r->params, "payment_method");
-  if (cus && *cus) {
-    q.col_name = "customer";
-    q.col_value = cus;
-  }
-  if (pm && *pm) {
-    q.col2_name = "payment_method";
-    q.col2_value = pm;
-  }
-  tp_reply_list(r, &q, "/v1/setup_intents");
+  tp_reply_list_by(r, spec_list, TP_K_SETUP_INTENT, "/v1/setup_intents");
 }
 
 void tp_h_si_verify_microdeposits(struct tp_req *r)
