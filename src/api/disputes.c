@@ -161,12 +161,6 @@ void tp_dispute_open(struct tp_cs *cs, const struct tp_req *r, const char *merch
   tp_cs_put(cs, TP_K_CHARGE, merchant, ch);
 }
 
-static void missing(struct tp_req *r)
-{
-  char msg[160];
-  snprintf(msg, sizeof msg, "No such dispute: '%.64s'", r->path_id);
-  tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "dispute", msg);
-}
 
 void tp_h_dispute_retrieve(struct tp_req *r)
 {
@@ -191,7 +185,7 @@ static json_t *load_locked(struct tp_req *r, char processor[TP_ID_MAX])
   json_t *dp = tp_store_get_json(&tp_app.store, TP_K_DISPUTE, r->merchant.id, r->path_id);
   if (!dp) {
     tp_lock_release(r->path_id);
-    missing(r);
+    tp_reply_no_such(r, "dispute", "dispute");
     return NULL;
   }
   json_t *ch = tp_store_get_json(&tp_app.store, TP_K_CHARGE, r->merchant.id,

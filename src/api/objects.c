@@ -655,6 +655,13 @@ bool tp_pm_materialize(struct tp_req *r, struct tp_cs *cs, json_t *pi)
   return true;
 }
 
+void tp_reply_no_such(struct tp_req *r, const char *what, const char *param)
+{
+  char msg[160];
+  snprintf(msg, sizeof msg, "No such %s: '%.64s'", what, r->path_id);
+  tp_reply_error(r, TP_ERR_RESOURCE_MISSING, param, msg);
+}
+
 bool tp_live_or_missing(struct tp_req *r, enum tp_kind kind, const char *id, const char *what, const char *param)
 {
   int live = tp_store_live(&tp_app.store, kind, r->merchant.id, id);

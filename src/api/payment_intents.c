@@ -184,12 +184,6 @@ void tp_3ds_token(const char *pi_id, char out[65])
   out[32] = '\0';
 }
 
-static void missing_pi(struct tp_req *r)
-{
-  char msg[160];
-  snprintf(msg, sizeof msg, "No such payment_intent: '%.64s'", r->path_id);
-  tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "intent", msg);
-}
 
 static void unexpected_state(struct tp_req *r, const json_t *pi, const char *action)
 {
@@ -840,7 +834,7 @@ void tp_h_pi_retrieve(struct tp_req *r)
     return;
   json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, r->path_id);
   if (!pi) {
-    missing_pi(r);
+    tp_reply_no_such(r, "payment_intent", "intent");
     return;
   }
   if (!tp_client_secret_ok(r, pi)) {
@@ -865,7 +859,7 @@ static json_t *load_locked(struct tp_req *r, const char *id)
   json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, id);
   if (!pi) {
     tp_lock_release(id);
-    missing_pi(r);
+    tp_reply_no_such(r, "payment_intent", "intent");
   }
   return pi;
 }

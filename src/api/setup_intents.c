@@ -138,12 +138,6 @@ static json_t *si_new(void)
   return si;
 }
 
-static void missing_si(struct tp_req *r)
-{
-  char msg[160];
-  snprintf(msg, sizeof msg, "No such setupintent: '%.64s'", r->path_id);
-  tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "intent", msg);
-}
 
 static void unexpected_state(struct tp_req *r, const json_t *si, const char *action)
 {
@@ -478,7 +472,7 @@ void tp_h_si_retrieve(struct tp_req *r)
     return;
   json_t *si = tp_store_get_json(&tp_app.store, TP_K_SETUP_INTENT, r->merchant.id, r->path_id);
   if (!si) {
-    missing_si(r);
+    tp_reply_no_such(r, "setupintent", "intent");
     return;
   }
   if (!tp_client_secret_ok(r, si) || !tp_expand(r, si, NULL)) {
@@ -498,7 +492,7 @@ static json_t *load_locked(struct tp_req *r)
   json_t *si = tp_store_get_json(&tp_app.store, TP_K_SETUP_INTENT, r->merchant.id, r->path_id);
   if (!si) {
     tp_lock_release(r->path_id);
-    missing_si(r);
+    tp_reply_no_such(r, "setupintent", "intent");
   }
   return si;
 }
@@ -601,7 +595,7 @@ void tp_h_si_verify_microdeposits(struct tp_req *r)
 {
   json_t *si = tp_store_get_json(&tp_app.store, TP_K_SETUP_INTENT, r->merchant.id, r->path_id);
   if (!si) {
-    missing_si(r);
+    tp_reply_no_such(r, "setupintent", "intent");
     return;
   }
   json_decref(si);
