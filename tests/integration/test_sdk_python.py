@@ -519,6 +519,58 @@ class StripePython(DaemonTestCase):
 
     # -- 3-D Secure, events, search, webhooks ----------------------------------
 
+    def test_fields_stripe_sends_as_null_are_attributes(self):
+        """stripe-python raises AttributeError for a key an object lacks: the
+        fields Stripe always sends, null where Turnpike has no such feature,
+        read as attributes the way merchant code reads them."""
+        k = self.key()
+        pi = stripe.PaymentIntent.create(api_key=k, amount=1234, currency="usd", payment_method="pm_card_visa",
+                                         confirm=True, expand=["latest_charge"])
+        ch = pi.latest_charge
+        self.assertIsNone(ch.receipt_url)
+        self.assertIsNone(ch.review)
+        self.assertIsNone(ch.application_fee_amount)
+        self.assertIsNone(ch.transfer_data)
+        self.assertIsNone(ch.failure_balance_transaction)
+        self.assertIsNone(ch.outcome.advice_code)
+        self.assertEqual(ch.payment_method_details.card.amount_authorized, 1234)
+        self.assertEqual(ch.payment_method_details.card.authorization_code, ch.authorization_code)
+        self.assertIsNone(ch.payment_method_details.card.network_transaction_id)
+        self.assertIsNone(pi.payment_record)
+        self.assertIsNone(pi.source)
+        self.assertIsNone(pi.excluded_payment_method_types)
+        pm = stripe.PaymentMethod.retrieve(pi.payment_method, api_key=k)
+        self.assertIsNone(pm.card.regulated_status)
+        self.assertIsNone(pm.billing_details.tax_id)
+        re = stripe.Refund.create(api_key=k, payment_intent=pi.id, amount=100)
+        self.assertEqual(re.payment_method, pi.payment_method)
+        self.assertIsNone(re.customer)
+        bt = stripe.BalanceTransaction.retrieve(ch.balance_transaction, api_key=k)
+        self.assertEqual(bt.balance_type, "payments")
+
+    def test_setup_intents_and_disputes_through_the_sdk(self):
+        k = self.key()
+        cus = stripe.Customer.create(api_key=k, email="py-si@example.test")
+        si = stripe.SetupIntent.create(api_key=k, customer=cus.id, payment_method="pm_card_visa", confirm=True)
+        self.assertEqual((si.status, si.usage, si.latest_attempt), ("succeeded", "off_session", None))
+        self.assertEqual(stripe.PaymentMethod.retrieve(si.payment_method, api_key=k).customer, cus.id)
+        listed = stripe.SetupIntent.list(api_key=k, customer=cus.id)
+        self.assertEqual([s.id for s in listed.auto_paging_iter()], [si.id])
+        with self.assertRaises(stripe.error.CardError) as cm:
+            stripe.SetupIntent.create(api_key=k, customer=cus.id, payment_method="pm_card_chargeDeclined",
+                                      confirm=True)
+        self.assertEqual(cm.exception.code, "card_declined")
+        pi = stripe.PaymentIntent.create(api_key=k, amount=3000, currency="usd", confirm=True,
+                                         payment_method="pm_card_createDispute")
+        dp = stripe.Dispute.list(api_key=k, charge=pi.latest_charge).data[0]
+        self.assertEqual((dp.status, dp.reason, dp.evidence.uncategorized_text), ("needs_response", "fraudulent",
+                                                                                    None))
+        won = stripe.Dispute.modify(dp.id, api_key=k, evidence={"uncategorized_text": "winning_evidence"})
+        self.assertEqual(won.status, "won")
+        with self.assertRaises(stripe.error.InvalidRequestError) as cm:
+            stripe.Refund.create(api_key=k, charge=pi.latest_charge)
+        self.assertEqual(cm.exception.code, "charge_disputed")
+
     def test_three_d_secure_stops_in_requires_action(self):
         k = self.key()
         pi = stripe.PaymentIntent.create(api_key=k, amount=2500, currency="eur", confirm=True,
