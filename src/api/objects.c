@@ -510,6 +510,7 @@ static const struct {
   {"createDispute", "4000000000000259"},
   {"createDisputeProductNotReceived", "4000000000002685"},
   {"createDisputeInquiry", "4000000000001976"},
+  {"refundFail", "4000000000005126"},
   /* the issuer's checks */
   {"cvcCheckFail", "4000000000000101"},
   {"avsFail", "4000000000000010"},

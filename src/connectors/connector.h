@@ -94,6 +94,9 @@ bool tp_test_card_requires_3ds(const char *pan, bool off_session, bool set_up);
  * captured: "fraudulent" or "product_not_received" (a chargeback),
  * "inquiry" (a retrieval request, no funds withdrawn), "" for none. */
 const char *tp_test_card_dispute(const char *pan);
+/* A test card whose refunds fail after they succeeded (the card was
+ * closed): Stripe's 4000000000005126. */
+bool tp_test_card_refund_fails(const char *pan);
 /* The fraud risk of a test card: "normal" (score 20), "elevated" (65) or
  * "highest" (95: Stripe's default rules block it). */
 const char *tp_test_card_risk(const char *pan, int *score);

@@ -69,6 +69,11 @@ const char *tp_test_card_dispute(const char *pan)
   return "";
 }
 
+bool tp_test_card_refund_fails(const char *pan)
+{
+  return strcmp(pan, "4000000000005126") == 0;
+}
+
 const char *tp_test_card_risk(const char *pan, int *score)
 {
   if (strcmp(pan, "4100000000000019") == 0 || strcmp(pan, "4000000000004954") == 0) {

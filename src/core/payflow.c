@@ -1176,6 +1176,8 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved)
   const char *dispute = tp_test_card_dispute(p->call.pan);
   if (approved && *dispute)
     json_object_set_new(json_object_get(ch, "turnpike"), "dispute", json_string(dispute));
+  if (approved && tp_test_card_refund_fails(p->call.pan))
+    json_object_set_new(json_object_get(ch, "turnpike"), "refunds_fail", json_true());
   if (approved) {
     json_object_set_new(ch, "authorization_code", json_string(p->call.auth_code));
     json_object_set(pmd_card, "amount_authorized", json_object_get(pi, "amount"));
@@ -1453,6 +1455,31 @@ void tp_outcome_expire(struct tp_pay *p, struct tp_cs *cs)
   release_authorization(p, cs, "charge.expired");
 }
 
+/* A refund that succeeded is later returned by the issuer (the card was
+ * closed; Stripe's test card 4000000000005126, marked on its charge): the
+ * money comes back to the merchant (a balanced ledger transaction, balance
+ * transaction type refund_failure), the refund is failed and the charge's
+ * amount_refunded goes back down. Stripe does this "some time later"; here
+ * it is in the same commit, after the reply that shows it succeeded. */
+static void refund_fails(struct tp_pay *p, struct tp_cs *cs, json_t *re, json_t *ch, const char *cur, int64_t amount)
+{
+  const char *merchant = p->m.id;
+  char txn[TP_ID_MAX];
+  tp_ledger_post(cs, merchant, p->att.processor, cur, amount, json_string_value(json_object_get(re, "id")),
+                 "refund_failure", txn, NULL);
+  json_t *before = json_deep_copy(re);
+  json_object_set_new(re, "status", json_string("failed"));
+  json_object_set_new(re, "failure_reason", json_string("expired_or_canceled_card"));
+  json_object_set_new(re, "failure_balance_transaction", json_string(txn));
+  int64_t refunded = json_integer_value(json_object_get(ch, "amount_refunded")) - amount;
+  json_object_set_new(ch, "amount_refunded", json_integer(refunded));
+  json_object_set_new(ch, "refunded", json_false());
+  tp_emit_update(cs, p->r, merchant, "charge.refund.updated", before, re);
+  tp_put_emit(cs, p->r, merchant, TP_K_REFUND, "refund.failed", re);
+  tp_cs_put(cs, TP_K_CHARGE, merchant, ch);
+  json_decref(before);
+}
+
 void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs)
 {
   json_t *re = p->refund, *ch = p->charge;
@@ -1477,7 +1504,9 @@ void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs)
                                                   json_integer_value(json_object_get(ch, "amount_captured"))));
   tp_put_emit(cs, p->r, merchant, TP_K_REFUND, "refund.created", re);
   tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.refunded", ch);
-  tp_pay_reply(p, 200, json_incref(re));
+  tp_pay_reply(p, 200, json_incref(re)); /* the reply is written out now, as it stands */
+  if (json_is_true(json_object_get(json_object_get(ch, "turnpike"), "refunds_fail")))
+    refund_fails(p, cs, re, ch, cur, amount);
 }
 
 /* ---- recovery ---------------------------------------------------------------- */

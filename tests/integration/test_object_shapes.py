@@ -165,6 +165,10 @@ class ObjectShapes(DaemonTestCase):
         self.assertShape(self.get("/v1/balance_transactions/" + refund["balance_transaction"]),
                          "balance_transaction(refund)")
         self.assertShape(self.post("/v1/refunds", {"charge": held["latest_charge"]}), "refund(whole)")
+        closed = self.post("/v1/payment_intents", {"amount": 800, "currency": "usd", "confirm": "true",
+                                                   "payment_method": "pm_card_refundFail"})
+        failed = self.post("/v1/refunds", {"payment_intent": closed["id"]})
+        self.assertShape(self.get("/v1/refunds/" + failed["id"]), "refund(failed)")
         self.assertShape(self.get("/v1/charges/" + paid["latest_charge"]["id"]), "charge(refunded in part)")
         pm = self.get("/v1/payment_methods/" + paid["payment_method"])
         self.assertEqual(pm["customer"], cus["id"])

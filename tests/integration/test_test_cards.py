@@ -136,6 +136,27 @@ class TestCards(DaemonTestCase):
         err = self.pay(402, customer=cus, payment_method=pm)["error"]
         self.assertEqual((err["code"], err["decline_code"]), ("card_declined", "generic_decline"))
 
+    def test_a_refund_to_a_closed_card_fails_and_the_money_comes_back(self):
+        pi = self.pay(payment_method="pm_card_refundFail", amount=2500)
+        self.assertEqual(pi["status"], "succeeded")
+        bal = lambda: sum(b["amount"] for b in self.c().get("/v1/balance").json["pending"] if b["currency"] == "usd")
+        before = bal()
+        r = self.c().post("/v1/refunds", {"payment_intent": pi["id"], "amount": 1000})
+        self.assertEqual((r.status, r.json["status"]), (200, "succeeded"))  # as first answered
+        re = self.c().get("/v1/refunds/" + r.json["id"]).json
+        self.assertEqual((re["status"], re["failure_reason"]), ("failed", "expired_or_canceled_card"))
+        bt = self.c().get("/v1/balance_transactions/" + re["failure_balance_transaction"]).json
+        self.assertEqual((bt["amount"], bt["type"], bt["source"]), (1000, "refund_failure", re["id"]))
+        self.assertEqual(bal(), before)  # -1000 refunded, +1000 returned
+        ch = self.c().get("/v1/charges/" + pi["latest_charge"]).json
+        self.assertEqual((ch["amount_refunded"], ch["refunded"]), (0, False))
+        evs = self.c().get("/v1/events", {"limit": 100}).json["data"]
+        self.assertEqual([e["type"] for e in reversed(evs) if e["data"]["object"]["id"] == re["id"]],
+                         ["refund.created", "charge.refund.updated", "refund.failed"])
+        # the whole amount can still be refunded (and fails again)
+        r = self.c().post("/v1/refunds", {"payment_intent": pi["id"]})
+        self.assertEqual((r.status, r.json["amount"]), (200, 2500))
+
     def test_fraud_risk_levels(self):
         for name in ("pm_card_riskLevelHighest", "pm_card_radarBlock"):
             err = self.pay(402, payment_method=name)["error"]
