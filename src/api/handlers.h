@@ -29,6 +29,13 @@ extern const struct tp_pspec tp_spec_pmd[]; /* payment_method_data */
  * vault record); its card in ci and cvc. NULL after replying. */
 json_t *tp_pm_from_data(struct tp_req *r, struct tp_cs *cs, const json_t *pmd, struct tp_card_info *ci,
                         char cvc[8]);
+/* Which PaymentMethod a confirmation of intent uses: payment_method_data
+ * makes one in cs (its card in ci and cvc) and returns it in *made;
+ * otherwise *pm_id names the payment_method parameter, else the intent's
+ * own, else NULL, for the caller to resolve. False after replying (both
+ * given, or the data refused). */
+bool tp_confirm_pm_choice(struct tp_req *r, struct tp_cs *cs, const json_t *intent, json_t **made,
+                          const char **pm_id, struct tp_card_info *ci, char cvc[8]);
 /* An intent open to every automatic payment method names a return_url for
  * its confirmation unless redirects are off, the customer is away or a
  * Stripe SDK handles the action. False after replying. */

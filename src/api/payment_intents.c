@@ -560,6 +560,29 @@ bool tp_redirect_allowed(struct tp_req *r, const json_t *pi)
   return false;
 }
 
+bool tp_confirm_pm_choice(struct tp_req *r, struct tp_cs *cs, const json_t *intent, json_t **made,
+                          const char **pm_id, struct tp_card_info *ci, char cvc[8])
+{
+  const json_t *pmd = json_object_get(r->params, "payment_method_data");
+  *made = NULL;
+  *pm_id = tp_pstr(r->params, "payment_method");
+  if (json_is_object(pmd) && *pm_id && **pm_id) {
+    tp_reply_error(r, TP_ERR_PARAMETERS_EXCLUSIVE, "payment_method_data",
+                   "You cannot specify both payment_method and payment_method_data.");
+    return false;
+  }
+  if (json_is_object(pmd)) {
+    *pm_id = NULL;
+    *made = tp_pm_from_data(r, cs, pmd, ci, cvc);
+    return *made != NULL;
+  }
+  if (!*pm_id || !**pm_id)
+    *pm_id = json_string_value(json_object_get(intent, "payment_method"));
+  if (*pm_id && !**pm_id)
+    *pm_id = NULL;
+  return true;
+}
+
 /* Start a confirmation of pi (owned) within cs (owned). Replies on failure.
  * On success the request is suspended until the outcome is committed. */
 /* charges_api: the Charges API's create (POST /v1/charges) made pi for this
@@ -574,23 +597,11 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
   memset(&ci, 0, sizeof ci);
   char cvc[8] = "";
   json_t *pm = NULL;
-  const json_t *pmd = json_object_get(params, "payment_method_data");
-  const char *pm_id = tp_pstr(params, "payment_method");
-  if (!tp_redirect_allowed(r, pi))
+  const char *pm_id;
+  if (!tp_redirect_allowed(r, pi) || !tp_confirm_pm_choice(r, cs, pi, &pm, &pm_id, &ci, cvc))
     goto fail;
-  if (json_is_object(pmd) && pm_id && *pm_id) {
-    tp_reply_error(r, TP_ERR_PARAMETERS_EXCLUSIVE, "payment_method_data",
-                   "You cannot specify both payment_method and payment_method_data.");
-    goto fail;
-  }
-  if (json_is_object(pmd)) {
-    pm = tp_pm_from_data(r, cs, pmd, &ci, cvc);
-    if (!pm)
-      goto fail;
-  } else {
-    if (!pm_id || !*pm_id)
-      pm_id = json_string_value(json_object_get(pi, "payment_method"));
-    if (!pm_id || !*pm_id) {
+  if (!pm) {
+    if (!pm_id) {
       tp_reply_error(r, TP_ERR_PAYMENT_METHOD_MISSING, "payment_method", NULL);
       goto fail;
     }

@@ -357,23 +357,11 @@ static void si_confirm(struct tp_req *r, json_t *si, struct tp_cs *cs, bool crea
   struct tp_card_info ci;
   memset(&ci, 0, sizeof ci);
   char cvc[8] = "";
-  if (!tp_redirect_allowed(r, si))
+  const char *pm_id;
+  if (!tp_redirect_allowed(r, si) || !tp_confirm_pm_choice(r, cs, si, &pm, &pm_id, &ci, cvc))
     goto fail;
-  const json_t *pmd = json_object_get(p, "payment_method_data");
-  const char *pm_id = tp_pstr(p, "payment_method");
-  if (json_is_object(pmd) && pm_id && *pm_id) {
-    tp_reply_error(r, TP_ERR_PARAMETERS_EXCLUSIVE, "payment_method_data",
-                   "You cannot specify both payment_method and payment_method_data.");
-    goto fail;
-  }
-  if (json_is_object(pmd)) {
-    pm = tp_pm_from_data(r, cs, pmd, &ci, cvc);
-    if (!pm)
-      goto fail;
-  } else {
-    if (!pm_id || !*pm_id)
-      pm_id = json_string_value(json_object_get(si, "payment_method"));
-    if (!pm_id || !*pm_id) {
+  if (!pm) {
+    if (!pm_id) {
       tp_reply_error(r, TP_ERR_SETUP_INTENT_UNEXPECTED_STATE, "payment_method",
                      "You cannot confirm this SetupIntent because it's missing a payment method. Update the "
                      "SetupIntent with a payment method and then confirm it again.");
