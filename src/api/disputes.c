@@ -74,13 +74,9 @@ static const struct tp_pspec spec_update[] = {
   {NULL, 0, NULL, NULL},
 };
 static const struct tp_pspec spec_list[] = {
-  {"limit", TP_P_INT, NULL, NULL},
-  {"starting_after", TP_P_STRING, NULL, NULL},
-  {"ending_before", TP_P_STRING, NULL, NULL},
-  {"created", TP_P_RANGE, NULL, NULL},
+  TP_SPEC_PAGING,
   {"charge", TP_P_STRING, NULL, NULL},
   {"payment_intent", TP_P_STRING, NULL, NULL},
-  {"expand", TP_P_STRLIST, NULL, NULL},
   {NULL, 0, NULL, NULL},
 };
 

@@ -190,6 +190,11 @@ extern const char *const tp_why_external_3ds[];
   {"wechat_pay", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}, {"zip", TP_P_UNSUPPORTED, NULL, tp_why_pm_type}
 /* radar_options[session]: taken and not used (no Radar sessions). */
 extern const struct tp_pspec tp_spec_radar_options[];
+/* What every list endpoint takes (tp_list_params). */
+#define TP_SPEC_PAGING                                                                                  \
+  {"limit", TP_P_INT, NULL, NULL}, {"starting_after", TP_P_STRING, NULL, NULL},                        \
+  {"ending_before", TP_P_STRING, NULL, NULL}, {"created", TP_P_RANGE, NULL, NULL},                     \
+  {"expand", TP_P_STRLIST, NULL, NULL}
 
 /* Stripe's limits on names, phone numbers and address lines. */
 #define TP_NAME_MAX 256

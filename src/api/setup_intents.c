@@ -102,13 +102,9 @@ static const struct tp_pspec spec_retrieve[] = {
   {NULL, 0, NULL, NULL},
 };
 static const struct tp_pspec spec_list[] = {
-  {"limit", TP_P_INT, NULL, NULL},
-  {"starting_after", TP_P_STRING, NULL, NULL},
-  {"ending_before", TP_P_STRING, NULL, NULL},
-  {"created", TP_P_RANGE, NULL, NULL},
+  TP_SPEC_PAGING,
   {"customer", TP_P_STRING, NULL, NULL},
   {"payment_method", TP_P_STRING, NULL, NULL},
-  {"expand", TP_P_STRLIST, NULL, NULL},
   UNSUPPORTED("attach_to_self", tp_why_connect),
   UNSUPPORTED("customer_account", tp_why_customer_account),
   {NULL, 0, NULL, NULL},

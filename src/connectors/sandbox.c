@@ -12,112 +12,111 @@
 
 #define SANDBOX_QUEUE 65536
 
-static const struct {
+/* Stripe's test cards, one row per card with everything its issuer does
+ * differently from approving (read by the sandbox, the simulator and the
+ * gateway's charge builder): the decline, when it asks for 3-D Secure, the
+ * fraud risk, the address checks, the dispute its cardholder opens and
+ * whether its refunds fail. A card not listed approves, asks nothing, is of
+ * normal risk and passes every check. */
+enum three_ds { NO_3DS, ALWAYS, UNLESS_SET_UP, ON_SESSION };
+static const struct test_card {
   const char *pan;
   const char *decline;
+  enum three_ds three_ds;
+  const char *risk; /* NULL: normal */
+  const char *avs_line1, *avs_zip; /* NULL: pass */
+  const char *dispute;
+  bool refund_fails;
 } test_cards[] = {
-  {"4000000000000002", "generic_decline"},
-  {"4000000000009995", "insufficient_funds"},
-  {"4000000000009987", "lost_card"},
-  {"4000000000009979", "stolen_card"},
-  {"4000000000000069", "expired_card"},
-  {"4000000000000127", "incorrect_cvc"},
-  {"4000000000000119", "processing_error"},
-  {"4100000000000019", "fraudulent"},
-  {"4000000000000101", "incorrect_cvc"},
-  {"4000000000006975", "card_velocity_exceeded"},
-  {"4000000000000341", "generic_decline"},    /* attaches, but every charge is declined */
-  {"4000008400001629", "generic_decline"},    /* 3-D Secure passes, then the issuer declines */
-  {"4000008260003178", "insufficient_funds"}, /* the same, for want of funds */
-  {"4000000000004954", "fraudulent"},         /* highest risk: blocked */
+  {.pan = "4000000000000002", .decline = "generic_decline"},
+  {.pan = "4000000000009995", .decline = "insufficient_funds"},
+  {.pan = "4000000000009987", .decline = "lost_card"},
+  {.pan = "4000000000009979", .decline = "stolen_card"},
+  {.pan = "4000000000000069", .decline = "expired_card"},
+  {.pan = "4000000000000127", .decline = "incorrect_cvc"},
+  {.pan = "4000000000000119", .decline = "processing_error"},
+  {.pan = "4100000000000019", .decline = "fraudulent", .risk = "highest"},
+  {.pan = "4000000000004954", .decline = "fraudulent", .risk = "highest"},
+  {.pan = "4000000000009235", .risk = "elevated"},
+  {.pan = "4000000000000101", .decline = "incorrect_cvc"},
+  {.pan = "4000000000006975", .decline = "card_velocity_exceeded"},
+  {.pan = "4000000000000341", .decline = "generic_decline"}, /* attaches, but every charge is declined */
+  /* 3-D Secure */
+  {.pan = "4000002760003184", .three_ds = ALWAYS}, /* every payment, however the card was saved */
+  {.pan = "4000000000003220", .three_ds = ALWAYS}, /* 3-D Secure 2 required */
+  {.pan = "4000000000003063", .three_ds = ALWAYS}, /* 3-D Secure required */
+  {.pan = "4000008400001629", .decline = "generic_decline", .three_ds = ALWAYS}, /* required, then declined */
+  {.pan = "4000008260003178", .decline = "insufficient_funds", .three_ds = ALWAYS}, /* required, then insufficient funds */
+  {.pan = "4000002500003155", .three_ds = UNLESS_SET_UP}, /* off-session once set up with authentication */
+  {.pan = "4000003800000446", .three_ds = ON_SESSION}, /* off-session payments never ask */
+  /* address checks */
+  {.pan = "4000000000000010", .avs_line1 = "fail", .avs_zip = "fail"},
+  {.pan = "4000000000000028", .avs_line1 = "fail", .avs_zip = "pass"},
+  {.pan = "4000000000000036", .avs_line1 = "pass", .avs_zip = "fail"},
+  {.pan = "4000000000000044", .avs_line1 = "unavailable", .avs_zip = "unavailable"},
+  /* after the payment */
+  {.pan = "4000000000000259", .dispute = "fraudulent"},
+  {.pan = "4000000000002685", .dispute = "product_not_received"},
+  {.pan = "4000000000001976", .dispute = "inquiry"},
+  {.pan = "4000000000005126", .refund_fails = true},
 };
+
+static const struct test_card *test_card(const char *pan)
+{
+  static const struct test_card none = {.pan = ""};
+  for (size_t i = 0; pan && i < sizeof test_cards / sizeof test_cards[0]; i++)
+    if (strcmp(pan, test_cards[i].pan) == 0)
+      return &test_cards[i];
+  return &none;
+}
 
 const char *tp_test_card_decline(const char *pan)
 {
-  for (size_t i = 0; i < sizeof test_cards / sizeof test_cards[0]; i++)
-    if (strcmp(pan, test_cards[i].pan) == 0)
-      return test_cards[i].decline;
-  return "";
+  const char *d = test_card(pan)->decline;
+  return d ? d : "";
 }
-
-/* Stripe's 3-D Secure test cards and when their issuer asks. */
-static const struct {
-  const char *pan;
-  enum { ALWAYS, UNLESS_SET_UP, ON_SESSION } when;
-} three_ds_cards[] = {
-  {"4000002760003184", ALWAYS},        /* every payment, however the card was saved */
-  {"4000000000003220", ALWAYS},        /* 3-D Secure 2 required */
-  {"4000000000003063", ALWAYS},        /* 3-D Secure required */
-  {"4000008400001629", ALWAYS},        /* required, then declined */
-  {"4000008260003178", ALWAYS},        /* required, then insufficient funds */
-  {"4000002500003155", UNLESS_SET_UP}, /* off-session once set up with authentication */
-  {"4000003800000446", ON_SESSION},    /* off-session payments never ask */
-};
 
 const char *tp_test_card_dispute(const char *pan)
 {
-  static const struct {
-    const char *pan, *kind;
-  } cards[] = {
-    {"4000000000000259", "fraudulent"},
-    {"4000000000002685", "product_not_received"},
-    {"4000000000001976", "inquiry"},
-  };
-  for (size_t i = 0; i < sizeof cards / sizeof cards[0]; i++)
-    if (strcmp(pan, cards[i].pan) == 0)
-      return cards[i].kind;
-  return "";
+  const char *d = test_card(pan)->dispute;
+  return d ? d : "";
 }
 
 bool tp_test_card_refund_fails(const char *pan)
 {
-  return strcmp(pan, "4000000000005126") == 0;
+  return test_card(pan)->refund_fails;
 }
 
 const char *tp_test_card_risk(const char *pan, int *score)
 {
-  if (strcmp(pan, "4100000000000019") == 0 || strcmp(pan, "4000000000004954") == 0) {
-    *score = 95;
-    return "highest";
+  const char *risk = test_card(pan)->risk;
+  if (!risk) {
+    *score = 20;
+    return "normal";
   }
-  if (strcmp(pan, "4000000000009235") == 0) {
-    *score = 65;
-    return "elevated";
-  }
-  *score = 20;
-  return "normal";
+  *score = strcmp(risk, "highest") == 0 ? 95 : 65;
+  return risk;
 }
 
 void tp_test_card_avs(const char *pan, const char **line1, const char **postal_code)
 {
-  static const struct {
-    const char *pan, *line1, *postal_code;
-  } avs[] = {
-    {"4000000000000010", "fail", "fail"},
-    {"4000000000000028", "fail", "pass"},
-    {"4000000000000036", "pass", "fail"},
-    {"4000000000000044", "unavailable", "unavailable"},
-  };
-  *line1 = *postal_code = "pass";
-  for (size_t i = 0; i < sizeof avs / sizeof avs[0]; i++)
-    if (strcmp(pan, avs[i].pan) == 0) {
-      *line1 = avs[i].line1;
-      *postal_code = avs[i].postal_code;
-    }
+  const struct test_card *c = test_card(pan);
+  *line1 = c->avs_line1 ? c->avs_line1 : "pass";
+  *postal_code = c->avs_zip ? c->avs_zip : "pass";
 }
 
 bool tp_test_card_requires_3ds(const char *pan, bool off_session, bool set_up)
 {
-  for (size_t i = 0; i < sizeof three_ds_cards / sizeof three_ds_cards[0]; i++)
-    if (strcmp(pan, three_ds_cards[i].pan) == 0)
-      switch (three_ds_cards[i].when) {
-      case ALWAYS:
-        return true;
-      case UNLESS_SET_UP:
-        return !(off_session && set_up);
-      case ON_SESSION:
-        return !off_session;
-      }
+  switch (test_card(pan)->three_ds) {
+  case ALWAYS:
+    return true;
+  case UNLESS_SET_UP:
+    return !(off_session && set_up);
+  case ON_SESSION:
+    return !off_session;
+  case NO_3DS:
+    break;
+  }
   return false;
 }
 
