@@ -400,6 +400,35 @@ const struct tp_pspec tp_spec_radar_options[] = {
   {NULL, 0, NULL, NULL},
 };
 
+/* Spend card token tok on PaymentMethod pm_id within cs: the token shows
+ * used, its vault record is deleted, and its row in token_redemptions makes
+ * a second change set spending it fail (the check before, in token_card,
+ * only sees what has committed). Returns the billing details the token's
+ * card carries (name, address), for a PaymentMethod given none. */
+static json_t *token_spend(struct tp_cs *cs, const struct tp_merchant *m, const char *tok, const char *pm_id)
+{
+  json_t *t = tp_store_get_json(&tp_app.store, TP_K_TOKEN, m->id, tok);
+  json_t *bd = NULL;
+  if (t) {
+    json_object_set_new(t, "used", json_true());
+    tp_cs_put(cs, TP_K_TOKEN, m->id, t);
+    const json_t *c = json_object_get(t, "card");
+    bd = tp_pack("{s:{s:O?, s:O?, s:O?, s:O?, s:O?, s:O?}, s:O?}", "address", "city", json_object_get(c, "address_city"),
+                 "country", json_object_get(c, "address_country"), "line1", json_object_get(c, "address_line1"),
+                 "line2", json_object_get(c, "address_line2"), "postal_code", json_object_get(c, "address_zip"),
+                 "state", json_object_get(c, "address_state"), "name", json_object_get(c, "name"));
+    json_decref(t);
+  }
+  json_t *args = tp_pack("[s, s, s, I]", m->id, tok, pm_id, (json_int_t)tp_now());
+  tp_cs_sql(cs, "INSERT INTO token_redemptions(merchant, token, payment_method, created) VALUES(?1,?2,?3,?4)", args,
+            1);
+  json_decref(args);
+  json_t *del = tp_pack("[s, s]", tok, m->id);
+  tp_cs_sql(cs, "DELETE FROM vault WHERE token=?1 AND merchant=?2", del, 0);
+  json_decref(del);
+  return bd;
+}
+
 json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const struct tp_card_info *ci,
                           const json_t *billing_details, const json_t *metadata, const char *allow_redisplay)
 {
@@ -411,6 +440,9 @@ json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const s
   if (tp_vault_seal_rec(m->id, id, ci->pan, ci->exp_month, ci->exp_year, blob, &bl) != 0)
     return NULL;
   tp_cs_vault(cs, id, m->id, blob, bl);
+  json_t *token_bd = ci->token[0] ? token_spend(cs, m, ci->token, id) : NULL;
+  if (!billing_details)
+    billing_details = token_bd;
   const char *brand = tp_brand_name(ci->brand);
   json_t *bd = tp_pack("{s:{s:n, s:n, s:n, s:n, s:n, s:n}, s:n, s:n, s:n, s:n}", "address", "city", "country",
                        "line1", "line2", "postal_code", "state", "email", "name", "phone", "tax_id");
@@ -443,6 +475,7 @@ json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const s
                        json_is_object(metadata) ? json_deep_copy(metadata) : json_object(), "type", "card");
   if (!pm)
     abort();
+  json_decref(token_bd);
   tp_cs_put(cs, TP_K_PAYMENT_METHOD, m->id, pm);
   return pm;
 }
@@ -551,6 +584,42 @@ static bool test_card_info(const char *pan, struct tp_card_info *ci)
   return tp_card_validate(&in, (time_t)tp_now(), ci, &bad) == TP_CARD_OK;
 }
 
+/* A card token made by POST /v1/tokens (api/tokens.c), not yet used: its
+ * card from the vault, with ci->token set so that the PaymentMethod made
+ * from it spends the token (tp_pm_create_card). False after replying 404
+ * (param names the parameter) or 400 token_already_used. */
+static bool token_card(struct tp_req *r, const char *tok, const char *param, struct tp_card_info *ci)
+{
+  char msg[160];
+  json_t *t = strncmp(tok, "tok_", 4) == 0 ? tp_store_get_json(&tp_app.store, TP_K_TOKEN, r->merchant.id, tok) : NULL;
+  if (!t) {
+    snprintf(msg, sizeof msg, "No such token: '%.64s'", tok);
+    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, param, msg);
+    return false;
+  }
+  bool used = json_is_true(json_object_get(t, "used"));
+  json_decref(t);
+  if (!used && tp_vault_load(r->merchant.id, tok, ci) != 0) {
+    /* Its card gone: spent since it was read, by a request that raced
+     * this one (the vault record goes in the commit that spends it). */
+    t = tp_store_get_json(&tp_app.store, TP_K_TOKEN, r->merchant.id, tok);
+    used = json_is_true(json_object_get(t, "used"));
+    json_decref(t);
+    if (!used) {
+      tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+      return false;
+    }
+  }
+  if (used) {
+    tp_card_wipe(ci, sizeof *ci);
+    snprintf(msg, sizeof msg, "You cannot use a Stripe token more than once: %.64s.", tok);
+    tp_reply_error(r, TP_ERR_TOKEN_ALREADY_USED, param, msg);
+    return false;
+  }
+  tp_scopy(ci->token, sizeof ci->token, tok);
+  return true;
+}
+
 bool tp_card_from_params(struct tp_req *r, const json_t *card, const char *param_prefix, struct tp_card_info *ci,
                          char *cvc_out)
 {
@@ -568,13 +637,9 @@ bool tp_card_from_params(struct tp_req *r, const json_t *card, const char *param
       }
     }
     const char *pan = test_pan(tok, true);
-    if (!pan || !test_card_info(pan, ci)) {
-      char msg[160];
-      snprintf(msg, sizeof msg, "No such token: '%.64s'", tok);
-      tp_reply_error(r, TP_ERR_RESOURCE_MISSING, param, msg);
-      return false;
-    }
-    return true;
+    if (pan && test_card_info(pan, ci))
+      return true;
+    return token_card(r, tok, param, ci);
   }
   const char *jwe = json_string_value(json_object_get(card, "encrypted"));
   if (jwe) /* client-side encrypted card: decrypted only on this path */
@@ -641,10 +706,23 @@ int tp_vault_load(const char *merchant, const char *pm_id, struct tp_card_info *
   return cc == TP_CARD_OK || cc == TP_CARD_EXPIRED ? 0 : -1;
 }
 
+/* A card token of POST /v1/tokens (tok_..., not a test token's name). */
+static bool stored_token(const char *id)
+{
+  return id && strncmp(id, "tok_", 4) == 0 && !test_pan(id, true);
+}
+
+/* The test card behind pm_card_NAME or tok_NAME, or NULL. */
+static const char *test_id_pan(const char *id)
+{
+  const char *pan = test_pan(id, false);
+  return pan ? pan : test_pan(id, true);
+}
+
 bool tp_pm_materialize(struct tp_req *r, struct tp_cs *cs, json_t *pi)
 {
   const char *pm_id = json_string_value(json_object_get(pi, "payment_method"));
-  if (!test_pan(pm_id, false))
+  if (!test_id_pan(pm_id) && !stored_token(pm_id))
     return true;
   struct tp_card_info ci;
   json_t *pm = tp_pm_resolve(r, cs, pm_id, &ci);
@@ -680,12 +758,26 @@ bool tp_live_or_missing(struct tp_req *r, enum tp_kind kind, const char *id, con
 
 bool tp_pm_exists(struct tp_req *r, const char *pm_id)
 {
-  return test_pan(pm_id, false) || tp_live_or_missing(r, TP_K_PAYMENT_METHOD, pm_id, "PaymentMethod", "payment_method");
+  if (stored_token(pm_id)) { /* usable once: checked, then wiped */
+    struct tp_card_info ci;
+    bool ok = token_card(r, pm_id, "source", &ci);
+    tp_card_wipe(&ci, sizeof ci);
+    return ok;
+  }
+  return test_id_pan(pm_id) || tp_live_or_missing(r, TP_K_PAYMENT_METHOD, pm_id, "PaymentMethod", "payment_method");
 }
 
 json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, struct tp_card_info *ci)
 {
-  const char *pan = test_pan(pm_id, false);
+  const char *pan = test_id_pan(pm_id);
+  if (stored_token(pm_id)) {
+    if (!token_card(r, pm_id, "source", ci))
+      return NULL;
+    json_t *pm = tp_pm_create_card(cs, &r->merchant, ci, NULL, NULL, NULL);
+    if (!pm)
+      tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+    return pm;
+  }
   if (pan && test_card_info(pan, ci)) {
     json_t *pm = tp_pm_create_card(cs, &r->merchant, ci, NULL, NULL, NULL);
     if (!pm)

@@ -1052,13 +1052,13 @@ void tp_h_charge_create(struct tp_req *r)
   if (!tp_check_params(r, spec_charge_create) || !create_basics(r, &amount, &cur))
     return;
   const char *cus = tp_pstr(r->params, "customer");
-  /* The source: a test token stands for its test card (tok_visa is
-   * pm_card_visa); without one, the customer's default PaymentMethod. */
+  /* The source: a PaymentMethod, a card token (a test token such as
+   * tok_visa stands for its test card; one from POST /v1/tokens is spent
+   * by the PaymentMethod the confirmation makes of it) or, without one,
+   * the customer's default PaymentMethod. */
   char source[TP_ID_MAX + 8] = "";
   const char *given = tp_pstr(r->params, "source");
-  if (given && strncmp(given, "tok_", 4) == 0)
-    snprintf(source, sizeof source, "pm_card_%.*s", TP_ID_MAX - 8, given + 4);
-  else if (given && *given)
+  if (given && *given)
     tp_scopy(source, sizeof source, given);
   else if (cus && *cus) {
     json_t *c = tp_store_get_json(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, cus);

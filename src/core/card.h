@@ -68,6 +68,7 @@ struct tp_card_info {
   int exp_year;         /* four digits */
   const char *funding;  /* "credit" | "debit" | "prepaid" | "unknown": from a small test-BIN table, default "credit" */
   const char *country;  /* ISO 3166 alpha-2 from a small test-BIN table, default "US" (e.g. 4000002760003184 -> "DE") */
+  char token[64];       /* the card token (POST /v1/tokens) it came from, "" if none: using it spends the token */
 };
 
 /* Validate and normalize. `now` is the current Unix time (for expiry).

@@ -74,7 +74,7 @@ unsigned tp_scope_required(const char *method, const char *path)
     return TP_SCOPE_PAYMENTS_READ;
   if (under(path, "/v1/refunds") || strstr(path, "/refund"))
     return TP_SCOPE_REFUNDS_WRITE;
-  if (under(path, "/v1/customers") || under(path, "/v1/payment_methods"))
+  if (under(path, "/v1/customers") || under(path, "/v1/payment_methods") || under(path, "/v1/tokens"))
     return TP_SCOPE_CUSTOMERS_WRITE;
   return TP_SCOPE_PAYMENTS_WRITE;
 }

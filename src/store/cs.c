@@ -18,6 +18,7 @@ const struct tp_kind_info tp_kinds[TP_K__COUNT] = {
   [TP_K_BALANCE_TXN] = {"balance_transactions", "balance_transaction", "txn", {"source", "type"}},
   [TP_K_SETUP_INTENT] = {"setup_intents", "setup_intent", "seti", {"customer", "payment_method"}},
   [TP_K_DISPUTE] = {"disputes", "dispute", "dp", {"charge", "payment_intent"}},
+  [TP_K_TOKEN] = {"tokens", "token", "tok", {"type", "client_ip"}},
 };
 
 struct tp_cs {

@@ -24,6 +24,7 @@ enum tp_kind {
   TP_K_BALANCE_TXN,
   TP_K_SETUP_INTENT,
   TP_K_DISPUTE,
+  TP_K_TOKEN,
   TP_K__COUNT
 };
 

@@ -348,10 +348,10 @@ class KeysTest(DaemonTestCase):
         self.assertStripeError(c.get("/v1/payment_intents"), 401, "invalid_request_error")
         # every authenticated route but the browser ones (retrieve and
         # confirm a PaymentIntent or SetupIntent with its client_secret,
-        # tokenise a card)
+        # tokenise a card as a PaymentMethod or a token)
         client_routes = {("GET", "/v1/payment_intents/{id}"), ("POST", "/v1/payment_intents/{id}/confirm"),
                          ("GET", "/v1/setup_intents/{id}"), ("POST", "/v1/setup_intents/{id}/confirm"),
-                         ("POST", "/v1/payment_methods")}
+                         ("POST", "/v1/payment_methods"), ("POST", "/v1/tokens")}
         for method, pattern, authed in routes():
             if not authed or (method, pattern) in client_routes:
                 continue

@@ -117,6 +117,11 @@ class NoPanTest(DaemonTestCase):
             self.assertEqual(c.post("/v1/payment_methods/%s/attach" % pm.json["id"],
                                     {"customer": cus}).status, 200)
             pay({"payment_method": pm.json["id"], "customer": cus})
+            # a card token (POST /v1/tokens), then a charge made with it
+            tok = c.post("/v1/tokens", {"card": dict(cardp(pan)["card"], name="N P")})
+            self.assertEqual(tok.status, 200, tok)
+            ch = c.post("/v1/charges", {"amount": 1234, "currency": "usd", "source": tok.json["id"]})
+            self.assertIn(ch.status, (200, 402), ch)
         for pm in PM_IDS:
             pay({"payment_method": pm})
         # card errors must not echo the number

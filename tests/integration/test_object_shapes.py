@@ -20,11 +20,11 @@ from sdk_types import Types
 
 FILES = ["Charges.d.ts", "PaymentIntents.d.ts", "PaymentMethods.d.ts", "Customers.d.ts", "Refunds.d.ts",
          "Events.d.ts", "BalanceTransactions.d.ts", "Balance.d.ts", "WebhookEndpoints.d.ts", "SetupIntents.d.ts",
-         "Disputes.d.ts"]
+         "Disputes.d.ts", "Tokens.d.ts", "Cards.d.ts"]
 TYPE_OF = {"payment_intent": "PaymentIntent", "charge": "Charge", "payment_method": "PaymentMethod",
            "customer": "Customer", "refund": "Refund", "balance_transaction": "BalanceTransaction",
            "balance": "Balance", "webhook_endpoint": "WebhookEndpoint", "event": "EventBase",
-           "setup_intent": "SetupIntent", "dispute": "Dispute"}
+           "setup_intent": "SetupIntent", "dispute": "Dispute", "token": "Token"}
 # Turnpike's own additions, documented in docs/architecture.md §11.
 OWN = {"turnpike", "tp_code"}
 
@@ -227,6 +227,17 @@ class ObjectShapes(DaemonTestCase):
         self.assertShape(self.get("/v1/disputes", {"limit": 100}), "/v1/disputes")
         self.assertShape(self.get("/v1/events", {"limit": 100, "type": "charge.dispute.*"}), "dispute events")
         self.assertGreaterEqual(self.seen.get("Dispute", 0), 8)
+
+    def test_tokens(self):
+        card = {"number": "4000056655665556", "exp_month": 4, "exp_year": 2033}
+        self.assertShape(self.post("/v1/tokens", {"card": card}), "token(bare)")
+        full = dict(card, cvc="123", name="A B", address_line1="1 Road", address_zip="1000", address_country="US")
+        tok = self.post("/v1/tokens", {"card": full})
+        self.assertShape(tok, "token(new)")
+        self.assertShape(self.post("/v1/charges", {"amount": 100, "currency": "usd", "source": tok["id"]}),
+                         "charge(from a token)")
+        self.assertShape(self.get("/v1/tokens/" + tok["id"]), "token(used)")
+        self.assertGreaterEqual(self.seen.get("Token", 0), 3)
 
 
 if __name__ == "__main__":
