@@ -601,12 +601,15 @@ static bool token_card(struct tp_req *r, const char *tok, const char *param, str
   json_decref(t);
   if (!used && tp_vault_load(r->merchant.id, tok, ci) != 0) {
     /* Its card gone: spent since it was read, by a request that raced
-     * this one (the vault record goes in the commit that spends it). */
+     * this one (the vault record goes in the commit that spends it), or
+     * deleted unused past [tokens] ttl_seconds (tp_token_purge). */
     t = tp_store_get_json(&tp_app.store, TP_K_TOKEN, r->merchant.id, tok);
     used = json_is_true(json_object_get(t, "used"));
     json_decref(t);
     if (!used) {
-      tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+      tp_card_wipe(ci, sizeof *ci);
+      snprintf(msg, sizeof msg, "This token has expired: %.64s. Create a new one.", tok);
+      tp_reply_error(r, TP_ERR_TOKEN_EXPIRED, param, msg);
       return false;
     }
   }

@@ -1,4 +1,5 @@
-/* Housekeeping: expired Idempotency-Keys, and events past their retention
+/* Housekeeping: expired Idempotency-Keys, the cards of card tokens left
+ * unused past [tokens] ttl_seconds, and events past their retention
  * with the webhook delivery records about them, are deleted in small
  * batches through the writer, so the tables stay bounded without long write
  * transactions. Every tick also commits the store heartbeat and measures the
@@ -30,6 +31,7 @@ static struct {
   pthread_cond_t cv;
   bool running, stop;
   int64_t interval_ms, ttl;
+  int64_t token_ttl;               /* [tokens] ttl_seconds */
   int64_t event_retention_s, event_interval_ms;
   char merchant_cursor[TP_ID_MAX]; /* where the event purge goes on next time */
   int64_t expiry_interval_ms;
@@ -65,6 +67,23 @@ int tp_idem_purge(int64_t now, int64_t ttl)
             "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM (SELECT rowid, created, status "
             "FROM idempotency ORDER BY rowid LIMIT ?3) WHERE created <= ?1 AND status != 0 LIMIT ?2)",
             args, 0);
+  json_decref(args);
+  return submit(cs);
+}
+
+/* Queue the deletion of up to PURGE_BATCH cards of card tokens made more
+ * than ttl seconds ago (api/tokens.c) and never used (a used token's went
+ * in the commit that spent it): the vault keeps no card nobody will charge.
+ * Token ids begin with their creation time, so this is a range of the
+ * vault's key below tp_id_floor; the token then answers token_expired. */
+int tp_token_purge(int64_t now_ms, int64_t ttl)
+{
+  char floor[TP_ID_MAX];
+  tp_id_floor(floor, "tok", now_ms - ttl * 1000);
+  struct tp_cs *cs = tp_cs_new();
+  json_t *args = tp_pack("[s, i]", floor, PURGE_BATCH);
+  tp_cs_sql(cs, "DELETE FROM vault WHERE token IN (SELECT token FROM vault WHERE token >= 'tok_' AND token < ?1 "
+            "LIMIT ?2)", args, 0);
   json_decref(args);
   return submit(cs);
 }
@@ -281,6 +300,8 @@ static void *housekeeping_main(void *arg)
       next_purge = tp_mono_ms() + H.interval_ms;
       if (tp_idem_purge(tp_now(), H.ttl) != 0)
         tp_log(TP_LOG_WARN, "idempotency_purge_skipped", NULL);
+      if (tp_token_purge(tp_now() * 1000, H.token_ttl) != 0)
+        tp_log(TP_LOG_WARN, "token_purge_skipped", NULL);
     }
     if (tp_mono_ms() >= next_event_purge) {
       next_event_purge = tp_mono_ms() + H.event_interval_ms;
@@ -304,6 +325,7 @@ int tp_housekeeping_start(void)
 {
   H.ttl = tp_config_int("idempotency", "ttl_seconds", 86400, 1, 30 * 86400);
   H.interval_ms = tp_config_int("idempotency", "purge_interval_ms", 1000, 10, 86400000);
+  H.token_ttl = tp_config_int("tokens", "ttl_seconds", 86400, 1, 30 * 86400);
   H.event_retention_s = tp_config_int("events", "retention_seconds", 30 * 86400, 1, 3650LL * 86400);
   H.event_interval_ms = tp_config_int("events", "purge_interval_ms", 1000, 10, 86400000);
   H.merchant_cursor[0] = '\0';

@@ -22,6 +22,8 @@ bool tp_store_space_low(void);
 int64_t tp_store_heartbeat_age_ms(void);
 /* Queue one batch of expired idempotency keys for deletion. */
 int tp_idem_purge(int64_t now, int64_t ttl);
+/* Delete (through the writer) the cards of card tokens unused for ttl seconds. */
+int tp_token_purge(int64_t now_ms, int64_t ttl);
 /* Delete events (and finished webhook deliveries) older than retention_s, a
  * bounded batch per call (src/core/housekeeping.c). */
 int tp_event_purge(int64_t now_ms, int64_t retention_s);

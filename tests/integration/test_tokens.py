@@ -7,6 +7,7 @@ requests race with one token; the publishable key makes tokens but cannot
 read them; another merchant cannot see or use them; bad input stores
 nothing."""
 import threading
+import time
 
 from harness import DaemonTestCase, main, open_db_ro
 
@@ -192,6 +193,29 @@ class Tokens(DaemonTestCase):
         self.assertEqual((r1.status, r2.status), (200, 200))
         self.assertEqual(r1.json["id"], r2.json["id"])
         self.assertEqual(r2.headers.get("Idempotent-Replayed"), "true")
+
+
+class TokenExpiry(DaemonTestCase):
+    """[tokens] ttl_seconds: a token unused that long loses its card."""
+
+    @classmethod
+    def config(cls):
+        return "[tokens]\nttl_seconds = 1\n[idempotency]\npurge_interval_ms = 100\n"
+
+    def test_an_unused_token_expires_and_its_card_is_deleted(self):
+        t = self.c().post(TOK, {"card": raw()}).json
+        db = open_db_ro(self.daemon)
+        try:
+            deadline = time.monotonic() + 15
+            while db.execute("SELECT count(*) FROM vault WHERE token=?", (t["id"],)).fetchone()[0]:
+                self.assertLess(time.monotonic(), deadline, "the token's card was not deleted")
+                time.sleep(0.2)
+        finally:
+            db.close()
+        r = self.c().post(CH, {"amount": 100, "currency": "usd", "source": t["id"]})
+        self.assertStripeError(r, 400, "invalid_request_error", param="source")
+        self.assertEqual(r.json["error"]["tp_code"], 1103, r)  # token_expired
+        self.assertFalse(self.c().get(TOK + "/" + t["id"]).json["used"])
 
 
 if __name__ == "__main__":
