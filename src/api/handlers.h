@@ -98,6 +98,9 @@ void tp_h_customer_list(struct tp_req *r);
 void tp_h_customer_search(struct tp_req *r);
 /* payment_methods.c */
 void tp_h_pm_create(struct tp_req *r);
+/* account.c */
+void tp_h_account_retrieve(struct tp_req *r);
+void tp_h_accounts_retrieve(struct tp_req *r);
 /* tokens.c */
 void tp_h_token_create(struct tp_req *r);
 void tp_h_token_retrieve(struct tp_req *r);

@@ -56,6 +56,8 @@ const struct tp_route tp_routes[] = {
   {"GET", "/v1/customers/{id}/payment_methods/{pm}", tp_h_customer_pm_retrieve, A},
 
   {"POST", "/v1/payment_methods", tp_h_pm_create, B}, /* Stripe.js tokenises a card with pk_ */
+  {"GET", "/v1/account", tp_h_account_retrieve, A},
+  {"GET", "/v1/accounts/{id}", tp_h_accounts_retrieve, A},
   {"POST", "/v1/tokens", tp_h_token_create, B}, /* Stripe.js's createToken, with pk_ */
   {"GET", "/v1/tokens/{id}", tp_h_token_retrieve, A},
   {"GET", "/v1/payment_methods", tp_h_pm_list, A},

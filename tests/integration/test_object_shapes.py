@@ -20,11 +20,12 @@ from sdk_types import Types
 
 FILES = ["Charges.d.ts", "PaymentIntents.d.ts", "PaymentMethods.d.ts", "Customers.d.ts", "Refunds.d.ts",
          "Events.d.ts", "BalanceTransactions.d.ts", "Balance.d.ts", "WebhookEndpoints.d.ts", "SetupIntents.d.ts",
-         "Disputes.d.ts", "Tokens.d.ts", "Cards.d.ts"]
+         "Disputes.d.ts", "Tokens.d.ts", "Cards.d.ts", "Accounts.d.ts"]
 TYPE_OF = {"payment_intent": "PaymentIntent", "charge": "Charge", "payment_method": "PaymentMethod",
            "customer": "Customer", "refund": "Refund", "balance_transaction": "BalanceTransaction",
            "balance": "Balance", "webhook_endpoint": "WebhookEndpoint", "event": "EventBase",
-           "setup_intent": "SetupIntent", "dispute": "Dispute", "token": "Token"}
+           "setup_intent": "SetupIntent", "dispute": "Dispute", "token": "Token",
+           "account": "Account"}
 # Turnpike's own additions, documented in docs/architecture.md §11.
 OWN = {"turnpike", "tp_code"}
 
@@ -238,6 +239,12 @@ class ObjectShapes(DaemonTestCase):
                          "charge(from a token)")
         self.assertShape(self.get("/v1/tokens/" + tok["id"]), "token(used)")
         self.assertGreaterEqual(self.seen.get("Token", 0), 3)
+
+    def test_account(self):
+        acct = self.get("/v1/account")
+        self.assertShape(acct, "/v1/account")
+        self.assertEqual(acct["id"], self.daemon.merchants["m"]["id"])
+        self.assertShape(self.get("/v1/accounts/" + acct["id"]), "/v1/accounts/{id}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 // Card tokens through stripe-node: tokens.create (with the publishable key,
 // as Stripe.js's createToken does, and with the secret key), a Charges API
 // charge with the token as its source, tokens.retrieve showing it used, and
-// the SDK's error for a second use.
+// the SDK's error for a second use; and accounts.retrieve(), the merchant
+// behind the key.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { stripe, client, errors, expectError, PUBLISHABLE_KEY, EXP_YEAR } from './lib.mjs';
@@ -38,4 +39,17 @@ test('a token becomes a PaymentMethod that pays a PaymentIntent', async () => {
   const pi = await stripe.paymentIntents.create({ amount: 1200, currency: 'eur', confirm: true,
     payment_method: pm.id });
   assert.equal(pi.status, 'succeeded');
+});
+
+test('accounts.retrieve() names the account the key belongs to', async () => {
+  const acct = await stripe.accounts.retrieve();
+  assert.equal(acct.object, 'account');
+  assert.equal(acct.id, process.env.TP_MERCHANT_ID);
+  assert.equal(acct.charges_enabled, true);
+  assert.equal(acct.payouts_enabled, false);
+  assert.equal(acct.capabilities.card_payments, 'active');
+  const same = await stripe.accounts.retrieve(acct.id);
+  assert.equal(same.id, acct.id);
+  const err = await expectError(stripe.accounts.retrieve('acct_someoneelse'), errors.StripeInvalidRequestError);
+  assert.equal(err.code, 'resource_missing');
 });
