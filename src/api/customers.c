@@ -58,7 +58,7 @@ static const char *const tax_exempt_choices[] = {"none", "exempt", "reverse", NU
   {"tax", TP_P_UNSUPPORTED, NULL, tp_why_tax}, \
   {"validate", TP_P_UNSUPPORTED, NULL, tp_why_tax}, \
   {"cash_balance", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance}, \
-  {"source", TP_P_UNSUPPORTED, NULL, tp_why_sources}
+  S("source")
 
 static const struct tp_pspec spec_create[] = {
   CUS_COMMON,
@@ -70,7 +70,7 @@ static const struct tp_pspec spec_create[] = {
 
 static const struct tp_pspec spec_update[] = {
   CUS_COMMON,
-  {"default_source", TP_P_UNSUPPORTED, NULL, tp_why_sources},
+  S("default_source"),
   END,
 };
 
@@ -431,9 +431,25 @@ void tp_h_customer_create(struct tp_req *r)
 
   if (!customer_apply(r, cus, r->params, pm_id))
     goto fail;
+  /* source: a card token made the customer's first card and its default
+   * (the legacy Cards API, sources.c). */
+  const char *source = tp_pstr(r->params, "source");
+  json_t *card = NULL;
+  if (source && *source) {
+    card = tp_card_source_create(r, cs, source, "source", id, NULL);
+    if (!card)
+      goto fail;
+    json_object_set(cus, "default_source", json_object_get(card, "id"));
+  }
 
   tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, cus);
   tp_emit(cs, r, r->merchant.id, "customer.created", cus);
+  if (card) {
+    json_t *view = tp_card_view(card);
+    tp_emit(cs, r, r->merchant.id, "customer.source.created", view);
+    json_decref(view);
+    json_decref(card);
+  }
   if (pm) {
     tp_cs_put(cs, TP_K_PAYMENT_METHOD, r->merchant.id, pm);
     tp_emit(cs, r, r->merchant.id, "payment_method.attached", pm);
@@ -475,6 +491,44 @@ static json_t *customer_load_live(struct tp_req *r, const char *id, const char *
   return cus;
 }
 
+/* An update's source and default_source (the legacy Cards API, sources.c):
+ * source makes a card of a card token the new default and deletes the old
+ * default card, as Stripe does; default_source names one of the customer's
+ * cards. False after replying. */
+static bool sources_apply(struct tp_req *r, struct tp_cs *cs, json_t *cus)
+{
+  const char *def = tp_pstr(r->params, "default_source");
+  const char *source = tp_pstr(r->params, "source");
+  if (def && *def) {
+    json_t *pm = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, def);
+    bool ok = tp_is_card_source(pm, r->path_id);
+    json_decref(pm);
+    if (!ok) {
+      char msg[200];
+      snprintf(msg, sizeof msg, "No such source: '%.64s'", def);
+      tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "default_source", msg);
+      return false;
+    }
+    json_object_set_new(cus, "default_source", json_string(def));
+  }
+  if (source && *source) {
+    json_t *card = tp_card_source_create(r, cs, source, "source", r->path_id, NULL);
+    if (!card)
+      return false;
+    json_t *view = tp_card_view(card);
+    tp_emit(cs, r, r->merchant.id, "customer.source.created", view);
+    json_decref(view);
+    const char *old = json_string_value(json_object_get(cus, "default_source"));
+    json_t *old_pm = old ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, old) : NULL;
+    if (tp_is_card_source(old_pm, r->path_id))
+      tp_card_source_delete(cs, r, old_pm);
+    json_decref(old_pm);
+    json_object_set(cus, "default_source", json_object_get(card, "id"));
+    json_decref(card);
+  }
+  return true;
+}
+
 /* POST /v1/customers/{id} */
 void tp_h_customer_update(struct tp_req *r)
 {
@@ -486,20 +540,18 @@ void tp_h_customer_update(struct tp_req *r)
   }
   json_t *cus = customer_load_live(r, r->path_id, "id");
   json_t *before = cus ? json_deep_copy(cus) : NULL;
-  if (!cus || !customer_apply(r, cus, r->params, NULL))
+  struct tp_cs *cs = tp_cs_new();
+  if (!cus || !customer_apply(r, cus, r->params, NULL) || !sources_apply(r, cs, cus))
     goto out_unlock;
   if (json_equal(cus, before)) {
     /* Nothing changed: Stripe answers the object and emits no event. */
     reply_object(r, cus, NULL);
     goto out_unlock;
   }
-  struct tp_cs *cs = tp_cs_new();
   tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, cus);
   tp_emit_update(cs, r, r->merchant.id, "customer.updated", before, cus);
-  if (!reply_object(r, cus, NULL)) {
-    tp_cs_free(cs);
+  if (!reply_object(r, cus, NULL))
     goto out_unlock;
-  }
   tp_idem_record(r, cs);
   tp_commit_and_reply_unlock(r, cs, r->path_id);
   json_decref(cus);
@@ -507,6 +559,7 @@ void tp_h_customer_update(struct tp_req *r)
   return;
 
 out_unlock:
+  tp_cs_free(cs);
   tp_lock_release(r->path_id);
   json_decref(cus);
   json_decref(before);

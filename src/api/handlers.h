@@ -101,6 +101,12 @@ void tp_h_pm_create(struct tp_req *r);
 /* account.c */
 void tp_h_account_retrieve(struct tp_req *r);
 void tp_h_accounts_retrieve(struct tp_req *r);
+/* sources.c */
+void tp_h_source_create(struct tp_req *r);
+void tp_h_source_list(struct tp_req *r);
+void tp_h_source_retrieve(struct tp_req *r);
+void tp_h_source_update(struct tp_req *r);
+void tp_h_source_delete(struct tp_req *r);
 /* tokens.c */
 void tp_h_token_create(struct tp_req *r);
 void tp_h_token_retrieve(struct tp_req *r);

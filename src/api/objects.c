@@ -429,11 +429,15 @@ static json_t *token_spend(struct tp_cs *cs, const struct tp_merchant *m, const 
   return bd;
 }
 
-json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const struct tp_card_info *ci,
-                          const json_t *billing_details, const json_t *metadata, const char *allow_redisplay)
+/* A card PaymentMethod (id prefix "pm", or "card" for a customer's card
+ * source, shown with turnpike.source "card"), attached to customer (NULL:
+ * nobody), put in cs. */
+static json_t *pm_create(struct tp_cs *cs, const struct tp_merchant *m, const struct tp_card_info *ci,
+                         const json_t *billing_details, const json_t *metadata, const char *allow_redisplay,
+                         const char *prefix, const char *customer)
 {
   char id[TP_ID_MAX], fp[17];
-  tp_id_new(id, "pm");
+  tp_id_new(id, prefix);
   tp_card_fingerprint(m, ci->pan, fp);
   uint8_t blob[TP_VAULT_MAX_BLOB];
   size_t bl = 0;
@@ -476,8 +480,18 @@ json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const s
   if (!pm)
     abort();
   json_decref(token_bd);
+  if (customer) {
+    json_object_set_new(pm, "customer", json_string(customer));
+    json_object_set_new(pm, "turnpike", tp_pack("{s:s}", "source", "card"));
+  }
   tp_cs_put(cs, TP_K_PAYMENT_METHOD, m->id, pm);
   return pm;
+}
+
+json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const struct tp_card_info *ci,
+                          const json_t *billing_details, const json_t *metadata, const char *allow_redisplay)
+{
+  return pm_create(cs, m, ci, billing_details, metadata, allow_redisplay, "pm", NULL);
 }
 
 /* Stripe's test PaymentMethods (pm_card_NAME) and card tokens (tok_NAME):
@@ -800,6 +814,70 @@ json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, str
     return NULL;
   }
   return pm;
+}
+
+json_t *tp_card_source_create(struct tp_req *r, struct tp_cs *cs, const char *source, const char *param,
+                              const char *customer, const json_t *metadata)
+{
+  struct tp_card_info ci;
+  memset(&ci, 0, sizeof ci);
+  const char *pan = test_pan(source, true);
+  bool ok;
+  if (pan)
+    ok = test_card_info(pan, &ci);
+  else if (source && strncmp(source, "tok_", 4) == 0)
+    ok = token_card(r, source, param, &ci);
+  else {
+    char msg[160];
+    snprintf(msg, sizeof msg, "No such token: '%.64s'", source ? source : "");
+    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, param, msg);
+    ok = false;
+  }
+  json_t *pm = ok ? pm_create(cs, &r->merchant, &ci, NULL, metadata, NULL, "card", customer) : NULL;
+  if (ok && !pm)
+    tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+  tp_card_wipe(&ci, sizeof ci);
+  return pm;
+}
+
+/* Stripe's Card object names brands its own way. */
+static const char *legacy_brand(const char *brand)
+{
+  static const char *const map[][2] = {{"visa", "Visa"},         {"mastercard", "MasterCard"},
+                                       {"amex", "American Express"}, {"discover", "Discover"},
+                                       {"diners", "Diners Club"}, {"jcb", "JCB"},
+                                       {"unionpay", "UnionPay"}};
+  for (size_t i = 0; brand && i < sizeof map / sizeof map[0]; i++)
+    if (strcmp(brand, map[i][0]) == 0)
+      return map[i][1];
+  return "Unknown";
+}
+
+json_t *tp_card_view(const json_t *pm)
+{
+  const json_t *card = json_object_get(pm, "card"), *bd = json_object_get(pm, "billing_details");
+  const json_t *addr = json_object_get(bd, "address"), *checks = json_object_get(card, "checks");
+  json_t *c = tp_pack("{s:O, s:s, s:O?, s:O?, s:O?, s:O?, s:O?, s:O?, s:O?, s:O?, s:O?, s:s, s:O?, s:O?, s:O?, "
+                      "s:O?, s:n, s:O?, s:O?, s:O?, s:O?, s:O?, s:O?, s:O?, s:{s:n}, s:n}",
+                      "id", json_object_get(pm, "id"), "object", "card", "address_city",
+                      json_object_get(addr, "city"), "address_country", json_object_get(addr, "country"),
+                      "address_line1", json_object_get(addr, "line1"), "address_line1_check",
+                      json_object_get(checks, "address_line1_check"), "address_line2",
+                      json_object_get(addr, "line2"), "address_state", json_object_get(addr, "state"),
+                      "address_zip", json_object_get(addr, "postal_code"), "address_zip_check",
+                      json_object_get(checks, "address_postal_code_check"), "allow_redisplay",
+                      json_object_get(pm, "allow_redisplay"), "brand",
+                      legacy_brand(json_string_value(json_object_get(card, "brand"))), "country",
+                      json_object_get(card, "country"), "customer", json_object_get(pm, "customer"), "cvc_check",
+                      json_object_get(checks, "cvc_check"), "exp_month", json_object_get(card, "exp_month"),
+                      "dynamic_last4", "exp_year", json_object_get(card, "exp_year"), "fingerprint",
+                      json_object_get(card, "fingerprint"), "funding", json_object_get(card, "funding"), "last4",
+                      json_object_get(card, "last4"), "metadata", json_object_get(pm, "metadata"), "name",
+                      json_object_get(bd, "name"), "regulated_status", json_object_get(card, "regulated_status"),
+                      "networks", "preferred", "tokenization_method");
+  if (!c)
+    abort();
+  return c;
 }
 
 /* ---- expansion -------------------------------------------------------------- */

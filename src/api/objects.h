@@ -80,6 +80,20 @@ bool tp_pm_exists(struct tp_req *r, const char *pm_id);
  * after an error reply. */
 bool tp_pm_materialize(struct tp_req *r, struct tp_cs *cs, json_t *pi);
 json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, struct tp_card_info *ci);
+/* A customer's card source (the legacy Cards API, api/sources.c) from a
+ * card token source (one of POST /v1/tokens, spent here, or a test token
+ * tok_visa ...): a card PaymentMethod whose id begins "card_", attached to
+ * customer, with turnpike.source "card", put in cs. NULL after replying
+ * (param names the parameter in errors). */
+json_t *tp_card_source_create(struct tp_req *r, struct tp_cs *cs, const char *source, const char *param,
+                              const char *customer, const json_t *metadata);
+/* A card PaymentMethod as Stripe's Card object (a customer's source). */
+json_t *tp_card_view(const json_t *pm);
+/* pm is a card source (sources.c) of customer (NULL: of anyone). */
+bool tp_is_card_source(const json_t *pm, const char *customer);
+/* Delete card source pm within cs (its PaymentMethod row and vault record)
+ * and emit customer.source.deleted; the customer's default is the caller's. */
+void tp_card_source_delete(struct tp_cs *cs, const struct tp_req *r, const json_t *pm);
 
 /* Load a vaulted card for a PM id. 0 on success. */
 int tp_vault_load(const char *merchant, const char *pm_id, struct tp_card_info *ci);

@@ -1055,15 +1055,18 @@ void tp_h_charge_create(struct tp_req *r)
   /* The source: a PaymentMethod, a card token (a test token such as
    * tok_visa stands for its test card; one from POST /v1/tokens is spent
    * by the PaymentMethod the confirmation makes of it) or, without one,
-   * the customer's default PaymentMethod. */
+   * the customer's default card or PaymentMethod. */
   char source[TP_ID_MAX + 8] = "";
   const char *given = tp_pstr(r->params, "source");
   if (given && *given)
     tp_scopy(source, sizeof source, given);
   else if (cus && *cus) {
     json_t *c = tp_store_get_json(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, cus);
-    const char *def =
-        json_string_value(json_object_get(json_object_get(c, "invoice_settings"), "default_payment_method"));
+    /* Its default card source (the legacy Cards API), else its default
+     * PaymentMethod. */
+    const char *def = json_string_value(json_object_get(c, "default_source"));
+    if (!def)
+      def = json_string_value(json_object_get(json_object_get(c, "invoice_settings"), "default_payment_method"));
     tp_scopy(source, sizeof source, def ? def : "");
     json_decref(c);
   }

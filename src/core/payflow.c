@@ -1183,6 +1183,10 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved)
     json_object_set(pmd_card, "amount_authorized", json_object_get(pi, "amount"));
     json_object_set(pmd_card, "authorization_code", json_object_get(ch, "authorization_code"));
   }
+  /* A customer's card (the legacy Cards API) is the charge's source, as
+   * Stripe shows it. */
+  if (tp_is_card_source(p->pm, NULL))
+    json_object_set_new(ch, "source", tp_card_view(p->pm));
   tp_charge_set_descriptor(ch, pi, p->m.name);
   return ch;
 }

@@ -25,7 +25,7 @@ TYPE_OF = {"payment_intent": "PaymentIntent", "charge": "Charge", "payment_metho
            "customer": "Customer", "refund": "Refund", "balance_transaction": "BalanceTransaction",
            "balance": "Balance", "webhook_endpoint": "WebhookEndpoint", "event": "EventBase",
            "setup_intent": "SetupIntent", "dispute": "Dispute", "token": "Token",
-           "account": "Account"}
+           "account": "Account", "card": "Card"}
 # Turnpike's own additions, documented in docs/architecture.md §11.
 OWN = {"turnpike", "tp_code"}
 
@@ -239,6 +239,20 @@ class ObjectShapes(DaemonTestCase):
                          "charge(from a token)")
         self.assertShape(self.get("/v1/tokens/" + tok["id"]), "token(used)")
         self.assertGreaterEqual(self.seen.get("Token", 0), 3)
+
+    def test_card_sources(self):
+        cus = self.post("/v1/customers", {"source": "tok_visa"})
+        self.assertShape(cus, "customer(with a card)")
+        card = self.post("/v1/customers/%s/sources" % cus["id"], {"source": "tok_amex"})
+        self.types.check(card, "Card", "card source", problems := [], extras := set())
+        self.assertEqual((problems, extras), ([], set()), card)
+        for c in self.get("/v1/customers/%s/sources" % cus["id"])["data"]:
+            self.types.check(c, "Card", "listed card source", problems, extras)
+        self.assertEqual((problems, extras), ([], set()))
+        self.assertShape(self.post("/v1/charges", {"amount": 100, "currency": "usd", "customer": cus["id"]}),
+                         "charge(a customer's card)")
+        self.assertShape(self.get("/v1/events", {"limit": 10, "type": "customer.source.created"}),
+                         "customer.source events")
 
     def test_account(self):
         acct = self.get("/v1/account")

@@ -1,0 +1,152 @@
+"""A customer's cards through Stripe's legacy Cards API: a customer created
+with a card token source gets a card and its default_source; POST
+/v1/charges with only the customer charges it, and the charge shows the
+card as its source; more cards by POST /v1/customers/{id}/sources, listed,
+retrieved, updated (customer.source.updated with previous_attributes) and
+deleted (the default moves to the newest other card); an update's source
+replaces the default card, default_source picks another; the cards pay
+PaymentIntents and show in the PaymentMethods API; another customer's or
+merchant's card is missing; bad input changes nothing."""
+from harness import DaemonTestCase, main, open_db_ro
+
+CUS = "/v1/customers"
+CH = "/v1/charges"
+
+
+class Sources(DaemonTestCase):
+    MERCHANTS = ("m", "n")
+
+    def customer(self, **params):
+        r = self.c().post(CUS, params)
+        self.assertEqual(r.status, 200, r)
+        return r.json
+
+    def srcs(self, cus):
+        return "%s/%s/sources" % (CUS, cus)
+
+    def events_about(self, object_id, prefix="customer.source."):
+        r = self.c().get("/v1/events", {"limit": 100})
+        return [e["type"] for e in reversed(r.json["data"])
+                if e["type"].startswith(prefix) and e["data"]["object"]["id"] == object_id]
+
+    def test_a_customer_made_with_a_source_is_charged_by_its_default_card(self):
+        tok = self.c().post("/v1/tokens", {"card": {"number": "4242424242424242", "exp_month": 8,
+                                                    "exp_year": 2031, "name": "Ada L"}}).json
+        cus = self.customer(email="ada@example.test", source=tok["id"])
+        card_id = cus["default_source"]
+        self.assertTrue(card_id.startswith("card_"), cus)
+        self.assertTrue(self.c().get("/v1/tokens/" + tok["id"]).json["used"])
+        ch = self.c().post(CH, {"amount": 1800, "currency": "usd", "customer": cus["id"]})
+        self.assertEqual(ch.status, 200, ch)
+        self.assertEqual((ch.json["status"], ch.json["customer"], ch.json["payment_method"]),
+                         ("succeeded", cus["id"], card_id))
+        src = ch.json["source"]
+        self.assertEqual((src["object"], src["id"], src["brand"], src["last4"], src["name"], src["customer"]),
+                         ("card", card_id, "Visa", "4242", "Ada L", cus["id"]))
+        self.assertEqual(self.events_about(card_id), ["customer.source.created"])
+        # the card is a PaymentMethod too, and pays a PaymentIntent
+        pms = self.c().get("/v1/payment_methods", {"customer": cus["id"]}).json["data"]
+        self.assertEqual([p["id"] for p in pms], [card_id])
+        pi = self.c().post("/v1/payment_intents", {"amount": 500, "currency": "usd", "customer": cus["id"],
+                                                   "payment_method": card_id, "confirm": "true"})
+        self.assertEqual((pi.status, pi.json["status"]), (200, "succeeded"), pi)
+        # and an explicit source with the customer
+        ch2 = self.c().post(CH, {"amount": 700, "currency": "usd", "customer": cus["id"], "source": card_id})
+        self.assertEqual(ch2.status, 200, ch2)
+
+    def test_cards_are_added_listed_retrieved_updated_and_deleted(self):
+        cus = self.customer()
+        self.assertIsNone(cus["default_source"])
+        first = self.c().post(self.srcs(cus["id"]), {"source": "tok_visa", "metadata": {"k": "1"}})
+        self.assertEqual(first.status, 200, first)
+        self.assertEqual((first.json["object"], first.json["brand"], first.json["metadata"]),
+                         ("card", "Visa", {"k": "1"}))
+        second = self.c().post(self.srcs(cus["id"]), {"source": "tok_mastercard"}).json
+        got = self.c().get(CUS + "/" + cus["id"]).json
+        self.assertEqual(got["default_source"], first.json["id"])  # the first card stays the default
+        lst = self.c().get(self.srcs(cus["id"]), {"object": "card", "limit": 1})
+        self.assertEqual(lst.status, 200, lst)
+        self.assertEqual((lst.json["url"], lst.json["has_more"], [c["id"] for c in lst.json["data"]]),
+                         (self.srcs(cus["id"]), True, [second["id"]]))
+        rest = self.c().get(self.srcs(cus["id"]), {"starting_after": second["id"]}).json
+        self.assertEqual([c["id"] for c in rest["data"]], [first.json["id"]])
+        one = self.c().get(self.srcs(cus["id"]) + "/" + second["id"])
+        self.assertEqual((one.status, one.json), (200, second))
+        upd = self.c().post(self.srcs(cus["id"]) + "/" + second["id"],
+                            {"name": "Grace H", "address_zip": "10001", "exp_month": 3, "exp_year": 2033})
+        self.assertEqual(upd.status, 200, upd)
+        self.assertEqual((upd.json["name"], upd.json["address_zip"], upd.json["exp_month"], upd.json["exp_year"]),
+                         ("Grace H", "10001", 3, 2033))
+        r = self.c().get("/v1/events", {"type": "customer.source.updated", "limit": 1}).json["data"][0]
+        self.assertEqual(r["data"]["object"]["id"], second["id"])
+        self.assertEqual(r["data"]["previous_attributes"]["exp_month"], 12)
+        self.assertIsNone(r["data"]["previous_attributes"]["name"])
+        # deleting the default moves it to the other card
+        gone = self.c().delete(self.srcs(cus["id"]) + "/" + first.json["id"])
+        self.assertEqual(gone.status, 200, gone)
+        self.assertEqual((gone.json["id"], gone.json["deleted"]), (first.json["id"], True))
+        self.assertEqual(self.c().get(CUS + "/" + cus["id"]).json["default_source"], second["id"])
+        self.assertStripeError(self.c().get(self.srcs(cus["id"]) + "/" + first.json["id"]), 404,
+                               code="resource_missing")
+        db = open_db_ro(self.daemon)
+        try:
+            self.assertEqual(db.execute("SELECT count(*) FROM vault WHERE token=?", (first.json["id"],))
+                             .fetchone()[0], 0)
+        finally:
+            db.close()
+        self.assertEqual(self.events_about(first.json["id"]), ["customer.source.created",
+                                                               "customer.source.deleted"])
+        self.c().delete(self.srcs(cus["id"]) + "/" + second["id"])
+        self.assertIsNone(self.c().get(CUS + "/" + cus["id"]).json["default_source"])
+        self.assertStripeError(self.c().post(CH, {"amount": 100, "currency": "usd", "customer": cus["id"]}),
+                               400, code="parameter_missing", param="customer")
+
+    def test_an_update_s_source_replaces_the_default_and_default_source_picks_one(self):
+        cus = self.customer(source="tok_visa")
+        old = cus["default_source"]
+        extra = self.c().post(self.srcs(cus["id"]), {"source": "tok_amex"}).json
+        up = self.c().post(CUS + "/" + cus["id"], {"source": "tok_mastercard"})
+        self.assertEqual(up.status, 200, up)
+        new = up.json["default_source"]
+        self.assertNotIn(new, (old, extra["id"]))
+        ids = [c["id"] for c in self.c().get(self.srcs(cus["id"])).json["data"]]
+        self.assertEqual(sorted(ids), sorted([new, extra["id"]]))  # the old default went
+        up = self.c().post(CUS + "/" + cus["id"], {"default_source": extra["id"]})
+        self.assertEqual(up.json["default_source"], extra["id"])
+        ch = self.c().post(CH, {"amount": 300, "currency": "usd", "customer": cus["id"]}).json
+        self.assertEqual(ch["source"]["brand"], "American Express")
+
+    def test_other_customers_and_merchants_do_not_see_a_card(self):
+        a, b = self.customer(source="tok_visa"), self.customer()
+        card = a["default_source"]
+        self.assertStripeError(self.c().get(self.srcs(b["id"]) + "/" + card), 404, code="resource_missing")
+        self.assertStripeError(self.c().post(CUS + "/" + b["id"], {"default_source": card}), 404,
+                               code="resource_missing", param="default_source")
+        self.assertStripeError(self.c().delete(self.srcs(b["id"]) + "/" + card), 404)
+        self.assertStripeError(self.c("n").get(self.srcs(a["id"])), 404, code="resource_missing")
+        self.assertStripeError(self.c("n").post(CH, {"amount": 100, "currency": "usd", "source": card}), 404)
+        self.assertEqual(self.c().get(CUS + "/" + a["id"]).json["default_source"], card)
+
+    def test_bad_input_changes_nothing(self):
+        cus = self.customer(source="tok_visa")
+        before = self.c().get(self.srcs(cus["id"])).json["data"]
+        c = self.c()
+        self.assertStripeError(c.post(self.srcs(cus["id"]), {}), 400, code="parameter_missing", param="source")
+        self.assertStripeError(c.post(self.srcs(cus["id"]), {"source": "tok_nope"}), 404, param="source")
+        self.assertStripeError(c.post(self.srcs(cus["id"]), {"source": "pm_card_visa"}), 404, param="source")
+        self.assertStripeError(c.post(self.srcs("cus_nope"), {"source": "tok_visa"}), 404, param="customer")
+        self.assertStripeError(c.post(CUS, {"source": "tok_nope"}), 404, param="source")
+        card = cus["default_source"]
+        self.assertStripeError(c.post(self.srcs(cus["id"]) + "/" + card, {"exp_month": 13}), 402,
+                               param="exp_month")
+        self.assertStripeError(c.post(self.srcs(cus["id"]) + "/" + card, {"name": "x" * 501}), 400,
+                               param="name")
+        self.assertStripeError(c.get(self.srcs(cus["id"]), {"object": "bank_account"}), 400, param="object")
+        err = self.assertStripeError(c.post(self.srcs(cus["id"]) + "/" + card, {"owner": {"name": "x"}}), 400)
+        self.assertEqual(err["tp_code"], 1101, err)
+        self.assertEqual(self.c().get(self.srcs(cus["id"])).json["data"], before)
+        self.assertEqual(self.c().get(CUS + "/" + cus["id"]).json["default_source"], card)
+
+
+if __name__ == "__main__":
+    main()
