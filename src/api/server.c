@@ -251,6 +251,27 @@ static bool parse_params(struct tp_req *r)
 /* Authentication, rate limits and the route's scope (src/sec/): false when
  * the reply is already set. An address with too many failed attempts is
  * answered 429 before its credentials are even looked at; nothing sleeps. */
+/* A Stripe API version: YYYY-MM-DD, then optionally "." and a release name
+ * of lowercase letters ("2026-10-28.endive"). */
+static bool api_version_ok(const char *v)
+{
+  static const char shape[] = "dddd-dd-dd";
+  size_t n = strlen(v);
+  if (n < 10 || n >= sizeof ((struct tp_req *)0)->api_version)
+    return false;
+  for (size_t i = 0; i < 10; i++)
+    if (shape[i] == 'd' ? (v[i] < '0' || v[i] > '9') : v[i] != '-')
+      return false;
+  if (n == 10)
+    return true;
+  if (v[10] != '.' || n == 11)
+    return false;
+  for (size_t i = 11; i < n; i++)
+    if ((v[i] < 'a' || v[i] > 'z') && v[i] != '_')
+      return false;
+  return true;
+}
+
 static bool access_check(struct tp_req *r, const struct tp_route *rt)
 {
   const char *addr = tp_req_client_addr(r);
@@ -309,6 +330,20 @@ static bool access_check(struct tp_req *r, const struct tp_route *rt)
     tp_reply_error(r, TP_ERR_ACCOUNT_INVALID, NULL, msg);
     return false;
   }
+  /* Stripe-Version: the SDKs send the API version they were built for.
+   * Turnpike answers in one shape (the newest it knows, see README
+   * "Objects"), but refuses what is no API version at all, as Stripe does,
+   * and names the version in its answer. */
+  const char *ver = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Stripe-Version");
+  if (ver) {
+    if (!api_version_ok(ver)) {
+      char msg[160];
+      snprintf(msg, sizeof msg, "Invalid Stripe API version: %.64s", ver);
+      tp_reply_error(r, TP_ERR_API_VERSION_INVALID, NULL, msg);
+      return false;
+    }
+    tp_scopy(r->api_version, sizeof r->api_version, ver);
+  }
   return true;
 }
 
@@ -326,7 +361,8 @@ static bool cors_url(const char *url)
 #define CORS_ALLOW_HEADERS \
   "Authorization, Content-Type, Idempotency-Key, Stripe-Version, Stripe-Account, X-Stripe-Client-User-Agent"
 #define CORS_EXPOSE_HEADERS \
-  "Request-Id, Idempotency-Key, Idempotent-Replayed, Original-Request, Stripe-Should-Retry, Retry-After"
+  "Request-Id, Idempotency-Key, Idempotent-Replayed, Original-Request, Stripe-Should-Retry, Stripe-Version, " \
+  "Retry-After"
 
 /* The methods the request's path serves, into r->methods ("GET, HEAD,
  * POST"; HEAD wherever GET is). Returns the first route with the path, NULL
@@ -554,6 +590,8 @@ static enum MHD_Result queue_reply(struct tp_req *r)
   }
   if (retry)
     MHD_add_response_header(resp, "Stripe-Should-Retry", retry);
+  if (r->api_version[0])
+    MHD_add_response_header(resp, "Stripe-Version", r->api_version);
   if (r->location[0])
     MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, r->location);
   if (r->status == 429 || r->retry_after_s) {

@@ -180,6 +180,21 @@ class ApiErrorsTest(DaemonTestCase):
         r = c.post(PI, GOOD, headers={"Stripe-Account": own})
         self.assertEqual(r.status, 200, r)
 
+    def test_stripe_version_header(self):
+        """A Stripe API version is taken and named in the reply; what is no
+        API version is refused, as Stripe refuses it, and changes nothing."""
+        for v in ("2026-10-28.endive", "2020-08-27", "2024-06-20"):
+            r = self.c().get("/v1/payment_intents", {"limit": 1}, headers={"Stripe-Version": v})
+            self.assertEqual((r.status, r.headers.get("Stripe-Version")), (200, v), r)
+        self.assertIsNone(self.c().get("/v1/payment_intents").headers.get("Stripe-Version"))
+        before = len(self.c().get("/v1/customers", {"limit": 100}).json["data"])
+        for bad in ("latest", "2026-10-28.", "2026-1-28", "2026-10-28.Endive", "2026-10-28;x", "x" * 60):
+            r = self.c().post("/v1/customers", {"email": "v@example.test"}, headers={"Stripe-Version": bad})
+            err = self.assertStripeError(r, 400, "invalid_request_error")
+            self.assertEqual(err["tp_code"], 1028, r)
+            self.assertIn("Invalid Stripe API version", err["message"])
+        self.assertEqual(len(self.c().get("/v1/customers", {"limit": 100}).json["data"]), before)
+
     def test_absolute_form_request_target_is_its_path(self):
         """RFC 9112 §3.2.2: a server accepts "GET http://host/path" (what a
         forward proxy sends) as the path."""
