@@ -161,15 +161,16 @@ void tp_h_source_create(struct tp_req *r)
   if (!tp_check_params(r, spec_create))
     return;
   const char *source = tp_pstr(r->params, "source");
-  if (!source || !*source) {
-    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "source", NULL);
-    return;
-  }
   if (!tp_lock_try(r->path_id)) {
     tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
     return;
   }
   json_t *cus = load_customer(r);
+  if (cus && (!source || !*source)) {
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "source", NULL);
+    json_decref(cus);
+    cus = NULL;
+  }
   struct tp_cs *cs = tp_cs_new();
   json_t *pm = cus ? tp_card_source_create(r, cs, source, "source", r->path_id,
                                            json_object_get(r->params, "metadata"))
