@@ -68,7 +68,14 @@ void tp_h_si_verify_microdeposits(struct tp_req *r);
  * Puts and events go into cs; returns the error object (owned) for a
  * failure, NULL on success. */
 json_t *tp_si_finish(struct tp_req *r, struct tp_cs *cs, json_t *si, json_t *pm, const char *pan,
-                     bool authenticated);
+                     bool authenticated, json_t **attempt);
+/* Put si's latest SetupAttempt (the id in its latest_attempt) in cs as it
+ * stands: status, pm's card, the 3-D Secure result when authenticated, the
+ * error (err, may be NULL). Returns it (owned; NULL without an attempt).
+ * tp_si_finish hands its attempt out in *attempt the same way. */
+json_t *tp_si_attempt(struct tp_req *r, struct tp_cs *cs, const json_t *si, const json_t *pm, const char *status,
+                      const json_t *err, bool authenticated);
+void tp_h_setup_attempt_list(struct tp_req *r);
 /* encryption_key.c: public keys for client-side card encryption (JWE) */
 void tp_h_encryption_key(struct tp_req *r);
 /* three_ds.c: the simulated 3-D Secure challenge page */

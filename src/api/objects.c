@@ -936,8 +936,27 @@ static bool expand_list(struct tp_req *r, json_t *obj, const char *path)
     data = tp_app.store.ops->list(tp_app.store.cls, &q, &more);
     if (!data)
       return true; /* left as it was: the store said no */
-  } else if (strcmp(what, "customer") == 0 &&
-             (strcmp(path, "sources") == 0 || strcmp(path, "subscriptions") == 0 || strcmp(path, "tax_ids") == 0)) {
+  } else if (strcmp(what, "customer") == 0 && strcmp(path, "sources") == 0) {
+    /* its cards (the legacy Cards API, sources.c), newest first */
+    struct tp_list_query q;
+    memset(&q, 0, sizeof q);
+    q.kind = TP_K_PAYMENT_METHOD;
+    q.merchant = r->merchant.id;
+    q.col_name = "customer";
+    q.col_value = id;
+    q.field = "$.turnpike.source";
+    q.field_value = "card";
+    q.field_default = "";
+    q.created_gte = INT64_MIN;
+    q.created_lte = INT64_MAX;
+    q.limit = 10;
+    data = tp_app.store.ops->list(tp_app.store.cls, &q, &more);
+    if (!data)
+      return true;
+    size_t i;
+    json_t *pm;
+    json_array_foreach(data, i, pm) json_array_set_new(data, i, tp_card_view(pm));
+  } else if (strcmp(what, "customer") == 0 && (strcmp(path, "subscriptions") == 0 || strcmp(path, "tax_ids") == 0)) {
     data = json_array();
   } else {
     return false;
@@ -978,9 +997,20 @@ static void expand_field(struct tp_req *r, json_t *obj, const char *path, const 
   const char *id = json_string_value(json_object_get(obj, path));
   if (!id)
     return;
+  bool card = strncmp(id, "card_", 5) == 0;
+  if (card && (strcmp(path, "default_source") == 0 || strcmp(path, "source") == 0)) {
+    /* a customer's card as the Card object it is there */
+    json_t *pm = find_known(known, id);
+    if (!pm)
+      pm = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, id);
+    if (pm)
+      json_object_set_new(obj, path, tp_card_view(pm));
+    json_decref(pm);
+    return;
+  }
   bool ok;
-  enum tp_kind k = kind_of_id(id, &ok);
-  if (!ok)
+  enum tp_kind k = card ? TP_K_PAYMENT_METHOD : kind_of_id(id, &ok);
+  if (!card && !ok)
     return;
   json_t *full = find_known(known, id);
   if (!full)
@@ -1026,6 +1056,8 @@ static bool expand_paths_ok(struct tp_req *r)
                                           "sources",
                                           "subscriptions",
                                           "tax_ids",
+                                          "latest_attempt",
+                                          "setup_intent",
                                           NULL};
   size_t i;
   json_t *v;

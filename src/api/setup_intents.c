@@ -101,6 +101,12 @@ static const struct tp_pspec spec_retrieve[] = {
   {"expand", TP_P_STRLIST, NULL, NULL},
   {NULL, 0, NULL, NULL},
 };
+static const struct tp_pspec spec_attempts[] = {
+  TP_SPEC_PAGING,
+  {"setup_intent", TP_P_STRING, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+
 static const struct tp_pspec spec_list[] = {
   TP_SPEC_PAGING,
   {"customer", TP_P_STRING, NULL, NULL},
@@ -294,8 +300,58 @@ static void save_pm(struct tp_req *r, struct tp_cs *cs, const json_t *si, json_t
     tp_emit(cs, r, r->merchant.id, "payment_method.attached", pm);
 }
 
+/* si's latest attempt, if it still waits for 3-D Secure, is abandoned: a
+ * new confirmation or a cancellation replaced it. */
+static void abandon_attempt(struct tp_req *r, struct tp_cs *cs, const json_t *si)
+{
+  const char *id = json_string_value(json_object_get(si, "latest_attempt"));
+  json_t *a = id ? tp_store_get_json(&tp_app.store, TP_K_SETUP_ATTEMPT, r->merchant.id, id) : NULL;
+  const char *st = json_string_value(json_object_get(a, "status"));
+  if (st && strcmp(st, "requires_action") == 0) {
+    json_object_set_new(a, "status", json_string("abandoned"));
+    tp_cs_put(cs, TP_K_SETUP_ATTEMPT, r->merchant.id, a);
+  }
+  json_decref(a);
+}
+
+json_t *tp_si_attempt(struct tp_req *r, struct tp_cs *cs, const json_t *si, const json_t *pm, const char *status,
+                      const json_t *err, bool authenticated)
+{
+  const char *id = json_string_value(json_object_get(si, "latest_attempt"));
+  if (!id)
+    return NULL;
+  json_t *old = tp_store_get_json(&tp_app.store, TP_K_SETUP_ATTEMPT, r->merchant.id, id);
+  json_int_t created = old ? json_integer_value(json_object_get(old, "created")) : (json_int_t)tp_now();
+  json_decref(old);
+  const json_t *card = json_object_get(pm, "card");
+  const char *brand = json_string_value(json_object_get(card, "brand"));
+  json_t *tds = authenticated ? tp_pack("{s:s, s:s, s:s, s:n, s:n, s:s}", "authentication_flow", "challenge",
+                                        "electronic_commerce_indicator",
+                                        brand && strcmp(brand, "mastercard") == 0 ? "02" : "05", "result",
+                                        "authenticated", "result_reason", "transaction_id", "version", "2.2.0")
+                              : json_null();
+  json_t *a = tp_pack("{s:s, s:s, s:n, s:I, s:O?, s:n, s:n, s:b, s:n, s:O, s:{s:{s:O?, s:O?, s:O?, s:O?, "
+                      "s:O?, s:O?, s:O?, s:O?, s:O?, s:o, s:n}, s:s}, s:o?, s:O, s:s, s:O}",
+                      "id", id, "object", "setup_attempt", "application", "created", created, "customer",
+                      json_object_get(si, "customer"), "customer_account", "flow_directions", "livemode", 0,
+                      "on_behalf_of", "payment_method", json_object_get(pm, "id"), "payment_method_details", "card",
+                      "brand", json_object_get(card, "brand"), "checks", json_object_get(card, "checks"),
+                      "country", json_object_get(card, "country"), "exp_month", json_object_get(card, "exp_month"),
+                      "exp_year", json_object_get(card, "exp_year"), "fingerprint",
+                      json_object_get(card, "fingerprint"), "funding", json_object_get(card, "funding"), "last4",
+                      json_object_get(card, "last4"), "network", json_object_get(card, "brand"), "three_d_secure",
+                      tds, "wallet", "type", "card", "setup_error", err ? json_deep_copy(err) : NULL, "setup_intent", json_object_get(si, "id"),
+                      "status", status, "usage", json_object_get(si, "usage"));
+  if (!a)
+    abort();
+  /* The error as the attempt shows it: without the PaymentMethod in it. */
+  json_object_del(json_object_get(a, "setup_error"), "payment_method");
+  tp_cs_put(cs, TP_K_SETUP_ATTEMPT, r->merchant.id, a);
+  return a;
+}
+
 json_t *tp_si_finish(struct tp_req *r, struct tp_cs *cs, json_t *si, json_t *pm, const char *pan,
-                     bool authenticated)
+                     bool authenticated, json_t **attempt)
 {
   json_object_set_new(si, "next_action", json_null());
   const char *decline = tp_test_card_decline(pan);
@@ -304,6 +360,7 @@ json_t *tp_si_finish(struct tp_req *r, struct tp_cs *cs, json_t *si, json_t *pm,
     json_object_set(si, "payment_method", json_object_get(pm, "id"));
     json_object_set_new(si, "last_setup_error", json_null());
     save_pm(r, cs, si, pm, authenticated);
+    *attempt = tp_si_attempt(r, cs, si, pm, "succeeded", NULL, authenticated);
     tp_put_emit(cs, r, r->merchant.id, TP_K_SETUP_INTENT, "setup_intent.succeeded", si);
     return NULL;
   }
@@ -317,6 +374,7 @@ json_t *tp_si_finish(struct tp_req *r, struct tp_cs *cs, json_t *si, json_t *pm,
   json_object_set(si, "last_setup_error", err);
   json_object_set_new(si, "status", json_string("requires_payment_method"));
   json_object_set_new(si, "payment_method", json_null());
+  *attempt = tp_si_attempt(r, cs, si, pm, "failed", err, authenticated);
   tp_put_emit(cs, r, r->merchant.id, TP_K_SETUP_INTENT, "setup_intent.setup_failed", si);
   return err;
 }
@@ -324,11 +382,11 @@ json_t *tp_si_finish(struct tp_req *r, struct tp_cs *cs, json_t *si, json_t *pm,
 /* The reply to an API confirmation that ended: si (expanded with pm as
  * this change set leaves it, not as stored), or the card error with si in
  * it. */
-static void reply_finished(struct tp_req *r, json_t *si, const json_t *pm, json_t *err)
+static void reply_finished(struct tp_req *r, json_t *si, const json_t *pm, json_t *err, json_t *attempt)
 {
   if (!err) {
     json_t *out = json_deep_copy(si);
-    json_t *known = tp_pack("[O]", pm);
+    json_t *known = tp_pack("[O, o?]", pm, attempt);
     if (tp_expand(r, out, known))
       tp_reply_json(r, 200, out);
     else
@@ -336,6 +394,7 @@ static void reply_finished(struct tp_req *r, json_t *si, const json_t *pm, json_
     json_decref(known);
     return;
   }
+  json_decref(attempt);
   json_t *body = json_deep_copy(err);
   json_object_set_new(body, "setup_intent", json_deep_copy(si));
   const char *dc = json_string_value(json_object_get(err, "decline_code"));
@@ -387,6 +446,11 @@ static void si_confirm(struct tp_req *r, json_t *si, struct tp_cs *cs, bool crea
   json_object_set_new(si, "last_setup_error", json_null());
   if (created)
     tp_emit(cs, r, r->merchant.id, "setup_intent.created", si);
+  /* Each confirmation is a SetupAttempt (tp_si_attempt). */
+  abandon_attempt(r, cs, si);
+  char attempt[TP_ID_MAX];
+  tp_id_new(attempt, "setatt");
+  json_object_set_new(si, "latest_attempt", json_string(attempt));
   /* Setting a card up is on-session: the customer is there to answer. */
   if (tp_wants_3ds(si, ci.pan, false, pm)) {
     const char *ret = tp_pstr(p, "return_url");
@@ -399,11 +463,13 @@ static void si_confirm(struct tp_req *r, json_t *si, struct tp_cs *cs, bool crea
     json_object_set_new(si, "next_action",
                         tp_pack("{s:s, s:{s:s, s:o}}", "type", "redirect_to_url", "redirect_to_url", "url", url,
                                 "return_url", ret && *ret ? json_string(ret) : json_null()));
+    json_t *made = tp_si_attempt(r, cs, si, pm, "requires_action", NULL, false);
     tp_put_emit(cs, r, r->merchant.id, TP_K_SETUP_INTENT, "setup_intent.requires_action", si);
-    reply_finished(r, si, pm, NULL);
+    reply_finished(r, si, pm, NULL, made);
   } else {
-    json_t *err = tp_si_finish(r, cs, si, pm, ci.pan, false);
-    reply_finished(r, si, pm, err);
+    json_t *made = NULL;
+    json_t *err = tp_si_finish(r, cs, si, pm, ci.pan, false, &made);
+    reply_finished(r, si, pm, err, made);
   }
   tp_card_wipe(&ci, sizeof ci);
   tp_card_wipe(cvc, sizeof cvc);
@@ -566,6 +632,7 @@ void tp_h_si_cancel(struct tp_req *r)
   json_object_set_new(si, "cancellation_reason", reason && *reason ? json_string(reason) : json_null());
   json_object_set_new(si, "next_action", json_null());
   struct tp_cs *cs = tp_cs_new();
+  abandon_attempt(r, cs, si);
   tp_put_emit(cs, r, r->merchant.id, TP_K_SETUP_INTENT, "setup_intent.canceled", si);
   tp_reply_expanded_unlock(r, cs, si, r->path_id);
 }
@@ -573,6 +640,19 @@ void tp_h_si_cancel(struct tp_req *r)
 void tp_h_si_list(struct tp_req *r)
 {
   tp_reply_list_by(r, spec_list, TP_K_SETUP_INTENT, "/v1/setup_intents");
+}
+
+/* GET /v1/setup_attempts?setup_intent=seti_...: the SetupIntent's
+ * confirmations, newest first. */
+void tp_h_setup_attempt_list(struct tp_req *r)
+{
+  const char *si = tp_pstr(r->params, "setup_intent");
+  if (!si || !*si) {
+    if (tp_check_params(r, spec_attempts))
+      tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "setup_intent", NULL);
+    return;
+  }
+  tp_reply_list_by(r, spec_attempts, TP_K_SETUP_ATTEMPT, "/v1/setup_attempts");
 }
 
 void tp_h_si_verify_microdeposits(struct tp_req *r)

@@ -133,7 +133,9 @@ static void setup_done(struct tp_req *r, json_t *si, bool approved)
   struct tp_cs *cs = tp_cs_new();
   json_t *err;
   if (approved) {
-    err = tp_si_finish(r, cs, si, pm, ci.pan, true);
+    json_t *attempt = NULL;
+    err = tp_si_finish(r, cs, si, pm, ci.pan, true, &attempt);
+    json_decref(attempt);
   } else {
     err = tp_error_object(TP_ERR_SETUP_INTENT_AUTHENTICATION_FAILURE, NULL, NULL);
     json_object_set(err, "payment_method", pm);
@@ -141,6 +143,7 @@ static void setup_done(struct tp_req *r, json_t *si, bool approved)
     json_object_set_new(si, "status", json_string("requires_payment_method"));
     json_object_set_new(si, "next_action", json_null());
     json_object_set_new(si, "payment_method", json_null());
+    json_decref(tp_si_attempt(r, cs, si, pm, "failed", err, false));
     tp_put_emit(cs, r, r->merchant.id, TP_K_SETUP_INTENT, "setup_intent.setup_failed", si);
   }
   tp_card_wipe(&ci, sizeof ci);

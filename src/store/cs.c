@@ -19,6 +19,7 @@ const struct tp_kind_info tp_kinds[TP_K__COUNT] = {
   [TP_K_SETUP_INTENT] = {"setup_intents", "setup_intent", "seti", {"customer", "payment_method"}},
   [TP_K_DISPUTE] = {"disputes", "dispute", "dp", {"charge", "payment_intent"}},
   [TP_K_TOKEN] = {"tokens", "token", "tok", {"type", "client_ip"}},
+  [TP_K_SETUP_ATTEMPT] = {"setup_attempts", "setup_attempt", "setatt", {"setup_intent", "payment_method"}},
 };
 
 struct tp_cs {

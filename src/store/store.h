@@ -25,6 +25,7 @@ enum tp_kind {
   TP_K_SETUP_INTENT,
   TP_K_DISPUTE,
   TP_K_TOKEN,
+  TP_K_SETUP_ATTEMPT,
   TP_K__COUNT
 };
 

@@ -20,12 +20,13 @@ from sdk_types import Types
 
 FILES = ["Charges.d.ts", "PaymentIntents.d.ts", "PaymentMethods.d.ts", "Customers.d.ts", "Refunds.d.ts",
          "Events.d.ts", "BalanceTransactions.d.ts", "Balance.d.ts", "WebhookEndpoints.d.ts", "SetupIntents.d.ts",
-         "Disputes.d.ts", "Tokens.d.ts", "Cards.d.ts", "Accounts.d.ts"]
+         "Disputes.d.ts", "Tokens.d.ts", "Cards.d.ts", "Accounts.d.ts", "SetupAttempts.d.ts"]
 TYPE_OF = {"payment_intent": "PaymentIntent", "charge": "Charge", "payment_method": "PaymentMethod",
            "customer": "Customer", "refund": "Refund", "balance_transaction": "BalanceTransaction",
            "balance": "Balance", "webhook_endpoint": "WebhookEndpoint", "event": "EventBase",
            "setup_intent": "SetupIntent", "dispute": "Dispute", "token": "Token",
-           "account": "Account", "card": "Card"}
+           "account": "Account", "card": "Card",
+           "setup_attempt": "SetupAttempt"}
 # Turnpike's own additions, documented in docs/architecture.md §11.
 OWN = {"turnpike", "tp_code"}
 
@@ -215,6 +216,10 @@ class ObjectShapes(DaemonTestCase):
         self.assertShape(self.post("/v1/setup_intents/%s/cancel" % open_["id"], {"cancellation_reason": "abandoned"}),
                          "setup_intent(canceled)")
         self.assertShape(self.get("/v1/setup_intents", {"limit": 100}), "/v1/setup_intents")
+        for si in self.get("/v1/setup_intents", {"limit": 100})["data"]:
+            if si["latest_attempt"]:
+                self.assertShape(self.get("/v1/setup_attempts", {"setup_intent": si["id"]}), "/v1/setup_attempts")
+        self.assertGreaterEqual(self.seen.get("SetupAttempt", 0), 3)
         self.assertGreaterEqual(self.seen.get("SetupIntent", 0), 10)
 
     def test_disputes(self):

@@ -117,6 +117,67 @@ class SetupIntents(DaemonTestCase):
         si = c.post(SI + "/%s/confirm" % si["id"], {"payment_method": "pm_card_visa"}).json
         self.assertEqual((si["status"], si["last_setup_error"]), ("succeeded", None))
 
+    def attempts(self, si_id, **params):
+        r = self.c().get("/v1/setup_attempts", dict(params, setup_intent=si_id))
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["url"], "/v1/setup_attempts")
+        return r.json["data"]
+
+    def test_each_confirmation_is_a_setup_attempt(self):
+        c = self.c()
+        cus = self.customer()
+        # a challenge, failed; a decline; a challenge left for another card; a success
+        si = c.post(SI, {"customer": cus, "payment_method": "pm_card_authenticationRequired", "confirm": "true",
+                         "return_url": RETURN}).json
+        first = si["latest_attempt"]
+        self.assertTrue(first.startswith("setatt_"), si)
+        a = c.get("/v1/setup_attempts", {"setup_intent": si["id"]}).json["data"]
+        self.assertEqual([(x["id"], x["status"]) for x in a], [(first, "requires_action")])
+        self.challenge(si, "fail")
+        r = c.post(SI + "/%s/confirm" % si["id"], {"payment_method": "pm_card_chargeDeclined"})
+        self.assertEqual(r.status, 402, r)
+        declined = r.json["error"]["setup_intent"]["latest_attempt"]
+        si = c.post(SI + "/%s/confirm" % si["id"], {"payment_method": "pm_card_threeDSecure2Required",
+                                                     "return_url": RETURN}).json
+        left = si["latest_attempt"]
+        si = c.post(SI + "/%s/confirm" % si["id"], {"payment_method": "pm_card_visa",
+                                                     "expand[]": "latest_attempt"}).json
+        self.assertEqual(si["status"], "succeeded", si)
+        last = si["latest_attempt"]
+        self.assertEqual((last["object"], last["status"], last["setup_intent"], last["customer"]),
+                         ("setup_attempt", "succeeded", si["id"], cus))
+        self.assertEqual(last["payment_method"], si["payment_method"])
+        self.assertEqual((last["payment_method_details"]["type"],
+                          last["payment_method_details"]["card"]["last4"]), ("card", "4242"))
+        self.assertIsNone(last["payment_method_details"]["card"]["three_d_secure"])
+        got = self.attempts(si["id"])
+        self.assertEqual([(x["id"], x["status"]) for x in got],
+                         [(last["id"], "succeeded"), (left, "abandoned"), (declined, "failed"), (first, "failed")])
+        by_id = {x["id"]: x for x in got}
+        self.assertEqual(by_id[declined]["setup_error"]["decline_code"], "generic_decline")
+        self.assertEqual(by_id[first]["setup_error"]["code"], "setup_intent_authentication_failure")
+        self.assertIsNone(by_id[last["id"]]["setup_error"])
+        # paging
+        page = self.attempts(si["id"], limit=2)
+        rest = self.attempts(si["id"], starting_after=page[-1]["id"])
+        self.assertEqual([x["id"] for x in page + rest], [x["id"] for x in got])
+        # an authenticated setup records its 3-D Secure result
+        si = c.post(SI, {"customer": cus, "payment_method_data": card("5555555555554444"), "confirm": "true",
+                         "return_url": RETURN, "payment_method_options[card][request_three_d_secure]": "any"}).json
+        self.challenge(si, "approve")
+        a = self.attempts(si["id"])[0]
+        self.assertEqual(a["status"], "succeeded")
+        tds = a["payment_method_details"]["card"]["three_d_secure"]
+        self.assertEqual((tds["result"], tds["electronic_commerce_indicator"]), ("authenticated", "02"))
+        # canceling abandons an attempt that waits for its challenge
+        si = c.post(SI, {"payment_method": "pm_card_threeDSecure2Required", "confirm": "true",
+                         "return_url": RETURN}).json
+        c.post(SI + "/%s/cancel" % si["id"], {})
+        self.assertEqual(self.attempts(si["id"])[0]["status"], "abandoned")
+        # setup_intent is required; another merchant's list is empty
+        self.assertStripeError(c.get("/v1/setup_attempts"), 400, code="parameter_missing", param="setup_intent")
+        self.assertEqual(self.attempts("seti_nope"), [])
+
     def test_the_merchant_can_ask_for_3ds_on_any_card(self):
         si = self.c().post(SI, {"payment_method": "pm_card_visa", "confirm": "true", "return_url": RETURN,
                                 "payment_method_options[card][request_three_d_secure]": "any"}).json

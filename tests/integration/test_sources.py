@@ -50,6 +50,15 @@ class Sources(DaemonTestCase):
         pi = self.c().post("/v1/payment_intents", {"amount": 500, "currency": "usd", "customer": cus["id"],
                                                    "payment_method": card_id, "confirm": "true"})
         self.assertEqual((pi.status, pi.json["status"]), (200, "succeeded"), pi)
+        # expanded: the default card and the cards as Card objects, the
+        # PaymentIntent's payment_method as the PaymentMethod it also is
+        got = self.c().get(CUS + "/" + cus["id"], {"expand": ["default_source", "sources"]}).json
+        self.assertEqual((got["default_source"]["object"], got["default_source"]["id"]), ("card", card_id))
+        self.assertEqual((got["sources"]["url"], [c["id"] for c in got["sources"]["data"]]),
+                         (self.srcs(cus["id"]), [card_id]))
+        self.assertEqual(got["sources"]["data"][0]["object"], "card")
+        pm = self.c().get("/v1/payment_intents/" + pi.json["id"], {"expand[]": "payment_method"}).json
+        self.assertEqual((pm["payment_method"]["object"], pm["payment_method"]["id"]), ("payment_method", card_id))
         # and an explicit source with the customer
         ch2 = self.c().post(CH, {"amount": 700, "currency": "usd", "customer": cus["id"], "source": card_id})
         self.assertEqual(ch2.status, 200, ch2)

@@ -63,3 +63,14 @@ test('list by customer with auto-paging, and cancel', async () => {
   const again = await expectError(stripe.setupIntents.cancel(made[0]), errors.StripeInvalidRequestError);
   assert.equal(again.code, 'setup_intent_unexpected_state');
 });
+
+test('setupAttempts.list shows each confirmation', async () => {
+  const si = await stripe.setupIntents.create({ payment_method: 'pm_card_chargeDeclined', confirm: true })
+    .catch((e) => e.raw.setup_intent);
+  const ok = await stripe.setupIntents.confirm(si.id, { payment_method: 'pm_card_visa',
+    expand: ['latest_attempt'] });
+  assert.equal(ok.latest_attempt.status, 'succeeded');
+  const seen = [];
+  for await (const a of stripe.setupAttempts.list({ setup_intent: si.id, limit: 1 })) seen.push(a.status);
+  assert.deepEqual(seen, ['succeeded', 'failed']);
+});
