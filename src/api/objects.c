@@ -840,6 +840,20 @@ json_t *tp_card_source_create(struct tp_req *r, struct tp_cs *cs, const char *so
   return pm;
 }
 
+void tp_card_sources_query(struct tp_list_query *q, const char *merchant, const char *customer)
+{
+  memset(q, 0, sizeof *q);
+  q->kind = TP_K_PAYMENT_METHOD;
+  q->merchant = merchant;
+  q->col_name = "customer";
+  q->col_value = customer;
+  q->field = "$.turnpike.source";
+  q->field_value = "card";
+  q->field_default = "";
+  q->created_gte = INT64_MIN;
+  q->created_lte = INT64_MAX;
+}
+
 /* Stripe's Card object names brands its own way. */
 static const char *legacy_brand(const char *brand)
 {
@@ -939,16 +953,7 @@ static bool expand_list(struct tp_req *r, json_t *obj, const char *path)
   } else if (strcmp(what, "customer") == 0 && strcmp(path, "sources") == 0) {
     /* its cards (the legacy Cards API, sources.c), newest first */
     struct tp_list_query q;
-    memset(&q, 0, sizeof q);
-    q.kind = TP_K_PAYMENT_METHOD;
-    q.merchant = r->merchant.id;
-    q.col_name = "customer";
-    q.col_value = id;
-    q.field = "$.turnpike.source";
-    q.field_value = "card";
-    q.field_default = "";
-    q.created_gte = INT64_MIN;
-    q.created_lte = INT64_MAX;
+    tp_card_sources_query(&q, r->merchant.id, id);
     q.limit = 10;
     data = tp_app.store.ops->list(tp_app.store.cls, &q, &more);
     if (!data)

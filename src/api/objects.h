@@ -89,6 +89,8 @@ json_t *tp_card_source_create(struct tp_req *r, struct tp_cs *cs, const char *so
                               const char *customer, const json_t *metadata);
 /* A card PaymentMethod as Stripe's Card object (a customer's source). */
 json_t *tp_card_view(const json_t *pm);
+/* A list of customer's card sources, newest first (no paging set yet). */
+void tp_card_sources_query(struct tp_list_query *q, const char *merchant, const char *customer);
 /* pm is a card source (sources.c) of customer (NULL: of anyone). */
 bool tp_is_card_source(const json_t *pm, const char *customer);
 /* Delete card source pm within cs (its PaymentMethod row and vault record)

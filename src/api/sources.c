@@ -214,14 +214,7 @@ void tp_h_source_list(struct tp_req *r)
     return;
   json_decref(cus);
   struct tp_list_query q;
-  memset(&q, 0, sizeof q);
-  q.kind = TP_K_PAYMENT_METHOD;
-  q.merchant = r->merchant.id;
-  q.col_name = "customer";
-  q.col_value = r->path_id;
-  q.field = "$.turnpike.source";
-  q.field_value = "card";
-  q.field_default = "";
+  tp_card_sources_query(&q, r->merchant.id, r->path_id);
   if (!tp_list_params(r, &q))
     return;
   char url[160];
