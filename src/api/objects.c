@@ -854,8 +854,7 @@ void tp_card_sources_query(struct tp_list_query *q, const char *merchant, const 
   q->created_lte = INT64_MAX;
 }
 
-/* Stripe's Card object names brands its own way. */
-static const char *legacy_brand(const char *brand)
+const char *tp_card_object_brand(const char *brand)
 {
   static const char *const map[][2] = {{"visa", "Visa"},         {"mastercard", "MasterCard"},
                                        {"amex", "American Express"}, {"discover", "Discover"},
@@ -881,7 +880,7 @@ json_t *tp_card_view(const json_t *pm)
                       "address_zip", json_object_get(addr, "postal_code"), "address_zip_check",
                       json_object_get(checks, "address_postal_code_check"), "allow_redisplay",
                       json_object_get(pm, "allow_redisplay"), "brand",
-                      legacy_brand(json_string_value(json_object_get(card, "brand"))), "country",
+                      tp_card_object_brand(json_string_value(json_object_get(card, "brand"))), "country",
                       json_object_get(card, "country"), "customer", json_object_get(pm, "customer"), "cvc_check",
                       json_object_get(checks, "cvc_check"), "exp_month", json_object_get(card, "exp_month"),
                       "dynamic_last4", "exp_year", json_object_get(card, "exp_year"), "fingerprint",

@@ -87,6 +87,9 @@ json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, str
  * (param names the parameter in errors). */
 json_t *tp_card_source_create(struct tp_req *r, struct tp_cs *cs, const char *source, const char *param,
                               const char *customer, const json_t *metadata);
+/* A brand as Stripe's Card object spells it ("Visa", "American Express"
+ * ...) from its PaymentMethod spelling ("visa", "amex" ...). */
+const char *tp_card_object_brand(const char *brand);
 /* A card PaymentMethod as Stripe's Card object (a customer's source). */
 json_t *tp_card_view(const json_t *pm);
 /* A list of customer's card sources, newest first (no paging set yet). */

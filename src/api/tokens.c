@@ -63,29 +63,6 @@ static const struct tp_pspec spec_create[] = {
   {NULL, 0, NULL, NULL},
 };
 
-/* A legacy Card object's brand, as Stripe spells it there. */
-static const char *card_brand(enum tp_brand b)
-{
-  switch (b) {
-  case TP_BRAND_VISA:
-    return "Visa";
-  case TP_BRAND_MASTERCARD:
-    return "MasterCard";
-  case TP_BRAND_AMEX:
-    return "American Express";
-  case TP_BRAND_DISCOVER:
-    return "Discover";
-  case TP_BRAND_DINERS:
-    return "Diners Club";
-  case TP_BRAND_JCB:
-    return "JCB";
-  case TP_BRAND_UNIONPAY:
-    return "UnionPay";
-  default:
-    return "Unknown";
-  }
-}
-
 /* The token's Card object: what the card shows, never its number. */
 static json_t *card_object(const struct tp_req *r, const json_t *p, const struct tp_card_info *ci, bool cvc)
 {
@@ -99,7 +76,7 @@ static json_t *card_object(const struct tp_req *r, const json_t *p, const struct
                       tp_pstr(p, "address_country"), "address_line1", line1, "address_line1_check",
                       line1 && *line1 ? "unchecked" : NULL, "address_line2", tp_pstr(p, "address_line2"),
                       "address_state", tp_pstr(p, "address_state"), "address_zip", zip, "address_zip_check",
-                      zip && *zip ? "unchecked" : NULL, "brand", card_brand(ci->brand), "country", ci->country,
+                      zip && *zip ? "unchecked" : NULL, "brand", tp_card_object_brand(tp_brand_name(ci->brand)), "country", ci->country,
                       "cvc_check", cvc ? "unchecked" : NULL, "dynamic_last4", "exp_month", ci->exp_month,
                       "exp_year", ci->exp_year, "fingerprint", fp, "funding", ci->funding, "last4", ci->last4,
                       "metadata", "name", tp_pstr(p, "name"), "networks", "preferred", "regulated_status",
