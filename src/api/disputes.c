@@ -116,12 +116,50 @@ static void adjust(struct tp_cs *cs, const char *merchant, json_t *dp, const cha
     json_array_append_new(json_object_get(dp, "balance_transactions"), bt);
 }
 
+/* An early fraud warning on captured charge ch (Stripe's test card
+ * 4000000000005423): the issuer reports likely fraud, no money moves and
+ * nothing is disputed; the warning is actionable until the charge is
+ * refunded in full (tp_efw_settle). ch names it in turnpike.efw. */
+static void efw_open(struct tp_cs *cs, const struct tp_req *r, const char *merchant, json_t *ch, json_t *turn)
+{
+  char id[TP_ID_MAX];
+  tp_id_new(id, "issfr");
+  json_t *w = tp_pack("{s:s, s:s, s:b, s:O, s:I, s:s, s:b, s:O?}", "id", id, "object", "radar.early_fraud_warning",
+                      "actionable", 1, "charge", json_object_get(ch, "id"), "created", (json_int_t)tp_now(),
+                      "fraud_type", "misc", "livemode", 0, "payment_intent", json_object_get(ch, "payment_intent"));
+  if (!w)
+    abort();
+  tp_put_emit(cs, r, merchant, TP_K_EARLY_FRAUD_WARNING, "radar.early_fraud_warning.created", w);
+  json_decref(w);
+  json_object_del(turn, "dispute");
+  json_object_set_new(turn, "efw", json_string(id));
+  tp_cs_put(cs, TP_K_CHARGE, merchant, ch);
+}
+
+void tp_efw_settle(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const json_t *ch)
+{
+  const char *id = json_string_value(json_object_get(json_object_get(ch, "turnpike"), "efw"));
+  json_t *w = id ? tp_store_get_json(&tp_app.store, TP_K_EARLY_FRAUD_WARNING, merchant, id) : NULL;
+  if (w && json_is_true(json_object_get(w, "actionable"))) {
+    json_t *before = json_deep_copy(w);
+    json_object_set_new(w, "actionable", json_false());
+    tp_cs_put(cs, TP_K_EARLY_FRAUD_WARNING, merchant, w);
+    tp_emit_update(cs, r, merchant, "radar.early_fraud_warning.updated", before, w);
+    json_decref(before);
+  }
+  json_decref(w);
+}
+
 void tp_dispute_open(struct tp_cs *cs, const struct tp_req *r, const char *merchant, json_t *ch)
 {
   json_t *turn = json_object_get(ch, "turnpike");
   const char *kind = json_string_value(json_object_get(turn, "dispute"));
   if (!kind)
     return;
+  if (strcmp(kind, "early_fraud_warning") == 0) {
+    efw_open(cs, r, merchant, ch, turn);
+    return;
+  }
   bool inquiry = strcmp(kind, "inquiry") == 0;
   const char *reason = inquiry ? "fraudulent" : kind;
   const char *brand =
@@ -168,6 +206,18 @@ void tp_h_dispute_retrieve(struct tp_req *r)
 void tp_h_dispute_list(struct tp_req *r)
 {
   tp_reply_list_by(r, spec_list, TP_K_DISPUTE, "/v1/disputes");
+}
+
+/* GET /v1/radar/early_fraud_warnings/{id} */
+void tp_h_efw_retrieve(struct tp_req *r)
+{
+  tp_retrieve(r, TP_K_EARLY_FRAUD_WARNING, "early fraud warning");
+}
+
+/* GET /v1/radar/early_fraud_warnings (by charge, payment_intent) */
+void tp_h_efw_list(struct tp_req *r)
+{
+  tp_reply_list_by(r, spec_list, TP_K_EARLY_FRAUD_WARNING, "/v1/radar/early_fraud_warnings");
 }
 
 /* The dispute under its lock, and the processor of its charge; NULL after

@@ -49,6 +49,8 @@ void tp_h_dispute_retrieve(struct tp_req *r);
 void tp_h_dispute_list(struct tp_req *r);
 void tp_h_dispute_update(struct tp_req *r);
 void tp_h_dispute_close(struct tp_req *r);
+void tp_h_efw_list(struct tp_req *r);
+void tp_h_efw_retrieve(struct tp_req *r);
 /* A request made with a publishable key must name the intent's (a
  * PaymentIntent's or SetupIntent's) client_secret; replies and returns
  * false when it does not. */

@@ -557,6 +557,7 @@ static const struct {
   {"createDispute", "4000000000000259"},
   {"createDisputeProductNotReceived", "4000000000002685"},
   {"createDisputeInquiry", "4000000000001976"},
+  {"createIssuerFraudRecord", "4000000000005423"}, /* an early fraud warning */
   {"refundFail", "4000000000005126"},
   /* the issuer's checks */
   {"cvcCheckFail", "4000000000000101"},

@@ -31,9 +31,13 @@ void tp_put_emit_text(struct tp_cs *cs, const struct tp_req *r, const char *merc
 void tp_card_fingerprint(const struct tp_merchant *m, const char *pan, char out[17]);
 /* disputes.c: open the dispute a captured charge ch was marked for (its
  * turnpike.dispute, from the test card), into cs: the dispute, its events,
- * a chargeback's ledger adjustment, ch disputed (put again). No-op for an
+ * a chargeback's ledger adjustment, ch disputed (put again); or, for
+ * "early_fraud_warning", the issuer's early fraud warning. No-op for an
  * unmarked charge. */
 void tp_dispute_open(struct tp_cs *cs, const struct tp_req *r, const char *merchant, json_t *ch);
+/* A charge refunded in full: its early fraud warning (turnpike.efw), if
+ * any, is no longer actionable (radar.early_fraud_warning.updated). */
+void tp_efw_settle(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const json_t *ch);
 /* Does a dispute on this charge forbid refunding it (a chargeback)? */
 bool tp_charge_dispute_blocks_refund(const char *merchant, const char *charge_id);
 

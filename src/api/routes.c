@@ -19,6 +19,8 @@ const struct tp_route tp_routes[] = {
   {"POST", "/v1/payment_intents/{id}/increment_authorization", tp_h_pi_increment, A},
   {"GET", "/v1/payment_intents/{id}/attempts", tp_h_pi_attempts, A},
   {"GET", "/v1/disputes", tp_h_dispute_list, A},
+  {"GET", "/v1/radar/early_fraud_warnings", tp_h_efw_list, A},
+  {"GET", "/v1/radar/early_fraud_warnings/{id}", tp_h_efw_retrieve, A},
   {"GET", "/v1/disputes/{id}", tp_h_dispute_retrieve, A},
   {"POST", "/v1/disputes/{id}", tp_h_dispute_update, A},
   {"POST", "/v1/disputes/{id}/close", tp_h_dispute_close, A},

@@ -92,7 +92,8 @@ const char *tp_test_card_decline(const char *pan);
 bool tp_test_card_requires_3ds(const char *pan, bool off_session, bool set_up);
 /* The dispute the cardholder of a test card opens once a charge is
  * captured: "fraudulent" or "product_not_received" (a chargeback),
- * "inquiry" (a retrieval request, no funds withdrawn), "" for none. */
+ * "inquiry" (a retrieval request, no funds withdrawn), "early_fraud_warning"
+ * (the issuer warns of fraud; no dispute), "" for none. */
 const char *tp_test_card_dispute(const char *pan);
 /* A test card whose refunds fail after they succeeded (the card was
  * closed): Stripe's 4000000000005126. */

@@ -58,6 +58,7 @@ static const struct test_card {
   {.pan = "4000000000000259", .dispute = "fraudulent"},
   {.pan = "4000000000002685", .dispute = "product_not_received"},
   {.pan = "4000000000001976", .dispute = "inquiry"},
+  {.pan = "4000000000005423", .dispute = "early_fraud_warning"}, /* the issuer warns; no dispute */
   {.pan = "4000000000005126", .refund_fails = true},
 };
 

@@ -1508,6 +1508,8 @@ void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs)
                                                   json_integer_value(json_object_get(ch, "amount_captured"))));
   tp_put_emit(cs, p->r, merchant, TP_K_REFUND, "refund.created", re);
   tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.refunded", ch);
+  if (json_is_true(json_object_get(ch, "refunded")))
+    tp_efw_settle(cs, p->r, merchant, ch);
   tp_pay_reply(p, 200, json_incref(re)); /* the reply is written out now, as it stands */
   if (json_is_true(json_object_get(json_object_get(ch, "turnpike"), "refunds_fail")))
     refund_fails(p, cs, re, ch, cur, amount);

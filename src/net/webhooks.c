@@ -61,6 +61,7 @@ static const char *const known_types[] = {
   "payment_method.attached", "payment_method.automatically_updated", "payment_method.detached",
   "payment_method.updated",
   "payout.created", "payout.failed", "payout.paid",
+  "radar.early_fraud_warning.created", "radar.early_fraud_warning.updated",
   "refund.created", "refund.failed", "refund.updated",
   "setup_intent.canceled", "setup_intent.created", "setup_intent.requires_action", "setup_intent.setup_failed",
   "setup_intent.succeeded",

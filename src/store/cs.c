@@ -20,6 +20,8 @@ const struct tp_kind_info tp_kinds[TP_K__COUNT] = {
   [TP_K_DISPUTE] = {"disputes", "dispute", "dp", {"charge", "payment_intent"}},
   [TP_K_TOKEN] = {"tokens", "token", "tok", {"type", "client_ip"}},
   [TP_K_SETUP_ATTEMPT] = {"setup_attempts", "setup_attempt", "setatt", {"setup_intent", "payment_method"}},
+  [TP_K_EARLY_FRAUD_WARNING] = {"early_fraud_warnings", "radar.early_fraud_warning", "issfr",
+                                {"charge", "payment_intent"}},
 };
 
 struct tp_cs {

@@ -26,6 +26,7 @@ enum tp_kind {
   TP_K_DISPUTE,
   TP_K_TOKEN,
   TP_K_SETUP_ATTEMPT,
+  TP_K_EARLY_FRAUD_WARNING,
   TP_K__COUNT
 };
 

@@ -10,6 +10,7 @@ from harness import DaemonTestCase, card, main, open_db_ro
 
 PI = "/v1/payment_intents"
 DP = "/v1/disputes"
+EFW = "/v1/radar/early_fraud_warnings"
 
 
 class Disputes(DaemonTestCase):
@@ -152,6 +153,40 @@ class Disputes(DaemonTestCase):
             self.assertEqual(r.json["error"].get("param"), param, (params, r))
         self.assertEqual(self.c().get(DP + "/" + dp["id"]).json, dp)
         self.assertStripeError(self.c().get(DP + "/dp_nothere"), 404, "invalid_request_error", "resource_missing")
+
+
+    def test_an_early_fraud_warning_moves_no_money_and_a_full_refund_settles_it(self):
+        before = self.pending()
+        pi = self.pay(pm="pm_card_createIssuerFraudRecord", amount=2600)
+        ch = pi["latest_charge"]
+        r = self.c().get(EFW, {"charge": ch})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["url"], EFW)
+        self.assertEqual(len(r.json["data"]), 1, r)
+        w = r.json["data"][0]
+        self.assertTrue(w["id"].startswith("issfr_"), w)
+        self.assertEqual((w["object"], w["actionable"], w["charge"], w["payment_intent"], w["livemode"]),
+                         ("radar.early_fraud_warning", True, ch, pi["id"], False))
+        self.assertEqual(self.c().get(EFW + "/" + w["id"]).json, w)
+        self.assertEqual(self.c().get(EFW, {"payment_intent": pi["id"]}).json["data"], [w])
+        # no dispute, no money moved, the charge refundable
+        self.assertEqual(self.c().get(DP, {"charge": ch}).json["data"], [])
+        self.assertFalse(self.c().get("/v1/charges/" + ch).json["disputed"])
+        self.assertEqual(self.pending(), before + 2600)
+        self.assertEqual(self.events(w["id"]), ["radar.early_fraud_warning.created"])
+        # a partial refund leaves it actionable; the rest settles it
+        self.assertEqual(self.c().post("/v1/refunds", {"charge": ch, "amount": 600}).status, 200)
+        self.assertTrue(self.c().get(EFW + "/" + w["id"]).json["actionable"])
+        self.assertEqual(self.c().post("/v1/refunds", {"charge": ch}).status, 200)
+        self.assertFalse(self.c().get(EFW + "/" + w["id"]).json["actionable"])
+        ev = self.c().get("/v1/events", {"type": "radar.early_fraud_warning.updated"}).json["data"][0]
+        self.assertEqual((ev["data"]["object"]["id"], ev["data"]["previous_attributes"]), (w["id"],
+                                                                                           {"actionable": True}))
+        self.assertEqual(self.ledger_sums()[0], 0)
+        # another merchant sees none of it; an unknown id is missing
+        self.assertStripeError(self.c("n").get(EFW + "/" + w["id"]), 404, code="resource_missing")
+        self.assertEqual(self.c("n").get(EFW).json["data"], [])
+        self.assertStripeError(self.c().get(EFW + "/issfr_nope"), 404, code="resource_missing")
 
 
 if __name__ == "__main__":

@@ -20,13 +20,14 @@ from sdk_types import Types
 
 FILES = ["Charges.d.ts", "PaymentIntents.d.ts", "PaymentMethods.d.ts", "Customers.d.ts", "Refunds.d.ts",
          "Events.d.ts", "BalanceTransactions.d.ts", "Balance.d.ts", "WebhookEndpoints.d.ts", "SetupIntents.d.ts",
-         "Disputes.d.ts", "Tokens.d.ts", "Cards.d.ts", "Accounts.d.ts", "SetupAttempts.d.ts"]
+         "Disputes.d.ts", "Tokens.d.ts", "Cards.d.ts", "Accounts.d.ts", "SetupAttempts.d.ts",
+         "Radar/EarlyFraudWarnings.d.ts"]
 TYPE_OF = {"payment_intent": "PaymentIntent", "charge": "Charge", "payment_method": "PaymentMethod",
            "customer": "Customer", "refund": "Refund", "balance_transaction": "BalanceTransaction",
            "balance": "Balance", "webhook_endpoint": "WebhookEndpoint", "event": "EventBase",
            "setup_intent": "SetupIntent", "dispute": "Dispute", "token": "Token",
            "account": "Account", "card": "Card",
-           "setup_attempt": "SetupAttempt"}
+           "setup_attempt": "SetupAttempt", "radar.early_fraud_warning": "EarlyFraudWarning"}
 # Turnpike's own additions, documented in docs/architecture.md §11.
 OWN = {"turnpike", "tp_code"}
 
@@ -233,6 +234,12 @@ class ObjectShapes(DaemonTestCase):
         self.assertShape(self.get("/v1/disputes", {"limit": 100}), "/v1/disputes")
         self.assertShape(self.get("/v1/events", {"limit": 100, "type": "charge.dispute.*"}), "dispute events")
         self.assertGreaterEqual(self.seen.get("Dispute", 0), 8)
+        ch = self.post("/v1/payment_intents", {"amount": 1000, "currency": "usd", "confirm": "true",
+                                               "payment_method": "pm_card_createIssuerFraudRecord"})["latest_charge"]
+        self.assertShape(self.get("/v1/radar/early_fraud_warnings", {"charge": ch}), "/v1/radar/early_fraud_warnings")
+        self.post("/v1/refunds", {"charge": ch})
+        self.assertShape(self.get("/v1/events", {"type": "radar.early_fraud_warning.*"}), "early fraud warning events")
+        self.assertGreaterEqual(self.seen.get("EarlyFraudWarning", 0), 3)
 
     def test_tokens(self):
         card = {"number": "4000056655665556", "exp_month": 4, "exp_year": 2033}

@@ -34,3 +34,16 @@ test('closing a dispute accepts it: lost', async () => {
   const closed = await stripe.disputes.close(dp.id);
   assert.equal(closed.status, 'lost');
 });
+
+test('an early fraud warning is listed through stripe.radar and settled by a full refund', async () => {
+  const pi = await stripe.paymentIntents.create({ amount: 1300, currency: 'usd', confirm: true,
+    payment_method: 'pm_card_createIssuerFraudRecord' });
+  const { data } = await stripe.radar.earlyFraudWarnings.list({ payment_intent: pi.id });
+  assert.equal(data.length, 1);
+  assert.equal(data[0].actionable, true);
+  assert.equal(data[0].charge, pi.latest_charge);
+  await stripe.refunds.create({ payment_intent: pi.id });
+  const w = await stripe.radar.earlyFraudWarnings.retrieve(data[0].id, { expand: ['charge'] });
+  assert.equal(w.actionable, false);
+  assert.equal(w.charge.refunded, true);
+});
