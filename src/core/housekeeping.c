@@ -172,10 +172,7 @@ int tp_event_purge(int64_t now_ms, int64_t retention_s)
       tp_scopy(H.merchant_cursor, sizeof H.merchant_cursor, m);
   }
   if (n < 64 && budget > 0)
-    H.merchant_cursor[0] = '\0';
-  H.expiry_interval_ms = tp_config_int("authorizations", "scan_interval_ms", 60000, 10, 86400000);
-  H.expiry_created = INT64_MIN;
-  H.expiry_id[0] = '\0'; /* went round every merchant: start again */
+    H.merchant_cursor[0] = '\0'; /* went round every merchant: start again */
   json_decref(ms);
   return 0;
 }
@@ -329,6 +326,9 @@ int tp_housekeeping_start(void)
   H.event_retention_s = tp_config_int("events", "retention_seconds", 30 * 86400, 1, 3650LL * 86400);
   H.event_interval_ms = tp_config_int("events", "purge_interval_ms", 1000, 10, 86400000);
   H.merchant_cursor[0] = '\0';
+  H.expiry_interval_ms = tp_config_int("authorizations", "scan_interval_ms", 60000, 10, 86400000);
+  H.expiry_created = INT64_MIN;
+  H.expiry_id[0] = '\0';
   H.min_free = tp_config_int("store", "min_free_mb", 64, 0, 1 << 20) * 1024 * 1024;
   tp_metric_help("turnpike_store_free_bytes", "Space available to the data directory's file system at the last look.");
   atomic_store(&H.space_low, false);

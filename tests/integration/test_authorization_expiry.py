@@ -91,5 +91,31 @@ class Iso8583ExpiryTest(Expiry, DaemonTestCase):
         self.assertEqual(j["summary"]["charges"], 1, j["summary"])  # the captured one
 
 
+class ScanCursorTest(Expiry, DaemonTestCase):
+    """The scan walks every candidate page by page: more than a page (100)
+    of authorizations that are not due yet at the head (made under a longer
+    expiry, then the daemon restarted with a short one) do not hide a due
+    one behind them, however often the other housekeeping runs."""
+
+    @classmethod
+    def config(cls):
+        return cls.ini(3600)
+
+    @staticmethod
+    def ini(ttl):
+        return ("[authorizations]\nexpire_after_seconds = %d\nscan_interval_ms = 50\n"
+                "[events]\npurge_interval_ms = 10\n" % ttl)
+
+    def test_a_due_authorization_behind_a_page_of_others_lapses(self):
+        head = [self.authorize(100 + i) for i in range(105)]
+        self.daemon.stop()
+        self.daemon.start(config=self.ini(1))
+        pi = self.authorize(999)
+        got = self.wait_status(pi["id"], "canceled", timeout=20.0)
+        self.assertEqual((got["status"], got["cancellation_reason"]), ("canceled", "automatic"), got)
+        for old in (head[0], head[-1]):
+            self.assertEqual(self.c().get(PI + "/" + old["id"]).json["status"], "requires_capture")
+
+
 if __name__ == "__main__":
     main()
