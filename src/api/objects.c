@@ -559,6 +559,7 @@ static const struct {
   {"createDisputeInquiry", "4000000000001976"},
   {"createIssuerFraudRecord", "4000000000005423"}, /* an early fraud warning */
   {"refundFail", "4000000000005126"},
+  {"bypassPending", "4000000000000077"}, /* funds available at once */
   /* the issuer's checks */
   {"cvcCheckFail", "4000000000000101"},
   {"avsFail", "4000000000000010"},

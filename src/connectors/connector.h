@@ -95,6 +95,9 @@ bool tp_test_card_requires_3ds(const char *pan, bool off_session, bool set_up);
  * "inquiry" (a retrieval request, no funds withdrawn), "early_fraud_warning"
  * (the issuer warns of fraud; no dispute), "" for none. */
 const char *tp_test_card_dispute(const char *pan);
+/* A test card whose captured funds skip the pending balance (Stripe's
+ * 4000000000000077): available at once. */
+bool tp_test_card_bypass_pending(const char *pan);
 /* A test card whose refunds fail after they succeeded (the card was
  * closed): Stripe's 4000000000005126. */
 bool tp_test_card_refund_fails(const char *pan);

@@ -27,6 +27,7 @@ static const struct test_card {
   const char *avs_line1, *avs_zip; /* NULL: pass */
   const char *dispute;
   bool refund_fails;
+  bool bypass_pending; /* its charges' funds are available at once */
 } test_cards[] = {
   {.pan = "4000000000000002", .decline = "generic_decline"},
   {.pan = "4000000000009995", .decline = "insufficient_funds"},
@@ -60,6 +61,7 @@ static const struct test_card {
   {.pan = "4000000000001976", .dispute = "inquiry"},
   {.pan = "4000000000005423", .dispute = "early_fraud_warning"}, /* the issuer warns; no dispute */
   {.pan = "4000000000005126", .refund_fails = true},
+  {.pan = "4000000000000077", .bypass_pending = true},
 };
 
 static const struct test_card *test_card(const char *pan)
@@ -86,6 +88,11 @@ const char *tp_test_card_dispute(const char *pan)
 bool tp_test_card_refund_fails(const char *pan)
 {
   return test_card(pan)->refund_fails;
+}
+
+bool tp_test_card_bypass_pending(const char *pan)
+{
+  return test_card(pan)->bypass_pending;
 }
 
 const char *tp_test_card_risk(const char *pan, int *score)

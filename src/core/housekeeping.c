@@ -1,4 +1,5 @@
-/* Housekeeping: expired Idempotency-Keys, the cards of card tokens left
+/* Housekeeping: balance transactions past their available_on made
+ * available (the balance sweep), expired Idempotency-Keys, the cards of card tokens left
  * unused past [tokens] ttl_seconds, and events past their retention
  * with the webhook delivery records about them, are deleted in small
  * batches through the writer, so the tables stay bounded without long write
@@ -40,6 +41,8 @@ static struct {
   _Atomic int64_t heartbeat_ms; /* monotonic time of the last committed heartbeat */
   int64_t min_free;             /* [store] min_free_mb in bytes; 0: no guard */
   _Atomic bool space_low;       /* free space under min_free: new work is refused */
+  _Atomic bool sweep_busy;      /* a balance sweep's change set is not committed yet */
+  char sweep_merchant[TP_ID_MAX]; /* where the balance sweep goes on next time */
 } H = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
 /* Hand a change set to the writer; 0, or -1 (and cs freed) if it refused. */
@@ -86,6 +89,134 @@ int tp_token_purge(int64_t now_ms, int64_t ttl)
             "LIMIT ?2)", args, 0);
   json_decref(args);
   return submit(cs);
+}
+
+#define SWEEP_MERCHANTS 16    /* merchants looked at per sweep */
+#define SWEEP_BATCH 500       /* balance transactions per merchant per sweep */
+#define SWEEP_CURRENCIES 8    /* (transaction, currency) ledger pairs per change set, under the store's 16 */
+
+static void sweep_done(struct tp_cs *cs, int rc, void *arg)
+{
+  (void)cs;
+  (void)arg;
+  if (rc != 0)
+    tp_log(TP_LOG_WARN, "balance_sweep_not_committed", "{s:i}", "rc", rc);
+  atomic_store(&H.sweep_busy, false);
+}
+
+/* One merchant's balance transactions after cursor and below floor into cs:
+ * each still pending shown available, and their amounts moved from
+ * merchant:pending to merchant:available by one balanced ledger
+ * transaction; the merchant's cursor moves in the same commit. *ncur counts
+ * the currencies posted in cs so far. Returns -1 on a store error. */
+static int sweep_merchant(struct tp_cs *cs, const char *merchant, const char *cursor, const char *floor, int *ncur)
+{
+  json_t *ids = tp_store_query_take(&tp_app.store,
+                                    "SELECT id FROM balance_transactions WHERE merchant = ?1 AND id > ?2 AND id < ?3 "
+                                    "ORDER BY id LIMIT ?4",
+                                    tp_pack("[s, s, s, i]", merchant, cursor, floor, SWEEP_BATCH));
+  if (!ids)
+    return -1;
+  struct {
+    char cur[4];
+    int64_t sum;
+  } sums[SWEEP_CURRENCIES];
+  int n = 0;
+  char last[TP_ID_MAX] = "";
+  size_t i;
+  json_t *row;
+  json_array_foreach(ids, i, row)
+  {
+    const char *id = json_string_value(json_object_get(row, "id"));
+    json_t *bt = id ? tp_store_get_json(&tp_app.store, TP_K_BALANCE_TXN, merchant, id) : NULL;
+    if (!bt) {
+      json_decref(ids);
+      return -1;
+    }
+    const char *st = json_string_value(json_object_get(bt, "status"));
+    const char *cur = json_string_value(json_object_get(bt, "currency"));
+    if (st && strcmp(st, "pending") == 0 && cur && strlen(cur) == 3) {
+      int k = 0;
+      while (k < n && strcmp(sums[k].cur, cur) != 0)
+        k++;
+      if (k == n) {
+        if (*ncur + n >= SWEEP_CURRENCIES) { /* this change set is full: the rest next time */
+          json_decref(bt);
+          break;
+        }
+        memcpy(sums[n].cur, cur, 4);
+        sums[n++].sum = 0;
+      }
+      sums[k].sum += json_integer_value(json_object_get(bt, "amount"));
+      json_object_set_new(bt, "status", json_string("available"));
+      tp_cs_put(cs, TP_K_BALANCE_TXN, merchant, bt);
+    }
+    json_decref(bt);
+    tp_scopy(last, sizeof last, id);
+  }
+  json_decref(ids);
+  if (!last[0])
+    return 0;
+  char txn[TP_ID_MAX];
+  tp_id_new(txn, "avl");
+  for (int k = 0; k < n; k++) {
+    if (sums[k].sum == 0)
+      continue;
+    /* credit accounts: the merchant's pending balance falls, its available one grows */
+    tp_cs_ledger(cs, txn, merchant, "merchant:pending", sums[k].cur, sums[k].sum);
+    tp_cs_ledger(cs, txn, merchant, "merchant:available", sums[k].cur, -sums[k].sum);
+  }
+  *ncur += n;
+  json_t *args = tp_pack("[s, s]", merchant, last);
+  tp_cs_sql(cs, "INSERT INTO balance_sweep(merchant, cursor) VALUES(?1, ?2) "
+            "ON CONFLICT(merchant) DO UPDATE SET cursor = excluded.cursor", args, 1);
+  json_decref(args);
+  return 0;
+}
+
+int tp_balance_sweep(int64_t now_ms)
+{
+  if (atomic_load(&H.sweep_busy))
+    return 0; /* the last sweep is not committed: its cursors are not either */
+  char floor[TP_ID_MAX];
+  tp_id_floor(floor, "txn", now_ms - tp_balance_available_after() * 1000);
+  json_t *ms = tp_store_query_take(&tp_app.store,
+                                   "SELECT m.id AS id, coalesce(s.cursor, 'txn_') AS cursor FROM merchants m "
+                                   "LEFT JOIN balance_sweep s ON s.merchant = m.id WHERE m.id > ?1 ORDER BY m.id "
+                                   "LIMIT ?2",
+                                   tp_pack("[s, i]", H.sweep_merchant, SWEEP_MERCHANTS));
+  if (!ms)
+    return -1;
+  struct tp_cs *cs = tp_cs_new();
+  int ncur = 0, rc = 0;
+  size_t n = json_array_size(ms), i;
+  for (i = 0; i < n && ncur < SWEEP_CURRENCIES; i++) {
+    json_t *row = json_array_get(ms, i);
+    const char *m = json_string_value(json_object_get(row, "id"));
+    const char *cursor = json_string_value(json_object_get(row, "cursor"));
+    if (!m || !cursor)
+      continue;
+    if (sweep_merchant(cs, m, cursor, floor, &ncur) != 0) {
+      rc = -1;
+      break;
+    }
+    if (ncur < SWEEP_CURRENCIES)
+      tp_scopy(H.sweep_merchant, sizeof H.sweep_merchant, m);
+  }
+  if (rc == 0 && i == n && n < SWEEP_MERCHANTS && ncur < SWEEP_CURRENCIES)
+    H.sweep_merchant[0] = '\0'; /* went round every merchant */
+  json_decref(ms);
+  if (rc != 0 || tp_cs_count(cs) == 0) {
+    tp_cs_free(cs);
+    return rc;
+  }
+  atomic_store(&H.sweep_busy, true);
+  tp_cs_on_done(cs, sweep_done, NULL);
+  if (submit(cs) != 0) {
+    atomic_store(&H.sweep_busy, false);
+    return -1;
+  }
+  return 1;
 }
 
 /* One merchant's events older than floor (an id floor, tp_id_floor), at most
@@ -299,6 +430,8 @@ static void *housekeeping_main(void *arg)
         tp_log(TP_LOG_WARN, "idempotency_purge_skipped", NULL);
       if (tp_token_purge(tp_now() * 1000, H.token_ttl) != 0)
         tp_log(TP_LOG_WARN, "token_purge_skipped", NULL);
+      if (tp_balance_sweep(tp_now() * 1000) < 0)
+        tp_log(TP_LOG_WARN, "balance_sweep_skipped", NULL);
     }
     if (tp_mono_ms() >= next_event_purge) {
       next_event_purge = tp_mono_ms() + H.event_interval_ms;
@@ -329,6 +462,8 @@ int tp_housekeeping_start(void)
   H.expiry_interval_ms = tp_config_int("authorizations", "scan_interval_ms", 60000, 10, 86400000);
   H.expiry_created = INT64_MIN;
   H.expiry_id[0] = '\0';
+  H.sweep_merchant[0] = '\0';
+  atomic_store(&H.sweep_busy, false);
   H.min_free = tp_config_int("store", "min_free_mb", 64, 0, 1 << 20) * 1024 * 1024;
   tp_metric_help("turnpike_store_free_bytes", "Space available to the data directory's file system at the last look.");
   atomic_store(&H.space_low, false);

@@ -1055,23 +1055,41 @@ void tp_pay_run(struct tp_pay *p, struct tp_cs *cs)
 }
 
 /* ---- objects ------------------------------------------------------------- */
-void tp_ledger_post(struct tp_cs *cs, const char *merchant, const char *processor, const char *currency,
-                    int64_t amount, const char *source, const char *type, char txn[TP_ID_MAX], json_t **obj_out)
+/* [balance] available_after_seconds: how long a balance transaction stays
+ * pending (Stripe: 2 days for US card payments); tp_balance_sweep then
+ * makes it available. */
+static int64_t available_after_s = 2 * 86400;
+
+int64_t tp_balance_available_after(void)
+{
+  return available_after_s;
+}
+
+/* A capture of the bypass-pending test card's charge (turnpike.available_at_once). */
+static bool at_once(const json_t *ch)
+{
+  return json_is_true(json_object_get(json_object_get(ch, "turnpike"), "available_at_once"));
+}
+
+static void ledger_post(struct tp_cs *cs, const char *merchant, const char *processor, const char *currency,
+                        int64_t amount, const char *source, const char *type, char txn[TP_ID_MAX], json_t **obj_out,
+                        bool available)
 {
   char acct[128];
   tp_id_new(txn, "txn");
   snprintf(acct, sizeof acct, "processor:%s:receivable", processor);
-  /* Capture: the processor owes us, the merchant's pending balance grows.
-   * Refund: the reverse. Debits positive, credits negative. */
+  /* Capture: the processor owes us, the merchant's pending balance grows
+   * (its available balance for the bypass-pending test card). Refund: the
+   * reverse. Debits positive, credits negative. */
   tp_cs_ledger(cs, txn, merchant, acct, currency, amount);
-  tp_cs_ledger(cs, txn, merchant, "merchant:pending", currency, -amount);
+  tp_cs_ledger(cs, txn, merchant, available ? "merchant:available" : "merchant:pending", currency, -amount);
   /* The balance transaction, written directly (a flat object, one per
    * capture and refund: no tree needed). */
   int64_t now = tp_now();
   struct tp_jbuf b = {0};
   TP_JBUF_STR(&b, "{\"id\":", txn);
   TP_JBUF_INT(&b, ",\"object\":\"balance_transaction\",\"amount\":", amount);
-  TP_JBUF_INT(&b, ",\"available_on\":", now + 2 * 86400);
+  TP_JBUF_INT(&b, ",\"available_on\":", available ? now : now + available_after_s);
   TP_JBUF_LIT(&b, ",\"balance_type\":\"payments\"");
   TP_JBUF_INT(&b, ",\"created\":", now);
   TP_JBUF_STR(&b, ",\"currency\":", currency);
@@ -1079,7 +1097,8 @@ void tp_ledger_post(struct tp_cs *cs, const char *merchant, const char *processo
   /* Stripe reports a dispute's adjustments under "dispute". */
   TP_JBUF_STR(&b, ",\"reporting_category\":", strcmp(type, "adjustment") == 0 ? "dispute" : type);
   TP_JBUF_STR(&b, ",\"source\":", source);
-  TP_JBUF_STR(&b, ",\"status\":\"pending\",\"type\":", type);
+  TP_JBUF_STR(&b, ",\"status\":", available ? "available" : "pending");
+  TP_JBUF_STR(&b, ",\"type\":", type);
   TP_JBUF_LIT(&b, "}");
   size_t len = 0;
   char *bt = tp_jbuf_finish(&b, &len);
@@ -1090,6 +1109,12 @@ void tp_ledger_post(struct tp_cs *cs, const char *merchant, const char *processo
     *obj_out = json_loadb(bt, len, 0, NULL);
   }
   tp_cs_put_row(cs, TP_K_BALANCE_TXN, merchant, txn, now, source, type, bt, len);
+}
+
+void tp_ledger_post(struct tp_cs *cs, const char *merchant, const char *processor, const char *currency,
+                    int64_t amount, const char *source, const char *type, char txn[TP_ID_MAX], json_t **obj_out)
+{
+  ledger_post(cs, merchant, processor, currency, amount, source, type, txn, obj_out, false);
 }
 
 json_t *tp_charge_new(const struct tp_pay *p, bool approved)
@@ -1178,6 +1203,8 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved)
     json_object_set_new(json_object_get(ch, "turnpike"), "dispute", json_string(dispute));
   if (approved && tp_test_card_refund_fails(p->call.pan))
     json_object_set_new(json_object_get(ch, "turnpike"), "refunds_fail", json_true());
+  if (approved && tp_test_card_bypass_pending(p->call.pan))
+    json_object_set_new(json_object_get(ch, "turnpike"), "available_at_once", json_true());
   if (approved) {
     json_object_set_new(ch, "authorization_code", json_string(p->call.auth_code));
     json_object_set(pmd_card, "amount_authorized", json_object_get(pi, "amount"));
@@ -1300,8 +1327,8 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
     const char *cur = json_string_value(json_object_get(pi, "currency"));
     if (p->att.capture) {
       char txn[TP_ID_MAX];
-      tp_ledger_post(cs, merchant, p->att.processor, cur, amount, json_string_value(json_object_get(ch, "id")), "charge",
-                     txn, wants_txn(p) ? &p->txn : NULL);
+      ledger_post(cs, merchant, p->att.processor, cur, amount, json_string_value(json_object_get(ch, "id")), "charge",
+                  txn, wants_txn(p) ? &p->txn : NULL, at_once(ch));
       json_object_set_new(ch, "balance_transaction", json_string(txn));
       json_object_set_new(ch, "captured", json_true());
       json_object_set_new(ch, "amount_captured", json_integer(amount));
@@ -1387,8 +1414,8 @@ void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs)
   int64_t amount = p->att.amount;
   const char *cur = json_string_value(json_object_get(pi, "currency"));
   char txn[TP_ID_MAX];
-  tp_ledger_post(cs, merchant, p->att.processor, cur, amount, json_string_value(json_object_get(ch, "id")), "charge",
-                 txn, wants_txn(p) ? &p->txn : NULL);
+  ledger_post(cs, merchant, p->att.processor, cur, amount, json_string_value(json_object_get(ch, "id")), "charge", txn,
+              wants_txn(p) ? &p->txn : NULL, at_once(ch));
   json_object_set_new(ch, "balance_transaction", json_string(txn));
   json_object_set_new(ch, "captured", json_true());
   json_object_set_new(ch, "amount_captured", json_integer(amount));
@@ -1978,6 +2005,7 @@ int tp_recover(void)
   max_retries = (int)tp_config_int("routing", "max_retries", 1, 0, 10);
   recovery_ms = tp_config_int("routing", "recovery_interval_ms", 5000, 100, 3600000);
   reversal_backoff_max_ms = tp_config_int("routing", "reversal_backoff_max_ms", 60000, 100, 86400000);
+  available_after_s = tp_config_int("balance", "available_after_seconds", 2 * 86400, 2, 30 * 86400);
   tp_router_load();
   tp_metric_help("turnpike_payment_retries_total", "Calls retried on the same processor after a transient failure");
   tp_metric_help("turnpike_payment_cascades_total", "Payments moved to the next processor of their route");

@@ -136,4 +136,6 @@ void tp_charge_set_descriptor(json_t *ch, const json_t *from, const char *mercha
  * object to *obj_out (the caller's) when obj_out is not NULL. */
 void tp_ledger_post(struct tp_cs *cs, const char *merchant, const char *processor, const char *currency,
                     int64_t amount, const char *source, const char *type, char txn[TP_ID_MAX], json_t **obj_out);
+/* [balance] available_after_seconds (read by tp_recover). */
+int64_t tp_balance_available_after(void);
 #endif

@@ -24,6 +24,10 @@ int64_t tp_store_heartbeat_age_ms(void);
 int tp_idem_purge(int64_t now, int64_t ttl);
 /* Delete (through the writer) the cards of card tokens unused for ttl seconds. */
 int tp_token_purge(int64_t now_ms, int64_t ttl);
+/* Make available (through the writer) the balance transactions past
+ * [balance] available_after_seconds: 1 when a sweep was queued, 0 for
+ * nothing to do, -1 on a store error. */
+int tp_balance_sweep(int64_t now_ms);
 /* Delete events (and finished webhook deliveries) older than retention_s, a
  * bounded batch per call (src/core/housekeeping.c). */
 int tp_event_purge(int64_t now_ms, int64_t retention_s);

@@ -1,0 +1,98 @@
+"""Funds become available: a balance transaction stays pending for
+[balance] available_after_seconds (Stripe: 2 days; 2 s here), then the
+balance sweep shows it available and moves its amount from the pending to
+the available balance by a balanced ledger transaction, once, also across a
+restart (its cursor commits with the funds it moves). Stripe's
+bypass-pending test card (4000000000000077) is available at once. At every
+point the balance equals the sum of the balance transactions in each
+status."""
+import time
+
+from harness import DaemonTestCase, main, open_db_ro
+
+PI = "/v1/payment_intents"
+
+
+class BalanceAvailability(DaemonTestCase):
+    MERCHANTS = ("m", "n")
+
+    @classmethod
+    def config(cls):
+        return "[balance]\navailable_after_seconds = 2\n[idempotency]\npurge_interval_ms = 100\n"
+
+    def pay(self, amount, pm="pm_card_visa", merchant=None, currency="usd"):
+        r = self.c(merchant).post(PI, {"amount": amount, "currency": currency, "confirm": "true",
+                                       "payment_method": pm})
+        self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
+        return r.json
+
+    def balance(self, merchant=None, currency="usd"):
+        b = self.c(merchant).get("/v1/balance").json
+        pick = lambda k: sum(x["amount"] for x in b[k] if x["currency"] == currency)
+        return pick("available"), pick("pending")
+
+    def bts(self, merchant=None):
+        return self.c(merchant).list_all("/v1/balance_transactions")
+
+    def assertBalanceMatchesTransactions(self, merchant=None):
+        """available / pending equal the balance transactions in that status,
+        every ledger transaction sums to zero."""
+        bts = self.bts(merchant)
+        for cur in {t["currency"] for t in bts}:
+            want = tuple(sum(t["amount"] for t in bts if t["currency"] == cur and t["status"] == s)
+                         for s in ("available", "pending"))
+            self.assertEqual(self.balance(merchant, cur), want, cur)
+        db = open_db_ro(self.daemon)
+        try:
+            self.assertEqual(db.execute("SELECT count(*) FROM (SELECT txn_id FROM ledger_entries GROUP BY txn_id, "
+                                        "currency HAVING sum(amount) != 0)").fetchone()[0], 0)
+        finally:
+            db.close()
+
+    def wait_available(self, bt_id, merchant=None, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            bt = self.c(merchant).get("/v1/balance_transactions/" + bt_id).json
+            if bt["status"] == "available":
+                return bt
+            self.assertLess(time.monotonic(), deadline, bt)
+            time.sleep(0.2)
+
+    def test_funds_move_from_pending_to_available_once(self):
+        a0, p0 = self.balance()
+        pi = self.pay(1000)
+        ch = self.c().get("/v1/charges/" + pi["latest_charge"]).json
+        bt = self.c().get("/v1/balance_transactions/" + ch["balance_transaction"]).json
+        self.assertEqual((bt["status"], bt["available_on"] - bt["created"]), ("pending", 2), bt)
+        self.assertEqual(self.balance(), (a0, p0 + 1000))
+        self.wait_available(bt["id"])
+        refund = self.c().post("/v1/refunds", {"payment_intent": pi["id"], "amount": 300}).json
+        self.assertBalanceMatchesTransactions()
+        self.wait_available(refund["balance_transaction"])
+        time.sleep(1.0)  # more sweeps find nothing more to move
+        a1, p1 = self.balance()
+        self.assertEqual(a1 - a0 + p1 - p0, 700)
+        self.assertBalanceMatchesTransactions()
+        # across a restart the cursor holds: nothing is moved twice
+        later = self.pay(450)
+        self.daemon.stop()
+        self.daemon.start(config=self.config())
+        ch = self.c().get("/v1/charges/" + later["latest_charge"]).json
+        self.wait_available(ch["balance_transaction"])
+        time.sleep(1.0)
+        self.assertBalanceMatchesTransactions()
+        a2, p2 = self.balance()
+        self.assertEqual(a2 - a0 + p2 - p0, 1150)
+
+    def test_the_bypass_pending_card_is_available_at_once(self):
+        a0, p0 = self.balance("n", "eur")
+        pi = self.pay(2500, pm="pm_card_bypassPending", merchant="n", currency="eur")
+        ch = self.c("n").get("/v1/charges/" + pi["latest_charge"], {"expand[]": "balance_transaction"}).json
+        bt = ch["balance_transaction"]
+        self.assertEqual((bt["status"], bt["available_on"]), ("available", bt["created"]), bt)
+        self.assertEqual(self.balance("n", "eur"), (a0 + 2500, p0))
+        self.assertBalanceMatchesTransactions("n")
+
+
+if __name__ == "__main__":
+    main()
