@@ -463,6 +463,29 @@ class StripePython(DaemonTestCase):
         self.assertEqual(e.exception.error.decline_code, "insufficient_funds")
         self.assertEqual(stripe.Charge.retrieve(e.exception.error.charge, api_key=k).status, "failed")
 
+    def test_tokens_and_a_customer_s_cards(self):
+        """The legacy flow through stripe-python: Token.create, a customer
+        made with the token as its source, Charge.create with the customer;
+        Customer.create_source / list_sources / delete_source; a used token
+        is an InvalidRequestError."""
+        k = self.key()
+        tok = stripe.Token.create(api_key=k, card={"number": "4242424242424242", "exp_month": 9,
+                                                   "exp_year": 2031, "cvc": "123"})
+        self.assertEqual((tok.object, tok.used, tok.card.brand, tok.card.last4), ("token", False, "Visa", "4242"))
+        cus = stripe.Customer.create(api_key=k, source=tok.id)
+        ch = stripe.Charge.create(api_key=k, amount=1200, currency="usd", customer=cus.id)
+        self.assertEqual((ch.status, ch.source.id, ch.source.object), ("succeeded", cus.default_source, "card"))
+        with self.assertRaises(stripe.error.InvalidRequestError) as cm:
+            stripe.Charge.create(api_key=k, amount=1200, currency="usd", source=tok.id)
+        self.assertEqual(cm.exception.code, "token_already_used")
+        card = stripe.Customer.create_source(cus.id, api_key=k, source="tok_mastercard")
+        self.assertEqual(card.brand, "MasterCard")
+        ids = [c.id for c in stripe.Customer.list_sources(cus.id, api_key=k, object="card").auto_paging_iter()]
+        self.assertEqual(sorted(ids), sorted([cus.default_source, card.id]))
+        gone = stripe.Customer.delete_source(cus.id, card.id, api_key=k)
+        self.assertTrue(gone.deleted)
+        self.assertEqual(stripe.Account.retrieve(api_key=k).id, self.daemon.merchants[self.MERCHANTS[0]]["id"])
+
     def test_idempotency_keys(self):
         k = self.key()
         key = new_key("py")
@@ -552,7 +575,9 @@ class StripePython(DaemonTestCase):
         k = self.key()
         cus = stripe.Customer.create(api_key=k, email="py-si@example.test")
         si = stripe.SetupIntent.create(api_key=k, customer=cus.id, payment_method="pm_card_visa", confirm=True)
-        self.assertEqual((si.status, si.usage, si.latest_attempt), ("succeeded", "off_session", None))
+        self.assertEqual((si.status, si.usage), ("succeeded", "off_session"))
+        attempts = stripe.SetupAttempt.list(api_key=k, setup_intent=si.id)
+        self.assertEqual([(a.id, a.status) for a in attempts.auto_paging_iter()], [(si.latest_attempt, "succeeded")])
         self.assertEqual(stripe.PaymentMethod.retrieve(si.payment_method, api_key=k).customer, cus.id)
         listed = stripe.SetupIntent.list(api_key=k, customer=cus.id)
         self.assertEqual([s.id for s in listed.auto_paging_iter()], [si.id])
