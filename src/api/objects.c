@@ -385,7 +385,6 @@ const char *const tp_why_confirmation_token[] = {"Turnpike has no ConfirmationTo
                                                  "payment_method_data", NULL};
 const char *const tp_why_amount_details[] = {"Turnpike sends no Level 2/3 data or tips to processors", NULL};
 const char *const tp_why_tax[] = {"Turnpike has no Stripe Tax or tax ids", NULL};
-const char *const tp_why_sources[] = {"Turnpike has no legacy Sources; use PaymentMethods", NULL};
 const char *const tp_why_test_clock[] = {"Turnpike has no test clocks", NULL};
 const char *const tp_why_customer_balance[] = {"Turnpike has no customer balances", NULL};
 const char *const tp_why_pm_type[] = {"Turnpike takes cards only", NULL};

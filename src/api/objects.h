@@ -165,7 +165,6 @@ extern const char *const tp_why_pm_configuration[];
 extern const char *const tp_why_confirmation_token[];
 extern const char *const tp_why_amount_details[];  /* Level 2/3 data, tips */
 extern const char *const tp_why_tax[];
-extern const char *const tp_why_sources[];
 extern const char *const tp_why_test_clock[];
 extern const char *const tp_why_customer_balance[];
 extern const char *const tp_why_pm_type[];
