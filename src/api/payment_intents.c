@@ -1062,9 +1062,16 @@ void tp_h_charge_create(struct tp_req *r)
     tp_scopy(source, sizeof source, given);
   else if (cus && *cus) {
     json_t *c = tp_store_get_json(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, cus);
-    /* Its default card source (the legacy Cards API), else its default
-     * PaymentMethod. */
+    /* Its default card source (the legacy Cards API) while still its
+     * (a card detached through the PaymentMethods API is not), else its
+     * default PaymentMethod. */
     const char *def = json_string_value(json_object_get(c, "default_source"));
+    if (def) {
+      json_t *card = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, def);
+      if (!tp_is_card_source(card, cus))
+        def = NULL;
+      json_decref(card);
+    }
     if (!def)
       def = json_string_value(json_object_get(json_object_get(c, "invoice_settings"), "default_payment_method"));
     tp_scopy(source, sizeof source, def ? def : "");

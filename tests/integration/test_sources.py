@@ -62,6 +62,10 @@ class Sources(DaemonTestCase):
         # and an explicit source with the customer
         ch2 = self.c().post(CH, {"amount": 700, "currency": "usd", "customer": cus["id"], "source": card_id})
         self.assertEqual(ch2.status, 200, ch2)
+        # detached through the PaymentMethods API, the card is no longer the customer's to charge
+        self.assertEqual(self.c().post("/v1/payment_methods/%s/detach" % card_id, {}).status, 200)
+        self.assertStripeError(self.c().post(CH, {"amount": 100, "currency": "usd", "customer": cus["id"]}),
+                               400, code="parameter_missing", param="customer")
 
     def test_cards_are_added_listed_retrieved_updated_and_deleted(self):
         cus = self.customer()
