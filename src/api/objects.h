@@ -10,7 +10,9 @@
 #include "core/card.h"
 #include "store/store.h"
 
-#define TP_API_VERSION "2024-06-20"
+/* The API version whose shapes Turnpike's objects have (stripe-node 23.1's
+ * pin): events say it, unless a webhook endpoint asked for its own. */
+#define TP_API_VERSION "2026-10-28.endive"
 
 /* Add an event of `type` about `object` (copied) to the change set. */
 void tp_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type, const json_t *object);

@@ -809,3 +809,22 @@ void tp_params_wipe(json_t *params)
 {
   wipe_tree(params, false);
 }
+
+bool tp_api_version_ok(const char *v)
+{
+  static const char shape[] = "dddd-dd-dd";
+  size_t n = strlen(v);
+  if (n < 10 || n > TP_API_VERSION_MAX)
+    return false;
+  for (size_t i = 0; i < 10; i++)
+    if (shape[i] == 'd' ? (v[i] < '0' || v[i] > '9') : v[i] != '-')
+      return false;
+  if (n == 10)
+    return true;
+  if (v[10] != '.' || n == 11)
+    return false;
+  for (size_t i = 11; i < n; i++)
+    if ((v[i] < 'a' || v[i] > 'z') && v[i] != '_')
+      return false;
+  return true;
+}

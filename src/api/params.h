@@ -87,4 +87,9 @@ int tp_params_check(json_t *obj, const struct tp_pspec *spec, struct tp_params_e
 bool tp_param_str(const json_t *obj, const char *key, const char **out);
 bool tp_param_int(const json_t *obj, const char *key, int64_t *out);
 bool tp_param_bool(const json_t *obj, const char *key, bool *out);
+/* A Stripe API version: YYYY-MM-DD, then optionally "." and a release name
+ * of lowercase letters ("2026-10-28.endive"), at most TP_API_VERSION_MAX
+ * bytes (the Stripe-Version header, a webhook endpoint's api_version). */
+#define TP_API_VERSION_MAX 47
+bool tp_api_version_ok(const char *v);
 #endif

@@ -251,27 +251,6 @@ static bool parse_params(struct tp_req *r)
 /* Authentication, rate limits and the route's scope (src/sec/): false when
  * the reply is already set. An address with too many failed attempts is
  * answered 429 before its credentials are even looked at; nothing sleeps. */
-/* A Stripe API version: YYYY-MM-DD, then optionally "." and a release name
- * of lowercase letters ("2026-10-28.endive"). */
-static bool api_version_ok(const char *v)
-{
-  static const char shape[] = "dddd-dd-dd";
-  size_t n = strlen(v);
-  if (n < 10 || n >= sizeof ((struct tp_req *)0)->api_version)
-    return false;
-  for (size_t i = 0; i < 10; i++)
-    if (shape[i] == 'd' ? (v[i] < '0' || v[i] > '9') : v[i] != '-')
-      return false;
-  if (n == 10)
-    return true;
-  if (v[10] != '.' || n == 11)
-    return false;
-  for (size_t i = 11; i < n; i++)
-    if ((v[i] < 'a' || v[i] > 'z') && v[i] != '_')
-      return false;
-  return true;
-}
-
 static bool access_check(struct tp_req *r, const struct tp_route *rt)
 {
   const char *addr = tp_req_client_addr(r);
@@ -336,7 +315,7 @@ static bool access_check(struct tp_req *r, const struct tp_route *rt)
    * and names the version in its answer. */
   const char *ver = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Stripe-Version");
   if (ver) {
-    if (!api_version_ok(ver)) {
+    if (!tp_api_version_ok(ver)) {
       char msg[160];
       snprintf(msg, sizeof msg, "Invalid Stripe API version: %.64s", ver);
       tp_reply_error(r, TP_ERR_API_VERSION_INVALID, NULL, msg);

@@ -20,7 +20,6 @@
 #include <strings.h>
 
 #define WE_DESCRIPTION_MAX 5000
-#define WE_API_VERSION_MAX 40
 #define WE_LIST_URL "/v1/webhook_endpoints"
 
 #define S(n) {n, TP_P_STRING, NULL, NULL}
@@ -260,7 +259,7 @@ void tp_h_we_create(struct tp_req *r)
       !check_description(r, json_object_get(p, "description")))
     return;
   const char *api_version = tp_pstr(p, "api_version");
-  if (api_version && (!*api_version || strlen(api_version) > WE_API_VERSION_MAX)) {
+  if (api_version && !tp_api_version_ok(api_version)) {
     tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "api_version", NULL);
     return;
   }

@@ -166,6 +166,7 @@ struct ep {
   char scan_floor[TP_ID_MAX];
   char url[TP_WH_URL_MAX + 1];
   char secret[TP_WH_SECRET_MAX];
+  char api_version[48];         /* the endpoint's api_version ("" none): its events say it */
   json_t *events;               /* enabled_events */
   bool enabled;
   int64_t failing_since;        /* unix ms, 0 = healthy */
@@ -370,6 +371,32 @@ bool tp_webhooks_owed(const char *endpoint_id, bool enabled, const json_t *enabl
   return owed;
 }
 
+/* An endpoint created with an api_version gets its events saying that
+ * version (Stripe renders them in it; Turnpike has one shape), so that
+ * SDKs that check an event's version against their own (stripe-go's and
+ * Stripe.net's ConstructEvent) accept them. The stored text names
+ * TP_API_VERSION near its start (tp_cs_put_event_around's head). Returns the
+ * body to send (body itself when there is nothing to change). */
+static char *with_api_version(char *body, const char *version)
+{
+  static const char mark[] = "\"api_version\":\"" TP_API_VERSION "\"";
+  if (!version[0] || strcmp(version, TP_API_VERSION) == 0)
+    return body;
+  size_t len = strlen(body);
+  const char *at = memmem(body, len < 160 ? len : 160, mark, sizeof mark - 1);
+  if (!at)
+    return body;
+  size_t vl = strlen(version), head = (size_t)(at - body) + 15, old = sizeof TP_API_VERSION - 1;
+  char *out = malloc(len - old + vl + 1);
+  if (!out)
+    abort();
+  memcpy(out, body, head);
+  memcpy(out + head, version, vl);
+  memcpy(out + head + vl, body + head + old, len - head - old + 1);
+  free(body);
+  return out;
+}
+
 /* The delivered event says how many endpoints still owe it a successful
  * delivery, this one included, as Stripe's payloads do. The stored text
  * says 0 (the count changes after the event is written): the envelope's
@@ -456,6 +483,7 @@ static void load_endpoints(void)
     endpoint_floor(id, e->floor0);
     tp_scopy(e->scan_floor, sizeof e->scan_floor, json_string_value(json_object_get(row, "scan_floor")) ?: "");
     tp_scopy(e->url, sizeof e->url, url);
+    tp_scopy(e->api_version, sizeof e->api_version, json_string_value(json_object_get(data, "api_version")) ?: "");
     e->events = json_incref(json_object_get(data, "enabled_events"));
     if (!json_is_array(e->events)) {
       json_decref(e->events);
@@ -668,7 +696,7 @@ static bool start_job(struct ep *e, const char *event_id, int attempts, int64_t 
   tp_scopy(j->merchant, sizeof j->merchant, e->merchant);
   j->attempt = attempts + 1;
   j->created_ms = created_ms;
-  body = with_pending(body, e->merchant, event_id);
+  body = with_api_version(with_pending(body, e->merchant, event_id), e->api_version);
   j->body = body;
   size_t blen = strlen(body);
 

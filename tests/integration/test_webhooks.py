@@ -132,7 +132,7 @@ def pi_events(c, pi_id):
 
 
 class WebhooksTest(DaemonTestCase):
-    MERCHANTS = ("crud", "other", "pay", "filter", "retry", "slow", "resend", "pending")
+    MERCHANTS = ("crud", "other", "pay", "filter", "retry", "slow", "resend", "pending", "version")
 
     @classmethod
     def setUpClass(cls):
@@ -298,6 +298,33 @@ class WebhooksTest(DaemonTestCase):
         self.assertEqual(m.status, 200, m)
         self.assertRegex(m.body.decode(), r'(?m)^turnpike_webhook_deliveries_total\{outcome="success"\} [1-9]')
         self.assertIn("turnpike_webhook_delivery_duration_seconds_count", m.body.decode())
+
+    def test_an_endpoint_s_api_version_is_the_version_its_events_say(self):
+        """Events say the API version Turnpike's objects have; an endpoint
+        created with its own api_version gets them saying that one (as
+        stripe-go and Stripe.net check), signed as sent."""
+        c = self.c("version")
+        r = c.post(WE, {"url": self.recv.url("/v-own"), "enabled_events": ["charge.succeeded"],
+                        "api_version": "2025-09-30.clover"})
+        self.assertEqual((r.status, r.json["api_version"]), (200, "2025-09-30.clover"), r)
+        own = r.json
+        plain = c.post(WE, {"url": self.recv.url("/v-plain"), "enabled_events": ["charge.succeeded"]}).json
+        self.assertIsNone(plain["api_version"])
+        for bad in ("latest", "2025-09-30.", "2025/09/30"):
+            self.assertStripeError(c.post(WE, {"url": self.recv.url("/v-bad"), "enabled_events": ["*"],
+                                               "api_version": bad}), 400, param="api_version")
+        pi = pay(c)
+        got_own = self.recv.wait_for("/v-own", lambda g: len(g) >= 1)[0]
+        got_plain = self.recv.wait_for("/v-plain", lambda g: len(g) >= 1)[0]
+        stored = c.get("/v1/events/" + got_own["event"]["id"]).json
+        self.assertEqual(stored["api_version"], "2026-10-28.endive")
+        self.assertEqual(got_plain["event"]["api_version"], "2026-10-28.endive")
+        self.assertEqual(got_own["event"]["api_version"], "2025-09-30.clover")
+        self.assertEqual(dict(got_own["event"], api_version=None, pending_webhooks=0),
+                         dict(stored, api_version=None, pending_webhooks=0))
+        self.assertEqual(got_own["event"]["data"]["object"]["payment_intent"], pi["id"])
+        h = {k.lower(): v for k, v in got_own["headers"].items()}
+        self.assertTrue(verify_signature(got_own["body"], h["stripe-signature"], own["secret"]), h)
 
     def test_enabled_events_filter(self):
         self.endpoint("filter", "/only-charges", events=["charge.succeeded"])
