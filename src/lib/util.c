@@ -445,6 +445,22 @@ size_t tp_utf8_char_len(const unsigned char *p, const unsigned char *end)
   return n;
 }
 
+bool tp_utf8_valid(const void *s, size_t n)
+{
+  const unsigned char *p = s, *end = p + n;
+  while (p < end) {
+    if (*p < 0x80) {
+      p++;
+      continue;
+    }
+    size_t l = tp_utf8_char_len(p, end);
+    if (l == 0)
+      return false;
+    p += l;
+  }
+  return true;
+}
+
 int tp_fsync_dir_of(const char *path)
 {
   char dir[4200];

@@ -70,6 +70,8 @@ int tp_fsync_dir_of(const char *path);
  * it is valid RFC 3629 (no overlong form, no surrogate, nothing past
  * U+10FFFF) and ends by end; else 0. Used by the JSON builder and reader. */
 size_t tp_utf8_char_len(const unsigned char *p, const unsigned char *end);
+/* Whether the n bytes at s are valid UTF-8 (as tp_utf8_char_len). */
+bool tp_utf8_valid(const void *s, size_t n);
 
 /* Whether an IPv4 or IPv6 address is publicly routable: false for
  * loopback, private (RFC 1918, ULA), shared (100.64/10), link-local,

@@ -512,6 +512,8 @@ static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_m
   struct conn *c = user;
   if (arg->opcode == WSLAY_PONG)
     c->ping_outstanding = false;
+  else if (arg->opcode == WSLAY_TEXT_FRAME && !c->closing && !tp_utf8_valid(arg->msg, arg->msg_length))
+    conn_close(c, 1007, "text messages must be UTF-8"); /* RFC 6455 8.1: fail the connection */
   else if (arg->opcode == WSLAY_TEXT_FRAME && !c->closing)
     on_client_message(c, arg->msg, arg->msg_length);
   else if (arg->opcode == WSLAY_BINARY_FRAME && !c->closing)

@@ -1,7 +1,8 @@
 """Stream limits that need their own daemon settings, spoken at the byte
 level: the connection limit answers 429 before any upgrade, the server pings
 and closes a client that never answers (1001), a client that answers stays,
-and shutdown closes clients with 1001."""
+and shutdown closes clients with 1001; and the protocol as RFC 6455 says
+(pings, fragments, the close handshake, invalid UTF-8, unmasked frames)."""
 import base64
 import os
 import socket
@@ -61,11 +62,19 @@ class RawWS:
         self.buf = self.buf[off + n:]
         return b0 & 0x0F, payload
 
-    def send(self, opcode, payload):
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    def send(self, opcode, payload, fin=True, masked=True):
+        mask = os.urandom(4) if masked else b""
+        body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if masked else payload
         assert len(payload) < 126
-        self.sock.sendall(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+        self.sock.sendall(bytes([(0x80 if fin else 0) | opcode, (0x80 if masked else 0) | len(payload)]) + mask +
+                          body)
+
+    def until(self, opcode):
+        """The payload of the next frame of this opcode (others skipped)."""
+        while True:
+            op, payload = self.frame()
+            if op == opcode:
+                return payload
 
     def close(self):
         self.sock.close()
@@ -123,6 +132,43 @@ class StreamLimitsTest(DaemonTestCase):
                 break
             time.sleep(0.1)
         self.assertEqual(d.status, 101)
+
+    def open_ws(self):
+        """A connection once a slot is free (a closed one may take a moment
+        to be reaped, longer under ThreadSanitizer)."""
+        deadline = time.monotonic() + 15
+        while True:
+            ws = RawWS(self.daemon.port, self.key())
+            if ws.status == 101 or time.monotonic() > deadline:
+                self.assertEqual(ws.status, 101, ws.head)
+                return ws
+            ws.close()
+            time.sleep(0.1)
+
+    def close_code(self, ws):
+        payload = ws.until(0x8)
+        ws.close()
+        return struct.unpack(">H", payload[:2])[0]
+
+    def test_the_protocol_as_rfc_6455_says(self):
+        """A ping is answered with its payload; a fragmented text message is
+        put together; a close is echoed with its code; invalid UTF-8 in a
+        text message fails the connection with 1007, an unmasked frame with
+        1002, a binary message is refused with 1003."""
+        ws = self.open_ws()
+        ws.send(0x9, b"are you there")
+        self.assertEqual(ws.until(0xA), b"are you there")
+        ws.send(0x1, b'{"type":', fin=False)
+        ws.send(0x0, b'"nonesuch"}')
+        self.assertIn(b'"unknown_type"', ws.until(0x1))
+        ws.send(0x8, struct.pack(">H", 1000) + b"bye")
+        self.assertEqual(self.close_code(ws), 1000)
+        for payload, opcode, masked, code in ((b'{"type":"\xff"}', 0x1, True, 1007),
+                                              (b'{"type":"subscribe"}', 0x1, False, 1002),
+                                              (b"\x00\x01", 0x2, True, 1003)):
+            ws = self.open_ws()
+            ws.send(opcode, payload, masked=masked)
+            self.assertEqual(self.close_code(ws), code, payload)
 
     def test_a_client_that_never_pongs_is_closed_and_one_that_does_stays(self):
         mute = RawWS(self.daemon.port, self.key())
