@@ -1,6 +1,7 @@
 /* Commit a handler's change set and answer once it is durable.
  *
- * The handler sets its reply (and calls tp_idem_record) first; these helpers
+ * The handler sets its reply first; these helpers record it for
+ * Idempotency-Key replays in the same change set (tp_idem_record), then
  * suspend the connection, queue the change set on the writer and resume it
  * from the writer's completion. A failed commit replaces the reply with 503
  * store_unavailable, a full queue with 503 overloaded, so a client never sees

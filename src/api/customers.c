@@ -457,7 +457,6 @@ void tp_h_customer_create(struct tp_req *r)
   }
   if (!reply_object(r, cus, known))
     goto fail;
-  tp_idem_record(r, cs);
   tp_commit_and_reply_unlock(r, cs, pm_lock[0] ? pm_lock : NULL);
   json_decref(cus);
   json_decref(pm);
@@ -552,7 +551,6 @@ void tp_h_customer_update(struct tp_req *r)
   tp_emit_update(cs, r, r->merchant.id, "customer.updated", before, cus);
   if (!reply_object(r, cus, NULL))
     goto out_unlock;
-  tp_idem_record(r, cs);
   tp_commit_and_reply_unlock(r, cs, r->path_id);
   json_decref(cus);
   json_decref(before);
@@ -585,7 +583,6 @@ void tp_h_customer_delete(struct tp_req *r)
   /* The event carries the customer as it was, like Stripe's. */
   tp_emit(cs, r, r->merchant.id, "customer.deleted", cus);
   tp_reply_json(r, 200, stub);
-  tp_idem_record(r, cs);
   tp_commit_and_reply_unlock(r, cs, r->path_id);
   json_decref(cus);
 }

@@ -169,7 +169,6 @@ void tp_h_pm_create(struct tp_req *r)
     json_decref(pm);
     return;
   }
-  tp_idem_record(r, cs);
   tp_commit_and_reply(r, cs);
   json_decref(pm);
 }
@@ -302,7 +301,6 @@ void tp_h_pm_update(struct tp_req *r)
     tp_cs_free(cs);
     goto out_unlock;
   }
-  tp_idem_record(r, cs);
   tp_commit_and_reply_unlock(r, cs, r->path_id);
   json_decref(pm);
   json_decref(before);
@@ -359,7 +357,6 @@ void tp_h_pm_attach(struct tp_req *r)
   tp_emit(cs, r, r->merchant.id, "payment_method.attached", pm);
   if (!reply_object(r, pm, NULL))
     goto fail;
-  tp_idem_record(r, cs);
   tp_commit_and_reply_unlock(r, cs, r->path_id);
   json_decref(pm);
   return;
@@ -417,7 +414,6 @@ void tp_h_pm_detach(struct tp_req *r)
     tp_cs_free(cs);
     goto fail;
   }
-  tp_idem_record(r, cs);
   tp_commit_and_reply_locks(r, cs, locks, 2);
   json_decref(pm);
   json_decref(cus);

@@ -141,7 +141,6 @@ void tp_h_token_create(struct tp_req *r)
   tp_cs_vault(cs, id, r->merchant.id, blob, bl);
   tp_cs_put(cs, TP_K_TOKEN, r->merchant.id, tok);
   tp_reply_json(r, 200, tok);
-  tp_idem_record(r, cs);
   tp_commit_and_reply(r, cs);
 }
 
