@@ -855,6 +855,25 @@ void tp_card_sources_query(struct tp_list_query *q, const char *merchant, const 
   q->created_lte = INT64_MAX;
 }
 
+bool tp_card_holder_ok(struct tp_req *r, const json_t *obj, const char *prefix)
+{
+  static const char *const fields[] = {"name",          "address_line1", "address_line2", "address_city",
+                                       "address_state", "address_zip",   "address_country"};
+  for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+    const char *v = tp_pstr(obj, fields[i]);
+    if (v && strlen(v) > TP_ADDRESS_FIELD_MAX) {
+      char param[64];
+      if (prefix)
+        snprintf(param, sizeof param, "%s[%s]", prefix, fields[i]);
+      else
+        snprintf(param, sizeof param, "%s", fields[i]);
+      tp_reply_error(r, TP_ERR_PARAMETER_INVALID, param, NULL);
+      return false;
+    }
+  }
+  return true;
+}
+
 const char *tp_card_object_brand(const char *brand)
 {
   static const char *const map[][2] = {{"visa", "Visa"},         {"mastercard", "MasterCard"},

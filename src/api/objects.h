@@ -93,6 +93,10 @@ json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, str
  * (param names the parameter in errors). */
 json_t *tp_card_source_create(struct tp_req *r, struct tp_cs *cs, const char *source, const char *param,
                               const char *customer, const json_t *metadata);
+/* The cardholder's fields of a Card object (name, address_line1 ...) in obj
+ * at most TP_ADDRESS_FIELD_MAX; false after replying 400 naming
+ * prefix[field] (prefix NULL: the field alone). */
+bool tp_card_holder_ok(struct tp_req *r, const json_t *obj, const char *prefix);
 /* A brand as Stripe's Card object spells it ("Visa", "American Express"
  * ...) from its PaymentMethod spelling ("visa", "amex" ...). */
 const char *tp_card_object_brand(const char *brand);

@@ -246,15 +246,8 @@ void tp_h_source_update(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_update))
     return;
-  char param[40];
-  for (size_t i = 0; i < sizeof holder / sizeof holder[0]; i++) {
-    const char *v = tp_pstr(r->params, holder[i].param);
-    if (v && strlen(v) > TP_ADDRESS_FIELD_MAX) {
-      snprintf(param, sizeof param, "%s", holder[i].param);
-      tp_reply_error(r, TP_ERR_PARAMETER_INVALID, param, NULL);
-      return;
-    }
-  }
+  if (!tp_card_holder_ok(r, r->params, NULL))
+    return;
   if (!tp_lock_try(r->path_sub)) {
     tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
     return;

@@ -30,10 +30,6 @@
 
 static const char *const why_token_type[] = {"Turnpike makes card tokens only", NULL};
 
-/* The cardholder fields Stripe's Card object carries, as the token takes them. */
-static const char *const holder_fields[] = {"name",          "address_line1", "address_line2", "address_city",
-                                            "address_state", "address_zip",   "address_country"};
-
 static const struct tp_pspec spec_card[] = {
   {"number", TP_P_STRING, NULL, NULL},
   {"exp_month", TP_P_INT, NULL, NULL},
@@ -96,15 +92,8 @@ void tp_h_token_create(struct tp_req *r)
     tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "card", NULL);
     return;
   }
-  char param[64];
-  for (size_t i = 0; i < sizeof holder_fields / sizeof holder_fields[0]; i++) {
-    const char *v = tp_pstr(card, holder_fields[i]);
-    if (v && strlen(v) > TP_ADDRESS_FIELD_MAX) {
-      snprintf(param, sizeof param, "card[%s]", holder_fields[i]);
-      tp_reply_error(r, TP_ERR_PARAMETER_INVALID, param, NULL);
-      return;
-    }
-  }
+  if (!tp_card_holder_ok(r, card, "card"))
+    return;
   const char *currency = tp_pstr(card, "currency");
   if (currency && *currency && !tp_currency_find(currency)) {
     tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "card[currency]", NULL);
