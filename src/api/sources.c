@@ -184,7 +184,7 @@ void tp_h_source_create(struct tp_req *r)
   json_t *view = tp_card_view(pm);
   tp_emit(cs, r, r->merchant.id, "customer.source.created", view);
   json_decref(view);
-  if (json_is_null(json_object_get(cus, "default_source"))) {
+  if (!json_is_string(json_object_get(cus, "default_source"))) {
     json_t *before = json_deep_copy(cus);
     json_object_set(cus, "default_source", json_object_get(pm, "id"));
     tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, cus);
