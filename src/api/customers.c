@@ -421,6 +421,8 @@ void tp_h_customer_create(struct tp_req *r)
       json_decref(pm);
       pm = fresh;
     }
+    if (!tp_pm_usable(r, pm))
+      goto fail;
     if (!json_is_null(json_object_get(pm, "customer")) && json_object_get(pm, "customer")) {
       tp_reply_error(r, TP_ERR_PAYMENT_METHOD_ALREADY_ATTACHED, "payment_method",
                      "The payment method you provided has already been attached to a customer.");

@@ -481,7 +481,7 @@ static json_t *pm_create(struct tp_cs *cs, const struct tp_merchant *m, const st
   json_decref(token_bd);
   if (customer) {
     json_object_set_new(pm, "customer", json_string(customer));
-    json_object_set_new(pm, "turnpike", tp_pack("{s:s}", "source", "card"));
+    tp_mark(pm, "source", json_string("card"));
   }
   tp_cs_put(cs, TP_K_PAYMENT_METHOD, m->id, pm);
   return pm;
@@ -809,6 +809,10 @@ json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, str
     tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "payment_method", msg);
     return NULL;
   }
+  if (!tp_pm_usable(r, pm)) {
+    json_decref(pm);
+    return NULL;
+  }
   if (tp_vault_load(r->merchant.id, pm_id, ci) != 0) {
     json_decref(pm);
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
@@ -853,6 +857,24 @@ void tp_card_sources_query(struct tp_list_query *q, const char *merchant, const 
   q->field_default = "";
   q->created_gte = INT64_MIN;
   q->created_lte = INT64_MAX;
+}
+
+void tp_mark(json_t *obj, const char *key, json_t *value)
+{
+  json_t *t = json_object_get(obj, "turnpike");
+  if (!json_is_object(t)) {
+    t = json_object();
+    json_object_set_new(obj, "turnpike", t);
+  }
+  json_object_set_new(t, key, value);
+}
+
+bool tp_pm_usable(struct tp_req *r, const json_t *pm)
+{
+  if (!json_is_true(json_object_get(json_object_get(pm, "turnpike"), "detached")))
+    return true;
+  tp_reply_error(r, TP_ERR_PAYMENT_METHOD_CONSUMED, "payment_method", NULL);
+  return false;
 }
 
 bool tp_card_holder_ok(struct tp_req *r, const json_t *obj, const char *prefix)

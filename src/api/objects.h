@@ -93,6 +93,13 @@ json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, str
  * (param names the parameter in errors). */
 json_t *tp_card_source_create(struct tp_req *r, struct tp_cs *cs, const char *source, const char *param,
                               const char *customer, const json_t *metadata);
+/* obj.turnpike[key] = value (taken), the turnpike object made if missing:
+ * Turnpike's own marks on an object, kept together. */
+void tp_mark(json_t *obj, const char *key, json_t *value);
+/* A PaymentMethod detached from its customer is used up, as on Stripe: not
+ * to pay or be attached again. False after replying 400
+ * payment_method_consumed. */
+bool tp_pm_usable(struct tp_req *r, const json_t *pm);
 /* The cardholder's fields of a Card object (name, address_line1 ...) in obj
  * at most TP_ADDRESS_FIELD_MAX; false after replying 400 naming
  * prefix[field] (prefix NULL: the field alone). */

@@ -341,6 +341,8 @@ void tp_h_pm_attach(struct tp_req *r)
     if (!pm)
       goto fail; /* replied */
   }
+  if (!tp_pm_usable(r, pm))
+    goto fail;
   const json_t *owner = json_object_get(pm, "customer");
   if (json_is_string(owner)) {
     if (strcmp(json_string_value(owner), cus_id) == 0) {
@@ -407,7 +409,25 @@ void tp_h_pm_detach(struct tp_req *r)
     tp_emit_update(cs, r, r->merchant.id, "customer.updated", cus_before, cus);
     json_decref(cus_before);
   }
+  if (json_is_string(json_object_get(cus, "default_source")) &&
+      strcmp(json_string_value(json_object_get(cus, "default_source")), r->path_id) == 0) {
+    /* its default card (the legacy Cards API), likewise */
+    if (!locks[1] && !tp_lock_try(cus_id)) {
+      tp_cs_free(cs);
+      tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+      goto fail;
+    }
+    locks[1] = json_string_value(json_object_get(cus, "id"));
+    json_t *cus_before = json_deep_copy(cus);
+    json_object_set_new(cus, "default_source", json_null());
+    tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, cus);
+    tp_emit_update(cs, r, r->merchant.id, "customer.updated", cus_before, cus);
+    json_decref(cus_before);
+  }
+  /* Detached for good: Stripe's detached PaymentMethod pays no more and
+   * is not attached again (tp_pm_usable). */
   json_object_set_new(pm, "customer", json_null());
+  tp_mark(pm, "detached", json_true());
   tp_cs_put(cs, TP_K_PAYMENT_METHOD, r->merchant.id, pm);
   tp_emit(cs, r, r->merchant.id, "payment_method.detached", pm);
   if (!reply_object(r, pm, NULL)) {

@@ -291,7 +291,7 @@ static void save_pm(struct tp_req *r, struct tp_cs *cs, const json_t *si, json_t
   bool mark = authenticated &&
               !json_is_true(json_object_get(json_object_get(pm, "turnpike"), "off_session_authenticated"));
   if (mark)
-    json_object_set_new(pm, "turnpike", tp_pack("{s:b}", "off_session_authenticated", 1));
+    tp_mark(pm, "off_session_authenticated", json_true());
   if (attach)
     json_object_set_new(pm, "customer", json_string(cus));
   if (attach || mark)

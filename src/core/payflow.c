@@ -1302,7 +1302,7 @@ static void save_for_future_use(struct tp_pay *p, struct tp_cs *cs)
   }
   /* Marking alone is Turnpike's own bookkeeping: no Stripe event. */
   if (mark)
-    json_object_set_new(p->pm, "turnpike", tp_pack("{s:b}", "off_session_authenticated", 1));
+    tp_mark(p->pm, "off_session_authenticated", json_true());
   bool attach = !json_is_string(json_object_get(p->pm, "customer"));
   if (attach)
     json_object_set_new(p->pm, "customer", json_string(cus));

@@ -64,6 +64,10 @@ class Sources(DaemonTestCase):
         self.assertEqual(ch2.status, 200, ch2)
         # detached through the PaymentMethods API, the card is no longer the customer's to charge
         self.assertEqual(self.c().post("/v1/payment_methods/%s/detach" % card_id, {}).status, 200)
+        self.assertIsNone(self.c().get(CUS + "/" + cus["id"]).json["default_source"])
+        err = self.assertStripeError(self.c().post(CH, {"amount": 100, "currency": "usd", "source": card_id}), 400,
+                                     param="payment_method")
+        self.assertEqual(err["tp_code"], 1104, err)  # payment_method_consumed
         self.assertStripeError(self.c().post(CH, {"amount": 100, "currency": "usd", "customer": cus["id"]}),
                                400, code="parameter_missing", param="customer")
 

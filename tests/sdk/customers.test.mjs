@@ -138,6 +138,13 @@ test('payment method created from a card attaches, lists by customer, and detach
   const list2 = await stripe.paymentMethods.list({ customer: cus.id, type: 'card' });
   assert.deepEqual(list2.data.map((p) => p.id), [pm2.id]);
   assert.equal((await stripe.paymentMethods.retrieve(pm.id)).customer, null);
+  // detached for good, as on Stripe: it pays no more and is not attached again
+  const reuse = await expectError(stripe.paymentIntents.create({ amount: 500, currency: 'usd', confirm: true,
+    payment_method: pm.id }), errors.StripeInvalidRequestError);
+  assert.match(reuse.message, /detached from a Customer, and may not be used again/);
+  assert.equal(reuse.param, 'payment_method');
+  await expectError(stripe.paymentMethods.attach(pm.id, { customer: cus.id }), errors.StripeInvalidRequestError);
+  await expectError(stripe.customers.create({ payment_method: pm.id }), errors.StripeInvalidRequestError);
 });
 
 test('card fingerprint is equal for the same number and differs for another number', async () => {
