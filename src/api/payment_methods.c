@@ -392,11 +392,14 @@ void tp_h_pm_detach(struct tp_req *r)
     goto fail;
   }
   struct tp_cs *cs = tp_cs_new();
-  /* A customer whose default this was loses it, as on Stripe. */
+  /* A customer whose default this was (its default PaymentMethod, or its
+   * default card of the legacy Cards API) loses it, as on Stripe. */
   cus = tp_store_get_json(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, cus_id);
   json_t *is = cus ? json_object_get(cus, "invoice_settings") : NULL;
   const char *def = json_string_value(json_object_get(is, "default_payment_method"));
-  if (def && strcmp(def, r->path_id) == 0) {
+  const char *src = json_string_value(json_object_get(cus, "default_source"));
+  bool was_default = def && strcmp(def, r->path_id) == 0, was_source = src && strcmp(src, r->path_id) == 0;
+  if (was_default || was_source) {
     if (!tp_lock_try(cus_id)) {
       tp_cs_free(cs);
       tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
@@ -404,22 +407,10 @@ void tp_h_pm_detach(struct tp_req *r)
     }
     locks[1] = json_string_value(json_object_get(cus, "id"));
     json_t *cus_before = json_deep_copy(cus);
-    json_object_set_new(is, "default_payment_method", json_null());
-    tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, cus);
-    tp_emit_update(cs, r, r->merchant.id, "customer.updated", cus_before, cus);
-    json_decref(cus_before);
-  }
-  if (json_is_string(json_object_get(cus, "default_source")) &&
-      strcmp(json_string_value(json_object_get(cus, "default_source")), r->path_id) == 0) {
-    /* its default card (the legacy Cards API), likewise */
-    if (!locks[1] && !tp_lock_try(cus_id)) {
-      tp_cs_free(cs);
-      tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
-      goto fail;
-    }
-    locks[1] = json_string_value(json_object_get(cus, "id"));
-    json_t *cus_before = json_deep_copy(cus);
-    json_object_set_new(cus, "default_source", json_null());
+    if (was_default)
+      json_object_set_new(is, "default_payment_method", json_null());
+    if (was_source)
+      json_object_set_new(cus, "default_source", json_null());
     tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, cus);
     tp_emit_update(cs, r, r->merchant.id, "customer.updated", cus_before, cus);
     json_decref(cus_before);
