@@ -21,6 +21,13 @@ void tp_h_request_retrieve(struct tp_req *r); /* requests.c: a recent request (r
 /* The 3-D Secure challenge token for a PaymentIntent or SetupIntent (32 hex
  * chars). */
 void tp_3ds_token(const char *pi_id, char out[65]);
+/* intent (a PaymentIntent or SetupIntent) waits for its customer's 3-D
+ * Secure challenge: requires_action, next_action redirecting to the
+ * challenge page and back to the request's return_url. */
+void tp_await_3ds(struct tp_req *r, json_t *intent);
+/* pm may be used with intent: attached to no customer or to intent's
+ * (what names the intent in the error); false after replying 400. */
+bool tp_pm_belongs(struct tp_req *r, const json_t *pm, const json_t *intent, const char *what);
 /* What payment_intents.c shares with setup_intents.c. */
 struct tp_cs;
 struct tp_card_info;

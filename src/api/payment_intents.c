@@ -185,6 +185,32 @@ void tp_3ds_token(const char *pi_id, char out[65])
 }
 
 
+void tp_await_3ds(struct tp_req *r, json_t *intent)
+{
+  const char *id = json_string_value(json_object_get(intent, "id"));
+  const char *ret = tp_pstr(r->params, "return_url");
+  char token[65], url[600];
+  tp_3ds_token(id, token);
+  snprintf(url, sizeof url, "%s/v1/turnpike/3ds/%s?token=%s&account=%s", tp_app.public_url, id, token,
+           r->merchant.id);
+  json_object_set_new(intent, "status", json_string("requires_action"));
+  json_object_set_new(intent, "next_action",
+                      tp_pack("{s:s, s:{s:s, s:o}}", "type", "redirect_to_url", "redirect_to_url", "url", url,
+                              "return_url", ret && *ret ? json_string(ret) : json_null()));
+}
+
+bool tp_pm_belongs(struct tp_req *r, const json_t *pm, const json_t *intent, const char *what)
+{
+  const char *pm_cus = json_string_value(json_object_get(pm, "customer"));
+  const char *cus = json_string_value(json_object_get(intent, "customer"));
+  if (!pm_cus || (cus && strcmp(pm_cus, cus) == 0))
+    return true;
+  char msg[160];
+  snprintf(msg, sizeof msg, "The provided PaymentMethod belongs to a customer other than the one on this %s.", what);
+  tp_reply_error(r, TP_ERR_PAYMENT_METHOD_UNEXPECTED_STATE, "payment_method", msg);
+  return false;
+}
+
 static void unexpected_state(struct tp_req *r, const json_t *pi, const char *action)
 {
   char msg[256];
@@ -606,18 +632,10 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
       goto fail;
     }
     pm = tp_pm_resolve(r, cs, pm_id, &ci);
-    if (!pm)
+    if (!pm || !tp_pm_belongs(r, pm, pi, "PaymentIntent"))
       goto fail;
-    const char *pm_cus = json_string_value(json_object_get(pm, "customer"));
-    const char *pi_cus = json_string_value(json_object_get(pi, "customer"));
-    if (pm_cus && (!pi_cus || strcmp(pm_cus, pi_cus) != 0)) {
-      tp_reply_error(r, TP_ERR_PAYMENT_METHOD_UNEXPECTED_STATE, "payment_method",
-                     "The provided PaymentMethod belongs to a customer other than the one on this PaymentIntent.");
-      goto fail;
-    }
   }
   json_object_set(pi, "payment_method", json_object_get(pm, "id"));
-  const char *ret = tp_pstr(params, "return_url");
   json_object_set_new(pi, "last_payment_error", json_null());
 
   bool off = false;
@@ -628,15 +646,7 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
     /* error_on_requires_action: fail instead of asking, as off-session. */
     tp_param_bool(params, "error_on_requires_action", &no_action);
     off = off || no_action || charges_api;
-    const char *pid = json_string_value(json_object_get(pi, "id"));
-    char token[65], url[600];
-    tp_3ds_token(pid, token);
-    snprintf(url, sizeof url, "%s/v1/turnpike/3ds/%s?token=%s&account=%s", tp_app.public_url, pid, token,
-             r->merchant.id);
-    json_object_set_new(pi, "status", json_string("requires_action"));
-    json_object_set_new(pi, "next_action",
-                        tp_pack("{s:s, s:{s:s, s:o}}", "type", "redirect_to_url", "redirect_to_url", "url", url,
-                                "return_url", ret && *ret ? json_string(ret) : json_null()));
+    tp_await_3ds(r, pi);
     if (off) {
       /* Off-session: nobody can answer a challenge; fail like Stripe does. */
       json_object_set_new(pi, "status", json_string("requires_payment_method"));

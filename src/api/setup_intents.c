@@ -406,7 +406,6 @@ static void reply_finished(struct tp_req *r, json_t *si, const json_t *pm, json_
 /* Confirm si (owned) in cs (owned), holding lock_id; replies and commits. */
 static void si_confirm(struct tp_req *r, json_t *si, struct tp_cs *cs, bool created, const char *lock_id)
 {
-  const json_t *p = r->params;
   char pm_lock[TP_ID_MAX] = ""; /* a copy: si's own payment_method is replaced below */
   json_t *pm = NULL;
   struct tp_card_info ci;
@@ -435,13 +434,8 @@ static void si_confirm(struct tp_req *r, json_t *si, struct tp_cs *cs, bool crea
     if (!pm)
       goto fail;
   }
-  const char *pm_cus = json_string_value(json_object_get(pm, "customer"));
-  const char *si_cus = json_string_value(json_object_get(si, "customer"));
-  if (pm_cus && (!si_cus || strcmp(pm_cus, si_cus) != 0)) {
-    tp_reply_error(r, TP_ERR_PAYMENT_METHOD_UNEXPECTED_STATE, "payment_method",
-                   "The provided PaymentMethod belongs to a customer other than the one on this SetupIntent.");
+  if (!tp_pm_belongs(r, pm, si, "SetupIntent"))
     goto fail;
-  }
   json_object_set(si, "payment_method", json_object_get(pm, "id"));
   json_object_set_new(si, "last_setup_error", json_null());
   if (created)
@@ -453,16 +447,7 @@ static void si_confirm(struct tp_req *r, json_t *si, struct tp_cs *cs, bool crea
   json_object_set_new(si, "latest_attempt", json_string(attempt));
   /* Setting a card up is on-session: the customer is there to answer. */
   if (tp_wants_3ds(si, ci.pan, false, pm)) {
-    const char *ret = tp_pstr(p, "return_url");
-    const char *sid = json_string_value(json_object_get(si, "id"));
-    char token[65], url[600];
-    tp_3ds_token(sid, token);
-    snprintf(url, sizeof url, "%s/v1/turnpike/3ds/%s?token=%s&account=%s", tp_app.public_url, sid, token,
-             r->merchant.id);
-    json_object_set_new(si, "status", json_string("requires_action"));
-    json_object_set_new(si, "next_action",
-                        tp_pack("{s:s, s:{s:s, s:o}}", "type", "redirect_to_url", "redirect_to_url", "url", url,
-                                "return_url", ret && *ret ? json_string(ret) : json_null()));
+    tp_await_3ds(r, si);
     json_t *made = tp_si_attempt(r, cs, si, pm, "requires_action", NULL, false);
     tp_put_emit(cs, r, r->merchant.id, TP_K_SETUP_INTENT, "setup_intent.requires_action", si);
     reply_finished(r, si, pm, NULL, made);
