@@ -1079,8 +1079,11 @@ static void ledger_post(struct tp_cs *cs, const char *merchant, const char *proc
   tp_id_new(txn, "txn");
   snprintf(acct, sizeof acct, "processor:%s:receivable", processor);
   /* Capture: the processor owes us, the merchant's pending balance grows
-   * (its available balance for the bypass-pending test card). Refund: the
-   * reverse. Debits positive, credits negative. */
+   * (its available balance for the bypass-pending test card). Refund and
+   * dispute withdrawal: the reverse, out of the available balance at once
+   * (Stripe: "refunds use your available balance", which may go negative);
+   * what comes back (a failed refund, a dispute won) is available at once
+   * too. Debits positive, credits negative. */
   tp_cs_ledger(cs, txn, merchant, acct, currency, amount);
   tp_cs_ledger(cs, txn, merchant, available ? "merchant:available" : "merchant:pending", currency, -amount);
   /* The balance transaction, written directly (a flat object, one per
@@ -1114,7 +1117,9 @@ static void ledger_post(struct tp_cs *cs, const char *merchant, const char *proc
 void tp_ledger_post(struct tp_cs *cs, const char *merchant, const char *processor, const char *currency,
                     int64_t amount, const char *source, const char *type, char txn[TP_ID_MAX], json_t **obj_out)
 {
-  ledger_post(cs, merchant, processor, currency, amount, source, type, txn, obj_out, false);
+  /* Only a charge's funds wait ([balance] available_after_seconds); refunds,
+   * their failures and dispute adjustments move the available balance. */
+  ledger_post(cs, merchant, processor, currency, amount, source, type, txn, obj_out, strcmp(type, "charge") != 0);
 }
 
 json_t *tp_charge_new(const struct tp_pay *p, bool approved)

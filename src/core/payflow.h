@@ -132,8 +132,10 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved);
  * from (the PaymentIntent, or the charge itself once a capture set them). */
 void tp_charge_set_descriptor(json_t *ch, const json_t *from, const char *merchant_name);
 /* Post a balanced ledger transaction and its balance transaction for a
- * capture (amount > 0) or refund (amount < 0); its id goes to txn, and the
- * object to *obj_out (the caller's) when obj_out is not NULL. */
+ * refund (amount < 0), a refund's failure or a dispute adjustment, on the
+ * merchant's available balance (only charges wait as pending); its id goes
+ * to txn, and the object to *obj_out (the caller's) when obj_out is not
+ * NULL. */
 void tp_ledger_post(struct tp_cs *cs, const char *merchant, const char *processor, const char *currency,
                     int64_t amount, const char *source, const char *type, char txn[TP_ID_MAX], json_t **obj_out);
 /* [balance] available_after_seconds (read by tp_recover). */

@@ -3,7 +3,8 @@
 balance sweep shows it available and moves its amount from the pending to
 the available balance by a balanced ledger transaction, once, also across a
 restart (its cursor commits with the funds it moves). Stripe's
-bypass-pending test card (4000000000000077) is available at once. At every
+bypass-pending test card (4000000000000077) is available at once, and so is
+a refund, which comes out of the available balance. At every
 point the balance equals the sum of the balance transactions in each
 status."""
 import time
@@ -66,9 +67,14 @@ class BalanceAvailability(DaemonTestCase):
         self.assertEqual((bt["status"], bt["available_on"] - bt["created"]), ("pending", 2), bt)
         self.assertEqual(self.balance(), (a0, p0 + 1000))
         self.wait_available(bt["id"])
+        self.assertEqual(self.balance(), (a0 + 1000, p0))
+        # a refund comes out of the available balance at once (Stripe: "refunds
+        # use your available balance"); the sweep leaves it alone
         refund = self.c().post("/v1/refunds", {"payment_intent": pi["id"], "amount": 300}).json
+        rbt = self.c().get("/v1/balance_transactions/" + refund["balance_transaction"]).json
+        self.assertEqual((rbt["amount"], rbt["status"], rbt["available_on"]), (-300, "available", rbt["created"]))
+        self.assertEqual(self.balance(), (a0 + 700, p0))
         self.assertBalanceMatchesTransactions()
-        self.wait_available(refund["balance_transaction"])
         time.sleep(1.0)  # more sweeps find nothing more to move
         a1, p1 = self.balance()
         self.assertEqual(a1 - a0 + p1 - p0, 700)

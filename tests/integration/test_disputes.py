@@ -29,18 +29,26 @@ class Disputes(DaemonTestCase):
         self.assertEqual(len(r.json["data"]), 1, r)
         return r.json["data"][0]
 
-    def pending(self):
+    def balance(self):
+        """(available, pending) in usd."""
         bal = self.c().get("/v1/balance").json
-        return sum(b["amount"] for b in bal["pending"] if b["currency"] == "usd")
+        return tuple(sum(b["amount"] for b in bal[k] if b["currency"] == "usd") for k in ("available", "pending"))
+
+    def pending(self):
+        return self.balance()[1]
+
+    def available(self):
+        return self.balance()[0]
 
     def ledger_sums(self):
         db = open_db_ro(self.daemon)
         try:
             per_txn = db.execute("SELECT count(*) FROM (SELECT txn_id FROM ledger_entries GROUP BY txn_id, currency "
                                  "HAVING sum(amount) != 0)").fetchone()[0]
-            merchant = db.execute("SELECT coalesce(sum(amount), 0) FROM ledger_entries WHERE merchant=? AND "
-                                  "account='merchant:pending' AND currency='usd'",
-                                  (self.daemon.merchants["m"]["id"],)).fetchone()[0]
+            merchant = tuple(db.execute("SELECT coalesce(sum(amount), 0) FROM ledger_entries WHERE merchant=? AND "
+                                        "account=? AND currency='usd'",
+                                        (self.daemon.merchants["m"]["id"], a)).fetchone()[0]
+                             for a in ("merchant:available", "merchant:pending"))
             return per_txn, merchant
         finally:
             db.close()
@@ -50,7 +58,7 @@ class Disputes(DaemonTestCase):
         return [e["type"] for e in reversed(r.json["data"]) if e["data"]["object"]["id"] == object_id]
 
     def test_a_chargeback_takes_the_money_back_and_winning_evidence_returns_it(self):
-        before = self.pending()
+        before, avail = self.pending(), self.available()
         pi = self.pay(amount=2000)
         ch = pi["latest_charge"]
         dp = self.dispute_of(ch)
@@ -59,14 +67,16 @@ class Disputes(DaemonTestCase):
         self.assertFalse(dp["is_charge_refundable"])
         self.assertEqual(dp["payment_method_details"]["card"]["case_type"], "chargeback")
         bt = dp["balance_transactions"][0]
-        self.assertEqual((bt["amount"], bt["type"], bt["reporting_category"], bt["source"]),
-                         (-2000, "adjustment", "dispute", dp["id"]))
+        self.assertEqual((bt["amount"], bt["type"], bt["reporting_category"], bt["source"], bt["status"]),
+                         (-2000, "adjustment", "dispute", dp["id"], "available"))
+        self.assertEqual(bt["available_on"], bt["created"])
         self.assertEqual(self.c().get("/v1/balance_transactions/" + bt["id"]).json["amount"], -2000)
         self.assertTrue(self.c().get("/v1/charges/" + ch).json["disputed"])
-        self.assertEqual(self.pending(), before)  # +2000 captured, -2000 withdrawn
+        # +2000 captured (pending), -2000 withdrawn from the available balance at once
+        self.assertEqual(self.balance(), (avail - 2000, before + 2000))
         unbalanced, merchant = self.ledger_sums()
         self.assertEqual(unbalanced, 0)
-        self.assertEqual(-merchant, self.pending())  # the balance is the ledger's
+        self.assertEqual(tuple(-x for x in merchant), self.balance())  # the balance is the ledger's
         self.assertEqual(self.events(dp["id"]), ["charge.dispute.created", "charge.dispute.funds_withdrawn"])
         # a charged-back charge cannot be refunded
         r = self.c().post("/v1/refunds", {"charge": ch})
@@ -81,7 +91,7 @@ class Disputes(DaemonTestCase):
         self.assertEqual(r.status, 200, r)
         self.assertEqual((r.json["status"], r.json["evidence_details"]["submission_count"]), ("won", 1))
         self.assertEqual([b["amount"] for b in r.json["balance_transactions"]], [-2000, 2000])
-        self.assertEqual(self.pending(), before + 2000)
+        self.assertEqual(self.balance(), (avail, before + 2000))
         self.assertEqual(self.ledger_sums()[0], 0)
         # the evidence kept, then submitted (under review), then decided
         self.assertEqual(self.events(dp["id"])[2:], ["charge.dispute.updated", "charge.dispute.updated",
