@@ -13,14 +13,11 @@
 #include "api/http.h"
 #include "store/store.h"
 
-/* Most object locks one commit may release. */
-#define TP_COMMIT_MAX_LOCKS 4
-
 /* Submit cs (ownership passes) and send the reply already set once committed. */
 void tp_commit_and_reply(struct tp_req *r, struct tp_cs *cs);
 /* Same, then release the object lock lock_id (may be NULL) before answering. */
 void tp_commit_and_reply_unlock(struct tp_req *r, struct tp_cs *cs, const char *lock_id);
-/* Same with up to TP_COMMIT_MAX_LOCKS lock ids (NULL entries are skipped). */
+/* Same with n lock ids (NULL and empty entries are skipped). */
 void tp_commit_and_reply_locks(struct tp_req *r, struct tp_cs *cs, const char *const *lock_ids, size_t n);
 /* Reply with obj (owned), expanded as the request asks, then commit cs and
  * release lock_id (NULL: none). When the expansion fails (it has replied)

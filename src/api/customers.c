@@ -88,14 +88,14 @@ static const struct tp_pspec spec_list[] = {
 /* ---- commit helpers (commit.h) ------------------------------------------ */
 struct commit_ctx {
   struct tp_req *r;
-  char locks[TP_COMMIT_MAX_LOCKS][TP_ID_MAX];
+  size_t n;
+  char locks[][TP_ID_MAX];
 };
 
 static void commit_release(struct commit_ctx *c)
 {
-  for (size_t i = 0; i < TP_COMMIT_MAX_LOCKS; i++)
-    if (c->locks[i][0])
-      tp_lock_release(c->locks[i]);
+  for (size_t i = 0; i < c->n; i++)
+    tp_lock_release(c->locks[i]);
 }
 
 /* Writer thread: the reply was set before submitting; only a failed commit
@@ -115,13 +115,13 @@ static void commit_done(struct tp_cs *cs, int rc, void *arg)
 /* Submit cs and answer with the reply already set once it is committed. */
 void tp_commit_and_reply_locks(struct tp_req *r, struct tp_cs *cs, const char *const *lock_ids, size_t n)
 {
-  struct commit_ctx *c = calloc(1, sizeof *c);
+  struct commit_ctx *c = calloc(1, sizeof *c + n * sizeof c->locks[0]);
   if (!c)
     abort();
   c->r = r;
-  for (size_t i = 0, k = 0; i < n && k < TP_COMMIT_MAX_LOCKS; i++)
+  for (size_t i = 0; i < n; i++)
     if (lock_ids[i] && lock_ids[i][0])
-      snprintf(c->locks[k++], TP_ID_MAX, "%s", lock_ids[i]);
+      snprintf(c->locks[c->n++], TP_ID_MAX, "%s", lock_ids[i]);
   /* The reply is final here: keep it for idempotent replays, in the same commit. */
   tp_idem_record(r, cs);
   tp_cs_on_done(cs, commit_done, c);
@@ -565,6 +565,56 @@ out_unlock:
   json_decref(before);
 }
 
+/* A customer being deleted lets go of its payment methods, as on Stripe:
+ * each PaymentMethod is detached (used up, like any detached one:
+ * payment_method.detached) and each card of the legacy Cards API deleted
+ * with its vault record (customer.source.deleted), within cs. Each is
+ * changed under its own lock; *locks gets the customer's (held by the
+ * caller) and theirs, pointing into *pms, to release once committed. False
+ * after replying (a store error, or one of them busy: 429 lock_timeout);
+ * the caller releases the locks taken so far. */
+static bool release_payment_methods(struct tp_req *r, struct tp_cs *cs, json_t **pms, const char ***locks,
+                                    size_t *nlocks)
+{
+  *pms = tp_store_query_take(&tp_app.store,
+                             "SELECT id FROM payment_methods WHERE merchant = ?1 AND customer = ?2 ORDER BY id",
+                             tp_pack("[s, s]", r->merchant.id, r->path_id));
+  if (!*pms) {
+    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+    return false;
+  }
+  *locks = calloc(json_array_size(*pms) + 1, sizeof **locks);
+  if (!*locks)
+    abort();
+  (*locks)[(*nlocks)++] = r->path_id;
+  size_t i;
+  json_t *row;
+  json_array_foreach(*pms, i, row)
+  {
+    const char *id = json_string_value(json_object_get(row, "id"));
+    if (!id)
+      continue;
+    if (!tp_lock_try(id)) {
+      tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+      return false;
+    }
+    (*locks)[(*nlocks)++] = id;
+    json_t *pm = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, id);
+    const char *owner = json_string_value(json_object_get(pm, "customer"));
+    if (!pm || !owner || strcmp(owner, r->path_id) != 0) { /* gone or moved before its lock was taken */
+      json_decref(pm);
+      continue;
+    }
+    if (tp_is_card_source(pm, r->path_id)) {
+      tp_card_source_delete(cs, r, pm);
+    } else {
+      tp_pm_detach(cs, r, pm);
+    }
+    json_decref(pm);
+  }
+  return true;
+}
+
 /* DELETE /v1/customers/{id} */
 void tp_h_customer_delete(struct tp_req *r)
 {
@@ -579,13 +629,25 @@ void tp_h_customer_delete(struct tp_req *r)
     tp_lock_release(r->path_id);
     return;
   }
-  json_t *stub = tp_pack("{s:s, s:s, s:b}", "id", r->path_id, "object", "customer", "deleted", 1);
   struct tp_cs *cs = tp_cs_new();
+  json_t *pms = NULL;
+  const char **locks = NULL;
+  size_t nlocks = 0;
+  if (!release_payment_methods(r, cs, &pms, &locks, &nlocks)) {
+    for (size_t i = 0; i < nlocks; i++)
+      tp_lock_release(locks[i]);
+    tp_cs_free(cs);
+    goto out;
+  }
+  json_t *stub = tp_pack("{s:s, s:s, s:b}", "id", r->path_id, "object", "customer", "deleted", 1);
   tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, stub);
   /* The event carries the customer as it was, like Stripe's. */
   tp_emit(cs, r, r->merchant.id, "customer.deleted", cus);
   tp_reply_json(r, 200, stub);
-  tp_commit_and_reply_unlock(r, cs, r->path_id);
+  tp_commit_and_reply_locks(r, cs, locks, nlocks);
+out:
+  free(locks);
+  json_decref(pms);
   json_decref(cus);
 }
 

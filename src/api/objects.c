@@ -859,6 +859,16 @@ void tp_card_sources_query(struct tp_list_query *q, const char *merchant, const 
   q->created_lte = INT64_MAX;
 }
 
+void tp_pm_detach(struct tp_cs *cs, const struct tp_req *r, json_t *pm)
+{
+  /* Detached for good: Stripe's detached PaymentMethod pays no more and
+   * is not attached again (tp_pm_usable). */
+  json_object_set_new(pm, "customer", json_null());
+  tp_mark(pm, "detached", json_true());
+  tp_cs_put(cs, TP_K_PAYMENT_METHOD, r->merchant.id, pm);
+  tp_emit(cs, r, r->merchant.id, "payment_method.detached", pm);
+}
+
 void tp_mark(json_t *obj, const char *key, json_t *value)
 {
   json_t *t = json_object_get(obj, "turnpike");

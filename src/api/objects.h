@@ -113,6 +113,10 @@ json_t *tp_card_view(const json_t *pm);
 void tp_card_sources_query(struct tp_list_query *q, const char *merchant, const char *customer);
 /* pm is a card source (sources.c) of customer (NULL: of anyone). */
 bool tp_is_card_source(const json_t *pm, const char *customer);
+/* Detach pm from its customer within cs, for good (tp_pm_usable refuses it
+ * after), and emit payment_method.detached; the customer's defaults are the
+ * caller's. */
+void tp_pm_detach(struct tp_cs *cs, const struct tp_req *r, json_t *pm);
 /* Delete card source pm within cs (its PaymentMethod row and vault record)
  * and emit customer.source.deleted; the customer's default is the caller's. */
 void tp_card_source_delete(struct tp_cs *cs, const struct tp_req *r, const json_t *pm);

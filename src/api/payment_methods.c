@@ -415,12 +415,7 @@ void tp_h_pm_detach(struct tp_req *r)
     tp_emit_update(cs, r, r->merchant.id, "customer.updated", cus_before, cus);
     json_decref(cus_before);
   }
-  /* Detached for good: Stripe's detached PaymentMethod pays no more and
-   * is not attached again (tp_pm_usable). */
-  json_object_set_new(pm, "customer", json_null());
-  tp_mark(pm, "detached", json_true());
-  tp_cs_put(cs, TP_K_PAYMENT_METHOD, r->merchant.id, pm);
-  tp_emit(cs, r, r->merchant.id, "payment_method.detached", pm);
+  tp_pm_detach(cs, r, pm);
   if (!reply_object(r, pm, NULL)) {
     tp_cs_free(cs);
     goto fail;

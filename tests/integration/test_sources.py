@@ -6,7 +6,9 @@ retrieved, updated (customer.source.updated with previous_attributes) and
 deleted (the default moves to the newest other card); an update's source
 replaces the default card, default_source picks another; the cards pay
 PaymentIntents and show in the PaymentMethods API; another customer's or
-merchant's card is missing; bad input changes nothing."""
+merchant's card is missing; deleting the customer deletes its cards (and
+their vault records) and detaches its PaymentMethods, which then pay no
+more; bad input changes nothing."""
 from harness import DaemonTestCase, main, open_db_ro
 
 CUS = "/v1/customers"
@@ -132,6 +134,39 @@ class Sources(DaemonTestCase):
         self.assertEqual(up.json["default_source"], extra["id"])
         ch = self.c().post(CH, {"amount": 300, "currency": "usd", "customer": cus["id"]}).json
         self.assertEqual(ch["source"]["brand"], "American Express")
+
+    def test_deleting_the_customer_deletes_its_cards_and_detaches_its_payment_methods(self):
+        tok = self.c().post("/v1/tokens", {"card": {"number": "4242424242424242", "exp_month": 8,
+                                                    "exp_year": 2031}}).json
+        cus = self.customer(source=tok["id"])
+        card_id = cus["default_source"]
+        pm = self.c().post("/v1/payment_methods", {"type": "card", "card[number]": "5555555555554444",
+                                                   "card[exp_month]": "9", "card[exp_year]": "2032"}).json
+        self.assertEqual(self.c().post("/v1/payment_methods/%s/attach" % pm["id"],
+                                       {"customer": cus["id"]}).status, 200)
+        keep = self.customer()  # another customer's card stays
+        other = self.c().post(self.srcs(keep["id"]), {"source": "tok_visa"}).json["id"]
+        r = self.c().delete(CUS + "/" + cus["id"])
+        self.assertEqual((r.status, r.json), (200, {"id": cus["id"], "object": "customer", "deleted": True}))
+        self.assertStripeError(self.c().get(self.srcs(cus["id"]) + "/" + card_id), 404, "invalid_request_error")
+        self.assertStripeError(self.c().get("/v1/payment_methods/" + card_id), 404, "invalid_request_error")
+        got = self.c().get("/v1/payment_methods/" + pm["id"])
+        self.assertEqual((got.status, got.json["customer"]), (200, None), got)
+        self.assertEqual(self.events_about(card_id), ["customer.source.created", "customer.source.deleted"])
+        self.assertEqual(self.events_about(pm["id"], "payment_method."),
+                         ["payment_method.attached", "payment_method.detached"])
+        # a detached PaymentMethod is used up, and the deleted card is gone
+        r = self.c().post("/v1/payment_intents", {"amount": 500, "currency": "usd", "payment_method": pm["id"],
+                                                  "confirm": "true"})
+        err = self.assertStripeError(r, 400, "invalid_request_error")
+        self.assertEqual(err["tp_code"], 1104, err)  # payment_method_consumed
+        db = open_db_ro(self.daemon)
+        try:
+            self.assertEqual(db.execute("SELECT count(*) FROM vault WHERE token = ?", (card_id,)).fetchone()[0], 0)
+            self.assertEqual(db.execute("SELECT count(*) FROM vault WHERE token = ?", (other,)).fetchone()[0], 1)
+        finally:
+            db.close()
+        self.assertEqual(self.c().get(self.srcs(keep["id"]) + "/" + other).status, 200)
 
     def test_other_customers_and_merchants_do_not_see_a_card(self):
         a, b = self.customer(source="tok_visa"), self.customer()
