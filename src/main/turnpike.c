@@ -15,6 +15,7 @@
 #include "sec/ratelimit.h"
 #include "sec/tls.h"
 #include "sec/vault.h"
+#include "store/sqlite/pcache.h"
 #include "store/store.h"
 #include "util.h"
 
@@ -409,9 +410,12 @@ static int cmd_serve(int argc, char **argv)
   tp_kek_stop();
   struct tp_writer_stats ws;
   tp_writer_stats(&ws);
-  tp_log(TP_LOG_INFO, "writer_stats", "{s:I, s:I, s:I, s:I}", "batches", (json_int_t)ws.batches, "change_sets",
-         (json_int_t)ws.sets, "max_batch", (json_int_t)ws.max_batch, "commit_us_avg",
-         (json_int_t)(ws.batches ? ws.commit_ns_total / ws.batches / 1000 : 0));
+  struct tp_pcache_counts pc;
+  tp_pcache_counts(&pc);
+  tp_log(TP_LOG_INFO, "writer_stats", "{s:I, s:I, s:I, s:I, s:I, s:I}", "batches", (json_int_t)ws.batches,
+         "change_sets", (json_int_t)ws.sets, "max_batch", (json_int_t)ws.max_batch, "commit_us_avg",
+         (json_int_t)(ws.batches ? ws.commit_ns_total / ws.batches / 1000 : 0), "pcache_truncations",
+         (json_int_t)pc.passed, "pcache_scans_saved", (json_int_t)pc.scans_saved);
   tp_housekeeping_stop();
   tp_alerts_stop();
   tp_stream_stop();
@@ -500,11 +504,8 @@ static int cmd_migrate(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-  /* SQLite counts every allocation under one process-wide mutex unless told
-   * not to (SQLITE_CONFIG_MEMSTATUS); nothing here reads those counts, and
-   * the writer, the readers and the checkpointer all allocate. Must come
-   * before SQLite initialises. */
-  sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+  /* SQLite's process-wide settings are made before it initialises, by the
+   * constructor that registers the audit functions (sec/audit.c). */
   if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;

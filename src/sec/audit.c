@@ -22,6 +22,7 @@
 #include "log.h"
 #include "main/commands.h"
 #include "sec/kek.h"
+#include "store/sqlite/pcache.h"
 #include "store/store.h"
 #include "util.h"
 
@@ -124,6 +125,15 @@ static int register_fns(sqlite3 *db, const char **err, const void *api)
 
 __attribute__((constructor)) static void audit_register(void)
 {
+  /* sqlite3_auto_extension initialises SQLite, after which process-wide
+   * settings are refused (SQLITE_MISUSE): they go first. SQLite counts every
+   * allocation under one process-wide mutex unless told not to
+   * (SQLITE_CONFIG_MEMSTATUS); nothing here reads those counts, and the
+   * writer, the readers and the checkpointer all allocate. The page cache
+   * is pcache1 without its scan of the whole cache at commits that split a
+   * page (store/sqlite/pcache.h). */
+  sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+  tp_pcache_install();
   /* void (*)(void) is the documented type of an auto-extension entry. */
   sqlite3_auto_extension((void (*)(void))register_fns);
 }
