@@ -400,10 +400,12 @@ class StripePython(DaemonTestCase):
             stripe.Refund.create(api_key=k, payment_intent=pi.id, amount=1)
         self.assertEqual(e.exception.code, "charge_already_refunded")
 
-        # The ledger saw it: the merchant's pending gbp balance is back to 0.
+        # The ledger saw it: the charge waits in the pending balance, the
+        # refunds came out of the available one at once (Stripe), 0 in all.
         bal = stripe.Balance.retrieve(api_key=k)
-        gbp = [b.amount for b in bal.pending if b.currency == "gbp"]
-        self.assertEqual(gbp, [0])
+        gbp = [(b.amount, a.amount) for b in bal.pending for a in bal.available
+               if b.currency == "gbp" and a.currency == "gbp"]
+        self.assertEqual(gbp, [(4200, -4200)])
 
         detached = stripe.PaymentMethod.detach(pm.id, api_key=k)
         self.assertIsNone(detached.customer)
