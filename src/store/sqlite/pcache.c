@@ -130,19 +130,19 @@ static void pc_shrink(sqlite3_pcache *p)
 }
 
 static const sqlite3_pcache_methods2 ours = {
-    .iVersion = 1,
-    .pArg = NULL,
-    .xInit = pc_init,
-    .xShutdown = pc_shutdown,
-    .xCreate = pc_create,
-    .xCachesize = pc_cachesize,
-    .xPagecount = pc_pagecount,
-    .xFetch = pc_fetch,
-    .xUnpin = pc_unpin,
-    .xRekey = pc_rekey,
-    .xTruncate = pc_truncate,
-    .xDestroy = pc_destroy,
-    .xShrink = pc_shrink,
+  .iVersion = 1,
+  .pArg = NULL,
+  .xInit = pc_init,
+  .xShutdown = pc_shutdown,
+  .xCreate = pc_create,
+  .xCachesize = pc_cachesize,
+  .xPagecount = pc_pagecount,
+  .xFetch = pc_fetch,
+  .xUnpin = pc_unpin,
+  .xRekey = pc_rekey,
+  .xTruncate = pc_truncate,
+  .xDestroy = pc_destroy,
+  .xShrink = pc_shrink,
 };
 
 int tp_pcache_install(void)
