@@ -5,7 +5,9 @@
  * What it keeps: libmicrohttpd configured as `turnpike serve` configures it
  * (epoll, a thread per core, suspend/resume), a request body read and kept,
  * and two group commits per payment into SQLite in WAL mode with
- * synchronous=FULL, from one writer thread: the write-ahead row (an attempt
+ * synchronous=FULL (SQLite set up as Turnpike sets it up: no allocation
+ * counting, the page cache of src/store/sqlite/pcache.c), from one writer
+ * thread: the write-ahead row (an attempt
  * keyed by the request's Idempotency-Key, as a processor call is recorded
  * before it is sent), then the outcome (the reply body, ~1.4 KB of JSON
  * written once, and the attempt marked done) before the reply is sent.
@@ -21,7 +23,8 @@
  * entries and the like would be), to see what the number of rows a payment
  * writes costs by itself.
  *
- * Build: cc -O2 -o floor bench/floor.c -lmicrohttpd -lsqlite3 -lpthread
+ * Build: cc -O2 -Isrc -o floor bench/floor.c src/store/sqlite/pcache.c \
+ *          -lmicrohttpd -lsqlite3 -lpthread
  * Run:   floor DATA_DIR   (listens on 127.0.0.1, an ephemeral port, written
  *        to DATA_DIR/floor.addr; SIGTERM/SIGINT stops it)
  */
@@ -40,6 +43,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "store/sqlite/pcache.h"
 
 #define BODY_MAX 4096
 #define KEY_MAX 256
@@ -283,6 +288,10 @@ int main(int argc, char **argv)
     fprintf(stderr, "usage: %s DATA_DIR\n", argv[0]);
     return 2;
   }
+  /* SQLite's process-wide settings as Turnpike makes them (sec/audit.c):
+   * no allocation counting, pcache1 behind store/sqlite/pcache.c. */
+  sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+  tp_pcache_install();
   const char *e = getenv("FLOOR_EXTRA_ROWS");
   extra_rows = e ? atoi(e) : 0;
   e = getenv("FLOOR_EXTRA_BYTES");

@@ -25,7 +25,7 @@ cleanup() {
     rm -rf "$TMP"
 }
 trap cleanup EXIT
-cc -O2 -o "$TMP/floor" "$HERE/floor.c" -lmicrohttpd -lsqlite3 -lpthread || { echo "floor: build failed" >&2; exit 1; }
+cc -O2 -o "$TMP/floor" -I"$HERE/../src" "$HERE/floor.c" "$HERE/../src/store/sqlite/pcache.c" -lmicrohttpd -lsqlite3 -lpthread || { echo "floor: build failed" >&2; exit 1; }
 HZ=$(getconf CLK_TCK)
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 printf "%-22s %12s %10s %10s %16s\n" "extra rows x bytes" "payments/s" "p50" "p99" "CPU/payment"

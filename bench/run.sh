@@ -264,7 +264,7 @@ run_wrk ngx "http://127.0.0.1:$NGX_PORT" "$DURATION" "$$-n" ""
 # before any of the work a payment is for.
 FLOOR_PID=
 
-if cc -O2 -o "$TMP/floor" "$HERE/floor.c" -lmicrohttpd -lsqlite3 -lpthread 2>"$TMP/floor.err"; then
+if cc -O2 -o "$TMP/floor" -I"$HERE/../src" "$HERE/floor.c" "$HERE/../src/store/sqlite/pcache.c" -lmicrohttpd -lsqlite3 -lpthread 2>"$TMP/floor.err"; then
     mkdir -p "$TMP/floor.d"
     "$TMP/floor" "$TMP/floor.d" 2>"$TMP/floor.log" &
     FLOOR_PID=$!
