@@ -13,6 +13,7 @@
 #include "metrics.h"
 #include "proxies.h"
 #include "sec/auth.h"
+#include "store/sqlite/pcache.h"
 #include "util.h"
 
 #include <arpa/inet.h>
@@ -73,6 +74,9 @@ static void describe(void)
   tp_metric_help("turnpike_store_batch_size", "Change sets per group-commit transaction.");
   tp_metric_help("turnpike_store_wal_frames_total", "Database pages appended to the WAL by commits (write amplification).");
   tp_metric_help("turnpike_store_commit_duration_seconds", "Time to apply and commit one group-commit batch.");
+  tp_metric_help("turnpike_store_pcache_truncations",
+                 "Page-cache truncations since start (store/sqlite/pcache.h): passed to SQLite's cache, spared as "
+                 "needless, or spared where SQLite would have scanned its whole cache (scan_saved).");
 }
 
 /* Figures other modules keep themselves, copied into gauges at scrape time. */
@@ -84,6 +88,11 @@ static void refresh_gauges(void)
   tp_metric_set("turnpike_writer_batches", NULL, (int64_t)ws.batches);
   tp_metric_set("turnpike_writer_max_batch_size", NULL, (int64_t)ws.max_batch);
   tp_metric_set("turnpike_http_inflight_requests", NULL, (int64_t)tp_http_inflight());
+  struct tp_pcache_counts pc;
+  tp_pcache_counts(&pc);
+  tp_metric_set("turnpike_store_pcache_truncations", "outcome=\"passed\"", (int64_t)pc.passed);
+  tp_metric_set("turnpike_store_pcache_truncations", "outcome=\"spared\"", (int64_t)pc.spared);
+  tp_metric_set("turnpike_store_pcache_truncations", "outcome=\"scan_saved\"", (int64_t)pc.scans_saved);
 }
 
 /* GET /metrics */

@@ -78,6 +78,10 @@ class MetricsTest(DaemonTestCase):
         self.assertGreater(after[("turnpike_store_batch_size_count", "")], 0)
         self.assertGreater(after[("turnpike_store_commit_duration_seconds_count", "")], 0)
         self.assertIn(("turnpike_writer_queue_depth", ""), after)
+        # SQLite's page cache behind store/sqlite/pcache.c: every commit truncates it
+        self.assertGreater(after[("turnpike_store_pcache_truncations", 'outcome="spared"')] +
+                           after[("turnpike_store_pcache_truncations", 'outcome="passed"')] +
+                           after[("turnpike_store_pcache_truncations", 'outcome="scan_saved"')], 0)
         self.assertIn(("turnpike_stream_connections", ""), after)
         # histogram buckets are cumulative and end at _count
         inf = after[("turnpike_http_request_duration_seconds_bucket",
