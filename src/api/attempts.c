@@ -16,9 +16,7 @@ void tp_h_pi_attempts(struct tp_req *r)
 {
   json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, r->path_id);
   if (!pi) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "No such payment_intent: '%.64s'", r->path_id);
-    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "intent", msg);
+    tp_reply_missing(r, "payment_intent", r->path_id, "intent");
     return;
   }
   json_decref(pi);
@@ -157,9 +155,7 @@ void tp_h_attempt_resolve(struct tp_req *r)
     return;
   }
   if (found == 0 || strcmp(a.merchant, r->merchant.id) != 0) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "No such attempt: '%.64s'", r->path_id);
-    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", msg);
+    tp_reply_missing(r, "attempt", r->path_id, "id");
     return;
   }
   if (!outcome || !*outcome) {

@@ -139,9 +139,7 @@ void tp_h_balance_txn_list(struct tp_req *r)
   /* Turnpike makes no payouts, so no payout id names one. */
   const char *payout = tp_pstr(r->params, "payout");
   if (payout && *payout) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "No such payout: '%.64s'", payout);
-    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "payout", msg);
+    tp_reply_missing(r, "payout", payout, "payout");
     return;
   }
   const char *currency = tp_pstr(r->params, "currency");

@@ -213,13 +213,6 @@ json_t *tp_load_path(struct tp_req *r, enum tp_kind kind, const char *what)
 }
 
 /* ---- customers ------------------------------------------------------------ */
-static void reply_no_such_customer(struct tp_req *r, const char *id, const char *param)
-{
-  char msg[160];
-  snprintf(msg, sizeof msg, "No such customer: '%s'", id);
-  tp_reply_error(r, TP_ERR_RESOURCE_MISSING, param, msg);
-}
-
 static json_t *customer_new(const char *id, int64_t created)
 {
   char prefix[9];
@@ -486,7 +479,7 @@ static json_t *customer_load_live(struct tp_req *r, const char *id, const char *
   json_t *cus = tp_store_get_json(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, id);
   if (!cus || json_is_true(json_object_get(cus, "deleted"))) {
     json_decref(cus);
-    reply_no_such_customer(r, id, param);
+    tp_reply_missing(r, "customer", id, param);
     return NULL;
   }
   return cus;
@@ -505,9 +498,7 @@ static bool sources_apply(struct tp_req *r, struct tp_cs *cs, json_t *cus)
     bool ok = tp_is_card_source(pm, r->path_id);
     json_decref(pm);
     if (!ok) {
-      char msg[200];
-      snprintf(msg, sizeof msg, "No such source: '%.64s'", def);
-      tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "default_source", msg);
+      tp_reply_missing(r, "source", def, "default_source");
       return false;
     }
     json_object_set_new(cus, "default_source", json_string(def));

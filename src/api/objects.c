@@ -752,11 +752,16 @@ bool tp_pm_materialize(struct tp_req *r, struct tp_cs *cs, json_t *pi)
   return true;
 }
 
-void tp_reply_no_such(struct tp_req *r, const char *what, const char *param)
+void tp_reply_missing(struct tp_req *r, const char *what, const char *id, const char *param)
 {
   char msg[160];
-  snprintf(msg, sizeof msg, "No such %s: '%.64s'", what, r->path_id);
+  snprintf(msg, sizeof msg, "No such %s: '%.64s'", what, id ? id : "");
   tp_reply_error(r, TP_ERR_RESOURCE_MISSING, param, msg);
+}
+
+void tp_reply_no_such(struct tp_req *r, const char *what, const char *param)
+{
+  tp_reply_missing(r, what, r->path_id, param);
 }
 
 bool tp_live_or_missing(struct tp_req *r, enum tp_kind kind, const char *id, const char *what, const char *param)
@@ -768,9 +773,7 @@ bool tp_live_or_missing(struct tp_req *r, enum tp_kind kind, const char *id, con
   }
   if (live)
     return true;
-  char msg[160];
-  snprintf(msg, sizeof msg, "No such %s: '%.64s'", what, id);
-  tp_reply_error(r, TP_ERR_RESOURCE_MISSING, param, msg);
+  tp_reply_missing(r, what, id, param);
   return false;
 }
 
@@ -804,9 +807,7 @@ json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, str
   }
   json_t *pm = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
   if (!pm) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "No such PaymentMethod: '%.64s'", pm_id);
-    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "payment_method", msg);
+    tp_reply_missing(r, "PaymentMethod", pm_id, "payment_method");
     return NULL;
   }
   if (!tp_pm_usable(r, pm)) {
@@ -833,9 +834,7 @@ json_t *tp_card_source_create(struct tp_req *r, struct tp_cs *cs, const char *so
   else if (source && strncmp(source, "tok_", 4) == 0)
     ok = token_card(r, source, param, &ci);
   else {
-    char msg[160];
-    snprintf(msg, sizeof msg, "No such token: '%.64s'", source ? source : "");
-    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, param, msg);
+    tp_reply_missing(r, "token", source ? source : "", param);
     ok = false;
   }
   json_t *pm = ok ? pm_create(cs, &r->merchant, &ci, NULL, metadata, NULL, "card", customer) : NULL;

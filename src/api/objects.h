@@ -78,7 +78,9 @@ bool tp_card_from_params(struct tp_req *r, const json_t *card, const char *param
  * not count); else replies 404 "No such WHAT: 'id'" naming param (or 503
  * when the store cannot say) and returns false. */
 bool tp_live_or_missing(struct tp_req *r, enum tp_kind kind, const char *id, const char *what, const char *param);
-/* 404 resource_missing "No such WHAT: 'ID'" for the URL's object id. */
+/* 404 resource_missing "No such WHAT: 'ID'" naming param. */
+void tp_reply_missing(struct tp_req *r, const char *what, const char *id, const char *param);
+/* tp_reply_missing for the request's path id. */
 void tp_reply_no_such(struct tp_req *r, const char *what, const char *param);
 bool tp_pm_exists(struct tp_req *r, const char *pm_id);
 /* A test token (pm_card_visa ...) in pi's payment_method becomes a new

@@ -90,16 +90,7 @@ static const struct tp_pspec spec_customer_list[] = {
 
 static void reply_no_such_pm(struct tp_req *r, const char *id)
 {
-  char msg[160];
-  snprintf(msg, sizeof msg, "No such PaymentMethod: '%s'", id);
-  tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "payment_method", msg);
-}
-
-static void reply_no_such_customer(struct tp_req *r, const char *id, const char *param)
-{
-  char msg[160];
-  snprintf(msg, sizeof msg, "No such customer: '%s'", id);
-  tp_reply_error(r, TP_ERR_RESOURCE_MISSING, param, msg);
+  tp_reply_missing(r, "PaymentMethod", id, "payment_method");
 }
 
 /* Reply with a copy of obj, expanded as asked; false after an expand error. */
@@ -323,7 +314,7 @@ void tp_h_pm_attach(struct tp_req *r)
     return;
   }
   if (!customer_live(r, cus_id)) {
-    reply_no_such_customer(r, cus_id, "customer");
+    tp_reply_missing(r, "customer", cus_id, "customer");
     return;
   }
   if (!tp_lock_try(r->path_id)) {
@@ -469,7 +460,7 @@ void tp_h_pm_list(struct tp_req *r)
     return;
   const char *customer = tp_pstr(r->params, "customer");
   if (customer && *customer && !customer_live(r, customer)) {
-    reply_no_such_customer(r, customer, "customer");
+    tp_reply_missing(r, "customer", customer, "customer");
     return;
   }
   list_pms(r, customer, "/v1/payment_methods");
@@ -481,7 +472,7 @@ void tp_h_customer_pm_list(struct tp_req *r)
   if (!tp_check_params(r, spec_customer_list))
     return;
   if (!customer_live(r, r->path_id)) {
-    reply_no_such_customer(r, r->path_id, "customer");
+    tp_reply_missing(r, "customer", r->path_id, "customer");
     return;
   }
   char url[160];
@@ -498,16 +489,14 @@ void tp_h_customer_pm_retrieve(struct tp_req *r)
   if (!tp_check_params(r, spec))
     return;
   if (!customer_live(r, r->path_id)) {
-    reply_no_such_customer(r, r->path_id, "customer");
+    tp_reply_missing(r, "customer", r->path_id, "customer");
     return;
   }
   json_t *pm = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, r->path_sub);
   const char *owner = json_string_value(json_object_get(pm, "customer"));
   if (!pm || !owner || strcmp(owner, r->path_id) != 0) {
     json_decref(pm);
-    char msg[200];
-    snprintf(msg, sizeof msg, "No such PaymentMethod: '%.64s'", r->path_sub);
-    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "payment_method", msg);
+    tp_reply_missing(r, "PaymentMethod", r->path_sub, "payment_method");
     return;
   }
   if (!tp_expand(r, pm, NULL)) {

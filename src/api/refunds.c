@@ -204,9 +204,7 @@ void tp_h_refund_update(struct tp_req *r)
   }
   json_t *re = tp_store_get_json(&tp_app.store, TP_K_REFUND, r->merchant.id, r->path_id);
   if (!re) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "No such refund: '%.64s'", r->path_id);
-    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", msg);
+    tp_reply_missing(r, "refund", r->path_id, "id");
     tp_lock_release(r->path_id);
     return;
   }
@@ -288,9 +286,7 @@ void tp_h_charge_refund_retrieve(struct tp_req *r)
   const char *ch = json_string_value(json_object_get(re, "charge"));
   if (!re || !ch || strcmp(ch, r->path_id) != 0) {
     json_decref(re);
-    char msg[160];
-    snprintf(msg, sizeof msg, "No such refund: '%.64s'", r->path_sub);
-    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", msg);
+    tp_reply_missing(r, "refund", r->path_sub, "id");
     return;
   }
   if (!tp_expand(r, re, NULL)) {

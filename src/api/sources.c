@@ -90,9 +90,7 @@ static json_t *load_customer(struct tp_req *r)
   json_t *cus = tp_store_get_json(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, r->path_id);
   if (!cus || json_is_true(json_object_get(cus, "deleted"))) {
     json_decref(cus);
-    char msg[160];
-    snprintf(msg, sizeof msg, "No such customer: '%.64s'", r->path_id);
-    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "customer", msg);
+    tp_reply_missing(r, "customer", r->path_id, "customer");
     return NULL;
   }
   return cus;

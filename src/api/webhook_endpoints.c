@@ -103,9 +103,7 @@ static json_t *endpoint_load(struct tp_req *r, const char *id)
   json_t *o = json_array_size(rows) ? endpoint_of_row(json_array_get(rows, 0)) : NULL;
   json_decref(rows);
   if (!o) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "No such webhook endpoint: '%.64s'", id);
-    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "id", msg);
+    tp_reply_missing(r, "webhook endpoint", id, "id");
   }
   return o;
 }
@@ -521,9 +519,7 @@ void tp_h_we_resend(struct tp_req *r)
   }
   char *ev = tp_store_get(&tp_app.store, TP_K_EVENT, r->merchant.id, r->path_sub);
   if (!ev) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "No such event: '%.64s'", r->path_sub);
-    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "event", msg);
+    tp_reply_missing(r, "event", r->path_sub, "event");
     return;
   }
   free(ev);
