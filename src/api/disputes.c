@@ -17,7 +17,10 @@
 #include "api/commit.h"
 #include "api/handlers.h"
 #include "api/objects.h"
+#include "config.h"
+#include "core/currency.h"
 #include "core/payflow.h"
+#include "log.h"
 #include "jpack.h"
 
 #include <stdio.h>
@@ -102,18 +105,50 @@ static json_t *evidence_new(void)
   return e;
 }
 
-/* Move a chargeback's amount: out of the merchant's balance (sign -1) or
- * back in (+1), as a balanced ledger transaction and its balance
- * transaction, listed on the dispute. */
-static void adjust(struct tp_cs *cs, const char *merchant, json_t *dp, const char *processor, int sign)
+/* The dispute fee the network charges for a chargeback, in minor units of
+ * currency: [disputes] fee.CUR, else [disputes] fee, in the currency's
+ * major units ("15" is 15.00 USD, 15 JPY, 15.000 KWD; Stripe's is 15 USD).
+ * 0 when set to 0, or when the setting is not an amount in that currency
+ * (logged). */
+static int64_t dispute_fee(const char *currency)
 {
-  char txn[TP_ID_MAX];
+  const struct tp_currency *c = tp_currency_find(currency);
+  char key[16];
+  snprintf(key, sizeof key, "fee.%.3s", currency ? currency : "");
+  const char *v = tp_config_get("disputes", key);
+  if (!v)
+    v = tp_config_get("disputes", "fee");
+  if (!v)
+    v = "15";
+  int64_t fee = 0;
+  if (!c || tp_amount_parse(v, c, &fee) != 0 || fee < 0 || fee > TP_AMOUNT_MAX) {
+    tp_log(TP_LOG_WARN, "dispute_fee_invalid", "{s:s, s:s}", "currency", currency ? currency : "", "value", v);
+    return 0;
+  }
+  return fee;
+}
+
+/* Move a chargeback's amount: out of the merchant's balance with the
+ * dispute fee (sign -1), or back in with the fee given back (+1, the fee
+ * of the withdrawal), as a balanced ledger transaction and its balance
+ * transaction, listed on the dispute. */
+static void adjust(struct tp_cs *cs, const char *merchant, json_t *dp, const char *charge, const char *processor,
+                   int sign)
+{
+  const char *cur = json_string_value(json_object_get(dp, "currency"));
+  json_t *bts = json_object_get(dp, "balance_transactions");
+  int64_t fee = sign < 0 ? dispute_fee(cur)
+                         : -json_integer_value(json_object_get(json_array_get(bts, 0), "fee"));
+  char txn[TP_ID_MAX], desc[96];
+  snprintf(desc, sizeof desc, "Chargeback %s for %.64s", sign < 0 ? "withdrawal" : "reversal", charge);
   json_t *bt = NULL;
-  tp_ledger_post(cs, merchant, processor, json_string_value(json_object_get(dp, "currency")),
-                 sign * json_integer_value(json_object_get(dp, "amount")),
-                 json_string_value(json_object_get(dp, "id")), "adjustment", txn, &bt);
+  const struct tp_posting po = {.merchant = merchant, .processor = processor, .currency = cur,
+                                .amount = sign * json_integer_value(json_object_get(dp, "amount")), .fee = fee,
+                                .source = json_string_value(json_object_get(dp, "id")), .type = "adjustment",
+                                .description = desc, .fee_description = "Dispute fee"};
+  tp_ledger_post(cs, &po, txn, &bt);
   if (bt)
-    json_array_append_new(json_object_get(dp, "balance_transactions"), bt);
+    json_array_append_new(bts, bt);
 }
 
 /* An early fraud warning on captured charge ch (Stripe's test card
@@ -186,7 +221,8 @@ void tp_dispute_open(struct tp_cs *cs, const struct tp_req *r, const char *merch
     abort();
   tp_put_emit(cs, r, merchant, TP_K_DISPUTE, "charge.dispute.created", dp);
   if (!inquiry) {
-    adjust(cs, merchant, dp, json_string_value(json_object_get(turn, "processor")), -1);
+    adjust(cs, merchant, dp, json_string_value(json_object_get(ch, "id")),
+           json_string_value(json_object_get(turn, "processor")), -1);
     tp_put_emit(cs, r, merchant, TP_K_DISPUTE, "charge.dispute.funds_withdrawn", dp);
   }
   json_decref(dp);
@@ -254,7 +290,7 @@ static void decide(struct tp_req *r, struct tp_cs *cs, json_t *dp, const char *p
   bool inquiry = strncmp(json_string_value(json_object_get(dp, "status")), "warning_", 8) == 0;
   json_object_set_new(dp, "status", json_string(inquiry ? "warning_closed" : won ? "won" : "lost"));
   if (!inquiry && won) {
-    adjust(cs, r->merchant.id, dp, processor, +1);
+    adjust(cs, r->merchant.id, dp, json_string_value(json_object_get(dp, "charge")), processor, +1);
     tp_emit(cs, r, r->merchant.id, "charge.dispute.funds_reinstated", dp);
   }
   tp_emit(cs, r, r->merchant.id, "charge.dispute.closed", dp);

@@ -1071,37 +1071,51 @@ static bool at_once(const json_t *ch)
   return json_is_true(json_object_get(json_object_get(ch, "turnpike"), "available_at_once"));
 }
 
-static void ledger_post(struct tp_cs *cs, const char *merchant, const char *processor, const char *currency,
-                        int64_t amount, const char *source, const char *type, char txn[TP_ID_MAX], json_t **obj_out,
-                        bool available)
+static void ledger_post(struct tp_cs *cs, const struct tp_posting *po, bool available, char txn[TP_ID_MAX],
+                        json_t **obj_out)
 {
   char acct[128];
   tp_id_new(txn, "txn");
-  snprintf(acct, sizeof acct, "processor:%s:receivable", processor);
+  snprintf(acct, sizeof acct, "processor:%s:receivable", po->processor);
   /* Capture: the processor owes us, the merchant's pending balance grows
    * (its available balance for the bypass-pending test card). Refund and
    * dispute withdrawal: the reverse, out of the available balance at once
    * (Stripe: "refunds use your available balance", which may go negative);
    * what comes back (a failed refund, a dispute won) is available at once
-   * too. Debits positive, credits negative. */
-  tp_cs_ledger(cs, txn, merchant, acct, currency, amount);
-  tp_cs_ledger(cs, txn, merchant, available ? "merchant:available" : "merchant:pending", currency, -amount);
+   * too. A fee (a dispute's) is kept by the processor: both sides move by
+   * the net. Debits positive, credits negative. */
+  int64_t net = po->amount - po->fee;
+  tp_cs_ledger(cs, txn, po->merchant, acct, po->currency, net);
+  tp_cs_ledger(cs, txn, po->merchant, available ? "merchant:available" : "merchant:pending", po->currency, -net);
   /* The balance transaction, written directly (a flat object, one per
    * capture and refund: no tree needed). */
   int64_t now = tp_now();
   struct tp_jbuf b = {0};
   TP_JBUF_STR(&b, "{\"id\":", txn);
-  TP_JBUF_INT(&b, ",\"object\":\"balance_transaction\",\"amount\":", amount);
+  TP_JBUF_INT(&b, ",\"object\":\"balance_transaction\",\"amount\":", po->amount);
   TP_JBUF_INT(&b, ",\"available_on\":", available ? now : now + available_after_s);
   TP_JBUF_LIT(&b, ",\"balance_type\":\"payments\"");
   TP_JBUF_INT(&b, ",\"created\":", now);
-  TP_JBUF_STR(&b, ",\"currency\":", currency);
-  TP_JBUF_INT(&b, ",\"description\":null,\"exchange_rate\":null,\"fee\":0,\"fee_details\":[],\"net\":", amount);
+  TP_JBUF_STR(&b, ",\"currency\":", po->currency);
+  if (po->description)
+    TP_JBUF_STR(&b, ",\"description\":", po->description);
+  else
+    TP_JBUF_LIT(&b, ",\"description\":null");
+  TP_JBUF_INT(&b, ",\"exchange_rate\":null,\"fee\":", po->fee);
+  if (po->fee) {
+    TP_JBUF_INT(&b, ",\"fee_details\":[{\"amount\":", po->fee);
+    TP_JBUF_STR(&b, ",\"application\":null,\"currency\":", po->currency);
+    TP_JBUF_STR(&b, ",\"description\":", po->fee_description ? po->fee_description : "Processor fee");
+    TP_JBUF_LIT(&b, ",\"type\":\"stripe_fee\"}]");
+  } else {
+    TP_JBUF_LIT(&b, ",\"fee_details\":[]");
+  }
+  TP_JBUF_INT(&b, ",\"net\":", net);
   /* Stripe reports a dispute's adjustments under "dispute". */
-  TP_JBUF_STR(&b, ",\"reporting_category\":", strcmp(type, "adjustment") == 0 ? "dispute" : type);
-  TP_JBUF_STR(&b, ",\"source\":", source);
+  TP_JBUF_STR(&b, ",\"reporting_category\":", strcmp(po->type, "adjustment") == 0 ? "dispute" : po->type);
+  TP_JBUF_STR(&b, ",\"source\":", po->source);
   TP_JBUF_STR(&b, ",\"status\":", available ? "available" : "pending");
-  TP_JBUF_STR(&b, ",\"type\":", type);
+  TP_JBUF_STR(&b, ",\"type\":", po->type);
   TP_JBUF_LIT(&b, "}");
   size_t len = 0;
   char *bt = tp_jbuf_finish(&b, &len);
@@ -1111,15 +1125,25 @@ static void ledger_post(struct tp_cs *cs, const char *merchant, const char *proc
     json_decref(*obj_out);
     *obj_out = json_loadb(bt, len, 0, NULL);
   }
-  tp_cs_put_row(cs, TP_K_BALANCE_TXN, merchant, txn, now, source, type, bt, len);
+  tp_cs_put_row(cs, TP_K_BALANCE_TXN, po->merchant, txn, now, po->source, po->type, bt, len);
 }
 
-void tp_ledger_post(struct tp_cs *cs, const char *merchant, const char *processor, const char *currency,
-                    int64_t amount, const char *source, const char *type, char txn[TP_ID_MAX], json_t **obj_out)
+void tp_ledger_post(struct tp_cs *cs, const struct tp_posting *po, char txn[TP_ID_MAX], json_t **obj_out)
 {
   /* Only a charge's funds wait ([balance] available_after_seconds); refunds,
    * their failures and dispute adjustments move the available balance. */
-  ledger_post(cs, merchant, processor, currency, amount, source, type, txn, obj_out, strcmp(type, "charge") != 0);
+  ledger_post(cs, po, strcmp(po->type, "charge") != 0, txn, obj_out);
+}
+
+/* A capture's posting: the charge's amount to the merchant's pending
+ * balance (available at once for the bypass-pending test card). */
+static void charge_post(struct tp_cs *cs, struct tp_pay *p, const json_t *ch, const char *cur, int64_t amount,
+                        char txn[TP_ID_MAX])
+{
+  const struct tp_posting po = {.merchant = p->m.id, .processor = p->att.processor, .currency = cur,
+                                .amount = amount, .source = json_string_value(json_object_get(ch, "id")),
+                                .type = "charge"};
+  ledger_post(cs, &po, at_once(ch), txn, wants_txn(p) ? &p->txn : NULL);
 }
 
 json_t *tp_charge_new(const struct tp_pay *p, bool approved)
@@ -1332,8 +1356,7 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
     const char *cur = json_string_value(json_object_get(pi, "currency"));
     if (p->att.capture) {
       char txn[TP_ID_MAX];
-      ledger_post(cs, merchant, p->att.processor, cur, amount, json_string_value(json_object_get(ch, "id")), "charge",
-                  txn, wants_txn(p) ? &p->txn : NULL, at_once(ch));
+      charge_post(cs, p, ch, cur, amount, txn);
       json_object_set_new(ch, "balance_transaction", json_string(txn));
       json_object_set_new(ch, "captured", json_true());
       json_object_set_new(ch, "amount_captured", json_integer(amount));
@@ -1419,8 +1442,7 @@ void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs)
   int64_t amount = p->att.amount;
   const char *cur = json_string_value(json_object_get(pi, "currency"));
   char txn[TP_ID_MAX];
-  ledger_post(cs, merchant, p->att.processor, cur, amount, json_string_value(json_object_get(ch, "id")), "charge", txn,
-              wants_txn(p) ? &p->txn : NULL, at_once(ch));
+  charge_post(cs, p, ch, cur, amount, txn);
   json_object_set_new(ch, "balance_transaction", json_string(txn));
   json_object_set_new(ch, "captured", json_true());
   json_object_set_new(ch, "amount_captured", json_integer(amount));
@@ -1501,8 +1523,11 @@ static void refund_fails(struct tp_pay *p, struct tp_cs *cs, json_t *re, json_t 
 {
   const char *merchant = p->m.id;
   char txn[TP_ID_MAX];
-  tp_ledger_post(cs, merchant, p->att.processor, cur, amount, json_string_value(json_object_get(re, "id")),
-                 "refund_failure", txn, NULL);
+  tp_ledger_post(cs,
+                 &(struct tp_posting){.merchant = merchant, .processor = p->att.processor, .currency = cur,
+                                      .amount = amount, .source = json_string_value(json_object_get(re, "id")),
+                                      .type = "refund_failure"},
+                 txn, NULL);
   json_t *before = json_deep_copy(re);
   json_object_set_new(re, "status", json_string("failed"));
   json_object_set_new(re, "failure_reason", json_string("expired_or_canceled_card"));
@@ -1530,7 +1555,10 @@ void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs)
   }
   const char *cur = json_string_value(json_object_get(re, "currency"));
   char txn[TP_ID_MAX];
-  tp_ledger_post(cs, merchant, p->att.processor, cur, -amount, json_string_value(json_object_get(re, "id")), "refund",
+  tp_ledger_post(cs,
+                 &(struct tp_posting){.merchant = merchant, .processor = p->att.processor, .currency = cur,
+                                      .amount = -amount, .source = json_string_value(json_object_get(re, "id")),
+                                      .type = "refund"},
                  txn, wants_txn(p) ? &p->txn : NULL);
   json_object_set_new(re, "balance_transaction", json_string(txn));
   json_object_set_new(re, "status", json_string("succeeded"));

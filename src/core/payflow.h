@@ -131,13 +131,22 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved);
 /* ch's calculated_statement_descriptor from the descriptor and suffix of
  * from (the PaymentIntent, or the charge itself once a capture set them). */
 void tp_charge_set_descriptor(json_t *ch, const json_t *from, const char *merchant_name);
+/* One money movement: amount (minor units of currency; > 0 into the
+ * merchant's balance) from source (a charge, refund or dispute id), of a
+ * balance transaction type ("charge", "refund", "refund_failure",
+ * "adjustment"), less a fee the processor keeps (a dispute's; 0 for none,
+ * < 0 when it is given back), with the balance transaction's description
+ * (NULL: null) and the fee's. */
+struct tp_posting {
+  const char *merchant, *processor, *currency, *source, *type, *description, *fee_description;
+  int64_t amount, fee;
+};
 /* Post a balanced ledger transaction and its balance transaction for a
  * refund (amount < 0), a refund's failure or a dispute adjustment, on the
- * merchant's available balance (only charges wait as pending); its id goes
- * to txn, and the object to *obj_out (the caller's) when obj_out is not
- * NULL. */
-void tp_ledger_post(struct tp_cs *cs, const char *merchant, const char *processor, const char *currency,
-                    int64_t amount, const char *source, const char *type, char txn[TP_ID_MAX], json_t **obj_out);
+ * merchant's available balance (only charges wait as pending): both sides
+ * move by amount - fee. Its id goes to txn, and the object to *obj_out (the
+ * caller's) when obj_out is not NULL. */
+void tp_ledger_post(struct tp_cs *cs, const struct tp_posting *po, char txn[TP_ID_MAX], json_t **obj_out);
 /* [balance] available_after_seconds (read by tp_recover). */
 int64_t tp_balance_available_after(void);
 #endif

@@ -1,6 +1,7 @@
 """Disputes from Stripe's dispute test cards: a chargeback opened in the
-commit that captures the charge takes the money back (a balanced ledger
-adjustment: the balance and the ledger agree), the charge is disputed and
+commit that captures the charge takes the money back with the dispute fee
+(a balanced ledger adjustment: the balance and the ledger agree; the fee
+given back when won; [disputes] fee.CUR), the charge is disputed and
 cannot be refunded; evidence is kept and submitted; "winning_evidence"
 wins it back (a second adjustment), "losing_evidence" and close lose it;
 an inquiry moves no money and leaves the charge refundable; a manual
@@ -15,6 +16,11 @@ EFW = "/v1/radar/early_fraud_warnings"
 
 class Disputes(DaemonTestCase):
     MERCHANTS = ("m", "n")
+
+    @classmethod
+    def config(cls):
+        # usd keeps the default fee (15 in major units: 1500); jpy's is set
+        return "[disputes]\nfee.jpy = 2000\n"
 
     def pay(self, pm="pm_card_createDispute", amount=2000, **extra):
         params = {"amount": amount, "currency": "usd", "confirm": "true", "payment_method": pm}
@@ -69,11 +75,15 @@ class Disputes(DaemonTestCase):
         bt = dp["balance_transactions"][0]
         self.assertEqual((bt["amount"], bt["type"], bt["reporting_category"], bt["source"], bt["status"]),
                          (-2000, "adjustment", "dispute", dp["id"], "available"))
+        # Stripe's dispute fee, kept by the network: 15.00 usd
+        self.assertEqual((bt["fee"], bt["net"], bt["description"]), (1500, -3500, "Chargeback withdrawal for " + ch))
+        self.assertEqual(bt["fee_details"], [{"amount": 1500, "application": None, "currency": "usd",
+                                              "description": "Dispute fee", "type": "stripe_fee"}])
         self.assertEqual(bt["available_on"], bt["created"])
-        self.assertEqual(self.c().get("/v1/balance_transactions/" + bt["id"]).json["amount"], -2000)
+        self.assertEqual(self.c().get("/v1/balance_transactions/" + bt["id"]).json, bt)
         self.assertTrue(self.c().get("/v1/charges/" + ch).json["disputed"])
-        # +2000 captured (pending), -2000 withdrawn from the available balance at once
-        self.assertEqual(self.balance(), (avail - 2000, before + 2000))
+        # +2000 captured (pending), -2000 and the fee withdrawn from the available balance at once
+        self.assertEqual(self.balance(), (avail - 3500, before + 2000))
         unbalanced, merchant = self.ledger_sums()
         self.assertEqual(unbalanced, 0)
         self.assertEqual(tuple(-x for x in merchant), self.balance())  # the balance is the ledger's
@@ -90,7 +100,10 @@ class Disputes(DaemonTestCase):
         r = self.c().post(DP + "/" + dp["id"], {"evidence[uncategorized_text]": "winning_evidence"})
         self.assertEqual(r.status, 200, r)
         self.assertEqual((r.json["status"], r.json["evidence_details"]["submission_count"]), ("won", 1))
-        self.assertEqual([b["amount"] for b in r.json["balance_transactions"]], [-2000, 2000])
+        self.assertEqual([(b["amount"], b["fee"], b["net"]) for b in r.json["balance_transactions"]],
+                         [(-2000, 1500, -3500), (2000, -1500, 3500)])
+        self.assertEqual(r.json["balance_transactions"][1]["description"], "Chargeback reversal for " + ch)
+        # won: the amount and the fee come back
         self.assertEqual(self.balance(), (avail, before + 2000))
         self.assertEqual(self.ledger_sums()[0], 0)
         # the evidence kept, then submitted (under review), then decided
@@ -114,6 +127,22 @@ class Disputes(DaemonTestCase):
         r = self.c().post(DP + "/%s/close" % dp["id"], {})
         self.assertEqual(r.json["status"], "lost")
         self.assertEqual(self.events(dp["id"])[-1], "charge.dispute.closed")
+
+    def test_a_lost_chargeback_keeps_the_fee_and_the_fee_is_in_the_disputes_currency(self):
+        avail = self.available()
+        ch = self.pay()["latest_charge"]
+        dp = self.dispute_of(ch)
+        r = self.c().post(DP + "/%s/close" % dp["id"], {})
+        self.assertEqual((r.json["status"], [b["net"] for b in r.json["balance_transactions"]]), ("lost", [-3500]))
+        self.assertEqual(self.available(), avail - 3500)
+        # [disputes] fee.jpy = 2000 (a zero-decimal currency: 2000 yen)
+        jpy = self.pay(amount=5000, currency="jpy")
+        bt = self.dispute_of(jpy["latest_charge"])["balance_transactions"][0]
+        self.assertEqual((bt["currency"], bt["amount"], bt["fee"], bt["net"]), ("jpy", -5000, 2000, -7000))
+        self.assertEqual(bt["fee_details"][0]["currency"], "jpy")
+        bal = self.c().get("/v1/balance").json
+        self.assertIn({"amount": -7000, "currency": "jpy", "source_types": {"card": -7000}}, bal["available"])
+        self.assertEqual(self.ledger_sums()[0], 0)
 
     def test_an_inquiry_moves_no_money_and_the_charge_stays_refundable(self):
         before = self.pending()

@@ -15,6 +15,8 @@ test('a chargeback from the dispute test card is fought and won with the SDK', a
   const dp = disputes[0];
   assert.equal(dp.status, 'needs_response');
   assert.equal(dp.balance_transactions[0].amount, -4200);
+  assert.equal(dp.balance_transactions[0].fee, 1500); // the dispute fee, 15.00 usd
+  assert.equal(dp.balance_transactions[0].net, -5700);
   const err = await expectError(stripe.refunds.create({ charge: charge.id }), errors.StripeInvalidRequestError);
   assert.equal(err.code, 'charge_disputed');
   const won = await stripe.disputes.update(dp.id, { evidence: { uncategorized_text: 'winning_evidence',
@@ -22,6 +24,7 @@ test('a chargeback from the dispute test card is fought and won with the SDK', a
   assert.equal(won.status, 'won');
   assert.equal(won.evidence.customer_email_address, 'ada@example.test');
   assert.deepEqual(won.balance_transactions.map((b) => b.amount), [-4200, 4200]);
+  assert.deepEqual(won.balance_transactions.map((b) => b.net), [-5700, 5700]);
   const again = await stripe.disputes.retrieve(dp.id);
   assert.equal(again.metadata.ticket, '9');
 });
