@@ -737,6 +737,11 @@ static const char *test_id_pan(const char *id)
   return pan ? pan : test_pan(id, true);
 }
 
+bool tp_pm_test_id(const char *id)
+{
+  return test_pan(id, false) != NULL;
+}
+
 bool tp_pm_materialize(struct tp_req *r, struct tp_cs *cs, json_t *pi)
 {
   const char *pm_id = json_string_value(json_object_get(pi, "payment_method"));

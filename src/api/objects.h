@@ -67,13 +67,6 @@ extern const char *const tp_allow_redisplay[];
 bool tp_card_from_params(struct tp_req *r, const json_t *card, const char *param_prefix, struct tp_card_info *ci,
                          char *cvc_out);
 
-/* Resolve a payment method id for a merchant: a stored pm_..., or a test id
- * (Stripe's pm_card_visa, pm_card_gb, pm_card_chargeDeclined..., the table
- * in objects.c) which creates a new PM like Stripe does. On
- * success returns the PM object and fills ci with the card from the vault
- * (PAN in memory only). On failure replies 404/400 and returns NULL. */
-/* Is pm_id one of the merchant's PaymentMethods (or a pm_card_* test id)?
- * Otherwise replies resource_missing and returns false. */
 /* True when this merchant has object id of kind (a deleted customer does
  * not count); else replies 404 "No such WHAT: 'id'" naming param (or 503
  * when the store cannot say) and returns false. */
@@ -82,11 +75,20 @@ bool tp_live_or_missing(struct tp_req *r, enum tp_kind kind, const char *id, con
 void tp_reply_missing(struct tp_req *r, const char *what, const char *id, const char *param);
 /* tp_reply_missing for the request's path id. */
 void tp_reply_no_such(struct tp_req *r, const char *what, const char *param);
+/* Is pm_id one of the merchant's PaymentMethods (or a pm_card_* test id)?
+ * Otherwise replies resource_missing and returns false. */
 bool tp_pm_exists(struct tp_req *r, const char *pm_id);
+/* Is id one of Stripe's test PaymentMethods (pm_card_visa ...)? */
+bool tp_pm_test_id(const char *id);
 /* A test token (pm_card_visa ...) in pi's payment_method becomes a new
  * PaymentMethod in cs, as Stripe creates one when the token is set: false
  * after an error reply. */
 bool tp_pm_materialize(struct tp_req *r, struct tp_cs *cs, json_t *pi);
+/* Resolve a payment method id for a merchant: a stored pm_..., or a test id
+ * (Stripe's pm_card_visa, pm_card_gb, pm_card_chargeDeclined..., the table
+ * in objects.c) which creates a new PM like Stripe does. On
+ * success returns the PM object and fills ci with the card from the vault
+ * (PAN in memory only). On failure replies 404/400 and returns NULL. */
 json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, struct tp_card_info *ci);
 /* A customer's card source (the legacy Cards API, api/sources.c) from a
  * card token source (one of POST /v1/tokens, spent here, or a test token

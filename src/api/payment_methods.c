@@ -165,9 +165,27 @@ void tp_h_pm_create(struct tp_req *r)
 }
 
 /* GET /v1/payment_methods/{id} */
+/* GET /v1/payment_methods/{id}: a test id (pm_card_visa ...) answers a new
+ * PaymentMethod of its card, as Stripe's test mode does (committed, so its
+ * pm_ id can be used and retrieved afterwards). */
 void tp_h_pm_retrieve(struct tp_req *r)
 {
-  tp_retrieve(r, TP_K_PAYMENT_METHOD, "PaymentMethod");
+  if (!tp_pm_test_id(r->path_id)) {
+    tp_retrieve(r, TP_K_PAYMENT_METHOD, "PaymentMethod");
+    return;
+  }
+  if (!tp_check_params(r, tp_spec_expand_only))
+    return;
+  struct tp_cs *cs = tp_cs_new();
+  struct tp_card_info ci;
+  memset(&ci, 0, sizeof ci);
+  json_t *pm = tp_pm_resolve(r, cs, r->path_id, &ci);
+  tp_card_wipe(&ci, sizeof ci);
+  if (pm && reply_object(r, pm, NULL))
+    tp_commit_and_reply(r, cs);
+  else
+    tp_cs_free(cs);
+  json_decref(pm);
 }
 
 /* Merge billing_details params into the stored object: given keys replace,

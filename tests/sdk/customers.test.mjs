@@ -221,3 +221,21 @@ test('a customer created with a saved PaymentMethod that is also its default (a 
   assert.equal(cus.invoice_settings.default_payment_method, pm.id);
   assert.equal((await stripe.paymentMethods.retrieve(pm.id)).customer, cus.id);
 });
+
+test('retrieving a test PaymentMethod (pm_card_visa) gives a new one of its card, kept', async () => {
+  const a = await stripe.paymentMethods.retrieve('pm_card_mastercard');
+  const b = await stripe.paymentMethods.retrieve('pm_card_mastercard');
+  assert.match(a.id, /^pm_/);
+  assert.notEqual(a.id, 'pm_card_mastercard');
+  assert.notEqual(a.id, b.id);
+  assert.equal(a.card.brand, 'mastercard');
+  assert.equal(a.card.last4, '4444');
+  assert.equal(a.card.fingerprint, b.card.fingerprint);
+  assert.equal(a.customer, null);
+  // committed: retrievable by its id, and it pays
+  assert.deepEqual(await stripe.paymentMethods.retrieve(a.id), a);
+  const pi = await stripe.paymentIntents.create({ amount: 700, currency: 'usd', confirm: true, payment_method: a.id });
+  assert.equal(pi.status, 'succeeded');
+  const gone = await expectError(stripe.paymentMethods.retrieve('pm_card_nosuchcard'), errors.StripeInvalidRequestError);
+  assert.equal(gone.statusCode, 404);
+});
