@@ -1,8 +1,10 @@
 /* /v1/events: retrieve and list.
  *
- * An exact `type` filter is an indexed store query. A wildcard type
- * ("payment_intent.*") or a `types[]` list is filtered in memory over pages
- * of the plain list, scanning at most EVENTS_MAX_SCAN events per request. */
+ * An exact `type` filter is an indexed store query (events_t: merchant,
+ * type, id). A wildcard type ("payment_intent.*") or a `types[]` list is
+ * the merchant's event types that match it (found on that index, one seek
+ * per distinct type), each listed the same way from the cursor, the pages
+ * merged by id: the cost is that of the page, however rare the match. */
 #include "api/commit.h"
 #include "api/handlers.h"
 #include "api/objects.h"
@@ -13,13 +15,12 @@
 #include "util.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-/* Events read per request when filtering in memory; past it a page that
- * has a match ends early with has_more = true so the client can go on from
- * the last item (one without reads on). */
-#define EVENTS_MAX_SCAN 10000
-#define EVENTS_PAGE 100
+/* Distinct event types of one merchant looked at for a wildcard or types[]
+ * (Turnpike sends under fifty). */
+#define EVENTS_MAX_KINDS 256
 /* Stripe's cap on types[]. */
 #define EVENTS_MAX_TYPES 20
 #define LIST_DEFAULT_LIMIT 10
@@ -159,67 +160,105 @@ static bool type_wanted(const json_t *ev, const char *type, const json_t *types)
   return false;
 }
 
-/* Walk the list from the cursor outward, page by page, keeping the first
- * `limit` matches; *more is set when another match (or unscanned rows) exist. */
+/* The merchant's event types that type (a pattern) or types (patterns)
+ * match, found on the index events_t by seeking past each in turn. NULL on
+ * a store error. */
+static json_t *matching_types(const char *merchant, const char *type, const json_t *types)
+{
+  json_t *out = json_array();
+  char last[128] = "";
+  for (int n = 0; n < EVENTS_MAX_KINDS; n++) {
+    json_t *rows = tp_store_query_take(&tp_app.store,
+                                       "SELECT type FROM events INDEXED BY events_t WHERE merchant=?1 AND type>?2 "
+                                       "ORDER BY type LIMIT 1",
+                                       tp_pack("[s, s]", merchant, last));
+    if (!rows) {
+      json_decref(out);
+      return NULL;
+    }
+    const char *t = json_string_value(json_object_get(json_array_get(rows, 0), "type"));
+    if (!t || strlen(t) >= sizeof last) {
+      json_decref(rows);
+      break;
+    }
+    tp_scopy(last, sizeof last, t);
+    json_decref(rows);
+    json_t *ev = tp_pack("{s:s}", "type", last);
+    if (type_wanted(ev, type, types))
+      json_array_append_new(out, json_string(last));
+    json_decref(ev);
+  }
+  return out;
+}
+
+static int by_id_desc(const void *a, const void *b)
+{
+  const char *x = json_string_value(json_object_get(*(json_t *const *)a, "id"));
+  const char *y = json_string_value(json_object_get(*(json_t *const *)b, "id"));
+  return -strcmp(x ? x : "", y ? y : "");
+}
+
+/* The page of events of the matching types: each type's page from the
+ * cursor (indexed), merged. A page is newest first; with ending_before it
+ * holds the `limit` events just newer than the cursor, so the merge keeps
+ * the oldest of them. *more when another match lies past the page. */
 static json_t *filtered(struct tp_req *r, const struct tp_list_query *q0, int limit, const char *type,
                         const json_t *types, bool *more)
 {
-  struct tp_list_query q = *q0;
-  bool ascending = q.ending_before != NULL; /* ending_before walks toward newer events */
-  char cursor[TP_ID_MAX];
-  tp_scopy(cursor, sizeof cursor, ascending ? q.ending_before : (q.starting_after ? q.starting_after : ""));
-  json_t *out = json_array();
-  size_t scanned = 0;
   *more = false;
-  for (;;) {
-    q.limit = EVENTS_PAGE;
-    q.starting_after = (!ascending && cursor[0]) ? cursor : NULL;
-    q.ending_before = ascending ? cursor : NULL;
+  json_t *kinds = matching_types(q0->merchant, type, types);
+  if (!kinds) {
+    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+    return NULL;
+  }
+  bool ascending = q0->ending_before != NULL;
+  size_t n = 0, cap = 0, i;
+  json_t **all = NULL;
+  const json_t *k;
+  json_array_foreach(kinds, i, k) {
+    struct tp_list_query q = *q0;
+    q.col_name = "type";
+    q.col_value = json_string_value(k);
+    q.limit = limit;
     bool page_more = false;
     json_t *page = tp_app.store.ops->list(tp_app.store.cls, &q, &page_more);
     if (!page) {
-      json_decref(out);
+      for (size_t j = 0; j < n; j++)
+        json_decref(all[j]);
+      free(all);
+      json_decref(kinds);
       tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
       return NULL;
     }
-    size_t n = json_array_size(page);
-    /* Pages come newest first either way; ascending walks read them backwards. */
-    for (size_t k = 0; k < n; k++) {
-      json_t *ev = json_array_get(page, ascending ? n - 1 - k : k);
-      if (!type_wanted(ev, type, types))
-        continue;
-      if (json_array_size(out) == (size_t)limit) {
-        *more = true;
-        break;
+    *more = *more || page_more;
+    size_t j;
+    json_t *ev;
+    json_array_foreach(page, j, ev) {
+      if (n == cap) {
+        cap = cap ? cap * 2 : 64;
+        all = realloc(all, cap * sizeof *all);
+        if (!all)
+          abort();
       }
-      json_array_append(out, ev);
-    }
-    scanned += n;
-    if (n > 0) {
-      const json_t *edge = json_array_get(page, ascending ? 0 : n - 1);
-      tp_scopy(cursor, sizeof cursor, json_string_value(json_object_get(edge, "id")));
+      all[n++] = json_incref(ev);
     }
     json_decref(page);
-    if (*more || !page_more || n == 0)
-      break;
-    /* Past the bound the page ends early, but only on a match: an empty
-     * page with has_more gives a client no item to go on from (stripe-node's
-     * auto-paging throws on one), so a filter that has matched nothing
-     * reads on. */
-    if (scanned >= EVENTS_MAX_SCAN && json_array_size(out) > 0) {
-      *more = true;
-      break;
-    }
   }
-  if (ascending) {
-    /* Collected oldest first; lists are newest first. */
-    size_t n = json_array_size(out);
-    json_t *rev = json_array();
-    for (size_t k = 0; k < n; k++)
-      json_array_append(rev, json_array_get(out, n - 1 - k));
-    json_decref(out);
-    out = rev;
+  json_decref(kinds);
+  if (n > 1)
+    qsort(all, n, sizeof *all, by_id_desc);
+  /* Newest first; ending_before keeps the last `limit` (nearest the cursor). */
+  size_t from = ascending && n > (size_t)limit ? n - (size_t)limit : 0;
+  size_t to = ascending || n <= (size_t)limit ? n : (size_t)limit;
+  if (n > (size_t)limit)
+    *more = true;
+  json_t *out = json_array();
+  for (size_t j = 0; j < n; j++) {
+    if (j >= from && j < to)
+      json_array_append(out, all[j]);
+    json_decref(all[j]);
   }
+  free(all);
   return out;
 }
 

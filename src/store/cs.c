@@ -9,19 +9,23 @@
 #include <string.h>
 
 const struct tp_kind_info tp_kinds[TP_K__COUNT] = {
-  [TP_K_PAYMENT_INTENT] = {"payment_intents", "payment_intent", "pi", {"customer", "status"}},
-  [TP_K_CHARGE] = {"charges", "charge", "ch", {"payment_intent", "customer"}},
-  [TP_K_REFUND] = {"refunds", "refund", "re", {"payment_intent", "charge"}},
-  [TP_K_CUSTOMER] = {"customers", "customer", "cus", {"email", "deleted"}},
-  [TP_K_PAYMENT_METHOD] = {"payment_methods", "payment_method", "pm", {"customer", "type"}},
-  [TP_K_EVENT] = {"events", "event", "evt", {"type", "object_id"}},
-  [TP_K_BALANCE_TXN] = {"balance_transactions", "balance_transaction", "txn", {"source", "type"}},
-  [TP_K_SETUP_INTENT] = {"setup_intents", "setup_intent", "seti", {"customer", "payment_method"}},
-  [TP_K_DISPUTE] = {"disputes", "dispute", "dp", {"charge", "payment_intent"}},
-  [TP_K_TOKEN] = {"tokens", "token", "tok", {"type", "client_ip"}},
-  [TP_K_SETUP_ATTEMPT] = {"setup_attempts", "setup_attempt", "setatt", {"setup_intent", "payment_method"}},
+  [TP_K_PAYMENT_INTENT] = {"payment_intents", "payment_intent", "pi", {"customer", "status"},
+                           {"payment_intents_c", NULL}},
+  [TP_K_CHARGE] = {"charges", "charge", "ch", {"payment_intent", "customer"}, {"charges_pi", "charges_c"}},
+  [TP_K_REFUND] = {"refunds", "refund", "re", {"payment_intent", "charge"}, {"refunds_pi", "refunds_ch"}},
+  [TP_K_CUSTOMER] = {"customers", "customer", "cus", {"email", "deleted"}, {"customers_e", NULL}},
+  [TP_K_PAYMENT_METHOD] = {"payment_methods", "payment_method", "pm", {"customer", "type"},
+                           {"payment_methods_c", NULL}},
+  [TP_K_EVENT] = {"events", "event", "evt", {"type", "object_id"}, {"events_t", NULL}},
+  [TP_K_BALANCE_TXN] = {"balance_transactions", "balance_transaction", "txn", {"source", "type"}, {NULL, NULL}},
+  [TP_K_SETUP_INTENT] = {"setup_intents", "setup_intent", "seti", {"customer", "payment_method"},
+                         {"setup_intents_c", "setup_intents_pm"}},
+  [TP_K_DISPUTE] = {"disputes", "dispute", "dp", {"charge", "payment_intent"}, {"disputes_ch", "disputes_pi"}},
+  [TP_K_TOKEN] = {"tokens", "token", "tok", {"type", "client_ip"}, {NULL, NULL}},
+  [TP_K_SETUP_ATTEMPT] = {"setup_attempts", "setup_attempt", "setatt", {"setup_intent", "payment_method"},
+                          {"setup_attempts_si", NULL}},
   [TP_K_EARLY_FRAUD_WARNING] = {"early_fraud_warnings", "radar.early_fraud_warning", "issfr",
-                                {"charge", "payment_intent"}},
+                                {"charge", "payment_intent"}, {"early_fraud_warnings_ch", "early_fraud_warnings_pi"}},
 };
 
 struct tp_cs {

@@ -35,6 +35,9 @@ struct tp_kind_info {
   const char *object;  /* Stripe "object" value */
   const char *prefix;  /* id prefix */
   const char *col[2];  /* extra indexed columns, taken from the JSON field of the same name */
+  /* The index of (merchant, col[i], id) lists filtered on col[i] read, or
+   * NULL for none (the list walks the merchant's rows). */
+  const char *index[2];
 };
 extern const struct tp_kind_info tp_kinds[TP_K__COUNT];
 

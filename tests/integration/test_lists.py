@@ -12,7 +12,7 @@ MAX_INSERTS = 300
 
 
 class ListsTest(DaemonTestCase):
-    MERCHANTS = ("order", "paging", "limits", "expand", "scan")
+    MERCHANTS = ("order", "paging", "limits", "expand", "scan", "types")
 
     def create_pis(self, c, n, tag):
         ids = []
@@ -108,12 +108,13 @@ class ListsTest(DaemonTestCase):
         self.assertEqual(everything, (pre + inserted)[::-1])
 
     def test_a_filtered_page_is_never_empty_with_has_more(self):
-        """Filters without an index (events by a wildcard type) read a bounded
-        number of rows per page once they have a match; one that has matched
-        nothing reads on, rather than answering an empty page with has_more
-        (no item to go on from: stripe-node's auto-paging throws). 10,050
-        newer events of another type are written into the store beside the
-        daemon (plain JSON, which the store reads as it reads its frames)."""
+        """Events by a wildcard type or types[] are read through the type
+        index, type by type, so 10,050 newer events of another type are
+        passed over without being read, and a filter that matches nothing
+        answers an empty page without has_more (an empty page with has_more
+        gives no item to go on from: stripe-node's auto-paging throws). The
+        events are written into the store beside the daemon (plain JSON,
+        which the store reads as it reads its frames)."""
         import sqlite3
         c = self.c("scan")
         pi = c.post(PI, {"amount": 500, "currency": "usd"}).json
@@ -138,6 +139,44 @@ class ListsTest(DaemonTestCase):
         self.assertEqual(([e["id"] for e in r.json["data"]], r.json["has_more"]), ([ev[0]["id"]], False))
         r = c.get("/v1/events", {"types": ["charge.*", "customer.*"]})
         self.assertEqual((r.json["data"], r.json["has_more"]), ([], False))
+
+    def test_events_by_several_types_page_both_ways_as_the_whole_list_does(self):
+        """types[] and wildcards merge one indexed page per matching type:
+        paging forward (starting_after) and back (ending_before) with a small
+        limit gives exactly the whole list's matching events, in order."""
+        c = self.c("types")
+        for i in range(4):
+            c.post(PI, {"amount": 500 + i, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa"})
+            c.post("/v1/customers", {"name": "t%d" % i})
+        every = c.get("/v1/events", {"limit": 100}).json["data"]
+        for params, wanted in [({"types": ["charge.succeeded", "customer.created"]},
+                                lambda t: t in ("charge.succeeded", "customer.created")),
+                               ({"type": "payment_intent.*"}, lambda t: t.startswith("payment_intent.")),
+                               ({"types": ["customer.*", "charge.succeeded"]},
+                                lambda t: t.startswith("customer.") or t == "charge.succeeded")]:
+            with self.subTest(params=params):
+                expected = [e["id"] for e in every if wanted(e["type"])]
+                self.assertEqual(len(expected), 8)
+                got, cursor = [], None
+                for _ in range(10):
+                    q = dict(params, limit=3)
+                    if cursor:
+                        q["starting_after"] = cursor
+                    page = c.get("/v1/events", q).json
+                    got += [e["id"] for e in page["data"]]
+                    if not page["has_more"]:
+                        break
+                    cursor = page["data"][-1]["id"]
+                self.assertEqual(got, expected)
+                # back from the oldest: pages of the 3 just newer, newest first within each
+                back, cursor = [], expected[-1]
+                for _ in range(10):
+                    page = c.get("/v1/events", dict(params, limit=3, ending_before=cursor)).json
+                    back = [e["id"] for e in page["data"]] + back
+                    if not page["has_more"]:
+                        break
+                    cursor = page["data"][0]["id"]
+                self.assertEqual(back, expected[:-1])
 
     def test_limit_must_be_between_1_and_100(self):
         c = self.c("limits")
