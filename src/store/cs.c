@@ -17,7 +17,9 @@ const struct tp_kind_info tp_kinds[TP_K__COUNT] = {
   [TP_K_PAYMENT_METHOD] = {"payment_methods", "payment_method", "pm", {"customer", "type"},
                            {"payment_methods_c", NULL}},
   [TP_K_EVENT] = {"events", "event", "evt", {"type", "object_id"}, {"events_t", NULL}},
-  [TP_K_BALANCE_TXN] = {"balance_transactions", "balance_transaction", "txn", {"source", "type"}, {NULL, NULL}},
+  /* by type: refunds, failures and adjustments; nearly every row is a charge */
+  [TP_K_BALANCE_TXN] = {"balance_transactions", "balance_transaction", "txn", {"source", "type"},
+                        {NULL, "balance_transactions_t"}, {NULL, "charge"}},
   [TP_K_SETUP_INTENT] = {"setup_intents", "setup_intent", "seti", {"customer", "payment_method"},
                          {"setup_intents_c", "setup_intents_pm"}},
   [TP_K_DISPUTE] = {"disputes", "dispute", "dp", {"charge", "payment_intent"}, {"disputes_ch", "disputes_pi"}},

@@ -36,8 +36,11 @@ struct tp_kind_info {
   const char *prefix;  /* id prefix */
   const char *col[2];  /* extra indexed columns, taken from the JSON field of the same name */
   /* The index of (merchant, col[i], id) lists filtered on col[i] read, or
-   * NULL for none (the list walks the merchant's rows). */
+   * NULL for none (the list walks the merchant's rows). A partial index
+   * WHERE col[i] != except[i] leaves out the value most rows have (a list
+   * of it walks the merchant's rows, where nearly every row matches). */
   const char *index[2];
+  const char *except[2];
 };
 extern const struct tp_kind_info tp_kinds[TP_K__COUNT];
 

@@ -135,6 +135,16 @@ class Disputes(DaemonTestCase):
         r = self.c().post(DP + "/%s/close" % dp["id"], {})
         self.assertEqual((r.json["status"], [b["net"] for b in r.json["balance_transactions"]]), ("lost", [-3500]))
         self.assertEqual(self.available(), avail - 3500)
+        # listed by type (the index of the rare types) and by source; a charge's is not among them
+        bt = r.json["balance_transactions"][0]
+        adj = self.c().get("/v1/balance_transactions", {"type": "adjustment", "limit": 100}).json["data"]
+        self.assertIn(bt, adj)
+        self.assertEqual({b["type"] for b in adj}, {"adjustment"})
+        self.assertEqual(self.c().get("/v1/balance_transactions", {"type": "adjustment", "source": dp["id"]})
+                         .json["data"], [bt])
+        charges = self.c().get("/v1/balance_transactions", {"type": "charge", "limit": 100}).json["data"]
+        self.assertIn(ch, [b["source"] for b in charges])
+        self.assertEqual({b["type"] for b in charges}, {"charge"})
         # [disputes] fee.jpy = 2000 (a zero-decimal currency: 2000 yen)
         jpy = self.pay(amount=5000, currency="jpy")
         bt = self.dispute_of(jpy["latest_charge"])["balance_transactions"][0]
