@@ -436,16 +436,43 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
     tp_scopy(cursor, sizeof cursor, page + pl);
   }
   const char *table = tp_kinds[kind].table;
-  char sql[256];
-  snprintf(sql, sizeof sql,
-           "SELECT id, tp_json(data) AS data FROM %s WHERE merchant = ?1 AND id < ?2%s ORDER BY id DESC LIMIT ?3",
-           table, kind == TP_K_CUSTOMER ? " AND deleted IS NULL" : "");
+  /* A clause every match must meet, `field:'id'` on a column with an index
+   * (a PaymentIntent's or charge's customer, a charge's payment_intent),
+   * drives the walk: only that value's rows are read, each still tested
+   * against the whole query. */
+  const char *index = NULL, *col = NULL, *val = NULL;
+  for (size_t i = 0; i < s->n && !index; i++) {
+    const struct tp_search_clause *c = &s->c[i];
+    if ((s->any && s->n > 1) || c->op != TP_SO_EQ || c->negate || c->is_null || c->field->type != TP_SF_ID)
+      continue;
+    for (int k = 0; k < 2; k++)
+      if (tp_kinds[kind].index[k] && !tp_kinds[kind].except[k] &&
+          strcmp(tp_kinds[kind].col[k], c->field->name) == 0) {
+        index = tp_kinds[kind].index[k];
+        col = tp_kinds[kind].col[k];
+        val = c->value;
+        break;
+      }
+  }
+  char sql[320];
+  if (index)
+    snprintf(sql, sizeof sql,
+             "SELECT id, tp_json(data) AS data FROM %s INDEXED BY %s WHERE merchant = ?1 AND %s = ?4 AND id < ?2%s "
+             "ORDER BY id DESC LIMIT ?3",
+             table, index, col, kind == TP_K_CUSTOMER ? " AND deleted IS NULL" : "");
+  else
+    snprintf(sql, sizeof sql,
+             "SELECT id, tp_json(data) AS data FROM %s WHERE merchant = ?1 AND id < ?2%s ORDER BY id DESC LIMIT ?3",
+             table, kind == TP_K_CUSTOMER ? " AND deleted IS NULL" : "");
   json_t *data = json_array();
   bool has_more = false, end = false, failed = false;
   int64_t scanned = 0, budget = tp_config_int("search", "max_scan_rows", SCAN_MAX_DEFAULT, 10, 100000);
   while (!end && !has_more && scanned < budget) {
     int64_t want = budget - scanned < SCAN_CHUNK ? budget - scanned : SCAN_CHUNK;
-    json_t *rows = tp_store_query_take(&tp_app.store, sql, tp_pack("[s, s, I]", r->merchant.id, cursor, (json_int_t)want));
+    json_t *args = tp_pack("[s, s, I]", r->merchant.id, cursor, (json_int_t)want);
+    if (index)
+      json_array_append_new(args, json_string(val));
+    json_t *rows = tp_store_query_take(&tp_app.store, sql, args);
     if (!rows) {
       failed = true;
       break;

@@ -208,6 +208,33 @@ class SearchBudgetTest(DaemonTestCase):
         self.assertGreaterEqual(pages, 5, "45 rows at 10 a request take at least 5 requests")
         self.assertGreater(short, 0, "some page ended early on the budget")
 
+    def test_a_customer_clause_reads_only_that_customers_rows(self):
+        """customer:'cus_…' (and a charge's payment_intent:'pi_…') walks the
+        column's index: the customer's payments among 45 others come in one
+        page under a budget of 10 rows, the rest of the query still applied."""
+        c = self.c("b")
+        cus = c.post("/v1/customers", {"name": "rare"}).json["id"]
+        mine = []
+        for i in range(4):
+            r = c.post(PI, {"amount": 700 + i, "currency": "usd", "customer": cus, "confirm": "true",
+                            "payment_method": "pm_card_visa"})
+            self.assertEqual(r.status, 200, r)
+            mine.append(r.json)
+        for i in range(45):
+            c.post(PI, {"amount": 900, "currency": "usd"})
+        r = c.get(PI + "/search", {"query": "customer:'%s'" % cus, "limit": 10})
+        self.assertEqual(([p["id"] for p in r.json["data"]], r.json["has_more"]),
+                         ([p["id"] for p in reversed(mine)], False))
+        r = c.get(PI + "/search", {"query": "customer:'%s' AND amount>=702" % cus})
+        self.assertEqual([p["amount"] for p in r.json["data"]], [703, 702])
+        r = c.get(PI + "/search", {"query": "customer:'%s' OR amount:900" % cus, "limit": 3})
+        self.assertTrue(r.json["has_more"])  # OR: no index drives it, the budget applies
+        r = c.get("/v1/charges/search", {"query": "payment_intent:'%s'" % mine[1]["id"]})
+        self.assertEqual(([ch["id"] for ch in r.json["data"]], r.json["has_more"]),
+                         ([mine[1]["latest_charge"]], False))
+        r = c.get(PI + "/search", {"query": "-customer:'%s' AND amount:701" % cus})
+        self.assertEqual(r.json["data"], [])
+
 
 if __name__ == "__main__":
     main()
