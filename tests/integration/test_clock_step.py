@@ -55,6 +55,16 @@ class ClockStepTest(unittest.TestCase):
         first = c.get("/v1/events", {"limit": 1}).json["data"][0]
         self.assertEqual(first["data"]["object"]["id"] if first["type"].startswith("payment_intent")
                          else first["data"]["object"].get("payment_intent"), new["id"], first)
+        # A created range bounds the ids from below (src/store/sqlite/sqlite.c,
+        # list_id_floor): the payments made behind the clock carry ids ahead
+        # of their created, and both still answer a range that holds them.
+        for since, want in [(new["created"], {new["id"], old["id"]}), (old["created"], {old["id"]}),
+                            (new["created"] + 1, {old["id"]}), (old["created"] + 1, set())]:
+            got = {p["id"] for p in c.get(PI, {"created[gte]": since, "limit": 100}).json["data"]}
+            self.assertEqual(got, want, since)
+        both = c.get("/v1/events", {"created[gte]": new["created"], "limit": 100}).json["data"]
+        self.assertEqual({e["data"]["object"].get("id") for e in both if e["type"] == "payment_intent.succeeded"},
+                         {new["id"], old["id"]})
         self.assertIn('"clock_behind_store"', d.log_text())
 
 

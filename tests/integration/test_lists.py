@@ -12,7 +12,7 @@ MAX_INSERTS = 300
 
 
 class ListsTest(DaemonTestCase):
-    MERCHANTS = ("order", "paging", "limits", "expand", "scan", "types")
+    MERCHANTS = ("order", "paging", "limits", "expand", "scan", "types", "ranges")
 
     def create_pis(self, c, n, tag):
         ids = []
@@ -177,6 +177,26 @@ class ListsTest(DaemonTestCase):
                         break
                     cursor = page["data"][0]["id"]
                 self.assertEqual(back, expected[:-1])
+
+    def test_created_ranges_answer_what_the_whole_list_holds(self):
+        """A lower created bound also bounds the ids (they begin with their
+        creation time): every range gives exactly the whole list's rows in
+        it, for objects and for events by type."""
+        c = self.c("ranges")
+        for i in range(3):
+            c.post(PI, {"amount": 900 + i, "currency": "usd"})
+            time.sleep(1.05)
+        every = c.get(PI, {"limit": 100}).json["data"]
+        events = c.get("/v1/events", {"type": "payment_intent.created", "limit": 100}).json["data"]
+        for at in sorted({p["created"] for p in every}):
+            for op, keep in [("gte", lambda x: x >= at), ("gt", lambda x: x > at), ("lte", lambda x: x <= at),
+                             ("lt", lambda x: x < at)]:
+                with self.subTest(created=at, op=op):
+                    got = c.get(PI, {"created[%s]" % op: at, "limit": 100}).json["data"]
+                    self.assertEqual([p["id"] for p in got], [p["id"] for p in every if keep(p["created"])])
+                    got = c.get("/v1/events", {"type": "payment_intent.created", "created[%s]" % op: at,
+                                               "limit": 100}).json["data"]
+                    self.assertEqual([e["id"] for e in got], [e["id"] for e in events if keep(e["created"])])
 
     def test_limit_must_be_between_1_and_100(self):
         c = self.c("limits")

@@ -768,11 +768,35 @@ static int sq_live(void *cls, enum tp_kind kind, const char *merchant, const cha
   return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
 }
 
+/* A list with a lower created bound also bounds the ids: an id begins with
+ * the time it was made (tp_id_new), which is never earlier than its
+ * object's created, read in the same function, less this margin. So
+ * "created since T" walks the rows from T on, not the whole table. The
+ * ids of PaymentMethods begin pm_ or card_ (a customer's card), so no one
+ * id orders them all by time; their lists walk on. */
+#define LIST_ID_FLOOR_MARGIN_S 5
+
+static bool list_id_floor(const struct tp_list_query *q, char out[TP_ID_MAX])
+{
+  if (q->created_gte <= 0 || q->created_gte == INT64_MIN || q->kind == TP_K_PAYMENT_METHOD ||
+      q->created_gte > INT64_MAX / 1000 - LIST_ID_FLOOR_MARGIN_S)
+    return false;
+  int64_t s = q->created_gte - LIST_ID_FLOOR_MARGIN_S;
+  if (s <= 0)
+    return false;
+  tp_id_floor(out, tp_kinds[q->kind].prefix, s * 1000);
+  return true;
+}
+
 /* Bind a list query's values: ?1 merchant, ?2/?3 the columns, ?4/?5 the
  * created range, ?6 the cursor, ?7 the page (limit + 1), ?8-?10 the JSON
- * field filter, ?11 its scan bound; a statement binds what it names. */
+ * field filter, ?11 its scan bound, ?13 the id floor of the created
+ * range; a statement binds what it names. */
 static void list_bind(sqlite3_stmt *st, const struct tp_list_query *q)
 {
+  char floor[TP_ID_MAX];
+  if (list_id_floor(q, floor)) /* copied: floor is gone before the statement runs */
+    sqlite3_bind_text(st, 13, floor, -1, SQLITE_TRANSIENT);
   bind_text(st, 1, q->merchant);
   if (q->col_name)
     bind_text(st, 2, q->col_value);
@@ -825,6 +849,9 @@ static bool list_where(const struct tp_kind_info *ki, const struct tp_list_query
                     strcmp(cols[c], "deleted") == 0 ? " AND %s IS ?%d" : " AND %s=?%d", cols[c], 2 + c);
   }
   len += snprintf(where + len, cap - (size_t)len, " AND created>=?4 AND created<=?5");
+  char floor[TP_ID_MAX];
+  if (list_id_floor(q, floor))
+    len += snprintf(where + len, cap - (size_t)len, " AND id>=?13");
   if (q->starting_after)
     snprintf(where + len, cap - (size_t)len, " AND id<?6");
   else if (q->ending_before)
