@@ -171,6 +171,7 @@ struct ep {
   bool enabled;
   int64_t failing_since;        /* unix ms, 0 = healthy */
   int inflight;                 /* in curl or waiting for the outcome's commit */
+  int sending;                  /* of those, requests in curl: what max_in_flight_per_endpoint bounds */
   int64_t next_check;           /* unix ms when its rows may next be due; 0 = now */
 };
 
@@ -493,8 +494,10 @@ static void load_endpoints(void)
     e->enabled = status && strcmp(status, "enabled") == 0;
     e->failing_since = json_integer_value(json_object_get(row, "failing_since"));
     struct ep *old = ep_find(id);
-    if (old)
+    if (old) {
       e->inflight = old->inflight;
+      e->sending = old->sending;
+    }
     e->next_check = 0;
     json_decref(data);
     k++;
@@ -753,6 +756,7 @@ static bool start_job(struct ep *e, const char *event_id, int attempts, int64_t 
   W.jobs = j;
   W.njobs++;
   e->inflight++;
+  e->sending++;
   return true;
 }
 
@@ -805,6 +809,14 @@ static void finish(struct job *j, CURLcode cc)
   struct ep *e = ep_find(j->endpoint);
   curl_easy_cleanup(j->easy);
   j->easy = NULL;
+  if (e) {
+    /* The request is done: its slot goes to the next delivery now, not when
+     * the outcome is committed (a group commit under load takes
+     * milliseconds, which bounded an endpoint to a few hundred deliveries a
+     * second). The job stays in flight, so its row is not picked again. */
+    e->sending--;
+    e->next_check = 0;
+  }
   if (!e) {
     /* Deleted meanwhile: its rows and attempts are gone, record nothing. */
     tp_cs_free(cs);
@@ -899,7 +911,7 @@ static int64_t dispatch(void)
     }
     if (W.njobs >= W.global_max)
       break; /* every settle runs dispatch again; this endpoint is still due */
-    int64_t cap = W.per_endpoint - e->inflight;
+    int64_t cap = W.per_endpoint - e->sending;
     if (cap <= 0) {
       e->next_check = INT64_MAX; /* a settle resets it */
       continue;
