@@ -54,10 +54,21 @@ struct sq {
   size_t nbal;
 };
 
+/* Feature queries (tp_store_query) a reader keeps prepared, by their text:
+ * the webhooks thread runs a few statements for every delivery, and
+ * preparing one cost as much as running it. */
+#define READER_QCACHE 32
+
 struct reader {
   sqlite3 *db;
   sqlite3_stmt *get[TP_K__COUNT], *live[TP_K__COUNT];
   sqlite3_stmt *idem_get, *apikey, *vault_get, *attempt_get;
+  struct {
+    uint64_t hash;
+    char *sql;
+    sqlite3_stmt *st;
+  } q[READER_QCACHE];
+  unsigned qnext; /* the entry replaced next when all are taken */
 };
 
 static void reader_free(void *p)
@@ -73,6 +84,10 @@ static void reader_free(void *p)
   sqlite3_finalize(r->apikey);
   sqlite3_finalize(r->vault_get);
   sqlite3_finalize(r->attempt_get);
+  for (int i = 0; i < READER_QCACHE; i++) {
+    sqlite3_finalize(r->q[i].st);
+    free(r->q[i].sql);
+  }
   sqlite3_close(r->db);
   free(r);
 }
@@ -1229,19 +1244,46 @@ static int sq_merchant_of(void *cls, const char *pi_id, const char *account, str
   return found;
 }
 
+/* sql prepared on r, from its cache or now (into the cache); NULL on error. */
+static sqlite3_stmt *reader_stmt(struct reader *r, const char *sql)
+{
+  uint64_t h = 1469598103934665603ull; /* FNV-1a */
+  for (const char *p = sql; *p; p++)
+    h = (h ^ (uint8_t)*p) * 1099511628211ull;
+  for (int i = 0; i < READER_QCACHE; i++)
+    if (r->q[i].st && r->q[i].hash == h && strcmp(r->q[i].sql, sql) == 0)
+      return r->q[i].st;
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v3(r->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
+    tp_log(TP_LOG_ERROR, "sqlite_prepare", "{s:s, s:s}", "sql", sql, "error", sqlite3_errmsg(r->db));
+    return NULL;
+  }
+  char *copy = strdup(sql);
+  if (!copy) {
+    sqlite3_finalize(st);
+    return NULL;
+  }
+  unsigned k = r->qnext++ % READER_QCACHE;
+  sqlite3_finalize(r->q[k].st);
+  free(r->q[k].sql);
+  r->q[k].hash = h;
+  r->q[k].sql = copy;
+  r->q[k].st = st;
+  return st;
+}
+
 static json_t *sq_query(void *cls, const char *sql, const json_t *args)
 {
   struct sq *s = cls;
   struct reader *r = reader(s);
   if (!r)
     return NULL;
-  sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK) {
-    tp_log(TP_LOG_ERROR, "sqlite_prepare", "{s:s, s:s}", "sql", sql, "error", sqlite3_errmsg(r->db));
+  sqlite3_stmt *st = reader_stmt(r, sql);
+  if (!st)
     return NULL;
-  }
   if (bind_json_args(st, args) != 0) {
-    sqlite3_finalize(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
     return NULL;
   }
   json_t *rows = json_array();
@@ -1261,7 +1303,9 @@ static json_t *sq_query(void *cls, const char *sql, const json_t *args)
     }
     json_array_append_new(rows, row);
   }
-  sqlite3_finalize(st);
+  /* reset: ends the statement's read transaction and keeps it for next time */
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
   if (rc != SQLITE_DONE) {
     json_decref(rows);
     return NULL;
