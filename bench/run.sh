@@ -15,6 +15,11 @@
 #
 # BENCH_CONFIG=FILE starts the daemon with --config FILE (to compare settings).
 #
+# BENCH_WEBHOOK=1 subscribes one webhook endpoint to every event, the nginx
+# baseline answering it (POST /hook: 200), before the load; the report adds
+# the deliveries made during the turnpike run and how fast the backlog then
+# drains (up to 120 s, before nginx and the floor are measured).
+#
 # BENCH_NOSYNC=1 preloads bench/nosync.c into the daemon (fsync/fdatasync
 # return at once): NOT DURABLE, measurement only, to show what the durable
 # commit costs; the report says so.
@@ -233,6 +238,23 @@ for attempt in 1 2 3; do
 done
 [ -n "$NGX_PORT" ] || { cat "$NGX/error.log" "$NGX/stdout" >&2 2>/dev/null; fail "nginx did not start"; }
 
+# ---- 2b. a webhook endpoint (BENCH_WEBHOOK=1) ------------------------------
+WEBHOOK=${BENCH_WEBHOOK:-0}
+delivered() {
+    sqlite3 -readonly -cmd '.timeout 5000' "$DATA/turnpike.db" \
+        "select count(*) from webhook_deliveries where state='succeeded'" 2>/dev/null || echo 0
+}
+owed() {
+    sqlite3 -readonly -cmd '.timeout 5000' "$DATA/turnpike.db" \
+        "select count(*) from webhook_deliveries where state='pending'" 2>/dev/null || echo 0
+}
+if [ "$WEBHOOK" = 1 ]; then
+    curl -fsS --max-time 10 -u "$KEY:" "http://$TP_ADDR/v1/webhook_endpoints" \
+        -d "url=http://127.0.0.1:$NGX_PORT/hook" -d 'enabled_events[]=*' >/dev/null ||
+        fail "webhook endpoint create failed"
+    echo "bench: webhook endpoint -> nginx at 127.0.0.1:$NGX_PORT/hook, every event"
+fi
+
 # ---- 3. load --------------------------------------------------------------
 echo "bench: turnpike at $TP_ADDR, nginx at 127.0.0.1:$NGX_PORT; $THREADS threads, $CONNS connections"
 echo "bench: warmup ${WARMUP} s"
@@ -243,6 +265,7 @@ run_wrk ngx-warm "http://127.0.0.1:$NGX_PORT" "$WARMUP" "$$-w" ""
 sleep 0.5
 alive "$DAEMON_PID" || { tail -n 20 "$TMP/serve.log" >&2; fail "turnpike serve died during warmup"; }
 ROWS0=$(durable_rows)
+WH0=$(delivered)
 CPU0=$(cpu_ticks "$DAEMON_PID")
 thread_snap >"$TMP/threads0"
 
@@ -254,6 +277,21 @@ CPU1=$(cpu_ticks "$DAEMON_PID")
 thread_snap >"$TMP/threads1"
 HWM_KB=$(awk '/^VmHWM:/ {print $2}' "/proc/$DAEMON_PID/status")
 ROWS1=$(durable_rows)
+WH1=$(delivered)
+WH_OWED1=$(owed)
+WH_T1=$(date +%s.%N)
+# The backlog drains before the baselines, so that they run on a quiet
+# machine.
+if [ "$WEBHOOK" = 1 ]; then
+    for ((i = 0; i < 240; i++)); do
+        [ "$(owed)" = 0 ] && break
+        sleep 0.5
+    done
+    WH2=$(delivered)
+    WH_OWED2=$(owed)
+    WH_T2=$(date +%s.%N)
+fi
+
 
 echo "bench: nginx ${DURATION} s"
 run_wrk ngx "http://127.0.0.1:$NGX_PORT" "$DURATION" "$$-n" ""
@@ -329,6 +367,13 @@ BEGIN {
             cpu_s * 1000 / (tp_200 / 1000), cpu_s / (tp_us / 1e6), cores
     printf "durable rows: %s (wrk counted 200s: %d)\n", rows, tp_200
 }'
+if [ "$WEBHOOK" = 1 ]; then
+    awk -v d0="$WH0" -v d1="$WH1" -v d2="$WH2" -v o1="$WH_OWED1" -v o2="$WH_OWED2" -v us="$TP_US" \
+        -v t1="$WH_T1" -v t2="$WH_T2" 'BEGIN {
+        printf "webhooks: %d delivered during the run (%.0f/s), %d owed at its end; then %.0f/s for %.1f s, %d still owed\n",
+            d1 - d0, (d1 - d0) / (us / 1e6), o1, (t2 > t1 ? (d2 - d1) / (t2 - t1) : 0), t2 - t1, o2
+    }'
+fi
 # Per thread: CPU per payment, and per second of the run the time on a core
 # and runnable but waiting for one.
 join "$TMP/threads0" "$TMP/threads1" | awk -v n="$TP_200" -v hz="$HZ" -v us="$TP_US" '
