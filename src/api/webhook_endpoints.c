@@ -494,9 +494,9 @@ void tp_h_we_deliveries(struct tp_req *r)
   snprintf(url, sizeof url, WE_LIST_URL "/%s/deliveries", r->path_id);
   const char *event = tp_pstr(r->params, "event");
   const char *cols = "id, endpoint, event, attempt, status_code, outcome, error, duration_ms, created, next_retry_at";
-  if (event && *event)
-    reply_page(r, "webhook_attempts", cols, "endpoint=?1 AND event=?2", tp_pack("[s, s]", r->path_id, event), url,
-               "webhook_delivery_attempt", attempt_of_row);
+  if (event && *event) /* named: SQLite would take (endpoint, id) for the ORDER BY and walk */
+    reply_page(r, "webhook_attempts INDEXED BY webhook_attempts_ev", cols, "endpoint=?1 AND event=?2",
+               tp_pack("[s, s]", r->path_id, event), url, "webhook_delivery_attempt", attempt_of_row);
   else
     reply_page(r, "webhook_attempts", cols, "endpoint=?1", tp_pack("[s]", r->path_id), url,
                "webhook_delivery_attempt", attempt_of_row);
