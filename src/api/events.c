@@ -21,6 +21,8 @@
 /* Distinct event types of one merchant looked at for a wildcard or types[]
  * (Turnpike sends under fifty). */
 #define EVENTS_MAX_KINDS 256
+/* Events read per store page when a page is filtered in memory. */
+#define EVENTS_PAGE 100
 /* Stripe's cap on types[]. */
 #define EVENTS_MAX_TYPES 20
 #define LIST_DEFAULT_LIMIT 10
@@ -262,6 +264,174 @@ static json_t *filtered(struct tp_req *r, const struct tp_list_query *q0, int li
   return out;
 }
 
+/* ---- delivery_success ---------------------------------------------------------
+ * Stripe: false lists the events still pending or failed at some webhook
+ * endpoint, true the others. The undelivered ones are read from the
+ * endpoints' delivery rows (pending or failed, on webhook_deliveries_due,
+ * named: SQLite took the key (endpoint, event) and walked every delivered
+ * row), at most EVENTS_MAX_UNDELIVERED per endpoint; an event whose
+ * row the webhook thread has not yet written (it writes it just after the
+ * event's commit) counts as delivered to false and as pending to true
+ * (pending_webhooks). */
+#define EVENTS_MAX_UNDELIVERED 10000
+
+static int by_str_desc(const void *a, const void *b)
+{
+  return -strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The merchant's undelivered event ids, newest first and distinct, in
+ * *ids (n of them; the caller frees each and the array). false on a store
+ * error. */
+static bool undelivered(const struct wh_eps *w, char ***ids, size_t *n)
+{
+  *ids = NULL;
+  *n = 0;
+  size_t cap = 0;
+  for (size_t k = 0; k < w->n; k++) {
+    json_t *rows = tp_store_query_take(&tp_app.store,
+                                       "SELECT event FROM webhook_deliveries INDEXED BY webhook_deliveries_due "
+                                       "WHERE endpoint=?1 AND state IN ('pending', 'failed') LIMIT ?2",
+                                       tp_pack("[s, I]", w->e[k].id, (json_int_t)EVENTS_MAX_UNDELIVERED));
+    if (!rows)
+      return false;
+    size_t i;
+    json_t *row;
+    json_array_foreach(rows, i, row) {
+      const char *ev = json_string_value(json_object_get(row, "event"));
+      if (!ev)
+        continue;
+      if (*n == cap) {
+        cap = cap ? cap * 2 : 64;
+        *ids = realloc(*ids, cap * sizeof **ids);
+        if (!*ids)
+          abort();
+      }
+      (*ids)[(*n)++] = strdup(ev);
+    }
+    json_decref(rows);
+  }
+  if (*n > 1)
+    qsort(*ids, *n, sizeof **ids, by_str_desc);
+  size_t out = 0;
+  for (size_t i = 0; i < *n; i++) {
+    if (out > 0 && strcmp((*ids)[out - 1], (*ids)[i]) == 0) {
+      free((*ids)[i]);
+      continue;
+    }
+    (*ids)[out++] = (*ids)[i];
+  }
+  *n = out;
+  return true;
+}
+
+static bool in_desc(char *const *ids, size_t n, const char *id)
+{
+  return id && bsearch(&id, ids, n, sizeof *ids, by_str_desc) != NULL;
+}
+
+/* Does ev (of this merchant) pass the list's filters: type or types, created? */
+static bool event_in_list(const json_t *ev, const struct tp_list_query *q, const char *type, const json_t *types)
+{
+  json_int_t created = json_integer_value(json_object_get(ev, "created"));
+  if (created < q->created_gte || created > q->created_lte)
+    return false;
+  return (!type && !types) || type_wanted(ev, type, types);
+}
+
+/* A page of the events with delivery_success = ds. */
+static json_t *by_delivery(struct tp_req *r, const struct tp_list_query *q0, int limit, const char *type,
+                           const json_t *types, bool ds, const struct wh_eps *w, bool *more)
+{
+  char **ids = NULL;
+  size_t n = 0;
+  *more = false;
+  if (!undelivered(w, &ids, &n)) {
+    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+    return NULL;
+  }
+  bool ascending = q0->ending_before != NULL;
+  json_t *out = json_array();
+  if (!ds) {
+    /* the undelivered ids, from the cursor outward */
+    const char *cur = ascending ? q0->ending_before : q0->starting_after;
+    for (size_t k = 0; k < n && !*more; k++) {
+      const char *id = ids[ascending ? n - 1 - k : k];
+      if (cur && (ascending ? strcmp(id, cur) <= 0 : strcmp(id, cur) >= 0))
+        continue;
+      json_t *ev = tp_store_get_json(&tp_app.store, TP_K_EVENT, q0->merchant, id);
+      if (ev && event_in_list(ev, q0, type, types)) {
+        if (json_array_size(out) == (size_t)limit)
+          *more = true;
+        else
+          json_array_append(out, ev);
+      }
+      json_decref(ev);
+    }
+  } else {
+    /* the list's own pages, less the undelivered and the still pending */
+    struct tp_list_query q = *q0;
+    char cursor[TP_ID_MAX] = "";
+    for (;;) {
+      bool page_more = false;
+      json_t *page;
+      if (type && !types && !strchr(type, '*')) {
+        q.col_name = "type";
+        q.col_value = type;
+      }
+      q.limit = EVENTS_PAGE;
+      if (type && (types || strchr(type, '*')))
+        page = filtered(r, &q, EVENTS_PAGE, type, NULL, &page_more);
+      else if (types)
+        page = filtered(r, &q, EVENTS_PAGE, NULL, types, &page_more);
+      else
+        page = tp_app.store.ops->list(tp_app.store.cls, &q, &page_more);
+      if (!page) {
+        json_decref(out);
+        out = NULL;
+        if (!types && !(type && strchr(type, '*')))
+          tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+        break; /* filtered() replied */
+      }
+      set_pending_all(page, (void *)(uintptr_t)w);
+      size_t m = json_array_size(page);
+      for (size_t k = 0; k < m && !*more; k++) {
+        json_t *ev = json_array_get(page, ascending ? m - 1 - k : k);
+        const char *id = json_string_value(json_object_get(ev, "id"));
+        if (in_desc(ids, n, id) || json_integer_value(json_object_get(ev, "pending_webhooks")) > 0)
+          continue;
+        if (json_array_size(out) == (size_t)limit)
+          *more = true;
+        else
+          json_array_append(out, ev);
+      }
+      if (m > 0) {
+        const json_t *edge = json_array_get(page, ascending ? 0 : m - 1);
+        tp_scopy(cursor, sizeof cursor, json_string_value(json_object_get(edge, "id")));
+        if (ascending)
+          q.ending_before = cursor;
+        else
+          q.starting_after = cursor;
+      }
+      json_decref(page);
+      if (*more || !page_more || m == 0)
+        break;
+    }
+  }
+  for (size_t k = 0; k < n; k++)
+    free(ids[k]);
+  free(ids);
+  if (out && ascending) {
+    size_t m = json_array_size(out);
+    json_t *rev = json_array();
+    for (size_t k = 0; k < m; k++)
+      json_array_append(rev, json_array_get(out, m - 1 - k));
+    json_decref(out);
+    out = rev;
+  }
+  return out;
+}
+
 /* GET /v1/events (type with "*" wildcards, or types[]; created; paging). */
 void tp_h_event_list(struct tp_req *r)
 {
@@ -291,7 +461,9 @@ void tp_h_event_list(struct tp_req *r)
   q.merchant = r->merchant.id;
   q.created_gte = INT64_MIN;
   q.created_lte = INT64_MAX;
-  if (!types && (!type || !strchr(type, '*'))) {
+  bool ds = false;
+  bool by_ds = tp_param_bool(r->params, "delivery_success", &ds);
+  if (!by_ds && !types && (!type || !strchr(type, '*'))) {
     if (type) {
       q.col_name = "type";
       q.col_value = type;
@@ -313,11 +485,14 @@ void tp_h_event_list(struct tp_req *r)
     return;
   }
   bool more = false;
-  json_t *data = filtered(r, &q, (int)limit, type, types, &more);
-  if (!data)
-    return;
   struct wh_eps w;
   eps_load(r->merchant.id, &w);
+  json_t *data = by_ds ? by_delivery(r, &q, (int)limit, type, types, ds, &w, &more)
+                       : filtered(r, &q, (int)limit, type, types, &more);
+  if (!data) {
+    eps_free(&w);
+    return;
+  }
   set_pending_all(data, &w);
   eps_free(&w);
   json_t *env = tp_pack("{s:s, s:o, s:b, s:s}", "object", "list", "data", data, "has_more", more, "url",

@@ -375,6 +375,27 @@ class WebhooksTest(DaemonTestCase):
         fails = [g["event"]["pending_webhooks"] for g in self.recv.on("/pend-fail")]
         self.assertLessEqual(set(fails), {1, 2}, fails)
         self.assertEqual(fails[-1], 1, fails)  # retried after /pend-ok had it: only itself
+        # delivery_success (Stripe): false is what some endpoint is still owed
+        # or failed, true the rest; with the other filters and both cursors
+        undelivered = [e["id"] for e in c.get("/v1/events", {"delivery_success": "false"}).json["data"]]
+        self.assertEqual(undelivered, [evs["payment_intent.succeeded"]])
+        for params in ({"type": "payment_intent.*"}, {"types": ["payment_intent.succeeded"]},
+                       {"type": "payment_intent.succeeded"}):
+            got = c.get("/v1/events", dict(params, delivery_success="false")).json["data"]
+            self.assertEqual([e["id"] for e in got], undelivered, params)
+        self.assertEqual(c.get("/v1/events", {"delivery_success": "false", "type": "charge.succeeded"})
+                         .json["data"], [])
+        delivered = [e["id"] for e in c.list_all("/v1/events", {"delivery_success": "true"})]
+        self.assertEqual(delivered, [e for e in listed if e not in undelivered])
+        self.assertNotIn(evs["payment_intent.succeeded"], delivered)
+        self.assertIn(evs["charge.succeeded"], delivered)
+        page = c.get("/v1/events", {"delivery_success": "true", "limit": 2}).json
+        self.assertEqual(([e["id"] for e in page["data"]], page["has_more"]), (delivered[:2], len(delivered) > 2))
+        back = c.get("/v1/events", {"delivery_success": "true", "limit": 2, "ending_before": delivered[2]}).json
+        self.assertEqual([e["id"] for e in back["data"]], delivered[:2])
+        wild = c.get("/v1/events", {"delivery_success": "true", "type": "payment_intent.*", "limit": 100}).json
+        self.assertEqual([e["id"] for e in wild["data"]],
+                         [e for e in delivered if e in {evs["payment_intent.created"], old[0]}])
 
     def test_failures_are_retried_with_backoff(self):
         # Two 500s, then 200, for every event.
