@@ -10,6 +10,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +80,17 @@ static void b62_fixed(char *out, uint64_t v, int width)
 
 static pthread_mutex_t id_mu = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t id_last_ms, id_seq;
+static atomic_bool ids_ahead;
+
+bool tp_ids_ran_ahead(void)
+{
+  return atomic_load(&ids_ahead);
+}
+
+void tp_ids_ran_ahead_set(void)
+{
+  atomic_store(&ids_ahead, true);
+}
 
 void tp_id_seed(int64_t ms)
 {
@@ -109,7 +121,7 @@ void tp_id_new(char out[TP_ID_MAX], const char *prefix)
 {
   struct timeval tv;
   gettimeofday(&tv, NULL);
-  uint64_t ms = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+  uint64_t ms = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000, now = ms;
   pthread_mutex_lock(&id_mu);
   if (ms <= id_last_ms) {
     ms = id_last_ms; /* clock stepped back or same ms: keep order by sequence */
@@ -123,6 +135,10 @@ void tp_id_new(char out[TP_ID_MAX], const char *prefix)
   }
   uint64_t s = id_seq;
   pthread_mutex_unlock(&id_mu);
+  /* Before the id is handed out: the writer persists the mark with the
+   * first batch that can hold it (store/sqlite/sqlite.c, save_ahead). */
+  if (ms > now + TP_ID_AHEAD_MS && !atomic_load(&ids_ahead))
+    atomic_store(&ids_ahead, true);
   size_t p = strlen(prefix);
   if (p > TP_ID_MAX - 26)
     p = TP_ID_MAX - 26;

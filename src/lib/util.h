@@ -22,6 +22,13 @@ int64_t tp_id_ms(const char *id);
  * the wall clock is behind it (a clock stepped back across a restart): the
  * time part continues from ms until the clock passes it. */
 void tp_id_seed(int64_t ms);
+/* An id's time part can run ahead of the wall clock (after a clock stepped
+ * back), and so of its object's created. Once it has run ahead by more than
+ * TP_ID_AHEAD_MS the mark is set (and kept in the store's meta table), and
+ * ids no longer bound a created range from above. */
+#define TP_ID_AHEAD_MS 1000
+bool tp_ids_ran_ahead(void);
+void tp_ids_ran_ahead_set(void);
 
 /* Cryptographically random bytes; aborts if the RNG fails (never fall back). */
 void tp_random(void *buf, size_t n);

@@ -66,6 +66,20 @@ class ClockStepTest(unittest.TestCase):
         self.assertEqual({e["data"]["object"].get("id") for e in both if e["type"] == "payment_intent.succeeded"},
                          {new["id"], old["id"]})
         self.assertIn('"clock_behind_store"', d.log_text())
+        # An upper created bound: ids ran ahead of the clock here, so they
+        # no longer bound it (the mark is kept in the store's meta table).
+        def upto(client, t):
+            return {p["id"] for p in client.get(PI, {"created[lte]": t, "limit": 100}).json["data"]}
+        self.assertEqual(upto(c, new["created"]), {new["id"]})
+        self.assertEqual(upto(c, old["created"]), {new["id"], old["id"]})
+        self.assertEqual(upto(c, new["created"] - 1), set())
+        # ... and after a restart on a clock that is right again, the mark is
+        # read back: the payment made behind the clock is still found.
+        self.assertEqual(d.stop(), 0)
+        d.start()
+        c = d.client("m")
+        self.assertEqual(upto(c, new["created"]), {new["id"]})
+        self.assertEqual(upto(c, old["created"]), {new["id"], old["id"]})
 
 
 if __name__ == "__main__":

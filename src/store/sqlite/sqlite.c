@@ -39,6 +39,8 @@ struct sq {
   int64_t idem_ttl;           /* seconds an Idempotency-Key is kept */
   int wal_fd;                 /* pipelined commits: our own descriptor of the WAL, -1 = none */
   bool sync_failed;           /* a failed fdatasync is final (the kernel may drop the pages) */
+  bool ahead_saved;           /* meta ids_ran_ahead is committed (tp_ids_ran_ahead) */
+  bool ahead_pending;         /* ... written in the open transaction */
   bool full;                  /* this batch failed for lack of disk space (SQLITE_FULL) */
   int ckpt_pages;             /* WAL frames that start a checkpoint */
   pthread_key_t rkey;         /* per-thread read connection */
@@ -586,13 +588,37 @@ static int sq_apply_batch(void *cls, struct tp_cs **sets, size_t n, int *rc)
   return brc;
 }
 
+/* Once ids have run ahead of the clock (tp_ids_ran_ahead), the mark goes
+ * into meta in the open transaction: a batch holding such an id commits
+ * the mark with it (the mark is set before the id is handed out, and read
+ * here after the batch is taken), so a store never holds one without it. */
+static void save_ahead(struct sq *s)
+{
+  s->ahead_pending = false;
+  if (s->ahead_saved || !tp_ids_ran_ahead())
+    return;
+  s->ahead_pending = exec(s->w, "INSERT OR REPLACE INTO meta(key, value) VALUES('ids_ran_ahead', '1')") == 0;
+}
+
+static int apply_batch_tx(struct sq *s, struct tp_cs **sets, size_t n, int *rc);
+
 static int apply_batch(struct sq *s, struct tp_cs **sets, size_t n, int *rc)
+{
+  int brc = apply_batch_tx(s, sets, n, rc);
+  if (brc == 0 && s->ahead_pending)
+    s->ahead_saved = true;
+  s->ahead_pending = false;
+  return brc;
+}
+
+static int apply_batch_tx(struct sq *s, struct tp_cs **sets, size_t n, int *rc)
 {
   struct bal_set set_bal;
   ckpt_tail(s);
   s->nbal = 0;
   if (tx_step(s, s->tx_begin))
     return -1;
+  save_ahead(s);
   /* Optimistic pass without savepoints: a savepoint per change set makes
    * SQLite copy every page a set touches that an earlier set of the batch
    * already dirtied (the shared tail pages of every table and index) into
@@ -613,10 +639,12 @@ static int apply_batch(struct sq *s, struct tp_cs **sets, size_t n, int *rc)
   }
   rollback(s);
   s->nbal = 0;
+  s->ahead_pending = false;
   if (n == 1)
     return 0;
   if (tx_step(s, s->tx_begin))
     return -1;
+  save_ahead(s);
   for (size_t i = 0; i < n; i++) {
     tx_step(s, s->sp_open);
     rc[i] = apply_one(s, sets[i], &set_bal);
@@ -791,6 +819,20 @@ static int sq_live(void *cls, enum tp_kind kind, const char *merchant, const cha
  * id orders them all by time; their lists walk on. */
 #define LIST_ID_FLOOR_MARGIN_S 5
 
+/* An upper created bound bounds the ids too while they have never run
+ * ahead of the clock (tp_ids_ran_ahead, kept in meta): an id is then at
+ * most TP_ID_AHEAD_MS after the moment its object's created was read, so
+ * "created up to T" starts its walk at T's ids instead of the newest. */
+static bool list_id_ceil(const struct tp_list_query *q, char out[TP_ID_MAX])
+{
+  if (q->created_lte == INT64_MAX || q->created_lte < 0 || q->kind == TP_K_PAYMENT_METHOD ||
+      q->created_lte > INT64_MAX / 1000 - 2 * LIST_ID_FLOOR_MARGIN_S)
+    return false;
+  tp_id_floor(out, tp_kinds[q->kind].prefix,
+              (q->created_lte + 1 + LIST_ID_FLOOR_MARGIN_S) * 1000 + TP_ID_AHEAD_MS);
+  return true;
+}
+
 static bool list_id_floor(const struct tp_list_query *q, char out[TP_ID_MAX])
 {
   if (q->created_gte <= 0 || q->created_gte == INT64_MIN || q->kind == TP_K_PAYMENT_METHOD ||
@@ -812,6 +854,9 @@ static void list_bind(sqlite3_stmt *st, const struct tp_list_query *q)
   char floor[TP_ID_MAX];
   if (list_id_floor(q, floor)) /* copied: floor is gone before the statement runs */
     sqlite3_bind_text(st, 13, floor, -1, SQLITE_TRANSIENT);
+  /* bound whenever the statement names it: the mark may be set meanwhile */
+  if (sqlite3_bind_parameter_index(st, "?14") > 0 && list_id_ceil(q, floor))
+    sqlite3_bind_text(st, 14, floor, -1, SQLITE_TRANSIENT);
   bind_text(st, 1, q->merchant);
   if (q->col_name)
     bind_text(st, 2, q->col_value);
@@ -867,6 +912,8 @@ static bool list_where(const struct tp_kind_info *ki, const struct tp_list_query
   char floor[TP_ID_MAX];
   if (list_id_floor(q, floor))
     len += snprintf(where + len, cap - (size_t)len, " AND id>=?13");
+  if (!tp_ids_ran_ahead() && list_id_ceil(q, floor))
+    len += snprintf(where + len, cap - (size_t)len, " AND id<?14");
   if (q->starting_after)
     snprintf(where + len, cap - (size_t)len, " AND id<?6");
   else if (q->ending_before)
@@ -1460,6 +1507,14 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
     return -1;
   }
   chmod(s->path, 0600);
+  {
+    sqlite3_stmt *mark = prep(s->w, "SELECT 1 FROM meta WHERE key='ids_ran_ahead' AND value='1'");
+    if (mark && sqlite3_step(mark) == SQLITE_ROW) {
+      tp_ids_ran_ahead_set();
+      s->ahead_saved = true;
+    }
+    sqlite3_finalize(mark);
+  }
   /* Replaces wal_autocheckpoint (the hook is the same slot). */
   sqlite3_wal_hook(s->w, wal_hook, s);
   add_functions(s->w);
