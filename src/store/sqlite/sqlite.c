@@ -592,12 +592,15 @@ static int sq_apply_batch(void *cls, struct tp_cs **sets, size_t n, int *rc)
  * into meta in the open transaction: a batch holding such an id commits
  * the mark with it (the mark is set before the id is handed out, and read
  * here after the batch is taken), so a store never holds one without it. */
-static void save_ahead(struct sq *s)
+static int save_ahead(struct sq *s)
 {
   s->ahead_pending = false;
   if (s->ahead_saved || !tp_ids_ran_ahead())
-    return;
-  s->ahead_pending = exec(s->w, "INSERT OR REPLACE INTO meta(key, value) VALUES('ids_ran_ahead', '1')") == 0;
+    return 0;
+  if (exec(s->w, "INSERT OR REPLACE INTO meta(key, value) VALUES('ids_ran_ahead', '1')"))
+    return -1; /* the batch fails with it rather than commit without it */
+  s->ahead_pending = true;
+  return 0;
 }
 
 static int apply_batch_tx(struct sq *s, struct tp_cs **sets, size_t n, int *rc);
@@ -618,7 +621,10 @@ static int apply_batch_tx(struct sq *s, struct tp_cs **sets, size_t n, int *rc)
   s->nbal = 0;
   if (tx_step(s, s->tx_begin))
     return -1;
-  save_ahead(s);
+  if (save_ahead(s)) {
+    rollback(s);
+    return -1;
+  }
   /* Optimistic pass without savepoints: a savepoint per change set makes
    * SQLite copy every page a set touches that an earlier set of the batch
    * already dirtied (the shared tail pages of every table and index) into
@@ -644,7 +650,10 @@ static int apply_batch_tx(struct sq *s, struct tp_cs **sets, size_t n, int *rc)
     return 0;
   if (tx_step(s, s->tx_begin))
     return -1;
-  save_ahead(s);
+  if (save_ahead(s)) {
+    rollback(s);
+    return -1;
+  }
   for (size_t i = 0; i < n; i++) {
     tx_step(s, s->sp_open);
     rc[i] = apply_one(s, sets[i], &set_bal);
