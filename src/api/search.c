@@ -445,14 +445,12 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
     const struct tp_search_clause *c = &s->c[i];
     if ((s->any && s->n > 1) || c->op != TP_SO_EQ || c->negate || c->is_null || c->field->type != TP_SF_ID)
       continue;
-    for (int k = 0; k < 2; k++)
-      if (tp_kinds[kind].index[k] && !tp_kinds[kind].except[k] &&
-          strcmp(tp_kinds[kind].col[k], c->field->name) == 0) {
-        index = tp_kinds[kind].index[k];
-        col = tp_kinds[kind].col[k];
-        val = c->value;
-        break;
-      }
+    int k = tp_kind_index((enum tp_kind)kind, c->field->name, c->value);
+    if (k >= 0 && !tp_kinds[kind].except[k]) { /* a partial index would need its condition */
+      index = tp_kinds[kind].index[k];
+      col = tp_kinds[kind].col[k];
+      val = c->value;
+    }
   }
   char sql[320];
   if (index)

@@ -30,6 +30,15 @@ const struct tp_kind_info tp_kinds[TP_K__COUNT] = {
                                 {"charge", "payment_intent"}, {"early_fraud_warnings_ch", "early_fraud_warnings_pi"}},
 };
 
+int tp_kind_index(enum tp_kind kind, const char *col, const char *value)
+{
+  const struct tp_kind_info *ki = &tp_kinds[kind];
+  for (int i = 0; i < 2 && col; i++)
+    if (ki->index[i] && strcmp(col, ki->col[i]) == 0)
+      return ki->except[i] && value && strcmp(value, ki->except[i]) == 0 ? -1 : i;
+  return -1;
+}
+
 struct tp_cs {
   struct tp_cs_op *ops;
   size_t n, cap;

@@ -43,6 +43,10 @@ struct tp_kind_info {
   const char *except[2];
 };
 extern const struct tp_kind_info tp_kinds[TP_K__COUNT];
+/* The slot (0 or 1) of kind's indexed column col whose index a filter
+ * col = value can read (value NULL: any value but the partial index's
+ * except), or -1: no such index, or value is the one it leaves out. */
+int tp_kind_index(enum tp_kind kind, const char *col, const char *value);
 
 /* Processor attempt: the write-ahead record of one outbound call. */
 /* An idempotent request's fingerprint as stored: 64 hex digits of the whole

@@ -895,15 +895,10 @@ static bool list_where(const struct tp_kind_info *ki, const struct tp_list_query
    * primary key (merchant, id) for the ORDER BY and tests the column row by
    * row, reading every row of the merchant newer than the matches (a
    * customer's few payments among millions, an event type never sent). */
-  const char *index = NULL, *vals[2] = {q->col_value, q->col2_value};
-  int ic = -1;
-  for (int c = 0; c < 2 && !index; c++)
-    for (int i = 0; i < 2 && cols[c] && !index; i++)
-      if (strcmp(cols[c], ki->col[i]) == 0 && strcmp(cols[c], "deleted") != 0 && ki->index[i] &&
-          !(ki->except[i] && vals[c] && strcmp(vals[c], ki->except[i]) == 0)) {
-        index = ki->index[i];
-        ic = i;
-      }
+  int ic = tp_kind_index(q->kind, q->col_name, q->col_value);
+  if (ic < 0)
+    ic = tp_kind_index(q->kind, q->col2_name, q->col2_value);
+  const char *index = ic >= 0 ? ki->index[ic] : NULL;
   int len = index ? snprintf(where, cap, "FROM %s INDEXED BY %s WHERE merchant=?1", ki->table, index)
                   : snprintf(where, cap, "FROM %s WHERE merchant=?1", ki->table);
   /* the partial index's condition, for SQLite to see that it applies */
