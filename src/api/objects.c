@@ -463,10 +463,10 @@ static json_t *pm_create(struct tp_cs *cs, const struct tp_merchant *m, const st
     }
     json_decref(bdm);
   }
-  json_t *card = tp_pack("{s:s, s:{s:n, s:n, s:n}, s:s, s:s, s:i, s:i, s:s, s:s, s:n, s:s, s:{s:[s], s:n}, "
+  json_t *card = tp_pack("{s:s, s:{s:n, s:n, s:s?}, s:s, s:s, s:i, s:i, s:s, s:s, s:n, s:s, s:{s:[s], s:n}, "
                          "s:n, s:{s:b}, s:n}",
                          "brand", brand, "checks", "address_line1_check", "address_postal_code_check",
-                         "cvc_check", "country", ci->country, "display_brand", brand, "exp_month", ci->exp_month,
+                         "cvc_check", ci->cvc ? "unchecked" : NULL, "country", ci->country, "display_brand", brand, "exp_month", ci->exp_month,
                          "exp_year", ci->exp_year, "fingerprint", fp, "funding", ci->funding, "generated_from",
                          "last4", ci->last4, "networks", "available", brand, "preferred", "regulated_status",
                          "three_d_secure_usage", "supported", 1, "wallet");
@@ -596,7 +596,10 @@ static bool test_card_info(const char *pan, struct tp_card_info *ci)
 {
   struct tp_card_input in = {pan, 12, (int)(1970 + tp_now() / 31556952) + 3, NULL};
   const char *bad;
-  return tp_card_validate(&in, (time_t)tp_now(), ci, &bad) == TP_CARD_OK;
+  if (tp_card_validate(&in, (time_t)tp_now(), ci, &bad) != TP_CARD_OK)
+    return false;
+  ci->cvc = true; /* Stripe's test cards and tokens carry a CVC */
+  return true;
 }
 
 /* A card token made by POST /v1/tokens (api/tokens.c), not yet used: its
@@ -613,6 +616,7 @@ static bool token_card(struct tp_req *r, const char *tok, const char *param, str
     return false;
   }
   bool used = json_is_true(json_object_get(t, "used"));
+  bool cvc = json_is_string(json_object_get(json_object_get(t, "card"), "cvc_check"));
   json_decref(t);
   if (!used && tp_vault_load(r->merchant.id, tok, ci) != 0) {
     /* Its card gone: spent since it was read, by a request that raced
@@ -635,6 +639,7 @@ static bool token_card(struct tp_req *r, const char *tok, const char *param, str
     return false;
   }
   tp_scopy(ci->token, sizeof ci->token, tok);
+  ci->cvc = cvc;
   return true;
 }
 
@@ -698,8 +703,10 @@ bool tp_card_from_params(struct tp_req *r, const json_t *card, const char *param
     tp_reply_error(r, map[cc], param, NULL);
     return false;
   }
-  if (cvc)
+  if (cvc && *cvc) {
     snprintf(cvc_out, 5, "%s", cvc);
+    ci->cvc = true;
+  }
   return true;
 }
 
@@ -824,7 +831,13 @@ json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, str
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
     return NULL;
   }
+  ci->cvc = tp_pm_has_cvc(pm);
   return pm;
+}
+
+bool tp_pm_has_cvc(const json_t *pm)
+{
+  return json_is_string(json_object_get(json_object_get(json_object_get(pm, "card"), "checks"), "cvc_check"));
 }
 
 json_t *tp_card_source_create(struct tp_req *r, struct tp_cs *cs, const char *source, const char *param,

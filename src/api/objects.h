@@ -90,6 +90,9 @@ bool tp_pm_materialize(struct tp_req *r, struct tp_cs *cs, json_t *pi);
  * success returns the PM object and fills ci with the card from the vault
  * (PAN in memory only). On failure replies 404/400 and returns NULL. */
 json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, struct tp_card_info *ci);
+/* Whether a CVC came with PaymentMethod pm's card (its card.checks.cvc_check
+ * is set), so that an issuer has one to check. */
+bool tp_pm_has_cvc(const json_t *pm);
 /* A customer's card source (the legacy Cards API, api/sources.c) from a
  * card token source (one of POST /v1/tokens, spent here, or a test token
  * tok_visa ...): a card PaymentMethod whose id begins "card_", attached to

@@ -31,6 +31,9 @@ struct tp_proc_call {
   char pan[20];
   int exp_month, exp_year;
   char cvc[5];
+  /* no CVC was ever given for this card (none now, none with its token or
+   * when it was saved): an issuer has none to check. Not card data. */
+  bool no_cvc;
   /* result */
   enum tp_proc_outcome outcome;
   char decline_code[48];
@@ -84,8 +87,10 @@ struct json_t;
  * reversals_pending, last_echo_ms ...) added to out; no-op for other types. */
 void tp_iso8583_stats(const struct tp_connector *c, struct json_t *out);
 /* The Stripe test-card table shared by the sandbox and the simulator:
- * decline code for a PAN, "" when it approves. */
-const char *tp_test_card_decline(const char *pan);
+ * decline code for a PAN, "" when it approves. cvc: a CVC was given for the
+ * card (the CVC-check card 4000000000000101 declines only then, as Stripe's
+ * does). */
+const char *tp_test_card_decline(const char *pan, bool cvc);
 /* Does the issuer of this test card require 3-D Secure, for a payment made
  * off_session or not, with a card set up for off-session payments by an
  * authenticated payment (set_up) or not? */

@@ -162,7 +162,8 @@ static int build_request(struct rj_xfer *x)
     if (c->cvc[0]) {
       jb_raw(&b, ",\"cvc\":");
       jb_str(&b, c->cvc);
-    }
+    } else if (c->no_cvc)
+      jb_raw(&b, ",\"cvc\":null"); /* none ever given; absent: one came with the card earlier */
     jb_raw(&b, "}}");
     break;
   case TP_PROC_CAPTURE:

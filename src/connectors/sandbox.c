@@ -26,6 +26,7 @@ static const struct test_card {
   const char *risk; /* NULL: normal */
   const char *avs_line1, *avs_zip; /* NULL: pass */
   const char *dispute;
+  bool decline_needs_cvc; /* declines (the CVC check fails) only when a CVC was given */
   bool refund_fails;
   bool bypass_pending; /* its charges' funds are available at once */
 } test_cards[] = {
@@ -39,7 +40,7 @@ static const struct test_card {
   {.pan = "4100000000000019", .decline = "fraudulent", .risk = "highest"},
   {.pan = "4000000000004954", .decline = "fraudulent", .risk = "highest"},
   {.pan = "4000000000009235", .risk = "elevated"},
-  {.pan = "4000000000000101", .decline = "incorrect_cvc"},
+  {.pan = "4000000000000101", .decline = "incorrect_cvc", .decline_needs_cvc = true},
   {.pan = "4000000000006975", .decline = "card_velocity_exceeded"},
   {.pan = "4000000000000341", .decline = "generic_decline"}, /* attaches, but every charge is declined */
   /* 3-D Secure */
@@ -73,10 +74,10 @@ static const struct test_card *test_card(const char *pan)
   return &none;
 }
 
-const char *tp_test_card_decline(const char *pan)
+const char *tp_test_card_decline(const char *pan, bool cvc)
 {
-  const char *d = test_card(pan)->decline;
-  return d ? d : "";
+  const struct test_card *t = test_card(pan);
+  return t->decline && (cvc || !t->decline_needs_cvc) ? t->decline : "";
 }
 
 const char *tp_test_card_dispute(const char *pan)
@@ -145,7 +146,7 @@ static void decide(struct tp_proc_call *c)
     c->outcome = TP_OUT_APPROVED;
     return;
   }
-  const char *d = tp_test_card_decline(c->pan);
+  const char *d = tp_test_card_decline(c->pan, !c->no_cvc);
   if (*d) {
     c->outcome = TP_OUT_DECLINED;
     tp_scopy(c->decline_code, sizeof c->decline_code, d);

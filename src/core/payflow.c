@@ -571,6 +571,9 @@ static void send_call(struct tp_pay *p)
   c->amount = p->att.amount;
   tp_scopy(c->currency, sizeof c->currency, p->att.currency);
   c->capture = p->att.capture != 0;
+  /* The card's PaymentMethod says whether a CVC ever came with it (a
+   * recovery's status query sees what the first call saw). */
+  c->no_cvc = p->pm && !c->cvc[0] && !tp_pm_has_cvc(p->pm);
   c->done = call_done;
   c->arg = p;
   c->outcome = TP_OUT_ERROR;
@@ -1159,10 +1162,12 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved)
   const json_t *addr = json_object_get(json_object_get(p->pm, "billing_details"), "address");
   const char *avs_line1, *avs_zip;
   tp_test_card_avs(p->call.pan, &avs_line1, &avs_zip);
+  /* Stripe's cvc_check: null when no CVC was given, else the issuer's
+   * verdict (a CVC given with a card saved earlier is checked too). */
   const char *cvc_check = strcmp(p->call.decline_code, "incorrect_cvc") == 0 ? "fail"
-                          : p->call.cvc[0] || p->three_ds_done          ? "pass"
-                                                                         : "unchecked";
-  json_t *pmd_card = tp_pack("{s:n, s:n, s:O, s:{s:s?, s:s?, s:s}, s:O, s:n, s:O, s:O, s:O, s:O, s:n, s:O, s:n, "
+                          : !p->call.no_cvc || p->three_ds_done              ? "pass"
+                                                                              : NULL;
+  json_t *pmd_card = tp_pack("{s:n, s:n, s:O, s:{s:s?, s:s?, s:s?}, s:O, s:n, s:O, s:O, s:O, s:O, s:n, s:O, s:n, "
                              "s:O, s:n, s:n, s:n, s:n, s:n}",
                              "amount_authorized", "authorization_code", "brand", json_object_get(card, "brand"),
                              "checks", "address_line1_check",

@@ -243,6 +243,7 @@ static const char *validate(enum pop p, json_t *o, const char *seg, struct tp_si
     json_t *cvc = json_object_get(card, "cvc");
     if (cvc && !json_is_null(cvc) && !digits_ok(json_string_value(cvc), 3, 4))
       return "card.cvc must be 3 or 4 digits";
+    q->no_cvc = json_is_null(cvc); /* null: none was ever given; absent: given earlier */
     snprintf(pan, 24, "%s", num);
     q->pan = pan;
     break;

@@ -120,6 +120,7 @@ struct tp_sim_request {
   char currency[4];
   bool capture;
   const char *pan;             /* authorize only; never stored */
+  bool no_cvc;                 /* authorize only: the card has no CVC to check (REST "cvc": null) */
   const struct tp_sim_behaviour *b;
 };
 

@@ -263,7 +263,7 @@ static struct tp_sim_entry *new_entry(const struct tp_sim_request *q, struct rec
 static void decide_authorization(const struct tp_sim_request *q, char decline[48])
 {
   decline[0] = '\0';
-  const char *d = tp_test_card_decline(q->pan);
+  const char *d = tp_test_card_decline(q->pan, !q->no_cvc);
   if (*d) {
     snprintf(decline, 48, "%s", d);
     return;

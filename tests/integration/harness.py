@@ -45,8 +45,10 @@ TEST_PANS = [PAN_OK, PAN_DECLINE, PAN_INSUFFICIENT, PAN_EXPIRED, PAN_3DS,
 
 def card(number, exp_month=12, exp_year=2034, cvc="123"):
     """payment_method_data for a raw card."""
-    return {"type": "card", "card": {"number": number, "exp_month": exp_month,
-                                     "exp_year": exp_year, "cvc": cvc}}
+    c = {"number": number, "exp_month": exp_month, "exp_year": exp_year}
+    if cvc is not None:
+        c["cvc"] = cvc
+    return {"type": "card", "card": c}
 
 
 def new_key(prefix="it"):

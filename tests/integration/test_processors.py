@@ -210,6 +210,21 @@ class ConnectorContract(unittest.TestCase):
         # the PAN never reaches the gateway's log
         self.assertNotIn(PAN_OK, self.daemon.log_text())
 
+    def test_the_cvc_is_sent_null_when_none_was_ever_given_and_omitted_when_saved_with_the_card(self):
+        def sent(amount, **params):
+            body = {"amount": amount, "currency": "usd", "confirm": "true"}
+            body.update(params)
+            r = self.c.post("/v1/payment_intents", body, headers={"Idempotency-Key": new_key()})
+            self.assertEqual(r.status, 200, r)
+            return [x[3] for x in self.fake.calls("/p/fake/v1/authorizations") if x[3]["amount"] == amount][-1]
+        body = sent(2101, payment_method_data=card(PAN_OK, cvc=None))
+        self.assertIn("cvc", body["card"])
+        self.assertIsNone(body["card"]["cvc"])
+        pm = self.c.post("/v1/payment_methods", {"type": "card", "card": {
+            "number": PAN_OK, "exp_month": 12, "exp_year": 2034, "cvc": "321"}}).json["id"]
+        body = sent(2102, payment_method=pm)
+        self.assertNotIn("cvc", body["card"])  # the CVC is never kept; the issuer had it
+
     def test_decline_maps_to_card_declined(self):
         r = self.pay(PAN_INSUFFICIENT)
         self.assertEqual(r.status, 402, r)
@@ -292,6 +307,15 @@ class WithSimulator(harness.DaemonTestCase):
         self.assertEqual(r.json.get("status"), "succeeded", r)
         att = self.c.get("/v1/payment_intents/%s/attempts" % r.json["id"]).json["data"]
         self.assertEqual(len(att), 1, att)  # the first processor the router chose took it
+
+    def test_the_cvc_check_card_through_the_simulator(self):
+        # 4000000000000101 declines only when a CVC is given (Stripe's test card)
+        r = self.c.post("/v1/payment_intents", {"amount": 1500, "currency": "usd", "confirm": "true",
+                                                "payment_method_data": card("4000000000000101", cvc=None)},
+                        headers={"Idempotency-Key": new_key()})
+        self.assertEqual(r.json.get("status"), "succeeded", r)
+        r = self.pay("4000000000000101")
+        self.assertEqual((r.status, r.json["error"]["decline_code"]), (402, "incorrect_cvc"), r)
 
     def test_payments_go_through_rest(self):
         before = self.charged_payments()["charges"]

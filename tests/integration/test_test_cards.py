@@ -196,16 +196,67 @@ class TestCards(DaemonTestCase):
         checks = self.pay(payment_method_data=pmd, **{"expand[]": "latest_charge"})["latest_charge"][
             "payment_method_details"]["card"]["checks"]
         self.assertEqual((checks["address_line1_check"], checks["address_postal_code_check"]), (None, "fail"))
-        # a saved test card carries no CVC: unchecked
+        # Stripe's test PaymentMethods carry a CVC, which the issuer checks
         checks = self.pay(payment_method="pm_card_visa", **{"expand[]": "latest_charge"})["latest_charge"][
             "payment_method_details"]["card"]["checks"]
-        self.assertEqual(checks["cvc_check"], "unchecked")
+        self.assertEqual(checks["cvc_check"], "pass")
         # a wrong CVC fails the check and the payment
         for pan in ("4000000000000127", "4000000000000101"):
             err = self.pay(402, payment_method_data=card(pan))["error"]
             self.assertEqual(err["code"], "incorrect_cvc")
             ch = self.c().get("/v1/charges/" + err["charge"]).json
             self.assertEqual(ch["payment_method_details"]["card"]["checks"]["cvc_check"], "fail")
+
+    def test_the_cvc_check_card_fails_only_with_a_cvc(self):
+        """4000000000000101: "charge will succeed unless a CVC is entered, in
+        which case cvc_check will fail and the charge will be declined"; a
+        PaymentMethod's checks.cvc_check is "unchecked" when a CVC came with
+        its card and null otherwise, and a saved card's CVC is checked when
+        it is charged."""
+        pan = "4000000000000101"
+        # no CVC now: approved, nothing checked
+        pi = self.pay(payment_method_data=card(pan, cvc=None), **{"expand[]": "latest_charge"})
+        self.assertEqual(pi["status"], "succeeded", pi)
+        self.assertIsNone(pi["latest_charge"]["payment_method_details"]["card"]["checks"]["cvc_check"])
+        self.assertIsNone(self.c().get("/v1/payment_methods/" + pi["payment_method"]).json[
+            "card"]["checks"]["cvc_check"])
+        # an ordinary card without a CVC: null too, and with one: pass
+        pi = self.pay(payment_method_data=card("4242424242424242", cvc=None), **{"expand[]": "latest_charge"})
+        self.assertIsNone(pi["latest_charge"]["payment_method_details"]["card"]["checks"]["cvc_check"])
+        # saved without a CVC, charged later: approved
+        bare = self.c().post("/v1/payment_methods", {"type": "card", "card": {
+            "number": pan, "exp_month": 12, "exp_year": 2034}}).json
+        self.assertIsNone(bare["card"]["checks"]["cvc_check"], bare)
+        self.assertEqual(self.pay(payment_method=bare["id"])["status"], "succeeded")
+        # saved with a CVC: unchecked until charged, then the charge fails the check
+        held = self.c().post("/v1/payment_methods", {"type": "card", "card": {
+            "number": pan, "exp_month": 12, "exp_year": 2034, "cvc": "123"}}).json
+        self.assertEqual(held["card"]["checks"]["cvc_check"], "unchecked", held)
+        err = self.pay(402, payment_method=held["id"])["error"]
+        self.assertEqual((err["code"], err["decline_code"]), ("incorrect_cvc", "incorrect_cvc"), err)
+        ch = self.c().get("/v1/charges/" + err["charge"]).json
+        self.assertEqual(ch["payment_method_details"]["card"]["checks"]["cvc_check"], "fail")
+        # Stripe's test objects carry one: the test PaymentMethod and the test token decline
+        for name in ("pm_card_cvcCheckFail",):
+            self.assertEqual(self.pay(402, payment_method=name)["error"]["code"], "incorrect_cvc")
+        tok = {"type": "card", "card": {"token": "tok_cvcCheckFail"}}
+        self.assertEqual(self.pay(402, payment_method_data=tok)["error"]["code"], "incorrect_cvc")
+        # a card token keeps whether a CVC came with it
+        for cvc, want in ((None, 200), ("123", 402)):
+            c = {"number": pan, "exp_month": 12, "exp_year": 2034}
+            if cvc:
+                c["cvc"] = cvc
+            t = self.c().post("/v1/tokens", {"card": c}).json["id"]
+            self.pay(want, payment_method_data={"type": "card", "card": {"token": t}})
+        # a SetupIntent verifies the card the same way
+        for cvc, want in ((None, "succeeded"), ("123", "requires_payment_method")):
+            c = {"number": pan, "exp_month": 12, "exp_year": 2034}
+            if cvc:
+                c["cvc"] = cvc
+            r = self.c().post("/v1/setup_intents", {"confirm": "true", "payment_method_data": {"type": "card",
+                                                                                             "card": c}})
+            si = r.json if r.status == 200 else r.json["error"]["setup_intent"]
+            self.assertEqual(si["status"], want, r)
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ static void host_handle(int fd, const uint8_t *body, size_t len)
       snprintf(H.held_rrn, sizeof H.held_rrn, "%s", tp_iso_get(&q, 37));
     } else {
       const char *pan = tp_iso_get(&q, 2);
-      const char *f39 = pan ? tp_iso_f39_for_decline(tp_test_card_decline(pan)) : "00";
+      const char *f39 = pan ? tp_iso_f39_for_decline(tp_test_card_decline(pan, true)) : "00";
       if (pan && strcmp(pan, "5555555555554444") == 0)
         f39 = "10"; /* partial approval */
       char mti[5];
