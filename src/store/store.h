@@ -173,6 +173,10 @@ struct tp_list_query {
    * field_default stands for an absent value */
   const char *field, *field_value, *field_default;
   int64_t created_gte, created_lte; /* INT64_MIN / INT64_MAX when absent */
+  /* the matching rows' ids lie within [id_min, id_max] (each NULL: no
+   * bound), known by the caller: the walk reads only rows in between (a
+   * balance transaction's source names its transactions' ids) */
+  const char *id_min, *id_max;
   const char *starting_after;       /* id, or NULL */
   const char *ending_before;        /* id, or NULL */
   int limit;                        /* 1..100 */

@@ -128,6 +128,49 @@ class Disputes(DaemonTestCase):
         self.assertEqual(r.json["status"], "lost")
         self.assertEqual(self.events(dp["id"])[-1], "charge.dispute.closed")
 
+    def test_balance_transactions_by_source_are_exactly_the_ones_their_source_names(self):
+        BT = "/v1/balance_transactions"
+        pi = self.pay()
+        ch = pi["latest_charge"]
+        dp = self.dispute_of(ch)
+        others = [self.pay(pm="pm_card_visa")["latest_charge"] for _ in range(3)]  # between the two adjustments
+        won = self.c().post(DP + "/" + dp["id"], {"evidence[uncategorized_text]": "winning_evidence"}).json
+        self.assertEqual(won["status"], "won", won)
+        self.assertEqual(len(won["balance_transactions"]), 2, won)
+        want = [b["id"] for b in reversed(won["balance_transactions"])]  # newest first
+        got = self.c().get(BT, {"source": dp["id"]}).json
+        self.assertEqual(([b["id"] for b in got["data"]], got["has_more"]), (want, False))
+        # paged one at a time, both ways
+        p1 = self.c().get(BT, {"source": dp["id"], "limit": 1}).json
+        self.assertEqual(([b["id"] for b in p1["data"]], p1["has_more"]), (want[:1], True))
+        p2 = self.c().get(BT, {"source": dp["id"], "limit": 1, "starting_after": want[0]}).json
+        self.assertEqual(([b["id"] for b in p2["data"]], p2["has_more"]), (want[1:], False))
+        p0 = self.c().get(BT, {"source": dp["id"], "limit": 1, "ending_before": want[1]}).json
+        self.assertEqual([b["id"] for b in p0["data"]], want[:1])
+        # with type and created
+        self.assertEqual(len(self.c().get(BT, {"source": dp["id"], "type": "adjustment"}).json["data"]), 2)
+        self.assertEqual(self.c().get(BT, {"source": dp["id"], "type": "charge"}).json["data"], [])
+        self.assertEqual(self.c().get(BT, {"source": dp["id"], "created[lt]": dp["created"] - 5}).json["data"], [])
+        # a charge's: its own
+        for c in [ch] + others:
+            txn = self.c().get("/v1/charges/" + c).json["balance_transaction"]
+            got = self.c().get(BT, {"source": c}).json["data"]
+            self.assertEqual([(b["id"], b["source"], b["type"]) for b in got], [(txn, c, "charge")])
+        # a refund's and its failure's (Stripe's refundFail card: it succeeds, then fails)
+        pi = self.pay(pm="pm_card_refundFail")
+        re = self.c().post("/v1/refunds", {"payment_intent": pi["id"], "amount": 500}).json
+        re = self.c().get("/v1/refunds/" + re["id"]).json
+        self.assertEqual(re["status"], "failed", re)
+        got = self.c().get(BT, {"source": re["id"]}).json["data"]
+        self.assertEqual([(b["id"], b["type"]) for b in got],
+                         [(re["failure_balance_transaction"], "refund_failure"), (re["balance_transaction"], "refund")])
+        # a missing object, another kind, another merchant's: nothing
+        for src in ("ch_missing", "re_missing", "dp_missing", pi["id"], "txn_x"):
+            r = self.c().get(BT, {"source": src})
+            self.assertEqual((r.status, r.json["data"], r.json["has_more"]), (200, [], False), src)
+        self.assertEqual(self.c("n").get(BT, {"source": dp["id"]}).json["data"], [])
+        self.assertEqual(self.c("n").get(BT, {"source": ch}).json["data"], [])
+
     def test_a_lost_chargeback_keeps_the_fee_and_the_fee_is_in_the_disputes_currency(self):
         avail = self.available()
         ch = self.pay()["latest_charge"]

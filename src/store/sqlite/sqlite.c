@@ -876,6 +876,10 @@ static void list_bind(sqlite3_stmt *st, const struct tp_list_query *q)
   if (q->starting_after || q->ending_before)
     bind_text(st, 6, q->starting_after ? q->starting_after : q->ending_before);
   sqlite3_bind_int(st, 7, q->limit + 1);
+  if (q->id_min)
+    bind_text(st, 15, q->id_min);
+  if (q->id_max)
+    bind_text(st, 16, q->id_max);
   if (q->field) {
     bind_text(st, 8, q->field);
     bind_text(st, 9, q->field_value);
@@ -918,6 +922,10 @@ static bool list_where(const struct tp_kind_info *ki, const struct tp_list_query
     len += snprintf(where + len, cap - (size_t)len, " AND id>=?13");
   if (!tp_ids_ran_ahead() && list_id_ceil(q, floor))
     len += snprintf(where + len, cap - (size_t)len, " AND id<?14");
+  if (q->id_min)
+    len += snprintf(where + len, cap - (size_t)len, " AND id>=?15");
+  if (q->id_max)
+    len += snprintf(where + len, cap - (size_t)len, " AND id<=?16");
   if (q->starting_after)
     snprintf(where + len, cap - (size_t)len, " AND id<?6");
   else if (q->ending_before)
