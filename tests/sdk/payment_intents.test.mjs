@@ -145,6 +145,26 @@ test('confirm with payment_method_data raw card 4242 succeeds and never echoes t
   assert.equal(ch.payment_method_details.card.last4, '4242');
 });
 
+test("the CVC-check card 4000000000000101 declines only when a CVC is given, as Stripe's does", async () => {
+  const noCvc = { type: 'card', card: { number: '4000000000000101', exp_month: 12, exp_year: card('1').exp_year } };
+  const ok = await stripe.paymentIntents.create({
+    amount: 1100, currency: 'usd', confirm: true, payment_method_data: noCvc, expand: ['latest_charge'],
+  });
+  assert.equal(ok.status, 'succeeded');
+  assert.equal(ok.latest_charge.payment_method_details.card.checks.cvc_check, null);
+  const err = await expectError(stripe.paymentIntents.create({
+    amount: 1100, currency: 'usd', confirm: true, payment_method_data: cardData('4000000000000101'),
+  }), errors.StripeCardError);
+  assert.equal(err.code, 'incorrect_cvc');
+  const ch = await stripe.charges.retrieve(err.raw.charge);
+  assert.equal(ch.payment_method_details.card.checks.cvc_check, 'fail');
+  // a PaymentMethod shows whether a CVC came with its card
+  const withCvc = await stripe.paymentMethods.create(cardData(CARDS.visa));
+  assert.equal(withCvc.card.checks.cvc_check, 'unchecked');
+  const without = await stripe.paymentMethods.create({ type: 'card', card: { number: CARDS.visa, exp_month: 12, exp_year: card('1').exp_year } });
+  assert.equal(without.card.checks.cvc_check, null);
+});
+
 test('manual capture authorizes to requires_capture and a partial capture succeeds with amount_received', async () => {
   const pi = await stripe.paymentIntents.create({
     amount: 5000, currency: 'usd', payment_method: 'pm_card_visa', confirm: true, capture_method: 'manual',
