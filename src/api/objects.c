@@ -479,6 +479,7 @@ static json_t *pm_create(struct tp_cs *cs, const struct tp_merchant *m, const st
   if (!pm)
     abort();
   json_decref(token_bd);
+  tp_pm_address_checks(pm);
   if (customer) {
     json_object_set_new(pm, "customer", json_string(customer));
     tp_mark(pm, "source", json_string("card"));
@@ -833,6 +834,22 @@ json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, str
   }
   ci->cvc = tp_pm_has_cvc(pm);
   return pm;
+}
+
+void tp_pm_address_checks(json_t *pm)
+{
+  static const char *const parts[][2] = {{"line1", "address_line1_check"},
+                                         {"postal_code", "address_postal_code_check"}};
+  const json_t *addr = json_object_get(json_object_get(pm, "billing_details"), "address");
+  json_t *checks = json_object_get(json_object_get(pm, "card"), "checks");
+  if (!json_is_object(checks))
+    return;
+  for (size_t i = 0; i < 2; i++) {
+    if (!json_string_length(json_object_get(addr, parts[i][0])))
+      json_object_set_new(checks, parts[i][1], json_null());
+    else if (!json_is_string(json_object_get(checks, parts[i][1])))
+      json_object_set_new(checks, parts[i][1], json_string("unchecked"));
+  }
 }
 
 bool tp_pm_has_cvc(const json_t *pm)

@@ -93,6 +93,10 @@ json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, str
 /* Whether a CVC came with PaymentMethod pm's card (its card.checks.cvc_check
  * is set), so that an issuer has one to check. */
 bool tp_pm_has_cvc(const json_t *pm);
+/* A card PaymentMethod's address checks as Stripe shows them: "unchecked"
+ * for the billing address's line1 / postal_code when given (a verdict
+ * already there is kept), null when not. */
+void tp_pm_address_checks(json_t *pm);
 /* A customer's card source (the legacy Cards API, api/sources.c) from a
  * card token source (one of POST /v1/tokens, spent here, or a test token
  * tok_visa ...): a card PaymentMethod whose id begins "card_", attached to

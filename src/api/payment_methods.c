@@ -291,8 +291,10 @@ void tp_h_pm_update(struct tp_req *r)
   }
   before = json_deep_copy(pm);
   json_t *v;
-  if ((v = json_object_get(r->params, "billing_details")))
+  if ((v = json_object_get(r->params, "billing_details"))) {
     billing_merge(pm, v);
+    tp_pm_address_checks(pm);
+  }
   if ((v = json_object_get(r->params, "metadata")))
     tp_metadata_apply(pm, v);
   if ((v = json_object_get(r->params, "allow_redisplay")) && json_string_length(v))

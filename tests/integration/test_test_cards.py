@@ -187,6 +187,19 @@ class TestCards(DaemonTestCase):
             checks = pi["latest_charge"]["payment_method_details"]["card"]["checks"]
             self.assertEqual((checks["address_line1_check"], checks["address_postal_code_check"],
                               checks["cvc_check"]), (line1, zip_, "pass"), pan)
+        # the PaymentMethod shows what came with its card, unchecked (Stripe checks at the charge)
+        pmd = dict(card("4242424242424242"), billing_details={"address": address})
+        pm = self.c().post("/v1/payment_methods", pmd).json
+        self.assertEqual((pm["card"]["checks"]["address_line1_check"], pm["card"]["checks"]["address_postal_code_check"],
+                          pm["card"]["checks"]["cvc_check"]), ("unchecked", "unchecked", "unchecked"), pm)
+        cus = self.c().post("/v1/customers", {}).json["id"]  # only a saved card is updated
+        self.assertEqual(self.c().post("/v1/payment_methods/%s/attach" % pm["id"], {"customer": cus}).status, 200)
+        pm = self.c().post("/v1/payment_methods/" + pm["id"], {"billing_details": {"address": {"line1": ""}}}).json
+        self.assertEqual((pm["card"]["checks"]["address_line1_check"], pm["card"]["checks"]["address_postal_code_check"]),
+                         (None, "unchecked"), pm)
+        bare = self.c().post("/v1/payment_methods", card("4242424242424242")).json
+        self.assertEqual((bare["card"]["checks"]["address_line1_check"],
+                          bare["card"]["checks"]["address_postal_code_check"]), (None, None), bare)
         # no address given: nothing to check
         pi = self.pay(payment_method_data=card("4000000000000010"), **{"expand[]": "latest_charge"})
         checks = pi["latest_charge"]["payment_method_details"]["card"]["checks"]
