@@ -18,6 +18,7 @@
 #include "api/handlers.h"
 #include "api/objects.h"
 #include "connectors/connector.h"
+#include "core/payflow.h"
 #include "jpack.h"
 #include "jsonw.h"
 
@@ -367,7 +368,7 @@ json_t *tp_si_finish(struct tp_req *r, struct tp_cs *cs, json_t *si, json_t *pm,
   const struct tp_error_info *ei = tp_error_by_decline_code(decline);
   if (!ei)
     ei = tp_error_by_decline_code("generic_decline");
-  json_t *err = tp_error_object((enum tp_err)ei->number, NULL, NULL);
+  json_t *err = tp_error_object((enum tp_err)ei->number, tp_decline_param(ei->code), NULL);
   json_object_set_new(err, "doc_url", json_sprintf("https://docs.stripe.com/error-codes/%s",
                                                    json_string_value(json_object_get(err, "code"))));
   json_object_set(err, "payment_method", pm);

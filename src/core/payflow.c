@@ -1345,6 +1345,21 @@ static void save_for_future_use(struct tp_pay *p, struct tp_cs *cs)
     tp_emit(cs, p->r, p->m.id, "payment_method.attached", p->pm);
 }
 
+/* The card field an issuer's decline is about, as Stripe names it in the
+ * error's param (a wrong CVC: "cvc"), or NULL. */
+const char *tp_decline_param(const char *code)
+{
+  static const char *const params[][2] = {
+    {"incorrect_cvc", "cvc"}, {"invalid_cvc", "cvc"}, {"expired_card", "exp_month"},
+    {"incorrect_number", "number"}, {"invalid_number", "number"}, {"invalid_expiry_month", "exp_month"},
+    {"invalid_expiry_year", "exp_year"},
+  };
+  for (size_t i = 0; code && i < sizeof params / sizeof params[0]; i++)
+    if (strcmp(code, params[i][0]) == 0)
+      return params[i][1];
+  return NULL;
+}
+
 void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
 {
   const struct tp_proc_call *c = &p->call;
@@ -1394,7 +1409,7 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
   const struct tp_error_info *ei = tp_error_by_decline_code(dc);
   if (!ei)
     ei = tp_error_by_decline_code("generic_decline");
-  json_t *err = tp_error_object((enum tp_err)ei->number, NULL, NULL);
+  json_t *err = tp_error_object((enum tp_err)ei->number, tp_decline_param(ei->code), NULL);
   json_object_set(ch, "failure_code", json_object_get(err, "code"));
   json_object_set(ch, "failure_message", json_object_get(err, "message"));
   json_object_set(err, "charge", json_object_get(ch, "id"));

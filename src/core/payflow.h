@@ -149,4 +149,9 @@ struct tp_posting {
 void tp_ledger_post(struct tp_cs *cs, const struct tp_posting *po, char txn[TP_ID_MAX], json_t **obj_out);
 /* [balance] available_after_seconds (read by tp_recover). */
 int64_t tp_balance_available_after(void);
+/* The card field an issuer's decline code is about, as Stripe names it in
+ * the error's param ("cvc" for incorrect_cvc, "exp_month" for expired_card,
+ * "number" for incorrect_number), or NULL. */
+const char *tp_decline_param(const char *code);
+
 #endif

@@ -246,7 +246,14 @@ class TestCards(DaemonTestCase):
             "number": pan, "exp_month": 12, "exp_year": 2034, "cvc": "123"}}).json
         self.assertEqual(held["card"]["checks"]["cvc_check"], "unchecked", held)
         err = self.pay(402, payment_method=held["id"])["error"]
-        self.assertEqual((err["code"], err["decline_code"]), ("incorrect_cvc", "incorrect_cvc"), err)
+        self.assertEqual((err["code"], err["decline_code"], err["param"]), ("incorrect_cvc", "incorrect_cvc", "cvc"),
+                         err)
+        pi = self.c().get(PI + "/" + err["payment_intent"]["id"]).json
+        self.assertEqual(pi["last_payment_error"]["param"], "cvc")
+        # the card field a decline is about is its param, as on Stripe; none for the others
+        for other, param in (("4000000000000069", "exp_month"), ("4000000000000002", None),
+                             ("4000000000009995", None)):
+            self.assertEqual(self.pay(402, payment_method_data=card(other))["error"].get("param"), param, other)
         ch = self.c().get("/v1/charges/" + err["charge"]).json
         self.assertEqual(ch["payment_method_details"]["card"]["checks"]["cvc_check"], "fail")
         # Stripe's test objects carry one: the test PaymentMethod and the test token decline
@@ -270,6 +277,8 @@ class TestCards(DaemonTestCase):
                                                                                              "card": c}})
             si = r.json if r.status == 200 else r.json["error"]["setup_intent"]
             self.assertEqual(si["status"], want, r)
+            if r.status != 200:
+                self.assertEqual((r.json["error"]["code"], r.json["error"]["param"]), ("incorrect_cvc", "cvc"))
 
 
 if __name__ == "__main__":
