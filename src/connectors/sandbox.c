@@ -40,7 +40,7 @@ static const struct test_card {
   {.pan = "4100000000000019", .decline = "fraudulent", .risk = "highest"},
   {.pan = "4000000000004954", .decline = "fraudulent", .risk = "highest"},
   {.pan = "4000000000009235", .risk = "elevated"},
-  {.pan = "4000000000000101", .decline = "incorrect_cvc", .decline_needs_cvc = true},
+  {.pan = "4000000000000101", .decline = "incorrect_cvc", .decline_needs_cvc = true}, /* only with a CVC */
   {.pan = "4000000000006975", .decline = "card_velocity_exceeded"},
   {.pan = "4000000000000341", .decline = "generic_decline"}, /* attaches, but every charge is declined */
   /* 3-D Secure */
