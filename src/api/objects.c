@@ -467,9 +467,9 @@ static json_t *pm_create(struct tp_cs *cs, const struct tp_merchant *m, const st
                          "s:n, s:{s:b}, s:n}",
                          "brand", brand, "checks", "address_line1_check", "address_postal_code_check",
                          "cvc_check", ci->cvc ? "unchecked" : NULL, "country", ci->country, "display_brand", brand,
-                         "exp_month", ci->exp_month, "exp_year", ci->exp_year, "fingerprint", fp, "funding", ci->funding, "generated_from",
-                         "last4", ci->last4, "networks", "available", brand, "preferred", "regulated_status",
-                         "three_d_secure_usage", "supported", 1, "wallet");
+                         "exp_month", ci->exp_month, "exp_year", ci->exp_year, "fingerprint", fp, "funding",
+                         ci->funding, "generated_from", "last4", ci->last4, "networks", "available", brand,
+                         "preferred", "regulated_status", "three_d_secure_usage", "supported", 1, "wallet");
   json_t *pm = tp_pack("{s:s, s:s, s:s, s:o, s:o, s:I, s:n, s:n, s:b, s:o, s:s}", "id", id, "object",
                        "payment_method", "allow_redisplay",
                        allow_redisplay && *allow_redisplay ? allow_redisplay : "unspecified", "billing_details", bd,
