@@ -1163,9 +1163,11 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved)
   const char *avs_line1, *avs_zip;
   tp_test_card_avs(p->call.pan, &avs_line1, &avs_zip);
   /* Stripe's cvc_check: null when no CVC was given, else the issuer's
-   * verdict (a CVC given with a card saved earlier is checked too). */
+   * verdict (a CVC given with a card saved earlier is checked too; after
+   * a 3-D Secure challenge the CVC itself is gone, but the PaymentMethod
+   * says one came, and no_cvc was set from it). */
   const char *cvc_check = strcmp(p->call.decline_code, "incorrect_cvc") == 0 ? "fail"
-                          : !p->call.no_cvc || p->three_ds_done              ? "pass"
+                          : !p->call.no_cvc                                 ? "pass"
                                                                               : NULL;
   json_t *pmd_card = tp_pack("{s:n, s:n, s:O, s:{s:s?, s:s?, s:s?}, s:O, s:n, s:O, s:O, s:O, s:O, s:n, s:O, s:n, "
                              "s:O, s:n, s:n, s:n, s:n, s:n}",

@@ -207,6 +207,19 @@ class ThreeDSTest(DaemonTestCase):
         self.assertEqual(again["status"], "succeeded", again)
         self.assertEqual(again["amount_received"], 3100, again)
 
+    def test_cvc_check_after_the_challenge_says_whether_a_cvc_came(self):
+        """The CVC is not kept past the confirmation that brought it, but
+        the charge made after the challenge still says whether one came:
+        pass with one, null without (as without a challenge)."""
+        for cvc, want in (("314", "pass"), (None, None)):
+            pi, url, token = self.start_challenge(payment_method_data=card(PAN_3DS, cvc=cvc))
+            path, _ = self.fetch_page(url)
+            self.assertRedirect(self.submit(path, token, "approve"), pi, "succeeded")
+            got = self.c().get(PI + "/" + pi["id"], {"expand[]": "latest_charge"}).json
+            self.assertEqual(got["status"], "succeeded", got)
+            self.assertEqual(got["latest_charge"]["payment_method_details"]["card"]["checks"]["cvc_check"], want,
+                             (cvc, got["latest_charge"]))
+
     def test_fail_with_return_url_redirects_and_requires_payment_method(self):
         pi, url, token = self.start_challenge()
         path, _ = self.fetch_page(url)
