@@ -225,7 +225,7 @@ static bool check_amount(struct tp_req *r, int64_t amount, const struct tp_curre
   if (amount < tp_currency_min_charge(cur)) {
     char msg[200], fmt[40];
     tp_amount_format(fmt, sizeof fmt, tp_currency_min_charge(cur), cur);
-    snprintf(msg, sizeof msg, "Amount must be at least %s %s", fmt, cur->code);
+    snprintf(msg, sizeof msg, "Amount must be at least %s%s %s", tp_currency_symbol(cur), fmt, cur->code);
     tp_reply_error(r, TP_ERR_AMOUNT_TOO_SMALL, "amount", msg);
     return false;
   }

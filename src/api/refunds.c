@@ -133,8 +133,11 @@ void tp_h_refund_create(struct tp_req *r)
                               "amount"))
       goto fail;
     if (amount > remaining) {
-      snprintf(msg, sizeof msg, "Refund amount (%lld) is greater than unrefunded amount on charge (%lld)",
-               (long long)amount, (long long)remaining);
+      const struct tp_currency *cur = tp_currency_find(json_string_value(json_object_get(ch, "currency")));
+      char want[48], left[48];
+      tp_amount_display(want, sizeof want, amount, cur);
+      tp_amount_display(left, sizeof left, remaining, cur);
+      snprintf(msg, sizeof msg, "Refund amount (%s) is greater than unrefunded amount on charge (%s)", want, left);
       tp_reply_error(r, TP_ERR_REFUND_AMOUNT_TOO_LARGE, "amount", msg);
       goto fail;
     }

@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -184,6 +185,28 @@ int tp_amount_format(char *out, unsigned outlen, int64_t amount, const struct tp
     out[k] = '\0';
   }
   return (int)n;
+}
+
+const char *tp_currency_symbol(const struct tp_currency *c)
+{
+  static const struct {
+    char code[4];
+    const char *sign;
+  } signs[] = {{"usd", "$"}, {"eur", "\u20ac"}, {"gbp", "\u00a3"}, {"jpy", "\u00a5"}, {"inr", "\u20b9"}, {"krw", "\u20a9"}};
+  for (size_t i = 0; c != NULL && i < sizeof signs / sizeof signs[0]; i++)
+    if (strcmp(c->code, signs[i].code) == 0)
+      return signs[i].sign;
+  return "";
+}
+
+int tp_amount_display(char *out, unsigned outlen, int64_t amount, const struct tp_currency *c)
+{
+  char num[40];
+  tp_amount_format(num, sizeof num, amount, c);
+  const char *sign = tp_currency_symbol(c);
+  if (*sign)
+    return snprintf(out, outlen, "%s%s", sign, num);
+  return snprintf(out, outlen, "%s %s", num, c != NULL ? c->code : "");
 }
 
 /* Parse "[-]digits[.digits]" into minor units exactly. At most c->exponent

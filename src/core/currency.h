@@ -40,6 +40,15 @@ int tp_amount_card_check(int64_t amount, const struct tp_currency *c);
  * ("12.34", "1234", "1.234"); returns bytes written (snprintf semantics). */
 int tp_amount_format(char *out, unsigned outlen, int64_t amount, const struct tp_currency *c);
 
+/* The currency's sign where it is one of its own ("$" for usd, "€", "£",
+ * "¥", "₹", "₩"), "" otherwise; Stripe's messages put it before the
+ * amount ("Refund amount ($20.00) ..."). UTF-8. */
+const char *tp_currency_symbol(const struct tp_currency *c);
+
+/* An amount as Stripe's messages show it: "$20.00", "€0.50", "¥500", or
+ * "20.00 chf" for a currency without its own sign. snprintf semantics. */
+int tp_amount_display(char *out, unsigned outlen, int64_t amount, const struct tp_currency *c);
+
 /* Parse a decimal major-unit string ("12.34") into minor units exactly;
  * returns 0 on success, -1 on bad syntax, too many decimals or overflow. */
 int tp_amount_parse(const char *s, const struct tp_currency *c, int64_t *out);

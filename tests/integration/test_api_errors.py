@@ -326,6 +326,26 @@ class ApiErrorsTest(DaemonTestCase):
         self.assertEqual(r.status, 200, r)
         self.assertEqual(c.get("/v1/charges/" + pi["latest_charge"]).json["amount_refunded"], 3780)
 
+    def test_amounts_in_messages_read_as_stripe_writes_them(self):
+        # "Refund amount ($10.00) is greater than unrefunded amount on charge
+        # ($5.00)", "Amount must be at least $0.50 usd": the currency's sign
+        # and its decimals; the code after the number for one without a sign.
+        c = self.c("other")
+        pi = c.post(PI, {"amount": 2000, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa"}).json
+        self.assertEqual(c.post("/v1/refunds", {"payment_intent": pi["id"], "amount": 1500}).status, 200)
+        err = self.assertStripeError(c.post("/v1/refunds", {"payment_intent": pi["id"], "amount": 1000}), 400,
+                                     param="amount")
+        self.assertEqual(err["message"], "Refund amount ($10.00) is greater than unrefunded amount on charge ($5.00)")
+        pi = c.post(PI, {"amount": 5000, "currency": "kwd", "confirm": "true", "payment_method": "pm_card_visa"}).json
+        err = self.assertStripeError(c.post("/v1/refunds", {"charge": pi["latest_charge"], "amount": 6000}), 400,
+                                     param="amount")
+        self.assertIn("(6.000 kwd) is greater than unrefunded amount on charge (5.000 kwd)", err["message"])
+        err = self.assertStripeError(c.post(PI, {"amount": 10, "currency": "usd"}), 400, param="amount")
+        self.assertEqual(err["message"], "Amount must be at least $0.50 usd")
+        err = self.assertStripeError(c.post(PI, {"amount": 10, "currency": "eur"}), 400, param="amount")
+        self.assertEqual(err["message"], "Amount must be at least \u20ac0.50 eur")
+        self.assertEqual(c.get("/v1/charges/" + pi["latest_charge"]).json["amount_refunded"], 0)
+
     def test_unknown_currency_is_rejected(self):
         self.send_bad("currency_unknown")
 

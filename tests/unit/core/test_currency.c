@@ -186,6 +186,29 @@ static void test_format_handles_int64_min_and_truncation(void **state)
   assert_int_equal(tp_amount_format(NULL, 0, 1, cur("usd")), 4);
 }
 
+static void test_display_puts_the_sign_first_or_the_code_after(void **state)
+{
+  (void)state;
+  char buf[64];
+  assert_int_equal(tp_amount_display(buf, sizeof buf, 2000, cur("usd")), 6);
+  assert_string_equal(buf, "$20.00");
+  tp_amount_display(buf, sizeof buf, 50, cur("eur"));
+  assert_string_equal(buf, "\xe2\x82\xac" "0.50");
+  tp_amount_display(buf, sizeof buf, 500, cur("jpy"));
+  assert_string_equal(buf, "\xc2\xa5" "500");
+  tp_amount_display(buf, sizeof buf, 1230, cur("kwd"));
+  assert_string_equal(buf, "1.230 kwd");
+  tp_amount_display(buf, sizeof buf, 1999, cur("chf"));
+  assert_string_equal(buf, "19.99 chf");
+  assert_string_equal(tp_currency_symbol(cur("gbp")), "\xc2\xa3");
+  assert_string_equal(tp_currency_symbol(cur("sek")), "");
+  assert_string_equal(tp_currency_symbol(NULL), "");
+  /* truncated like snprintf, always terminated */
+  char small[4];
+  assert_int_equal(tp_amount_display(small, sizeof small, 123456, cur("usd")), 8);
+  assert_string_equal(small, "$12");
+}
+
 static void test_parse_accepts_fewer_decimals(void **state)
 {
   (void)state;
@@ -315,6 +338,7 @@ int main(void)
     cmocka_unit_test(test_parse_accepts_fewer_decimals),
     cmocka_unit_test(test_parse_rejects_bad_input),
     cmocka_unit_test(test_parse_detects_overflow),
+    cmocka_unit_test(test_display_puts_the_sign_first_or_the_code_after),
     cmocka_unit_test(test_three_decimal_card_amounts_end_in_zero),
     cmocka_unit_test(test_muldiv_rounds_half_to_even),
     cmocka_unit_test(test_muldiv_is_exact_beyond_64_bits),
