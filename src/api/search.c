@@ -452,12 +452,30 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
       val = c->value;
     }
   }
-  char sql[320];
+  /* Else an exact metadata['key']:'value' clause every match must meet
+   * reads the metadata index (migration 0020): only objects that have had
+   * that pair, newest first. */
+  const char *mkey = NULL;
+  for (size_t i = 0; i < s->n && !index && !mkey; i++) {
+    const struct tp_search_clause *c = &s->c[i];
+    if ((s->any && s->n > 1) || c->op != TP_SO_EQ || c->negate || c->is_null || c->field->type != TP_SF_METADATA ||
+        !tp_kind_meta_indexed((enum tp_kind)kind))
+      continue;
+    mkey = c->key;
+    val = c->value;
+  }
+  char sql[400];
   if (index)
     snprintf(sql, sizeof sql,
              "SELECT id, tp_json(data) AS data FROM %s INDEXED BY %s WHERE merchant = ?1 AND %s = ?4 AND id < ?2%s "
              "ORDER BY id DESC LIMIT ?3",
              table, index, col, kind == TP_K_CUSTOMER ? " AND deleted IS NULL" : "");
+  else if (mkey)
+    snprintf(sql, sizeof sql,
+             "SELECT o.id AS id, tp_json(o.data) AS data FROM metadata_index m JOIN %s o ON o.merchant = m.merchant "
+             "AND o.id = m.id WHERE m.merchant = ?1 AND m.kind = ?5 AND m.k = ?6 AND m.v = ?4 AND m.id < ?2%s "
+             "ORDER BY m.id DESC LIMIT ?3",
+             table, kind == TP_K_CUSTOMER ? " AND o.deleted IS NULL" : "");
   else
     snprintf(sql, sizeof sql,
              "SELECT id, tp_json(data) AS data FROM %s WHERE merchant = ?1 AND id < ?2%s ORDER BY id DESC LIMIT ?3",
@@ -468,8 +486,12 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
   while (!end && !has_more && scanned < budget) {
     int64_t want = budget - scanned < SCAN_CHUNK ? budget - scanned : SCAN_CHUNK;
     json_t *args = tp_pack("[s, s, I]", r->merchant.id, cursor, (json_int_t)want);
-    if (index)
+    if (index || mkey)
       json_array_append_new(args, json_string(val));
+    if (mkey) {
+      json_array_append_new(args, json_string(tp_kinds[kind].prefix));
+      json_array_append_new(args, json_string(mkey));
+    }
     json_t *rows = tp_store_query_take(&tp_app.store, sql, args);
     if (!rows) {
       failed = true;

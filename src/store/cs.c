@@ -252,6 +252,44 @@ void tp_cs_put_dumped(struct tp_cs *cs, enum tp_kind kind, const char *merchant,
   tp_cs_put_framed(cs, kind, merchant, obj, data, len, NULL, 0);
 }
 
+bool tp_kind_meta_indexed(enum tp_kind kind)
+{
+  return kind == TP_K_PAYMENT_INTENT || kind == TP_K_CHARGE || kind == TP_K_CUSTOMER;
+}
+
+/* The object's metadata for the index (tp_cs_op, s3/n2): string values
+ * only, and none holding a NUL (a query cannot name it). */
+static void meta_pairs(struct tp_cs_op *op, const json_t *obj)
+{
+  const json_t *md = json_object_get(obj, "metadata");
+  if (!json_is_object(md) || json_object_size(md) == 0)
+    return;
+  size_t cap = 0;
+  const char *k;
+  const json_t *v;
+  json_object_foreach((json_t *)(uintptr_t)md, k, v)
+    cap += strlen(k) + 1 + json_string_length(v) + 1;
+  char *buf = malloc(cap), *p = buf;
+  if (!buf)
+    abort();
+  json_object_foreach((json_t *)(uintptr_t)md, k, v) {
+    const char *sv = json_string_value(v);
+    size_t kl = strlen(k), vl = json_string_length(v);
+    if (!sv || strlen(sv) != vl || kl == 0)
+      continue;
+    memcpy(p, k, kl + 1);
+    p += kl + 1;
+    memcpy(p, sv, vl + 1);
+    p += vl + 1;
+  }
+  if (p == buf) {
+    free(buf);
+    return;
+  }
+  op->s3 = buf;
+  op->n2 = p - buf;
+}
+
 void tp_cs_put_framed(struct tp_cs *cs, enum tp_kind kind, const char *merchant, const json_t *obj, char *data,
                       size_t len, uint8_t *z, size_t zlen)
 {
@@ -268,6 +306,8 @@ void tp_cs_put_framed(struct tp_cs *cs, enum tp_kind kind, const char *merchant,
                                    json_integer_value(json_object_get(obj, "created")), c1, c2, data, len);
   free(c1);
   free(c2);
+  if (tp_kind_meta_indexed(kind))
+    meta_pairs(op, obj);
   if (z) { /* compressed by the caller (tp_zjson_pack of data) */
     op->zdata = z;
     op->zdata_len = zlen;

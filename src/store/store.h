@@ -152,6 +152,13 @@ struct tp_cs_op {
   int64_t n1, n2;   /* created, amount, status ... */
   struct tp_attempt *attempt;
 };
+/* A put of a kind whose search takes metadata['key'] (tp_kind_meta_indexed)
+ * carries the object's metadata in s3 when it has any: key, NUL, value,
+ * NUL, ..., n2 bytes in all (0: none). The backend adds each pair to the
+ * metadata index if it is not there yet; a pair the object no longer has
+ * stays until the store is rebuilt, and a search tests each object it
+ * reads through the index against the whole query anyway. */
+bool tp_kind_meta_indexed(enum tp_kind kind);
 size_t tp_cs_count(const struct tp_cs *cs);
 const struct tp_cs_op *tp_cs_op_at(const struct tp_cs *cs, size_t i);
 

@@ -192,7 +192,9 @@ class SearchBudgetTest(DaemonTestCase):
                 want.append(r.json["id"])
         got, page, pages, short = [], None, 0, 0
         while True:
-            params = {"query": "metadata['rare']:'yes'", "limit": 3}
+            # negated, so no index drives it (metadata['rare']:'yes' would
+            # read the metadata index: MetadataIndexTest)
+            params = {"query": "-metadata['rare']:'no' AND amount>=1000 AND amount<1045", "limit": 3}
             if page:
                 params["page"] = page
             r = c.get(PI + "/search", params)
@@ -234,6 +236,105 @@ class SearchBudgetTest(DaemonTestCase):
                          ([mine[1]["latest_charge"]], False))
         r = c.get(PI + "/search", {"query": "-customer:'%s' AND amount:701" % cus})
         self.assertEqual(r.json["data"], [])
+
+
+class MetadataIndexTest(DaemonTestCase):
+    """metadata['key']:'value' reads the metadata index (migration 0020):
+    the objects that have the pair come newest first in full pages whatever
+    the scan budget, the rest of the query still applied, through updates
+    that change or clear metadata, deleted customers left out; a store from
+    before the index is filled by the migration."""
+    MERCHANTS = ("x", "y")
+
+    @classmethod
+    def config(cls):
+        return "[search]\nmax_scan_rows = 10\n"
+
+    def noise(self, n, **extra):
+        c = self.c("x")
+        for i in range(n):
+            params = {"amount": 900, "currency": "usd", "metadata[order]": "noise-%d" % i}
+            params.update(extra)
+            self.assertEqual(c.post(PI, params).status, 200)
+
+    def ids(self, path, query, limit=10, merchant="x"):
+        r = self.c(merchant).get(path, {"query": query, "limit": limit})
+        self.assertEqual(r.status, 200, r)
+        return [o["id"] for o in r.json["data"]], r.json["has_more"]
+
+    def test_payment_intents_and_charges_by_metadata(self):
+        c = self.c("x")
+        mine = []
+        for i in range(4):
+            params = {"amount": 1200 + i, "currency": "usd", "metadata[order]": "A-17", "metadata[n]": str(i)}
+            if i % 2 == 0:
+                params.update({"confirm": "true", "payment_method": "pm_card_visa"})
+            r = c.post(PI, params)
+            self.assertEqual(r.status, 200, r)
+            mine.append(r.json)
+            self.noise(12)
+        # another merchant's look-alike never shows
+        self.assertEqual(self.c("y").post(PI, {"amount": 500, "currency": "usd", "metadata[order]": "A-17"}).status, 200)
+        want = [p["id"] for p in reversed(mine)]
+        self.assertEqual(self.ids(PI + "/search", "metadata['order']:'A-17'"), (want, False))
+        # paged through the index
+        first, more = self.ids(PI + "/search", "metadata['order']:'A-17'", limit=3)
+        self.assertEqual((first, more), (want[:3], True))
+        r = c.get(PI + "/search", {"query": "metadata['order']:'A-17'", "limit": 3})
+        r = c.get(PI + "/search", {"query": "metadata['order']:'A-17'", "limit": 3, "page": r.json["next_page"]})
+        self.assertEqual(([p["id"] for p in r.json["data"]], r.json["has_more"]), (want[3:], False))
+        # the rest of the query still applies
+        self.assertEqual(self.ids(PI + "/search", "metadata['order']:'A-17' AND status:'succeeded'"),
+                         ([mine[2]["id"], mine[0]["id"]], False))
+        self.assertEqual(self.ids(PI + "/search", "metadata['order']:'A-17' AND metadata['n']:'1'"),
+                         ([mine[1]["id"]], False))
+        self.assertEqual(self.ids(PI + "/search", "metadata['order']:'A-1'"), ([], False))  # exact, not a prefix
+        self.assertEqual(self.ids(PI + "/search", "metadata['order']:'a-17'"), ([], False))  # case-sensitive
+        # a charge carries its PaymentIntent's metadata
+        self.assertEqual(self.ids("/v1/charges/search", "metadata['order']:'A-17'"),
+                         ([mine[2]["latest_charge"], mine[0]["latest_charge"]], False))
+        # a changed value is found by the new one only; cleared metadata by neither
+        self.assertEqual(c.post(PI + "/" + mine[1]["id"], {"metadata[order]": "B-9"}).status, 200)
+        self.assertEqual(c.post(PI + "/" + mine[3]["id"], {"metadata": ""}).status, 200)
+        self.assertEqual(self.ids(PI + "/search", "metadata['order']:'A-17'"),
+                         ([mine[2]["id"], mine[0]["id"]], False))
+        self.assertEqual(self.ids(PI + "/search", "metadata['order']:'B-9'"), ([mine[1]["id"]], False))
+        self.assertEqual(self.ids(PI + "/search", "metadata['n']:'3'"), ([], False))
+        # a charge's own metadata, updated
+        ch = mine[0]["latest_charge"]
+        self.assertEqual(c.post("/v1/charges/" + ch, {"metadata[shipment]": "S-1"}).status, 200)
+        self.assertEqual(self.ids("/v1/charges/search", "metadata['shipment']:'S-1'"), ([ch], False))
+        # OR and negation read no index: the budget applies
+        self.assertTrue(self.ids(PI + "/search", "metadata['order']:'A-17' OR amount:1", limit=10)[1])
+        # the other merchant finds its own
+        self.assertEqual(len(self.ids(PI + "/search", "metadata['order']:'A-17'", merchant="y")[0]), 1)
+
+    def test_customers_by_metadata(self):
+        c = self.c("x")
+        a = c.post("/v1/customers", {"name": "a", "metadata[crm]": "42"}).json
+        self.noise(15)
+        b = c.post("/v1/customers", {"name": "b"}).json
+        gone = c.post("/v1/customers", {"name": "gone", "metadata[crm]": "42"}).json
+        self.assertEqual(c.post("/v1/customers/" + b["id"], {"metadata[crm]": "42"}).status, 200)
+        self.assertEqual(c.delete("/v1/customers/" + gone["id"]).status, 200)
+        self.assertEqual(self.ids("/v1/customers/search", "metadata['crm']:'42'"), ([b["id"], a["id"]], False))
+
+    def test_the_migration_fills_the_index_for_a_store_from_before(self):
+        c = self.c("x")
+        old = c.post(PI, {"amount": 1300, "currency": "usd", "metadata[legacy]": "L-1", "confirm": "true",
+                          "payment_method": "pm_card_visa"}).json
+        self.noise(12)
+        self.daemon.stop()
+        import sqlite3
+        db = sqlite3.connect(self.daemon.db_path())
+        db.execute("DELETE FROM metadata_index")
+        db.execute("UPDATE meta SET value='19' WHERE key='schema_version'")
+        db.commit()
+        db.close()
+        self.daemon.start(config=self.config())
+        self.assertEqual(self.ids(PI + "/search", "metadata['legacy']:'L-1'"), ([old["id"]], False))
+        self.assertEqual(self.ids("/v1/charges/search", "metadata['legacy']:'L-1'"), ([old["latest_charge"]], False))
+        self.assertEqual(len(self.ids(PI + "/search", "metadata['order']:'noise-3'")[0]) > 0, True)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ struct sq {
   sqlite3 *w;                 /* write connection (writer thread, or admin before it starts) */
   sqlite3_stmt *put[TP_K__COUNT];
   sqlite3_stmt *ledger, *balance_add, *attempt, *idem, *vault;
+  sqlite3_stmt *meta; /* a metadata pair of a put (tp_kind_meta_indexed) */
   /* Transaction control, prepared once: sqlite3_exec would parse each of
    * these again for every change set of every batch. */
   sqlite3_stmt *tx_begin, *tx_commit, *sp_open, *sp_release, *sp_rollback;
@@ -364,6 +365,31 @@ static void bind_data(sqlite3_stmt *st, int i, const struct tp_cs_op *op)
     sqlite3_bind_null(st, i);
 }
 
+/* The metadata pairs of a put (store.h, tp_cs_op): each one the index
+ * lacks is added; one it has already (the object put again, unchanged)
+ * is a lookup that writes nothing. */
+static int put_meta(struct sq *s, const struct tp_cs_op *op)
+{
+  const char *p = op->s3, *end = op->s3 + op->n2;
+  while (p < end) {
+    const char *k = p;
+    const char *v = k + strlen(k) + 1;
+    if (v >= end)
+      return -1;
+    size_t vl = strlen(v);
+    p = v + vl + 1;
+    sqlite3_stmt *st = s->meta;
+    bind_text(st, 1, op->merchant);
+    bind_text(st, 2, tp_kinds[op->kind].prefix);
+    bind_text(st, 3, k);
+    sqlite3_bind_text(st, 4, v, (int)vl, SQLITE_STATIC);
+    bind_text(st, 5, op->id);
+    if (step_done(s->w, st))
+      return -1;
+  }
+  return 0;
+}
+
 static int apply_one(struct sq *s, struct tp_cs *cs, struct bal_set *bal)
 {
   size_t n = tp_cs_count(cs);
@@ -384,6 +410,8 @@ static int apply_one(struct sq *s, struct tp_cs *cs, struct bal_set *bal)
       bind_text(st, 5, op->s2);
       bind_data(st, 6, op);
       if (step_done(s->w, st) || sqlite3_changes(s->w) != 1)
+        return -1;
+      if (op->s3 && op->n2 > 0 && put_meta(s, op))
         return -1;
       break;
     case TP_OP_LEDGER: {
@@ -1441,6 +1469,7 @@ static void sq_close(void *cls)
   sqlite3_finalize(s->attempt);
   sqlite3_finalize(s->idem);
   sqlite3_finalize(s->vault);
+  sqlite3_finalize(s->meta);
   sqlite3_finalize(s->tx_begin);
   sqlite3_finalize(s->tx_commit);
   sqlite3_finalize(s->sp_open);
@@ -1510,6 +1539,7 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
     free(s);
     return -1;
   }
+  add_functions(s->w); /* before the migrations: one reads stored objects (0020) */
   if (exec(s->w, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; "
                  "PRAGMA cache_size=-32000; PRAGMA wal_autocheckpoint=4000; PRAGMA temp_store=MEMORY") ||
       migrate(s->w)) {
@@ -1529,7 +1559,6 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
   }
   /* Replaces wal_autocheckpoint (the hook is the same slot). */
   sqlite3_wal_hook(s->w, wal_hook, s);
-  add_functions(s->w);
   for (int k = 0; k < TP_K__COUNT; k++) {
     char sql[512];
     /* An upsert, not INSERT OR REPLACE: a second put of an object (the
@@ -1545,6 +1574,7 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
              tp_kinds[k].table, c0, c1, c0, c0, c1, c1);
     s->put[k] = prep(s->w, sql);
   }
+  s->meta = prep(s->w, "INSERT OR IGNORE INTO metadata_index(merchant, kind, k, v, id) VALUES(?1,?2,?3,?4,?5)");
   s->ledger = prep(s->w, "INSERT INTO ledger_entries(txn_id, seq, merchant, account, currency, amount, created) "
                          "VALUES(?1, ?7, ?2, ?3, ?4, ?5, ?6)");
   s->balance_add = prep(s->w, "INSERT INTO ledger_balances(merchant, account, currency, amount) VALUES(?1,?2,?3,?4) "
@@ -1583,7 +1613,7 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
   for (int k = 0; k < TP_K__COUNT; k++)
     if (!s->put[k])
       goto fail;
-  if (!s->ledger || !s->balance_add || !s->attempt || !s->idem || !s->vault || !s->tx_begin || !s->tx_commit ||
+  if (!s->ledger || !s->balance_add || !s->attempt || !s->idem || !s->vault || !s->meta || !s->tx_begin || !s->tx_commit ||
       !s->sp_open || !s->sp_release || !s->sp_rollback)
     goto fail;
   if (pthread_key_create(&s->rkey, reader_free) != 0)

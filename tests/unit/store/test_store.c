@@ -806,6 +806,47 @@ static void test_put_again_updates_and_foreign_id_is_refused(void **state)
                                "AND merchant='" M1 "'"), 1);
 }
 
+static void test_metadata_pairs_are_indexed_once_per_object(void **state)
+{
+  struct fx *f = *state;
+  json_t *o = pi("pi_meta", 100, NULL, "processing");
+  json_object_set_new(o, "metadata", json_pack("{s:s, s:s, s:s}", "order", "A-1", "note", "", "x", "y"));
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, M1, o);
+  assert_int_equal(apply1(f, cs), 0);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM metadata_index WHERE merchant='" M1 "' AND kind='pi' AND "
+                               "id='pi_meta'"), 3);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM metadata_index WHERE merchant='" M1 "' AND kind='pi' AND "
+                               "k='order' AND v='A-1' AND id='pi_meta'"), 1);
+  /* put again unchanged: nothing added; a new value adds its pair, the old one stays */
+  json_object_set_new(o, "status", json_string("succeeded"));
+  cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, M1, o);
+  assert_int_equal(apply1(f, cs), 0);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM metadata_index WHERE id='pi_meta'"), 3);
+  json_object_set_new(json_object_get(o, "metadata"), "order", json_string("A-2"));
+  cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, M1, o);
+  assert_int_equal(apply1(f, cs), 0);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM metadata_index WHERE id='pi_meta' AND k='order'"), 2);
+  json_decref(o);
+  /* only the kinds search takes metadata for; none without metadata */
+  json_t *pm = json_pack("{s:s, s:s, s:i, s:{s:s}}", "id", "pm_meta", "object", "payment_method", "created", 1,
+                         "metadata", "k", "v");
+  cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_PAYMENT_METHOD, M1, pm);
+  assert_int_equal(apply1(f, cs), 0);
+  json_decref(pm);
+  json_t *bare = pi("pi_bare", 100, NULL, "processing");
+  cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, M1, bare);
+  assert_int_equal(apply1(f, cs), 0);
+  json_decref(bare);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM metadata_index WHERE id IN ('pm_meta', 'pi_bare')"), 0);
+  assert_true(tp_kind_meta_indexed(TP_K_CUSTOMER) && tp_kind_meta_indexed(TP_K_CHARGE) &&
+              !tp_kind_meta_indexed(TP_K_EVENT));
+}
+
 static void test_ledger_must_balance_per_currency(void **state)
 {
   struct fx *f = *state;
@@ -1432,6 +1473,7 @@ int main(void)
     T(test_unbalanced_change_set_is_refused_and_fully_rolled_back),
     T(test_refused_set_mid_batch_commits_the_others_once),
     T(test_put_again_updates_and_foreign_id_is_refused),
+    T(test_metadata_pairs_are_indexed_once_per_object),
     T(test_ledger_must_balance_per_currency),
     T(test_balanced_entries_update_balances),
     T(test_idempotency_record_round_trip),
