@@ -49,6 +49,7 @@ n4xx = 0
 n5xx = 0
 
 function init(args)
+   math.randomseed(os.time() * 100 + tid)
    headers = {}
    headers["Content-Type"] = "application/x-www-form-urlencoded"
    if key ~= "" then
@@ -57,8 +58,25 @@ function init(args)
    prefix = "bench-" .. run_id .. "-t" .. tostring(tid) .. "-"
 end
 
+-- BENCH_KEYS=uuid: random version-4 UUIDs as keys, as stripe-node sends
+-- (its automatic keys), instead of a counter: keys land anywhere in the
+-- idempotency index rather than at its end.
+local uuid_keys = os.getenv("BENCH_KEYS") == "uuid"
+local function uuid4()
+   return string.format("%08x-%04x-4%03x-%04x-%06x%06x", math.random(0, 0x7fffffff),
+      math.random(0, 0xffff), math.random(0, 0xfff), 0x8000 + math.random(0, 0x3fff),
+      math.random(0, 0xffffff), math.random(0, 0xffffff))
+end
+
 function request()
    counter = counter + 1
+   if uuid_keys then
+      headers["Idempotency-Key"] = uuid4()
+      if #bodies > 0 then
+         return wrk.format("POST", "/v1/payment_intents", headers, bodies[counter % #bodies + 1])
+      end
+      return wrk.format("POST", "/v1/payment_intents", headers, body)
+   end
    headers["Idempotency-Key"] = prefix .. counter
    if #bodies > 0 then
       return wrk.format("POST", "/v1/payment_intents", headers, bodies[counter % #bodies + 1])
