@@ -464,8 +464,23 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
     mkey = c->key;
     val = c->value;
   }
+  /* A customer's exact email:'…' reads the case-folded email index
+   * (migration 0021). */
+  bool by_email = false;
+  for (size_t i = 0; i < s->n && !index && !mkey && !by_email && kind == TP_K_CUSTOMER; i++) {
+    const struct tp_search_clause *c = &s->c[i];
+    if ((s->any && s->n > 1) || c->op != TP_SO_EQ || c->negate || c->is_null || c->field->type != TP_SF_STRING ||
+        strcmp(c->field->name, "email") != 0)
+      continue;
+    by_email = true;
+    val = c->value;
+  }
   char sql[400];
-  if (index)
+  if (by_email)
+    snprintf(sql, sizeof sql,
+             "SELECT id, tp_json(data) AS data FROM customers INDEXED BY customers_email_ci WHERE merchant = ?1 AND "
+             "lower(email) = lower(?4) AND email IS NOT NULL AND id < ?2 AND deleted IS NULL ORDER BY id DESC LIMIT ?3");
+  else if (index)
     snprintf(sql, sizeof sql,
              "SELECT id, tp_json(data) AS data FROM %s INDEXED BY %s WHERE merchant = ?1 AND %s = ?4 AND id < ?2%s "
              "ORDER BY id DESC LIMIT ?3",
@@ -486,7 +501,7 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
   while (!end && !has_more && scanned < budget) {
     int64_t want = budget - scanned < SCAN_CHUNK ? budget - scanned : SCAN_CHUNK;
     json_t *args = tp_pack("[s, s, I]", r->merchant.id, cursor, (json_int_t)want);
-    if (index || mkey)
+    if (index || mkey || by_email)
       json_array_append_new(args, json_string(val));
     if (mkey) {
       json_array_append_new(args, json_string(tp_kinds[kind].prefix));

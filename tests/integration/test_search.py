@@ -319,6 +319,27 @@ class MetadataIndexTest(DaemonTestCase):
         self.assertEqual(c.delete("/v1/customers/" + gone["id"]).status, 200)
         self.assertEqual(self.ids("/v1/customers/search", "metadata['crm']:'42'"), ([b["id"], a["id"]], False))
 
+    def test_customers_by_email_read_an_index(self):
+        """email:'…' is exact and ASCII case-insensitive: the customers with
+        that address among many others, in one page under a budget of 10."""
+        c = self.c("x")
+        amy = c.post("/v1/customers", {"name": "Amy", "email": "Amy.Rider@Rocket.example"}).json
+        old = c.post("/v1/customers", {"name": "Old Amy", "email": "amy.rider@rocket.example"}).json
+        for i in range(15):
+            self.assertEqual(c.post("/v1/customers", {"email": "someone%d@rocket.example" % i}).status, 200)
+        gone = c.post("/v1/customers", {"email": "AMY.RIDER@ROCKET.EXAMPLE"}).json
+        self.assertEqual(c.delete("/v1/customers/" + gone["id"]).status, 200)
+        self.assertEqual(self.ids("/v1/customers/search", "email:'amy.rider@rocket.example'"),
+                         ([old["id"], amy["id"]], False))
+        self.assertEqual(self.ids("/v1/customers/search", "email:'amy.rider@rocket.example' AND name:'amy'"),
+                         ([amy["id"]], False))
+        self.assertEqual(self.ids("/v1/customers/search", "email:'amy.rider@rocket'"), ([], False))
+        # another merchant's customer with the address never shows
+        self.assertEqual(self.c("y").post("/v1/customers", {"email": "amy.rider@rocket.example"}).status, 200)
+        self.assertEqual(len(self.ids("/v1/customers/search", "email:'amy.rider@rocket.example'")[0]), 2)
+        # a substring or OR walks within the budget
+        self.assertTrue(self.ids("/v1/customers/search", "email~'amy.rider' OR name:'zzz'", limit=10)[1])
+
     def test_the_migration_fills_the_index_for_a_store_from_before(self):
         c = self.c("x")
         old = c.post(PI, {"amount": 1300, "currency": "usd", "metadata[legacy]": "L-1", "confirm": "true",
