@@ -398,8 +398,74 @@ static bool id_chars_ok(const char *s)
   return true;
 }
 
+/* The rows of one store read of a search: sql (built below) from cursor
+ * down, want rows, bound as the SQL expects. NULL on a store error. */
+struct search_read {
+  const char *sql, *merchant, *val, *kind_prefix, *mkey;
+};
+
+static json_t *search_rows(const struct search_read *q, const char *cursor, int64_t want)
+{
+  json_t *args = tp_pack("[s, s, I]", q->merchant, cursor, (json_int_t)want);
+  if (q->val)
+    json_array_append_new(args, json_string(q->val));
+  if (q->mkey) {
+    json_array_append_new(args, json_string(q->kind_prefix));
+    json_array_append_new(args, json_string(q->mkey));
+  }
+  return tp_store_query_take(&tp_app.store, q->sql, args);
+}
+
+/* expand[]=total_count (Stripe: "only accurate up to 10,000"): the matches
+ * counted from the newest object down, the same way the page is read, at
+ * most SEARCH_COUNT_MAX of them and SEARCH_COUNT_SCAN rows read; -1 on a
+ * store error. Past the scan the count is of the newest rows only. */
+#define SEARCH_COUNT_MAX 10000
+#define SEARCH_COUNT_SCAN 100000
+
+static int64_t search_count(const struct search_read *q, const struct tp_search *s)
+{
+  char cursor[80] = "~";
+  int64_t n = 0, scanned = 0;
+  for (;;) {
+    json_t *rows = search_rows(q, cursor, SCAN_CHUNK);
+    if (!rows)
+      return -1;
+    size_t i, nrows = json_array_size(rows);
+    json_t *row;
+    json_array_foreach(rows, i, row)
+    {
+      const char *id = json_string_value(json_object_get(row, "id"));
+      json_t *obj = tp_json_loads(json_string_value(json_object_get(row, "data")) ?: "");
+      n += obj && tp_search_match(s, obj);
+      json_decref(obj);
+      if (id)
+        tp_scopy(cursor, sizeof cursor, id);
+    }
+    json_decref(rows);
+    scanned += (int64_t)nrows;
+    if (nrows < SCAN_CHUNK || n >= SEARCH_COUNT_MAX || scanned >= SEARCH_COUNT_SCAN)
+      return n < SEARCH_COUNT_MAX ? n : SEARCH_COUNT_MAX;
+  }
+}
+
+/* Takes "total_count" out of expand[] (a search result's own field, which
+ * the objects' expansion does not know); whether it was there. */
+static bool take_total_count(struct tp_req *r)
+{
+  json_t *ex = json_object_get(r->params, "expand");
+  bool found = false;
+  for (size_t i = json_array_size(ex); i-- > 0;)
+    if (json_is_string(json_array_get(ex, i)) && strcmp(json_string_value(json_array_get(ex, i)), "total_count") == 0) {
+      json_array_remove(ex, i);
+      found = true;
+    }
+  return found;
+}
+
 void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct tp_search_field *fields)
 {
+  bool want_total = take_total_count(r);
   if (!tp_check_params(r, spec_search))
     return;
   const char *query = tp_pstr(r->params, "query");
@@ -495,19 +561,14 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
     snprintf(sql, sizeof sql,
              "SELECT id, tp_json(data) AS data FROM %s WHERE merchant = ?1 AND id < ?2%s ORDER BY id DESC LIMIT ?3",
              table, kind == TP_K_CUSTOMER ? " AND deleted IS NULL" : "");
+  const struct search_read q = {sql, r->merchant.id, index || mkey || by_email ? val : NULL, tp_kinds[kind].prefix,
+                                mkey};
   json_t *data = json_array();
   bool has_more = false, end = false, failed = false;
   int64_t scanned = 0, budget = tp_config_int("search", "max_scan_rows", SCAN_MAX_DEFAULT, 10, 100000);
   while (!end && !has_more && scanned < budget) {
     int64_t want = budget - scanned < SCAN_CHUNK ? budget - scanned : SCAN_CHUNK;
-    json_t *args = tp_pack("[s, s, I]", r->merchant.id, cursor, (json_int_t)want);
-    if (index || mkey || by_email)
-      json_array_append_new(args, json_string(val));
-    if (mkey) {
-      json_array_append_new(args, json_string(tp_kinds[kind].prefix));
-      json_array_append_new(args, json_string(mkey));
-    }
-    json_t *rows = tp_store_query_take(&tp_app.store, sql, args);
+    json_t *rows = search_rows(&q, cursor, want);
     if (!rows) {
       failed = true;
       break;
@@ -540,8 +601,9 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
     }
     json_decref(rows);
   }
+  int64_t total = want_total && !failed ? search_count(&q, s) : 0;
   free(s);
-  if (failed) {
+  if (failed || total < 0) {
     json_decref(data);
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
     return;
@@ -556,6 +618,8 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
   }
   json_t *res = tp_pack("{s:s, s:s, s:b, s:o, s:o}", "object", "search_result", "url", url, "has_more", has_more,
                         "data", data, "next_page", next);
+  if (want_total)
+    json_object_set_new(res, "total_count", json_integer(total));
   const json_t *ex = json_object_get(r->params, "expand");
   if (json_is_array(ex) && json_array_size(ex) > 0 && !tp_expand(r, res, NULL)) {
     json_decref(res);

@@ -92,6 +92,18 @@ class SearchTest(DaemonTestCase):
                 self.assertTrue(want, "a case that matches nothing proves little")
                 got = [p["id"] for p in self.search_all(PI + "/search", q)]
                 self.assertEqual(got, want)
+                # expand[]=total_count: every match, whatever the page
+                r = self.c("shop").get(PI + "/search", {"query": q, "limit": 2, "expand": ["total_count"]})
+                self.assertEqual((r.json["total_count"], len(r.json["data"])), (len(want), min(2, len(want))), r)
+        r = self.c("shop").get(PI + "/search", {"query": "currency:'jpy'"})
+        self.assertNotIn("total_count", r.json)  # only when expanded, as on Stripe
+        r = self.c("shop").get("/v1/charges/search", {"query": "metadata['parity']:'odd'",
+                                                      "expand": ["total_count", "data.payment_intent"]})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["total_count"], len(r.json["data"]), r)
+        self.assertTrue(all(isinstance(ch["payment_intent"], dict) for ch in r.json["data"]), r)
+        r = self.c("shop").get(PI + "/search", {"query": "currency:'eur'", "expand": ["count"]})
+        self.assertStripeError(r, 400, param="expand")
 
     def test_charges(self):
         ch_ids = [p["latest_charge"] for p in self.pis if p["latest_charge"]]
@@ -288,6 +300,8 @@ class MetadataIndexTest(DaemonTestCase):
                          ([mine[2]["id"], mine[0]["id"]], False))
         self.assertEqual(self.ids(PI + "/search", "metadata['order']:'A-17' AND metadata['n']:'1'"),
                          ([mine[1]["id"]], False))
+        r = c.get(PI + "/search", {"query": "metadata['order']:'A-17'", "limit": 1, "expand": ["total_count"]})
+        self.assertEqual((r.json["total_count"], len(r.json["data"])), (4, 1), r)
         self.assertEqual(self.ids(PI + "/search", "metadata['order']:'A-1'"), ([], False))  # exact, not a prefix
         self.assertEqual(self.ids(PI + "/search", "metadata['order']:'a-17'"), ([], False))  # case-sensitive
         # a charge carries its PaymentIntent's metadata

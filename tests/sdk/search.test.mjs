@@ -32,6 +32,10 @@ test('paymentIntents.search finds the tagged intents, newest first, and pages wi
   for await (const pi of stripe.paymentIntents.search({ query: q, limit: 2 })) all.push(pi.metadata.seq);
   assert.deepEqual(all, ['6', '5', '4', '3', '2', '1', '0']);
 
+  const counted = await stripe.paymentIntents.search({ query: q, limit: 1, expand: ['total_count'] });
+  assert.equal(counted.total_count, N);
+  assert.equal(counted.data.length, 1);
+
   const some = await stripe.paymentIntents.search({ query: `metadata['tag']:'${TAG}' amount>=504` })
     .autoPagingToArray({ limit: 100 });
   assert.deepEqual(some.map((p) => p.amount), [506, 505, 504]);
@@ -48,6 +52,8 @@ test('charges.search by payment_intent and last4; customers.search by email subs
   const cus = await stripe.customers.create({ email, name: 'Search Person' });
   const found = await stripe.customers.search({ query: `email~'${TAG.toLowerCase()}' name:'search person'` });
   assert.deepEqual(found.data.map((c) => c.id), [cus.id]);
+  const exact = await stripe.customers.search({ query: `email:'${email.toUpperCase()}'` });
+  assert.deepEqual(exact.data.map((c) => c.id), [cus.id]);
 });
 
 test('a malformed query raises StripeInvalidRequestError on param query', async () => {
