@@ -553,7 +553,8 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
              table, index, col, kind == TP_K_CUSTOMER ? " AND deleted IS NULL" : "");
   else if (mkey)
     snprintf(sql, sizeof sql,
-             "SELECT o.id AS id, tp_json(o.data) AS data FROM metadata_index m JOIN %s o ON o.merchant = m.merchant "
+             "SELECT o.id AS id, tp_json(o.data) AS data FROM metadata_index m INDEXED BY metadata_index_kv JOIN %s o "
+             "ON o.merchant = m.merchant "
              "AND o.id = m.id WHERE m.merchant = ?1 AND m.kind = ?5 AND m.k = ?6 AND m.v = ?4 AND m.id < ?2%s "
              "ORDER BY m.id DESC LIMIT ?3",
              table, kind == TP_K_CUSTOMER ? " AND o.deleted IS NULL" : "");

@@ -286,6 +286,17 @@ static void meta_pairs(struct tp_cs_op *op, const json_t *obj)
     free(buf);
     return;
   }
+  /* and its keys, a JSON array, for the backend to delete the others */
+  json_t *keys = json_array();
+  for (const char *q = buf; q < p; q += strlen(q) + 1) {
+    json_array_append_new(keys, json_string(q));
+    q += strlen(q) + 1;
+  }
+  size_t kl = 0;
+  op->s4 = tp_json_dump(keys, &kl);
+  json_decref(keys);
+  if (!op->s4)
+    abort();
   op->s3 = buf;
   op->n2 = p - buf;
 }

@@ -154,10 +154,12 @@ struct tp_cs_op {
 };
 /* A put of a kind whose search takes metadata['key'] (tp_kind_meta_indexed)
  * carries the object's metadata in s3 when it has any: key, NUL, value,
- * NUL, ..., n2 bytes in all (0: none). The backend adds each pair to the
- * metadata index if it is not there yet; a pair the object no longer has
- * stays until the store is rebuilt, and a search tests each object it
- * reads through the index against the whole query anyway. */
+ * NUL, ..., n2 bytes in all (0: none), and in s4 its keys as a JSON array
+ * of strings. The backend makes the metadata index
+ * hold exactly those keys for the object (new and changed values written,
+ * lost keys deleted). A put without metadata leaves the index alone, so an
+ * object whose metadata was cleared keeps its last keys there: a search
+ * tests each object it reads through the index against the whole query. */
 bool tp_kind_meta_indexed(enum tp_kind kind);
 size_t tp_cs_count(const struct tp_cs *cs);
 const struct tp_cs_op *tp_cs_op_at(const struct tp_cs *cs, size_t i);

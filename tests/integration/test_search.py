@@ -323,6 +323,25 @@ class MetadataIndexTest(DaemonTestCase):
         # the other merchant finds its own
         self.assertEqual(len(self.ids(PI + "/search", "metadata['order']:'A-17'", merchant="y")[0]), 1)
 
+    def test_a_value_that_moves_on_leaves_the_index(self):
+        """Status-like metadata: 15 orders go from pending to shipped, one
+        stays pending; under a budget of 10 the pending one still comes in
+        the first page (the index holds each object's current values, not
+        every value it ever had), and a removed key goes too."""
+        c = self.c("x")
+        still = c.post(PI, {"amount": 990, "currency": "usd", "metadata[fulfil]": "pending"}).json
+        moved = []
+        for i in range(15):
+            moved.append(c.post(PI, {"amount": 991, "currency": "usd", "metadata[fulfil]": "pending",
+                                     "metadata[extra]": "e"}).json)
+        for p in moved:
+            self.assertEqual(c.post(PI + "/" + p["id"], {"metadata[fulfil]": "shipped", "metadata[extra]": ""}).status,
+                             200)
+        self.assertEqual(self.ids(PI + "/search", "metadata['fulfil']:'pending'"), ([still["id"]], False))
+        r = c.get(PI + "/search", {"query": "metadata['fulfil']:'shipped'", "limit": 10, "expand": ["total_count"]})
+        self.assertEqual((len(r.json["data"]), r.json["total_count"]), (10, 15), r)
+        self.assertEqual(self.ids(PI + "/search", "metadata['extra']:'e'"), ([], False))
+
     def test_customers_by_metadata(self):
         c = self.c("x")
         a = c.post("/v1/customers", {"name": "a", "metadata[crm]": "42"}).json

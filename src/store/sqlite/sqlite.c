@@ -31,7 +31,7 @@ struct sq {
   sqlite3 *w;                 /* write connection (writer thread, or admin before it starts) */
   sqlite3_stmt *put[TP_K__COUNT];
   sqlite3_stmt *ledger, *balance_add, *attempt, *idem, *vault;
-  sqlite3_stmt *meta; /* a metadata pair of a put (tp_kind_meta_indexed) */
+  sqlite3_stmt *meta, *meta_gone; /* a put's metadata (tp_kind_meta_indexed): a key, the keys it lost */
   /* Transaction control, prepared once: sqlite3_exec would parse each of
    * these again for every change set of every batch. */
   sqlite3_stmt *tx_begin, *tx_commit, *sp_open, *sp_release, *sp_rollback;
@@ -365,9 +365,10 @@ static void bind_data(sqlite3_stmt *st, int i, const struct tp_cs_op *op)
     sqlite3_bind_null(st, i);
 }
 
-/* The metadata pairs of a put (store.h, tp_cs_op): each one the index
- * lacks is added; one it has already (the object put again, unchanged)
- * is a lookup that writes nothing. */
+/* The metadata of a put (store.h, tp_cs_op) into the index: each key
+ * upserted with its value (a key whose value is unchanged, the object put
+ * again, is a lookup that writes nothing), then the object's keys that
+ * are not among them deleted. */
 static int put_meta(struct sq *s, const struct tp_cs_op *op)
 {
   const char *p = op->s3, *end = op->s3 + op->n2;
@@ -381,13 +382,18 @@ static int put_meta(struct sq *s, const struct tp_cs_op *op)
     sqlite3_stmt *st = s->meta;
     bind_text(st, 1, op->merchant);
     bind_text(st, 2, tp_kinds[op->kind].prefix);
-    bind_text(st, 3, k);
-    sqlite3_bind_text(st, 4, v, (int)vl, SQLITE_STATIC);
-    bind_text(st, 5, op->id);
+    bind_text(st, 3, op->id);
+    bind_text(st, 4, k);
+    sqlite3_bind_text(st, 5, v, (int)vl, SQLITE_STATIC);
     if (step_done(s->w, st))
       return -1;
   }
-  return 0;
+  sqlite3_stmt *st = s->meta_gone;
+  bind_text(st, 1, op->merchant);
+  bind_text(st, 2, tp_kinds[op->kind].prefix);
+  bind_text(st, 3, op->id);
+  bind_text(st, 4, op->s4);
+  return op->s4 ? step_done(s->w, st) : -1;
 }
 
 static int apply_one(struct sq *s, struct tp_cs *cs, struct bal_set *bal)
@@ -1470,6 +1476,7 @@ static void sq_close(void *cls)
   sqlite3_finalize(s->idem);
   sqlite3_finalize(s->vault);
   sqlite3_finalize(s->meta);
+  sqlite3_finalize(s->meta_gone);
   sqlite3_finalize(s->tx_begin);
   sqlite3_finalize(s->tx_commit);
   sqlite3_finalize(s->sp_open);
@@ -1574,7 +1581,10 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
              tp_kinds[k].table, c0, c1, c0, c0, c1, c1);
     s->put[k] = prep(s->w, sql);
   }
-  s->meta = prep(s->w, "INSERT OR IGNORE INTO metadata_index(merchant, kind, k, v, id) VALUES(?1,?2,?3,?4,?5)");
+  s->meta = prep(s->w, "INSERT INTO metadata_index(merchant, kind, id, k, v) VALUES(?1,?2,?3,?4,?5) "
+                       "ON CONFLICT(merchant, kind, id, k) DO UPDATE SET v = excluded.v WHERE v <> excluded.v");
+  s->meta_gone = prep(s->w, "DELETE FROM metadata_index WHERE merchant = ?1 AND kind = ?2 AND id = ?3 AND "
+                            "k NOT IN (SELECT value FROM json_each(?4))");
   s->ledger = prep(s->w, "INSERT INTO ledger_entries(txn_id, seq, merchant, account, currency, amount, created) "
                          "VALUES(?1, ?7, ?2, ?3, ?4, ?5, ?6)");
   s->balance_add = prep(s->w, "INSERT INTO ledger_balances(merchant, account, currency, amount) VALUES(?1,?2,?3,?4) "
@@ -1613,7 +1623,7 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
   for (int k = 0; k < TP_K__COUNT; k++)
     if (!s->put[k])
       goto fail;
-  if (!s->ledger || !s->balance_add || !s->attempt || !s->idem || !s->vault || !s->meta || !s->tx_begin || !s->tx_commit ||
+  if (!s->ledger || !s->balance_add || !s->attempt || !s->idem || !s->vault || !s->meta || !s->meta_gone || !s->tx_begin || !s->tx_commit ||
       !s->sp_open || !s->sp_release || !s->sp_rollback)
     goto fail;
   if (pthread_key_create(&s->rkey, reader_free) != 0)

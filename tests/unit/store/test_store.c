@@ -818,17 +818,24 @@ static void test_metadata_pairs_are_indexed_once_per_object(void **state)
                                "id='pi_meta'"), 3);
   assert_int_equal(sql_long(f, "SELECT count(*) FROM metadata_index WHERE merchant='" M1 "' AND kind='pi' AND "
                                "k='order' AND v='A-1' AND id='pi_meta'"), 1);
-  /* put again unchanged: nothing added; a new value adds its pair, the old one stays */
+  /* put again unchanged: the same rows; a changed value replaces its row, a lost key goes */
   json_object_set_new(o, "status", json_string("succeeded"));
   cs = tp_cs_new();
   tp_cs_put(cs, TP_K_PAYMENT_INTENT, M1, o);
   assert_int_equal(apply1(f, cs), 0);
   assert_int_equal(sql_long(f, "SELECT count(*) FROM metadata_index WHERE id='pi_meta'"), 3);
   json_object_set_new(json_object_get(o, "metadata"), "order", json_string("A-2"));
+  json_object_del(json_object_get(o, "metadata"), "x");
   cs = tp_cs_new();
   tp_cs_put(cs, TP_K_PAYMENT_INTENT, M1, o);
   assert_int_equal(apply1(f, cs), 0);
-  assert_int_equal(sql_long(f, "SELECT count(*) FROM metadata_index WHERE id='pi_meta' AND k='order'"), 2);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM metadata_index WHERE id='pi_meta'"), 2);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM metadata_index WHERE id='pi_meta' AND k='order' AND v='A-2'"), 1);
+  /* another merchant's object of the same id is its own */
+  cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, M2, o);
+  assert_int_equal(apply1(f, cs), 0);
+  assert_int_equal(sql_long(f, "SELECT count(*) FROM metadata_index WHERE id='pi_meta'"), 4);
   json_decref(o);
   /* only the kinds search takes metadata for; none without metadata */
   json_t *pm = json_pack("{s:s, s:s, s:i, s:{s:s}}", "id", "pm_meta", "object", "payment_method", "created", 1,
