@@ -403,7 +403,7 @@ static char *with_api_version(char *body, const char *version)
  * says 0 (the count changes after the event is written): the envelope's
  * tail, written by tp_put_emit, is patched before the body is signed.
  * Returns the body to send (body itself when there is nothing to patch). */
-static char *with_pending(char *body, const char *merchant, const char *event_id)
+static char *with_pending(char *body, const char *merchant, const char *endpoint_id, const char *event_id)
 {
   static const char pw[] = "},\"livemode\":false,\"pending_webhooks\":0,";
   static const char ty[] = "},\"type\":\"";
@@ -423,10 +423,14 @@ static char *with_pending(char *body, const char *merchant, const char *event_id
     return body;
   memcpy(type, t, tn);
   type[tn] = '\0';
+  /* The endpoint delivering it owes it (its row is pending: that is why
+   * it is being delivered), without asking the store; the merchant's
+   * other endpoints are asked. */
   long long n = 0;
   for (size_t i = 0; i < W.neps; i++)
     if (strcmp(W.eps[i].merchant, merchant) == 0)
-      n += tp_webhooks_owed(W.eps[i].id, W.eps[i].enabled, W.eps[i].events, event_id, type);
+      n += strcmp(W.eps[i].id, endpoint_id) == 0 ||
+           tp_webhooks_owed(W.eps[i].id, W.eps[i].enabled, W.eps[i].events, event_id, type);
   if (n == 0)
     return body;
   char num[24];
@@ -699,7 +703,7 @@ static bool start_job(struct ep *e, const char *event_id, int attempts, int64_t 
   tp_scopy(j->merchant, sizeof j->merchant, e->merchant);
   j->attempt = attempts + 1;
   j->created_ms = created_ms;
-  body = with_api_version(with_pending(body, e->merchant, event_id), e->api_version);
+  body = with_api_version(with_pending(body, e->merchant, e->id, event_id), e->api_version);
   j->body = body;
   size_t blen = strlen(body);
 
