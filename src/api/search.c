@@ -449,6 +449,52 @@ static int64_t search_count(const struct search_read *q, const struct tp_search 
   }
 }
 
+/* Which index, if any, drives a search: a clause every match must meet
+ * (not negated, not under OR, not null), in this order of preference:
+ * `field:'id'` on a column with an index (a PaymentIntent's or charge's
+ * customer, a charge's payment_intent), `metadata['key']:'value'` (the
+ * metadata index, migration 0020), a customer's `email:'…'` (its
+ * case-folded index, 0021). Only the rows it names are read, each still
+ * tested against the whole query. */
+struct search_path {
+  const char *index, *col; /* the column's index, or NULL */
+  const char *mkey;        /* the metadata key, or NULL */
+  bool by_email;
+  const char *val;         /* the clause's value */
+};
+
+static void pick_path(const struct tp_search *s, int kind, struct search_path *out)
+{
+  memset(out, 0, sizeof *out);
+  const struct tp_search_clause *meta = NULL, *email = NULL;
+  for (size_t i = 0; i < s->n && !(s->any && s->n > 1); i++) {
+    const struct tp_search_clause *c = &s->c[i];
+    if (c->op != TP_SO_EQ || c->negate || c->is_null)
+      continue;
+    if (c->field->type == TP_SF_ID) {
+      int k = tp_kind_index((enum tp_kind)kind, c->field->name, c->value);
+      if (k >= 0 && !tp_kinds[kind].except[k]) { /* a partial index would need its condition */
+        out->index = tp_kinds[kind].index[k];
+        out->col = tp_kinds[kind].col[k];
+        out->val = c->value;
+        return;
+      }
+    } else if (c->field->type == TP_SF_METADATA && !meta && tp_kind_meta_indexed((enum tp_kind)kind)) {
+      meta = c;
+    } else if (c->field->type == TP_SF_STRING && !email && kind == TP_K_CUSTOMER &&
+               strcmp(c->field->name, "email") == 0) {
+      email = c;
+    }
+  }
+  if (meta) {
+    out->mkey = meta->key;
+    out->val = meta->value;
+  } else if (email) {
+    out->by_email = true;
+    out->val = email->value;
+  }
+}
+
 /* Takes "total_count" out of expand[] (a search result's own field, which
  * the objects' expansion does not know); whether it was there. */
 static bool take_total_count(struct tp_req *r)
@@ -456,7 +502,7 @@ static bool take_total_count(struct tp_req *r)
   json_t *ex = json_object_get(r->params, "expand");
   bool found = false;
   for (size_t i = json_array_size(ex); i-- > 0;)
-    if (json_is_string(json_array_get(ex, i)) && strcmp(json_string_value(json_array_get(ex, i)), "total_count") == 0) {
+    if (strcmp(json_string_value(json_array_get(ex, i)) ?: "", "total_count") == 0) {
       json_array_remove(ex, i);
       found = true;
     }
@@ -502,50 +548,16 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
     tp_scopy(cursor, sizeof cursor, page + pl);
   }
   const char *table = tp_kinds[kind].table;
-  /* A clause every match must meet, `field:'id'` on a column with an index
-   * (a PaymentIntent's or charge's customer, a charge's payment_intent),
-   * drives the walk: only that value's rows are read, each still tested
-   * against the whole query. */
-  const char *index = NULL, *col = NULL, *val = NULL;
-  for (size_t i = 0; i < s->n && !index; i++) {
-    const struct tp_search_clause *c = &s->c[i];
-    if ((s->any && s->n > 1) || c->op != TP_SO_EQ || c->negate || c->is_null || c->field->type != TP_SF_ID)
-      continue;
-    int k = tp_kind_index((enum tp_kind)kind, c->field->name, c->value);
-    if (k >= 0 && !tp_kinds[kind].except[k]) { /* a partial index would need its condition */
-      index = tp_kinds[kind].index[k];
-      col = tp_kinds[kind].col[k];
-      val = c->value;
-    }
-  }
-  /* Else an exact metadata['key']:'value' clause every match must meet
-   * reads the metadata index (migration 0020): only objects that have had
-   * that pair, newest first. */
-  const char *mkey = NULL;
-  for (size_t i = 0; i < s->n && !index && !mkey; i++) {
-    const struct tp_search_clause *c = &s->c[i];
-    if ((s->any && s->n > 1) || c->op != TP_SO_EQ || c->negate || c->is_null || c->field->type != TP_SF_METADATA ||
-        !tp_kind_meta_indexed((enum tp_kind)kind))
-      continue;
-    mkey = c->key;
-    val = c->value;
-  }
-  /* A customer's exact email:'…' reads the case-folded email index
-   * (migration 0021). */
-  bool by_email = false;
-  for (size_t i = 0; i < s->n && !index && !mkey && !by_email && kind == TP_K_CUSTOMER; i++) {
-    const struct tp_search_clause *c = &s->c[i];
-    if ((s->any && s->n > 1) || c->op != TP_SO_EQ || c->negate || c->is_null || c->field->type != TP_SF_STRING ||
-        strcmp(c->field->name, "email") != 0)
-      continue;
-    by_email = true;
-    val = c->value;
-  }
+  struct search_path sp;
+  pick_path(s, kind, &sp);
+  const char *index = sp.index, *col = sp.col, *val = sp.val, *mkey = sp.mkey;
+  bool by_email = sp.by_email;
   char sql[400];
   if (by_email)
     snprintf(sql, sizeof sql,
-             "SELECT id, tp_json(data) AS data FROM customers INDEXED BY customers_email_ci WHERE merchant = ?1 AND "
-             "lower(email) = lower(?4) AND email IS NOT NULL AND id < ?2 AND deleted IS NULL ORDER BY id DESC LIMIT ?3");
+             "SELECT id, tp_json(data) AS data FROM customers INDEXED BY customers_email_ci WHERE merchant = ?1 "
+             "AND lower(email) = lower(?4) AND email IS NOT NULL AND id < ?2 AND deleted IS NULL "
+             "ORDER BY id DESC LIMIT ?3");
   else if (index)
     snprintf(sql, sizeof sql,
              "SELECT id, tp_json(data) AS data FROM %s INDEXED BY %s WHERE merchant = ?1 AND %s = ?4 AND id < ?2%s "
@@ -553,10 +565,9 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
              table, index, col, kind == TP_K_CUSTOMER ? " AND deleted IS NULL" : "");
   else if (mkey)
     snprintf(sql, sizeof sql,
-             "SELECT o.id AS id, tp_json(o.data) AS data FROM metadata_index m INDEXED BY metadata_index_kv JOIN %s o "
-             "ON o.merchant = m.merchant "
-             "AND o.id = m.id WHERE m.merchant = ?1 AND m.kind = ?5 AND m.k = ?6 AND m.v = ?4 AND m.id < ?2%s "
-             "ORDER BY m.id DESC LIMIT ?3",
+             "SELECT o.id AS id, tp_json(o.data) AS data FROM metadata_index m INDEXED BY metadata_index_kv "
+             "JOIN %s o ON o.merchant = m.merchant AND o.id = m.id WHERE m.merchant = ?1 AND m.kind = ?5 "
+             "AND m.k = ?6 AND m.v = ?4 AND m.id < ?2%s ORDER BY m.id DESC LIMIT ?3",
              table, kind == TP_K_CUSTOMER ? " AND o.deleted IS NULL" : "");
   else
     snprintf(sql, sizeof sql,

@@ -192,7 +192,8 @@ const char *tp_currency_symbol(const struct tp_currency *c)
   static const struct {
     char code[4];
     const char *sign;
-  } signs[] = {{"usd", "$"}, {"eur", "\u20ac"}, {"gbp", "\u00a3"}, {"jpy", "\u00a5"}, {"inr", "\u20b9"}, {"krw", "\u20a9"}};
+  } signs[] = {{"usd", "$"},      {"eur", "\u20ac"}, {"gbp", "\u00a3"},
+               {"jpy", "\u00a5"}, {"inr", "\u20b9"}, {"krw", "\u20a9"}};
   for (size_t i = 0; c != NULL && i < sizeof signs / sizeof signs[0]; i++)
     if (strcmp(c->code, signs[i].code) == 0)
       return signs[i].sign;

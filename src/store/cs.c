@@ -257,8 +257,8 @@ bool tp_kind_meta_indexed(enum tp_kind kind)
   return kind == TP_K_PAYMENT_INTENT || kind == TP_K_CHARGE || kind == TP_K_CUSTOMER;
 }
 
-/* The object's metadata for the index (tp_cs_op, s3/n2): string values
- * only, and none holding a NUL (a query cannot name it). */
+/* The object's metadata for the index (tp_cs_op, s3/n2 and s4): string
+ * values only, and none holding a NUL (a query cannot name it). */
 static void meta_pairs(struct tp_cs_op *op, const json_t *obj)
 {
   const json_t *md = json_object_get(obj, "metadata");
@@ -270,7 +270,8 @@ static void meta_pairs(struct tp_cs_op *op, const json_t *obj)
   json_object_foreach((json_t *)(uintptr_t)md, k, v)
     cap += strlen(k) + 1 + json_string_length(v) + 1;
   char *buf = malloc(cap), *p = buf;
-  if (!buf)
+  json_t *keys = json_array();
+  if (!buf || !keys)
     abort();
   json_object_foreach((json_t *)(uintptr_t)md, k, v) {
     const char *sv = json_string_value(v);
@@ -281,20 +282,15 @@ static void meta_pairs(struct tp_cs_op *op, const json_t *obj)
     p += kl + 1;
     memcpy(p, sv, vl + 1);
     p += vl + 1;
+    json_array_append_new(keys, json_string(k));
   }
+  size_t n = 0;
+  op->s4 = p > buf ? tp_json_dump(keys, &n) : NULL;
+  json_decref(keys);
   if (p == buf) {
     free(buf);
     return;
   }
-  /* and its keys, a JSON array, for the backend to delete the others */
-  json_t *keys = json_array();
-  for (const char *q = buf; q < p; q += strlen(q) + 1) {
-    json_array_append_new(keys, json_string(q));
-    q += strlen(q) + 1;
-  }
-  size_t kl = 0;
-  op->s4 = tp_json_dump(keys, &kl);
-  json_decref(keys);
   if (!op->s4)
     abort();
   op->s3 = buf;

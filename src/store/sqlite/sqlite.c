@@ -1623,7 +1623,8 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
   for (int k = 0; k < TP_K__COUNT; k++)
     if (!s->put[k])
       goto fail;
-  if (!s->ledger || !s->balance_add || !s->attempt || !s->idem || !s->vault || !s->meta || !s->meta_gone || !s->tx_begin || !s->tx_commit ||
+  if (!s->ledger || !s->balance_add || !s->attempt || !s->idem || !s->vault || !s->meta || !s->meta_gone ||
+      !s->tx_begin || !s->tx_commit ||
       !s->sp_open || !s->sp_release || !s->sp_rollback)
     goto fail;
   if (pthread_key_create(&s->rkey, reader_free) != 0)
