@@ -550,20 +550,18 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
   const char *table = tp_kinds[kind].table;
   struct search_path sp;
   pick_path(s, kind, &sp);
-  const char *index = sp.index, *col = sp.col, *val = sp.val, *mkey = sp.mkey;
-  bool by_email = sp.by_email;
   char sql[400];
-  if (by_email)
+  if (sp.by_email)
     snprintf(sql, sizeof sql,
              "SELECT id, tp_json(data) AS data FROM customers INDEXED BY customers_email_ci WHERE merchant = ?1 "
              "AND lower(email) = lower(?4) AND email IS NOT NULL AND id < ?2 AND deleted IS NULL "
              "ORDER BY id DESC LIMIT ?3");
-  else if (index)
+  else if (sp.index)
     snprintf(sql, sizeof sql,
              "SELECT id, tp_json(data) AS data FROM %s INDEXED BY %s WHERE merchant = ?1 AND %s = ?4 AND id < ?2%s "
              "ORDER BY id DESC LIMIT ?3",
-             table, index, col, kind == TP_K_CUSTOMER ? " AND deleted IS NULL" : "");
-  else if (mkey)
+             table, sp.index, sp.col, kind == TP_K_CUSTOMER ? " AND deleted IS NULL" : "");
+  else if (sp.mkey)
     snprintf(sql, sizeof sql,
              "SELECT o.id AS id, tp_json(o.data) AS data FROM metadata_index m INDEXED BY metadata_index_kv "
              "JOIN %s o ON o.merchant = m.merchant AND o.id = m.id WHERE m.merchant = ?1 AND m.kind = ?5 "
@@ -573,8 +571,7 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
     snprintf(sql, sizeof sql,
              "SELECT id, tp_json(data) AS data FROM %s WHERE merchant = ?1 AND id < ?2%s ORDER BY id DESC LIMIT ?3",
              table, kind == TP_K_CUSTOMER ? " AND deleted IS NULL" : "");
-  const struct search_read q = {sql, r->merchant.id, index || mkey || by_email ? val : NULL, tp_kinds[kind].prefix,
-                                mkey};
+  const struct search_read q = {sql, r->merchant.id, sp.val, tp_kinds[kind].prefix, sp.mkey};
   json_t *data = json_array();
   bool has_more = false, end = false, failed = false;
   int64_t scanned = 0, budget = tp_config_int("search", "max_scan_rows", SCAN_MAX_DEFAULT, 10, 100000);
