@@ -122,6 +122,7 @@ void tp_h_charge_update(struct tp_req *r)
   }
   struct tp_cs *cs = tp_cs_new();
   tp_cs_put(cs, TP_K_CHARGE, r->merchant.id, ch);
+  tp_metadata_index_emptied(cs, TP_K_CHARGE, r->merchant.id, json_object_size(json_object_get(before, "metadata")), ch);
   tp_emit_update(cs, r, r->merchant.id, "charge.updated", before, ch);
   json_decref(before);
   if (!tp_expand(r, ch, NULL)) {

@@ -541,6 +541,8 @@ void tp_h_customer_update(struct tp_req *r)
     goto out_unlock;
   }
   tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, cus);
+  tp_metadata_index_emptied(cs, TP_K_CUSTOMER, r->merchant.id, json_object_size(json_object_get(before, "metadata")),
+                            cus);
   tp_emit_update(cs, r, r->merchant.id, "customer.updated", before, cus);
   if (!reply_object(r, cus, NULL))
     goto out_unlock;
@@ -632,6 +634,8 @@ void tp_h_customer_delete(struct tp_req *r)
   }
   json_t *stub = tp_pack("{s:s, s:s, s:b}", "id", r->path_id, "object", "customer", "deleted", 1);
   tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, stub);
+  tp_metadata_index_emptied(cs, TP_K_CUSTOMER, r->merchant.id, json_object_size(json_object_get(cus, "metadata")),
+                            stub);
   /* The event carries the customer as it was, like Stripe's. */
   tp_emit(cs, r, r->merchant.id, "customer.deleted", cus);
   tp_reply_json(r, 200, stub);

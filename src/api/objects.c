@@ -1392,6 +1392,19 @@ void tp_metadata_apply(json_t *obj, const json_t *v)
   }
 }
 
+/* The metadata index keeps an object's keys while it has some (cs.c,
+ * meta_pairs: a put without metadata writes nothing there); an update that
+ * empties metadata which had keys_before keys drops the object's rows. */
+void tp_metadata_index_emptied(struct tp_cs *cs, enum tp_kind kind, const char *merchant, size_t keys_before,
+                               const json_t *after)
+{
+  if (!tp_kind_meta_indexed(kind) || keys_before == 0 || json_object_size(json_object_get(after, "metadata")) > 0)
+    return;
+  json_t *args = tp_pack("[s, s, s]", merchant, tp_kinds[kind].prefix, json_string_value(json_object_get(after, "id")));
+  tp_cs_sql(cs, "DELETE FROM metadata_index WHERE merchant = ?1 AND kind = ?2 AND id = ?3", args, 0);
+  json_decref(args);
+}
+
 /* The three-decimal currencies' last digit (tp_amount_card_check); reply
  * and return false when it is not 0. PaymentIntents (amount, amount_to_capture) and refunds. */
 bool tp_check_card_amount(struct tp_req *r, int64_t amount, const struct tp_currency *cur, const char *param)

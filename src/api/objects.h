@@ -282,6 +282,8 @@ bool tp_unset(const json_t *v);
 /* Metadata update semantics: "" for the whole value clears it, a key with
  * "" removes that key, other keys are set. */
 void tp_metadata_apply(json_t *obj, const json_t *v);
+void tp_metadata_index_emptied(struct tp_cs *cs, enum tp_kind kind, const char *merchant, size_t keys_before,
+                               const json_t *after);
 /* Stripe's card rule for the three-decimal currencies (BHD, JOD, KWD, OMR,
  * TND; tp_amount_card_check): an amount whose last digit is not 0 gets 400
  * invalid_charge_amount on param. true when amount is fine. */

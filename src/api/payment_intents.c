@@ -943,6 +943,7 @@ void tp_h_pi_update(struct tp_req *r)
     goto out;
   json_object_set_new(pi, "amount", json_integer(amount));
   json_object_set_new(pi, "currency", json_string(cur->code));
+  size_t md_keys = json_object_size(json_object_get(pi, "metadata"));
   if (!apply_fields(r, pi, r->params))
     goto out;
   apply_pm_options(pi, r->params);
@@ -957,6 +958,7 @@ void tp_h_pi_update(struct tp_req *r)
     goto out;
   }
   tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
+  tp_metadata_index_emptied(cs, TP_K_PAYMENT_INTENT, r->merchant.id, md_keys, pi);
   json_t *out = json_incref(pi);
   if (!tp_expand(r, out, NULL)) {
     json_decref(out);

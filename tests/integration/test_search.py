@@ -342,6 +342,43 @@ class MetadataIndexTest(DaemonTestCase):
         self.assertEqual((len(r.json["data"]), r.json["total_count"]), (10, 15), r)
         self.assertEqual(self.ids(PI + "/search", "metadata['extra']:'e'"), ([], False))
 
+    def test_emptied_metadata_leaves_the_index(self):
+        """Metadata emptied by an update (metadata="" or each key unset) takes
+        the object's rows out of the index, for PaymentIntents, charges and
+        customers, and so does deleting a customer; an update that keeps a
+        key keeps its row."""
+        import sqlite3
+        c = self.c("x")
+
+        def rows(obj_id):
+            db = sqlite3.connect("file:%s?mode=ro" % self.daemon.db_path(), uri=True)
+            try:
+                return sorted(r[0] for r in db.execute("SELECT k FROM metadata_index WHERE id = ?", (obj_id,)))
+            finally:
+                db.close()
+
+        pi = c.post(PI, {"amount": 1500, "currency": "usd", "metadata[a]": "1", "metadata[b]": "2",
+                         "confirm": "true", "payment_method": "pm_card_visa"}).json
+        other = c.post(PI, {"amount": 1501, "currency": "usd", "metadata[a]": "1"}).json
+        ch = pi["latest_charge"]
+        cus = c.post("/v1/customers", {"metadata[crm]": "7"}).json
+        self.assertEqual((rows(pi["id"]), rows(ch), rows(cus["id"])), (["a", "b"], ["a", "b"], ["crm"]))
+        self.assertEqual(c.post(PI + "/" + pi["id"], {"metadata[b]": ""}).status, 200)
+        self.assertEqual(rows(pi["id"]), ["a"])
+        self.assertEqual(c.post(PI + "/" + pi["id"], {"metadata": ""}).status, 200)
+        self.assertEqual(c.post("/v1/charges/" + ch, {"metadata[a]": "", "metadata[b]": ""}).status, 200)
+        self.assertEqual(c.post("/v1/customers/" + cus["id"], {"metadata": ""}).status, 200)
+        gone = c.post("/v1/customers", {"metadata[crm]": "7"}).json
+        self.assertEqual(rows(gone["id"]), ["crm"])
+        self.assertEqual(c.delete("/v1/customers/" + gone["id"]).status, 200)
+        self.assertEqual(rows(gone["id"]), [])
+        self.assertEqual((rows(pi["id"]), rows(ch), rows(cus["id"])), ([], [], []))
+        self.assertEqual(rows(other["id"]), ["a"])
+        self.assertEqual(self.ids(PI + "/search", "metadata['a']:'1'"), ([other["id"]], False))
+        # metadata given again is indexed again
+        self.assertEqual(c.post(PI + "/" + pi["id"], {"metadata[a]": "1"}).status, 200)
+        self.assertEqual(self.ids(PI + "/search", "metadata['a']:'1'"), ([other["id"], pi["id"]], False))
+
     def test_customers_by_metadata(self):
         c = self.c("x")
         a = c.post("/v1/customers", {"name": "a", "metadata[crm]": "42"}).json
