@@ -166,11 +166,7 @@ void tp_h_balance_txn_list(struct tp_req *r)
     return;
   }
   struct tp_list_query q;
-  memset(&q, 0, sizeof q);
-  q.kind = TP_K_BALANCE_TXN;
-  q.merchant = r->merchant.id;
-  q.created_gte = INT64_MIN;
-  q.created_lte = INT64_MAX;
+  tp_list_query_init(&q, TP_K_BALANCE_TXN, r->merchant.id);
   const char *source = tp_pstr(r->params, "source");
   const char *type = tp_pstr(r->params, "type");
   char id_min[TP_ID_MAX], id_max[TP_ID_MAX];

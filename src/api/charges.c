@@ -151,11 +151,7 @@ void tp_h_charge_list(struct tp_req *r)
     return;
   }
   struct tp_list_query q;
-  memset(&q, 0, sizeof q);
-  q.kind = TP_K_CHARGE;
-  q.merchant = r->merchant.id;
-  q.created_gte = INT64_MIN;
-  q.created_lte = INT64_MAX;
+  tp_list_query_init(&q, TP_K_CHARGE, r->merchant.id);
   const char *pi = tp_pstr(r->params, "payment_intent");
   const char *cus = tp_pstr(r->params, "customer");
   if (pi && *pi) {

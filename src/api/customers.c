@@ -652,11 +652,7 @@ void tp_h_customer_list(struct tp_req *r)
   if (!tp_check_params(r, spec_list))
     return;
   struct tp_list_query q;
-  memset(&q, 0, sizeof q);
-  q.kind = TP_K_CUSTOMER;
-  q.merchant = r->merchant.id;
-  q.created_gte = INT64_MIN;
-  q.created_lte = INT64_MAX;
+  tp_list_query_init(&q, TP_K_CUSTOMER, r->merchant.id);
   const char *email = tp_pstr(r->params, "email");
   /* The store matches "deleted IS NULL" for a NULL value: live customers only. */
   if (email && *email) {

@@ -389,13 +389,9 @@ void tp_h_dispute_close(struct tp_req *r)
 bool tp_charge_dispute_blocks_refund(const char *merchant, const char *charge_id)
 {
   struct tp_list_query q;
-  memset(&q, 0, sizeof q);
-  q.kind = TP_K_DISPUTE;
-  q.merchant = merchant;
+  tp_list_query_init(&q, TP_K_DISPUTE, merchant);
   q.col_name = "charge";
   q.col_value = charge_id;
-  q.created_gte = INT64_MIN;
-  q.created_lte = INT64_MAX;
   q.limit = 100;
   bool has_more = false;
   json_t *list = tp_app.store.ops->list(tp_app.store.cls, &q, &has_more);

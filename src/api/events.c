@@ -456,11 +456,7 @@ void tp_h_event_list(struct tp_req *r)
     return;
   }
   struct tp_list_query q;
-  memset(&q, 0, sizeof q);
-  q.kind = TP_K_EVENT;
-  q.merchant = r->merchant.id;
-  q.created_gte = INT64_MIN;
-  q.created_lte = INT64_MAX;
+  tp_list_query_init(&q, TP_K_EVENT, r->merchant.id);
   bool ds = false;
   bool by_ds = tp_param_bool(r->params, "delivery_success", &ds);
   if (!by_ds && !types && (!type || !strchr(type, '*'))) {

@@ -881,16 +881,12 @@ json_t *tp_card_source_create(struct tp_req *r, struct tp_cs *cs, const char *so
 
 void tp_card_sources_query(struct tp_list_query *q, const char *merchant, const char *customer)
 {
-  memset(q, 0, sizeof *q);
-  q->kind = TP_K_PAYMENT_METHOD;
-  q->merchant = merchant;
+  tp_list_query_init(q, TP_K_PAYMENT_METHOD, merchant);
   q->col_name = "customer";
   q->col_value = customer;
   q->field = "$.turnpike.source";
   q->field_value = "card";
   q->field_default = "";
-  q->created_gte = INT64_MIN;
-  q->created_lte = INT64_MAX;
 }
 
 void tp_pm_detach(struct tp_cs *cs, const struct tp_req *r, json_t *pm)
@@ -1024,14 +1020,9 @@ static bool expand_list(struct tp_req *r, json_t *obj, const char *path)
   bool more = false;
   if (strcmp(what, "charge") == 0 && strcmp(path, "refunds") == 0) {
     struct tp_list_query q;
-    memset(&q, 0, sizeof q);
-    q.kind = TP_K_REFUND;
-    q.merchant = r->merchant.id;
+    tp_list_query_init(&q, TP_K_REFUND, r->merchant.id);
     q.col2_name = "charge";
     q.col2_value = id;
-    q.created_gte = INT64_MIN;
-    q.created_lte = INT64_MAX;
-    q.limit = 10;
     data = tp_app.store.ops->list(tp_app.store.cls, &q, &more);
     if (!data)
       return true; /* left as it was: the store said no */
@@ -1039,7 +1030,6 @@ static bool expand_list(struct tp_req *r, json_t *obj, const char *path)
     /* its cards (the legacy Cards API, sources.c), newest first */
     struct tp_list_query q;
     tp_card_sources_query(&q, r->merchant.id, id);
-    q.limit = 10;
     data = tp_app.store.ops->list(tp_app.store.cls, &q, &more);
     if (!data)
       return true;
@@ -1219,9 +1209,6 @@ bool tp_expand(struct tp_req *r, json_t *obj, const json_t *known)
 bool tp_list_params(struct tp_req *r, struct tp_list_query *q)
 {
   q->merchant = r->merchant.id;
-  q->created_gte = INT64_MIN;
-  q->created_lte = INT64_MAX;
-  q->limit = 10;
   int64_t lim;
   if (tp_param_int(r->params, "limit", &lim)) {
     if (lim < 1 || lim > 100) {
@@ -1271,8 +1258,7 @@ void tp_reply_list_by(struct tp_req *r, const struct tp_pspec *spec, enum tp_kin
   if (!tp_check_params(r, spec))
     return;
   struct tp_list_query q;
-  memset(&q, 0, sizeof q);
-  q.kind = kind;
+  tp_list_query_init(&q, kind, r->merchant.id);
   if (!tp_list_params(r, &q))
     return;
   /* The kind's two indexed columns filter by the parameters of their names. */

@@ -1392,8 +1392,7 @@ void tp_h_pi_list(struct tp_req *r)
   if (!tp_check_params(r, spec_list))
     return;
   struct tp_list_query q;
-  memset(&q, 0, sizeof q);
-  q.kind = TP_K_PAYMENT_INTENT;
+  tp_list_query_init(&q, TP_K_PAYMENT_INTENT, r->merchant.id);
   if (!tp_list_params(r, &q))
     return;
   const char *cus = tp_pstr(r->params, "customer");

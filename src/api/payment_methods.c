@@ -447,11 +447,7 @@ fail:
 static void list_pms(struct tp_req *r, const char *customer, const char *url)
 {
   struct tp_list_query q;
-  memset(&q, 0, sizeof q);
-  q.kind = TP_K_PAYMENT_METHOD;
-  q.merchant = r->merchant.id;
-  q.created_gte = INT64_MIN;
-  q.created_lte = INT64_MAX;
+  tp_list_query_init(&q, TP_K_PAYMENT_METHOD, r->merchant.id);
   const char *type = tp_pstr(r->params, "type");
   if (customer && *customer) {
     q.col_name = "customer";

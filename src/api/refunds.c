@@ -241,8 +241,7 @@ void tp_h_refund_update(struct tp_req *r)
 static void reply_refunds(struct tp_req *r, const char *pi, const char *ch, const char *url)
 {
   struct tp_list_query q;
-  memset(&q, 0, sizeof q);
-  q.kind = TP_K_REFUND;
+  tp_list_query_init(&q, TP_K_REFUND, r->merchant.id);
   if (!tp_list_params(r, &q))
     return;
   if (pi && *pi) {

@@ -1638,6 +1638,18 @@ static bool claim(const struct tp_attempt *a)
   return false;
 }
 
+/* A pay object for recovery to settle attempt a with, no request behind it. */
+static struct tp_pay *attempt_pay(const struct tp_attempt *a)
+{
+  struct tp_merchant m;
+  memset(&m, 0, sizeof m);
+  tp_scopy(m.id, sizeof m.id, a->merchant);
+  struct tp_pay *p = tp_pay_new(NULL, &m);
+  p->att = *a;
+  p->recovering = true;
+  return p;
+}
+
 /* A pay object to settle attempt a (left "sent") with the objects its
  * outcome needs (PaymentIntent, charge, PaymentMethod and card, refund),
  * read under the lock the live call held (the PaymentIntent's; a refund's
@@ -1647,12 +1659,7 @@ static bool claim(const struct tp_attempt *a)
  * on NULL the claim is released. */
 static struct tp_pay *recovery_pay(const struct tp_attempt *a, bool *busy)
 {
-  struct tp_merchant m;
-  memset(&m, 0, sizeof m);
-  tp_scopy(m.id, sizeof m.id, a->merchant);
-  struct tp_pay *p = tp_pay_new(NULL, &m);
-  p->att = *a;
-  p->recovering = true;
+  struct tp_pay *p = attempt_pay(a);
   *busy = false;
   const char *lock = a->payment_intent;
   if (strcmp(a->kind, "refund") == 0) {
@@ -1889,12 +1896,7 @@ static bool recover_reversal(const struct tp_attempt *a)
 {
   if (!claim(a))
     return false;
-  struct tp_merchant m;
-  memset(&m, 0, sizeof m);
-  tp_scopy(m.id, sizeof m.id, a->merchant);
-  struct tp_pay *p = tp_pay_new(NULL, &m);
-  p->att = *a;
-  p->recovering = true;
+  struct tp_pay *p = attempt_pay(a);
   if (a->vault_token[0]) {
     /* Field 2 like the first reversal; hosts match on field 37 anyway. */
     struct tp_card_info ci;
@@ -1926,12 +1928,7 @@ int tp_payflow_resolve(struct tp_req *r, const struct tp_attempt *a, bool proces
   struct tp_pay *p;
   if (owed) {
     /* Only the attempt row changes: no object lock. */
-    struct tp_merchant m;
-    memset(&m, 0, sizeof m);
-    tp_scopy(m.id, sizeof m.id, a->merchant);
-    p = tp_pay_new(NULL, &m);
-    p->att = *a;
-    p->recovering = true;
+    p = attempt_pay(a);
   } else {
     bool busy;
     if (!(p = recovery_pay(a, &busy)))

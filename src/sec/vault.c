@@ -91,6 +91,22 @@ out:
   return ok ? 0 : -1;
 }
 
+/* A sealed card's plaintext, "PAN|month|year" (tp_vault_seal), n bytes of
+ * plain (which has room for a terminator) into its parts. */
+static int plain_card(char *plain, size_t n, char *pan, int *exp_month, int *exp_year)
+{
+  plain[n] = '\0';
+  char *p1 = strchr(plain, '|');
+  char *p2 = p1 ? strchr(p1 + 1, '|') : NULL;
+  if (!p1 || !p2 || p1 - plain > 19)
+    return -1;
+  memcpy(pan, plain, (size_t)(p1 - plain));
+  pan[p1 - plain] = '\0';
+  *exp_month = atoi(p1 + 1);
+  *exp_year = atoi(p2 + 1);
+  return 0;
+}
+
 int tp_vault_seal(const uint8_t kek[32], const char *merchant, const char *token, const char *pan, int exp_month,
                   int exp_year, uint8_t *out, size_t *outlen)
 {
@@ -131,19 +147,8 @@ int tp_vault_open(const uint8_t kek[32], const char *merchant, const char *token
     rc = tp_vault_gcm(0, dek, blob + 61, (const uint8_t *)aad, (size_t)al, blob + HDR, len - HDR, (uint8_t *)plain, tag);
   }
   tp_card_wipe(dek, sizeof dek);
-  if (rc == 0) {
-    plain[len - HDR] = '\0';
-    char *p1 = strchr(plain, '|');
-    char *p2 = p1 ? strchr(p1 + 1, '|') : NULL;
-    if (!p1 || !p2 || p1 - plain > 19) {
-      rc = -1;
-    } else {
-      memcpy(pan, plain, (size_t)(p1 - plain));
-      pan[p1 - plain] = '\0';
-      *exp_month = atoi(p1 + 1);
-      *exp_year = atoi(p2 + 1);
-    }
-  }
+  if (rc == 0)
+    rc = plain_card(plain, len - HDR, pan, exp_month, exp_year);
   tp_card_wipe(plain, sizeof plain);
   return rc;
 }
@@ -253,19 +258,8 @@ int tp_vault_open_rec(const char *merchant, const char *token, const uint8_t *bl
   memcpy(tag, rest + 12, 16);
   int rc = tp_vault_gcm(0, dek, rest, (const uint8_t *)aad, (size_t)al, rest + 28, cl, (uint8_t *)plain, tag);
   tp_card_wipe(dek, sizeof dek);
-  if (rc == 0) {
-    plain[cl] = '\0';
-    char *p1 = strchr(plain, '|');
-    char *p2 = p1 ? strchr(p1 + 1, '|') : NULL;
-    if (!p1 || !p2 || p1 - plain > 19) {
-      rc = -1;
-    } else {
-      memcpy(pan, plain, (size_t)(p1 - plain));
-      pan[p1 - plain] = '\0';
-      *exp_month = atoi(p1 + 1);
-      *exp_year = atoi(p2 + 1);
-    }
-  }
+  if (rc == 0)
+    rc = plain_card(plain, cl, pan, exp_month, exp_year);
   tp_card_wipe(plain, sizeof plain);
   return rc;
 }

@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* Kinds of API objects, each stored as its Stripe JSON plus indexed columns. */
 enum tp_kind {
@@ -190,6 +191,18 @@ struct tp_list_query {
   const char *ending_before;        /* id, or NULL */
   int limit;                        /* 1..100 */
 };
+
+/* A query for a merchant's rows of one kind: no filter, no created bound
+ * (tp_list_params then reads a request's). */
+static inline void tp_list_query_init(struct tp_list_query *q, enum tp_kind kind, const char *merchant)
+{
+  memset(q, 0, sizeof *q);
+  q->kind = kind;
+  q->merchant = merchant;
+  q->created_gte = INT64_MIN;
+  q->created_lte = INT64_MAX;
+  q->limit = 10;
+}
 
 struct tp_merchant {
   char id[64];
