@@ -132,6 +132,11 @@ void tp_reply_params_error(struct tp_req *r, const struct tp_params_error *pe, b
 /* Authenticate the request's API key (for routes that also accept other
  * credentials and so are not TP_R_AUTH); sets r->merchant and r->authed. */
 enum tp_err tp_req_authenticate(struct tp_req *r);
+/* What an authenticated route gets before its handler (for a public route
+ * that authenticates itself, the stream): the failed-login block, the key,
+ * its rate limit, the route's scope, Stripe-Account and Stripe-Version;
+ * false when it replied. */
+bool tp_req_access(struct tp_req *r);
 
 /* Async: suspend before submitting work; resume after setting the reply. */
 void tp_req_suspend(struct tp_req *r);

@@ -127,6 +127,13 @@ enum tp_err tp_req_authenticate(struct tp_req *r)
   return authenticate(r);
 }
 
+static bool access_check(struct tp_req *r, const struct tp_route *rt);
+
+bool tp_req_access(struct tp_req *r)
+{
+  return access_check(r, r->route);
+}
+
 /* ---- routing ---------------------------------------------------------------- */
 static bool match(const char *pattern, const char *url, struct tp_req *r)
 {
@@ -580,6 +587,10 @@ static enum MHD_Result queue_reply(struct tp_req *r)
   }
   if (r->www_authenticate[0])
     MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, r->www_authenticate);
+  if (r->status == 426) { /* RFC 9110 15.5.22, RFC 6455 4.4: what to upgrade to */
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_UPGRADE, "websocket");
+    MHD_add_response_header(resp, "Sec-WebSocket-Version", "13");
+  }
   if (r->status == 405 && r->methods[0])
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->methods);
   if (cors_url(r->url)) {

@@ -109,6 +109,7 @@ struct iso_link {
   uint32_t next_stan;
   uint32_t late[ISO_LATE_RING];
   size_t late_pos;
+  uint8_t late_bits[ISO_STAN_MAX / 8 + 1]; /* the STANs in late[], for stan_assign and late_stan */
 };
 
 /* ---- small helpers ---------------------------------------------------------- */
@@ -155,6 +156,30 @@ static void table_del(struct iso_link *l, struct pend *p)
   l->in_flight--;
 }
 
+/* The STANs of calls given up on (reversed), whose answers may still come:
+ * the last ISO_LATE_RING of them, with a bit each for a quick test. A STAN
+ * leaves the set when the ring overwrites it (unless it is there twice). */
+static bool late_stan(const struct iso_link *l, uint32_t stan)
+{
+  return stan != 0 && stan <= ISO_STAN_MAX && (l->late_bits[stan / 8] & (1u << (stan % 8)));
+}
+
+static void late_add(struct iso_link *l, uint32_t stan)
+{
+  uint32_t *slot = &l->late[l->late_pos++ % ISO_LATE_RING];
+  uint32_t old = *slot;
+  *slot = stan;
+  if (old && old != stan) {
+    bool again = false;
+    for (size_t i = 0; i < ISO_LATE_RING && !again; i++)
+      again = l->late[i] == old;
+    if (!again)
+      l->late_bits[old / 8] &= (uint8_t) ~(1u << (old % 8));
+  }
+  if (stan <= ISO_STAN_MAX)
+    l->late_bits[stan / 8] |= (uint8_t)(1u << (stan % 8));
+}
+
 /* A STAN unused by any pending message; 1..999999, wrapping. */
 static int stan_assign(struct iso_link *l, struct pend *p)
 {
@@ -163,7 +188,9 @@ static int stan_assign(struct iso_link *l, struct pend *p)
   for (;;) {
     uint32_t s = l->next_stan;
     l->next_stan = s >= ISO_STAN_MAX ? 1 : s + 1;
-    if (!table_find(l, s)) {
+    /* Past a wrap, a timed-out call's STAN may still get a late answer:
+     * not given to a new call while it is remembered. */
+    if (!table_find(l, s) && !late_stan(l, s)) {
       p->stan = s;
       p->hnext = *bucket(l, s);
       *bucket(l, s) = p;
@@ -383,7 +410,7 @@ static void to_reversal(struct iso_link *l, struct pend *p, int64_t now)
   list_del(l, p);
   p->orig_stan = p->stan;
   if (p->stan) {
-    l->late[l->late_pos++ % ISO_LATE_RING] = p->stan;
+    late_add(l, p->stan);
     table_del(l, p);
   }
   p->type = PT_REVERSAL;
@@ -521,15 +548,6 @@ static void answer_host_echo(struct iso_link *l, const struct tp_iso_msg *q, int
   (void)now;
 }
 
-static bool late_stan(struct iso_link *l, uint32_t stan)
-{
-  if (stan == 0)
-    return false; /* never assigned; also the ring's empty slots */
-  for (size_t i = 0; i < ISO_LATE_RING; i++)
-    if (l->late[i] == stan)
-      return true;
-  return false;
-}
 
 static void on_call_answer(struct iso_link *l, struct pend *p, const struct tp_iso_msg *m, int64_t now)
 {
@@ -543,10 +561,14 @@ static void on_call_answer(struct iso_link *l, struct pend *p, const struct tp_i
     to_reversal(l, p, now);
     return;
   }
-  if (strcmp(f39, "10") == 0) {
-    /* A partial approval: we never ask for one and cannot charge less than
-     * requested, so the hold is given back. */
-    tp_log(TP_LOG_WARN, "iso_partial_approval_reversed", "{s:s, s:s}", "processor", l->name, "rrn", p->rrn);
+  if (strcmp(f39, "10") == 0 || strcmp(f39, "08") == 0) {
+    /* A partial approval (10): we never ask for one and cannot charge less
+     * than requested. Honour with identification (08): the issuer holds the
+     * amount on condition of an identity check that a card-not-present
+     * payment cannot make. Either way the hold is given back (a durable
+     * reversal, as after a timeout) and the payment goes on without it. */
+    tp_log(TP_LOG_WARN, "iso_conditional_approval_reversed", "{s:s, s:s, s:s}", "processor", l->name, "rrn", p->rrn,
+           "code", f39);
     to_reversal(l, p, now);
     return;
   }

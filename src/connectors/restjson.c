@@ -273,6 +273,14 @@ static const char *curl_error_code(CURLcode rc)
   }
 }
 
+/* Transport errors that mean the request never reached the processor,
+ * when libcurl reports them for a request not yet sent. */
+static bool not_sent_code(const char *code)
+{
+  return strcmp(code, "processor_connection_refused") == 0 || strcmp(code, "processor_dns_failed") == 0 ||
+         strcmp(code, "processor_tls_failed") == 0;
+}
+
 /* A decline code from the processor: lower-case words only, else generic. */
 static void copy_code(struct tp_proc_call *c, const char *code, const char *def)
 {
@@ -319,8 +327,11 @@ static void map_status(struct tp_proc_call *c, enum tp_proc_kind kind, json_t *j
     approved = strcmp(st, "approved") == 0 || strcmp(st, "captured") == 0 || strcmp(st, "voided") == 0 ||
                strcmp(st, "succeeded") == 0;
   if (approved) {
-    if (kind == TP_PROC_AUTHORIZE) {
-      /* An approval must be for what we asked. */
+    if (kind == TP_PROC_AUTHORIZE ||
+        (kind == TP_PROC_STATUS && strcmp(json_string_value(json_object_get(js, "operation")) ?: "", "authorize") == 0 &&
+         c->amount > 0)) {
+      /* An approval must be for what we asked, read from its own answer or
+       * from a status query after the answer was lost. */
       json_t *amt = json_object_get(js, "amount");
       const char *cur = json_string_value(json_object_get(js, "currency"));
       if (amt && (!json_is_integer(amt) || json_integer_value(amt) != c->amount)) {
@@ -351,8 +362,10 @@ static void map_status(struct tp_proc_call *c, enum tp_proc_kind kind, json_t *j
 void tp_restjson_interpret(struct tp_proc_call *c, long http, const char *body, size_t len)
 {
   c->decline_code[0] = 0;
-  if (http >= 500)
-    set_error(c, "processor_http_5xx");
+  if (http == 503)
+    set_error(c, "processor_http_503"); /* unavailable: the request was not handled (RFC 9110 15.6.4) */
+  else if (http >= 500)
+    set_error(c, "processor_http_5xx"); /* 500, 502, 504: it, or the upstream behind a proxy, may have acted */
   else if (c->kind == TP_PROC_STATUS && http == 404)
     c->outcome = TP_OUT_NOT_FOUND;
   else if (http == 401 || http == 403)
@@ -390,13 +403,12 @@ static void finish_xfer(struct rj_xfer *x, CURLcode rc)
   c->decline_code[0] = 0;
   if (x->too_large)
     set_error(c, "processor_response_too_large");
-  else if (rc != CURLE_OK && x->sent &&
-           (rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_SSL_CONNECT_ERROR))
+  else if (rc != CURLE_OK && x->sent && not_sent_code(curl_error_code(rc)))
     /* A connection failure after the request went out: libcurl sent it on a
      * kept-alive connection that then died, and its own retry on a fresh
-     * connection could not connect. The processor may have acted on the
-     * first send, so the outcome is unknown (a status query settles it),
-     * not "never reached the processor". */
+     * connection could not connect, resolve or shake hands. The processor
+     * may have acted on the first send, so the outcome is unknown (a status
+     * query settles it), not "never reached the processor". */
     set_error(c, "processor_connection_reset");
   else if (rc != CURLE_OK)
     set_error(c, curl_error_code(rc));

@@ -46,7 +46,7 @@ static const struct iso_field fields[TP_ISO_FIELDS + 1] = {
     [22] = FN(3),            [23] = FN(3),      [24] = FN(3),      [25] = FN(2),
     [26] = FN(2),            [27] = FN(1),      [28] = FX(8),      [29] = FX(8),
     [30] = FX(8),            [31] = FX(8),      [32] = LN(11),     [33] = LN(11),
-    [34] = LA(28),           [35] = {K_Z, 2, 37}, [36] = LLN(104), [37] = FA(12),
+    [34] = LA(28),           [35] = {K_Z, 2, 37}, [36] = LLA(104), [37] = FA(12),
     [38] = FA(6),            [39] = FA(2),      [40] = FA(3),      [41] = FA(8),
     [42] = FA(15),           [43] = FA(40),     [44] = LA(25),     [45] = LA(76),
     [46] = LLA(999),         [47] = LLA(999),   [48] = LLA(999),   [49] = FA(3),
@@ -60,8 +60,8 @@ static const struct iso_field fields[TP_ISO_FIELDS + 1] = {
     [78] = FN(10),           [79] = FN(10),     [80] = FN(10),     [81] = FN(10),
     [82] = FN(12),           [83] = FN(12),     [84] = FN(12),     [85] = FN(12),
     [86] = FN(16),           [87] = FN(16),     [88] = FN(16),     [89] = FN(16),
-    [90] = FN(42),           [91] = FA(1),      [92] = FA(2),      [93] = FA(5),
-    [94] = FA(7),            [95] = FA(42),     [96] = FB(8),      [97] = FX(16),
+    [90] = FN(42),           [91] = FA(1),      [92] = FA(2),      [93] = FA(6),
+    [94] = FA(7),            [95] = FA(42),     [96] = FB(16),      [97] = FX(16),
     [98] = FA(25),           [99] = LN(11),     [100] = LN(11),    [101] = LA(17),
     [102] = LA(28),          [103] = LA(28),    [104] = LLA(100),  [105] = LLA(999),
     [106] = LLA(999),        [107] = LLA(999),  [108] = LLA(999),  [109] = LLA(999),
@@ -346,9 +346,16 @@ int tp_iso_frame(const struct tp_iso_msg *m, uint8_t *out, size_t cap)
 
 /* --- field 39 ------------------------------------------------------------ */
 
+/* Two letters or digits: every code the table could name. Anything else
+ * (a space, punctuation) is malformed, which reads as processing_error. */
 static bool f39_well_formed(const char *f39)
 {
-  return f39 && strlen(f39) == 2 && chars_ok(&fields[39], (const uint8_t *)f39, 2);
+  if (!f39 || strlen(f39) != 2)
+    return false;
+  for (int i = 0; i < 2; i++)
+    if (!is_digit((uint8_t)f39[i]) && !((f39[i] >= 'A' && f39[i] <= 'Z') || (f39[i] >= 'a' && f39[i] <= 'z')))
+      return false;
+  return true;
 }
 
 bool tp_iso_f39_approved(const char *f39)

@@ -617,12 +617,21 @@ static bool error_not_processed(const char *code)
 {
   static const char *const codes[] = {"processor_connection_refused", "processor_dns_failed", "processor_tls_failed",
                                       "processor_rate_limited", "processor_auth_failed", "processor_http_4xx",
-                                      "processor_http_5xx", "processor_circuit_open", "processor_queue_full",
+                                      "processor_http_503", "processor_circuit_open", "processor_queue_full",
                                       "processor_link_down", "processor_config_invalid", NULL};
   for (int i = 0; codes[i]; i++)
     if (strcmp(code, codes[i]) == 0)
       return true;
   return false;
+}
+
+/* An approval for another amount or currency than asked (restjson.c,
+ * map_status): the card is held for something else, so the reference is
+ * voided (the fence) and the payment goes on as if it had not been charged;
+ * a void that fails leaves it to recovery and an operator. */
+static bool approval_mismatch(const char *code)
+{
+  return strcmp(code, "processor_amount_mismatch") == 0 || strcmp(code, "processor_currency_mismatch") == 0;
 }
 
 /* Full jitter: uniform in [0, min(cap, base * 2^(try-1))]. */
@@ -746,6 +755,17 @@ static void query_status(struct tp_pay *p)
   send_call(p);
 }
 
+/* A status query that failed is asked again (it only reads). */
+static void status_again(void *arg, bool stopping)
+{
+  struct tp_pay *p = arg;
+  if (stopping) {
+    unresolved(p);
+    return;
+  }
+  query_status(p);
+}
+
 /* The attempt provably charged nothing (never reached the processor, or
  * its reference is fenced): close it as failed and go on. */
 static void not_charged_next(struct tp_pay *p)
@@ -770,7 +790,7 @@ static bool needs_fence(const struct tp_pay *p)
    * HTTP error answer) needs none: only a lost answer does. */
   return proc_type_is(p, "restjson") &&
          (strcmp(p->att.kind, "authorize") == 0 || strcmp(p->att.kind, "capture") == 0 ||
-          strcmp(p->att.kind, "refund") == 0) &&
+          strcmp(p->att.kind, "refund") == 0 || strcmp(p->att.kind, "void") == 0) &&
          !(p->last_code[0] && error_not_processed(p->last_code));
 }
 
@@ -825,8 +845,11 @@ static void orchestrate(struct tp_pay *p)
     if (!fenced(p)) {
       /* The void failed in a way that proves it was not acted on (a 5xx,
        * refused): try it again, with backoff, within the deadline. */
+      /* The fence has its own reference: sending it again is safe whatever
+       * became of the last one. A 4xx (409: the reference was used, so the
+       * call it fences did arrive) will not change. */
       int64_t delay = backoff_ms(p->fence_tries);
-      if (error_not_processed(why) && p->fence_tries < 3 && tp_mono_ms() + delay < p->deadline_ms) {
+      if (strcmp(why, "processor_http_4xx") != 0 && p->fence_tries < 3 && tp_mono_ms() + delay < p->deadline_ms) {
         timer_after(delay, fence_again, p);
         return;
       }
@@ -859,13 +882,20 @@ static void orchestrate(struct tp_pay *p)
       /* Never reached the processor: safe to go on. */
       not_charged_next(p);
       return;
-    default:
+    default: {
+      int64_t delay = backoff_ms(p->status_tries + 1);
       if (error_not_processed(p->last_code)) {
         not_charged_next(p);
+      } else if (approval_mismatch(c->decline_code) && proc_type_is(p, "restjson")) {
+        fence(p);
+      } else if (p->status_tries < 3 && tp_mono_ms() + delay < p->deadline_ms) {
+        p->status_tries++;
+        timer_after(delay, status_again, p);
       } else {
         unresolved(p);
       }
       return;
+    }
     }
   }
   switch (c->outcome) {
@@ -900,6 +930,7 @@ static void orchestrate(struct tp_pay *p)
     return;
   }
   if (!pr || pr->can_query_status || !tp_procs_count()) {
+    p->status_tries = 0;
     query_status(p);
     return;
   }
@@ -970,7 +1001,10 @@ static void call_done(struct tp_proc_call *c)
   }
   if (p->recovering && p->fencing)
     fenced(p); /* voided: "not found" below; else an error: asked again next tick */
-  else if (p->recovering && c->kind == TP_PROC_STATUS && c->outcome == TP_OUT_NOT_FOUND && needs_fence(p)) {
+  else if (p->recovering && c->kind == TP_PROC_STATUS && needs_fence(p) &&
+           (c->outcome == TP_OUT_NOT_FOUND ||
+            (c->outcome == TP_OUT_ERROR && approval_mismatch(c->decline_code) &&
+             strcmp(p->att.kind, "authorize") == 0))) {
     fence(p);
     return;
   }

@@ -49,6 +49,7 @@ struct tp_pay {
   bool not_sent;             /* the last call never left (breaker, queue) */
   bool fencing;              /* the call in flight voids att's reference, which the processor never saw */
   int fence_tries;           /* voids sent for att's reference */
+  int status_tries;          /* status queries for att's reference that failed */
   char prev_att[64];         /* the finished attempt committed with att's write-ahead */
   struct tp_route_plan route;
   char route_names[TP_ROUTE_MAX][64];

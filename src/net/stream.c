@@ -9,7 +9,9 @@
  * queue overflows (the stream thread fell far behind), every client is closed
  * with 1013 and can resume from its last event id, so nothing is lost
  * silently. Each client has a bounded send buffer: a client that does not
- * read is closed with 1008 instead of growing memory. */
+ * read is closed with 1008 instead of growing memory, nothing more is read
+ * from one whose own messages filled it, and a resume is read from the
+ * table a page at a time as the client takes it. */
 #include "net/stream.h"
 #include "jpack.h"
 #include "jparse.h"
@@ -18,6 +20,8 @@
 #include "config.h"
 #include "log.h"
 #include "main/features.h"
+#include "sec/auth.h"
+#include "sec/ratelimit.h"
 #include "metrics.h"
 #include "util.h"
 
@@ -94,9 +98,17 @@ struct conn {
   int npatterns;
   char (*objects)[64];
   int nobjects;
-  char (*replayed)[64]; /* ids sent by a resume, sorted: never sent twice */
-  size_t nreplayed;
-  bool closing;        /* close queued: send nothing else */
+  /* A resume: the merchant's events after replay_last are read from the
+   * table a page at a time as the client's queue drains (replay_step);
+   * live events wait in the table meanwhile, and once it has caught up
+   * the live ones up to replay_last are skipped (sent already). */
+  bool replaying, replay_checked;
+  char replay_last[64];
+  bool closing;        /* close queued or owed: send nothing else */
+  bool close_owed;     /* queued once what is queued before it has gone */
+  uint16_t close_code;
+  char close_reason[64];
+  bool io_failed;      /* the socket failed (not the peer's protocol) */
   int64_t close_deadline_ms;
   bool ping_outstanding;
   int64_t next_ping_ms;
@@ -193,11 +205,6 @@ bool tp_stream_type_matches(const char *pattern, const char *type)
   return strcmp(pattern, type) == 0;
 }
 
-static int cmp_id(const void *a, const void *b)
-{
-  return strcmp((const char *)a, (const char *)b);
-}
-
 static bool conn_wants(const struct conn *c, const char *type, const char *object_id)
 {
   bool ok = false;
@@ -252,6 +259,13 @@ static void on_event(const char *merchant, const char *event_id, const char *typ
 }
 
 /* ---- wslay callbacks ----------------------------------------------------------- */
+/* More queued for the client than its bound: deliver() closes a slow
+ * reader; reading from a client that does not read stops here. */
+static bool over_bound(const struct conn *c)
+{
+  return wslay_event_get_queued_msg_length(c->ws) > (size_t)cfg.send_buffer_bytes;
+}
+
 static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, void *user)
 {
   (void)flags;
@@ -264,14 +278,21 @@ static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
     c->extra_off += n;
     return (ssize_t)n;
   }
+  if (over_bound(c)) {
+    /* What the client's messages made us queue (answers, pongs) waits for
+     * it to read: nothing more is read until that drains (conn_pump). */
+    wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+    return -1;
+  }
   ssize_t n = recv(c->fd, buf, len, 0);
   if (n < 0) {
-    wslay_event_set_error(ctx, (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-                                   ? WSLAY_ERR_WOULDBLOCK
-                                   : WSLAY_ERR_CALLBACK_FAILURE);
+    bool again = errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+    c->io_failed = !again;
+    wslay_event_set_error(ctx, again ? WSLAY_ERR_WOULDBLOCK : WSLAY_ERR_CALLBACK_FAILURE);
     return -1;
   }
   if (n == 0) {
+    c->io_failed = true;
     wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
     return -1;
   }
@@ -283,9 +304,9 @@ static ssize_t ws_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
   struct conn *c = user;
   ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL | ((flags & WSLAY_MSG_MORE) ? MSG_MORE : 0));
   if (n < 0) {
-    wslay_event_set_error(ctx, (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-                                   ? WSLAY_ERR_WOULDBLOCK
-                                   : WSLAY_ERR_CALLBACK_FAILURE);
+    bool again = errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+    c->io_failed |= !again;
+    wslay_event_set_error(ctx, again ? WSLAY_ERR_WOULDBLOCK : WSLAY_ERR_CALLBACK_FAILURE);
     return -1;
   }
   return n;
@@ -316,11 +337,14 @@ static void send_json(struct conn *c, json_t *o)
   }
 }
 
+/* Close now: wslay sends a close frame ahead of any queued message, and
+ * nothing after it (a slow reader's backlog is dropped). */
 static void conn_close(struct conn *c, uint16_t code, const char *reason)
 {
-  if (c->closing || c->dead)
+  if (c->dead || (c->closing && !c->close_owed))
     return;
   c->closing = true;
+  c->close_owed = false;
   c->close_deadline_ms = tp_mono_ms() + TP_STREAM_CLOSE_GRACE_MS;
   wslay_event_queue_close(c->ws, code, (const uint8_t *)reason, strlen(reason));
   char lbl[64];
@@ -333,6 +357,20 @@ static void conn_close(struct conn *c, uint16_t code, const char *reason)
 static void send_error(struct conn *c, const char *code, const char *message)
 {
   send_json(c, tp_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "message", message));
+}
+
+/* Close once what is queued (an error message saying why) has been sent:
+ * conn_pump queues the close frame when the queue is empty, and the
+ * close deadline still bounds a client that does not read. */
+static void conn_close_after_queued(struct conn *c, uint16_t code, const char *reason)
+{
+  if (c->closing || c->dead)
+    return;
+  c->closing = true;
+  c->close_owed = true;
+  c->close_code = code;
+  tp_scopy(c->close_reason, sizeof c->close_reason, reason);
+  c->close_deadline_ms = tp_mono_ms() + TP_STREAM_CLOSE_GRACE_MS;
 }
 
 /* Queue one event message unless the client's buffer is full, in which case
@@ -369,10 +407,36 @@ static const char *object_id_of(json_t *ev)
   return json_string_value(json_object_get(json_object_get(json_object_get(ev, "data"), "object"), "id"));
 }
 
-/* Replay the merchant's events after last_id from the table, in id order. */
-static void replay(struct conn *c, const char *last_id)
+#define TP_STREAM_REPLAY_PAGE 100
+
+/* One page of a resume (conn.replaying), when the client's queue has room:
+ * first whether the window is within replay_max, then the next events after
+ * replay_last in id order. A page shorter than a full one has caught up. */
+static void replay_step(struct conn *c)
 {
-  json_t *args = tp_pack("[s, s, I]", c->merchant, last_id, (json_int_t)(cfg.replay_max + 1));
+  if (!c->replay_checked) {
+    json_t *args = tp_pack("[s, s, I]", c->merchant, c->replay_last, (json_int_t)(cfg.replay_max + 1));
+    json_t *rows = tp_store_query(&tp_app.store,
+                                  "SELECT count(*) AS n FROM (SELECT 1 FROM events WHERE merchant = ?1 AND id > ?2 "
+                                  "LIMIT ?3)",
+                                  args);
+    json_decref(args);
+    json_t *n = json_object_get(json_array_get(rows, 0), "n");
+    bool ok = json_is_integer(n);
+    bool too_far = ok && json_integer_value(n) > cfg.replay_max;
+    json_decref(rows);
+    if (!ok || too_far) {
+      c->replaying = false;
+      if (too_far)
+        send_error(c, "resume_too_far", "Too many events since last_event_id; page through /v1/events instead.");
+      else
+        send_error(c, "resume_failed", "The event log could not be read; retry.");
+      conn_close_after_queued(c, too_far ? 1008 : 1011, too_far ? "resume window exceeded" : "resume failed");
+      return;
+    }
+    c->replay_checked = true;
+  }
+  json_t *args = tp_pack("[s, s, I]", c->merchant, c->replay_last, (json_int_t)TP_STREAM_REPLAY_PAGE);
   json_t *rows = tp_store_query(&tp_app.store,
                                 "SELECT id, type, tp_json(data) AS data FROM events WHERE merchant = ?1 AND id > ?2 "
                                 "ORDER BY id LIMIT ?3",
@@ -380,20 +444,12 @@ static void replay(struct conn *c, const char *last_id)
   json_decref(args);
   if (!json_is_array(rows)) {
     json_decref(rows);
+    c->replaying = false;
     send_error(c, "resume_failed", "The event log could not be read; retry.");
-    conn_close(c, 1011, "resume failed");
+    conn_close_after_queued(c, 1011, "resume failed");
     return;
   }
   size_t n = json_array_size(rows);
-  if (n > (size_t)cfg.replay_max) {
-    json_decref(rows);
-    send_error(c, "resume_too_far", "Too many events since last_event_id; page through /v1/events instead.");
-    conn_close(c, 1008, "resume window exceeded");
-    return;
-  }
-  free(c->replayed);
-  c->replayed = n ? calloc(n, sizeof *c->replayed) : NULL;
-  c->nreplayed = 0;
   for (size_t i = 0; i < n; i++) {
     json_t *row = json_array_get(rows, i);
     const char *id = json_string_value(json_object_get(row, "id"));
@@ -401,8 +457,7 @@ static void replay(struct conn *c, const char *last_id)
     const char *data = json_string_value(json_object_get(row, "data"));
     if (!id || !type || !data)
       continue;
-    if (c->replayed)
-      snprintf(c->replayed[c->nreplayed++], 64, "%s", id);
+    tp_scopy(c->replay_last, sizeof c->replay_last, id);
     const char *oid = NULL;
     json_t *ev = NULL;
     if (c->nobjects) {
@@ -413,16 +468,23 @@ static void replay(struct conn *c, const char *last_id)
       size_t ml;
       char *m = event_msg(data, strlen(data), &ml);
       if (m)
-        deliver(c, m, ml);
+        send_text(c, m, ml); /* the page is bounded; replay_ready waits for room */
       free(m);
+      tp_metric_inc("turnpike_stream_replayed_events_total", NULL, 1);
     }
     json_decref(ev);
   }
   json_decref(rows);
-  /* ids come back in order already; keep them sorted for bsearch */
-  if (c->nreplayed > 1)
-    qsort(c->replayed, c->nreplayed, sizeof *c->replayed, cmp_id);
-  tp_metric_inc("turnpike_stream_replayed_events_total", NULL, (uint64_t)c->nreplayed);
+  if (n < TP_STREAM_REPLAY_PAGE)
+    c->replaying = false;
+}
+
+/* A page of the resume may be read now: the client has taken at least half
+ * of its bound. */
+static bool replay_ready(const struct conn *c)
+{
+  return c->replaying && !c->closing && !c->dead &&
+         wslay_event_get_queued_msg_length(c->ws) <= (size_t)cfg.send_buffer_bytes / 2;
 }
 
 static bool valid_token_chars(const char *s, size_t max)
@@ -501,8 +563,14 @@ static void on_client_message(struct conn *c, const uint8_t *data, size_t len)
   c->subscribed = true;
   send_json(c, tp_pack("{s:s, s:O, s:o}", "type", "subscribed", "events", events, "objects",
                        no ? json_incref(objects) : json_array()));
-  if (last_id)
-    replay(c, last_id);
+  /* A resume reads the table from last_id a page at a time (replay_step,
+   * from the loop); live events wait there meanwhile. Without one, live
+   * events flow from now on (any skip of an earlier resume stays). */
+  if (last_id) {
+    c->replaying = true;
+    c->replay_checked = false;
+    tp_scopy(c->replay_last, sizeof c->replay_last, last_id);
+  }
   json_decref(m);
 }
 
@@ -520,7 +588,18 @@ static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_m
     conn_close(c, 1003, "binary messages are not accepted");
 }
 
-static const struct wslay_event_callbacks ws_callbacks = {ws_recv, ws_send, ws_genmask, NULL, NULL, NULL,
+/* A close frame whose payload is one byte (a status code is two) is a
+ * protocol error (RFC 6455 5.5.1), which wslay would read as "no status"
+ * and echo: answer it with 1002 first (wslay then sends nothing else). */
+static void ws_on_frame_start(wslay_event_context_ptr ctx, const struct wslay_event_on_frame_recv_start_arg *arg,
+                              void *user)
+{
+  (void)user;
+  if (arg->opcode == WSLAY_CONNECTION_CLOSE && arg->payload_length == 1)
+    wslay_event_queue_close(ctx, 1002, (const uint8_t *)"close payload of one byte", 25);
+}
+
+static const struct wslay_event_callbacks ws_callbacks = {ws_recv, ws_send, ws_genmask, ws_on_frame_start, NULL, NULL,
                                                           ws_on_msg};
 
 /* ---- the stream thread ---------------------------------------------------------- */
@@ -534,7 +613,6 @@ static void conn_free(struct conn *c)
     wslay_event_context_free(c->ws);
   free(c->extra);
   free(c->objects);
-  free(c->replayed);
   free(c);
   atomic_fetch_sub(&S.nconns, 1);
   tp_metric_add("turnpike_stream_connections", NULL, -1);
@@ -545,20 +623,45 @@ static void conn_pump(struct conn *c)
 {
   if (c->dead)
     return;
-  if (wslay_event_want_read(c->ws) && wslay_event_recv(c->ws) != 0) {
+  if (wslay_event_want_read(c->ws) && !over_bound(c) && wslay_event_recv(c->ws) != 0) {
+    if (!c->io_failed) {
+      /* The peer broke the framing in a way wslay gives up on (a control
+       * frame over 125 bytes or fragmented, a length with its top bit set
+       * or not in its shortest form). wslay has queued a close without a
+       * status code; RFC 6455 7.1.7 wants 1002. When that close is all that
+       * is queued (nothing half sent), the 1002 close goes out instead,
+       * written here; else what is queued goes, then wslay's close. */
+      if (wslay_event_get_queued_msg_count(c->ws) == 1) {
+        static const uint8_t f[] = {0x88, 16, 0x03, 0xEA, 'p', 'r', 'o', 't', 'o', 'c', 'o', 'l', ' ', 'e', 'r', 'r',
+                                    'o', 'r'};
+        ssize_t w = send(c->fd, f, sizeof f, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)w;
+      } else {
+        wslay_event_send(c->ws);
+      }
+    }
     c->dead = true;
     return;
   }
+  if (c->close_owed && wslay_event_get_queued_msg_count(c->ws) == 0)
+    conn_close(c, c->close_code, c->close_reason);
   if (wslay_event_want_write(c->ws) && wslay_event_send(c->ws) != 0) {
     c->dead = true;
     return;
+  }
+  if (c->close_owed && wslay_event_get_queued_msg_count(c->ws) == 0) {
+    conn_close(c, c->close_code, c->close_reason);
+    if (wslay_event_send(c->ws) != 0) {
+      c->dead = true;
+      return;
+    }
   }
   if (!wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws)) {
     c->dead = true; /* close handshake done */
     return;
   }
   uint32_t want = EPOLLRDHUP;
-  if (wslay_event_want_read(c->ws))
+  if (wslay_event_want_read(c->ws) && !over_bound(c))
     want |= EPOLLIN;
   if (wslay_event_want_write(c->ws))
     want |= EPOLLOUT;
@@ -630,7 +733,10 @@ static void fan_out(void)
       if (!c->subscribed || c->closing || c->dead || strcmp(c->merchant, e->merchant) != 0 ||
           !conn_wants(c, e->type, oid))
         continue;
-      if (c->nreplayed && bsearch(e->id, c->replayed, c->nreplayed, sizeof *c->replayed, cmp_id))
+      /* A resume still reading reads this one from the table too; one that
+       * has caught up sent it already if its id is not past the replay.
+       * (Event ids sort in commit order: tp_cs_number_events.) */
+      if (c->replaying || (c->replay_last[0] && strcmp(e->id, c->replay_last) <= 0))
         continue;
       if (!msg)
         msg = event_msg(e->json, e->len, &ml);
@@ -690,7 +796,10 @@ static void *stream_main(void *arg)
   bool closing_all = false;
   int64_t all_deadline = 0;
   for (;;) {
-    int n = epoll_wait(S.epfd, evs, 64, TP_STREAM_TICK_MS);
+    bool replays = false;
+    for (struct conn *c = S.conns; c && !replays; c = c->next)
+      replays = replay_ready(c);
+    int n = epoll_wait(S.epfd, evs, 64, replays ? 0 : TP_STREAM_TICK_MS);
     for (int i = 0; i < n; i++) {
       if (evs[i].data.ptr == NULL) {
         uint64_t v;
@@ -705,6 +814,12 @@ static void *stream_main(void *arg)
     }
     take_pending();
     fan_out();
+    /* Resumes, a page each per turn, so that one does not hold up the rest. */
+    for (struct conn *c = S.conns; c; c = c->next)
+      if (replay_ready(c)) {
+        replay_step(c);
+        conn_pump(c);
+      }
     int64_t now = tp_mono_ms();
     timers(now);
     pthread_mutex_lock(&S.mu);
@@ -784,6 +899,19 @@ static void on_upgrade(void *cls, struct MHD_Connection *connection, void *con_c
   wake();
 }
 
+/* Sec-WebSocket-Key: 16 bytes in base64 (RFC 6455 4.1), i.e. 22 characters
+ * of the alphabet and "==". */
+static bool ws_key_valid(const char *key)
+{
+  if (!key || strlen(key) != 24 || key[22] != '=' || key[23] != '=')
+    return false;
+  for (int i = 0; i < 22; i++)
+    if (!((key[i] >= 'A' && key[i] <= 'Z') || (key[i] >= 'a' && key[i] <= 'z') || (key[i] >= '0' && key[i] <= '9') ||
+          key[i] == '+' || key[i] == '/'))
+      return false;
+  return true;
+}
+
 static bool header_has_token(struct tp_req *r, const char *name, const char *token)
 {
   const char *v = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
@@ -838,24 +966,36 @@ void tp_h_stream(struct tp_req *r)
 {
   const char *key = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Sec-WebSocket-Key");
   const char *ver = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Sec-WebSocket-Version");
-  if (!header_has_token(r, "Upgrade", "websocket") || !header_has_token(r, "Connection", "upgrade") || !key ||
-      strlen(key) != 24 || !ver || strcmp(ver, "13") != 0) {
+  /* RFC 6455 4.2.1/4.4: not an upgrade to version 13 is 426 (with the
+   * version and protocol to use), an upgrade with a bad key 400. */
+  if (!header_has_token(r, "Upgrade", "websocket") || !header_has_token(r, "Connection", "upgrade") || !ver ||
+      strcmp(ver, "13") != 0) {
     tp_reply_error(r, TP_ERR_WEBSOCKET_UPGRADE_REQUIRED, NULL, NULL);
+    return;
+  }
+  if (strcmp(r->method, "GET") != 0 || !ws_key_valid(key)) {
+    tp_reply_error(r, TP_ERR_WEBSOCKET_HANDSHAKE_INVALID, NULL, NULL);
     return;
   }
   const char *tok = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "token");
   if (tok) {
+    /* A token is a credential: guesses count toward the address's block,
+     * as failed keys do. */
+    const char *addr = tp_req_client_addr(r);
+    int wait = tp_ratelimit_auth_blocked(addr, tp_mono_ms());
+    if (wait) {
+      r->retry_after_s = (unsigned)wait;
+      tp_reply_error(r, TP_ERR_LOGIN_RATE_LIMITED, NULL, NULL);
+      return;
+    }
     if (!tp_stream_token_verify(tok, r->merchant.id, sizeof r->merchant.id)) {
+      tp_ratelimit_auth_failed(addr, tp_mono_ms());
       tp_reply_error(r, TP_ERR_AUTH_INVALID_KEY, NULL, "Invalid or expired stream token.");
       return;
     }
     r->authed = true;
-  } else {
-    enum tp_err e = tp_req_authenticate(r);
-    if (e != TP_ERR_OK) {
-      tp_reply_error(r, e, NULL, NULL);
-      return;
-    }
+  } else if (!tp_req_access(r)) {
+    return; /* a key as on any route: its scope (admin, as for stream tokens), rate limit, failed logins */
   }
   pthread_mutex_lock(&S.mu);
   bool up = S.running && !S.stopping;

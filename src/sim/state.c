@@ -186,9 +186,12 @@ static void on_commit(void *arg, bool ok)
   r->committed = true;
   struct tp_sim_waiter *w = r->waiters;
   r->waiters = NULL;
-  /* A void that fenced an unseen reference makes its tombstone durable too
+  /* A REST void that fenced an unseen reference, or an ISO reversal of an
+   * unseen RRN, makes its tombstone durable too
    * (an authorization arriving late waits on it). */
-  struct rec *t = r->op == TP_SIM_VOID && r->parent && !r->parent->committed ? r->parent : NULL;
+  struct rec *t = (r->op == TP_SIM_VOID || r->op == TP_SIM_REVERSAL) && r->parent && !r->parent->committed
+                      ? r->parent
+                      : NULL;
   struct tp_sim_waiter *tw = NULL;
   if (t) {
     t->committed = true;
@@ -234,6 +237,26 @@ static struct rec *tombstone(const struct tp_sim_request *q)
   t->response = dump(tp_pack("{s:n, s:s, s:s, s:s, s:s, s:I, s:n, s:b, s:s, s:n}", "id", "operation", "authorize",
                              "reference", q->target, "status", "voided", "payment", "", "amount", (json_int_t)0,
                              "currency", "captured", 0, "decline_code", "voided_before_authorization",
+                             "auth_code"));
+  table_put(&by_ref, false, t);
+  return t;
+}
+
+/* An ISO reversal naming an RRN the host never saw (answered 25): the
+ * original may still be on its way (buffered on a connection the gateway
+ * has given up on, overtaken by the reversal on a new one). Record the RRN
+ * as an authorization reversed before it arrived, so that a late original
+ * is declined and charges nothing, as a REST fence does; repeats of the
+ * reversal go on answering 25, which stays true. Under mu. */
+static struct rec *iso_tombstone(const char *processor, const char *rrn, const char *terminal)
+{
+  char key[KEY_MAX];
+  make_key(key, processor, true, TP_SIM_AUTHORIZE, rrn, terminal);
+  struct rec *t = alloc_rec(key, TP_SIM_AUTHORIZE, rrn);
+  t->reversed = true;
+  t->response = dump(tp_pack("{s:n, s:s, s:s, s:s, s:s, s:I, s:n, s:b, s:s, s:n}", "id", "operation", "authorize",
+                             "reference", rrn, "status", "reversed", "payment", "", "amount", (json_int_t)0,
+                             "currency", "captured", 0, "decline_code", "reversed_before_authorization",
                              "auth_code"));
   table_put(&by_ref, false, t);
   return t;
@@ -467,6 +490,8 @@ enum tp_sim_result tp_sim_process(const struct tp_sim_request *q, struct tp_sim_
       undo_txn(txn);
     else if (auth)
       auth->reversed = true;
+    else if (q->iso)
+      r->parent = iso_tombstone(q->processor, q->target, q->terminal); /* committed with this row */
     tp_id_new(id, "rev");
     o = tp_pack("{s:s, s:s, s:s, s:s, s:I}", "id", id, "operation", "reversal", "reference", q->reference,
                 "status", st, "amount", (json_int_t)amt);
@@ -518,10 +543,27 @@ enum tp_sim_result tp_sim_status(const char *processor, const char *reference, s
     pthread_mutex_unlock(&mu);
     return TP_SIM_WAIT;
   }
+  /* An authorization voided since (a fence reaching it after it arrived, or
+   * a cancel) answers as it stands now, "voided": it holds nothing. A
+   * tombstone's answer already says so. */
+  bool voided = r->op == TP_SIM_AUTHORIZE && r->voided && r->approved;
   *response = strdup(r->response);
   pthread_mutex_unlock(&mu);
   if (!*response)
     abort();
+  if (voided) {
+    json_t *o = json_loads(*response, 0, NULL);
+    if (o) {
+      json_object_set_new(o, "status", json_string("voided"));
+      json_object_set_new(o, "voided_after_authorization", json_true());
+      char *s = json_dumps(o, JSON_COMPACT);
+      json_decref(o);
+      if (s) {
+        free(*response);
+        *response = s;
+      }
+    }
+  }
   return TP_SIM_DONE;
 }
 
@@ -602,6 +644,9 @@ static void replay_one(const struct tp_sim_entry *e, void *arg)
     }
     break;
   case TP_SIM_REVERSAL:
+    if (iso && !auth && !strcmp(e->status, "not_found") &&
+        !find_auth(e->processor, true, e->reference, e->terminal))
+      iso_tombstone(e->processor, e->reference, e->terminal)->committed = true; /* as when it was answered */
     if (auth && !strcmp(e->status, "reversed"))
       auth->reversed = true;
     else if (iso && (!strcmp(e->status, "capture_reversed") || !strcmp(e->status, "refund_reversed"))) {

@@ -47,10 +47,17 @@ DECLINES = {"4000000000000002": "generic_decline", "4000000000009995": "insuffic
 
 
 class FakeProcessor:
-    """POST /v1/authorizations etc. Modes: ok, garbage, huge, 500, 401."""
+    """POST /v1/authorizations etc. Modes: ok, garbage, huge, 500, 401;
+    mismatch (approves ten times the amount asked, keeps the answer for the
+    status query, voids it when told); 502 and 503 on authorizations (a
+    status query then finds nothing, a void of the reference succeeds);
+    stall_void (a void is held stall_s and then acted on unless its
+    reference was fenced meanwhile)."""
 
     def __init__(self):
         self.mode = "ok"
+        self.kept = {}  # reference -> answer, for status queries (mode mismatch)
+        self.fenced, self.applied, self.stall_s = set(), [], 0.0  # mode stall_void
         self.requests = []  # (method, path, headers, body-json-or-None)
         self.lock = threading.Lock()
         outer = self
@@ -87,6 +94,37 @@ class FakeProcessor:
                     return self._reply(500, {"error": "boom"})
                 if mode == "401":
                     return self._reply(401, {"error": "bad key"})
+                if mode == "stall_void" and method == "POST" and path.endswith("/void"):
+                    ref = js["reference"]
+                    if ref.endswith("-fence"):
+                        with outer.lock:
+                            outer.fenced.add(ref[:-len("-fence")])
+                        return self._reply(200, {"status": "voided", "reference": ref})
+                    time.sleep(outer.stall_s)  # held past the gateway's timeout, then acted on...
+                    with outer.lock:
+                        if ref in outer.fenced:  # ...unless the reference was fenced meanwhile
+                            return self._reply(409, {"error": "reference already used"})
+                        outer.applied.append(ref)
+                    return self._reply(200, {"status": "voided", "reference": ref})
+                if mode in ("502", "503") and method == "POST" and path.endswith("/v1/authorizations"):
+                    return self._reply(int(mode), {"error": "upstream"})
+                if mode == "mismatch" and method == "POST" and path.endswith("/v1/authorizations"):
+                    a = {"id": "auth_" + js["reference"], "operation": "authorize", "reference": js["reference"],
+                         "status": "approved", "auth_code": "A1B2C3", "amount": js["amount"] * 10,
+                         "currency": js["currency"], "captured": False}
+                    with outer.lock:
+                        outer.kept[js["reference"]] = a
+                    return self._reply(200, a)
+                if method == "GET" and "/v1/transactions/" in path:
+                    with outer.lock:
+                        a = outer.kept.get(path.rsplit("/", 1)[1])
+                    if a:
+                        return self._reply(200, a)
+                if method == "POST" and path.endswith("/void"):
+                    ref = path.rsplit("/", 2)[1]
+                    with outer.lock:
+                        if ref in outer.kept:
+                            outer.kept[ref] = dict(outer.kept[ref], status="voided")
                 if method == "POST" and path.endswith("/v1/authorizations"):
                     d = DECLINES.get(js["card"]["number"])
                     return self._reply(200, {
@@ -157,6 +195,8 @@ class ConnectorContract(unittest.TestCase):
     def setUp(self):
         self.fake.mode = "ok"
         self.c = self.daemon.client("m")
+        # a test that made the processor fail may have left its breaker open
+        wait_for(lambda: processors(self.c)["fake"]["breaker"] == "closed", what="breaker closed")
 
     def pay(self, pan, **extra):
         params = {"amount": 2000, "currency": "usd", "confirm": "true",
@@ -246,6 +286,52 @@ class ConnectorContract(unittest.TestCase):
         self.assertEqual(len(caps), 1)
         self.assertEqual(caps[0][3]["amount"], 2000)
 
+    def test_an_approval_for_another_amount_is_voided_never_kept(self):
+        """The processor approves ten times the amount: neither its answer
+        nor the status query that follows makes the payment succeed; every
+        such authorization is voided by its reference before the payment
+        goes on, and the payment fails."""
+        n0 = len(self.fake.requests)
+        self.fake.mode = "mismatch"
+        r = self.pay(PAN_OK)
+        self.fake.mode = "ok"
+        self.assertGreaterEqual(r.status, 400, r)
+        pi = self.c.get("/v1/payment_intents", {"limit": 1}).json["data"][0]
+        self.assertNotIn(pi["status"], ("succeeded", "requires_capture"), pi)
+        self.assertEqual(pi["amount_received"], 0, pi)
+        with self.fake.lock:
+            reqs = self.fake.requests[n0:]
+        auths = [q[3]["reference"] for q in reqs if q[0] == "POST" and q[1].endswith("/v1/authorizations")]
+        statuses = [q[1].rsplit("/", 1)[1] for q in reqs if q[0] == "GET" and "/v1/transactions/" in q[1]]
+        fences = [q[1].rsplit("/", 2)[1] for q in reqs if q[0] == "POST" and q[1].endswith("/void")
+                  and q[3]["reference"].endswith("-fence")]
+        self.assertTrue(auths, reqs)
+        self.assertEqual(sorted(fences), sorted(auths), reqs)
+        self.assertEqual(sorted(statuses), sorted(auths), reqs)
+        with self.fake.lock:
+            self.assertTrue(all(self.fake.kept[a]["status"] == "voided" for a in auths))
+
+    def test_a_502_is_resolved_before_going_on_and_a_503_is_not(self):
+        """A 502 (or 500, 504) may come from a proxy after the processor
+        acted: the gateway asks for the reference's status and, finding
+        nothing, voids it before trying again. A 503 says the request was
+        not handled: nothing to void."""
+        for mode, settled in (("502", True), ("503", False)):
+            n0 = len(self.fake.requests)
+            self.fake.mode = mode
+            r = self.pay(PAN_OK)
+            self.fake.mode = "ok"
+            self.assertGreaterEqual(r.status, 400, (mode, r))
+            with self.fake.lock:
+                reqs = self.fake.requests[n0:]
+            auths = [q[3]["reference"] for q in reqs if q[0] == "POST" and q[1].endswith("/v1/authorizations")]
+            statuses = [q[1].rsplit("/", 1)[1] for q in reqs if q[0] == "GET" and "/v1/transactions/" in q[1]]
+            fences = [q[1].rsplit("/", 2)[1] for q in reqs if q[0] == "POST" and q[1].endswith("/void")]
+            self.assertTrue(auths, (mode, reqs))
+            self.assertEqual(sorted(statuses), sorted(auths), (mode, reqs))
+            self.assertEqual(sorted(fences), sorted(auths) if settled else [], (mode, reqs))
+            wait_for(lambda: processors(self.c)["fake"]["breaker"] == "closed", what="breaker closed")
+
     def test_broken_answers_fail_the_call_not_the_gateway(self):
         before = processors(self.c)["fake"]
         for mode in ("garbage", "huge", "500"):
@@ -261,6 +347,49 @@ class ConnectorContract(unittest.TestCase):
         wait_for(lambda: processors(self.c)["fake"]["breaker"] == "closed", what="breaker closed")
         r = self.pay(PAN_OK)
         self.assertEqual(r.json.get("status"), "succeeded", r)
+
+
+class LostVoidIsFenced(unittest.TestCase):
+    """A cancel's void whose answer is lost (held by the processor past the
+    timeout) is settled by recovery only after its reference is fenced: the
+    void, arriving late, then moves nothing, so the PaymentIntent that stays
+    requires_capture really still holds the card. (Settled as "not done"
+    without the fence, the late void released the hold under a capturable
+    PaymentIntent.)"""
+
+    def test_a_lost_void_is_fenced_before_it_is_settled_as_not_done(self):
+        fake = FakeProcessor()
+        d = Daemon()
+        try:
+            d.create_merchant("m")
+            d.start(config=("[routing]\nrecovery_interval_ms = 200\n\n"
+                            "[processor.fake]\ntype = restjson\nendpoint = http://127.0.0.1:%d/p/fake\n"
+                            "timeout_ms = 300\nhealth_interval_ms = 0\n") % fake.port)
+            c = d.client("m")
+            r = c.post("/v1/payment_intents", {"amount": 2000, "currency": "usd", "confirm": "true",
+                                               "capture_method": "manual", "payment_method": "pm_card_visa"})
+            self.assertEqual((r.status, r.json["status"]), (200, "requires_capture"), r)
+            pi = r.json["id"]
+            fake.stall_s, fake.mode = 4.0, "stall_void"
+            key = new_key()
+            r = c.post("/v1/payment_intents/%s/cancel" % pi, {}, headers={"Idempotency-Key": key})
+            self.assertEqual(r.status, 502, r)  # unknown for now
+            voids = wait_for(lambda: [q[3]["reference"] for q in fake.calls("/void")
+                                      if not q[3]["reference"].endswith("-fence")], what="the void")
+            wait_for(lambda: voids[0] in fake.fenced, timeout=20, what="the void's reference fenced")
+            # settled as not done; the client's retry gets that answer
+            r = wait_for(lambda: (lambda x: x if x.status not in (409, 502) else None)(
+                c.post("/v1/payment_intents/%s/cancel" % pi, {}, headers={"Idempotency-Key": key})),
+                timeout=20, what="the cancel settled")
+            self.assertEqual(r.status, 402, r)
+            time.sleep(fake.stall_s)  # the held void has come through by now: refused
+            self.assertEqual(fake.applied, [])
+            fake.mode = "ok"
+            r = c.post("/v1/payment_intents/%s/capture" % pi, {})
+            self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), r)
+        finally:
+            d.cleanup()
+            fake.close()
 
 
 # -- the real simulator -------------------------------------------------------

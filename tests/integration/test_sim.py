@@ -368,6 +368,16 @@ class SimTest(unittest.TestCase):
         self.assertEqual(st, 409)
         s = self.sim.journal(processor=p)["summary"]
         self.assertEqual((s["charges_by_payment"], s["double_charges"]), ({}, 0))
+        # its status now says so: a gateway whose fence reached the
+        # authorization after it arrived, and lost the fence's answer, learns
+        # from the status query that the reference holds nothing
+        st, _, t = self.sim.call("GET", "/p/%s/v1/transactions/auth-v" % p)
+        self.assertEqual((st, t["operation"], t["status"], t.get("voided_after_authorization")),
+                         (200, "authorize", "voided", True), t)
+        # a declined authorization is not turned into a voided one
+        self.sim.authorize(p, "auth-d", pan="4000000000000002")
+        st, _, t = self.sim.call("GET", "/p/%s/v1/transactions/auth-d" % p)
+        self.assertEqual((st, t["status"]), (200, "declined"), t)
 
     def test_void_of_an_unseen_reference_fences_it(self):
         """A gateway that lost an authorization's answer and found no trace
@@ -627,6 +637,19 @@ class SimTest(unittest.TestCase):
             s.sendall(iso_frame("0400", {7: "1124123300", 11: "000204", 37: unknown, 41: "TERM0001"}))
             mti, f = iso_recv(s)
             self.assertEqual((mti, f[39]), ("0410", "25"))
+            # The reversal overtook its original (sent on a connection the
+            # gateway gave up on): arriving now, the original is declined and
+            # charges nothing, and the reversal's repeats still say 25.
+            mti, f = iso_call(s, "0100", auth_fields(PAN_OK, unknown, amount=900, stan="000205"))
+            self.assertEqual((mti, f[39]), ("0110", "05"))
+            self.assertNotIn(38, f)
+            mti, f = iso_call(s, "0401", {7: "1124123400", 11: "000206", 37: unknown, 41: "TERM0001"})
+            self.assertEqual((mti, f[39]), ("0410", "25"))
+        self.assertEqual(self.sim.journal(payment=unknown)["summary"]["charges"], 0)
+        # on another terminal the RRN is another transaction
+        with self.sim.iso_connect() as s:
+            mti, f = iso_call(s, "0100", auth_fields(PAN_OK, unknown, amount=900, stan="000207", tid="TERM0002"))
+            self.assertEqual((mti, f[39]), ("0110", "00"))
         j = self.sim.journal(payment=rrn)
         self.assertEqual([e["operation"] for e in j["entries"]], ["authorize", "reversal"])
         self.assertEqual((j["summary"]["charges"], j["summary"]["charges_by_payment"]), (0, {}))
@@ -652,7 +675,10 @@ class SimTest(unittest.TestCase):
         self.assertEqual(j["summary"]["charges"], 0)
         self.assertEqual(self.sim.journal(payment=sale)["summary"]["charges"], 1)
         j = self.sim.journal(reference=unknown)
-        self.assertEqual([(e["operation"], e["status"]) for e in j["entries"]], [("reversal", "not_found")])
+        # the reversal, and the other terminal's authorization (the fenced
+        # original was answered from the fence, no row)
+        self.assertEqual([(e["operation"], e["status"], e["terminal"]) for e in j["entries"]],
+                         [("reversal", "not_found", "TERM0001"), ("authorize", "approved", "TERM0002")])
 
     def test_iso_capture_advice_its_idempotency_and_errors(self):
         a, declined, sale = new_rrn(), new_rrn(), new_rrn()

@@ -4,6 +4,7 @@ and closes a client that never answers (1001), a client that answers stays,
 and shutdown closes clients with 1001; and the protocol as RFC 6455 says
 (pings, fragments, the close handshake, invalid UTF-8, unmasked frames)."""
 import base64
+import json
 import os
 import socket
 import struct
@@ -220,6 +221,166 @@ class StreamLimitsTest(DaemonTestCase):
             polite.close()
             th.join(5)
 
+
+
+BOUNDS = """
+[stream]
+send_buffer_bytes = 16384
+replay_max = 40
+ping_interval_ms = 60000
+"""
+
+
+class StreamBoundsTest(DaemonTestCase):
+    """A client's queue bound (send_buffer_bytes) against what the server
+    queues: a resume larger than the bound is sent as the client reads it; a
+    resume past replay_max says so before the close; a client whose own
+    messages fill its queue is not read any further; and the handshake,
+    scopes and protocol errors as RFC 6455 and the REST API have them."""
+    MERCHANTS = ("m",)
+
+    @classmethod
+    def config(cls):
+        return BOUNDS
+
+    def key(self):
+        return self.daemon.merchants["m"]["secret_key"]
+
+    def ws(self, key=None):
+        deadline = time.monotonic() + 15
+        while True:
+            ws = RawWS(self.daemon.port, key or self.key())
+            if ws.status != 429 or time.monotonic() > deadline:
+                return ws
+            ws.close()
+            time.sleep(0.1)
+
+    def last_event_id(self):
+        r = self.c("m").get("/v1/events", {"limit": 1})
+        self.assertEqual(r.status, 200, r)
+        return r.json["data"][0]["id"]
+
+    def subscribe(self, ws, last_id):
+        ws.send(0x1, ('{"type":"subscribe","events":["*"],"last_event_id":"%s"}' % last_id).encode())
+
+    def test_a_resume_larger_than_the_queue_bound_is_sent_as_the_client_reads(self):
+        c = self.c("m")
+        self.assertEqual(c.post("/v1/customers", {"name": "mark"}).status, 200)
+        since = self.last_event_id()
+        made = []
+        for i in range(30):  # ~1.2 KB each: twice the bound in all
+            r = c.post("/v1/payment_intents", {"amount": 1000 + i, "currency": "usd",
+                                               "description": "x" * 200})
+            self.assertEqual(r.status, 200, r)
+            made.append(r.json["id"])
+        ws = self.ws()
+        try:
+            self.assertEqual(ws.status, 101, ws.head)
+            self.subscribe(ws, since)
+            self.assertIn(b'"subscribed"', ws.until(0x1))
+            got = []
+            while len(got) < 30:
+                op, payload = ws.frame()
+                self.assertNotEqual(op, 0x8, payload)  # not closed as a slow client
+                if op == 0x1:
+                    got.append(json.loads(payload)["event"]["data"]["object"]["id"])
+            self.assertEqual(got, made)
+            # and live from there on, nothing twice
+            r = c.post("/v1/payment_intents", {"amount": 999, "currency": "usd"})
+            self.assertEqual(json.loads(ws.until(0x1))["event"]["data"]["object"]["id"], r.json["id"])
+        finally:
+            ws.close()
+
+    def test_a_resume_past_replay_max_says_why_before_it_closes(self):
+        c = self.c("m")
+        self.assertEqual(c.post("/v1/customers", {"name": "far"}).status, 200)
+        since = self.last_event_id()
+        for i in range(45):
+            self.assertEqual(c.post("/v1/payment_intents", {"amount": 500, "currency": "usd"}).status, 200)
+        ws = self.ws()
+        try:
+            self.subscribe(ws, since)
+            texts = []
+            while True:
+                op, payload = ws.frame()
+                if op == 0x8:
+                    break
+                texts.append(payload)
+            self.assertEqual(struct.unpack(">H", payload[:2])[0], 1008)
+            self.assertTrue(any(b'"resume_too_far"' in t for t in texts), texts)
+        finally:
+            ws.close()
+
+    def rss_kb(self):
+        with open("/proc/%d/status" % self.daemon.proc.pid) as f:
+            return int(next(ln for ln in f if ln.startswith("VmRSS:")).split()[1])
+
+    def test_a_client_that_sends_without_reading_is_not_read_past_its_bound(self):
+        """Each 8-byte message gets a ~110-byte error answer: 24 MB of them
+        (more than the kernel's socket buffers hold) would queue some 300 MB
+        for a client that never reads. The server stops reading once its
+        queue passes the bound, so the client's sending stalls and the
+        daemon's memory stays put."""
+        ws = self.ws()
+        try:
+            self.assertEqual(ws.status, 101)
+            before = self.rss_kb()
+            frame = bytes([0x81, 0x82]) + b"\0\0\0\0" + b"{}"
+            chunk = frame * 8192
+            ws.sock.settimeout(3)
+            sent = 0
+            try:
+                while sent < 24 * 1024 * 1024:
+                    ws.sock.sendall(chunk)
+                    sent += len(chunk)
+            except socket.timeout:
+                pass
+            time.sleep(0.5)
+            grown = self.rss_kb() - before
+            self.assertLess(sent, 24 * 1024 * 1024, "the server read everything the client sent")
+            self.assertLess(grown, 16 * 1024, "RSS grew %d KB" % grown)
+        finally:
+            ws.close()
+
+    def test_handshake_errors_scopes_and_protocol_errors(self):
+        # a version other than 13: 426 naming the version and protocol to use
+        s = socket.create_connection((HOST, self.daemon.port), timeout=5)
+        s.sendall(("GET /v1/turnpike/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 8\r\nAuthorization: Bearer %s\r\n\r\n"
+                   % (base64.b64encode(os.urandom(16)).decode(), self.key())).encode())
+        head = s.recv(4096).decode("latin-1")
+        s.close()
+        self.assertTrue(head.startswith("HTTP/1.1 426"), head)
+        self.assertIn("Sec-WebSocket-Version: 13", head)
+        self.assertRegex(head, "(?i)upgrade: websocket")
+        # a key that is not 16 bytes in base64: 400
+        s = socket.create_connection((HOST, self.daemon.port), timeout=5)
+        s.sendall(("GET /v1/turnpike/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!!!\r\nSec-WebSocket-Version: 13\r\n"
+                   "Authorization: Bearer %s\r\n\r\n" % self.key()).encode())
+        head = s.recv(4096).decode("latin-1")
+        s.close()
+        self.assertTrue(head.startswith("HTTP/1.1 400"), head)
+        # a restricted key needs the admin scope, as for stream tokens
+        from test_access import admin
+        rk = admin(self.daemon, "api-key", "create", "--merchant", self.daemon.merchants["m"]["id"], "--scopes",
+                   "payments:read refunds:write")["restricted_key"]
+        ws = self.ws(rk)
+        ws.close()
+        self.assertEqual(ws.status, 403, ws.head)
+        rk = admin(self.daemon, "api-key", "create", "--merchant", self.daemon.merchants["m"]["id"], "--scopes",
+                   "admin")["restricted_key"]
+        ws = self.ws(rk)
+        ws.close()
+        self.assertEqual(ws.status, 101, ws.head)
+        # protocol errors the framing layer gives up on still get 1002
+        for raw in (bytes([0x89, 0x80 | 126]) + struct.pack(">H", 126) + b"\0\0\0\0" + b"p" * 126,  # ping > 125
+                    bytes([0x88, 0x81]) + b"\0\0\0\0" + b"\x03"):  # close with a 1-byte payload
+            ws = self.ws()
+            self.assertEqual(ws.status, 101)
+            ws.sock.sendall(raw)
+            self.assertEqual(struct.unpack(">H", ws.until(0x8)[:2])[0], 1002, raw[:2])
+            ws.close()
 
 if __name__ == "__main__":
     main()

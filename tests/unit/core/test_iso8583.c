@@ -196,6 +196,35 @@ static void test_secondary_bitmap_without_high_fields_parses(void **state)
   tp_iso_free(&u);
 }
 
+/* Fields whose layout jPOS ISO87APackager fixes and the authorization
+ * fields do not use: 36 IFA_LLLCHAR(104), 93 IF_CHAR(6), 96 IFA_BINARY(16),
+ * as a peer packing them with jPOS sends them. */
+static void test_less_used_fields_have_the_jpos_layout(void **state)
+{
+  (void)state;
+  struct tp_iso_msg m, u;
+  tp_iso_init(&m, "0800");
+  assert_int_equal(tp_iso_set(&m, 11, "000001"), 0);
+  assert_int_equal(tp_iso_set(&m, 36, "TRACK3=ABC 123"), 0); /* characters, not digits only */
+  assert_int_equal(tp_iso_set(&m, 70, "301"), 0);
+  assert_int_equal(tp_iso_set(&m, 93, "RI0001"), 0);            /* six characters */
+  assert_int_equal(tp_iso_set(&m, 96, "00112233445566778899AABBCCDDEEFF"), 0); /* 16 bytes */
+  int n = tp_iso_pack(&m, buf, sizeof buf);
+  assert_true(n > 0);
+  /* 36 is LLLVAR: its three-digit length, then the text */
+  const char *at = memmem(buf, (size_t)n, "014TRACK3=ABC 123", 17);
+  assert_non_null(at);
+  assert_int_equal(tp_iso_unpack(&u, buf, (size_t)n, err, sizeof err), 0);
+  same(&m, &u);
+  tp_iso_free(&u);
+  /* 93 then 96 close the message: six characters, then the 16 bytes as
+   * 32 hex characters (jPOS IFA_BINARY) */
+  static const char tail[] = "RI000100112233445566778899AABBCCDDEEFF";
+  assert_true((size_t)n > sizeof tail - 1);
+  assert_memory_equal(buf + n - (sizeof tail - 1), tail, sizeof tail - 1);
+  tp_iso_free(&m);
+}
+
 static int bad(const uint8_t *in, size_t len, const char *why)
 {
   struct tp_iso_msg u;
@@ -347,6 +376,10 @@ static void test_field39_maps_through_the_registry(void **state)
       {"19", "reenter_transaction", true},
       {"ZZ", "generic_decline", false},
       {"5", "processing_error", true},
+      /* not two letters or digits: malformed, as a missing code */
+      {"0 ", "processing_error", true},
+      {" 0", "processing_error", true},
+      {"0-", "processing_error", true},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     assert_string_equal(tp_iso_decline_code(cases[i].f39), cases[i].decline);
@@ -440,6 +473,7 @@ int main(void)
       cmocka_unit_test(test_trailing_bytes_and_missing_fields_are_rejected),
       cmocka_unit_test(test_oversized_input_and_fields_are_rejected),
       cmocka_unit_test(test_field39_maps_through_the_registry),
+      cmocka_unit_test(test_less_used_fields_have_the_jpos_layout),
       cmocka_unit_test(test_currency_codes_are_iso4217_numeric),
       cmocka_unit_test(test_rrn_is_deterministic_upper_alnum),
       cmocka_unit_test(test_describe_masks_the_pan),

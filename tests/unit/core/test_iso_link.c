@@ -102,6 +102,8 @@ static void host_handle(int fd, const uint8_t *body, size_t len)
       const char *f39 = pan ? tp_iso_f39_for_decline(tp_test_card_decline(pan, true)) : "00";
       if (pan && strcmp(pan, "5555555555554444") == 0)
         f39 = "10"; /* partial approval */
+      if (pan && strcmp(pan, "5105105105105100") == 0)
+        f39 = "08"; /* honour with identification */
       char mti[5];
       snprintf(mti, sizeof mti, "%c%c%c0", q.mti[0], q.mti[1], q.mti[2] + 1);
       reply(fd, &q, mti, f39);
@@ -404,6 +406,15 @@ static void test_approvals_and_declines_are_matched_by_stan(void **state)
   assert_int_equal(part.outcome, TP_OUT_ERROR);
   assert_string_equal(part.decline_code, "processor_timeout");
   assert_true(host_wait(&H.reversals, revs + 1, 2000));
+  /* so is an approval on condition of an identity check (08): the issuer
+   * holds the amount, which the payment cannot use */
+  struct tp_proc_call hid;
+  call_init(&hid, TP_PROC_AUTHORIZE, "att_honour_id", "5105105105105100");
+  assert_int_equal(conn.ops->submit(conn.cls, &hid), 0);
+  assert_true(wait_done(N + 2, 3000));
+  assert_int_equal(hid.outcome, TP_OUT_ERROR);
+  assert_string_equal(hid.decline_code, "processor_timeout");
+  assert_true(host_wait(&H.reversals, revs + 2, 2000));
 
   /* capture (0220) and refund (0200 20xxxx) carry the authorization's RRN in 48 */
   struct tp_proc_call cap;
