@@ -105,8 +105,13 @@ void tp_h_charge_update(struct tp_req *r)
   if (sh)
     json_object_set_new(ch, "shipping", sh);
   const json_t *md = json_object_get(r->params, "metadata");
-  if (md)
-    tp_metadata_apply(ch, md);
+  if (md && !tp_metadata_update(r, ch, md)) {
+    json_decref(before);
+    json_decref(ch); /* holds sh */
+    for (size_t i = 0; i < nlocks; i++)
+      tp_lock_release(locks[i]);
+    return;
+  }
   const json_t *fd = json_object_get(r->params, "fraud_details");
   if (fd) {
     json_t *cur = json_object_get(ch, "fraud_details");

@@ -320,8 +320,8 @@ static bool customer_apply(struct tp_req *r, json_t *cus, const json_t *p, const
   if ((v = json_object_get(p, "preferred_locales")))
     json_object_set_new(cus, "preferred_locales", json_is_array(v) ? json_deep_copy(v) : json_array());
 
-  if ((v = json_object_get(p, "metadata")))
-    tp_metadata_apply(cus, v);
+  if ((v = json_object_get(p, "metadata")) && !tp_metadata_update(r, cus, v))
+    return false;
 
   if ((v = json_object_get(p, "invoice_settings"))) {
     json_t *is = json_object_get(cus, "invoice_settings");

@@ -330,8 +330,10 @@ void tp_h_dispute_update(struct tp_req *r)
     }
     json_object_set_new(evidence, k, tp_unset(v) ? json_null() : json_string(json_string_value(v)));
   }
-  if ((v = json_object_get(r->params, "metadata")))
-    tp_metadata_apply(dp, v);
+  if ((v = json_object_get(r->params, "metadata")) && !tp_metadata_update(r, dp, v)) {
+    json_decref(before);
+    goto out;
+  }
   const char *ism = tp_pstr(r->params, "intended_submission_method");
   if (ism && *ism)
     json_object_set_new(dp, "intended_submission_method", json_string(ism));

@@ -143,6 +143,12 @@ static void refuse_reuse(struct tp_req *r, int why)
  * false when the key is free in the store. */
 static bool answer_from_store(struct tp_req *r, int found, struct tp_idem_rec *rec)
 {
+  if (found < 0) {
+    /* The key's record could not be read: running the request could run it
+     * twice. The client retries with the same key. */
+    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+    return true;
+  }
   if (found == 1 && rec->status != 0) {
     int why = idem_differs(rec->req_hash, r);
     if (why) {

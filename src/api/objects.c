@@ -1357,6 +1357,17 @@ bool tp_unset(const json_t *v)
   return json_is_null(v) || (json_is_string(v) && json_string_length(v) == 0);
 }
 
+bool tp_metadata_update(struct tp_req *r, json_t *obj, const json_t *v)
+{
+  tp_metadata_apply(obj, v);
+  if (json_object_size(json_object_get(obj, "metadata")) <= TP_METADATA_MAX_KEYS)
+    return true;
+  char msg[128];
+  snprintf(msg, sizeof msg, "Invalid metadata: an object can have at most %d keys", TP_METADATA_MAX_KEYS);
+  tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "metadata", msg);
+  return false;
+}
+
 void tp_metadata_apply(json_t *obj, const json_t *v)
 {
   json_t *md = json_object_get(obj, "metadata");

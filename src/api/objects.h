@@ -282,6 +282,11 @@ bool tp_unset(const json_t *v);
 /* Metadata update semantics: "" for the whole value clears it, a key with
  * "" removes that key, other keys are set. */
 void tp_metadata_apply(json_t *obj, const json_t *v);
+/* tp_metadata_apply, then false (replied 400 on metadata) when the object
+ * would have more than TP_METADATA_MAX_KEYS keys: each request may set 50,
+ * the object may hold 50 (Stripe). The object is then not to be stored. */
+#define TP_METADATA_MAX_KEYS 50
+bool tp_metadata_update(struct tp_req *r, json_t *obj, const json_t *v);
 void tp_metadata_index_emptied(struct tp_cs *cs, enum tp_kind kind, const char *merchant, size_t keys_before,
                                const json_t *after);
 /* Stripe's card rule for the three-decimal currencies (BHD, JOD, KWD, OMR,

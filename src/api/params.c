@@ -573,7 +573,14 @@ static int check_obj(struct check_ctx *c, size_t plen, json_t *obj, const struct
 
 static int check_metadata(struct check_ctx *c, size_t plen, json_t *v, const char *key) {
   if (!json_is_object(v)) return type_error(c, key, v, "object");
-  if (json_object_size(v) > TP_META_MAX_KEYS) {
+  /* Keys set, not keys unset ("" or null): 50 new ones and a deletion may
+   * leave 50. The object's own total is checked when they are merged
+   * (tp_metadata_update). */
+  size_t set = 0;
+  const char *sk;
+  json_t *sv;
+  json_object_foreach(v, sk, sv) set += !(json_is_null(sv) || (json_is_string(sv) && json_string_length(sv) == 0));
+  if (set > TP_META_MAX_KEYS || json_object_size(v) > 2 * TP_META_MAX_KEYS) {
     set_err(c->err, c->path, "Invalid %s: can have at most %d keys", c->path, TP_META_MAX_KEYS);
     return -1;
   }
@@ -642,9 +649,35 @@ static int check_range(struct check_ctx *c, size_t plen, json_t *v, const char *
   return 0;
 }
 
+/* An enum that "" may unset, as Stripe's API has them (the SDKs' Emptyable
+ * types): setup_future_usage, a customer's tax_exempt, a charge's
+ * fraud_details[user_report], and anything nested in an options object
+ * (payment_method_options[card][capture_method] ...). The others at the top
+ * level (capture_method, confirmation_method, reasons, usage ...) cannot be. */
+static bool enum_emptyable(const struct check_ctx *c, const struct tp_pspec *sp)
+{
+  static const char *const names[] = {"setup_future_usage", "tax_exempt", "user_report", NULL};
+  if (strchr(c->path, '['))
+    return true;
+  for (const char *const *n = names; *n; n++)
+    if (strcmp(sp->name, *n) == 0)
+      return true;
+  return false;
+}
+
 /* Check one value against its spec entry; c->path already names it. */
 static int check_value(struct check_ctx *c, size_t plen, json_t *v, const struct tp_pspec *sp,
                        json_t **repl) {
+  if (sp->type == TP_P_ENUM && json_is_string(v) && json_string_length(v) == 0 && !enum_emptyable(c, sp)) {
+    /* Stripe's answer to "" for what cannot be unset (capture_method,
+     * confirmation_method, a cancellation reason ...): it was taken as
+     * unset and left the object without one. */
+    set_err(c->err, c->path,
+            "You passed an empty string for '%s'. We assume empty values are an attempt to unset a parameter; "
+            "however '%s' cannot be unset. You should remove '%s' from your request or supply a non-empty value.",
+            c->path, c->path, c->path);
+    return -1;
+  }
   if (sp->type == TP_P_ANY || is_unset(v)) return 0;
   switch (sp->type) {
   case TP_P_STRING:

@@ -391,20 +391,8 @@ static bool apply_fields(struct tp_req *r, json_t *pi, const json_t *params)
       json_object_set(pi, fields[i], v);
   }
   json_t *md = json_object_get(params, "metadata");
-  if (json_is_string(md)) {
-    json_object_set_new(pi, "metadata", json_object());
-  } else if (json_is_object(md)) {
-    json_t *cur = json_object_get(pi, "metadata");
-    const char *k;
-    json_t *v;
-    json_object_foreach(md, k, v)
-    {
-      if (json_is_string(v) && !*json_string_value(v))
-        json_object_del(cur, k);
-      else
-        json_object_set(cur, k, v);
-    }
-  }
+  if (md && !tp_metadata_update(r, pi, md))
+    return false;
   return apply_shipping(r, pi, params);
 }
 
@@ -1012,9 +1000,11 @@ void tp_h_pi_confirm(struct tp_req *r)
   }
   apply_method_fields(pi, r->params);
   static const char *const fields[] = {"receipt_email", "setup_future_usage", "capture_method", NULL};
-  for (int i = 0; fields[i]; i++)
-    if (json_object_get(r->params, fields[i]))
-      json_object_set(pi, fields[i], json_object_get(r->params, fields[i]));
+  for (int i = 0; fields[i]; i++) {
+    json_t *v = json_object_get(r->params, fields[i]);
+    if (v) /* "" unsets (what may be: capture_method "" is refused by its spec) */
+      json_object_set_new(pi, fields[i], tp_unset(v) ? json_null() : json_incref(v));
+  }
   if (!apply_shipping(r, pi, r->params)) {
     json_decref(pi);
     tp_lock_release(r->path_id);

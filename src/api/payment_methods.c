@@ -295,8 +295,8 @@ void tp_h_pm_update(struct tp_req *r)
     billing_merge(pm, v);
     tp_pm_address_checks(pm);
   }
-  if ((v = json_object_get(r->params, "metadata")))
-    tp_metadata_apply(pm, v);
+  if ((v = json_object_get(r->params, "metadata")) && !tp_metadata_update(r, pm, v))
+    goto out_unlock;
   if ((v = json_object_get(r->params, "allow_redisplay")) && json_string_length(v))
     json_object_set(pm, "allow_redisplay", v);
   if ((v = json_object_get(r->params, "card")) && json_is_object(v) && !expiry_apply(r, pm, v))

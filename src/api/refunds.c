@@ -197,35 +197,48 @@ void tp_h_refund_cancel(struct tp_req *r)
   json_decref(re);
 }
 
+/* POST /v1/refunds/{id}: metadata. The refund's processor call and its
+ * recovery write the refund under its charge's lock (the refund flow's), so
+ * the update takes that lock as well as the refund's and reads the refund
+ * under both: with the refund's alone, an update that read it pending could
+ * commit after the outcome and put it back to pending for good. */
 void tp_h_refund_update(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_update))
     return;
-  if (!tp_lock_try(r->path_id)) {
+  json_t *re = tp_load_path(r, TP_K_REFUND, "refund");
+  if (!re)
+    return;
+  char ch_lock[TP_ID_MAX];
+  tp_scopy(ch_lock, sizeof ch_lock, json_string_value(json_object_get(re, "charge")) ?: "");
+  json_decref(re);
+  if (ch_lock[0] && !tp_lock_try(ch_lock)) {
     tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
     return;
   }
-  json_t *re = tp_store_get_json(&tp_app.store, TP_K_REFUND, r->merchant.id, r->path_id);
+  if (!tp_lock_try(r->path_id)) {
+    if (ch_lock[0])
+      tp_lock_release(ch_lock);
+    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+    return;
+  }
+  const char *locks[2] = {r->path_id, ch_lock};
+  size_t nlocks = ch_lock[0] ? 2 : 1;
+  re = tp_store_get_json(&tp_app.store, TP_K_REFUND, r->merchant.id, r->path_id);
   if (!re) {
     tp_reply_missing(r, "refund", r->path_id, "id");
-    tp_lock_release(r->path_id);
+    for (size_t i = 0; i < nlocks; i++)
+      tp_lock_release(locks[i]);
     return;
   }
   json_t *before = json_deep_copy(re);
   json_t *md = json_object_get(r->params, "metadata");
-  json_t *cur = json_object_get(re, "metadata");
-  if (json_is_string(md))
-    json_object_clear(cur);
-  else if (json_is_object(md)) {
-    const char *k;
-    json_t *v;
-    json_object_foreach(md, k, v)
-    {
-      if (json_is_string(v) && !*json_string_value(v))
-        json_object_del(cur, k);
-      else
-        json_object_set(cur, k, v);
-    }
+  if (md && !tp_metadata_update(r, re, md)) {
+    json_decref(before);
+    json_decref(re);
+    for (size_t i = 0; i < nlocks; i++)
+      tp_lock_release(locks[i]);
+    return;
   }
   struct tp_cs *cs = tp_cs_new();
   tp_cs_put(cs, TP_K_REFUND, r->merchant.id, re);
@@ -233,7 +246,7 @@ void tp_h_refund_update(struct tp_req *r)
   json_decref(before);
   tp_expand(r, re, NULL);
   tp_reply_json(r, 200, re);
-  tp_commit_and_reply_unlock(r, cs, r->path_id);
+  tp_commit_and_reply_locks(r, cs, locks, nlocks);
 }
 
 /* A page of refunds, newest first, of one PaymentIntent and/or charge when

@@ -220,8 +220,42 @@ static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const cha
   return q->overflow ? MHD_NO : MHD_YES;
 }
 
-/* Parse the query (GET/DELETE) or the body (POST) into r->params. */
-static bool parse_params(struct tp_req *r)
+/* The request's query string, re-encoded (MHD decoded it), as form text
+ * in buf; false when it does not fit (replied). */
+static bool query_form(struct tp_req *r, char *buf, size_t cap, size_t *len)
+{
+  struct qs q = {buf, 0, cap, false};
+  MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, collect_arg, &q);
+  if (q.overflow) {
+    tp_reply_error(r, TP_ERR_BODY_TOO_LARGE, NULL, "The query string is too long.");
+    return false;
+  }
+  buf[q.len] = '\0';
+  *len = q.len;
+  return true;
+}
+
+/* Parameters of the query string under those of the body: what the body
+ * names wins, objects are merged key by key. */
+static void merge_under(json_t *body, const json_t *query)
+{
+  const char *k;
+  json_t *v;
+  json_object_foreach((json_t *)(uintptr_t)query, k, v) {
+    json_t *b = json_object_get(body, k);
+    if (!b)
+      json_object_set(body, k, v);
+    else if (json_is_object(b) && json_is_object(v))
+      merge_under(b, v);
+  }
+}
+
+/* Parse the query (GET/DELETE) or the body (POST) into r->params. On a POST
+ * of the API (authenticated routes) the query string counts too, as on
+ * Stripe: `POST /v1/refunds?amount=100` refunds 100, and an unknown
+ * parameter there is refused like one in the body (it was ignored, which
+ * turned that partial refund into a full one). */
+static bool parse_params(struct tp_req *r, bool api)
 {
   struct tp_params_error pe;
   memset(&pe, 0, sizeof pe);
@@ -235,17 +269,31 @@ static bool parse_params(struct tp_req *r)
       tp_reply_error(r, TP_ERR_UNSUPPORTED_MEDIA_TYPE, NULL, NULL);
       return false;
     }
-    /* Stripe also reads the query string on POST; merge it under the body. */
+    char buf[TP_HTTP_MAX_QUERY];
+    size_t n = 0;
+    if (r->params && api) {
+      if (!query_form(r, buf, sizeof buf, &n)) {
+        json_decref(r->params);
+        r->params = NULL;
+        return false;
+      }
+      json_t *q = n ? tp_params_parse_form(buf, n, &pe) : NULL;
+      if (n && !q) {
+        json_decref(r->params);
+        r->params = NULL;
+        tp_reply_params_error(r, &pe, false);
+        return false;
+      }
+      if (q)
+        merge_under(r->params, q);
+      json_decref(q);
+    }
   } else {
     char buf[TP_HTTP_MAX_QUERY];
-    struct qs q = {buf, 0, sizeof buf, false};
-    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, collect_arg, &q);
-    if (q.overflow) {
-      tp_reply_error(r, TP_ERR_BODY_TOO_LARGE, NULL, "The query string is too long.");
+    size_t n = 0;
+    if (!query_form(r, buf, sizeof buf, &n))
       return false;
-    }
-    buf[q.len] = '\0';
-    r->params = tp_params_parse_form(buf, q.len, &pe);
+    r->params = tp_params_parse_form(buf, n, &pe);
   }
   if (!r->params) {
     tp_reply_params_error(r, &pe, false);
@@ -415,7 +463,7 @@ static void dispatch(struct tp_req *r)
   }
   if ((rt->flags & TP_R_AUTH) && !access_check(r, rt))
     return;
-  if (!parse_params(r))
+  if (!parse_params(r, (rt->flags & TP_R_AUTH) != 0))
     return;
   if (tp_app.shutting_down && strcmp(r->method, "POST") == 0) {
     tp_reply_error(r, TP_ERR_SHUTTING_DOWN, NULL, NULL);

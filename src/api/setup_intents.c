@@ -225,8 +225,8 @@ static bool si_apply(struct tp_req *r, struct tp_cs *cs, json_t *si, bool creati
   if (!tp_set_string(r, si, p, "description", "description", SI_DESCRIPTION_MAX))
     return false;
   json_t *v;
-  if ((v = json_object_get(p, "metadata")))
-    tp_metadata_apply(si, v);
+  if ((v = json_object_get(p, "metadata")) && !tp_metadata_update(r, si, v))
+    return false;
   static const char *const lists[] = {"allowed_payment_method_types", "excluded_payment_method_types",
                                       "flow_directions"};
   for (int l = 0; l < 3; l++)

@@ -286,8 +286,10 @@ void tp_h_source_update(struct tp_req *r)
       json_object_set_new(bd, "name", val);
   }
   const json_t *md = json_object_get(r->params, "metadata");
-  if (md)
-    tp_metadata_apply(pm, md);
+  if (md && !tp_metadata_update(r, pm, md)) {
+    json_decref(before);
+    goto fail;
+  }
   json_t *after = tp_card_view(pm);
   struct tp_cs *cs = tp_cs_new();
   if (!json_equal(before, after)) {

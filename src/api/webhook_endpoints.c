@@ -344,8 +344,11 @@ void tp_h_we_update(struct tp_req *r)
     json_object_set(ep, "enabled_events", (json_t *)(uintptr_t)v);
   if ((v = json_object_get(p, "description")))
     json_object_set_new(ep, "description", absent_or_unset(v) ? json_null() : json_string(json_string_value(v)));
-  if ((v = json_object_get(p, "metadata")))
-    tp_metadata_apply(ep, v);
+  if ((v = json_object_get(p, "metadata")) && !tp_metadata_update(r, ep, v)) {
+    json_decref(ep);
+    unlock(r);
+    return;
+  }
   struct tp_cs *cs = tp_cs_new();
   if ((v = json_object_get(p, "disabled"))) {
     const char *st = json_is_true(v) ? "disabled" : "enabled";

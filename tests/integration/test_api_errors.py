@@ -355,6 +355,62 @@ class ApiErrorsTest(DaemonTestCase):
         r = self.send_bad("customer_unknown_param")
         self.assertEqual(r.json["error"].get("code"), "parameter_unknown", r)
 
+    def test_the_query_string_of_a_post_counts(self):
+        """Stripe reads parameters from the query string of a POST too: a
+        refund's amount there is that refund's amount (it was ignored, and
+        the refund was a full one), an unknown one is refused, and the body
+        wins over the query for the same name."""
+        c = self.c("other")  # "bad" must stay empty (test_bad_requests_create_nothing...)
+        pi = c.post(PI, dict(GOOD, confirm="true", payment_method="pm_card_visa")).json
+        r = c.post("/v1/refunds?amount=100", {"payment_intent": pi["id"]})
+        self.assertEqual((r.status, r.json.get("amount")), (200, 100), r)
+        r = c.post("/v1/customers?bogus=1", {"name": "q"})
+        self.assertEqual((r.status, r.json["error"]["code"], r.json["error"]["param"]),
+                         (400, "parameter_unknown", "bogus"), r)
+        r = c.post("/v1/customers?name=query&metadata%5Ba%5D=1", {"name": "body", "metadata[b]": "2"})
+        self.assertEqual((r.status, r.json["name"], r.json["metadata"]), (200, "body", {"a": "1", "b": "2"}), r)
+
+    def test_an_empty_value_for_what_cannot_be_unset_is_refused(self):
+        c = self.c("other")  # "bad" must stay empty (test_bad_requests_create_nothing...)
+        for params in (dict(GOOD, capture_method=""), dict(GOOD, confirmation_method="")):
+            r = c.post(PI, params)
+            name = [k for k in params if params[k] == ""][0]
+            self.assertEqual((r.status, r.json["error"]["code"], r.json["error"]["param"]),
+                             (400, "parameter_invalid_empty", name), r)
+            self.assertIn("cannot be unset", r.json["error"]["message"])
+        # on a confirm too: a manual-capture intent stays manual
+        pi = c.post(PI, dict(GOOD, capture_method="manual")).json
+        r = c.post(PI + "/%s/confirm" % pi["id"], {"payment_method": "pm_card_visa", "capture_method": ""})
+        self.assertEqual((r.status, r.json["error"]["code"]), (400, "parameter_invalid_empty"), r)
+        r = c.post(PI + "/%s/confirm" % pi["id"], {"payment_method": "pm_card_visa", "receipt_email": ""})
+        self.assertEqual((r.status, r.json["status"], r.json["receipt_email"]), (200, "requires_capture", None), r)
+        # what may be unset still may be
+        r = c.post(PI, dict(GOOD, setup_future_usage=""))
+        self.assertEqual((r.status, r.json["setup_future_usage"]), (200, None), r)
+        r = c.post(PI, dict(GOOD, **{"payment_method_options[card][capture_method]": ""}))
+        self.assertEqual(r.status, 200, r)
+
+    def test_an_object_holds_at_most_50_metadata_keys(self):
+        c = self.c("other")  # "bad" must stay empty (test_bad_requests_create_nothing...)
+        cus = c.post("/v1/customers", {"metadata[keep]": "1"}).json
+        fifty = {"metadata[k%d]" % i: "v" for i in range(49)}
+        r = c.post("/v1/customers/" + cus["id"], fifty)
+        self.assertEqual((r.status, len(r.json["metadata"])), (200, 50), r)
+        r = c.post("/v1/customers/" + cus["id"], {"metadata[one_more]": "v"})
+        self.assertEqual((r.status, r.json["error"]["param"]), (400, "metadata"), r)
+        self.assertEqual(len(c.get("/v1/customers/" + cus["id"]).json["metadata"]), 50)
+        # a deletion makes room, and deletions do not count toward a request's 50
+        r = c.post("/v1/customers/" + cus["id"], {"metadata[keep]": "", "metadata[one_more]": "v"})
+        self.assertEqual((r.status, len(r.json["metadata"])), (200, 50), r)
+        fresh = dict({"metadata[n%d]" % i: "v" for i in range(50)}, **{"metadata[gone]": ""})
+        r = c.post("/v1/customers", fresh)
+        self.assertEqual((r.status, len(r.json["metadata"])), (200, 50), r)
+        for path, made in ((PI, c.post(PI, GOOD).json),):
+            r = c.post(path + "/" + made["id"], {"metadata[k%d]" % i: "v" for i in range(50)})
+            self.assertEqual(r.status, 200, r)
+            r = c.post(path + "/" + made["id"], {"metadata[x]": "v"})
+            self.assertEqual((r.status, r.json["error"]["param"]), (400, "metadata"), r)
+
     def test_request_log_url_shows_the_failed_request_to_its_merchant_only(self):
         r = self.send_bad("param_unknown")
         err = r.json["error"]

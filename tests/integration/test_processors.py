@@ -137,6 +137,8 @@ class FakeProcessor:
                 if method == "POST" and path.endswith("/void"):
                     return self._reply(200, {"status": "voided", "reference": js["reference"]})
                 if method == "POST" and path.endswith("/v1/refunds"):
+                    if mode == "slow_refund":
+                        time.sleep(1.5)
                     return self._reply(200, {"status": "succeeded", "reference": js["reference"]})
                 if method == "GET" and "/v1/transactions/" in path:
                     return self._reply(404, {"error": "not found"})
@@ -331,6 +333,32 @@ class ConnectorContract(unittest.TestCase):
             self.assertEqual(sorted(statuses), sorted(auths), (mode, reqs))
             self.assertEqual(sorted(fences), sorted(auths) if settled else [], (mode, reqs))
             wait_for(lambda: processors(self.c)["fake"]["breaker"] == "closed", what="breaker closed")
+
+    def test_a_refund_is_not_updated_while_its_processor_call_runs(self):
+        """The refund's outcome is written under its charge's lock; an update
+        of its metadata meanwhile waits for that lock (429 lock_timeout, as
+        for any object being changed) instead of writing back the pending
+        refund it read after the outcome (it stayed pending for good)."""
+        r = self.pay(PAN_OK)
+        self.assertEqual(r.status, 200, r)
+        ch = r.json["latest_charge"]
+        self.fake.mode = "slow_refund"
+        out = {}
+        t = threading.Thread(target=lambda: out.setdefault("r", self.c.post("/v1/refunds", {"charge": ch,
+                                                                                          "amount": 300})))
+        t.start()
+        try:
+            re_id = wait_for(lambda: ([x["id"] for x in self.c.get("/v1/refunds", {"charge": ch}).json["data"]]
+                                      or [None])[0], what="the pending refund")
+            u = self.c.post("/v1/refunds/" + re_id, {"metadata[note]": "x"})
+            self.assertEqual((u.status, u.json["error"]["code"]), (429, "lock_timeout"), u)
+        finally:
+            t.join(10)
+            self.fake.mode = "ok"
+        self.assertEqual((out["r"].status, out["r"].json["status"]), (200, "succeeded"), out["r"])
+        u = self.c.post("/v1/refunds/" + re_id, {"metadata[note]": "x"})
+        self.assertEqual((u.status, u.json["status"], u.json["metadata"]), (200, "succeeded", {"note": "x"}), u)
+        self.assertIsNotNone(u.json["balance_transaction"])
 
     def test_broken_answers_fail_the_call_not_the_gateway(self):
         before = processors(self.c)["fake"]

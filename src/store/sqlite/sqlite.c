@@ -1066,14 +1066,19 @@ static int sq_idem_get(void *cls, const char *merchant, const char *key, struct 
   /* An expired key is as good as unused (a pending mark never expires: it
    * is resolved by recovery). */
   sqlite3_bind_int64(st, 3, tp_now() - s->idem_ttl);
-  int found = 0;
-  if (sqlite3_step(st) == SQLITE_ROW) {
+  /* Only a read that ran to its end says "no such key": a busy or failed
+   * read is an error, or a retry of a finished payment would run again. */
+  int found = -1;
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
     tp_scopy(out->req_hash, sizeof out->req_hash, (const char *)sqlite3_column_text(st, 0));
     out->status = sqlite3_column_int(st, 1);
     out->body = column_json(st, 2);
     const unsigned char *rid = sqlite3_column_text(st, 3);
     tp_scopy(out->request_id, sizeof out->request_id, rid ? (const char *)rid : "");
     found = 1;
+  } else if (rc == SQLITE_DONE) {
+    found = 0;
   }
   sqlite3_reset(st);
   return found;
