@@ -338,6 +338,8 @@ void tp_h_we_update(struct tp_req *r)
     unlock(r);
     return;
   }
+  bool floor_now = false;
+  json_t *events_before = json_deep_copy(json_object_get(ep, "enabled_events"));
   if ((v = json_object_get(p, "url")))
     json_object_set_new(ep, "url", json_string(json_string_value(v)));
   if ((v = json_object_get(p, "enabled_events")))
@@ -345,6 +347,7 @@ void tp_h_we_update(struct tp_req *r)
   if ((v = json_object_get(p, "description")))
     json_object_set_new(ep, "description", absent_or_unset(v) ? json_null() : json_string(json_string_value(v)));
   if ((v = json_object_get(p, "metadata")) && !tp_metadata_update(r, ep, v)) {
+    json_decref(events_before);
     json_decref(ep);
     unlock(r);
     return;
@@ -357,15 +360,20 @@ void tp_h_we_update(struct tp_req *r)
     /* Enabling starts a fresh failure window. */
     cs_sql(cs, "UPDATE webhook_endpoints SET status=?2, failing_since=NULL WHERE id=?1",
            tp_pack("[s, s]", r->path_id, st), 1);
-    if (was_disabled && !json_is_true(v)) {
-      /* Like Stripe, events of the disabled period are not delivered: the
-       * restart scan starts from now. */
-      char now_id[TP_ID_MAX], floor[TP_ID_MAX + 8];
-      tp_id_new(now_id, "evt");
-      tp_scopy(floor, sizeof floor, now_id);
-      cs_sql(cs, "UPDATE webhook_endpoints SET scan_floor=?2 WHERE id=?1", tp_pack("[s, s]", r->path_id, floor),
-             1);
-    }
+    if (was_disabled && !json_is_true(v))
+      floor_now = true; /* like Stripe, events of the disabled period are not delivered */
+  }
+  /* A new enabled_events applies to events from now on: the scan, which
+   * reads events since the floor with the endpoint's current filter, would
+   * otherwise deliver the last minute's events of a newly wanted type. */
+  if ((v = json_object_get(p, "enabled_events")) && !json_equal(v, events_before))
+    floor_now = true;
+  json_decref(events_before);
+  if (floor_now) {
+    char now_id[TP_ID_MAX], floor[TP_ID_MAX + 8];
+    tp_id_new(now_id, "evt");
+    tp_scopy(floor, sizeof floor, now_id);
+    cs_sql(cs, "UPDATE webhook_endpoints SET scan_floor=?2 WHERE id=?1", tp_pack("[s, s]", r->path_id, floor), 1);
   }
   char *data = json_dumps(ep, JSON_COMPACT);
   cs_sql(cs, "UPDATE webhook_endpoints SET data=?2 WHERE id=?1", tp_pack("[s, s]", r->path_id, data), 1);

@@ -39,7 +39,7 @@
 
 /* Limits. */
 #define WH_INBOX_MAX 65536       /* queued committed events before we fall back to the scan */
-#define WH_MAX_ENDPOINTS 4096    /* endpoints loaded at once (all merchants) */
+#define WH_MAX_ENDPOINTS 16384   /* endpoints loaded at once (all merchants; ~2.5 KB each) */
 #define WH_SCAN_PAGE 500         /* events read per scan query */
 #define WH_SCAN_PAGES 20         /* pages per endpoint per scan */
 #define WH_SCAN_SETTLE_S 60      /* events younger than this may still have older ids in flight */
@@ -221,6 +221,7 @@ static struct {
   pthread_t thread;
   struct ep *eps;
   size_t neps;
+  size_t dispatch_rr;           /* where the next dispatch pass starts */
   struct job *jobs;             /* in flight or settling */
   int njobs;
   int64_t next_scan, next_reload;
@@ -312,11 +313,20 @@ static void job_free(struct job *j)
   free(j);
 }
 
+/* W.eps is in id order (load_endpoints reads ORDER BY id): a binary search. */
 static struct ep *ep_find(const char *id)
 {
-  for (size_t i = 0; i < W.neps; i++)
-    if (strcmp(W.eps[i].id, id) == 0)
-      return &W.eps[i];
+  size_t lo = 0, hi = W.neps;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    int c = strcmp(W.eps[mid].id, id);
+    if (c == 0)
+      return &W.eps[mid];
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
   return NULL;
 }
 
@@ -362,12 +372,20 @@ static bool ep_wants(const struct ep *e, const char *event_id, const char *type)
 bool tp_webhooks_owed(const char *endpoint_id, bool enabled, const json_t *enabled_events, const char *event_id,
                       const char *type)
 {
+  /* No row yet counts only above the endpoint's scan floor: below it the
+   * thread has looked and decided (events of a disabled period, or of types
+   * it did not want then), and such an event showed pending_webhooks 1 for
+   * good and fell out of both delivery_success lists. */
   json_t *rows = tp_store_query_take(&tp_app.store,
-                                     "SELECT state FROM webhook_deliveries WHERE endpoint=?1 AND event=?2",
+                                     "SELECT (SELECT state FROM webhook_deliveries WHERE endpoint=?1 AND event=?2) "
+                                     "AS state, (SELECT scan_floor FROM webhook_endpoints WHERE id=?1) AS floor",
                                      tp_pack("[s, s]", endpoint_id, event_id));
-  const char *state = json_string_value(json_object_get(json_array_get(rows, 0), "state"));
+  json_t *row = json_array_get(rows, 0);
+  const char *state = json_string_value(json_object_get(row, "state"));
+  const char *floor = json_string_value(json_object_get(row, "floor"));
   bool owed = state ? strcmp(state, "pending") == 0
-                    : rows && enabled && tp_webhooks_endpoint_wants(endpoint_id, enabled_events, event_id, type);
+                    : row && enabled && (!floor || strcmp(event_id, floor) > 0) &&
+                          tp_webhooks_endpoint_wants(endpoint_id, enabled_events, event_id, type);
   json_decref(rows);
   return owed;
 }
@@ -467,6 +485,9 @@ static void load_endpoints(void)
     return;
   }
   size_t n = json_array_size(rows);
+  if (n >= WH_MAX_ENDPOINTS)
+    tp_log(TP_LOG_ERROR, "webhook_endpoints_capped", "{s:I, s:s}", "loaded", (json_int_t)n, "effect",
+           "endpoints past the cap (in id order) get no deliveries");
   struct ep *eps = calloc(n ? n : 1, sizeof *eps);
   if (!eps)
     abort();
@@ -577,9 +598,19 @@ static bool submit(struct tp_cs *cs)
   return false;
 }
 
+/* Decided against the endpoint as committed, not as this thread last
+ * loaded it: a row queued before a change reached the thread would
+ * otherwise be committed after it. So only while the endpoint exists (after
+ * a DELETE such rows stayed pending for good: nothing delivers or purges
+ * them, and the outbox lag metric grew without end), is enabled, and the
+ * event is above its scan floor (a re-enable or a new enabled_events moves
+ * the floor to that moment: events of the disabled period, or from before
+ * the new filter, are not its). */
 static const char *ins_delivery =
   "INSERT INTO webhook_deliveries(endpoint, event, merchant, state, attempts, next_at, created) "
-  "VALUES(?1, ?2, ?3, 'pending', 0, ?4, ?4) ON CONFLICT(endpoint, event) DO NOTHING";
+  "SELECT ?1, ?2, ?3, 'pending', 0, ?4, ?4 WHERE EXISTS (SELECT 1 FROM webhook_endpoints WHERE id = ?1 AND "
+  "status = 'enabled' AND (scan_floor IS NULL OR scan_floor < ?2)) "
+  "ON CONFLICT(endpoint, event) DO NOTHING";
 
 /* Commit delivery rows for new events; the commit wakes the dispatcher. */
 static void fanout(struct ev_msg *list)
@@ -871,7 +902,8 @@ static void finish(struct job *j, CURLcode cc)
                          (json_int_t)(dur_us / 1000), (json_int_t)(t / 1000), next_retry);
   wsql(cs,
        "INSERT INTO webhook_attempts(id, endpoint, event, merchant, attempt, status_code, outcome, error, "
-       "duration_ms, created, next_retry_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+       "duration_ms, created, next_retry_at) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11 "
+       "WHERE EXISTS (SELECT 1 FROM webhook_endpoints WHERE id = ?2)",
        args, 0);
   tp_cs_on_done(cs, settled_done, j);
   if (!submit(cs))
@@ -901,11 +933,24 @@ static void reap_settled(struct job *list)
 
 /* Start due deliveries within the bounds; returns the earliest time a
  * not-yet-due row becomes due. */
+/* Whether e may start a delivery with W.njobs in flight: within
+ * max_in_flight, or, for an endpoint with nothing on the wire, within a
+ * reserve of a quarter more. Endpoints that hang until the timeout (64 of
+ * them at 4 slots fill the 256) then cannot keep every other endpoint
+ * waiting out their timeouts (7 s seen before, with timeout_ms 8000). */
+static bool global_room(const struct ep *e)
+{
+  return W.njobs < W.global_max || (e->sending == 0 && W.njobs < W.global_max + (W.global_max + 3) / 4);
+}
+
 static int64_t dispatch(void)
 {
   int64_t t = now_ms(), wake_at = INT64_MAX;
-  for (size_t i = 0; i < W.neps; i++) {
-    struct ep *e = &W.eps[i];
+  /* Each pass starts one endpoint further on, so that the first ones in id
+   * order are not always served first when slots are short. */
+  size_t start = W.neps ? W.dispatch_rr++ % W.neps : 0;
+  for (size_t step = 0; step < W.neps; step++) {
+    struct ep *e = &W.eps[(start + step) % W.neps];
     if (!e->enabled)
       continue;
     if (e->next_check > t) {
@@ -913,8 +958,10 @@ static int64_t dispatch(void)
         wake_at = e->next_check;
       continue;
     }
-    if (W.njobs >= W.global_max)
-      break; /* every settle runs dispatch again; this endpoint is still due */
+    if (!global_room(e)) {
+      e->next_check = 0; /* due, waiting for a global slot: every settle runs dispatch again */
+      continue;
+    }
     int64_t cap = W.per_endpoint - e->sending;
     if (cap <= 0) {
       e->next_check = INT64_MAX; /* a settle resets it */
@@ -937,7 +984,7 @@ static int64_t dispatch(void)
         e->next_check = next_at;
         break;
       }
-      if (W.njobs >= W.global_max) {
+      if (!global_room(e)) {
         e->next_check = 0; /* due, waiting for a global slot */
         break;
       }

@@ -494,6 +494,121 @@ class ReceiverCase(DaemonTestCase):
         cls.daemon.cleanup()
 
 
+class EndpointChangesTest(ReceiverCase):
+    """What an endpoint's changes do to deliveries: a delete under load
+    leaves no delivery rows behind (they stayed pending for good, and the
+    outbox lag grew without end); a new enabled_events applies from now on
+    (the scan sent the last minute's events of a newly wanted type); events
+    of a disabled period are not owed (pending_webhooks said 1 for good);
+    and endpoints that hang until the timeout do not keep a healthy one of
+    another merchant waiting (the global in-flight bound was theirs)."""
+    MERCHANTS = ("m", "h0", "h1", "h2", "h3", "good")
+    EXTRA = "timeout_ms = 8000\n"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.recv = Receiver()
+        cls.daemon = Daemon()
+        try:
+            for name in cls.MERCHANTS:
+                cls.daemon.create_merchant(name)
+            cfg = BASE_CONFIG.replace("timeout_ms = 1500\n", "") + cls.EXTRA
+            cls.daemon.start(config=cfg)
+        except Exception:
+            cls.daemon.cleanup()
+            raise
+
+    def db(self):
+        import sqlite3
+        return sqlite3.connect("file:%s?mode=ro" % self.daemon.db_path(), uri=True)
+
+    def test_a_deleted_endpoint_leaves_no_delivery_rows(self):
+        c = self.c("m")
+        self.recv.behaviour["/del"] = lambda ev, n: (200, 0.05)
+        ep = c.post(WE, {"url": self.recv.url("/del"), "enabled_events[]": "*"}).json
+        stop = []
+
+        def load():
+            while not stop:
+                pay(c)
+
+        ths = [threading.Thread(target=load) for _ in range(6)]
+        for t in ths:
+            t.start()
+        try:
+            time.sleep(1.0)
+            self.assertEqual(c.delete(WE + "/" + ep["id"]).status, 200)
+            time.sleep(0.5)
+        finally:
+            stop.append(1)
+            for t in ths:
+                t.join(30)
+        time.sleep(1.5)  # the webhook thread has taken the delete by now
+        db = self.db()
+        try:
+            rows = db.execute("SELECT state, count(*) FROM webhook_deliveries WHERE endpoint=? GROUP BY state",
+                              (ep["id"],)).fetchall()
+            attempts = db.execute("SELECT count(*) FROM webhook_attempts WHERE endpoint=?", (ep["id"],)).fetchone()
+        finally:
+            db.close()
+        self.assertEqual((rows, attempts[0]), ([], 0))
+
+    def test_new_enabled_events_apply_from_now_on(self):
+        c = self.c("m")
+        ep = c.post(WE, {"url": self.recv.url("/widen"), "enabled_events[]": "charge.succeeded"}).json
+        pi = pay(c)
+        self.recv.wait_for("/widen", lambda g: len(g) >= 1)
+        time.sleep(0.7)  # a scan or two with the narrow filter
+        r = c.post(WE + "/" + ep["id"], {"enabled_events[]": "*"})
+        self.assertEqual(r.status, 200, r)
+        time.sleep(1.5)  # several scans with the wide one
+        got = self.recv.on("/widen")
+        self.assertEqual([g["event"]["type"] for g in got], ["charge.succeeded"], got)
+        # the payment's other events are not owed to it either
+        evs = c.get("/v1/events", {"limit": 10}).json["data"]
+        mine = [e for e in evs if e["data"]["object"].get("id") == pi["id"]]
+        self.assertTrue(mine)
+        self.assertEqual({e["type"]: e["pending_webhooks"] for e in mine},
+                         {e["type"]: 0 for e in mine})
+        # and the next payment's are delivered
+        pay(c)
+        got = self.recv.wait_for("/widen", lambda g: len(g) >= 4)
+        self.assertGreaterEqual(len(got), 4, got)
+
+    def test_events_of_a_disabled_period_are_not_owed(self):
+        c = self.c("m")
+        ep = c.post(WE, {"url": self.recv.url("/off"), "enabled_events[]": "*"}).json
+        self.assertEqual(c.post(WE + "/" + ep["id"], {"disabled": "true"}).status, 200)
+        pi = pay(c)
+        self.assertEqual(c.post(WE + "/" + ep["id"], {"disabled": "false"}).status, 200)
+        time.sleep(1.0)
+        self.assertEqual([g["event"]["type"] for g in self.recv.on("/off")], [])
+        evs = [e for e in c.get("/v1/events", {"limit": 20}).json["data"]
+               if e["data"]["object"].get("id") == pi["id"]]
+        self.assertTrue(evs)
+        self.assertEqual([e["pending_webhooks"] for e in evs], [0] * len(evs))
+        undelivered = c.get("/v1/events", {"delivery_success": "false", "limit": 100}).json["data"]
+        self.assertFalse([e for e in undelivered if e["id"] in {x["id"] for x in evs}])
+
+    def test_endpoints_that_hang_do_not_hold_up_a_healthy_one(self):
+        # 4 merchants x 16 endpoints x 4 slots: the whole global bound (256)
+        self.recv.behaviour["/hang"] = lambda ev, n: (200, 9)
+        for m in ("h0", "h1", "h2", "h3"):
+            for _ in range(16):
+                self.assertEqual(self.c(m).post(WE, {"url": self.recv.url("/hang"),
+                                                     "enabled_events[]": "*"}).status, 200)
+            for _ in range(2):
+                pay(self.c(m))
+        self.recv.wait_for("/hang", lambda g: len(g) >= 256, timeout=15)
+        g = self.c("good")
+        self.assertEqual(g.post(WE, {"url": self.recv.url("/healthy"), "enabled_events[]": "*"}).status, 200)
+        t0 = time.monotonic()
+        pay(g)
+        got = self.recv.wait_for("/healthy", lambda x: len(x) >= 1, timeout=15)
+        self.assertTrue(got)
+        self.assertLess(got[0]["t"] - t0, 3.0, "the healthy endpoint waited for the hanging ones")
+
+
 class PrivateNetworksTest(ReceiverCase):
     """[webhooks] private_networks = deny: a merchant cannot make the
     gateway call into its own network (SSRF). Address literals and
