@@ -527,6 +527,8 @@ static bool echoable(const json_t *v, const char *key) {
 static int type_error(struct check_ctx *c, const char *key, const json_t *v, const char *what) {
   if (echoable(v, key))
     set_err(c->err, c->path, "Invalid %s: %s", what, json_string_value(v));
+  else if (strcmp(what, "integer") == 0) /* a 20-digit number, 1000.0 in JSON: parameter_invalid_integer too */
+    set_err(c->err, c->path, "Invalid integer for %s: not a whole number within 64 bits", c->path);
   else
     set_err(c->err, c->path, "Invalid value for %s", c->path);
   return -1;

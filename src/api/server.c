@@ -261,7 +261,7 @@ static bool parse_params(struct tp_req *r, bool api)
   memset(&pe, 0, sizeof pe);
   if (strcmp(r->method, "POST") == 0) {
     const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
-    if (ct && strncasecmp(ct, "application/json", 16) == 0)
+    if (ct && strncasecmp(ct, "application/json", 16) == 0 && (!ct[16] || ct[16] == ';' || ct[16] == ' '))
       r->params = tp_params_parse_json(r->body ? r->body : "", r->body_len, &pe);
     else if (!ct || strncasecmp(ct, "application/x-www-form-urlencoded", 33) == 0 || r->body_len == 0)
       r->params = tp_params_parse_form(r->body ? r->body : "", r->body_len, &pe);

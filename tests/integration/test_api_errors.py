@@ -283,7 +283,16 @@ class ApiErrorsTest(DaemonTestCase):
         self.send_bad("params_10000")
 
     def test_integer_overflow_amount_is_rejected(self):
-        self.send_bad("amount_huge")
+        r = self.send_bad("amount_huge")
+        self.assertEqual(r.json["error"]["code"], "parameter_invalid_integer", r)
+        # so is 1000.0 in JSON, and a JSON body is only application/json itself
+        c = self.c("other")
+        r = c.post(PI, body='{"amount": 1000.0, "currency": "usd"}', content_type="application/json")
+        self.assertEqual((r.status, r.json["error"]["code"]), (400, "parameter_invalid_integer"), r)
+        r = c.post(PI, body='{"amount": 1000, "currency": "usd"}', content_type="application/json; charset=utf-8")
+        self.assertEqual(r.status, 200, r)
+        r = c.post(PI, body='{"amount": 1000, "currency": "usd"}', content_type="application/jsonp")
+        self.assertEqual(r.status, 415, r)
 
     def test_non_positive_or_non_integer_amounts_are_rejected(self):
         for name in ("amount_negative", "amount_zero", "amount_text", "amount_fraction"):
