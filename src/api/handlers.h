@@ -21,6 +21,7 @@ void tp_h_request_retrieve(struct tp_req *r); /* requests.c: a recent request (r
 /* The 3-D Secure challenge token for a PaymentIntent or SetupIntent (32 hex
  * chars). */
 void tp_3ds_token(const char *pi_id, char out[65]);
+void tp_3ds_token_mac(const char *pi_id, const char *nonce16, char mac16[17]);
 /* intent (a PaymentIntent or SetupIntent) waits for its customer's 3-D
  * Secure challenge: requires_action, next_action redirecting to the
  * challenge page and back to the request's return_url. */

@@ -7,6 +7,7 @@
  * marked pending, so after a crash a retry waits for recovery instead of
  * charging again. Requests that fail validation store nothing (as Stripe). */
 #include "api/http.h"
+#include "store/store.h"
 #include "core/card.h"
 #include "log.h"
 #include "util.h"
@@ -46,6 +47,17 @@ static void full_key(const struct tp_req *r, char *out, size_t n)
 static unsigned long released_from(const char *k)
 {
   return atomic_load(&released[hash(k)]);
+}
+
+static bool inflight_has(const char *k)
+{
+  unsigned b = hash(k);
+  bool has = false;
+  pthread_mutex_lock(&mu);
+  for (struct inflight *e = buckets[b]; e && !has; e = e->next)
+    has = strcmp(e->key, k) == 0;
+  pthread_mutex_unlock(&mu);
+  return has;
 }
 
 /* Claim k; *released_out is the bucket's release count at the claim. */
@@ -96,11 +108,15 @@ static void request_hash(struct tp_req *r)
 {
   char *canon = json_dumps(r->params, JSON_COMPACT | JSON_SORT_KEYS);
   size_t ul = strlen(r->url), cl = canon ? strlen(canon) : 0;
-  size_t n = ul + cl + 16;
+  size_t n = ul + cl + 24;
   char *buf = malloc(n);
   if (!buf)
     abort();
-  int len = snprintf(buf, n, "%s %s\n%s", r->method, r->url, canon ? canon : "");
+  /* The kind of key is part of the request: a publishable key replaying a
+   * secret key's confirm under its Idempotency-Key would otherwise get the
+   * stored reply, client_secret included, without passing the client_secret
+   * check (the replay answers before the handler runs). */
+  int len = snprintf(buf, n, "%s %s\n%s%s", r->method, r->url, r->publishable ? "pk\n" : "", canon ? canon : "");
   /* Keyed, not a plain SHA-256: the body may hold a card number, and a PAN's
    * small search space would make a bare hash reversible. */
   char whole[65], endpoint[65];
@@ -110,6 +126,8 @@ static void request_hash(struct tp_req *r)
   snprintf(r->req_hash, sizeof r->req_hash, "%.64s/%.16s", whole, endpoint);
   tp_card_wipe(buf, n);
   free(buf);
+  if (canon)
+    tp_card_wipe(canon, cl); /* the parameters, card number and CVC included */
   free(canon);
 }
 
@@ -177,6 +195,15 @@ bool tp_idem_begin(struct tp_req *r)
   request_hash(r);
   char k[400];
   full_key(r, k, sizeof k);
+  /* With commit_sync = pipelined a reader sees a commit before its sync: a
+   *    stored reply may not be on disk yet, and replaying it would
+   *    acknowledge what a power cut can still take back. Its request is in
+   *    flight until the sync (its completion runs after it), so the key is
+   *    claimed first there: such a retry gets 409 and comes back. */
+  if (tp_writer_pipelined() && inflight_has(k)) {
+    tp_reply_error(r, TP_ERR_IDEMPOTENCY_KEY_IN_USE, NULL, NULL);
+    return true;
+  }
   /* 1. The stored reply first: a retry that races the end of the original
    *    request (the client has the answer before MHD's completion callback
    *    released the key) gets the replay, not 409. */

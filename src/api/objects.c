@@ -1170,6 +1170,15 @@ static bool expand_paths_ok(struct tp_req *r)
       tp_reply_error(r, TP_ERR_EXPAND_INVALID, "expand", msg);
       return false;
     }
+    /* A publishable key (a browser with a client_secret) may expand the
+     * payment method it is paying with, nothing else: the reply's cut of
+     * what a browser may see (no customer, no metadata) is of the top
+     * level, and payment_method.customer handed over the whole Customer. */
+    if (r->publishable && strcmp(path, "payment_method") != 0) {
+      snprintf(msg, sizeof msg, "This property cannot be expanded with a publishable key (%.200s).", path);
+      tp_reply_error(r, TP_ERR_EXPAND_INVALID, "expand", msg);
+      return false;
+    }
   }
   return true;
 }

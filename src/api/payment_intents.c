@@ -176,12 +176,27 @@ static const struct tp_pspec spec_retrieve[] = {
 
 /* The challenge page's token: a keyed hash of the PaymentIntent id, so it
  * needs no storage and cannot be guessed. */
+/* A challenge's link token: 16 hex of a random nonce, then 16 of an HMAC of
+ * the intent id and the nonce. A page can check it without the store; the
+ * answer to the challenge also needs it to be the token of the intent's
+ * current next_action, so each challenge has its own link and an old one
+ * (a failed challenge's, in a browser's history) approves nothing. */
 void tp_3ds_token(const char *pi_id, char out[65])
 {
-  char msg[128];
-  int n = snprintf(msg, sizeof msg, "3ds|%s", pi_id);
-  tp_hmac_sha256_hex(tp_app.vault_key, sizeof tp_app.vault_key, msg, (size_t)n, out);
+  uint8_t nonce[8];
+  tp_random(nonce, sizeof nonce);
+  tp_hex(nonce, sizeof nonce, out);
+  tp_3ds_token_mac(pi_id, out, out + 16);
   out[32] = '\0';
+}
+
+void tp_3ds_token_mac(const char *pi_id, const char *nonce16, char mac16[17])
+{
+  char msg[128], mac[65];
+  int n = snprintf(msg, sizeof msg, "3ds|%s|%.16s", pi_id, nonce16);
+  tp_hmac_sha256_hex(tp_app.vault_key, sizeof tp_app.vault_key, msg, (size_t)n, mac);
+  memcpy(mac16, mac, 16);
+  mac16[16] = '\0';
 }
 
 
@@ -211,12 +226,24 @@ bool tp_pm_belongs(struct tp_req *r, const json_t *pm, const json_t *intent, con
   return false;
 }
 
+/* An error about the PaymentIntent's state: Stripe names the PaymentIntent
+ * in it (stripe-node's err.payment_intent), as a decline's 402 does. */
+static void pi_state_error(struct tp_req *r, const json_t *pi, enum tp_err e, const char *param, const char *msg)
+{
+  const struct tp_error_info *ei = tp_error_info(e);
+  json_t *err = tp_error_object(e, param, msg);
+  json_object_set_new(err, "payment_intent", json_deep_copy(pi));
+  json_object_set_new(err, "request_log_url",
+                      json_sprintf("%s/v1/turnpike/requests/%s", tp_app.public_url, r->request_id));
+  tp_reply_json(r, ei ? (unsigned)ei->http_status : 400, tp_pack("{s:o}", "error", err));
+}
+
 static void unexpected_state(struct tp_req *r, const json_t *pi, const char *action)
 {
   char msg[256];
   snprintf(msg, sizeof msg, "This PaymentIntent's %s could not be performed because it has a status of %s.", action,
            json_string_value(json_object_get(pi, "status")));
-  tp_reply_error(r, TP_ERR_PAYMENT_INTENT_UNEXPECTED_STATE, NULL, msg);
+  pi_state_error(r, pi, TP_ERR_PAYMENT_INTENT_UNEXPECTED_STATE, NULL, msg);
 }
 
 /* Validate amount against currency; reply and return false when wrong. */
@@ -909,8 +936,9 @@ void tp_h_pi_update(struct tp_req *r)
                "the %s of a PaymentIntent with one of the following statuses: requires_payment_method, "
                "requires_confirmation, requires_action.",
                k, st, k);
-      tp_reply_error(r, strcmp(k, "amount") == 0 ? TP_ERR_PAYMENT_INTENT_AMOUNT_LOCKED
-                                                  : TP_ERR_PAYMENT_INTENT_UNEXPECTED_STATE,
+      pi_state_error(r, pi,
+                     strcmp(k, "amount") == 0 ? TP_ERR_PAYMENT_INTENT_AMOUNT_LOCKED
+                                              : TP_ERR_PAYMENT_INTENT_UNEXPECTED_STATE,
                      k, msg);
       goto out;
     }
@@ -929,6 +957,15 @@ void tp_h_pi_update(struct tp_req *r)
   const char *pm_given = tp_pstr(r->params, "payment_method");
   if (pm_given && *pm_given && !tp_pm_exists(r, pm_given))
     goto out;
+  /* What the customer authenticated (a 3-D Secure challenge is for an
+   * amount, a currency and a card): changing any of them in requires_action
+   * takes the payment back to requires_confirmation, its challenge gone, as
+   * on Stripe. (The challenge issued for 20.00 USD authorized 99.99 EUR.) */
+  bool in_action = strcmp(st, "requires_action") == 0;
+  bool authenticated_changed =
+    amount != json_integer_value(json_object_get(pi, "amount")) ||
+    strcmp(cur->code, json_string_value(json_object_get(pi, "currency")) ?: "") != 0 ||
+    json_object_get(r->params, "payment_method_data") != NULL;
   json_object_set_new(pi, "amount", json_integer(amount));
   json_object_set_new(pi, "currency", json_string(cur->code));
   size_t md_keys = json_object_size(json_object_get(pi, "metadata"));
@@ -940,6 +977,10 @@ void tp_h_pi_update(struct tp_req *r)
     json_object_set_new(pi, "payment_method", json_string(pm_id));
     json_object_set_new(pi, "status", json_string("requires_confirmation"));
   }
+  if (in_action && authenticated_changed)
+    json_object_set_new(pi, "status", json_string("requires_confirmation"));
+  if (strcmp(json_string_value(json_object_get(pi, "status")), "requires_action") != 0)
+    json_object_set_new(pi, "next_action", json_null());
   struct tp_cs *cs = tp_cs_new();
   if (!attach_pm_data(r, cs, pi) || !tp_pm_materialize(r, cs, pi)) {
     tp_cs_free(cs);
@@ -1360,7 +1401,7 @@ void tp_h_pi_cancel(struct tp_req *r)
              "the following statuses may be canceled: requires_payment_method, requires_capture, "
              "requires_confirmation, requires_action, processing.",
              st);
-    tp_reply_error(r, TP_ERR_PAYMENT_INTENT_UNEXPECTED_STATE, NULL, msg);
+    pi_state_error(r, pi, TP_ERR_PAYMENT_INTENT_UNEXPECTED_STATE, NULL, msg);
     json_decref(pi);
     tp_lock_release(r->path_id);
     return;

@@ -287,6 +287,7 @@ static bool parse_params(struct tp_req *r, bool api)
       if (q)
         merge_under(r->params, q);
       json_decref(q);
+      explicit_bzero(buf, n);
     }
   } else {
     char buf[TP_HTTP_MAX_QUERY];
@@ -294,6 +295,7 @@ static bool parse_params(struct tp_req *r, bool api)
     if (!query_form(r, buf, sizeof buf, &n))
       return false;
     r->params = tp_params_parse_form(buf, n, &pe);
+    explicit_bzero(buf, n);
   }
   if (!r->params) {
     tp_reply_params_error(r, &pe, false);

@@ -273,11 +273,18 @@ static bool si_apply(struct tp_req *r, struct tp_cs *cs, json_t *si, bool creati
   tp_card_wipe(cvc, sizeof cvc);
   if ((json_is_object(pmd) || (pm_id && *pm_id)) && !pm)
     return false;
+  const char *st = json_string_value(json_object_get(si, "status"));
   if (pm) {
+    /* Another card while a challenge is out: the challenge was the old
+     * card's, so it goes (the new card had inherited its authentication). */
+    if (st && strcmp(st, "requires_action") == 0) {
+      json_object_set_new(si, "status", json_string("requires_confirmation"));
+      json_object_set_new(si, "next_action", json_null());
+    }
     json_object_set(si, "payment_method", json_object_get(pm, "id"));
     json_decref(pm);
   }
-  const char *st = json_string_value(json_object_get(si, "status"));
+  st = json_string_value(json_object_get(si, "status"));
   if (st && strcmp(st, "requires_payment_method") == 0 && json_is_string(json_object_get(si, "payment_method")))
     json_object_set_new(si, "status", json_string("requires_confirmation"));
   return true;

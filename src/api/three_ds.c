@@ -28,12 +28,23 @@ static void html(struct tp_req *r, unsigned status, const char *body)
   tp_reply_raw(r, status, s, strlen(s), "text/html; charset=utf-8");
 }
 
-/* Check the token against the PaymentIntent id; constant time. */
+/* Check the token's MAC against the intent id (tp_3ds_token); constant time. */
 static bool token_ok(const char *pi_id, const char *token)
 {
-  char want[65];
-  tp_3ds_token(pi_id, want);
-  return token && strlen(token) == 32 && tp_ct_equal(want, token, 32);
+  char mac[17];
+  if (!token || strlen(token) != 32)
+    return false;
+  tp_3ds_token_mac(pi_id, token, mac);
+  return tp_ct_equal(mac, token + 16, 16);
+}
+
+/* Is token the one of the intent's current challenge (its next_action's link)? */
+static bool token_current(const json_t *intent, const char *token)
+{
+  const char *url = json_string_value(
+    json_object_get(json_object_get(json_object_get(intent, "next_action"), "redirect_to_url"), "url"));
+  const char *at = url ? strstr(url, "token=") : NULL;
+  return at && strlen(at + 6) >= 32 && tp_ct_equal(at + 6, token, 32);
 }
 
 /* An id as a link carries it: prefix then base62 and '_', shorter than
@@ -180,10 +191,11 @@ void tp_h_3ds_submit(struct tp_req *r)
       tp_app.store.ops->merchant_of(tp_app.store.cls, r->path_id, acct_p, &r->merchant) == 1)
     pi = tp_store_get_json(&tp_app.store, setup ? TP_K_SETUP_INTENT : TP_K_PAYMENT_INTENT, r->merchant.id,
                            r->path_id);
-  if (!pi || strcmp(json_string_value(json_object_get(pi, "status")), "requires_action") != 0) {
+  if (!pi || strcmp(json_string_value(json_object_get(pi, "status")), "requires_action") != 0 ||
+      !token_current(pi, tok)) {
     tp_lock_release(r->path_id);
     json_decref(pi);
-    html(r, 409, "<!doctype html><title>Done</title><p>This payment no longer needs authentication.</p>");
+    html(r, 409, "<!doctype html><title>Done</title><p>This payment no longer needs this authentication.</p>");
     return;
   }
   if (setup) {

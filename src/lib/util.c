@@ -502,20 +502,28 @@ int tp_mask_card_numbers(char *s)
       p++;
       continue;
     }
-    /* A run: digits, with one space or dash between two digits. */
+    /* A run: digits, with a space or dash between two digits, or up to three
+     * of " -._/\t" (4242.4242..., 4242  4242..., 4242_4242...). With the
+     * other separators it takes 13 digits, so that an IPv4 address (at most
+     * 12) is left alone. */
     char *q = p;
     int digits = 0;
+    bool odd = false;
     for (;;) {
       if (*q >= '0' && *q <= '9') {
         digits++;
         q++;
-      } else if ((*q == ' ' || *q == '-') && q[1] >= '0' && q[1] <= '9') {
-        q++;
-      } else {
-        break;
+        continue;
       }
+      int sep = 0;
+      while (sep < 3 && q[sep] && strchr(" -._/\t", q[sep]))
+        sep++;
+      if (sep == 0 || q[sep] < '0' || q[sep] > '9')
+        break;
+      odd |= sep > 1 || (*q != ' ' && *q != '-');
+      q += sep;
     }
-    if (digits >= 12) {
+    if (digits >= (odd ? 13 : 12)) {
       for (char *t = p; t < q; t++)
         if (*t >= '0' && *t <= '9')
           *t = '*';

@@ -273,6 +273,8 @@ int tp_store_live(struct tp_store *st, enum tp_kind kind, const char *merchant, 
 #define TP_WRITER_MAX_QUEUE 65536  /* queued change sets before submit refuses */
 
 int tp_writer_start(struct tp_store *st);
+/* [store] commit_sync = pipelined: readers may see a commit before its sync. */
+bool tp_writer_pipelined(void);
 /* Queue a change set; ownership passes to the writer, which frees it after
  * the completion ran. Returns -1 (and frees nothing) if the queue is full or
  * the writer stopped; the caller then still owns cs. */

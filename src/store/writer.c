@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 
 void tp_cs_run_done(struct tp_cs *cs, int rc);
@@ -174,8 +175,16 @@ static void *syncer_main(void *arg)
       src = W.st->ops->sync(W.st->cls);
       tp_metric_observe_us("turnpike_store_sync_duration_seconds", NULL, (tp_mono_ns() - t0) / 1000);
     }
-    if (src != 0)
-      atomic_store(&W.last_batch_failed, true);
+    if (src != 0) {
+      /* A failed fdatasync is final: the kernel may have dropped the pages,
+       * and readers have already seen these commits (a replay, a GET). Going
+       * on would serve what the disk may not hold; stopping makes the next
+       * start recover from what it does hold, as PostgreSQL does. Nothing
+       * of these batches was acknowledged. */
+      tp_log(TP_LOG_ERROR, "store_sync_failed_exiting", "{s:I}", "batches", (json_int_t)k);
+      tp_log_flush();
+      _exit(75);
+    }
     for (size_t j = 0; j < k; j++) {
       if (src != 0)
         for (size_t i = 0; i < items[j].n; i++)
@@ -204,6 +213,11 @@ static void hand_to_syncer(struct tp_cs **batch, const int *rc, size_t n)
   S.len++;
   pthread_cond_signal(&S.cv);
   pthread_mutex_unlock(&S.mu);
+}
+
+bool tp_writer_pipelined(void)
+{
+  return S.sync;
 }
 
 int tp_writer_start(struct tp_store *st)

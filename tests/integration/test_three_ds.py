@@ -1,6 +1,7 @@
 """3-D Secure challenge: the redirect page, approve and fail, with and without
 return_url, manual capture, bad tokens, and the events it leaves."""
 import html.parser
+import json
 import time
 import urllib.parse
 
@@ -229,7 +230,78 @@ class ThreeDSTest(DaemonTestCase):
         self.assertEqual(got["status"], "requires_payment_method", got)
         self.assertEqual(got["last_payment_error"]["code"],
                          "payment_intent_authentication_failure", got)
+        # Stripe's shape for a failed challenge: not a card_error
+        self.assertEqual(got["last_payment_error"]["type"], "invalid_request_error", got)
+        self.assertTrue(got["last_payment_error"]["message"].startswith(
+            "The provided PaymentMethod has failed authentication."), got)
         self.assertEqual(got["amount_received"], 0, got)
+
+    def test_each_challenge_has_its_own_link(self):
+        """A failed challenge's link, used again once the PaymentIntent is
+        confirmed with a new challenge, approves nothing (the link was the
+        same for every challenge of a PaymentIntent)."""
+        pi, url, token = self.start_challenge()
+        path, _ = self.fetch_page(url)
+        self.assertRedirect(self.submit(path, token, "fail"), pi, "failed")
+        r = self.c().post(PI + "/%s/confirm" % pi["id"], {"payment_method_data": card(PAN_3DS),
+                                                          "return_url": RETURN_URL})
+        self.assertEqual((r.status, r.json["status"]), (200, "requires_action"), r)
+        new_url = r.json["next_action"]["redirect_to_url"]["url"]
+        self.assertNotEqual(new_url, url)
+        r = self.submit(path, token, "approve")
+        self.assertEqual(r.status, 409, r)
+        self.assertEqual(self.get_pi(pi["id"])["status"], "requires_action")
+        new_token = urllib.parse.parse_qs(urllib.parse.urlsplit(new_url).query)["token"][0]
+        self.assertEqual(self.approve_redirected(pi, new_url, new_token)["status"], "succeeded")
+
+    def test_changing_what_was_authenticated_ends_the_challenge(self):
+        """amount, currency or the card changed in requires_action: back to
+        requires_confirmation with no next_action, and the challenge link
+        approves nothing (it authorized the new amount)."""
+        for change in ({"amount": 9999}, {"currency": "usd"}, {"payment_method": "pm_card_visa"}):
+            pi, url, token = self.start_challenge(capture_method="manual")
+            r = self.c().post(PI + "/" + pi["id"], change)
+            self.assertEqual((r.status, r.json["status"], r.json["next_action"]),
+                             (200, "requires_confirmation", None), (change, r))
+            path, _ = self.fetch_page(url)
+            self.assertEqual(self.submit(path, token, "approve").status, 409, change)
+            got = self.get_pi(pi["id"])
+            self.assertEqual((got["status"], got["amount_capturable"]), ("requires_confirmation", 0), change)
+        # what only describes the payment leaves the challenge as it is
+        pi, url, token = self.start_challenge()
+        r = self.c().post(PI + "/" + pi["id"], {"metadata[order]": "7", "description": "d"})
+        self.assertEqual((r.status, r.json["status"]), (200, "requires_action"), r)
+        self.assertEqual(self.approve_redirected(pi, url, token)["status"], "succeeded")
+
+    def test_state_errors_name_the_payment_intent(self):
+        pi, url, token = self.start_challenge()
+        self.approve_redirected(pi, url, token)
+        for path, params in (("/confirm", {}), ("/capture", {}), ("/cancel", {}), ("", {"amount": 5000})):
+            r = self.c().post(PI + "/" + pi["id"] + path, params)
+            self.assertEqual(r.status, 400, (path, r))
+            self.assertEqual(r.json["error"]["payment_intent"]["id"], pi["id"], (path, r))
+            self.assertEqual(r.json["error"]["payment_intent"]["status"], "succeeded")
+
+    def test_a_publishable_key_expands_the_payment_method_only(self):
+        c = self.c()
+        cus = c.post("/v1/customers", {"email": "x@example.com", "metadata[secret]": "s"}).json
+        pm = c.post("/v1/payment_methods/pm_card_visa/attach", {"customer": cus["id"]}).json
+        pi = c.post(PI, {"amount": 1000, "currency": "usd", "customer": cus["id"], "payment_method": pm["id"]}).json
+        pk = self.daemon.merchants["m"]["publishable_key"]
+        base = {"client_secret": pi["client_secret"]}
+        r = c.get(PI + "/" + pi["id"], dict(base, **{"expand[]": "payment_method"}), key=pk)
+        self.assertEqual((r.status, r.json["payment_method"]["id"]), (200, pm["id"]), r)
+        self.assertEqual(r.json["payment_method"]["customer"], cus["id"])
+        for path in ("payment_method.customer", "customer", "latest_charge"):
+            r = c.get(PI + "/" + pi["id"], dict(base, **{"expand[]": path}), key=pk)
+            self.assertEqual((r.status, r.json["error"]["param"]), (400, "expand"), (path, r))
+            self.assertNotIn("x@example.com", json.dumps(r.json))
+        # an Idempotency-Key does not let a publishable key replay a secret key's confirm
+        r = c.post(PI + "/" + pi["id"] + "/confirm", {}, headers={"Idempotency-Key": "order-2002"})
+        self.assertEqual(r.status, 200, r)
+        r = c.post(PI + "/" + pi["id"] + "/confirm", {}, key=pk, headers={"Idempotency-Key": "order-2002"})
+        self.assertEqual(r.status, 400, r)
+        self.assertNotIn("client_secret", json.dumps(r.json))
 
     def test_approve_without_return_url_shows_a_page(self):
         pi, url, token = self.start_challenge(return_url=None, pan=PAN_3DS_2)
