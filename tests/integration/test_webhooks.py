@@ -472,18 +472,23 @@ class WebhooksTest(DaemonTestCase):
 
 
 class ReceiverCase(DaemonTestCase):
-    """One merchant "m", a Receiver, and a daemon started with BASE_CONFIG
-    plus EXTRA."""
+    """The MERCHANTS ("m"), a Receiver, and a daemon started with
+    daemon_config() (BASE_CONFIG plus EXTRA)."""
     MERCHANTS = ("m",)
     EXTRA = ""
+
+    @classmethod
+    def daemon_config(cls):
+        return BASE_CONFIG + cls.EXTRA
 
     @classmethod
     def setUpClass(cls):
         cls.recv = Receiver()
         cls.daemon = Daemon()
         try:
-            cls.daemon.create_merchant("m")
-            cls.daemon.start(config=BASE_CONFIG + cls.EXTRA)
+            for name in cls.MERCHANTS:
+                cls.daemon.create_merchant(name)
+            cls.daemon.start(config=cls.daemon_config())
         except Exception:
             cls.daemon.cleanup()
             raise
@@ -503,20 +508,10 @@ class EndpointChangesTest(ReceiverCase):
     and endpoints that hang until the timeout do not keep a healthy one of
     another merchant waiting (the global in-flight bound was theirs)."""
     MERCHANTS = ("m", "h0", "h1", "h2", "h3", "good")
-    EXTRA = "timeout_ms = 8000\n"
 
     @classmethod
-    def setUpClass(cls):
-        cls.recv = Receiver()
-        cls.daemon = Daemon()
-        try:
-            for name in cls.MERCHANTS:
-                cls.daemon.create_merchant(name)
-            cfg = BASE_CONFIG.replace("timeout_ms = 1500\n", "") + cls.EXTRA
-            cls.daemon.start(config=cfg)
-        except Exception:
-            cls.daemon.cleanup()
-            raise
+    def daemon_config(cls):
+        return BASE_CONFIG.replace("timeout_ms = 1500\n", "timeout_ms = 8000\n")
 
     def db(self):
         import sqlite3
