@@ -761,15 +761,17 @@ static void query_status(struct tp_pay *p)
   send_call(p);
 }
 
-/* A status query that failed is asked again (it only reads). */
-static void status_again(void *arg, bool stopping)
+/* A status query that failed, or a fence, sent again after a backoff
+ * (p->resend: query_status or fence; each only reads or is idempotent by
+ * its own reference). */
+static void resend_later(void *arg, bool stopping)
 {
   struct tp_pay *p = arg;
   if (stopping) {
     unresolved(p);
     return;
   }
-  query_status(p);
+  p->resend(p);
 }
 
 /* The attempt provably charged nothing (never reached the processor, or
@@ -807,16 +809,6 @@ static void fence(struct tp_pay *p)
   p->fence_tries++;
   p->call.kind = TP_PROC_VOID;
   send_call(p);
-}
-
-static void fence_again(void *arg, bool stopping)
-{
-  struct tp_pay *p = arg;
-  if (stopping) {
-    unresolved(p);
-    return;
-  }
-  fence(p);
 }
 
 /* The fence's answer: true when the reference is voided (nothing was or
@@ -857,7 +849,8 @@ static void orchestrate(struct tp_pay *p)
       int64_t delay = backoff_ms(p->fence_tries);
       if (strcmp(why, "processor_http_4xx") != 0 && p->fence_tries < RESOLVE_TRIES &&
           tp_mono_ms() + delay < p->deadline_ms) {
-        timer_after(delay, fence_again, p);
+        p->resend = fence;
+        timer_after(delay, resend_later, p);
         return;
       }
       unresolved(p); /* recovery asks again later */
@@ -897,7 +890,8 @@ static void orchestrate(struct tp_pay *p)
         fence(p);
       } else if (p->status_tries < RESOLVE_TRIES && tp_mono_ms() + delay < p->deadline_ms) {
         p->status_tries++;
-        timer_after(delay, status_again, p);
+        p->resend = query_status;
+        timer_after(delay, resend_later, p);
       } else {
         unresolved(p);
       }

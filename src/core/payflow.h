@@ -50,6 +50,7 @@ struct tp_pay {
   bool fencing;              /* the call in flight voids att's reference, which the processor never saw */
   int fence_tries;           /* voids sent for att's reference */
   int status_tries;          /* status queries for att's reference that failed */
+  void (*resend)(struct tp_pay *p); /* what resend_later sends again */
   char prev_att[64];         /* the finished attempt committed with att's write-ahead */
   struct tp_route_plan route;
   char route_names[TP_ROUTE_MAX][64];

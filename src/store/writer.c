@@ -186,9 +186,6 @@ static void *syncer_main(void *arg)
       _exit(75);
     }
     for (size_t j = 0; j < k; j++) {
-      if (src != 0)
-        for (size_t i = 0; i < items[j].n; i++)
-          items[j].rc[i] = -1;
       finish_batch(items[j].batch, items[j].rc, items[j].n);
       free(items[j].batch);
       free(items[j].rc);

@@ -39,7 +39,6 @@ struct sq {
   size_t nsql;
   int64_t idem_ttl;           /* seconds an Idempotency-Key is kept */
   int wal_fd;                 /* pipelined commits: our own descriptor of the WAL, -1 = none */
-  bool sync_failed;           /* a failed fdatasync is final (the kernel may drop the pages) */
   bool ahead_saved;           /* meta ids_ran_ahead is committed (tp_ids_ran_ahead) */
   bool ahead_pending;         /* ... written in the open transaction */
   bool full;                  /* this batch failed for lack of disk space (SQLITE_FULL) */
@@ -1451,10 +1450,8 @@ static int sq_pipeline(void *cls)
 static int sq_sync(void *cls)
 {
   struct sq *s = cls;
-  if (s->sync_failed)
-    return -1;
+  /* A failure is final: the syncer stops the process (writer.c). */
   if (wal_fd_ready(s) != 0 || fdatasync(s->wal_fd) != 0) {
-    s->sync_failed = true;
     tp_log(TP_LOG_ERROR, "store_sync_failed", "{s:s}", "error", strerror(errno));
     return -1;
   }
