@@ -52,6 +52,9 @@ bool tp_redirect_allowed(struct tp_req *r, const json_t *intent);
  * card pan and PaymentMethod pm need 3-D Secure: the issuer asks (test
  * cards, connectors/sandbox.c) or the intent's request_three_d_secure does. */
 bool tp_wants_3ds(const json_t *intent, const char *pan, bool off_session, const json_t *pm);
+/* A manually confirmed PaymentIntent's passed challenge (turnpike.authenticated). */
+bool tp_pi_authenticated(const json_t *pi, const json_t *pm);
+void tp_pi_authenticated_drop(json_t *pi);
 /* disputes.c */
 void tp_h_dispute_retrieve(struct tp_req *r);
 void tp_h_dispute_list(struct tp_req *r);

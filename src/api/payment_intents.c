@@ -475,6 +475,33 @@ static bool apply_apm(struct tp_req *r, json_t *pi, const json_t *params)
   return true;
 }
 
+/* The challenge of a PaymentIntent with confirmation_method manual was
+ * passed for pm and for the PaymentIntent's amount and currency as they are
+ * (tp_h_3ds_submit); changing any of them asks again. */
+static bool same_str(const json_t *a, const json_t *b)
+{
+  const char *x = json_string_value(a), *y = json_string_value(b);
+  return x && y && strcmp(x, y) == 0;
+}
+
+bool tp_pi_authenticated(const json_t *pi, const json_t *pm)
+{
+  const json_t *a = json_object_get(json_object_get(pi, "turnpike"), "authenticated");
+  return json_is_object(a) && same_str(json_object_get(a, "payment_method"), json_object_get(pm, "id")) &&
+         json_equal(json_object_get(a, "amount"), json_object_get(pi, "amount")) &&
+         same_str(json_object_get(a, "currency"), json_object_get(pi, "currency"));
+}
+
+void tp_pi_authenticated_drop(json_t *pi)
+{
+  json_t *t = json_object_get(pi, "turnpike");
+  if (!t)
+    return;
+  json_object_del(t, "authenticated");
+  if (!json_object_size(t))
+    json_object_del(pi, "turnpike");
+}
+
 /* The card asks for 3-D Secure (for this payment, off_session or not, and
  * pm, which may have been set up by an authenticated payment), or the
  * merchant does (request_three_d_secure any or challenge: the sandbox then
@@ -655,7 +682,12 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
 
   bool off = false;
   tp_param_bool(params, "off_session", &off);
-  if (tp_wants_3ds(pi, ci.pan, off, pm)) {
+  /* A manually confirmed PaymentIntent whose challenge was passed for this
+   * card, amount and currency (tp_h_3ds_submit): the server's confirmation
+   * authorizes it without asking again. */
+  bool authenticated = tp_pi_authenticated(pi, pm);
+  tp_pi_authenticated_drop(pi);
+  if (!authenticated && tp_wants_3ds(pi, ci.pan, off, pm)) {
     /* The issuer wants 3-D Secure: hand the customer a challenge. */
     bool no_action = false;
     /* error_on_requires_action: fail instead of asking, as off-session. */
@@ -714,6 +746,7 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
   p->pm = pm;
   p->outcome = tp_outcome_authorize;
   p->reply_charge = charges_api;
+  p->three_ds_done = authenticated;
   if (lock_id)
     tp_scopy(p->lock_id, sizeof p->lock_id, lock_id);
   const char *cm = tp_pi_card_option(pi, "capture_method");
@@ -1011,6 +1044,14 @@ void tp_h_pi_confirm(struct tp_req *r)
   if (!pi)
     return;
   if (!tp_client_secret_ok(r, pi)) {
+    json_decref(pi);
+    tp_lock_release(r->path_id);
+    return;
+  }
+  /* confirmation_method manual: every attempt is the server's (Stripe). */
+  const char *method = json_string_value(json_object_get(pi, "confirmation_method"));
+  if (r->publishable && method && strcmp(method, "manual") == 0) {
+    tp_reply_error(r, TP_ERR_PAYMENT_INTENT_MANUAL_CONFIRMATION, NULL, NULL);
     json_decref(pi);
     tp_lock_release(r->path_id);
     return;

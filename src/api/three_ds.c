@@ -220,8 +220,25 @@ void tp_h_3ds_submit(struct tp_req *r)
     tp_commit_and_reply_unlock(r, cs, r->path_id);
     return;
   }
-  /* Approved: authorize now, through the normal pipeline. */
   const char *pm_id = json_string_value(json_object_get(pi, "payment_method"));
+  const char *method = json_string_value(json_object_get(pi, "confirmation_method"));
+  if (method && strcmp(method, "manual") == 0) {
+    /* Approved, confirmation_method manual: back to requires_confirmation
+     * for the server to confirm (Stripe), which then authorizes without a
+     * second challenge (tp_pi_authenticated). */
+    back_to_merchant(r, pi, true);
+    tp_mark(pi, "authenticated",
+            tp_pack("{s:s?, s:O, s:O}", "payment_method", pm_id, "amount", json_object_get(pi, "amount"),
+                    "currency", json_object_get(pi, "currency")));
+    json_object_set_new(pi, "status", json_string("requires_confirmation"));
+    json_object_set_new(pi, "next_action", json_null());
+    struct tp_cs *cs = tp_cs_new();
+    tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
+    json_decref(pi);
+    tp_commit_and_reply_unlock(r, cs, r->path_id);
+    return;
+  }
+  /* Approved: authorize now, through the normal pipeline. */
   struct tp_card_info ci;
   json_t *pm = pm_id ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id) : NULL;
   if (!pm || tp_vault_load(r->merchant.id, pm_id, &ci) != 0) {

@@ -208,6 +208,40 @@ class ThreeDSTest(DaemonTestCase):
         self.assertEqual(again["status"], "succeeded", again)
         self.assertEqual(again["amount_received"], 3100, again)
 
+    def test_manual_confirmation_returns_to_the_server_after_the_challenge(self):
+        """confirmation_method=manual (Stripe): the approved challenge puts
+        the PaymentIntent back in requires_confirmation, nothing charged; the
+        server's confirmation then authorizes without a second challenge;
+        a publishable key cannot confirm it at all."""
+        pi, url, token = self.start_challenge(confirmation_method="manual")
+        path, _ = self.fetch_page(url)
+        self.assertRedirect(self.submit(path, token, "approve"), pi, "succeeded")
+        got = self.get_pi(pi["id"])
+        self.assertEqual(got["status"], "requires_confirmation", got)
+        self.assertIsNone(got["next_action"], got)
+        self.assertEqual((got["amount_received"], got["latest_charge"]), (0, None), got)
+        pk = self.daemon.merchants["m"]["publishable_key"]
+        r = self.c().post(PI + "/" + pi["id"] + "/confirm", {"client_secret": pi["client_secret"]}, key=pk)
+        self.assertStripeError(r, 400, "invalid_request_error")
+        self.assertIn("confirmation_method", r.json["error"]["message"], r)
+        self.assertEqual(self.get_pi(pi["id"])["status"], "requires_confirmation")
+        r = self.c().post(PI + "/" + pi["id"] + "/confirm", {"expand[]": "latest_charge"})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual((r.json["status"], r.json["amount_received"]), ("succeeded", 3100), r)
+        tds = r.json["latest_charge"]["payment_method_details"]["card"]["three_d_secure"]
+        self.assertEqual(tds["result"], "authenticated", r)
+        self.assertNotIn("turnpike", self.get_pi(pi["id"]))
+
+    def test_manual_confirmation_challenges_again_for_another_amount(self):
+        pi, url, token = self.start_challenge(confirmation_method="manual")
+        path, _ = self.fetch_page(url)
+        self.assertRedirect(self.submit(path, token, "approve"), pi, "succeeded")
+        r = self.c().post(PI + "/" + pi["id"], {"amount": 3300})
+        self.assertEqual((r.status, r.json["status"]), (200, "requires_confirmation"), r)
+        r = self.c().post(PI + "/" + pi["id"] + "/confirm", {"return_url": RETURN_URL})
+        self.assertEqual((r.status, r.json["status"]), (200, "requires_action"), r)
+        self.assertEqual(self.get_pi(pi["id"])["amount_received"], 0)
+
     def test_cvc_check_after_the_challenge_says_whether_a_cvc_came(self):
         """The CVC is not kept past the confirmation that brought it, but
         the charge made after the challenge still says whether one came:
