@@ -39,6 +39,9 @@ struct tp_proc_call {
   char decline_code[48];
   char auth_code[16];
   char processor_ref[64];
+  /* the processor asked not to be called again before this many ms
+   * (Retry-After on a 429 or 503, RFC 9110 10.2.3); 0 when it did not */
+  int64_t retry_after_ms;
   void (*done)(struct tp_proc_call *c);
   void *arg;
 };
@@ -72,6 +75,8 @@ void tp_curl_tls_setup(void *easy, const struct tp_tls_opts *tls);
  * the codes come out as lower-case words and the references as printable
  * ASCII (they reach our objects and logs). */
 void tp_restjson_interpret(struct tp_proc_call *c, long http, const char *body, size_t len);
+/* A Retry-After value in ms from now_s (0: none, unreadable or past; at most an hour). */
+int64_t tp_retry_after_ms(const char *v, int64_t now_s);
 /* A REST/JSON processor at base_url (http or https; certificates verified),
  * Bearer api_key (may be empty), per-call timeout, TLS settings (may be
  * NULL) (docs/processors.md). */

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #define RJ_QUEUE 65536              /* calls waiting for the loop */
 #define RJ_MAX_HOST_CONN 64         /* parallel connections to the processor */
@@ -395,12 +396,46 @@ static int on_prereq(void *arg, char *primary_ip, char *local_ip, int primary_po
   return CURL_PREREQFUNC_OK;
 }
 
+/* Retry-After (RFC 9110 10.2.3): delay-seconds or an HTTP-date, in ms from
+ * now; 0 when absent, unreadable or past; at most an hour. */
+int64_t tp_retry_after_ms(const char *v, int64_t now_s)
+{
+  if (!v)
+    return 0;
+  while (*v == ' ' || *v == '\t')
+    v++;
+  int64_t secs = -1;
+  if (*v >= '0' && *v <= '9') {
+    secs = 0;
+    for (; *v >= '0' && *v <= '9'; v++)
+      if (secs < 3600)
+        secs = secs * 10 + (*v - '0');
+    while (*v == ' ' || *v == '\t')
+      v++;
+    if (*v)
+      return 0;
+  } else {
+    time_t t = curl_getdate(v, NULL);
+    if (t == (time_t)-1)
+      return 0;
+    secs = (int64_t)t - now_s;
+  }
+  if (secs <= 0)
+    return 0;
+  return (secs > 3600 ? 3600 : secs) * 1000;
+}
+
 static void finish_xfer(struct rj_xfer *x, CURLcode rc)
 {
   struct tp_proc_call *c = x->c;
   long http = 0;
   curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &http);
   c->decline_code[0] = 0;
+  c->retry_after_ms = 0;
+  struct curl_header *h = NULL;
+  if (rc == CURLE_OK && (http == 429 || http == 503) &&
+      curl_easy_header(x->easy, "Retry-After", 0, CURLH_HEADER, -1, &h) == CURLHE_OK && h)
+    c->retry_after_ms = tp_retry_after_ms(h->value, (int64_t)time(NULL));
   if (x->too_large)
     set_error(c, "processor_response_too_large");
   else if (rc != CURLE_OK && x->sent && not_sent_code(curl_error_code(rc)))

@@ -578,6 +578,7 @@ static void send_call(struct tp_pay *p)
   c->arg = p;
   c->outcome = TP_OUT_ERROR;
   c->decline_code[0] = c->auth_code[0] = c->processor_ref[0] = '\0';
+  c->retry_after_ms = 0;
   p->not_sent = false;
   p->sent_us = tp_mono_ns() / 1000;
   /* A new call asks the breaker first (half-open admits a few probes); a
@@ -720,6 +721,13 @@ static void next_step(struct tp_pay *p, bool transport_error)
   /* Same processor again while it has retries left and its breaker is not
    * open; else the next processor in the route whose breaker is not open. */
   bool same = p->tries < max_retries + 1 && !p->not_sent && (!pr || tp_proc_breaker(pr) != TP_BREAKER_OPEN);
+  /* A processor that said when to come back (Retry-After) is not called
+   * sooner; one that cannot be called again within the deadline is left
+   * for the next processor of the route. */
+  int64_t asked = p->retry_after_ms;
+  p->retry_after_ms = 0;
+  if (same && asked > 0 && now + asked >= p->deadline_ms)
+    same = false;
   if (!same) {
     size_t i = p->route_i + 1;
     for (; i < p->route.n; i++) {
@@ -742,6 +750,8 @@ static void next_step(struct tp_pay *p, bool transport_error)
     tp_metric_inc("turnpike_payment_retries_total", NULL, 1);
   }
   int64_t delay = same ? backoff_ms(p->tries) : 0;
+  if (same && delay < asked)
+    delay = asked;
   if (now + delay >= p->deadline_ms) {
     if (transport_error)
       exhausted_outcome(p, TP_ERR_PROCESSOR_RETRIES_EXHAUSTED);
@@ -915,6 +925,7 @@ static void orchestrate(struct tp_pay *p)
     break;
   }
   tp_scopy(p->last_code, sizeof p->last_code, c->decline_code[0] ? c->decline_code : "processor_unavailable");
+  p->retry_after_ms = c->retry_after_ms; /* kept past the status query below */
   if (p->not_sent ||
       (pr && strcmp(pr->type, "iso8583") == 0 && strcmp(p->last_code, "processor_status_unknown") != 0)) {
     /* Not sent at all, or an ISO link, whose connector reverses a timed-out

@@ -33,6 +33,7 @@ struct tp_pay {
   char pm_lock_id[80];       /* the PaymentMethod being saved to a customer, released with p */
   char cancellation_reason[64];
   bool three_ds_done;        /* the payment passed a 3-D Secure challenge */
+  int64_t retry_after_ms;    /* the failed call's processor asked to wait this long (Retry-After) */
   bool reply_charge;         /* the Charges API: answer the charge (or an error naming it), not the PaymentIntent */
   tp_pay_outcome_fn outcome;
   /* a browser flow (3-D Secure) answers with this page instead */

@@ -9,6 +9,7 @@ Two parts:
   in GET /v1/turnpike/processors), health checks bring it back half-open
   and then closed once the outage ends.
 """
+import email.utils
 import http.server
 import json
 import socket
@@ -58,6 +59,7 @@ class FakeProcessor:
         self.mode = "ok"
         self.kept = {}  # reference -> answer, for status queries (mode mismatch)
         self.fenced, self.applied, self.stall_s = set(), [], 0.0  # mode stall_void
+        self.retry_after = None  # mode 429: the Retry-After of the next authorization's 429
         self.requests = []  # (method, path, headers, body-json-or-None)
         self.lock = threading.Lock()
         outer = self
@@ -81,7 +83,7 @@ class FakeProcessor:
                 raw = self.rfile.read(n) if n else b""
                 js = json.loads(raw) if raw else None
                 with outer.lock:
-                    outer.requests.append((method, self.path, dict(self.headers), js))
+                    outer.requests.append((method, self.path, dict(self.headers), js, time.monotonic()))
                     mode = outer.mode
                 path = self.path
                 if path.endswith("/v1/health"):
@@ -108,6 +110,17 @@ class FakeProcessor:
                     return self._reply(200, {"status": "voided", "reference": ref})
                 if mode in ("502", "503") and method == "POST" and path.endswith("/v1/authorizations"):
                     return self._reply(int(mode), {"error": "upstream"})
+                if mode == "429" and method == "POST" and path.endswith("/v1/authorizations"):
+                    with outer.lock:  # the first answer asks to wait; the next call is served
+                        first = outer.retry_after is not None
+                        wait, outer.retry_after = outer.retry_after, None
+                    if first:
+                        data = b'{"error":"slow down"}'
+                        self.send_response(429)
+                        self.send_header("Retry-After", wait)
+                        self.send_header("Content-Length", str(len(data)))
+                        self.end_headers()
+                        return self.wfile.write(data)
                 if mode == "mismatch" and method == "POST" and path.endswith("/v1/authorizations"):
                     a = {"id": "auth_" + js["reference"], "operation": "authorize", "reference": js["reference"],
                          "status": "approved", "auth_code": "A1B2C3", "amount": js["amount"] * 10,
@@ -239,7 +252,7 @@ class ConnectorContract(unittest.TestCase):
         auths = [x for x in self.fake.calls("/p/fake/v1/authorizations")
                  if x[3]["amount"] == 2000 and x[3]["card"]["number"] == PAN_OK]
         self.assertTrue(auths)
-        method, path, headers, body = auths[-1]
+        method, path, headers, body = auths[-1][:4]
         self.assertEqual(path, "/p/fake/v1/authorizations")
         self.assertEqual(headers.get("Authorization"), "Bearer sk_fake_processor_credential")
         self.assertEqual(headers.get("Content-Type"), "application/json")
@@ -333,6 +346,27 @@ class ConnectorContract(unittest.TestCase):
             self.assertEqual(sorted(statuses), sorted(auths), (mode, reqs))
             self.assertEqual(sorted(fences), sorted(auths) if settled else [], (mode, reqs))
             wait_for(lambda: processors(self.c)["fake"]["breaker"] == "closed", what="breaker closed")
+
+    def test_retry_after_of_a_429_is_waited_for_or_left_to_another_processor(self):
+        """A 429's Retry-After (RFC 9110 10.2.3) is honoured: the retry on
+        the same processor waits that long (seconds, or an HTTP-date); one
+        past the payment's deadline is not waited for (no second call)."""
+        for wait in ("1", email.utils.formatdate(time.time() + 2, usegmt=True)):
+            n0 = len(self.fake.requests)
+            self.fake.mode, self.fake.retry_after = "429", wait
+            r = self.pay(PAN_OK)
+            self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), (wait, r))
+            with self.fake.lock:
+                t = [q[4] for q in self.fake.requests[n0:] if q[1].endswith("/v1/authorizations")]
+            self.assertEqual(len(t), 2, wait)
+            self.assertGreaterEqual(t[1] - t[0], 0.9, wait)
+        n0 = len(self.fake.requests)
+        self.fake.mode, self.fake.retry_after = "429", "3600"
+        t0 = time.monotonic()
+        r = self.pay(PAN_OK)
+        self.assertGreaterEqual(r.status, 400, r)
+        self.assertLess(time.monotonic() - t0, 5.0, r)
+        self.assertEqual(len([q for q in self.fake.requests[n0:] if q[1].endswith("/v1/authorizations")]), 1)
 
     def test_a_refund_is_not_updated_while_its_processor_call_runs(self):
         """The refund's outcome is written under its charge's lock; an update
