@@ -833,7 +833,22 @@ json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, str
     return NULL;
   }
   ci->cvc = tp_pm_has_cvc(pm);
+  tp_card_exp_of(ci, pm);
   return pm;
+}
+
+void tp_card_exp_of(struct tp_card_info *ci, const json_t *pm)
+{
+  /* The vault keeps the card as it was saved; an update of a reissued
+   * card's expiry (POST /v1/payment_methods/{id}, a card source's update)
+   * changes the PaymentMethod only, and the processor gets that. */
+  const json_t *card = json_object_get(pm, "card");
+  json_int_t m = json_integer_value(json_object_get(card, "exp_month"));
+  json_int_t y = json_integer_value(json_object_get(card, "exp_year"));
+  if (m >= 1 && m <= 12 && y >= 1000 && y <= 9999) {
+    ci->exp_month = (int)m;
+    ci->exp_year = (int)y;
+  }
 }
 
 void tp_pm_address_checks(json_t *pm)

@@ -107,6 +107,8 @@ json_t *tp_card_source_create(struct tp_req *r, struct tp_cs *cs, const char *so
 /* obj.turnpike[key] = value (taken), the turnpike object made if missing:
  * Turnpike's own marks on an object, kept together. */
 void tp_mark(json_t *obj, const char *key, json_t *value);
+/* ci's expiry from the PaymentMethod pm (which an update may have changed since the card was vaulted). */
+void tp_card_exp_of(struct tp_card_info *ci, const json_t *pm);
 /* A PaymentMethod detached from its customer is used up, as on Stripe: not
  * to pay or be attached again. False after replying 400
  * payment_method_consumed. */

@@ -1,6 +1,7 @@
 /* libmicrohttpd glue: bounded body reading, routing, authentication,
  * parameter parsing, suspend/resume and response queueing. */
 #include "api/http.h"
+#include "core/payflow.h"
 #include "cli.h"
 #include "api/requests.h"
 #include "api/params.h"
@@ -447,8 +448,8 @@ static void dispatch(struct tp_req *r)
     preflight(r);
     return;
   }
-  bool url_known;
-  const struct tp_route *rt = route(r, &url_known);
+  bool url_known = false;
+  const struct tp_route *rt = r->bad_path ? NULL : route(r, &url_known);
   if (!rt) {
     if (url_known) {
       /* RFC 9110 15.5.6: a 405 carries Allow, the methods the path serves. */
@@ -657,6 +658,12 @@ static enum MHD_Result queue_reply(struct tp_req *r)
   return ret;
 }
 
+/* *con_cls of a request whose path has an encoded "/", "\\" or NUL: libmicrohttpd
+ * decodes the path before routing, so "pi_X%2Fcancel" would reach the cancel
+ * route (RFC 3986 2.2: an encoded delimiter is data). Such a path names no
+ * object here and is answered 404. */
+static char encoded_delimiter;
+
 /* The path of a request target: RFC 9112 §3.2.2 has servers accept the
  * absolute form ("http://host/v1/..."), which proxies send; it names the
  * same resource as its path. */
@@ -676,11 +683,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
   (void)cls;
   (void)version;
   struct tp_req *r = *con_cls;
+  bool bad_path = r == (void *)&encoded_delimiter;
+  if (bad_path)
+    r = *con_cls = NULL;
   if (!r) {
     r = calloc(1, sizeof *r);
     if (!r)
       return MHD_NO;
     r->conn = conn;
+    r->bad_path = bad_path;
     r->t0_ns = tp_mono_ns();
     tp_scopy(r->method, sizeof r->method, method);
     r->url = strdup(origin_form(url));
@@ -717,7 +728,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   (void)conn;
   (void)toe;
   struct tp_req *r = *con_cls;
-  if (!r)
+  if (!r || r == (void *)&encoded_delimiter)
     return;
   tp_idem_end(r);
   if (r->raw_resp)
@@ -777,11 +788,22 @@ int tp_http_set_tls(const char *cert_pem, const char *key_pem, const char *prior
  * a request only after the last answer went out). */
 #define TP_HTTP_URI_MAX (TP_HTTP_CONN_MEMORY - 4096)
 
+
+static bool encodes_delimiter(const char *uri)
+{
+  for (const char *p = uri; *p && *p != '?' && *p != '#'; p++)
+    if (p[0] == '%' && p[1] && p[2] &&
+        ((p[1] == '2' && (p[2] == 'f' || p[2] == 'F')) || (p[1] == '0' && p[2] == '0') ||
+         (p[1] == '5' && (p[2] == 'c' || p[2] == 'C'))))
+      return true;
+  return false;
+}
+
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 {
   (void)cls;
   if (!uri || strnlen(uri, TP_HTTP_URI_MAX + 1) <= TP_HTTP_URI_MAX)
-    return NULL;
+    return uri && encodes_delimiter(uri) ? &encoded_delimiter : NULL;
   const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
   if (!ci)
     return NULL;
@@ -878,9 +900,20 @@ void tp_http_stop(unsigned wait_ms)
     shutdown(s, SHUT_RDWR);
   }
   tp_stream_shutdown(); /* upgraded sockets must be closed before MHD stops */
-  int64_t until = tp_mono_ms() + wait_ms;
+  /* A suspended request ends by its payment's deadline plus one call's
+   * timeout (or sooner); libmicrohttpd aborts the process if it is stopped
+   * with a connection still suspended, so wait for that, not only wait_ms. */
+  int64_t longest = tp_payflow_longest_ms() + 2000;
+  int64_t until = tp_mono_ms() + (longest > (int64_t)wait_ms ? longest : (int64_t)wait_ms);
   while (atomic_load(&inflight) > 0 && tp_mono_ms() < until)
     usleep(5000);
+  if (atomic_load(&inflight) > 0) {
+    /* Cannot happen by the bound above; everything acknowledged is
+     * committed and recovery settles the rest at the next start. */
+    tp_log(TP_LOG_ERROR, "shutdown_requests_abandoned", "{s:i}", "inflight", (int)atomic_load(&inflight));
+    tp_log_buffer_stop();
+    _exit(1);
+  }
   /* Let resumed connections flush their replies. */
   usleep(100000);
   MHD_stop_daemon(daemon_);

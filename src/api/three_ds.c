@@ -248,6 +248,7 @@ void tp_h_3ds_submit(struct tp_req *r)
     html(r, 500, "<!doctype html><title>Error</title><p>The card could not be loaded.</p>");
     return;
   }
+  tp_card_exp_of(&ci, pm);
   back_to_merchant(r, pi, true);
   unsigned status = r->status;
   char *page = r->resp;

@@ -654,6 +654,17 @@ static int64_t backoff_ms(int try_no)
   return ceil_ms > 0 ? (int64_t)(r % (uint32_t)(ceil_ms + 1)) : 0;
 }
 
+int64_t tp_payflow_longest_ms(void)
+{
+  /* A payment sends nothing new past its deadline, but a call sent just
+   * before it runs for up to its processor's timeout. */
+  int64_t longest = 0;
+  for (size_t i = 0; i < tp_procs_count(); i++)
+    if (tp_proc_at(i)->timeout_ms > longest)
+      longest = tp_proc_at(i)->timeout_ms;
+  return deadline_ms + longest;
+}
+
 static void route_reason(struct tp_pay *p)
 {
   char buf[TP_ROUTE_JSON_MAX];

@@ -157,4 +157,7 @@ int64_t tp_balance_available_after(void);
  * "number" for incorrect_number), or NULL. */
 const char *tp_decline_param(const char *code);
 
+/* How long a suspended payment request can last at most (deadline + the slowest processor's timeout). */
+int64_t tp_payflow_longest_ms(void);
+
 #endif

@@ -76,6 +76,21 @@ class ApiErrorsTest(DaemonTestCase):
             self.assertEqual(err["type"], "invalid_request_error", r)
         return r
 
+    def test_an_encoded_slash_in_an_id_is_not_a_path_delimiter(self):
+        """stripe-node escapes ids (encodeURIComponent): update("pi_X/cancel")
+        is POST /v1/payment_intents/pi_X%2Fcancel, which names no object
+        (RFC 3986 2.2), never the cancel route; nor %00 or %5C."""
+        c = self.c("bad")
+        pi = c.post("/v1/payment_intents", {"amount": 1500, "currency": "usd", "confirm": "true",
+                                            "capture_method": "manual", "payment_method": "pm_card_visa"}).json
+        self.assertEqual(pi["status"], "requires_capture")
+        for path in ("%2Fcancel", "%2fcapture", "%00/cancel", "%5Ccancel"):
+            r = c.post("/v1/payment_intents/" + pi["id"] + path, {})
+            self.assertEqual(r.status, 404, (path, r))
+            self.assertEqual(r.json["error"]["type"], "invalid_request_error", r)
+        got = c.get("/v1/payment_intents/" + pi["id"]).json
+        self.assertEqual((got["status"], got["amount_received"]), ("requires_capture", 0), got)
+
     def test_head_is_get_without_a_body(self):
         c = self.c("bad")
         r = c.post("/v1/customers", {"email": "head@example.com"})

@@ -79,6 +79,69 @@ class GracefulShutdownTest(DaemonTestCase):
         self.assertEqual(self.c().get("/healthz", key=None).status, 200)
 
 
+class SlowProcessorShutdownTest(DaemonTestCase):
+    """A payment whose processor call outlasts the 10 s of the shutdown
+    wait (timeout_ms 11 s, the processor holding its answer 11.5 s): the
+    daemon waits for it (libmicrohttpd aborts the process when stopped with
+    a request still suspended), the client gets a reply, the exit is 0."""
+    MERCHANTS = ("m",)
+
+    @classmethod
+    def config(cls):
+        import http.server
+        import threading
+
+        class Slow(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):  # health checks
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                time.sleep(11.5)
+                self.send_response(503)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+        cls.slow = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+        cls.slow.daemon_threads = True
+        threading.Thread(target=cls.slow.serve_forever, daemon=True).start()
+        return ("[processor.slow]\ntype = restjson\nendpoint = http://127.0.0.1:%d/p\napi_key = k\n"
+                "timeout_ms = 11000\nhealth_interval_ms = 60000\n" % cls.slow.server_address[1])
+
+    def test_sigterm_waits_for_a_call_longer_than_ten_seconds(self):
+        import threading
+        if self.daemon.proc is None:
+            self.daemon.start(config=self.config())
+        c = self.c()
+        got = {}
+        t = threading.Thread(target=lambda: got.update(r=c.post(PI, {
+            "amount": 500, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa"})))
+        t.start()
+        time.sleep(0.5)
+        proc = self.daemon.proc
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            rc = None
+            self.daemon.kill9()
+        else:
+            self.daemon.proc = None
+        t.join(30)
+        self.assertEqual(rc, 0, "exit status after SIGTERM\n" + self.daemon.log_tail())
+        self.assertIn("r", got, "no reply")
+        self.assertGreaterEqual(got["r"].status, 400, got["r"])
+
+
 
 
 class OpenFilesLimitTest(DaemonTestCase):
