@@ -217,6 +217,7 @@ class ConnectorContract(unittest.TestCase):
         params = {"amount": 2000, "currency": "usd", "confirm": "true",
                   "payment_method_data": card(pan)}
         params.update(extra)
+        params = {k: v for k, v in params.items() if v is not None}
         return self.c.post("/v1/payment_intents", params, headers={"Idempotency-Key": new_key()})
 
     def test_list_shows_config_without_credentials(self):
@@ -346,6 +347,20 @@ class ConnectorContract(unittest.TestCase):
             self.assertEqual(sorted(statuses), sorted(auths), (mode, reqs))
             self.assertEqual(sorted(fences), sorted(auths) if settled else [], (mode, reqs))
             wait_for(lambda: processors(self.c)["fake"]["breaker"] == "closed", what="breaker closed")
+
+    def test_an_updated_expiry_is_what_the_processor_gets(self):
+        """A reissued card's new expiry (POST /v1/payment_methods/{id}) goes
+        to the processor; the vault keeps the card as it was saved."""
+        cus = self.c.post("/v1/customers", {}).json
+        pm = self.c.post("/v1/payment_methods", {"type": "card", **{"card[%s]" % k: v for k, v in (
+            ("number", PAN_OK), ("exp_month", "12"), ("exp_year", "2031"), ("cvc", "123"))}}).json
+        self.assertEqual(self.c.post("/v1/payment_methods/%s/attach" % pm["id"], {"customer": cus["id"]}).status, 200)
+        r = self.c.post("/v1/payment_methods/" + pm["id"], {"card[exp_month]": "7", "card[exp_year]": "2033"})
+        self.assertEqual((r.status, r.json["card"]["exp_month"], r.json["card"]["exp_year"]), (200, 7, 2033), r)
+        r = self.pay(PAN_OK, payment_method=pm["id"], customer=cus["id"], payment_method_data=None)
+        self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
+        body = [x[3] for x in self.fake.calls("/p/fake/v1/authorizations") if x[3]["payment"] == r.json["id"]][-1]
+        self.assertEqual((body["card"]["exp_month"], body["card"]["exp_year"]), (7, 2033), body["card"].keys())
 
     def test_retry_after_of_a_429_is_waited_for_or_left_to_another_processor(self):
         """A 429's Retry-After (RFC 9110 10.2.3) is honoured: the retry on
