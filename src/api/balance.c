@@ -16,9 +16,6 @@
 
 #define ACCOUNT_PENDING "merchant:pending"
 #define ACCOUNT_AVAILABLE "merchant:available"
-/* More currencies than any merchant has; past it extra currencies are dropped. */
-#define BALANCE_MAX_CURRENCIES 64
-
 static const struct tp_pspec spec_balance[] = {
   {"expand", TP_P_STRLIST, NULL, NULL},
   {NULL, TP_P_ANY, NULL, NULL},
@@ -62,7 +59,13 @@ void tp_h_balance(struct tp_req *r)
     tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
     return;
   }
-  struct cur_sum sums[BALANCE_MAX_CURRENCIES];
+  /* One entry per currency held (each has at most two rows). */
+  struct cur_sum *sums = calloc(json_array_size(rows) + 1, sizeof *sums);
+  if (!sums) {
+    json_decref(rows);
+    tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+    return;
+  }
   size_t n = 0;
   size_t i;
   json_t *row;
@@ -80,8 +83,6 @@ void tp_h_balance(struct tp_req *r)
       if (strcmp(sums[k].currency, currency) == 0)
         break;
     if (k == n) {
-      if (n == BALANCE_MAX_CURRENCIES)
-        continue;
       memcpy(sums[k].currency, currency, 4);
       sums[k].available = sums[k].pending = 0;
       n++;
@@ -102,6 +103,7 @@ void tp_h_balance(struct tp_req *r)
     json_array_append_new(available, fund(sums[k].currency, sums[k].available));
     json_array_append_new(pending, fund(sums[k].currency, sums[k].pending));
   }
+  free(sums);
   tp_reply_json(r, 200, tp_pack("{s:s, s:o, s:b, s:o}", "object", "balance", "available", available, "livemode", 0,
                                 "pending", pending));
 }

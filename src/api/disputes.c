@@ -29,7 +29,8 @@
 
 #define UNSUPPORTED(name, why) {name, TP_P_UNSUPPORTED, NULL, why}
 #define DISPUTE_RESPONSE_DAYS 7  /* evidence due, counted from the dispute */
-#define EVIDENCE_TEXT_MAX 20000  /* Stripe's limit on each text field */
+#define EVIDENCE_TEXT_MAX 20000   /* Stripe's limit on each text field, in characters */
+#define EVIDENCE_TOTAL_MAX 150000 /* ... and on all of them together */
 
 static const char *const why_files[] = {"Turnpike has no Files API: give the evidence as text", NULL};
 static const char *const why_enhanced[] = {"Turnpike submits no enhanced evidence (Visa Compelling Evidence 3.0, "
@@ -50,7 +51,7 @@ static const char *const evidence_files[] = {
     "cancellation_policy", "customer_communication", "customer_signature", "duplicate_charge_documentation",
     "receipt", "refund_policy", "service_documentation", "shipping_documentation", "uncategorized_file", NULL};
 
-#define S(name) {name, TP_P_STRING, NULL, NULL}
+#define S(name) {name, TP_P_TEXT, NULL, NULL}
 #define F(name) UNSUPPORTED(name, why_files)
 static const struct tp_pspec spec_evidence[] = {
   S("access_activity_log"), S("billing_address"), S("cancellation_policy_disclosure"), S("cancellation_rebuttal"),
@@ -92,6 +93,16 @@ static const char *reason_code(const char *reason, const char *brand)
   if (strcmp(reason, "product_not_received") == 0)
     return mc ? "4855" : "13.1";
   return mc ? "4837" : "10.4";
+}
+
+/* Characters (code points) of a string value; 0 for anything else. */
+static size_t chars(const json_t *v)
+{
+  const unsigned char *p = (const unsigned char *)json_string_value(v);
+  size_t n = 0;
+  for (; p && *p; p++)
+    n += (*p & 0xC0) != 0x80;
+  return n;
 }
 
 static json_t *evidence_new(void)
@@ -321,7 +332,7 @@ void tp_h_dispute_update(struct tp_req *r)
   json_t *v;
   json_object_foreach((json_t *)(uintptr_t)ev, k, v)
   {
-    if (json_string_length(v) > EVIDENCE_TEXT_MAX) {
+    if (chars(v) > EVIDENCE_TEXT_MAX) {
       char param[80];
       snprintf(param, sizeof param, "evidence[%s]", k);
       tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, param, NULL);
@@ -329,6 +340,14 @@ void tp_h_dispute_update(struct tp_req *r)
       goto out;
     }
     json_object_set_new(evidence, k, tp_unset(v) ? json_null() : json_string(json_string_value(v)));
+  }
+  size_t total = 0;
+  json_object_foreach(evidence, k, v) total += chars(v);
+  if (total > EVIDENCE_TOTAL_MAX) {
+    tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, "evidence",
+                   "The evidence is too long: its text fields may hold 150,000 characters in all.");
+    json_decref(before);
+    goto out;
   }
   if ((v = json_object_get(r->params, "metadata")) && !tp_metadata_update(r, dp, v)) {
     json_decref(before);

@@ -123,7 +123,10 @@ void tp_h_event_retrieve(struct tp_req *r)
   json_t *ev = tp_check_params(r, tp_spec_expand_only) ? tp_load_path(r, TP_K_EVENT, "event") : NULL;
   if (ev) {
     set_pending(ev, &w);
-    tp_reply_json(r, 200, ev);
+    if (tp_expand(r, ev, NULL))
+      tp_reply_json(r, 200, ev);
+    else
+      json_decref(ev);
   }
   eps_free(&w);
 }

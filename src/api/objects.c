@@ -1248,6 +1248,11 @@ bool tp_list_params(struct tp_req *r, struct tp_list_query *q)
     q->starting_after = NULL;
   if (q->ending_before && !*q->ending_before)
     q->ending_before = NULL;
+  if (q->starting_after && q->ending_before) {
+    tp_reply_error(r, TP_ERR_PARAMETERS_EXCLUSIVE, "ending_before",
+                   "Received both starting_after and ending_before parameters. Please pass in only one.");
+    return false;
+  }
   /* A cursor must name an object of this merchant and kind (Stripe: 400). */
   const char *cursor = q->starting_after ? q->starting_after : q->ending_before;
   if (cursor) {

@@ -323,6 +323,14 @@ static json_t *finalize(json_t *v, char *path, size_t plen, struct tp_params_err
   return arr;
 }
 
+/* The longest value a parameter may have: a dispute's evidence texts take
+ * 20,000 characters (Stripe), every other value TP_PARAMS_MAX_VALUE bytes.
+ * The spec of the endpoint then says which keys are texts (TP_P_TEXT). */
+int tp_params_max_value(const char *key)
+{
+  return strncmp(key, "evidence[", 9) == 0 ? TP_PARAMS_MAX_TEXT : TP_PARAMS_MAX_VALUE;
+}
+
 /* Parse application/x-www-form-urlencoded with Stripe bracket nesting. */
 json_t *tp_params_parse_form(const char *body, size_t len, struct tp_params_error *err) {
   if (err) err->message[0] = err->param[0] = '\0';
@@ -336,7 +344,12 @@ json_t *tp_params_parse_form(const char *body, size_t len, struct tp_params_erro
     return NULL;
   }
   char key[TP_PARAMS_MAX_KEY + 1];
-  char val[TP_PARAMS_MAX_VALUE + 1];
+  char *val = malloc(TP_PARAMS_MAX_TEXT + 1);
+  if (!val) {
+    json_decref(root);
+    set_err(err, NULL, "Out of memory");
+    return NULL;
+  }
   struct seg segs[TP_PARAMS_MAX_DEPTH + 1];
   char name[TP_PARAMS_MAX_KEY + 1];
   size_t count = 0;
@@ -367,13 +380,14 @@ json_t *tp_params_parse_form(const char *body, size_t len, struct tp_params_erro
     val[0] = '\0';
     if (p < end && *p == '=') {
       p++;
-      switch (decode_part(&p, end, false, val, TP_PARAMS_MAX_VALUE, &vlen)) {
+      int max = tp_params_max_value(key);
+      switch (decode_part(&p, end, false, val, (size_t)max, &vlen)) {
       case DEC_OK: break;
       case DEC_BAD_ESCAPE:
         set_err(err, key, "Invalid percent-encoding in the value of %s", key);
         goto fail;
       case DEC_TOO_LONG:
-        set_err(err, key, "Value of %s too long (limit %d bytes)", key, TP_PARAMS_MAX_VALUE);
+        set_err(err, key, "Value of %s too long (limit %d bytes)", key, max);
         goto fail;
       case DEC_NUL:
         set_err(err, key, "NUL byte in the value of %s", key);
@@ -390,12 +404,16 @@ json_t *tp_params_parse_form(const char *body, size_t len, struct tp_params_erro
     if (split_key(key, klen, name, segs, &nsegs, err) < 0) goto fail;
     if (insert_pair(root, segs, nsegs, name, val, vlen, err) < 0) goto fail;
   }
+  explicit_bzero(val, TP_PARAMS_MAX_TEXT + 1);
+  free(val);
   char path[TP_PATH_MAX];
   path[0] = '\0';
   json_t *done = finalize(root, path, 0, err);
   json_decref(root);
   return done;
 fail:
+  explicit_bzero(val, TP_PARAMS_MAX_TEXT + 1);
+  free(val);
   json_decref(root);
   return NULL;
 }
@@ -415,8 +433,8 @@ static int json_limits(json_t *j, int depth, size_t *leaves, char *path, size_t 
       set_err(err, NULL, "Too many parameters (limit %d)", TP_PARAMS_MAX_COUNT);
       return -1;
     }
-    if (json_is_string(j) && json_string_length(j) > TP_PARAMS_MAX_VALUE) {
-      set_err(err, path, "Value of %s too long (limit %d bytes)", path, TP_PARAMS_MAX_VALUE);
+    if (json_is_string(j) && json_string_length(j) > (size_t)tp_params_max_value(path)) {
+      set_err(err, path, "Value of %s too long (limit %d bytes)", path, tp_params_max_value(path));
       return -1;
     }
     return 0;
@@ -683,13 +701,15 @@ static int check_value(struct check_ctx *c, size_t plen, json_t *v, const struct
   if (sp->type == TP_P_ANY || is_unset(v)) return 0;
   switch (sp->type) {
   case TP_P_STRING:
+  case TP_P_TEXT: {
     if (!json_is_string(v)) return type_error(c, sp->name, v, "string");
-    if (json_string_length(v) > TP_PARAMS_MAX_VALUE) {
-      set_err(c->err, c->path, "Value of %s too long (limit %d bytes)", c->path,
-              TP_PARAMS_MAX_VALUE);
+    int max = sp->type == TP_P_TEXT ? TP_PARAMS_MAX_TEXT : TP_PARAMS_MAX_VALUE;
+    if (json_string_length(v) > (size_t)max) {
+      set_err(c->err, c->path, "Value of %s too long (limit %d bytes)", c->path, max);
       return -1;
     }
     return 0;
+  }
   case TP_P_INT:
     return check_int(c, sp->name, v, repl);
   case TP_P_BOOL:

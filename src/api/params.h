@@ -14,6 +14,7 @@
 #define TP_PARAMS_MAX_KEY       200          /* bytes in one decoded key */
 #define TP_PARAMS_MAX_ARRAY     100          /* elements in one array (expand[] etc.) */
 #define TP_PARAMS_MAX_VALUE     5000         /* bytes in one decoded value */
+#define TP_PARAMS_MAX_TEXT      80000        /* bytes in a long text (evidence[...]: 20,000 characters of any UTF-8) */
 
 struct tp_params_error {
   char message[256];   /* human message, never contains parameter *values* */
@@ -29,6 +30,8 @@ struct tp_params_error {
  * NUL bytes, conflicting shapes (a=1&a[b]=2), past-limit counts/depth -> NULL
  * and err filled. Returned object is owned by the caller. */
 json_t *tp_params_parse_form(const char *body, size_t len, struct tp_params_error *err);
+/* The longest value key (a form key or a JSON path) may have, in bytes. */
+int tp_params_max_value(const char *key);
 /* Zero the card fields (number, cvc, encrypted) of a parameter tree before
  * it is freed: request parameters may hold a card number. */
 void tp_params_wipe(json_t *params);
@@ -43,6 +46,7 @@ json_t *tp_params_parse_json(const char *body, size_t len, struct tp_params_erro
 /* ---- declarative validation ------------------------------------------- */
 enum tp_ptype {
   TP_P_STRING,     /* JSON string (max TP_PARAMS_MAX_VALUE) */
+  TP_P_TEXT,       /* a long JSON string (max TP_PARAMS_MAX_TEXT; only under "evidence") */
   TP_P_INT,        /* integer, or a string of an optional '-' and digits fitting int64 */
   TP_P_BOOL,       /* true/false, the strings "true"/"false", or one of spec->choices (read as true) */
   TP_P_ENUM,       /* string, one of spec->choices (NULL-terminated list) */

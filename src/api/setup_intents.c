@@ -362,7 +362,7 @@ json_t *tp_si_finish(struct tp_req *r, struct tp_cs *cs, json_t *si, json_t *pm,
                      bool authenticated, json_t **attempt)
 {
   json_object_set_new(si, "next_action", json_null());
-  const char *decline = tp_test_card_decline(pan, tp_pm_has_cvc(pm));
+  const char *decline = tp_test_card_check_decline(pan, tp_pm_has_cvc(pm));
   if (!*decline) {
     json_object_set_new(si, "status", json_string("succeeded"));
     json_object_set(si, "payment_method", json_object_get(pm, "id"));

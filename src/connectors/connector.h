@@ -96,6 +96,8 @@ void tp_iso8583_stats(const struct tp_connector *c, struct json_t *out);
  * card (the CVC-check card 4000000000000101 declines only then, as Stripe's
  * does). */
 const char *tp_test_card_decline(const char *pan, bool cvc);
+/* ... when the card is only checked, not charged (a SetupIntent): 4000000000000341 attaches, then declines charges. */
+const char *tp_test_card_check_decline(const char *pan, bool cvc);
 /* Does the issuer of this test card require 3-D Secure, for a payment made
  * off_session or not, with a card set up for off-session payments by an
  * authenticated payment (set_up) or not? */

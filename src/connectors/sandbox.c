@@ -29,6 +29,7 @@ static const struct test_card {
   bool decline_needs_cvc; /* declines (the CVC check fails) only when a CVC was given */
   bool refund_fails;
   bool bypass_pending; /* its charges' funds are available at once */
+  bool charges_only;   /* declines charges only: a card check (SetupIntent) passes */
 } test_cards[] = {
   {.pan = "4000000000000002", .decline = "generic_decline"},
   {.pan = "4000000000009995", .decline = "insufficient_funds"},
@@ -42,7 +43,7 @@ static const struct test_card {
   {.pan = "4000000000009235", .risk = "elevated"},
   {.pan = "4000000000000101", .decline = "incorrect_cvc", .decline_needs_cvc = true}, /* only with a CVC */
   {.pan = "4000000000006975", .decline = "card_velocity_exceeded"},
-  {.pan = "4000000000000341", .decline = "generic_decline"}, /* attaches, but every charge is declined */
+  {.pan = "4000000000000341", .decline = "generic_decline", .charges_only = true}, /* attaches, every charge declined */
   /* 3-D Secure */
   {.pan = "4000002760003184", .three_ds = ALWAYS}, /* every payment, however the card was saved */
   {.pan = "4000000000003220", .three_ds = ALWAYS}, /* 3-D Secure 2 required */
@@ -78,6 +79,11 @@ const char *tp_test_card_decline(const char *pan, bool cvc)
 {
   const struct test_card *t = test_card(pan);
   return t->decline && (cvc || !t->decline_needs_cvc) ? t->decline : "";
+}
+
+const char *tp_test_card_check_decline(const char *pan, bool cvc)
+{
+  return test_card(pan)->charges_only ? "" : tp_test_card_decline(pan, cvc);
 }
 
 const char *tp_test_card_dispute(const char *pan)

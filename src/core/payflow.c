@@ -1172,7 +1172,10 @@ static void ledger_post(struct tp_cs *cs, const struct tp_posting *po, bool avai
   }
   TP_JBUF_INT(&b, ",\"net\":", net);
   /* Stripe reports a dispute's adjustments under "dispute". */
-  TP_JBUF_STR(&b, ",\"reporting_category\":", strcmp(po->type, "adjustment") == 0 ? "dispute" : po->type);
+  /* Stripe's categories split adjustments: a chargeback's withdrawal is a
+   * dispute, its reinstatement (a won dispute) a dispute_reversal. */
+  TP_JBUF_STR(&b, ",\"reporting_category\":",
+              strcmp(po->type, "adjustment") != 0 ? po->type : po->amount > 0 ? "dispute_reversal" : "dispute");
   TP_JBUF_STR(&b, ",\"source\":", po->source);
   TP_JBUF_STR(&b, ",\"status\":", available ? "available" : "pending");
   TP_JBUF_STR(&b, ",\"type\":", po->type);

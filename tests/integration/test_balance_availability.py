@@ -15,7 +15,7 @@ PI = "/v1/payment_intents"
 
 
 class BalanceAvailability(DaemonTestCase):
-    MERCHANTS = ("m", "n")
+    MERCHANTS = ("m", "n", "many")
 
     @classmethod
     def config(cls):
@@ -34,6 +34,18 @@ class BalanceAvailability(DaemonTestCase):
 
     def bts(self, merchant=None):
         return self.c(merchant).list_all("/v1/balance_transactions")
+
+    def test_the_balance_names_every_currency_held(self):
+        """One entry per currency, however many (64 were shown at most)."""
+        curs = ("aed aud bgn brl cad chf czk dkk eur gbp hkd huf inr jpy krw mxn myr nok nzd pln ron sek sgd "
+                "thb usd all amd ang aoa ars awg azn bam bbd bdt bmd bnd bob bsd bwp bzd cny cop crc cve dop "
+                "dzd egp etb fjd gel gip gmd gtq gyd hnl htg idr ils jmd kes kgs khr kyd kzt lak lkr lrd").split()
+        self.assertGreater(len(curs), 64)
+        for cur in curs:
+            self.pay(500000, merchant="many", currency=cur)
+        b = self.c("many").get("/v1/balance").json
+        self.assertEqual(sorted(x["currency"] for x in b["pending"]), sorted(curs))
+        self.assertEqual(sorted(x["currency"] for x in b["available"]), sorted(curs))
 
     def assertBalanceMatchesTransactions(self, merchant=None):
         """available / pending equal the balance transactions in that status,

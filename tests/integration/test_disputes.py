@@ -103,6 +103,8 @@ class Disputes(DaemonTestCase):
         self.assertEqual([(b["amount"], b["fee"], b["net"]) for b in r.json["balance_transactions"]],
                          [(-2000, 1500, -3500), (2000, -1500, 3500)])
         self.assertEqual(r.json["balance_transactions"][1]["description"], "Chargeback reversal for " + ch)
+        self.assertEqual([b["reporting_category"] for b in r.json["balance_transactions"]],
+                         ["dispute", "dispute_reversal"])
         # won: the amount and the fee come back
         self.assertEqual(self.balance(), (avail, before + 2000))
         self.assertEqual(self.ledger_sums()[0], 0)
@@ -113,6 +115,24 @@ class Disputes(DaemonTestCase):
         r = self.c().post(DP + "/" + dp["id"], {"evidence[customer_name]": "Bob"})
         self.assertStripeError(r, 400, "invalid_request_error")
         self.assertStripeError(self.c().post(DP + "/%s/close" % dp["id"], {}), 400, "invalid_request_error")
+
+    def test_evidence_texts_take_20000_characters_each_and_150000_in_all(self):
+        """Stripe's limits, in characters (not the 5,000 bytes of other values)."""
+        dp = self.dispute_of(self.pay()["latest_charge"])
+        log = "é" * 20000  # 40,000 bytes of UTF-8
+        r = self.c().post(DP + "/" + dp["id"], {"evidence[access_activity_log]": log, "submit": "false"})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(len(r.json["evidence"]["access_activity_log"]), 20000)
+        r = self.c().post(DP + "/" + dp["id"], {"evidence[refund_policy_disclosure]": "x" * 20001, "submit": "false"})
+        self.assertStripeError(r, 400, "invalid_request_error", param="evidence[refund_policy_disclosure]")
+        big = {"evidence[%s]" % k: "y" * 19000 for k in (
+            "product_description", "refund_refusal_explanation", "service_date", "shipping_address",
+            "shipping_carrier", "cancellation_rebuttal", "uncategorized_text")}
+        big["submit"] = "false"
+        r = self.c().post(DP + "/" + dp["id"], big)
+        self.assertStripeError(r, 400, "invalid_request_error", param="evidence")
+        got = self.c().get(DP + "/" + dp["id"]).json
+        self.assertIsNone(got["evidence"]["product_description"], "a refused update changed nothing")
 
     def test_losing_evidence_and_close_lose_it(self):
         ch = self.pay(pm="pm_card_createDisputeProductNotReceived")["latest_charge"]

@@ -224,6 +224,15 @@ class ListsTest(DaemonTestCase):
         # Stripe: invalid_request_error "No such ...", param starting_after
         self.assertStripeError(r, r.status, "invalid_request_error", param="starting_after")
 
+    def test_both_cursors_are_refused(self):
+        c = self.c("limits")
+        ids = [c.post("/v1/customers", {}).json["id"] for _ in range(3)]
+        r = c.get("/v1/customers", {"starting_after": ids[2], "ending_before": ids[0]})
+        self.assertStripeError(r, 400, "invalid_request_error", param="ending_before")
+        self.assertIn("only one", r.json["error"]["message"])
+        r = c.get("/v1/events", {"starting_after": "evt_x", "ending_before": "evt_y", "types[]": "customer.*"})
+        self.assertStripeError(r, 400, "invalid_request_error", param="ending_before")
+
     def test_expand_latest_charge(self):
         c = self.c("expand")
         r = c.post(PI, {"amount": 2500, "currency": "usd", "payment_method": "pm_card_visa",
@@ -307,6 +316,14 @@ class ListsTest(DaemonTestCase):
         self.assertEqual(r.json["customer"], cus, r)
         r = c.get(PI + "/" + pi, [("expand[]", "no_such_field")])
         self.assertStripeError(r, 400, "invalid_request_error")
+        # an event expands alike whether or not the merchant has a webhook endpoint
+        ev = [e for e in c.get("/v1/events", {"type": "payment_intent.created"}).json["data"]
+              if e["data"]["object"]["id"] == pi][0]
+        for _ in range(2):
+            r = c.get("/v1/events/" + ev["id"], {"expand[]": "data.object.customer"})
+            self.assertEqual((r.status, r.json["data"]["object"]["customer"]["id"]), (200, cus), r)
+            self.assertEqual(c.post("/v1/webhook_endpoints", {"url": "http://127.0.0.1:9/h",
+                                                              "enabled_events[]": "*"}).status, 200)
 
 
 if __name__ == "__main__":

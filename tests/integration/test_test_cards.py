@@ -135,6 +135,15 @@ class TestCards(DaemonTestCase):
         self.assertEqual(self.c().post("/v1/payment_methods/%s/attach" % pm, {"customer": cus}).status, 200)
         err = self.pay(402, customer=cus, payment_method=pm)["error"]
         self.assertEqual((err["code"], err["decline_code"]), ("card_declined", "generic_decline"))
+        # saved through a SetupIntent too (the card check passes), then declined
+        si = self.c().post("/v1/setup_intents", {"customer": cus, "confirm": "true", "usage": "off_session",
+                                                 "payment_method_data[type]": "card",
+                                                 "payment_method_data[card][number]": pan,
+                                                 "payment_method_data[card][exp_month]": "12",
+                                                 "payment_method_data[card][exp_year]": "2034"})
+        self.assertEqual((si.status, si.json.get("status")), (200, "succeeded"), si)
+        err = self.pay(402, customer=cus, payment_method=si.json["payment_method"], off_session="true")["error"]
+        self.assertEqual(err["decline_code"], "generic_decline")
 
     def test_a_refund_to_a_closed_card_fails_and_the_money_comes_back(self):
         pi = self.pay(payment_method="pm_card_refundFail", amount=2500)
