@@ -874,6 +874,13 @@ bool tp_api_version_ok(const char *v)
   for (size_t i = 0; i < 10; i++)
     if (shape[i] == 'd' ? (v[i] < '0' || v[i] > '9') : v[i] != '-')
       return false;
+  /* A date (Stripe's versions are release dates): 2011-01-01 or later,
+   * a month 01-12, a day that month has. */
+  int y = atoi(v), m = (v[5] - '0') * 10 + (v[6] - '0'), d = (v[8] - '0') * 10 + (v[9] - '0');
+  static const int days[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  if (y < 2011 || m < 1 || m > 12 || d < 1 || d > days[m - 1] ||
+      (m == 2 && d == 29 && !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0))))
+    return false;
   if (n == 10)
     return true;
   if (v[10] != '.' || n == 11)

@@ -3,6 +3,7 @@
 #include "api/http.h"
 #include "core/payflow.h"
 #include "cli.h"
+#include "api/objects.h"
 #include "api/requests.h"
 #include "api/params.h"
 #include "config.h"
@@ -627,8 +628,8 @@ static enum MHD_Result queue_reply(struct tp_req *r)
   }
   if (retry)
     MHD_add_response_header(resp, "Stripe-Should-Retry", retry);
-  if (r->api_version[0])
-    MHD_add_response_header(resp, "Stripe-Version", r->api_version);
+  /* The version asked for, or (as Stripe sends the account's default) the one served. */
+  MHD_add_response_header(resp, "Stripe-Version", r->api_version[0] ? r->api_version : TP_API_VERSION);
   if (r->location[0])
     MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, r->location);
   if (r->status == 429 || r->retry_after_s) {
@@ -638,6 +639,8 @@ static enum MHD_Result queue_reply(struct tp_req *r)
   }
   if (r->www_authenticate[0])
     MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, r->www_authenticate);
+  else if (r->status == 401) /* RFC 9110 11.6.1: a 401 names a scheme (Stripe's: Basic) */
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Basic realm=\"Stripe\"");
   if (r->status == 426) { /* RFC 9110 15.5.22, RFC 6455 4.4: what to upgrade to */
     MHD_add_response_header(resp, MHD_HTTP_HEADER_UPGRADE, "websocket");
     MHD_add_response_header(resp, "Sec-WebSocket-Version", "13");

@@ -503,7 +503,8 @@ int tp_mask_card_numbers(char *s)
       continue;
     }
     /* A run: digits, with a space or dash between two digits, or up to three
-     * of " -._/\t" (4242.4242..., 4242  4242..., 4242_4242...). With the
+     * of " -._/\t+" (4242.4242..., 4242  4242..., 4242+4242... as a form
+     * encodes spaces). With the
      * other separators it takes 13 digits, so that an IPv4 address (at most
      * 12) is left alone. */
     char *q = p;
@@ -516,7 +517,7 @@ int tp_mask_card_numbers(char *s)
         continue;
       }
       int sep = 0;
-      while (sep < 3 && q[sep] && strchr(" -._/\t", q[sep]))
+      while (sep < 3 && q[sep] && strchr(" -._/\t+", q[sep]))
         sep++;
       if (sep == 0 || q[sep] < '0' || q[sep] > '9')
         break;

@@ -264,7 +264,10 @@ class AccessTest(DaemonTestCase):
             if auth:
                 url = re.sub(r"\{\w+\}", "x", pattern)
                 with self.subTest(method=method, url=url):
-                    self.assertStripeError(anon.request(method, url), 401, "invalid_request_error")
+                    r = anon.request(method, url)
+                    self.assertStripeError(r, 401, "invalid_request_error")
+                    # RFC 9110 11.6.1: a 401 names its scheme
+                    self.assertTrue(r.headers.get("WWW-Authenticate"), r.headers)
 
 
 class KeysTest(DaemonTestCase):
