@@ -360,7 +360,11 @@ static bool handle(struct iconn *c, struct tp_iso_msg *m)
   if (alpha)
     tp_scopy(cur, sizeof cur, alpha);
   if (auth) {
-    if (!alpha || q.amount <= 0 || strlen(tp_iso_get(m, 2)) < 12) {
+    if (strlen(tp_iso_get(m, 2)) < 12) {
+      answer_code(c, m, "14"); /* invalid card number */
+      return true;
+    }
+    if (!alpha || q.amount <= 0) {
       answer_code(c, m, alpha ? "13" : "30"); /* 13 invalid amount */
       return true;
     }
@@ -443,8 +447,13 @@ static bool consume(struct iconn *c)
     struct tp_iso_msg m;
     char err[128];
     if (tp_iso_unpack(&m, c->in + off + 2, len, err, sizeof err) != 0) {
+      /* The frame itself is whole: drop it and go on with the next, so the
+       * answers already queued and the messages after it are not lost with
+       * the connection (a frame length out of range above has lost the
+       * framing, and closes it). */
       tp_log(TP_LOG_ERROR, "sim_iso_malformed", "{s:s, s:s}", "peer", c->peer, "error", err);
-      return false;
+      off += 2 + len;
+      continue;
     }
     off += 2 + len;
     ok = handle(c, &m);

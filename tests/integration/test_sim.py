@@ -802,18 +802,26 @@ class SimTest(unittest.TestCase):
         self.assertEqual(got, rrns, "every answer matched by STAN")
 
     def test_iso_malformed_frame_closes_only_that_connection(self):
+        """A frame length out of range has lost the framing: that connection
+        closes. A whole frame whose message is malformed is dropped and the
+        connection goes on: an answer queued before it, and the messages
+        after it, are answered (sent in one write)."""
+        with self.sim.iso_connect() as s:
+            s.sendall(struct.pack(">H", 3) + b"010")                          # shorter than MTI + bitmap
+            self.assertTrue(closed_by_peer(s))
         bad = [
-            struct.pack(">H", 3) + b"010",                                   # shorter than MTI + bitmap
             struct.pack(">H", 20) + b"0100" + b"\xff" * 8 + b"12345678",  # bitmap promises fields never sent
             iso_frame("0800", {7: "1124123000", 11: "000777", 70: "001"}).replace(b"000777", b"0007A7"),
         ]
         for frame in bad:
             with self.sim.iso_connect() as s:
-                s.sendall(frame)
-                self.assertTrue(closed_by_peer(s), frame)
-            with self.sim.iso_connect() as s:
-                s.sendall(iso_frame("0800", {7: "1124123000", 11: "000001", 70: "301"}))
-                self.assertEqual(iso_recv(s)[1][39], "00")
+                s.sendall(iso_frame("0800", {7: "1124123000", 11: "000001", 70: "301"}) + frame +
+                          iso_frame("0800", {7: "1124123000", 11: "000002", 70: "301"}))
+                self.assertEqual([iso_recv(s)[1][11] for _ in range(2)], ["000001", "000002"], frame)
+        # a card number under 12 digits is 14 (invalid card number), not an amount error
+        with self.sim.iso_connect() as s:
+            s.sendall(iso_frame("0100", auth_fields("42424242424", uuid.uuid4().hex[:12].upper())))
+            self.assertEqual(iso_recv(s)[1][39], "14")
         self.assertIn("sim_iso_malformed", self.sim.stderr())
 
     def test_iso_faults(self):
