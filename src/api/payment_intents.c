@@ -1264,9 +1264,7 @@ static void capture(struct tp_req *r, const char *pi_id, const char *amount_para
   tp_scopy(p->lock_id, sizeof p->lock_id, pi_id);
   tp_pay_attempt(p, "capture", amount, json_string_value(json_object_get(pi, "currency")));
   p->call.kind = TP_PROC_CAPTURE;
-  json_t *turn = json_object_get(ch, "turnpike");
-  const char *auth_att = json_string_value(json_object_get(turn, "attempt"));
-  tp_scopy(p->call.orig_ref, sizeof p->call.orig_ref, auth_att ? auth_att : "");
+  tp_call_target(&p->call, ch);
   tp_req_suspend(r);
   tp_pay_run(p, tp_cs_new());
   return;
@@ -1380,9 +1378,7 @@ static void start_void(struct tp_req *r, const struct tp_merchant *m, json_t *pi
   tp_pay_attempt(p, "void", json_integer_value(json_object_get(pi, "amount_capturable")),
                  json_string_value(json_object_get(pi, "currency")));
   p->call.kind = TP_PROC_VOID;
-  json_t *turn = json_object_get(p->charge, "turnpike");
-  const char *auth_att = json_string_value(json_object_get(turn, "attempt"));
-  tp_scopy(p->call.orig_ref, sizeof p->call.orig_ref, auth_att ? auth_att : "");
+  tp_call_target(&p->call, p->charge);
   tp_pay_run(p, tp_cs_new());
 }
 

@@ -157,8 +157,7 @@ void tp_h_refund_create(struct tp_req *r)
   tp_pay_attempt(p, "refund", amount, json_string_value(json_object_get(ch, "currency")));
   tp_scopy(p->att.refund, sizeof p->att.refund, json_string_value(json_object_get(re, "id")));
   p->call.kind = TP_PROC_REFUND;
-  const char *auth_att = json_string_value(json_object_get(json_object_get(ch, "turnpike"), "attempt"));
-  tp_scopy(p->call.orig_ref, sizeof p->call.orig_ref, auth_att ? auth_att : "");
+  tp_call_target(&p->call, ch);
   struct tp_cs *cs = tp_cs_new();
   tp_cs_put(cs, TP_K_REFUND, r->merchant.id, re);
   json_t *audit = tp_pack("{s:I, s:O, s:s}", "amount", (json_int_t)amount, "currency",

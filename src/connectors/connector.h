@@ -20,6 +20,11 @@ struct tp_proc_call {
   enum tp_proc_kind kind;
   char ref[64];           /* our idempotency reference for this call */
   char orig_ref[64];      /* the authorization's reference, for capture/void/refund */
+  /* ISO 8583: the original data elements (MTI, STAN, field 7: 20 digits) of
+   * the message that was answered, set by the link on an authorization's
+   * answer, and given back with the void that reverses it (field 90); ""
+   * when unknown */
+  char orig_data[24];
   char payment[64];       /* the PaymentIntent id when known ("" otherwise), for the processor's records */
   int64_t amount;
   char currency[4];

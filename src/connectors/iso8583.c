@@ -575,6 +575,9 @@ static void on_call_answer(struct iso_link *l, struct pend *p, const struct tp_i
   struct tp_proc_call *c = p->c;
   if (c) {
     tp_scopy(c->processor_ref, sizeof c->processor_ref, p->rrn);
+    /* What field 90 of this message's reversal names (a later void). */
+    snprintf(c->orig_data, sizeof c->orig_data, "%.4s%06u%.10s", p->mti, p->stan % 1000000u,
+             p->orig_f7[0] ? p->orig_f7 : "0000000000");
     const char *f38 = tp_iso_get(m, 38);
     if (f38)
       tp_scopy(c->auth_code, sizeof c->auth_code, f38);
@@ -973,6 +976,17 @@ static int iso_submit(void *cls, struct tp_proc_call *c)
       mti = "0200"; /* a refund, or a sale (authorize and capture) */
     tp_scopy(p->orig_mti, sizeof p->orig_mti, mti);
     tp_scopy(p->proc_code, sizeof p->proc_code, of == TP_PROC_REFUND ? "200000" : "000000");
+    /* A void knows its authorization's message (kept on the charge): field
+     * 90 names it whole, for hosts that find the original by it rather
+     * than by field 37. */
+    const char *od = c->kind == TP_PROC_VOID ? c->orig_data : "";
+    if (strlen(od) == 20 && strspn(od, "0123456789") == 20) {
+      memcpy(p->orig_mti, od, 4);
+      p->orig_mti[4] = '\0';
+      p->orig_stan = (uint32_t)strtoul((char[7]){od[4], od[5], od[6], od[7], od[8], od[9], 0}, NULL, 10);
+      memcpy(p->orig_f7, od + 10, 10);
+      p->orig_f7[10] = '\0';
+    }
   } else {
     tp_iso_rrn(c->ref, p->rrn);
     if (c->kind != TP_PROC_AUTHORIZE)

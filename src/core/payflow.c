@@ -579,6 +579,8 @@ static void send_call(struct tp_pay *p)
   c->outcome = TP_OUT_ERROR;
   c->decline_code[0] = c->auth_code[0] = c->processor_ref[0] = '\0';
   c->retry_after_ms = 0;
+  if (c->kind == TP_PROC_AUTHORIZE)
+    c->orig_data[0] = '\0'; /* an answer's, not an earlier call's */
   p->not_sent = false;
   p->sent_us = tp_mono_ns() / 1000;
   /* A new call asks the breaker first (half-open admits a few probes); a
@@ -652,6 +654,15 @@ static int64_t backoff_ms(int try_no)
   uint32_t r;
   tp_random(&r, sizeof r);
   return ceil_ms > 0 ? (int64_t)(r % (uint32_t)(ceil_ms + 1)) : 0;
+}
+
+void tp_call_target(struct tp_proc_call *c, const json_t *charge)
+{
+  const json_t *turn = json_object_get(charge, "turnpike");
+  const char *att = json_string_value(json_object_get(turn, "attempt"));
+  const char *orig = json_string_value(json_object_get(turn, "iso_original"));
+  tp_scopy(c->orig_ref, sizeof c->orig_ref, att ? att : "");
+  tp_scopy(c->orig_data, sizeof c->orig_data, orig ? orig : "");
 }
 
 int64_t tp_payflow_longest_ms(void)
@@ -1301,6 +1312,8 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved)
     json_object_set_new(json_object_get(ch, "turnpike"), "refunds_fail", json_true());
   if (approved && tp_test_card_bypass_pending(p->call.pan))
     json_object_set_new(json_object_get(ch, "turnpike"), "available_at_once", json_true());
+  if (approved && p->call.orig_data[0]) /* field 90 of its void (ISO 8583) */
+    json_object_set_new(json_object_get(ch, "turnpike"), "iso_original", json_string(p->call.orig_data));
   if (approved) {
     json_object_set_new(ch, "authorization_code", json_string(p->call.auth_code));
     json_object_set(pmd_card, "amount_authorized", json_object_get(pi, "amount"));
@@ -1771,8 +1784,7 @@ static struct tp_pay *recovery_pay(const struct tp_attempt *a, bool *busy)
      * sending it again, which is harmless (a host that reversed it already
      * answers 25, nothing stands, read as voided by the connector). */
     p->call.kind = TP_PROC_VOID;
-    const char *auth_att = json_string_value(json_object_get(json_object_get(p->charge, "turnpike"), "attempt"));
-    tp_scopy(p->call.orig_ref, sizeof p->call.orig_ref, auth_att ? auth_att : "");
+    tp_call_target(&p->call, p->charge);
   }
   return p;
 gone:

@@ -160,4 +160,8 @@ const char *tp_decline_param(const char *code);
 /* How long a suspended payment request can last at most (deadline + the slowest processor's timeout). */
 int64_t tp_payflow_longest_ms(void);
 
+/* A capture's, void's or refund's call names the authorization of charge
+ * (its attempt's reference; for ISO 8583, the original data elements). */
+void tp_call_target(struct tp_proc_call *c, const json_t *charge);
+
 #endif

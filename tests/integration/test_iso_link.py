@@ -285,6 +285,22 @@ class IsoLink(unittest.TestCase):
             self.assertNotEqual(orig[37], rev[37])
         self.assertEqual(self.host.errors, [])
 
+    def test_2b_a_void_names_its_authorization_in_field_90(self):
+        """ISO 8583:1987 field 90 = the original MTI, STAN and field 7: a
+        host that finds the original by them (not by field 37) finds the
+        authorization a void reverses."""
+        r = self.daemon.client("m").post("/v1/payment_intents", {
+            "amount": 2100, "currency": "usd", "confirm": "true", "capture_method": "manual",
+            "payment_method_data": card(PAN_OK)}, idem=new_key())
+        self.assertEqual((r.status, r.json["status"]), (200, "requires_capture"), r)
+        auth = self.host.last("0100")
+        r = self.daemon.client("m").post("/v1/payment_intents/%s/cancel" % r.json["id"], {})
+        self.assertEqual((r.status, r.json["status"]), (200, "canceled"), r)
+        rev = self.host.last("0400")
+        self.assertEqual(rev[37], auth[37])
+        self.assertEqual(rev[90], "0100" + auth[11] + auth[7] + "0" * 22)
+        self.assertEqual(self.host.errors, [])
+
     def test_3_bad_and_truncated_messages_link_recovers(self):
         conns = self.host.connections
         # well framed, malformed body: logged and dropped, link stays
