@@ -469,6 +469,25 @@ int tp_kek_rewrap_batch(int max)
   return n;
 }
 
+/* Vault records whose KEK version is not the current one (format 1, or a
+ * format-2 header naming another version); -1 when the count fails. */
+static int64_t records_not_current(void)
+{
+  uint32_t cur = tp_kek_current();
+  char hdr[11];
+  uint8_t h5[5] = {2, (uint8_t)(cur >> 24), (uint8_t)(cur >> 16), (uint8_t)(cur >> 8), (uint8_t)cur};
+  tohex(h5, 5, hdr);
+  json_t *a = tp_pack("[s]", hdr);
+  json_t *rows = tp_store_query(&tp_app.store,
+                                "SELECT count(*) AS n FROM vault WHERE substr(hex(blob), 1, 2) = '01' OR "
+                                "(substr(hex(blob), 1, 2) = '02' AND substr(hex(blob), 1, 10) <> ?1)",
+                                a);
+  json_decref(a);
+  int64_t n = rows ? json_integer_value(json_object_get(json_array_get(rows, 0), "n")) : -1;
+  json_decref(rows);
+  return n;
+}
+
 /* ---- maintenance thread ---------------------------------------------------- */
 static pthread_t g_thread;
 static bool g_running;
@@ -511,6 +530,7 @@ static void *maint_main(void *arg)
   int pause_ms = (int)tp_config_int("vault", "rewrap_pause_ms", 20, 0, 10000);
   bool rewrap = true; /* one pass at start finishes a re-wrap a restart interrupted */
   int total = 0;
+  int64_t retry_at = 0, retry_wait_ms = 0;
   int64_t next_poll = tp_mono_ms() + poll_ms;
   for (;;) {
     if (atomic_exchange(&g_poke, false) || tp_mono_ms() >= next_poll) {
@@ -521,14 +541,25 @@ static void *maint_main(void *arg)
         tp_log(TP_LOG_INFO, "kek_current", "{s:I}", "version", (json_int_t)v);
         rewrap = true;
         total = 0;
+        retry_at = retry_wait_ms = 0;
       }
     }
-    if (rewrap) {
+    if (rewrap && tp_mono_ms() >= retry_at) {
       int n = tp_kek_rewrap_batch(batch);
       if (n > 0)
         total += n;
-      if (n == 0) {
+      int64_t left = n == 0 ? records_not_current() : 0;
+      if (n == 0 && left != 0) {
+        /* A pass left records it could not re-wrap (the KEK provider failed
+         * them, or the count failed): not done, and the older versions
+         * still needed. Try again later, less often each time. */
+        retry_wait_ms = retry_wait_ms ? (retry_wait_ms * 2 > 300000 ? 300000 : retry_wait_ms * 2) : 5000;
+        retry_at = tp_mono_ms() + retry_wait_ms;
+        tp_log(TP_LOG_WARN, "kek_rewrap_incomplete", "{s:I, s:I, s:I}", "version", (json_int_t)tp_kek_current(),
+               "records_left", (json_int_t)left, "retry_ms", (json_int_t)retry_wait_ms);
+      } else if (n == 0) {
         rewrap = false;
+        retry_wait_ms = 0;
         if (total > 0) {
           tp_log(TP_LOG_INFO, "kek_rewrap_done", "{s:I, s:i}", "version", (json_int_t)tp_kek_current(), "records",
                  total);
@@ -541,7 +572,7 @@ static void *maint_main(void *arg)
       }
     }
     tp_audit_tick();
-    if (!sleep_ms(rewrap ? pause_ms : 250))
+    if (!sleep_ms(rewrap && tp_mono_ms() >= retry_at ? pause_ms : 250))
       break;
   }
   return NULL;

@@ -2,6 +2,7 @@
 a SoftHSM2 token the test creates; `turnpike kek rotate` under payment load,
 background re-wrap to the new version, and old saved cards still charging."""
 import json
+import sqlite3
 import os
 import shutil
 import signal
@@ -172,6 +173,57 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
         self.assertEqual(stat.S_IMODE(st.st_mode), 0o600)
         self.assertEqual(st.st_size, 32)
         self.assertIn('"vault_file_kek"', self.daemon.log_text())
+
+
+class IncompleteRewrapTest(KekHelpers, unittest.TestCase):
+    """A record the re-wrap cannot open (its version's key is gone) keeps
+    the job from announcing itself done: kek_rewrap_incomplete names what
+    is left and the job tries again; done (log and audit) comes only when
+    no record names an older version."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = Daemon()
+        cls.daemon.create_merchant("m")
+        cls.config = "[vault]\nkek_poll_seconds = 3600\n"
+        cls.daemon.start(config=cls.config)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.cleanup()
+
+    def c(self):
+        return self.daemon.client("m")
+
+    def set_version(self, token, version):
+        db = sqlite3.connect(self.daemon.db_path(), timeout=30)
+        try:
+            (blob,) = db.execute("SELECT blob FROM vault WHERE token = ?", (token,)).fetchone()
+            blob = bytes(blob)
+            db.execute("UPDATE vault SET blob = ? WHERE token = ?", (blob[:1] + version.to_bytes(4, "big") + blob[5:], token))
+            db.commit()
+        finally:
+            db.close()
+
+    def test_a_record_left_behind_is_not_called_done(self):
+        saved = self.save_cards(4)
+        self.set_version(saved[0], 9)  # no key for version 9
+        self.assertEqual(self.rotate()["version"], 2)
+        os.kill(self.daemon.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + REWRAP_WAIT_S
+        while "kek_rewrap_incomplete" not in self.daemon.log_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        log = self.daemon.log_text()
+        self.assertIn('"records_left":1', log)
+        self.assertEqual(vault_versions(self.daemon), {2: 3, 9: 1})
+        self.assertNotIn("kek_rewrap_done", log)
+        self.set_version(saved[0], 1)  # its key is back: the next try finishes
+        self.wait_all_at(2)
+        deadline = time.monotonic() + 10
+        while "kek_rewrap_done" not in self.daemon.log_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertIn("kek_rewrap_done", self.daemon.log_text())
+        self.charge(saved[0])
 
 
 class SighupTest(KekHelpers, unittest.TestCase):
