@@ -39,6 +39,10 @@ struct p11 {
   } cache[P11_CACHE];
   size_t ncache;
   CK_OBJECT_HANDLE sign_priv, sign_pub;
+  /* for opening the session again after the token dropped it */
+  char token[64];
+  const char *pin;
+  int64_t reopened_ms;
 };
 
 static CK_BBOOL ck_true = CK_TRUE, ck_false = CK_FALSE;
@@ -123,24 +127,66 @@ static int p11_create(void *cls, uint32_t v)
   return rc;
 }
 
+static int find_slot(CK_FUNCTION_LIST *f, const char *want, CK_SLOT_ID *out);
+
+/* Session and login again, after the token dropped them (a USB token
+ * pulled and put back, a network HSM restarted): at most once a second.
+ * Caller holds mu. Key handles are per session: the cache goes. */
+static bool reopen(struct p11 *p)
+{
+  int64_t now = tp_mono_ms();
+  if (now - p->reopened_ms < 1000)
+    return false;
+  p->reopened_ms = now;
+  p->f->C_CloseSession(p->s);
+  p->ncache = 0;
+  CK_SLOT_ID slot;
+  CK_RV r = CKR_TOKEN_NOT_PRESENT;
+  if (find_slot(p->f, p->token, &slot) == 0 &&
+      (r = p->f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &p->s)) == CKR_OK) {
+    r = p->f->C_Login(p->s, CKU_USER, (CK_UTF8CHAR *)(uintptr_t)p->pin, strlen(p->pin));
+    if (r == CKR_USER_ALREADY_LOGGED_IN)
+      r = CKR_OK;
+  }
+  if (r != CKR_OK) {
+    tp_log(TP_LOG_ERROR, "kek_pkcs11_reopen_failed", "{s:s, s:I}", "token", p->token, "ckr", (json_int_t)r);
+    return false;
+  }
+  p->sign_priv = p->sign_pub = 0; /* found again, on the new session */
+  tp_log(TP_LOG_WARN, "kek_pkcs11_reopened", "{s:s}", "token", p->token);
+  return true;
+}
+
+static CK_RV crypt_once(struct p11 *p, int enc, uint32_t v, CK_MECHANISM *m, const uint8_t *in, size_t inlen,
+                        uint8_t *out, CK_ULONG *outlen)
+{
+  CK_OBJECT_HANDLE h = kek_handle(p, v);
+  if (!h)
+    return CKR_KEY_HANDLE_INVALID;
+  CK_ULONG cap = *outlen;
+  CK_RV r = enc ? p->f->C_EncryptInit(p->s, m, h) : p->f->C_DecryptInit(p->s, m, h);
+  if (r == CKR_OK)
+    r = enc ? p->f->C_Encrypt(p->s, (CK_BYTE *)(uintptr_t)in, inlen, out, outlen)
+            : p->f->C_Decrypt(p->s, (CK_BYTE *)(uintptr_t)in, inlen, out, outlen);
+  if (r != CKR_OK)
+    *outlen = cap;
+  return r;
+}
+
 static int p11_crypt(struct p11 *p, int enc, uint32_t v, const uint8_t iv[12], const uint8_t *aad, size_t aadlen,
                      const uint8_t *in, size_t inlen, uint8_t *out, CK_ULONG *outlen)
 {
   CK_GCM_PARAMS g = {(CK_BYTE *)(uintptr_t)iv, 12, 96, (CK_BYTE *)(uintptr_t)aad, aadlen, 128};
   CK_MECHANISM m = {CKM_AES_GCM, &g, sizeof g};
   pthread_mutex_lock(&p->mu);
-  CK_OBJECT_HANDLE h = kek_handle(p, v);
-  CK_RV r = CKR_GENERAL_ERROR;
-  if (h) {
-    if (enc) {
-      r = p->f->C_EncryptInit(p->s, &m, h);
-      if (r == CKR_OK)
-        r = p->f->C_Encrypt(p->s, (CK_BYTE *)(uintptr_t)in, inlen, out, outlen);
-    } else {
-      r = p->f->C_DecryptInit(p->s, &m, h);
-      if (r == CKR_OK)
-        r = p->f->C_Decrypt(p->s, (CK_BYTE *)(uintptr_t)in, inlen, out, outlen);
-    }
+  CK_RV r = crypt_once(p, enc, v, &m, in, inlen, out, outlen);
+  /* Anything but a refused tag may be the session gone: open it again and
+   * try once more. (A wrong tag, CKR_ENCRYPTED_DATA_INVALID, is the record's.) */
+  if (r != CKR_OK && r != CKR_ENCRYPTED_DATA_INVALID && r != CKR_ENCRYPTED_DATA_LEN_RANGE) {
+    tp_log(TP_LOG_ERROR, "kek_pkcs11_error", "{s:s, s:I, s:I}", "op", enc ? "wrap" : "unwrap", "version",
+           (json_int_t)v, "ckr", (json_int_t)r);
+    if (reopen(p))
+      r = crypt_once(p, enc, v, &m, in, inlen, out, outlen);
   }
   pthread_mutex_unlock(&p->mu);
   return r == CKR_OK ? 0 : -1;
@@ -366,6 +412,8 @@ int tp_kek_open_pkcs11(struct tp_kek_provider *out)
   r = p->f->C_Login(p->s, CKU_USER, (CK_UTF8CHAR *)(uintptr_t)pin, strlen(pin));
   if (r != CKR_OK && r != CKR_USER_ALREADY_LOGGED_IN)
     goto fail;
+  tp_scopy(p->token, sizeof p->token, tok);
+  p->pin = pin;
   *out = (struct tp_kek_provider){"pkcs11", p, p11_create, p11_wrap, p11_unwrap, p11_sign, p11_pubkey, p11_close};
   tp_log(TP_LOG_INFO, "kek_pkcs11_ready", "{s:s, s:s}", "module", mod, "token", tok);
   return 0;

@@ -328,5 +328,73 @@ class Pkcs11KekTest(KekRotationMixin, unittest.TestCase):
             d.cleanup()
 
 
+
+
+P11FAULT_SO = os.environ.get("TP_P11FAULT_SO") or os.path.join(
+    os.path.dirname(BIN), "tests", "integration", "libp11fault.so")
+
+
+class HsmSessionLostTest(KekHelpers, unittest.TestCase):
+    """The token drops its session (pulled and put back; tests/integration/
+    p11fault.c): card payments fail closed (500, nothing stored), each
+    failure is logged, and once the token is back the daemon opens a new
+    session and logs in by itself: no restart."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.hsm = tempfile.mkdtemp(prefix="tp-hsm-")
+        tokens = os.path.join(cls.hsm, "tokens")
+        os.makedirs(tokens)
+        conf = os.path.join(cls.hsm, "softhsm2.conf")
+        with open(conf, "w") as f:
+            f.write("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n" % tokens)
+        cls.removed = os.path.join(cls.hsm, "removed")
+        cls.env = {"SOFTHSM2_CONF": conf, "TURNPIKE_VAULT_PKCS11_PIN": PIN, "TP_P11FAULT_FILE": cls.removed}
+        subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "T", "--pin", PIN,
+                        "--so-pin", "5678"], check=True, env=dict(os.environ, **cls.env),
+                       stdout=subprocess.DEVNULL, timeout=60)
+        cls.config = ("[vault]\nkek = pkcs11\npkcs11_module = %s\npkcs11_token_label = T\n" % P11FAULT_SO)
+        cls.daemon = Daemon()
+        cls.daemon.create_merchant("m")
+        try:
+            cls.daemon.start(extra_env=cls.env, config=cls.config)
+        except Exception:
+            cls.daemon.cleanup()
+            shutil.rmtree(cls.hsm, ignore_errors=True)
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.cleanup()
+        shutil.rmtree(cls.hsm, ignore_errors=True)
+
+    def c(self):
+        return self.daemon.client("m")
+
+    def test_payments_come_back_when_the_token_does(self):
+        saved = self.save_cards(1)[0]
+        self.charge(saved)
+        before = len(self.c().list_all(PI))
+        open(self.removed, "w").close()
+        try:
+            r = self.c().post(PI, {"amount": 1500, "currency": "usd", "confirm": "true", "payment_method": saved})
+            self.assertEqual(r.status, 500, r)
+            r = self.c().post(PI, {"amount": 1500, "currency": "usd", "confirm": "true",
+                                   "payment_method_data": card(PAN_OK)})
+            self.assertEqual(r.status, 500, r)
+        finally:
+            os.unlink(self.removed)
+        self.assertIn('"kek_pkcs11_error"', self.daemon.log_text())
+        self.assertEqual(len(self.c().list_all(PI)), before, "nothing stored for the failed payments")
+        deadline = time.monotonic() + 10
+        while True:
+            r = self.c().post(PI, {"amount": 1500, "currency": "usd", "confirm": "true", "payment_method": saved})
+            if r.status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), r)
+        self.assertIn('"kek_pkcs11_reopened"', self.daemon.log_text())
+        self.save_cards(1)
+
 if __name__ == "__main__":
     main()

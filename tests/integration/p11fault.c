@@ -1,0 +1,102 @@
+/* test_vault loads this as the PKCS#11 module in place of SoftHSM2 (whose
+ * calls it passes on): while the file named by $TP_P11FAULT_FILE exists the
+ * token is "removed": no session opens (CKR_TOKEN_NOT_PRESENT) and every
+ * session opened before is dead for good (CKR_SESSION_HANDLE_INVALID), as a
+ * pulled USB token or a restarted network HSM leaves them. */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <p11-kit-1/p11-kit/pkcs11.h>
+
+#define MAX_SESSIONS 512
+
+static CK_FUNCTION_LIST_PTR softhsm;
+static CK_FUNCTION_LIST wrapped;
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+  CK_SESSION_HANDLE h;
+  int dead;
+} sessions[MAX_SESSIONS];
+static int nsessions;
+
+static int removed(void)
+{
+  const char *f = getenv("TP_P11FAULT_FILE");
+  if (!f || access(f, F_OK) != 0)
+    return 0;
+  pthread_mutex_lock(&mu);
+  for (int i = 0; i < nsessions; i++)
+    sessions[i].dead = 1;
+  pthread_mutex_unlock(&mu);
+  return 1;
+}
+
+static CK_RV check(CK_SESSION_HANDLE s)
+{
+  if (removed())
+    return CKR_DEVICE_REMOVED;
+  CK_RV r = CKR_OK;
+  pthread_mutex_lock(&mu);
+  for (int i = 0; i < nsessions; i++)
+    if (sessions[i].h == s && sessions[i].dead)
+      r = CKR_SESSION_HANDLE_INVALID;
+  pthread_mutex_unlock(&mu);
+  return r;
+}
+
+static CK_RV open_session(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY notify,
+                          CK_SESSION_HANDLE_PTR out)
+{
+  if (removed())
+    return CKR_TOKEN_NOT_PRESENT;
+  CK_RV r = softhsm->C_OpenSession(slot, flags, app, notify, out);
+  pthread_mutex_lock(&mu);
+  if (r == CKR_OK && nsessions < MAX_SESSIONS) {
+    sessions[nsessions].h = *out;
+    sessions[nsessions++].dead = 0;
+  }
+  pthread_mutex_unlock(&mu);
+  return r;
+}
+
+#define PASS(name, params, args)                                                                                   \
+  static CK_RV w_##name params                                                                                     \
+  {                                                                                                                \
+    CK_RV r = check(s);                                                                                            \
+    return r != CKR_OK ? r : softhsm->C_##name args;                                                              \
+  }
+PASS(Login, (CK_SESSION_HANDLE s, CK_USER_TYPE t, CK_UTF8CHAR_PTR pin, CK_ULONG n), (s, t, pin, n))
+PASS(EncryptInit, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), (s, m, k))
+PASS(Encrypt, (CK_SESSION_HANDLE s, CK_BYTE_PTR a, CK_ULONG b, CK_BYTE_PTR c, CK_ULONG_PTR d), (s, a, b, c, d))
+PASS(DecryptInit, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), (s, m, k))
+PASS(Decrypt, (CK_SESSION_HANDLE s, CK_BYTE_PTR a, CK_ULONG b, CK_BYTE_PTR c, CK_ULONG_PTR d), (s, a, b, c, d))
+PASS(FindObjectsInit, (CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n), (s, t, n))
+PASS(GetAttributeValue, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n), (s, o, t, n))
+PASS(SignInit, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), (s, m, k))
+PASS(Sign, (CK_SESSION_HANDLE s, CK_BYTE_PTR a, CK_ULONG b, CK_BYTE_PTR c, CK_ULONG_PTR d), (s, a, b, c, d))
+
+CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out);
+CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out)
+{
+  if (!softhsm) {
+    const char *path = getenv("TP_P11FAULT_MODULE");
+    void *dl = dlopen(path ? path : "/usr/lib/softhsm/libsofthsm2.so", RTLD_NOW | RTLD_LOCAL);
+    CK_C_GetFunctionList get = dl ? (CK_C_GetFunctionList)dlsym(dl, "C_GetFunctionList") : NULL;
+    if (!get || get(&softhsm) != CKR_OK)
+      return CKR_GENERAL_ERROR;
+    wrapped = *softhsm;
+    wrapped.C_OpenSession = open_session;
+    wrapped.C_Login = w_Login;
+    wrapped.C_EncryptInit = w_EncryptInit;
+    wrapped.C_Encrypt = w_Encrypt;
+    wrapped.C_DecryptInit = w_DecryptInit;
+    wrapped.C_Decrypt = w_Decrypt;
+    wrapped.C_FindObjectsInit = w_FindObjectsInit;
+    wrapped.C_GetAttributeValue = w_GetAttributeValue;
+    wrapped.C_SignInit = w_SignInit;
+    wrapped.C_Sign = w_Sign;
+  }
+  *out = &wrapped;
+  return CKR_OK;
+}
