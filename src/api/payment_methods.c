@@ -333,11 +333,23 @@ void tp_h_pm_attach(struct tp_req *r)
     tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "customer", NULL);
     return;
   }
+  /* The customer's lock, then the PaymentMethod's (the order a customer's
+   * deletion takes them in), and the customer checked under it: an attach
+   * overlapping the deletion either lands before it, to be detached by it,
+   * or finds the customer gone. */
+  char cus_lock[TP_ID_MAX];
+  tp_scopy(cus_lock, sizeof cus_lock, cus_id);
+  if (!tp_lock_try(cus_lock)) {
+    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+    return;
+  }
   if (!customer_live(r, cus_id)) {
+    tp_lock_release(cus_lock);
     tp_reply_missing(r, "customer", cus_id, "customer");
     return;
   }
   if (!tp_lock_try(r->path_id)) {
+    tp_lock_release(cus_lock);
     tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
     return;
   }
@@ -370,12 +382,14 @@ void tp_h_pm_attach(struct tp_req *r)
   tp_emit(cs, r, r->merchant.id, "payment_method.attached", pm);
   if (!reply_object(r, pm, NULL))
     goto fail;
-  tp_commit_and_reply_unlock(r, cs, r->path_id);
+  const char *locks[2] = {cus_lock, r->path_id};
+  tp_commit_and_reply_locks(r, cs, locks, 2);
   json_decref(pm);
   return;
 
 fail:
   tp_lock_release(r->path_id);
+  tp_lock_release(cus_lock);
   tp_cs_free(cs);
   json_decref(pm);
 }

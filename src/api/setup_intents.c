@@ -295,7 +295,11 @@ static bool si_apply(struct tp_req *r, struct tp_cs *cs, json_t *si, bool creati
 static void save_pm(struct tp_req *r, struct tp_cs *cs, const json_t *si, json_t *pm, bool authenticated)
 {
   const char *cus = json_string_value(json_object_get(si, "customer"));
-  bool attach = cus && !json_is_string(json_object_get(pm, "customer"));
+  /* Not to a customer deleted meanwhile, nor a card detached meanwhile
+   * (detaching is for good). */
+  bool attach = cus && !json_is_string(json_object_get(pm, "customer")) &&
+                !json_is_true(json_object_get(json_object_get(pm, "turnpike"), "detached")) &&
+                tp_store_live(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, cus) == 1;
   bool mark = authenticated &&
               !json_is_true(json_object_get(json_object_get(pm, "turnpike"), "off_session_authenticated"));
   if (mark)

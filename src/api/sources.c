@@ -311,7 +311,14 @@ void tp_h_source_delete(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_delete))
     return;
+  /* The customer (its default_source) and the card (an update of it must
+   * not write it back after the delete), customer first as everywhere. */
   if (!tp_lock_try(r->path_id)) {
+    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+    return;
+  }
+  if (!tp_lock_try(r->path_sub)) {
+    tp_lock_release(r->path_id);
     tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
     return;
   }
@@ -319,6 +326,7 @@ void tp_h_source_delete(struct tp_req *r)
   json_t *pm = cus ? load_card(r) : NULL;
   if (!pm) {
     json_decref(cus);
+    tp_lock_release(r->path_sub);
     tp_lock_release(r->path_id);
     return;
   }
@@ -337,7 +345,8 @@ void tp_h_source_delete(struct tp_req *r)
   json_t *gone = tp_pack("{s:s, s:s, s:s, s:b}", "id", r->path_sub, "object", "card", "customer", r->path_id,
                          "deleted", 1);
   tp_reply_json(r, 200, gone);
-  tp_commit_and_reply_unlock(r, cs, r->path_id);
+  const char *locks[2] = {r->path_id, r->path_sub};
+  tp_commit_and_reply_locks(r, cs, locks, 2);
   json_decref(pm);
   json_decref(cus);
 }

@@ -1412,9 +1412,15 @@ static void save_for_future_use(struct tp_pay *p, struct tp_cs *cs)
   /* Marking alone is Turnpike's own bookkeeping: no Stripe event. */
   if (mark)
     tp_mark(p->pm, "off_session_authenticated", json_true());
-  bool attach = !json_is_string(json_object_get(p->pm, "customer"));
+  /* Not to a customer deleted meanwhile, nor a card detached meanwhile
+   * (detaching is for good). */
+  bool attach = !json_is_string(json_object_get(p->pm, "customer")) &&
+                !json_is_true(json_object_get(json_object_get(p->pm, "turnpike"), "detached")) &&
+                tp_store_live(&tp_app.store, TP_K_CUSTOMER, p->m.id, cus) == 1;
   if (attach)
     json_object_set_new(p->pm, "customer", json_string(cus));
+  if (!attach && !mark)
+    return;
   tp_cs_put(cs, TP_K_PAYMENT_METHOD, p->m.id, p->pm);
   if (attach)
     tp_emit(cs, p->r, p->m.id, "payment_method.attached", p->pm);

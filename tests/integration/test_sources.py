@@ -120,6 +120,74 @@ class Sources(DaemonTestCase):
         self.assertStripeError(self.c().post(CH, {"amount": 100, "currency": "usd", "customer": cus["id"]}),
                                400, code="parameter_missing", param="customer")
 
+    def test_an_update_racing_a_delete_never_brings_the_card_back(self):
+        """The delete takes the card's lock too: an update that overlaps it
+        either lands before it or is refused (or finds no card), never
+        writes the card back after it."""
+        import threading
+        for _ in range(15):
+            cus = self.customer()
+            card = self.c().post(self.srcs(cus["id"]), {"source": "tok_visa"}).json["id"]
+            out = {}
+            go = threading.Barrier(2)
+
+            def update():
+                go.wait()
+                out["u"] = self.c().post(self.srcs(cus["id"]) + "/" + card, {"name": "Ada"})
+
+            def delete():
+                go.wait()
+                out["d"] = self.c().delete(self.srcs(cus["id"]) + "/" + card)
+            ts = [threading.Thread(target=update), threading.Thread(target=delete)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(30)
+            if out["d"].status == 200:
+                listed = [x["id"] for x in self.c().get(self.srcs(cus["id"])).json["data"]]
+                self.assertNotIn(card, listed, (out["u"], out["d"]))
+                self.assertEqual(self.c().get(self.srcs(cus["id"]) + "/" + card).status, 404)
+
+    def test_no_card_is_left_on_a_deleted_customer(self):
+        """An attach racing the customer's deletion lands before it (and is
+        detached by it) or finds the customer gone; a SetupIntent or a
+        setup_future_usage payment confirmed after the deletion saves
+        nothing to it."""
+        import threading
+        for _ in range(15):
+            cus = self.customer()["id"]
+            pm = self.c().post("/v1/payment_methods", {"type": "card", "card[number]": "4242424242424242",
+                                                       "card[exp_month]": "12", "card[exp_year]": "2034"}).json["id"]
+            out = {}
+            go = threading.Barrier(2)
+
+            def attach():
+                go.wait()
+                out["a"] = self.c().post("/v1/payment_methods/%s/attach" % pm, {"customer": cus})
+
+            def delete():
+                go.wait()
+                out["d"] = self.c().delete(CUS + "/" + cus)
+            ts = [threading.Thread(target=attach), threading.Thread(target=delete)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(30)
+            if out["d"].status == 200:
+                got = self.c().get("/v1/payment_methods/" + pm).json
+                self.assertIsNone(got["customer"], (out["a"], out["d"]))
+        cus = self.customer()["id"]
+        si = self.c().post("/v1/setup_intents", {"customer": cus}).json
+        pi = self.c().post("/v1/payment_intents", {"amount": 900, "currency": "usd", "customer": cus,
+                                                   "setup_future_usage": "off_session"}).json
+        self.assertEqual(self.c().delete(CUS + "/" + cus).status, 200)
+        r = self.c().post("/v1/setup_intents/%s/confirm" % si["id"], {"payment_method": "pm_card_visa"})
+        if r.status == 200:
+            self.assertIsNone(self.c().get("/v1/payment_methods/" + r.json["payment_method"]).json["customer"])
+        r = self.c().post("/v1/payment_intents/%s/confirm" % pi["id"], {"payment_method": "pm_card_visa"})
+        if r.status == 200:
+            self.assertIsNone(self.c().get("/v1/payment_methods/" + r.json["payment_method"]).json["customer"])
+
     def test_an_update_s_source_replaces_the_default_and_default_source_picks_one(self):
         cus = self.customer(source="tok_visa")
         old = cus["default_source"]
