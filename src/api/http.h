@@ -80,6 +80,7 @@ struct tp_req {
   char methods[48];    /* the methods the path serves: a preflight's, a 405's Allow */
   bool cors_preflight; /* answering an OPTIONS preflight */
   bool bad_path;       /* the path encodes a delimiter (%2F, %5C, %00): 404 */
+  bool close_after;    /* refused before its body was read: Connection: close */
   bool suspended;
   struct MHD_Response *raw_resp; /* queued as is with status (a 101 upgrade) */
 

@@ -32,6 +32,9 @@
 
 #define TP_HTTP_MAX_CONNECTIONS 4096
 #define TP_HTTP_CONN_MEMORY (16 * 1024)   /* per-connection header/read buffer (MHD zeroes it per request) */
+/* Header fields past this leave libmicrohttpd's pool too little room for a
+ * reply (it closed such connections without one): 431 at once. */
+#define TP_HTTP_HEADERS_MAX (10 * 1024)
 #define TP_HTTP_TIMEOUT_S 60
 #define TP_HTTP_MAX_QUERY 8192
 
@@ -229,7 +232,7 @@ static bool query_form(struct tp_req *r, char *buf, size_t cap, size_t *len)
   struct qs q = {buf, 0, cap, false};
   MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, collect_arg, &q);
   if (q.overflow) {
-    tp_reply_error(r, TP_ERR_BODY_TOO_LARGE, NULL, "The query string is too long.");
+    tp_reply_error(r, TP_ERR_URI_TOO_LONG, NULL, "The query string is too long.");
     return false;
   }
   buf[q.len] = '\0';
@@ -639,7 +642,10 @@ static enum MHD_Result queue_reply(struct tp_req *r)
   }
   if (r->www_authenticate[0])
     MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, r->www_authenticate);
-  else if (r->status == 401) /* RFC 9110 11.6.1: a 401 names a scheme (Stripe's: Basic) */
+  else if (r->status == 401 && r->url && strncmp(r->url, "/v1/", 4) == 0)
+    /* RFC 9110 11.6.1: a 401 names a scheme (Stripe's: Basic). Not the
+     * OAuth token endpoint's: a client_secret_post failure has none (RFC
+     * 6749 5.2), and clients read a challenge as the error. */
     MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Basic realm=\"Stripe\"");
   if (r->status == 426) { /* RFC 9110 15.5.22, RFC 6455 4.4: what to upgrade to */
     MHD_add_response_header(resp, MHD_HTTP_HEADER_UPGRADE, "websocket");
@@ -647,6 +653,8 @@ static enum MHD_Result queue_reply(struct tp_req *r)
   }
   if (r->status == 405 && r->methods[0])
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->methods);
+  if (r->close_after) /* its body is not read: the connection cannot go on */
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
   if (cors_url(r->url)) {
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, "*");
     if (r->cors_preflight) {
@@ -666,6 +674,104 @@ static enum MHD_Result queue_reply(struct tp_req *r)
  * route (RFC 3986 2.2: an encoded delimiter is data). Such a path names no
  * object here and is answered 404. */
 static char encoded_delimiter;
+
+static char *tls_cert, *tls_key, *tls_prio;
+
+/* A Stripe-shaped error written straight to the socket, which is then shut
+ * down: for a request libmicrohttpd has no room left to answer (a request
+ * line or header section that filled its connection pool). Best effort: a
+ * client that does not read gets the close alone; over TLS, only the close. */
+static void raw_reply_close(struct MHD_Connection *conn, unsigned status, const char *reason, enum tp_err code,
+                            const char *request_id)
+{
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+  if (!ci)
+    return;
+  int fd = ci->connect_fd;
+  if (!tls_cert) {
+    json_t *err = tp_error_object(code, NULL, NULL);
+    json_t *whole = err ? json_pack("{s:o}", "error", err) : NULL;
+    char *body = whole ? json_dumps(whole, JSON_COMPACT) : NULL;
+    json_decref(whole);
+    char head[360];
+    int hl = snprintf(head, sizeof head,
+                      "HTTP/1.1 %u %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                      "Request-Id: %s\r\nContent-Length: %zu\r\n\r\n",
+                      status, reason, request_id, body ? strlen(body) : 0);
+    if (hl > 0 && (size_t)hl < sizeof head && send(fd, head, (size_t)hl, MSG_NOSIGNAL | MSG_DONTWAIT) == hl && body)
+      (void)send(fd, body, strlen(body), MSG_NOSIGNAL | MSG_DONTWAIT);
+    free(body);
+  }
+  shutdown(fd, SHUT_RDWR);
+}
+
+/* What the header section says about the request's framing, checked in
+ * the first call before any body is read (RFC 9112): a request whose length
+ * two parsers could read differently (a proxy in front, and libmicrohttpd,
+ * which takes the first Content-Length and ignores a name with a space
+ * before its colon) is refused and its connection closed, never read on. */
+struct header_scan {
+  int content_length, transfer_encoding, host, authorization, idempotency_key;
+  bool bad_name, te_not_chunked;
+  uint64_t declared;
+  size_t bytes;
+};
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+  (void)kind;
+  struct header_scan *h = cls;
+  h->bytes += strlen(key) + (value ? strlen(value) : 0) + 4;
+  if (strpbrk(key, " \t"))
+    h->bad_name = true;
+  else if (strcasecmp(key, "Content-Length") == 0) {
+    h->content_length++;
+    h->declared = value ? strtoull(value, NULL, 10) : 0;
+  } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+    h->transfer_encoding++;
+    if (!value || strcasecmp(value, "chunked") != 0)
+      h->te_not_chunked = true;
+  } else if (strcasecmp(key, "Host") == 0)
+    h->host++;
+  else if (strcasecmp(key, "Authorization") == 0)
+    h->authorization++;
+  else if (strcasecmp(key, "Idempotency-Key") == 0)
+    h->idempotency_key++;
+  return MHD_YES;
+}
+
+/* The error to answer before reading the body, or 0. */
+static enum tp_err framing_error(struct MHD_Connection *conn, const char *version, const char **why)
+{
+  struct header_scan h;
+  memset(&h, 0, sizeof h);
+  MHD_get_connection_values(conn, MHD_HEADER_KIND, scan_header, &h);
+  bool http11 = version && strcmp(version, "HTTP/1.1") == 0;
+  *why = NULL;
+  if (h.bytes > TP_HTTP_HEADERS_MAX)
+    return TP_ERR_HEADERS_TOO_LARGE;
+  if (h.bad_name)
+    *why = "whitespace in a field name (RFC 9112 5.1)";
+  else if (h.content_length > 1)
+    *why = "more than one Content-Length (RFC 9112 6.3)";
+  else if (h.transfer_encoding && h.content_length)
+    *why = "both Transfer-Encoding and Content-Length (RFC 9112 6.3)";
+  else if (h.transfer_encoding && !http11)
+    *why = "Transfer-Encoding in an HTTP/1.0 request (RFC 9112 6.1)";
+  else if (http11 && h.host != 1)
+    *why = "an HTTP/1.1 request needs exactly one Host (RFC 9112 3.2)";
+  else if (h.authorization > 1)
+    *why = "more than one Authorization";
+  else if (h.idempotency_key > 1)
+    *why = "more than one Idempotency-Key";
+  if (*why)
+    return TP_ERR_REQUEST_FRAMING_INVALID;
+  if (h.transfer_encoding && h.te_not_chunked)
+    return TP_ERR_TRANSFER_ENCODING_UNSUPPORTED;
+  if (h.content_length && h.declared > TP_PARAMS_MAX_BODY)
+    return TP_ERR_BODY_TOO_LARGE; /* before reading it (and no 100 Continue) */
+  return 0;
+}
 
 /* The path of a request target: RFC 9112 §3.2.2 has servers accept the
  * absolute form ("http://host/v1/..."), which proxies send; it names the
@@ -706,6 +812,23 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     tp_random_b62(rnd, 14);
     snprintf(r->request_id, sizeof r->request_id, "req_%s", rnd);
     *con_cls = r;
+    const char *why;
+    enum tp_err fe = framing_error(conn, version, &why);
+    if (fe == TP_ERR_HEADERS_TOO_LARGE) {
+      /* libmicrohttpd's pool, nearly full with these headers, may have no
+       * room for a reply's: answered on the socket, then closed. */
+      raw_reply_close(conn, 431, "Request Header Fields Too Large", TP_ERR_HEADERS_TOO_LARGE, r->request_id);
+      return MHD_NO;
+    }
+    if (fe) {
+      char msg[160];
+      if (why)
+        snprintf(msg, sizeof msg, "The request's header fields are not valid HTTP/1.1: %s.", why);
+      tp_reply_error(r, fe, NULL, why ? msg : NULL);
+      r->close_after = true;
+      r->dispatched = true;
+      return queue_reply(r);
+    }
     return MHD_YES;
   }
   if (*upload_data_size) {
@@ -761,7 +884,6 @@ void tp_req_resume(struct tp_req *r)
 }
 
 /* TLS (tp_http_set_tls): PEM texts kept until the daemon stops. */
-static char *tls_cert, *tls_key, *tls_prio;
 
 int tp_http_set_tls(const char *cert_pem, const char *key_pem, const char *priorities)
 {
@@ -807,29 +929,10 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
   (void)cls;
   if (!uri || strnlen(uri, TP_HTTP_URI_MAX + 1) <= TP_HTTP_URI_MAX)
     return uri && encodes_delimiter(uri) ? &encoded_delimiter : NULL;
-  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-  if (!ci)
-    return NULL;
-  int fd = ci->connect_fd;
-  if (!tls_cert) {
-    char rnd[15], rid[24];
-    tp_random_b62(rnd, 14);
-    snprintf(rid, sizeof rid, "req_%s", rnd);
-    json_t *err = tp_error_object(TP_ERR_URI_TOO_LONG, NULL, NULL);
-    json_t *whole = err ? json_pack("{s:o}", "error", err) : NULL;
-    char *body = whole ? json_dumps(whole, JSON_COMPACT) : NULL;
-    json_decref(whole);
-    char head[320];
-    int hl = snprintf(head, sizeof head,
-                      "HTTP/1.1 414 URI Too Long\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                      "Request-Id: %s\r\nContent-Length: %zu\r\n\r\n",
-                      rid, body ? strlen(body) : 0);
-    /* Best effort: a client that does not read gets the close alone. */
-    if (send(fd, head, (size_t)hl, MSG_NOSIGNAL | MSG_DONTWAIT) == hl && body)
-      (void)send(fd, body, strlen(body), MSG_NOSIGNAL | MSG_DONTWAIT);
-    free(body);
-  }
-  shutdown(fd, SHUT_RDWR);
+  char rnd[15], rid[24];
+  tp_random_b62(rnd, 14);
+  snprintf(rid, sizeof rid, "req_%s", rnd);
+  raw_reply_close(conn, 414, "URI Too Long", TP_ERR_URI_TOO_LONG, rid);
   tp_metric_inc("turnpike_http_uri_too_long_total", NULL, 1);
   return NULL;
 }
