@@ -91,6 +91,7 @@ static enum tp_err authenticate(struct tp_req *r)
     if (strlen(k) >= sizeof key)
       return TP_ERR_AUTH_INVALID_KEY;
     tp_scopy(key, sizeof key, k);
+    tp_rtrim_ows(key); /* RFC 9110 5.5: trailing whitespace is not the value's */
   } else if (strncasecmp(h, "Basic ", 6) == 0) {
     if (strlen(h) > 400 || b64_decode(h + 6, key, sizeof key) < 0)
       return TP_ERR_AUTH_INVALID_KEY;
@@ -491,15 +492,21 @@ static void dispatch(struct tp_req *r)
         tp_reply_error(r, TP_ERR_IDEMPOTENCY_KEY_TOO_LONG, NULL, NULL);
         return;
       }
+      tp_scopy(r->idem_key, sizeof r->idem_key, k);
+      tp_rtrim_ows(r->idem_key); /* RFC 9110 5.5: "k " is the key "k" */
       /* Printable ASCII only: the key is echoed in headers and written
        * into every event of the request (objects.c builds them by hand). */
-      for (const char *c = k; *c; c++)
+      for (const char *c = r->idem_key; *c; c++)
         if (*c < 0x20 || *c > 0x7e) {
+          r->idem_key[0] = '\0';
           tp_reply_error(r, TP_ERR_IDEMPOTENCY_KEY_INVALID, NULL, NULL);
           return;
         }
-      tp_scopy(r->idem_key, sizeof r->idem_key, k);
-      r->has_idem = true;
+      r->has_idem = r->idem_key[0] != '\0';
+      if (!r->has_idem) {
+        rt->fn(r);
+        return;
+      }
       if (tp_idem_begin(r))
         return;
     }

@@ -534,3 +534,10 @@ int tp_mask_card_numbers(char *s)
   }
   return masked;
 }
+
+void tp_rtrim_ows(char *s)
+{
+  size_t n = strlen(s);
+  while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+    s[--n] = '\0';
+}

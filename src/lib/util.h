@@ -96,4 +96,7 @@ int tp_addr_text_is_public(const char *host);
  * ("4242 4242 4242 4242"). For text that echoes client input (error
  * messages), which must never carry a PAN. Returns how many runs it masked. */
 int tp_mask_card_numbers(char *s);
+/* Drop trailing spaces and tabs (a header field value's optional whitespace, RFC 9110 5.5). */
+void tp_rtrim_ows(char *s);
+
 #endif

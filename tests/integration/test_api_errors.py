@@ -99,6 +99,21 @@ class ApiErrorsTest(DaemonTestCase):
         finally:
             s.close()
 
+    def test_trailing_whitespace_is_not_part_of_a_header_value(self):
+        """RFC 9110 5.5: "Bearer sk_... " is the key, and "k " the key "k"."""
+        key = self.daemon.merchants["decline"]["secret_key"]
+        idem = "ows-%d" % time.monotonic_ns()
+        bodies = []
+        for pad in ("", " \t"):
+            body = b"amount=700&currency=usd"
+            out = self.raw(("POST /v1/payment_intents HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                            "Authorization: Bearer %s%s\r\nIdempotency-Key: %s%s\r\n"
+                            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n"
+                            % (key, pad, idem, pad, len(body))).encode() + body)
+            self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[-400:])
+            bodies.append(json.loads(out.partition(b"\r\n\r\n")[2]))
+        self.assertEqual(bodies[0]["id"], bodies[1]["id"], "the same key: a replay")
+
     def test_ambiguous_framing_is_refused_and_the_connection_closed(self):
         """RFC 9112: what a proxy and this server could read differently
         (request smuggling) gets an error and a close, never a second
