@@ -893,7 +893,11 @@ bool tp_client_secret_ok(struct tp_req *r, const json_t *pi)
   const char *want = json_string_value(json_object_get(pi, "client_secret"));
   if (given && want && strlen(given) == strlen(want) && tp_ct_equal(given, want, strlen(want)))
     return true;
-  tp_reply_error(r, TP_ERR_CLIENT_SECRET_INVALID, "client_secret", NULL);
+  const char *what = json_string_value(json_object_get(pi, "object"));
+  tp_reply_error(r, TP_ERR_CLIENT_SECRET_INVALID, "client_secret",
+                 what && strcmp(what, "setup_intent") == 0
+                     ? "The client_secret provided does not match the client_secret associated with the SetupIntent."
+                     : NULL);
   return false;
 }
 

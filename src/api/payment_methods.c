@@ -22,6 +22,15 @@
 #define END {NULL, TP_P_ANY, NULL, NULL}
 
 static const char *const type_choices[] = {"card", NULL};
+/* A list filter takes any of Stripe's types (an integration lists several);
+ * Turnpike holds cards only, so any other lists nothing. */
+static const char *const list_type_choices[] = {
+  "acss_debit", "affirm", "afterpay_clearpay", "alipay", "alma", "amazon_pay", "au_becs_debit", "bacs_debit",
+  "bancontact", "billie", "blik", "boleto", "card", "card_present", "cashapp", "crypto", "customer_balance", "eps",
+  "fpx", "giropay", "grabpay", "ideal", "interac_present", "kakao_pay", "klarna", "konbini", "kr_card", "link",
+  "mobilepay", "multibanco", "naver_pay", "nz_bank_account", "oxxo", "p24", "pay_by_bank", "payco", "paynow",
+  "paypal", "pix", "promptpay", "revolut_pay", "samsung_pay", "satispay", "sepa_debit", "sofort", "swish", "twint",
+  "us_bank_account", "wechat_pay", "zip", NULL};
 
 static const struct tp_pspec spec_create[] = {
   {"allow_redisplay", TP_P_ENUM, NULL, tp_allow_redisplay},
@@ -74,7 +83,7 @@ static const struct tp_pspec spec_list[] = {
   {"expand", TP_P_STRLIST, NULL, NULL},
   {"limit", TP_P_INT, NULL, NULL},
   S("starting_after"),
-  {"type", TP_P_ENUM, NULL, type_choices},
+  {"type", TP_P_ENUM, NULL, list_type_choices},
   END,
 };
 
@@ -84,7 +93,7 @@ static const struct tp_pspec spec_customer_list[] = {
   {"expand", TP_P_STRLIST, NULL, NULL},
   {"limit", TP_P_INT, NULL, NULL},
   S("starting_after"),
-  {"type", TP_P_ENUM, NULL, type_choices},
+  {"type", TP_P_ENUM, NULL, list_type_choices},
   END,
 };
 

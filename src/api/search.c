@@ -540,7 +540,11 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
   const char *page = tp_pstr(r->params, "page");
   if (page && *page) {
     size_t pl = strlen(PAGE_PREFIX);
-    if (strncmp(page, PAGE_PREFIX, pl) != 0 || !id_chars_ok(page + pl)) {
+    /* The token is the last id of a page of this kind: another kind's (a
+     * PaymentIntent search's token on /v1/customers/search) is not one. */
+    const char *kp = tp_kinds[kind].prefix;
+    if (strncmp(page, PAGE_PREFIX, pl) != 0 || !id_chars_ok(page + pl) || strncmp(page + pl, kp, strlen(kp)) != 0 ||
+        page[pl + strlen(kp)] != '_') {
       tp_reply_error(r, TP_ERR_SEARCH_PAGE_INVALID, "page", NULL);
       free(s);
       return;

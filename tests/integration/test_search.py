@@ -69,6 +69,13 @@ class SearchTest(DaemonTestCase):
             self.assertTrue(r.json["next_page"], r)
             page = r.json["next_page"]
 
+    def test_a_page_token_is_for_its_own_resource(self):
+        c = self.c("shop")
+        r = c.get(PI + "/search", {"query": "currency:'usd'", "limit": 1})
+        self.assertTrue(r.json["has_more"], r)
+        r = c.get("/v1/customers/search", {"query": "name~'amy'", "page": r.json["next_page"]})
+        self.assertStripeError(r, 400, "invalid_request_error", param="page")
+
     def current(self, kind, ids):
         c = self.c("shop")
         return [c.get("/v1/%s/%s" % (kind, i)).json for i in ids]

@@ -120,6 +120,19 @@ class Sources(DaemonTestCase):
         self.assertStripeError(self.c().post(CH, {"amount": 100, "currency": "usd", "customer": cus["id"]}),
                                400, code="parameter_missing", param="customer")
 
+    def test_a_payment_method_list_takes_any_stripe_type(self):
+        """An integration that lists several types gets an empty list for
+        the ones Turnpike does not hold, not a 400."""
+        cus = self.customer(source="tok_visa")["id"]
+        for t in ("us_bank_account", "sepa_debit", "link"):
+            for path in ("/v1/payment_methods?customer=%s&type=%s" % (cus, t),
+                         "%s/%s/payment_methods?type=%s" % (CUS, cus, t)):
+                r = self.c().get(path)
+                self.assertEqual((r.status, r.json["data"]), (200, []), (path, r))
+        self.assertStripeError(self.c().get("/v1/payment_methods?type=floppy_disk"), 400, "invalid_request_error",
+                               param="type")
+        self.assertEqual(len(self.c().get("%s/%s/payment_methods?type=card" % (CUS, cus)).json["data"]), 1)
+
     def test_an_update_racing_a_delete_never_brings_the_card_back(self):
         """The delete takes the card's lock too: an update that overlaps it
         either lands before it or is refused (or finds no card), never
