@@ -1173,13 +1173,21 @@ static bool expand_paths_ok(struct tp_req *r)
       tp_reply_error(r, TP_ERR_EXPAND_TOO_DEEP, "expand", msg);
       return false;
     }
-    /* Only fields that hold an id can be expanded. */
-    const char *last = strrchr(path, '.');
-    last = last ? last + 1 : path;
-    bool okf = false;
-    for (int j = 0; ok_fields[j]; j++)
-      if (strcmp(last, ok_fields[j]) == 0)
-        okf = true;
+    /* Only fields that hold an id can be expanded, at every level of the
+     * path (a list's items under "data"): "metadata.customer" or
+     * ".customer" expand nothing Stripe would, and are refused as it does. */
+    bool okf = true;
+    for (const char *seg = path; okf;) {
+      const char *dot = strchr(seg, '.');
+      size_t n = dot ? (size_t)(dot - seg) : strlen(seg);
+      bool known = n == 4 && strncmp(seg, "data", 4) == 0 && dot;
+      for (int j = 0; !known && ok_fields[j]; j++)
+        known = strlen(ok_fields[j]) == n && strncmp(seg, ok_fields[j], n) == 0;
+      okf = known;
+      if (!dot)
+        break;
+      seg = dot + 1;
+    }
     if (!okf) {
       snprintf(msg, sizeof msg, "This property cannot be expanded (%.200s).", path);
       tp_reply_error(r, TP_ERR_EXPAND_INVALID, "expand", msg);

@@ -316,6 +316,9 @@ class ListsTest(DaemonTestCase):
         self.assertEqual(r.json["customer"], cus, r)
         r = c.get(PI + "/" + pi, [("expand[]", "no_such_field")])
         self.assertStripeError(r, 400, "invalid_request_error")
+        for bad in ("metadata.customer", "amount.charge", ".customer", "customer.", "data"):
+            r = c.get(PI + "/" + pi, [("expand[]", bad)])
+            self.assertStripeError(r, 400, "invalid_request_error", param="expand")
         # an event expands alike whether or not the merchant has a webhook endpoint
         ev = [e for e in c.get("/v1/events", {"type": "payment_intent.created"}).json["data"]
               if e["data"]["object"]["id"] == pi][0]
