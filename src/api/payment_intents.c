@@ -677,6 +677,11 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
     if (!pm || !tp_pm_belongs(r, pm, pi, "PaymentIntent"))
       goto fail;
   }
+  /* Made by this confirmation: from payment_method_data, or a test id
+   * (pm_card_visa) that stands for a new PaymentMethod each time. (pm_id
+   * may be the PaymentIntent's own string, replaced just below.) */
+  const char *got_id = json_string_value(json_object_get(pm, "id"));
+  bool made_here = !pm_id || !got_id || strcmp(pm_id, got_id) != 0;
   json_object_set(pi, "payment_method", json_object_get(pm, "id"));
   json_object_set_new(pi, "last_payment_error", json_null());
 
@@ -747,6 +752,7 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
   p->outcome = tp_outcome_authorize;
   p->reply_charge = charges_api;
   p->three_ds_done = authenticated;
+  p->pm_made_here = made_here;
   if (lock_id)
     tp_scopy(p->lock_id, sizeof p->lock_id, lock_id);
   const char *cm = tp_pi_card_option(pi, "capture_method");

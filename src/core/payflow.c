@@ -1379,6 +1379,38 @@ static bool set_up_by_authentication(const json_t *pm)
  * off_session_authenticated): the issuer of a card that asks only until it
  * is set up (Stripe's 4000002500003155) then takes off-session payments
  * without a challenge. */
+/* A PaymentMethod that paid without being attached to a customer (nor
+ * saved by this payment) is spent, as on Stripe: it may not pay again nor be
+ * attached afterwards (tp_pm_usable: payment_method_consumed). Read afresh
+ * under its lock, like save_for_future_use, so an attach committed during
+ * the processor call is not overwritten. */
+static void consume_unattached(struct tp_pay *p, struct tp_cs *cs)
+{
+  const char *pm_id = json_string_value(json_object_get(p->pm, "id"));
+  /* One made by this very confirmation is not written again for it: its id
+   * was never handed out before (a cost of a row per payment otherwise). */
+  if (!pm_id || p->pm_made_here || json_is_string(json_object_get(p->pm, "customer")) ||
+      tp_is_card_source(p->pm, NULL))
+    return;
+  if (!p->pm_lock_id[0]) {
+    if (!tp_lock_try(pm_id))
+      return; /* another request has it now: left usable */
+    tp_scopy(p->pm_lock_id, sizeof p->pm_lock_id, pm_id);
+  }
+  /* Afresh under the lock (save_for_future_use may have held it and left
+   * p->pm as read before the call, when an attach had won meanwhile). */
+  json_t *fresh = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, p->m.id, pm_id);
+  if (!fresh)
+    return;
+  json_decref(p->pm);
+  p->pm = fresh;
+  if (json_is_string(json_object_get(p->pm, "customer")) ||
+      json_is_true(json_object_get(json_object_get(p->pm, "turnpike"), "detached")))
+    return;
+  tp_mark(p->pm, "detached", json_true());
+  tp_cs_put(cs, TP_K_PAYMENT_METHOD, p->m.id, p->pm);
+}
+
 static void save_for_future_use(struct tp_pay *p, struct tp_cs *cs)
 {
   const char *sfu = tp_pi_card_option(p->pi, "setup_future_usage");
@@ -1473,6 +1505,7 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
     }
     json_object_set_new(pi, "last_payment_error", json_null());
     save_for_future_use(p, cs);
+    consume_unattached(p, cs);
     char *text = NULL;
     tp_put_emit_text(cs, p->r, merchant, TP_K_CHARGE, "charge.succeeded", ch, p->reply_charge ? &text : NULL);
     if (p->att.capture)

@@ -34,6 +34,7 @@ struct tp_pay {
   char cancellation_reason[64];
   bool three_ds_done;        /* the payment passed a 3-D Secure challenge */
   int64_t retry_after_ms;    /* the failed call's processor asked to wait this long (Retry-After) */
+  bool pm_made_here;         /* the PaymentMethod was made by this confirmation (payment_method_data, a test id) */
   bool reply_charge;         /* the Charges API: answer the charge (or an error naming it), not the PaymentIntent */
   tp_pay_outcome_fn outcome;
   /* a browser flow (3-D Secure) answers with this page instead */

@@ -120,6 +120,29 @@ class Sources(DaemonTestCase):
         self.assertStripeError(self.c().post(CH, {"amount": 100, "currency": "usd", "customer": cus["id"]}),
                                400, code="parameter_missing", param="customer")
 
+    def test_a_payment_method_used_without_a_customer_is_spent(self):
+        """Stripe: a PaymentMethod that paid without being attached to a
+        customer may not pay again nor be attached (it would on Stripe fail
+        the integration that relies on it)."""
+        pm = self.c().post("/v1/payment_methods", {"type": "card", "card[number]": "4242424242424242",
+                                                   "card[exp_month]": "12", "card[exp_year]": "2034"}).json["id"]
+        pay = lambda: self.c().post("/v1/payment_intents", {"amount": 800, "currency": "usd", "confirm": "true",
+                                                            "payment_method": pm})
+        r = pay()
+        self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
+        self.assertStripeError(pay(), 400, "invalid_request_error", param="payment_method")
+        cus = self.customer()["id"]
+        self.assertStripeError(self.c().post("/v1/payment_methods/%s/attach" % pm, {"customer": cus}),
+                               400, "invalid_request_error")
+        # attached first, it pays again and again
+        pm2 = self.c().post("/v1/payment_methods", {"type": "card", "card[number]": "4242424242424242",
+                                                    "card[exp_month]": "12", "card[exp_year]": "2034"}).json["id"]
+        self.assertEqual(self.c().post("/v1/payment_methods/%s/attach" % pm2, {"customer": cus}).status, 200)
+        for _ in range(2):
+            r = self.c().post("/v1/payment_intents", {"amount": 800, "currency": "usd", "confirm": "true",
+                                                      "customer": cus, "payment_method": pm2})
+            self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
+
     def test_a_payment_method_list_takes_any_stripe_type(self):
         """An integration that lists several types gets an empty list for
         the ones Turnpike does not hold, not a 400."""
