@@ -521,15 +521,23 @@ static void observe_request(struct tp_req *r)
 {
   int64_t us = (tp_mono_ns() - r->t0_ns) / 1000;
   char labels[192];
+  /* The method as a label: one of a fixed set (each distinct method was a
+   * new series, and a client could fill the registry or break the text). */
+  static const char *const known[] = {"GET", "POST", "DELETE", "HEAD", "OPTIONS", "PUT", "PATCH", NULL};
+  const char *method = "other";
+  for (int i = 0; known[i]; i++)
+    if (strcmp(r->method, known[i]) == 0)
+      method = known[i];
   snprintf(labels, sizeof labels, "route=\"%s\",method=\"%s\",code=\"%uxx\"",
-           r->route ? r->route->pattern : "unmatched", r->method, r->status / 100);
+           r->route ? r->route->pattern : "unmatched", method, r->status / 100);
   tp_metric_inc("turnpike_http_requests_total", labels, 1);
   snprintf(labels, sizeof labels, "route=\"%s\",method=\"%s\"", r->route ? r->route->pattern : "unmatched",
-           r->method);
+           method);
   tp_metric_observe_us("turnpike_http_request_duration_seconds", labels, us);
   if (r->authed) {
     char rpath[256];
     tp_scopy(rpath, sizeof rpath, r->url);
+    tp_utf8_scrub(rpath);
     tp_mask_card_numbers(rpath);
     tp_reqlog_record(r->request_id, r->merchant.id, r->method, r->route ? r->route->pattern : "unmatched", rpath,
                      tp_req_client_addr(r), r->status, r->resp, r->resp_len, us);
@@ -549,6 +557,7 @@ static void observe_request(struct tp_req *r)
   }
   char path[512];
   tp_scopy(path, sizeof path, r->url);
+  tp_utf8_scrub(path); /* a character the copy cut in two */
   tp_mask_card_numbers(path);
   tp_mask_card_numbers(obj);
   /* Once per request: the fields are written directly (tp_jbuf), the same
@@ -809,12 +818,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     r->conn = conn;
     r->bad_path = bad_path;
     r->t0_ns = tp_mono_ns();
+    /* A method is a token (RFC 9110 9.1) and a path text: what else came
+     * (libmicrohttpd takes any method and decodes %FF in a path) is made
+     * printable before anything logs or labels it. */
     tp_scopy(r->method, sizeof r->method, method);
+    for (char *m = r->method; *m; m++)
+      if (!((*m >= 'A' && *m <= 'Z') || (*m >= 'a' && *m <= 'z') || (*m >= '0' && *m <= '9') || strchr("-_.", *m)))
+        *m = '?';
     r->url = strdup(origin_form(url));
     if (!r->url) {
       free(r);
       return MHD_NO;
     }
+    tp_utf8_scrub(r->url);
     char rnd[15];
     tp_random_b62(rnd, 14);
     snprintf(r->request_id, sizeof r->request_id, "req_%s", rnd);

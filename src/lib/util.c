@@ -541,3 +541,20 @@ void tp_rtrim_ows(char *s)
   while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t'))
     s[--n] = '\0';
 }
+
+void tp_utf8_scrub(char *s)
+{
+  unsigned char *p = (unsigned char *)s, *end = p + strlen(s);
+  while (p < end) {
+    if (*p < 0x80) {
+      p++;
+      continue;
+    }
+    size_t n = tp_utf8_char_len(p, end);
+    if (n) {
+      p += n;
+    } else {
+      *p++ = '?';
+    }
+  }
+}

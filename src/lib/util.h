@@ -79,6 +79,8 @@ int tp_fsync_dir_of(const char *path);
 size_t tp_utf8_char_len(const unsigned char *p, const unsigned char *end);
 /* Whether the n bytes at s are valid UTF-8 (as tp_utf8_char_len). */
 bool tp_utf8_valid(const void *s, size_t n);
+/* Make s valid UTF-8 in place: each byte of an invalid or cut sequence becomes '?'. */
+void tp_utf8_scrub(char *s);
 
 /* Whether an IPv4 or IPv6 address is publicly routable: false for
  * loopback, private (RFC 1918, ULA), shared (100.64/10), link-local,

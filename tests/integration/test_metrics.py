@@ -93,6 +93,38 @@ class MetricsTest(DaemonTestCase):
                            stderr=subprocess.STDOUT, timeout=60)
         self.assertEqual(p.returncode, 0, p.stdout.decode())
 
+    def test_odd_methods_and_paths_neither_break_nor_fill_the_output(self):
+        """Any method token and any bytes in a path (libmicrohttpd takes both):
+        the method label is one of a fixed set, and log lines and the request
+        log stay valid UTF-8 JSON."""
+        import socket
+        key = self.daemon.merchants["m"]["secret_key"]
+        for i, method in enumerate([b'G"T', b"G\\T", b"\xffX"] + [b"Z%03d" % n for n in range(60)]):
+            s = socket.create_connection((self.daemon.host, self.daemon.port), timeout=5)
+            try:
+                s.sendall(method + b" /v1/charges/ch_%ff%c3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                          b"Authorization: Bearer " + key.encode() + b"\r\n\r\n")
+                while s.recv(65536):
+                    pass
+            except OSError:
+                pass
+            finally:
+                s.close()
+        r = self.c().get("/v1/charges/ch_%ff%c3")
+        self.assertEqual(r.status, 404, r)
+        self.assertEqual(self.c().get("/v1/turnpike/requests/" + r.headers["Request-Id"]).status, 200)
+        text = self.scrape()
+        methods = set(re.findall(r'method="([^"]*)"', text))
+        self.assertLessEqual(methods, {"GET", "POST", "DELETE", "HEAD", "OPTIONS", "PUT", "PATCH", "other"}, methods)
+        p = subprocess.run([shutil.which("promtool"), "check", "metrics"], input=text.encode(),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stdout.decode())
+        with open(self.daemon.log_path, "rb") as f:
+            raw = f.read()
+        for line in raw.splitlines():
+            if line.startswith(b"{"):
+                json.loads(line.decode("utf-8"))  # strict: raises on invalid UTF-8
+
     def test_health_probes_answer_without_credentials(self):
         anon = Client(HOST, self.daemon.port)
         r = anon.get("/healthz")
