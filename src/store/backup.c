@@ -179,6 +179,38 @@ static void usage_backup(FILE *f)
              "key_files (vault.key, kek-vN.key, *.pem) separately from it.\n");
 }
 
+/* A consistent copy of the store at src (its WAL included: SQLite reads
+ * through it) written to dst, owner-only; false with the reason in err. */
+static bool vacuum_into(const char *src, const char *dst, char *err, size_t errcap)
+{
+  sqlite3 *db = NULL;
+  if (sqlite3_open_v2(src, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+    snprintf(err, errcap, "cannot open %s: %s", src, sqlite3_errmsg(db));
+    sqlite3_close(db);
+    return false;
+  }
+  sqlite3_busy_timeout(db, 10000);
+  sqlite3_stmt *st = NULL;
+  mode_t old = umask(077);
+  int rc = sqlite3_prepare_v2(db, "VACUUM INTO ?1", -1, &st, NULL);
+  if (rc == SQLITE_OK)
+    rc = sqlite3_bind_text(st, 1, dst, -1, SQLITE_STATIC);
+  if (rc == SQLITE_OK)
+    rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+  umask(old);
+  if (rc != SQLITE_OK)
+    snprintf(err, errcap, "copy failed: %s", sqlite3_errmsg(db));
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  if (rc != SQLITE_OK)
+    return false;
+  if (fsync_path(dst, false) != 0) {
+    snprintf(err, errcap, "cannot sync %s: %s", dst, strerror(errno));
+    return false;
+  }
+  return true;
+}
+
 int tp_cmd_backup(int argc, char **argv)
 {
   const char *data = "./var", *out = NULL;
@@ -216,33 +248,10 @@ int tp_cmd_backup(int argc, char **argv)
     return 1;
   }
   unlink(tmp); /* left by an interrupted backup: never a whole copy */
-  sqlite3 *db = NULL;
-  if (sqlite3_open_v2(src, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
-    fprintf(stderr, "turnpike backup: cannot open %s: %s\n", src, sqlite3_errmsg(db));
-    sqlite3_close(db);
-    return 1;
-  }
-  sqlite3_busy_timeout(db, 10000);
   time_t t0 = time(NULL);
-  sqlite3_stmt *st = NULL;
-  mode_t old = umask(077);
-  int rc = sqlite3_prepare_v2(db, "VACUUM INTO ?1", -1, &st, NULL);
-  if (rc == SQLITE_OK)
-    rc = sqlite3_bind_text(st, 1, tmp, -1, SQLITE_STATIC);
-  if (rc == SQLITE_OK)
-    rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
-  umask(old);
-  if (rc != SQLITE_OK) {
-    fprintf(stderr, "turnpike backup: copy failed: %s\n", sqlite3_errmsg(db));
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    unlink(tmp);
-    return 1;
-  }
-  sqlite3_finalize(st);
-  sqlite3_close(db);
-  if (fsync_path(tmp, false) != 0) {
-    fprintf(stderr, "turnpike backup: cannot sync %s: %s\n", tmp, strerror(errno));
+  char err[400];
+  if (!vacuum_into(src, tmp, err, sizeof err)) {
+    fprintf(stderr, "turnpike backup: %s\n", err);
     unlink(tmp);
     return 1;
   }
@@ -322,48 +331,6 @@ static void usage_restore(FILE *f)
              "journals or settlement files) before the restored store takes traffic.\n");
 }
 
-static int copy_file(const char *from, const char *to)
-{
-  int in = open(from, O_RDONLY | O_CLOEXEC);
-  if (in < 0)
-    return -1;
-  int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (out < 0) {
-    close(in);
-    return -1;
-  }
-  char buf[1 << 16];
-  ssize_t n;
-  int rc = 0;
-  while ((n = read(in, buf, sizeof buf)) != 0) {
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      rc = -1;
-      break;
-    }
-    for (ssize_t off = 0; off < n;) {
-      ssize_t w = write(out, buf + off, (size_t)(n - off));
-      if (w < 0 && errno == EINTR)
-        continue;
-      if (w <= 0) {
-        rc = -1;
-        break;
-      }
-      off += w;
-    }
-    if (rc)
-      break;
-  }
-  if (rc == 0 && fdatasync(out) != 0)
-    rc = -1;
-  int e = errno;
-  close(in);
-  if (close(out) != 0 && rc == 0)
-    rc = -1;
-  errno = e;
-  return rc;
-}
 
 /* Key files the restored store needs: vault.key always, kek-vN.key for
  * every file-provider KEK version it names. */
@@ -422,18 +389,6 @@ int tp_cmd_restore(int argc, char **argv)
     usage_restore(stderr);
     return 2;
   }
-  bool balanced;
-  const char *why = "";
-  json_t *sum = inspect(from, &balanced, &why);
-  if (!sum) {
-    fprintf(stderr, "turnpike restore: %s %s\n", from, why);
-    return 1;
-  }
-  if (!balanced) {
-    fprintf(stderr, "turnpike restore: the ledger in %s does not balance; not restored\n", from);
-    json_decref(sum);
-    return 1;
-  }
   /* Held until exit: no server starts on DIR while the file is swapped. */
   long holder = 0;
   int lock = tp_cli_lock_dir(data, "turnpike.lock", &holder);
@@ -442,7 +397,6 @@ int tp_cmd_restore(int argc, char **argv)
       fprintf(stderr, "turnpike restore: a turnpike serve (pid %ld) uses %s; stop it first\n", holder, data);
     else
       fprintf(stderr, "turnpike restore: cannot lock %s: %s\n", data, strerror(errno));
-    json_decref(sum);
     return 1;
   }
   char db[1200], wal[1300], shm[1300], tmp[1300];
@@ -450,16 +404,37 @@ int tp_cmd_restore(int argc, char **argv)
   snprintf(wal, sizeof wal, "%s-wal", db);
   snprintf(shm, sizeof shm, "%s-shm", db);
   snprintf(tmp, sizeof tmp, "%s.restoring", db);
-  struct stat sb;
-  if (stat(db, &sb) == 0 && !force) {
-    fprintf(stderr, "turnpike restore: %s already holds a store; --force replaces it\n", data);
-    json_decref(sum);
+  struct stat sb, fb;
+  if (stat(db, &sb) == 0 && stat(from, &fb) == 0 && sb.st_dev == fb.st_dev && sb.st_ino == fb.st_ino) {
+    fprintf(stderr, "turnpike restore: %s is the store of %s itself\n", from, data);
     close(lock);
     return 1;
   }
+  if (stat(db, &sb) == 0 && !force) {
+    fprintf(stderr, "turnpike restore: %s already holds a store; --force replaces it\n", data);
+    close(lock);
+    return 1;
+  }
+  /* Copied through SQLite, so a source with a WAL (a store copied off a
+   * stopped or killed server) comes whole: a file copy took the main file
+   * alone and lost what its WAL held. The copy is what is inspected. */
   int rc = 1;
-  if (copy_file(from, tmp) != 0) {
-    fprintf(stderr, "turnpike restore: cannot copy %s to %s: %s\n", from, tmp, strerror(errno));
+  json_t *sum = NULL;
+  char err[400];
+  unlink(tmp);
+  if (!vacuum_into(from, tmp, err, sizeof err)) {
+    fprintf(stderr, "turnpike restore: %s\n", err);
+    goto done;
+  }
+  bool balanced;
+  const char *why = "";
+  sum = inspect(tmp, &balanced, &why);
+  if (!sum) {
+    fprintf(stderr, "turnpike restore: %s %s\n", from, why);
+    goto done;
+  }
+  if (!balanced) {
+    fprintf(stderr, "turnpike restore: the ledger in %s does not balance; not restored\n", from);
     goto done;
   }
   char unsettled[200];

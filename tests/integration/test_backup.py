@@ -189,6 +189,28 @@ class BackupTest(DaemonTestCase):
         self.assertStripeError(fresh.client("shop").get(PI + "/" + paid.json["id"]), 404, "invalid_request_error",
                                "resource_missing")
 
+        # a store left by a killed server, its WAL beside it: restored whole
+        # (a copy of the main file alone lost what the WAL held)
+        late = [fresh.client("shop").post(PI, {"amount": 700 + i, "currency": "usd", "confirm": "true",
+                                                "payment_method": "pm_card_visa"}).json["id"] for i in range(5)]
+        fresh.kill9()
+        self.assertTrue(os.path.getsize(os.path.join(fresh.data, "turnpike.db-wal")) > 0)
+        third = Daemon(root=os.path.join(self.tmp, "third"))
+        self.addCleanup(third.cleanup)
+        rc, stdout, stderr = run("restore", "--from", os.path.join(fresh.data, "turnpike.db"), "--data", third.data)
+        self.assertEqual(rc, 0, stderr)
+        for name in summary["key_files"]:
+            shutil.copy2(os.path.join(self.daemon.data, name), os.path.join(third.data, name))
+        third.merchants = self.daemon.merchants
+        third.start()
+        for pid in late:
+            self.assertEqual(third.client("shop").get(PI + "/" + pid).status, 200, pid)
+        # restoring a store onto itself is refused
+        third.stop()
+        rc, _, stderr = run("restore", "--from", os.path.join(third.data, "turnpike.db"), "--data", third.data,
+                            "--force")
+        self.assertEqual(rc, 1, stderr)
+
 
 if __name__ == "__main__":
     main()
