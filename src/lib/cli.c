@@ -107,28 +107,40 @@ int tp_cli_lock_dir(const char *dir, const char *name, long *holder)
     errno = ENAMETOOLONG;
     return -1;
   }
-  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  /* The lock is on the directory itself: a lock file can be deleted (it
+   * looks like a stale pid file), and a second server then locked a new one
+   * and ran on the same store. The file only names the holder's pid. */
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0)
     return -1;
   if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
     int e = errno;
     if (e == EWOULDBLOCK) {
+      int pf = open(path, O_RDONLY | O_CLOEXEC);
       char buf[24] = "";
-      ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+      ssize_t n = pf >= 0 ? pread(pf, buf, sizeof buf - 1, 0) : -1;
       if (n > 0) {
         buf[n] = '\0';
         *holder = strtol(buf, NULL, 10);
       }
+      if (pf >= 0)
+        close(pf);
     }
     close(fd);
     errno = e;
     return e == EWOULDBLOCK ? -2 : -1;
   }
+  int pf = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   char pid[24];
   int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
-  if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n) {
+  if (pf < 0 || ftruncate(pf, 0) != 0 || pwrite(pf, pid, (size_t)n, 0) != n) {
+    int e = errno;
+    if (pf >= 0)
+      close(pf);
     close(fd);
+    errno = e;
     return -1;
   }
+  close(pf);
   return fd;
 }

@@ -68,6 +68,17 @@ class BackupTest(DaemonTestCase):
         r = self.c().post(PI, {"amount": 500, "currency": "usd", "payment_method": "pm_card_visa",
                                "confirm": "true"})
         self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
+        # the lock file deleted (it looks like a stale pid file): still refused,
+        # the lock is the directory's
+        os.unlink(os.path.join(self.daemon.data, "turnpike.lock"))
+        p = subprocess.run([BIN, "serve", "--listen", hostport(HOST, 0), "--data", self.daemon.data],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30, stdin=subprocess.DEVNULL)
+        self.assertEqual(p.returncode, 1, p.stderr[-2000:])
+        self.assertIn('"event":"data_dir_in_use"', p.stderr.decode())
+        with open(addr) as f:
+            self.assertEqual(f.read(), before)
+        with open(os.path.join(self.daemon.data, "turnpike.lock"), "w") as f:
+            f.write("%d\n" % self.daemon.proc.pid)  # as it was, for the other tests
 
     def test_backup_under_load_restores_every_payment_acknowledged_before_it(self):
         c = self.c()
