@@ -107,10 +107,13 @@ int tp_cli_lock_dir(const char *dir, const char *name, long *holder)
     errno = ENAMETOOLONG;
     return -1;
   }
-  /* The lock is on the directory itself: a lock file can be deleted (it
-   * looks like a stale pid file), and a second server then locked a new one
-   * and ran on the same store. The file only names the holder's pid. */
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  /* The gateway's lock is on the directory itself: a lock file can be
+   * deleted (it looks like a stale pid file), and a second server then
+   * locked a new one and ran on the same store. The file only names the
+   * holder's pid. (The simulator, which may share a directory with the
+   * gateway, locks its own file.) */
+  bool on_dir = strcmp(name, "turnpike.lock") == 0;
+  int fd = on_dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0)
     return -1;
   if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
@@ -130,7 +133,7 @@ int tp_cli_lock_dir(const char *dir, const char *name, long *holder)
     errno = e;
     return e == EWOULDBLOCK ? -2 : -1;
   }
-  int pf = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  int pf = on_dir ? open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600) : dup(fd);
   char pid[24];
   int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
   if (pf < 0 || ftruncate(pf, 0) != 0 || pwrite(pf, pid, (size_t)n, 0) != n) {
