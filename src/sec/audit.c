@@ -432,7 +432,17 @@ int tp_cmd_audit(int argc, char **argv)
   }
   sqlite3_busy_timeout(db, 5000);
   json_t *sum = json_object();
-  int rc = verify(db, pubf ? pin : NULL, sum);
+  /* One read transaction: the chain, its head and the checkpoints as of one
+   * commit. Read statement by statement next to a serving gateway, the head
+   * could be read after entries were added past the chain walked, and verify
+   * reported removed entries on a store nobody had touched. */
+  int rc = -1;
+  if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK) {
+    rc = verify(db, pubf ? pin : NULL, sum);
+    sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+  }
+  if (rc < 0)
+    fprintf(stderr, "turnpike audit verify: %s\n", sqlite3_errmsg(db));
   sqlite3_close(db);
   if (rc < 0) {
     fprintf(stderr, "turnpike audit verify: no audit log in %s\n", path);

@@ -258,5 +258,40 @@ class AuditTest(unittest.TestCase):
         self.assertEqual(rc, 0, (out, err))
 
 
+
+class VerifyUnderLoadTest(unittest.TestCase):
+    """`audit verify` next to a serving gateway that keeps adding entries
+    (a refund each): it reads one snapshot, so a clean store verifies."""
+
+    def test_verify_while_entries_are_added(self):
+        import threading
+        d = Daemon()
+        self.addCleanup(d.cleanup)
+        d.create_merchant("m")
+        d.start(config="[audit]\ncheckpoint_seconds = 1\ncheckpoint_entries = 5\n")
+        c = d.client("m")
+        stop = threading.Event()
+
+        def load():
+            while not stop.is_set():
+                r = c.post(PI, {"amount": 1000, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa"})
+                if r.status == 200:
+                    c.post("/v1/refunds", {"payment_intent": r.json["id"], "amount": 100})
+        ts = [threading.Thread(target=load) for _ in range(3)]
+        for t in ts:
+            t.start()
+        try:
+            time.sleep(0.5)
+            bad = []
+            for _ in range(15):
+                rc, out, err = verify(d.data)
+                if rc != 0:
+                    bad.append((rc, out.get("reason"), err[-200:]))
+        finally:
+            stop.set()
+            for t in ts:
+                t.join(30)
+        self.assertEqual(bad, [])
+
 if __name__ == "__main__":
     main()
