@@ -767,6 +767,10 @@ bool tp_pm_materialize(struct tp_req *r, struct tp_cs *cs, json_t *pi)
 
 void tp_reply_missing(struct tp_req *r, const char *what, const char *id, const char *param)
 {
+  if (tp_store_read_failed) { /* not found, or not read? */
+    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+    return;
+  }
   char msg[160];
   snprintf(msg, sizeof msg, "No such %s: '%.64s'", what, id ? id : "");
   tp_reply_error(r, TP_ERR_RESOURCE_MISSING, param, msg);

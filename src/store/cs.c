@@ -430,8 +430,11 @@ void tp_cs_run_done(struct tp_cs *cs, int rc)
     cs->done(cs, rc, cs->done_arg);
 }
 
+_Thread_local bool tp_store_read_failed;
+
 char *tp_store_get(struct tp_store *st, enum tp_kind kind, const char *merchant, const char *id)
 {
+  tp_store_read_failed = false;
   return st->ops->get(st->cls, kind, merchant, id);
 }
 
@@ -442,6 +445,7 @@ int tp_store_live(struct tp_store *st, enum tp_kind kind, const char *merchant, 
 
 json_t *tp_store_get_json(struct tp_store *st, enum tp_kind kind, const char *merchant, const char *id)
 {
+  tp_store_read_failed = false;
   char *s = st->ops->get(st->cls, kind, merchant, id);
   if (!s)
     return NULL;

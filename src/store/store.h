@@ -267,6 +267,10 @@ char *tp_store_get(struct tp_store *st, enum tp_kind kind, const char *merchant,
 json_t *tp_store_get_json(struct tp_store *st, enum tp_kind kind, const char *merchant, const char *id);
 /* ops->live: 1 the object exists (a customer: not deleted), 0 not, -1 error. */
 int tp_store_live(struct tp_store *st, enum tp_kind kind, const char *merchant, const char *id);
+/* Set by a get on this thread that failed to read (a damaged page, an I/O
+ * error) rather than finding nothing, cleared by the next tp_store_get*:
+ * "no such object" is then 503 store_unavailable, not 404 (tp_reply_missing). */
+extern _Thread_local bool tp_store_read_failed;
 
 /* ---- the group-commit writer --------------------------------------------- */
 #define TP_WRITER_MAX_BATCH 1024   /* change sets per transaction */

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unittest
 
 from harness import BIN, HOST, Daemon, DaemonTestCase, PaymentLoad, card, hostport, main
 
@@ -222,6 +223,39 @@ class BackupTest(DaemonTestCase):
                             "--force")
         self.assertEqual(rc, 1, stderr)
 
+
+
+class DamagedStoreTest(unittest.TestCase):
+    """Pages of the store overwritten (a bad disk): an object that cannot be
+    read is 503 store_unavailable with store_read_failed in the log, never a
+    404 that says it does not exist, and a list never a silently short page."""
+
+    def test_unreadable_objects_are_not_missing(self):
+        import random
+        d = Daemon()
+        self.addCleanup(d.cleanup)
+        d.create_merchant("m")
+        d.start()
+        c = d.client("m")
+        ids = [c.post(PI, {"amount": 1000 + i, "currency": "usd", "metadata[k]": "x" * 400}).json["id"]
+               for i in range(300)]
+        self.assertEqual(d.stop(), 0)
+        db = os.path.join(d.data, "turnpike.db")
+        rnd = random.Random(1)
+        with open(db, "r+b") as f:
+            f.seek(os.path.getsize(db) // 2)
+            f.write(bytes(rnd.getrandbits(8) for _ in range(16384)))
+        d.start()
+        c = d.client("m")
+        seen = {}
+        for pid in ids:
+            r = c.get(PI + "/" + pid)
+            seen[r.status] = seen.get(r.status, 0) + 1
+        self.assertNotIn(404, seen, seen)
+        self.assertGreater(seen.get(503, 0), 0, seen)
+        self.assertIn('"store_read_failed"', d.log_text())
+        r = c.get(PI, {"limit": 100})
+        self.assertTrue(r.status == 503 or len(r.json["data"]) == 100, r)
 
 if __name__ == "__main__":
     main()

@@ -807,6 +807,12 @@ static void ckpt_tail(struct sq *s)
 }
 
 /* ---- reader side ---------------------------------------------------------- */
+static void read_failed(sqlite3 *db, const char *what, int rc)
+{
+  tp_store_read_failed = true;
+  tp_log(TP_LOG_ERROR, "store_read_failed", "{s:s, s:i, s:s}", "op", what, "rc", rc, "error", sqlite3_errmsg(db));
+}
+
 static char *sq_get(void *cls, enum tp_kind kind, const char *merchant, const char *id)
 {
   struct sq *s = cls;
@@ -824,8 +830,11 @@ static char *sq_get(void *cls, enum tp_kind kind, const char *merchant, const ch
   bind_text(st, 1, id);
   bind_text(st, 2, merchant);
   char *out = NULL;
-  if (sqlite3_step(st) == SQLITE_ROW)
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW)
     out = column_json(st, 0);
+  else if (rc != SQLITE_DONE)
+    read_failed(r->db, "get", rc);
   sqlite3_reset(st);
   return out;
 }
@@ -1004,8 +1013,8 @@ static json_t *sq_list(void *cls, const struct tp_list_query *q, bool *has_more)
       return NULL;
     }
     list_bind(st, &w);
-    int count = 0;
-    while (sqlite3_step(st) == SQLITE_ROW) {
+    int count = 0, rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
       if (count == w.limit) {
         *has_more = true;
         break;
@@ -1022,6 +1031,13 @@ static json_t *sq_list(void *cls, const struct tp_list_query *q, bool *has_more)
       count++;
     }
     sqlite3_finalize(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+      /* Not the end of the rows: a page that stops here would be short
+       * with no sign of it. */
+      read_failed(r->db, "list", rc);
+      json_decref(arr);
+      return NULL;
+    }
     if (!w.field || *has_more)
       break;
     /* The window's last row, when it was full: more lie past it. */
