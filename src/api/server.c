@@ -989,7 +989,6 @@ int tp_http_start(const char *host, uint16_t port, unsigned threads, uint16_t *b
                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)TP_HTTP_TIMEOUT_S,
                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
                              MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
-                             MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
                              MHD_OPTION_ARRAY, tls_opts,
                              MHD_OPTION_END);
   if (!daemon_)

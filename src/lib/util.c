@@ -272,6 +272,8 @@ int64_t tp_mono_ms(void)
 
 int tp_scopy(char *dst, size_t cap, const char *src)
 {
+  if (!src)
+    src = ""; /* a missing value copies as empty, never a crash */
   size_t n = strlen(src);
   if (cap > 0) {
     size_t k = n < cap ? n : cap - 1;

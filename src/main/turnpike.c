@@ -458,6 +458,15 @@ static int cmd_merchant(int argc, char **argv)
     fprintf(stderr, "turnpike merchant create: --name NAME is required (1-100 chars)\n");
     return 2;
   }
+  /* Text, as every name the API shows is (a Latin-1 "Caf\xe9" was stored,
+   * then read back as nothing, and crashed the server at the key's use). */
+  bool printable = tp_utf8_valid(name, strlen(name));
+  for (const unsigned char *c = (const unsigned char *)name; *c && printable; c++)
+    printable = *c >= 0x20 && *c != 0x7f;
+  if (!printable) {
+    fprintf(stderr, "turnpike merchant create: --name must be UTF-8 text without control characters\n");
+    return 2;
+  }
   tp_log_threshold = TP_LOG_WARN;
   struct tp_store st;
   if (tp_store_open_sqlite(&st, data) != 0)

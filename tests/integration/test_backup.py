@@ -81,6 +81,22 @@ class BackupTest(DaemonTestCase):
         with open(os.path.join(self.daemon.data, "turnpike.lock"), "w") as f:
             f.write("%d\n" % self.daemon.proc.pid)  # as it was, for the other tests
 
+    def test_a_second_server_on_the_same_port_is_refused(self):
+        """Another data directory, the same address: the bind fails (with
+        SO_REUSEPORT both listened and the kernel split the connections
+        between two stores)."""
+        other = os.path.join(self.tmp, "other")
+        p = subprocess.run([BIN, "serve", "--listen", hostport(HOST, self.daemon.port), "--data", other],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30, stdin=subprocess.DEVNULL)
+        self.assertEqual(p.returncode, 1, p.stderr[-2000:])
+        self.assertIn("listen_failed", p.stderr.decode())
+
+    def test_a_merchant_name_must_be_text(self):
+        p = subprocess.run([BIN, "merchant", "create", "--data", os.path.join(self.tmp, "names"), "--name",
+                            b"Caf\xe9"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn(b"UTF-8", p.stderr)
+
     def test_backup_under_load_restores_every_payment_acknowledged_before_it(self):
         c = self.c()
         # a saved card, to prove the restored vault decrypts with the copied keys
