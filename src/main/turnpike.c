@@ -208,6 +208,21 @@ static void seed_ids(struct tp_store *st)
   tp_id_seed(ms);
 }
 
+/* The demo merchant made by a start that then failed (show_unshown_demo). */
+static struct {
+  char id[TP_ID_MAX], sk[128], pk[128];
+} demo_unshown;
+
+static void show_unshown_demo(void)
+{
+  if (!demo_unshown.id[0])
+    return;
+  fprintf(stderr,
+          "\nThe gateway did not start, but its empty store got a demo merchant (%s) first.\n"
+          "Its test secret key, for the next start:\n\n  %s\n\nand its publishable key:\n\n  %s\n\n",
+          demo_unshown.id, demo_unshown.sk, demo_unshown.pk);
+}
+
 static int cmd_serve(int argc, char **argv)
 {
   struct config c;
@@ -317,7 +332,7 @@ static int cmd_serve(int argc, char **argv)
   if (tp_kek_init(&tp_app.store, c.data, cfg) != 0)
     return 1;
   bool demo = false;
-  char demo_id[TP_ID_MAX], demo_sk[128], demo_pk[128];
+  char *demo_id = demo_unshown.id, *demo_sk = demo_unshown.sk, *demo_pk = demo_unshown.pk;
   if (tp_app.store.ops->merchant_count(tp_app.store.cls) == 0) {
     if (tp_app.store.ops->merchant_create(tp_app.store.cls, "Demo merchant", demo_id, demo_sk, demo_pk) != 0)
       return 1;
@@ -326,6 +341,10 @@ static int cmd_serve(int argc, char **argv)
       return 1;
     }
     demo = true;
+    /* Shown with the banner once listening; if the start fails before that
+     * (a port in use, a bad TLS file), on exit instead: the store is no
+     * longer empty, and the next start would create no demo to show. */
+    atexit(show_unshown_demo);
   }
   if (tp_writer_start(&tp_app.store) != 0)
     return 1;
@@ -367,7 +386,7 @@ static int cmd_serve(int argc, char **argv)
   tp_ratelimit_init();
   uint16_t bound = 0;
   if (tp_http_start(host, port, c.threads, &bound) != 0) {
-    tp_log(TP_LOG_ERROR, "listen_failed", "{s:s}", "listen", c.listen);
+    tp_log(TP_LOG_ERROR, "listen_failed", "{s:s, s:s}", "listen", c.listen, "error", strerror(errno));
     return 1;
   }
   if (c.public_url[0])
@@ -391,6 +410,7 @@ static int cmd_serve(int argc, char **argv)
            "    -d amount=2000 -d currency=usd -d confirm=true -d payment_method=pm_card_visa\n\n",
            tp_app.public_url, demo_id, demo_sk, demo_pk, tp_app.public_url, demo_sk);
     fflush(stdout);
+    demo_unshown.id[0] = '\0'; /* shown */
   }
 
   /* Request lines are written in batches from here on (src/lib/log.c). */
