@@ -83,8 +83,29 @@ static int config_set(struct config *c, const char *section, const char *key, co
   return 1;
 }
 
+/* The sections a gateway's INI file may have: a misspelled one
+ * ("[procesor.acq]") was ignored, and the sandbox took every payment. */
+static bool known_section(const char *section)
+{
+  static const char *const names[] = {"alerts", "audit", "auth", "authorizations", "balance", "disputes", "events",
+                                      "idempotency", "log", "metrics", "oauth", "ratelimit", "routing", "search",
+                                      "server", "store", "stream", "tls", "tokens", "vault", "webhooks", "sim", NULL};
+  static const char *const prefixes[] = {"processor.", "route.", "sim.", NULL};
+  for (int i = 0; names[i]; i++)
+    if (strcasecmp(section, names[i]) == 0)
+      return true;
+  for (int i = 0; prefixes[i]; i++)
+    if (strncasecmp(section, prefixes[i], strlen(prefixes[i])) == 0 && section[strlen(prefixes[i])])
+      return true;
+  return false;
+}
+
 static int ini_cb(void *user, const char *section, const char *name, const char *value)
 {
+  if (!known_section(section)) {
+    fprintf(stderr, "turnpike: unknown section [%s] (docs/architecture.md lists them)\n", section);
+    return 0;
+  }
   tp_config_put(section, name, value);
   return config_set(user, section, name, value);
 }

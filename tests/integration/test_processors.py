@@ -693,6 +693,17 @@ class BadConfig(unittest.TestCase):
         self.start_fails("[processor.x]\ntype = restjson\nendpoint = http://u:p@127.0.0.1:1/x\n",
                          "credentials in the URL")
 
+    def test_a_misspelled_section_is_refused(self):
+        """[procesor.acq] was ignored and the sandbox took every payment."""
+        for ini in ("[procesor.acq]\ntype = restjson\nendpoint = http://127.0.0.1:1/x\n", "[serer]\nthreads = 2\n"):
+            d = Daemon()
+            try:
+                with self.assertRaises(RuntimeError):
+                    d.start(config=ini)
+                self.assertIn("unknown section", d.log_text())
+            finally:
+                d.cleanup()
+
 
 if __name__ == "__main__":
     harness.main()
