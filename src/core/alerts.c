@@ -95,6 +95,7 @@ struct scope {
   struct tp_detector det[SIG__N];
   char alert_id[SIG__N][TP_ID_MAX];
   int64_t opened_at[SIG__N];
+  bool down; /* a processor whose breaker is open: no calls, every bucket all errors */
 };
 
 struct pev {
@@ -148,6 +149,17 @@ static void add(const char *name, bool error, bool declined, int64_t latency_us)
     s->lat_n++;
     s->lat_sum_us += latency_us;
   }
+}
+
+void tp_alert_scope_down(const char *scope, bool down)
+{
+  if (!scope || !*scope)
+    return;
+  pthread_mutex_lock(&A.mu);
+  struct scope *s = scope_get(scope);
+  if (s)
+    s->down = down;
+  pthread_mutex_unlock(&A.mu);
 }
 
 void tp_alert_observe(const char *scope, bool error, bool declined, int64_t latency_us)
@@ -517,9 +529,12 @@ static void tick(void)
   pthread_mutex_lock(&A.mu);
   for (int i = 0; i < A.nscopes; i++) {
     struct scope *s = &A.scopes[i];
-    if (s->n >= (uint64_t)A.min_samples) {
-      double v[SIG__N] = {(double)s->errors / (double)s->n, (double)s->declines / (double)s->n,
-                          s->lat_n ? (double)s->lat_sum_us / (double)s->lat_n / 1000.0 : NAN};
+    /* A processor whose breaker is open gets no calls, so no samples: the
+     * worst outage was the one no alert saw. Its bucket counts as all errors. */
+    if (s->n >= (uint64_t)A.min_samples || s->down) {
+      double v[SIG__N] = {s->down ? 1.0 : (double)s->errors / (double)s->n,
+                          s->down ? NAN : (double)s->declines / (double)s->n,
+                          !s->down && s->lat_n ? (double)s->lat_sum_us / (double)s->lat_n / 1000.0 : NAN};
       for (int k = 0; k < SIG__N; k++) {
         if (isnan(v[k]))
           continue;

@@ -9,6 +9,8 @@
  * the overall baseline is fed too). error: transport/processor failure;
  * declined: the issuer declined. latency_us < 0: unknown. */
 void tp_alert_observe(const char *scope, bool error, bool declined, int64_t latency_us);
+/* A processor's breaker opened (down) or left open: while down its buckets count as all errors. */
+void tp_alert_scope_down(const char *scope, bool down);
 
 /* The detector for one signal, fed one value per bucket: an exponentially
  * weighted mean and mean absolute deviation form the baseline; a value above

@@ -131,6 +131,7 @@ static void breaker_changed(struct tp_proc *p, enum tp_breaker_state from, enum 
   tp_metric_set("turnpike_processor_breaker_state", p->st->labels, (int64_t)to);
   if (to == TP_BREAKER_OPEN)
     tp_metric_inc("turnpike_processor_breaker_opens_total", p->st->labels, 1);
+  tp_alert_scope_down(p->name, to == TP_BREAKER_OPEN);
   for (int i = 0; i < ncallbacks; i++)
     callbacks[i].fn(p, from, to, callbacks[i].arg);
 }

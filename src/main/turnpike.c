@@ -347,6 +347,26 @@ static int cmd_serve(int argc, char **argv)
     return 1;
   }
   seed_ids(&tp_app.store);
+  /* vault.key seals card records, webhook secrets and idempotency
+   * fingerprints: a store that holds any of them and has lost the file
+   * (a restore without its keys) must not get a new one silently, which
+   * made every replay a mismatch and every saved card a 500. */
+  char vkey[1200];
+  snprintf(vkey, sizeof vkey, "%s/vault.key", c.data);
+  if (access(vkey, F_OK) != 0) {
+    json_t *used = tp_store_query(&tp_app.store,
+                                  "SELECT EXISTS(SELECT 1 FROM vault) OR EXISTS(SELECT 1 FROM idempotency) OR "
+                                  "EXISTS(SELECT 1 FROM webhook_endpoints) OR EXISTS(SELECT 1 FROM payment_intents) AS n",
+                                  NULL);
+    bool held = !used || json_integer_value(json_object_get(json_array_get(used, 0), "n")) != 0;
+    json_decref(used);
+    if (held) {
+      tp_log(TP_LOG_ERROR, "vault_key_missing", "{s:s, s:s}", "path", vkey, "message",
+             "the store holds sealed data but its key file is gone: put the vault.key (and kek-v*.key) that "
+             "came with it back in the data directory");
+      return 1;
+    }
+  }
   if (tp_vault_init(c.data, tp_app.vault_key) != 0)
     return 1;
   /* Card vault KEK provider ([vault] kek = file | pkcs11), before the writer. */

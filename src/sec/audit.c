@@ -401,7 +401,10 @@ int tp_cmd_audit(int argc, char **argv)
   const char *data = "./var", *pubf = NULL;
   for (int i = 1; i < argc; i++) {
     const char *v;
-    if ((v = tp_cli_value(argc, argv, &i, "--data", "audit verify")))
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      usage_audit(stdout);
+      return 0;
+    } else if ((v = tp_cli_value(argc, argv, &i, "--data", "audit verify")))
       data = v;
     else if ((v = tp_cli_value(argc, argv, &i, "--pubkey", "audit verify")))
       pubf = v;

@@ -247,8 +247,8 @@ static enum cauth client_auth(struct tp_req *r, struct oclient *c)
     if (pid && strcmp(pid, id) != 0)
       return CA_BAD_REQUEST;
   } else {
-    if (!pid || !psecret)
-      return pid || psecret ? CA_BAD_CLIENT : CA_BAD_REQUEST;
+    if (!pid || !psecret) /* none at all is invalid_client too (RFC 6749 5.2) */
+      return CA_BAD_CLIENT;
     if (strlen(pid) > TP_OAUTH_MAX_CRED || strlen(psecret) > TP_OAUTH_MAX_CRED)
       return CA_BAD_CLIENT;
     tp_scopy(id, sizeof id, pid);
@@ -333,6 +333,13 @@ void tp_h_oauth_token(struct tp_req *r)
 {
   static const char *const allowed[] = {"grant_type", "scope", "client_id", "client_secret", "audience",
                                         "resource", NULL};
+  /* Another grant's own parameters (refresh_token, username ...) are not
+   * this one's: its answer is unsupported_grant_type (RFC 6749 5.2). */
+  const char *other = param(r, "grant_type");
+  if (other && *other && strcmp(other, "client_credentials") != 0) {
+    oauth_error(r, 400, "unsupported_grant_type", "Only the client_credentials grant is supported.");
+    return;
+  }
   if (!only_params(r, allowed)) {
     oauth_error(r, 400, "invalid_request", "Unknown, repeated or non-text parameter.");
     return;

@@ -228,6 +228,29 @@ static void number_event(struct tp_cs_op *op)
   memcpy(op->data + pl, id, il);
   if (zid)
     memcpy(zid, id, il);
+  /* Its created too: taken when the event was built, it could run a second
+   * against the commit order the ids now have, and a client polling
+   * created[gt] the last it saw could miss one. The envelope's head (raw in
+   * the frame as well) holds it as ten digits; the new value, taken now, in
+   * commit order, has ten too. */
+  static const char cpre[] = "\"created\":";
+  size_t scan = op->data_len < 200 ? op->data_len : 200;
+  const char *c = memmem(op->data, scan, cpre, sizeof cpre - 1);
+  int64_t now = tp_now();
+  if (!c || now < 1000000000 || now > 9999999999)
+    return;
+  size_t at = (size_t)(c - op->data) + sizeof cpre - 1;
+  if (at + 11 > op->data_len || strspn(op->data + at, "0123456789") != 10)
+    return;
+  if (op->zdata && (op->zdata_len < TP_ZJSON_RAW_HEAD + at + 10 ||
+                    memcmp(op->zdata + TP_ZJSON_RAW_HEAD + at, op->data + at, 10) != 0))
+    return;
+  char digits[12];
+  snprintf(digits, sizeof digits, "%010lld", (long long)now);
+  memcpy(op->data + at, digits, 10);
+  if (op->zdata)
+    memcpy(op->zdata + TP_ZJSON_RAW_HEAD + at, digits, 10);
+  op->n1 = now;
 }
 
 void tp_cs_number_events(struct tp_cs *cs)

@@ -456,10 +456,14 @@ class KeysTest(DaemonTestCase):
         ch = sk.get("/v1/charges/" + pi.json["latest_charge"]).json
         self.assertEqual((ch["payment_method"], ch["payment_method_details"]["card"]["last4"]),
                          (pm.json["id"], "4444"))
-        # or the browser confirms with it, holding the client_secret
+        # paid without a customer, it is spent (as on Stripe)
+        again = sk.post(PI, {"amount": 2500, "currency": "usd", "payment_method": pm.json["id"], "confirm": "true"})
+        self.assertStripeError(again, 400, "invalid_request_error", param="payment_method")
+        # or the browser confirms with a card it tokenised, holding the client_secret
+        pm2 = pk.post("/v1/payment_methods", dict(card("5555555555554444"))).json
         pi2 = sk.post(PI, {"amount": 900, "currency": "usd"}).json
         done = pk.post(PI + "/" + pi2["id"] + "/confirm",
-                       {"client_secret": pi2["client_secret"], "payment_method": pm.json["id"]})
+                       {"client_secret": pi2["client_secret"], "payment_method": pm2["id"]})
         self.assertEqual((done.status, done.json["status"]), (200, "succeeded"), done)
 
     def test_cors_lets_a_page_on_another_origin_call_the_api(self):

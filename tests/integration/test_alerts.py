@@ -7,7 +7,7 @@ import json
 import threading
 import time
 
-from harness import PAN_DECLINE, PAN_OK, Client, Daemon, DaemonTestCase, HOST, card, main
+from harness import PAN_DECLINE, PAN_OK, Client, Daemon, DaemonTestCase, HOST, Sim, card, main
 
 PI = "/v1/payment_intents"
 CONFIG = """
@@ -123,6 +123,38 @@ class AlertsTest(DaemonTestCase):
         print("alert test: %d payments in %.1f s" % (traffic.count, time.monotonic() - t0))
         self.assertLess(time.monotonic() - t0, 30)
 
+
+
+class ProcessorDownTest(DaemonTestCase):
+    """A processor down for good: its breaker opens, it gets no more calls
+    (payments go to the next processor), and so no samples; its buckets
+    count as all errors while the breaker is open, so the outage raises an
+    error_rate alert for that processor (it raised none, where a partial
+    failure did)."""
+    MERCHANTS = ("m",)
+    WITH_SIM = True
+
+    @classmethod
+    def config(cls):
+        return ("[processor.rest]\ntype = restjson\nendpoint = http://%s/p/rest\ntimeout_ms = 2000\npriority = 1\n"
+                "[processor.sb]\ntype = sandbox\npriority = 2\n" % cls.sim.rest + CONFIG)
+
+    def test_a_processor_whose_breaker_stays_open_raises_an_alert(self):
+        traffic = Traffic(self.c()).start()
+        try:
+            time.sleep(3.0)  # warm-up: a baseline of approvals through rest
+            self.sim.faults("rest", error_rate=1.0)
+            deadline, opened = time.monotonic() + 15, []
+            while time.monotonic() < deadline and not opened:
+                evs = self.c().get("/v1/events", {"type": "turnpike.alert.opened", "limit": 100}).json["data"]
+                opened = [e for e in evs if e["data"]["object"]["scope"] == "rest"
+                          and e["data"]["object"]["signal"] == "error_rate"]
+                time.sleep(0.2)
+        finally:
+            self.sim.faults("rest", error_rate=0.0)
+            traffic.stop()
+        self.assertTrue(opened, "no error_rate alert for the processor that is down:\n%s" % self.daemon.log_tail())
+        self.assertEqual(opened[0]["data"]["object"]["value"], 1.0)
 
 if __name__ == "__main__":
     main()

@@ -139,9 +139,10 @@ class OAuthTest(DaemonTestCase):
 
     def test_token_errors_follow_rfc6749(self):
         cases = [
-            ({"grant_type": "client_credentials"}, "none", 400, "invalid_request"),
+            ({"grant_type": "client_credentials"}, "none", 401, "invalid_client"),  # RFC 6749 5.2
             ({}, "basic", 400, "invalid_request"),
-            ({"grant_type": "password", "username": "x"}, "basic", 400, "invalid_request"),
+            ({"grant_type": "password", "username": "x"}, "basic", 400, "unsupported_grant_type"),
+            ({"grant_type": "client_credentials", "username": "x"}, "basic", 400, "invalid_request"),
             ({"grant_type": "authorization_code"}, "basic", 400, "unsupported_grant_type"),
             ({"grant_type": "client_credentials", "scope": "refunds:write"}, "basic", 400, "invalid_scope"),
             ({"grant_type": "client_credentials", "scope": "payments:everything"}, "basic", 400, "invalid_scope"),
