@@ -5,6 +5,7 @@
  * loopback clients only; with [metrics] token = T it answers anyone sending
  * Authorization: Bearer T (and nobody else); [metrics] public = true opens it
  * to every client. */
+#include "api/commit.h"
 #include "api/handlers.h"
 #include "api/http.h"
 #include "config.h"
@@ -12,6 +13,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "proxies.h"
+#include "sec/audit.h"
 #include "sec/auth.h"
 #include "store/sqlite/pcache.h"
 #include "util.h"
@@ -153,9 +155,17 @@ void tp_h_log_level(struct tp_req *r)
     return;
   }
   int old = tp_log_threshold;
-  tp_log_threshold = n;
-  tp_log(TP_LOG_WARN, "log_level_changed", "{s:s, s:s, s:s, s:s}", "from", names[old & 3], "to", names[n],
+  /* Logged at error before the switch, so that a change to "error" is not
+   * the first line it hides, and audited with the change (the level is the
+   * whole process's, every tenant's). */
+  tp_log(TP_LOG_ERROR, "log_level_changed", "{s:s, s:s, s:s, s:s}", "from", names[old & 3], "to", names[n],
          "merchant", r->merchant.id, "request_id", r->request_id);
+  tp_log_threshold = n;
+  struct tp_cs *cs = tp_cs_new();
+  json_t *d = tp_pack("{s:s, s:s}", "from", names[old & 3], "to", names[n]);
+  tp_audit_append(cs, r->merchant.id, r->actor[0] ? r->actor : "api", "log_level.changed", NULL, d);
+  json_decref(d);
   tp_reply_json(r, 200, tp_pack("{s:s, s:s, s:s}", "object", "turnpike.log_level", "level", names[n],
                                    "previous", names[old & 3]));
+  tp_commit_and_reply(r, cs);
 }

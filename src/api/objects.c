@@ -1,6 +1,7 @@
 /* Shared object builders: events, card payment methods, expansion, lists,
  * per-object locks. */
 #include "api/objects.h"
+#include "sec/scopes.h"
 #include "core/currency.h"
 #include "jpack.h"
 #include "jsonw.h"
@@ -1184,7 +1185,12 @@ static bool expand_paths_ok(struct tp_req *r)
     for (const char *seg = path; okf;) {
       const char *dot = strchr(seg, '.');
       size_t n = dot ? (size_t)(dot - seg) : strlen(seg);
-      bool known = n == 4 && strncmp(seg, "data", 4) == 0 && dot;
+      /* a list's items, or an object that holds an expandable field
+       * (customer.invoice_settings.default_payment_method) */
+      static const char *const containers[] = {"data", "invoice_settings", "transfer_data", NULL};
+      bool known = false;
+      for (int j = 0; dot && !known && containers[j]; j++)
+        known = strlen(containers[j]) == n && strncmp(seg, containers[j], n) == 0;
       for (int j = 0; !known && ok_fields[j]; j++)
         known = strlen(ok_fields[j]) == n && strncmp(seg, ok_fields[j], n) == 0;
       okf = known;
@@ -1196,6 +1202,34 @@ static bool expand_paths_ok(struct tp_req *r)
       snprintf(msg, sizeof msg, "This property cannot be expanded (%.200s).", path);
       tp_reply_error(r, TP_ERR_EXPAND_INVALID, "expand", msg);
       return false;
+    }
+    /* An expansion reads the object it puts in place: the key needs the
+     * scope that reads it (a reports:read key read charges and customers
+     * through balance_transactions' source.customer). Balance transactions
+     * are read with reports:read, everything else with payments:read. */
+    if (r->authed && !r->publishable) {
+      unsigned need = 0;
+      for (const char *seg = path; seg;) {
+        const char *dot = strchr(seg, '.');
+        size_t n = dot ? (size_t)(dot - seg) : strlen(seg);
+        bool bt = (n == 19 && strncmp(seg, "balance_transaction", 19) == 0) ||
+                  (n == 27 && strncmp(seg, "failure_balance_transaction", 27) == 0);
+        bool container = (n == 4 && strncmp(seg, "data", 4) == 0) ||
+                         (n == 16 && strncmp(seg, "invoice_settings", 16) == 0) ||
+                         (n == 13 && strncmp(seg, "transfer_data", 13) == 0);
+        if (!container)
+          need |= bt ? TP_SCOPE_REPORTS_READ : TP_SCOPE_PAYMENTS_READ;
+        seg = dot ? dot + 1 : NULL;
+      }
+      if ((r->scopes & need) != need) {
+        unsigned missing = need & ~r->scopes;
+        unsigned first = missing & TP_SCOPE_PAYMENTS_READ ? TP_SCOPE_PAYMENTS_READ : TP_SCOPE_REPORTS_READ;
+        snprintf(msg, sizeof msg,
+                 "The provided key does not have the required permissions to expand %.120s: it needs the `%s` "
+                 "scope.", path, tp_scope_name(first));
+        tp_reply_error(r, TP_ERR_PERMISSION_DENIED, "expand", msg);
+        return false;
+      }
     }
     /* A publishable key (a browser with a client_secret) may expand the
      * payment method it is paying with, nothing else: the reply's cut of

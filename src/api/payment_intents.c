@@ -740,6 +740,20 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
     return;
   }
 
+  /* A PaymentMethod not attached to anyone pays once (consume_unattached):
+   * held from here to the outcome's commit, so two confirmations at once
+   * cannot both pay with it (the second finds it held, 429 lock_timeout,
+   * and after the first, spent). */
+  char pm_lock[TP_ID_MAX] = "";
+  const char *pmid = json_string_value(json_object_get(pm, "id"));
+  if (!made_here && pmid && !json_is_string(json_object_get(pm, "customer")) && !tp_is_card_source(pm, NULL)) {
+    if (!tp_lock_try(pmid)) {
+      tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+      goto fail;
+    }
+    tp_scopy(pm_lock, sizeof pm_lock, pmid);
+  }
+
   /* Processing: commit the attempt first, then call the processor. */
   json_object_set_new(pi, "status", json_string("processing"));
   if (created)
@@ -753,6 +767,8 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
   p->reply_charge = charges_api;
   p->three_ds_done = authenticated;
   p->pm_made_here = made_here;
+  if (pm_lock[0])
+    tp_scopy(p->pm_lock_id, sizeof p->pm_lock_id, pm_lock);
   if (lock_id)
     tp_scopy(p->lock_id, sizeof p->lock_id, lock_id);
   const char *cm = tp_pi_card_option(pi, "capture_method");

@@ -85,6 +85,10 @@ json_t *tp_error_object(enum tp_err e, const char *param, const char *message)
 
 void tp_reply_error(struct tp_req *r, enum tp_err e, const char *param, const char *message)
 {
+  if (e == TP_ERR_INTERNAL && tp_store_read_failed) { /* a list the store could not read */
+    e = TP_ERR_STORE_UNAVAILABLE;
+    message = NULL;
+  }
   const struct tp_error_info *ei = tp_error_info(e);
   unsigned status = ei ? (unsigned)ei->http_status : 500;
   json_t *err = tp_error_object(e, param, message);

@@ -32,9 +32,10 @@
 
 #define TP_HTTP_MAX_CONNECTIONS 4096
 #define TP_HTTP_CONN_MEMORY (16 * 1024)   /* per-connection header/read buffer (MHD zeroes it per request) */
-/* Header fields past this leave libmicrohttpd's pool too little room for a
- * reply (it closed such connections without one): 431 at once. */
-#define TP_HTTP_HEADERS_MAX (10 * 1024)
+/* A request line and header fields past this leave libmicrohttpd's pool
+ * too little room for a reply (it closed such connections without one,
+ * from ~15.4 KB): 431 at once. */
+#define TP_HTTP_HEADERS_MAX 15000
 #define TP_HTTP_TIMEOUT_S 60
 #define TP_HTTP_MAX_QUERY 8192
 
@@ -326,8 +327,11 @@ static bool access_check(struct tp_req *r, const struct tp_route *rt)
   }
   enum tp_err e = authenticate(r);
   if (e != TP_ERR_OK) {
-    /* A publishable key on a secret route is a valid key, not a guess. */
-    if (e != TP_ERR_AUTH_MISSING && e != TP_ERR_STORE_UNAVAILABLE && e != TP_ERR_PUBLISHABLE_KEY_FORBIDDEN)
+    /* A publishable key on a secret route is a valid key, not a guess; nor
+     * is a real key past its expiry or a token past its exp (a worker left
+     * on a rolled key locked every key of the address out). */
+    if (e != TP_ERR_AUTH_MISSING && e != TP_ERR_STORE_UNAVAILABLE && e != TP_ERR_PUBLISHABLE_KEY_FORBIDDEN &&
+        e != TP_ERR_API_KEY_EXPIRED && e != TP_ERR_OAUTH_TOKEN_EXPIRED)
       tp_ratelimit_auth_failed(addr, tp_mono_ms());
     if (e >= TP_ERR_OAUTH_TOKEN_INVALID && e <= TP_ERR_OAUTH_TOKEN_ISSUER_INVALID)
       snprintf(r->www_authenticate, sizeof r->www_authenticate, "Bearer realm=\"turnpike\", error=\"invalid_token\"");
@@ -449,6 +453,7 @@ static void preflight(struct tp_req *r)
 
 static void dispatch(struct tp_req *r)
 {
+  tp_store_read_failed = false; /* this request's reads only (tp_reply_missing) */
   if (strcmp(r->method, "OPTIONS") == 0) {
     preflight(r);
     return;
@@ -494,6 +499,10 @@ static void dispatch(struct tp_req *r)
       }
       tp_scopy(r->idem_key, sizeof r->idem_key, k);
       tp_rtrim_ows(r->idem_key); /* RFC 9110 5.5: "k " is the key "k" */
+      if (!r->idem_key[0]) { /* blanks alone: not a key, and not "no key" either */
+        tp_reply_error(r, TP_ERR_IDEMPOTENCY_KEY_INVALID, NULL, NULL);
+        return;
+      }
       /* Printable ASCII only: the key is echoed in headers and written
        * into every event of the request (objects.c builds them by hand). */
       for (const char *c = r->idem_key; *c; c++)
@@ -757,10 +766,12 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
 }
 
 /* The error to answer before reading the body, or 0. */
-static enum tp_err framing_error(struct MHD_Connection *conn, const char *version, const char **why)
+static enum tp_err framing_error(struct MHD_Connection *conn, const char *version, size_t url_len,
+                                 const char **why)
 {
   struct header_scan h;
   memset(&h, 0, sizeof h);
+  h.bytes = url_len;
   MHD_get_connection_values(conn, MHD_HEADER_KIND, scan_header, &h);
   bool http11 = version && strcmp(version, "HTTP/1.1") == 0;
   *why = NULL;
@@ -836,8 +847,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     snprintf(r->request_id, sizeof r->request_id, "req_%s", rnd);
     *con_cls = r;
     const char *why;
-    enum tp_err fe = framing_error(conn, version, &why);
-    if (fe == TP_ERR_HEADERS_TOO_LARGE) {
+    enum tp_err fe = framing_error(conn, version, strlen(url), &why);
+    if (fe == TP_ERR_HEADERS_TOO_LARGE && !tls_cert) {
       /* libmicrohttpd's pool, nearly full with these headers, may have no
        * room for a reply's: answered on the socket, then closed. */
       raw_reply_close(conn, 431, "Request Header Fields Too Large", TP_ERR_HEADERS_TOO_LARGE, r->request_id);

@@ -1389,8 +1389,11 @@ static void consume_unattached(struct tp_pay *p, struct tp_cs *cs)
   const char *pm_id = json_string_value(json_object_get(p->pm, "id"));
   /* One made by this very confirmation is not written again for it: its id
    * was never handed out before (a cost of a row per payment otherwise). */
+  /* Nor one paid with setup_future_usage and no customer: Stripe lets it
+   * be attached to one afterwards. */
+  const char *sfu = tp_pi_card_option(p->pi, "setup_future_usage");
   if (!pm_id || p->pm_made_here || json_is_string(json_object_get(p->pm, "customer")) ||
-      tp_is_card_source(p->pm, NULL))
+      tp_is_card_source(p->pm, NULL) || (sfu && strcmp(sfu, "none") != 0))
     return;
   if (!p->pm_lock_id[0]) {
     if (!tp_lock_try(pm_id))
@@ -1426,7 +1429,8 @@ static void save_for_future_use(struct tp_pay *p, struct tp_cs *cs)
    * this outcome is committed (released with p). A PaymentMethod another
    * request holds right now is not saved; the payment itself goes on. */
   const char *pm_id = json_string_value(json_object_get(p->pm, "id"));
-  if (!pm_id || !tp_lock_try(pm_id)) {
+  bool held = pm_id && strcmp(p->pm_lock_id, pm_id) == 0; /* taken at confirm (tp_pay.pm_lock_id) */
+  if (!pm_id || (!held && !tp_lock_try(pm_id))) {
     tp_log(TP_LOG_WARN, "payment_method_not_saved", "{s:s?, s:s}", "payment_method", pm_id, "reason", "locked");
     return;
   }

@@ -134,6 +134,22 @@ int tp_cli_lock_dir(const char *dir, const char *name, long *holder)
     return e == EWOULDBLOCK ? -2 : -1;
   }
   int pf = on_dir ? open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600) : dup(fd);
+  /* The file too, as binaries from before session 26 lock it alone: an old
+   * and a new serve must still exclude each other (an upgrade, a rollback).
+   * Held until exit (pf stays open). */
+  if (on_dir && pf >= 0 && flock(pf, LOCK_EX | LOCK_NB) != 0) {
+    int e = errno;
+    char buf[24] = "";
+    ssize_t n = pread(pf, buf, sizeof buf - 1, 0);
+    if (n > 0) {
+      buf[n] = '\0';
+      *holder = strtol(buf, NULL, 10);
+    }
+    close(pf);
+    close(fd);
+    errno = e;
+    return e == EWOULDBLOCK ? -2 : -1;
+  }
   char pid[24];
   int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
   if (pf < 0 || ftruncate(pf, 0) != 0 || pwrite(pf, pid, (size_t)n, 0) != n) {
@@ -144,6 +160,7 @@ int tp_cli_lock_dir(const char *dir, const char *name, long *holder)
     errno = e;
     return -1;
   }
-  close(pf);
+  if (!on_dir)
+    close(pf);
   return fd;
 }

@@ -102,6 +102,10 @@ static bool known_section(const char *section)
 
 static int ini_cb(void *user, const char *section, const char *name, const char *value)
 {
+  if (!*section) { /* before any [section]: not a setting of any (as always, ignored) */
+    fprintf(stderr, "turnpike: ignoring \"%s\", which is outside any [section]\n", name);
+    return 1;
+  }
   if (!known_section(section)) {
     fprintf(stderr, "turnpike: unknown section [%s] (docs/architecture.md lists them)\n", section);
     return 0;

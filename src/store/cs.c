@@ -463,6 +463,7 @@ char *tp_store_get(struct tp_store *st, enum tp_kind kind, const char *merchant,
 
 int tp_store_live(struct tp_store *st, enum tp_kind kind, const char *merchant, const char *id)
 {
+  tp_store_read_failed = false;
   return st->ops->live(st->cls, kind, merchant, id);
 }
 

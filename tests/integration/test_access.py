@@ -313,6 +313,16 @@ class KeysTest(DaemonTestCase):
         self.assertEqual(pi.status, 200, pi)
         r = c.post("/v1/refunds", {"payment_intent": pi.json["id"]})
         self.assertEqual(r.status, 200, r)
+        # An expansion reads what it expands: a balance transaction needs reports:read
+        self.assertStripeError(c.get("/v1/payment_intents/" + pi.json["id"],
+                                     {"expand[]": "latest_charge.balance_transaction"}), 403, "permission_error")
+        self.assertEqual(c.get("/v1/payment_intents/" + pi.json["id"], {"expand[]": "latest_charge"}).status, 200)
+        # and a reports:read key cannot read charges or customers through a transaction's source
+        rep = self.key_client(admin(self.daemon, "api-key", "create", "--merchant", self.mid("K"), "--scopes",
+                                    "reports:read")["restricted_key"])
+        self.assertEqual(rep.get("/v1/balance_transactions").status, 200)
+        self.assertStripeError(rep.get("/v1/balance_transactions", {"expand[]": "data.source"}), 403,
+                               "permission_error")
         # Basic auth works the same way.
         c.auth = "basic"
         self.assertEqual(c.get("/v1/payment_intents").status, 200)
@@ -327,6 +337,12 @@ class KeysTest(DaemonTestCase):
         self.assertEqual(c.get("/v1/payment_intents").status, 200)  # now cached with its expiry
         time.sleep(max(0.0, rk["expires_at"] - time.time()) + 1.1)
         self.assertStripeError(c.get("/v1/payment_intents"), 401, "invalid_request_error", "api_key_expired")
+        # a real key past its expiry is not a guess: it locks no one out
+        for _ in range(40):
+            c.get("/v1/payment_intents")
+        self.assertEqual(self.c("K").get("/v1/payment_intents").status, 200)
+        self.assertEqual(self.key_client(self.daemon.merchants["K"]["publishable_key"])
+                         .get("/v1/turnpike/encryption_key").status, 200)
 
     def test_roll_keeps_the_old_key_for_the_overlap_only(self):
         old = self.daemon.merchants["R"]["secret_key"]

@@ -146,6 +146,10 @@ class ApiErrorsTest(DaemonTestCase):
         out = self.raw(("POST /v1/customers HTTP/1.1\r\nHost: x\r\n" + auth + form +
                         "Content-Length: 100000000\r\nExpect: 100-continue\r\n\r\n").encode())
         self.assertTrue(out.startswith(b"HTTP/1.1 413"), out[:200])
+        # 12 KB of headers is an ordinary request
+        out = self.raw(("GET /v1/balance HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + auth + "X-Pad: " +
+                        "a" * 12000 + "\r\n\r\n").encode())
+        self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:200])
         # headers that fill the connection's memory: a 431 in Stripe's shape, not a bare close
         for n in (15300, 15600, 15900):
             out = self.raw(("GET /v1/balance HTTP/1.1\r\nHost: x\r\n" + auth + "X-Pad: " + "a" * n +

@@ -134,6 +134,29 @@ class Sources(DaemonTestCase):
         cus = self.customer()["id"]
         self.assertStripeError(self.c().post("/v1/payment_methods/%s/attach" % pm, {"customer": cus}),
                                400, "invalid_request_error")
+        # setup_future_usage without a customer: it may still be attached afterwards (Stripe)
+        pm3 = self.c().post("/v1/payment_methods", {"type": "card", "card[number]": "4242424242424242",
+                                                    "card[exp_month]": "12", "card[exp_year]": "2034"}).json["id"]
+        r = self.c().post("/v1/payment_intents", {"amount": 800, "currency": "usd", "confirm": "true",
+                                                  "payment_method": pm3, "setup_future_usage": "off_session"})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(self.c().post("/v1/payment_methods/%s/attach" % pm3, {"customer": cus}).status, 200)
+        # confirmations at once with one unattached card: one pays
+        import threading
+        pm4 = self.c().post("/v1/payment_methods", {"type": "card", "card[number]": "4242424242424242",
+                                                    "card[exp_month]": "12", "card[exp_year]": "2034"}).json["id"]
+        out, go = [], threading.Barrier(6)
+
+        def one():
+            go.wait()
+            out.append(self.c().post("/v1/payment_intents", {"amount": 800, "currency": "usd", "confirm": "true",
+                                                             "payment_method": pm4}))
+        ts = [threading.Thread(target=one) for _ in range(6)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(30)
+        self.assertEqual(sum(1 for x in out if x.status == 200), 1, [x.status for x in out])
         # attached first, it pays again and again
         pm2 = self.c().post("/v1/payment_methods", {"type": "card", "card[number]": "4242424242424242",
                                                     "card[exp_month]": "12", "card[exp_year]": "2034"}).json["id"]
@@ -155,6 +178,11 @@ class Sources(DaemonTestCase):
         self.assertStripeError(self.c().get("/v1/payment_methods?type=floppy_disk"), 400, "invalid_request_error",
                                param="type")
         self.assertEqual(len(self.c().get("%s/%s/payment_methods?type=card" % (CUS, cus)).json["data"]), 1)
+        # a customer's default payment method expands through invoice_settings
+        pm = self.c().post("/v1/payment_methods/pm_card_visa/attach", {"customer": cus}).json["id"]
+        self.c().post(CUS + "/" + cus, {"invoice_settings[default_payment_method]": pm})
+        r = self.c().get(CUS + "/" + cus, {"expand[]": "invoice_settings.default_payment_method"})
+        self.assertEqual((r.status, r.json["invoice_settings"]["default_payment_method"]["id"]), (200, pm), r)
 
     def test_an_update_racing_a_delete_never_brings_the_card_back(self):
         """The delete takes the card's lock too: an update that overlaps it

@@ -81,10 +81,15 @@ class KekHelpers:
         return json.loads(p.stdout)
 
     def save_cards(self, n):
+        """n cards saved to a customer (a card that paid without one is spent)."""
+        cus = self.c().post("/v1/customers", {}).json["id"]
+        self.saved_customer = cus
         ids = []
         for _ in range(n):
             r = self.c().post("/v1/payment_methods", {"type": "card", "card": card(PAN_OK)["card"]})
             self.assertEqual(r.status, 200, r)
+            a = self.c().post("/v1/payment_methods/%s/attach" % r.json["id"], {"customer": cus})
+            self.assertEqual(a.status, 200, a)
             ids.append(r.json["id"])
         return ids
 
@@ -98,7 +103,9 @@ class KekHelpers:
         self.fail("records not re-wrapped to v%d: %r" % (version, vault_versions(self.daemon)))
 
     def charge(self, pm):
-        r = self.c().post(PI, {"amount": 2500, "currency": "usd", "confirm": "true", "payment_method": pm})
+        cus = self.c().get("/v1/payment_methods/" + pm).json.get("customer")
+        r = self.c().post(PI, {"amount": 2500, "currency": "usd", "confirm": "true", "payment_method": pm,
+                               **({"customer": cus} if cus else {})})
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.json["status"], "succeeded", r)
 
@@ -377,7 +384,8 @@ class HsmSessionLostTest(KekHelpers, unittest.TestCase):
         before = len(self.c().list_all(PI))
         open(self.removed, "w").close()
         try:
-            r = self.c().post(PI, {"amount": 1500, "currency": "usd", "confirm": "true", "payment_method": saved})
+            r = self.c().post(PI, {"amount": 1500, "currency": "usd", "confirm": "true", "payment_method": saved,
+                                   "customer": self.saved_customer})
             self.assertEqual(r.status, 500, r)
             r = self.c().post(PI, {"amount": 1500, "currency": "usd", "confirm": "true",
                                    "payment_method_data": card(PAN_OK)})
@@ -388,7 +396,8 @@ class HsmSessionLostTest(KekHelpers, unittest.TestCase):
         self.assertEqual(len(self.c().list_all(PI)), before, "nothing stored for the failed payments")
         deadline = time.monotonic() + 10
         while True:
-            r = self.c().post(PI, {"amount": 1500, "currency": "usd", "confirm": "true", "payment_method": saved})
+            r = self.c().post(PI, {"amount": 1500, "currency": "usd", "confirm": "true", "payment_method": saved,
+                                   "customer": self.saved_customer})
             if r.status == 200 or time.monotonic() > deadline:
                 break
             time.sleep(0.3)
