@@ -5,8 +5,6 @@
 #include "core/card.h"
 #include "jpack.h"
 #include "sec/jwe.h"
-#include "sec/auth.h"
-#include "sec/ratelimit.h"
 #include "util.h"
 
 #include <stdio.h>
@@ -21,18 +19,11 @@ void tp_h_encryption_key(struct tp_req *r)
   /* The failed-login block and count of every authenticated route: this
    * one answered whether any key was valid, as often as asked, also for an
    * address locked out everywhere else. */
-  const char *addr = tp_req_client_addr(r);
-  int wait = tp_ratelimit_auth_blocked(addr, tp_mono_ms());
-  if (wait) {
-    r->retry_after_s = (unsigned)wait;
-    tp_reply_error(r, TP_ERR_LOGIN_RATE_LIMITED, NULL, NULL);
+  if (tp_req_login_blocked(r))
     return;
-  }
   enum tp_err e = tp_req_authenticate(r);
   if (e != TP_ERR_OK && e != TP_ERR_PUBLISHABLE_KEY_FORBIDDEN) {
-    if (e != TP_ERR_AUTH_MISSING && e != TP_ERR_STORE_UNAVAILABLE && e != TP_ERR_API_KEY_EXPIRED &&
-        e != TP_ERR_OAUTH_TOKEN_EXPIRED)
-      tp_ratelimit_auth_failed(addr, tp_mono_ms());
+    tp_req_login_failed(r, e);
     tp_reply_error(r, e, NULL, NULL);
     return;
   }

@@ -139,6 +139,11 @@ enum tp_err tp_req_authenticate(struct tp_req *r);
  * its rate limit, the route's scope, Stripe-Account and Stripe-Version;
  * false when it replied. */
 bool tp_req_access(struct tp_req *r);
+/* The failed-login block of the client's address: true after replying 429. */
+bool tp_req_login_blocked(struct tp_req *r);
+/* Count a failed authentication (e) toward that block, unless it proves no
+ * guess (no credential, a publishable key, a real key or token expired). */
+void tp_req_login_failed(struct tp_req *r, enum tp_err e);
 
 /* Async: suspend before submitting work; resume after setting the reply. */
 void tp_req_suspend(struct tp_req *r);

@@ -746,7 +746,10 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
    * and after the first, spent). */
   char pm_lock[TP_ID_MAX] = "";
   const char *pmid = json_string_value(json_object_get(pm, "id"));
-  if (!made_here && pmid && !json_is_string(json_object_get(pm, "customer")) && !tp_is_card_source(pm, NULL)) {
+  const char *sfu = tp_pi_card_option(pi, "setup_future_usage");
+  bool saving = sfu && strcmp(sfu, "none") != 0; /* not spent then (consume_unattached) */
+  if (!made_here && !saving && pmid && !json_is_string(json_object_get(pm, "customer")) &&
+      !tp_is_card_source(pm, NULL)) {
     if (!tp_lock_try(pmid)) {
       tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
       goto fail;

@@ -136,6 +136,27 @@ enum tp_err tp_req_authenticate(struct tp_req *r)
 
 static bool access_check(struct tp_req *r, const struct tp_route *rt);
 
+bool tp_req_login_blocked(struct tp_req *r)
+{
+  int wait = tp_ratelimit_auth_blocked(tp_req_client_addr(r), tp_mono_ms());
+  if (!wait)
+    return false;
+  r->retry_after_s = (unsigned)wait;
+  tp_metric_inc("turnpike_ratelimit_rejected_total", "reason=\"auth_failures\"", 1);
+  tp_reply_error(r, TP_ERR_LOGIN_RATE_LIMITED, NULL, NULL);
+  return true;
+}
+
+void tp_req_login_failed(struct tp_req *r, enum tp_err e)
+{
+  /* A publishable key on a secret route is a valid key, not a guess; nor
+   * is a real key past its expiry or a token past its exp (a worker left on
+   * a rolled key locked every key of the address out). */
+  if (e != TP_ERR_OK && e != TP_ERR_AUTH_MISSING && e != TP_ERR_STORE_UNAVAILABLE &&
+      e != TP_ERR_PUBLISHABLE_KEY_FORBIDDEN && e != TP_ERR_API_KEY_EXPIRED && e != TP_ERR_OAUTH_TOKEN_EXPIRED)
+    tp_ratelimit_auth_failed(tp_req_client_addr(r), tp_mono_ms());
+}
+
 bool tp_req_access(struct tp_req *r)
 {
   return access_check(r, r->route);
@@ -317,22 +338,11 @@ static bool parse_params(struct tp_req *r, bool api)
  * answered 429 before its credentials are even looked at; nothing sleeps. */
 static bool access_check(struct tp_req *r, const struct tp_route *rt)
 {
-  const char *addr = tp_req_client_addr(r);
-  int wait = tp_ratelimit_auth_blocked(addr, tp_mono_ms());
-  if (wait) {
-    r->retry_after_s = (unsigned)wait;
-    tp_metric_inc("turnpike_ratelimit_rejected_total", "reason=\"auth_failures\"", 1);
-    tp_reply_error(r, TP_ERR_LOGIN_RATE_LIMITED, NULL, NULL);
+  if (tp_req_login_blocked(r))
     return false;
-  }
   enum tp_err e = authenticate(r);
   if (e != TP_ERR_OK) {
-    /* A publishable key on a secret route is a valid key, not a guess; nor
-     * is a real key past its expiry or a token past its exp (a worker left
-     * on a rolled key locked every key of the address out). */
-    if (e != TP_ERR_AUTH_MISSING && e != TP_ERR_STORE_UNAVAILABLE && e != TP_ERR_PUBLISHABLE_KEY_FORBIDDEN &&
-        e != TP_ERR_API_KEY_EXPIRED && e != TP_ERR_OAUTH_TOKEN_EXPIRED)
-      tp_ratelimit_auth_failed(addr, tp_mono_ms());
+    tp_req_login_failed(r, e);
     if (e >= TP_ERR_OAUTH_TOKEN_INVALID && e <= TP_ERR_OAUTH_TOKEN_ISSUER_INVALID)
       snprintf(r->www_authenticate, sizeof r->www_authenticate, "Bearer realm=\"turnpike\", error=\"invalid_token\"");
     tp_reply_error(r, e, NULL, NULL);
@@ -344,9 +354,9 @@ static bool access_check(struct tp_req *r, const struct tp_route *rt)
    * client the same way). */
   if (r->publishable) {
     size_t n = strlen(r->rl_id);
-    snprintf(r->rl_id + n, sizeof r->rl_id - n, "@%s", addr);
+    snprintf(r->rl_id + n, sizeof r->rl_id - n, "@%s", tp_req_client_addr(r));
   }
-  wait = tp_ratelimit_take(r->rl_id, tp_mono_ms());
+  int wait = tp_ratelimit_take(r->rl_id, tp_mono_ms());
   if (wait) {
     r->retry_after_s = (unsigned)wait;
     tp_metric_inc("turnpike_ratelimit_rejected_total", "reason=\"key\"", 1);

@@ -981,15 +981,10 @@ void tp_h_stream(struct tp_req *r)
   if (tok) {
     /* A token is a credential: guesses count toward the address's block,
      * as failed keys do. */
-    const char *addr = tp_req_client_addr(r);
-    int wait = tp_ratelimit_auth_blocked(addr, tp_mono_ms());
-    if (wait) {
-      r->retry_after_s = (unsigned)wait;
-      tp_reply_error(r, TP_ERR_LOGIN_RATE_LIMITED, NULL, NULL);
+    if (tp_req_login_blocked(r))
       return;
-    }
     if (!tp_stream_token_verify(tok, r->merchant.id, sizeof r->merchant.id)) {
-      tp_ratelimit_auth_failed(addr, tp_mono_ms());
+      tp_req_login_failed(r, TP_ERR_AUTH_INVALID_KEY);
       tp_reply_error(r, TP_ERR_AUTH_INVALID_KEY, NULL, "Invalid or expired stream token.");
       return;
     }

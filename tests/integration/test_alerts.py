@@ -143,7 +143,7 @@ class ProcessorDownTest(DaemonTestCase):
         traffic = Traffic(self.c()).start()
         try:
             time.sleep(3.0)  # warm-up: a baseline of approvals through rest
-            self.sim.faults("rest", error_rate=1.0)
+            self.sim.faults("rest", outage=True)  # connections refused: nothing reaches it
             deadline, opened = time.monotonic() + 15, []
             while time.monotonic() < deadline and not opened:
                 evs = self.c().get("/v1/events", {"type": "turnpike.alert.opened", "limit": 100}).json["data"]
@@ -151,7 +151,7 @@ class ProcessorDownTest(DaemonTestCase):
                           and e["data"]["object"]["signal"] == "error_rate"]
                 time.sleep(0.2)
         finally:
-            self.sim.faults("rest", error_rate=0.0)
+            self.sim.faults("rest", outage=False)
             traffic.stop()
         self.assertTrue(opened, "no error_rate alert for the processor that is down:\n%s" % self.daemon.log_tail())
         self.assertEqual(opened[0]["data"]["object"]["value"], 1.0)

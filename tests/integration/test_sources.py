@@ -26,6 +26,21 @@ class Sources(DaemonTestCase):
     def srcs(self, cus):
         return "%s/%s/sources" % (CUS, cus)
 
+    def at_once(self, **calls):
+        """Run the calls together (a barrier between threads); their replies by name."""
+        import threading
+        out, go = {}, threading.Barrier(len(calls))
+
+        def run(name, f):
+            go.wait()
+            out[name] = f()
+        ts = [threading.Thread(target=run, args=kv) for kv in calls.items()]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(30)
+        return out
+
     def events_about(self, object_id, prefix="customer.source."):
         r = self.c().get("/v1/events", {"limit": 100})
         return [e["type"] for e in reversed(r.json["data"])
@@ -188,25 +203,11 @@ class Sources(DaemonTestCase):
         """The delete takes the card's lock too: an update that overlaps it
         either lands before it or is refused (or finds no card), never
         writes the card back after it."""
-        import threading
         for _ in range(15):
             cus = self.customer()
             card = self.c().post(self.srcs(cus["id"]), {"source": "tok_visa"}).json["id"]
-            out = {}
-            go = threading.Barrier(2)
-
-            def update():
-                go.wait()
-                out["u"] = self.c().post(self.srcs(cus["id"]) + "/" + card, {"name": "Ada"})
-
-            def delete():
-                go.wait()
-                out["d"] = self.c().delete(self.srcs(cus["id"]) + "/" + card)
-            ts = [threading.Thread(target=update), threading.Thread(target=delete)]
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join(30)
+            out = self.at_once(u=lambda: self.c().post(self.srcs(cus["id"]) + "/" + card, {"name": "Ada"}),
+                               d=lambda: self.c().delete(self.srcs(cus["id"]) + "/" + card))
             if out["d"].status == 200:
                 listed = [x["id"] for x in self.c().get(self.srcs(cus["id"])).json["data"]]
                 self.assertNotIn(card, listed, (out["u"], out["d"]))
@@ -217,26 +218,12 @@ class Sources(DaemonTestCase):
         detached by it) or finds the customer gone; a SetupIntent or a
         setup_future_usage payment confirmed after the deletion saves
         nothing to it."""
-        import threading
         for _ in range(15):
             cus = self.customer()["id"]
             pm = self.c().post("/v1/payment_methods", {"type": "card", "card[number]": "4242424242424242",
                                                        "card[exp_month]": "12", "card[exp_year]": "2034"}).json["id"]
-            out = {}
-            go = threading.Barrier(2)
-
-            def attach():
-                go.wait()
-                out["a"] = self.c().post("/v1/payment_methods/%s/attach" % pm, {"customer": cus})
-
-            def delete():
-                go.wait()
-                out["d"] = self.c().delete(CUS + "/" + cus)
-            ts = [threading.Thread(target=attach), threading.Thread(target=delete)]
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join(30)
+            out = self.at_once(a=lambda: self.c().post("/v1/payment_methods/%s/attach" % pm, {"customer": cus}),
+                               d=lambda: self.c().delete(CUS + "/" + cus))
             if out["d"].status == 200:
                 got = self.c().get("/v1/payment_methods/" + pm).json
                 self.assertIsNone(got["customer"], (out["a"], out["d"]))

@@ -182,11 +182,8 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
         self.assertIn('"vault_file_kek"', self.daemon.log_text())
 
 
-class IncompleteRewrapTest(KekHelpers, unittest.TestCase):
-    """A record the re-wrap cannot open (its version's key is gone) keeps
-    the job from announcing itself done: kek_rewrap_incomplete names what
-    is left and the job tries again; done (log and audit) comes only when
-    no record names an older version."""
+class PollOff(KekHelpers):
+    """A daemon that polls for a new KEK once an hour: SIGHUP tells it."""
 
     @classmethod
     def setUpClass(cls):
@@ -201,6 +198,13 @@ class IncompleteRewrapTest(KekHelpers, unittest.TestCase):
 
     def c(self):
         return self.daemon.client("m")
+
+
+class IncompleteRewrapTest(PollOff, unittest.TestCase):
+    """A record the re-wrap cannot open (its version's key is gone) keeps
+    the job from announcing itself done: kek_rewrap_incomplete names what
+    is left and the job tries again; done (log and audit) comes only when
+    no record names an older version."""
 
     def set_version(self, token, version):
         db = sqlite3.connect(self.daemon.db_path(), timeout=30)
@@ -233,22 +237,8 @@ class IncompleteRewrapTest(KekHelpers, unittest.TestCase):
         self.charge(saved[0])
 
 
-class SighupTest(KekHelpers, unittest.TestCase):
+class SighupTest(PollOff, unittest.TestCase):
     """With polling effectively off, SIGHUP makes the daemon take a new KEK."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.daemon = Daemon()
-        cls.daemon.create_merchant("m")
-        cls.config = "[vault]\nkek_poll_seconds = 3600\n"
-        cls.daemon.start(config=cls.config)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.daemon.cleanup()
-
-    def c(self):
-        return self.daemon.client("m")
 
     def test_sighup_picks_up_a_rotation(self):
         saved = self.save_cards(5)
@@ -261,23 +251,23 @@ class SighupTest(KekHelpers, unittest.TestCase):
         self.charge(saved[0])
 
 
-class Pkcs11KekTest(KekRotationMixin, unittest.TestCase):
-    MERCHANTS = ("m",)
+class SoftHsm:
+    """A SoftHSM2 token made for the class, and the daemon on it through
+    module (SoftHSM2 itself, or p11fault.c in front of it)."""
 
     @classmethod
-    def setUpClass(cls):
+    def start_on_token(cls, module, extra_env=None, extra_config=""):
         cls.hsm = tempfile.mkdtemp(prefix="tp-hsm-")
         tokens = os.path.join(cls.hsm, "tokens")
         os.makedirs(tokens)
         conf = os.path.join(cls.hsm, "softhsm2.conf")
         with open(conf, "w") as f:
             f.write("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n" % tokens)
-        cls.env = {"SOFTHSM2_CONF": conf, "TURNPIKE_VAULT_PKCS11_PIN": PIN}
+        cls.env = dict({"SOFTHSM2_CONF": conf, "TURNPIKE_VAULT_PKCS11_PIN": PIN}, **(extra_env or {}))
         subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "T", "--pin", PIN,
                         "--so-pin", "5678"], check=True, env=dict(os.environ, **cls.env),
                        stdout=subprocess.DEVNULL, timeout=60)
-        cls.config = ("[vault]\nkek = pkcs11\npkcs11_module = %s\npkcs11_token_label = T\n"
-                      "pkcs11_key_label = turnpike-kek\n[audit]\ncheckpoint_seconds = 1\n" % SOFTHSM_MODULE)
+        cls.config = ("[vault]\nkek = pkcs11\npkcs11_module = %s\npkcs11_token_label = T\n" % module) + extra_config
         cls.daemon = Daemon()
         cls.daemon.create_merchant("m")
         try:
@@ -291,6 +281,15 @@ class Pkcs11KekTest(KekRotationMixin, unittest.TestCase):
     def tearDownClass(cls):
         cls.daemon.cleanup()
         shutil.rmtree(cls.hsm, ignore_errors=True)
+
+
+class Pkcs11KekTest(SoftHsm, KekRotationMixin, unittest.TestCase):
+    MERCHANTS = ("m",)
+
+    @classmethod
+    def setUpClass(cls):
+        cls.start_on_token(SOFTHSM_MODULE, extra_config="pkcs11_key_label = turnpike-kek\n[audit]\n"
+                                                        "checkpoint_seconds = 1\n")
 
     def c(self):
         return self.daemon.client("m")
@@ -341,7 +340,7 @@ P11FAULT_SO = os.environ.get("TP_P11FAULT_SO") or os.path.join(
     os.path.dirname(BIN), "tests", "integration", "libp11fault.so")
 
 
-class HsmSessionLostTest(KekHelpers, unittest.TestCase):
+class HsmSessionLostTest(SoftHsm, KekHelpers, unittest.TestCase):
     """The token drops its session (pulled and put back; tests/integration/
     p11fault.c): card payments fail closed (500, nothing stored), each
     failure is logged, and once the token is back the daemon opens a new
@@ -349,31 +348,8 @@ class HsmSessionLostTest(KekHelpers, unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.hsm = tempfile.mkdtemp(prefix="tp-hsm-")
-        tokens = os.path.join(cls.hsm, "tokens")
-        os.makedirs(tokens)
-        conf = os.path.join(cls.hsm, "softhsm2.conf")
-        with open(conf, "w") as f:
-            f.write("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n" % tokens)
-        cls.removed = os.path.join(cls.hsm, "removed")
-        cls.env = {"SOFTHSM2_CONF": conf, "TURNPIKE_VAULT_PKCS11_PIN": PIN, "TP_P11FAULT_FILE": cls.removed}
-        subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "T", "--pin", PIN,
-                        "--so-pin", "5678"], check=True, env=dict(os.environ, **cls.env),
-                       stdout=subprocess.DEVNULL, timeout=60)
-        cls.config = ("[vault]\nkek = pkcs11\npkcs11_module = %s\npkcs11_token_label = T\n" % P11FAULT_SO)
-        cls.daemon = Daemon()
-        cls.daemon.create_merchant("m")
-        try:
-            cls.daemon.start(extra_env=cls.env, config=cls.config)
-        except Exception:
-            cls.daemon.cleanup()
-            shutil.rmtree(cls.hsm, ignore_errors=True)
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.daemon.cleanup()
-        shutil.rmtree(cls.hsm, ignore_errors=True)
+        cls.removed = tempfile.mktemp(prefix="tp-p11-removed-")
+        cls.start_on_token(P11FAULT_SO, extra_env={"TP_P11FAULT_FILE": cls.removed})
 
     def c(self):
         return self.daemon.client("m")
