@@ -345,6 +345,7 @@ json_t *tp_params_parse_form(const char *body, size_t len, struct tp_params_erro
   }
   char key[TP_PARAMS_MAX_KEY + 1];
   char *val = malloc(TP_PARAMS_MAX_TEXT + 1);
+  size_t used = 0; /* the most of val any value filled: what is wiped (not all 80 KB per request) */
   if (!val) {
     json_decref(root);
     set_err(err, NULL, "Out of memory");
@@ -385,14 +386,19 @@ json_t *tp_params_parse_form(const char *body, size_t len, struct tp_params_erro
       case DEC_OK: break;
       case DEC_BAD_ESCAPE:
         set_err(err, key, "Invalid percent-encoding in the value of %s", key);
+        used = (size_t)max + 1; /* partly decoded: wipe all it may have written */
         goto fail;
       case DEC_TOO_LONG:
         set_err(err, key, "Value of %s too long (limit %d bytes)", key, max);
+        used = (size_t)max + 1;
         goto fail;
       case DEC_NUL:
         set_err(err, key, "NUL byte in the value of %s", key);
+        used = (size_t)max + 1;
         goto fail;
       }
+      if (vlen + 1 > used)
+        used = vlen + 1;
       if (!utf8_valid(val, vlen)) {
         set_err(err, key, "Invalid UTF-8 in the value of %s", key);
         goto fail;
@@ -404,7 +410,7 @@ json_t *tp_params_parse_form(const char *body, size_t len, struct tp_params_erro
     if (split_key(key, klen, name, segs, &nsegs, err) < 0) goto fail;
     if (insert_pair(root, segs, nsegs, name, val, vlen, err) < 0) goto fail;
   }
-  explicit_bzero(val, TP_PARAMS_MAX_TEXT + 1);
+  explicit_bzero(val, used);
   free(val);
   char path[TP_PATH_MAX];
   path[0] = '\0';
@@ -412,7 +418,7 @@ json_t *tp_params_parse_form(const char *body, size_t len, struct tp_params_erro
   json_decref(root);
   return done;
 fail:
-  explicit_bzero(val, TP_PARAMS_MAX_TEXT + 1);
+  explicit_bzero(val, used > 0 ? used : 1);
   free(val);
   json_decref(root);
   return NULL;
