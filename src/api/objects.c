@@ -1123,6 +1123,15 @@ static void expand_field(struct tp_req *r, json_t *obj, const char *path, const 
 
 /* Every expand[] path: non-empty, at most 200 bytes and four levels, and
  * ending in a field that holds an id; false after replying otherwise. */
+/* Whether the n bytes at seg are one of list's names. */
+static bool seg_in(const char *const *list, const char *seg, size_t n)
+{
+  for (int j = 0; list[j]; j++)
+    if (strlen(list[j]) == n && strncmp(seg, list[j], n) == 0)
+      return true;
+  return false;
+}
+
 static bool expand_paths_ok(struct tp_req *r)
 {
   const json_t *ex = json_object_get(r->params, "expand");
@@ -1178,58 +1187,40 @@ static bool expand_paths_ok(struct tp_req *r)
       tp_reply_error(r, TP_ERR_EXPAND_TOO_DEEP, "expand", msg);
       return false;
     }
-    /* Only fields that hold an id can be expanded, at every level of the
-     * path (a list's items under "data"): "metadata.customer" or
-     * ".customer" expand nothing Stripe would, and are refused as it does. */
+    /* One walk: each level must be an expandable field ("metadata.customer"
+     * and ".customer" are refused, as Stripe does), or an object
+     * that holds one (a list's items under "data",
+     * customer.invoice_settings.default_payment_method); and each expanded
+     * level is an object read, needing the scope that reads it (a
+     * reports:read key read customers through balance_transactions'
+     * source.customer): balance transactions reports:read, the rest
+     * payments:read. */
+    static const char *const containers[] = {"data", "invoice_settings", "transfer_data", NULL};
+    static const char *const txns[] = {"balance_transaction", "failure_balance_transaction", NULL};
     bool okf = true;
-    for (const char *seg = path; okf;) {
+    unsigned need = 0;
+    for (const char *seg = path; okf && seg;) {
       const char *dot = strchr(seg, '.');
       size_t n = dot ? (size_t)(dot - seg) : strlen(seg);
-      /* a list's items, or an object that holds an expandable field
-       * (customer.invoice_settings.default_payment_method) */
-      static const char *const containers[] = {"data", "invoice_settings", "transfer_data", NULL};
-      bool known = false;
-      for (int j = 0; dot && !known && containers[j]; j++)
-        known = strlen(containers[j]) == n && strncmp(seg, containers[j], n) == 0;
-      for (int j = 0; !known && ok_fields[j]; j++)
-        known = strlen(ok_fields[j]) == n && strncmp(seg, ok_fields[j], n) == 0;
-      okf = known;
-      if (!dot)
-        break;
-      seg = dot + 1;
+      bool container = dot && seg_in(containers, seg, n);
+      okf = container || seg_in(ok_fields, seg, n);
+      if (!container)
+        need |= seg_in(txns, seg, n) ? TP_SCOPE_REPORTS_READ : TP_SCOPE_PAYMENTS_READ;
+      seg = dot ? dot + 1 : NULL;
     }
     if (!okf) {
       snprintf(msg, sizeof msg, "This property cannot be expanded (%.200s).", path);
       tp_reply_error(r, TP_ERR_EXPAND_INVALID, "expand", msg);
       return false;
     }
-    /* An expansion reads the object it puts in place: the key needs the
-     * scope that reads it (a reports:read key read charges and customers
-     * through balance_transactions' source.customer). Balance transactions
-     * are read with reports:read, everything else with payments:read. */
-    if (r->authed && !r->publishable) {
-      unsigned need = 0;
-      for (const char *seg = path; seg;) {
-        const char *dot = strchr(seg, '.');
-        size_t n = dot ? (size_t)(dot - seg) : strlen(seg);
-        bool bt = (n == 19 && strncmp(seg, "balance_transaction", 19) == 0) ||
-                  (n == 27 && strncmp(seg, "failure_balance_transaction", 27) == 0);
-        bool container = (n == 4 && strncmp(seg, "data", 4) == 0) ||
-                         (n == 16 && strncmp(seg, "invoice_settings", 16) == 0) ||
-                         (n == 13 && strncmp(seg, "transfer_data", 13) == 0);
-        if (!container)
-          need |= bt ? TP_SCOPE_REPORTS_READ : TP_SCOPE_PAYMENTS_READ;
-        seg = dot ? dot + 1 : NULL;
-      }
-      if ((r->scopes & need) != need) {
-        unsigned missing = need & ~r->scopes;
-        unsigned first = missing & TP_SCOPE_PAYMENTS_READ ? TP_SCOPE_PAYMENTS_READ : TP_SCOPE_REPORTS_READ;
-        snprintf(msg, sizeof msg,
-                 "The provided key does not have the required permissions to expand %.120s: it needs the `%s` "
-                 "scope.", path, tp_scope_name(first));
-        tp_reply_error(r, TP_ERR_PERMISSION_DENIED, "expand", msg);
-        return false;
-      }
+    if (r->authed && !r->publishable && (r->scopes & need) != need) {
+      unsigned missing = need & ~r->scopes;
+      unsigned first = missing & TP_SCOPE_PAYMENTS_READ ? TP_SCOPE_PAYMENTS_READ : TP_SCOPE_REPORTS_READ;
+      snprintf(msg, sizeof msg,
+               "The provided key does not have the required permissions to expand %.120s: it needs the `%s` "
+               "scope.", path, tp_scope_name(first));
+      tp_reply_error(r, TP_ERR_PERMISSION_DENIED, "expand", msg);
+      return false;
     }
     /* A publishable key (a browser with a client_secret) may expand the
      * payment method it is paying with, nothing else: the reply's cut of

@@ -95,7 +95,7 @@ long tp_cli_raise_nofile(long want)
   return rl.rlim_cur == RLIM_INFINITY ? want : (long)rl.rlim_cur;
 }
 
-int tp_cli_lock_dir(const char *dir, const char *name, long *holder)
+int tp_cli_lock_dir(const char *dir, const char *name, bool on_dir, long *holder)
 {
   *holder = 0;
   if (mkdir(dir, 0700) == 0)
@@ -111,8 +111,7 @@ int tp_cli_lock_dir(const char *dir, const char *name, long *holder)
    * deleted (it looks like a stale pid file), and a second server then
    * locked a new one and ran on the same store. The file only names the
    * holder's pid. (The simulator, which may share a directory with the
-   * gateway, locks its own file.) */
-  bool on_dir = strcmp(name, "turnpike.lock") == 0;
+   * gateway, locks its own file: on_dir false.) */
   int fd = on_dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0)
     return -1;

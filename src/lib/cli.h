@@ -1,6 +1,7 @@
 /* Command-line helpers shared by every subcommand. */
 #ifndef TP_CLI_H
 #define TP_CLI_H
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -27,6 +28,8 @@ long tp_cli_raise_nofile(long want);
  * idempotency keys and object locks over one store). The kernel drops the
  * lock when the process dies, kill -9 included. Returns the descriptor
  * (kept open, close-on-exec), -2 when another process holds the lock
- * (*holder its pid, 0 if unknown) or -1 on any other error (errno). */
-int tp_cli_lock_dir(const char *dir, const char *name, long *holder);
+ * (*holder its pid, 0 if unknown) or -1 on any other error (errno).
+ * on_dir: the lock is the directory's (and the file's, for binaries that
+ * locked the file alone), not only the file's, which a deletion defeats. */
+int tp_cli_lock_dir(const char *dir, const char *name, bool on_dir, long *holder);
 #endif

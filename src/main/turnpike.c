@@ -333,7 +333,7 @@ static int cmd_serve(int argc, char **argv)
   /* Before anything in the directory is touched: a second server would
    * remove the first's serve.addr and share its store. */
   long holder = 0;
-  int lock_fd = tp_cli_lock_dir(c.data, "turnpike.lock", &holder);
+  int lock_fd = tp_cli_lock_dir(c.data, "turnpike.lock", true, &holder);
   if (lock_fd == -2) {
     tp_log(TP_LOG_ERROR, "data_dir_in_use", "{s:s, s:I, s:s}", "data", c.data, "pid", (json_int_t)holder, "hint",
            "another turnpike serve uses this --data directory; stop it or choose another");

@@ -176,7 +176,7 @@ int tp_cmd_sim(int argc, char **argv)
     tp_log_threshold = l;
   }
   long holder = 0;
-  int lock_fd = tp_cli_lock_dir(data, "sim.lock", &holder);
+  int lock_fd = tp_cli_lock_dir(data, "sim.lock", false, &holder);
   if (lock_fd == -2) {
     fprintf(stderr, "turnpike sim: %s is in use by another turnpike sim (pid %ld)\n", data, holder);
     return 1;

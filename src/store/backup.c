@@ -391,7 +391,7 @@ int tp_cmd_restore(int argc, char **argv)
   }
   /* Held until exit: no server starts on DIR while the file is swapped. */
   long holder = 0;
-  int lock = tp_cli_lock_dir(data, "turnpike.lock", &holder);
+  int lock = tp_cli_lock_dir(data, "turnpike.lock", true, &holder);
   if (lock < 0) {
     if (lock == -2)
       fprintf(stderr, "turnpike restore: a turnpike serve (pid %ld) uses %s; stop it first\n", holder, data);
