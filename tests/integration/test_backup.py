@@ -265,10 +265,21 @@ class DamagedStoreTest(unittest.TestCase):
                for i in range(300)]
         self.assertEqual(d.stop(), 0)
         db = os.path.join(d.data, "turnpike.db")
+        # Which pages hold the PaymentIntents is up to SQLite's layout (an
+        # offset into the file may land on an index): ask it, then damage
+        # every other leaf page of that table.
+        import sqlite3
+        con = sqlite3.connect("file:%s?mode=ro" % db, uri=True)
+        page_size = con.execute("PRAGMA page_size").fetchone()[0]
+        pages = [r[0] for r in con.execute(
+            "SELECT pageno FROM dbstat WHERE name = 'payment_intents' AND pagetype = 'leaf' ORDER BY pageno")]
+        con.close()
+        self.assertGreater(len(pages), 4, pages)
         rnd = random.Random(1)
         with open(db, "r+b") as f:
-            f.seek(os.path.getsize(db) // 2)
-            f.write(bytes(rnd.getrandbits(8) for _ in range(16384)))
+            for pageno in pages[::2]:
+                f.seek((pageno - 1) * page_size)
+                f.write(bytes(rnd.getrandbits(8) for _ in range(page_size)))
         d.start()
         c = d.client("m")
         seen = {}
