@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 const struct tp_pspec tp_spec_card[] = {
   {"number", TP_P_STRING, NULL, NULL},
@@ -1383,15 +1384,25 @@ static unsigned lock_hash(const char *s)
   return h % LOCK_BUCKETS;
 }
 
+_Thread_local char tp_lock_busy_id[TP_ID_MAX];
+
+static bool held(unsigned b, const char *id)
+{
+  for (struct lock_ent *e = locks[b]; e; e = e->next)
+    if (strcmp(e->id, id) == 0)
+      return true;
+  return false;
+}
+
 bool tp_lock_try(const char *id)
 {
   unsigned b = lock_hash(id);
   pthread_mutex_lock(&lock_mu);
-  for (struct lock_ent *e = locks[b]; e; e = e->next)
-    if (strcmp(e->id, id) == 0) {
-      pthread_mutex_unlock(&lock_mu);
-      return false;
-    }
+  if (held(b, id)) {
+    pthread_mutex_unlock(&lock_mu);
+    tp_scopy(tp_lock_busy_id, sizeof tp_lock_busy_id, id);
+    return false;
+  }
   struct lock_ent *e = calloc(1, sizeof *e);
   if (!e) {
     pthread_mutex_unlock(&lock_mu);
@@ -1404,9 +1415,124 @@ bool tp_lock_try(const char *id)
   return true;
 }
 
+/* Requests waiting for a lock (tp_lock_wait): woken by the release of
+ * their id, or by the timer thread at their deadline. Few at any time (one
+ * per request that found its object busy), so one list. */
+struct lock_waiter {
+  struct lock_waiter *next;
+  char id[TP_ID_MAX];
+  int64_t deadline_ms;
+  void (*wake)(void *arg);
+  void *arg;
+};
+static struct lock_waiter *waiters;
+static pthread_cond_t waiter_cv;
+static pthread_once_t waiter_once = PTHREAD_ONCE_INIT;
+static bool waiter_ok; /* the timer thread runs (else no waiting) */
+
+/* Unlink the waiters for id (or, id NULL, those due by now_ms) into *out. */
+static void take_waiters(const char *id, int64_t now_ms, struct lock_waiter **out)
+{
+  for (struct lock_waiter **pp = &waiters; *pp;) {
+    struct lock_waiter *w = *pp;
+    if (id ? strcmp(w->id, id) == 0 : w->deadline_ms <= now_ms) {
+      *pp = w->next;
+      w->next = *out;
+      *out = w;
+    } else
+      pp = &w->next;
+  }
+}
+
+static void wake_all(struct lock_waiter *w)
+{
+  while (w) {
+    struct lock_waiter *next = w->next;
+    w->wake(w->arg);
+    free(w);
+    w = next;
+  }
+}
+
+static void *waiter_main(void *arg)
+{
+  (void)arg;
+  pthread_mutex_lock(&lock_mu);
+  for (;;) {
+    int64_t soonest = INT64_MAX;
+    for (struct lock_waiter *w = waiters; w; w = w->next)
+      if (w->deadline_ms < soonest)
+        soonest = w->deadline_ms;
+    if (soonest == INT64_MAX) {
+      pthread_cond_wait(&waiter_cv, &lock_mu);
+      continue;
+    }
+    int64_t now = tp_mono_ms();
+    if (soonest > now) {
+      struct timespec ts;
+      clock_gettime(CLOCK_MONOTONIC, &ts);
+      int64_t ns = (int64_t)ts.tv_nsec + (soonest - now) * 1000000;
+      ts.tv_sec += (time_t)(ns / 1000000000);
+      ts.tv_nsec = (long)(ns % 1000000000);
+      pthread_cond_timedwait(&waiter_cv, &lock_mu, &ts);
+      continue;
+    }
+    struct lock_waiter *due = NULL;
+    take_waiters(NULL, now, &due);
+    pthread_mutex_unlock(&lock_mu);
+    wake_all(due);
+    pthread_mutex_lock(&lock_mu);
+  }
+  return NULL;
+}
+
+static void waiter_start(void)
+{
+  pthread_condattr_t a;
+  pthread_condattr_init(&a);
+  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+  pthread_cond_init(&waiter_cv, &a);
+  pthread_condattr_destroy(&a);
+  pthread_t t;
+  pthread_attr_t ta;
+  pthread_attr_init(&ta);
+  pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+  if (pthread_create(&t, &ta, waiter_main, NULL) != 0)
+    tp_log(TP_LOG_ERROR, "lock_waiter_start_failed", NULL);
+  else {
+    pthread_setname_np(t, "tp-lockwait");
+    waiter_ok = true;
+  }
+  pthread_attr_destroy(&ta);
+}
+
+int tp_lock_wait(const char *id, int64_t deadline_ms, void (*wake)(void *arg), void *arg)
+{
+  pthread_once(&waiter_once, waiter_start);
+  struct lock_waiter *w = waiter_ok ? calloc(1, sizeof *w) : NULL;
+  if (!w)
+    return -1;
+  tp_scopy(w->id, sizeof w->id, id);
+  w->deadline_ms = deadline_ms;
+  w->wake = wake;
+  w->arg = arg;
+  pthread_mutex_lock(&lock_mu);
+  if (!held(lock_hash(id), id)) { /* released since the try: go again now */
+    pthread_mutex_unlock(&lock_mu);
+    free(w);
+    return 0;
+  }
+  w->next = waiters;
+  waiters = w;
+  pthread_cond_signal(&waiter_cv);
+  pthread_mutex_unlock(&lock_mu);
+  return 1;
+}
+
 void tp_lock_release(const char *id)
 {
   unsigned b = lock_hash(id);
+  struct lock_waiter *woken = NULL;
   pthread_mutex_lock(&lock_mu);
   for (struct lock_ent **pp = &locks[b]; *pp; pp = &(*pp)->next)
     if (strcmp((*pp)->id, id) == 0) {
@@ -1415,7 +1541,10 @@ void tp_lock_release(const char *id)
       free(e);
       break;
     }
+  if (waiters)
+    take_waiters(id, 0, &woken);
   pthread_mutex_unlock(&lock_mu);
+  wake_all(woken);
 }
 
 bool tp_unset(const json_t *v)

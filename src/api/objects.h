@@ -170,9 +170,19 @@ int tp_pi_unsettled(const char *merchant, const char *pi_id);
 bool tp_refuse_unsettled(struct tp_req *r, const char *pi_id);
 
 /* Per-object locks so two requests never change one object at once.
- * Try returns false (and the caller replies 429 lock_timeout) if held. */
+ * Try returns false (and the caller replies 429 lock_timeout) if held, and
+ * names the id in tp_lock_busy_id (this thread's last refusal): the
+ * dispatcher (server.c run_handler) then waits for it, as Stripe does, and
+ * runs the handler again; the 429 reaches the client only when the wait
+ * (TP_LOCK_WAIT_MS) ends with the object still busy. */
 bool tp_lock_try(const char *id);
 void tp_lock_release(const char *id);
+extern _Thread_local char tp_lock_busy_id[64]; /* TP_ID_MAX */
+/* Call wake(arg) once, from another thread, when id is released or at
+ * deadline_ms (tp_mono_ms), whichever is first: 1. 0 (and no call) if id
+ * is not held any more; -1 if it cannot wait (no memory, no timer thread).
+ * wake must not take a lock of this module. */
+int tp_lock_wait(const char *id, int64_t deadline_ms, void (*wake)(void *arg), void *arg);
 
 /* Current time in Unix seconds (one place to stub). */
 #include "util.h"

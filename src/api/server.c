@@ -461,6 +461,54 @@ static void preflight(struct tp_req *r)
   tp_reply_raw(r, 204, strdup(""), 0, "text/plain");
 }
 
+/* How long a request waits for an object another request holds (Stripe
+ * waits too, then answers 429 lock_timeout): [server] lock_wait_ms. */
+static int64_t lock_wait_ms = 2000;
+
+static void lock_wake(void *arg)
+{
+  struct tp_req *r = arg;
+  r->lock_rerun = true;
+  tp_req_resume(r);
+}
+
+/* The route's handler. Refused for an object another request holds (it
+ * replied 429 lock_timeout, having changed nothing), the request waits,
+ * suspended, for that object's release, then runs again; the 429 goes out
+ * when the wait ends with the object still held. */
+static void run_handler(struct tp_req *r)
+{
+  for (;;) {
+    tp_lock_busy_id[0] = '\0';
+    r->route->fn(r);
+    if (r->suspended || !tp_lock_busy_id[0] || r->status != 429 || lock_wait_ms <= 0)
+      return;
+    int64_t now = tp_mono_ms();
+    if (!r->lock_deadline_ms)
+      r->lock_deadline_ms = now + lock_wait_ms;
+    if (now >= r->lock_deadline_ms)
+      return;
+    char busy[TP_ID_MAX];
+    tp_scopy(busy, sizeof busy, tp_lock_busy_id);
+    free(r->resp);
+    r->resp = NULL;
+    r->resp_len = 0;
+    r->status = 0;
+    r->retry_after_s = 0;
+    r->content_type = NULL;
+    tp_req_suspend(r);
+    int w = tp_lock_wait(busy, r->lock_deadline_ms, lock_wake, r);
+    if (w == 1)
+      return;
+    r->suspended = false;
+    tp_req_resume(r);
+    if (w < 0) {
+      tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+      return;
+    }
+  }
+}
+
 static void dispatch(struct tp_req *r)
 {
   tp_store_read_failed = false; /* this request's reads only (tp_reply_missing) */
@@ -523,14 +571,14 @@ static void dispatch(struct tp_req *r)
         }
       r->has_idem = r->idem_key[0] != '\0';
       if (!r->has_idem) {
-        rt->fn(r);
+        run_handler(r);
         return;
       }
       if (tp_idem_begin(r))
         return;
     }
   }
-  rt->fn(r);
+  run_handler(r);
 }
 
 /* Count the request in the metrics and write its log line (no bodies, no
@@ -887,6 +935,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     dispatch(r);
     if (r->suspended)
       return MHD_YES;
+  } else if (r->lock_rerun) {
+    r->lock_rerun = false;
+    r->suspended = false;
+    run_handler(r);
+    if (r->suspended)
+      return MHD_YES;
   }
   return queue_reply(r);
 }
@@ -990,6 +1044,7 @@ int tp_http_start(const char *host, uint16_t port, unsigned threads, uint16_t *b
     return -1;
   }
   log_requests = tp_config_bool("log", "requests", true);
+  lock_wait_ms = tp_config_int("server", "lock_wait_ms", 2000, 0, 60000);
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC |
                    MHD_ALLOW_UPGRADE | (sa.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
   struct MHD_OptionItem tls_opts[] = {

@@ -65,6 +65,11 @@ static int config_set(struct config *c, const char *section, const char *key, co
       if (t < 1 || t > 256)
         return 0;
       c->threads = (unsigned)t;
+    } else if (strcasecmp(key, "lock_wait_ms") == 0) { /* read by server.c */
+      char *end;
+      long ms = strtol(value, &end, 10);
+      if (end == value || *end || ms < 0 || ms > 60000)
+        return 0;
     } else if (strcasecmp(key, "core_dumps") != 0 && /* read through tp_config_bool */
                strcasecmp(key, "trusted_proxies") != 0 && strcasecmp(key, "forwarded_header") != 0) /* tp_proxies_init */
       return 0;

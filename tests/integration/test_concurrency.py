@@ -46,6 +46,17 @@ class ConcurrencyTest(DaemonTestCase):
         self.assertEqual(r.status, 200, r)
         return r.json
 
+    def test_parallel_refunds_wait_for_each_other(self):
+        """Twelve refunds of one PaymentIntent at once, room for all of them:
+        each waits for the object the one before holds (as Stripe does), so
+        all twelve succeed, none is turned away with 429 lock_timeout."""
+        pi = self.pay()
+        answers = self.at_once(12, lambda i: self.c("m").post(
+            "/v1/refunds", {"payment_intent": pi["id"], "amount": 70}, idem=new_key()))
+        self.assertEqual([r.status for r in answers], [200] * 12, [r for r in answers if r.status != 200][:2])
+        ch = self.c("m").get("/v1/charges/" + pi["latest_charge"]).json
+        self.assertEqual(ch["amount_refunded"], 840)
+
     def test_parallel_refunds_never_exceed_the_charge(self):
         pi = self.pay()
         answers = self.at_once(25, lambda i: self.c("m").post(

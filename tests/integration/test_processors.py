@@ -151,7 +151,9 @@ class FakeProcessor:
                     return self._reply(200, {"status": "voided", "reference": js["reference"]})
                 if method == "POST" and path.endswith("/v1/refunds"):
                     if mode == "slow_refund":
-                        time.sleep(1.5)
+                        time.sleep(0.3)
+                    elif mode == "slow_refund_long":
+                        time.sleep(2.0)
                     return self._reply(200, {"status": "succeeded", "reference": js["reference"]})
                 if method == "GET" and "/v1/transactions/" in path:
                     return self._reply(404, {"error": "not found"})
@@ -186,6 +188,8 @@ class ConnectorContract(unittest.TestCase):
         try:
             cls.daemon.create_merchant("m")
             cls.daemon.start(config=(
+                "[server]\n"
+                "lock_wait_ms = 1000\n"
                 "[processor.fake]\n"
                 "type = restjson\n"
                 "endpoint = http://127.0.0.1:%d/p/fake\n"
@@ -385,9 +389,10 @@ class ConnectorContract(unittest.TestCase):
 
     def test_a_refund_is_not_updated_while_its_processor_call_runs(self):
         """The refund's outcome is written under its charge's lock; an update
-        of its metadata meanwhile waits for that lock (429 lock_timeout, as
-        for any object being changed) instead of writing back the pending
-        refund it read after the outcome (it stayed pending for good)."""
+        of its metadata meanwhile waits for that lock (as Stripe waits for an
+        object another request holds) and then applies to the refund as the
+        outcome left it, instead of writing back the pending refund it read
+        before (it stayed pending for good)."""
         r = self.pay(PAN_OK)
         self.assertEqual(r.status, 200, r)
         ch = r.json["latest_charge"]
@@ -400,14 +405,41 @@ class ConnectorContract(unittest.TestCase):
             re_id = wait_for(lambda: ([x["id"] for x in self.c.get("/v1/refunds", {"charge": ch}).json["data"]]
                                       or [None])[0], what="the pending refund")
             u = self.c.post("/v1/refunds/" + re_id, {"metadata[note]": "x"})
-            self.assertEqual((u.status, u.json["error"]["code"]), (429, "lock_timeout"), u)
         finally:
             t.join(10)
             self.fake.mode = "ok"
         self.assertEqual((out["r"].status, out["r"].json["status"]), (200, "succeeded"), out["r"])
-        u = self.c.post("/v1/refunds/" + re_id, {"metadata[note]": "x"})
         self.assertEqual((u.status, u.json["status"], u.json["metadata"]), (200, "succeeded", {"note": "x"}), u)
         self.assertIsNotNone(u.json["balance_transaction"])
+        u = self.c.get("/v1/refunds/" + re_id)
+        self.assertEqual((u.status, u.json["status"], u.json["metadata"]), (200, "succeeded", {"note": "x"}), u)
+
+    def test_a_wait_for_a_busy_object_ends_in_lock_timeout(self):
+        """An object held for longer than [server] lock_wait_ms (1000 here):
+        the waiting request gets 429 lock_timeout when the wait ends, not at
+        once, with Stripe-Should-Retry: true, and changed nothing."""
+        r = self.pay(PAN_OK)
+        self.assertEqual(r.status, 200, r)
+        ch = r.json["latest_charge"]
+        self.fake.mode = "slow_refund_long"
+        out = {}
+        t = threading.Thread(target=lambda: out.setdefault("r", self.c.post("/v1/refunds", {"charge": ch,
+                                                                                          "amount": 300})))
+        t.start()
+        try:
+            re_id = wait_for(lambda: ([x["id"] for x in self.c.get("/v1/refunds", {"charge": ch}).json["data"]]
+                                      or [None])[0], what="the pending refund")
+            t0 = time.monotonic()
+            u = self.c.post("/v1/refunds/" + re_id, {"metadata[note]": "x"})
+            waited = time.monotonic() - t0
+            self.assertEqual((u.status, u.json["error"]["code"]), (429, "lock_timeout"), u)
+            self.assertEqual(u.headers.get("Stripe-Should-Retry"), "true", u)
+            self.assertGreaterEqual(waited, 0.9, u)
+        finally:
+            t.join(10)
+            self.fake.mode = "ok"
+        self.assertEqual((out["r"].status, out["r"].json["status"]), (200, "succeeded"), out["r"])
+        self.assertEqual(self.c.get("/v1/refunds/" + re_id).json["metadata"], {})
 
     def test_broken_answers_fail_the_call_not_the_gateway(self):
         before = processors(self.c)["fake"]
