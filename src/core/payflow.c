@@ -307,6 +307,7 @@ void tp_pay_attempt(struct tp_pay *p, const char *kind, int64_t amount, const ch
     tp_scopy(a->client_idem_key, sizeof a->client_idem_key, p->r->idem_key);
     tp_scopy(a->client_req_hash, sizeof a->client_req_hash, p->r->req_hash);
   }
+  a->reply_charge = p->reply_charge;
   a->created = tp_now();
 }
 
@@ -1763,6 +1764,7 @@ static struct tp_pay *attempt_pay(const struct tp_attempt *a)
   struct tp_pay *p = tp_pay_new(NULL, &m);
   p->att = *a;
   p->recovering = true;
+  p->reply_charge = a->reply_charge != 0; /* the reply stored under the client's key */
   return p;
 }
 

@@ -75,6 +75,7 @@ struct tp_attempt {
   char client_idem_key[256]; /* merchant Idempotency-Key of the request, if any */
   char client_req_hash[TP_REQ_HASH_LEN];
   int capture;          /* authorize: capture in the same call */
+  int reply_charge;     /* the Charges API's request: its (recovered) reply is the charge */
   int64_t created, updated;
 };
 

@@ -14,7 +14,7 @@ import time
 import unittest
 import uuid
 
-from harness import (HOST, Client, Daemon, DaemonTestCase, PaymentLoad, main, open_db_ro)
+from harness import (HOST, Client, Daemon, DaemonTestCase, PaymentLoad, Sim, main, new_key, open_db_ro)
 
 PI = "/v1/payment_intents"
 CYCLES = 3
@@ -298,6 +298,68 @@ class MixedCrashTest(DaemonTestCase):
             total = sum(b["amount"] for k in ("available", "pending") for b in bal.get(k, [])
                         if b["currency"] == "usd")
             self.assertEqual(total, captured - sum(moved.values()), bal)
+
+
+class ChargesApiRecoveryTest(unittest.TestCase):
+    """A Charges API request (POST /v1/charges, POST /v1/charges/{id}/capture)
+    whose processor call is in flight when the daemon is SIGKILLed: recovery
+    settles it, and the client's retry with its Idempotency-Key replays what
+    the request would have answered, a charge (the attempt keeps the reply's
+    shape), not the PaymentIntent behind it."""
+
+    def test_a_recovered_charge_is_replayed_as_a_charge(self):
+        sim = Sim()
+        self.addCleanup(sim.stop)
+        d = Daemon()
+        self.addCleanup(d.cleanup)
+        d.create_merchant("m")
+        ini = ("[routing]\ndeadline_ms = 20000\nrecovery_interval_ms = 300\n\n"
+               "[processor.slow]\ntype = restjson\nendpoint = http://%s/p/slow\n"
+               "timeout_ms = 10000\nhealth_interval_ms = 0\n") % sim.rest
+        d.start(config=ini)
+        c = d.client("m")
+        auth = c.post("/v1/charges", {"amount": 1500, "currency": "usd", "source": "tok_visa", "capture": "false"})
+        self.assertEqual((auth.status, auth.json["captured"]), (200, False), auth)
+        sim.faults("slow", latency_ms_min=4000, latency_ms_max=4000)
+        calls = [("/v1/charges", {"amount": 2000, "currency": "usd", "source": "tok_visa"}, new_key("ch")),
+                 ("/v1/charges/%s/capture" % auth.json["id"], {"amount": 1000}, new_key("cap"))]
+
+        def fire(path, params, key):
+            try:
+                c.request("POST", path, params, idem=key, timeout=15)
+            except Exception:
+                pass  # the kill cuts it
+        threads = [threading.Thread(target=fire, args=call) for call in calls]
+        for t in threads:
+            t.start()
+        def sent():
+            db = open_db_ro(d)
+            try:
+                return db.execute("SELECT count(*) FROM attempts WHERE state='sent'").fetchone()[0]
+            finally:
+                db.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and sent() < 2:  # both calls recorded as sent
+            time.sleep(0.05)
+        self.assertEqual(sent(), 2)
+        d.kill9()
+        for t in threads:
+            t.join(20)
+        sim.faults("slow", latency_ms_min=0, latency_ms_max=0)
+        d.start(config=ini)
+        c = d.client("m")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sent() > 0:  # recovery settles both
+            time.sleep(0.1)
+        r = c.post(*calls[0][:2], idem=calls[0][2])
+        self.assertEqual((r.status, r.headers.get("Idempotent-Replayed"), r.json.get("object")),
+                         (200, "true", "charge"), r)
+        self.assertTrue(r.json["id"].startswith("ch_") and r.json["captured"] and r.json["paid"], r)
+        r = c.post(*calls[1][:2], idem=calls[1][2])
+        self.assertEqual((r.status, r.headers.get("Idempotent-Replayed"), r.json.get("object")),
+                         (200, "true", "charge"), r)
+        self.assertEqual((r.json["id"], r.json["captured"], r.json["amount_captured"]),
+                         (auth.json["id"], True, 1000), r)
 
 
 class DiskFullTest(unittest.TestCase):
