@@ -572,6 +572,21 @@ static void on_call_answer(struct iso_link *l, struct pend *p, const struct tp_i
     to_reversal(l, p, now);
     return;
   }
+  const char *f4 = tp_iso_get(m, 4), *f49 = tp_iso_get(m, 49);
+  bool other_amount = f4 && p->amount[0] && strtoll(f4, NULL, 10) != strtoll(p->amount, NULL, 10);
+  bool other_currency = f49 && p->cur[0] && strcmp(f49, p->cur) != 0;
+  if (tp_iso_f39_approved(f39) && (other_amount || other_currency)) {
+    /* Fields 4 and 49 of an answer echo the request's: an approval for
+     * another amount or currency holds the card for something we did not
+     * ask (docs/routing.md, "approval for another amount"). Never recorded
+     * as approved: reversed durably, as a partial approval is. */
+    tp_log(TP_LOG_ERROR, "iso_approval_mismatch", "{s:s, s:s, s:s, s:s, s:s, s:s}", "processor", l->name, "rrn",
+           p->rrn, "asked_amount", p->amount, "answered_amount", f4 ? f4 : "", "asked_currency", p->cur,
+           "answered_currency", f49 ? f49 : "");
+    l->bad_messages++;
+    to_reversal(l, p, now);
+    return;
+  }
   struct tp_proc_call *c = p->c;
   if (c) {
     tp_scopy(c->processor_ref, sizeof c->processor_ref, p->rrn);

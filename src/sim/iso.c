@@ -301,8 +301,11 @@ static bool handle(struct iconn *c, struct tp_iso_msg *m)
   bool auth = (!strcmp(mti, "0100") || !strcmp(mti, "0101") || financial) && !refund;
   bool advice = !strcmp(mti, "0220") || !strcmp(mti, "0221"); /* capture of a 0100 */
   bool rev = !strcmp(mti, "0400") || !strcmp(mti, "0401") || !strcmp(mti, "0420") || !strcmp(mti, "0421");
-  if (advice && f3 && strcmp(f3, "000000") != 0) {
-    answer_code(c, m, "12"); /* only purchase captures are advised */
+  if ((advice || auth) && f3 && strcmp(f3, "000000") != 0) {
+    /* Field 3's first two digits are the transaction type: only goods and
+     * services (00) is authorized or captured here, not a credit (20, but
+     * as a refund), a balance inquiry (31) or cash (01). */
+    answer_code(c, m, "12");
     return true;
   }
   if (!auth && !rev && !refund && !advice) {

@@ -110,6 +110,7 @@ class IsoHost:
         self.errors = []        # what this host could not parse (a connector bug)
         self.connections = 0
         self.hold = 0           # this many 0100/0200 get no answer until their reversal
+        self.tamper = {}        # fields the next approval of a 0100/0200 answers with instead
         self.held = []
         self.conn = None
         self.stop = False
@@ -144,6 +145,9 @@ class IsoHost:
         r[39] = f39
         if f39 == "00" and mti in ("0110", "0210"):
             r[38] = "PY0001"
+            with self.lock:
+                r.update(self.tamper)
+                self.tamper = {}
         c.sendall(frame(pack(mti, r)))
 
     def handle(self, c, body):
@@ -299,6 +303,29 @@ class IsoLink(unittest.TestCase):
         rev = self.host.last("0400")
         self.assertEqual(rev[37], auth[37])
         self.assertEqual(rev[90], "0100" + auth[11] + auth[7] + "0" * 22)
+        self.assertEqual(self.host.errors, [])
+
+    def test_2c_an_approval_for_another_amount_or_currency_is_reversed(self):
+        """Fields 4 and 49 of an answer echo the request's (ISO 8583:1987):
+        an approval naming another amount or currency is never recorded as
+        the payment's; its hold is reversed (0400 under its RRN)."""
+        for tamper in ({4: "000000000100"}, {49: "978"}):
+            before = self.host.count("0400")
+            with self.host.lock:
+                self.host.tamper = dict(tamper)
+            r = self.pay(amount=4321)
+            wait_for(lambda: self.host.count("0400") > before, what="0400 reversal")
+            with self.host.lock:
+                tampered = [f for m, f in self.host.seen if m == "0200"][-1 if r.status != 200 else -2]
+            rev = self.host.last("0400")
+            self.assertEqual((rev[37], rev[4], rev[90][:4]), (tampered[37], "000000004321", "0200"), tamper)
+            if r.status == 200:  # a retry, with a new RRN, was approved for the amount asked
+                last = self.host.last("0200")
+                self.assertNotEqual(last[37], tampered[37])
+                self.assertEqual((r.json["status"], r.json["amount_received"]), ("succeeded", 4321), r)
+            else:
+                self.assertNotEqual(r.json.get("status"), "succeeded", r)
+            self.assertIn("iso_approval_mismatch", self.daemon.log_text())
         self.assertEqual(self.host.errors, [])
 
     def test_3_bad_and_truncated_messages_link_recovers(self):

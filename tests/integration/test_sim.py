@@ -613,10 +613,23 @@ class SimTest(unittest.TestCase):
             mti, f = iso_recv(s)
             self.assertEqual((mti, f[39]), ("0210", "51"))
             self.assertNotIn(38, f)
+            # Field 3 names the transaction: a credit, balance inquiry or
+            # cash is not a purchase, 12 and nothing charged.
+            others = []
+            for mti, proc in (("0100", "200000"), ("0100", "310000"), ("0200", "310000"), ("0200", "010000")):
+                fields = auth_fields(PAN_OK, uuid.uuid4().hex[:12].upper())
+                fields[3] = proc
+                others.append(fields[37])
+                s.sendall(iso_frame(mti, fields))
+                rm, f = iso_recv(s)
+                self.assertEqual((rm, f[39]), (mti[:2] + "10", "12"), proc)
+                self.assertNotIn(38, f)
         j = self.sim.journal(processor="iso", payment=rrn)
         self.assertEqual(len(j["entries"]), 1)
         self.assertEqual(j["entries"][0]["protocol"], "iso")
         self.assertEqual(j["summary"]["charges_by_payment"], {rrn: 1})
+        for other in others:
+            self.assertEqual(self.sim.journal(processor="iso", payment=other)["summary"]["charges_by_payment"], {})
 
     def test_iso_reversal_removes_the_charge(self):
         rrn = uuid.uuid4().hex[:12].upper()
