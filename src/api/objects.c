@@ -191,12 +191,70 @@ json_t *tp_shipping_build(struct tp_req *r, const json_t *v, bool tracking)
 
 static bool expand_paths_ok(struct tp_req *r);
 
+bool tp_return_url_ok(const char *u)
+{
+  size_t n = strlen(u);
+  if (n == 0 || n > TP_RETURN_URL_MAX || !isalpha((unsigned char)u[0]))
+    return false;
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)u[i] <= 0x20 || u[i] == 0x7f)
+      return false; /* controls (a CR/LF would split the Location header) and spaces */
+  size_t k = strspn(u, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.");
+  if (u[k] != ':' || !u[k + 1])
+    return false;
+  /* Schemes that run or show something in place of a page of the merchant. */
+  static const char *const refused[] = {"javascript", "data", "vbscript", "file", "blob", "about", NULL};
+  for (int i = 0; refused[i]; i++)
+    if (k == strlen(refused[i]) && strncasecmp(u, refused[i], k) == 0)
+      return false;
+  bool web = (k == 4 && strncasecmp(u, "http", 4) == 0) || (k == 5 && strncasecmp(u, "https", 5) == 0);
+  if (web) { /* http(s)://host...: a host, not a path or another page's scheme */
+    const char *h = u + k + 1;
+    if (strncmp(h, "//", 2) != 0 || !h[2] || strchr("/?#", h[2]))
+      return false;
+  }
+  return true;
+}
+
+void tp_return_location(char *out, size_t cap, const char *ret, const char *kind, const char *id,
+                        const char *secret, const char *status)
+{
+  const char *frag = strchr(ret, '#');
+  int base = frag ? (int)(frag - ret) : (int)strlen(ret);
+  const char *q = memchr(ret, '?', (size_t)base);
+  char sep = !q ? '?' : (ret[base - 1] == '?' || ret[base - 1] == '&') ? '\0' : '&';
+  int n = snprintf(out, cap, "%.*s%s%s=%s&%s_client_secret=%s&redirect_status=%s%s", base, ret,
+                   sep ? (char[]){sep, '\0'} : "", kind, id ? id : "", kind, secret ? secret : "", status,
+                   frag ? frag : "");
+  if (n < 0 || (size_t)n >= cap) /* cannot happen with tp_return_url_ok's bound: no cut URL */
+    tp_scopy(out, cap, "about:blank");
+}
+
+const char *tp_redirect_status(const json_t *intent)
+{
+  const char *st = json_string_value(json_object_get(intent, "status"));
+  if (!st)
+    return "failed";
+  if (!strcmp(st, "succeeded") || !strcmp(st, "requires_capture") || !strcmp(st, "requires_confirmation"))
+    return "succeeded";
+  if (!strcmp(st, "processing"))
+    return "processing";
+  return "failed";
+}
+
 bool tp_check_params(struct tp_req *r, const struct tp_pspec *spec)
 {
   struct tp_params_error pe;
   memset(&pe, 0, sizeof pe);
   if (tp_params_check(r->params, spec, &pe) != 0) {
     tp_reply_params_error(r, &pe, false);
+    return false;
+  }
+  /* Where a redirect sends the customer back (a 303's Location): an
+   * absolute URL, as Stripe requires (400 url_invalid). */
+  const char *ret = tp_pstr(r->params, "return_url");
+  if (ret && *ret && !tp_return_url_ok(ret)) {
+    tp_reply_error(r, TP_ERR_URL_INVALID, "return_url", "Not a valid URL");
     return false;
   }
   /* expand[] is checked here, before the handler does anything: a request

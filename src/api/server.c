@@ -716,8 +716,17 @@ static enum MHD_Result queue_reply(struct tp_req *r)
     MHD_add_response_header(resp, "Stripe-Should-Retry", retry);
   /* The version asked for, or (as Stripe sends the account's default) the one served. */
   MHD_add_response_header(resp, "Stripe-Version", r->api_version[0] ? r->api_version : TP_API_VERSION);
-  if (r->location[0])
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, r->location);
+  if (r->location[0] && MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, r->location) != MHD_YES)
+    tp_log(TP_LOG_ERROR, "location_refused", "{s:s}", "request", r->request_id);
+  MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+  if (r->content_type && strncmp(r->content_type, "text/html", 9) == 0) {
+    /* The 3-D Secure page: no script, no framing (a page of another site
+     * cannot lay it under a click), its token kept out of Referer. */
+    MHD_add_response_header(resp, "Content-Security-Policy",
+                            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'");
+    MHD_add_response_header(resp, "X-Frame-Options", "DENY");
+    MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+  }
   if (r->status == 429 || r->retry_after_s) {
     char ra[16];
     snprintf(ra, sizeof ra, "%u", r->retry_after_s ? r->retry_after_s : 1);

@@ -109,9 +109,8 @@ static void back_to_merchant(struct tp_req *r, const json_t *pi, bool ok)
   const char *ret = json_string_value(json_object_get(na, "return_url"));
   if (ret && *ret) {
     const char *kind = is_setup(json_string_value(json_object_get(pi, "id"))) ? "setup_intent" : "payment_intent";
-    snprintf(r->location, sizeof r->location, "%s%s%s=%s&%s_client_secret=%s&redirect_status=%s", ret,
-             strchr(ret, '?') ? "&" : "?", kind, json_string_value(json_object_get(pi, "id")), kind,
-             json_string_value(json_object_get(pi, "client_secret")), ok ? "succeeded" : "failed");
+    tp_return_location(r->location, sizeof r->location, ret, kind, json_string_value(json_object_get(pi, "id")),
+                       json_string_value(json_object_get(pi, "client_secret")), ok ? "succeeded" : "failed");
     html(r, 303, "<!doctype html><title>Redirecting</title>");
   } else
     html(r, 200, ok ? "<!doctype html><title>Done</title><p id=\"result\">Authentication complete.</p>"
@@ -254,9 +253,13 @@ void tp_h_3ds_submit(struct tp_req *r)
   char *page = r->resp;
   size_t page_len = r->resp_len;
   r->resp = NULL;
+  const char *ret = json_string_value(
+    json_object_get(json_object_get(json_object_get(pi, "next_action"), "redirect_to_url"), "return_url"));
+  char *return_url = ret && *ret ? strdup(ret) : NULL;
   json_object_set_new(pi, "status", json_string("processing"));
   json_object_set_new(pi, "next_action", json_null());
   struct tp_pay *p = tp_pay_new(NULL, &r->merchant);
+  p->return_url = return_url;
   p->pi = pi;
   p->pm = pm;
   p->three_ds_done = true;

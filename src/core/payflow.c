@@ -280,6 +280,7 @@ void tp_pay_free(struct tp_pay *p)
   json_decref(p->op_audit);
   free(p->body);
   free(p->redirect_body);
+  free(p->return_url);
   tp_card_wipe(&p->call, sizeof p->call);
   free(p);
 }
@@ -384,6 +385,21 @@ static void free_then_resume(struct tp_pay *p, struct tp_req *r, struct tp_req *
     tp_req_resume(op_req);
 }
 
+/* The 3-D Secure page's redirect, with the real outcome of the
+ * authorization as its PaymentIntent stands (before the objects are
+ * dropped): an outcome not known yet is "processing", not "failed"
+ * (recovery may still find it charged). */
+static void return_location(struct tp_pay *p)
+{
+  if (!p->return_url || !p->r || !p->pi)
+    return;
+  tp_return_location(p->r->location, sizeof p->r->location, p->return_url, "payment_intent",
+                     json_string_value(json_object_get(p->pi, "id")),
+                     json_string_value(json_object_get(p->pi, "client_secret")), tp_redirect_status(p->pi));
+  free(p->return_url);
+  p->return_url = NULL;
+}
+
 static void finish(struct tp_pay *p, int rc)
 {
   if (p->lock_id[0])
@@ -393,10 +409,7 @@ static void finish(struct tp_pay *p, int rc)
     if (rc != 0)
       tp_reply_commit_failed(p->r, rc);
     else if (p->redirect_body) {
-      /* The browser goes back with the real outcome of the authorization. */
-      char *st = strstr(p->r->location, "redirect_status=succeeded");
-      if (st && p->status != 200)
-        snprintf(st, sizeof p->r->location - (size_t)(st - p->r->location), "redirect_status=failed");
+      return_location(p);
       tp_reply_raw(p->r, p->redirect_status, p->redirect_body, p->redirect_len, "text/html; charset=utf-8");
       p->redirect_body = NULL;
     } else {
@@ -465,6 +478,7 @@ static void commit_outcome(struct tp_pay *p, struct tp_cs *cs)
    * while their memory is still in its cache, rather than after the commit
    * by the completion thread, which walked them cold (a third of its time
    * under load). */
+  return_location(p);
   drop_objects(p);
   if (tp_writer_submit(cs) != 0) {
     tp_cs_free(cs);

@@ -40,6 +40,7 @@ struct tp_pay {
   /* a browser flow (3-D Secure) answers with this page instead */
   unsigned redirect_status;
   char *redirect_body;
+  char *return_url;         /* the 3-D Secure page's: the redirect is built at the outcome */
   size_t redirect_len;
   /* the reply the outcome built */
   unsigned status;

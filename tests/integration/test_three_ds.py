@@ -5,7 +5,10 @@ import json
 import time
 import urllib.parse
 
-from harness import (DaemonTestCase, PAN_3DS, PAN_3DS_2, PAN_OK, card, main)
+import threading
+import unittest
+
+from harness import (Daemon, DaemonTestCase, PAN_3DS, PAN_3DS_2, PAN_OK, Sim, card, main)
 
 PI = "/v1/payment_intents"
 RETURN_URL = "https://shop.example/return?order=17"
@@ -207,6 +210,65 @@ class ThreeDSTest(DaemonTestCase):
         again = self.get_pi(pi["id"])
         self.assertEqual(again["status"], "succeeded", again)
         self.assertEqual(again["amount_received"], 3100, again)
+
+    def test_a_return_url_must_be_an_absolute_url(self):
+        """Stripe: 400 url_invalid for a return_url that is not a URL; never a
+        script (javascript:, data:), a scheme-relative //host or a CR/LF that
+        would split the Location header. App schemes are fine."""
+        for bad in ("not a url", "javascript:alert(1)//", "data:text/html,<b>x</b>", "//evil.example/x",
+                    "https://shop.example/r\r\nSet-Cookie: a=b", "https:///path", "/relative/path",
+                    "https://shop.example/" + "x" * 2100):
+            r = self.c().post(PI, {"amount": 3100, "currency": "eur", "confirm": "true",
+                                   "payment_method_data": card(PAN_3DS), "return_url": bad})
+            self.assertEqual((r.status, r.json["error"]["code"], r.json["error"].get("param")),
+                             (400, "url_invalid", "return_url"), (bad[:40], r))
+            r = self.c().post("/v1/setup_intents", {"confirm": "true", "payment_method_data": card(PAN_3DS),
+                                                    "payment_method_data[type]": "card", "return_url": bad})
+            self.assertEqual((r.status, r.json["error"]["code"]), (400, "url_invalid"), (bad[:40], r))
+        self.assertEqual(self.c().get(PI, {"limit": 100}).json["data"][:1] and
+                         [p for p in self.c().get(PI, {"limit": 100}).json["data"]
+                          if p.get("next_action") and "javascript" in json.dumps(p)], [])
+        pi, url, token = self.start_challenge(return_url="myapp://checkout/done")
+        path, _ = self.fetch_page(url)
+        r = self.submit(path, token, "approve")
+        self.assertEqual(r.status, 303, r)
+        self.assertTrue(r.headers["Location"].startswith("myapp://checkout/done?payment_intent=" + pi["id"]), r)
+
+    def test_the_redirect_keeps_a_fragment_last_and_the_merchants_own_query(self):
+        """RFC 3986: the parameters go into the query, before a #fragment; a
+        redirect_status in the merchant's own query is left alone."""
+        ret = "https://shop.example/return?next=/done?redirect_status=succeeded&order=17#/checkout/done"
+        pi, url, token = self.start_challenge(return_url=ret, pan=PAN_3DS)
+        path, _ = self.fetch_page(url)
+        r = self.submit(path, token, "approve")
+        self.assertEqual(r.status, 303, r)
+        loc = r.headers["Location"]
+        u = urllib.parse.urlsplit(loc)
+        self.assertEqual(u.fragment, "/checkout/done", loc)
+        q = urllib.parse.parse_qs(u.query)
+        self.assertEqual((q["next"], q["order"], q["payment_intent"], q["payment_intent_client_secret"]),
+                         (["/done?redirect_status=succeeded"], ["17"], [pi["id"]], [pi["client_secret"]]), loc)
+        self.assertEqual(q["redirect_status"], ["succeeded"], loc)
+        # a long return_url (2 KB) keeps every parameter
+        ret = "https://shop.example/return?pad=" + "p" * 1950
+        pi, url, token = self.start_challenge(return_url=ret, pan=PAN_3DS)
+        path, _ = self.fetch_page(url)
+        r = self.submit(path, token, "fail")
+        q = urllib.parse.parse_qs(urllib.parse.urlsplit(r.headers["Location"]).query)
+        self.assertEqual((q["payment_intent_client_secret"], q["redirect_status"]),
+                         ([pi["client_secret"]], ["failed"]), r)
+
+    def test_the_challenge_page_cannot_be_framed_or_leak_its_link(self):
+        pi, url, token = self.start_challenge()
+        u = urllib.parse.urlsplit(url)
+        r = self.c().get(u.path + "?" + u.query, key=None)
+        self.assertEqual(r.status, 200, r)
+        csp = r.headers.get("Content-Security-Policy", "")
+        self.assertIn("frame-ancestors 'none'", csp)
+        self.assertIn("default-src 'none'", csp)
+        self.assertEqual(r.headers.get("X-Frame-Options"), "DENY")
+        self.assertEqual(r.headers.get("Referrer-Policy"), "no-referrer")
+        self.assertEqual(r.headers.get("X-Content-Type-Options"), "nosniff")
 
     def test_manual_confirmation_returns_to_the_server_after_the_challenge(self):
         """confirmation_method=manual (Stripe): the approved challenge puts
@@ -427,6 +489,45 @@ class ThreeDSTest(DaemonTestCase):
             self.assertIn(t, types)
         self.assertLess(types.index("payment_intent.requires_action"),
                         types.index("payment_intent.succeeded"), types)
+
+
+class UnknownOutcomeRedirectTest(unittest.TestCase):
+    """An approved challenge whose authorization's outcome is not known when
+    the page answers (the processor held its answer past the timeout, then
+    went down): the customer is sent back with redirect_status=processing,
+    not failed, since recovery may still find the card charged, and does."""
+
+    def test_an_unknown_outcome_redirects_as_processing(self):
+        sim = Sim()
+        self.addCleanup(sim.stop)
+        d = Daemon()
+        self.addCleanup(d.cleanup)
+        d.create_merchant("m")
+        d.start(config=("[routing]\ndeadline_ms = 3000\nrecovery_interval_ms = 300\nbackoff_base_ms = 20\n\n"
+                        "[processor.a]\ntype = restjson\nendpoint = http://%s/p/a\ntimeout_ms = 400\n"
+                        "health_interval_ms = 0\n") % sim.rest)
+        c = d.client("m")
+        r = c.post(PI, {"amount": 1000, "currency": "usd", "confirm": "true", "return_url": RETURN_URL,
+                        "payment_method_data": card(PAN_3DS)})
+        self.assertEqual((r.status, r.json["status"]), (200, "requires_action"), r)
+        pi = r.json
+        u = urllib.parse.urlsplit(pi["next_action"]["redirect_to_url"]["url"])
+        q = dict(urllib.parse.parse_qsl(u.query))
+        sim.faults("a", timeout_rate=1.0, timeout_mode="after", timeout_hold_ms=5000, timeout_operations="all")
+        # the status queries that would settle it at once fail too
+        t = threading.Timer(0.15, lambda: sim.faults("a", outage=True))
+        t.start()
+        r = c.post(u.path, {"token": q["token"], "account": q["account"], "result": "approve"}, key=None)
+        t.join()
+        self.assertEqual(r.status, 303, r)
+        loc = urllib.parse.parse_qs(urllib.parse.urlsplit(r.headers["Location"]).query)
+        self.assertEqual((loc["payment_intent"], loc["redirect_status"]), ([pi["id"]], ["processing"]), r)
+        self.assertEqual(c.get(PI + "/" + pi["id"]).json["status"], "processing")
+        sim.faults("a", timeout_rate=0.0, outage=False)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and c.get(PI + "/" + pi["id"]).json["status"] == "processing":
+            time.sleep(0.2)
+        self.assertEqual(c.get(PI + "/" + pi["id"]).json["status"], "succeeded")
 
 
 if __name__ == "__main__":
