@@ -271,7 +271,11 @@ void tp_h_source_update(struct tp_req *r)
     tp_reply_error(r, TP_ERR_CARD_INVALID_EXPIRY_YEAR, "exp_year", NULL);
     goto fail;
   }
-  json_t *before = tp_card_view(pm);
+  /* A copy: the view shares pm's metadata, which the update changes in
+   * place (a metadata-only update looked like no change: not saved). */
+  json_t *view0 = tp_card_view(pm);
+  json_t *before = json_deep_copy(view0);
+  json_decref(view0);
   json_object_set_new(card, "exp_month", json_integer(m));
   json_object_set_new(card, "exp_year", json_integer(y));
   json_t *bd = json_object_get(pm, "billing_details");

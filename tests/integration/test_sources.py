@@ -115,6 +115,14 @@ class Sources(DaemonTestCase):
         self.assertEqual(r["data"]["object"]["id"], second["id"])
         self.assertEqual(r["data"]["previous_attributes"]["exp_month"], 12)
         self.assertIsNone(r["data"]["previous_attributes"]["name"])
+        # metadata alone is a change: stored, announced with its old value
+        upd = self.c().post(self.srcs(cus["id"]) + "/" + first.json["id"], {"metadata[k]": "2", "metadata[o]": "42"})
+        self.assertEqual((upd.status, upd.json["metadata"]), (200, {"k": "2", "o": "42"}), upd)
+        self.assertEqual(self.c().get(self.srcs(cus["id"]) + "/" + first.json["id"]).json["metadata"],
+                         {"k": "2", "o": "42"})
+        r = self.c().get("/v1/events", {"type": "customer.source.updated", "limit": 1}).json["data"][0]
+        self.assertEqual((r["data"]["object"]["id"], r["data"]["previous_attributes"]),
+                         (first.json["id"], {"metadata": {"k": "1", "o": None}}))
         # deleting the default moves it to the other card
         gone = self.c().delete(self.srcs(cus["id"]) + "/" + first.json["id"])
         self.assertEqual(gone.status, 200, gone)
@@ -129,6 +137,7 @@ class Sources(DaemonTestCase):
         finally:
             db.close()
         self.assertEqual(self.events_about(first.json["id"]), ["customer.source.created",
+                                                               "customer.source.updated",
                                                                "customer.source.deleted"])
         self.c().delete(self.srcs(cus["id"]) + "/" + second["id"])
         self.assertIsNone(self.c().get(CUS + "/" + cus["id"]).json["default_source"])
