@@ -972,10 +972,20 @@ void tp_pm_detach(struct tp_cs *cs, const struct tp_req *r, json_t *pm)
 {
   /* Detached for good: Stripe's detached PaymentMethod pays no more and
    * is not attached again (tp_pm_usable). */
+  /* previous_attributes names the customer it left (Stripe's; a handler
+   * has no other way to know whose card went). */
+  json_t *prev = tp_pack("{s:O}", "customer", json_object_get(pm, "customer"));
   json_object_set_new(pm, "customer", json_null());
   tp_mark(pm, "detached", json_true());
   tp_cs_put(cs, TP_K_PAYMENT_METHOD, r->merchant.id, pm);
-  tp_emit(cs, r, r->merchant.id, "payment_method.detached", pm);
+  size_t ol = 0, pl = 0;
+  char *os = tp_json_dump(pm, &ol), *ps = tp_json_dump(prev, &pl);
+  json_decref(prev);
+  if (!os || !ps)
+    abort();
+  emit_dumped(cs, r, r->merchant.id, "payment_method.detached", pm, os, ol, ps, pl, NULL, 0);
+  free(os);
+  free(ps);
 }
 
 void tp_mark(json_t *obj, const char *key, json_t *value)

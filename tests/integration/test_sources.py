@@ -283,6 +283,9 @@ class Sources(DaemonTestCase):
         self.assertEqual(self.events_about(card_id), ["customer.source.created", "customer.source.deleted"])
         self.assertEqual(self.events_about(pm["id"], "payment_method."),
                          ["payment_method.attached", "payment_method.detached"])
+        ev = self.c().get("/v1/events", {"type": "payment_method.detached", "limit": 1}).json["data"][0]
+        self.assertEqual((ev["data"]["object"]["id"], ev["data"]["object"]["customer"],
+                          ev["data"].get("previous_attributes")), (pm["id"], None, {"customer": cus["id"]}), ev)
         # a detached PaymentMethod is used up, and the deleted card is gone
         r = self.c().post("/v1/payment_intents", {"amount": 500, "currency": "usd", "payment_method": pm["id"],
                                                   "confirm": "true"})
