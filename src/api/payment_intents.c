@@ -754,6 +754,17 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
       tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
       goto fail;
     }
+    /* Read again under the lock: a confirmation that held it may have
+     * spent the card after this one read it (two paid). */
+    json_t *fresh = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pmid);
+    bool usable = fresh && tp_pm_usable(r, fresh);
+    if (!fresh)
+      tp_reply_missing(r, "payment_method", pmid, "payment_method");
+    json_decref(fresh);
+    if (!usable) {
+      tp_lock_release(pmid);
+      goto fail;
+    }
     tp_scopy(pm_lock, sizeof pm_lock, pmid);
   }
 
