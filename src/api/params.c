@@ -871,6 +871,40 @@ void tp_params_wipe(json_t *params)
   wipe_tree(params, false);
 }
 
+bool tp_api_version_header(const char *v, char base[TP_API_VERSION_MAX + 1])
+{
+  if (strlen(v) > 512)
+    return false;
+  size_t n = strcspn(v, ";");
+  while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+    n--;
+  if (n > TP_API_VERSION_MAX)
+    return false;
+  memcpy(base, v, n);
+  base[n] = '\0';
+  if (!tp_api_version_ok(base))
+    return false;
+  /* Betas: "2024-06-20; feature_beta=v3; other_beta=v1" (the SDKs'
+   * add_beta_version). Accepted, their syntax checked; the shape served is
+   * the same. */
+  for (const char *p = strchr(v, ';'); p; p = strchr(p, ';')) {
+    p++;
+    p += strspn(p, " \t");
+    size_t name = strspn(p, "abcdefghijklmnopqrstuvwxyz0123456789_");
+    if (name == 0 || p[name] != '=')
+      return false;
+    p += name + 1;
+    size_t val = strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-");
+    if (val == 0)
+      return false;
+    p += val;
+    p += strspn(p, " \t");
+    if (*p && *p != ';')
+      return false;
+  }
+  return true;
+}
+
 bool tp_api_version_ok(const char *v)
 {
   static const char shape[] = "dddd-dd-dd";

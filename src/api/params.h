@@ -96,4 +96,7 @@ bool tp_param_bool(const json_t *obj, const char *key, bool *out);
  * bytes (the Stripe-Version header, a webhook endpoint's api_version). */
 #define TP_API_VERSION_MAX 47
 bool tp_api_version_ok(const char *v);
+/* A Stripe-Version header: a version (tp_api_version_ok), then any number
+ * of "; beta_name=vN" (the SDKs' beta opt-ins); the version into base. */
+bool tp_api_version_header(const char *v, char base[TP_API_VERSION_MAX + 1]);
 #endif

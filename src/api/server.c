@@ -392,13 +392,14 @@ static bool access_check(struct tp_req *r, const struct tp_route *rt)
    * and names the version in its answer. */
   const char *ver = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Stripe-Version");
   if (ver) {
-    if (!tp_api_version_ok(ver)) {
+    char base[TP_API_VERSION_MAX + 1];
+    if (!tp_api_version_header(ver, base)) {
       char msg[160];
       snprintf(msg, sizeof msg, "Invalid Stripe API version: %.64s", ver);
       tp_reply_error(r, TP_ERR_API_VERSION_INVALID, NULL, msg);
       return false;
     }
-    tp_scopy(r->api_version, sizeof r->api_version, ver);
+    tp_scopy(r->api_version, sizeof r->api_version, base);
   }
   return true;
 }

@@ -284,10 +284,16 @@ class ApiErrorsTest(DaemonTestCase):
         for v in ("2026-10-28.endive", "2020-08-27", "2024-06-20"):
             r = self.c().get("/v1/payment_intents", {"limit": 1}, headers={"Stripe-Version": v})
             self.assertEqual((r.status, r.headers.get("Stripe-Version")), (200, v), r)
+        # a beta opt-in (stripe-python's add_beta_version): taken, the version named
+        for v, base in (("2024-06-20; some_beta=v1", "2024-06-20"),
+                        ("2025-03-31.basil; checkout_server_update_beta=v1; other_beta=v3", "2025-03-31.basil")):
+            r = self.c().get("/v1/payment_intents", {"limit": 1}, headers={"Stripe-Version": v})
+            self.assertEqual((r.status, r.headers.get("Stripe-Version")), (200, base), r)
         # none asked for: the version served (Stripe names the account's default)
         self.assertEqual(self.c().get("/v1/payment_intents").headers.get("Stripe-Version"), "2026-10-28.endive")
         before = len(self.c().get("/v1/customers", {"limit": 100}).json["data"])
-        for bad in ("latest", "2026-10-28.", "2026-1-28", "2026-10-28.Endive", "2026-10-28;x", "x" * 60,
+        for bad in ("latest", "2026-10-28.", "2026-1-28", "2026-10-28.Endive", "2026-10-28;x", "2026-10-28; =v1", "2026-10-28; b=",
+                    "2026-10-28; b=v1 x", "x" * 60,
                     "2099-13-45", "2026-02-30", "2025-02-29", "1999-01-01.acacia"):
             r = self.c().post("/v1/customers", {"email": "v@example.test"}, headers={"Stripe-Version": bad})
             err = self.assertStripeError(r, 400, "invalid_request_error")
