@@ -1688,8 +1688,12 @@ static void refund_fails(struct tp_pay *p, struct tp_cs *cs, json_t *re, json_t 
   int64_t refunded = json_integer_value(json_object_get(ch, "amount_refunded")) - amount;
   json_object_set_new(ch, "amount_refunded", json_integer(refunded));
   json_object_set_new(ch, "refunded", json_false());
-  tp_emit_update(cs, p->r, merchant, "charge.refund.updated", before, re);
-  tp_put_emit(cs, p->r, merchant, TP_K_REFUND, "refund.failed", re);
+  /* What happens later at the card network (Stripe: refund.updated for
+   * every refund, charge.refund.updated, refund.failed), so made by no
+   * request: request.id null. */
+  tp_emit_update(cs, NULL, merchant, "refund.updated", before, re);
+  tp_emit_update(cs, NULL, merchant, "charge.refund.updated", before, re);
+  tp_put_emit(cs, NULL, merchant, TP_K_REFUND, "refund.failed", re);
   tp_cs_put(cs, TP_K_CHARGE, merchant, ch);
   json_decref(before);
 }
@@ -1700,9 +1704,15 @@ void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs)
   const char *merchant = p->m.id;
   int64_t amount = p->att.amount;
   if (p->call.outcome != TP_OUT_APPROVED) {
+    /* Stripe announces every refund it creates (refund.created, here as it
+     * stood while the processor was asked), then its failure. */
+    json_t *before = json_deep_copy(re);
+    tp_emit(cs, p->r, merchant, "refund.created", before);
     json_object_set_new(re, "status", json_string("failed"));
     json_object_set_new(re, "failure_reason", json_string("unknown"));
+    tp_emit_update(cs, p->r, merchant, "refund.updated", before, re);
     tp_put_emit(cs, p->r, merchant, TP_K_REFUND, "refund.failed", re);
+    json_decref(before);
     tp_pay_reply(p, 200, json_incref(re));
     return;
   }

@@ -154,6 +154,9 @@ class FakeProcessor:
                         time.sleep(0.3)
                     elif mode == "slow_refund_long":
                         time.sleep(2.0)
+                    elif mode == "decline_refund":
+                        return self._reply(200, {"status": "declined", "decline_code": "generic_decline",
+                                                 "reference": js["reference"]})
                     return self._reply(200, {"status": "succeeded", "reference": js["reference"]})
                 if method == "GET" and "/v1/transactions/" in path:
                     return self._reply(404, {"error": "not found"})
@@ -440,6 +443,26 @@ class ConnectorContract(unittest.TestCase):
             self.fake.mode = "ok"
         self.assertEqual((out["r"].status, out["r"].json["status"]), (200, "succeeded"), out["r"])
         self.assertEqual(self.c.get("/v1/refunds/" + re_id).json["metadata"], {})
+
+    def test_a_declined_refund_is_announced_created_then_failed(self):
+        """Stripe announces every refund it creates: refund.created (as it
+        stood while the processor was asked), then refund.updated and
+        refund.failed; the charge keeps its money."""
+        r = self.pay(PAN_OK)
+        self.assertEqual(r.status, 200, r)
+        self.fake.mode = "decline_refund"
+        try:
+            re = self.c.post("/v1/refunds", {"payment_intent": r.json["id"], "amount": 400})
+        finally:
+            self.fake.mode = "ok"
+        self.assertEqual((re.status, re.json["status"]), (200, "failed"), re)
+        evs = [e for e in reversed(self.c.get("/v1/events", {"limit": 20}).json["data"])
+               if e["data"]["object"]["id"] == re.json["id"]]
+        self.assertEqual([(e["type"], e["data"]["object"]["status"]) for e in evs],
+                         [("refund.created", "pending"), ("refund.updated", "failed"), ("refund.failed", "failed")])
+        self.assertEqual(evs[1]["data"]["previous_attributes"]["status"], "pending")
+        ch = self.c.get("/v1/charges/" + r.json["latest_charge"]).json
+        self.assertEqual((ch["amount_refunded"], ch["refunded"]), (0, False))
 
     def test_broken_answers_fail_the_call_not_the_gateway(self):
         before = processors(self.c)["fake"]

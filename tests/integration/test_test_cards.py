@@ -159,9 +159,13 @@ class TestCards(DaemonTestCase):
         self.assertEqual(bal(), before)  # -1000 refunded, +1000 returned
         ch = self.c().get("/v1/charges/" + pi["latest_charge"]).json
         self.assertEqual((ch["amount_refunded"], ch["refunded"]), (0, False))
-        evs = self.c().get("/v1/events", {"limit": 100}).json["data"]
-        self.assertEqual([e["type"] for e in reversed(evs) if e["data"]["object"]["id"] == re["id"]],
-                         ["refund.created", "charge.refund.updated", "refund.failed"])
+        evs = [e for e in reversed(self.c().get("/v1/events", {"limit": 100}).json["data"])
+               if e["data"]["object"]["id"] == re["id"]]
+        self.assertEqual([e["type"] for e in evs],
+                         ["refund.created", "refund.updated", "charge.refund.updated", "refund.failed"])
+        # the failure comes later, from the card network: no request made it
+        self.assertEqual([e["request"]["id"] is None for e in evs], [False, True, True, True])
+        self.assertEqual(evs[1]["data"]["previous_attributes"]["status"], "succeeded")
         # the whole amount can still be refunded (and fails again)
         r = self.c().post("/v1/refunds", {"payment_intent": pi["id"]})
         self.assertEqual((r.status, r.json["amount"]), (200, 2500))
