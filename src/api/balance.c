@@ -46,25 +46,18 @@ static json_t *fund(const char *currency, int64_t amount)
 }
 
 /* GET /v1/balance */
-void tp_h_balance(struct tp_req *r)
+json_t *tp_balance_object(const char *merchant, const struct tp_balance_move *moves, size_t nmoves)
 {
-  struct tp_params_error pe;
-  if (tp_params_check(r->params, spec_balance, &pe) != 0) {
-    tp_reply_params_error(r, &pe, false);
-    return;
-  }
-  json_t *rows = tp_app.store.ops->balance(tp_app.store.cls, r->merchant.id);
+  json_t *rows = tp_app.store.ops->balance(tp_app.store.cls, merchant);
   if (!json_is_array(rows)) {
     json_decref(rows);
-    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
-    return;
+    return NULL;
   }
-  /* One entry per currency held (each has at most two rows). */
-  struct cur_sum *sums = calloc(json_array_size(rows) + 1, sizeof *sums);
+  /* One entry per currency held (each has at most two rows), and per moved. */
+  struct cur_sum *sums = calloc(json_array_size(rows) + nmoves + 1, sizeof *sums);
   if (!sums) {
     json_decref(rows);
-    tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
-    return;
+    return NULL;
   }
   size_t n = 0;
   size_t i;
@@ -93,6 +86,19 @@ void tp_h_balance(struct tp_req *r)
       sums[k].pending = -amount;
   }
   json_decref(rows);
+  for (size_t m = 0; m < nmoves; m++) { /* pending made available by a commit not made yet */
+    size_t k;
+    for (k = 0; k < n; k++)
+      if (strcmp(sums[k].currency, moves[m].currency) == 0)
+        break;
+    if (k == n) {
+      memcpy(sums[k].currency, moves[m].currency, 4);
+      sums[k].available = sums[k].pending = 0;
+      n++;
+    }
+    sums[k].available += moves[m].amount;
+    sums[k].pending -= moves[m].amount;
+  }
   if (n == 0) {
     memcpy(sums[0].currency, "usd", 4);
     sums[0].available = sums[0].pending = 0;
@@ -104,8 +110,23 @@ void tp_h_balance(struct tp_req *r)
     json_array_append_new(pending, fund(sums[k].currency, sums[k].pending));
   }
   free(sums);
-  tp_reply_json(r, 200, tp_pack("{s:s, s:o, s:b, s:o}", "object", "balance", "available", available, "livemode", 0,
-                                "pending", pending));
+  return tp_pack("{s:s, s:o, s:b, s:o}", "object", "balance", "available", available, "livemode", 0, "pending",
+                 pending);
+}
+
+void tp_h_balance(struct tp_req *r)
+{
+  struct tp_params_error pe;
+  if (tp_params_check(r->params, spec_balance, &pe) != 0) {
+    tp_reply_params_error(r, &pe, false);
+    return;
+  }
+  json_t *b = tp_balance_object(r->merchant.id, NULL, 0);
+  if (!b) {
+    tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+    return;
+  }
+  tp_reply_json(r, 200, b);
 }
 
 /* GET /v1/balance_transactions/{id} */

@@ -184,6 +184,15 @@ void tp_return_location(char *out, size_t cap, const char *return_url, const cha
  * (the processor's outcome is not known yet), else failed. */
 const char *tp_redirect_status(const json_t *intent);
 
+/* The merchant's Balance object (GET /v1/balance) from the ledger, with
+ * moves (pending amounts made available by a change set not committed yet)
+ * applied; NULL when the store cannot say. */
+struct tp_balance_move {
+  char currency[4];
+  int64_t amount;
+};
+json_t *tp_balance_object(const char *merchant, const struct tp_balance_move *moves, size_t nmoves);
+
 /* Per-object locks so two requests never change one object at once.
  * Try returns false (and the caller replies 429 lock_timeout) if held, and
  * names the id in tp_lock_busy_id (this thread's last refusal): the

@@ -6,6 +6,7 @@
  * transactions. Every tick also commits the store heartbeat and measures the
  * free space of the data directory (the space guard, below). */
 #include "api/http.h"
+#include "api/objects.h"
 #include "config.h"
 #include "core/payflow.h"
 #include "jpack.h"
@@ -159,12 +160,25 @@ static int sweep_merchant(struct tp_cs *cs, const char *merchant, const char *cu
     return 0;
   char txn[TP_ID_MAX];
   tp_id_new(txn, "avl");
+  struct tp_balance_move moves[SWEEP_CURRENCIES];
+  size_t nmoves = 0, gained = 0;
   for (int k = 0; k < n; k++) {
     if (sums[k].sum == 0)
       continue;
     /* credit accounts: the merchant's pending balance falls, its available one grows */
     tp_cs_ledger(cs, txn, merchant, "merchant:pending", sums[k].cur, sums[k].sum);
     tp_cs_ledger(cs, txn, merchant, "merchant:available", sums[k].cur, -sums[k].sum);
+    memcpy(moves[nmoves].currency, sums[k].cur, 4);
+    moves[nmoves++].amount = sums[k].sum;
+    gained += sums[k].sum > 0;
+  }
+  /* Stripe's balance.available: funds became available (not fired for
+   * negative moves alone), with the Balance as this commit leaves it. */
+  if (gained) {
+    json_t *bal = tp_balance_object(merchant, moves, nmoves);
+    if (bal)
+      tp_emit(cs, NULL, merchant, "balance.available", bal);
+    json_decref(bal);
   }
   *ncur += n;
   json_t *args = tp_pack("[s, s]", merchant, last);

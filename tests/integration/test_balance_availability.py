@@ -80,6 +80,14 @@ class BalanceAvailability(DaemonTestCase):
         self.assertEqual(self.balance(), (a0, p0 + 1000))
         self.wait_available(bt["id"])
         self.assertEqual(self.balance(), (a0 + 1000, p0))
+        # announced (Stripe's balance.available) with the Balance as it left it
+        ev = self.c().get("/v1/events", {"type": "balance.available", "limit": 1}).json["data"]
+        self.assertEqual(len(ev), 1)
+        obj = ev[0]["data"]["object"]
+        self.assertEqual(obj["object"], "balance")
+        usd = lambda side: sum(f["amount"] for f in obj[side] if f["currency"] == "usd")
+        self.assertEqual((usd("available"), usd("pending")), (a0 + 1000, p0), obj)
+        self.assertIsNone(ev[0]["request"]["id"])
         # a refund comes out of the available balance at once (Stripe: "refunds
         # use your available balance"); the sweep leaves it alone
         refund = self.c().post("/v1/refunds", {"payment_intent": pi["id"], "amount": 300}).json
