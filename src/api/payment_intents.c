@@ -289,9 +289,11 @@ static bool apply_shipping(struct tp_req *r, json_t *obj, const json_t *params)
   return true;
 }
 
-/* statement_descriptor (5 to 22 characters) and statement_descriptor_suffix
- * (1 to 22), as Stripe checks them: printable ASCII with at least one
- * letter, none of < > \ ' " *. False after replying. */
+/* statement_descriptor (refused: every payment here is a card's, which
+ * takes statement_descriptor_suffix only, as Stripe since 2024) and
+ * statement_descriptor_suffix (1 to 22), as Stripe checks them: printable
+ * ASCII with at least one letter, none of < > \ ' " *. False after
+ * replying. */
 static bool descriptors_ok(struct tp_req *r, const json_t *params)
 {
   static const char *const names[] = {"statement_descriptor", "statement_descriptor_suffix"};
@@ -299,6 +301,12 @@ static bool descriptors_ok(struct tp_req *r, const json_t *params)
     const char *v = tp_pstr(params, names[i]);
     if (!v || !*v)
       continue;
+    if (i == 0) {
+      /* Stripe since 2024-02-01: not for a PaymentIntent or charge that may
+       * be paid by card (every one here); the suffix is the card's. */
+      tp_reply_error(r, TP_ERR_STATEMENT_DESCRIPTOR_CARD, names[i], NULL);
+      return false;
+    }
     size_t n = strlen(v);
     bool letter = false, ok = n >= (i == 0 ? 5u : 1u) && n <= 22;
     for (const char *c = v; ok && *c; c++) {

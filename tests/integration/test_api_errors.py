@@ -278,6 +278,27 @@ class ApiErrorsTest(DaemonTestCase):
         r = c.post(PI, GOOD, headers={"Stripe-Account": own})
         self.assertEqual(r.status, 200, r)
 
+    def test_a_card_payment_takes_no_statement_descriptor(self):
+        """Stripe since 2024-02-01: statement_descriptor on a PaymentIntent or
+        charge a card may pay is a 400 naming statement_descriptor_suffix;
+        nothing is made."""
+        before = len(self.c("decline").get("/v1/payment_intents", {"limit": 100}).json["data"])
+        for path, params in (("/v1/payment_intents", {"amount": 2000, "currency": "usd"}),
+                             ("/v1/payment_intents", {"amount": 2000, "currency": "usd", "confirm": "true",
+                                                      "payment_method": "pm_card_visa"}),
+                             ("/v1/charges", {"amount": 2000, "currency": "usd", "source": "tok_visa"})):
+            r = self.c("decline").post(path, dict(params, statement_descriptor="MYSHOP ORDER"))
+            err = self.assertStripeError(r, 400, "invalid_request_error")
+            self.assertEqual((err["param"], err["tp_code"]), ("statement_descriptor", 1109), r)
+            self.assertIn("statement_descriptor_suffix", err["message"])
+        self.assertEqual(len(self.c("decline").get("/v1/payment_intents", {"limit": 100}).json["data"]), before)
+        pi = self.c("decline").post("/v1/payment_intents", {"amount": 2000, "currency": "usd", "confirm": "true",
+                                                   "payment_method": "pm_card_visa", "capture_method": "manual"}).json
+        r = self.c("decline").post("/v1/payment_intents/%s/capture" % pi["id"], {"statement_descriptor": "MYSHOP ORDER"})
+        self.assertEqual((r.status, r.json["error"]["param"]), (400, "statement_descriptor"), r)
+        r = self.c("decline").post("/v1/payment_intents/%s/capture" % pi["id"], {"statement_descriptor_suffix": "ORDER 9"})
+        self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
+
     def test_stripe_version_header(self):
         """A Stripe API version is taken and named in the reply; what is no
         API version is refused, as Stripe refuses it, and changes nothing."""
