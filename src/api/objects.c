@@ -761,7 +761,10 @@ bool tp_card_from_params(struct tp_req *r, const json_t *card, const char *param
     };
     snprintf(param, sizeof param, "%s[%s]", param_prefix, bad ? bad : "number");
     tp_card_wipe(ci, sizeof *ci);
-    tp_reply_error(r, map[cc], param, NULL);
+    enum tp_err e = map[cc];
+    if (cc == TP_CARD_EXPIRED) /* entered in the past: the field that is wrong */
+      e = bad && strcmp(bad, "exp_year") == 0 ? TP_ERR_CARD_INVALID_EXPIRY_YEAR : TP_ERR_CARD_INVALID_EXPIRY_MONTH;
+    tp_reply_error(r, e, param, NULL);
     return false;
   }
   if (cvc && *cvc) {

@@ -265,8 +265,12 @@ static bool expiry_apply(struct tp_req *r, json_t *pm, const json_t *card)
     tp_reply_error(r, TP_ERR_CARD_INVALID_EXPIRY_YEAR, "card[exp_year]", NULL);
     return false;
   }
-  if (year < cy || (year == cy && month < cm)) {
-    tp_reply_error(r, TP_ERR_CARD_EXPIRED, "card[exp_month]", NULL);
+  if (year < cy) { /* Stripe: a past year is invalid_expiry_year, not expired_card (a decline) */
+    tp_reply_error(r, TP_ERR_CARD_INVALID_EXPIRY_YEAR, "card[exp_year]", NULL);
+    return false;
+  }
+  if (year == cy && month < cm) {
+    tp_reply_error(r, TP_ERR_CARD_INVALID_EXPIRY_MONTH, "card[exp_month]", NULL);
     return false;
   }
   json_object_set_new(c, "exp_month", json_integer((json_int_t)month));

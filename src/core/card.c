@@ -277,8 +277,12 @@ enum tp_card_check tp_card_validate(const struct tp_card_input *in, time_t now,
   info->exp_year = year;
   if (year < 1970 || year > cur_year + TP_EXP_YEARS_AHEAD)
     return fail(TP_CARD_INVALID_EXPIRY_YEAR, "exp_year", param);
-  /* A card is good through the last day of its expiry month. */
-  if (year < cur_year || (year == cur_year && in->exp_month < cur_month))
+  /* A card is good through the last day of its expiry month. A date in
+   * the past is Stripe's invalid_expiry_year / _month at entry (expired_card
+   * is the issuer's decline); TP_CARD_EXPIRED tells a saved card apart. */
+  if (year < cur_year)
+    return fail(TP_CARD_EXPIRED, "exp_year", param);
+  if (year == cur_year && in->exp_month < cur_month)
     return fail(TP_CARD_EXPIRED, "exp_month", param);
 
   if (in->cvc != NULL) {

@@ -176,7 +176,8 @@ class Tokens(DaemonTestCase):
         self.assertStripeError(c.post(TOK, {}), 400, code="parameter_missing", param="card")
         self.assertStripeError(c.post(TOK, {"card": raw("4242424242424241")}), 402, code="incorrect_number",
                                param="card[number]")
-        self.assertStripeError(c.post(TOK, {"card": raw(exp_year=2001)}), 402, code="expired_card")
+        self.assertStripeError(c.post(TOK, {"card": raw(exp_year=2001)}), 402, code="invalid_expiry_year",
+                               param="card[exp_year]")
         self.assertStripeError(c.post(TOK, {"card": raw(cvc="1")}), 402, param="card[cvc]")
         self.assertStripeError(c.post(TOK, {"card": raw(name="x" * 501)}), 400, code="parameter_invalid_string",
                                param="card[name]")
