@@ -235,7 +235,7 @@ const char *tp_redirect_status(const json_t *intent)
   const char *st = json_string_value(json_object_get(intent, "status"));
   if (!st)
     return "failed";
-  if (!strcmp(st, "succeeded") || !strcmp(st, "requires_capture") || !strcmp(st, "requires_confirmation"))
+  if (!strcmp(st, "succeeded") || !strcmp(st, "requires_capture"))
     return "succeeded";
   if (!strcmp(st, "processing"))
     return "processing";

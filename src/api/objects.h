@@ -179,9 +179,10 @@ bool tp_return_url_ok(const char *url);
  * added to its query (before a #fragment, RFC 3986 3.5), into out. */
 void tp_return_location(char *out, size_t cap, const char *return_url, const char *kind, const char *id,
                         const char *secret, const char *status);
-/* redirect_status for an intent after its challenge: succeeded (it paid,
- * holds the amount, or waits for the server's confirmation), processing
- * (the processor's outcome is not known yet), else failed. */
+/* redirect_status for an intent after its challenge was approved and its
+ * authorization sent: succeeded (it paid, or holds the amount), processing
+ * (the processor's outcome is not known yet), else failed (declined, or
+ * every processor failed: back to requires_confirmation). */
 const char *tp_redirect_status(const json_t *intent);
 
 /* The merchant's Balance object (GET /v1/balance) from the ledger, with

@@ -695,6 +695,12 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
 
   bool off = false;
   tp_param_bool(params, "off_session", &off);
+  const char *sfu_now = tp_pi_card_option(pi, "setup_future_usage");
+  if (off && sfu_now && *sfu_now && strcmp(sfu_now, "none") != 0) {
+    /* Stripe: a card is set up for later with the customer present. */
+    tp_reply_error(r, TP_ERR_OFF_SESSION_SETUP_FUTURE_USAGE, "off_session", NULL);
+    goto fail;
+  }
   /* A manually confirmed PaymentIntent whose challenge was passed for this
    * card, amount and currency (tp_h_3ds_submit): the server's confirmation
    * authorizes it without asking again. */

@@ -299,6 +299,30 @@ class ApiErrorsTest(DaemonTestCase):
         r = self.c("decline").post("/v1/payment_intents/%s/capture" % pi["id"], {"statement_descriptor_suffix": "ORDER 9"})
         self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
 
+    def test_off_session_cannot_set_up_future_usage(self):
+        """Stripe: a confirmation with off_session=true while the PaymentIntent
+        has setup_future_usage (top level or the card's) is a 400 naming
+        off_session; nothing moves."""
+        c = self.c("decline")
+        cus = c.post("/v1/customers", {"email": "off@example.test"}).json["id"]
+        before = len(c.get("/v1/payment_intents", {"limit": 100}).json["data"])
+        for sfu in ({"setup_future_usage": "off_session"},
+                    {"payment_method_options[card][setup_future_usage]": "on_session"}):
+            r = c.post("/v1/payment_intents", dict({"amount": 2000, "currency": "usd", "confirm": "true",
+                                                    "customer": cus, "payment_method": "pm_card_visa",
+                                                    "off_session": "true"}, **sfu))
+            err = self.assertStripeError(r, 400, "invalid_request_error")
+            self.assertEqual((err["param"], err["tp_code"]), ("off_session", 1110), r)
+        self.assertEqual(len(c.get("/v1/payment_intents", {"limit": 100}).json["data"]), before)
+        pi = c.post("/v1/payment_intents", {"amount": 2000, "currency": "usd", "customer": cus,
+                                           "setup_future_usage": "off_session"}).json
+        r = c.post("/v1/payment_intents/%s/confirm" % pi["id"], {"payment_method": "pm_card_visa",
+                                                                "off_session": "true"})
+        self.assertEqual((r.status, r.json["error"]["param"]), (400, "off_session"), r)
+        self.assertEqual(c.get("/v1/payment_intents/" + pi["id"]).json["status"], "requires_payment_method")
+        r = c.post("/v1/payment_intents/%s/confirm" % pi["id"], {"payment_method": "pm_card_visa"})
+        self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
+
     def test_stripe_version_header(self):
         """A Stripe API version is taken and named in the reply; what is no
         API version is refused, as Stripe refuses it, and changes nothing."""
