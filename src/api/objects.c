@@ -71,7 +71,7 @@ bool tp_billing_details_ok(struct tp_req *r, json_t *bd, const char *param)
   json_object_foreach(bd, k, v)
   {
     snprintf(name, sizeof name, "%s[%s]", param, k);
-    if (json_is_string(v) && json_string_length(v) > TP_ADDRESS_FIELD_MAX) {
+    if (json_is_string(v) && tp_utf8_chars(json_string_value(v)) > TP_ADDRESS_FIELD_MAX) {
       tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, name, NULL);
       return false;
     }
@@ -84,7 +84,7 @@ bool tp_billing_details_ok(struct tp_req *r, json_t *bd, const char *param)
     json_object_foreach(v, k2, v2)
     {
       snprintf(name, sizeof name, "%s[%s][%s]", param, k, k2);
-      if (json_is_string(v2) && json_string_length(v2) > TP_ADDRESS_FIELD_MAX) {
+      if (json_is_string(v2) && tp_utf8_chars(json_string_value(v2)) > TP_ADDRESS_FIELD_MAX) {
         tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, name, NULL);
         return false;
       }
@@ -121,7 +121,7 @@ bool tp_set_string(struct tp_req *r, json_t *obj, const json_t *p, const char *k
     json_object_set_new(obj, key, json_null());
     return true;
   }
-  if (json_string_length(v) > max) {
+  if (tp_utf8_chars(json_string_value(v)) > max) { /* characters, as Stripe counts */
     tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, param, NULL);
     return false;
   }
@@ -1015,7 +1015,7 @@ bool tp_card_holder_ok(struct tp_req *r, const json_t *obj, const char *prefix)
                                        "address_state", "address_zip",   "address_country"};
   for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
     const char *v = tp_pstr(obj, fields[i]);
-    if (v && strlen(v) > TP_ADDRESS_FIELD_MAX) {
+    if (v && tp_utf8_chars(v) > TP_ADDRESS_FIELD_MAX) {
       char param[64];
       if (prefix)
         snprintf(param, sizeof param, "%s[%s]", prefix, fields[i]);

@@ -714,6 +714,10 @@ static int check_value(struct check_ctx *c, size_t plen, json_t *v, const struct
       set_err(c->err, c->path, "Value of %s too long (limit %d bytes)", c->path, max);
       return -1;
     }
+    if (sp->type == TP_P_STRING && utf8_chars(json_string_value(v), json_string_length(v)) > TP_PARAMS_MAX_CHARS) {
+      set_err(c->err, c->path, "Value of %s too long (limit %d characters)", c->path, TP_PARAMS_MAX_CHARS);
+      return -1;
+    }
     return 0;
   }
   case TP_P_INT:

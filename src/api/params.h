@@ -13,7 +13,8 @@
 #define TP_PARAMS_MAX_DEPTH     8            /* nesting: a[b][c]... or JSON */
 #define TP_PARAMS_MAX_KEY       200          /* bytes in one decoded key */
 #define TP_PARAMS_MAX_ARRAY     100          /* elements in one array (expand[] etc.) */
-#define TP_PARAMS_MAX_VALUE     5000         /* bytes in one decoded value */
+#define TP_PARAMS_MAX_VALUE     20000        /* bytes in one decoded value: 5,000 characters of any UTF-8 */
+#define TP_PARAMS_MAX_CHARS     5000         /* characters in a string parameter (Stripe's longest limit) */
 #define TP_PARAMS_MAX_TEXT      80000        /* bytes in a long text (evidence[...]: 20,000 characters of any UTF-8) */
 
 struct tp_params_error {

@@ -337,7 +337,7 @@ static bool pi_strings_ok(struct tp_req *r, const json_t *params)
 {
   if (!descriptors_ok(r, params) || !tp_email_param_ok(r, params, "receipt_email", "receipt_email"))
     return false;
-  if (json_string_length(json_object_get(params, "description")) > PI_DESCRIPTION_MAX) {
+  if (tp_utf8_chars(json_string_value(json_object_get(params, "description"))) > PI_DESCRIPTION_MAX) {
     tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, "description", NULL);
     return false;
   }

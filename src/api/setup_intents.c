@@ -196,7 +196,7 @@ static bool types_ok(struct tp_req *r, const json_t *params)
       return false;
     }
   }
-  if (json_string_length(json_object_get(params, "description")) > SI_DESCRIPTION_MAX) {
+  if (tp_utf8_chars(json_string_value(json_object_get(params, "description"))) > SI_DESCRIPTION_MAX) {
     tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, "description", NULL);
     return false;
   }

@@ -181,7 +181,7 @@ static bool check_events(struct tp_req *r, const json_t *v)
 
 static bool check_description(struct tp_req *r, const json_t *v)
 {
-  if (v && json_string_length(v) > WE_DESCRIPTION_MAX) {
+  if (v && tp_utf8_chars(json_string_value(v)) > WE_DESCRIPTION_MAX) {
     tp_reply_error(r, TP_ERR_PARAMETER_TOO_LONG, "description", NULL);
     return false;
   }

@@ -544,6 +544,14 @@ void tp_rtrim_ows(char *s)
     s[--n] = '\0';
 }
 
+size_t tp_utf8_chars(const char *s)
+{
+  size_t n = 0;
+  for (const unsigned char *p = (const unsigned char *)s; p && *p; p++)
+    n += (*p & 0xC0) != 0x80;
+  return n;
+}
+
 void tp_utf8_scrub(char *s)
 {
   unsigned char *p = (unsigned char *)s, *end = p + strlen(s);

@@ -81,6 +81,9 @@ size_t tp_utf8_char_len(const unsigned char *p, const unsigned char *end);
 bool tp_utf8_valid(const void *s, size_t n);
 /* Make s valid UTF-8 in place: each byte of an invalid or cut sequence becomes '?'. */
 void tp_utf8_scrub(char *s);
+/* Characters (code points) of a UTF-8 string (its continuation bytes not
+ * counted): Stripe's limits on text count characters, not bytes. 0 for NULL. */
+size_t tp_utf8_chars(const char *s);
 
 /* Whether an IPv4 or IPv6 address is publicly routable: false for
  * loopback, private (RFC 1918, ULA), shared (100.64/10), link-local,

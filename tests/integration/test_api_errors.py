@@ -323,6 +323,25 @@ class ApiErrorsTest(DaemonTestCase):
         r = c.post("/v1/payment_intents/%s/confirm" % pi["id"], {"payment_method": "pm_card_visa"})
         self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
 
+    def test_length_limits_count_characters(self):
+        """Stripe's limits on text are in characters: 400 CJK characters (1,200
+        bytes) are a valid description of 1,000 at most; one past a limit is
+        refused either way."""
+        c = self.c("decline")
+        yama = "\u5c71"
+        r = c.post("/v1/payment_intents", {"amount": 2000, "currency": "jpy", "description": yama * 400})
+        self.assertEqual((r.status, r.json.get("description")), (200, yama * 400), r)
+        r = c.post("/v1/payment_intents", {"amount": 2000, "currency": "jpy", "description": yama * 1001})
+        self.assertEqual((r.status, r.json["error"]["param"]), (400, "description"), r)
+        r = c.post("/v1/customers", {"name": yama * 90, "description": yama * 2000,
+                                     "address[line1]": yama * 200})
+        self.assertEqual((r.status, r.json.get("name"), len(r.json.get("description") or "")),
+                         (200, yama * 90, 2000), r)
+        r = c.post("/v1/customers", {"description": "a" * 5001})
+        self.assertEqual((r.status, r.json["error"]["param"]), (400, "description"), r)
+        r = c.post("/v1/customers", {"name": yama * 257})
+        self.assertEqual((r.status, r.json["error"]["param"]), (400, "name"), r)
+
     def test_stripe_version_header(self):
         """A Stripe API version is taken and named in the reply; what is no
         API version is refused, as Stripe refuses it, and changes nothing."""
