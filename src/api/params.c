@@ -694,7 +694,11 @@ static bool enum_emptyable(const struct check_ctx *c, const struct tp_pspec *sp)
 /* Check one value against its spec entry; c->path already names it. */
 static int check_value(struct check_ctx *c, size_t plen, json_t *v, const struct tp_pspec *sp,
                        json_t **repl) {
-  if (sp->type == TP_P_ENUM && json_is_string(v) && json_string_length(v) == 0 && !enum_emptyable(c, sp)) {
+  /* Top-level amount and currency cannot be unset either: "" was ignored
+   * (an update kept the amount) or read as a currency named "". */
+  bool never_unset = !strchr(c->path, '[') && (strcmp(sp->name, "amount") == 0 || strcmp(sp->name, "currency") == 0);
+  if (((sp->type == TP_P_ENUM && !enum_emptyable(c, sp)) || never_unset) && json_is_string(v) &&
+      json_string_length(v) == 0) {
     /* Stripe's answer to "" for what cannot be unset (capture_method,
      * confirmation_method, a cancellation reason ...): it was taken as
      * unset and left the object without one. */

@@ -342,6 +342,20 @@ class ApiErrorsTest(DaemonTestCase):
         r = c.post("/v1/customers", {"name": yama * 257})
         self.assertEqual((r.status, r.json["error"]["param"]), (400, "name"), r)
 
+    def test_an_empty_amount_or_currency_cannot_unset_it(self):
+        """Stripe: "" asks to unset a parameter; amount and currency cannot be
+        unset (parameter_invalid_empty), and the object keeps its own."""
+        c = self.c("decline")
+        pi = c.post("/v1/payment_intents", {"amount": 2000, "currency": "usd"}).json
+        for params in ({"amount": ""}, {"currency": ""}):
+            r = c.post("/v1/payment_intents/" + pi["id"], params)
+            err = self.assertStripeError(r, 400, "invalid_request_error")
+            self.assertEqual((err["code"], err["param"]), ("parameter_invalid_empty", list(params)[0]), r)
+            r = c.post("/v1/payment_intents", dict({"amount": 2000, "currency": "usd"}, **params))
+            self.assertEqual((r.status, r.json["error"]["code"]), (400, "parameter_invalid_empty"), r)
+        got = c.get("/v1/payment_intents/" + pi["id"]).json
+        self.assertEqual((got["amount"], got["currency"]), (2000, "usd"))
+
     def test_stripe_version_header(self):
         """A Stripe API version is taken and named in the reply; what is no
         API version is refused, as Stripe refuses it, and changes nothing."""
