@@ -533,6 +533,13 @@ static void dispatch(struct tp_req *r)
     tp_reply_error(r, TP_ERR_BODY_TOO_LARGE, NULL, NULL);
     return;
   }
+  /* RFC 9110 8.4, 15.5.16: a body in a coding we do not decode (gzip ...)
+   * is refused, not parsed as form data. */
+  const char *ce = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_ENCODING);
+  if (ce && *ce && strcasecmp(ce, "identity") != 0) {
+    tp_reply_error(r, TP_ERR_CONTENT_ENCODING_UNSUPPORTED, NULL, NULL);
+    return;
+  }
   if ((rt->flags & TP_R_AUTH) && !access_check(r, rt))
     return;
   if (!parse_params(r, (rt->flags & TP_R_AUTH) != 0))
@@ -744,6 +751,8 @@ static enum MHD_Result queue_reply(struct tp_req *r)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_UPGRADE, "websocket");
     MHD_add_response_header(resp, "Sec-WebSocket-Version", "13");
   }
+  if (r->status == 415) /* RFC 9110 12.5.3: the codings a request body may have */
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCEPT_ENCODING, "identity");
   if (r->status == 405 && r->methods[0])
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->methods);
   if (r->close_after) /* its body is not read: the connection cannot go on */

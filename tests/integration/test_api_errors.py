@@ -379,6 +379,24 @@ class ApiErrorsTest(DaemonTestCase):
             self.assertIn("Invalid Stripe API version", err["message"])
         self.assertEqual(len(self.c().get("/v1/customers", {"limit": 100}).json["data"]), before)
 
+    def test_a_coded_request_body_is_refused_not_misread(self):
+        """RFC 9110 15.5.16: a Content-Encoding the server does not decode is a
+        415 (with Accept-Encoding), not a body read as form data."""
+        import gzip
+        c = self.c("decline")
+        before = len(c.get("/v1/customers", {"limit": 100}).json["data"])
+        body = gzip.compress(b"email=gz@example.test")
+        for coding, data in (("gzip", body), ("br", b"email=br@example.test")):
+            r = c.request("POST", "/v1/customers", body=data,
+                          headers={"Content-Type": "application/x-www-form-urlencoded", "Content-Encoding": coding})
+            err = self.assertStripeError(r, 415, "invalid_request_error")
+            self.assertEqual(err["tp_code"], 1111, r)
+            self.assertEqual(r.headers.get("Accept-Encoding"), "identity", r)
+        self.assertEqual(len(c.get("/v1/customers", {"limit": 100}).json["data"]), before)
+        r = c.request("POST", "/v1/customers", body=b"email=id@example.test",
+                      headers={"Content-Type": "application/x-www-form-urlencoded", "Content-Encoding": "identity"})
+        self.assertEqual((r.status, r.json["email"]), (200, "id@example.test"), r)
+
     def test_absolute_form_request_target_is_its_path(self):
         """RFC 9112 §3.2.2: a server accepts "GET http://host/path" (what a
         forward proxy sends) as the path."""
