@@ -37,6 +37,7 @@
  * from ~15.4 KB): 431 at once. */
 #define TP_HTTP_HEADERS_MAX 15000
 #define TP_HTTP_TIMEOUT_S 60
+#define TP_HTTP_TIMEOUT_TEXT "60" /* TP_HTTP_TIMEOUT_S, for the Keep-Alive header */
 #define TP_HTTP_MAX_QUERY 8192
 
 struct tp_app tp_app;
@@ -757,6 +758,9 @@ static enum MHD_Result queue_reply(struct tp_req *r)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->methods);
   if (r->close_after) /* its body is not read: the connection cannot go on */
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+  else /* how long an idle connection is kept, so that a client (undici/fetch)
+        * closes it first rather than send into the server's close */
+    MHD_add_response_header(resp, "Keep-Alive", "timeout=" TP_HTTP_TIMEOUT_TEXT);
   if (cors_url(r->url)) {
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, "*");
     if (r->cors_preflight) {

@@ -397,6 +397,12 @@ class ApiErrorsTest(DaemonTestCase):
                       headers={"Content-Type": "application/x-www-form-urlencoded", "Content-Encoding": "identity"})
         self.assertEqual((r.status, r.json["email"]), (200, "id@example.test"), r)
 
+    def test_replies_say_how_long_an_idle_connection_is_kept(self):
+        """Keep-Alive: timeout=60 (the server's idle timeout), so a client that
+        honours it closes an idle connection before the server does."""
+        r = self.c().get("/v1/payment_intents", {"limit": 1})
+        self.assertEqual((r.status, r.headers.get("Keep-Alive")), (200, "timeout=60"), r)
+
     def test_absolute_form_request_target_is_its_path(self):
         """RFC 9112 §3.2.2: a server accepts "GET http://host/path" (what a
         forward proxy sends) as the path."""
