@@ -39,6 +39,7 @@
 #define TP_HTTP_TIMEOUT_S 60
 #define TP_HTTP_TIMEOUT_TEXT "60" /* TP_HTTP_TIMEOUT_S, for the Keep-Alive header */
 #define TP_HTTP_MAX_QUERY 8192
+#define TP_HTTP_DRAIN_MAX (8u << 20) /* a too-large body read and dropped to answer 413 (bytes) */
 
 struct tp_app tp_app;
 
@@ -818,7 +819,7 @@ static void raw_reply_close(struct MHD_Connection *conn, unsigned status, const 
  * before its colon) is refused and its connection closed, never read on. */
 struct header_scan {
   int content_length, transfer_encoding, host, authorization, idempotency_key;
-  bool bad_name, te_not_chunked;
+  bool bad_name, te_not_chunked, expect_continue;
   uint64_t declared;
   size_t bytes;
 };
@@ -843,6 +844,8 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
     h->authorization++;
   else if (strcasecmp(key, "Idempotency-Key") == 0)
     h->idempotency_key++;
+  else if (strcasecmp(key, "Expect") == 0)
+    h->expect_continue = true;
   return MHD_YES;
 }
 
@@ -876,8 +879,13 @@ static enum tp_err framing_error(struct MHD_Connection *conn, const char *versio
     return TP_ERR_REQUEST_FRAMING_INVALID;
   if (h.transfer_encoding && h.te_not_chunked)
     return TP_ERR_TRANSFER_ENCODING_UNSUPPORTED;
-  if (h.content_length && h.declared > TP_PARAMS_MAX_BODY)
-    return TP_ERR_BODY_TOO_LARGE; /* before reading it (and no 100 Continue) */
+  /* A body over the limit: a client waiting for 100 Continue, or one that
+   * would send more than TP_HTTP_DRAIN_MAX, is answered before it is read
+   * (and the connection closed); a smaller one is read and dropped, so the
+   * client, still writing, is not reset before it reads the 413 (RFC 9112
+   * 9.6), and the connection goes on. */
+  if (h.content_length && h.declared > TP_PARAMS_MAX_BODY && (h.expect_continue || h.declared > TP_HTTP_DRAIN_MAX))
+    return TP_ERR_BODY_TOO_LARGE;
   return 0;
 }
 

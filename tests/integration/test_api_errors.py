@@ -469,6 +469,32 @@ class ApiErrorsTest(DaemonTestCase):
     def test_body_over_256_kib_is_rejected_with_413(self):
         self.send_bad("body_300k")
 
+    def test_a_too_large_body_is_read_so_its_413_arrives(self):
+        """A 2 MB body sent without waiting for 100 Continue: read and dropped,
+        so the client (still writing) gets its 413 instead of a reset (RFC
+        9112 9.6), and the same connection serves the next request."""
+        key = self.daemon.merchants["bad"]["secret_key"]
+        body = b"amount=100&currency=usd&description=" + b"a" * (2 << 20)
+        for _ in range(3):
+            s = socket.create_connection((self.daemon.host, self.daemon.port), timeout=20)
+            try:
+                s.sendall(b"POST /v1/customers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode() +
+                          b"\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n"
+                          % len(body) + body)
+                s.sendall(b"GET /v1/balance HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer " +
+                          key.encode() + b"\r\n\r\n")
+                out = b""
+                while True:
+                    d = s.recv(65536)
+                    if not d:
+                        break
+                    out += d
+            finally:
+                s.close()
+            self.assertTrue(out.startswith(b"HTTP/1.1 413"), out[:200])
+            self.assertIn(b"HTTP/1.1 200", out, out[:600])
+        self.assertEqual(self.c("bad").get("/v1/customers").json["data"], [])
+
     def test_malformed_percent_encoding_is_rejected(self):
         self.send_bad("percent_bad_hex")
         self.send_bad("percent_truncated")
