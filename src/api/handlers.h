@@ -74,6 +74,9 @@ void tp_h_si_confirm(struct tp_req *r);
 void tp_h_si_cancel(struct tp_req *r);
 void tp_h_si_list(struct tp_req *r);
 void tp_h_si_verify_microdeposits(struct tp_req *r);
+/* PaymentIntent actions of payment methods other than cards
+ * (verify_microdeposits, apply_customer_balance): 404 or 400. */
+void tp_h_pi_not_card(struct tp_req *r);
 /* The end of a SetupIntent's confirmation once its card is known (and, from
  * the 3-D Secure page, authenticated): the issuer's verification (the
  * test-card table), then si succeeded (pm saved to its customer, marked

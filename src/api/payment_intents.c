@@ -1134,6 +1134,22 @@ void tp_h_pi_confirm(struct tp_req *r)
     tp_lock_release(r->path_id);
     return;
   }
+  /* Stripe: with a publishable key, a setup_future_usage already set may
+   * only go from on_session to off_session (the browser cannot undo the
+   * merchant's decision to save the card). */
+  const char *sfu_had = json_string_value(json_object_get(pi, "setup_future_usage"));
+  const json_t *sfu_new = json_object_get(r->params, "setup_future_usage");
+  if (r->publishable && sfu_had && sfu_new) {
+    const char *nv = json_string_value(sfu_new);
+    if (!nv || (strcmp(nv, sfu_had) != 0 && !(strcmp(sfu_had, "on_session") == 0 && strcmp(nv, "off_session") == 0))) {
+      tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "setup_future_usage",
+                     "With a publishable key, setup_future_usage may only be changed from on_session to "
+                     "off_session once it is set.");
+      json_decref(pi);
+      tp_lock_release(r->path_id);
+      return;
+    }
+  }
   apply_method_fields(pi, r->params);
   static const char *const fields[] = {"receipt_email", "setup_future_usage", "capture_method", NULL};
   for (int i = 0; fields[i]; i++) {
@@ -1262,6 +1278,16 @@ static bool capture_descriptors(struct tp_req *r, json_t *ch)
  * PaymentIntent. The reply comes when the capture is committed. */
 static void capture(struct tp_req *r, const char *pi_id, const char *amount_param, bool reply_charge)
 {
+  bool final = true;
+  if (tp_param_bool(r->params, "final_capture", &final) && !final) {
+    /* Multicapture (Stripe: "only ... when multicapture is available"):
+     * no processor here keeps the rest of a hold after a capture, so the
+     * capture would release it; refused before anything moves. */
+    tp_reply_error(r, TP_ERR_PARAMETER_UNSUPPORTED, "final_capture",
+                   "Parameter not supported by Turnpike: final_capture=false (multicapture is not available: a "
+                   "capture releases the rest of the authorization)");
+    return;
+  }
   json_t *pi = load_locked(r, pi_id);
   if (!pi)
     return;

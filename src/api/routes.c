@@ -31,6 +31,8 @@ const struct tp_route tp_routes[] = {
   {"POST", "/v1/setup_intents/{id}/confirm", tp_h_si_confirm, C},
   {"POST", "/v1/setup_intents/{id}/cancel", tp_h_si_cancel, A},
   {"POST", "/v1/setup_intents/{id}/verify_microdeposits", tp_h_si_verify_microdeposits, A},
+  {"POST", "/v1/payment_intents/{id}/verify_microdeposits", tp_h_pi_not_card, A},
+  {"POST", "/v1/payment_intents/{id}/apply_customer_balance", tp_h_pi_not_card, A},
   {"GET", "/v1/setup_attempts", tp_h_setup_attempt_list, A},
   {"GET", "/v1/turnpike/requests/{id}", tp_h_request_retrieve, A},
 

@@ -468,11 +468,30 @@ static void preflight(struct tp_req *r)
  * waits too, then answers 429 lock_timeout): [server] lock_wait_ms. */
 static int64_t lock_wait_ms = 2000;
 
+/* A wait's wake and its suspension are ordered by this mutex: the wake
+ * (another thread, once the waiter is registered) cannot resume the
+ * connection before run_handler has suspended it, and run_handler never
+ * suspends a connection only to resume it in the same call. */
+static pthread_mutex_t wait_mu = PTHREAD_MUTEX_INITIALIZER;
+
 static void lock_wake(void *arg)
 {
   struct tp_req *r = arg;
+  pthread_mutex_lock(&wait_mu);
   r->lock_rerun = true;
   tp_req_resume(r);
+  pthread_mutex_unlock(&wait_mu);
+}
+
+/* Forget the reply a handler set (its 429, before it runs again). */
+static void drop_reply(struct tp_req *r)
+{
+  free(r->resp);
+  r->resp = NULL;
+  r->resp_len = 0;
+  r->status = 0;
+  r->retry_after_s = 0;
+  r->content_type = NULL;
 }
 
 /* The route's handler. Refused for an object another request holds (it
@@ -493,22 +512,16 @@ static void run_handler(struct tp_req *r)
       return;
     char busy[TP_ID_MAX];
     tp_scopy(busy, sizeof busy, tp_lock_busy_id);
-    free(r->resp);
-    r->resp = NULL;
-    r->resp_len = 0;
-    r->status = 0;
-    r->retry_after_s = 0;
-    r->content_type = NULL;
-    tp_req_suspend(r);
+    pthread_mutex_lock(&wait_mu);
     int w = tp_lock_wait(busy, r->lock_deadline_ms, lock_wake, r);
-    if (w == 1)
-      return;
-    r->suspended = false;
-    tp_req_resume(r);
-    if (w < 0) {
-      tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
-      return;
+    if (w == 1) {
+      drop_reply(r);
+      tp_req_suspend(r);
     }
+    pthread_mutex_unlock(&wait_mu);
+    if (w != 0)
+      return; /* waiting; or it cannot wait (-1): the 429 stands */
+    drop_reply(r); /* released since the handler looked: at once again */
   }
 }
 

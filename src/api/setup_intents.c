@@ -652,15 +652,30 @@ void tp_h_setup_attempt_list(struct tp_req *r)
   tp_reply_list_by(r, spec_attempts, TP_K_SETUP_ATTEMPT, "/v1/setup_attempts");
 }
 
-void tp_h_si_verify_microdeposits(struct tp_req *r)
+/* An action of a payment method Turnpike does not take, on intent kind:
+ * 404 for no such intent, else 400 naming what is missing. */
+static void not_card(struct tp_req *r, enum tp_kind kind, const char *what, const char *action, const char *why)
 {
-  json_t *si = tp_store_get_json(&tp_app.store, TP_K_SETUP_INTENT, r->merchant.id, r->path_id);
-  if (!si) {
-    tp_reply_no_such(r, "setupintent", "intent");
+  json_t *intent = tp_store_get_json(&tp_app.store, kind, r->merchant.id, r->path_id);
+  if (!intent) {
+    tp_reply_no_such(r, what, "intent");
     return;
   }
-  json_decref(si);
-  tp_reply_error(r, TP_ERR_PARAMETER_UNSUPPORTED, NULL,
-                 "Parameter not supported by Turnpike: verify_microdeposits (Turnpike takes card payments only: "
-                 "no bank accounts to verify)");
+  json_decref(intent);
+  char msg[200];
+  snprintf(msg, sizeof msg, "Parameter not supported by Turnpike: %s (Turnpike takes card payments only: %s)", action,
+           why);
+  tp_reply_error(r, TP_ERR_PARAMETER_UNSUPPORTED, NULL, msg);
+}
+
+void tp_h_si_verify_microdeposits(struct tp_req *r)
+{
+  not_card(r, TP_K_SETUP_INTENT, "setupintent", "verify_microdeposits", "no bank accounts to verify");
+}
+
+void tp_h_pi_not_card(struct tp_req *r)
+{
+  bool balance = strstr(r->url, "/apply_customer_balance") != NULL;
+  not_card(r, TP_K_PAYMENT_INTENT, "payment_intent", balance ? "apply_customer_balance" : "verify_microdeposits",
+           balance ? "no customer cash balance" : "no bank accounts to verify");
 }

@@ -356,6 +356,53 @@ class ApiErrorsTest(DaemonTestCase):
         got = c.get("/v1/payment_intents/" + pi["id"]).json
         self.assertEqual((got["amount"], got["currency"]), (2000, "usd"))
 
+    def test_final_capture_false_is_refused_before_anything_moves(self):
+        """Stripe allows final_capture=false only with multicapture, which no
+        processor here has: refused, the hold kept whole (it was released)."""
+        c = self.c("decline")
+        pi = c.post("/v1/payment_intents", {"amount": 1000, "currency": "usd", "confirm": "true",
+                                            "payment_method": "pm_card_visa", "capture_method": "manual"}).json
+        r = c.post("/v1/payment_intents/%s/capture" % pi["id"], {"amount_to_capture": 400, "final_capture": "false"})
+        err = self.assertStripeError(r, 400, "invalid_request_error")
+        self.assertEqual((err["param"], err["tp_code"]), ("final_capture", 1101), r)
+        got = c.get("/v1/payment_intents/" + pi["id"]).json
+        self.assertEqual((got["status"], got["amount_capturable"]), ("requires_capture", 1000), got)
+        r = c.post("/v1/payment_intents/%s/capture" % pi["id"], {"amount_to_capture": 400, "final_capture": "true"})
+        self.assertEqual((r.status, r.json["amount_received"]), (200, 400), r)
+
+    def test_payment_intent_actions_of_other_payment_methods(self):
+        """apply_customer_balance and verify_microdeposits are Stripe routes
+        (stripe-node calls them): 404 for no such PaymentIntent, else 400."""
+        c = self.c("decline")
+        pi = c.post("/v1/payment_intents", {"amount": 1000, "currency": "usd"}).json
+        for action in ("apply_customer_balance", "verify_microdeposits"):
+            r = c.post("/v1/payment_intents/%s/%s" % (pi["id"], action), {})
+            err = self.assertStripeError(r, 400, "invalid_request_error")
+            self.assertEqual(err["tp_code"], 1101, r)
+            self.assertIn(action, err["message"])
+            r = c.post("/v1/payment_intents/pi_nope/%s" % action, {})
+            self.assertStripeError(r, 404, "invalid_request_error", "resource_missing")
+
+    def test_a_browser_cannot_undo_setup_future_usage(self):
+        """Stripe: with a publishable key a setup_future_usage already set may
+        only go from on_session to off_session."""
+        c = self.c("decline")
+        pk = self.daemon.merchants["decline"]["publishable_key"]
+        cus = c.post("/v1/customers", {"email": "sfu@example.test"}).json["id"]
+        for had, new, ok in (("off_session", "on_session", False), ("off_session", "", False),
+                             ("on_session", "off_session", True), ("off_session", "off_session", True)):
+            pi = c.post("/v1/payment_intents", {"amount": 1000, "currency": "usd", "customer": cus,
+                                                "setup_future_usage": had}).json
+            r = c.post("/v1/payment_intents/%s/confirm" % pi["id"],
+                       {"payment_method": "pm_card_visa", "client_secret": pi["client_secret"],
+                        "setup_future_usage": new}, key=pk)
+            if ok:
+                self.assertEqual(r.status, 200, (had, new, r))
+            else:
+                self.assertEqual((r.status, r.json["error"]["param"]), (400, "setup_future_usage"), (had, new, r))
+                got = c.get("/v1/payment_intents/" + pi["id"]).json
+                self.assertEqual((got["status"], got["setup_future_usage"]), ("requires_payment_method", had))
+
     def test_stripe_version_header(self):
         """A Stripe API version is taken and named in the reply; what is no
         API version is refused, as Stripe refuses it, and changes nothing."""

@@ -50,7 +50,7 @@ class RateLimitTest(DaemonTestCase):
         statuses = [a.get("/v1/payment_intents").status for _ in range(4)]
         self.assertEqual(statuses, [200] * 4)
         r = a.get("/v1/payment_intents")
-        err = self.assertStripeError(r, 429, "rate_limit_error", "rate_limit")
+        err = self.assertStripeError(r, 429, "invalid_request_error", "rate_limit")
         self.assertEqual(err["tp_code"], 2026)
         wait = int(r.headers["Retry-After"])
         self.assertTrue(1 <= wait <= 2, r.headers)
@@ -125,7 +125,7 @@ class RateLimitTest(DaemonTestCase):
         for _ in range(5):
             self.assertStripeError(bad.get("/v1/payment_intents"), 401)
         r = bad.get("/v1/payment_intents")
-        err = self.assertStripeError(r, 429, "rate_limit_error", "rate_limit")
+        err = self.assertStripeError(r, 429, "invalid_request_error", "rate_limit")
         self.assertEqual(err["tp_code"], 2028)
         wait = int(r.headers["Retry-After"])
         self.assertTrue(1 <= wait <= 3, r.headers)

@@ -435,9 +435,10 @@ static void test_check_int_coercion(void **state) {
   assert_int_equal(check_form("amount=9223372036854775807", &o, &err), 0);
   assert_true(tp_param_int(o, "amount", &v) && v == INT64_MAX);
   json_decref(o);
-  assert_int_equal(check_form("amount=", &o, &err), 0); /* "" means unset: left alone */
-  assert_true(tp_param_str(o, "amount", NULL));
-  json_decref(o);
+  /* "" asks to unset, and an amount cannot be unset (Stripe's answer) */
+  assert_int_equal(check_form("amount=", NULL, &err), -1);
+  assert_string_equal(err.param, "amount");
+  assert_non_null(strstr(err.message, "cannot be unset"));
 
   assert_int_equal(check_form("amount=abc", NULL, &err), -1);
   assert_string_equal(err.message, "Invalid integer: abc");

@@ -73,7 +73,7 @@ static void test_enum_values_match_rows(void **state)
 
 	e = tp_error_info(TP_ERR_RATE_LIMITED);
 	assert_int_equal(e->http_status, 429);
-	assert_string_equal(e->type, "rate_limit_error");
+	assert_string_equal(e->type, "invalid_request_error"); /* Stripe's SDKs go by the 429 */
 	assert_string_equal(e->code, "rate_limit");
 	assert_true(e->retryable);
 
