@@ -22,6 +22,7 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,11 +47,13 @@ struct rj_xfer {
   size_t resp_len, resp_cap;
   bool too_large;
   bool sent;                        /* a connection was ready to carry the request (on_prereq) */
+  char errbuf[CURL_ERROR_SIZE];     /* libcurl's words for a failure (TLS alerts) */
   struct rj_xfer *next_free;        /* free list */
   struct rj_xfer *prev, *next;      /* in-flight list */
 };
 
 struct rj {
+  _Atomic int64_t tls_logged_ms; /* last processor_tls_failed log line */
   char name[64];
   char base[512];
   int timeout_ms;
@@ -279,7 +282,7 @@ static const char *curl_error_code(CURLcode rc)
 static bool not_sent_code(const char *code)
 {
   return strcmp(code, "processor_connection_refused") == 0 || strcmp(code, "processor_dns_failed") == 0 ||
-         strcmp(code, "processor_tls_failed") == 0;
+         strcmp(code, "processor_tls_failed") == 0 || strcmp(code, "processor_connect_timeout") == 0;
 }
 
 /* A decline code from the processor: lower-case words only, else generic. */
@@ -438,6 +441,9 @@ static void finish_xfer(struct rj_xfer *x, CURLcode rc)
     c->retry_after_ms = tp_retry_after_ms(h->value, (int64_t)time(NULL));
   if (x->too_large)
     set_error(c, "processor_response_too_large");
+  else if (rc == CURLE_OPERATION_TIMEDOUT && !x->sent)
+    /* No connection (TCP or TLS) was made in time: the request never left. */
+    set_error(c, "processor_connect_timeout");
   else if (rc != CURLE_OK && x->sent && not_sent_code(curl_error_code(rc)))
     /* A connection failure after the request went out: libcurl sent it on a
      * kept-alive connection that then died, and its own retry on a fresh
@@ -449,9 +455,21 @@ static void finish_xfer(struct rj_xfer *x, CURLcode rc)
     set_error(c, curl_error_code(rc));
   else
     tp_restjson_interpret(c, http, x->resp, x->resp_len);
+  if (c->outcome == TP_OUT_ERROR && strcmp(c->decline_code, "processor_tls_failed") == 0) {
+    /* Why (expired, wrong host, unknown CA, refused client certificate):
+     * once per processor every 10 s, as every call fails alike. */
+    int64_t now = tp_mono_ms();
+    if (now - atomic_load(&x->rj->tls_logged_ms) >= 10000) {
+      atomic_store(&x->rj->tls_logged_ms, now);
+      long vr = 0;
+      curl_easy_getinfo(x->easy, CURLINFO_SSL_VERIFYRESULT, &vr);
+      tp_log(TP_LOG_WARN, "processor_tls_failed", "{s:s, s:s, s:i, s:I}", "processor", x->rj->name, "error",
+             x->errbuf, "curl", (int)rc, "verify_result", (json_int_t)vr);
+    }
+  }
   if (c->outcome == TP_OUT_ERROR && TP_LOG_ON(TP_LOG_DEBUG))
-    tp_log(TP_LOG_DEBUG, "restjson_call_failed", "{s:s, s:s, s:s, s:i, s:i}", "processor", x->rj->name, "ref",
-           c->ref, "error", c->decline_code, "http_status", (int)http, "curl", (int)rc);
+    tp_log(TP_LOG_DEBUG, "restjson_call_failed", "{s:s, s:s, s:s, s:i, s:i, s:s}", "processor", x->rj->name, "ref",
+           c->ref, "error", c->decline_code, "http_status", (int)http, "curl", (int)rc, "curl_error", x->errbuf);
 }
 
 /* ---- TLS ---------------------------------------------------------------- */
@@ -543,6 +561,8 @@ static void start_call(struct rj *rj, struct tp_proc_call *c)
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
   x->sent = false;
+  x->errbuf[0] = '\0';
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
   curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
   curl_easy_setopt(e, CURLOPT_PREREQDATA, x);
   if (c->kind == TP_PROC_STATUS) {

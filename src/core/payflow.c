@@ -634,6 +634,7 @@ static void writeahead_done(struct tp_cs *cs, int rc, void *arg)
 static bool error_not_processed(const char *code)
 {
   static const char *const codes[] = {"processor_connection_refused", "processor_dns_failed", "processor_tls_failed",
+                                      "processor_connect_timeout",
                                       "processor_rate_limited", "processor_auth_failed", "processor_http_4xx",
                                       "processor_http_503", "processor_circuit_open", "processor_queue_full",
                                       "processor_link_down", "processor_config_invalid", NULL};

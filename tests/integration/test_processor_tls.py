@@ -198,6 +198,8 @@ class ProcessorTls(unittest.TestCase):
         # the handshake failed before any request: the processor got no
         # authorization (and so never saw the card)
         self.assertEqual(len(self.proc.seen("POST", "/v1/authorizations")), before)
+        # why, once, in the log (not only at debug level)
+        self.assertIn('"event":"processor_tls_failed"', d.log_text())
         wait_for(lambda: self.processor(c)["health"] == "down", what="health down")
         p = self.processor(c)
         self.assertGreaterEqual(p["errors"], 1, p)
@@ -227,6 +229,31 @@ class ProcessorTls(unittest.TestCase):
         self.assertEqual(r.json["status"], "succeeded", r)
         self.assertEqual(len(self.mtls.seen("POST", "/v1/authorizations")), 1)
         wait_for(lambda: self.processor(c)["health"] == "up", what="health up")
+
+    def test_a_handshake_that_never_ends_is_not_an_unknown_outcome(self):
+        """A processor that accepts the connection and never answers the
+        TLS ClientHello: nothing could have been sent, so the call fails as
+        not sent (processor_connect_timeout), not as an unknown outcome that
+        leaves the payment processing."""
+        import socket
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(16)
+        self.addCleanup(lsock.close)
+        port = lsock.getsockname()[1]
+        d, c = self.start(config(port, "ca_file = %s\ntimeout_ms = 800\n" % self.cert))
+        r = self.pay(c)
+        self.assertGreaterEqual(r.status, 500, r)
+        pi = r.json["error"]["payment_intent"]
+        self.assertNotEqual(pi["status"], "processing", r)
+        self.assertEqual(c.get("/v1/payment_intents/" + pi["id"]).json["status"], pi["status"])
+        db = open_db_ro(d)
+        try:
+            rows = list(db.execute("SELECT state, result_code FROM attempts WHERE payment_intent = ?", (pi["id"],)))
+        finally:
+            db.close()
+        self.assertTrue(rows, "no attempt recorded")
+        self.assertEqual({row for row in rows}, {("failed", "processor_connect_timeout")}, rows)
 
     def test_bad_tls_settings_stop_serve(self):
         for extra, key in (("ca_file = %s\n" % os.path.join(self.tmp, "missing.pem"), "ca_file"),
