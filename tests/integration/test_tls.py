@@ -27,11 +27,11 @@ def make_cert(d):
     return cert, key
 
 
-def s_client(port, version_flag, cafile):
+def s_client(port, version_flag, cafile, cipher="DEFAULT", extra=()):
     """Handshake with one protocol version; (ok, output). SECLEVEL=0 lets the
     client offer old versions, so a refusal comes from the server."""
     p = run(["openssl", "s_client", "-connect", "%s:%d" % (HOST, port), version_flag, "-CAfile", cafile,
-             "-cipher", "DEFAULT@SECLEVEL=0", "-brief"])
+             "-cipher", cipher + "@SECLEVEL=0", "-brief"] + list(extra))
     out = p.stdout.decode("utf-8", "replace")
     return p.returncode == 0 and "Protocol version" in out, out
 
@@ -72,6 +72,18 @@ class TLSTest(unittest.TestCase):
         ok, out = s_client(self.daemon.port, "-tls1_3", self.cert)
         self.assertTrue(ok, out)
         self.assertIn("TLSv1.3", out)
+
+    def test_weak_tls12_suites_and_sha1_signatures_are_refused(self):
+        """RFC 9325: no CBC suites with SHA-1 MACs (nor static RSA: this
+        certificate is ECDSA), RFC 9155: no SHA-1 handshake signatures;
+        ECDHE with AES-GCM is what TLS 1.2 gets."""
+        for weak in ("ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA"):
+            ok, out = s_client(self.daemon.port, "-tls1_2", self.cert, cipher=weak)
+            self.assertFalse(ok, (weak, out))
+        ok, out = s_client(self.daemon.port, "-tls1_2", self.cert, extra=("-sigalgs", "ECDSA+SHA1"))
+        self.assertFalse(ok, out)
+        ok, out = s_client(self.daemon.port, "-tls1_2", self.cert, cipher="ECDHE-ECDSA-AES128-GCM-SHA256")
+        self.assertTrue(ok, out)
 
     def test_plain_http_gets_no_answer(self):
         import http.client
