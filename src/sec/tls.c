@@ -2,6 +2,10 @@
  * The handshake itself is libmicrohttpd's (GnuTLS). */
 #include "sec/tls.h"
 
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +47,40 @@ static char *slurp(const char *path)
   return buf;
 }
 
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+  (void)buf, (void)size, (void)rwflag, (void)u;
+  return -1; /* an encrypted key cannot be served: nobody is there to type it */
+}
+
+/* Why a certificate and key (PEM texts) cannot be served together, or NULL:
+ * checked here so that the error names the file and the reason (GnuTLS,
+ * inside libmicrohttpd, only fails the start). */
+static const char *pair_problem(const char *cert_pem, const char *key_pem, bool *in_key)
+{
+  const char *why = NULL;
+  *in_key = false;
+  BIO *cb = BIO_new_mem_buf(cert_pem, -1), *kb = BIO_new_mem_buf(key_pem, -1);
+  X509 *x = cb ? PEM_read_bio_X509(cb, NULL, no_passphrase, NULL) : NULL;
+  EVP_PKEY *k = kb ? PEM_read_bio_PrivateKey(kb, NULL, no_passphrase, NULL) : NULL;
+  if (!x)
+    why = "the certificate file holds no PEM certificate";
+  else if (!k) {
+    *in_key = true;
+    why = strstr(key_pem, "ENCRYPTED") ? "the private key is encrypted (a passphrase cannot be given)"
+                                       : "the key file holds no PEM private key";
+  } else if (X509_check_private_key(x, k) != 1) {
+    *in_key = true;
+    why = "the private key does not match the certificate";
+  }
+  ERR_clear_error();
+  X509_free(x);
+  EVP_PKEY_free(k);
+  BIO_free(cb);
+  BIO_free(kb);
+  return why;
+}
+
 int tp_tls_configure(const char *cert_file, const char *key_file, const char *min_version)
 {
   if (!cert_file)
@@ -65,9 +103,13 @@ int tp_tls_configure(const char *cert_file, const char *key_file, const char *mi
   }
   char *cert = slurp(cert_file), *key = slurp(key_file);
   int rc = -1;
+  const char *why = NULL;
+  bool in_key = false;
   if (!cert || !key)
     tp_log(TP_LOG_ERROR, "tls_config", "{s:s, s:s}", "reason", "cannot read certificate or key", "file",
            !cert ? cert_file : key_file);
+  else if ((why = pair_problem(cert, key, &in_key)) != NULL)
+    tp_log(TP_LOG_ERROR, "tls_config", "{s:s, s:s}", "reason", why, "file", in_key ? key_file : cert_file);
   else if (tp_http_set_tls(cert, key, prio) == 0)
     rc = 1;
   if (key) /* the private key does not stay in freed heap memory */

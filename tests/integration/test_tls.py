@@ -175,5 +175,32 @@ class TLS13OnlyTest(unittest.TestCase):
             d.cleanup()
 
 
+    def test_a_wrong_certificate_or_key_is_named_at_start(self):
+        """A key of another certificate, an encrypted key, a file that is no
+        certificate: serve exits 1 naming the file and why (it said
+        listen_failed "No such file or directory")."""
+        other_dir = tempfile.mkdtemp(prefix="tp-tls-other-", dir=self.tmp)
+        _, other_key = make_cert(other_dir)
+        enc_key = os.path.join(other_dir, "enc.pem")
+        run(["openssl", "pkey", "-in", other_key, "-aes256", "-passout", "pass:x", "-out", enc_key])
+        junk = os.path.join(other_dir, "junk.pem")
+        with open(junk, "w") as f:
+            f.write("not a certificate\n")
+        for cert, key, file, why in ((self.cert, other_key, other_key, "does not match"),
+                                     (self.cert, enc_key, enc_key, "encrypted"),
+                                     (junk, self.key, junk, "no PEM certificate")):
+            d = Daemon()
+            try:
+                with self.assertRaises(RuntimeError):
+                    d.start(args=["--tls-cert", cert, "--tls-key", key], ssl_context=self.ctx)
+                log = d.log_text()
+                self.assertIn('"event":"tls_config"', log)
+                self.assertIn(why, log)
+                self.assertIn(file, log)
+                self.assertNotIn("listen_failed", log)
+            finally:
+                d.cleanup()
+
+
 if __name__ == "__main__":
     main()
