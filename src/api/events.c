@@ -270,13 +270,21 @@ static json_t *filtered(struct tp_req *r, const struct tp_list_query *q0, int li
 /* ---- delivery_success ---------------------------------------------------------
  * Stripe: false lists the events still pending or failed at some webhook
  * endpoint, true the others. The undelivered ones are read from the
- * endpoints' delivery rows (pending or failed, on webhook_deliveries_due,
- * named: SQLite took the key (endpoint, event) and walked every delivered
- * row), at most EVENTS_MAX_UNDELIVERED per endpoint; an event whose
- * row the webhook thread has not yet written (it writes it just after the
- * event's commit) counts as delivered to false and as pending to true
- * (pending_webhooks). */
+ * endpoints' delivery rows, newest first from the cursor (the key
+ * (endpoint, event) walked backwards): of each endpoint's
+ * EVENTS_SCAN_DELIVERIES newest rows past the cursor, the pending or failed
+ * ones, at most EVENTS_MAX_UNDELIVERED (the earliest-due rows of a backlog
+ * were taken before, so the newest failures were the ones left out). An
+ * event whose row the webhook thread has not yet written (it writes it
+ * just after the event's commit) counts as delivered to false and as
+ * pending to true (pending_webhooks). true reads the list's own pages, at
+ * most EVENTS_DS_PAGES of them per request: with every event owed to a
+ * dead endpoint it walked the whole history (8 s on 27,000 events, a whole
+ * HTTP thread); past the budget (1,000 events) the page ends there (has_more if it holds
+ * any event, to go on from its last). */
 #define EVENTS_MAX_UNDELIVERED 10000
+#define EVENTS_SCAN_DELIVERIES 20000
+#define EVENTS_DS_PAGES 10
 
 static int by_str_desc(const void *a, const void *b)
 {
@@ -286,16 +294,19 @@ static int by_str_desc(const void *a, const void *b)
 /* The merchant's undelivered event ids, newest first and distinct, in
  * *ids (n of them; the caller frees each and the array). false on a store
  * error. */
-static bool undelivered(const struct wh_eps *w, char ***ids, size_t *n)
+static bool undelivered(const struct wh_eps *w, const char *before, json_int_t per_endpoint, json_int_t scan,
+                        char ***ids, size_t *n)
 {
   *ids = NULL;
   *n = 0;
   size_t cap = 0;
   for (size_t k = 0; k < w->n; k++) {
     json_t *rows = tp_store_query_take(&tp_app.store,
-                                       "SELECT event FROM webhook_deliveries INDEXED BY webhook_deliveries_due "
-                                       "WHERE endpoint=?1 AND state IN ('pending', 'failed') LIMIT ?2",
-                                       tp_pack("[s, I]", w->e[k].id, (json_int_t)EVENTS_MAX_UNDELIVERED));
+                                       "SELECT event FROM (SELECT event, state FROM webhook_deliveries "
+                                       "WHERE endpoint=?1 AND event < ?3 ORDER BY event DESC LIMIT ?4) "
+                                       "WHERE state IN ('pending', 'failed') LIMIT ?2",
+                                       tp_pack("[s, I, s, I]", w->e[k].id, per_endpoint,
+                                               before && *before ? before : "evt_~", scan));
     if (!rows)
       return false;
     size_t i;
@@ -349,11 +360,17 @@ static json_t *by_delivery(struct tp_req *r, const struct tp_list_query *q0, int
   char **ids = NULL;
   size_t n = 0;
   *more = false;
-  if (!undelivered(w, &ids, &n)) {
+  bool ascending = q0->ending_before != NULL;
+  /* false needs the newest limit + 1 of each endpoint past the cursor (their
+   * merge is the page); true those among the events its pages can cover. */
+  bool narrowed = type || types || json_object_get(r->params, "created"); /* some may not pass */
+  json_int_t per = ds ? EVENTS_DS_PAGES * EVENTS_PAGE
+                      : ascending || narrowed ? EVENTS_MAX_UNDELIVERED : limit + 1;
+  json_int_t scan = ds ? EVENTS_DS_PAGES * EVENTS_PAGE : EVENTS_SCAN_DELIVERIES;
+  if (!undelivered(w, ascending ? NULL : q0->starting_after, per, scan, &ids, &n)) {
     tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
     return NULL;
   }
-  bool ascending = q0->ending_before != NULL;
   json_t *out = json_array();
   if (!ds) {
     /* the undelivered ids, from the cursor outward */
@@ -375,7 +392,11 @@ static json_t *by_delivery(struct tp_req *r, const struct tp_list_query *q0, int
     /* the list's own pages, less the undelivered and the still pending */
     struct tp_list_query q = *q0;
     char cursor[TP_ID_MAX] = "";
-    for (;;) {
+    for (int pages = 0;; pages++) {
+      if (pages == EVENTS_DS_PAGES) { /* the budget: the page ends here */
+        *more = json_array_size(out) > 0;
+        break;
+      }
       bool page_more = false;
       json_t *page;
       if (type && !types && !strchr(type, '*')) {
