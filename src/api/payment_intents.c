@@ -1090,6 +1090,16 @@ out:
   tp_lock_release(r->path_id);
 }
 
+/* A publishable key's change of setup_future_usage from had to given:
+ * none set yet, the same, or on_session to off_session. */
+static bool sfu_change_ok(const json_t *had, const json_t *given)
+{
+  const char *h = json_string_value(had), *g = json_string_value(given);
+  if (!h || !*h || !given)
+    return true;
+  return g && (strcmp(g, h) == 0 || (strcmp(h, "on_session") == 0 && strcmp(g, "off_session") == 0));
+}
+
 void tp_h_pi_confirm(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_confirm))
@@ -1136,19 +1146,19 @@ void tp_h_pi_confirm(struct tp_req *r)
   }
   /* Stripe: with a publishable key, a setup_future_usage already set may
    * only go from on_session to off_session (the browser cannot undo the
-   * merchant's decision to save the card). */
-  const char *sfu_had = json_string_value(json_object_get(pi, "setup_future_usage"));
-  const json_t *sfu_new = json_object_get(r->params, "setup_future_usage");
-  if (r->publishable && sfu_had && sfu_new) {
-    const char *nv = json_string_value(sfu_new);
-    if (!nv || (strcmp(nv, sfu_had) != 0 && !(strcmp(sfu_had, "on_session") == 0 && strcmp(nv, "off_session") == 0))) {
-      tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "setup_future_usage",
-                     "With a publishable key, setup_future_usage may only be changed from on_session to "
-                     "off_session once it is set.");
-      json_decref(pi);
-      tp_lock_release(r->path_id);
-      return;
-    }
+   * merchant's decision to save the card); the card's option alike. */
+  const json_t *pmo_had = json_object_get(json_object_get(pi, "payment_method_options"), "card");
+  const json_t *pmo_new = json_object_get(json_object_get(r->params, "payment_method_options"), "card");
+  bool top_ok = sfu_change_ok(json_object_get(pi, "setup_future_usage"), json_object_get(r->params, "setup_future_usage"));
+  bool card_ok = sfu_change_ok(json_object_get(pmo_had, "setup_future_usage"), json_object_get(pmo_new, "setup_future_usage"));
+  if (r->publishable && (!top_ok || !card_ok)) {
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID,
+                   !top_ok ? "setup_future_usage" : "payment_method_options[card][setup_future_usage]",
+                   "With a publishable key, setup_future_usage may only be changed from on_session to "
+                   "off_session once it is set.");
+    json_decref(pi);
+    tp_lock_release(r->path_id);
+    return;
   }
   apply_method_fields(pi, r->params);
   static const char *const fields[] = {"receipt_email", "setup_future_usage", "capture_method", NULL};

@@ -179,7 +179,8 @@ void tp_h_3ds_submit(struct tp_req *r)
   }
   /* The page is not authenticated by API key: find the merchant from the PI. */
   if (!tp_lock_try(r->path_id)) {
-    html(r, 409, "<!doctype html><title>Busy</title><p>Try again.</p>");
+    /* 429: the dispatcher waits for the lock (run_handler), as for the API */
+    html(r, 429, "<!doctype html><title>Busy</title><p>Try again.</p>");
     return;
   }
   json_t *pi = NULL;

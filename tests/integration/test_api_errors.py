@@ -402,6 +402,14 @@ class ApiErrorsTest(DaemonTestCase):
                 self.assertEqual((r.status, r.json["error"]["param"]), (400, "setup_future_usage"), (had, new, r))
                 got = c.get("/v1/payment_intents/" + pi["id"]).json
                 self.assertEqual((got["status"], got["setup_future_usage"]), ("requires_payment_method", had))
+        # the card's option alike
+        pi = c.post("/v1/payment_intents", {"amount": 1000, "currency": "usd", "customer": cus,
+                                            "payment_method_options[card][setup_future_usage]": "off_session"}).json
+        r = c.post("/v1/payment_intents/%s/confirm" % pi["id"],
+                   {"payment_method": "pm_card_visa", "client_secret": pi["client_secret"],
+                    "payment_method_options[card][setup_future_usage]": "none"}, key=pk)
+        self.assertEqual((r.status, r.json["error"]["param"]),
+                         (400, "payment_method_options[card][setup_future_usage]"), r)
 
     def test_stripe_version_header(self):
         """A Stripe API version is taken and named in the reply; what is no
