@@ -389,7 +389,10 @@ json_t *tp_params_parse_form(const char *body, size_t len, struct tp_params_erro
         used = (size_t)max + 1; /* partly decoded: wipe all it may have written */
         goto fail;
       case DEC_TOO_LONG:
-        set_err(err, key, "Value of %s too long (limit %d bytes)", key, max);
+        if (max == TP_PARAMS_MAX_VALUE) /* 4 bytes a character at most: past it, past 5,000 characters */
+          set_err(err, key, "Value of %s too long (limit %d characters)", key, TP_PARAMS_MAX_CHARS);
+        else
+          set_err(err, key, "Value of %s too long (limit %d bytes)", key, max);
         used = (size_t)max + 1;
         goto fail;
       case DEC_NUL:
@@ -714,11 +717,12 @@ static int check_value(struct check_ctx *c, size_t plen, json_t *v, const struct
   case TP_P_TEXT: {
     if (!json_is_string(v)) return type_error(c, sp->name, v, "string");
     int max = sp->type == TP_P_TEXT ? TP_PARAMS_MAX_TEXT : TP_PARAMS_MAX_VALUE;
-    if (json_string_length(v) > (size_t)max) {
+    if (sp->type == TP_P_TEXT && json_string_length(v) > (size_t)max) {
       set_err(c->err, c->path, "Value of %s too long (limit %d bytes)", c->path, max);
       return -1;
     }
-    if (sp->type == TP_P_STRING && utf8_chars(json_string_value(v), json_string_length(v)) > TP_PARAMS_MAX_CHARS) {
+    if (sp->type == TP_P_STRING && (json_string_length(v) > (size_t)max ||
+                                    utf8_chars(json_string_value(v), json_string_length(v)) > TP_PARAMS_MAX_CHARS)) {
       set_err(c->err, c->path, "Value of %s too long (limit %d characters)", c->path, TP_PARAMS_MAX_CHARS);
       return -1;
     }

@@ -289,8 +289,9 @@ static bool apply_shipping(struct tp_req *r, json_t *obj, const json_t *params)
   return true;
 }
 
-/* statement_descriptor (refused: every payment here is a card's, which
- * takes statement_descriptor_suffix only, as Stripe since 2024) and
+/* statement_descriptor (refused on PaymentIntents: every payment here is a
+ * card's, which takes statement_descriptor_suffix only, as Stripe since
+ * 2024; the Charges API still takes it) and
  * statement_descriptor_suffix (1 to 22), as Stripe checks them: printable
  * ASCII with at least one letter, none of < > \ ' " *. False after
  * replying. */
@@ -301,9 +302,10 @@ static bool descriptors_ok(struct tp_req *r, const json_t *params)
     const char *v = tp_pstr(params, names[i]);
     if (!v || !*v)
       continue;
-    if (i == 0) {
-      /* Stripe since 2024-02-01: not for a PaymentIntent or charge that may
-       * be paid by card (every one here); the suffix is the card's. */
+    if (i == 0 && strncmp(r->url, "/v1/charges", 11) != 0) {
+      /* Stripe since 2024-02-01: not on a PaymentIntent a card may pay
+       * (every one here); the suffix is the card's. The legacy Charges API
+       * still takes it (for a card, as the suffix when none is given). */
       tp_reply_error(r, TP_ERR_STATEMENT_DESCRIPTOR_CARD, names[i], NULL);
       return false;
     }

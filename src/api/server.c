@@ -772,8 +772,9 @@ static enum MHD_Result queue_reply(struct tp_req *r)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->methods);
   if (r->close_after) /* its body is not read: the connection cannot go on */
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
-  else /* how long an idle connection is kept, so that a client (undici/fetch)
-        * closes it first rather than send into the server's close */
+  else if (r->keep_alive) /* how long an idle connection is kept, so that a
+                            * client (undici/fetch) closes it first rather
+                            * than send into the server's close */
     MHD_add_response_header(resp, "Keep-Alive", "timeout=" TP_HTTP_TIMEOUT_TEXT);
   if (cors_url(r->url)) {
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, "*");
@@ -919,7 +920,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                   void **con_cls)
 {
   (void)cls;
-  (void)version;
   struct tp_req *r = *con_cls;
   bool bad_path = r == (void *)&encoded_delimiter;
   if (bad_path)
@@ -930,6 +930,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
       return MHD_NO;
     r->conn = conn;
     r->bad_path = bad_path;
+    /* Will the connection stay open after this reply (RFC 9112 9.3)? */
+    const char *ch = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONNECTION);
+    bool http10 = version && strcmp(version, MHD_HTTP_VERSION_1_0) == 0;
+    r->keep_alive = http10 ? ch && strcasestr(ch, "keep-alive") : !(ch && strcasestr(ch, "close"));
     r->t0_ns = tp_mono_ns();
     /* A method is a token (RFC 9110 9.1) and a path text: what else came
      * (libmicrohttpd takes any method and decodes %FF in a path) is made

@@ -436,7 +436,15 @@ static void si_confirm(struct tp_req *r, json_t *si, struct tp_cs *cs, bool crea
     /* A stored PaymentMethod may be saved to the customer below: as attach
      * and detach do, under its lock, read afresh. */
     if (strncmp(pm_id, "pm_card_", 8) != 0) {
-      if (strlen(pm_id) >= sizeof pm_lock || !tp_lock_try(pm_id)) {
+      /* An id no PaymentMethod can have (too long, or this SetupIntent's
+       * own, whose lock this request holds: it waited on itself) is
+       * missing, not busy. */
+      if (strlen(pm_id) >= sizeof pm_lock || strcmp(pm_id, r->path_id) == 0 ||
+          !(strncmp(pm_id, "pm_", 3) == 0 || strncmp(pm_id, "card_", 5) == 0 || strncmp(pm_id, "tok_", 4) == 0)) {
+        tp_reply_missing(r, "PaymentMethod", pm_id, "payment_method");
+        goto fail;
+      }
+      if (!tp_lock_try(pm_id)) {
         tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
         goto fail;
       }

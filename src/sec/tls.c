@@ -18,8 +18,9 @@ const char *tp_tls_priorities(const char *min_version)
 {
   /* TLS 1.0 and 1.1 are never offered; SSL 3 is gone from GnuTLS anyway.
    * Nor, in TLS 1.2, what RFC 9325 (BCP 195) says not to negotiate: static
-   * RSA key exchange (no forward secrecy), CBC suites with SHA-1 MACs, and
-   * SHA-1 handshake signatures (RFC 9155): ECDHE with AEAD ciphers stays. */
+   * RSA key exchange (no forward secrecy), CBC suites (AEAD ones are what it
+   * recommends; SHA-1 MACs go too) and SHA-1 handshake signatures (RFC
+   * 9155): ECDHE with AES-GCM, ChaCha20-Poly1305 or AES-CCM stays. */
 #define TP_TLS_WEAK_OFF ":-RSA:-AES-128-CBC:-AES-256-CBC:-CAMELLIA-128-CBC:-CAMELLIA-256-CBC:-3DES-CBC:-SHA1" \
                         ":-SIGN-RSA-SHA1:-SIGN-ECDSA-SHA1:-SIGN-DSA-SHA1"
   if (!min_version || strcmp(min_version, "1.2") == 0)

@@ -285,8 +285,7 @@ class ApiErrorsTest(DaemonTestCase):
         before = len(self.c("decline").get("/v1/payment_intents", {"limit": 100}).json["data"])
         for path, params in (("/v1/payment_intents", {"amount": 2000, "currency": "usd"}),
                              ("/v1/payment_intents", {"amount": 2000, "currency": "usd", "confirm": "true",
-                                                      "payment_method": "pm_card_visa"}),
-                             ("/v1/charges", {"amount": 2000, "currency": "usd", "source": "tok_visa"})):
+                                                      "payment_method": "pm_card_visa"})):
             r = self.c("decline").post(path, dict(params, statement_descriptor="MYSHOP ORDER"))
             err = self.assertStripeError(r, 400, "invalid_request_error")
             self.assertEqual((err["param"], err["tp_code"]), ("statement_descriptor", 1109), r)
@@ -298,6 +297,11 @@ class ApiErrorsTest(DaemonTestCase):
         self.assertEqual((r.status, r.json["error"]["param"]), (400, "statement_descriptor"), r)
         r = self.c("decline").post("/v1/payment_intents/%s/capture" % pi["id"], {"statement_descriptor_suffix": "ORDER 9"})
         self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
+        # the legacy Charges API still takes it (Stripe: for a card, as the suffix)
+        r = self.c("decline").post("/v1/charges", {"amount": 2000, "currency": "usd", "source": "tok_visa",
+                                                   "statement_descriptor": "MYSHOP ORDER"})
+        self.assertEqual((r.status, r.json["statement_descriptor"]), (200, "MYSHOP ORDER"), r)
+        self.assertIn("MYSHOP ORDER", r.json["calculated_statement_descriptor"] or "")
 
     def test_off_session_cannot_set_up_future_usage(self):
         """Stripe: a confirmation with off_session=true while the PaymentIntent
@@ -457,6 +461,14 @@ class ApiErrorsTest(DaemonTestCase):
         honours it closes an idle connection before the server does."""
         r = self.c().get("/v1/payment_intents", {"limit": 1})
         self.assertEqual((r.status, r.headers.get("Keep-Alive")), (200, "timeout=60"), r)
+        # not on a reply after which the connection closes
+        key = self.daemon.merchants["bad"]["secret_key"]
+        for req in ("GET /v1/balance HTTP/1.1\r\nHost: x\r\nConnection: close\r\n",
+                    "GET /v1/balance HTTP/1.0\r\n"):
+            out = self.raw((req + "Authorization: Bearer " + key + "\r\n\r\n").encode())
+            head = out.split(b"\r\n\r\n", 1)[0]
+            self.assertTrue(head.startswith(b"HTTP/1."), out[:200])
+            self.assertNotIn(b"Keep-Alive:", head, head)
 
     def test_absolute_form_request_target_is_its_path(self):
         """RFC 9112 §3.2.2: a server accepts "GET http://host/path" (what a

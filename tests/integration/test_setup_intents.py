@@ -43,6 +43,17 @@ class SetupIntents(DaemonTestCase):
         self.assertTrue(loc.startswith(RETURN + "&"), loc)
         return urllib.parse.parse_qs(urllib.parse.urlsplit(loc).query)
 
+    def test_a_payment_method_id_no_payment_method_can_have_is_missing(self):
+        """The SetupIntent's own id, or one too long for any PaymentMethod, as
+        payment_method: 404 at once (it waited 2 s on its own lock, then 429)."""
+        import time
+        si = self.c().post("/v1/setup_intents", {}).json
+        for bad in (si["id"], "pm_" + "x" * 70):
+            t0 = time.monotonic()
+            r = self.c().post("/v1/setup_intents/%s/confirm" % si["id"], {"payment_method": bad})
+            self.assertEqual((r.status, r.json["error"]["code"]), (404, "resource_missing"), r)
+            self.assertLess(time.monotonic() - t0, 1.5, r)
+
     def test_the_status_machine_and_its_events(self):
         c = self.c()
         cus = self.customer()
