@@ -390,23 +390,30 @@ class ConnectorContract(unittest.TestCase):
         self.assertLess(time.monotonic() - t0, 5.0, r)
         self.assertEqual(len([q for q in self.fake.requests[n0:] if q[1].endswith("/v1/authorizations")]), 1)
 
+    def refund_held(self, mode):
+        """A paid charge's refund of 300 started on a thread while the fake
+        processor holds refunds (mode): (its answer dict, the thread, the
+        pending refund's id)."""
+        r = self.pay(PAN_OK)
+        self.assertEqual(r.status, 200, r)
+        ch = r.json["latest_charge"]
+        self.fake.mode = mode
+        out = {}
+        t = threading.Thread(target=lambda: out.setdefault("r", self.c.post("/v1/refunds", {"charge": ch,
+                                                                                          "amount": 300})))
+        t.start()
+        re_id = wait_for(lambda: ([x["id"] for x in self.c.get("/v1/refunds", {"charge": ch}).json["data"]]
+                                  or [None])[0], what="the pending refund")
+        return out, t, re_id
+
     def test_a_refund_is_not_updated_while_its_processor_call_runs(self):
         """The refund's outcome is written under its charge's lock; an update
         of its metadata meanwhile waits for that lock (as Stripe waits for an
         object another request holds) and then applies to the refund as the
         outcome left it, instead of writing back the pending refund it read
         before (it stayed pending for good)."""
-        r = self.pay(PAN_OK)
-        self.assertEqual(r.status, 200, r)
-        ch = r.json["latest_charge"]
-        self.fake.mode = "slow_refund"
-        out = {}
-        t = threading.Thread(target=lambda: out.setdefault("r", self.c.post("/v1/refunds", {"charge": ch,
-                                                                                          "amount": 300})))
-        t.start()
+        out, t, re_id = self.refund_held("slow_refund")
         try:
-            re_id = wait_for(lambda: ([x["id"] for x in self.c.get("/v1/refunds", {"charge": ch}).json["data"]]
-                                      or [None])[0], what="the pending refund")
             u = self.c.post("/v1/refunds/" + re_id, {"metadata[note]": "x"})
         finally:
             t.join(10)
@@ -421,17 +428,8 @@ class ConnectorContract(unittest.TestCase):
         """An object held for longer than [server] lock_wait_ms (1000 here):
         the waiting request gets 429 lock_timeout when the wait ends, not at
         once, with Stripe-Should-Retry: true, and changed nothing."""
-        r = self.pay(PAN_OK)
-        self.assertEqual(r.status, 200, r)
-        ch = r.json["latest_charge"]
-        self.fake.mode = "slow_refund_long"
-        out = {}
-        t = threading.Thread(target=lambda: out.setdefault("r", self.c.post("/v1/refunds", {"charge": ch,
-                                                                                          "amount": 300})))
-        t.start()
+        out, t, re_id = self.refund_held("slow_refund_long")
         try:
-            re_id = wait_for(lambda: ([x["id"] for x in self.c.get("/v1/refunds", {"charge": ch}).json["data"]]
-                                      or [None])[0], what="the pending refund")
             t0 = time.monotonic()
             u = self.c.post("/v1/refunds/" + re_id, {"metadata[note]": "x"})
             waited = time.monotonic() - t0
