@@ -82,6 +82,7 @@ struct tp_req {
   bool bad_path;       /* the path encodes a delimiter (%2F, %5C, %00): 404 */
   bool close_after;    /* refused before its body was read: Connection: close */
   bool keep_alive;     /* the client keeps the connection (Connection, HTTP version): say for how long */
+  bool coded_body;     /* Content-Encoding other than identity: 415 */
   bool suspended;
   bool lock_rerun;           /* woken from a lock wait: run the handler again */
   int64_t lock_deadline_ms;  /* tp_mono_ms after which a busy object is 429 (0: not waited yet) */

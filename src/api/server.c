@@ -550,8 +550,7 @@ static void dispatch(struct tp_req *r)
   }
   /* RFC 9110 8.4, 15.5.16: a body in a coding we do not decode (gzip ...)
    * is refused, not parsed as form data. */
-  const char *ce = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_ENCODING);
-  if (ce && *ce && strcasecmp(ce, "identity") != 0) {
+  if (r->coded_body) {
     tp_reply_error(r, TP_ERR_CONTENT_ENCODING_UNSUPPORTED, NULL, NULL);
     return;
   }
@@ -834,6 +833,8 @@ static void raw_reply_close(struct MHD_Connection *conn, unsigned status, const 
 struct header_scan {
   int content_length, transfer_encoding, host, authorization, idempotency_key;
   bool bad_name, te_not_chunked, expect_continue;
+  bool coded_body;             /* Content-Encoding other than identity */
+  bool conn_close, conn_keep;  /* Connection: close / keep-alive */
   uint64_t declared;
   size_t bytes;
 };
@@ -860,19 +861,29 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
     h->idempotency_key++;
   else if (strcasecmp(key, "Expect") == 0)
     h->expect_continue = true;
+  else if (strcasecmp(key, "Content-Encoding") == 0)
+    h->coded_body |= value && *value && strcasecmp(value, "identity") != 0;
+  else if (strcasecmp(key, "Connection") == 0 && value) {
+    h->conn_close |= strcasestr(value, "close") != NULL;
+    h->conn_keep |= strcasestr(value, "keep-alive") != NULL;
+  }
   return MHD_YES;
 }
 
-/* The error to answer before reading the body, or 0. */
-static enum tp_err framing_error(struct MHD_Connection *conn, const char *version, size_t url_len,
-                                 const char **why)
+/* The error to answer before reading the body, or 0; what else the one
+ * walk of the header fields tells the request goes into r. */
+static enum tp_err framing_error(struct tp_req *r, const char *version, size_t url_len, const char **why)
 {
+  struct MHD_Connection *conn = r->conn;
   struct header_scan h;
   memset(&h, 0, sizeof h);
   h.bytes = url_len;
   MHD_get_connection_values(conn, MHD_HEADER_KIND, scan_header, &h);
   bool http11 = version && strcmp(version, "HTTP/1.1") == 0;
   *why = NULL;
+  r->coded_body = h.coded_body;
+  /* Will the connection stay open after this reply (RFC 9112 9.3)? */
+  r->keep_alive = http11 ? !h.conn_close : h.conn_keep;
   if (h.bytes > TP_HTTP_HEADERS_MAX)
     return TP_ERR_HEADERS_TOO_LARGE;
   if (h.bad_name)
@@ -930,10 +941,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
       return MHD_NO;
     r->conn = conn;
     r->bad_path = bad_path;
-    /* Will the connection stay open after this reply (RFC 9112 9.3)? */
-    const char *ch = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONNECTION);
-    bool http10 = version && strcmp(version, MHD_HTTP_VERSION_1_0) == 0;
-    r->keep_alive = http10 ? ch && strcasestr(ch, "keep-alive") : !(ch && strcasestr(ch, "close"));
     r->t0_ns = tp_mono_ns();
     /* A method is a token (RFC 9110 9.1) and a path text: what else came
      * (libmicrohttpd takes any method and decodes %FF in a path) is made
@@ -953,7 +960,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     snprintf(r->request_id, sizeof r->request_id, "req_%s", rnd);
     *con_cls = r;
     const char *why;
-    enum tp_err fe = framing_error(conn, version, strlen(url), &why);
+    enum tp_err fe = framing_error(r, version, strlen(url), &why);
     if (fe == TP_ERR_HEADERS_TOO_LARGE && !tls_cert) {
       /* libmicrohttpd's pool, nearly full with these headers, may have no
        * room for a reply's: answered on the socket, then closed. */
