@@ -191,31 +191,6 @@ json_t *tp_shipping_build(struct tp_req *r, const json_t *v, bool tracking)
 
 static bool expand_paths_ok(struct tp_req *r);
 
-bool tp_return_url_ok(const char *u)
-{
-  size_t n = strlen(u);
-  if (n == 0 || n > TP_RETURN_URL_MAX || !isalpha((unsigned char)u[0]))
-    return false;
-  for (size_t i = 0; i < n; i++)
-    if ((unsigned char)u[i] <= 0x20 || u[i] == 0x7f)
-      return false; /* controls (a CR/LF would split the Location header) and spaces */
-  size_t k = strspn(u, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.");
-  if (u[k] != ':' || !u[k + 1])
-    return false;
-  /* Schemes that run or show something in place of a page of the merchant. */
-  static const char *const refused[] = {"javascript", "data", "vbscript", "file", "blob", "about", NULL};
-  for (int i = 0; refused[i]; i++)
-    if (k == strlen(refused[i]) && strncasecmp(u, refused[i], k) == 0)
-      return false;
-  bool web = (k == 4 && strncasecmp(u, "http", 4) == 0) || (k == 5 && strncasecmp(u, "https", 5) == 0);
-  if (web) { /* http(s)://host...: a host, not a path or another page's scheme */
-    const char *h = u + k + 1;
-    if (strncmp(h, "//", 2) != 0 || !h[2] || strchr("/?#", h[2]))
-      return false;
-  }
-  return true;
-}
-
 void tp_return_location(char *out, size_t cap, const char *ret, const char *kind, const char *id,
                         const char *secret, const char *status)
 {
@@ -248,13 +223,6 @@ bool tp_check_params(struct tp_req *r, const struct tp_pspec *spec)
   memset(&pe, 0, sizeof pe);
   if (tp_params_check(r->params, spec, &pe) != 0) {
     tp_reply_params_error(r, &pe, false);
-    return false;
-  }
-  /* Where a redirect sends the customer back (a 303's Location): an
-   * absolute URL, as Stripe requires (400 url_invalid). */
-  const char *ret = tp_pstr(r->params, "return_url");
-  if (ret && *ret && !tp_return_url_ok(ret)) {
-    tp_reply_error(r, TP_ERR_URL_INVALID, "return_url", "Not a valid URL");
     return false;
   }
   /* expand[] is checked here, before the handler does anything: a request

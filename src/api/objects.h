@@ -169,12 +169,6 @@ int tp_pi_unsettled(const char *merchant, const char *pi_id);
  * and returns true when there is one (or on error). */
 bool tp_refuse_unsettled(struct tp_req *r, const char *pi_id);
 
-/* A return_url (tp_check_params refuses another with 400 url_invalid): an
- * absolute URL of at most TP_RETURN_URL_MAX bytes, no spaces or controls,
- * a scheme that is not javascript:, data: and the like; http(s) with a
- * host. App schemes (myapp://done) pass, as Stripe allows them. */
-#define TP_RETURN_URL_MAX 2048
-bool tp_return_url_ok(const char *url);
 /* The return_url with kind=id, kind_client_secret and redirect_status=status
  * added to its query (before a #fragment, RFC 3986 3.5), into out. */
 void tp_return_location(char *out, size_t cap, const char *return_url, const char *kind, const char *id,

@@ -5,6 +5,7 @@
 #include "params.h"
 #include "util.h"
 
+#include <ctype.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -694,6 +695,31 @@ static bool enum_emptyable(const struct check_ctx *c, const struct tp_pspec *sp)
   return false;
 }
 
+bool tp_return_url_ok(const char *u)
+{
+  size_t n = strlen(u);
+  if (n == 0 || n > TP_RETURN_URL_MAX || !isalpha((unsigned char)u[0]))
+    return false;
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)u[i] <= 0x20 || u[i] == 0x7f)
+      return false; /* controls (a CR/LF would split the Location header) and spaces */
+  size_t k = strspn(u, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.");
+  if (u[k] != ':' || !u[k + 1])
+    return false;
+  /* Schemes that run or show something in place of a page of the merchant. */
+  static const char *const refused[] = {"javascript", "data", "vbscript", "file", "blob", "about", NULL};
+  for (int i = 0; refused[i]; i++)
+    if (k == strlen(refused[i]) && strncasecmp(u, refused[i], k) == 0)
+      return false;
+  bool web = (k == 4 && strncasecmp(u, "http", 4) == 0) || (k == 5 && strncasecmp(u, "https", 5) == 0);
+  if (web) { /* http(s)://host...: a host, not a path or another page's scheme */
+    const char *h = u + k + 1;
+    if (strncmp(h, "//", 2) != 0 || !h[2] || strchr("/?#", h[2]))
+      return false;
+  }
+  return true;
+}
+
 /* Check one value against its spec entry; c->path already names it. */
 static int check_value(struct check_ctx *c, size_t plen, json_t *v, const struct tp_pspec *sp,
                        json_t **repl) {
@@ -787,6 +813,13 @@ static int check_value(struct check_ctx *c, size_t plen, json_t *v, const struct
     set_err(c->err, c->path, "Parameter not supported by Turnpike: %s (%s)", c->path,
             sp->choices && sp->choices[0] ? sp->choices[0] : "not implemented");
     return -1;
+  case TP_P_URL:
+    if (!json_is_string(v)) return type_error(c, sp->name, v, "string");
+    if (!tp_return_url_ok(json_string_value(v))) {
+      set_err(c->err, c->path, "Not a valid URL");
+      return -1;
+    }
+    return 0;
   case TP_P_ANY:
     return 0;
   }

@@ -59,6 +59,8 @@ enum tp_ptype {
   TP_P_STRLIST,    /* array of strings (expand[]) */
   TP_P_RANGE,      /* integer, or object with gt/gte/lt/lte integers (created[gte]) */
   TP_P_ANY,        /* anything (rarely used) */
+  TP_P_URL,        /* a URL a customer is sent back to (tp_return_url_ok); else
+                      "Not a valid URL" (url_invalid); "" unsets */
   TP_P_UNSUPPORTED /* a Stripe parameter of a feature Turnpike does not have
                       (Connect, mandates, Stripe Tax ...): refused with
                       "Parameter not supported by Turnpike: <name> (<why>)",
@@ -97,6 +99,12 @@ bool tp_param_bool(const json_t *obj, const char *key, bool *out);
  * bytes (the Stripe-Version header, a webhook endpoint's api_version). */
 #define TP_API_VERSION_MAX 47
 bool tp_api_version_ok(const char *v);
+/* A return_url (TP_P_URL): an absolute URL of at most TP_RETURN_URL_MAX
+ * bytes, no spaces or controls, a scheme that is not javascript:, data: and
+ * the like; http(s) with a host. App schemes (myapp://done) pass, as
+ * Stripe allows them. */
+#define TP_RETURN_URL_MAX 2048
+bool tp_return_url_ok(const char *url);
 /* A Stripe-Version header: a version (tp_api_version_ok), then any number
  * of "; beta_name=vN" (the SDKs' beta opt-ins); the version into base. */
 bool tp_api_version_header(const char *v, char base[TP_API_VERSION_MAX + 1]);

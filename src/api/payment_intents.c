@@ -107,7 +107,7 @@ static const struct tp_pspec spec_payment_details[] = {
 
 /* What a confirmation takes, on create (confirm=true) and on confirm. */
 #define PI_CONFIRMING                                                                          \
-  {"off_session", TP_P_BOOL, NULL, off_session_kinds}, {"return_url", TP_P_STRING, NULL, NULL},  \
+  {"off_session", TP_P_BOOL, NULL, off_session_kinds}, {"return_url", TP_P_URL, NULL, NULL},  \
   {"error_on_requires_action", TP_P_BOOL, NULL, NULL}, {"use_stripe_sdk", TP_P_BOOL, NULL, NULL}, \
   {"radar_options", TP_P_OBJECT, tp_spec_radar_options, NULL},                                  \
   UNSUPPORTED("mandate", tp_why_mandates), UNSUPPORTED("mandate_data", tp_why_mandates),        \

@@ -108,6 +108,8 @@ void tp_reply_params_error(struct tp_req *r, const struct tp_params_error *pe, b
     e = TP_ERR_PARAMETER_INVALID_INTEGER;
   else if (strncmp(pe->message, "You passed an empty string", 26) == 0)
     e = TP_ERR_PARAMETER_INVALID_EMPTY;
+  else if (strcmp(pe->message, "Not a valid URL") == 0)
+    e = TP_ERR_URL_INVALID;
   else if (!pe->param[0])
     e = TP_ERR_BODY_MALFORMED;
   tp_reply_error(r, e, pe->param[0] ? pe->param : NULL, pe->message[0] ? pe->message : NULL);

@@ -68,7 +68,7 @@ static const struct tp_pspec spec_apm[] = {
   UNSUPPORTED("payment_method_configuration", tp_why_pm_configuration)
 
 #define SI_CONFIRMING                                                                                     \
-  {"return_url", TP_P_STRING, NULL, NULL}, {"use_stripe_sdk", TP_P_BOOL, NULL, NULL},                   \
+  {"return_url", TP_P_URL, NULL, NULL}, {"use_stripe_sdk", TP_P_BOOL, NULL, NULL},                   \
   UNSUPPORTED("mandate_data", tp_why_mandates), UNSUPPORTED("confirmation_token", tp_why_confirmation_token)
 
 static const struct tp_pspec spec_create[] = {
