@@ -314,19 +314,25 @@ static json_t *prev_attrs(const json_t *before, const json_t *after)
   return out;
 }
 
-void tp_emit_update(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type,
-                    const json_t *before, const json_t *object)
+/* An event about object with data.previous_attributes = prev. */
+static void emit_prev(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type,
+                      const json_t *object, const json_t *prev)
 {
   size_t ol = 0, pl = 0;
-  char *os = tp_json_dump(object, &ol);
-  json_t *prev = prev_attrs(before, object);
-  char *ps = tp_json_dump(prev, &pl);
-  json_decref(prev);
+  char *os = tp_json_dump(object, &ol), *ps = tp_json_dump(prev, &pl);
   if (!os || !ps)
     abort();
   emit_dumped(cs, r, merchant, type, object, os, ol, ps, pl, NULL, 0);
   free(os);
   free(ps);
+}
+
+void tp_emit_update(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type,
+                    const json_t *before, const json_t *object)
+{
+  json_t *prev = prev_attrs(before, object);
+  emit_prev(cs, r, merchant, type, object, prev);
+  json_decref(prev);
 }
 
 void tp_put_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant, enum tp_kind kind, const char *type,
@@ -949,14 +955,8 @@ void tp_pm_detach(struct tp_cs *cs, const struct tp_req *r, json_t *pm)
   json_object_set_new(pm, "customer", json_null());
   tp_mark(pm, "detached", json_true());
   tp_cs_put(cs, TP_K_PAYMENT_METHOD, r->merchant.id, pm);
-  size_t ol = 0, pl = 0;
-  char *os = tp_json_dump(pm, &ol), *ps = tp_json_dump(prev, &pl);
+  emit_prev(cs, r, r->merchant.id, "payment_method.detached", pm, prev);
   json_decref(prev);
-  if (!os || !ps)
-    abort();
-  emit_dumped(cs, r, r->merchant.id, "payment_method.detached", pm, os, ol, ps, pl, NULL, 0);
-  free(os);
-  free(ps);
 }
 
 void tp_mark(json_t *obj, const char *key, json_t *value)
