@@ -47,7 +47,7 @@ struct rj_xfer {
   size_t resp_len, resp_cap;
   bool too_large;
   bool sent;                        /* a connection was ready to carry the request (on_prereq) */
-  char errbuf[CURL_ERROR_SIZE];     /* libcurl's words for a failure (TLS alerts) */
+  char errbuf[CURL_ERROR_SIZE];     /* libcurl's words for a failure (logged for TLS failures) */
   struct rj_xfer *next_free;        /* free list */
   struct rj_xfer *prev, *next;      /* in-flight list */
 };
