@@ -1468,6 +1468,8 @@ static struct lock_waiter *waiters;
 static pthread_cond_t waiter_cv;
 static pthread_once_t waiter_once = PTHREAD_ONCE_INIT;
 static bool waiter_ok; /* the timer thread runs (else no waiting) */
+static pthread_t waiter_thread;
+static bool waiter_stop; /* under lock_mu: tp_lock_wait_stop asked */
 
 /* Unlink the waiters for id (or, id NULL, those due by now_ms) into *out. */
 static void take_waiters(const char *id, int64_t now_ms, struct lock_waiter **out)
@@ -1497,7 +1499,7 @@ static void *waiter_main(void *arg)
 {
   (void)arg;
   pthread_mutex_lock(&lock_mu);
-  for (;;) {
+  while (!waiter_stop) {
     int64_t soonest = INT64_MAX;
     for (struct lock_waiter *w = waiters; w; w = w->next)
       if (w->deadline_ms < soonest)
@@ -1522,6 +1524,7 @@ static void *waiter_main(void *arg)
     wake_all(due);
     pthread_mutex_lock(&lock_mu);
   }
+  pthread_mutex_unlock(&lock_mu);
   return NULL;
 }
 
@@ -1532,17 +1535,27 @@ static void waiter_start(void)
   pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
   pthread_cond_init(&waiter_cv, &a);
   pthread_condattr_destroy(&a);
-  pthread_t t;
-  pthread_attr_t ta;
-  pthread_attr_init(&ta);
-  pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
-  if (pthread_create(&t, &ta, waiter_main, NULL) != 0)
+  if (pthread_create(&waiter_thread, NULL, waiter_main, NULL) != 0)
     tp_log(TP_LOG_ERROR, "lock_waiter_start_failed", NULL);
   else {
-    pthread_setname_np(t, "tp-lockwait");
+    pthread_setname_np(waiter_thread, "tp-lockwait");
     waiter_ok = true;
   }
-  pthread_attr_destroy(&ta);
+}
+
+void tp_lock_wait_stop(void)
+{
+  /* After the HTTP server stopped: every waiter's request has ended (it
+   * counts as in flight until then), so the list is empty. */
+  pthread_mutex_lock(&lock_mu);
+  bool running = waiter_ok;
+  waiter_ok = false;
+  waiter_stop = true;
+  if (running)
+    pthread_cond_signal(&waiter_cv);
+  pthread_mutex_unlock(&lock_mu);
+  if (running)
+    pthread_join(waiter_thread, NULL);
 }
 
 int tp_lock_wait(const char *id, int64_t deadline_ms, void (*wake)(void *arg), void *arg)

@@ -202,6 +202,8 @@ extern _Thread_local char tp_lock_busy_id[64]; /* TP_ID_MAX */
  * is not held any more; -1 if it cannot wait (no memory, no timer thread).
  * wake must not take a lock of this module. */
 int tp_lock_wait(const char *id, int64_t deadline_ms, void (*wake)(void *arg), void *arg);
+/* Stop and join the waiters' timer thread, if it was started (at exit). */
+void tp_lock_wait_stop(void);
 
 /* Current time in Unix seconds (one place to stub). */
 #include "util.h"

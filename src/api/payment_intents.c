@@ -246,16 +246,24 @@ static void unexpected_state(struct tp_req *r, const json_t *pi, const char *act
   pi_state_error(r, pi, TP_ERR_PAYMENT_INTENT_UNEXPECTED_STATE, NULL, msg);
 }
 
+/* Below the currency's minimum charge: Stripe's amount_too_small, which
+ * names the minimum ("Amount must be at least $0.50 usd"). */
+static bool at_least_min_charge(struct tp_req *r, int64_t amount, const struct tp_currency *cur, const char *param)
+{
+  if (amount >= tp_currency_min_charge(cur))
+    return true;
+  char msg[200], fmt[40];
+  tp_amount_format(fmt, sizeof fmt, tp_currency_min_charge(cur), cur);
+  snprintf(msg, sizeof msg, "Amount must be at least %s%s %s", tp_currency_symbol(cur), fmt, cur->code);
+  tp_reply_error(r, TP_ERR_AMOUNT_TOO_SMALL, param, msg);
+  return false;
+}
+
 /* Validate amount against currency; reply and return false when wrong. */
 static bool check_amount(struct tp_req *r, int64_t amount, const struct tp_currency *cur)
 {
-  if (amount < tp_currency_min_charge(cur)) {
-    char msg[200], fmt[40];
-    tp_amount_format(fmt, sizeof fmt, tp_currency_min_charge(cur), cur);
-    snprintf(msg, sizeof msg, "Amount must be at least %s%s %s", tp_currency_symbol(cur), fmt, cur->code);
-    tp_reply_error(r, TP_ERR_AMOUNT_TOO_SMALL, "amount", msg);
+  if (!at_least_min_charge(r, amount, cur, "amount"))
     return false;
-  }
   if (tp_amount_check(amount, cur) != 0) {
     tp_reply_error(r, TP_ERR_AMOUNT_TOO_LARGE, "amount", NULL);
     return false;
@@ -676,6 +684,11 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
   char cvc[8] = "";
   json_t *pm = NULL;
   const char *pm_id;
+  /* payment_intent.created shows the PaymentIntent as it was created, before
+   * this confirmation changed it (Stripe's event for the create of a
+   * confirm=true request); a refused confirmation frees cs and it with it. */
+  if (created)
+    tp_emit(cs, r, r->merchant.id, "payment_intent.created", pi);
   if (!tp_redirect_allowed(r, pi) || !tp_confirm_pm_choice(r, cs, pi, &pm, &pm_id, &ci, cvc))
     goto fail;
   if (!pm) {
@@ -724,8 +737,6 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
       json_object_set(pi, "last_payment_error", err);
       json_object_set_new(pi, "payment_method", json_null());
       tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
-      if (created)
-        tp_emit(cs, r, r->merchant.id, "payment_intent.created", pi);
       tp_emit(cs, r, r->merchant.id, "payment_intent.payment_failed", pi);
       /* A copy: the PaymentIntent's last_payment_error is err itself, and a
        * tree that contains itself cannot be written out. */
@@ -740,8 +751,6 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
       tp_reply_json(r, 402, tp_pack("{s:o}", "error", err));
     } else {
       tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
-      if (created)
-        tp_emit(cs, r, r->merchant.id, "payment_intent.created", pi);
       tp_emit(cs, r, r->merchant.id, "payment_intent.requires_action", pi);
       json_t *out = json_deep_copy(pi);
       json_t *known = tp_pack("[O]", pm);
@@ -786,10 +795,7 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
 
   /* Processing: commit the attempt first, then call the processor. */
   json_object_set_new(pi, "status", json_string("processing"));
-  if (created)
-    tp_put_emit(cs, r, r->merchant.id, TP_K_PAYMENT_INTENT, "payment_intent.created", pi);
-  else
-    tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
   struct tp_pay *p = tp_pay_new(r, &r->merchant);
   p->pi = pi;
   p->pm = pm;
@@ -846,11 +852,28 @@ static bool create_basics(struct tp_req *r, int64_t *amount, const struct tp_cur
   return !cus || !*cus || tp_live_or_missing(r, TP_K_CUSTOMER, cus, "customer", "customer");
 }
 
+/* The parameters Stripe's reference says "can only be used with
+ * confirm=true" on a create (mandate and mandate_data too, which Turnpike
+ * refuses anyway): without it they would be kept nowhere and do nothing. */
+static bool confirming_params_ok(struct tp_req *r)
+{
+  bool confirming = false;
+  if (tp_param_bool(r->params, "confirm", &confirming) && confirming)
+    return true;
+  static const char *const only[] = {"off_session", "return_url", "error_on_requires_action", NULL};
+  for (int i = 0; only[i]; i++)
+    if (json_object_get(r->params, only[i])) {
+      tp_reply_error(r, TP_ERR_PARAMETER_REQUIRES_CONFIRM, only[i], NULL);
+      return false;
+    }
+  return true;
+}
+
 void tp_h_pi_create(struct tp_req *r)
 {
   int64_t amount;
   const struct tp_currency *cur;
-  if (!tp_check_params(r, spec_create) || !create_basics(r, &amount, &cur))
+  if (!tp_check_params(r, spec_create) || !confirming_params_ok(r) || !create_basics(r, &amount, &cur))
     return;
   const char *pm_given = tp_pstr(r->params, "payment_method");
   if (pm_given && *pm_given && !tp_pm_exists(r, pm_given))
@@ -1316,12 +1339,9 @@ static void capture(struct tp_req *r, const char *pi_id, const char *amount_para
       tp_reply_error(r, TP_ERR_CAPTURE_AMOUNT_TOO_LARGE, amount_param, NULL);
       goto fail;
     }
-    if (amount < 1) {
-      tp_reply_error(r, TP_ERR_AMOUNT_TOO_SMALL, amount_param, NULL);
-      goto fail;
-    }
-    if (!tp_check_card_amount(r, amount, tp_currency_find(json_string_value(json_object_get(pi, "currency"))),
-                           amount_param))
+    /* A partial capture is a charge of that amount: the same minimum. */
+    const struct tp_currency *cur = tp_currency_find(json_string_value(json_object_get(pi, "currency")));
+    if (!at_least_min_charge(r, amount, cur, amount_param) || !tp_check_card_amount(r, amount, cur, amount_param))
       goto fail;
   }
   const char *chid = json_string_value(json_object_get(pi, "latest_charge"));
@@ -1426,6 +1446,25 @@ static const struct tp_pspec spec_charge_capture[] = {
   {NULL, 0, NULL, NULL},
 };
 
+/* An uncaptured charge whose hold was released: by the expiry of its
+ * authorization (its PaymentIntent canceled with reason "automatic") or by
+ * a cancel, which Stripe reports as a refund of the charge. */
+static void refused_released(struct tp_req *r, const json_t *ch)
+{
+  const char *pi_id = json_string_value(json_object_get(ch, "payment_intent"));
+  json_t *pi = pi_id ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, pi_id) : NULL;
+  const char *why = json_string_value(json_object_get(pi, "cancellation_reason"));
+  if (why && strcmp(why, "automatic") == 0)
+    tp_reply_error(r, TP_ERR_CHARGE_EXPIRED_FOR_CAPTURE, NULL, NULL);
+  else {
+    char msg[128];
+    snprintf(msg, sizeof msg, "Charge %.64s has already been refunded.",
+             json_string_value(json_object_get(ch, "id")) ?: "");
+    tp_reply_error(r, TP_ERR_CHARGE_ALREADY_REFUNDED, NULL, msg);
+  }
+  json_decref(pi);
+}
+
 void tp_h_charge_capture(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_charge_capture))
@@ -1436,7 +1475,7 @@ void tp_h_charge_capture(struct tp_req *r)
   if (json_is_true(json_object_get(ch, "captured")))
     tp_reply_error(r, TP_ERR_CHARGE_ALREADY_CAPTURED, NULL, NULL);
   else if (json_is_true(json_object_get(ch, "refunded")))
-    tp_reply_error(r, TP_ERR_CHARGE_EXPIRED_FOR_CAPTURE, NULL, NULL);
+    refused_released(r, ch);
   else if (!json_is_true(json_object_get(ch, "paid")))
     tp_reply_error(r, TP_ERR_CAPTURE_UNAUTHORIZED_PAYMENT, NULL, NULL);
   else {
@@ -1528,7 +1567,7 @@ void tp_h_pi_cancel(struct tp_req *r)
     snprintf(msg, sizeof msg,
              "You cannot cancel this PaymentIntent because it has a status of %s. Only a PaymentIntent with one of "
              "the following statuses may be canceled: requires_payment_method, requires_capture, "
-             "requires_confirmation, requires_action, processing.",
+             "requires_confirmation, requires_action.",
              st);
     pi_state_error(r, pi, TP_ERR_PAYMENT_INTENT_UNEXPECTED_STATE, NULL, msg);
     json_decref(pi);

@@ -673,6 +673,8 @@ static void observe_request(struct tp_req *r)
  * lock or key held by another request, which frees up in moments; "false"
  * for an answer that is final (a replay, or a payment outcome the key
  * replays), so the SDK does not wait to be told the same; else unset. */
+static char *tls_cert, *tls_key, *tls_prio; /* [tls], PEM text; NULL: plain HTTP */
+
 static const char *should_retry(const struct tp_req *r)
 {
   if (r->replayed)
@@ -741,6 +743,8 @@ static enum MHD_Result queue_reply(struct tp_req *r)
   if (r->location[0] && MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, r->location) != MHD_YES)
     tp_log(TP_LOG_ERROR, "location_refused", "{s:s}", "request", r->request_id);
   MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+  if (tls_cert) /* RFC 6797: only on a secure transport; not includeSubDomains (the merchant's other hosts) */
+    MHD_add_response_header(resp, "Strict-Transport-Security", "max-age=31536000");
   if (r->content_type && strncmp(r->content_type, "text/html", 9) == 0) {
     /* The 3-D Secure page: no script, no framing (a page of another site
      * cannot lay it under a click), its token kept out of Referer. */
@@ -795,7 +799,6 @@ static enum MHD_Result queue_reply(struct tp_req *r)
  * object here and is answered 404. */
 static char encoded_delimiter;
 
-static char *tls_cert, *tls_key, *tls_prio;
 
 /* A Stripe-shaped error written straight to the socket, which is then shut
  * down: for a request libmicrohttpd has no room left to answer (a request
@@ -1179,4 +1182,5 @@ void tp_http_stop(unsigned wait_ms)
   daemon_ = NULL;
   if (s != MHD_INVALID_SOCKET)
     close(s);
+  tp_lock_wait_stop(); /* its waiters were requests, all ended above */
 }

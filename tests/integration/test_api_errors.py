@@ -374,6 +374,61 @@ class ApiErrorsTest(DaemonTestCase):
         r = c.post("/v1/payment_intents/%s/capture" % pi["id"], {"amount_to_capture": 400, "final_capture": "true"})
         self.assertEqual((r.status, r.json["amount_received"]), (200, 400), r)
 
+    def test_confirm_only_parameters_need_confirm_true(self):
+        """Stripe's reference: off_session, return_url and
+        error_on_requires_action "can only be used with confirm=true" on a
+        create. Without it: 400 naming the parameter, nothing created."""
+        c = self.c("decline")
+        before = len(c.get("/v1/payment_intents", {"limit": 100}).json["data"])
+        base = {"amount": 1000, "currency": "usd", "payment_method": "pm_card_visa"}
+        for extra in ({"off_session": "true"}, {"return_url": "https://shop.example/back"},
+                      {"error_on_requires_action": "true"}, {"off_session": "true", "confirm": "false"}):
+            r = c.post("/v1/payment_intents", dict(base, **extra))
+            err = self.assertStripeError(r, 400, "invalid_request_error")
+            name = [k for k in extra if k != "confirm"][0]
+            self.assertEqual((err["param"], err["tp_code"]), (name, 1112), r)
+            self.assertIn("confirm=true", err["message"])
+        self.assertEqual(len(c.get("/v1/payment_intents", {"limit": 100}).json["data"]), before)
+        # The same with confirm=true, and use_stripe_sdk without it, are taken.
+        r = c.post("/v1/payment_intents", dict(base, confirm="true", return_url="https://shop.example/back",
+                                               error_on_requires_action="true"))
+        self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
+        r = c.post("/v1/payment_intents", dict(base, use_stripe_sdk="true"))
+        self.assertEqual((r.status, r.json["status"]), (200, "requires_confirmation"), r)
+
+    def test_partial_capture_below_the_minimum_charge(self):
+        """A partial capture is a charge of that amount: below the currency's
+        minimum (USD 0.50, JPY 50) it is amount_too_small, the hold kept."""
+        c = self.c("decline")
+        for cur, amount, low, ok in (("usd", 1000, 49, 50), ("jpy", 1000, 49, 50)):
+            pi = c.post("/v1/payment_intents", {"amount": amount, "currency": cur, "confirm": "true",
+                                                "payment_method": "pm_card_visa",
+                                                "capture_method": "manual"}).json
+            r = c.post("/v1/payment_intents/%s/capture" % pi["id"], {"amount_to_capture": low})
+            err = self.assertStripeError(r, 400, "invalid_request_error", "amount_too_small")
+            self.assertEqual(err["param"], "amount_to_capture", r)
+            self.assertIn("at least", err["message"])
+            got = c.get("/v1/payment_intents/" + pi["id"]).json
+            self.assertEqual((got["status"], got["amount_capturable"]), ("requires_capture", amount), got)
+            r = c.post("/v1/payment_intents/%s/capture" % pi["id"], {"amount_to_capture": ok})
+            self.assertEqual((r.status, r.json["amount_received"]), (200, ok), r)
+
+    def test_capturing_the_charge_of_a_canceled_payment_intent(self):
+        """A cancel releases the hold, which Stripe shows as a refund of the
+        charge: capturing it is charge_already_refunded, not an expiry; and
+        the cancel refusal lists only the states Turnpike cancels."""
+        c = self.c("decline")
+        pi = c.post("/v1/payment_intents", {"amount": 1000, "currency": "usd", "confirm": "true",
+                                            "payment_method": "pm_card_visa", "capture_method": "manual"}).json
+        r = c.post("/v1/payment_intents/%s/cancel" % pi["id"], {})
+        self.assertEqual((r.status, r.json["status"]), (200, "canceled"), r)
+        r = c.post("/v1/charges/%s/capture" % pi["latest_charge"], {})
+        err = self.assertStripeError(r, 400, "invalid_request_error", "charge_already_refunded")
+        self.assertIn(pi["latest_charge"], err["message"])
+        r = c.post("/v1/payment_intents/%s/cancel" % pi["id"], {})
+        err = self.assertStripeError(r, 400, "invalid_request_error", "payment_intent_unexpected_state")
+        self.assertNotIn("processing", err["message"])
+
     def test_payment_intent_actions_of_other_payment_methods(self):
         """apply_customer_balance and verify_microdeposits are Stripe routes
         (stripe-node calls them): 404 for no such PaymentIntent, else 400."""

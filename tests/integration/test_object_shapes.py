@@ -200,6 +200,27 @@ class ObjectShapes(DaemonTestCase):
             self.assertGreater(self.seen.get(name, 0), 0, name)
         self.assertGreater(self.seen["EventBase"], 10)
 
+    def test_the_created_event_is_the_object_as_created(self):
+        """A create with confirm=true is a creation and a confirmation:
+        payment_intent.created shows the PaymentIntent before the
+        confirmation changed it (no charge, nothing received), the later
+        events and the reply after."""
+        for body, status in (({"payment_method": "pm_card_visa"}, "requires_confirmation"),
+                             ({"payment_method": "pm_card_chargeDeclined"}, "requires_confirmation"),
+                             ({"payment_method_data[type]": "card", "payment_method_data[card][number]":
+                               "4000002760003184", "payment_method_data[card][exp_month]": "12",
+                               "payment_method_data[card][exp_year]": "2040"}, "requires_payment_method")):
+            r = self.c().post("/v1/payment_intents", dict(body, amount=1000, currency="usd", confirm="true"))
+            pi = r.json.get("error", {}).get("payment_intent") or r.json
+            evs = {e["type"]: e["data"]["object"]
+                   for e in self.get("/v1/events", {"limit": 20})["data"] if e["data"]["object"]["id"] == pi["id"]}
+            created = evs["payment_intent.created"]
+            self.assertShape(created, "payment_intent.created")
+            self.assertEqual((created["status"], created["latest_charge"], created["amount_received"]),
+                             (status, None, 0), created)
+            self.assertNotEqual(pi["status"], created["status"], pi)
+            self.assertEqual(len(evs), 2, sorted(evs))  # created, then succeeded, payment_failed or requires_action
+
     def test_setup_intents(self):
         cus = self.post("/v1/customers", {})["id"]
         self.assertShape(self.post("/v1/setup_intents", {"customer": cus}), "setup_intent(new)")

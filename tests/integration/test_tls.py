@@ -128,6 +128,8 @@ class TLSTest(unittest.TestCase):
                                            "payment_method": "pm_card_visa"})
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.json["status"], "succeeded")
+        # RFC 6797: a host served over TLS tells browsers to stay on it.
+        self.assertEqual(r.headers.get("Strict-Transport-Security"), "max-age=31536000", r.headers)
         r = c.get("/.well-known/oauth-authorization-server", key=None)
         self.assertEqual(r.json["issuer"], "https://%s:%d" % (HOST, self.daemon.port))
         # The certificate is checked: an untrusting client fails.
