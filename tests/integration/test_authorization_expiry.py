@@ -43,6 +43,8 @@ class Expiry:
         self.assertGreaterEqual(time.time() + 1, before)
         ch = c.get("/v1/charges/" + pi["latest_charge"]).json
         self.assertEqual((ch["captured"], ch["refunded"], ch["amount_refunded"]), (False, True, pi["amount"]), ch)
+        re = c.get("/v1/refunds", {"charge": ch["id"]}).json["data"]
+        self.assertEqual([(x["amount"], x["reason"]) for x in re], [(pi["amount"], "expired_uncaptured_charge")])
         types = [e["type"] for e in c.list_all("/v1/events")
                  if e["data"]["object"]["id"] in (pi["id"], pi["latest_charge"])]
         self.assertIn("charge.expired", types)

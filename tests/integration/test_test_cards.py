@@ -188,6 +188,13 @@ class TestCards(DaemonTestCase):
         err = self.pay(402, payment_method="pm_card_chargeDeclined")["error"]
         o = self.c().get("/v1/charges/" + err["charge"]).json["outcome"]
         self.assertEqual((o["type"], o["network_status"]), ("issuer_declined", "declined_by_network"))
+        # Stripe's seller_message names the issuer's reason, unless it gave none
+        self.assertEqual(o["seller_message"], "The bank did not return any further details with this decline.")
+        self.assertEqual(err["message"], "Your card was declined.")
+        err = self.pay(402, payment_method="pm_card_chargeDeclinedInsufficientFunds")["error"]
+        o = self.c().get("/v1/charges/" + err["charge"]).json["outcome"]
+        self.assertEqual(o["seller_message"], "The bank returned the decline code `insufficient_funds`.")
+        self.assertEqual(err["message"], "Your card has insufficient funds.")
 
     def test_address_and_cvc_checks(self):
         address = {"line1": "1 Main St", "postal_code": "12345"}
