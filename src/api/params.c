@@ -723,11 +723,14 @@ bool tp_return_url_ok(const char *u)
 /* Check one value against its spec entry; c->path already names it. */
 static int check_value(struct check_ctx *c, size_t plen, json_t *v, const struct tp_pspec *sp,
                        json_t **repl) {
-  /* Top-level amount and currency cannot be unset either: "" was ignored
-   * (an update kept the amount) or read as a currency named "". */
-  bool never_unset = !strchr(c->path, '[') && (strcmp(sp->name, "amount") == 0 || strcmp(sp->name, "currency") == 0);
-  if (((sp->type == TP_P_ENUM && !enum_emptyable(c, sp)) || never_unset) && json_is_string(v) &&
-      json_string_length(v) == 0) {
+  /* Top-level money (amount, amount_to_capture ...) and currency cannot be
+   * unset either: "" or a JSON null was ignored (an update kept the amount,
+   * a capture or refund took the whole of it) or read as a currency "". */
+  bool never_unset = !strchr(c->path, '[') && ((sp->type == TP_P_INT && strncmp(sp->name, "amount", 6) == 0) ||
+                                               strcmp(sp->name, "currency") == 0);
+  if ((((sp->type == TP_P_ENUM && !enum_emptyable(c, sp)) || never_unset) && json_is_string(v) &&
+       json_string_length(v) == 0) ||
+      (never_unset && json_is_null(v))) {
     /* Stripe's answer to "" for what cannot be unset (capture_method,
      * confirmation_method, a cancellation reason ...): it was taken as
      * unset and left the object without one. */

@@ -413,6 +413,32 @@ class ApiErrorsTest(DaemonTestCase):
             r = c.post("/v1/payment_intents/%s/capture" % pi["id"], {"amount_to_capture": ok})
             self.assertEqual((r.status, r.json["amount_received"]), (200, ok), r)
 
+    def test_an_empty_or_null_amount_moves_nothing(self):
+        """A capture or refund amount that came out blank ("" in a form, null
+        in JSON) is parameter_invalid_empty (Stripe), not "the whole of it"."""
+        c = self.c("decline")
+        pi = c.post("/v1/payment_intents", {"amount": 5000, "currency": "usd", "confirm": "true",
+                                            "payment_method": "pm_card_visa", "capture_method": "manual"}).json
+        cap = "/v1/payment_intents/%s/capture" % pi["id"]
+        for r in (c.post(cap, {"amount_to_capture": ""}),
+                  c.post(cap, body='{"amount_to_capture": null}', content_type="application/json"),
+                  c.post("/v1/charges/%s/capture" % pi["latest_charge"], {"amount": ""})):
+            err = self.assertStripeError(r, 400, "invalid_request_error", "parameter_invalid_empty")
+            self.assertIn(err["param"], ("amount_to_capture", "amount"), r)
+        got = c.get("/v1/payment_intents/" + pi["id"]).json
+        self.assertEqual((got["status"], got["amount_capturable"]), ("requires_capture", 5000), got)
+        self.assertEqual(c.post(cap, {"amount_to_capture": 3000}).status, 200)
+        for r in (c.post("/v1/refunds", {"payment_intent": pi["id"], "amount": ""}),
+                  c.post("/v1/refunds", body=json.dumps({"payment_intent": pi["id"], "amount": None}),
+                         content_type="application/json")):
+            err = self.assertStripeError(r, 400, "invalid_request_error", "parameter_invalid_empty")
+            self.assertEqual(err["param"], "amount", r)
+        # only the uncaptured rest was given back, no refund of the 3000
+        self.assertEqual([x["amount"] for x in c.get("/v1/refunds", {"payment_intent": pi["id"]}).json["data"]],
+                         [2000])
+        r = c.post("/v1/refunds", {"payment_intent": pi["id"], "amount": 1000})
+        self.assertEqual((r.status, r.json["amount"]), (200, 1000), r)
+
     def test_capturing_the_charge_of_a_canceled_payment_intent(self):
         """A cancel releases the hold, which Stripe shows as a refund of the
         charge: capturing it is charge_already_refunded, not an expiry; and
