@@ -553,10 +553,16 @@ static void on_call_answer(struct iso_link *l, struct pend *p, const struct tp_i
 {
   const char *f39 = tp_iso_get(m, 39);
   const char *f37 = tp_iso_get(m, 37);
-  if (!f39 || (f37 && strcmp(f37, p->rrn) != 0)) {
-    /* We cannot tell what happened: treat like no answer. */
-    tp_log(TP_LOG_ERROR, "iso_bad_answer", "{s:s, s:s, s:s}", "processor", l->name, "mti", m->mti, "reason",
-           f39 ? "field 37 does not match the request" : "field 39 missing");
+  /* We cannot tell what happened: treat like no answer (a reversal). A
+   * garbled field 39 is no decline: the host may have approved. "09",
+   * request in progress, says the issuer has not finished with it. */
+  const char *bad = !f39                                  ? "field 39 missing"
+                    : !tp_iso_f39_well_formed(f39)        ? "field 39 malformed"
+                    : f37 && strcmp(f37, p->rrn) != 0     ? "field 37 does not match the request"
+                    : strcmp(f39, "09") == 0              ? "field 39 09: request in progress"
+                                                          : NULL;
+  if (bad) {
+    tp_log(TP_LOG_ERROR, "iso_bad_answer", "{s:s, s:s, s:s}", "processor", l->name, "mti", m->mti, "reason", bad);
     l->bad_messages++;
     to_reversal(l, p, now);
     return;

@@ -348,7 +348,7 @@ int tp_iso_frame(const struct tp_iso_msg *m, uint8_t *out, size_t cap)
 
 /* Two letters or digits: every code the table could name. Anything else
  * (a space, punctuation) is malformed, which reads as processing_error. */
-static bool f39_well_formed(const char *f39)
+bool tp_iso_f39_well_formed(const char *f39)
 {
   if (!f39 || strlen(f39) != 2)
     return false;
@@ -360,12 +360,12 @@ static bool f39_well_formed(const char *f39)
 
 bool tp_iso_f39_approved(const char *f39)
 {
-  return f39_well_formed(f39) && tp_iso_code_is_approval(f39);
+  return tp_iso_f39_well_formed(f39) && tp_iso_code_is_approval(f39);
 }
 
 const char *tp_iso_decline_code(const char *f39)
 {
-  if (!f39_well_formed(f39))
+  if (!tp_iso_f39_well_formed(f39))
     return "processing_error";
   if (tp_iso_code_is_approval(f39))
     return "";
@@ -379,7 +379,7 @@ const char *tp_iso_decline_code(const char *f39)
 
 bool tp_iso_f39_transient(const char *f39)
 {
-  if (!f39_well_formed(f39))
+  if (!tp_iso_f39_well_formed(f39))
     return true; /* garbled answer: nothing known to be charged or refused */
   const struct tp_error_info *e = tp_error_by_iso_code(f39);
   return e && e->retryable;

@@ -62,6 +62,8 @@ const char *tp_iso_f39_for_decline(const char *decline);
 bool tp_iso_f39_transient(const char *f39);
 /* True when field 39 approves. */
 bool tp_iso_f39_approved(const char *f39);
+/* True when field 39 is two letters or digits (a code, known or not). */
+bool tp_iso_f39_well_formed(const char *f39);
 
 /* Field 49 for an alphabetic currency ("usd" -> "840"); -1 if unknown. */
 int tp_iso_currency_numeric(const char *alpha, char out[4]);

@@ -328,6 +328,25 @@ class IsoLink(unittest.TestCase):
             self.assertIn("iso_approval_mismatch", self.daemon.log_text())
         self.assertEqual(self.host.errors, [])
 
+    def test_2d_a_garbled_or_in_progress_code_is_reversed_not_declined(self):
+        """A field 39 that is no code ("0 ") or says the request is still in
+        progress (09) tells nothing of the hold: it is reversed like an
+        answer that never came, never taken as a soft decline and left."""
+        for f39 in ("0 ", "09"):
+            before = self.host.count("0400")
+            with self.host.lock:
+                self.host.tamper = {39: f39}
+            r = self.pay(amount=2468)
+            wait_for(lambda: self.host.count("0400") > before, what="0400 reversal of %r" % f39)
+            with self.host.lock:
+                tampered = [f for m, f in self.host.seen if m == "0200"][-1 if r.status != 200 else -2]
+            rev = self.host.last("0400")
+            self.assertEqual((rev[37], rev[4]), (tampered[37], "000000002468"), f39)
+            if r.status == 200:
+                self.assertEqual((r.json["status"], r.json["amount_received"]), ("succeeded", 2468), r)
+        self.assertIn("field 39 malformed", self.daemon.log_text())
+        self.assertEqual(self.host.errors, [])
+
     def test_3_bad_and_truncated_messages_link_recovers(self):
         conns = self.host.connections
         # well framed, malformed body: logged and dropped, link stays
