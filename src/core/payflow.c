@@ -924,7 +924,10 @@ static void orchestrate(struct tp_pay *p)
       return;
     case TP_OUT_NOT_FOUND:
       if (needs_fence(p)) {
-        fence(p);
+        if (tp_mono_ms() >= p->deadline_ms)
+          unresolved(p); /* nothing new past the deadline: recovery fences */
+        else
+          fence(p);
         return;
       }
       /* Never reached the processor: safe to go on. */
@@ -934,7 +937,8 @@ static void orchestrate(struct tp_pay *p)
       int64_t delay = backoff_ms(p->status_tries + 1);
       if (error_not_processed(p->last_code)) {
         not_charged_next(p);
-      } else if (approval_mismatch(c->decline_code) && proc_type_is(p, "restjson")) {
+      } else if (approval_mismatch(c->decline_code) && proc_type_is(p, "restjson") &&
+                 tp_mono_ms() < p->deadline_ms) {
         fence(p);
       } else if (p->status_tries < RESOLVE_TRIES && tp_mono_ms() + delay < p->deadline_ms) {
         p->status_tries++;
@@ -979,7 +983,9 @@ static void orchestrate(struct tp_pay *p)
     next_step(p, true);
     return;
   }
-  if (!pr || pr->can_query_status || !tp_procs_count()) {
+  if ((!pr || pr->can_query_status || !tp_procs_count()) && tp_mono_ms() < p->deadline_ms) {
+    /* Past the deadline nothing new is sent (tp_payflow_longest_ms): the
+     * outcome is left unknown, for recovery to ask. */
     p->status_tries = 0;
     query_status(p);
     return;

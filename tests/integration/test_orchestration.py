@@ -651,6 +651,51 @@ class OrchestrationTest(unittest.TestCase):
         self.assertLess(rerouted_at - t_outage, 10)
 
 
+class DeadlineTest(unittest.TestCase):
+    """routing.md §2: nothing new is sent past a payment's deadline, so a
+    request ends by the deadline plus one call's timeout
+    (tp_payflow_longest_ms, which the graceful stop waits for). An
+    authorization lost past the deadline is not followed by a status query
+    and a fence (each up to another timeout): it is left to recovery."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sim = Sim()
+        cls.daemon = Daemon()
+        cls.daemon.create_merchant("m")
+        cfg = gateway_config(cls.sim, timeout_ms=1500).replace("deadline_ms = 8000", "deadline_ms = 1000")
+        start_beside(cls.sim, cls.daemon, config=cfg)
+        cls.c = cls.daemon.client("m")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.cleanup()
+        cls.sim.stop()
+
+    def test_a_lost_answer_past_the_deadline_is_left_to_recovery(self):
+        # a loses authorizations; its answers to status queries and voids are slow
+        self.sim.faults("a", timeout_rate=1.0, timeout_mode="before", timeout_hold_ms=20000,
+                        timeout_operations="authorize", latency_ms_min=1400, latency_ms_max=1400)
+        t0 = time.monotonic()
+        r = self.c.post("/v1/payment_intents", {"amount": 1234, "currency": "usd", "confirm": "true",
+                                                "payment_method": "pm_card_visa"}, idem=new_key("dl"))
+        took = time.monotonic() - t0
+        self.assertEqual((r.status, r.json["error"].get("tp_code")), (502, 6018), r.json)
+        # the bound is 1.0 + 1.5 s; a status query and a fence after it took 4.4 s
+        self.assertLess(took, 3.2, r.json)
+        self.sim.faults("a", timeout_rate=0.0, timeout_operations="all", latency_ms_min=0, latency_ms_max=0)
+        pi = self.c.get("/v1/payment_intents", {"limit": 1}).json["data"][0]["id"]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            atts = self.c.get("/v1/payment_intents/%s/attempts" % pi).json["data"]
+            if all(a["state"] not in ("sent", "pending") for a in atts):
+                break
+            time.sleep(0.1)
+        self.assertEqual([a["state"] for a in atts], ["failed"], atts)  # fenced by recovery
+        fences = self.sim.journal(processor="a", reference=atts[0]["id"] + "-fence")["entries"]
+        self.assertEqual([(e["operation"], e["status"]) for e in fences], [("void", "voided")])
+
+
 class IsoCascadeTest(unittest.TestCase):
     """An ISO 8583 processor first, a REST one behind it."""
 
