@@ -540,10 +540,20 @@ static void exhausted_outcome(struct tp_pay *p, enum tp_err e)
   struct tp_cs *cs = tp_cs_new();
   const char *merchant = p->m.id;
   json_t *pi = p->pi;
-  json_t *err = tp_error_object(e, NULL, NULL);
-  json_object_set(pi, "last_payment_error", err);
   json_object_set_new(pi, "status", json_string("requires_confirmation"));
-  tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT, "payment_intent.payment_failed", pi);
+  json_t *err;
+  if (!p->sent_any && e == TP_ERR_PROCESSOR_RETRIES_EXHAUSTED) {
+    /* No call left: every breaker was open or half-open with no probe
+     * free by the time it was asked. Nothing was tried, so no payment
+     * failed (routing.md §3: as when routing finds no processor). */
+    e = TP_ERR_NO_PROCESSOR_AVAILABLE;
+    err = tp_error_object(e, NULL, NULL);
+    tp_cs_put(cs, TP_K_PAYMENT_INTENT, merchant, pi);
+  } else {
+    err = tp_error_object(e, NULL, NULL);
+    json_object_set(pi, "last_payment_error", err);
+    tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT, "payment_intent.payment_failed", pi);
+  }
   json_t *body_err = json_deep_copy(err);
   json_object_set(body_err, "payment_intent", pi);
   json_decref(err);
@@ -606,7 +616,10 @@ static void send_call(struct tp_pay *p)
     call_done(c);
     return;
   }
+  bool sent_before = p->sent_any;
+  p->sent_any = true; /* before submit: the answer may come on another thread */
   if (!conn || conn->ops->submit(conn->cls, c) != 0) {
+    p->sent_any = sent_before;
     p->not_sent = true;
     c->outcome = TP_OUT_ERROR;
     tp_scopy(c->decline_code, sizeof c->decline_code, conn ? "processor_queue_full" : "processor_config_invalid");

@@ -50,6 +50,7 @@ struct tp_pay {
   bool recovering;           /* a recovery status query, no live request */
   bool resolving;            /* the call in flight is a status query for att */
   bool not_sent;             /* the last call never left (breaker, queue) */
+  bool sent_any;             /* some call of this payment was handed to a connector */
   bool fencing;              /* the call in flight voids att's reference, which the processor never saw */
   int fence_tries;           /* voids sent for att's reference */
   int status_tries;          /* status queries for att's reference that failed */

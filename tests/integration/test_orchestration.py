@@ -696,6 +696,55 @@ class DeadlineTest(unittest.TestCase):
         self.assertEqual([(e["operation"], e["status"]) for e in fences], [("void", "voided")])
 
 
+class HalfOpenNoProbeTest(unittest.TestCase):
+    """A half-open breaker whose probe slot is taken refuses the call: with
+    no other processor nothing was tried, which is no_processor_available
+    (503, as when routing finds none), not a failed payment (502 retries
+    exhausted with a payment_failed event and a last_payment_error)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sim = Sim()
+        cls.daemon = Daemon()
+        cls.daemon.create_merchant("m")
+        start_beside(cls.sim, cls.daemon, config=gateway_config(cls.sim, names=("a",), timeout_ms=3000))
+        cls.c = cls.daemon.client("m")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.cleanup()
+        cls.sim.stop()
+
+    def pay(self):
+        return self.c.post("/v1/payment_intents", {"amount": 1234, "currency": "usd", "confirm": "true",
+                                                   "payment_method": "pm_card_visa"}, idem=new_key("ho"))
+
+    def test_no_free_probe_is_no_processor_available(self):
+        import threading
+        self.sim.faults("a", outage=True)
+        for _ in range(3):
+            self.pay()
+        self.assertEqual(self.c.get("/v1/turnpike/processors").json["data"][0]["breaker"], "open")
+        self.sim.faults("a", outage=False, latency_ms_min=1500, latency_ms_max=1500)
+        time.sleep(1.0)  # open_ms 800: half-open, one probe
+        probe = {}
+        t = threading.Thread(target=lambda: probe.setdefault("r", self.pay()))
+        t.start()
+        try:
+            time.sleep(0.4)
+            r = self.pay()
+            self.assertEqual((r.status, r.json["error"].get("tp_code")), (503, 6027), r.json)
+            pi = r.json["error"]["payment_intent"]
+            self.assertEqual((pi["status"], pi["last_payment_error"]), ("requires_confirmation", None), pi)
+            types = [e["type"] for e in self.c.get("/v1/events", {"limit": 20}).json["data"]
+                     if e["data"]["object"]["id"] == pi["id"]]
+            self.assertEqual(types, ["payment_intent.created"])
+        finally:
+            t.join(10)
+        self.assertEqual((probe["r"].status, probe["r"].json["status"]), (200, "succeeded"), probe["r"].json)
+        self.sim.faults("a", latency_ms_min=0, latency_ms_max=0)
+
+
 class IsoCascadeTest(unittest.TestCase):
     """An ISO 8583 processor first, a REST one behind it."""
 
