@@ -1118,10 +1118,12 @@ static void expand_field(struct tp_req *r, json_t *obj, const char *path, const 
     memcpy(head, path, hl);
     head[hl] = '\0';
     json_t *sub = json_object_get(obj, head);
-    if (json_is_string(sub)) {
+    if (json_is_string(sub) || (!sub && expand_list(r, obj, head))) {
       /* "latest_charge.balance_transaction" expands latest_charge first
-       * (Stripe), then the field inside it. */
-      expand_field(r, obj, head, known);
+       * (Stripe), then the field inside it; "refunds.data.x" the list a
+       * charge shows only when expanded, then inside its items. */
+      if (json_is_string(sub))
+        expand_field(r, obj, head, known);
       sub = json_object_get(obj, head);
     }
     if (json_is_array(sub)) {

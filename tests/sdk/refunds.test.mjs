@@ -193,6 +193,15 @@ test("a charge's refunds come as a list only when expanded, newest first, ten at
   assert.equal(list.data[0].refunds.has_more, false);
   assert.equal(list.data[1].refunds.data.length, 10);
 
+  // A path through the list expands the list too (Stripe: nested fields after a dot).
+  const deep = await stripe.charges.retrieve(pi.latest_charge, { expand: ['refunds.data.balance_transaction'] });
+  assert.equal(deep.refunds.data.length, 10);
+  assert.ok(deep.refunds.data.every((r) => r.balance_transaction.object === 'balance_transaction'));
+  const viaPi = await stripe.paymentIntents.retrieve(pi.id, { expand: ['latest_charge.refunds.data.balance_transaction'] });
+  assert.equal(viaPi.latest_charge.refunds.data[0].balance_transaction.amount, -110);
+  const deepList = await stripe.charges.list({ limit: 2, expand: ['data.refunds.data.balance_transaction'] });
+  assert.equal(deepList.data[1].refunds.data[0].balance_transaction.type, 'refund');
+
   // The list's url answers too, and pages like /v1/refunds?charge=.
   const page = await stripe.rawRequest('GET', `${ch.refunds.url}?limit=3`);
   assert.equal(page.url, ch.refunds.url);
