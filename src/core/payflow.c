@@ -2227,7 +2227,6 @@ int tp_recover(void)
   recovery_ms = tp_config_int("routing", "recovery_interval_ms", 5000, 100, 3600000);
   reversal_backoff_max_ms = tp_config_int("routing", "reversal_backoff_max_ms", 60000, 100, 86400000);
   available_after_s = tp_config_int("balance", "available_after_seconds", 2 * 86400, 2, 30 * 86400);
-  tp_router_load();
   tp_metric_help("turnpike_payment_retries_total", "Calls retried on the same processor after a transient failure");
   tp_metric_help("turnpike_payment_cascades_total", "Payments moved to the next processor of their route");
   tp_metric_help("turnpike_payments_exhausted_total", "Payments whose every call failed transiently (or timed out)");

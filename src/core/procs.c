@@ -100,6 +100,14 @@ struct tp_proc *tp_proc_at(size_t i)
   return i < nprocs ? &procs[i] : NULL;
 }
 
+bool tp_proc_known(const char *name)
+{
+  for (size_t i = 0; name && i < nprocs; i++)
+    if (strcasecmp(procs[i].name, name) == 0) /* sections are case-insensitive */
+      return true;
+  return false;
+}
+
 struct tp_proc *tp_proc_find(const char *name)
 {
   for (size_t i = 0; name && i < nprocs; i++)

@@ -31,6 +31,8 @@ struct tp_proc {                 /* public, read-only after start */
 size_t tp_procs_count(void);
 struct tp_proc *tp_proc_at(size_t i);
 struct tp_proc *tp_proc_find(const char *name);
+/* Whether name (any case) is a configured processor (route rules). */
+bool tp_proc_known(const char *name);
 /* Does p take this brand ("visa") and currency ("usd")? Empty lists = all;
  * NULL or "" for either argument is not checked. */
 bool tp_proc_supports(const struct tp_proc *p, const char *brand, const char *currency);

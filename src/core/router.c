@@ -1,5 +1,7 @@
 /* The router (see router.h and docs/routing.md). */
 #include "core/router.h"
+#include "core/card.h"
+#include "core/currency.h"
 #include "config.h"
 #include "log.h"
 #include "util.h"
@@ -40,84 +42,209 @@ static void copy_lower(char *dst, size_t cap, const char *src)
   dst[i] = '\0';
 }
 
-/* Split "a,b, c" into names; returns the count. */
-static size_t split_list(const char *v, char out[][64], size_t max)
+/* Loading a rule: the first problem found, for the one error line that
+ * stops `turnpike serve` (a rule that silently lost a condition matched
+ * more payments than its author meant; one that lost its processors sent
+ * every match to 503). */
+struct load {
+  const char *section;
+  bool (*proc_known)(const char *name);
+  const char *key, *why;
+  char detail[96];
+};
+
+static bool bad(struct load *l, const char *key, const char *why)
 {
-  size_t n = 0;
-  while (v && *v && n < max) {
-    while (*v == ' ' || *v == ',')
+  if (!l->why) {
+    l->key = key;
+    l->why = why;
+  }
+  return false;
+}
+
+/* Split "a,b, c" into names, each a configured processor (when
+ * proc_known is given); false on an empty or over-long item or too many. */
+static bool split_list(struct load *l, const char *key, const char *v, char out[][64], size_t max, size_t *n)
+{
+  *n = 0;
+  while (v && *v) {
+    while (*v == ' ' || *v == '\t')
       v++;
     size_t len = strcspn(v, ",");
-    while (len > 0 && v[len - 1] == ' ')
-      len--;
-    if (len > 0 && len < 64) {
-      memcpy(out[n], v, len);
-      out[n][len] = '\0';
-      n++;
-    }
-    v += strcspn(v, ",");
+    size_t item = len;
+    while (item > 0 && (v[item - 1] == ' ' || v[item - 1] == '\t'))
+      item--;
+    if (item == 0)
+      return bad(l, key, "an empty item in the list");
+    if (item >= 64)
+      return bad(l, key, "an item longer than 63 bytes");
+    if (*n >= max)
+      return bad(l, key, "too many items");
+    memcpy(out[*n], v, item);
+    out[*n][item] = '\0';
+    (*n)++;
+    v += len;
+    if (*v == ',')
+      v++;
   }
-  return n;
+  return true;
+}
+
+static bool proc_names_ok(struct load *l, const char *key, char names[][64], size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    if (l->proc_known && !l->proc_known(names[i])) {
+      snprintf(l->detail, sizeof l->detail, "%s", names[i]);
+      return bad(l, key, "not a configured processor");
+    }
+  return true;
+}
+
+/* A whole decimal number of minor units, 0 .. 10^15; -1 when absent. */
+static bool amount_bound(struct load *l, const char *key, int64_t *out)
+{
+  *out = -1;
+  const char *v = tp_config_get(l->section, key);
+  if (!v)
+    return true;
+  int64_t x = 0;
+  size_t i = 0;
+  for (; v[i] >= '0' && v[i] <= '9' && x <= 1000000000000000LL; i++)
+    x = x * 10 + (v[i] - '0');
+  if (i == 0 || v[i] || x > 1000000000000000LL)
+    return bad(l, key, "not a whole number of minor units (e.g. 1000 for 10.00 usd)");
+  *out = x;
+  return true;
 }
 
 static void md_key(const char *key, const char *value, void *arg)
 {
-  struct rule *ru = arg;
+  struct load *l = ((void **)arg)[0];
+  struct rule *ru = ((void **)arg)[1];
   const char *k = key + strlen("metadata.");
-  if (ru->nmd >= TP_ROUTE_MD_MAX || !*k || strlen(k) > 40)
-    return;
-  tp_scopy(ru->md_key[ru->nmd], sizeof ru->md_key[0], k);
-  tp_scopy(ru->md_val[ru->nmd], sizeof ru->md_val[0], value);
-  ru->nmd++;
+  if (!*k || strlen(k) > 40)
+    bad(l, key, "a metadata key is 1 to 40 characters");
+  else if (strlen(value) >= sizeof ru->md_val[0])
+    bad(l, key, "a metadata value is at most 127 bytes");
+  else if (ru->nmd >= TP_ROUTE_MD_MAX)
+    bad(l, key, "at most 8 metadata conditions per rule");
+  else {
+    tp_scopy(ru->md_key[ru->nmd], sizeof ru->md_key[0], k);
+    tp_scopy(ru->md_val[ru->nmd], sizeof ru->md_val[0], value);
+    ru->nmd++;
+  }
 }
 
-static void load_rule(const char *section, void *arg)
+static void rule_key(const char *key, const char *value, void *arg)
 {
-  (void)arg;
-  if (nrules >= TP_ROUTE_RULES_MAX) {
-    tp_log(TP_LOG_WARN, "route_rules_too_many", "{s:s}", "section", section);
+  (void)value;
+  static const char *const known[] = {"merchant", "currency", "brand", "country", "amount_min", "amount_max",
+                                      "processors", "split", "strategy", NULL};
+  if (strncasecmp(key, "metadata.", 9) == 0)
     return;
-  }
-  struct rule *ru = &rules[nrules];
+  for (int i = 0; known[i]; i++)
+    if (strcasecmp(key, known[i]) == 0)
+      return;
+  bad(arg, key, "not a key of a [route.*] section (docs/routing.md §1)");
+}
+
+static bool load_rule(struct load *l, struct rule *ru)
+{
+  const char *section = l->section;
   memset(ru, 0, sizeof *ru);
-  tp_scopy(ru->name, sizeof ru->name, section + strlen("route."));
-  /* The name goes into the attempt's route JSON unescaped: keep it plain. */
-  for (char *q = ru->name; *q; q++)
-    if (*q == '"' || *q == '\\' || (unsigned char)*q < 0x20)
-      *q = '_';
+  const char *name = section + strlen("route.");
+  /* The name goes into the attempt's route JSON unescaped: kept plain. */
+  if (strlen(name) >= sizeof ru->name || strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                       "0123456789_-.") != strlen(name))
+    return bad(l, NULL, "a rule's name is 1 to 63 letters, digits, '_', '-' or '.'");
+  tp_scopy(ru->name, sizeof ru->name, name);
+  tp_config_keys(section, "", rule_key, l);
   const char *v = tp_config_get(section, "merchant");
   tp_scopy(ru->merchant, sizeof ru->merchant, v && strcmp(v, "*") != 0 ? v : "");
-  copy_lower(ru->currency, sizeof ru->currency, tp_config_get(section, "currency"));
-  copy_lower(ru->brand, sizeof ru->brand, tp_config_get(section, "brand"));
-  copy_lower(ru->country, sizeof ru->country, tp_config_get(section, "country"));
-  ru->amount_min = tp_config_int(section, "amount_min", -1, 0, INT64_MAX);
-  ru->amount_max = tp_config_int(section, "amount_max", -1, 0, INT64_MAX);
-  tp_config_keys(section, "metadata.", md_key, ru);
-  ru->nprocs = split_list(tp_config_get(section, "processors"), ru->procs, TP_ROUTE_MAX);
+  if ((v = tp_config_get(section, "currency")) != NULL) {
+    if (!tp_currency_find(v))
+      return bad(l, "currency", "not an ISO 4217 currency (one per rule)");
+    copy_lower(ru->currency, sizeof ru->currency, v);
+  }
+  if ((v = tp_config_get(section, "brand")) != NULL) {
+    if (tp_brand_from_name(v) == TP_BRAND_UNKNOWN)
+      return bad(l, "brand", "not a card brand (visa, mastercard, amex ...; one per rule)");
+    copy_lower(ru->brand, sizeof ru->brand, v);
+  }
+  if ((v = tp_config_get(section, "country")) != NULL) {
+    bool two = strlen(v) == 2;
+    for (int i = 0; two && i < 2; i++)
+      two = (v[i] >= 'a' && v[i] <= 'z') || (v[i] >= 'A' && v[i] <= 'Z');
+    if (!two)
+      return bad(l, "country", "not a two-letter country code");
+    copy_lower(ru->country, sizeof ru->country, v);
+  }
+  if (!amount_bound(l, "amount_min", &ru->amount_min) || !amount_bound(l, "amount_max", &ru->amount_max))
+    return false;
+  if (ru->amount_min >= 0 && ru->amount_max >= 0 && ru->amount_min > ru->amount_max)
+    return bad(l, "amount_min", "greater than amount_max: the rule would never match");
+  void *md_arg[2] = {l, ru};
+  tp_config_keys(section, "metadata.", md_key, md_arg);
+  if (!split_list(l, "processors", tp_config_get(section, "processors"), ru->procs, TP_ROUTE_MAX, &ru->nprocs) ||
+      !proc_names_ok(l, "processors", ru->procs, ru->nprocs))
+    return false;
   char parts[TP_ROUTE_MAX][64];
-  size_t ns = split_list(tp_config_get(section, "split"), parts, TP_ROUTE_MAX);
+  size_t ns = 0;
+  if (!split_list(l, "split", tp_config_get(section, "split"), parts, TP_ROUTE_MAX, &ns))
+    return false;
+  unsigned total = 0;
   for (size_t i = 0; i < ns; i++) {
-    char *colon = strchr(parts[i], ':');
-    long pct = colon ? strtol(colon + 1, NULL, 10) : 0;
-    if (!colon || pct <= 0 || pct > 100) {
-      tp_log(TP_LOG_WARN, "route_split_invalid", "{s:s, s:s}", "section", section, "part", parts[i]);
-      continue;
-    }
+    char *colon = strrchr(parts[i], ':');
+    char *end = NULL;
+    long pct = colon ? strtol(colon + 1, &end, 10) : 0;
+    if (!colon || colon == parts[i] || end == colon + 1 || *end || pct <= 0 || pct > 100)
+      return bad(l, "split", "each member is NAME:PERCENT, e.g. a:70,b:30");
     *colon = '\0';
     tp_scopy(ru->split_name[ru->nsplit], sizeof ru->split_name[0], parts[i]);
     ru->split_pct[ru->nsplit++] = (unsigned)pct;
+    total += (unsigned)pct;
   }
+  if (!proc_names_ok(l, "split", ru->split_name, ru->nsplit))
+    return false;
+  if (ns && total != 100)
+    return bad(l, "split", "the percentages must add up to 100");
   const char *st = tp_config_get(section, "strategy");
+  if (st && strcasecmp(st, "ordered") != 0 && strcasecmp(st, "score") != 0)
+    return bad(l, "strategy", "either score or ordered");
   ru->ordered = st && strcasecmp(st, "ordered") == 0;
-  nrules++;
+  return !l->why;
 }
 
-void tp_router_load(void)
+struct load_all {
+  bool (*proc_known)(const char *name);
+  int failed;
+};
+
+static void load_section(const char *section, void *arg)
+{
+  struct load_all *a = arg;
+  if (a->failed)
+    return;
+  struct load l = {.section = section, .proc_known = a->proc_known};
+  if (nrules >= TP_ROUTE_RULES_MAX)
+    bad(&l, NULL, "more than 64 [route.*] sections");
+  else if (load_rule(&l, &rules[nrules]))
+    nrules++;
+  if (l.why) {
+    tp_log(TP_LOG_ERROR, "route_config_invalid", "{s:s, s:s, s:s, s:s}", "section", section, "key",
+           l.key ? l.key : "", "error", l.why, "value", l.detail);
+    a->failed = -1;
+  }
+}
+
+int tp_router_load(bool (*proc_known)(const char *name))
 {
   nrules = 0;
-  tp_config_sections("route.", load_rule, NULL);
+  struct load_all a = {proc_known, 0};
+  tp_config_sections("route.", load_section, &a);
   int64_t window = tp_config_int("routing", "bandit_window", 200, 2, 1000000);
   decay = 1.0 - 1.0 / (double)window;
+  return a.failed;
 }
 
 size_t tp_router_rules(void)
@@ -294,7 +421,7 @@ static int cmp_scored(const void *x, const void *y)
 static int rule_pos(const struct rule *ru, const char *name)
 {
   for (size_t i = 0; i < ru->nprocs; i++)
-    if (strcmp(ru->procs[i], name) == 0)
+    if (strcasecmp(ru->procs[i], name) == 0) /* as [processor.NAME] sections are */
       return (int)i;
   return -1;
 }
@@ -354,7 +481,7 @@ size_t tp_router_route(const struct tp_route_pay *pay, const struct tp_route_can
    * it as the cascade. */
   if (split_pick) {
     for (size_t i = 0; i < n; i++)
-      if (strcmp(s[i].name, split_pick) == 0) {
+      if (strcasecmp(s[i].name, split_pick) == 0) {
         struct scored t = s[i];
         memmove(&s[1], &s[0], i * sizeof s[0]);
         s[0] = t;

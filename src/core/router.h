@@ -55,8 +55,11 @@ struct tp_route_plan {
   struct tp_route_entry e[TP_ROUTE_MAX];
 };
 
-/* (Re)load the [route.*] rules and [routing] settings from the config. */
-void tp_router_load(void);
+/* (Re)load the [route.*] rules and [routing] settings from the config.
+ * Every key is checked (proc_known, when given, says whether a name in
+ * processors or split is a configured processor); -1, after one
+ * route_config_invalid log line, on the first bad one. */
+int tp_router_load(bool (*proc_known)(const char *name));
 /* Number of loaded rules (tests). */
 size_t tp_router_rules(void);
 /* Order the eligible candidates for a payment. Returns the count (0: none). */

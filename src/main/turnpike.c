@@ -4,6 +4,8 @@
 #include "config.h"
 #include "connectors/connector.h"
 #include "core/payflow.h"
+#include "core/procs.h"
+#include "core/router.h"
 #include "jpack.h"
 #include "log.h"
 #include "proxies.h"
@@ -398,7 +400,7 @@ static int cmd_serve(int argc, char **argv)
   }
   if (tp_writer_start(&tp_app.store) != 0)
     return 1;
-  if (tp_procs_start() != 0)
+  if (tp_procs_start() != 0 || tp_router_load(tp_proc_known) != 0)
     return 1;
 
   /* Resolve attempts a crash left in flight before taking new work, for a

@@ -21,8 +21,10 @@ def gateway_config(sim, names=("a", "b"), timeout_ms=400, extra=""):
         ini += ["[processor.%s]" % n, "type = restjson", "endpoint = http://%s/p/%s" % (sim.rest, n),
                 "timeout_ms = %d" % timeout_ms, "priority = %d" % (i + 1), "breaker_consecutive = 3",
                 "breaker_open_ms = 800", "breaker_half_open_probes = 1", "health_interval_ms = 0", ""]
-    # jpy payments may only use a processor that does not exist: nothing to route to.
-    ini += ["[route.nowhere]", "currency = jpy", "processors = zzz", ""]
+    # jpy payments may only use z, which takes only eur: nothing to route to.
+    ini += ["[processor.z]", "type = restjson", "endpoint = http://%s/p/z" % sim.rest, "currencies = eur",
+            "health_interval_ms = 0", ""]
+    ini += ["[route.nowhere]", "currency = jpy", "processors = z", ""]
     # A fixed order keeps the tests deterministic; the bandit has unit tests.
     ini += ["[route.all]", "merchant = *", "processors = %s" % ",".join(names), "strategy = ordered", ""]
     return "\n".join(ini) + extra
@@ -724,7 +726,8 @@ class HalfOpenNoProbeTest(unittest.TestCase):
         self.sim.faults("a", outage=True)
         for _ in range(3):
             self.pay()
-        self.assertEqual(self.c.get("/v1/turnpike/processors").json["data"][0]["breaker"], "open")
+        procs = {x["name"]: x for x in self.c.get("/v1/turnpike/processors").json["data"]}
+        self.assertEqual(procs["a"]["breaker"], "open")
         self.sim.faults("a", outage=False, latency_ms_min=1500, latency_ms_max=1500)
         time.sleep(1.0)  # open_ms 800: half-open, one probe
         probe = {}

@@ -750,6 +750,38 @@ class BadConfig(unittest.TestCase):
         self.start_fails("[processor.x]\ntype = restjson\nendpoint = http://u:p@127.0.0.1:1/x\n",
                          "credentials in the URL")
 
+    def test_a_bad_route_rule_stops_serve(self):
+        """A [route.*] value that cannot be read was dropped (amount_min =
+        10.00: the bound gone, the rule took every amount), cut short
+        (currency = usd,eur: only usd), ignored (an unknown key, a ninth
+        metadata condition) or left to fail every payment later (an unknown
+        processor): each now stops serve, naming section and key."""
+        procs = ("[processor.a]\ntype = restjson\nendpoint = http://127.0.0.1:9/a\nhealth_interval_ms = 0\n"
+                 "[processor.Bee]\ntype = restjson\nendpoint = http://127.0.0.1:9/b\nhealth_interval_ms = 0\n")
+        nine = "".join("metadata.k%d = v\n" % i for i in range(9))
+        for rule, key in (("amount_min = 10.00", "amount_min"), ("currency = usd,eur", "currency"),
+                          ("currencies = eur", "currencies"), ("brand = vsa", "brand"), ("country = usa", "country"),
+                          ("amount_min = 5000\namount_max = 100", "amount_min"), ("processors = nosuch", "processors"),
+                          ("processors = a;bee", "processors"), ("split = a:70,bee:70", "split"),
+                          ("split = a:70;bee:30", "split"), ("strategy = orderd", "strategy"),
+                          (nine, "metadata.k8"), ("metadata.%s = x" % ("k" * 41), "metadata.")):
+            d = Daemon()
+            try:
+                with self.assertRaises(RuntimeError, msg=rule):
+                    d.start(config=procs + "[route.r]\n" + rule + "\n")
+                line = [x for x in d.log_text().splitlines() if "route_config_invalid" in x]
+                self.assertEqual(len(line), 1, (rule, d.log_text()[-2000:]))
+                self.assertIn('"section":"route.r"', line[0])
+                self.assertIn('"key":"%s' % key, line[0], rule)
+            finally:
+                d.cleanup()
+        # names of processors are read as their sections are: in any case
+        d = Daemon()
+        try:
+            d.start(config=procs + "[route.r]\nprocessors = A, bee\nsplit = bee:60, A:40\nstrategy = ordered\n")
+        finally:
+            d.cleanup()
+
     def test_a_misspelled_section_is_refused(self):
         """[procesor.acq] was ignored and the sandbox took every payment."""
         for ini in ("[procesor.acq]\ntype = restjson\nendpoint = http://127.0.0.1:1/x\n", "[serer]\nthreads = 2\n"):

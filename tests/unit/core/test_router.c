@@ -41,7 +41,7 @@ static int setup(void **state)
 static void test_no_rule_routes_to_every_processor(void **state)
 {
   (void)state;
-  tp_router_load();
+  assert_int_equal(tp_router_load(NULL), 0);
   struct tp_route_plan rt;
   struct tp_route_pay pay = base_pay();
   assert_int_equal(tp_router_route(&pay, cands3, 3, &rt), 3);
@@ -61,7 +61,7 @@ static void test_rule_matches_on_every_key(void **state)
   tp_config_put("route.eu", "processors", "c");
   tp_config_put("route.any", "merchant", "*");
   tp_config_put("route.any", "processors", "a, b");
-  tp_router_load();
+  assert_int_equal(tp_router_load(NULL), 0);
   assert_int_equal(tp_router_rules(), 2);
   json_t *md = json_pack("{s:s}", "tier", "gold");
   struct tp_route_pay pay = {"pi_x", "acct_1", "eur", "mastercard", "de", 1000, md};
@@ -101,7 +101,7 @@ static void test_split_is_exact_over_volume_and_stable(void **state)
   (void)state;
   tp_config_put("route.split", "processors", "a,b,c");
   tp_config_put("route.split", "split", "a:70,b:20,c:10");
-  tp_router_load();
+  assert_int_equal(tp_router_load(NULL), 0);
   int count[3] = {0, 0, 0};
   struct tp_route_plan rt;
   for (int i = 0; i < 10000; i++) {
@@ -122,10 +122,41 @@ static void test_split_is_exact_over_volume_and_stable(void **state)
   assert_in_range(count[2], 800, 1200);
 }
 
+/* Names in a rule are read as [processor.NAME] sections are: in any case. */
+static void test_rule_names_ignore_case(void **state)
+{
+  (void)state;
+  tp_config_put("route.one", "processors", "C");
+  tp_config_put("route.one", "split", "C:100");
+  assert_int_equal(tp_router_load(NULL), 0);
+  struct tp_route_plan rt;
+  struct tp_route_pay pay = base_pay();
+  assert_int_equal(tp_router_route(&pay, cands3, 3, &rt), 1);
+  assert_string_equal(cands3[rt.e[0].cand].name, "c");
+  assert_string_equal(rt.e[0].why, "split");
+}
+
+/* A bad rule fails the load, with no rule kept from it. */
+static void test_bad_rules_fail_the_load(void **state)
+{
+  (void)state;
+  static const char *const bad[][2] = {{"amount_max", "12.50"}, {"currency", "usd,eur"}, {"brand", "vsa"},
+                                       {"split", "a:50,b:40"}, {"strategy", "fastest"}, {"procesors", "a"},
+                                       {"metadata.x", ""}};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    tp_config_reset();
+    tp_config_put("route.r", bad[i][0], bad[i][1]);
+    if (strcmp(bad[i][0], "metadata.x") == 0)
+      tp_config_put("route.r", "metadata.", "y"); /* an empty key */
+    assert_int_equal(tp_router_load(NULL), -1);
+    assert_int_equal(tp_router_rules(), 0);
+  }
+}
+
 static void test_breaker_open_and_unsupported_are_excluded(void **state)
 {
   (void)state;
-  tp_router_load();
+  assert_int_equal(tp_router_load(NULL), 0);
   struct tp_route_cand c[3] = {cands3[0], cands3[1], cands3[2]};
   c[0].open = true;
   c[2].supports = false;
@@ -165,7 +196,7 @@ static double run_bandit(const double rate[2], int n, const char *want)
 static void test_bandit_converges_and_readapts_after_drift(void **state)
 {
   (void)state;
-  tp_router_load();
+  assert_int_equal(tp_router_load(NULL), 0);
   double r1[2] = {0.95, 0.70};
   assert_true(run_bandit(r1, 2000, "a") > 0.85);
   assert_true(tp_router_p("a", "visa", "usd") > 0.85);
@@ -180,7 +211,7 @@ static void test_bandit_converges_and_readapts_after_drift(void **state)
 static void test_fee_and_latency_fold_into_the_score(void **state)
 {
   (void)state;
-  tp_router_load();
+  assert_int_equal(tp_router_load(NULL), 0);
   for (int i = 0; i < 400; i++) {
     tp_router_learn("a", "visa", "usd", i % 10 != 0); /* 90% */
     tp_router_learn("b", "visa", "usd", i % 10 != 0);
@@ -210,7 +241,7 @@ static void test_route_reason_is_compact_json(void **state)
 {
   (void)state;
   tp_config_put("route.eu", "processors", "a,b");
-  tp_router_load();
+  assert_int_equal(tp_router_load(NULL), 0);
   struct tp_route_pay pay = base_pay();
   struct tp_route_plan rt;
   tp_router_route(&pay, cands3, 3, &rt);
@@ -230,7 +261,7 @@ static void test_ordered_strategy_keeps_merchant_order(void **state)
   (void)state;
   tp_config_put("route.o", "processors", "c,a");
   tp_config_put("route.o", "strategy", "ordered");
-  tp_router_load();
+  assert_int_equal(tp_router_load(NULL), 0);
   for (int i = 0; i < 50; i++)
     tp_router_learn("a", "visa", "usd", true);
   struct tp_route_pay pay = base_pay();
@@ -261,6 +292,8 @@ int main(void)
     cmocka_unit_test_setup(test_no_rule_routes_to_every_processor, setup),
     cmocka_unit_test_setup(test_rule_matches_on_every_key, setup),
     cmocka_unit_test_setup(test_split_is_exact_over_volume_and_stable, setup),
+    cmocka_unit_test_setup(test_rule_names_ignore_case, setup),
+    cmocka_unit_test_setup(test_bad_rules_fail_the_load, setup),
     cmocka_unit_test_setup(test_breaker_open_and_unsupported_are_excluded, setup),
     cmocka_unit_test_setup(test_bandit_converges_and_readapts_after_drift, setup),
     cmocka_unit_test_setup(test_fee_and_latency_fold_into_the_score, setup),
