@@ -11,6 +11,7 @@ void tp_breaker_defaults(struct tp_breaker_cfg *cfg)
   cfg->open_ms = 5000;
   cfg->probes = 3;
   cfg->bucket_ms = 1000;
+  cfg->probe_stale_ms = 0;
 }
 
 static void window_clear(struct tp_breaker *b)
@@ -32,6 +33,7 @@ static void enter(struct tp_breaker *b, enum tp_breaker_state s, int64_t now_ms)
   /* A fresh start in every state: the failures that opened the breaker must
    * not re-open it the moment it closes. */
   b->consec = 0;
+  b->health_consec = 0;
   window_clear(b);
 }
 
@@ -67,7 +69,8 @@ bool tp_breaker_allow(struct tp_breaker *b, int64_t now_ms)
   case TP_BREAKER_HALF_OPEN:
     /* A probe admitted but never reported (its caller chose another
      * processor, or crashed) must not wedge the breaker half-open. */
-    if (b->admitted >= b->cfg.probes && now_ms - b->last_admit_ms >= b->cfg.open_ms)
+    if (b->admitted >= b->cfg.probes &&
+        now_ms - b->last_admit_ms >= (b->cfg.probe_stale_ms > b->cfg.open_ms ? b->cfg.probe_stale_ms : b->cfg.open_ms))
       b->admitted = b->succeeded;
     if (b->admitted >= b->cfg.probes)
       return false;
@@ -164,10 +167,10 @@ void tp_breaker_health(struct tp_breaker *b, bool ok, int64_t now_ms)
 {
   switch (tp_breaker_tick(b, now_ms)) {
   case TP_BREAKER_CLOSED:
-    if (!ok) {
-      b->consec++;
-      closed_failure_check(b, now_ms);
-    }
+    if (ok)
+      b->health_consec = 0;
+    else if (++b->health_consec >= b->cfg.consecutive)
+      enter(b, TP_BREAKER_OPEN, now_ms);
     return;
   case TP_BREAKER_OPEN:
     if (ok)

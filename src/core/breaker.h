@@ -25,6 +25,7 @@ struct tp_breaker_cfg {
   int64_t open_ms;       /* stay open this long before probing */
   int probes;            /* calls admitted while half-open */
   int64_t bucket_ms;     /* window = TP_BREAKER_BUCKETS * bucket_ms */
+  int64_t probe_stale_ms; /* a probe not reported by then never will (0: open_ms) */
 };
 
 struct tp_breaker {
@@ -32,6 +33,7 @@ struct tp_breaker {
   enum tp_breaker_state state;
   int64_t since_ms;      /* when the current state began */
   int consec;            /* failures in a row */
+  int health_consec;     /* failed health checks in a row */
   /* rolling window: bucket i covers [epoch*bucket_ms, ...) for its epoch */
   int64_t b_epoch[TP_BREAKER_BUCKETS];
   int b_calls[TP_BREAKER_BUCKETS], b_fail[TP_BREAKER_BUCKETS];
@@ -49,7 +51,8 @@ void tp_breaker_init(struct tp_breaker *b, const struct tp_breaker_cfg *cfg, int
  * the state now. */
 enum tp_breaker_state tp_breaker_tick(struct tp_breaker *b, int64_t now_ms);
 /* May a call go out now? Closed: yes. Open: no. Half-open: yes for up to
- * `probes` calls (a probe that never reports frees its slot after open_ms). */
+ * `probes` calls (a probe that never reports frees its slot after the
+ * longer of open_ms and probe_stale_ms: a slow one still holds it). */
 bool tp_breaker_allow(struct tp_breaker *b, int64_t now_ms);
 /* A finished call: failure = transport error, timeout, 5xx. Issuer declines
  * are successes here. */
@@ -59,10 +62,11 @@ void tp_breaker_record(struct tp_breaker *b, bool failure, int64_t now_ms);
  * toward nor clears `consecutive` (one customer retrying one card must not
  * open the breaker for everyone); half-open, it reopens like any failure. */
 void tp_breaker_record_soft(struct tp_breaker *b, int64_t now_ms);
-/* An active health check result. A failure counts toward `consecutive` (and
- * sends half_open back to open, or keeps open open for another open_ms); a
- * pass moves open to half_open early and counts as a passing probe while
- * half_open. Passes never clear the consecutive count of real calls. */
+/* An active health check result. `consecutive` failed checks in a row
+ * open it (a pass ends the run; checks and real calls are counted apart,
+ * and a pass never clears the calls' run); a failure sends half_open back
+ * to open, or keeps open open for another open_ms; a pass moves open to
+ * half_open early and counts as a passing probe while half_open. */
 void tp_breaker_health(struct tp_breaker *b, bool ok, int64_t now_ms);
 /* Calls and failures in the rolling window. */
 void tp_breaker_window(const struct tp_breaker *b, int64_t now_ms, int *calls, int *failures);

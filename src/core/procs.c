@@ -854,6 +854,7 @@ static int configure_one(const char *sec)
   bc.open_ms = open_ms;
   bc.probes = (int)probes;
   bc.bucket_ms = window_ms / TP_BREAKER_BUCKETS > 0 ? window_ms / TP_BREAKER_BUCKETS : 1;
+  bc.probe_stale_ms = timeout + 1000; /* a probe reports by its call's timeout */
   tp_breaker_init(&s->br, &bc, now_ms());
   nprocs++;
   return 0;

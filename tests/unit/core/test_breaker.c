@@ -205,6 +205,15 @@ static void test_lost_probe_frees_its_slot(void **state)
   assert_true(tp_breaker_allow(&b, 1000));
   assert_false(tp_breaker_allow(&b, 1500)); /* the probe never reports */
   assert_true(tp_breaker_allow(&b, 2000));  /* after open_ms another may go */
+  /* A probe may take its call's timeout to report: until then its slot
+   * is held even past open_ms. */
+  c.probe_stale_ms = 3000;
+  tp_breaker_init(&b, &c, 0);
+  open_it(&b, 0);
+  assert_true(tp_breaker_allow(&b, 1000));
+  assert_false(tp_breaker_allow(&b, 2500));
+  assert_false(tp_breaker_allow(&b, 3999));
+  assert_true(tp_breaker_allow(&b, 4000));
 }
 
 static void test_late_answers_while_open_are_ignored(void **state)
@@ -225,14 +234,23 @@ static void test_health_checks(void **state)
   struct tp_breaker_cfg c = cfg();
   struct tp_breaker b;
   tp_breaker_init(&b, &c, 0);
-  /* failed checks count toward consecutive; passes do not reset real failures */
+  /* failed checks in a row open it; a passing check ends the run (isolated
+   * blips never add up), and checks and calls are counted apart */
+  for (int i = 0; i < 8; i++) {
+    tp_breaker_health(&b, false, 1);
+    tp_breaker_health(&b, true, 2);
+  }
   tp_breaker_record(&b, true, 1);
   tp_breaker_record(&b, true, 2);
-  tp_breaker_health(&b, true, 3);
-  tp_breaker_health(&b, false, 4);
-  tp_breaker_health(&b, false, 5);
+  tp_breaker_health(&b, false, 3);
+  tp_breaker_health(&b, true, 3); /* a pass does not clear the calls' run */
+  tp_breaker_record(&b, true, 3);
+  tp_breaker_record(&b, true, 3);
+  assert_int_equal(b.consec, 4);
+  for (int i = 0; i < 4; i++)
+    tp_breaker_health(&b, false, 4 + i);
   assert_int_equal(b.state, TP_BREAKER_CLOSED);
-  tp_breaker_health(&b, false, 6);
+  tp_breaker_health(&b, false, 8);
   assert_int_equal(b.state, TP_BREAKER_OPEN);
   /* still failing: stays open past open_ms */
   tp_breaker_health(&b, false, 900);
