@@ -1355,8 +1355,9 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved)
     json_object_set(pmd_card, "authorization_code", json_object_get(ch, "authorization_code"));
   }
   /* A customer's card (the legacy Cards API) is the charge's source, as
-   * Stripe shows it. */
-  if (tp_is_card_source(p->pm, NULL))
+   * Stripe shows it; so is the card of a token a Charges API charge was
+   * made with (source=tok_..., which became the PaymentMethod). */
+  if (tp_is_card_source(p->pm, NULL) || (p->reply_charge && p->pm_made_here))
     json_object_set_new(ch, "source", tp_card_view(p->pm));
   tp_charge_set_descriptor(ch, pi, p->m.name);
   return ch;

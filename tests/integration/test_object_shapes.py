@@ -161,6 +161,10 @@ class ObjectShapes(DaemonTestCase):
         self.assertShape(done, "pi(after 3-D Secure, expanded)")
         charges_api = self.post("/v1/charges", {"amount": 1200, "currency": "usd", "source": "tok_visa"})
         self.assertShape(charges_api, "charge(Charges API)")
+        # the token's card is the charge's source, as Stripe shows it
+        src = charges_api["source"]
+        self.assertEqual((src["object"], src["last4"], src["brand"], src["id"]),
+                         ("card", "4242", "Visa", charges_api["payment_method"]), src)
         refund = self.post("/v1/refunds", {"payment_intent": paid["id"], "amount": 500})
         self.assertEqual(refund["payment_method"], paid["payment_method"])
         self.assertEqual(refund["customer"], cus["id"])
