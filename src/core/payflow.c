@@ -1249,9 +1249,10 @@ void tp_ledger_post(struct tp_cs *cs, const struct tp_posting *po, char txn[TP_I
 static void charge_post(struct tp_cs *cs, struct tp_pay *p, const json_t *ch, const char *cur, int64_t amount,
                         char txn[TP_ID_MAX])
 {
+  /* Stripe's balance transaction of a charge is described as the charge. */
   const struct tp_posting po = {.merchant = p->m.id, .processor = p->att.processor, .currency = cur,
                                 .amount = amount, .source = json_string_value(json_object_get(ch, "id")),
-                                .type = "charge"};
+                                .type = "charge", .description = json_string_value(json_object_get(ch, "description"))};
   ledger_post(cs, &po, at_once(ch), txn, wants_txn(p) ? &p->txn : NULL);
 }
 
@@ -1708,7 +1709,7 @@ static void refund_fails(struct tp_pay *p, struct tp_cs *cs, json_t *re, json_t 
   tp_ledger_post(cs,
                  &(struct tp_posting){.merchant = merchant, .processor = p->att.processor, .currency = cur,
                                       .amount = amount, .source = json_string_value(json_object_get(re, "id")),
-                                      .type = "refund_failure"},
+                                      .type = "refund_failure", .description = "REFUND FAILURE"},
                  txn, NULL);
   json_t *before = json_deep_copy(re);
   json_object_set_new(re, "status", json_string("failed"));
@@ -1747,11 +1748,22 @@ void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs)
   }
   const char *cur = json_string_value(json_object_get(re, "currency"));
   char txn[TP_ID_MAX];
+  /* Stripe's words on a refund's balance transaction (its exports). */
+  const char *chd = json_string_value(json_object_get(ch, "description"));
+  size_t dl = (chd ? strlen(chd) : 0) + 32;
+  char *desc = malloc(dl);
+  if (!desc)
+    abort();
+  if (chd && *chd)
+    snprintf(desc, dl, "REFUND FOR CHARGE (%s)", chd);
+  else
+    snprintf(desc, dl, "REFUND FOR PAYMENT");
   tp_ledger_post(cs,
                  &(struct tp_posting){.merchant = merchant, .processor = p->att.processor, .currency = cur,
                                       .amount = -amount, .source = json_string_value(json_object_get(re, "id")),
-                                      .type = "refund"},
+                                      .type = "refund", .description = desc},
                  txn, wants_txn(p) ? &p->txn : NULL);
+  free(desc);
   json_object_set_new(re, "balance_transaction", json_string(txn));
   json_object_set_new(re, "status", json_string("succeeded"));
   int64_t refunded = json_integer_value(json_object_get(ch, "amount_refunded")) + amount;

@@ -35,6 +35,26 @@ class BalanceAvailability(DaemonTestCase):
     def bts(self, merchant=None):
         return self.c(merchant).list_all("/v1/balance_transactions")
 
+    def test_balance_transactions_are_described_as_stripe_does(self):
+        """A charge's is the charge's description; a refund's REFUND FOR
+        CHARGE (that description), or REFUND FOR PAYMENT without one; a
+        returned refund's REFUND FAILURE."""
+        c = self.c("n")
+        for desc, want in (("Order 42 \u00e9", "REFUND FOR CHARGE (Order 42 \u00e9)"), (None, "REFUND FOR PAYMENT")):
+            body = {"amount": 900, "currency": "usd", "confirm": "true", "payment_method": "pm_card_refundFail"}
+            if desc:
+                body["description"] = desc
+            pi = c.post(PI, body).json
+            ch = c.get("/v1/charges/" + pi["latest_charge"]).json
+            bt = c.get("/v1/balance_transactions/" + ch["balance_transaction"]).json
+            self.assertEqual(bt["description"], desc, bt)
+            re = c.post("/v1/refunds", {"payment_intent": pi["id"], "amount": 300}).json
+            bt = c.get("/v1/balance_transactions/" + re["balance_transaction"]).json
+            self.assertEqual((bt["type"], bt["description"]), ("refund", want), bt)
+            re = c.get("/v1/refunds/" + re["id"]).json
+            bt = c.get("/v1/balance_transactions/" + re["failure_balance_transaction"]).json
+            self.assertEqual((bt["type"], bt["description"]), ("refund_failure", "REFUND FAILURE"), bt)
+
     def test_the_balance_names_every_currency_held(self):
         """One entry per currency, however many (64 were shown at most)."""
         curs = ("aed aud bgn brl cad chf czk dkk eur gbp hkd huf inr jpy krw mxn myr nok nzd pln ron sek sgd "
