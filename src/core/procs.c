@@ -716,6 +716,9 @@ static int tls_path(const char *sec, const char *type, const char *key, char *ou
     return cfg_error(sec, key, "path too long or has a line break");
   if (access(v, R_OK) != 0)
     return cfg_error(sec, key, "file not readable");
+  const char *exposed = strcmp(key, "client_key") == 0 ? tp_key_file_exposed(v) : NULL;
+  if (exposed)
+    return cfg_error(sec, key, exposed);
   snprintf(out, cap, "%s", v);
   return 0;
 }

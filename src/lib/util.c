@@ -6,6 +6,7 @@
 #include <openssl/crypto.h>
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -567,4 +568,16 @@ void tp_utf8_scrub(char *s)
       *p++ = '?';
     }
   }
+}
+
+const char *tp_key_file_exposed(const char *path)
+{
+  struct stat st;
+  if (stat(path, &st) != 0)
+    return NULL; /* the read that follows names the file */
+  if (st.st_mode & S_IRWXO)
+    return "the private key file can be read by any user: chmod 600 it";
+  if ((st.st_mode & (S_IWGRP | S_IXGRP)) || ((st.st_mode & S_IRGRP) && st.st_uid != 0))
+    return "the private key file can be read by its group: chmod 600 it (0640 only when root owns it)";
+  return NULL;
 }

@@ -103,5 +103,8 @@ int tp_addr_text_is_public(const char *host);
 int tp_mask_card_numbers(char *s);
 /* Drop trailing spaces and tabs (a header field value's optional whitespace, RFC 9110 5.5). */
 void tp_rtrim_ows(char *s);
+/* Why a private key file is too open to use, or NULL: other users may
+ * read it (as PostgreSQL rules: 0600, or 0640 when owned by root). */
+const char *tp_key_file_exposed(const char *path);
 
 #endif

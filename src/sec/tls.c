@@ -12,6 +12,7 @@
 
 #include "api/http.h"
 #include "config.h"
+#include "util.h"
 #include "log.h"
 
 const char *tp_tls_priorities(const char *min_version)
@@ -100,6 +101,11 @@ int tp_tls_configure(const char *cert_file, const char *key_file, const char *mi
   if (!prio) {
     tp_log(TP_LOG_ERROR, "tls_config", "{s:s, s:s}", "reason", "min_version must be 1.2 or 1.3", "min_version",
            min_version);
+    return -1;
+  }
+  const char *exposed = tp_key_file_exposed(key_file);
+  if (exposed) {
+    tp_log(TP_LOG_ERROR, "tls_config", "{s:s, s:s}", "reason", exposed, "file", key_file);
     return -1;
   }
   char *cert = slurp(cert_file), *key = slurp(key_file);

@@ -14,6 +14,8 @@ import http.server
 import json
 import socket
 import os
+import shutil
+import tempfile
 import threading
 import time
 import unittest
@@ -781,6 +783,19 @@ class BadConfig(unittest.TestCase):
             d.start(config=procs + "[route.r]\nprocessors = A, bee\nsplit = bee:60, A:40\nstrategy = ordered\n")
         finally:
             d.cleanup()
+
+    def test_a_client_key_others_can_read_is_refused(self):
+        """The mutual-TLS key of a processor is a secret: 0644 stops serve."""
+        d = tempfile.mkdtemp(prefix="tp-ck-")
+        try:
+            key = os.path.join(d, "client.key")
+            with open(key, "w") as f:
+                f.write("-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n")
+            os.chmod(key, 0o644)
+            self.start_fails("[processor.x]\ntype = restjson\nendpoint = https://127.0.0.1:1/x\nclient_cert = %s\n"
+                             "client_key = %s\n" % (key, key), "can be read by any user")
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
 
     def test_a_misspelled_section_is_refused(self):
         """[procesor.acq] was ignored and the sandbox took every payment."""

@@ -185,12 +185,18 @@ class TLS13OnlyTest(unittest.TestCase):
         _, other_key = make_cert(other_dir)
         enc_key = os.path.join(other_dir, "enc.pem")
         run(["openssl", "pkey", "-in", other_key, "-aes256", "-passout", "pass:x", "-out", enc_key])
+        os.chmod(enc_key, 0o600)
         junk = os.path.join(other_dir, "junk.pem")
         with open(junk, "w") as f:
             f.write("not a certificate\n")
+        # the right key, readable by everyone (PostgreSQL's rule: 0600)
+        open_key = os.path.join(other_dir, "open.pem")
+        shutil.copy(self.key, open_key)
+        os.chmod(open_key, 0o644)
         for cert, key, file, why in ((self.cert, other_key, other_key, "does not match"),
                                      (self.cert, enc_key, enc_key, "encrypted"),
-                                     (junk, self.key, junk, "no PEM certificate")):
+                                     (junk, self.key, junk, "no PEM certificate"),
+                                     (self.cert, open_key, open_key, "can be read by any user")):
             d = Daemon()
             try:
                 with self.assertRaises(RuntimeError):
