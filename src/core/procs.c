@@ -613,8 +613,15 @@ static int check_url(const char *sec, const char *v)
   else if (curl_url_get(u, CURLUPART_QUERY, &query, 0) == CURLUE_OK ||
            curl_url_get(u, CURLUPART_FRAGMENT, &frag, 0) == CURLUE_OK)
     cfg_error(sec, "endpoint", "no query or fragment allowed");
-  else
+  else {
     rc = 0;
+    /* Card numbers go in the request body: in clear text only to this
+     * host (turnpike sim, a local proxy that adds TLS). */
+    if (strcmp(scheme, "http") == 0 && strcmp(host, "localhost") != 0 && strncmp(host, "127.", 4) != 0 &&
+        strcmp(host, "[::1]") != 0 && strcmp(host, "::1") != 0)
+      tp_log(TP_LOG_WARN, "processor_plaintext_endpoint", "{s:s, s:s, s:s}", "section", sec, "host", host, "why",
+             "card numbers would cross the network unencrypted: use https");
+  }
   curl_free(scheme);
   curl_free(user);
   curl_free(pass);

@@ -797,6 +797,18 @@ class BadConfig(unittest.TestCase):
         finally:
             shutil.rmtree(d, ignore_errors=True)
 
+    def test_a_plaintext_endpoint_off_this_host_is_warned_about(self):
+        d = Daemon()
+        try:
+            d.start(config="[processor.far]\ntype = restjson\nendpoint = http://192.0.2.7:80/x\n"
+                           "health_interval_ms = 0\n[processor.near]\ntype = restjson\n"
+                           "endpoint = http://127.0.0.1:9/y\nhealth_interval_ms = 0\n")
+            warned = [x for x in d.log_text().splitlines() if "processor_plaintext_endpoint" in x]
+            self.assertEqual(len(warned), 1, warned)
+            self.assertIn('"section":"processor.far"', warned[0])
+        finally:
+            d.cleanup()
+
     def test_a_misspelled_section_is_refused(self):
         """[procesor.acq] was ignored and the sandbox took every payment."""
         for ini in ("[procesor.acq]\ntype = restjson\nendpoint = http://127.0.0.1:1/x\n", "[serer]\nthreads = 2\n"):
