@@ -130,6 +130,13 @@ void tp_h_metrics(struct tp_req *r)
 void tp_h_log_level(struct tp_req *r)
 {
   static const char *const names[] = {"debug", "info", "warn", "error"};
+  /* The level is every tenant's: only the operator's host may change it
+   * (a merchant's key from elsewhere could hide the others' request log). */
+  if (!client_is_loopback(r)) {
+    tp_reply_error(r, TP_ERR_IP_NOT_ALLOWED, NULL,
+                   "The log level is the whole process's: it is changed from the gateway's own host only.");
+    return;
+  }
   const char *bad = NULL;
   const char *k;
   json_t *v;

@@ -210,6 +210,32 @@ class MetricsTest(DaemonTestCase):
             self.assertNotIn(pan, log, "a card number reached the log")
 
 
+class OperatorRoutesBehindAProxyTest(DaemonTestCase):
+    """Behind a trusted proxy the client is the one X-Forwarded-For names:
+    the process-wide log level is changed from the gateway's own host
+    only, not by a merchant's key from elsewhere (every tenant's request
+    log would go quiet)."""
+    MERCHANTS = ("m",)
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = Daemon()
+        try:
+            cls.daemon.create_merchant("m")
+            cls.daemon.start(config="[server]\ntrusted_proxies = 127.0.0.1, ::1\n")
+        except Exception:
+            cls.daemon.cleanup()
+            raise
+
+    def test_the_log_level_is_the_operator_s(self):
+        c = self.c()
+        r = c.post("/v1/turnpike/log_level", {"level": "error"}, headers={"X-Forwarded-For": "203.0.113.9"})
+        err = self.assertStripeError(r, 403, "permission_error")
+        self.assertEqual(err["tp_code"], 2009, r)
+        r = c.post("/v1/turnpike/log_level", {"level": "warn"}, headers={"X-Forwarded-For": "127.0.0.1"})
+        self.assertEqual((r.status, r.json.get("previous")), (200, "info"), r)
+
+
 class MetricsTokenTest(DaemonTestCase):
     MERCHANTS = ("m",)
 
