@@ -73,6 +73,7 @@ struct tp_req {
   size_t resp_len;
   const char *content_type;
   bool replayed;
+  bool settled_error;            /* an error that was committed: the same request will not do better */
   char api_version[48];   /* the request's Stripe-Version, echoed in the reply ("" none; TP_API_VERSION_MAX) */
   char original_request[40]; /* a replay: the request whose reply it is ("" if unknown) */
   bool publishable; /* authenticated by a publishable key (TP_R_CLIENT or TP_R_PUBLISHABLE route) */

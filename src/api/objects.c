@@ -470,7 +470,11 @@ static json_t *pm_create(struct tp_cs *cs, const struct tp_merchant *m, const st
                          const char *prefix, const char *customer)
 {
   char id[TP_ID_MAX], fp[17];
-  tp_id_new(id, prefix);
+  /* A Card (not a PaymentMethod) made of a token is the token's card. */
+  if (strcmp(prefix, "card") == 0 && strncmp(ci->card_id, "card_", 5) == 0)
+    tp_scopy(id, sizeof id, ci->card_id);
+  else
+    tp_id_new(id, prefix);
   tp_card_fingerprint(m, ci->pan, fp);
   uint8_t blob[TP_VAULT_MAX_BLOB];
   size_t bl = 0;
@@ -652,6 +656,8 @@ static bool token_card(struct tp_req *r, const char *tok, const char *param, str
   }
   bool used = json_is_true(json_object_get(t, "used"));
   bool cvc = json_is_string(json_object_get(json_object_get(t, "card"), "cvc_check"));
+  char card_id[sizeof ci->card_id];
+  tp_scopy(card_id, sizeof card_id, json_string_value(json_object_get(json_object_get(t, "card"), "id")) ?: "");
   json_decref(t);
   if (!used && tp_vault_load(r->merchant.id, tok, ci) != 0) {
     /* Its card gone: spent since it was read, by a request that raced
@@ -674,6 +680,7 @@ static bool token_card(struct tp_req *r, const char *tok, const char *param, str
     return false;
   }
   tp_scopy(ci->token, sizeof ci->token, tok);
+  tp_scopy(ci->card_id, sizeof ci->card_id, card_id);
   ci->cvc = cvc;
   return true;
 }
@@ -845,16 +852,19 @@ bool tp_pm_exists(struct tp_req *r, const char *pm_id)
 json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, struct tp_card_info *ci)
 {
   const char *pan = test_id_pan(pm_id);
+  /* A token (a charge's source=tok_...) is spent into a Card, card_..., as
+   * on Stripe; a test PaymentMethod id into a PaymentMethod. */
+  const char *prefix = strncmp(pm_id, "tok_", 4) == 0 ? "card" : "pm";
   if (stored_token(pm_id)) {
     if (!token_card(r, pm_id, "source", ci))
       return NULL;
-    json_t *pm = tp_pm_create_card(cs, &r->merchant, ci, NULL, NULL, NULL);
+    json_t *pm = pm_create(cs, &r->merchant, ci, NULL, NULL, NULL, prefix, NULL);
     if (!pm)
       tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
     return pm;
   }
   if (pan && test_card_info(pan, ci)) {
-    json_t *pm = tp_pm_create_card(cs, &r->merchant, ci, NULL, NULL, NULL);
+    json_t *pm = pm_create(cs, &r->merchant, ci, NULL, NULL, NULL, prefix, NULL);
     if (!pm)
       tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
     return pm;
@@ -1075,6 +1085,9 @@ static bool expand_list(struct tp_req *r, json_t *obj, const char *path)
   const char *id = json_string_value(json_object_get(obj, "id"));
   if (!what || !id || strlen(id) >= TP_ID_MAX)
     return false;
+  const json_t *had = json_object_get(obj, path);
+  if (json_is_object(had) && strcmp(json_string_value(json_object_get(had, "object")) ?: "", "list") == 0)
+    return true; /* expanded already, perhaps deeper ("refunds.data.x" before "refunds") */
   char url[160];
   json_t *data = NULL;
   bool more = false;

@@ -677,7 +677,7 @@ static char *tls_cert, *tls_key, *tls_prio; /* [tls], PEM text; NULL: plain HTTP
 
 static const char *should_retry(const struct tp_req *r)
 {
-  if (r->replayed)
+  if (r->replayed || (r->settled_error && r->status >= 400))
     return "false";
   if (r->status < 400 || !r->resp)
     return NULL;

@@ -128,7 +128,10 @@ void tp_breaker_record(struct tp_breaker *b, bool failure, int64_t now_ms)
   case TP_BREAKER_CLOSED:
     window_add(b, failure, now_ms);
     if (!failure) {
+      /* A call that worked outweighs failed health checks (a processor
+       * whose health endpoint is missing but that takes payments). */
       b->consec = 0;
+      b->health_consec = 0;
       return;
     }
     b->consec++;

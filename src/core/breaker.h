@@ -63,8 +63,9 @@ void tp_breaker_record(struct tp_breaker *b, bool failure, int64_t now_ms);
  * open the breaker for everyone); half-open, it reopens like any failure. */
 void tp_breaker_record_soft(struct tp_breaker *b, int64_t now_ms);
 /* An active health check result. `consecutive` failed checks in a row
- * open it (a pass ends the run; checks and real calls are counted apart,
- * and a pass never clears the calls' run); a failure sends half_open back
+ * open it (a pass or a successful call ends the run; checks and real
+ * calls are counted apart, and a pass never clears the calls' run); a
+ * failure sends half_open back
  * to open, or keeps open open for another open_ms; a pass moves open to
  * half_open early and counts as a passing probe while half_open. */
 void tp_breaker_health(struct tp_breaker *b, bool ok, int64_t now_ms);

@@ -69,6 +69,7 @@ struct tp_card_info {
   const char *funding;  /* "credit" | "debit" | "prepaid" | "unknown": from a small test-BIN table, default "credit" */
   const char *country;  /* ISO 3166 alpha-2 from a small test-BIN table, default "US" (e.g. 4000002760003184 -> "DE") */
   char token[64];       /* the card token (POST /v1/tokens) it came from, "" if none: using it spends the token */
+  char card_id[64];     /* that token's Card id (card_...), which a Card made of it keeps, as on Stripe */
   bool cvc;             /* a CVC came with the card (now, with its token or saved card, or a test card's): set
                            by the API layer, not by tp_card_validate */
 };

@@ -549,13 +549,19 @@ static void exhausted_outcome(struct tp_pay *p, enum tp_err e)
     e = TP_ERR_NO_PROCESSOR_AVAILABLE;
     err = tp_error_object(e, NULL, NULL);
     tp_cs_put(cs, TP_K_PAYMENT_INTENT, merchant, pi);
+    /* Unlike routing's 503 this one is stored under the Idempotency-Key
+     * (the write-ahead was committed): a retry of it gets it again, so
+     * SDKs are told not to; a new confirm tries again. */
+    if (p->r)
+      p->r->settled_error = true;
   } else {
     err = tp_error_object(e, NULL, NULL);
     json_object_set(pi, "last_payment_error", err);
     tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT, "payment_intent.payment_failed", pi);
   }
   json_t *body_err = json_deep_copy(err);
-  json_object_set(body_err, "payment_intent", pi);
+  if (!p->reply_charge) /* the Charges API never shows its PaymentIntent */
+    json_object_set(body_err, "payment_intent", pi);
   json_decref(err);
   const struct tp_error_info *ei = tp_error_info(e);
   tp_pay_reply(p, ei ? (unsigned)ei->http_status : 502, tp_pack("{s:o}", "error", body_err));

@@ -124,6 +124,8 @@ static void md_key(const char *key, const char *value, void *arg)
   const char *k = key + strlen("metadata.");
   if (!*k || strlen(k) > 40)
     bad(l, key, "a metadata key is 1 to 40 characters");
+  else if (!*value)
+    bad(l, key, "an empty metadata value never matches (an empty value unsets a key)");
   else if (strlen(value) >= sizeof ru->md_val[0])
     bad(l, key, "a metadata value is at most 127 bytes");
   else if (ru->nmd >= TP_ROUTE_MD_MAX)
@@ -160,6 +162,10 @@ static bool load_rule(struct load *l, struct rule *ru)
   tp_scopy(ru->name, sizeof ru->name, name);
   tp_config_keys(section, "", rule_key, l);
   const char *v = tp_config_get(section, "merchant");
+  if (v && strcmp(v, "*") != 0 &&
+      (strncmp(v, "acct_", 5) != 0 || strlen(v) < 6 || strlen(v) >= sizeof ru->merchant ||
+       strspn(v + 5, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") != strlen(v + 5)))
+    return bad(l, "merchant", "an account id (acct_...) or *");
   tp_scopy(ru->merchant, sizeof ru->merchant, v && strcmp(v, "*") != 0 ? v : "");
   if ((v = tp_config_get(section, "currency")) != NULL) {
     if (!tp_currency_find(v))
@@ -185,9 +191,12 @@ static bool load_rule(struct load *l, struct rule *ru)
     return bad(l, "amount_min", "greater than amount_max: the rule would never match");
   void *md_arg[2] = {l, ru};
   tp_config_keys(section, "metadata.", md_key, md_arg);
-  if (!split_list(l, "processors", tp_config_get(section, "processors"), ru->procs, TP_ROUTE_MAX, &ru->nprocs) ||
+  const char *pl = tp_config_get(section, "processors");
+  if (!split_list(l, "processors", pl, ru->procs, TP_ROUTE_MAX, &ru->nprocs) ||
       !proc_names_ok(l, "processors", ru->procs, ru->nprocs))
     return false;
+  if (pl && !ru->nprocs)
+    return bad(l, "processors", "empty: name one processor at least, or leave the key out for all");
   char parts[TP_ROUTE_MAX][64];
   size_t ns = 0;
   if (!split_list(l, "split", tp_config_get(section, "split"), parts, TP_ROUTE_MAX, &ns))

@@ -165,6 +165,12 @@ class ObjectShapes(DaemonTestCase):
         src = charges_api["source"]
         self.assertEqual((src["object"], src["last4"], src["brand"], src["id"]),
                          ("card", "4242", "Visa", charges_api["payment_method"]), src)
+        self.assertTrue(src["id"].startswith("card_"), src)
+        tok = self.post("/v1/tokens", {"card[number]": "5555555555554444", "card[exp_month]": "12",
+                                       "card[exp_year]": "2040", "card[cvc]": "123"})
+        ch = self.post("/v1/charges", {"amount": 1300, "currency": "usd", "source": tok["id"]})
+        self.assertEqual((ch["source"]["id"], ch["payment_method"], ch["source"]["last4"]),
+                         (tok["card"]["id"], tok["card"]["id"], "4444"), ch)
         refund = self.post("/v1/refunds", {"payment_intent": paid["id"], "amount": 500})
         self.assertEqual(refund["payment_method"], paid["payment_method"])
         self.assertEqual(refund["customer"], cus["id"])

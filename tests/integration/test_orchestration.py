@@ -737,6 +737,8 @@ class HalfOpenNoProbeTest(unittest.TestCase):
             time.sleep(0.4)
             r = self.pay()
             self.assertEqual((r.status, r.json["error"].get("tp_code")), (503, 6027), r.json)
+            # stored under its key (the write-ahead was committed): SDKs must not retry it
+            self.assertEqual(r.headers.get("Stripe-Should-Retry"), "false", r.headers)
             pi = r.json["error"]["payment_intent"]
             self.assertEqual((pi["status"], pi["last_payment_error"]), ("requires_confirmation", None), pi)
             types = [e["type"] for e in self.c.get("/v1/events", {"limit": 20}).json["data"]

@@ -766,7 +766,9 @@ class BadConfig(unittest.TestCase):
                           ("amount_min = 5000\namount_max = 100", "amount_min"), ("processors = nosuch", "processors"),
                           ("processors = a;bee", "processors"), ("split = a:70,bee:70", "split"),
                           ("split = a:70;bee:30", "split"), ("strategy = orderd", "strategy"),
-                          (nine, "metadata.k8"), ("metadata.%s = x" % ("k" * 41), "metadata.")):
+                          (nine, "metadata.k8"), ("metadata.%s = x" % ("k" * 41), "metadata."),
+                          ("merchant = nosuch", "merchant"), ("processors =", "processors"),
+                          ("metadata.tier =", "metadata.tier")):
             d = Daemon()
             try:
                 with self.assertRaises(RuntimeError, msg=rule):

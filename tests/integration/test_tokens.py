@@ -76,7 +76,8 @@ class Tokens(DaemonTestCase):
         self.assertEqual(r.status, 200, r)
         ch = r.json
         self.assertEqual((ch["status"], ch["paid"], ch["amount"]), ("succeeded", True, 1500))
-        self.assertTrue(ch["payment_method"].startswith("pm_"), ch)
+        # spent into its Card, whose id it already named (Stripe's)
+        self.assertEqual((ch["payment_method"], ch["source"]["id"]), (t["card"]["id"], t["card"]["id"]), ch)
         self.assertEqual(ch["billing_details"]["name"], "Grace Hopper")
         self.assertEqual(ch["billing_details"]["address"]["postal_code"], "10001")
         self.assertEqual(ch["payment_method_details"]["card"]["last4"], "4242")

@@ -197,6 +197,8 @@ test("a charge's refunds come as a list only when expanded, newest first, ten at
   const deep = await stripe.charges.retrieve(pi.latest_charge, { expand: ['refunds.data.balance_transaction'] });
   assert.equal(deep.refunds.data.length, 10);
   assert.ok(deep.refunds.data.every((r) => r.balance_transaction.object === 'balance_transaction'));
+  const either = await stripe.charges.retrieve(pi.latest_charge, { expand: ['refunds.data.balance_transaction', 'refunds'] });
+  assert.equal(either.refunds.data[0].balance_transaction.object, 'balance_transaction'); // order does not matter
   const viaPi = await stripe.paymentIntents.retrieve(pi.id, { expand: ['latest_charge.refunds.data.balance_transaction'] });
   assert.equal(viaPi.latest_charge.refunds.data[0].balance_transaction.amount, -110);
   const deepList = await stripe.charges.list({ limit: 2, expand: ['data.refunds.data.balance_transaction'] });
