@@ -66,6 +66,10 @@ void tp_h_efw_retrieve(struct tp_req *r);
  * PaymentIntent's or SetupIntent's) client_secret; replies and returns
  * false when it does not. */
 bool tp_client_secret_ok(struct tp_req *r, const json_t *intent);
+/* A publishable key's confirm changes nothing only the merchant decides
+ * (off_session, capture_method, a lower request_three_d_secure); false
+ * after replying. */
+bool tp_publishable_confirm_ok(struct tp_req *r, const json_t *intent);
 /* setup_intents.c */
 void tp_h_si_create(struct tp_req *r);
 void tp_h_si_retrieve(struct tp_req *r);

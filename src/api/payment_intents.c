@@ -1115,6 +1115,50 @@ out:
   tp_lock_release(r->path_id);
 }
 
+/* With a publishable key (a browser holding the client_secret), what only
+ * the merchant decides stays as the merchant set it: no off_session (the
+ * customer is there), no other capture_method, and 3-D Secure asked no
+ * less than the merchant asked (automatic < any < challenge). False after
+ * replying. intent: the PaymentIntent or SetupIntent as stored. */
+bool tp_publishable_confirm_ok(struct tp_req *r, const json_t *intent)
+{
+  if (!r->publishable)
+    return true;
+  static const char *const rank[] = {"automatic", "any", "challenge", NULL};
+  const char *bad = NULL;
+  bool off = false;
+  if (tp_param_bool(r->params, "off_session", &off) && off)
+    bad = "off_session";
+  const char *cm = tp_pstr(r->params, "capture_method");
+  const char *cm_had = json_string_value(json_object_get(intent, "capture_method"));
+  if (!bad && cm && cm_had && strcmp(cm, cm_had) != 0)
+    bad = "capture_method";
+  const char *rq = json_string_value(json_object_get(
+      json_object_get(json_object_get(r->params, "payment_method_options"), "card"), "request_three_d_secure"));
+  const char *rq_had = json_string_value(json_object_get(
+      json_object_get(json_object_get(intent, "payment_method_options"), "card"), "request_three_d_secure"));
+  if (!bad && rq && rq_had) {
+    int g = -1, h = -1;
+    for (int i = 0; rank[i]; i++) {
+      if (strcmp(rq, rank[i]) == 0)
+        g = i;
+      if (strcmp(rq_had, rank[i]) == 0)
+        h = i;
+    }
+    if (g < h)
+      bad = "payment_method_options[card][request_three_d_secure]";
+  }
+  if (!bad)
+    return true;
+  char msg[256];
+  snprintf(msg, sizeof msg,
+           "With a publishable key, %s cannot be set or lowered: it is the merchant's decision (use the secret "
+           "key).",
+           bad);
+  tp_reply_error(r, TP_ERR_PARAMETER_INVALID, bad, msg);
+  return false;
+}
+
 /* A publishable key's change of setup_future_usage from had to given:
  * none set yet, the same, or on_session to off_session. */
 static bool sfu_change_ok(const json_t *had, const json_t *given)
@@ -1164,7 +1208,8 @@ void tp_h_pi_confirm(struct tp_req *r)
     tp_lock_release(r->path_id);
     return;
   }
-  if (!tp_email_param_ok(r, r->params, "receipt_email", "receipt_email") || !pi_strings_ok(r, r->params)) {
+  if (!tp_email_param_ok(r, r->params, "receipt_email", "receipt_email") || !pi_strings_ok(r, r->params) ||
+      !tp_publishable_confirm_ok(r, pi)) {
     json_decref(pi);
     tp_lock_release(r->path_id);
     return;
@@ -1447,20 +1492,20 @@ static const struct tp_pspec spec_charge_capture[] = {
 };
 
 /* An uncaptured charge whose hold was released: by the expiry of its
- * authorization (its PaymentIntent canceled with reason "automatic") or by
- * a cancel, which Stripe reports as a refund of the charge. */
+ * authorization (its PaymentIntent canceled with reason "expired", or
+ * "automatic" before API 2025-03-31.basil) or by a cancel. */
 static void refused_released(struct tp_req *r, const json_t *ch)
 {
   const char *pi_id = json_string_value(json_object_get(ch, "payment_intent"));
   json_t *pi = pi_id ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, pi_id) : NULL;
   const char *why = json_string_value(json_object_get(pi, "cancellation_reason"));
-  if (why && strcmp(why, "automatic") == 0)
+  if (why && (strcmp(why, "expired") == 0 || strcmp(why, "automatic") == 0))
     tp_reply_error(r, TP_ERR_CHARGE_EXPIRED_FOR_CAPTURE, NULL, NULL);
   else {
-    char msg[128];
-    snprintf(msg, sizeof msg, "Charge %.64s has already been refunded.",
+    char msg[160];
+    snprintf(msg, sizeof msg, "Charge %.64s cannot be captured: its authorization was canceled.",
              json_string_value(json_object_get(ch, "id")) ?: "");
-    tp_reply_error(r, TP_ERR_CHARGE_ALREADY_REFUNDED, NULL, msg);
+    tp_reply_error(r, TP_ERR_PAYMENT_INTENT_UNEXPECTED_STATE, NULL, msg);
   }
   json_decref(pi);
 }
@@ -1474,7 +1519,8 @@ void tp_h_charge_capture(struct tp_req *r)
     return;
   if (json_is_true(json_object_get(ch, "captured")))
     tp_reply_error(r, TP_ERR_CHARGE_ALREADY_CAPTURED, NULL, NULL);
-  else if (json_is_true(json_object_get(ch, "refunded")))
+  else if (json_is_true(json_object_get(ch, "refunded")) ||
+           json_integer_value(json_object_get(json_object_get(ch, "turnpike"), "uncaptured")) > 0)
     refused_released(r, ch);
   else if (!json_is_true(json_object_get(ch, "paid")))
     tp_reply_error(r, TP_ERR_CAPTURE_UNAUTHORIZED_PAYMENT, NULL, NULL);
@@ -1538,7 +1584,7 @@ int tp_pi_expire(const char *merchant, const char *pi_id, int64_t now)
     return 0;
   }
   tp_log(TP_LOG_INFO, "authorization_expired", "{s:s, s:s}", "payment_intent", pi_id, "merchant", merchant);
-  start_void(NULL, &m, pi, ch, "automatic", tp_outcome_expire);
+  start_void(NULL, &m, pi, ch, "expired", tp_outcome_expire); /* "automatic" before 2025-03-31.basil */
   return 1;
 }
 

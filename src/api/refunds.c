@@ -112,8 +112,9 @@ void tp_h_refund_create(struct tp_req *r)
   if (ch_pi && tp_refuse_unsettled(r, ch_pi))
     goto fail;
   int64_t captured = json_integer_value(json_object_get(ch, "amount_captured"));
-  /* amount_refunded counts the uncaptured rest of a partial capture too
-   * (Stripe); only what was captured can be refunded. */
+  /* Only what was captured can be refunded. A charge released before
+   * session 28 counts its uncaptured rest in amount_refunded (Stripe did
+   * before API 2025-03-31.basil), which tp_charge_released takes off. */
   int64_t refunded = json_integer_value(json_object_get(ch, "amount_refunded")) - tp_charge_released(ch);
   /* The charge lock is held until the outcome commits, so no other refund
    * of this charge is in flight. */

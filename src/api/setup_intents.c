@@ -606,7 +606,7 @@ void tp_h_si_confirm(struct tp_req *r)
     tp_lock_release(r->path_id);
     return;
   }
-  if (!types_ok(r, r->params)) {
+  if (!types_ok(r, r->params) || !tp_publishable_confirm_ok(r, si)) {
     json_decref(si);
     tp_lock_release(r->path_id);
     return;

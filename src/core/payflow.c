@@ -1598,22 +1598,17 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
   tp_pay_reply(p, (unsigned)ei->http_status, tp_pack("{s:o}", "error", body_err));
 }
 
-/* Part or all of an authorization is given back uncaptured: a succeeded
- * Refund with no balance transaction (that money never moved), counted in
- * the charge's amount_refunded and remembered as turnpike.released so that
- * later refunds are limited to the captured money. */
-static void release_uncaptured(struct tp_pay *p, struct tp_cs *cs, int64_t released, const char *reason)
+/* Part or all of an authorization is given back uncaptured. Since API
+ * 2025-03-31.basil Stripe makes no Refund of it and leaves the charge's
+ * amount_refunded and refunded alone (the money never moved): it is only
+ * remembered, as turnpike.uncaptured. (Charges released before session 28
+ * have a Refund and turnpike.released, counted in amount_refunded, which
+ * tp_charge_released still takes off.) */
+static void release_uncaptured(struct tp_pay *p, int64_t released)
 {
-  json_t *ch = p->charge;
-  if (!ch || released <= 0)
-    return;
-  json_t *re = tp_refund_object(released, ch, reason, NULL, "succeeded");
-  tp_put_emit(cs, p->r, p->m.id, TP_K_REFUND, "refund.created", re);
-  json_decref(re);
-  json_object_set_new(ch, "amount_refunded", json_integer(released));
-  json_t *turn = json_object_get(ch, "turnpike");
-  if (json_is_object(turn))
-    json_object_set_new(turn, "released", json_integer(released));
+  json_t *turn = json_object_get(p->charge, "turnpike");
+  if (released > 0 && json_is_object(turn))
+    json_object_set_new(turn, "uncaptured", json_integer(released));
 }
 
 void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs)
@@ -1632,9 +1627,8 @@ void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs)
   json_object_set_new(ch, "balance_transaction", json_string(txn));
   json_object_set_new(ch, "captured", json_true());
   json_object_set_new(ch, "amount_captured", json_integer(amount));
-  /* A partial capture refunds the rest of the authorization (Stripe: "any
-   * additional amount is automatically refunded"). */
-  release_uncaptured(p, cs, json_integer_value(json_object_get(ch, "amount")) - amount, NULL);
+  /* A partial capture releases the rest of the authorization. */
+  release_uncaptured(p, json_integer_value(json_object_get(ch, "amount")) - amount);
   json_object_set_new(pi, "status", json_string("succeeded"));
   json_object_set_new(pi, "amount_received", json_integer(amount));
   json_object_set_new(pi, "amount_capturable", json_integer(0));
@@ -1644,20 +1638,20 @@ void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs)
   tp_pay_reply(p, 200, json_incref(p->reply_charge ? ch : pi));
 }
 
-/* The authorization is released: the charge shows as refunded in full by a
- * released Refund (Stripe) of reason refund_reason (NULL: none), with
- * charge_event, and the PaymentIntent is canceled with the reason
- * p->cancellation_reason (none when empty). */
-static void release_authorization(struct tp_pay *p, struct tp_cs *cs, const char *charge_event,
-                                  const char *refund_reason)
+/* The authorization is released: the charge stays uncaptured (Stripe since
+ * 2025-03-31.basil: no Refund, not refunded), announced with charge_event
+ * when there is one (charge.expired), and the PaymentIntent is canceled
+ * with the reason p->cancellation_reason (none when empty). */
+static void release_authorization(struct tp_pay *p, struct tp_cs *cs, const char *charge_event)
 {
   json_t *pi = p->pi, *ch = p->charge;
   const char *merchant = p->m.id;
   if (ch) {
-    /* Stripe: "the remaining amount_capturable is automatically refunded". */
-    release_uncaptured(p, cs, json_integer_value(json_object_get(ch, "amount")), refund_reason);
-    json_object_set_new(ch, "refunded", json_true());
-    tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, charge_event, ch);
+    release_uncaptured(p, json_integer_value(json_object_get(ch, "amount")));
+    if (charge_event)
+      tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, charge_event, ch);
+    else
+      tp_cs_put(cs, TP_K_CHARGE, merchant, ch);
   }
   json_object_set_new(pi, "status", json_string("canceled"));
   json_object_set_new(pi, "canceled_at", json_integer(tp_now()));
@@ -1674,7 +1668,7 @@ void tp_outcome_void(struct tp_pay *p, struct tp_cs *cs)
     tp_pay_reply(p, 402, tp_pack("{s:o}", "error", tp_error_object(TP_ERR_DECLINE_PROCESSING_ERROR, NULL, NULL)));
     return;
   }
-  release_authorization(p, cs, "charge.refunded", NULL);
+  release_authorization(p, cs, NULL); /* Stripe: payment_intent.canceled only */
 }
 
 int64_t tp_authorization_ttl(void)
@@ -1690,16 +1684,16 @@ int64_t tp_authorization_ttl(void)
 
 /* An authorization left uncaptured past its capture_before: the void was
  * asked of the processor, but whatever it answered the hold lapses at the
- * issuer, so the PaymentIntent is canceled (reason "automatic", set by
- * tp_pi_expire) and the charge expired, as Stripe does. */
+ * issuer, so the PaymentIntent is canceled (reason "expired", set by
+ * tp_pi_expire; "automatic" before API 2025-03-31.basil) and the charge
+ * expired, as Stripe does. */
 void tp_outcome_expire(struct tp_pay *p, struct tp_cs *cs)
 {
   if (p->call.outcome != TP_OUT_APPROVED)
     tp_log(TP_LOG_WARN, "authorization_expired_void_failed", "{s:s, s:s, s:s}", "payment_intent",
            json_string_value(json_object_get(p->pi, "id")), "processor", p->att.processor, "error",
            p->call.decline_code);
-  /* Stripe's refund reason for it, "generated by Stripe internally". */
-  release_authorization(p, cs, "charge.expired", "expired_uncaptured_charge");
+  release_authorization(p, cs, "charge.expired");
 }
 
 /* A refund that succeeded is later returned by the issuer (the card was

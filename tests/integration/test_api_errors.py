@@ -433,24 +433,33 @@ class ApiErrorsTest(DaemonTestCase):
                          content_type="application/json")):
             err = self.assertStripeError(r, 400, "invalid_request_error", "parameter_invalid_empty")
             self.assertEqual(err["param"], "amount", r)
-        # only the uncaptured rest was given back, no refund of the 3000
-        self.assertEqual([x["amount"] for x in c.get("/v1/refunds", {"payment_intent": pi["id"]}).json["data"]],
-                         [2000])
+        # nothing refunded (the uncaptured rest is released, no Refund since 2025-03-31.basil)
+        self.assertEqual(c.get("/v1/refunds", {"payment_intent": pi["id"]}).json["data"], [])
         r = c.post("/v1/refunds", {"payment_intent": pi["id"], "amount": 1000})
         self.assertEqual((r.status, r.json["amount"]), (200, 1000), r)
 
     def test_capturing_the_charge_of_a_canceled_payment_intent(self):
-        """A cancel releases the hold, which Stripe shows as a refund of the
-        charge: capturing it is charge_already_refunded, not an expiry; and
-        the cancel refusal lists only the states Turnpike cancels."""
+        """A cancel releases the hold (no Refund, the charge not refunded:
+        Stripe since 2025-03-31.basil): capturing the charge is refused for
+        the cancel, not as an expiry; and the cancel refusal lists only the
+        states Turnpike cancels."""
         c = self.c("decline")
         pi = c.post("/v1/payment_intents", {"amount": 1000, "currency": "usd", "confirm": "true",
                                             "payment_method": "pm_card_visa", "capture_method": "manual"}).json
         r = c.post("/v1/payment_intents/%s/cancel" % pi["id"], {})
         self.assertEqual((r.status, r.json["status"]), (200, "canceled"), r)
+        ch = c.get("/v1/charges/" + pi["latest_charge"]).json
+        self.assertEqual((ch["captured"], ch["refunded"], ch["amount_refunded"], ch["amount_captured"]),
+                         (False, False, 0, 0), ch)
+        self.assertEqual(c.get("/v1/refunds", {"charge": ch["id"]}).json["data"], [])
+        types = [e["type"] for e in c.get("/v1/events", {"limit": 10}).json["data"]
+                 if e["data"]["object"]["id"] in (pi["id"], ch["id"])]
+        self.assertEqual(types[0], "payment_intent.canceled", types)
+        self.assertNotIn("charge.refunded", types)
         r = c.post("/v1/charges/%s/capture" % pi["latest_charge"], {})
-        err = self.assertStripeError(r, 400, "invalid_request_error", "charge_already_refunded")
-        self.assertIn(pi["latest_charge"], err["message"])
+        err = self.assertStripeError(r, 400, "invalid_request_error", "payment_intent_unexpected_state")
+        self.assertIn("canceled", err["message"])
+        self.assertNotIn("payment_intent", err)
         r = c.post("/v1/payment_intents/%s/cancel" % pi["id"], {})
         err = self.assertStripeError(r, 400, "invalid_request_error", "payment_intent_unexpected_state")
         self.assertNotIn("processing", err["message"])
@@ -712,10 +721,11 @@ class ApiErrorsTest(DaemonTestCase):
         self.assertEqual(r.json["amount_received"], 1230, r)
         r = c.post("/v1/refunds", {"payment_intent": pi["id"], "amount": 15})
         self.assertEqual(self.assertStripeError(r, 400, param="amount")["code"], "invalid_charge_amount", r)
-        self.assertEqual(c.get("/v1/charges/" + pi["latest_charge"]).json["amount_refunded"], 3770)
+        # the uncaptured 3770 is released, not refunded (Stripe since 2025-03-31.basil)
+        self.assertEqual(c.get("/v1/charges/" + pi["latest_charge"]).json["amount_refunded"], 0)
         r = c.post("/v1/refunds", {"payment_intent": pi["id"], "amount": 10})
         self.assertEqual(r.status, 200, r)
-        self.assertEqual(c.get("/v1/charges/" + pi["latest_charge"]).json["amount_refunded"], 3780)
+        self.assertEqual(c.get("/v1/charges/" + pi["latest_charge"]).json["amount_refunded"], 10)
 
     def test_amounts_in_messages_read_as_stripe_writes_them(self):
         # "Refund amount ($10.00) is greater than unrefunded amount on charge

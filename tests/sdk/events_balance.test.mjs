@@ -74,7 +74,7 @@ test('manual capture, refund and cancel emit their events', async () => {
   assert.ok(await findEvent('customer.created', cus.id), 'customer.created');
 });
 
-test('canceling an authorization refunds it in full with a refund that moves no money', async () => {
+test('canceling an authorization releases it: no Refund, the charge not refunded (API 2025-03-31.basil)', async () => {
   const b0 = await stripe.balance.retrieve();
   const pi = await stripe.paymentIntents.create({
     amount: 3100, currency: 'usd', payment_method: 'pm_card_visa', confirm: true, capture_method: 'manual',
@@ -84,15 +84,14 @@ test('canceling an authorization refunds it in full with a refund that moves no 
   assert.equal(canceled.amount_capturable, 0);
   const ch = await stripe.charges.retrieve(pi.latest_charge);
   assert.equal(ch.captured, false);
-  assert.equal(ch.refunded, true);
-  assert.equal(ch.amount_refunded, 3100);
+  assert.equal(ch.refunded, false);
+  assert.equal(ch.amount_refunded, 0);
+  assert.equal(ch.amount_captured, 0);
   const refunds = await stripe.refunds.list({ payment_intent: pi.id });
-  assert.equal(refunds.data.length, 1);
-  assert.equal(refunds.data[0].amount, 3100);
-  assert.equal(refunds.data[0].status, 'succeeded');
-  assert.equal(refunds.data[0].balance_transaction, null);
-  assert.ok(await findEvent('refund.created', refunds.data[0].id), 'refund.created');
-  assert.ok(await findEvent('charge.refunded', ch.id), 'charge.refunded');
+  assert.equal(refunds.data.length, 0);
+  assert.ok(await findEvent('payment_intent.canceled', pi.id), 'payment_intent.canceled');
+  const recent = await stripe.events.list({ limit: 20 });
+  assert.ok(!recent.data.some((e) => e.type === 'charge.refunded' && e.data.object.id === ch.id), 'no charge.refunded');
   assert.equal(usdTotal(await stripe.balance.retrieve()), usdTotal(b0), 'no money moved');
   await expectError(stripe.refunds.create({ payment_intent: pi.id, amount: 100 }), errors.StripeInvalidRequestError);
 });
