@@ -477,6 +477,51 @@ class ApiErrorsTest(DaemonTestCase):
             r = c.post("/v1/payment_intents/pi_nope/%s" % action, {})
             self.assertStripeError(r, 404, "invalid_request_error", "resource_missing")
 
+    def test_a_browser_cannot_skip_authentication_or_change_capture(self):
+        """With a publishable key (the browser holding the client_secret),
+        off_session (no customer to challenge: 3-D Secure skipped), another
+        capture_method, or a lower request_three_d_secure are refused: they
+        are the merchant's decisions. The merchant's own confirm may."""
+        c = self.c("decline")
+        pk = self.daemon.merchants["decline"]["publishable_key"]
+        three_ds = "4000003800000446"  # asks for 3-D Secure on-session only
+        pmd = {"payment_method_data[type]": "card", "payment_method_data[card][number]": three_ds,
+               "payment_method_data[card][exp_month]": "12", "payment_method_data[card][exp_year]": "2040"}
+        cases = (({}, dict(pmd, off_session="true"), "off_session"),
+                 ({"capture_method": "manual"}, {"payment_method": "pm_card_visa", "capture_method": "automatic"},
+                  "capture_method"),
+                 ({"capture_method": "automatic"}, {"payment_method": "pm_card_visa", "capture_method": "manual"},
+                  "capture_method"),
+                 ({"payment_method_options[card][request_three_d_secure]": "any"},
+                  {"payment_method": "pm_card_visa", "payment_method_options[card][request_three_d_secure]":
+                   "automatic"}, "payment_method_options[card][request_three_d_secure]"))
+        for made, confirm, param in cases:
+            pi = c.post("/v1/payment_intents", dict({"amount": 5000, "currency": "usd"}, **made)).json
+            r = c.post("/v1/payment_intents/%s/confirm" % pi["id"], dict(confirm, client_secret=pi["client_secret"]),
+                       key=pk)
+            err = self.assertStripeError(r, 400, "invalid_request_error")
+            self.assertEqual(err["param"], param, r)
+            got = c.get("/v1/payment_intents/" + pi["id"]).json
+            self.assertEqual((got["status"], got["amount_received"], got["capture_method"]),
+                             ("requires_payment_method", 0, pi["capture_method"]), got)
+        # raising it is the customer's to do; the merchant may do anything
+        pi = c.post("/v1/payment_intents", {"amount": 5000, "currency": "usd"}).json
+        r = c.post("/v1/payment_intents/%s/confirm" % pi["id"],
+                   {"payment_method": "pm_card_visa", "client_secret": pi["client_secret"],
+                    "payment_method_options[card][request_three_d_secure]": "any"}, key=pk)
+        self.assertEqual((r.status, r.json["status"]), (200, "requires_action"), r)
+        pi = c.post("/v1/payment_intents", {"amount": 5000, "currency": "usd", "capture_method": "manual"}).json
+        r = c.post("/v1/payment_intents/%s/confirm" % pi["id"], {"payment_method": "pm_card_visa",
+                                                                 "capture_method": "automatic"})
+        self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
+        # a SetupIntent's request_three_d_secure alike
+        si = c.post("/v1/setup_intents", {"payment_method_options[card][request_three_d_secure]": "any"}).json
+        r = c.post("/v1/setup_intents/%s/confirm" % si["id"],
+                   {"payment_method": "pm_card_visa", "client_secret": si["client_secret"],
+                    "payment_method_options[card][request_three_d_secure]": "automatic"}, key=pk)
+        err = self.assertStripeError(r, 400, "invalid_request_error")
+        self.assertEqual(err["param"], "payment_method_options[card][request_three_d_secure]", r)
+
     def test_a_browser_cannot_undo_setup_future_usage(self):
         """Stripe: with a publishable key a setup_future_usage already set may
         only go from on_session to off_session."""
