@@ -270,6 +270,7 @@ class ThreeDSTest(DaemonTestCase):
         self.assertEqual(r.headers.get("Referrer-Policy"), "no-referrer")
         self.assertEqual(r.headers.get("X-Content-Type-Options"), "nosniff")
         self.assertNotIn("Strict-Transport-Security", r.headers)  # RFC 6797 7.2: not over plain HTTP
+        self.assertNotIn("Access-Control-Allow-Origin", r.headers)  # no other origin's script reads it
 
     def test_manual_confirmation_returns_to_the_server_after_the_challenge(self):
         """confirmation_method=manual (Stripe): the approved challenge puts
