@@ -969,10 +969,9 @@ bool tp_client_secret_ok(struct tp_req *r, const json_t *pi)
   if (given && want && strlen(given) == strlen(want) && tp_ct_equal(given, want, strlen(want)))
     return true;
   const char *what = json_string_value(json_object_get(pi, "object"));
-  tp_reply_error(r, TP_ERR_CLIENT_SECRET_INVALID, "client_secret",
-                 what && strcmp(what, "setup_intent") == 0
-                     ? "The client_secret provided does not match the client_secret associated with the SetupIntent."
-                     : NULL);
+  bool si = what && strcmp(what, "setup_intent") == 0;
+  tp_reply_error(r, si ? TP_ERR_SETUP_INTENT_CLIENT_SECRET_INVALID : TP_ERR_CLIENT_SECRET_INVALID, "client_secret",
+                 NULL);
   return false;
 }
 

@@ -521,6 +521,13 @@ class ApiErrorsTest(DaemonTestCase):
                     "payment_method_options[card][request_three_d_secure]": "automatic"}, key=pk)
         err = self.assertStripeError(r, 400, "invalid_request_error")
         self.assertEqual(err["param"], "payment_method_options[card][request_three_d_secure]", r)
+        # a client_secret that is not the intent's: Stripe's codes
+        r = c.post("/v1/setup_intents/%s/confirm" % si["id"], {"client_secret": si["client_secret"] + "x"}, key=pk)
+        err = self.assertStripeError(r, 400, "invalid_request_error", "setup_intent_invalid_parameter")
+        self.assertEqual(err["param"], "client_secret")
+        r = c.get("/v1/payment_intents/%s" % pi["id"], {"client_secret": "pi_x_secret_y"}, key=pk)
+        err = self.assertStripeError(r, 400, "invalid_request_error", "payment_intent_invalid_parameter")
+        self.assertEqual(err["param"], "client_secret")
 
     def test_a_browser_cannot_undo_setup_future_usage(self):
         """Stripe: with a publishable key a setup_future_usage already set may
