@@ -9,6 +9,7 @@
  * dropped. */
 #include "sim/sim.h"
 #include "cli.h"
+#include "core/currency.h"
 #include "core/iso8583.h"
 #include "log.h"
 #include "util.h"
@@ -224,6 +225,16 @@ static void on_durable(struct tp_sim_waiter *w, const char *response, bool ok)
   response_mti(p->req.mti, mti);
   tp_iso_init(&resp, mti);
   copy_fields(&resp, &p->req, echo_fields, sizeof echo_fields / sizeof echo_fields[0]);
+  /* Fields 4 and 49 say what the host holds, which for a repeated RRN is
+   * the first message's, not the repeat's (a gateway checks them). */
+  json_int_t held = json_integer_value(json_object_get(o, "amount"));
+  const char *held_cur = json_string_value(json_object_get(o, "currency"));
+  char f4[24], f49[4];
+  if (op && strcmp(op, "reversal") != 0 && held > 0 && held_cur && tp_iso_currency_numeric(held_cur, f49) == 0) {
+    snprintf(f4, sizeof f4, "%012lld", (long long)held);
+    tp_iso_set(&resp, 4, f4);
+    tp_iso_set(&resp, 49, f49);
+  }
   if (op && !strcmp(op, "reversal"))
     tp_iso_set(&resp, 39, status && strcmp(status, "not_found") != 0 ? "00" : "25");
   else if (op && !strcmp(op, "capture"))
@@ -367,8 +378,8 @@ static bool handle(struct iconn *c, struct tp_iso_msg *m)
       answer_code(c, m, "14"); /* invalid card number */
       return true;
     }
-    if (!alpha || q.amount <= 0) {
-      answer_code(c, m, alpha ? "13" : "30"); /* 13 invalid amount */
+    if (!alpha || q.amount <= 0 || q.amount > TP_AMOUNT_MAX) {
+      answer_code(c, m, alpha ? "13" : "30"); /* 13 invalid amount (REST's limit too) */
       return true;
     }
     q.op = TP_SIM_AUTHORIZE;
@@ -376,7 +387,7 @@ static bool handle(struct iconn *c, struct tp_iso_msg *m)
     tp_scopy(pan, sizeof pan, tp_iso_get(m, 2));
     q.pan = pan;
   } else if (refund || advice) {
-    if (!alpha || q.amount <= 0) {
+    if (!alpha || q.amount <= 0 || q.amount > TP_AMOUNT_MAX) {
       answer_code(c, m, alpha ? "13" : "30");
       return true;
     }

@@ -137,6 +137,11 @@ static bool parse_bool(const char *s, bool *out)
   return true;
 }
 
+/* The brands and currencies a decline_rate.X override may name (docs/simulator.md). */
+static const char *const override_names[] = {"visa", "mastercard", "amex", "discover", "diners", "jcb",
+                                             "unionpay", "maestro", "usd", "eur", "gbp", "jpy", "cad", "aud",
+                                             "chf", "sek", "nok", "dkk", "pln", "brl", "mxn", "inr", NULL};
+
 static int set_override(struct tp_sim_behaviour *b, const char *key, double rate)
 {
   if (strlen(key) == 0 || strlen(key) >= sizeof b->overrides[0].key)
@@ -146,6 +151,11 @@ static int set_override(struct tp_sim_behaviour *b, const char *key, double rate
   for (; key[i]; i++)
     low[i] = (char)tolower((unsigned char)key[i]);
   low[i] = '\0';
+  bool known = false;
+  for (int k = 0; override_names[k] && !known; k++)
+    known = strcmp(override_names[k], low) == 0;
+  if (!known) /* a misspelt brand would be taken and do nothing */
+    return -1;
   for (unsigned j = 0; j < b->n_overrides; j++)
     if (strcmp(b->overrides[j].key, low) == 0) {
       b->overrides[j].rate = rate;
@@ -242,12 +252,9 @@ static void load_section(const char *section, void *arg)
         tp_log(TP_LOG_WARN, "sim_config_bad_value", "{s:s, s:s}", "section", section, "key", known_keys[i]);
     }
     /* Per-brand and per-currency decline overrides. */
-    static const char *const ov[] = {"visa", "mastercard", "amex", "discover", "diners", "jcb",
-                                     "unionpay", "maestro", "usd", "eur", "gbp", "jpy", "cad", "aud",
-                                     "chf", "sek", "nok", "dkk", "pln", "brl", "mxn", "inr"};
-    for (size_t i = 0; i < sizeof ov / sizeof ov[0]; i++) {
+    for (size_t i = 0; override_names[i]; i++) {
       char k[40];
-      snprintf(k, sizeof k, "decline_rate.%s", ov[i]);
+      snprintf(k, sizeof k, "decline_rate.%s", override_names[i]);
       const char *v = tp_config_get(section, k);
       if (v && set_key(&p->b, k, v) != 0)
         tp_log(TP_LOG_WARN, "sim_config_bad_value", "{s:s, s:s}", "section", section, "key", k);
@@ -291,14 +298,17 @@ int tp_sim_faults_apply(json_t *o, char *err, size_t errlen)
     return -1;
   }
   pthread_rwlock_wrlock(&procs_mu);
-  struct proc *p = find_or_add(name);
-  if (!p) {
-    pthread_rwlock_unlock(&procs_mu);
-    snprintf(err, errlen, "too many processors");
-    return -1;
-  }
-  /* Validate everything on a copy so a bad key changes nothing. */
-  struct tp_sim_behaviour b = p->b;
+  /* Validate everything on a copy so a bad key changes nothing (and names
+   * no new processor). */
+  struct proc *p = NULL;
+  for (unsigned i = 0; i < n_procs && !p; i++)
+    if (strcmp(procs[i].name, name) == 0)
+      p = &procs[i];
+  struct tp_sim_behaviour b;
+  if (p)
+    b = p->b;
+  else
+    defaults(&b);
   const char *key;
   json_t *v;
   json_object_foreach(o, key, v)
@@ -324,6 +334,11 @@ int tp_sim_faults_apply(json_t *o, char *err, size_t errlen)
       snprintf(err, errlen, "%.64s: unknown key or invalid value", key);
       return -1;
     }
+  }
+  if (!p && !(p = find_or_add(name))) {
+    pthread_rwlock_unlock(&procs_mu);
+    snprintf(err, errlen, "too many processors");
+    return -1;
   }
   p->b = b;
   pthread_rwlock_unlock(&procs_mu);

@@ -102,8 +102,9 @@ static bool ref_ok(const char *s)
   if (n == 0 || n > TP_SIM_REF_MAX)
     return false;
   for (size_t i = 0; i < n; i++)
-    if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
-      return false;
+    if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f || s[i] == '/' || s[i] == '?' || s[i] == '#' ||
+        s[i] == '%')
+      return false; /* a reference goes in status and fence paths: one that cannot be one is refused */
   return true;
 }
 

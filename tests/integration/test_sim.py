@@ -445,6 +445,9 @@ class SimTest(unittest.TestCase):
         self.assertEqual(st, 405)
         st, _, b = self.sim.call("GET", "/p/%s/v1/nothing" % p)
         self.assertEqual(st, 404)
+        # a reference that could not be named in a status or fence path
+        st, _, b = self.sim.authorize(p, "att/1")
+        self.assertEqual((st, b["error"]["code"]), (400, "invalid_request"))
         self.assertEqual(self.sim.journal(processor=p)["entries"], [])
 
     def test_api_key_is_checked_when_configured(self):
@@ -504,6 +507,13 @@ class SimTest(unittest.TestCase):
         self.assertEqual(b["status"], "approved", "the brand override wins over the base rate")
         st, _, b = self.sim.authorize(p, "d-3", "4000056655665556")
         self.assertEqual(b["status"], "declined")
+        # a misspelt brand is refused (it was taken and did nothing), and a
+        # refused call names no processor
+        fresh = new_name()
+        for who in (p, fresh):
+            st, _, b = self.sim.call("POST", "/_sim/faults", {"processor": who, "decline_rate.vias": 1.0})
+            self.assertEqual(st, 400, b)
+        self.assertNotIn(fresh, self.sim.call("GET", "/_sim/faults")[2]["processors"])
 
     def test_reset_closes_the_connection_without_an_answer(self):
         p = new_name()
@@ -608,6 +618,15 @@ class SimTest(unittest.TestCase):
             s.sendall(iso_frame("0100", auth_fields(PAN_OK, rrn, stan="000102")))
             mti, f = iso_recv(s)
             self.assertEqual((f[39], f[38], f[11]), ("00", code, "000102"))
+            first_amount, first_cur = f[4], f[49]
+            # Again for another amount and currency: fields 4 and 49 say what
+            # the host holds (the first), so the gateway can see the mismatch.
+            again = auth_fields(PAN_OK, rrn, stan="000103")
+            again[4], again[49] = "000000250000", "978"
+            s.sendall(iso_frame("0100", again))
+            mti, f = iso_recv(s)
+            self.assertEqual((f[39], f[38], f[4], f[49]), ("00", code, first_amount, first_cur))
+            self.assertNotEqual(f[4], "000000250000")
             rrn2 = uuid.uuid4().hex[:12].upper()
             s.sendall(iso_frame("0200", auth_fields(PAN_INSUFFICIENT, rrn2)))
             mti, f = iso_recv(s)
