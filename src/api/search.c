@@ -143,6 +143,20 @@ static bool parse_int(const char *v, int64_t *out)
   return true;
 }
 
+static bool all_digits(const char *v)
+{
+  return *v && strspn(v, "0123456789") == strlen(v);
+}
+
+/* Characters, not bytes: "Él" is two. */
+static size_t utf8_len(const char *v)
+{
+  size_t n = 0;
+  for (; *v; v++)
+    n += ((unsigned char)*v & 0xC0) != 0x80;
+  return n;
+}
+
 static bool parse_clause(struct lexer *lx, const struct tp_search_field *fields, struct tp_search_clause *c)
 {
   memset(c, 0, sizeof *c);
@@ -220,7 +234,7 @@ static bool parse_clause(struct lexer *lx, const struct tp_search_field *fields,
   }
   if (!is_ws_or_end(lx->s[lx->i]))
     return fail3(lx, "Expected a space after the value of field '", name, "'");
-  c->is_null = !quoted && strcmp(c->value, "null") == 0;
+  c->is_null = !quoted && strcasecmp(c->value, "null") == 0; /* Stripe: case insensitive */
   if (c->is_null) {
     if (c->op != TP_SO_EQ)
       return fail3(lx, "null can only be matched with ':' (field '", name, "')");
@@ -237,23 +251,23 @@ static bool parse_clause(struct lexer *lx, const struct tp_search_field *fields,
   case TP_SF_BOOL:
     if (c->op != TP_SO_EQ)
       return fail3(lx, "Field '", name, "' only supports exact matching with ':'");
-    if (strcmp(c->value, "true") == 0)
+    if (strcasecmp(c->value, "true") == 0)
       c->boolean = true;
-    else if (strcmp(c->value, "false") != 0)
+    else if (strcasecmp(c->value, "false") != 0)
       return fail3(lx, "Field '", name, "' takes true or false");
     break;
   case TP_SF_STRING:
     if (compare)
       return fail3(lx, "Field '", name, "' does not support numeric comparison");
-    if (c->op == TP_SO_SUB && strlen(c->value) < 3)
+    if (c->op == TP_SO_SUB && utf8_len(c->value) < 3)
       return fail3(lx, "Substring matching needs at least 3 characters (field '", name, "')");
-    if (!quoted)
+    if (!quoted && !all_digits(c->value)) /* Stripe: quotes are optional for numeric values */
       return fail3(lx, "String values must be quoted (field '", name, "')");
     break;
   default:
     if (c->op != TP_SO_EQ)
       return fail3(lx, "Field '", name, "' only supports exact matching with ':'");
-    if (!quoted)
+    if (!quoted && !all_digits(c->value))
       return fail3(lx, "String values must be quoted (field '", name, "')");
   }
   return true;
@@ -320,10 +334,52 @@ static bool contains_ci(const char *hay, const char *needle)
   return false;
 }
 
+/* Lower-case words of s, one space between them, into a new buffer. */
+static char *words_of(const char *s)
+{
+  size_t n = strlen(s);
+  char *out = malloc(n + 1), *o = out;
+  if (!out)
+    abort();
+  for (const char *p = s; *p;) {
+    while (*p && isspace((unsigned char)*p))
+      p++;
+    if (!*p)
+      break;
+    if (o != out)
+      *o++ = ' ';
+    while (*p && !isspace((unsigned char)*p))
+      *o++ = (char)tolower((unsigned char)*p++);
+  }
+  *o = '\0';
+  return out;
+}
+
+/* Stripe's exact match on a string: the value holds all the query's words,
+ * in the same order (name:"one two three" finds "One Two Three Four"). */
+static bool words_match(const char *value, const char *query)
+{
+  char *h = words_of(value), *q = words_of(query);
+  size_t ql = strlen(q);
+  bool ok = false;
+  for (const char *p = h; ql && !ok && (p = strstr(p, q)) != NULL; p++)
+    ok = (p == h || p[-1] == ' ') && (p[ql] == '\0' || p[ql] == ' ');
+  free(h);
+  free(q);
+  return ok;
+}
+
 static bool clause_match(const struct tp_search_clause *c, const json_t *obj)
 {
   const json_t *v = c->field->type == TP_SF_METADATA ? json_object_get(json_object_get(obj, "metadata"), c->key)
                                                      : at_path(obj, c->field->name);
+  if (strcmp(c->field->name, "refunded") == 0) {
+    /* Stripe's charges: true fully refunded, false partly, null not at all. */
+    json_int_t done = json_integer_value(json_object_get(obj, "amount_refunded"));
+    if (c->is_null)
+      return done == 0;
+    return c->boolean ? json_is_true(v) : done > 0 && !json_is_true(v);
+  }
   if (c->is_null)
     return v == NULL || json_is_null(v);
   /* an expanded field still matches by its id */
@@ -354,7 +410,7 @@ static bool clause_match(const struct tp_search_clause *c, const json_t *obj)
     if (!json_is_string(v))
       return false;
     return c->op == TP_SO_SUB ? contains_ci(json_string_value(v), c->value)
-                              : strcasecmp(json_string_value(v), c->value) == 0;
+                              : words_match(json_string_value(v), c->value);
   }
   return false;
 }
@@ -378,6 +434,7 @@ bool tp_search_match(const struct tp_search *s, const json_t *obj)
  * there. */
 #define SCAN_CHUNK 200
 #define SCAN_MAX_DEFAULT 1000 /* about 16 ms of one HTTP thread (docs/search.md) */
+#define SCAN_EMPTY_FACTOR 20   /* a page with no match yet reads on, to 20 budgets */
 #define PAGE_PREFIX "tps1_"
 
 static const struct tp_pspec spec_search[] = {
@@ -482,7 +539,8 @@ static void pick_path(const struct tp_search *s, int kind, struct search_path *o
     } else if (c->field->type == TP_SF_METADATA && !meta && tp_kind_meta_indexed((enum tp_kind)kind)) {
       meta = c;
     } else if (c->field->type == TP_SF_STRING && !email && kind == TP_K_CUSTOMER &&
-               strcmp(c->field->name, "email") == 0) {
+               strcmp(c->field->name, "email") == 0 && !strpbrk(c->value, " \t\r\n")) {
+      /* the index holds whole addresses: a one-word query matches only one */
       email = c;
     }
   }
@@ -579,8 +637,15 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
   json_t *data = json_array();
   bool has_more = false, end = false, failed = false;
   int64_t scanned = 0, budget = tp_config_int("search", "max_scan_rows", SCAN_MAX_DEFAULT, 10, 100000);
-  while (!end && !has_more && scanned < budget) {
-    int64_t want = budget - scanned < SCAN_CHUNK ? budget - scanned : SCAN_CHUNK;
+  while (!end && !has_more) {
+    /* Past the budget only while the page is still empty: an empty page
+     * with has_more ends the auto-paging of stripe-python and stripe-go
+     * (they stop at the first empty page), so one is answered only when
+     * even SCAN_EMPTY_FACTOR budgets found nothing. */
+    int64_t cap = json_array_size(data) ? budget : budget * SCAN_EMPTY_FACTOR;
+    if (scanned >= cap)
+      break;
+    int64_t want = cap - scanned < SCAN_CHUNK ? cap - scanned : SCAN_CHUNK;
     json_t *rows = search_rows(&q, cursor, want);
     if (!rows) {
       failed = true;
@@ -611,6 +676,10 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
       }
       tp_scopy(cursor, sizeof cursor, id);
       scanned++;
+      if (json_array_size(data) && scanned >= budget && i + 1 < nrows) {
+        end = false; /* rows are left: the budget ends this page, which has a match */
+        break;
+      }
     }
     json_decref(rows);
   }
