@@ -1525,6 +1525,12 @@ const char *tp_decline_param(const char *code)
   return NULL;
 }
 
+static bool async_capture(const json_t *pi)
+{
+  const char *cm = tp_pi_card_option(pi, "capture_method");
+  return cm && strcmp(cm, "automatic_async") == 0;
+}
+
 void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
 {
   const struct tp_proc_call *c = &p->call;
@@ -1539,10 +1545,15 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
   if (approved) {
     int64_t amount = json_integer_value(json_object_get(pi, "amount"));
     const char *cur = json_string_value(json_object_get(pi, "currency"));
+    char txn[TP_ID_MAX] = "";
     if (p->att.capture) {
-      char txn[TP_ID_MAX];
       charge_post(cs, p, ch, cur, amount, txn);
       json_object_set_new(ch, "balance_transaction", json_string(txn));
+      /* capture_method automatic_async (Stripe): the balance transaction
+       * is not promised with charge.succeeded but announced by a
+       * charge.updated after the payment; integrations wait for it. */
+      if (async_capture(pi))
+        json_object_set_new(ch, "balance_transaction", json_null());
       json_object_set_new(ch, "captured", json_true());
       json_object_set_new(ch, "amount_captured", json_integer(amount));
       json_object_set_new(pi, "status", json_string("succeeded"));
@@ -1560,11 +1571,18 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
     consume_unattached(p, cs);
     char *text = NULL;
     tp_put_emit_text(cs, p->r, merchant, TP_K_CHARGE, "charge.succeeded", ch, p->reply_charge ? &text : NULL);
-    if (p->att.capture)
-      tp_dispute_open(cs, p->r, merchant, ch);
     tp_put_emit_text(cs, p->r, merchant, TP_K_PAYMENT_INTENT,
                      p->att.capture ? "payment_intent.succeeded" : "payment_intent.amount_capturable_updated", pi,
                      p->reply_charge ? NULL : &text);
+    if (p->att.capture && async_capture(pi)) {
+      json_t *before = json_deep_copy(ch);
+      json_object_set_new(ch, "balance_transaction", json_string(txn));
+      tp_cs_put(cs, TP_K_CHARGE, merchant, ch);
+      tp_emit_update(cs, p->r, merchant, "charge.updated", before, ch);
+      json_decref(before);
+    }
+    if (p->att.capture) /* a dispute (test card) comes after the payment, as on Stripe */
+      tp_dispute_open(cs, p->r, merchant, ch);
     p->charge = ch;
     tp_pay_reply_text(p, 200, json_incref(p->reply_charge ? ch : pi), text);
     return;
@@ -1633,8 +1651,8 @@ void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs)
   json_object_set_new(pi, "amount_received", json_integer(amount));
   json_object_set_new(pi, "amount_capturable", json_integer(0));
   tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.captured", ch);
-  tp_dispute_open(cs, p->r, merchant, ch);
   tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT, "payment_intent.succeeded", pi);
+  tp_dispute_open(cs, p->r, merchant, ch);
   tp_pay_reply(p, 200, json_incref(p->reply_charge ? ch : pi));
 }
 

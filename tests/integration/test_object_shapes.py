@@ -231,6 +231,32 @@ class ObjectShapes(DaemonTestCase):
             self.assertNotEqual(pi["status"], created["status"], pi)
             self.assertEqual(len(evs), 2, sorted(evs))  # created, then succeeded, payment_failed or requires_action
 
+    def test_asynchronous_capture_announces_the_balance_transaction(self):
+        """capture_method=automatic_async (Stripe): charge.succeeded and
+        payment_intent.succeeded may come without the balance transaction;
+        a charge.updated after them brings it (previous_attributes null)."""
+        r = self.c().post("/v1/payment_intents", {"amount": 1000, "currency": "usd", "confirm": "true",
+                                                  "payment_method": "pm_card_visa",
+                                                  "capture_method": "automatic_async"})
+        self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
+        ch = self.get("/v1/charges/" + r.json["latest_charge"])
+        self.assertTrue(ch["balance_transaction"].startswith("txn_"), ch)
+        evs = [e for e in self.get("/v1/events", {"limit": 20})["data"]
+               if e["data"]["object"]["id"] in (r.json["id"], ch["id"])][::-1]
+        self.assertEqual([e["type"] for e in evs], ["payment_intent.created", "charge.succeeded",
+                                                    "payment_intent.succeeded", "charge.updated"])
+        self.assertIsNone(evs[1]["data"]["object"]["balance_transaction"])
+        self.assertEqual(evs[3]["data"]["object"]["balance_transaction"], ch["balance_transaction"])
+        self.assertEqual(evs[3]["data"]["previous_attributes"], {"balance_transaction": None})
+        self.assertShape(evs[3], "charge.updated")
+        # automatic (Turnpike's default) keeps them in charge.succeeded
+        r = self.c().post("/v1/payment_intents", {"amount": 1000, "currency": "usd", "confirm": "true",
+                                                  "payment_method": "pm_card_visa"})
+        evs = [e for e in self.get("/v1/events", {"limit": 20})["data"]
+               if e["data"]["object"]["id"] == r.json["latest_charge"]]
+        self.assertEqual([e["type"] for e in evs], ["charge.succeeded"])
+        self.assertIsNotNone(evs[0]["data"]["object"]["balance_transaction"])
+
     def test_setup_intents(self):
         cus = self.post("/v1/customers", {})["id"]
         self.assertShape(self.post("/v1/setup_intents", {"customer": cus}), "setup_intent(new)")
