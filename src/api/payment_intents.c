@@ -1132,6 +1132,13 @@ bool tp_publishable_confirm_ok(struct tp_req *r, const json_t *intent)
   const char *cm_had = json_string_value(json_object_get(intent, "capture_method"));
   if (!bad && cm && cm_had && strcmp(cm, cm_had) != 0)
     bad = "capture_method";
+  /* the card's option, which decides over the top-level field ("" unsets it) */
+  const json_t *pmo_cm = json_object_get(
+      json_object_get(json_object_get(r->params, "payment_method_options"), "card"), "capture_method");
+  const char *pmo_had = json_string_value(json_object_get(
+      json_object_get(json_object_get(intent, "payment_method_options"), "card"), "capture_method"));
+  if (!bad && pmo_cm && !(json_is_string(pmo_cm) && pmo_had && strcmp(json_string_value(pmo_cm), pmo_had) == 0))
+    bad = "payment_method_options[card][capture_method]";
   const char *rq = json_string_value(json_object_get(
       json_object_get(json_object_get(r->params, "payment_method_options"), "card"), "request_three_d_secure"));
   const char *rq_had = json_string_value(json_object_get(

@@ -1898,9 +1898,18 @@ static struct tp_pay *recovery_pay(const struct tp_attempt *a, bool *busy)
     p->outcome = st && strcmp(st, "processing") == 0 ? tp_outcome_authorize : outcome_attempt_only;
   } else if (strcmp(a->kind, "capture") == 0)
     p->outcome = tp_outcome_capture;
-  else if (strcmp(a->kind, "void") == 0)
-    p->outcome = tp_outcome_void;
-  else {
+  else if (strcmp(a->kind, "void") == 0) {
+    /* A void is a cancel or an expiry (tp_pi_expire), which is the one
+     * past the charge's capture_before: the same outcome as live. (A
+     * cancel's own reason is not kept on the attempt: recovered, it is
+     * null.) */
+    json_int_t due = json_integer_value(
+        json_object_get(json_object_get(json_object_get(p->charge, "payment_method_details"), "card"), "capture_before"));
+    bool lapsed = due > 0 && due <= tp_now();
+    p->outcome = lapsed ? tp_outcome_expire : tp_outcome_void;
+    if (lapsed)
+      tp_scopy(p->cancellation_reason, sizeof p->cancellation_reason, "expired");
+  } else {
     p->outcome = tp_outcome_refund;
     if (!p->charge)
       goto gone;

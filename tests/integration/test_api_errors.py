@@ -492,6 +492,11 @@ class ApiErrorsTest(DaemonTestCase):
                   "capture_method"),
                  ({"capture_method": "automatic"}, {"payment_method": "pm_card_visa", "capture_method": "manual"},
                   "capture_method"),
+                 ({"payment_method_options[card][capture_method]": "manual"},
+                  {"payment_method": "pm_card_visa", "payment_method_options[card][capture_method]": ""},
+                  "payment_method_options[card][capture_method]"),
+                 ({}, {"payment_method": "pm_card_visa", "payment_method_options[card][capture_method]": "manual"},
+                  "payment_method_options[card][capture_method]"),
                  ({"payment_method_options[card][request_three_d_secure]": "any"},
                   {"payment_method": "pm_card_visa", "payment_method_options[card][request_three_d_secure]":
                    "automatic"}, "payment_method_options[card][request_three_d_secure]"))

@@ -750,6 +750,49 @@ class HalfOpenNoProbeTest(unittest.TestCase):
         self.sim.faults("a", latency_ms_min=0, latency_ms_max=0)
 
 
+class ExpiryVoidRecoveryTest(unittest.TestCase):
+    """An authorization's expiry is a void; if the gateway dies while the
+    void is out, recovery finishes it as the expiry it was: the
+    PaymentIntent canceled with reason expired and charge.expired (it was a
+    plain cancel with no reason)."""
+
+    def test_a_crash_during_the_expiry_void(self):
+        sim, d = Sim(), Daemon()
+        try:
+            d.create_merchant("m")
+            cfg = gateway_config(sim, names=("a",), timeout_ms=3000) + (
+                "\n[authorizations]\nexpire_after_seconds = 2\nscan_interval_ms = 300\n")
+            start_beside(sim, d, config=cfg)
+            c = d.client("m")
+            pi = c.post("/v1/payment_intents", {"amount": 1500, "currency": "usd", "confirm": "true",
+                                                "payment_method": "pm_card_visa", "capture_method": "manual"},
+                        idem=new_key("exp")).json
+            self.assertEqual(pi["status"], "requires_capture", pi)
+            # the void is done at the processor, its answer held back
+            sim.faults("a", timeout_rate=1.0, timeout_mode="after", timeout_hold_ms=20000, timeout_operations="void")
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not [
+                    e for e in sim.journal(processor="a")["entries"] if e["operation"] == "void"]:
+                time.sleep(0.1)
+            d.kill9()
+            sim.faults("a", timeout_rate=0.0, timeout_operations="all")
+            d.start(config=cfg)
+            c = d.client("m")
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                got = c.get("/v1/payment_intents/" + pi["id"]).json
+                if got["status"] == "canceled":
+                    break
+                time.sleep(0.1)
+            self.assertEqual((got["status"], got["cancellation_reason"]), ("canceled", "expired"), got)
+            types = [e["type"] for e in c.get("/v1/events", {"limit": 20}).json["data"]
+                     if e["data"]["object"]["id"] in (pi["id"], pi["latest_charge"])]
+            self.assertIn("charge.expired", types)
+        finally:
+            d.cleanup()
+            sim.stop()
+
+
 class IsoCascadeTest(unittest.TestCase):
     """An ISO 8583 processor first, a REST one behind it."""
 
