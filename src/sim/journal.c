@@ -275,7 +275,7 @@ static const char charges_sql[] =
     " WHERE a.operation = 'authorize' AND a.status = 'approved'"
     "  AND (?1 IS NULL OR a.processor = ?1)"
     "  AND (?2 IS NULL OR a.reference = ?2)"
-    "  AND (?3 IS NULL OR a.payment = ?3)"
+    "  AND (?3 IS NULL OR a.payment = ?3 OR (a.payment = '' AND a.reference = ?3))"
     "  AND NOT EXISTS (SELECT 1 FROM sim_journal v WHERE v.processor = a.processor AND v.target = a.reference"
     "   AND v.terminal = a.terminal AND v.operation IN ('void', 'reversal') AND v.status IN ('voided', 'reversed'))"
     " GROUP BY p ORDER BY n DESC, p";
@@ -284,8 +284,8 @@ static const char entries_sql[] =
     "SELECT seq, processor, protocol, operation, reference, terminal, payment, target, txn_id, amount, currency,"
     " status, decline_code, created_ms, response LIKE '%\"captured\":true%' FROM sim_journal"
     " WHERE (?1 IS NULL OR processor = ?1) AND (?2 IS NULL OR reference = ?2 OR target = ?2)"
-    "  AND (?3 IS NULL OR payment = ?3)"
-    " ORDER BY seq LIMIT ?4";
+    "  AND (?3 IS NULL OR payment = ?3 OR (payment = '' AND (reference = ?3 OR target = ?3)))"
+    " ORDER BY seq LIMIT ?4"; /* a payment named by its reference, as charges_sql counts it */
 
 static void bind_opt(sqlite3_stmt *st, int i, const char *s)
 {

@@ -574,6 +574,12 @@ class SimTest(unittest.TestCase):
             self.assertIn(k, e)
         self.assertEqual((e["protocol"], e["payment"]), ("rest", "pi_jl3"))
         self.assertEqual(self.sim.call("GET", "/_sim/journal?limit=0")[0], 400)
+        # a call with no payment field is its reference's payment, in the
+        # summary and in the filter alike
+        self.sim.authorize(p, "jl-nopay")
+        j = self.sim.journal(processor=p, payment="jl-nopay")
+        self.assertEqual(([e["reference"] for e in j["entries"]], j["summary"]["charges_by_payment"]),
+                         (["jl-nopay"], {"jl-nopay": 1}))
         # The CLI reads the same store while the sim runs.
         out = subprocess.run([BIN, "sim", "journal", "--data", self.sim.data, "--reference", "jl-3"],
                              capture_output=True, timeout=30, check=True)
