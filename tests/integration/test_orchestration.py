@@ -41,20 +41,32 @@ def one_iso_link_config(sim):
         "[route.all]", "merchant = *", "processors = x", "strategy = ordered", ""])
 
 
-class OrchestrationTest(unittest.TestCase):
+class SimGatewayTest(unittest.TestCase):
+    """One turnpike sim and one gateway (config(sim)) per test class, with
+    the merchants in MERCHANTS; self.c is the first one's client."""
+    MERCHANTS = ("m",)
+
+    @classmethod
+    def config(cls, sim):
+        return gateway_config(sim)
+
     @classmethod
     def setUpClass(cls):
         cls.sim = Sim()
         cls.daemon = Daemon()
-        cls.daemon.create_merchant("m")
-        cls.daemon.create_merchant("n")
-        start_beside(cls.sim, cls.daemon, config=gateway_config(cls.sim))
-        cls.c = cls.daemon.client("m")
+        for m in cls.MERCHANTS:
+            cls.daemon.create_merchant(m)
+        start_beside(cls.sim, cls.daemon, config=cls.config(cls.sim))
+        cls.c = cls.daemon.client(cls.MERCHANTS[0])
 
     @classmethod
     def tearDownClass(cls):
         cls.daemon.cleanup()
         cls.sim.stop()
+
+
+class OrchestrationTest(SimGatewayTest):
+    MERCHANTS = ("m", "n")
 
     def setUp(self):
         for n in ("a", "b"):
@@ -653,7 +665,7 @@ class OrchestrationTest(unittest.TestCase):
         self.assertLess(rerouted_at - t_outage, 10)
 
 
-class DeadlineTest(unittest.TestCase):
+class DeadlineTest(SimGatewayTest):
     """routing.md §2: nothing new is sent past a payment's deadline, so a
     request ends by the deadline plus one call's timeout
     (tp_payflow_longest_ms, which the graceful stop waits for). An
@@ -661,18 +673,8 @@ class DeadlineTest(unittest.TestCase):
     and a fence (each up to another timeout): it is left to recovery."""
 
     @classmethod
-    def setUpClass(cls):
-        cls.sim = Sim()
-        cls.daemon = Daemon()
-        cls.daemon.create_merchant("m")
-        cfg = gateway_config(cls.sim, timeout_ms=1500).replace("deadline_ms = 8000", "deadline_ms = 1000")
-        start_beside(cls.sim, cls.daemon, config=cfg)
-        cls.c = cls.daemon.client("m")
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.daemon.cleanup()
-        cls.sim.stop()
+    def config(cls, sim):
+        return gateway_config(sim, timeout_ms=1500).replace("deadline_ms = 8000", "deadline_ms = 1000")
 
     def test_a_lost_answer_past_the_deadline_is_left_to_recovery(self):
         # a loses authorizations; its answers to status queries and voids are slow
@@ -698,24 +700,15 @@ class DeadlineTest(unittest.TestCase):
         self.assertEqual([(e["operation"], e["status"]) for e in fences], [("void", "voided")])
 
 
-class HalfOpenNoProbeTest(unittest.TestCase):
+class HalfOpenNoProbeTest(SimGatewayTest):
     """A half-open breaker whose probe slot is taken refuses the call: with
     no other processor nothing was tried, which is no_processor_available
     (503, as when routing finds none), not a failed payment (502 retries
     exhausted with a payment_failed event and a last_payment_error)."""
 
     @classmethod
-    def setUpClass(cls):
-        cls.sim = Sim()
-        cls.daemon = Daemon()
-        cls.daemon.create_merchant("m")
-        start_beside(cls.sim, cls.daemon, config=gateway_config(cls.sim, names=("a",), timeout_ms=3000))
-        cls.c = cls.daemon.client("m")
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.daemon.cleanup()
-        cls.sim.stop()
+    def config(cls, sim):
+        return gateway_config(sim, names=("a",), timeout_ms=3000)
 
     def pay(self):
         return self.c.post("/v1/payment_intents", {"amount": 1234, "currency": "usd", "confirm": "true",
@@ -793,29 +786,19 @@ class ExpiryVoidRecoveryTest(unittest.TestCase):
             sim.stop()
 
 
-class IsoCascadeTest(unittest.TestCase):
+class IsoCascadeTest(SimGatewayTest):
     """An ISO 8583 processor first, a REST one behind it."""
 
     @classmethod
-    def setUpClass(cls):
-        cls.sim = Sim()
-        cls.daemon = Daemon()
-        cls.daemon.create_merchant("m")
-        ini = "\n".join([
+    def config(cls, sim):
+        return "\n".join([
             "[routing]", "deadline_ms = 8000", "backoff_base_ms = 20", "",
-            "[processor.iso]", "type = iso8583", "endpoint = %s" % cls.sim.iso, "timeout_ms = 400",
+            "[processor.iso]", "type = iso8583", "endpoint = %s" % sim.iso, "timeout_ms = 400",
             "terminal_id = TERM0001", "merchant_id = TURNPIKE0000001", "health_interval_ms = 0",
             "breaker_consecutive = 50", "",
-            "[processor.b]", "type = restjson", "endpoint = http://%s/p/b" % cls.sim.rest, "timeout_ms = 400",
+            "[processor.b]", "type = restjson", "endpoint = http://%s/p/b" % sim.rest, "timeout_ms = 400",
             "health_interval_ms = 0", "",
             "[route.all]", "merchant = *", "processors = iso,b", "strategy = ordered", ""])
-        start_beside(cls.sim, cls.daemon, config=ini)
-        cls.c = cls.daemon.client("m")
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.daemon.cleanup()
-        cls.sim.stop()
 
     def pay(self, **params):
         p = {"amount": 1500, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa"}
