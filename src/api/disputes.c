@@ -139,6 +139,29 @@ static int64_t dispute_fee(const char *currency)
   return fee;
 }
 
+static void fee_key_ok(const char *key, const char *value, void *arg)
+{
+  bool *ok = arg;
+  /* "fee" applies to every currency, so it must be one in each (a whole
+   * number: 15.50 is no amount of yen); "fee.CUR" to its own. */
+  const char *code = strncasecmp(key, "fee.", 4) == 0 ? key + 4 : strcasecmp(key, "fee") == 0 ? "jpy" : NULL;
+  const struct tp_currency *c = code ? tp_currency_find(code) : NULL;
+  int64_t fee;
+  if (!c || tp_amount_parse(value, c, &fee) != 0 || fee < 0 || fee > TP_AMOUNT_MAX) {
+    tp_log(TP_LOG_ERROR, "config_invalid", "{s:s, s:s, s:s, s:s}", "section", "disputes", "key", key, "value", value,
+           "why", code && c ? "not an amount in that currency (fee applies to every currency: a whole number)"
+                            : "not fee or fee.CUR of a currency");
+    *ok = false;
+  }
+}
+
+bool tp_disputes_config_ok(void)
+{
+  bool ok = true;
+  tp_config_keys("disputes", "fee", fee_key_ok, &ok);
+  return ok;
+}
+
 /* Move a chargeback's amount: out of the merchant's balance with the
  * dispute fee (sign -1), or back in with the fee given back (+1, the fee
  * of the withdrawal), as a balanced ledger transaction and its balance

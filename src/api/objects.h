@@ -37,6 +37,9 @@ void tp_card_fingerprint(const struct tp_merchant *m, const char *pan, char out[
  * "early_fraud_warning", the issuer's early fraud warning. No-op for an
  * unmarked charge. */
 void tp_dispute_open(struct tp_cs *cs, const struct tp_req *r, const char *merchant, json_t *ch);
+/* [disputes] fee and fee.CUR are amounts of their currencies (fee: of every
+ * one); false after logging the first that is not. */
+bool tp_disputes_config_ok(void);
 /* A charge refunded in full: its early fraud warning (turnpike.efw), if
  * any, is no longer actionable (radar.early_fraud_warning.updated). */
 void tp_efw_settle(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const json_t *ch);

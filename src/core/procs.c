@@ -688,16 +688,24 @@ static const char *const known_keys[] = {
   "echo_interval_ms", "reversal_tries", /* the last two: iso8583.c */
 };
 
+struct keys_ctx {
+  const char *sec;
+  int failed;
+};
+
 static void unknown_key(const char *key, const char *value, void *arg)
 {
   (void)value;
-  const char *sec = arg;
+  struct keys_ctx *k = arg;
+  const char *sec = k->sec;
   if (strncasecmp(key, "fee_fixed.", 10) == 0)
     return;
   for (size_t i = 0; i < sizeof known_keys / sizeof known_keys[0]; i++)
     if (strcasecmp(key, known_keys[i]) == 0)
       return;
-  tp_log(TP_LOG_WARN, "processor_config_unknown_key", "{s:s, s:s}", "section", sec, "key", key);
+  tp_log(TP_LOG_ERROR, "processor_config_invalid", "{s:s, s:s, s:s}", "section", sec, "key", key, "error",
+         "unknown key (docs/processors.md lists them)");
+  k->failed = -1;
 }
 
 static void state_free(struct tp_proc_state *s)
@@ -740,7 +748,10 @@ static int configure_one(const char *sec)
     return cfg_error(sec, NULL, "duplicate processor name");
   if (nprocs == TP_PROCS_MAX)
     return cfg_error(sec, NULL, "too many processors");
-  tp_config_keys(sec, "", unknown_key, (void *)(uintptr_t)sec);
+  struct keys_ctx kc = {sec, 0};
+  tp_config_keys(sec, "", unknown_key, &kc);
+  if (kc.failed)
+    return -1;
 
   struct tp_proc *p = &procs[nprocs];
   memset(p, 0, sizeof *p);
@@ -753,11 +764,32 @@ static int configure_one(const char *sec)
   snprintf(s->labels, sizeof s->labels, "processor=\"%s\"", name);
 
   const char *type = tp_config_get(sec, "type");
-  if (!type || !*type)
+  /* No type is the sandbox, but not for a section that names a real
+   * processor (an endpoint, a key, a terminal): a missing or misspelt type
+   * there made the in-process sandbox approve every payment. */
+  static const char *const remote_keys[] = {"endpoint", "api_key", "terminal_id", "merchant_id",
+                                            "ca_file", "client_cert", "client_key", NULL};
+  const char *remote = NULL;
+  for (int i = 0; remote_keys[i] && !remote; i++)
+    if (tp_config_get(sec, remote_keys[i]))
+      remote = remote_keys[i];
+  if (type && !*type) {
+    state_free(s);
+    return cfg_error(sec, "type", "empty: sandbox, restjson or iso8583");
+  }
+  if (!type && remote) {
+    state_free(s);
+    return cfg_error(sec, "type", "missing, while the section names a remote processor (restjson or iso8583)");
+  }
+  if (!type)
     type = "sandbox";
   if (strcmp(type, "sandbox") != 0 && strcmp(type, "restjson") != 0 && strcmp(type, "iso8583") != 0) {
     state_free(s);
     return cfg_error(sec, "type", "unknown type (sandbox, restjson or iso8583)");
+  }
+  if (strcmp(type, "sandbox") == 0 && remote) {
+    state_free(s);
+    return cfg_error(sec, remote, "a sandbox is in-process: this key is for restjson or iso8583");
   }
   tp_scopy(p->type, sizeof p->type, type);
   p->can_query_status = strcmp(type, "iso8583") != 0;

@@ -4,6 +4,7 @@
 #include "log.h"
 
 #include <ctype.h>
+#include <stdatomic.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,6 +62,13 @@ const char *tp_config_get(const char *section, const char *key)
   return NULL;
 }
 
+static _Atomic int invalid_values;
+
+int tp_config_invalid_count(void)
+{
+  return invalid_values;
+}
+
 int64_t tp_config_int(const char *section, const char *key, int64_t def, int64_t min, int64_t max)
 {
   const char *v = tp_config_get(section, key);
@@ -71,6 +79,7 @@ int64_t tp_config_int(const char *section, const char *key, int64_t def, int64_t
   long long n = strtoll(v, &end, 10);
   if (errno || end == v || *end || n < min || n > max) {
     tp_log(TP_LOG_WARN, "config_invalid", "{s:s, s:s, s:s}", "section", section, "key", key, "value", v);
+    invalid_values++;
     return def;
   }
   return n;
@@ -86,6 +95,7 @@ bool tp_config_bool(const char *section, const char *key, bool def)
   if (!strcasecmp(v, "0") || !strcasecmp(v, "false") || !strcasecmp(v, "no") || !strcasecmp(v, "off"))
     return false;
   tp_log(TP_LOG_WARN, "config_invalid", "{s:s, s:s, s:s}", "section", section, "key", key, "value", v);
+  invalid_values++;
   return def;
 }
 

@@ -23,6 +23,10 @@ void tp_config_sections(const char *prefix, void (*fn)(const char *section, void
  * order (e.g. the "metadata." match keys of a [route.NAME] section). */
 void tp_config_keys(const char *section, const char *prefix, void (*fn)(const char *key, const char *value, void *arg),
                     void *arg);
+/* How many values tp_config_int/tp_config_bool found present but not valid
+ * (each logged config_invalid and read as its default): `turnpike serve`
+ * stops when any was read before it listens. */
+int tp_config_invalid_count(void);
 /* Forget everything (tests). */
 void tp_config_reset(void);
 #endif

@@ -3,6 +3,7 @@
 #include "cli.h"
 #include "config.h"
 #include "connectors/connector.h"
+#include "api/objects.h"
 #include "core/payflow.h"
 #include "core/procs.h"
 #include "core/router.h"
@@ -107,6 +108,56 @@ static bool known_section(const char *section)
   return false;
 }
 
+/* The keys of the sections the features read (src/lib/config.h), so that a
+ * misspelt one ("private_network = deny", "rat = 2") stops the start
+ * instead of leaving the default: [server] and [log] are config_set's,
+ * [processor.*] and [route.*] their loaders', [sim*] the simulator's. A
+ * name ending in '.' is a prefix ("fee.usd"). */
+static const char *const section_keys[][24] = {
+  {"alerts", "enabled", "bucket_ms", "min_samples", "alpha", "k", "min_abs_rate", "dev_floor_rate",
+   "min_abs_latency_ms", "dev_floor_latency_ms", "warmup_buckets", "open_after", "resolve_after", "merchants", NULL},
+  {"audit", "checkpoint_entries", "checkpoint_seconds", NULL},
+  {"auth", "cache_seconds", NULL},
+  {"authorizations", "expire_after_seconds", "scan_interval_ms", NULL},
+  {"balance", "available_after_seconds", NULL},
+  {"disputes", "fee", "fee.", NULL},
+  {"events", "purge_interval_ms", "retention_seconds", NULL},
+  {"idempotency", "purge_interval_ms", "ttl_seconds", NULL},
+  {"metrics", "public", "token", NULL},
+  {"oauth", "audience", "issuer", "token_ttl", NULL},
+  {"ratelimit", "auth_failures", "auth_window", "burst", "rate", NULL},
+  {"routing", "backoff_base_ms", "backoff_cap_ms", "bandit_window", "deadline_ms", "max_retries",
+   "recovery_interval_ms", "reversal_backoff_max_ms", "startup_settle_ms", NULL},
+  {"search", "max_scan_rows", NULL},
+  {"store", "checkpoint_pages", "commit_sync", "compress", "min_free_mb", NULL},
+  {"stream", "max_connections", "ping_interval_ms", "queue_max", "replay_max", "send_buffer_bytes", "socket_sndbuf",
+   "token_ttl_s", NULL},
+  {"tls", "cert", "key", "min_version", NULL},
+  {"tokens", "ttl_seconds", NULL},
+  {"vault", "kek", "kek_poll_seconds", "pkcs11_audit_label", "pkcs11_key_label", "pkcs11_module", "pkcs11_pin",
+   "pkcs11_token_label", "rewrap_batch", "rewrap_pause_ms", NULL},
+  {"webhooks", "connect_timeout_ms", "disable_after_s", "enabled", "max_age_s", "max_in_flight",
+   "max_in_flight_per_endpoint", "private_networks", "retry_base_ms", "retry_factor_percent", "retry_max_ms",
+   "retry_schedule", "scan_interval_ms", "stop_wait_ms", "timeout_ms", NULL},
+};
+
+/* 1: a key of that section, 0: not, -1: the section has no table here. */
+static int known_key(const char *section, const char *key)
+{
+  for (size_t i = 0; i < sizeof section_keys / sizeof section_keys[0]; i++) {
+    if (strcasecmp(section, section_keys[i][0]) != 0)
+      continue;
+    for (int j = 1; section_keys[i][j]; j++) {
+      size_t n = strlen(section_keys[i][j]);
+      if (section_keys[i][j][n - 1] == '.' ? strncasecmp(key, section_keys[i][j], n) == 0 && key[n]
+                                           : strcasecmp(key, section_keys[i][j]) == 0)
+        return 1;
+    }
+    return 0;
+  }
+  return -1;
+}
+
 static int ini_cb(void *user, const char *section, const char *name, const char *value)
 {
   if (!*section) { /* before any [section]: not a setting of any (as always, ignored) */
@@ -115,6 +166,10 @@ static int ini_cb(void *user, const char *section, const char *name, const char 
   }
   if (!known_section(section)) {
     fprintf(stderr, "turnpike: unknown section [%s] (docs/architecture.md lists them)\n", section);
+    return 0;
+  }
+  if (known_key(section, name) == 0) {
+    fprintf(stderr, "turnpike: unknown key \"%s\" in [%s] (etc/turnpike.ini lists them)\n", name, section);
     return 0;
   }
   tp_config_put(section, name, value);
@@ -436,6 +491,16 @@ static int cmd_serve(int argc, char **argv)
   if (tls < 0 || tp_oauth_init(c.data) != 0 || tp_proxies_init() != 0)
     return 1;
   tp_ratelimit_init();
+  /* Settings read so far that were there but not valid (config_invalid,
+   * each read as its default: a rate limit off, an authorization voided
+   * early, a refund reserve shortened): stop rather than run weaker than
+   * written. The lazily read ones that decide money are read now. */
+  (void)tp_authorization_ttl();
+  if (!tp_disputes_config_ok() || tp_config_invalid_count() > 0) {
+    tp_log(TP_LOG_ERROR, "config_invalid_stop", "{s:i, s:s}", "values", tp_config_invalid_count(), "why",
+           "a setting above is not valid (config_invalid): fix it or remove it");
+    return 1;
+  }
   uint16_t bound = 0;
   if (tp_http_start(host, port, c.threads, &bound) != 0) {
     tp_log(TP_LOG_ERROR, "listen_failed", "{s:s, s:s}", "listen", c.listen, "error", strerror(errno));

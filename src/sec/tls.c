@@ -91,7 +91,10 @@ int tp_tls_configure(const char *cert_file, const char *key_file, const char *mi
     key_file = tp_config_get("tls", "key");
   if (!min_version)
     min_version = tp_config_get("tls", "min_version");
-  if ((!cert_file || !*cert_file) && (!key_file || !*key_file))
+  /* No TLS only when neither is given: a cert or key given empty (an unset
+   * variable in TURNPIKE_TLS_CERT=...) or a min_version without them is a
+   * mistake that would serve plain HTTP. */
+  if (!cert_file && !key_file && !min_version)
     return 0;
   if (!cert_file || !*cert_file || !key_file || !*key_file) {
     tp_log(TP_LOG_ERROR, "tls_config", "{s:s}", "reason", "both a certificate and a key are needed");

@@ -811,6 +811,32 @@ class BadConfig(unittest.TestCase):
         finally:
             d.cleanup()
 
+    def test_a_setting_that_cannot_be_read_stops_serve(self):
+        """A value or key serve could not read fell back to a default that is
+        weaker than written: a processor with no (or an empty) type became
+        the sandbox that approves everything, a misspelt webhooks key left
+        private destinations allowed, an unreadable rate limit turned it off,
+        a dispute fee in the wrong currency charged 0, an empty TLS
+        certificate served plain HTTP. Each now stops serve."""
+        for ini, needle in (
+                ("[processor.acq]\nendpoint = http://127.0.0.1:9/p\n", "missing"),
+                ("[processor.acq]\ntype =\nendpoint = http://127.0.0.1:9/p\n", "empty"),
+                ("[processor.acq]\ntype = restjson\nendpoint = http://127.0.0.1:9/p\nhealth_intervall_ms = 0\n",
+                 "unknown key"),
+                ("[processor.acq]\ntype = sandbox\napi_key = k\n", "in-process"),
+                ("[webhooks]\nprivate_network = deny\n", "unknown key"),
+                ("[ratelimit]\nrate = 2/s\n", "config_invalid_stop"),
+                ("[balance]\navailable_after_seconds = 7d\n", "config_invalid_stop"),
+                ("[disputes]\nfee = 15.50\n", "config_invalid"),
+                ("[tls]\ncert =\nkey =\n", "tls_config")):
+            d = Daemon()
+            try:
+                with self.assertRaises(RuntimeError, msg=ini):
+                    d.start(config=ini)
+                self.assertIn(needle, d.log_text(), ini)
+            finally:
+                d.cleanup()
+
     def test_a_misspelled_section_is_refused(self):
         """[procesor.acq] was ignored and the sandbox took every payment."""
         for ini in ("[procesor.acq]\ntype = restjson\nendpoint = http://127.0.0.1:1/x\n", "[serer]\nthreads = 2\n"):
