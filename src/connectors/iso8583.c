@@ -58,6 +58,7 @@ struct pend {
   int64_t created;
   int tries;                     /* reversal messages sent */
   struct tp_proc_call *c;        /* caller still waiting, or NULL */
+  int64_t caller_by;             /* mono ms: the caller is told by then, whatever resends the link makes */
   bool report_on_send;           /* timed-out call: report once its reversal is out */
   enum tp_proc_kind kind;
   bool capture;
@@ -786,6 +787,7 @@ static void reversal_give_up(struct iso_link *l, struct pend *p, const char *why
   tp_log(owned ? TP_LOG_WARN : TP_LOG_ERROR, "iso_reversal_gave_up", "{s:s, s:s, s:i, s:s, s:s}", "processor",
          l->name, "rrn", p->rrn, "tries", p->tries, "reason", why, "owner", owned ? "recovery" : "none");
   tp_metric_inc("turnpike_iso_reversals_failed_total", l->labels, 1);
+  report(l, p, TP_OUT_ERROR, "processor_status_unknown"); /* a caller still waiting is told */
   pend_drop(l, p);
 }
 
@@ -821,13 +823,13 @@ static void check_resend(struct iso_link *l, int64_t now)
   struct pend *p = l->resend_head;
   while (p) {
     struct pend *next = p->next;
+    if (p->c && now >= (p->caller_by ? p->caller_by : p->deadline)) {
+      p->report_on_send = false;
+      report(l, p, TP_OUT_ERROR, "processor_status_unknown");
+    }
     if (l->signed_on && send_pend(l, p, now) == 0) {
       p = next;
       continue;
-    }
-    if (p->c && now >= p->deadline) {
-      p->report_on_send = false;
-      report(l, p, TP_OUT_ERROR, "processor_status_unknown");
     }
     if (now - p->created > ISO_RESEND_MAX_MS)
       reversal_give_up(l, p, "link down too long");
@@ -847,6 +849,9 @@ static void start_call(struct iso_link *l, struct pend *p, int64_t now)
   if (p->type == PT_REVERSAL)
     l->reversals++;
   p->created = now;
+  /* A link that resets as each message goes out never lets a deadline
+   * pass (every resend moves it): the caller's own does not move. */
+  p->caller_by = now + l->timeout_ms;
   if (send_pend(l, p, now) != 0) {
     report(l, p, TP_OUT_ERROR, "processor_queue_full");
     pend_drop(l, p);

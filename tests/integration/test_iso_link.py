@@ -111,6 +111,7 @@ class IsoHost:
         self.connections = 0
         self.hold = 0           # this many 0100/0200 get no answer until their reversal
         self.tamper = {}        # fields the next approval of a 0100/0200 answers with instead
+        self.reset_on = set()   # MTIs this host answers by closing the connection
         self.held = []
         self.conn = None
         self.stop = False
@@ -159,6 +160,9 @@ class IsoHost:
             return
         with self.lock:
             self.seen.append((mti, f))
+            if mti in self.reset_on:
+                c.shutdown(socket.SHUT_RDWR)
+                return
             hold = mti in ("0100", "0200") and self.hold > 0
             if hold:
                 self.hold -= 1
@@ -346,6 +350,33 @@ class IsoLink(unittest.TestCase):
                 self.assertEqual((r.json["status"], r.json["amount_received"]), ("succeeded", 2468), r)
         self.assertIn("field 39 malformed", self.daemon.log_text())
         self.assertEqual(self.host.errors, [])
+
+    def test_2e_a_cancel_answers_while_the_host_resets_every_reversal(self):
+        """A host that drops the link at each 0400: every resend moved the
+        call's deadline, so the cancel got no answer for 10 minutes and its
+        PaymentIntent stayed locked. The caller is told at its own deadline
+        (502, outcome unknown, for recovery), and the lock is released."""
+        c = self.daemon.client("m")
+        pi = c.post("/v1/payment_intents", {"amount": 1200, "currency": "usd", "confirm": "true",
+                                            "capture_method": "manual", "payment_method_data": card(PAN_OK)},
+                    idem=new_key()).json
+        self.assertEqual(pi["status"], "requires_capture", pi)
+        with self.host.lock:
+            self.host.reset_on = {"0400", "0401"}
+        try:
+            t0 = time.monotonic()
+            r = c.post("/v1/payment_intents/%s/cancel" % pi["id"], {}, idem=new_key(), timeout=30)
+            took = time.monotonic() - t0
+            self.assertEqual((r.status, r.json["error"].get("tp_code")), (502, 6018), r.json)
+            self.assertLess(took, 10, "told at the call's deadline (timeout_ms 700), not after the resends")
+        finally:
+            with self.host.lock:
+                self.host.reset_on = set()
+        # the lock is free again: recovery settles the cancel, the PaymentIntent takes requests
+        got = wait_for(lambda: (lambda x: x if x["status"] == "canceled" else None)(
+            c.get("/v1/payment_intents/" + pi["id"]).json), timeout=30, what="the cancel settled by recovery")
+        self.assertEqual(got["status"], "canceled")
+        self.assertEqual(c.post("/v1/payment_intents/" + pi["id"], {"metadata[k]": "v"}).status, 200)
 
     def test_3_bad_and_truncated_messages_link_recovers(self):
         conns = self.host.connections
