@@ -34,7 +34,7 @@ const struct tp_search_field tp_search_fields_charges[] = {
   {"payment_method_details.card.exp_year", TP_SF_NUMBER},
   {"payment_method_details.card.fingerprint", TP_SF_ID},
   {"payment_method_details.card.last4", TP_SF_ENUM},
-  {"refunded", TP_SF_BOOL},
+  {"refunded", TP_SF_REFUNDED},
   {"status", TP_SF_ENUM},
   {NULL, TP_SF_ID},
 };
@@ -249,6 +249,7 @@ static bool parse_clause(struct lexer *lx, const struct tp_search_field *fields,
       return fail3(lx, "Field '", name, "' takes an integer");
     break;
   case TP_SF_BOOL:
+  case TP_SF_REFUNDED:
     if (c->op != TP_SO_EQ)
       return fail3(lx, "Field '", name, "' only supports exact matching with ':'");
     if (strcasecmp(c->value, "true") == 0)
@@ -373,8 +374,7 @@ static bool clause_match(const struct tp_search_clause *c, const json_t *obj)
 {
   const json_t *v = c->field->type == TP_SF_METADATA ? json_object_get(json_object_get(obj, "metadata"), c->key)
                                                      : at_path(obj, c->field->name);
-  if (strcmp(c->field->name, "refunded") == 0) {
-    /* Stripe's charges: true fully refunded, false partly, null not at all. */
+  if (c->field->type == TP_SF_REFUNDED) {
     json_int_t done = json_integer_value(json_object_get(obj, "amount_refunded"));
     if (c->is_null)
       return done == 0;
@@ -399,6 +399,8 @@ static bool clause_match(const struct tp_search_clause *c, const json_t *obj)
     default: return false;
     }
   }
+  case TP_SF_REFUNDED: /* decided above, with its null */
+    return false;
   case TP_SF_BOOL: /* a flag a stored object does not carry (older rows) is false */
     return json_is_true(v) == c->boolean && (json_is_boolean(v) || v == NULL);
   case TP_SF_ID:

@@ -30,6 +30,7 @@ enum tp_sf_type {
   TP_SF_NUMBER,   /* integer: exact or compared */
   TP_SF_BOOL,     /* true / false */
   TP_SF_METADATA, /* metadata["key"]: exact, case-sensitive */
+  TP_SF_REFUNDED, /* a charge's refunded: true fully, false partly, null not at all (Stripe) */
 };
 
 struct tp_search_field {
