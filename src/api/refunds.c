@@ -242,7 +242,10 @@ void tp_h_refund_update(struct tp_req *r)
   }
   struct tp_cs *cs = tp_cs_new();
   tp_cs_put(cs, TP_K_REFUND, r->merchant.id, re);
+  /* Stripe: refund.updated for some payment methods, charge.refund.updated
+   * for every refund update. */
   tp_emit_update(cs, r, r->merchant.id, "refund.updated", before, re);
+  tp_emit_update(cs, r, r->merchant.id, "charge.refund.updated", before, re);
   json_decref(before);
   tp_expand(r, re, NULL);
   tp_reply_json(r, 200, re);

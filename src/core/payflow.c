@@ -1759,6 +1759,7 @@ void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs)
     json_object_set_new(re, "status", json_string("failed"));
     json_object_set_new(re, "failure_reason", json_string("unknown"));
     tp_emit_update(cs, p->r, merchant, "refund.updated", before, re);
+    tp_emit_update(cs, p->r, merchant, "charge.refund.updated", before, re);
     tp_put_emit(cs, p->r, merchant, TP_K_REFUND, "refund.failed", re);
     json_decref(before);
     tp_pay_reply(p, 200, json_incref(re));

@@ -450,7 +450,8 @@ class ConnectorContract(unittest.TestCase):
 
     def test_a_declined_refund_is_announced_created_then_failed(self):
         """Stripe announces every refund it creates: refund.created (as it
-        stood while the processor was asked), then refund.updated and
+        stood while the processor was asked), then refund.updated,
+        charge.refund.updated (sent for every refund update) and
         refund.failed; the charge keeps its money."""
         r = self.pay(PAN_OK)
         self.assertEqual(r.status, 200, r)
@@ -463,8 +464,10 @@ class ConnectorContract(unittest.TestCase):
         evs = [e for e in reversed(self.c.get("/v1/events", {"limit": 20}).json["data"])
                if e["data"]["object"]["id"] == re.json["id"]]
         self.assertEqual([(e["type"], e["data"]["object"]["status"]) for e in evs],
-                         [("refund.created", "pending"), ("refund.updated", "failed"), ("refund.failed", "failed")])
+                         [("refund.created", "pending"), ("refund.updated", "failed"),
+                          ("charge.refund.updated", "failed"), ("refund.failed", "failed")])
         self.assertEqual(evs[1]["data"]["previous_attributes"]["status"], "pending")
+        self.assertEqual(evs[2]["data"]["previous_attributes"]["status"], "pending")
         ch = self.c.get("/v1/charges/" + r.json["latest_charge"]).json
         self.assertEqual((ch["amount_refunded"], ch["refunded"]), (0, False))
 

@@ -65,6 +65,14 @@ test('manual capture, refund and cancel emit their events', async () => {
   const re = await stripe.refunds.create({ payment_intent: pi.id, amount: 800 });
   assert.ok(await findEvent('charge.refunded', pi.latest_charge), 'charge.refunded');
   assert.ok(await findEvent('refund.created', re.id), 'refund.created');
+  // Stripe sends charge.refund.updated for every refund update (refund.updated
+  // only for some payment methods): a metadata change sends both.
+  await stripe.refunds.update(re.id, { metadata: { note: 'x' } });
+  for (const type of ['refund.updated', 'charge.refund.updated']) {
+    const evt = await findEvent(type, re.id);
+    assert.ok(evt, type);
+    assert.deepEqual(evt.data.previous_attributes, { metadata: { note: null } }, type);
+  }
 
   const other = await stripe.paymentIntents.create({ amount: 2900, currency: 'usd' });
   await stripe.paymentIntents.cancel(other.id);
