@@ -309,6 +309,8 @@ void tp_pay_attempt(struct tp_pay *p, const char *kind, int64_t amount, const ch
     tp_scopy(a->client_req_hash, sizeof a->client_req_hash, p->r->req_hash);
   }
   a->reply_charge = p->reply_charge;
+  if (strcmp(kind, "void") == 0)
+    tp_scopy(a->reason, sizeof a->reason, p->cancellation_reason);
   a->created = tp_now();
 }
 
@@ -1900,16 +1902,18 @@ static struct tp_pay *recovery_pay(const struct tp_attempt *a, bool *busy)
   } else if (strcmp(a->kind, "capture") == 0)
     p->outcome = tp_outcome_capture;
   else if (strcmp(a->kind, "void") == 0) {
-    /* A void is a cancel or an expiry (tp_pi_expire), which is the one
-     * past the charge's capture_before: the same outcome as live. (A
-     * cancel's own reason is not kept on the attempt: recovered, it is
-     * null.) */
-    json_int_t due = json_integer_value(
-        json_object_get(json_object_get(json_object_get(p->charge, "payment_method_details"), "card"), "capture_before"));
-    bool lapsed = due > 0 && due <= tp_now();
+    /* A void is a cancel or an expiry (tp_pi_expire): the same outcome as
+     * live, with the reason the attempt kept. An attempt from before
+     * migration 0023 kept none: the expiry is then the void past the
+     * charge's capture_before, and a cancel's reason is lost (null). */
+    bool lapsed = strcmp(a->reason, "expired") == 0;
+    if (!a->reason[0]) {
+      json_int_t due = json_integer_value(json_object_get(
+          json_object_get(json_object_get(p->charge, "payment_method_details"), "card"), "capture_before"));
+      lapsed = due > 0 && due <= tp_now();
+    }
     p->outcome = lapsed ? tp_outcome_expire : tp_outcome_void;
-    if (lapsed)
-      tp_scopy(p->cancellation_reason, sizeof p->cancellation_reason, "expired");
+    tp_scopy(p->cancellation_reason, sizeof p->cancellation_reason, lapsed ? "expired" : a->reason);
   } else {
     p->outcome = tp_outcome_refund;
     if (!p->charge)

@@ -76,6 +76,7 @@ struct tp_attempt {
   char client_req_hash[TP_REQ_HASH_LEN];
   int capture;          /* authorize: capture in the same call */
   int reply_charge;     /* the Charges API's request: its (recovered) reply is the charge */
+  char reason[32];      /* void: the cancellation_reason (a cancel's, or "expired"), else "" */
   int64_t created, updated;
 };
 

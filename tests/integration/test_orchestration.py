@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import signal
+import threading
 import time
 import unittest
 
@@ -781,6 +782,51 @@ class ExpiryVoidRecoveryTest(unittest.TestCase):
             types = [e["type"] for e in c.get("/v1/events", {"limit": 20}).json["data"]
                      if e["data"]["object"]["id"] in (pi["id"], pi["latest_charge"])]
             self.assertIn("charge.expired", types)
+        finally:
+            d.cleanup()
+            sim.stop()
+
+    def test_a_crash_during_a_cancel_keeps_its_reason(self):
+        """A cancel's void cut by SIGKILL is finished by recovery with the
+        cancellation_reason the request gave (kept on the attempt,
+        migration 0023); it used to come back null."""
+        sim, d = Sim(), Daemon()
+        try:
+            d.create_merchant("m")
+            cfg = gateway_config(sim, names=("a",), timeout_ms=3000)
+            start_beside(sim, d, config=cfg)
+            c = d.client("m")
+            pi = c.post("/v1/payment_intents", {"amount": 1600, "currency": "usd", "confirm": "true",
+                                                "payment_method": "pm_card_visa", "capture_method": "manual"},
+                        idem=new_key("can")).json
+            self.assertEqual(pi["status"], "requires_capture", pi)
+            sim.faults("a", timeout_rate=1.0, timeout_mode="after", timeout_hold_ms=20000, timeout_operations="void")
+            out = {}
+
+            def cancel():
+                try:
+                    out["r"] = c.post("/v1/payment_intents/%s/cancel" % pi["id"],
+                                      {"cancellation_reason": "fraudulent"}, idem=new_key("cancel"))
+                except Exception as e:  # the daemon dies under it
+                    out["e"] = e
+            t = threading.Thread(target=cancel)
+            t.start()
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not [
+                    e for e in sim.journal(processor="a")["entries"] if e["operation"] == "void"]:
+                time.sleep(0.1)
+            d.kill9()
+            t.join(10)
+            sim.faults("a", timeout_rate=0.0, timeout_operations="all")
+            d.start(config=cfg)
+            c = d.client("m")
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                got = c.get("/v1/payment_intents/" + pi["id"]).json
+                if got["status"] == "canceled":
+                    break
+                time.sleep(0.1)
+            self.assertEqual((got["status"], got["cancellation_reason"]), ("canceled", "fraudulent"), got)
         finally:
             d.cleanup()
             sim.stop()

@@ -450,8 +450,9 @@ class MetadataIndexTest(DaemonTestCase):
         import sqlite3
         db = sqlite3.connect(self.daemon.db_path())
         db.execute("DELETE FROM metadata_index")
-        # a store of migration 19: without what 0022 adds (0021 is IF NOT EXISTS)
+        # a store of migration 19: without what 0022 and 0023 add (0021 is IF NOT EXISTS)
         db.execute("ALTER TABLE attempts DROP COLUMN reply_charge")
+        db.execute("ALTER TABLE attempts DROP COLUMN reason")
         db.execute("UPDATE meta SET value='19' WHERE key='schema_version'")
         db.commit()
         db.close()
