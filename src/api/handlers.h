@@ -109,6 +109,9 @@ void tp_h_refund_cancel(struct tp_req *r);
 void tp_h_refund_list(struct tp_req *r);
 void tp_h_charge_refund_list(struct tp_req *r);
 void tp_h_charge_refund_retrieve(struct tp_req *r);
+void tp_h_charge_refund_create(struct tp_req *r);
+void tp_h_charge_refund(struct tp_req *r);
+void tp_h_charge_refund_update(struct tp_req *r);
 /* charges.c */
 void tp_h_charge_retrieve(struct tp_req *r);
 void tp_h_charge_update(struct tp_req *r);

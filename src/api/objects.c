@@ -373,14 +373,14 @@ json_t *tp_refund_object(int64_t amount, const json_t *ch, const char *reason, c
                        "id", id, "object", "refund", "amount", (json_int_t)amount, "balance_transaction", "charge",
                        json_object_get(ch, "id"), "created", (json_int_t)tp_now(), "currency",
                        json_object_get(ch, "currency"), "customer", json_object_get(ch, "customer"),
-                       "customer_account", "metadata",
-                       json_is_object(metadata) ? json_copy((json_t *)(uintptr_t)metadata) : json_object(),
-                       "payment_intent", json_object_get(ch, "payment_intent"), "payment_method",
+                       "customer_account", "metadata", json_object(), "payment_intent", json_object_get(ch, "payment_intent"), "payment_method",
                        json_object_get(ch, "payment_method"), "reason",
                        reason ? json_string(reason) : json_null(), "receipt_number", "source_transfer_reversal",
                        "status", status, "transfer_reversal");
   if (!re)
     abort();
+  if (json_is_object(metadata))
+    tp_metadata_apply(re, metadata); /* a key sent empty is not kept */
   /* Where the money goes back: the card. No connector reports an acquirer
    * reference number (ARN) for a refund, so there is none to show. */
   json_object_set_new(re, "destination_details",
@@ -1079,7 +1079,7 @@ static json_t *find_known(const json_t *known, const char *id)
  * GET /v1/refunds?charge= gives them; a customer's sources, subscriptions
  * and tax ids, which Turnpike never has. True when path named one of them
  * on this kind of object. */
-static bool expand_list(struct tp_req *r, json_t *obj, const char *path)
+static bool expand_list(struct tp_req *r, json_t *obj, const char *path, const json_t *known)
 {
   const char *what = json_string_value(json_object_get(obj, "object"));
   const char *id = json_string_value(json_object_get(obj, "id"));
@@ -1099,6 +1099,15 @@ static bool expand_list(struct tp_req *r, json_t *obj, const char *path)
     data = tp_app.store.ops->list(tp_app.store.cls, &q, &more);
     if (!data)
       return true; /* left as it was: the store said no */
+    /* a refund this request is writing, as it is now (the store has it as
+     * it was before the processor's answer) */
+    size_t i;
+    json_t *re;
+    json_array_foreach(data, i, re) {
+      json_t *now = find_known(known, json_string_value(json_object_get(re, "id")) ?: "");
+      if (now)
+        json_array_set_new(data, i, now);
+    }
   } else if (strcmp(what, "customer") == 0 && strcmp(path, "sources") == 0) {
     /* its cards (the legacy Cards API, sources.c), newest first */
     struct tp_list_query q;
@@ -1131,7 +1140,7 @@ static void expand_field(struct tp_req *r, json_t *obj, const char *path, const 
     memcpy(head, path, hl);
     head[hl] = '\0';
     json_t *sub = json_object_get(obj, head);
-    if (json_is_string(sub) || (!sub && expand_list(r, obj, head))) {
+    if (json_is_string(sub) || (!sub && expand_list(r, obj, head, known))) {
       /* "latest_charge.balance_transaction" expands latest_charge first
        * (Stripe), then the field inside it; "refunds.data.x" the list a
        * charge shows only when expanded, then inside its items. */
@@ -1147,7 +1156,7 @@ static void expand_field(struct tp_req *r, json_t *obj, const char *path, const 
       expand_field(r, sub, dot + 1, known);
     return;
   }
-  if (expand_list(r, obj, path))
+  if (expand_list(r, obj, path, known))
     return;
   const char *id = json_string_value(json_object_get(obj, path));
   if (!id)

@@ -28,6 +28,19 @@ static const struct tp_pspec spec_create[] = {
   {"reverse_transfer", TP_P_BOOL, NULL, NULL},
   {NULL, 0, NULL, NULL},
 };
+/* POST /v1/charges/{id}/refunds and /v1/charges/{id}/refund: the charge is
+ * the path's. */
+static const struct tp_pspec spec_create_for_charge[] = {
+  {"payment_intent", TP_P_STRING, NULL, NULL}, {"amount", TP_P_INT, NULL, NULL},
+  {"reason", TP_P_ENUM, NULL, reasons},        {"metadata", TP_P_METADATA, NULL, NULL},
+  {"expand", TP_P_STRLIST, NULL, NULL},        {"instructions_email", TP_P_STRING, NULL, NULL},
+  {"currency", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance},
+  {"customer", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance},
+  {"origin", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance},
+  {"refund_application_fee", TP_P_BOOL, NULL, NULL},
+  {"reverse_transfer", TP_P_BOOL, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
 static const struct tp_pspec spec_update[] = {
   {"metadata", TP_P_METADATA, NULL, NULL},
   {"expand", TP_P_STRLIST, NULL, NULL},
@@ -40,9 +53,13 @@ static const struct tp_pspec spec_list[] = {
   {"expand", TP_P_STRLIST, NULL, NULL},      {NULL, 0, NULL, NULL},
 };
 
-void tp_h_refund_create(struct tp_req *r)
+/* A refund of the charge named by path_charge (the Charges API's nested
+ * routes) or by the parameters; reply_charge answers with the charge (the
+ * legacy POST /v1/charges/{id}/refund) instead of the refund. */
+static void refund_create(struct tp_req *r, const char *path_charge, bool reply_charge)
 {
-  if (!tp_check_params(r, spec_create))
+  if (!tp_check_params(r, path_charge ? spec_create_for_charge : spec_create) ||
+      !tp_email_param_ok(r, r->params, "instructions_email", "instructions_email"))
     return;
   static const char *const connect_flags[] = {"refund_application_fee", "reverse_transfer"};
   for (int i = 0; i < 2; i++) {
@@ -54,7 +71,8 @@ void tp_h_refund_create(struct tp_req *r)
       return;
     }
   }
-  const char *pi_id = tp_pstr(r->params, "payment_intent"), *ch_id = tp_pstr(r->params, "charge");
+  const char *pi_id = tp_pstr(r->params, "payment_intent");
+  const char *ch_id = path_charge ? path_charge : tp_pstr(r->params, "charge");
   if ((!pi_id || !*pi_id) && (!ch_id || !*ch_id)) {
     tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "charge",
                    "One of the following params should be provided for this request: payment_intent or charge.");
@@ -154,6 +172,7 @@ void tp_h_refund_create(struct tp_req *r)
   p->charge = ch;
   p->refund = re;
   p->outcome = tp_outcome_refund;
+  p->reply_charge = reply_charge;
   tp_scopy(p->lock_id, sizeof p->lock_id, chid);
   tp_pay_attempt(p, "refund", amount, json_string_value(json_object_get(ch, "currency")));
   tp_scopy(p->att.refund, sizeof p->att.refund, json_string_value(json_object_get(re, "id")));
@@ -172,6 +191,25 @@ fail:
   json_decref(pi);
   json_decref(ch);
   tp_lock_release(chid);
+}
+
+void tp_h_refund_create(struct tp_req *r)
+{
+  refund_create(r, NULL, false);
+}
+
+/* POST /v1/charges/{id}/refunds: a refund of the path's charge, the refund
+ * answered. */
+void tp_h_charge_refund_create(struct tp_req *r)
+{
+  refund_create(r, r->path_id, false);
+}
+
+/* POST /v1/charges/{id}/refund (Stripe's older "refund a charge"): the same,
+ * the charge answered. */
+void tp_h_charge_refund(struct tp_req *r)
+{
+  refund_create(r, r->path_id, true);
 }
 
 void tp_h_refund_retrieve(struct tp_req *r)
@@ -197,36 +235,42 @@ void tp_h_refund_cancel(struct tp_req *r)
   json_decref(re);
 }
 
-/* POST /v1/refunds/{id}: metadata. The refund's processor call and its
- * recovery write the refund under its charge's lock (the refund flow's), so
- * the update takes that lock as well as the refund's and reads the refund
- * under both: with the refund's alone, an update that read it pending could
- * commit after the outcome and put it back to pending for good. */
-void tp_h_refund_update(struct tp_req *r)
+/* POST /v1/refunds/{id}: metadata of refund re_id (of charge ch_only when
+ * given: the Charges API's nested route, where another charge's refund is
+ * missing). The refund's processor call and its recovery write the refund
+ * under its charge's lock (the refund flow's), so the update takes that
+ * lock as well as the refund's and reads the refund under both: with the
+ * refund's alone, an update that read it pending could commit after the
+ * outcome and put it back to pending for good. */
+static void refund_update(struct tp_req *r, const char *re_id, const char *ch_only)
 {
   if (!tp_check_params(r, spec_update))
     return;
-  json_t *re = tp_load_path(r, TP_K_REFUND, "refund");
-  if (!re)
+  json_t *re = tp_store_get_json(&tp_app.store, TP_K_REFUND, r->merchant.id, re_id);
+  const char *of = json_string_value(json_object_get(re, "charge"));
+  if (!re || (ch_only && (!of || strcmp(of, ch_only) != 0))) {
+    json_decref(re);
+    tp_reply_missing(r, "refund", re_id, "id");
     return;
+  }
   char ch_lock[TP_ID_MAX];
-  tp_scopy(ch_lock, sizeof ch_lock, json_string_value(json_object_get(re, "charge")) ?: "");
+  tp_scopy(ch_lock, sizeof ch_lock, of ?: "");
   json_decref(re);
   if (ch_lock[0] && !tp_lock_try(ch_lock)) {
     tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
     return;
   }
-  if (!tp_lock_try(r->path_id)) {
+  if (!tp_lock_try(re_id)) {
     if (ch_lock[0])
       tp_lock_release(ch_lock);
     tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
     return;
   }
-  const char *locks[2] = {r->path_id, ch_lock};
+  const char *locks[2] = {re_id, ch_lock};
   size_t nlocks = ch_lock[0] ? 2 : 1;
-  re = tp_store_get_json(&tp_app.store, TP_K_REFUND, r->merchant.id, r->path_id);
+  re = tp_store_get_json(&tp_app.store, TP_K_REFUND, r->merchant.id, re_id);
   if (!re) {
-    tp_reply_missing(r, "refund", r->path_id, "id");
+    tp_reply_missing(r, "refund", re_id, "id");
     for (size_t i = 0; i < nlocks; i++)
       tp_lock_release(locks[i]);
     return;
@@ -243,13 +287,29 @@ void tp_h_refund_update(struct tp_req *r)
   struct tp_cs *cs = tp_cs_new();
   tp_cs_put(cs, TP_K_REFUND, r->merchant.id, re);
   /* Stripe: refund.updated for some payment methods, charge.refund.updated
-   * for every refund update. */
-  tp_emit_update(cs, r, r->merchant.id, "refund.updated", before, re);
-  tp_emit_update(cs, r, r->merchant.id, "charge.refund.updated", before, re);
+   * for every refund update. A refund still pending has not been announced
+   * (refund.created comes with its processor's outcome, showing this
+   * change): an update of it before would be the first its listeners hear. */
+  const char *st = json_string_value(json_object_get(re, "status"));
+  if (!st || strcmp(st, "pending") != 0) {
+    tp_emit_update(cs, r, r->merchant.id, "refund.updated", before, re);
+    tp_emit_update(cs, r, r->merchant.id, "charge.refund.updated", before, re);
+  }
   json_decref(before);
   tp_expand(r, re, NULL);
   tp_reply_json(r, 200, re);
   tp_commit_and_reply_locks(r, cs, locks, nlocks);
+}
+
+void tp_h_refund_update(struct tp_req *r)
+{
+  refund_update(r, r->path_id, NULL);
+}
+
+/* POST /v1/charges/{id}/refunds/{refund}. */
+void tp_h_charge_refund_update(struct tp_req *r)
+{
+  refund_update(r, r->path_sub, r->path_id);
 }
 
 /* A page of refunds, newest first, of one PaymentIntent and/or charge when

@@ -44,6 +44,9 @@ const struct tp_route tp_routes[] = {
   {"POST", "/v1/charges/{id}/capture", tp_h_charge_capture, A},
   {"GET", "/v1/charges/{id}/refunds", tp_h_charge_refund_list, A},
   {"GET", "/v1/charges/{id}/refunds/{refund}", tp_h_charge_refund_retrieve, A},
+  {"POST", "/v1/charges/{id}/refunds", tp_h_charge_refund_create, A},
+  {"POST", "/v1/charges/{id}/refunds/{refund}", tp_h_charge_refund_update, A},
+  {"POST", "/v1/charges/{id}/refund", tp_h_charge_refund, A},
 
   {"POST", "/v1/refunds", tp_h_refund_create, A},
   {"GET", "/v1/refunds", tp_h_refund_list, A},

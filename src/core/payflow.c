@@ -357,7 +357,7 @@ void tp_pay_reply(struct tp_pay *p, unsigned status, json_t *obj)
      * may be one of them) is expanded: latest_charge.payment_intent then
      * shows the PaymentIntent with latest_charge as an id, as Stripe does. */
     json_t *known = json_array();
-    const json_t *mine[] = {p->txn, p->charge, p->pm, p->pi};
+    const json_t *mine[] = {p->txn, p->charge, p->pm, p->pi, p->refund};
     for (size_t i = 0; i < sizeof mine / sizeof mine[0]; i++)
       if (mine[i])
         json_array_append_new(known, json_deep_copy(mine[i]));
@@ -1764,7 +1764,7 @@ void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs)
     tp_emit_update(cs, p->r, merchant, "charge.refund.updated", before, re);
     tp_put_emit(cs, p->r, merchant, TP_K_REFUND, "refund.failed", re);
     json_decref(before);
-    tp_pay_reply(p, 200, json_incref(re));
+    tp_pay_reply(p, 200, json_incref(p->reply_charge ? ch : re));
     return;
   }
   const char *cur = json_string_value(json_object_get(re, "currency"));
@@ -1795,7 +1795,9 @@ void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs)
   tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.refunded", ch);
   if (json_is_true(json_object_get(ch, "refunded")))
     tp_efw_settle(cs, p->r, merchant, ch);
-  tp_pay_reply(p, 200, json_incref(re)); /* the reply is written out now, as it stands */
+  /* the reply is written out now, as it stands; the Charges API's legacy
+   * refund answers the charge */
+  tp_pay_reply(p, 200, json_incref(p->reply_charge ? ch : re));
   if (json_is_true(json_object_get(json_object_get(ch, "turnpike"), "refunds_fail")))
     refund_fails(p, cs, re, ch, cur, amount);
 }

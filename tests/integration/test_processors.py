@@ -430,6 +430,33 @@ class ConnectorContract(unittest.TestCase):
         u = self.c.get("/v1/refunds/" + re_id)
         self.assertEqual((u.status, u.json["status"], u.json["metadata"]), (200, "succeeded", {"note": "x"}), u)
 
+    def test_a_refund_not_yet_announced_is_updated_without_an_event(self):
+        """A refund whose processor answer was lost stays pending with no
+        event; a metadata update then sends none (it was a refund.updated
+        about a refund its listeners had never heard of), and the
+        refund.created that recovery sends later shows the update."""
+        r = self.pay(PAN_OK)
+        self.assertEqual(r.status, 200, r)
+        self.fake.mode = "500"
+        try:
+            re = self.c.post("/v1/refunds", {"payment_intent": r.json["id"], "amount": 300})
+            self.assertEqual(re.status, 502, re)
+            [pending] = self.c.get("/v1/refunds", {"payment_intent": r.json["id"]}).json["data"]
+            self.assertEqual(pending["status"], "pending")
+            u = self.c.post("/v1/refunds/" + pending["id"], {"metadata[note]": "x"})
+            self.assertEqual((u.status, u.json["metadata"]), (200, {"note": "x"}), u)
+        finally:
+            self.fake.mode = "ok"
+
+        def about():
+            return [e for e in reversed(self.c.get("/v1/events", {"limit": 30}).json["data"])
+                    if e["data"]["object"]["id"] == pending["id"]]
+        self.assertEqual(about(), [])
+        evs = wait_for(lambda: [e for e in about() if e["type"] == "refund.failed"] and about(),
+                       timeout=30, what="recovery settles the refund")
+        self.assertEqual(evs[0]["type"], "refund.created", [e["type"] for e in evs])
+        self.assertEqual(evs[0]["data"]["object"]["metadata"], {"note": "x"})
+
     def test_a_wait_for_a_busy_object_ends_in_lock_timeout(self):
         """An object held for longer than [server] lock_wait_ms (1000 here):
         the waiting request gets 429 lock_timeout when the wait ends, not at

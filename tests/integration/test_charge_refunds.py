@@ -1,0 +1,101 @@
+"""Refunds through the Charges API's own routes, as ActiveMerchant (Spree,
+Solidus) and other Charges-era integrations call them: POST
+/v1/charges/{id}/refunds (answers the Refund), POST /v1/charges/{id}/refund
+(Stripe's older "refund a charge": answers the Charge) and POST
+/v1/charges/{id}/refunds/{refund} (metadata); each is the same refund as
+POST /v1/refunds, with its limits, events and ledger entry; another
+charge's refund is missing there. Also: a metadata key sent empty on a
+refund's create is not kept, and instructions_email must be an address."""
+from harness import DaemonTestCase, main
+
+CH = "/v1/charges"
+
+
+class ChargeRefunds(DaemonTestCase):
+    MERCHANTS = ("m", "n")
+
+    def charge(self, amount=2000):
+        r = self.c().post(CH, {"amount": amount, "currency": "usd", "source": "tok_visa"})
+        self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
+        return r.json
+
+    def events_about(self, object_id):
+        r = self.c().get("/v1/events", {"limit": 50})
+        return [e["type"] for e in reversed(r.json["data"]) if e["data"]["object"]["id"] == object_id]
+
+    def test_a_refund_under_the_charge(self):
+        ch = self.charge()
+        r = self.c().post("%s/%s/refunds" % (CH, ch["id"]), {"amount": 500, "reason": "requested_by_customer",
+                                                             "metadata[order]": "A-1"})
+        self.assertEqual(r.status, 200, r)
+        re = r.json
+        self.assertEqual((re["object"], re["charge"], re["amount"], re["status"], re["reason"], re["metadata"]),
+                         ("refund", ch["id"], 500, "succeeded", "requested_by_customer", {"order": "A-1"}))
+        self.assertEqual(self.events_about(re["id"]), ["refund.created"])
+        got = self.c().get("%s/%s" % (CH, ch["id"])).json
+        self.assertEqual((got["amount_refunded"], got["refunded"]), (500, False))
+        bt = self.c().get("/v1/balance_transactions/" + re["balance_transaction"]).json
+        self.assertEqual((bt["type"], bt["amount"], bt["source"]), ("refund", -500, re["id"]))
+        # the same limits as POST /v1/refunds
+        self.assertStripeError(self.c().post("%s/%s/refunds" % (CH, ch["id"]), {"amount": 1501}), 400,
+                               code="amount_too_large", param="amount")
+        # the charge is the path's: a charge parameter is not one of this route's
+        self.assertStripeError(self.c().post("%s/%s/refunds" % (CH, ch["id"]), {"charge": ch["id"]}), 400,
+                               code="parameter_unknown", param="charge")
+        # listed under the charge
+        listed = self.c().get("%s/%s/refunds" % (CH, ch["id"])).json
+        self.assertEqual([x["id"] for x in listed["data"]], [re["id"]])
+
+    def test_the_older_refund_of_a_charge_answers_the_charge(self):
+        ch = self.charge(1200)
+        r = self.c().post("%s/%s/refund" % (CH, ch["id"]), {"expand[]": "refunds"})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual((r.json["object"], r.json["id"], r.json["amount_refunded"], r.json["refunded"]),
+                         ("charge", ch["id"], 1200, True))
+        [re] = r.json["refunds"]["data"]
+        self.assertEqual((re["amount"], re["status"]), (1200, "succeeded"))
+        self.assertStripeError(self.c().post("%s/%s/refund" % (CH, ch["id"]), {}), 400,
+                               code="charge_already_refunded")
+        # an Idempotency-Key replays the charge it answered
+        ch2 = self.charge(900)
+        k = {"Idempotency-Key": "legacy-refund-" + ch2["id"]}
+        a = self.c().post("%s/%s/refund" % (CH, ch2["id"]), {"amount": 400}, headers=k)
+        b = self.c().post("%s/%s/refund" % (CH, ch2["id"]), {"amount": 400}, headers=k)
+        self.assertEqual((a.status, b.status, b.headers.get("Idempotent-Replayed")), (200, 200, "true"))
+        self.assertEqual((a.json["object"], a.json["amount_refunded"]), ("charge", 400))
+        self.assertEqual(b.json, a.json)
+        self.assertEqual(len(self.c().get("/v1/refunds", {"charge": ch2["id"]}).json["data"]), 1)
+        # another merchant's charge is missing
+        self.assertStripeError(self.c("n").post("%s/%s/refund" % (CH, ch2["id"]), {}), 404,
+                               code="resource_missing")
+        self.assertEqual(self.c().get("%s/%s" % (CH, ch2["id"])).json["amount_refunded"], 400)
+
+    def test_a_refund_s_metadata_under_its_charge(self):
+        ch, other = self.charge(), self.charge()
+        re = self.c().post("%s/%s/refunds" % (CH, ch["id"]), {"amount": 100}).json
+        u = self.c().post("%s/%s/refunds/%s" % (CH, ch["id"], re["id"]), {"metadata[k]": "v"})
+        self.assertEqual((u.status, u.json["id"], u.json["metadata"]), (200, re["id"], {"k": "v"}), u)
+        self.assertEqual(self.events_about(re["id"]), ["refund.created", "refund.updated", "charge.refund.updated"])
+        # through another charge, or by another merchant, it is missing and unchanged
+        self.assertStripeError(self.c().post("%s/%s/refunds/%s" % (CH, other["id"], re["id"]), {"metadata[k]": "w"}),
+                               404, code="resource_missing")
+        self.assertStripeError(self.c("n").post("%s/%s/refunds/%s" % (CH, ch["id"], re["id"]),
+                                                {"metadata[k]": "w"}), 404, code="resource_missing")
+        self.assertEqual(self.c().get("/v1/refunds/" + re["id"]).json["metadata"], {"k": "v"})
+
+    def test_a_metadata_key_sent_empty_is_not_kept(self):
+        ch = self.charge()
+        re = self.c().post("/v1/refunds", {"charge": ch["id"], "amount": 100, "metadata[a]": "", "metadata[b]": "x"})
+        self.assertEqual((re.status, re.json["metadata"]), (200, {"b": "x"}), re)
+
+    def test_instructions_email_must_be_an_address(self):
+        ch = self.charge()
+        self.assertStripeError(self.c().post("/v1/refunds", {"charge": ch["id"], "instructions_email": "nope"}),
+                               400, code="email_invalid", param="instructions_email")
+        self.assertEqual(self.c().get("/v1/refunds", {"charge": ch["id"]}).json["data"], [])
+        ok = self.c().post("/v1/refunds", {"charge": ch["id"], "amount": 100, "instructions_email": "a@example.com"})
+        self.assertEqual(ok.status, 200, ok)
+
+
+if __name__ == "__main__":
+    main()
