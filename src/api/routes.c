@@ -65,6 +65,12 @@ const struct tp_route tp_routes[] = {
   {"GET", "/v1/customers/{id}/sources/{source}", tp_h_source_retrieve, A},
   {"POST", "/v1/customers/{id}/sources/{source}", tp_h_source_update, A},
   {"DELETE", "/v1/customers/{id}/sources/{source}", tp_h_source_delete, A},
+  /* the Cards API's paths for the same cards */
+  {"POST", "/v1/customers/{id}/cards", tp_h_source_create, A},
+  {"GET", "/v1/customers/{id}/cards", tp_h_source_list, A},
+  {"GET", "/v1/customers/{id}/cards/{source}", tp_h_source_retrieve, A},
+  {"POST", "/v1/customers/{id}/cards/{source}", tp_h_source_update, A},
+  {"DELETE", "/v1/customers/{id}/cards/{source}", tp_h_source_delete, A},
   {"GET", "/v1/customers/{id}/payment_methods", tp_h_customer_pm_list, A},
   {"GET", "/v1/customers/{id}/payment_methods/{pm}", tp_h_customer_pm_retrieve, A},
 

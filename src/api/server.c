@@ -377,10 +377,15 @@ static bool access_check(struct tp_req *r, const struct tp_route *rt)
     tp_reply_error(r, oauth ? TP_ERR_OAUTH_INSUFFICIENT_SCOPE : TP_ERR_PERMISSION_DENIED, NULL, msg);
     return false;
   }
-  /* Stripe-Account acts on a connected account (Stripe Connect). Turnpike
-   * has none: naming the key's own account is harmless, any other is
-   * refused rather than silently served from the key's account. */
+  /* Stripe-Account acts on a connected account (Stripe Connect), and
+   * Stripe-Context, which supersedes it, on a related account (a path of
+   * accounts, "acct_1/acct_2"). Turnpike has none: naming the key's own
+   * account (or, for the context, none) is harmless, any other is refused
+   * rather than silently served from the key's account. */
   const char *acct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Stripe-Account");
+  const char *ctx = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Stripe-Context");
+  if (!(acct && strcmp(acct, r->merchant.id) != 0) && ctx && *ctx)
+    acct = ctx; /* the one to refuse, if any */
   if (acct && strcmp(acct, r->merchant.id) != 0) {
     char msg[256];
     snprintf(msg, sizeof msg, "The provided key does not have access to account '%.64s' (or that account does not "
@@ -420,7 +425,8 @@ static bool cors_url(const char *url)
 }
 
 #define CORS_ALLOW_HEADERS \
-  "Authorization, Content-Type, Idempotency-Key, Stripe-Version, Stripe-Account, X-Stripe-Client-User-Agent"
+  "Authorization, Content-Type, Idempotency-Key, Stripe-Version, Stripe-Account, Stripe-Context, " \
+  "X-Stripe-Client-User-Agent"
 #define CORS_EXPOSE_HEADERS \
   "Request-Id, Idempotency-Key, Idempotent-Replayed, Original-Request, Stripe-Should-Retry, Stripe-Version, " \
   "Retry-After"

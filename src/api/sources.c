@@ -28,7 +28,6 @@
 #define S(n) {n, TP_P_STRING, NULL, NULL}
 #define END {NULL, 0, NULL, NULL}
 
-static const char *const object_choices[] = {"card", NULL};
 static const char *const why_not_card[] = {"Turnpike keeps cards only: no bank accounts or other sources", NULL};
 
 static const struct tp_pspec spec_create[] = {
@@ -40,7 +39,7 @@ static const struct tp_pspec spec_create[] = {
 };
 
 static const struct tp_pspec spec_list[] = {
-  {"object", TP_P_ENUM, NULL, object_choices},
+  S("object"), /* any type: only "card" finds some */
   S("ending_before"),
   {"expand", TP_P_STRLIST, NULL, NULL},
   {"limit", TP_P_INT, NULL, NULL},
@@ -213,10 +212,15 @@ void tp_h_source_list(struct tp_req *r)
   json_decref(cus);
   struct tp_list_query q;
   tp_card_sources_query(&q, r->merchant.id, r->path_id);
+  const char *object = tp_pstr(r->params, "object");
+  if (object && *object)
+    q.field_value = object; /* a bank_account, source ... is no card: none */
   if (!tp_list_params(r, &q))
     return;
   char url[160];
-  snprintf(url, sizeof url, "/v1/customers/%s/sources", r->path_id);
+  /* the Cards API's own path (/cards) or the Sources API's */
+  snprintf(url, sizeof url, "/v1/customers/%s/%s", r->path_id,
+           strstr(r->route->pattern, "/cards") ? "cards" : "sources");
   tp_reply_list_fixed(r, &q, url, to_cards, NULL);
 }
 

@@ -249,6 +249,15 @@ void tp_h_we_create(struct tp_req *r)
   if (!tp_check_params(r, spec_create))
     return;
   const json_t *p = r->params;
+  /* connect=true: events of connected accounts, which Turnpike has none of;
+   * accepted, the endpoint would get this account's own events instead. */
+  bool connect = false;
+  if (tp_param_bool(p, "connect", &connect) && connect) {
+    char msg[200];
+    snprintf(msg, sizeof msg, "Parameter not supported by Turnpike: connect (%s)", tp_why_connect[0]);
+    tp_reply_error(r, TP_ERR_PARAMETER_UNSUPPORTED, "connect", msg);
+    return;
+  }
   if (absent_or_unset(json_object_get(p, "url"))) {
     tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "url", NULL);
     return;

@@ -277,6 +277,19 @@ class ApiErrorsTest(DaemonTestCase):
         own = self.daemon.merchants["decline"]["id"]
         r = c.post(PI, GOOD, headers={"Stripe-Account": own})
         self.assertEqual(r.status, 200, r)
+        # Stripe-Context (stripe-node's stripeContext) supersedes it: another
+        # account, or a path of accounts, is refused and makes nothing
+        n = len(c.get(PI, {"limit": 100}).json["data"])
+        for ctx, acct in (("acct_someoneelse", None), (own + "/acct_child", None), ("acct_other", own),
+                          (own, "acct_someoneelse")):
+            h = {"Stripe-Context": ctx}
+            if acct:
+                h["Stripe-Account"] = acct
+            err = self.assertStripeError(c.post(PI, GOOD, headers=h), 403, code="account_invalid")
+            self.assertNotIn(own + "'", err["message"])
+        self.assertEqual(len(c.get(PI, {"limit": 100}).json["data"]), n)
+        for h in ({"Stripe-Context": own}, {"Stripe-Context": ""}, {"Stripe-Context": own, "Stripe-Account": own}):
+            self.assertEqual(c.post(PI, GOOD, headers=h).status, 200, h)
 
     def test_a_card_payment_takes_no_statement_descriptor(self):
         """Stripe since 2024-02-01: statement_descriptor on a PaymentIntent or

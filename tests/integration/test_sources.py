@@ -104,6 +104,16 @@ class Sources(DaemonTestCase):
                          (self.srcs(cus["id"]), True, [second["id"]]))
         rest = self.c().get(self.srcs(cus["id"]), {"starting_after": second["id"]}).json
         self.assertEqual([c["id"] for c in rest["data"]], [first.json["id"]])
+        # object filters any type: other kinds of source are none here
+        for other in ("bank_account", "source"):
+            lst = self.c().get(self.srcs(cus["id"]), {"object": other})
+            self.assertEqual((lst.status, lst.json["data"], lst.json["has_more"]), (200, [], False), lst)
+        # the Cards API's paths reach the same cards
+        cards = "%s/%s/cards" % (CUS, cus["id"])
+        lst = self.c().get(cards).json
+        self.assertEqual((lst["url"], [c["id"] for c in lst["data"]]), (cards, [second["id"], first.json["id"]]))
+        self.assertEqual(self.c().get(cards + "/" + second["id"]).json, second)
+        self.assertStripeError(self.c("n").get(cards + "/" + second["id"]), 404, code="resource_missing")
         one = self.c().get(self.srcs(cus["id"]) + "/" + second["id"])
         self.assertEqual((one.status, one.json), (200, second))
         upd = self.c().post(self.srcs(cus["id"]) + "/" + second["id"],
@@ -324,7 +334,6 @@ class Sources(DaemonTestCase):
                                param="exp_month")
         self.assertStripeError(c.post(self.srcs(cus["id"]) + "/" + card, {"name": "x" * 501}), 400,
                                param="name")
-        self.assertStripeError(c.get(self.srcs(cus["id"]), {"object": "bank_account"}), 400, param="object")
         err = self.assertStripeError(c.post(self.srcs(cus["id"]) + "/" + card, {"owner": {"name": "x"}}), 400)
         self.assertEqual(err["tp_code"], 1101, err)
         self.assertEqual(self.c().get(self.srcs(cus["id"])).json["data"], before)

@@ -241,6 +241,12 @@ class WebhooksTest(DaemonTestCase):
                                            "colour": "red"}), 400, param="colour")
         self.assertStripeError(c.post(WE, {"url": "https://example.test/", "enabled_events": ["*"],
                                            "description": "x" * 5001}), 400, param="description")
+        # connect=true asks for connected accounts' events, which there are none of
+        before = len(c.get(WE).json["data"])
+        err = self.assertStripeError(c.post(WE, {"url": "https://example.test/c", "enabled_events": ["*"],
+                                                 "connect": "true"}), 400, param="connect")
+        self.assertEqual(err["tp_code"], 1101, err)  # parameter_unsupported
+        self.assertEqual(len(c.get(WE).json["data"]), before)
         self.assertStripeError(c.post(WE + "/we_missing", {"disabled": "true"}), 404)
         self.assertStripeError(c.post(WE + "/we_missing", {"disabled": "maybe"}), 400, param="disabled")
         # 16 endpoints per merchant, like Stripe.
