@@ -189,7 +189,7 @@ static void adjust(struct tp_cs *cs, const char *merchant, json_t *dp, const cha
  * 4000000000005423): the issuer reports likely fraud, no money moves and
  * nothing is disputed; the warning is actionable until the charge is
  * refunded in full (tp_efw_settle). ch names it in turnpike.efw. */
-static void efw_open(struct tp_cs *cs, const struct tp_req *r, const char *merchant, json_t *ch, json_t *turn)
+static void efw_open(struct tp_cs *cs, const char *merchant, json_t *ch, json_t *turn)
 {
   char id[TP_ID_MAX];
   tp_id_new(id, "issfr");
@@ -198,7 +198,7 @@ static void efw_open(struct tp_cs *cs, const struct tp_req *r, const char *merch
                       "fraud_type", "misc", "livemode", 0, "payment_intent", json_object_get(ch, "payment_intent"));
   if (!w)
     abort();
-  tp_put_emit(cs, r, merchant, TP_K_EARLY_FRAUD_WARNING, "radar.early_fraud_warning.created", w);
+  tp_put_emit(cs, NULL, merchant, TP_K_EARLY_FRAUD_WARNING, "radar.early_fraud_warning.created", w);
   json_decref(w);
   json_object_del(turn, "dispute");
   json_object_set_new(turn, "efw", json_string(id));
@@ -219,14 +219,14 @@ void tp_efw_settle(struct tp_cs *cs, const struct tp_req *r, const char *merchan
   json_decref(w);
 }
 
-void tp_dispute_open(struct tp_cs *cs, const struct tp_req *r, const char *merchant, json_t *ch)
+void tp_dispute_open(struct tp_cs *cs, const char *merchant, json_t *ch)
 {
   json_t *turn = json_object_get(ch, "turnpike");
   const char *kind = json_string_value(json_object_get(turn, "dispute"));
   if (!kind)
     return;
   if (strcmp(kind, "early_fraud_warning") == 0) {
-    efw_open(cs, r, merchant, ch, turn);
+    efw_open(cs, merchant, ch, turn);
     return;
   }
   bool inquiry = strcmp(kind, "inquiry") == 0;
@@ -253,11 +253,11 @@ void tp_dispute_open(struct tp_cs *cs, const struct tp_req *r, const char *merch
                        "reason", reason, "status", inquiry ? "warning_needs_response" : "needs_response");
   if (!dp)
     abort();
-  tp_put_emit(cs, r, merchant, TP_K_DISPUTE, "charge.dispute.created", dp);
+  tp_put_emit(cs, NULL, merchant, TP_K_DISPUTE, "charge.dispute.created", dp);
   if (!inquiry) {
     adjust(cs, merchant, dp, json_string_value(json_object_get(ch, "id")),
            json_string_value(json_object_get(turn, "processor")), -1);
-    tp_put_emit(cs, r, merchant, TP_K_DISPUTE, "charge.dispute.funds_withdrawn", dp);
+    tp_put_emit(cs, NULL, merchant, TP_K_DISPUTE, "charge.dispute.funds_withdrawn", dp);
   }
   json_decref(dp);
   json_object_del(turn, "dispute");

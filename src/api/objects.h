@@ -35,8 +35,10 @@ void tp_card_fingerprint(const struct tp_merchant *m, const char *pan, char out[
  * turnpike.dispute, from the test card), into cs: the dispute, its events,
  * a chargeback's ledger adjustment, ch disputed (put again); or, for
  * "early_fraud_warning", the issuer's early fraud warning. No-op for an
- * unmarked charge. */
-void tp_dispute_open(struct tp_cs *cs, const struct tp_req *r, const char *merchant, json_t *ch);
+ * unmarked charge. The network opens them, not the request that made the
+ * charge: their events' request is null (a handler that skips events of its
+ * own Idempotency-Keys must not skip a chargeback). */
+void tp_dispute_open(struct tp_cs *cs, const char *merchant, json_t *ch);
 /* [disputes] fee and fee.CUR are amounts of their currencies (fee: of every
  * one); false after logging the first that is not. */
 bool tp_disputes_config_ok(void);

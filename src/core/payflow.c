@@ -1584,7 +1584,7 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
       json_decref(before);
     }
     if (p->att.capture) /* a dispute (test card) comes after the payment, as on Stripe */
-      tp_dispute_open(cs, p->r, merchant, ch);
+      tp_dispute_open(cs, merchant, ch);
     p->charge = ch;
     tp_pay_reply_text(p, 200, json_incref(p->reply_charge ? ch : pi), text);
     return;
@@ -1654,7 +1654,7 @@ void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs)
   json_object_set_new(pi, "amount_capturable", json_integer(0));
   tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.captured", ch);
   tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT, "payment_intent.succeeded", pi);
-  tp_dispute_open(cs, p->r, merchant, ch);
+  tp_dispute_open(cs, merchant, ch);
   tp_pay_reply(p, 200, json_incref(p->reply_charge ? ch : pi));
 }
 

@@ -88,6 +88,11 @@ class Disputes(DaemonTestCase):
         self.assertEqual(unbalanced, 0)
         self.assertEqual(tuple(-x for x in merchant), self.balance())  # the balance is the ledger's
         self.assertEqual(self.events(dp["id"]), ["charge.dispute.created", "charge.dispute.funds_withdrawn"])
+        # the network opened it, not the payment's request: request is null
+        # (a handler skipping events of its own Idempotency-Keys keeps it)
+        for e in self.c().get("/v1/events", {"type": "charge.dispute.*", "limit": 100}).json["data"]:
+            if e["data"]["object"]["id"] == dp["id"]:
+                self.assertEqual(e["request"], {"id": None, "idempotency_key": None}, e["type"])
         # a charged-back charge cannot be refunded
         r = self.c().post("/v1/refunds", {"charge": ch})
         self.assertStripeError(r, 400, "invalid_request_error", "charge_disputed")
@@ -286,6 +291,9 @@ class Disputes(DaemonTestCase):
         self.assertFalse(self.c().get("/v1/charges/" + ch).json["disputed"])
         self.assertEqual(self.pending(), before + 2600)
         self.assertEqual(self.events(w["id"]), ["radar.early_fraud_warning.created"])
+        [made] = [e for e in self.c().get("/v1/events", {"type": "radar.early_fraud_warning.created"}).json["data"]
+                  if e["data"]["object"]["id"] == w["id"]]
+        self.assertEqual(made["request"], {"id": None, "idempotency_key": None})  # the issuer's, not a request's
         # a partial refund leaves it actionable; the rest settles it
         self.assertEqual(self.c().post("/v1/refunds", {"charge": ch, "amount": 600}).status, 200)
         self.assertTrue(self.c().get(EFW + "/" + w["id"]).json["actionable"])
