@@ -669,6 +669,24 @@ bool tp_confirm_pm_choice(struct tp_req *r, struct tp_cs *cs, const json_t *inte
   return true;
 }
 
+/* Customer cus's default card source (the legacy Cards API) into out, while
+ * still its (a card detached through the PaymentMethods API is not); false
+ * when it has none. */
+static bool default_card_source(const struct tp_req *r, const char *cus, char out[TP_ID_MAX])
+{
+  out[0] = '\0';
+  json_t *c = tp_store_get_json(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, cus);
+  const char *def = json_string_value(json_object_get(c, "default_source"));
+  if (def) {
+    json_t *card = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, def);
+    if (tp_is_card_source(card, cus))
+      tp_scopy(out, TP_ID_MAX, def);
+    json_decref(card);
+  }
+  json_decref(c);
+  return out[0] != '\0';
+}
+
 /* Start a confirmation of pi (owned) within cs (owned). Replies on failure.
  * On success the request is suspended until the outcome is committed. */
 /* charges_api: the Charges API's create (POST /v1/charges) made pi for this
@@ -684,14 +702,15 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
   char cvc[8] = "";
   json_t *pm = NULL;
   const char *pm_id;
-  /* payment_intent.created shows the PaymentIntent as it was created, before
-   * this confirmation changed it (Stripe's event for the create of a
-   * confirm=true request); a refused confirmation frees cs and it with it. */
-  if (created)
-    tp_emit(cs, r, r->merchant.id, "payment_intent.created", pi);
+  char def[TP_ID_MAX];
   if (!tp_redirect_allowed(r, pi) || !tp_confirm_pm_choice(r, cs, pi, &pm, &pm_id, &ci, cvc))
     goto fail;
   if (!pm) {
+    /* Stripe, for those moving from the Charges API: with no payment
+     * method, the customer's default card source pays. */
+    const char *cus = json_string_value(json_object_get(pi, "customer"));
+    if (!pm_id && cus && default_card_source(r, cus, def))
+      pm_id = def;
     if (!pm_id) {
       tp_reply_error(r, TP_ERR_PAYMENT_METHOD_MISSING, "payment_method", NULL);
       goto fail;
@@ -707,6 +726,13 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
   bool made_here = !pm_id || !got_id || strcmp(pm_id, got_id) != 0;
   json_object_set(pi, "payment_method", json_object_get(pm, "id"));
   json_object_set_new(pi, "last_payment_error", json_null());
+  /* payment_intent.created shows the PaymentIntent as it was created, before
+   * this confirmation changed its status (Stripe's event for the create of
+   * a confirm=true request), naming the PaymentMethod that pays (pm_card_visa
+   * stands for a new one each time); a refused confirmation frees cs and it
+   * with it. */
+  if (created)
+    tp_emit(cs, r, r->merchant.id, "payment_intent.created", pi);
 
   bool off = false;
   tp_param_bool(params, "off_session", &off);
@@ -1300,20 +1326,11 @@ void tp_h_charge_create(struct tp_req *r)
   const char *given = tp_pstr(r->params, "source");
   if (given && *given)
     tp_scopy(source, sizeof source, given);
-  else if (cus && *cus) {
+  else if (cus && *cus && !default_card_source(r, cus, source)) {
+    /* its default card source, else its default PaymentMethod */
     json_t *c = tp_store_get_json(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, cus);
-    /* Its default card source (the legacy Cards API) while still its
-     * (a card detached through the PaymentMethods API is not), else its
-     * default PaymentMethod. */
-    const char *def = json_string_value(json_object_get(c, "default_source"));
-    if (def) {
-      json_t *card = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, def);
-      if (!tp_is_card_source(card, cus))
-        def = NULL;
-      json_decref(card);
-    }
-    if (!def)
-      def = json_string_value(json_object_get(json_object_get(c, "invoice_settings"), "default_payment_method"));
+    const char *def =
+        json_string_value(json_object_get(json_object_get(c, "invoice_settings"), "default_payment_method"));
     tp_scopy(source, sizeof source, def ? def : "");
     json_decref(c);
   }

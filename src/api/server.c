@@ -45,6 +45,10 @@ struct tp_app tp_app;
 
 static struct MHD_Daemon *daemon_;
 static atomic_uint inflight;
+/* Requests from their first byte to the end of their reply (on_completed):
+ * the graceful stop waits for them, not only for the suspended ones, so a
+ * request being handled or still arriving at the signal is answered. */
+static atomic_uint active;
 static bool log_requests = true; /* [log] requests */
 
 unsigned tp_http_inflight(void)
@@ -966,6 +970,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
       return MHD_NO;
     }
     tp_utf8_scrub(r->url);
+    atomic_fetch_add(&active, 1); /* until on_completed */
     char rnd[15];
     tp_random_b62(rnd, 14);
     snprintf(r->request_id, sizeof r->request_id, "req_%s", rnd);
@@ -1004,6 +1009,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
   } else if (r->lock_rerun) {
     r->lock_rerun = false;
     r->suspended = false;
+    if (tp_app.shutting_down && strcmp(r->method, "POST") == 0) {
+      /* Woken after the signal: a stopping gateway starts nothing new (it
+       * changed nothing yet, so the client can retry elsewhere). */
+      drop_reply(r);
+      tp_reply_error(r, TP_ERR_SHUTTING_DOWN, NULL, NULL);
+      return queue_reply(r);
+    }
     run_handler(r);
     if (r->suspended)
       return MHD_YES;
@@ -1020,6 +1032,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   struct tp_req *r = *con_cls;
   if (!r || r == (void *)&encoded_delimiter)
     return;
+  atomic_fetch_sub(&active, 1);
   tp_idem_end(r);
   if (r->raw_resp)
     MHD_destroy_response(r->raw_resp);
@@ -1171,11 +1184,17 @@ void tp_http_stop(unsigned wait_ms)
   }
   tp_stream_shutdown(); /* upgraded sockets must be closed before MHD stops */
   /* A suspended request ends by its payment's deadline plus one call's
-   * timeout (or sooner); libmicrohttpd aborts the process if it is stopped
-   * with a connection still suspended, so wait for that, not only wait_ms. */
-  int64_t longest = tp_payflow_longest_ms() + 2000;
+   * timeout, or a lock wait by lock_wait_ms (then answered 503, starting
+   * nothing); libmicrohttpd aborts the process if it is stopped with a
+   * connection still suspended, so wait for that, not only wait_ms. The
+   * wait is for every request begun (active): one being handled or still
+   * arriving is answered too, unless its client stalls past the bound. */
+  int64_t longest = tp_payflow_longest_ms();
+  if (lock_wait_ms > longest)
+    longest = lock_wait_ms;
+  longest += 2000;
   int64_t until = tp_mono_ms() + (longest > (int64_t)wait_ms ? longest : (int64_t)wait_ms);
-  while (atomic_load(&inflight) > 0 && tp_mono_ms() < until)
+  while ((atomic_load(&active) > 0 || atomic_load(&inflight) > 0) && tp_mono_ms() < until)
     usleep(5000);
   if (atomic_load(&inflight) > 0) {
     /* Cannot happen by the bound above; everything acknowledged is

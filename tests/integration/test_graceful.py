@@ -114,7 +114,8 @@ class SlowProcessorShutdownTest(DaemonTestCase):
         cls.slow = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
         cls.slow.daemon_threads = True
         threading.Thread(target=cls.slow.serve_forever, daemon=True).start()
-        return ("[processor.slow]\ntype = restjson\nendpoint = http://127.0.0.1:%d/p\napi_key = k\n"
+        return ("[server]\nlock_wait_ms = 20000\n"
+                "[processor.slow]\ntype = restjson\nendpoint = http://127.0.0.1:%d/p\napi_key = k\n"
                 "timeout_ms = 11000\nhealth_interval_ms = 60000\n" % cls.slow.server_address[1])
 
     def test_sigterm_waits_for_a_call_longer_than_ten_seconds(self):
@@ -140,6 +141,73 @@ class SlowProcessorShutdownTest(DaemonTestCase):
         self.assertEqual(rc, 0, "exit status after SIGTERM\n" + self.daemon.log_tail())
         self.assertIn("r", got, "no reply")
         self.assertGreaterEqual(got["r"].status, 400, got["r"])
+
+    def test_a_request_waiting_on_a_lock_at_sigterm_starts_nothing(self):
+        """A second confirm of a PaymentIntent waits for the first's lock
+        (lock_wait_ms 20 s); the signal comes meanwhile. Woken when the
+        first ends, it is answered 503 shutting_down and sends no new
+        processor call (it ran a whole payment after the signal, past the
+        stop's bound: exit 1, its client unanswered)."""
+        import threading
+        if self.daemon.proc is None:
+            self.daemon.start(config=self.config())
+        c = self.c()
+        pi = c.post(PI, {"amount": 700, "currency": "usd", "payment_method": "pm_card_visa"}).json
+        got = {}
+
+        def confirm(name):
+            got[name] = c.post(PI + "/%s/confirm" % pi["id"], {})
+        ts = [threading.Thread(target=confirm, args=(n,)) for n in ("a", "b")]
+        ts[0].start()
+        time.sleep(0.5)
+        ts[1].start()
+        time.sleep(0.5)
+        proc = self.daemon.proc
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(40)
+        except subprocess.TimeoutExpired:
+            rc = None
+            self.daemon.kill9()
+        else:
+            self.daemon.proc = None
+        for t in ts:
+            t.join(30)
+        self.assertEqual(rc, 0, "exit status after SIGTERM\n" + self.daemon.log_tail())
+        self.assertEqual(sorted(got), ["a", "b"], got)
+        self.assertGreaterEqual(got["a"].status, 400, got["a"])
+        self.assertEqual((got["b"].status, got["b"].json["error"]["tp_code"]), (503, 8004), got["b"])  # shutting_down
+
+    def test_a_body_still_arriving_at_sigterm_is_answered(self):
+        """A POST whose body ends half a second after the signal gets its
+        503 shutting_down instead of a closed connection."""
+        import socket
+        if self.daemon.proc is None:
+            self.daemon.start(config=self.config())
+        key = self.daemon.merchants["m"]["secret_key"]
+        body = b"amount=500&currency=usd"
+        s = socket.create_connection((self.daemon.host, self.daemon.port), timeout=30)
+        try:
+            s.sendall(b"POST /v1/payment_intents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode() +
+                      b"\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n" % len(body)
+                      + body[:5])
+            time.sleep(0.3)
+            proc = self.daemon.proc
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            s.sendall(body[5:])
+            reply = b""
+            while b"\r\n\r\n" not in reply:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+        finally:
+            s.close()
+        rc = proc.wait(30)
+        self.daemon.proc = None
+        self.assertTrue(reply.startswith(b"HTTP/1.1 503"), reply[:200])
+        self.assertEqual(rc, 0, self.daemon.log_tail())
 
 
 

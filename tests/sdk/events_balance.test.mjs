@@ -39,6 +39,11 @@ test('a successful payment emits payment_intent.succeeded and charge.succeeded a
 
   const createdEvt = await findEvent('payment_intent.created', pi.id);
   assert.ok(createdEvt, 'payment_intent.created event listed');
+  // as created (not yet confirmed), naming the PaymentMethod that paid:
+  // pm_card_visa stands for a new one, which the event must not hide
+  assert.equal(createdEvt.data.object.status, 'requires_confirmation');
+  assert.equal(createdEvt.data.object.payment_method, pi.payment_method);
+  assert.match(pi.payment_method, /^pm_(?!card_)/);
 
   const got = await stripe.events.retrieve(piEvt.id);
   assert.equal(got.id, piEvt.id);

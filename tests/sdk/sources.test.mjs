@@ -42,3 +42,20 @@ test('cards are added, listed, updated and deleted on the customer', async () =>
   const after = await stripe.customers.retrieve(customer.id);
   assert.notEqual(after.default_source, mc.id);
 });
+
+test('a PaymentIntent confirmed with only a customer is paid by its default card source', async () => {
+  // Stripe, for integrations moving from the Charges API: with confirm=true
+  // and no payment_method or source, customer.default_source pays.
+  const customer = await stripe.customers.create({ source: 'tok_visa' });
+  const pi = await stripe.paymentIntents.create({ amount: 1300, currency: 'usd', customer: customer.id, confirm: true });
+  assert.equal(pi.status, 'succeeded');
+  assert.equal(pi.payment_method, customer.default_source);
+  // the card is still the customer's, and pays again
+  const again = await stripe.paymentIntents.create({ amount: 700, currency: 'usd', customer: customer.id, confirm: true });
+  assert.equal(again.status, 'succeeded');
+  // a customer without a default card source: the payment method is missing
+  const bare = await stripe.customers.create({});
+  const err = await expectError(stripe.paymentIntents.create({ amount: 700, currency: 'usd', customer: bare.id, confirm: true }),
+    errors.StripeInvalidRequestError);
+  assert.equal(err.param, 'payment_method');
+});
