@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #define TP_HTTP_MAX_CONNECTIONS 4096
@@ -36,6 +37,11 @@
  * too little room for a reply (it closed such connections without one,
  * from ~15.4 KB): 431 at once. */
 #define TP_HTTP_HEADERS_MAX 15000
+/* What libmicrohttpd 0.9.75 spends of that pool per header field beyond
+ * its bytes (its field record): counted against TP_HTTP_HEADERS_MAX, or
+ * many small fields (~210 of one byte) passed the count and left no room
+ * for the reply, which was then never sent, after the payment was made. */
+#define TP_HTTP_FIELD_OVERHEAD 64
 #define TP_HTTP_TIMEOUT_S 60
 #define TP_HTTP_TIMEOUT_TEXT "60" /* TP_HTTP_TIMEOUT_S, for the Keep-Alive header */
 #define TP_HTTP_MAX_QUERY 8192
@@ -828,11 +834,17 @@ static void raw_reply_close(struct MHD_Connection *conn, unsigned status, const 
     json_t *whole = err ? json_pack("{s:o}", "error", err) : NULL;
     char *body = whole ? json_dumps(whole, JSON_COMPACT) : NULL;
     json_decref(whole);
-    char head[360];
+    /* RFC 9110 6.6.1: an origin server with a clock sends Date. */
+    char date[40] = "";
+    struct tm tm;
+    time_t now = time(NULL);
+    if (gmtime_r(&now, &tm))
+      strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    char head[400];
     int hl = snprintf(head, sizeof head,
-                      "HTTP/1.1 %u %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                      "HTTP/1.1 %u %s\r\nDate: %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
                       "Request-Id: %s\r\nContent-Length: %zu\r\n\r\n",
-                      status, reason, request_id, body ? strlen(body) : 0);
+                      status, reason, date, request_id, body ? strlen(body) : 0);
     if (hl > 0 && (size_t)hl < sizeof head && send(fd, head, (size_t)hl, MSG_NOSIGNAL | MSG_DONTWAIT) == hl && body)
       (void)send(fd, body, strlen(body), MSG_NOSIGNAL | MSG_DONTWAIT);
     free(body);
@@ -858,7 +870,7 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
 {
   (void)kind;
   struct header_scan *h = cls;
-  h->bytes += strlen(key) + (value ? strlen(value) : 0) + 4;
+  h->bytes += strlen(key) + (value ? strlen(value) : 0) + 4 + TP_HTTP_FIELD_OVERHEAD;
   if (strpbrk(key, " \t"))
     h->bad_name = true;
   else if (strcasecmp(key, "Content-Length") == 0) {
@@ -894,7 +906,9 @@ static enum tp_err framing_error(struct tp_req *r, const char *version, size_t u
   memset(&h, 0, sizeof h);
   h.bytes = url_len;
   MHD_get_connection_values(conn, MHD_HEADER_KIND, scan_header, &h);
-  bool http11 = version && strcmp(version, "HTTP/1.1") == 0;
+  /* HTTP/1.1, or a later 1.x, which a 1.1 server handles as 1.1 (RFC 9110
+   * 2.5); HTTP/1.0 otherwise. */
+  bool http11 = version && strncmp(version, "HTTP/1.", 7) == 0 && version[7] >= '1' && version[7] <= '9';
   *why = NULL;
   r->coded_body = h.coded_body;
   /* Will the connection stay open after this reply (RFC 9112 9.3)? */

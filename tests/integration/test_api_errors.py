@@ -678,6 +678,7 @@ class ApiErrorsTest(DaemonTestCase):
                 if n <= 16200:  # Stripe's shape: 414 (a query string is not content: RFC 9110 15.5.15)
                     self.assertIn(" 414 ", status, n)
                     self.assertRegex(head, rb"(?i)\r\nrequest-id: req_\w+\r\n")
+                    self.assertRegex(head, rb"\r\nDate: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT\r\n")
                     length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
                     while len(rest) < length:
                         chunk = s.recv(65536)
@@ -692,6 +693,74 @@ class ApiErrorsTest(DaemonTestCase):
                 s.close()
         self.assertGreater(shaped, 40)
         self.assertEqual(self.c("bad").get("/healthz").status, 200)
+
+    def test_a_later_http_1_minor_version_is_served_as_1_1(self):
+        """RFC 9110 2.5: HTTP/1.2 is handled as 1.1 (chunked allowed, Host
+        required), not as 1.0."""
+        import socket
+        key = self.daemon.merchants["decline"]["secret_key"]
+        form = b"amount=500&currency=usd"
+        for head, want in ((b"Host: t\r\nTransfer-Encoding: chunked\r\n", b" 200 "), (b"", b" 400 ")):
+            body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(form), form) if b"chunked" in head else form
+            if b"chunked" not in head:
+                head += b"Content-Length: %d\r\n" % len(form)
+            s = socket.create_connection((self.daemon.host, self.daemon.port), timeout=10)
+            try:
+                s.sendall(b"POST /v1/payment_intents HTTP/1.2\r\n" + head + b"Authorization: Bearer " + key.encode()
+                          + b"\r\nContent-Type: application/x-www-form-urlencoded\r\nConnection: close\r\n\r\n"
+                          + body)
+                data = b""
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            finally:
+                s.close()
+            self.assertIn(want, data.split(b"\r\n", 1)[0], data[:300])
+
+    def test_a_request_with_many_header_fields_is_answered_or_refused(self):
+        """Header sections of many fields near the limit, on a confirming
+        POST: each is answered (and its payment made) or refused with 431
+        (nothing made); none is made and then closed unanswered. Before,
+        libmicrohttpd's ~60 bytes per field were not counted: ~210 fields of
+        one byte, or 41 of 300, passed the check and left no room for the
+        reply, and each retry charged again."""
+        import socket
+        c = self.c("decline")
+        key = self.daemon.merchants["decline"]["secret_key"]
+        body = "amount=500&currency=usd&confirm=true&payment_method=pm_card_visa"
+        made = answered = refused = 0
+        for vl, ns in ((1, range(190, 232, 3)), (60, range(105, 130, 2)), (300, range(36, 47))):
+            for n in ns:
+                tag = "hdr-%d-%d" % (vl, n)
+                form = body + "&metadata[t]=" + tag
+                extra = "".join("X-%04d: %s\r\n" % (i, "v" * vl) for i in range(n))
+                req = ("POST /v1/payment_intents HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n%s"
+                       "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n"
+                       "Connection: close\r\n\r\n%s" % (key, extra, len(form), form))
+                s = socket.create_connection((self.daemon.host, self.daemon.port), timeout=10)
+                try:
+                    s.sendall(req.encode())
+                    data = b""
+                    while True:
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                finally:
+                    s.close()
+                status = data.split(b"\r\n", 1)[0].decode()
+                hits = c.get("/v1/payment_intents/search", {"query": "metadata['t']:'%s'" % tag}).json["data"]
+                self.assertRegex(status, r"^HTTP/1\.1 (200|431) ", (vl, n, len(req), data[:120]))
+                if " 200 " in status:
+                    answered += 1
+                    self.assertEqual(len(hits), 1, (vl, n))
+                else:
+                    refused += 1
+                    self.assertEqual(hits, [], (vl, n))
+        self.assertGreater(answered, 0)
+        self.assertGreater(refused, 0)
 
     def test_body_over_256_kib_is_rejected_with_413(self):
         self.send_bad("body_300k")
