@@ -1448,6 +1448,26 @@ static unsigned lock_hash(const char *s)
 }
 
 _Thread_local char tp_lock_busy_id[TP_ID_MAX];
+static _Thread_local char lock_pretend[TP_ID_MAX];
+
+void tp_lock_pretend(const char *id)
+{
+  tp_scopy(lock_pretend, sizeof lock_pretend, id ? id : "");
+}
+
+bool tp_lock_foreign(const char *merchant, const char *id)
+{
+  bool ok;
+  /* a card of the legacy Cards API is a PaymentMethod with its own prefix */
+  enum tp_kind kind = strncmp(id, "card_", 5) == 0 ? TP_K_PAYMENT_METHOD : kind_of_id(id, &ok);
+  if (strncmp(id, "card_", 5) != 0 && !ok)
+    return false;
+  json_t *o = tp_store_get_json(&tp_app.store, kind, merchant, id);
+  if (!o)
+    return !tp_store_read_failed; /* a failed read proves nothing */
+  json_decref(o);
+  return false;
+}
 
 static bool held(unsigned b, const char *id)
 {
@@ -1459,6 +1479,8 @@ static bool held(unsigned b, const char *id)
 
 bool tp_lock_try(const char *id)
 {
+  if (lock_pretend[0] && strcmp(id, lock_pretend) == 0)
+    return true;
   unsigned b = lock_hash(id);
   pthread_mutex_lock(&lock_mu);
   if (held(b, id)) {
@@ -1607,6 +1629,8 @@ int tp_lock_wait(const char *id, int64_t deadline_ms, void (*wake)(void *arg), v
 
 void tp_lock_release(const char *id)
 {
+  if (lock_pretend[0] && strcmp(id, lock_pretend) == 0)
+    return;
   unsigned b = lock_hash(id);
   struct lock_waiter *woken = NULL;
   pthread_mutex_lock(&lock_mu);

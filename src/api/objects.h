@@ -202,6 +202,18 @@ json_t *tp_balance_object(const char *merchant, const struct tp_balance_move *mo
 bool tp_lock_try(const char *id);
 void tp_lock_release(const char *id);
 extern _Thread_local char tp_lock_busy_id[64]; /* TP_ID_MAX */
+/* Locks are by id, for the whole gateway. Id is an object that merchant
+ * does not have (another merchant's, which its own request holds; or
+ * none): nothing for this merchant's request to wait for. False for an id
+ * of no known kind. */
+bool tp_lock_foreign(const char *merchant, const char *id);
+/* Until tp_lock_pretend(NULL), this thread's tp_lock_try(id) succeeds and
+ * tp_lock_release(id) does nothing, the lock left to whoever holds it: a
+ * request run again past a foreign id (run_handler), whose reads under its
+ * merchant find nothing there and answer as for an id that never existed,
+ * at once (a wait, then 429, told another merchant the id exists and is
+ * busy). */
+void tp_lock_pretend(const char *id);
 /* Call wake(arg) once, from another thread, when id is released or at
  * deadline_ms (tp_mono_ms), whichever is first: 1. 0 (and no call) if id
  * is not held any more; -1 if it cannot wait (no memory, no timer thread).

@@ -516,13 +516,32 @@ static void drop_reply(struct tp_req *r)
  * replied 429 lock_timeout, having changed nothing), the request waits,
  * suspended, for that object's release, then runs again; the 429 goes out
  * when the wait ends with the object still held. */
+static void run_handler_loop(struct tp_req *r);
+
 static void run_handler(struct tp_req *r)
 {
+  run_handler_loop(r);
+  tp_lock_pretend(NULL); /* the thread's next request is another's */
+}
+
+static void run_handler_loop(struct tp_req *r)
+{
+  bool pretended = false;
   for (;;) {
     tp_lock_busy_id[0] = '\0';
     r->route->fn(r);
     if (r->suspended || !tp_lock_busy_id[0] || r->status != 429 || lock_wait_ms <= 0)
       return;
+    if (!pretended && tp_lock_foreign(r->merchant.id, tp_lock_busy_id)) {
+      /* Another merchant's object (its own request holds it), or none:
+       * run again past its lock; the reads under this merchant find
+       * nothing there and answer as for an id that never existed. (Once:
+       * a second such id waits like any other.) */
+      tp_lock_pretend(tp_lock_busy_id);
+      pretended = true;
+      drop_reply(r);
+      continue;
+    }
     int64_t now = tp_mono_ms();
     if (!r->lock_deadline_ms)
       r->lock_deadline_ms = now + lock_wait_ms;

@@ -194,6 +194,7 @@ class ConnectorContract(unittest.TestCase):
         cls.daemon = Daemon()
         try:
             cls.daemon.create_merchant("m")
+            cls.daemon.create_merchant("n")
             cls.daemon.start(config=(
                 "[server]\n"
                 "lock_wait_ms = 1000\n"
@@ -456,6 +457,30 @@ class ConnectorContract(unittest.TestCase):
                        timeout=30, what="recovery settles the refund")
         self.assertEqual(evs[0]["type"], "refund.created", [e["type"] for e in evs])
         self.assertEqual(evs[0]["data"]["object"]["metadata"], {"note": "x"})
+
+    def test_another_merchant_naming_a_busy_object_is_told_it_is_missing_at_once(self):
+        """Locks are by id for the whole gateway: merchant n naming m's
+        charge while m's refund holds it used to wait lock_wait_ms and get
+        429 (an id that never existed: 404 at once), telling n the id exists
+        and is busy. Now the same 404, at once, and m's refund unharmed."""
+        out, t, re_id = self.refund_held("slow_refund_long")
+        n = self.daemon.client("n")
+        ch = self.c.get("/v1/refunds/" + re_id).json["charge"]
+        try:
+            t0 = time.monotonic()
+            got = n.post("/v1/refunds", {"charge": ch, "amount": 100})
+            waited = time.monotonic() - t0
+            none = n.post("/v1/refunds", {"charge": "ch_" + "Zq" * 12, "amount": 100})
+            cus = n.post("/v1/customers/%s" % ch, {"metadata[x]": "y"})
+        finally:
+            t.join(10)
+            self.fake.mode = "ok"
+        self.assertLess(waited, 0.5, got)
+        self.assertEqual((got.status, got.json["error"]["code"]), (404, "resource_missing"), got)
+        self.assertEqual(got.json["error"]["message"].replace(ch, "X"),
+                         none.json["error"]["message"].replace("ch_" + "Zq" * 12, "X"))
+        self.assertEqual(cus.status, 404, cus)
+        self.assertEqual((out["r"].status, out["r"].json["status"]), (200, "succeeded"), out["r"])
 
     def test_a_wait_for_a_busy_object_ends_in_lock_timeout(self):
         """An object held for longer than [server] lock_wait_ms (1000 here):
