@@ -146,8 +146,12 @@ static void fee_key_ok(const char *key, const char *value, void *arg)
    * number: 15.50 is no amount of yen); "fee.CUR" to its own. */
   const char *code = strncasecmp(key, "fee.", 4) == 0 ? key + 4 : strcasecmp(key, "fee") == 0 ? "jpy" : NULL;
   const struct tp_currency *c = code ? tp_currency_find(code) : NULL;
-  int64_t fee;
-  if (!c || tp_amount_parse(value, c, &fee) != 0 || fee < 0 || fee > TP_AMOUNT_MAX) {
+  int64_t fee, most = 0;
+  /* and an amount in the currency of most decimals too (CLF, 4), where it
+   * is the most minor units */
+  bool every = strcasecmp(key, "fee") == 0;
+  if (!c || tp_amount_parse(value, c, &fee) != 0 || fee < 0 || fee > TP_AMOUNT_MAX ||
+      (every && (tp_amount_parse(value, tp_currency_find("clf"), &most) != 0 || most > TP_AMOUNT_MAX))) {
     tp_log(TP_LOG_ERROR, "config_invalid", "{s:s, s:s, s:s, s:s}", "section", "disputes", "key", key, "value", value,
            "why", code && c ? "not an amount in that currency (fee applies to every currency: a whole number)"
                             : "not fee or fee.CUR of a currency");

@@ -47,6 +47,7 @@ struct rj_xfer {
   size_t resp_len, resp_cap;
   bool too_large;
   bool sent;                        /* a connection was ready to carry the request (on_prereq) */
+  bool resend_refused;              /* libcurl would have sent it again (on_prereq) */
   char errbuf[CURL_ERROR_SIZE];     /* libcurl's words for a failure (logged for TLS failures) */
   struct rj_xfer *next_free;        /* free list */
   struct rj_xfer *prev, *next;      /* in-flight list */
@@ -390,11 +391,20 @@ void tp_restjson_interpret(struct tp_proc_call *c, long http, const char *body, 
 }
 
 /* libcurl calls this when a connection (new or reused) is ready and the
- * request is about to go out on it. */
+ * request is about to go out on it. A second call is libcurl's own retry of
+ * a request whose kept-alive connection died before any answer: the
+ * processor may have acted on the first send, and a processor that answers
+ * a used reference with 409, or does not deduplicate, would then refuse or
+ * repeat it (a capture made there and failed here; a refund made twice).
+ * So never twice: the outcome is unknown, which a status query settles. */
 static int on_prereq(void *arg, char *primary_ip, char *local_ip, int primary_port, int local_port)
 {
   (void)primary_ip, (void)local_ip, (void)primary_port, (void)local_port;
   struct rj_xfer *x = arg;
+  if (x->sent) {
+    x->resend_refused = true;
+    return CURL_PREREQFUNC_ABORT;
+  }
   x->sent = true;
   return CURL_PREREQFUNC_OK;
 }
@@ -444,10 +454,11 @@ static void finish_xfer(struct rj_xfer *x, CURLcode rc)
   else if (rc == CURLE_OPERATION_TIMEDOUT && !x->sent)
     /* No connection (TCP or TLS) was made in time: the request never left. */
     set_error(c, "processor_connect_timeout");
-  else if (rc != CURLE_OK && x->sent && not_sent_code(curl_error_code(rc)))
+  else if (x->resend_refused || (rc != CURLE_OK && x->sent && not_sent_code(curl_error_code(rc))))
     /* A connection failure after the request went out: libcurl sent it on a
      * kept-alive connection that then died, and its own retry on a fresh
-     * connection could not connect, resolve or shake hands. The processor
+     * connection was refused (on_prereq) or could not connect, resolve or
+     * shake hands. The processor
      * may have acted on the first send, so the outcome is unknown (a status
      * query settles it), not "never reached the processor". */
     set_error(c, "processor_connection_reset");
@@ -561,6 +572,7 @@ static void start_call(struct rj *rj, struct tp_proc_call *c)
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
   x->sent = false;
+  x->resend_refused = false;
   x->errbuf[0] = '\0';
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
   curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);

@@ -150,6 +150,10 @@ class FakeProcessor:
                         "auth_code": None if d else "A1B2C3", "amount": js["amount"],
                         "currency": js["currency"], "captured": bool(js["capture"]) and not d})
                 if method == "POST" and path.endswith("/capture"):
+                    if mode == "reset_capture":  # done here, then the connection dies unanswered
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return None
                     return self._reply(200, {"status": "captured", "reference": js["reference"]})
                 if method == "POST" and path.endswith("/void"):
                     return self._reply(200, {"status": "voided", "reference": js["reference"]})
@@ -481,6 +485,24 @@ class ConnectorContract(unittest.TestCase):
                          none.json["error"]["message"].replace("ch_" + "Zq" * 12, "X"))
         self.assertEqual(cus.status, 404, cus)
         self.assertEqual((out["r"].status, out["r"].json["status"]), (200, "succeeded"), out["r"])
+
+    def test_a_call_whose_connection_dies_unanswered_is_not_sent_again(self):
+        """A capture that goes out on a kept-alive connection which then
+        dies before any answer: libcurl would send it again on a fresh one
+        (same reference), which a processor that refuses used references
+        answers 409 and one that does not deduplicate repeats. Sent once;
+        its outcome is unknown and is asked for, not re-sent."""
+        r = self.pay(PAN_OK, capture_method="manual")
+        self.assertEqual(r.status, 200, r)
+        before = len(self.fake.calls("/capture"))
+        self.fake.mode = "reset_capture"
+        try:
+            cap = self.c.post("/v1/payment_intents/%s/capture" % r.json["id"], {})
+        finally:
+            self.fake.mode = "ok"
+        sent = self.fake.calls("/capture")[before:]
+        self.assertEqual(len(sent), 1, [(m, p) for m, p, *_ in sent])
+        self.assertNotEqual(cap.status, 200, cap)
 
     def test_a_wait_for_a_busy_object_ends_in_lock_timeout(self):
         """An object held for longer than [server] lock_wait_ms (1000 here):
@@ -883,6 +905,8 @@ class BadConfig(unittest.TestCase):
                 ("[ratelimit]\nrate = 2/s\n", "config_invalid_stop"),
                 ("[balance]\navailable_after_seconds = 7d\n", "config_invalid_stop"),
                 ("[disputes]\nfee = 15.50\n", "config_invalid"),
+                # a fee of every currency that is too large in one (CLF, 4 decimals): 0 there
+                ("[disputes]\nfee = 1000000\n", "config_invalid"),
                 ("[tls]\ncert =\nkey =\n", "tls_config")):
             d = Daemon()
             try:
