@@ -320,21 +320,23 @@ static void map_status(struct tp_proc_call *c, enum tp_proc_kind kind, json_t *j
                    : kind == TP_PROC_CAPTURE ? "captured"
                    : kind == TP_PROC_VOID    ? "voided"
                                              : "succeeded";
-  if (kind == TP_PROC_STATUS && strcmp(st, "voided") == 0 &&
-      strcmp(json_string_value(json_object_get(js, "operation")) ?: "", "authorize") == 0) {
+  /* A status answer is about an authorization when it says so, or, when it
+   * names no operation, when we asked about one (the attempt's kind). */
+  const char *op = json_string_value(json_object_get(js, "operation"));
+  bool of_auth = kind == TP_PROC_STATUS && (op ? strcmp(op, "authorize") == 0 : c->status_of == TP_PROC_AUTHORIZE);
+  if (of_auth && strcmp(st, "voided") == 0) {
     /* An authorization voided before it arrived (we fenced the reference
      * after a lost answer): it never charged. */
     c->outcome = TP_OUT_NOT_FOUND;
     return;
   }
-  bool approved = strcmp(st, ok) == 0;
+  /* an authorization that captured in the same call (capture=true) may say so */
+  bool approved = strcmp(st, ok) == 0 || (kind == TP_PROC_AUTHORIZE && c->capture && strcmp(st, "captured") == 0);
   if (kind == TP_PROC_STATUS) /* the stored answer of any operation */
     approved = strcmp(st, "approved") == 0 || strcmp(st, "captured") == 0 || strcmp(st, "voided") == 0 ||
                strcmp(st, "succeeded") == 0;
   if (approved) {
-    if (kind == TP_PROC_AUTHORIZE ||
-        (kind == TP_PROC_STATUS && strcmp(json_string_value(json_object_get(js, "operation")) ?: "", "authorize") == 0 &&
-         c->amount > 0)) {
+    if (kind == TP_PROC_AUTHORIZE || (of_auth && c->amount > 0)) {
       /* An approval must be for what we asked, read from its own answer or
        * from a status query after the answer was lost. */
       json_t *amt = json_object_get(js, "amount");

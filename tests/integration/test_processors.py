@@ -142,11 +142,20 @@ class FakeProcessor:
                     with outer.lock:
                         if ref in outer.kept:
                             outer.kept[ref] = dict(outer.kept[ref], status="voided")
+                if mode == "voided_then_500" and method == "POST" and path.endswith("/v1/authorizations"):
+                    # voided here at once, its answer lost; the status answer names no operation
+                    with outer.lock:
+                        outer.kept[js["reference"]] = {"id": "auth_" + js["reference"], "reference": js["reference"],
+                                                       "status": "voided", "amount": js["amount"],
+                                                       "currency": js["currency"]}
+                        outer.mode = "ok"  # once
+                    return self._reply(500, {"error": "boom"})
                 if method == "POST" and path.endswith("/v1/authorizations"):
                     d = DECLINES.get(js["card"]["number"])
                     return self._reply(200, {
                         "id": "auth_" + js["reference"], "reference": js["reference"],
-                        "status": "declined" if d else "approved", "decline_code": d,
+                        "status": "declined" if d else ("captured" if mode == "say_captured" and js["capture"]
+                                                        else "approved"), "decline_code": d,
                         "auth_code": None if d else "A1B2C3", "amount": js["amount"],
                         "currency": js["currency"], "captured": bool(js["capture"]) and not d})
                 if method == "POST" and path.endswith("/capture"):
@@ -503,6 +512,42 @@ class ConnectorContract(unittest.TestCase):
         sent = self.fake.calls("/capture")[before:]
         self.assertEqual(len(sent), 1, [(m, p) for m, p, *_ in sent])
         self.assertNotEqual(cap.status, 200, cap)
+
+    def test_an_authorization_that_captured_may_say_captured(self):
+        """An authorization sent with capture: true answered "captured" is
+        an approval (it counted as a bad response, asked its status, and
+        five of them opened the breaker)."""
+        before = processors(self.c)["fake"]
+        self.fake.mode = "say_captured"
+        try:
+            for _ in range(6):
+                r = self.pay(PAN_OK)
+                self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
+        finally:
+            self.fake.mode = "ok"
+        after = processors(self.c)["fake"]
+        self.assertEqual(after["breaker"], "closed", after)
+        self.assertEqual(after["errors"], before["errors"], after)
+
+    def test_a_status_answer_without_operation_is_read_by_what_was_asked(self):
+        """An authorization voided at the processor whose answer was lost:
+        its status answer says voided and names no operation. It is about
+        the authorization the gateway asked for, so it charged nothing: the
+        reference is fenced and the payment goes on (it was taken as an
+        approval: a payment succeeded with nothing charged)."""
+        n0 = len(self.fake.calls("/v1/authorizations"))
+        self.fake.mode = "voided_then_500"
+        try:
+            r = self.pay(PAN_OK)
+        finally:
+            self.fake.mode = "ok"
+        auths = self.fake.calls("/v1/authorizations")[n0:]
+        self.assertEqual(r.status, 200, r)
+        first = auths[0][3]["reference"]
+        self.assertEqual(len(auths), 2, [a[1] for a in auths])  # asked, fenced, then authorized again
+        self.assertTrue(any(c[1].endswith("/%s/void" % first) for c in self.fake.calls("/void")))
+        ch = self.c.get("/v1/charges/" + r.json["latest_charge"]).json
+        self.assertNotEqual(ch["turnpike"]["attempt"], first, ch)
 
     def test_a_wait_for_a_busy_object_ends_in_lock_timeout(self):
         """An object held for longer than [server] lock_wait_ms (1000 here):
