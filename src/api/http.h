@@ -83,6 +83,7 @@ struct tp_req {
   bool bad_path;       /* the path encodes a delimiter (%2F, %5C, %00): 404 */
   bool close_after;    /* refused before its body was read: Connection: close */
   bool keep_alive;     /* the client keeps the connection (Connection, HTTP version): say for how long */
+  bool http11;         /* HTTP/1.1 or a later 1.x (else 1.0) */
   bool coded_body;     /* Content-Encoding other than identity: 415 */
   bool suspended;
   bool lock_rerun;           /* woken from a lock wait: run the handler again */

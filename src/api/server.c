@@ -932,6 +932,7 @@ static enum tp_err framing_error(struct tp_req *r, const char *version, size_t u
   r->coded_body = h.coded_body;
   /* Will the connection stay open after this reply (RFC 9112 9.3)? */
   r->keep_alive = http11 ? !h.conn_close : h.conn_keep;
+  r->http11 = http11;
   if (h.bytes > TP_HTTP_HEADERS_MAX)
     return TP_ERR_HEADERS_TOO_LARGE;
   if (h.bad_name)

@@ -109,6 +109,7 @@ struct conn {
   uint16_t close_code;
   char close_reason[64];
   bool io_failed;      /* the socket failed (not the peer's protocol) */
+  bool frame_open;     /* a frame is partly written: nothing else may go out before its rest */
   int64_t close_deadline_ms;
   bool ping_outstanding;
   int64_t next_ping_ms;
@@ -149,8 +150,9 @@ void tp_stream_token_make(const char *merchant, long long expires_at, char *out,
   snprintf(out, cap, "wst_%s.%s", msg, mac);
 }
 
-bool tp_stream_token_verify(const char *token, char *merchant, size_t mcap)
+bool tp_stream_token_verify(const char *token, char *merchant, size_t mcap, bool *expired)
 {
+  *expired = false;
   if (!token || strncmp(token, "wst_", 4) != 0 || strlen(token) > TP_STREAM_TOKEN_MAX)
     return false;
   const char *body = token + 4;
@@ -173,8 +175,12 @@ bool tp_stream_token_verify(const char *token, char *merchant, size_t mcap)
   *dot = '\0';
   char *end;
   long long exp = strtoll(dot + 1, &end, 10);
-  if (*end || exp < tp_now() || strlen(msg) >= mcap || !msg[0])
+  if (*end || strlen(msg) >= mcap || !msg[0])
     return false;
+  if (exp < tp_now()) {
+    *expired = true; /* ours, only old */
+    return false;
+  }
   snprintf(merchant, mcap, "%s", msg);
   return true;
 }
@@ -303,6 +309,8 @@ static ssize_t ws_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
 {
   struct conn *c = user;
   ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL | ((flags & WSLAY_MSG_MORE) ? MSG_MORE : 0));
+  if (n >= 0) /* wslay says MORE while the frame it writes has more to come */
+    c->frame_open = (size_t)n < len || (flags & WSLAY_MSG_MORE);
   if (n < 0) {
     bool again = errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
     c->io_failed |= !again;
@@ -417,13 +425,22 @@ static void replay_step(struct conn *c)
   if (!c->replay_checked) {
     json_t *args = tp_pack("[s, s, I]", c->merchant, c->replay_last, (json_int_t)(cfg.replay_max + 1));
     json_t *rows = tp_store_query(&tp_app.store,
-                                  "SELECT count(*) AS n FROM (SELECT 1 FROM events WHERE merchant = ?1 AND id > ?2 "
-                                  "LIMIT ?3)",
+                                  "SELECT count(*) AS n, (SELECT max(id) FROM events WHERE merchant = ?1) AS newest "
+                                  "FROM (SELECT 1 FROM events WHERE merchant = ?1 AND id > ?2 LIMIT ?3)",
                                   args);
     json_decref(args);
     json_t *n = json_object_get(json_array_get(rows, 0), "n");
+    const char *newest = json_string_value(json_object_get(json_array_get(rows, 0), "newest"));
     bool ok = json_is_integer(n);
     bool too_far = ok && json_integer_value(n) > cfg.replay_max;
+    if (ok && (!newest || strcmp(c->replay_last, newest) > 0)) {
+      /* After every event of this account (another's id, or made up): the
+       * live events would all sort before it and be skipped for good. Said,
+       * and the resume goes on from the newest event there is (those
+       * committed since the subscription still come). */
+      tp_scopy(c->replay_last, sizeof c->replay_last, newest ? newest : "");
+      send_error(c, "invalid_subscription", "last_event_id is after every event of this account; resuming from now.");
+    }
     json_decref(rows);
     if (!ok || too_far) {
       c->replaying = false;
@@ -628,10 +645,11 @@ static void conn_pump(struct conn *c)
       /* The peer broke the framing in a way wslay gives up on (a control
        * frame over 125 bytes or fragmented, a length with its top bit set
        * or not in its shortest form). wslay has queued a close without a
-       * status code; RFC 6455 7.1.7 wants 1002. When that close is all that
-       * is queued (nothing half sent), the 1002 close goes out instead,
-       * written here; else what is queued goes, then wslay's close. */
-      if (wslay_event_get_queued_msg_count(c->ws) == 1) {
+       * status code (ahead of what else is queued); RFC 6455 7.1.7 wants
+       * 1002. Unless a frame is half written (its rest must come first,
+       * then wslay's close), the 1002 close goes out instead, written here;
+       * what was queued is dropped, as it would be after wslay's close. */
+      if (!c->frame_open) {
         static const uint8_t f[] = {0x88, 16, 0x03, 0xEA, 'p', 'r', 'o', 't', 'o', 'c', 'o', 'l', ' ', 'e', 'r', 'r',
                                     'o', 'r'};
         ssize_t w = send(c->fd, f, sizeof f, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -660,7 +678,10 @@ static void conn_pump(struct conn *c)
     c->dead = true; /* close handshake done */
     return;
   }
-  uint32_t want = EPOLLRDHUP;
+  /* Over its bound a client is not read, and a half-close then (RDHUP, level
+   * triggered) would wake the loop for nothing until the ping timeout: not
+   * asked for either until the queue drains. */
+  uint32_t want = over_bound(c) ? 0 : EPOLLRDHUP;
   if (wslay_event_want_read(c->ws) && !over_bound(c))
     want |= EPOLLIN;
   if (wslay_event_want_write(c->ws))
@@ -973,7 +994,9 @@ void tp_h_stream(struct tp_req *r)
     tp_reply_error(r, TP_ERR_WEBSOCKET_UPGRADE_REQUIRED, NULL, NULL);
     return;
   }
-  if (strcmp(r->method, "GET") != 0 || !ws_key_valid(key)) {
+  /* RFC 6455 4.1: the handshake is HTTP/1.1 or higher (libmicrohttpd will
+   * not upgrade a 1.0 connection: it was logged 101, never answered). */
+  if (strcmp(r->method, "GET") != 0 || !ws_key_valid(key) || !r->http11) {
     tp_reply_error(r, TP_ERR_WEBSOCKET_HANDSHAKE_INVALID, NULL, NULL);
     return;
   }
@@ -983,9 +1006,15 @@ void tp_h_stream(struct tp_req *r)
      * as failed keys do. */
     if (tp_req_login_blocked(r))
       return;
-    if (!tp_stream_token_verify(tok, r->merchant.id, sizeof r->merchant.id)) {
-      tp_req_login_failed(r, TP_ERR_AUTH_INVALID_KEY);
-      tp_reply_error(r, TP_ERR_AUTH_INVALID_KEY, NULL, "Invalid or expired stream token.");
+    bool expired;
+    if (!tp_stream_token_verify(tok, r->merchant.id, sizeof r->merchant.id, &expired)) {
+      /* An expired token is one we made (a browser reconnecting with its
+       * old URL), not a guess: it does not count toward the block, as an
+       * expired key does not (tp_req_login_failed). */
+      if (!expired)
+        tp_req_login_failed(r, TP_ERR_AUTH_INVALID_KEY);
+      tp_reply_error(r, TP_ERR_AUTH_INVALID_KEY, NULL,
+                     expired ? "Expired stream token: ask for a new one." : "Invalid stream token.");
       return;
     }
     r->authed = true;

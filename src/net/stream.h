@@ -23,7 +23,8 @@ void tp_stream_shutdown(void);
 bool tp_stream_type_matches(const char *pattern, const char *type);
 /* Make a stream token for merchant valid until expires_at (Unix seconds);
  * out gets at most cap bytes. Verify returns true and fills merchant
- * (cap mcap) when the token is genuine and not expired. */
+ * (cap mcap) when the token is genuine and not expired; *expired says a
+ * genuine token has expired. */
 void tp_stream_token_make(const char *merchant, long long expires_at, char *out, size_t cap);
-bool tp_stream_token_verify(const char *token, char *merchant, size_t mcap);
+bool tp_stream_token_verify(const char *token, char *merchant, size_t mcap, bool *expired);
 #endif

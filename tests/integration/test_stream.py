@@ -23,8 +23,12 @@ ping_interval_ms = 500
 class RawWS:
     """A minimal RFC 6455 client: enough to see status codes and frames."""
 
-    def __init__(self, port, key):
-        self.sock = socket.create_connection((HOST, port), timeout=5)
+    def __init__(self, port, key, rcvbuf=None):
+        self.sock = socket.socket(socket.AF_INET6 if ":" in HOST else socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:  # before connecting, so the window stays that small
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(5)
+        self.sock.connect((HOST, port))
         k = base64.b64encode(os.urandom(16)).decode()
         req = ("GET /v1/turnpike/stream HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
@@ -228,6 +232,7 @@ BOUNDS = """
 send_buffer_bytes = 16384
 replay_max = 40
 ping_interval_ms = 60000
+token_ttl_s = 5
 """
 
 
@@ -381,6 +386,101 @@ class StreamBoundsTest(DaemonTestCase):
             ws.sock.sendall(raw)
             self.assertEqual(struct.unpack(">H", ws.until(0x8)[:2])[0], 1002, raw[:2])
             ws.close()
+
+    def thread_cpu_s(self, name):
+        import glob
+        for d in glob.glob("/proc/%d/task/*" % self.daemon.proc.pid):
+            try:
+                with open(d + "/comm") as f:
+                    if f.read().strip() != name:
+                        continue
+                with open(d + "/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except OSError:
+                continue
+        self.fail("no thread " + name)
+
+    def test_a_half_close_past_the_bound_costs_nothing(self):
+        """A client past its queue bound (not read any more) that half-closes
+        its side: the stream thread waited on a half-close it could not act
+        on, at 100% CPU until the ping timeout."""
+        ws = RawWS(self.daemon.port, self.key(), rcvbuf=4096)
+        try:
+            self.assertEqual(ws.status, 101)
+            ping = bytes([0x89, 0x80 | 125]) + b"\0\0\0\0" + b"p" * 125
+            # ~210 KB of pongs owed: past the 128 KiB kernel buffer (socket_sndbuf) and the
+            # 16 KiB bound, while what the server leaves unread still fits its receive buffer
+            ws.sock.sendall(ping * 1600)
+            time.sleep(0.5)
+            ws.sock.shutdown(socket.SHUT_WR)
+            time.sleep(0.5)
+            before = self.thread_cpu_s("tp-stream")
+            time.sleep(3)
+            spent = self.thread_cpu_s("tp-stream") - before
+            self.assertLess(spent, 0.5, "the stream thread spent %.2f s of 3" % spent)
+        finally:
+            ws.close()
+
+    def test_a_framing_error_behind_queued_messages_still_gets_1002(self):
+        """A ping over 125 bytes sent right after a subscribe (whose answer
+        is queued): the close still says 1002 (it had no status code)."""
+        ws = self.ws()
+        try:
+            self.assertEqual(ws.status, 101)
+            ws.sock.sendall(bytes([0x81, 0x80 | 33]) + b"\0\0\0\0" + b'{"type":"subscribe","events":["*"]}'[:33]
+                            + bytes([0x89, 0x80 | 126]) + struct.pack(">H", 126) + b"\0\0\0\0" + b"p" * 126)
+            self.assertEqual(struct.unpack(">H", ws.until(0x8)[:2])[0], 1002)
+        finally:
+            ws.close()
+
+    def test_a_last_event_id_after_every_event_resumes_from_now(self):
+        """A last_event_id that sorts after every event of the account (a
+        Stripe-made id, another account's newer one): said, and the events
+        from then on come (every one was skipped for good)."""
+        ws = self.ws()
+        try:
+            self.subscribe(ws, "evt_1NG8Du2eZvKYlo2CUI79vXWy")
+            msgs = [json.loads(ws.until(0x1)), json.loads(ws.until(0x1))]
+            self.assertEqual(sorted(m["type"] for m in msgs), ["error", "subscribed"], msgs)
+            self.assertEqual([m["code"] for m in msgs if m["type"] == "error"], ["invalid_subscription"])
+            r = self.c("m").post("/v1/customers", {"name": "after"})
+            got = json.loads(ws.until(0x1))
+            self.assertEqual(got["event"]["data"]["object"]["id"], r.json["id"], got)
+        finally:
+            ws.close()
+
+    def test_an_http_1_0_upgrade_is_refused(self):
+        """RFC 6455 4.1: HTTP/1.1 or higher. libmicrohttpd does not upgrade a
+        1.0 connection: it was logged 101, closed unanswered, and its
+        handshake leaked."""
+        s = socket.create_connection((HOST, self.daemon.port), timeout=5)
+        s.sendall(("GET /v1/turnpike/stream HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer %s\r\n\r\n"
+                   % (base64.b64encode(os.urandom(16)).decode(), self.key())).encode())
+        head = s.recv(4096).decode("latin-1")
+        s.close()
+        self.assertTrue(head.startswith("HTTP/1.0 400") or head.startswith("HTTP/1.1 400"), head)
+
+    def test_an_expired_stream_token_is_not_a_failed_login(self):
+        """A browser reconnecting with its expired token (its old URL) is told
+        so; that is no guess, and does not lock its address out."""
+        import urllib.parse
+        r = self.c("m").post("/v1/turnpike/stream_tokens", {})
+        self.assertEqual(r.status, 200, r)
+        tok = r.json["token"]
+        time.sleep(max(0.0, r.json["expires_at"] - time.time()) + 1.5)
+        for _ in range(40):
+            s = socket.create_connection((HOST, self.daemon.port), timeout=5)
+            s.sendall(("GET /v1/turnpike/stream?token=%s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                       "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                       % (urllib.parse.quote(tok), base64.b64encode(os.urandom(16)).decode())).encode())
+            head = s.recv(4096).decode("latin-1")
+            s.close()
+            self.assertTrue(head.startswith("HTTP/1.1 401"), head)
+            self.assertIn("Expired", head)
+        self.assertEqual(self.c("m").get("/v1/customers", {"limit": 1}).status, 200)
+
 
 if __name__ == "__main__":
     main()
