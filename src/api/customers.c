@@ -56,7 +56,8 @@ static const char *const tax_exempt_choices[] = {"none", "exempt", "reverse", NU
   S("invoice_prefix"), \
   {"next_invoice_sequence", TP_P_INT, NULL, NULL}, \
   {"tax", TP_P_UNSUPPORTED, NULL, tp_why_tax}, \
-  {"validate", TP_P_UNSUPPORTED, NULL, tp_why_tax}, \
+  {"validate", TP_P_BOOL, NULL, NULL}, /* the legacy card check: made anyway */ \
+  {"card", TP_P_ANY, NULL, NULL}, /* source's older name (tp_card_param_alias) */ \
   {"cash_balance", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance}, \
   S("source")
 
@@ -364,7 +365,7 @@ static bool reply_object(struct tp_req *r, const json_t *obj, const json_t *know
 /* POST /v1/customers */
 void tp_h_customer_create(struct tp_req *r)
 {
-  if (!tp_check_params(r, spec_create))
+  if (!tp_check_params(r, spec_create) || !tp_card_param_alias(r))
     return;
   char id[TP_ID_MAX];
   tp_id_new(id, "cus");
@@ -524,7 +525,7 @@ static bool sources_apply(struct tp_req *r, struct tp_cs *cs, json_t *cus)
 /* POST /v1/customers/{id} */
 void tp_h_customer_update(struct tp_req *r)
 {
-  if (!tp_check_params(r, spec_update))
+  if (!tp_check_params(r, spec_update) || !tp_card_param_alias(r))
     return;
   if (!tp_lock_try(r->path_id)) {
     tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);

@@ -112,6 +112,26 @@ bool tp_email_param_ok(struct tp_req *r, const json_t *params, const char *key, 
   return false;
 }
 
+bool tp_card_param_alias(struct tp_req *r)
+{
+  json_t *card = json_object_get(r->params, "card");
+  if (!card)
+    return true;
+  if (!json_is_string(card)) {
+    tp_reply_error(r, TP_ERR_PARAMETER_UNSUPPORTED, "card",
+                   "Parameter not supported by Turnpike: card with the card's numbers (make a token or PaymentMethod "
+                   "of them, and pass its id as source)");
+    return false;
+  }
+  if (json_object_get(r->params, "source")) {
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "card", "card is the older name of source: give one of them.");
+    return false;
+  }
+  json_object_set(r->params, "source", card);
+  json_object_del(r->params, "card");
+  return true;
+}
+
 bool tp_set_string(struct tp_req *r, json_t *obj, const json_t *p, const char *key, const char *param, size_t max)
 {
   const json_t *v = json_object_get(p, key);

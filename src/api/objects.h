@@ -308,6 +308,11 @@ bool tp_billing_details_ok(struct tp_req *r, json_t *bd, const char *param);
 /* params[key], when set, is an email address (param names it in the 400);
  * false after replying. */
 bool tp_email_param_ok(struct tp_req *r, const json_t *params, const char *key, const char *param);
+/* `card`, the older name of `source` (Stripe API versions before
+ * 2015-02-18, which ActiveMerchant and omnipay still send): a card token or
+ * card id given as `card` becomes `source` in r->params. False after
+ * replying: both given, or a card hash (raw numbers are not a source here). */
+bool tp_card_param_alias(struct tp_req *r);
 /* Set obj[key] from the string param p[key] (param names it in errors):
  * absent leaves it, unset ("") makes it null, longer than max is a 400.
  * false after replying. */

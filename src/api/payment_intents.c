@@ -1302,6 +1302,16 @@ static const struct tp_pspec spec_charge_create[] = {
   {"transfer_group", TP_P_STRING, NULL, NULL},
   {"radar_options", TP_P_OBJECT, tp_spec_radar_options, NULL},
   {"expand", TP_P_STRLIST, NULL, NULL},
+  {"card", TP_P_ANY, NULL, NULL}, /* source's older name (tp_card_param_alias) */
+  /* What ActiveMerchant's Stripe gateway sends on every charge, for
+   * Stripe's fraud signals, which Stripe takes: taken, and not kept. */
+  {"payment_user_agent", TP_P_STRING, NULL, NULL},
+  {"ip", TP_P_STRING, NULL, NULL},
+  {"user_agent", TP_P_STRING, NULL, NULL},
+  {"referrer", TP_P_STRING, NULL, NULL},
+  {"external_id", TP_P_STRING, NULL, NULL},
+  {"recurring", TP_P_BOOL, NULL, NULL},
+  {"uncaptured", TP_P_BOOL, NULL, NULL},
   UNSUPPORTED("application_fee", tp_why_connect),
   UNSUPPORTED("application_fee_amount", tp_why_connect),
   UNSUPPORTED("destination", tp_why_connect),
@@ -1315,7 +1325,7 @@ void tp_h_charge_create(struct tp_req *r)
 {
   int64_t amount;
   const struct tp_currency *cur;
-  if (!tp_check_params(r, spec_charge_create) || !create_basics(r, &amount, &cur))
+  if (!tp_check_params(r, spec_charge_create) || !tp_card_param_alias(r) || !create_basics(r, &amount, &cur))
     return;
   const char *cus = tp_pstr(r->params, "customer");
   /* The source: a PaymentMethod, a card token (a test token such as

@@ -32,6 +32,7 @@ static const char *const why_not_card[] = {"Turnpike keeps cards only: no bank a
 
 static const struct tp_pspec spec_create[] = {
   S("source"),
+  {"card", TP_P_ANY, NULL, NULL}, /* source's older name (tp_card_param_alias) */
   {"metadata", TP_P_METADATA, NULL, NULL},
   {"validate", TP_P_BOOL, NULL, NULL},
   {"expand", TP_P_STRLIST, NULL, NULL},
@@ -155,7 +156,7 @@ static void reply_card(struct tp_req *r, const json_t *pm, struct tp_cs *cs, con
 /* POST /v1/customers/{id}/sources */
 void tp_h_source_create(struct tp_req *r)
 {
-  if (!tp_check_params(r, spec_create))
+  if (!tp_check_params(r, spec_create) || !tp_card_param_alias(r))
     return;
   const char *source = tp_pstr(r->params, "source");
   if (!tp_lock_try(r->path_id)) {

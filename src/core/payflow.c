@@ -1366,8 +1366,21 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved)
   /* A customer's card (the legacy Cards API) is the charge's source, as
    * Stripe shows it; so is the card of a token a Charges API charge was
    * made with (source=tok_..., which became the PaymentMethod). */
-  if (tp_is_card_source(p->pm, NULL) || (p->reply_charge && p->pm_made_here))
-    json_object_set_new(ch, "source", tp_card_view(p->pm));
+  if (tp_is_card_source(p->pm, NULL) || (p->reply_charge && p->pm_made_here)) {
+    /* with what this charge's checks found (ActiveMerchant reads its AVS
+     * and CVC results there), not the card's "unchecked" from before */
+    json_t *src = tp_card_view(p->pm);
+    const json_t *checks = json_object_get(pmd_card, "checks");
+    static const char *const map[][2] = {{"cvc_check", "cvc_check"},
+                                         {"address_line1_check", "address_line1_check"},
+                                         {"address_zip_check", "address_postal_code_check"}};
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
+      const json_t *v = json_object_get(checks, map[i][1]);
+      if (json_is_string(v))
+        json_object_set(src, map[i][0], (json_t *)(uintptr_t)v);
+    }
+    json_object_set_new(ch, "source", src);
+  }
   tp_charge_set_descriptor(ch, pi, p->m.name);
   return ch;
 }

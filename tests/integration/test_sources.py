@@ -9,6 +9,8 @@ PaymentIntents and show in the PaymentMethods API; another customer's or
 merchant's card is missing; deleting the customer deletes its cards (and
 their vault records) and detaches its PaymentMethods, which then pay no
 more; bad input changes nothing."""
+import json
+
 from harness import DaemonTestCase, main, open_db_ro
 
 CUS = "/v1/customers"
@@ -87,6 +89,44 @@ class Sources(DaemonTestCase):
         self.assertEqual(err["tp_code"], 1104, err)  # payment_method_consumed
         self.assertStripeError(self.c().post(CH, {"amount": 100, "currency": "usd", "customer": cus["id"]}),
                                400, code="parameter_missing", param="customer")
+
+    def test_the_older_request_shapes_of_charges_era_libraries(self):
+        """What ActiveMerchant's Stripe gateway and omnipay send: `card` (the
+        older name of `source`) as a token or card id on charges, customers
+        and a customer's cards; its fraud-signal parameters on every charge;
+        validate on a customer. A card hash as `card` is refused clearly."""
+        ch = self.c().post(CH, {"amount": 900, "currency": "usd", "card": "tok_visa",
+                                "payment_user_agent": "Stripe/v1 ActiveMerchantBindings/1.0", "ip": "127.0.0.1",
+                                "user_agent": "Mozilla/5.0", "referrer": "https://shop.example/checkout",
+                                "external_id": "R123456", "recurring": "true", "uncaptured": "true"})
+        self.assertEqual((ch.status, ch.json["status"], ch.json["source"]["object"]), (200, "succeeded", "card"), ch)
+        cus = self.customer(card="tok_visa", validate="true", email="am@example.test")
+        self.assertTrue(cus["default_source"].startswith("card_"), cus)
+        more = self.c().post("%s/%s/cards" % (CUS, cus["id"]), {"card": "tok_mastercard"})
+        self.assertEqual((more.status, more.json["brand"]), (200, "MasterCard"), more)
+        paid = self.c().post(CH, {"amount": 400, "currency": "usd", "customer": cus["id"], "card": more.json["id"]})
+        self.assertEqual((paid.status, paid.json["payment_method"]), (200, more.json["id"]), paid)
+        err = self.assertStripeError(self.c().post(CH, {"amount": 400, "currency": "usd", "card": "tok_visa",
+                                                        "source": "tok_visa"}), 400, param="card")
+        self.assertEqual(err["tp_code"], 1003, err)  # parameter_invalid_string
+        err = self.assertStripeError(self.c().post(CH, {"amount": 400, "currency": "usd",
+                                                        "card": {"number": "4242424242424242", "exp_month": 12,
+                                                                 "exp_year": 2031}}), 400, param="card")
+        self.assertEqual(err["tp_code"], 1101, err)  # parameter_unsupported
+        self.assertNotIn("4242424242424242", json.dumps(err))
+
+    def test_a_charge_s_source_shows_what_its_checks_found(self):
+        """ActiveMerchant reads AVS and CVC results from the charge's source
+        card: they are the charge's checks, not the card's "unchecked"."""
+        tok = self.c().post("/v1/tokens", {"card": {"number": "4000000000000010", "exp_month": 8, "exp_year": 2031,
+                                                    "cvc": "123", "address_line1": "1 Main St",
+                                                    "address_zip": "94107"}}).json
+        ch = self.c().post(CH, {"amount": 800, "currency": "usd", "source": tok["id"]}).json
+        checks = ch["payment_method_details"]["card"]["checks"]
+        self.assertEqual((checks["address_line1_check"], checks["address_postal_code_check"]), ("fail", "fail"), ch)
+        src = ch["source"]
+        self.assertEqual((src["address_line1_check"], src["address_zip_check"], src["cvc_check"]),
+                         (checks["address_line1_check"], checks["address_postal_code_check"], checks["cvc_check"]))
 
     def test_cards_are_added_listed_retrieved_updated_and_deleted(self):
         cus = self.customer()
