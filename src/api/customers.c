@@ -167,7 +167,7 @@ void tp_commit_and_reply_unlock(struct tp_req *r, struct tp_cs *cs, const char *
 void tp_reply_stored(struct tp_req *r, char *text)
 {
   const json_t *ex = json_object_get(r->params, "expand");
-  if (!json_is_array(ex) || json_array_size(ex) == 0) {
+  if ((!json_is_array(ex) || json_array_size(ex) == 0) && !tp_legacy_lists_wanted(r)) {
     tp_reply_raw(r, 200, text, strlen(text), "application/json");
     return;
   }
@@ -358,6 +358,7 @@ static bool reply_object(struct tp_req *r, const json_t *obj, const json_t *know
     json_decref(out);
     return false;
   }
+  tp_legacy_lists(r, out, known);
   tp_reply_json(r, 200, out);
   return true;
 }
@@ -444,7 +445,7 @@ void tp_h_customer_create(struct tp_req *r)
     json_t *view = tp_card_view(card);
     tp_emit(cs, r, r->merchant.id, "customer.source.created", view);
     json_decref(view);
-    json_decref(card);
+    json_array_append_new(known, card); /* expand[]=default_source, sources: not in the store yet */
   }
   if (pm) {
     tp_cs_put(cs, TP_K_PAYMENT_METHOD, r->merchant.id, pm);

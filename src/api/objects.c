@@ -1135,8 +1135,20 @@ static bool expand_list(struct tp_req *r, json_t *obj, const char *path, const j
     data = tp_app.store.ops->list(tp_app.store.cls, &q, &more);
     if (!data)
       return true;
+    /* a card this request made (not in the store yet) is the newest */
     size_t i;
     json_t *pm;
+    json_array_foreach(known, i, pm) {
+      const char *pid = json_string_value(json_object_get(pm, "id"));
+      if (pid && tp_is_card_source(pm, id)) {
+        bool listed = false;
+        size_t k;
+        json_t *x;
+        json_array_foreach(data, k, x) listed |= strcmp(json_string_value(json_object_get(x, "id")) ?: "", pid) == 0;
+        if (!listed)
+          json_array_insert(data, 0, pm);
+      }
+    }
     json_array_foreach(data, i, pm) json_array_set_new(data, i, tp_card_view(pm));
   } else if (strcmp(what, "customer") == 0 && (strcmp(path, "subscriptions") == 0 || strcmp(path, "tax_ids") == 0)) {
     data = json_array();
@@ -1147,6 +1159,78 @@ static bool expand_list(struct tp_req *r, json_t *obj, const char *path, const j
   json_object_set_new(obj, path, tp_pack("{s:s, s:o, s:b, s:s}", "object", "list", "data", data, "has_more", more,
                                          "url", url));
   return true;
+}
+
+bool tp_legacy_lists_wanted(const struct tp_req *r)
+{
+  return r && r->api_version[0] && strcmp(r->api_version, "2022-11-15") < 0;
+}
+
+/* A PaymentIntent's charges (newest first, a page of ten), as API versions
+ * before 2022-11-15 showed them. */
+static void legacy_pi_charges(struct tp_req *r, json_t *pi, const json_t *known)
+{
+  const char *id = json_string_value(json_object_get(pi, "id"));
+  if (!id || json_object_get(pi, "charges"))
+    return;
+  struct tp_list_query q;
+  tp_list_query_init(&q, TP_K_CHARGE, r->merchant.id);
+  q.col_name = "payment_intent";
+  q.col_value = id;
+  bool more = false;
+  json_t *data = tp_app.store.ops->list(tp_app.store.cls, &q, &more);
+  if (!data)
+    return;
+  /* the charge this request writes may not be in the store yet */
+  const char *latest = json_string_value(json_object_get(pi, "latest_charge"));
+  json_t *now = latest ? find_known(known, latest) : NULL;
+  if (now) {
+    size_t i;
+    json_t *ch;
+    bool had = false;
+    json_array_foreach(data, i, ch) if (strcmp(json_string_value(json_object_get(ch, "id")) ?: "", latest) == 0) {
+      json_array_set(data, i, now);
+      had = true;
+    }
+    if (!had)
+      json_array_insert(data, 0, now);
+    json_decref(now);
+  }
+  char url[128];
+  snprintf(url, sizeof url, "/v1/charges?payment_intent=%s", id);
+  json_t *list = tp_pack("{s:s, s:o, s:b, s:I, s:s}", "object", "list", "data", data, "has_more", more,
+                         "total_count", (json_int_t)json_array_size(data), "url", url);
+  if (more)
+    json_object_del(list, "total_count");
+  json_object_set_new(pi, "charges", list);
+}
+
+static void legacy_one(struct tp_req *r, json_t *obj, const json_t *known)
+{
+  const char *what = json_string_value(json_object_get(obj, "object"));
+  if (!what)
+    return;
+  if (strcmp(what, "payment_intent") == 0)
+    legacy_pi_charges(r, obj, known);
+  else if (strcmp(what, "charge") == 0)
+    (void)expand_list(r, obj, "refunds", known);
+  else if (strcmp(what, "customer") == 0 && strcmp(r->api_version, "2020-08-27") < 0 &&
+           !json_is_true(json_object_get(obj, "deleted")))
+    (void)expand_list(r, obj, "sources", known);
+}
+
+void tp_legacy_lists(struct tp_req *r, json_t *obj, const json_t *known)
+{
+  if (!tp_legacy_lists_wanted(r) || !json_is_object(obj))
+    return;
+  const char *what = json_string_value(json_object_get(obj, "object"));
+  if (what && (strcmp(what, "list") == 0 || strcmp(what, "search_result") == 0)) {
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(obj, "data"), i, v) legacy_one(r, v, known);
+    return;
+  }
+  legacy_one(r, obj, known);
 }
 
 static void expand_field(struct tp_req *r, json_t *obj, const char *path, const json_t *known)

@@ -313,6 +313,15 @@ bool tp_email_param_ok(struct tp_req *r, const json_t *params, const char *key, 
  * card id given as `card` becomes `source` in r->params. False after
  * replying: both given, or a card hash (raw numbers are not a source here). */
 bool tp_card_param_alias(struct tp_req *r);
+/* A request pinned (Stripe-Version) to an API version before 2022-11-15,
+ * whose objects carried lists since left to expand[]: a PaymentIntent its
+ * `charges`, a charge its `refunds`, and before 2020-08-27 a customer its
+ * `sources`. Libraries that pin such versions (ActiveMerchant, Laravel
+ * Cashier) read them. */
+bool tp_legacy_lists_wanted(const struct tp_req *r);
+/* Add those lists to obj (or to each item of a list), as such a version
+ * showed them; known: objects this request is writing, as they are now. */
+void tp_legacy_lists(struct tp_req *r, json_t *obj, const json_t *known);
 /* Set obj[key] from the string param p[key] (param names it in errors):
  * absent leaves it, unset ("") makes it null, longer than max is a 400.
  * false after replying. */

@@ -1,5 +1,6 @@
 /* Building replies: JSON objects, Stripe-shaped errors. */
 #include "api/http.h"
+#include "api/objects.h"
 #include "api/params.h"
 #include "jpack.h"
 #include "jsonw.h"
@@ -20,6 +21,8 @@ void tp_reply_raw(struct tp_req *r, unsigned status, char *body, size_t len, con
 
 void tp_reply_json(struct tp_req *r, unsigned status, json_t *obj)
 {
+  if (status < 300)
+    tp_legacy_lists(r, obj, NULL); /* a request pinned to an old API version */
   size_t len = 0;
   char *s = tp_json_dump(obj, &len);
   json_decref(obj);

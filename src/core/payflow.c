@@ -337,7 +337,7 @@ static bool wants_txn(const struct tp_pay *p)
 void tp_pay_reply_text(struct tp_pay *p, unsigned status, json_t *obj, char *text)
 {
   const json_t *ex = json_object_get(p->params, "expand");
-  if (text && !(p->r && json_is_array(ex) && json_array_size(ex) > 0)) {
+  if (text && !(p->r && json_is_array(ex) && json_array_size(ex) > 0) && !tp_legacy_lists_wanted(p->r)) {
     /* obj as already written out (tp_put_emit_text): the same bytes. */
     free(p->body);
     p->status = status;
@@ -352,7 +352,8 @@ void tp_pay_reply_text(struct tp_pay *p, unsigned status, json_t *obj, char *tex
 void tp_pay_reply(struct tp_pay *p, unsigned status, json_t *obj)
 {
   const json_t *ex = json_object_get(p->params, "expand");
-  if (p->r && status < 300 && json_is_array(ex) && json_array_size(ex) > 0) {
+  bool expand = json_is_array(ex) && json_array_size(ex) > 0;
+  if (p->r && status < 300 && (expand || tp_legacy_lists_wanted(p->r))) {
     /* The objects this payment just wrote, as they are before obj (which
      * may be one of them) is expanded: latest_charge.payment_intent then
      * shows the PaymentIntent with latest_charge as an id, as Stripe does. */
@@ -362,7 +363,9 @@ void tp_pay_reply(struct tp_pay *p, unsigned status, json_t *obj)
       if (mine[i])
         json_array_append_new(known, json_deep_copy(mine[i]));
     /* Expansion errors were checked up front (tp_check_params). */
-    tp_expand(p->r, obj, known);
+    if (expand)
+      tp_expand(p->r, obj, known);
+    tp_legacy_lists(p->r, obj, known); /* a request pinned to an old API version */
     json_decref(known);
   }
   free(p->body);

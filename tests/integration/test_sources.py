@@ -115,6 +115,41 @@ class Sources(DaemonTestCase):
         self.assertEqual(err["tp_code"], 1101, err)  # parameter_unsupported
         self.assertNotIn("4242424242424242", json.dumps(err))
 
+    def test_a_request_pinned_to_an_older_api_version_gets_its_lists(self):
+        """Libraries that pin an older Stripe-Version read lists later left to
+        expand[]: a PaymentIntent's charges and a charge's refunds (before
+        2022-11-15), a customer's sources (before 2020-08-27). ActiveMerchant
+        refunds a PaymentIntent by its charges.data[0] and stores a card by
+        sources.data[0]; without them it failed."""
+        old = {"Stripe-Version": "2020-08-27"}
+        pi = self.c().post("/v1/payment_intents", {"amount": 1200, "currency": "usd", "confirm": "true",
+                                                   "payment_method": "pm_card_visa"}, headers=old)
+        self.assertEqual(pi.status, 200, pi)
+        charges = pi.json["charges"]
+        self.assertEqual((charges["object"], [c["id"] for c in charges["data"]], charges["total_count"], charges["url"]),
+                         ("list", [pi.json["latest_charge"]], 1, "/v1/charges?payment_intent=" + pi.json["id"]))
+        self.assertEqual(charges["data"][0]["status"], "succeeded")
+        re = self.c().post("/v1/refunds", {"charge": charges["data"][0]["id"], "amount": 200}).json
+        ch = self.c().get(CH + "/" + pi.json["latest_charge"], headers=old).json
+        self.assertEqual([r["id"] for r in ch["refunds"]["data"]], [re["id"]])
+        got = self.c().get("/v1/payment_intents/" + pi.json["id"], headers=old).json
+        self.assertEqual(got["charges"]["data"][0]["amount_refunded"], 200)
+        listed = self.c().get("/v1/payment_intents", {"limit": 1}, headers=old).json
+        self.assertIn("charges", listed["data"][0])
+        # the served version (or none): the current shape
+        for h in ({}, {"Stripe-Version": "2026-10-28.endive"}):
+            cur = self.c().get("/v1/payment_intents/" + pi.json["id"], headers=h).json
+            self.assertNotIn("charges", cur)
+            self.assertNotIn("refunds", self.c().get(CH + "/" + pi.json["latest_charge"], headers=h).json)
+        # a customer's sources before 2020-08-27 (ActiveMerchant pins 2015-04-07)
+        cus = self.c().post(CUS, {"source": "tok_visa"}, headers={"Stripe-Version": "2015-04-07"}).json
+        self.assertEqual([c["id"] for c in cus["sources"]["data"]], [cus["default_source"]])
+        self.assertNotIn("sources", self.c().get(CUS + "/" + cus["id"], headers=old).json)
+        # and expanded on the create that made the card (it is not in the store yet)
+        made = self.c().post(CUS, {"source": "tok_visa", "expand": ["default_source", "sources"]}).json
+        self.assertEqual((made["default_source"]["object"], [c["id"] for c in made["sources"]["data"]]),
+                         ("card", [made["default_source"]["id"]]), made)
+
     def test_a_charge_s_source_shows_what_its_checks_found(self):
         """ActiveMerchant reads AVS and CVC results from the charge's source
         card: they are the charge's checks, not the card's "unchecked"."""
