@@ -53,6 +53,78 @@ static const struct tp_pspec spec_list[] = {
   {"expand", TP_P_STRLIST, NULL, NULL},      {NULL, 0, NULL, NULL},
 };
 
+/* A refund of uncaptured charge ch (owned): the release of its hold, all
+ * of it, under its PaymentIntent's lock (as a cancel, which it is), the
+ * refund made at the void's outcome (tp_outcome_void_refund). Replies. */
+static void release_by_refund(struct tp_req *r, json_t *ch, bool reply_charge)
+{
+  char msg[200], chid[TP_ID_MAX];
+  tp_scopy(chid, sizeof chid, json_string_value(json_object_get(ch, "id")) ?: "");
+  char pi_id[TP_ID_MAX];
+  tp_scopy(pi_id, sizeof pi_id, json_string_value(json_object_get(ch, "payment_intent")) ?: "");
+  if (!pi_id[0] || !tp_lock_try(pi_id)) {
+    if (pi_id[0])
+      tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+    else
+      tp_reply_error(r, TP_ERR_CHARGE_NOT_REFUNDABLE, "charge", NULL);
+    json_decref(ch);
+    return;
+  }
+  /* read again under the lock: a capture or cancel may have ended it */
+  json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, pi_id);
+  json_t *now = tp_store_get_json(&tp_app.store, TP_K_CHARGE, r->merchant.id, chid);
+  json_decref(ch);
+  ch = now;
+  const char *st = json_string_value(json_object_get(pi, "status"));
+  int64_t held = json_integer_value(json_object_get(pi, "amount_capturable"));
+  if (!pi || !ch || !st || strcmp(st, "requires_capture") != 0 || held <= 0 ||
+      json_is_true(json_object_get(ch, "captured"))) {
+    snprintf(msg, sizeof msg, "Charge %.64s has not been captured and cannot be refunded.", chid);
+    if (ch && json_is_true(json_object_get(ch, "captured")))
+      snprintf(msg, sizeof msg, "Charge %.64s changed meanwhile; try again.", chid);
+    tp_reply_error(r, TP_ERR_CHARGE_NOT_REFUNDABLE, "charge", msg);
+    goto fail;
+  }
+  int64_t amount = held;
+  if (tp_param_int(r->params, "amount", &amount) && amount != held) {
+    const struct tp_currency *cur = tp_currency_find(json_string_value(json_object_get(ch, "currency")));
+    char want[48], all[48];
+    tp_amount_display(want, sizeof want, amount, cur);
+    tp_amount_display(all, sizeof all, held, cur);
+    snprintf(msg, sizeof msg, "An uncaptured charge is released whole: refund amount (%s) must be %s.", want, all);
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "amount", msg);
+    goto fail;
+  }
+  if (tp_refuse_unsettled(r, pi_id))
+    goto fail;
+  json_t *re = tp_refund_object(amount, ch, tp_pstr(r->params, "reason"), json_object_get(r->params, "metadata"),
+                                "pending");
+  struct tp_pay *p = tp_pay_new(r, &r->merchant);
+  p->pi = pi;
+  p->charge = ch;
+  p->refund = re;
+  p->outcome = tp_outcome_void_refund;
+  p->reply_charge = reply_charge;
+  tp_scopy(p->lock_id, sizeof p->lock_id, pi_id);
+  tp_pay_attempt(p, "void", amount, json_string_value(json_object_get(ch, "currency")));
+  tp_scopy(p->att.refund, sizeof p->att.refund, json_string_value(json_object_get(re, "id")));
+  p->call.kind = TP_PROC_VOID;
+  tp_call_target(&p->call, ch);
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_REFUND, r->merchant.id, re);
+  json_t *audit = tp_pack("{s:I, s:O, s:s}", "amount", (json_int_t)amount, "currency", json_object_get(ch, "currency"),
+                          "charge", chid);
+  tp_audit_append(cs, r->merchant.id, r->actor[0] ? r->actor : "api", "refund.created", p->att.refund, audit);
+  json_decref(audit);
+  tp_req_suspend(r);
+  tp_pay_run(p, cs);
+  return;
+fail:
+  json_decref(pi);
+  json_decref(ch);
+  tp_lock_release(pi_id);
+}
+
 /* A refund of the charge named by path_charge (the Charges API's nested
  * routes) or by the parameters; reply_charge answers with the charge (the
  * legacy POST /v1/charges/{id}/refund) instead of the refund. */
@@ -115,9 +187,12 @@ static void refund_create(struct tp_req *r, const char *path_charge, bool reply_
     goto fail;
   }
   if (!json_is_true(json_object_get(ch, "captured"))) {
-    snprintf(msg, sizeof msg, "Charge %.64s has not been captured and cannot be refunded.", chid);
-    tp_reply_error(r, TP_ERR_CHARGE_NOT_REFUNDABLE, "charge", msg);
-    goto fail;
+    /* Still held: a refund releases it (its authorization voided), the
+     * older way to cancel, which Charges-era libraries use for void. */
+    json_decref(pi);
+    tp_lock_release(chid);
+    release_by_refund(r, ch, reply_charge);
+    return;
   }
   /* A chargeback has taken the money back already (Stripe: charge_disputed). */
   if (json_is_true(json_object_get(ch, "disputed")) && tp_charge_dispute_blocks_refund(r->merchant.id, chid)) {

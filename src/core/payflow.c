@@ -1764,23 +1764,64 @@ static void refund_fails(struct tp_pay *p, struct tp_cs *cs, json_t *re, json_t 
   json_decref(before);
 }
 
+/* A refund its processor did not make. Stripe announces every refund it
+ * creates (refund.created, here as it stood while the processor was
+ * asked), then its failure. */
+static void refund_not_made(struct tp_pay *p, struct tp_cs *cs)
+{
+  json_t *re = p->refund;
+  const char *merchant = p->m.id;
+  json_t *before = json_deep_copy(re);
+  tp_emit(cs, p->r, merchant, "refund.created", before);
+  json_object_set_new(re, "status", json_string("failed"));
+  json_object_set_new(re, "failure_reason", json_string("unknown"));
+  tp_emit_update(cs, p->r, merchant, "refund.updated", before, re);
+  tp_emit_update(cs, p->r, merchant, "charge.refund.updated", before, re);
+  tp_put_emit(cs, p->r, merchant, TP_K_REFUND, "refund.failed", re);
+  json_decref(before);
+  tp_pay_reply(p, 200, json_incref(p->reply_charge ? p->charge : re));
+}
+
+/* A refund of an uncaptured charge: its authorization voided (Stripe's
+ * older way to release a hold, which ActiveMerchant's void and verify and
+ * omnipay still use). The Refund shows the release (no money moved: no
+ * balance transaction), the charge is refunded as before API
+ * 2025-03-31.basil (amount_refunded, marked turnpike.released so refund
+ * limits and balances leave it out), the PaymentIntent canceled. */
+void tp_outcome_void_refund(struct tp_pay *p, struct tp_cs *cs)
+{
+  if (p->call.outcome != TP_OUT_APPROVED) {
+    refund_not_made(p, cs); /* the authorization stands */
+    return;
+  }
+  json_t *re = p->refund, *ch = p->charge, *pi = p->pi;
+  const char *merchant = p->m.id;
+  int64_t amount = p->att.amount;
+  release_uncaptured(p, json_integer_value(json_object_get(ch, "amount")));
+  json_t *turn = json_object_get(ch, "turnpike");
+  if (json_is_object(turn))
+    json_object_set_new(turn, "released", json_integer(tp_charge_released(ch) + amount));
+  json_object_set_new(ch, "amount_refunded",
+                      json_integer(json_integer_value(json_object_get(ch, "amount_refunded")) + amount));
+  json_object_set_new(ch, "refunded", json_true());
+  json_object_set_new(re, "status", json_string("succeeded"));
+  tp_put_emit(cs, p->r, merchant, TP_K_REFUND, "refund.created", re);
+  tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.refunded", ch);
+  json_object_set_new(pi, "status", json_string("canceled"));
+  json_object_set_new(pi, "canceled_at", json_integer(tp_now()));
+  json_object_set_new(pi, "cancellation_reason", json_null());
+  json_object_set_new(pi, "amount_capturable", json_integer(0));
+  tp_put_emit(cs, p->r, merchant, TP_K_PAYMENT_INTENT, "payment_intent.canceled", pi);
+  tp_pay_reply(p, 200, json_incref(p->reply_charge ? ch : re));
+}
+
 void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs)
 {
   json_t *re = p->refund, *ch = p->charge;
   const char *merchant = p->m.id;
   int64_t amount = p->att.amount;
   if (p->call.outcome != TP_OUT_APPROVED) {
-    /* Stripe announces every refund it creates (refund.created, here as it
-     * stood while the processor was asked), then its failure. */
-    json_t *before = json_deep_copy(re);
-    tp_emit(cs, p->r, merchant, "refund.created", before);
-    json_object_set_new(re, "status", json_string("failed"));
-    json_object_set_new(re, "failure_reason", json_string("unknown"));
-    tp_emit_update(cs, p->r, merchant, "refund.updated", before, re);
-    tp_emit_update(cs, p->r, merchant, "charge.refund.updated", before, re);
-    tp_put_emit(cs, p->r, merchant, TP_K_REFUND, "refund.failed", re);
-    json_decref(before);
-    tp_pay_reply(p, 200, json_incref(p->reply_charge ? ch : re));
+    refund_not_made(p, cs);
     return;
   }
   const char *cur = json_string_value(json_object_get(re, "currency"));
@@ -1924,13 +1965,19 @@ static struct tp_pay *recovery_pay(const struct tp_attempt *a, bool *busy)
      * live, with the reason the attempt kept. An attempt from before
      * migration 0023 kept none: the expiry is then the void past the
      * charge's capture_before, and a cancel's reason is lost (null). */
+    if (a->refund[0]) {
+      /* the release of an uncaptured charge by a refund (refunds.c) */
+      p->refund = tp_store_get_json(&tp_app.store, TP_K_REFUND, a->merchant, a->refund);
+      if (!p->refund)
+        goto gone;
+    }
     bool lapsed = strcmp(a->reason, "expired") == 0;
     if (!a->reason[0]) {
       json_int_t due = json_integer_value(json_object_get(
           json_object_get(json_object_get(p->charge, "payment_method_details"), "card"), "capture_before"));
       lapsed = due > 0 && due <= tp_now();
     }
-    p->outcome = lapsed ? tp_outcome_expire : tp_outcome_void;
+    p->outcome = p->refund ? tp_outcome_void_refund : lapsed ? tp_outcome_expire : tp_outcome_void;
     tp_scopy(p->cancellation_reason, sizeof p->cancellation_reason, lapsed ? "expired" : a->reason);
   } else {
     p->outcome = tp_outcome_refund;

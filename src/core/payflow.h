@@ -93,6 +93,8 @@ void tp_outcome_expire(struct tp_pay *p, struct tp_cs *cs);
  * authorization is held (Stripe: 7 days). */
 int64_t tp_authorization_ttl(void);
 void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs);
+/* The void that releases an uncaptured charge refunded (p->refund). */
+void tp_outcome_void_refund(struct tp_pay *p, struct tp_cs *cs);
 
 /* Set p's reply from a JSON object (expanded with p->params when a request). */
 void tp_pay_reply(struct tp_pay *p, unsigned status, json_t *obj);

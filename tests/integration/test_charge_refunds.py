@@ -83,6 +83,37 @@ class ChargeRefunds(DaemonTestCase):
                                                 {"metadata[k]": "w"}), 404, code="resource_missing")
         self.assertEqual(self.c().get("/v1/refunds/" + re["id"]).json["metadata"], {"k": "v"})
 
+    def test_a_refund_of_an_uncaptured_charge_releases_it(self):
+        """ActiveMerchant's void and verify, omnipay's void: a refund of a
+        charge made with capture=false voids its authorization. The Refund
+        shows the release (no balance transaction: no money moved), the
+        charge is refunded, its PaymentIntent canceled; only the whole hold
+        can go; a second time there is nothing left."""
+        b0 = self.c().get("/v1/balance").json
+        held = self.c().post(CH, {"amount": 1500, "currency": "usd", "source": "tok_visa", "capture": "false"}).json
+        self.assertEqual((held["captured"], held["status"]), (False, "succeeded"), held)
+        self.assertStripeError(self.c().post("%s/%s/refunds" % (CH, held["id"]), {"amount": 500}), 400,
+                               param="amount")
+        r = self.c().post("%s/%s/refunds" % (CH, held["id"]), {"expand[]": "charge"})
+        self.assertEqual(r.status, 200, r)
+        re = r.json
+        self.assertEqual((re["status"], re["amount"], re["balance_transaction"], re["charge"]["refunded"],
+                          re["charge"]["amount_refunded"], re["charge"]["captured"]),
+                         ("succeeded", 1500, None, True, 1500, False), re)
+        pi = self.c().get("/v1/payment_intents/" + held["payment_intent"]).json
+        self.assertEqual((pi["status"], pi["amount_capturable"]), ("canceled", 0), pi)
+        self.assertEqual(self.events_about(re["id"]), ["refund.created"])
+        self.assertIn("charge.refunded", self.events_about(held["id"]))
+        self.assertStripeError(self.c().post("%s/%s/refund" % (CH, held["id"]), {}), 400,
+                               code="charge_not_refundable")
+        self.assertEqual(self.c().get("/v1/balance").json, b0)  # no money moved
+        # the older route answers the charge
+        held2 = self.c().post(CH, {"amount": 700, "currency": "usd", "source": "tok_visa", "capture": "false"}).json
+        ch = self.c().post("%s/%s/refund" % (CH, held2["id"]), {})
+        self.assertEqual((ch.status, ch.json["object"], ch.json["refunded"], ch.json["amount_refunded"]),
+                         (200, "charge", True, 700), ch)
+        self.assertStripeError(self.c().post("%s/%s/capture" % (CH, held2["id"]), {}), 400)
+
     def test_a_metadata_key_sent_empty_is_not_kept(self):
         ch = self.charge()
         re = self.c().post("/v1/refunds", {"charge": ch["id"], "amount": 100, "metadata[a]": "", "metadata[b]": "x"})

@@ -832,6 +832,56 @@ class ExpiryVoidRecoveryTest(unittest.TestCase):
             sim.stop()
 
 
+class ReleaseByRefundRecoveryTest(unittest.TestCase):
+    """A refund that releases an uncaptured charge is a void; cut by SIGKILL
+    while the void is out, recovery finishes it as that refund (the Refund
+    succeeded, the charge refunded, the PaymentIntent canceled), not as a
+    plain cancel that leaves the Refund pending for good."""
+
+    def test_a_crash_during_the_release(self):
+        sim, d = Sim(), Daemon()
+        try:
+            d.create_merchant("m")
+            cfg = gateway_config(sim, names=("a",), timeout_ms=3000)
+            start_beside(sim, d, config=cfg)
+            c = d.client("m")
+            ch = c.post("/v1/charges", {"amount": 1700, "currency": "usd", "source": "tok_visa", "capture": "false"},
+                        idem=new_key("rel")).json
+            self.assertEqual(ch["captured"], False, ch)
+            sim.faults("a", timeout_rate=1.0, timeout_mode="after", timeout_hold_ms=20000, timeout_operations="void")
+            out = {}
+
+            def release():
+                try:
+                    out["r"] = c.post("/v1/charges/%s/refunds" % ch["id"], {}, idem=new_key("relr"))
+                except Exception as e:  # the daemon dies under it
+                    out["e"] = e
+            t = threading.Thread(target=release)
+            t.start()
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not [
+                    e for e in sim.journal(processor="a")["entries"] if e["operation"] == "void"]:
+                time.sleep(0.1)
+            d.kill9()
+            t.join(10)
+            sim.faults("a", timeout_rate=0.0, timeout_operations="all")
+            d.start(config=cfg)
+            c = d.client("m")
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                res = c.get("/v1/refunds", {"charge": ch["id"]}).json["data"]
+                if res and res[0]["status"] != "pending":
+                    break
+                time.sleep(0.1)
+            self.assertEqual([(x["status"], x["amount"]) for x in res], [("succeeded", 1700)], res)
+            got = c.get("/v1/charges/" + ch["id"]).json
+            self.assertEqual((got["refunded"], got["amount_refunded"]), (True, 1700), got)
+            self.assertEqual(c.get("/v1/payment_intents/" + ch["payment_intent"]).json["status"], "canceled")
+        finally:
+            d.cleanup()
+            sim.stop()
+
+
 class IsoCascadeTest(SimGatewayTest):
     """An ISO 8583 processor first, a REST one behind it."""
 
