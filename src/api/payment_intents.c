@@ -1349,6 +1349,22 @@ void tp_h_charge_create(struct tp_req *r)
                    cus && *cus ? "Cannot charge a customer that has no active card" : "Must provide source or customer.");
     return;
   }
+  if (given && *given && cus && *cus && strncmp(given, "pm_card_", 8) != 0) {
+    /* With a customer, the source is one of its cards (Stripe: a token is
+     * used alone, and one named with a customer is refused). */
+    json_t *pm = strncmp(given, "tok_", 4) == 0 ? NULL
+                                                 : tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD,
+                                                                     r->merchant.id, given);
+    const char *owner = json_string_value(json_object_get(pm, "customer"));
+    bool linked = owner && strcmp(owner, cus) == 0;
+    json_decref(pm);
+    if (!linked) {
+      char msg[200];
+      snprintf(msg, sizeof msg, "Customer %.64s does not have a linked source with ID %.64s.", cus, given);
+      tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "source", msg);
+      return;
+    }
+  }
   if (!tp_pm_exists(r, source))
     return;
   json_t *pi = pi_new(r, amount, cur);

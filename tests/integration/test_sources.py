@@ -150,6 +150,20 @@ class Sources(DaemonTestCase):
         self.assertEqual((made["default_source"]["object"], [c["id"] for c in made["sources"]["data"]]),
                          ("card", [made["default_source"]["id"]]), made)
 
+    def test_a_charge_with_a_customer_takes_only_its_cards(self):
+        """customer with a token, or with another customer's card: Stripe's
+        "does not have a linked source" (the card was charged and shown as
+        the customer's while not saved to it)."""
+        a, b = self.customer(source="tok_visa"), self.customer(source="tok_visa")
+        n = len(self.c().get(CH, {"limit": 100}).json["data"])
+        for src in ("tok_mastercard", b["default_source"]):
+            err = self.assertStripeError(self.c().post(CH, {"amount": 300, "currency": "usd", "customer": a["id"],
+                                                            "source": src}), 404, param="source")
+            self.assertIn("does not have a linked source with ID " + src, err["message"])
+        self.assertEqual(len(self.c().get(CH, {"limit": 100}).json["data"]), n)
+        ok = self.c().post(CH, {"amount": 300, "currency": "usd", "customer": a["id"], "source": a["default_source"]})
+        self.assertEqual(ok.status, 200, ok)
+
     def test_a_charge_s_source_shows_what_its_checks_found(self):
         """ActiveMerchant reads AVS and CVC results from the charge's source
         card: they are the charge's checks, not the card's "unchecked"."""
