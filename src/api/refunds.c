@@ -53,6 +53,36 @@ static const struct tp_pspec spec_list[] = {
   {"expand", TP_P_STRLIST, NULL, NULL},      {NULL, 0, NULL, NULL},
 };
 
+/* The refund of amount of charge ch as a processor call (pi and ch owned,
+ * lock held: the one the outcome releases): its Refund, pending, and its
+ * attempt committed first, then the call of kind `call`; outcome builds the
+ * result. The request is suspended until then. */
+static void run_refund(struct tp_req *r, json_t *pi, json_t *ch, int64_t amount, const char *lock,
+                       const char *attempt_kind, enum tp_proc_kind call, tp_pay_outcome_fn outcome, bool reply_charge)
+{
+  json_t *re = tp_refund_object(amount, ch, tp_pstr(r->params, "reason"), json_object_get(r->params, "metadata"),
+                                "pending");
+  struct tp_pay *p = tp_pay_new(r, &r->merchant);
+  p->pi = pi;
+  p->charge = ch;
+  p->refund = re;
+  p->outcome = outcome;
+  p->reply_charge = reply_charge;
+  tp_scopy(p->lock_id, sizeof p->lock_id, lock);
+  tp_pay_attempt(p, attempt_kind, amount, json_string_value(json_object_get(ch, "currency")));
+  tp_scopy(p->att.refund, sizeof p->att.refund, json_string_value(json_object_get(re, "id")));
+  p->call.kind = call;
+  tp_call_target(&p->call, ch);
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_REFUND, r->merchant.id, re);
+  json_t *audit = tp_pack("{s:I, s:O, s:O}", "amount", (json_int_t)amount, "currency",
+                          json_object_get(ch, "currency"), "charge", json_object_get(ch, "id"));
+  tp_audit_append(cs, r->merchant.id, r->actor[0] ? r->actor : "api", "refund.created", p->att.refund, audit);
+  json_decref(audit);
+  tp_req_suspend(r);
+  tp_pay_run(p, cs);
+}
+
 /* A refund of uncaptured charge ch (owned): the release of its hold, all
  * of it, under its PaymentIntent's lock (as a cancel, which it is), the
  * refund made at the void's outcome (tp_outcome_void_refund). Replies. */
@@ -97,27 +127,7 @@ static void release_by_refund(struct tp_req *r, json_t *ch, bool reply_charge)
   }
   if (tp_refuse_unsettled(r, pi_id))
     goto fail;
-  json_t *re = tp_refund_object(amount, ch, tp_pstr(r->params, "reason"), json_object_get(r->params, "metadata"),
-                                "pending");
-  struct tp_pay *p = tp_pay_new(r, &r->merchant);
-  p->pi = pi;
-  p->charge = ch;
-  p->refund = re;
-  p->outcome = tp_outcome_void_refund;
-  p->reply_charge = reply_charge;
-  tp_scopy(p->lock_id, sizeof p->lock_id, pi_id);
-  tp_pay_attempt(p, "void", amount, json_string_value(json_object_get(ch, "currency")));
-  tp_scopy(p->att.refund, sizeof p->att.refund, json_string_value(json_object_get(re, "id")));
-  p->call.kind = TP_PROC_VOID;
-  tp_call_target(&p->call, ch);
-  struct tp_cs *cs = tp_cs_new();
-  tp_cs_put(cs, TP_K_REFUND, r->merchant.id, re);
-  json_t *audit = tp_pack("{s:I, s:O, s:s}", "amount", (json_int_t)amount, "currency", json_object_get(ch, "currency"),
-                          "charge", chid);
-  tp_audit_append(cs, r->merchant.id, r->actor[0] ? r->actor : "api", "refund.created", p->att.refund, audit);
-  json_decref(audit);
-  tp_req_suspend(r);
-  tp_pay_run(p, cs);
+  run_refund(r, pi, ch, amount, pi_id, "void", TP_PROC_VOID, tp_outcome_void_refund, reply_charge);
   return;
 fail:
   json_decref(pi);
@@ -240,27 +250,7 @@ static void refund_create(struct tp_req *r, const char *path_charge, bool reply_
     const char *pid = json_string_value(json_object_get(ch, "payment_intent"));
     pi = pid ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, pid) : NULL;
   }
-  const char *reason = tp_pstr(r->params, "reason");
-  json_t *re = tp_refund_object(amount, ch, reason, json_object_get(r->params, "metadata"), "pending");
-  struct tp_pay *p = tp_pay_new(r, &r->merchant);
-  p->pi = pi;
-  p->charge = ch;
-  p->refund = re;
-  p->outcome = tp_outcome_refund;
-  p->reply_charge = reply_charge;
-  tp_scopy(p->lock_id, sizeof p->lock_id, chid);
-  tp_pay_attempt(p, "refund", amount, json_string_value(json_object_get(ch, "currency")));
-  tp_scopy(p->att.refund, sizeof p->att.refund, json_string_value(json_object_get(re, "id")));
-  p->call.kind = TP_PROC_REFUND;
-  tp_call_target(&p->call, ch);
-  struct tp_cs *cs = tp_cs_new();
-  tp_cs_put(cs, TP_K_REFUND, r->merchant.id, re);
-  json_t *audit = tp_pack("{s:I, s:O, s:s}", "amount", (json_int_t)amount, "currency",
-                          json_object_get(ch, "currency"), "charge", chid);
-  tp_audit_append(cs, r->merchant.id, r->actor[0] ? r->actor : "api", "refund.created", p->att.refund, audit);
-  json_decref(audit);
-  tp_req_suspend(r);
-  tp_pay_run(p, cs);
+  run_refund(r, pi, ch, amount, chid, "refund", TP_PROC_REFUND, tp_outcome_refund, reply_charge);
   return;
 fail:
   json_decref(pi);

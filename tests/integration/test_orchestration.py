@@ -744,6 +744,49 @@ class HalfOpenNoProbeTest(SimGatewayTest):
         self.sim.faults("a", latency_ms_min=0, latency_ms_max=0)
 
 
+def crash_during_void(test, make, request, settled):
+    """Against a sim processor: make(c) an object, then request(c, obj) on a
+    thread, the processor doing the void it sends and holding its answer;
+    kill -9 once the void is in the sim's journal, restart, and poll
+    settled(c, obj) (a value once recovery has finished, else None) for 15 s:
+    its value."""
+    sim, d = Sim(), Daemon()
+    try:
+        d.create_merchant("m")
+        cfg = gateway_config(sim, names=("a",), timeout_ms=3000)
+        start_beside(sim, d, config=cfg)
+        c = d.client("m")
+        obj = make(c)
+        sim.faults("a", timeout_rate=1.0, timeout_mode="after", timeout_hold_ms=20000, timeout_operations="void")
+
+        def run():
+            try:
+                request(c, obj)
+            except Exception:  # the daemon dies under it
+                pass
+        t = threading.Thread(target=run)
+        t.start()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not [
+                e for e in sim.journal(processor="a")["entries"] if e["operation"] == "void"]:
+            time.sleep(0.1)
+        d.kill9()
+        t.join(10)
+        sim.faults("a", timeout_rate=0.0, timeout_operations="all")
+        d.start(config=cfg)
+        c = d.client("m")
+        deadline = time.monotonic() + 15
+        got = settled(c, obj)
+        while got is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            got = settled(c, obj)
+        test.assertIsNotNone(got, "recovery did not settle it")
+        return c, obj, got
+    finally:
+        d.cleanup()
+        sim.stop()
+
+
 class ExpiryVoidRecoveryTest(unittest.TestCase):
     """An authorization's expiry is a void; if the gateway dies while the
     void is out, recovery finishes it as the expiry it was: the
@@ -790,46 +833,20 @@ class ExpiryVoidRecoveryTest(unittest.TestCase):
         """A cancel's void cut by SIGKILL is finished by recovery with the
         cancellation_reason the request gave (kept on the attempt,
         migration 0023); it used to come back null."""
-        sim, d = Sim(), Daemon()
-        try:
-            d.create_merchant("m")
-            cfg = gateway_config(sim, names=("a",), timeout_ms=3000)
-            start_beside(sim, d, config=cfg)
-            c = d.client("m")
+        def make(c):
             pi = c.post("/v1/payment_intents", {"amount": 1600, "currency": "usd", "confirm": "true",
                                                 "payment_method": "pm_card_visa", "capture_method": "manual"},
                         idem=new_key("can")).json
             self.assertEqual(pi["status"], "requires_capture", pi)
-            sim.faults("a", timeout_rate=1.0, timeout_mode="after", timeout_hold_ms=20000, timeout_operations="void")
-            out = {}
+            return pi
 
-            def cancel():
-                try:
-                    out["r"] = c.post("/v1/payment_intents/%s/cancel" % pi["id"],
-                                      {"cancellation_reason": "fraudulent"}, idem=new_key("cancel"))
-                except Exception as e:  # the daemon dies under it
-                    out["e"] = e
-            t = threading.Thread(target=cancel)
-            t.start()
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and not [
-                    e for e in sim.journal(processor="a")["entries"] if e["operation"] == "void"]:
-                time.sleep(0.1)
-            d.kill9()
-            t.join(10)
-            sim.faults("a", timeout_rate=0.0, timeout_operations="all")
-            d.start(config=cfg)
-            c = d.client("m")
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                got = c.get("/v1/payment_intents/" + pi["id"]).json
-                if got["status"] == "canceled":
-                    break
-                time.sleep(0.1)
-            self.assertEqual((got["status"], got["cancellation_reason"]), ("canceled", "fraudulent"), got)
-        finally:
-            d.cleanup()
-            sim.stop()
+        def settled(c, pi):
+            got = c.get("/v1/payment_intents/" + pi["id"]).json
+            return got if got["status"] == "canceled" else None
+        _, _, got = crash_during_void(self, make, lambda c, pi: c.post(
+            "/v1/payment_intents/%s/cancel" % pi["id"], {"cancellation_reason": "fraudulent"},
+            idem=new_key("cancel")), settled)
+        self.assertEqual((got["status"], got["cancellation_reason"]), ("canceled", "fraudulent"), got)
 
 
 class ReleaseByRefundRecoveryTest(unittest.TestCase):
@@ -839,47 +856,22 @@ class ReleaseByRefundRecoveryTest(unittest.TestCase):
     plain cancel that leaves the Refund pending for good."""
 
     def test_a_crash_during_the_release(self):
-        sim, d = Sim(), Daemon()
-        try:
-            d.create_merchant("m")
-            cfg = gateway_config(sim, names=("a",), timeout_ms=3000)
-            start_beside(sim, d, config=cfg)
-            c = d.client("m")
+        def make(c):
             ch = c.post("/v1/charges", {"amount": 1700, "currency": "usd", "source": "tok_visa", "capture": "false"},
                         idem=new_key("rel")).json
             self.assertEqual(ch["captured"], False, ch)
-            sim.faults("a", timeout_rate=1.0, timeout_mode="after", timeout_hold_ms=20000, timeout_operations="void")
-            out = {}
+            return ch
 
-            def release():
-                try:
-                    out["r"] = c.post("/v1/charges/%s/refunds" % ch["id"], {}, idem=new_key("relr"))
-                except Exception as e:  # the daemon dies under it
-                    out["e"] = e
-            t = threading.Thread(target=release)
-            t.start()
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and not [
-                    e for e in sim.journal(processor="a")["entries"] if e["operation"] == "void"]:
-                time.sleep(0.1)
-            d.kill9()
-            t.join(10)
-            sim.faults("a", timeout_rate=0.0, timeout_operations="all")
-            d.start(config=cfg)
-            c = d.client("m")
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                res = c.get("/v1/refunds", {"charge": ch["id"]}).json["data"]
-                if res and res[0]["status"] != "pending":
-                    break
-                time.sleep(0.1)
-            self.assertEqual([(x["status"], x["amount"]) for x in res], [("succeeded", 1700)], res)
+        def settled(c, ch):
+            res = c.get("/v1/refunds", {"charge": ch["id"]}).json["data"]
+            if not res or res[0]["status"] == "pending":
+                return None
             got = c.get("/v1/charges/" + ch["id"]).json
-            self.assertEqual((got["refunded"], got["amount_refunded"]), (True, 1700), got)
-            self.assertEqual(c.get("/v1/payment_intents/" + ch["payment_intent"]).json["status"], "canceled")
-        finally:
-            d.cleanup()
-            sim.stop()
+            return ([(x["status"], x["amount"]) for x in res], got["refunded"], got["amount_refunded"],
+                    c.get("/v1/payment_intents/" + ch["payment_intent"]).json["status"])
+        _, _, got = crash_during_void(self, make, lambda c, ch: c.post(
+            "/v1/charges/%s/refunds" % ch["id"], {}, idem=new_key("relr")), settled)
+        self.assertEqual(got, ([("succeeded", 1700)], True, 1700, "canceled"))
 
 
 class IsoCascadeTest(SimGatewayTest):
