@@ -16,6 +16,21 @@ def _post_raw(c, body, content_type=None, path=PI):
     return c.post(path, body=body, content_type=content_type)
 
 
+def _exchange(daemon, data):
+    """Send data on a new connection; everything read until the server closes it."""
+    s = socket.create_connection((daemon.host, daemon.port), timeout=10)
+    try:
+        s.sendall(data)
+        got = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return got
+            got += chunk
+    finally:
+        s.close()
+
+
 # Requests that must fail without creating anything: name -> (send(client), status, param).
 # param None means "don't check"; checked where the contract names one.
 BAD = {
@@ -704,19 +719,9 @@ class ApiErrorsTest(DaemonTestCase):
             body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(form), form) if b"chunked" in head else form
             if b"chunked" not in head:
                 head += b"Content-Length: %d\r\n" % len(form)
-            s = socket.create_connection((self.daemon.host, self.daemon.port), timeout=10)
-            try:
-                s.sendall(b"POST /v1/payment_intents HTTP/1.2\r\n" + head + b"Authorization: Bearer " + key.encode()
-                          + b"\r\nContent-Type: application/x-www-form-urlencoded\r\nConnection: close\r\n\r\n"
-                          + body)
-                data = b""
-                while True:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-            finally:
-                s.close()
+            data = _exchange(self.daemon, b"POST /v1/payment_intents HTTP/1.2\r\n" + head + b"Authorization: Bearer "
+                             + key.encode() + b"\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                             b"Connection: close\r\n\r\n" + body)
             self.assertIn(want, data.split(b"\r\n", 1)[0], data[:300])
 
     def test_a_request_with_many_header_fields_is_answered_or_refused(self):
@@ -739,17 +744,7 @@ class ApiErrorsTest(DaemonTestCase):
                 req = ("POST /v1/payment_intents HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n%s"
                        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n"
                        "Connection: close\r\n\r\n%s" % (key, extra, len(form), form))
-                s = socket.create_connection((self.daemon.host, self.daemon.port), timeout=10)
-                try:
-                    s.sendall(req.encode())
-                    data = b""
-                    while True:
-                        chunk = s.recv(65536)
-                        if not chunk:
-                            break
-                        data += chunk
-                finally:
-                    s.close()
+                data = _exchange(self.daemon, req.encode())
                 status = data.split(b"\r\n", 1)[0].decode()
                 hits = c.get("/v1/payment_intents/search", {"query": "metadata['t']:'%s'" % tag}).json["data"]
                 self.assertRegex(status, r"^HTTP/1\.1 (200|431) ", (vl, n, len(req), data[:120]))
