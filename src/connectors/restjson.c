@@ -312,7 +312,10 @@ static void copy_text(char *dst, size_t cap, json_t *v)
 static void map_status(struct tp_proc_call *c, enum tp_proc_kind kind, json_t *js)
 {
   const char *st = json_string_value(json_object_get(js, "status"));
-  if (!st) {
+  /* An answer about another reference than the one sent is no answer to
+   * this call (a processor's mix-up, or a proxy's): its outcome unknown. */
+  const char *ref = json_string_value(json_object_get(js, "reference"));
+  if (!st || (ref && strcmp(ref, c->ref) != 0)) {
     set_error(c, "processor_bad_response");
     return;
   }

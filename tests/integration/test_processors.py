@@ -142,6 +142,12 @@ class FakeProcessor:
                     with outer.lock:
                         if ref in outer.kept:
                             outer.kept[ref] = dict(outer.kept[ref], status="voided")
+                if mode == "wrong_ref" and method == "POST" and path.endswith("/v1/authorizations"):
+                    with outer.lock:
+                        outer.mode = "ok"  # once
+                    return self._reply(200, {"id": "auth_x", "reference": "att_someoneelse", "status": "approved",
+                                             "auth_code": "A1B2C3", "amount": js["amount"],
+                                             "currency": js["currency"], "captured": False})
                 if mode == "voided_then_500" and method == "POST" and path.endswith("/v1/authorizations"):
                     # voided here at once, its answer lost; the status answer names no operation
                     with outer.lock:
@@ -528,6 +534,23 @@ class ConnectorContract(unittest.TestCase):
         after = processors(self.c)["fake"]
         self.assertEqual(after["breaker"], "closed", after)
         self.assertEqual(after["errors"], before["errors"], after)
+
+    def test_an_answer_about_another_reference_is_no_answer(self):
+        """An approval naming another reference than the one sent is not
+        this payment's: its outcome is asked for, the reference fenced, and
+        the payment made by a call of its own."""
+        n0 = len(self.fake.calls("/v1/authorizations"))
+        self.fake.mode = "wrong_ref"
+        try:
+            r = self.pay(PAN_OK)
+        finally:
+            self.fake.mode = "ok"
+        self.assertEqual(r.status, 200, r)
+        auths = self.fake.calls("/v1/authorizations")[n0:]
+        self.assertEqual(len(auths), 2, [a[1] for a in auths])
+        first = auths[0][3]["reference"]
+        ch = self.c.get("/v1/charges/" + r.json["latest_charge"]).json
+        self.assertNotEqual(ch["turnpike"]["attempt"], first, ch)
 
     def test_a_status_answer_without_operation_is_read_by_what_was_asked(self):
         """An authorization voided at the processor whose answer was lost:
