@@ -858,7 +858,7 @@ bool tp_live_or_missing(struct tp_req *r, enum tp_kind kind, const char *id, con
   return false;
 }
 
-bool tp_pm_exists(struct tp_req *r, const char *pm_id)
+bool tp_pm_exists(struct tp_req *r, const char *pm_id, const char *param)
 {
   if (stored_token(pm_id)) { /* usable once: checked, then wiped */
     struct tp_card_info ci;
@@ -866,7 +866,9 @@ bool tp_pm_exists(struct tp_req *r, const char *pm_id)
     tp_card_wipe(&ci, sizeof ci);
     return ok;
   }
-  return test_id_pan(pm_id) || tp_live_or_missing(r, TP_K_PAYMENT_METHOD, pm_id, "PaymentMethod", "payment_method");
+  return test_id_pan(pm_id) ||
+         tp_live_or_missing(r, TP_K_PAYMENT_METHOD, pm_id, strcmp(param, "source") == 0 ? "source" : "PaymentMethod",
+                            param);
 }
 
 json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, struct tp_card_info *ci)

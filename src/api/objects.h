@@ -82,7 +82,7 @@ void tp_reply_missing(struct tp_req *r, const char *what, const char *id, const 
 void tp_reply_no_such(struct tp_req *r, const char *what, const char *param);
 /* Is pm_id one of the merchant's PaymentMethods (or a pm_card_* test id)?
  * Otherwise replies resource_missing and returns false. */
-bool tp_pm_exists(struct tp_req *r, const char *pm_id);
+bool tp_pm_exists(struct tp_req *r, const char *pm_id, const char *param);
 /* Is id one of Stripe's test PaymentMethods (pm_card_visa ...)? */
 bool tp_pm_test_id(const char *id);
 /* A test token (pm_card_visa ...) in pi's payment_method becomes a new

@@ -902,7 +902,7 @@ void tp_h_pi_create(struct tp_req *r)
   if (!tp_check_params(r, spec_create) || !confirming_params_ok(r) || !create_basics(r, &amount, &cur))
     return;
   const char *pm_given = tp_pstr(r->params, "payment_method");
-  if (pm_given && *pm_given && !tp_pm_exists(r, pm_given))
+  if (pm_given && *pm_given && !tp_pm_exists(r, pm_given, "payment_method"))
     return;
   json_t *pi = pi_new(r, amount, cur);
   if (!apply_fields(r, pi, r->params) || !apply_apm(r, pi, r->params)) {
@@ -1092,7 +1092,7 @@ void tp_h_pi_update(struct tp_req *r)
   if (cus && *cus && !tp_live_or_missing(r, TP_K_CUSTOMER, cus, "customer", "customer"))
     goto out;
   const char *pm_given = tp_pstr(r->params, "payment_method");
-  if (pm_given && *pm_given && !tp_pm_exists(r, pm_given))
+  if (pm_given && *pm_given && !tp_pm_exists(r, pm_given, "payment_method"))
     goto out;
   /* What the customer authenticated (a 3-D Secure challenge is for an
    * amount, a currency and a card): changing any of them in requires_action
@@ -1365,8 +1365,21 @@ void tp_h_charge_create(struct tp_req *r)
       return;
     }
   }
-  if (!tp_pm_exists(r, source))
+  if (!tp_pm_exists(r, source, "source"))
     return;
+  if (given && *given && !(cus && *cus)) {
+    /* a customer's card is charged with its customer */
+    json_t *pm = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, given);
+    const char *owner = json_string_value(json_object_get(pm, "customer"));
+    if (owner) {
+      char msg[200];
+      snprintf(msg, sizeof msg, "The source %.64s belongs to a customer: pass that customer with it.", given);
+      json_decref(pm);
+      tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "source", msg);
+      return;
+    }
+    json_decref(pm);
+  }
   json_t *pi = pi_new(r, amount, cur);
   if (!apply_fields(r, pi, r->params)) {
     json_decref(pi);

@@ -163,6 +163,13 @@ class Sources(DaemonTestCase):
         self.assertEqual(len(self.c().get(CH, {"limit": 100}).json["data"]), n)
         ok = self.c().post(CH, {"amount": 300, "currency": "usd", "customer": a["id"], "source": a["default_source"]})
         self.assertEqual(ok.status, 200, ok)
+        # the Charges API's errors name its own parameter, source
+        err = self.assertStripeError(self.c().post(CH, {"amount": 300, "currency": "usd",
+                                                        "source": a["default_source"]}), 400, param="source")
+        self.assertIn("belongs to a customer", err["message"])
+        err = self.assertStripeError(self.c().post(CH, {"amount": 300, "currency": "usd", "source": "card_nope"}),
+                                     404, param="source")
+        self.assertIn("No such source", err["message"])
 
     def test_a_charge_s_source_shows_what_its_checks_found(self):
         """ActiveMerchant reads AVS and CVC results from the charge's source
