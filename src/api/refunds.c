@@ -105,6 +105,11 @@ static void release_by_refund(struct tp_req *r, json_t *ch, bool reply_charge)
   json_t *now = tp_store_get_json(&tp_app.store, TP_K_CHARGE, r->merchant.id, chid);
   json_decref(ch);
   ch = now;
+  if (ch && json_is_true(json_object_get(ch, "refunded"))) { /* released by a refund already */
+    snprintf(msg, sizeof msg, "Charge %.64s has already been refunded.", chid);
+    tp_reply_error(r, TP_ERR_CHARGE_ALREADY_REFUNDED, "charge", msg);
+    goto fail;
+  }
   const char *st = json_string_value(json_object_get(pi, "status"));
   int64_t held = json_integer_value(json_object_get(pi, "amount_capturable"));
   if (!pi || !ch || !st || strcmp(st, "requires_capture") != 0 || held <= 0 ||

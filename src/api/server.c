@@ -55,6 +55,19 @@ static atomic_uint inflight;
  * the graceful stop waits for them, not only for the suspended ones, so a
  * request being handled or still arriving at the signal is answered. */
 static atomic_uint active;
+/* Of those, the ones whose request is still arriving (not dispatched): a
+ * client may have gone away mid-body, which libmicrohttpd notices only at
+ * the connection timeout, so the stop waits for them a moment only. */
+static atomic_uint receiving;
+
+/* The request is complete and handed to its handler (or answered as it
+ * stands): no longer "receiving". */
+static void mark_dispatched(struct tp_req *r)
+{
+  if (!r->dispatched)
+    atomic_fetch_sub(&receiving, 1);
+  r->dispatched = true;
+}
 static bool log_requests = true; /* [log] requests */
 
 unsigned tp_http_inflight(void)
@@ -1005,6 +1018,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     tp_utf8_scrub(r->url);
     atomic_fetch_add(&active, 1); /* until on_completed */
+    atomic_fetch_add(&receiving, 1); /* until dispatched */
     char rnd[15];
     tp_random_b62(rnd, 14);
     snprintf(r->request_id, sizeof r->request_id, "req_%s", rnd);
@@ -1023,7 +1037,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         snprintf(msg, sizeof msg, "The request's header fields are not valid HTTP/1.1: %s.", why);
       tp_reply_error(r, fe, NULL, why ? msg : NULL);
       r->close_after = true;
-      r->dispatched = true;
+      mark_dispatched(r);
       return queue_reply(r);
     }
     return MHD_YES;
@@ -1036,7 +1050,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return MHD_YES;
   }
   if (!r->dispatched) {
-    r->dispatched = true;
+    mark_dispatched(r);
     dispatch(r);
     if (r->suspended)
       return MHD_YES;
@@ -1067,6 +1081,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   if (!r || r == (void *)&encoded_delimiter)
     return;
   atomic_fetch_sub(&active, 1);
+  if (!r->dispatched)
+    atomic_fetch_sub(&receiving, 1);
   tp_idem_end(r);
   if (r->raw_resp)
     MHD_destroy_response(r->raw_resp);
@@ -1227,9 +1243,16 @@ void tp_http_stop(unsigned wait_ms)
   if (lock_wait_ms > longest)
     longest = lock_wait_ms;
   longest += 2000;
-  int64_t until = tp_mono_ms() + (longest > (int64_t)wait_ms ? longest : (int64_t)wait_ms);
-  while ((atomic_load(&active) > 0 || atomic_load(&inflight) > 0) && tp_mono_ms() < until)
+  int64_t now = tp_mono_ms(), until = now + (longest > (int64_t)wait_ms ? longest : (int64_t)wait_ms);
+  int64_t arriving_until = now + 1000; /* a request still arriving: a second to finish */
+  for (;;) {
+    unsigned a = atomic_load(&active), in = atomic_load(&receiving);
+    now = tp_mono_ms();
+    bool waiting = a > in || atomic_load(&inflight) > 0 || (in > 0 && now < arriving_until);
+    if (!waiting || now >= until)
+      break;
     usleep(5000);
+  }
   if (atomic_load(&inflight) > 0) {
     /* Cannot happen by the bound above; everything acknowledged is
      * committed and recovery settles the rest at the next start. */

@@ -406,7 +406,7 @@ static int on_prereq(void *arg, char *primary_ip, char *local_ip, int primary_po
 {
   (void)primary_ip, (void)local_ip, (void)primary_port, (void)local_port;
   struct rj_xfer *x = arg;
-  if (x->sent) {
+  if (x->sent && x->c->kind != TP_PROC_STATUS) { /* a status query only reads: asked again */
     x->resend_refused = true;
     return CURL_PREREQFUNC_ABORT;
   }

@@ -433,12 +433,12 @@ static void replay_step(struct conn *c)
     const char *newest = json_string_value(json_object_get(json_array_get(rows, 0), "newest"));
     bool ok = json_is_integer(n);
     bool too_far = ok && json_integer_value(n) > cfg.replay_max;
-    if (ok && (!newest || strcmp(c->replay_last, newest) > 0)) {
+    if (ok && newest && strcmp(c->replay_last, newest) > 0) {
       /* After every event of this account (another's id, or made up): the
        * live events would all sort before it and be skipped for good. Said,
        * and the resume goes on from the newest event there is (those
        * committed since the subscription still come). */
-      tp_scopy(c->replay_last, sizeof c->replay_last, newest ? newest : "");
+      tp_scopy(c->replay_last, sizeof c->replay_last, newest);
       send_error(c, "invalid_subscription", "last_event_id is after every event of this account; resuming from now.");
     }
     json_decref(rows);

@@ -105,7 +105,7 @@ class ChargeRefunds(DaemonTestCase):
         self.assertEqual(self.events_about(re["id"]), ["refund.created"])
         self.assertIn("charge.refunded", self.events_about(held["id"]))
         self.assertStripeError(self.c().post("%s/%s/refund" % (CH, held["id"]), {}), 400,
-                               code="charge_not_refundable")
+                               code="charge_already_refunded")
         self.assertEqual(self.c().get("/v1/balance").json, b0)  # no money moved
         # the older route answers the charge
         held2 = self.c().post(CH, {"amount": 700, "currency": "usd", "source": "tok_visa", "capture": "false"}).json

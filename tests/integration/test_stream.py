@@ -438,6 +438,7 @@ class StreamBoundsTest(DaemonTestCase):
         """A last_event_id that sorts after every event of the account (a
         Stripe-made id, another account's newer one): said, and the events
         from then on come (every one was skipped for good)."""
+        self.assertEqual(self.c("m").post("/v1/customers", {"name": "before"}).status, 200)
         ws = self.ws()
         try:
             self.subscribe(ws, "evt_1NG8Du2eZvKYlo2CUI79vXWy")
@@ -449,6 +450,27 @@ class StreamBoundsTest(DaemonTestCase):
             self.assertEqual(got["event"]["data"]["object"]["id"], r.json["id"], got)
         finally:
             ws.close()
+
+    def test_a_resume_of_an_account_without_events_is_quiet(self):
+        """An account whose events are all gone (or never were): a resume
+        from any id reads what comes, and is not told the id is after
+        every event (there is none)."""
+        from harness import Daemon
+        d = Daemon()
+        try:
+            d.create_merchant("q")
+            d.start(config=BOUNDS)
+            ws = RawWS(d.port, d.merchants["q"]["secret_key"])
+            try:
+                ws.send(0x1, b'{"type":"subscribe","events":["*"],"last_event_id":"evt_0"}')
+                self.assertEqual(json.loads(ws.until(0x1))["type"], "subscribed")
+                r = d.client("q").post("/v1/customers", {"name": "first"})
+                got = json.loads(ws.until(0x1))
+                self.assertEqual((got["type"], got["event"]["data"]["object"]["id"]), ("event", r.json["id"]), got)
+            finally:
+                ws.close()
+        finally:
+            d.cleanup()
 
     def test_an_http_1_0_upgrade_is_refused(self):
         """RFC 6455 4.1: HTTP/1.1 or higher. libmicrohttpd does not upgrade a
