@@ -1198,6 +1198,9 @@ static void legacy_pi_charges(struct tp_req *r, json_t *pi, const json_t *known)
       json_array_insert(data, 0, now);
     json_decref(now);
   }
+  size_t k;
+  json_t *c;
+  json_array_foreach(data, k, c) (void)expand_list(r, c, "refunds", known); /* each as that version showed it */
   char url[128];
   snprintf(url, sizeof url, "/v1/charges?payment_intent=%s", id);
   json_t *list = tp_pack("{s:s, s:o, s:b, s:I, s:s}", "object", "list", "data", data, "has_more", more,

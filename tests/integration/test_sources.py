@@ -134,6 +134,7 @@ class Sources(DaemonTestCase):
         self.assertEqual([r["id"] for r in ch["refunds"]["data"]], [re["id"]])
         got = self.c().get("/v1/payment_intents/" + pi.json["id"], headers=old).json
         self.assertEqual(got["charges"]["data"][0]["amount_refunded"], 200)
+        self.assertEqual([r["id"] for r in got["charges"]["data"][0]["refunds"]["data"]], [re["id"]])
         listed = self.c().get("/v1/payment_intents", {"limit": 1}, headers=old).json
         self.assertIn("charges", listed["data"][0])
         # the served version (or none): the current shape
