@@ -1566,7 +1566,9 @@ void tp_lock_pretend(const char *id)
 
 bool tp_lock_foreign(const char *merchant, const char *id)
 {
-  if (test_id_pan(id))
+  /* A request of no merchant (the 3-D Secure page finds its merchant under
+   * the lock) cannot tell another merchant's object from its own. */
+  if (!merchant || !merchant[0] || test_id_pan(id))
     return false; /* a test id (tok_visa, pm_card_visa) is every merchant's, and in no store */
   bool ok;
   /* a card of the legacy Cards API is a PaymentMethod with its own prefix */

@@ -105,6 +105,16 @@ static void release_by_refund(struct tp_req *r, json_t *ch, bool reply_charge)
   json_t *now = tp_store_get_json(&tp_app.store, TP_K_CHARGE, r->merchant.id, chid);
   json_decref(ch);
   ch = now;
+  /* only the PaymentIntent's live authorization is released: not an
+   * earlier charge of it that failed or was fenced (its void would answer
+   * "voided" and the live hold would be left standing, its PaymentIntent
+   * canceled) */
+  const char *latest = json_string_value(json_object_get(pi, "latest_charge"));
+  if (ch && (!latest || strcmp(latest, chid) != 0 || !json_is_true(json_object_get(ch, "paid")))) {
+    snprintf(msg, sizeof msg, "Charge %.64s did not succeed and cannot be refunded.", chid);
+    tp_reply_error(r, TP_ERR_CHARGE_NOT_REFUNDABLE, "charge", msg);
+    goto fail;
+  }
   if (ch && json_is_true(json_object_get(ch, "refunded"))) { /* released by a refund already */
     snprintf(msg, sizeof msg, "Charge %.64s has already been refunded.", chid);
     tp_reply_error(r, TP_ERR_CHARGE_ALREADY_REFUNDED, "charge", msg);
@@ -323,21 +333,25 @@ static void refund_update(struct tp_req *r, const char *re_id, const char *ch_on
     tp_reply_missing(r, "refund", re_id, "id");
     return;
   }
-  char ch_lock[TP_ID_MAX];
+  /* and its PaymentIntent's: the release of an uncaptured charge writes
+   * the refund under that lock (release_by_refund) */
+  char ch_lock[TP_ID_MAX], pi_lock[TP_ID_MAX];
   tp_scopy(ch_lock, sizeof ch_lock, of ?: "");
+  tp_scopy(pi_lock, sizeof pi_lock, json_string_value(json_object_get(re, "payment_intent")) ?: "");
   json_decref(re);
-  if (ch_lock[0] && !tp_lock_try(ch_lock)) {
-    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
-    return;
+  const char *want[3] = {ch_lock, pi_lock, re_id}, *locks[3];
+  size_t nlocks = 0;
+  for (size_t i = 0; i < 3; i++) {
+    if (!want[i][0])
+      continue;
+    if (!tp_lock_try(want[i])) {
+      while (nlocks)
+        tp_lock_release(locks[--nlocks]);
+      tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+      return;
+    }
+    locks[nlocks++] = want[i];
   }
-  if (!tp_lock_try(re_id)) {
-    if (ch_lock[0])
-      tp_lock_release(ch_lock);
-    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
-    return;
-  }
-  const char *locks[2] = {re_id, ch_lock};
-  size_t nlocks = ch_lock[0] ? 2 : 1;
   re = tp_store_get_json(&tp_app.store, TP_K_REFUND, r->merchant.id, re_id);
   if (!re) {
     tp_reply_missing(r, "refund", re_id, "id");

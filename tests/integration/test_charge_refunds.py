@@ -114,6 +114,24 @@ class ChargeRefunds(DaemonTestCase):
                          (200, "charge", True, 700), ch)
         self.assertStripeError(self.c().post("%s/%s/capture" % (CH, held2["id"]), {}), 400)
 
+    def test_a_failed_earlier_charge_releases_nothing(self):
+        """A PaymentIntent whose first charge was declined and whose second
+        holds the money: a refund of the first is refused (it released
+        nothing, canceled the PaymentIntent and left the live hold at the
+        processor, out of reach of capture, cancel and expiry)."""
+        pi = self.c().post("/v1/payment_intents", {"amount": 2500, "currency": "usd", "capture_method": "manual"}).json
+        d = self.c().post("/v1/payment_intents/%s/confirm" % pi["id"], {"payment_method": "pm_card_chargeDeclined"})
+        self.assertEqual(d.status, 402, d)
+        failed = d.json["error"]["charge"]
+        ok = self.c().post("/v1/payment_intents/%s/confirm" % pi["id"], {"payment_method": "pm_card_visa"}).json
+        self.assertEqual(ok["status"], "requires_capture", ok)
+        self.assertStripeError(self.c().post("%s/%s/refunds" % (CH, failed), {}), 400, code="charge_not_refundable")
+        got = self.c().get("/v1/payment_intents/" + pi["id"]).json
+        self.assertEqual((got["status"], got["amount_capturable"]), ("requires_capture", 2500), got)
+        self.assertEqual(self.c().get("/v1/refunds", {"charge": failed}).json["data"], [])
+        cap = self.c().post("/v1/payment_intents/%s/capture" % pi["id"], {})
+        self.assertEqual((cap.status, cap.json["status"]), (200, "succeeded"), cap)
+
     def test_a_metadata_key_sent_empty_is_not_kept(self):
         ch = self.charge()
         re = self.c().post("/v1/refunds", {"charge": ch["id"], "amount": 100, "metadata[a]": "", "metadata[b]": "x"})

@@ -211,6 +211,30 @@ class ThreeDSTest(DaemonTestCase):
         self.assertEqual(again["status"], "succeeded", again)
         self.assertEqual(again["amount_received"], 3100, again)
 
+    def test_approvals_at_once_authorize_once(self):
+        """Twelve approvals of one challenge at once (a double-clicked
+        button, a retrying browser): one authorization, one charge; the
+        others wait for the first and find the payment moved on."""
+        import threading
+        for _ in range(3):
+            pi, url, token = self.start_challenge()
+            path, _ = self.fetch_page(url)
+            go, out = threading.Barrier(12), []
+
+            def approve():
+                go.wait()
+                out.append(self.submit(path, token, "approve").status)
+            ts = [threading.Thread(target=approve) for _ in range(12)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(30)
+            charges = self.c().get("/v1/charges", {"payment_intent": pi["id"]}).json["data"]
+            self.assertEqual(len(charges), 1, (out, [c["id"] for c in charges]))
+            self.assertEqual(out.count(303), 1, out)
+            got = self.get_pi(pi["id"])
+            self.assertEqual((got["status"], got["amount_received"]), ("succeeded", 3100), got)
+
     def test_a_return_url_must_be_an_absolute_url(self):
         """Stripe: 400 url_invalid for a return_url that is not a URL; never a
         script (javascript:, data:), a scheme-relative //host or a CR/LF that
