@@ -407,6 +407,19 @@ void tp_h_customer_create(struct tp_req *r)
     }
     tp_scopy(pm_lock, sizeof pm_lock, pm_id);
     pm_id = pm_lock; /* resolved points into pm, which the fresh read below replaces */
+    if (!stored && strcmp(pm_lock, tp_pstr(r->params, "payment_method")) != 0) {
+      /* made here of a token (or test id): a request that spent the same
+       * token first has stored its card by now, under this lock */
+      json_t *spent = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
+      json_decref(spent);
+      if (spent) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "You cannot use a Stripe token more than once: %.64s.",
+                 tp_pstr(r->params, "payment_method"));
+        tp_reply_error(r, TP_ERR_TOKEN_ALREADY_USED, "payment_method", msg);
+        goto fail;
+      }
+    }
     if (stored) { /* read again under the lock: an attach may have committed since */
       json_t *fresh = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
       if (!fresh) {

@@ -1543,8 +1543,15 @@ void tp_reply_list_fixed(struct tp_req *r, struct tp_list_query *q, const char *
 #define LOCK_BUCKETS 1024
 struct lock_ent {
   char id[TP_ID_MAX];
+  char merchant[TP_ID_MAX]; /* whose request took it ("": not known, tp_lock_owner) */
   struct lock_ent *next;
 };
+static _Thread_local char lock_owner[TP_ID_MAX];
+
+void tp_lock_owner(const char *merchant)
+{
+  tp_scopy(lock_owner, sizeof lock_owner, merchant ? merchant : "");
+}
 static struct lock_ent *locks[LOCK_BUCKETS];
 static pthread_mutex_t lock_mu = PTHREAD_MUTEX_INITIALIZER;
 
@@ -1566,20 +1573,24 @@ void tp_lock_pretend(const char *id)
 
 bool tp_lock_foreign(const char *merchant, const char *id)
 {
-  /* A request of no merchant (the 3-D Secure page finds its merchant under
-   * the lock) cannot tell another merchant's object from its own. */
+  /* Only a lock whose taker is known to be another merchant's request: an
+   * object not in this merchant's store may still be its own (a token's
+   * card, made by the request that holds it), and a request of no merchant
+   * (the 3-D Secure page, which finds its merchant under the lock) or of
+   * the payment flow's threads proves nothing. A test id (tok_visa,
+   * pm_card_visa) is every merchant's. */
   if (!merchant || !merchant[0] || test_id_pan(id))
-    return false; /* a test id (tok_visa, pm_card_visa) is every merchant's, and in no store */
-  bool ok;
-  /* a card of the legacy Cards API is a PaymentMethod with its own prefix */
-  enum tp_kind kind = strncmp(id, "card_", 5) == 0 ? TP_K_PAYMENT_METHOD : kind_of_id(id, &ok);
-  if (strncmp(id, "card_", 5) != 0 && !ok)
     return false;
-  json_t *o = tp_store_get_json(&tp_app.store, kind, merchant, id);
-  if (!o)
-    return !tp_store_read_failed; /* a failed read proves nothing */
-  json_decref(o);
-  return false;
+  unsigned b = lock_hash(id);
+  bool foreign = false;
+  pthread_mutex_lock(&lock_mu);
+  for (struct lock_ent *e = locks[b]; e; e = e->next)
+    if (strcmp(e->id, id) == 0) {
+      foreign = e->merchant[0] && strcmp(e->merchant, merchant) != 0;
+      break;
+    }
+  pthread_mutex_unlock(&lock_mu);
+  return foreign;
 }
 
 static bool held(unsigned b, const char *id)
@@ -1607,6 +1618,7 @@ bool tp_lock_try(const char *id)
     return false;
   }
   tp_scopy(e->id, sizeof e->id, id);
+  tp_scopy(e->merchant, sizeof e->merchant, lock_owner);
   e->next = locks[b];
   locks[b] = e;
   pthread_mutex_unlock(&lock_mu);

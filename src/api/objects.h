@@ -202,11 +202,13 @@ json_t *tp_balance_object(const char *merchant, const struct tp_balance_move *mo
 bool tp_lock_try(const char *id);
 void tp_lock_release(const char *id);
 extern _Thread_local char tp_lock_busy_id[64]; /* TP_ID_MAX */
-/* Locks are by id, for the whole gateway. Id is an object that merchant
- * does not have (another merchant's, which its own request holds; or
- * none): nothing for this merchant's request to wait for. False for an id
- * of no known kind. */
+/* Locks are by id, for the whole gateway. Id is held by another merchant's
+ * request (tp_lock_owner): nothing for this merchant's request to wait
+ * for, since no object of the other merchant's is this one's. */
 bool tp_lock_foreign(const char *merchant, const char *id);
+/* The merchant whose request this thread's tp_lock_try calls are for
+ * (run_handler sets it around a handler; "" elsewhere: not known). */
+void tp_lock_owner(const char *merchant);
 /* Until tp_lock_pretend(NULL), this thread's tp_lock_try(id) succeeds and
  * tp_lock_release(id) does nothing, the lock left to whoever holds it: a
  * request run again past a foreign id (run_handler), whose reads under its

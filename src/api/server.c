@@ -533,8 +533,10 @@ static void run_handler_loop(struct tp_req *r);
 
 static void run_handler(struct tp_req *r)
 {
+  tp_lock_owner(r->merchant.id); /* the locks it takes are this merchant's request's */
   run_handler_loop(r);
   tp_lock_pretend(NULL); /* the thread's next request is another's */
+  tp_lock_owner(NULL);
 }
 
 static void run_handler_loop(struct tp_req *r)
@@ -546,7 +548,7 @@ static void run_handler_loop(struct tp_req *r)
     if (r->suspended || !tp_lock_busy_id[0] || r->status != 429 || lock_wait_ms <= 0)
       return;
     if (!pretended && tp_lock_foreign(r->merchant.id, tp_lock_busy_id)) {
-      /* Another merchant's object (its own request holds it), or none:
+      /* Held by another merchant's request, so another merchant's object:
        * run again past its lock; the reads under this merchant find
        * nothing there and answer as for an id that never existed. (Once:
        * a second such id waits like any other.) */

@@ -145,6 +145,43 @@ class Tokens(DaemonTestCase):
             self.assertEqual(self.count("charges"), charges + 1)
             self.assertEqual(self.db("SELECT count(*) FROM token_redemptions WHERE token=?", (t["id"],))[0][0], 1)
 
+    def test_a_token_s_card_is_locked_as_its_own_merchant_s(self):
+        """Two customers made with one token, and updates of the token's card
+        (card_…, named by the token before it exists) at once: the card is
+        the merchant's own, held by the request that makes it, so the
+        others wait for it, never run past its lock (which lost updates
+        answered 200 and spent the token twice, a 503)."""
+        lost = []
+        for _ in range(12):
+            t = self.token()
+            card = t["card"]["id"]
+            out = {}
+            go = threading.Barrier(8)
+
+            def create(i):
+                go.wait(timeout=10)
+                out["c%d" % i] = self.c().post("/v1/customers", {"payment_method": t["id"]})
+
+            def update(k):
+                go.wait(timeout=10)
+                time.sleep(0.004)
+                for _ in range(50):
+                    r = self.c().post("/v1/payment_methods/" + card, {"metadata[k%d]" % k: "1"})
+                    if r.status not in (404, 429):
+                        break
+                    time.sleep(0.001)
+                out["u%d" % k] = r
+            ts = [threading.Thread(target=create, args=(i,)) for i in range(2)] + \
+                 [threading.Thread(target=update, args=(k,)) for k in range(6)]
+            for th in ts:
+                th.start()
+            for th in ts:
+                th.join(timeout=30)
+            self.assertEqual(sorted(out[c].status for c in ("c0", "c1")), [200, 400], [out[c].json for c in ("c0", "c1")])
+            md = self.c().get("/v1/payment_methods/" + card).json["metadata"]
+            lost += [k for k in range(6) if out["u%d" % k].status == 200 and "k%d" % k not in md]
+        self.assertEqual(lost, [])
+
     def test_the_publishable_key_makes_tokens_but_cannot_read_them(self):
         pk = self.daemon.merchants["m"]["publishable_key"]
         r = self.c(None).post(TOK, {"card": raw()}, headers={"Authorization": "Bearer " + pk})
