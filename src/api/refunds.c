@@ -14,32 +14,25 @@
 
 static const char *const reasons[] = {"duplicate", "fraudulent", "requested_by_customer", NULL};
 
+/* What a refund's create takes but the charge, which POST /v1/refunds
+ * names and the Charges API's routes (/v1/charges/{id}/refunds, /refund)
+ * have in their path. */
+#define REFUND_CREATE_PARAMS \
+  {"payment_intent", TP_P_STRING, NULL, NULL}, {"amount", TP_P_INT, NULL, NULL}, \
+  {"reason", TP_P_ENUM, NULL, reasons},        {"metadata", TP_P_METADATA, NULL, NULL}, \
+  {"expand", TP_P_STRLIST, NULL, NULL},        {"instructions_email", TP_P_STRING, NULL, NULL}, \
+  /* Refunds to a customer's balance, without a charge. */ \
+  {"currency", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance}, \
+  {"customer", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance}, \
+  {"origin", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance}, \
+  /* Connect's: false is what happens anyway. */ \
+  {"refund_application_fee", TP_P_BOOL, NULL, NULL}, {"reverse_transfer", TP_P_BOOL, NULL, NULL}
+
 static const struct tp_pspec spec_create[] = {
-  {"payment_intent", TP_P_STRING, NULL, NULL}, {"charge", TP_P_STRING, NULL, NULL},
-  {"amount", TP_P_INT, NULL, NULL},            {"reason", TP_P_ENUM, NULL, reasons},
-  {"metadata", TP_P_METADATA, NULL, NULL},     {"expand", TP_P_STRLIST, NULL, NULL},
-  {"instructions_email", TP_P_STRING, NULL, NULL},
-  /* Refunds to a customer's balance, without a charge. */
-  {"currency", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance},
-  {"customer", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance},
-  {"origin", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance},
-  /* Connect's: false is what happens anyway. */
-  {"refund_application_fee", TP_P_BOOL, NULL, NULL},
-  {"reverse_transfer", TP_P_BOOL, NULL, NULL},
-  {NULL, 0, NULL, NULL},
+  {"charge", TP_P_STRING, NULL, NULL}, REFUND_CREATE_PARAMS, {NULL, 0, NULL, NULL},
 };
-/* POST /v1/charges/{id}/refunds and /v1/charges/{id}/refund: the charge is
- * the path's. */
 static const struct tp_pspec spec_create_for_charge[] = {
-  {"payment_intent", TP_P_STRING, NULL, NULL}, {"amount", TP_P_INT, NULL, NULL},
-  {"reason", TP_P_ENUM, NULL, reasons},        {"metadata", TP_P_METADATA, NULL, NULL},
-  {"expand", TP_P_STRLIST, NULL, NULL},        {"instructions_email", TP_P_STRING, NULL, NULL},
-  {"currency", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance},
-  {"customer", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance},
-  {"origin", TP_P_UNSUPPORTED, NULL, tp_why_customer_balance},
-  {"refund_application_fee", TP_P_BOOL, NULL, NULL},
-  {"reverse_transfer", TP_P_BOOL, NULL, NULL},
-  {NULL, 0, NULL, NULL},
+  REFUND_CREATE_PARAMS, {NULL, 0, NULL, NULL},
 };
 static const struct tp_pspec spec_update[] = {
   {"metadata", TP_P_METADATA, NULL, NULL},
