@@ -504,7 +504,10 @@ static json_t *customer_load_live(struct tp_req *r, const char *id, const char *
  * source makes a card of a card token the new default and deletes the old
  * default card, as Stripe does; default_source names one of the customer's
  * cards. False after replying. */
-static bool sources_apply(struct tp_req *r, struct tp_cs *cs, json_t *cus)
+/* default_source and source of a customer update, into cs; the card made
+ * and the one deleted go into known (for the reply's expansions: neither is
+ * in the store yet). */
+static bool sources_apply(struct tp_req *r, struct tp_cs *cs, json_t *cus, json_t *known)
 {
   const char *def = tp_pstr(r->params, "default_source");
   const char *source = tp_pstr(r->params, "source");
@@ -527,11 +530,14 @@ static bool sources_apply(struct tp_req *r, struct tp_cs *cs, json_t *cus)
     json_decref(view);
     const char *old = json_string_value(json_object_get(cus, "default_source"));
     json_t *old_pm = old ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, old) : NULL;
-    if (tp_is_card_source(old_pm, r->path_id))
+    if (tp_is_card_source(old_pm, r->path_id)) {
       tp_card_source_delete(cs, r, old_pm);
+      json_array_append_new(known, tp_pack("{s:O, s:s, s:b}", "id", json_object_get(old_pm, "id"), "object", "card",
+                                           "deleted", 1));
+    }
     json_decref(old_pm);
     json_object_set(cus, "default_source", json_object_get(card, "id"));
-    json_decref(card);
+    json_array_append_new(known, card);
   }
   return true;
 }
@@ -547,23 +553,25 @@ void tp_h_customer_update(struct tp_req *r)
   }
   json_t *cus = customer_load_live(r, r->path_id, "id");
   json_t *before = cus ? json_deep_copy(cus) : NULL;
+  json_t *known = json_array();
   struct tp_cs *cs = tp_cs_new();
-  if (!cus || !customer_apply(r, cus, r->params, NULL) || !sources_apply(r, cs, cus))
+  if (!cus || !customer_apply(r, cus, r->params, NULL) || !sources_apply(r, cs, cus, known))
     goto out_unlock;
   if (json_equal(cus, before)) {
     /* Nothing changed: Stripe answers the object and emits no event. */
-    reply_object(r, cus, NULL);
+    reply_object(r, cus, known);
     goto out_unlock;
   }
   tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, cus);
   tp_metadata_index_emptied(cs, TP_K_CUSTOMER, r->merchant.id, json_object_size(json_object_get(before, "metadata")),
                             cus);
   tp_emit_update(cs, r, r->merchant.id, "customer.updated", before, cus);
-  if (!reply_object(r, cus, NULL))
+  if (!reply_object(r, cus, known))
     goto out_unlock;
   tp_commit_and_reply_unlock(r, cs, r->path_id);
   json_decref(cus);
   json_decref(before);
+  json_decref(known);
   return;
 
 out_unlock:
@@ -571,6 +579,7 @@ out_unlock:
   tp_lock_release(r->path_id);
   json_decref(cus);
   json_decref(before);
+  json_decref(known);
 }
 
 /* A customer being deleted lets go of its payment methods, as on Stripe:

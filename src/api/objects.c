@@ -1137,12 +1137,18 @@ static bool expand_list(struct tp_req *r, json_t *obj, const char *path, const j
     data = tp_app.store.ops->list(tp_app.store.cls, &q, &more);
     if (!data)
       return true;
-    /* a card this request made (not in the store yet) is the newest */
+    /* a card this request made (not in the store yet) is the newest; one
+     * it deleted is gone */
     size_t i;
     json_t *pm;
     json_array_foreach(known, i, pm) {
       const char *pid = json_string_value(json_object_get(pm, "id"));
-      if (pid && tp_is_card_source(pm, id)) {
+      if (pid && json_is_true(json_object_get(pm, "deleted"))) {
+        size_t k = json_array_size(data);
+        while (k-- > 0)
+          if (strcmp(json_string_value(json_object_get(json_array_get(data, k), "id")) ?: "", pid) == 0)
+            json_array_remove(data, k);
+      } else if (pid && tp_is_card_source(pm, id)) {
         bool listed = false;
         size_t k;
         json_t *x;

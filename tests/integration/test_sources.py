@@ -150,6 +150,11 @@ class Sources(DaemonTestCase):
         made = self.c().post(CUS, {"source": "tok_visa", "expand": ["default_source", "sources"]}).json
         self.assertEqual((made["default_source"]["object"], [c["id"] for c in made["sources"]["data"]]),
                          ("card", [made["default_source"]["id"]]), made)
+        # and on the update whose source replaces the default card (the old one deleted)
+        upd = self.c().post(CUS + "/" + made["id"], {"source": "tok_mastercard",
+                                                     "expand": ["default_source", "sources"]}).json
+        self.assertEqual((upd["default_source"]["brand"], [c["id"] for c in upd["sources"]["data"]]),
+                         ("MasterCard", [upd["default_source"]["id"]]), upd)
 
     def test_a_charge_with_a_customer_takes_only_its_cards(self):
         """customer with a token, or with another customer's card: Stripe's
