@@ -1101,6 +1101,46 @@ static json_t *find_known(const json_t *known, const char *id)
  * GET /v1/refunds?charge= gives them; a customer's sources, subscriptions
  * and tax ids, which Turnpike never has. True when path named one of them
  * on this kind of object. */
+/* A stored list's page (data) as this request leaves it: each object of
+ * known that belongs to the list (belongs(o, owner)) replaces its stored
+ * version, or comes first when the store does not have it yet (newest
+ * first); one known as deleted ({"id", "deleted": true}) is taken out. */
+static bool refund_of(const json_t *o, const char *charge)
+{
+  return strcmp(json_string_value(json_object_get(o, "object")) ?: "", "refund") == 0 &&
+         strcmp(json_string_value(json_object_get(o, "charge")) ?: "", charge) == 0;
+}
+
+static bool charge_of(const json_t *o, const char *pi)
+{
+  return strcmp(json_string_value(json_object_get(o, "object")) ?: "", "charge") == 0 &&
+         strcmp(json_string_value(json_object_get(o, "payment_intent")) ?: "", pi) == 0;
+}
+
+static void overlay_known(json_t *data, const json_t *known, bool (*belongs)(const json_t *o, const char *owner),
+                          const char *owner)
+{
+  size_t i;
+  json_t *o;
+  json_array_foreach(known, i, o) {
+    const char *oid = json_string_value(json_object_get(o, "id"));
+    bool gone = json_is_true(json_object_get(o, "deleted"));
+    if (!oid || (!gone && !belongs(o, owner)))
+      continue;
+    size_t k = json_array_size(data);
+    while (k-- > 0 && strcmp(json_string_value(json_object_get(json_array_get(data, k), "id")) ?: "", oid) != 0)
+      ;
+    if (gone) {
+      if (k != (size_t)-1)
+        json_array_remove(data, k);
+    } else if (k != (size_t)-1) {
+      json_array_set_new(data, k, json_deep_copy(o));
+    } else {
+      json_array_insert_new(data, 0, json_deep_copy(o));
+    }
+  }
+}
+
 static bool expand_list(struct tp_req *r, json_t *obj, const char *path, const json_t *known)
 {
   const char *what = json_string_value(json_object_get(obj, "object"));
@@ -1123,13 +1163,7 @@ static bool expand_list(struct tp_req *r, json_t *obj, const char *path, const j
       return true; /* left as it was: the store said no */
     /* a refund this request is writing, as it is now (the store has it as
      * it was before the processor's answer) */
-    size_t i;
-    json_t *re;
-    json_array_foreach(data, i, re) {
-      json_t *now = find_known(known, json_string_value(json_object_get(re, "id")) ?: "");
-      if (now)
-        json_array_set_new(data, i, now);
-    }
+    overlay_known(data, known, refund_of, id);
   } else if (strcmp(what, "customer") == 0 && strcmp(path, "sources") == 0) {
     /* its cards (the legacy Cards API, sources.c), newest first */
     struct tp_list_query q;
@@ -1139,24 +1173,9 @@ static bool expand_list(struct tp_req *r, json_t *obj, const char *path, const j
       return true;
     /* a card this request made (not in the store yet) is the newest; one
      * it deleted is gone */
+    overlay_known(data, known, tp_is_card_source, id);
     size_t i;
     json_t *pm;
-    json_array_foreach(known, i, pm) {
-      const char *pid = json_string_value(json_object_get(pm, "id"));
-      if (pid && json_is_true(json_object_get(pm, "deleted"))) {
-        size_t k = json_array_size(data);
-        while (k-- > 0)
-          if (strcmp(json_string_value(json_object_get(json_array_get(data, k), "id")) ?: "", pid) == 0)
-            json_array_remove(data, k);
-      } else if (pid && tp_is_card_source(pm, id)) {
-        bool listed = false;
-        size_t k;
-        json_t *x;
-        json_array_foreach(data, k, x) listed |= strcmp(json_string_value(json_object_get(x, "id")) ?: "", pid) == 0;
-        if (!listed)
-          json_array_insert(data, 0, pm);
-      }
-    }
     json_array_foreach(data, i, pm) json_array_set_new(data, i, tp_card_view(pm));
   } else if (strcmp(what, "customer") == 0 && (strcmp(path, "subscriptions") == 0 || strcmp(path, "tax_ids") == 0)) {
     data = json_array();
@@ -1190,20 +1209,7 @@ static void legacy_pi_charges(struct tp_req *r, json_t *pi, const json_t *known)
   if (!data)
     return;
   /* the charge this request writes may not be in the store yet */
-  const char *latest = json_string_value(json_object_get(pi, "latest_charge"));
-  json_t *now = latest ? find_known(known, latest) : NULL;
-  if (now) {
-    size_t i;
-    json_t *ch;
-    bool had = false;
-    json_array_foreach(data, i, ch) if (strcmp(json_string_value(json_object_get(ch, "id")) ?: "", latest) == 0) {
-      json_array_set(data, i, now);
-      had = true;
-    }
-    if (!had)
-      json_array_insert(data, 0, now);
-    json_decref(now);
-  }
+  overlay_known(data, known, charge_of, id);
   size_t k;
   json_t *c;
   json_array_foreach(data, k, c) (void)expand_list(r, c, "refunds", known); /* each as that version showed it */
