@@ -85,6 +85,7 @@ struct tp_req {
   bool keep_alive;     /* the client keeps the connection (Connection, HTTP version): say for how long */
   bool http11;         /* HTTP/1.1 or a later 1.x (else 1.0) */
   bool coded_body;     /* Content-Encoding other than identity: 415 */
+  bool customer_page;  /* the customer's answer on the 3-D Secure page, not an API call: its events name no request */
   bool suspended;
   bool lock_rerun;           /* woken from a lock wait: run the handler again */
   int64_t lock_deadline_ms;  /* tp_mono_ms after which a busy object is 429 (0: not waited yet) */

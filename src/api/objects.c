@@ -287,6 +287,9 @@ static void emit_dumped(struct tp_cs *cs, const struct tp_req *r, const char *me
     TP_JBUF_LIT(&b, ",\"previous_attributes\":");
     tp_jbuf_raw(&b, prev, prevlen);
   }
+  /* Stripe's request is null for what the customer did, not an API call. */
+  if (r && r->customer_page)
+    r = NULL;
   TP_JBUF_STR(&b, "},\"livemode\":false,\"pending_webhooks\":0,\"request\":{\"id\":", r ? r->request_id : NULL);
   TP_JBUF_STR(&b, ",\"idempotency_key\":", r && r->has_idem ? r->idem_key : NULL);
   TP_JBUF_STR(&b, "},\"type\":", type);

@@ -183,6 +183,7 @@ void tp_h_3ds_submit(struct tp_req *r)
     html(r, 429, "<!doctype html><title>Busy</title><p>Try again.</p>");
     return;
   }
+  r->customer_page = true;
   json_t *pi = NULL;
   bool setup = is_setup(r->path_id);
   /* account= (in links since migration 0010) makes it one key lookup; a

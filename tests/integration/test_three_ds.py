@@ -516,6 +516,23 @@ class ThreeDSTest(DaemonTestCase):
         self.assertLess(types.index("payment_intent.requires_action"),
                         types.index("payment_intent.succeeded"), types)
 
+    def test_events_of_the_customers_answer_name_no_request(self):
+        # Stripe: an event caused by the customer (the challenge answered on
+        # the page), not by an API call, has request {id: null}.
+        for result, final in (("approve", "payment_intent.succeeded"), ("fail", "payment_intent.payment_failed")):
+            pi, url, token = self.start_challenge()
+            path, _ = self.fetch_page(url)
+            self.submit(path, token, result)
+            self.events_for(pi["id"], [final])
+            evs = [e for e in self.c().list_all("/v1/events") if e["data"]["object"].get("id") == pi["id"]
+                   or e["data"]["object"].get("payment_intent") == pi["id"]]
+            by_type = {e["type"]: e for e in evs}
+            self.assertIn(final, by_type, [e["type"] for e in evs])
+            self.assertTrue(by_type["payment_intent.requires_action"]["request"]["id"], evs)
+            for e in evs:
+                if e["type"] not in ("payment_intent.created", "payment_intent.requires_action"):
+                    self.assertEqual(e["request"], {"id": None, "idempotency_key": None}, e["type"])
+
 
 class UnknownOutcomeRedirectTest(unittest.TestCase):
     """An approved challenge whose authorization's outcome is not known when
