@@ -86,6 +86,8 @@ struct tp_req {
   bool http11;         /* HTTP/1.1 or a later 1.x (else 1.0) */
   bool coded_body;     /* Content-Encoding other than identity: 415 */
   bool customer_page;  /* the customer's answer on the 3-D Secure page, not an API call: its events name no request */
+  bool charges_api;    /* POST /v1/charges: its card errors name `source`, not `payment_method` */
+  char pm_made_for[72]; /* the PaymentIntent this request makes a PaymentMethod for ("" none: tp_pm_usable) */
   bool suspended;
   bool lock_rerun;           /* woken from a lock wait: run the handler again */
   int64_t lock_deadline_ms;  /* tp_mono_ms after which a busy object is 429 (0: not waited yet) */

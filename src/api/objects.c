@@ -3,6 +3,7 @@
 #include "api/objects.h"
 #include "sec/scopes.h"
 #include "core/currency.h"
+#include "core/payflow.h"
 #include "jpack.h"
 #include "jsonw.h"
 #include "log.h"
@@ -490,7 +491,7 @@ static json_t *token_spend(struct tp_cs *cs, const struct tp_merchant *m, const 
  * nobody), put in cs. */
 static json_t *pm_create(struct tp_cs *cs, const struct tp_merchant *m, const struct tp_card_info *ci,
                          const json_t *billing_details, const json_t *metadata, const char *allow_redisplay,
-                         const char *prefix, const char *customer)
+                         const char *prefix, const char *customer, const char *made_for)
 {
   char id[TP_ID_MAX], fp[17];
   /* A Card (not a PaymentMethod) made of a token is the token's card. */
@@ -544,15 +545,18 @@ static json_t *pm_create(struct tp_cs *cs, const struct tp_merchant *m, const st
   if (customer) {
     json_object_set_new(pm, "customer", json_string(customer));
     tp_mark(pm, "source", json_string("card"));
+  } else if (made_for && *made_for) {
+    tp_mark(pm, "made_for", json_string(made_for));
   }
   tp_cs_put(cs, TP_K_PAYMENT_METHOD, m->id, pm);
   return pm;
 }
 
 json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const struct tp_card_info *ci,
-                          const json_t *billing_details, const json_t *metadata, const char *allow_redisplay)
+                          const json_t *billing_details, const json_t *metadata, const char *allow_redisplay,
+                          const char *made_for)
 {
-  return pm_create(cs, m, ci, billing_details, metadata, allow_redisplay, "pm", NULL);
+  return pm_create(cs, m, ci, billing_details, metadata, allow_redisplay, "pm", NULL, made_for);
 }
 
 /* Stripe's test PaymentMethods (pm_card_NAME) and card tokens (tok_NAME):
@@ -883,13 +887,13 @@ json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, str
   if (stored_token(pm_id)) {
     if (!token_card(r, pm_id, "source", ci))
       return NULL;
-    json_t *pm = pm_create(cs, &r->merchant, ci, NULL, NULL, NULL, prefix, NULL);
+    json_t *pm = pm_create(cs, &r->merchant, ci, NULL, NULL, NULL, prefix, NULL, r->pm_made_for);
     if (!pm)
       tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
     return pm;
   }
   if (pan && test_card_info(pan, ci)) {
-    json_t *pm = pm_create(cs, &r->merchant, ci, NULL, NULL, NULL, prefix, NULL);
+    json_t *pm = pm_create(cs, &r->merchant, ci, NULL, NULL, NULL, prefix, NULL, r->pm_made_for);
     if (!pm)
       tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
     return pm;
@@ -963,7 +967,7 @@ json_t *tp_card_source_create(struct tp_req *r, struct tp_cs *cs, const char *so
     tp_reply_missing(r, "token", source ? source : "", param);
     ok = false;
   }
-  json_t *pm = ok ? pm_create(cs, &r->merchant, &ci, NULL, metadata, NULL, "card", customer) : NULL;
+  json_t *pm = ok ? pm_create(cs, &r->merchant, &ci, NULL, metadata, NULL, "card", customer, NULL) : NULL;
   if (ok && !pm)
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
   tp_card_wipe(&ci, sizeof ci);
@@ -1004,11 +1008,35 @@ void tp_mark(json_t *obj, const char *key, json_t *value)
   json_object_set_new(t, key, value);
 }
 
+/* A PaymentMethod made by a PaymentIntent's own request (its
+ * payment_method_data, a test id, a token: turnpike.made_for) and not
+ * attached to a customer has been spent once that PaymentIntent paid with
+ * it: it still names it and holds a charge, or is paying now. The mark
+ * costs the payment nothing (it is in the row the PaymentMethod is written
+ * as); consume_unattached (payflow.c) marks the others when they pay. As
+ * there, one the payment sets up for later (setup_future_usage) is not
+ * spent. */
+static bool spent_by_its_payment(const struct tp_req *r, const json_t *pm)
+{
+  const char *made_for = json_string_value(json_object_get(json_object_get(pm, "turnpike"), "made_for"));
+  const char *id = json_string_value(json_object_get(pm, "id"));
+  if (!made_for || !id || json_is_string(json_object_get(pm, "customer")))
+    return false;
+  json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, made_for);
+  const char *paid_by = json_string_value(json_object_get(pi, "payment_method"));
+  const char *status = json_string_value(json_object_get(pi, "status"));
+  const char *sfu = tp_pi_card_option(pi, "setup_future_usage");
+  bool spent = paid_by && strcmp(paid_by, id) == 0 && !(sfu && strcmp(sfu, "none") != 0) &&
+               (json_is_string(json_object_get(pi, "latest_charge")) || (status && strcmp(status, "processing") == 0));
+  json_decref(pi);
+  return spent;
+}
+
 bool tp_pm_usable(struct tp_req *r, const json_t *pm)
 {
-  if (!json_is_true(json_object_get(json_object_get(pm, "turnpike"), "detached")))
+  if (!json_is_true(json_object_get(json_object_get(pm, "turnpike"), "detached")) && !spent_by_its_payment(r, pm))
     return true;
-  tp_reply_error(r, TP_ERR_PAYMENT_METHOD_CONSUMED, "payment_method", NULL);
+  tp_reply_error(r, TP_ERR_PAYMENT_METHOD_CONSUMED, r->charges_api ? "source" : "payment_method", NULL);
   return false;
 }
 

@@ -59,8 +59,11 @@ json_t *tp_refund_object(int64_t amount, const json_t *ch, const char *reason, c
 int64_t tp_charge_released(const json_t *ch);
 
 /* allow_redisplay: always, limited or unspecified (NULL: unspecified). */
+/* made_for: the PaymentIntent whose request makes it ("" or NULL none), which
+ * alone may pay with it once it has (tp_pm_usable). */
 json_t *tp_pm_create_card(struct tp_cs *cs, const struct tp_merchant *m, const struct tp_card_info *ci,
-                          const json_t *billing_details, const json_t *metadata, const char *allow_redisplay);
+                          const json_t *billing_details, const json_t *metadata, const char *allow_redisplay,
+                          const char *made_for);
 /* A PaymentMethod's allow_redisplay values (Stripe's). */
 extern const char *const tp_allow_redisplay[];
 

@@ -537,6 +537,7 @@ static json_t *pi_new(struct tp_req *r, int64_t amount, const struct tp_currency
 {
   char id[TP_ID_MAX], secret[40], cs[128];
   tp_id_new(id, "pi");
+  tp_scopy(r->pm_made_for, sizeof r->pm_made_for, id); /* what this request makes a PaymentMethod of pays it */
   tp_random_b62(secret, 24);
   snprintf(cs, sizeof cs, "%s_secret_%s", id, secret);
   /* Every key the API version's PaymentIntent always has, null where
@@ -587,7 +588,7 @@ json_t *tp_pm_from_data(struct tp_req *r, struct tp_cs *cs, const json_t *pmd, s
   if (!tp_card_from_params(r, card, "payment_method_data[card]", ci, cvc))
     return NULL;
   json_t *pm = tp_pm_create_card(cs, &r->merchant, ci, json_object_get(pmd, "billing_details"),
-                                 json_object_get(pmd, "metadata"), tp_pstr(pmd, "allow_redisplay"));
+                                 json_object_get(pmd, "metadata"), tp_pstr(pmd, "allow_redisplay"), r->pm_made_for);
   if (!pm)
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
   return pm;
@@ -598,6 +599,7 @@ json_t *tp_pm_from_data(struct tp_req *r, struct tp_cs *cs, const json_t *pmd, s
  * charged when pi is confirmed. False after replying. */
 static bool attach_pm_data(struct tp_req *r, struct tp_cs *cs, json_t *pi)
 {
+  tp_scopy(r->pm_made_for, sizeof r->pm_made_for, json_string_value(json_object_get(pi, "id")));
   const json_t *pmd = json_object_get(r->params, "payment_method_data");
   if (!pmd)
     return true;
@@ -703,6 +705,7 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
   json_t *pm = NULL;
   const char *pm_id;
   char def[TP_ID_MAX];
+  tp_scopy(r->pm_made_for, sizeof r->pm_made_for, json_string_value(json_object_get(pi, "id")));
   if (!tp_redirect_allowed(r, pi) || !tp_confirm_pm_choice(r, cs, pi, &pm, &pm_id, &ci, cvc))
     goto fail;
   if (!pm) {
@@ -1325,6 +1328,7 @@ void tp_h_charge_create(struct tp_req *r)
 {
   int64_t amount;
   const struct tp_currency *cur;
+  r->charges_api = true;
   if (!tp_check_params(r, spec_charge_create) || !tp_card_param_alias(r) || !create_basics(r, &amount, &cur))
     return;
   const char *cus = tp_pstr(r->params, "customer");

@@ -156,7 +156,7 @@ void tp_h_pm_create(struct tp_req *r)
   }
   struct tp_cs *cs = tp_cs_new();
   json_t *pm = tp_pm_create_card(cs, &r->merchant, &ci, json_is_object(bd) ? bd : NULL,
-                                 json_is_object(md) ? md : NULL, tp_pstr(r->params, "allow_redisplay"));
+                                 json_is_object(md) ? md : NULL, tp_pstr(r->params, "allow_redisplay"), NULL);
   tp_card_wipe(&ci, sizeof ci);
   tp_card_wipe(cvc, sizeof cvc);
   if (!pm) {

@@ -85,7 +85,7 @@ class Sources(DaemonTestCase):
         self.assertEqual(self.c().post("/v1/payment_methods/%s/detach" % card_id, {}).status, 200)
         self.assertIsNone(self.c().get(CUS + "/" + cus["id"]).json["default_source"])
         err = self.assertStripeError(self.c().post(CH, {"amount": 100, "currency": "usd", "source": card_id}), 400,
-                                     param="payment_method")
+                                     param="source")
         self.assertEqual(err["tp_code"], 1104, err)  # payment_method_consumed
         self.assertStripeError(self.c().post(CH, {"amount": 100, "currency": "usd", "customer": cus["id"]}),
                                400, code="parameter_missing", param="customer")
@@ -301,6 +301,55 @@ class Sources(DaemonTestCase):
             r = self.c().post("/v1/payment_intents", {"amount": 800, "currency": "usd", "confirm": "true",
                                                       "customer": cus, "payment_method": pm2})
             self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
+
+    def test_a_card_a_payment_made_for_itself_is_spent_with_it(self):
+        """A PaymentMethod made by the paying request itself (a token's card,
+        payment_method_data, a test id) pays only that PaymentIntent: reused
+        by id afterwards it is refused as spent, as Stripe refuses it,
+        unless it was set up for later or has not paid yet."""
+        card = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2034}
+        pmd = {"type": "card", "card": card}
+        pi = lambda **kw: self.c().post("/v1/payment_intents", dict({"amount": 800, "currency": "usd"}, **kw))
+        # a token's card, by the Charges API: the card id charges no more
+        tok = self.c().post("/v1/tokens", {"card": card}).json["id"]
+        ch = self.c().post(CH, {"amount": 500, "currency": "usd", "source": tok})
+        self.assertEqual(ch.status, 200, ch)
+        card_id = ch.json["source"]["id"]
+        err = self.assertStripeError(self.c().post(CH, {"amount": 500, "currency": "usd", "source": card_id}),
+                                     400, "invalid_request_error", param="source")
+        self.assertEqual(err["tp_code"], 1104, err)  # payment_method_consumed
+        self.assertStripeError(pi(confirm="true", payment_method=card_id), 400, param="payment_method")
+        # payment_method_data and a test id: the PaymentMethod made pays no other PaymentIntent, nor is attached
+        cus = self.customer()["id"]
+        for kw in ({"payment_method_data": pmd}, {"payment_method": "pm_card_visa"}):
+            r = pi(confirm="true", **kw)
+            self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
+            made = r.json["payment_method"]
+            self.assertStripeError(pi(confirm="true", payment_method=made), 400, param="payment_method")
+            self.assertStripeError(self.c().post("/v1/payment_methods/%s/attach" % made, {"customer": cus}),
+                                   400, "invalid_request_error")
+        # made at create, confirmed later: it pays its own PaymentIntent
+        r = pi(payment_method_data=pmd)
+        self.assertEqual(r.json["status"], "requires_confirmation", r)
+        made = r.json["payment_method"]
+        c = self.c().post("/v1/payment_intents/%s/confirm" % r.json["id"], {})
+        self.assertEqual((c.status, c.json["status"], c.json["payment_method"]), (200, "succeeded", made), c)
+        self.assertStripeError(pi(confirm="true", payment_method=made), 400, param="payment_method")
+        # declined, it paid nothing: tried again on its PaymentIntent, and on another
+        r = pi(confirm="true", payment_method_data={"type": "card", "card": dict(card, number="4000000000000002")})
+        self.assertEqual(r.status, 402, r)
+        failed = r.json["error"]["payment_intent"]
+        made = failed["last_payment_error"]["payment_method"]["id"]
+        again = self.c().post("/v1/payment_intents/%s/confirm" % failed["id"], {"payment_method": made})
+        self.assertEqual((again.status, again.json["error"]["decline_code"]), (402, "generic_decline"), again)
+        self.assertEqual(pi(confirm="true", payment_method=made).status, 402)
+        # set up for later without a customer: attached afterwards, it pays again
+        r = pi(confirm="true", payment_method_data=pmd, setup_future_usage="off_session")
+        self.assertEqual(r.status, 200, r)
+        made = r.json["payment_method"]
+        self.assertEqual(self.c().post("/v1/payment_methods/%s/attach" % made, {"customer": cus}).status, 200)
+        r = pi(confirm="true", payment_method=made, customer=cus)
+        self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
 
     def test_a_payment_method_list_takes_any_stripe_type(self):
         """An integration that lists several types gets an empty list for
