@@ -11,8 +11,10 @@
  *   warning_needs_response -> warning_under_review -> warning_closed
  * Submitted evidence whose uncategorized_text is "winning_evidence" or
  * "losing_evidence" decides the dispute at once, as in Stripe's test mode
- * (a won chargeback gives the money back: a second adjustment); otherwise
- * it stays under review. close accepts the dispute: lost. A chargeback's
+ * (a won chargeback gives the money back: a second adjustment), and
+ * "escalate_inquiry_evidence" turns an inquiry into a chargeback;
+ * otherwise it stays under review. A fraud chargeback on a payment
+ * authenticated by 3-D Secure is not opened (liability shift). close accepts the dispute: lost. A chargeback's
  * charge cannot be refunded (refunds.c). */
 #include "api/commit.h"
 #include "api/handlers.h"
@@ -235,9 +237,15 @@ void tp_dispute_open(struct tp_cs *cs, const char *merchant, json_t *ch)
   }
   bool inquiry = strcmp(kind, "inquiry") == 0;
   const char *reason = inquiry ? "fraudulent" : kind;
-  const char *brand =
-      json_string_value(json_object_get(json_object_get(json_object_get(ch, "payment_method_details"), "card"),
-                                        "brand"));
+  const json_t *card = json_object_get(json_object_get(ch, "payment_method_details"), "card");
+  const char *tds = json_string_value(json_object_get(json_object_get(card, "three_d_secure"), "result"));
+  /* Liability shift: a fraud chargeback on a payment the cardholder
+   * authenticated by 3-D Secure is the issuer's to bear, and Stripe's test
+   * card for it (4000000000000259) says so: "protected after 3D Secure
+   * authentication". No dispute, no money withdrawn. */
+  if (!inquiry && strcmp(reason, "fraudulent") == 0 && tds && strcmp(tds, "authenticated") == 0)
+    return;
+  const char *brand = json_string_value(json_object_get(card, "brand"));
   char id[TP_ID_MAX];
   tp_id_new(id, "dp");
   int64_t now = tp_now();
@@ -334,6 +342,24 @@ static void decide(struct tp_req *r, struct tp_cs *cs, json_t *dp, const char *p
   tp_emit(cs, r, r->merchant.id, "charge.dispute.closed", dp);
 }
 
+/* Stripe's test mode: an inquiry answered with "escalate_inquiry_evidence"
+ * becomes a chargeback, which takes the money and the fee; it then needs a
+ * response of its own and its charge can no longer be refunded. */
+static void escalate(struct tp_req *r, struct tp_cs *cs, json_t *dp, const char *processor)
+{
+  json_t *before = json_deep_copy(dp);
+  json_object_set_new(dp, "status", json_string("needs_response"));
+  json_object_set_new(dp, "is_charge_refundable", json_false());
+  json_object_set_new(json_object_get(json_object_get(dp, "payment_method_details"), "card"), "case_type",
+                      json_string("chargeback"));
+  json_object_set_new(json_object_get(dp, "evidence_details"), "due_by",
+                      json_integer(tp_now() + DISPUTE_RESPONSE_DAYS * 86400));
+  tp_emit_update(cs, r, r->merchant.id, "charge.dispute.updated", before, dp);
+  json_decref(before);
+  adjust(cs, r->merchant.id, dp, json_string_value(json_object_get(dp, "charge")), processor, -1);
+  tp_emit(cs, r, r->merchant.id, "charge.dispute.funds_withdrawn", dp);
+}
+
 void tp_h_dispute_update(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_update))
@@ -399,6 +425,8 @@ void tp_h_dispute_update(struct tp_req *r)
     const char *text = json_string_value(json_object_get(evidence, "uncategorized_text"));
     if (text && (strcmp(text, "winning_evidence") == 0 || strcmp(text, "losing_evidence") == 0))
       decide(r, cs, dp, processor, strcmp(text, "winning_evidence") == 0);
+    else if (text && inquiry && strcmp(text, "escalate_inquiry_evidence") == 0)
+      escalate(r, cs, dp, processor);
   } else if (!json_equal(before, dp)) {
     tp_emit_update(cs, r, r->merchant.id, "charge.dispute.updated", before, dp);
   }

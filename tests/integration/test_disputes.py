@@ -236,6 +236,50 @@ class Disputes(DaemonTestCase):
         r = self.c().post(DP + "/" + dp["id"], {"evidence[uncategorized_text]": "winning_evidence"})
         self.assertEqual(r.json["status"], "warning_closed")
 
+    def test_escalated_an_inquiry_becomes_a_chargeback(self):
+        # Stripe's test mode: "escalate_inquiry_evidence" turns the inquiry
+        # into a full dispute that takes the amount and the fee
+        avail = self.available()
+        ch = self.pay(pm="pm_card_createDisputeInquiry", amount=3000)["latest_charge"]
+        dp = self.dispute_of(ch)
+        r = self.c().post(DP + "/" + dp["id"], {"evidence[uncategorized_text]": "escalate_inquiry_evidence"})
+        self.assertEqual(r.status, 200, r)
+        got = r.json
+        self.assertEqual((got["status"], got["is_charge_refundable"], got["payment_method_details"]["card"]["case_type"],
+                          [bt["net"] for bt in got["balance_transactions"]]),
+                         ("needs_response", False, "chargeback", [-4500]), got)
+        self.assertEqual(self.available(), avail - 4500)
+        self.assertEqual(self.events(dp["id"]), ["charge.dispute.created", "charge.dispute.updated",
+                                                 "charge.dispute.updated", "charge.dispute.funds_withdrawn"])
+        self.assertStripeError(self.c().post("/v1/refunds", {"charge": ch}), 400, "invalid_request_error",
+                               "charge_disputed")
+        # then answered as a chargeback: won, the money comes back
+        r = self.c().post(DP + "/" + dp["id"], {"evidence[uncategorized_text]": "winning_evidence"})
+        self.assertEqual(r.json["status"], "won", r)
+        self.assertEqual(self.available(), avail)
+        self.assertEqual(self.ledger_sums()[0], 0)
+
+    def test_a_fraud_chargeback_after_3d_secure_is_the_issuers(self):
+        # Liability shift: Stripe's 4000000000000259 is "protected after 3D
+        # Secure authentication"; a product_not_received dispute is not.
+        import urllib.parse
+        for pan, disputed in (("4000000000000259", False), ("4000000000002685", True)):
+            avail = self.available()
+            pi = self.pay(pm=None, payment_method_data=card(pan), return_url="https://shop.example/back",
+                          **{"payment_method_options[card][request_three_d_secure]": "any"})
+            self.assertEqual(pi["status"], "requires_action", pi)
+            u = urllib.parse.urlsplit(pi["next_action"]["redirect_to_url"]["url"])
+            token = urllib.parse.parse_qs(u.query)["token"][0]
+            r = self.c().post(u.path, {"token": token, "result": "approve"}, key=None)
+            self.assertEqual(r.status, 303, r)
+            got = self.c().get(PI + "/" + pi["id"], {"expand[]": "latest_charge"}).json
+            ch = got["latest_charge"]
+            self.assertEqual((got["status"], ch["payment_method_details"]["card"]["three_d_secure"]["result"]),
+                             ("succeeded", "authenticated"), got)
+            self.assertEqual((ch["disputed"], len(self.c().get(DP, {"charge": ch["id"]}).json["data"])),
+                             (disputed, int(disputed)), pan)
+            self.assertEqual(self.available() - avail, -(2000 + 1500) if disputed else 0, pan)  # amount and fee
+
     def test_a_held_payment_is_disputed_once_captured(self):
         pi = self.pay(capture_method="manual", payment_method_data=card("4000000000000259"), pm=None)
         ch = pi["latest_charge"]
