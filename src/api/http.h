@@ -136,6 +136,9 @@ void tp_reply_error(struct tp_req *r, enum tp_err e, const char *param, const ch
 void tp_reply_commit_failed(struct tp_req *r, int rc);
 /* Build the Stripe error object {"type","code",...} (without the "error" wrapper). */
 json_t *tp_error_object(enum tp_err e, const char *param, const char *message);
+/* Add Stripe's doc_url for err's code (its page: the code with hyphens,
+ * https://stripe.com/docs/error-codes/card-declined). */
+void tp_error_doc_url(json_t *err);
 /* Reply with a params-module error (bad body / unknown parameter). */
 struct tp_params_error;
 void tp_reply_params_error(struct tp_req *r, const struct tp_params_error *pe, bool unknown);

@@ -108,6 +108,8 @@ static void request_hash(struct tp_req *r)
 {
   char *canon = json_dumps(r->params, JSON_COMPACT | JSON_SORT_KEYS);
   size_t ul = strlen(r->url), cl = canon ? strlen(canon) : 0;
+  while (ul > 1 && r->url[ul - 1] == '/')
+    ul--; /* routed as the same endpoint (route()): the same request */
   size_t n = ul + cl + 24;
   char *buf = malloc(n);
   if (!buf)
@@ -116,7 +118,8 @@ static void request_hash(struct tp_req *r)
    * secret key's confirm under its Idempotency-Key would otherwise get the
    * stored reply, client_secret included, without passing the client_secret
    * check (the replay answers before the handler runs). */
-  int len = snprintf(buf, n, "%s %s\n%s%s", r->method, r->url, r->publishable ? "pk\n" : "", canon ? canon : "");
+  int len = snprintf(buf, n, "%s %.*s\n%s%s", r->method, (int)ul, r->url, r->publishable ? "pk\n" : "",
+                     canon ? canon : "");
   /* Keyed, not a plain SHA-256: the body may hold a card number, and a PAN's
    * small search space would make a bare hash reversible. */
   char whole[65], endpoint[65];

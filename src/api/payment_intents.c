@@ -762,6 +762,7 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
       json_object_set_new(pi, "status", json_string("requires_payment_method"));
       json_object_set_new(pi, "next_action", json_null());
       json_t *err = tp_error_object(TP_ERR_DECLINE_AUTHENTICATION_REQUIRED, NULL, NULL);
+      tp_error_doc_url(err);
       json_object_set(err, "payment_method", pm);
       json_object_set(pi, "last_payment_error", err);
       json_object_set_new(pi, "payment_method", json_null());

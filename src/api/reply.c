@@ -47,6 +47,18 @@ static json_t *echo_string(char *s)
   return json_string(s);
 }
 
+void tp_error_doc_url(json_t *err)
+{
+  const char *code = json_string_value(json_object_get(err, "code"));
+  char page[96];
+  if (!code || !*code || (size_t)tp_scopy(page, sizeof page, code) >= sizeof page)
+    return;
+  for (char *c = page; *c; c++)
+    if (*c == '_')
+      *c = '-';
+  json_object_set_new(err, "doc_url", json_sprintf("https://stripe.com/docs/error-codes/%s", page));
+}
+
 json_t *tp_error_object(enum tp_err e, const char *param, const char *message)
 {
   const struct tp_error_info *ei = tp_error_info(e);

@@ -205,6 +205,8 @@ static bool types_ok(struct tp_req *r, const json_t *params)
 
 /* Apply what create and update share to si; the PaymentMethod named or
  * described (created in cs) becomes si's. False after replying. */
+static void abandon_attempt(struct tp_req *r, struct tp_cs *cs, const json_t *si);
+
 static bool si_apply(struct tp_req *r, struct tp_cs *cs, json_t *si, bool creating)
 {
   const json_t *p = r->params;
@@ -280,6 +282,7 @@ static bool si_apply(struct tp_req *r, struct tp_cs *cs, json_t *si, bool creati
     if (st && strcmp(st, "requires_action") == 0) {
       json_object_set_new(si, "status", json_string("requires_confirmation"));
       json_object_set_new(si, "next_action", json_null());
+      abandon_attempt(r, cs, si); /* its attempt with it */
     }
     json_object_set(si, "payment_method", json_object_get(pm, "id"));
     json_decref(pm);
@@ -380,8 +383,7 @@ json_t *tp_si_finish(struct tp_req *r, struct tp_cs *cs, json_t *si, json_t *pm,
   if (!ei)
     ei = tp_error_by_decline_code("generic_decline");
   json_t *err = tp_error_object((enum tp_err)ei->number, tp_decline_param(ei->code), NULL);
-  json_object_set_new(err, "doc_url", json_sprintf("https://docs.stripe.com/error-codes/%s",
-                                                   json_string_value(json_object_get(err, "code"))));
+  tp_error_doc_url(err);
   json_object_set(err, "payment_method", pm);
   json_object_set(si, "last_setup_error", err);
   json_object_set_new(si, "status", json_string("requires_payment_method"));

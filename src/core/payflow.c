@@ -1616,8 +1616,7 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
   json_object_set(ch, "failure_message", json_object_get(err, "message"));
   json_object_set(err, "charge", json_object_get(ch, "id"));
   json_object_set(err, "payment_method", p->pm);
-  json_object_set_new(err, "doc_url", json_sprintf("https://docs.stripe.com/error-codes/%s",
-                                                   json_string_value(json_object_get(err, "code"))));
+  tp_error_doc_url(err);
   json_object_set(pi, "last_payment_error", err);
   json_object_set_new(pi, "status", json_string("requires_payment_method"));
   json_object_set_new(pi, "payment_method", json_null());

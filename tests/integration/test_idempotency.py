@@ -132,6 +132,8 @@ class IdempotencyTest(DaemonTestCase):
         r = c.post("/v1/customers", {"name": "Bo"}, idem=key)
         self.assertEqual(self.assertStripeError(r, 400, "idempotency_error")["tp_code"], 3001, r)
         self.assertReplayOf(first, c.post("/v1/customers", {"name": "Ada"}, idem=key))
+        # a trailing slash is routed to the same endpoint: the same request
+        self.assertReplayOf(first, c.post("/v1/customers/", {"name": "Ada"}, idem=key))
 
         # An older record: the fingerprint of the whole request alone.
         old = new_key()

@@ -185,6 +185,12 @@ class SetupIntents(DaemonTestCase):
                          "return_url": RETURN}).json
         c.post(SI + "/%s/cancel" % si["id"], {})
         self.assertEqual(self.attempts(si["id"])[0]["status"], "abandoned")
+        # and so does another card given while the challenge is out
+        si = c.post(SI, {"payment_method": "pm_card_threeDSecure2Required", "confirm": "true",
+                         "return_url": RETURN}).json
+        r = c.post(SI + "/" + si["id"], {"payment_method": "pm_card_visa"})
+        self.assertEqual(r.json["status"], "requires_confirmation", r)
+        self.assertEqual([a["status"] for a in self.attempts(si["id"])], ["abandoned"])
         # setup_intent is required; another merchant's list is empty
         self.assertStripeError(c.get("/v1/setup_attempts"), 400, code="parameter_missing", param="setup_intent")
         self.assertEqual(self.attempts("seti_nope"), [])

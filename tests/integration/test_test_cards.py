@@ -135,6 +135,7 @@ class TestCards(DaemonTestCase):
         self.assertEqual(self.c().post("/v1/payment_methods/%s/attach" % pm, {"customer": cus}).status, 200)
         err = self.pay(402, customer=cus, payment_method=pm)["error"]
         self.assertEqual((err["code"], err["decline_code"]), ("card_declined", "generic_decline"))
+        self.assertEqual(err["doc_url"], "https://stripe.com/docs/error-codes/card-declined")  # Stripe's page
         # saved through a SetupIntent too (the card check passes), then declined
         si = self.c().post("/v1/setup_intents", {"customer": cus, "confirm": "true", "usage": "off_session",
                                                  "payment_method_data[type]": "card",

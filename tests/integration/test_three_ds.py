@@ -123,6 +123,9 @@ class ThreeDSTest(DaemonTestCase):
         self.assertEqual(e["type"], "card_error", r)
         self.assertEqual(e["code"], "authentication_required", r)
         self.assertEqual(e["decline_code"], "authentication_required", r)
+        # Stripe's words and page (integrations compare the message)
+        self.assertEqual(e["message"], "Your card was declined. This transaction requires authentication.", r)
+        self.assertEqual(e["doc_url"], "https://stripe.com/docs/error-codes/authentication-required", r)
         self.assertTrue(e["payment_method"]["id"].startswith("pm_"), r)
         pi = e["payment_intent"]
         self.assertEqual(pi["status"], "requires_payment_method", r)
