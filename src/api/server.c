@@ -792,7 +792,11 @@ static enum MHD_Result queue_reply(struct tp_req *r)
     MHD_add_response_header(resp, "Stripe-Should-Retry", retry);
   /* The version asked for, or (as Stripe sends the account's default) the one served. */
   MHD_add_response_header(resp, "Stripe-Version", r->api_version[0] ? r->api_version : TP_API_VERSION);
-  if (r->location[0] && MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, r->location) != MHD_YES)
+  /* Only a redirect goes somewhere: a 3-D Secure approval that could not be
+   * sent (no processor, overloaded, store full) keeps the PaymentIntent as
+   * it was, and the return URL prepared for it must not say otherwise. */
+  if (r->location[0] && r->status >= 300 && r->status < 400 &&
+      MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, r->location) != MHD_YES)
     tp_log(TP_LOG_ERROR, "location_refused", "{s:s}", "request", r->request_id);
   MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
   if (tls_cert) /* RFC 6797: only on a secure transport; not includeSubDomains (the merchant's other hosts) */

@@ -95,6 +95,22 @@ class OrchestrationTest(SimGatewayTest):
         self.assertEqual(r.status, 200, r.json)
         return r.json["data"]
 
+    def test_an_approval_that_cannot_be_sent_redirects_nowhere(self):
+        """The customer approves a challenge, and nothing can take the
+        payment (jpy routes only to z, which takes eur): 503, the
+        PaymentIntent still waits for its challenge, and no Location tells
+        the merchant's return page it succeeded."""
+        import urllib.parse
+        r = self.c.post("/v1/payment_intents", {"amount": 500, "currency": "jpy", "confirm": "true",
+                                                "payment_method": "pm_card_threeDSecure2Required",
+                                                "return_url": "https://shop.test/r"})
+        self.assertEqual((r.status, r.json["status"]), (200, "requires_action"), r.json)
+        u = urllib.parse.urlsplit(r.json["next_action"]["redirect_to_url"]["url"])
+        token = urllib.parse.parse_qs(u.query)["token"][0]
+        a = self.c.post(u.path, {"token": token, "result": "approve"}, key=None)
+        self.assertEqual((a.status, a.headers.get("Location")), (503, None), a.body[:300])
+        self.assertEqual(self.c.get("/v1/payment_intents/" + r.json["id"]).json["status"], "requires_action")
+
     def charge_processor(self, pi):
         ch = self.c.get("/v1/charges/%s" % pi["latest_charge"]).json
         return ch["turnpike"]["processor"]
