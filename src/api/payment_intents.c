@@ -530,7 +530,7 @@ bool tp_wants_3ds(const json_t *pi, const char *pan, bool off_session, const jso
       json_object_get(json_object_get(json_object_get(pi, "payment_method_options"), "card"), "request_three_d_secure"));
   bool set_up = json_is_true(json_object_get(json_object_get(pm, "turnpike"), "off_session_authenticated"));
   return tp_test_card_requires_3ds(pan, off_session, set_up) ||
-         (rq && (strcmp(rq, "any") == 0 || strcmp(rq, "challenge") == 0));
+         (rq && (strcmp(rq, "any") == 0 || strcmp(rq, "challenge") == 0) && !tp_test_card_no_3ds(pan));
 }
 
 static json_t *pi_new(struct tp_req *r, int64_t amount, const struct tp_currency *cur)

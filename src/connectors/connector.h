@@ -107,6 +107,10 @@ const char *tp_test_card_check_decline(const char *pan, bool cvc);
  * off_session or not, with a card set up for off-session payments by an
  * authenticated payment (set_up) or not? */
 bool tp_test_card_requires_3ds(const char *pan, bool off_session, bool set_up);
+/* A card 3-D Secure cannot be run on (Stripe's 4242424242424242, not
+ * enrolled; 378282246310005, not supported): request_three_d_secure any or
+ * challenge goes on without a challenge, as on Stripe. */
+bool tp_test_card_no_3ds(const char *pan);
 /* The dispute the cardholder of a test card opens once a charge is
  * captured: "fraudulent" or "product_not_received" (a chargeback),
  * "inquiry" (a retrieval request, no funds withdrawn), "early_fraud_warning"

@@ -30,6 +30,7 @@ static const struct test_card {
   bool refund_fails;
   bool bypass_pending; /* its charges' funds are available at once */
   bool charges_only;   /* declines charges only: a card check (SetupIntent) passes */
+  bool no_3ds;         /* not enrolled in 3-D Secure, or its brand has none: never challenged */
 } test_cards[] = {
   {.pan = "4000000000000002", .decline = "generic_decline"},
   {.pan = "4000000000009995", .decline = "insufficient_funds"},
@@ -52,6 +53,10 @@ static const struct test_card {
   {.pan = "4000008260003178", .decline = "insufficient_funds", .three_ds = ALWAYS}, /* required, then insufficient funds */
   {.pan = "4000002500003155", .three_ds = UNLESS_SET_UP}, /* off-session once set up with authentication */
   {.pan = "4000003800000446", .three_ds = ON_SESSION}, /* off-session payments never ask */
+  /* required, but the lookup fails: declined (card_declined) without a challenge */
+  {.pan = "4000008400001280", .decline = "generic_decline", .no_3ds = true},
+  {.pan = "4242424242424242", .no_3ds = true}, /* supported, the card not enrolled */
+  {.pan = "378282246310005", .no_3ds = true},  /* no 3-D Secure on this card */
   /* address checks */
   {.pan = "4000000000000010", .avs_line1 = "fail", .avs_zip = "fail"},
   {.pan = "4000000000000028", .avs_line1 = "fail", .avs_zip = "pass"},
@@ -118,6 +123,11 @@ void tp_test_card_avs(const char *pan, const char **line1, const char **postal_c
   const struct test_card *c = test_card(pan);
   *line1 = c->avs_line1 ? c->avs_line1 : "pass";
   *postal_code = c->avs_zip ? c->avs_zip : "pass";
+}
+
+bool tp_test_card_no_3ds(const char *pan)
+{
+  return test_card(pan)->no_3ds;
 }
 
 bool tp_test_card_requires_3ds(const char *pan, bool off_session, bool set_up)

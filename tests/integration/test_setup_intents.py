@@ -196,7 +196,7 @@ class SetupIntents(DaemonTestCase):
         self.assertEqual(self.attempts("seti_nope"), [])
 
     def test_the_merchant_can_ask_for_3ds_on_any_card(self):
-        si = self.c().post(SI, {"payment_method": "pm_card_visa", "confirm": "true", "return_url": RETURN,
+        si = self.c().post(SI, {"payment_method": "pm_card_mastercard", "confirm": "true", "return_url": RETURN,
                                 "payment_method_options[card][request_three_d_secure]": "any"}).json
         self.assertEqual(si["status"], "requires_action", si)
         self.assertEqual(si["payment_method_options"]["card"]["request_three_d_secure"], "any")

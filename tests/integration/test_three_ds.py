@@ -149,8 +149,8 @@ class ThreeDSTest(DaemonTestCase):
         self.assertAuthenticationRequired(r, 3400)
 
     def test_request_three_d_secure_any_challenges_a_card_that_does_not_ask(self):
-        # 4242... needs no authentication by itself; the merchant asks for it.
-        pi, url, token = self.start_challenge(pan=PAN_OK, **{
+        # 5555... needs no authentication by itself; the merchant asks for it.
+        pi, url, token = self.start_challenge(pan="5555555555554444", **{
             "payment_method_options[card][request_three_d_secure]": "any"})
         self.assertEqual(pi["payment_method_options"]["card"]["request_three_d_secure"], "any", pi)
         got = self.approve_redirected(pi, url, token)
@@ -159,8 +159,21 @@ class ThreeDSTest(DaemonTestCase):
         # automatic (the default) leaves such a card alone
         r = self.c().post(PI, {"amount": 3500, "currency": "eur", "confirm": "true",
                                "payment_method_options[card][request_three_d_secure]": "automatic",
-                               "payment_method_data": card(PAN_OK)})
+                               "payment_method_data": card("5555555555554444")})
         self.assertEqual(r.json["status"], "succeeded", r)
+        # Stripe's cards 3-D Secure cannot run on are not challenged even
+        # when asked: 4242 (not enrolled) and 378282246310005 (not supported)
+        for pan in (PAN_OK, "378282246310005"):
+            for rq in ("any", "challenge"):
+                r = self.c().post(PI, {"amount": 3500, "currency": "eur", "confirm": "true",
+                                       "return_url": RETURN_URL,
+                                       "payment_method_data": card(pan, cvc="1234" if pan[0] == "3" else "123"),
+                                       "payment_method_options[card][request_three_d_secure]": rq})
+                self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), (pan, rq, r))
+        # 4000008400001280: 3-D Secure required, the lookup fails: declined, no challenge
+        r = self.c().post(PI, {"amount": 3500, "currency": "eur", "confirm": "true", "return_url": RETURN_URL,
+                               "payment_method_data": card("4000008400001280")})
+        self.assertEqual((r.status, r.json["error"]["code"]), (402, "card_declined"), r)
 
     def test_bad_request_three_d_secure_and_automatic_payment_methods_change_nothing(self):
         before = len(self.c().list_all(PI))

@@ -144,8 +144,8 @@ test('off_session confirmation of a 3DS card throws StripeCardError authenticati
     });
 });
 
-test('request_three_d_secure=any challenges 4242 and error_on_requires_action fails it instead', async () => {
-  const pi = await challenged(CARDS.visa, {
+test('request_three_d_secure=any challenges a card that does not ask, and error_on_requires_action fails it instead', async () => {
+  const pi = await challenged(CARDS.mastercard, {
     payment_method_options: { card: { request_three_d_secure: 'any' } },
   });
   assert.equal(pi.payment_method_options.card.request_three_d_secure, 'any');
@@ -154,10 +154,16 @@ test('request_three_d_secure=any challenges 4242 and error_on_requires_action fa
   await assert.rejects(
     stripe.paymentIntents.create({
       amount: 6600, currency: 'usd', confirm: true, error_on_requires_action: true,
-      payment_method_data: cardData(CARDS.visa),
+      payment_method_data: cardData(CARDS.mastercard),
       payment_method_options: { card: { request_three_d_secure: 'challenge' } },
     }),
     (err) => err.type === 'StripeCardError' && err.code === 'authentication_required');
+  // Stripe's 4242: 3-D Secure supported, the card not enrolled: asked for, it pays without a challenge
+  const visa = await stripe.paymentIntents.create({
+    amount: 6600, currency: 'usd', confirm: true, payment_method: 'pm_card_visa', return_url: 'https://shop.example/r',
+    payment_method_options: { card: { request_three_d_secure: 'any' } },
+  });
+  assert.equal(visa.status, 'succeeded');
 });
 
 // The browser's half of the flow, as Stripe.js does it: the server creates
