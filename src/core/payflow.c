@@ -1766,6 +1766,22 @@ static void refund_fails(struct tp_pay *p, struct tp_cs *cs, json_t *re, json_t 
 /* A refund its processor did not make. Stripe announces every refund it
  * creates (refund.created, here as it stood while the processor was
  * asked), then its failure. */
+/* Stripe's Refund failure_reason for the issuer's decline of it; unknown
+ * when the processor gave none (a timeout, an error). */
+static const char *refund_failure_reason(const char *decline)
+{
+  if (!decline || !*decline)
+    return "unknown";
+  if (strcmp(decline, "lost_card") == 0 || strcmp(decline, "stolen_card") == 0 ||
+      strcmp(decline, "pickup_card") == 0)
+    return "lost_or_stolen_card";
+  if (strcmp(decline, "expired_card") == 0)
+    return "expired_or_canceled_card";
+  if (strcmp(decline, "insufficient_funds") == 0)
+    return "insufficient_funds";
+  return "declined";
+}
+
 static void refund_not_made(struct tp_pay *p, struct tp_cs *cs)
 {
   json_t *re = p->refund;
@@ -1773,7 +1789,9 @@ static void refund_not_made(struct tp_pay *p, struct tp_cs *cs)
   json_t *before = json_deep_copy(re);
   tp_emit(cs, p->r, merchant, "refund.created", before);
   json_object_set_new(re, "status", json_string("failed"));
-  json_object_set_new(re, "failure_reason", json_string("unknown"));
+  json_object_set_new(re, "failure_reason", json_string(p->call.outcome == TP_OUT_DECLINED
+                                                            ? refund_failure_reason(p->call.decline_code)
+                                                            : "unknown"));
   tp_emit_update(cs, p->r, merchant, "refund.updated", before, re);
   tp_emit_update(cs, p->r, merchant, "charge.refund.updated", before, re);
   tp_put_emit(cs, p->r, merchant, TP_K_REFUND, "refund.failed", re);

@@ -59,6 +59,7 @@ class FakeProcessor:
 
     def __init__(self):
         self.mode = "ok"
+        self.refund_decline = "generic_decline"  # decline_refund's decline_code
         self.kept = {}  # reference -> answer, for status queries (mode mismatch)
         self.fenced, self.applied, self.stall_s = set(), [], 0.0  # mode stall_void
         self.retry_after = None  # mode 429: the Retry-After of the next authorization's 429
@@ -178,7 +179,7 @@ class FakeProcessor:
                     elif mode == "slow_refund_long":
                         time.sleep(2.0)
                     elif mode == "decline_refund":
-                        return self._reply(200, {"status": "declined", "decline_code": "generic_decline",
+                        return self._reply(200, {"status": "declined", "decline_code": outer.refund_decline,
                                                  "reference": js["reference"]})
                     return self._reply(200, {"status": "succeeded", "reference": js["reference"]})
                 if method == "GET" and "/v1/transactions/" in path:
@@ -612,6 +613,17 @@ class ConnectorContract(unittest.TestCase):
         self.assertEqual(evs[2]["data"]["previous_attributes"]["status"], "pending")
         ch = self.c.get("/v1/charges/" + r.json["latest_charge"]).json
         self.assertEqual((ch["amount_refunded"], ch["refunded"]), (0, False))
+        # the issuer's reason, in Stripe's failure_reason words
+        self.assertEqual(re.json["failure_reason"], "declined", re)
+        self.fake.mode = "decline_refund"
+        try:
+            for code, reason in (("stolen_card", "lost_or_stolen_card"), ("expired_card", "expired_or_canceled_card"),
+                                 ("insufficient_funds", "insufficient_funds")):
+                self.fake.refund_decline = code
+                got = self.c.post("/v1/refunds", {"payment_intent": r.json["id"], "amount": 100})
+                self.assertEqual((got.json["status"], got.json["failure_reason"]), ("failed", reason), got)
+        finally:
+            self.fake.mode, self.fake.refund_decline = "ok", "generic_decline"
 
     def test_broken_answers_fail_the_call_not_the_gateway(self):
         before = processors(self.c)["fake"]
