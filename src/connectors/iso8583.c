@@ -1096,7 +1096,11 @@ int tp_iso8583_start(struct tp_connector *out, const char *name, const char *hos
   tp_metric_label_escape(esc, sizeof esc, name);
   snprintf(l->labels, sizeof l->labels, "processor=\"%s\"", esc);
   l->fd = -1;
-  l->next_stan = 1;
+  /* Not 1 at every start: a host that tells duplicates by terminal, STAN
+   * and date would refuse (94) the first messages after a restart. Eleven
+   * STANs a second from midnight (UTC) stay ahead of what a link that sent
+   * fewer than that already used today. */
+  l->next_stan = (uint32_t)((time(NULL) % 86400) * 11 % ISO_STAN_MAX) + 1;
   l->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   pthread_mutex_init(&l->mu, NULL);
   if (bad || l->efd < 0 || pthread_create(&l->thread, NULL, link_main, l) != 0) {
