@@ -695,8 +695,11 @@ static void scan(void)
       submit(cs);
     }
   }
-  /* Outbox lag: how long the oldest due delivery has waited. */
-  json_t *rows = wq("SELECT MIN(next_at) AS m, COUNT(*) AS n FROM webhook_deliveries WHERE state='pending'", NULL);
+  /* Outbox lag: how long the oldest due delivery has waited. A disabled
+   * endpoint's deliveries are not due (they wait for it to be enabled
+   * again): counted, one dead endpoint would raise the lag for ever. */
+  json_t *rows = wq("SELECT MIN(d.next_at) AS m, COUNT(*) AS n FROM webhook_deliveries d JOIN webhook_endpoints e "
+                    "ON e.id = d.endpoint WHERE d.state='pending' AND e.status='enabled'", NULL);
   json_t *m = json_object_get(json_array_get(rows, 0), "m");
   int64_t lag = json_is_integer(m) && json_integer_value(m) < t ? (t - json_integer_value(m)) / 1000 : 0;
   tp_metric_set("turnpike_outbox_lag_seconds", NULL, lag);
@@ -718,6 +721,11 @@ static size_t discard(char *p, size_t sz, size_t n, void *arg)
 static bool start_job(struct ep *e, const char *event_id, int attempts, int64_t created_ms)
 {
   char *body = tp_store_get(&tp_app.store, TP_K_EVENT, e->merchant, event_id);
+  if (!body && tp_store_read_failed) {
+    /* Not gone: unreadable now (an I/O error, a busy store). Left for later. */
+    tp_log(TP_LOG_WARN, "webhook_event_unreadable", "{s:s, s:s}", "endpoint", e->id, "event", event_id);
+    return false;
+  }
   if (!body) {
     /* The event is gone: nothing can ever be delivered for this row. */
     struct tp_cs *cs = tp_cs_new();
