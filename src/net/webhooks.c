@@ -175,6 +175,13 @@ struct ep {
   int64_t next_check;           /* unix ms when its rows may next be due; 0 = now */
 };
 
+/* Endpoints whose delivery rows a commit added (rows_done). */
+struct poll_ids {
+  struct poll_ids *next;
+  size_t n, cap;
+  char id[][TP_ID_MAX];
+};
+
 struct job {
   struct job *next;             /* W.jobs */
   struct job *settled_next;     /* W.settled */
@@ -214,6 +221,7 @@ static struct {
   size_t ev_len;
   struct job *settled;
   bool changed, poll, scan_now, stopping, exited, started;
+  struct poll_ids *polls;       /* endpoints that got delivery rows (poll without them: every one) */
   CURLM *multi;
   _Atomic size_t n_enabled;     /* enabled endpoints loaded; 0 = ignore events */
 
@@ -577,16 +585,45 @@ static void settled_done(struct tp_cs *cs, int rc, void *arg)
   wake();
 }
 
-/* Delivery rows were committed: look for due ones (endpoints unchanged). */
+/* Delivery rows were committed: look for due ones (endpoints unchanged).
+ * arg: the endpoints that got rows (a struct poll_ids, owned), so that only
+ * they are asked again: one query per endpoint, and with thousands of
+ * endpoints on the gateway each event cost a pass over all of them; NULL:
+ * every endpoint. */
 static void rows_done(struct tp_cs *cs, int rc, void *arg)
 {
   (void)cs;
   (void)rc;
-  (void)arg;
+  struct poll_ids *ids = arg;
   pthread_mutex_lock(&W.mu);
-  W.poll = true;
+  if (ids && W.exited) {
+    free(ids); /* nobody left to poll */
+  } else if (ids) {
+    ids->next = W.polls;
+    W.polls = ids;
+  } else {
+    W.poll = true;
+  }
   pthread_mutex_unlock(&W.mu);
   wake();
+}
+
+static void poll_ids_add(struct poll_ids **ids, const char *id)
+{
+  struct poll_ids *p = *ids;
+  if (!p || p->n == p->cap) {
+    size_t cap = p ? p->cap * 2 : 8;
+    struct poll_ids *q = realloc(p, sizeof *q + cap * sizeof q->id[0]);
+    if (!q)
+      abort();
+    q->cap = cap;
+    if (!p) {
+      q->n = 0;
+      q->next = NULL;
+    }
+    *ids = p = q;
+  }
+  tp_scopy(p->id[p->n++], sizeof p->id[0], id);
 }
 
 /* Submit; false (and cs freed) when the writer refuses. */
@@ -616,6 +653,7 @@ static const char *ins_delivery =
 static void fanout(struct ev_msg *list)
 {
   struct tp_cs *cs = NULL;
+  struct poll_ids *ids = NULL;
   int64_t t = now_ms();
   for (struct ev_msg *m = list; m; m = m->next) {
     for (size_t i = 0; i < W.neps; i++) {
@@ -625,12 +663,15 @@ static void fanout(struct ev_msg *list)
       if (!cs)
         cs = tp_cs_new();
       wsql(cs, ins_delivery, tp_pack("[s, s, s, I]", e->id, m->id, m->merchant, (json_int_t)t), 0);
+      if (!ids || strcmp(ids->id[ids->n - 1], e->id) != 0)
+        poll_ids_add(&ids, e->id);
     }
   }
   if (!cs)
     return;
-  tp_cs_on_done(cs, rows_done, NULL);
+  tp_cs_on_done(cs, rows_done, ids);
   if (!submit(cs)) {
+    free(ids); /* the callback never runs */
     pthread_mutex_lock(&W.mu);
     W.scan_now = true;
     pthread_mutex_unlock(&W.mu);
@@ -691,8 +732,11 @@ static void scan(void)
       tp_scopy(e->scan_floor, sizeof e->scan_floor, floor);
     }
     if (cs) {
-      tp_cs_on_done(cs, rows_done, NULL);
-      submit(cs);
+      struct poll_ids *ids = NULL;
+      poll_ids_add(&ids, e->id);
+      tp_cs_on_done(cs, rows_done, ids);
+      if (!submit(cs))
+        free(ids);
     }
   }
   /* Outbox lag: how long the oldest due delivery has waited. A disabled
@@ -1025,6 +1069,8 @@ static void *wh_main(void *arg)
     struct job *settled = W.settled;
     W.settled = NULL;
     bool changed = W.changed, poll = W.poll, scan_now = W.scan_now, stopping = W.stopping;
+    struct poll_ids *polls = W.polls;
+    W.polls = NULL;
     W.changed = W.poll = W.scan_now = false;
     pthread_mutex_unlock(&W.mu);
 
@@ -1063,8 +1109,21 @@ static void *wh_main(void *arg)
       if (poll)
         for (size_t i = 0; i < W.neps; i++)
           W.eps[i].next_check = 0;
+      for (struct poll_ids *p = polls; p; p = p->next)
+        for (size_t i = 0; i < p->n; i++) {
+          struct ep *e = ep_find(p->id[i]);
+          if (e)
+            e->next_check = 0;
+        }
+      if (polls)
+        poll = true;
       if (changed || poll || settled || wake_at <= t)
         wake_at = dispatch();
+    }
+    while (polls) {
+      struct poll_ids *p = polls;
+      polls = p->next;
+      free(p);
     }
 
     int running = 0;
@@ -1111,7 +1170,14 @@ static void *wh_main(void *arg)
   W.exited = true;
   struct job *settled = W.settled;
   W.settled = NULL;
+  struct poll_ids *polls = W.polls;
+  W.polls = NULL;
   pthread_mutex_unlock(&W.mu);
+  while (polls) {
+    struct poll_ids *p = polls;
+    polls = p->next;
+    free(p);
+  }
   /* Settled jobs are still on W.jobs: unlink them as they are freed. */
   reap_settled(settled);
   W.jobs = NULL; /* what is left is settling: its completion frees it */
