@@ -21,6 +21,19 @@ static const struct tp_pspec spec_balance[] = {
   {NULL, TP_P_ANY, NULL, NULL},
 };
 
+/* Stripe's BalanceTransaction types, the values its list's type filter takes. */
+static const char *const txn_types[] = {
+  "adjustment", "advance", "advance_funding", "anticipation_repayment", "application_fee",
+  "application_fee_refund", "charge", "climate_order_purchase", "climate_order_refund",
+  "connect_collection_transfer", "contribution", "issuing_authorization_hold", "issuing_authorization_release",
+  "issuing_dispute", "issuing_transaction", "obligation_outbound", "obligation_reversal_inbound", "payment",
+  "payment_failure_refund", "payment_network_reserve_hold", "payment_network_reserve_release", "payment_refund",
+  "payment_reversal", "payment_unreconciled", "payout", "payout_cancel", "payout_failure",
+  "payout_minimum_balance_hold", "payout_minimum_balance_release", "refund", "refund_failure",
+  "reserve_transaction", "reserved_funds", "stripe_balance_payment_debit", "stripe_balance_payment_debit_reversal",
+  "stripe_fee", "stripe_fx_fee", "tax_fee", "topup", "topup_reversal", "transfer", "transfer_cancel",
+  "transfer_failure", "transfer_refund", NULL};
+
 static const struct tp_pspec spec_txn_list[] = {
   {"created", TP_P_RANGE, NULL, NULL},
   {"currency", TP_P_STRING, NULL, NULL},
@@ -30,7 +43,7 @@ static const struct tp_pspec spec_txn_list[] = {
   {"limit", TP_P_INT, NULL, NULL},
   {"source", TP_P_STRING, NULL, NULL},
   {"starting_after", TP_P_STRING, NULL, NULL},
-  {"type", TP_P_STRING, NULL, NULL},
+  {"type", TP_P_ENUM, NULL, txn_types},
   {NULL, TP_P_ANY, NULL, NULL},
 };
 

@@ -165,6 +165,10 @@ class Disputes(DaemonTestCase):
         want = [b["id"] for b in reversed(won["balance_transactions"])]  # newest first
         got = self.c().get(BT, {"source": dp["id"]}).json
         self.assertEqual(([b["id"] for b in got["data"]], got["has_more"]), (want, False))
+        # by type: adjustments are the dispute's two; a type Stripe does not have is refused
+        adj = self.c().get(BT, {"type": "adjustment", "limit": 100}).json["data"]
+        self.assertTrue(set(want) <= {b["id"] for b in adj} and all(b["type"] == "adjustment" for b in adj), adj)
+        self.assertStripeError(self.c().get(BT, {"type": "bogus"}), 400, "invalid_request_error", param="type")
         # paged one at a time, both ways
         p1 = self.c().get(BT, {"source": dp["id"], "limit": 1}).json
         self.assertEqual(([b["id"] for b in p1["data"]], p1["has_more"]), (want[:1], True))
