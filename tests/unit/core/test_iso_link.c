@@ -41,11 +41,12 @@ static struct host {
   bool kick;                /* close the connection now */
   int ignore_reversals;     /* leave this many 0400/0401 unanswered */
   int refuse_reversals;     /* answer this many 0400/0401 with 39 = 96 */
+  int misname_reversals;    /* answer this many 0400/0401 00 with another field 37 */
   /* what it saw */
   int connections, signons, echos, auths, financials, advices, reversals, repeats;
   char held_stan[7], held_rrn[13]; /* the held request's 11 and 37 */
   char last_rev_37[13], last_rev_90[43], last_rev_11[7], last_rev_3[7];
-  char last_req_48[16];
+  char last_req_48[16], last_req_11[7];
   char last_pan_seen[20];
 } H;
 
@@ -94,6 +95,7 @@ static void host_handle(int fd, const uint8_t *body, size_t len)
       H.advices++;
     snprintf(H.last_pan_seen, sizeof H.last_pan_seen, "%s", tp_iso_get(&q, 2) ? tp_iso_get(&q, 2) : "");
     snprintf(H.last_req_48, sizeof H.last_req_48, "%s", tp_iso_get(&q, 48) ? tp_iso_get(&q, 48) : "");
+    snprintf(H.last_req_11, sizeof H.last_req_11, "%s", tp_iso_get(&q, 11));
     if (H.hold_auth && q.mti[2] == '0') {
       snprintf(H.held_stan, sizeof H.held_stan, "%s", tp_iso_get(&q, 11));
       snprintf(H.held_rrn, sizeof H.held_rrn, "%s", tp_iso_get(&q, 37));
@@ -125,6 +127,14 @@ static void host_handle(int fd, const uint8_t *body, size_t len)
     if (H.refuse_reversals > 0) {
       H.refuse_reversals--;
       reply(fd, &q, "0410", "96");
+      pthread_mutex_unlock(&H.mu);
+      tp_iso_free(&q);
+      return;
+    }
+    if (H.misname_reversals > 0) {
+      H.misname_reversals--;
+      tp_iso_set(&q, 37, "ZZZZZZZZZZZZ"); /* echoed: another transaction's */
+      reply(fd, &q, "0410", "00");
       pthread_mutex_unlock(&H.mu);
       tp_iso_free(&q);
       return;
@@ -458,9 +468,10 @@ static void test_timed_out_authorization_is_reversed_and_late_approval_ignored(v
   pthread_mutex_lock(&H.mu);
   assert_string_equal(H.last_rev_37, rrn);
   assert_int_equal(strlen(H.last_rev_90), 42);
-  /* original MTI and STAN (000001 was the sign-on), then its field 7 */
-  assert_memory_equal(H.last_rev_90, "0100000002", 10);
-  assert_string_not_equal(H.last_rev_11, "000002"); /* the reversal has its own STAN */
+  /* original MTI and STAN, then its field 7 */
+  assert_memory_equal(H.last_rev_90, "0100", 4);
+  assert_memory_equal(H.last_rev_90 + 4, H.last_req_11, 6);
+  assert_string_not_equal(H.last_rev_11, H.last_req_11); /* the reversal has its own STAN */
   H.hold_auth = false;
   pthread_mutex_unlock(&H.mu);
   /* The late 0110 changed nothing and the reversal was acknowledged. */
@@ -589,6 +600,28 @@ static void test_status_query_names_capture_refund_and_sale(void **state)
     assert_string_equal(H.last_rev_3, cases[i].proc);
     pthread_mutex_unlock(&H.mu);
   }
+  link_down();
+}
+
+/* A 0410 that names another RRN in field 37 says nothing of this reversal:
+ * the outcome stays unknown (an error, recovery asks again), never
+ * "reversed"; the next, right answer settles it. */
+static void test_a_reversal_answer_for_another_rrn_is_not_trusted(void **state)
+{
+  (void)state;
+  link_up(1000);
+  pthread_mutex_lock(&H.mu);
+  H.misname_reversals = 1;
+  pthread_mutex_unlock(&H.mu);
+  struct tp_proc_call c;
+  call_init(&c, TP_PROC_STATUS, "att_misnamed", NULL);
+  assert_int_equal(conn.ops->submit(conn.cls, &c), 0);
+  assert_true(wait_done(1, 3000));
+  assert_int_equal(c.outcome, TP_OUT_ERROR);
+  call_init(&c, TP_PROC_STATUS, "att_misnamed", NULL);
+  assert_int_equal(conn.ops->submit(conn.cls, &c), 0);
+  assert_true(wait_done(2, 3000));
+  assert_int_equal(c.outcome, TP_OUT_NOT_FOUND);
   link_down();
 }
 
@@ -737,6 +770,7 @@ int main(void)
       cmocka_unit_test(test_link_lost_after_sending_reverses_on_the_next_link),
       cmocka_unit_test(test_unanswered_reversal_is_repeated_as_0401_then_given_up),
       cmocka_unit_test(test_status_query_reverses_and_reports_not_found),
+    cmocka_unit_test(test_a_reversal_answer_for_another_rrn_is_not_trusted),
       cmocka_unit_test(test_status_query_names_capture_refund_and_sale),
       cmocka_unit_test(test_refused_status_reversal_is_reported_then_acknowledged),
       cmocka_unit_test(test_bad_and_truncated_messages_link_recovers),
