@@ -419,10 +419,64 @@ int64_t tp_charge_released(const json_t *ch)
 }
 
 /* ---- cards ----------------------------------------------------------------- */
+/* The pad a merchant's stored fingerprint key is masked with: from vault.key,
+ * which stays out of the store and its backups (0024_fingerprint_key_masked.sql). */
+static void fp_pad(const char *merchant, uint8_t pad[32])
+{
+  char msg[96];
+  int n = snprintf(msg, sizeof msg, "turnpike fingerprint key v1:%s", merchant);
+  tp_hmac_sha256(tp_app.vault_key, sizeof tp_app.vault_key, msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1,
+                 pad);
+}
+
+int tp_fp_keys_mask(struct tp_store *st)
+{
+  json_t *rows = tp_store_query(st, "SELECT id, hex(fp_key) AS fp FROM merchants WHERE fp_key_masked=0", NULL);
+  if (!rows)
+    return -1;
+  size_t n = json_array_size(rows), i;
+  json_t *row;
+  struct tp_cs *cs = n ? tp_cs_new() : NULL;
+  json_array_foreach(rows, i, row)
+  {
+    const char *id = json_string_value(json_object_get(row, "id"));
+    const char *fp = json_string_value(json_object_get(row, "fp"));
+    if (!id || !fp || strlen(fp) != 64)
+      continue;
+    uint8_t pad[32];
+    fp_pad(id, pad);
+    char lit[65], sql[200];
+    for (int k = 0; k < 32; k++) {
+      unsigned v = (unsigned)strtoul((char[]){fp[2 * k], fp[2 * k + 1], 0}, NULL, 16);
+      snprintf(lit + 2 * k, 3, "%02X", (v ^ pad[k]) & 0xff);
+    }
+    snprintf(sql, sizeof sql, "UPDATE merchants SET fp_key=X'%s', fp_key_masked=1 WHERE id=?1 AND fp_key_masked=0",
+             lit);
+    json_t *args = tp_pack("[s]", id);
+    tp_cs_sql(cs, sql, args, 1);
+    json_decref(args);
+  }
+  json_decref(rows);
+  if (!cs)
+    return 0;
+  int rc = 0;
+  int r = st->ops->apply_batch(st->cls, &cs, 1, &rc);
+  tp_cs_free(cs);
+  if (r != 0 || rc != 0)
+    return -1;
+  tp_log(TP_LOG_INFO, "fingerprint_keys_masked", "{s:I}", "merchants", (json_int_t)n);
+  return 0;
+}
+
 void tp_card_fingerprint(const struct tp_merchant *m, const char *pan, char out[17])
 {
   char hex[65];
-  tp_hmac_sha256_hex(m->fp_key, sizeof m->fp_key, pan, strlen(pan), hex);
+  uint8_t key[32];
+  fp_pad(m->id, key);
+  for (int i = 0; i < 32; i++)
+    key[i] ^= m->fp_key[i];
+  tp_hmac_sha256_hex(key, sizeof key, pan, strlen(pan), hex);
+  tp_card_wipe(key, sizeof key);
   static const char b62[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
   for (int i = 0; i < 16; i++) {
     unsigned v = (unsigned)strtoul((char[]){hex[2 * i], hex[2 * i + 1], 0}, NULL, 16);

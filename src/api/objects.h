@@ -31,6 +31,10 @@ void tp_put_emit_text(struct tp_cs *cs, const struct tp_req *r, const char *merc
 /* Card fingerprint: HMAC(merchant key, PAN), 16 base62-ish chars. Same card
  * and merchant give the same fingerprint; it reveals nothing of the number. */
 void tp_card_fingerprint(const struct tp_merchant *m, const char *pan, char out[17]);
+/* Mask the fingerprint keys of merchants stored before migration 0024,
+ * keeping the key (and so every fingerprint) what it was; through the
+ * store's writer connection: call before the writer thread starts. */
+int tp_fp_keys_mask(struct tp_store *st);
 /* disputes.c: open the dispute a captured charge ch was marked for (its
  * turnpike.dispute, from the test card), into cs: the dispute, its events,
  * a chargeback's ledger adjustment, ch disputed (put again); or, for

@@ -209,7 +209,7 @@ static inline void tp_list_query_init(struct tp_list_query *q, enum tp_kind kind
 struct tp_merchant {
   char id[64];
   char name[128];
-  uint8_t fp_key[32];  /* key for card fingerprints */
+  uint8_t fp_key[32];  /* key for card fingerprints, as stored: masked (tp_card_fingerprint) */
 };
 
 struct tp_idem_rec {

@@ -182,6 +182,50 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
         self.assertIn('"vault_file_kek"', self.daemon.log_text())
 
 
+class FingerprintKeyTest(unittest.TestCase):
+    """A merchant's card-fingerprint key is stored masked by a pad from
+    vault.key, which stays out of the store and its backups: the store alone
+    does not give the key (with it, trying the digits a fingerprint's last4
+    and BIN leave open gives back the card number). A store from before is
+    masked at the next start, and every fingerprint stays what it was."""
+
+    def test_the_stored_key_is_not_the_key_and_fingerprints_survive_the_masking(self):
+        import base64, hashlib, hmac
+        d = Daemon()
+        try:
+            m = d.create_merchant("m")
+            d.start()
+            fp = lambda: d.client("m").post("/v1/payment_methods", {"type": "card", "card[number]": PAN_OK,
+                                                                    "card[exp_month]": "12",
+                                                                    "card[exp_year]": "2034"}).json["card"]["fingerprint"]
+            before = fp()
+            d.stop()
+            with open(os.path.join(d.data, "vault.key"), "rb") as f:
+                vk = f.read()
+            pad = hmac.new(vk, ("turnpike fingerprint key v1:" + m["id"]).encode(), hashlib.sha256).digest()
+            con = sqlite3.connect(d.db_path())
+            stored, masked = con.execute("SELECT fp_key, fp_key_masked FROM merchants WHERE id=?", (m["id"],)).fetchone()
+            b62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+            as_fp = lambda key: "".join(b62[b % 62] for b in hmac.new(key, PAN_OK.encode(), hashlib.sha256).digest()[:16])
+            self.assertEqual(masked, 1)
+            self.assertNotEqual(as_fp(bytes(stored)), before)  # the store alone: not the key
+            key = bytes(a ^ b for a, b in zip(bytes(stored), pad))
+            self.assertEqual(as_fp(key), before)                # with vault.key: the key
+            # a store from before: the key itself, unmasked
+            with con:
+                con.execute("UPDATE merchants SET fp_key=?, fp_key_masked=0 WHERE id=?", (key, m["id"]))
+            con.close()
+            d.start()
+            self.assertIn('"fingerprint_keys_masked"', d.log_text())
+            self.assertEqual(fp(), before)
+            d.stop()
+            con = sqlite3.connect(d.db_path())
+            self.assertEqual(con.execute("SELECT fp_key, fp_key_masked FROM merchants WHERE id=?",
+                                         (m["id"],)).fetchone(), (stored, 1))
+            con.close()
+        finally:
+            d.cleanup()
+
 class PollOff(KekHelpers):
     """A daemon that polls for a new KEK once an hour: SIGHUP tells it."""
 
