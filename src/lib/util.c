@@ -497,6 +497,25 @@ int tp_fsync_dir_of(const char *path)
   return rc;
 }
 
+/* The length in bytes of a separator a card number may be written with at
+ * s, 0 if none: " -._/\t+,;" (not ':', which joins an IPv4 address to its
+ * port), and as UTF-8 a no-break, figure, narrow or
+ * ideographic space or a Unicode hyphen or dash (copied from a formatted
+ * page or document). */
+static size_t card_sep_len(const char *s)
+{
+  const unsigned char *u = (const unsigned char *)s;
+  if (*u && strchr(" -._/\t+,;", *u))
+    return 1;
+  if (u[0] == 0xC2 && u[1] == 0xA0)
+    return 2; /* U+00A0 */
+  if (u[0] == 0xE2 && u[1] == 0x80 && ((u[2] >= 0x80 && u[2] <= 0x95) || u[2] == 0xAF))
+    return 3; /* U+2000-U+2015 spaces, hyphens and dashes; U+202F */
+  if (u[0] == 0xE3 && u[1] == 0x80 && u[2] == 0x80)
+    return 3; /* U+3000 */
+  return 0;
+}
+
 int tp_mask_card_numbers(char *s)
 {
   int masked = 0;
@@ -506,8 +525,8 @@ int tp_mask_card_numbers(char *s)
       continue;
     }
     /* A run: digits, with a space or dash between two digits, or up to three
-     * of " -._/\t+" (4242.4242..., 4242  4242..., 4242+4242... as a form
-     * encodes spaces). With the
+     * separators (card_sep_len: 4242.4242..., 4242  4242..., 4242+4242...
+     * as a form encodes spaces, 4242\u00a04242... from a page). With the
      * other separators it takes 13 digits, so that an IPv4 address (at most
      * 12) is left alone. */
     char *q = p;
@@ -520,12 +539,15 @@ int tp_mask_card_numbers(char *s)
         continue;
       }
       int sep = 0;
-      while (sep < 3 && q[sep] && strchr(" -._/\t+", q[sep]))
+      size_t bytes = 0, l;
+      while (sep < 3 && (l = card_sep_len(q + bytes)) > 0) {
+        bytes += l;
         sep++;
-      if (sep == 0 || q[sep] < '0' || q[sep] > '9')
+      }
+      if (sep == 0 || q[bytes] < '0' || q[bytes] > '9')
         break;
       odd |= sep > 1 || (*q != ' ' && *q != '-');
-      q += sep;
+      q += bytes;
     }
     if (digits >= (odd ? 13 : 12)) {
       for (char *t = p; t < q; t++)

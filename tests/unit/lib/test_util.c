@@ -354,6 +354,14 @@ static void test_card_numbers_are_masked_in_echoed_text(void **state)
     {"pi_0VcrW8EC000r6KGQZ81Fjthg", "pi_0VcrW8EC000r6KGQZ81Fjthg", 0},
     {"a 4242424242424242 and 5555555555554444", "a **************** and ****************", 2},
     {"4242424242424242-", "****************-", 1},
+    /* as copied from a page or document: no-break, narrow and ideographic spaces, a Unicode dash */
+    {"4000\xc2\xa0" "0566\xc2\xa0" "5566\xc2\xa0" "5556", "****\xc2\xa0****\xc2\xa0****\xc2\xa0****", 1},
+    {"4000\xe2\x80\xaf" "0566\xe2\x80\xaf" "5566 5556", "****\xe2\x80\xaf****\xe2\x80\xaf**** ****", 1},
+    {"4000\xe3\x80\x80" "0566\xe3\x80\x80" "5566\xe3\x80\x80" "5556", "****\xe3\x80\x80****\xe3\x80\x80****\xe3\x80\x80****", 1},
+    {"4000\xe2\x80\x93" "0566\xe2\x80\x93" "5566\xe2\x80\x93" "5556", "****\xe2\x80\x93****\xe2\x80\x93****\xe2\x80\x93****", 1},
+    {"4000,0566,5566,5556", "****,****,****,****", 1},
+    {"4000;0566;5566;5556", "****;****;****;****", 1},
+    {"192.168.100.200:8420", "192.168.100.200:8420", 0}, /* an address and its port */
     {"", "", 0},
   };
   for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
