@@ -279,8 +279,26 @@ static int verify_sig(const char *pem, int64_t seq, const char *hash, const char
   return ok ? 0 : -1;
 }
 
-/* Walk the chain, then the head row, then every checkpoint. */
-static int verify(sqlite3 *db, const char *pin_pem, json_t *summary)
+/* The same public key, whatever the PEM text's layout (a trailing newline
+ * of an export, line lengths). */
+static bool same_pubkey(const char *a_pem, const char *b_pem)
+{
+  BIO *a = BIO_new_mem_buf(a_pem, -1), *b = BIO_new_mem_buf(b_pem, -1);
+  EVP_PKEY *ka = a ? PEM_read_bio_PUBKEY(a, NULL, NULL, NULL) : NULL;
+  EVP_PKEY *kb = b ? PEM_read_bio_PUBKEY(b, NULL, NULL, NULL) : NULL;
+  bool same = ka && kb && EVP_PKEY_eq(ka, kb) == 1;
+  EVP_PKEY_free(ka);
+  EVP_PKEY_free(kb);
+  BIO_free(a);
+  BIO_free(b);
+  return same;
+}
+
+/* Walk the chain, then the head row, then every checkpoint. sealed: the
+ * head must be covered by a checkpoint (a stopped gateway signs one as it
+ * stops): entries after the last checkpoint can have been rewritten, their
+ * hashes recomputed, by anyone able to write the store, without the key. */
+static int verify(sqlite3 *db, const char *pin_pem, bool sealed, json_t *summary)
 {
   struct vstate v = {0, ""};
   sqlite3_stmt *st = NULL;
@@ -332,8 +350,9 @@ static int verify(sqlite3 *db, const char *pin_pem, json_t *summary)
       bad(&v, 1, "chain head missing");
     sqlite3_finalize(st);
   }
-  int64_t ckpts = 0;
+  int64_t ckpts = 0, covered = 0;
   char keyfp[65] = "";
+  char *first_pem = NULL;
   if (sqlite3_prepare_v2(db, "SELECT seq, hash, sig, pubkey FROM audit_checkpoints ORDER BY seq", -1, &st, NULL) ==
       SQLITE_OK) {
     while (sqlite3_step(st) == SQLITE_ROW) {
@@ -344,8 +363,16 @@ static int verify(sqlite3 *db, const char *pin_pem, json_t *summary)
         bad(&v, cs, "checkpoint signature invalid");
         continue;
       }
-      if (pin_pem && strcmp(pin_pem, pem) != 0) {
+      if (pin_pem && !same_pubkey(pin_pem, pem)) {
         bad(&v, cs, "checkpoint signed by another key than --pubkey");
+        continue;
+      }
+      /* Unpinned, every checkpoint must be of one key: a checkpoint of
+       * another key is what someone holding a key of their own would add. */
+      if (!first_pem)
+        first_pem = strdup(pem);
+      else if (!pin_pem && strcmp(first_pem, pem) != 0 && !same_pubkey(first_pem, pem)) {
+        bad(&v, cs, "checkpoints are signed by more than one key: pin the right one with --pubkey");
         continue;
       }
       uint8_t md[32];
@@ -363,12 +390,18 @@ static int verify(sqlite3 *db, const char *pin_pem, json_t *summary)
           bad(&v, cs, "entry differs from its signed checkpoint");
       }
       sqlite3_finalize(q);
+      if (cs > covered)
+        covered = cs;
     }
     sqlite3_finalize(st);
   }
+  free(first_pem);
+  if (sealed && last > covered)
+    bad(&v, covered + 1, "entries after the last signed checkpoint (--sealed: a stopped gateway signs its head)");
   json_object_set_new(summary, "ok", json_boolean(v.first_bad == 0));
   json_object_set_new(summary, "entries", json_integer(entries));
   json_object_set_new(summary, "checkpoints", json_integer(ckpts));
+  json_object_set_new(summary, "unsealed_entries", json_integer(last > covered ? last - covered : 0));
   if (v.first_bad) {
     json_object_set_new(summary, "first_bad_seq", json_integer(v.first_bad));
     json_object_set_new(summary, "reason", json_string(v.reason));
@@ -381,11 +414,15 @@ static int verify(sqlite3 *db, const char *pin_pem, json_t *summary)
 
 static void usage_audit(FILE *f)
 {
-  fprintf(f, "usage: turnpike audit verify --data DIR [--pubkey PEMFILE]\n\n"
+  fprintf(f, "usage: turnpike audit verify --data DIR [--pubkey PEMFILE] [--sealed]\n\n"
              "Walks the audit log's hash chain and checks every signed checkpoint.\n"
              "Exit 0 and a JSON summary when intact; exit 1 naming the first bad entry\n"
              "(first_bad_seq) when an entry was edited, removed or reordered.\n"
-             "--pubkey pins the checkpoint key (else the key stored with each checkpoint is used).\n");
+             "--pubkey pins the checkpoint key (else the key stored with each checkpoint is used,\n"
+             "  and every checkpoint must be of one key).\n"
+             "--sealed requires the last entry to be covered by a checkpoint, as a stopped gateway\n"
+             "  leaves it: entries after the last checkpoint (unsealed_entries) are protected by\n"
+             "  the hash chain only, which anyone who can write the store can recompute.\n");
 }
 
 int tp_cmd_audit(int argc, char **argv)
@@ -399,6 +436,7 @@ int tp_cmd_audit(int argc, char **argv)
     return 2;
   }
   const char *data = "./var", *pubf = NULL;
+  bool sealed = false;
   for (int i = 1; i < argc; i++) {
     const char *v;
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -408,6 +446,8 @@ int tp_cmd_audit(int argc, char **argv)
       data = v;
     else if ((v = tp_cli_value(argc, argv, &i, "--pubkey", "audit verify")))
       pubf = v;
+    else if (strcmp(argv[i], "--sealed") == 0)
+      sealed = true;
     else {
       fprintf(stderr, "turnpike audit verify: unknown option %s\n", argv[i]);
       return 2;
@@ -441,7 +481,7 @@ int tp_cmd_audit(int argc, char **argv)
    * reported removed entries on a store nobody had touched. */
   int rc = -1;
   if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK) {
-    rc = verify(db, pubf ? pin : NULL, sum);
+    rc = verify(db, pubf ? pin : NULL, sealed, sum);
     sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
   }
   if (rc < 0)

@@ -258,6 +258,74 @@ class AuditTest(unittest.TestCase):
         self.assertEqual(rc, 0, (out, err))
 
 
+    def test_a_rewritten_tail_is_found_when_the_head_must_be_sealed(self):
+        # Someone able to write the store but without the key rewrites an
+        # entry and every hash after it, deletes the checkpoints from there
+        # on and moves the head: the chain alone holds, but the head is no
+        # longer under a signed checkpoint, which --sealed requires (a
+        # stopped gateway signs its head as it stops).
+        d, con = self.copy("retail")
+        seq = self.ckpts[0] + 1 if len(self.ckpts) > 1 else 2
+        prev = con.execute("SELECT hash FROM audit_log WHERE seq = ?", (seq - 1,)).fetchone()[0]
+        for row in con.execute("SELECT seq, created, merchant, actor, action, object_id, details FROM audit_log "
+                               "WHERE seq >= ? ORDER BY seq", (seq,)).fetchall():
+            row = list(row)
+            if row[0] == seq:
+                row[3] = "cli-forged"
+            h = hashlib.sha256((prev + json.dumps(row, separators=(",", ":"), ensure_ascii=True)).encode()).hexdigest()
+            con.execute("UPDATE audit_log SET actor = ?, prev_hash = ?, hash = ? WHERE seq = ?", (row[3], prev, h, row[0]))
+            prev = h
+        con.execute("DELETE FROM audit_checkpoints WHERE seq >= ?", (seq,))
+        con.execute("UPDATE audit_head SET hash = ?", (prev,))
+        con.commit()
+        con.close()
+        rc, out, err = verify(d)
+        self.assertEqual((rc, out["ok"]), (0, True), (out, err))  # the chain alone: intact
+        self.assertGreater(out["unsealed_entries"], 0, out)
+        rc, out, _ = verify(d, "--sealed")
+        self.assertEqual((rc, out.get("first_bad_seq")), (1, seq), out)
+        # the untouched store: its head is sealed
+        rc, out, err = verify(os.path.dirname(self.db), "--sealed")
+        self.assertEqual((rc, out["unsealed_entries"]), (0, 0), (out, err))
+
+    def test_a_checkpoint_of_another_key_is_found_unpinned(self):
+        # A checkpoint signed (validly) by a key of the attacker's own: each
+        # signature verifies with the key stored beside it, but the
+        # checkpoints are no longer of one key.
+        d, con = self.copy("otherkey")
+        other = os.path.join(self.scratch, "forger.key")
+        subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", other], check=True,
+                       stdout=subprocess.DEVNULL)
+        pub = subprocess.run(["openssl", "ec", "-in", other, "-pubout"], check=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL).stdout.decode()
+        seq = self.rows[-1][0]
+        (h,) = con.execute("SELECT hash FROM audit_log WHERE seq = ?", (seq,)).fetchone()
+        msg = ("turnpike-audit-checkpoint|%d|%s" % (seq, h)).encode()
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", other], input=msg, check=True,
+                             stdout=subprocess.PIPE).stdout
+        (fmt,) = con.execute("SELECT sig FROM audit_checkpoints LIMIT 1").fetchone()
+        enc = sig.hex() if all(c in "0123456789abcdef" for c in fmt) else __import__("base64").b64encode(sig).decode()
+        con.execute("DELETE FROM audit_checkpoints WHERE seq = ?", (seq,))
+        con.execute("INSERT INTO audit_checkpoints(seq, hash, created, sig, pubkey) VALUES(?, ?, 0, ?, ?)",
+                    (seq, h, enc, pub))
+        con.commit()
+        con.close()
+        rc, out, _ = verify(d)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("more than one key", out["reason"])
+
+    def test_a_pinned_key_file_may_end_in_a_newline(self):
+        # exported from a checkpoint row by sqlite3, which adds one
+        d = os.path.dirname(self.db)
+        con = sqlite3.connect(self.db)
+        (pem,) = con.execute("SELECT pubkey FROM audit_checkpoints LIMIT 1").fetchone()
+        con.close()
+        pub = os.path.join(self.scratch, "exported.pem")
+        with open(pub, "w") as f:
+            f.write(pem + "\n\n")
+        rc, out, err = verify(d, "--pubkey", pub)
+        self.assertEqual(rc, 0, (out, err))
+
 
 class VerifyUnderLoadTest(unittest.TestCase):
     """`audit verify` next to a serving gateway that keeps adding entries
