@@ -301,6 +301,27 @@ int tp_kek_init(struct tp_store *st, const char *dir, const char *config_path)
   int64_t v = latest_version(st);
   if (v < 0)
     return -1;
+  if (v > 0) {
+    /* The provider must hold the store's current KEK: on another token (a
+     * wrong pkcs11_token_label), another provider, or with its key file
+     * gone, the gateway started, said it was ready and failed every card
+     * with a 500. A data key wrapped and unwrapped proves it is there. */
+    uint8_t dek[32], back[32], wrapped[512];
+    size_t wlen = sizeof wrapped;
+    static const uint8_t aad[] = "turnpike kek probe";
+    tp_random(dek, sizeof dek);
+    bool ok = g_prov.wrap(g_prov.cls, (uint32_t)v, dek, aad, sizeof aad - 1, wrapped, &wlen) == 0 &&
+              g_prov.unwrap(g_prov.cls, (uint32_t)v, wrapped, wlen, aad, sizeof aad - 1, back) == 0 &&
+              memcmp(dek, back, sizeof dek) == 0;
+    OPENSSL_cleanse(dek, sizeof dek);
+    OPENSSL_cleanse(back, sizeof back);
+    if (!ok) {
+      tp_log(TP_LOG_ERROR, "kek_missing", "{s:s, s:I, s:s}", "provider", g_prov.name, "version", (json_int_t)v,
+             "message", "the key provider does not hold the store's current key-encryption key: check [vault] kek, "
+                        "the token label and its PIN, or the kek-vN.key files in the data directory");
+      return -1;
+    }
+  }
   struct tp_cs *cs = tp_cs_new();
   if (v == 0) {
     if (g_prov.create(g_prov.cls, 1) != 0) {

@@ -174,6 +174,22 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
     def c(self):
         return self.daemon.client("m")
 
+    def test_a_store_whose_kek_file_is_gone_is_refused_at_start(self):
+        d = Daemon()
+        try:
+            d.create_merchant("m")
+            d.start()
+            r = d.client("m").post("/v1/payment_methods", {"type": "card", "card": card(PAN_OK)["card"]})
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual(d.stop(), 0)
+            os.rename(os.path.join(d.data, "kek-v1.key"), os.path.join(d.root, "kek-v1.key.away"))
+            with self.assertRaises(RuntimeError) as e:
+                d.start()
+            self.assertIn("kek_missing", str(e.exception))
+            self.assertFalse(os.path.exists(os.path.join(d.data, "kek-v1.key")))  # not made anew
+        finally:
+            d.cleanup()
+
     def test_file_kek_is_0600_and_warned_about(self):
         p = os.path.join(self.daemon.data, "kek-v1.key")
         st = os.stat(p)
@@ -337,6 +353,26 @@ class Pkcs11KekTest(SoftHsm, KekRotationMixin, unittest.TestCase):
 
     def c(self):
         return self.daemon.client("m")
+
+    def test_a_token_without_the_store_s_key_is_refused_at_start(self):
+        # Another, valid token (T2) that does not hold the store's KEK: the
+        # gateway used to start, say ready, and fail every card with a 500.
+        subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "T2", "--pin", PIN,
+                        "--so-pin", "5678"], check=True, env=dict(os.environ, **self.env),
+                       stdout=subprocess.DEVNULL, timeout=60)
+        d = Daemon()
+        try:
+            d.create_merchant("m")
+            own = self.config.replace("pkcs11_key_label = turnpike-kek", "pkcs11_key_label = tp-probe-kek")
+            d.start(extra_env=self.env, config=own)
+            r = d.client("m").post("/v1/payment_methods", {"type": "card", "card": card(PAN_OK)["card"]})
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual(d.stop(), 0)
+            with self.assertRaises(RuntimeError) as e:
+                d.start(extra_env=self.env, config=own.replace("pkcs11_token_label = T\n", "pkcs11_token_label = T2\n"))
+            self.assertIn("kek_missing", str(e.exception))
+        finally:
+            d.cleanup()
 
     def test_no_key_material_in_the_data_dir_and_checkpoints_signed_on_the_token(self):
         self.save_cards(2)
