@@ -540,7 +540,7 @@ class ApiErrorsTest(DaemonTestCase):
         # raising it is the customer's to do; the merchant may do anything
         pi = c.post("/v1/payment_intents", {"amount": 5000, "currency": "usd"}).json
         r = c.post("/v1/payment_intents/%s/confirm" % pi["id"],
-                   {"payment_method": "pm_card_visa", "client_secret": pi["client_secret"],
+                   {"payment_method": "pm_card_mastercard", "client_secret": pi["client_secret"],
                     "payment_method_options[card][request_three_d_secure]": "any"}, key=pk)
         self.assertEqual((r.status, r.json["status"]), (200, "requires_action"), r)
         pi = c.post("/v1/payment_intents", {"amount": 5000, "currency": "usd", "capture_method": "manual"}).json
