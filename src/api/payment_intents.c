@@ -757,11 +757,16 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
     tp_param_bool(params, "error_on_requires_action", &no_action);
     off = off || no_action || charges_api;
     tp_await_3ds(r, pi);
-    if (off) {
+    /* A card whose 3-D Secure attempt fails (Stripe's 3097): declined
+     * processing_error, nothing sent to the processor. */
+    bool tds_error = !off && tp_test_card_3ds_error(ci.pan);
+    if (off || tds_error) {
       /* Off-session: nobody can answer a challenge; fail like Stripe does. */
       json_object_set_new(pi, "status", json_string("requires_payment_method"));
       json_object_set_new(pi, "next_action", json_null());
-      json_t *err = tp_error_object(TP_ERR_DECLINE_AUTHENTICATION_REQUIRED, NULL, NULL);
+      json_t *err = tp_error_object(tds_error ? (enum tp_err)tp_error_by_decline_code("processing_error")->number
+                                              : TP_ERR_DECLINE_AUTHENTICATION_REQUIRED,
+                                    NULL, NULL);
       tp_error_doc_url(err);
       json_object_set(err, "payment_method", pm);
       json_object_set(pi, "last_payment_error", err);

@@ -111,6 +111,9 @@ bool tp_test_card_requires_3ds(const char *pan, bool off_session, bool set_up);
  * enrolled; 378282246310005, not supported): request_three_d_secure any or
  * challenge goes on without a challenge, as on Stripe. */
 bool tp_test_card_no_3ds(const char *pan);
+/* Stripe's 4000000000003097: 3-D Secure supported, not required; asked for
+ * (request_three_d_secure any), the attempt fails with a processing error. */
+bool tp_test_card_3ds_error(const char *pan);
 /* The dispute the cardholder of a test card opens once a charge is
  * captured: "fraudulent" or "product_not_received" (a chargeback),
  * "inquiry" (a retrieval request, no funds withdrawn), "early_fraud_warning"

@@ -31,6 +31,7 @@ static const struct test_card {
   bool bypass_pending; /* its charges' funds are available at once */
   bool charges_only;   /* declines charges only: a card check (SetupIntent) passes */
   bool no_3ds;         /* not enrolled in 3-D Secure, or its brand has none: never challenged */
+  bool three_ds_error; /* supported, not required: an attempt ends in a processing error */
 } test_cards[] = {
   {.pan = "4000000000000002", .decline = "generic_decline"},
   {.pan = "4000000000009995", .decline = "insufficient_funds"},
@@ -57,6 +58,7 @@ static const struct test_card {
   {.pan = "4000008400001280", .decline = "generic_decline", .no_3ds = true},
   {.pan = "4242424242424242", .no_3ds = true}, /* supported, the card not enrolled */
   {.pan = "378282246310005", .no_3ds = true},  /* no 3-D Secure on this card */
+  {.pan = "4000000000003097", .three_ds_error = true},
   /* address checks */
   {.pan = "4000000000000010", .avs_line1 = "fail", .avs_zip = "fail"},
   {.pan = "4000000000000028", .avs_line1 = "fail", .avs_zip = "pass"},
@@ -123,6 +125,11 @@ void tp_test_card_avs(const char *pan, const char **line1, const char **postal_c
   const struct test_card *c = test_card(pan);
   *line1 = c->avs_line1 ? c->avs_line1 : "pass";
   *postal_code = c->avs_zip ? c->avs_zip : "pass";
+}
+
+bool tp_test_card_3ds_error(const char *pan)
+{
+  return test_card(pan)->three_ds_error;
 }
 
 bool tp_test_card_no_3ds(const char *pan)

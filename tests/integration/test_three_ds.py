@@ -170,6 +170,15 @@ class ThreeDSTest(DaemonTestCase):
                                        "payment_method_data": card(pan, cvc="1234" if pan[0] == "3" else "123"),
                                        "payment_method_options[card][request_three_d_secure]": rq})
                 self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), (pan, rq, r))
+        # 4000000000003097: 3-D Secure supported, not required; when asked for, the attempt fails
+        r = self.c().post(PI, {"amount": 3500, "currency": "eur", "confirm": "true", "return_url": RETURN_URL,
+                               "payment_method_data": card("4000000000003097")})
+        self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), r)
+        r = self.c().post(PI, {"amount": 3500, "currency": "eur", "confirm": "true", "return_url": RETURN_URL,
+                               "payment_method_data": card("4000000000003097"),
+                               "payment_method_options[card][request_three_d_secure]": "any"})
+        self.assertEqual((r.status, r.json["error"]["code"], r.json["error"]["payment_intent"]["status"]),
+                         (402, "processing_error", "requires_payment_method"), r)
         # 4000008400001280: 3-D Secure required, the lookup fails: declined, no challenge
         r = self.c().post(PI, {"amount": 3500, "currency": "eur", "confirm": "true", "return_url": RETURN_URL,
                                "payment_method_data": card("4000008400001280")})
