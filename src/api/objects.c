@@ -947,7 +947,15 @@ json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, str
     return pm;
   }
   if (pan && test_card_info(pan, ci)) {
-    json_t *pm = pm_create(cs, &r->merchant, ci, NULL, NULL, NULL, prefix, NULL, r->pm_made_for);
+    /* Stripe's address-check test PaymentMethods (avsFail ...) carry an
+     * address, so that their checks say what the name promises. */
+    const char *l1 = NULL, *zip = NULL;
+    tp_test_card_avs(pan, &l1, &zip);
+    json_t *bd = strcmp(l1, "pass") != 0 || strcmp(zip, "pass") != 0
+                     ? tp_pack("{s:{s:s, s:s}}", "address", "line1", "510 Townsend St", "postal_code", "94103")
+                     : NULL;
+    json_t *pm = pm_create(cs, &r->merchant, ci, bd, NULL, NULL, prefix, NULL, r->pm_made_for);
+    json_decref(bd);
     if (!pm)
       tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
     return pm;

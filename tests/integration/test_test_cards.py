@@ -67,6 +67,14 @@ class TestCards(DaemonTestCase):
                                    "return_url": RETURN})
             got = r.json["status"] if r.status == 200 else r.json["error"].get("decline_code")
             self.assertEqual(got, outcome, (name, r))
+        # the address-check ones carry an address, so their checks say what their names promise
+        checks = {"pm_card_avsFail": ("fail", "fail"), "pm_card_avsLine1Fail": ("fail", "pass"),
+                  "pm_card_avsZipFail": ("pass", "fail"), "pm_card_avsUnchecked": ("unavailable", "unavailable")}
+        for name, (line1, zip_) in checks.items():
+            r = self.c().post(PI, {"amount": 1000, "currency": "usd", "confirm": "true", "payment_method": name,
+                                   "expand[]": "latest_charge"})
+            got = r.json["latest_charge"]["payment_method_details"]["card"]["checks"]
+            self.assertEqual((got["address_line1_check"], got["address_postal_code_check"]), (line1, zip_), (name, got))
 
     def test_a_card_set_up_with_authentication_pays_off_session_without_it(self):
         pan = "4000002500003155"
