@@ -685,6 +685,14 @@ static void on_message(struct iso_link *l, const uint8_t *body, size_t len, int6
   const char *f11 = tp_iso_get(&m, 11);
   if (strcmp(m.mti, "0800") == 0) {
     answer_host_echo(l, &m, now);
+    const char *f70 = tp_iso_get(&m, 70);
+    if (f70 && strcmp(f70, "002") == 0) {
+      /* The host signs off: no financial message may follow until a new
+       * sign-on. The link is dropped (what was on the wire is reversed on
+       * the next one, as after any loss) and signed on again after the
+       * backoff; meanwhile payments go to other processors. */
+      link_fail(l, "signed off by the host", now);
+    }
     goto out;
   }
   if (!f11 || m.mti[2] == '0' || m.mti[2] == '2' || m.mti[2] == '4') {

@@ -738,6 +738,27 @@ static void test_bad_and_truncated_messages_link_recovers(void **state)
   link_down();
 }
 
+/* The host signs off (0800, field 70 = 002): answered, and no financial
+ * message is sent on that sign-on; the link signs on again and pays. */
+static void test_a_host_sign_off_ends_the_sign_on(void **state)
+{
+  (void)state;
+  link_up(1000);
+  struct tp_iso_msg m;
+  tp_iso_init(&m, "0800");
+  assert_int_equal(tp_iso_set(&m, 7, "1206120000") | tp_iso_set(&m, 11, "424242") | tp_iso_set(&m, 70, "002"), 0);
+  uint8_t buf[64];
+  int n = tp_iso_frame(&m, buf, sizeof buf);
+  tp_iso_free(&m);
+  assert_true(n > 0);
+  inject(buf, (size_t)n, false);
+  assert_true(host_wait(&H.signons, 2, 3000)); /* a new connection, signed on again */
+  wait_signed_on();
+  pay_once("att_after_sign_off", 1);
+  assert_int_equal(host_get(&H.connections), 2);
+  link_down();
+}
+
 static void test_link_down_fails_fast_without_sending(void **state)
 {
   (void)state;
@@ -771,6 +792,7 @@ int main(void)
       cmocka_unit_test(test_unanswered_reversal_is_repeated_as_0401_then_given_up),
       cmocka_unit_test(test_status_query_reverses_and_reports_not_found),
     cmocka_unit_test(test_a_reversal_answer_for_another_rrn_is_not_trusted),
+    cmocka_unit_test(test_a_host_sign_off_ends_the_sign_on),
       cmocka_unit_test(test_status_query_names_capture_refund_and_sale),
       cmocka_unit_test(test_refused_status_reversal_is_reported_then_acknowledged),
       cmocka_unit_test(test_bad_and_truncated_messages_link_recovers),
