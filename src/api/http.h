@@ -87,6 +87,8 @@ struct tp_req {
   bool coded_body;     /* Content-Encoding other than identity: 415 */
   bool customer_page;  /* the customer's answer on the 3-D Secure page, not an API call: its events name no request */
   bool charges_api;    /* POST /v1/charges: its card errors name `source`, not `payment_method` */
+  bool observed;       /* counted and logged (observe_request) */
+  unsigned gone_status; /* the reply the client left before getting (logged as 499) */
   char pm_made_for[72]; /* the PaymentIntent this request makes a PaymentMethod for ("" none: tp_pm_usable) */
   bool suspended;
   bool lock_rerun;           /* woken from a lock wait: run the handler again */
@@ -139,6 +141,8 @@ json_t *tp_error_object(enum tp_err e, const char *param, const char *message);
 /* Add Stripe's doc_url for err's code (its page: the code with hyphens,
  * https://stripe.com/docs/error-codes/card-declined). */
 void tp_error_doc_url(json_t *err);
+/* Add request_log_url (the request log entry of r) to the error object err. */
+void tp_error_request_log(json_t *err, const struct tp_req *r);
 /* Reply with a params-module error (bad body / unknown parameter). */
 struct tp_params_error;
 void tp_reply_params_error(struct tp_req *r, const struct tp_params_error *pe, bool unknown);

@@ -233,8 +233,7 @@ static void pi_state_error(struct tp_req *r, const json_t *pi, enum tp_err e, co
   const struct tp_error_info *ei = tp_error_info(e);
   json_t *err = tp_error_object(e, param, msg);
   json_object_set_new(err, "payment_intent", json_deep_copy(pi));
-  json_object_set_new(err, "request_log_url",
-                      json_sprintf("%s/v1/turnpike/requests/%s", tp_app.public_url, r->request_id));
+  tp_error_request_log(err, r);
   tp_reply_json(r, ei ? (unsigned)ei->http_status : 400, tp_pack("{s:o}", "error", err));
 }
 

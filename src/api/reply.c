@@ -47,6 +47,12 @@ static json_t *echo_string(char *s)
   return json_string(s);
 }
 
+void tp_error_request_log(json_t *err, const struct tp_req *r)
+{
+  json_object_set_new(err, "request_log_url", json_sprintf("%s/v1/turnpike/requests/%s", tp_app.public_url,
+                                                          r->request_id));
+}
+
 void tp_error_doc_url(json_t *err)
 {
   const char *code = json_string_value(json_object_get(err, "code"));
@@ -107,8 +113,7 @@ void tp_reply_error(struct tp_req *r, enum tp_err e, const char *param, const ch
   const struct tp_error_info *ei = tp_error_info(e);
   unsigned status = ei ? (unsigned)ei->http_status : 500;
   json_t *err = tp_error_object(e, param, message);
-  json_object_set_new(err, "request_log_url", json_sprintf("%s/v1/turnpike/requests/%s", tp_app.public_url,
-                                                          r->request_id));
+  tp_error_request_log(err, r);
   tp_reply_json(r, status, tp_pack("{s:o}", "error", err));
 }
 

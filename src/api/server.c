@@ -660,6 +660,7 @@ static void dispatch(struct tp_req *r)
  * (tp_mask_card_numbers): nothing that could hold card data). */
 static void observe_request(struct tp_req *r)
 {
+  r->observed = true;
   int64_t us = (tp_mono_ns() - r->t0_ns) / 1000;
   char labels[192];
   /* The method as a label: one of a fixed set (each distinct method was a
@@ -713,6 +714,8 @@ static void observe_request(struct tp_req *r)
   TP_JBUF_STR(&b, ",\"ip\":", tp_req_client_addr(r));
   TP_JBUF_STR(&b, ",\"object\":", obj);
   TP_JBUF_INT(&b, ",\"latency_us\":", us);
+  if (r->gone_status)
+    TP_JBUF_INT(&b, ",\"reply_status\":", (int64_t)r->gone_status);
   size_t n = 0;
   char *fields = tp_jbuf_finish(&b, &n);
   if (fields)
@@ -1082,10 +1085,18 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
   (void)cls;
   (void)conn;
-  (void)toe;
   struct tp_req *r = *con_cls;
   if (!r || r == (void *)&encoded_delimiter)
     return;
+  if (r->dispatched && !r->observed && toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+    /* The client went away before its reply was queued (it closed, or
+     * half-closed after sending: libmicrohttpd takes a FIN as an abort):
+     * what the request did (a payment made) is still counted and logged,
+     * as 499 with the reply it did not get, as nginx logs it. */
+    r->gone_status = r->status ? r->status : 500;
+    r->status = 499;
+    observe_request(r);
+  }
   atomic_fetch_sub(&active, 1);
   if (!r->dispatched)
     atomic_fetch_sub(&receiving, 1);

@@ -368,6 +368,11 @@ void tp_pay_reply(struct tp_pay *p, unsigned status, json_t *obj)
     tp_legacy_lists(p->r, obj, known); /* a request pinned to an old API version */
     json_decref(known);
   }
+  /* An error of the payment's own request leads to its request log entry,
+   * as every other error reply does (tp_reply_error). */
+  json_t *err = status >= 400 && p->r ? json_object_get(obj, "error") : NULL;
+  if (json_is_object(err) && !json_object_get(err, "request_log_url"))
+    tp_error_request_log(err, p->r);
   free(p->body);
   p->status = status;
   p->body = tp_json_dump(obj, NULL);

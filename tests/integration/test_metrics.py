@@ -93,6 +93,65 @@ class MetricsTest(DaemonTestCase):
                            stderr=subprocess.STDOUT, timeout=60)
         self.assertEqual(p.returncode, 0, p.stdout.decode())
 
+    def test_a_request_whose_client_half_closed_is_still_counted_and_logged(self):
+        """A client that sends its request and half-closes (shutdown SHUT_WR)
+        may get no reply: libmicrohttpd 0.9.75 takes the FIN read with the
+        request as an abort. The payment is made all the same, so it is
+        counted and logged, as 499 with the reply it did not get: every
+        payment made has its request line (there were ~100 of 400 without
+        one, and the metrics missed them too)."""
+        import socket
+        import threading
+        mark = "hc%d" % int(time.time() * 1000)
+        key = self.daemon.merchants["m"]["secret_key"]
+        before = parse(self.scrape())
+        codes = [("turnpike_http_requests_total", 'route="/v1/payment_intents",method="POST",code="%s"' % c)
+                 for c in ("2xx", "4xx")]
+
+        def one(i):
+            b = ("amount=1505&currency=usd&confirm=true&payment_method=pm_card_visa&metadata[hc]=%s"
+                 % mark).encode()
+            head = ("POST /v1/payment_intents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                    "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n"
+                    % (key, len(b))).encode()
+            s = socket.create_connection((HOST, self.daemon.port), timeout=30)
+            try:
+                s.sendall(head + b)
+                s.shutdown(socket.SHUT_WR)
+                while s.recv(65536):
+                    pass
+            finally:
+                s.close()
+
+        def worker(t):
+            for k in range(25):
+                one(t * 100 + k)
+        ts = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(120)
+        made = [p["id"] for p in self.c().list_all(PI, {"limit": 100})
+                if p["metadata"].get("hc") == mark]
+        self.assertEqual(len(made), 200)
+        deadline = time.monotonic() + 10
+        while True:
+            logged = {json.loads(l)["object"]: json.loads(l) for l in self.daemon.log_text().splitlines()
+                      if '"event":"request"' in l and '"route":"/v1/payment_intents"' in l
+                      and '"method":"POST"' in l}
+            missing = [p for p in made if p not in logged]
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(missing, [], "payments made without a request line")
+        for p in made:
+            line = logged[p]
+            self.assertIn(line["status"], (200, 499), line)
+            if line["status"] == 499:
+                self.assertEqual(line["reply_status"], 200, line)
+        after = parse(self.scrape())
+        self.assertGreaterEqual(sum(after.get(k, 0) - before.get(k, 0) for k in codes), 200)
+
     def test_odd_methods_and_paths_neither_break_nor_fill_the_output(self):
         """Any method token and any bytes in a path (libmicrohttpd takes both):
         the method label is one of a fixed set, and log lines and the request

@@ -144,6 +144,7 @@ class TestCards(DaemonTestCase):
         err = self.pay(402, customer=cus, payment_method=pm)["error"]
         self.assertEqual((err["code"], err["decline_code"]), ("card_declined", "generic_decline"))
         self.assertEqual(err["doc_url"], "https://stripe.com/docs/error-codes/card-declined")  # Stripe's page
+        self.assertIn("/v1/turnpike/requests/req_", err["request_log_url"])  # as every other error
         # saved through a SetupIntent too (the card check passes), then declined
         si = self.c().post("/v1/setup_intents", {"customer": cus, "confirm": "true", "usage": "off_session",
                                                  "payment_method_data[type]": "card",
