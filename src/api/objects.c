@@ -840,14 +840,22 @@ int tp_vault_load(const char *merchant, const char *pm_id, struct tp_card_info *
 {
   void *blob = NULL;
   size_t len = 0;
-  if (tp_app.store.ops->vault_get(tp_app.store.cls, merchant, pm_id, &blob, &len) != 1)
+  int got = tp_app.store.ops->vault_get(tp_app.store.cls, merchant, pm_id, &blob, &len);
+  if (got != 1) {
+    /* The operator's to look at: a card that cannot be read is a 500. */
+    tp_log(TP_LOG_ERROR, "vault_record_unreadable", "{s:s, s:s, s:s}", "merchant", merchant, "payment_method",
+           pm_id, "reason", got == 0 ? "no vault record" : "store read failed");
     return -1;
+  }
   char pan[TP_VAULT_MAX_BLOB];
   int mm = 0, yy = 0;
   int rc = tp_vault_open_rec(merchant, pm_id, blob, len, pan, &mm, &yy);
   free(blob);
-  if (rc != 0)
+  if (rc != 0) {
+    tp_log(TP_LOG_ERROR, "vault_record_unreadable", "{s:s, s:s, s:s}", "merchant", merchant, "payment_method",
+           pm_id, "reason", "does not decrypt (tampered, moved, or its key-encryption key is not this one)");
     return -1;
+  }
   struct tp_card_input in = {pan, mm, yy, NULL};
   const char *bad;
   /* A card that expired since it was saved still loads: the processor

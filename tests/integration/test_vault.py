@@ -288,6 +288,13 @@ class IncompleteRewrapTest(PollOff, unittest.TestCase):
         self.assertIn('"records_left":1', log)
         self.assertEqual(vault_versions(self.daemon), {2: 3, 9: 1})
         self.assertNotIn("kek_rewrap_done", log)
+        # charged meanwhile, it cannot be opened: a 500, and the operator is told which record
+        cus = self.c().get("/v1/payment_methods/" + saved[0]).json["customer"]
+        r = self.c().post(PI, {"amount": 2500, "currency": "usd", "confirm": "true", "payment_method": saved[0],
+                               "customer": cus})
+        self.assertEqual(r.status, 500, r)
+        self.assertIn('"event":"vault_record_unreadable"', self.daemon.log_text())
+        self.assertIn('"payment_method":"%s"' % saved[0], self.daemon.log_text())
         self.set_version(saved[0], 1)  # its key is back: the next try finishes
         self.wait_all_at(2)
         deadline = time.monotonic() + 10
