@@ -213,7 +213,7 @@ static void commit_done(struct tp_cs *cs, int rc, void *arg)
   if (rc != 0)
     tp_reply_commit_failed(r, rc);
   else
-    tp_webhooks_changed();
+    tp_webhooks_changed(r->path_id);
   unlock(r);
   tp_req_resume(r);
 }

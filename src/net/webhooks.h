@@ -41,7 +41,8 @@ void tp_webhooks_new_secret(char out[TP_WH_SECRET_MAX]);
 int tp_webhooks_seal_secret(const char *endpoint_id, const char *secret, char out[TP_WH_SEALED_MAX]);
 /* Open a sealed secret. 0 on success. */
 int tp_webhooks_open_secret(const char *endpoint_id, const char *sealed, char out[TP_WH_SECRET_MAX]);
-/* Endpoints or deliveries changed in the store (after the commit): reload
- * and look for due deliveries now. Any thread. */
-void tp_webhooks_changed(void);
+/* Endpoint endpoint (NULL: a new one) or its deliveries changed in the store
+ * (after the commit): reload the endpoints and look for its due deliveries
+ * now. Any thread. */
+void tp_webhooks_changed(const char *endpoint);
 #endif
