@@ -1081,11 +1081,14 @@ void tp_mark(json_t *obj, const char *key, json_t *value)
 /* A PaymentMethod made by a PaymentIntent's own request (its
  * payment_method_data, a test id, a token: turnpike.made_for) and not
  * attached to a customer has been spent once that PaymentIntent paid with
- * it: it still names it and holds a charge, or is paying now. The mark
- * costs the payment nothing (it is in the row the PaymentMethod is written
- * as); consume_unattached (payflow.c) marks the others when they pay. As
- * there, one the payment sets up for later (setup_future_usage) is not
- * spent. */
+ * it: it still names it and is paying, holds the authorization or has
+ * been paid, or was canceled after its charge with it succeeded. A
+ * decline spends nothing (the PaymentIntent then names no PaymentMethod,
+ * and its latest charge, failed, stays after a new card is given). The
+ * mark costs the payment nothing (it is in the row the PaymentMethod is
+ * written as); consume_unattached (payflow.c) marks the others when they
+ * pay. As there, one the payment sets up for later (setup_future_usage) is
+ * not spent. */
 static bool spent_by_its_payment(const struct tp_req *r, const json_t *pm)
 {
   const char *made_for = json_string_value(json_object_get(json_object_get(pm, "turnpike"), "made_for"));
@@ -1094,17 +1097,32 @@ static bool spent_by_its_payment(const struct tp_req *r, const json_t *pm)
     return false;
   json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, made_for);
   const char *paid_by = json_string_value(json_object_get(pi, "payment_method"));
-  const char *status = json_string_value(json_object_get(pi, "status"));
+  const char *st = json_string_value(json_object_get(pi, "status"));
   const char *sfu = tp_pi_card_option(pi, "setup_future_usage");
-  bool spent = paid_by && strcmp(paid_by, id) == 0 && !(sfu && strcmp(sfu, "none") != 0) &&
-               (json_is_string(json_object_get(pi, "latest_charge")) || (status && strcmp(status, "processing") == 0));
+  bool spent = false;
+  if (paid_by && strcmp(paid_by, id) == 0 && st && !(sfu && strcmp(sfu, "none") != 0)) {
+    spent = strcmp(st, "processing") == 0 || strcmp(st, "requires_capture") == 0 || strcmp(st, "succeeded") == 0;
+    const char *lc = json_string_value(json_object_get(pi, "latest_charge"));
+    if (!spent && strcmp(st, "canceled") == 0 && lc) {
+      json_t *ch = tp_store_get_json(&tp_app.store, TP_K_CHARGE, r->merchant.id, lc);
+      const char *ch_pm = json_string_value(json_object_get(ch, "payment_method"));
+      const char *ch_st = json_string_value(json_object_get(ch, "status"));
+      spent = ch_pm && strcmp(ch_pm, id) == 0 && ch_st && strcmp(ch_st, "succeeded") == 0;
+      json_decref(ch);
+    }
+  }
   json_decref(pi);
   return spent;
 }
 
+bool tp_pm_spent(const struct tp_req *r, const json_t *pm)
+{
+  return json_is_true(json_object_get(json_object_get(pm, "turnpike"), "detached")) || spent_by_its_payment(r, pm);
+}
+
 bool tp_pm_usable(struct tp_req *r, const json_t *pm)
 {
-  if (!json_is_true(json_object_get(json_object_get(pm, "turnpike"), "detached")) && !spent_by_its_payment(r, pm))
+  if (!tp_pm_spent(r, pm))
     return true;
   tp_reply_error(r, TP_ERR_PAYMENT_METHOD_CONSUMED, r->charges_api ? "source" : "payment_method", NULL);
   return false;

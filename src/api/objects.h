@@ -121,9 +121,11 @@ json_t *tp_card_source_create(struct tp_req *r, struct tp_cs *cs, const char *so
 void tp_mark(json_t *obj, const char *key, json_t *value);
 /* ci's expiry from the PaymentMethod pm (which an update may have changed since the card was vaulted). */
 void tp_card_exp_of(struct tp_card_info *ci, const json_t *pm);
-/* A PaymentMethod detached from its customer is used up, as on Stripe: not
- * to pay or be attached again. False after replying 400
- * payment_method_consumed. */
+/* A PaymentMethod detached from its customer, or one that paid without
+ * being attached to one, is used up, as on Stripe: not to pay or be
+ * attached again. tp_pm_spent says so; tp_pm_usable returns false after
+ * replying 400 payment_method_consumed. */
+bool tp_pm_spent(const struct tp_req *r, const json_t *pm);
 bool tp_pm_usable(struct tp_req *r, const json_t *pm);
 /* The cardholder's fields of a Card object (name, address_line1 ...) in obj
  * at most TP_ADDRESS_FIELD_MAX; false after replying 400 naming

@@ -166,6 +166,28 @@ static void setup_done(struct tp_req *r, json_t *si, bool approved)
   tp_commit_and_reply_locks(r, cs, locks, 2);
 }
 
+/* The payment fails at the page (the challenge failed, or its card was
+ * spent meanwhile): back to requires_payment_method with the error e, the
+ * customer sent back to the merchant. Owns pi; releases its lock. */
+static void fail_payment(struct tp_req *r, json_t *pi, enum tp_err e)
+{
+  json_t *err = tp_error_object(e, e == TP_ERR_PAYMENT_METHOD_CONSUMED ? "payment_method" : NULL, NULL);
+  const char *pm_id = json_string_value(json_object_get(pi, "payment_method"));
+  json_t *pm = pm_id ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id) : NULL;
+  if (pm)
+    json_object_set_new(err, "payment_method", pm);
+  back_to_merchant(r, pi, false);
+  json_object_set_new(pi, "last_payment_error", err);
+  json_object_set_new(pi, "status", json_string("requires_payment_method"));
+  json_object_set_new(pi, "next_action", json_null());
+  json_object_set_new(pi, "payment_method", json_null());
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
+  tp_emit(cs, r, r->merchant.id, "payment_intent.payment_failed", pi);
+  json_decref(pi);
+  tp_commit_and_reply_unlock(r, cs, r->path_id);
+}
+
 void tp_h_3ds_submit(struct tp_req *r)
 {
   struct tp_params_error pe;
@@ -204,21 +226,7 @@ void tp_h_3ds_submit(struct tp_req *r)
     return;
   }
   if (strcmp(result, "fail") == 0) {
-    json_t *err = tp_error_object(TP_ERR_SCA_CHALLENGE_FAILED, NULL, NULL);
-    const char *pm_id = json_string_value(json_object_get(pi, "payment_method"));
-    json_t *pm = pm_id ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id) : NULL;
-    if (pm)
-      json_object_set_new(err, "payment_method", pm);
-    back_to_merchant(r, pi, false);
-    json_object_set_new(pi, "last_payment_error", err);
-    json_object_set_new(pi, "status", json_string("requires_payment_method"));
-    json_object_set_new(pi, "next_action", json_null());
-    json_object_set_new(pi, "payment_method", json_null());
-    struct tp_cs *cs = tp_cs_new();
-    tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
-    tp_emit(cs, r, r->merchant.id, "payment_intent.payment_failed", pi);
-    json_decref(pi);
-    tp_commit_and_reply_unlock(r, cs, r->path_id);
+    fail_payment(r, pi, TP_ERR_SCA_CHALLENGE_FAILED);
     return;
   }
   const char *pm_id = json_string_value(json_object_get(pi, "payment_method"));
@@ -250,6 +258,34 @@ void tp_h_3ds_submit(struct tp_req *r)
     return;
   }
   tp_card_exp_of(&ci, pm);
+  /* A PaymentMethod attached to no customer pays once (consume_unattached),
+   * here as in a confirmation: held from now to the outcome's commit, and
+   * refused if another payment spent it while this challenge was out (two
+   * PaymentIntents waiting on one card each paid when approved). */
+  char pm_lock[TP_ID_MAX] = "";
+  const char *sfu = tp_pi_card_option(pi, "setup_future_usage");
+  if (!json_is_string(json_object_get(pm, "customer")) && !tp_is_card_source(pm, NULL) &&
+      !(sfu && *sfu && strcmp(sfu, "none") != 0)) {
+    if (!tp_lock_try(pm_id)) {
+      tp_card_wipe(&ci, sizeof ci);
+      json_decref(pm);
+      json_decref(pi);
+      tp_lock_release(r->path_id);
+      html(r, 429, "<!doctype html><title>Busy</title><p>Try again.</p>");
+      return;
+    }
+    json_t *fresh = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
+    bool spent = !fresh || tp_pm_spent(r, fresh);
+    json_decref(fresh);
+    if (spent) {
+      tp_lock_release(pm_id);
+      tp_card_wipe(&ci, sizeof ci);
+      json_decref(pm);
+      fail_payment(r, pi, TP_ERR_PAYMENT_METHOD_CONSUMED);
+      return;
+    }
+    tp_scopy(pm_lock, sizeof pm_lock, pm_id);
+  }
   back_to_merchant(r, pi, true);
   unsigned status = r->status;
   char *page = r->resp;
@@ -267,6 +303,8 @@ void tp_h_3ds_submit(struct tp_req *r)
   p->three_ds_done = true;
   p->outcome = tp_outcome_authorize;
   tp_scopy(p->lock_id, sizeof p->lock_id, r->path_id);
+  if (pm_lock[0])
+    tp_scopy(p->pm_lock_id, sizeof p->pm_lock_id, pm_lock);
   const char *cm = tp_pi_card_option(pi, "capture_method");
   tp_pay_attempt(p, "authorize", json_integer_value(json_object_get(pi, "amount")),
                  json_string_value(json_object_get(pi, "currency")));

@@ -343,6 +343,24 @@ class Sources(DaemonTestCase):
         again = self.c().post("/v1/payment_intents/%s/confirm" % failed["id"], {"payment_method": made})
         self.assertEqual((again.status, again.json["error"]["decline_code"]), (402, "generic_decline"), again)
         self.assertEqual(pi(confirm="true", payment_method=made).status, 402)
+        # after a decline, a new card given by an update pays (its latest charge, failed, stays)
+        for first, then in (({"payment_method_data": {"type": "card", "card": dict(card, number="4000000000000002")}},
+                             {"payment_method_data": pmd}),
+                            ({"payment_method": "pm_card_chargeDeclined"}, {"payment_method": "pm_card_visa"})):
+            r = pi(**first)
+            c = self.c().post("/v1/payment_intents/%s/confirm" % r.json["id"], {})
+            self.assertEqual(c.status, 402, c)
+            u = self.c().post("/v1/payment_intents/" + r.json["id"], then)
+            self.assertEqual(u.status, 200, u)
+            c = self.c().post("/v1/payment_intents/%s/confirm" % r.json["id"], {})
+            self.assertEqual((c.status, c.json.get("status")), (200, "succeeded"), c)
+        # and its own declined card given back is declined again, not refused as spent
+        r = pi(payment_method_data={"type": "card", "card": dict(card, number="4000000000009995")})
+        own = r.json["payment_method"]
+        self.assertEqual(self.c().post("/v1/payment_intents/%s/confirm" % r.json["id"], {}).status, 402)
+        self.assertEqual(self.c().post("/v1/payment_intents/" + r.json["id"], {"payment_method": own}).status, 200)
+        c = self.c().post("/v1/payment_intents/%s/confirm" % r.json["id"], {})
+        self.assertEqual((c.status, c.json["error"]["decline_code"]), (402, "insufficient_funds"), c)
         # set up for later without a customer: attached afterwards, it pays again
         r = pi(confirm="true", payment_method_data=pmd, setup_future_usage="off_session")
         self.assertEqual(r.status, 200, r)

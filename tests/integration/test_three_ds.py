@@ -260,6 +260,38 @@ class ThreeDSTest(DaemonTestCase):
             got = self.get_pi(pi["id"])
             self.assertEqual((got["status"], got["amount_received"]), ("succeeded", 3100), got)
 
+    def test_one_unattached_card_waiting_on_several_challenges_pays_once(self):
+        """A PaymentMethod attached to no customer pays once, also when
+        several PaymentIntents wait on its challenge at the same time (each
+        paid when approved): the first approval pays, the others fail with
+        payment_method_consumed; so does an inline one a second
+        PaymentIntent paid with while its own waited."""
+        pm = self.c().post("/v1/payment_methods", {"type": "card", "card": card(PAN_3DS)["card"]}).json["id"]
+        waiting = []
+        for _ in range(3):
+            r = self.c().post(PI, {"amount": 3100, "currency": "eur", "confirm": "true", "payment_method": pm,
+                                   "return_url": RETURN_URL})
+            self.assertEqual(r.json["status"], "requires_action", r)
+            u = urllib.parse.urlsplit(r.json["next_action"]["redirect_to_url"]["url"])
+            waiting.append((r.json["id"], u.path, urllib.parse.parse_qs(u.query)["token"][0]))
+        outcomes = []
+        for pi_id, path, token in waiting:
+            a = self.submit(path, token, "approve")
+            self.assertEqual(a.status, 303, a)
+            got = self.get_pi(pi_id)
+            outcomes.append((got["status"], (got["last_payment_error"] or {}).get("tp_code")))
+        self.assertEqual(outcomes, [("succeeded", None), ("requires_payment_method", 1104),
+                                    ("requires_payment_method", 1104)])
+        # inline: made by PI1, which waits; PI2 pays with it; PI1's approval then finds it spent
+        pi1, url, token = self.start_challenge(pan="4000000000003055", **{
+            "payment_method_options[card][request_three_d_secure]": "any"})
+        made = pi1["payment_method"]
+        r = self.c().post(PI, {"amount": 500, "currency": "eur", "confirm": "true", "payment_method": made})
+        self.assertEqual(r.json["status"], "succeeded", r)
+        path, _ = self.fetch_page(url)
+        self.assertEqual(self.submit(path, token, "approve").status, 303)
+        self.assertEqual(self.get_pi(pi1["id"])["status"], "requires_payment_method")
+
     def test_a_return_url_must_be_an_absolute_url(self):
         """Stripe: 400 url_invalid for a return_url that is not a URL; never a
         script (javascript:, data:), a scheme-relative //host or a CR/LF that
