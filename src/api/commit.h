@@ -24,6 +24,9 @@ void tp_commit_and_reply_locks(struct tp_req *r, struct tp_cs *cs, const char *c
  * nothing is committed: cs is freed and the lock released. */
 struct json_t;
 void tp_reply_expanded_unlock(struct tp_req *r, struct tp_cs *cs, struct json_t *obj, const char *lock_id);
+/* Same with n lock ids (NULL and empty entries are skipped). */
+void tp_reply_expanded_locks(struct tp_req *r, struct tp_cs *cs, struct json_t *obj, const char *const *lock_ids,
+                             size_t n);
 
 /* Reply 200 with a stored object's JSON text (takes it), expanding fields
  * when the request's "expand" asks for any. */

@@ -137,17 +137,24 @@ void tp_commit_and_reply_locks(struct tp_req *r, struct tp_cs *cs, const char *c
   }
 }
 
-void tp_reply_expanded_unlock(struct tp_req *r, struct tp_cs *cs, json_t *obj, const char *lock_id)
+void tp_reply_expanded_locks(struct tp_req *r, struct tp_cs *cs, json_t *obj, const char *const *lock_ids, size_t n)
 {
   if (!tp_expand(r, obj, NULL)) {
     json_decref(obj);
     tp_cs_free(cs);
-    if (lock_id)
-      tp_lock_release(lock_id);
+    for (size_t i = 0; i < n; i++)
+      if (lock_ids[i] && *lock_ids[i])
+        tp_lock_release(lock_ids[i]);
     return;
   }
   tp_reply_json(r, 200, obj);
-  tp_commit_and_reply_unlock(r, cs, lock_id);
+  tp_commit_and_reply_locks(r, cs, lock_ids, n);
+}
+
+void tp_reply_expanded_unlock(struct tp_req *r, struct tp_cs *cs, json_t *obj, const char *lock_id)
+{
+  const char *ids[1] = {lock_id};
+  tp_reply_expanded_locks(r, cs, obj, ids, 1);
 }
 
 /* Submit cs and answer once committed. */

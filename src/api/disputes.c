@@ -173,17 +173,20 @@ bool tp_disputes_config_ok(void)
  * of the withdrawal), as a balanced ledger transaction and its balance
  * transaction, listed on the dispute. */
 static void adjust(struct tp_cs *cs, const char *merchant, json_t *dp, const char *charge, const char *processor,
-                   int sign)
+                   int sign, int64_t amount)
 {
   const char *cur = json_string_value(json_object_get(dp, "currency"));
   json_t *bts = json_object_get(dp, "balance_transactions");
-  int64_t fee = sign < 0 ? dispute_fee(cur)
-                         : -json_integer_value(json_object_get(json_array_get(bts, 0), "fee"));
+  /* A withdrawal of amount, with the fee; a reversal gives back what the
+   * withdrawal (the first balance transaction) took. */
+  const json_t *taken = json_array_get(bts, 0);
+  int64_t fee = sign < 0 ? dispute_fee(cur) : -json_integer_value(json_object_get(taken, "fee"));
+  amount = sign < 0 ? -amount : -json_integer_value(json_object_get(taken, "amount"));
   char txn[TP_ID_MAX], desc[96];
   snprintf(desc, sizeof desc, "Chargeback %s for %.64s", sign < 0 ? "withdrawal" : "reversal", charge);
   json_t *bt = NULL;
   const struct tp_posting po = {.merchant = merchant, .processor = processor, .currency = cur,
-                                .amount = sign * json_integer_value(json_object_get(dp, "amount")), .fee = fee,
+                                .amount = amount, .fee = fee,
                                 .source = json_string_value(json_object_get(dp, "id")), .type = "adjustment",
                                 .description = desc, .fee_description = "Dispute fee"};
   tp_ledger_post(cs, &po, txn, &bt);
@@ -268,7 +271,7 @@ void tp_dispute_open(struct tp_cs *cs, const char *merchant, json_t *ch)
   tp_put_emit(cs, NULL, merchant, TP_K_DISPUTE, "charge.dispute.created", dp);
   if (!inquiry) {
     adjust(cs, merchant, dp, json_string_value(json_object_get(ch, "id")),
-           json_string_value(json_object_get(turn, "processor")), -1);
+           json_string_value(json_object_get(turn, "processor")), -1, json_integer_value(json_object_get(dp, "amount")));
     tp_put_emit(cs, NULL, merchant, TP_K_DISPUTE, "charge.dispute.funds_withdrawn", dp);
   }
   json_decref(dp);
@@ -335,8 +338,8 @@ static void decide(struct tp_req *r, struct tp_cs *cs, json_t *dp, const char *p
 {
   bool inquiry = strncmp(json_string_value(json_object_get(dp, "status")), "warning_", 8) == 0;
   json_object_set_new(dp, "status", json_string(inquiry ? "warning_closed" : won ? "won" : "lost"));
-  if (!inquiry && won) {
-    adjust(cs, r->merchant.id, dp, json_string_value(json_object_get(dp, "charge")), processor, +1);
+  if (!inquiry && won && json_array_size(json_object_get(dp, "balance_transactions")) > 0) {
+    adjust(cs, r->merchant.id, dp, json_string_value(json_object_get(dp, "charge")), processor, +1, 0);
     tp_emit(cs, r, r->merchant.id, "charge.dispute.funds_reinstated", dp);
   }
   tp_emit(cs, r, r->merchant.id, "charge.dispute.closed", dp);
@@ -347,6 +350,25 @@ static void decide(struct tp_req *r, struct tp_cs *cs, json_t *dp, const char *p
  * response of its own and its charge can no longer be refunded. */
 static void escalate(struct tp_req *r, struct tp_cs *cs, json_t *dp, const char *processor)
 {
+  /* What the cardholder has not had back yet: after a refund Stripe takes
+   * no more ("after the payment has been fully refunded, no further funds
+   * are withdrawn"), and a fraud claim on a payment the cardholder
+   * authenticated is the issuer's (liability shift, as tp_dispute_open).
+   * Read under the charge's lock (taken by the caller), which a refund
+   * holds until its outcome commits. */
+  json_t *ch = tp_store_get_json(&tp_app.store, TP_K_CHARGE, r->merchant.id,
+                                 json_string_value(json_object_get(dp, "charge")));
+  int64_t left = json_integer_value(json_object_get(ch, "amount_captured")) -
+                 json_integer_value(json_object_get(ch, "amount_refunded"));
+  const char *tds = json_string_value(json_object_get(
+      json_object_get(json_object_get(json_object_get(ch, "payment_method_details"), "card"), "three_d_secure"),
+      "result"));
+  if (tds && strcmp(tds, "authenticated") == 0)
+    left = 0;
+  json_decref(ch);
+  int64_t take = json_integer_value(json_object_get(dp, "amount"));
+  if (take > left)
+    take = left > 0 ? left : 0;
   json_t *before = json_deep_copy(dp);
   json_object_set_new(dp, "status", json_string("needs_response"));
   json_object_set_new(dp, "is_charge_refundable", json_false());
@@ -356,14 +378,17 @@ static void escalate(struct tp_req *r, struct tp_cs *cs, json_t *dp, const char 
                       json_integer(tp_now() + DISPUTE_RESPONSE_DAYS * 86400));
   tp_emit_update(cs, r, r->merchant.id, "charge.dispute.updated", before, dp);
   json_decref(before);
-  adjust(cs, r->merchant.id, dp, json_string_value(json_object_get(dp, "charge")), processor, -1);
-  tp_emit(cs, r, r->merchant.id, "charge.dispute.funds_withdrawn", dp);
+  if (take > 0) {
+    adjust(cs, r->merchant.id, dp, json_string_value(json_object_get(dp, "charge")), processor, -1, take);
+    tp_emit(cs, r, r->merchant.id, "charge.dispute.funds_withdrawn", dp);
+  }
 }
 
 void tp_h_dispute_update(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_update))
     return;
+  char ch_lock[TP_ID_MAX] = ""; /* the charge's, when taken (an inquiry: escalate) */
   char processor[TP_ID_MAX];
   json_t *dp = load_locked(r, processor);
   if (!dp)
@@ -378,6 +403,17 @@ void tp_h_dispute_update(struct tp_req *r)
              strcmp(st, "under_review") == 0 || strcmp(st, "warning_under_review") == 0 ? "under review" : "closed");
     tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "evidence", msg);
     goto out;
+  }
+  /* An inquiry's update may escalate it into a chargeback (escalate), which
+   * must not cross a refund of its charge: the refund holds the charge's
+   * lock until its outcome commits, and this takes it too. */
+  if (strcmp(st, "warning_needs_response") == 0) {
+    const char *chid = json_string_value(json_object_get(dp, "charge"));
+    if (!chid || !tp_lock_try(chid)) {
+      tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+      goto out;
+    }
+    tp_scopy(ch_lock, sizeof ch_lock, chid);
   }
   json_t *before = json_deep_copy(dp);
   json_t *evidence = json_object_get(dp, "evidence");
@@ -432,11 +468,14 @@ void tp_h_dispute_update(struct tp_req *r)
   }
   json_decref(before);
   tp_cs_put(cs, TP_K_DISPUTE, r->merchant.id, dp);
-  tp_reply_expanded_unlock(r, cs, dp, r->path_id);
+  const char *locks[2] = {r->path_id, ch_lock};
+  tp_reply_expanded_locks(r, cs, dp, locks, 2);
   return;
 out:
   json_decref(dp);
   tp_lock_release(r->path_id);
+  if (ch_lock[0])
+    tp_lock_release(ch_lock);
 }
 
 void tp_h_dispute_close(struct tp_req *r)

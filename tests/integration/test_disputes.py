@@ -263,6 +263,25 @@ class Disputes(DaemonTestCase):
         self.assertEqual(self.available(), avail)
         self.assertEqual(self.ledger_sums()[0], 0)
 
+    def test_an_escalated_inquiry_takes_only_what_was_not_refunded(self):
+        # Stripe: "after the payment has been fully refunded, no further
+        # funds are withdrawn"; a partial refund leaves the rest to take.
+        for refund, taken in ((3000, 0), (1000, 2000)):
+            avail = self.available()
+            ch = self.pay(pm="pm_card_createDisputeInquiry", amount=3000)["latest_charge"]
+            dp = self.dispute_of(ch)
+            r = self.c().post("/v1/refunds", {"charge": ch, "amount": refund})
+            self.assertEqual(r.json["status"], "succeeded", r)
+            r = self.c().post(DP + "/" + dp["id"], {"evidence[uncategorized_text]": "escalate_inquiry_evidence"})
+            self.assertEqual(r.json["status"], "needs_response", r)
+            want = [-(taken + 1500)] if taken else []
+            self.assertEqual([bt["net"] for bt in r.json["balance_transactions"]], want, r)
+            self.assertEqual(self.available() - avail, -refund - (taken + 1500 if taken else 0))
+            if taken:  # won: what was taken comes back, fee too
+                won = self.c().post(DP + "/" + dp["id"], {"evidence[uncategorized_text]": "winning_evidence"}).json
+                self.assertEqual([bt["net"] for bt in won["balance_transactions"]], [-(taken + 1500), taken + 1500])
+        self.assertEqual(self.ledger_sums()[0], 0)
+
     def test_a_fraud_chargeback_after_3d_secure_is_the_issuers(self):
         # Liability shift: Stripe's 4000000000000259 is "protected after 3D
         # Secure authentication"; a product_not_received dispute is not.
