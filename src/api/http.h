@@ -88,6 +88,9 @@ struct tp_req {
   bool customer_page;  /* the customer's answer on the 3-D Secure page, not an API call: its events name no request */
   bool charges_api;    /* POST /v1/charges: its card errors name `source`, not `payment_method` */
   bool observed;       /* counted and logged (observe_request) */
+  int conflict_err;    /* enum tp_err a compare-and-set conflict of its commit means (0: store_unavailable) */
+  char conflict_param[48];
+  char conflict_msg[128];
   unsigned gone_status; /* the reply the client left before getting (logged as 499) */
   char pm_made_for[72]; /* the PaymentIntent this request makes a PaymentMethod for ("" none: tp_pm_usable) */
   bool suspended;

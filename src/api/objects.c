@@ -531,8 +531,13 @@ static json_t *token_spend(struct tp_cs *cs, const struct tp_merchant *m, const 
     json_decref(t);
   }
   json_t *args = tp_pack("[s, s, s, I]", m->id, tok, pm_id, (json_int_t)tp_now());
-  tp_cs_sql(cs, "INSERT INTO token_redemptions(merchant, token, payment_method, created) VALUES(?1,?2,?3,?4)", args,
-            1);
+  /* ON CONFLICT DO NOTHING, then min_changes: a token spent meanwhile
+   * fails the set as a conflict (TP_STORE_ERR_CONFLICT, answered
+   * token_already_used), not as a store error (503). */
+  tp_cs_sql(cs,
+            "INSERT INTO token_redemptions(merchant, token, payment_method, created) VALUES(?1,?2,?3,?4) "
+            "ON CONFLICT DO NOTHING",
+            args, 1);
   json_decref(args);
   json_t *del = tp_pack("[s, s]", tok, m->id);
   tp_cs_sql(cs, "DELETE FROM vault WHERE token=?1 AND merchant=?2", del, 0);
@@ -763,6 +768,11 @@ static bool token_card(struct tp_req *r, const char *tok, const char *param, str
   tp_scopy(ci->token, sizeof ci->token, tok);
   tp_scopy(ci->card_id, sizeof ci->card_id, card_id);
   ci->cvc = cvc;
+  /* Spent by a request that commits first, this one's commit fails as a
+   * conflict (token_spend): it is then this error, not 503. */
+  r->conflict_err = TP_ERR_TOKEN_ALREADY_USED;
+  snprintf(r->conflict_msg, sizeof r->conflict_msg, "You cannot use a Stripe token more than once: %.64s.", tok);
+  tp_scopy(r->conflict_param, sizeof r->conflict_param, param);
   return true;
 }
 

@@ -137,5 +137,12 @@ void tp_reply_params_error(struct tp_req *r, const struct tp_params_error *pe, b
 
 void tp_reply_commit_failed(struct tp_req *r, int rc)
 {
+  if (rc == TP_STORE_ERR_CONFLICT && r->conflict_err) {
+    /* another request got there first (a token both spent): the same
+     * answer as if it had committed before this one read */
+    tp_reply_error(r, (enum tp_err)r->conflict_err, r->conflict_param[0] ? r->conflict_param : NULL,
+                   r->conflict_msg[0] ? r->conflict_msg : NULL);
+    return;
+  }
   tp_reply_error(r, rc == TP_STORE_ERR_FULL ? TP_ERR_STORE_FULL : TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
 }

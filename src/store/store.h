@@ -86,6 +86,9 @@ struct tp_cs;
  * committed because the disk is full; any other non-zero not committed. */
 typedef void (*tp_cs_done_fn)(struct tp_cs *cs, int rc, void *arg);
 #define TP_STORE_ERR_FULL (-28) /* -ENOSPC */
+/* A change set's compare-and-set (tp_cs_sql with min_changes) changed fewer
+ * rows than it needed: another change got there first. */
+#define TP_STORE_ERR_CONFLICT (-17) /* -EEXIST */
 
 struct tp_cs *tp_cs_new(void);
 void tp_cs_free(struct tp_cs *cs);

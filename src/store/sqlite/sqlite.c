@@ -343,7 +343,7 @@ static int apply_sql(struct sq *s, const struct tp_cs_op *op)
     sqlite3_clear_bindings(st);
   }
   if (rc == 0 && op->n1 > 0 && sqlite3_changes(s->w) < op->n1)
-    rc = -1;
+    rc = TP_STORE_ERR_CONFLICT;
   bool cached = false;
   for (size_t i = 0; i < s->nsql; i++)
     cached |= s->sql[i] == st;
@@ -499,10 +499,12 @@ static int apply_one(struct sq *s, struct tp_cs *cs, struct bal_set *bal)
       if (step_done(s->w, st))
         return -1;
       break;
-    case TP_OP_SQL:
-      if (apply_sql(s, op))
-        return -1;
+    case TP_OP_SQL: {
+      int src = apply_sql(s, op);
+      if (src)
+        return src == TP_STORE_ERR_CONFLICT ? src : -1;
       break;
+    }
     case TP_OP_VAULT:
       st = s->vault;
       bind_text(st, 1, op->id);
@@ -696,7 +698,10 @@ static int apply_batch_tx(struct sq *s, struct tp_cs **sets, size_t n, int *rc)
     if (rc[i] == 0)
       rc[i] = bal_merge(s, &set_bal);
     if (rc[i]) {
+      int why = rc[i];
       rc[i] = failed(s);
+      if (rc[i] == -1 && why == TP_STORE_ERR_CONFLICT)
+        rc[i] = why; /* a compare-and-set that found another value: the caller's to tell */
       tx_step(s, s->sp_rollback);
     }
     tx_step(s, s->sp_release);
