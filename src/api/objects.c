@@ -429,6 +429,35 @@ static void fp_pad(const char *merchant, uint8_t pad[32])
                  pad);
 }
 
+int tp_vault_key_check(struct tp_store *st)
+{
+  static const char label[] = "turnpike vault key check v1";
+  char want[65];
+  tp_hmac_sha256_hex(tp_app.vault_key, sizeof tp_app.vault_key, label, sizeof label - 1, want);
+  json_t *rows = tp_store_query(st, "SELECT value FROM meta WHERE key = 'vault_key_check'", NULL);
+  if (!rows)
+    return -1;
+  const char *have = json_string_value(json_object_get(json_array_get(rows, 0), "value"));
+  int rc = 0;
+  if (have && strcmp(have, want) != 0) {
+    tp_log(TP_LOG_ERROR, "vault_key_mismatch", "{s:s}", "message",
+           "the data directory's vault.key is not the one this store was used with: put back the vault.key "
+           "that came with it (saved cards, webhook secrets, idempotency records and card fingerprints need it)");
+    rc = -1;
+  } else if (!have) {
+    struct tp_cs *cs = tp_cs_new();
+    json_t *args = tp_pack("[s]", want);
+    tp_cs_sql(cs, "INSERT INTO meta(key, value) VALUES('vault_key_check', ?1) ON CONFLICT DO NOTHING", args, 0);
+    json_decref(args);
+    int set_rc = 0;
+    if (st->ops->apply_batch(st->cls, &cs, 1, &set_rc) != 0 || set_rc != 0)
+      rc = -1;
+    tp_cs_free(cs);
+  }
+  json_decref(rows);
+  return rc;
+}
+
 int tp_fp_keys_mask(struct tp_store *st)
 {
   json_t *rows = tp_store_query(st, "SELECT id, hex(fp_key) AS fp FROM merchants WHERE fp_key_masked=0", NULL);

@@ -35,6 +35,9 @@ void tp_card_fingerprint(const struct tp_merchant *m, const char *pan, char out[
  * keeping the key (and so every fingerprint) what it was; through the
  * store's writer connection: call before the writer thread starts. */
 int tp_fp_keys_mask(struct tp_store *st);
+/* Refuse (-1, logged) a vault.key other than the one the store was used
+ * with (a check value in meta, written at the first start that has none). */
+int tp_vault_key_check(struct tp_store *st);
 /* disputes.c: open the dispute a captured charge ch was marked for (its
  * turnpike.dispute, from the test card), into cs: the dispute, its events,
  * a chargeback's ledger adjustment, ch disputed (put again); or, for

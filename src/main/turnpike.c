@@ -433,7 +433,8 @@ static int cmd_serve(int argc, char **argv)
       return 1;
     }
   }
-  if (tp_vault_init(c.data, tp_app.vault_key) != 0 || tp_fp_keys_mask(&tp_app.store) != 0)
+  if (tp_vault_init(c.data, tp_app.vault_key) != 0 || tp_vault_key_check(&tp_app.store) != 0 ||
+      tp_fp_keys_mask(&tp_app.store) != 0)
     return 1;
   /* Card vault KEK provider ([vault] kek = file | pkcs11), before the writer. */
   if (tp_kek_init(&tp_app.store, c.data, cfg) != 0)

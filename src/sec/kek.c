@@ -288,6 +288,46 @@ static void config_hash(const char *path, char out[65])
     snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
+static int unhex(const char *s, uint8_t *out, size_t cap, size_t *len);
+
+/* Whether the provider holds the store's KEK version v: a card record of
+ * that version opens (the right key, not just a key of that version: a
+ * kek-vN.key made anew, or another store's, wraps and unwraps as well);
+ * with no such record yet, a data key wrapped and unwrapped. */
+static bool kek_holds(struct tp_store *st, uint32_t v)
+{
+  char sql[200];
+  snprintf(sql, sizeof sql,
+           "SELECT merchant, token, hex(blob) AS b FROM vault WHERE substr(blob, 1, 5) = X'02%08X' LIMIT 1", v);
+  json_t *rows = tp_store_query(st, sql, NULL);
+  json_t *row = json_array_get(rows, 0);
+  bool ok;
+  if (row) {
+    static uint8_t blob[TP_VAULT_MAX_BLOB + 256];
+    size_t len = 0;
+    char pan[TP_VAULT_MAX_BLOB];
+    int mm = 0, yy = 0;
+    const char *hex = json_string_value(json_object_get(row, "b"));
+    ok = hex && unhex(hex, blob, sizeof blob, &len) == 0 &&
+         tp_vault_open_rec(json_string_value(json_object_get(row, "merchant")),
+                           json_string_value(json_object_get(row, "token")), blob, len, pan, &mm, &yy) == 0;
+    OPENSSL_cleanse(pan, sizeof pan);
+    OPENSSL_cleanse(blob, sizeof blob);
+  } else {
+    uint8_t dek[32], back[32], wrapped[512];
+    size_t wlen = sizeof wrapped;
+    static const uint8_t aad[] = "turnpike kek probe";
+    tp_random(dek, sizeof dek);
+    ok = g_prov.wrap(g_prov.cls, v, dek, aad, sizeof aad - 1, wrapped, &wlen) == 0 &&
+         g_prov.unwrap(g_prov.cls, v, wrapped, wlen, aad, sizeof aad - 1, back) == 0 &&
+         memcmp(dek, back, sizeof dek) == 0;
+    OPENSSL_cleanse(dek, sizeof dek);
+    OPENSSL_cleanse(back, sizeof back);
+  }
+  json_decref(rows);
+  return ok;
+}
+
 int tp_kek_init(struct tp_store *st, const char *dir, const char *config_path)
 {
   if (tp_kek_open(dir, &g_prov) != 0)
@@ -304,18 +344,9 @@ int tp_kek_init(struct tp_store *st, const char *dir, const char *config_path)
   if (v > 0) {
     /* The provider must hold the store's current KEK: on another token (a
      * wrong pkcs11_token_label), another provider, or with its key file
-     * gone, the gateway started, said it was ready and failed every card
-     * with a 500. A data key wrapped and unwrapped proves it is there. */
-    uint8_t dek[32], back[32], wrapped[512];
-    size_t wlen = sizeof wrapped;
-    static const uint8_t aad[] = "turnpike kek probe";
-    tp_random(dek, sizeof dek);
-    bool ok = g_prov.wrap(g_prov.cls, (uint32_t)v, dek, aad, sizeof aad - 1, wrapped, &wlen) == 0 &&
-              g_prov.unwrap(g_prov.cls, (uint32_t)v, wrapped, wlen, aad, sizeof aad - 1, back) == 0 &&
-              memcmp(dek, back, sizeof dek) == 0;
-    OPENSSL_cleanse(dek, sizeof dek);
-    OPENSSL_cleanse(back, sizeof back);
-    if (!ok) {
+     * gone or another, the gateway started, said it was ready and failed
+     * every card with a 500. */
+    if (!kek_holds(st, (uint32_t)v)) {
       tp_log(TP_LOG_ERROR, "kek_missing", "{s:s, s:I, s:s}", "provider", g_prov.name, "version", (json_int_t)v,
              "message", "the key provider does not hold the store's current key-encryption key: check [vault] kek, "
                         "the token label and its PIN, or the kek-vN.key files in the data directory");

@@ -187,6 +187,28 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
                 d.start()
             self.assertIn("kek_missing", str(e.exception))
             self.assertFalse(os.path.exists(os.path.join(d.data, "kek-v1.key")))  # not made anew
+            # another key of that version (another store's, one made anew): the cards do not open
+            with open(os.path.join(d.data, "kek-v1.key"), "wb") as f:
+                f.write(os.urandom(32))
+            os.chmod(os.path.join(d.data, "kek-v1.key"), 0o600)
+            with self.assertRaises(RuntimeError) as e:
+                d.start()
+            self.assertIn("kek_missing", str(e.exception))
+            os.replace(os.path.join(d.root, "kek-v1.key.away"), os.path.join(d.data, "kek-v1.key"))
+            # another vault.key: sealed webhook secrets, idempotency records and fingerprints would all change
+            good = os.path.join(d.root, "vault.key.good")
+            os.replace(os.path.join(d.data, "vault.key"), good)
+            with open(os.path.join(d.data, "vault.key"), "wb") as f:
+                f.write(os.urandom(32))
+            os.chmod(os.path.join(d.data, "vault.key"), 0o600)
+            with self.assertRaises(RuntimeError) as e:
+                d.start()
+            self.assertIn("vault_key_mismatch", str(e.exception))
+            os.replace(good, os.path.join(d.data, "vault.key"))
+            d.start()  # its own keys back: it starts and the card pays
+            cus = d.client("m").post("/v1/customers", {}).json["id"]
+            self.assertEqual(d.client("m").post("/v1/payment_methods/%s/attach" % r.json["id"],
+                                                {"customer": cus}).status, 200)
         finally:
             d.cleanup()
 
