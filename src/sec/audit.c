@@ -298,7 +298,18 @@ static bool same_pubkey(const char *a_pem, const char *b_pem)
  * head must be covered by a checkpoint (a stopped gateway signs one as it
  * stops): entries after the last checkpoint can have been rewritten, their
  * hashes recomputed, by anyone able to write the store, without the key. */
-static int verify(sqlite3 *db, const char *pin_pem, bool sealed, json_t *summary)
+#define AUDIT_PINS_MAX 8
+
+/* Whether pem is one of the n pinned keys. */
+static bool pinned(const char *const *pins, int n, const char *pem)
+{
+  for (int i = 0; i < n; i++)
+    if (same_pubkey(pins[i], pem))
+      return true;
+  return false;
+}
+
+static int verify(sqlite3 *db, const char *const *pins, int npins, bool sealed, json_t *summary)
 {
   struct vstate v = {0, ""};
   sqlite3_stmt *st = NULL;
@@ -350,9 +361,9 @@ static int verify(sqlite3 *db, const char *pin_pem, bool sealed, json_t *summary
       bad(&v, 1, "chain head missing");
     sqlite3_finalize(st);
   }
-  int64_t ckpts = 0, covered = 0;
+  int64_t ckpts = 0, covered = 0, nkeys = 0;
   char keyfp[65] = "";
-  char *first_pem = NULL;
+  char *last_pem = NULL;
   if (sqlite3_prepare_v2(db, "SELECT seq, hash, sig, pubkey FROM audit_checkpoints ORDER BY seq", -1, &st, NULL) ==
       SQLITE_OK) {
     while (sqlite3_step(st) == SQLITE_ROW) {
@@ -363,17 +374,18 @@ static int verify(sqlite3 *db, const char *pin_pem, bool sealed, json_t *summary
         bad(&v, cs, "checkpoint signature invalid");
         continue;
       }
-      if (pin_pem && !same_pubkey(pin_pem, pem)) {
+      if (npins > 0 && !pinned(pins, npins, pem)) {
         bad(&v, cs, "checkpoint signed by another key than --pubkey");
         continue;
       }
-      /* Unpinned, every checkpoint must be of one key: a checkpoint of
-       * another key is what someone holding a key of their own would add. */
-      if (!first_pem)
-        first_pem = strdup(pem);
-      else if (!pin_pem && strcmp(first_pem, pem) != 0 && !same_pubkey(first_pem, pem)) {
-        bad(&v, cs, "checkpoints are signed by more than one key: pin the right one with --pubkey");
-        continue;
+      /* Unpinned, a change of key is shown (checkpoint_keys), not refused:
+       * a restore without the key file or a move to the HSM changes it. A
+       * checkpoint signed by a key of an attacker's own verifies against
+       * the key stored beside it: only pinned keys tell them apart. */
+      if (!last_pem || (strcmp(last_pem, pem) != 0 && !same_pubkey(last_pem, pem))) {
+        nkeys++;
+        free(last_pem);
+        last_pem = strdup(pem);
       }
       uint8_t md[32];
       SHA256((const unsigned char *)pem, strlen(pem), md);
@@ -395,13 +407,14 @@ static int verify(sqlite3 *db, const char *pin_pem, bool sealed, json_t *summary
     }
     sqlite3_finalize(st);
   }
-  free(first_pem);
+  free(last_pem);
   if (sealed && last > covered)
     bad(&v, covered + 1, "entries after the last signed checkpoint (--sealed: a stopped gateway signs its head)");
   json_object_set_new(summary, "ok", json_boolean(v.first_bad == 0));
   json_object_set_new(summary, "entries", json_integer(entries));
   json_object_set_new(summary, "checkpoints", json_integer(ckpts));
   json_object_set_new(summary, "unsealed_entries", json_integer(last > covered ? last - covered : 0));
+  json_object_set_new(summary, "checkpoint_keys", json_integer(nkeys));
   if (v.first_bad) {
     json_object_set_new(summary, "first_bad_seq", json_integer(v.first_bad));
     json_object_set_new(summary, "reason", json_string(v.reason));
@@ -414,12 +427,13 @@ static int verify(sqlite3 *db, const char *pin_pem, bool sealed, json_t *summary
 
 static void usage_audit(FILE *f)
 {
-  fprintf(f, "usage: turnpike audit verify --data DIR [--pubkey PEMFILE] [--sealed]\n\n"
+  fprintf(f, "usage: turnpike audit verify --data DIR [--pubkey PEMFILE]... [--sealed]\n\n"
              "Walks the audit log's hash chain and checks every signed checkpoint.\n"
              "Exit 0 and a JSON summary when intact; exit 1 naming the first bad entry\n"
              "(first_bad_seq) when an entry was edited, removed or reordered.\n"
-             "--pubkey pins the checkpoint key (else the key stored with each checkpoint is used,\n"
-             "  and every checkpoint must be of one key).\n"
+             "--pubkey pins a checkpoint key (else the key stored with each checkpoint is used;\n"
+             "  checkpoint_keys counts the keys seen). Give it once per key the log was signed\n"
+             "  with (a restore without the key file, a move to the HSM change the key).\n"
              "--sealed requires the last entry to be covered by a checkpoint, as a stopped gateway\n"
              "  leaves it: entries after the last checkpoint (unsealed_entries) are protected by\n"
              "  the hash chain only, which anyone who can write the store can recompute.\n");
@@ -435,7 +449,8 @@ int tp_cmd_audit(int argc, char **argv)
     usage_audit(stderr);
     return 2;
   }
-  const char *data = "./var", *pubf = NULL;
+  const char *data = "./var", *pubf[AUDIT_PINS_MAX];
+  int npub = 0;
   bool sealed = false;
   for (int i = 1; i < argc; i++) {
     const char *v;
@@ -444,8 +459,13 @@ int tp_cmd_audit(int argc, char **argv)
       return 0;
     } else if ((v = tp_cli_value(argc, argv, &i, "--data", "audit verify")))
       data = v;
-    else if ((v = tp_cli_value(argc, argv, &i, "--pubkey", "audit verify")))
-      pubf = v;
+    else if ((v = tp_cli_value(argc, argv, &i, "--pubkey", "audit verify"))) {
+      if (npub == AUDIT_PINS_MAX) {
+        fprintf(stderr, "turnpike audit verify: at most %d --pubkey\n", AUDIT_PINS_MAX);
+        return 2;
+      }
+      pubf[npub++] = v;
+    }
     else if (strcmp(argv[i], "--sealed") == 0)
       sealed = true;
     else {
@@ -453,17 +473,19 @@ int tp_cmd_audit(int argc, char **argv)
       return 2;
     }
   }
-  char pin[4096] = "";
-  if (pubf) {
-    FILE *f = fopen(pubf, "r");
-    size_t n = f ? fread(pin, 1, sizeof pin - 1, f) : 0;
+  static char pin[AUDIT_PINS_MAX][4096];
+  const char *pins[AUDIT_PINS_MAX];
+  for (int k = 0; k < npub; k++) {
+    FILE *f = fopen(pubf[k], "r");
+    size_t n = f ? fread(pin[k], 1, sizeof pin[k] - 1, f) : 0;
     if (f)
       fclose(f);
     if (n == 0) {
-      fprintf(stderr, "turnpike audit verify: cannot read %s\n", pubf);
+      fprintf(stderr, "turnpike audit verify: cannot read %s\n", pubf[k]);
       return 2;
     }
-    pin[n] = '\0';
+    pin[k][n] = '\0';
+    pins[k] = pin[k];
   }
   char path[1200];
   snprintf(path, sizeof path, "%s/turnpike.db", data);
@@ -481,7 +503,7 @@ int tp_cmd_audit(int argc, char **argv)
    * reported removed entries on a store nobody had touched. */
   int rc = -1;
   if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK) {
-    rc = verify(db, pubf ? pin : NULL, sealed, sum);
+    rc = verify(db, pins, npub, sealed, sum);
     sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
   }
   if (rc < 0)

@@ -288,7 +288,7 @@ class AuditTest(unittest.TestCase):
         rc, out, err = verify(os.path.dirname(self.db), "--sealed")
         self.assertEqual((rc, out["unsealed_entries"]), (0, 0), (out, err))
 
-    def test_a_checkpoint_of_another_key_is_found_unpinned(self):
+    def test_a_checkpoint_of_another_key_is_shown_and_found_pinned(self):
         # A checkpoint signed (validly) by a key of the attacker's own: each
         # signature verifies with the key stored beside it, but the
         # checkpoints are no longer of one key.
@@ -310,9 +310,21 @@ class AuditTest(unittest.TestCase):
                     (seq, h, enc, pub))
         con.commit()
         con.close()
+        # unpinned, a change of key shows (a restore without the key file
+        # changes it too); pinned, the checkpoint of the other key is found
         rc, out, _ = verify(d)
-        self.assertEqual(rc, 1, out)
-        self.assertIn("more than one key", out["reason"])
+        self.assertEqual((rc, out["checkpoint_keys"]), (0, 2), out)
+        real = os.path.join(self.scratch, "real-only.pem")
+        subprocess.run(["openssl", "ec", "-in", os.path.join(os.path.dirname(self.db), "audit-signing.pem"),
+                        "-pubout", "-out", real], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        rc, out, _ = verify(d, "--pubkey", real)
+        self.assertEqual((rc, out["first_bad_seq"]), (1, seq), out)
+        # both pinned (a legitimate change of key): it passes
+        forger_pub = os.path.join(self.scratch, "forger.pem")
+        with open(forger_pub, "w") as f:
+            f.write(pub)
+        rc, out, _ = verify(d, "--pubkey", real, "--pubkey", forger_pub)
+        self.assertEqual(rc, 0, out)
 
     def test_a_pinned_key_file_may_end_in_a_newline(self):
         # exported from a checkpoint row by sqlite3, which adds one
