@@ -238,9 +238,11 @@ struct qs {
   bool overflow;
 };
 
-static void qs_put(struct qs *q, const char *s, bool encode)
+/* n bytes of s (a NUL included, encoded: the parameter parser refuses it,
+ * where a C string cut the value short there) */
+static void qs_put(struct qs *q, const char *s, size_t len, bool encode)
 {
-  for (; *s; s++) {
+  for (const char *end = s + len; s < end; s++) {
     char tmp[4];
     size_t n = 1;
     unsigned char c = (unsigned char)*s;
@@ -259,16 +261,17 @@ static void qs_put(struct qs *q, const char *s, bool encode)
   }
 }
 
-static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+                                   const char *value, size_t value_size)
 {
   (void)kind;
   struct qs *q = cls;
   if (q->len)
-    qs_put(q, "&", false);
-  qs_put(q, key, true);
+    qs_put(q, "&", 1, false);
+  qs_put(q, key, key_size, true);
   if (value) {
-    qs_put(q, "=", false);
-    qs_put(q, value, true);
+    qs_put(q, "=", 1, false);
+    qs_put(q, value, value_size, true);
   }
   return q->overflow ? MHD_NO : MHD_YES;
 }
@@ -278,7 +281,7 @@ static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const cha
 static bool query_form(struct tp_req *r, char *buf, size_t cap, size_t *len)
 {
   struct qs q = {buf, 0, cap, false};
-  MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, collect_arg, &q);
+  MHD_get_connection_values_n(r->conn, MHD_GET_ARGUMENT_KIND, collect_arg, &q);
   if (q.overflow) {
     tp_reply_error(r, TP_ERR_URI_TOO_LONG, NULL, "The query string is too long.");
     return false;

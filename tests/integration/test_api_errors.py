@@ -189,6 +189,18 @@ class ApiErrorsTest(DaemonTestCase):
         got = c.get("/v1/payment_intents/" + pi["id"]).json
         self.assertEqual((got["status"], got["amount_received"]), ("requires_capture", 0), got)
 
+    def test_a_nul_in_a_query_string_value_is_refused_not_cut_short(self):
+        """A %00 in a GET parameter's value is refused naming it, as in a
+        body: the value used to be cut at the NUL, so email=a%00zzz listed
+        a's customers and a search ran on the query's first part."""
+        c = self.c("decline")
+        for path, param in (("/v1/customers?email=amy@x.example%00zzz", "email"),
+                            ("/v1/customers/search?query=name:'Amy'%00garbage((", "query")):
+            r = c.request("GET", path)
+            err = self.assertStripeError(r, 400, "invalid_request_error")
+            self.assertEqual(err["param"], param, r)
+            self.assertIn("NUL", err["message"], r)
+
     def test_head_is_get_without_a_body(self):
         c = self.c("bad")
         r = c.post("/v1/customers", {"email": "head@example.com"})
