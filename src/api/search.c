@@ -546,7 +546,7 @@ static void pick_path(const struct tp_search *s, int kind, struct search_path *o
     } else if (c->field->type == TP_SF_METADATA && !meta && tp_kind_meta_indexed((enum tp_kind)kind)) {
       meta = c;
     } else if (c->field->type == TP_SF_STRING && !email && kind == TP_K_CUSTOMER &&
-               strcmp(c->field->name, "email") == 0 && !strpbrk(c->value, " \t\r\n")) {
+               strcmp(c->field->name, "email") == 0 && !strpbrk(c->value, " \t\r\n\v\f")) {
       /* the index holds whole addresses: a one-word query matches only one */
       email = c;
     }
