@@ -53,11 +53,46 @@ static void learn(struct tp_detector *d, const struct tp_detector_cfg *c, double
   d->seen++;
 }
 
+static enum tp_detect normal(struct tp_detector *d, const struct tp_detector_cfg *c)
+{
+  d->high_run = 0;
+  if (!d->open)
+    return TP_DETECT_NONE;
+  if (++d->normal_run < c->resolve_after)
+    return TP_DETECT_NONE;
+  d->open = false;
+  return TP_DETECT_RESOLVED;
+}
+
+enum tp_detect tp_detector_quiet(struct tp_detector *d, const struct tp_detector_cfg *c)
+{
+  return normal(d, c);
+}
+
+enum tp_detect tp_detector_down(struct tp_detector *d, const struct tp_detector_cfg *c)
+{
+  if (d->open) {
+    d->normal_run = 0;
+    return TP_DETECT_NONE;
+  }
+  if (d->seen >= c->warmup && d->mean >= 1.0)
+    return TP_DETECT_NONE; /* a scope that always errs: nothing new */
+  if (++d->high_run < c->open_after)
+    return TP_DETECT_NONE;
+  d->open = true;
+  d->normal_run = 0;
+  return TP_DETECT_OPENED;
+}
+
 enum tp_detect tp_detector_step(struct tp_detector *d, const struct tp_detector_cfg *c, double v)
 {
   if (d->seen < c->warmup) {
-    learn(d, c, v);
-    return TP_DETECT_NONE;
+    /* Learning; an alert opened meanwhile (a scope down) resolves on
+     * resolve_after buckets that are not down. */
+    enum tp_detect w = d->open ? normal(d, c) : TP_DETECT_NONE;
+    if (!d->open)
+      learn(d, c, v);
+    return w;
   }
   double band = c->k * (d->dev > c->dev_floor ? d->dev : c->dev_floor);
   bool high = v > d->mean + band && v - d->mean >= c->min_abs;
@@ -530,22 +565,24 @@ static void tick(void)
   for (int i = 0; i < A.nscopes; i++) {
     struct scope *s = &A.scopes[i];
     /* A processor whose breaker is open gets no calls, so no samples: the
-     * worst outage was the one no alert saw. Its bucket counts as all errors. */
-    if (s->n >= (uint64_t)A.min_samples || s->down) {
-      double v[SIG__N] = {s->down ? 1.0 : (double)s->errors / (double)s->n,
-                          s->down ? NAN : (double)s->declines / (double)s->n,
-                          !s->down && s->lat_n ? (double)s->lat_sum_us / (double)s->lat_n / 1000.0 : NAN};
-      for (int k = 0; k < SIG__N; k++) {
-        if (isnan(v[k]))
-          continue;
-        enum tp_detect w = tp_detector_step(&s->det[k], k == SIG_LATENCY ? &A.lat_cfg : &A.rate_cfg, v[k]);
-        if (w != TP_DETECT_NONE) {
-          fired[nf].s = s;
-          fired[nf].sig = k;
-          fired[nf].what = w;
-          fired[nf].v = v[k];
-          nf++;
-        }
+     * worst outage was the one no alert saw. Its bucket counts as all errors
+     * (tp_detector_down); one with too few samples is quiet. */
+    bool judged = s->n >= (uint64_t)A.min_samples && !s->down;
+    double v[SIG__N] = {judged ? (double)s->errors / (double)s->n : NAN,
+                        judged ? (double)s->declines / (double)s->n : NAN,
+                        judged && s->lat_n ? (double)s->lat_sum_us / (double)s->lat_n / 1000.0 : NAN};
+    for (int k = 0; k < SIG__N; k++) {
+      const struct tp_detector_cfg *cfg = k == SIG_LATENCY ? &A.lat_cfg : &A.rate_cfg;
+      enum tp_detect w = s->down && k == SIG_ERROR ? tp_detector_down(&s->det[k], cfg)
+                         : isnan(v[k])             ? tp_detector_quiet(&s->det[k], cfg)
+                                                   : tp_detector_step(&s->det[k], cfg, v[k]);
+      if (w != TP_DETECT_NONE) {
+        fired[nf].s = s;
+        fired[nf].sig = k;
+        fired[nf].what = w;
+        /* the bucket's value: 1 when down, 0 with no samples (JSON has no NaN) */
+        fired[nf].v = s->down && k == SIG_ERROR ? 1.0 : isnan(v[k]) ? 0.0 : v[k];
+        nf++;
       }
     }
     s->n = s->errors = s->declines = s->lat_n = 0;
@@ -643,6 +680,8 @@ int tp_alerts_start(void)
   const char *fm = tp_config_get("alerts", "merchants");
   tp_scopy(A.fixed_merchants, sizeof A.fixed_merchants, fm ? fm : "");
   tp_metric_help("turnpike_alert_open", "1 while an alert is open for the scope and signal.");
+  tp_metric_help("turnpike_alerts_opened_total", "Alerts opened, by scope and signal.");
+  tp_metric_help("turnpike_alerts_resolved_total", "Alerts resolved, by scope and signal.");
   tp_metric_help("turnpike_payments_total", "Charge outcomes by status, processor, card brand and currency "
                                             "(authorization rate: succeeded / all).");
   tp_metric_help("turnpike_payments_amount_minor_total", "Captured and authorized amounts in minor units.");

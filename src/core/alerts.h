@@ -36,6 +36,14 @@ struct tp_detector {
 };
 enum tp_detect { TP_DETECT_NONE, TP_DETECT_OPENED, TP_DETECT_RESOLVED };
 enum tp_detect tp_detector_step(struct tp_detector *d, const struct tp_detector_cfg *c, double value);
+/* A bucket with too few samples to judge (value NAN), or one where the scope
+ * is down (its breaker open: value 1, an outage whatever the baseline). An
+ * open alert resolves after resolve_after quiet buckets (a processor that
+ * gets calls only while another is in trouble went quiet with its alert
+ * open for ever); a down bucket is never learned (an outage from the start
+ * became the baseline, and no alert ever opened) but counts toward opening. */
+enum tp_detect tp_detector_quiet(struct tp_detector *d, const struct tp_detector_cfg *c);
+enum tp_detect tp_detector_down(struct tp_detector *d, const struct tp_detector_cfg *c);
 
 /* The fields the payment metrics read from a committed charge event (its
  * JSON, len bytes): found by a one-pass scanner that skips everything else,

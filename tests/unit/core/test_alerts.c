@@ -40,6 +40,60 @@ static int run(struct tp_detector *d, const double *v, int n, int *opened_at, in
   return events;
 }
 
+/* An open alert whose scope then gets too few samples to judge (a
+ * processor used only while another is in trouble) resolves after
+ * resolve_after quiet buckets, and the quiet buckets teach nothing. */
+static void test_an_open_alert_resolves_when_its_scope_goes_quiet(void **state)
+{
+  (void)state;
+  struct tp_detector d;
+  memset(&d, 0, sizeof d);
+  for (int i = 0; i < CFG.warmup; i++)
+    assert_int_equal(tp_detector_step(&d, &CFG, 0.05), TP_DETECT_NONE);
+  int opened = -1;
+  for (int i = 0; i < CFG.open_after; i++)
+    if (tp_detector_step(&d, &CFG, 0.9) == TP_DETECT_OPENED)
+      opened = i;
+  assert_int_equal(opened, CFG.open_after - 1);
+  double mean = d.mean;
+  for (int i = 0; i < CFG.resolve_after - 1; i++)
+    assert_int_equal(tp_detector_quiet(&d, &CFG), TP_DETECT_NONE);
+  assert_int_equal(tp_detector_quiet(&d, &CFG), TP_DETECT_RESOLVED);
+  assert_false(d.open);
+  assert_true(d.mean == mean);
+  assert_int_equal(tp_detector_quiet(&d, &CFG), TP_DETECT_NONE); /* closed: quiet says nothing */
+}
+
+/* A scope down from the start (its breaker open before a baseline was
+ * learned) opens an alert after open_after buckets instead of learning the
+ * outage as its normal; its recovery, still in warm-up, resolves it. */
+static void test_an_outage_from_the_start_opens_and_is_not_learned(void **state)
+{
+  (void)state;
+  struct tp_detector d;
+  memset(&d, 0, sizeof d);
+  int opened = -1;
+  for (int i = 0; i < 20; i++)
+    if (tp_detector_down(&d, &CFG) == TP_DETECT_OPENED)
+      opened = i;
+  assert_int_equal(opened, CFG.open_after - 1);
+  assert_int_equal(d.seen, 0);
+  int resolved = -1;
+  for (int i = 0; i < 10; i++)
+    if (tp_detector_step(&d, &CFG, 0.0) == TP_DETECT_RESOLVED)
+      resolved = i;
+  assert_int_equal(resolved, CFG.resolve_after - 1);
+  assert_false(d.open);
+  /* learned from then on: a later outage opens again */
+  for (int i = 0; i < CFG.warmup; i++)
+    tp_detector_step(&d, &CFG, 0.01);
+  opened = -1;
+  for (int i = 0; i < CFG.open_after; i++)
+    if (tp_detector_down(&d, &CFG) == TP_DETECT_OPENED)
+      opened = i;
+  assert_int_equal(opened, CFG.open_after - 1);
+}
+
 static void test_steady_noise_never_alerts(void **state)
 {
   (void)state;
@@ -166,6 +220,8 @@ int main(void)
       cmocka_unit_test(test_slow_drift_is_learned_not_alerted),
       cmocka_unit_test(test_small_absolute_rise_on_a_flat_series_is_not_an_alert),
       cmocka_unit_test(test_no_alert_during_warmup),
+      cmocka_unit_test(test_an_open_alert_resolves_when_its_scope_goes_quiet),
+      cmocka_unit_test(test_an_outage_from_the_start_opens_and_is_not_learned),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
