@@ -349,6 +349,17 @@ static json_t *missing_keys(const char *db_path, const char *dir)
         json_array_append_new(need, json_string(name));
       }
     sqlite3_finalize(st);
+    /* The audit checkpoints' signing key, kept by the file provider in the
+     * data directory: a new one made at start leaves a log whose
+     * checkpoints are of two keys (audit verify shows checkpoint_keys). */
+    st = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT EXISTS(SELECT 1 FROM audit_checkpoints) AND "
+                           "EXISTS(SELECT 1 FROM kek_versions WHERE provider = 'file')",
+                           -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0))
+      json_array_append_new(need, json_string("audit-signing.pem"));
+    sqlite3_finalize(st);
   }
   sqlite3_close(db);
   json_t *missing = json_array();

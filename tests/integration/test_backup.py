@@ -249,6 +249,29 @@ class BackupTest(DaemonTestCase):
 
 
 
+class AuditKeyTest(unittest.TestCase):
+    """A restore names the audit checkpoints' signing key among the key
+    files still missing, when the store's checkpoints were signed by the
+    file provider's key (a new one made at start leaves a log of two keys)."""
+
+    def test_a_restore_names_the_audit_signing_key(self):
+        tmp = tempfile.mkdtemp(prefix="tp-audkey-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        d = Daemon(root=os.path.join(tmp, "a"))
+        self.addCleanup(d.cleanup)
+        d.create_merchant("m")
+        d.start()
+        self.assertEqual(d.client("m").post("/v1/customers", {}).status, 200)
+        self.assertEqual(d.stop(), 0)  # signs its head: a checkpoint
+        out = os.path.join(tmp, "b.db")
+        rc, _, err = run("backup", "--data", d.data, "--out", out)
+        self.assertEqual(rc, 0, err)
+        fresh = os.path.join(tmp, "fresh")
+        rc, stdout, err = run("restore", "--from", out, "--data", fresh)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("audit-signing.pem", json.loads(stdout)["missing_key_files"])
+
+
 class DamagedStoreTest(unittest.TestCase):
     """Pages of the store overwritten (a bad disk): an object that cannot be
     read is 503 store_unavailable with store_read_failed in the log, never a
