@@ -365,6 +365,24 @@ json_t *tp_si_attempt(struct tp_req *r, struct tp_cs *cs, const json_t *si, cons
   return a;
 }
 
+/* si fails with the issuer's decline: back to requires_payment_method. */
+static json_t *si_fail(struct tp_req *r, struct tp_cs *cs, json_t *si, json_t *pm, const char *decline,
+                       bool authenticated, json_t **attempt)
+{
+  const struct tp_error_info *ei = tp_error_by_decline_code(decline);
+  if (!ei)
+    ei = tp_error_by_decline_code("generic_decline");
+  json_t *err = tp_error_object((enum tp_err)ei->number, tp_decline_param(ei->code), NULL);
+  tp_error_doc_url(err);
+  json_object_set(err, "payment_method", pm);
+  json_object_set(si, "last_setup_error", err);
+  json_object_set_new(si, "status", json_string("requires_payment_method"));
+  json_object_set_new(si, "payment_method", json_null());
+  *attempt = tp_si_attempt(r, cs, si, pm, "failed", err, authenticated);
+  tp_put_emit(cs, r, r->merchant.id, TP_K_SETUP_INTENT, "setup_intent.setup_failed", si);
+  return err;
+}
+
 json_t *tp_si_finish(struct tp_req *r, struct tp_cs *cs, json_t *si, json_t *pm, const char *pan,
                      bool authenticated, json_t **attempt)
 {
@@ -379,18 +397,7 @@ json_t *tp_si_finish(struct tp_req *r, struct tp_cs *cs, json_t *si, json_t *pm,
     tp_put_emit(cs, r, r->merchant.id, TP_K_SETUP_INTENT, "setup_intent.succeeded", si);
     return NULL;
   }
-  const struct tp_error_info *ei = tp_error_by_decline_code(decline);
-  if (!ei)
-    ei = tp_error_by_decline_code("generic_decline");
-  json_t *err = tp_error_object((enum tp_err)ei->number, tp_decline_param(ei->code), NULL);
-  tp_error_doc_url(err);
-  json_object_set(err, "payment_method", pm);
-  json_object_set(si, "last_setup_error", err);
-  json_object_set_new(si, "status", json_string("requires_payment_method"));
-  json_object_set_new(si, "payment_method", json_null());
-  *attempt = tp_si_attempt(r, cs, si, pm, "failed", err, authenticated);
-  tp_put_emit(cs, r, r->merchant.id, TP_K_SETUP_INTENT, "setup_intent.setup_failed", si);
-  return err;
+  return si_fail(r, cs, si, pm, decline, authenticated, attempt);
 }
 
 /* The reply to an API confirmation that ended: si (expanded with pm as
@@ -468,7 +475,14 @@ static void si_confirm(struct tp_req *r, json_t *si, struct tp_cs *cs, bool crea
   tp_id_new(attempt, "setatt");
   json_object_set_new(si, "latest_attempt", json_string(attempt));
   /* Setting a card up is on-session: the customer is there to answer. */
-  if (tp_wants_3ds(si, ci.pan, false, pm)) {
+  bool tds = tp_wants_3ds(si, ci.pan, false, pm);
+  if (tds && tp_test_card_3ds_error(ci.pan)) {
+    /* Stripe's 3097: the 3-D Secure attempt fails, as on a PaymentIntent */
+    json_object_set_new(si, "next_action", json_null());
+    json_t *made = NULL;
+    json_t *err = si_fail(r, cs, si, pm, "processing_error", false, &made);
+    reply_finished(r, si, pm, err, made);
+  } else if (tds) {
     tp_await_3ds(r, si);
     json_t *made = tp_si_attempt(r, cs, si, pm, "requires_action", NULL, false);
     tp_put_emit(cs, r, r->merchant.id, TP_K_SETUP_INTENT, "setup_intent.requires_action", si);

@@ -196,6 +196,14 @@ class SetupIntents(DaemonTestCase):
         self.assertEqual(self.attempts("seti_nope"), [])
 
     def test_the_merchant_can_ask_for_3ds_on_any_card(self):
+        # but not on Stripe's 4242 (not enrolled), and on 3097 the attempt fails
+        si = self.c().post(SI, {"payment_method": "pm_card_visa", "confirm": "true", "return_url": RETURN,
+                                "payment_method_options[card][request_three_d_secure]": "any"}).json
+        self.assertEqual(si["status"], "succeeded", si)
+        r = self.c().post(SI, {"payment_method_data": card("4000000000003097"), "confirm": "true",
+                               "return_url": RETURN, "payment_method_options[card][request_three_d_secure]": "any"})
+        self.assertEqual((r.status, r.json["error"]["code"], r.json["error"]["setup_intent"]["status"]),
+                         (402, "processing_error", "requires_payment_method"), r)
         si = self.c().post(SI, {"payment_method": "pm_card_mastercard", "confirm": "true", "return_url": RETURN,
                                 "payment_method_options[card][request_three_d_secure]": "any"}).json
         self.assertEqual(si["status"], "requires_action", si)
