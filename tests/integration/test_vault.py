@@ -182,29 +182,26 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
             r = d.client("m").post("/v1/payment_methods", {"type": "card", "card": card(PAN_OK)["card"]})
             self.assertEqual(r.status, 200, r)
             self.assertEqual(d.stop(), 0)
-            os.rename(os.path.join(d.data, "kek-v1.key"), os.path.join(d.root, "kek-v1.key.away"))
-            with self.assertRaises(RuntimeError) as e:
-                d.start()
-            self.assertIn("kek_missing", str(e.exception))
+            def refused(event, other_key=None):
+                """The start fails with event; other_key: that file first replaced by another key."""
+                if other_key:
+                    with open(os.path.join(d.data, other_key), "wb") as f:
+                        f.write(os.urandom(32))
+                    os.chmod(os.path.join(d.data, other_key), 0o600)
+                with self.assertRaises(RuntimeError) as e:
+                    d.start()
+                self.assertIn(event, str(e.exception))
+
+            os.rename(os.path.join(d.data, "kek-v1.key"), os.path.join(d.root, "kek-v1.key"))
+            refused("kek_missing")
             self.assertFalse(os.path.exists(os.path.join(d.data, "kek-v1.key")))  # not made anew
             # another key of that version (another store's, one made anew): the cards do not open
-            with open(os.path.join(d.data, "kek-v1.key"), "wb") as f:
-                f.write(os.urandom(32))
-            os.chmod(os.path.join(d.data, "kek-v1.key"), 0o600)
-            with self.assertRaises(RuntimeError) as e:
-                d.start()
-            self.assertIn("kek_missing", str(e.exception))
-            os.replace(os.path.join(d.root, "kek-v1.key.away"), os.path.join(d.data, "kek-v1.key"))
+            refused("kek_missing", "kek-v1.key")
             # another vault.key: sealed webhook secrets, idempotency records and fingerprints would all change
-            good = os.path.join(d.root, "vault.key.good")
-            os.replace(os.path.join(d.data, "vault.key"), good)
-            with open(os.path.join(d.data, "vault.key"), "wb") as f:
-                f.write(os.urandom(32))
-            os.chmod(os.path.join(d.data, "vault.key"), 0o600)
-            with self.assertRaises(RuntimeError) as e:
-                d.start()
-            self.assertIn("vault_key_mismatch", str(e.exception))
-            os.replace(good, os.path.join(d.data, "vault.key"))
+            os.replace(os.path.join(d.data, "vault.key"), os.path.join(d.root, "vault.key"))
+            refused("vault_key_mismatch", "vault.key")
+            for name in ("kek-v1.key", "vault.key"):
+                os.replace(os.path.join(d.root, name), os.path.join(d.data, name))
             d.start()  # its own keys back: it starts and the card pays
             cus = d.client("m").post("/v1/customers", {}).json["id"]
             self.assertEqual(d.client("m").post("/v1/payment_methods/%s/attach" % r.json["id"],

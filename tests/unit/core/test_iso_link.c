@@ -603,6 +603,15 @@ static void test_status_query_names_capture_refund_and_sale(void **state)
   link_down();
 }
 
+/* A status query (recovery's) for ref, submitted and waited for: the
+ * connector's done count reaches done_after. */
+static void status_query(struct tp_proc_call *c, const char *ref, int done_after)
+{
+  call_init(c, TP_PROC_STATUS, ref, NULL);
+  assert_int_equal(conn.ops->submit(conn.cls, c), 0);
+  assert_true(wait_done(done_after, 3000));
+}
+
 /* A 0410 that names another RRN in field 37 says nothing of this reversal:
  * the outcome stays unknown (an error, recovery asks again), never
  * "reversed"; the next, right answer settles it. */
@@ -614,13 +623,9 @@ static void test_a_reversal_answer_for_another_rrn_is_not_trusted(void **state)
   H.misname_reversals = 1;
   pthread_mutex_unlock(&H.mu);
   struct tp_proc_call c;
-  call_init(&c, TP_PROC_STATUS, "att_misnamed", NULL);
-  assert_int_equal(conn.ops->submit(conn.cls, &c), 0);
-  assert_true(wait_done(1, 3000));
+  status_query(&c, "att_misnamed", 1);
   assert_int_equal(c.outcome, TP_OUT_ERROR);
-  call_init(&c, TP_PROC_STATUS, "att_misnamed", NULL);
-  assert_int_equal(conn.ops->submit(conn.cls, &c), 0);
-  assert_true(wait_done(2, 3000));
+  status_query(&c, "att_misnamed", 2);
   assert_int_equal(c.outcome, TP_OUT_NOT_FOUND);
   link_down();
 }
@@ -637,9 +642,7 @@ static void test_refused_status_reversal_is_reported_then_acknowledged(void **st
   H.refuse_reversals = 1;
   pthread_mutex_unlock(&H.mu);
   struct tp_proc_call c;
-  call_init(&c, TP_PROC_STATUS, "att_owed", NULL);
-  assert_int_equal(conn.ops->submit(conn.cls, &c), 0);
-  assert_true(wait_done(1, 3000));
+  status_query(&c, "att_owed", 1);
   assert_int_equal(c.outcome, TP_OUT_ERROR);
   assert_string_equal(c.decline_code, "processor_reversal_failed");
   usleep(1300000); /* past timeout_ms: a kept reversal would have been repeated */
@@ -648,9 +651,7 @@ static void test_refused_status_reversal_is_reported_then_acknowledged(void **st
   tp_iso8583_stats(&conn, st);
   assert_int_equal(json_integer_value(json_object_get(st, "reversals_pending")), 0);
   json_decref(st);
-  call_init(&c, TP_PROC_STATUS, "att_owed", NULL);
-  assert_int_equal(conn.ops->submit(conn.cls, &c), 0);
-  assert_true(wait_done(2, 3000));
+  status_query(&c, "att_owed", 2);
   assert_int_equal(c.outcome, TP_OUT_NOT_FOUND);
   assert_int_equal(host_get(&H.reversals), 2);
   char rrn[13];
