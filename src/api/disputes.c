@@ -414,6 +414,13 @@ void tp_h_dispute_update(struct tp_req *r)
       goto out;
     }
     tp_scopy(ch_lock, sizeof ch_lock, chid);
+    /* A refund whose outcome is unknown (its processor call timed out) has
+     * let the lock go and is not in amount_refunded yet: what the
+     * escalation may take is not known until it settles (as a refund
+     * waits for one, refunds.c). */
+    const char *pi_id = json_string_value(json_object_get(dp, "payment_intent"));
+    if (pi_id && tp_refuse_unsettled(r, pi_id))
+      goto out;
   }
   json_t *before = json_deep_copy(dp);
   json_t *evidence = json_object_get(dp, "evidence");

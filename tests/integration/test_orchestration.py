@@ -95,6 +95,23 @@ class OrchestrationTest(SimGatewayTest):
         self.assertEqual(r.status, 200, r.json)
         return r.json["data"]
 
+    def test_an_inquiry_is_not_escalated_over_a_refund_of_unknown_outcome(self):
+        """A refund whose processor call timed out is not in amount_refunded
+        until recovery settles it: escalating the inquiry meanwhile would
+        take the money the cardholder may already have back. 409
+        attempt_in_flight, as a second refund gets."""
+        pi = self.pay(payment_method="pm_card_createDisputeInquiry", amount=3000).json
+        self.assertEqual(pi["status"], "succeeded", pi)
+        dp = self.c.get("/v1/disputes", {"charge": pi["latest_charge"]}).json["data"][0]
+        self.sim.faults("a", timeout_rate=1.0, timeout_mode="after", timeout_hold_ms=1500,
+                        timeout_operations="refund")
+        r = self.c.post("/v1/refunds", {"charge": pi["latest_charge"]}, idem=new_key("re"))
+        self.assertGreaterEqual(r.status, 500, r.json)
+        self.sim.faults("a", timeout_rate=0.0, timeout_operations="all")
+        r = self.c.post("/v1/disputes/" + dp["id"], {"evidence[uncategorized_text]": "escalate_inquiry_evidence"})
+        self.assertEqual((r.status, r.json["error"].get("tp_code")), (409, 3009), r.json)
+        self.assertEqual(self.c.get("/v1/disputes/" + dp["id"]).json["status"], "warning_needs_response")
+
     def test_an_approval_that_cannot_be_sent_redirects_nowhere(self):
         """The customer approves a challenge, and nothing can take the
         payment (jpy routes only to z, which takes eur): 503, the
