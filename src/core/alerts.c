@@ -56,6 +56,7 @@ static void learn(struct tp_detector *d, const struct tp_detector_cfg *c, double
 static enum tp_detect normal(struct tp_detector *d, const struct tp_detector_cfg *c)
 {
   d->high_run = 0;
+  d->quiet_run = 0;
   if (!d->open)
     return TP_DETECT_NONE;
   if (++d->normal_run < c->resolve_after)
@@ -66,11 +67,16 @@ static enum tp_detect normal(struct tp_detector *d, const struct tp_detector_cfg
 
 enum tp_detect tp_detector_quiet(struct tp_detector *d, const struct tp_detector_cfg *c)
 {
-  return normal(d, c);
+  if (!d->open || ++d->quiet_run < TP_ALERT_QUIET_FACTOR * c->resolve_after)
+    return TP_DETECT_NONE;
+  d->open = false;
+  d->high_run = d->normal_run = d->quiet_run = 0;
+  return TP_DETECT_RESOLVED;
 }
 
 enum tp_detect tp_detector_down(struct tp_detector *d, const struct tp_detector_cfg *c)
 {
+  d->quiet_run = 0;
   if (d->open) {
     d->normal_run = 0;
     return TP_DETECT_NONE;
@@ -86,6 +92,7 @@ enum tp_detect tp_detector_down(struct tp_detector *d, const struct tp_detector_
 
 enum tp_detect tp_detector_step(struct tp_detector *d, const struct tp_detector_cfg *c, double v)
 {
+  d->quiet_run = 0;
   if (d->seen < c->warmup) {
     /* Learning; an alert opened meanwhile (a scope down) resolves on
      * resolve_after buckets that are not down. */

@@ -31,17 +31,21 @@ struct tp_detector_cfg {
 };
 struct tp_detector {
   double mean, dev;
-  int seen, high_run, normal_run;
+  int seen, high_run, normal_run, quiet_run;
   bool open;
 };
 enum tp_detect { TP_DETECT_NONE, TP_DETECT_OPENED, TP_DETECT_RESOLVED };
 enum tp_detect tp_detector_step(struct tp_detector *d, const struct tp_detector_cfg *c, double value);
-/* A bucket with too few samples to judge (value NAN), or one where the scope
- * is down (its breaker open: value 1, an outage whatever the baseline). An
- * open alert resolves after resolve_after quiet buckets (a processor that
+/* A bucket with too few samples to judge, or one where the scope is down
+ * (its breaker open: an outage whatever the baseline). Quiet buckets
+ * neither open nor reset anything, but an open alert resolves after
+ * TP_ALERT_QUIET_FACTOR x resolve_after of them in a row (a processor that
  * gets calls only while another is in trouble went quiet with its alert
- * open for ever); a down bucket is never learned (an outage from the start
- * became the baseline, and no alert ever opened) but counts toward opening. */
+ * open for good); a down bucket breaks that run. A down bucket is never
+ * learned (an outage from the start became the baseline, and no alert ever
+ * opened) but counts toward opening, across the quiet buckets of a breaker
+ * that half-opens between its open spells. */
+#define TP_ALERT_QUIET_FACTOR 10
 enum tp_detect tp_detector_quiet(struct tp_detector *d, const struct tp_detector_cfg *c);
 enum tp_detect tp_detector_down(struct tp_detector *d, const struct tp_detector_cfg *c);
 

@@ -56,12 +56,36 @@ static void test_an_open_alert_resolves_when_its_scope_goes_quiet(void **state)
       opened = i;
   assert_int_equal(opened, CFG.open_after - 1);
   double mean = d.mean;
-  for (int i = 0; i < CFG.resolve_after - 1; i++)
+  int quiet = TP_ALERT_QUIET_FACTOR * CFG.resolve_after;
+  for (int i = 0; i < quiet - 1; i++)
     assert_int_equal(tp_detector_quiet(&d, &CFG), TP_DETECT_NONE);
   assert_int_equal(tp_detector_quiet(&d, &CFG), TP_DETECT_RESOLVED);
   assert_false(d.open);
   assert_true(d.mean == mean);
   assert_int_equal(tp_detector_quiet(&d, &CFG), TP_DETECT_NONE); /* closed: quiet says nothing */
+}
+
+/* A breaker that half-opens between open spells (a bucket down, then a few
+ * quiet ones with a probe too few to judge, again and again): the alert
+ * opens across the quiet buckets and stays open while it goes on. */
+static void test_a_breaker_cycling_through_half_open_opens_and_stays_open(void **state)
+{
+  (void)state;
+  struct tp_detector d;
+  memset(&d, 0, sizeof d);
+  for (int i = 0; i < CFG.warmup; i++)
+    tp_detector_step(&d, &CFG, 0.01);
+  int opened = -1, resolved = -1;
+  for (int cycle = 0; cycle < 50; cycle++) {
+    if (tp_detector_down(&d, &CFG) == TP_DETECT_OPENED && opened < 0)
+      opened = cycle;
+    for (int q = 0; q < 8; q++)
+      if (tp_detector_quiet(&d, &CFG) == TP_DETECT_RESOLVED)
+        resolved = cycle;
+  }
+  assert_int_equal(opened, CFG.open_after - 1);
+  assert_int_equal(resolved, -1);
+  assert_true(d.open);
 }
 
 /* A scope down from the start (its breaker open before a baseline was
@@ -221,6 +245,7 @@ int main(void)
       cmocka_unit_test(test_small_absolute_rise_on_a_flat_series_is_not_an_alert),
       cmocka_unit_test(test_no_alert_during_warmup),
       cmocka_unit_test(test_an_open_alert_resolves_when_its_scope_goes_quiet),
+      cmocka_unit_test(test_a_breaker_cycling_through_half_open_opens_and_stays_open),
       cmocka_unit_test(test_an_outage_from_the_start_opens_and_is_not_learned),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
