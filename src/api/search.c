@@ -441,7 +441,7 @@ bool tp_search_match(const struct tp_search *s, const json_t *obj)
  * size, and 27 KB customers (50 metadata keys of 500 characters) made 20
  * budgets take seconds of a thread the payments share. */
 #define SCAN_TIME_MS 25        /* a page that has a match */
-#define SCAN_EMPTY_TIME_MS 300 /* a page still empty */
+#define SCAN_EMPTY_TIME_MS 1000 /* a page still empty: then it answers empty, with has_more (see search.md) */
 #define PAGE_PREFIX "tps1_"
 
 static const struct tp_pspec spec_search[] = {

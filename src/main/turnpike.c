@@ -422,7 +422,8 @@ static int cmd_serve(int argc, char **argv)
   if (access(vkey, F_OK) != 0) {
     json_t *used = tp_store_query(&tp_app.store,
                                   "SELECT EXISTS(SELECT 1 FROM vault) OR EXISTS(SELECT 1 FROM idempotency) OR "
-                                  "EXISTS(SELECT 1 FROM webhook_endpoints) OR EXISTS(SELECT 1 FROM payment_intents) AS n",
+                                  "EXISTS(SELECT 1 FROM webhook_endpoints) OR EXISTS(SELECT 1 FROM payment_intents) OR "
+                                  "EXISTS(SELECT 1 FROM meta WHERE key = 'vault_key_check') AS n",
                                   NULL);
     bool held = !used || json_integer_value(json_object_get(json_array_get(used, 0), "n")) != 0;
     json_decref(used);

@@ -174,6 +174,24 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
     def c(self):
         return self.daemon.client("m")
 
+    def test_a_store_without_payments_whose_vault_key_is_gone_is_refused_without_a_new_one(self):
+        # it holds the key's check value (and masked fingerprint keys): a new
+        # vault.key written then refused as a mismatch would block every start
+        d = Daemon()
+        try:
+            d.create_merchant("m")
+            d.start()
+            self.assertEqual(d.stop(), 0)
+            os.replace(os.path.join(d.data, "vault.key"), os.path.join(d.root, "vault.key"))
+            with self.assertRaises(RuntimeError) as e:
+                d.start()
+            self.assertIn("vault_key_missing", str(e.exception))
+            self.assertFalse(os.path.exists(os.path.join(d.data, "vault.key")))
+            os.replace(os.path.join(d.root, "vault.key"), os.path.join(d.data, "vault.key"))
+            d.start()
+        finally:
+            d.cleanup()
+
     def test_a_store_whose_kek_file_is_gone_is_refused_at_start(self):
         d = Daemon()
         try:
