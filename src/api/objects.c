@@ -423,10 +423,23 @@ int64_t tp_charge_released(const json_t *ch)
  * which stays out of the store and its backups (0024_fingerprint_key_masked.sql). */
 static void fp_pad(const char *merchant, uint8_t pad[32])
 {
+  /* The last merchant's, per thread: an HMAC per payment otherwise (a
+   * PaymentMethod made per payment computes its fingerprint). vault.key does
+   * not change while the process runs. */
+  static _Thread_local char last[64];
+  static _Thread_local uint8_t last_pad[32];
+  if (last[0] && strcmp(last, merchant) == 0) {
+    memcpy(pad, last_pad, 32);
+    return;
+  }
   char msg[96];
   int n = snprintf(msg, sizeof msg, "turnpike fingerprint key v1:%s", merchant);
   tp_hmac_sha256(tp_app.vault_key, sizeof tp_app.vault_key, msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1,
                  pad);
+  if (tp_scopy(last, sizeof last, merchant) < (int)sizeof last)
+    memcpy(last_pad, pad, 32);
+  else
+    last[0] = '\0';
 }
 
 int tp_vault_key_check(struct tp_store *st)
