@@ -14,8 +14,9 @@
  * (a won chargeback gives the money back: a second adjustment), and
  * "escalate_inquiry_evidence" turns an inquiry into a chargeback;
  * otherwise it stays under review. A fraud chargeback on a payment
- * authenticated by 3-D Secure is not opened (liability shift). close accepts the dispute: lost. A chargeback's
- * charge cannot be refunded (refunds.c). */
+ * authenticated by 3-D Secure is not opened (liability shift). close
+ * accepts the dispute: lost. A chargeback's charge cannot be refunded
+ * (refunds.c). */
 #include "api/commit.h"
 #include "api/handlers.h"
 #include "api/objects.h"
@@ -271,7 +272,8 @@ void tp_dispute_open(struct tp_cs *cs, const char *merchant, json_t *ch)
   tp_put_emit(cs, NULL, merchant, TP_K_DISPUTE, "charge.dispute.created", dp);
   if (!inquiry) {
     adjust(cs, merchant, dp, json_string_value(json_object_get(ch, "id")),
-           json_string_value(json_object_get(turn, "processor")), -1, json_integer_value(json_object_get(dp, "amount")));
+           json_string_value(json_object_get(turn, "processor")), -1,
+           json_integer_value(json_object_get(dp, "amount")));
     tp_put_emit(cs, NULL, merchant, TP_K_DISPUTE, "charge.dispute.funds_withdrawn", dp);
   }
   json_decref(dp);

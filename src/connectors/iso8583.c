@@ -617,9 +617,10 @@ static void on_reversal_answer(struct iso_link *l, struct pend *p, const struct 
   /* As for a call's answer (on_call_answer): one whose field 37 or 4 is not
    * the reversal's is about something else, and says nothing of it. */
   const char *f37 = tp_iso_get(m, 37), *f4 = tp_iso_get(m, 4);
-  if ((f37 && strcmp(f37, p->rrn) != 0) || (f4 && p->amount[0] && strtoll(f4, NULL, 10) != strtoll(p->amount, NULL, 10))) {
+  bool other_rrn = f37 && strcmp(f37, p->rrn) != 0;
+  if (other_rrn || (f4 && p->amount[0] && strtoll(f4, NULL, 10) != strtoll(p->amount, NULL, 10))) {
     tp_log(TP_LOG_ERROR, "iso_bad_answer", "{s:s, s:s, s:s}", "processor", l->name, "mti", m->mti, "reason",
-           f37 && strcmp(f37, p->rrn) != 0 ? "field 37 does not match the reversal" : "field 4 does not match the reversal");
+           other_rrn ? "field 37 does not match the reversal" : "field 4 does not match the reversal");
     l->bad_messages++;
     f39 = NULL; /* neither reversed nor refused: a void's outcome is unknown, a reversal is repeated */
     if (p->c) {

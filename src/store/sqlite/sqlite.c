@@ -1166,7 +1166,8 @@ static int sq_merchant_create(void *cls, const char *name, char *id_out, char *s
   snprintf(id_out, TP_ID_MAX, "%s", id);
   if (exec(s->w, "BEGIN IMMEDIATE"))
     return -1;
-  sqlite3_stmt *st = prep(s->w, "INSERT INTO merchants(id, name, created, fp_key, fp_key_masked) VALUES(?1,?2,?3,?4,1)");
+  sqlite3_stmt *st =
+      prep(s->w, "INSERT INTO merchants(id, name, created, fp_key, fp_key_masked) VALUES(?1,?2,?3,?4,1)");
   int rc = -1;
   if (st) {
     bind_text(st, 1, id);
