@@ -3,6 +3,7 @@
 #define TP_HANDLERS_H
 #include "api/http.h"
 #include "api/params.h"
+#include "util.h"
 
 /* payment_intents.c */
 void tp_h_pi_create(struct tp_req *r);
@@ -52,6 +53,14 @@ bool tp_redirect_allowed(struct tp_req *r, const json_t *intent);
  * card pan and PaymentMethod pm need 3-D Secure: the issuer asks (test
  * cards, connectors/sandbox.c) or the intent's request_three_d_secure does. */
 bool tp_wants_3ds(const json_t *intent, const char *pan, bool off_session, const json_t *pm);
+/* A PaymentMethod attached to no customer (nor a card source, nor being
+ * saved by pi's payment) pays once (consume_unattached): a payment holds
+ * its lock from now to the outcome's commit, read afresh under it, so two
+ * at once cannot both pay with it. FREE: nothing to hold; HELD: lock taken,
+ * its id in lock; BUSY: another request holds it; SPENT, GONE: refused
+ * (lock not kept). */
+enum tp_pm_hold { TP_PM_FREE, TP_PM_HELD, TP_PM_BUSY, TP_PM_SPENT, TP_PM_GONE };
+enum tp_pm_hold tp_pm_hold(const struct tp_req *r, const json_t *pi, const json_t *pm, char lock[TP_ID_MAX]);
 /* A manually confirmed PaymentIntent's passed challenge (turnpike.authenticated). */
 bool tp_pi_authenticated(const json_t *pi, const json_t *pm);
 void tp_pi_authenticated_drop(json_t *pi);

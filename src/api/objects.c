@@ -1172,11 +1172,16 @@ bool tp_pm_spent(const struct tp_req *r, const json_t *pm)
   return json_is_true(json_object_get(json_object_get(pm, "turnpike"), "detached")) || spent_by_its_payment(r, pm);
 }
 
+void tp_reply_pm_consumed(struct tp_req *r)
+{
+  tp_reply_error(r, TP_ERR_PAYMENT_METHOD_CONSUMED, r->charges_api ? "source" : "payment_method", NULL);
+}
+
 bool tp_pm_usable(struct tp_req *r, const json_t *pm)
 {
   if (!tp_pm_spent(r, pm))
     return true;
-  tp_reply_error(r, TP_ERR_PAYMENT_METHOD_CONSUMED, r->charges_api ? "source" : "payment_method", NULL);
+  tp_reply_pm_consumed(r);
   return false;
 }
 

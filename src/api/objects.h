@@ -129,6 +129,8 @@ void tp_card_exp_of(struct tp_card_info *ci, const json_t *pm);
  * attached again. tp_pm_spent says so; tp_pm_usable returns false after
  * replying 400 payment_method_consumed. */
 bool tp_pm_spent(const struct tp_req *r, const json_t *pm);
+/* Reply 400 payment_method_consumed (naming source on the Charges API). */
+void tp_reply_pm_consumed(struct tp_req *r);
 bool tp_pm_usable(struct tp_req *r, const json_t *pm);
 /* The cardholder's fields of a Card object (name, address_line1 ...) in obj
  * at most TP_ADDRESS_FIELD_MAX; false after replying 400 naming

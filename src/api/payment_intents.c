@@ -799,32 +799,21 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
     return;
   }
 
-  /* A PaymentMethod not attached to anyone pays once (consume_unattached):
-   * held from here to the outcome's commit, so two confirmations at once
-   * cannot both pay with it (the second finds it held, 429 lock_timeout,
-   * and after the first, spent). */
+  /* One made by this confirmation was never handed out: nothing to hold. */
   char pm_lock[TP_ID_MAX] = "";
-  const char *pmid = json_string_value(json_object_get(pm, "id"));
-  const char *sfu = tp_pi_card_option(pi, "setup_future_usage");
-  bool saving = sfu && strcmp(sfu, "none") != 0; /* not spent then (consume_unattached) */
-  if (!made_here && !saving && pmid && !json_is_string(json_object_get(pm, "customer")) &&
-      !tp_is_card_source(pm, NULL)) {
-    if (!tp_lock_try(pmid)) {
-      tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
-      goto fail;
-    }
-    /* Read again under the lock: a confirmation that held it may have
-     * spent the card after this one read it (two paid). */
-    json_t *fresh = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pmid);
-    bool usable = fresh && tp_pm_usable(r, fresh);
-    if (!fresh)
-      tp_reply_missing(r, "payment_method", pmid, "payment_method");
-    json_decref(fresh);
-    if (!usable) {
-      tp_lock_release(pmid);
-      goto fail;
-    }
-    tp_scopy(pm_lock, sizeof pm_lock, pmid);
+  switch (made_here ? TP_PM_FREE : tp_pm_hold(r, pi, pm, pm_lock)) {
+  case TP_PM_FREE:
+  case TP_PM_HELD:
+    break;
+  case TP_PM_BUSY:
+    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+    goto fail;
+  case TP_PM_GONE:
+    tp_reply_missing(r, "payment_method", json_string_value(json_object_get(pm, "id")), "payment_method");
+    goto fail;
+  case TP_PM_SPENT:
+    tp_reply_pm_consumed(r);
+    goto fail;
   }
 
   /* Processing: commit the attempt first, then call the processor. */
@@ -863,6 +852,27 @@ fail:
   tp_cs_free(cs);
   if (lock_id)
     tp_lock_release(lock_id);
+}
+
+enum tp_pm_hold tp_pm_hold(const struct tp_req *r, const json_t *pi, const json_t *pm, char lock[TP_ID_MAX])
+{
+  const char *id = json_string_value(json_object_get(pm, "id"));
+  const char *sfu = tp_pi_card_option(pi, "setup_future_usage");
+  if (!id || json_is_string(json_object_get(pm, "customer")) || tp_is_card_source(pm, NULL) ||
+      (sfu && *sfu && strcmp(sfu, "none") != 0))
+    return TP_PM_FREE;
+  if (!tp_lock_try(id))
+    return TP_PM_BUSY;
+  /* Read again under the lock: a payment that held it may have spent the
+   * card after this one read it (two paid). */
+  json_t *fresh = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, id);
+  enum tp_pm_hold h = !fresh ? TP_PM_GONE : tp_pm_spent(r, fresh) ? TP_PM_SPENT : TP_PM_HELD;
+  json_decref(fresh);
+  if (h == TP_PM_HELD)
+    tp_scopy(lock, TP_ID_MAX, id);
+  else
+    tp_lock_release(id);
+  return h;
 }
 
 /* ---- handlers ---------------------------------------------------------------- */

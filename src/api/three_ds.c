@@ -263,28 +263,18 @@ void tp_h_3ds_submit(struct tp_req *r)
    * refused if another payment spent it while this challenge was out (two
    * PaymentIntents waiting on one card each paid when approved). */
   char pm_lock[TP_ID_MAX] = "";
-  const char *sfu = tp_pi_card_option(pi, "setup_future_usage");
-  if (!json_is_string(json_object_get(pm, "customer")) && !tp_is_card_source(pm, NULL) &&
-      !(sfu && *sfu && strcmp(sfu, "none") != 0)) {
-    if (!tp_lock_try(pm_id)) {
-      tp_card_wipe(&ci, sizeof ci);
-      json_decref(pm);
-      json_decref(pi);
-      tp_lock_release(r->path_id);
-      html(r, 429, "<!doctype html><title>Busy</title><p>Try again.</p>");
-      return;
-    }
-    json_t *fresh = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
-    bool spent = !fresh || tp_pm_spent(r, fresh);
-    json_decref(fresh);
-    if (spent) {
-      tp_lock_release(pm_id);
-      tp_card_wipe(&ci, sizeof ci);
-      json_decref(pm);
+  enum tp_pm_hold hold = tp_pm_hold(r, pi, pm, pm_lock);
+  if (hold == TP_PM_BUSY || hold == TP_PM_SPENT || hold == TP_PM_GONE) {
+    tp_card_wipe(&ci, sizeof ci);
+    json_decref(pm);
+    if (hold != TP_PM_BUSY) {
       fail_payment(r, pi, TP_ERR_PAYMENT_METHOD_CONSUMED);
       return;
     }
-    tp_scopy(pm_lock, sizeof pm_lock, pm_id);
+    json_decref(pi);
+    tp_lock_release(r->path_id);
+    html(r, 429, "<!doctype html><title>Busy</title><p>Try again.</p>");
+    return;
   }
   back_to_merchant(r, pi, true);
   unsigned status = r->status;
