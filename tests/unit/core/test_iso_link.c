@@ -254,6 +254,14 @@ static void host_stop(void)
   pthread_mutex_destroy(&H.mu);
 }
 
+/* Set one of the host's counters of scripted answers. */
+static void host_set(int *knob, int v)
+{
+  pthread_mutex_lock(&H.mu);
+  *knob = v;
+  pthread_mutex_unlock(&H.mu);
+}
+
 static int host_get(const int *field)
 {
   pthread_mutex_lock(&H.mu);
@@ -522,9 +530,7 @@ static void test_unanswered_reversal_is_repeated_as_0401_then_given_up(void **st
   (void)state;
   tp_config_put("processor.isot", "reversal_tries", "3");
   link_up(150);
-  pthread_mutex_lock(&H.mu);
-  H.ignore_reversals = 100;
-  pthread_mutex_unlock(&H.mu);
+  host_set(&H.ignore_reversals, 100);
   struct tp_proc_call c;
   call_init(&c, TP_PROC_VOID, "att_void", NULL);
   snprintf(c.orig_ref, sizeof c.orig_ref, "att_auth_to_void");
@@ -619,9 +625,7 @@ static void test_a_reversal_answer_for_another_rrn_is_not_trusted(void **state)
 {
   (void)state;
   link_up(1000);
-  pthread_mutex_lock(&H.mu);
-  H.misname_reversals = 1;
-  pthread_mutex_unlock(&H.mu);
+  host_set(&H.misname_reversals, 1);
   struct tp_proc_call c;
   status_query(&c, "att_misnamed", 1);
   assert_int_equal(c.outcome, TP_OUT_ERROR);
@@ -638,9 +642,7 @@ static void test_refused_status_reversal_is_reported_then_acknowledged(void **st
 {
   (void)state;
   link_up(1000);
-  pthread_mutex_lock(&H.mu);
-  H.refuse_reversals = 1;
-  pthread_mutex_unlock(&H.mu);
+  host_set(&H.refuse_reversals, 1);
   struct tp_proc_call c;
   status_query(&c, "att_owed", 1);
   assert_int_equal(c.outcome, TP_OUT_ERROR);
