@@ -1123,6 +1123,9 @@ void tp_h_pi_update(struct tp_req *r)
     json_object_get(r->params, "payment_method_data") != NULL;
   json_object_set_new(pi, "amount", json_integer(amount));
   json_object_set_new(pi, "currency", json_string(cur->code));
+  /* Stripe: the previous confirmation's error "will be cleared if the
+   * PaymentIntent is later updated for any reason". */
+  json_object_set_new(pi, "last_payment_error", json_null());
   size_t md_keys = json_object_size(json_object_get(pi, "metadata"));
   if (!apply_fields(r, pi, r->params))
     goto out;

@@ -1053,6 +1053,12 @@ class ApiErrorsTest(DaemonTestCase):
         got = c.get(PI + "/" + pi["id"])
         self.assertEqual(got.status, 200, got)
         self.assertEqual(got.json["status"], "requires_payment_method", got)
+        # Stripe: last_payment_error "will be cleared if the PaymentIntent is
+        # later updated for any reason", metadata alone included.
+        upd = c.post(PI + "/" + pi["id"], {"metadata[retry]": "1"})
+        self.assertEqual(upd.status, 200, upd)
+        self.assertIsNone(upd.json["last_payment_error"], upd)
+        self.assertIsNone(c.get(PI + "/" + pi["id"]).json["last_payment_error"])
 
     def test_past_expiry_date_is_refused(self):
         c = self.c("decline")
