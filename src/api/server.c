@@ -79,30 +79,6 @@ unsigned tp_http_inflight(void)
 /* API keys and OAuth access tokens are resolved (and cached) in src/sec/
  * (apikey.c, oauth.c); here only the header is taken apart. */
 
-static const char *b64_alpha = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static int b64_decode(const char *in, char *out, size_t outcap)
-{
-  size_t o = 0;
-  unsigned acc = 0;
-  int bits = 0;
-  for (; *in && *in != '='; in++) {
-    const char *p = strchr(b64_alpha, *in);
-    if (!p)
-      return -1;
-    acc = (acc << 6) | (unsigned)(p - b64_alpha);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      if (o + 1 >= outcap)
-        return -1;
-      out[o++] = (char)((acc >> bits) & 0xff);
-    }
-  }
-  out[o] = '\0';
-  return (int)o;
-}
-
 /* Authorization: Bearer KEY, or Basic base64(KEY:). */
 static enum tp_err authenticate(struct tp_req *r)
 {
@@ -119,7 +95,7 @@ static enum tp_err authenticate(struct tp_req *r)
     tp_scopy(key, sizeof key, k);
     tp_rtrim_ows(key); /* RFC 9110 5.5: trailing whitespace is not the value's */
   } else if (strncasecmp(h, "Basic ", 6) == 0) {
-    if (strlen(h) > 400 || b64_decode(h + 6, key, sizeof key) < 0)
+    if (strlen(h) > 400 || tp_basic_decode(h + 6, key, sizeof key) < 0)
       return TP_ERR_AUTH_INVALID_KEY;
     char *colon = strchr(key, ':');
     if (colon)

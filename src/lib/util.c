@@ -567,6 +567,51 @@ void tp_rtrim_ows(char *s)
     s[--n] = '\0';
 }
 
+static int b64_val(char c)
+{
+  if (c >= 'A' && c <= 'Z')
+    return c - 'A';
+  if (c >= 'a' && c <= 'z')
+    return c - 'a' + 26;
+  if (c >= '0' && c <= '9')
+    return c - '0' + 52;
+  return c == '+' ? 62 : c == '/' ? 63 : -1;
+}
+
+int tp_basic_decode(const char *in, char *out, size_t cap)
+{
+  size_t o = 0;
+  unsigned acc = 0;
+  int bits = 0;
+  while (*in == ' ')
+    in++;
+  for (; *in && *in != '=' && *in != ' ' && *in != '\t'; in++) {
+    int v = b64_val(*in);
+    if (v < 0)
+      return -1;
+    acc = (acc << 6) | (unsigned)v;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      if (o + 1 >= cap)
+        return -1;
+      unsigned char b = (unsigned char)((acc >> bits) & 0xff);
+      if (b < 0x20 || b == 0x7f)
+        return -1;
+      out[o++] = (char)b;
+    }
+  }
+  for (int pad = 0; *in == '='; in++)
+    if (++pad > 2)
+      return -1;
+  while (*in == ' ' || *in == '\t')
+    in++;
+  if (*in || cap == 0)
+    return -1;
+  out[o] = '\0';
+  return (int)o;
+}
+
 size_t tp_utf8_chars(const char *s)
 {
   size_t n = 0;

@@ -103,6 +103,12 @@ int tp_addr_text_is_public(const char *host);
 int tp_mask_card_numbers(char *s);
 /* Drop trailing spaces and tabs (a header field value's optional whitespace, RFC 9110 5.5). */
 void tp_rtrim_ows(char *s);
+/* The credentials of an HTTP Basic Authorization value, given what follows
+ * the scheme's name ("Basic"): spaces, standard base64 with its padding,
+ * optional trailing whitespace (RFC 9110 11.4, RFC 7617). Into out with a
+ * NUL; the decoded length, or -1 when it is not base64, does not fit or
+ * holds a control character (RFC 7617 2: none in user-id or password). */
+int tp_basic_decode(const char *in, char *out, size_t cap);
 /* Why a private key file is too open to use, or NULL: other users may
  * read it (as PostgreSQL rules: 0600, or 0640 when owned by root). */
 const char *tp_key_file_exposed(const char *path);

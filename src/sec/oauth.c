@@ -158,40 +158,6 @@ static const char *param(struct tp_req *r, const char *name)
   return json_string_value(json_object_get(r->params, name));
 }
 
-static int b64_val(char c)
-{
-  if (c >= 'A' && c <= 'Z')
-    return c - 'A';
-  if (c >= 'a' && c <= 'z')
-    return c - 'a' + 26;
-  if (c >= '0' && c <= '9')
-    return c - '0' + 52;
-  return c == '+' ? 62 : c == '/' ? 63 : -1;
-}
-
-/* Standard base64 (the Basic scheme) into out; -1 on error. */
-static int b64_std_decode(const char *in, char *out, size_t cap)
-{
-  size_t o = 0;
-  unsigned acc = 0;
-  int bits = 0;
-  for (; *in && *in != '='; in++) {
-    int v = b64_val(*in);
-    if (v < 0)
-      return -1;
-    acc = (acc << 6) | (unsigned)v;
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      if (o + 1 >= cap)
-        return -1;
-      out[o++] = (char)((acc >> bits) & 0xff);
-    }
-  }
-  out[o] = '\0';
-  return (int)o;
-}
-
 /* application/x-www-form-urlencoded decoding in place (RFC 6749 §2.3.1). */
 static bool form_unescape(char *s)
 {
@@ -231,7 +197,7 @@ static enum cauth client_auth(struct tp_req *r, struct oclient *c)
     char dec[2 * TP_OAUTH_MAX_CRED + 2];
     if (psecret) /* one method per request (RFC 6749 §2.3) */
       return CA_BAD_REQUEST;
-    if (strlen(h) > 4 * sizeof dec / 3 || b64_std_decode(h + 6, dec, sizeof dec) < 0)
+    if (strlen(h) > 6 + 4 * sizeof dec / 3 || tp_basic_decode(h + 6, dec, sizeof dec) < 0)
       return CA_BAD_BASIC;
     char *colon = strchr(dec, ':');
     if (!colon)
@@ -340,8 +306,22 @@ void tp_h_oauth_token(struct tp_req *r)
     oauth_error(r, 400, "unsupported_grant_type", "Only the client_credentials grant is supported.");
     return;
   }
+  /* RFC 6749 4.4.2: the token request is a form; a JSON body is not one. */
+  const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+  if (ct && strncasecmp(ct, "application/x-www-form-urlencoded", 33) != 0) {
+    oauth_error(r, 400, "invalid_request", "The token request must be application/x-www-form-urlencoded.");
+    return;
+  }
   if (!only_params(r, allowed)) {
     oauth_error(r, 400, "invalid_request", "Unknown, repeated or non-text parameter.");
+    return;
+  }
+  /* RFC 8707 2: a resource (or an audience) this server's tokens are not
+   * for is invalid_target, not ignored: the token would not be for it. */
+  const char *res = param(r, "resource"), *aud = param(r, "audience");
+  if ((res && strcmp(res, issuer()) != 0 && strcmp(res, audience()) != 0) ||
+      (aud && strcmp(aud, audience()) != 0)) {
+    oauth_error(r, 400, "invalid_target", "Tokens are issued only for this server's audience.");
     return;
   }
   const char *grant = param(r, "grant_type");
@@ -361,7 +341,9 @@ void tp_h_oauth_token(struct tp_req *r)
   if (scope && *scope) {
     bool ok;
     want = tp_scopes_parse(scope, &ok);
-    if (!ok || !want || (want & ~c.scopes)) {
+    /* RFC 6749 3.3: scopes are separated by spaces alone ("a,b" is one
+     * scope, and not one of ours). */
+    if (!ok || !want || (want & ~c.scopes) || strpbrk(scope, ",+")) {
       oauth_error(r, 400, "invalid_scope", "The requested scope is unknown or exceeds the client's scopes.");
       return;
     }
@@ -449,6 +431,9 @@ static enum tp_err verify_token(const char *token, struct tp_auth *a, int64_t *e
     e = TP_ERR_OAUTH_TOKEN_INVALID;
   else if (json_integer_value(exp) <= now)
     e = TP_ERR_OAUTH_TOKEN_EXPIRED;
+  else if (json_object_get(cl, "nbf") &&
+           (!json_is_integer(json_object_get(cl, "nbf")) || json_integer_value(json_object_get(cl, "nbf")) > now + 60))
+    e = TP_ERR_OAUTH_TOKEN_INVALID; /* RFC 7519 4.1.5, with a minute's leeway for clocks */
   if (e != TP_ERR_OK) {
     json_decref(cl);
     return e;

@@ -146,6 +146,13 @@ class OAuthTest(DaemonTestCase):
             ({"grant_type": "authorization_code"}, "basic", 400, "unsupported_grant_type"),
             ({"grant_type": "client_credentials", "scope": "refunds:write"}, "basic", 400, "invalid_scope"),
             ({"grant_type": "client_credentials", "scope": "payments:everything"}, "basic", 400, "invalid_scope"),
+            # RFC 6749 3.3: space-separated; "a,b" is one (unknown) scope
+            ({"grant_type": "client_credentials", "scope": "payments:read,payments:write"}, "basic", 400,
+             "invalid_scope"),
+            # RFC 8707 2: a resource the tokens are not for
+            ({"grant_type": "client_credentials", "resource": "https://evil.example"}, "basic", 400,
+             "invalid_target"),
+            ({"grant_type": "client_credentials", "audience": "other"}, "basic", 400, "invalid_target"),
         ]
         for params, how, status, error in cases:
             with self.subTest(params=params, how=how):
@@ -153,6 +160,41 @@ class OAuthTest(DaemonTestCase):
                 self.assertEqual(r.status, status, r)
                 self.assertEqual(r.json["error"], error, r)
                 self.assertTrue(r.json["error_description"])
+        # The token's own audience is fine; a JSON body is not a token request.
+        r = self.token_req({"grant_type": "client_credentials", "audience": "turnpike"})
+        self.assertEqual(r.status, 200, r)
+        auth = {"Authorization": basic(self.cl["client_id"], self.cl["client_secret"]),
+                "Content-Type": "application/json"}
+        r = self.anon.request("POST", TOKEN, body=json.dumps({"grant_type": "client_credentials"}).encode(),
+                              headers=auth, key=None)
+        self.assertEqual(r.status, 400, r)
+        self.assertEqual(r.json["error"], "invalid_request", r)
+
+    def test_basic_credentials_parse_as_rfc7617_says(self):
+        raw = ("%s:%s" % (self.cl["client_id"], self.cl["client_secret"])).encode()
+        b64 = base64.b64encode(raw).decode()
+        grant = {"grant_type": "client_credentials"}
+        # RFC 9110 11.4: one or more spaces after the scheme, the scheme in any case
+        for h in ("Basic  " + b64, "basic " + b64, "Basic " + b64 + "  "):
+            with self.subTest(h=h):
+                r = self.anon.post(TOKEN, grant, headers={"Authorization": h}, key=None)
+                self.assertEqual(r.status, 200, r)
+        # RFC 7617 2: no control characters; nothing after the padding
+        bad = (base64.b64encode(self.cl["client_id"].encode() + b"\x00x:" + self.cl["client_secret"].encode()),
+               base64.b64encode(raw + b"!") + b"junk", base64.b64encode(b"a") + b"===")
+        for b in bad:
+            with self.subTest(b=b):
+                r = self.anon.post(TOKEN, grant, headers={"Authorization": "Basic " + b.decode()}, key=None)
+                self.assertEqual(r.status, 401, r)
+                self.assertEqual(r.json["error"], "invalid_client", r)
+        # The API's Basic scheme is parsed alike (two spaces; a NUL ends nothing).
+        key = self.daemon.merchants["a"]["secret_key"]
+        ok = base64.b64encode((key + ":").encode()).decode()
+        self.assertEqual(self.anon.get("/v1/payment_intents", headers={"Authorization": "Basic  " + ok},
+                                       key=None).status, 200)
+        nul = base64.b64encode((key + "\x00junk:").encode()).decode()
+        self.assertEqual(self.anon.get("/v1/payment_intents", headers={"Authorization": "Basic " + nul},
+                                       key=None).status, 401)
 
     def test_bad_client_credentials_are_invalid_client(self):
         bad = dict(self.cl, client_secret="ocs_wrong")
@@ -209,6 +251,7 @@ class OAuthTest(DaemonTestCase):
             "expired": self.forge(self.good_claims(exp=now - 5, iat=now - 100)),
             "other audience": self.forge(self.good_claims(aud="someone-else")),
             "other issuer": self.forge(self.good_claims(iss="https://evil.example")),
+            "not yet valid": self.forge(self.good_claims(nbf=now + 3600)),
             "wrong typ": self.forge(self.good_claims(), {"typ": "JWT", "alg": "ES256",
                                                          "kid": self.jwks()[0]["kid"]}),
         }
