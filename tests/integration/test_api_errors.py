@@ -721,6 +721,41 @@ class ApiErrorsTest(DaemonTestCase):
         self.assertGreater(shaped, 40)
         self.assertEqual(self.c("bad").get("/healthz").status, 200)
 
+    def test_many_query_arguments_are_answered_at_once(self):
+        """libmicrohttpd 0.9.75 keeps each query argument in the connection's
+        16 KiB pool and, once it is full (~200 short arguments, or 128 in a
+        7.6 KB line), answered nothing for 60 s: a cheap way, with no key,
+        to hold every connection slot. Now a 414 at once."""
+        import socket
+
+        def first_line(n, vlen):
+            q = "&".join("a%d=%s" % (i, "v" * vlen) for i in range(n))
+            s = socket.create_connection((self.daemon.host, self.daemon.port), timeout=5)
+            try:
+                s.sendall(("GET /v1/customers?%s HTTP/1.1\r\nHost: t\r\n\r\n" % q).encode())
+                data = b""
+                while True:  # to the close (414) or the reply's end (401)
+                    chunk = s.recv(65536)  # a timeout here fails the test
+                    if not chunk:
+                        break
+                    data += chunk
+                    head, sep, body = data.partition(b"\r\n\r\n")
+                    m = re.search(rb"(?i)content-length: *(\d+)", head)
+                    if sep and m and len(body) >= int(m.group(1)):
+                        break
+                return data
+            finally:
+                s.close()
+
+        for n, vlen in ((129, 1), (300, 1), (128, 60), (100, 90), (50, 240)):
+            with self.subTest(n=n, vlen=vlen):
+                data = first_line(n, vlen)
+                self.assertTrue(data.startswith(b"HTTP/1.1 414 "), data[:200])
+                self.assertIn(b'"tp_code":1113', data)
+        for n, vlen in ((128, 1), (100, 20), (10, 1000)):
+            with self.subTest(n=n, vlen=vlen):
+                self.assertTrue(first_line(n, vlen).startswith(b"HTTP/1.1 401 "))
+
     def test_a_later_http_1_minor_version_is_served_as_1_1(self):
         """RFC 9110 2.5: HTTP/1.2 is handled as 1.1 (chunked allowed, Host
         required), not as 1.0."""

@@ -192,6 +192,57 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
         finally:
             d.cleanup()
 
+    def test_keys_without_their_store_are_refused_not_given_a_new_store(self):
+        # The store's WAL (every commit until a checkpoint) or its file lost,
+        # with the keys still there: a new empty store with a new demo
+        # merchant would take payments and charge every retry again.
+        for lose in ("wal", "db", "empty"):
+            with self.subTest(lose=lose):
+                d = Daemon()
+                try:
+                    d.start()  # a first start: the store and its demo merchant in the WAL alone
+                    d.kill9()
+                    db = os.path.join(d.data, "turnpike.db")
+                    if lose == "wal":
+                        os.unlink(db + "-wal")
+                        if os.path.exists(db + "-shm"):
+                            os.unlink(db + "-shm")
+                    elif lose == "db":
+                        for f in (db, db + "-wal", db + "-shm"):
+                            if os.path.exists(f):
+                                os.unlink(f)
+                    else:
+                        for f in (db + "-wal", db + "-shm"):
+                            if os.path.exists(f):
+                                os.unlink(f)
+                        open(db, "wb").close()
+                    with self.assertRaises(RuntimeError) as e:
+                        d.start()
+                    self.assertIn("store_missing", str(e.exception))
+                    # nothing was made in its place
+                    out = subprocess.run(["sqlite3", db, "select count(*) from sqlite_master"],
+                                         capture_output=True, text=True, timeout=30)
+                    self.assertEqual(out.stdout.strip(), "0", out)
+                finally:
+                    d.cleanup()
+
+    def test_the_store_files_are_the_owners_alone(self):
+        d = Daemon()
+        try:
+            os.makedirs(d.data, mode=0o755, exist_ok=True)
+            os.chmod(d.data, 0o755)
+            old = os.umask(0o022)
+            try:
+                d.start()
+            finally:
+                os.umask(old)
+            for f in ("turnpike.db", "turnpike.db-wal", "turnpike.db-shm"):
+                p = os.path.join(d.data, f)
+                if os.path.exists(p):
+                    self.assertEqual(os.stat(p).st_mode & 0o077, 0, f)
+        finally:
+            d.cleanup()
+
     def test_a_store_whose_kek_file_is_gone_is_refused_at_start(self):
         d = Daemon()
         try:

@@ -212,9 +212,16 @@ static int migrate(sqlite3 *db)
   sqlite3_stmt *st = prep(db, "SELECT value FROM meta WHERE key='schema_version'");
   if (!st)
     return -1;
-  if (sqlite3_step(st) == SQLITE_ROW)
+  /* A read that fails (a damaged page) is not version 0: migration 1 would
+   * run again over the whole store. */
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW)
     version = atoi((const char *)sqlite3_column_text(st, 0));
   sqlite3_finalize(st);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    tp_log(TP_LOG_ERROR, "store_unreadable", "{s:s}", "error", sqlite3_errstr(rc));
+    return -1;
+  }
   for (size_t v = (size_t)version; v < tp_migrations_count; v++) {
     char set[96];
     snprintf(set, sizeof set, "INSERT OR REPLACE INTO meta VALUES('schema_version','%zu')", v + 1);
@@ -1539,6 +1546,61 @@ static const struct tp_store_ops sqlite_ops = {
   .close = sq_close,
 };
 
+/* Create path 0600 if it is missing, and take any read or write from
+ * others off it and its -wal and -shm files. */
+static int private_files(const char *path)
+{
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    tp_log(TP_LOG_ERROR, "store_create", "{s:s, s:s}", "path", path, "error", strerror(errno));
+    return -1;
+  }
+  struct stat sb;
+  if (fstat(fd, &sb) == 0 && (sb.st_mode & 077))
+    (void)fchmod(fd, sb.st_mode & 0700);
+  close(fd);
+  for (int i = 0; i < 2; i++) {
+    char side[sizeof ((struct sq *)0)->path + 8];
+    snprintf(side, sizeof side, "%s%s", path, i ? "-shm" : "-wal");
+    if (stat(side, &sb) == 0 && (sb.st_mode & 077))
+      (void)chmod(side, sb.st_mode & 0700);
+  }
+  return 0;
+}
+
+/* A store about to be made new (no table at all) in a directory that
+ * already holds the keys a store's first start writes: the store was there
+ * and is gone (its file deleted or emptied, or its WAL, which holds every
+ * commit until a checkpoint). Making a new one would answer with an empty
+ * store, a new demo merchant, and charge again every retried payment. */
+static bool keys_without_store(sqlite3 *db, const char *dir)
+{
+  sqlite3_stmt *st = prep(db, "SELECT count(*) FROM sqlite_master");
+  if (!st)
+    return true;
+  int rc = sqlite3_step(st);
+  bool fresh = rc == SQLITE_ROW && sqlite3_column_int(st, 0) == 0;
+  sqlite3_finalize(st);
+  if (rc != SQLITE_ROW) {
+    tp_log(TP_LOG_ERROR, "store_unreadable", "{s:s}", "error", sqlite3_errstr(rc));
+    return true;
+  }
+  if (!fresh)
+    return false;
+  static const char *const keys[] = {"vault.key", "kek-v1.key", "audit-signing.pem", "oauth_signing_key.pem"};
+  for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+    char p[1200];
+    snprintf(p, sizeof p, "%s/%s", dir, keys[i]);
+    if (access(p, F_OK) == 0) {
+      tp_log(TP_LOG_ERROR, "store_missing", "{s:s, s:s, s:s}", "data", dir, "found", keys[i], "message",
+             "the directory holds a store's keys but no store (turnpike.db or its -wal file is gone or empty): "
+             "restore the store (turnpike restore), or move the keys away to start a new one");
+      return true;
+    }
+  }
+  return false;
+}
+
 int tp_store_open_sqlite(struct tp_store *st, const char *dir)
 {
   if (mkdir(dir, 0700) == 0) {
@@ -1569,8 +1631,23 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
   const char *vfs = tp_walbuf_vfs();
   if (!vfs)
     tp_log(TP_LOG_WARN, "store_walbuf_unavailable", "{}");
+  /* The store is the owner's alone, from its first byte: SQLite makes the
+   * -wal and -shm files with the database file's mode, and a file it made
+   * itself would have the umask's (0644 in a directory made 0755 by a
+   * package). */
+  if (private_files(s->path) != 0) {
+    free(s->bal);
+    free(s);
+    return -1;
+  }
   s->w = open_conn(s->path, false, vfs);
   if (!s->w) {
+    free(s->bal);
+    free(s);
+    return -1;
+  }
+  if (keys_without_store(s->w, dir)) {
+    sqlite3_close(s->w);
     free(s->bal);
     free(s);
     return -1;
