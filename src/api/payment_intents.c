@@ -1482,8 +1482,14 @@ static void capture(struct tp_req *r, const char *pi_id, const char *amount_para
   json_t *md = json_object_get(r->params, "metadata");
   if (md) {
     json_t *p2 = tp_pack("{s:O}", "metadata", md);
-    apply_fields(r, reply_charge ? ch : pi, p2); /* metadata alone: cannot fail */
+    /* Merged with what the object holds, metadata can pass 50 keys: refused
+     * before anything is captured. */
+    bool ok = apply_fields(r, reply_charge ? ch : pi, p2);
     json_decref(p2);
+    if (!ok) {
+      json_decref(ch);
+      goto fail;
+    }
   }
   const char *receipt = tp_pstr(r->params, "receipt_email");
   if (reply_charge && receipt && *receipt)

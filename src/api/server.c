@@ -282,16 +282,18 @@ static void merge_under(json_t *body, const json_t *query)
   }
 }
 
-/* Parse the query (GET/DELETE) or the body (POST) into r->params. On a POST
- * of the API (authenticated routes) the query string counts too, as on
- * Stripe: `POST /v1/refunds?amount=100` refunds 100, and an unknown
- * parameter there is refused like one in the body (it was ignored, which
- * turned that partial refund into a full one). */
+/* Parse the query (GET, DELETE) or the body (POST, DELETE with one) into
+ * r->params. On a POST of the API (authenticated routes) the query string
+ * counts too, as on Stripe: `POST /v1/refunds?amount=100` refunds 100, and
+ * an unknown parameter there is refused like one in the body (it was
+ * ignored, which turned that partial refund into a full one). stripe-go
+ * sends a DELETE's parameters as a form body: they are read, and a bad one
+ * refuses the deletion as it would in the query. */
 static bool parse_params(struct tp_req *r, bool api)
 {
   struct tp_params_error pe;
   memset(&pe, 0, sizeof pe);
-  if (strcmp(r->method, "POST") == 0) {
+  if (strcmp(r->method, "POST") == 0 || (strcmp(r->method, "DELETE") == 0 && r->body_len > 0)) {
     const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
     if (ct && strncasecmp(ct, "application/json", 16) == 0 && (!ct[16] || ct[16] == ';' || ct[16] == ' '))
       r->params = tp_params_parse_json(r->body ? r->body : "", r->body_len, &pe);

@@ -156,7 +156,7 @@ class Client:
                     path += ("&" if "?" in path else "?") + enc
             else:
                 body = enc
-        if body is not None and method not in ("GET", "DELETE"):
+        if body is not None and method != "GET":  # a DELETE's body: stripe-go sends one
             if isinstance(body, str):
                 body = body.encode("utf-8")
             hdrs["Content-Type"] = content_type or "application/x-www-form-urlencoded"

@@ -1076,6 +1076,38 @@ class ApiErrorsTest(DaemonTestCase):
                 self.assertNotIn(PAN_BAD_LUHN.encode(), r.body)
                 self.assertNotIn(PAN_BAD_LUHN, str(dict(r.headers)))
 
+    def test_capture_metadata_past_50_keys_is_refused_and_nothing_is_captured(self):
+        c = self.c("decline")
+        md = {"metadata[k%02d]" % i: "v" for i in range(50)}
+        for path, param, reply_charge in (("/capture", "amount_to_capture", False), (None, "amount", True)):
+            with self.subTest(charges_api=reply_charge):
+                r = c.post(PI, dict(GOOD, confirm="true", payment_method="pm_card_visa", capture_method="manual",
+                                    **({} if reply_charge else md)))
+                self.assertEqual(r.status, 200, r)
+                pi, ch = r.json["id"], r.json["latest_charge"]
+                if reply_charge:  # the charge's own metadata at 50 keys
+                    self.assertEqual(c.post("/v1/charges/" + ch, md).status, 200)
+                url = PI + "/" + pi + "/capture" if path else "/v1/charges/" + ch + "/capture"
+                r = c.post(url, {param: 600, "metadata[extra]": "x"})
+                self.assertStripeError(r, 400, "invalid_request_error")
+                self.assertEqual(c.get(PI + "/" + pi).json["status"], "requires_capture")
+                got = c.get("/v1/charges/" + ch).json
+                self.assertFalse(got["captured"], got)
+                self.assertEqual(len(got["metadata"] if reply_charge else c.get(PI + "/" + pi).json["metadata"]), 50)
+
+    def test_a_delete_body_is_read_and_a_bad_parameter_in_it_deletes_nothing(self):
+        # stripe-go sends a DELETE's parameters as a form body
+        c = self.c("decline")
+        cus = c.post("/v1/customers", {"email": "d@example.com"}).json["id"]
+        for body, ct in (("zzz=1", None), ("expand[]=bogus", None), ('{"zzz":1}', "application/json")):
+            with self.subTest(body=body):
+                r = c.request("DELETE", "/v1/customers/" + cus, body=body, content_type=ct)
+                self.assertStripeError(r, 400, "invalid_request_error")
+                self.assertNotIn("deleted", c.get("/v1/customers/" + cus).json)
+        r = c.request("DELETE", "/v1/customers/" + cus, body="")
+        self.assertEqual(r.status, 200, r)
+        self.assertTrue(r.json["deleted"], r)
+
     def test_expired_card_is_declined_with_expired_card(self):
         c = self.c("decline")
         r = c.post(PI, dict(GOOD, confirm="true", payment_method_data=card(PAN_EXPIRED)))
