@@ -53,11 +53,41 @@ void tp_error_request_log(json_t *err, const struct tp_req *r)
                                                           r->request_id));
 }
 
+/* The codes of the registry that are Stripe's own (its error-codes page
+ * documents each; our own, such as processor_* or query_too_many_parameters,
+ * have no page there), sorted for bsearch. */
+static const char *const stripe_codes[] = {
+  "account_invalid", "amount_too_large", "amount_too_small", "api_key_expired", "authentication_required",
+  "balance_insufficient", "capture_charge_authorization_expired", "capture_unauthorized_payment",
+  "card_decline_rate_limit_exceeded", "card_declined", "charge_already_captured", "charge_already_refunded",
+  "charge_disputed", "charge_exceeds_transaction_limit", "charge_expired_for_capture", "charge_not_refundable",
+  "country_code_invalid", "customer_max_payment_methods", "email_invalid", "expired_card", "idempotency_key_in_use",
+  "incorrect_address", "incorrect_cvc", "incorrect_number", "incorrect_zip", "intent_invalid_state",
+  "invalid_characters", "invalid_charge_amount", "invalid_cvc", "invalid_expiry_month", "invalid_expiry_year",
+  "invalid_number", "livemode_mismatch", "lock_timeout", "parameter_invalid_empty", "parameter_invalid_integer",
+  "parameter_invalid_string_blank", "parameter_invalid_string_empty", "parameter_missing", "parameter_unknown",
+  "parameters_exclusive", "payment_intent_action_required", "payment_intent_authentication_failure",
+  "payment_intent_incompatible_payment_method", "payment_intent_invalid_parameter", "payment_intent_mandate_invalid",
+  "payment_intent_payment_attempt_expired", "payment_intent_payment_attempt_failed",
+  "payment_intent_unexpected_state", "payment_method_currency_mismatch", "payment_method_invalid_parameter",
+  "payment_method_not_available", "payment_method_unexpected_state", "payment_method_unsupported_type",
+  "payouts_not_allowed", "postal_code_invalid", "processing_error", "rate_limit", "refund_disputed_payment",
+  "resource_already_exists", "resource_missing", "secret_key_required", "setup_intent_authentication_failure",
+  "setup_intent_invalid_parameter", "setup_intent_unexpected_state", "statement_descriptor_invalid",
+  "status_transition_invalid", "testmode_charges_only", "token_already_used", "token_in_use", "url_invalid",
+};
+
+static int code_cmp(const void *k, const void *e)
+{
+  return strcmp(k, *(const char *const *)e);
+}
+
 void tp_error_doc_url(json_t *err)
 {
   const char *code = json_string_value(json_object_get(err, "code"));
   char page[96];
-  if (!code || !*code || (size_t)tp_scopy(page, sizeof page, code) >= sizeof page)
+  if (!code || !*code || (size_t)tp_scopy(page, sizeof page, code) >= sizeof page ||
+      !bsearch(code, stripe_codes, sizeof stripe_codes / sizeof stripe_codes[0], sizeof stripe_codes[0], code_cmp))
     return;
   for (char *c = page; *c; c++)
     if (*c == '_')
@@ -113,6 +143,7 @@ void tp_reply_error(struct tp_req *r, enum tp_err e, const char *param, const ch
   const struct tp_error_info *ei = tp_error_info(e);
   unsigned status = ei ? (unsigned)ei->http_status : 500;
   json_t *err = tp_error_object(e, param, message);
+  tp_error_doc_url(err); /* Stripe: "a URL to more information about the error code reported" */
   tp_error_request_log(err, r);
   tp_reply_json(r, status, tp_pack("{s:o}", "error", err));
 }

@@ -1095,6 +1095,16 @@ class ApiErrorsTest(DaemonTestCase):
                 self.assertFalse(got["captured"], got)
                 self.assertEqual(len(got["metadata"] if reply_charge else c.get(PI + "/" + pi).json["metadata"]), 50)
 
+    def test_errors_with_a_stripe_code_carry_its_doc_url(self):
+        c = self.c("decline")
+        err = self.assertStripeError(c.post(PI, dict(GOOD, zzz_unknown="1")), 400, "invalid_request_error")
+        self.assertEqual(err.get("doc_url"), "https://stripe.com/docs/error-codes/parameter-unknown", err)
+        err = self.assertStripeError(c.get(PI + "/pi_nope"), 404, "invalid_request_error")
+        self.assertEqual(err.get("doc_url"), "https://stripe.com/docs/error-codes/resource-missing", err)
+        # a code of Turnpike's own has no page at Stripe
+        err = self.assertStripeError(c.post(PI, GOOD, idem="k" * 300), 400, "invalid_request_error")
+        self.assertNotIn("doc_url", err)
+
     def test_a_delete_body_is_read_and_a_bad_parameter_in_it_deletes_nothing(self):
         # stripe-go sends a DELETE's parameters as a form body
         c = self.c("decline")
