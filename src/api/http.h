@@ -63,6 +63,7 @@ struct tp_req {
 
   /* idempotency */
   char idem_key[256];
+  char idem_slot[264];     /* the key as stored: a publishable key's in a space of its own (idem.c) */
   bool has_idem;
   bool idem_registered;
   char req_hash[TP_REQ_HASH_LEN];

@@ -41,7 +41,17 @@ static unsigned hash(const char *s)
 
 static void full_key(const struct tp_req *r, char *out, size_t n)
 {
-  snprintf(out, n, "%s\x1f%s", r->merchant.id, r->idem_key);
+  snprintf(out, n, "%s\x1f%s", r->merchant.id, r->idem_slot);
+}
+
+/* The key as stored (r->idem_slot). A publishable key is public: its
+ * requests (a browser's) keep their keys apart from the secret key's, or
+ * anyone holding it could take the merchant's server-side keys first (an
+ * order number used as a key) and have them refused for a day. A client's
+ * key is printable ASCII, so "pk" and a unit separator cannot collide. */
+static void set_slot(struct tp_req *r)
+{
+  snprintf(r->idem_slot, sizeof r->idem_slot, "%s%s", r->publishable ? "pk\x1f" : "", r->idem_key);
 }
 
 static unsigned long released_from(const char *k)
@@ -196,6 +206,7 @@ static bool answer_from_store(struct tp_req *r, int found, struct tp_idem_rec *r
 bool tp_idem_begin(struct tp_req *r)
 {
   request_hash(r);
+  set_slot(r);
   char k[400];
   full_key(r, k, sizeof k);
   /* With commit_sync = pipelined a reader sees a commit before its sync: a
@@ -213,7 +224,7 @@ bool tp_idem_begin(struct tp_req *r)
   unsigned long before = released_from(k);
   struct tp_idem_rec rec;
   memset(&rec, 0, sizeof rec);
-  int found = tp_app.store.ops->idem_get(tp_app.store.cls, r->merchant.id, r->idem_key, &rec);
+  int found = tp_app.store.ops->idem_get(tp_app.store.cls, r->merchant.id, r->idem_slot, &rec);
   if (answer_from_store(r, found, &rec))
     return true;
   /* 2. Claim the key; held by a request in flight: 409. */
@@ -228,7 +239,7 @@ bool tp_idem_begin(struct tp_req *r)
    *    bucket of 4096 in a few microseconds.) */
   if (at_claim != before) {
     memset(&rec, 0, sizeof rec);
-    found = tp_app.store.ops->idem_get(tp_app.store.cls, r->merchant.id, r->idem_key, &rec);
+    found = tp_app.store.ops->idem_get(tp_app.store.cls, r->merchant.id, r->idem_slot, &rec);
     if (answer_from_store(r, found, &rec)) {
       inflight_del(k);
       return true;
@@ -242,14 +253,14 @@ void tp_idem_record(struct tp_req *r, struct tp_cs *cs)
 {
   if (!r->has_idem || !r->idem_registered)
     return;
-  tp_cs_idem(cs, r->merchant.id, r->idem_key, r->req_hash, r->request_id, (int)r->status, r->resp);
+  tp_cs_idem(cs, r->merchant.id, r->idem_slot, r->req_hash, r->request_id, (int)r->status, r->resp);
 }
 
 void tp_idem_record_pending(struct tp_req *r, struct tp_cs *cs)
 {
   if (!r->has_idem || !r->idem_registered)
     return;
-  tp_cs_idem(cs, r->merchant.id, r->idem_key, r->req_hash, r->request_id, 0, NULL);
+  tp_cs_idem(cs, r->merchant.id, r->idem_slot, r->req_hash, r->request_id, 0, NULL);
 }
 
 void tp_idem_end(struct tp_req *r)

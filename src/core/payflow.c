@@ -305,7 +305,7 @@ void tp_pay_attempt(struct tp_pay *p, const char *kind, int64_t amount, const ch
   a->amount = amount;
   snprintf(a->route, sizeof a->route, "{\"why\":\"%s\"}", strcmp(kind, "authorize") == 0 ? "default" : "authorization");
   if (p->r && p->r->has_idem && p->r->idem_registered) {
-    tp_scopy(a->client_idem_key, sizeof a->client_idem_key, p->r->idem_key);
+    tp_scopy(a->client_idem_key, sizeof a->client_idem_key, p->r->idem_slot);
     tp_scopy(a->client_req_hash, sizeof a->client_req_hash, p->r->req_hash);
   }
   a->reply_charge = p->reply_charge;
@@ -750,7 +750,7 @@ static void retry_fire(void *arg, bool stopping)
   /* The finished call stays claimed until its final state commits with
    * the next write-ahead (writeahead_done). */
   tp_scopy(p->prev_att, sizeof p->prev_att, p->att.id);
-  char client_key[256], client_hash[TP_REQ_HASH_LEN];
+  char client_key[sizeof p->att.client_idem_key], client_hash[TP_REQ_HASH_LEN];
   tp_scopy(client_key, sizeof client_key, p->att.client_idem_key);
   tp_scopy(client_hash, sizeof client_hash, p->att.client_req_hash);
   int capture = p->att.capture;

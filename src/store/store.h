@@ -72,7 +72,7 @@ struct tp_attempt {
   char auth_code[16];
   char processor_ref[64];
   char route[256];      /* why this processor was chosen */
-  char client_idem_key[256]; /* merchant Idempotency-Key of the request, if any */
+  char client_idem_key[264]; /* the request's Idempotency-Key as stored (tp_req.idem_slot), if any */
   char client_req_hash[TP_REQ_HASH_LEN];
   int capture;          /* authorize: capture in the same call */
   int reply_charge;     /* the Charges API's request: its (recovered) reply is the charge */

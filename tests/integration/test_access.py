@@ -452,6 +452,15 @@ class KeysTest(DaemonTestCase):
         again = pk.post("/v1/payment_methods", dict(card("5555555555554444"),
                                                    billing_details={"name": "Ada"}), idem="pk-pm-1")
         self.assertEqual((again.headers.get("Idempotent-Replayed"), again.json), ("true", pm.json))
+        # The publishable key is public: its keys live apart from the secret
+        # key's, or anyone could take the merchant's next server-side key
+        # (an order number) first and have it refused for a day.
+        mine = sk.post(PI, {"amount": 700, "currency": "usd"}, idem="pk-pm-1")
+        self.assertEqual(mine.status, 200, mine)
+        self.assertIsNone(mine.headers.get("Idempotent-Replayed"), mine.headers)
+        self.assertEqual(mine.json["object"], "payment_intent")
+        self.assertEqual(sk.post(PI, {"amount": 700, "currency": "usd"}, idem="pk-pm-1").json["id"],
+                         mine.json["id"])
         # the browser's key does nothing else with it
         self.assertStripeError(pk.get("/v1/payment_methods/" + pm.json["id"]), 401, "invalid_request_error",
                                "secret_key_required")
