@@ -7,6 +7,7 @@
  * marked pending, so after a crash a retry waits for recovery instead of
  * charging again. Requests that fail validation store nothing (as Stripe). */
 #include "api/http.h"
+#include "sec/scopes.h"
 #include "store/store.h"
 #include "core/card.h"
 #include "log.h"
@@ -120,7 +121,7 @@ static void request_hash(struct tp_req *r)
   size_t ul = strlen(r->url), cl = canon ? strlen(canon) : 0;
   while (ul > 1 && r->url[ul - 1] == '/')
     ul--; /* routed as the same endpoint (route()): the same request */
-  size_t n = ul + cl + 24;
+  size_t n = ul + cl + 48;
   char *buf = malloc(n);
   if (!buf)
     abort();
@@ -128,8 +129,15 @@ static void request_hash(struct tp_req *r)
    * secret key's confirm under its Idempotency-Key would otherwise get the
    * stored reply, client_secret included, without passing the client_secret
    * check (the replay answers before the handler runs). */
-  int len = snprintf(buf, n, "%s %.*s\n%s%s", r->method, (int)ul, r->url, r->publishable ? "pk\n" : "",
-                     canon ? canon : "");
+  char kind[24] = "";
+  if (r->publishable)
+    snprintf(kind, sizeof kind, "pk\n");
+  else if ((r->scopes & TP_SCOPE_ALL) != TP_SCOPE_ALL)
+    /* A restricted key or token: what it may see is part of the request too
+     * (a reply stored for the secret key holds an expanded customer that a
+     * payments:write key is refused). */
+    snprintf(kind, sizeof kind, "scopes %u\n", r->scopes & TP_SCOPE_ALL);
+  int len = snprintf(buf, n, "%s %.*s\n%s%s", r->method, (int)ul, r->url, kind, canon ? canon : "");
   /* Keyed, not a plain SHA-256: the body may hold a card number, and a PAN's
    * small search space would make a bare hash reversible. */
   char whole[65], endpoint[65];

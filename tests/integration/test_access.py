@@ -323,6 +323,19 @@ class KeysTest(DaemonTestCase):
         self.assertEqual(rep.get("/v1/balance_transactions").status, 200)
         self.assertStripeError(rep.get("/v1/balance_transactions", {"expand[]": "data.source"}), 403,
                                "permission_error")
+        # A replay does not expand past the key's scopes either: the secret
+        # key's reply under the same Idempotency-Key holds the customer.
+        cus = self.c("K").post("/v1/customers", {"email": "secret-person@example.com"}).json["id"]
+        body = {"amount": 700, "currency": "usd", "customer": cus, "expand[]": "customer"}
+        r = self.c("K").post("/v1/payment_intents", body, idem="rk-replay-1")
+        self.assertEqual(r.json["customer"]["email"], "secret-person@example.com", r)
+        w = self.key_client(admin(self.daemon, "api-key", "create", "--merchant", self.mid("K"), "--scopes",
+                                  "payments:write")["restricted_key"])
+        self.assertStripeError(w.post("/v1/payment_intents", body), 403, "permission_error")
+        r = w.post("/v1/payment_intents", body, idem="rk-replay-1")
+        self.assertNotIn(b"secret-person", r.body)
+        self.assertIsNone(r.headers.get("Idempotent-Replayed"), r.headers)
+        self.assertEqual(r.status // 100, 4, r)
         # Basic auth works the same way.
         c.auth = "basic"
         self.assertEqual(c.get("/v1/payment_intents").status, 200)
