@@ -428,9 +428,13 @@ static bool cors_url(const char *url)
   return (strncmp(url, "/v1/", 4) == 0 && strncmp(url, "/v1/turnpike/3ds/", 17) != 0) || strcmp(url, "/v1") == 0;
 }
 
+/* Every request header an official SDK sends from a page: stripe-node's
+ * browser build adds X-Stripe-Client-Telemetry from its second request on
+ * (telemetry is on by default) and User-Agent, which Firefox lets a page
+ * set and then asks about. */
 #define CORS_ALLOW_HEADERS \
   "Authorization, Content-Type, Idempotency-Key, Stripe-Version, Stripe-Account, Stripe-Context, " \
-  "X-Stripe-Client-User-Agent"
+  "X-Stripe-Client-User-Agent, X-Stripe-Client-Telemetry, User-Agent"
 #define CORS_EXPOSE_HEADERS \
   "Request-Id, Idempotency-Key, Idempotent-Replayed, Original-Request, Stripe-Should-Retry, Stripe-Version, " \
   "Retry-After"

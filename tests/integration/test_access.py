@@ -520,7 +520,11 @@ class KeysTest(DaemonTestCase):
         self.assertEqual(h.get("access-control-allow-origin"), "*")
         self.assertEqual(set(h["access-control-allow-methods"].split(", ")), {"GET", "HEAD", "POST"})
         allowed = {x.strip().lower() for x in h["access-control-allow-headers"].split(",")}
-        self.assertLessEqual({"authorization", "content-type", "idempotency-key", "stripe-version"}, allowed)
+        # every header stripe-node's browser build sends (telemetry from its
+        # second request on; User-Agent where the browser lets a page set it)
+        self.assertLessEqual({"authorization", "content-type", "idempotency-key", "stripe-version",
+                              "stripe-account", "x-stripe-client-user-agent", "x-stripe-client-telemetry",
+                              "user-agent"}, allowed)
         self.assertEqual(h.get("access-control-max-age"), "300")
         pre = pk.request("OPTIONS", "/v1/customers/cus_x", key=None, headers=origin)
         self.assertEqual(pre.status, 204, pre)
