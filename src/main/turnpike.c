@@ -363,8 +363,13 @@ static int cmd_serve(int argc, char **argv)
   tp_log_threshold = lvl;
   char host[200];
   uint16_t port;
-  if (tp_cli_hostport(c.listen, host, sizeof host, &port) != 0) {
-    fprintf(stderr, "turnpike: bad --listen %s (want HOST:PORT)\n", c.listen);
+  struct sockaddr_storage listen_sa;
+  socklen_t listen_len;
+  /* A host name other than localhost is refused here, before the store is
+   * made and a demo merchant created for a start that cannot listen. */
+  if (tp_cli_hostport(c.listen, host, sizeof host, &port) != 0 ||
+      tp_cli_sockaddr(host, port, &listen_sa, &listen_len) != 0) {
+    fprintf(stderr, "turnpike: bad --listen %s (want HOST:PORT: IPv4, [IPv6] or localhost)\n", c.listen);
     return 2;
   }
 
@@ -643,11 +648,23 @@ static int cmd_migrate(int argc, char **argv)
       return 2;
     }
   }
-  struct tp_store st;
-  if (tp_store_open_sqlite(&st, data) != 0)
+  /* Not under a running server: it would change the schema of the store
+   * that server has open, as restore refuses to. */
+  long holder = 0;
+  int lock_fd = tp_cli_lock_dir(data, "turnpike.lock", true, &holder);
+  if (lock_fd < 0) {
+    if (lock_fd == -2)
+      fprintf(stderr, "turnpike migrate: a server (pid %ld) uses %s: stop it first\n", holder, data);
+    else
+      fprintf(stderr, "turnpike migrate: cannot lock %s: %s\n", data, strerror(errno));
     return 1;
-  st.ops->close(st.cls);
-  return 0;
+  }
+  struct tp_store st;
+  int rc = tp_store_open_sqlite(&st, data) != 0;
+  if (!rc)
+    st.ops->close(st.cls);
+  close(lock_fd);
+  return rc;
 }
 
 int main(int argc, char **argv)

@@ -808,7 +808,7 @@ static bool start_job(struct ep *e, const char *event_id, int attempts, int64_t 
   char *body = tp_store_get(&tp_app.store, TP_K_EVENT, e->merchant, event_id);
   if (!body && tp_store_read_failed) {
     /* Not gone: unreadable now (an I/O error, a busy store). Left for later. */
-    tp_log(TP_LOG_WARN, "webhook_event_unreadable", "{s:s, s:s}", "endpoint", e->id, "event", event_id);
+    tp_log(TP_LOG_WARN, "webhook_event_unreadable", "{s:s, s:s}", "endpoint", e->id, "event_id", event_id);
     return false;
   }
   if (!body) {

@@ -67,7 +67,7 @@ static int unhex32(const char *s, uint8_t out[32])
 int tp_auth_open_merchant(const char *dir, const char *id, const char *cmd, struct tp_store *st,
                           struct tp_merchant *m)
 {
-  if (tp_store_open_sqlite(st, dir) != 0) {
+  if (tp_store_open_existing(st, dir, cmd) != 0) {
     fprintf(stderr, "turnpike %s: cannot open the store in %s\n", cmd, dir);
     return 1;
   }

@@ -704,7 +704,7 @@ int tp_cmd_kek(int argc, char **argv)
   }
   tp_log_threshold = TP_LOG_WARN;
   struct tp_store st;
-  if (tp_store_open_sqlite(&st, data) != 0)
+  if (tp_store_open_existing(&st, data, "kek rotate") != 0)
     return 1;
   struct tp_kek_provider p;
   if (tp_kek_open(data, &p) != 0) {

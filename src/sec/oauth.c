@@ -666,7 +666,7 @@ static int revoke_client(const char *data, const char *client_id)
   }
   tp_log_threshold = TP_LOG_WARN;
   struct tp_store st;
-  if (tp_store_open_sqlite(&st, data) != 0)
+  if (tp_store_open_existing(&st, data, "oauth-client revoke") != 0)
     return 1;
   json_t *args = tp_pack("[s]", client_id);
   json_t *rows = tp_store_query(&st, "SELECT merchant FROM oauth_clients WHERE client_id=?1 AND revoked IS NULL",

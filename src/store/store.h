@@ -262,6 +262,10 @@ struct tp_store {
 
 /* Open the SQLite backend at DIR/turnpike.db, creating or migrating it. */
 int tp_store_open_sqlite(struct tp_store *st, const char *dir);
+/* The same for an admin command that works on a store already there: a
+ * mistyped --data is refused ("turnpike CMD: no store in DIR" on stderr),
+ * not made into a new store the command then changes. */
+int tp_store_open_existing(struct tp_store *st, const char *dir, const char *cmd);
 
 /* Convenience wrappers. */
 /* Read rows with the store's query op (see tp_cs_sql for args); NULL on error. */

@@ -93,6 +93,28 @@ class BackupTest(DaemonTestCase):
         # the empty store got its demo merchant before the bind failed: its key is shown, not lost
         self.assertIn("sk_test_", p.stderr.decode())
 
+    def test_admin_commands_refuse_what_they_would_otherwise_make(self):
+        run = lambda *a: subprocess.run([BIN, *a], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
+                                        stdin=subprocess.DEVNULL)
+        # a host name other than localhost: refused before a store is made
+        nowhere = os.path.join(self.tmp, "nowhere")
+        p = run("serve", "--listen", "no-such-host.invalid:0", "--data", nowhere)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertFalse(os.path.exists(nowhere))
+        # a mistyped --data: no new store for the command to change
+        typo = os.path.join(self.tmp, "typo")
+        for args in (("kek", "rotate"), ("api-key", "roll", "--merchant", "acct_x"),
+                     ("oauth-client", "revoke", "--client-id", "oc_x")):
+            with self.subTest(args=args):
+                p = run(*args, "--data", typo)
+                self.assertEqual(p.returncode, 1, p.stderr)
+                self.assertIn(b"no store in", p.stderr)
+                self.assertFalse(os.path.exists(typo))
+        # migrate does not change the schema under a running server
+        p = run("migrate", "--data", self.daemon.data)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn(b"stop it first", p.stderr)
+
     def test_a_merchant_name_must_be_text(self):
         p = subprocess.run([BIN, "merchant", "create", "--data", os.path.join(self.tmp, "names"), "--name",
                             b"Caf\xe9"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)

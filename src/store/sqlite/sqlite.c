@@ -1601,6 +1601,18 @@ static bool keys_without_store(sqlite3 *db, const char *dir)
   return false;
 }
 
+int tp_store_open_existing(struct tp_store *st, const char *dir, const char *cmd)
+{
+  char path[1200];
+  struct stat sb;
+  snprintf(path, sizeof path, "%s/turnpike.db", dir);
+  if (stat(path, &sb) != 0 || sb.st_size == 0) {
+    fprintf(stderr, "turnpike %s: no store in %s (%s is missing or empty: is --data right?)\n", cmd, dir, path);
+    return -1;
+  }
+  return tp_store_open_sqlite(st, dir);
+}
+
 int tp_store_open_sqlite(struct tp_store *st, const char *dir)
 {
   if (mkdir(dir, 0700) == 0) {
