@@ -32,6 +32,10 @@ void tp_h_readyz(struct tp_req *r)
     return;
   }
   json_decref(b);
+  if (tp_store_corrupt()) { /* reads of its damaged pages fail, and writes touching them */
+    tp_reply_json(r, 503, tp_pack("{s:s, s:s}", "status", "unavailable", "reason", "store_corrupt"));
+    return;
+  }
   /* Writable: the writer takes work and a heartbeat row committed recently
    * (the housekeeping job writes one every second). */
   if (!tp_writer_ok() || tp_store_heartbeat_age_ms() > 5000) {

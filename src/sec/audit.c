@@ -133,6 +133,7 @@ __attribute__((constructor)) static void audit_register(void)
    * is pcache1 without its scan of the whole cache at commits that split a
    * page (store/sqlite/pcache.h). */
   sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+  sqlite3_config(SQLITE_CONFIG_LOG, tp_sqlite_log, NULL);
   tp_pcache_install();
   /* void (*)(void) is the documented type of an auto-extension entry. */
   sqlite3_auto_extension((void (*)(void))register_fns);

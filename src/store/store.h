@@ -280,6 +280,12 @@ int tp_store_live(struct tp_store *st, enum tp_kind kind, const char *merchant, 
  * error) rather than finding nothing, cleared by the next tp_store_get*:
  * "no such object" is then 503 store_unavailable, not 404 (tp_reply_missing). */
 extern _Thread_local bool tp_store_read_failed;
+/* SQLite's error log (SQLITE_CONFIG_LOG, set before it initialises: the
+ * audit constructor): notes a damaged store (SQLITE_CORRUPT, SQLITE_NOTADB)
+ * once, logged as store_corrupt, after which /readyz answers 503
+ * store_corrupt instead of ready while every read of a damaged page fails. */
+void tp_sqlite_log(void *arg, int code, const char *msg);
+bool tp_store_corrupt(void);
 
 /* ---- the group-commit writer --------------------------------------------- */
 #define TP_WRITER_MAX_BATCH 1024   /* change sets per transaction */

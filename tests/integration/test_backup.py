@@ -336,6 +336,10 @@ class DamagedStoreTest(unittest.TestCase):
         self.assertIn('"store_read_failed"', d.log_text())
         r = c.get(PI, {"limit": 100})
         self.assertTrue(r.status == 503 or len(r.json["data"]) == 100, r)
+        # and it says so: not ready, the damage logged once with what to do
+        r = c.get("/readyz", key=None)
+        self.assertEqual((r.status, r.json.get("reason")), (503, "store_corrupt"), r)
+        self.assertEqual(d.log_text().count('"event":"store_corrupt"'), 1)
 
 if __name__ == "__main__":
     main()

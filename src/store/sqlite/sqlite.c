@@ -203,6 +203,24 @@ static bool bind_text(sqlite3_stmt *st, int i, const char *v)
   return sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC) == SQLITE_OK;
 }
 
+static atomic_bool corrupt_seen;
+
+void tp_sqlite_log(void *arg, int code, const char *msg)
+{
+  (void)arg;
+  if ((code & 0xff) != SQLITE_CORRUPT && (code & 0xff) != SQLITE_NOTADB)
+    return;
+  if (!atomic_exchange(&corrupt_seen, true))
+    tp_log(TP_LOG_ERROR, "store_corrupt", "{s:s, s:s}", "error", msg ? msg : "", "hint",
+           "the store's file is damaged: check it (sqlite3 turnpike.db 'PRAGMA integrity_check') and restore the "
+           "last backup (turnpike restore)");
+}
+
+bool tp_store_corrupt(void)
+{
+  return atomic_load(&corrupt_seen);
+}
+
 /* ---- schema ------------------------------------------------------------ */
 static int migrate(sqlite3 *db)
 {
