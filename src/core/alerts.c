@@ -658,8 +658,8 @@ static double cfg_double(const char *key, double def, double min, double max)
     return def;
   char *end;
   double d = strtod(v, &end);
-  if (*end || !(d >= min && d <= max)) {
-    tp_log(TP_LOG_WARN, "config_value_ignored", "{s:s, s:s}", "section", "alerts", "key", key);
+  if (end == v || *end || !(d >= min && d <= max)) {
+    tp_config_invalid("alerts", key, v); /* read before serve listens: it stops */
     return def;
   }
   return d;
@@ -686,6 +686,16 @@ int tp_alerts_start(void)
   A.lat_cfg = c;
   const char *fm = tp_config_get("alerts", "merchants");
   tp_scopy(A.fixed_merchants, sizeof A.fixed_merchants, fm ? fm : "");
+  { /* account ids, separated by commas or spaces */
+    char buf[sizeof A.fixed_merchants], *save = NULL;
+    tp_scopy(buf, sizeof buf, A.fixed_merchants);
+    for (char *t = strtok_r(buf, ", ", &save); t; t = strtok_r(NULL, ", ", &save))
+      if (strncmp(t, "acct_", 5) != 0 || strlen(t) >= 64) {
+        tp_config_invalid("alerts", "merchants", fm);
+        A.fixed_merchants[0] = '\0';
+        break;
+      }
+  }
   tp_metric_help("turnpike_alert_open", "1 while an alert is open for the scope and signal.");
   tp_metric_help("turnpike_alerts_opened_total", "Alerts opened, by scope and signal.");
   tp_metric_help("turnpike_alerts_resolved_total", "Alerts resolved, by scope and signal.");

@@ -69,6 +69,12 @@ int tp_config_invalid_count(void)
   return invalid_values;
 }
 
+void tp_config_invalid(const char *section, const char *key, const char *value)
+{
+  tp_log(TP_LOG_WARN, "config_invalid", "{s:s, s:s, s:s}", "section", section, "key", key, "value", value);
+  invalid_values++;
+}
+
 int64_t tp_config_int(const char *section, const char *key, int64_t def, int64_t min, int64_t max)
 {
   const char *v = tp_config_get(section, key);

@@ -27,6 +27,9 @@ void tp_config_keys(const char *section, const char *prefix, void (*fn)(const ch
  * (each logged config_invalid and read as its default): `turnpike serve`
  * stops when any was read before it listens. */
 int tp_config_invalid_count(void);
+/* A value a feature parsed itself and found not valid: logged config_invalid
+ * and counted with the others (the feature then uses its default). */
+void tp_config_invalid(const char *section, const char *key, const char *value);
 /* Forget everything (tests). */
 void tp_config_reset(void);
 #endif

@@ -64,8 +64,9 @@ static int config_set(struct config *c, const char *section, const char *key, co
     else if (strcasecmp(key, "public_url") == 0)
       tp_scopy(c->public_url, sizeof c->public_url, value);
     else if (strcasecmp(key, "threads") == 0) {
-      long t = strtol(value, NULL, 10);
-      if (t < 1 || t > 256)
+      char *end;
+      long t = strtol(value, &end, 10);
+      if (end == value || *end || t < 1 || t > 256)
         return 0;
       c->threads = (unsigned)t;
     } else if (strcasecmp(key, "lock_wait_ms") == 0) { /* read by server.c */
@@ -160,33 +161,45 @@ static int known_key(const char *section, const char *key)
 
 static int ini_cb(void *user, const char *section, const char *name, const char *value)
 {
+  /* JSON lines like every other on standard error (the log stream). */
   if (!*section) { /* before any [section]: not a setting of any (as always, ignored) */
-    fprintf(stderr, "turnpike: ignoring \"%s\", which is outside any [section]\n", name);
+    tp_log(TP_LOG_WARN, "config_outside_section", "{s:s}", "key", name);
     return 1;
   }
   if (!known_section(section)) {
-    fprintf(stderr, "turnpike: unknown section [%s] (docs/architecture.md lists them)\n", section);
+    tp_log(TP_LOG_ERROR, "config_unknown_section", "{s:s, s:s}", "section", section, "hint",
+           "docs/architecture.md lists the sections");
     return 0;
   }
   if (known_key(section, name) == 0) {
-    fprintf(stderr, "turnpike: unknown key \"%s\" in [%s] (etc/turnpike.ini lists them)\n", name, section);
+    tp_log(TP_LOG_ERROR, "config_unknown_key", "{s:s, s:s, s:s}", "section", section, "key", name, "hint",
+           "etc/turnpike.ini lists the keys");
     return 0;
   }
   tp_config_put(section, name, value);
-  return config_set(user, section, name, value);
+  int ok = config_set(user, section, name, value);
+  if (!ok)
+    tp_log(TP_LOG_ERROR, "config_invalid", "{s:s, s:s}", "section", section, "key", name);
+  return ok;
 }
 
-static void config_env(struct config *c)
+/* The TURNPIKE_* overrides read here; false when one is not valid (logged):
+ * serve stops, as for the same value in the file. */
+static bool config_env(struct config *c)
 {
+  bool all_ok = true;
   static const char *const keys[][2] = {{"SERVER", "LISTEN"}, {"SERVER", "DATA"}, {"SERVER", "PUBLIC_URL"},
                                         {"SERVER", "THREADS"}, {"LOG", "LEVEL"}};
   for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
     char var[96];
     snprintf(var, sizeof var, "TURNPIKE_%s_%s", keys[i][0], keys[i][1]);
     const char *v = getenv(var);
-    if (v && !config_set(c, keys[i][0], keys[i][1], v))
-      fprintf(stderr, "turnpike: ignoring invalid %s\n", var);
+    if (v && !config_set(c, keys[i][0], keys[i][1], v)) {
+      tp_log(TP_LOG_ERROR, "config_invalid", "{s:s}", "variable", var);
+      all_ok = false;
+    }
   }
+  return all_ok;
 }
 
 static void usage(FILE *f)
@@ -304,7 +317,10 @@ static void show_unshown_demo(void)
 {
   if (!demo_unshown.id[0])
     return;
-  fprintf(stderr,
+  /* On standard output, as the banner would have been: standard error is
+   * the JSON log stream, where a shipper would keep a live secret key. */
+  fflush(stdout);
+  fprintf(stdout,
           "\nThe gateway did not start, but its empty store got a demo merchant (%s) first.\n"
           "Its test secret key, for the next start:\n\n  %s\n\nand its publishable key:\n\n  %s\n\n",
           demo_unshown.id, demo_unshown.sk, demo_unshown.pk);
@@ -344,11 +360,13 @@ static int cmd_serve(int argc, char **argv)
   if (cfg) {
     int rc = ini_parse(cfg, ini_cb, &c);
     if (rc != 0) {
-      fprintf(stderr, "turnpike: %s: %s (line %d)\n", cfg, rc < 0 ? "cannot read" : "invalid setting", rc);
+      tp_log(TP_LOG_ERROR, "config_invalid_stop", "{s:s, s:s, s:i}", "file", cfg, "why",
+             rc < 0 ? "cannot read" : "invalid setting", "line", rc);
       return 2;
     }
   }
-  config_env(&c);
+  if (!config_env(&c))
+    return 2;
   if (listen)
     tp_scopy(c.listen, sizeof c.listen, listen);
   if (data)
@@ -503,6 +521,12 @@ static int cmd_serve(int argc, char **argv)
    * early, a refund reserve shortened): stop rather than run weaker than
    * written. The lazily read ones that decide money are read now. */
   (void)tp_authorization_ttl();
+  /* read later, checked now: the request log, its buffering, /metrics's
+   * audience */
+  int log_buffer_ms = (int)tp_config_int("log", "buffer_ms", 100, 0, 1000);
+  (void)tp_config_bool("log", "requests", true);
+  (void)tp_config_bool("metrics", "public", false);
+  (void)tp_config_bool("store", "compress", true); /* zjson.c reads it at the first frame */
   if (!tp_disputes_config_ok() || tp_config_invalid_count() > 0) {
     tp_log(TP_LOG_ERROR, "config_invalid_stop", "{s:i, s:s}", "values", tp_config_invalid_count(), "why",
            "a setting above is not valid (config_invalid): fix it or remove it");
@@ -538,7 +562,7 @@ static int cmd_serve(int argc, char **argv)
   }
 
   /* Request lines are written in batches from here on (src/lib/log.c). */
-  if (tp_log_buffer_start((int)tp_config_int("log", "buffer_ms", 100, 0, 1000)) != 0)
+  if (tp_log_buffer_start(log_buffer_ms) != 0)
     tp_log(TP_LOG_WARN, "log_buffer_unavailable", NULL);
   int sig = 0;
   for (;;) {

@@ -1297,8 +1297,7 @@ static void load_settings(void)
     char *end;
     long long v = strtoll(s, &end, 10);
     if (end == s || v < 1 || v > 86400LL * 30) {
-      tp_log(TP_LOG_WARN, "config_invalid", "{s:s, s:s}", "setting", "webhooks.retry_schedule", "using",
-             "retry_base_ms");
+      tp_config_invalid("webhooks", "retry_schedule", tp_config_get("webhooks", "retry_schedule"));
       W.nschedule = 0;
       break;
     }

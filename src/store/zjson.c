@@ -27,8 +27,8 @@ static void free_dctx(void *p) { ZSTD_freeDCtx(p); }
 
 static void init(void)
 {
-  const char *v = tp_config_get("store", "compress");
-  Z.enabled = !(v && (strcmp(v, "off") == 0 || strcmp(v, "false") == 0 || strcmp(v, "0") == 0));
+  /* A flag like every other ("maybe" is not one: counted, and serve stops). */
+  Z.enabled = tp_config_bool("store", "compress", true);
   if (pthread_key_create(&Z.cctx_key, free_cctx) != 0 || pthread_key_create(&Z.dctx_key, free_dctx) != 0)
     abort();
   Z.ddicts = calloc(tp_zdicts_count ? tp_zdicts_count : 1, sizeof *Z.ddicts);

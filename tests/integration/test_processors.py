@@ -981,7 +981,16 @@ class BadConfig(unittest.TestCase):
                 ("[processor.acq]\ntype = restjson\nendpoint = http://127.0.0.1:9/p\nhealth_intervall_ms = 0\n",
                  "unknown key"),
                 ("[processor.acq]\ntype = sandbox\napi_key = k\n", "in-process"),
-                ("[webhooks]\nprivate_network = deny\n", "unknown key"),
+                ("[webhooks]\nprivate_network = deny\n", "config_unknown_key"),
+                # each read before serve listens, each weaker than written when read as its default
+                ("[store]\ncompress = maybe\n", "config_invalid_stop"),
+                ("[alerts]\nalpha = 7\n", "config_invalid_stop"),
+                ("[alerts]\nmerchants = nope\n", "config_invalid_stop"),
+                ("[webhooks]\nretry_schedule = a,b\n", "config_invalid_stop"),
+                ("[log]\nbuffer_ms = 5000\n", "config_invalid_stop"),
+                ("[log]\nrequests = maybe\n", "config_invalid_stop"),
+                ("[metrics]\npublic = 2\n", "config_invalid_stop"),
+                ("[server]\nthreads = 4abc\n", "config_invalid"),
                 ("[ratelimit]\nrate = 2/s\n", "config_invalid_stop"),
                 ("[balance]\navailable_after_seconds = 7d\n", "config_invalid_stop"),
                 ("[disputes]\nfee = 15.50\n", "config_invalid"),
@@ -996,6 +1005,16 @@ class BadConfig(unittest.TestCase):
             finally:
                 d.cleanup()
 
+    def test_an_environment_override_that_is_not_valid_stops_serve(self):
+        for var, val in (("TURNPIKE_SERVER_THREADS", "abc"), ("TURNPIKE_LOG_LEVEL", "verbose")):
+            d = Daemon()
+            try:
+                with self.assertRaises(RuntimeError):
+                    d.start(extra_env={var: val})
+                self.assertIn('"variable":"%s"' % var, d.log_text())
+            finally:
+                d.cleanup()
+
     def test_a_misspelled_section_is_refused(self):
         """[procesor.acq] was ignored and the sandbox took every payment."""
         for ini in ("[procesor.acq]\ntype = restjson\nendpoint = http://127.0.0.1:1/x\n", "[serer]\nthreads = 2\n"):
@@ -1003,7 +1022,7 @@ class BadConfig(unittest.TestCase):
             try:
                 with self.assertRaises(RuntimeError):
                     d.start(config=ini)
-                self.assertIn("unknown section", d.log_text())
+                self.assertIn('"event":"config_unknown_section"', d.log_text())
             finally:
                 d.cleanup()
 
