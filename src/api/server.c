@@ -674,11 +674,24 @@ static void observe_request(struct tp_req *r)
   /* The object the request was about: the {id} of the path, else the id of
    * the object replied (objects are built with "id" first). */
   char obj[sizeof r->path_id] = "";
+  const char *id_at = NULL;
   if (r->path_id[0])
     tp_scopy(obj, sizeof obj, r->path_id);
-  else if (r->resp && r->resp_len > 8 && strncmp(r->resp, "{\"id\":\"", 7) == 0) {
+  else if (r->resp && r->resp_len > 8 && strncmp(r->resp, "{\"id\":\"", 7) == 0)
+    id_at = r->resp + 7;
+  else if (r->resp && r->status >= 400) {
+    /* A decline made a PaymentIntent (or SetupIntent) and its charge: the
+     * error carries it, and the line names it so the payment can be traced. */
+    static const char *const keys[] = {"\"payment_intent\":{\"id\":\"", "\"setup_intent\":{\"id\":\""};
+    for (int k = 0; k < 2 && !id_at; k++) {
+      const char *f = memmem(r->resp, r->resp_len, keys[k], strlen(keys[k]));
+      if (f)
+        id_at = f + strlen(keys[k]);
+    }
+  }
+  if (id_at) {
     size_t i = 0;
-    for (const char *p = r->resp + 7; i + 1 < sizeof obj && p < r->resp + r->resp_len && *p != '"'; p++)
+    for (const char *p = id_at; i + 1 < sizeof obj && p < r->resp + r->resp_len && *p != '"'; p++)
       obj[i++] = *p;
     obj[i] = '\0';
   }
@@ -701,6 +714,8 @@ static void observe_request(struct tp_req *r)
   TP_JBUF_INT(&b, ",\"latency_us\":", us);
   if (r->gone_status)
     TP_JBUF_INT(&b, ",\"reply_status\":", (int64_t)r->gone_status);
+  if (r->replayed) /* the stored reply of an earlier request with its Idempotency-Key */
+    TP_JBUF_LIT(&b, ",\"replayed\":true");
   size_t n = 0;
   char *fields = tp_jbuf_finish(&b, &n);
   if (fields)

@@ -267,6 +267,20 @@ class MetricsTest(DaemonTestCase):
         self.assertEqual(line["request_id"], r.headers["Request-Id"])
         for pan in TEST_PANS:
             self.assertNotIn(pan, log, "a card number reached the log")
+        # A decline names the PaymentIntent it made; a replay says it is one.
+        d = c.post(PI, {"amount": 4400, "currency": "usd", "confirm": "true",
+                        "payment_method": "pm_card_chargeDeclined"}, idem="decline-log-1")
+        self.assertEqual(d.status, 402, d)
+        again = c.post(PI, {"amount": 4400, "currency": "usd", "confirm": "true",
+                            "payment_method": "pm_card_chargeDeclined"}, idem="decline-log-1")
+        self.assertEqual(again.headers.get("Idempotent-Replayed"), "true")
+        time.sleep(0.3)
+        lines = [json.loads(l) for l in self.daemon.log_text().splitlines() if l.startswith("{")]
+        by_id = {l.get("request_id"): l for l in lines if l.get("event") == "request"}
+        first = by_id[d.headers["Request-Id"]]
+        self.assertEqual(first["object"], d.json["error"]["payment_intent"]["id"], first)
+        self.assertNotIn("replayed", first)
+        self.assertTrue(by_id[again.headers["Request-Id"]].get("replayed"), by_id[again.headers["Request-Id"]])
 
 
 class OperatorRoutesBehindAProxyTest(DaemonTestCase):
