@@ -84,6 +84,9 @@ void tp_h_3ds_page(struct tp_req *r)
   }
   char buf[4096];
   const char *tok = tp_pstr(r->params, "token");
+  /* The forms post to the page's own path (a relative action): behind a
+   * proxy that serves the gateway under a prefix ([server] public_url
+   * https://shop.example/pay), an absolute /v1/... missed it. */
   char acct_field[160] = "";
   if (acct_p)
     snprintf(acct_field, sizeof acct_field, "<input type=\"hidden\" name=\"account\" value=\"%s\">", acct_p);
@@ -92,9 +95,9 @@ void tp_h_3ds_page(struct tp_req *r)
            "<style>body{font-family:sans-serif;max-width:32em;margin:3em auto}button{font-size:1.1em;margin:.5em;"
            "padding:.5em 1.5em}</style></head><body><h1>Turnpike test 3-D Secure</h1>"
            "<p>Simulated issuer challenge for %s <code>%s</code>.</p>"
-           "<form method=\"post\" action=\"/v1/turnpike/3ds/%s\"><input type=\"hidden\" name=\"token\" value=\"%s\">%s"
+           "<form method=\"post\" action=\"%s\"><input type=\"hidden\" name=\"token\" value=\"%s\">%s"
            "<button type=\"submit\" name=\"result\" value=\"approve\" id=\"approve\">Complete authentication</button></form>"
-           "<form method=\"post\" action=\"/v1/turnpike/3ds/%s\"><input type=\"hidden\" name=\"token\" value=\"%s\">%s"
+           "<form method=\"post\" action=\"%s\"><input type=\"hidden\" name=\"token\" value=\"%s\">%s"
            "<button type=\"submit\" name=\"result\" value=\"fail\" id=\"fail\">Fail authentication</button></form>"
            "</body></html>",
            is_setup(r->path_id) ? "saving a card," : "payment", r->path_id, r->path_id, tok, acct_field, r->path_id,
@@ -123,7 +126,15 @@ static void setup_done(struct tp_req *r, json_t *si, bool approved)
 {
   const char *pm_id = json_string_value(json_object_get(si, "payment_method"));
   char pm_lock[TP_ID_MAX] = "";
-  if (pm_id && tp_lock_try(pm_id))
+  if (pm_id && !tp_lock_try(pm_id)) {
+    /* The card busy a moment (another request on it): 429, which the
+     * dispatcher waits out and runs again (run_handler), not a dead end. */
+    json_decref(si);
+    tp_lock_release(r->path_id);
+    html(r, 429, "<!doctype html><title>Busy</title><p>Try again.</p>");
+    return;
+  }
+  if (pm_id)
     tp_scopy(pm_lock, sizeof pm_lock, pm_id);
   json_t *pm = pm_lock[0] ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id) : NULL;
   struct tp_card_info ci;
