@@ -12,6 +12,7 @@
 #include "jpack.h"
 #include "jparse.h"
 #include "net/webhooks.h"
+#include "sec/scopes.h"
 #include "util.h"
 
 #include <stdio.h>
@@ -48,6 +49,7 @@ static const struct tp_pspec spec_list[] = {
  * event (the webhook thread commits the row just after the event, see
  * src/net/webhooks.c). */
 struct wh_eps {
+  bool hide_reports; /* the key may not read the balance: its events are left out */
   size_t n;
   struct {
     char id[TP_ID_MAX];
@@ -56,9 +58,13 @@ struct wh_eps {
   } e[TP_WH_MAX_PER_MERCHANT];
 };
 
-static void eps_load(const char *merchant, struct wh_eps *w)
+static bool hides_reports(const struct tp_req *r);
+
+static void eps_load(const struct tp_req *r, struct wh_eps *w)
 {
+  const char *merchant = r->merchant.id;
   w->n = 0;
+  w->hide_reports = hides_reports(r);
   json_t *rows = tp_store_query_take(&tp_app.store,
                                      "SELECT id, status, data FROM webhook_endpoints WHERE merchant=?1 "
                                      "ORDER BY id LIMIT ?2",
@@ -100,9 +106,27 @@ static void set_pending(json_t *ev, const struct wh_eps *w)
   json_object_set_new(ev, "pending_webhooks", json_integer(pending));
 }
 
+/* Balance and payout events show the account's balance, which a key needs
+ * reports:read for (/v1/balance): a restricted key or token without it
+ * (payments:read reads events) does not see them. */
+static bool hides_reports(const struct tp_req *r)
+{
+  return r->authed && !r->publishable && !(r->scopes & TP_SCOPE_REPORTS_READ);
+}
+
+static bool reports_event(const json_t *ev)
+{
+  const char *t = json_string_value(json_object_get(ev, "type"));
+  return t && (strncmp(t, "balance.", 8) == 0 || strncmp(t, "payout.", 7) == 0);
+}
+
 static void set_pending_all(json_t *events, void *arg)
 {
   const struct wh_eps *w = arg;
+  if (w->hide_reports)
+    for (size_t i = json_array_size(events); i-- > 0;)
+      if (reports_event(json_array_get(events, i)))
+        json_array_remove(events, i);
   size_t i;
   json_t *ev;
   if (w->n == 0)
@@ -115,12 +139,19 @@ static void set_pending_all(json_t *events, void *arg)
 void tp_h_event_retrieve(struct tp_req *r)
 {
   struct wh_eps w;
-  eps_load(r->merchant.id, &w);
-  if (w.n == 0) { /* nothing pending: the stored text as it is */
+  eps_load(r, &w);
+  if (w.n == 0 && !hides_reports(r)) { /* nothing pending: the stored text as it is */
     tp_retrieve(r, TP_K_EVENT, "event");
     return;
   }
   json_t *ev = tp_check_params(r, tp_spec_expand_only) ? tp_load_path(r, TP_K_EVENT, "event") : NULL;
+  if (ev && hides_reports(r) && reports_event(ev)) {
+    json_decref(ev);
+    ev = NULL;
+    tp_reply_error(r, TP_ERR_PERMISSION_DENIED, NULL,
+                   "The provided key does not have the required permissions to read this event (the account's "
+                   "balance): it needs the `reports:read` scope.");
+  }
   if (ev) {
     set_pending(ev, &w);
     if (tp_expand(r, ev, NULL))
@@ -491,7 +522,7 @@ void tp_h_event_list(struct tp_req *r)
     if (!tp_list_params(r, &q))
       return;
     struct wh_eps w;
-    eps_load(r->merchant.id, &w);
+    eps_load(r, &w);
     tp_reply_list_fixed(r, &q, "/v1/events", set_pending_all, &w);
     eps_free(&w);
     return;
@@ -506,7 +537,7 @@ void tp_h_event_list(struct tp_req *r)
   }
   bool more = false;
   struct wh_eps w;
-  eps_load(r->merchant.id, &w);
+  eps_load(r, &w);
   json_t *data = by_ds ? by_delivery(r, &q, (int)limit, type, types, ds, &w, &more)
                        : filtered(r, &q, (int)limit, type, types, &more);
   if (!data) {

@@ -108,6 +108,21 @@ class BalanceAvailability(DaemonTestCase):
         usd = lambda side: sum(f["amount"] for f in obj[side] if f["currency"] == "usd")
         self.assertEqual((usd("available"), usd("pending")), (a0 + 1000, p0), obj)
         self.assertIsNone(ev[0]["request"]["id"])
+        # The balance is reports:read's: a payments:read key, which reads
+        # events, does not see these (list or by id).
+        import json as _json
+        import subprocess
+        from harness import BIN
+        p = subprocess.run([BIN, "api-key", "create", "--merchant", self.daemon.merchants["m"]["id"], "--scopes", "payments:read", "--data", self.daemon.data],
+                           capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        rk = self.c()
+        rk.key = _json.loads(p.stdout)["restricted_key"]
+        self.assertEqual(rk.get("/v1/events", {"type": "balance.available"}).json["data"], [])
+        listed = rk.get("/v1/events", {"limit": 100}).json["data"]
+        self.assertFalse(any(e["type"].startswith("balance.") for e in listed), listed)
+        self.assertStripeError(rk.get("/v1/events/" + ev[0]["id"]), 403, "permission_error")
+        self.assertEqual(rk.get("/v1/events", {"type": "charge.succeeded", "limit": 1}).status, 200)
         # a refund comes out of the available balance at once (Stripe: "refunds
         # use your available balance"); the sweep leaves it alone
         refund = self.c().post("/v1/refunds", {"payment_intent": pi["id"], "amount": 300}).json
