@@ -1667,15 +1667,34 @@ bool tp_list_params(struct tp_req *r, struct tp_list_query *q)
   if (json_is_integer(c)) {
     q->created_gte = q->created_lte = json_integer_value(c);
   } else if (json_is_object(c)) {
+    /* Every bound given applies (their intersection); a bound nothing can
+     * pass (gt the largest integer, lt the smallest) makes the list empty
+     * rather than being dropped. */
     json_t *v;
-    if ((v = json_object_get(c, "gte")) && json_is_integer(v))
-      q->created_gte = json_integer_value(v);
-    if ((v = json_object_get(c, "gt")) && json_is_integer(v) && json_integer_value(v) < INT64_MAX)
-      q->created_gte = json_integer_value(v) + 1;
-    if ((v = json_object_get(c, "lte")) && json_is_integer(v))
-      q->created_lte = json_integer_value(v);
-    if ((v = json_object_get(c, "lt")) && json_is_integer(v) && json_integer_value(v) > INT64_MIN)
-      q->created_lte = json_integer_value(v) - 1;
+    bool none = false;
+    int64_t x;
+    if ((v = json_object_get(c, "gte")) && json_is_integer(v) && (x = json_integer_value(v)) > q->created_gte)
+      q->created_gte = x;
+    if ((v = json_object_get(c, "gt")) && json_is_integer(v)) {
+      x = json_integer_value(v);
+      if (x == INT64_MAX)
+        none = true;
+      else if (x + 1 > q->created_gte)
+        q->created_gte = x + 1;
+    }
+    if ((v = json_object_get(c, "lte")) && json_is_integer(v) && (x = json_integer_value(v)) < q->created_lte)
+      q->created_lte = x;
+    if ((v = json_object_get(c, "lt")) && json_is_integer(v)) {
+      x = json_integer_value(v);
+      if (x == INT64_MIN)
+        none = true;
+      else if (x - 1 < q->created_lte)
+        q->created_lte = x - 1;
+    }
+    if (none) {
+      q->created_gte = INT64_MAX;
+      q->created_lte = INT64_MIN;
+    }
   }
   return true;
 }

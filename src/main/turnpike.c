@@ -136,7 +136,7 @@ static const char *const section_keys[][24] = {
   {"tls", "cert", "key", "min_version", NULL},
   {"tokens", "ttl_seconds", NULL},
   {"vault", "kek", "kek_poll_seconds", "pkcs11_audit_label", "pkcs11_key_label", "pkcs11_module", "pkcs11_pin",
-   "pkcs11_token_label", "rewrap_batch", "rewrap_pause_ms", NULL},
+   "pkcs11_token_label", "rewrap_batch", "rewrap_pause_ms", "rewrap_settle_ms", NULL},
   {"webhooks", "connect_timeout_ms", "disable_after_s", "enabled", "max_age_s", "max_in_flight",
    "max_in_flight_per_endpoint", "private_networks", "retry_base_ms", "retry_factor_percent", "retry_max_ms",
    "retry_schedule", "scan_interval_ms", "stop_wait_ms", "timeout_ms", NULL},

@@ -332,6 +332,42 @@ static bool kek_holds(struct tp_store *st, uint32_t v)
   return ok;
 }
 
+/* Every older version a card record still names (a re-wrap not finished,
+ * a backup taken during one) must be held as well: with kek-v30.key left
+ * out of a restore, the gateway said ready and failed those cards with a
+ * 500. One walk of the vault per version found, and one that finds none. */
+static bool older_keks_held(struct tp_store *st, uint32_t current)
+{
+  char seen[1024];
+  int n = snprintf(seen, sizeof seen, "X'%08X'", current);
+  for (int found = 0; found < 64; found++) {
+    char sql[1200];
+    snprintf(sql, sizeof sql,
+             "SELECT hex(substr(blob, 2, 4)) AS v FROM vault WHERE substr(blob, 1, 1) = X'02' AND "
+             "substr(blob, 2, 4) NOT IN (%s) LIMIT 1",
+             seen);
+    json_t *rows = tp_store_query(st, sql, NULL);
+    if (!rows)
+      return false;
+    const char *hex = json_string_value(json_object_get(json_array_get(rows, 0), "v"));
+    unsigned long u = hex ? strtoul(hex, NULL, 16) : 0;
+    json_decref(rows);
+    if (!hex)
+      return true;
+    if (!kek_holds(st, (uint32_t)u)) {
+      tp_log(TP_LOG_ERROR, "kek_missing", "{s:s, s:I, s:s}", "provider", g_prov.name, "version", (json_int_t)u,
+             "message", "card records still name an older key-encryption key the provider does not hold (a "
+                        "re-wrap was not finished): put its kek-vN.key back, or use the token that holds it");
+      return false;
+    }
+    int w = snprintf(seen + n, sizeof seen - (size_t)n, ", X'%08lX'", u);
+    if (w < 0 || (size_t)(n + w) >= sizeof seen)
+      return true; /* past 60-odd versions in use: the rest are checked as cards are read */
+    n += w;
+  }
+  return true;
+}
+
 int tp_kek_init(struct tp_store *st, const char *dir, const char *config_path)
 {
   if (tp_kek_open(dir, &g_prov) != 0)
@@ -356,6 +392,8 @@ int tp_kek_init(struct tp_store *st, const char *dir, const char *config_path)
                         "the token label and its PIN, or the kek-vN.key files in the data directory");
       return -1;
     }
+    if (!older_keks_held(st, (uint32_t)v))
+      return -1;
   }
   struct tp_cs *cs = tp_cs_new();
   if (v == 0) {
@@ -578,15 +616,22 @@ static bool sleep_ms(int ms)
   return !stop;
 }
 
+/* How long a re-wrap that found nothing left keeps looking before it is
+ * done (kek_rewrap_done): a card sealed under the old version before the
+ * switch commits with its request's write-ahead, moments later
+ * ([vault] rewrap_settle_ms). */
+#define KEK_SETTLE_MS 10000
+
 static void *maint_main(void *arg)
 {
   (void)arg;
   int poll_ms = (int)tp_config_int("vault", "kek_poll_seconds", 2, 1, 3600) * 1000;
   int batch = (int)tp_config_int("vault", "rewrap_batch", 50, 1, 1000);
   int pause_ms = (int)tp_config_int("vault", "rewrap_pause_ms", 20, 0, 10000);
+  int settle_ms = (int)tp_config_int("vault", "rewrap_settle_ms", KEK_SETTLE_MS, 0, 600000);
   bool rewrap = true; /* one pass at start finishes a re-wrap a restart interrupted */
   int total = 0;
-  int64_t retry_at = 0, retry_wait_ms = 0;
+  int64_t retry_at = 0, retry_wait_ms = 0, settle_at = 0;
   int64_t next_poll = tp_mono_ms() + poll_ms;
   for (;;) {
     if (atomic_exchange(&g_poke, false) || tp_mono_ms() >= next_poll) {
@@ -597,13 +642,15 @@ static void *maint_main(void *arg)
         tp_log(TP_LOG_INFO, "kek_current", "{s:I}", "version", (json_int_t)v);
         rewrap = true;
         total = 0;
-        retry_at = retry_wait_ms = 0;
+        retry_at = retry_wait_ms = settle_at = 0;
       }
     }
     if (rewrap && tp_mono_ms() >= retry_at) {
       int n = tp_kek_rewrap_batch(batch);
-      if (n > 0)
+      if (n > 0) {
         total += n;
+        settle_at = 0;
+      }
       int64_t left = n == 0 ? records_not_current() : 0;
       if (n == 0 && left != 0) {
         /* A pass left records it could not re-wrap (the KEK provider failed
@@ -613,9 +660,15 @@ static void *maint_main(void *arg)
         retry_at = tp_mono_ms() + retry_wait_ms;
         tp_log(TP_LOG_WARN, "kek_rewrap_incomplete", "{s:I, s:I, s:I}", "version", (json_int_t)tp_kek_current(),
                "records_left", (json_int_t)left, "retry_ms", (json_int_t)retry_wait_ms);
-      } else if (n == 0) {
+      } else if (n == 0 && !settle_at) {
+        /* None left: but a request that sealed a card under the old
+         * version just before the switch may not have committed it yet
+         * (sealed, then routed and queued for the writer). Look again for
+         * KEK_SETTLE_MS before saying done, and re-wrap what turns up. */
+        settle_at = tp_mono_ms() + settle_ms;
+      } else if (n == 0 && tp_mono_ms() >= settle_at) {
         rewrap = false;
-        retry_wait_ms = 0;
+        retry_wait_ms = settle_at = 0;
         if (total > 0) {
           tp_log(TP_LOG_INFO, "kek_rewrap_done", "{s:I, s:i}", "version", (json_int_t)tp_kek_current(), "records",
                  total);
@@ -628,7 +681,8 @@ static void *maint_main(void *arg)
       }
     }
     tp_audit_tick();
-    if (!sleep_ms(rewrap && tp_mono_ms() >= retry_at ? pause_ms : 250))
+    int nap = !rewrap || tp_mono_ms() < retry_at ? 250 : settle_at ? 1000 : pause_ms;
+    if (!sleep_ms(nap))
       break;
   }
   return NULL;

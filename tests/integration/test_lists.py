@@ -197,6 +197,16 @@ class ListsTest(DaemonTestCase):
                     got = c.get("/v1/events", {"type": "payment_intent.created", "created[%s]" % op: at,
                                                "limit": 100}).json["data"]
                     self.assertEqual([e["id"] for e in got], [e["id"] for e in events if keep(e["created"])])
+        # bounds together are their intersection; one nothing passes empties the list
+        ats = sorted({p["created"] for p in every})
+        got = c.get(PI, {"created[gte]": ats[-1], "created[gt]": ats[0], "limit": 100}).json["data"]
+        self.assertEqual([p["id"] for p in got], [p["id"] for p in every if p["created"] >= ats[-1]])
+        got = c.get(PI, {"created[gt]": ats[-1], "created[gte]": ats[0], "limit": 100}).json["data"]
+        self.assertEqual(got, [])
+        for bound in ({"created[gt]": 2 ** 63 - 1}, {"created[lt]": -2 ** 63}):
+            with self.subTest(bound=bound):
+                r = c.get(PI, dict(bound, limit=100))
+                self.assertEqual((r.status, r.json["data"], r.json["has_more"]), (200, [], False), r)
 
     def test_limit_must_be_between_1_and_100(self):
         c = self.c("limits")

@@ -165,7 +165,7 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
     def setUpClass(cls):
         cls.daemon = Daemon()
         cls.daemon.create_merchant("m")
-        cls.daemon.start()
+        cls.daemon.start(config="[vault]\nrewrap_settle_ms = 300\n")
 
     @classmethod
     def tearDownClass(cls):
@@ -240,6 +240,35 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
                 p = os.path.join(d.data, f)
                 if os.path.exists(p):
                     self.assertEqual(os.stat(p).st_mode & 0o077, 0, f)
+        finally:
+            d.cleanup()
+
+    def test_an_older_kek_a_record_still_names_must_be_there_too(self):
+        # A re-wrap not finished (or a backup taken during one): cards still
+        # under v1 while v2 is current. Without kek-v1.key the gateway said
+        # ready and failed those cards with a 500.
+        d = Daemon()
+        try:
+            d.create_merchant("m")
+            d.start()
+            r = d.client("m").post("/v1/payment_methods", {"type": "card", "card": card(PAN_OK)["card"]})
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual(d.stop(), 0)
+            p = subprocess.run([BIN, "kek", "rotate", "--data", d.data], capture_output=True, timeout=60,
+                               stdin=subprocess.DEVNULL)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(vault_versions(d), {1: 1})
+            os.rename(os.path.join(d.data, "kek-v1.key"), os.path.join(d.root, "kek-v1.key"))
+            with self.assertRaises(RuntimeError) as e:
+                d.start()
+            self.assertIn("kek_missing", str(e.exception))
+            self.assertIn('"version":1', str(e.exception))
+            os.rename(os.path.join(d.root, "kek-v1.key"), os.path.join(d.data, "kek-v1.key"))
+            d.start()
+            deadline = time.monotonic() + REWRAP_WAIT_S
+            while vault_versions(d) != {2: 1} and time.monotonic() < deadline:
+                time.sleep(0.2)
+            self.assertEqual(vault_versions(d), {2: 1})
         finally:
             d.cleanup()
 
@@ -337,7 +366,7 @@ class PollOff(KekHelpers):
     def setUpClass(cls):
         cls.daemon = Daemon()
         cls.daemon.create_merchant("m")
-        cls.config = "[vault]\nkek_poll_seconds = 3600\n"
+        cls.config = "[vault]\nkek_poll_seconds = 3600\nrewrap_settle_ms = 300\n"
         cls.daemon.start(config=cls.config)
 
     @classmethod
@@ -422,7 +451,8 @@ class SoftHsm:
         subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "T", "--pin", PIN,
                         "--so-pin", "5678"], check=True, env=dict(os.environ, **cls.env),
                        stdout=subprocess.DEVNULL, timeout=60)
-        cls.config = ("[vault]\nkek = pkcs11\npkcs11_module = %s\npkcs11_token_label = T\n" % module) + extra_config
+        cls.config = ("[vault]\nkek = pkcs11\npkcs11_module = %s\npkcs11_token_label = T\nrewrap_settle_ms = 300\n"
+                      % module) + extra_config
         cls.daemon = Daemon()
         cls.daemon.create_merchant("m")
         try:
