@@ -514,11 +514,44 @@ static json_t *customer_load_live(struct tp_req *r, const char *id, const char *
 /* default_source and source of a customer update, into cs; the card made
  * and the one deleted go into known (for the reply's expansions: neither is
  * in the store yet). */
-static bool sources_apply(struct tp_req *r, struct tp_cs *cs, json_t *cus, json_t *known)
+/* The cards an update names or deletes are read and changed under their
+ * own locks (after the customer's, as everywhere), held to the commit
+ * (locks, *nlocks: ids in lock_ids): a card updated or detached at the same
+ * moment wrote back the copy it had read and brought a deleted card back
+ * (a "ghost" whose vault record was gone: 500 when charged), or left
+ * default_source naming a detached card. */
+struct card_locks {
+  char ids[2][TP_ID_MAX];
+  const char *locks[3];
+  size_t n;
+};
+
+static bool lock_card(struct tp_req *r, struct card_locks *cl, const char *id)
+{
+  for (size_t i = 1; i < cl->n; i++)
+    if (strcmp(cl->locks[i], id) == 0)
+      return true;
+  if (!tp_lock_try(id)) {
+    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+    return false;
+  }
+  char *slot = cl->ids[cl->n - 1];
+  tp_scopy(slot, TP_ID_MAX, id);
+  cl->locks[cl->n++] = slot;
+  return true;
+}
+
+static bool sources_apply(struct tp_req *r, struct tp_cs *cs, json_t *cus, json_t *known, struct card_locks *cl)
 {
   const char *def = tp_pstr(r->params, "default_source");
   const char *source = tp_pstr(r->params, "source");
   if (def && *def) {
+    if (strlen(def) >= TP_ID_MAX) {
+      tp_reply_missing(r, "source", def, "default_source");
+      return false;
+    }
+    if (!lock_card(r, cl, def))
+      return false;
     json_t *pm = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, def);
     bool ok = tp_is_card_source(pm, r->path_id);
     json_decref(pm);
@@ -536,6 +569,8 @@ static bool sources_apply(struct tp_req *r, struct tp_cs *cs, json_t *cus, json_
     tp_emit(cs, r, r->merchant.id, "customer.source.created", view);
     json_decref(view);
     const char *old = json_string_value(json_object_get(cus, "default_source"));
+    if (old && strlen(old) < TP_ID_MAX && !lock_card(r, cl, old))
+      return false;
     json_t *old_pm = old ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, old) : NULL;
     if (tp_is_card_source(old_pm, r->path_id)) {
       tp_card_source_delete(cs, r, old_pm);
@@ -562,7 +597,8 @@ void tp_h_customer_update(struct tp_req *r)
   json_t *before = cus ? json_deep_copy(cus) : NULL;
   json_t *known = json_array();
   struct tp_cs *cs = tp_cs_new();
-  if (!cus || !customer_apply(r, cus, r->params, NULL) || !sources_apply(r, cs, cus, known))
+  struct card_locks cl = {.locks = {r->path_id}, .n = 1};
+  if (!cus || !customer_apply(r, cus, r->params, NULL) || !sources_apply(r, cs, cus, known, &cl))
     goto out_unlock;
   if (json_equal(cus, before)) {
     /* Nothing changed: Stripe answers the object and emits no event. */
@@ -575,7 +611,7 @@ void tp_h_customer_update(struct tp_req *r)
   tp_emit_update(cs, r, r->merchant.id, "customer.updated", before, cus);
   if (!reply_object(r, cus, known))
     goto out_unlock;
-  tp_commit_and_reply_unlock(r, cs, r->path_id);
+  tp_commit_and_reply_locks(r, cs, cl.locks, cl.n);
   json_decref(cus);
   json_decref(before);
   json_decref(known);
@@ -583,7 +619,8 @@ void tp_h_customer_update(struct tp_req *r)
 
 out_unlock:
   tp_cs_free(cs);
-  tp_lock_release(r->path_id);
+  for (size_t i = 0; i < cl.n; i++)
+    tp_lock_release(cl.locks[i]);
   json_decref(cus);
   json_decref(before);
   json_decref(known);

@@ -429,6 +429,18 @@ void tp_h_pm_detach(struct tp_req *r)
                    "The payment method you provided is not attached to a customer so detachment is impossible.");
     goto fail;
   }
+  /* The customer's lock always, and the customer read under it: an update
+   * making this its default at the same moment (checked under the
+   * customer's lock) then comes before, and its default is cleared here, or
+   * after, and finds the card detached; and a concurrent update of the
+   * customer is not written over by a copy read before it. */
+  if (!tp_lock_try(cus_id)) {
+    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+    goto fail;
+  }
+  char cus_lock[TP_ID_MAX];
+  tp_scopy(cus_lock, sizeof cus_lock, cus_id); /* pm's copy goes with the detach */
+  locks[1] = cus_lock;
   struct tp_cs *cs = tp_cs_new();
   /* A customer whose default this was (its default PaymentMethod, or its
    * default card of the legacy Cards API) loses it, as on Stripe. */
@@ -438,12 +450,6 @@ void tp_h_pm_detach(struct tp_req *r)
   const char *src = json_string_value(json_object_get(cus, "default_source"));
   bool was_default = def && strcmp(def, r->path_id) == 0, was_source = src && strcmp(src, r->path_id) == 0;
   if (was_default || was_source) {
-    if (!tp_lock_try(cus_id)) {
-      tp_cs_free(cs);
-      tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
-      goto fail;
-    }
-    locks[1] = json_string_value(json_object_get(cus, "id"));
     json_t *cus_before = json_deep_copy(cus);
     if (was_default)
       json_object_set_new(is, "default_payment_method", json_null());

@@ -137,9 +137,13 @@ static void setup_done(struct tp_req *r, json_t *si, bool approved)
   if (pm_id)
     tp_scopy(pm_lock, sizeof pm_lock, pm_id);
   json_t *pm = pm_lock[0] ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id) : NULL;
+  /* The card deleted while the challenge was out (a card source removed, or
+   * its customer deleted): the setup fails, as for a failed challenge, not
+   * a 500 the customer meets at every try. */
+  bool gone = pm_lock[0] && !pm && !tp_store_read_failed;
   struct tp_card_info ci;
   memset(&ci, 0, sizeof ci);
-  if (!pm || (approved && tp_vault_load(r->merchant.id, pm_id, &ci) != 0)) {
+  if (!gone && (!pm || (approved && tp_vault_load(r->merchant.id, pm_id, &ci) != 0))) {
     json_decref(pm);
     json_decref(si);
     if (pm_lock[0])
@@ -153,13 +157,15 @@ static void setup_done(struct tp_req *r, json_t *si, bool approved)
                          json_object_get(si, "client_secret"), "next_action", json_object_get(si, "next_action"));
   struct tp_cs *cs = tp_cs_new();
   json_t *err;
-  if (approved) {
+  if (approved && !gone) {
     json_t *attempt = NULL;
     err = tp_si_finish(r, cs, si, pm, ci.pan, true, &attempt);
     json_decref(attempt);
   } else {
-    err = tp_error_object(TP_ERR_SETUP_INTENT_AUTHENTICATION_FAILURE, NULL, NULL);
-    json_object_set(err, "payment_method", pm);
+    err = gone ? tp_error_object(TP_ERR_PAYMENT_METHOD_CONSUMED, "payment_method", NULL)
+               : tp_error_object(TP_ERR_SETUP_INTENT_AUTHENTICATION_FAILURE, NULL, NULL);
+    if (pm)
+      json_object_set(err, "payment_method", pm);
     json_object_set(si, "last_setup_error", err);
     json_object_set_new(si, "status", json_string("requires_payment_method"));
     json_object_set_new(si, "next_action", json_null());
@@ -261,6 +267,13 @@ void tp_h_3ds_submit(struct tp_req *r)
   /* Approved: authorize now, through the normal pipeline. */
   struct tp_card_info ci;
   json_t *pm = pm_id ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id) : NULL;
+  if (pm_id && !pm && !tp_store_read_failed) {
+    /* The card deleted while the challenge was out (a card source removed,
+     * or its customer deleted): the payment fails and the customer goes
+     * back, not a 500 at every try with the payment stuck. */
+    fail_payment(r, pi, TP_ERR_PAYMENT_METHOD_CONSUMED);
+    return;
+  }
   if (!pm || tp_vault_load(r->merchant.id, pm_id, &ci) != 0) {
     json_decref(pm);
     json_decref(pi);

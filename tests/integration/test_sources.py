@@ -401,6 +401,36 @@ class Sources(DaemonTestCase):
                 self.assertNotIn(card, listed, (out["u"], out["d"]))
                 self.assertEqual(self.c().get(self.srcs(cus["id"]) + "/" + card).status, 404)
 
+    def test_a_source_replacing_the_default_never_brings_the_old_card_back(self):
+        """source= on a customer update deletes the old default card: under
+        the card's lock, so an update or a detach of that card at the same
+        moment lands before it or finds it gone. Before, it wrote back the
+        copy it had read: a "ghost" card listed on the customer whose vault
+        record was gone (500 when charged). And default_source set while
+        that card is detached never names a detached card."""
+        for i in range(12):
+            cus = self.customer(source="tok_visa")
+            old = cus["default_source"]
+            other = [lambda: self.c().post(self.srcs(cus["id"]) + "/" + old, {"metadata[b]": "1"}),
+                     lambda: self.c().post("/v1/payment_methods/" + old, {"metadata[b]": "1"}),
+                     lambda: self.c().post("/v1/payment_methods/%s/detach" % old, {})][i % 3]
+            out = self.at_once(a=lambda: self.c().post(CUS + "/" + cus["id"], {"source": "tok_mastercard"}),
+                               b=other)
+            self.assertEqual(out["a"].status, 200, out["a"])
+            self.assertLess(out["b"].status, 500, out["b"])
+            listed = [x["id"] for x in self.c().get(self.srcs(cus["id"])).json["data"]]
+            self.assertNotIn(old, listed, (out["a"], out["b"]))
+            r = self.c().post(CH, {"amount": 300, "currency": "usd", "customer": cus["id"]})
+            self.assertEqual(r.status, 200, r)
+        for _ in range(12):
+            cus = self.customer(source="tok_visa")
+            b = self.c().post(self.srcs(cus["id"]), {"source": "tok_amex"}).json["id"]
+            out = self.at_once(u=lambda: self.c().post(CUS + "/" + cus["id"], {"default_source": b}),
+                               d=lambda: self.c().post("/v1/payment_methods/%s/detach" % b, {}))
+            got = self.c().get(CUS + "/" + cus["id"]).json
+            if out["d"].status == 200:
+                self.assertNotEqual(got["default_source"], b, (out["u"], out["d"]))
+
     def test_no_card_is_left_on_a_deleted_customer(self):
         """An attach racing the customer's deletion lands before it (and is
         detached by it) or finds the customer gone; a SetupIntent or a

@@ -487,6 +487,36 @@ class ThreeDSTest(DaemonTestCase):
         self.assertNotIn(pi["client_secret"], json.dumps(r.json))
         self.assertNotIn('"client_secret": "', json.dumps(r.json))
 
+    def test_a_card_deleted_while_its_challenge_is_out_fails_the_payment(self):
+        """The card source (or its customer) deleted before the page is
+        approved: the payment fails and the customer goes back, as for a
+        spent card; it answered 500 at every try, the payment stuck."""
+        c = self.c()
+        for kind in ("payment", "setup"):
+            with self.subTest(kind=kind):
+                cus = c.post("/v1/customers", {"source": "tok_threeDSecure2Required"}).json
+                card = cus["default_source"]
+                if kind == "payment":
+                    r = c.post(PI, {"amount": 1000, "currency": "usd", "confirm": "true", "customer": cus["id"],
+                                    "payment_method": card, "return_url": RETURN_URL})
+                    path_kind = "payment_intent"
+                else:
+                    r = c.post("/v1/setup_intents", {"confirm": "true", "customer": cus["id"],
+                                                     "payment_method": card, "return_url": RETURN_URL})
+                    path_kind = "setup_intent"
+                self.assertEqual((r.status, r.json["status"]), (200, "requires_action"), r)
+                url = r.json["next_action"]["redirect_to_url"]["url"]
+                u = urllib.parse.urlsplit(url)
+                token = urllib.parse.parse_qs(u.query)["token"][0]
+                self.assertEqual(c.delete("/v1/customers/%s/sources/%s" % (cus["id"], card)).status, 200)
+                got = self.submit(u.path, token, "approve")
+                self.assertEqual(got.status, 303, got)
+                self.assertIn("redirect_status=failed", got.headers.get("Location", ""))
+                obj = c.get(("/v1/payment_intents/" if kind == "payment" else "/v1/setup_intents/")
+                            + r.json["id"]).json
+                self.assertEqual(obj["status"], "requires_payment_method", obj)
+                self.assertIn(path_kind, got.headers.get("Location", ""))
+
     def test_approve_without_return_url_shows_a_page(self):
         pi, url, token = self.start_challenge(return_url=None, pan=PAN_3DS_2)
         path, _ = self.fetch_page(url)
