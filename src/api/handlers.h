@@ -59,7 +59,7 @@ bool tp_wants_3ds(const json_t *intent, const char *pan, bool off_session, const
  * at once cannot both pay with it. FREE: nothing to hold; HELD: lock taken,
  * its id in lock; BUSY: another request holds it; SPENT, GONE: refused
  * (lock not kept). */
-enum tp_pm_hold { TP_PM_FREE, TP_PM_HELD, TP_PM_BUSY, TP_PM_SPENT, TP_PM_GONE };
+enum tp_pm_hold { TP_PM_FREE, TP_PM_HELD, TP_PM_BUSY, TP_PM_SPENT, TP_PM_GONE, TP_PM_ATTACHED };
 enum tp_pm_hold tp_pm_hold(const struct tp_req *r, const json_t *pi, const json_t *pm, char lock[TP_ID_MAX]);
 /* A manually confirmed PaymentIntent's passed challenge (turnpike.authenticated). */
 bool tp_pi_authenticated(const json_t *pi, const json_t *pm);

@@ -814,6 +814,10 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
   case TP_PM_SPENT:
     tp_reply_pm_consumed(r);
     goto fail;
+  case TP_PM_ATTACHED:
+    tp_reply_error(r, TP_ERR_PAYMENT_METHOD_UNEXPECTED_STATE, "payment_method",
+                   "The provided PaymentMethod belongs to a customer other than the one on this PaymentIntent.");
+    goto fail;
   }
 
   /* Processing: commit the attempt first, then call the processor. */
@@ -867,6 +871,13 @@ enum tp_pm_hold tp_pm_hold(const struct tp_req *r, const json_t *pi, const json_
    * card after this one read it (two paid). */
   json_t *fresh = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, id);
   enum tp_pm_hold h = !fresh ? TP_PM_GONE : tp_pm_spent(r, fresh) ? TP_PM_SPENT : TP_PM_HELD;
+  /* Or attached to a customer meanwhile (a customer made with it, a
+   * SetupIntent): then it is that customer's, paid only with it. */
+  const char *owner = json_string_value(json_object_get(fresh, "customer"));
+  if (h == TP_PM_HELD && owner) {
+    const char *cus = json_string_value(json_object_get(pi, "customer"));
+    h = cus && strcmp(cus, owner) == 0 ? TP_PM_FREE : TP_PM_ATTACHED;
+  }
   json_decref(fresh);
   if (h == TP_PM_HELD)
     tp_scopy(lock, TP_ID_MAX, id);

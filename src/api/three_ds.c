@@ -288,11 +288,12 @@ void tp_h_3ds_submit(struct tp_req *r)
    * PaymentIntents waiting on one card each paid when approved). */
   char pm_lock[TP_ID_MAX] = "";
   enum tp_pm_hold hold = tp_pm_hold(r, pi, pm, pm_lock);
-  if (hold == TP_PM_BUSY || hold == TP_PM_SPENT || hold == TP_PM_GONE) {
+  if (hold == TP_PM_BUSY || hold == TP_PM_SPENT || hold == TP_PM_GONE || hold == TP_PM_ATTACHED) {
     tp_card_wipe(&ci, sizeof ci);
     json_decref(pm);
     if (hold != TP_PM_BUSY) {
-      fail_payment(r, pi, TP_ERR_PAYMENT_METHOD_CONSUMED);
+      fail_payment(r, pi,
+                   hold == TP_PM_ATTACHED ? TP_ERR_PAYMENT_METHOD_UNEXPECTED_STATE : TP_ERR_PAYMENT_METHOD_CONSUMED);
       return;
     }
     json_decref(pi);
