@@ -235,12 +235,13 @@ static void usage_serve(FILE *f)
              "  --tls-key FILE      the certificate's PEM private key ([tls] key)\n"
              "  --tls-min-version V 1.2 (default: TLS 1.2 and 1.3) or 1.3 ([tls] min_version)\n\n"
              "With an empty store, a demo merchant is created and its test key printed.\n"
-             "SIGTERM/SIGINT stop accepting, finish in-flight requests, commit and exit 0.\n");
+             "SIGTERM/SIGINT stop accepting, finish in-flight requests, commit and exit 0.\n"
+             "SIGHUP looks for a new key-encryption key version at once (after `turnpike kek rotate`).\n");
 }
 
 static void usage_merchant(FILE *f)
 {
-  fprintf(f, "usage: turnpike merchant create --data DIR --name NAME\n\n"
+  fprintf(f, "usage: turnpike merchant create [--data DIR] --name NAME\n\n"
              "Creates a merchant and prints {\"id\",\"secret_key\",\"publishable_key\"} as JSON on stdout.\n"
              "Keys are stored only as SHA-256 hashes: this is the only time they are shown.\n");
 }
