@@ -388,6 +388,17 @@ static bool access_check(struct tp_req *r, const struct tp_route *rt)
    * rather than silently served from the key's account. */
   const char *acct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Stripe-Account");
   const char *ctx = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Stripe-Context");
+  char acct_v[128], ctx_v[128]; /* RFC 9110 5.5: trailing whitespace is not the value's */
+  if (acct && strlen(acct) < sizeof acct_v) { /* a longer one is no account id: refused as it is */
+    tp_scopy(acct_v, sizeof acct_v, acct);
+    tp_rtrim_ows(acct_v);
+    acct = acct_v;
+  }
+  if (ctx && strlen(ctx) < sizeof ctx_v) {
+    tp_scopy(ctx_v, sizeof ctx_v, ctx);
+    tp_rtrim_ows(ctx_v);
+    ctx = ctx_v;
+  }
   if (!(acct && strcmp(acct, r->merchant.id) != 0) && ctx && *ctx)
     acct = ctx; /* the one to refuse, if any */
   if (acct && strcmp(acct, r->merchant.id) != 0) {

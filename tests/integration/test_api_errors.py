@@ -315,7 +315,8 @@ class ApiErrorsTest(DaemonTestCase):
             err = self.assertStripeError(c.post(PI, GOOD, headers=h), 403, code="account_invalid")
             self.assertNotIn(own + "'", err["message"])
         self.assertEqual(len(c.get(PI, {"limit": 100}).json["data"]), n)
-        for h in ({"Stripe-Context": own}, {"Stripe-Context": ""}, {"Stripe-Context": own, "Stripe-Account": own}):
+        for h in ({"Stripe-Context": own}, {"Stripe-Context": ""}, {"Stripe-Context": own, "Stripe-Account": own},
+                  {"Stripe-Account": own + " \t"}):  # RFC 9110 5.5: trailing whitespace is not the value's
             self.assertEqual(c.post(PI, GOOD, headers=h).status, 200, h)
 
     def test_a_card_payment_takes_no_statement_descriptor(self):
