@@ -840,8 +840,18 @@ bool tp_card_from_params(struct tp_req *r, const json_t *card, const char *param
     return token_card(r, tok, param, ci);
   }
   const char *jwe = json_string_value(json_object_get(card, "encrypted"));
-  if (jwe) /* client-side encrypted card: decrypted only on this path */
+  if (jwe) { /* client-side encrypted card: decrypted only on this path */
+    /* The encrypted fields are the card: clear ones beside them would be
+     * dropped unseen (another card number sent with it was ignored). */
+    static const char *const clear[] = {"number", "exp_month", "exp_year", "cvc"};
+    for (size_t i = 0; i < sizeof clear / sizeof clear[0]; i++)
+      if (json_object_get(card, clear[i])) {
+        snprintf(param, sizeof param, "%s[encrypted]", param_prefix);
+        tp_reply_error(r, TP_ERR_PARAMETERS_EXCLUSIVE, param, NULL);
+        return false;
+      }
     return tp_card_from_jwe(r, jwe, param_prefix, ci, cvc_out);
+  }
   const char *number = json_string_value(json_object_get(card, "number"));
   json_t *jm = json_object_get(card, "exp_month"), *jy = json_object_get(card, "exp_year");
   if (!number || !*number) {

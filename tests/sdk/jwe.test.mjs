@@ -80,6 +80,13 @@ test('POST /v1/payment_methods takes card[encrypted]; a declined encrypted card 
   });
   assert.equal(d.status, 402);
   assert.equal(d.body.error.decline_code, 'generic_decline');
+  // clear card fields beside the encrypted ones are refused, not dropped unseen
+  for (const [k, v] of [['card[number]', CARDS.visa], ['card[cvc]', '999'], ['card[exp_month]', '1']]) {
+    const both = await form('/v1/payment_methods', { type: 'card', 'card[encrypted]': jwe, [k]: v });
+    assert.equal(both.status, 400, JSON.stringify(both.body));
+    assert.equal(both.body.error.code, 'parameters_exclusive');
+    assert.equal(both.body.error.param, 'card[encrypted]');
+  }
 });
 
 test('a tampered, wrongly keyed or malformed JWE is refused with 400 and no echo', async () => {
