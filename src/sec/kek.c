@@ -80,6 +80,21 @@ static int file_create(void *cls, uint32_t v)
   uint8_t key[32];
   snprintf(path, sizeof path, "%s/kek-v%u.key", f->dir, v);
   int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  struct stat sb;
+  if (fd < 0 && errno == EEXIST && stat(path, &sb) == 0 && S_ISREG(sb.st_mode)) {
+    if (sb.st_size == 32) {
+      /* A key of this version is there already: a rotation killed after its
+       * file and before its row, or a store restored from an older backup
+       * while a newer one (sealed with this key) is kept. Used, as the
+       * pkcs11 provider uses a key already on the token: made anew, the
+       * newer backup could not be read. */
+      tp_log(TP_LOG_INFO, "kek_file_exists", "{s:s}", "path", path);
+      return 0;
+    }
+    /* Shorter: a rotation killed while writing it; no record can be sealed
+     * with it. Written again. */
+    fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+  }
   if (fd < 0) {
     tp_log(TP_LOG_ERROR, "kek_file_create", "{s:s, s:s}", "path", path, "error", strerror(errno));
     return -1;
@@ -394,6 +409,20 @@ int tp_kek_init(struct tp_store *st, const char *dir, const char *config_path)
     }
     if (!older_keks_held(st, (uint32_t)v))
       return -1;
+  }
+  if (v == 0 && strcmp(g_prov.name, "file") == 0) {
+    /* A store that knows no key version beside a key file of one: not the
+     * store the keys came with (its WAL lost after a checkpoint, another
+     * store copied in). Starting would seal new cards with that key as if
+     * nothing were missing. */
+    char p[1200];
+    snprintf(p, sizeof p, "%s/kek-v1.key", dir);
+    if (access(p, F_OK) == 0) {
+      tp_log(TP_LOG_ERROR, "store_missing", "{s:s, s:s}", "found", p, "message",
+             "the data directory holds a key-encryption key the store does not know: the store lost what it had "
+             "(its -wal file?) or is another one; restore it (turnpike restore), or move the keys away");
+      return -1;
+    }
   }
   struct tp_cs *cs = tp_cs_new();
   if (v == 0) {

@@ -226,6 +226,24 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
                 finally:
                     d.cleanup()
 
+    def test_a_store_that_lost_its_wal_after_a_checkpoint_is_refused(self):
+        # merchant create checkpoints the schema into the file; the first
+        # start's commits (the KEK version among them) live in the WAL
+        d = Daemon()
+        try:
+            d.create_merchant("m")
+            d.start()
+            d.kill9()
+            db = os.path.join(d.data, "turnpike.db")
+            for f in (db + "-wal", db + "-shm"):
+                if os.path.exists(f):
+                    os.unlink(f)
+            with self.assertRaises(RuntimeError) as e:
+                d.start()
+            self.assertIn("store_missing", str(e.exception))
+        finally:
+            d.cleanup()
+
     def test_the_store_files_are_the_owners_alone(self):
         d = Daemon()
         try:
@@ -240,6 +258,45 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
                 p = os.path.join(d.data, f)
                 if os.path.exists(p):
                     self.assertEqual(os.stat(p).st_mode & 0o077, 0, f)
+        finally:
+            d.cleanup()
+
+    def test_a_rotation_uses_a_key_file_already_there_and_rewrites_a_torn_one(self):
+        # A store restored from an older backup, while a newer backup sealed
+        # with kek-v2.key is kept: rotating again must not need that file
+        # gone (it failed for good: "File exists"), nor replace it. A file
+        # shorter than a key (a rotation killed while writing it) is written.
+        d = Daemon()
+        try:
+            d.create_merchant("m")
+            d.start()
+            r = d.client("m").post("/v1/payment_methods", {"type": "card", "card": card(PAN_OK)["card"]})
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual(d.stop(), 0)
+            kept = os.urandom(32)
+            with open(os.path.join(d.data, "kek-v2.key"), "wb") as f:
+                f.write(kept)
+            os.chmod(os.path.join(d.data, "kek-v2.key"), 0o600)
+            open(os.path.join(d.data, "kek-v3.key"), "wb").close()
+            for want in (2, 3):
+                p = subprocess.run([BIN, "kek", "rotate", "--data", d.data], capture_output=True, timeout=60,
+                                   stdin=subprocess.DEVNULL)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                self.assertEqual(json.loads(p.stdout)["version"], want)
+            with open(os.path.join(d.data, "kek-v2.key"), "rb") as f:
+                self.assertEqual(f.read(), kept)
+            self.assertEqual(os.path.getsize(os.path.join(d.data, "kek-v3.key")), 32)
+            d.start()
+            deadline = time.monotonic() + REWRAP_WAIT_S
+            while vault_versions(d) != {3: 1} and time.monotonic() < deadline:
+                time.sleep(0.2)
+            self.assertEqual(vault_versions(d), {3: 1})
+            cus = d.client("m").post("/v1/customers", {}).json["id"]
+            self.assertEqual(d.client("m").post("/v1/payment_methods/%s/attach" % r.json["id"],
+                                                {"customer": cus}).status, 200)
+            pi = d.client("m").post("/v1/payment_intents", {"amount": 500, "currency": "usd", "confirm": "true",
+                                                            "customer": cus, "payment_method": r.json["id"]})
+            self.assertEqual((pi.status, pi.json.get("status")), (200, "succeeded"), pi)
         finally:
             d.cleanup()
 
