@@ -780,8 +780,13 @@ static int check_value(struct check_ctx *c, size_t plen, json_t *v, const struct
     size_t n = 0;
     list[0] = '\0';
     for (const char *const *ch = sp->choices; ch && *ch; ch++) {
-      int w = snprintf(list + n, sizeof list - n, "%s%s", n ? ", " : "", *ch);
-      if (w < 0 || (size_t)w >= sizeof list - n) break;
+      /* room kept for ", ..." when the rest does not fit: no value cut short */
+      int w = snprintf(list + n, sizeof list - n - 6, "%s%s", n ? ", " : "", *ch);
+      if (w < 0 || (size_t)w >= sizeof list - n - 6) {
+        list[n] = '\0';
+        snprintf(list + n, sizeof list - n, ", ...");
+        break;
+      }
       n += (size_t)w;
     }
     set_err(c->err, c->path, "Invalid %s: must be one of %s", c->path, list);
