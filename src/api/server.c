@@ -818,9 +818,15 @@ static enum MHD_Result queue_reply(struct tp_req *r)
   if (r->content_type && strncmp(r->content_type, "text/html", 9) == 0) {
     /* The 3-D Secure page: no script, no framing (a page of another site
      * cannot lay it under a click), its token kept out of Referer. */
-    MHD_add_response_header(resp, "Content-Security-Policy",
-                            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'");
-    MHD_add_response_header(resp, "X-Frame-Options", "DENY");
+    /* Framed only by the merchant's own page (the origin of the intent's
+     * return_url), as Stripe's "3D Secure in an iframe" guide does it;
+     * X-Frame-Options cannot name an origin, so it goes then. */
+    char csp[400];
+    snprintf(csp, sizeof csp, "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors %s; base-uri 'none'",
+             r->frame_origin[0] ? r->frame_origin : "'none'");
+    MHD_add_response_header(resp, "Content-Security-Policy", csp);
+    if (!r->frame_origin[0])
+      MHD_add_response_header(resp, "X-Frame-Options", "DENY");
     MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
   }
   if (r->status == 429 || r->retry_after_s) {

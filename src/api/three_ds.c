@@ -73,6 +73,43 @@ static bool valid_account(const char *id)
   return valid_ref(id, "acct_");
 }
 
+/* The origin (scheme://host[:port]) of intent's return_url into
+ * r->frame_origin, when it is an http(s) URL whose host is plain enough to
+ * stand in a CSP source list; else left empty (the page is not framed). */
+static void frame_origin_of(struct tp_req *r, const json_t *intent)
+{
+  const char *ret = json_string_value(
+    json_object_get(json_object_get(json_object_get(intent, "next_action"), "redirect_to_url"), "return_url"));
+  if (!ret)
+    return;
+  size_t skip = strncmp(ret, "https://", 8) == 0 ? 8 : strncmp(ret, "http://", 7) == 0 ? 7 : 0;
+  if (!skip)
+    return;
+  size_t n = skip;
+  while (ret[n] && ret[n] != '/' && ret[n] != '?' && ret[n] != '#') {
+    char c = ret[n];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '-' ||
+          c == ':' || c == '[' || c == ']'))
+      return; /* userinfo, percent-escapes, anything a CSP would read otherwise */
+    n++;
+  }
+  if (n == skip || n >= sizeof r->frame_origin)
+    return;
+  memcpy(r->frame_origin, ret, n);
+  r->frame_origin[n] = '\0';
+}
+
+/* The intent a challenge link names, read for its return_url (NULL: none
+ * found; the page is served all the same, unframed). */
+static json_t *page_intent(struct tp_req *r, const char *acct)
+{
+  if (!tp_app.store.ops->merchant_of ||
+      tp_app.store.ops->merchant_of(tp_app.store.cls, r->path_id, acct, &r->merchant) != 1)
+    return NULL;
+  return tp_store_get_json(&tp_app.store, is_setup(r->path_id) ? TP_K_SETUP_INTENT : TP_K_PAYMENT_INTENT,
+                           r->merchant.id, r->path_id);
+}
+
 void tp_h_3ds_page(struct tp_req *r)
 {
   struct tp_params_error pe;
@@ -82,6 +119,9 @@ void tp_h_3ds_page(struct tp_req *r)
     html(r, 404, "<!doctype html><title>Not found</title><p>This authentication link is not valid.</p>");
     return;
   }
+  json_t *intent = page_intent(r, acct_p);
+  frame_origin_of(r, intent);
+  json_decref(intent);
   char buf[4096];
   const char *tok = tp_pstr(r->params, "token");
   /* The forms post to the page's own path (a relative action): behind a
@@ -231,6 +271,7 @@ void tp_h_3ds_submit(struct tp_req *r)
       tp_app.store.ops->merchant_of(tp_app.store.cls, r->path_id, acct_p, &r->merchant) == 1)
     pi = tp_store_get_json(&tp_app.store, setup ? TP_K_SETUP_INTENT : TP_K_PAYMENT_INTENT, r->merchant.id,
                            r->path_id);
+  frame_origin_of(r, pi); /* its answer shows in the same frame as the page */
   if (!pi || strcmp(json_string_value(json_object_get(pi, "status")), "requires_action") != 0 ||
       !token_current(pi, tok)) {
     tp_lock_release(r->path_id);

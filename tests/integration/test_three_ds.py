@@ -342,14 +342,26 @@ class ThreeDSTest(DaemonTestCase):
                          ([pi["client_secret"]], ["failed"]), r)
 
     def test_the_challenge_page_cannot_be_framed_or_leak_its_link(self):
-        pi, url, token = self.start_challenge()
+        # framed only by the merchant's own page: the origin of its return_url
+        # (Stripe's "3D Secure in an iframe"), by no other, and by none
+        # without an http(s) return_url
+        for ret, ancestors in ((RETURN_URL, "https://shop.example"),
+                               ("http://127.0.0.1:8123/back?x=1", "http://127.0.0.1:8123"),
+                               ("myapp://done", "'none'"), ("https://a.example;script-src/x", "'none'"),
+                               ("https://user@shop.example/r", "'none'"), (None, "'none'")):
+            with self.subTest(ret=ret):
+                pi, url, token = self.start_challenge(return_url=ret)
+                u = urllib.parse.urlsplit(url)
+                r = self.c().get(u.path + "?" + u.query, key=None)
+                self.assertEqual(r.status, 200, r)
+                csp = r.headers.get("Content-Security-Policy", "")
+                self.assertIn("frame-ancestors %s;" % ancestors, csp)
+                self.assertEqual(r.headers.get("X-Frame-Options"), "DENY" if ancestors == "'none'" else None)
+        pi, url, token = self.start_challenge(return_url=None)
         u = urllib.parse.urlsplit(url)
         r = self.c().get(u.path + "?" + u.query, key=None)
-        self.assertEqual(r.status, 200, r)
         csp = r.headers.get("Content-Security-Policy", "")
-        self.assertIn("frame-ancestors 'none'", csp)
         self.assertIn("default-src 'none'", csp)
-        self.assertEqual(r.headers.get("X-Frame-Options"), "DENY")
         self.assertEqual(r.headers.get("Referrer-Policy"), "no-referrer")
         self.assertEqual(r.headers.get("X-Content-Type-Options"), "nosniff")
         self.assertNotIn("Strict-Transport-Security", r.headers)  # RFC 6797 7.2: not over plain HTTP

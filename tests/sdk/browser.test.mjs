@@ -130,6 +130,50 @@ test('a page on another origin tokenises the card, confirms and passes 3-D Secur
   }
 });
 
+// Stripe's "3D Secure in an iframe": the merchant's page frames the
+// challenge and its return_url (on the page's own origin) ends in the frame.
+async function framedChallenge(page, pageOrigin, returnOrigin) {
+  const pi = await stripe.paymentIntents.create({ amount: 1500, currency: 'eur' });
+  await page.goto(`${pageOrigin}/checkout`);
+  const got = await page.evaluate(tokeniseAndConfirm, {
+    api: BASE, pk: PUBLISHABLE_KEY, number: CARDS.threeds_required, expYear: EXP_YEAR, pi: pi.id,
+    secret: pi.client_secret, returnUrl: `${returnOrigin}/return?order=f-1`,
+    idem: `browser-${randomBytes(6).toString('hex')}`,
+  });
+  assert.equal(got.confirmed.status, 'requires_action', JSON.stringify(got.confirmed));
+  await page.evaluate((u) => {
+    const f = document.createElement('iframe');
+    f.id = 'tds';
+    f.src = u;
+    document.body.appendChild(f);
+  }, got.confirmed.next_action.redirect_to_url.url);
+  return pi;
+}
+
+test('the 3-D Secure page shows in an iframe of the merchant\'s own page, and of no other', async () => {
+  const page = await browser.newPage();
+  try {
+    const pi = await framedChallenge(page, origin, origin);
+    await page.frameLocator('#tds').locator('#approve').click({ timeout: 10000 });
+    await page.waitForFunction(() => {
+      try {
+        return document.getElementById('tds').contentWindow.location.pathname === '/return';
+      } catch {
+        return false;
+      }
+    }, null, { timeout: 10000 });
+    assert.equal((await stripe.paymentIntents.retrieve(pi.id)).status, 'succeeded');
+    // another origin's page (localhost is not 127.0.0.1) cannot lay it under a click
+    const other = origin.replace('127.0.0.1', 'localhost');
+    const pi2 = await framedChallenge(page, other, origin);
+    await page.waitForTimeout(1500);
+    assert.equal(await page.frameLocator('#tds').locator('#approve').count(), 0, 'framed by another origin');
+    assert.equal((await stripe.paymentIntents.retrieve(pi2.id)).status, 'requires_action');
+  } finally {
+    await page.close();
+  }
+});
+
 test('the browser enforces CORS here: a route without it cannot be read by the page', async () => {
   const page = await browser.newPage();
   try {
