@@ -1538,6 +1538,8 @@ static bool expand_paths_ok(struct tp_req *r)
                                           "tax_ids",
                                           "latest_attempt",
                                           "setup_intent",
+                                          "mandate", /* a SetupIntent's (null here: none is made) */
+                                          "single_use_mandate",
                                           NULL};
   size_t i;
   json_t *v;

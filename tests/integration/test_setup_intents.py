@@ -70,6 +70,9 @@ class SetupIntents(DaemonTestCase):
         self.assertEqual(si["payment_method"]["customer"], cus)
         self.assertEqual(si["metadata"], {"order": "7"})
         self.assertEqual(self.events(si["id"]), ["setup_intent.created", "setup_intent.succeeded"])
+        # expandable as on Stripe, though no mandate is made for a card here
+        got = c.get(SI + "/" + si["id"] + "?expand[]=mandate&expand[]=single_use_mandate")
+        self.assertEqual((got.status, got.json["mandate"], got.json["single_use_mandate"]), (200, None, None), got)
         self.assertEqual(self.events(pm_id), ["payment_method.attached"])
         # the saved card pays off-session
         pi = c.post("/v1/payment_intents", {"amount": 1500, "currency": "usd", "customer": cus,
