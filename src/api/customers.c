@@ -528,7 +528,12 @@ struct card_locks {
 
 static bool lock_card(struct tp_req *r, struct card_locks *cl, const char *id)
 {
-  for (size_t i = 1; i < cl->n; i++)
+  /* Only what can be a card: any other id (the customer's own, another
+   * object's) is no source of this customer, refused as such at once, not
+   * waited for (its lock may be this request's own, or anyone's). */
+  if (strncmp(id, "card_", 5) != 0 && strncmp(id, "src_", 4) != 0 && strncmp(id, "pm_", 3) != 0)
+    return true;
+  for (size_t i = 0; i < cl->n; i++)
     if (strcmp(cl->locks[i], id) == 0)
       return true;
   if (!tp_lock_try(id)) {
@@ -562,15 +567,16 @@ static bool sources_apply(struct tp_req *r, struct tp_cs *cs, json_t *cus, json_
     json_object_set_new(cus, "default_source", json_string(def));
   }
   if (source && *source) {
+    /* The old default's lock first: nothing made yet if it is busy. */
+    const char *old = json_string_value(json_object_get(cus, "default_source"));
+    if (old && strlen(old) < TP_ID_MAX && !lock_card(r, cl, old))
+      return false;
     json_t *card = tp_card_source_create(r, cs, source, "source", r->path_id, NULL);
     if (!card)
       return false;
     json_t *view = tp_card_view(card);
     tp_emit(cs, r, r->merchant.id, "customer.source.created", view);
     json_decref(view);
-    const char *old = json_string_value(json_object_get(cus, "default_source"));
-    if (old && strlen(old) < TP_ID_MAX && !lock_card(r, cl, old))
-      return false;
     json_t *old_pm = old ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, old) : NULL;
     if (tp_is_card_source(old_pm, r->path_id)) {
       tp_card_source_delete(cs, r, old_pm);

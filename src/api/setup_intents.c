@@ -349,9 +349,7 @@ json_t *tp_si_attempt(struct tp_req *r, struct tp_cs *cs, const json_t *si, cons
                       "s:O?, s:O?, s:O?, s:O?, s:O?, s:o, s:n}, s:s}, s:o?, s:O, s:s, s:O}",
                       "id", id, "object", "setup_attempt", "application", "created", created, "customer",
                       json_object_get(si, "customer"), "customer_account", "flow_directions", "livemode", 0,
-                      "on_behalf_of", "payment_method",
-                      pm ? json_object_get(pm, "id") : json_object_get(si, "payment_method"), /* a card gone: its id */
-                      "payment_method_details", "card",
+                      "on_behalf_of", "payment_method", json_object_get(pm, "id"), "payment_method_details", "card",
                       "brand", json_object_get(card, "brand"), "checks", json_object_get(card, "checks"),
                       "country", json_object_get(card, "country"), "exp_month", json_object_get(card, "exp_month"),
                       "exp_year", json_object_get(card, "exp_year"), "fingerprint",

@@ -181,6 +181,8 @@ static void setup_done(struct tp_req *r, json_t *si, bool approved)
    * its customer deleted): the setup fails, as for a failed challenge, not
    * a 500 the customer meets at every try. */
   bool gone = pm_lock[0] && !pm && !tp_store_read_failed;
+  if (gone) /* the attempt and the error still name it */
+    pm = tp_pack("{s:s, s:s}", "id", pm_lock, "object", "payment_method");
   struct tp_card_info ci;
   memset(&ci, 0, sizeof ci);
   if (!gone && (!pm || (approved && tp_vault_load(r->merchant.id, pm_id, &ci) != 0))) {
@@ -323,6 +325,17 @@ void tp_h_3ds_submit(struct tp_req *r)
     return;
   }
   tp_card_exp_of(&ci, pm);
+  /* Attached meanwhile to a customer this payment is not for (a customer
+   * made with it while the challenge was out): refused, as a confirmation
+   * would refuse it now. */
+  const char *owner = json_string_value(json_object_get(pm, "customer"));
+  const char *cus = json_string_value(json_object_get(pi, "customer"));
+  if (owner && !(cus && strcmp(owner, cus) == 0)) {
+    tp_card_wipe(&ci, sizeof ci);
+    json_decref(pm);
+    fail_payment(r, pi, TP_ERR_PAYMENT_METHOD_UNEXPECTED_STATE);
+    return;
+  }
   /* A PaymentMethod attached to no customer pays once (consume_unattached),
    * here as in a confirmation: held from now to the outcome's commit, and
    * refused if another payment spent it while this challenge was out (two

@@ -194,6 +194,8 @@ static bool config_env(struct config *c)
     char var[96];
     snprintf(var, sizeof var, "TURNPIKE_%s_%s", keys[i][0], keys[i][1]);
     const char *v = getenv(var);
+    if (v && !*v) /* set but empty (a container's blank variable): not set */
+      continue;
     if (v && !config_set(c, keys[i][0], keys[i][1], v)) {
       tp_log(TP_LOG_ERROR, "config_invalid", "{s:s}", "variable", var);
       all_ok = false;
@@ -432,6 +434,7 @@ static int cmd_serve(int argc, char **argv)
   char addr_path[1200];
   snprintf(addr_path, sizeof addr_path, "%s/serve.addr", c.data);
   unlink(addr_path);
+  tp_store_corrupt_watch();
   if (tp_store_open_sqlite(&tp_app.store, c.data) != 0) {
     tp_log(TP_LOG_ERROR, "store_open_failed", "{s:s}", "data", c.data);
     return 1;

@@ -319,8 +319,10 @@ void tp_h_oauth_token(struct tp_req *r)
   /* RFC 8707 2: a resource (or an audience) this server's tokens are not
    * for is invalid_target, not ignored: the token would not be for it. */
   const char *res = param(r, "resource"), *aud = param(r, "audience");
-  if ((res && strcmp(res, issuer()) != 0 && strcmp(res, audience()) != 0) ||
-      (aud && strcmp(aud, audience()) != 0)) {
+  size_t il = strlen(issuer());
+  bool res_ours = res && (strcmp(res, audience()) == 0 ||
+                          (strncmp(res, issuer(), il) == 0 && (res[il] == '\0' || res[il] == '/')));
+  if ((res && !res_ours) || (aud && strcmp(aud, audience()) != 0)) {
     oauth_error(r, 400, "invalid_target", "Tokens are issued only for this server's audience.");
     return;
   }

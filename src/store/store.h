@@ -286,6 +286,7 @@ extern _Thread_local bool tp_store_read_failed;
  * store_corrupt instead of ready while every read of a damaged page fails. */
 void tp_sqlite_log(void *arg, int code, const char *msg);
 bool tp_store_corrupt(void);
+void tp_store_corrupt_watch(void); /* serve: from now on */
 
 /* ---- the group-commit writer --------------------------------------------- */
 #define TP_WRITER_MAX_BATCH 1024   /* change sets per transaction */

@@ -336,6 +336,13 @@ class KeysTest(DaemonTestCase):
         self.assertNotIn(b"secret-person", r.body)
         self.assertIsNone(r.headers.get("Idempotent-Replayed"), r.headers)
         self.assertEqual(r.status // 100, 4, r)
+        # without expand[] the reply is the same for any key: a retry with the
+        # secret key replays the restricted key's request, as on Stripe
+        plain = {"amount": 710, "currency": "usd"}
+        first = w.post("/v1/payment_intents", plain, idem="rk-replay-2")
+        self.assertEqual(first.status, 200, first)
+        again = self.c("K").post("/v1/payment_intents", plain, idem="rk-replay-2")
+        self.assertEqual((again.headers.get("Idempotent-Replayed"), again.json["id"]), ("true", first.json["id"]))
         # Basic auth works the same way.
         c.auth = "basic"
         self.assertEqual(c.get("/v1/payment_intents").status, 200)

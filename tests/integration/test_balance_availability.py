@@ -121,6 +121,17 @@ class BalanceAvailability(DaemonTestCase):
         self.assertEqual(rk.get("/v1/events", {"type": "balance.available"}).json["data"], [])
         listed = rk.get("/v1/events", {"limit": 100}).json["data"]
         self.assertFalse(any(e["type"].startswith("balance.") for e in listed), listed)
+        # page by page (as the SDKs' auto-pagination does): every page that
+        # says has_more holds an event to go on from, and all are there
+        seen, after = [], None
+        for _ in range(200):
+            page = rk.get("/v1/events", dict({"limit": 1}, **({"starting_after": after} if after else {}))).json
+            self.assertTrue(page["data"] or not page["has_more"], page)
+            seen += [e["id"] for e in page["data"]]
+            if not page["has_more"]:
+                break
+            after = page["data"][-1]["id"]
+        self.assertEqual(seen, [e["id"] for e in listed])
         self.assertStripeError(rk.get("/v1/events/" + ev[0]["id"]), 403, "permission_error")
         self.assertEqual(rk.get("/v1/events", {"type": "charge.succeeded", "limit": 1}).status, 200)
         # a refund comes out of the available balance at once (Stripe: "refunds

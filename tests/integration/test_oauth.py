@@ -163,6 +163,9 @@ class OAuthTest(DaemonTestCase):
         # The token's own audience is fine; a JSON body is not a token request.
         r = self.token_req({"grant_type": "client_credentials", "audience": "turnpike"})
         self.assertEqual(r.status, 200, r)
+        for res in (self.url, self.url + "/", self.url + "/v1"):  # this server, or a path of it
+            r = self.token_req({"grant_type": "client_credentials", "resource": res})
+            self.assertEqual(r.status, 200, (res, r))
         auth = {"Authorization": basic(self.cl["client_id"], self.cl["client_secret"]),
                 "Content-Type": "application/json"}
         r = self.anon.request("POST", TOKEN, body=json.dumps({"grant_type": "client_credentials"}).encode(),

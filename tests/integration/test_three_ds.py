@@ -528,6 +528,26 @@ class ThreeDSTest(DaemonTestCase):
                             + r.json["id"]).json
                 self.assertEqual(obj["status"], "requires_payment_method", obj)
                 self.assertIn(path_kind, got.headers.get("Location", ""))
+                if kind == "setup":  # the failed attempt still names the card
+                    att = c.get("/v1/setup_attempts", {"setup_intent": r.json["id"]}).json["data"]
+                    self.assertEqual([(a["status"], a["payment_method"]) for a in att][:1], [("failed", card)], att)
+
+    def test_a_card_attached_elsewhere_while_its_challenge_is_out_does_not_pay(self):
+        """A confirmation with a card another customer holds is refused; so
+        is the approval of a challenge whose card was attached to a customer
+        (one made with it) while the challenge was out."""
+        c = self.c()
+        pm = c.post("/v1/payment_methods", {"type": "card", "card[token]": "tok_threeDSecure2Required"}).json["id"]
+        r = c.post(PI, {"amount": 1000, "currency": "usd", "confirm": "true", "payment_method": pm,
+                        "return_url": RETURN_URL})
+        self.assertEqual((r.status, r.json["status"]), (200, "requires_action"), r)
+        u = urllib.parse.urlsplit(r.json["next_action"]["redirect_to_url"]["url"])
+        token = urllib.parse.parse_qs(u.query)["token"][0]
+        self.assertEqual(c.post("/v1/customers", {"payment_method": pm}).status, 200)
+        got = self.submit(u.path, token, "approve")
+        self.assertEqual(got.status, 303, got)
+        self.assertIn("redirect_status=failed", got.headers.get("Location", ""))
+        self.assertEqual(c.get(PI + "/" + r.json["id"]).json["status"], "requires_payment_method")
 
     def test_approve_without_return_url_shows_a_page(self):
         pi, url, token = self.start_challenge(return_url=None, pan=PAN_3DS_2)

@@ -203,12 +203,19 @@ static bool bind_text(sqlite3_stmt *st, int i, const char *v)
   return sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC) == SQLITE_OK;
 }
 
-static atomic_bool corrupt_seen;
+static atomic_bool corrupt_seen, corrupt_watch;
+
+void tp_store_corrupt_watch(void)
+{
+  atomic_store(&corrupt_watch, true);
+}
 
 void tp_sqlite_log(void *arg, int code, const char *msg)
 {
   (void)arg;
-  if ((code & 0xff) != SQLITE_CORRUPT && (code & 0xff) != SQLITE_NOTADB)
+  /* serve's store alone: restore refusing a file that is no store is not a
+   * damaged store to restore */
+  if (!atomic_load(&corrupt_watch) || ((code & 0xff) != SQLITE_CORRUPT && (code & 0xff) != SQLITE_NOTADB))
     return;
   if (!atomic_exchange(&corrupt_seen, true))
     tp_log(TP_LOG_ERROR, "store_corrupt", "{s:s, s:s}", "error", msg ? msg : "", "hint",
