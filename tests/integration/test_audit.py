@@ -32,7 +32,8 @@ class AuditTest(unittest.TestCase):
         cls.daemon = d = Daemon()
         try:
             d.create_merchant("m")
-            d.start(config="[audit]\ncheckpoint_seconds = 1\ncheckpoint_entries = 5\n")
+            d.start(config="[audit]\ncheckpoint_seconds = 1\ncheckpoint_entries = 5\n"
+                           "[vault]\nrewrap_settle_ms = 300\n")
             c = d.client("m")
             cls.refunds = []
             for i in range(12):
