@@ -659,6 +659,7 @@ static void *maint_main(void *arg)
   int pause_ms = (int)tp_config_int("vault", "rewrap_pause_ms", 20, 0, 10000);
   int settle_ms = (int)tp_config_int("vault", "rewrap_settle_ms", KEK_SETTLE_MS, 0, 600000);
   bool rewrap = true; /* one pass at start finishes a re-wrap a restart interrupted */
+  bool switched = false; /* the version changed while this process sealed cards: settle before done */
   int total = 0;
   int64_t retry_at = 0, retry_wait_ms = 0, settle_at = 0;
   int64_t next_poll = tp_mono_ms() + poll_ms;
@@ -670,6 +671,7 @@ static void *maint_main(void *arg)
         tp_kek_set_current((uint32_t)v);
         tp_log(TP_LOG_INFO, "kek_current", "{s:I}", "version", (json_int_t)v);
         rewrap = true;
+        switched = true;
         total = 0;
         retry_at = retry_wait_ms = settle_at = 0;
       }
@@ -689,14 +691,15 @@ static void *maint_main(void *arg)
         retry_at = tp_mono_ms() + retry_wait_ms;
         tp_log(TP_LOG_WARN, "kek_rewrap_incomplete", "{s:I, s:I, s:I}", "version", (json_int_t)tp_kek_current(),
                "records_left", (json_int_t)left, "retry_ms", (json_int_t)retry_wait_ms);
-      } else if (n == 0 && !settle_at) {
+      } else if (n == 0 && switched && !settle_at) {
         /* None left: but a request that sealed a card under the old
          * version just before the switch may not have committed it yet
          * (sealed, then routed and queued for the writer). Look again for
          * KEK_SETTLE_MS before saying done, and re-wrap what turns up. */
         settle_at = tp_mono_ms() + settle_ms;
-      } else if (n == 0 && tp_mono_ms() >= settle_at) {
+      } else if (n == 0 && (!switched || tp_mono_ms() >= settle_at)) {
         rewrap = false;
+        switched = false;
         retry_wait_ms = settle_at = 0;
         if (total > 0) {
           tp_log(TP_LOG_INFO, "kek_rewrap_done", "{s:I, s:i}", "version", (json_int_t)tp_kek_current(), "records",
