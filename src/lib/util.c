@@ -567,7 +567,7 @@ void tp_rtrim_ows(char *s)
     s[--n] = '\0';
 }
 
-static int b64_val(char c)
+int tp_b64_digit(char c, bool url)
 {
   if (c >= 'A' && c <= 'Z')
     return c - 'A';
@@ -575,7 +575,9 @@ static int b64_val(char c)
     return c - 'a' + 26;
   if (c >= '0' && c <= '9')
     return c - '0' + 52;
-  return c == '+' ? 62 : c == '/' ? 63 : -1;
+  if (c == (url ? '-' : '+'))
+    return 62;
+  return c == (url ? '_' : '/') ? 63 : -1;
 }
 
 int tp_basic_decode(const char *in, char *out, size_t cap)
@@ -586,7 +588,7 @@ int tp_basic_decode(const char *in, char *out, size_t cap)
   while (*in == ' ')
     in++;
   for (; *in && *in != '=' && *in != ' ' && *in != '\t'; in++) {
-    int v = b64_val(*in);
+    int v = tp_b64_digit(*in, false);
     if (v < 0)
       return -1;
     acc = (acc << 6) | (unsigned)v;

@@ -109,6 +109,9 @@ void tp_rtrim_ows(char *s);
  * NUL; the decoded length, or -1 when it is not base64, does not fit or
  * holds a control character (RFC 7617 2: none in user-id or password). */
 int tp_basic_decode(const char *in, char *out, size_t cap);
+/* The value of one base64 digit, of the standard alphabet or (url) of
+ * base64url's (RFC 4648 4 and 5); -1 if it is none. */
+int tp_b64_digit(char c, bool url);
 /* Why a private key file is too open to use, or NULL: other users may
  * read it (as PostgreSQL rules: 0600, or 0640 when owned by root). */
 const char *tp_key_file_exposed(const char *path);

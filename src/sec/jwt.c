@@ -51,21 +51,6 @@ size_t tp_b64url_encode(const void *in, size_t n, char *out, size_t cap)
   return o;
 }
 
-static int b64url_val(char c)
-{
-  if (c >= 'A' && c <= 'Z')
-    return c - 'A';
-  if (c >= 'a' && c <= 'z')
-    return c - 'a' + 26;
-  if (c >= '0' && c <= '9')
-    return c - '0' + 52;
-  if (c == '-')
-    return 62;
-  if (c == '_')
-    return 63;
-  return -1;
-}
-
 long tp_b64url_decode(const char *in, size_t n, uint8_t *out, size_t cap)
 {
   if (n % 4 == 1)
@@ -74,7 +59,7 @@ long tp_b64url_decode(const char *in, size_t n, uint8_t *out, size_t cap)
   uint32_t acc = 0;
   int bits = 0;
   for (size_t i = 0; i < n; i++) {
-    int v = b64url_val(in[i]);
+    int v = tp_b64_digit(in[i], true);
     if (v < 0)
       return -1;
     acc = (acc << 6) | (uint32_t)v;

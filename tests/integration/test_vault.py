@@ -261,6 +261,27 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
         finally:
             d.cleanup()
 
+    def stopped_store_with_a_card(self, d):
+        """d started, a card saved, d stopped: the card's id."""
+        d.create_merchant("m")
+        d.start()
+        r = d.client("m").post("/v1/payment_methods", {"type": "card", "card": card(PAN_OK)["card"]})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(d.stop(), 0)
+        return r.json["id"]
+
+    def rotate_offline(self, d):
+        p = subprocess.run([BIN, "kek", "rotate", "--data", d.data], capture_output=True, timeout=60,
+                           stdin=subprocess.DEVNULL)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return json.loads(p.stdout)["version"]
+
+    def wait_versions(self, d, want):
+        deadline = time.monotonic() + REWRAP_WAIT_S
+        while vault_versions(d) != want and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertEqual(vault_versions(d), want)
+
     def test_a_rotation_uses_a_key_file_already_there_and_rewrites_a_torn_one(self):
         # A store restored from an older backup, while a newer backup sealed
         # with kek-v2.key is kept: rotating again must not need that file
@@ -268,34 +289,23 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
         # shorter than a key (a rotation killed while writing it) is written.
         d = Daemon()
         try:
-            d.create_merchant("m")
-            d.start()
-            r = d.client("m").post("/v1/payment_methods", {"type": "card", "card": card(PAN_OK)["card"]})
-            self.assertEqual(r.status, 200, r)
-            self.assertEqual(d.stop(), 0)
+            pm = self.stopped_store_with_a_card(d)
             kept = os.urandom(32)
             with open(os.path.join(d.data, "kek-v2.key"), "wb") as f:
                 f.write(kept)
             os.chmod(os.path.join(d.data, "kek-v2.key"), 0o600)
             open(os.path.join(d.data, "kek-v3.key"), "wb").close()
             for want in (2, 3):
-                p = subprocess.run([BIN, "kek", "rotate", "--data", d.data], capture_output=True, timeout=60,
-                                   stdin=subprocess.DEVNULL)
-                self.assertEqual(p.returncode, 0, p.stderr)
-                self.assertEqual(json.loads(p.stdout)["version"], want)
+                self.assertEqual(self.rotate_offline(d), want)
             with open(os.path.join(d.data, "kek-v2.key"), "rb") as f:
                 self.assertEqual(f.read(), kept)
             self.assertEqual(os.path.getsize(os.path.join(d.data, "kek-v3.key")), 32)
             d.start()
-            deadline = time.monotonic() + REWRAP_WAIT_S
-            while vault_versions(d) != {3: 1} and time.monotonic() < deadline:
-                time.sleep(0.2)
-            self.assertEqual(vault_versions(d), {3: 1})
+            self.wait_versions(d, {3: 1})
             cus = d.client("m").post("/v1/customers", {}).json["id"]
-            self.assertEqual(d.client("m").post("/v1/payment_methods/%s/attach" % r.json["id"],
-                                                {"customer": cus}).status, 200)
+            self.assertEqual(d.client("m").post("/v1/payment_methods/%s/attach" % pm, {"customer": cus}).status, 200)
             pi = d.client("m").post("/v1/payment_intents", {"amount": 500, "currency": "usd", "confirm": "true",
-                                                            "customer": cus, "payment_method": r.json["id"]})
+                                                            "customer": cus, "payment_method": pm})
             self.assertEqual((pi.status, pi.json.get("status")), (200, "succeeded"), pi)
         finally:
             d.cleanup()
@@ -306,14 +316,8 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
         # ready and failed those cards with a 500.
         d = Daemon()
         try:
-            d.create_merchant("m")
-            d.start()
-            r = d.client("m").post("/v1/payment_methods", {"type": "card", "card": card(PAN_OK)["card"]})
-            self.assertEqual(r.status, 200, r)
-            self.assertEqual(d.stop(), 0)
-            p = subprocess.run([BIN, "kek", "rotate", "--data", d.data], capture_output=True, timeout=60,
-                               stdin=subprocess.DEVNULL)
-            self.assertEqual(p.returncode, 0, p.stderr)
+            self.stopped_store_with_a_card(d)
+            self.assertEqual(self.rotate_offline(d), 2)
             self.assertEqual(vault_versions(d), {1: 1})
             os.rename(os.path.join(d.data, "kek-v1.key"), os.path.join(d.root, "kek-v1.key"))
             with self.assertRaises(RuntimeError) as e:
@@ -322,10 +326,7 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
             self.assertIn('"version":1', str(e.exception))
             os.rename(os.path.join(d.root, "kek-v1.key"), os.path.join(d.data, "kek-v1.key"))
             d.start()
-            deadline = time.monotonic() + REWRAP_WAIT_S
-            while vault_versions(d) != {2: 1} and time.monotonic() < deadline:
-                time.sleep(0.2)
-            self.assertEqual(vault_versions(d), {2: 1})
+            self.wait_versions(d, {2: 1})
         finally:
             d.cleanup()
 
