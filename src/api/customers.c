@@ -580,6 +580,11 @@ static bool sources_apply(struct tp_req *r, struct tp_cs *cs, json_t *cus, json_
     json_t *old_pm = old ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, old) : NULL;
     if (tp_is_card_source(old_pm, r->path_id)) {
       tp_card_source_delete(cs, r, old_pm);
+      /* nor as the invoice default: no default names a card that is gone */
+      json_t *is = json_object_get(cus, "invoice_settings");
+      const char *inv = json_string_value(json_object_get(is, "default_payment_method"));
+      if (inv && strcmp(inv, old) == 0)
+        json_object_set_new(is, "default_payment_method", json_null());
       json_array_append_new(known, tp_pack("{s:O, s:s, s:b}", "id", json_object_get(old_pm, "id"), "object", "card",
                                            "deleted", 1));
     }

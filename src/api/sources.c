@@ -342,11 +342,19 @@ void tp_h_source_delete(struct tp_req *r)
   struct tp_cs *cs = tp_cs_new();
   tp_card_source_delete(cs, r, pm);
   const char *def = json_string_value(json_object_get(cus, "default_source"));
-  if (def && strcmp(def, r->path_sub) == 0) {
+  json_t *is = json_object_get(cus, "invoice_settings");
+  const char *inv = json_string_value(json_object_get(is, "default_payment_method"));
+  bool was_source = def && strcmp(def, r->path_sub) == 0, was_invoice = inv && strcmp(inv, r->path_sub) == 0;
+  if (was_source || was_invoice) {
+    /* No default names a card that is gone (as a detach clears both). */
     json_t *before = json_deep_copy(cus);
-    char next[TP_ID_MAX];
-    newest_other_card(r->merchant.id, r->path_id, r->path_sub, next);
-    json_object_set_new(cus, "default_source", next[0] ? json_string(next) : json_null());
+    if (was_source) {
+      char next[TP_ID_MAX];
+      newest_other_card(r->merchant.id, r->path_id, r->path_sub, next);
+      json_object_set_new(cus, "default_source", next[0] ? json_string(next) : json_null());
+    }
+    if (was_invoice)
+      json_object_set_new(is, "default_payment_method", json_null());
     tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, cus);
     tp_emit_update(cs, r, r->merchant.id, "customer.updated", before, cus);
     json_decref(before);

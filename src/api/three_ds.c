@@ -183,9 +183,21 @@ static void setup_done(struct tp_req *r, json_t *si, bool approved)
   bool gone = pm_lock[0] && !pm && !tp_store_read_failed;
   if (gone) /* the attempt and the error still name it */
     pm = tp_pack("{s:s, s:s}", "id", pm_lock, "object", "payment_method");
+  /* Or detached meanwhile (for good), or attached to another customer than
+   * the SetupIntent's: a setup that succeeded would leave its customer a
+   * card it cannot use. */
+  enum tp_err refuse = gone ? TP_ERR_PAYMENT_METHOD_CONSUMED : TP_ERR_OK;
+  if (!gone && pm) {
+    const char *owner = json_string_value(json_object_get(pm, "customer"));
+    const char *cus = json_string_value(json_object_get(si, "customer"));
+    if (json_is_true(json_object_get(json_object_get(pm, "turnpike"), "detached")))
+      refuse = TP_ERR_PAYMENT_METHOD_CONSUMED;
+    else if (owner && !(cus && strcmp(owner, cus) == 0))
+      refuse = TP_ERR_PAYMENT_METHOD_UNEXPECTED_STATE;
+  }
   struct tp_card_info ci;
   memset(&ci, 0, sizeof ci);
-  if (!gone && (!pm || (approved && tp_vault_load(r->merchant.id, pm_id, &ci) != 0))) {
+  if (!refuse && (!pm || (approved && tp_vault_load(r->merchant.id, pm_id, &ci) != 0))) {
     json_decref(pm);
     json_decref(si);
     if (pm_lock[0])
@@ -199,13 +211,13 @@ static void setup_done(struct tp_req *r, json_t *si, bool approved)
                          json_object_get(si, "client_secret"), "next_action", json_object_get(si, "next_action"));
   struct tp_cs *cs = tp_cs_new();
   json_t *err;
-  if (approved && !gone) {
+  if (approved && !refuse) {
     json_t *attempt = NULL;
     err = tp_si_finish(r, cs, si, pm, ci.pan, true, &attempt);
     json_decref(attempt);
   } else {
-    err = gone ? tp_error_object(TP_ERR_PAYMENT_METHOD_CONSUMED, "payment_method", NULL)
-               : tp_error_object(TP_ERR_SETUP_INTENT_AUTHENTICATION_FAILURE, NULL, NULL);
+    err = refuse ? tp_error_object(refuse, "payment_method", NULL)
+                 : tp_error_object(TP_ERR_SETUP_INTENT_AUTHENTICATION_FAILURE, NULL, NULL);
     if (pm)
       json_object_set(err, "payment_method", pm);
     json_object_set(si, "last_setup_error", err);

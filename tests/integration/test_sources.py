@@ -431,6 +431,22 @@ class Sources(DaemonTestCase):
             if out["d"].status == 200:
                 self.assertNotEqual(got["default_source"], b, (out["u"], out["d"]))
 
+    def test_no_default_names_a_deleted_card(self):
+        for how in ("delete", "replace"):
+            with self.subTest(how=how):
+                cus = self.customer(source="tok_visa")
+                card = cus["default_source"]
+                self.c().post(self.srcs(cus["id"]), {"source": "tok_mastercard"})
+                r = self.c().post(CUS + "/" + cus["id"], {"invoice_settings[default_payment_method]": card})
+                self.assertEqual(r.status, 200, r)
+                if how == "delete":
+                    self.assertEqual(self.c().delete(self.srcs(cus["id"]) + "/" + card).status, 200)
+                else:
+                    self.assertEqual(self.c().post(CUS + "/" + cus["id"], {"source": "tok_amex"}).status, 200)
+                got = self.c().get(CUS + "/" + cus["id"]).json
+                self.assertIsNone(got["invoice_settings"]["default_payment_method"], got)
+                self.assertNotEqual(got["default_source"], card)
+
     def test_no_card_is_left_on_a_deleted_customer(self):
         """An attach racing the customer's deletion lands before it (and is
         detached by it) or finds the customer gone; a SetupIntent or a

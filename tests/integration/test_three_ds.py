@@ -548,6 +548,31 @@ class ThreeDSTest(DaemonTestCase):
         self.assertEqual(got.status, 303, got)
         self.assertIn("redirect_status=failed", got.headers.get("Location", ""))
         self.assertEqual(c.get(PI + "/" + r.json["id"]).json["status"], "requires_payment_method")
+        # a SetupIntent's challenge alike, with its card detached or taken by
+        # another customer meanwhile: it does not succeed with a card its
+        # customer cannot use
+        for how in ("detach", "elsewhere"):
+            with self.subTest(how=how):
+                cus = c.post("/v1/customers", {}).json["id"]
+                pm = c.post("/v1/payment_methods", {"type": "card",
+                                                    "card[token]": "tok_threeDSecure2Required"}).json["id"]
+                if how == "detach":
+                    self.assertEqual(c.post("/v1/payment_methods/%s/attach" % pm, {"customer": cus}).status, 200)
+                si = c.post("/v1/setup_intents", {"customer": cus, "payment_method": pm, "confirm": "true",
+                                                  "return_url": RETURN_URL}).json
+                self.assertEqual(si["status"], "requires_action", si)
+                u = urllib.parse.urlsplit(si["next_action"]["redirect_to_url"]["url"])
+                token = urllib.parse.parse_qs(u.query)["token"][0]
+                if how == "detach":
+                    self.assertEqual(c.post("/v1/payment_methods/%s/detach" % pm, {}).status, 200)
+                else:
+                    other = c.post("/v1/customers", {}).json["id"]
+                    self.assertEqual(c.post("/v1/payment_methods/%s/attach" % pm, {"customer": other}).status,
+                                     200)
+                got = self.submit(u.path, token, "approve")
+                self.assertEqual(got.status, 303, got)
+                self.assertIn("redirect_status=failed", got.headers.get("Location", ""))
+                self.assertEqual(c.get("/v1/setup_intents/" + si["id"]).json["status"], "requires_payment_method")
 
     def test_approve_without_return_url_shows_a_page(self):
         pi, url, token = self.start_challenge(return_url=None, pan=PAN_3DS_2)
