@@ -376,7 +376,7 @@ static bool undelivered(const struct wh_eps *w, const char *before, json_int_t p
 
 static bool in_desc(char *const *ids, size_t n, const char *id)
 {
-  return id && bsearch(&id, ids, n, sizeof *ids, by_str_desc) != NULL;
+  return id && n && bsearch(&id, ids, n, sizeof *ids, by_str_desc) != NULL;
 }
 
 /* Does ev (of this merchant) pass the list's filters: type or types, created? */
@@ -415,7 +415,7 @@ static json_t *by_delivery(struct tp_req *r, const struct tp_list_query *q0, int
       if (cur && (ascending ? strcmp(id, cur) <= 0 : strcmp(id, cur) >= 0))
         continue;
       json_t *ev = tp_store_get_json(&tp_app.store, TP_K_EVENT, q0->merchant, id);
-      if (ev && event_in_list(ev, q0, type, types)) {
+      if (ev && event_in_list(ev, q0, type, types) && !(w->hide_reports && reports_event(ev))) {
         if (json_array_size(out) == (size_t)limit)
           *more = true;
         else

@@ -321,7 +321,13 @@ void tp_h_source_delete(struct tp_req *r)
   if (!tp_check_params(r, spec_delete))
     return;
   /* The customer (its default_source) and the card (an update of it must
-   * not write it back after the delete), customer first as everywhere. */
+   * not write it back after the delete), customer first as everywhere. An
+   * id that is the customer's own is no card of it: not waited for on the
+   * lock this request holds. */
+  if (strcmp(r->path_sub, r->path_id) == 0) {
+    tp_reply_missing(r, "source", r->path_sub, "id");
+    return;
+  }
   if (!tp_lock_try(r->path_id)) {
     tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
     return;

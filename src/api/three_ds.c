@@ -342,10 +342,12 @@ void tp_h_3ds_submit(struct tp_req *r)
    * would refuse it now. */
   const char *owner = json_string_value(json_object_get(pm, "customer"));
   const char *cus = json_string_value(json_object_get(pi, "customer"));
-  if (owner && !(cus && strcmp(owner, cus) == 0)) {
+  bool detached = json_is_true(json_object_get(json_object_get(pm, "turnpike"), "detached"));
+  if (detached || (owner && !(cus && strcmp(owner, cus) == 0))) {
+    /* detached meanwhile: for good, whatever setup_future_usage says */
     tp_card_wipe(&ci, sizeof ci);
     json_decref(pm);
-    fail_payment(r, pi, TP_ERR_PAYMENT_METHOD_UNEXPECTED_STATE);
+    fail_payment(r, pi, detached ? TP_ERR_PAYMENT_METHOD_CONSUMED : TP_ERR_PAYMENT_METHOD_UNEXPECTED_STATE);
     return;
   }
   /* A PaymentMethod attached to no customer pays once (consume_unattached),

@@ -54,7 +54,7 @@ const char *tp_config_get(const char *section, const char *key)
   char var[256];
   env_name(var, sizeof var, section, key);
   const char *e = getenv(var);
-  if (e)
+  if (e && *e) /* set but blank (a container's empty variable): not set, the file's value holds */
     return e;
   for (size_t i = 0; i < nsettings; i++)
     if (strcasecmp(settings[i].section, section) == 0 && strcasecmp(settings[i].key, key) == 0)

@@ -1005,6 +1005,23 @@ class BadConfig(unittest.TestCase):
             finally:
                 d.cleanup()
 
+    def test_a_blank_environment_variable_is_not_set(self):
+        # a container's empty variables: neither refused nor hiding the file's value
+        d = Daemon()
+        try:
+            d.create_merchant("m")
+            d.start(config="[balance]\navailable_after_seconds = 7\n",
+                    extra_env={"TURNPIKE_LOG_LEVEL": "", "TURNPIKE_SERVER_THREADS": "",
+                               "TURNPIKE_BALANCE_AVAILABLE_AFTER_SECONDS": ""})
+            c = d.client("m")
+            pi = c.post("/v1/payment_intents", {"amount": 900, "currency": "usd", "confirm": "true",
+                                                "payment_method": "pm_card_visa"}).json
+            ch = c.get("/v1/charges/" + pi["latest_charge"]).json
+            bt = c.get("/v1/balance_transactions/" + ch["balance_transaction"]).json
+            self.assertEqual(bt["available_on"] - bt["created"], 7, bt)  # the file's value held
+        finally:
+            d.cleanup()
+
     def test_an_environment_override_that_is_not_valid_stops_serve(self):
         for var, val in (("TURNPIKE_SERVER_THREADS", "abc"), ("TURNPIKE_LOG_LEVEL", "verbose")):
             d = Daemon()

@@ -431,6 +431,16 @@ class Sources(DaemonTestCase):
             if out["d"].status == 200:
                 self.assertNotEqual(got["default_source"], b, (out["u"], out["d"]))
 
+    def test_a_source_id_that_is_the_customer_is_missing_at_once(self):
+        import time
+        cus = self.customer(source="tok_visa")["id"]
+        t0 = time.monotonic()
+        self.assertStripeError(self.c().delete(self.srcs(cus) + "/" + cus), 404, "invalid_request_error",
+                               "resource_missing")
+        self.assertStripeError(self.c().post(CUS + "/" + cus, {"default_source": cus}), 404,
+                               "invalid_request_error", "resource_missing")
+        self.assertLess(time.monotonic() - t0, 1.5)  # not a wait on the lock the request holds itself
+
     def test_no_default_names_a_deleted_card(self):
         for how in ("delete", "replace"):
             with self.subTest(how=how):

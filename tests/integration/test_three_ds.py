@@ -548,6 +548,19 @@ class ThreeDSTest(DaemonTestCase):
         self.assertEqual(got.status, 303, got)
         self.assertIn("redirect_status=failed", got.headers.get("Location", ""))
         self.assertEqual(c.get(PI + "/" + r.json["id"]).json["status"], "requires_payment_method")
+        # a customer's card detached during its challenge pays no more, even
+        # when the payment was to save it (setup_future_usage)
+        cus = c.post("/v1/customers", {}).json["id"]
+        pm = c.post("/v1/payment_methods", {"type": "card", "card[token]": "tok_threeDSecure2Required"}).json["id"]
+        self.assertEqual(c.post("/v1/payment_methods/%s/attach" % pm, {"customer": cus}).status, 200)
+        r = c.post(PI, {"amount": 1000, "currency": "usd", "confirm": "true", "customer": cus, "payment_method": pm,
+                        "setup_future_usage": "off_session", "return_url": RETURN_URL})
+        self.assertEqual(r.json["status"], "requires_action", r)
+        u = urllib.parse.urlsplit(r.json["next_action"]["redirect_to_url"]["url"])
+        self.assertEqual(c.post("/v1/payment_methods/%s/detach" % pm, {}).status, 200)
+        got = self.submit(u.path, urllib.parse.parse_qs(u.query)["token"][0], "approve")
+        self.assertIn("redirect_status=failed", got.headers.get("Location", ""), got)
+        self.assertEqual(c.get(PI + "/" + r.json["id"]).json["status"], "requires_payment_method")
         # a SetupIntent's challenge alike, with its card detached or taken by
         # another customer meanwhile: it does not succeed with a card its
         # customer cannot use
