@@ -324,6 +324,8 @@ class Daemon:
                 self.proc.wait()
         rc = self.proc.returncode
         self.proc = None
+        if rc is not None and (rc < 0 or rc > 2):  # a sanitizer's report (abort_on_error: -6), a hang: show why
+            sys.stderr.write("turnpike serve stopped with %s; its log ends:\n%s\n" % (rc, self.log_text()[-8000:]))
         return rc
 
     def kill9(self):
