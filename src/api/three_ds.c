@@ -160,6 +160,20 @@ static void back_to_merchant(struct tp_req *r, const json_t *pi, bool ok)
                     : "<!doctype html><title>Done</title><p id=\"result\">Authentication failed.</p>");
 }
 
+/* Whether the card an intent's challenge was for is still the intent's to
+ * use at its approval: detached meanwhile (for good, whatever
+ * setup_future_usage says: payment_method_consumed), or attached to a
+ * customer the intent is not for, one made with it while the challenge was
+ * out (payment_method_unexpected_state); TP_ERR_OK when it still is. */
+static enum tp_err card_moved(const json_t *pm, const json_t *intent)
+{
+  if (json_is_true(json_object_get(json_object_get(pm, "turnpike"), "detached")))
+    return TP_ERR_PAYMENT_METHOD_CONSUMED;
+  const char *owner = json_string_value(json_object_get(pm, "customer"));
+  const char *cus = json_string_value(json_object_get(intent, "customer"));
+  return owner && !(cus && strcmp(owner, cus) == 0) ? TP_ERR_PAYMENT_METHOD_UNEXPECTED_STATE : TP_ERR_OK;
+}
+
 /* A SetupIntent's challenge answered (si owned, its lock held): verify
  * and save the card, or fail, then send the customer back. */
 static void setup_done(struct tp_req *r, json_t *si, bool approved)
@@ -183,18 +197,9 @@ static void setup_done(struct tp_req *r, json_t *si, bool approved)
   bool gone = pm_lock[0] && !pm && !tp_store_read_failed;
   if (gone) /* the attempt and the error still name it */
     pm = tp_pack("{s:s, s:s}", "id", pm_lock, "object", "payment_method");
-  /* Or detached meanwhile (for good), or attached to another customer than
-   * the SetupIntent's: a setup that succeeded would leave its customer a
-   * card it cannot use. */
-  enum tp_err refuse = gone ? TP_ERR_PAYMENT_METHOD_CONSUMED : TP_ERR_OK;
-  if (!gone && pm) {
-    const char *owner = json_string_value(json_object_get(pm, "customer"));
-    const char *cus = json_string_value(json_object_get(si, "customer"));
-    if (json_is_true(json_object_get(json_object_get(pm, "turnpike"), "detached")))
-      refuse = TP_ERR_PAYMENT_METHOD_CONSUMED;
-    else if (owner && !(cus && strcmp(owner, cus) == 0))
-      refuse = TP_ERR_PAYMENT_METHOD_UNEXPECTED_STATE;
-  }
+  /* Or no longer this SetupIntent's to use: a setup that succeeded would
+   * leave its customer a card it cannot use. */
+  enum tp_err refuse = gone ? TP_ERR_PAYMENT_METHOD_CONSUMED : pm ? card_moved(pm, si) : TP_ERR_OK;
   struct tp_card_info ci;
   memset(&ci, 0, sizeof ci);
   if (!refuse && (!pm || (approved && tp_vault_load(r->merchant.id, pm_id, &ci) != 0))) {
@@ -337,17 +342,13 @@ void tp_h_3ds_submit(struct tp_req *r)
     return;
   }
   tp_card_exp_of(&ci, pm);
-  /* Attached meanwhile to a customer this payment is not for (a customer
-   * made with it while the challenge was out): refused, as a confirmation
-   * would refuse it now. */
-  const char *owner = json_string_value(json_object_get(pm, "customer"));
-  const char *cus = json_string_value(json_object_get(pi, "customer"));
-  bool detached = json_is_true(json_object_get(json_object_get(pm, "turnpike"), "detached"));
-  if (detached || (owner && !(cus && strcmp(owner, cus) == 0))) {
-    /* detached meanwhile: for good, whatever setup_future_usage says */
+  /* No longer this payment's to use: refused, as a confirmation would
+   * refuse it now. */
+  enum tp_err moved = card_moved(pm, pi);
+  if (moved != TP_ERR_OK) {
     tp_card_wipe(&ci, sizeof ci);
     json_decref(pm);
-    fail_payment(r, pi, detached ? TP_ERR_PAYMENT_METHOD_CONSUMED : TP_ERR_PAYMENT_METHOD_UNEXPECTED_STATE);
+    fail_payment(r, pi, moved);
     return;
   }
   /* A PaymentMethod attached to no customer pays once (consume_unattached),
