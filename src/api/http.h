@@ -75,6 +75,7 @@ struct tp_req {
   const char *content_type;
   bool replayed;
   bool settled_error;            /* an error that was committed: the same request will not do better */
+  int err;                       /* enum tp_err of the reply set by tp_reply_error (0: not an error reply) */
   char api_version[48];   /* the request's Stripe-Version, echoed in the reply ("" none; TP_API_VERSION_MAX) */
   char original_request[40]; /* a replay: the request whose reply it is ("" if unknown) */
   bool publishable; /* authenticated by a publishable key (TP_R_CLIENT or TP_R_PUBLISHABLE route) */
@@ -141,11 +142,9 @@ void tp_reply_error(struct tp_req *r, enum tp_err e, const char *param, const ch
 /* Reply to a change set that did not commit (its completion's rc != 0):
  * 503 store_full when the disk is full, else 503 store_unavailable. */
 void tp_reply_commit_failed(struct tp_req *r, int rc);
-/* Build the Stripe error object {"type","code",...} (without the "error" wrapper). */
+/* Build the Stripe error object {"type","code",...} (without the "error" wrapper),
+ * with Stripe's doc_url for its code (https://stripe.com/docs/error-codes/card-declined). */
 json_t *tp_error_object(enum tp_err e, const char *param, const char *message);
-/* Add Stripe's doc_url for err's code (its page: the code with hyphens,
- * https://stripe.com/docs/error-codes/card-declined). */
-void tp_error_doc_url(json_t *err);
 /* Add request_log_url (the request log entry of r) to the error object err. */
 void tp_error_request_log(json_t *err, const struct tp_req *r);
 /* Reply with a params-module error (bad body / unknown parameter). */
@@ -177,6 +176,8 @@ bool tp_idem_begin(struct tp_req *r);
  * the reply is set, before submitting the change set. No-op without a key. */
 void tp_idem_record(struct tp_req *r, struct tp_cs *cs);
 /* Mark the key as in flight durably (write-ahead of a processor call). */
+/* r's reply is an error Stripe would keep for replays under its key. */
+bool tp_idem_keeps_error(const struct tp_req *r);
 void tp_idem_record_pending(struct tp_req *r, struct tp_cs *cs);
 /* Forget the in-memory in-flight mark (request finished). */
 void tp_idem_end(struct tp_req *r);

@@ -266,6 +266,34 @@ void tp_idem_record(struct tp_req *r, struct tp_cs *cs)
   tp_cs_idem(cs, r->merchant.id, r->idem_slot, r->req_hash, r->request_id, (int)r->status, r->resp);
 }
 
+/* Stripe saves the result of a request that "started executing", errors
+ * included, and replays it to a retry with the key; only a request that
+ * failed validation, or conflicted with one executing concurrently, saves
+ * nothing. Turnpike's errors that come from the state of the objects the
+ * request acted on, not from its parameters (a capture of a PaymentIntent
+ * that already succeeded, a refund of a charge refunded meanwhile), are
+ * such results. A missing object and an amount past what is left are the
+ * client's parameters to fix, so they store nothing. */
+bool tp_idem_keeps_error(const struct tp_req *r)
+{
+  static const int kept[] = {
+    TP_ERR_PAYMENT_INTENT_UNEXPECTED_STATE, TP_ERR_PAYMENT_INTENT_AMOUNT_LOCKED, TP_ERR_CAPTURE_UNAUTHORIZED_PAYMENT,
+    TP_ERR_CAPTURE_CHARGE_AUTHORIZATION_EXPIRED, TP_ERR_PAYMENT_METHOD_UNEXPECTED_STATE,
+    TP_ERR_PAYMENT_METHOD_NOT_ATTACHED, TP_ERR_PAYMENT_METHOD_ALREADY_ATTACHED, TP_ERR_TOKEN_ALREADY_USED,
+    TP_ERR_SETUP_INTENT_UNEXPECTED_STATE, TP_ERR_INTENT_INVALID_STATE, TP_ERR_CHARGE_ALREADY_REFUNDED,
+    TP_ERR_CHARGE_ALREADY_CAPTURED, TP_ERR_CHARGE_NOT_REFUNDABLE, TP_ERR_CHARGE_EXPIRED_FOR_CAPTURE,
+    TP_ERR_CHARGE_DISPUTED, TP_ERR_REFUND_DISPUTED_PAYMENT, TP_ERR_REFUND_NOT_CANCELABLE,
+    TP_ERR_DISPUTE_ALREADY_CLOSED, TP_ERR_STATUS_TRANSITION_INVALID, TP_ERR_PAYMENT_METHOD_CONSUMED,
+    TP_ERR_ATTEMPT_UNEXPECTED_STATE,
+  };
+  if (!r->has_idem || !r->idem_registered || r->settled_error || r->status < 400 || r->status >= 500 || !r->err)
+    return false;
+  for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++)
+    if (kept[i] == r->err)
+      return true;
+  return false;
+}
+
 void tp_idem_record_pending(struct tp_req *r, struct tp_cs *cs)
 {
   if (!r->has_idem || !r->idem_registered)

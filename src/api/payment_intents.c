@@ -235,6 +235,7 @@ static void pi_state_error(struct tp_req *r, const json_t *pi, enum tp_err e, co
   json_object_set_new(err, "payment_intent", json_deep_copy(pi));
   tp_error_request_log(err, r);
   tp_reply_json(r, ei ? (unsigned)ei->http_status : 400, tp_pack("{s:o}", "error", err));
+  r->err = (int)e; /* an error of the PaymentIntent's state (tp_idem_keeps_error) */
 }
 
 static void unexpected_state(struct tp_req *r, const json_t *pi, const char *action)
@@ -766,7 +767,6 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
       json_t *err = tp_error_object(tds_error ? (enum tp_err)tp_error_by_decline_code("processing_error")->number
                                               : TP_ERR_DECLINE_AUTHENTICATION_REQUIRED,
                                     NULL, NULL);
-      tp_error_doc_url(err);
       json_object_set(err, "payment_method", pm);
       json_object_set(pi, "last_payment_error", err);
       json_object_set_new(pi, "payment_method", json_null());

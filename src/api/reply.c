@@ -14,6 +14,7 @@ void tp_reply_raw(struct tp_req *r, unsigned status, char *body, size_t len, con
 {
   free(r->resp);
   r->status = status;
+  r->err = 0;
   r->resp = body;
   r->resp_len = len;
   r->content_type = content_type;
@@ -82,7 +83,7 @@ static int code_cmp(const void *k, const void *e)
   return strcmp(k, *(const char *const *)e);
 }
 
-void tp_error_doc_url(json_t *err)
+static void tp_error_doc_url(json_t *err)
 {
   const char *code = json_string_value(json_object_get(err, "code"));
   char page[96];
@@ -131,6 +132,7 @@ json_t *tp_error_object(enum tp_err e, const char *param, const char *message)
   if (param && *param)
     json_object_set_new(o, "param", echo_string(pbuf));
   json_object_set_new(o, "tp_code", json_integer(ei->number));
+  tp_error_doc_url(o); /* Stripe: "a URL to more information about the error code reported" */
   return o;
 }
 
@@ -143,9 +145,10 @@ void tp_reply_error(struct tp_req *r, enum tp_err e, const char *param, const ch
   const struct tp_error_info *ei = tp_error_info(e);
   unsigned status = ei ? (unsigned)ei->http_status : 500;
   json_t *err = tp_error_object(e, param, message);
-  tp_error_doc_url(err); /* Stripe: "a URL to more information about the error code reported" */
   tp_error_request_log(err, r);
   tp_reply_json(r, status, tp_pack("{s:o}", "error", err));
+  if (r->status == status)
+    r->err = (int)e;
 }
 
 void tp_reply_params_error(struct tp_req *r, const struct tp_params_error *pe, bool unknown)

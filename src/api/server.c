@@ -1,6 +1,7 @@
 /* libmicrohttpd glue: bounded body reading, routing, authentication,
  * parameter parsing, suspend/resume and response queueing. */
 #include "api/http.h"
+#include "api/commit.h"
 #include "core/payflow.h"
 #include "cli.h"
 #include "api/objects.h"
@@ -531,6 +532,10 @@ static void run_handler(struct tp_req *r)
 {
   tp_lock_owner(r->merchant.id); /* the locks it takes are this merchant's request's */
   run_handler_loop(r);
+  /* An error of a request that started executing is its result: kept
+   * under its Idempotency-Key and replayed, as a success is (idem.c). */
+  if (!r->suspended && tp_idem_keeps_error(r))
+    tp_commit_and_reply(r, tp_cs_new());
   tp_lock_pretend(NULL); /* the thread's next request is another's */
   tp_lock_owner(NULL);
 }

@@ -373,7 +373,6 @@ static json_t *si_fail(struct tp_req *r, struct tp_cs *cs, json_t *si, json_t *p
   if (!ei)
     ei = tp_error_by_decline_code("generic_decline");
   json_t *err = tp_error_object((enum tp_err)ei->number, tp_decline_param(ei->code), NULL);
-  tp_error_doc_url(err);
   json_object_set(err, "payment_method", pm);
   json_object_set(si, "last_setup_error", err);
   json_object_set_new(si, "status", json_string("requires_payment_method"));

@@ -1621,7 +1621,6 @@ void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs)
   json_object_set(ch, "failure_message", json_object_get(err, "message"));
   json_object_set(err, "charge", json_object_get(ch, "id"));
   json_object_set(err, "payment_method", p->pm);
-  tp_error_doc_url(err);
   json_object_set(pi, "last_payment_error", err);
   json_object_set_new(pi, "status", json_string("requires_payment_method"));
   json_object_set_new(pi, "payment_method", json_null());

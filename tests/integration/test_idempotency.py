@@ -98,6 +98,47 @@ class IdempotencyTest(DaemonTestCase):
         self.assertEqual(r.json["status"], "requires_payment_method", r)
         self.assertEqual(r.json["last_payment_error"]["decline_code"], "generic_decline", r)
 
+    def test_an_error_of_a_request_that_executed_is_replayed_and_validation_errors_are_not(self):
+        """Stripe: results are saved once an endpoint started executing,
+        errors included; a request that failed validation saves nothing."""
+        c = self.c("main")
+        pi = c.post(PI, confirm_params(amount=1700))
+        self.assertEqual(pi.json["status"], "succeeded", pi)
+        # a capture of a PaymentIntent that already succeeded: its state, not its parameters
+        key = new_key("state")
+        first = c.post(PI + "/" + pi.json["id"] + "/capture", {}, idem=key)
+        err = self.assertStripeError(first, 400, "invalid_request_error")
+        self.assertEqual(err["code"], "payment_intent_unexpected_state", first)
+        self.assertNotEqual(first.headers.get("Idempotent-Replayed"), "true", first)
+        again = c.post(PI + "/" + pi.json["id"] + "/capture", {}, idem=key)
+        self.assertReplayOf(first, again)
+        self.assertEqual(again.headers.get("Original-Request"), first.headers.get("Request-Id"), again)
+        # the key is the first request's: other parameters with it are refused
+        other = c.post(PI + "/" + pi.json["id"] + "/capture", {"amount_to_capture": 100}, idem=key)
+        self.assertStripeError(other, 400, "idempotency_error")
+        # a refund of a charge refunded in full: kept too
+        full = c.post("/v1/refunds", {"payment_intent": pi.json["id"]})
+        self.assertEqual(full.status, 200, full)
+        rkey = new_key("refunded")
+        r1 = c.post("/v1/refunds", {"payment_intent": pi.json["id"]}, idem=rkey)
+        self.assertEqual(self.assertStripeError(r1, 400, "invalid_request_error")["code"],
+                         "charge_already_refunded", r1)
+        self.assertReplayOf(r1, c.post("/v1/refunds", {"payment_intent": pi.json["id"]}, idem=rkey))
+        # a validation error stores nothing: the same key with the request fixed runs
+        vkey = new_key("valid")
+        bad = c.post(PI, {"amount": "12x", "currency": "usd"}, idem=vkey)
+        self.assertStripeError(bad, 400, "invalid_request_error")
+        good = c.post(PI, {"amount": 1200, "currency": "usd"}, idem=vkey)
+        self.assertEqual(good.status, 200, good)
+        self.assertNotEqual(good.headers.get("Idempotent-Replayed"), "true", good)
+        # nor does a missing object: the client fixes the id and retries with the key
+        mkey = new_key("missing")
+        miss = c.post(PI + "/pi_doesnotexist/cancel", {}, idem=mkey)
+        self.assertEqual(miss.status, 404, miss)
+        live = c.post(PI, {"amount": 900, "currency": "usd"})
+        ok = c.post(PI + "/" + live.json["id"] + "/cancel", {}, idem=mkey)
+        self.assertEqual(ok.status, 200, ok)
+
     def test_same_key_with_different_params_is_idempotency_error(self):
         c = self.c("main")
         key = new_key()
