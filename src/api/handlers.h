@@ -49,6 +49,12 @@ bool tp_confirm_pm_choice(struct tp_req *r, struct tp_cs *cs, const json_t *inte
  * its confirmation unless redirects are off, the customer is away or a
  * Stripe SDK handles the action. False after replying. */
 bool tp_redirect_allowed(struct tp_req *r, const json_t *intent);
+/* automatic_payment_methods[enabled] (required in the hash) and
+ * [allow_redirects] into intent, refused beside payment_method_types. */
+bool tp_apply_apm(struct tp_req *r, json_t *intent, const json_t *params);
+/* Without confirm=true, none of only (NULL-terminated) may be sent:
+ * Stripe's "can only be used with confirm=true". */
+bool tp_confirm_only_ok(struct tp_req *r, const char *const *only);
 /* Does this confirmation of intent (a PaymentIntent or SetupIntent) with
  * card pan and PaymentMethod pm need 3-D Secure: the issuer asks (test
  * cards, connectors/sandbox.c) or the intent's request_three_d_secure does. */

@@ -687,8 +687,15 @@ static int check_range(struct check_ctx *c, size_t plen, json_t *v, const char *
 static bool enum_emptyable(const struct check_ctx *c, const struct tp_pspec *sp)
 {
   static const char *const names[] = {"setup_future_usage", "tax_exempt", "user_report", NULL};
-  if (strchr(c->path, '['))
-    return true;
+  /* Nested: those whose choices list "" (Stripe's Emptyable ones); the
+   * others (request_three_d_secure, allow_redirects ...) would be left
+   * without a value their object always has. */
+  if (strchr(c->path, '[')) {
+    for (const char *const *ch = sp->choices; ch && *ch; ch++)
+      if (!**ch)
+        return true;
+    return false;
+  }
   for (const char *const *n = names; *n; n++)
     if (strcmp(sp->name, *n) == 0)
       return true;
@@ -726,8 +733,11 @@ static int check_value(struct check_ctx *c, size_t plen, json_t *v, const struct
   /* Top-level money (amount, amount_to_capture ...) and currency cannot be
    * unset either: "" or a JSON null was ignored (an update kept the amount,
    * a capture or refund took the whole of it) or read as a currency "". */
+  /* Nor a PaymentIntent's or SetupIntent's payment_method (not Emptyable
+   * in Stripe's API: "" kept the old one and answered 200). */
   bool never_unset = !strchr(c->path, '[') && ((sp->type == TP_P_INT && strncmp(sp->name, "amount", 6) == 0) ||
-                                               strcmp(sp->name, "currency") == 0);
+                                               strcmp(sp->name, "currency") == 0 ||
+                                               (sp->type == TP_P_STRING && strcmp(sp->name, "payment_method") == 0));
   if ((((sp->type == TP_P_ENUM && !enum_emptyable(c, sp)) || never_unset) && json_is_string(v) &&
        json_string_length(v) == 0) ||
       (never_unset && json_is_null(v))) {

@@ -445,32 +445,54 @@ static bool apply_fields(struct tp_req *r, json_t *pi, const json_t *params)
  * and setup_future_usage, which override the top-level fields for a card
  * (tp_pi_card_option). Kept on the PaymentIntent as Stripe shows them,
  * merged with what an earlier request set; an empty value unsets. */
-static void apply_pm_options(json_t *pi, const json_t *params)
+static bool apply_pm_options(struct tp_req *r, json_t *pi, const json_t *params)
 {
-  json_t *given = json_object_get(json_object_get(params, "payment_method_options"), "card");
+  const json_t *pmo = json_object_get(params, "payment_method_options");
+  if (json_is_string(pmo) && !*json_string_value(pmo)) {
+    /* The hash itself cannot be unset (Stripe's types: not Emptyable). */
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID_EMPTY, "payment_method_options", NULL);
+    return false;
+  }
+  json_t *given = json_object_get(pmo, "card");
+  if (json_is_string(given) && !*json_string_value(given)) {
+    /* card="" unsets the card's options (Emptyable): capture_method and
+     * setup_future_usage are the PaymentIntent's own again. */
+    json_t *had = json_object_get(pi, "payment_method_options");
+    json_object_del(had, "card");
+    if (json_is_object(had) && json_object_size(had) == 0)
+      json_object_set_new(pi, "payment_method_options", json_null()); /* as one made without options */
+    return true;
+  }
   if (!json_is_object(given))
-    return;
-  json_t *pmo = json_object_get(pi, "payment_method_options");
-  json_t *card = json_object_get(pmo, "card");
+    return true;
+  const json_t *net = json_object_get(given, "network");
+  if (json_is_string(net) && !*json_string_value(net)) {
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID_EMPTY, "payment_method_options[card][network]", NULL);
+    return false;
+  }
+  json_t *card = json_object_get(json_object_get(pi, "payment_method_options"), "card");
   if (!json_is_object(card)) {
     card = tp_pack("{s:n, s:n, s:n, s:s}", "installments", "mandate_options", "network", "request_three_d_secure",
                    "automatic");
-    json_object_set_new(pi, "payment_method_options", tp_pack("{s:o}", "card", card));
+    if (!json_is_object(json_object_get(pi, "payment_method_options")))
+      json_object_set_new(pi, "payment_method_options", json_object());
+    json_object_set_new(json_object_get(pi, "payment_method_options"), "card", card);
   }
   const char *k;
   json_t *v;
   json_object_foreach(given, k, v)
   {
     if (json_is_string(v) && !*json_string_value(v))
-      json_object_del(card, k);
+      json_object_del(card, k); /* the Emptyable ones (the spec refuses "" for the others) */
     else
       json_object_set(card, k, v);
   }
+  return true;
 }
 
 /* automatic_payment_methods[enabled] (required in the hash) and
  * [allow_redirects]; cards are the only method either way. */
-static bool apply_apm(struct tp_req *r, json_t *pi, const json_t *params)
+bool tp_apply_apm(struct tp_req *r, json_t *pi, const json_t *params)
 {
   const json_t *apm = json_object_get(params, "automatic_payment_methods");
   if (!apm)
@@ -572,9 +594,15 @@ json_t *tp_pm_from_data(struct tp_req *r, struct tp_cs *cs, const json_t *pmd, s
                         char cvc[8])
 {
   const char *type = tp_pstr(pmd, "type");
-  if (!type || strcmp(type, "card") != 0) {
-    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "payment_method_data[type]",
-                   "Invalid payment_method_data[type]: must be card");
+  if (!type || !*type) {
+    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "payment_method_data[type]", NULL);
+    return NULL;
+  }
+  if (strcmp(type, "card") != 0) {
+    char msg[200];
+    snprintf(msg, sizeof msg, "The payment method type \"%.40s\" is invalid: Turnpike takes card payments only.",
+             type);
+    tp_reply_error(r, TP_ERR_PAYMENT_METHOD_UNSUPPORTED_TYPE, "payment_method_data[type]", msg);
     return NULL;
   }
   const json_t *card = json_object_get(pmd, "card");
@@ -639,12 +667,16 @@ bool tp_redirect_allowed(struct tp_req *r, const json_t *pi)
   if (!json_is_true(json_object_get(apm, "enabled")) || (redirects && strcmp(redirects, "never") == 0) || away ||
       sdk || (ret && *ret))
     return true;
-  tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "return_url",
-                 "A `return_url` must be specified because this Payment Intent is configured to automatically "
-                 "accept the payment methods enabled in the Dashboard, some of which may require a full page "
-                 "redirect to succeed. If you do not want to accept redirect-based payment methods, set "
-                 "`automatic_payment_methods[enabled]` to `true` and `automatic_payment_methods[allow_redirects]` "
-                 "to `never` when creating Setup Intents and Payment Intents.");
+  char msg[512];
+  snprintf(msg, sizeof msg,
+           "A `return_url` must be specified because this %s is configured to automatically "
+           "accept the payment methods enabled in the Dashboard, some of which may require a full page "
+           "redirect to succeed. If you do not want to accept redirect-based payment methods, set "
+           "`automatic_payment_methods[enabled]` to `true` and `automatic_payment_methods[allow_redirects]` "
+           "to `never` when creating Setup Intents and Payment Intents.",
+           strcmp(json_string_value(json_object_get(pi, "object")) ?: "", "setup_intent") == 0 ? "Setup Intent"
+                                                                                               : "Payment Intent");
+  tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "return_url", msg);
   return false;
 }
 
@@ -910,12 +942,11 @@ static bool create_basics(struct tp_req *r, int64_t *amount, const struct tp_cur
 /* The parameters Stripe's reference says "can only be used with
  * confirm=true" on a create (mandate and mandate_data too, which Turnpike
  * refuses anyway): without it they would be kept nowhere and do nothing. */
-static bool confirming_params_ok(struct tp_req *r)
+bool tp_confirm_only_ok(struct tp_req *r, const char *const *only)
 {
   bool confirming = false;
   if (tp_param_bool(r->params, "confirm", &confirming) && confirming)
     return true;
-  static const char *const only[] = {"off_session", "return_url", "error_on_requires_action", NULL};
   for (int i = 0; only[i]; i++)
     if (json_object_get(r->params, only[i])) {
       tp_reply_error(r, TP_ERR_PARAMETER_REQUIRES_CONFIRM, only[i], NULL);
@@ -928,17 +959,21 @@ void tp_h_pi_create(struct tp_req *r)
 {
   int64_t amount;
   const struct tp_currency *cur;
-  if (!tp_check_params(r, spec_create) || !confirming_params_ok(r) || !create_basics(r, &amount, &cur))
+  static const char *const only[] = {"off_session", "return_url", "error_on_requires_action", NULL};
+  if (!tp_check_params(r, spec_create) || !tp_confirm_only_ok(r, only) || !create_basics(r, &amount, &cur))
     return;
   const char *pm_given = tp_pstr(r->params, "payment_method");
   if (pm_given && *pm_given && !tp_pm_exists(r, pm_given, "payment_method"))
     return;
   json_t *pi = pi_new(r, amount, cur);
-  if (!apply_fields(r, pi, r->params) || !apply_apm(r, pi, r->params)) {
+  if (!apply_fields(r, pi, r->params) || !tp_apply_apm(r, pi, r->params)) {
     json_decref(pi);
     return;
   }
-  apply_pm_options(pi, r->params);
+  if (!apply_pm_options(r, pi, r->params)) {
+    json_decref(pi);
+    return;
+  }
   const char *pm_id = tp_pstr(r->params, "payment_method");
   bool do_confirm = false;
   tp_param_bool(r->params, "confirm", &do_confirm);
@@ -1138,9 +1173,8 @@ void tp_h_pi_update(struct tp_req *r)
    * PaymentIntent is later updated for any reason". */
   json_object_set_new(pi, "last_payment_error", json_null());
   size_t md_keys = json_object_size(json_object_get(pi, "metadata"));
-  if (!apply_fields(r, pi, r->params))
+  if (!apply_fields(r, pi, r->params) || !apply_pm_options(r, pi, r->params))
     goto out;
-  apply_pm_options(pi, r->params);
   const char *pm_id = tp_pstr(r->params, "payment_method");
   if (pm_id && *pm_id) {
     json_object_set_new(pi, "payment_method", json_string(pm_id));
@@ -1306,7 +1340,11 @@ void tp_h_pi_confirm(struct tp_req *r)
     tp_lock_release(r->path_id);
     return;
   }
-  apply_pm_options(pi, r->params);
+  if (!apply_pm_options(r, pi, r->params)) {
+    json_decref(pi);
+    tp_lock_release(r->path_id);
+    return;
+  }
   confirm(r, pi, tp_cs_new(), false, r->path_id, false);
 }
 
@@ -1451,6 +1489,17 @@ static bool capture_descriptors(struct tp_req *r, json_t *ch)
  * amount_param names the amount's parameter (amount_to_capture, or amount on
  * the Charges API), reply_charge answers with the charge instead of the
  * PaymentIntent. The reply comes when the capture is committed. */
+/* When the authorization of uncaptured charge ch lapses: its
+ * capture_before, or (charges written before it existed) from its
+ * creation. */
+static int64_t authorization_due(const json_t *ch)
+{
+  json_t *before = json_object_get(json_object_get(json_object_get(ch, "payment_method_details"), "card"),
+                                   "capture_before");
+  return json_is_integer(before) ? json_integer_value(before)
+                                 : json_integer_value(json_object_get(ch, "created")) + tp_authorization_ttl();
+}
+
 static void capture(struct tp_req *r, const char *pi_id, const char *amount_param, bool reply_charge)
 {
   bool final = true;
@@ -1489,6 +1538,18 @@ static void capture(struct tp_req *r, const char *pi_id, const char *amount_para
   if (!ch) {
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
     goto fail;
+  }
+  if (authorization_due(ch) <= tp_now()) {
+    /* Past capture_before (Stripe: "can no longer be captured"), though
+     * the expiry scan has not voided it yet (it runs once a minute, 100 at
+     * a time, and not at all while the gateway was down): refused, and
+     * voided now rather than at the next scan. */
+    tp_reply_error(r, TP_ERR_CHARGE_EXPIRED_FOR_CAPTURE, NULL, NULL);
+    json_decref(ch);
+    json_decref(pi);
+    tp_lock_release(pi_id);
+    (void)tp_pi_expire(r->merchant.id, pi_id, tp_now());
+    return;
   }
   json_t *md = json_object_get(r->params, "metadata");
   if (md) {
@@ -1670,12 +1731,7 @@ int tp_pi_expire(const char *merchant, const char *pi_id, int64_t now)
   json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, merchant, pi_id);
   const char *st = json_string_value(json_object_get(pi, "status"));
   json_t *ch = st && strcmp(st, "requires_capture") == 0 ? charge_of(&m, pi) : NULL;
-  json_t *before = json_object_get(json_object_get(json_object_get(ch, "payment_method_details"), "card"),
-                                   "capture_before");
-  /* Without capture_before (charges written before it existed): from the
-   * charge's creation. */
-  int64_t due = json_is_integer(before) ? json_integer_value(before)
-                                        : json_integer_value(json_object_get(ch, "created")) + tp_authorization_ttl();
+  int64_t due = ch ? authorization_due(ch) : 0;
   /* Not while a capture's outcome is unknown (it may have been taken):
    * the next scan, once it is settled. */
   if (!ch || due > now || tp_pi_unsettled(merchant, pi_id) != 0) {

@@ -243,16 +243,8 @@ static bool si_apply(struct tp_req *r, struct tp_cs *cs, json_t *si, bool creati
     const char *usage = tp_pstr(p, "usage");
     if (usage && *usage)
       json_object_set_new(si, "usage", json_string(usage));
-    const json_t *apm = json_object_get(p, "automatic_payment_methods");
-    if (json_is_object(apm)) {
-      bool enabled = false;
-      tp_param_bool(apm, "enabled", &enabled);
-      const char *ar = tp_pstr(apm, "allow_redirects");
-      json_t *o = tp_pack("{s:b}", "enabled", enabled);
-      if (enabled)
-        json_object_set_new(o, "allow_redirects", json_string(ar && *ar ? ar : "always"));
-      json_object_set_new(si, "automatic_payment_methods", o);
-    }
+    if (!tp_apply_apm(r, si, p))
+      return false;
   }
   /* The PaymentMethod: by id (checked now, a test id made into one) or
    * described by payment_method_data. */
@@ -517,7 +509,8 @@ fail:
 
 void tp_h_si_create(struct tp_req *r)
 {
-  if (!tp_check_params(r, spec_create))
+  static const char *const only[] = {"return_url", NULL};
+  if (!tp_check_params(r, spec_create) || !tp_confirm_only_ok(r, only))
     return;
   json_t *si = si_new();
   struct tp_cs *cs = tp_cs_new();

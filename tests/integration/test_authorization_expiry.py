@@ -119,5 +119,29 @@ class ScanCursorTest(Expiry, DaemonTestCase):
             self.assertEqual(self.c().get(PI + "/" + old["id"]).json["status"], "requires_capture")
 
 
+class CaptureAfterDueTest(Expiry, DaemonTestCase):
+    """Past capture_before a capture is refused even before the scan (here
+    an hour apart) has voided the authorization, through the PaymentIntent
+    and the Charges API alike, and the refusal voids it at once."""
+
+    @classmethod
+    def config(cls):
+        return "[authorizations]\nexpire_after_seconds = %d\nscan_interval_ms = 3600000\n" % TTL_S
+
+    def test_a_capture_past_capture_before_is_refused_and_voids(self):
+        c = self.c()
+        pi, other = self.authorize(), self.authorize(3300)
+        time.sleep(TTL_S + 1.2)
+        for path in (PI + "/" + pi["id"] + "/capture", "/v1/charges/" + other["latest_charge"] + "/capture"):
+            late = c.post(path, {})
+            self.assertStripeError(late, 400, "invalid_request_error", "charge_expired_for_capture")
+        for p in (pi, other):
+            got = self.wait_status(p["id"], "canceled", timeout=10.0)
+            self.assertEqual((got["status"], got["cancellation_reason"], got["amount_received"]),
+                             ("canceled", "expired", 0), got)
+        bal = c.get("/v1/balance").json
+        self.assertEqual(sum(b["amount"] for k in ("available", "pending") for b in bal.get(k, [])), 0, bal)
+
+
 if __name__ == "__main__":
     main()

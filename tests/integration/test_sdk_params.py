@@ -482,6 +482,63 @@ class SdkParams(h.DaemonTestCase):
         r = c.get("/v1/balance_transactions", {"payout": "po_123"})
         self.assertStripeError(r, 404, "invalid_request_error", "resource_missing", "payout")
 
+    def test_empty_values_unset_only_what_stripe_lets_unset(self):
+        """payment_method_options[card]="" clears the card options (Emptyable
+        in the SDK's types); "" for what cannot be unset is refused and
+        changes nothing (it was answered 200 and dropped, or deleted a key
+        the object always has)."""
+        c = self.c()
+        pi = c.post("/v1/payment_intents", {"amount": 1000, "currency": "usd",
+                                            "payment_method_options[card][capture_method]": "manual"})
+        self.assertEqual(pi.status, 200, pi)
+        pid = pi.json["id"]
+        self.assertEqual(pi.json["payment_method_options"]["card"]["capture_method"], "manual", pi)
+        for k in ("request_three_d_secure", "network", "request_overcapture"):
+            r = c.post("/v1/payment_intents/" + pid, {"payment_method_options[card][%s]" % k: ""})
+            self.assertStripeError(r, 400, "invalid_request_error")
+            self.assertEqual(r.json["error"]["param"], "payment_method_options[card][%s]" % k, r)
+        r = c.post("/v1/payment_intents/" + pid, {"payment_method_options": ""})
+        self.assertStripeError(r, 400, "invalid_request_error", "parameter_invalid_empty", "payment_method_options")
+        r = c.post("/v1/payment_intents/" + pid, {"payment_method": ""})
+        self.assertStripeError(r, 400, "invalid_request_error", "parameter_invalid_empty", "payment_method")
+        same = c.get("/v1/payment_intents/" + pid).json
+        self.assertEqual(same["payment_method_options"]["card"]["capture_method"], "manual", same)
+        self.assertIn("request_three_d_secure", same["payment_method_options"]["card"], same)
+        # card="" clears: the payment captures automatically, as the PaymentIntent says
+        r = c.post("/v1/payment_intents/" + pid, {"payment_method_options[card]": ""})
+        self.assertEqual(r.status, 200, r)
+        self.assertIsNone((r.json["payment_method_options"] or {}).get("card"), r)
+        done = c.post("/v1/payment_intents/%s/confirm" % pid, {"payment_method": "pm_card_visa"})
+        self.assertEqual(done.json["status"], "succeeded", done)
+        self.assertEqual(done.json["amount_received"], 1000, done)
+
+    def test_payment_method_data_type_and_setup_intent_create_checks(self):
+        c = self.c()
+        r = c.post("/v1/payment_intents", {"amount": 1000, "currency": "usd", "confirm": "true",
+                                           "payment_method_data[card][token]": "tok_visa"})
+        self.assertStripeError(r, 400, "invalid_request_error", "parameter_missing", "payment_method_data[type]")
+        r = c.post("/v1/payment_intents", {"amount": 1000, "currency": "usd", "confirm": "true",
+                                           "payment_method_data[type]": "sepa_debit"})
+        self.assertStripeError(r, 400, "invalid_request_error", "payment_method_unsupported_type",
+                               "payment_method_data[type]")
+        before = c.get("/v1/setup_intents", {"limit": 100}).json["data"]
+        for params, code, param in (
+                ({"automatic_payment_methods[enabled]": "true", "payment_method_types[]": "card"},
+                 "parameters_exclusive", "automatic_payment_methods"),
+                ({"automatic_payment_methods[allow_redirects]": "never"},
+                 "parameter_missing", "automatic_payment_methods[enabled]"),
+                ({"return_url": "https://shop.example/back"}, None, "return_url")):
+            r = c.post("/v1/setup_intents", params)
+            err = self.assertStripeError(r, 400, "invalid_request_error")
+            if code:
+                self.assertEqual(err.get("code"), code, r)
+            self.assertEqual(err.get("param"), param, r)
+        self.assertEqual(c.get("/v1/setup_intents", {"limit": 100}).json["data"], before, "refusals made nothing")
+        r = c.post("/v1/setup_intents", {"automatic_payment_methods[enabled]": "true", "confirm": "true",
+                                         "payment_method": "pm_card_visa"})
+        self.assertStripeError(r, 400, "invalid_request_error", "parameter_missing", "return_url")
+        self.assertIn("Setup Intent", r.json["error"]["message"], r)
+
 
 if __name__ == "__main__":
     unittest.main()
