@@ -154,6 +154,12 @@ void tp_reply_params_error(struct tp_req *r, const struct tp_params_error *pe, b
 /* Authenticate the request's API key (for routes that also accept other
  * credentials and so are not TP_R_AUTH); sets r->merchant and r->authed. */
 enum tp_err tp_req_authenticate(struct tp_req *r);
+/* The API key or access token of r's Authorization header (malloc'd; the
+ * caller wipes and frees it), or NULL. */
+char *tp_req_credential(struct tp_req *r);
+/* Is key (as tp_req_credential gives it) still good for merchant: TP_ERR_OK,
+ * or why not (expired, revoked, rolled away, store_unavailable). */
+enum tp_err tp_credential_check(const char *key, const char *merchant);
 /* What an authenticated route gets before its handler (for a public route
  * that authenticates itself, the stream): the failed-login block, the key,
  * its rate limit, the route's scope, Stripe-Account and Stripe-Version;

@@ -20,6 +20,7 @@
 #include "util.h"
 
 #include <arpa/inet.h>
+#include <openssl/crypto.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -80,34 +81,58 @@ unsigned tp_http_inflight(void)
 /* API keys and OAuth access tokens are resolved (and cached) in src/sec/
  * (apikey.c, oauth.c); here only the header is taken apart. */
 
-/* Authorization: Bearer KEY, or Basic base64(KEY:). */
-static enum tp_err authenticate(struct tp_req *r)
+/* Authorization: Bearer KEY, or Basic base64(KEY:): the key into key
+ * (TP_JWT_MAX_LEN + 1 bytes). */
+static enum tp_err credential(struct tp_req *r, char *key, size_t cap)
 {
   const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
   if (!h || !*h)
     return TP_ERR_AUTH_MISSING;
-  char key[TP_JWT_MAX_LEN + 1]; /* an API key or a JWT access token */
   if (strncasecmp(h, "Bearer ", 7) == 0) {
     const char *k = h + 7;
     while (*k == ' ')
       k++;
-    if (strlen(k) >= sizeof key)
+    if (strlen(k) >= cap)
       return TP_ERR_AUTH_INVALID_KEY;
-    tp_scopy(key, sizeof key, k);
+    tp_scopy(key, cap, k);
     tp_rtrim_ows(key); /* RFC 9110 5.5: trailing whitespace is not the value's */
   } else if (strncasecmp(h, "Basic ", 6) == 0) {
-    if (strlen(h) > 400 || tp_basic_decode(h + 6, key, sizeof key) < 0)
+    if (strlen(h) > 400 || tp_basic_decode(h + 6, key, cap) < 0)
       return TP_ERR_AUTH_INVALID_KEY;
     char *colon = strchr(key, ':');
     if (colon)
       *colon = '\0';
   } else
     return TP_ERR_AUTH_INVALID_KEY;
-  if (!key[0])
-    return TP_ERR_AUTH_MISSING;
+  return key[0] ? TP_ERR_OK : TP_ERR_AUTH_MISSING;
+}
+
+char *tp_req_credential(struct tp_req *r)
+{
+  char key[TP_JWT_MAX_LEN + 1];
+  char *out = credential(r, key, sizeof key) == TP_ERR_OK ? strdup(key) : NULL;
+  OPENSSL_cleanse(key, sizeof key);
+  return out;
+}
+
+enum tp_err tp_credential_check(const char *key, const char *merchant)
+{
+  struct tp_auth a;
+  enum tp_err e = strchr(key, '.') ? tp_oauth_authenticate(key, &a) : tp_apikey_authenticate(key, &a);
+  if (e == TP_ERR_OK && strcmp(a.merchant.id, merchant) != 0)
+    e = TP_ERR_AUTH_INVALID_KEY;
+  return e;
+}
+
+static enum tp_err authenticate(struct tp_req *r)
+{
+  char key[TP_JWT_MAX_LEN + 1]; /* an API key or a JWT access token */
+  enum tp_err e = credential(r, key, sizeof key);
+  if (e != TP_ERR_OK)
+    return e;
   struct tp_auth a;
   /* API keys never hold a '.', a compact JWS always does. */
-  enum tp_err e = strchr(key, '.') ? tp_oauth_authenticate(key, &a) : tp_apikey_authenticate(key, &a);
+  e = strchr(key, '.') ? tp_oauth_authenticate(key, &a) : tp_apikey_authenticate(key, &a);
   /* A browser holds the publishable key and a PaymentIntent's client_secret:
    * enough to retrieve and confirm that one PaymentIntent (Stripe.js). The
    * handler checks the secret; the reply is cut to what Stripe shows such a

@@ -30,6 +30,7 @@
 #include <netinet/tcp.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <pthread.h>
@@ -50,6 +51,7 @@
 #define TP_STREAM_CLOSE_GRACE_MS 2000       /* close handshake, then the socket goes */
 #define TP_STREAM_TICK_MS 100
 #define TP_STREAM_TOKEN_MAX 200
+#define TP_STREAM_RECHECK_MS 5000
 
 /* Settings ([stream] in the INI file), read at start. */
 static struct {
@@ -79,6 +81,7 @@ struct ev {
 struct handshake {
   struct handshake *next, *prev;
   char merchant[64];
+  char *cred; /* the key or access token that opened it (NULL: a stream token) */
   int refs;
   bool upgraded;
 };
@@ -113,6 +116,13 @@ struct conn {
   int64_t close_deadline_ms;
   bool ping_outstanding;
   int64_t next_ping_ms;
+  /* The API key or OAuth access token that opened the stream, checked
+   * again every TP_STREAM_RECHECK_MS: a key that expires (a roll's
+   * overlap, --expires-in) or a token revoked or past its exp closes the
+   * stream, as it fails every request. NULL for a wst_ stream token, which
+   * only opens a stream. */
+  char *cred;
+  int64_t next_auth_ms;
   bool dead;
   uint32_t epoll_events;
 };
@@ -619,6 +629,15 @@ static void ws_on_frame_start(wslay_event_context_ptr ctx, const struct wslay_ev
 static const struct wslay_event_callbacks ws_callbacks = {ws_recv, ws_send, ws_genmask, ws_on_frame_start, NULL, NULL,
                                                           ws_on_msg};
 
+static void free_cred(char **cred)
+{
+  if (*cred) {
+    OPENSSL_cleanse(*cred, strlen(*cred));
+    free(*cred);
+    *cred = NULL;
+  }
+}
+
 /* ---- the stream thread ---------------------------------------------------------- */
 static void conn_free(struct conn *c)
 {
@@ -630,6 +649,7 @@ static void conn_free(struct conn *c)
     wslay_event_context_free(c->ws);
   free(c->extra);
   free(c->objects);
+  free_cred(&c->cred);
   free(c);
   atomic_fetch_sub(&S.nconns, 1);
   tp_metric_add("turnpike_stream_connections", NULL, -1);
@@ -782,6 +802,17 @@ static void timers(int64_t now)
       c->dead = true; /* the peer never finished the close handshake */
       continue;
     }
+    if (!c->closing && c->cred && now >= c->next_auth_ms) {
+      c->next_auth_ms = now + TP_STREAM_RECHECK_MS;
+      enum tp_err e = tp_credential_check(c->cred, c->merchant);
+      if (e != TP_ERR_OK && e != TP_ERR_STORE_UNAVAILABLE) {
+        tp_metric_inc("turnpike_stream_rejected_total", "reason=\"credential\"", 1);
+        conn_close(c, 1008, e == TP_ERR_API_KEY_EXPIRED || e == TP_ERR_OAUTH_TOKEN_EXPIRED ? "credential expired"
+                                                                                          : "credential revoked");
+        conn_pump(c);
+        continue;
+      }
+    }
     if (!c->closing && now >= c->next_ping_ms) {
       if (c->ping_outstanding) {
         tp_metric_inc("turnpike_stream_ping_timeouts_total", NULL, 1);
@@ -877,6 +908,8 @@ static void on_upgrade(void *cls, struct MHD_Connection *connection, void *con_c
   handshake_unlink(h);
   h->upgraded = true;
   tp_scopy(merchant, sizeof merchant, h->merchant);
+  char *cred = h->cred;
+  h->cred = NULL;
   bool last = --h->refs == 0;
   pthread_mutex_unlock(&S.mu);
   if (last)
@@ -893,12 +926,15 @@ static void on_upgrade(void *cls, struct MHD_Connection *connection, void *con_c
     }
   }
   if (!c) {
+    free_cred(&cred);
     MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
     atomic_fetch_sub(&S.nconns, 1);
     return;
   }
   c->fd = sock;
   c->urh = urh;
+  c->cred = cred;
+  c->next_auth_ms = tp_mono_ms() + TP_STREAM_RECHECK_MS;
   tp_scopy(c->merchant, sizeof c->merchant, merchant);
   /* Checked in the same critical section as the push, so the stream
    * thread, which leaves only once stopping is set, takes every push. */
@@ -914,6 +950,7 @@ static void on_upgrade(void *cls, struct MHD_Connection *connection, void *con_c
     MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
     atomic_fetch_sub(&S.nconns, 1);
     free(c->extra);
+    free_cred(&c->cred);
     free(c);
     return;
   }
@@ -978,8 +1015,10 @@ static void handshake_release(void *arg)
   }
   bool last = --h->refs == 0;
   pthread_mutex_unlock(&S.mu);
-  if (last)
+  if (last) {
+    free_cred(&h->cred);
     free(h);
+  }
 }
 
 /* GET /v1/turnpike/stream */
@@ -1051,6 +1090,8 @@ void tp_h_stream(struct tp_req *r)
     return;
   }
   tp_scopy(h->merchant, sizeof h->merchant, r->merchant.id);
+  if (!tok)
+    h->cred = tp_req_credential(r);
   h->refs = 2;
   r->ctx = h;
   r->ctx_free = handshake_release;

@@ -484,6 +484,39 @@ class StreamBoundsTest(DaemonTestCase):
         s.close()
         self.assertTrue(head.startswith("HTTP/1.0 400") or head.startswith("HTTP/1.1 400"), head)
 
+    def test_a_stream_closes_when_the_key_that_opened_it_expires(self):
+        """A key that expires (--expires-in, a roll's overlap) fails every
+        request; a stream it opened is closed too (1008), within the
+        recheck period (5 s), and carries nothing after that."""
+        import json as _json
+        import subprocess
+        from harness import BIN
+        p = subprocess.run([BIN, "api-key", "create", "--merchant", self.daemon.merchants["m"]["id"], "--scopes",
+                            "admin", "--expires-in", "3", "--data", self.daemon.data], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=60, stdin=subprocess.DEVNULL)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        rk = _json.loads(p.stdout)
+        ws = RawWS(self.daemon.port, rk["restricted_key"])
+        try:
+            self.assertEqual(ws.status, 101, ws.head)
+            ws.sock.settimeout(15)
+            deadline = time.time() + 15
+            code = None
+            while time.time() < deadline and code is None:
+                op, payload = ws.frame()
+                if op == 0x8:
+                    code = struct.unpack(">H", payload[:2])[0]
+            self.assertEqual(code, 1008, "the stream outlived its key")
+            self.assertGreaterEqual(time.time() + 0.5, rk["expires_at"])
+        finally:
+            ws.close()
+        # the merchant's own key still streams
+        ok = RawWS(self.daemon.port, self.key())
+        try:
+            self.assertEqual(ok.status, 101, ok.head)
+        finally:
+            ok.close()
+
     def test_an_expired_stream_token_is_not_a_failed_login(self):
         """A browser reconnecting with its expired token (its old URL) is told
         so; that is no guess, and does not lock its address out."""
