@@ -627,12 +627,7 @@ static void *alerts_main(void *arg)
     if (!A.stopping) {
       /* wake at least every 50 ms so the payment metrics stay fresh */
       struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      ts.tv_nsec += 50 * 1000000L;
-      if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-      }
+      tp_mono_deadline(&ts, 50);
       pthread_cond_timedwait(&A.cv, &A.mu, &ts);
     }
     bool stop = A.stopping;
@@ -706,6 +701,7 @@ int tp_alerts_start(void)
     return -1;
   A.stopping = false;
   A.running = true;
+  tp_cond_init_mono(&A.cv);
   if (pthread_create(&A.thread, NULL, alerts_main, NULL) != 0) {
     A.running = false;
     return -1;

@@ -430,8 +430,7 @@ static void *housekeeping_main(void *arg)
   pthread_mutex_lock(&H.mu);
   while (!H.stop) {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += 1; /* the heartbeat's tick */
+    tp_mono_deadline(&ts, 1000); /* the heartbeat's tick */
     pthread_cond_timedwait(&H.cv, &H.mu, &ts);
     if (H.stop)
       break;
@@ -483,6 +482,7 @@ int tp_housekeeping_start(void)
   atomic_store(&H.space_low, false);
   space_check();
   H.stop = false;
+  tp_cond_init_mono(&H.cv);
   heartbeat();
   if (pthread_create(&H.thread, NULL, housekeeping_main, NULL) != 0)
     return -1;

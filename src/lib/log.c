@@ -4,6 +4,7 @@
  * `buffer_ms` (see tp_log_buffer_start), as nginx's buffered access_log
  * does. A line written at once writes the buffer out first: order is kept. */
 #include "log.h"
+#include "util.h"
 #include "jpack.h"
 #include "jsonw.h"
 
@@ -82,10 +83,7 @@ static void *buffer_main(void *arg)
   pthread_mutex_lock(&B.mu);
   while (!B.stop) {
     struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_nsec += (long)B.every_ms * 1000000L;
-    until.tv_sec += until.tv_nsec / 1000000000L;
-    until.tv_nsec %= 1000000000L;
+    tp_mono_deadline(&until, B.every_ms);
     pthread_cond_timedwait(&B.cv, &B.mu, &until);
     flush_locked();
   }
@@ -104,6 +102,7 @@ int tp_log_buffer_start(int every_ms)
   }
   B.every_ms = every_ms;
   B.stop = false;
+  tp_cond_init_mono(&B.cv);
   B.on = pthread_create(&B.thread, NULL, buffer_main, NULL) == 0;
   pthread_mutex_unlock(&B.mu);
   if (!B.on)

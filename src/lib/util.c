@@ -266,6 +266,26 @@ int64_t tp_mono_ns(void)
   return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+void tp_cond_init_mono(void *cond)
+{
+  pthread_condattr_t a;
+  pthread_condattr_init(&a);
+  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+  pthread_cond_init((pthread_cond_t *)cond, &a);
+  pthread_condattr_destroy(&a);
+}
+
+void tp_mono_deadline(struct timespec *ts, int64_t ms)
+{
+  clock_gettime(CLOCK_MONOTONIC, ts);
+  ts->tv_sec += (time_t)(ms / 1000);
+  ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+  if (ts->tv_nsec >= 1000000000L) {
+    ts->tv_sec++;
+    ts->tv_nsec -= 1000000000L;
+  }
+}
+
 int64_t tp_mono_ms(void)
 {
   return tp_mono_ns() / 1000000LL;

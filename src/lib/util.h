@@ -48,6 +48,12 @@ void tp_hex(const uint8_t *in, size_t n, char *out);
 int64_t tp_now(void);
 int64_t tp_mono_ms(void);
 int64_t tp_mono_ns(void);
+/* A condition variable whose timed waits are on the monotonic clock, and
+ * such a deadline ms from now: a wall clock stepped back (NTP, a restored
+ * snapshot) must not stall a thread that waits for a period. */
+struct timespec;
+void tp_cond_init_mono(void *cond); /* a pthread_cond_t * */
+void tp_mono_deadline(struct timespec *ts, int64_t ms);
 
 /* Copy the string src into dst of cap bytes, cut to fit and always
  * terminated (cap > 0), like snprintf(dst, cap, "%s", src) at a tenth of the

@@ -630,13 +630,7 @@ void tp_kek_poke(void)
 static bool sleep_ms(int ms)
 {
   struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += ms / 1000;
-  ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
+  tp_mono_deadline(&ts, ms);
   pthread_mutex_lock(&g_mu);
   if (!g_stop)
     pthread_cond_timedwait(&g_cv, &g_mu, &ts);
@@ -723,6 +717,7 @@ static void *maint_main(void *arg)
 int tp_kek_start(void)
 {
   g_stop = false;
+  tp_cond_init_mono(&g_cv);
   if (pthread_create(&g_thread, NULL, maint_main, NULL) != 0)
     return -1;
   g_running = true;

@@ -30,6 +30,29 @@ class ClockStepTest(unittest.TestCase):
         self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), r.json)
         return r.json
 
+    def test_periodic_work_waits_on_the_monotonic_clock(self):
+        """The shim moves the process's wall clock and not the kernel's: to
+        a thread that waits for a wall-clock deadline that is the clock
+        stepped back while it waited. The heartbeat (and with it /readyz),
+        the log buffer and housekeeping wait on the monotonic clock, so a
+        step changes nothing for them: /readyz stays ready, no heartbeat
+        busy loop."""
+        import time
+        d = self.daemon
+        for shift in (3600, -3600):
+            d.start(extra_env=preload_env(SO, TP_CLOCK_SHIFT_S=shift))
+            c = d.client("m")
+            deadline = time.monotonic() + 7
+            while time.monotonic() < deadline:
+                r = c.get("/readyz", key=None)
+                self.assertEqual(r.status, 200, (shift, r))
+                time.sleep(0.5)
+            m = c.get("/metrics", key=None).body.decode()
+            commits = sum(float(l.split()[-1]) for l in m.splitlines()
+                          if l.startswith("turnpike_store_commit_duration_seconds_count"))
+            self.assertLess(commits, 200, (shift, "the heartbeat spun"))
+            self.assertEqual(d.stop(), 0)
+
     def test_ids_after_a_restart_on_a_clock_stepped_back_sort_above_the_stored_ones(self):
         d = self.daemon
         d.start()
