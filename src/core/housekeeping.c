@@ -105,25 +105,36 @@ static void sweep_done(struct tp_cs *cs, int rc, void *arg)
   atomic_store(&H.sweep_busy, false);
 }
 
-/* One merchant's balance transactions after cursor and below floor into cs:
- * each still pending shown available, and their amounts moved from
- * merchant:pending to merchant:available by one balanced ledger
- * transaction; the merchant's cursor moves in the same commit. *ncur counts
- * the currencies posted in cs so far. Returns -1 on a store error. */
-static int sweep_merchant(struct tp_cs *cs, const char *merchant, const char *cursor, const char *floor, int *ncur)
+/* One merchant's balance transactions after cursor into cs: each pending
+ * one whose available_on has come shown available, and their amounts moved
+ * from merchant:pending to merchant:available by one balanced ledger
+ * transaction. The cursor (moved in the same commit) passes only what is
+ * done and was made at least guard_s ago: a transaction with an earlier id
+ * may still be on its way to the store until then. The walk goes by
+ * available_on, not by the time in the ids: after a wall clock stepped
+ * back, ids run ahead of the clock (they keep sorting above the stored
+ * ones), and a floor made from the clock held such transactions pending
+ * for as long as that lasted. A row made "in the future" (before such a
+ * step) that is not due is stepped over, not waited for. *ncur counts the
+ * currencies posted in cs so far. Returns -1 on a store error. */
+static int sweep_merchant(struct tp_cs *cs, const char *merchant, const char *cursor, int64_t now_ms, int *ncur)
 {
   json_t *ids = tp_store_query_take(&tp_app.store,
-                                    "SELECT id FROM balance_transactions WHERE merchant = ?1 AND id > ?2 AND id < ?3 "
-                                    "ORDER BY id LIMIT ?4",
-                                    tp_pack("[s, s, s, i]", merchant, cursor, floor, SWEEP_BATCH));
+                                    "SELECT id FROM balance_transactions WHERE merchant = ?1 AND id > ?2 "
+                                    "ORDER BY id LIMIT ?3",
+                                    tp_pack("[s, s, i]", merchant, cursor, SWEEP_BATCH));
   if (!ids)
     return -1;
+  int64_t now_s = now_ms / 1000, guard_s = tp_balance_available_after();
+  if (guard_s < 2)
+    guard_s = 2;
   struct {
     char cur[4];
     int64_t sum;
   } sums[SWEEP_CURRENCIES];
   int n = 0;
   char last[TP_ID_MAX] = "";
+  bool prefix = true; /* every row so far is done: the cursor may follow */
   size_t i;
   json_t *row;
   json_array_foreach(ids, i, row)
@@ -136,7 +147,19 @@ static int sweep_merchant(struct tp_cs *cs, const char *merchant, const char *cu
     }
     const char *st = json_string_value(json_object_get(bt, "status"));
     const char *cur = json_string_value(json_object_get(bt, "currency"));
-    if (st && strcmp(st, "pending") == 0 && cur && strlen(cur) == 3) {
+    int64_t created = json_integer_value(json_object_get(bt, "created"));
+    bool pending = st && strcmp(st, "pending") == 0 && cur && strlen(cur) == 3;
+    bool settled = created <= now_s - guard_s; /* nothing before it is still on its way */
+    bool due = pending && settled && json_integer_value(json_object_get(bt, "available_on")) <= now_s;
+    if ((pending && !due) || !settled) {
+      json_decref(bt);
+      if (created > now_s) { /* made ahead of this clock: step over it */
+        prefix = false;
+        continue;
+      }
+      break; /* in order from here: nothing later is due either */
+    }
+    if (due) {
       int k = 0;
       while (k < n && strcmp(sums[k].cur, cur) != 0)
         k++;
@@ -153,10 +176,11 @@ static int sweep_merchant(struct tp_cs *cs, const char *merchant, const char *cu
       tp_cs_put(cs, TP_K_BALANCE_TXN, merchant, bt);
     }
     json_decref(bt);
-    tp_scopy(last, sizeof last, id);
+    if (prefix)
+      tp_scopy(last, sizeof last, id);
   }
   json_decref(ids);
-  if (!last[0])
+  if (!last[0] && n == 0)
     return 0;
   char txn[TP_ID_MAX];
   tp_id_new(txn, "avl");
@@ -181,10 +205,12 @@ static int sweep_merchant(struct tp_cs *cs, const char *merchant, const char *cu
     json_decref(bal);
   }
   *ncur += n;
-  json_t *args = tp_pack("[s, s]", merchant, last);
-  tp_cs_sql(cs, "INSERT INTO balance_sweep(merchant, cursor) VALUES(?1, ?2) "
-            "ON CONFLICT(merchant) DO UPDATE SET cursor = excluded.cursor", args, 1);
-  json_decref(args);
+  if (last[0]) {
+    json_t *args = tp_pack("[s, s]", merchant, last);
+    tp_cs_sql(cs, "INSERT INTO balance_sweep(merchant, cursor) VALUES(?1, ?2) "
+              "ON CONFLICT(merchant) DO UPDATE SET cursor = excluded.cursor", args, 1);
+    json_decref(args);
+  }
   return 0;
 }
 
@@ -192,8 +218,6 @@ int tp_balance_sweep(int64_t now_ms)
 {
   if (atomic_load(&H.sweep_busy))
     return 0; /* the last sweep is not committed: its cursors are not either */
-  char floor[TP_ID_MAX];
-  tp_id_floor(floor, "txn", now_ms - tp_balance_available_after() * 1000);
   json_t *ms = tp_store_query_take(&tp_app.store,
                                    "SELECT m.id AS id, coalesce(s.cursor, 'txn_') AS cursor FROM merchants m "
                                    "LEFT JOIN balance_sweep s ON s.merchant = m.id WHERE m.id > ?1 ORDER BY m.id "
@@ -210,7 +234,7 @@ int tp_balance_sweep(int64_t now_ms)
     const char *cursor = json_string_value(json_object_get(row, "cursor"));
     if (!m || !cursor)
       continue;
-    if (sweep_merchant(cs, m, cursor, floor, &ncur) != 0) {
+    if (sweep_merchant(cs, m, cursor, now_ms, &ncur) != 0) {
       rc = -1;
       break;
     }

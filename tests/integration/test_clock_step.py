@@ -30,6 +30,35 @@ class ClockStepTest(unittest.TestCase):
         self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), r.json)
         return r.json
 
+    def test_funds_made_ahead_of_the_clock_do_not_hold_later_ones(self):
+        """A balance transaction made while the clock was an hour ahead is
+        due an hour from now once the clock is right again; one made after
+        it becomes available at its own available_on, not behind it (the
+        sweep went by the time in the ids, which ran ahead)."""
+        import time
+        d = self.daemon
+        cfg = "[balance]\navailable_after_seconds = 2\n[idempotency]\npurge_interval_ms = 100\n"
+        d.start(config=cfg, extra_env=preload_env(SO, TP_CLOCK_SHIFT_S=3600))
+        ahead = self.pay(d.client("m"), 777)
+        self.assertEqual(d.stop(), 0)
+        d.start(config=cfg)
+        c = d.client("m")
+        now = self.pay(c, 1000)
+        def bt_of(pi):
+            ch = c.get("/v1/charges/" + pi["latest_charge"]).json
+            return c.get("/v1/balance_transactions/" + ch["balance_transaction"]).json
+        deadline = time.monotonic() + 12
+        while bt_of(now)["status"] != "available" and time.monotonic() < deadline:
+            time.sleep(0.3)
+        got = bt_of(now)
+        self.assertEqual(got["status"], "available", got)
+        self.assertLessEqual(got["available_on"], time.time() + 1, got)
+        self.assertEqual(bt_of(ahead)["status"], "pending")
+        bal = c.get("/v1/balance").json
+        self.assertEqual(([b["amount"] for b in bal["available"]], [b["amount"] for b in bal["pending"]]),
+                         ([1000], [777]), bal)
+        self.assertEqual(d.stop(), 0)
+
     def test_periodic_work_waits_on_the_monotonic_clock(self):
         """The shim moves the process's wall clock and not the kernel's: to
         a thread that waits for a wall-clock deadline that is the clock
