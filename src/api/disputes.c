@@ -362,6 +362,7 @@ static void escalate(struct tp_req *r, struct tp_cs *cs, json_t *dp, const char 
                                  json_string_value(json_object_get(dp, "charge")));
   int64_t left = json_integer_value(json_object_get(ch, "amount_captured")) -
                  json_integer_value(json_object_get(ch, "amount_refunded"));
+  int64_t unrefunded = left > 0 ? left : 0;
   const char *tds = json_string_value(json_object_get(
       json_object_get(json_object_get(json_object_get(ch, "payment_method_details"), "card"), "three_d_secure"),
       "result"));
@@ -372,6 +373,11 @@ static void escalate(struct tp_req *r, struct tp_cs *cs, json_t *dp, const char 
   if (take > left)
     take = left > 0 ? left : 0;
   json_t *before = json_deep_copy(dp);
+  /* A chargeback is for what the cardholder has not had back: after a
+   * partial refund its amount is the rest (the withdrawal's), not the
+   * inquiry's (after a full refund nothing is withdrawn and it stays). */
+  if (unrefunded > 0 && json_integer_value(json_object_get(dp, "amount")) > unrefunded)
+    json_object_set_new(dp, "amount", json_integer(unrefunded));
   json_object_set_new(dp, "status", json_string("needs_response"));
   json_object_set_new(dp, "is_charge_refundable", json_false());
   json_object_set_new(json_object_get(json_object_get(dp, "payment_method_details"), "card"), "case_type",

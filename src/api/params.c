@@ -790,6 +790,8 @@ static int check_value(struct check_ctx *c, size_t plen, json_t *v, const struct
     size_t n = 0;
     list[0] = '\0';
     for (const char *const *ch = sp->choices; ch && *ch; ch++) {
+      if (!**ch)
+        continue; /* "" (may be unset) is not a value to list */
       /* room kept for ", ..." when the rest does not fit: no value cut short */
       int w = snprintf(list + n, sizeof list - n - 6, "%s%s", n ? ", " : "", *ch);
       if (w < 0 || (size_t)w >= sizeof list - n - 6) {

@@ -1485,10 +1485,36 @@ static bool capture_descriptors(struct tp_req *r, json_t *ch)
   return true;
 }
 
-/* Capture the authorization of PaymentIntent pi_id (its lock taken here):
- * amount_param names the amount's parameter (amount_to_capture, or amount on
- * the Charges API), reply_charge answers with the charge instead of the
- * PaymentIntent. The reply comes when the capture is committed. */
+/* What a capture request changes besides the capture (its metadata,
+ * descriptors, receipt_email, transfer_group, payment_details), as the
+ * objects now hold it: written ahead with the attempt (tp_capture_set_write)
+ * when there is any, so recovery keeps it. */
+static void capture_set(struct tp_pay *p, struct tp_cs *cs)
+{
+  static const char *const pi_keys[] = {"metadata", "payment_details", NULL};
+  static const char *const ch_keys[] = {"metadata", "receipt_email", "transfer_group", "statement_descriptor",
+                                        "statement_descriptor_suffix", "calculated_statement_descriptor", NULL};
+  static const char *const given[] = {"metadata", "payment_details", "receipt_email", "transfer_group",
+                                      "statement_descriptor", "statement_descriptor_suffix", NULL};
+  bool any = false;
+  for (int i = 0; given[i] && !any; i++)
+    any = json_object_get(p->params, given[i]) != NULL;
+  if (!any)
+    return;
+  json_t *set = json_object(), *o = json_object();
+  for (int i = 0; pi_keys[i]; i++)
+    if (json_object_get(p->pi, pi_keys[i]))
+      json_object_set(o, pi_keys[i], json_object_get(p->pi, pi_keys[i]));
+  json_object_set_new(set, "payment_intent", o);
+  o = json_object();
+  for (int i = 0; ch_keys[i]; i++)
+    if (json_object_get(p->charge, ch_keys[i]))
+      json_object_set(o, ch_keys[i], json_object_get(p->charge, ch_keys[i]));
+  json_object_set_new(set, "charge", o);
+  tp_capture_set_write(p, cs, set);
+  json_decref(set);
+}
+
 /* When the authorization of uncaptured charge ch lapses: its
  * capture_before, or (charges written before it existed) from its
  * creation. */
@@ -1500,6 +1526,10 @@ static int64_t authorization_due(const json_t *ch)
                                  : json_integer_value(json_object_get(ch, "created")) + tp_authorization_ttl();
 }
 
+/* Capture the authorization of PaymentIntent pi_id (its lock taken here):
+ * amount_param names the amount's parameter (amount_to_capture, or amount on
+ * the Charges API), reply_charge answers with the charge instead of the
+ * PaymentIntent. The reply comes when the capture is committed. */
 static void capture(struct tp_req *r, const char *pi_id, const char *amount_param, bool reply_charge)
 {
   bool final = true;
@@ -1584,8 +1614,10 @@ static void capture(struct tp_req *r, const char *pi_id, const char *amount_para
   tp_pay_attempt(p, "capture", amount, json_string_value(json_object_get(pi, "currency")));
   p->call.kind = TP_PROC_CAPTURE;
   tp_call_target(&p->call, ch);
+  struct tp_cs *wa = tp_cs_new();
+  capture_set(p, wa);
   tp_req_suspend(r);
-  tp_pay_run(p, tp_cs_new());
+  tp_pay_run(p, wa);
   return;
 fail:
   json_decref(pi);

@@ -130,7 +130,7 @@ static void release_by_refund(struct tp_req *r, json_t *ch, bool reply_charge)
     tp_amount_display(want, sizeof want, amount, cur);
     tp_amount_display(all, sizeof all, held, cur);
     snprintf(msg, sizeof msg, "An uncaptured charge is released whole: refund amount (%s) must be %s.", want, all);
-    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "amount", msg);
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID_INTEGER, "amount", msg);
     goto fail;
   }
   if (tp_refuse_unsettled(r, pi_id))

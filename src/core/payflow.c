@@ -1650,13 +1650,71 @@ static void release_uncaptured(struct tp_pay *p, int64_t released)
     json_object_set_new(turn, "uncaptured", json_integer(released));
 }
 
+static void capture_set_key(const struct tp_pay *p, char *out, size_t n)
+{
+  snprintf(out, n, "capture_set:%s", p->att.id);
+}
+
+void tp_capture_set_write(struct tp_pay *p, struct tp_cs *cs, const json_t *set)
+{
+  char key[96];
+  capture_set_key(p, key, sizeof key);
+  char *text = json_dumps(set, JSON_COMPACT);
+  if (!text)
+    return;
+  json_t *args = tp_pack("[s, s]", key, text);
+  tp_cs_sql(cs, "INSERT INTO meta(key, value) VALUES(?1, ?2)", args, 1);
+  json_decref(args);
+  free(text);
+  p->capture_set = true;
+}
+
+/* Recovery: the capture's changes written ahead, onto the objects read back. */
+static void capture_set_apply(struct tp_pay *p)
+{
+  char key[96];
+  capture_set_key(p, key, sizeof key);
+  json_t *rows = tp_store_query_take(&tp_app.store, "SELECT value FROM meta WHERE key = ?1", tp_pack("[s]", key));
+  const char *text = json_string_value(json_object_get(json_array_get(rows, 0), "value"));
+  json_t *set = text ? json_loads(text, 0, NULL) : NULL;
+  json_decref(rows);
+  if (!set)
+    return;
+  p->capture_set = true;
+  json_t *o;
+  if (json_is_object(o = json_object_get(set, "payment_intent")) && p->pi)
+    json_object_update(p->pi, o);
+  if (json_is_object(o = json_object_get(set, "charge")) && p->charge)
+    json_object_update(p->charge, o);
+  json_decref(set);
+}
+
+static void capture_set_drop(struct tp_pay *p, struct tp_cs *cs)
+{
+  if (!p->capture_set)
+    return;
+  char key[96];
+  capture_set_key(p, key, sizeof key);
+  json_t *args = tp_pack("[s]", key);
+  tp_cs_sql(cs, "DELETE FROM meta WHERE key = ?1", args, 0);
+  json_decref(args);
+}
+
 void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs)
 {
   json_t *pi = p->pi, *ch = p->charge;
   const char *merchant = p->m.id;
+  capture_set_drop(p, cs);
   if (p->call.outcome != TP_OUT_APPROVED) {
-    /* The authorization stays; the merchant may retry the capture. */
-    tp_pay_reply(p, 402, tp_pack("{s:o}", "error", tp_error_object(TP_ERR_DECLINE_PROCESSING_ERROR, NULL, NULL)));
+    /* The authorization stays; the merchant may retry the capture. Stripe's
+     * error of a request about a PaymentIntent carries it: as stored (the
+     * capture's own changes were not made). */
+    json_t *err = tp_error_object(TP_ERR_DECLINE_PROCESSING_ERROR, NULL, NULL);
+    json_t *now = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, merchant,
+                                    json_string_value(json_object_get(pi, "id")));
+    if (now)
+      json_object_set_new(err, "payment_intent", now);
+    tp_pay_reply(p, 402, tp_pack("{s:o}", "error", err));
     return;
   }
   int64_t amount = p->att.amount;
@@ -1704,7 +1762,9 @@ static void release_authorization(struct tp_pay *p, struct tp_cs *cs, const char
 void tp_outcome_void(struct tp_pay *p, struct tp_cs *cs)
 {
   if (p->call.outcome != TP_OUT_APPROVED) {
-    tp_pay_reply(p, 402, tp_pack("{s:o}", "error", tp_error_object(TP_ERR_DECLINE_PROCESSING_ERROR, NULL, NULL)));
+    json_t *err = tp_error_object(TP_ERR_DECLINE_PROCESSING_ERROR, NULL, NULL);
+    json_object_set(err, "payment_intent", p->pi); /* unchanged: still requires_capture */
+    tp_pay_reply(p, 402, tp_pack("{s:o}", "error", err));
     return;
   }
   release_authorization(p, cs, NULL); /* Stripe: payment_intent.canceled only */
@@ -1979,8 +2039,10 @@ static struct tp_pay *recovery_pay(const struct tp_attempt *a, bool *busy)
   if (strcmp(a->kind, "authorize") == 0) {
     const char *st = json_string_value(json_object_get(p->pi, "status"));
     p->outcome = st && strcmp(st, "processing") == 0 ? tp_outcome_authorize : outcome_attempt_only;
-  } else if (strcmp(a->kind, "capture") == 0)
+  } else if (strcmp(a->kind, "capture") == 0) {
     p->outcome = tp_outcome_capture;
+    capture_set_apply(p);
+  }
   else if (strcmp(a->kind, "void") == 0) {
     /* A void is a cancel or an expiry (tp_pi_expire): the same outcome as
      * live, with the reason the attempt kept. An attempt from before

@@ -36,6 +36,7 @@ struct tp_pay {
   int64_t retry_after_ms;    /* the failed call's processor asked to wait this long (Retry-After) */
   bool pm_made_here;         /* the PaymentMethod was made by this confirmation (payment_method_data, a test id) */
   bool reply_charge;         /* the Charges API: answer the charge (or an error naming it), not the PaymentIntent */
+  bool capture_set;          /* a capture's own changes (metadata, descriptors ...) were written ahead (tp_capture_set_*) */
   tp_pay_outcome_fn outcome;
   /* a browser flow (3-D Secure) answers with this page instead */
   unsigned redirect_status;
@@ -85,6 +86,12 @@ void tp_pay_run(struct tp_pay *p, struct tp_cs *cs);
 
 /* Outcome builders. */
 void tp_outcome_authorize(struct tp_pay *p, struct tp_cs *cs);
+/* A capture's own changes to its PaymentIntent and charge (metadata,
+ * statement descriptors, receipt_email, transfer_group, payment_details):
+ * written ahead with the attempt (the meta row capture_set:<attempt>), so
+ * an outcome learnt by recovery keeps them as a live one does, and dropped
+ * with the outcome. set is {"payment_intent":{...}, "charge":{...}}. */
+void tp_capture_set_write(struct tp_pay *p, struct tp_cs *cs, const json_t *set);
 void tp_outcome_capture(struct tp_pay *p, struct tp_cs *cs);
 void tp_outcome_void(struct tp_pay *p, struct tp_cs *cs);
 /* The void of an authorization that lapsed: canceled whatever the answer. */

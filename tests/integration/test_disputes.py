@@ -276,6 +276,8 @@ class Disputes(DaemonTestCase):
             self.assertEqual(r.json["status"], "needs_response", r)
             want = [-(taken + 1500)] if taken else []
             self.assertEqual([bt["net"] for bt in r.json["balance_transactions"]], want, r)
+            # the chargeback is for what was withdrawn, not the whole charge
+            self.assertEqual(r.json["amount"], taken or 3000, r)
             self.assertEqual(self.available() - avail, -refund - (taken + 1500 if taken else 0))
             if taken:  # won: what was taken comes back, fee too
                 won = self.c().post(DP + "/" + dp["id"], {"evidence[uncategorized_text]": "winning_evidence"}).json

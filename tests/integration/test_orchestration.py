@@ -95,6 +95,46 @@ class OrchestrationTest(SimGatewayTest):
         self.assertEqual(r.status, 200, r.json)
         return r.json["data"]
 
+    def test_a_capture_learnt_by_recovery_keeps_what_it_was_sent_with(self):
+        """The capture happens at the processor and its answer is lost (502
+        processor_status_unknown): recovery settles it, and the capture's
+        own metadata and statement descriptor suffix are on the objects as
+        when the answer comes in time (they were dropped: recovery read the
+        objects back as they were before the capture)."""
+        pi = self.pay(amount=5000, capture_method="manual").json
+        self.assertEqual(pi["status"], "requires_capture", pi)
+        self.sim.faults("a", timeout_rate=1.0, timeout_mode="after", timeout_hold_ms=1500,
+                        timeout_operations="capture")
+        key = new_key("cap")
+        params = {"amount_to_capture": 3000, "metadata[order]": "A-17", "statement_descriptor_suffix": "ORDER17"}
+        r = self.c.post("/v1/payment_intents/%s/capture" % pi["id"], params, idem=key)
+        self.assertEqual(r.status, 502, r.json)
+        self.sim.faults("a", timeout_rate=0.0, timeout_operations="all")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            got = self.c.get("/v1/payment_intents/" + pi["id"]).json
+            if got["status"] == "succeeded":
+                break
+            time.sleep(0.2)
+        self.assertEqual((got["status"], got["amount_received"], got["metadata"]),
+                         ("succeeded", 3000, {"order": "A-17"}), got)
+        ch = self.c.get("/v1/charges/" + pi["latest_charge"]).json
+        self.assertEqual((ch["amount_captured"], ch["statement_descriptor_suffix"]), (3000, "ORDER17"), ch)
+        self.assertIn("ORDER17", ch["calculated_statement_descriptor"], ch)
+        again = self.c.post("/v1/payment_intents/%s/capture" % pi["id"], params, idem=key)
+        self.assertEqual((again.status, again.json.get("metadata")), (200, {"order": "A-17"}), again.json)
+        # a capture that fails at the processor names its PaymentIntent, as it was
+        other = self.pay(amount=2000, capture_method="manual").json
+        self.sim.faults("a", outage=True)
+        try:
+            f = self.c.post("/v1/payment_intents/%s/capture" % other["id"], {"metadata[x]": "y"})
+        finally:
+            self.sim.faults("a", outage=False)
+        self.assertEqual(f.status, 402, f.json)
+        self.assertEqual(f.json["error"]["payment_intent"]["id"], other["id"], f.json)
+        self.assertEqual(f.json["error"]["payment_intent"]["status"], "requires_capture", f.json)
+        self.assertEqual(f.json["error"]["payment_intent"]["metadata"], {}, f.json)
+
     def test_an_inquiry_is_not_escalated_over_a_refund_of_unknown_outcome(self):
         """A refund whose processor call timed out is not in amount_refunded
         until recovery settles it: escalating the inquiry meanwhile would
