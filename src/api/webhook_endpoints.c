@@ -362,6 +362,7 @@ void tp_h_we_update(struct tp_req *r)
     return;
   }
   struct tp_cs *cs = tp_cs_new();
+  bool was_enabled = strcmp(json_string_value(json_object_get(ep, "status")) ?: "", "enabled") == 0;
   if ((v = json_object_get(p, "disabled"))) {
     const char *st = json_is_true(v) ? "disabled" : "enabled";
     bool was_disabled = strcmp(json_string_value(json_object_get(ep, "status")) ?: "", "disabled") == 0;
@@ -375,15 +376,41 @@ void tp_h_we_update(struct tp_req *r)
   /* A new enabled_events applies to events from now on: the scan, which
    * reads events since the floor with the endpoint's current filter, would
    * otherwise deliver the last minute's events of a newly wanted type. */
-  if ((v = json_object_get(p, "enabled_events")) && !json_equal(v, events_before))
+  bool refilter = (v = json_object_get(p, "enabled_events")) && !json_equal(v, events_before);
+  if (refilter)
     floor_now = true;
-  json_decref(events_before);
   if (floor_now) {
     char now_id[TP_ID_MAX], floor[TP_ID_MAX + 8];
     tp_id_new(now_id, "evt");
     tp_scopy(floor, sizeof floor, now_id);
+    if (refilter && was_enabled) {
+      /* The events before the change are judged by the filter they were
+       * made under: those the old one wants that have no row yet (the
+       * thread adds rows a few ms after each commit, and the scan only
+       * above its floor, which this moves) get one now, or they were never
+       * delivered. Not for an endpoint disabled until now. */
+      char floor0[TP_ID_MAX];
+      const char *dash = strchr(r->path_id, '_');
+      snprintf(floor0, sizeof floor0, "evt_%s", dash ? dash + 1 : "");
+      char *old_events = json_dumps(events_before, JSON_COMPACT);
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      json_int_t t = (json_int_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+      cs_sql(cs,
+             "INSERT INTO webhook_deliveries(endpoint, event, merchant, state, attempts, next_at, created) "
+             "SELECT ?1, e.id, e.merchant, 'pending', 0, ?5, ?5 FROM events e WHERE e.merchant = ?2 AND "
+             "e.id > max(?3, coalesce((SELECT scan_floor FROM webhook_endpoints WHERE id = ?1), '')) AND e.id < ?4 "
+             "AND EXISTS (SELECT 1 FROM json_each(?6) j WHERE j.value = '*' OR j.value = e.type) AND "
+             "EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.id = ?1 AND w.status = 'enabled') "
+             "ON CONFLICT(endpoint, event) DO NOTHING",
+             tp_pack("[s, s, s, s, I, s]", r->path_id, r->merchant.id, floor0, now_id, t,
+                     old_events ? old_events : "[]"),
+             0);
+      free(old_events);
+    }
     cs_sql(cs, "UPDATE webhook_endpoints SET scan_floor=?2 WHERE id=?1", tp_pack("[s, s]", r->path_id, floor), 1);
   }
+  json_decref(events_before);
   char *data = json_dumps(ep, JSON_COMPACT);
   cs_sql(cs, "UPDATE webhook_endpoints SET data=?2 WHERE id=?1", tp_pack("[s, s]", r->path_id, data), 1);
   free(data);

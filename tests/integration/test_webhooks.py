@@ -554,6 +554,41 @@ class EndpointChangesTest(ReceiverCase):
             db.close()
         self.assertEqual((rows, attempts[0]), ([], 0))
 
+    def test_changing_enabled_events_loses_no_event_both_filters_want(self):
+        """Payments go on while the filter changes (back and forth between
+        two lists that both want payment_intent.succeeded): every payment's
+        event is delivered. Moving the scan floor to the change dropped the
+        events committed just before it whose rows were not in yet."""
+        import threading
+        c = self.c("m")
+        ep = c.post(WE, {"url": self.recv.url("/refilter"),
+                         "enabled_events[]": "payment_intent.succeeded"}).json
+        made, stop = [], threading.Event()
+
+        def payer():
+            cc = self.daemon.client("m")
+            while not stop.is_set():
+                made.append(pay(cc)["id"])
+
+        threads = [threading.Thread(target=payer) for _ in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            for i in range(12):
+                time.sleep(0.25)
+                lists = ["payment_intent.succeeded"] + (["charge.refunded"] if i % 2 == 0 else [])
+                r = c.post(WE + "/" + ep["id"], {"enabled_events[%d]" % k: v for k, v in enumerate(lists)})
+                self.assertEqual(r.status, 200, r)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        want = set(made)
+        got = self.recv.wait_for("/refilter", lambda g: {x["event"]["data"]["object"]["id"] for x in g} >= want,
+                                 timeout=30)
+        have = {x["event"]["data"]["object"]["id"] for x in got}
+        self.assertEqual(want - have, set(), "payments whose event was never delivered")
+
     def test_new_enabled_events_apply_from_now_on(self):
         c = self.c("m")
         ep = c.post(WE, {"url": self.recv.url("/widen"), "enabled_events[]": "charge.succeeded"}).json
