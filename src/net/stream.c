@@ -477,6 +477,7 @@ static void replay_step(struct conn *c)
     return;
   }
   size_t n = json_array_size(rows);
+  bool full = false;
   for (size_t i = 0; i < n; i++) {
     json_t *row = json_array_get(rows, i);
     const char *id = json_string_value(json_object_get(row, "id"));
@@ -484,7 +485,6 @@ static void replay_step(struct conn *c)
     const char *data = json_string_value(json_object_get(row, "data"));
     if (!id || !type || !data)
       continue;
-    tp_scopy(c->replay_last, sizeof c->replay_last, id);
     const char *oid = NULL;
     json_t *ev = NULL;
     if (c->nobjects) {
@@ -494,15 +494,27 @@ static void replay_step(struct conn *c)
     if (conn_wants(c, type, oid)) {
       size_t ml;
       char *m = event_msg(data, strlen(data), &ml);
+      /* Bounded by bytes, not only by rows: a page of the largest events
+       * (30 KB each) held several send buffers for a client that does not
+       * read. The rest waits for the next page (replay_ready). One event
+       * always goes when nothing is queued. */
+      size_t queued = wslay_event_get_queued_msg_length(c->ws);
+      if (m && queued > 0 && queued + ml > (size_t)cfg.send_buffer_bytes) {
+        free(m);
+        json_decref(ev);
+        full = true;
+        break;
+      }
       if (m)
-        send_text(c, m, ml); /* the page is bounded; replay_ready waits for room */
+        send_text(c, m, ml);
       free(m);
       tp_metric_inc("turnpike_stream_replayed_events_total", NULL, 1);
     }
+    tp_scopy(c->replay_last, sizeof c->replay_last, id);
     json_decref(ev);
   }
   json_decref(rows);
-  if (n < TP_STREAM_REPLAY_PAGE)
+  if (n < TP_STREAM_REPLAY_PAGE && !full)
     c->replaying = false;
 }
 

@@ -268,6 +268,47 @@ class StreamBoundsTest(DaemonTestCase):
     def subscribe(self, ws, last_id):
         ws.send(0x1, ('{"type":"subscribe","events":["*"],"last_event_id":"%s"}' % last_id).encode())
 
+    def test_a_resume_of_large_events_holds_no_more_than_the_bound(self):
+        """A resuming client that does not read: the pages it is sent stop at
+        the send buffer's bound in bytes (a page of up to 100 of the largest
+        events, ~27 KB each, was queued whole: many bounds per connection); read
+        afterwards, every event comes, in order."""
+        c = self.c("m")
+        self.assertEqual(c.post("/v1/customers", {"name": "big"}).status, 200)
+        since = self.last_event_id()
+        md = {"metadata[k%02d]" % i: "v" * 500 for i in range(50)}
+        made = []
+        for i in range(35):  # under replay_max (40), each event past the bound (16 KB)
+            r = c.post("/v1/customers", dict(md, description="d" * 1000))
+            self.assertEqual(r.status, 200, r)
+            made.append(r.json["id"])
+
+        def replayed():
+            m = self.c("m").get("/metrics", key=None).body.decode()
+            return sum(float(l.split()[-1]) for l in m.splitlines()
+                       if l.startswith("turnpike_stream_replayed_events_total"))
+        before = replayed()
+        ws = RawWS(self.daemon.port, self.key(), rcvbuf=4096)
+        try:
+            self.assertEqual(ws.status, 101, ws.head)
+            self.subscribe(ws, since)
+            time.sleep(2.0)  # not reading
+            queued = replayed() - before
+            # the bound, the kernel's buffers (~70 KB), one event over
+            self.assertLess(queued, 12, "a page past the bound was queued")
+            got = []
+            ws.sock.settimeout(10)
+            while len(got) < len(made):
+                op, payload = ws.frame()
+                self.assertNotEqual(op, 0x8, payload)
+                if op == 0x1:
+                    ev = json.loads(payload).get("event")
+                    if ev:
+                        got.append(ev["data"]["object"]["id"])
+            self.assertEqual(got, made)
+        finally:
+            ws.close()
+
     def test_a_resume_larger_than_the_queue_bound_is_sent_as_the_client_reads(self):
         c = self.c("m")
         self.assertEqual(c.post("/v1/customers", {"name": "mark"}).status, 200)
