@@ -157,6 +157,9 @@ enum tp_err tp_req_authenticate(struct tp_req *r);
 /* The API key or access token of r's Authorization header (malloc'd; the
  * caller wipes and frees it), or NULL. */
 char *tp_req_credential(struct tp_req *r);
+/* r's key or token holds every scope of need (TP_SCOPE_* mask); else the
+ * 403 (or OAuth insufficient_scope) naming one it lacks is set: false. */
+bool tp_req_require_scope(struct tp_req *r, unsigned need);
 /* Is key (as tp_req_credential gives it) still good for merchant: TP_ERR_OK,
  * or why not (expired, revoked, rolled away, store_unavailable). */
 enum tp_err tp_credential_check(const char *key, const char *merchant);

@@ -184,6 +184,23 @@ void tp_req_login_failed(struct tp_req *r, enum tp_err e)
     tp_ratelimit_auth_failed(tp_req_client_addr(r), tp_mono_ms());
 }
 
+bool tp_req_require_scope(struct tp_req *r, unsigned need)
+{
+  if ((r->scopes & need) == need)
+    return true;
+  unsigned missing = need & ~r->scopes;
+  unsigned one = missing & (~missing + 1); /* name the first scope missing */
+  char msg[256];
+  bool oauth = strcmp(r->key_kind, "oauth") == 0;
+  snprintf(msg, sizeof msg, "The provided %s does not have the required permissions for this request: it needs "
+           "the `%s` scope.", oauth ? "access token" : "key", tp_scope_name(one));
+  if (oauth)
+    snprintf(r->www_authenticate, sizeof r->www_authenticate,
+             "Bearer realm=\"turnpike\", error=\"insufficient_scope\", scope=\"%s\"", tp_scope_name(one));
+  tp_reply_error(r, oauth ? TP_ERR_OAUTH_INSUFFICIENT_SCOPE : TP_ERR_PERMISSION_DENIED, NULL, msg);
+  return false;
+}
+
 bool tp_req_access(struct tp_req *r)
 {
   return access_check(r, r->route);
@@ -395,18 +412,8 @@ static bool access_check(struct tp_req *r, const struct tp_route *rt)
     tp_reply_error(r, TP_ERR_RATE_LIMITED, NULL, NULL);
     return false;
   }
-  unsigned need = tp_scope_required(r->method, rt->pattern);
-  if (!(r->scopes & need)) {
-    char msg[256];
-    bool oauth = strcmp(r->key_kind, "oauth") == 0;
-    snprintf(msg, sizeof msg, "The provided %s does not have the required permissions for this request: it needs "
-             "the `%s` scope.", oauth ? "access token" : "key", tp_scope_name(need));
-    if (oauth)
-      snprintf(r->www_authenticate, sizeof r->www_authenticate,
-               "Bearer realm=\"turnpike\", error=\"insufficient_scope\", scope=\"%s\"", tp_scope_name(need));
-    tp_reply_error(r, oauth ? TP_ERR_OAUTH_INSUFFICIENT_SCOPE : TP_ERR_PERMISSION_DENIED, NULL, msg);
+  if (!tp_req_require_scope(r, tp_scope_required(r->method, rt->pattern)))
     return false;
-  }
   /* Stripe-Account acts on a connected account (Stripe Connect), and
    * Stripe-Context, which supersedes it, on a related account (a path of
    * accounts, "acct_1/acct_2"). Turnpike has none: naming the key's own

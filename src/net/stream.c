@@ -21,6 +21,7 @@
 #include "log.h"
 #include "main/features.h"
 #include "sec/auth.h"
+#include "sec/scopes.h"
 #include "sec/ratelimit.h"
 #include "metrics.h"
 #include "util.h"
@@ -82,6 +83,7 @@ struct handshake {
   struct handshake *next, *prev;
   char merchant[64];
   char *cred; /* the key or access token that opened it (NULL: a stream token) */
+  bool hide_reports; /* the key lacks reports:read: no balance or payout events */
   int refs;
   bool upgraded;
 };
@@ -123,6 +125,7 @@ struct conn {
    * only opens a stream. */
   char *cred;
   int64_t next_auth_ms;
+  bool hide_reports; /* opened by a key without reports:read */
   bool dead;
   uint32_t epoll_events;
 };
@@ -198,6 +201,10 @@ bool tp_stream_token_verify(const char *token, char *merchant, size_t mcap, bool
 /* POST /v1/turnpike/stream_tokens */
 void tp_h_stream_token(struct tp_req *r)
 {
+  /* A token opens a stream of every event of the account (it carries no
+   * scopes): only a key that may read them all makes one. */
+  if (!tp_req_require_scope(r, TP_SCOPE_PAYMENTS_READ | TP_SCOPE_REPORTS_READ))
+    return;
   if (json_object_size(r->params) > 0) {
     const char *k = json_object_iter_key(json_object_iter(r->params));
     tp_reply_error(r, TP_ERR_PARAMETER_UNKNOWN, k, NULL);
@@ -223,6 +230,10 @@ bool tp_stream_type_matches(const char *pattern, const char *type)
 
 static bool conn_wants(const struct conn *c, const char *type, const char *object_id)
 {
+  /* Balance and payout events show the balance, which needs reports:read
+   * (as /v1/events hides them from a key without it). */
+  if (c->hide_reports && (strncmp(type, "balance.", 8) == 0 || strncmp(type, "payout.", 7) == 0))
+    return false;
   bool ok = false;
   for (int i = 0; i < c->npatterns && !ok; i++)
     ok = tp_stream_type_matches(c->patterns[i], type);
@@ -922,6 +933,7 @@ static void on_upgrade(void *cls, struct MHD_Connection *connection, void *con_c
   tp_scopy(merchant, sizeof merchant, h->merchant);
   char *cred = h->cred;
   h->cred = NULL;
+  bool hide_reports = h->hide_reports;
   bool last = --h->refs == 0;
   pthread_mutex_unlock(&S.mu);
   if (last)
@@ -946,6 +958,7 @@ static void on_upgrade(void *cls, struct MHD_Connection *connection, void *con_c
   c->fd = sock;
   c->urh = urh;
   c->cred = cred;
+  c->hide_reports = hide_reports;
   c->next_auth_ms = tp_mono_ms() + TP_STREAM_RECHECK_MS;
   tp_scopy(c->merchant, sizeof c->merchant, merchant);
   /* Checked in the same critical section as the push, so the stream
@@ -1069,8 +1082,10 @@ void tp_h_stream(struct tp_req *r)
       return;
     }
     r->authed = true;
-  } else if (!tp_req_access(r)) {
-    return; /* a key as on any route: its scope (admin, as for stream tokens), rate limit, failed logins */
+  } else if (!tp_req_access(r) || !tp_req_require_scope(r, TP_SCOPE_PAYMENTS_READ)) {
+    /* a key as on any route: its scope (admin, as for stream tokens), rate
+     * limit, failed logins; and payments:read, which reads events */
+    return;
   }
   pthread_mutex_lock(&S.mu);
   bool up = S.running && !S.stopping;
@@ -1102,8 +1117,10 @@ void tp_h_stream(struct tp_req *r)
     return;
   }
   tp_scopy(h->merchant, sizeof h->merchant, r->merchant.id);
-  if (!tok)
+  if (!tok) {
     h->cred = tp_req_credential(r);
+    h->hide_reports = !(r->scopes & TP_SCOPE_REPORTS_READ);
+  }
   h->refs = 2;
   r->ctx = h;
   r->ctx_free = handshake_release;

@@ -17,6 +17,10 @@ CONFIG = """
 [stream]
 max_connections = 2
 ping_interval_ms = 500
+[balance]
+available_after_seconds = 2
+[idempotency]
+purge_interval_ms = 100
 """
 
 
@@ -233,6 +237,10 @@ send_buffer_bytes = 16384
 replay_max = 40
 ping_interval_ms = 60000
 token_ttl_s = 5
+[balance]
+available_after_seconds = 2
+[idempotency]
+purge_interval_ms = 100
 """
 
 
@@ -414,11 +422,24 @@ class StreamBoundsTest(DaemonTestCase):
         ws = self.ws(rk)
         ws.close()
         self.assertEqual(ws.status, 403, ws.head)
+        # and payments:read, which reads events: admin alone streamed what the key could not list
         rk = admin(self.daemon, "api-key", "create", "--merchant", self.daemon.merchants["m"]["id"], "--scopes",
                    "admin")["restricted_key"]
         ws = self.ws(rk)
         ws.close()
+        self.assertEqual(ws.status, 403, ws.head)
+        self.assertIn("payments:read", ws.head + ws.buf.decode("latin-1"))
+        rk = admin(self.daemon, "api-key", "create", "--merchant", self.daemon.merchants["m"]["id"], "--scopes",
+                   "admin payments:read")["restricted_key"]
+        ws = self.ws(rk)
+        ws.close()
         self.assertEqual(ws.status, 101, ws.head)
+        # a stream token opens a stream of everything: minted only by a key that reads everything
+        kc = self.daemon.client(None)
+        kc.key = rk
+        r = kc.post("/v1/turnpike/stream_tokens", {})
+        self.assertStripeError(r, 403, "permission_error")
+        self.assertIn("reports:read", r.json["error"]["message"])
         # protocol errors the framing layer gives up on still get 1002
         for raw in (bytes([0x89, 0x80 | 126]) + struct.pack(">H", 126) + b"\0\0\0\0" + b"p" * 126,  # ping > 125
                     bytes([0x88, 0x81]) + b"\0\0\0\0" + b"\x03"):  # close with a 1-byte payload
@@ -525,6 +546,49 @@ class StreamBoundsTest(DaemonTestCase):
         s.close()
         self.assertTrue(head.startswith("HTTP/1.0 400") or head.startswith("HTTP/1.1 400"), head)
 
+    def test_a_key_without_reports_read_streams_no_balance_events(self):
+        """As /v1/events hides balance and payout events from a key without
+        reports:read, so does its stream; the secret key's shows them."""
+        import json as _json
+        import subprocess
+        from harness import BIN
+        p = subprocess.run([BIN, "api-key", "create", "--merchant", self.daemon.merchants["m"]["id"], "--scopes",
+                            "admin payments:read", "--data", self.daemon.data], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=60, stdin=subprocess.DEVNULL)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        rk = _json.loads(p.stdout)["restricted_key"]
+        streams = {"rk": RawWS(self.daemon.port, rk), "sk": RawWS(self.daemon.port, self.key())}
+        try:
+            for ws in streams.values():
+                self.assertEqual(ws.status, 101, ws.head)
+                ws.send(0x1, b'{"type":"subscribe","events":["*"]}')
+                self.assertIn(b'"subscribed"', ws.until(0x1))
+            r = self.c("m").post("/v1/payment_intents", {"amount": 1500, "currency": "usd", "confirm": "true",
+                                                         "payment_method": "pm_card_visa"})
+            self.assertEqual(r.status, 200, r)
+            seen = {}
+            for name in ("sk", "rk"):  # the secret key's first: once it has seen the balance event, so could the other
+                ws = streams[name]
+                types = []
+                deadline = time.time() + (8 if name == "sk" else 1)
+                ws.sock.settimeout(1)
+                while time.time() < deadline and (name == "rk" or "balance.available" not in types):
+                    try:
+                        op, payload = ws.frame()
+                    except socket.timeout:
+                        continue
+                    if op == 0x1:
+                        ev = _json.loads(payload).get("event")
+                        if ev:
+                            types.append(ev["type"])
+                seen[name] = types
+            self.assertIn("balance.available", seen["sk"], seen)
+            self.assertIn("payment_intent.succeeded", seen["rk"], seen)
+            self.assertFalse([t for t in seen["rk"] if t.startswith(("balance.", "payout."))], seen)
+        finally:
+            for ws in streams.values():
+                ws.close()
+
     def test_a_stream_closes_when_the_key_that_opened_it_expires(self):
         """A key that expires (--expires-in, a roll's overlap) fails every
         request; a stream it opened is closed too (1008), within the
@@ -533,7 +597,7 @@ class StreamBoundsTest(DaemonTestCase):
         import subprocess
         from harness import BIN
         p = subprocess.run([BIN, "api-key", "create", "--merchant", self.daemon.merchants["m"]["id"], "--scopes",
-                            "admin", "--expires-in", "3", "--data", self.daemon.data], stdout=subprocess.PIPE,
+                            "admin payments:read", "--expires-in", "3", "--data", self.daemon.data], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, timeout=60, stdin=subprocess.DEVNULL)
         self.assertEqual(p.returncode, 0, p.stderr)
         rk = _json.loads(p.stdout)
