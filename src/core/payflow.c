@@ -624,6 +624,21 @@ static void send_call(struct tp_pay *p)
     c->orig_data[0] = '\0'; /* an answer's, not an earlier call's */
   p->not_sent = false;
   p->sent_us = tp_mono_ns() / 1000;
+  /* Screening before the network (Stripe's Radar blocks a card of the
+   * highest risk "regardless of your rules": not_sent_to_network): the
+   * authorization is declined fraudulent here, never sent, and neither
+   * the processor's statistics nor the router learn from it. (The risk
+   * comes from the test-card table: there is no fraud scoring, §11.) */
+  if (c->kind == TP_PROC_AUTHORIZE && !p->fencing) {
+    int score;
+    if (strcmp(tp_test_card_risk(c->pan, &score), "highest") == 0) {
+      p->screened = true;
+      c->outcome = TP_OUT_DECLINED;
+      tp_scopy(c->decline_code, sizeof c->decline_code, "fraudulent");
+      call_done(c);
+      return;
+    }
+  }
   /* A new call asks the breaker first (half-open admits a few probes); a
    * status query about a call already made always goes. */
   if (pr && c->kind != TP_PROC_STATUS && !p->fencing && p->orchestrated && !tp_proc_allow(pr)) {
@@ -1054,7 +1069,7 @@ static void call_done(struct tp_proc_call *c)
   int64_t lat = tp_mono_ns() / 1000 - p->sent_us;
   struct tp_proc *pr = NULL;
   conn_of(p->att.processor, &pr);
-  if (c->kind != TP_PROC_STATUS && !p->fencing && !p->not_sent) {
+  if (c->kind != TP_PROC_STATUS && !p->fencing && !p->not_sent && !p->screened) {
     bool soft = c->outcome == TP_OUT_DECLINED && tp_decline_is_soft(c->decline_code);
     bool transient = c->outcome == TP_OUT_ERROR || soft;
     if (pr)

@@ -36,6 +36,7 @@ struct tp_pay {
   int64_t retry_after_ms;    /* the failed call's processor asked to wait this long (Retry-After) */
   bool pm_made_here;         /* the PaymentMethod was made by this confirmation (payment_method_data, a test id) */
   bool reply_charge;         /* the Charges API: answer the charge (or an error naming it), not the PaymentIntent */
+  bool screened;             /* the authorization was declined by screening, never sent */
   bool capture_set;          /* a capture's own changes (metadata, descriptors ...) were written ahead (tp_capture_set_*) */
   tp_pay_outcome_fn outcome;
   /* a browser flow (3-D Secure) answers with this page instead */

@@ -23,7 +23,9 @@ class Disputes(DaemonTestCase):
         return "[disputes]\nfee.jpy = 2000\n"
 
     def pay(self, pm="pm_card_createDispute", amount=2000, **extra):
-        params = {"amount": amount, "currency": "usd", "confirm": "true", "payment_method": pm}
+        params = {"amount": amount, "currency": "usd", "confirm": "true"}
+        if pm:
+            params["payment_method"] = pm
         params.update(extra)
         r = self.c().post(PI, params)
         self.assertEqual(r.status, 200, r)

@@ -95,6 +95,31 @@ class OrchestrationTest(SimGatewayTest):
         self.assertEqual(r.status, 200, r.json)
         return r.json["data"]
 
+    def test_a_card_of_the_highest_risk_is_blocked_before_any_processor(self):
+        """Stripe's 4100000000000019 "is always blocked regardless of your
+        rules": not sent to the network. It was sent and declined by the
+        processor's own test-card table, which the processor's statistics
+        and the router then learnt from."""
+        def declined(name):
+            for p in self.c.get("/v1/turnpike/processors").json["data"]:
+                if p["name"] == name:
+                    return p
+        before = declined("a")
+        for pm in ("pm_card_radarBlock", "pm_card_riskLevelHighest"):
+            r = self.pay(payment_method=pm)
+            self.assertEqual(r.status, 402, r.json)
+            err = r.json["error"]
+            self.assertEqual((err["code"], err.get("decline_code")), ("card_declined", "fraudulent"), r.json)
+            pi = err["payment_intent"]
+            n, j = self.charges_of(pi["id"])
+            self.assertEqual(j["entries"], [], "the processor was called")
+            ch = self.c.get("/v1/charges/" + err["charge"]).json
+            self.assertEqual((ch["status"], ch["outcome"]["type"], ch["outcome"]["network_status"]),
+                             ("failed", "blocked", "not_sent_to_network"), ch)
+        after = declined("a")
+        self.assertEqual((after["calls"], after["declined"]), (before["calls"], before["declined"]), after)
+        self.assertEqual(self.pay().json["status"], "succeeded")
+
     def test_a_capture_learnt_by_recovery_keeps_what_it_was_sent_with(self):
         """The capture happens at the processor and its answer is lost (502
         processor_status_unknown): recovery settles it, and the capture's
