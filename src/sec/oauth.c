@@ -567,8 +567,10 @@ void tp_h_oauth_revoke(struct tp_req *r)
                 "ON CONFLICT(jti) DO NOTHING", args, 0);
   json_decref(args);
   /* Rows of tokens past their expiry are dead weight: each revocation
-   * clears them, which keeps the table as small as the live revocations. */
-  args = tp_pack("[I]", (json_int_t)tp_now());
+   * clears them, which keeps the table as small as the live revocations.
+   * A week past it: a wall clock stepped forward (then back) would
+   * otherwise clear the row of a token still live and bring it back. */
+  args = tp_pack("[I]", (json_int_t)(tp_now() - 7 * 86400));
   tp_cs_sql(cs, "DELETE FROM oauth_revoked WHERE exp < ?1", args, 0);
   json_decref(args);
   json_decref(cl);

@@ -30,6 +30,42 @@ class ClockStepTest(unittest.TestCase):
         self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), r.json)
         return r.json
 
+    def test_a_revoked_token_stays_revoked_across_a_clock_stepped_forward_and_back(self):
+        """A revocation clears the rows of tokens past their expiry; on a
+        clock two hours ahead that cleared a token still live, which came
+        back once the clock was right again. Rows now go a week after."""
+        import base64
+        import json
+        import subprocess
+        import urllib.parse
+        from harness import BIN, Client
+        d = self.daemon
+        cl = json.loads(subprocess.run([BIN, "oauth-client", "create", "--data", d.data, "--merchant",
+                                        d.merchants["m"]["id"], "--scopes", "payments:read"],
+                                       capture_output=True, text=True, check=True).stdout)
+        q = urllib.parse.quote_plus
+        h = {"Authorization": "Basic " + base64.b64encode(
+            ("%s:%s" % (q(cl["client_id"]), q(cl["client_secret"]))).encode()).decode()}
+        cfg = "[oauth]\nissuer = https://tp.test\n"
+
+        def token(anon):
+            r = anon.post("/oauth/token", {"grant_type": "client_credentials"}, headers=h, key=None)
+            self.assertEqual(r.status, 200, r)
+            return r.json["access_token"]
+        d.start(config=cfg)
+        anon = Client(d.host, d.port, key=None)
+        t1 = token(anon)
+        self.assertEqual(anon.post("/oauth/revoke", {"token": t1}, headers=h, key=None).status, 200)
+        self.assertEqual(Client(d.host, d.port, key=t1).get(PI).status, 401)
+        self.assertEqual(d.stop(), 0)
+        d.start(config=cfg, extra_env=preload_env(SO, TP_CLOCK_SHIFT_S=7200))
+        anon = Client(d.host, d.port, key=None)
+        self.assertEqual(anon.post("/oauth/revoke", {"token": token(anon)}, headers=h, key=None).status, 200)
+        self.assertEqual(d.stop(), 0)
+        d.start(config=cfg)
+        self.assertEqual(Client(d.host, d.port, key=t1).get(PI).status, 401)
+        self.assertEqual(d.stop(), 0)
+
     def test_funds_made_ahead_of_the_clock_do_not_hold_later_ones(self):
         """A balance transaction made while the clock was an hour ahead is
         due an hour from now once the clock is right again; one made after
