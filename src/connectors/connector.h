@@ -4,6 +4,7 @@
 #ifndef TP_CONNECTOR_H
 #define TP_CONNECTOR_H
 #include <stdbool.h>
+#include <time.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -128,6 +129,10 @@ bool tp_test_card_refund_fails(const char *pan);
 /* The fraud risk of a test card: "normal" (score 20), "elevated" (65) or
  * "highest" (95: Stripe's default rules block it). */
 const char *tp_test_card_risk(const char *pan, int *score);
+/* The issuer's view of an expiry: (exp_month, exp_year) before the current
+ * UTC month at now. A card saved before it lapsed is declined expired_card
+ * by the sandbox and the simulator, as an issuer would (0 0: not known). */
+bool tp_card_lapsed(int exp_month, int exp_year, time_t now);
 /* The issuer's address checks of a test card, for an address it is given:
  * "pass", "fail" or "unavailable" for line1 and for the postal code. */
 void tp_test_card_avs(const char *pan, const char **line1, const char **postal_code);

@@ -82,6 +82,16 @@ static const struct test_card *test_card(const char *pan)
   return &none;
 }
 
+bool tp_card_lapsed(int exp_month, int exp_year, time_t now)
+{
+  if (exp_month < 1 || exp_month > 12 || exp_year <= 0)
+    return false;
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  int y = tm.tm_year + 1900, m = tm.tm_mon + 1;
+  return exp_year < y || (exp_year == y && exp_month < m);
+}
+
 const char *tp_test_card_decline(const char *pan, bool cvc)
 {
   const struct test_card *t = test_card(pan);
@@ -170,6 +180,8 @@ static void decide(struct tp_proc_call *c)
     return;
   }
   const char *d = tp_test_card_decline(c->pan, !c->no_cvc);
+  if (tp_card_lapsed(c->exp_month, c->exp_year, time(NULL)))
+    d = "expired_card";
   if (*d) {
     c->outcome = TP_OUT_DECLINED;
     tp_scopy(c->decline_code, sizeof c->decline_code, d);

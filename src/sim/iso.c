@@ -386,6 +386,11 @@ static bool handle(struct iconn *c, struct tp_iso_msg *m)
     q.capture = mti[1] == '2';
     tp_scopy(pan, sizeof pan, tp_iso_get(m, 2));
     q.pan = pan;
+    const char *f14 = tp_iso_get(m, 14); /* expiration date, YYMM */
+    if (f14 && strlen(f14) == 4 && strspn(f14, "0123456789") == 4) {
+      q.exp_year = 2000 + (f14[0] - '0') * 10 + (f14[1] - '0');
+      q.exp_month = (f14[2] - '0') * 10 + (f14[3] - '0');
+    }
   } else if (refund || advice) {
     if (!alpha || q.amount <= 0 || q.amount > TP_AMOUNT_MAX) {
       answer_code(c, m, alpha ? "13" : "30");

@@ -245,6 +245,8 @@ static const char *validate(enum pop p, json_t *o, const char *seg, struct tp_si
     if (cvc && !json_is_null(cvc) && !digits_ok(json_string_value(cvc), 3, 4))
       return "card.cvc must be 3 or 4 digits";
     q->no_cvc = json_is_null(cvc); /* null: none was ever given; absent: given earlier */
+    q->exp_month = (int)json_integer_value(m);
+    q->exp_year = (int)json_integer_value(y);
     snprintf(pan, 24, "%s", num);
     q->pan = pan;
     break;

@@ -121,6 +121,7 @@ struct tp_sim_request {
   bool capture;
   const char *pan;             /* authorize only; never stored */
   bool no_cvc;                 /* authorize only: the card has no CVC to check (REST "cvc": null) */
+  int exp_month, exp_year;     /* authorize only: the card's expiry (0 0: not sent) */
   const struct tp_sim_behaviour *b;
 };
 

@@ -287,6 +287,8 @@ static void decide_authorization(const struct tp_sim_request *q, char decline[48
 {
   decline[0] = '\0';
   const char *d = tp_test_card_decline(q->pan, !q->no_cvc);
+  if (tp_card_lapsed(q->exp_month, q->exp_year, time(NULL)))
+    d = "expired_card";
   if (*d) {
     snprintf(decline, 48, "%s", d);
     return;

@@ -66,6 +66,32 @@ class ClockStepTest(unittest.TestCase):
         self.assertEqual(Client(d.host, d.port, key=t1).get(PI).status, 401)
         self.assertEqual(d.stop(), 0)
 
+    def test_a_saved_card_that_has_lapsed_since_is_declined_expired(self):
+        """A card saved in its last month is declined expired_card once that
+        month is over, as its issuer would (it was approved)."""
+        import time
+        from harness import card
+        d = self.daemon
+        d.start()
+        c = d.client("m")
+        t = time.gmtime()
+        cus = c.post("/v1/customers", {"name": "lapse"}).json
+        pm = c.post("/v1/payment_methods", {"type": "card", "card[number]": "4242424242424242",
+                                            "card[exp_month]": t.tm_mon, "card[exp_year]": t.tm_year,
+                                            "card[cvc]": "123"})
+        self.assertEqual(pm.status, 200, pm)
+        self.assertEqual(c.post("/v1/payment_methods/%s/attach" % pm.json["id"], {"customer": cus["id"]}).status, 200)
+        params = {"amount": 1000, "currency": "usd", "customer": cus["id"], "payment_method": pm.json["id"],
+                  "confirm": "true", "off_session": "true"}
+        self.assertEqual(c.post(PI, params).json["status"], "succeeded")
+        self.assertEqual(d.stop(), 0)
+        d.start(extra_env=preload_env(SO, TP_CLOCK_SHIFT_S=40 * 86400))
+        c = d.client("m")
+        r = c.post(PI, params)
+        self.assertEqual(r.status, 402, r)
+        self.assertEqual(r.json["error"]["code"], "expired_card", r.json)
+        self.assertEqual(d.stop(), 0)
+
     def test_funds_made_ahead_of_the_clock_do_not_hold_later_ones(self):
         """A balance transaction made while the clock was an hour ahead is
         due an hour from now once the clock is right again; one made after
