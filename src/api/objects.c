@@ -1099,6 +1099,18 @@ json_t *tp_card_source_create(struct tp_req *r, struct tp_cs *cs, const char *so
     tp_reply_missing(r, "token", source ? source : "", param);
     ok = false;
   }
+  /* Stripe checks a card attached to a Customer as a source with its
+   * issuer: the decline test cards fail there, all but 4000000000000341
+   * ("attaching this card to a Customer object succeeds, but attempts to
+   * charge the customer fail"). Nothing is made (a token is not spent). */
+  const char *decline = ok ? tp_test_card_check_decline(ci.pan, ci.cvc) : "";
+  if (*decline) {
+    const struct tp_error_info *ei = tp_error_by_decline_code(decline);
+    if (!ei)
+      ei = tp_error_by_decline_code("generic_decline");
+    tp_reply_error(r, (enum tp_err)ei->number, tp_decline_param(ei->code), NULL);
+    ok = false;
+  }
   json_t *pm = ok ? pm_create(cs, &r->merchant, &ci, NULL, metadata, NULL, "card", customer, NULL) : NULL;
   if (ok && !pm)
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);

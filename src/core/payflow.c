@@ -1430,7 +1430,7 @@ static json_t *outcome_obj(bool approved, const char *decline, const char *pan)
                    "network_decline_code", "network_status", "approved_by_network", "reason", "risk_level", risk,
                    "risk_score", score, "seller_message", "Payment complete.", "type", "authorized");
   if (strcmp(risk, "highest") == 0 && strcmp(decline, "fraudulent") == 0)
-    return tp_pack("{s:s, s:n, s:n, s:s, s:s, s:s, s:i, s:s, s:s}", "advice_code", "do_not_try_again",
+    return tp_pack("{s:n, s:n, s:n, s:s, s:s, s:s, s:i, s:s, s:s}", "advice_code", /* an issuer's, not screening's */
                    "network_advice_code", "network_decline_code", "network_status", "not_sent_to_network",
                    "reason", "highest_risk_level", "risk_level", risk, "risk_score", score, "seller_message",
                    "Turnpike blocked this payment as too risky.", "type", "blocked");

@@ -48,6 +48,28 @@ class Sources(DaemonTestCase):
         return [e["type"] for e in reversed(r.json["data"])
                 if e["type"].startswith(prefix) and e["data"]["object"]["id"] == object_id]
 
+
+    def test_a_decline_card_is_refused_as_a_source_and_0341_attaches(self):
+        """Stripe checks a card attached to a Customer with its issuer: the
+        decline test cards fail there (4000000000000341: "attaching this
+        card to a Customer object succeeds, but attempts to charge the
+        customer fail"). A refused source makes nothing."""
+        c = self.c("m")
+        before = c.get("/v1/customers", {"limit": 100}).json["data"]
+        for tok, code in (("tok_chargeDeclined", "generic_decline"),
+                          ("tok_chargeDeclinedInsufficientFunds", "insufficient_funds")):
+            r = c.post("/v1/customers", {"source": tok})
+            self.assertStripeError(r, 402, "card_error", "card_declined")
+            self.assertEqual(r.json["error"]["decline_code"], code, r.json)
+        self.assertEqual(c.get("/v1/customers", {"limit": 100}).json["data"], before, "a refused source made nothing")
+        cus = c.post("/v1/customers", {"name": "src"}).json
+        r = c.post("/v1/customers/%s/sources" % cus["id"], {"source": "tok_chargeDeclinedFraudulent"})
+        self.assertStripeError(r, 402, "card_error", "card_declined")
+        self.assertEqual(c.get("/v1/customers/%s/sources" % cus["id"]).json["data"], [])
+        ok = c.post("/v1/customers", {"source": "tok_chargeCustomerFail"})
+        self.assertEqual(ok.status, 200, ok)
+        ch = c.post("/v1/charges", {"amount": 1000, "currency": "usd", "customer": ok.json["id"]})
+        self.assertStripeError(ch, 402, "card_error", "card_declined")
     def test_a_customer_made_with_a_source_is_charged_by_its_default_card(self):
         tok = self.c().post("/v1/tokens", {"card": {"number": "4242424242424242", "exp_month": 8,
                                                     "exp_year": 2031, "name": "Ada L"}}).json
