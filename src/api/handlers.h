@@ -51,6 +51,9 @@ bool tp_confirm_pm_choice(struct tp_req *r, struct tp_cs *cs, const json_t *inte
 bool tp_redirect_allowed(struct tp_req *r, const json_t *intent);
 /* automatic_payment_methods[enabled] (required in the hash) and
  * [allow_redirects] into intent, refused beside payment_method_types. */
+/* Take the lock of si's customer (if any) into out (TP_ID_MAX; "" none):
+ * false after replying 429 lock_timeout, which the dispatcher waits out. */
+bool tp_si_customer_lock(struct tp_req *r, const json_t *si, char *out);
 bool tp_apply_apm(struct tp_req *r, json_t *intent, const json_t *params);
 /* Without confirm=true, none of only (NULL-terminated) may be sent:
  * Stripe's "can only be used with confirm=true". */

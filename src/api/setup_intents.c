@@ -285,6 +285,20 @@ static bool si_apply(struct tp_req *r, struct tp_cs *cs, json_t *si, bool creati
   return true;
 }
 
+bool tp_si_customer_lock(struct tp_req *r, const json_t *si, char *out)
+{
+  out[0] = '\0';
+  const char *cus = json_string_value(json_object_get(si, "customer"));
+  if (!cus || strlen(cus) >= TP_ID_MAX)
+    return true;
+  if (!tp_lock_try(cus)) {
+    tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL); /* waited out and run again (run_handler) */
+    return false;
+  }
+  tp_scopy(out, TP_ID_MAX, cus);
+  return true;
+}
+
 /* Save pm to si's customer (unless it has one) and, when authenticated,
  * record that for later off-session payments; into cs when it changed. */
 static void save_pm(struct tp_req *r, struct tp_cs *cs, const json_t *si, json_t *pm, bool authenticated)
@@ -419,6 +433,7 @@ static void reply_finished(struct tp_req *r, json_t *si, const json_t *pm, json_
 static void si_confirm(struct tp_req *r, json_t *si, struct tp_cs *cs, bool created, const char *lock_id)
 {
   char pm_lock[TP_ID_MAX] = ""; /* a copy: si's own payment_method is replaced below */
+  char cus_lock[TP_ID_MAX] = "";
   json_t *pm = NULL;
   struct tp_card_info ci;
   memset(&ci, 0, sizeof ci);
@@ -456,6 +471,12 @@ static void si_confirm(struct tp_req *r, json_t *si, struct tp_cs *cs, bool crea
   }
   if (!tp_pm_belongs(r, pm, si, "SetupIntent"))
     goto fail;
+  /* The card may be saved to the customer below (save_pm): under the
+   * customer's lock, as a deletion of that customer takes it, or a
+   * deletion at the same moment left the card attached to a deleted
+   * customer. */
+  if (!tp_si_customer_lock(r, si, cus_lock))
+    goto fail;
   json_object_set(si, "payment_method", json_object_get(pm, "id"));
   json_object_set_new(si, "last_setup_error", json_null());
   if (created)
@@ -487,12 +508,14 @@ static void si_confirm(struct tp_req *r, json_t *si, struct tp_cs *cs, bool crea
   tp_card_wipe(cvc, sizeof cvc);
   json_decref(pm);
   json_decref(si);
-  const char *held[2];
+  const char *held[3];
   size_t n = 0;
   if (lock_id)
     held[n++] = lock_id;
   if (pm_lock[0])
     held[n++] = pm_lock;
+  if (cus_lock[0])
+    held[n++] = cus_lock;
   tp_commit_and_reply_locks(r, cs, held, n);
   return;
 fail:
@@ -503,6 +526,8 @@ fail:
   tp_cs_free(cs);
   if (pm_lock[0])
     tp_lock_release(pm_lock);
+  if (cus_lock[0])
+    tp_lock_release(cus_lock);
   if (lock_id)
     tp_lock_release(lock_id);
 }

@@ -190,6 +190,16 @@ static void setup_done(struct tp_req *r, json_t *si, bool approved)
   }
   if (pm_id)
     tp_scopy(pm_lock, sizeof pm_lock, pm_id);
+  /* And its customer's, which the card may be saved to (tp_si_finish). */
+  char cus_lock[TP_ID_MAX] = "";
+  if (approved && !tp_si_customer_lock(r, si, cus_lock)) {
+    json_decref(si);
+    if (pm_lock[0])
+      tp_lock_release(pm_lock);
+    tp_lock_release(r->path_id);
+    html(r, 429, "<!doctype html><title>Busy</title><p>Try again.</p>");
+    return;
+  }
   json_t *pm = pm_lock[0] ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id) : NULL;
   /* The card deleted while the challenge was out (a card source removed, or
    * its customer deleted): the setup fails, as for a failed challenge, not
@@ -207,6 +217,8 @@ static void setup_done(struct tp_req *r, json_t *si, bool approved)
     json_decref(si);
     if (pm_lock[0])
       tp_lock_release(pm_lock);
+    if (cus_lock[0])
+      tp_lock_release(cus_lock);
     tp_lock_release(r->path_id);
     html(r, pm_lock[0] ? 500 : 409, "<!doctype html><title>Error</title><p>The card could not be loaded.</p>");
     return;
@@ -238,8 +250,8 @@ static void setup_done(struct tp_req *r, json_t *si, bool approved)
   json_decref(err);
   json_decref(pm);
   json_decref(si);
-  const char *locks[2] = {r->path_id, pm_lock};
-  tp_commit_and_reply_locks(r, cs, locks, 2);
+  const char *locks[3] = {r->path_id, pm_lock, cus_lock};
+  tp_commit_and_reply_locks(r, cs, locks, 3);
 }
 
 /* The payment fails at the page (the challenge failed, or its card was

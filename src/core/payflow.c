@@ -276,6 +276,8 @@ void tp_pay_free(struct tp_pay *p)
     tp_lock_release(p->lock_id);
   if (p->pm_lock_id[0])
     tp_lock_release(p->pm_lock_id);
+  if (p->cus_lock_id[0])
+    tp_lock_release(p->cus_lock_id);
   drop_objects(p);
   json_decref(p->op_audit);
   free(p->body);
@@ -1535,10 +1537,22 @@ static void save_for_future_use(struct tp_pay *p, struct tp_cs *cs)
   if (mark)
     tp_mark(p->pm, "off_session_authenticated", json_true());
   /* Not to a customer deleted meanwhile, nor a card detached meanwhile
-   * (detaching is for good). */
+   * (detaching is for good). The customer is read under its lock, which a
+   * deletion holds until it has detached its cards: without it a deletion
+   * at the same moment left this card on a deleted customer. Held by a
+   * request right now: not saved (logged), as for a busy card. */
   bool attach = !json_is_string(json_object_get(p->pm, "customer")) &&
-                !json_is_true(json_object_get(json_object_get(p->pm, "turnpike"), "detached")) &&
-                tp_store_live(&tp_app.store, TP_K_CUSTOMER, p->m.id, cus) == 1;
+                !json_is_true(json_object_get(json_object_get(p->pm, "turnpike"), "detached"));
+  if (attach && !p->cus_lock_id[0]) {
+    if (strlen(cus) < sizeof p->cus_lock_id && tp_lock_try(cus))
+      tp_scopy(p->cus_lock_id, sizeof p->cus_lock_id, cus);
+    else {
+      tp_log(TP_LOG_WARN, "payment_method_not_saved", "{s:s, s:s}", "payment_method", pm_id, "reason",
+             "customer_locked");
+      attach = false;
+    }
+  }
+  attach = attach && tp_store_live(&tp_app.store, TP_K_CUSTOMER, p->m.id, cus) == 1;
   if (attach)
     json_object_set_new(p->pm, "customer", json_string(cus));
   if (!attach && !mark)

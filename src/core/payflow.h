@@ -31,6 +31,7 @@ struct tp_pay {
   struct tp_proc_call call;
   char lock_id[80];
   char pm_lock_id[80];       /* the PaymentMethod being saved to a customer, released with p */
+  char cus_lock_id[80];      /* that customer's, released with p */
   char cancellation_reason[64];
   bool three_ds_done;        /* the payment passed a 3-D Secure challenge */
   int64_t retry_after_ms;    /* the failed call's processor asked to wait this long (Retry-After) */
