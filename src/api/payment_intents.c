@@ -1485,34 +1485,40 @@ static bool capture_descriptors(struct tp_req *r, json_t *ch)
   return true;
 }
 
-/* What a capture request changes besides the capture (its metadata,
- * descriptors, receipt_email, transfer_group, payment_details), as the
- * objects now hold it: written ahead with the attempt (tp_capture_set_write)
- * when there is any, so recovery keeps it. */
-static void capture_set(struct tp_pay *p, struct tp_cs *cs)
+/* What a capture request changes besides the capture, as the request
+ * sent it (not the objects as they are: an update of either while the
+ * capture's outcome is unknown must not be undone by recovery): its
+ * metadata as a patch ("" deletes a key), payment_details on the
+ * PaymentIntent, receipt_email, transfer_group and the statement
+ * descriptors (with the one the charge shows) on the charge. Written ahead
+ * with the attempt when there is any (tp_capture_set_write). */
+static void capture_set(struct tp_pay *p, struct tp_cs *cs, bool reply_charge)
 {
-  static const char *const pi_keys[] = {"metadata", "payment_details", NULL};
-  static const char *const ch_keys[] = {"metadata", "receipt_email", "transfer_group", "statement_descriptor",
-                                        "statement_descriptor_suffix", "calculated_statement_descriptor", NULL};
-  static const char *const given[] = {"metadata", "payment_details", "receipt_email", "transfer_group",
-                                      "statement_descriptor", "statement_descriptor_suffix", NULL};
-  bool any = false;
-  for (int i = 0; given[i] && !any; i++)
-    any = json_object_get(p->params, given[i]) != NULL;
-  if (!any)
-    return;
-  json_t *set = json_object(), *o = json_object();
-  for (int i = 0; pi_keys[i]; i++)
-    if (json_object_get(p->pi, pi_keys[i]))
-      json_object_set(o, pi_keys[i], json_object_get(p->pi, pi_keys[i]));
-  json_object_set_new(set, "payment_intent", o);
-  o = json_object();
-  for (int i = 0; ch_keys[i]; i++)
-    if (json_object_get(p->charge, ch_keys[i]))
-      json_object_set(o, ch_keys[i], json_object_get(p->charge, ch_keys[i]));
-  json_object_set_new(set, "charge", o);
-  tp_capture_set_write(p, cs, set);
-  json_decref(set);
+  json_t *pi = json_object(), *ch = json_object(), *v;
+  if ((v = json_object_get(p->params, "metadata")) && json_is_object(v))
+    json_object_set(reply_charge ? ch : pi, "metadata", v);
+  if (json_object_get(p->params, "payment_details"))
+    json_object_set(pi, "payment_details", json_object_get(p->pi, "payment_details"));
+  static const char *const ch_keys[] = {"receipt_email", "transfer_group", "statement_descriptor",
+                                        "statement_descriptor_suffix", NULL};
+  bool descriptor = false;
+  for (int i = 0; ch_keys[i]; i++) {
+    const char *s = tp_pstr(p->params, ch_keys[i]);
+    if (s && *s && (i >= 2 || reply_charge)) {
+      json_object_set(ch, ch_keys[i], json_object_get(p->charge, ch_keys[i]));
+      descriptor |= i >= 2;
+    }
+  }
+  if (descriptor)
+    json_object_set(ch, "calculated_statement_descriptor", json_object_get(p->charge, "calculated_statement_descriptor"));
+  if (json_object_size(pi) || json_object_size(ch)) {
+    json_t *set = tp_pack("{s:o, s:o}", "payment_intent", pi, "charge", ch);
+    tp_capture_set_write(p, cs, set);
+    json_decref(set);
+  } else {
+    json_decref(pi);
+    json_decref(ch);
+  }
 }
 
 /* When the authorization of uncaptured charge ch lapses: its
@@ -1615,7 +1621,7 @@ static void capture(struct tp_req *r, const char *pi_id, const char *amount_para
   p->call.kind = TP_PROC_CAPTURE;
   tp_call_target(&p->call, ch);
   struct tp_cs *wa = tp_cs_new();
-  capture_set(p, wa);
+  capture_set(p, wa, reply_charge);
   tp_req_suspend(r);
   tp_pay_run(p, wa);
   return;

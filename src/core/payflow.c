@@ -1710,11 +1710,37 @@ static void capture_set_apply(struct tp_pay *p)
   if (!set)
     return;
   p->capture_set = true;
-  json_t *o;
-  if (json_is_object(o = json_object_get(set, "payment_intent")) && p->pi)
-    json_object_update(p->pi, o);
-  if (json_is_object(o = json_object_get(set, "charge")) && p->charge)
-    json_object_update(p->charge, o);
+  json_t *objs[2] = {p->pi, p->charge};
+  const char *names[2] = {"payment_intent", "charge"};
+  for (int i = 0; i < 2; i++) {
+    json_t *o = json_object_get(set, names[i]);
+    if (!json_is_object(o) || !objs[i])
+      continue;
+    const char *k;
+    json_t *v;
+    json_object_foreach(o, k, v)
+    {
+      if (strcmp(k, "metadata") != 0) {
+        json_object_set(objs[i], k, v);
+        continue;
+      }
+      /* a patch, as the request's: what was set since stays */
+      json_t *md = json_object_get(objs[i], "metadata");
+      if (!json_is_object(md)) {
+        md = json_object();
+        json_object_set_new(objs[i], "metadata", md);
+      }
+      const char *mk;
+      json_t *mv;
+      json_object_foreach(v, mk, mv)
+      {
+        if (json_is_string(mv) && json_string_length(mv) == 0)
+          json_object_del(md, mk);
+        else
+          json_object_set(md, mk, mv);
+      }
+    }
+  }
   json_decref(set);
 }
 

@@ -134,20 +134,31 @@ class OrchestrationTest(SimGatewayTest):
         params = {"amount_to_capture": 3000, "metadata[order]": "A-17", "statement_descriptor_suffix": "ORDER17"}
         r = self.c.post("/v1/payment_intents/%s/capture" % pi["id"], params, idem=key)
         self.assertEqual(r.status, 502, r.json)
+        # while it is unresolved (status queries lost too), the objects are
+        # updated: recovery must not undo that either
+        self.sim.faults("a", timeout_rate=1.0, timeout_mode="before", timeout_hold_ms=1500,
+                        timeout_operations="all")
+        up = self.c.post("/v1/payment_intents/" + pi["id"], {"metadata[later]": "yes"})
+        self.assertEqual(up.status, 200, up.json)
+        up = self.c.post("/v1/charges/" + pi["latest_charge"], {"metadata[chlater]": "1",
+                                                                 "receipt_email": "x@example.com"})
+        self.assertEqual(up.status, 200, up.json)
         self.sim.faults("a", timeout_rate=0.0, timeout_operations="all")
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             got = self.c.get("/v1/payment_intents/" + pi["id"]).json
             if got["status"] == "succeeded":
                 break
             time.sleep(0.2)
         self.assertEqual((got["status"], got["amount_received"], got["metadata"]),
-                         ("succeeded", 3000, {"order": "A-17"}), got)
+                         ("succeeded", 3000, {"order": "A-17", "later": "yes"}), got)
         ch = self.c.get("/v1/charges/" + pi["latest_charge"]).json
         self.assertEqual((ch["amount_captured"], ch["statement_descriptor_suffix"]), (3000, "ORDER17"), ch)
+        self.assertEqual((ch["metadata"], ch["receipt_email"]), ({"chlater": "1"}, "x@example.com"), ch)
         self.assertIn("ORDER17", ch["calculated_statement_descriptor"], ch)
         again = self.c.post("/v1/payment_intents/%s/capture" % pi["id"], params, idem=key)
-        self.assertEqual((again.status, again.json.get("metadata")), (200, {"order": "A-17"}), again.json)
+        self.assertEqual((again.status, again.json.get("metadata")), (200, {"order": "A-17", "later": "yes"}),
+                         again.json)
         # a capture that fails at the processor names its PaymentIntent, as it was
         other = self.pay(amount=2000, capture_method="manual").json
         self.sim.faults("a", outage=True)
