@@ -105,6 +105,74 @@ static void sweep_done(struct tp_cs *cs, int rc, void *arg)
   atomic_store(&H.sweep_busy, false);
 }
 
+/* The currencies a sweep's change set moves, and how much of each. */
+struct sweep_sums {
+  struct {
+    char cur[4];
+    int64_t sum;
+  } c[SWEEP_CURRENCIES];
+  int n;
+};
+
+/* bt (pending, due) shown available into cs, its amount counted in s;
+ * false when s has no room for its currency (the rest next time). */
+static bool sweep_take(struct tp_cs *cs, const char *merchant, json_t *bt, struct sweep_sums *s, int ncur)
+{
+  const char *cur = json_string_value(json_object_get(bt, "currency"));
+  int k = 0;
+  while (k < s->n && strcmp(s->c[k].cur, cur) != 0)
+    k++;
+  if (k == s->n) {
+    if (ncur + s->n >= SWEEP_CURRENCIES)
+      return false;
+    memcpy(s->c[s->n].cur, cur, 4);
+    s->c[s->n++].sum = 0;
+  }
+  s->c[k].sum += json_integer_value(json_object_get(bt, "amount"));
+  json_object_set_new(bt, "status", json_string("available"));
+  tp_cs_put(cs, TP_K_BALANCE_TXN, merchant, bt);
+  return true;
+}
+
+#define SWEEP_AHEAD_PREFIX "sweep_ahead:"
+
+/* Transactions the cursor passed while they were pending and made ahead
+ * of the clock (meta rows sweep_ahead:<id>, the merchant as value): each
+ * that has come due is taken, each no longer pending forgotten. */
+static int sweep_ahead(struct tp_cs *cs, const char *merchant, int64_t now_s, struct sweep_sums *s, int ncur)
+{
+  json_t *rows = tp_store_query_take(&tp_app.store,
+                                     "SELECT key FROM meta WHERE key > '" SWEEP_AHEAD_PREFIX "' AND key < "
+                                     "'sweep_ahead;' AND value = ?1 ORDER BY key LIMIT 64",
+                                     tp_pack("[s]", merchant));
+  if (!rows)
+    return -1;
+  size_t i;
+  json_t *row;
+  json_array_foreach(rows, i, row)
+  {
+    const char *key = json_string_value(json_object_get(row, "key"));
+    if (!key)
+      continue;
+    json_t *bt = tp_store_get_json(&tp_app.store, TP_K_BALANCE_TXN, merchant, key + strlen(SWEEP_AHEAD_PREFIX));
+    const char *st = json_string_value(json_object_get(bt, "status"));
+    bool pending = st && strcmp(st, "pending") == 0;
+    bool due = pending && json_integer_value(json_object_get(bt, "available_on")) <= now_s;
+    if (due && !sweep_take(cs, merchant, bt, s, ncur)) {
+      json_decref(bt);
+      break;
+    }
+    if (!pending || due) {
+      json_t *args = tp_pack("[s]", key);
+      tp_cs_sql(cs, "DELETE FROM meta WHERE key = ?1", args, 0);
+      json_decref(args);
+    }
+    json_decref(bt);
+  }
+  json_decref(rows);
+  return 0;
+}
+
 /* One merchant's balance transactions after cursor into cs: each pending
  * one whose available_on has come shown available, and their amounts moved
  * from merchant:pending to merchant:available by one balanced ledger
@@ -114,27 +182,26 @@ static void sweep_done(struct tp_cs *cs, int rc, void *arg)
  * available_on, not by the time in the ids: after a wall clock stepped
  * back, ids run ahead of the clock (they keep sorting above the stored
  * ones), and a floor made from the clock held such transactions pending
- * for as long as that lasted. A row made "in the future" (before such a
- * step) that is not due is stepped over, not waited for. *ncur counts the
+ * for as long as that lasted. A pending row made "in the future" (before
+ * such a step) is passed and kept on a list of its own (sweep_ahead), so
+ * it holds up neither the cursor nor the rows after it. *ncur counts the
  * currencies posted in cs so far. Returns -1 on a store error. */
 static int sweep_merchant(struct tp_cs *cs, const char *merchant, const char *cursor, int64_t now_ms, int *ncur)
 {
+  int64_t now_s = now_ms / 1000, guard_s = tp_balance_available_after();
+  if (guard_s < 2)
+    guard_s = 2;
+  struct sweep_sums sums;
+  sums.n = 0;
+  if (sweep_ahead(cs, merchant, now_s, &sums, *ncur) != 0)
+    return -1;
   json_t *ids = tp_store_query_take(&tp_app.store,
                                     "SELECT id FROM balance_transactions WHERE merchant = ?1 AND id > ?2 "
                                     "ORDER BY id LIMIT ?3",
                                     tp_pack("[s, s, i]", merchant, cursor, SWEEP_BATCH));
   if (!ids)
     return -1;
-  int64_t now_s = now_ms / 1000, guard_s = tp_balance_available_after();
-  if (guard_s < 2)
-    guard_s = 2;
-  struct {
-    char cur[4];
-    int64_t sum;
-  } sums[SWEEP_CURRENCIES];
-  int n = 0;
   char last[TP_ID_MAX] = "";
-  bool prefix = true; /* every row so far is done: the cursor may follow */
   size_t i;
   json_t *row;
   json_array_foreach(ids, i, row)
@@ -149,52 +216,41 @@ static int sweep_merchant(struct tp_cs *cs, const char *merchant, const char *cu
     const char *cur = json_string_value(json_object_get(bt, "currency"));
     int64_t created = json_integer_value(json_object_get(bt, "created"));
     bool pending = st && strcmp(st, "pending") == 0 && cur && strlen(cur) == 3;
+    bool ahead = created > now_s; /* made while the clock was ahead of this one */
     bool settled = created <= now_s - guard_s; /* nothing before it is still on its way */
     bool due = pending && settled && json_integer_value(json_object_get(bt, "available_on")) <= now_s;
-    if ((pending && !due) || !settled) {
+    if (ahead && pending) {
+      json_t *args = tp_pack("[s, s]", id, merchant);
+      tp_cs_sql(cs, "INSERT INTO meta(key, value) VALUES('" SWEEP_AHEAD_PREFIX "' || ?1, ?2) "
+                    "ON CONFLICT(key) DO NOTHING", args, 0);
+      json_decref(args);
+    } else if (!ahead && ((pending && !due) || !settled)) {
       json_decref(bt);
-      if (created > now_s) { /* made ahead of this clock: step over it */
-        prefix = false;
-        continue;
-      }
       break; /* in order from here: nothing later is due either */
     }
-    if (due) {
-      int k = 0;
-      while (k < n && strcmp(sums[k].cur, cur) != 0)
-        k++;
-      if (k == n) {
-        if (*ncur + n >= SWEEP_CURRENCIES) { /* this change set is full: the rest next time */
-          json_decref(bt);
-          break;
-        }
-        memcpy(sums[n].cur, cur, 4);
-        sums[n++].sum = 0;
-      }
-      sums[k].sum += json_integer_value(json_object_get(bt, "amount"));
-      json_object_set_new(bt, "status", json_string("available"));
-      tp_cs_put(cs, TP_K_BALANCE_TXN, merchant, bt);
+    if (due && !sweep_take(cs, merchant, bt, &sums, *ncur)) {
+      json_decref(bt); /* this change set is full: the rest next time */
+      break;
     }
     json_decref(bt);
-    if (prefix)
-      tp_scopy(last, sizeof last, id);
+    tp_scopy(last, sizeof last, id);
   }
   json_decref(ids);
-  if (!last[0] && n == 0)
-    return 0;
+  if (!last[0] && sums.n == 0)
+    return 0; /* (meta rows of sweep_ahead may be in cs: the caller commits them) */
   char txn[TP_ID_MAX];
   tp_id_new(txn, "avl");
   struct tp_balance_move moves[SWEEP_CURRENCIES];
   size_t nmoves = 0, gained = 0;
-  for (int k = 0; k < n; k++) {
-    if (sums[k].sum == 0)
+  for (int k = 0; k < sums.n; k++) {
+    if (sums.c[k].sum == 0)
       continue;
     /* credit accounts: the merchant's pending balance falls, its available one grows */
-    tp_cs_ledger(cs, txn, merchant, "merchant:pending", sums[k].cur, sums[k].sum);
-    tp_cs_ledger(cs, txn, merchant, "merchant:available", sums[k].cur, -sums[k].sum);
-    memcpy(moves[nmoves].currency, sums[k].cur, 4);
-    moves[nmoves++].amount = sums[k].sum;
-    gained += sums[k].sum > 0;
+    tp_cs_ledger(cs, txn, merchant, "merchant:pending", sums.c[k].cur, sums.c[k].sum);
+    tp_cs_ledger(cs, txn, merchant, "merchant:available", sums.c[k].cur, -sums.c[k].sum);
+    memcpy(moves[nmoves].currency, sums.c[k].cur, 4);
+    moves[nmoves++].amount = sums.c[k].sum;
+    gained += sums.c[k].sum > 0;
   }
   /* Stripe's balance.available: funds became available (not fired for
    * negative moves alone), with the Balance as this commit leaves it. */
@@ -204,7 +260,7 @@ static int sweep_merchant(struct tp_cs *cs, const char *merchant, const char *cu
       tp_emit(cs, NULL, merchant, "balance.available", bal);
     json_decref(bal);
   }
-  *ncur += n;
+  *ncur += sums.n;
   if (last[0]) {
     json_t *args = tp_pack("[s, s]", merchant, last);
     tp_cs_sql(cs, "INSERT INTO balance_sweep(merchant, cursor) VALUES(?1, ?2) "
