@@ -152,15 +152,73 @@ static void wake(void)
   (void)w;
 }
 
+static void free_cred(char **cred)
+{
+  if (*cred) {
+    OPENSSL_cleanse(*cred, strlen(*cred));
+    free(*cred);
+    *cred = NULL;
+  }
+}
+
 /* ---- tokens ------------------------------------------------------------------ */
-/* wst_<merchant>.<expires_at>.<hmac hex>: the merchant and expiry are signed
- * with a key made at start-up, so tokens die with the process (60 s anyway). */
+/* wst_<merchant>.<nonce>.<expires_at>.<hmac hex>: the merchant and expiry
+ * are signed with a key made at start-up, so tokens die with the process
+ * (60 s anyway); the nonce makes each token its own. */
 void tp_stream_token_make(const char *merchant, long long expires_at, char *out, size_t cap)
 {
-  char msg[128], mac[65];
-  int n = snprintf(msg, sizeof msg, "%s.%lld", merchant, expires_at);
+  char msg[128], mac[65], nonce[13];
+  tp_random_b62(nonce, 12);
+  int n = snprintf(msg, sizeof msg, "%s.%s.%lld", merchant, nonce, expires_at);
   tp_hmac_sha256_hex(S.token_key, sizeof S.token_key, msg, (size_t)n, mac);
   snprintf(out, cap, "wst_%s.%s", msg, mac);
+}
+
+/* The key or access token each live stream token was made with (by its
+ * MAC), so a stream opened with the token is checked against it as one
+ * opened with the key is (conn.cred): a token outlived by its key no
+ * longer keeps a stream open. A token whose entry was pushed out (more
+ * than TP_STREAM_MINTED made within their lifetime) opens no stream. */
+#define TP_STREAM_MINTED 1024
+static struct minted {
+  char mac[65];
+  char *cred;
+  long long exp;
+} minted[TP_STREAM_MINTED];
+static pthread_mutex_t minted_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void minted_add(const char *token, char *cred, long long exp)
+{
+  const char *mac = strrchr(token, '.');
+  if (!mac || strlen(mac + 1) != 64) {
+    free_cred(&cred);
+    return;
+  }
+  pthread_mutex_lock(&minted_mu);
+  size_t slot = 0;
+  for (size_t i = 0; i < TP_STREAM_MINTED; i++)
+    if (minted[i].exp < minted[slot].exp)
+      slot = i; /* a free one (0), else the soonest to expire */
+  free_cred(&minted[slot].cred);
+  tp_scopy(minted[slot].mac, sizeof minted[slot].mac, mac + 1);
+  minted[slot].cred = cred;
+  minted[slot].exp = exp;
+  pthread_mutex_unlock(&minted_mu);
+}
+
+/* A copy of the credential token was made with, or NULL when unknown. */
+static char *minted_cred(const char *token)
+{
+  const char *mac = strrchr(token, '.');
+  char *out = NULL;
+  if (!mac)
+    return NULL;
+  pthread_mutex_lock(&minted_mu);
+  for (size_t i = 0; i < TP_STREAM_MINTED && !out; i++)
+    if (minted[i].cred && strcmp(minted[i].mac, mac + 1) == 0)
+      out = strdup(minted[i].cred);
+  pthread_mutex_unlock(&minted_mu);
+  return out;
 }
 
 bool tp_stream_token_verify(const char *token, char *merchant, size_t mcap, bool *expired)
@@ -186,6 +244,9 @@ bool tp_stream_token_verify(const char *token, char *merchant, size_t mcap, bool
   if (!dot)
     return false;
   *dot = '\0';
+  char *nonce = strchr(msg, '.');
+  if (nonce)
+    *nonce = '\0'; /* the merchant is what comes before it */
   char *end;
   long long exp = strtoll(dot + 1, &end, 10);
   if (*end || strlen(msg) >= mcap || !msg[0])
@@ -213,6 +274,7 @@ void tp_h_stream_token(struct tp_req *r)
   long long exp = (long long)tp_now() + cfg.token_ttl_s;
   char tok[TP_STREAM_TOKEN_MAX + 1];
   tp_stream_token_make(r->merchant.id, exp, tok, sizeof tok);
+  minted_add(tok, tp_req_credential(r), exp);
   tp_reply_json(r, 200, tp_pack("{s:s, s:s, s:I}", "object", "turnpike.stream_token", "token", tok, "expires_at",
                                    (json_int_t)exp));
 }
@@ -652,15 +714,6 @@ static void ws_on_frame_start(wslay_event_context_ptr ctx, const struct wslay_ev
 static const struct wslay_event_callbacks ws_callbacks = {ws_recv, ws_send, ws_genmask, ws_on_frame_start, NULL, NULL,
                                                           ws_on_msg};
 
-static void free_cred(char **cred)
-{
-  if (*cred) {
-    OPENSSL_cleanse(*cred, strlen(*cred));
-    free(*cred);
-    *cred = NULL;
-  }
-}
-
 /* ---- the stream thread ---------------------------------------------------------- */
 static void conn_free(struct conn *c)
 {
@@ -1049,6 +1102,7 @@ static void handshake_release(void *arg)
 /* GET /v1/turnpike/stream */
 void tp_h_stream(struct tp_req *r)
 {
+  char *token_cred = NULL; /* a stream token's: the key it was made with */
   const char *key = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Sec-WebSocket-Key");
   const char *ver = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Sec-WebSocket-Version");
   /* RFC 6455 4.2.1/4.4: not an upgrade to version 13 is 426 (with the
@@ -1082,6 +1136,14 @@ void tp_h_stream(struct tp_req *r)
       return;
     }
     r->authed = true;
+    token_cred = minted_cred(tok);
+    enum tp_err e = token_cred ? tp_credential_check(token_cred, r->merchant.id) : TP_ERR_AUTH_INVALID_KEY;
+    if (e != TP_ERR_OK && e != TP_ERR_STORE_UNAVAILABLE) {
+      /* the key it was made with has expired or gone since */
+      free_cred(&token_cred);
+      tp_reply_error(r, TP_ERR_AUTH_INVALID_KEY, NULL, "Expired stream token: ask for a new one.");
+      return;
+    }
   } else if (!tp_req_access(r) || !tp_req_require_scope(r, TP_SCOPE_PAYMENTS_READ)) {
     /* a key as on any route: its scope (admin, as for stream tokens), rate
      * limit, failed logins; and payments:read, which reads events */
@@ -1091,11 +1153,13 @@ void tp_h_stream(struct tp_req *r)
   bool up = S.running && !S.stopping;
   pthread_mutex_unlock(&S.mu);
   if (!up || tp_app.shutting_down) {
+    free_cred(&token_cred);
     tp_reply_error(r, TP_ERR_SHUTTING_DOWN, NULL, NULL);
     return;
   }
   if (atomic_fetch_add(&S.nconns, 1) >= cfg.max_connections) {
     atomic_fetch_sub(&S.nconns, 1);
+    free_cred(&token_cred);
     tp_metric_inc("turnpike_stream_rejected_total", "reason=\"connection_limit\"", 1);
     tp_reply_error(r, TP_ERR_WEBSOCKET_CONNECTION_LIMIT, NULL, NULL);
     return;
@@ -1112,6 +1176,7 @@ void tp_h_stream(struct tp_req *r)
   struct MHD_Response *resp = h ? MHD_create_response_for_upgrade(on_upgrade, h) : NULL;
   if (!resp) {
     free(h);
+    free_cred(&token_cred);
     atomic_fetch_sub(&S.nconns, 1);
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
     return;
@@ -1120,6 +1185,9 @@ void tp_h_stream(struct tp_req *r)
   if (!tok) {
     h->cred = tp_req_credential(r);
     h->hide_reports = !(r->scopes & TP_SCOPE_REPORTS_READ);
+  } else {
+    h->cred = token_cred; /* the key the token was made with */
+    token_cred = NULL;
   }
   h->refs = 2;
   r->ctx = h;

@@ -589,6 +589,61 @@ class StreamBoundsTest(DaemonTestCase):
             for ws in streams.values():
                 ws.close()
 
+    def test_a_token_stream_closes_when_the_key_that_made_the_token_expires(self):
+        """A stream opened with a stream token is checked against the key
+        the token was made with: once that key expires, the stream closes
+        (1008) and the token opens no more."""
+        import json as _json
+        import subprocess
+        import urllib.parse
+        from harness import BIN
+        p = subprocess.run([BIN, "api-key", "create", "--merchant", self.daemon.merchants["m"]["id"], "--scopes",
+                            "admin payments:read reports:read", "--expires-in", "4", "--data", self.daemon.data],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60, stdin=subprocess.DEVNULL)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        rk = _json.loads(p.stdout)
+        kc = self.daemon.client(None)
+        kc.key = rk["restricted_key"]
+        r = kc.post("/v1/turnpike/stream_tokens", {})
+        self.assertEqual(r.status, 200, r)
+        tok = r.json["token"]
+
+        def open_with_token():
+            s = socket.create_connection((HOST, self.daemon.port), timeout=15)
+            s.sendall(("GET /v1/turnpike/stream?token=%s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                       "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                       % (urllib.parse.quote(tok), base64.b64encode(os.urandom(16)).decode())).encode())
+            return s
+        s = open_with_token()
+        try:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += s.recv(4096)
+            self.assertTrue(buf.startswith(b"HTTP/1.1 101"), buf[:200])
+            rest = buf.partition(b"\r\n\r\n")[2]
+            deadline = time.time() + 15
+            while b"\x88" not in rest[:1] and time.time() < deadline:
+                d = s.recv(4096)
+                if not d:
+                    break
+                rest += d
+                # skip whole frames until a close frame heads the buffer
+                while len(rest) >= 2 and rest[0] != 0x88:
+                    n = rest[1] & 0x7F
+                    if len(rest) < 2 + n:
+                        break
+                    rest = rest[2 + n:]
+            self.assertTrue(rest[:1] == b"\x88", rest[:40])
+            self.assertEqual(struct.unpack(">H", rest[2:4])[0], 1008)
+        finally:
+            s.close()
+        s = open_with_token()
+        try:
+            head = s.recv(4096).decode("latin-1")
+        finally:
+            s.close()
+        self.assertTrue(head.startswith("HTTP/1.1 401"), head)
+
     def test_a_stream_closes_when_the_key_that_opened_it_expires(self):
         """A key that expires (--expires-in, a roll's overlap) fails every
         request; a stream it opened is closed too (1008), within the
