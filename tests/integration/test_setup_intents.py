@@ -43,6 +43,33 @@ class SetupIntents(DaemonTestCase):
         self.assertTrue(loc.startswith(RETURN + "&"), loc)
         return urllib.parse.parse_qs(urllib.parse.urlsplit(loc).query)
 
+
+    def test_a_card_set_up_while_its_customer_is_deleted_is_not_left_on_the_deleted_customer(self):
+        """The confirmation saves the card to the customer under the
+        customer's lock, which the deletion holds while it detaches the
+        customer's cards: whichever goes first, no card stays attached to a
+        deleted customer (it was read without the lock)."""
+        import threading
+        c = self.c("m")
+        stuck = []
+        for i in range(30):
+            cus = c.post("/v1/customers", {"name": "race %d" % i}).json["id"]
+            pm = c.post("/v1/payment_methods", {"type": "card", "card[token]": "tok_visa"}).json["id"]
+            si = c.post("/v1/setup_intents", {"customer": cus, "payment_method": pm}).json["id"]
+            res = {}
+            ta = threading.Thread(target=lambda: res.setdefault("c", self.daemon.client("m").post(
+                "/v1/setup_intents/%s/confirm" % si, {})))
+            tb = threading.Thread(target=lambda: res.setdefault("d", self.daemon.client("m").delete(
+                "/v1/customers/" + cus)))
+            ta.start()
+            tb.start()
+            ta.join()
+            tb.join()
+            self.assertEqual(res["d"].status, 200, res["d"])
+            got = c.get("/v1/payment_methods/" + pm).json
+            if got.get("customer") == cus:
+                stuck.append((si, pm, res["c"].status))
+        self.assertEqual(stuck, [], "cards left attached to a deleted customer")
     def test_a_payment_method_id_no_payment_method_can_have_is_missing(self):
         """The SetupIntent's own id, or one too long for any PaymentMethod, as
         payment_method: 404 at once (it waited 2 s on its own lock, then 429)."""
