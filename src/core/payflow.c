@@ -631,7 +631,11 @@ static void send_call(struct tp_pay *p)
    * authorization is declined fraudulent here, never sent, and neither
    * the processor's statistics nor the router learn from it. (The risk
    * comes from the test-card table: there is no fraud scoring, §11.) */
-  if (c->kind == TP_PROC_AUTHORIZE && !p->fencing) {
+  /* Recovery's status query of such an authorization (the gateway stopped
+   * between its write-ahead and its outcome) gets the same answer: it was
+   * never sent, so nothing is asked and nothing fenced. */
+  bool authorizes = c->kind == TP_PROC_AUTHORIZE || (c->kind == TP_PROC_STATUS && c->status_of == TP_PROC_AUTHORIZE);
+  if (authorizes && !p->fencing && c->pan[0]) {
     int score;
     if (strcmp(tp_test_card_risk(c->pan, &score), "highest") == 0) {
       p->screened = true;
