@@ -13,7 +13,8 @@ import threading
 import time
 import unittest
 
-from harness import (BIN, HOST, Daemon, PaymentLoad, Sim, iso_rrn, new_key, open_db_ro, start_beside, main)
+from harness import (BIN, HOST, Client, Daemon, PaymentLoad, Sim, iso_rrn, new_key, open_db_ro, start_beside,
+                     main)
 
 
 def gateway_config(sim, names=("a", "b"), timeout_ms=400, extra=""):
@@ -1342,6 +1343,62 @@ class CrashRecoveryTest(unittest.TestCase):
                                      (resp.status, (resp.json or {}).get("error", {}).get("tp_code")) for _, _, resp in load.other)))
             print("sim kill9: acks=%d other=%d (settled on retry %d, new on retry %d) sent_at_crash=%d charges=%d" %
                   (len(load.acks), len(load.other), retried, fresh, sent_at_crash, j["summary"]["charges"]))
+        finally:
+            d.cleanup()
+            sim.stop()
+
+
+class ScreenedRecoveryTest(unittest.TestCase):
+    """Highest-risk cards paid by 12 clients while the gateway is killed
+    (kill -9) four times: an authorization left between its write-ahead
+    and its outcome is settled by recovery as the screening would have
+    (declined fraudulent), never asked of nor fenced at the processor (it
+    was queried, fenced, and ended processing_error)."""
+
+    def test_screened_authorizations_survive_a_crash_unsent(self):
+        sim, d = Sim(), Daemon()
+        try:
+            d.create_merchant("m")
+            cfg = "\n".join(["[routing]", "recovery_interval_ms = 300",
+                             "[processor.a]", "type = restjson", "endpoint = http://%s/p/a" % sim.rest,
+                             "timeout_ms = 300", "health_interval_ms = 0",
+                             "[route.all]", "merchant = *", "processors = a", "strategy = ordered", ""])
+            start_beside(sim, d, config=cfg)
+            sk = d.merchants["m"]["secret_key"]
+            stop, keys = threading.Event(), []
+
+            def payer():
+                while not stop.is_set():
+                    k = new_key("scr")
+                    keys.append(k)
+                    try:
+                        Client(d.host, d.port, key=sk, timeout=5).post(
+                            "/v1/payment_intents", {"amount": 1000, "currency": "usd", "confirm": "true",
+                                                    "payment_method": "pm_card_radarBlock"}, idem=k)
+                    except OSError:
+                        pass
+            threads = [threading.Thread(target=payer) for _ in range(12)]
+            for t in threads:
+                t.start()
+            try:
+                for _ in range(4):
+                    time.sleep(0.8)
+                    d.kill9()
+                    d.start(config=cfg)
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join()
+            time.sleep(1.5)  # recovery ticks every 300 ms
+            self.assertEqual(sim.journal(limit=100000)["entries"], [], "a screened card reached the processor")
+            with open_db_ro(d) as con:
+                states = dict(con.execute("SELECT state, count(*) FROM attempts GROUP BY state").fetchall())
+            self.assertEqual(list(states), ["declined"], states)
+            c = d.client("m")
+            for k in keys[:: max(1, len(keys) // 200)]:
+                r = c.post("/v1/payment_intents", {"amount": 1000, "currency": "usd", "confirm": "true",
+                                                   "payment_method": "pm_card_radarBlock"}, idem=k)
+                self.assertEqual((r.status, r.json["error"].get("decline_code")), (402, "fraudulent"), r.json)
         finally:
             d.cleanup()
             sim.stop()
