@@ -205,8 +205,8 @@ int tp_amount_display(char *out, unsigned outlen, int64_t amount, const struct t
   char num[40];
   tp_amount_format(num, sizeof num, amount, c);
   const char *sign = tp_currency_symbol(c);
-  if (*sign)
-    return snprintf(out, outlen, "%s%s", sign, num);
+  if (*sign) /* -$5.00, as Stripe writes it, not $-5.00 */
+    return num[0] == '-' ? snprintf(out, outlen, "-%s%s", sign, num + 1) : snprintf(out, outlen, "%s%s", sign, num);
   return snprintf(out, outlen, "%s %s", num, c != NULL ? c->code : "");
 }
 

@@ -200,6 +200,11 @@ static void test_display_puts_the_sign_first_or_the_code_after(void **state)
   assert_string_equal(buf, "1.230 kwd");
   tp_amount_display(buf, sizeof buf, 1999, cur("chf"));
   assert_string_equal(buf, "19.99 chf");
+  /* a minus goes before the sign, as Stripe writes it */
+  tp_amount_display(buf, sizeof buf, -500, cur("usd"));
+  assert_string_equal(buf, "-$5.00");
+  tp_amount_display(buf, sizeof buf, -500, cur("chf"));
+  assert_string_equal(buf, "-5.00 chf");
   assert_string_equal(tp_currency_symbol(cur("gbp")), "\xc2\xa3");
   assert_string_equal(tp_currency_symbol(cur("sek")), "");
   assert_string_equal(tp_currency_symbol(NULL), "");
