@@ -403,7 +403,9 @@ static bool access_check(struct tp_req *r, const struct tp_route *rt)
    * client the same way). */
   if (r->publishable) {
     size_t n = strlen(r->rl_id);
-    snprintf(r->rl_id + n, sizeof r->rl_id - n, "@%s", tp_req_client_addr(r));
+    char bucket[64];
+    tp_ratelimit_addr_bucket(tp_req_client_addr(r), bucket, sizeof bucket); /* an IPv6 /64 is one client */
+    snprintf(r->rl_id + n, sizeof r->rl_id - n, "@%s", bucket);
   }
   int wait = tp_ratelimit_take(r->rl_id, tp_mono_ms());
   if (wait) {

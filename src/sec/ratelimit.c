@@ -1,8 +1,10 @@
 /* Token buckets and authentication-failure windows in two bounded tables. */
 #include "sec/ratelimit.h"
 
+#include <arpa/inet.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "config.h"
@@ -120,11 +122,30 @@ int tp_ratelimit_take(const char *id, int64_t now_ms)
   return wait;
 }
 
+void tp_ratelimit_addr_bucket(const char *addr, char *out, size_t n)
+{
+  struct in6_addr a;
+  /* An IPv6 address's /64 is one subscriber (RFC 6177): every address of
+   * it shares a bucket, or one client would have 2^64 of them. IPv4, and
+   * IPv4 mapped into IPv6, stay whole. */
+  if (addr && strchr(addr, ':') && inet_pton(AF_INET6, addr, &a) == 1 && !IN6_IS_ADDR_V4MAPPED(&a)) {
+    memset(a.s6_addr + 8, 0, 8);
+    char buf[INET6_ADDRSTRLEN];
+    if (inet_ntop(AF_INET6, &a, buf, sizeof buf)) {
+      snprintf(out, n, "%s/64", buf);
+      return;
+    }
+  }
+  snprintf(out, n, "%s", addr ? addr : "");
+}
+
 int tp_ratelimit_auth_blocked(const char *addr, int64_t now_ms)
 {
   if (auth_max_ <= 0)
     return 0;
-  uint64_t h = hash_id(addr);
+  char bucket[INET6_ADDRSTRLEN + 8];
+  tp_ratelimit_addr_bucket(addr, bucket, sizeof bucket);
+  uint64_t h = hash_id(bucket);
   pthread_mutex_t *mu = &addrs_.mu[h % RL_LOCKS];
   pthread_mutex_lock(mu);
   int wait = 0;
@@ -145,7 +166,9 @@ void tp_ratelimit_auth_failed(const char *addr, int64_t now_ms)
 {
   if (auth_max_ <= 0)
     return;
-  uint64_t h = hash_id(addr);
+  char bucket[INET6_ADDRSTRLEN + 8];
+  tp_ratelimit_addr_bucket(addr, bucket, sizeof bucket);
+  uint64_t h = hash_id(bucket);
   pthread_mutex_t *mu = &addrs_.mu[h % RL_LOCKS];
   pthread_mutex_lock(mu);
   bool fresh;

@@ -5,6 +5,7 @@
  * over a limit answers 429 at once with Retry-After. */
 #ifndef TP_RATELIMIT_H
 #define TP_RATELIMIT_H
+#include <stddef.h>
 #include <stdint.h>
 
 #define TP_RL_SETS 1024      /* sets per table */
@@ -21,6 +22,8 @@ int tp_ratelimit_take(const char *id, int64_t now_ms);
 /* Seconds an address must wait before it may try to authenticate again
  * (0: it may). */
 int tp_ratelimit_auth_blocked(const char *addr, int64_t now_ms);
+/* The bucket an address counts in: itself, or an IPv6 address's /64. */
+void tp_ratelimit_addr_bucket(const char *addr, char *out, size_t n);
 /* Count one failed authentication from addr. */
 void tp_ratelimit_auth_failed(const char *addr, int64_t now_ms);
 #endif

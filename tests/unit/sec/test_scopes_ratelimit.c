@@ -108,6 +108,26 @@ static void test_auth_failures_block_an_address_for_the_window(void **state)
   assert_int_equal(tp_ratelimit_auth_blocked("10.0.0.1", t + 10000), 0);
 }
 
+/* An IPv6 /64 is one client: its addresses share the block; another /64,
+ * and IPv4 (also mapped into IPv6), stay apart. */
+static void test_an_ipv6_64_is_one_bucket(void **state)
+{
+  (void)state;
+  char b[80];
+  tp_ratelimit_addr_bucket("2001:db8:1:2:aaaa::1", b, sizeof b);
+  assert_string_equal(b, "2001:db8:1:2::/64");
+  tp_ratelimit_addr_bucket("::ffff:10.1.2.3", b, sizeof b);
+  assert_string_equal(b, "::ffff:10.1.2.3");
+  tp_ratelimit_addr_bucket("10.1.2.3", b, sizeof b);
+  assert_string_equal(b, "10.1.2.3");
+  tp_ratelimit_configure(0, 1, 3, 10);
+  int64_t t = 90000;
+  for (int i = 0; i < 3; i++)
+    tp_ratelimit_auth_failed(i % 2 ? "2001:db8:5:6::1" : "2001:db8:5:6:ffff::2", t);
+  assert_int_not_equal(tp_ratelimit_auth_blocked("2001:db8:5:6:1234:5678:9abc:def0", t + 1), 0);
+  assert_int_equal(tp_ratelimit_auth_blocked("2001:db8:5:7::1", t + 1), 0);
+}
+
 static void test_tables_stay_bounded_under_many_keys(void **state)
 {
   (void)state;
@@ -130,6 +150,7 @@ int main(void)
     cmocka_unit_test(test_bucket_allows_burst_then_refills_at_rate),
     cmocka_unit_test(test_rate_zero_disables_the_bucket),
     cmocka_unit_test(test_auth_failures_block_an_address_for_the_window),
+    cmocka_unit_test(test_an_ipv6_64_is_one_bucket),
     cmocka_unit_test(test_tables_stay_bounded_under_many_keys),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
