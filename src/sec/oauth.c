@@ -277,18 +277,17 @@ static bool endpoint_client_auth(struct tp_req *r, struct oclient *c)
   return false;
 }
 
-/* Only the parameters named may appear (RFC 6749 §3.2: unknown ones are
- * ignored by servers, but a typo in "scope" should not silently widen a
- * token, so we ignore only the documented ones). */
+/* The parameters named are text (a bracketed form, name[]=..., is not an
+ * OAuth parameter). Others are ignored: RFC 6749 §3.2, "The authorization
+ * server MUST ignore unrecognized request parameters" (until session 32
+ * they were refused, and a client library adding its own failed). A
+ * token's scopes never exceed its client's, so a misspelt "scope" asks
+ * for no more than the client has. */
 static bool only_params(struct tp_req *r, const char *const *allowed)
 {
-  const char *k;
-  json_t *v;
-  json_object_foreach(r->params, k, v) {
-    bool ok = false;
-    for (const char *const *a = allowed; *a; a++)
-      ok = ok || strcmp(*a, k) == 0;
-    if (!ok || !json_is_string(v))
+  for (const char *const *a = allowed; *a; a++) {
+    const json_t *v = json_object_get(r->params, *a);
+    if (v && !json_is_string(v))
       return false;
   }
   return true;
@@ -313,7 +312,7 @@ void tp_h_oauth_token(struct tp_req *r)
     return;
   }
   if (!only_params(r, allowed)) {
-    oauth_error(r, 400, "invalid_request", "Unknown, repeated or non-text parameter.");
+    oauth_error(r, 400, "invalid_request", "A parameter is not text.");
     return;
   }
   /* RFC 8707 2: a resource (or an audience) this server's tokens are not
@@ -520,7 +519,7 @@ static const char *token_request(struct tp_req *r, struct oclient *c)
 {
   static const char *const allowed[] = {"token", "token_type_hint", "client_id", "client_secret", NULL};
   if (!only_params(r, allowed)) {
-    oauth_error(r, 400, "invalid_request", "Unknown, repeated or non-text parameter.");
+    oauth_error(r, 400, "invalid_request", "A parameter is not text.");
     return NULL;
   }
   if (!endpoint_client_auth(r, c))

@@ -136,13 +136,17 @@ class OAuthTest(DaemonTestCase):
         r = self.token_req({"grant_type": "client_credentials", "scope": "payments:read"}, how="post")
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.json["scope"], "payments:read")
+        # RFC 6749 3.2: "The authorization server MUST ignore unrecognized request parameters"
+        r = self.token_req({"grant_type": "client_credentials", "scope": "payments:read", "username": "x",
+                            "nonce": "n-1"})
+        self.assertEqual((r.status, r.json.get("scope")), (200, "payments:read"), r)
 
     def test_token_errors_follow_rfc6749(self):
         cases = [
             ({"grant_type": "client_credentials"}, "none", 401, "invalid_client"),  # RFC 6749 5.2
             ({}, "basic", 400, "invalid_request"),
             ({"grant_type": "password", "username": "x"}, "basic", 400, "unsupported_grant_type"),
-            ({"grant_type": "client_credentials", "username": "x"}, "basic", 400, "invalid_request"),
+            ({"grant_type": "client_credentials", "scope[]": "payments:read"}, "basic", 400, "invalid_request"),
             ({"grant_type": "authorization_code"}, "basic", 400, "unsupported_grant_type"),
             ({"grant_type": "client_credentials", "scope": "refunds:write"}, "basic", 400, "invalid_scope"),
             ({"grant_type": "client_credentials", "scope": "payments:everything"}, "basic", 400, "invalid_scope"),
