@@ -1495,8 +1495,8 @@ static bool capture_descriptors(struct tp_req *r, json_t *ch)
 static void capture_set(struct tp_pay *p, struct tp_cs *cs, bool reply_charge)
 {
   json_t *pi = json_object(), *ch = json_object(), *v;
-  if ((v = json_object_get(p->params, "metadata")) && json_is_object(v))
-    json_object_set(reply_charge ? ch : pi, "metadata", v);
+  if ((v = json_object_get(p->params, "metadata")) && (json_is_object(v) || tp_unset(v)))
+    json_object_set_new(reply_charge ? ch : pi, "metadata", json_is_object(v) ? json_incref(v) : json_string(""));
   if (json_object_get(p->params, "payment_details"))
     json_object_set(pi, "payment_details", json_object_get(p->pi, "payment_details"));
   static const char *const ch_keys[] = {"receipt_email", "transfer_group", "statement_descriptor",

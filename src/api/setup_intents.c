@@ -393,6 +393,10 @@ json_t *tp_si_finish(struct tp_req *r, struct tp_cs *cs, json_t *si, json_t *pm,
 {
   json_object_set_new(si, "next_action", json_null());
   const char *decline = tp_test_card_check_decline(pan, tp_pm_has_cvc(pm));
+  const json_t *card = json_object_get(pm, "card");
+  if (!*decline && tp_card_lapsed((int)json_integer_value(json_object_get(card, "exp_month")),
+                                  (int)json_integer_value(json_object_get(card, "exp_year")), time(NULL)))
+    decline = "expired_card"; /* expired since it was saved: the issuer's check fails */
   if (!*decline) {
     json_object_set_new(si, "status", json_string("succeeded"));
     json_object_set(si, "payment_method", json_object_get(pm, "id"));

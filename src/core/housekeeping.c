@@ -219,11 +219,12 @@ static int sweep_merchant(struct tp_cs *cs, const char *merchant, const char *cu
     bool ahead = created > now_s; /* made while the clock was ahead of this one */
     bool settled = created <= now_s - guard_s; /* nothing before it is still on its way */
     bool due = pending && settled && json_integer_value(json_object_get(bt, "available_on")) <= now_s;
-    /* Out of order: made ahead of this clock, or under a longer
-     * [balance] available_after_seconds than now (due later than a row
-     * made now would be): later rows may come due before it. */
-    bool late = pending && json_integer_value(json_object_get(bt, "available_on")) > now_s + guard_s;
-    if ((ahead || late) && pending) {
+    /* Out of order: made ahead of this clock (a clock stepped back since):
+     * later rows may come due before it. (A row made under a longer
+     * [balance] available_after_seconds than today's also comes due after
+     * rows made now; it is waited for: after lowering the delay, every
+     * pending row of the old delay would go on the list.) */
+    if (ahead && pending) {
       json_t *args = tp_pack("[s, s]", id, merchant);
       tp_cs_sql(cs, "INSERT INTO meta(key, value) VALUES('" SWEEP_AHEAD_PREFIX "' || ?1, ?2) "
                     "ON CONFLICT(key) DO NOTHING", args, 0);

@@ -1543,19 +1543,14 @@ static void save_for_future_use(struct tp_pay *p, struct tp_cs *cs)
   /* Not to a customer deleted meanwhile, nor a card detached meanwhile
    * (detaching is for good). The customer is read under its lock, which a
    * deletion holds until it has detached its cards: without it a deletion
-   * at the same moment left this card on a deleted customer. Held by a
-   * request right now: not saved (logged), as for a busy card. */
+   * at the same moment left this card on a deleted customer. */
   bool attach = !json_is_string(json_object_get(p->pm, "customer")) &&
                 !json_is_true(json_object_get(json_object_get(p->pm, "turnpike"), "detached"));
-  if (attach && !p->cus_lock_id[0]) {
-    if (strlen(cus) < sizeof p->cus_lock_id && tp_lock_try(cus))
-      tp_scopy(p->cus_lock_id, sizeof p->cus_lock_id, cus);
-    else {
-      tp_log(TP_LOG_WARN, "payment_method_not_saved", "{s:s, s:s}", "payment_method", pm_id, "reason",
-             "customer_locked");
-      attach = false;
-    }
-  }
+  /* Held by another request (another payment of the customer finishing,
+   * an update): read without it, as before, rather than not save the card
+   * the customer asked to keep (that left most cards unsaved under load). */
+  if (attach && !p->cus_lock_id[0] && strlen(cus) < sizeof p->cus_lock_id && tp_lock_try(cus))
+    tp_scopy(p->cus_lock_id, sizeof p->cus_lock_id, cus);
   attach = attach && tp_store_live(&tp_app.store, TP_K_CUSTOMER, p->m.id, cus) == 1;
   if (attach)
     json_object_set_new(p->pm, "customer", json_string(cus));
@@ -1728,7 +1723,12 @@ static void capture_set_apply(struct tp_pay *p)
         json_object_set(objs[i], k, v);
         continue;
       }
-      /* a patch, as the request's: what was set since stays */
+      /* a patch, as the request's: what was set since stays; "" cleared
+       * them all, as it does when the answer comes in time */
+      if (json_is_string(v)) {
+        json_object_set_new(objs[i], "metadata", json_object());
+        continue;
+      }
       json_t *md = json_object_get(objs[i], "metadata");
       if (!json_is_object(md)) {
         md = json_object();

@@ -177,30 +177,50 @@ void tp_stream_token_make(const char *merchant, long long expires_at, char *out,
 /* The key or access token each live stream token was made with (by its
  * MAC), so a stream opened with the token is checked against it as one
  * opened with the key is (conn.cred): a token outlived by its key no
- * longer keeps a stream open. A token whose entry was pushed out (more
- * than TP_STREAM_MINTED made within their lifetime) opens no stream. */
+ * longer keeps a stream open. A token whose entry was pushed out opens no
+ * stream: a merchant holds at most TP_STREAM_MINTED_PER live entries (its
+ * own soonest to expire goes first), so one merchant cannot push out
+ * another's, whatever it mints. */
 #define TP_STREAM_MINTED 1024
+#define TP_STREAM_MINTED_PER 64
 static struct minted {
   char mac[65];
+  char merchant[64];
   char *cred;
   long long exp;
 } minted[TP_STREAM_MINTED];
 static pthread_mutex_t minted_mu = PTHREAD_MUTEX_INITIALIZER;
 
-static void minted_add(const char *token, char *cred, long long exp)
+static void minted_add(const char *merchant, const char *token, char *cred, long long exp)
 {
   const char *mac = strrchr(token, '.');
   if (!mac || strlen(mac + 1) != 64) {
     free_cred(&cred);
     return;
   }
+  long long now = (long long)tp_now();
   pthread_mutex_lock(&minted_mu);
-  size_t slot = 0;
-  for (size_t i = 0; i < TP_STREAM_MINTED; i++)
-    if (minted[i].exp < minted[slot].exp)
-      slot = i; /* a free one (0), else the soonest to expire */
+  size_t slot = TP_STREAM_MINTED, own = TP_STREAM_MINTED, any = 0;
+  int live_own = 0;
+  for (size_t i = 0; i < TP_STREAM_MINTED; i++) {
+    bool live = minted[i].cred && minted[i].exp >= now;
+    if (!live && slot == TP_STREAM_MINTED)
+      slot = i; /* free, or expired */
+    if (live && strcmp(minted[i].merchant, merchant) == 0) {
+      live_own++;
+      if (own == TP_STREAM_MINTED || minted[i].exp < minted[own].exp)
+        own = i;
+    }
+    if (minted[i].exp < minted[any].exp)
+      any = i;
+  }
+  if (live_own >= TP_STREAM_MINTED_PER || (slot == TP_STREAM_MINTED && own != TP_STREAM_MINTED))
+    slot = own; /* its own quota, or a full table: the merchant's own oldest */
+  else if (slot == TP_STREAM_MINTED)
+    slot = any; /* full of other merchants' live tokens (more than 16 merchants at their quota) */
   free_cred(&minted[slot].cred);
   tp_scopy(minted[slot].mac, sizeof minted[slot].mac, mac + 1);
+  tp_scopy(minted[slot].merchant, sizeof minted[slot].merchant, merchant);
   minted[slot].cred = cred;
   minted[slot].exp = exp;
   pthread_mutex_unlock(&minted_mu);
@@ -274,7 +294,7 @@ void tp_h_stream_token(struct tp_req *r)
   long long exp = (long long)tp_now() + cfg.token_ttl_s;
   char tok[TP_STREAM_TOKEN_MAX + 1];
   tp_stream_token_make(r->merchant.id, exp, tok, sizeof tok);
-  minted_add(tok, tp_req_credential(r), exp);
+  minted_add(r->merchant.id, tok, tp_req_credential(r), exp);
   tp_reply_json(r, 200, tp_pack("{s:s, s:s, s:I}", "object", "turnpike.stream_token", "token", tok, "expires_at",
                                    (json_int_t)exp));
 }

@@ -46,6 +46,32 @@ class ConcurrencyTest(DaemonTestCase):
         self.assertEqual(r.status, 200, r)
         return r.json
 
+
+    def test_concurrent_payments_saving_cards_to_one_customer_save_them_all(self):
+        """setup_future_usage attaches each card to the customer, however
+        many payments of that customer finish at once (a busy customer
+        lock made most of them skip the save)."""
+        c = self.c("m")
+        cus = c.post("/v1/customers", {"name": "many saves"}).json["id"]
+        res = []
+
+        def pay():
+            r = self.daemon.client("m").post("/v1/payment_intents", {
+                "amount": 1000, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa",
+                "customer": cus, "setup_future_usage": "off_session"})
+            res.append(r)
+        def update(i):
+            self.daemon.client("m").post("/v1/customers/" + cus, {"description": "busy %d" % i})
+        threads = [threading.Thread(target=pay) for _ in range(32)]
+        threads += [threading.Thread(target=update, args=(i,)) for i in range(32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual([r.status for r in res], [200] * 32, [r.json for r in res if r.status != 200])
+        made = {r.json["payment_method"] for r in res}
+        saved = {pm["id"] for pm in c.list_all("/v1/customers/%s/payment_methods" % cus)}
+        self.assertEqual(made - saved, set(), "cards not saved")
     def test_parallel_refunds_wait_for_each_other(self):
         """Twelve refunds of one PaymentIntent at once, room for all of them:
         each waits for the object the one before holds (as Stripe does), so

@@ -160,6 +160,20 @@ class OrchestrationTest(SimGatewayTest):
         again = self.c.post("/v1/payment_intents/%s/capture" % pi["id"], params, idem=key)
         self.assertEqual((again.status, again.json.get("metadata")), (200, {"order": "A-17", "later": "yes"}),
                          again.json)
+        # metadata="" (clear them all) on a capture learnt by recovery clears them too
+        held = self.pay(amount=1500, capture_method="manual", **{"metadata[a]": "1"}).json
+        self.sim.faults("a", timeout_rate=1.0, timeout_mode="after", timeout_hold_ms=1500,
+                        timeout_operations="capture")
+        r = self.c.post("/v1/payment_intents/%s/capture" % held["id"], {"metadata": ""})
+        self.assertEqual(r.status, 502, r.json)
+        self.sim.faults("a", timeout_rate=0.0, timeout_operations="all")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            got = self.c.get("/v1/payment_intents/" + held["id"]).json
+            if got["status"] == "succeeded":
+                break
+            time.sleep(0.2)
+        self.assertEqual((got["status"], got["metadata"]), ("succeeded", {}), got)
         # a capture that fails at the processor names its PaymentIntent, as it was
         other = self.pay(amount=2000, capture_method="manual").json
         self.sim.faults("a", outage=True)

@@ -250,7 +250,7 @@ class StreamBoundsTest(DaemonTestCase):
     resume past replay_max says so before the close; a client whose own
     messages fill its queue is not read any further; and the handshake,
     scopes and protocol errors as RFC 6455 and the REST API have them."""
-    MERCHANTS = ("m",)
+    MERCHANTS = ("m", "n")
 
     @classmethod
     def config(cls):
@@ -588,6 +588,25 @@ class StreamBoundsTest(DaemonTestCase):
         finally:
             for ws in streams.values():
                 ws.close()
+
+    def test_one_merchant_minting_many_tokens_does_not_push_out_another_s(self):
+        """The gateway remembers each live token's key in a bounded table:
+        a merchant holds at most 64 of it, so one minting thousands does
+        not make another merchant's fresh token unusable."""
+        import urllib.parse
+        tok = self.c("m").post("/v1/turnpike/stream_tokens", {}).json["token"]
+        n = self.c("n")
+        for _ in range(1100):
+            self.assertEqual(n.post("/v1/turnpike/stream_tokens", {}).status, 200)
+        s = socket.create_connection((HOST, self.daemon.port), timeout=10)
+        try:
+            s.sendall(("GET /v1/turnpike/stream?token=%s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                       "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                       % (urllib.parse.quote(tok), base64.b64encode(os.urandom(16)).decode())).encode())
+            head = s.recv(4096).decode("latin-1")
+        finally:
+            s.close()
+        self.assertTrue(head.startswith("HTTP/1.1 101"), head[:300])
 
     def test_a_token_stream_closes_when_the_key_that_made_the_token_expires(self):
         """A stream opened with a stream token is checked against the key
