@@ -1646,46 +1646,6 @@ bool tp_expand(struct tp_req *r, json_t *obj, const json_t *known)
       return false;
     }
   }
-  /* Expandable fields are the object's own: a path whose first field the
-   * object (each item, for a list) does not have is Stripe's error, not a
-   * silent no-op (data.customer on a customer list did nothing). The lists
-   * an expansion adds (a charge's refunds, a customer's sources ...) are
-   * not in the stored object. */
-  static const char *const added[] = {"refunds", "sources", "subscriptions", "tax_ids", NULL};
-  static const char *const containers[] = {"invoice_settings", "transfer_data", NULL};
-  json_array_foreach(ex, i, v)
-  {
-    const char *path = json_string_value(v);
-    const char *seg = list ? path + 5 : path;
-    const json_t *items = list ? json_object_get(obj, "data") : NULL;
-    size_t n_items = list ? json_array_size(items) : 1;
-    for (size_t k = 0; k < n_items; k++) {
-      const json_t *at = list ? json_array_get(items, k) : obj;
-      const char *f = seg;
-      size_t n = strcspn(f, ".");
-      if (f[n] == '.' && seg_in(containers, f, n)) { /* invoice_settings.default_payment_method */
-        char key[64];
-        if (n >= sizeof key)
-          break;
-        memcpy(key, f, n);
-        key[n] = '\0';
-        at = json_object_get(at, key);
-        f += n + 1;
-        n = strcspn(f, ".");
-      }
-      char key[64];
-      if (n >= sizeof key || !json_is_object(at) || seg_in(added, f, n))
-        continue;
-      memcpy(key, f, n);
-      key[n] = '\0';
-      if (json_object_get(at, key))
-        continue;
-      char msg[300];
-      snprintf(msg, sizeof msg, "This property cannot be expanded (%.200s).", path);
-      tp_reply_error(r, TP_ERR_EXPAND_INVALID, "expand", msg);
-      return false;
-    }
-  }
   json_array_foreach(ex, i, v)
     expand_field(r, obj, json_string_value(v), known);
   return true;
