@@ -1161,7 +1161,9 @@ void tp_h_stream(struct tp_req *r)
     if (e != TP_ERR_OK && e != TP_ERR_STORE_UNAVAILABLE) {
       /* the key it was made with has expired or gone since */
       free_cred(&token_cred);
-      tp_reply_error(r, TP_ERR_AUTH_INVALID_KEY, NULL, "Expired stream token: ask for a new one.");
+      tp_reply_error(r, TP_ERR_AUTH_INVALID_KEY, NULL,
+                     "Expired or replaced stream token (its key has expired, or 64 newer ones were made): ask "
+                     "for a new one.");
       return;
     }
   } else if (!tp_req_access(r) || !tp_req_require_scope(r, TP_SCOPE_PAYMENTS_READ)) {
