@@ -115,10 +115,17 @@ char *tp_req_credential(struct tp_req *r)
   return out;
 }
 
+/* An API key or an access token to its merchant and scopes: API keys never
+ * hold a '.', a compact JWS always does. */
+static enum tp_err resolve(const char *key, struct tp_auth *a)
+{
+  return strchr(key, '.') ? tp_oauth_authenticate(key, a) : tp_apikey_authenticate(key, a);
+}
+
 enum tp_err tp_credential_check(const char *key, const char *merchant)
 {
   struct tp_auth a;
-  enum tp_err e = strchr(key, '.') ? tp_oauth_authenticate(key, &a) : tp_apikey_authenticate(key, &a);
+  enum tp_err e = resolve(key, &a);
   if (e == TP_ERR_OK && strcmp(a.merchant.id, merchant) != 0)
     e = TP_ERR_AUTH_INVALID_KEY;
   return e;
@@ -131,8 +138,7 @@ static enum tp_err authenticate(struct tp_req *r)
   if (e != TP_ERR_OK)
     return e;
   struct tp_auth a;
-  /* API keys never hold a '.', a compact JWS always does. */
-  e = strchr(key, '.') ? tp_oauth_authenticate(key, &a) : tp_apikey_authenticate(key, &a);
+  e = resolve(key, &a);
   /* A browser holds the publishable key and a PaymentIntent's client_secret:
    * enough to retrieve and confirm that one PaymentIntent (Stripe.js). The
    * handler checks the secret; the reply is cut to what Stripe shows such a

@@ -630,8 +630,8 @@ static void send_call(struct tp_pay *p)
    * highest risk "regardless of your rules": not_sent_to_network): the
    * authorization is declined fraudulent here, never sent, and neither
    * the processor's statistics nor the router learn from it. (The risk
-   * comes from the test-card table: there is no fraud scoring, §11.) */
-  /* Recovery's status query of such an authorization (the gateway stopped
+   * comes from the test-card table: there is no fraud scoring, §11.)
+   * Recovery's status query of such an authorization (the gateway stopped
    * between its write-ahead and its outcome) gets the same answer: it was
    * never sent, so nothing is asked and nothing fenced. */
   bool authorizes = c->kind == TP_PROC_AUTHORIZE || (c->kind == TP_PROC_STATUS && c->status_of == TP_PROC_AUTHORIZE);
@@ -1719,30 +1719,10 @@ static void capture_set_apply(struct tp_pay *p)
     json_t *v;
     json_object_foreach(o, k, v)
     {
-      if (strcmp(k, "metadata") != 0) {
+      if (strcmp(k, "metadata") == 0)
+        tp_metadata_apply(objs[i], v); /* a patch, as the request's: what was set since stays */
+      else
         json_object_set(objs[i], k, v);
-        continue;
-      }
-      /* a patch, as the request's: what was set since stays; "" cleared
-       * them all, as it does when the answer comes in time */
-      if (json_is_string(v)) {
-        json_object_set_new(objs[i], "metadata", json_object());
-        continue;
-      }
-      json_t *md = json_object_get(objs[i], "metadata");
-      if (!json_is_object(md)) {
-        md = json_object();
-        json_object_set_new(objs[i], "metadata", md);
-      }
-      const char *mk;
-      json_t *mv;
-      json_object_foreach(v, mk, mv)
-      {
-        if (json_is_string(mv) && json_string_length(mv) == 0)
-          json_object_del(md, mk);
-        else
-          json_object_set(md, mk, mv);
-      }
     }
   }
   json_decref(set);
