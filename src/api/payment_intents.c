@@ -220,10 +220,33 @@ bool tp_pm_belongs(struct tp_req *r, const json_t *pm, const json_t *intent, con
   const char *cus = json_string_value(json_object_get(intent, "customer"));
   if (!pm_cus || (cus && strcmp(pm_cus, cus) == 0))
     return true;
-  char msg[160];
-  snprintf(msg, sizeof msg, "The provided PaymentMethod belongs to a customer other than the one on this %s.", what);
+  char msg[320];
+  if (cus)
+    snprintf(msg, sizeof msg, "The provided PaymentMethod belongs to a customer other than the one on this %s.", what);
+  else /* Stripe's wording: the merchant left the customer out */
+    snprintf(msg, sizeof msg,
+             "The `payment_method` parameter supplied %.64s belongs to the Customer %.64s. Please include the "
+             "Customer in the `customer` parameter on the %s.",
+             json_string_value(json_object_get(pm, "id")) ?: "", pm_cus, what);
   tp_reply_error(r, TP_ERR_PAYMENT_METHOD_UNEXPECTED_STATE, "payment_method", msg);
   return false;
+}
+
+/* A stored PaymentMethod set on an intent at its creation or update must
+ * be usable by its customer then, as on Stripe, not only at confirmation:
+ * another customer's card (or a saved card with the customer left out) is
+ * refused before the intent is written. Test ids (pm_card_visa) and tokens
+ * belong to no customer; a missing one was refused by tp_pm_exists. */
+static bool pm_owner_ok(struct tp_req *r, const json_t *intent, const char *what)
+{
+  const char *pm_id = json_string_value(json_object_get(intent, "payment_method"));
+  if (!pm_id || strncmp(pm_id, "pm_card_", 8) == 0 ||
+      (strncmp(pm_id, "pm_", 3) != 0 && strncmp(pm_id, "card_", 5) != 0))
+    return true;
+  json_t *pm = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
+  bool ok = !pm || tp_pm_belongs(r, pm, intent, what);
+  json_decref(pm);
+  return ok;
 }
 
 /* An error about the PaymentIntent's state: Stripe names the PaymentIntent
@@ -981,6 +1004,10 @@ void tp_h_pi_create(struct tp_req *r)
     json_object_set_new(pi, "payment_method", json_string(pm_id));
     json_object_set_new(pi, "status", json_string("requires_confirmation"));
   }
+  if (!pm_owner_ok(r, pi, "PaymentIntent")) {
+    json_decref(pi);
+    return;
+  }
   struct tp_cs *cs = tp_cs_new();
   if (do_confirm) {
     confirm(r, pi, cs, true, NULL, false);
@@ -1180,6 +1207,9 @@ void tp_h_pi_update(struct tp_req *r)
     json_object_set_new(pi, "payment_method", json_string(pm_id));
     json_object_set_new(pi, "status", json_string("requires_confirmation"));
   }
+  if ((json_object_get(r->params, "payment_method") || json_object_get(r->params, "customer")) &&
+      !pm_owner_ok(r, pi, "PaymentIntent"))
+    goto out;
   if (in_action && authenticated_changed)
     json_object_set_new(pi, "status", json_string("requires_confirmation"));
   if (strcmp(json_string_value(json_object_get(pi, "status")), "requires_action") != 0)

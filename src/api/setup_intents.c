@@ -267,6 +267,12 @@ static bool si_apply(struct tp_req *r, struct tp_cs *cs, json_t *si, bool creati
   tp_card_wipe(cvc, sizeof cvc);
   if ((json_is_object(pmd) || (pm_id && *pm_id)) && !pm)
     return false;
+  /* Another customer's card is refused when it is set, as on Stripe, not
+   * only at confirmation. */
+  if (pm && !tp_pm_belongs(r, pm, si, "SetupIntent")) {
+    json_decref(pm);
+    return false;
+  }
   const char *st = json_string_value(json_object_get(si, "status"));
   if (pm) {
     /* Another card while a challenge is out: the challenge was the old

@@ -288,6 +288,43 @@ class SetupIntents(DaemonTestCase):
         r = c.post(SI, {"customer": cus2, "payment_method": si["payment_method"], "confirm": "true"})
         self.assertStripeError(r, 400, "invalid_request_error", "payment_method_unexpected_state")
 
+    def test_another_customers_card_is_refused_when_it_is_set_not_only_at_confirmation(self):
+        """Stripe checks whose card it is when payment_method (or customer)
+        is set on a PaymentIntent or SetupIntent: at create and update, not
+        only at confirmation. A saved card with the customer left out names
+        the customer to include. Nothing is written."""
+        c = self.c()
+        cus1, cus2 = self.customer(), self.customer()
+        pm = c.post("/v1/payment_methods", {"type": "card", "card[token]": "tok_visa"}).json["id"]
+        self.assertEqual(c.post("/v1/payment_methods/%s/attach" % pm, {"customer": cus1}).status, 200)
+        written = lambda: sum(self.count(t) for t in ("events", "payment_intents", "setup_intents"))
+        before = written()
+        for path, extra in (("/v1/payment_intents", {"amount": 1000, "currency": "usd"}), (SI, {})):
+            with self.subTest(path=path):
+                r = c.post(path, dict(extra, customer=cus2, payment_method=pm))
+                self.assertStripeError(r, 400, "invalid_request_error", "payment_method_unexpected_state")
+                self.assertEqual(r.json["error"]["param"], "payment_method")
+                r = c.post(path, dict(extra, payment_method=pm))
+                self.assertStripeError(r, 400, "invalid_request_error", "payment_method_unexpected_state")
+                self.assertIn("belongs to the Customer " + cus1, r.json["error"]["message"])
+                self.assertEqual(written(), before)
+                # an update that sets another customer's card, or a customer
+                # the card is not saved to, is refused and changes nothing
+                obj = c.post(path, dict(extra, customer=cus2)).json
+                before = written()
+                r = c.post(path + "/" + obj["id"], {"payment_method": pm})
+                self.assertStripeError(r, 400, "invalid_request_error", "payment_method_unexpected_state")
+                self.assertIsNone(c.get(path + "/" + obj["id"]).json["payment_method"])
+                # its own customer's card is accepted
+                ok = c.post(path, dict(extra, customer=cus1, payment_method=pm))
+                self.assertEqual((ok.status, ok.json["payment_method"]), (200, pm), ok)
+                before = written()
+        pi = c.post("/v1/payment_intents", {"amount": 1000, "currency": "usd", "payment_method": "pm_card_visa"}).json
+        r = c.post("/v1/payment_intents/" + pi["id"], {"payment_method": pm})
+        self.assertStripeError(r, 400, "invalid_request_error", "payment_method_unexpected_state")
+        r = c.post("/v1/payment_intents/" + pi["id"], {"payment_method": pm, "customer": cus1})
+        self.assertEqual((r.status, r.json["payment_method"], r.json["customer"]), (200, pm, cus1), r)
+
     def test_the_publishable_key_sees_the_client_view(self):
         pk = self.daemon.merchants["m"]["publishable_key"]
         si = self.c().post(SI, {"customer": self.customer(), "metadata": {"secret": "yes"}}).json
