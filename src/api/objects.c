@@ -1339,6 +1339,8 @@ static void overlay_known(json_t *data, const json_t *known, bool (*belongs)(con
   }
 }
 
+static void legacy_pi_charges(struct tp_req *r, json_t *pi, const json_t *known);
+
 static bool expand_list(struct tp_req *r, json_t *obj, const char *path, const json_t *known)
 {
   const char *what = json_string_value(json_object_get(obj, "object"));
@@ -1348,6 +1350,14 @@ static bool expand_list(struct tp_req *r, json_t *obj, const char *path, const j
   const json_t *had = json_object_get(obj, path);
   if (json_is_object(had) && strcmp(json_string_value(json_object_get(had, "object")) ?: "", "list") == 0)
     return true; /* expanded already, perhaps deeper ("refunds.data.x" before "refunds") */
+  if (strcmp(what, "payment_intent") == 0 && strcmp(path, "charges") == 0) {
+    /* the list an API version before 2022-11-15 shows, made now so that
+     * charges.data.balance_transaction expands inside it */
+    if (!tp_legacy_lists_wanted(r))
+      return false;
+    legacy_pi_charges(r, obj, known);
+    return json_object_get(obj, "charges") != NULL;
+  }
   char url[160];
   json_t *data = NULL;
   bool more = false;
@@ -1588,7 +1598,8 @@ static bool expand_paths_ok(struct tp_req *r)
       const char *dot = strchr(seg, '.');
       size_t n = dot ? (size_t)(dot - seg) : strlen(seg);
       bool container = dot && seg_in(containers, seg, n);
-      okf = container || seg_in(ok_fields, seg, n);
+      okf = container || seg_in(ok_fields, seg, n) ||
+            (n == 7 && strncmp(seg, "charges", 7) == 0 && tp_legacy_lists_wanted(r));
       if (!container)
         need |= seg_in(txns, seg, n) ? TP_SCOPE_REPORTS_READ : TP_SCOPE_PAYMENTS_READ;
       seg = dot ? dot + 1 : NULL;

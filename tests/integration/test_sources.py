@@ -159,6 +159,23 @@ class Sources(DaemonTestCase):
         self.assertEqual([r["id"] for r in got["charges"]["data"][0]["refunds"]["data"]], [re["id"]])
         listed = self.c().get("/v1/payment_intents", {"limit": 1}, headers=old).json
         self.assertIn("charges", listed["data"][0])
+        # and expanded inside, as those versions allowed (the fee read from
+        # charges.data[0].balance_transaction), also on the create and in a list
+        exp = {"expand[]": "charges.data.balance_transaction"}
+        got = self.c().get("/v1/payment_intents/" + pi.json["id"], exp, headers=old).json
+        bt = got["charges"]["data"][0]["balance_transaction"]
+        self.assertEqual((bt["object"], bt["amount"], bt["source"]), ("balance_transaction", 1200,
+                                                                      pi.json["latest_charge"]), got)
+        made = self.c().post("/v1/payment_intents", dict(exp, amount=700, currency="usd", confirm="true",
+                                                          payment_method="pm_card_visa"), headers=old).json
+        self.assertEqual(made["charges"]["data"][0]["balance_transaction"]["amount"], 700, made)
+        listed = self.c().get("/v1/payment_intents", {"limit": 2, "expand[]": "data.charges.data.balance_transaction"},
+                              headers=old).json
+        self.assertEqual([p["charges"]["data"][0]["balance_transaction"]["amount"] for p in listed["data"]],
+                         [700, 1200], listed)
+        # the served version has no charges on a PaymentIntent to expand
+        r = self.c().get("/v1/payment_intents/" + pi.json["id"], exp)
+        self.assertEqual((r.status, r.json["error"]["tp_code"], r.json["error"]["param"]), (400, 1041, "expand"), r)
         # the served version (or none): the current shape
         for h in ({}, {"Stripe-Version": "2026-10-28.endive"}):
             cur = self.c().get("/v1/payment_intents/" + pi.json["id"], headers=h).json
