@@ -355,7 +355,10 @@ void tp_emit_update(struct tp_cs *cs, const struct tp_req *r, const char *mercha
                     const json_t *before, const json_t *object)
 {
   json_t *prev = prev_attrs(before, object);
-  emit_prev(cs, r, merchant, type, object, prev);
+  /* Nothing changed (an update that re-sent what the object holds): no
+   * event, as on Stripe, whose *.updated says a property changed. */
+  if (json_object_size(prev) > 0)
+    emit_prev(cs, r, merchant, type, object, prev);
   json_decref(prev);
 }
 

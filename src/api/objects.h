@@ -17,7 +17,7 @@
 /* Add an event of `type` about `object` (copied) to the change set. */
 void tp_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type, const json_t *object);
 /* A *.updated event: tp_emit with data.previous_attributes, the old values
- * of what changed from before to object (Stripe). */
+ * of what changed from before to object (Stripe); none when nothing did. */
 void tp_emit_update(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type,
                     const json_t *before, const json_t *object);
 /* tp_cs_put of object (kind) and tp_emit about it, serialising it once. */

@@ -82,6 +82,15 @@ class ChargeRefunds(DaemonTestCase):
         self.assertStripeError(self.c("n").post("%s/%s/refunds/%s" % (CH, ch["id"], re["id"]),
                                                 {"metadata[k]": "w"}), 404, code="resource_missing")
         self.assertEqual(self.c().get("/v1/refunds/" + re["id"]).json["metadata"], {"k": "v"})
+        # an update that changes nothing (no parameters, the same metadata,
+        # expand only) sends no *.updated event, on a refund or a charge
+        for body in ({}, {"metadata[k]": "v"}, {"expand[]": "charge"}):
+            self.assertEqual(self.c().post("/v1/refunds/" + re["id"], body).status, 200)
+        self.assertEqual(self.events_about(re["id"]), ["refund.created", "refund.updated", "charge.refund.updated"])
+        before = self.events_about(ch["id"])
+        for body in ({}, {"metadata[a]": "1"}, {"metadata[a]": "1"}, {"description": ""}):
+            self.assertEqual(self.c().post("%s/%s" % (CH, ch["id"]), body).status, 200)
+        self.assertEqual(self.events_about(ch["id"]), before + ["charge.updated"])
 
     def test_a_refund_of_an_uncaptured_charge_releases_it(self):
         """ActiveMerchant's void and verify, omnipay's void: a refund of a
