@@ -129,10 +129,12 @@ unsigned tp_http_inflight(void);
 
 /* Replies. All take ownership of what they are given. */
 void tp_reply_json(struct tp_req *r, unsigned status, json_t *obj);
-/* payment_intents.c: a reply body (a PaymentIntent, or an error holding one)
- * cut to what a publishable-key client may see; malloc'ed, *len in and out;
- * NULL when body is not JSON or memory ran out. */
-char *tp_pi_client_view(const char *body, size_t *len);
+/* payment_intents.c: a reply body to a publishable key: with no card
+ * fingerprint anywhere and, on a client_secret route (client), a
+ * PaymentIntent or SetupIntent (or an error holding one) cut to what such a
+ * client may see; malloc'ed, *len in and out; NULL when body is not JSON or
+ * memory ran out. */
+char *tp_publishable_view(const char *body, size_t *len, bool client);
 /* payment_intents.c: void and cancel ("automatic") an uncaptured
  * PaymentIntent whose authorization is past its capture_before; 1 when
  * started, 0 when not due or busy. */

@@ -1058,11 +1058,40 @@ static void client_cut(json_t *pi, const char *const *fields)
   }
 }
 
-char *tp_pi_client_view(const char *body, size_t *len)
+/* A card's fingerprint is never shown to a publishable key (Stripe, since
+ * API 2014-10-07): it is an HMAC of the card number under the merchant's
+ * key, and a public key that answered it for any number it was given would
+ * recover a stored card's number from its last4 and fingerprint (a copy of
+ * the store, or of a backup) by trying the digits left open. Dropped from
+ * every card object (one with last4) anywhere in the reply. */
+static void drop_fingerprints(json_t *v)
+{
+  if (json_is_array(v)) {
+    size_t i;
+    json_t *x;
+    json_array_foreach(v, i, x) drop_fingerprints(x);
+    return;
+  }
+  if (!json_is_object(v))
+    return;
+  if (json_object_get(v, "last4"))
+    json_object_del(v, "fingerprint");
+  const char *k;
+  json_t *x;
+  json_object_foreach(v, k, x) drop_fingerprints(x);
+}
+
+char *tp_publishable_view(const char *body, size_t *len, bool client)
 {
   json_t *o = tp_json_loadb(body, *len);
   if (!o)
     return NULL;
+  drop_fingerprints(o);
+  if (!client) {
+    char *out = tp_json_dump(o, len);
+    json_decref(o);
+    return out;
+  }
   json_t *err = json_object_get(o, "error");
   json_t *pi = err ? json_object_get(err, "payment_intent") : o;
   const char *type = json_string_value(json_object_get(pi, "object"));

@@ -142,7 +142,7 @@ static enum tp_err authenticate(struct tp_req *r)
   /* A browser holds the publishable key and a PaymentIntent's client_secret:
    * enough to retrieve and confirm that one PaymentIntent (Stripe.js). The
    * handler checks the secret; the reply is cut to what Stripe shows such a
-   * client (tp_pi_client_view). The key alone creates a PaymentMethod: the
+   * client (tp_publishable_view). The key alone creates a PaymentMethod: the
    * browser tokenises the card, so the PAN never reaches the merchant's
    * server (TP_R_PUBLISHABLE). */
   if (e == TP_ERR_PUBLISHABLE_KEY_FORBIDDEN && strcmp(a.kind, "publishable") == 0 && r->route &&
@@ -816,12 +816,11 @@ static enum MHD_Result queue_reply(struct tp_req *r)
   if (!r->resp) {
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
   }
-  if (r->publishable && (r->route->flags & TP_R_CLIENT) && r->resp &&
-      (!r->content_type || strcmp(r->content_type, "application/json") == 0)) {
+  if (r->publishable && r->resp && (!r->content_type || strcmp(r->content_type, "application/json") == 0)) {
     /* After the idempotency record took the whole reply: a replay to a
      * secret key still gets all of it. */
     size_t len = r->resp_len;
-    char *cut = tp_pi_client_view(r->resp, &len);
+    char *cut = tp_publishable_view(r->resp, &len, (r->route->flags & TP_R_CLIENT) != 0);
     if (!cut) {
       tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
     } else {

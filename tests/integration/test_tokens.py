@@ -205,6 +205,39 @@ class Tokens(DaemonTestCase):
         ch = self.c().post(CH, {"amount": 1200, "currency": "usd", "source": r.json["id"]})
         self.assertEqual(ch.status, 200, ch)
 
+    def test_the_publishable_key_is_never_shown_a_fingerprint(self):
+        """Stripe (API 2014-10-07): a card made or shown to the publishable
+        key has no fingerprint. It is an HMAC of the number under the
+        merchant's key: a public key that answered it for any number would
+        recover a stored card's number from its last4 and fingerprint."""
+        pk = self.daemon.merchants["m"]["publishable_key"]
+        pc = self.daemon.client("m")
+        tok = pc.post(TOK, {"card": raw()}, key=pk)
+        pm = pc.post("/v1/payment_methods", {"type": "card", "card": raw("4000000000000002")}, key=pk)
+        self.assertEqual((tok.status, pm.status), (200, 200), (tok, pm))
+        self.assertNotIn("fingerprint", tok.json["card"])
+        self.assertNotIn("fingerprint", pm.json["card"])
+        self.assertNotIn(b"fingerprint", tok.body + pm.body)
+        # the secret key sees it
+        self.assertEqual(len(self.c().get("/v1/payment_methods/" + pm.json["id"]).json["card"]["fingerprint"]), 16)
+        # nor through a PaymentIntent's client_secret: expanded, or in a decline
+        pi = self.c().post("/v1/payment_intents", {"amount": 1000, "currency": "usd"}).json
+        r = pc.post("/v1/payment_intents/%s/confirm" % pi["id"],
+                    {"client_secret": pi["client_secret"], "payment_method": pm.json["id"],
+                     "expand[]": "payment_method"}, key=pk)
+        self.assertEqual(r.status, 402, r)
+        self.assertEqual(r.json["error"]["payment_method"]["card"]["last4"], "0002")
+        self.assertNotIn(b"fingerprint", r.body)
+        ok = pc.post("/v1/payment_methods", {"type": "card", "card": raw()}, key=pk).json["id"]
+        r = pc.post("/v1/payment_intents/%s/confirm" % pi["id"],
+                    {"client_secret": pi["client_secret"], "payment_method": ok, "expand[]": "payment_method"}, key=pk)
+        self.assertEqual((r.status, r.json["payment_method"]["card"]["last4"]), (200, "4242"), r)
+        self.assertNotIn(b"fingerprint", r.body)
+        r = pc.get("/v1/payment_intents/" + pi["id"], {"client_secret": pi["client_secret"],
+                                                        "expand[]": "payment_method"}, key=pk)
+        self.assertEqual(r.status, 200, r)
+        self.assertNotIn(b"fingerprint", r.body)
+
     def test_another_merchant_cannot_see_or_use_a_token(self):
         t = self.token()
         self.assertStripeError(self.c("n").get(TOK + "/" + t["id"]), 404, code="resource_missing")
