@@ -43,7 +43,10 @@ struct tp_req {
 
   char *body;
   size_t body_len, body_cap;
+  uint64_t body_seen;  /* bytes of body received, kept or dropped */
+  size_t field_bytes;  /* the request line's and header fields' share of the pool (framing_error) */
   bool too_large;
+  bool chunked;        /* Transfer-Encoding: chunked (trailer fields may follow) */
   bool dispatched;
 
   json_t *params;

@@ -44,6 +44,7 @@
  * many small fields (~210 of one byte) passed the count and left no room
  * for the reply, which was then never sent, after the payment was made. */
 #define TP_HTTP_FIELD_OVERHEAD 64
+#define TP_HTTP_QUERY_ARG_COST 64 /* the same for a query argument (on_uri) */
 #define TP_HTTP_TIMEOUT_S 60
 #define TP_HTTP_TIMEOUT_TEXT "60" /* TP_HTTP_TIMEOUT_S, for the Keep-Alive header */
 #define TP_HTTP_MAX_QUERY 8192
@@ -999,6 +1000,16 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
   return MHD_YES;
 }
 
+/* A query argument's or trailer field's share of the pool: its bytes and
+ * libmicrohttpd's record of it. */
+static enum MHD_Result count_field(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+  size_t *bytes = cls;
+  *bytes += strlen(key) + (value ? strlen(value) : 0) + 4 +
+            (kind == MHD_GET_ARGUMENT_KIND ? TP_HTTP_QUERY_ARG_COST : TP_HTTP_FIELD_OVERHEAD);
+  return MHD_YES;
+}
+
 /* The error to answer before reading the body, or 0; what else the one
  * walk of the header fields tells the request goes into r. */
 static enum tp_err framing_error(struct tp_req *r, const char *version, size_t url_len, const char **why)
@@ -1008,6 +1019,12 @@ static enum tp_err framing_error(struct tp_req *r, const char *version, size_t u
   memset(&h, 0, sizeof h);
   h.bytes = url_len;
   MHD_get_connection_values(conn, MHD_HEADER_KIND, scan_header, &h);
+  /* The query's arguments share the pool too (on_uri's count): a long
+   * query and a header section each under the limit left no room for the
+   * reply, which was never sent after the payment was made. */
+  MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, count_field, &h.bytes);
+  r->field_bytes = h.bytes;
+  r->chunked = h.transfer_encoding > 0;
   /* HTTP/1.1, or a later 1.x, which a 1.1 server handles as 1.1 (RFC 9110
    * 2.5); HTTP/1.0 otherwise. */
   bool http11 = version && strncmp(version, "HTTP/1.", 7) == 0 && version[7] >= '1' && version[7] <= '9';
@@ -1117,7 +1134,34 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     *upload_data_size = 0;
     if (tp_body_append(&r->body, &r->body_len, &r->body_cap, &r->too_large, upload_data, n, TP_PARAMS_MAX_BODY))
       return MHD_NO;
+    r->body_seen += n;
+    if (r->body_seen > TP_HTTP_DRAIN_MAX) {
+      /* A chunked body (its size not declared, so not refused before it
+       * was read) past what is read and dropped: answered now and closed,
+       * or one client streamed without end and held a worker. */
+      if (!tls_cert)
+        raw_reply_close(conn, 413, "Content Too Large", TP_ERR_BODY_TOO_LARGE, r->request_id);
+      return MHD_NO;
+    }
     return MHD_YES;
+  }
+  if (!r->dispatched && r->chunked) {
+    /* Trailer fields (after a chunked body) fill the same pool as the
+     * header fields: counted with them, or many of them left no room for
+     * the reply, never sent after the payment was made. Refused before
+     * anything runs. */
+    size_t bytes = r->field_bytes;
+    MHD_get_connection_values(conn, MHD_FOOTER_KIND, count_field, &bytes);
+    if (bytes > TP_HTTP_HEADERS_MAX) {
+      if (!tls_cert) {
+        raw_reply_close(conn, 431, "Request Header Fields Too Large", TP_ERR_HEADERS_TOO_LARGE, r->request_id);
+        return MHD_NO;
+      }
+      tp_reply_error(r, TP_ERR_HEADERS_TOO_LARGE, NULL, NULL);
+      r->close_after = true;
+      mark_dispatched(r);
+      return queue_reply(r);
+    }
   }
   if (!r->dispatched) {
     mark_dispatched(r);
