@@ -1,6 +1,7 @@
 /* API keys: authentication with a bounded cache, and the admin commands
- * `turnpike api-key roll` (a new secret key, the old one valid for an overlap
- * period) and `turnpike api-key create` (a restricted rk_ key with scopes).
+ * `turnpike api-key roll` (a new secret or publishable key, the old ones
+ * valid for an overlap period), `turnpike api-key create` (a restricted rk_
+ * key with scopes) and `turnpike api-key revoke` (one key ended now).
  *
  * Keys are stored only as SHA-256 hashes (api_keys.hash, a BLOB). The store's
  * query op binds text only, so a hash goes into SQL as an X'..' literal made
@@ -180,12 +181,18 @@ enum tp_err tp_apikey_authenticate(const char *key, struct tp_auth *a)
 static void usage(FILE *f)
 {
   fprintf(f,
-          "usage: turnpike api-key roll --data DIR --merchant ID [--overlap SECONDS] [--expires-in SECONDS]\n"
-          "       turnpike api-key create --data DIR --merchant ID --scopes \"SCOPE ...\" [--expires-in SECONDS]\n\n"
-          "roll    creates a new secret key (sk_) and keeps the merchant's current secret keys valid\n"
-          "        for --overlap seconds (default 86400), after which they answer 401 api_key_expired.\n"
+          "usage: turnpike api-key roll --data DIR --merchant ID [--publishable] [--overlap SECONDS]\n"
+          "                             [--expires-in SECONDS]\n"
+          "       turnpike api-key create --data DIR --merchant ID --scopes \"SCOPE ...\" [--expires-in SECONDS]\n"
+          "       turnpike api-key revoke --data DIR --merchant ID (--key KEY | --hint HINT)\n\n"
+          "roll    creates a new secret key (sk_), or with --publishable a new publishable key (pk_),\n"
+          "        and keeps the merchant's current keys of that kind valid for --overlap seconds\n"
+          "        (default 86400), after which they answer 401 api_key_expired.\n"
           "create  creates a restricted key (rk_) limited to the given scopes:\n"
           "        payments:read payments:write refunds:write customers:write reports:read admin\n"
+          "revoke  ends one key of the merchant (any kind) now: the key itself, or its hint as\n"
+          "        printed when it was made (\"rk_test_...wxyz\"), which must name exactly one live key.\n"
+          "        A running server refuses it once its cached lookup ages out ([auth] cache_seconds).\n"
           "--expires-in gives the new key a lifetime. Keys are printed once as JSON on stdout and\n"
           "stored only as SHA-256 hashes.\n");
 }
@@ -219,18 +226,92 @@ static void add_key(struct tp_cs *cs, const char *merchant, const char *kind, co
   json_decref(args);
 }
 
+/* `api-key revoke`: the one live key of merchant named by its text (its
+ * hash) or its hint ends now, with an audit entry in the same commit. */
+static int revoke_key(const char *data, const char *merchant, const char *key, const char *hint)
+{
+  if (!key == !hint || (key && strlen(key) > 200) || (hint && strlen(hint) >= 32)) {
+    fprintf(stderr, "turnpike api-key revoke: give exactly one of --key KEY or --hint HINT\n");
+    return 2;
+  }
+  tp_log_threshold = TP_LOG_WARN;
+  struct tp_store st;
+  struct tp_merchant m;
+  if (tp_auth_open_merchant(data, merchant, "api-key", &st, &m) != 0)
+    return 1;
+  int64_t now = tp_now();
+  /* The live keys it names (not yet expired), at most two looked at. */
+  char sql[300], hex[65];
+  json_t *args;
+  if (key) {
+    uint8_t h[32];
+    tp_sha256(key, strlen(key), h);
+    hex_lit(h, hex);
+    snprintf(sql, sizeof sql,
+             "SELECT hint, kind FROM api_keys WHERE hash=X'%s' AND merchant=?1 AND (expires IS NULL OR expires>?2) "
+             "LIMIT 2", hex);
+    args = tp_pack("[s, I]", merchant, (json_int_t)now);
+  } else {
+    snprintf(sql, sizeof sql,
+             "SELECT hint, kind, hex(hash) AS h FROM api_keys WHERE hint=?3 AND merchant=?1 "
+             "AND (expires IS NULL OR expires>?2) LIMIT 2");
+    args = tp_pack("[s, I, s]", merchant, (json_int_t)now, hint);
+  }
+  json_t *rows = st.ops->query(st.cls, sql, args);
+  json_decref(args);
+  if (!rows || json_array_size(rows) != 1) {
+    fprintf(stderr, "turnpike api-key revoke: %s\n",
+            !rows ? "store read failed"
+            : json_array_size(rows) ? "the hint names more than one live key: revoke by --key"
+                                    : "no live key of this merchant is named so");
+    json_decref(rows);
+    st.ops->close(st.cls);
+    return 1;
+  }
+  json_t *row = json_array_get(rows, 0);
+  char khint[32], kind[16];
+  tp_scopy(khint, sizeof khint, json_string_value(json_object_get(row, "hint")));
+  tp_scopy(kind, sizeof kind, json_string_value(json_object_get(row, "kind")));
+  if (!key)
+    tp_scopy(hex, sizeof hex, json_string_value(json_object_get(row, "h")));
+  json_decref(rows);
+  struct tp_cs *cs = tp_cs_new();
+  snprintf(sql, sizeof sql, "UPDATE api_keys SET expires=?1 WHERE hash=X'%s' AND merchant=?2", hex);
+  args = tp_pack("[I, s]", (json_int_t)now, merchant);
+  tp_cs_sql(cs, sql, args, 1);
+  json_decref(args);
+  json_t *details = tp_pack("{s:s, s:I}", "kind", kind, "revoked_at", (json_int_t)now);
+  tp_audit_append(cs, merchant, "cli", "api_key.revoked", khint, details);
+  json_decref(details);
+  int rc = -1;
+  st.ops->apply_batch(st.cls, &cs, 1, &rc);
+  tp_cs_free(cs);
+  st.ops->close(st.cls);
+  if (rc != 0) {
+    fprintf(stderr, "turnpike api-key: store write failed\n");
+    return 1;
+  }
+  json_t *out = tp_pack("{s:s, s:s, s:s, s:I}", "merchant", merchant, "hint", khint, "kind", kind, "revoked_at",
+                        (json_int_t)now);
+  char *txt = json_dumps(out, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  printf("%s\n", txt);
+  free(txt);
+  json_decref(out);
+  return 0;
+}
+
 int tp_cmd_api_key(int argc, char **argv)
 {
   if (argc < 1 || strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0) {
     usage(argc < 1 ? stderr : stdout);
     return argc < 1 ? 2 : 0;
   }
-  bool roll = strcmp(argv[0], "roll") == 0;
-  if (!roll && strcmp(argv[0], "create") != 0) {
+  bool roll = strcmp(argv[0], "roll") == 0, revoke = strcmp(argv[0], "revoke") == 0, publishable = false;
+  if (!roll && !revoke && strcmp(argv[0], "create") != 0) {
     usage(stderr);
     return 2;
   }
-  const char *data = "./var", *merchant = NULL, *scopes_s = NULL, *v;
+  const char *data = "./var", *merchant = NULL, *scopes_s = NULL, *v, *rkey = NULL, *rhint = NULL;
   int64_t overlap = 86400, expires_in = 0;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--help") == 0) {
@@ -240,14 +321,20 @@ int tp_cmd_api_key(int argc, char **argv)
       data = v;
     else if ((v = tp_cli_value(argc, argv, &i, "--merchant", "api-key")))
       merchant = v;
-    else if (!roll && (v = tp_cli_value(argc, argv, &i, "--scopes", "api-key")))
+    else if (revoke && (v = tp_cli_value(argc, argv, &i, "--key", "api-key")))
+      rkey = v;
+    else if (revoke && (v = tp_cli_value(argc, argv, &i, "--hint", "api-key")))
+      rhint = v;
+    else if (roll && strcmp(argv[i], "--publishable") == 0)
+      publishable = true;
+    else if (!roll && !revoke && (v = tp_cli_value(argc, argv, &i, "--scopes", "api-key")))
       scopes_s = v;
     else if (roll && (v = tp_cli_value(argc, argv, &i, "--overlap", "api-key"))) {
       if (!parse_secs(v, 365 * 86400, &overlap)) {
         fprintf(stderr, "turnpike api-key: --overlap wants 0..31536000 seconds\n");
         return 2;
       }
-    } else if ((v = tp_cli_value(argc, argv, &i, "--expires-in", "api-key"))) {
+    } else if (!revoke && (v = tp_cli_value(argc, argv, &i, "--expires-in", "api-key"))) {
       if (!parse_secs(v, 10 * 365 * 86400, &expires_in) || expires_in == 0) {
         fprintf(stderr, "turnpike api-key: --expires-in wants 1..315360000 seconds\n");
         return 2;
@@ -262,6 +349,8 @@ int tp_cmd_api_key(int argc, char **argv)
     fprintf(stderr, "turnpike api-key: --merchant ID is required\n");
     return 2;
   }
+  if (revoke)
+    return revoke_key(data, merchant, rkey, rhint);
   unsigned mask = 0;
   char scopes[160] = "";
   if (!roll) {
@@ -283,18 +372,19 @@ int tp_cmd_api_key(int argc, char **argv)
   int64_t expires = expires_in ? now + expires_in : 0;
   char key[128], rnd[TP_KEY_RANDOM_LEN + 1], hint[32];
   tp_random_b62(rnd, TP_KEY_RANDOM_LEN);
-  snprintf(key, sizeof key, "%s_test_%s", roll ? "sk" : "rk", rnd);
+  const char *kind = !roll ? "restricted" : publishable ? "publishable" : "secret";
+  snprintf(key, sizeof key, "%s_test_%s", !roll ? "rk" : publishable ? "pk" : "sk", rnd);
   struct tp_cs *cs = tp_cs_new();
   int64_t old_until = now + overlap;
   if (roll) {
-    /* Every live secret key now ends at the overlap (earlier expiries stay). */
-    json_t *args = tp_pack("[I, s]", (json_int_t)old_until, merchant);
-    tp_cs_sql(cs, "UPDATE api_keys SET expires=?1 WHERE merchant=?2 AND kind='secret' "
+    /* Every live key of the kind now ends at the overlap (earlier expiries stay). */
+    json_t *args = tp_pack("[I, s, s]", (json_int_t)old_until, merchant, kind);
+    tp_cs_sql(cs, "UPDATE api_keys SET expires=?1 WHERE merchant=?2 AND kind=?3 "
                   "AND (expires IS NULL OR expires>?1)", args, 0);
     json_decref(args);
   }
-  add_key(cs, merchant, roll ? "secret" : "restricted", key, roll ? NULL : scopes, expires, hint);
-  json_t *details = roll ? tp_pack("{s:I}", "previous_keys_expire_at", (json_int_t)old_until)
+  add_key(cs, merchant, kind, key, roll ? NULL : scopes, expires, hint);
+  json_t *details = roll ? tp_pack("{s:I, s:s}", "previous_keys_expire_at", (json_int_t)old_until, "kind", kind)
                          : tp_pack("{s:s}", "scopes", scopes);
   if (expires)
     json_object_set_new(details, "expires_at", json_integer(expires));
@@ -308,7 +398,8 @@ int tp_cmd_api_key(int argc, char **argv)
     fprintf(stderr, "turnpike api-key: store write failed\n");
     return 1;
   }
-  json_t *out = tp_pack("{s:s, s:s, s:s, s:o}", "merchant", merchant, roll ? "secret_key" : "restricted_key", key,
+  json_t *out = tp_pack("{s:s, s:s, s:s, s:o}", "merchant", merchant,
+                        !roll ? "restricted_key" : publishable ? "publishable_key" : "secret_key", key,
                         "hint", hint, "expires_at", expires ? json_integer(expires) : json_null());
   if (roll)
     json_object_set_new(out, "previous_keys_expire_at", json_integer(old_until));

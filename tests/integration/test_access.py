@@ -382,6 +382,52 @@ class KeysTest(DaemonTestCase):
         with open(self.daemon.db_path(), "rb") as f:
             self.assertNotIn(new.encode(), f.read())
 
+    def test_a_restricted_or_publishable_key_can_be_revoked_and_a_publishable_key_rolled(self):
+        """A leaked rk_ or pk_ key is ended by `api-key revoke` (by the key,
+        or by its hint), with an audit entry; `api-key roll --publishable`
+        makes a new pk_ with the old one kept for the overlap. Before, only
+        the secret key could be rolled and nothing could be revoked."""
+        rk = admin(self.daemon, "api-key", "create", "--merchant", self.mid("R"), "--scopes", "payments:read")
+        rk2 = admin(self.daemon, "api-key", "create", "--merchant", self.mid("R"), "--scopes", "payments:read")
+        c, c2 = self.key_client(rk["restricted_key"]), self.key_client(rk2["restricted_key"])
+        self.assertEqual((c.get("/v1/payment_intents").status, c2.get("/v1/payment_intents").status), (200, 200))
+        out = admin(self.daemon, "api-key", "revoke", "--merchant", self.mid("R"), "--hint", rk["hint"])
+        self.assertEqual((out["hint"], out["kind"]), (rk["hint"], "restricted"))
+        out = admin(self.daemon, "api-key", "revoke", "--merchant", self.mid("R"), "--key", rk2["restricted_key"])
+        self.assertEqual(out["hint"], rk2["hint"])
+        time.sleep(1.2)  # the running server's cached lookup ages out ([auth] cache_seconds = 1)
+        for k in (c, c2):
+            self.assertStripeError(k.get("/v1/payment_intents"), 401, "invalid_request_error", "api_key_expired")
+        # revoked once: no live key is named so any more; nor is another merchant's key
+        with self.assertRaises(RuntimeError):
+            admin(self.daemon, "api-key", "revoke", "--merchant", self.mid("R"), "--hint", rk["hint"])
+        with self.assertRaises(RuntimeError):
+            admin(self.daemon, "api-key", "revoke", "--merchant", self.mid("K"),
+                  "--key", self.daemon.merchants["R"]["secret_key"])
+        with self.assertRaises(RuntimeError):  # one of --key and --hint
+            admin(self.daemon, "api-key", "revoke", "--merchant", self.mid("R"))
+        self.assertEqual(self.c("R").get("/v1/payment_intents").status, 200)
+        # a publishable key rolled: the new one works, the old one for the overlap only
+        old_pk = self.key_client(self.daemon.merchants["R"]["publishable_key"])
+        self.assertEqual(old_pk.get("/v1/turnpike/encryption_key").status, 200)
+        rolled = admin(self.daemon, "api-key", "roll", "--publishable", "--merchant", self.mid("R"), "--overlap", "1")
+        self.assertTrue(rolled["publishable_key"].startswith("pk_test_"), rolled)
+        new_pk = self.key_client(rolled["publishable_key"])
+        self.assertEqual(new_pk.get("/v1/turnpike/encryption_key").status, 200)
+        time.sleep(max(0.0, rolled["previous_keys_expire_at"] - time.time()) + 1.2)
+        self.assertStripeError(old_pk.get("/v1/turnpike/encryption_key"), 401, "invalid_request_error",
+                               "api_key_expired")
+        self.assertEqual(new_pk.get("/v1/turnpike/encryption_key").status, 200)
+        self.assertEqual(self.c("R").get("/v1/payment_intents").status, 200)  # the secret key untouched
+        # rolled again with a long overlap, the previous one revoked by its
+        # hint all the same (a leak ends now, not after the overlap)
+        third = admin(self.daemon, "api-key", "roll", "--publishable", "--merchant", self.mid("R"))
+        admin(self.daemon, "api-key", "revoke", "--merchant", self.mid("R"), "--hint", rolled["hint"])
+        time.sleep(1.2)
+        self.assertEqual(new_pk.get("/v1/turnpike/encryption_key").status, 401)
+        self.assertEqual(self.key_client(third["publishable_key"]).get("/v1/turnpike/encryption_key").status, 200)
+        self.daemon.merchants["R"]["publishable_key"] = third["publishable_key"]
+
     def test_publishable_key_is_refused_on_secret_routes(self):
         c = self.key_client(self.daemon.merchants["K"]["publishable_key"])
         self.assertStripeError(c.get("/v1/payment_intents"), 401, "invalid_request_error")
@@ -493,7 +539,11 @@ class KeysTest(DaemonTestCase):
         self.assertStripeError(pk.post("/v1/payment_methods", dict(card("4242424242424241"))),
                                402, "card_error", "incorrect_number")
         # the merchant's server sees it and charges it; another merchant cannot
-        self.assertEqual(sk.get("/v1/payment_methods/" + pm.json["id"]).json, pm.json)
+        # the server's key sees the same card, with the fingerprint that is
+        # never shown to the publishable key
+        full = sk.get("/v1/payment_methods/" + pm.json["id"]).json
+        self.assertEqual(len(full["card"].pop("fingerprint")), 16)
+        self.assertEqual(full, pm.json)
         self.assertStripeError(other_sk.get("/v1/payment_methods/" + pm.json["id"]), 404, "invalid_request_error",
                                "resource_missing")
         pi = sk.post(PI, {"amount": 2500, "currency": "usd", "payment_method": pm.json["id"], "confirm": "true"})
