@@ -5,8 +5,8 @@
  * enum, a decline code that is not lower-case words, a reference or
  * authorisation code with a byte that is not printable ASCII, a decline
  * without a code, anything but an error for a status outside 2xx (a status
- * query's 404 aside), or an approval of an authorisation for another amount
- * or currency than asked. */
+ * query's 404 aside), or an approval of an authorisation, a capture or a
+ * refund for another amount or currency than asked. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,8 +59,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     abort();
   if (c.outcome == TP_OUT_NOT_FOUND && c.kind != TP_PROC_STATUS)
     abort();
-  /* An approved authorisation names no other amount or currency. */
-  if (c.outcome == TP_OUT_APPROVED && c.kind == TP_PROC_AUTHORIZE) {
+  /* An approved authorisation, capture or refund names no other amount or
+   * currency (each moved or held money). */
+  if (c.outcome == TP_OUT_APPROVED &&
+      (c.kind == TP_PROC_AUTHORIZE || c.kind == TP_PROC_CAPTURE || c.kind == TP_PROC_REFUND)) {
     json_t *js = json_loadb((const char *)data + 3, size - 3, JSON_REJECT_DUPLICATES, NULL);
     if (!json_is_object(js))
       abort(); /* approved without a JSON object to say so */

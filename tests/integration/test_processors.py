@@ -165,6 +165,18 @@ class FakeProcessor:
                                                         else "approved"), "decline_code": d,
                         "auth_code": None if d else "A1B2C3", "amount": js["amount"],
                         "currency": js["currency"], "captured": bool(js["capture"]) and not d})
+                if mode in ("capture_mismatch", "refund_mismatch") and method == "POST" and (
+                        path.endswith("/capture") if mode == "capture_mismatch" else path.endswith("/v1/refunds")):
+                    # done here for the whole authorization (capture) or in
+                    # another currency (refund), kept for the status query
+                    op = "capture" if mode == "capture_mismatch" else "refund"
+                    a = {"id": op + "_" + js["reference"], "operation": op, "reference": js["reference"],
+                         "status": "captured" if op == "capture" else "succeeded",
+                         "amount": 2000 if op == "capture" else js["amount"],
+                         "currency": "usd" if op == "capture" else "jpy"}
+                    with outer.lock:
+                        outer.kept[js["reference"]] = a
+                    return self._reply(200, a)
                 if method == "POST" and path.endswith("/capture"):
                     if mode == "reset_capture":  # done here, then the connection dies unanswered
                         self.close_connection = True
@@ -358,6 +370,44 @@ class ConnectorContract(unittest.TestCase):
         self.assertEqual(sorted(statuses), sorted(auths), reqs)
         with self.fake.lock:
             self.assertTrue(all(self.fake.kept[a]["status"] == "voided" for a in auths))
+
+    def test_a_capture_or_refund_answered_for_another_amount_is_never_recorded(self):
+        """A capture the processor says it made for the whole authorization
+        (2000 of a 700 capture asked), a refund it says it made in another
+        currency: moved money that was not asked for. Neither is recorded
+        as done (the ledger would say 700 captured, 100 USD refunded): the
+        call is left unresolved (502 processor_status_unknown), and the
+        recovery's status query, reading the same answer, does not settle
+        it either. Until session 33 only authorizations were checked."""
+        r = self.pay(PAN_OK, capture_method="manual")
+        self.assertEqual((r.status, r.json["status"]), (200, "requires_capture"), r)
+        pi = r.json["id"]
+        bal0 = self.c.get("/v1/balance").json
+        self.fake.mode = "capture_mismatch"
+        cap = self.c.post("/v1/payment_intents/%s/capture" % pi, {"amount_to_capture": 700},
+                          headers={"Idempotency-Key": new_key()})
+        self.assertEqual(cap.status, 502, cap)
+        self.assertEqual(cap.json["error"]["tp_code"], 6018, cap)  # processor_status_unknown
+        time.sleep(2.5)  # recovery ticks read the kept answer: still not settled
+        got = self.c.get("/v1/payment_intents/" + pi).json
+        self.assertNotEqual(got["status"], "succeeded", got)
+        self.assertEqual(got["amount_received"], 0, got)
+        self.assertEqual(self.c.get("/v1/balance").json, bal0)
+        # a refund answered in another currency
+        self.fake.mode = "ok"
+        paid = self.pay(PAN_OK)
+        self.assertEqual(paid.json["status"], "succeeded", paid)
+        bal1 = self.c.get("/v1/balance").json
+        self.fake.mode = "refund_mismatch"
+        re = self.c.post("/v1/refunds", {"payment_intent": paid.json["id"], "amount": 100},
+                         headers={"Idempotency-Key": new_key()})
+        self.fake.mode = "ok"
+        self.assertNotEqual(re.json.get("status"), "succeeded", re)
+        time.sleep(2.5)
+        refunds = self.c.get("/v1/refunds", {"payment_intent": paid.json["id"]}).json["data"]
+        self.assertNotIn("succeeded", [x["status"] for x in refunds], refunds)
+        self.assertEqual(self.c.get("/v1/charges/" + paid.json["latest_charge"]).json["amount_refunded"], 0)
+        self.assertEqual(self.c.get("/v1/balance").json, bal1)
 
     def test_a_502_is_resolved_before_going_on_and_a_503_is_not(self):
         """A 502 (or 500, 504) may come from a proxy after the processor
