@@ -72,6 +72,7 @@ static const struct tp_pspec spec_create[] = {
 static const struct tp_pspec spec_update[] = {
   CUS_COMMON,
   S("default_source"),
+  S("default_card"), /* default_source's older name (tp_card_param_alias) */
   END,
 };
 

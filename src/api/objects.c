@@ -115,6 +115,18 @@ bool tp_email_param_ok(struct tp_req *r, const json_t *params, const char *key, 
 
 bool tp_card_param_alias(struct tp_req *r)
 {
+  /* default_card, default_source's older name (ActiveMerchant's store with
+   * set_default sends it), where the route takes default_source */
+  json_t *dc = json_object_get(r->params, "default_card");
+  if (dc) {
+    if (json_object_get(r->params, "default_source")) {
+      tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "default_card",
+                     "default_card is the older name of default_source: give one of them.");
+      return false;
+    }
+    json_object_set(r->params, "default_source", dc);
+    json_object_del(r->params, "default_card");
+  }
   json_t *card = json_object_get(r->params, "card");
   if (!card)
     return true;
@@ -881,6 +893,7 @@ bool tp_card_from_params(struct tp_req *r, const json_t *card, const char *param
   if (cc != TP_CARD_OK) {
     static const enum tp_err map[] = {
       [TP_CARD_INCORRECT_NUMBER] = TP_ERR_CARD_INCORRECT_NUMBER,
+      [TP_CARD_INVALID_NUMBER] = TP_ERR_CARD_INVALID_NUMBER,
       [TP_CARD_INVALID_EXPIRY_MONTH] = TP_ERR_CARD_INVALID_EXPIRY_MONTH,
       [TP_CARD_INVALID_EXPIRY_YEAR] = TP_ERR_CARD_INVALID_EXPIRY_YEAR,
       [TP_CARD_EXPIRED] = TP_ERR_CARD_EXPIRED,
@@ -1394,8 +1407,14 @@ static bool expand_list(struct tp_req *r, json_t *obj, const char *path, const j
     return false;
   }
   snprintf(url, sizeof url, "/v1/%s/%s/%s", strcmp(what, "charge") == 0 ? "charges" : "customers", id, path);
-  json_object_set_new(obj, path, tp_pack("{s:s, s:o, s:b, s:s}", "object", "list", "data", data, "has_more", more,
-                                         "url", url));
+  /* total_count, as Stripe's embedded lists show it (a charge's refunds, a
+   * customer's sources: "$customer->sources->total_count"); known here when
+   * the page holds them all. */
+  json_t *list = tp_pack("{s:s, s:o, s:b, s:I, s:s}", "object", "list", "data", data, "has_more", more, "total_count",
+                         (json_int_t)json_array_size(data), "url", url);
+  if (more)
+    json_object_del(list, "total_count");
+  json_object_set_new(obj, path, list);
   return true;
 }
 

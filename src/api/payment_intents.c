@@ -1433,7 +1433,8 @@ static const struct tp_pspec spec_charge_create[] = {
   {"expand", TP_P_STRLIST, NULL, NULL},
   {"card", TP_P_ANY, NULL, NULL}, /* source's older name (tp_card_param_alias) */
   /* What ActiveMerchant's Stripe gateway sends on every charge, for
-   * Stripe's fraud signals, which Stripe takes: taken, and not kept. */
+   * Stripe's fraud signals, which Stripe takes: taken, and not kept
+   * (uncaptured, capture=false's older name, excepted: below). */
   {"payment_user_agent", TP_P_STRING, NULL, NULL},
   {"ip", TP_P_STRING, NULL, NULL},
   {"user_agent", TP_P_STRING, NULL, NULL},
@@ -1475,8 +1476,12 @@ void tp_h_charge_create(struct tp_req *r)
     json_decref(c);
   }
   if (!source[0]) {
-    tp_reply_error(r, TP_ERR_PARAMETER_MISSING, cus && *cus ? "customer" : "source",
-                   cus && *cus ? "Cannot charge a customer that has no active card" : "Must provide source or customer.");
+    /* A customer with no card: Stripe's 402 card_error, code missing,
+     * param card (a CardError that "please add a card" handlers catch). */
+    if (cus && *cus)
+      tp_reply_error(r, TP_ERR_CARD_MISSING, "card", NULL);
+    else
+      tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "source", "Must provide source or customer.");
     return;
   }
   if (given && *given && cus && *cus && strncmp(given, "pm_card_", 8) != 0) {
@@ -1515,8 +1520,20 @@ void tp_h_charge_create(struct tp_req *r)
     json_decref(pi);
     return;
   }
-  bool capture = true;
-  tp_param_bool(r->params, "capture", &capture);
+  /* uncaptured=true, Stripe's first "authorize only" (capture=false's
+   * older name, which ActiveMerchant still sends for it): a hold, never a
+   * charge the merchant meant only to authorize. */
+  bool capture = true, uncaptured = false;
+  bool capture_given = tp_param_bool(r->params, "capture", &capture);
+  if (tp_param_bool(r->params, "uncaptured", &uncaptured) && uncaptured) {
+    if (capture_given && capture) {
+      json_decref(pi);
+      tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "uncaptured",
+                     "uncaptured=true is capture=false: they cannot both be given with opposite meanings.");
+      return;
+    }
+    capture = false;
+  }
   if (!capture)
     json_object_set_new(pi, "capture_method", json_string("manual"));
   json_object_set_new(pi, "payment_method", json_string(source));

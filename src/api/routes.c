@@ -99,6 +99,9 @@ const struct tp_route tp_routes[] = {
   {"GET", "/v1/balance", tp_h_balance, A},
   {"GET", "/v1/balance_transactions", tp_h_balance_txn_list, A},
   {"GET", "/v1/balance_transactions/{id}", tp_h_balance_txn_retrieve, A},
+  /* their older path, which stripe-php 6 and stripe-python 2 still build */
+  {"GET", "/v1/balance/history", tp_h_balance_txn_list, A},
+  {"GET", "/v1/balance/history/{id}", tp_h_balance_txn_retrieve, A},
 
   {"GET", "/v1/turnpike/3ds/{id}", tp_h_3ds_page, P},
   {"POST", "/v1/turnpike/3ds/{id}", tp_h_3ds_submit, P},

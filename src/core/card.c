@@ -242,13 +242,15 @@ enum tp_card_check tp_card_validate(const struct tp_card_input *in, time_t now,
   memset(info, 0, sizeof *info);
   info->funding = "unknown";
   info->country = "US";
+  /* Not a card number at all (Stripe's invalid_number: "-1", "abc", 20
+   * digits), apart from one that is not right (incorrect_number: Luhn). */
   if (in == NULL || in->number == NULL)
-    return fail(TP_CARD_INCORRECT_NUMBER, "number", param);
+    return fail(TP_CARD_INVALID_NUMBER, "number", param);
 
   if (!normalize_pan(in->number, info)) {
     tp_card_wipe(info->pan, sizeof info->pan);
     info->pan_len = 0;
-    return fail(TP_CARD_INCORRECT_NUMBER, "number", param);
+    return fail(TP_CARD_INVALID_NUMBER, "number", param);
   }
   size_t len = info->pan_len;
   info->brand = tp_card_brand(info->pan, len);

@@ -44,11 +44,12 @@ unsigned tp_card_cvc_len(enum tp_brand b);
 /* Stripe's error codes for card validation. */
 enum tp_card_check {
   TP_CARD_OK = 0,
-  TP_CARD_INCORRECT_NUMBER,      /* bad chars, bad length, Luhn, unknown brand -> param card[number] */
+  TP_CARD_INCORRECT_NUMBER,      /* Luhn, unknown brand, a length the brand has not -> param card[number] */
   TP_CARD_INVALID_EXPIRY_MONTH,  /* not 1..12 -> card[exp_month] */
   TP_CARD_INVALID_EXPIRY_YEAR,   /* < 2000-ish nonsense or > now+50 -> card[exp_year] */
   TP_CARD_EXPIRED,               /* month/year in the past -> code expired_card, param card[exp_month] */
   TP_CARD_INVALID_CVC,           /* wrong length / non-digits -> card[cvc] */
+  TP_CARD_INVALID_NUMBER,        /* not a card number at all: other characters, 12-19 digits not -> card[number] */
 };
 
 struct tp_card_input {

@@ -54,6 +54,11 @@ class BalanceAvailability(DaemonTestCase):
             re = c.get("/v1/refunds/" + re["id"]).json
             bt = c.get("/v1/balance_transactions/" + re["failure_balance_transaction"]).json
             self.assertEqual((bt["type"], bt["description"]), ("refund_failure", "REFUND FAILURE"), bt)
+        # the older path of balance transactions (stripe-php 6, stripe-python
+        # 2 build it) answers the same
+        self.assertEqual(c.get("/v1/balance/history/" + bt["id"]).json, bt)
+        self.assertEqual(c.get("/v1/balance/history", {"limit": 3}).json["data"],
+                         c.get("/v1/balance_transactions", {"limit": 3}).json["data"])
 
     def test_the_balance_names_every_currency_held(self):
         """One entry per currency, however many (64 were shown at most)."""

@@ -110,7 +110,7 @@ class Sources(DaemonTestCase):
                                      param="source")
         self.assertEqual(err["tp_code"], 1104, err)  # payment_method_consumed
         self.assertStripeError(self.c().post(CH, {"amount": 100, "currency": "usd", "customer": cus["id"]}),
-                               400, code="parameter_missing", param="customer")
+                               402, "card_error", "missing", param="card")
 
     def test_the_older_request_shapes_of_charges_era_libraries(self):
         """What ActiveMerchant's Stripe gateway and omnipay send: `card` (the
@@ -120,14 +120,28 @@ class Sources(DaemonTestCase):
         ch = self.c().post(CH, {"amount": 900, "currency": "usd", "card": "tok_visa",
                                 "payment_user_agent": "Stripe/v1 ActiveMerchantBindings/1.0", "ip": "127.0.0.1",
                                 "user_agent": "Mozilla/5.0", "referrer": "https://shop.example/checkout",
-                                "external_id": "R123456", "recurring": "true", "uncaptured": "true"})
+                                "external_id": "R123456", "recurring": "true"})
         self.assertEqual((ch.status, ch.json["status"], ch.json["source"]["object"]), (200, "succeeded", "card"), ch)
+        self.assertTrue(ch.json["captured"], ch)
+        # uncaptured=true, capture=false's older name (its authorize): a hold, not a charge
+        held = self.c().post(CH, {"amount": 900, "currency": "usd", "card": "tok_visa", "uncaptured": "true"})
+        self.assertEqual((held.status, held.json["captured"], held.json["balance_transaction"]), (200, False, None),
+                         held)
+        self.assertEqual(self.c().post("%s/%s/capture" % (CH, held.json["id"]), {}).json["captured"], True)
+        self.assertStripeError(self.c().post(CH, {"amount": 900, "currency": "usd", "card": "tok_visa",
+                                                  "uncaptured": "true", "capture": "true"}), 400, param="uncaptured")
         cus = self.customer(card="tok_visa", validate="true", email="am@example.test")
         self.assertTrue(cus["default_source"].startswith("card_"), cus)
         more = self.c().post("%s/%s/cards" % (CUS, cus["id"]), {"card": "tok_mastercard"})
         self.assertEqual((more.status, more.json["brand"]), (200, "MasterCard"), more)
         paid = self.c().post(CH, {"amount": 400, "currency": "usd", "customer": cus["id"], "card": more.json["id"]})
         self.assertEqual((paid.status, paid.json["payment_method"]), (200, more.json["id"]), paid)
+        # default_card, default_source's older name (store with set_default)
+        upd = self.c().post("%s/%s" % (CUS, cus["id"]), {"default_card": more.json["id"]})
+        self.assertEqual((upd.status, upd.json["default_source"]), (200, more.json["id"]), upd)
+        self.assertStripeError(self.c().post("%s/%s" % (CUS, cus["id"]), {"default_card": more.json["id"],
+                                                                          "default_source": more.json["id"]}),
+                               400, param="default_card")
         err = self.assertStripeError(self.c().post(CH, {"amount": 400, "currency": "usd", "card": "tok_visa",
                                                         "source": "tok_visa"}), 400, param="card")
         self.assertEqual(err["tp_code"], 1003, err)  # parameter_invalid_string
@@ -154,6 +168,7 @@ class Sources(DaemonTestCase):
         re = self.c().post("/v1/refunds", {"charge": charges["data"][0]["id"], "amount": 200}).json
         ch = self.c().get(CH + "/" + pi.json["latest_charge"], headers=old).json
         self.assertEqual([r["id"] for r in ch["refunds"]["data"]], [re["id"]])
+        self.assertEqual(ch["refunds"]["total_count"], 1, ch["refunds"])  # as Stripe's embedded lists have it
         got = self.c().get("/v1/payment_intents/" + pi.json["id"], headers=old).json
         self.assertEqual(got["charges"]["data"][0]["amount_refunded"], 200)
         self.assertEqual([r["id"] for r in got["charges"]["data"][0]["refunds"]["data"]], [re["id"]])
@@ -184,6 +199,7 @@ class Sources(DaemonTestCase):
         # a customer's sources before 2020-08-27 (ActiveMerchant pins 2015-04-07)
         cus = self.c().post(CUS, {"source": "tok_visa"}, headers={"Stripe-Version": "2015-04-07"}).json
         self.assertEqual([c["id"] for c in cus["sources"]["data"]], [cus["default_source"]])
+        self.assertEqual(cus["sources"]["total_count"], 1, cus["sources"])
         self.assertNotIn("sources", self.c().get(CUS + "/" + cus["id"], headers=old).json)
         # and expanded on the create that made the card (it is not in the store yet)
         made = self.c().post(CUS, {"source": "tok_visa", "expand": ["default_source", "sources"]}).json
@@ -215,6 +231,13 @@ class Sources(DaemonTestCase):
         err = self.assertStripeError(self.c().post(CH, {"amount": 300, "currency": "usd", "source": "card_nope"}),
                                      404, param="source")
         self.assertIn("No such source", err["message"])
+        # a customer with no card: Stripe's CardError (402, code missing,
+        # param card), which "add a card first" handlers catch
+        empty = self.c().post(CUS, {"email": "nocard@example.test"}).json
+        err = self.assertStripeError(self.c().post(CH, {"amount": 300, "currency": "usd", "customer": empty["id"]}),
+                                     402, "card_error", "missing", param="card")
+        self.assertEqual(err["message"], "Cannot charge a customer that has no active card")
+        self.assertEqual(len(self.c().get(CH, {"limit": 100}).json["data"]), n + 1)
 
     def test_a_charge_s_source_shows_what_its_checks_found(self):
         """ActiveMerchant reads AVS and CVC results from the charge's source
@@ -293,7 +316,7 @@ class Sources(DaemonTestCase):
         self.c().delete(self.srcs(cus["id"]) + "/" + second["id"])
         self.assertIsNone(self.c().get(CUS + "/" + cus["id"]).json["default_source"])
         self.assertStripeError(self.c().post(CH, {"amount": 100, "currency": "usd", "customer": cus["id"]}),
-                               400, code="parameter_missing", param="customer")
+                               402, "card_error", "missing", param="card")
 
     def test_a_payment_method_used_without_a_customer_is_spent(self):
         """Stripe: a PaymentMethod that paid without being attached to a

@@ -260,6 +260,10 @@ class Tokens(DaemonTestCase):
         self.assertStripeError(c.post(TOK, {}), 400, code="parameter_missing", param="card")
         self.assertStripeError(c.post(TOK, {"card": raw("4242424242424241")}), 402, code="incorrect_number",
                                param="card[number]")
+        # not a card number at all: invalid_number (ActiveMerchant's remote
+        # test sends "-1" and expects it), not incorrect_number
+        for bad in ("-1", "abc", "4242", "4" * 20):
+            self.assertStripeError(c.post(TOK, {"card": raw(bad)}), 402, code="invalid_number", param="card[number]")
         self.assertStripeError(c.post(TOK, {"card": raw(exp_year=2001)}), 402, code="invalid_expiry_year",
                                param="card[exp_year]")
         self.assertStripeError(c.post(TOK, {"card": raw(cvc="1")}), 402, param="card[cvc]")

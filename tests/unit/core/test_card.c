@@ -183,28 +183,35 @@ static void test_luhn(void **state)
   }
 }
 
-static void assert_bad_number(const char *number)
+static void assert_number_is(const char *number, enum tp_card_check want)
 {
   struct tp_card_info info;
   const char *param = NULL;
   enum tp_card_check r = check(number, 12, 2030, NULL, &info, &param);
-  if (r != TP_CARD_INCORRECT_NUMBER)
-    fail_msg("'%s' gave %d, want incorrect_number", number ? number : "(null)", (int)r);
+  if (r != want)
+    fail_msg("'%s' gave %d, want %d", number ? number : "(null)", (int)r, (int)want);
   assert_non_null(param);
   assert_string_equal(param, "number");
+}
+
+static void assert_bad_number(const char *number)
+{
+  assert_number_is(number, TP_CARD_INCORRECT_NUMBER);
 }
 
 static void test_incorrect_numbers(void **state)
 {
   (void)state;
   assert_bad_number("4242424242424241");      /* Luhn */
-  assert_bad_number("4242 4242 4242 424x");   /* bad char */
-  assert_bad_number("4242.4242.4242.4242");
-  assert_bad_number("4242424242424242\n");
-  assert_bad_number("");
-  assert_bad_number(NULL);
-  assert_bad_number("42424242420");           /* 11 digits */
-  assert_bad_number("42424242424242424242");  /* 20 digits */
+  /* not a card number at all: invalid_number (Stripe's, for "-1") */
+  assert_number_is("4242 4242 4242 424x", TP_CARD_INVALID_NUMBER); /* bad char */
+  assert_number_is("4242.4242.4242.4242", TP_CARD_INVALID_NUMBER);
+  assert_number_is("4242424242424242\n", TP_CARD_INVALID_NUMBER);
+  assert_number_is("-1", TP_CARD_INVALID_NUMBER);
+  assert_number_is("", TP_CARD_INVALID_NUMBER);
+  assert_number_is(NULL, TP_CARD_INVALID_NUMBER);
+  assert_number_is("42424242420", TP_CARD_INVALID_NUMBER);          /* 11 digits */
+  assert_number_is("42424242424242424242", TP_CARD_INVALID_NUMBER); /* 20 digits */
   assert_bad_number("1000000000000008");      /* Luhn ok, no brand */
   assert_bad_number("9000000000000001");
   assert_true(ref_luhn("1000000000000008") && ref_luhn("9000000000000001"));
