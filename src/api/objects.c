@@ -459,9 +459,8 @@ static void fp_pad(const char *merchant, uint8_t pad[32])
 
 int tp_vault_key_check(struct tp_store *st)
 {
-  static const char label[] = "turnpike vault key check v1";
   char want[65];
-  tp_hmac_sha256_hex(tp_app.vault_key, sizeof tp_app.vault_key, label, sizeof label - 1, want);
+  tp_vault_key_check_value(tp_app.vault_key, want);
   json_t *rows = tp_store_query(st, "SELECT value FROM meta WHERE key = 'vault_key_check'", NULL);
   if (!rows)
     return -1;

@@ -254,6 +254,12 @@ void tp_hmac_sha256_hex(const void *key, size_t keylen, const void *data, size_t
   tp_hex(h, 32, out);
 }
 
+void tp_vault_key_check_value(const uint8_t key[32], char out[65])
+{
+  static const char label[] = "turnpike vault key check v1";
+  tp_hmac_sha256_hex(key, 32, label, sizeof label - 1, out);
+}
+
 int64_t tp_now(void)
 {
   return (int64_t)time(NULL);

@@ -42,6 +42,9 @@ void tp_sha256_hex(const void *data, size_t len, char out[65]);
 void tp_hmac_sha256(const void *key, size_t keylen, const void *data, size_t len, uint8_t out[32]);
 /* HMAC-SHA-256 as 64 hex digits. */
 void tp_hmac_sha256_hex(const void *key, size_t keylen, const void *data, size_t len, char out[65]);
+/* What meta.vault_key_check holds for a store sealed under vault.key = key:
+ * a store and a data directory's key are told apart by it. */
+void tp_vault_key_check_value(const uint8_t key[32], char out[65]);
 void tp_hex(const uint8_t *in, size_t n, char *out);
 
 /* Unix seconds, and a monotonic clock in ms / ns. */

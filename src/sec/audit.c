@@ -29,10 +29,13 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/sha.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define ZERO_HASH "0000000000000000000000000000000000000000000000000000000000000000"
 
@@ -173,11 +176,115 @@ static void checkpoint_digest(int64_t seq, const char *hash, uint8_t md[32])
 static int64_t last_ckpt = -1;
 static int64_t last_ckpt_ms;
 
+/* ---- the sealed record: DATA/audit-sealed ----------------------------------
+ * The last checkpoint this gateway signed ("seq hash\n"), kept outside the
+ * store. Someone able to write the store but holding no key could rewrite
+ * the chain with recomputed hashes, delete the checkpoints, and let the next
+ * stop sign the forged head with the real key; or empty the chain. At start
+ * the record must name a checkpoint the store still holds, over the same
+ * entry; if not, the chain is tainted: logged (audit_chain_tampered) and
+ * never signed over, so `audit verify --sealed` keeps failing. Written
+ * (temporary file, fsync, rename) once a checkpoint has committed. */
+#define SEALED_FILE "audit-sealed"
+static bool tainted;
+
+/* 1 read, 0 absent, -1 unreadable or malformed. */
+static int sealed_read(const char *dir, int64_t *seq, char hash[65])
+{
+  char path[1200], buf[160];
+  snprintf(path, sizeof path, "%s/" SEALED_FILE, dir);
+  FILE *f = fopen(path, "r");
+  if (!f)
+    return errno == ENOENT ? 0 : -1;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  long long sq;
+  char h[65];
+  if (sscanf(buf, "%lld %64[0-9a-f]", &sq, h) != 2 || sq < 1 || strlen(h) != 64)
+    return -1;
+  *seq = sq;
+  memcpy(hash, h, 65);
+  return 1;
+}
+
+int tp_audit_sealed_set(const char *dir, int64_t seq, const char *hash)
+{
+  char path[1200], tmp[1210], line[100];
+  snprintf(path, sizeof path, "%s/" SEALED_FILE, dir);
+  if (seq <= 0) /* no checkpoint: no record */
+    return unlink(path) == 0 || errno == ENOENT ? tp_fsync_dir_of(path) : -1;
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  int n = snprintf(line, sizeof line, "%lld %.64s\n", (long long)seq, hash);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  bool ok = fd >= 0 && write(fd, line, (size_t)n) == n && fsync(fd) == 0;
+  if (fd >= 0)
+    close(fd);
+  ok = ok && rename(tmp, path) == 0 && tp_fsync_dir_of(path) == 0;
+  if (!ok)
+    tp_log(TP_LOG_ERROR, "audit_sealed_write_failed", "{s:s, s:s}", "file", path, "error", strerror(errno));
+  return ok ? 0 : -1;
+}
+
+struct sealed_pending {
+  int64_t seq;
+  char hash[65];
+};
+
+static void on_checkpoint_done(struct tp_cs *cs, int rc, void *arg)
+{
+  (void)cs;
+  struct sealed_pending *sp = arg;
+  if (rc == 0)
+    tp_audit_sealed_set(tp_app.data_dir, sp->seq, sp->hash);
+  free(sp);
+}
+
+/* Whether the store still holds the checkpoint at seq over hash. */
+static bool store_has_checkpoint(struct tp_store *st, int64_t seq, const char *hash)
+{
+  json_t *a = tp_pack("[I, s]", (json_int_t)seq, hash);
+  json_t *r = st->ops->query(st->cls,
+                             "SELECT 1 AS ok FROM audit_checkpoints c JOIN audit_log l ON l.seq = c.seq "
+                             "AND l.hash = c.hash WHERE c.seq = ?1 AND c.hash = ?2",
+                             a);
+  json_decref(a);
+  bool ok = r && json_array_size(r) == 1;
+  json_decref(r);
+  return ok;
+}
+
+void tp_audit_start_check(struct tp_store *st, const char *dir)
+{
+  int64_t seq = 0;
+  char hash[65];
+  int got = sealed_read(dir, &seq, hash);
+  if (got == 0)
+    return; /* a new store, or one from before the record: made at the next checkpoint */
+  if (got > 0 && store_has_checkpoint(st, seq, hash))
+    return;
+  tainted = true;
+  tp_log(TP_LOG_ERROR, "audit_chain_tampered", "{s:s, s:I, s:s}", "file", SEALED_FILE, "sealed_seq",
+         (json_int_t)seq, "message",
+         got < 0 ? "the record of the last signed audit checkpoint is unreadable: no checkpoint is signed until an "
+                   "operator has checked the chain (turnpike audit verify) and removed the record"
+                 : "the store no longer holds the audit checkpoint this gateway last signed (the chain was "
+                   "rewritten, emptied or replaced): no checkpoint is signed over it; check the store, then "
+                   "restore it or remove the record");
+}
+
 static void checkpoint(bool force)
 {
   struct tp_kek_provider *p = tp_kek();
   if (!p)
     return;
+  if (tainted) {
+    static bool said;
+    if (!said)
+      tp_log(TP_LOG_ERROR, "audit_checkpoint_refused", "{s:s}", "reason", "audit_chain_tampered at start");
+    said = true;
+    return;
+  }
   if (last_ckpt < 0) {
     json_t *r = tp_store_query(&tp_app.store, "SELECT coalesce(max(seq), 0) AS s FROM audit_checkpoints", NULL);
     if (!r)
@@ -201,6 +308,7 @@ static void checkpoint(bool force)
   size_t sl = sizeof sig;
   char pem[1024], sighex[2 * sizeof sig + 1];
   if (strlen(hash) != 64 || p->pubkey_pem(p->cls, pem, sizeof pem) != 0) {
+    tp_log(TP_LOG_WARN, "audit_checkpoint_skipped", "{s:s}", "reason", "the signing key's public half is unreadable");
     json_decref(r);
     return;
   }
@@ -219,8 +327,15 @@ static void checkpoint(bool force)
             "WHERE EXISTS (SELECT 1 FROM audit_log WHERE seq = ?1 AND hash = ?2)",
             a, 0);
   json_decref(a);
+  struct sealed_pending *sp = malloc(sizeof *sp);
+  if (!sp)
+    abort();
+  sp->seq = seq;
+  tp_scopy(sp->hash, sizeof sp->hash, hash);
+  tp_cs_on_done(cs, on_checkpoint_done, sp);
   json_decref(r);
   if (tp_writer_submit(cs) != 0) {
+    free(sp);
     tp_cs_free(cs);
     return;
   }
@@ -310,7 +425,11 @@ static bool pinned(const char *const *pins, int n, const char *pem)
   return false;
 }
 
-static int verify(sqlite3 *db, const char *const *pins, int npins, bool sealed, json_t *summary)
+/* got, sseq, shash: DATA/audit-sealed as sealed_read read it, before the
+ * read transaction began (the record is written after its checkpoint
+ * commits, so the transaction sees that checkpoint). */
+static int verify(sqlite3 *db, int got, int64_t sseq, const char *shash, const char *const *pins, int npins,
+                  bool sealed, json_t *summary)
 {
   struct vstate v = {0, ""};
   sqlite3_stmt *st = NULL;
@@ -411,6 +530,34 @@ static int verify(sqlite3 *db, const char *const *pins, int npins, bool sealed, 
   free(last_pem);
   if (sealed && last > covered)
     bad(&v, covered + 1, "entries after the last signed checkpoint (--sealed: a stopped gateway signs its head)");
+  /* The last checkpoint the gateway signed, as DATA/audit-sealed names it:
+   * still in the store, over the same entry (a chain rewritten with its
+   * checkpoints deleted, or emptied, passes every check above). */
+  if (got < 0)
+    bad(&v, 1, "the record of the last signed checkpoint (" SEALED_FILE ") is unreadable");
+  else if (got > 0) {
+    bool held = false;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT 1 FROM audit_checkpoints c JOIN audit_log l ON l.seq = c.seq AND l.hash = c.hash "
+                           "WHERE c.seq = ?1 AND c.hash = ?2",
+                           -1, &st, NULL) == SQLITE_OK) {
+      sqlite3_bind_int64(st, 1, sseq);
+      sqlite3_bind_text(st, 2, shash, -1, SQLITE_STATIC);
+      held = sqlite3_step(st) == SQLITE_ROW;
+      sqlite3_finalize(st);
+    }
+    if (!held)
+      bad(&v, sseq, "the store no longer holds the checkpoint the gateway last signed (" SEALED_FILE ")");
+  }
+  /* An empty chain in a store that has merchants: every merchant's creation
+   * is an entry, so the chain was emptied. */
+  if (!v.first_bad && entries == 0 && (sealed || npins > 0) &&
+      sqlite3_prepare_v2(db, "SELECT count(*) FROM merchants", -1, &st, NULL) == SQLITE_OK) {
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int64(st, 0) > 0)
+      bad(&v, 1, "the chain is empty but the store has merchants (their creation is recorded)");
+    sqlite3_finalize(st);
+  }
+  json_object_set_new(summary, "sealed_record", got > 0 ? json_integer(sseq) : json_null());
   json_object_set_new(summary, "ok", json_boolean(v.first_bad == 0));
   json_object_set_new(summary, "entries", json_integer(entries));
   json_object_set_new(summary, "checkpoints", json_integer(ckpts));
@@ -503,8 +650,11 @@ int tp_cmd_audit(int argc, char **argv)
    * could be read after entries were added past the chain walked, and verify
    * reported removed entries on a store nobody had touched. */
   int rc = -1;
+  int64_t sseq = 0;
+  char shash[65] = "";
+  int got = sealed_read(data, &sseq, shash);
   if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK) {
-    rc = verify(db, pins, npub, sealed, sum);
+    rc = verify(db, got, sseq, shash, pins, npub, sealed, sum);
     sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
   }
   if (rc < 0)

@@ -3,6 +3,7 @@
 #ifndef TP_AUDIT_H
 #define TP_AUDIT_H
 #include <jansson.h>
+#include <stdint.h>
 
 struct tp_cs;
 struct tp_store;
@@ -19,4 +20,13 @@ void tp_audit_append(struct tp_cs *cs, const char *merchant, const char *actor, 
  * passed; _final forces one (shutdown, before the writer stops). */
 void tp_audit_tick(void);
 void tp_audit_tick_final(void);
+
+/* At start, before anything is appended: the store must still hold the
+ * checkpoint DIR/audit-sealed names (the last one this gateway signed);
+ * else the chain is logged as tampered and no checkpoint is signed over it
+ * while the process runs. */
+void tp_audit_start_check(struct tp_store *st, const char *dir);
+/* Write DIR/audit-sealed naming the checkpoint (seq, hash), durably; seq 0
+ * removes it (restore: the restored store's own last checkpoint). 0 or -1. */
+int tp_audit_sealed_set(const char *dir, int64_t seq, const char *hash);
 #endif

@@ -433,6 +433,9 @@ int tp_kek_init(struct tp_store *st, const char *dir, const char *config_path)
     cs_add_version(cs, 1, g_prov.name, "system");
     v = 1;
   }
+  /* Before this start appends to the chain (and its stop signs the head):
+   * is the chain still the one this gateway last signed? */
+  tp_audit_start_check(st, dir);
   /* Configuration in force, recorded at every start: a change shows as a
    * new hash in the chain. */
   char h[65];

@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "sec/audit.h"
 #include "util.h"
 
 extern const size_t tp_migrations_count;
@@ -376,6 +377,85 @@ static json_t *missing_keys(const char *db_path, const char *dir)
   return missing;
 }
 
+/* Whether the copy fits the keys in dir, before it replaces anything: a
+ * copy made under another vault.key (another installation) is refused, and
+ * so, when a store would be replaced, is one whose vault or KEK files dir
+ * lacks (a KEK retired after a rotation). Either used to replace the store
+ * and leave one no gateway could start on. */
+static bool keys_fit(const char *copy, const char *dir, bool replacing, char *why, size_t cap)
+{
+  char p[1300];
+  snprintf(p, sizeof p, "%s/vault.key", dir);
+  uint8_t key[32];
+  int fd = open(p, O_RDONLY | O_CLOEXEC);
+  ssize_t n = fd >= 0 ? read(fd, key, sizeof key) : -1;
+  if (fd >= 0)
+    close(fd);
+  if (n == (ssize_t)sizeof key) {
+    char want[65] = "";
+    tp_vault_key_check_value(key, want);
+    explicit_bzero(key, sizeof key);
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    bool other = false;
+    if (sqlite3_open_v2(copy, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = 'vault_key_check'", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+      const char *have = (const char *)sqlite3_column_text(st, 0);
+      other = have && strcmp(have, want) != 0;
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    if (other) {
+      snprintf(why, cap, "was made under another vault.key than %.300s (another installation's?): its saved cards, "
+                         "secrets and fingerprints could not be read; not restored", p);
+      return false;
+    }
+  }
+  if (!replacing)
+    return true; /* a new directory: the key files are copied in on their own path */
+  json_t *missing = missing_keys(copy, dir);
+  size_t i;
+  json_t *v;
+  char list[600] = "";
+  json_array_foreach(missing, i, v)
+  {
+    const char *name = json_string_value(v);
+    if (strcmp(name, "audit-signing.pem") == 0) /* a new one is made: the log shows two keys */
+      continue;
+    size_t l = strlen(list);
+    snprintf(list + l, sizeof list - l, "%s%s", l ? ", " : "", name);
+  }
+  json_decref(missing);
+  if (!list[0])
+    return true;
+  snprintf(why, cap, "needs key files %.200s lacks: %.400s; copy them in first (the store it would replace was left as "
+                     "it is)", dir, list);
+  return false;
+}
+
+/* The restored store's own last checkpoint becomes DIR/audit-sealed (the
+ * gateway's record of what it last signed: audit.c). */
+static void reseal(const char *db_path, const char *dir)
+{
+  sqlite3 *db = NULL;
+  sqlite3_stmt *st = NULL;
+  int64_t seq = 0;
+  char hash[65] = "";
+  if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+      sqlite3_prepare_v2(db, "SELECT seq, hash FROM audit_checkpoints ORDER BY seq DESC LIMIT 1", -1, &st, NULL) ==
+        SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 1)) {
+    seq = sqlite3_column_int64(st, 0);
+    snprintf(hash, sizeof hash, "%s", (const char *)sqlite3_column_text(st, 1));
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  if (tp_audit_sealed_set(dir, seq, hash) != 0)
+    fprintf(stderr, "turnpike restore: warning: cannot write %s/audit-sealed; the next start reports the audit "
+                    "chain as tampered until it is removed\n", dir);
+}
+
 int tp_cmd_restore(int argc, char **argv)
 {
   const char *data = "./var", *from = NULL;
@@ -448,6 +528,11 @@ int tp_cmd_restore(int argc, char **argv)
     fprintf(stderr, "turnpike restore: the ledger in %s does not balance; not restored\n", from);
     goto done;
   }
+  char kwhy[800];
+  if (!keys_fit(tmp, data, stat(db, &sb) == 0, kwhy, sizeof kwhy)) {
+    fprintf(stderr, "turnpike restore: %s %s\n", from, kwhy);
+    goto done;
+  }
   char unsettled[200];
   if (settle_old(db, unsettled, sizeof unsettled) != 0)
     fprintf(stderr, "turnpike restore: warning: the old store %s %s; its WAL is removed without a checkpoint\n",
@@ -462,6 +547,7 @@ int tp_cmd_restore(int argc, char **argv)
     goto done;
   }
   rc = 0;
+  reseal(db, data);
   json_t *o = json_pack("{s:s, s:s, s:s}", "object", "restore", "from", from, "path", db);
   json_object_update(o, sum);
   json_object_set_new(o, "missing_key_files", missing_keys(db, data));

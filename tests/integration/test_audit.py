@@ -374,5 +374,100 @@ class VerifyUnderLoadTest(unittest.TestCase):
                 t.join(30)
         self.assertEqual(bad, [])
 
+
+class SealedRecordTest(unittest.TestCase):
+    """The gateway keeps the last checkpoint it signed outside the store
+    (DATA/audit-sealed). A chain rewritten with recomputed hashes and its
+    checkpoints deleted, or emptied, by someone who can write the store but
+    holds no key: the next start says so (audit_chain_tampered) and signs
+    nothing over it, and `audit verify` fails, --sealed or not. Before, the
+    next stop signed the forged head with the real key and `--sealed
+    --pubkey` passed; an emptied chain passed too."""
+
+    def forge_and_restart(self, d, forge):
+        db = os.path.join(d.data, "turnpike.db")
+        with sqlite3.connect(db) as con:
+            forge(con)
+        con.close()
+        d.start(config="[audit]\ncheckpoint_seconds = 1\ncheckpoint_entries = 1\n")
+        d.client("m").post(PI, {"amount": 500, "currency": "usd", "confirm": "true",
+                                "payment_method": "pm_card_visa"})
+        time.sleep(2.5)  # a checkpoint would be due
+        self.assertEqual(d.stop(), 0)
+        self.assertIn("audit_chain_tampered", d.log_text())
+        self.assertIn("audit_checkpoint_refused", d.log_text())
+        for extra in ((), ("--sealed",)):
+            rc, out, err = verify(d.data, *extra)
+            self.assertEqual((rc, out.get("ok")), (1, False), (extra, out, err))
+        self.assertIn("audit-sealed", verify(d.data)[1]["reason"])
+
+    def fresh(self):
+        d = Daemon()
+        self.addCleanup(d.cleanup)
+        d.create_merchant("m")
+        d.start(config="[audit]\ncheckpoint_seconds = 1\ncheckpoint_entries = 1\n")
+        c = d.client("m")
+        for i in range(4):
+            r = c.post(PI, {"amount": 700 + i, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa"})
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual(c.post("/v1/refunds", {"payment_intent": r.json["id"], "amount": 100}).status, 200)
+        self.assertEqual(d.stop(), 0)
+        with open(os.path.join(d.data, "audit-sealed")) as f:
+            seq, h = f.read().split()
+        with sqlite3.connect(os.path.join(d.data, "turnpike.db")) as con:
+            self.assertEqual(con.execute("SELECT max(seq), hash FROM audit_checkpoints").fetchone(), (int(seq), h))
+        con.close()
+        rc, out, err = verify(d.data, "--sealed")
+        self.assertEqual((rc, out["sealed_record"]), (0, int(seq)), (out, err))
+        return d
+
+    def test_a_rewritten_chain_is_not_signed_over_at_the_next_start(self):
+        d = self.fresh()
+
+        def forge(con):
+            # drop a refund's entry, renumber and rehash everything after it,
+            # delete every checkpoint, move the head
+            rows = con.execute("SELECT seq, created, merchant, actor, action, object_id, details FROM audit_log "
+                               "ORDER BY seq").fetchall()
+            victim = [r[0] for r in rows if r[4] == "refund.created"][0]
+            con.execute("DELETE FROM audit_log")
+            prev, seq = "0" * 64, 0
+            for r in rows:
+                if r[0] == victim:
+                    continue
+                seq += 1
+                row = [seq] + list(r[1:])
+                h = hashlib.sha256((prev + json.dumps(row, separators=(",", ":"), ensure_ascii=True))
+                                   .encode()).hexdigest()
+                con.execute("INSERT INTO audit_log(seq, created, merchant, actor, action, object_id, details, "
+                            "prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?)", row + [prev, h])
+                prev = h
+            con.execute("DELETE FROM audit_checkpoints")
+            con.execute("UPDATE audit_head SET seq = ?, hash = ?", (seq, prev))
+
+        self.forge_and_restart(d, forge)
+
+    def test_an_emptied_chain_is_found(self):
+        d = self.fresh()
+
+        def forge(con):
+            con.execute("DELETE FROM audit_log")
+            con.execute("DELETE FROM audit_checkpoints")
+            con.execute("UPDATE audit_head SET seq = 0, hash = ?", ("0" * 64,))
+
+        self.forge_and_restart(d, forge)
+        # without the record too (removed with the chain): --sealed finds an
+        # empty chain in a store that has merchants
+        os.unlink(os.path.join(d.data, "audit-sealed"))
+        with sqlite3.connect(os.path.join(d.data, "turnpike.db")) as con:
+            con.execute("DELETE FROM audit_log")
+            con.execute("DELETE FROM audit_checkpoints")
+            con.execute("UPDATE audit_head SET seq = 0, hash = ?", ("0" * 64,))
+        con.close()
+        rc, out, err = verify(d.data, "--sealed")
+        self.assertEqual((rc, out.get("first_bad_seq")), (1, 1), (out, err))
+        self.assertIn("empty", out["reason"])
+
+
 if __name__ == "__main__":
     main()

@@ -15,6 +15,7 @@ acknowledged before the backup back, with its card vault readable.
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -294,6 +295,63 @@ class AuditKeyTest(unittest.TestCase):
         rc, stdout, err = run("restore", "--from", out, "--data", fresh)
         self.assertEqual(rc, 0, err)
         self.assertIn("audit-signing.pem", json.loads(stdout)["missing_key_files"])
+
+    def test_a_restore_refuses_a_copy_its_keys_do_not_fit_and_reseals(self):
+        """A copy made under another vault.key (another installation), or
+        one whose KEK file the directory lacks when a store would be
+        replaced: refused before anything is replaced (it replaced the store
+        and said no key file was missing; no gateway could start on it). A
+        restore that goes ahead makes the restored store's last checkpoint
+        the record of what was signed, so the next start does not take the
+        older chain for a tampered one."""
+        tmp = tempfile.mkdtemp(prefix="tp-keyfit-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        a, b = Daemon(root=os.path.join(tmp, "a")), Daemon(root=os.path.join(tmp, "b"))
+        for d in (a, b):
+            self.addCleanup(d.cleanup)
+            d.create_merchant("m")
+            d.start()
+            self.assertEqual(d.client("m").post(PI, {"amount": 900, "currency": "usd", "confirm": "true",
+                                                     "payment_method": "pm_card_visa"}).status, 200)
+        out_a, out_b = os.path.join(tmp, "a.db"), os.path.join(tmp, "b.db")
+        for d, out in ((a, out_a), (b, out_b)):
+            rc, _, err = run("backup", "--data", d.data, "--out", out)
+            self.assertEqual(rc, 0, err)
+        self.assertEqual(a.client("m").post(PI, {"amount": 901, "currency": "usd", "confirm": "true",
+                                                 "payment_method": "pm_card_visa"}).status, 200)
+        self.assertEqual(a.stop(), 0)
+        before = tree(a.data)
+        # another installation's copy
+        rc, _, err = run("restore", "--from", out_b, "--data", a.data, "--force")
+        self.assertEqual(rc, 1, err)
+        self.assertIn("another vault.key", err)
+        self.assertEqual(tree(a.data), before)
+        # its own copy, but a KEK file retired
+        kek = os.path.join(a.data, "kek-v1.key")
+        os.rename(kek, kek + ".away")
+        rc, _, err = run("restore", "--from", out_a, "--data", a.data, "--force")
+        self.assertEqual(rc, 1, err)
+        self.assertIn("kek-v1.key", err)
+        os.rename(kek + ".away", kek)
+        self.assertEqual(tree(a.data), before)
+        # with its keys: restored, the record of the last signed checkpoint
+        # is the copy's, and the gateway starts on it without a tamper alarm
+        rc, stdout, err = run("restore", "--from", out_a, "--data", a.data, "--force")
+        self.assertEqual(rc, 0, err)
+        with sqlite3.connect(os.path.join(a.data, "turnpike.db")) as con:
+            last = con.execute("SELECT seq, hash FROM audit_checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
+        con.close()
+        sealed = os.path.join(a.data, "audit-sealed")
+        if last:
+            with open(sealed) as f:
+                self.assertEqual(f.read().split(), [str(last[0]), last[1]])
+        else:
+            self.assertFalse(os.path.exists(sealed))
+        a.start()
+        self.assertEqual(a.stop(), 0)
+        self.assertNotIn("audit_chain_tampered", a.log_text())
+        rc, out, err = run("audit", "verify", "--data", a.data, "--sealed")
+        self.assertEqual(rc, 0, (out, err))
 
 
 class DamagedStoreTest(unittest.TestCase):
