@@ -1008,7 +1008,7 @@ bool tp_pm_exists(struct tp_req *r, const char *pm_id, const char *param)
 {
   if (stored_token(pm_id)) { /* usable once: checked, then wiped */
     struct tp_card_info ci;
-    bool ok = token_card(r, pm_id, "source", &ci);
+    bool ok = token_card(r, pm_id, param, &ci);
     tp_card_wipe(&ci, sizeof ci);
     return ok;
   }
@@ -1024,7 +1024,10 @@ json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, str
    * on Stripe; a test PaymentMethod id into a PaymentMethod. */
   const char *prefix = strncmp(pm_id, "tok_", 4) == 0 ? "card" : "pm";
   if (stored_token(pm_id)) {
-    if (!token_card(r, pm_id, "source", ci))
+    /* an error names the parameter the token came in (payment_method on a
+     * PaymentIntent or SetupIntent, source on a charge or customer) */
+    const char *pmp = tp_pstr(r->params, "payment_method");
+    if (!token_card(r, pm_id, pmp && strcmp(pmp, pm_id) == 0 ? "payment_method" : "source", ci))
       return NULL;
     json_t *pm = pm_create(cs, &r->merchant, ci, NULL, NULL, NULL, prefix, NULL, r->pm_made_for);
     if (!pm)

@@ -330,9 +330,10 @@ static int64_t purge_merchant_events(const char *merchant, const char *floor_evt
   char floor[TP_ID_MAX];
   tp_scopy(floor, sizeof floor, floor_evt);
   json_t *rows = tp_store_query_take(&tp_app.store,
-                                "SELECT MIN(d.event) AS e, (SELECT COUNT(*) FROM webhook_endpoints WHERE "
-                                "merchant = ?1) AS eps FROM webhook_endpoints w JOIN webhook_deliveries d "
-                                "ON d.endpoint = w.id AND d.state = 'pending' WHERE w.merchant = ?1 AND "
+                                /* per endpoint, one lookup in the pending index (0025) */
+                                "SELECT MIN((SELECT MIN(d.event) FROM webhook_deliveries d WHERE d.endpoint = w.id "
+                                "AND d.state = 'pending')) AS e, (SELECT COUNT(*) FROM webhook_endpoints WHERE "
+                                "merchant = ?1) AS eps FROM webhook_endpoints w WHERE w.merchant = ?1 AND "
                                 "w.status = 'enabled'",
                                 tp_pack("[s]", merchant));
   const char *pending = json_string_value(json_object_get(json_array_get(rows, 0), "e"));
