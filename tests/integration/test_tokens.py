@@ -253,6 +253,12 @@ class Tokens(DaemonTestCase):
         self.assertStripeError(self.c().post(CH, {"amount": 100, "currency": "usd", "source": "tok_nope"}),
                                404, code="resource_missing", param="source")
         self.assertStripeError(self.c().get(TOK + "/tok_nope"), 404, code="resource_missing")
+        # an error about a token names the parameter it came in
+        for path, body in (("/v1/payment_intents", {"amount": 500, "currency": "usd"}), ("/v1/setup_intents", {})):
+            self.assertStripeError(self.c().post(path, dict(body, payment_method="tok_nope123")), 404,
+                                   code="resource_missing", param="payment_method")
+        self.assertStripeError(self.c().post(CH, {"amount": 500, "currency": "usd", "source": "tok_nope123"}), 404,
+                               code="resource_missing", param="source")
 
     def test_bad_input_stores_nothing(self):
         tokens, vault = self.count("tokens"), self.count("vault")
