@@ -697,6 +697,19 @@ static void dispatch(struct tp_req *r)
   run_handler(r);
 }
 
+/* The path, card-number-like digit runs masked, cut to cap (at most 512):
+ * masked before it is cut, with room for a whole run past the cut, or a
+ * number across the cut kept its first 11 digits, under the run the mask
+ * takes for a card number. */
+static void masked_path(char *out, size_t cap, const char *url)
+{
+  char wide[512 + 64];
+  tp_scopy(wide, sizeof wide, url);
+  tp_mask_card_numbers(wide);
+  tp_scopy(out, cap, wide);
+  tp_utf8_scrub(out); /* a character the cut split */
+}
+
 /* Count the request in the metrics and write its log line (no bodies, no
  * query strings, card-number-like digit runs masked, spaced or dashed too
  * (tp_mask_card_numbers): nothing that could hold card data). */
@@ -720,9 +733,7 @@ static void observe_request(struct tp_req *r)
   tp_metric_observe_us("turnpike_http_request_duration_seconds", labels, us);
   if (r->authed) {
     char rpath[256];
-    tp_scopy(rpath, sizeof rpath, r->url);
-    tp_utf8_scrub(rpath);
-    tp_mask_card_numbers(rpath);
+    masked_path(rpath, sizeof rpath, r->url);
     tp_reqlog_record(r->request_id, r->merchant.id, r->method, r->route ? r->route->pattern : "unmatched", rpath,
                      tp_req_client_addr(r), r->status, r->resp, r->resp_len, us);
   }
@@ -753,9 +764,7 @@ static void observe_request(struct tp_req *r)
     obj[i] = '\0';
   }
   char path[512];
-  tp_scopy(path, sizeof path, r->url);
-  tp_utf8_scrub(path); /* a character the copy cut in two */
-  tp_mask_card_numbers(path);
+  masked_path(path, sizeof path, r->url);
   tp_mask_card_numbers(obj);
   /* Once per request: the fields are written directly (tp_jbuf), the same
    * line tp_log would give. */

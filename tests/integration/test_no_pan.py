@@ -177,6 +177,24 @@ class NoPanTest(DaemonTestCase):
             line = [l for l in f if l.startswith("Max core file size")][0]
         self.assertEqual(line.split()[4:6], ["0", "0"], line)
 
+    def test_a_card_number_across_the_log_line_s_path_cut_is_masked(self):
+        """The log line keeps 512 bytes of the path: a number across the cut
+        was cut to 11 digits before the mask (12 or more) looked at it."""
+        pan = "4571476977203348"
+        for at in (500, 505, 508):
+            path = "/v1/customers/" + "a" * (at - len("/v1/customers/")) + pan
+            self.c().get(path)
+        import time
+        deadline = time.monotonic() + 10
+        while True:  # the log is written by its own thread
+            log = open(self.daemon.log_path, "rb").read()
+            if log.count(b"a" * 400) >= 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertGreaterEqual(log.count(b"a" * 400), 3, "the requests were logged")
+        for n in range(7, len(pan) + 1):
+            self.assertNotIn(pan[:n].encode(), log, n)
+
     def test_no_test_pan_anywhere_after_a_full_run(self):
         statuses = self.run_everything()
         self.assertGreater(statuses.get(200, 0), 20)
