@@ -454,13 +454,24 @@ void tp_iso_describe(const struct tp_iso_msg *m, char *out, size_t cap)
     const char *v = m->f[i];
     if (!v)
       continue;
-    if (i == 14 || i == 35 || i == 36 || i == 45 || i == 52) {
+    /* Card data never shown: expiry (14), extended PAN (34), tracks (35,
+     * 36, 45), PIN and security data (52, 53), ICC data (55: EMV tags 5A
+     * and 57 are the PAN and track 2), message security code (96). */
+    if (i == 14 || i == 34 || i == 35 || i == 36 || i == 45 || i == 52 || i == 53 || i == 55 || i == 96) {
       n = snprintf(out + pos, cap - pos, " %d=*", i);
     } else if (i == 2) {
       size_t l = strlen(v);
       n = snprintf(out + pos, cap - pos, " 2=*%s", l > 4 ? v + l - 4 : "");
     } else {
-      n = snprintf(out + pos, cap - pos, " %d=%.40s", i, v);
+      /* A card number a host put in another field (private use 48, 60-63,
+       * 120-127 ...) is masked; the fields whose format holds codes,
+       * amounts, dates and references (an amount is 12 digits) are not. */
+      static const unsigned char plain[] = {3, 4, 7, 11, 12, 13, 18, 22, 25, 32, 33, 37, 38, 39, 41, 42, 49, 70, 90};
+      char val[48];
+      snprintf(val, sizeof val, "%.40s", v);
+      if (!memchr(plain, i, sizeof plain))
+        tp_mask_card_numbers(val);
+      n = snprintf(out + pos, cap - pos, " %d=%s", i, val);
     }
     if (n < 0)
       break;

@@ -457,6 +457,20 @@ static void test_describe_masks_the_pan(void **state)
   tp_iso_describe(&m, small, sizeof small);
   assert_int_equal(strlen(small), 7);
   tp_iso_free(&m);
+  /* what a host may send back: the extended PAN (34), ICC data (55), a card
+   * number in a private field (48); the amount (4, 12 digits) stays */
+  tp_iso_init(&m, "0110");
+  assert_int_equal(tp_iso_set(&m, 4, "000000001000"), 0);
+  assert_int_equal(tp_iso_set(&m, 34, "4000056655665556"), 0);
+  assert_int_equal(tp_iso_set(&m, 48, "CARD4000056655665556X"), 0);
+  assert_int_equal(tp_iso_set(&m, 55, "5A084000056655665556"), 0);
+  tp_iso_describe(&m, line, sizeof line);
+  assert_null(strstr(line, "40000566556"));
+  assert_non_null(strstr(line, "4=000000001000"));
+  assert_non_null(strstr(line, "34=*"));
+  assert_non_null(strstr(line, "55=*"));
+  assert_non_null(strstr(line, "48=CARD****************X"));
+  tp_iso_free(&m);
 }
 
 int main(void)
