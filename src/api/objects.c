@@ -558,6 +558,9 @@ const char *const tp_why_customer_balance[] = {"Turnpike has no customer balance
 const char *const tp_why_pm_type[] = {"Turnpike takes cards only", NULL};
 const char *const tp_why_networks[] = {"each card is sent on its own brand's network: no co-badged choice", NULL};
 const char *const tp_why_invoices[] = {"Turnpike has no invoices", NULL};
+const char *const tp_card_networks[] = {"amex",       "cartes_bancaires", "diners",   "discover", "eftpos_au",
+                                       "girocard",   "interac",          "jcb",      "link",     "mastercard",
+                                       "unionpay",   "unknown",          "visa",     NULL};
 const char *const tp_why_card_option[] = {"Turnpike's connectors offer no installments, MOTO flag, CVC tokens or "
                                           "credential-usage indicators", NULL};
 const char *const tp_why_external_3ds[] = {"Turnpike runs its own 3-D Secure and takes no results from another "

@@ -265,6 +265,8 @@ extern const char *const tp_why_pm_type[];
 extern const char *const tp_why_networks[];
 extern const char *const tp_why_invoices[];
 extern const char *const tp_why_card_option[];
+/* Stripe's card networks (payment_method_options[card][network]). */
+extern const char *const tp_card_networks[];
 extern const char *const tp_why_external_3ds[];
 /* The hashes of Stripe's other payment method types (PaymentMethod create,
  * payment_method_data): refused as unsupported, not unknown. */

@@ -39,7 +39,7 @@ static const struct tp_pspec spec_pmo_card[] = {
   {"request_three_d_secure", TP_P_ENUM, NULL, three_ds_requests},
   {"capture_method", TP_P_ENUM, NULL, pmo_capture_methods},
   {"setup_future_usage", TP_P_ENUM, NULL, pmo_sfu_values},
-  {"network", TP_P_STRING, NULL, NULL},
+  {"network", TP_P_ENUM, NULL, tp_card_networks},
   {"request_extended_authorization", TP_P_ENUM, NULL, pmo_if_available},
   {"request_incremental_authorization", TP_P_ENUM, NULL, pmo_if_available},
   {"request_multicapture", TP_P_ENUM, NULL, pmo_if_available},

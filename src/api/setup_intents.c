@@ -37,7 +37,7 @@ static const char *const directions[] = {"inbound", "outbound", NULL};
 
 static const struct tp_pspec spec_pmo_card[] = {
   {"request_three_d_secure", TP_P_ENUM, NULL, three_ds_requests},
-  {"network", TP_P_STRING, NULL, NULL},
+  {"network", TP_P_ENUM, NULL, tp_card_networks},
   UNSUPPORTED("mandate_options", tp_why_mandates),
   UNSUPPORTED("moto", tp_why_card_option),
   UNSUPPORTED("setup_credential_usage", tp_why_card_option),

@@ -374,7 +374,7 @@ class SdkParams(h.DaemonTestCase):
         before = (self.count("charges"), self.count("payment_intents"))
         bare = c.post("/v1/customers", {}).json["id"]
         for params, status, param in (({"amount": 2000, "currency": "usd"}, 400, "source"),
-                                      ({"amount": 2000, "currency": "usd", "customer": bare}, 400, "customer"),
+                                      ({"amount": 2000, "currency": "usd", "customer": bare}, 402, "card"),
                                       ({"amount": 2000, "currency": "usd", "source": "pm_nonesuch"}, 404, None),
                                       ({"amount": 2000, "currency": "usd", "source": "tok_visa",
                                         "destination": "acct_1"}, 400, "destination"),
@@ -497,6 +497,16 @@ class SdkParams(h.DaemonTestCase):
             r = c.post("/v1/payment_intents/" + pid, {"payment_method_options[card][%s]" % k: ""})
             self.assertStripeError(r, 400, "invalid_request_error")
             self.assertEqual(r.json["error"]["param"], "payment_method_options[card][%s]" % k, r)
+        # network is one of Stripe's networks: any other text was kept and
+        # echoed in the object, its events and webhooks (a card number too)
+        for path in ("/v1/payment_intents/" + pid, "/v1/setup_intents"):
+            r = c.post(path, {"payment_method_options[card][network]": "4242424242424242"})
+            self.assertStripeError(r, 400, "invalid_request_error")
+            self.assertEqual(r.json["error"]["param"], "payment_method_options[card][network]", r)
+            self.assertNotIn(b"4242424242424242", r.body)
+        ok = c.post("/v1/payment_intents/" + pid, {"payment_method_options[card][network]": "cartes_bancaires"})
+        self.assertEqual((ok.status, ok.json["payment_method_options"]["card"]["network"]), (200, "cartes_bancaires"))
+        self.assertEqual(c.post("/v1/setup_intents", {"payment_method_options[card][network]": "visa"}).status, 200)
         r = c.post("/v1/payment_intents/" + pid, {"payment_method_options": ""})
         self.assertStripeError(r, 400, "invalid_request_error", "parameter_invalid_empty", "payment_method_options")
         r = c.post("/v1/payment_intents/" + pid, {"payment_method": ""})
