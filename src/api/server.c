@@ -98,7 +98,9 @@ static enum tp_err credential(struct tp_req *r, char *key, size_t cap)
     tp_scopy(key, cap, k);
     tp_rtrim_ows(key); /* RFC 9110 5.5: trailing whitespace is not the value's */
   } else if (strncasecmp(h, "Basic ", 6) == 0) {
-    if (strlen(h) > 400 || tp_basic_decode(h + 6, key, cap) < 0)
+    /* The user name is the key, or an OAuth access token (a JWT, as the
+     * Bearer value would be): room for a base64 one of cap bytes. */
+    if (strlen(h) > 6 + 4 * (cap / 3 + 2) || tp_basic_decode(h + 6, key, cap) < 0)
       return TP_ERR_AUTH_INVALID_KEY;
     char *colon = strchr(key, ':');
     if (colon)

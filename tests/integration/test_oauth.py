@@ -226,6 +226,11 @@ class OAuthTest(DaemonTestCase):
         pi = r.json["id"]
         r = c.get("/v1/payment_intents/" + pi)
         self.assertEqual(r.status, 200, r)
+        # HTTP Basic with the token as user name works as the Bearer value does
+        # (as with an API key; it was refused past 400 bytes and counted as a
+        # failed sign-in)
+        r = Client(HOST, self.daemon.port, key=c.key, auth="basic").get("/v1/payment_intents/" + pi)
+        self.assertEqual((r.status, r.json.get("id")), (200, pi), r)
         # The token's merchant is a's: a's secret key sees the same object.
         self.assertEqual(self.c("a").get("/v1/payment_intents/" + pi).status, 200)
         self.assertEqual(self.c("b").get("/v1/payment_intents/" + pi).status, 404)
