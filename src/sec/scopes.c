@@ -28,6 +28,11 @@ unsigned tp_scopes_parse(const char *s, bool *ok)
       *ok = false;
     s += n;
   }
+  /* Writing payments includes reading them, as Stripe's Write includes
+   * Read: a payments:write key saw every PaymentIntent and charge anyway,
+   * in the reply of an update that changed nothing (session 33's review). */
+  if (mask & TP_SCOPE_PAYMENTS_WRITE)
+    mask |= TP_SCOPE_PAYMENTS_READ;
   return mask;
 }
 

@@ -324,18 +324,26 @@ class KeysTest(DaemonTestCase):
         self.assertStripeError(rep.get("/v1/balance_transactions", {"expand[]": "data.source"}), 403,
                                "permission_error")
         # A replay does not expand past the key's scopes either: the secret
-        # key's reply under the same Idempotency-Key holds the customer.
-        cus = self.c("K").post("/v1/customers", {"email": "secret-person@example.com"}).json["id"]
-        body = {"amount": 700, "currency": "usd", "customer": cus, "expand[]": "customer"}
+        # key's reply under the same Idempotency-Key holds the balance
+        # transaction (reports:read), which a payments:write key may not read.
+        body = {"amount": 700, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa",
+                "expand[]": "latest_charge.balance_transaction"}
         r = self.c("K").post("/v1/payment_intents", body, idem="rk-replay-1")
-        self.assertEqual(r.json["customer"]["email"], "secret-person@example.com", r)
+        self.assertEqual(r.json["latest_charge"]["balance_transaction"]["object"], "balance_transaction", r)
         w = self.key_client(admin(self.daemon, "api-key", "create", "--merchant", self.mid("K"), "--scopes",
                                   "payments:write")["restricted_key"])
         self.assertStripeError(w.post("/v1/payment_intents", body), 403, "permission_error")
         r = w.post("/v1/payment_intents", body, idem="rk-replay-1")
-        self.assertNotIn(b"secret-person", r.body)
+        self.assertNotIn(b'"balance_transaction","amount"', r.body)
+        self.assertNotIn(b"txn_", r.body)
         self.assertIsNone(r.headers.get("Idempotent-Replayed"), r.headers)
         self.assertEqual(r.status // 100, 4, r)
+        # payments:write includes payments:read, as Stripe's Write includes Read
+        # (the reply of an update that changed nothing showed it anyway)
+        self.assertEqual(w.get("/v1/payment_intents").status, 200)
+        cw = self.key_client(admin(self.daemon, "api-key", "create", "--merchant", self.mid("K"), "--scopes",
+                                   "customers:write")["restricted_key"])
+        self.assertStripeError(cw.get("/v1/payment_intents"), 403, "permission_error")
         # without expand[] the reply is the same for any key: a retry with the
         # secret key replays the restricted key's request, as on Stripe
         plain = {"amount": 710, "currency": "usd"}

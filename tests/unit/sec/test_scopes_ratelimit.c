@@ -59,6 +59,11 @@ static void test_scope_lists_parse_and_format_canonically(void **state)
   assert_false(ok);
   tp_scopes_parse("payments:readx", &ok);
   assert_false(ok);
+  /* writing payments includes reading them (Stripe's Write includes Read);
+   * no other write includes a read */
+  assert_int_equal(tp_scopes_parse("payments:write", &ok), TP_SCOPE_PAYMENTS_WRITE | TP_SCOPE_PAYMENTS_READ);
+  assert_int_equal(tp_scopes_parse("customers:write refunds:write", &ok),
+                   TP_SCOPE_CUSTOMERS_WRITE | TP_SCOPE_REFUNDS_WRITE);
   tp_scopes_format(TP_SCOPE_ALL, buf, sizeof buf);
   assert_string_equal(buf, "payments:read payments:write refunds:write customers:write reports:read admin");
   assert_null(tp_scope_name(TP_SCOPE_PAYMENTS_READ | TP_SCOPE_ADMIN));
