@@ -1535,8 +1535,13 @@ static void expand_field(struct tp_req *r, json_t *obj, const char *path, const 
   json_t *full = find_known(known, id);
   if (!full)
     full = tp_store_get_json(&tp_app.store, k, r->merchant.id, id);
-  if (full)
+  if (full) {
+    /* as the pinned API version showed it, inside as at the top (a refund's
+     * expanded charge with its refunds: ActiveMerchant's refund reads them) */
+    if (tp_legacy_lists_wanted(r))
+      legacy_one(r, full, known);
     json_object_set_new(obj, path, full);
+  }
 }
 
 #define TP_EXPAND_MAX_LEVELS 4 /* Stripe's limit, "data" of a list counted */

@@ -188,6 +188,17 @@ class Sources(DaemonTestCase):
                               headers=old).json
         self.assertEqual([p["charges"]["data"][0]["balance_transaction"]["amount"] for p in listed["data"]],
                          [700, 1200], listed)
+        # an expanded object shows its lists as the version did too: the
+        # charge of a refund made with expand[]=charge (ActiveMerchant's
+        # refund and void), a charge's expanded customer's cards
+        pinned = {"Stripe-Version": "2015-04-07"}
+        re2 = self.c().post("%s/%s/refunds" % (CH, pi.json["latest_charge"]), {"amount": 100, "expand[]": "charge"},
+                            headers=pinned).json
+        self.assertEqual([x["id"] for x in re2["charge"]["refunds"]["data"]][:1], [re2["id"]], re2)
+        buyer = self.c().post(CUS, {"source": "tok_visa"}).json
+        ch3 = self.c().post(CH, {"amount": 300, "currency": "usd", "customer": buyer["id"], "expand[]": "customer"},
+                            headers=pinned).json
+        self.assertEqual([c["id"] for c in ch3["customer"]["sources"]["data"]], [buyer["default_source"]], ch3)
         # the served version has no charges on a PaymentIntent to expand
         r = self.c().get("/v1/payment_intents/" + pi.json["id"], exp)
         self.assertEqual((r.status, r.json["error"]["tp_code"], r.json["error"]["param"]), (400, 1041, "expand"), r)
