@@ -628,6 +628,24 @@ static void dispatch(struct tp_req *r)
     preflight(r);
     return;
   }
+  /* RFC 9110 9.1: a method that is not a token is no request line (400,
+   * RFC 9112 3); one that is not a method of HTTP is unimplemented (501),
+   * not merely disallowed on this path (405). */
+  static const char *const http_methods[] = {"GET",     "HEAD",  "POST",  "PUT",  "DELETE",
+                                             "CONNECT", "TRACE", "PATCH", NULL}; /* OPTIONS: above */
+  int mi = 0;
+  while (http_methods[mi] && strcmp(http_methods[mi], r->method) != 0)
+    mi++;
+  if (!http_methods[mi]) {
+    bool token = r->method[0] && !strchr(r->method, '?');
+    if (token)
+      tp_reply_error(r, TP_ERR_METHOD_NOT_IMPLEMENTED, NULL, NULL);
+    else
+      tp_reply_error(r, TP_ERR_REQUEST_FRAMING_INVALID, NULL,
+                     "The request's header fields are not valid HTTP/1.1: the method is not a token (RFC 9110 9.1).");
+    r->close_after = !token;
+    return;
+  }
   bool url_known = false;
   const struct tp_route *rt = r->bad_path ? NULL : route(r, &url_known);
   if (!rt) {
@@ -973,7 +991,8 @@ static void raw_reply_close(struct MHD_Connection *conn, unsigned status, const 
  * before its colon) is refused and its connection closed, never read on. */
 struct header_scan {
   int content_length, transfer_encoding, host, authorization, idempotency_key;
-  bool bad_name, te_not_chunked, expect_continue;
+  bool bad_name, te_not_chunked, te_chunked_listed, expect_continue;
+  int te_chunked; /* fields that are exactly "chunked" */
   bool coded_body;             /* Content-Encoding other than identity */
   bool conn_close, conn_keep;  /* Connection: close / keep-alive */
   uint64_t declared;
@@ -992,8 +1011,15 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
     h->declared = value ? strtoull(value, NULL, 10) : 0;
   } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
     h->transfer_encoding++;
-    if (!value || strcasecmp(value, "chunked") != 0)
+    if (!value || strcasecmp(value, "chunked") != 0) {
+      /* chunked among other codings, after them, with an empty element or
+       * whitespace libmicrohttpd keeps ("chunked, gzip", "chunked,"): the
+       * body's framing is not what libmicrohttpd reads, so a 400 and a
+       * close (RFC 9112 6.3: chunked not final). Other codings alone: 501. */
       h->te_not_chunked = true;
+      h->te_chunked_listed |= value && strcasestr(value, "chunked") != NULL;
+    } else
+      h->te_chunked++;
   } else if (strcasecmp(key, "Host") == 0)
     h->host++;
   else if (strcasecmp(key, "Authorization") == 0)
@@ -1060,6 +1086,10 @@ static enum tp_err framing_error(struct tp_req *r, const char *version, size_t u
     *why = "more than one Authorization";
   else if (h.idempotency_key > 1)
     *why = "more than one Idempotency-Key";
+  else if (h.te_chunked > 1 || (h.te_chunked && h.te_not_chunked))
+    *why = "chunked applied more than once, or not as the final transfer coding (RFC 9112 6.1, 6.3)";
+  else if (h.te_chunked_listed)
+    *why = "Transfer-Encoding is a list with chunked in it that is not exactly chunked (RFC 9112 6.3)";
   if (*why)
     return TP_ERR_REQUEST_FRAMING_INVALID;
   if (h.transfer_encoding && h.te_not_chunked)

@@ -146,6 +146,14 @@ class ApiErrorsTest(DaemonTestCase):
              "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nname=a\r\n0\r\n\r\n", 400),
             ("gzip coding", "POST /v1/customers HTTP/1.1\r\nHost: x\r\n" + auth + form +
              "Transfer-Encoding: gzip\r\n\r\n", 501),
+            # chunked not the final coding (RFC 9112 6.3: 400 and close), in a
+            # list libmicrohttpd does not read as chunked, or applied twice
+            ("chunked then gzip", "POST /v1/customers HTTP/1.1\r\nHost: x\r\n" + auth + form +
+             "Transfer-Encoding: chunked, gzip\r\n\r\n6\r\nname=a\r\n0\r\n\r\n", 400),
+            ("chunked with an empty element", "POST /v1/customers HTTP/1.1\r\nHost: x\r\n" + auth + form +
+             "Transfer-Encoding: chunked,\r\n\r\n6\r\nname=a\r\n0\r\n\r\n", 400),
+            ("chunked twice", "POST /v1/customers HTTP/1.1\r\nHost: x\r\n" + auth + form +
+             "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nname=a\r\n0\r\n\r\n", 400),
             ("no Host", "GET /v1/balance HTTP/1.1\r\n" + auth + "\r\n", 400),
             ("two Authorization", "GET /v1/balance HTTP/1.1\r\nHost: x\r\n" + auth +
              "Authorization: Bearer sk_test_other\r\n\r\n", 400),
@@ -232,6 +240,14 @@ class ApiErrorsTest(DaemonTestCase):
         r = c.request("PUT", "/v1/nothing_here")
         self.assertEqual(r.status, 404)
         self.assertNotIn("Allow", r.headers)
+        # RFC 9110 9.1: a method HTTP does not have is unimplemented (501),
+        # not disallowed on this path; one that is not a token is no request
+        for method in ("FOO", "PROPFIND", "X" * 300):
+            r = c.request(method, "/v1/customers")
+            self.assertEqual((r.status, r.json["error"]["tp_code"]), (501, 1114), (method, r))
+            self.assertNotIn("Allow", r.headers)
+        out = _exchange(self.daemon, b"G(T /v1/customers HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 400"), out[:100])
         self.assertEqual(self.daemon.client(None).request("HEAD", "/v1/customers").status, 401)
 
     def test_expansions_are_checked_before_anything_happens(self):
