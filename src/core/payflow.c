@@ -1801,9 +1801,13 @@ static void release_authorization(struct tp_pay *p, struct tp_cs *cs, const char
 void tp_outcome_void(struct tp_pay *p, struct tp_cs *cs)
 {
   if (p->call.outcome != TP_OUT_APPROVED) {
-    json_t *err = tp_error_object(TP_ERR_DECLINE_PROCESSING_ERROR, NULL, NULL);
-    json_object_set(err, "payment_intent", p->pi); /* unchanged: still requires_capture */
-    tp_pay_reply(p, 402, tp_pack("{s:o}", "error", err));
+    /* The processor kept the hold (a void declined): a processor's answer,
+     * not a card's, so no card_error (a cancel never has one on Stripe);
+     * the PaymentIntent is unchanged, still requires_capture. */
+    json_t *err = tp_error_object(TP_ERR_PROCESSOR_VOID_DECLINED, NULL, NULL);
+    json_object_set(err, "payment_intent", p->pi);
+    json_object_set_new(err, "processor_code", json_string(p->call.decline_code));
+    tp_pay_reply(p, 502, tp_pack("{s:o}", "error", err));
     return;
   }
   release_authorization(p, cs, NULL); /* Stripe: payment_intent.canceled only */

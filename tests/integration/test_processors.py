@@ -184,6 +184,9 @@ class FakeProcessor:
                         return None
                     return self._reply(200, {"status": "captured", "reference": js["reference"]})
                 if method == "POST" and path.endswith("/void"):
+                    if mode == "decline_void" and not js["reference"].endswith("-fence"):
+                        return self._reply(200, {"status": "declined", "decline_code": "do_not_honor",
+                                                 "reference": js["reference"]})
                     return self._reply(200, {"status": "voided", "reference": js["reference"]})
                 if method == "POST" and path.endswith("/v1/refunds"):
                     if mode == "slow_refund":
@@ -370,6 +373,24 @@ class ConnectorContract(unittest.TestCase):
         self.assertEqual(sorted(statuses), sorted(auths), reqs)
         with self.fake.lock:
             self.assertTrue(all(self.fake.kept[a]["status"] == "voided" for a in auths))
+
+    def test_a_void_the_processor_declines_is_no_card_error(self):
+        """The processor keeps the hold (it declines the void): the cancel
+        answers a processor error (502 processor_void_declined, with the
+        unchanged PaymentIntent and the processor's code), not a 402
+        card_error, which a cancel never is on Stripe; the payment still
+        requires capture, and a later cancel goes through."""
+        r = self.pay(PAN_OK, capture_method="manual")
+        self.assertEqual(r.json["status"], "requires_capture", r)
+        self.fake.mode = "decline_void"
+        c = self.c.post("/v1/payment_intents/%s/cancel" % r.json["id"], {}, headers={"Idempotency-Key": new_key()})
+        self.fake.mode = "ok"
+        self.assertEqual((c.status, c.json["error"]["type"], c.json["error"]["tp_code"]), (502, "api_error", 6034), c)
+        self.assertEqual(c.json["error"]["payment_intent"]["status"], "requires_capture", c)
+        self.assertEqual(c.json["error"]["processor_code"], "do_not_honor", c)
+        self.assertEqual(self.c.get("/v1/payment_intents/" + r.json["id"]).json["status"], "requires_capture")
+        again = self.c.post("/v1/payment_intents/%s/cancel" % r.json["id"], {}, headers={"Idempotency-Key": new_key()})
+        self.assertEqual((again.status, again.json["status"]), (200, "canceled"), again)
 
     def test_a_capture_or_refund_answered_for_another_amount_is_never_recorded(self):
         """A capture the processor says it made for the whole authorization
