@@ -55,18 +55,29 @@ static void key_label(const struct p11 *p, uint32_t v, char *out, size_t cap)
     snprintf(out, cap, "%s-v%u", p->label, v);
 }
 
-/* The first object of class cls with this label, or 0. Caller holds mu. */
-static CK_OBJECT_HANDLE find(struct p11 *p, CK_OBJECT_CLASS cls, const char *label)
+/* The first object of class cls with this label, or 0; *rv (may be NULL)
+ * the token's answer, so that "not there" and "the token did not answer"
+ * are told apart. Caller holds mu. */
+static CK_OBJECT_HANDLE find_rv(struct p11 *p, CK_OBJECT_CLASS cls, const char *label, CK_RV *rv)
 {
   CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof cls}, {CKA_LABEL, (void *)(uintptr_t)label, strlen(label)}};
   CK_OBJECT_HANDLE h = 0;
   CK_ULONG n = 0;
-  if (p->f->C_FindObjectsInit(p->s, t, 2) != CKR_OK)
-    return 0;
-  if (p->f->C_FindObjects(p->s, &h, 1, &n) != CKR_OK || n != 1)
-    h = 0;
-  p->f->C_FindObjectsFinal(p->s);
+  CK_RV r = p->f->C_FindObjectsInit(p->s, t, 2);
+  if (r == CKR_OK) {
+    r = p->f->C_FindObjects(p->s, &h, 1, &n);
+    if (r != CKR_OK || n != 1)
+      h = 0;
+    p->f->C_FindObjectsFinal(p->s);
+  }
+  if (rv)
+    *rv = r;
   return h;
+}
+
+static CK_OBJECT_HANDLE find(struct p11 *p, CK_OBJECT_CLASS cls, const char *label)
+{
+  return find_rv(p, cls, label, NULL);
 }
 
 static CK_OBJECT_HANDLE kek_handle(struct p11 *p, uint32_t v)
@@ -76,9 +87,13 @@ static CK_OBJECT_HANDLE kek_handle(struct p11 *p, uint32_t v)
       return p->cache[i].h;
   char label[128];
   key_label(p, v, label, sizeof label);
-  CK_OBJECT_HANDLE h = find(p, CKO_SECRET_KEY, label);
+  CK_RV rv = CKR_OK;
+  CK_OBJECT_HANDLE h = find_rv(p, CKO_SECRET_KEY, label, &rv);
   if (!h) {
-    tp_log(TP_LOG_ERROR, "kek_pkcs11_missing", "{s:s}", "label", label);
+    if (rv != CKR_OK) /* the token did not answer (removed, session lost): not a missing key */
+      tp_log(TP_LOG_ERROR, "kek_pkcs11_unavailable", "{s:s, s:I}", "label", label, "ckr", (json_int_t)rv);
+    else
+      tp_log(TP_LOG_ERROR, "kek_pkcs11_missing", "{s:s}", "label", label);
     return 0;
   }
   /* A KEK someone created by hand must still be one that cannot leave the token. */
