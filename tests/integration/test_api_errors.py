@@ -862,6 +862,46 @@ class ApiErrorsTest(DaemonTestCase):
         self.assertGreater(counts["200"], 0, counts)
         self.assertGreater(counts["431"], 0, counts)
 
+    def test_a_connection_closed_mid_request_is_let_go(self):
+        """A client that sends part of a request and closes at once: its FIN
+        comes with its last bytes, which libmicrohttpd's edge-triggered
+        epoll misses, so the connection sat in CLOSE-WAIT, holding a slot
+        and a descriptor, for the whole 60 s idle timeout (about 6,000 of
+        them in half a second shut every client out). A request still
+        arriving may now be idle 10 s; a kept-alive connection between
+        requests still 60 s."""
+        def close_wait():
+            n = 0
+            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+                try:
+                    rows = open(table).read().splitlines()[1:]
+                except OSError:
+                    continue
+                for row in rows:
+                    f = row.split()
+                    if int(f[1].rsplit(":", 1)[1], 16) == self.daemon.port and f[3] == "08":
+                        n += 1
+            return n
+        for _ in range(100):
+            s = socket.create_connection((self.daemon.host, self.daemon.port), timeout=5)
+            s.sendall(b"POST /v1/payment_intents HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n")
+            s.close()
+        # a kept-alive connection, idle past the request limit, still serves
+        key = self.daemon.merchants["bad"]["secret_key"]
+        ka = socket.create_connection((self.daemon.host, self.daemon.port), timeout=10)
+        get = ("GET /v1/balance HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n" % key).encode()
+        ka.sendall(get)
+        self.assertTrue(ka.recv(65536).startswith(b"HTTP/1.1 200"))
+        deadline = time.monotonic() + 40
+        while close_wait() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        self.assertEqual(close_wait(), 0, "connections closed by their clients still held")
+        self.assertLess(time.monotonic(), deadline)
+        time.sleep(1)
+        ka.sendall(get)  # idle for 10 s and more: kept alive all the same
+        self.assertTrue(ka.recv(65536).startswith(b"HTTP/1.1 200"))
+        ka.close()
+
     def test_a_chunked_body_without_end_is_cut_off(self):
         """A chunked body's size is not declared, so it is read and dropped
         past 256 KiB like a declared one; past 8 MiB the client gets its 413
