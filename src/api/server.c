@@ -354,9 +354,13 @@ static bool parse_params(struct tp_req *r, bool api)
   memset(&pe, 0, sizeof pe);
   if (strcmp(r->method, "POST") == 0 || (strcmp(r->method, "DELETE") == 0 && r->body_len > 0)) {
     const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
-    if (ct && strncasecmp(ct, "application/json", 16) == 0 && (!ct[16] || ct[16] == ';' || ct[16] == ' '))
+    /* the media type itself, then parameters (RFC 9110 8.3.1): not a prefix */
+#define TP_MEDIA_IS(ct, t) \
+  (strncasecmp((ct), (t), sizeof(t) - 1) == 0 && \
+   (!(ct)[sizeof(t) - 1] || (ct)[sizeof(t) - 1] == ';' || (ct)[sizeof(t) - 1] == ' ' || (ct)[sizeof(t) - 1] == '\t'))
+    if (ct && TP_MEDIA_IS(ct, "application/json"))
       r->params = tp_params_parse_json(r->body ? r->body : "", r->body_len, &pe);
-    else if (!ct || strncasecmp(ct, "application/x-www-form-urlencoded", 33) == 0 || r->body_len == 0)
+    else if (!ct || TP_MEDIA_IS(ct, "application/x-www-form-urlencoded") || r->body_len == 0)
       r->params = tp_params_parse_form(r->body ? r->body : "", r->body_len, &pe);
     else {
       tp_reply_error(r, TP_ERR_UNSUPPORTED_MEDIA_TYPE, NULL, NULL);

@@ -51,7 +51,11 @@ static const struct test_card {
   {.pan = "4000000000003220", .three_ds = ALWAYS}, /* 3-D Secure 2 required */
   {.pan = "4000000000003063", .three_ds = ALWAYS}, /* 3-D Secure required */
   {.pan = "4000008400001629", .decline = "generic_decline", .three_ds = ALWAYS}, /* required, then declined */
-  {.pan = "4000008260003178", .decline = "insufficient_funds", .three_ds = ALWAYS}, /* required, then insufficient funds */
+  /* Stripe: asks for one-time payments, and every payment is declined
+   * insufficient_funds "even after being successfully authenticated or
+   * previously set up": set up (the card check passes), its off-session
+   * payments decline without asking */
+  {.pan = "4000008260003178", .decline = "insufficient_funds", .three_ds = UNLESS_SET_UP, .charges_only = true},
   {.pan = "4000002500003155", .three_ds = UNLESS_SET_UP}, /* off-session once set up with authentication */
   {.pan = "4000003800000446", .three_ds = ON_SESSION}, /* off-session payments never ask */
   /* required, but the lookup fails: declined (card_declined) without a challenge */

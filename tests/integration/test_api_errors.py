@@ -995,6 +995,11 @@ class ApiErrorsTest(DaemonTestCase):
         self.assertEqual(r.status, 200, r)
         r = c.post(PI, body='{"amount": 1000, "currency": "usd"}', content_type="application/jsonp")
         self.assertEqual(r.status, 415, r)
+        # nor is a form anything but the form media type (it was a prefix)
+        r = c.post(PI, body="amount=1000&currency=usd", content_type="application/x-www-form-urlencodedX")
+        self.assertEqual(r.status, 415, r)
+        r = c.post(PI, body="amount=1000&currency=usd", content_type="application/x-www-form-urlencoded; charset=UTF-8")
+        self.assertEqual(r.status, 200, r)
 
     def test_non_positive_or_non_integer_amounts_are_rejected(self):
         for name in ("amount_negative", "amount_zero", "amount_text", "amount_fraction"):

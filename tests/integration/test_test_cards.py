@@ -135,6 +135,30 @@ class TestCards(DaemonTestCase):
             self.assertEqual(ch["status"], "failed")
             self.assertEqual(ch["payment_method_details"]["card"]["three_d_secure"]["result"], "authenticated")
 
+    def test_a_card_set_up_then_declined_for_insufficient_funds(self):
+        """4000008260003178: Stripe declines every payment insufficient_funds
+        "even after being successfully authenticated or previously set up".
+        A SetupIntent sets it up after its challenge; an off-session payment
+        then declines insufficient_funds without asking (it answered
+        authentication_required, so the decline could never be tested)."""
+        pan = "4000008260003178"
+        cus = self.c().post("/v1/customers", {}).json["id"]
+        si = self.c().post("/v1/setup_intents", {"customer": cus, "confirm": "true", "usage": "off_session",
+                                                 "payment_method_data[type]": "card",
+                                                 "payment_method_data[card][number]": pan,
+                                                 "payment_method_data[card][exp_month]": "12",
+                                                 "payment_method_data[card][exp_year]": "2034",
+                                                 "payment_method_data[card][cvc]": "123", "return_url": RETURN}).json
+        self.assertEqual(si["status"], "requires_action", si)
+        u = urllib.parse.urlsplit(si["next_action"]["redirect_to_url"]["url"])
+        r = self.c().post(u.path, {"token": urllib.parse.parse_qs(u.query)["token"][0], "result": "approve"},
+                          key=None)
+        self.assertEqual(r.status, 303, r)
+        si = self.c().get("/v1/setup_intents/" + si["id"]).json
+        self.assertEqual(si["status"], "succeeded", si)
+        err = self.off_session(cus, si["payment_method"], 402)["error"]
+        self.assertEqual((err["code"], err["decline_code"]), ("card_declined", "insufficient_funds"), err)
+
     def test_a_card_that_attaches_but_is_never_charged(self):
         pan = "4000000000000341"
         cus = self.c().post("/v1/customers", {}).json["id"]
