@@ -61,8 +61,18 @@ static int config_set(struct config *c, const char *section, const char *key, co
       tp_scopy(c->listen, sizeof c->listen, value);
     else if (strcasecmp(key, "data") == 0)
       tp_scopy(c->data, sizeof c->data, value);
-    else if (strcasecmp(key, "public_url") == 0)
-      tp_scopy(c->public_url, sizeof c->public_url, value);
+    else if (strcasecmp(key, "public_url") == 0) {
+      /* An http(s) URL the links it makes (3-D Secure pages, request logs,
+       * the OAuth issuer) are appended to: a trailing '/' made them "//v1/"
+       * (404), a longer one was cut short. */
+      size_t n = strlen(value);
+      while (n > 0 && value[n - 1] == '/')
+        n--;
+      if (n >= sizeof c->public_url || (strncasecmp(value, "http://", 7) != 0 && strncasecmp(value, "https://", 8) != 0))
+        return 0;
+      memcpy(c->public_url, value, n);
+      c->public_url[n] = '\0';
+    }
     else if (strcasecmp(key, "threads") == 0) {
       char *end;
       long t = strtol(value, &end, 10);

@@ -735,5 +735,28 @@ class UnknownOutcomeRedirectTest(unittest.TestCase):
         self.assertEqual(c.get(PI + "/" + pi["id"]).json["status"], "succeeded")
 
 
+
+class PublicUrlTest(unittest.TestCase):
+    """[server] public_url is the base of the links the gateway makes: one
+    written with a trailing '/' made challenge links ".../" + "/v1/..."
+    (404); one that is not an http(s) URL is refused at start."""
+
+    def test_a_trailing_slash_is_not_doubled_and_a_bad_url_is_refused(self):
+        d = Daemon()
+        self.addCleanup(d.cleanup)
+        d.create_merchant("m")
+        d.start(extra_env={"TURNPIKE_SERVER_PUBLIC_URL": "http://gw.example/pay//"})
+        pi = d.client("m").post(PI, {"amount": 1000, "currency": "usd", "confirm": "true",
+                                     "payment_method": "pm_card_threeDSecure2Required",
+                                     "return_url": "https://shop.example/r"}).json
+        url = pi["next_action"]["redirect_to_url"]["url"]
+        self.assertTrue(url.startswith("http://gw.example/pay/v1/turnpike/3ds/"), url)
+        self.assertEqual(d.stop(), 0)
+        bad = Daemon()
+        self.addCleanup(bad.cleanup)
+        with self.assertRaises(Exception):
+            bad.start(extra_env={"TURNPIKE_SERVER_PUBLIC_URL": "gw.example/pay"})
+        self.assertIn("config_invalid", bad.log_text())
+
 if __name__ == "__main__":
     main()
