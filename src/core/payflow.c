@@ -1513,7 +1513,11 @@ static void save_for_future_use(struct tp_pay *p, struct tp_cs *cs)
     sfu = NULL; /* the card's own "none" overrides the top level */
   const char *cus = json_string_value(json_object_get(p->pi, "customer"));
   bool mark = p->three_ds_done && !set_up_by_authentication(p->pm);
-  if (!sfu || !cus || !json_is_object(p->pm) || (json_is_string(json_object_get(p->pm, "customer")) && !mark))
+  /* With no customer there is nothing to attach to, but a card that passed
+   * its challenge is set up all the same (Stripe lets it be attached later,
+   * then paid off-session without asking, as a SetupIntent's is). */
+  if (!sfu || (!cus && !mark) || !json_is_object(p->pm) ||
+      (json_is_string(json_object_get(p->pm, "customer")) && !mark))
     return;
   /* As attach, detach and update do: take the PaymentMethod's lock, then
    * read it afresh. p->pm was read before the processor call, and an attach
@@ -1530,7 +1534,7 @@ static void save_for_future_use(struct tp_pay *p, struct tp_cs *cs)
   json_t *fresh = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, p->m.id, pm_id);
   if (fresh) {
     const char *owner = json_string_value(json_object_get(fresh, "customer"));
-    if (owner && (!mark || strcmp(owner, cus) != 0)) {
+    if (owner && (!mark || !cus || strcmp(owner, cus) != 0)) {
       json_decref(fresh);
       return; /* attached meanwhile: stays where it is */
     }
@@ -1544,7 +1548,7 @@ static void save_for_future_use(struct tp_pay *p, struct tp_cs *cs)
    * (detaching is for good). The customer is read under its lock, which a
    * deletion holds until it has detached its cards: without it a deletion
    * at the same moment left this card on a deleted customer. */
-  bool attach = !json_is_string(json_object_get(p->pm, "customer")) &&
+  bool attach = cus && !json_is_string(json_object_get(p->pm, "customer")) &&
                 !json_is_true(json_object_get(json_object_get(p->pm, "turnpike"), "detached"));
   /* Held by another request (another payment of the customer finishing,
    * an update): read without it, as before, rather than not save the card

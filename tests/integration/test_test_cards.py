@@ -135,6 +135,19 @@ class TestCards(DaemonTestCase):
             self.assertEqual(ch["status"], "failed")
             self.assertEqual(ch["payment_method_details"]["card"]["three_d_secure"]["result"], "authenticated")
 
+    def test_a_card_authenticated_to_be_saved_without_a_customer_is_set_up(self):
+        """setup_future_usage with no customer: the card that passed its
+        challenge is set up all the same (it may be attached later), as a
+        SetupIntent's without a customer is; it paid off-session only after
+        a SetupIntent, not after such a payment."""
+        pm = self.c().post("/v1/payment_methods", {"type": "card", "card": {
+            "number": "4000002500003155", "exp_month": 12, "exp_year": 2034, "cvc": "123"}}).json["id"]
+        done = self.authenticate(self.pay(payment_method=pm, setup_future_usage="off_session", return_url=RETURN))
+        self.assertEqual(done["status"], "succeeded", done)
+        cus = self.c().post("/v1/customers", {}).json["id"]
+        self.assertEqual(self.c().post("/v1/payment_methods/%s/attach" % pm, {"customer": cus}).status, 200)
+        self.assertEqual(self.off_session(cus, pm, 200)["status"], "succeeded")
+
     def test_a_card_set_up_then_declined_for_insufficient_funds(self):
         """4000008260003178: Stripe declines every payment insufficient_funds
         "even after being successfully authenticated or previously set up".
