@@ -25,6 +25,8 @@ static void enter(struct tp_breaker *b, enum tp_breaker_state s, int64_t now_ms)
 {
   if (s == TP_BREAKER_OPEN && b->state != TP_BREAKER_OPEN)
     b->opens++;
+  if (s == TP_BREAKER_OPEN)
+    b->opened_by_calls = true; /* tp_breaker_health clears it for its own */
   b->state = s;
   b->since_ms = now_ms;
   b->admitted = 0;
@@ -161,7 +163,9 @@ void tp_breaker_record_soft(struct tp_breaker *b, int64_t now_ms)
   case TP_BREAKER_OPEN:
     return;
   case TP_BREAKER_HALF_OPEN:
-    enter(b, TP_BREAKER_OPEN, now_ms);
+    /* An issuer's soft answer says nothing of the processor's health: it
+     * neither reopens nor passes a probe (it reopened, so one customer's
+     * card kept every merchant's breaker open; session 33's review). */
     return;
   }
 }
@@ -172,21 +176,25 @@ void tp_breaker_health(struct tp_breaker *b, bool ok, int64_t now_ms)
   case TP_BREAKER_CLOSED:
     if (ok)
       b->health_consec = 0;
-    else if (++b->health_consec >= b->cfg.consecutive)
+    else if (++b->health_consec >= b->cfg.consecutive) {
       enter(b, TP_BREAKER_OPEN, now_ms);
+      b->opened_by_calls = false;
+    }
     return;
   case TP_BREAKER_OPEN:
-    if (ok)
+    if (ok && !b->opened_by_calls)
       enter(b, TP_BREAKER_HALF_OPEN, now_ms);
-    else
+    else if (!ok)
       b->since_ms = now_ms; /* still down: do not let payments probe it */
     return;
   case TP_BREAKER_HALF_OPEN:
     if (!ok) {
+      bool by_calls = b->opened_by_calls;
       enter(b, TP_BREAKER_OPEN, now_ms);
+      b->opened_by_calls = by_calls;
       return;
     }
-    if (++b->succeeded >= b->cfg.probes)
+    if (!b->opened_by_calls && ++b->succeeded >= b->cfg.probes)
       enter(b, TP_BREAKER_CLOSED, now_ms);
     return;
   }

@@ -41,6 +41,11 @@ struct tp_breaker {
   int admitted, succeeded;
   int64_t last_admit_ms;
   uint64_t opens;        /* times it opened (for the API) */
+  /* opened by payment calls failing (not by failed health checks): then a
+   * passing health check neither ends the open period nor passes a probe,
+   * only calls do (a processor that answered its health check and failed
+   * every payment was back in rotation each health_interval_ms) */
+  bool opened_by_calls;
 };
 
 /* Fill cfg with the documented defaults (0.5, 20, 5, 5000 ms, 3, 1000 ms). */

@@ -1069,6 +1069,20 @@ static bool answer_lost(const struct tp_pay *p)
   return proc_type_is(p, "restjson") && !error_not_processed(c->decline_code);
 }
 
+/* A key of the card for the breaker's count of soft declines per card
+ * (FNV-1a of its digits; in memory only, never written); 0 when unknown. */
+static uint64_t card_key(const char *pan)
+{
+  if (!pan || !*pan)
+    return 0;
+  uint64_t h = 1469598103934665603ull;
+  for (const char *c = pan; *c; c++) {
+    h ^= (unsigned char)*c;
+    h *= 1099511628211ull;
+  }
+  return h ? h : 1;
+}
+
 static void call_done(struct tp_proc_call *c)
 {
   struct tp_pay *p = c->arg;
@@ -1079,7 +1093,7 @@ static void call_done(struct tp_proc_call *c)
     bool soft = c->outcome == TP_OUT_DECLINED && tp_decline_is_soft(c->decline_code);
     bool transient = c->outcome == TP_OUT_ERROR || soft;
     if (pr)
-      tp_proc_record(pr, p->brand, p->att.currency, c->outcome, c->decline_code, transient, lat);
+      tp_proc_record(pr, p->brand, p->att.currency, c->outcome, c->decline_code, transient, lat, card_key(c->pan));
     /* The bandit learns issuer answers only; a processor's own failures
      * (processing_error, transport) are the breaker's business. */
     if (c->kind == TP_PROC_AUTHORIZE &&

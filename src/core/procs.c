@@ -35,9 +35,17 @@
 enum proc_health { HEALTH_UNKNOWN, HEALTH_UP, HEALTH_DOWN };
 struct health_xfer;
 
+#define PROC_SOFT_CARDS 64
+#define TP_PROC_SOFT_CARD_MS 60000
+
 struct tp_proc_state {
   pthread_mutex_t mu;
   struct tp_breaker br;
+  struct {
+    uint64_t key;
+    int64_t at_ms;
+  } soft_card[PROC_SOFT_CARDS]; /* the cards whose soft decline was counted lately */
+  int soft_pos;
   char endpoint[512];
   char api_key[256];
   char ca_file[512], client_cert[512], client_key[512]; /* restjson TLS, "" = unset */
@@ -236,8 +244,21 @@ static const char *label_value(const char *s)
   return s;
 }
 
+/* Whether the card's soft decline was counted within TP_PROC_SOFT_CARD_MS
+ * (noted now if not). Caller holds s->mu. */
+static bool soft_card_seen(struct tp_proc_state *s, uint64_t card, int64_t now)
+{
+  for (int i = 0; i < PROC_SOFT_CARDS; i++)
+    if (s->soft_card[i].key == card && now - s->soft_card[i].at_ms < TP_PROC_SOFT_CARD_MS)
+      return true;
+  s->soft_card[s->soft_pos].key = card;
+  s->soft_card[s->soft_pos].at_ms = now;
+  s->soft_pos = (s->soft_pos + 1) % PROC_SOFT_CARDS;
+  return false;
+}
+
 void tp_proc_record(struct tp_proc *p, const char *brand, const char *currency, enum tp_proc_outcome o,
-                    const char *decline_code, bool transient, int64_t latency_us)
+                    const char *decline_code, bool transient, int64_t latency_us, uint64_t card)
 {
   struct tp_proc_state *s = p->st;
   /* A soft decline from a networked processor (ISO 96/91, processing_error)
@@ -252,10 +273,14 @@ void tp_proc_record(struct tp_proc *p, const char *brand, const char *currency, 
     latency_us = 0;
   pthread_mutex_lock(&s->mu);
   enum tp_breaker_state from = s->br.state;
-  if (soft)
-    tp_breaker_record_soft(&s->br, now_ms());
-  else
-    tp_breaker_record(&s->br, error, now_ms());
+  int64_t now = now_ms();
+  if (soft) {
+    /* One card's soft declines count once a while: one customer (or one
+     * fraudster) retrying one card opened every merchant's breaker. */
+    if (!card || !soft_card_seen(s, card, now))
+      tp_breaker_record_soft(&s->br, now);
+  } else
+    tp_breaker_record(&s->br, error, now);
   enum tp_breaker_state to = s->br.state;
   s->calls++;
   s->failures += failure;

@@ -31,6 +31,7 @@
 #include <openssl/sha.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -187,6 +188,22 @@ static int64_t last_ckpt_ms;
  * (temporary file, fsync, rename) once a checkpoint has committed. */
 #define SEALED_FILE "audit-sealed"
 static bool tainted;
+/* The last checkpoint this process signed, or found sealed at start: each
+ * new one is signed only over a chain that still holds it and links on
+ * from it (a chain rewritten while the gateway runs was signed by the next
+ * checkpoint, then made the record). Written on the completion thread once
+ * a checkpoint commits, read by the kek thread. */
+static pthread_mutex_t anchor_mu = PTHREAD_MUTEX_INITIALIZER;
+static int64_t anchor_seq;
+static char anchor_hash[65];
+
+static void anchor_set(int64_t seq, const char *hash)
+{
+  pthread_mutex_lock(&anchor_mu);
+  anchor_seq = seq;
+  tp_scopy(anchor_hash, sizeof anchor_hash, hash);
+  pthread_mutex_unlock(&anchor_mu);
+}
 
 /* 1 read, 0 absent, -1 unreadable or malformed. */
 static int sealed_read(const char *dir, int64_t *seq, char hash[65])
@@ -235,8 +252,10 @@ static void on_checkpoint_done(struct tp_cs *cs, int rc, void *arg)
 {
   (void)cs;
   struct sealed_pending *sp = arg;
-  if (rc == 0)
+  if (rc == 0) {
+    anchor_set(sp->seq, sp->hash);
     tp_audit_sealed_set(tp_app.data_dir, sp->seq, sp->hash);
+  }
   free(sp);
 }
 
@@ -259,10 +278,20 @@ void tp_audit_start_check(struct tp_store *st, const char *dir)
   int64_t seq = 0;
   char hash[65];
   int got = sealed_read(dir, &seq, hash);
-  if (got == 0)
-    return; /* a new store, or one from before the record: made at the next checkpoint */
-  if (got > 0 && store_has_checkpoint(st, seq, hash))
+  if (got == 0) {
+    /* a new store, or one from before the record: made at the next
+     * checkpoint; the store's last checkpoint is the anchor till then */
+    json_t *r = st->ops->query(st->cls, "SELECT seq, hash FROM audit_checkpoints ORDER BY seq DESC LIMIT 1", NULL);
+    json_t *row = json_array_get(r, 0);
+    if (row && json_is_string(json_object_get(row, "hash")))
+      anchor_set(json_integer_value(json_object_get(row, "seq")), json_string_value(json_object_get(row, "hash")));
+    json_decref(r);
     return;
+  }
+  if (got > 0 && store_has_checkpoint(st, seq, hash)) {
+    anchor_set(seq, hash);
+    return;
+  }
   tainted = true;
   tp_log(TP_LOG_ERROR, "audit_chain_tampered", "{s:s, s:I, s:s}", "file", SEALED_FILE, "sealed_seq",
          (json_int_t)seq, "message",
@@ -271,6 +300,32 @@ void tp_audit_start_check(struct tp_store *st, const char *dir)
                  : "the store no longer holds the audit checkpoint this gateway last signed (the chain was "
                    "rewritten, emptied or replaced): no checkpoint is signed over it; check the store, then "
                    "restore it or remove the record");
+}
+
+/* Whether the chain up to seq still holds the anchor (the entry and its
+ * checkpoint) and links on from it, entry by entry, with none missing. */
+static bool chain_continues(int64_t seq)
+{
+  pthread_mutex_lock(&anchor_mu);
+  int64_t aseq = anchor_seq;
+  char ahash[65];
+  tp_scopy(ahash, sizeof ahash, anchor_hash);
+  pthread_mutex_unlock(&anchor_mu);
+  if (aseq <= 0)
+    return true; /* nothing signed yet to hold on to */
+  if (seq < aseq || !store_has_checkpoint(&tp_app.store, aseq, ahash))
+    return false;
+  json_t *a = tp_pack("[I, I]", (json_int_t)aseq, (json_int_t)seq);
+  json_t *r = tp_store_query(&tp_app.store,
+                             "SELECT count(*) AS n, coalesce(sum(b.prev_hash <> a.hash), 0) AS bad FROM audit_log a "
+                             "JOIN audit_log b ON b.seq = a.seq + 1 WHERE a.seq >= ?1 AND a.seq < ?2",
+                             a);
+  json_decref(a);
+  json_t *row = json_array_get(r, 0);
+  bool ok = row && json_integer_value(json_object_get(row, "n")) == seq - aseq &&
+            json_integer_value(json_object_get(row, "bad")) == 0;
+  json_decref(r);
+  return ok;
 }
 
 static void checkpoint(bool force)
@@ -309,6 +364,14 @@ static void checkpoint(bool force)
   char pem[1024], sighex[2 * sizeof sig + 1];
   if (strlen(hash) != 64 || p->pubkey_pem(p->cls, pem, sizeof pem) != 0) {
     tp_log(TP_LOG_WARN, "audit_checkpoint_skipped", "{s:s}", "reason", "the signing key's public half is unreadable");
+    json_decref(r);
+    return;
+  }
+  if (!chain_continues(seq)) {
+    tainted = true;
+    tp_log(TP_LOG_ERROR, "audit_chain_tampered", "{s:s, s:I, s:s}", "when", "running", "head_seq", (json_int_t)seq,
+           "message", "the audit chain no longer holds the checkpoint this gateway last signed, or does not link on "
+                      "from it: it was rewritten while the gateway ran; no checkpoint is signed over it");
     json_decref(r);
     return;
   }
@@ -571,6 +634,19 @@ static int verify(sqlite3 *db, int got, int64_t sseq, const char *shash, const c
     json_object_set_new(summary, "checkpoint_key_sha256", keyfp[0] ? json_string(keyfp) : json_null());
   }
   return v.first_bad ? 1 : 0;
+}
+
+int tp_audit_verify_copy(const char *db_path, json_t *summary)
+{
+  sqlite3 *db = NULL;
+  int rc = -1;
+  if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+      sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK) {
+    rc = verify(db, 0, 0, "", NULL, 0, false, summary);
+    sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+  }
+  sqlite3_close(db);
+  return rc;
 }
 
 static void usage_audit(FILE *f)

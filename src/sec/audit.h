@@ -29,4 +29,8 @@ void tp_audit_start_check(struct tp_store *st, const char *dir);
 /* Write DIR/audit-sealed naming the checkpoint (seq, hash), durably; seq 0
  * removes it (restore: the restored store's own last checkpoint). 0 or -1. */
 int tp_audit_sealed_set(const char *dir, int64_t seq, const char *hash);
+/* `audit verify` of a store file (a backup a restore would put in place),
+ * without --sealed or pins: 0 intact, 1 broken (summary says where), -1
+ * unreadable. */
+int tp_audit_verify_copy(const char *db_path, json_t *summary);
 #endif

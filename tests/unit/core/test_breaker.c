@@ -83,14 +83,14 @@ static void test_soft_declines_count_for_the_rate_not_the_run(void **state)
   tp_breaker_record(&b, true, 16);
   assert_int_equal(b.state, TP_BREAKER_OPEN);
 
-  /* half-open: a soft decline sends it back to open */
+  /* half-open: a soft decline neither reopens it nor passes the probe */
   tp_breaker_init(&b, &c, 0);
   for (int i = 0; i < 5; i++)
     tp_breaker_record(&b, true, 10 + i);
   assert_int_equal(tp_breaker_tick(&b, 2000), TP_BREAKER_HALF_OPEN);
   assert_true(tp_breaker_allow(&b, 2000));
   tp_breaker_record_soft(&b, 2001);
-  assert_int_equal(b.state, TP_BREAKER_OPEN);
+  assert_int_equal(b.state, TP_BREAKER_HALF_OPEN);
 }
 
 static void test_failure_rate_needs_min_calls(void **state)
@@ -268,12 +268,26 @@ static void test_health_checks(void **state)
   assert_int_equal(b.state, TP_BREAKER_HALF_OPEN);
   tp_breaker_health(&b, true, 1900);
   assert_int_equal(b.state, TP_BREAKER_CLOSED);
-  /* a failed check while half-open: open again */
+  /* opened by failing calls: a passing check neither ends the open period
+   * nor passes a probe (the processor answers its health check and fails
+   * payments); open_ms still does, and only calls close it */
   open_it(&b, 2000);
   tp_breaker_health(&b, true, 2100);
-  assert_int_equal(b.state, TP_BREAKER_HALF_OPEN);
-  tp_breaker_health(&b, false, 2200);
   assert_int_equal(b.state, TP_BREAKER_OPEN);
+  assert_int_equal(tp_breaker_tick(&b, 2000 + c.open_ms), TP_BREAKER_HALF_OPEN);
+  for (int i = 0; i < 5; i++)
+    tp_breaker_health(&b, true, 3100 + i);
+  assert_int_equal(b.state, TP_BREAKER_HALF_OPEN);
+  /* a failed check while half-open: open again */
+  tp_breaker_health(&b, false, 3200);
+  assert_int_equal(b.state, TP_BREAKER_OPEN);
+  /* opened by checks: a pass is half-open at once, as above */
+  tp_breaker_init(&b, &c, 4000);
+  for (int i = 0; i < 5; i++)
+    tp_breaker_health(&b, false, 4001 + i);
+  assert_int_equal(b.state, TP_BREAKER_OPEN);
+  tp_breaker_health(&b, true, 4100);
+  assert_int_equal(b.state, TP_BREAKER_HALF_OPEN);
 }
 
 /* ---- registry: config and fees ------------------------------------------ */
@@ -387,23 +401,23 @@ static void test_registry_breaker_record_and_stats(void **state)
   struct tp_proc *r = tp_proc_find("r");
   /* issuer declines are not failures */
   for (int i = 0; i < 10; i++)
-    tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "insufficient_funds", false, 1000 * (i + 1));
+    tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "insufficient_funds", false, 1000 * (i + 1), 0);
   assert_int_equal(tp_proc_breaker(r), TP_BREAKER_CLOSED);
   assert_int_equal(tp_proc_latency_us(r, 50), 5000);
   assert_int_equal(tp_proc_latency_us(r, 90), 9000);
   assert_int_equal(tp_proc_latency_us(r, 99), 10000);
-  tp_proc_record(r, "visa", "usd", TP_OUT_APPROVED, "", false, 500);
-  tp_proc_record(r, "visa", "usd", TP_OUT_APPROVED, "", false, 500);
+  tp_proc_record(r, "visa", "usd", TP_OUT_APPROVED, "", false, 500, 0);
+  tp_proc_record(r, "visa", "usd", TP_OUT_APPROVED, "", false, 500, 0);
   /* soft declines count as failures but not toward breaker_consecutive */
-  tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500);
-  tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500);
-  tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500);
+  tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500, 101);
+  tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500, 102);
+  tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500, 103);
   assert_int_equal(tp_proc_breaker(r), TP_BREAKER_CLOSED);
-  tp_proc_record(r, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 500);
-  tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500);
-  tp_proc_record(r, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 500);
+  tp_proc_record(r, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 500, 0);
+  tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500, 104);
+  tp_proc_record(r, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 500, 0);
   assert_true(tp_proc_allow(r));
-  tp_proc_record(r, "visa", "usd", TP_OUT_ERROR, "processor_http_5xx", true, 500);
+  tp_proc_record(r, "visa", "usd", TP_OUT_ERROR, "processor_http_5xx", true, 500, 0);
   assert_int_equal(tp_proc_breaker(r), TP_BREAKER_OPEN);
   assert_false(tp_proc_allow(r));
   assert_false(tp_procs_any_usable());
@@ -420,7 +434,7 @@ static void test_registry_breaker_record_and_stats(void **state)
   assert_int_equal(tp_proc_breaker(r), TP_BREAKER_HALF_OPEN);
   assert_true(tp_proc_allow(r));
   assert_false(tp_proc_allow(r));
-  tp_proc_record(r, "visa", "usd", TP_OUT_APPROVED, "", false, 500);
+  tp_proc_record(r, "visa", "usd", TP_OUT_APPROVED, "", false, 500, 0);
   assert_int_equal(tp_proc_breaker(r), TP_BREAKER_CLOSED);
   assert_true(tp_procs_any_usable());
 }
