@@ -466,12 +466,15 @@ void tp_iso_describe(const struct tp_iso_msg *m, char *out, size_t cap)
       /* A card number a host put in another field (private use 48, 60-63,
        * 120-127 ...) is masked; the fields whose format holds codes,
        * amounts, dates and references (an amount is 12 digits) are not. */
-      static const unsigned char plain[] = {3, 4, 7, 11, 12, 13, 18, 22, 25, 32, 33, 37, 38, 39, 41, 42, 49, 70, 90};
-      char val[48];
-      snprintf(val, sizeof val, "%.40s", v);
+      static const unsigned char plain[] = {3,  4,  7,  11, 12, 13, 18, 22, 25, 32, 33,
+                                            37, 38, 39, 41, 42, 49, 54, 70, 90, 95};
+      /* masked whole, then cut: a number across the cut kept its first
+       * digits, under the run the mask takes for a card number */
+      char val[256];
+      snprintf(val, sizeof val, "%s", v);
       if (!memchr(plain, i, sizeof plain))
         tp_mask_card_numbers(val);
-      n = snprintf(out + pos, cap - pos, " %d=%s", i, val);
+      n = snprintf(out + pos, cap - pos, " %d=%.40s", i, val);
     }
     if (n < 0)
       break;

@@ -230,7 +230,8 @@ static void usage(FILE *f)
              "  audit verify          check the hash chain and signed checkpoints of the audit log\n"
              "  oauth-client create   create an OAuth 2.0 client and print its credentials\n"
              "  oauth-client revoke   revoke an OAuth 2.0 client and its tokens\n"
-             "  api-key roll          roll the secret API key, the old one valid for an overlap period\n"
+             "  api-key roll          roll the secret (or publishable) key, the old one valid for an overlap\n"
+             "  api-key revoke        end one API key now (by the key or its hint)\n"
              "  api-key create        create a restricted (rk_) API key with scopes\n"
              "  help                  this text; `turnpike COMMAND --help` describes a command\n");
 }

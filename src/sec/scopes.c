@@ -77,6 +77,11 @@ unsigned tp_scope_required(const char *method, const char *path)
     return TP_SCOPE_REPORTS_READ;
   if (read)
     return TP_SCOPE_PAYMENTS_READ;
+  /* The older refund of a charge answers the charge, all of it: reading
+   * it takes payments:read too (a refunds:write key read any charge). */
+  size_t pl = strlen(path);
+  if (pl > 7 && strcmp(path + pl - 7, "/refund") == 0 && strncmp(path, "/v1/charges/", 12) == 0)
+    return TP_SCOPE_REFUNDS_WRITE | TP_SCOPE_PAYMENTS_READ;
   if (under(path, "/v1/refunds") || strstr(path, "/refund"))
     return TP_SCOPE_REFUNDS_WRITE;
   if (under(path, "/v1/customers") || under(path, "/v1/payment_methods") || under(path, "/v1/tokens"))

@@ -471,6 +471,12 @@ static void test_describe_masks_the_pan(void **state)
   assert_non_null(strstr(line, "55=*"));
   assert_non_null(strstr(line, "48=CARD****************X"));
   tp_iso_free(&m);
+  /* a number across the 40-character cut is masked before it is cut */
+  tp_iso_init(&m, "0110");
+  assert_int_equal(tp_iso_set(&m, 48, "REF=ABCDEFGHIJKLMNOPQRSTUVWXYZ4111111111111111"), 0);
+  tp_iso_describe(&m, line, sizeof line);
+  assert_null(strstr(line, "4111111"));
+  tp_iso_free(&m);
 }
 
 int main(void)
