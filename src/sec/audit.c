@@ -347,6 +347,10 @@ static void checkpoint(bool force)
     last_ckpt = json_integer_value(json_object_get(json_array_get(r, 0), "s"));
     json_decref(r);
     last_ckpt_ms = tp_mono_ms();
+    /* The first tick of a process signs the head (its start's entries):
+     * every store that has served has a checkpoint, so a copy with none
+     * (a chain rewritten whole) is told apart (restore refuses it). */
+    force = true;
   }
   int64_t every_ms = tp_config_int("audit", "checkpoint_seconds", 60, 1, 86400) * 1000;
   int64_t every_n = tp_config_int("audit", "checkpoint_entries", 1000, 1, 10000000);

@@ -319,11 +319,14 @@ static int settle_old(const char *db_path, char *why, size_t cap)
 
 static void usage_restore(FILE *f)
 {
-  fprintf(f, "usage: turnpike restore --from FILE [--data DIR] [--force]\n\n"
+  fprintf(f, "usage: turnpike restore --from FILE [--data DIR] [--force] [--accept-unsealed-audit]\n\n"
              "Puts a copy made by `turnpike backup` in place as DIR/turnpike.db (default\n"
              "./var). Refuses while a turnpike serve uses DIR, when FILE is not a whole\n"
-             "Turnpike store or its ledger does not balance, and when DIR already holds a\n"
-             "store unless --force (which replaces it, and drops that store's WAL). The\n"
+             "Turnpike store or its ledger does not balance, when its audit chain is broken\n"
+             "or has no signed checkpoint (unless --accept-unsealed-audit), when it was made\n"
+             "under another vault.key than DIR's, and when DIR already holds a store unless\n"
+             "--force (which replaces it, and drops that store's WAL; DIR must then hold\n"
+             "every key file the copy needs). The\n"
              "next `turnpike serve` migrates it if it is older. Prints a JSON summary,\n"
              "with the key files the store needs that DIR lacks.\n\n"
              "A restore goes back to the moment of the backup: what was acknowledged\n"
@@ -459,7 +462,7 @@ static void reseal(const char *db_path, const char *dir)
 int tp_cmd_restore(int argc, char **argv)
 {
   const char *data = "./var", *from = NULL;
-  bool force = false;
+  bool force = false, accept_unsealed = false;
   for (int i = 0; i < argc; i++) {
     const char *v;
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -471,6 +474,8 @@ int tp_cmd_restore(int argc, char **argv)
       from = v;
     else if (strcmp(argv[i], "--force") == 0)
       force = true;
+    else if (strcmp(argv[i], "--accept-unsealed-audit") == 0)
+      accept_unsealed = true;
     else {
       fprintf(stderr, "turnpike restore: unknown option %s\n", argv[i]);
       return 2;
@@ -543,6 +548,18 @@ int tp_cmd_restore(int argc, char **argv)
             arc < 0 ? "cannot be read" : "is broken: ",
             arc < 0 ? "" : json_string_value(json_object_get(audit, "reason")) ?: "",
             (long long)json_integer_value(json_object_get(audit, "first_bad_seq")));
+    json_decref(audit);
+    goto done;
+  }
+  if (json_integer_value(json_object_get(audit, "checkpoints")) == 0 &&
+      json_integer_value(json_object_get(audit, "entries")) > 0 && !accept_unsealed) {
+    /* No signed checkpoint at all: nothing in the copy can be told from a
+     * chain rewritten whole (a store that has run a minute, or stopped
+     * once, has one). */
+    fprintf(stderr, "turnpike restore: the audit chain in %s has %lld entries and no signed checkpoint, so "
+                    "none of it can be checked; not restored (--accept-unsealed-audit restores it all the "
+                    "same)\n",
+            from, (long long)json_integer_value(json_object_get(audit, "entries")));
     json_decref(audit);
     goto done;
   }

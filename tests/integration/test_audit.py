@@ -188,7 +188,7 @@ class AuditTest(unittest.TestCase):
         # documented SHA-256(prev_hash || canonical entry)) breaks the next
         # entry's prev_hash.
         d, con = self.copy("rehash")
-        seq = 3
+        seq = min(x for x in range(3, len(self.rows)) if x not in self.ckpts)  # not itself under a checkpoint
         row = con.execute("SELECT seq, created, merchant, actor, action, object_id, details, prev_hash, hash "
                           "FROM audit_log WHERE seq = ?", (seq,)).fetchone()
         canon = json.dumps(list(row[:7]), separators=(",", ":"), ensure_ascii=True)
@@ -446,6 +446,78 @@ class SealedRecordTest(unittest.TestCase):
             con.execute("UPDATE audit_head SET seq = ?, hash = ?", (seq, prev))
 
         self.forge_and_restart(d, forge)
+
+    def rewrite_whole(self, con):
+        """Every refund's amount made 1, every hash recomputed, every
+        checkpoint deleted, the head moved: a chain consistent in itself."""
+        rows = con.execute("SELECT seq, created, merchant, actor, action, object_id, details FROM audit_log "
+                           "ORDER BY seq").fetchall()
+        prev = "0" * 64
+        for r in rows:
+            row = list(r)
+            if row[4] == "refund.created":
+                d = json.loads(row[6])
+                d["amount"] = 1
+                row[6] = json.dumps(d, separators=(",", ":"), sort_keys=True)
+            h = hashlib.sha256((prev + json.dumps(row, separators=(",", ":"), ensure_ascii=True)).encode()).hexdigest()
+            con.execute("UPDATE audit_log SET details = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                        (row[6], prev, h, row[0]))
+            prev = h
+        con.execute("DELETE FROM audit_checkpoints")
+        con.execute("UPDATE audit_head SET seq = ?, hash = ?", (rows[-1][0], prev))
+
+    def test_a_chain_rewritten_while_the_gateway_runs_is_not_signed(self):
+        """Rewritten behind a running gateway: its next checkpoint finds the
+        chain no longer holds the one it last signed, and signs nothing
+        (it signed the forged head, and made it the record)."""
+        d = Daemon()
+        self.addCleanup(d.cleanup)
+        d.create_merchant("m")
+        d.start(config="[audit]\ncheckpoint_seconds = 1\ncheckpoint_entries = 1\n")
+        c = d.client("m")
+        r = c.post(PI, {"amount": 700, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa"})
+        self.assertEqual(c.post("/v1/refunds", {"payment_intent": r.json["id"], "amount": 100}).status, 200)
+        time.sleep(2.5)  # signed
+        con = sqlite3.connect(os.path.join(d.data, "turnpike.db"), timeout=10)
+        with con:
+            self.rewrite_whole(con)
+        con.close()
+        r = c.post(PI, {"amount": 800, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa"})
+        self.assertEqual(c.post("/v1/refunds", {"payment_intent": r.json["id"], "amount": 200}).status, 200)
+        time.sleep(2.5)  # a checkpoint would be due
+        self.assertEqual(d.stop(), 0)
+        self.assertIn('"event":"audit_chain_tampered","when":"running"', d.log_text())
+        rc, out, err = verify(d.data, "--sealed")
+        self.assertEqual((rc, out.get("ok")), (1, False), (out, err))
+
+    def test_a_restore_refuses_a_copy_whose_chain_cannot_be_checked(self):
+        """A backup (on storage less guarded than the data directory) whose
+        chain was rewritten whole, its checkpoints stripped: refused, as
+        one whose chain is broken is; it restored and was signed at the
+        next stop."""
+        d = self.fresh()
+        out = os.path.join(d.root, "b.db")
+        p = subprocess.run([BIN, "backup", "--data", d.data, "--out", out], capture_output=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        con = sqlite3.connect(out)
+        with con:
+            self.rewrite_whole(con)
+        con.close()
+        before = open(os.path.join(d.data, "turnpike.db"), "rb").read()
+        p = subprocess.run([BIN, "restore", "--data", d.data, "--from", out, "--force"], capture_output=True,
+                           timeout=60)
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn(b"no signed checkpoint", p.stderr)
+        self.assertEqual(open(os.path.join(d.data, "turnpike.db"), "rb").read(), before)
+        # a chain broken in the copy is refused too
+        con = sqlite3.connect(out)
+        with con:
+            con.execute("UPDATE audit_log SET actor = 'x' WHERE seq = 2")
+        con.close()
+        p = subprocess.run([BIN, "restore", "--data", d.data, "--from", out, "--force", "--accept-unsealed-audit"],
+                           capture_output=True, timeout=60)
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn(b"is broken", p.stderr)
 
     def test_an_emptied_chain_is_found(self):
         d = self.fresh()
