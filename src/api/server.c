@@ -1050,6 +1050,52 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
   return MHD_YES;
 }
 
+/* Per connection (libmicrohttpd's socket context): where the request
+ * line of the request being read sits in the connection's buffer. */
+struct conn_ctx {
+  const char *uri;
+};
+
+static struct conn_ctx *conn_ctx_of(struct MHD_Connection *conn)
+{
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  return ci ? ci->socket_context : NULL;
+}
+
+/* The highest end of a field's key or value: with the request line's start
+ * (conn_ctx.uri), the bytes the request's section really takes in the
+ * buffer, whitespace libmicrohttpd skipped and a query's %XX it decoded in
+ * place included (the parsed lengths left them out: a header or trailer
+ * padded with 15 KB of spaces, or a percent-encoded query, passed the
+ * count, and the payment was made with no room left for the reply). */
+struct span {
+  const char *hi;
+};
+
+static enum MHD_Result span_field(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+  (void)kind;
+  struct span *sp = cls;
+  const char *e = value ? value + strlen(value) : key + strlen(key);
+  if (!sp->hi || e > sp->hi)
+    sp->hi = e;
+  return MHD_YES;
+}
+
+/* The section's footprint from uri to the fields' ends, plus records; 0
+ * when it cannot be told (no start, or ends that are not after it within
+ * the buffer). */
+static size_t raw_footprint(struct MHD_Connection *conn, const char *uri, enum MHD_ValueKind kinds, size_t records)
+{
+  if (!uri)
+    return 0;
+  struct span sp = {NULL};
+  MHD_get_connection_values(conn, kinds, span_field, &sp);
+  if (!sp.hi || (uintptr_t)sp.hi <= (uintptr_t)uri || (uintptr_t)sp.hi - (uintptr_t)uri > TP_HTTP_CONN_MEMORY)
+    return 0;
+  return (size_t)((uintptr_t)sp.hi - (uintptr_t)uri) + records;
+}
+
 /* A query argument's or trailer field's share of the pool: its bytes and
  * libmicrohttpd's record of it. */
 static enum MHD_Result count_field(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
@@ -1073,7 +1119,16 @@ static enum tp_err framing_error(struct tp_req *r, const char *version, size_t u
    * query and a header section each under the limit left no room for the
    * reply, which was never sent after the payment was made. */
   MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, count_field, &h.bytes);
+  /* and what they really take, whitespace and %XX included */
+  struct conn_ctx *cc = conn_ctx_of(conn);
+  int nfields = MHD_get_connection_values(conn, MHD_HEADER_KIND, NULL, NULL) +
+                MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, NULL, NULL);
+  size_t raw = raw_footprint(conn, cc ? cc->uri : NULL, MHD_HEADER_KIND,
+                             (size_t)(nfields > 0 ? nfields : 0) * TP_HTTP_FIELD_OVERHEAD);
+  if (raw > h.bytes)
+    h.bytes = raw;
   r->field_bytes = h.bytes;
+  r->section_start = cc ? cc->uri : NULL;
   r->chunked = h.transfer_encoding > 0;
   /* HTTP/1.1, or a later 1.x, which a 1.1 server handles as 1.1 (RFC 9110
    * 2.5); HTTP/1.0 otherwise. */
@@ -1206,6 +1261,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
      * anything runs. */
     size_t bytes = r->field_bytes;
     MHD_get_connection_values(conn, MHD_FOOTER_KIND, count_field, &bytes);
+    int nfields = MHD_get_connection_values(conn, MHD_HEADER_KIND | MHD_FOOTER_KIND | MHD_GET_ARGUMENT_KIND,
+                                            NULL, NULL);
+    size_t raw = raw_footprint(conn, r->section_start, MHD_HEADER_KIND | MHD_FOOTER_KIND,
+                               (size_t)(nfields > 0 ? nfields : 0) * TP_HTTP_FIELD_OVERHEAD);
+    if (raw > bytes)
+      bytes = raw;
     if (bytes > TP_HTTP_HEADERS_MAX) {
       if (!tls_cert) {
         raw_reply_close(conn, 431, "Request Header Fields Too Large", TP_ERR_HEADERS_TOO_LARGE, r->request_id);
@@ -1351,9 +1412,14 @@ static size_t query_args(const char *uri)
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe)
 {
-  (void)cls, (void)socket_context;
-  if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+  (void)cls;
+  if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
     MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)TP_HTTP_REQUEST_IDLE_S);
+    *socket_context = calloc(1, sizeof(struct conn_ctx)); /* NULL: the parsed count alone */
+  } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+    free(*socket_context);
+    *socket_context = NULL;
+  }
 }
 
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
@@ -1361,6 +1427,9 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
   (void)cls;
   /* a request begins: the idle limit of one arriving (TP_HTTP_REQUEST_IDLE_S) */
   MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)TP_HTTP_REQUEST_IDLE_S);
+  struct conn_ctx *cc = conn_ctx_of(conn);
+  if (cc)
+    cc->uri = uri; /* where this request's section starts in libmicrohttpd's buffer */
   if (!uri)
     return NULL;
   size_t len = strnlen(uri, TP_HTTP_URI_MAX + 1), args = query_args(uri);

@@ -862,6 +862,49 @@ class ApiErrorsTest(DaemonTestCase):
         self.assertGreater(counts["200"], 0, counts)
         self.assertGreater(counts["431"], 0, counts)
 
+    def test_whitespace_and_percent_encoding_count_as_the_bytes_they_take(self):
+        """libmicrohttpd skips a value's leading whitespace and decodes a
+        query's %XX in place: counted by their parsed lengths, a header or
+        trailer padded with 15 KB of spaces, or a percent-encoded query,
+        passed the limit, and the payment was made with no room left for
+        the reply. Each is now answered, or refused with nothing made."""
+        c = self.c("decline")
+        key = self.daemon.merchants["decline"]["secret_key"]
+        body = "amount=500&currency=usd&confirm=true&payment_method=pm_card_visa&metadata[t]="
+        head = "Host: t\r\nAuthorization: Bearer %s\r\nConnection: close\r\n" % key
+        counts = {"made": 0, "refused": 0}
+        cases = [("hdr", pad) for pad in range(13500, 16300, 400)] + [("tr", pad) for pad in range(13500, 16300, 400)]
+        cases += [("q", hp) for hp in (12000, 14000, 15000)]
+        for kind, pad in cases:
+            tag = "ws-%s-%d" % (kind, pad)
+            form = body + tag
+            url = "/v1/payment_intents"
+            if kind == "hdr":
+                extra, tail = "X-Pad:" + " " * pad + "v\r\n", ""
+            elif kind == "tr":
+                extra, tail = "", "T:" + " " * pad + "v\r\n"
+            else:
+                url += "?" + "&".join("metadata%%5Bk%d%%5D=%s" % (i, "%41" * 480) for i in range(7))
+                extra, tail = "X-Pad: %s\r\n" % ("p" * max(1, pad - len(url))), ""
+            if kind == "tr":
+                req = ("POST %s HTTP/1.1\r\n%sContent-Type: application/x-www-form-urlencoded\r\n"
+                       "Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n%s\r\n" % (url, head, len(form), form, tail))
+            else:
+                req = ("POST %s HTTP/1.1\r\n%s%sContent-Type: application/x-www-form-urlencoded\r\n"
+                       "Content-Length: %d\r\n\r\n%s" % (url, head, extra, len(form), form))
+            data = _exchange(self.daemon, req.encode())
+            status = data.split(b"\r\n", 1)[0].decode()
+            hits = c.get("/v1/payment_intents/search", {"query": "metadata['t']:'%s'" % tag}).json["data"]
+            self.assertRegex(status, r"^HTTP/1\.1 (200|4\d\d) ", (tag, data[:120]))
+            if " 200 " in status:
+                counts["made"] += 1
+                self.assertEqual(len(hits), 1, tag)
+            else:
+                counts["refused"] += 1
+                self.assertEqual(hits, [], tag)
+        self.assertGreater(counts["made"], 0, counts)
+        self.assertGreater(counts["refused"], 0, counts)
+
     def test_a_connection_closed_mid_request_is_let_go(self):
         """A client that sends part of a request and closes at once: its FIN
         comes with its last bytes, which libmicrohttpd's edge-triggered
