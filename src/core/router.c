@@ -217,6 +217,15 @@ static bool load_rule(struct load *l, struct rule *ru)
     return false;
   if (ns && total != 100)
     return bad(l, "split", "the percentages must add up to 100");
+  /* A split member the rule's own processors leave out could never take
+   * its share (it was accepted and silently ignored). */
+  for (size_t i = 0; i < ru->nsplit && ru->nprocs; i++) {
+    size_t k = 0;
+    while (k < ru->nprocs && strcasecmp(ru->procs[k], ru->split_name[i]) != 0)
+      k++;
+    if (k == ru->nprocs)
+      return bad(l, "split", "names a processor this rule's processors leave out");
+  }
   const char *st = tp_config_get(section, "strategy");
   if (st && strcasecmp(st, "ordered") != 0 && strcasecmp(st, "score") != 0)
     return bad(l, "strategy", "either score or ordered");

@@ -151,6 +151,15 @@ static void test_bad_rules_fail_the_load(void **state)
     assert_int_equal(tp_router_load(NULL), -1);
     assert_int_equal(tp_router_rules(), 0);
   }
+  /* a split member the rule's processors leave out never takes its share */
+  tp_config_reset();
+  tp_config_put("route.r", "processors", "a");
+  tp_config_put("route.r", "split", "b:100");
+  assert_int_equal(tp_router_load(NULL), -1);
+  tp_config_reset();
+  tp_config_put("route.r", "processors", "a,b");
+  tp_config_put("route.r", "split", "b:100");
+  assert_int_equal(tp_router_load(NULL), 0);
 }
 
 static void test_breaker_open_and_unsupported_are_excluded(void **state)
