@@ -1362,6 +1362,33 @@ static void overlay_known(json_t *data, const json_t *known, bool (*belongs)(con
 
 static void legacy_pi_charges(struct tp_req *r, json_t *pi, const json_t *known);
 
+/* How many rows q matches in all, read a page of 100 at a time after the
+ * first page's (have rows, the last one last_id): an embedded list's
+ * total_count (Stripe's, whatever the page holds); -1 when the store said
+ * no or past 100 pages. */
+static int64_t count_rest(struct tp_list_query q, size_t have, const char *last_id)
+{
+  int64_t n = (int64_t)have;
+  char after[TP_ID_MAX];
+  tp_scopy(after, sizeof after, last_id ? last_id : "");
+  q.limit = 100;
+  for (int page = 0; page < 100 && after[0]; page++) {
+    q.starting_after = after;
+    bool more = false;
+    json_t *rows = tp_app.store.ops->list(tp_app.store.cls, &q, &more);
+    if (!rows)
+      return -1;
+    size_t k = json_array_size(rows);
+    n += (int64_t)k;
+    const char *lid = k ? json_string_value(json_object_get(json_array_get(rows, k - 1), "id")) : NULL;
+    tp_scopy(after, sizeof after, more && lid ? lid : "");
+    json_decref(rows);
+    if (!more)
+      return n;
+  }
+  return -1;
+}
+
 static bool expand_list(struct tp_req *r, json_t *obj, const char *path, const json_t *known)
 {
   const char *what = json_string_value(json_object_get(obj, "object"));
@@ -1382,9 +1409,11 @@ static bool expand_list(struct tp_req *r, json_t *obj, const char *path, const j
   char url[160];
   json_t *data = NULL;
   bool more = false;
+  struct tp_list_query q;
+  bool counted = false; /* q is the list's query (total_count past the page) */
   if (strcmp(what, "charge") == 0 && strcmp(path, "refunds") == 0) {
-    struct tp_list_query q;
     tp_list_query_init(&q, TP_K_REFUND, r->merchant.id);
+    counted = true;
     q.col2_name = "charge";
     q.col2_value = id;
     data = tp_app.store.ops->list(tp_app.store.cls, &q, &more);
@@ -1395,8 +1424,8 @@ static bool expand_list(struct tp_req *r, json_t *obj, const char *path, const j
     overlay_known(data, known, refund_of, id);
   } else if (strcmp(what, "customer") == 0 && strcmp(path, "sources") == 0) {
     /* its cards (the legacy Cards API, sources.c), newest first */
-    struct tp_list_query q;
     tp_card_sources_query(&q, r->merchant.id, id);
+    counted = true;
     data = tp_app.store.ops->list(tp_app.store.cls, &q, &more);
     if (!data)
       return true;
@@ -1415,9 +1444,13 @@ static bool expand_list(struct tp_req *r, json_t *obj, const char *path, const j
   /* total_count, as Stripe's embedded lists show it (a charge's refunds, a
    * customer's sources: "$customer->sources->total_count"); known here when
    * the page holds them all. */
+  size_t k = json_array_size(data);
+  int64_t total = (int64_t)k;
+  if (more && counted)
+    total = count_rest(q, k, k ? json_string_value(json_object_get(json_array_get(data, k - 1), "id")) : NULL);
   json_t *list = tp_pack("{s:s, s:o, s:b, s:I, s:s}", "object", "list", "data", data, "has_more", more, "total_count",
-                         (json_int_t)json_array_size(data), "url", url);
-  if (more)
+                         (json_int_t)total, "url", url);
+  if (total < 0)
     json_object_del(list, "total_count");
   json_object_set_new(obj, path, list);
   return true;

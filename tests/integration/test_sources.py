@@ -222,6 +222,17 @@ class Sources(DaemonTestCase):
         self.assertEqual((upd["default_source"]["brand"], [c["id"] for c in upd["sources"]["data"]]),
                          ("MasterCard", [upd["default_source"]["id"]]), upd)
 
+    def test_an_embedded_list_past_one_page_counts_them_all(self):
+        """A charge's refunds shown by an older API version: ten on the page,
+        has_more, and total_count the count of them all (it was left out,
+        and `refunds.total_count` raised in stripe-python)."""
+        old = {"Stripe-Version": "2019-12-03"}
+        many = self.c().post(CH, {"amount": 5000, "currency": "usd", "source": "tok_visa"}).json
+        for _ in range(12):
+            self.assertEqual(self.c().post("/v1/refunds", {"charge": many["id"], "amount": 100}).status, 200)
+        got = self.c().get(CH + "/" + many["id"], headers=old).json["refunds"]
+        self.assertEqual((len(got["data"]), got["has_more"], got["total_count"]), (10, True, 12), got)
+
     def test_a_charge_with_a_customer_takes_only_its_cards(self):
         """customer with a token, or with another customer's card: Stripe's
         "does not have a linked source" (the card was charged and shown as
