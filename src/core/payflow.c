@@ -355,7 +355,11 @@ void tp_pay_reply(struct tp_pay *p, unsigned status, json_t *obj)
 {
   const json_t *ex = json_object_get(p->params, "expand");
   bool expand = json_is_array(ex) && json_array_size(ex) > 0;
-  if (p->r && status < 300 && (expand || tp_legacy_lists_wanted(p->r))) {
+  bool legacy = p->r && tp_legacy_lists_wanted(p->r);
+  /* a decline's error.payment_intent, as the pinned version showed it too
+   * (with its charges: e.error.payment_intent.charges.data[0].outcome) */
+  json_t *err_pi = status >= 400 ? json_object_get(json_object_get(obj, "error"), "payment_intent") : NULL;
+  if (p->r && ((status < 300 && (expand || legacy)) || (legacy && json_is_object(err_pi)))) {
     /* The objects this payment just wrote, as they are before obj (which
      * may be one of them) is expanded: latest_charge.payment_intent then
      * shows the PaymentIntent with latest_charge as an id, as Stripe does. */
@@ -365,9 +369,13 @@ void tp_pay_reply(struct tp_pay *p, unsigned status, json_t *obj)
       if (mine[i])
         json_array_append_new(known, json_deep_copy(mine[i]));
     /* Expansion errors were checked up front (tp_check_params). */
-    if (expand)
-      tp_expand(p->r, obj, known);
-    tp_legacy_lists(p->r, obj, known); /* a request pinned to an old API version */
+    if (status >= 400)
+      tp_legacy_lists(p->r, err_pi, known);
+    else {
+      if (expand)
+        tp_expand(p->r, obj, known);
+      tp_legacy_lists(p->r, obj, known); /* a request pinned to an old API version */
+    }
     json_decref(known);
   }
   /* An error of the payment's own request leads to its request log entry,

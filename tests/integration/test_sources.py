@@ -199,6 +199,14 @@ class Sources(DaemonTestCase):
         ch3 = self.c().post(CH, {"amount": 300, "currency": "usd", "customer": buyer["id"], "expand[]": "customer"},
                             headers=pinned).json
         self.assertEqual([c["id"] for c in ch3["customer"]["sources"]["data"]], [buyer["default_source"]], ch3)
+        # a decline's error.payment_intent as the version showed it too, with
+        # its (failed) charge
+        r = self.c().post("/v1/payment_intents", {"amount": 900, "currency": "usd", "confirm": "true",
+                                                  "payment_method": "pm_card_chargeDeclined"}, headers=old)
+        self.assertEqual(r.status, 402, r)
+        epi = r.json["error"]["payment_intent"]
+        self.assertEqual([c["id"] for c in epi["charges"]["data"]], [r.json["error"]["charge"]], epi)
+        self.assertEqual(epi["charges"]["data"][0]["outcome"]["type"], "issuer_declined")
         # the served version has no charges on a PaymentIntent to expand
         r = self.c().get("/v1/payment_intents/" + pi.json["id"], exp)
         self.assertEqual((r.status, r.json["error"]["tp_code"], r.json["error"]["param"]), (400, 1041, "expand"), r)
