@@ -5,4 +5,4 @@
 -- housekeeping loop, and the heartbeat /readyz reads, slowed with the
 -- backlog. This index holds the pending rows only, so the minimum is one
 -- lookup; a delivery leaves it when it succeeds or fails for good.
-CREATE INDEX webhook_deliveries_pending ON webhook_deliveries(endpoint, event) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_deliveries_pending ON webhook_deliveries(endpoint, event) WHERE state = 'pending';
