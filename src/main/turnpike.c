@@ -66,10 +66,16 @@ static int config_set(struct config *c, const char *section, const char *key, co
        * the OAuth issuer) are appended to: a trailing '/' made them "//v1/"
        * (404), a longer one was cut short. */
       size_t n = strlen(value);
-      while (n > 0 && value[n - 1] == '/')
+      size_t scheme = strncasecmp(value, "http://", 7) == 0 ? 7 : strncasecmp(value, "https://", 8) == 0 ? 8 : 0;
+      while (n > scheme && value[n - 1] == '/')
         n--;
-      if (n >= sizeof c->public_url || (strncasecmp(value, "http://", 7) != 0 && strncasecmp(value, "https://", 8) != 0))
+      /* a host after the scheme, and nothing a link cannot be appended to:
+       * no whitespace or control character, no query, no fragment */
+      if (!scheme || n >= sizeof c->public_url || n == scheme || value[scheme] == '/')
         return 0;
+      for (size_t i = 0; i < n; i++)
+        if ((unsigned char)value[i] <= ' ' || value[i] == '?' || value[i] == '#' || value[i] == 0x7f)
+          return 0;
       memcpy(c->public_url, value, n);
       c->public_url[n] = '\0';
     }

@@ -752,11 +752,12 @@ class PublicUrlTest(unittest.TestCase):
         url = pi["next_action"]["redirect_to_url"]["url"]
         self.assertTrue(url.startswith("http://gw.example/pay/v1/turnpike/3ds/"), url)
         self.assertEqual(d.stop(), 0)
-        bad = Daemon()
-        self.addCleanup(bad.cleanup)
-        with self.assertRaises(Exception):
-            bad.start(extra_env={"TURNPIKE_SERVER_PUBLIC_URL": "gw.example/pay"})
-        self.assertIn("config_invalid", bad.log_text())
+        for url in ("gw.example/pay", "http://", "https:///x", "http://a b", "http://x/?q=1", "http://x/#f"):
+            bad = Daemon()
+            self.addCleanup(bad.cleanup)
+            with self.assertRaises(Exception, msg=url):
+                bad.start(extra_env={"TURNPIKE_SERVER_PUBLIC_URL": url})
+            self.assertIn("config_invalid", bad.log_text(), url)
 
 if __name__ == "__main__":
     main()
