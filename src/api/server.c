@@ -1004,7 +1004,7 @@ static void raw_reply_close(struct MHD_Connection *conn, unsigned status, const 
  * before its colon) is refused and its connection closed, never read on. */
 struct header_scan {
   int content_length, transfer_encoding, host, authorization, idempotency_key;
-  bool bad_name, te_not_chunked, te_chunked_listed, expect_continue;
+  bool bad_name, te_not_chunked, te_chunked_listed, te_coding_then_chunked, expect_continue;
   int te_chunked; /* fields that are exactly "chunked" */
   bool coded_body;             /* Content-Encoding other than identity */
   bool conn_close, conn_keep;  /* Connection: close / keep-alive */
@@ -1031,6 +1031,15 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
        * close (RFC 9112 6.3: chunked not final). Other codings alone: 501. */
       h->te_not_chunked = true;
       h->te_chunked_listed |= value && strcasestr(value, "chunked") != NULL;
+      /* "gzip, chunked": valid framing with a coding not supported (501);
+       * the rest ("chunked, gzip", "chunked,", spaces) is not (400) */
+      const char *comma = value ? strrchr(value, ',') : NULL;
+      if (comma) {
+        const char *t = comma + 1;
+        while (*t == ' ' || *t == '\t')
+          t++;
+        h->te_coding_then_chunked |= strcasecmp(t, "chunked") == 0;
+      }
     } else
       h->te_chunked++;
   } else if (strcasecmp(key, "Host") == 0)
@@ -1156,7 +1165,7 @@ static enum tp_err framing_error(struct tp_req *r, const char *version, size_t u
     *why = "more than one Idempotency-Key";
   else if (h.te_chunked > 1 || (h.te_chunked && h.te_not_chunked))
     *why = "chunked applied more than once, or not as the final transfer coding (RFC 9112 6.1, 6.3)";
-  else if (h.te_chunked_listed)
+  else if (h.te_chunked_listed && !h.te_coding_then_chunked)
     *why = "Transfer-Encoding is a list with chunked in it that is not exactly chunked (RFC 9112 6.3)";
   if (*why)
     return TP_ERR_REQUEST_FRAMING_INVALID;

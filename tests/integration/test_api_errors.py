@@ -152,6 +152,8 @@ class ApiErrorsTest(DaemonTestCase):
              "Transfer-Encoding: chunked, gzip\r\n\r\n6\r\nname=a\r\n0\r\n\r\n", 400),
             ("chunked with an empty element", "POST /v1/customers HTTP/1.1\r\nHost: x\r\n" + auth + form +
              "Transfer-Encoding: chunked,\r\n\r\n6\r\nname=a\r\n0\r\n\r\n", 400),
+            ("a coding then chunked", "POST /v1/customers HTTP/1.1\r\nHost: x\r\n" + auth + form +
+             "Transfer-Encoding: gzip, chunked\r\n\r\n6\r\nname=a\r\n0\r\n\r\n", 501),
             ("chunked twice", "POST /v1/customers HTTP/1.1\r\nHost: x\r\n" + auth + form +
              "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nname=a\r\n0\r\n\r\n", 400),
             ("no Host", "GET /v1/balance HTTP/1.1\r\n" + auth + "\r\n", 400),
