@@ -25,6 +25,8 @@ static void enter(struct tp_breaker *b, enum tp_breaker_state s, int64_t now_ms)
 {
   if (s == TP_BREAKER_OPEN && b->state != TP_BREAKER_OPEN)
     b->opens++;
+  if (s == TP_BREAKER_OPEN && b->state == TP_BREAKER_CLOSED)
+    b->down_since_ms = now_ms;
   if (s == TP_BREAKER_OPEN)
     b->opened_by_calls = true; /* tp_breaker_health clears it for its own */
   b->state = s;
@@ -170,6 +172,11 @@ void tp_breaker_record_soft(struct tp_breaker *b, int64_t now_ms)
   }
 }
 
+static bool health_hold_over(const struct tp_breaker *b, int64_t now_ms)
+{
+  return now_ms - b->down_since_ms >= (int64_t)TP_BREAKER_HEALTH_HOLD * b->cfg.open_ms;
+}
+
 void tp_breaker_health(struct tp_breaker *b, bool ok, int64_t now_ms)
 {
   switch (tp_breaker_tick(b, now_ms)) {
@@ -184,10 +191,12 @@ void tp_breaker_health(struct tp_breaker *b, bool ok, int64_t now_ms)
   case TP_BREAKER_OPEN:
     if (ok && !b->opened_by_calls)
       enter(b, TP_BREAKER_HALF_OPEN, now_ms);
-    else if (!ok)
+    else if (!ok && !health_hold_over(b, now_ms))
       b->since_ms = now_ms; /* still down: do not let payments probe it */
     return;
   case TP_BREAKER_HALF_OPEN:
+    if (!ok && health_hold_over(b, now_ms))
+      return; /* checks failing this long: the payment probes decide */
     if (!ok) {
       bool by_calls = b->opened_by_calls;
       enter(b, TP_BREAKER_OPEN, now_ms);

@@ -46,7 +46,13 @@ struct tp_breaker {
    * only calls do (a processor that answered its health check and failed
    * every payment was back in rotation each health_interval_ms) */
   bool opened_by_calls;
+  /* when it left closed: failed health checks hold it open (no payment
+   * probes) for at most TP_BREAKER_HEALTH_HOLD open periods from then, after
+   * which calls decide (a processor whose health endpoint fails while it
+   * takes payments was held out for good) */
+  int64_t down_since_ms;
 };
+#define TP_BREAKER_HEALTH_HOLD 10
 
 /* Fill cfg with the documented defaults (0.5, 20, 5, 5000 ms, 3, 1000 ms). */
 void tp_breaker_defaults(struct tp_breaker_cfg *cfg);

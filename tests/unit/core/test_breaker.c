@@ -288,6 +288,24 @@ static void test_health_checks(void **state)
   assert_int_equal(b.state, TP_BREAKER_OPEN);
   tp_breaker_health(&b, true, 4100);
   assert_int_equal(b.state, TP_BREAKER_HALF_OPEN);
+  /* checks that keep failing hold it open only so long: past
+   * TP_BREAKER_HEALTH_HOLD open periods payments probe it, and a probe that
+   * succeeds closes it (its health endpoint fails, its payments do not) */
+  tp_breaker_init(&b, &c, 10000);
+  for (int i = 0; i < 5; i++)
+    tp_breaker_health(&b, false, 10001 + i);
+  assert_int_equal(b.state, TP_BREAKER_OPEN);
+  int64_t t = 10005;
+  for (; t < 10005 + (TP_BREAKER_HEALTH_HOLD + 2) * c.open_ms; t += c.open_ms / 4)
+    tp_breaker_health(&b, false, t);
+  assert_int_equal(tp_breaker_tick(&b, t + c.open_ms), TP_BREAKER_HALF_OPEN);
+  tp_breaker_health(&b, false, t + c.open_ms + 1); /* no longer reopens */
+  assert_int_equal(b.state, TP_BREAKER_HALF_OPEN);
+  for (int i = 0; i < c.probes; i++) {
+    assert_true(tp_breaker_allow(&b, t + c.open_ms + 2 + i));
+    tp_breaker_record(&b, false, t + c.open_ms + 2 + i);
+  }
+  assert_int_equal(b.state, TP_BREAKER_CLOSED);
 }
 
 /* ---- registry: config and fees ------------------------------------------ */
