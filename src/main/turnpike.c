@@ -346,6 +346,22 @@ static void show_unshown_demo(void)
           demo_unshown.id, demo_unshown.sk, demo_unshown.pk);
 }
 
+
+/* A start given up after the background threads ran: they are stopped in
+ * order (the audit chain's head signed, the writer drained) rather than
+ * left running into exit. 1, serve's failure. */
+static int stop_early(void)
+{
+  tp_kek_stop();
+  tp_housekeeping_stop();
+  tp_alerts_stop();
+  tp_stream_stop();
+  tp_webhooks_stop();
+  tp_writer_stop();
+  tp_procs_stop();
+  return 1;
+}
+
 static int cmd_serve(int argc, char **argv)
 {
   struct config c;
@@ -535,7 +551,7 @@ static int cmd_serve(int argc, char **argv)
   /* HTTPS, OAuth signing key, rate limits: before the first request. */
   int tls = tp_tls_configure(tls_cert, tls_key, tls_min);
   if (tls < 0 || tp_oauth_init(c.data) != 0 || tp_proxies_init() != 0)
-    return 1;
+    return stop_early();
   tp_ratelimit_init();
   /* Settings read so far that were there but not valid (config_invalid,
    * each read as its default: a rate limit off, an authorization voided
@@ -551,12 +567,12 @@ static int cmd_serve(int argc, char **argv)
   if (!tp_disputes_config_ok() || tp_config_invalid_count() > 0) {
     tp_log(TP_LOG_ERROR, "config_invalid_stop", "{s:i, s:s}", "values", tp_config_invalid_count(), "why",
            "a setting above is not valid (config_invalid): fix it or remove it");
-    return 1;
+    return stop_early();
   }
   uint16_t bound = 0;
   if (tp_http_start(host, port, c.threads, &bound) != 0) {
     tp_log(TP_LOG_ERROR, "listen_failed", "{s:s, s:s}", "listen", c.listen, "error", strerror(errno));
-    return 1;
+    return stop_early();
   }
   if (c.public_url[0])
     tp_scopy(tp_app.public_url, sizeof tp_app.public_url, c.public_url);

@@ -33,6 +33,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/sha.h>
 #include <sqlite3.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -437,6 +440,50 @@ static bool keys_fit(const char *copy, const char *dir, bool replacing, char *wh
   return false;
 }
 
+/* Whether the copy holds any payment (an unserved store, set up with the
+ * CLI alone, holds none: its chain has had no chance to be signed). */
+static bool holds_payments(const char *copy)
+{
+  sqlite3 *db = NULL;
+  sqlite3_stmt *st = NULL;
+  bool any = true; /* unreadable: as if it did */
+  if (sqlite3_open_v2(copy, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+      sqlite3_prepare_v2(db, "SELECT EXISTS(SELECT 1 FROM payment_intents) OR EXISTS(SELECT 1 FROM charges)", -1,
+                         &st, NULL) == SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW)
+    any = sqlite3_column_int(st, 0) != 0;
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return any;
+}
+
+/* SHA-256 (hex) of the public half of DIR/audit-signing.pem as the file
+ * provider writes it into a checkpoint; false when there is none. */
+static bool dir_audit_key_sha256(const char *dir, char out[65])
+{
+  char path[1300];
+  snprintf(path, sizeof path, "%s/audit-signing.pem", dir);
+  FILE *fp = fopen(path, "r");
+  if (!fp)
+    return false;
+  EVP_PKEY *k = PEM_read_PrivateKey(fp, NULL, NULL, NULL);
+  fclose(fp);
+  BIO *b = k ? BIO_new(BIO_s_mem()) : NULL;
+  bool ok = false;
+  char *p;
+  long n;
+  if (b && PEM_write_bio_PUBKEY(b, k) == 1 && (n = BIO_get_mem_data(b, &p)) > 0) {
+    uint8_t md[32];
+    SHA256((const unsigned char *)p, (size_t)n, md);
+    for (int i = 0; i < 32; i++)
+      snprintf(out + 2 * i, 3, "%02x", md[i]);
+    ok = true;
+  }
+  BIO_free(b);
+  EVP_PKEY_free(k);
+  return ok;
+}
+
 /* The restored store's own last checkpoint becomes DIR/audit-sealed (the
  * gateway's record of what it last signed: audit.c). */
 static void reseal(const char *db_path, const char *dir)
@@ -552,7 +599,7 @@ int tp_cmd_restore(int argc, char **argv)
     goto done;
   }
   if (json_integer_value(json_object_get(audit, "checkpoints")) == 0 &&
-      json_integer_value(json_object_get(audit, "entries")) > 0 && !accept_unsealed) {
+      json_integer_value(json_object_get(audit, "entries")) > 0 && !accept_unsealed && holds_payments(tmp)) {
     /* No signed checkpoint at all: nothing in the copy can be told from a
      * chain rewritten whole (a store that has run a minute, or stopped
      * once, has one). */
@@ -568,6 +615,16 @@ int tp_cmd_restore(int argc, char **argv)
                     "checkpoints): check them before the store takes traffic\n",
             (long long)json_integer_value(json_object_get(audit, "unsealed_entries")), from,
             (long long)json_integer_value(json_object_get(audit, "checkpoints")));
+  /* Signed by another key than the directory's: a checkpoint verifies
+   * against the key stored beside it, so one of a forger's own would pass
+   * (`audit verify --pubkey` pins the key). Said, not refused: a move to
+   * the HSM signs with another key too. */
+  char dkey[65];
+  const char *ckey = json_string_value(json_object_get(audit, "checkpoint_key_sha256"));
+  if (ckey && dir_audit_key_sha256(data, dkey) && strcmp(ckey, dkey) != 0)
+    fprintf(stderr, "turnpike restore: warning: the last audit checkpoint of %s is signed by another key than "
+                    "%s/audit-signing.pem: check it with `turnpike audit verify --pubkey`\n",
+            from, data);
   json_object_set(sum, "audit", audit);
   json_decref(audit);
   /* The record of the old store's last signed checkpoint goes before the
@@ -584,10 +641,12 @@ int tp_cmd_restore(int argc, char **argv)
   if ((unlink(wal) != 0 && errno != ENOENT) || (unlink(shm) != 0 && errno != ENOENT) ||
       fsync_path(data, true) != 0) {
     fprintf(stderr, "turnpike restore: cannot remove the old store's WAL in %s: %s\n", data, strerror(errno));
+    reseal(db, data); /* the old store stays: its record back */
     goto done;
   }
   if (rename(tmp, db) != 0 || fsync_path(data, true) != 0) {
     fprintf(stderr, "turnpike restore: cannot put the copy at %s: %s\n", db, strerror(errno));
+    reseal(db, data);
     goto done;
   }
   rc = 0;

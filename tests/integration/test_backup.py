@@ -297,6 +297,31 @@ class AuditKeyTest(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertIn("audit-signing.pem", json.loads(stdout)["missing_key_files"])
 
+    def test_a_store_never_served_restores_without_a_checkpoint(self):
+        """A store set up with the CLI alone has audit entries and no signed
+        checkpoint (nothing has run to sign them) and no payment: restored
+        as it is; one with payments and no checkpoint is refused unless
+        --accept-unsealed-audit (a chain rewritten whole looks so)."""
+        tmp = tempfile.mkdtemp(prefix="tp-unserved-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        d = Daemon(root=os.path.join(tmp, "a"))
+        self.addCleanup(d.cleanup)
+        d.create_merchant("m")
+        out = os.path.join(tmp, "a.db")
+        rc, _, err = run("backup", "--data", d.data, "--out", out)
+        self.assertEqual(rc, 0, err)
+        rc, stdout, err = run("restore", "--from", out, "--data", os.path.join(tmp, "fresh"))
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(json.loads(stdout)["audit"]["checkpoints"], 0)
+        with sqlite3.connect(out) as con:
+            con.execute("INSERT INTO payment_intents(id, merchant, created, data) VALUES ('pi_x', 'acct_x', 1, '{}')")
+        con.close()
+        rc, _, err = run("restore", "--from", out, "--data", os.path.join(tmp, "fresh2"))
+        self.assertEqual(rc, 1, err)
+        self.assertIn("no signed checkpoint", err)
+        rc, _, err = run("restore", "--from", out, "--data", os.path.join(tmp, "fresh3"), "--accept-unsealed-audit")
+        self.assertEqual(rc, 0, err)
+
     def test_a_restore_refuses_a_copy_its_keys_do_not_fit_and_reseals(self):
         """A copy made under another vault.key (another installation), or
         one whose KEK file the directory lacks when a store would be
