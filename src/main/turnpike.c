@@ -350,15 +350,20 @@ static void show_unshown_demo(void)
 /* A start given up after the background threads ran: they are stopped in
  * order (the audit chain's head signed, the writer drained) rather than
  * left running into exit. 1, serve's failure. */
-static int stop_early(void)
+static void stop_background(void)
 {
-  tp_kek_stop();
   tp_housekeeping_stop();
   tp_alerts_stop();
   tp_stream_stop();
   tp_webhooks_stop();
   tp_writer_stop();
   tp_procs_stop();
+}
+
+static int stop_early(void)
+{
+  tp_kek_stop();
+  stop_background();
   return 1;
 }
 
@@ -621,12 +626,7 @@ static int cmd_serve(int argc, char **argv)
          "change_sets", (json_int_t)ws.sets, "max_batch", (json_int_t)ws.max_batch, "commit_us_avg",
          (json_int_t)(ws.batches ? ws.commit_ns_total / ws.batches / 1000 : 0), "pcache_truncations",
          (json_int_t)pc.passed, "pcache_scans_saved", (json_int_t)pc.scans_saved);
-  tp_housekeeping_stop();
-  tp_alerts_stop();
-  tp_stream_stop();
-  tp_webhooks_stop();
-  tp_writer_stop();
-  tp_procs_stop();
+  stop_background();
   tp_app.store.ops->close(tp_app.store.cls);
   unlink(addr_path);
   tp_log(TP_LOG_INFO, "stopped", NULL);

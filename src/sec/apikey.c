@@ -280,17 +280,9 @@ static int revoke_key(const char *data, const char *merchant, const char *key, c
   args = tp_pack("[I, s]", (json_int_t)now, merchant);
   tp_cs_sql(cs, sql, args, 1);
   json_decref(args);
-  json_t *details = tp_pack("{s:s, s:I}", "kind", kind, "revoked_at", (json_int_t)now);
-  tp_audit_append(cs, merchant, "cli", "api_key.revoked", khint, details);
-  json_decref(details);
-  int rc = -1;
-  st.ops->apply_batch(st.cls, &cs, 1, &rc);
-  tp_cs_free(cs);
-  st.ops->close(st.cls);
-  if (rc != 0) {
-    fprintf(stderr, "turnpike api-key: store write failed\n");
+  if (tp_audit_cli_commit(&st, cs, merchant, "api_key.revoked", khint,
+                          tp_pack("{s:s, s:I}", "kind", kind, "revoked_at", (json_int_t)now), "api-key") != 0)
     return 1;
-  }
   json_t *out = tp_pack("{s:s, s:s, s:s, s:I}", "merchant", merchant, "hint", khint, "kind", kind, "revoked_at",
                         (json_int_t)now);
   char *txt = json_dumps(out, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -388,16 +380,9 @@ int tp_cmd_api_key(int argc, char **argv)
                          : tp_pack("{s:s}", "scopes", scopes);
   if (expires)
     json_object_set_new(details, "expires_at", json_integer(expires));
-  tp_audit_append(cs, merchant, "cli", roll ? "api_key.rolled" : "api_key.created", hint, details);
-  json_decref(details);
-  int rc = -1;
-  st.ops->apply_batch(st.cls, &cs, 1, &rc);
-  tp_cs_free(cs);
-  st.ops->close(st.cls);
-  if (rc != 0) {
-    fprintf(stderr, "turnpike api-key: store write failed\n");
+  if (tp_audit_cli_commit(&st, cs, merchant, roll ? "api_key.rolled" : "api_key.created", hint, details,
+                          "api-key") != 0)
     return 1;
-  }
   json_t *out = tp_pack("{s:s, s:s, s:s, s:o}", "merchant", merchant,
                         !roll ? "restricted_key" : publishable ? "publishable_key" : "secret_key", key,
                         "hint", hint, "expires_at", expires ? json_integer(expires) : json_null());

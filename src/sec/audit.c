@@ -166,6 +166,22 @@ void tp_audit_append(struct tp_cs *cs, const char *merchant, const char *actor, 
   json_decref(a);
 }
 
+int tp_audit_cli_commit(struct tp_store *st, struct tp_cs *cs, const char *merchant, const char *action,
+                        const char *object_id, json_t *details, const char *cmd)
+{
+  tp_audit_append(cs, merchant, "cli", action, object_id, details);
+  json_decref(details);
+  int rc = -1;
+  st->ops->apply_batch(st->cls, &cs, 1, &rc);
+  tp_cs_free(cs);
+  st->ops->close(st->cls);
+  if (rc != 0) {
+    fprintf(stderr, "turnpike %s: store write failed\n", cmd);
+    return 1;
+  }
+  return 0;
+}
+
 /* ---- checkpoints ------------------------------------------------------------ */
 static void checkpoint_digest(int64_t seq, const char *hash, uint8_t md[32])
 {

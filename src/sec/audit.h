@@ -15,6 +15,12 @@ struct tp_store;
 void tp_audit_append(struct tp_cs *cs, const char *merchant, const char *actor, const char *action,
                      const char *object_id, const json_t *details);
 
+/* An admin command's change set committed with its audit entry (actor
+ * "cli"; details stolen, may be NULL), then cs freed and the store closed;
+ * 0, or 1 after saying "turnpike CMD: store write failed". */
+int tp_audit_cli_commit(struct tp_store *st, struct tp_cs *cs, const char *merchant, const char *action,
+                        const char *object_id, json_t *details, const char *cmd);
+
 /* Daemon maintenance (called by the kek thread): write a signed checkpoint of
  * the chain head when [audit] checkpoint_seconds or checkpoint_entries have
  * passed; _final forces one (shutdown, before the writer stops). */

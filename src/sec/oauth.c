@@ -686,16 +686,10 @@ static int revoke_client(const char *data, const char *client_id)
   args = tp_pack("[I, s]", (json_int_t)tp_now(), client_id);
   tp_cs_sql(cs, "UPDATE oauth_clients SET revoked=?1 WHERE client_id=?2 AND revoked IS NULL", args, 1);
   json_decref(args);
-  tp_audit_append(cs, merchant, "cli", "oauth_client.revoked", client_id, NULL);
-  int rc = -1;
-  st.ops->apply_batch(st.cls, &cs, 1, &rc);
-  tp_cs_free(cs);
-  json_decref(rows);
-  st.ops->close(st.cls);
-  if (rc != 0) {
-    fprintf(stderr, "turnpike oauth-client revoke: store write failed\n");
+  int rc = tp_audit_cli_commit(&st, cs, merchant, "oauth_client.revoked", client_id, NULL, "oauth-client revoke");
+  json_decref(rows); /* merchant is its */
+  if (rc != 0)
     return 1;
-  }
   printf("{\"client_id\":\"%s\",\"revoked\":true}\n", client_id);
   return 0;
 }
@@ -758,17 +752,9 @@ int tp_cmd_oauth_client(int argc, char **argv)
   tp_cs_sql(cs, "INSERT INTO oauth_clients(client_id, merchant, secret_hash, scopes, created) "
                 "VALUES(?1,?2,?3,?4,?5)", args, 1);
   json_decref(args);
-  json_t *details = tp_pack("{s:s}", "scopes", scopes);
-  tp_audit_append(cs, merchant, "cli", "oauth_client.created", id, details);
-  json_decref(details);
-  int rc = -1;
-  st.ops->apply_batch(st.cls, &cs, 1, &rc);
-  tp_cs_free(cs);
-  st.ops->close(st.cls);
-  if (rc != 0) {
-    fprintf(stderr, "turnpike oauth-client: store write failed\n");
+  if (tp_audit_cli_commit(&st, cs, merchant, "oauth_client.created", id, tp_pack("{s:s}", "scopes", scopes),
+                          "oauth-client") != 0)
     return 1;
-  }
   json_t *out = tp_pack("{s:s, s:s, s:s, s:s}", "client_id", id, "client_secret", secret, "merchant", merchant,
                         "scopes", scopes);
   char *s = json_dumps(out, JSON_COMPACT | JSON_PRESERVE_ORDER);
