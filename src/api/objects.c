@@ -1362,18 +1362,16 @@ static void overlay_known(json_t *data, const json_t *known, bool (*belongs)(con
 
 static void legacy_pi_charges(struct tp_req *r, json_t *pi, const json_t *known);
 
-/* How many rows q matches in all, read a page of 100 at a time after the
- * first page's (have rows, the last one last_id): an embedded list's
- * total_count (Stripe's, whatever the page holds); -1 when the store said
- * no or past 100 pages. */
-static int64_t count_rest(struct tp_list_query q, size_t have, const char *last_id)
+/* How many rows q matches in the store, a page of 100 at a time; -1 when
+ * the store said no or past 100 pages. */
+static int64_t count_all(struct tp_list_query q)
 {
-  int64_t n = (int64_t)have;
-  char after[TP_ID_MAX];
-  tp_scopy(after, sizeof after, last_id ? last_id : "");
+  int64_t n = 0;
+  char after[TP_ID_MAX] = "";
   q.limit = 100;
-  for (int page = 0; page < 100 && after[0]; page++) {
-    q.starting_after = after;
+  q.ending_before = NULL;
+  for (int page = 0; page < 100; page++) {
+    q.starting_after = after[0] ? after : NULL;
     bool more = false;
     json_t *rows = tp_app.store.ops->list(tp_app.store.cls, &q, &more);
     if (!rows)
@@ -1381,12 +1379,34 @@ static int64_t count_rest(struct tp_list_query q, size_t have, const char *last_
     size_t k = json_array_size(rows);
     n += (int64_t)k;
     const char *lid = k ? json_string_value(json_object_get(json_array_get(rows, k - 1), "id")) : NULL;
-    tp_scopy(after, sizeof after, more && lid ? lid : "");
+    tp_scopy(after, sizeof after, lid ? lid : "");
     json_decref(rows);
-    if (!more)
+    if (!more || !after[0])
       return n;
   }
   return -1;
+}
+
+/* What this request changes of that count, before it commits: a known
+ * object of the list the store does not hold yet (+1), one known as deleted
+ * that it still holds (-1). */
+static int64_t known_delta(const struct tp_req *r, enum tp_kind kind, const json_t *known,
+                           bool (*belongs)(const json_t *o, const char *owner), const char *owner)
+{
+  int64_t d = 0;
+  size_t i;
+  json_t *o;
+  json_array_foreach(known, i, o) {
+    const char *oid = json_string_value(json_object_get(o, "id"));
+    if (!oid)
+      continue;
+    bool gone = json_is_true(json_object_get(o, "deleted"));
+    if (!gone && !belongs(o, owner))
+      continue;
+    int live = tp_store_live(&tp_app.store, kind, r->merchant.id, oid);
+    d += !gone && live == 0 ? 1 : gone && live == 1 ? -1 : 0;
+  }
+  return d;
 }
 
 static bool expand_list(struct tp_req *r, json_t *obj, const char *path, const json_t *known)
@@ -1446,8 +1466,15 @@ static bool expand_list(struct tp_req *r, json_t *obj, const char *path, const j
    * the page holds them all. */
   size_t k = json_array_size(data);
   int64_t total = (int64_t)k;
-  if (more && counted)
-    total = count_rest(q, k, k ? json_string_value(json_object_get(json_array_get(data, k - 1), "id")) : NULL);
+  if (more && counted) {
+    /* the store's count, and what this request changes of it (the page was
+     * overlaid with it: its length and last id are not the store's) */
+    bool refunds = strcmp(what, "charge") == 0;
+    total = count_all(q);
+    if (total >= 0)
+      total += known_delta(r, refunds ? TP_K_REFUND : TP_K_PAYMENT_METHOD, known,
+                           refunds ? refund_of : tp_is_card_source, id);
+  }
   json_t *list = tp_pack("{s:s, s:o, s:b, s:I, s:s}", "object", "list", "data", data, "has_more", more, "total_count",
                          (json_int_t)total, "url", url);
   if (total < 0)

@@ -1004,8 +1004,8 @@ static void raw_reply_close(struct MHD_Connection *conn, unsigned status, const 
  * before its colon) is refused and its connection closed, never read on. */
 struct header_scan {
   int content_length, transfer_encoding, host, authorization, idempotency_key;
-  bool bad_name, te_not_chunked, te_chunked_listed, te_coding_then_chunked, expect_continue;
-  int te_chunked; /* fields that are exactly "chunked" */
+  bool bad_name, te_too_long, expect_continue;
+  char te_list[256]; /* the Transfer-Encoding fields' lists, joined */
   bool coded_body;             /* Content-Encoding other than identity */
   bool conn_close, conn_keep;  /* Connection: close / keep-alive */
   uint64_t declared;
@@ -1023,25 +1023,14 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
     h->content_length++;
     h->declared = value ? strtoull(value, NULL, 10) : 0;
   } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+    /* Every field's list joined in order (RFC 9110 5.3: two fields are one
+     * list), judged whole in framing_error; too long a list is judged bad. */
     h->transfer_encoding++;
-    if (!value || strcasecmp(value, "chunked") != 0) {
-      /* chunked among other codings, after them, with an empty element or
-       * whitespace libmicrohttpd keeps ("chunked, gzip", "chunked,"): the
-       * body's framing is not what libmicrohttpd reads, so a 400 and a
-       * close (RFC 9112 6.3: chunked not final). Other codings alone: 501. */
-      h->te_not_chunked = true;
-      h->te_chunked_listed |= value && strcasestr(value, "chunked") != NULL;
-      /* "gzip, chunked": valid framing with a coding not supported (501);
-       * the rest ("chunked, gzip", "chunked,", spaces) is not (400) */
-      const char *comma = value ? strrchr(value, ',') : NULL;
-      if (comma) {
-        const char *t = comma + 1;
-        while (*t == ' ' || *t == '\t')
-          t++;
-        h->te_coding_then_chunked |= strcasecmp(t, "chunked") == 0;
-      }
-    } else
-      h->te_chunked++;
+    size_t l = strlen(h->te_list), vl = value ? strlen(value) : 0;
+    if (l + vl + 2 < sizeof h->te_list)
+      snprintf(h->te_list + l, sizeof h->te_list - l, "%s%s", l ? "," : "", value ? value : "");
+    else
+      h->te_too_long = true;
   } else if (strcasecmp(key, "Host") == 0)
     h->host++;
   else if (strcasecmp(key, "Authorization") == 0)
@@ -1115,6 +1104,42 @@ static enum MHD_Result count_field(void *cls, enum MHD_ValueKind kind, const cha
   return MHD_YES;
 }
 
+/* The Transfer-Encoding list, whole: 0 when it is one field of exactly
+ * "chunked" (what libmicrohttpd frames); 501 when every coding but a final,
+ * single chunked is one not supported ("gzip, chunked", or "gzip" alone);
+ * 400 otherwise: chunked twice or not last, an empty element, whitespace
+ * libmicrohttpd keeps ("chunked "), too long a list. */
+static int te_judge(const struct header_scan *h)
+{
+  if (h->transfer_encoding == 1 && strcasecmp(h->te_list, "chunked") == 0)
+    return 0;
+  if (h->te_too_long)
+    return 400;
+  int chunked = 0, n = 0;
+  bool last_chunked = false, empty = false;
+  const char *p = h->te_list;
+  for (;;) {
+    const char *e = strchr(p, ',');
+    size_t len = e ? (size_t)(e - p) : strlen(p);
+    while (len && (*p == ' ' || *p == '\t'))
+      p++, len--;
+    while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+      len--;
+    n++;
+    empty |= len == 0;
+    last_chunked = len == 7 && strncasecmp(p, "chunked", 7) == 0;
+    chunked += last_chunked;
+    if (!e)
+      break;
+    p = e + 1;
+  }
+  if (chunked == 0 && !empty)
+    return 501;
+  if (chunked == 1 && last_chunked && !empty && n > 1)
+    return 501;
+  return 400;
+}
+
 /* The error to answer before reading the body, or 0; what else the one
  * walk of the header fields tells the request goes into r. */
 static enum tp_err framing_error(struct tp_req *r, const char *version, size_t url_len, const char **why)
@@ -1163,13 +1188,13 @@ static enum tp_err framing_error(struct tp_req *r, const char *version, size_t u
     *why = "more than one Authorization";
   else if (h.idempotency_key > 1)
     *why = "more than one Idempotency-Key";
-  else if (h.te_chunked > 1 || (h.te_chunked && h.te_not_chunked))
-    *why = "chunked applied more than once, or not as the final transfer coding (RFC 9112 6.1, 6.3)";
-  else if (h.te_chunked_listed && !h.te_coding_then_chunked)
-    *why = "Transfer-Encoding is a list with chunked in it that is not exactly chunked (RFC 9112 6.3)";
+  int te = h.transfer_encoding ? te_judge(&h) : 0;
+  if (!*why && te == 400)
+    *why = "Transfer-Encoding: chunked applied more than once, not as the final coding, or not as libmicrohttpd "
+           "reads it (one field, exactly chunked) (RFC 9112 6.1, 6.3)";
   if (*why)
     return TP_ERR_REQUEST_FRAMING_INVALID;
-  if (h.transfer_encoding && h.te_not_chunked)
+  if (te == 501)
     return TP_ERR_TRANSFER_ENCODING_UNSUPPORTED;
   /* A body over the limit: a client waiting for 100 Continue, or one that
    * would send more than TP_HTTP_DRAIN_MAX, is answered before it is read

@@ -362,6 +362,7 @@ static void stop_background(void)
 
 static int stop_early(void)
 {
+  tp_payflow_stop(); /* recovery's ticks and retries, before what they use goes */
   tp_kek_stop();
   stop_background();
   return 1;

@@ -440,16 +440,21 @@ static bool keys_fit(const char *copy, const char *dir, bool replacing, char *wh
   return false;
 }
 
-/* Whether the copy holds any payment (an unserved store, set up with the
- * CLI alone, holds none: its chain has had no chance to be signed). */
+/* Whether the copy's store has ever been served (its heartbeat, written
+ * every second by a running gateway, whose first tick also signs the
+ * chain), or holds objects only a gateway makes: one set up with the CLI
+ * alone has neither, and its chain has had no chance to be signed. */
 static bool holds_payments(const char *copy)
 {
   sqlite3 *db = NULL;
   sqlite3_stmt *st = NULL;
   bool any = true; /* unreadable: as if it did */
   if (sqlite3_open_v2(copy, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-      sqlite3_prepare_v2(db, "SELECT EXISTS(SELECT 1 FROM payment_intents) OR EXISTS(SELECT 1 FROM charges)", -1,
-                         &st, NULL) == SQLITE_OK &&
+      sqlite3_prepare_v2(db,
+                         "SELECT EXISTS(SELECT 1 FROM heartbeat) OR EXISTS(SELECT 1 FROM payment_intents) OR "
+                         "EXISTS(SELECT 1 FROM charges) OR EXISTS(SELECT 1 FROM customers) OR "
+                         "EXISTS(SELECT 1 FROM payment_methods) OR EXISTS(SELECT 1 FROM webhook_endpoints)",
+                         -1, &st, NULL) == SQLITE_OK &&
       sqlite3_step(st) == SQLITE_ROW)
     any = sqlite3_column_int(st, 0) != 0;
   sqlite3_finalize(st);

@@ -154,6 +154,11 @@ class ApiErrorsTest(DaemonTestCase):
              "Transfer-Encoding: chunked,\r\n\r\n6\r\nname=a\r\n0\r\n\r\n", 400),
             ("a coding then chunked", "POST /v1/customers HTTP/1.1\r\nHost: x\r\n" + auth + form +
              "Transfer-Encoding: gzip, chunked\r\n\r\n6\r\nname=a\r\n0\r\n\r\n", 501),
+            # two fields are one list (RFC 9110 5.3): judged whole
+            ("a coding, then chunked, in two fields", "POST /v1/customers HTTP/1.1\r\nHost: x\r\n" + auth + form +
+             "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nname=a\r\n0\r\n\r\n", 501),
+            ("chunked twice in one list", "POST /v1/customers HTTP/1.1\r\nHost: x\r\n" + auth + form +
+             "Transfer-Encoding: gzip, chunked, chunked\r\n\r\n6\r\nname=a\r\n0\r\n\r\n", 400),
             ("chunked twice", "POST /v1/customers HTTP/1.1\r\nHost: x\r\n" + auth + form +
              "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nname=a\r\n0\r\n\r\n", 400),
             ("no Host", "GET /v1/balance HTTP/1.1\r\n" + auth + "\r\n", 400),

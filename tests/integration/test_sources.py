@@ -240,6 +240,14 @@ class Sources(DaemonTestCase):
             self.assertEqual(self.c().post("/v1/refunds", {"charge": many["id"], "amount": 100}).status, 200)
         got = self.c().get(CH + "/" + many["id"], headers=old).json["refunds"]
         self.assertEqual((len(got["data"]), got["has_more"], got["total_count"]), (10, True, 12), got)
+        # the count of the store as this request leaves it: a new default
+        # card replacing the old one (deleted) leaves twelve, not thirteen
+        cus = self.c().post(CUS, {"source": "tok_visa"}).json["id"]
+        for _ in range(11):
+            self.assertEqual(self.c().post(self.srcs(cus), {"source": "tok_visa"}).status, 200)
+        upd = self.c().post(CUS + "/" + cus, {"source": "tok_mastercard", "expand[]": "sources"}).json["sources"]
+        self.assertEqual((upd["has_more"], upd["total_count"]), (True, 12), upd)
+        self.assertEqual(self.c().get(CUS + "/" + cus, {"expand[]": "sources"}).json["sources"]["total_count"], 12)
 
     def test_a_charge_with_a_customer_takes_only_its_cards(self):
         """customer with a token, or with another customer's card: Stripe's
