@@ -46,6 +46,7 @@ struct tp_req {
   uint64_t body_seen;  /* bytes of body received, kept or dropped */
   size_t field_bytes;  /* the request line's and header fields' share of the pool (framing_error) */
   const char *section_start; /* the request line in libmicrohttpd's buffer (on_uri), or NULL */
+  int field_count;     /* header fields and query arguments (framing_error) */
   bool too_large;
   bool chunked;        /* Transfer-Encoding: chunked (trailer fields may follow) */
   bool dispatched;

@@ -1148,17 +1148,17 @@ static enum tp_err framing_error(struct tp_req *r, const char *version, size_t u
   struct header_scan h;
   memset(&h, 0, sizeof h);
   h.bytes = url_len;
-  MHD_get_connection_values(conn, MHD_HEADER_KIND, scan_header, &h);
+  int nfields = MHD_get_connection_values(conn, MHD_HEADER_KIND, scan_header, &h);
   /* The query's arguments share the pool too (on_uri's count): a long
    * query and a header section each under the limit left no room for the
    * reply, which was never sent after the payment was made. */
-  MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, count_field, &h.bytes);
+  nfields += MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, count_field, &h.bytes);
+  if (nfields < 0)
+    nfields = 0;
+  r->field_count = nfields;
   /* and what they really take, whitespace and %XX included */
   struct conn_ctx *cc = conn_ctx_of(conn);
-  int nfields = MHD_get_connection_values(conn, MHD_HEADER_KIND, NULL, NULL) +
-                MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, NULL, NULL);
-  size_t raw = raw_footprint(conn, cc ? cc->uri : NULL, MHD_HEADER_KIND,
-                             (size_t)(nfields > 0 ? nfields : 0) * TP_HTTP_FIELD_OVERHEAD);
+  size_t raw = raw_footprint(conn, cc ? cc->uri : NULL, MHD_HEADER_KIND, (size_t)nfields * TP_HTTP_FIELD_OVERHEAD);
   if (raw > h.bytes)
     h.bytes = raw;
   r->field_bytes = h.bytes;
@@ -1294,11 +1294,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
      * the reply, never sent after the payment was made. Refused before
      * anything runs. */
     size_t bytes = r->field_bytes;
-    MHD_get_connection_values(conn, MHD_FOOTER_KIND, count_field, &bytes);
-    int nfields = MHD_get_connection_values(conn, MHD_HEADER_KIND | MHD_FOOTER_KIND | MHD_GET_ARGUMENT_KIND,
-                                            NULL, NULL);
-    size_t raw = raw_footprint(conn, r->section_start, MHD_HEADER_KIND | MHD_FOOTER_KIND,
-                               (size_t)(nfields > 0 ? nfields : 0) * TP_HTTP_FIELD_OVERHEAD);
+    int trailers = MHD_get_connection_values(conn, MHD_FOOTER_KIND, count_field, &bytes);
+    size_t records = (size_t)(r->field_count + (trailers > 0 ? trailers : 0)) * TP_HTTP_FIELD_OVERHEAD;
+    size_t raw = raw_footprint(conn, r->section_start, MHD_HEADER_KIND | MHD_FOOTER_KIND, records);
     if (raw > bytes)
       bytes = raw;
     if (bytes > TP_HTTP_HEADERS_MAX) {
