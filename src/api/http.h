@@ -122,7 +122,10 @@ struct tp_app {
 extern struct tp_app tp_app;
 
 /* Start/stop the HTTP daemon on host:port (port 0 picks one); *bound_port out. */
-int tp_http_start(const char *host, uint16_t port, unsigned threads, uint16_t *bound_port);
+/* Bind and listen (the port is known from here: 0 asks the kernel), then
+ * start answering on that socket. */
+int tp_http_listen(const char *host, uint16_t port, uint16_t *bound_port);
+int tp_http_start(unsigned threads);
 /* Serve HTTPS: certificate chain and private key as PEM text, GnuTLS
  * priorities ("NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"). Call before
  * tp_http_start; -1 if libmicrohttpd has no TLS. */

@@ -21,6 +21,7 @@
 
 #include <arpa/inet.h>
 #include <openssl/crypto.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -1476,7 +1477,16 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
   return NULL;
 }
 
-int tp_http_start(const char *host, uint16_t port, unsigned threads, uint16_t *bound_port)
+/* The listening socket is made here, before libmicrohttpd starts, so
+ * that the address it is bound to (a port 0 chosen by the kernel) is known
+ * before any request can arrive: the links handed out in replies
+ * (tp_app.public_url) are set from it in between, not written by the main
+ * thread while the first requests are answered (ThreadSanitizer saw
+ * exactly that in CI). */
+static int listen_fd = -1;
+static bool listen_v6;
+
+int tp_http_listen(const char *host, uint16_t port, uint16_t *bound_port)
 {
   struct sockaddr_storage sa;
   socklen_t sa_len;
@@ -1484,10 +1494,39 @@ int tp_http_start(const char *host, uint16_t port, unsigned threads, uint16_t *b
     tp_log(TP_LOG_ERROR, "listen_address", "{s:s}", "host", host);
     return -1;
   }
+  int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -1;
+  int one = 1;
+  (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (sa.ss_family == AF_INET6) /* as libmicrohttpd does without dual stack */
+    (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  struct sockaddr_storage got;
+  socklen_t got_len = sizeof got;
+  if (bind(fd, (struct sockaddr *)&sa, sa_len) != 0 || listen(fd, SOMAXCONN) != 0 ||
+      getsockname(fd, (struct sockaddr *)&got, &got_len) != 0) {
+    int e = errno;
+    close(fd);
+    errno = e;
+    return -1;
+  }
+  *bound_port = ntohs(got.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&got)->sin6_port
+                                                : ((struct sockaddr_in *)&got)->sin_port);
+  listen_fd = fd;
+  listen_v6 = sa.ss_family == AF_INET6;
+  return 0;
+}
+
+int tp_http_start(unsigned threads)
+{
+  if (listen_fd < 0) {
+    errno = EBADF;
+    return -1;
+  }
   log_requests = tp_config_bool("log", "requests", true);
   lock_wait_ms = tp_config_int("server", "lock_wait_ms", 2000, 0, 60000);
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC |
-                   MHD_ALLOW_UPGRADE | (sa.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
+                   MHD_ALLOW_UPGRADE | (listen_v6 ? MHD_USE_IPv6 : 0);
   struct MHD_OptionItem tls_opts[] = {
     {MHD_OPTION_HTTPS_MEM_CERT, 0, tls_cert},
     {MHD_OPTION_HTTPS_MEM_KEY, 0, tls_key},
@@ -1498,8 +1537,8 @@ int tp_http_start(const char *host, uint16_t port, unsigned threads, uint16_t *b
     flags |= MHD_USE_TLS;
   else
     tls_opts[0].option = MHD_OPTION_END;
-  daemon_ = MHD_start_daemon(flags, port, NULL, NULL, on_request, NULL,
-                             MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+  daemon_ = MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL,
+                             MHD_OPTION_LISTEN_SOCKET, (MHD_socket)listen_fd,
                              MHD_OPTION_THREAD_POOL_SIZE, threads,
                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)TP_HTTP_MAX_CONNECTIONS,
                              MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)TP_HTTP_CONN_MEMORY,
@@ -1509,10 +1548,13 @@ int tp_http_start(const char *host, uint16_t port, unsigned threads, uint16_t *b
                              MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
                              MHD_OPTION_ARRAY, tls_opts,
                              MHD_OPTION_END);
-  if (!daemon_)
+  if (!daemon_) {
+    int e = errno;
+    close(listen_fd); /* not handed over */
+    listen_fd = -1;
+    errno = e;
     return -1;
-  const union MHD_DaemonInfo *di = MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_BIND_PORT);
-  *bound_port = di ? di->port : port;
+  }
   return 0;
 }
 

@@ -576,10 +576,11 @@ static int cmd_serve(int argc, char **argv)
     return stop_early();
   }
   uint16_t bound = 0;
-  if (tp_http_start(host, port, c.threads, &bound) != 0) {
+  if (tp_http_listen(host, port, &bound) != 0) {
     tp_log(TP_LOG_ERROR, "listen_failed", "{s:s, s:s}", "listen", c.listen, "error", strerror(errno));
     return stop_early();
   }
+  /* before the first request can arrive (tp_http_start): replies link to it */
   if (c.public_url[0])
     tp_scopy(tp_app.public_url, sizeof tp_app.public_url, c.public_url);
   else
@@ -587,6 +588,10 @@ static int cmd_serve(int argc, char **argv)
     char hp[200];
     tp_cli_hostport_fmt(hp, sizeof hp, host, bound);
     snprintf(tp_app.public_url, sizeof tp_app.public_url, "%s://%s", tls > 0 ? "https" : "http", hp);
+  }
+  if (tp_http_start(c.threads) != 0) {
+    tp_log(TP_LOG_ERROR, "listen_failed", "{s:s, s:s}", "listen", c.listen, "error", strerror(errno));
+    return stop_early();
   }
   if (write_addr_file(c.data, host, bound) != 0)
     tp_log(TP_LOG_WARN, "addr_file_failed", "{s:s}", "error", strerror(errno));
