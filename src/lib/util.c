@@ -524,14 +524,13 @@ int tp_fsync_dir_of(const char *path)
 }
 
 /* The length in bytes of a separator a card number may be written with at
- * s, 0 if none: " -._/\t+,;" (not ':', which joins an IPv4 address to its
- * port), and as UTF-8 a no-break, figure, narrow or
+ * s, 0 if none: " -._/\t+,;:" and as UTF-8 a no-break, figure, narrow or
  * ideographic space or a Unicode hyphen or dash (copied from a formatted
  * page or document). */
 static size_t card_sep_len(const char *s)
 {
   const unsigned char *u = (const unsigned char *)s;
-  if (*u && strchr(" -._/\t+,;", *u))
+  if (*u && strchr(" -._/\t+,;:", *u))
     return 1;
   if (u[0] == 0xC2 && u[1] == 0xA0)
     return 2; /* U+00A0 */
@@ -542,6 +541,29 @@ static size_t card_sep_len(const char *s)
   return 0;
 }
 
+/* Whether [p, q) is a dotted IPv4 address (four groups of one to three
+ * digits): a ':' after one starts its port, not another group. */
+static bool dotted_quad(const char *p, const char *q)
+{
+  int groups = 1, len = 0;
+  for (; p < q; p++) {
+    if (*p == '.') {
+      if (len == 0 || ++groups > 4)
+        return false;
+      len = 0;
+    } else if (*p >= '0' && *p <= '9' && ++len <= 3) {
+      continue;
+    } else {
+      return false;
+    }
+  }
+  return groups == 4 && len > 0;
+}
+
+/* Separators that may join two groups of a card number: a page may pad
+ * them ("4242    4242    4242    4242"); a longer gap parts two numbers. */
+#define CARD_SEP_MAX 8
+
 int tp_mask_card_numbers(char *s)
 {
   int masked = 0;
@@ -550,11 +572,12 @@ int tp_mask_card_numbers(char *s)
       p++;
       continue;
     }
-    /* A run: digits, with a space or dash between two digits, or up to three
-     * separators (card_sep_len: 4242.4242..., 4242  4242..., 4242+4242...
-     * as a form encodes spaces, 4242\u00a04242... from a page). With the
-     * other separators it takes 13 digits, so that an IPv4 address (at most
-     * 12) is left alone. */
+    /* A run: digits, with a space or dash between two digits, or up to
+     * CARD_SEP_MAX separators (card_sep_len: 4242.4242..., 4242  4242...,
+     * 4242+4242... as a form encodes spaces, 4242:4242..., 4242\u00a04242...
+     * from a page). With the other separators it takes 13 digits, so that
+     * an IPv4 address (at most 12) is left alone, and a ':' after one is
+     * the start of its port. */
     char *q = p;
     int digits = 0;
     bool odd = false;
@@ -566,11 +589,13 @@ int tp_mask_card_numbers(char *s)
       }
       int sep = 0;
       size_t bytes = 0, l;
-      while (sep < 3 && (l = card_sep_len(q + bytes)) > 0) {
+      while (sep < CARD_SEP_MAX && (l = card_sep_len(q + bytes)) > 0) {
         bytes += l;
         sep++;
       }
       if (sep == 0 || q[bytes] < '0' || q[bytes] > '9')
+        break;
+      if (*q == ':' && dotted_quad(p, q))
         break;
       odd |= sep > 1 || (*q != ' ' && *q != '-');
       q += bytes;
