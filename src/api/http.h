@@ -84,7 +84,7 @@ struct tp_req {
   char api_version[48];   /* the request's Stripe-Version, echoed in the reply ("" none; TP_API_VERSION_MAX) */
   char original_request[40]; /* a replay: the request whose reply it is ("" if unknown) */
   bool publishable; /* authenticated by a publishable key (TP_R_CLIENT or TP_R_PUBLISHABLE route) */
-  char location[2560]; /* a 303's: a return_url (TP_RETURN_URL_MAX) and its parameters */
+  char *location; /* a 303's (malloc'd): a return_url, percent-encoded, and its parameters */
   char frame_origin[256]; /* the 3-D Secure page: the one origin that may frame it ("" none) */
   char methods[48];    /* the methods the path serves: a preflight's, a 405's Allow */
   bool cors_preflight; /* answering an OPTIONS preflight */

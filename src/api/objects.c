@@ -224,18 +224,40 @@ json_t *tp_shipping_build(struct tp_req *r, const json_t *v, bool tracking)
 
 static bool expand_paths_ok(struct tp_req *r);
 
-void tp_return_location(char *out, size_t cap, const char *ret, const char *kind, const char *id,
-                        const char *secret, const char *status)
+char *tp_return_location(const char *ret, const char *kind, const char *id, const char *secret, const char *status)
 {
   const char *frag = strchr(ret, '#');
   int base = frag ? (int)(frag - ret) : (int)strlen(ret);
   const char *q = memchr(ret, '?', (size_t)base);
   char sep = !q ? '?' : (ret[base - 1] == '?' || ret[base - 1] == '&') ? '\0' : '&';
-  int n = snprintf(out, cap, "%.*s%s%s=%s&%s_client_secret=%s&redirect_status=%s%s", base, ret,
-                   sep ? (char[]){sep, '\0'} : "", kind, id ? id : "", kind, secret ? secret : "", status,
-                   frag ? frag : "");
-  if (n < 0 || (size_t)n >= cap) /* cannot happen with tp_return_url_ok's bound: no cut URL */
-    tp_scopy(out, cap, "about:blank");
+  char *raw = NULL;
+  if (asprintf(&raw, "%.*s%s%s=%s&%s_client_secret=%s&redirect_status=%s%s", base, ret,
+               sep ? (char[]){sep, '\0'} : "", kind, id ? id : "", kind, secret ? secret : "", status,
+               frag ? frag : "") < 0)
+    return NULL;
+  /* A Location field is a URI (RFC 9110 10.2.2): ASCII. A return_url may
+   * hold UTF-8 (an IRI: a path or a host in another script) or characters a
+   * URI may not (RFC 3986 2: "<>\\^`{|}"); those go percent-encoded, as a
+   * browser would send them, and the rest of the URL as it was written. */
+  size_t n = strlen(raw);
+  char *out = malloc(n * 3 + 1);
+  if (!out) {
+    free(raw);
+    return NULL;
+  }
+  static const char hex[] = "0123456789ABCDEF";
+  char *o = out;
+  for (const unsigned char *c = (const unsigned char *)raw; *c; c++) {
+    if (*c >= 0x80 || *c <= 0x20 || *c == 0x7f || strchr("\"<>\\^`{|}", *c)) {
+      *o++ = '%';
+      *o++ = hex[*c >> 4];
+      *o++ = hex[*c & 15];
+    } else
+      *o++ = (char)*c;
+  }
+  *o = '\0';
+  free(raw);
+  return out;
 }
 
 const char *tp_redirect_status(const json_t *intent)

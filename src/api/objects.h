@@ -189,9 +189,10 @@ int tp_pi_unsettled(const char *merchant, const char *pi_id);
 bool tp_refuse_unsettled(struct tp_req *r, const char *pi_id);
 
 /* The return_url with kind=id, kind_client_secret and redirect_status=status
- * added to its query (before a #fragment, RFC 3986 3.5), into out. */
-void tp_return_location(char *out, size_t cap, const char *return_url, const char *kind, const char *id,
-                        const char *secret, const char *status);
+ * added to its query (before a #fragment, RFC 3986 3.5), percent-encoded
+ * where a URI may not hold it: malloc'd, NULL without memory. */
+char *tp_return_location(const char *return_url, const char *kind, const char *id, const char *secret,
+                         const char *status);
 /* redirect_status for an intent after its challenge was approved and its
  * authorization sent: succeeded (it paid, or holds the amount), processing
  * (the processor's outcome is not known yet), else failed (declined, or

@@ -897,7 +897,7 @@ static enum MHD_Result queue_reply(struct tp_req *r)
   /* Only a redirect goes somewhere: a 3-D Secure approval that could not be
    * sent (no processor, overloaded, store full) keeps the PaymentIntent as
    * it was, and the return URL prepared for it must not say otherwise. */
-  if (r->location[0] && r->status >= 300 && r->status < 400 &&
+  if (r->location && r->status >= 300 && r->status < 400 &&
       MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, r->location) != MHD_YES)
     tp_log(TP_LOG_ERROR, "location_refused", "{s:s}", "request", r->request_id);
   MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
@@ -1363,6 +1363,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   free(r->resp);
   tp_body_free(r->body, r->body_cap);
   free(r->url);
+  free(r->location);
   free(r);
   *con_cls = NULL;
 }

@@ -152,8 +152,9 @@ static void back_to_merchant(struct tp_req *r, const json_t *pi, bool ok)
   const char *ret = json_string_value(json_object_get(na, "return_url"));
   if (ret && *ret) {
     const char *kind = is_setup(json_string_value(json_object_get(pi, "id"))) ? "setup_intent" : "payment_intent";
-    tp_return_location(r->location, sizeof r->location, ret, kind, json_string_value(json_object_get(pi, "id")),
-                       json_string_value(json_object_get(pi, "client_secret")), ok ? "succeeded" : "failed");
+    free(r->location);
+    r->location = tp_return_location(ret, kind, json_string_value(json_object_get(pi, "id")),
+                                     json_string_value(json_object_get(pi, "client_secret")), ok ? "succeeded" : "failed");
     html(r, 303, "<!doctype html><title>Redirecting</title>");
   } else
     html(r, 200, ok ? "<!doctype html><title>Done</title><p id=\"result\">Authentication complete.</p>"

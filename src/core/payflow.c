@@ -413,9 +413,10 @@ static void return_location(struct tp_pay *p)
 {
   if (!p->return_url || !p->r || !p->pi)
     return;
-  tp_return_location(p->r->location, sizeof p->r->location, p->return_url, "payment_intent",
-                     json_string_value(json_object_get(p->pi, "id")),
-                     json_string_value(json_object_get(p->pi, "client_secret")), tp_redirect_status(p->pi));
+  free(p->r->location);
+  p->r->location = tp_return_location(p->return_url, "payment_intent", json_string_value(json_object_get(p->pi, "id")),
+                                      json_string_value(json_object_get(p->pi, "client_secret")),
+                                      tp_redirect_status(p->pi));
   free(p->return_url);
   p->return_url = NULL;
 }

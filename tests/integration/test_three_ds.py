@@ -341,6 +341,24 @@ class ThreeDSTest(DaemonTestCase):
         self.assertEqual((q["payment_intent_client_secret"], q["redirect_status"]),
                          ([pi["client_secret"]], ["failed"]), r)
 
+    def test_a_return_url_in_another_script_is_sent_back_percent_encoded(self):
+        """RFC 9110 10.2.2: Location is a URI, ASCII. A return_url with UTF-8
+        (an IRI) or characters a URI may not hold goes back percent-encoded,
+        as a browser would send it; what it says is unchanged."""
+        ret = "https://shop.example/caf\u00e9/\u6ce8\u6587?q={a|b}&n=\u00fc#sch\u00f6n"
+        pi, url, token = self.start_challenge(return_url=ret, pan=PAN_3DS)
+        self.assertEqual(pi["next_action"]["redirect_to_url"]["return_url"], ret)  # the object keeps it as given
+        path, _ = self.fetch_page(url)
+        r = self.submit(path, token, "approve")
+        self.assertEqual(r.status, 303, r)
+        loc = r.headers["Location"]
+        self.assertTrue(loc.isascii(), loc)
+        self.assertTrue(loc.startswith("https://shop.example/caf%C3%A9/%E6%B3%A8%E6%96%87?q=%7Ba%7Cb%7D&n=%C3%BC&"
+                                       "payment_intent=" + pi["id"]), loc)
+        u = urllib.parse.urlsplit(loc)
+        self.assertEqual(urllib.parse.unquote(u.fragment), "sch\u00f6n", loc)
+        self.assertEqual(urllib.parse.parse_qs(u.query)["redirect_status"], ["succeeded"], loc)
+
     def test_the_challenge_page_cannot_be_framed_or_leak_its_link(self):
         # framed only by the merchant's own page: the origin of its return_url
         # (Stripe's "3D Secure in an iframe"), by no other, and by none
