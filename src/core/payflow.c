@@ -1180,6 +1180,27 @@ static size_t route_payment(struct tp_pay *p)
   return n;
 }
 
+/* Refuse a payment nothing was committed or sent for. A browser back from
+ * the 3-D Secure page (p->redirect_body) gets a page, not the API's JSON:
+ * with the error's status, the PaymentIntent as it was (requires_action),
+ * and the challenge still open to be tried again. */
+static void refuse(struct tp_pay *p, enum tp_err e)
+{
+  if (!p->r)
+    return;
+  if (!p->redirect_body) {
+    tp_reply_error(p->r, e, NULL, NULL);
+    return;
+  }
+  const struct tp_error_info *ei = tp_error_info(e);
+  char *page = strdup("<!doctype html><title>Not completed</title>"
+                      "<p id=\"result\">The payment could not be made just now. Nothing was charged. "
+                      "Go back and try again in a moment.</p>");
+  if (!page)
+    abort();
+  tp_reply_raw(p->r, ei ? (unsigned)ei->http_status : 503, page, strlen(page), "text/html; charset=utf-8");
+}
+
 void tp_pay_run(struct tp_pay *p, struct tp_cs *cs)
 {
   if (p->call.kind == TP_PROC_AUTHORIZE && strcmp(p->att.kind, "authorize") == 0) {
@@ -1188,8 +1209,7 @@ void tp_pay_run(struct tp_pay *p, struct tp_cs *cs)
        * error and the PaymentIntent stays as it was. */
       tp_cs_free(cs);
       tp_metric_inc("turnpike_payments_unroutable_total", NULL, 1);
-      if (p->r)
-        tp_reply_error(p->r, TP_ERR_NO_PROCESSOR_AVAILABLE, NULL, NULL);
+      refuse(p, TP_ERR_NO_PROCESSOR_AVAILABLE);
       free_then_resume(p, p->r, NULL);
       return;
     }
@@ -1214,8 +1234,7 @@ void tp_pay_run(struct tp_pay *p, struct tp_cs *cs)
     if (p->lock_id[0])
       tp_lock_release(p->lock_id);
     p->lock_id[0] = '\0';
-    if (p->r)
-      tp_reply_error(p->r, TP_ERR_OVERLOADED, NULL, NULL);
+    refuse(p, TP_ERR_OVERLOADED);
     free_then_resume(p, p->r, NULL);
   }
 }

@@ -12,9 +12,10 @@ import signal
 import threading
 import time
 import unittest
+import urllib.parse
 
-from harness import (BIN, HOST, Client, Daemon, PaymentLoad, Sim, iso_rrn, new_key, open_db_ro, start_beside,
-                     main)
+from harness import (BIN, HOST, PAN_3DS, Client, Daemon, PaymentLoad, Sim, card, iso_rrn, new_key, open_db_ro,
+                     start_beside, main)
 
 
 def gateway_config(sim, names=("a", "b"), timeout_ms=400, extra=""):
@@ -758,6 +759,25 @@ class OrchestrationTest(SimGatewayTest):
         now = self.c.get("/v1/payment_intents/%s" % pi["id"]).json
         self.assertEqual(now["status"], "requires_confirmation")
         self.assertEqual(self.attempts(pi["id"]), [])
+
+    def test_no_processor_after_3ds_answers_the_browser_with_a_page(self):
+        """A challenge approved for a payment no processor takes: the
+        customer's browser gets a page (not the API's JSON error), nothing is
+        committed, and the challenge can be approved again."""
+        r = self.c.post("/v1/payment_intents", {"amount": 500, "currency": "jpy", "confirm": "true",
+                                                "payment_method_data": card(PAN_3DS),
+                                                "return_url": "https://shop.example/r"})
+        self.assertEqual((r.status, r.json.get("status")), (200, "requires_action"), r.json)
+        u = urllib.parse.urlsplit(r.json["next_action"]["redirect_to_url"]["url"])
+        token = urllib.parse.parse_qs(u.query)["token"][0]
+        for _ in range(2):
+            page = self.c.post(u.path, {"token": token, "result": "approve"}, key=None)
+            self.assertEqual(page.status, 503, page.body[:300])
+            self.assertTrue(page.headers.get("Content-Type", "").startswith("text/html"), page.headers)
+            self.assertIn(b'id="result"', page.body)
+            self.assertNotIn(b"api_error", page.body)
+        self.assertEqual(self.c.get("/v1/payment_intents/" + r.json["id"]).json["status"], "requires_action")
+        self.assertEqual(self.attempts(r.json["id"]), [])
 
     def test_outage_opens_breaker_and_reroutes(self):
         self.sim.faults("a", outage=True)
