@@ -600,7 +600,14 @@ static void unresolved(struct tp_pay *p)
          "error", p->last_code);
   tp_metric_inc("turnpike_attempts_unresolved_total", NULL, 1);
   inflight_del(p->att.id);
-  tp_pay_reply(p, 502, tp_pack("{s:o}", "error", tp_error_object(TP_ERR_PROCESSOR_STATUS_UNKNOWN, NULL, NULL)));
+  json_t *err = tp_error_object(TP_ERR_PROCESSOR_STATUS_UNKNOWN, NULL, NULL);
+  /* As every error of a PaymentIntent request (Stripe: error.payment_intent),
+   * as committed (processing): a create+confirm's client learns its id here,
+   * to retrieve it once recovery has settled it. Not a refund's, nor the
+   * Charges API's (which never shows its PaymentIntent). */
+  if (p->pi && !p->reply_charge && strcmp(p->att.kind, "refund") != 0)
+    json_object_set(err, "payment_intent", p->pi);
+  tp_pay_reply(p, 502, tp_pack("{s:o}", "error", err));
   finish(p, 0);
 }
 

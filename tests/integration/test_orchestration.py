@@ -290,6 +290,7 @@ class OrchestrationTest(SimGatewayTest):
         cap = self.c.post("/v1/payment_intents/%s/capture" % pi["id"], {}, idem=key)
         self.sim.faults("a", timeout_rate=0.0, timeout_operations="all")
         self.assertEqual((cap.status, cap.json["error"].get("tp_code")), (502, 6018), cap.json)
+        self.assertEqual(cap.json["error"]["payment_intent"]["id"], pi["id"], cap.json)
         return pi, key
 
     def test_capture_whose_answer_is_lost_is_settled_by_recovery(self):
@@ -603,6 +604,10 @@ class OrchestrationTest(SimGatewayTest):
         r = box["r"]
         self.assertEqual(r.status, 502, r.json)
         self.assertEqual(r.json["error"]["tp_code"], 6018)  # processor_status_unknown
+        # It names the PaymentIntent it made (Stripe: error.payment_intent), as committed.
+        made = r.json["error"].get("payment_intent") or {}
+        self.assertEqual((made.get("object"), made.get("status")), ("payment_intent", "processing"), r.json)
+        self.assertEqual(self.c.get("/v1/payment_intents/" + made["id"]).status, 200)
         # The client's retry is told the key is still in use, not charged again.
         r2 = self.c.post("/v1/payment_intents", params, idem=key)
         self.assertEqual(r2.status, 409, r2.json)
@@ -616,7 +621,7 @@ class OrchestrationTest(SimGatewayTest):
                 break
             time.sleep(0.3)
         self.assertEqual(r3.status, 200, r3.json)
-        self.assertEqual(r3.json["status"], "succeeded")
+        self.assertEqual((r3.json["id"], r3.json["status"]), (made["id"], "succeeded"))
         self.assertEqual(r3.headers.get("Idempotent-Replayed"), "true")
         att = self.attempts(r3.json["id"])
         self.assertEqual([(a["processor"], a["state"]) for a in att], [("a", "succeeded")])
