@@ -1,6 +1,7 @@
 /* Liveness and readiness probes, no authentication. */
 #include "api/handlers.h"
 #include "api/http.h"
+#include "sec/kek.h"
 #include "core/procs.h"
 #include "jpack.h"
 #include "main/features.h"
@@ -16,7 +17,8 @@ void tp_h_healthz(struct tp_req *r)
 
 /* GET /readyz: not shutting down, the store answers a read (a balance
  * query on a reader connection; a merchant with no ledger gives []) and
- * takes writes, and at least one processor is usable. */
+ * takes writes, at least one processor is usable, and the vault's keys
+ * answer (tp_kek_ready). */
 void tp_h_readyz(struct tp_req *r)
 {
   if (tp_app.shutting_down) {
@@ -50,6 +52,12 @@ void tp_h_readyz(struct tp_req *r)
    * not open and whose health check has not failed. */
   if (!tp_procs_any_usable()) {
     tp_reply_json(r, 503, tp_pack("{s:s, s:s}", "status", "unavailable", "reason", "no_processor_available"));
+    return;
+  }
+  /* Card payments need the vault's keys: an HSM gone (a token pulled, a
+   * network HSM down) fails each of them until it is back. */
+  if (!tp_kek_ready()) {
+    tp_reply_json(r, 503, tp_pack("{s:s, s:s}", "status", "unavailable", "reason", "vault_keys_unavailable"));
     return;
   }
   tp_reply_json(r, 200, tp_pack("{s:s}", "status", "ready"));

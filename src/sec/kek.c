@@ -206,7 +206,7 @@ int tp_kek_open_file(const char *dir, struct tp_kek_provider *p)
     return -1;
   tp_scopy(f->dir, sizeof f->dir, dir);
   pthread_mutex_init(&f->mu, NULL);
-  *p = (struct tp_kek_provider){"file", f, file_create, file_wrap, file_unwrap, file_sign, file_pubkey, file_close};
+  *p = (struct tp_kek_provider){"file", f, file_create, file_wrap, file_unwrap, file_sign, file_pubkey, file_close, NULL};
   return 0;
 }
 
@@ -621,6 +621,12 @@ static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_cv = PTHREAD_COND_INITIALIZER;
 static bool g_stop;
 static atomic_bool g_poke;
+static atomic_bool g_unready; /* the provider's last check failed */
+
+bool tp_kek_ready(void)
+{
+  return !atomic_load(&g_unready);
+}
 
 void tp_kek_poke(void)
 {
@@ -663,6 +669,12 @@ static void *maint_main(void *arg)
   for (;;) {
     if (atomic_exchange(&g_poke, false) || tp_mono_ms() >= next_poll) {
       next_poll = tp_mono_ms() + poll_ms;
+      if (g_prov.check) {
+        bool ok = g_prov.check(g_prov.cls) == 0;
+        if (atomic_exchange(&g_unready, !ok) == ok)
+          tp_log(ok ? TP_LOG_INFO : TP_LOG_ERROR, ok ? "kek_ready" : "kek_not_ready", "{s:s}", "provider",
+                 g_prov.name);
+      }
       int64_t v = latest_version(&tp_app.store);
       if (v > (int64_t)tp_kek_current()) {
         tp_kek_set_current((uint32_t)v);

@@ -8,6 +8,7 @@
  * keys of older records (the card data itself is not decrypted for that). */
 #ifndef TP_KEK_H
 #define TP_KEK_H
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -32,6 +33,9 @@ struct tp_kek_provider {
   /* The audit checkpoint public key as PEM (SubjectPublicKeyInfo). */
   int (*pubkey_pem)(void *cls, char *pem, size_t cap);
   void (*close)(void *cls);
+  /* Whether the keys can be used now (the token is there and its session
+   * logged in, opened again if it was dropped); NULL: always. */
+  int (*check)(void *cls);
 };
 
 /* Open the provider named by [vault] kek (file | pkcs11) for data dir dir. */
@@ -58,6 +62,11 @@ uint32_t tp_kek_current(void);
 void tp_kek_set_current(uint32_t v);
 /* Use p as the process-wide provider (tests; tp_kek_init does it in serve). */
 void tp_kek_use(struct tp_kek_provider *p, uint32_t current);
+
+/* Whether the provider answered its last check (every [vault]
+ * kek_poll_seconds, on the maintenance thread): /readyz says not ready
+ * while it does not, since no card can be sealed or read. */
+bool tp_kek_ready(void);
 
 /* Re-wrap up to max records of older versions; returns how many were
  * rewritten, 0 when none are left, -1 on error. Needs the writer. */

@@ -342,6 +342,26 @@ static int p11_pubkey(void *cls, char *pem, size_t cap)
   return rc;
 }
 
+/* The session answers and is logged in; if not, opened again (reopen: at
+ * most once a second) and asked once more. */
+static int p11_check(void *cls)
+{
+  struct p11 *p = cls;
+  pthread_mutex_lock(&p->mu);
+  CK_SESSION_INFO info;
+  CK_RV r = p->f->C_GetSessionInfo(p->s, &info);
+  bool ok = r == CKR_OK && info.state == CKS_RW_USER_FUNCTIONS;
+  if (!ok) {
+    tp_log(TP_LOG_ERROR, "kek_pkcs11_unavailable", "{s:s, s:I}", "token", p->token, "ckr", (json_int_t)r);
+    if (reopen(p)) {
+      r = p->f->C_GetSessionInfo(p->s, &info);
+      ok = r == CKR_OK && info.state == CKS_RW_USER_FUNCTIONS;
+    }
+  }
+  pthread_mutex_unlock(&p->mu);
+  return ok ? 0 : -1;
+}
+
 static void p11_close(void *cls)
 {
   struct p11 *p = cls;
@@ -429,7 +449,8 @@ int tp_kek_open_pkcs11(struct tp_kek_provider *out)
     goto fail;
   tp_scopy(p->token, sizeof p->token, tok);
   p->pin = pin;
-  *out = (struct tp_kek_provider){"pkcs11", p, p11_create, p11_wrap, p11_unwrap, p11_sign, p11_pubkey, p11_close};
+  *out = (struct tp_kek_provider){"pkcs11", p,         p11_create, p11_wrap, p11_unwrap,
+                                  p11_sign, p11_pubkey, p11_close,  p11_check};
   tp_log(TP_LOG_INFO, "kek_pkcs11_ready", "{s:s, s:s}", "module", mod, "token", tok);
   return 0;
 fail:

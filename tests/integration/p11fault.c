@@ -75,6 +75,7 @@ PASS(FindObjectsInit, (CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n), (s,
 PASS(GetAttributeValue, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n), (s, o, t, n))
 PASS(SignInit, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), (s, m, k))
 PASS(Sign, (CK_SESSION_HANDLE s, CK_BYTE_PTR a, CK_ULONG b, CK_BYTE_PTR c, CK_ULONG_PTR d), (s, a, b, c, d))
+PASS(GetSessionInfo, (CK_SESSION_HANDLE s, CK_SESSION_INFO_PTR i), (s, i))
 
 CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out);
 CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out)
@@ -96,6 +97,7 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out)
     wrapped.C_GetAttributeValue = w_GetAttributeValue;
     wrapped.C_SignInit = w_SignInit;
     wrapped.C_Sign = w_Sign;
+    wrapped.C_GetSessionInfo = w_GetSessionInfo;
   }
   *out = &wrapped;
   return CKR_OK;

@@ -644,5 +644,34 @@ class HsmSessionLostTest(SoftHsm, KekHelpers, unittest.TestCase):
         self.assertIn('"kek_pkcs11_reopened"', self.daemon.log_text())
         self.save_cards(1)
 
+    def readyz(self):
+        r = self.c().get("/readyz", key=None)
+        return r.status, (r.json or {}).get("reason")
+
+    def wait_readyz(self, want):
+        deadline = time.monotonic() + 15
+        got = self.readyz()
+        while got != want and time.monotonic() < deadline:
+            time.sleep(0.2)
+            got = self.readyz()
+        return got
+
+    def test_readyz_is_not_ready_while_the_token_is_gone(self):
+        """A load balancer asks /readyz: with the HSM gone every card payment
+        fails, so the gateway says so within [vault] kek_poll_seconds (2 s),
+        and is ready again once the token is back."""
+        self.assertEqual(self.wait_readyz((200, None)), (200, None))
+        open(self.removed, "w").close()
+        try:
+            self.assertEqual(self.wait_readyz((503, "vault_keys_unavailable")), (503, "vault_keys_unavailable"))
+            self.assertIn('"kek_not_ready"', self.daemon.log_text())
+        finally:
+            os.unlink(self.removed)
+        self.assertEqual(self.wait_readyz((200, None)), (200, None))
+        self.assertIn('"kek_ready"', self.daemon.log_text())
+        r = self.c().post(PI, {"amount": 1500, "currency": "usd", "confirm": "true",
+                               "payment_method_data": card(PAN_OK)})
+        self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), r)
+
 if __name__ == "__main__":
     main()
