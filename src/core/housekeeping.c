@@ -539,7 +539,10 @@ static void *housekeeping_main(void *arg)
       if (tp_event_purge((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000, H.event_retention_s) != 0)
         tp_log(TP_LOG_WARN, "event_purge_skipped", NULL);
     }
-    if (tp_mono_ms() >= next_expiry) {
+    /* No new processor calls once the gateway is stopping: a void started
+     * now would outlive the payflow timer and maybe the writer (left "sent"
+     * for the next start's recovery); the next start scans again. */
+    if (tp_mono_ms() >= next_expiry && !atomic_load(&tp_app.shutting_down)) {
       next_expiry = tp_mono_ms() + H.expiry_interval_ms;
       if (tp_authorization_expiry_scan(tp_now()) < 0)
         tp_log(TP_LOG_WARN, "authorization_expiry_scan_skipped", NULL);

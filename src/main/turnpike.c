@@ -570,6 +570,7 @@ static int cmd_serve(int argc, char **argv)
   (void)tp_config_bool("log", "requests", true);
   (void)tp_config_bool("metrics", "public", false);
   (void)tp_config_bool("store", "compress", true); /* zjson.c reads it at the first frame */
+  (void)tp_config_int("auth", "cache_seconds", 30, 0, 3600); /* apikey.c, oauth.c: at the first request */
   if (!tp_disputes_config_ok() || tp_config_invalid_count() > 0) {
     tp_log(TP_LOG_ERROR, "config_invalid_stop", "{s:i, s:s}", "values", tp_config_invalid_count(), "why",
            "a setting above is not valid (config_invalid): fix it or remove it");

@@ -1060,6 +1060,7 @@ class BadConfig(unittest.TestCase):
                 ("[processor.acq]\ntype = sandbox\napi_key = k\n", "in-process"),
                 ("[webhooks]\nprivate_network = deny\n", "config_unknown_key"),
                 # each read before serve listens, each weaker than written when read as its default
+                ("[auth]\ncache_seconds = -5\n", "config_invalid_stop"),
                 ("[store]\ncompress = maybe\n", "config_invalid_stop"),
                 ("[alerts]\nalpha = 7\n", "config_invalid_stop"),
                 ("[alerts]\nmerchants = nope\n", "config_invalid_stop"),
