@@ -383,6 +383,8 @@ void tp_h_customer_create(struct tp_req *r)
   json_t *pm = NULL, *known = json_array();
   char pm_lock[TP_ID_MAX] = "";
   const char *pm_id = tp_pstr(r->params, "payment_method");
+  struct tp_card_info ci; /* of a PaymentMethod made here (a test id, a token) */
+  memset(&ci, 0, sizeof ci);
 
   if (pm_id && *pm_id) {
     char *s = tp_store_get(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
@@ -392,9 +394,7 @@ void tp_h_customer_create(struct tp_req *r)
       free(s);
     } else {
       /* Test ids (pm_card_visa...) make a fresh PaymentMethod, as Stripe does. */
-      struct tp_card_info ci;
       pm = tp_pm_resolve(r, cs, pm_id, &ci);
-      tp_card_wipe(&ci, sizeof ci);
       if (!pm)
         goto fail; /* replied */
     }
@@ -444,6 +444,10 @@ void tp_h_customer_create(struct tp_req *r)
                      "The payment method you provided has already been attached to a customer.");
       goto fail;
     }
+    bool ok = tp_pm_attach_check(r, pm, stored ? NULL : &ci);
+    tp_card_wipe(&ci, sizeof ci);
+    if (!ok)
+      goto fail;
     json_object_set_new(pm, "customer", json_string(id));
   }
 
@@ -482,6 +486,7 @@ void tp_h_customer_create(struct tp_req *r)
   return;
 
 fail:
+  tp_card_wipe(&ci, sizeof ci);
   if (pm_lock[0])
     tp_lock_release(pm_lock);
   tp_cs_free(cs);

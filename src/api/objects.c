@@ -1092,6 +1092,39 @@ json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, str
   return pm;
 }
 
+/* The decline a card attached to a customer gets from its issuer's check
+ * (tp_card_source_create's rule, for PaymentMethods): replied, false. */
+static bool attach_check_reply(struct tp_req *r, const char *decline)
+{
+  const struct tp_error_info *ei = tp_error_by_decline_code(decline);
+  if (!ei)
+    ei = tp_error_by_decline_code("generic_decline");
+  tp_reply_error(r, (enum tp_err)ei->number, tp_decline_param(ei->code), NULL);
+  return false;
+}
+
+bool tp_pm_attach_check(struct tp_req *r, const json_t *pm, const struct tp_card_info *made)
+{
+  const char *id = json_string_value(json_object_get(pm, "id"));
+  const json_t *card = json_object_get(pm, "card");
+  if (!id || !card)
+    return true; /* not a card */
+  struct tp_card_info ci;
+  memset(&ci, 0, sizeof ci);
+  if (made)
+    tp_scopy(ci.pan, sizeof ci.pan, made->pan);
+  else if (tp_vault_load(r->merchant.id, id, &ci) != 0) {
+    tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+    return false;
+  }
+  const char *decline = tp_test_card_check_decline(ci.pan, tp_pm_has_cvc(pm));
+  tp_card_wipe(&ci, sizeof ci);
+  if (!*decline && tp_card_lapsed((int)json_integer_value(json_object_get(card, "exp_month")),
+                                  (int)json_integer_value(json_object_get(card, "exp_year")), time(NULL)))
+    decline = "expired_card";
+  return *decline ? attach_check_reply(r, decline) : true;
+}
+
 void tp_card_exp_of(struct tp_card_info *ci, const json_t *pm)
 {
   /* The vault keeps the card as it was saved; an update of a reissued
@@ -1147,13 +1180,8 @@ json_t *tp_card_source_create(struct tp_req *r, struct tp_cs *cs, const char *so
    * ("attaching this card to a Customer object succeeds, but attempts to
    * charge the customer fail"). Nothing is made (a token is not spent). */
   const char *decline = ok ? tp_test_card_check_decline(ci.pan, ci.cvc) : "";
-  if (*decline) {
-    const struct tp_error_info *ei = tp_error_by_decline_code(decline);
-    if (!ei)
-      ei = tp_error_by_decline_code("generic_decline");
-    tp_reply_error(r, (enum tp_err)ei->number, tp_decline_param(ei->code), NULL);
-    ok = false;
-  }
+  if (*decline)
+    ok = attach_check_reply(r, decline);
   json_t *pm = ok ? pm_create(cs, &r->merchant, &ci, NULL, metadata, NULL, "card", customer, NULL) : NULL;
   if (ok && !pm)
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);

@@ -105,6 +105,13 @@ bool tp_pm_materialize(struct tp_req *r, struct tp_cs *cs, json_t *pi);
  * success returns the PM object and fills ci with the card from the vault
  * (PAN in memory only). On failure replies 404/400 and returns NULL. */
 json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, struct tp_card_info *ci);
+/* A card PaymentMethod about to be attached to a customer passes its
+ * issuer's check: Stripe's decline test cards (all but
+ * 4000000000000341) and a card expired since it was saved are refused with
+ * their card_error, as a card source is. Replies and returns false if not.
+ * made: the card of a PaymentMethod made by this request (not in the vault
+ * yet), or NULL to read the stored one's. */
+bool tp_pm_attach_check(struct tp_req *r, const json_t *pm, const struct tp_card_info *made);
 /* Whether a CVC came with PaymentMethod pm's card (its card.checks.cvc_check
  * is set), so that an issuer has one to check. */
 bool tp_pm_has_cvc(const json_t *pm);

@@ -367,15 +367,16 @@ void tp_h_pm_attach(struct tp_req *r)
     return;
   }
   struct tp_cs *cs = tp_cs_new();
+  struct tp_card_info ci;
+  memset(&ci, 0, sizeof ci);
+  bool made = false;
   json_t *pm = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, r->path_id);
   if (!pm) {
     /* Test ids (pm_card_visa...) attach a fresh PaymentMethod. */
-    struct tp_card_info ci;
-    memset(&ci, 0, sizeof ci);
     pm = tp_pm_resolve(r, cs, r->path_id, &ci);
-    tp_card_wipe(&ci, sizeof ci);
     if (!pm)
       goto fail; /* replied */
+    made = true;
   }
   if (!tp_pm_usable(r, pm))
     goto fail;
@@ -390,6 +391,9 @@ void tp_h_pm_attach(struct tp_req *r)
                    "The payment method you provided has already been attached to a customer.");
     goto fail;
   }
+  if (!tp_pm_attach_check(r, pm, made ? &ci : NULL))
+    goto fail;
+  tp_card_wipe(&ci, sizeof ci);
   json_object_set_new(pm, "customer", json_string(cus_id));
   tp_cs_put(cs, TP_K_PAYMENT_METHOD, r->merchant.id, pm);
   tp_emit(cs, r, r->merchant.id, "payment_method.attached", pm);
@@ -401,6 +405,7 @@ void tp_h_pm_attach(struct tp_req *r)
   return;
 
 fail:
+  tp_card_wipe(&ci, sizeof ci);
   tp_lock_release(r->path_id);
   tp_lock_release(cus_lock);
   tp_cs_free(cs);

@@ -70,6 +70,34 @@ class Sources(DaemonTestCase):
         self.assertEqual(ok.status, 200, ok)
         ch = c.post("/v1/charges", {"amount": 1000, "currency": "usd", "customer": ok.json["id"]})
         self.assertStripeError(ch, 402, "card_error", "card_declined")
+
+    def test_a_decline_card_payment_method_cannot_be_attached_and_0341_can(self):
+        """Stripe's testing page: "The cards in the previous table can't be
+        attached to a Customer object" (PaymentMethods as well as sources);
+        4000000000000341 attaches. Nothing is attached by a refusal."""
+        c = self.c("m")
+        cus = c.post("/v1/customers", {"name": "pm"}).json
+        for pm, code in (("pm_card_chargeDeclined", "generic_decline"),
+                         ("pm_card_chargeDeclinedExpiredCard", "expired_card")):
+            r = c.post("/v1/payment_methods/%s/attach" % pm, {"customer": cus["id"]})
+            self.assertStripeError(r, 402, "card_error", "card_declined" if code == "generic_decline" else code)
+            self.assertEqual(r.json["error"].get("decline_code"), code, r.json)
+        made = c.post("/v1/payment_methods", {"type": "card", "card[number]": "4000000000009995",
+                                              "card[exp_month]": "12", "card[exp_year]": "2034",
+                                              "card[cvc]": "123"}).json
+        r = c.post("/v1/payment_methods/%s/attach" % made["id"], {"customer": cus["id"]})
+        self.assertStripeError(r, 402, "card_error", "card_declined")
+        self.assertEqual(r.json["error"]["decline_code"], "insufficient_funds", r.json)
+        self.assertIsNone(c.get("/v1/payment_methods/" + made["id"]).json["customer"])
+        r = c.post("/v1/customers", {"payment_method": "pm_card_chargeDeclinedFraudulent"})
+        self.assertStripeError(r, 402, "card_error", "card_declined")
+        self.assertEqual(c.get("/v1/customers/%s/payment_methods" % cus["id"]).json["data"], [])
+        ok = c.post("/v1/payment_methods/pm_card_chargeCustomerFail/attach", {"customer": cus["id"]})
+        self.assertEqual((ok.status, ok.json.get("customer")), (200, cus["id"]), ok)
+        r = c.post("/v1/payment_methods/pm_card_visa/attach", {"customer": cus["id"]})
+        self.assertEqual(r.status, 200, r)
+        ok = c.post("/v1/customers", {"payment_method": "pm_card_chargeCustomerFail"})
+        self.assertEqual(ok.status, 200, ok)
     def test_a_customer_made_with_a_source_is_charged_by_its_default_card(self):
         tok = self.c().post("/v1/tokens", {"card": {"number": "4242424242424242", "exp_month": 8,
                                                     "exp_year": 2031, "name": "Ada L"}}).json
