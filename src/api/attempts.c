@@ -10,35 +10,88 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ATTEMPTS_LIST_MAX 100 /* calls per payment are few: deadline x backoff */
+#define ATTEMPTS_LIST_MAX 100 /* also the default page: calls per payment are few (deadline x backoff) */
 
+static const struct tp_pspec spec_attempts[] = {
+  {"limit", TP_P_INT, NULL, NULL},
+  {"starting_after", TP_P_STRING, NULL, NULL},
+  {"ending_before", TP_P_STRING, NULL, NULL},
+  {NULL, 0, NULL, NULL},
+};
+
+/* Pages as every list does (limit 1..100, one cursor, an attempt of this
+ * PaymentIntent), oldest first; has_more says whether a page follows in
+ * the direction read (after the last for starting_after, before the first
+ * for ending_before). */
 void tp_h_pi_attempts(struct tp_req *r)
 {
+  if (!tp_check_params(r, spec_attempts))
+    return;
+  int64_t limit = ATTEMPTS_LIST_MAX;
+  if (tp_param_int(r->params, "limit", &limit) && (limit < 1 || limit > ATTEMPTS_LIST_MAX)) {
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID_INTEGER, "limit", "Invalid limit: must be an integer between 1 and 100");
+    return;
+  }
+  const char *after = tp_pstr(r->params, "starting_after"), *before = tp_pstr(r->params, "ending_before");
+  after = after && *after ? after : NULL;
+  before = before && *before ? before : NULL;
+  if (after && before) {
+    tp_reply_error(r, TP_ERR_PARAMETERS_EXCLUSIVE, "ending_before",
+                   "Received both starting_after and ending_before parameters. Please pass in only one.");
+    return;
+  }
   json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, r->path_id);
   if (!pi) {
     tp_reply_missing(r, "payment_intent", r->path_id, "intent");
     return;
   }
   json_decref(pi);
-  json_t *args = tp_pack("[s, s, i]", r->merchant.id, r->path_id, ATTEMPTS_LIST_MAX + 1);
-  json_t *rows = tp_store_query(&tp_app.store,
-                                "SELECT id, processor, kind, state, result_code, route, amount, currency, created "
-                                "FROM attempts WHERE merchant = ?1 AND payment_intent = ?2 "
-                                "ORDER BY created, id LIMIT ?3",
-                                args);
+  const char *cursor = after ? after : before;
+  json_int_t at = 0;
+  if (cursor) { /* the cursor's place in (created, id) order */
+    json_t *args = tp_pack("[s, s, s]", r->merchant.id, r->path_id, cursor);
+    json_t *rows = tp_store_query(&tp_app.store,
+                                  "SELECT created FROM attempts WHERE merchant = ?1 AND payment_intent = ?2 AND id = ?3",
+                                  args);
+    json_decref(args);
+    if (!rows) {
+      tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+      return;
+    }
+    bool found = json_array_size(rows) == 1;
+    at = json_integer_value(json_object_get(json_array_get(rows, 0), "created"));
+    json_decref(rows);
+    if (!found) {
+      char msg[200];
+      snprintf(msg, sizeof msg, "No such turnpike.attempt: '%.64s'", cursor);
+      tp_reply_error(r, TP_ERR_PAGINATION_CURSOR_INVALID, after ? "starting_after" : "ending_before", msg);
+      return;
+    }
+  }
+  json_t *args = cursor ? tp_pack("[s, s, I, I, s]", r->merchant.id, r->path_id, (json_int_t)limit + 1, at, cursor)
+                        : tp_pack("[s, s, I]", r->merchant.id, r->path_id, (json_int_t)limit + 1);
+  const char *sql =
+    before ? "SELECT id, processor, kind, state, result_code, route, amount, currency, created FROM attempts "
+             "WHERE merchant = ?1 AND payment_intent = ?2 AND (created < ?4 OR (created = ?4 AND id < ?5)) "
+             "ORDER BY created DESC, id DESC LIMIT ?3"
+    : after ? "SELECT id, processor, kind, state, result_code, route, amount, currency, created FROM attempts "
+              "WHERE merchant = ?1 AND payment_intent = ?2 AND (created > ?4 OR (created = ?4 AND id > ?5)) "
+              "ORDER BY created, id LIMIT ?3"
+            : "SELECT id, processor, kind, state, result_code, route, amount, currency, created FROM attempts "
+              "WHERE merchant = ?1 AND payment_intent = ?2 ORDER BY created, id LIMIT ?3";
+  json_t *rows = tp_store_query(&tp_app.store, sql, args);
   json_decref(args);
   if (!rows) {
     tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
     return;
   }
-  bool more = json_array_size(rows) > ATTEMPTS_LIST_MAX;
+  bool more = json_array_size(rows) > (size_t)limit;
   if (more)
-    json_array_remove(rows, ATTEMPTS_LIST_MAX);
+    json_array_remove(rows, (size_t)limit);
   json_t *data = json_array();
-  size_t i;
-  json_t *row;
-  json_array_foreach(rows, i, row)
-  {
+  size_t n = json_array_size(rows);
+  for (size_t k = 0; k < n; k++) {
+    json_t *row = json_array_get(rows, before ? n - 1 - k : k); /* oldest first either way */
     /* route is stored as JSON text; hand it out as an object. */
     const char *rt = json_string_value(json_object_get(row, "route"));
     json_t *route = rt ? json_loads(rt, 0, NULL) : NULL;
@@ -82,12 +135,15 @@ static const struct tp_pspec spec_unsettled[] = {
   {"state", TP_P_ENUM, NULL, unsettled_states},
   {"processor", TP_P_STRING, NULL, NULL},
   {"limit", TP_P_INT, NULL, NULL},
+  {"starting_after", TP_P_STRING, NULL, NULL},
   {NULL, 0, NULL, NULL},
 };
 
-/* GET /v1/turnpike/attempts[?state=sent|reversal_pending][&processor=][&limit=]:
- * the merchant's attempts whose outcome is not settled yet, oldest first
- * (both states when state is not given). */
+/* GET /v1/turnpike/attempts[?state=sent|reversal_pending][&processor=][&limit=]
+ * [&starting_after=]: the merchant's attempts whose outcome is not settled
+ * yet, oldest first (both states when state is not given); the next page
+ * starts after the last one shown (one settled meanwhile is not there to
+ * start after: 400, and the client starts over). */
 void tp_h_attempts_unsettled(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_unsettled))
@@ -99,6 +155,8 @@ void tp_h_attempts_unsettled(struct tp_req *r)
     tp_reply_error(r, TP_ERR_PARAMETER_INVALID_INTEGER, "limit", "Invalid limit: must be an integer between 1 and 100");
     return;
   }
+  const char *after = tp_pstr(r->params, "starting_after");
+  bool passed = !after || !*after; /* the cursor is behind */
   json_t *data = json_array();
   bool more = false;
   for (size_t s = 0; unsettled_states[s] && !more; s++) {
@@ -114,6 +172,10 @@ void tp_h_attempts_unsettled(struct tp_req *r)
     for (size_t i = 0; i < n; i++) {
       if (strcmp(list[i].merchant, r->merchant.id) != 0 || (proc && *proc && strcmp(list[i].processor, proc) != 0))
         continue;
+      if (!passed) {
+        passed = strcmp(list[i].id, after) == 0;
+        continue;
+      }
       if ((int64_t)json_array_size(data) == limit) {
         more = true;
         break;
@@ -121,6 +183,13 @@ void tp_h_attempts_unsettled(struct tp_req *r)
       json_array_append_new(data, tp_attempt_json(&list[i]));
     }
     free(list);
+  }
+  if (!passed) {
+    json_decref(data);
+    char msg[200];
+    snprintf(msg, sizeof msg, "No such unsettled turnpike.attempt: '%.64s'", after);
+    tp_reply_error(r, TP_ERR_PAGINATION_CURSOR_INVALID, "starting_after", msg);
+    return;
   }
   tp_reply_json(r, 200, tp_pack("{s:s, s:s, s:b, s:o}", "object", "list", "url", "/v1/turnpike/attempts", "has_more",
                                 more, "data", data));

@@ -3,12 +3,17 @@
  * credentials). */
 #include "api/handlers.h"
 #include "api/http.h"
+#include "api/objects.h"
 #include "core/procs.h"
 #include "jpack.h"
 
 /* GET /v1/turnpike/processors */
+static const struct tp_pspec spec_none[] = {{NULL, 0, NULL, NULL}};
+
 void tp_h_processors_list(struct tp_req *r)
 {
+  if (!tp_check_params(r, spec_none)) /* as every route: an unknown parameter is a 400 */
+    return;
   json_t *data = json_array();
   size_t n = tp_procs_count();
   for (size_t i = 0; i < n; i++)

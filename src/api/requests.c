@@ -4,6 +4,7 @@
  * line holds: never bodies, query strings or card data. */
 #include "api/handlers.h"
 #include "api/http.h"
+#include "api/objects.h"
 #include "api/requests.h"
 #include "jpack.h"
 #include "util.h"
@@ -71,8 +72,12 @@ void tp_reqlog_record(const char *request_id, const char *merchant, const char *
 }
 
 /* GET /v1/turnpike/requests/{id}: one of the merchant's recent requests. */
+static const struct tp_pspec spec_none[] = {{NULL, 0, NULL, NULL}};
+
 void tp_h_request_retrieve(struct tp_req *r)
 {
+  if (!tp_check_params(r, spec_none)) /* as every route: an unknown parameter is a 400 */
+    return;
   struct entry e;
   bool found = false;
   pthread_mutex_lock(&mu);

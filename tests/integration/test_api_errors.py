@@ -1134,6 +1134,13 @@ class ApiErrorsTest(DaemonTestCase):
         r = c.post("/v1/customers?name=query&metadata%5Ba%5D=1", {"name": "body", "metadata[b]": "2"})
         self.assertEqual((r.status, r.json["name"], r.json["metadata"]), (200, "body", {"a": "1", "b": "2"}), r)
 
+    def test_turnpike_routes_refuse_unknown_parameters_too(self):
+        c = self.c("other")
+        for path in ("/v1/turnpike/processors", "/v1/turnpike/requests/req_nope", "/v1/turnpike/attempts"):
+            r = c.get(path, {"bogus": "1"})
+            self.assertEqual((r.status, r.json["error"].get("code"), r.json["error"].get("param")),
+                             (400, "parameter_unknown", "bogus"), (path, r))
+
     def test_an_empty_value_for_what_cannot_be_unset_is_refused(self):
         c = self.c("other")  # "bad" must stay empty (test_bad_requests_create_nothing...)
         for params in (dict(GOOD, capture_method=""), dict(GOOD, confirmation_method="")):

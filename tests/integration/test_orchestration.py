@@ -473,6 +473,32 @@ class OrchestrationTest(SimGatewayTest):
         self.assertEqual([a["state"] for a in self.attempts(pi_id)], ["succeeded"])
         self.assertEqual(self.c.get("/v1/payment_intents/" + pi_id).json["status"], "succeeded")
 
+    def test_the_unsettled_attempts_list_pages_with_starting_after(self):
+        """GET /v1/turnpike/attempts said has_more and refused starting_after:
+        attempts past the first page could not be reached."""
+        stuck = [self.stuck_payment(1111)[1]]
+        self.sim.faults("a", outage=False)
+        stuck.append(self.stuck_payment(1112)[1])
+        try:
+            whole = self.c.get("/v1/turnpike/attempts", {"processor": "a"}).json["data"]
+            self.assertTrue(set(stuck) <= {a["id"] for a in whole}, whole)
+            walked, cur = [], None
+            for _ in range(len(whole) + 1):
+                page = self.c.get("/v1/turnpike/attempts", dict({"processor": "a", "limit": 1},
+                                                                 **({"starting_after": cur} if cur else {})))
+                self.assertEqual(page.status, 200, page.json)
+                walked += page.json["data"]
+                if not page.json["has_more"]:
+                    break
+                cur = page.json["data"][-1]["id"]
+            self.assertEqual([a["id"] for a in walked], [a["id"] for a in whole])
+            r = self.c.get("/v1/turnpike/attempts", {"starting_after": "att_nope"})
+            self.assertEqual((r.status, r.json["error"].get("param")), (400, "starting_after"), r.json)
+        finally:
+            for att_id in stuck:
+                self.resolve(att_id, outcome="not_processed", reason="test cleanup")
+            self.sim.faults("a", outage=False)
+
     def test_operator_settles_a_stuck_authorization_as_not_processed(self):
         pi_id, att_id, key, params = self.stuck_payment(3456)
         before = self.c.get("/v1/balance").json["pending"][0]["amount"]
@@ -764,6 +790,42 @@ class OrchestrationTest(SimGatewayTest):
         now = self.c.get("/v1/payment_intents/%s" % pi["id"]).json
         self.assertEqual(now["status"], "requires_confirmation")
         self.assertEqual(self.attempts(pi["id"]), [])
+
+    def test_a_payments_attempts_page_as_every_list_does(self):
+        """GET /v1/payment_intents/{id}/attempts: limit 1..100, starting_after
+        and ending_before walk every attempt exactly once (it said has_more
+        and handed the same first 100 back for any cursor), oldest first;
+        an unknown parameter or another payment's attempt is a 400."""
+        r = self.pay(amount=5000)
+        self.assertEqual(r.status, 200, r.json)
+        pi = r.json["id"]
+        for _ in range(11):
+            self.assertEqual(self.c.post("/v1/refunds", {"payment_intent": pi, "amount": 1}).status, 200)
+        whole = self.attempts(pi)
+        self.assertEqual(len(whole), 12)
+        self.assertEqual(sorted(whole, key=lambda a: (a["created"], a["id"])), whole)
+        url = "/v1/payment_intents/%s/attempts" % pi
+        seen, cur = [], None
+        for _ in range(5):
+            page = self.c.get(url, dict({"limit": 5}, **({"starting_after": cur} if cur else {}))).json
+            seen += page["data"]
+            cur = page["data"][-1]["id"]
+            if not page["has_more"]:
+                break
+        self.assertEqual([a["id"] for a in seen], [a["id"] for a in whole])
+        back, cur = [], whole[-1]["id"]
+        page = {"has_more": True}
+        while page["has_more"] and len(back) < 20:
+            page = self.c.get(url, {"limit": 4, "ending_before": cur}).json
+            back = page["data"] + back
+            cur = page["data"][0]["id"]
+        self.assertEqual([a["id"] for a in back], [a["id"] for a in whole[:-1]])
+        for bad in ({"limit": 0}, {"limit": 101}, {"foo": "bar"}, {"starting_after": "att_nope"},
+                    {"starting_after": whole[0]["id"], "ending_before": whole[1]["id"]}):
+            self.assertEqual(self.c.get(url, bad).status, 400, bad)
+        other = self.pay(amount=700).json["id"]
+        r = self.c.get("/v1/payment_intents/%s/attempts" % other, {"starting_after": whole[0]["id"]})
+        self.assertEqual((r.status, r.json["error"].get("param")), (400, "starting_after"), r.json)
 
     def test_no_processor_after_3ds_answers_the_browser_with_a_page(self):
         """A challenge approved for a payment no processor takes: the
