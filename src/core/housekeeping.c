@@ -42,7 +42,6 @@ static struct {
   _Atomic int64_t heartbeat_ms; /* monotonic time of the last committed heartbeat */
   int64_t min_free;             /* [store] min_free_mb in bytes; 0: no guard */
   _Atomic bool space_low;       /* free space under min_free: new work is refused */
-  _Atomic bool sweep_busy;      /* a balance sweep's change set is not committed yet */
   char sweep_merchant[TP_ID_MAX]; /* where the balance sweep goes on next time */
 } H = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
@@ -95,15 +94,7 @@ int tp_token_purge(int64_t now_ms, int64_t ttl)
 #define SWEEP_MERCHANTS 16    /* merchants looked at per sweep */
 #define SWEEP_BATCH 500       /* balance transactions per merchant per sweep */
 #define SWEEP_CURRENCIES 8    /* (transaction, currency) ledger pairs per change set, under the store's 16 */
-
-static void sweep_done(struct tp_cs *cs, int rc, void *arg)
-{
-  (void)cs;
-  (void)arg;
-  if (rc != 0)
-    tp_log(TP_LOG_WARN, "balance_sweep_not_committed", "{s:i}", "rc", rc);
-  atomic_store(&H.sweep_busy, false);
-}
+#define SWEEP_SETS 64         /* change sets per sweep, each committed before the next */
 
 /* The currencies a sweep's change set moves, and how much of each. */
 struct sweep_sums {
@@ -275,10 +266,12 @@ static int sweep_merchant(struct tp_cs *cs, const char *merchant, const char *cu
   return 0;
 }
 
-int tp_balance_sweep(int64_t now_ms)
+/* One change set of a sweep, committed before it returns: merchants after
+ * H.sweep_merchant until the set holds SWEEP_CURRENCIES currencies. 1: it
+ * filled up at merchant *at (more may be due there), 0: it went round every
+ * merchant, -1: a store error. */
+static int sweep_once(int64_t now_ms, char at[TP_ID_MAX])
 {
-  if (atomic_load(&H.sweep_busy))
-    return 0; /* the last sweep is not committed: its cursors are not either */
   json_t *ms = tp_store_query_take(&tp_app.store,
                                    "SELECT m.id AS id, coalesce(s.cursor, 'txn_') AS cursor FROM merchants m "
                                    "LEFT JOIN balance_sweep s ON s.merchant = m.id WHERE m.id > ?1 ORDER BY m.id "
@@ -301,21 +294,44 @@ int tp_balance_sweep(int64_t now_ms)
     }
     if (ncur < SWEEP_CURRENCIES)
       tp_scopy(H.sweep_merchant, sizeof H.sweep_merchant, m);
+    else
+      tp_scopy(at, TP_ID_MAX, m);
   }
-  if (rc == 0 && i == n && n < SWEEP_MERCHANTS && ncur < SWEEP_CURRENCIES)
-    H.sweep_merchant[0] = '\0'; /* went round every merchant */
+  bool round = rc == 0 && i == n && n < SWEEP_MERCHANTS && ncur < SWEEP_CURRENCIES;
   json_decref(ms);
   if (rc != 0 || tp_cs_count(cs) == 0) {
     tp_cs_free(cs);
-    return rc;
+    if (round)
+      H.sweep_merchant[0] = '\0';
+    return rc != 0 ? -1 : round ? 0 : 1;
   }
-  atomic_store(&H.sweep_busy, true);
-  tp_cs_on_done(cs, sweep_done, NULL);
-  if (submit(cs) != 0) {
-    atomic_store(&H.sweep_busy, false);
+  /* Committed before the next set is built: the next one reads the cursors
+   * this one moves, and a set that failed must not be passed by a later
+   * one's cursor (its rows would stay pending behind it). */
+  if (tp_writer_submit_wait(cs) != 0) {
+    tp_log(TP_LOG_WARN, "balance_sweep_not_committed", NULL);
     return -1;
   }
-  return 1;
+  if (round)
+    H.sweep_merchant[0] = '\0'; /* went round every merchant */
+  return round ? 0 : 1;
+}
+
+/* Up to SWEEP_SETS change sets a tick, each of at most SWEEP_CURRENCIES
+ * currencies (one merchant's payments in many currencies filled one set
+ * with a handful of rows: it made ~8 rows available a second, and held up
+ * every merchant after it). A merchant still not done when the tick's sets
+ * run out is left for the next tick after the others had theirs: the next
+ * tick starts after it. */
+int tp_balance_sweep(int64_t now_ms)
+{
+  char at[TP_ID_MAX] = "";
+  int r = 1;
+  for (int k = 0; k < SWEEP_SETS && r == 1 && !atomic_load(&tp_app.shutting_down); k++)
+    r = sweep_once(now_ms, at);
+  if (r == 1 && at[0])
+    tp_scopy(H.sweep_merchant, sizeof H.sweep_merchant, at);
+  return r < 0 ? -1 : 0;
 }
 
 /* One merchant's events older than floor (an id floor, tp_id_floor), at most
@@ -565,7 +581,6 @@ int tp_housekeeping_start(void)
   H.expiry_created = INT64_MIN;
   H.expiry_id[0] = '\0';
   H.sweep_merchant[0] = '\0';
-  atomic_store(&H.sweep_busy, false);
   H.min_free = tp_config_int("store", "min_free_mb", 64, 0, 1 << 20) * 1024 * 1024;
   tp_metric_help("turnpike_store_free_bytes", "Space available to the data directory's file system at the last look.");
   atomic_store(&H.space_low, false);

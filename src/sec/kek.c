@@ -455,39 +455,6 @@ int tp_kek_init(struct tp_store *st, const char *dir, const char *config_path)
 }
 
 /* ---- re-wrap -------------------------------------------------------------- */
-struct waiter {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  int done, rc;
-};
-
-static void waiter_done(struct tp_cs *cs, int rc, void *arg)
-{
-  (void)cs;
-  struct waiter *w = arg;
-  pthread_mutex_lock(&w->mu);
-  w->done = 1;
-  w->rc = rc;
-  pthread_cond_signal(&w->cv);
-  pthread_mutex_unlock(&w->mu);
-}
-
-/* Submit a change set to the writer and wait for its commit. */
-static int submit_wait(struct tp_cs *cs)
-{
-  struct waiter w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
-  tp_cs_on_done(cs, waiter_done, &w);
-  if (tp_writer_submit(cs) != 0) {
-    tp_cs_free(cs);
-    return -1;
-  }
-  pthread_mutex_lock(&w.mu);
-  while (!w.done)
-    pthread_cond_wait(&w.cv, &w.mu);
-  pthread_mutex_unlock(&w.mu);
-  return w.rc;
-}
-
 static int hexval(int c)
 {
   return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
@@ -589,7 +556,7 @@ int tp_kek_rewrap_batch(int max)
     tp_cs_free(cs);
     return tp_kek_rewrap_batch(max); /* every row failed: go on from the advanced cursor */
   }
-  if (submit_wait(cs) != 0)
+  if (tp_writer_submit_wait(cs) != 0)
     return -1;
   rw_pass_count += n;
   return n;
@@ -717,7 +684,7 @@ static void *maint_main(void *arg)
           json_t *d = tp_pack("{s:I, s:i}", "version", (json_int_t)tp_kek_current(), "records", total);
           tp_audit_append(cs, NULL, "system", "kek.rewrapped", NULL, d);
           json_decref(d);
-          submit_wait(cs);
+          tp_writer_submit_wait(cs);
         }
       }
     }

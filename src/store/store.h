@@ -299,6 +299,10 @@ bool tp_writer_pipelined(void);
  * the completion ran. Returns -1 (and frees nothing) if the queue is full or
  * the writer stopped; the caller then still owns cs. */
 int tp_writer_submit(struct tp_cs *cs);
+/* Queue cs (its completion replaced) and wait for its commit: the commit's
+ * rc, or -1 if it could not be queued (cs freed either way). For
+ * background threads, never a request's. */
+int tp_writer_submit_wait(struct tp_cs *cs);
 /* Apply everything queued, then stop the thread. */
 void tp_writer_stop(void);
 /* Figures for metrics. */

@@ -251,6 +251,38 @@ int tp_writer_start(struct tp_store *st)
   return 0;
 }
 
+struct waiter {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int done, rc;
+};
+
+static void waiter_done(struct tp_cs *cs, int rc, void *arg)
+{
+  (void)cs;
+  struct waiter *w = arg;
+  pthread_mutex_lock(&w->mu);
+  w->done = 1;
+  w->rc = rc;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+int tp_writer_submit_wait(struct tp_cs *cs)
+{
+  struct waiter w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+  tp_cs_on_done(cs, waiter_done, &w);
+  if (tp_writer_submit(cs) != 0) {
+    tp_cs_free(cs);
+    return -1;
+  }
+  pthread_mutex_lock(&w.mu);
+  while (!w.done)
+    pthread_cond_wait(&w.cv, &w.mu);
+  pthread_mutex_unlock(&w.mu);
+  return w.rc;
+}
+
 int tp_writer_submit(struct tp_cs *cs)
 {
   pthread_mutex_lock(&W.mu);

@@ -15,7 +15,7 @@ PI = "/v1/payment_intents"
 
 
 class BalanceAvailability(DaemonTestCase):
-    MERCHANTS = ("m", "n", "many")
+    MERCHANTS = ("m", "n", "many", "busy", "quiet")
 
     @classmethod
     def config(cls):
@@ -95,6 +95,31 @@ class BalanceAvailability(DaemonTestCase):
                 return bt
             self.assertLess(time.monotonic(), deadline, bt)
             time.sleep(0.2)
+
+    def test_one_merchant_in_many_currencies_holds_up_no_one(self):
+        """A sweep's change set takes 8 currencies: a merchant paid in 9,
+        interleaved, filled one with 8 rows, so its funds became available
+        at ~8 a second and every merchant after it waited behind. Now a
+        sweep commits set after set, and a merchant not done when they run
+        out lets the others go first."""
+        curs = ["usd", "eur", "gbp", "jpy", "cad", "aud", "chf", "sek", "nok"]
+        for i in range(162):
+            self.pay(1000, merchant="busy", currency=curs[i % len(curs)])
+        quiet = self.pay(700, merchant="quiet")
+        ch = self.c("quiet").get("/v1/charges/" + quiet["latest_charge"]).json
+        t0 = time.monotonic()
+        self.wait_available(ch["balance_transaction"], merchant="quiet", timeout=10)
+        deadline = time.monotonic() + 10
+        while True:
+            b = self.c("busy").get("/v1/balance").json
+            if not any(x["amount"] for x in b["pending"]) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual([x for x in b["pending"] if x["amount"]], [], b)
+        self.assertEqual(sorted((x["currency"], x["amount"]) for x in b["available"]),
+                         sorted((c, 18000) for c in curs))
+        self.assertLess(time.monotonic() - t0, 10)
+        self.assertBalanceMatchesTransactions("busy")
 
     def test_funds_move_from_pending_to_available_once(self):
         a0, p0 = self.balance()
