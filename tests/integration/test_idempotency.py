@@ -145,7 +145,10 @@ class IdempotencyTest(DaemonTestCase):
         first = c.post(PI, {"amount": 1000, "currency": "usd"}, idem=key)
         self.assertEqual(first.status, 200, first)
         r = c.post(PI, {"amount": 2000, "currency": "usd"}, idem=key)
-        self.assertStripeError(r, 400, "idempotency_error")
+        err = self.assertStripeError(r, 400, "idempotency_error")
+        self.assertEqual(err["message"], "Keys for idempotent requests can only be used with the same parameters they "
+                         "were first used with. Try using a key other than '%s' if you meant to execute a different "
+                         "request." % key, err)  # Stripe's wording
         # still only the original object, unchanged
         r = c.get(PI + "/" + first.json["id"])
         self.assertEqual(r.json["amount"], 1000, r)
