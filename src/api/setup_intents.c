@@ -307,7 +307,32 @@ bool tp_si_customer_lock(struct tp_req *r, const json_t *si, char *out)
 
 /* Save pm to si's customer (unless it has one) and, when authenticated,
  * record that for later off-session payments; into cs when it changed. */
-static void save_pm(struct tp_req *r, struct tp_cs *cs, const json_t *si, json_t *pm, bool authenticated)
+/* A setup verified the card with its issuer: the checks it was given (a
+ * CVC, an address line and postal code) are no longer "unchecked" on the
+ * PaymentMethod, and its SetupAttempt shows the same (the test card's
+ * verdict: connectors/sandbox.c). True if anything changed. */
+static bool verified_checks(json_t *pm, const char *pan)
+{
+  json_t *checks = json_object_get(json_object_get(pm, "card"), "checks");
+  if (!json_is_object(checks))
+    return false;
+  const char *line1, *zip;
+  tp_test_card_avs(pan, &line1, &zip);
+  const char *const set[][2] = {{"cvc_check", "pass"}, {"address_line1_check", line1},
+                                {"address_postal_code_check", zip}};
+  bool changed = false;
+  for (size_t i = 0; i < sizeof set / sizeof set[0]; i++) {
+    const char *now = json_string_value(json_object_get(checks, set[i][0]));
+    if (now && strcmp(now, "unchecked") == 0 && strcmp(set[i][1], "unchecked") != 0) {
+      json_object_set_new(checks, set[i][0], json_string(set[i][1]));
+      changed = true;
+    }
+  }
+  return changed;
+}
+
+static void save_pm(struct tp_req *r, struct tp_cs *cs, const json_t *si, json_t *pm, bool authenticated,
+                    bool checked)
 {
   const char *cus = json_string_value(json_object_get(si, "customer"));
   /* Not to a customer deleted meanwhile, nor a card detached meanwhile
@@ -321,7 +346,7 @@ static void save_pm(struct tp_req *r, struct tp_cs *cs, const json_t *si, json_t
     tp_mark(pm, "off_session_authenticated", json_true());
   if (attach)
     json_object_set_new(pm, "customer", json_string(cus));
-  if (attach || mark)
+  if (attach || mark || checked)
     tp_cs_put(cs, TP_K_PAYMENT_METHOD, r->merchant.id, pm);
   if (attach)
     tp_emit(cs, r, r->merchant.id, "payment_method.attached", pm);
@@ -407,7 +432,8 @@ json_t *tp_si_finish(struct tp_req *r, struct tp_cs *cs, json_t *si, json_t *pm,
     json_object_set_new(si, "status", json_string("succeeded"));
     json_object_set(si, "payment_method", json_object_get(pm, "id"));
     json_object_set_new(si, "last_setup_error", json_null());
-    save_pm(r, cs, si, pm, authenticated);
+    bool checked = verified_checks(pm, pan);
+    save_pm(r, cs, si, pm, authenticated, checked);
     *attempt = tp_si_attempt(r, cs, si, pm, "succeeded", NULL, authenticated);
     tp_put_emit(cs, r, r->merchant.id, TP_K_SETUP_INTENT, "setup_intent.succeeded", si);
     return NULL;

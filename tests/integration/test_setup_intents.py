@@ -259,6 +259,38 @@ class SetupIntents(DaemonTestCase):
             self.assertEqual(self.events(si["id"]), ["setup_intent.created", "setup_intent.setup_failed"])
         self.assertEqual(c.get("/v1/customers/%s/payment_methods" % cus).json["data"], [])
 
+    def test_a_setup_reports_the_checks_it_made(self):
+        """A setup verifies the card with its issuer: the CVC and address it
+        was given read pass on the PaymentMethod and the SetupAttempt, not
+        unchecked; a check the issuer fails (4000000000000010's address)
+        reads fail; what was not given stays null."""
+        c = self.c()
+        cus = self.customer()
+        for pan, want in (("4242424242424242", ("pass", "pass", "pass")),
+                          ("4000000000000010", ("fail", "fail", "pass"))):
+            pm = c.post("/v1/payment_methods", {"type": "card", "card[number]": pan, "card[exp_month]": "12",
+                                                "card[exp_year]": "2034", "card[cvc]": "123",
+                                                "billing_details[address][line1]": "1 Main St",
+                                                "billing_details[address][postal_code]": "94103"}).json
+            checks = pm["card"]["checks"]
+            self.assertEqual((checks["address_line1_check"], checks["address_postal_code_check"],
+                              checks["cvc_check"]), ("unchecked",) * 3, pm)
+            si = c.post(SI, {"customer": cus, "payment_method": pm["id"], "confirm": "true"})
+            self.assertEqual((si.status, si.json.get("status")), (200, "succeeded"), si)
+            checks = c.get("/v1/payment_methods/" + pm["id"]).json["card"]["checks"]
+            got = (checks["address_line1_check"], checks["address_postal_code_check"], checks["cvc_check"])
+            self.assertEqual(got, want, checks)
+            att = c.get("/v1/setup_attempts", {"setup_intent": si.json["id"]}).json["data"][0]
+            checks = att["payment_method_details"]["card"]["checks"]
+            self.assertEqual((checks["address_line1_check"], checks["address_postal_code_check"],
+                              checks["cvc_check"]), want, att)
+        pm = c.post("/v1/payment_methods", {"type": "card", "card[number]": "4242424242424242",
+                                            "card[exp_month]": "12", "card[exp_year]": "2034"}).json
+        self.assertEqual(c.post(SI, {"customer": cus, "payment_method": pm["id"], "confirm": "true"}).status, 200)
+        checks = c.get("/v1/payment_methods/" + pm["id"]).json["card"]["checks"]
+        self.assertEqual((checks["address_line1_check"], checks["address_postal_code_check"], checks["cvc_check"]),
+                         (None, None, None), checks)
+
     def test_cancel_list_and_retrieve(self):
         c = self.c()
         cus = self.customer()
