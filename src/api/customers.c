@@ -556,9 +556,10 @@ static bool sources_apply(struct tp_req *r, struct tp_cs *cs, json_t *cus, json_
 {
   const char *def = tp_pstr(r->params, "default_source");
   const char *source = tp_pstr(r->params, "source");
+  const char *def_param = r->default_card_sent ? "default_card" : "default_source";
   if (def && *def) {
     if (strlen(def) >= TP_ID_MAX) {
-      tp_reply_missing(r, "source", def, "default_source");
+      tp_reply_missing(r, "source", def, def_param);
       return false;
     }
     if (!lock_card(r, cl, def))
@@ -567,7 +568,7 @@ static bool sources_apply(struct tp_req *r, struct tp_cs *cs, json_t *cus, json_
     bool ok = tp_is_card_source(pm, r->path_id);
     json_decref(pm);
     if (!ok) {
-      tp_reply_missing(r, "source", def, "default_source");
+      tp_reply_missing(r, "source", def, def_param);
       return false;
     }
     json_object_set_new(cus, "default_source", json_string(def));

@@ -79,6 +79,7 @@ struct tp_req {
   size_t resp_len;
   const char *content_type;
   bool replayed;
+  bool default_card_sent; /* default_source came as default_card (tp_card_param_alias): errors name that */
   bool settled_error;            /* an error that was committed: the same request will not do better */
   int err;                       /* enum tp_err of the reply set by tp_reply_error (0: not an error reply) */
   char api_version[48];   /* the request's Stripe-Version, echoed in the reply ("" none; TP_API_VERSION_MAX) */

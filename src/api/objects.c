@@ -126,6 +126,7 @@ bool tp_card_param_alias(struct tp_req *r)
     }
     json_object_set(r->params, "default_source", dc);
     json_object_del(r->params, "default_card");
+    r->default_card_sent = true;
   }
   json_t *card = json_object_get(r->params, "card");
   if (!card)

@@ -170,6 +170,11 @@ class Sources(DaemonTestCase):
         self.assertStripeError(self.c().post("%s/%s" % (CUS, cus["id"]), {"default_card": more.json["id"],
                                                                           "default_source": more.json["id"]}),
                                400, param="default_card")
+        # an error about it names it as it was sent
+        self.assertStripeError(self.c().post("%s/%s" % (CUS, cus["id"]), {"default_card": "card_nope"}),
+                               404, param="default_card")
+        self.assertStripeError(self.c().post("%s/%s" % (CUS, cus["id"]), {"default_source": "card_nope"}),
+                               404, param="default_source")
         err = self.assertStripeError(self.c().post(CH, {"amount": 400, "currency": "usd", "card": "tok_visa",
                                                         "source": "tok_visa"}), 400, param="card")
         self.assertEqual(err["tp_code"], 1003, err)  # parameter_invalid_string
