@@ -472,7 +472,11 @@ static void set_state(struct tp_attempt *a, const struct tp_proc_call *c)
     snprintf(a->state, sizeof a->state, "failed");
     break;
   }
-  tp_scopy(a->result_code, sizeof a->result_code, c->decline_code);
+  /* A call that did not go through without a code of its own (recovery
+   * found nothing under the reference, or voided it) reads as its
+   * PaymentIntent's error does (tp_outcome_authorize): processing_error. */
+  tp_scopy(a->result_code, sizeof a->result_code,
+           c->decline_code[0] || c->outcome == TP_OUT_APPROVED ? c->decline_code : "processing_error");
   tp_scopy(a->auth_code, sizeof a->auth_code, c->auth_code);
   tp_scopy(a->processor_ref, sizeof a->processor_ref, c->processor_ref);
   a->updated = tp_now();

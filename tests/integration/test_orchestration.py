@@ -385,7 +385,8 @@ class OrchestrationTest(SimGatewayTest):
                 break
             time.sleep(0.1)
         self.assertEqual(st, "requires_payment_method")
-        self.assertEqual([(a["processor"], a["state"]) for a in self.attempts(pi_id)], [("a", "failed")])
+        self.assertEqual([(a["processor"], a["state"], a["result_code"]) for a in self.attempts(pi_id)],
+                         [("a", "failed", "processing_error")])  # as the PaymentIntent's error says
         fence = self.sim.journal(processor="a", reference=att[0]["id"] + "-fence")["entries"]
         self.assertEqual([(e["operation"], e["status"]) for e in fence], [("void", "voided")])
         n, j = self.charges_of(pi_id)
