@@ -119,7 +119,10 @@ static bool sweep_take(struct tp_cs *cs, const char *merchant, json_t *bt, struc
     memcpy(s->c[s->n].cur, cur, 4);
     s->c[s->n++].sum = 0;
   }
-  s->c[k].sum += json_integer_value(json_object_get(bt, "amount"));
+  /* the net, as ledger_post put it into merchant:pending (a fee stays with
+   * whoever kept it; charges have none today, so net is the amount) */
+  const json_t *net = json_object_get(bt, "net");
+  s->c[k].sum += json_integer_value(net ? net : json_object_get(bt, "amount"));
   json_object_set_new(bt, "status", json_string("available"));
   tp_cs_put(cs, TP_K_BALANCE_TXN, merchant, bt);
   return true;
