@@ -236,5 +236,59 @@ void tp_h_balance_txn_list(struct tp_req *r)
   }
   if (!tp_list_params(r, &q))
     return;
-  tp_reply_list(r, &q, "/v1/balance_transactions");
+  /* the older name answers with its own url */
+  tp_reply_list(r, &q, strncmp(r->url, "/v1/balance/history", 19) == 0 ? "/v1/balance/history" : "/v1/balance_transactions");
+}
+
+/* ---- payouts ----------------------------------------------------------------
+ * Turnpike pays nothing out (the account says payouts_enabled: false): the
+ * list is empty, an id names nothing, and a payout is refused as Stripe
+ * refuses one on an account that may not make them. SDKs and dashboards
+ * that list payouts get a list rather than "Unrecognized request URL". */
+static const char *const payout_statuses[] = {"canceled", "failed", "in_transit", "paid", "pending", NULL};
+static const struct tp_pspec spec_payout_list[] = {
+  {"arrival_date", TP_P_RANGE, NULL, NULL},
+  {"created", TP_P_RANGE, NULL, NULL},
+  {"destination", TP_P_STRING, NULL, NULL},
+  {"ending_before", TP_P_STRING, NULL, NULL},
+  {"expand", TP_P_STRLIST, NULL, NULL},
+  {"limit", TP_P_INT, NULL, NULL},
+  {"starting_after", TP_P_STRING, NULL, NULL},
+  {"status", TP_P_ENUM, NULL, payout_statuses},
+  {NULL, TP_P_ANY, NULL, NULL},
+};
+
+void tp_h_payout_list(struct tp_req *r)
+{
+  if (!tp_check_params(r, spec_payout_list))
+    return;
+  int64_t lim;
+  if (tp_param_int(r->params, "limit", &lim) && (lim < 1 || lim > 100)) {
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID_INTEGER, "limit", "Invalid limit: must be an integer between 1 and 100");
+    return;
+  }
+  const char *after = tp_pstr(r->params, "starting_after"), *before = tp_pstr(r->params, "ending_before");
+  if (after && *after && before && *before) {
+    tp_reply_error(r, TP_ERR_PARAMETERS_EXCLUSIVE, "ending_before",
+                   "Received both starting_after and ending_before parameters. Please pass in only one.");
+    return;
+  }
+  const char *cursor = after && *after ? after : before && *before ? before : NULL;
+  if (cursor) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "No such payout: '%.64s'", cursor);
+    tp_reply_error(r, TP_ERR_PAGINATION_CURSOR_INVALID, after && *after ? "starting_after" : "ending_before", msg);
+    return;
+  }
+  tp_reply_json(r, 200, tp_pack("{s:s, s:[], s:b, s:s}", "object", "list", "data", "has_more", 0, "url", "/v1/payouts"));
+}
+
+void tp_h_payout_missing(struct tp_req *r)
+{
+  tp_reply_missing(r, "payout", r->path_id, "id");
+}
+
+void tp_h_payout_create(struct tp_req *r)
+{
+  tp_reply_error(r, TP_ERR_PAYOUTS_NOT_ALLOWED, NULL, NULL);
 }

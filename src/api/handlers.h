@@ -171,6 +171,9 @@ void tp_h_event_list(struct tp_req *r);
 /* balance.c */
 void tp_h_balance(struct tp_req *r);
 void tp_h_balance_txn_retrieve(struct tp_req *r);
+void tp_h_payout_list(struct tp_req *r);
+void tp_h_payout_missing(struct tp_req *r);
+void tp_h_payout_create(struct tp_req *r);
 void tp_h_balance_txn_list(struct tp_req *r);
 /* net/stream.c: the WebSocket event stream and its browser tokens */
 void tp_h_stream(struct tp_req *r);

@@ -102,6 +102,12 @@ const struct tp_route tp_routes[] = {
   /* their older path, which stripe-php 6 and stripe-python 2 still build */
   {"GET", "/v1/balance/history", tp_h_balance_txn_list, A},
   {"GET", "/v1/balance/history/{id}", tp_h_balance_txn_retrieve, A},
+  {"GET", "/v1/payouts", tp_h_payout_list, A},
+  {"POST", "/v1/payouts", tp_h_payout_create, A},
+  {"GET", "/v1/payouts/{id}", tp_h_payout_missing, A},
+  {"POST", "/v1/payouts/{id}", tp_h_payout_missing, A},
+  {"POST", "/v1/payouts/{id}/cancel", tp_h_payout_missing, A},
+  {"POST", "/v1/payouts/{id}/reverse", tp_h_payout_missing, A},
 
   {"GET", "/v1/turnpike/3ds/{id}", tp_h_3ds_page, P},
   {"POST", "/v1/turnpike/3ds/{id}", tp_h_3ds_submit, P},

@@ -121,6 +121,27 @@ class BalanceAvailability(DaemonTestCase):
         self.assertLess(time.monotonic() - t0, 10)
         self.assertBalanceMatchesTransactions("busy")
 
+    def test_payouts_are_an_empty_list_and_refused(self):
+        """No payouts (payouts_enabled: false): the list is empty, not an
+        unknown URL; a payout is refused with payouts_not_allowed; an id or
+        a cursor names nothing. /v1/balance/history names its own url."""
+        c = self.c("n")
+        r = c.get("/v1/payouts", {"limit": 3, "status": "paid"})
+        self.assertEqual((r.status, r.json), (200, {"object": "list", "data": [], "has_more": False,
+                                                    "url": "/v1/payouts"}), r)
+        self.assertStripeError(c.get("/v1/payouts", {"limit": 0}), 400, "invalid_request_error")
+        self.assertStripeError(c.get("/v1/payouts", {"bogus": 1}), 400, "invalid_request_error")
+        err = self.assertStripeError(c.get("/v1/payouts", {"starting_after": "po_1"}), 400, "invalid_request_error")
+        self.assertEqual(err["param"], "starting_after")
+        err = self.assertStripeError(c.post("/v1/payouts", {"amount": 100, "currency": "usd"}), 400,
+                                     "invalid_request_error", "payouts_not_allowed")
+        for r in (c.get("/v1/payouts/po_123"), c.post("/v1/payouts/po_123/cancel", {}),
+                  c.post("/v1/payouts/po_123", {"metadata[a]": "b"})):
+            err = self.assertStripeError(r, 404, "invalid_request_error", "resource_missing")
+            self.assertEqual(err["message"], "No such payout: 'po_123'", err)
+        self.assertEqual(c.get("/v1/balance/history").json["url"], "/v1/balance/history")
+        self.assertEqual(c.get("/v1/balance_transactions").json["url"], "/v1/balance_transactions")
+
     def test_funds_move_from_pending_to_available_once(self):
         a0, p0 = self.balance()
         pi = self.pay(1000)
