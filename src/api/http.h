@@ -127,6 +127,8 @@ extern struct tp_app tp_app;
  * start answering on that socket. */
 int tp_http_listen(const char *host, uint16_t port, uint16_t *bound_port);
 int tp_http_start(unsigned threads);
+/* The HTTP threads serving requests (set by tp_http_start). */
+unsigned tp_http_threads(void);
 /* Serve HTTPS: certificate chain and private key as PEM text, GnuTLS
  * priorities ("NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"). Call before
  * tp_http_start; -1 if libmicrohttpd has no TLS. */

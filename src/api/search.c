@@ -6,9 +6,11 @@
 #include "config.h"
 #include "jpack.h"
 #include "jparse.h"
+#include "metrics.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -466,7 +468,48 @@ static bool id_chars_ok(const char *s)
  * down, want rows, bound as the SQL expects. NULL on a store error. */
 struct search_read {
   const char *sql, *merchant, *val, *kind_prefix, *mkey;
+  const char *top;   /* the walk starts below this id ("~": the newest) */
+  const char *floor; /* and ends below this one ("": it does not) */
 };
+
+/* The ids a query's created bounds allow, as a list's (store/sqlite:
+ * list_id_floor, list_id_ceil): an id begins with the time it was made,
+ * never before its object's created less a margin, and, while ids never
+ * ran ahead of the clock, at most TP_ID_AHEAD_MS after it. So "created up
+ * to T" starts at T's ids rather than the newest (a walk from the top
+ * answered empty pages with has_more for every older range, where
+ * stripe-python's auto-paging stops), and "created from T" stops at T's.
+ * Bounds under OR, negated or null decide nothing. */
+#define CREATED_ID_MARGIN_S 5
+
+static void created_id_bounds(const struct tp_search *s, int kind, char top[80], char floor[TP_ID_MAX])
+{
+  int64_t hi = INT64_MAX, lo = INT64_MIN;
+  for (size_t i = 0; i < s->n && !(s->any && s->n > 1); i++) {
+    const struct tp_search_clause *c = &s->c[i];
+    if (c->negate || c->is_null || c->field->type != TP_SF_NUMBER || strcmp(c->field->name, "created") != 0)
+      continue;
+    int64_t v = c->num;
+    if ((c->op == TP_SO_EQ || c->op == TP_SO_LE) && v < hi)
+      hi = v;
+    else if (c->op == TP_SO_LT && v != INT64_MIN && v - 1 < hi)
+      hi = v - 1;
+    if ((c->op == TP_SO_EQ || c->op == TP_SO_GE) && v > lo)
+      lo = v;
+    else if (c->op == TP_SO_GT && v != INT64_MAX && v + 1 > lo)
+      lo = v + 1;
+  }
+  const int64_t max_s = INT64_MAX / 1000 - 4 * CREATED_ID_MARGIN_S;
+  if (hi >= 0 && hi < max_s && !tp_ids_ran_ahead()) {
+    char ceil[TP_ID_MAX];
+    tp_id_floor(ceil, tp_kinds[kind].prefix, (hi + 1 + CREATED_ID_MARGIN_S) * 1000 + TP_ID_AHEAD_MS);
+    if (strcmp(ceil, top) < 0)
+      tp_scopy(top, 80, ceil);
+  }
+  floor[0] = '\0';
+  if (lo > CREATED_ID_MARGIN_S && lo < max_s)
+    tp_id_floor(floor, tp_kinds[kind].prefix, (lo - CREATED_ID_MARGIN_S) * 1000);
+}
 
 static json_t *search_rows(const struct search_read *q, const char *cursor, int64_t want)
 {
@@ -489,7 +532,8 @@ static json_t *search_rows(const struct search_read *q, const char *cursor, int6
 
 static int64_t search_count(const struct search_read *q, const struct tp_search *s)
 {
-  char cursor[80] = "~";
+  char cursor[80];
+  tp_scopy(cursor, sizeof cursor, q->top);
   int64_t n = 0, scanned = 0;
   for (;;) {
     json_t *rows = search_rows(q, cursor, SCAN_CHUNK);
@@ -500,6 +544,10 @@ static int64_t search_count(const struct search_read *q, const struct tp_search 
     json_array_foreach(rows, i, row)
     {
       const char *id = json_string_value(json_object_get(row, "id"));
+      if (id && q->floor[0] && strcmp(id, q->floor) < 0) {
+        nrows = 0; /* below the created bound: no more matches */
+        break;
+      }
       json_t *obj = tp_json_loads(json_string_value(json_object_get(row, "data")) ?: "");
       n += obj && tp_search_match(s, obj);
       json_decref(obj);
@@ -527,36 +575,83 @@ struct search_path {
   const char *val;         /* the clause's value */
 };
 
-static void pick_path(const struct tp_search *s, int kind, struct search_path *out)
+/* How many rows path names, counted up to PATH_COUNT_CAP (an index-only
+ * read); -1 on an error. */
+#define PATH_COUNT_CAP 5000
+#define PATH_CANDIDATES 8
+
+static int64_t path_rows(const struct search_path *p, int kind, const char *merchant)
 {
-  memset(out, 0, sizeof *out);
-  const struct tp_search_clause *meta = NULL, *email = NULL;
-  for (size_t i = 0; i < s->n && !(s->any && s->n > 1); i++) {
+  char sql[400];
+  json_t *args;
+  if (p->by_email) {
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) AS n FROM (SELECT 1 FROM customers INDEXED BY customers_email_ci WHERE merchant = ?1 "
+             "AND lower(email) = lower(?2) LIMIT %d)", PATH_COUNT_CAP);
+    args = tp_pack("[s, s]", merchant, p->val);
+  } else if (p->index) {
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) AS n FROM (SELECT 1 FROM %s INDEXED BY %s WHERE merchant = ?1 AND %s = ?2 LIMIT %d)",
+             tp_kinds[kind].table, p->index, p->col, PATH_COUNT_CAP);
+    args = tp_pack("[s, s]", merchant, p->val);
+  } else {
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) AS n FROM (SELECT 1 FROM metadata_index INDEXED BY metadata_index_kv WHERE merchant = ?1 "
+             "AND kind = ?2 AND k = ?3 AND v = ?4 LIMIT %d)", PATH_COUNT_CAP);
+    args = tp_pack("[s, s, s, s]", merchant, tp_kinds[kind].prefix, p->mkey, p->val);
+  }
+  json_t *rows = tp_store_query_take(&tp_app.store, sql, args);
+  int64_t n = rows ? json_integer_value(json_object_get(json_array_get(rows, 0), "n")) : -1;
+  json_decref(rows);
+  return n;
+}
+
+/* The read that names the fewest rows among the query's indexed clauses
+ * (an id column's index, an exact metadata pair, a customer's email),
+ * each exact, not negated, not under OR; none: the walk of every row.
+ * Taking the first one found let the clause order decide, and a broad
+ * one (metadata['batch']:'big' beside a unique metadata['i']) answered
+ * empty pages with has_more, where stripe-python's auto-paging stops. */
+static void pick_path(const struct tp_search *s, int kind, const char *merchant, struct search_path *out)
+{
+  struct search_path cand[PATH_CANDIDATES];
+  size_t nc = 0;
+  for (size_t i = 0; i < s->n && !(s->any && s->n > 1) && nc < PATH_CANDIDATES; i++) {
     const struct tp_search_clause *c = &s->c[i];
     if (c->op != TP_SO_EQ || c->negate || c->is_null)
       continue;
+    struct search_path p;
+    memset(&p, 0, sizeof p);
     if (c->field->type == TP_SF_ID) {
       int k = tp_kind_index((enum tp_kind)kind, c->field->name, c->value);
-      if (k >= 0 && !tp_kinds[kind].except[k]) { /* a partial index would need its condition */
-        out->index = tp_kinds[kind].index[k];
-        out->col = tp_kinds[kind].col[k];
-        out->val = c->value;
-        return;
-      }
-    } else if (c->field->type == TP_SF_METADATA && !meta && tp_kind_meta_indexed((enum tp_kind)kind)) {
-      meta = c;
-    } else if (c->field->type == TP_SF_STRING && !email && kind == TP_K_CUSTOMER &&
-               strcmp(c->field->name, "email") == 0 && !strpbrk(c->value, " \t\r\n\v\f")) {
-      /* the index holds whole addresses: a one-word query matches only one */
-      email = c;
+      if (k < 0 || tp_kinds[kind].except[k]) /* a partial index would need its condition */
+        continue;
+      p.index = tp_kinds[kind].index[k];
+      p.col = tp_kinds[kind].col[k];
+    } else if (c->field->type == TP_SF_METADATA && tp_kind_meta_indexed((enum tp_kind)kind)) {
+      p.mkey = c->key;
+    } else if (c->field->type == TP_SF_STRING && kind == TP_K_CUSTOMER && strcmp(c->field->name, "email") == 0 &&
+               !strpbrk(c->value, " \t\r\n\v\f")) {
+      p.by_email = true; /* the index holds whole addresses: a one-word query matches only one */
+    } else {
+      continue;
     }
+    p.val = c->value;
+    cand[nc++] = p;
   }
-  if (meta) {
-    out->mkey = meta->key;
-    out->val = meta->value;
-  } else if (email) {
-    out->by_email = true;
-    out->val = email->value;
+  memset(out, 0, sizeof *out);
+  if (nc == 0)
+    return;
+  *out = cand[0];
+  if (nc == 1)
+    return;
+  int64_t best = -1;
+  for (size_t i = 0; i < nc; i++) {
+    int64_t n = path_rows(&cand[i], kind, merchant);
+    if (n >= 0 && (best < 0 || n < best)) {
+      best = n;
+      *out = cand[i];
+    }
   }
 }
 
@@ -574,7 +669,43 @@ static bool take_total_count(struct tp_req *r)
   return found;
 }
 
+/* Searches running at once, across merchants: each holds an HTTP thread
+ * for up to SCAN_EMPTY_TIME_MS, so without a bound a few clients of one
+ * merchant searching in a loop held every thread and every other
+ * merchant's payments waited seconds behind them. [search] max_concurrent
+ * (default: half the HTTP threads, at least one); beyond it a search is
+ * answered 429 at once, which the SDKs retry. */
+static atomic_int searches_running;
+
+static bool search_slot_take(void)
+{
+  static atomic_int cap; /* read once: 0 until then */
+  int c = atomic_load(&cap);
+  if (c == 0) {
+    int def = (int)tp_http_threads() / 2;
+    c = (int)tp_config_int("search", "max_concurrent", def > 0 ? def : 1, 1, 1024);
+    atomic_store(&cap, c);
+  }
+  if (atomic_fetch_add(&searches_running, 1) < c)
+    return true;
+  atomic_fetch_sub(&searches_running, 1);
+  return false;
+}
+
+static void search_reply(struct tp_req *r, int kind, const char *url, const struct tp_search_field *fields);
+
 void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct tp_search_field *fields)
+{
+  if (!search_slot_take()) {
+    tp_metric_inc("turnpike_search_refused_total", NULL, 1);
+    tp_reply_error(r, TP_ERR_SEARCH_CONCURRENCY_LIMITED, NULL, NULL);
+    return;
+  }
+  search_reply(r, kind, url, fields);
+  atomic_fetch_sub(&searches_running, 1);
+}
+
+static void search_reply(struct tp_req *r, int kind, const char *url, const struct tp_search_field *fields)
 {
   bool want_total = take_total_count(r);
   if (!tp_check_params(r, spec_search))
@@ -616,9 +747,13 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
     }
     tp_scopy(cursor, sizeof cursor, page + pl);
   }
+  char top[80] = "~", floor[TP_ID_MAX];
+  created_id_bounds(s, kind, top, floor);
+  if (strcmp(top, cursor) < 0)
+    tp_scopy(cursor, sizeof cursor, top);
   const char *table = tp_kinds[kind].table;
   struct search_path sp;
-  pick_path(s, kind, &sp);
+  pick_path(s, kind, r->merchant.id, &sp);
   char sql[400];
   if (sp.by_email)
     snprintf(sql, sizeof sql,
@@ -640,12 +775,12 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
     snprintf(sql, sizeof sql,
              "SELECT id, tp_json(data) AS data FROM %s WHERE merchant = ?1 AND id < ?2%s ORDER BY id DESC LIMIT ?3",
              table, kind == TP_K_CUSTOMER ? " AND deleted IS NULL" : "");
-  const struct search_read q = {sql, r->merchant.id, sp.val, tp_kinds[kind].prefix, sp.mkey};
+  const struct search_read q = {sql, r->merchant.id, sp.val, tp_kinds[kind].prefix, sp.mkey, top, floor};
   json_t *data = json_array();
   bool has_more = false, end = false, failed = false, late = false;
   int64_t scanned = 0, budget = tp_config_int("search", "max_scan_rows", SCAN_MAX_DEFAULT, 10, 100000);
   int64_t t0 = tp_mono_ms();
-  while (!end && !has_more && !late) {
+  while (!end && !has_more && !late && !failed) {
     /* Past the budget only while the page is still empty: an empty page
      * with has_more ends the auto-paging of stripe-python and stripe-go
      * (they stop at the first empty page), so one is answered only when
@@ -668,9 +803,15 @@ void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct t
     {
       const char *id = json_string_value(json_object_get(row, "id"));
       const char *text = json_string_value(json_object_get(row, "data"));
-      if (!id || !text)
-        continue;
-      json_t *obj = tp_json_loads(text);
+      if (!id) { /* cannot be (a key), and could not be gone past */
+        failed = true;
+        break;
+      }
+      if (floor[0] && strcmp(id, floor) < 0) {
+        end = true; /* below the created bound: nothing further matches */
+        break;
+      }
+      json_t *obj = text ? tp_json_loads(text) : NULL;
       if (obj && tp_search_match(s, obj)) {
         if (json_array_size(data) == (size_t)limit) {
           /* one more match: this page is full, the next starts after its last */

@@ -839,7 +839,8 @@ static const char *should_retry(const struct tp_req *r)
   if (!c)
     return NULL;
   long code = strtol(c + 10, NULL, 10);
-  if (code == TP_ERR_LOCK_TIMEOUT || code == TP_ERR_IDEMPOTENCY_KEY_IN_USE)
+  if (code == TP_ERR_LOCK_TIMEOUT || code == TP_ERR_IDEMPOTENCY_KEY_IN_USE ||
+      code == TP_ERR_SEARCH_CONCURRENCY_LIMITED) /* a search refused at once, to retry shortly */
     return "true";
   if (code == TP_ERR_PROCESSOR_RETRIES_EXHAUSTED || code == TP_ERR_PROCESSOR_STATUS_UNKNOWN)
     return "false";
@@ -1518,8 +1519,16 @@ int tp_http_listen(const char *host, uint16_t port, uint16_t *bound_port)
   return 0;
 }
 
+static unsigned http_threads = 1;
+
+unsigned tp_http_threads(void)
+{
+  return http_threads;
+}
+
 int tp_http_start(unsigned threads)
 {
+  http_threads = threads ? threads : 1;
   if (listen_fd < 0) {
     errno = EBADF;
     return -1;

@@ -145,7 +145,7 @@ static const char *const section_keys[][24] = {
   {"ratelimit", "auth_failures", "auth_window", "burst", "rate", NULL},
   {"routing", "backoff_base_ms", "backoff_cap_ms", "bandit_window", "deadline_ms", "max_retries",
    "recovery_interval_ms", "reversal_backoff_max_ms", "startup_settle_ms", NULL},
-  {"search", "max_scan_rows", NULL},
+  {"search", "max_concurrent", "max_scan_rows", NULL},
   {"store", "checkpoint_pages", "commit_sync", "compress", "min_free_mb", NULL},
   {"stream", "max_connections", "ping_interval_ms", "queue_max", "replay_max", "send_buffer_bytes", "socket_sndbuf",
    "token_ttl_s", NULL},
@@ -570,7 +570,14 @@ static int cmd_serve(int argc, char **argv)
   (void)tp_config_bool("log", "requests", true);
   (void)tp_config_bool("metrics", "public", false);
   (void)tp_config_bool("store", "compress", true); /* zjson.c reads it at the first frame */
-  (void)tp_config_int("auth", "cache_seconds", 30, 0, 3600); /* apikey.c, oauth.c: at the first request */
+  /* and those read only when a request or a tick comes to them */
+  (void)tp_config_int("auth", "cache_seconds", 30, 0, 3600);           /* apikey.c, oauth.c */
+  (void)tp_config_int("oauth", "token_ttl", 3600, 60, 86400);          /* oauth.c */
+  (void)tp_config_int("search", "max_scan_rows", 1000, 10, 100000);    /* search.c */
+  (void)tp_config_int("search", "max_concurrent", 1, 1, 1024);         /* search.c */
+  (void)tp_config_int("audit", "checkpoint_seconds", 60, 1, 86400);    /* audit.c, each tick */
+  (void)tp_config_int("audit", "checkpoint_entries", 1000, 1, 10000000);
+  (void)tp_config_int("routing", "startup_settle_ms", 5000, 0, 600000); /* only with attempts to settle */
   if (!tp_disputes_config_ok() || tp_config_invalid_count() > 0) {
     tp_log(TP_LOG_ERROR, "config_invalid_stop", "{s:i, s:s}", "values", tp_config_invalid_count(), "why",
            "a setting above is not valid (config_invalid): fix it or remove it");

@@ -1061,6 +1061,11 @@ class BadConfig(unittest.TestCase):
                 ("[webhooks]\nprivate_network = deny\n", "config_unknown_key"),
                 # each read before serve listens, each weaker than written when read as its default
                 ("[auth]\ncache_seconds = -5\n", "config_invalid_stop"),
+                ("[audit]\ncheckpoint_entries = abc\n", "config_invalid_stop"),
+                ("[oauth]\ntoken_ttl = 5\n", "config_invalid_stop"),
+                ("[search]\nmax_scan_rows = lots\n", "config_invalid_stop"),
+                ("[search]\nmax_concurrent = 0\n", "config_invalid_stop"),
+                ("[routing]\nstartup_settle_ms = soon\n", "config_invalid_stop"),
                 ("[store]\ncompress = maybe\n", "config_invalid_stop"),
                 ("[alerts]\nalpha = 7\n", "config_invalid_stop"),
                 ("[alerts]\nmerchants = nope\n", "config_invalid_stop"),

@@ -1,6 +1,10 @@
 """Search (GET /v1/{payment_intents,charges,customers}/search): the query
 language against real stored objects, paging by next_page, merchant scoping,
 and refusals that change nothing."""
+import collections
+import threading
+import time
+
 from harness import DaemonTestCase, main
 
 PI = "/v1/payment_intents"
@@ -271,13 +275,51 @@ class SearchBudgetTest(DaemonTestCase):
         self.assertEqual(r.json["data"], [])
 
 
+class SearchConcurrencyTest(DaemonTestCase):
+    """A search holds an HTTP thread while it reads: past [search]
+    max_concurrent running at once, one is answered 429 at once (rate_limit,
+    which the SDKs retry), so one merchant's searches cannot hold every
+    thread while other merchants' payments wait."""
+    MERCHANTS = ("s", "p")
+
+    @classmethod
+    def config(cls):
+        return "[search]\nmax_concurrent = 1\n"
+
+    def test_searches_past_the_limit_are_refused_not_queued(self):
+        c = self.c("s")
+        for i in range(300):
+            self.assertEqual(c.post(PI, {"amount": 1000 + i, "currency": "usd"}).status, 200)
+        out = []
+
+        def run():
+            cl = self.c("s")
+            for _ in range(15):
+                r = cl.get(PI + "/search", {"query": "amount:1 AND -currency:'eur'"})
+                out.append((r.status, r.json.get("error", {}).get("tp_code"), r.headers.get("Stripe-Should-Retry")))
+        ts = [threading.Thread(target=run) for _ in range(6)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(120)
+        codes = collections.Counter(o[0] for o in out)
+        self.assertEqual(set(codes) - {200, 429}, set(), out)
+        self.assertGreater(codes[429], 0, "six clients against a limit of one: some were refused")
+        self.assertGreater(codes[200], 0)
+        self.assertEqual({(o[1], o[2]) for o in out if o[0] == 429}, {(2034, "true")})
+        # payments meanwhile and afterwards go on
+        r = self.c("p").post(PI, {"amount": 500, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa"})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(c.get(PI + "/search", {"query": "amount:1000"}).status, 200)
+
+
 class MetadataIndexTest(DaemonTestCase):
     """metadata['key']:'value' reads the metadata index (migration 0020):
     the objects that have the pair come newest first in full pages whatever
     the scan budget, the rest of the query still applied, through updates
     that change or clear metadata, deleted customers left out; a store from
     before the index is filled by the migration."""
-    MERCHANTS = ("x", "y")
+    MERCHANTS = ("x", "y", "z")
 
     @classmethod
     def config(cls):
@@ -294,6 +336,26 @@ class MetadataIndexTest(DaemonTestCase):
         r = self.c(merchant).get(path, {"query": query, "limit": limit})
         self.assertEqual(r.status, 200, r)
         return [o["id"] for o in r.json["data"]], r.json["has_more"]
+
+    def test_the_narrowest_clause_drives_the_read_whatever_the_order(self):
+        """Two indexed clauses: the one naming fewer rows is read, so the
+        clause order changes nothing (a broad first clause answered an empty
+        page with has_more under the budget, where stripe-python stops);
+        and a created upper bound starts the walk at its time, a lower one
+        ends it there."""
+        c = self.c("z")
+        old = c.post(PI, {"amount": 4242, "currency": "usd", "metadata[batch]": "big", "metadata[i]": "0"}).json
+        t_old = old["created"]
+        time.sleep(7.5)  # past the ids' margin over created (5 s, and 1 s ahead)
+        for i in range(1, 240):
+            self.assertEqual(c.post(PI, {"amount": 900, "currency": "usd", "metadata[batch]": "big",
+                                         "metadata[i]": str(i)}).status, 200)
+        for q in ("metadata['batch']:'big' AND metadata['i']:'0'", "metadata['i']:'0' AND metadata['batch']:'big'"):
+            self.assertEqual(self.ids(PI + "/search", q, merchant="z"), ([old["id"]], False), q)
+        for q in ("created<=%d" % t_old, "created<%d AND amount:4242" % (t_old + 1), "created:%d" % t_old):
+            self.assertEqual(self.ids(PI + "/search", q, merchant="z"), ([old["id"]], False), q)
+        r = c.get(PI + "/search", {"query": "created<=%d" % t_old, "expand[]": "total_count"})
+        self.assertEqual(r.json["total_count"], 1, r.json)
 
     def test_payment_intents_and_charges_by_metadata(self):
         c = self.c("x")
