@@ -168,12 +168,12 @@ static int idem_differs(const char *stored, const struct tp_req *r)
 /* Refuse r for reusing its key: another endpoint, or other parameters. */
 static void refuse_reuse(struct tp_req *r, int why)
 {
-  char msg[512];
+  char msg[768]; /* a key of up to 255 characters, named whole as Stripe does */
   if (why == TP_ERR_IDEMPOTENCY_MISMATCH) {
     /* Stripe's wording, naming the key */
     snprintf(msg, sizeof msg,
              "Keys for idempotent requests can only be used with the same parameters they were first used with. "
-             "Try using a key other than '%.64s' if you meant to execute a different request.",
+             "Try using a key other than '%s' if you meant to execute a different request.",
              r->idem_key);
     tp_reply_error(r, why, NULL, msg);
     return;
@@ -184,7 +184,7 @@ static void refuse_reuse(struct tp_req *r, int why)
   }
   snprintf(msg, sizeof msg,
            "Keys for idempotent requests can only be used for the same endpoint they were first used for; this "
-           "request is %s %.120s. Try using a key other than '%.64s' if you meant to execute a different request.",
+           "request is %s %.120s. Try using a key other than '%s' if you meant to execute a different request.",
            r->method, r->url, r->idem_key);
   tp_reply_error(r, why, NULL, msg);
 }

@@ -101,7 +101,7 @@ json_t *tp_error_object(enum tp_err e, const char *param, const char *message)
   const struct tp_error_info *ei = tp_error_info(e);
   if (!ei)
     ei = tp_error_info(TP_ERR_INTERNAL);
-  char msg[512];
+  char msg[768];
   if (message)
     tp_scopy(msg, sizeof msg, message);
   else if (strstr(ei->message, "%s")) {

@@ -410,6 +410,13 @@ static json_t *si_fail(struct tp_req *r, struct tp_cs *cs, json_t *si, json_t *p
   if (!ei)
     ei = tp_error_by_decline_code("generic_decline");
   json_t *err = tp_error_object((enum tp_err)ei->number, tp_decline_param(ei->code), NULL);
+  /* the issuer's check that failed reads fail (Stripe's testing page:
+   * "If a CVC number is provided, the cvc_check fails") */
+  json_t *checks = json_object_get(json_object_get(pm, "card"), "checks");
+  if (strcmp(decline, "incorrect_cvc") == 0 && json_is_string(json_object_get(checks, "cvc_check"))) {
+    json_object_set_new(checks, "cvc_check", json_string("fail"));
+    tp_cs_put(cs, TP_K_PAYMENT_METHOD, r->merchant.id, pm);
+  }
   json_object_set(err, "payment_method", pm);
   json_object_set(si, "last_setup_error", err);
   json_object_set_new(si, "status", json_string("requires_payment_method"));

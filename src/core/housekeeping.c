@@ -95,6 +95,7 @@ int tp_token_purge(int64_t now_ms, int64_t ttl)
 #define SWEEP_BATCH 500       /* balance transactions per merchant per sweep */
 #define SWEEP_CURRENCIES 8    /* (transaction, currency) ledger pairs per change set, under the store's 16 */
 #define SWEEP_SETS 64         /* change sets per sweep, each committed before the next */
+#define SWEEP_TIME_MS 500     /* and no longer than this */
 
 /* The currencies a sweep's change set moves, and how much of each. */
 struct sweep_sums {
@@ -282,6 +283,13 @@ static int sweep_once(int64_t now_ms, char at[TP_ID_MAX])
                                    tp_pack("[s, i]", H.sweep_merchant, SWEEP_MERCHANTS));
   if (!ms)
     return -1;
+  if (json_array_size(ms) == 0 && H.sweep_merchant[0]) {
+    /* started after the last merchant (the one a full tick ended on): the
+     * round goes on from the first, now rather than a tick later */
+    json_decref(ms);
+    H.sweep_merchant[0] = '\0';
+    return 1;
+  }
   struct tp_cs *cs = tp_cs_new();
   int ncur = 0, rc = 0;
   size_t n = json_array_size(ms), i;
@@ -330,8 +338,15 @@ int tp_balance_sweep(int64_t now_ms)
 {
   char at[TP_ID_MAX] = "";
   int r = 1;
-  for (int k = 0; k < SWEEP_SETS && r == 1 && !atomic_load(&tp_app.shutting_down); k++)
+  int64_t t0 = tp_mono_ms();
+  /* and at most SWEEP_TIME_MS: the same thread writes the heartbeat
+   * /readyz reads, and a slow disk makes each commit slow */
+  for (int k = 0; k < SWEEP_SETS && r == 1 && !atomic_load(&tp_app.shutting_down) &&
+                  tp_mono_ms() - t0 < SWEEP_TIME_MS;
+       k++) {
+    at[0] = '\0'; /* the merchant this set filled up at, if it did */
     r = sweep_once(now_ms, at);
+  }
   if (r == 1 && at[0])
     tp_scopy(H.sweep_merchant, sizeof H.sweep_merchant, at);
   return r < 0 ? -1 : 0;
@@ -454,11 +469,13 @@ int tp_authorization_expiry_scan(int64_t now)
     const char *id = json_string_value(json_object_get(row, "id"));
     if (!m || !id)
       continue;
+    if (atomic_load(&tp_app.shutting_down))
+      break; /* no void outlives the stop (the next start scans again); the cursor stays */
     started += tp_pi_expire(m, id, now);
     H.expiry_created = json_integer_value(json_object_get(row, "created"));
     tp_scopy(H.expiry_id, sizeof H.expiry_id, id);
   }
-  if (n < EXPIRY_PAGE) { /* the end: start from the oldest next time */
+  if (n < EXPIRY_PAGE && i == n) { /* the end: start from the oldest next time */
     H.expiry_created = INT64_MIN;
     H.expiry_id[0] = '\0';
   }

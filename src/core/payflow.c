@@ -421,13 +421,30 @@ static void return_location(struct tp_pay *p)
   p->return_url = NULL;
 }
 
+/* The customer's browser, back from the 3-D Secure page, answered with a
+ * page (not the API's JSON) with error e's status. */
+static void browser_page(struct tp_pay *p, enum tp_err e, const char *text)
+{
+  const struct tp_error_info *ei = tp_error_info(e);
+  char *page = NULL;
+  if (asprintf(&page, "<!doctype html><title>Not completed</title><p id=\"result\">%s</p>", text) < 0)
+    abort();
+  tp_reply_raw(p->r, ei ? (unsigned)ei->http_status : 503, page, strlen(page), "text/html; charset=utf-8");
+}
+
 static void finish(struct tp_pay *p, int rc)
 {
   if (p->lock_id[0])
     tp_lock_release(p->lock_id); /* before the reply: the client may go on at once */
   p->lock_id[0] = '\0';
   if (p->r) {
-    if (rc != 0)
+    if (rc != 0 && p->redirect_body)
+      /* the processor has answered, but its outcome is not recorded: what
+       * it did is recovery's to find (the attempt stays "sent") */
+      browser_page(p, rc == TP_STORE_ERR_FULL ? TP_ERR_STORE_FULL : TP_ERR_STORE_UNAVAILABLE,
+                   "The payment's outcome could not be recorded just now. Check your order with the shop "
+                   "before you pay again.");
+    else if (rc != 0)
       tp_reply_commit_failed(p->r, rc);
     else if (p->redirect_body) {
       return_location(p);
@@ -607,9 +624,10 @@ static void unresolved(struct tp_pay *p)
   json_t *err = tp_error_object(TP_ERR_PROCESSOR_STATUS_UNKNOWN, NULL, NULL);
   /* As every error of a PaymentIntent request (Stripe: error.payment_intent),
    * as committed (processing): a create+confirm's client learns its id here,
-   * to retrieve it once recovery has settled it. Not a refund's, nor the
-   * Charges API's (which never shows its PaymentIntent). */
-  if (p->pi && !p->reply_charge && strcmp(p->att.kind, "refund") != 0)
+   * to retrieve it once recovery has settled it. Not a refund's (nor one
+   * made as the void of an uncaptured charge), nor the Charges API's (which
+   * never shows its PaymentIntent). */
+  if (p->pi && !p->reply_charge && strcmp(p->att.kind, "refund") != 0 && p->outcome != tp_outcome_void_refund)
     json_object_set(err, "payment_intent", p->pi);
   tp_pay_reply(p, 502, tp_pack("{s:o}", "error", err));
   finish(p, 0);
@@ -1203,13 +1221,8 @@ static void refuse(struct tp_pay *p, enum tp_err e)
     tp_reply_error(p->r, e, NULL, NULL);
     return;
   }
-  const struct tp_error_info *ei = tp_error_info(e);
-  char *page = strdup("<!doctype html><title>Not completed</title>"
-                      "<p id=\"result\">The payment could not be made just now. Nothing was charged. "
-                      "Go back and try again in a moment.</p>");
-  if (!page)
-    abort();
-  tp_reply_raw(p->r, ei ? (unsigned)ei->http_status : 503, page, strlen(page), "text/html; charset=utf-8");
+  browser_page(p, e, "The payment could not be made just now. Nothing was charged. "
+                     "Go back and try again in a moment.");
 }
 
 void tp_pay_run(struct tp_pay *p, struct tp_cs *cs)

@@ -149,6 +149,11 @@ class IdempotencyTest(DaemonTestCase):
         self.assertEqual(err["message"], "Keys for idempotent requests can only be used with the same parameters they "
                          "were first used with. Try using a key other than '%s' if you meant to execute a different "
                          "request." % key, err)  # Stripe's wording
+        long_key = "k" * 200 + new_key()
+        self.assertEqual(c.post(PI, {"amount": 1000, "currency": "usd"}, idem=long_key).status, 200)
+        err = self.assertStripeError(c.post(PI, {"amount": 1001, "currency": "usd"}, idem=long_key), 400,
+                                     "idempotency_error")
+        self.assertIn("other than '%s' if" % long_key, err["message"])  # named whole, not cut
         # still only the original object, unchanged
         r = c.get(PI + "/" + first.json["id"])
         self.assertEqual(r.json["amount"], 1000, r)

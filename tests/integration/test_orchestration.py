@@ -293,6 +293,21 @@ class OrchestrationTest(SimGatewayTest):
         self.assertEqual(cap.json["error"]["payment_intent"]["id"], pi["id"], cap.json)
         return pi, key
 
+    def test_a_refund_whose_void_is_lost_names_no_payment_intent(self):
+        """A refund of an uncaptured charge is a void; its answer lost, the
+        502 is a refund's error: no error.payment_intent (that is for the
+        PaymentIntent's own requests)."""
+        r = self.pay(capture_method="manual")
+        self.assertEqual((r.status, r.json["status"]), (200, "requires_capture"), r.json)
+        self.sim.faults("a", timeout_rate=1.0, timeout_mode="after", timeout_hold_ms=1500,
+                        timeout_operations="void")
+        try:
+            ref = self.c.post("/v1/refunds", {"charge": r.json["latest_charge"]})
+        finally:
+            self.sim.faults("a", timeout_rate=0.0, timeout_operations="all")
+        self.assertEqual((ref.status, ref.json["error"].get("tp_code")), (502, 6018), ref.json)
+        self.assertNotIn("payment_intent", ref.json["error"], ref.json)
+
     def test_capture_whose_answer_is_lost_is_settled_by_recovery(self):
         """The processor captures but its answer is lost (timeout after
         processing). The gateway must not report the capture as failed (the

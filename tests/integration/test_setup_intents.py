@@ -284,6 +284,14 @@ class SetupIntents(DaemonTestCase):
             checks = att["payment_method_details"]["card"]["checks"]
             self.assertEqual((checks["address_line1_check"], checks["address_postal_code_check"],
                               checks["cvc_check"]), want, att)
+        # a CVC the issuer refuses reads fail (4000000000000101), on the card and in the error
+        pm = c.post("/v1/payment_methods", {"type": "card", "card[number]": "4000000000000101",
+                                            "card[exp_month]": "12", "card[exp_year]": "2034",
+                                            "card[cvc]": "123"}).json
+        err = self.assertStripeError(c.post(SI, {"customer": cus, "payment_method": pm["id"], "confirm": "true"}),
+                                     402, "card_error", "incorrect_cvc")
+        self.assertEqual(err["payment_method"]["card"]["checks"]["cvc_check"], "fail", err)
+        self.assertEqual(c.get("/v1/payment_methods/" + pm["id"]).json["card"]["checks"]["cvc_check"], "fail")
         pm = c.post("/v1/payment_methods", {"type": "card", "card[number]": "4242424242424242",
                                             "card[exp_month]": "12", "card[exp_year]": "2034"}).json
         self.assertEqual(c.post(SI, {"customer": cus, "payment_method": pm["id"], "confirm": "true"}).status, 200)
