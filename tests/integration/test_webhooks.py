@@ -589,6 +589,42 @@ class EndpointChangesTest(ReceiverCase):
         have = {x["event"]["data"]["object"]["id"] for x in got}
         self.assertEqual(want - have, set(), "payments whose event was never delivered")
 
+    def test_disabling_right_after_an_event_loses_no_event(self):
+        """An event committed while the endpoint was enabled is delivered even
+        if the endpoint is disabled moments later (the row the webhooks thread
+        adds after the commit was refused once the endpoint was disabled, and
+        re-enabling moved the scan's floor past it): once enabled again, every
+        such event arrives."""
+        import threading
+        c = self.c("m")
+        ep = c.post(WE, {"url": self.recv.url("/toggle"), "enabled_events[]": "customer.created"}).json
+        made, stop = [], threading.Event()
+
+        def payer():  # keeps the webhooks thread busy, so its rows come later
+            cc = self.daemon.client("m")
+            while not stop.is_set():
+                pay(cc)
+
+        threads = [threading.Thread(target=payer) for _ in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            for _ in range(150):
+                cus = c.post("/v1/customers", {"name": "t"})
+                self.assertEqual(cus.status, 200, cus)
+                made.append(cus.json["id"])
+                self.assertEqual(c.post(WE + "/" + ep["id"], {"disabled": "true"}).status, 200)
+                self.assertEqual(c.post(WE + "/" + ep["id"], {"disabled": "false"}).status, 200)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        want = set(made)
+        got = self.recv.wait_for("/toggle", lambda g: {x["event"]["data"]["object"]["id"] for x in g} >= want,
+                                 timeout=30)
+        have = {x["event"]["data"]["object"]["id"] for x in got}
+        self.assertEqual(want - have, set(), "events committed while enabled, never delivered")
+
     def test_new_enabled_events_apply_from_now_on(self):
         c = self.c("m")
         ep = c.post(WE, {"url": self.recv.url("/widen"), "enabled_events[]": "charge.succeeded"}).json
