@@ -7,6 +7,7 @@
  * marked pending, so after a crash a retry waits for recovery instead of
  * charging again. Requests that fail validation store nothing (as Stripe). */
 #include "api/http.h"
+#include "net/webhooks.h"
 #include "sec/scopes.h"
 #include "store/store.h"
 #include "core/card.h"
@@ -208,6 +209,11 @@ static bool answer_from_store(struct tp_req *r, int found, struct tp_idem_rec *r
     }
     r->replayed = true;
     tp_scopy(r->original_request, sizeof r->original_request, rec->request_id);
+    char *opened = tp_webhooks_idem_open(rec->body);
+    if (opened) {
+      free(rec->body);
+      rec->body = opened;
+    }
     tp_reply_raw(r, (unsigned)rec->status, rec->body ? rec->body : strdup("{}"),
                  rec->body ? strlen(rec->body) : 2, "application/json");
     return true;
@@ -272,7 +278,9 @@ void tp_idem_record(struct tp_req *r, struct tp_cs *cs)
 {
   if (!r->has_idem || !r->idem_registered)
     return;
-  tp_cs_idem(cs, r->merchant.id, r->idem_slot, r->req_hash, r->request_id, (int)r->status, r->resp);
+  char *sealed = tp_webhooks_idem_seal(r->resp); /* a webhook endpoint's secret, never kept plain */
+  tp_cs_idem(cs, r->merchant.id, r->idem_slot, r->req_hash, r->request_id, (int)r->status, sealed ? sealed : r->resp);
+  free(sealed);
 }
 
 /* Stripe saves the result of a request that "started executing", errors

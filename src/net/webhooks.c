@@ -1375,3 +1375,88 @@ void tp_webhooks_stop(void)
   W.eps = NULL;
   W.neps = 0;
 }
+
+/* An Idempotency-Key keeps the create's reply for a retry, secret and all:
+ * stored with the secret sealed as the endpoint's own is (a copy of the
+ * store or a backup showed it for the key's 24 hours otherwise), and
+ * opened again for the replay. */
+#define IDEM_SEALED_PREFIX "tpsealed:"
+
+/* body with the string value at [at, at + len) replaced by with (malloc'd):
+ * the rest of the reply stays byte for byte as it was sent. */
+static char *splice(const char *body, const char *at, size_t len, const char *with)
+{
+  size_t head = (size_t)(at - body), wl = strlen(with), tail = strlen(at + len);
+  char *out = malloc(head + wl + tail + 1);
+  if (!out)
+    return NULL;
+  memcpy(out, body, head);
+  memcpy(out + head, with, wl);
+  memcpy(out + head + wl, at + len, tail + 1);
+  return out;
+}
+
+/* The value of "secret" in body starting with prefix: where it starts and
+ * its length, or NULL; *id the object's id (from the parsed body). */
+static const char *secret_value(const char *body, const char *prefix, size_t *len, char id[TP_ID_MAX])
+{
+  char key[48];
+  snprintf(key, sizeof key, "\"secret\":\"%s", prefix);
+  const char *at = body ? strstr(body, key) : NULL;
+  if (!at)
+    return NULL;
+  at += strlen("\"secret\":\"");
+  const char *q = strchr(at, '"');
+  json_t *o = json_loads(body, 0, NULL);
+  const char *oid = json_string_value(json_object_get(o, "id"));
+  bool ok = q && oid && strlen(oid) < TP_ID_MAX;
+  if (ok)
+    tp_scopy(id, TP_ID_MAX, oid);
+  json_decref(o);
+  if (!ok)
+    return NULL;
+  *len = (size_t)(q - at);
+  return at;
+}
+
+char *tp_webhooks_idem_seal(const char *body)
+{
+  size_t len;
+  char id[TP_ID_MAX];
+  const char *at = secret_value(body, "whsec_", &len, id);
+  if (!at)
+    return NULL;
+  char secret[TP_WH_SECRET_MAX], sealed[TP_WH_SEALED_MAX], tagged[TP_WH_SEALED_MAX + sizeof IDEM_SEALED_PREFIX];
+  char *out = NULL;
+  if (len < sizeof secret) {
+    memcpy(secret, at, len);
+    secret[len] = '\0';
+    if (tp_webhooks_seal_secret(id, secret, sealed) == 0) {
+      snprintf(tagged, sizeof tagged, IDEM_SEALED_PREFIX "%s", sealed);
+      out = splice(body, at, len, tagged);
+    }
+    tp_card_wipe(secret, sizeof secret);
+  }
+  /* never the plain one: without a sealed form, a stand-in */
+  return out ? out : strdup("{\"error\":{\"type\":\"api_error\",\"message\":\"The reply could not be kept\"}}");
+}
+
+char *tp_webhooks_idem_open(const char *body)
+{
+  size_t len;
+  char id[TP_ID_MAX];
+  const char *at = secret_value(body, IDEM_SEALED_PREFIX, &len, id);
+  if (!at)
+    return NULL;
+  size_t pl = strlen(IDEM_SEALED_PREFIX);
+  char sealed[TP_WH_SEALED_MAX], secret[TP_WH_SECRET_MAX];
+  char *out = NULL;
+  if (len - pl < sizeof sealed) {
+    memcpy(sealed, at + pl, len - pl);
+    sealed[len - pl] = '\0';
+    if (tp_webhooks_open_secret(id, sealed, secret) == 0)
+      out = splice(body, at, len, secret);
+    tp_card_wipe(secret, sizeof secret);
+  }
+  return out;
+}

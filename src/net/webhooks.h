@@ -41,6 +41,11 @@ void tp_webhooks_new_secret(char out[TP_WH_SECRET_MAX]);
 int tp_webhooks_seal_secret(const char *endpoint_id, const char *secret, char out[TP_WH_SEALED_MAX]);
 /* Open a sealed secret. 0 on success. */
 int tp_webhooks_open_secret(const char *endpoint_id, const char *sealed, char out[TP_WH_SECRET_MAX]);
+/* An endpoint create's reply as an Idempotency-Key keeps it: the secret
+ * sealed (malloc'd; NULL when body holds none), and opened for a replay
+ * (malloc'd; NULL when body holds no sealed one). */
+char *tp_webhooks_idem_seal(const char *body);
+char *tp_webhooks_idem_open(const char *body);
 /* Endpoint endpoint (NULL: a new one) or its deliveries changed in the store
  * (after the commit): reload the endpoints and look for its due deliveries
  * now. Any thread. */

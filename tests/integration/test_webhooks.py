@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 
-from harness import Daemon, DaemonTestCase, main
+from harness import Daemon, DaemonTestCase, all_stored_text, main, new_key
 
 WE = "/v1/webhook_endpoints"
 PI = "/v1/payment_intents"
@@ -159,6 +159,21 @@ class WebhooksTest(DaemonTestCase):
         return r.json
 
     # ---- API ---------------------------------------------------------------
+    def test_a_replayed_create_shows_the_secret_and_the_store_never_kept_it_plain(self):
+        """An Idempotency-Key keeps the create's reply for a retry, secret and
+        all (stripe-node keys every POST): the retry gets the same bytes, and
+        the stored reply holds the secret sealed, never as written."""
+        c = self.c("crud")
+        key = new_key("we")
+        r = c.post(WE, {"url": "https://example.test/idem", "enabled_events[]": "charge.succeeded"}, idem=key)
+        self.assertEqual(r.status, 200, r)
+        again = c.post(WE, {"url": "https://example.test/idem", "enabled_events[]": "charge.succeeded"}, idem=key)
+        self.assertEqual((again.status, again.headers.get("Idempotent-Replayed"), again.body),
+                         (200, "true", r.body))
+        secret = r.json["secret"].encode()
+        self.assertNotIn(secret, all_stored_text(self.daemon.db_path()))
+        self.assertNotIn(secret[6:], all_stored_text(self.daemon.db_path()))
+
     def test_crud_secret_only_on_create(self):
         c = self.c("crud")
         r = c.post(WE, {"url": "https://example.test/hook", "enabled_events": ["charge.succeeded", "charge.failed"],
