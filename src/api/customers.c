@@ -247,7 +247,11 @@ static bool default_pm_ok(struct tp_req *r, const char *pm_id, const char *cus_i
   if (attaching_now && strcmp(pm_id, attaching_now) == 0)
     return true;
   json_t *pm = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
-  const char *owner = pm ? json_string_value(json_object_get(pm, "customer")) : NULL;
+  if (!pm) { /* no such PaymentMethod at all: resource_missing, as Stripe answers */
+    tp_reply_missing(r, "PaymentMethod", pm_id, "invoice_settings[default_payment_method]");
+    return false;
+  }
+  const char *owner = json_string_value(json_object_get(pm, "customer"));
   bool ok = owner && strcmp(owner, cus_id) == 0;
   json_decref(pm);
   if (!ok) {

@@ -126,12 +126,12 @@ static json_t *si_new(void)
   /* Every key the API version's SetupIntent always has, null where
    * Turnpike has no such feature (Connect, mandates, payment method
    * configurations, setup attempts). */
-  json_t *si = tp_pack("{s:s, s:s, s:n, s:n, s:n, s:n, s:s, s:I, s:n, s:n, s:n, s:n, s:n, s:b, s:n, s:{}, s:n, "
-                       "s:n, s:n, s:n, s:{s:{s:n, s:n, s:s}}, s:[s], s:n, s:s, s:s}",
+  json_t *si = tp_pack("{s:s, s:s, s:n, s:n, s:n, s:n, s:s, s:I, s:n, s:n, s:n, s:n, s:n, s:n, s:b, s:n, s:{}, "
+                       "s:n, s:n, s:n, s:n, s:{s:{s:n, s:n, s:s}}, s:[s], s:n, s:s, s:s}",
                        "id", id, "object", "setup_intent", "allowed_payment_method_types", "application",
                        "automatic_payment_methods", "cancellation_reason", "client_secret", cs, "created",
                        (json_int_t)tp_now(), "customer", "description", "excluded_payment_method_types",
-                       "last_setup_error", "latest_attempt", "livemode", 0, "mandate", "metadata", "next_action",
+                       "flow_directions", "last_setup_error", "latest_attempt", "livemode", 0, "mandate", "metadata", "next_action",
                        "on_behalf_of", "payment_method", "payment_method_configuration_details",
                        "payment_method_options", "card", "mandate_options", "network", "request_three_d_secure",
                        "automatic", "payment_method_types", "card", "single_use_mandate", "status",
@@ -731,6 +731,14 @@ void tp_h_setup_attempt_list(struct tp_req *r)
   if (!si || !*si) {
     if (tp_check_params(r, spec_attempts))
       tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "setup_intent", NULL);
+    return;
+  }
+  /* a SetupIntent that is not there (or another merchant's) is a 404, not
+   * an empty list */
+  if (!tp_check_params(r, spec_attempts))
+    return;
+  if (tp_store_live(&tp_app.store, TP_K_SETUP_INTENT, r->merchant.id, si) != 1) {
+    tp_reply_missing(r, "setupintent", si, "setup_intent"); /* Stripe names it so */
     return;
   }
   tp_reply_list_by(r, spec_attempts, TP_K_SETUP_ATTEMPT, "/v1/setup_attempts");

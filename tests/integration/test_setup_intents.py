@@ -221,9 +221,10 @@ class SetupIntents(DaemonTestCase):
         r = c.post(SI + "/" + si["id"], {"payment_method": "pm_card_visa"})
         self.assertEqual(r.json["status"], "requires_confirmation", r)
         self.assertEqual([a["status"] for a in self.attempts(si["id"])], ["abandoned"])
-        # setup_intent is required; another merchant's list is empty
+        # setup_intent is required, and must name one of the merchant's SetupIntents
         self.assertStripeError(c.get("/v1/setup_attempts"), 400, code="parameter_missing", param="setup_intent")
-        self.assertEqual(self.attempts("seti_nope"), [])
+        self.assertStripeError(c.get("/v1/setup_attempts", {"setup_intent": "seti_nope"}), 404,
+                               code="resource_missing", param="setup_intent")
 
     def test_the_merchant_can_ask_for_3ds_on_any_card(self):
         # but not on Stripe's 4242 (not enrolled), and on 3097 the attempt fails
@@ -298,6 +299,21 @@ class SetupIntents(DaemonTestCase):
         checks = c.get("/v1/payment_methods/" + pm["id"]).json["card"]["checks"]
         self.assertEqual((checks["address_line1_check"], checks["address_postal_code_check"], checks["cvc_check"]),
                          (None, None, None), checks)
+
+    def test_missing_things_are_404s_and_every_key_is_there(self):
+        c = self.c()
+        si = c.post(SI, {}).json
+        self.assertIn("flow_directions", si)  # Stripe's SetupIntent has the key, null by default
+        self.assertIsNone(si["flow_directions"])
+        err = self.assertStripeError(c.get("/v1/setup_attempts", {"setup_intent": "seti_nope"}), 404,
+                                     "invalid_request_error", "resource_missing")
+        self.assertEqual((err["param"], err["message"]), ("setup_intent", "No such setupintent: 'seti_nope'"), err)
+        self.assertEqual(c.get("/v1/setup_attempts", {"setup_intent": si["id"]}).json["data"], [])
+        cus = self.customer()
+        err = self.assertStripeError(c.post("/v1/customers/" + cus,
+                                            {"invoice_settings[default_payment_method]": "pm_nope"}),
+                                     404, "invalid_request_error", "resource_missing")
+        self.assertEqual(err["param"], "invoice_settings[default_payment_method]", err)
 
     def test_cancel_list_and_retrieve(self):
         c = self.c()
