@@ -518,7 +518,7 @@ static bool apply_pm_options(struct tp_req *r, json_t *pi, const json_t *params)
 bool tp_apply_apm(struct tp_req *r, json_t *pi, const json_t *params)
 {
   const json_t *apm = json_object_get(params, "automatic_payment_methods");
-  if (!apm)
+  if (!apm || tp_unset(apm)) /* "" is the form encoding of not set */
     return true;
   if (json_object_get(params, "payment_method_types")) {
     tp_reply_error(r, TP_ERR_PARAMETERS_EXCLUSIVE, "automatic_payment_methods",

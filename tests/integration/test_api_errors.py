@@ -1134,6 +1134,13 @@ class ApiErrorsTest(DaemonTestCase):
         r = c.post("/v1/customers?name=query&metadata%5Ba%5D=1", {"name": "body", "metadata[b]": "2"})
         self.assertEqual((r.status, r.json["name"], r.json["metadata"]), (200, "body", {"a": "1", "b": "2"}), r)
 
+    def test_an_empty_automatic_payment_methods_is_not_set(self):
+        """An empty value is the form encoding of "not set", as for every
+        optional parameter: not a missing [enabled]."""
+        c = self.c("other")
+        r = c.post(PI, dict(GOOD, automatic_payment_methods=""))
+        self.assertEqual((r.status, r.json.get("automatic_payment_methods")), (200, None), r)
+
     def test_turnpike_routes_refuse_unknown_parameters_too(self):
         c = self.c("other")
         for path in ("/v1/turnpike/processors", "/v1/turnpike/requests/req_nope", "/v1/turnpike/attempts"):
