@@ -569,76 +569,73 @@ class EndpointChangesTest(ReceiverCase):
             db.close()
         self.assertEqual((rows, attempts[0]), ([], 0))
 
-    def test_changing_enabled_events_loses_no_event_both_filters_want(self):
-        """Payments go on while the filter changes (back and forth between
-        two lists that both want payment_intent.succeeded): every payment's
-        event is delivered. Moving the scan floor to the change dropped the
-        events committed just before it whose rows were not in yet."""
-        import threading
-        c = self.c("m")
-        ep = c.post(WE, {"url": self.recv.url("/refilter"),
-                         "enabled_events[]": "payment_intent.succeeded"}).json
-        made, stop = [], threading.Event()
+    def with_payers(self, body, made=None):
+        """body() while three clients pay in a loop (their PaymentIntent ids
+        go into made, if given); the payers stop however body ends."""
+        stop = threading.Event()
 
         def payer():
             cc = self.daemon.client("m")
             while not stop.is_set():
-                made.append(pay(cc)["id"])
+                pi = pay(cc)
+                if made is not None:
+                    made.append(pi["id"])
 
         threads = [threading.Thread(target=payer) for _ in range(3)]
         for t in threads:
             t.start()
         try:
+            body()
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+
+    def assertAllDelivered(self, path, want, why):
+        got = self.recv.wait_for(path, lambda g: {x["event"]["data"]["object"]["id"] for x in g} >= want,
+                                 timeout=30)
+        have = {x["event"]["data"]["object"]["id"] for x in got}
+        self.assertEqual(want - have, set(), why)
+
+    def test_changing_enabled_events_loses_no_event_both_filters_want(self):
+        """Payments go on while the filter changes (back and forth between
+        two lists that both want payment_intent.succeeded): every payment's
+        event is delivered. Moving the scan floor to the change dropped the
+        events committed just before it whose rows were not in yet."""
+        c = self.c("m")
+        ep = c.post(WE, {"url": self.recv.url("/refilter"),
+                         "enabled_events[]": "payment_intent.succeeded"}).json
+        made = []
+
+        def refilter():
             for i in range(12):
                 time.sleep(0.25)
                 lists = ["payment_intent.succeeded"] + (["charge.refunded"] if i % 2 == 0 else [])
                 r = c.post(WE + "/" + ep["id"], {"enabled_events[%d]" % k: v for k, v in enumerate(lists)})
                 self.assertEqual(r.status, 200, r)
-        finally:
-            stop.set()
-            for t in threads:
-                t.join()
-        want = set(made)
-        got = self.recv.wait_for("/refilter", lambda g: {x["event"]["data"]["object"]["id"] for x in g} >= want,
-                                 timeout=30)
-        have = {x["event"]["data"]["object"]["id"] for x in got}
-        self.assertEqual(want - have, set(), "payments whose event was never delivered")
+        self.with_payers(refilter, made)
+        self.assertAllDelivered("/refilter", set(made), "payments whose event was never delivered")
 
     def test_disabling_right_after_an_event_loses_no_event(self):
         """An event committed while the endpoint was enabled is delivered even
         if the endpoint is disabled moments later (the row the webhooks thread
         adds after the commit was refused once the endpoint was disabled, and
         re-enabling moved the scan's floor past it): once enabled again, every
-        such event arrives."""
-        import threading
+        such event arrives. Payments meanwhile keep the webhooks thread busy,
+        so its rows come later."""
         c = self.c("m")
         ep = c.post(WE, {"url": self.recv.url("/toggle"), "enabled_events[]": "customer.created"}).json
-        made, stop = [], threading.Event()
+        made = []
 
-        def payer():  # keeps the webhooks thread busy, so its rows come later
-            cc = self.daemon.client("m")
-            while not stop.is_set():
-                pay(cc)
-
-        threads = [threading.Thread(target=payer) for _ in range(3)]
-        for t in threads:
-            t.start()
-        try:
+        def toggle():
             for _ in range(150):
                 cus = c.post("/v1/customers", {"name": "t"})
                 self.assertEqual(cus.status, 200, cus)
                 made.append(cus.json["id"])
                 self.assertEqual(c.post(WE + "/" + ep["id"], {"disabled": "true"}).status, 200)
                 self.assertEqual(c.post(WE + "/" + ep["id"], {"disabled": "false"}).status, 200)
-        finally:
-            stop.set()
-            for t in threads:
-                t.join()
-        want = set(made)
-        got = self.recv.wait_for("/toggle", lambda g: {x["event"]["data"]["object"]["id"] for x in g} >= want,
-                                 timeout=30)
-        have = {x["event"]["data"]["object"]["id"] for x in got}
-        self.assertEqual(want - have, set(), "events committed while enabled, never delivered")
+        self.with_payers(toggle)
+        self.assertAllDelivered("/toggle", set(made), "events committed while enabled, never delivered")
 
     def test_new_enabled_events_apply_from_now_on(self):
         c = self.c("m")
