@@ -263,9 +263,28 @@ static void pi_state_error(struct tp_req *r, const json_t *pi, enum tp_err e, co
 
 static void unexpected_state(struct tp_req *r, const json_t *pi, const char *action)
 {
-  char msg[256];
-  snprintf(msg, sizeof msg, "This PaymentIntent's %s could not be performed because it has a status of %s.", action,
-           json_string_value(json_object_get(pi, "status")));
+  char msg[320];
+  const char *st = json_string_value(json_object_get(pi, "status"));
+  /* Stripe's wording where it has its own: a confirm and a capture name
+   * the statuses they take */
+  if (strcmp(action, "confirm") == 0 && st && strcmp(st, "succeeded") == 0)
+    snprintf(msg, sizeof msg,
+             "You cannot confirm this PaymentIntent because it has already succeeded after being previously "
+             "confirmed.");
+  else if (strcmp(action, "confirm") == 0)
+    snprintf(msg, sizeof msg,
+             "You cannot confirm this PaymentIntent because it has a status of %s. Only a PaymentIntent with one "
+             "of the following statuses may be confirmed: requires_payment_method, requires_confirmation, "
+             "requires_action.",
+             st);
+  else if (strcmp(action, "capture") == 0)
+    snprintf(msg, sizeof msg,
+             "This PaymentIntent could not be captured because it has a status of %s. Only a PaymentIntent with "
+             "one of the following statuses may be captured: requires_capture.",
+             st);
+  else
+    snprintf(msg, sizeof msg, "This PaymentIntent's %s could not be performed because it has a status of %s.", action,
+             st);
   pi_state_error(r, pi, TP_ERR_PAYMENT_INTENT_UNEXPECTED_STATE, NULL, msg);
 }
 
@@ -1733,9 +1752,11 @@ void tp_h_pi_increment(struct tp_req *r)
     tp_reply_error(r, TP_ERR_PARAMETER_MISSING, "amount", NULL);
     return;
   }
-  json_t *pi = tp_load_path(r, TP_K_PAYMENT_INTENT, "payment_intent");
-  if (!pi)
+  json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, r->path_id);
+  if (!pi) {
+    tp_reply_missing(r, "payment_intent", r->path_id, "intent"); /* as the other PaymentIntent routes name it */
     return;
+  }
   if (strcmp(json_string_value(json_object_get(pi, "status")), "requires_capture") != 0)
     unexpected_state(r, pi, "increment_authorization");
   else

@@ -620,6 +620,17 @@ static void unresolved(struct tp_pay *p)
   tp_log(TP_LOG_WARN, "attempt_unresolved", "{s:s, s:s, s:s}", "attempt", p->att.id, "processor", p->att.processor,
          "error", p->last_code);
   tp_metric_inc("turnpike_attempts_unresolved_total", NULL, 1);
+  /* The PaymentIntent stays processing (its write-ahead) until recovery
+   * settles it, maybe for long: said as Stripe says it
+   * (payment_intent.processing), for integrations driven by webhooks. A
+   * payment settled at once never sits there, and says nothing of it. */
+  const char *st = p->pi ? json_string_value(json_object_get(p->pi, "status")) : NULL;
+  if (st && strcmp(st, "processing") == 0 && strcmp(p->att.kind, "authorize") == 0) {
+    struct tp_cs *cs = tp_cs_new();
+    tp_emit(cs, p->r, p->m.id, "payment_intent.processing", p->pi);
+    if (tp_writer_submit(cs) != 0)
+      tp_cs_free(cs); /* the outcome's events follow anyway */
+  }
   inflight_del(p->att.id);
   json_t *err = tp_error_object(TP_ERR_PROCESSOR_STATUS_UNKNOWN, NULL, NULL);
   /* As every error of a PaymentIntent request (Stripe: error.payment_intent),

@@ -650,6 +650,10 @@ class OrchestrationTest(SimGatewayTest):
         made = r.json["error"].get("payment_intent") or {}
         self.assertEqual((made.get("object"), made.get("status")), ("payment_intent", "processing"), r.json)
         self.assertEqual(self.c.get("/v1/payment_intents/" + made["id"]).status, 200)
+        # and says so as Stripe does, for integrations driven by webhooks
+        evs = self.c.get("/v1/events", {"type": "payment_intent.processing", "limit": 10}).json["data"]
+        self.assertEqual([(e["data"]["object"]["id"], e["data"]["object"]["status"]) for e in evs
+                          if e["data"]["object"]["id"] == made["id"]], [(made["id"], "processing")])
         # The client's retry is told the key is still in use, not charged again.
         r2 = self.c.post("/v1/payment_intents", params, idem=key)
         self.assertEqual(r2.status, 409, r2.json)
@@ -842,6 +846,26 @@ class OrchestrationTest(SimGatewayTest):
         other = self.pay(amount=700).json["id"]
         r = self.c.get("/v1/payment_intents/%s/attempts" % other, {"starting_after": whole[0]["id"]})
         self.assertEqual((r.status, r.json["error"].get("param")), (400, "starting_after"), r.json)
+
+    def test_a_status_refusal_says_what_stripe_says(self):
+        pi = self.pay().json
+        self.assertEqual(pi["status"], "succeeded")
+        r = self.c.post("/v1/payment_intents/%s/confirm" % pi["id"], {})
+        self.assertEqual((r.status, r.json["error"]["code"], r.json["error"]["message"]),
+                         (400, "payment_intent_unexpected_state", "You cannot confirm this PaymentIntent because it "
+                          "has already succeeded after being previously confirmed."), r.json)
+        r = self.c.post("/v1/payment_intents/%s/capture" % pi["id"], {})
+        self.assertEqual(r.json["error"]["message"], "This PaymentIntent could not be captured because it has a "
+                         "status of succeeded. Only a PaymentIntent with one of the following statuses may be "
+                         "captured: requires_capture.", r.json)
+        c = self.c.post("/v1/payment_intents", {"amount": 500, "currency": "usd"}).json
+        self.c.post("/v1/payment_intents/%s/cancel" % c["id"], {})
+        r = self.c.post("/v1/payment_intents/%s/confirm" % c["id"], {"payment_method": "pm_card_visa"})
+        self.assertEqual(r.json["error"]["message"], "You cannot confirm this PaymentIntent because it has a status "
+                         "of canceled. Only a PaymentIntent with one of the following statuses may be confirmed: "
+                         "requires_payment_method, requires_confirmation, requires_action.", r.json)
+        r = self.c.post("/v1/payment_intents/pi_nope/increment_authorization", {"amount": 5})
+        self.assertEqual((r.status, r.json["error"]["param"]), (404, "intent"), r.json)
 
     def test_no_processor_after_3ds_answers_the_browser_with_a_page(self):
         """A challenge approved for a payment no processor takes: the
