@@ -142,8 +142,13 @@ static const struct tp_pspec spec_unsettled[] = {
 /* GET /v1/turnpike/attempts[?state=sent|reversal_pending][&processor=][&limit=]
  * [&starting_after=]: the merchant's attempts whose outcome is not settled
  * yet, oldest first (both states when state is not given); the next page
- * starts after the last one shown (one settled meanwhile is not there to
- * start after: 400, and the client starts over). */
+ * starts after the last one shown, settled meanwhile or not. */
+static int by_created_id(const void *a, const void *b)
+{
+  const struct tp_attempt *x = a, *y = b;
+  return x->created != y->created ? (x->created < y->created ? -1 : 1) : strcmp(x->id, y->id);
+}
+
 void tp_h_attempts_unsettled(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_unsettled))
@@ -155,42 +160,60 @@ void tp_h_attempts_unsettled(struct tp_req *r)
     tp_reply_error(r, TP_ERR_PARAMETER_INVALID_INTEGER, "limit", "Invalid limit: must be an integer between 1 and 100");
     return;
   }
+  /* The cursor's place in (created, id) order, from the attempt itself:
+   * it may have settled since the last page (under load they do within a
+   * second), which moves nothing after it. */
   const char *after = tp_pstr(r->params, "starting_after");
-  bool passed = !after || !*after; /* the cursor is behind */
-  json_t *data = json_array();
-  bool more = false;
-  for (size_t s = 0; unsettled_states[s] && !more; s++) {
-    if (state && *state && strcmp(state, unsettled_states[s]) != 0)
-      continue;
-    struct tp_attempt *list = NULL;
-    size_t n = 0;
-    if (tp_app.store.ops->attempts_in_state(tp_app.store.cls, unsettled_states[s], &list, &n) != 0) {
-      json_decref(data);
+  struct tp_attempt cur;
+  bool paged = after && *after;
+  if (paged) {
+    int found = strlen(after) < sizeof cur.id ? tp_app.store.ops->attempt_get(tp_app.store.cls, after, &cur) : 0;
+    if (found < 0) {
       tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
       return;
     }
-    for (size_t i = 0; i < n; i++) {
-      if (strcmp(list[i].merchant, r->merchant.id) != 0 || (proc && *proc && strcmp(list[i].processor, proc) != 0))
-        continue;
-      if (!passed) {
-        passed = strcmp(list[i].id, after) == 0;
-        continue;
-      }
-      if ((int64_t)json_array_size(data) == limit) {
-        more = true;
-        break;
-      }
-      json_array_append_new(data, tp_attempt_json(&list[i]));
+    if (found == 0 || strcmp(cur.merchant, r->merchant.id) != 0) {
+      char msg[200];
+      snprintf(msg, sizeof msg, "No such turnpike.attempt: '%.64s'", after);
+      tp_reply_error(r, TP_ERR_PAGINATION_CURSOR_INVALID, "starting_after", msg);
+      return;
     }
+  }
+  /* Both states in one order: an attempt moving from one to the other
+   * between pages is neither shown twice nor lets another be skipped. */
+  struct tp_attempt *all = NULL;
+  size_t nall = 0;
+  for (size_t st = 0; unsettled_states[st]; st++) {
+    if (state && *state && strcmp(state, unsettled_states[st]) != 0)
+      continue;
+    struct tp_attempt *list = NULL;
+    size_t n = 0;
+    if (tp_app.store.ops->attempts_in_state(tp_app.store.cls, unsettled_states[st], &list, &n) != 0) {
+      free(all);
+      tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+      return;
+    }
+    size_t keep = 0;
+    for (size_t i = 0; i < n; i++)
+      if (strcmp(list[i].merchant, r->merchant.id) == 0 && !(proc && *proc && strcmp(list[i].processor, proc) != 0) &&
+          !(paged && by_created_id(&list[i], &cur) <= 0))
+        list[keep++] = list[i];
+    struct tp_attempt *grown = keep ? realloc(all, (nall + keep) * sizeof *all) : all;
+    if (keep && !grown)
+      abort();
+    all = grown;
+    if (keep)
+      memcpy(all + nall, list, keep * sizeof *list);
+    nall += keep;
     free(list);
   }
-  if (!passed) {
-    json_decref(data);
-    char msg[200];
-    snprintf(msg, sizeof msg, "No such unsettled turnpike.attempt: '%.64s'", after);
-    tp_reply_error(r, TP_ERR_PAGINATION_CURSOR_INVALID, "starting_after", msg);
-    return;
-  }
+  if (nall > 1)
+    qsort(all, nall, sizeof *all, by_created_id);
+  json_t *data = json_array();
+  bool more = nall > (size_t)limit;
+  for (size_t i = 0; i < nall && i < (size_t)limit; i++)
+    json_array_append_new(data, tp_attempt_json(&all[i]));
+  free(all);
   tp_reply_json(r, 200, tp_pack("{s:s, s:s, s:b, s:o}", "object", "list", "url", "/v1/turnpike/attempts", "has_more",
                                 more, "data", data));
 }

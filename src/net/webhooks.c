@@ -1396,26 +1396,32 @@ static char *splice(const char *body, const char *at, size_t len, const char *wi
   return out;
 }
 
-/* The value of "secret" in body starting with prefix: where it starts and
- * its length, or NULL; *id the object's id (from the parsed body). */
+/* The top-level "secret" of the webhook_endpoint reply body, if it starts
+ * with prefix: where its value starts and its length, or NULL; id the
+ * endpoint's. Found from the parsed body, then at the last `"secret":"`
+ * of the text (the field is the object's last; a metadata key "secret"
+ * comes before it), which must hold the same value. */
 static const char *secret_value(const char *body, const char *prefix, size_t *len, char id[TP_ID_MAX])
 {
-  char key[48];
-  snprintf(key, sizeof key, "\"secret\":\"%s", prefix);
-  const char *at = body ? strstr(body, key) : NULL;
-  if (!at)
-    return NULL;
-  at += strlen("\"secret\":\"");
-  const char *q = strchr(at, '"');
-  json_t *o = json_loads(body, 0, NULL);
+  json_t *o = body ? json_loads(body, 0, NULL) : NULL;
   const char *oid = json_string_value(json_object_get(o, "id"));
-  bool ok = q && oid && strlen(oid) < TP_ID_MAX;
-  if (ok)
-    tp_scopy(id, TP_ID_MAX, oid);
+  const char *obj = json_string_value(json_object_get(o, "object"));
+  const char *sec = json_string_value(json_object_get(o, "secret"));
+  const char *at = NULL;
+  if (oid && strlen(oid) < TP_ID_MAX && obj && strcmp(obj, "webhook_endpoint") == 0 && sec &&
+      strncmp(sec, prefix, strlen(prefix)) == 0) {
+    const char *key = "\"secret\":\"";
+    for (const char *f = strstr(body, key); f; f = strstr(f + 1, key))
+      at = f + strlen(key);
+    size_t sl = strlen(sec);
+    if (at && strncmp(at, sec, sl) == 0 && at[sl] == '"') {
+      tp_scopy(id, TP_ID_MAX, oid);
+      *len = sl;
+    } else {
+      at = NULL;
+    }
+  }
   json_decref(o);
-  if (!ok)
-    return NULL;
-  *len = (size_t)(q - at);
   return at;
 }
 
@@ -1437,8 +1443,8 @@ char *tp_webhooks_idem_seal(const char *body)
     }
     tp_card_wipe(secret, sizeof secret);
   }
-  /* never the plain one: without a sealed form, a stand-in */
-  return out ? out : strdup("{\"error\":{\"type\":\"api_error\",\"message\":\"The reply could not be kept\"}}");
+  /* never the plain one: without a sealed form, the reply without it */
+  return out ? out : splice(body, at, len, "");
 }
 
 char *tp_webhooks_idem_open(const char *body)

@@ -510,6 +510,14 @@ class OrchestrationTest(SimGatewayTest):
             self.assertEqual([a["id"] for a in walked], [a["id"] for a in whole])
             r = self.c.get("/v1/turnpike/attempts", {"starting_after": "att_nope"})
             self.assertEqual((r.status, r.json["error"].get("param")), (400, "starting_after"), r.json)
+            # a cursor settled since its page still pages from where it stood
+            first = self.resolve(stuck[0], outcome="not_processed", reason="settled between pages")
+            self.assertEqual(first.status, 200, first.json)
+            r = self.c.get("/v1/turnpike/attempts", {"processor": "a", "starting_after": stuck[0]})
+            self.assertEqual(r.status, 200, r.json)
+            self.assertIn(stuck[1], [a["id"] for a in r.json["data"]])
+            self.assertNotIn(stuck[0], [a["id"] for a in r.json["data"]])
+            stuck.pop(0)
         finally:
             for att_id in stuck:
                 self.resolve(att_id, outcome="not_processed", reason="test cleanup")

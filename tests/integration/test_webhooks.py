@@ -173,6 +173,21 @@ class WebhooksTest(DaemonTestCase):
         secret = r.json["secret"].encode()
         self.assertNotIn(secret, all_stored_text(self.daemon.db_path()))
         self.assertNotIn(secret[6:], all_stored_text(self.daemon.db_path()))
+        # only that reply: another's metadata named secret replays as it was
+        for value in ("whsec_" + "x" * 300, 'whsec_a"b', "whsec_abc"):
+            key = new_key("cus")
+            first = c.post("/v1/customers", {"email": "x@example.com", "metadata[secret]": value}, idem=key)
+            self.assertEqual(first.status, 200, first)
+            again = c.post("/v1/customers", {"email": "x@example.com", "metadata[secret]": value}, idem=key)
+            self.assertEqual((again.status, again.body), (200, first.body), value)
+        # and an endpoint whose metadata has a secret keeps its own sealed, the metadata as given
+        key = new_key("we")
+        r = c.post(WE, {"url": "https://example.test/idem2", "enabled_events[]": "charge.succeeded",
+                        "metadata[secret]": "whsec_mine"}, idem=key)
+        again = c.post(WE, {"url": "https://example.test/idem2", "enabled_events[]": "charge.succeeded",
+                            "metadata[secret]": "whsec_mine"}, idem=key)
+        self.assertEqual((again.status, again.body), (200, r.body))
+        self.assertNotIn(r.json["secret"][6:].encode(), all_stored_text(self.daemon.db_path()))
 
     def test_crud_secret_only_on_create(self):
         c = self.c("crud")
