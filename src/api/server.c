@@ -849,6 +849,12 @@ static const char *should_retry(const struct tp_req *r)
 
 static enum MHD_Result queue_reply(struct tp_req *r)
 {
+  /* The key's result is committed (or there is none to keep): it is free
+   * for the next request now, not once this reply has gone out, or a
+   * client that sent the next one on another connection the moment it read
+   * this reply could find it still in use (a 409 after a validation error,
+   * which keeps nothing). */
+  tp_idem_end(r);
   /* answered: the connection may now idle as keep-alive allows */
   MHD_set_connection_option(r->conn, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)TP_HTTP_TIMEOUT_S);
   if (r->raw_resp) {

@@ -132,7 +132,7 @@ def pi_events(c, pi_id):
 
 
 class WebhooksTest(DaemonTestCase):
-    MERCHANTS = ("crud", "other", "pay", "filter", "retry", "slow", "resend", "pending", "version")
+    MERCHANTS = ("crud", "other", "pay", "filter", "retry", "slow", "resend", "pending", "version", "idem")
 
     @classmethod
     def setUpClass(cls):
@@ -163,7 +163,7 @@ class WebhooksTest(DaemonTestCase):
         """An Idempotency-Key keeps the create's reply for a retry, secret and
         all (stripe-node keys every POST): the retry gets the same bytes, and
         the stored reply holds the secret sealed, never as written."""
-        c = self.c("crud")
+        c = self.c("idem")
         key = new_key("we")
         r = c.post(WE, {"url": "https://example.test/idem", "enabled_events[]": "charge.succeeded"}, idem=key)
         self.assertEqual(r.status, 200, r)
