@@ -499,7 +499,7 @@ static void created_id_bounds(const struct tp_search *s, int kind, char top[80],
     else if (c->op == TP_SO_GT && v != INT64_MAX && v + 1 > lo)
       lo = v + 1;
   }
-  const int64_t max_s = INT64_MAX / 1000 - 4 * CREATED_ID_MARGIN_S;
+  const int64_t max_s = TP_ID_TIME_LIMIT_S - 4 * CREATED_ID_MARGIN_S; /* past it an id bound would wrap */
   if (hi >= 0 && hi < max_s && !tp_ids_ran_ahead()) {
     char ceil[TP_ID_MAX];
     tp_id_floor(ceil, tp_kinds[kind].prefix, (hi + 1 + CREATED_ID_MARGIN_S) * 1000 + TP_ID_AHEAD_MS);
@@ -587,7 +587,7 @@ static int64_t path_rows(const struct search_path *p, int kind, const char *merc
   if (p->by_email) {
     snprintf(sql, sizeof sql,
              "SELECT count(*) AS n FROM (SELECT 1 FROM customers INDEXED BY customers_email_ci WHERE merchant = ?1 "
-             "AND lower(email) = lower(?2) LIMIT %d)", PATH_COUNT_CAP);
+             "AND lower(email) = lower(?2) AND email IS NOT NULL LIMIT %d)", PATH_COUNT_CAP); /* partial index */
     args = tp_pack("[s, s]", merchant, p->val);
   } else if (p->index) {
     snprintf(sql, sizeof sql,

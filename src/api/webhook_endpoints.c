@@ -327,13 +327,14 @@ void tp_h_we_retrieve(struct tp_req *r)
     tp_reply_json(r, 200, o);
 }
 
-/* Rows for the endpoint's events that have none yet, from its creation to
- * below now_id, of the types events (a JSON array, "*" for all) wants: the
+/* Rows for the endpoint's events that have none yet, from its creation on
+ * (all that committed before this change set: it runs in the writer, in
+ * order), of the types events (a JSON array, "*" for all) wants: the
  * webhooks thread adds each event's rows a few ms after its commit, and
  * the scan only above the endpoint's floor and only while it is enabled,
  * so a change of filter or status in between would lose them. Runs only
  * while the endpoint is enabled (put it before a status change in cs). */
-static void catch_up(struct tp_cs *cs, const struct tp_req *r, const json_t *events, const char *now_id)
+static void catch_up(struct tp_cs *cs, const struct tp_req *r, const json_t *events)
 {
   char floor0[TP_ID_MAX];
   const char *dash = strchr(r->path_id, '_');
@@ -344,12 +345,12 @@ static void catch_up(struct tp_cs *cs, const struct tp_req *r, const json_t *eve
   json_int_t t = (json_int_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
   cs_sql(cs,
          "INSERT INTO webhook_deliveries(endpoint, event, merchant, state, attempts, next_at, created) "
-         "SELECT ?1, e.id, e.merchant, 'pending', 0, ?5, ?5 FROM events e WHERE e.merchant = ?2 AND "
-         "e.id > max(?3, coalesce((SELECT scan_floor FROM webhook_endpoints WHERE id = ?1), '')) AND e.id < ?4 "
-         "AND EXISTS (SELECT 1 FROM json_each(?6) j WHERE j.value = '*' OR j.value = e.type) AND "
+         "SELECT ?1, e.id, e.merchant, 'pending', 0, ?4, ?4 FROM events e WHERE e.merchant = ?2 AND "
+         "e.id > max(?3, coalesce((SELECT scan_floor FROM webhook_endpoints WHERE id = ?1), '')) "
+         "AND EXISTS (SELECT 1 FROM json_each(?5) j WHERE j.value = '*' OR j.value = e.type) AND "
          "EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.id = ?1 AND w.status = 'enabled') "
          "ON CONFLICT(endpoint, event) DO NOTHING",
-         tp_pack("[s, s, s, s, I, s]", r->path_id, r->merchant.id, floor0, now_id, t, ev ? ev : "[]"), 0);
+         tp_pack("[s, s, s, I, s]", r->path_id, r->merchant.id, floor0, t, ev ? ev : "[]"), 0);
   free(ev);
 }
 
@@ -396,9 +397,7 @@ void tp_h_we_update(struct tp_req *r)
      * yet get one now, before the status changes in this commit, or they
      * were never delivered (the scan skips a disabled endpoint, and its
      * floor moves when it is enabled again). */
-    char now_id[TP_ID_MAX];
-    tp_id_new(now_id, "evt");
-    catch_up(cs, r, events_before, now_id);
+    catch_up(cs, r, events_before);
   }
   if ((v = json_object_get(p, "disabled"))) {
     const char *st = json_is_true(v) ? "disabled" : "enabled";
@@ -421,7 +420,7 @@ void tp_h_we_update(struct tp_req *r)
     tp_id_new(now_id, "evt");
     tp_scopy(floor, sizeof floor, now_id);
     if (refilter && was_enabled && !disabling)
-      catch_up(cs, r, events_before, now_id);
+      catch_up(cs, r, events_before);
     cs_sql(cs, "UPDATE webhook_endpoints SET scan_floor=?2 WHERE id=?1", tp_pack("[s, s]", r->path_id, floor), 1);
   }
   json_decref(events_before);

@@ -43,6 +43,7 @@ static struct {
   int64_t min_free;             /* [store] min_free_mb in bytes; 0: no guard */
   _Atomic bool space_low;       /* free space under min_free: new work is refused */
   char sweep_merchant[TP_ID_MAX]; /* where the balance sweep goes on next time */
+  bool sweep_wrap;                /* the last tick ran out on a merchant: the next goes round past the end */
 } H = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
 /* Hand a change set to the writer; 0, or -1 (and cs freed) if it refused. */
@@ -284,11 +285,15 @@ static int sweep_once(int64_t now_ms, char at[TP_ID_MAX])
   if (!ms)
     return -1;
   if (json_array_size(ms) == 0 && H.sweep_merchant[0]) {
-    /* started after the last merchant (the one a full tick ended on): the
-     * round goes on from the first, now rather than a tick later */
     json_decref(ms);
     H.sweep_merchant[0] = '\0';
-    return 1;
+    /* Past the last merchant. A round that went there is done (with 16·k
+     * merchants its last set read 16 and could not tell); one this tick
+     * began after the merchant a full tick ended on goes on from the
+     * first, now rather than a tick later. */
+    bool wrap = H.sweep_wrap;
+    H.sweep_wrap = false;
+    return wrap ? 1 : 0;
   }
   struct tp_cs *cs = tp_cs_new();
   int ncur = 0, rc = 0;
@@ -312,8 +317,10 @@ static int sweep_once(int64_t now_ms, char at[TP_ID_MAX])
   json_decref(ms);
   if (rc != 0 || tp_cs_count(cs) == 0) {
     tp_cs_free(cs);
-    if (round)
+    if (round) {
       H.sweep_merchant[0] = '\0';
+      H.sweep_wrap = false;
+    }
     return rc != 0 ? -1 : round ? 0 : 1;
   }
   /* Committed before the next set is built: the next one reads the cursors
@@ -323,8 +330,10 @@ static int sweep_once(int64_t now_ms, char at[TP_ID_MAX])
     tp_log(TP_LOG_WARN, "balance_sweep_not_committed", NULL);
     return -1;
   }
-  if (round)
+  if (round) {
     H.sweep_merchant[0] = '\0'; /* went round every merchant */
+    H.sweep_wrap = false;
+  }
   return round ? 0 : 1;
 }
 
@@ -347,7 +356,8 @@ int tp_balance_sweep(int64_t now_ms)
     at[0] = '\0'; /* the merchant this set filled up at, if it did */
     r = sweep_once(now_ms, at);
   }
-  if (r == 1 && at[0])
+  H.sweep_wrap = r == 1 && at[0];
+  if (H.sweep_wrap)
     tp_scopy(H.sweep_merchant, sizeof H.sweep_merchant, at);
   return r < 0 ? -1 : 0;
 }

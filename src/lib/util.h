@@ -27,6 +27,9 @@ void tp_id_seed(int64_t ms);
  * TP_ID_AHEAD_MS the mark is set (and kept in the store's meta table), and
  * ids no longer bound a created range from above. */
 #define TP_ID_AHEAD_MS 1000
+/* An id carries its time in 8 base62 digits: milliseconds modulo 62^8
+ * (the year 8888). A created bound at or past it cannot be made an id. */
+#define TP_ID_TIME_LIMIT_S (218340105584896LL / 1000)
 bool tp_ids_ran_ahead(void);
 void tp_ids_ran_ahead_set(void);
 

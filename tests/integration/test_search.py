@@ -356,6 +356,20 @@ class MetadataIndexTest(DaemonTestCase):
             self.assertEqual(self.ids(PI + "/search", q, merchant="z"), ([old["id"]], False), q)
         r = c.get(PI + "/search", {"query": "created<=%d" % t_old, "expand[]": "total_count"})
         self.assertEqual(r.json["total_count"], 1, r.json)
+        # a customer's email clause is counted too (its index is partial: the
+        # count must say so, or it failed and the broad clause drove the read)
+        target = c.post("/v1/customers", {"email": "target@ex.com", "metadata[batch]": "big"}).json
+        for i in range(240):
+            self.assertEqual(c.post("/v1/customers", {"email": "n%d@ex.com" % i, "metadata[batch]": "big"}).status,
+                             200)
+        for q in ("metadata['batch']:'big' AND email:'target@ex.com'",
+                  "email:'target@ex.com' AND metadata['batch']:'big'"):
+            self.assertEqual(self.ids("/v1/customers/search", q, merchant="z"), ([target["id"]], False), q)
+        self.assertNotIn("sqlite_prepare", self.daemon.log_text())
+        # a bound past the year 8888 (ids carry the time modulo 62^8 ms) bounds nothing
+        far = 219340105577
+        self.assertEqual(len(self.ids(PI + "/search", "created<=%d" % far, limit=3, merchant="z")[0]), 3)
+        self.assertEqual(len(c.get(PI, {"created[lte]": far, "limit": 3}).json["data"]), 3)
 
     def test_payment_intents_and_charges_by_metadata(self):
         c = self.c("x")

@@ -916,7 +916,7 @@ static int sq_live(void *cls, enum tp_kind kind, const char *merchant, const cha
 static bool list_id_ceil(const struct tp_list_query *q, char out[TP_ID_MAX])
 {
   if (q->created_lte == INT64_MAX || q->created_lte < 0 || q->kind == TP_K_PAYMENT_METHOD ||
-      q->created_lte > INT64_MAX / 1000 - 2 * LIST_ID_FLOOR_MARGIN_S)
+      q->created_lte > TP_ID_TIME_LIMIT_S - 4 * LIST_ID_FLOOR_MARGIN_S) /* an id bound past it wraps */
     return false;
   tp_id_floor(out, tp_kinds[q->kind].prefix,
               (q->created_lte + 1 + LIST_ID_FLOOR_MARGIN_S) * 1000 + TP_ID_AHEAD_MS);
@@ -926,7 +926,7 @@ static bool list_id_ceil(const struct tp_list_query *q, char out[TP_ID_MAX])
 static bool list_id_floor(const struct tp_list_query *q, char out[TP_ID_MAX])
 {
   if (q->created_gte <= 0 || q->created_gte == INT64_MIN || q->kind == TP_K_PAYMENT_METHOD ||
-      q->created_gte > INT64_MAX / 1000 - LIST_ID_FLOOR_MARGIN_S)
+      q->created_gte > TP_ID_TIME_LIMIT_S - 4 * LIST_ID_FLOOR_MARGIN_S)
     return false;
   int64_t s = q->created_gte - LIST_ID_FLOOR_MARGIN_S;
   if (s <= 0)
