@@ -1705,6 +1705,9 @@ static bool expand_paths_ok(struct tp_req *r)
                                           "setup_intent",
                                           "mandate", /* a SetupIntent's (null here: none is made) */
                                           "single_use_mandate",
+                                          "destination", /* a payout's (there are none: /v1/payouts is empty) */
+                                          "original_payout",
+                                          "reversed_by",
                                           NULL};
   size_t i;
   json_t *v;

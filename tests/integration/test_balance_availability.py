@@ -126,7 +126,7 @@ class BalanceAvailability(DaemonTestCase):
         unknown URL; a payout is refused with payouts_not_allowed; an id or
         a cursor names nothing. /v1/balance/history names its own url."""
         c = self.c("n")
-        r = c.get("/v1/payouts", {"limit": 3, "status": "paid"})
+        r = c.get("/v1/payouts", {"limit": 3, "status": "paid", "expand[]": "data.destination"})
         self.assertEqual((r.status, r.json), (200, {"object": "list", "data": [], "has_more": False,
                                                     "url": "/v1/payouts"}), r)
         self.assertStripeError(c.get("/v1/payouts", {"limit": 0}), 400, "invalid_request_error")
