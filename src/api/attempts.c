@@ -28,18 +28,9 @@ void tp_h_pi_attempts(struct tp_req *r)
   if (!tp_check_params(r, spec_attempts))
     return;
   int64_t limit = ATTEMPTS_LIST_MAX;
-  if (tp_param_int(r->params, "limit", &limit) && (limit < 1 || limit > ATTEMPTS_LIST_MAX)) {
-    tp_reply_error(r, TP_ERR_PARAMETER_INVALID_INTEGER, "limit", "Invalid limit: must be an integer between 1 and 100");
+  const char *after, *before;
+  if (!tp_param_limit(r, &limit) || !tp_param_cursors(r, &after, &before))
     return;
-  }
-  const char *after = tp_pstr(r->params, "starting_after"), *before = tp_pstr(r->params, "ending_before");
-  after = after && *after ? after : NULL;
-  before = before && *before ? before : NULL;
-  if (after && before) {
-    tp_reply_error(r, TP_ERR_PARAMETERS_EXCLUSIVE, "ending_before",
-                   "Received both starting_after and ending_before parameters. Please pass in only one.");
-    return;
-  }
   json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, r->path_id);
   if (!pi) {
     tp_reply_missing(r, "payment_intent", r->path_id, "intent");
@@ -156,16 +147,14 @@ void tp_h_attempts_unsettled(struct tp_req *r)
   const char *state = tp_pstr(r->params, "state");
   const char *proc = tp_pstr(r->params, "processor");
   int64_t limit = UNSETTLED_LIST_MAX;
-  if (tp_param_int(r->params, "limit", &limit) && (limit < 1 || limit > UNSETTLED_LIST_MAX)) {
-    tp_reply_error(r, TP_ERR_PARAMETER_INVALID_INTEGER, "limit", "Invalid limit: must be an integer between 1 and 100");
+  const char *after;
+  if (!tp_param_limit(r, &limit) || !tp_param_cursors(r, &after, NULL))
     return;
-  }
   /* The cursor's place in (created, id) order, from the attempt itself:
    * it may have settled since the last page (under load they do within a
    * second), which moves nothing after it. */
-  const char *after = tp_pstr(r->params, "starting_after");
   struct tp_attempt cur;
-  bool paged = after && *after;
+  bool paged = after != NULL;
   if (paged) {
     int found = strlen(after) < sizeof cur.id ? tp_app.store.ops->attempt_get(tp_app.store.cls, after, &cur) : 0;
     if (found < 0) {

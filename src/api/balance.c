@@ -262,22 +262,15 @@ void tp_h_payout_list(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_payout_list))
     return;
-  int64_t lim;
-  if (tp_param_int(r->params, "limit", &lim) && (lim < 1 || lim > 100)) {
-    tp_reply_error(r, TP_ERR_PARAMETER_INVALID_INTEGER, "limit", "Invalid limit: must be an integer between 1 and 100");
+  int64_t lim = 10;
+  const char *after, *before;
+  if (!tp_param_limit(r, &lim) || !tp_param_cursors(r, &after, &before))
     return;
-  }
-  const char *after = tp_pstr(r->params, "starting_after"), *before = tp_pstr(r->params, "ending_before");
-  if (after && *after && before && *before) {
-    tp_reply_error(r, TP_ERR_PARAMETERS_EXCLUSIVE, "ending_before",
-                   "Received both starting_after and ending_before parameters. Please pass in only one.");
-    return;
-  }
-  const char *cursor = after && *after ? after : before && *before ? before : NULL;
+  const char *cursor = after ? after : before;
   if (cursor) {
     char msg[160];
     snprintf(msg, sizeof msg, "No such payout: '%.64s'", cursor);
-    tp_reply_error(r, TP_ERR_PAGINATION_CURSOR_INVALID, after && *after ? "starting_after" : "ending_before", msg);
+    tp_reply_error(r, TP_ERR_PAGINATION_CURSOR_INVALID, after ? "starting_after" : "ending_before", msg);
     return;
   }
   tp_reply_json(r, 200, tp_pack("{s:s, s:[], s:b, s:s}", "object", "list", "data", "has_more", 0, "url", "/v1/payouts"));

@@ -1809,29 +1809,46 @@ bool tp_expand(struct tp_req *r, json_t *obj, const json_t *known)
 }
 
 /* ---- lists ---------------------------------------------------------------- */
-bool tp_list_params(struct tp_req *r, struct tp_list_query *q)
+bool tp_param_limit(struct tp_req *r, int64_t *limit)
 {
-  q->merchant = r->merchant.id;
   int64_t lim;
-  if (tp_param_int(r->params, "limit", &lim)) {
-    if (lim < 1 || lim > 100) {
-      tp_reply_error(r, TP_ERR_PARAMETER_INVALID_INTEGER, "limit",
-                     "Invalid limit: must be an integer between 1 and 100");
-      return false;
-    }
-    q->limit = (int)lim;
+  if (!tp_param_int(r->params, "limit", &lim))
+    return true;
+  if (lim < 1 || lim > 100) {
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID_INTEGER, "limit", "Invalid limit: must be an integer between 1 and 100");
+    return false;
   }
-  q->starting_after = tp_pstr(r->params, "starting_after");
-  q->ending_before = tp_pstr(r->params, "ending_before");
-  if (q->starting_after && !*q->starting_after)
-    q->starting_after = NULL;
-  if (q->ending_before && !*q->ending_before)
-    q->ending_before = NULL;
-  if (q->starting_after && q->ending_before) {
+  *limit = lim;
+  return true;
+}
+
+bool tp_param_cursors(struct tp_req *r, const char **after, const char **before)
+{
+  *after = tp_pstr(r->params, "starting_after");
+  if (*after && !**after)
+    *after = NULL;
+  if (!before)
+    return true;
+  *before = tp_pstr(r->params, "ending_before");
+  if (*before && !**before)
+    *before = NULL;
+  if (*after && *before) {
     tp_reply_error(r, TP_ERR_PARAMETERS_EXCLUSIVE, "ending_before",
                    "Received both starting_after and ending_before parameters. Please pass in only one.");
     return false;
   }
+  return true;
+}
+
+bool tp_list_params(struct tp_req *r, struct tp_list_query *q)
+{
+  q->merchant = r->merchant.id;
+  int64_t lim = q->limit;
+  if (!tp_param_limit(r, &lim))
+    return false;
+  q->limit = (int)lim;
+  if (!tp_param_cursors(r, &q->starting_after, &q->ending_before))
+    return false;
   /* A cursor must name an object of this merchant and kind (Stripe: 400). */
   const char *cursor = q->starting_after ? q->starting_after : q->ending_before;
   if (cursor) {

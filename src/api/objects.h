@@ -182,6 +182,11 @@ void tp_reply_list_by(struct tp_req *r, const struct tp_pspec *spec, enum tp_kin
 void tp_reply_list_fixed(struct tp_req *r, struct tp_list_query *q, const char *url, void (*fix)(json_t *, void *),
                          void *arg);
 
+/* limit (1..100) into *limit when given; false after replying 400. */
+bool tp_param_limit(struct tp_req *r, int64_t *limit);
+/* starting_after and ending_before (before NULL: the list takes only the
+ * first), "" as not given, not both; false after replying 400. */
+bool tp_param_cursors(struct tp_req *r, const char **after, const char **before);
 /* Fill q->created_gte/lte and paging from r->params; false after replying 400. */
 bool tp_list_params(struct tp_req *r, struct tp_list_query *q);
 

@@ -727,8 +727,7 @@ static void search_reply(struct tp_req *r, int kind, const char *url, const stru
     return;
   }
   int64_t limit = 10;
-  if (tp_param_int(r->params, "limit", &limit) && (limit < 1 || limit > 100)) {
-    tp_reply_error(r, TP_ERR_PARAMETER_INVALID_INTEGER, "limit", "Invalid limit: must be an integer between 1 and 100");
+  if (!tp_param_limit(r, &limit)) {
     free(s);
     return;
   }

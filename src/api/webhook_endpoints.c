@@ -460,19 +460,9 @@ static void reply_page(struct tp_req *r, const char *table, const char *cols, co
                        const char *url, const char *what, json_t *(*row_fn)(const json_t *row))
 {
   int64_t limit = 10;
-  if (tp_param_int(r->params, "limit", &limit) && (limit < 1 || limit > 100)) {
+  const char *after, *before;
+  if (!tp_param_limit(r, &limit) || !tp_param_cursors(r, &after, &before)) {
     json_decref(args);
-    tp_reply_error(r, TP_ERR_PARAMETER_INVALID_INTEGER, "limit", "Invalid limit: must be an integer between 1 and 100");
-    return;
-  }
-  const char *after = tp_pstr(r->params, "starting_after"), *before = tp_pstr(r->params, "ending_before");
-  if (after && !*after)
-    after = NULL;
-  if (before && !*before)
-    before = NULL;
-  if (after && before) {
-    json_decref(args);
-    tp_reply_error(r, TP_ERR_PARAMETERS_EXCLUSIVE, "ending_before", NULL);
     return;
   }
   const char *cursor = after ? after : before;
