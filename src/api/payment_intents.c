@@ -265,6 +265,8 @@ static void unexpected_state(struct tp_req *r, const json_t *pi, const char *act
 {
   char msg[320];
   const char *st = json_string_value(json_object_get(pi, "status"));
+  if (!st)
+    st = "unknown";
   /* Stripe's wording where it has its own: a confirm and a capture name
    * the statuses they take */
   if (strcmp(action, "confirm") == 0 && st && strcmp(st, "succeeded") == 0)

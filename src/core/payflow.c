@@ -615,6 +615,13 @@ static void exhausted_outcome(struct tp_pay *p, enum tp_err e)
  * trying anyone else (that could charge twice). The attempt stays "sent"
  * and the PaymentIntent "processing"; the recovery timer resolves both and
  * stores the reply for the client's retry. */
+static void processing_said(struct tp_cs *cs, int rc, void *arg)
+{
+  (void)cs;
+  (void)rc;
+  finish(arg, 0);
+}
+
 static void unresolved(struct tp_pay *p)
 {
   tp_log(TP_LOG_WARN, "attempt_unresolved", "{s:s, s:s, s:s}", "attempt", p->att.id, "processor", p->att.processor,
@@ -625,11 +632,10 @@ static void unresolved(struct tp_pay *p)
    * (payment_intent.processing), for integrations driven by webhooks. A
    * payment settled at once never sits there, and says nothing of it. */
   const char *st = p->pi ? json_string_value(json_object_get(p->pi, "status")) : NULL;
+  struct tp_cs *said = NULL;
   if (st && strcmp(st, "processing") == 0 && strcmp(p->att.kind, "authorize") == 0) {
-    struct tp_cs *cs = tp_cs_new();
-    tp_emit(cs, p->r, p->m.id, "payment_intent.processing", p->pi);
-    if (tp_writer_submit(cs) != 0)
-      tp_cs_free(cs); /* the outcome's events follow anyway */
+    said = tp_cs_new();
+    tp_emit(said, p->r, p->m.id, "payment_intent.processing", p->pi);
   }
   inflight_del(p->att.id);
   json_t *err = tp_error_object(TP_ERR_PROCESSOR_STATUS_UNKNOWN, NULL, NULL);
@@ -641,6 +647,12 @@ static void unresolved(struct tp_pay *p)
   if (p->pi && !p->reply_charge && strcmp(p->att.kind, "refund") != 0 && p->outcome != tp_outcome_void_refund)
     json_object_set(err, "payment_intent", p->pi);
   tp_pay_reply(p, 502, tp_pack("{s:o}", "error", err));
+  if (said) { /* committed before the 502 goes out: a client reading its events then finds it */
+    tp_cs_on_done(said, processing_said, p);
+    if (tp_writer_submit(said) == 0)
+      return;
+    tp_cs_free(said); /* the outcome's events follow anyway */
+  }
   finish(p, 0);
 }
 

@@ -1443,8 +1443,8 @@ char *tp_webhooks_idem_seal(const char *body)
     }
     tp_card_wipe(secret, sizeof secret);
   }
-  /* never the plain one: without a sealed form, the reply without it */
-  return out ? out : splice(body, at, len, "");
+  /* never the plain one: without a sealed form, null (no secret to use) */
+  return out ? out : splice(body, at - 1, len + 2, "null");
 }
 
 char *tp_webhooks_idem_open(const char *body)
