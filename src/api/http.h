@@ -24,6 +24,7 @@ enum tp_route_flags {
   TP_R_CLIENT = 8,      /* with TP_R_AUTH: a publishable key too, with the object's client_secret */
   TP_R_PUBLISHABLE = 16, /* with TP_R_AUTH: a publishable key too, as is (a browser tokenising a card) */
   TP_R_NO_NEW_WORK = 32, /* a POST that starts nothing new: served while the disk is short of space */
+  TP_R_SEALED_REPLY = 64, /* its reply holds a webhook secret: kept sealed under an Idempotency-Key (idem.c) */
 };
 
 struct tp_route {

@@ -209,9 +209,7 @@ static bool answer_from_store(struct tp_req *r, int found, struct tp_idem_rec *r
     }
     r->replayed = true;
     tp_scopy(r->original_request, sizeof r->original_request, rec->request_id);
-    char *opened = r->route && strcmp(r->route->pattern, "/v1/webhook_endpoints") == 0
-                     ? tp_webhooks_idem_open(rec->body)
-                     : NULL;
+    char *opened = r->route && (r->route->flags & TP_R_SEALED_REPLY) ? tp_webhooks_idem_open(rec->body) : NULL;
     if (opened) {
       free(rec->body);
       rec->body = opened;
@@ -281,7 +279,7 @@ void tp_idem_record(struct tp_req *r, struct tp_cs *cs)
   if (!r->has_idem || !r->idem_registered)
     return;
   /* a webhook endpoint's secret, never kept plain */
-  char *sealed = r->route && r->status == 200 && strcmp(r->route->pattern, "/v1/webhook_endpoints") == 0
+  char *sealed = r->route && (r->route->flags & TP_R_SEALED_REPLY) && r->status == 200
                    ? tp_webhooks_idem_seal(r->resp)
                    : NULL;
   tp_cs_idem(cs, r->merchant.id, r->idem_slot, r->req_hash, r->request_id, (int)r->status, sealed ? sealed : r->resp);

@@ -88,7 +88,7 @@ const struct tp_route tp_routes[] = {
   {"GET", "/v1/events", tp_h_event_list, A},
   {"GET", "/v1/events/{id}", tp_h_event_retrieve, A},
 
-  {"POST", "/v1/webhook_endpoints", tp_h_we_create, A},
+  {"POST", "/v1/webhook_endpoints", tp_h_we_create, A | TP_R_SEALED_REPLY},
   {"GET", "/v1/webhook_endpoints", tp_h_we_list, A},
   {"GET", "/v1/webhook_endpoints/{id}", tp_h_we_retrieve, A},
   {"POST", "/v1/webhook_endpoints/{id}", tp_h_we_update, A},
