@@ -328,23 +328,34 @@ static const json_t *at_path(const json_t *obj, const char *path)
   return obj;
 }
 
-static bool contains_ci(const char *hay, const char *needle)
+static bool ascii_only(const char *s)
 {
-  size_t nl = strlen(needle);
-  for (; *hay; hay++)
-    if (strncasecmp(hay, needle, nl) == 0)
-      return true;
-  return false;
+  for (; *s; s++)
+    if ((unsigned char)*s >= 0x80)
+      return false;
+  return true;
 }
 
-/* Lower-case words of s, one space between them, into a new buffer. */
+/* `~`: the value holds the query's text, case folded in Unicode (as `:`). */
+static bool contains_ci(const char *hay, const char *needle)
+{
+  char *h = tp_utf8_lower(hay), *q = tp_utf8_lower(needle);
+  bool ok = strstr(h, q) != NULL;
+  free(h);
+  free(q);
+  return ok;
+}
+
+/* Lower-case words of s (Unicode simple case folding), one space between
+ * them, into a new buffer. */
 static char *words_of(const char *s)
 {
-  size_t n = strlen(s);
+  char *low = tp_utf8_lower(s);
+  size_t n = strlen(low);
   char *out = malloc(n + 1), *o = out;
   if (!out)
     abort();
-  for (const char *p = s; *p;) {
+  for (const char *p = low; *p;) {
     while (*p && isspace((unsigned char)*p))
       p++;
     if (!*p)
@@ -352,9 +363,10 @@ static char *words_of(const char *s)
     if (o != out)
       *o++ = ' ';
     while (*p && !isspace((unsigned char)*p))
-      *o++ = (char)tolower((unsigned char)*p++);
+      *o++ = *p++;
   }
   *o = '\0';
+  free(low);
   return out;
 }
 
@@ -631,8 +643,11 @@ static void pick_path(const struct tp_search *s, int kind, const char *merchant,
     } else if (c->field->type == TP_SF_METADATA && tp_kind_meta_indexed((enum tp_kind)kind)) {
       p.mkey = c->key;
     } else if (c->field->type == TP_SF_STRING && kind == TP_K_CUSTOMER && strcmp(c->field->name, "email") == 0 &&
-               !strpbrk(c->value, " \t\r\n\v\f")) {
-      p.by_email = true; /* the index holds whole addresses: a one-word query matches only one */
+               !strpbrk(c->value, " \t\r\n\v\f") && ascii_only(c->value)) {
+      /* the index holds whole addresses: a one-word query matches only
+       * one; it folds ASCII only, so an address with other letters is
+       * matched by the walk, which folds them too */
+      p.by_email = true;
     } else {
       continue;
     }

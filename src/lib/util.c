@@ -9,6 +9,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <limits.h>
+#include <locale.h>
+#include <wctype.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -504,6 +506,70 @@ bool tp_utf8_valid(const void *s, size_t n)
     p += l;
   }
   return true;
+}
+
+static locale_t utf8_loc;
+static void utf8_loc_make(void)
+{
+  utf8_loc = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0);
+}
+
+static size_t utf8_put(unsigned char *o, uint32_t v)
+{
+  if (v < 0x80) {
+    o[0] = (unsigned char)v;
+    return 1;
+  }
+  if (v < 0x800) {
+    o[0] = (unsigned char)(0xc0 | (v >> 6));
+    o[1] = (unsigned char)(0x80 | (v & 0x3f));
+    return 2;
+  }
+  if (v < 0x10000) {
+    o[0] = (unsigned char)(0xe0 | (v >> 12));
+    o[1] = (unsigned char)(0x80 | ((v >> 6) & 0x3f));
+    o[2] = (unsigned char)(0x80 | (v & 0x3f));
+    return 3;
+  }
+  o[0] = (unsigned char)(0xf0 | (v >> 18));
+  o[1] = (unsigned char)(0x80 | ((v >> 12) & 0x3f));
+  o[2] = (unsigned char)(0x80 | ((v >> 6) & 0x3f));
+  o[3] = (unsigned char)(0x80 | (v & 0x3f));
+  return 4;
+}
+
+char *tp_utf8_lower(const char *s)
+{
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, utf8_loc_make);
+  size_t n = strlen(s);
+  /* a lower case is at most 4 bytes where its capital was 2 or more */
+  unsigned char *out = malloc(2 * n + 4), *o = out;
+  if (!out)
+    abort();
+  const unsigned char *p = (const unsigned char *)s, *end = p + n;
+  while (p < end) {
+    if (*p < 0x80) {
+      *o++ = (unsigned char)((*p >= 'A' && *p <= 'Z') ? *p + ('a' - 'A') : *p);
+      p++;
+      continue;
+    }
+    size_t l = tp_utf8_char_len(p, end);
+    if (l == 0) {
+      *o++ = *p++;
+      continue;
+    }
+    uint32_t v = p[0] & (l == 2 ? 0x1f : l == 3 ? 0x0f : 0x07);
+    for (size_t i = 1; i < l; i++)
+      v = (v << 6) | (p[i] & 0x3f);
+    uint32_t lv = utf8_loc ? (uint32_t)towlower_l((wint_t)v, utf8_loc) : v;
+    if (lv == 0 || lv > 0x10ffff || (lv >= 0xd800 && lv <= 0xdfff))
+      lv = v;
+    o += utf8_put(o, lv);
+    p += l;
+  }
+  *o = '\0';
+  return (char *)out;
 }
 
 int tp_fsync_dir_of(const char *path)

@@ -48,6 +48,9 @@ class SearchTest(DaemonTestCase):
             cls.customers.append(r.json)
         r = c.delete("/v1/customers/" + cls.customers[3]["id"])
         assert r.status == 200, r
+        r = c.post("/v1/customers", {"name": "Élodie Ærø-İnce", "email": "Élodie@Exemple.fr"})
+        assert r.status == 200, r
+        cls.elodie = r.json
         # the other merchant holds look-alikes that must never show
         o = cls.daemon.client("other")
         for i in range(5):
@@ -159,6 +162,15 @@ class SearchTest(DaemonTestCase):
         self.assertEqual(got, [cu[2]["id"]])
         got = [x["id"] for x in self.search_all("/v1/customers/search", "email:'BOB@stone.example' OR name~'rid'")]
         self.assertEqual(got, [cu[1]["id"], cu[0]["id"]])
+
+    def test_case_folds_beyond_ascii(self):
+        want = [self.elodie["id"]]
+        for q in ("name:'élodie'", "name:'ÉLODIE ærø-ince'", "name~'ærø'", "name~'ÆRØ'",
+                  "email:'élodie@exemple.fr'", "email~'ÉLODIE@'"):
+            got = [x["id"] for x in self.search_all("/v1/customers/search", q)]
+            self.assertEqual(got, want, q)
+        for q in ("name:'elodie'", "name~'aero'"):  # folding is of case, not of accents
+            self.assertEqual(self.search_all("/v1/customers/search", q), [], q)
 
     def test_other_merchant_sees_only_its_own(self):
         o = self.c("other")

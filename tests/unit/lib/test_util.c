@@ -418,6 +418,36 @@ static void test_addresses_public_or_not(void **state)
   assert_false(tp_addr_is_public(&un));
 }
 
+static void test_utf8_lower_folds_unicode_and_keeps_bad_bytes(void **state)
+{
+  (void)state;
+  static const struct {
+    const char *in, *out;
+  } cases[] = {
+      {"Amy RIDER", "amy rider"},
+      {"\xc3\x89lodie \xc3\x86R\xc3\x98", "\xc3\xa9lodie \xc3\xa6r\xc3\xb8"}, /* Élodie ÆRØ */
+      {"\xc4\xb0", "i"},                      /* İ: two bytes down to one */
+      {"\xc8\xba", "\xe2\xb1\xa5"},            /* Ⱥ: two bytes up to three */
+      {"\xce\x91\xd0\x96", "\xce\xb1\xd0\xb6"},  /* Greek, Cyrillic */
+      {"\xf0\x90\x90\x80", "\xf0\x90\x90\xa8"},  /* Deseret, four bytes */
+      {"A\xff\xc3" "B", "a\xff\xc3" "b"},             /* not UTF-8: copied */
+      {"\xe2\x82\xac" "5", "\xe2\x82\xac" "5"},        /* no case: unchanged */
+      {"", ""},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char *got = tp_utf8_lower(cases[i].in);
+    assert_string_equal(got, cases[i].out);
+    free(got);
+  }
+  /* the worst growth, every character two bytes up to three */
+  char in[301] = {0};
+  for (int i = 0; i < 150; i++)
+    memcpy(in + 2 * i, "\xc8\xba", 2);
+  char *got = tp_utf8_lower(in);
+  assert_int_equal(strlen(got), 450);
+  free(got);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -437,6 +467,7 @@ int main(void)
     cmocka_unit_test(test_hostport_parses_ipv4_ipv6_and_rejects_the_rest),
     cmocka_unit_test(test_addresses_public_or_not),
     cmocka_unit_test(test_card_numbers_are_masked_in_echoed_text),
+    cmocka_unit_test(test_utf8_lower_folds_unicode_and_keeps_bad_bytes),
     cmocka_unit_test(test_id_ms_reads_the_time_back),
     cmocka_unit_test(test_id_seed_keeps_ids_above_a_stored_time), /* last: ids stay ahead of the clock */
   };
