@@ -471,6 +471,10 @@ void tp_h_dispute_update(struct tp_req *r)
     json_object_set_new(details, "submission_count",
                         json_integer(json_integer_value(json_object_get(details, "submission_count")) + 1));
     json_object_set_new(details, "submission_method", json_string("manual"));
+    /* Stripe: "whether the last evidence submission was submitted past
+     * the due date" (it is taken, its delivery not guaranteed) */
+    const json_t *due = json_object_get(details, "due_by");
+    json_object_set_new(details, "past_due", json_boolean(json_is_integer(due) && tp_now() > json_integer_value(due)));
     tp_emit_update(cs, r, r->merchant.id, "charge.dispute.updated", before, dp);
     /* Stripe's test mode decides on these words at once. */
     const char *text = json_string_value(json_object_get(evidence, "uncategorized_text"));

@@ -97,6 +97,31 @@ class ClockStepTest(unittest.TestCase):
         self.assertEqual(si.json["error"]["setup_intent"]["status"], "requires_payment_method", si.json)
         self.assertEqual(d.stop(), 0)
 
+    def test_evidence_submitted_after_due_by_is_past_due(self):
+        """Stripe's evidence_details.past_due: "whether the last evidence
+        submission was submitted past the due date" (7 days here)."""
+        d = self.daemon
+        d.start()
+        c = d.client("m")
+        dps = []
+        for _ in range(2):
+            r = c.post(PI, {"amount": 2000, "currency": "usd", "confirm": "true",
+                            "payment_method": "pm_card_createDispute"})
+            self.assertEqual(r.status, 200, r)
+            dps.append(c.get("/v1/disputes", {"charge": r.json["latest_charge"]}).json["data"][0])
+        r = c.post("/v1/disputes/" + dps[0]["id"], {"evidence[uncategorized_text]": "on time"})
+        self.assertEqual((r.status, r.json["evidence_details"]["past_due"]), (200, False), r)
+        self.assertEqual(d.stop(), 0)
+        d.start(extra_env=preload_env(SO, TP_CLOCK_SHIFT_S=8 * 86400))
+        c = d.client("m")
+        r = c.post("/v1/disputes/" + dps[1]["id"], {"evidence[uncategorized_text]": "late"})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["status"], "under_review", r)
+        self.assertTrue(r.json["evidence_details"]["past_due"], r)
+        self.assertEqual(r.json["evidence_details"]["submission_count"], 1, r)
+        self.assertFalse(c.get("/v1/disputes/" + dps[0]["id"]).json["evidence_details"]["past_due"])
+        self.assertEqual(d.stop(), 0)
+
     def test_funds_made_ahead_of_the_clock_do_not_hold_later_ones(self):
         """A balance transaction made while the clock was an hour ahead is
         due an hour from now once the clock is right again; one made after
