@@ -174,7 +174,14 @@ struct ep {
   int sending;                  /* of those, requests in curl: what max_in_flight_per_endpoint bounds */
   int64_t next_check;           /* unix ms when its rows may next be due; 0 = now */
   uint8_t row_hash[32];         /* of its status, sealed secret and data as loaded (load_endpoints) */
+  int64_t fail_logged;          /* monotonic ms of its last webhook_delivery_failed line */
+  unsigned fail_quiet;          /* failures since that line, not logged */
 };
+
+/* A dead endpoint fails every delivery of every retry: one log line per
+ * endpoint per minute, counting the ones it stands for (every attempt is
+ * in webhook_attempts and the deliveries metric). */
+#define FAIL_LOG_EVERY_MS 60000
 
 /* Endpoints whose delivery rows a commit added (rows_done). */
 struct poll_ids {
@@ -535,6 +542,10 @@ static void load_endpoints(void)
     free(key);
     struct ep *old = ep_find(id);
     bool same = old && memcmp(old->row_hash, hash, sizeof hash) == 0;
+    if (old) {
+      e->fail_logged = old->fail_logged;
+      e->fail_quiet = old->fail_quiet;
+    }
     if (same) {
       memcpy(e->secret, old->secret, sizeof e->secret);
       tp_scopy(e->url, sizeof e->url, old->url);
@@ -985,8 +996,16 @@ static void finish(struct job *j, CURLcode cc)
         disable_endpoint(cs, e);
       }
     }
-    tp_log(TP_LOG_INFO, "webhook_delivery_failed", "{s:s, s:s, s:i, s:I, s:s, s:s}", "endpoint", j->endpoint,
-           "event_id", j->event, "attempt", j->attempt, "status", (json_int_t)status, "outcome", outcome, "error", err);
+    int64_t mono = tp_mono_ms();
+    if (e->fail_logged == 0 || mono - e->fail_logged >= FAIL_LOG_EVERY_MS) {
+      tp_log(TP_LOG_INFO, "webhook_delivery_failed", "{s:s, s:s, s:i, s:I, s:s, s:s, s:I}", "endpoint", j->endpoint,
+             "event_id", j->event, "attempt", j->attempt, "status", (json_int_t)status, "outcome", outcome, "error",
+             err, "failures_not_logged", (json_int_t)e->fail_quiet);
+      e->fail_logged = mono;
+      e->fail_quiet = 0;
+    } else {
+      e->fail_quiet++;
+    }
   }
   char aid[TP_ID_MAX];
   tp_id_new(aid, "wda");

@@ -464,6 +464,11 @@ class WebhooksTest(DaemonTestCase):
             self.assertIsInstance(x["duration_ms"], int)
             self.assertIsInstance(x["created"], int)
         self.assertEqual(c.get(WE + "/" + ep["id"]).json["status"], "enabled")
+        # a failing endpoint logs one line a minute, not one per attempt
+        lines = [json.loads(l) for l in self.daemon.log_text().splitlines()
+                 if '"webhook_delivery_failed"' in l and ep["id"] in l]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertEqual(lines[0]["failures_not_logged"], 0, lines)
 
     def test_slow_endpoint_does_not_delay_a_healthy_one(self):
         self.recv.behaviour["/slow"] = lambda ev, n: (200, 4.0)  # past the 1.5 s timeout
