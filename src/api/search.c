@@ -11,6 +11,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <stdatomic.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -689,35 +690,78 @@ static bool take_total_count(struct tp_req *r)
  * merchant searching in a loop held every thread and every other
  * merchant's payments waited seconds behind them. [search] max_concurrent
  * (default: half the HTTP threads, at least one); beyond it a search is
- * answered 429 at once, which the SDKs retry. */
-static atomic_int searches_running;
+ * answered 429 at once, which the SDKs retry. One merchant holds at most
+ * half of them (rounded up), so another's searches still find a slot
+ * while it searches in a loop. The running searches' merchants are a
+ * small table under a mutex: a search costs milliseconds, this a scan of
+ * at most max_concurrent entries. */
+static struct {
+  pthread_mutex_t mu;
+  int cap, per_merchant, running;
+  struct slot_holder {
+    char merchant[TP_ID_MAX];
+    int n;
+  } *held; /* cap entries, n = 0 free */
+} S = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
-static bool search_slot_take(void)
+static bool search_slot_take(const char *merchant)
 {
-  static atomic_int cap; /* read once: 0 until then */
-  int c = atomic_load(&cap);
-  if (c == 0) {
+  pthread_mutex_lock(&S.mu);
+  if (S.cap == 0) {
     int def = (int)tp_http_threads() / 2;
-    c = (int)tp_config_int("search", "max_concurrent", def > 0 ? def : 1, 1, 1024);
-    atomic_store(&cap, c);
+    int c = (int)tp_config_int("search", "max_concurrent", def > 0 ? def : 1, 1, 1024);
+    S.held = calloc((size_t)c, sizeof *S.held);
+    if (!S.held)
+      abort();
+    S.cap = c;
+    S.per_merchant = (c + 1) / 2;
   }
-  if (atomic_fetch_add(&searches_running, 1) < c)
-    return true;
-  atomic_fetch_sub(&searches_running, 1);
-  return false;
+  bool ok = false;
+  if (S.running < S.cap) {
+    struct slot_holder *mine = NULL, *free_one = NULL;
+    for (int i = 0; i < S.cap && !mine; i++) {
+      if (S.held[i].n > 0 && strcmp(S.held[i].merchant, merchant) == 0)
+        mine = &S.held[i];
+      else if (S.held[i].n == 0 && !free_one)
+        free_one = &S.held[i];
+    }
+    if (!mine && free_one) { /* fewer than cap running: a free entry exists */
+      mine = free_one;
+      tp_scopy(mine->merchant, sizeof mine->merchant, merchant);
+    }
+    if (mine && mine->n < S.per_merchant) {
+      mine->n++;
+      S.running++;
+      ok = true;
+    }
+  }
+  pthread_mutex_unlock(&S.mu);
+  return ok;
+}
+
+static void search_slot_give(const char *merchant)
+{
+  pthread_mutex_lock(&S.mu);
+  for (int i = 0; i < S.cap; i++)
+    if (S.held[i].n > 0 && strcmp(S.held[i].merchant, merchant) == 0) {
+      S.held[i].n--;
+      S.running--;
+      break;
+    }
+  pthread_mutex_unlock(&S.mu);
 }
 
 static void search_reply(struct tp_req *r, int kind, const char *url, const struct tp_search_field *fields);
 
 void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct tp_search_field *fields)
 {
-  if (!search_slot_take()) {
+  if (!search_slot_take(r->merchant.id)) {
     tp_metric_inc("turnpike_search_refused_total", NULL, 1);
     tp_reply_error(r, TP_ERR_SEARCH_CONCURRENCY_LIMITED, NULL, NULL);
     return;
   }
   search_reply(r, kind, url, fields);
-  atomic_fetch_sub(&searches_running, 1);
+  search_slot_give(r->merchant.id);
 }
 
 static void search_reply(struct tp_req *r, int kind, const char *url, const struct tp_search_field *fields)

@@ -325,6 +325,44 @@ class SearchConcurrencyTest(DaemonTestCase):
         self.assertEqual(c.get(PI + "/search", {"query": "amount:1000"}).status, 200)
 
 
+class SearchFairnessTest(DaemonTestCase):
+    """One merchant holds at most half of [search] max_concurrent: another
+    merchant's searches find a slot while the first searches in a loop."""
+    MERCHANTS = ("s", "p")
+
+    @classmethod
+    def config(cls):
+        return "[search]\nmax_concurrent = 2\n"
+
+    def test_one_merchant_cannot_take_every_search_slot(self):
+        c = self.c("s")
+        for i in range(300):
+            self.assertEqual(c.post(PI, {"amount": 1000 + i, "currency": "usd"}).status, 200)
+        out, theirs, stop = [], [], threading.Event()
+
+        def run():
+            cl = self.c("s")
+            while not stop.is_set() and len(out) < 400:
+                r = cl.get(PI + "/search", {"query": "amount:1 AND -currency:'eur'"})
+                out.append(r.status)
+        ts = [threading.Thread(target=run) for _ in range(6)]
+        for t in ts:
+            t.start()
+        try:
+            p = self.c("p")
+            time.sleep(0.3)
+            for _ in range(20):
+                r = p.get("/v1/customers/search", {"query": "email~'nobody'"})
+                theirs.append(r.status)
+        finally:
+            stop.set()
+            for t in ts:
+                t.join(120)
+        self.assertEqual(set(theirs), {200}, theirs)
+        self.assertIn(429, out, "six clients of one merchant against its share of one: some were refused")
+        self.assertIn(200, out)
+
+
 class MetadataIndexTest(DaemonTestCase):
     """metadata['key']:'value' reads the metadata index (migration 0020):
     the objects that have the pair come newest first in full pages whatever
