@@ -1187,8 +1187,32 @@ void tp_h_pi_update(struct tp_req *r)
     return;
   const char *st = json_string_value(json_object_get(pi, "status"));
   if (strcmp(st, "processing") == 0) {
-    /* Its outcome (or recovery) writes the PaymentIntent next. */
-    unexpected_state(r, pi, "update");
+    /* Its outcome (or recovery) writes the PaymentIntent next. Stripe
+     * names the first field and where it may change. */
+    const char *k = "update";
+    json_t *v;
+    json_object_foreach(r->params, k, v) if (strcmp(k, "expand") != 0) break;
+    if (!k || strcmp(k, "expand") == 0) {
+      unexpected_state(r, pi, "update");
+      goto out;
+    }
+    char msg[360];
+    bool described = strcmp(k, "metadata") == 0 || strcmp(k, "description") == 0 ||
+                     strcmp(k, "receipt_email") == 0 || strcmp(k, "shipping") == 0;
+    snprintf(msg, sizeof msg,
+             "This PaymentIntent's %s could not be updated because it has a status of processing. You may only "
+             "update the %s of a PaymentIntent with one of the following statuses: requires_payment_method, "
+             "requires_confirmation, requires_action%s.",
+             k, k, described ? ", requires_capture, succeeded" : "");
+    pi_state_error(r, pi, TP_ERR_PAYMENT_INTENT_UNEXPECTED_STATE, k, msg);
+    goto out;
+  }
+  if (strcmp(st, "canceled") == 0 && json_object_get(r->params, "receipt_email")) {
+    /* Stripe's own refusal (the receipt of a payment that never was) */
+    pi_state_error(r, pi, TP_ERR_PAYMENT_INTENT_UNEXPECTED_STATE, "receipt_email",
+                   "This PaymentIntent's receipt_email could not be updated because it has a status of canceled. "
+                   "You may only update the receipt_email of a PaymentIntent with one of the following statuses: "
+                   "requires_payment_method, requires_confirmation, requires_action, requires_capture, succeeded.");
     goto out;
   }
   if (strcmp(st, "requires_payment_method") != 0 && strcmp(st, "requires_confirmation") != 0 &&

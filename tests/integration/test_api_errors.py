@@ -528,6 +528,17 @@ class ApiErrorsTest(DaemonTestCase):
         r = c.post("/v1/payment_intents/%s/cancel" % pi["id"], {})
         err = self.assertStripeError(r, 400, "invalid_request_error", "payment_intent_unexpected_state")
         self.assertNotIn("processing", err["message"])
+        # Stripe refuses a canceled PaymentIntent's receipt_email, in its words; metadata still changes
+        r = c.post("/v1/payment_intents/%s" % pi["id"], {"receipt_email": "a@example.com"})
+        err = self.assertStripeError(r, 400, "invalid_request_error", "payment_intent_unexpected_state",
+                                     param="receipt_email")
+        self.assertEqual(err["message"], "This PaymentIntent's receipt_email could not be updated because it has a "
+                         "status of canceled. You may only update the receipt_email of a PaymentIntent with one of "
+                         "the following statuses: requires_payment_method, requires_confirmation, requires_action, "
+                         "requires_capture, succeeded.")
+        self.assertIsNone(c.get("/v1/payment_intents/" + pi["id"]).json["receipt_email"])
+        r = c.post("/v1/payment_intents/%s" % pi["id"], {"metadata[order]": "7"})
+        self.assertEqual((r.status, r.json["metadata"]), (200, {"order": "7"}), r)
 
     def test_payment_intent_actions_of_other_payment_methods(self):
         """apply_customer_balance and verify_microdeposits are Stripe routes

@@ -665,6 +665,18 @@ class OrchestrationTest(SimGatewayTest):
         # The client's retry is told the key is still in use, not charged again.
         r2 = self.c.post("/v1/payment_intents", params, idem=key)
         self.assertEqual(r2.status, 409, r2.json)
+        # An update is refused in Stripe's words, naming the field and where it may change.
+        for field, value, statuses in (
+                ("metadata[k]", "v", "requires_action, requires_capture, succeeded."),
+                ("amount", "100", "requires_action.")):
+            r4 = self.c.post("/v1/payment_intents/" + made["id"], {field: value})
+            self.assertEqual(r4.status, 400, r4.json)
+            self.assertEqual((r4.json["error"]["code"], r4.json["error"]["param"]),
+                             ("payment_intent_unexpected_state", field.split("[")[0]), r4.json)
+            self.assertTrue(r4.json["error"]["message"].startswith(
+                "This PaymentIntent's %s could not be updated because it has a status of processing."
+                % field.split("[")[0]), r4.json)
+            self.assertTrue(r4.json["error"]["message"].endswith(statuses), r4.json)
         self.sim.faults("a", outage=False, timeout_rate=0.0)
         # The recovery timer (300 ms; attempts older than 2 x 400 ms + 1 s)
         # asks a, finds the approval and completes the PaymentIntent.
