@@ -2188,7 +2188,8 @@ bool tp_metadata_update(struct tp_req *r, json_t *obj, const json_t *v)
   if (json_object_size(json_object_get(obj, "metadata")) <= TP_METADATA_MAX_KEYS)
     return true;
   char msg[128];
-  snprintf(msg, sizeof msg, "Invalid metadata: an object can have at most %d keys", TP_METADATA_MAX_KEYS);
+  snprintf(msg, sizeof msg, "Metadata can have up to %d keys, but you've set %zu.", TP_METADATA_MAX_KEYS,
+           json_object_size(json_object_get(obj, "metadata")));
   tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "metadata", msg);
   return false;
 }

@@ -1188,7 +1188,11 @@ class ApiErrorsTest(DaemonTestCase):
         self.assertEqual((r.status, len(r.json["metadata"])), (200, 50), r)
         r = c.post("/v1/customers/" + cus["id"], {"metadata[one_more]": "v"})
         self.assertEqual((r.status, r.json["error"]["param"]), (400, "metadata"), r)
+        self.assertEqual(r.json["error"]["message"], "Metadata can have up to 50 keys, but you've set 51.")
         self.assertEqual(len(c.get("/v1/customers/" + cus["id"]).json["metadata"]), 50)
+        r = c.post("/v1/customers", {"metadata[k%d]" % i: "v" for i in range(52)})
+        self.assertEqual((r.status, r.json["error"]["param"]), (400, "metadata"), r)
+        self.assertEqual(r.json["error"]["message"], "Metadata can have up to 50 keys, but you've set 52.")
         # a deletion makes room, and deletions do not count toward a request's 50
         r = c.post("/v1/customers/" + cus["id"], {"metadata[keep]": "", "metadata[one_more]": "v"})
         self.assertEqual((r.status, len(r.json["metadata"])), (200, 50), r)
