@@ -626,6 +626,23 @@ static bool dotted_quad(const char *p, const char *q)
   return groups == 4 && len > 0;
 }
 
+/* The byte length of a decimal digit at s, 0 if none: ASCII, and as UTF-8
+ * the full-width digits an East Asian input method types (U+FF10-FF19),
+ * Arabic-Indic (U+0660-0669, U+06F0-06F9) and Devanagari (U+0966-096F)
+ * ones: a card number is one in any of them. */
+static size_t card_digit_len(const char *s)
+{
+  const unsigned char *u = (const unsigned char *)s;
+  if (u[0] >= '0' && u[0] <= '9')
+    return 1;
+  if ((u[0] == 0xD9 && u[1] >= 0xA0 && u[1] <= 0xA9) || (u[0] == 0xDB && u[1] >= 0xB0 && u[1] <= 0xB9))
+    return 2;
+  if ((u[0] == 0xEF && u[1] == 0xBC && u[2] >= 0x90 && u[2] <= 0x99) ||
+      (u[0] == 0xE0 && u[1] == 0xA5 && u[2] >= 0xA6 && u[2] <= 0xAF))
+    return 3;
+  return 0;
+}
+
 /* Separators that may join two groups of a card number: a page may pad
  * them ("4242    4242    4242    4242"); a longer gap parts two numbers. */
 #define CARD_SEP_MAX 8
@@ -634,7 +651,7 @@ int tp_mask_card_numbers(char *s)
 {
   int masked = 0;
   for (char *p = s; *p;) {
-    if (*p < '0' || *p > '9') {
+    if (card_digit_len(p) == 0) {
       p++;
       continue;
     }
@@ -648,9 +665,10 @@ int tp_mask_card_numbers(char *s)
     int digits = 0;
     bool odd = false;
     for (;;) {
-      if (*q >= '0' && *q <= '9') {
+      size_t dl = card_digit_len(q);
+      if (dl > 0) {
         digits++;
-        q++;
+        q += dl;
         continue;
       }
       int sep = 0;
@@ -659,7 +677,7 @@ int tp_mask_card_numbers(char *s)
         bytes += l;
         sep++;
       }
-      if (sep == 0 || q[bytes] < '0' || q[bytes] > '9')
+      if (sep == 0 || card_digit_len(q + bytes) == 0)
         break;
       if (*q == ':' && dotted_quad(p, q))
         break;
@@ -667,9 +685,17 @@ int tp_mask_card_numbers(char *s)
       q += bytes;
     }
     if (digits >= (odd ? 13 : 12)) {
-      for (char *t = p; t < q; t++)
-        if (*t >= '0' && *t <= '9')
-          *t = '*';
+      /* each digit one '*', a multibyte one's other bytes taken out */
+      for (char *t = p; t < q; t++) {
+        size_t dl = card_digit_len(t);
+        if (dl == 0)
+          continue;
+        *t = '*';
+        if (dl > 1) {
+          memmove(t + 1, t + dl, strlen(t + dl) + 1);
+          q -= dl - 1;
+        }
+      }
       masked++;
     }
     p = q;

@@ -128,7 +128,16 @@ struct conn {
   bool hide_reports; /* opened by a key without reports:read */
   bool dead;
   uint32_t epoll_events;
+  size_t read_budget;  /* bytes this pump may still read (ws_recv) */
 };
+
+/* What one pump reads from a client at most: wslay reads until the socket
+ * would block, so a client that keeps its socket readable (a flood of
+ * pongs or empty fragments, which queue nothing and so meet no bound) held
+ * the thread, and every other client's events, pings and deadlines, for as
+ * long as it sent. Past it the client waits for the loop's next turn
+ * (epoll is level-triggered: it is woken again at once). */
+#define READ_BUDGET_BYTES 65536
 
 static struct {
   pthread_mutex_t mu;
@@ -393,7 +402,15 @@ static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
     wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
     return -1;
   }
+  if (c->read_budget == 0) {
+    wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+    return -1;
+  }
+  if (len > c->read_budget)
+    len = c->read_budget;
   ssize_t n = recv(c->fd, buf, len, 0);
+  if (n > 0)
+    c->read_budget -= (size_t)n;
   if (n < 0) {
     bool again = errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
     c->io_failed = !again;
@@ -756,6 +773,7 @@ static void conn_pump(struct conn *c)
 {
   if (c->dead)
     return;
+  c->read_budget = READ_BUDGET_BYTES;
   if (wslay_event_want_read(c->ws) && !over_bound(c) && wslay_event_recv(c->ws) != 0) {
     if (!c->io_failed) {
       /* The peer broke the framing in a way wslay gives up on (a control

@@ -196,6 +196,29 @@ class NoPanTest(DaemonTestCase):
         for n in range(7, len(pan) + 1):
             self.assertNotIn(pan[:n].encode(), log, n)
 
+    def test_a_card_number_in_full_width_digits_is_masked(self):
+        """As an East Asian input method types it: not echoed in the error,
+        the log line or the request log."""
+        import time
+        import urllib.parse
+        wide = "".join(chr(0xFF10 + int(d)) for d in "4571476977203348")
+        shown = " ".join(wide[i:i + 4] for i in range(0, 16, 4))
+        r = self.c().get("/v1/customers/" + urllib.parse.quote(shown))
+        self.assertEqual(r.status, 404, r)
+        self.assertNotIn(wide[:8], r.json["error"]["message"], r)
+        self.assertIn("**** ****", r.json["error"]["message"], r)
+        logged = self.c().get(r.json["error"]["request_log_url"].split(str(self.daemon.port), 1)[1])
+        self.assertEqual(logged.status, 200, logged)
+        self.assertNotIn(wide[:4], json.dumps(logged.json, ensure_ascii=False), logged)
+        deadline = time.monotonic() + 10
+        while True:  # the log is written by its own thread
+            log = open(self.daemon.log_path, "rb").read().decode("utf-8", "replace")
+            if "/v1/customers/**** ****" in log or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertIn("/v1/customers/**** ****", log)
+        self.assertNotIn(wide[:4], log)
+
     def test_no_test_pan_anywhere_after_a_full_run(self):
         statuses = self.run_everything()
         self.assertGreater(statuses.get(200, 0), 20)

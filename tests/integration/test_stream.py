@@ -396,6 +396,47 @@ class StreamBoundsTest(DaemonTestCase):
         finally:
             ws.close()
 
+    def test_a_client_flooding_frames_that_need_no_answer_holds_up_no_one(self):
+        """Empty pongs queue nothing, so no bound stopped reading them: a
+        client sending them without pause held the stream thread, and every
+        other client's events waited until it stopped. Each client now gets
+        at most 64 KiB a turn of the loop."""
+        flooder = RawWS(self.daemon.port, self.key())
+        sub = RawWS(self.daemon.port, self.key())
+        stop = threading.Event()
+
+        def flood():
+            blob = bytes([0x8A, 0x80, 0, 0, 0, 0]) * 8192  # masked empty pongs
+            try:
+                while not stop.is_set():
+                    flooder.sock.sendall(blob)
+            except OSError:
+                pass
+        th = threading.Thread(target=flood, daemon=True)
+        try:
+            self.assertEqual((flooder.status, sub.status), (101, 101))
+            sub.send(0x1, b'{"type":"subscribe","events":["customer.created"]}')
+            self.assertIn(b'"subscribed"', sub.until(0x1))
+            th.start()
+            time.sleep(0.5)
+            c = self.c("m")
+            for i in range(3):
+                made = time.monotonic()
+                cus = c.post("/v1/customers", {"email": "flood%d@example.com" % i}).json
+                while True:
+                    op, payload = sub.frame()
+                    if op == 0x9:
+                        sub.send(0xA, payload)
+                    elif op == 0x1 and cus["id"].encode() in payload:
+                        break
+                waited = time.monotonic() - made
+                self.assertLess(waited, 1.5, "the event waited %.2f s behind the flood" % waited)
+        finally:
+            stop.set()
+            th.join(10)
+            flooder.close()
+            sub.close()
+
     def test_handshake_errors_scopes_and_protocol_errors(self):
         # a version other than 13: 426 naming the version and protocol to use
         s = socket.create_connection((HOST, self.daemon.port), timeout=5)

@@ -367,6 +367,15 @@ static void test_card_numbers_are_masked_in_echoed_text(void **state)
     {"4000,0566,5566,5556", "****,****,****,****", 1},
     {"4000;0566;5566;5556", "****;****;****;****", 1},
     {"192.168.100.200:8420", "192.168.100.200:8420", 0}, /* an address and its port */
+    /* full-width digits (an East Asian input method), one '*' each */
+    {"'\xef\xbc\x94\xef\xbc\x92\xef\xbc\x94\xef\xbc\x92 \xef\xbc\x94\xef\xbc\x92\xef\xbc\x94\xef\xbc\x92 "
+     "\xef\xbc\x94\xef\xbc\x92\xef\xbc\x94\xef\xbc\x92 \xef\xbc\x94\xef\xbc\x92\xef\xbc\x94\xef\xbc\x92'",
+     "'**** **** **** ****'", 1},
+    /* mixed with ASCII, and Arabic-Indic */
+    {"4242\xef\xbc\x94\xef\xbc\x92" "4242424242x", "******" "******" "****x", 1},
+    {"\xd9\xa4\xd9\xa2\xd9\xa4\xd9\xa2\xd9\xa4\xd9\xa2\xd9\xa4\xd9\xa2\xd9\xa4\xd9\xa2\xd9\xa4\xd9\xa2\xd9\xa4\xd9\xa2"
+     "\xd9\xa4\xd9\xa2", "****************", 1},
+    {"\xef\xbc\x91\xef\xbc\x92\xef\xbc\x93", "\xef\xbc\x91\xef\xbc\x92\xef\xbc\x93", 0}, /* three: not a PAN */
     {"", "", 0},
   };
   for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
