@@ -119,8 +119,10 @@ static bool url_ok(const char *url, bool *denied)
     return false;
   if (strncasecmp(url, "http://", 7) != 0 && strncasecmp(url, "https://", 8) != 0)
     return false;
+  /* nor a backslash: a browser (WHATWG) reads http://a\@b/ as host a,
+   * libcurl as host b, so the URL shown would not be the one called */
   for (const char *p = url; *p; p++)
-    if ((unsigned char)*p <= ' ' || (unsigned char)*p == 0x7f)
+    if ((unsigned char)*p <= ' ' || (unsigned char)*p == 0x7f || *p == '\\')
       return false;
   /* libcurl forgives "https:///path"; an endpoint needs an authority. */
   const char *auth = strstr(url, "://") + 3;
@@ -132,6 +134,10 @@ static bool url_ok(const char *url, bool *denied)
   bool ok = curl_url_set(h, CURLUPART_URL, url, 0) == CURLUE_OK;
   char *host = NULL;
   ok = ok && curl_url_get(h, CURLUPART_HOST, &host, 0) == CURLUE_OK && host && *host;
+  char *port = NULL; /* port 0 names no endpoint */
+  if (ok && curl_url_get(h, CURLUPART_PORT, &port, 0) == CURLUE_OK && port && strtol(port, NULL, 10) == 0)
+    ok = false;
+  curl_free(port);
   *denied = ok && tp_webhooks_host_denied(host);
   curl_free(host);
   curl_url_cleanup(h);

@@ -260,7 +260,8 @@ class WebhooksTest(DaemonTestCase):
         c = self.c("crud")
         self.assertStripeError(c.post(WE, {"enabled_events": ["*"]}), 400, param="url")
         for bad in ("ftp://example.test/x", "not a url", "http://", "https:///path", "http://exa mple.test/",
-                    "javascript:alert(1)", "http://example.test/" + "a" * 2100, "//example.test/x"):
+                    "javascript:alert(1)", "http://example.test/" + "a" * 2100, "//example.test/x",
+                    "http://example.test:0/", "https://example.test\\@evil.test/", "https://example.test/a\\b"):
             self.assertStripeError(c.post(WE, {"url": bad, "enabled_events": ["*"]}), 400, param="url")
         self.assertStripeError(c.post(WE, {"url": "https://example.test/"}), 400, param="enabled_events")
         err = self.assertStripeError(c.post(WE, {"url": "https://example.test/",
