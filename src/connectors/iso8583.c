@@ -419,6 +419,11 @@ static void to_reversal(struct iso_link *l, struct pend *p, int64_t now)
   tp_scopy(p->orig_mti, sizeof p->orig_mti, p->mti);
   p->tries = 0;
   p->report_on_send = p->c != NULL;
+  /* The caller keeps what field 90 names (the attempt's orig_data), for
+   * recovery to send the same reversal if this link's repeats give up. */
+  if (p->c)
+    snprintf(p->c->orig_data, sizeof p->c->orig_data, "%.4s%06u%.10s", p->orig_mti, p->orig_stan % 1000000u,
+             p->orig_f7[0] ? p->orig_f7 : "0000000000");
   tp_metric_inc("turnpike_iso_reversals_total", l->labels, 1);
   tp_log(TP_LOG_WARN, "iso_reversing", "{s:s, s:s, s:s, s:i}", "processor", l->name, "mti", p->orig_mti, "rrn",
          p->rrn, "stan", (int)p->orig_stan);
@@ -1028,7 +1033,9 @@ static int iso_submit(void *cls, struct tp_proc_call *c)
     /* A void knows its authorization's message (kept on the charge): field
      * 90 names it whole, for hosts that find the original by it rather
      * than by field 37. */
-    const char *od = c->kind == TP_PROC_VOID ? c->orig_data : "";
+    /* So does recovery's reversal of a call this link gave up reversing
+     * (the attempt's orig_data). */
+    const char *od = c->kind == TP_PROC_VOID || c->kind == TP_PROC_STATUS ? c->orig_data : "";
     if (strlen(od) == 20 && strspn(od, "0123456789") == 20) {
       memcpy(p->orig_mti, od, 4);
       p->orig_mti[4] = '\0';

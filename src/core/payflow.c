@@ -566,6 +566,7 @@ static void final_outcome(struct tp_pay *p)
      * may be repeated); the attempt records in the same change set that
      * its reversal is owed, for recovery to repeat (recover_reversals). */
     snprintf(p->att.state, sizeof p->att.state, "reversal_pending");
+    tp_scopy(p->att.orig_data, sizeof p->att.orig_data, p->call.orig_data);
     tp_log(TP_LOG_WARN, "reversal_owed", "{s:s, s:s, s:s, s:s}", "attempt", p->att.id, "kind", p->att.kind,
            "processor", p->att.processor, "error", p->call.decline_code);
   }
@@ -683,8 +684,8 @@ static void send_call(struct tp_pay *p)
   c->outcome = TP_OUT_ERROR;
   c->decline_code[0] = c->auth_code[0] = c->processor_ref[0] = '\0';
   c->retry_after_ms = 0;
-  if (c->kind == TP_PROC_AUTHORIZE)
-    c->orig_data[0] = '\0'; /* an answer's, not an earlier call's */
+  if (c->kind != TP_PROC_VOID && c->kind != TP_PROC_STATUS)
+    c->orig_data[0] = '\0'; /* the link's, of this call (an answer, or a reversal it owes), not an earlier one's */
   p->not_sent = false;
   p->sent_us = tp_mono_ns() / 1000;
   /* Screening before the network (Stripe's Radar blocks a card of the
@@ -1086,11 +1087,14 @@ static void orchestrate(struct tp_pay *p)
      * not even send the reversal (status unknown), the call may stand: the
      * payment is left to recovery, which reverses it, instead of cascading. */
     set_state(&p->att, c);
-    if (!p->not_sent && strcmp(p->last_code, "processor_timeout") == 0)
+    if (!p->not_sent && strcmp(p->last_code, "processor_timeout") == 0) {
       /* The reversal the connector started is owed until the host
        * acknowledges it: committed with this attempt before the cascade
-       * goes out, so recovery repeats it (after a restart too). */
+       * goes out, so recovery repeats it (after a restart too), naming
+       * the original as the connector's did. */
       snprintf(p->att.state, sizeof p->att.state, "reversal_pending");
+      tp_scopy(p->att.orig_data, sizeof p->att.orig_data, p->call.orig_data);
+    }
     next_step(p, true);
     return;
   }
@@ -2405,6 +2409,7 @@ static bool recover_reversal(const struct tp_attempt *a)
   }
   p->call.kind = TP_PROC_STATUS;
   p->call.status_of = kind_of(a->kind); /* the reversal names the capture or refund it undoes */
+  tp_scopy(p->call.orig_data, sizeof p->call.orig_data, a->orig_data); /* field 90, when known */
   tp_log(TP_LOG_INFO, "reversal_retry", "{s:s, s:s, s:s}", "attempt", a->id, "kind", a->kind, "processor",
          a->processor);
   tp_metric_inc("turnpike_reversal_retries_total", NULL, 1);

@@ -77,6 +77,9 @@ struct tp_attempt {
   int capture;          /* authorize: capture in the same call */
   int reply_charge;     /* the Charges API's request: its (recovered) reply is the charge */
   char reason[32];      /* void: the cancellation_reason (a cancel's, or "expired"), else "" */
+  /* ISO 8583, reversal_pending: the original data elements (MTI, STAN,
+   * field 7) of the message it reverses, when the link knew them; "" else */
+  char orig_data[24];
   int64_t created, updated;
 };
 

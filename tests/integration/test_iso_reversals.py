@@ -35,14 +35,18 @@ class RefusingHost(IsoHost):
     """Never answers 0100/0200 (while `silent`); never answers a capture
     advice (0220) or a refund (0200, processing code 20) while `ignore_linked`;
     answers reversals as `rev_mode` says: "refuse" (39=96), "ignore" (no
-    answer) or "accept" (00 for an RRN it saw, 25 otherwise). Every message
-    is recorded with the number of the connection it came on."""
+    answer) or "accept": 00 when field 37 and field 90 (MTI, STAN, field 7)
+    name a message it took, 25 ("unable to locate") otherwise, as a host
+    that finds the original by field 90 does; `undone` holds the RRNs so
+    reversed. Every message is recorded with the number of the connection
+    it came on."""
 
     def __init__(self):
         self.rev_mode = "refuse"
         self.silent = True
         self.ignore_linked = True
         self.by_conn = []  # (connection number, mti, fields)
+        self.undone = set()
         super().__init__()
 
     def handle(self, c, body):
@@ -56,7 +60,8 @@ class RefusingHost(IsoHost):
             self.seen.append((mti, f))
             self.by_conn.append((self.connections, mti, f))
             mode, silent, ignore_linked = self.rev_mode, self.silent, self.ignore_linked
-            auth_rrns = {g.get(37) for m, g in self.seen if m in ("0100", "0200", "0220")}
+            originals = {(g.get(37), m + g.get(11, "") + g.get(7, "")) for m, g in self.seen
+                         if m in ("0100", "0200", "0220")}
         refund = mti == "0200" and f.get(3) == "200000"
         if mti == "0800":
             self.reply(c, "0810", f, "00")
@@ -70,12 +75,23 @@ class RefusingHost(IsoHost):
             if mode == "refuse":
                 self.reply(c, "0410", f, "96")
             elif mode == "accept":
-                self.reply(c, "0410", f, "00" if f.get(37) in auth_rrns else "25")
+                found = (f.get(37), f.get(90, "")[:20]) in originals
+                if found:
+                    with self.lock:
+                        self.undone.add(f.get(37))
+                self.reply(c, "0410", f, "00" if found else "25")
 
     def reversals(self, rrn, min_conn=0):
         with self.lock:
             return [(n, m, f) for n, m, f in self.by_conn
                     if m in ("0400", "0401") and f.get(37) == rrn and n >= min_conn]
+
+    def original(self, rrn):
+        """The fields of the authorization, capture or refund with this RRN."""
+        with self.lock:
+            got = [f for m, f in self.seen if m in ("0100", "0200", "0220") and f.get(37) == rrn]
+        assert len(got) == 1, got
+        return got[0]
 
     def auths(self):
         with self.lock:
@@ -200,9 +216,13 @@ class ReversalOwed(ReversalBase):
                  what="the attempt to be reversed")
         revs = self.host.reversals(rrn)
         self.assertGreaterEqual(len(revs), 5, revs)
+        orig = self.host.original(rrn)
         for _, mti, f in revs:
             self.assertEqual(f[37], rrn)
             self.assertEqual(f[4], "000000004321")
+            # the connector's and recovery's alike name the original whole
+            self.assertEqual(f[90][4:20], orig[11] + orig[7], f)
+        self.assertIn(rrn, self.host.undone, "the host did not find the original the reversal names")
         wait_for(lambda: self.proc_view().get("reversals_pending") == 0, timeout=WAIT_S, what="count back to 0")
         wait_for(lambda: self.metric("turnpike_reversals_pending", 'processor="acq"') == 0, timeout=WAIT_S,
                  what="the gauge back to 0")
@@ -279,6 +299,9 @@ class ReversalSurvivesKill9(ReversalBase):
         self.assertTrue(after, "no reversal on the new connection")
         self.assertGreater(len(self.host.reversals(rrn)), before)
         self.assertEqual(after[-1][2][37], rrn)
+        orig = self.host.original(rrn)
+        self.assertEqual(after[-1][2][90][4:20], orig[11] + orig[7], "field 90 kept across the restart")
+        self.assertIn(rrn, self.host.undone)
         self.assertEqual(len(self.host.auths()), 1, "the authorization itself was re-sent")
         pi2 = self.daemon.client("m").get("/v1/payment_intents/%s" % pi["id"]).json
         self.assertEqual(pi2["status"], "succeeded", pi2)
@@ -346,11 +369,13 @@ class LinkedBase(ReversalBase):
     def check_reversals(self, rrn, mti, proc_code, min_n):
         revs = self.host.reversals(rrn)
         self.assertGreaterEqual(len(revs), min_n, revs)
+        orig = self.host.original(rrn)
         for _, m, f in revs:
             self.assertEqual(f[37], rrn)
             self.assertEqual(f[3], proc_code)
             self.assertEqual(f[4], "000000004321")
-            self.assertEqual(f[90][:4], mti, f)
+            self.assertEqual(f[90][:20], mti + orig[11] + orig[7], f)
+        self.assertIn(rrn, self.host.undone, "the host did not find the original the reversal names")
         return revs
 
     def owed_until_accepted(self, pi_id, kind, rrn, mti, proc_code):
