@@ -2,6 +2,8 @@
 #include "cli.h"
 #include "util.h"
 
+#include <ini.h>
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -162,4 +164,20 @@ int tp_cli_lock_dir(const char *dir, const char *name, bool on_dir, long *holder
   if (!on_dir)
     close(pf);
   return fd;
+}
+
+int tp_cli_ini_parse(const char *path, int (*handler)(void *, const char *, const char *, const char *), void *user)
+{
+  struct stat st;
+  if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+    return -1;
+  return ini_parse(path, handler, user);
+}
+
+const char *tp_cli_default_data(const char *conf)
+{
+  const char *env = getenv("TURNPIKE_SERVER_DATA");
+  if (env && *env)
+    return env;
+  return conf && *conf ? conf : "./var";
 }

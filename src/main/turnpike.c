@@ -261,6 +261,7 @@ static void usage_serve(FILE *f)
 static void usage_merchant(FILE *f)
 {
   fprintf(f, "usage: turnpike merchant create [--data DIR] --name NAME\n\n"
+             "--data defaults to $TURNPIKE_SERVER_DATA, else ./var (as serve).\n"
              "Creates a merchant and prints {\"id\",\"secret_key\",\"publishable_key\"} as JSON on stdout.\n"
              "Keys are stored only as SHA-256 hashes: this is the only time they are shown.\n");
 }
@@ -400,7 +401,7 @@ static int cmd_serve(int argc, char **argv)
     }
   }
   if (cfg) {
-    int rc = ini_parse(cfg, ini_cb, &c);
+    int rc = tp_cli_ini_parse(cfg, ini_cb, &c);
     if (rc != 0) {
       tp_log(TP_LOG_ERROR, "config_invalid_stop", "{s:s, s:s, s:i}", "file", cfg, "why",
              rc < 0 ? "cannot read" : "invalid setting", "line", rc);
@@ -417,7 +418,10 @@ static int cmd_serve(int argc, char **argv)
     tp_scopy(c.log_level, sizeof c.log_level, level);
   int lvl = tp_log_level_parse(c.log_level);
   if (lvl < 0) {
-    fprintf(stderr, "turnpike: bad log level %s\n", c.log_level);
+    /* a JSON line, as every configuration error (observability.md 5); the
+     * value may come from --log-level, [log] level or TURNPIKE_LOG_LEVEL */
+    tp_log(TP_LOG_ERROR, "config_invalid_stop", "{s:s, s:s, s:s}", "setting", "log.level", "value", c.log_level,
+           "why", "want debug, info, warn or error");
     return 2;
   }
   tp_log_threshold = lvl;
@@ -429,7 +433,8 @@ static int cmd_serve(int argc, char **argv)
    * made and a demo merchant created for a start that cannot listen. */
   if (tp_cli_hostport(c.listen, host, sizeof host, &port) != 0 ||
       tp_cli_sockaddr(host, port, &listen_sa, &listen_len) != 0) {
-    fprintf(stderr, "turnpike: bad --listen %s (want HOST:PORT: IPv4, [IPv6] or localhost)\n", c.listen);
+    tp_log(TP_LOG_ERROR, "config_invalid_stop", "{s:s, s:s, s:s}", "setting", "server.listen", "value", c.listen,
+           "why", "want HOST:PORT: IPv4, [IPv6] or localhost (--listen, [server] listen or TURNPIKE_SERVER_LISTEN)");
     return 2;
   }
 
@@ -658,7 +663,7 @@ static int cmd_merchant(int argc, char **argv)
     usage_merchant(stderr);
     return 2;
   }
-  const char *data = "./var", *name = NULL;
+  const char *data = tp_cli_default_data(NULL), *name = NULL;
   for (int i = 1; i < argc; i++) {
     const char *v;
     if (strcmp(argv[i], "--help") == 0) {
@@ -710,7 +715,7 @@ static int cmd_merchant(int argc, char **argv)
 
 static int cmd_migrate(int argc, char **argv)
 {
-  const char *data = "./var";
+  const char *data = tp_cli_default_data(NULL);
   for (int i = 0; i < argc; i++) {
     const char *v;
     if (strcmp(argv[i], "--help") == 0) {

@@ -1260,6 +1260,7 @@ int tp_stream_start(void)
   tp_metric_help("turnpike_stream_messages_sent_total", "Messages queued to stream clients.");
   tp_metric_help("turnpike_stream_closed_total", "Stream connections closed by the server, by close code.");
   tp_metric_help("turnpike_stream_slow_client_closes_total", "Stream clients closed because their send buffer was full.");
+  tp_metric_help("turnpike_stream_event_queue_depth", "Events waiting for the stream thread to fan them out to clients.");
   tp_metric_set("turnpike_stream_connections", NULL, 0);
   tp_metric_inc("turnpike_stream_slow_client_closes_total", NULL, 0);
   S.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

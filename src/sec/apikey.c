@@ -181,10 +181,10 @@ enum tp_err tp_apikey_authenticate(const char *key, struct tp_auth *a)
 static void usage(FILE *f)
 {
   fprintf(f,
-          "usage: turnpike api-key roll --data DIR --merchant ID [--publishable] [--overlap SECONDS]\n"
+          "usage: turnpike api-key roll [--data DIR] --merchant ID [--publishable] [--overlap SECONDS]\n"
           "                             [--expires-in SECONDS]\n"
-          "       turnpike api-key create --data DIR --merchant ID --scopes \"SCOPE ...\" [--expires-in SECONDS]\n"
-          "       turnpike api-key revoke --data DIR --merchant ID (--key KEY | --hint HINT)\n\n"
+          "       turnpike api-key create [--data DIR] --merchant ID --scopes \"SCOPE ...\" [--expires-in SECONDS]\n"
+          "       turnpike api-key revoke [--data DIR] --merchant ID (--key KEY | --hint HINT)\n\n"
           "roll    creates a new secret key (sk_), or with --publishable a new publishable key (pk_),\n"
           "        and keeps the merchant's current keys of that kind valid for --overlap seconds\n"
           "        (default 86400), after which they answer 401 api_key_expired.\n"
@@ -303,7 +303,7 @@ int tp_cmd_api_key(int argc, char **argv)
     usage(stderr);
     return 2;
   }
-  const char *data = "./var", *merchant = NULL, *scopes_s = NULL, *v, *rkey = NULL, *rhint = NULL;
+  const char *data = tp_cli_default_data(NULL), *merchant = NULL, *scopes_s = NULL, *v, *rkey = NULL, *rhint = NULL;
   int64_t overlap = 86400, expires_in = 0;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--help") == 0) {

@@ -671,7 +671,8 @@ int tp_audit_verify_copy(const char *db_path, json_t *summary)
 
 static void usage_audit(FILE *f)
 {
-  fprintf(f, "usage: turnpike audit verify --data DIR [--pubkey PEMFILE]... [--sealed]\n\n"
+  fprintf(f, "usage: turnpike audit verify [--data DIR] [--pubkey PEMFILE]... [--sealed]\n\n"
+             "--data defaults to $TURNPIKE_SERVER_DATA, else ./var.\n"
              "Walks the audit log's hash chain and checks every signed checkpoint.\n"
              "Exit 0 and a JSON summary when intact; exit 1 naming the first bad entry\n"
              "(first_bad_seq) when an entry was edited, removed or reordered.\n"
@@ -693,7 +694,7 @@ int tp_cmd_audit(int argc, char **argv)
     usage_audit(stderr);
     return 2;
   }
-  const char *data = "./var", *pubf[AUDIT_PINS_MAX];
+  const char *data = tp_cli_default_data(NULL), *pubf[AUDIT_PINS_MAX];
   int npub = 0;
   bool sealed = false;
   for (int i = 1; i < argc; i++) {

@@ -729,7 +729,8 @@ static int ini_put(void *user, const char *section, const char *name, const char
 
 static void usage_kek(FILE *f)
 {
-  fprintf(f, "usage: turnpike kek rotate --data DIR [--config FILE]\n\n"
+  fprintf(f, "usage: turnpike kek rotate [--data DIR] [--config FILE]\n\n"
+             "--data defaults to $TURNPIKE_SERVER_DATA, else [server] data of --config, else ./var.\n"
              "Creates a new key-encryption key version with the provider of [vault] kek (file | pkcs11)\n"
              "and makes it current. A running daemon picks it up within [vault] kek_poll_seconds and\n"
              "re-wraps the data keys of older card records in the background; reads work throughout.\n"
@@ -746,7 +747,7 @@ int tp_cmd_kek(int argc, char **argv)
     usage_kek(stderr);
     return 2;
   }
-  const char *data = "./var", *cfg = NULL;
+  const char *data = NULL, *cfg = NULL;
   for (int i = 1; i < argc; i++) {
     const char *v;
     if ((v = tp_cli_value(argc, argv, &i, "--data", "kek rotate")))
@@ -761,10 +762,12 @@ int tp_cmd_kek(int argc, char **argv)
       return 2;
     }
   }
-  if (cfg && ini_parse(cfg, ini_put, NULL) != 0) {
+  if (cfg && tp_cli_ini_parse(cfg, ini_put, NULL) != 0) {
     fprintf(stderr, "turnpike kek rotate: cannot read %s\n", cfg);
     return 2;
   }
+  if (!data) /* as serve finds it: the environment, then the file */
+    data = tp_cli_default_data(tp_config_get("server", "data"));
   tp_log_threshold = TP_LOG_WARN;
   struct tp_store st;
   if (tp_store_open_existing(&st, data, "kek rotate") != 0)

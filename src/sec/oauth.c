@@ -8,6 +8,7 @@
  * DATA/oauth_signing_key.prev.pem, when present, is still published and
  * accepted, so a key can be rotated without failing live tokens (move the
  * current file to .prev and restart). */
+#include "cli.h"
 #include "api/handlers.h"
 #include "jpack.h"
 #include "main/commands.h"
@@ -649,7 +650,7 @@ void tp_h_oauth_metadata(struct tp_req *r)
 /* ---- turnpike oauth-client create ------------------------------------------- */
 static void usage(FILE *f)
 {
-  fprintf(f, "usage: turnpike oauth-client create --data DIR --merchant ID --scopes \"SCOPE ...\"\n"
+  fprintf(f, "usage: turnpike oauth-client create [--data DIR] --merchant ID --scopes \"SCOPE ...\"\n"
              "       turnpike oauth-client revoke --data DIR --client-id ID\n\n"
              "Creates an OAuth 2.0 client (client credentials grant) for a merchant and prints\n"
              "{\"client_id\",\"client_secret\",\"merchant\",\"scopes\"} as JSON. The secret is stored only as\n"
@@ -705,7 +706,7 @@ int tp_cmd_oauth_client(int argc, char **argv)
     usage(stderr);
     return 2;
   }
-  const char *data = "./var", *merchant = NULL, *scopes_s = NULL, *client_id = NULL;
+  const char *data = tp_cli_default_data(NULL), *merchant = NULL, *scopes_s = NULL, *client_id = NULL;
   for (int i = 1; i < argc; i++) {
     const char **dst = NULL;
     if (strcmp(argv[i], "--help") == 0) {

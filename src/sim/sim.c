@@ -159,7 +159,7 @@ int tp_cmd_sim(int argc, char **argv)
     return 2;
   }
   if (cfg) {
-    int rc = ini_parse(cfg, ini_cb, NULL);
+    int rc = tp_cli_ini_parse(cfg, ini_cb, NULL);
     if (rc != 0) {
       fprintf(stderr, "turnpike sim: %s: %s (line %d)\n", cfg, rc < 0 ? "cannot read" : "invalid", rc);
       return 2;

@@ -4,7 +4,7 @@
  * inside one read transaction, so the copy is the store as of one commit,
  * while the server goes on committing (WAL readers never block the writer).
  * The copy is written to FILE.partial with umask 077, fsynced, checked
- * (quick_check, the ledger: every transaction sums to zero per currency and
+ * (integrity_check, the ledger: every transaction sums to zero per currency and
  * the running balances equal the entries), then renamed to FILE and the
  * directory fsynced: FILE either does not exist or is a whole, durable,
  * checked copy.
@@ -86,12 +86,12 @@ static json_t *inspect(const char *path, bool *balanced, const char **why)
   }
   sqlite3_busy_timeout(db, 10000);
   sqlite3_stmt *st = NULL;
-  bool good = sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &st, NULL) == SQLITE_OK &&
+  bool good = sqlite3_prepare_v2(db, "PRAGMA integrity_check(1)", -1, &st, NULL) == SQLITE_OK &&
               sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) &&
               strcmp((const char *)sqlite3_column_text(st, 0), "ok") == 0;
   sqlite3_finalize(st);
   if (!good) {
-    *why = "fails SQLite's quick_check (not a database, or damaged)";
+    *why = "fails SQLite's integrity_check (not a database, or damaged)";
     sqlite3_close(db);
     return NULL;
   }
@@ -175,7 +175,7 @@ static void usage_backup(FILE *f)
 {
   fprintf(f, "usage: turnpike backup --out FILE [--data DIR]\n\n"
              "Writes a consistent copy of the store in DIR (default ./var) to FILE while the\n"
-             "server runs: one snapshot, fsynced, checked (SQLite quick_check, every ledger\n"
+             "server runs: one snapshot, fsynced, checked (SQLite integrity_check, every ledger\n"
              "transaction balanced, running balances equal to the entries), then renamed\n"
              "into place. FILE must not exist. Prints a JSON summary; exit 1 if the copy\n"
              "could not be made or its ledger does not balance.\n\n"
@@ -217,7 +217,7 @@ static bool vacuum_into(const char *src, const char *dst, char *err, size_t errc
 
 int tp_cmd_backup(int argc, char **argv)
 {
-  const char *data = "./var", *out = NULL;
+  const char *data = tp_cli_default_data(NULL), *out = NULL;
   for (int i = 0; i < argc; i++) {
     const char *v;
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -513,7 +513,7 @@ static void reseal(const char *db_path, const char *dir)
 
 int tp_cmd_restore(int argc, char **argv)
 {
-  const char *data = "./var", *from = NULL;
+  const char *data = tp_cli_default_data(NULL), *from = NULL;
   bool force = false, accept_unsealed = false;
   for (int i = 0; i < argc; i++) {
     const char *v;

@@ -22,7 +22,7 @@ import tempfile
 import time
 import unittest
 
-from harness import BIN, HOST, Daemon, DaemonTestCase, PaymentLoad, card, hostport, main
+from harness import BIN, HOST, Client, Daemon, DaemonTestCase, PaymentLoad, card, hostport, main
 
 PI = "/v1/payment_intents"
 FIELDS = ("status", "amount", "amount_received", "amount_capturable", "currency", "capture_method")
@@ -113,6 +113,32 @@ class BackupTest(DaemonTestCase):
                 self.assertEqual(p.returncode, 1, p.stderr)
                 self.assertIn(b"no store in", p.stderr)
                 self.assertFalse(os.path.exists(typo))
+        # --config naming a directory is refused, not read as an empty file (the
+        # in-process sandbox then approved every payment on built-in defaults)
+        p = run("serve", "--config", self.tmp, "--data", nowhere, "--listen", "127.0.0.1:0")
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn(b'"config_invalid_stop"', p.stderr)
+        self.assertFalse(os.path.exists(nowhere))
+        p = run("kek", "rotate", "--config", self.tmp, "--data", self.daemon.data)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        # a bad log level or listen address is a JSON line naming the setting, from wherever it came
+        for args, env, setting in ((("--log-level", "loud"), {}, b'"log.level"'),
+                                   ((), {"TURNPIKE_SERVER_LISTEN": "[::1"}, b'"server.listen"')):
+            p = subprocess.run([BIN, "serve", "--data", nowhere, *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, timeout=60, stdin=subprocess.DEVNULL,
+                               env=dict(os.environ, **env))
+            self.assertEqual(p.returncode, 2, p.stderr)
+            line = json.loads(p.stderr.decode().strip().splitlines()[-1])
+            self.assertEqual(line["event"], "config_invalid_stop", line)
+            self.assertIn(setting, p.stderr)
+        # an admin command without --data takes TURNPIKE_SERVER_DATA, as serve does
+        p = subprocess.run([BIN, "merchant", "create", "--name", "from env"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=60, cwd=self.tmp,
+                           env=dict(os.environ, TURNPIKE_SERVER_DATA=self.daemon.data))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        made = json.loads(p.stdout)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "var")))
+        self.assertEqual(Client(self.daemon.host, self.daemon.port, key=made["secret_key"]).get(PI).status, 200)
         # migrate does not change the schema under a running server
         p = run("migrate", "--data", self.daemon.data)
         self.assertEqual(p.returncode, 1, p.stderr)
@@ -233,7 +259,21 @@ class BackupTest(DaemonTestCase):
         cut = os.path.join(self.tmp, "cut.db")
         with open(out, "rb") as f, open(cut, "wb") as g:
             g.write(f.read(8192))
-        for bad in (cut, os.path.join(self.daemon.data, "vault.key")):
+        # a copy whose pages are sound but whose rows and indexes disagree (bit rot in
+        # a row): quick_check passes it, integrity_check does not
+        rot = os.path.join(self.tmp, "rot.db")
+        shutil.copyfile(out, rot)
+        db = sqlite3.connect(rot)
+        db.execute("PRAGMA writable_schema=ON")
+        db.execute("UPDATE sqlite_schema SET sql=replace(sql, ?, ?) WHERE name='attempts_reversal'",
+                   ("'reversal_pending'", "'succeeded'"))
+        db.commit()
+        db.close()
+        db = sqlite3.connect(rot)
+        self.assertEqual(db.execute("PRAGMA quick_check").fetchone()[0], "ok")
+        self.assertNotEqual(db.execute("PRAGMA integrity_check").fetchone()[0], "ok")
+        db.close()
+        for bad in (cut, rot, os.path.join(self.daemon.data, "vault.key")):
             rc, _, stderr = run("restore", "--from", bad, "--data", fresh.data, "--force")
             self.assertEqual(rc, 1, bad)
             self.assertEqual(tree(fresh.data), snap)
