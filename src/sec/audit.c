@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define ZERO_HASH "0000000000000000000000000000000000000000000000000000000000000000"
@@ -735,8 +736,24 @@ int tp_cmd_audit(int argc, char **argv)
   char path[1200];
   snprintf(path, sizeof path, "%s/turnpike.db", data);
   sqlite3 *db = NULL;
-  if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
-    fprintf(stderr, "turnpike audit verify: cannot open %s\n", path);
+  /* A copy on read-only media (the auditor's case): SQLite would need to
+   * make the -shm file of a WAL store beside it, and fails. With no WAL
+   * there (a stopped gateway checkpoints it away) nothing can change the
+   * file, and it is opened immutable, which needs neither. */
+  char wal[1210], uri[3700];
+  struct stat wst;
+  snprintf(wal, sizeof wal, "%s-wal", path);
+  bool immutable = access(data, W_OK) != 0 && (stat(wal, &wst) != 0 || wst.st_size == 0);
+  if (immutable) {
+    size_t o = (size_t)snprintf(uri, sizeof uri, "file:");
+    for (const char *q = path; *q && o + 4 < sizeof uri; q++)
+      o += strchr("%?#", *q) ? (size_t)snprintf(uri + o, sizeof uri - o, "%%%02X", (unsigned char)*q)
+                             : (size_t)snprintf(uri + o, sizeof uri - o, "%c", *q);
+    snprintf(uri + o, sizeof uri - o, "?immutable=1");
+  }
+  if (sqlite3_open_v2(immutable ? uri : path, &db, SQLITE_OPEN_READONLY | (immutable ? SQLITE_OPEN_URI : 0), NULL) !=
+      SQLITE_OK) {
+    fprintf(stderr, "turnpike audit verify: cannot open %s: %s\n", path, db ? sqlite3_errmsg(db) : "no memory");
     sqlite3_close(db);
     return 2;
   }
@@ -754,11 +771,12 @@ int tp_cmd_audit(int argc, char **argv)
     rc = verify(db, got, sseq, shash, pins, npub, sealed, sum);
     sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
   }
-  if (rc < 0)
+  int err = sqlite3_errcode(db);
+  if (rc < 0 && err != SQLITE_OK)
     fprintf(stderr, "turnpike audit verify: %s\n", sqlite3_errmsg(db));
   sqlite3_close(db);
   if (rc < 0) {
-    fprintf(stderr, "turnpike audit verify: no audit log in %s\n", path);
+    fprintf(stderr, "turnpike audit verify: %s %s\n", err == SQLITE_OK ? "no audit log in" : "cannot read", path);
     json_decref(sum);
     return 2;
   }

@@ -157,6 +157,30 @@ class AuditTest(unittest.TestCase):
         self.assertEqual(out["checkpoints"], len(self.ckpts))
         self.assertEqual(len(out["checkpoint_key_sha256"]), 64)
 
+    def test_a_copy_on_read_only_media_verifies(self):
+        """The auditor's copy on write-once media: SQLite cannot make the
+        -shm file a WAL store wants, and verify said "not an error / no
+        audit log". A read-only bind mount stands for the media (skipped
+        where this user may not mount)."""
+        d, con = self.copy("ro-src")
+        con.close()
+        mnt = os.path.join(self.scratch, "ro-mnt")
+        os.makedirs(mnt)
+        p = subprocess.run(["mount", "--bind", d, mnt], capture_output=True)
+        if p.returncode != 0:
+            self.skipTest("cannot mount here: %s" % p.stderr.decode().strip())
+        try:
+            p = subprocess.run(["mount", "-o", "remount,bind,ro", mnt], capture_output=True)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            with self.assertRaises(OSError):
+                open(os.path.join(mnt, "probe"), "w")
+            rc, out, err = verify(mnt)
+            self.assertEqual(rc, 0, (out, err))
+            self.assertTrue(out["ok"])
+            self.assertEqual(out["entries"], len(self.rows))
+        finally:
+            subprocess.run(["umount", mnt], capture_output=True)
+
     # -- single-byte edits in every column ----------------------------------------
     def flip(self, name, seq, col):
         d, con = self.copy(name)
