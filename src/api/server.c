@@ -732,10 +732,12 @@ static void dispatch(struct tp_req *r)
 /* The path, card-number-like digit runs masked, cut to cap (at most 512):
  * masked before it is cut, with room for a whole run past the cut, or a
  * number across the cut kept its first 11 digits, under the run the mask
- * takes for a card number. */
+ * takes for a card number. A run is at most 19 digits of up to 3 bytes
+ * (full-width) and 18 gaps of up to 8 separators of up to 3 bytes. */
+#define MASK_RUN_MAX (19 * 3 + 18 * 8 * 3)
 static void masked_path(char *out, size_t cap, const char *url)
 {
-  char wide[512 + 64];
+  char wide[512 + MASK_RUN_MAX];
   tp_scopy(wide, sizeof wide, url);
   tp_mask_card_numbers(wide);
   tp_scopy(out, cap, wide);

@@ -620,7 +620,9 @@ static void processing_said(struct tp_cs *cs, int rc, void *arg)
 {
   (void)cs;
   (void)rc;
-  finish(arg, 0);
+  struct tp_pay *p = arg;
+  inflight_del(p->att.id); /* only now may recovery take it: the row it reads is written */
+  finish(p, 0);
 }
 
 static void unresolved(struct tp_pay *p)
@@ -638,7 +640,18 @@ static void unresolved(struct tp_pay *p)
     said = tp_cs_new();
     tp_emit(said, p->r, p->m.id, "payment_intent.processing", p->pi);
   }
-  inflight_del(p->att.id);
+  /* An ISO link that got no answer has started reversing the message and
+   * knows its STAN and field 7: kept on the attempt, so recovery's
+   * reversals name it in field 90 as the link's do (without them a host
+   * that finds originals by field 90 answers 25, read as nothing stands,
+   * while the sale stands there). */
+  if (p->call.orig_data[0] && strcmp(p->att.state, "sent") == 0 && strcmp(p->att.kind, "void") != 0 &&
+      strcmp(p->att.orig_data, p->call.orig_data) != 0 && proc_type_is(p, "iso8583")) {
+    tp_scopy(p->att.orig_data, sizeof p->att.orig_data, p->call.orig_data);
+    if (!said)
+      said = tp_cs_new();
+    tp_cs_attempt(said, &p->att);
+  }
   json_t *err = tp_error_object(TP_ERR_PROCESSOR_STATUS_UNKNOWN, NULL, NULL);
   /* As every error of a PaymentIntent request (Stripe: error.payment_intent),
    * as committed (processing): a create+confirm's client learns its id here,
@@ -654,6 +667,7 @@ static void unresolved(struct tp_pay *p)
       return;
     tp_cs_free(said); /* the outcome's events follow anyway */
   }
+  inflight_del(p->att.id);
   finish(p, 0);
 }
 
@@ -2209,6 +2223,9 @@ static struct tp_pay *recovery_pay(const struct tp_attempt *a, bool *busy)
   }
   p->call.kind = TP_PROC_STATUS;
   p->call.status_of = kind_of(a->kind);
+  /* an ISO link's reversal names the original whole when the link knew it
+   * (unresolved kept it) */
+  tp_scopy(p->call.orig_data, sizeof p->call.orig_data, a->orig_data);
   if (strcmp(a->kind, "void") == 0 && proc_type_is(p, "iso8583")) {
     /* An ISO void is the reversal of the authorization: asking again is
      * sending it again, which is harmless (a host that reversed it already

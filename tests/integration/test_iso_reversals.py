@@ -21,6 +21,7 @@ the test lets it accept:
   untouched, after which the merchant's repeat succeeds; and the capture's
   reversal survives a kill -9.
 """
+import socket
 import time
 import unittest
 
@@ -524,3 +525,72 @@ class CaptureReversalSurvivesKill9(LinkedBase):
 
 if __name__ == "__main__":
     harness.main()
+
+
+class DroppingHost(RefusingHost):
+    """Takes the first authorization and drops the connection at once,
+    refusing sign-on for 3 s: the link reverses it (a 0400 naming it) but
+    cannot send that, and the payment's outcome is left unknown."""
+
+    def __init__(self):
+        self.down_until = 0
+        self.drop_next_auth = True
+        super().__init__()
+
+    def handle(self, c, body):
+        mti, f = unpack(body)
+        now = time.monotonic()
+        if mti == "0800" and now < self.down_until:
+            c.shutdown(socket.SHUT_RDWR)
+            return
+        if mti in ("0100", "0200") and self.drop_next_auth:
+            self.drop_next_auth = False
+            with self.lock:
+                self.seen.append((mti, f))
+                self.by_conn.append((self.connections, mti, f))
+            self.down_until = now + 3.0
+            c.shutdown(socket.SHUT_RDWR)
+            return
+        return super().handle(c, body)
+
+
+class UnresolvedAuthorizationReversed(ReversalBase):
+    def setUp(self):
+        self.host = DroppingHost()
+        self.daemon = Daemon()
+        self.daemon.create_merchant("m")
+        try:
+            self.start()
+        except Exception:
+            self.daemon.cleanup()
+            self.host.close()
+            raise
+
+    def test_recovery_names_the_original_of_an_unresolved_authorization(self):
+        """The link went down with the sale unanswered: the payment answers
+        502 processing and its attempt stays sent. Recovery's reversals name
+        the sale in field 90 as the link's did (they named zeros: a host
+        that finds originals by field 90 answered 25, read as nothing
+        stands, and the sale stood at the host while the PaymentIntent said
+        unpaid)."""
+        r = self.daemon.client("m").post(
+            "/v1/payment_intents",
+            {"amount": 4321, "currency": "usd", "confirm": "true", "payment_method_data": card(PAN_OK)},
+            idem=new_key("unk"))
+        self.assertEqual((r.status, r.json["error"].get("tp_code")), (502, 6018), r)  # processor_status_unknown
+        pid = r.json["error"]["payment_intent"]["id"]
+        auth = self.host.auths()[0]
+        rrn = auth[37]
+        wait_for(lambda: "reversal_retry" in self.daemon.log_text() or "recovery_status" in self.daemon.log_text()
+                 or len(self.host.reversals(rrn)) >= 3, timeout=WAIT_S, what="reversals after the link is back")
+        with self.host.lock:
+            self.host.rev_mode = "accept"
+        wait_for(lambda: self.attempts(pid)[0]["state"] not in ("sent", "reversal_pending"), timeout=WAIT_S,
+                 what="recovery to settle the attempt")
+        revs = self.host.reversals(rrn)
+        self.assertTrue(revs, "no reversal sent")
+        for _, mti, f in revs:
+            self.assertEqual(f[90][4:20], auth[11] + auth[7], f)
+        self.assertIn(rrn, self.host.undone, "the sale stands at the host")
+        pi = self.daemon.client("m").get("/v1/payment_intents/" + pid).json
+        self.assertEqual((pi["status"], pi["amount_received"]), ("requires_payment_method", 0), pi)

@@ -196,6 +196,27 @@ class NoPanTest(DaemonTestCase):
         for n in range(7, len(pan) + 1):
             self.assertNotIn(pan[:n].encode(), log, n)
 
+    def test_a_wide_card_number_across_the_log_line_s_path_cut_is_masked(self):
+        """Full-width digits (3 bytes) parted by 8 ideographic spaces (24
+        bytes): the slack past the cut was sized for ASCII digits, and 7 of
+        them were logged."""
+        import time
+        import urllib.parse
+        wide = [chr(0xFF10 + int(d)) for d in "4571476977203348"]
+        gap = "\u3000" * 8
+        run = gap.join("".join(wide[i:i + 4]) for i in range(0, 16, 4))
+        for n in (440, 452, 470, 490):
+            self.c().get("/v1/customers/" + "a" * n + urllib.parse.quote(run))
+        deadline = time.monotonic() + 10
+        while True:  # the log is written by its own thread
+            log = open(self.daemon.log_path, "rb").read().decode("utf-8", "replace")
+            if log.count("a" * 440) >= 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertGreaterEqual(log.count("a" * 440), 4, "the requests were logged")
+        self.assertNotIn("".join(wide[:4]) + gap + "".join(wide[4:7]), log)
+        self.assertNotIn("".join(wide[:4]) + "\\u3000" * 8 + "".join(wide[4:7]), log)
+
     def test_a_card_number_in_full_width_digits_is_masked(self):
         """As an East Asian input method types it: not echoed in the error,
         the log line or the request log."""
