@@ -610,10 +610,13 @@ static int check_metadata(struct check_ctx *c, size_t plen, json_t *v, const cha
   const char *sk;
   json_t *sv;
   json_object_foreach(v, sk, sv) set += !(json_is_null(sv) || (json_is_string(sv) && json_string_length(sv) == 0));
-  if (set > TP_META_MAX_KEYS || json_object_size(v) > 2 * TP_META_MAX_KEYS) {
-    /* Stripe's words */
-    set_err(c->err, c->path, "Metadata can have up to %d keys, but you've set %zu.", TP_META_MAX_KEYS,
-            set > TP_META_MAX_KEYS ? set : json_object_size(v));
+  if (set > TP_META_MAX_KEYS) { /* Stripe's words */
+    set_err(c->err, c->path, "Metadata can have up to %d keys, but you've set %zu.", TP_META_MAX_KEYS, set);
+    return -1;
+  }
+  if (json_object_size(v) > 2 * TP_META_MAX_KEYS) {
+    set_err(c->err, c->path, "Invalid %s: a request may name at most %d keys, to set or to unset", c->path,
+            2 * TP_META_MAX_KEYS);
     return -1;
   }
   const char *k;

@@ -563,7 +563,10 @@ char *tp_utf8_lower(const char *s)
     for (size_t i = 1; i < l; i++)
       v = (v << 6) | (p[i] & 0x3f);
     uint32_t lv = utf8_loc ? (uint32_t)towlower_l((wint_t)v, utf8_loc) : v;
-    if (lv == 0 || lv > 0x10ffff || (lv >= 0xd800 && lv <= 0xdfff))
+    /* Kept when its lower case would be ASCII (U+0130 to "i", KELVIN SIGN
+     * to "k"): ASCII folds only from ASCII, as SQLite's lower() folds the
+     * index of customers' emails, so the index and the walk agree. */
+    if (lv < 0x80 || lv > 0x10ffff || (lv >= 0xd800 && lv <= 0xdfff))
       lv = v;
     o += utf8_put(o, lv);
     p += l;

@@ -97,9 +97,10 @@ void tp_utf8_scrub(char *s);
  * counted): Stripe's limits on text count characters, not bytes. 0 for NULL. */
 size_t tp_utf8_chars(const char *s);
 /* A new string: s with every character in its Unicode lower case (simple
- * mapping, as towlower in C.UTF-8: "Élodie" -> "élodie", "İ" -> "i"),
- * bytes that are not valid UTF-8 copied as they are. Search folds case
- * with it. Aborts on no memory. */
+ * mapping, as towlower in C.UTF-8: "Élodie" -> "élodie"), but for the two
+ * whose lower case is ASCII ("İ", KELVIN SIGN), kept so that ASCII folds
+ * only from ASCII as in SQLite's lower(); bytes that are not valid UTF-8
+ * copied as they are. Search folds case with it. Aborts on no memory. */
 char *tp_utf8_lower(const char *s);
 
 /* Whether an IPv4 or IPv6 address is publicly routable: false for

@@ -435,7 +435,8 @@ static void test_utf8_lower_folds_unicode_and_keeps_bad_bytes(void **state)
   } cases[] = {
       {"Amy RIDER", "amy rider"},
       {"\xc3\x89lodie \xc3\x86R\xc3\x98", "\xc3\xa9lodie \xc3\xa6r\xc3\xb8"}, /* Élodie ÆRØ */
-      {"\xc4\xb0", "i"},                      /* İ: two bytes down to one */
+      {"\xc4\xb0", "\xc4\xb0"},               /* İ: kept, its lower case is ASCII */
+      {"\xe2\x84\xaa", "\xe2\x84\xaa"},         /* KELVIN SIGN: the same */
       {"\xc8\xba", "\xe2\xb1\xa5"},            /* Ⱥ: two bytes up to three */
       {"\xce\x91\xd0\x96", "\xce\xb1\xd0\xb6"},  /* Greek, Cyrillic */
       {"\xf0\x90\x90\x80", "\xf0\x90\x90\xa8"},  /* Deseret, four bytes */
