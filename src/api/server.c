@@ -19,6 +19,7 @@
 #include "net/stream.h"
 #include "util.h"
 
+#include <ctype.h>
 #include <arpa/inet.h>
 #include <openssl/crypto.h>
 #include <errno.h>
@@ -699,11 +700,15 @@ static void dispatch(struct tp_req *r)
   if ((rt->flags & TP_R_AUTH) && strcmp(r->method, "POST") == 0) {
     const char *k = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Idempotency-Key");
     if (k && *k) {
-      if (strlen(k) > 255) {
+      /* RFC 9110 5.5: trailing whitespace is not the value's, nor counted */
+      size_t kl = strlen(k);
+      while (kl > 0 && (k[kl - 1] == ' ' || k[kl - 1] == '\t'))
+        kl--;
+      if (kl > 255) {
         tp_reply_error(r, TP_ERR_IDEMPOTENCY_KEY_TOO_LONG, NULL, NULL);
         return;
       }
-      tp_scopy(r->idem_key, sizeof r->idem_key, k);
+      tp_scopy(r->idem_key, sizeof r->idem_key, k); /* cut at 255: what is cut is whitespace */
       tp_rtrim_ows(r->idem_key); /* RFC 9110 5.5: "k " is the key "k" */
       if (!r->idem_key[0]) { /* blanks alone: not a key, and not "no key" either */
         tp_reply_error(r, TP_ERR_IDEMPOTENCY_KEY_INVALID, NULL, NULL);
@@ -1014,7 +1019,11 @@ static void raw_reply_close(struct MHD_Connection *conn, unsigned status, const 
  * before its colon) is refused and its connection closed, never read on. */
 struct header_scan {
   int content_length, transfer_encoding, host, authorization, idempotency_key;
-  bool bad_name, te_too_long, expect_continue;
+  /* singletons whose first copy libmicrohttpd's look-up returns, where a
+   * proxy may keep the last (RFC 9110 5.3): another account, version or
+   * body type than the one acted on */
+  int stripe_account, stripe_version, stripe_context, content_type;
+  bool bad_name, bad_host, te_too_long, expect_continue;
   char te_list[256]; /* the Transfer-Encoding fields' lists, joined */
   bool coded_body;             /* Content-Encoding other than identity */
   bool conn_close, conn_keep;  /* Connection: close / keep-alive */
@@ -1022,12 +1031,51 @@ struct header_scan {
   size_t bytes;
 };
 
+/* A field name is a token (RFC 9110 5.1, 5.6.2). */
+static bool token_ok(const char *s)
+{
+  if (!*s)
+    return false;
+  for (; *s; s++)
+    if (!isalnum((unsigned char)*s) && !strchr("!#$%&'*+-.^_`|~", *s))
+      return false;
+  return true;
+}
+
+/* A Host value (RFC 9112 3.2, RFC 3986 3.2.2): empty, or a reg-name (its
+ * characters), an IPv4 address or a bracketed IP literal, then an optional
+ * ":" and digits. Nothing reads it, but a request with an invalid one is
+ * to be refused. */
+static bool host_ok(const char *v)
+{
+  if (!v || !*v)
+    return true;
+  const char *p = v;
+  if (*p == '[') {
+    p++;
+    while (*p && (isxdigit((unsigned char)*p) || strchr(":.vV", *p)))
+      p++;
+    if (*p++ != ']' || p - v < 4)
+      return false;
+  } else {
+    while (*p && (isalnum((unsigned char)*p) || strchr("-._~!$&'()*+,;=%", *p)))
+      p++;
+    if (p == v)
+      return false;
+  }
+  if (*p == ':')
+    for (p++; *p; p++)
+      if (!isdigit((unsigned char)*p))
+        return false;
+  return *p == '\0';
+}
+
 static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
   (void)kind;
   struct header_scan *h = cls;
   h->bytes += strlen(key) + (value ? strlen(value) : 0) + 4 + TP_HTTP_FIELD_OVERHEAD;
-  if (strpbrk(key, " \t"))
+  if (!token_ok(key))
     h->bad_name = true;
   else if (strcasecmp(key, "Content-Length") == 0) {
     h->content_length++;
@@ -1041,8 +1089,17 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
       snprintf(h->te_list + l, sizeof h->te_list - l, "%s%s", l ? "," : "", value ? value : "");
     else
       h->te_too_long = true;
-  } else if (strcasecmp(key, "Host") == 0)
+  } else if (strcasecmp(key, "Host") == 0) {
     h->host++;
+    h->bad_host |= !host_ok(value);
+  } else if (strcasecmp(key, "Stripe-Account") == 0)
+    h->stripe_account++;
+  else if (strcasecmp(key, "Stripe-Version") == 0)
+    h->stripe_version++;
+  else if (strcasecmp(key, "Stripe-Context") == 0)
+    h->stripe_context++;
+  else if (strcasecmp(key, "Content-Type") == 0)
+    h->content_type++;
   else if (strcasecmp(key, "Authorization") == 0)
     h->authorization++;
   else if (strcasecmp(key, "Idempotency-Key") == 0)
@@ -1185,7 +1242,7 @@ static enum tp_err framing_error(struct tp_req *r, const char *version, size_t u
   if (h.bytes > TP_HTTP_HEADERS_MAX)
     return TP_ERR_HEADERS_TOO_LARGE;
   if (h.bad_name)
-    *why = "whitespace in a field name (RFC 9112 5.1)";
+    *why = "a field name that is not a token: whitespace or a control character (RFC 9110 5.1, RFC 9112 5.1)";
   else if (h.content_length > 1)
     *why = "more than one Content-Length (RFC 9112 6.3)";
   else if (h.transfer_encoding && h.content_length)
@@ -1194,10 +1251,20 @@ static enum tp_err framing_error(struct tp_req *r, const char *version, size_t u
     *why = "Transfer-Encoding in an HTTP/1.0 request (RFC 9112 6.1)";
   else if (http11 && h.host != 1)
     *why = "an HTTP/1.1 request needs exactly one Host (RFC 9112 3.2)";
+  else if (h.bad_host)
+    *why = "a Host that is not host[:port] (RFC 9112 3.2, RFC 3986 3.2.2)";
   else if (h.authorization > 1)
     *why = "more than one Authorization";
   else if (h.idempotency_key > 1)
     *why = "more than one Idempotency-Key";
+  else if (h.stripe_account > 1)
+    *why = "more than one Stripe-Account";
+  else if (h.stripe_version > 1)
+    *why = "more than one Stripe-Version";
+  else if (h.stripe_context > 1)
+    *why = "more than one Stripe-Context";
+  else if (h.content_type > 1)
+    *why = "more than one Content-Type (RFC 9110 8.3)";
   int te = h.transfer_encoding ? te_judge(&h) : 0;
   if (!*why && te == 400)
     *why = "Transfer-Encoding: chunked applied more than once, not as the final coding, or not as libmicrohttpd "
