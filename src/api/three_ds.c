@@ -9,7 +9,9 @@
 #include "core/payflow.h"
 #include "jpack.h"
 
+#include <ctype.h>
 #include <stdio.h>
+#include <strings.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -82,21 +84,29 @@ static void frame_origin_of(struct tp_req *r, const json_t *intent)
     json_object_get(json_object_get(json_object_get(intent, "next_action"), "redirect_to_url"), "return_url"));
   if (!ret)
     return;
-  size_t skip = strncmp(ret, "https://", 8) == 0 ? 8 : strncmp(ret, "http://", 7) == 0 ? 7 : 0;
-  if (!skip)
+  /* scheme and host in any case (RFC 3986 3.1, 3.2.2), written lower
+   * case as an origin is; userinfo is not part of the origin */
+  const char *scheme = strncasecmp(ret, "https://", 8) == 0 ? "https://" : strncasecmp(ret, "http://", 7) == 0 ? "http://"
+                                                                                                                : NULL;
+  if (!scheme)
     return;
-  size_t n = skip;
-  while (ret[n] && ret[n] != '/' && ret[n] != '?' && ret[n] != '#') {
-    char c = ret[n];
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '-' ||
-          c == ':' || c == '[' || c == ']'))
-      return; /* userinfo, percent-escapes, anything a CSP would read otherwise */
-    n++;
-  }
-  if (n == skip || n >= sizeof r->frame_origin)
+  const char *host = ret + strlen(scheme), *end = host;
+  while (*end && *end != '/' && *end != '?' && *end != '#')
+    end++;
+  const char *at = memrchr(host, '@', (size_t)(end - host));
+  if (at)
+    host = at + 1;
+  size_t sl = strlen(scheme), hl = (size_t)(end - host);
+  if (hl == 0 || sl + hl >= sizeof r->frame_origin)
     return;
-  memcpy(r->frame_origin, ret, n);
-  r->frame_origin[n] = '\0';
+  for (const char *c = host; c < end; c++)
+    if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '.' ||
+          *c == '-' || *c == ':' || *c == '[' || *c == ']'))
+      return; /* percent-escapes, an IDN, anything a CSP would read otherwise */
+  memcpy(r->frame_origin, scheme, sl);
+  for (size_t i = 0; i < hl; i++)
+    r->frame_origin[sl + i] = (char)tolower((unsigned char)host[i]);
+  r->frame_origin[sl + hl] = '\0';
 }
 
 /* The intent a challenge link names, read for its return_url (NULL: none

@@ -366,7 +366,10 @@ class ThreeDSTest(DaemonTestCase):
         for ret, ancestors in ((RETURN_URL, "https://shop.example"),
                                ("http://127.0.0.1:8123/back?x=1", "http://127.0.0.1:8123"),
                                ("myapp://done", "'none'"), ("https://a.example;script-src/x", "'none'"),
-                               ("https://user@shop.example/r", "'none'"), (None, "'none'")):
+                               # an origin has no userinfo, and its scheme and host are any case
+                               ("https://user:pw@shop.example/r", "https://shop.example"),
+                               ("HTTPS://Shop.Example:8443/R", "https://shop.example:8443"),
+                               ("https://shop.ex%61mple/r", "'none'"), (None, "'none'")):
             with self.subTest(ret=ret):
                 pi, url, token = self.start_challenge(return_url=ret)
                 u = urllib.parse.urlsplit(url)
