@@ -1466,6 +1466,8 @@ static bool expand_list(struct tp_req *r, json_t *obj, const char *path, const j
   const char *id = json_string_value(json_object_get(obj, "id"));
   if (!what || !id || strlen(id) >= TP_ID_MAX)
     return false;
+  if (json_is_true(json_object_get(obj, "deleted")))
+    return true; /* a deleted object's stub has no lists: nothing to add (and not refused) */
   const json_t *had = json_object_get(obj, path);
   if (json_is_object(had) && strcmp(json_string_value(json_object_get(had, "object")) ?: "", "list") == 0)
     return true; /* expanded already, perhaps deeper ("refunds.data.x" before "refunds") */

@@ -644,6 +644,10 @@ class Sources(DaemonTestCase):
         other = self.c().post(self.srcs(keep["id"]), {"source": "tok_visa"}).json["id"]
         r = self.c().delete(CUS + "/" + cus["id"])
         self.assertEqual((r.status, r.json), (200, {"id": cus["id"], "object": "customer", "deleted": True}))
+        # its stub is all a retrieve shows, expanded or not
+        for params in ({}, {"expand[]": "sources"}):
+            got = self.c().get(CUS + "/" + cus["id"], params)
+            self.assertEqual((got.status, got.json), (200, {"id": cus["id"], "object": "customer", "deleted": True}))
         self.assertStripeError(self.c().get(self.srcs(cus["id"]) + "/" + card_id), 404, "invalid_request_error")
         self.assertStripeError(self.c().get("/v1/payment_methods/" + card_id), 404, "invalid_request_error")
         got = self.c().get("/v1/payment_methods/" + pm["id"])
