@@ -520,6 +520,10 @@ static void si_confirm(struct tp_req *r, json_t *si, struct tp_cs *cs, bool crea
    * customer. */
   if (!tp_si_customer_lock(r, si, cus_lock))
     goto fail;
+  /* A customer deleted since the SetupIntent was made: nothing to set the
+   * card up for (it went on, and the card was not saved) */
+  if (cus_lock[0] && !tp_live_or_missing(r, TP_K_CUSTOMER, cus_lock, "customer", "customer"))
+    goto fail;
   json_object_set(si, "payment_method", json_object_get(pm, "id"));
   json_object_set_new(si, "last_setup_error", json_null());
   if (created)

@@ -70,6 +70,20 @@ class SetupIntents(DaemonTestCase):
             if got.get("customer") == cus:
                 stuck.append((si, pm, res["c"].status))
         self.assertEqual(stuck, [], "cards left attached to a deleted customer")
+
+    def test_a_setup_intent_whose_customer_was_deleted_does_not_confirm(self):
+        """Its customer went after it was made: confirming it names the
+        missing customer and changes nothing (it succeeded, the card saved
+        to no one)."""
+        c = self.c("m")
+        cus = c.post("/v1/customers", {"name": "gone"}).json["id"]
+        si = c.post("/v1/setup_intents", {"customer": cus, "payment_method": "pm_card_visa"}).json
+        self.assertEqual(c.delete("/v1/customers/" + cus).status, 200)
+        r = c.post("/v1/setup_intents/%s/confirm" % si["id"], {})
+        err = self.assertStripeError(r, 404, "invalid_request_error", "resource_missing", param="customer")
+        self.assertIn(cus, err["message"])
+        self.assertEqual(c.get("/v1/setup_intents/" + si["id"]).json["status"], "requires_confirmation")
+
     def test_a_payment_method_id_no_payment_method_can_have_is_missing(self):
         """The SetupIntent's own id, or one too long for any PaymentMethod, as
         payment_method: 404 at once (it waited 2 s on its own lock, then 429)."""
