@@ -831,6 +831,10 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
     bool no_action = false;
     /* error_on_requires_action: fail instead of asking, as off-session. */
     tp_param_bool(params, "error_on_requires_action", &no_action);
+    /* Off-session (and through the Charges API) the authorization goes to
+     * the issuer, which declines it soft, wanting authentication: a failed
+     * charge, as Stripe records it. error_on_requires_action stops before. */
+    bool issuer_declines = off || charges_api;
     off = off || no_action || charges_api;
     tp_await_3ds(r, pi);
     /* A card whose 3-D Secure attempt fails (Stripe's 3097): declined
@@ -843,6 +847,15 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
       json_t *err = tp_error_object(tds_error ? (enum tp_err)tp_error_by_decline_code("processing_error")->number
                                               : TP_ERR_DECLINE_AUTHENTICATION_REQUIRED,
                                     NULL, NULL);
+      if (issuer_declines && !tds_error) {
+        json_t *ch = tp_charge_declined_unsent(pi, pm, ci.pan, "authentication_required");
+        json_object_set(ch, "failure_code", json_object_get(err, "code"));
+        json_object_set(ch, "failure_message", json_object_get(err, "message"));
+        json_object_set(err, "charge", json_object_get(ch, "id"));
+        json_object_set(pi, "latest_charge", json_object_get(ch, "id"));
+        tp_put_emit(cs, r, r->merchant.id, TP_K_CHARGE, "charge.failed", ch);
+        json_decref(ch);
+      }
       json_object_set(err, "payment_method", pm);
       json_object_set(pi, "last_payment_error", err);
       json_object_set_new(pi, "payment_method", json_null());

@@ -1687,6 +1687,27 @@ const char *tp_decline_param(const char *code)
   return NULL;
 }
 
+json_t *tp_charge_declined_unsent(const json_t *pi, const json_t *pm, const char *pan, const char *decline)
+{
+  struct tp_pay *p = calloc(1, sizeof *p);
+  if (!p)
+    abort();
+  p->pi = (json_t *)(uintptr_t)pi; /* read only, not freed */
+  p->pm = (json_t *)(uintptr_t)pm;
+  tp_scopy(p->call.pan, sizeof p->call.pan, pan ? pan : "");
+  tp_scopy(p->call.decline_code, sizeof p->call.decline_code, decline);
+  p->call.no_cvc = true; /* nothing was checked */
+  json_t *ch = tp_charge_new(p, false);
+  json_object_set_new(ch, "outcome", outcome_obj(false, decline, p->call.pan));
+  /* no processor took it, no attempt was made */
+  json_t *turn = json_object_get(ch, "turnpike");
+  json_object_del(turn, "processor");
+  json_object_del(turn, "attempt");
+  tp_card_wipe(p->call.pan, sizeof p->call.pan);
+  free(p);
+  return ch;
+}
+
 static bool async_capture(const json_t *pi)
 {
   const char *cm = tp_pi_card_option(pi, "capture_method");

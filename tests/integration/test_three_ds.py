@@ -117,9 +117,12 @@ class ThreeDSTest(DaemonTestCase):
                 return types
             time.sleep(0.2)
 
-    def assertAuthenticationRequired(self, r, amount):
+    def assertAuthenticationRequired(self, r, amount, issuer_declined):
         """402 card_error authentication_required, the PaymentIntent back to
-        requires_payment_method (in the error and stored), nothing charged."""
+        requires_payment_method (in the error and stored), nothing charged.
+        Off-session the issuer declines it soft: a failed charge, named by
+        the error and the PaymentIntent, as Stripe records it; with
+        error_on_requires_action nothing is sent, and there is none."""
         self.assertEqual(r.status, 402, r)
         e = r.json["error"]
         self.assertEqual(e["type"], "card_error", r)
@@ -135,20 +138,35 @@ class ThreeDSTest(DaemonTestCase):
         got = self.get_pi(pi["id"])
         self.assertEqual(got["status"], "requires_payment_method", got)
         self.assertEqual(got["amount_received"], 0, got)
-        self.assertIsNone(got["latest_charge"], got)
         self.assertEqual(got["amount"], amount, got)
         self.assertIn("payment_intent.payment_failed", self.events_for(pi["id"], ["payment_intent.payment_failed"]))
+        if not issuer_declined:
+            self.assertIsNone(got["latest_charge"], got)
+            self.assertNotIn("charge", e, r)
+            return got
+        self.assertEqual(e.get("charge"), got["latest_charge"], r)
+        self.assertEqual(got["last_payment_error"]["charge"], got["latest_charge"], got)
+        ch = self.c().get("/v1/charges/" + got["latest_charge"]).json
+        self.assertEqual((ch["status"], ch["paid"], ch["captured"], ch["amount"], ch["amount_captured"]),
+                         ("failed", False, False, amount, 0), ch)
+        self.assertEqual((ch["failure_code"], ch["outcome"]["type"], ch["outcome"]["reason"]),
+                         ("authentication_required", "issuer_declined", "authentication_required"), ch)
+        self.assertEqual(ch["failure_message"], e["message"], ch)
+        self.assertEqual((ch["payment_intent"], ch["payment_method"], ch["balance_transaction"]),
+                         (pi["id"], e["payment_method"]["id"], None), ch)
+        self.assertNotIn("processor", ch.get("turnpike", {}), ch)
+        self.assertIn("charge.failed", self.events_for(ch["id"], ["charge.failed"]))
         return got
 
     def test_off_session_3ds_card_fails_with_authentication_required(self):
         r = self.c().post(PI, {"amount": 3300, "currency": "eur", "confirm": "true", "off_session": "true",
                                "payment_method_data": card(PAN_3DS)})
-        self.assertAuthenticationRequired(r, 3300)
+        self.assertAuthenticationRequired(r, 3300, issuer_declined=True)
 
     def test_error_on_requires_action_fails_instead_of_asking(self):
         r = self.c().post(PI, {"amount": 3400, "currency": "eur", "confirm": "true",
                                "error_on_requires_action": "true", "payment_method_data": card(PAN_3DS_2)})
-        self.assertAuthenticationRequired(r, 3400)
+        self.assertAuthenticationRequired(r, 3400, issuer_declined=False)
 
     def test_request_three_d_secure_any_challenges_a_card_that_does_not_ask(self):
         # 5555... needs no authentication by itself; the merchant asks for it.
