@@ -2192,7 +2192,7 @@ bool tp_metadata_update(struct tp_req *r, json_t *obj, const json_t *v)
   char msg[128];
   snprintf(msg, sizeof msg, "Metadata can have up to %d keys, but you've set %zu.", TP_METADATA_MAX_KEYS,
            json_object_size(json_object_get(obj, "metadata")));
-  tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "metadata", msg);
+  tp_reply_error(r, TP_ERR_METADATA_TOO_MANY_KEYS, "metadata", msg);
   return false;
 }
 

@@ -4,6 +4,7 @@
  * card field, because errors end up in responses and logs. */
 #include "params.h"
 #include "util.h"
+#include "tp_errors.h"
 
 #include <ctype.h>
 #include <limits.h>
@@ -42,6 +43,13 @@ static void set_err(struct tp_params_error *err, const char *param, const char *
   vsnprintf(err->message, sizeof err->message, fmt, ap);
   va_end(ap);
   tp_scopy(err->param, sizeof err->param, param ? param : "");
+  err->code = 0;
+}
+
+/* The registry row of the error just set (tp_reply_params_error answers
+ * with it). */
+static void set_code(struct tp_params_error *err, int code) {
+  if (err) err->code = code;
 }
 
 /* Length of the valid UTF-8 sequence at s (at most n bytes), or 0 when it is
@@ -159,6 +167,7 @@ static int split_key(char *key, size_t klen, const char *name, struct seg *segs,
     if (n > TP_PARAMS_MAX_DEPTH) {
       set_err(err, name, "Parameter nested too deeply (limit %d levels): %s",
               TP_PARAMS_MAX_DEPTH, name);
+      set_code(err, TP_ERR_PARAMETER_NESTING_TOO_DEEP);
       return -1;
     }
     key[i] = '\0';
@@ -360,6 +369,7 @@ json_t *tp_params_parse_form(const char *body, size_t len, struct tp_params_erro
     if (*p == '&') { p++; continue; } /* empty pair, as in a=1&&b=2 */
     if (++count > TP_PARAMS_MAX_COUNT) {
       set_err(err, NULL, "Too many parameters (limit %d)", TP_PARAMS_MAX_COUNT);
+      set_code(err, TP_ERR_PARAMETER_COUNT_EXCEEDED);
       goto fail;
     }
     size_t klen, vlen = 0;
@@ -394,6 +404,7 @@ json_t *tp_params_parse_form(const char *body, size_t len, struct tp_params_erro
           set_err(err, key, "Value of %s too long (limit %d characters)", key, TP_PARAMS_MAX_CHARS);
         else
           set_err(err, key, "Value of %s too long (limit %d bytes)", key, max);
+        set_code(err, TP_ERR_PARAMETER_TOO_LONG);
         used = (size_t)max + 1;
         goto fail;
       case DEC_NUL:
@@ -436,15 +447,18 @@ static int json_limits(json_t *j, int depth, size_t *leaves, char *path, size_t 
   if (json_is_object(j) || json_is_array(j)) {
     if (depth > TP_PARAMS_MAX_DEPTH) {
       set_err(err, path, "JSON nested too deeply (limit %d levels)", TP_PARAMS_MAX_DEPTH);
+      set_code(err, TP_ERR_PARAMETER_NESTING_TOO_DEEP);
       return -1;
     }
   } else {
     if (++*leaves > TP_PARAMS_MAX_COUNT) {
       set_err(err, NULL, "Too many parameters (limit %d)", TP_PARAMS_MAX_COUNT);
+      set_code(err, TP_ERR_PARAMETER_COUNT_EXCEEDED);
       return -1;
     }
     if (json_is_string(j) && json_string_length(j) > (size_t)tp_params_max_value(path)) {
       set_err(err, path, "Value of %s too long (limit %d bytes)", path, tp_params_max_value(path));
+      set_code(err, TP_ERR_PARAMETER_TOO_LONG);
       return -1;
     }
     return 0;
@@ -495,28 +509,35 @@ json_t *tp_params_parse_json(const char *body, size_t len, struct tp_params_erro
     switch (json_error_code(&je)) {
     case json_error_numeric_overflow:
       set_err(err, NULL, "Invalid JSON: integer too large (must fit in 64 bits) at line %d column %d", je.line, je.column);
+      set_code(err, TP_ERR_JSON_INVALID);
       break;
     case json_error_duplicate_key:
       set_err(err, NULL, "Invalid JSON: duplicate key at line %d column %d", je.line, je.column);
+      set_code(err, TP_ERR_JSON_INVALID);
       break;
     case json_error_stack_overflow:
       set_err(err, NULL, "JSON nested too deeply (limit %d levels)", TP_PARAMS_MAX_DEPTH);
+      set_code(err, TP_ERR_PARAMETER_NESTING_TOO_DEEP);
       break;
     case json_error_null_character:
     case json_error_null_byte_in_key:
       set_err(err, NULL, "Invalid JSON: NUL character at line %d column %d", je.line, je.column);
+      set_code(err, TP_ERR_JSON_INVALID);
       break;
     case json_error_invalid_utf8:
       set_err(err, NULL, "Invalid JSON: invalid UTF-8 at line %d column %d", je.line, je.column);
+      set_code(err, TP_ERR_JSON_INVALID);
       break;
     default:
       set_err(err, NULL, "Invalid JSON: syntax error at line %d column %d", je.line, je.column);
+      set_code(err, TP_ERR_JSON_INVALID);
       break;
     }
     return NULL;
   }
   if (!json_is_object(root)) {
     set_err(err, NULL, "Invalid JSON: the body must be a JSON object");
+    set_code(err, TP_ERR_JSON_INVALID);
     json_decref(root);
     return NULL;
   }
@@ -559,6 +580,11 @@ static int type_error(struct check_ctx *c, const char *key, const json_t *v, con
     set_err(c->err, c->path, "Invalid integer for %s: not a whole number within 64 bits", c->path);
   else
     set_err(c->err, c->path, "Invalid value for %s", c->path);
+  /* the registry's row for the type (an integer's is told by its message) */
+  set_code(c->err, strcmp(what, "boolean") == 0 ? TP_ERR_PARAMETER_INVALID_BOOLEAN
+                   : strcmp(what, "array") == 0 ? TP_ERR_PARAMETER_INVALID_ARRAY
+                   : strcmp(what, "object") == 0 ? TP_ERR_PARAMETER_INVALID_HASH
+                                                 : 0);
   return -1;
 }
 
@@ -612,11 +638,13 @@ static int check_metadata(struct check_ctx *c, size_t plen, json_t *v, const cha
   json_object_foreach(v, sk, sv) set += !(json_is_null(sv) || (json_is_string(sv) && json_string_length(sv) == 0));
   if (set > TP_META_MAX_KEYS) { /* Stripe's words */
     set_err(c->err, c->path, "Metadata can have up to %d keys, but you've set %zu.", TP_META_MAX_KEYS, set);
+    set_code(c->err, TP_ERR_METADATA_TOO_MANY_KEYS);
     return -1;
   }
   if (json_object_size(v) > 2 * TP_META_MAX_KEYS) {
     set_err(c->err, c->path, "Invalid %s: a request may name at most %d keys, to set or to unset", c->path,
             2 * TP_META_MAX_KEYS);
+    set_code(c->err, TP_ERR_METADATA_TOO_MANY_KEYS);
     return -1;
   }
   const char *k;
@@ -631,6 +659,7 @@ static int check_metadata(struct check_ctx *c, size_t plen, json_t *v, const cha
     if (utf8_chars(k, kl) > TP_META_MAX_KEYLEN) {
       set_err(c->err, c->path, "Invalid metadata key %s: keys can be at most %d characters",
               c->path, TP_META_MAX_KEYLEN);
+      set_code(c->err, TP_ERR_METADATA_KEY_TOO_LONG);
       return -1;
     }
     if (strpbrk(k, "[]")) {
@@ -643,6 +672,7 @@ static int check_metadata(struct check_ctx *c, size_t plen, json_t *v, const cha
       if (utf8_chars(json_string_value(mv), json_string_length(mv)) > TP_META_MAX_VALLEN) {
         set_err(c->err, c->path, "Invalid %s: values can be at most %d characters",
                 c->path, TP_META_MAX_VALLEN);
+        set_code(c->err, TP_ERR_METADATA_VALUE_TOO_LONG);
         return -1;
       }
     } else if (json_is_integer(mv)) {
@@ -763,11 +793,13 @@ static int check_value(struct check_ctx *c, size_t plen, json_t *v, const struct
     int max = sp->type == TP_P_TEXT ? TP_PARAMS_MAX_TEXT : TP_PARAMS_MAX_VALUE;
     if (sp->type == TP_P_TEXT && json_string_length(v) > (size_t)max) {
       set_err(c->err, c->path, "Value of %s too long (limit %d bytes)", c->path, max);
+      set_code(c->err, TP_ERR_PARAMETER_TOO_LONG);
       return -1;
     }
     if (sp->type == TP_P_STRING && (json_string_length(v) > (size_t)max ||
                                     utf8_chars(json_string_value(v), json_string_length(v)) > TP_PARAMS_MAX_CHARS)) {
       set_err(c->err, c->path, "Value of %s too long (limit %d characters)", c->path, TP_PARAMS_MAX_CHARS);
+      set_code(c->err, TP_ERR_PARAMETER_TOO_LONG);
       return -1;
     }
     return 0;
@@ -807,6 +839,7 @@ static int check_value(struct check_ctx *c, size_t plen, json_t *v, const struct
       n += (size_t)w;
     }
     set_err(c->err, c->path, "Invalid %s: must be one of %s", c->path, list);
+    set_code(c->err, TP_ERR_PARAMETER_INVALID_ENUM);
     return -1;
   }
   case TP_P_METADATA:

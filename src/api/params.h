@@ -20,6 +20,7 @@
 struct tp_params_error {
   char message[256];   /* human message, never contains parameter *values* */
   char param[128];     /* offending parameter in Stripe bracket form, "" if none */
+  int code;            /* its errors/registry.tsv number (enum tp_err), 0 when the reply picks it */
 };
 
 /* Parse application/x-www-form-urlencoded with Stripe bracket nesting:

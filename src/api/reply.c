@@ -154,7 +154,9 @@ void tp_reply_error(struct tp_req *r, enum tp_err e, const char *param, const ch
 void tp_reply_params_error(struct tp_req *r, const struct tp_params_error *pe, bool unknown)
 {
   enum tp_err e = TP_ERR_PARAMETER_INVALID;
-  if (unknown || strncmp(pe->message, "Received unknown parameter", 26) == 0)
+  if (pe->code > 0 && !unknown && tp_error_info((enum tp_err)pe->code))
+    e = (enum tp_err)pe->code; /* the check named its row */
+  else if (unknown || strncmp(pe->message, "Received unknown parameter", 26) == 0)
     e = TP_ERR_PARAMETER_UNKNOWN;
   else if (strncmp(pe->message, "Parameter not supported", 23) == 0)
     e = TP_ERR_PARAMETER_UNSUPPORTED;

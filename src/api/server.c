@@ -734,18 +734,22 @@ static void dispatch(struct tp_req *r)
   run_handler(r);
 }
 
-/* The path, card-number-like digit runs masked, cut to cap (at most 512):
- * masked before it is cut, with room for a whole run past the cut, or a
- * number across the cut kept its first 11 digits, under the run the mask
- * takes for a card number. A run is at most 19 digits of up to 3 bytes
- * (full-width) and 18 gaps of up to 8 separators of up to 3 bytes. */
-#define MASK_RUN_MAX (19 * 3 + 18 * 8 * 3)
+/* The path, card-number-like digit runs masked, cut to cap: the whole
+ * path is masked before it is cut (at most the request line's 12 KiB), as
+ * a number across the cut kept its first digits, under the run the mask
+ * takes for a card number, and masking shortens what comes before (a
+ * full-width digit becomes one '*'), bringing a number from past any fixed
+ * slack into the part kept. */
 static void masked_path(char *out, size_t cap, const char *url)
 {
-  char wide[512 + MASK_RUN_MAX];
-  tp_scopy(wide, sizeof wide, url);
-  tp_mask_card_numbers(wide);
-  tp_scopy(out, cap, wide);
+  char *all = strdup(url ? url : "");
+  if (!all) {
+    tp_scopy(out, cap, "");
+    return;
+  }
+  tp_mask_card_numbers(all);
+  tp_scopy(out, cap, all);
+  free(all);
   tp_utf8_scrub(out); /* a character the cut split */
 }
 
@@ -1048,12 +1052,25 @@ static bool token_ok(const char *s)
  * to be refused. */
 static bool host_ok(const char *v)
 {
-  if (!v || !*v)
+  if (!v)
     return true;
+  while (*v == ' ' || *v == '\t') /* OWS is not the value's (RFC 9110 5.5) */
+    v++;
+  size_t n = strlen(v);
+  while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+    n--;
+  if (n == 0)
+    return true;
+  char h[512];
+  if (n >= sizeof h)
+    return false;
+  memcpy(h, v, n);
+  h[n] = '\0';
+  v = h;
   const char *p = v;
-  if (*p == '[') {
+  if (*p == '[') { /* IPv6, IPvFuture (RFC 3986), a zone (RFC 6874) */
     p++;
-    while (*p && (isxdigit((unsigned char)*p) || strchr(":.vV", *p)))
+    while (*p && (isalnum((unsigned char)*p) || strchr(":.-_~!$&'()*+,;=%", *p)))
       p++;
     if (*p++ != ']' || p - v < 4)
       return false;
@@ -1251,6 +1268,8 @@ static enum tp_err framing_error(struct tp_req *r, const char *version, size_t u
     *why = "Transfer-Encoding in an HTTP/1.0 request (RFC 9112 6.1)";
   else if (http11 && h.host != 1)
     *why = "an HTTP/1.1 request needs exactly one Host (RFC 9112 3.2)";
+  else if (h.host > 1)
+    *why = "more than one Host (RFC 9112 3.2)";
   else if (h.bad_host)
     *why = "a Host that is not host[:port] (RFC 9112 3.2, RFC 3986 3.2.2)";
   else if (h.authorization > 1)

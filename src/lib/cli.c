@@ -169,7 +169,7 @@ int tp_cli_lock_dir(const char *dir, const char *name, bool on_dir, long *holder
 int tp_cli_ini_parse(const char *path, int (*handler)(void *, const char *, const char *, const char *), void *user)
 {
   struct stat st;
-  if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+  if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) /* a pipe or /dev/stdin reads as it should */
     return -1;
   return ini_parse(path, handler, user);
 }

@@ -32,11 +32,11 @@ long tp_cli_raise_nofile(long want);
  * on_dir: the lock is the directory's (and the file's, for binaries that
  * locked the file alone), not only the file's, which a deletion defeats. */
 int tp_cli_lock_dir(const char *dir, const char *name, bool on_dir, long *holder);
-/* libinih's ini_parse of a configuration file that must be a regular file:
+/* libinih's ini_parse of a configuration file that is not a directory:
  * ini_parse reads a directory as an empty file (its first read fails), so
  * `--config /etc/turnpike` (the directory) ran on built-in defaults, the
- * in-process sandbox approving every payment. -1 when path is not a
- * readable regular file, else ini_parse's result. handler is an
+ * in-process sandbox approving every payment. -1 for a directory, else
+ * ini_parse's result (-1 when it cannot be opened). handler is an
  * ini_handler. */
 int tp_cli_ini_parse(const char *path, int (*handler)(void *, const char *, const char *, const char *), void *user);
 /* The data directory a command uses when not given --data:

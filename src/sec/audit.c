@@ -745,7 +745,9 @@ int tp_cmd_audit(int argc, char **argv)
   snprintf(wal, sizeof wal, "%s-wal", path);
   bool immutable = access(data, W_OK) != 0 && (stat(wal, &wst) != 0 || wst.st_size == 0);
   if (immutable) {
-    size_t o = (size_t)snprintf(uri, sizeof uri, "file:");
+    /* "file://" and the absolute path (an empty authority: a path of
+     * "//x" would otherwise read as the authority x) */
+    size_t o = (size_t)snprintf(uri, sizeof uri, path[0] == '/' ? "file://" : "file:");
     for (const char *q = path; *q && o + 4 < sizeof uri; q++)
       o += strchr("%?#", *q) ? (size_t)snprintf(uri + o, sizeof uri - o, "%%%02X", (unsigned char)*q)
                              : (size_t)snprintf(uri + o, sizeof uri - o, "%c", *q);

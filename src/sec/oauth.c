@@ -651,7 +651,7 @@ void tp_h_oauth_metadata(struct tp_req *r)
 static void usage(FILE *f)
 {
   fprintf(f, "usage: turnpike oauth-client create [--data DIR] --merchant ID --scopes \"SCOPE ...\"\n"
-             "       turnpike oauth-client revoke --data DIR --client-id ID\n\n"
+             "       turnpike oauth-client revoke [--data DIR] --client-id ID\n\n"
              "Creates an OAuth 2.0 client (client credentials grant) for a merchant and prints\n"
              "{\"client_id\",\"client_secret\",\"merchant\",\"scopes\"} as JSON. The secret is stored only as\n"
              "its SHA-256: this is the only time it is shown. Scopes: payments:read payments:write\n"

@@ -174,7 +174,8 @@ static void print_json(json_t *o)
 static void usage_backup(FILE *f)
 {
   fprintf(f, "usage: turnpike backup --out FILE [--data DIR]\n\n"
-             "Writes a consistent copy of the store in DIR (default ./var) to FILE while the\n"
+             "Writes a consistent copy of the store in DIR (default $TURNPIKE_SERVER_DATA, else ./var)\n"
+             "to FILE while the "
              "server runs: one snapshot, fsynced, checked (SQLite integrity_check, every ledger\n"
              "transaction balanced, running balances equal to the entries), then renamed\n"
              "into place. FILE must not exist. Prints a JSON summary; exit 1 if the copy\n"
@@ -324,7 +325,7 @@ static void usage_restore(FILE *f)
 {
   fprintf(f, "usage: turnpike restore --from FILE [--data DIR] [--force] [--accept-unsealed-audit]\n\n"
              "Puts a copy made by `turnpike backup` in place as DIR/turnpike.db (default\n"
-             "./var). Refuses while a turnpike serve uses DIR, when FILE is not a whole\n"
+             "$TURNPIKE_SERVER_DATA, else ./var). Refuses while a turnpike serve uses DIR, when FILE is not a whole\n"
              "Turnpike store or its ledger does not balance, when its audit chain is broken\n"
              "or has no signed checkpoint (unless --accept-unsealed-audit), when it was made\n"
              "under another vault.key than DIR's, and when DIR already holds a store unless\n"

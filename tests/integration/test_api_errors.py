@@ -137,6 +137,36 @@ class ApiErrorsTest(DaemonTestCase):
                         % (key, long_key, len(body))).encode() + body)
         self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[-400:])
 
+    def test_each_kind_of_bad_parameter_answers_its_registry_row(self):
+        """The registry's rows for parameters are the ones sent, not a
+        catch-all parameter_invalid (1003) or body_malformed (1020) for all
+        of them; assertStripeError checks each against its row."""
+        c = self.c("bad")
+        cus = "/v1/customers"
+        cases = [
+            ("nested too deep", dict(body="a" + "[b]" * 9 + "=1"), 1015),
+            ("too many parameters", dict(body="&".join("m%d=1" % i for i in range(600))), 1016),
+            ("a value too long", dict(body="name=" + "x" * 5001), 1010),
+            ("invalid JSON", dict(body='{"name": ', content_type="application/json"), 1023),
+            ("JSON nested too deep", dict(body='{"metadata":' + '{"a":' * 12 + '1' + '}' * 13,
+                                          content_type="application/json"), 1015),
+            ("51 metadata keys", dict(body="&".join("metadata[k%d]=v" % i for i in range(51))), 1017),
+            ("a metadata key too long", dict(body="metadata[%s]=v" % ("k" * 41)), 1018),
+            ("a metadata value too long", dict(body="metadata[k]=" + "v" * 501), 1019),
+            ("not an enum value", dict(body="tax_exempt=sometimes"), 1013),
+            ("an array for an object", dict(body="address[]=x"), 1012),
+            ("an object for an array", dict(body="preferred_locales[a]=en"), 1011),
+        ]
+        before = c.get(cus).json["data"]
+        for what, kw, want in cases:
+            with self.subTest(what=what):
+                r = c.post(cus, body=kw.pop("body"), **kw)
+                err = self.assertStripeError(r, 400, "invalid_request_error")
+                self.assertEqual(err["tp_code"], want, (what, err))
+        r = c.post(PI, dict(GOOD, confirm="maybe"))
+        self.assertEqual(self.assertStripeError(r, 400, param="confirm")["tp_code"], 1009, r)
+        self.assertEqual(c.get(cus).json["data"], before, "a refused request made a customer")
+
     def test_ambiguous_framing_is_refused_and_the_connection_closed(self):
         """RFC 9112: what a proxy and this server could read differently
         (request smuggling) gets an error and a close, never a second
@@ -183,6 +213,7 @@ class ApiErrorsTest(DaemonTestCase):
             # RFC 9112 3.2: an invalid Host; RFC 9110 5.1: a name that is not a token
             ("an invalid Host", "GET /v1/balance HTTP/1.1\r\nHost: a b\r\n" + auth + "\r\n", 400),
             ("a Host with userinfo", "GET /v1/balance HTTP/1.1\r\nHost: u@a\r\n" + auth + "\r\n", 400),
+            ("two Host in HTTP/1.0", "GET /v1/balance HTTP/1.0\r\nHost: a\r\nHost: b\r\n" + auth + "\r\n", 400),
             ("a control character in a field name", "GET /v1/balance HTTP/1.1\r\nHost: x\r\n" + auth +
              "X\x01Y: z\r\n\r\n", 400),
         ]
@@ -198,6 +229,12 @@ class ApiErrorsTest(DaemonTestCase):
         out = self.raw(("POST /v1/customers HTTP/1.1\r\nHost: x\r\n" + auth + form +
                         "Content-Length: 100000000\r\nExpect: 100-continue\r\n\r\n").encode())
         self.assertTrue(out.startswith(b"HTTP/1.1 413"), out[:200])
+        # a Host padded with whitespace (RFC 9110 5.5), an IP literal with a zone, an empty
+        # one: ordinary requests
+        for host in ("x ", "x:80\t", "[fe80::1%25eth0]:8080", "[v1.fe80::a+en1]", ""):
+            out = self.raw(("GET /v1/balance HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n" % host + auth +
+                            "\r\n").encode())
+            self.assertTrue(out.startswith(b"HTTP/1.1 200"), (host, out[:200]))
         # 12 KB of headers is an ordinary request
         out = self.raw(("GET /v1/balance HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + auth + "X-Pad: " +
                         "a" * 12000 + "\r\n\r\n").encode())

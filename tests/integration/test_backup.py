@@ -121,6 +121,18 @@ class BackupTest(DaemonTestCase):
         self.assertFalse(os.path.exists(nowhere))
         p = run("kek", "rotate", "--config", self.tmp, "--data", self.daemon.data)
         self.assertEqual(p.returncode, 2, p.stderr)
+        # a pipe is read as a file (--config <(...)): only a directory is refused
+        rfd, wfd = os.pipe()
+        os.write(wfd, b"[vault]\nkek = file\n")
+        os.close(wfd)
+        try:
+            p = subprocess.run([BIN, "kek", "rotate", "--config", "/dev/fd/%d" % rfd, "--data", typo],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60, pass_fds=(rfd,),
+                               stdin=subprocess.DEVNULL)
+        finally:
+            os.close(rfd)
+        self.assertEqual(p.returncode, 1, p.stderr)  # read, then no store at typo
+        self.assertIn(b"no store in", p.stderr)
         # a bad log level or listen address is a JSON line naming the setting, from wherever it came
         for args, env, setting in ((("--log-level", "loud"), {}, b'"log.level"'),
                                    ((), {"TURNPIKE_SERVER_LISTEN": "[::1"}, b'"server.listen"')):

@@ -523,10 +523,6 @@ class CaptureReversalSurvivesKill9(LinkedBase):
         self.assertEqual(self.host.errors, [])
         self.assertNotIn("runtime error", self.daemon.log_text())
 
-if __name__ == "__main__":
-    harness.main()
-
-
 class DroppingHost(RefusingHost):
     """Takes the first authorization and drops the connection at once,
     refusing sign-on for 3 s: the link reverses it (a 0400 naming it) but
@@ -594,3 +590,7 @@ class UnresolvedAuthorizationReversed(ReversalBase):
         self.assertIn(rrn, self.host.undone, "the sale stands at the host")
         pi = self.daemon.client("m").get("/v1/payment_intents/" + pid).json
         self.assertEqual((pi["status"], pi["amount_received"]), ("requires_payment_method", 0), pi)
+
+
+if __name__ == "__main__":
+    harness.main()
