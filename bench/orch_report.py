@@ -49,8 +49,13 @@ def gw(addr, key, method, path, params=None):
     return r.status, js
 
 
-def probe(addr, key, sim, name, delay, out):
-    time.sleep(float(delay))
+def probe(addr, key, sim, name, at, out):
+    # at: the wall-clock time the outage is due (the shell reads it as the
+    # load starts): sleeping a delay from here started late by however long
+    # python took to start, seconds on a loaded machine
+    wait = float(at) - time.time()
+    if wait > 0:
+        time.sleep(wait)
     # The outage starts somewhere during this call; the breaker can open
     # before its answer is read under load, so the clock is read first (it
     # was read after, and a quick breaker was reported as never opened).

@@ -134,7 +134,8 @@ else
 fi
 
 # ---- 2. fault run --------------------------------------------------------------
-echo "-- 2. fault run: a goes down at $((SECS / 3))s, c returns 5xx 20% of the time"
+PROBE_DELAY=$(awk -v s="$SECS" 'BEGIN { d = s / 3; if (d < 1) d = 1; printf "%.3f", d }')
+echo "-- 2. fault run: a goes down at ${PROBE_DELAY}s, c returns 5xx 20% of the time"
 for p in a b c; do R faults "$SIM_REST" $p '{"outage":false,"error_rate":0,"latency_ms_min":1,"latency_ms_max":5}'; done
 R faults "$SIM_REST" c '{"error_rate":0.2}'
 FAULT_CFG="$(printf '[routing]\nrecovery_interval_ms = 1000\n')
@@ -142,8 +143,8 @@ $(rest_proc a 'priority = 1')
 $(rest_proc b 'priority = 2')
 $(rest_proc c 'priority = 3')"
 if start_gw fault "$FAULT_CFG"; then
-    PROBE_DELAY=$(python3 -c "print(max(1, $SECS / 3))")
-    R probe "$GW" "$KEY" "$SIM_REST" a "$PROBE_DELAY" "$TMP/reroute.ms" &
+    PROBE_AT=$(awk -v now="$(date +%s.%N)" -v d="$PROBE_DELAY" 'BEGIN { printf "%.3f", now + d }')
+    R probe "$GW" "$KEY" "$SIM_REST" a "$PROBE_AT" "$TMP/reroute.ms" &
     PROBE_PID=$!
     run_wrk fault "$SECS"
     wait "$PROBE_PID" || true

@@ -184,7 +184,7 @@ static int ini_cb(void *user, const char *section, const char *name, const char 
   }
   if (!known_section(section)) {
     tp_log(TP_LOG_ERROR, "config_unknown_section", "{s:s, s:s}", "section", section, "hint",
-           "docs/architecture.md lists the sections");
+           "README.md (Configuration) and etc/turnpike.ini list the sections");
     return 0;
   }
   if (known_key(section, name) == 0) {
