@@ -847,14 +847,15 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
       json_t *err = tp_error_object(tds_error ? (enum tp_err)tp_error_by_decline_code("processing_error")->number
                                               : TP_ERR_DECLINE_AUTHENTICATION_REQUIRED,
                                     NULL, NULL);
+      json_t *ch = NULL;
       if (issuer_declines && !tds_error) {
-        json_t *ch = tp_charge_declined_unsent(pi, pm, ci.pan, "authentication_required");
+        ch = tp_charge_declined_unsent(&r->merchant, pi, pm, ci.pan, "authentication_required", charges_api,
+                                               made_here);
         json_object_set(ch, "failure_code", json_object_get(err, "code"));
         json_object_set(ch, "failure_message", json_object_get(err, "message"));
         json_object_set(err, "charge", json_object_get(ch, "id"));
         json_object_set(pi, "latest_charge", json_object_get(ch, "id"));
         tp_put_emit(cs, r, r->merchant.id, TP_K_CHARGE, "charge.failed", ch);
-        json_decref(ch);
       }
       json_object_set(err, "payment_method", pm);
       json_object_set(pi, "last_payment_error", err);
@@ -869,8 +870,16 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
         json_decref(err);
         err = body;
       } else {
-        json_object_set_new(err, "payment_intent", json_deep_copy(pi));
+        /* as every error's PaymentIntent: with the lists a version before
+         * 2022-11-15 shows (its charges, this one not in the store yet) */
+        json_t *epi = json_deep_copy(pi);
+        json_t *known = ch ? tp_pack("[O]", ch) : json_array();
+        tp_legacy_lists(r, epi, known);
+        json_decref(known);
+        json_object_set_new(err, "payment_intent", epi);
       }
+      json_decref(ch);
+      tp_error_request_log(err, r);
       tp_reply_json(r, 402, tp_pack("{s:o}", "error", err));
     } else {
       tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);

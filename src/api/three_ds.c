@@ -91,7 +91,9 @@ static void frame_origin_of(struct tp_req *r, const json_t *intent)
   if (!scheme)
     return;
   const char *host = ret + strlen(scheme), *end = host;
-  while (*end && *end != '/' && *end != '?' && *end != '#')
+  /* a backslash ends it too, as browsers read a special scheme's URL
+   * (WHATWG): https://a\@b/ is host a */
+  while (*end && *end != '/' && *end != '?' && *end != '#' && *end != '\\')
     end++;
   const char *at = memrchr(host, '@', (size_t)(end - host));
   if (at)
@@ -221,6 +223,11 @@ static void setup_done(struct tp_req *r, json_t *si, bool approved)
   /* Or no longer this SetupIntent's to use: a setup that succeeded would
    * leave its customer a card it cannot use. */
   enum tp_err refuse = gone ? TP_ERR_PAYMENT_METHOD_CONSUMED : pm ? card_moved(pm, si) : TP_ERR_OK;
+  /* Or its customer deleted meanwhile (under that customer's lock, taken
+   * above): nothing to set the card up for, as its confirmation now says */
+  bool cus_gone = !refuse && cus_lock[0] && tp_store_live(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, cus_lock) == 0;
+  if (cus_gone)
+    refuse = TP_ERR_RESOURCE_MISSING;
   struct tp_card_info ci;
   memset(&ci, 0, sizeof ci);
   if (!refuse && (!pm || (approved && tp_vault_load(r->merchant.id, pm_id, &ci) != 0))) {
@@ -244,8 +251,11 @@ static void setup_done(struct tp_req *r, json_t *si, bool approved)
     err = tp_si_finish(r, cs, si, pm, ci.pan, true, &attempt);
     json_decref(attempt);
   } else {
-    err = refuse ? tp_error_object(refuse, "payment_method", NULL)
-                 : tp_error_object(TP_ERR_SETUP_INTENT_AUTHENTICATION_FAILURE, NULL, NULL);
+    char msg[160];
+    snprintf(msg, sizeof msg, "No such customer: '%.64s'", cus_lock);
+    err = cus_gone ? tp_error_object(refuse, "customer", msg)
+          : refuse ? tp_error_object(refuse, "payment_method", NULL)
+                   : tp_error_object(TP_ERR_SETUP_INTENT_AUTHENTICATION_FAILURE, NULL, NULL);
     if (pm)
       json_object_set(err, "payment_method", pm);
     json_object_set(si, "last_setup_error", err);

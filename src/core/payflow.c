@@ -1687,11 +1687,15 @@ const char *tp_decline_param(const char *code)
   return NULL;
 }
 
-json_t *tp_charge_declined_unsent(const json_t *pi, const json_t *pm, const char *pan, const char *decline)
+json_t *tp_charge_declined_unsent(const struct tp_merchant *m, const json_t *pi, const json_t *pm, const char *pan,
+                                  const char *decline, bool reply_charge, bool pm_made_here)
 {
   struct tp_pay *p = calloc(1, sizeof *p);
   if (!p)
     abort();
+  p->m = *m;
+  p->reply_charge = reply_charge;
+  p->pm_made_here = pm_made_here;
   p->pi = (json_t *)(uintptr_t)pi; /* read only, not freed */
   p->pm = (json_t *)(uintptr_t)pm;
   tp_scopy(p->call.pan, sizeof p->call.pan, pan ? pan : "");

@@ -79,11 +79,13 @@ extern struct tp_connector *tp_default_connector;
 
 struct tp_pay *tp_pay_new(struct tp_req *r, const struct tp_merchant *m);
 /* A failed charge of pi with pm (both borrowed) that no processor call
- * made: the issuer's soft decline `decline` of an off-session payment it
+ * made, built as tp_charge_new builds one (m's statement descriptor; a
+ * card source, or the card of a Charges API token, as its source): the issuer's soft decline `decline` of an off-session payment it
  * wants authenticated (Stripe records that as a failed charge with
  * failure_code authentication_required). Its outcome is the issuer's;
  * failure_code and failure_message are left to the caller. */
-json_t *tp_charge_declined_unsent(const json_t *pi, const json_t *pm, const char *pan, const char *decline);
+json_t *tp_charge_declined_unsent(const struct tp_merchant *m, const json_t *pi, const json_t *pm, const char *pan,
+                                  const char *decline, bool reply_charge, bool pm_made_here);
 void tp_pay_free(struct tp_pay *p);
 /* Fill the attempt for p (kind "authorize" etc.), taking the client's
  * idempotency key from the request. */

@@ -166,12 +166,46 @@ int tp_cli_lock_dir(const char *dir, const char *name, bool on_dir, long *holder
   return fd;
 }
 
+char tp_cli_config_sha256[65];
+
 int tp_cli_ini_parse(const char *path, int (*handler)(void *, const char *, const char *, const char *), void *user)
 {
-  struct stat st;
-  if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) /* a pipe or /dev/stdin reads as it should */
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
     return -1;
-  return ini_parse(path, handler, user);
+  struct stat st;
+  if (fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
+    close(fd);
+    return -1;
+  }
+  char *buf = malloc(TP_CLI_CONFIG_MAX + 1);
+  if (!buf) {
+    close(fd);
+    return -1;
+  }
+  size_t len = 0;
+  bool failed = false;
+  for (;;) {
+    ssize_t n = read(fd, buf + len, TP_CLI_CONFIG_MAX + 1 - len);
+    if (n < 0 && errno == EINTR)
+      continue;
+    failed = n < 0;
+    if (n <= 0)
+      break;
+    len += (size_t)n;
+    if (len > TP_CLI_CONFIG_MAX)
+      break;
+  }
+  close(fd);
+  if (failed || len > TP_CLI_CONFIG_MAX || memchr(buf, '\0', len)) {
+    free(buf); /* unreadable, too long (a device that never ends), or not text */
+    return -1;
+  }
+  buf[len] = '\0';
+  tp_sha256_hex(buf, len, tp_cli_config_sha256);
+  int rc = ini_parse_string(buf, handler, user);
+  free(buf);
+  return rc;
 }
 
 const char *tp_cli_default_data(const char *conf)

@@ -32,13 +32,18 @@ long tp_cli_raise_nofile(long want);
  * on_dir: the lock is the directory's (and the file's, for binaries that
  * locked the file alone), not only the file's, which a deletion defeats. */
 int tp_cli_lock_dir(const char *dir, const char *name, bool on_dir, long *holder);
-/* libinih's ini_parse of a configuration file that is not a directory:
- * ini_parse reads a directory as an empty file (its first read fails), so
- * `--config /etc/turnpike` (the directory) ran on built-in defaults, the
- * in-process sandbox approving every payment. -1 for a directory, else
- * ini_parse's result (-1 when it cannot be opened). handler is an
- * ini_handler. */
+/* Parse a configuration file with libinih, read once into memory (at most
+ * TP_CLI_CONFIG_MAX bytes): a regular file, or a pipe (`--config <(...)`,
+ * /dev/stdin), whose bytes could not be read a second time to hash them.
+ * A directory is refused (ini_parse read it as an empty file, and
+ * `--config /etc/turnpike` ran on built-in defaults, the in-process sandbox
+ * approving every payment), and so is anything longer (/dev/zero). -1 when
+ * it cannot be read so, else ini_parse_string's result. handler is an
+ * ini_handler. The SHA-256 of the bytes parsed is then
+ * tp_cli_config_sha256 (hex; "" before). */
+#define TP_CLI_CONFIG_MAX (1 << 20)
 int tp_cli_ini_parse(const char *path, int (*handler)(void *, const char *, const char *, const char *), void *user);
+extern char tp_cli_config_sha256[65];
 /* The data directory a command uses when not given --data:
  * TURNPIKE_SERVER_DATA when set and not empty (as serve takes it), else
  * conf ([server] data of a --config file, when the command read one; NULL

@@ -280,10 +280,16 @@ static int apply_direct(struct tp_store *st, struct tp_cs *cs)
   return brc == 0 && rc == 0 ? 0 : -1;
 }
 
-/* SHA-256 of the configuration file, hex; "none" without one. */
+/* SHA-256 of the configuration file, hex; "none" without one. The bytes
+ * parsed when it was read (tp_cli_ini_parse): a pipe cannot be read again,
+ * and a file may have changed since. */
 static void config_hash(const char *path, char out[65])
 {
   snprintf(out, 65, "none");
+  if (path && tp_cli_config_sha256[0]) {
+    snprintf(out, 65, "%s", tp_cli_config_sha256);
+    return;
+  }
   FILE *f = path ? fopen(path, "rb") : NULL;
   if (!f)
     return;

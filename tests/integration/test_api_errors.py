@@ -377,6 +377,17 @@ class ApiErrorsTest(DaemonTestCase):
                             off_session="recurring"))
         self.assertStripeError(r, 402, "card_error")
         self.assertEqual(r.json["error"]["code"], "authentication_required", r)
+        self.assertTrue(r.json["error"]["request_log_url"], r)
+        # at a version before 2022-11-15 its PaymentIntent lists the failed charge, as any error's
+        r = c.post(PI, dict(GOOD, confirm="true", payment_method="pm_card_threeDSecure2Required",
+                            off_session="true"), headers={"Stripe-Version": "2020-08-27"})
+        err = self.assertStripeError(r, 402, "card_error")
+        self.assertEqual([x["id"] for x in err["payment_intent"]["charges"]["data"]], [err["charge"]], r)
+        # through the Charges API the failed charge has the token's card as its source
+        r = c.post("/v1/charges", dict(GOOD, source="tok_threeDSecure2Required"))
+        err = self.assertStripeError(r, 402, "card_error")
+        ch = c.get("/v1/charges/" + err["charge"]).json
+        self.assertEqual((ch["status"], ch["source"]["object"], ch["source"]["last4"]), ("failed", "card", "3220"), ch)
 
     def test_stripe_account_header(self):
         c = self.c("decline")

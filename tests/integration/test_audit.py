@@ -99,6 +99,34 @@ class AuditTest(unittest.TestCase):
         self.assertGreaterEqual(len(self.ckpts), 2, "periodic and shutdown checkpoints")
         self.assertEqual(self.ckpts[-1], self.rows[-1][0], "the shutdown checkpoint covers the head")
 
+    def test_a_config_read_from_a_pipe_is_hashed_as_read(self):
+        """--config <(...) or /dev/stdin: the file is read once and the
+        bytes parsed are the ones hashed into config.loaded (it was opened
+        again to hash it and, the pipe spent, the hash of nothing went in;
+        a named pipe hung the start)."""
+        import hashlib
+        data = os.path.join(self.scratch, "piped")
+        subprocess.run([BIN, "merchant", "create", "--data", data, "--name", "p"], check=True,
+                       capture_output=True, timeout=60)
+        cfg = b"[server]\nlisten = 127.0.0.1:0\n[audit]\ncheckpoint_seconds = 1\n"
+        p = subprocess.Popen([BIN, "serve", "--data", data, "--config", "/dev/stdin"], stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            p.stdin.write(cfg)
+            p.stdin.close()
+            deadline = time.monotonic() + 30
+            while not os.path.exists(os.path.join(data, "serve.addr")) and time.monotonic() < deadline:
+                self.assertIsNone(p.poll(), p.stderr.read() if p.poll() is not None else "")
+                time.sleep(0.1)
+            self.assertTrue(os.path.exists(os.path.join(data, "serve.addr")), "serve did not start")
+        finally:
+            p.terminate()
+            self.assertEqual(p.wait(30), 0)
+            p.stderr.close()
+        with sqlite3.connect(os.path.join(data, "turnpike.db")) as con:
+            (details,) = con.execute("SELECT details FROM audit_log WHERE action = 'config.loaded'").fetchone()
+        self.assertEqual(json.loads(details)["sha256"], hashlib.sha256(cfg).hexdigest(), details)
+
     def assertMerchantEntry(self, db, merchant, actor, sk, pk):
         """One merchant.created entry for merchant, with key hints only."""
         with sqlite3.connect(db) as con:

@@ -83,6 +83,17 @@ class SetupIntents(DaemonTestCase):
         err = self.assertStripeError(r, 404, "invalid_request_error", "resource_missing", param="customer")
         self.assertIn(cus, err["message"])
         self.assertEqual(c.get("/v1/setup_intents/" + si["id"]).json["status"], "requires_confirmation")
+        # nor through its challenge, its customer deleted while the challenge was out
+        cus = c.post("/v1/customers", {"name": "gone later"}).json["id"]
+        si = c.post("/v1/setup_intents", {"customer": cus, "payment_method": "pm_card_authenticationRequired",
+                                          "confirm": "true", "return_url": RETURN}).json
+        self.assertEqual(c.delete("/v1/customers/" + cus).status, 200)
+        q = self.challenge(si, "approve")
+        self.assertEqual(q["redirect_status"], ["failed"], q)
+        got = c.get("/v1/setup_intents/" + si["id"]).json
+        self.assertEqual(got["status"], "requires_payment_method", got)
+        self.assertEqual((got["last_setup_error"]["code"], got["last_setup_error"]["param"]),
+                         ("resource_missing", "customer"), got)
 
     def test_a_payment_method_id_no_payment_method_can_have_is_missing(self):
         """The SetupIntent's own id, or one too long for any PaymentMethod, as

@@ -155,6 +155,8 @@ class ThreeDSTest(DaemonTestCase):
         self.assertEqual((ch["payment_intent"], ch["payment_method"], ch["balance_transaction"]),
                          (pi["id"], e["payment_method"]["id"], None), ch)
         self.assertNotIn("processor", ch.get("turnpike", {}), ch)
+        # built as every charge is: the merchant's statement descriptor
+        self.assertTrue(ch["calculated_statement_descriptor"], ch)
         self.assertIn("charge.failed", self.events_for(ch["id"], ["charge.failed"]))
         return got
 
@@ -387,7 +389,10 @@ class ThreeDSTest(DaemonTestCase):
                                # an origin has no userinfo, and its scheme and host are any case
                                ("https://user:pw@shop.example/r", "https://shop.example"),
                                ("HTTPS://Shop.Example:8443/R", "https://shop.example:8443"),
-                               ("https://shop.ex%61mple/r", "'none'"), (None, "'none'")):
+                               ("https://shop.ex%61mple/r", "'none'"),
+                               # a backslash ends the authority, as browsers read it
+                               ("https://shop.example\\@attacker.example/r", "https://shop.example"),
+                               (None, "'none'")):
             with self.subTest(ret=ret):
                 pi, url, token = self.start_challenge(return_url=ret)
                 u = urllib.parse.urlsplit(url)
