@@ -1021,12 +1021,23 @@ static void raw_reply_close(struct MHD_Connection *conn, unsigned status, const 
  * two parsers could read differently (a proxy in front, and libmicrohttpd,
  * which takes the first Content-Length and ignores a name with a space
  * before its colon) is refused and its connection closed, never read on. */
+/* Fields of which a request may hold one: libmicrohttpd's look-up returns
+ * the first copy, where a proxy may keep the last (RFC 9110 5.3), so a
+ * second is refused rather than another key, account, version or body type
+ * acted on than the one a proxy saw. */
+static const struct {
+  const char *name, *why;
+} singletons[] = {{"Authorization", "more than one Authorization"},
+                  {"Idempotency-Key", "more than one Idempotency-Key"},
+                  {"Stripe-Account", "more than one Stripe-Account"},
+                  {"Stripe-Version", "more than one Stripe-Version"},
+                  {"Stripe-Context", "more than one Stripe-Context"},
+                  {"Content-Type", "more than one Content-Type (RFC 9110 8.3)"}};
+#define N_SINGLETONS (sizeof singletons / sizeof singletons[0])
+
 struct header_scan {
-  int content_length, transfer_encoding, host, authorization, idempotency_key;
-  /* singletons whose first copy libmicrohttpd's look-up returns, where a
-   * proxy may keep the last (RFC 9110 5.3): another account, version or
-   * body type than the one acted on */
-  int stripe_account, stripe_version, stripe_context, content_type;
+  int content_length, transfer_encoding, host;
+  int singleton[N_SINGLETONS]; /* copies of each of singletons[] */
   bool bad_name, bad_host, te_too_long, expect_continue;
   char te_list[256]; /* the Transfer-Encoding fields' lists, joined */
   bool coded_body;             /* Content-Encoding other than identity */
@@ -1109,25 +1120,19 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
   } else if (strcasecmp(key, "Host") == 0) {
     h->host++;
     h->bad_host |= !host_ok(value);
-  } else if (strcasecmp(key, "Stripe-Account") == 0)
-    h->stripe_account++;
-  else if (strcasecmp(key, "Stripe-Version") == 0)
-    h->stripe_version++;
-  else if (strcasecmp(key, "Stripe-Context") == 0)
-    h->stripe_context++;
-  else if (strcasecmp(key, "Content-Type") == 0)
-    h->content_type++;
-  else if (strcasecmp(key, "Authorization") == 0)
-    h->authorization++;
-  else if (strcasecmp(key, "Idempotency-Key") == 0)
-    h->idempotency_key++;
-  else if (strcasecmp(key, "Expect") == 0)
+  } else if (strcasecmp(key, "Expect") == 0)
     h->expect_continue = true;
   else if (strcasecmp(key, "Content-Encoding") == 0)
     h->coded_body |= value && *value && strcasecmp(value, "identity") != 0;
   else if (strcasecmp(key, "Connection") == 0 && value) {
     h->conn_close |= strcasestr(value, "close") != NULL;
     h->conn_keep |= strcasestr(value, "keep-alive") != NULL;
+  } else {
+    for (size_t i = 0; i < N_SINGLETONS; i++)
+      if (strcasecmp(key, singletons[i].name) == 0) {
+        h->singleton[i]++;
+        break;
+      }
   }
   return MHD_YES;
 }
@@ -1272,18 +1277,9 @@ static enum tp_err framing_error(struct tp_req *r, const char *version, size_t u
     *why = "more than one Host (RFC 9112 3.2)";
   else if (h.bad_host)
     *why = "a Host that is not host[:port] (RFC 9112 3.2, RFC 3986 3.2.2)";
-  else if (h.authorization > 1)
-    *why = "more than one Authorization";
-  else if (h.idempotency_key > 1)
-    *why = "more than one Idempotency-Key";
-  else if (h.stripe_account > 1)
-    *why = "more than one Stripe-Account";
-  else if (h.stripe_version > 1)
-    *why = "more than one Stripe-Version";
-  else if (h.stripe_context > 1)
-    *why = "more than one Stripe-Context";
-  else if (h.content_type > 1)
-    *why = "more than one Content-Type (RFC 9110 8.3)";
+  for (size_t i = 0; i < N_SINGLETONS && !*why; i++)
+    if (h.singleton[i] > 1)
+      *why = singletons[i].why;
   int te = h.transfer_encoding ? te_judge(&h) : 0;
   if (!*why && te == 400)
     *why = "Transfer-Encoding: chunked applied more than once, not as the final coding, or not as libmicrohttpd "

@@ -116,8 +116,10 @@ def config(port):
 
 
 class ReversalBase(unittest.TestCase):
+    HOST = RefusingHost  # the host class a test runs against
+
     def setUp(self):
-        self.host = RefusingHost()
+        self.host = self.HOST()
         self.daemon = Daemon()
         self.daemon.create_merchant("m")
         try:
@@ -551,16 +553,7 @@ class DroppingHost(RefusingHost):
 
 
 class UnresolvedAuthorizationReversed(ReversalBase):
-    def setUp(self):
-        self.host = DroppingHost()
-        self.daemon = Daemon()
-        self.daemon.create_merchant("m")
-        try:
-            self.start()
-        except Exception:
-            self.daemon.cleanup()
-            self.host.close()
-            raise
+    HOST = DroppingHost
 
     def test_recovery_names_the_original_of_an_unresolved_authorization(self):
         """The link went down with the sale unanswered: the payment answers
