@@ -157,6 +157,7 @@ class ChaosTest(unittest.TestCase):
         self.customers = []
         self.answers = []   # (method, path, params, key, Response) of answered keyed requests
         self.sub_ids, self.sub_log, self.sub_stop = set(), collections.Counter(), threading.Event()
+        self.sub_ready = threading.Event()  # the first subscription is in force
 
     def tearDown(self):
         self.hooks.close()
@@ -372,6 +373,8 @@ class ChaosTest(unittest.TestCase):
                                 self.sub_log["out of order or repeated"] += 1
                             self.sub_ids.add(eid)
                             last = eid
+                        elif msg.get("type") == "subscribed":
+                            self.sub_ready.set()
                         elif msg.get("type") == "error":
                             self.sub_log["error " + msg.get("code", "")] += 1
             except (OSError, EOFError, ValueError):
@@ -453,6 +456,10 @@ class ChaosTest(unittest.TestCase):
     def test_gateway_and_processors_agree_on_every_cent(self):
         sub = threading.Thread(target=self.subscriber, daemon=True)
         sub.start()
+        # events before the first subscription is in force are not the stream's to
+        # send (only a resume replays): under load the first payments beat it, and
+        # their events were counted as lost
+        self.assertTrue(self.sub_ready.wait(60), "the stream subscription was not acknowledged")
         workers = [threading.Thread(target=self.merchant, args=(i,), daemon=True) for i in range(THREADS)]
         for w in workers:
             w.start()
