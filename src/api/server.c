@@ -742,7 +742,12 @@ static void dispatch(struct tp_req *r)
  * slack into the part kept. */
 static void masked_path(char *out, size_t cap, const char *url)
 {
-  char *all = strdup(url ? url : "");
+  url = url ? url : "";
+  if ((size_t)tp_scopy(out, cap, url) < cap) { /* the whole path fits: masked where it is (every request) */
+    tp_mask_card_numbers(out);
+    return;
+  }
+  char *all = strdup(url);
   if (!all) {
     tp_scopy(out, cap, "");
     return;
@@ -1067,35 +1072,24 @@ static bool host_ok(const char *v)
     return true;
   while (*v == ' ' || *v == '\t') /* OWS is not the value's (RFC 9110 5.5) */
     v++;
-  size_t n = strlen(v);
-  while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
-    n--;
-  if (n == 0)
-    return true;
-  char h[512];
-  if (n >= sizeof h)
-    return false;
-  memcpy(h, v, n);
-  h[n] = '\0';
-  v = h;
+  const char *end = v + strlen(v);
+  while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
+    end--;
   const char *p = v;
-  if (*p == '[') { /* IPv6, IPvFuture (RFC 3986), a zone (RFC 6874) */
-    p++;
-    while (*p && (isalnum((unsigned char)*p) || strchr(":.-_~!$&'()*+,;=%", *p)))
-      p++;
-    if (*p++ != ']' || p - v < 4)
-      return false;
-  } else {
-    while (*p && (isalnum((unsigned char)*p) || strchr("-._~!$&'()*+,;=%", *p)))
-      p++;
-    if (p == v)
-      return false;
-  }
-  if (*p == ':')
-    for (p++; *p; p++)
+  if (p == end)
+    return true;
+  /* a bracketed IPv6, IPvFuture (RFC 3986) or zoned (RFC 6874) literal
+   * takes ':' too; a name does not */
+  const char *ok = *p == '[' ? ":.-_~!$&'()*+,;=%" : "-._~!$&'()*+,;=%";
+  for (p += *p == '['; p < end && (isalnum((unsigned char)*p) || strchr(ok, *p)); p++)
+    ;
+  if (*v == '[' ? (p == end || *p++ != ']' || p - v < 4) : p == v)
+    return false;
+  if (p < end && *p == ':')
+    for (p++; p < end; p++)
       if (!isdigit((unsigned char)*p))
         return false;
-  return *p == '\0';
+  return p == end;
 }
 
 static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
