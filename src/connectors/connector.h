@@ -97,6 +97,12 @@ struct json_t;
 /* Link state of an ISO 8583 connector (link, signed_on, in_flight,
  * reversals_pending, last_echo_ms ...) added to out; no-op for other types. */
 void tp_iso8583_stats(const struct tp_connector *c, struct json_t *out);
+/* The original data elements (MTI, STAN, field 7: 20 digits) the ISO 8583
+ * message of an authorization, capture or refund call will carry, fixed
+ * now, before its write-ahead, and given back to submit in c->orig_data:
+ * a reversal sent after a crash names the message as the host has it.
+ * -1 for another connector type or call kind. */
+int tp_iso8583_reserve(const struct tp_connector *c, enum tp_proc_kind kind, bool capture, char out[24]);
 /* The Stripe test-card table shared by the sandbox and the simulator:
  * decline code for a PAN, "" when it approves. cvc: a CVC was given for the
  * card (the CVC-check card 4000000000000101 declines only then, as Stripe's

@@ -19,6 +19,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,60 @@
 #define ISO_STAN_MAX 999999
 
 enum link_state { LINK_DOWN, LINK_CONNECTING, LINK_UP };
+
+/* One STAN sequence per terminal id (field 41), shared by every link that
+ * uses it: a host that tells duplicates by terminal, STAN and date would
+ * refuse (94) the second of two links' messages with one STAN. Drawn from
+ * by the link threads and by tp_iso8583_reserve (any thread). */
+struct stan_seq {
+  struct stan_seq *next;
+  char tid[9];
+  int refs;
+  _Atomic uint32_t n;
+};
+static pthread_mutex_t seqs_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct stan_seq *seqs;
+
+static struct stan_seq *seq_get(const char *tid)
+{
+  pthread_mutex_lock(&seqs_mu);
+  struct stan_seq *s = seqs;
+  while (s && strcmp(s->tid, tid) != 0)
+    s = s->next;
+  if (!s && (s = calloc(1, sizeof *s)) != NULL) {
+    tp_scopy(s->tid, sizeof s->tid, tid);
+    /* Not 1 at every start: a host that tells duplicates by terminal, STAN
+     * and date would refuse the first messages after a restart. Eleven
+     * STANs a second from midnight (UTC) stay ahead of what a terminal
+     * that sent fewer than that already used today. */
+    atomic_init(&s->n, (uint32_t)((time(NULL) % 86400) * 11 % ISO_STAN_MAX));
+    s->next = seqs;
+    seqs = s;
+  }
+  if (s)
+    s->refs++;
+  pthread_mutex_unlock(&seqs_mu);
+  return s;
+}
+
+static void seq_put(struct stan_seq *s)
+{
+  pthread_mutex_lock(&seqs_mu);
+  if (--s->refs == 0) {
+    struct stan_seq **pp = &seqs;
+    while (*pp != s)
+      pp = &(*pp)->next;
+    *pp = s->next;
+    free(s);
+  }
+  pthread_mutex_unlock(&seqs_mu);
+}
+
+/* The terminal's next STAN, 1..999999, wrapping. */
+static uint32_t seq_next(struct stan_seq *s)
+{
+  return atomic_fetch_add_explicit(&s->n, 1, memory_order_relaxed) % ISO_STAN_MAX + 1;
+}
 
 /* What a pending message is. */
 enum pend_type {
@@ -70,6 +125,10 @@ struct pend {
   char exp[5];                   /* YYMM */
   char orig_mti[5], orig_f7[11];
   uint32_t orig_stan;
+  /* A call's STAN and field 7 fixed before its write-ahead
+   * (tp_iso8583_reserve): a reversal after a crash names them */
+  uint32_t want_stan;
+  char want_f7[11];
 };
 
 struct iso_link {
@@ -107,7 +166,7 @@ struct iso_link {
   size_t in_flight, reversals;
   struct pend *wire_head, *wire_tail;
   struct pend *resend_head, *resend_tail;
-  uint32_t next_stan;
+  struct stan_seq *seq;
   uint32_t late[ISO_LATE_RING];
   size_t late_pos;
   uint8_t late_bits[ISO_STAN_MAX / 8 + 1]; /* the STANs in late[], for stan_assign and late_stan */
@@ -181,14 +240,24 @@ static void late_add(struct iso_link *l, uint32_t stan)
     l->late_bits[stan / 8] |= (uint8_t)(1u << (stan % 8));
 }
 
-/* A STAN unused by any pending message; 1..999999, wrapping. */
+/* A STAN unused by any pending message: the one reserved for p when it is
+ * free, else the terminal's next free one. */
 static int stan_assign(struct iso_link *l, struct pend *p)
 {
   if (l->in_flight >= ISO_INFLIGHT_MAX)
     return -1;
+  uint32_t want = p->want_stan;
+  p->want_stan = 0;
+  if (want && (table_find(l, want) || late_stan(l, want))) {
+    /* Only past a wrap of the million STANs. The link's answer or
+     * reversal gives the payment the STAN used instead. */
+    tp_log(TP_LOG_WARN, "iso_stan_reassigned", "{s:s, s:i}", "processor", l->name, "stan", (int)want);
+    want = 0;
+    p->want_f7[0] = '\0';
+  }
   for (;;) {
-    uint32_t s = l->next_stan;
-    l->next_stan = s >= ISO_STAN_MAX ? 1 : s + 1;
+    uint32_t s = want ? want : seq_next(l->seq);
+    want = 0;
     /* Past a wrap, a timed-out call's STAN may still get a late answer:
      * not given to a new call while it is remembered. */
     if (!table_find(l, s) && !late_stan(l, s)) {
@@ -257,21 +326,43 @@ static void publish_stats(struct iso_link *l)
 
 /* ---- building messages ------------------------------------------------------ */
 
-static void utc_fields(struct tp_iso_msg *m, char f7[11])
+/* Field 7, transmission date and time (UTC, MMDDhhmmss), now. */
+static void utc_f7(char f7[11])
 {
   struct timespec ts;
   struct tm tm;
   clock_gettime(CLOCK_REALTIME, &ts);
   gmtime_r(&ts.tv_sec, &tm);
-  char t12[7], t13[5];
-  unsigned mo = (unsigned)(tm.tm_mon + 1) % 100u, d = (unsigned)tm.tm_mday % 100u;
-  unsigned h = (unsigned)tm.tm_hour % 100u, mi = (unsigned)tm.tm_min % 100u, se = (unsigned)tm.tm_sec % 100u;
-  snprintf(f7, 11, "%02u%02u%02u%02u%02u", mo, d, h, mi, se);
-  snprintf(t12, sizeof t12, "%02u%02u%02u", h, mi, se);
-  snprintf(t13, sizeof t13, "%02u%02u", mo, d);
+  snprintf(f7, 11, "%02u%02u%02u%02u%02u", (unsigned)(tm.tm_mon + 1) % 100u, (unsigned)tm.tm_mday % 100u,
+           (unsigned)tm.tm_hour % 100u, (unsigned)tm.tm_min % 100u, (unsigned)tm.tm_sec % 100u);
+}
+
+static void utc_fields(struct tp_iso_msg *m, char f7[11])
+{
+  utc_f7(f7);
+  /* fields 12 and 13 are the same instant: hhmmss and MMDD of field 7 */
   tp_iso_set(m, 7, f7);
-  tp_iso_set(m, 12, t12);
-  tp_iso_set(m, 13, t13);
+  tp_iso_set(m, 12, (char[7]){f7[4], f7[5], f7[6], f7[7], f7[8], f7[9], 0});
+  tp_iso_set(m, 13, (char[5]){f7[0], f7[1], f7[2], f7[3], 0});
+}
+
+/* An authorization's approval carries its authorization code (field 38,
+ * mandatory when approved): one without it, or with spaces only, is no
+ * approval we can book or later void by, and is treated as an unusable
+ * answer (reversed). Captures and refunds need none. */
+static bool approval_without_code(const struct pend *p, const struct tp_iso_msg *m, const char *f39)
+{
+  if (p->kind != TP_PROC_AUTHORIZE || !tp_iso_f39_approved(f39))
+    return false;
+  const char *f38 = tp_iso_get(m, 38);
+  return !f38 || strspn(f38, " ") == strlen(f38);
+}
+
+/* The MTI of a call: a capture advice, a sale or refund (financial), or an
+ * authorization. */
+static const char *call_mti(enum tp_proc_kind kind, bool capture)
+{
+  return kind == TP_PROC_CAPTURE ? "0220" : kind == TP_PROC_REFUND || capture ? "0200" : "0100";
 }
 
 /* Build p's next message into m; 0 or -1 when a field does not fit. */
@@ -306,10 +397,14 @@ static int build(struct iso_link *l, struct pend *p, struct tp_iso_msg *m)
              p->orig_f7[0] ? p->orig_f7 : "0000000000", 0);
     bad |= tp_iso_set(m, 90, f90);
   } else {
-    const char *mti = p->kind == TP_PROC_CAPTURE ? "0220" : p->kind == TP_PROC_REFUND || p->capture ? "0200" : "0100";
+    const char *mti = call_mti(p->kind, p->capture);
     tp_scopy(p->mti, sizeof p->mti, mti);
     tp_iso_init(m, mti);
     utc_fields(m, p->orig_f7);
+    if (p->want_f7[0]) { /* as the write-ahead recorded it */
+      bad |= tp_iso_set(m, 7, p->want_f7);
+      tp_scopy(p->orig_f7, sizeof p->orig_f7, p->want_f7);
+    }
     if (p->pan[0])
       bad |= tp_iso_set(m, 2, p->pan);
     bad |= tp_iso_set(m, 3, p->proc_code);
@@ -566,6 +661,7 @@ static void on_call_answer(struct iso_link *l, struct pend *p, const struct tp_i
                     : !tp_iso_f39_well_formed(f39)        ? "field 39 malformed"
                     : f37 && strcmp(f37, p->rrn) != 0     ? "field 37 does not match the request"
                     : strcmp(f39, "09") == 0              ? "field 39 09: request in progress"
+                    : approval_without_code(p, m, f39)    ? "field 38 missing on an approval"
                                                           : NULL;
   if (bad) {
     tp_log(TP_LOG_ERROR, "iso_bad_answer", "{s:s, s:s, s:s}", "processor", l->name, "mti", m->mti, "reason", bad);
@@ -1047,6 +1143,15 @@ static int iso_submit(void *cls, struct tp_proc_call *c)
     tp_iso_rrn(c->ref, p->rrn);
     if (c->kind != TP_PROC_AUTHORIZE)
       tp_iso_rrn(target, p->orig_rrn);
+    /* The STAN and field 7 its write-ahead recorded (tp_iso8583_reserve). */
+    const char *od = c->orig_data;
+    if (strlen(od) == 20 && strspn(od, "0123456789") == 20 && memcmp(od, call_mti(c->kind, c->capture), 4) == 0) {
+      p->want_stan = (uint32_t)strtoul((char[7]){od[4], od[5], od[6], od[7], od[8], od[9], 0}, NULL, 10);
+      memcpy(p->want_f7, od + 10, 10);
+      p->want_f7[10] = '\0';
+      if (p->want_stan == 0)
+        p->want_f7[0] = '\0';
+    }
     tp_scopy(p->proc_code, sizeof p->proc_code, c->kind == TP_PROC_REFUND ? "200000" : "000000");
     if (!p->cur[0]) {
       pend_free(p);
@@ -1087,6 +1192,7 @@ static void iso_stop(void *cls)
     tp_log(TP_LOG_ERROR, "iso_wake_failed", "{s:s}", "processor", l->name);
   pthread_join(l->thread, NULL);
   close(l->efd);
+  seq_put(l->seq);
   if (l->out) {
     explicit_bzero(l->out, l->out_cap);
     free(l->out);
@@ -1126,14 +1232,12 @@ int tp_iso8583_start(struct tp_connector *out, const char *name, const char *hos
   tp_metric_label_escape(esc, sizeof esc, name);
   snprintf(l->labels, sizeof l->labels, "processor=\"%s\"", esc);
   l->fd = -1;
-  /* Not 1 at every start: a host that tells duplicates by terminal, STAN
-   * and date would refuse (94) the first messages after a restart. Eleven
-   * STANs a second from midnight (UTC) stay ahead of what a link that sent
-   * fewer than that already used today. */
-  l->next_stan = (uint32_t)((time(NULL) % 86400) * 11 % ISO_STAN_MAX) + 1;
+  l->seq = bad ? NULL : seq_get(l->tid);
   l->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   pthread_mutex_init(&l->mu, NULL);
-  if (bad || l->efd < 0 || pthread_create(&l->thread, NULL, link_main, l) != 0) {
+  if (bad || !l->seq || l->efd < 0 || pthread_create(&l->thread, NULL, link_main, l) != 0) {
+    if (l->seq)
+      seq_put(l->seq);
     if (l->efd >= 0)
       close(l->efd);
     pthread_mutex_destroy(&l->mu);
@@ -1144,6 +1248,17 @@ int tp_iso8583_start(struct tp_connector *out, const char *name, const char *hos
   tp_scopy(out->name, sizeof out->name, name);
   out->ops = &iso_ops;
   out->cls = l;
+  return 0;
+}
+
+int tp_iso8583_reserve(const struct tp_connector *c, enum tp_proc_kind kind, bool capture, char out[24])
+{
+  if (!c || c->ops != &iso_ops || (kind != TP_PROC_AUTHORIZE && kind != TP_PROC_CAPTURE && kind != TP_PROC_REFUND))
+    return -1;
+  struct iso_link *l = c->cls;
+  char f7[11];
+  utc_f7(f7);
+  snprintf(out, 24, "%s%06u%s", call_mti(kind, capture), seq_next(l->seq), f7);
   return 0;
 }
 

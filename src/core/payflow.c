@@ -673,6 +673,19 @@ static void unresolved(struct tp_pay *p)
 
 static void call_done(struct tp_proc_call *c);
 
+/* An ISO 8583 call's STAN and field 7, fixed before its write-ahead and
+ * committed with it (the attempt's orig_data): when the gateway stops
+ * between the send and the answer, recovery's reversal names the message
+ * in field 90 as the host has it (it named zeros; a host that finds the
+ * original by field 90 answered 25, read as nothing stands, while the
+ * sale stood). */
+static void iso_reserve(struct tp_pay *p)
+{
+  struct tp_connector *conn = conn_of(p->att.processor, NULL);
+  if (conn && strcmp(conn->ops->type, "iso8583") == 0)
+    tp_iso8583_reserve(conn, p->call.kind, p->att.capture != 0, p->att.orig_data);
+}
+
 static void send_call(struct tp_pay *p)
 {
   struct tp_proc_call *c = &p->call;
@@ -698,8 +711,8 @@ static void send_call(struct tp_pay *p)
   c->outcome = TP_OUT_ERROR;
   c->decline_code[0] = c->auth_code[0] = c->processor_ref[0] = '\0';
   c->retry_after_ms = 0;
-  if (c->kind != TP_PROC_VOID && c->kind != TP_PROC_STATUS)
-    c->orig_data[0] = '\0'; /* the link's, of this call (an answer, or a reversal it owes), not an earlier one's */
+  if (c->kind != TP_PROC_VOID && c->kind != TP_PROC_STATUS) /* what its write-ahead fixed (iso_reserve), or "" */
+    tp_scopy(c->orig_data, sizeof c->orig_data, p->att.orig_data);
   p->not_sent = false;
   p->sent_us = tp_mono_ns() / 1000;
   /* Screening before the network (Stripe's Radar blocks a card of the
@@ -865,6 +878,7 @@ static void retry_fire(void *arg, bool stopping)
   p->call.kind = TP_PROC_AUTHORIZE;
   p->calls++;
   p->tries++;
+  iso_reserve(p);
   tp_cs_attempt(cs, &p->att);
   inflight_add(p->att.id);
   tp_cs_on_done(cs, writeahead_done, p);
@@ -1287,6 +1301,7 @@ void tp_pay_run(struct tp_pay *p, struct tp_cs *cs)
     route_reason(p);
     p->tries = 1;
   }
+  iso_reserve(p);
   tp_cs_attempt(cs, &p->att);
   if (p->att.client_idem_key[0])
     tp_cs_idem(cs, p->m.id, p->att.client_idem_key, p->att.client_req_hash, p->r ? p->r->request_id : NULL, 0,

@@ -147,8 +147,9 @@ class IsoHost:
         if f39 == "00" and mti in ("0110", "0210"):
             r[38] = "PY0001"
             with self.lock:
-                r.update(self.tamper)
+                r.update(self.tamper)  # a None value leaves the field out
                 self.tamper = {}
+        r = {k: v for k, v in r.items() if v is not None}
         c.sendall(frame(pack(mti, r)))
 
     def handle(self, c, body):
@@ -351,6 +352,29 @@ class IsoLink(unittest.TestCase):
         self.assertIn("field 39 malformed", self.daemon.log_text())
         self.assertEqual(self.host.errors, [])
 
+    def test_2da_an_approval_without_an_authorization_code_is_reversed(self):
+        """Field 38 is mandatory in an approval of an authorization: one
+        without it (or all spaces) was booked with an empty authorization
+        code; it is an unusable answer, reversed like one that never came."""
+        for f38 in (None, "      "):
+            before = self.host.count("0400")
+            with self.host.lock:
+                self.host.tamper = {38: f38}
+            r = self.pay(amount=1357)
+            wait_for(lambda: self.host.count("0400") > before, what="0400 reversal of f38=%r" % f38)
+            with self.host.lock:
+                tampered = [f for m, f in self.host.seen if m == "0200"][-1 if r.status != 200 else -2]
+            rev = self.host.last("0400")
+            self.assertEqual((rev[37], rev[4], rev[90][:4]), (tampered[37], "000000001357", "0200"), f38)
+            if r.status == 200:  # a retry with a new RRN, approved with a code
+                self.assertEqual((r.json["status"], r.json["amount_received"]), ("succeeded", 1357), r)
+                ch = self.daemon.client("m").get("/v1/charges/" + r.json["latest_charge"]).json
+                self.assertEqual(ch["authorization_code"], "PY0001", ch)
+            else:
+                self.assertNotEqual(r.json.get("status"), "succeeded", r)
+        self.assertIn("field 38 missing on an approval", self.daemon.log_text())
+        self.assertEqual(self.host.errors, [])
+
     def test_2e_a_cancel_answers_while_the_host_resets_every_reversal(self):
         """A host that drops the link at each 0400: every resend moved the
         call's deadline, so the cancel got no answer for 10 minutes and its
@@ -404,6 +428,42 @@ class IsoLink(unittest.TestCase):
             self.assertNotIn(pan, log)
         self.assertNotIn("runtime error", log)  # UBSan reports
         self.assertEqual(self.host.errors, [])
+
+
+class TwoLinksOneTerminal(unittest.TestCase):
+    """Two links with one terminal id (field 41): a host that tells
+    duplicates by terminal, STAN and date sees no STAN twice. Both links
+    drew from one clock-seeded counter each, so their first STANs were
+    equal."""
+
+    def test_stans_are_unique_per_terminal(self):
+        hosts = [IsoHost(), IsoHost()]
+        daemon = Daemon()
+        try:
+            daemon.create_merchant("m")
+            daemon.start(config="".join(
+                "[processor.acq%d]\ntype = iso8583\nendpoint = %s:%d\ntimeout_ms = 2000\n"
+                "terminal_id = TERM0007\necho_interval_ms = 100\nhealth_interval_ms = 0\n\n" % (i, HOST, h.port)
+                for i, h in enumerate(hosts)) + "[route.all]\nmerchant = *\nprocessors = acq0,acq1\n"
+                "split = acq0:50,acq1:50\n")
+            wait_for(lambda: all(h.count("0800", "001") >= 1 for h in hosts), what="sign-on of both links")
+            for _ in range(16):
+                r = daemon.client("m").post("/v1/payment_intents", {
+                    "amount": 1000, "currency": "usd", "confirm": "true",
+                    "payment_method_data": card(PAN_OK)}, idem=new_key())
+                self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
+            wait_for(lambda: all(h.count("0800", "301") >= 3 for h in hosts), what="echoes on both links")
+            stans = []
+            for h in hosts:
+                with h.lock:
+                    stans += [f[11] for m, f in h.seen]
+            self.assertGreater(min(h.count("0200") for h in hosts), 0, "the split used one link only")
+            dup = sorted({s for s in stans if stans.count(s) > 1})
+            self.assertEqual(dup, [], "STANs sent twice by terminal TERM0007")
+        finally:
+            daemon.cleanup()
+            for h in hosts:
+                h.close()
 
 
 class WithSimulator(unittest.TestCase):

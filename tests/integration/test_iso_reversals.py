@@ -104,11 +104,11 @@ class RefusingHost(IsoHost):
             return [f for m, f in self.seen if m == mti and (mti != "0200" or f.get(3) == "200000")]
 
 
-def config(port):
+def config(port, timeout_ms=500):
     return "\n".join([
         "[routing]", "deadline_ms = 8000", "recovery_interval_ms = 300", "backoff_base_ms = 20",
         "max_retries = 0", "reversal_backoff_max_ms = 600", "",
-        "[processor.acq]", "type = iso8583", "endpoint = %s:%d" % (HOST, port), "timeout_ms = 500",
+        "[processor.acq]", "type = iso8583", "endpoint = %s:%d" % (HOST, port), "timeout_ms = %d" % timeout_ms,
         "reversal_tries = 2", "echo_interval_ms = 200", "health_interval_ms = 0", "priority = 1",
         "breaker_consecutive = 50", "",
         "[processor.backup]", "type = sandbox", "priority = 2", "health_interval_ms = 0", "",
@@ -117,6 +117,7 @@ def config(port):
 
 class ReversalBase(unittest.TestCase):
     HOST = RefusingHost  # the host class a test runs against
+    TIMEOUT_MS = 500  # the ISO link's answer timeout
 
     def setUp(self):
         self.host = self.HOST()
@@ -134,7 +135,7 @@ class ReversalBase(unittest.TestCase):
         self.host.close()
 
     def start(self):
-        self.daemon.start(config=config(self.host.port))
+        self.daemon.start(config=config(self.host.port, self.TIMEOUT_MS))
         signons = self.host.count("0800", "001")
         wait_for(lambda: self.host.count("0800", "001") >= max(signons, 1) and self.link_up(),
                  timeout=WAIT_S, what="sign-on")
@@ -583,6 +584,56 @@ class UnresolvedAuthorizationReversed(ReversalBase):
         self.assertIn(rrn, self.host.undone, "the sale stands at the host")
         pi = self.daemon.client("m").get("/v1/payment_intents/" + pid).json
         self.assertEqual((pi["status"], pi["amount_received"]), ("requires_payment_method", 0), pi)
+
+
+class KilledBeforeTheAnswer(ReversalBase):
+    TIMEOUT_MS = 30000  # the gateway is killed long before its link would give up
+
+    def test_recovery_names_the_authorization_sent_before_the_crash(self):
+        """kill -9 while the host holds the authorization unanswered: the
+        link never learnt the outcome, so only the attempt's write-ahead
+        tells the restarted gateway what went out. Its reversal names the
+        message in field 90 (MTI, STAN, field 7, fixed before the
+        write-ahead); it named zeros past the MTI, and a host that finds
+        originals by field 90 answered 25, read as nothing stands, while
+        the sale stood at the host."""
+        import threading
+        key = new_key("kill")
+        res = {}
+
+        def pay():
+            try:
+                res["r"] = self.daemon.client("m").post(
+                    "/v1/payment_intents",
+                    {"amount": 4321, "currency": "usd", "confirm": "true",
+                     "payment_method_data": card(PAN_OK)}, idem=key)
+            except Exception as e:  # the connection dies with the daemon
+                res["e"] = e
+
+        t = threading.Thread(target=pay)
+        t.start()
+        wait_for(lambda: len(self.host.auths()) == 1, timeout=WAIT_S, what="the authorization at the host")
+        self.daemon.kill9()
+        t.join(10)
+        self.assertNotIn("r", res, "answered before the kill: %r" % res.get("r"))
+        auth = self.host.auths()[0]
+        rrn = auth[37]
+        with self.host.lock:
+            self.host.rev_mode = "accept"
+        self.start()
+        pid = self.daemon.client("m").get("/v1/payment_intents?limit=1").json["data"][0]["id"]
+        wait_for(lambda: self.attempts(pid)[0]["state"] not in ("sent", "reversal_pending"), timeout=WAIT_S,
+                 what="recovery to settle the attempt")
+        revs = self.host.reversals(rrn)
+        self.assertTrue(revs, "no reversal sent")
+        for _, mti, f in revs:
+            self.assertEqual(f[90][:20], "0200" + auth[11] + auth[7], f)  # a sale: automatic capture
+        self.assertIn(rrn, self.host.undone, "the sale stands at the host")
+        self.assertEqual(len(self.host.auths()), 1, "the sale itself was re-sent")
+        pi = self.daemon.client("m").get("/v1/payment_intents/" + pid).json
+        self.assertEqual(pi["amount_received"], 0, pi)
+        self.assertEqual(self.host.errors, [])
+        self.assertNotIn("runtime error", self.daemon.log_text())
 
 
 if __name__ == "__main__":
