@@ -622,15 +622,21 @@ void tp_h_customer_update(struct tp_req *r)
   struct card_locks cl = {.locks = {r->path_id}, .n = 1};
   if (!cus || !customer_apply(r, cus, r->params, NULL) || !sources_apply(r, cs, cus, known, &cl))
     goto out_unlock;
-  if (json_equal(cus, before)) {
+  bool changed = !json_equal(cus, before);
+  if (!changed && !r->idem_key[0]) {
     /* Nothing changed: Stripe answers the object and emits no event. */
     reply_object(r, cus, known);
     goto out_unlock;
   }
-  tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, cus);
-  tp_metadata_index_emptied(cs, TP_K_CUSTOMER, r->merchant.id, json_object_size(json_object_get(before, "metadata")),
-                            cus);
-  tp_emit_update(cs, r, r->merchant.id, "customer.updated", before, cus);
+  /* Unchanged with an Idempotency-Key: the empty change set records the
+   * key and this answer (Stripe stores the first result of every key), so
+   * a retry replays it rather than undoing a later update. */
+  if (changed) {
+    tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, cus);
+    tp_metadata_index_emptied(cs, TP_K_CUSTOMER, r->merchant.id,
+                              json_object_size(json_object_get(before, "metadata")), cus);
+    tp_emit_update(cs, r, r->merchant.id, "customer.updated", before, cus);
+  }
   if (!reply_object(r, cus, known))
     goto out_unlock;
   tp_commit_and_reply_locks(r, cs, cl.locks, cl.n);

@@ -314,13 +314,16 @@ void tp_h_pm_update(struct tp_req *r)
     json_object_set(pm, "allow_redisplay", v);
   if ((v = json_object_get(r->params, "card")) && json_is_object(v) && !expiry_apply(r, pm, v))
     goto out_unlock;
-  if (json_equal(pm, before)) {
+  bool changed = !json_equal(pm, before);
+  if (!changed && !r->idem_key[0]) {
     reply_object(r, pm, NULL);
     goto out_unlock;
   }
   struct tp_cs *cs = tp_cs_new();
-  tp_cs_put(cs, TP_K_PAYMENT_METHOD, r->merchant.id, pm);
-  tp_emit_update(cs, r, r->merchant.id, "payment_method.updated", before, pm);
+  if (changed) { /* else only the Idempotency-Key is recorded (as a customer's) */
+    tp_cs_put(cs, TP_K_PAYMENT_METHOD, r->merchant.id, pm);
+    tp_emit_update(cs, r, r->merchant.id, "payment_method.updated", before, pm);
+  }
   if (!reply_object(r, pm, NULL)) {
     tp_cs_free(cs);
     goto out_unlock;

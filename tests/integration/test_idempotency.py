@@ -160,6 +160,32 @@ class IdempotencyTest(DaemonTestCase):
         # and the original request still replays
         self.assertReplayOf(first, c.post(PI, {"amount": 1000, "currency": "usd"}, idem=key))
 
+    def test_an_update_that_changes_nothing_records_its_key(self):
+        """Stripe stores the first result of every key: an update of a
+        customer or PaymentMethod that changed nothing was answered without
+        a commit, so the key was never recorded and a later request with
+        it ran (a delayed retry could undo another's update)."""
+        c = self.c("main")
+        cus = c.post("/v1/customers", {"name": "same"}).json
+        pm = c.post("/v1/payment_methods", {"type": "card", "card[number]": "4242424242424242",
+                                            "card[exp_month]": "12", "card[exp_year]": "2040"}).json
+        self.assertEqual(c.post("/v1/payment_methods/%s/attach" % pm["id"], {"customer": cus["id"]}).status, 200)
+        for path, same, other, field in (("/v1/customers/" + cus["id"], {"name": "same"}, {"name": "other"},
+                                          ("name", "same")),
+                                         ("/v1/payment_methods/" + pm["id"], {}, {"metadata[a]": "b"},
+                                          ("metadata", {}))):
+            key = new_key()
+            first = c.post(path, same, idem=key)
+            self.assertEqual(first.status, 200, first)
+            self.assertReplayOf(first, c.post(path, same, idem=key))
+            self.assertStripeError(c.post(path, other, idem=key), 400, "idempotency_error")
+            self.assertEqual(c.get(path).json[field[0]], field[1], path)
+            # without a key it is still answered at once, and nothing is emitted
+            self.assertEqual(c.post(path, same).status, 200)
+        types = [e["type"] for e in c.get("/v1/events?limit=20").json["data"]]
+        self.assertNotIn("customer.updated", types)
+        self.assertNotIn("payment_method.updated", types)
+
     def test_same_key_on_another_endpoint_is_told_apart(self):
         """A key reused on another endpoint (or another object's path) gets
         Stripe's endpoint message (3005), not the parameters one; a record
