@@ -7,7 +7,9 @@
  * (integrity_check, the ledger: every transaction sums to zero per currency and
  * the running balances equal the entries), then renamed to FILE and the
  * directory fsynced: FILE either does not exist or is a whole, durable,
- * checked copy.
+ * checked copy. Beside it, FILE.sha256 (sha256sum's format) holds the
+ * SHA-256 of FILE's bytes: restore refuses a copy that no longer matches it
+ * (a changed value no index or constraint covers passes integrity_check).
  *
  * restore: refuses while a server holds the data directory's lock, checks
  * the copy the same way, then replaces DIR/turnpike.db. A stale
@@ -171,6 +173,80 @@ static void print_json(json_t *o)
   json_decref(o);
 }
 
+/* The SHA-256 of a file's bytes, hex; false with errno set when unreadable. */
+static bool file_sha256(const char *path, char hex[65])
+{
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return false;
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+  bool ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
+  static unsigned char buf[1 << 16];
+  for (ssize_t n; ok && (n = read(fd, buf, sizeof buf)) != 0;) {
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      ok = false;
+    } else
+      ok = EVP_DigestUpdate(ctx, buf, (size_t)n) == 1;
+  }
+  unsigned char md[32];
+  unsigned int mdlen = 0;
+  ok = ok && EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen == 32;
+  int e = errno;
+  EVP_MD_CTX_free(ctx);
+  close(fd);
+  errno = e;
+  for (int i = 0; ok && i < 32; i++)
+    snprintf(hex + 2 * i, 3, "%02x", md[i]);
+  return ok;
+}
+
+/* FILE.sha256 beside FILE: "HEX  NAME\n" (sha256sum -c reads it), written
+ * to a .partial, synced, renamed, its directory synced. */
+static int write_checksum(const char *out, const char *hex)
+{
+  char side[1300], tmp[1320];
+  snprintf(side, sizeof side, "%s.sha256", out);
+  snprintf(tmp, sizeof tmp, "%s.partial", side);
+  const char *base = strrchr(out, '/') ? strrchr(out, '/') + 1 : out;
+  mode_t old = umask(077);
+  FILE *f = fopen(tmp, "wx");
+  umask(old);
+  if (!f)
+    return -1;
+  int rc = fprintf(f, "%s  %s\n", hex, base) < 0 ? -1 : 0;
+  if (fflush(f) != 0 || fsync(fileno(f)) != 0)
+    rc = -1;
+  if (fclose(f) != 0)
+    rc = -1;
+  if (rc != 0 || rename(tmp, side) != 0 || tp_fsync_dir_of(side) != 0) {
+    unlink(tmp);
+    return -1;
+  }
+  return 0;
+}
+
+/* The checksum FILE.sha256 records for FILE: 1 read into hex, 0 no such
+ * file, -1 unreadable or not one SHA-256. */
+static int read_checksum(const char *from, char hex[65])
+{
+  char side[1300];
+  snprintf(side, sizeof side, "%s.sha256", from);
+  FILE *f = fopen(side, "re");
+  if (!f)
+    return errno == ENOENT ? 0 : -1;
+  char line[1400];
+  bool got = fgets(line, sizeof line, f) != NULL;
+  fclose(f);
+  if (!got || strspn(line, "0123456789abcdefABCDEF") != 64 || (line[64] != ' ' && line[64] != '\n'))
+    return -1;
+  for (int i = 0; i < 64; i++)
+    hex[i] = (char)(line[i] >= 'A' && line[i] <= 'F' ? line[i] - 'A' + 'a' : line[i]);
+  hex[64] = '\0';
+  return 1;
+}
+
 static void usage_backup(FILE *f)
 {
   fprintf(f, "usage: turnpike backup --out FILE [--data DIR]\n\n"
@@ -178,7 +254,8 @@ static void usage_backup(FILE *f)
              "to FILE while the "
              "server runs: one snapshot, fsynced, checked (SQLite integrity_check, every ledger\n"
              "transaction balanced, running balances equal to the entries), then renamed\n"
-             "into place. FILE must not exist. Prints a JSON summary; exit 1 if the copy\n"
+             "into place, with FILE.sha256 (its SHA-256, sha256sum's format) beside it, which\n"
+             "restore checks. FILE must not exist. Prints a JSON summary; exit 1 if the copy\n"
              "could not be made or its ledger does not balance.\n\n"
              "Keys are not in the copy: back up the files the summary lists under\n"
              "key_files (vault.key, kek-vN.key, *.pem) separately from it.\n");
@@ -248,8 +325,10 @@ int tp_cmd_backup(int argc, char **argv)
     fprintf(stderr, "turnpike backup: no store at %s\n", src);
     return 1;
   }
-  if (lstat(out, &sb) == 0) {
-    fprintf(stderr, "turnpike backup: %s exists; a backup never overwrites\n", out);
+  char side[1300];
+  snprintf(side, sizeof side, "%s.sha256", out);
+  if (lstat(out, &sb) == 0 || lstat(side, &sb) == 0) {
+    fprintf(stderr, "turnpike backup: %s exists; a backup never overwrites\n", lstat(out, &sb) == 0 ? out : side);
     return 1;
   }
   unlink(tmp); /* left by an interrupted backup: never a whole copy */
@@ -268,15 +347,29 @@ int tp_cmd_backup(int argc, char **argv)
     unlink(tmp);
     return 1;
   }
+  char hex[65];
+  if (!file_sha256(tmp, hex)) {
+    fprintf(stderr, "turnpike backup: cannot read the copy back: %s\n", strerror(errno));
+    unlink(tmp);
+    json_decref(sum);
+    return 1;
+  }
   if (rename(tmp, out) != 0 || tp_fsync_dir_of(out) != 0) {
     fprintf(stderr, "turnpike backup: cannot put the copy at %s: %s\n", out, strerror(errno));
     unlink(tmp);
     json_decref(sum);
     return 1;
   }
+  /* After the copy: a FILE.sha256 always names a whole FILE. Without it
+   * (a stop right here) restore says the bytes went unchecked. */
+  if (write_checksum(out, hex) != 0) {
+    fprintf(stderr, "turnpike backup: cannot write %s: %s\n", side, strerror(errno));
+    json_decref(sum);
+    return 1;
+  }
   stat(out, &sb);
-  json_t *o = json_pack("{s:s, s:s, s:I, s:I}", "object", "backup", "path", out, "bytes", (json_int_t)sb.st_size,
-                        "created", (json_int_t)t0);
+  json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:s, s:s}", "object", "backup", "path", out, "bytes",
+                        (json_int_t)sb.st_size, "created", (json_int_t)t0, "sha256", hex, "checksum_file", side);
   json_object_update(o, sum);
   json_decref(sum);
   json_object_set_new(o, "key_files", key_files(data));
@@ -325,7 +418,8 @@ static void usage_restore(FILE *f)
 {
   fprintf(f, "usage: turnpike restore --from FILE [--data DIR] [--force] [--accept-unsealed-audit]\n\n"
              "Puts a copy made by `turnpike backup` in place as DIR/turnpike.db (default\n"
-             "$TURNPIKE_SERVER_DATA, else ./var). Refuses while a turnpike serve uses DIR, when FILE is not a whole\n"
+             "$TURNPIKE_SERVER_DATA, else ./var). Refuses while a turnpike serve uses DIR, when FILE\n"
+             "does not match FILE.sha256 (a file without one is restored with a warning), when FILE is not a whole\n"
              "Turnpike store or its ledger does not balance, when its audit chain is broken\n"
              "or has no signed checkpoint (unless --accept-unsealed-audit), when it was made\n"
              "under another vault.key than DIR's, and when DIR already holds a store unless\n"
@@ -564,6 +658,33 @@ int tp_cmd_restore(int argc, char **argv)
     close(lock);
     return 1;
   }
+  /* The bytes first: a backup's FILE.sha256 must match it. A file without
+   * one (a store copied off a stopped server, a backup whose checksum file
+   * was not carried along) is restored with a warning. */
+  char want[65], got[65];
+  const char *checksum = "absent";
+  int crc = read_checksum(from, want);
+  if (crc < 0) {
+    fprintf(stderr, "turnpike restore: %s.sha256 is not a SHA-256 checksum file; not restored\n", from);
+    close(lock);
+    return 1;
+  }
+  if (crc == 1) {
+    if (!file_sha256(from, got)) {
+      fprintf(stderr, "turnpike restore: cannot read %s: %s\n", from, strerror(errno));
+      close(lock);
+      return 1;
+    }
+    if (strcmp(want, got) != 0) {
+      fprintf(stderr, "turnpike restore: %s does not match its checksum (%s.sha256): its bytes changed since "
+                      "the backup; not restored\n", from, from);
+      close(lock);
+      return 1;
+    }
+    checksum = "verified";
+  } else
+    fprintf(stderr, "turnpike restore: warning: no %s.sha256 beside it: its bytes are not checked against the "
+                    "backup's checksum\n", from);
   /* Copied through SQLite, so a source with a WAL (a store copied off a
    * stopped or killed server) comes whole: a file copy took the main file
    * alone and lost what its WAL held. The copy is what is inspected. */
@@ -657,7 +778,7 @@ int tp_cmd_restore(int argc, char **argv)
   }
   rc = 0;
   reseal(db, data);
-  json_t *o = json_pack("{s:s, s:s, s:s}", "object", "restore", "from", from, "path", db);
+  json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "object", "restore", "from", from, "path", db, "checksum", checksum);
   json_object_update(o, sum);
   json_object_set_new(o, "missing_key_files", missing_keys(db, data));
   print_json(o);

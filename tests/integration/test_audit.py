@@ -556,6 +556,13 @@ class SealedRecordTest(unittest.TestCase):
             self.rewrite_whole(con)
         con.close()
         before = open(os.path.join(d.data, "turnpike.db"), "rb").read()
+        # the backup's checksum no longer matches: refused on that first
+        p = subprocess.run([BIN, "restore", "--data", d.data, "--from", out, "--force"], capture_output=True,
+                           timeout=60)
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn(b"does not match its checksum", p.stderr)
+        # and without its checksum file, on the chain
+        os.unlink(out + ".sha256")
         p = subprocess.run([BIN, "restore", "--data", d.data, "--from", out, "--force"], capture_output=True,
                            timeout=60)
         self.assertEqual(p.returncode, 1, p.stdout)

@@ -12,6 +12,7 @@ acknowledged before the backup back, with its card vault readable.
   saved before the backup (the vault decrypts), passes `audit verify`.
 - Refusals change nothing: restore while a server runs, restore over a store
   without --force, restore of a truncated or non-store file."""
+import hashlib
 import json
 import os
 import shutil
@@ -206,6 +207,13 @@ class BackupTest(DaemonTestCase):
                 key = f.read()
             mid = len(key) // 2
             self.assertNotIn(key[mid - 12:mid + 12], blob, name)
+        # its checksum beside it, in sha256sum's format
+        with open(out, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        self.assertEqual(summary["sha256"], digest)
+        with open(out + ".sha256") as f:
+            self.assertEqual(f.read(), "%s  %s\n" % (digest, os.path.basename(out)))
+        self.assertEqual(os.stat(out + ".sha256").st_mode & 0o777, 0o600)
         # a backup never overwrites
         mtime = os.stat(out).st_mtime_ns
         rc, _, stderr = run("backup", "--data", self.daemon.data, "--out", out)
@@ -230,6 +238,8 @@ class BackupTest(DaemonTestCase):
         self.assertEqual(rc, 0, stderr)
         rs = json.loads(stdout)
         self.assertEqual(rs["counts"], summary["counts"])
+        self.assertEqual(rs["checksum"], "verified")
+        self.assertNotIn("checksum", stderr)
         # (and the audit checkpoints' key: a serving store signs its chain at start)
         self.assertEqual(rs["missing_key_files"], ["vault.key", "kek-v1.key", "audit-signing.pem"])
         for name in summary["key_files"]:
@@ -285,6 +295,29 @@ class BackupTest(DaemonTestCase):
         self.assertEqual(db.execute("PRAGMA quick_check").fetchone()[0], "ok")
         self.assertNotEqual(db.execute("PRAGMA integrity_check").fetchone()[0], "ok")
         db.close()
+        # a changed amount no index or constraint covers: integrity_check and
+        # the ledger pass it; the backup's checksum does not (it restored)
+        moved = os.path.join(self.tmp, "moved.db")
+        shutil.copyfile(out, moved)
+        db = sqlite3.connect(moved)
+        db.execute("UPDATE payment_intents SET data = replace(data, '\"amount_received\":3000', "
+                   "'\"amount_received\":3001') WHERE id = ?", (refunded["id"],))
+        self.assertEqual(db.total_changes, 1)
+        db.commit()
+        self.assertEqual(db.execute("PRAGMA integrity_check").fetchone()[0], "ok")
+        db.close()
+        with open(out + ".sha256") as f, open(moved + ".sha256", "w") as g:
+            g.write(f.read().replace(os.path.basename(out), "moved.db"))
+        rc, _, stderr = run("restore", "--from", moved, "--data", fresh.data, "--force")
+        self.assertEqual(rc, 1, stderr)
+        self.assertIn("does not match its checksum", stderr)
+        self.assertEqual(tree(fresh.data), snap)
+        with open(moved + ".sha256", "w") as g:
+            g.write("not a checksum\n")
+        rc, _, stderr = run("restore", "--from", moved, "--data", fresh.data, "--force")
+        self.assertEqual(rc, 1, stderr)
+        self.assertIn("not a SHA-256 checksum file", stderr)
+        self.assertEqual(tree(fresh.data), snap)
         for bad in (cut, rot, os.path.join(self.daemon.data, "vault.key")):
             rc, _, stderr = run("restore", "--from", bad, "--data", fresh.data, "--force")
             self.assertEqual(rc, 1, bad)
@@ -368,6 +401,7 @@ class AuditKeyTest(unittest.TestCase):
         with sqlite3.connect(out) as con:
             con.execute("INSERT INTO payment_intents(id, merchant, created, data) VALUES ('pi_x', 'acct_x', 1, '{}')")
         con.close()
+        os.unlink(out + ".sha256")  # changed on purpose: its checksum would refuse it first
         rc, _, err = run("restore", "--from", out, "--data", os.path.join(tmp, "fresh2"))
         self.assertEqual(rc, 1, err)
         self.assertIn("no signed checkpoint", err)
