@@ -358,6 +358,21 @@ static bool approval_without_code(const struct pend *p, const struct tp_iso_msg 
   return !f38 || strspn(f38, " ") == strlen(f38);
 }
 
+/* Field 41 of an answer, when there, is the link's terminal (fixed ans 8:
+ * compared without the spaces that pad it). */
+static bool same_terminal(const struct iso_link *l, const struct tp_iso_msg *m)
+{
+  const char *f41 = tp_iso_get(m, 41);
+  if (!f41)
+    return true;
+  size_t n = strlen(f41), t = strlen(l->tid);
+  while (n > 0 && f41[n - 1] == ' ')
+    n--;
+  while (t > 0 && l->tid[t - 1] == ' ')
+    t--;
+  return n == t && memcmp(f41, l->tid, n) == 0;
+}
+
 /* The MTI of a call: a capture advice, a sale or refund (financial), or an
  * authorization. */
 static const char *call_mti(enum tp_proc_kind kind, bool capture)
@@ -657,9 +672,14 @@ static void on_call_answer(struct iso_link *l, struct pend *p, const struct tp_i
   /* We cannot tell what happened: treat like no answer (a reversal). A
    * garbled field 39 is no decline: the host may have approved. "09",
    * request in progress, says the issuer has not finished with it. */
+  /* Fields 37 and 41 echo the request's (ISO 8583:1987): an answer
+   * without its RRN, or naming another terminal, is about something else
+   * or cannot be tied to this request. */
   const char *bad = !f39                                  ? "field 39 missing"
                     : !tp_iso_f39_well_formed(f39)        ? "field 39 malformed"
-                    : f37 && strcmp(f37, p->rrn) != 0     ? "field 37 does not match the request"
+                    : !f37                                ? "field 37 missing"
+                    : strcmp(f37, p->rrn) != 0            ? "field 37 does not match the request"
+                    : !same_terminal(l, m)                ? "field 41 names another terminal"
                     : strcmp(f39, "09") == 0              ? "field 39 09: request in progress"
                     : approval_without_code(p, m, f39)    ? "field 38 missing on an approval"
                                                           : NULL;
@@ -681,8 +701,10 @@ static void on_call_answer(struct iso_link *l, struct pend *p, const struct tp_i
     return;
   }
   const char *f4 = tp_iso_get(m, 4), *f49 = tp_iso_get(m, 49);
-  bool other_amount = f4 && p->amount[0] && strtoll(f4, NULL, 10) != strtoll(p->amount, NULL, 10);
-  bool other_currency = f49 && p->cur[0] && strcmp(f49, p->cur) != 0;
+  /* A missing field 4 or 49 is no echo either: an approval without them
+   * may hold another amount (the form some hosts use to say so). */
+  bool other_amount = p->amount[0] && (!f4 || strtoll(f4, NULL, 10) != strtoll(p->amount, NULL, 10));
+  bool other_currency = p->cur[0] && (!f49 || strcmp(f49, p->cur) != 0);
   if (tp_iso_f39_approved(f39) && (other_amount || other_currency)) {
     /* Fields 4 and 49 of an answer echo the request's: an approval for
      * another amount or currency holds the card for something we did not
@@ -730,7 +752,9 @@ static void on_reversal_answer(struct iso_link *l, struct pend *p, const struct 
       return;
     }
   }
-  bool reversed = f39 && strcmp(f39, "00") == 0;
+  /* Any approval code but a partial one (10) says the reversal was done
+   * (11, 85 ... are approvals as in an answer to a call). */
+  bool reversed = f39 && tp_iso_f39_approved(f39) && strcmp(f39, "10") != 0;
   bool unknown = f39 && strcmp(f39, "25") == 0; /* unable to locate: nothing stands */
   if (p->c) {
     tp_scopy(p->c->processor_ref, sizeof p->c->processor_ref, p->rrn);

@@ -113,6 +113,7 @@ class IsoHost:
         self.tamper = {}        # fields the next approval of a 0100/0200 answers with instead
         self.reset_on = set()   # MTIs this host answers by closing the connection
         self.held = []
+        self.rev_code = "00"    # field 39 of the 0410s
         self.conn = None
         self.stop = False
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -178,7 +179,7 @@ class IsoHost:
                 held, self.held = self.held, []
             for hm, hf in held:  # the late approval comes first, then the 0410
                 self.reply(c, hm[:2] + "10", hf, "00")
-            self.reply(c, "0410", f, "00")
+            self.reply(c, "0410", f, self.rev_code)
 
     def run(self):
         while not self.stop:
@@ -356,24 +357,45 @@ class IsoLink(unittest.TestCase):
         """Field 38 is mandatory in an approval of an authorization: one
         without it (or all spaces) was booked with an empty authorization
         code; it is an unusable answer, reversed like one that never came."""
-        for f38 in (None, "      "):
+        for tamper in ({38: None}, {38: "      "}, {37: None}, {41: "OTHERTID"}, {4: None}, {49: None}):
             before = self.host.count("0400")
             with self.host.lock:
-                self.host.tamper = {38: f38}
+                self.host.tamper = dict(tamper)
             r = self.pay(amount=1357)
-            wait_for(lambda: self.host.count("0400") > before, what="0400 reversal of f38=%r" % f38)
+            wait_for(lambda: self.host.count("0400") > before, what="0400 reversal of %r" % tamper)
             with self.host.lock:
                 tampered = [f for m, f in self.host.seen if m == "0200"][-1 if r.status != 200 else -2]
             rev = self.host.last("0400")
-            self.assertEqual((rev[37], rev[4], rev[90][:4]), (tampered[37], "000000001357", "0200"), f38)
+            self.assertEqual((rev[37], rev[4], rev[90][:4]), (tampered[37], "000000001357", "0200"), tamper)
             if r.status == 200:  # a retry with a new RRN, approved with a code
                 self.assertEqual((r.json["status"], r.json["amount_received"]), ("succeeded", 1357), r)
                 ch = self.daemon.client("m").get("/v1/charges/" + r.json["latest_charge"]).json
                 self.assertEqual(ch["authorization_code"], "PY0001", ch)
             else:
                 self.assertNotEqual(r.json.get("status"), "succeeded", r)
-        self.assertIn("field 38 missing on an approval", self.daemon.log_text())
+        log = self.daemon.log_text()
+        for why in ("field 38 missing on an approval", "field 37 missing", "field 41 names another terminal",
+                    "iso_approval_mismatch"):
+            self.assertIn(why, log)
         self.assertEqual(self.host.errors, [])
+
+    def test_2db_a_reversal_approved_with_another_code_is_done(self):
+        """A 0410 with an approval code other than 00 (11, 85) says the hold
+        is released: the cancel is done (it was read as a decline with an
+        empty code: 502, the PaymentIntent left requires_capture)."""
+        for code in ("11", "85"):
+            r = self.daemon.client("m").post("/v1/payment_intents", {
+                "amount": 2100, "currency": "usd", "confirm": "true", "capture_method": "manual",
+                "payment_method_data": card(PAN_OK)}, idem=new_key())
+            self.assertEqual((r.status, r.json["status"]), (200, "requires_capture"), r)
+            with self.host.lock:
+                self.host.rev_code = code
+            try:
+                c = self.daemon.client("m").post("/v1/payment_intents/%s/cancel" % r.json["id"], {})
+            finally:
+                with self.host.lock:
+                    self.host.rev_code = "00"
+            self.assertEqual((c.status, c.json.get("status")), (200, "canceled"), (code, c))
 
     def test_2e_a_cancel_answers_while_the_host_resets_every_reversal(self):
         """A host that drops the link at each 0400: every resend moved the
