@@ -167,7 +167,11 @@ void tp_breaker_record_soft(struct tp_breaker *b, int64_t now_ms)
   case TP_BREAKER_HALF_OPEN:
     /* An issuer's soft answer says nothing of the processor's health: it
      * neither reopens nor passes a probe (it reopened, so one customer's
-     * card kept every merchant's breaker open; session 33's review). */
+     * card kept every merchant's breaker open; session 33's review). Its
+     * slot is given back: held until the staleness limit, each such answer
+     * refused every merchant's payments for open_ms (session 36's). */
+    if (b->admitted > b->succeeded)
+      b->admitted--;
     return;
   }
 }
@@ -207,6 +211,11 @@ void tp_breaker_health(struct tp_breaker *b, bool ok, int64_t now_ms)
       enter(b, TP_BREAKER_CLOSED, now_ms);
     return;
   }
+}
+
+bool tp_breaker_before_probes(struct tp_breaker *b, int64_t sent_ms, int64_t now_ms)
+{
+  return tp_breaker_tick(b, now_ms) == TP_BREAKER_HALF_OPEN && sent_ms + TP_BREAKER_SENT_SLACK_MS < b->since_ms;
 }
 
 const char *tp_breaker_state_name(enum tp_breaker_state s)

@@ -71,8 +71,17 @@ void tp_breaker_record(struct tp_breaker *b, bool failure, int64_t now_ms);
 /* A finished call answered with a soft decline (processing_error, ISO 8583
  * 96 or 91): a failure for the failure-rate window, but it neither counts
  * toward nor clears `consecutive` (one customer retrying one card must not
- * open the breaker for everyone); half-open, it reopens like any failure. */
+ * open the breaker for everyone); half-open, it neither reopens nor passes
+ * a probe, and gives its probe slot back. */
 void tp_breaker_record_soft(struct tp_breaker *b, int64_t now_ms);
+/* Was a call sent at sent_ms (ms, the breaker's clock) sent before the
+ * breaker went half-open, so that its answer is no probe's? Such answers
+ * say how the processor was, not how it is: counted as probes, two slow
+ * answers from before an outage closed the breaker on a processor still
+ * down (session 36's review). A few ms of slack: the send time is taken
+ * just before the breaker is asked. */
+#define TP_BREAKER_SENT_SLACK_MS 5
+bool tp_breaker_before_probes(struct tp_breaker *b, int64_t sent_ms, int64_t now_ms);
 /* An active health check result. `consecutive` failed checks in a row
  * open it (a pass or a successful call ends the run; checks and real
  * calls are counted apart, and a pass never clears the calls' run); a

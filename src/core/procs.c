@@ -274,11 +274,13 @@ void tp_proc_record(struct tp_proc *p, const char *brand, const char *currency, 
   pthread_mutex_lock(&s->mu);
   enum tp_breaker_state from = s->br.state;
   int64_t now = now_ms();
-  if (soft) {
+  if (tp_breaker_before_probes(&s->br, now - latency_us / 1000, now)) {
+    /* sent before the half-open began: no probe, and says nothing of now */
+  } else if (soft) {
     /* One card's soft declines count once a while: one customer (or one
      * fraudster) retrying one card opened every merchant's breaker. */
-    if (!card || !soft_card_seen(s, card, now))
-      tp_breaker_record_soft(&s->br, now);
+    if (s->br.state == TP_BREAKER_HALF_OPEN || !card || !soft_card_seen(s, card, now))
+      tp_breaker_record_soft(&s->br, now); /* half-open: a probe's slot given back, whatever the card */
   } else
     tp_breaker_record(&s->br, error, now);
   enum tp_breaker_state to = s->br.state;

@@ -91,6 +91,15 @@ static void test_soft_declines_count_for_the_rate_not_the_run(void **state)
   assert_true(tp_breaker_allow(&b, 2000));
   tp_breaker_record_soft(&b, 2001);
   assert_int_equal(b.state, TP_BREAKER_HALF_OPEN);
+  /* ... and gives its slot back at once: three more probes go out (held
+   * until the staleness limit, each soft answer refused every payment
+   * for open_ms) */
+  for (int i = 0; i < 3; i++)
+    assert_true(tp_breaker_allow(&b, 2002));
+  assert_false(tp_breaker_allow(&b, 2002));
+  for (int i = 0; i < 3; i++)
+    tp_breaker_record(&b, false, 2003);
+  assert_int_equal(b.state, TP_BREAKER_CLOSED);
 }
 
 static void test_failure_rate_needs_min_calls(void **state)
@@ -226,6 +235,25 @@ static void test_late_answers_while_open_are_ignored(void **state)
   for (int i = 0; i < 10; i++)
     tp_breaker_record(&b, false, 10 + i);
   assert_int_equal(b.state, TP_BREAKER_OPEN);
+}
+
+static void test_answers_to_calls_sent_before_half_open_are_no_probes(void **state)
+{
+  (void)state;
+  struct tp_breaker_cfg c = cfg();
+  struct tp_breaker b;
+  tp_breaker_init(&b, &c, 0);
+  open_it(&b, 100); /* open at 100; two calls sent at 50 are still out */
+  assert_int_equal(tp_breaker_tick(&b, 1100), TP_BREAKER_HALF_OPEN);
+  assert_true(tp_breaker_before_probes(&b, 50, 1200));
+  assert_true(tp_breaker_before_probes(&b, 1100 - TP_BREAKER_SENT_SLACK_MS - 1, 1200));
+  assert_false(tp_breaker_before_probes(&b, 1100 - TP_BREAKER_SENT_SLACK_MS, 1200)); /* a probe's */
+  assert_false(tp_breaker_before_probes(&b, 1150, 1200));
+  tp_breaker_record(&b, false, 1300); /* a probe's success counts */
+  assert_int_equal(b.succeeded, 1);
+  /* closed, nothing is before the probes */
+  tp_breaker_init(&b, &c, 0);
+  assert_false(tp_breaker_before_probes(&b, -5000, 10));
 }
 
 static void test_health_checks(void **state)
@@ -571,6 +599,7 @@ int main(void)
     cmocka_unit_test(test_half_open_failure_reopens),
     cmocka_unit_test(test_lost_probe_frees_its_slot),
     cmocka_unit_test(test_late_answers_while_open_are_ignored),
+    cmocka_unit_test(test_answers_to_calls_sent_before_half_open_are_no_probes),
     cmocka_unit_test(test_health_checks),
     cmocka_unit_test_teardown(test_no_sections_gives_the_sandbox, teardown_registry),
     cmocka_unit_test_teardown(test_fees_exact_half_even_per_currency, teardown_registry),
