@@ -94,13 +94,6 @@ static size_t utf8_chars(const char *s, size_t n) {
   return count;
 }
 
-static int hexval(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
 enum decode_rc { DEC_OK, DEC_BAD_ESCAPE, DEC_TOO_LONG, DEC_NUL };
 
 /* Decode one form component starting at *pp, stopping before '&' (and before
@@ -114,7 +107,7 @@ static enum decode_rc decode_part(const char **pp, const char *end, bool stop_at
     char c = *p;
     if (c == '%') {
       if (end - p < 3) { rc = DEC_BAD_ESCAPE; break; }
-      int hi = hexval(p[1]), lo = hexval(p[2]);
+      int hi = tp_hex_digit(p[1]), lo = tp_hex_digit(p[2]);
       if (hi < 0 || lo < 0) { rc = DEC_BAD_ESCAPE; break; }
       c = (char)(hi << 4 | lo);
       p += 3;

@@ -1121,7 +1121,11 @@ static void drop_fingerprints(json_t *v)
     json_object_del(v, "fingerprint");
   const char *k;
   json_t *x;
-  json_object_foreach(v, k, x) drop_fingerprints(x);
+  json_object_foreach(v, k, x)
+  {
+    if (strcmp(k, "metadata") != 0) /* the merchant's own keys, shown as set */
+      drop_fingerprints(x);
+  }
 }
 
 char *tp_publishable_view(const char *body, size_t *len, bool client)

@@ -796,3 +796,8 @@ const char *tp_key_file_exposed(const char *path)
     return "the private key file can be read by its group: chmod 600 it (0640 only when root owns it)";
   return NULL;
 }
+
+int tp_hex_digit(int c)
+{
+  return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}

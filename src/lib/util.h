@@ -41,6 +41,8 @@ void tp_random_b62(char *out, size_t n);
 /* SHA-256 of data into out[32]; hex variant writes 64 chars + NUL. */
 void tp_sha256(const void *data, size_t len, uint8_t out[32]);
 void tp_sha256_hex(const void *data, size_t len, char out[65]);
+/* The value of one hex digit (either case), -1 for any other character. */
+int tp_hex_digit(int c);
 /* HMAC-SHA-256 (RFC 2104) into 32 raw bytes. */
 void tp_hmac_sha256(const void *key, size_t keylen, const void *data, size_t len, uint8_t out[32]);
 /* HMAC-SHA-256 as 64 hex digits. */

@@ -440,18 +440,13 @@ int tp_kek_init(struct tp_store *st, const char *dir, const char *config_path)
 }
 
 /* ---- re-wrap -------------------------------------------------------------- */
-static int hexval(int c)
-{
-  return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
 static int unhex(const char *s, uint8_t *out, size_t cap, size_t *len)
 {
   size_t n = strlen(s);
   if (n % 2 || n / 2 > cap)
     return -1;
   for (size_t i = 0; i < n / 2; i++) {
-    int a = hexval(s[2 * i]), b = hexval(s[2 * i + 1]);
+    int a = tp_hex_digit(s[2 * i]), b = tp_hex_digit(s[2 * i + 1]);
     if (a < 0 || b < 0)
       return -1;
     out[i] = (uint8_t)(a << 4 | b);

@@ -167,10 +167,11 @@ static bool form_unescape(char *s)
     if (*s == '+')
       *w++ = ' ';
     else if (*s == '%') {
-      unsigned v;
-      if (!s[1] || !s[2] || sscanf(s + 1, "%2x", &v) != 1 || v == 0)
+      /* exactly two hex digits (sscanf's %2x took "-1", " 1", "1g") */
+      int hi = tp_hex_digit(s[1]), lo = hi < 0 ? -1 : tp_hex_digit(s[2]);
+      if (hi < 0 || lo < 0 || (hi | lo) == 0)
         return false;
-      *w++ = (char)v;
+      *w++ = (char)(hi << 4 | lo);
       s += 2;
     } else
       *w++ = *s;

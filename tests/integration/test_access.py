@@ -543,6 +543,11 @@ class KeysTest(DaemonTestCase):
         self.assertStripeError(pk.post("/v1/payment_methods", dict(card("4242424242424242"),
                                                                   customer="cus_x")),
                                400, "invalid_request_error", None, param="customer")  # Connect's, unsupported
+        # the merchant's metadata comes back as set: only a card's fingerprint is hidden
+        md = pk.post("/v1/payment_methods", dict(card("4242424242424242"), **{"metadata[last4]": "1",
+                                                                               "metadata[fingerprint]": "keep"}))
+        self.assertEqual(md.json["metadata"], {"last4": "1", "fingerprint": "keep"}, md)
+        self.assertNotIn("fingerprint", md.json["card"])
         # card validation is the same as for a secret key
         self.assertStripeError(pk.post("/v1/payment_methods", dict(card("4242424242424241"))),
                                402, "card_error", "incorrect_number")

@@ -194,6 +194,18 @@ class OAuthTest(DaemonTestCase):
                 r = self.anon.post(TOKEN, grant, headers={"Authorization": "Basic " + b.decode()}, key=None)
                 self.assertEqual(r.status, 401, r)
                 self.assertEqual(r.json["error"], "invalid_client", r)
+        # RFC 6749 2.3.1: the id and secret are form-encoded; a "%" takes exactly
+        # two hex digits ("%-1", "% 1", "%1g" were taken as bytes)
+        cid, sec = self.cl["client_id"], self.cl["client_secret"]
+        enc = "".join("%%%02X" % ord(ch) for ch in cid[:2]) + cid[2:]
+        r = self.anon.post(TOKEN, grant, headers={"Authorization": "Basic " + base64.b64encode(
+            ("%s:%s" % (enc, sec)).encode()).decode()}, key=None)
+        self.assertEqual(r.status, 200, r)
+        for esc in ("%-1", "% 1", "%+1", "%1g", "%1"):
+            with self.subTest(esc=esc):
+                h = "Basic " + base64.b64encode(("%s:%s%s" % (cid, sec, esc)).encode()).decode()
+                r = self.anon.post(TOKEN, grant, headers={"Authorization": h}, key=None)
+                self.assertEqual((r.status, r.json.get("error")), (401, "invalid_client"), r)
         # The API's Basic scheme is parsed alike (two spaces; a NUL ends nothing).
         key = self.daemon.merchants["a"]["secret_key"]
         ok = base64.b64encode((key + ":").encode()).decode()
