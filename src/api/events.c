@@ -116,7 +116,7 @@ static bool hides_reports(const struct tp_req *r)
 
 static bool reports_type(const char *t)
 {
-  return t && (strncmp(t, "balance.", 8) == 0 || strncmp(t, "payout.", 7) == 0);
+  return tp_event_type_reports(t);
 }
 
 static bool reports_event(const json_t *ev)

@@ -10,7 +10,9 @@
 #include "api/objects.h"
 #include "api/params.h"
 #include "jpack.h"
+#include "jparse.h"
 #include "net/webhooks.h"
+#include "sec/scopes.h"
 #include "util.h"
 
 #include <curl/curl.h>
@@ -181,6 +183,15 @@ static bool check_events(struct tp_req *r, const json_t *v)
       tp_reply_error(r, TP_ERR_EVENT_TYPE_UNKNOWN, param, msg);
       return false;
     }
+  }
+  /* The balance's events go only where a key that may read the balance
+   * sends them: an endpoint is the key's own reading of events (as the
+   * stream and /v1/events are). */
+  json_array_foreach(v, i, e)
+  {
+    const char *t = json_string_value(e);
+    if ((strcmp(t, "*") == 0 || tp_event_type_reports(t)) && !tp_req_require_scope(r, TP_SCOPE_REPORTS_READ))
+      return false;
   }
   return true;
 }
@@ -578,7 +589,12 @@ void tp_h_we_resend(struct tp_req *r)
     tp_reply_missing(r, "event", r->path_sub, "event");
     return;
   }
+  json_t *evj = tp_json_loadb(ev, strlen(ev));
   free(ev);
+  bool reports = tp_event_type_reports(json_string_value(json_object_get(evj, "type")));
+  json_decref(evj);
+  if (reports && !tp_req_require_scope(r, TP_SCOPE_REPORTS_READ))
+    return;
   if (!lock(r))
     return;
   struct timespec ts;

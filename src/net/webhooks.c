@@ -69,6 +69,11 @@ static const char *const known_types[] = {
   NULL,
 };
 
+bool tp_event_type_reports(const char *type)
+{
+  return type && (strncmp(type, "balance.", 8) == 0 || strncmp(type, "payout.", 7) == 0);
+}
+
 bool tp_webhooks_event_type_known(const char *type)
 {
   for (int i = 0; known_types[i]; i++)

@@ -23,6 +23,9 @@
 bool tp_webhooks_host_denied(const char *host);
 /* True when type is an event type an endpoint may subscribe to. */
 bool tp_webhooks_event_type_known(const char *type);
+/* An event type about the account's balance (balance.*, payout.*): read
+ * only by a key with reports:read, as /v1/balance is. */
+bool tp_event_type_reports(const char *type);
 /* True when pattern ("*" or an exact type) selects type. */
 bool tp_webhooks_event_matches(const char *pattern, const char *type);
 /* Whether an endpoint (its id and enabled_events array) is owed event_id of

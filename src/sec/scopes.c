@@ -70,8 +70,13 @@ unsigned tp_scope_required(const char *method, const char *path)
 {
   bool read = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
   /* Operator endpoints and anything added under /v1/turnpike/ later. */
-  if (strncmp(path, "/v1/turnpike/", 13) == 0 || under(path, "/v1/webhook_endpoints"))
+  if (strncmp(path, "/v1/turnpike/", 13) == 0)
     return TP_SCOPE_ADMIN;
+  /* An endpoint reads the merchant's events: payments:read too, as the
+   * stream and /v1/events (an admin-only key had every event delivered);
+   * the balance's events also need reports:read (webhook_endpoints.c). */
+  if (under(path, "/v1/webhook_endpoints"))
+    return TP_SCOPE_ADMIN | TP_SCOPE_PAYMENTS_READ;
   if (under(path, "/v1/balance") || under(path, "/v1/balance_transactions") || under(path, "/v1/reports") ||
       under(path, "/v1/reporting") || under(path, "/v1/payouts"))
     return TP_SCOPE_REPORTS_READ;

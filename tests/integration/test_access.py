@@ -351,6 +351,39 @@ class KeysTest(DaemonTestCase):
         self.assertEqual(first.status, 200, first)
         again = self.c("K").post("/v1/payment_intents", plain, idem="rk-replay-2")
         self.assertEqual((again.headers.get("Idempotent-Replayed"), again.json["id"]), ("true", first.json["id"]))
+        # A webhook endpoint reads events: admin alone may not make one (its
+        # deliveries carried every event the key could not list), and the
+        # balance's events need reports:read as /v1/balance does
+        url = "http://127.0.0.1:9/h"
+        ad = self.key_client(admin(self.daemon, "api-key", "create", "--merchant", self.mid("K"), "--scopes",
+                                   "admin")["restricted_key"])
+        err = self.assertStripeError(ad.post("/v1/webhook_endpoints", {"url": url, "enabled_events[]":
+                                                                       "charge.succeeded"}), 403, "permission_error")
+        self.assertIn("payments:read", err["message"])
+        self.assertStripeError(ad.get("/v1/webhook_endpoints"), 403, "permission_error")
+        ap = self.key_client(admin(self.daemon, "api-key", "create", "--merchant", self.mid("K"), "--scopes",
+                                   "admin payments:read")["restricted_key"])
+        we = ap.post("/v1/webhook_endpoints", {"url": url, "enabled_events[]": "charge.succeeded"})
+        self.assertEqual(we.status, 200, we)
+        for evs in (["*"], ["charge.succeeded", "balance.available"]):
+            err = self.assertStripeError(ap.post("/v1/webhook_endpoints", {"url": url, "enabled_events": evs}),
+                                         403, "permission_error")
+            self.assertIn("reports:read", err["message"])
+            self.assertStripeError(ap.post("/v1/webhook_endpoints/" + we.json["id"], {"enabled_events": evs}),
+                                   403, "permission_error")
+        self.assertEqual(ap.get("/v1/webhook_endpoints/" + we.json["id"]).json["enabled_events"],
+                         ["charge.succeeded"])
+        evs = self.c("K").get("/v1/events", {"limit": 100}).json["data"]
+        bal = [e for e in evs if e["type"].startswith("balance.")]
+        other = [e for e in evs if not e["type"].startswith(("balance.", "payout."))]
+        self.assertEqual(ap.post("/v1/webhook_endpoints/%s/deliveries/%s/resend" % (we.json["id"], other[0]["id"]))
+                         .status, 200)
+        if bal:
+            self.assertStripeError(ap.post("/v1/webhook_endpoints/%s/deliveries/%s/resend"
+                                           % (we.json["id"], bal[0]["id"])), 403, "permission_error")
+        full = self.key_client(admin(self.daemon, "api-key", "create", "--merchant", self.mid("K"), "--scopes",
+                                     "admin payments:read reports:read")["restricted_key"])
+        self.assertEqual(full.post("/v1/webhook_endpoints", {"url": url, "enabled_events[]": "*"}).status, 200)
         # Basic auth works the same way.
         c.auth = "basic"
         self.assertEqual(c.get("/v1/payment_intents").status, 200)
