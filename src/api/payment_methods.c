@@ -386,9 +386,15 @@ void tp_h_pm_attach(struct tp_req *r)
   const json_t *owner = json_object_get(pm, "customer");
   if (json_is_string(owner)) {
     if (strcmp(json_string_value(owner), cus_id) == 0) {
-      /* Already attached here: nothing to change. */
-      reply_object(r, pm, NULL);
-      goto fail;
+      /* Already attached here: nothing to change, but an Idempotency-Key
+       * is recorded with this answer (the empty change set), as a no-op
+       * update's is: a retry after a detach replays it. */
+      if (!reply_object(r, pm, NULL) || !r->idem_key[0])
+        goto fail;
+      const char *locks[2] = {cus_lock, r->path_id};
+      tp_commit_and_reply_locks(r, cs, locks, 2);
+      json_decref(pm);
+      return;
     }
     tp_reply_error(r, TP_ERR_PAYMENT_METHOD_ALREADY_ATTACHED, NULL,
                    "The payment method you provided has already been attached to a customer.");

@@ -164,6 +164,24 @@ static bool check_url(struct tp_req *r, const json_t *v)
   return true;
 }
 
+/* The balance's events go only where a key that may read the balance
+ * sends them: an endpoint is the key's own reading of events (as the
+ * stream and /v1/events are). So enabled_events with "*", balance.* or
+ * payout.*, and any change to or reading of the deliveries of an endpoint
+ * that has them, need reports:read (false, answered, when the key lacks it). */
+static bool reports_fit(struct tp_req *r, const json_t *events)
+{
+  size_t i;
+  const json_t *e;
+  json_array_foreach(events, i, e)
+  {
+    const char *t = json_string_value(e);
+    if (t && (strcmp(t, "*") == 0 || tp_event_type_reports(t)))
+      return tp_req_require_scope(r, TP_SCOPE_REPORTS_READ);
+  }
+  return true;
+}
+
 /* enabled_events: a non-empty list of known types or "*". */
 static bool check_events(struct tp_req *r, const json_t *v)
 {
@@ -184,16 +202,7 @@ static bool check_events(struct tp_req *r, const json_t *v)
       return false;
     }
   }
-  /* The balance's events go only where a key that may read the balance
-   * sends them: an endpoint is the key's own reading of events (as the
-   * stream and /v1/events are). */
-  json_array_foreach(v, i, e)
-  {
-    const char *t = json_string_value(e);
-    if ((strcmp(t, "*") == 0 || tp_event_type_reports(t)) && !tp_req_require_scope(r, TP_SCOPE_REPORTS_READ))
-      return false;
-  }
-  return true;
+  return reports_fit(r, v);
 }
 
 static bool check_description(struct tp_req *r, const json_t *v)
@@ -391,6 +400,13 @@ void tp_h_we_update(struct tp_req *r)
     unlock(r);
     return;
   }
+  /* Pointing such an endpoint elsewhere, or enabling it again, is reading
+   * its events (a key without reports:read redirected a "*" endpoint). */
+  if (!reports_fit(r, json_object_get(ep, "enabled_events"))) {
+    json_decref(ep);
+    unlock(r);
+    return;
+  }
   bool floor_now = false;
   json_t *events_before = json_deep_copy(json_object_get(ep, "enabled_events"));
   if ((v = json_object_get(p, "url")))
@@ -556,7 +572,10 @@ void tp_h_we_deliveries(struct tp_req *r)
   json_t *ep = endpoint_load(r, r->path_id);
   if (!ep)
     return;
+  bool fit = reports_fit(r, json_object_get(ep, "enabled_events"));
   json_decref(ep);
+  if (!fit)
+    return;
   char url[160];
   snprintf(url, sizeof url, WE_LIST_URL "/%s/deliveries", r->path_id);
   const char *event = tp_pstr(r->params, "event");

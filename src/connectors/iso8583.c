@@ -768,7 +768,10 @@ static void on_reversal_answer(struct iso_link *l, struct pend *p, const struct 
        * authorization's RRN any more (an earlier repeat of this reversal
        * got there): voided either way. */
       report(l, p, TP_OUT_APPROVED, "");
-    } else if (tp_decline_is_soft(tp_iso_decline_code(f39))) {
+    } else if (tp_decline_is_soft(tp_iso_decline_code(f39)) || tp_iso_f39_approved(f39)) {
+      /* (An approval code left here is 10, a partial reversal: the hold
+       * may still stand in part; reversed again, never a decline with an
+       * empty code.) */
       /* 96, 91 ...: the host could not act now. That says nothing of an
        * earlier send of this reversal (a 0401 repeat is answered so while
        * the 0400 went through): unknown, and recovery reverses again until

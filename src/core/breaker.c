@@ -33,6 +33,7 @@ static void enter(struct tp_breaker *b, enum tp_breaker_state s, int64_t now_ms)
   b->since_ms = now_ms;
   b->admitted = 0;
   b->succeeded = 0;
+  b->soft_half = 0;
   b->last_admit_ms = now_ms;
   /* A fresh start in every state: the failures that opened the breaker must
    * not re-open it the moment it closes. */
@@ -165,15 +166,25 @@ void tp_breaker_record_soft(struct tp_breaker *b, int64_t now_ms)
   case TP_BREAKER_OPEN:
     return;
   case TP_BREAKER_HALF_OPEN:
-    /* An issuer's soft answer says nothing of the processor's health: it
-     * neither reopens nor passes a probe (it reopened, so one customer's
-     * card kept every merchant's breaker open; session 33's review). Its
-     * slot is given back: held until the staleness limit, each such answer
-     * refused every merchant's payments for open_ms (session 36's). */
+    /* Its probe slot is given back: held until the staleness limit, each
+     * soft answer refused every merchant's payments for open_ms (session
+     * 36's review). One card's soft answer says nothing of the processor
+     * (it reopened, so one customer's card kept every merchant's breaker
+     * open; session 33's): only `probes` of them from distinct cards (the
+     * caller tells repeats apart, tp_breaker_soft_repeat) reopen it, as a
+     * processor answering 96 to everything does. */
     if (b->admitted > b->succeeded)
       b->admitted--;
+    if (++b->soft_half >= b->cfg.probes)
+      enter(b, TP_BREAKER_OPEN, now_ms);
     return;
   }
+}
+
+void tp_breaker_soft_repeat(struct tp_breaker *b, int64_t now_ms)
+{
+  if (tp_breaker_tick(b, now_ms) == TP_BREAKER_HALF_OPEN && b->admitted > b->succeeded)
+    b->admitted--; /* its slot back; a card already counted counts no more */
 }
 
 static bool health_hold_over(const struct tp_breaker *b, int64_t now_ms)

@@ -39,6 +39,7 @@ struct tp_breaker {
   int b_calls[TP_BREAKER_BUCKETS], b_fail[TP_BREAKER_BUCKETS];
   /* half-open bookkeeping */
   int admitted, succeeded;
+  int soft_half; /* soft declines of distinct cards while half-open */
   int64_t last_admit_ms;
   uint64_t opens;        /* times it opened (for the API) */
   /* opened by payment calls failing (not by failed health checks): then a
@@ -71,9 +72,13 @@ void tp_breaker_record(struct tp_breaker *b, bool failure, int64_t now_ms);
 /* A finished call answered with a soft decline (processing_error, ISO 8583
  * 96 or 91): a failure for the failure-rate window, but it neither counts
  * toward nor clears `consecutive` (one customer retrying one card must not
- * open the breaker for everyone); half-open, it neither reopens nor passes
- * a probe, and gives its probe slot back. */
+ * open the breaker for everyone); half-open, it passes no probe and gives
+ * its probe slot back, and `probes` of them (from distinct cards: the
+ * caller sends a card's repeats to tp_breaker_soft_repeat) reopen it. */
 void tp_breaker_record_soft(struct tp_breaker *b, int64_t now_ms);
+/* A soft decline of a card already counted: half-open, its probe slot is
+ * given back and nothing else; otherwise nothing. */
+void tp_breaker_soft_repeat(struct tp_breaker *b, int64_t now_ms);
 /* Was a call sent at sent_ms (ms, the breaker's clock) sent before the
  * breaker went half-open, so that its answer is no probe's? Such answers
  * say how the processor was, not how it is: counted as probes, two slow

@@ -279,8 +279,10 @@ void tp_proc_record(struct tp_proc *p, const char *brand, const char *currency, 
   } else if (soft) {
     /* One card's soft declines count once a while: one customer (or one
      * fraudster) retrying one card opened every merchant's breaker. */
-    if (s->br.state == TP_BREAKER_HALF_OPEN || !card || !soft_card_seen(s, card, now))
-      tp_breaker_record_soft(&s->br, now); /* half-open: a probe's slot given back, whatever the card */
+    if (!card || !soft_card_seen(s, card, now))
+      tp_breaker_record_soft(&s->br, now);
+    else
+      tp_breaker_soft_repeat(&s->br, now);
   } else
     tp_breaker_record(&s->br, error, now);
   enum tp_breaker_state to = s->br.state;

@@ -31,6 +31,7 @@
  * so the operator copies them on their own path. */
 #include "main/commands.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -228,21 +229,38 @@ static int write_checksum(const char *out, const char *hex)
 }
 
 /* The checksum FILE.sha256 records for FILE: 1 read into hex, 0 no such
- * file, -1 unreadable or not one SHA-256. */
+ * file, -1 unreadable or not one SHA-256. Takes what sha256sum writes
+ * ("HEX  NAME", "HEX *NAME", "\\HEX  NAME" for an escaped name) and its
+ * --tag form ("SHA256 (NAME) = HEX"), or the bare digest; a regular file of
+ * at most 4 KiB (a FIFO would hang the restore). */
 static int read_checksum(const char *from, char hex[65])
 {
   char side[1300];
   snprintf(side, sizeof side, "%s.sha256", from);
-  FILE *f = fopen(side, "re");
-  if (!f)
+  int fd = open(side, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0)
     return errno == ENOENT ? 0 : -1;
-  char line[1400];
-  bool got = fgets(line, sizeof line, f) != NULL;
-  fclose(f);
-  if (!got || strspn(line, "0123456789abcdefABCDEF") != 64 || (line[64] != ' ' && line[64] != '\n'))
+  struct stat st;
+  char buf[4097];
+  ssize_t n = -1;
+  if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size < (off_t)sizeof buf)
+    n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n < 0)
+    return -1;
+  buf[n] = '\0';
+  const char *h = buf;
+  if (strncmp(h, "SHA256 (", 8) == 0) {
+    const char *eq = strstr(h, ") = ");
+    if (!eq)
+      return -1;
+    h = eq + 4;
+  } else if (*h == '\\')
+    h++;
+  if (strspn(h, "0123456789abcdefABCDEF") != 64 || !strchr(" \r\n", h[64]))
     return -1;
   for (int i = 0; i < 64; i++)
-    hex[i] = (char)(line[i] >= 'A' && line[i] <= 'F' ? line[i] - 'A' + 'a' : line[i]);
+    hex[i] = (char)tolower((unsigned char)h[i]);
   hex[64] = '\0';
   return 1;
 }
@@ -332,6 +350,9 @@ int tp_cmd_backup(int argc, char **argv)
     return 1;
   }
   unlink(tmp); /* left by an interrupted backup: never a whole copy */
+  char side_tmp[1320];
+  snprintf(side_tmp, sizeof side_tmp, "%s.partial", side);
+  unlink(side_tmp); /* the same for its checksum */
   time_t t0 = time(NULL);
   char err[400];
   if (!vacuum_into(src, tmp, err, sizeof err)) {

@@ -383,7 +383,17 @@ class KeysTest(DaemonTestCase):
                                            % (we.json["id"], bal[0]["id"])), 403, "permission_error")
         full = self.key_client(admin(self.daemon, "api-key", "create", "--merchant", self.mid("K"), "--scopes",
                                      "admin payments:read reports:read")["restricted_key"])
-        self.assertEqual(full.post("/v1/webhook_endpoints", {"url": url, "enabled_events[]": "*"}).status, 200)
+        star = full.post("/v1/webhook_endpoints", {"url": url, "enabled_events[]": "*"})
+        self.assertEqual(star.status, 200, star)
+        # an endpoint that takes them is not the lesser key's to point elsewhere,
+        # enable again, or read the deliveries of (it redirected a "*" endpoint)
+        for params in ({"url": "http://127.0.0.1:9/stolen"}, {"disabled": "false"}, {"metadata[a]": "b"}):
+            self.assertStripeError(ap.post("/v1/webhook_endpoints/" + star.json["id"], params), 403,
+                                   "permission_error")
+        self.assertStripeError(ap.get("/v1/webhook_endpoints/%s/deliveries" % star.json["id"]), 403,
+                               "permission_error")
+        self.assertEqual(ap.get("/v1/webhook_endpoints/" + star.json["id"]).json["url"], url)
+        self.assertEqual(full.post("/v1/webhook_endpoints/" + star.json["id"], {"metadata[a]": "b"}).status, 200)
         # Basic auth works the same way.
         c.auth = "basic"
         self.assertEqual(c.get("/v1/payment_intents").status, 200)

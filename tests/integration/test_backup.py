@@ -214,6 +214,13 @@ class BackupTest(DaemonTestCase):
         with open(out + ".sha256") as f:
             self.assertEqual(f.read(), "%s  %s\n" % (digest, os.path.basename(out)))
         self.assertEqual(os.stat(out + ".sha256").st_mode & 0o777, 0o600)
+        # a checksum left half-written by a stopped backup does not block the next
+        again = out + ".2"
+        open(again + ".sha256.partial", "w").close()
+        rc, _, stderr = run("backup", "--data", self.daemon.data, "--out", again)
+        self.assertEqual(rc, 0, stderr)
+        self.assertTrue(os.path.exists(again + ".sha256"))
+        self.assertFalse(os.path.exists(again + ".sha256.partial"))
         # a backup never overwrites
         mtime = os.stat(out).st_mtime_ns
         rc, _, stderr = run("backup", "--data", self.daemon.data, "--out", out)
@@ -312,6 +319,19 @@ class BackupTest(DaemonTestCase):
         self.assertEqual(rc, 1, stderr)
         self.assertIn("does not match its checksum", stderr)
         self.assertEqual(tree(fresh.data), snap)
+        # sha256sum's --tag form and a bare digest are read too (the wrong digest: refused)
+        for text in ("SHA256 (moved.db) = %s\n" % digest, digest.upper()):
+            with open(moved + ".sha256", "w") as g:
+                g.write(text)
+            rc, _, stderr = run("restore", "--from", moved, "--data", fresh.data, "--force")
+            self.assertEqual(rc, 1, stderr)
+            self.assertIn("does not match its checksum", stderr)
+        # a FIFO in its place is refused, not waited on
+        os.unlink(moved + ".sha256")
+        os.mkfifo(moved + ".sha256")
+        rc, _, stderr = run("restore", "--from", moved, "--data", fresh.data, "--force")
+        self.assertEqual(rc, 1, stderr)
+        os.unlink(moved + ".sha256")
         with open(moved + ".sha256", "w") as g:
             g.write("not a checksum\n")
         rc, _, stderr = run("restore", "--from", moved, "--data", fresh.data, "--force")

@@ -182,6 +182,14 @@ class IdempotencyTest(DaemonTestCase):
             self.assertEqual(c.get(path).json[field[0]], field[1], path)
             # without a key it is still answered at once, and nothing is emitted
             self.assertEqual(c.post(path, same).status, 200)
+        # an attach to the customer it already has: the same (a retry after a
+        # detach ran again and was refused)
+        key = new_key()
+        path = "/v1/payment_methods/%s/attach" % pm["id"]
+        first = c.post(path, {"customer": cus["id"]}, idem=key)
+        self.assertEqual(first.status, 200, first)
+        self.assertEqual(c.post("/v1/payment_methods/%s/detach" % pm["id"]).status, 200)
+        self.assertReplayOf(first, c.post(path, {"customer": cus["id"]}, idem=key))
         types = [e["type"] for e in c.get("/v1/events?limit=20").json["data"]]
         self.assertNotIn("customer.updated", types)
         self.assertNotIn("payment_method.updated", types)

@@ -396,6 +396,23 @@ class IsoLink(unittest.TestCase):
                 with self.host.lock:
                     self.host.rev_code = "00"
             self.assertEqual((c.status, c.json.get("status")), (200, "canceled"), (code, c))
+        # a partial reversal (10) is no done one, nor a decline with an empty
+        # code: the outcome is unknown (502), for recovery to reverse again
+        r = self.daemon.client("m").post("/v1/payment_intents", {
+            "amount": 2100, "currency": "usd", "confirm": "true", "capture_method": "manual",
+            "payment_method_data": card(PAN_OK)}, idem=new_key())
+        with self.host.lock:
+            self.host.rev_code = "10"
+        try:
+            c = self.daemon.client("m").post("/v1/payment_intents/%s/cancel" % r.json["id"], {})
+        finally:
+            with self.host.lock:
+                self.host.rev_code = "00"
+        self.assertEqual((c.status, c.json["error"].get("tp_code")), (502, 6018), c)
+        got = wait_for(lambda: (lambda x: x if x["status"] == "canceled" else None)(
+            self.daemon.client("m").get("/v1/payment_intents/" + r.json["id"]).json), timeout=30,
+            what="the cancel settled by recovery")
+        self.assertEqual(got["status"], "canceled")
 
     def test_2e_a_cancel_answers_while_the_host_resets_every_reversal(self):
         """A host that drops the link at each 0400: every resend moved the

@@ -93,13 +93,34 @@ static void test_soft_declines_count_for_the_rate_not_the_run(void **state)
   assert_int_equal(b.state, TP_BREAKER_HALF_OPEN);
   /* ... and gives its slot back at once: three more probes go out (held
    * until the staleness limit, each soft answer refused every payment
-   * for open_ms) */
+   * for open_ms); repeats of one card give the slot back and count no more */
+  for (int i = 0; i < 5; i++) {
+    assert_true(tp_breaker_allow(&b, 2002));
+    tp_breaker_soft_repeat(&b, 2002);
+  }
+  assert_int_equal(b.state, TP_BREAKER_HALF_OPEN);
   for (int i = 0; i < 3; i++)
     assert_true(tp_breaker_allow(&b, 2002));
   assert_false(tp_breaker_allow(&b, 2002));
   for (int i = 0; i < 3; i++)
     tp_breaker_record(&b, false, 2003);
   assert_int_equal(b.state, TP_BREAKER_CLOSED);
+
+  /* a processor answering 96 to every card: `probes` soft declines of
+   * distinct cards reopen it (giving slots back alone kept it half-open
+   * with every payment sent to it first) */
+  tp_breaker_init(&b, &c, 0);
+  for (int i = 0; i < 5; i++)
+    tp_breaker_record(&b, true, 10 + i);
+  assert_int_equal(tp_breaker_tick(&b, 2000), TP_BREAKER_HALF_OPEN);
+  for (int i = 0; i < 2; i++) {
+    assert_true(tp_breaker_allow(&b, 2001));
+    tp_breaker_record_soft(&b, 2001);
+    assert_int_equal(b.state, TP_BREAKER_HALF_OPEN);
+  }
+  assert_true(tp_breaker_allow(&b, 2001));
+  tp_breaker_record_soft(&b, 2001);
+  assert_int_equal(b.state, TP_BREAKER_OPEN);
 }
 
 static void test_failure_rate_needs_min_calls(void **state)

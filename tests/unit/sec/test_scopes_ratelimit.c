@@ -34,7 +34,8 @@ static void test_every_route_family_maps_to_its_scope(void **state)
     {"GET", "/v1/reports/settlement", TP_SCOPE_REPORTS_READ},
     {"GET", "/v1/turnpike/anything_new", TP_SCOPE_ADMIN},
     {"POST", "/v1/turnpike/log_level", TP_SCOPE_ADMIN},
-    {"POST", "/v1/webhook_endpoints", TP_SCOPE_ADMIN},
+    {"POST", "/v1/webhook_endpoints", TP_SCOPE_ADMIN | TP_SCOPE_PAYMENTS_READ},
+    {"GET", "/v1/webhook_endpoints/we_1/deliveries", TP_SCOPE_ADMIN | TP_SCOPE_PAYMENTS_READ},
     {"GET", "/v1/events", TP_SCOPE_PAYMENTS_READ},
     {"POST", "/v1/something_new", TP_SCOPE_PAYMENTS_WRITE},
     /* A prefix must end at a path segment. */
