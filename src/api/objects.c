@@ -781,6 +781,9 @@ static const struct {
   {"authenticationRequiredSetupForOffSession", "4000003800000446"},
   {"authenticationRequiredChargeDeclinedInsufficientFunds", "4000008260003178"},
   {"threeDSecureOptional", "4000000000003055"},
+  /* the lookup fails: declined card_declined; or, only asked for, a processing error */
+  {"threeDSecureRequiredProcessingError", "4000008400001280"},
+  {"threeDSecureOptionalProcessingError", "4000000000003097"},
   {"amex_threeDSecureNotSupported", "378282246310005"},
 };
 

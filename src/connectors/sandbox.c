@@ -50,6 +50,7 @@ static const struct test_card {
   {.pan = "4000002760003184", .three_ds = ALWAYS}, /* every payment, however the card was saved */
   {.pan = "4000000000003220", .three_ds = ALWAYS}, /* 3-D Secure 2 required */
   {.pan = "4000000000003063", .three_ds = ALWAYS}, /* 3-D Secure required */
+  {.pan = "4000008400000027", .three_ds = ALWAYS}, /* 3-D Secure required, US-issued */
   {.pan = "4000008400001629", .decline = "generic_decline", .three_ds = ALWAYS}, /* required, then declined */
   /* Stripe: asks for one-time payments, and every payment is declined
    * insufficient_funds "even after being successfully authenticated or

@@ -165,6 +165,34 @@ class ThreeDSTest(DaemonTestCase):
                                "payment_method_data": card(PAN_3DS)})
         self.assertAuthenticationRequired(r, 3300, issuer_declined=True)
 
+    def test_stripes_us_card_and_processing_error_ids_behave_as_documented(self):
+        """Stripe's testing page: 4000008400000027 (US) requires 3-D Secure
+        (it paid with no challenge, off-session too);
+        pm_card_threeDSecureRequiredProcessingError and ...Optional... exist
+        (they were unknown ids: 404)."""
+        r = self.c().post(PI, {"amount": 3500, "currency": "usd", "confirm": "true",
+                               "return_url": "https://shop.example/r",
+                               "payment_method_data": card("4000008400000027")})
+        self.assertEqual((r.status, r.json["status"]), (200, "requires_action"), r)
+        pm = self.c().get("/v1/payment_methods/" + r.json["payment_method"]).json
+        self.assertEqual(pm["card"]["country"], "US", pm)
+        r = self.c().post(PI, {"amount": 3500, "currency": "usd", "confirm": "true", "off_session": "true",
+                               "payment_method_data": card("4000008400000027")})
+        self.assertAuthenticationRequired(r, 3500, issuer_declined=True)
+        r = self.c().post(PI, {"amount": 3600, "currency": "usd", "confirm": "true",
+                               "return_url": "https://shop.example/r",
+                               "payment_method": "pm_card_threeDSecureRequiredProcessingError"})
+        self.assertEqual((r.status, r.json["error"]["code"]), (402, "card_declined"), r)
+        r = self.c().post(PI, {"amount": 3700, "currency": "usd", "confirm": "true",
+                               "return_url": "https://shop.example/r",
+                               "payment_method_options[card][request_three_d_secure]": "any",
+                               "payment_method": "pm_card_threeDSecureOptionalProcessingError"})
+        self.assertEqual(r.status // 100, 4, r)
+        self.assertEqual(r.json["error"]["code"], "processing_error", r)
+        for tok in ("tok_threeDSecureRequiredProcessingError", "tok_threeDSecureOptionalProcessingError"):
+            self.assertEqual(self.c().post("/v1/payment_methods", {"type": "card", "card[token]": tok}).status, 200,
+                             tok)
+
     def test_error_on_requires_action_fails_instead_of_asking(self):
         r = self.c().post(PI, {"amount": 3400, "currency": "eur", "confirm": "true",
                                "error_on_requires_action": "true", "payment_method_data": card(PAN_3DS_2)})
