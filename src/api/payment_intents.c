@@ -1280,6 +1280,13 @@ void tp_h_pi_update(struct tp_req *r)
   if (!check_amount(r, amount, cur))
     goto out;
   const char *cus = tp_pstr(r->params, "customer");
+  const char *had = json_string_value(json_object_get(pi, "customer"));
+  if (had && json_object_get(r->params, "customer") && strcmp(had, cus ? cus : "") != 0) {
+    /* Stripe's rule: once set, a PaymentIntent's customer stays (it moved
+     * a payment, and the card saved with it, to another customer). */
+    tp_reply_error(r, TP_ERR_PAYMENT_INTENT_CUSTOMER_LOCKED, "customer", NULL);
+    goto out;
+  }
   if (cus && *cus && !tp_live_or_missing(r, TP_K_CUSTOMER, cus, "customer", "customer"))
     goto out;
   const char *pm_given = tp_pstr(r->params, "payment_method");

@@ -401,6 +401,23 @@ class SdkParams(h.DaemonTestCase):
         self.assertStripeError(r, 400, "invalid_request_error", None, "customer")
         self.assertEqual(c.get("/v1/charges/" + chid).json["customer"], cus1)
 
+    def test_a_payment_intent_takes_a_customer_once(self):
+        """Stripe: "You cannot modify `customer` on a PaymentIntent once it
+        already has been set" (it moved to another customer)."""
+        c = self.c()
+        cus1 = c.post("/v1/customers", {}).json["id"]
+        cus2 = c.post("/v1/customers", {}).json["id"]
+        pi = c.post("/v1/payment_intents", {"amount": 1500, "currency": "usd"}).json
+        r = c.post("/v1/payment_intents/" + pi["id"], {"customer": cus1})
+        self.assertEqual((r.status, r.json["customer"]), (200, cus1), r)
+        self.assertEqual(c.post("/v1/payment_intents/" + pi["id"], {"customer": cus1}).status, 200)
+        for other in (cus2, ""):
+            err = self.assertStripeError(c.post("/v1/payment_intents/" + pi["id"], {"customer": other}), 400,
+                                         "invalid_request_error", None, "customer")
+            self.assertIn("once it already has been set", err["message"])
+            self.assertEqual(err["tp_code"], 1115)
+        self.assertEqual(c.get("/v1/payment_intents/" + pi["id"]).json["customer"], cus1)
+
     def test_allow_redisplay(self):
         c = self.c()
         cus = c.post("/v1/customers", {}).json["id"]
