@@ -389,4 +389,9 @@ void tp_metadata_index_emptied(struct tp_cs *cs, enum tp_kind kind, const char *
  * invalid_charge_amount on param. true when amount is fine. */
 struct tp_currency;
 bool tp_check_card_amount(struct tp_req *r, int64_t amount, const struct tp_currency *cur, const char *param);
+/* A card's new expiry from exp_month / exp_year in card (a PaymentMethod
+ * update's card[...], nested, or a card source update's own parameters),
+ * the other kept, checked against the current UTC month as Stripe does,
+ * and set on pm's card; false, answered, when refused. */
+bool tp_pm_expiry_apply(struct tp_req *r, json_t *pm, const json_t *card, bool nested);
 #endif

@@ -239,7 +239,7 @@ static void billing_merge(json_t *pm, json_t *p)
 
 
 /* New expiry from card[exp_month]/card[exp_year]; false after replying. */
-static bool expiry_apply(struct tp_req *r, json_t *pm, const json_t *card)
+bool tp_pm_expiry_apply(struct tp_req *r, json_t *pm, const json_t *card, bool nested)
 {
   json_t *c = json_object_get(pm, "card");
   if (!json_is_object(c)) {
@@ -254,23 +254,20 @@ static bool expiry_apply(struct tp_req *r, json_t *pm, const json_t *card)
   if (tp_param_int(card, "exp_year", &v))
     year = v < 100 ? 2000 + v : v;
   if (month < 1 || month > 12) {
-    tp_reply_error(r, TP_ERR_CARD_INVALID_EXPIRY_MONTH, "card[exp_month]", NULL);
+    tp_reply_error(r, TP_ERR_CARD_INVALID_EXPIRY_MONTH, nested ? "card[exp_month]" : "exp_month", NULL);
     return false;
   }
   time_t now = (time_t)tp_now();
   struct tm tm;
   gmtime_r(&now, &tm);
   int64_t cy = tm.tm_year + 1900, cm = tm.tm_mon + 1;
-  if (year > cy + PM_EXP_YEARS_AHEAD || year < 2000) {
-    tp_reply_error(r, TP_ERR_CARD_INVALID_EXPIRY_YEAR, "card[exp_year]", NULL);
-    return false;
-  }
-  if (year < cy) { /* Stripe: a past year is invalid_expiry_year, not expired_card (a decline) */
-    tp_reply_error(r, TP_ERR_CARD_INVALID_EXPIRY_YEAR, "card[exp_year]", NULL);
+  if (year > cy + PM_EXP_YEARS_AHEAD || year < 2000 ||
+      year < cy) { /* Stripe: a past year is invalid_expiry_year, not expired_card (a decline) */
+    tp_reply_error(r, TP_ERR_CARD_INVALID_EXPIRY_YEAR, nested ? "card[exp_year]" : "exp_year", NULL);
     return false;
   }
   if (year == cy && month < cm) {
-    tp_reply_error(r, TP_ERR_CARD_INVALID_EXPIRY_MONTH, "card[exp_month]", NULL);
+    tp_reply_error(r, TP_ERR_CARD_INVALID_EXPIRY_MONTH, nested ? "card[exp_month]" : "exp_month", NULL);
     return false;
   }
   json_object_set_new(c, "exp_month", json_integer((json_int_t)month));
@@ -312,7 +309,7 @@ void tp_h_pm_update(struct tp_req *r)
     goto out_unlock;
   if ((v = json_object_get(r->params, "allow_redisplay")) && json_string_length(v))
     json_object_set(pm, "allow_redisplay", v);
-  if ((v = json_object_get(r->params, "card")) && json_is_object(v) && !expiry_apply(r, pm, v))
+  if ((v = json_object_get(r->params, "card")) && json_is_object(v) && !tp_pm_expiry_apply(r, pm, v, true))
     goto out_unlock;
   bool changed = !json_equal(pm, before);
   if (!changed && !r->idem_key[0]) {

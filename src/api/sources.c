@@ -262,27 +262,20 @@ void tp_h_source_update(struct tp_req *r)
     tp_lock_release(r->path_sub);
     return;
   }
-  json_t *card = json_object_get(pm, "card");
-  int64_t m = json_integer_value(json_object_get(card, "exp_month"));
-  int64_t y = json_integer_value(json_object_get(card, "exp_year"));
-  tp_param_int(r->params, "exp_month", &m);
-  tp_param_int(r->params, "exp_year", &y);
-  if (m < 1 || m > 12) {
-    tp_reply_error(r, TP_ERR_CARD_INVALID_EXPIRY_MONTH, "exp_month", NULL);
-    goto fail;
-  }
-  int64_t year_now = 1970 + tp_now() / 31556952;
-  if (y < year_now || y > year_now + 50) {
-    tp_reply_error(r, TP_ERR_CARD_INVALID_EXPIRY_YEAR, "exp_year", NULL);
-    goto fail;
-  }
   /* A copy: the view shares pm's metadata, which the update changes in
    * place (a metadata-only update looked like no change: not saved). */
   json_t *view0 = tp_card_view(pm);
   json_t *before = json_deep_copy(view0);
   json_decref(view0);
-  json_object_set_new(card, "exp_month", json_integer(m));
-  json_object_set_new(card, "exp_year", json_integer(y));
+  /* Only an expiry the request sends is checked (a name or metadata
+   * update of a card that has since expired was refused, naming
+   * exp_year), against the UTC calendar (an average-length year turned
+   * over hours before New Year). */
+  if ((json_object_get(r->params, "exp_month") || json_object_get(r->params, "exp_year")) &&
+      !tp_pm_expiry_apply(r, pm, r->params, false)) {
+    json_decref(before);
+    goto fail;
+  }
   json_t *bd = json_object_get(pm, "billing_details");
   for (size_t i = 0; i < sizeof holder / sizeof holder[0]; i++) {
     const char *v = tp_pstr(r->params, holder[i].param);

@@ -30,6 +30,38 @@ class ClockStepTest(unittest.TestCase):
         self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), r.json)
         return r.json
 
+    def test_a_card_source_is_valid_through_its_last_month_and_updates_after(self):
+        """A card source's update checked the stored expiry, whatever was sent,
+        against an average-length year: in the last hours of December a card
+        valid through 12/YYYY could not even be renamed, and an expired one
+        took no name or metadata (refused naming exp_year)."""
+        import calendar
+        import time
+        d = self.daemon
+        year = time.gmtime().tm_year
+        eve = calendar.timegm((year, 12, 31, 22, 0, 0))  # two hours before New Year, UTC
+        d.start(extra_env=preload_env(SO, TP_CLOCK_SHIFT_S=int(eve - time.time())))
+        c = d.client("m")
+        tok = c.post("/v1/tokens", {"card[number]": "4242424242424242", "card[exp_month]": "12",
+                                    "card[exp_year]": str(year), "card[cvc]": "123"})
+        self.assertEqual(tok.status, 200, tok)
+        cus = c.post("/v1/customers", {"source": tok.json["id"]}).json
+        src = "/v1/customers/%s/sources/%s" % (cus["id"], cus["default_source"])
+        r = c.post(src, {"name": "Jo"})
+        self.assertEqual((r.status, r.json.get("name")), (200, "Jo"), r)
+        self.assertEqual(d.stop(), 0)
+        d.start(extra_env=preload_env(SO, TP_CLOCK_SHIFT_S=int(eve + 60 * 86400 - time.time())))
+        c = d.client("m")
+        r = c.post(src, {"name": "Jo Later", "metadata[k]": "v"})
+        self.assertEqual((r.status, r.json.get("name"), r.json.get("metadata")), (200, "Jo Later", {"k": "v"}), r)
+        r = c.post(src, {"exp_year": str(year)})
+        self.assertEqual((r.status, r.json["error"]["code"], r.json["error"]["param"]),
+                         (402, "invalid_expiry_year", "exp_year"), r)
+        r = c.post(src, {"exp_month": "13"})
+        self.assertEqual((r.status, r.json["error"]["param"]), (402, "exp_month"), r)
+        r = c.post(src, {"exp_month": "3", "exp_year": str(year + 3)})
+        self.assertEqual((r.status, r.json["exp_month"], r.json["exp_year"]), (200, 3, year + 3), r)
+
     def test_a_revoked_token_stays_revoked_across_a_clock_stepped_forward_and_back(self):
         """A revocation clears the rows of tokens past their expiry; on a
         clock two hours ahead that cleared a token still live, which came
