@@ -45,6 +45,10 @@ struct tp_proc_call {
   char decline_code[48];
   char auth_code[16];
   char processor_ref[64];
+  /* ISO 8583: the host approved something we cannot take (a partial
+   * approval) and the link is reversing it: the decline reported stands,
+   * and the reversal (named by orig_data) is owed until acknowledged */
+  bool reversing;
   /* the processor asked not to be called again before this many ms
    * (Retry-After on a 429 or 503, RFC 9110 10.2.3); 0 when it did not */
   int64_t retry_after_ms;

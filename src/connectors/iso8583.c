@@ -115,6 +115,7 @@ struct pend {
   struct tp_proc_call *c;        /* caller still waiting, or NULL */
   int64_t caller_by;             /* mono ms: the caller is told by then, whatever resends the link makes */
   bool report_on_send;           /* timed-out call: report once its reversal is out */
+  char report_decline[24];       /* ... as this decline (reversing), not processor_timeout */
   enum tp_proc_kind kind;
   bool capture;
   char rrn[13], orig_rrn[13];
@@ -352,8 +353,8 @@ static void utc_fields(struct tp_iso_msg *m, char f7[11])
  * answer (reversed). Captures and refunds need none. */
 static bool approval_without_code(const struct pend *p, const struct tp_iso_msg *m, const char *f39)
 {
-  if (p->kind != TP_PROC_AUTHORIZE || !tp_iso_f39_approved(f39))
-    return false;
+  if (p->kind != TP_PROC_AUTHORIZE || !tp_iso_f39_approved(f39) || strcmp(f39, "10") == 0)
+    return false; /* (a partial approval is reversed whatever it carries) */
   const char *f38 = tp_iso_get(m, 38);
   return !f38 || strspn(f38, " ") == strlen(f38);
 }
@@ -505,9 +506,14 @@ static int send_pend(struct iso_link *l, struct pend *p, int64_t now)
   list_add(l, p, 1);
   flush_out(l);
   if (p->report_on_send) {
-    /* The reversal is on its way: the caller may cascade elsewhere. */
+    /* The reversal is on its way: the caller may cascade elsewhere, or,
+     * for a partial approval, has the issuer's answer. */
     p->report_on_send = false;
-    report(l, p, TP_OUT_ERROR, "processor_timeout");
+    if (p->report_decline[0] && p->c) {
+      p->c->reversing = true;
+      report(l, p, TP_OUT_DECLINED, p->report_decline);
+    } else
+      report(l, p, TP_OUT_ERROR, "processor_timeout");
   }
   return 0;
 }
@@ -694,9 +700,15 @@ static void on_call_answer(struct iso_link *l, struct pend *p, const struct tp_i
      * than requested. Honour with identification (08): the issuer holds the
      * amount on condition of an identity check that a card-not-present
      * payment cannot make. Either way the hold is given back (a durable
-     * reversal, as after a timeout) and the payment goes on without it. */
+     * reversal, as after a timeout). An authorization partially approved
+     * is the issuer's answer that the funds do not cover it: reported as
+     * the hard decline insufficient_funds (Stripe's card_error), its
+     * reversal owed; it was a timeout, retried and cascaded, the merchant
+     * told 502 after another hold on the same account. */
     tp_log(TP_LOG_WARN, "iso_conditional_approval_reversed", "{s:s, s:s, s:s}", "processor", l->name, "rrn", p->rrn,
            "code", f39);
+    if (f39[1] == '0' && p->kind == TP_PROC_AUTHORIZE)
+      tp_scopy(p->report_decline, sizeof p->report_decline, "insufficient_funds");
     to_reversal(l, p, now);
     return;
   }

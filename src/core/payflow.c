@@ -548,6 +548,10 @@ static bool proc_type_is(const struct tp_pay *p, const char *type)
 static bool owes_reversal(const struct tp_pay *p)
 {
   const struct tp_proc_call *c = &p->call;
+  /* A partial approval declined insufficient_funds: its hold is being
+   * reversed by the link, and owed until the host acknowledges it. */
+  if (c->reversing && c->outcome == TP_OUT_DECLINED && !p->recovering && !p->not_sent)
+    return proc_type_is(p, "iso8583");
   if (p->recovering || p->not_sent || c->outcome != TP_OUT_ERROR ||
       (c->kind != TP_PROC_CAPTURE && c->kind != TP_PROC_REFUND))
     return false;
@@ -711,6 +715,7 @@ static void send_call(struct tp_pay *p)
   c->outcome = TP_OUT_ERROR;
   c->decline_code[0] = c->auth_code[0] = c->processor_ref[0] = '\0';
   c->retry_after_ms = 0;
+  c->reversing = false;
   if (c->kind != TP_PROC_VOID && c->kind != TP_PROC_STATUS) /* what its write-ahead fixed (iso_reserve), or "" */
     tp_scopy(c->orig_data, sizeof c->orig_data, p->att.orig_data);
   p->not_sent = false;

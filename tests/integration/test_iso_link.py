@@ -379,6 +379,35 @@ class IsoLink(unittest.TestCase):
             self.assertIn(why, log)
         self.assertEqual(self.host.errors, [])
 
+    def test_2dc_a_partial_approval_is_declined_insufficient_funds_and_reversed(self):
+        """A partial approval (39 = 10) says the funds do not cover the
+        amount: the hold is reversed (owed durably) and the merchant gets
+        the issuer's answer, a card_error insufficient_funds, with no retry
+        (it was a timeout: retried on the same account and cascaded, the
+        merchant told 502 api_error after a second hold)."""
+        before_auths, before_rev = self.host.count("0200"), self.host.count("0400")
+        with self.host.lock:
+            self.host.tamper = {39: "10", 4: "000000000500"}
+        r = self.pay(amount=1000)
+        self.assertEqual((r.status, r.json["error"]["code"], r.json["error"].get("decline_code")),
+                         (402, "card_declined", "insufficient_funds"), r)
+        self.assertEqual(self.host.count("0200"), before_auths + 1, "retried after a partial approval")
+        wait_for(lambda: self.host.count("0400") > before_rev, what="the partial approval's reversal")
+        sale = self.host.last("0200")
+        rev = self.host.last("0400")
+        self.assertEqual((rev[37], rev[90][:20]), (sale[37], "0200" + sale[11] + sale[7]))
+        pid = r.json["error"]["payment_intent"]["id"]
+        atts = self.daemon.client("m").get("/v1/payment_intents/%s/attempts" % pid).json["data"]
+        self.assertEqual(len(atts), 1, atts)
+        self.assertIn(atts[0]["state"], ("reversal_pending", "reversed"), atts)
+        wait_for(lambda: self.daemon.client("m").get("/v1/payment_intents/%s/attempts" % pid).json["data"][0]
+                 ["state"] == "reversed", timeout=20, what="the reversal acknowledged")
+        pi = self.daemon.client("m").get("/v1/payment_intents/" + pid).json
+        self.assertEqual((pi["status"], pi["amount_received"]), ("requires_payment_method", 0), pi)
+        ch = self.daemon.client("m").get("/v1/charges/" + pi["latest_charge"]).json
+        self.assertEqual((ch["status"], ch["failure_code"], ch["outcome"]["reason"]),
+                         ("failed", "card_declined", "insufficient_funds"), ch)
+
     def test_2db_a_reversal_approved_with_another_code_is_done(self):
         """A 0410 with an approval code other than 00 (11, 85) says the hold
         is released: the cancel is done (it was read as a decline with an
