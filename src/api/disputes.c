@@ -166,6 +166,11 @@ bool tp_disputes_config_ok(void)
 {
   bool ok = true;
   tp_config_keys("disputes", "fee", fee_key_ok, &ok);
+  /* and the environment's, which tp_config_get prefers to the file's (a
+   * bad TURNPIKE_DISPUTES_FEE started and made every chargeback free) */
+  const char *env = getenv("TURNPIKE_DISPUTES_FEE");
+  if (env)
+    fee_key_ok("fee", env, &ok);
   return ok;
 }
 

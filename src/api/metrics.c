@@ -79,6 +79,31 @@ static void describe(void)
   tp_metric_help("turnpike_store_pcache_truncations",
                  "Page-cache truncations since start (store/sqlite/pcache.h): passed to SQLite's cache, spared as "
                  "needless, or spared where SQLite would have scanned its whole cache (scan_saved).");
+  static const char *const more[][2] = {
+    {"turnpike_iso_link_up", "1 when the ISO 8583 link is connected and signed on."},
+    {"turnpike_iso_errors_total", "ISO 8583 calls that ended without a usable answer."},
+    {"turnpike_iso_reversals_total", "ISO 8583 reversals started by the link (timeouts, unusable answers)."},
+    {"turnpike_iso_reversals_failed_total", "ISO 8583 reversals the link gave up repeating (left to recovery)."},
+    {"turnpike_oauth_tokens_issued_total", "OAuth access tokens issued."},
+    {"turnpike_search_refused_total", "Search requests refused for the search concurrency limits."},
+    {"turnpike_store_sync_duration_seconds", "Time to sync one group commit to disk."},
+    {"turnpike_stream_ping_timeouts_total", "Stream clients closed for not answering a ping."},
+    {"turnpike_stream_replayed_events_total", "Events replayed to resuming stream clients."},
+    {"turnpike_alert_events_dropped_total", "Alert events dropped as their queue was full."},
+    {"turnpike_recovery_orphan_approvals_total",
+     "Approvals recovery found at a processor for an attempt the store holds no payment for."},
+    {"turnpike_attempts_unresolved_total", "Processor calls whose outcome was left unknown, for recovery."},
+  };
+  for (size_t i = 0; i < sizeof more / sizeof more[0]; i++)
+    tp_metric_help(more[i][0], more[i][1]);
+  /* Counters an alert watches from their first event: present at 0 from the
+   * start (Prometheus's increase() misses the first sample of a new series). */
+  static const char *const zero[] = {"turnpike_recovery_orphan_approvals_total", "turnpike_attempts_unresolved_total",
+                                     "turnpike_stream_ping_timeouts_total", "turnpike_alert_events_dropped_total",
+                                     "turnpike_oauth_tokens_issued_total", "turnpike_search_refused_total",
+                                     "turnpike_stream_replayed_events_total"};
+  for (size_t i = 0; i < sizeof zero / sizeof zero[0]; i++)
+    tp_metric_inc(zero[i], NULL, 0);
 }
 
 /* Figures other modules keep themselves, copied into gauges at scrape time. */

@@ -960,7 +960,11 @@ static enum MHD_Result queue_reply(struct tp_req *r)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCEPT_ENCODING, "identity");
   if (r->status == 405 && r->methods[0])
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->methods);
-  if (r->close_after) /* its body is not read: the connection cannot go on */
+  /* its body is not read: the connection cannot go on; or the gateway is
+   * stopping: the client is told before it sends another request into the
+   * close (it got its 503s on a kept-alive connection, then a reset under
+   * the next request, not knowing whether it ran) */
+  if (r->close_after || tp_app.shutting_down)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
   else if (r->keep_alive) /* how long an idle connection is kept, so that a
                             * client (undici/fetch) closes it first rather

@@ -178,9 +178,13 @@ static int known_key(const char *section, const char *key)
 static int ini_cb(void *user, const char *section, const char *name, const char *value)
 {
   /* JSON lines like every other on standard error (the log stream). */
-  if (!*section) { /* before any [section]: not a setting of any (as always, ignored) */
-    tp_log(TP_LOG_WARN, "config_outside_section", "{s:s}", "key", name);
-    return 1;
+  if (!*section) {
+    /* before any [section]: a setting of none, meant for one (a section
+     * line lost in an edit); refused like an unknown key (it started on
+     * the defaults with a warning) */
+    tp_log(TP_LOG_ERROR, "config_outside_section", "{s:s, s:s}", "key", name, "hint",
+           "every setting goes under its [section]: etc/turnpike.ini");
+    return 0;
   }
   if (!known_section(section)) {
     tp_log(TP_LOG_ERROR, "config_unknown_section", "{s:s, s:s}", "section", section, "hint",

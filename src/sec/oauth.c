@@ -35,6 +35,7 @@
 
 #define TP_OAUTH_CACHE_SLOTS 1024
 #define TP_OAUTH_CACHE_MS 60000     /* longest a verification is cached */
+#define TP_OAUTH_CACHE_DEFAULT_S 30 /* default [auth] cache_seconds, as for API keys */
 #define TP_OAUTH_SECRET_LEN 48
 #define TP_OAUTH_MAX_CRED 256       /* client_id / client_secret length limit */
 
@@ -389,7 +390,9 @@ static pthread_once_t tcache_once = PTHREAD_ONCE_INIT;
  * the verification ages out: the same bound as for API keys. */
 static void tcache_init(void)
 {
-  tcache_ms = tp_config_int("auth", "cache_seconds", TP_OAUTH_CACHE_MS / 1000, 0, 3600) * 1000;
+  /* the API keys' default (30 s, security.md): it was the 60 s ceiling,
+   * and a revoked client's tokens worked twice as long as documented */
+  tcache_ms = tp_config_int("auth", "cache_seconds", TP_OAUTH_CACHE_DEFAULT_S, 0, 3600) * 1000;
   if (tcache_ms > TP_OAUTH_CACHE_MS)
     tcache_ms = TP_OAUTH_CACHE_MS;
 }

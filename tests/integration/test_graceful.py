@@ -177,6 +177,9 @@ class SlowProcessorShutdownTest(DaemonTestCase):
         self.assertEqual(sorted(got), ["a", "b"], got)
         self.assertGreaterEqual(got["a"].status, 400, got["a"])
         self.assertEqual((got["b"].status, got["b"].json["error"]["tp_code"]), (503, 8004), got["b"])  # shutting_down
+        # and the connection is closed after it, said in the reply: a client
+        # kept it alive and sent its next request into the close
+        self.assertEqual(got["b"].headers.get("Connection"), "close", got["b"].headers)
 
     def test_a_client_gone_mid_body_does_not_hold_the_stop(self):
         """A client that sent half a body and went away: libmicrohttpd sees

@@ -1059,6 +1059,8 @@ class BadConfig(unittest.TestCase):
                  "unknown key"),
                 ("[processor.acq]\ntype = sandbox\napi_key = k\n", "in-process"),
                 ("[webhooks]\nprivate_network = deny\n", "config_unknown_key"),
+                # a setting above every section (its section line lost): it ran on the default
+                ("available_after_seconds = 2\n[balance]\n", "config_outside_section"),
                 # each read before serve listens, each weaker than written when read as its default
                 ("[auth]\ncache_seconds = -5\n", "config_invalid_stop"),
                 ("[audit]\ncheckpoint_entries = abc\n", "config_invalid_stop"),
@@ -1112,6 +1114,15 @@ class BadConfig(unittest.TestCase):
                 with self.assertRaises(RuntimeError):
                     d.start(extra_env={var: val})
                 self.assertIn('"variable":"%s"' % var, d.log_text())
+            finally:
+                d.cleanup()
+        # a dispute fee that is no amount started, and every chargeback was free
+        for val in ("abc", "15.5"):
+            d = Daemon()
+            try:
+                with self.assertRaises(RuntimeError, msg=val):
+                    d.start(extra_env={"TURNPIKE_DISPUTES_FEE": val})
+                self.assertIn('"section":"disputes"', d.log_text())
             finally:
                 d.cleanup()
 
