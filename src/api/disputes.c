@@ -27,8 +27,10 @@
 #include "jpack.h"
 
 #include <stdio.h>
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define UNSUPPORTED(name, why) {name, TP_P_UNSUPPORTED, NULL, why}
 #define DISPUTE_RESPONSE_DAYS 7  /* evidence due, counted from the dispute */
@@ -167,10 +169,22 @@ bool tp_disputes_config_ok(void)
   bool ok = true;
   tp_config_keys("disputes", "fee", fee_key_ok, &ok);
   /* and the environment's, which tp_config_get prefers to the file's (a
-   * bad TURNPIKE_DISPUTES_FEE started and made every chargeback free) */
-  const char *env = getenv("TURNPIKE_DISPUTES_FEE");
-  if (env)
-    fee_key_ok("fee", env, &ok);
+   * bad TURNPIKE_DISPUTES_FEE started and made every chargeback free), and
+   * TURNPIKE_DISPUTES_FEE_CUR, the environment's fee.CUR */
+  for (char **e = environ; *e; e++) {
+    static const char pre[] = "TURNPIKE_DISPUTES_FEE";
+    if (strncmp(*e, pre, sizeof pre - 1) != 0)
+      continue;
+    const char *rest = *e + sizeof pre - 1, *eq = strchr(rest, '=');
+    if (!eq || (rest != eq && (eq - rest != 4 || rest[0] != '_')))
+      continue; /* TURNPIKE_DISPUTES_FEE=... or TURNPIKE_DISPUTES_FEE_XYZ=... */
+    char key[16] = "fee";
+    if (rest != eq)
+      snprintf(key, sizeof key, "fee.%c%c%c", tolower((unsigned char)rest[1]), tolower((unsigned char)rest[2]),
+               tolower((unsigned char)rest[3]));
+    if (eq[1])
+      fee_key_ok(key, eq + 1, &ok);
+  }
   return ok;
 }
 

@@ -309,7 +309,22 @@ static bool check_amount(struct tp_req *r, int64_t amount, const struct tp_curre
   if (!at_least_min_charge(r, amount, cur, "amount"))
     return false;
   if (tp_amount_check(amount, cur) != 0) {
-    tp_reply_error(r, TP_ERR_AMOUNT_TOO_LARGE, "amount", NULL);
+    /* Stripe names the maximum, grouped: "Amount must be no more than
+     * $999,999.99" */
+    char num[48], grouped[64], msg[160];
+    tp_amount_display(num, sizeof num, TP_AMOUNT_MAX, cur);
+    size_t n = strlen(num), o = 0, digits = 0, d0 = strcspn(num, "0123456789");
+    for (size_t i = d0; i < n && num[i] >= '0' && num[i] <= '9'; i++)
+      digits++;
+    for (size_t i = 0; i < n && o + 2 < sizeof grouped; i++) {
+      grouped[o++] = num[i];
+      size_t left = d0 + digits - 1 - i; /* integer digits still to come */
+      if (i >= d0 && i < d0 + digits - 1 && left % 3 == 0)
+        grouped[o++] = ',';
+    }
+    grouped[o] = '\0';
+    snprintf(msg, sizeof msg, "Amount must be no more than %s", grouped);
+    tp_reply_error(r, TP_ERR_AMOUNT_TOO_LARGE, "amount", msg);
     return false;
   }
   return tp_check_card_amount(r, amount, cur, "amount");

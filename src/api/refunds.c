@@ -124,6 +124,10 @@ static void release_by_refund(struct tp_req *r, json_t *ch, bool reply_charge)
     goto fail;
   }
   int64_t amount = held;
+  if (tp_param_int(r->params, "amount", &amount) && amount <= 0) { /* as for a captured charge */
+    tp_reply_error(r, TP_ERR_AMOUNT_TOO_SMALL, "amount", "Refund amount must be positive.");
+    goto fail;
+  }
   if (tp_param_int(r->params, "amount", &amount) && amount != held) {
     const struct tp_currency *cur = tp_currency_find(json_string_value(json_object_get(ch, "currency")));
     char want[48], all[48];

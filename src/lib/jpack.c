@@ -12,6 +12,7 @@ struct pk {
   va_list ap;
   bool err;    /* a NULL or invalid argument: keep reading to release 'o's */
   bool broken; /* the format itself is wrong: stop */
+  bool scrub;  /* a string that is not UTF-8 is copied and scrubbed, not an error (a log line's) */
 };
 
 /* Whitespace, ':' and ',' separate tokens and mean nothing (as in jansson). */
@@ -75,6 +76,11 @@ static const char *read_str(struct pk *s, bool optional, size_t *len, char **own
     }
     *len = strlen(str);
     if (!utf8_ok(str, *len)) {
+      if (s->scrub && (*own = strdup(str)) != NULL) {
+        tp_utf8_scrub(*own);
+        *len = strlen(*own);
+        return *own;
+      }
       s->err = true;
       return NULL;
     }
@@ -124,6 +130,10 @@ static const char *read_str(struct pk *s, bool optional, size_t *len, char **own
       buf[0] = '\0';
     else
       bad = true;
+  }
+  if (!bad && s->scrub && buf && !utf8_ok(buf, n) && strlen(buf) == n) {
+    tp_utf8_scrub(buf);
+    n = strlen(buf);
   }
   if (bad || !utf8_ok(buf, n)) {
     free(buf);
@@ -251,11 +261,11 @@ static json_t *value(struct pk *s, int depth)
   }
 }
 
-json_t *tp_vpack(const char *fmt, va_list ap)
+static json_t *vpack(const char *fmt, va_list ap, bool scrub)
 {
   if (!fmt)
     return NULL;
-  struct pk s = {.f = fmt};
+  struct pk s = {.f = fmt, .scrub = scrub};
   va_copy(s.ap, ap);
   json_t *v = value(&s, 0);
   if (peek(&s) != '\0')
@@ -266,6 +276,16 @@ json_t *tp_vpack(const char *fmt, va_list ap)
     return NULL;
   }
   return v;
+}
+
+json_t *tp_vpack(const char *fmt, va_list ap)
+{
+  return vpack(fmt, ap, false);
+}
+
+json_t *tp_vpack_scrub(const char *fmt, va_list ap)
+{
+  return vpack(fmt, ap, true);
 }
 
 json_t *tp_pack(const char *fmt, ...)

@@ -18,4 +18,7 @@
 
 json_t *tp_pack(const char *fmt, ...);
 json_t *tp_vpack(const char *fmt, va_list ap);
+/* The same, but a string that is not UTF-8 is scrubbed rather than failing
+ * the whole value (a log line kept none of its fields for one bad byte). */
+json_t *tp_vpack_scrub(const char *fmt, va_list ap);
 #endif

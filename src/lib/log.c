@@ -141,7 +141,7 @@ void tp_log(enum tp_log_level lvl, const char *event, const char *fmt, ...)
   if (fmt) {
     va_list ap;
     va_start(ap, fmt);
-    o = tp_vpack(fmt, ap);
+    o = tp_vpack_scrub(fmt, ap);
     va_end(ap);
   }
   if (!o || !json_is_object(o)) {

@@ -114,6 +114,15 @@ class ApiErrorsTest(DaemonTestCase):
         finally:
             s.close()
 
+    def test_an_amount_over_the_maximum_names_it_as_stripe_does(self):
+        c = self.c("bad")
+        for cur, want in (("usd", "$999,999.99"), ("jpy", "\u00a599,999,999"), ("kwd", "99,999.999 kwd"),
+                          ("eur", "\u20ac999,999.99")):
+            with self.subTest(cur=cur):
+                err = self.assertStripeError(c.post(PI, {"amount": 100000000, "currency": cur}), 400,
+                                             "invalid_request_error", "amount_too_large", "amount")
+                self.assertEqual(err["message"], "Amount must be no more than " + want)
+
     def test_trailing_whitespace_is_not_part_of_a_header_value(self):
         """RFC 9110 5.5: "Bearer sk_... " is the key, and "k " the key "k"."""
         key = self.daemon.merchants["decline"]["secret_key"]

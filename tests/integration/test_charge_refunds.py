@@ -103,6 +103,10 @@ class ChargeRefunds(DaemonTestCase):
         self.assertEqual((held["captured"], held["status"]), (False, "succeeded"), held)
         self.assertStripeError(self.c().post("%s/%s/refunds" % (CH, held["id"]), {"amount": 500}), 400,
                                param="amount")
+        for bad in (0, -5):  # as for a captured charge (it was told to release the whole -$0.05)
+            err = self.assertStripeError(self.c().post("/v1/refunds", {"charge": held["id"], "amount": bad}), 400,
+                                         code="amount_too_small", param="amount")
+            self.assertEqual(err["message"], "Refund amount must be positive.")
         r = self.c().post("%s/%s/refunds" % (CH, held["id"]), {"expand[]": "charge"})
         self.assertEqual(r.status, 200, r)
         re = r.json

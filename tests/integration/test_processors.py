@@ -1117,14 +1117,33 @@ class BadConfig(unittest.TestCase):
             finally:
                 d.cleanup()
         # a dispute fee that is no amount started, and every chargeback was free
-        for val in ("abc", "15.5"):
+        for var, val in (("TURNPIKE_DISPUTES_FEE", "abc"), ("TURNPIKE_DISPUTES_FEE", "15.5"),
+                         ("TURNPIKE_DISPUTES_FEE_KWD", "1.2345"), ("TURNPIKE_DISPUTES_FEE_USD", "abc"),
+                         ("TURNPIKE_DISPUTES_FEE_XYZ", "1")):
             d = Daemon()
             try:
-                with self.assertRaises(RuntimeError, msg=val):
-                    d.start(extra_env={"TURNPIKE_DISPUTES_FEE": val})
+                with self.assertRaises(RuntimeError, msg=var + "=" + val):
+                    d.start(extra_env={var: val})
                 self.assertIn('"section":"disputes"', d.log_text())
             finally:
                 d.cleanup()
+
+    def test_a_config_line_not_in_utf8_is_logged_with_its_fields(self):
+        """A Latin-1 byte in a value: the config_invalid line kept none of its
+        fields (section, key), the whole line refused for one byte."""
+        import json as _json
+        d = Daemon()
+        try:
+            ini = os.path.join(d.root, "latin1.ini")
+            with open(ini, "wb") as f:
+                f.write(b"[alerts]\nk = 4\xff\n")
+            with self.assertRaises(RuntimeError):
+                d.start(args=["--config", ini])
+            lines = [_json.loads(x) for x in d.log_text().splitlines() if '"config_invalid"' in x]
+            self.assertTrue(lines, d.log_text())
+            self.assertEqual((lines[0].get("section"), lines[0].get("key")), ("alerts", "k"), lines[0])
+        finally:
+            d.cleanup()
 
     def test_a_misspelled_section_is_refused(self):
         """[procesor.acq] was ignored and the sandbox took every payment."""
