@@ -21,6 +21,7 @@
 struct proc {
   char name[TP_SIM_NAME_MAX];
   struct tp_sim_behaviour b;
+  bool configured; /* by [sim.NAME] or /_sim/faults, not only seen */
 };
 
 static struct proc procs[TP_SIM_MAX_PROCS];
@@ -92,17 +93,27 @@ bool tp_sim_name_ok(const char *name)
   return true;
 }
 
-/* Caller holds the write lock. NULL when the table is full. */
-static struct proc *find_or_add(const char *name)
+/* Caller holds the write lock. NULL when the table is full. A name only
+ * seen (its defaults remembered for the listing) gives its place to one
+ * being configured: 256 names only seen refused every configuration. */
+static struct proc *find_or_add(const char *name, bool configure)
 {
   for (unsigned i = 0; i < n_procs; i++)
-    if (strcmp(procs[i].name, name) == 0)
+    if (strcmp(procs[i].name, name) == 0) {
+      procs[i].configured |= configure;
       return &procs[i];
-  if (n_procs >= TP_SIM_MAX_PROCS)
+    }
+  struct proc *p = NULL;
+  if (n_procs < TP_SIM_MAX_PROCS)
+    p = &procs[n_procs++];
+  for (unsigned i = 0; !p && configure && i < n_procs; i++)
+    if (!procs[i].configured)
+      p = &procs[i];
+  if (!p)
     return NULL;
-  struct proc *p = &procs[n_procs++];
   tp_scopy(p->name, sizeof p->name, name);
   defaults(&p->b);
+  p->configured = configure;
   return p;
 }
 
@@ -244,7 +255,7 @@ static void load_section(const char *section, void *arg)
     return;
   }
   pthread_rwlock_wrlock(&procs_mu);
-  struct proc *p = find_or_add(name);
+  struct proc *p = find_or_add(name, true);
   if (p) {
     for (size_t i = 0; i < sizeof known_keys / sizeof known_keys[0]; i++) {
       const char *v = tp_config_get(section, known_keys[i]);
@@ -281,7 +292,7 @@ void tp_sim_behaviour(const char *name, struct tp_sim_behaviour *out)
   pthread_rwlock_unlock(&procs_mu);
   /* Not configured: remember it with defaults so /_sim/faults lists it. */
   pthread_rwlock_wrlock(&procs_mu);
-  struct proc *p = find_or_add(name);
+  struct proc *p = find_or_add(name, false);
   *out = p ? p->b : overflow_default;
   pthread_rwlock_unlock(&procs_mu);
 }
@@ -335,7 +346,9 @@ int tp_sim_faults_apply(json_t *o, char *err, size_t errlen)
       return -1;
     }
   }
-  if (!p && !(p = find_or_add(name))) {
+  if (!p || !p->configured)
+    p = find_or_add(name, true);
+  if (!p) {
     pthread_rwlock_unlock(&procs_mu);
     snprintf(err, errlen, "too many processors");
     return -1;

@@ -252,12 +252,14 @@ static const char *validate(enum pop p, json_t *o, const char *seg, struct tp_si
     break;
   }
   case P_CAPTURE:
-    q->op = TP_SIM_CAPTURE;
-    q->target = seg;
-    break;
   case P_VOID:
-    q->op = TP_SIM_VOID;
+    /* The path's id, decoded by libmicrohttpd: held to the reference rule
+     * as a refund's authorization is (a %FF there reached a journal row's
+     * JSON and aborted the simulator; "a b" was journaled as a fence) */
+    q->op = p == P_CAPTURE ? TP_SIM_CAPTURE : TP_SIM_VOID;
     q->target = seg;
+    if (!ref_ok(q->target))
+      return "the authorization in the path must be an authorization id or reference";
     break;
   case P_REFUND:
     q->op = TP_SIM_REFUND;

@@ -133,9 +133,15 @@ static struct rec *find_auth(const char *processor, bool iso, const char *target
   char k[KEY_MAX];
   make_key(k, processor, iso, TP_SIM_AUTHORIZE, target, terminal);
   struct rec *r = table_get(&by_ref, false, k);
-  if (!r) {
+  if (!r && !iso) {
+    /* By id: a REST call names a REST authorization only (one reached an
+     * ISO authorization, which a restart did not rebuild so: captured
+     * twice). ISO messages name theirs by RRN. */
     make_id_key(k, processor, target);
     r = table_get(&by_id, true, k);
+    const char *scope = r ? strchr(r->key, '\x1f') : NULL;
+    if (r && (!scope || scope[1] != 'x'))
+      r = NULL;
   }
   return r && r->op == TP_SIM_AUTHORIZE ? r : NULL;
 }

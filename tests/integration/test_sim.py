@@ -450,6 +450,39 @@ class SimTest(unittest.TestCase):
         self.assertEqual((st, b["error"]["code"]), (400, "invalid_request"))
         self.assertEqual(self.sim.journal(processor=p)["entries"], [])
 
+    def test_a_path_id_that_is_no_reference_is_refused_and_the_sim_lives(self):
+        """A void with %FF in its path aborted the simulator (the fence's
+        journal row was no JSON); "a b" was journaled as a fence."""
+        p = new_name()
+        for path in ("/p/%s/v1/authorizations/%%FF/void", "/p/%s/v1/authorizations/a%%20b/void",
+                     "/p/%s/v1/authorizations/%%FF/capture"):
+            st, _, b = self.sim.call("POST", path % p, {"reference": new_rrn(), "amount": 100})
+            self.assertEqual((st, b["error"]["code"]), (400, "invalid_request"), path)
+        self.assertEqual(self.sim.journal(processor=p)["entries"], [])
+        self.assertEqual(self.sim.authorize(p, "alive-" + new_rrn())[0], 200)
+
+    def test_a_rest_call_cannot_reach_an_iso_authorization_by_its_id(self):
+        """A REST capture named an ISO authorization by its journal id and
+        captured it; after a restart an ISO 0220 captured it again."""
+        rrn = new_rrn()
+        with self.sim.iso_connect() as s:
+            mti, f = iso_call(s, "0100", auth_fields(PAN_OK, rrn, amount=5000))
+            self.assertEqual(f[39], "00")
+        entry = [e for e in self.sim.journal(payment=rrn)["entries"] if e.get("operation") == "authorize"][0]
+        proc = entry["processor"]
+        for op in ("capture", "void"):
+            st, _, b = self.sim.call("POST", "/p/%s/v1/authorizations/%s/%s" % (proc, entry["id"], op),
+                                     {"reference": new_rrn(), "amount": 5000})
+            self.assertEqual(st, 404, (op, b))
+        self.assertEqual(self.sim.journal(payment=rrn)["summary"]["charges"], 1)
+
+    def test_names_only_seen_leave_room_for_a_configuration(self):
+        """Every name in a URL took one of the 256 slots for good: past 256
+        names only seen, no processor could be configured."""
+        for i in range(260):
+            self.sim.call("GET", "/p/%s/v1/health" % new_name("seen"))
+        self.sim.faults(processor=new_name("cfg"), decline_rate=0.5)
+
     def test_api_key_is_checked_when_configured(self):
         st, _, b = self.sim.authorize("secure", new_name("r"))
         self.assertEqual((st, b["error"]["code"]), (401, "unauthorized"))
