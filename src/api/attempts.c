@@ -62,13 +62,13 @@ void tp_h_pi_attempts(struct tp_req *r)
   json_t *args = cursor ? tp_pack("[s, s, I, I, s]", r->merchant.id, r->path_id, (json_int_t)limit + 1, at, cursor)
                         : tp_pack("[s, s, I]", r->merchant.id, r->path_id, (json_int_t)limit + 1);
   const char *sql =
-    before ? "SELECT id, processor, kind, state, result_code, route, amount, currency, created FROM attempts "
+    before ? "SELECT id, processor, kind, state, result_code, processor_ref, route, amount, currency, created FROM attempts "
              "WHERE merchant = ?1 AND payment_intent = ?2 AND (created < ?4 OR (created = ?4 AND id < ?5)) "
              "ORDER BY created DESC, id DESC LIMIT ?3"
-    : after ? "SELECT id, processor, kind, state, result_code, route, amount, currency, created FROM attempts "
+    : after ? "SELECT id, processor, kind, state, result_code, processor_ref, route, amount, currency, created FROM attempts "
               "WHERE merchant = ?1 AND payment_intent = ?2 AND (created > ?4 OR (created = ?4 AND id > ?5)) "
               "ORDER BY created, id LIMIT ?3"
-            : "SELECT id, processor, kind, state, result_code, route, amount, currency, created FROM attempts "
+            : "SELECT id, processor, kind, state, result_code, processor_ref, route, amount, currency, created FROM attempts "
               "WHERE merchant = ?1 AND payment_intent = ?2 ORDER BY created, id LIMIT ?3";
   json_t *rows = tp_store_query(&tp_app.store, sql, args);
   json_decref(args);
@@ -86,12 +86,16 @@ void tp_h_pi_attempts(struct tp_req *r)
     /* route is stored as JSON text; hand it out as an object. */
     const char *rt = json_string_value(json_object_get(row, "route"));
     json_t *route = rt ? json_loads(rt, 0, NULL) : NULL;
-    json_t *a = tp_pack("{s:O, s:s, s:O, s:O, s:O, s:O, s:o, s:O, s:O, s:O}", "id", json_object_get(row, "id"),
+    /* processor_reference: what the processor knows the call by (an ISO
+     * 8583 RRN, a REST processor's id), to find it in its records */
+    const json_t *pref = json_object_get(row, "processor_ref");
+    json_t *a = tp_pack("{s:O, s:s, s:O, s:O, s:O, s:O, s:O, s:o, s:O, s:O, s:O}", "id", json_object_get(row, "id"),
                         "object", "turnpike.attempt", "processor", json_object_get(row, "processor"), "kind",
                         json_object_get(row, "kind"), "state", json_object_get(row, "state"), "result_code",
-                        json_object_get(row, "result_code"), "route", route ? route : json_null(), "amount",
-                        json_object_get(row, "amount"), "currency", json_object_get(row, "currency"), "created",
-                        json_object_get(row, "created"));
+                        json_object_get(row, "result_code"), "processor_reference",
+                        json_is_string(pref) && json_string_length(pref) ? pref : json_null(), "route",
+                        route ? route : json_null(), "amount", json_object_get(row, "amount"), "currency",
+                        json_object_get(row, "currency"), "created", json_object_get(row, "created"));
     if (a)
       json_array_append_new(data, a);
   }

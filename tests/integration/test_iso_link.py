@@ -581,6 +581,14 @@ class WithSimulator(unittest.TestCase):
         self.assertEqual(ops.count("authorize"), 3, j)
         self.assertEqual(ops.count("reversal"), 1, j)
         self.assertEqual(j["summary"]["double_charges"], 0, j)
+        # (which, ISO 8583 having no payment id, counts RRNs: each
+        # PaymentIntent's own attempts are mapped to the journal's charges)
+        charged = j["summary"]["charges_by_payment"]
+        for pi, want in ((ok.json["id"], 1), (bad.json["error"]["payment_intent"]["id"], 0),
+                         (held.json["id"], 0)):
+            rrns = {a["processor_reference"] for a in c.get("/v1/payment_intents/%s/attempts" % pi).json["data"]
+                    if a["processor_reference"]}
+            self.assertEqual(sum(charged.get(r, 0) for r in rrns), want, (pi, rrns, charged))
         self.assertNotIn("runtime error", self.daemon.log_text())
 
     # Named to run after the test above, which counts the sim's authorizations.
