@@ -129,7 +129,15 @@ void tp_h_metrics(struct tp_req *r)
   if (token && *token) {
     const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     size_t tl = strlen(token);
+    /* guesses count toward [ratelimit] auth_failures as a bad key's do
+     * (the token is the operator's, maybe short); a 401 names its scheme
+     * (RFC 9110 15.5.2) */
+    if (tp_req_login_blocked(r))
+      return;
     if (!h || strncasecmp(h, "Bearer ", 7) != 0 || strlen(h + 7) != tl || !tp_ct_equal(h + 7, token, tl)) {
+      if (h)
+        tp_req_login_failed(r, TP_ERR_AUTH_INVALID_KEY);
+      snprintf(r->www_authenticate, sizeof r->www_authenticate, "Bearer realm=\"turnpike-metrics\"");
       tp_reply_error(r, TP_ERR_AUTH_INVALID_KEY, NULL, "The metrics endpoint needs its bearer token.");
       return;
     }

@@ -158,6 +158,7 @@ static struct {
   struct { char id[64]; int64_t seen; } merchants[TP_ALERT_MAX_MERCHANTS];
   int nmerchants;
   bool running, stopping;
+  bool detect; /* [alerts] enabled: the detectors run (charges are counted either way) */
   pthread_t thread;
   int64_t bucket_ms;
   int64_t min_samples;
@@ -637,7 +638,8 @@ static void *alerts_main(void *arg)
       break;
     int64_t now = tp_mono_ms();
     if (now >= next) {
-      tick();
+      if (A.detect)
+        tick();
       next += A.bucket_ms;
       if (next <= now)
         next = now + A.bucket_ms; /* we were stalled: skip, do not burst */
@@ -662,8 +664,10 @@ static double cfg_double(const char *key, double def, double min, double max)
 
 int tp_alerts_start(void)
 {
-  if (!tp_config_bool("alerts", "enabled", true))
-    return 0;
+  /* Disabled, no detector runs, but the thread still counts charges into
+   * turnpike_payments_total (observability.md §2 feeds it from every
+   * committed charge event; without alerts it was never there). */
+  A.detect = tp_config_bool("alerts", "enabled", true);
   A.bucket_ms = tp_config_int("alerts", "bucket_ms", 1000, 50, 3600000);
   A.min_samples = tp_config_int("alerts", "min_samples", 10, 1, 1000000);
   struct tp_detector_cfg c = {

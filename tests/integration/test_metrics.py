@@ -324,6 +324,45 @@ class MetricsTokenTest(DaemonTestCase):
         ok = Client(HOST, self.daemon.port, key="s3cret-scrape").get("/metrics")
         self.assertEqual(ok.status, 200, ok)
         self.assertIn(b"# TYPE turnpike_http_requests_total counter", ok.body)
+        # RFC 9110 15.5.2: the 401 names its scheme
+        self.assertEqual(wrong.get("/metrics").headers.get("WWW-Authenticate"), 'Bearer realm="turnpike-metrics"')
+
+    def test_token_guesses_count_as_failed_logins(self):
+        """Guesses at the scrape token were not limited ([ratelimit]
+        auth_failures covers bad keys and client secrets)."""
+        d = Daemon()
+        try:
+            d.create_merchant("m")
+            d.start(config="[metrics]\ntoken = s3cret-scrape\n[ratelimit]\nauth_failures = 3\nauth_window = 60\n")
+            wrong = Client(HOST, d.port, key="guess")
+            got = [wrong.get("/metrics").status for _ in range(5)]
+            self.assertEqual(got[:3], [401, 401, 401], got)
+            self.assertEqual(got[-1], 429, got)
+            # the right token too, from that address, until the window ends
+            self.assertEqual(Client(HOST, d.port, key="s3cret-scrape").get("/metrics").status, 429)
+        finally:
+            d.cleanup()
+
+    def test_payments_are_counted_with_alerts_off(self):
+        d = Daemon()
+        try:
+            d.create_merchant("m")
+            d.start(config="[alerts]\nenabled = false\n")
+            c = d.client("m")
+            for pm in ("pm_card_visa", "pm_card_visa", "pm_card_chargeDeclined"):
+                c.post(PI, {"amount": 1000, "currency": "usd", "confirm": "true", "payment_method": pm})
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                text = Client(HOST, d.port).get("/metrics").body.decode()
+                got = {k: v for k, v in parse(text).items() if k[0] == "turnpike_payments_total"}
+                if sum(got.values()) >= 3:
+                    break
+                time.sleep(0.1)
+            self.assertEqual(sum(v for k, v in got.items() if 'status="succeeded"' in k[1]), 2, got)
+            self.assertEqual(sum(v for k, v in got.items() if 'status="failed"' in k[1]), 1, got)
+            self.assertNotIn("alert_opened", d.log_text())
+        finally:
+            d.cleanup()
 
 
 if __name__ == "__main__":
