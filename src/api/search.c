@@ -754,6 +754,13 @@ static void search_reply(struct tp_req *r, int kind, const char *url, const stru
 
 void tp_search_reply(struct tp_req *r, int kind, const char *url, const struct tp_search_field *fields)
 {
+  /* Stripe: "The minimum supported API Version to use search is
+   * 2020-08-27"; a request pinned before it is refused, not answered in
+   * an older shape. */
+  if (r->api_version[0] && strcmp(r->api_version, "2020-08-27") < 0) {
+    tp_reply_error(r, TP_ERR_SEARCH_API_VERSION_UNSUPPORTED, NULL, NULL);
+    return;
+  }
   if (!search_slot_take(r->merchant.id)) {
     tp_metric_inc("turnpike_search_refused_total", NULL, 1);
     tp_reply_error(r, TP_ERR_SEARCH_CONCURRENCY_LIMITED, NULL, NULL);

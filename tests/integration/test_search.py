@@ -88,6 +88,18 @@ class SearchTest(DaemonTestCase):
         r = c.get("/v1/customers/search", {"query": "name~'amy'", "page": r.json["next_page"]})
         self.assertStripeError(r, 400, "invalid_request_error", param="page")
 
+    def test_search_needs_api_version_2020_08_27(self):
+        """Stripe: "The minimum supported API Version to use search is
+        2020-08-27" (a request pinned before was answered in the old shape)."""
+        c = self.c("shop")
+        for path in (PI + "/search", "/v1/charges/search", "/v1/customers/search"):
+            for v in ("2019-12-03", "2020-03-02"):
+                r = c.get(path, {"query": "created>0"}, headers={"Stripe-Version": v})
+                err = self.assertStripeError(r, 400, "invalid_request_error")
+                self.assertEqual(err["tp_code"], 1116, err)
+            for v in ("2020-08-27", "2022-11-15"):
+                self.assertEqual(c.get(path, {"query": "created>0"}, headers={"Stripe-Version": v}).status, 200)
+
     def current(self, kind, ids):
         c = self.c("shop")
         return [c.get("/v1/%s/%s" % (kind, i)).json for i in ids]
