@@ -127,6 +127,18 @@ void tp_h_charge_update(struct tp_req *r)
   }
   struct tp_cs *cs = tp_cs_new();
   tp_cs_put(cs, TP_K_CHARGE, r->merchant.id, ch);
+  if (cus && *cus && !had && pi_lock[0]) {
+    /* Its PaymentIntent (held by pi_lock) takes the customer too, when it
+     * has none: the charge and ?customer= lists of PaymentIntents agreed
+     * on no customer. (A Charges API charge has no PaymentIntent on
+     * Stripe; here it shows one, which must not say otherwise.) */
+    json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, pi_lock);
+    if (pi && json_is_null(json_object_get(pi, "customer"))) {
+      json_object_set_new(pi, "customer", json_string(cus));
+      tp_cs_put(cs, TP_K_PAYMENT_INTENT, r->merchant.id, pi);
+    }
+    json_decref(pi);
+  }
   tp_metadata_index_emptied(cs, TP_K_CHARGE, r->merchant.id, json_object_size(json_object_get(before, "metadata")), ch);
   tp_emit_update(cs, r, r->merchant.id, "charge.updated", before, ch);
   json_decref(before);

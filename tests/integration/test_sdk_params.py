@@ -397,6 +397,10 @@ class SdkParams(h.DaemonTestCase):
         r = c.post("/v1/charges/" + chid, {"customer": cus1})
         self.assertEqual(r.json["customer"], cus1, r)
         self.assertEqual([x["id"] for x in c.get("/v1/charges", {"customer": cus1}).json["data"]], [chid])
+        # its PaymentIntent, which had none, takes it too (the lists disagreed)
+        self.assertEqual(c.get("/v1/payment_intents/" + pi["id"]).json["customer"], cus1)
+        self.assertEqual([x["id"] for x in c.get("/v1/payment_intents", {"customer": cus1}).json["data"]],
+                         [pi["id"]])
         r = c.post("/v1/charges/" + chid, {"customer": cus2})
         self.assertStripeError(r, 400, "invalid_request_error", None, "customer")
         self.assertEqual(c.get("/v1/charges/" + chid).json["customer"], cus1)
