@@ -64,6 +64,22 @@ enum tp_breaker_state tp_breaker_tick(struct tp_breaker *b, int64_t now_ms)
   return b->state;
 }
 
+/* Would tp_breaker_allow say yes now? (Changes nothing but the time-driven
+ * transition.) */
+bool tp_breaker_would_allow(struct tp_breaker *b, int64_t now_ms)
+{
+  switch (tp_breaker_tick(b, now_ms)) {
+  case TP_BREAKER_CLOSED:
+    return true;
+  case TP_BREAKER_OPEN:
+    return false;
+  case TP_BREAKER_HALF_OPEN:
+    return b->admitted < b->cfg.probes ||
+           now_ms - b->last_admit_ms >= (b->cfg.probe_stale_ms > b->cfg.open_ms ? b->cfg.probe_stale_ms : b->cfg.open_ms);
+  }
+  return false;
+}
+
 bool tp_breaker_allow(struct tp_breaker *b, int64_t now_ms)
 {
   switch (tp_breaker_tick(b, now_ms)) {

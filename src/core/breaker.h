@@ -66,6 +66,9 @@ enum tp_breaker_state tp_breaker_tick(struct tp_breaker *b, int64_t now_ms);
  * `probes` calls (a probe that never reports frees its slot after the
  * longer of open_ms and probe_stale_ms: a slow one still holds it). */
 bool tp_breaker_allow(struct tp_breaker *b, int64_t now_ms);
+/* Would tp_breaker_allow admit a call now (open: no; half-open: a probe
+ * slot free)? Takes none. */
+bool tp_breaker_would_allow(struct tp_breaker *b, int64_t now_ms);
 /* A finished call: failure = transport error, timeout, 5xx. Issuer declines
  * are successes here. */
 void tp_breaker_record(struct tp_breaker *b, bool failure, int64_t now_ms);

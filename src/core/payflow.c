@@ -903,7 +903,10 @@ static void next_step(struct tp_pay *p, bool transport_error)
   conn_of(p->att.processor, &pr);
   /* Same processor again while it has retries left and its breaker is not
    * open; else the next processor in the route whose breaker is not open. */
-  bool same = p->tries < max_retries + 1 && !p->not_sent && (!pr || tp_proc_breaker(pr) != TP_BREAKER_OPEN);
+  /* (A half-open breaker with no probe slot free refuses the call at
+   * send: not sent, it ended the payment 502 in place of the issuer's
+   * soft decline just answered. It is passed over here as an open one is.) */
+  bool same = p->tries < max_retries + 1 && !p->not_sent && (!pr || tp_proc_may_call(pr));
   /* A processor that said when to come back (Retry-After) is not called
    * sooner; one that cannot be called again within the deadline is left
    * for the next processor of the route. */
@@ -916,7 +919,7 @@ static void next_step(struct tp_pay *p, bool transport_error)
     for (; i < p->route.n; i++) {
       struct tp_proc *q = NULL;
       conn_of(p->route_names[i], &q);
-      if (!q || tp_proc_breaker(q) != TP_BREAKER_OPEN)
+      if (!q || tp_proc_may_call(q))
         break;
     }
     if (i >= p->route.n) {

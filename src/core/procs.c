@@ -206,6 +206,18 @@ bool tp_proc_allow(struct tp_proc *p)
   return ok;
 }
 
+bool tp_proc_may_call(const struct tp_proc *p)
+{
+  struct tp_proc_state *s = p->st;
+  pthread_mutex_lock(&s->mu);
+  enum tp_breaker_state from = s->br.state;
+  bool ok = tp_breaker_would_allow(&s->br, now_ms());
+  enum tp_breaker_state to = s->br.state;
+  pthread_mutex_unlock(&s->mu);
+  breaker_changed(&procs[p - procs], from, to);
+  return ok;
+}
+
 enum tp_breaker_state tp_proc_breaker(const struct tp_proc *p)
 {
   struct tp_proc_state *s = p->st;

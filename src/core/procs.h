@@ -41,6 +41,8 @@ bool tp_proc_supports(const struct tp_proc *p, const char *brand, const char *cu
 int64_t tp_proc_fee(const struct tp_proc *p, const char *currency, int64_t amount);
 /* Does the breaker admit a call now? (half-open: a limited number of probes) */
 bool tp_proc_allow(struct tp_proc *p);
+/* Would tp_proc_allow let a call through now? (Takes no probe slot.) */
+bool tp_proc_may_call(const struct tp_proc *p);
 /* The breaker state now (time-driven transitions applied). */
 enum tp_breaker_state tp_proc_breaker(const struct tp_proc *p);
 /* Every finished call: feeds the breaker, rolling success rate, latency

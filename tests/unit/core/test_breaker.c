@@ -258,6 +258,27 @@ static void test_late_answers_while_open_are_ignored(void **state)
   assert_int_equal(b.state, TP_BREAKER_OPEN);
 }
 
+static void test_would_allow_takes_no_slot(void **state)
+{
+  (void)state;
+  struct tp_breaker_cfg c = cfg();
+  struct tp_breaker b;
+  tp_breaker_init(&b, &c, 0);
+  assert_true(tp_breaker_would_allow(&b, 1));
+  open_it(&b, 0);
+  assert_false(tp_breaker_would_allow(&b, 500));
+  assert_true(tp_breaker_would_allow(&b, 1000)); /* half-open now, three slots */
+  for (int i = 0; i < 3; i++) {
+    assert_true(tp_breaker_would_allow(&b, 1001));
+    assert_true(tp_breaker_allow(&b, 1001));
+  }
+  assert_false(tp_breaker_would_allow(&b, 1002)); /* a retry would be refused at send: passed over */
+  assert_int_equal(b.admitted, 3);
+  tp_breaker_soft_repeat(&b, 1003);
+  assert_true(tp_breaker_would_allow(&b, 1003));
+  assert_int_equal(b.admitted, 2);
+}
+
 static void test_answers_to_calls_sent_before_half_open_are_no_probes(void **state)
 {
   (void)state;
@@ -621,6 +642,7 @@ int main(void)
     cmocka_unit_test(test_lost_probe_frees_its_slot),
     cmocka_unit_test(test_late_answers_while_open_are_ignored),
     cmocka_unit_test(test_answers_to_calls_sent_before_half_open_are_no_probes),
+    cmocka_unit_test(test_would_allow_takes_no_slot),
     cmocka_unit_test(test_health_checks),
     cmocka_unit_test_teardown(test_no_sections_gives_the_sandbox, teardown_registry),
     cmocka_unit_test_teardown(test_fees_exact_half_even_per_currency, teardown_registry),
