@@ -709,6 +709,8 @@ static void on_call_answer(struct iso_link *l, struct pend *p, const struct tp_i
            "code", f39);
     if (f39[1] == '0' && p->kind == TP_PROC_AUTHORIZE)
       tp_scopy(p->report_decline, sizeof p->report_decline, "insufficient_funds");
+    if (p->c) /* the host answered under this RRN: what an operator settles the owed reversal by */
+      tp_scopy(p->c->processor_ref, sizeof p->c->processor_ref, p->rrn);
     to_reversal(l, p, now);
     return;
   }

@@ -1194,7 +1194,11 @@ static void call_done(struct tp_proc_call *c)
     bool soft = c->outcome == TP_OUT_DECLINED && tp_decline_is_soft(c->decline_code);
     bool transient = c->outcome == TP_OUT_ERROR || soft;
     if (pr)
-      tp_proc_record(pr, p->brand, p->att.currency, c->outcome, c->decline_code, transient, lat, card_key(c->pan));
+      /* a call without the card (capture, refund, void) is keyed by the
+       * authorization it names: one PaymentIntent's repeated captures count
+       * once, as one card's repeats do (each counted as a new card) */
+      tp_proc_record_call(pr, p->brand, p->att.currency, c->outcome, c->decline_code, transient, lat,
+                          card_key(c->pan[0] ? c->pan : c->orig_ref[0] ? c->orig_ref : c->ref), p->orchestrated);
     /* The bandit learns issuer answers only; a processor's own failures
      * (processing_error, transport) are the breaker's business. */
     if (c->kind == TP_PROC_AUTHORIZE &&

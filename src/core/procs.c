@@ -272,6 +272,12 @@ static bool soft_card_seen(struct tp_proc_state *s, uint64_t card, int64_t now)
 void tp_proc_record(struct tp_proc *p, const char *brand, const char *currency, enum tp_proc_outcome o,
                     const char *decline_code, bool transient, int64_t latency_us, uint64_t card)
 {
+  tp_proc_record_call(p, brand, currency, o, decline_code, transient, latency_us, card, true);
+}
+
+void tp_proc_record_call(struct tp_proc *p, const char *brand, const char *currency, enum tp_proc_outcome o,
+                         const char *decline_code, bool transient, int64_t latency_us, uint64_t card, bool probe)
+{
   struct tp_proc_state *s = p->st;
   /* A soft decline from a networked processor (ISO 96/91, processing_error)
    * may say it is struggling: it counts toward the failure rate, not the
@@ -288,6 +294,9 @@ void tp_proc_record(struct tp_proc *p, const char *brand, const char *currency, 
   int64_t now = now_ms();
   if (tp_breaker_before_probes(&s->br, now - latency_us / 1000, now)) {
     /* sent before the half-open began: no probe, and says nothing of now */
+  } else if (soft && !probe && s->br.state == TP_BREAKER_HALF_OPEN) {
+    /* a capture's, refund's or void's: it took no probe slot, so gives
+     * none back (an authorization probe's, still out) and reopens nothing */
   } else if (soft) {
     /* One card's soft declines count once a while: one customer (or one
      * fraudster) retrying one card opened every merchant's breaker. */

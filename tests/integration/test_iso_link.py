@@ -400,6 +400,7 @@ class IsoLink(unittest.TestCase):
         atts = self.daemon.client("m").get("/v1/payment_intents/%s/attempts" % pid).json["data"]
         self.assertEqual(len(atts), 1, atts)
         self.assertIn(atts[0]["state"], ("reversal_pending", "reversed"), atts)
+        self.assertEqual(atts[0]["processor_reference"], sale[37], atts)  # the RRN the hold stands under
         wait_for(lambda: self.daemon.client("m").get("/v1/payment_intents/%s/attempts" % pid).json["data"][0]
                  ["state"] == "reversed", timeout=20, what="the reversal acknowledged")
         pi = self.daemon.client("m").get("/v1/payment_intents/" + pid).json

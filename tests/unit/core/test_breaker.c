@@ -522,6 +522,13 @@ static void test_registry_breaker_record_and_stats(void **state)
   assert_int_equal(tp_proc_breaker(r), TP_BREAKER_HALF_OPEN);
   assert_true(tp_proc_allow(r));
   assert_false(tp_proc_allow(r));
+  /* a capture's soft decline (not a probe) frees no probe slot and reopens
+   * nothing, however often one payment's capture is repeated */
+  for (int i = 0; i < 5; i++)
+    tp_proc_record_call(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500, 777, false);
+  assert_int_equal(tp_proc_breaker(r), TP_BREAKER_HALF_OPEN);
+  assert_false(tp_proc_may_call(r));
+  assert_false(tp_proc_allow(r));
   tp_proc_record(r, "visa", "usd", TP_OUT_APPROVED, "", false, 500, 0);
   assert_int_equal(tp_proc_breaker(r), TP_BREAKER_CLOSED);
   assert_true(tp_procs_any_usable());
