@@ -158,8 +158,9 @@ static void fee_key_ok(const char *key, const char *value, void *arg)
   if (!c || tp_amount_parse(value, c, &fee) != 0 || fee < 0 || fee > TP_AMOUNT_MAX ||
       (every && (tp_amount_parse(value, tp_currency_find("clf"), &most) != 0 || most > TP_AMOUNT_MAX))) {
     tp_log(TP_LOG_ERROR, "config_invalid", "{s:s, s:s, s:s, s:s}", "section", "disputes", "key", key, "value", value,
-           "why", code && c ? "not an amount in that currency (fee applies to every currency: a whole number)"
-                            : "not fee or fee.CUR of a currency");
+           "why", !(code && c) ? "not fee or fee.CUR of a currency"
+                  : every     ? "not an amount in every currency (fee applies to every currency: a whole number)"
+                              : "not an amount in that currency");
     *ok = false;
   }
 }
@@ -179,6 +180,14 @@ bool tp_disputes_config_ok(void)
     if (!eq || (rest != eq && (eq - rest != 4 || rest[0] != '_')))
       continue; /* TURNPIKE_DISPUTES_FEE=... or TURNPIKE_DISPUTES_FEE_XYZ=... */
     char key[16] = "fee";
+    if (rest != eq && !(isupper((unsigned char)rest[1]) && isupper((unsigned char)rest[2]) &&
+                        isupper((unsigned char)rest[3]))) {
+      /* the getter reads TURNPIKE_DISPUTES_FEE_USD only: _usd was ignored */
+      tp_log(TP_LOG_ERROR, "config_invalid", "{s:s, s:s}", "variable", *e, "why",
+             "the currency of TURNPIKE_DISPUTES_FEE_CUR is written in upper case");
+      ok = false;
+      continue;
+    }
     if (rest != eq)
       snprintf(key, sizeof key, "fee.%c%c%c", tolower((unsigned char)rest[1]), tolower((unsigned char)rest[2]),
                tolower((unsigned char)rest[3]));

@@ -15,6 +15,7 @@
 #include "proxies.h"
 #include "sec/audit.h"
 #include "sec/auth.h"
+#include "sec/ratelimit.h"
 #include "store/sqlite/pcache.h"
 #include "util.h"
 
@@ -129,14 +130,23 @@ void tp_h_metrics(struct tp_req *r)
   if (token && *token) {
     const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     size_t tl = strlen(token);
-    /* guesses count toward [ratelimit] auth_failures as a bad key's do
-     * (the token is the operator's, maybe short); a 401 names its scheme
-     * (RFC 9110 15.5.2) */
-    if (tp_req_login_blocked(r))
+    /* Guesses are limited as [ratelimit] auth_failures limits bad keys
+     * (the token is the operator's, maybe short), in a bucket of their own:
+     * a scraper left on a rotated token locked the address's API clients
+     * out, and bad API keys blinded the scraper. A 401 names its scheme
+     * (RFC 9110 15.5.2). */
+    char who[64];
+    snprintf(who, sizeof who, "metrics %s", tp_req_client_addr(r));
+    int wait = tp_ratelimit_auth_blocked(who, tp_mono_ms());
+    if (wait) {
+      r->retry_after_s = (unsigned)wait;
+      tp_metric_inc("turnpike_ratelimit_rejected_total", "reason=\"auth_failures\"", 1);
+      tp_reply_error(r, TP_ERR_LOGIN_RATE_LIMITED, NULL, NULL);
       return;
+    }
     if (!h || strncasecmp(h, "Bearer ", 7) != 0 || strlen(h + 7) != tl || !tp_ct_equal(h + 7, token, tl)) {
       if (h)
-        tp_req_login_failed(r, TP_ERR_AUTH_INVALID_KEY);
+        tp_ratelimit_auth_failed(who, tp_mono_ms());
       snprintf(r->www_authenticate, sizeof r->www_authenticate, "Bearer realm=\"turnpike-metrics\"");
       tp_reply_error(r, TP_ERR_AUTH_INVALID_KEY, NULL, "The metrics endpoint needs its bearer token.");
       return;

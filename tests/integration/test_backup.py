@@ -331,6 +331,11 @@ class BackupTest(DaemonTestCase):
         os.mkfifo(moved + ".sha256")
         rc, _, stderr = run("restore", "--from", moved, "--data", fresh.data, "--force")
         self.assertEqual(rc, 1, stderr)
+        # and so is a dangling link (it restored as if there were none)
+        os.unlink(moved + ".sha256")
+        os.symlink(os.path.join(self.tmp, "nonexistent"), moved + ".sha256")
+        rc, _, stderr = run("restore", "--from", moved, "--data", fresh.data, "--force")
+        self.assertEqual(rc, 1, stderr)
         os.unlink(moved + ".sha256")
         with open(moved + ".sha256", "w") as g:
             g.write("not a checksum\n")

@@ -340,6 +340,11 @@ class MetricsTokenTest(DaemonTestCase):
             self.assertEqual(got[-1], 429, got)
             # the right token too, from that address, until the window ends
             self.assertEqual(Client(HOST, d.port, key="s3cret-scrape").get("/metrics").status, 429)
+            # in a bucket of their own: the address's API clients go on (a
+            # scraper left on a rotated token locked them out)
+            self.assertEqual(d.client("m").get("/v1/balance").status, 200)
+            bad = Client(HOST, d.port, key="sk_test_nope")
+            self.assertEqual([bad.get("/v1/balance").status for _ in range(4)][-1], 429)
         finally:
             d.cleanup()
 

@@ -1119,12 +1119,12 @@ class BadConfig(unittest.TestCase):
         # a dispute fee that is no amount started, and every chargeback was free
         for var, val in (("TURNPIKE_DISPUTES_FEE", "abc"), ("TURNPIKE_DISPUTES_FEE", "15.5"),
                          ("TURNPIKE_DISPUTES_FEE_KWD", "1.2345"), ("TURNPIKE_DISPUTES_FEE_USD", "abc"),
-                         ("TURNPIKE_DISPUTES_FEE_XYZ", "1")):
+                         ("TURNPIKE_DISPUTES_FEE_XYZ", "1"), ("TURNPIKE_DISPUTES_FEE_usd", "20")):
             d = Daemon()
             try:
                 with self.assertRaises(RuntimeError, msg=var + "=" + val):
                     d.start(extra_env={var: val})
-                self.assertIn('"section":"disputes"', d.log_text())
+                self.assertIn('"event":"config_invalid"', d.log_text())
             finally:
                 d.cleanup()
 

@@ -401,6 +401,14 @@ class SdkParams(h.DaemonTestCase):
         self.assertEqual(c.get("/v1/payment_intents/" + pi["id"]).json["customer"], cus1)
         self.assertEqual([x["id"] for x in c.get("/v1/payment_intents", {"customer": cus1}).json["data"]],
                          [pi["id"]])
+        # and a charge does not take a customer other than its PaymentIntent's
+        bad = c.post("/v1/payment_intents", {"amount": 1500, "currency": "usd", "confirm": "true",
+                                             "payment_method": "pm_card_chargeDeclined"}).json["error"]
+        self.assertEqual(c.post("/v1/payment_intents/" + bad["payment_intent"]["id"], {"customer": cus1}).status, 200)
+        r = c.post("/v1/charges/" + bad["charge"], {"customer": cus2})
+        self.assertStripeError(r, 400, "invalid_request_error", None, "customer")
+        self.assertIsNone(c.get("/v1/charges/" + bad["charge"]).json["customer"])
+        self.assertEqual(c.post("/v1/charges/" + bad["charge"], {"customer": cus1}).status, 200)
         r = c.post("/v1/charges/" + chid, {"customer": cus2})
         self.assertStripeError(r, 400, "invalid_request_error", None, "customer")
         self.assertEqual(c.get("/v1/charges/" + chid).json["customer"], cus1)
