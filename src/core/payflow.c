@@ -2069,6 +2069,22 @@ static void refund_not_made(struct tp_pay *p, struct tp_cs *cs)
   tp_pay_reply(p, 200, json_incref(p->reply_charge ? p->charge : re));
 }
 
+/* A refund made for reason fraudulent reports the charge as fraudulent
+ * (Stripe: charge.fraud_details.user_report "fraudulent"; the field is the
+ * merchant's own assessment, as the charge update's fraud_details sets). */
+static void refund_reports_fraud(json_t *ch, const json_t *re)
+{
+  const char *why = json_string_value(json_object_get(re, "reason"));
+  if (!why || strcmp(why, "fraudulent") != 0)
+    return;
+  json_t *fd = json_object_get(ch, "fraud_details");
+  if (!json_is_object(fd)) {
+    fd = json_object();
+    json_object_set_new(ch, "fraud_details", fd);
+  }
+  json_object_set_new(fd, "user_report", json_string("fraudulent"));
+}
+
 /* A refund of an uncaptured charge: its authorization voided (Stripe's
  * older way to release a hold, which ActiveMerchant's void and verify and
  * omnipay still use). The Refund shows the release (no money moved: no
@@ -2093,6 +2109,7 @@ void tp_outcome_void_refund(struct tp_pay *p, struct tp_cs *cs)
   json_object_set_new(ch, "refunded", json_true());
   json_object_set_new(re, "status", json_string("succeeded"));
   tp_put_emit(cs, p->r, merchant, TP_K_REFUND, "refund.created", re);
+  refund_reports_fraud(ch, re);
   tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.refunded", ch);
   json_object_set_new(pi, "status", json_string("canceled"));
   json_object_set_new(pi, "canceled_at", json_integer(tp_now()));
@@ -2136,6 +2153,7 @@ void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs)
   json_object_set_new(ch, "refunded", json_boolean(refunded - tp_charge_released(ch) >=
                                                   json_integer_value(json_object_get(ch, "amount_captured"))));
   tp_put_emit(cs, p->r, merchant, TP_K_REFUND, "refund.created", re);
+  refund_reports_fraud(ch, re);
   tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.refunded", ch);
   if (json_is_true(json_object_get(ch, "refunded")))
     tp_efw_settle(cs, p->r, merchant, ch);

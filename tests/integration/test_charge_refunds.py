@@ -23,6 +23,22 @@ class ChargeRefunds(DaemonTestCase):
         r = self.c().get("/v1/events", {"limit": 50})
         return [e["type"] for e in reversed(r.json["data"]) if e["data"]["object"]["id"] == object_id]
 
+    def test_a_refund_for_fraud_reports_the_charge_fraudulent(self):
+        """Stripe: reason fraudulent reports the charge as fraudulent
+        (fraud_details.user_report); it stayed empty."""
+        ch = self.charge()
+        self.assertEqual(ch["fraud_details"], {}, ch)
+        r = self.c().post("/v1/refunds", {"charge": ch["id"], "amount": 500, "reason": "fraudulent"})
+        self.assertEqual(r.status, 200, r)
+        got = self.c().get(CH + "/" + ch["id"]).json
+        self.assertEqual(got["fraud_details"], {"user_report": "fraudulent"}, got)
+        other = self.charge()
+        self.c().post("/v1/refunds", {"charge": other["id"], "reason": "requested_by_customer"})
+        self.assertEqual(self.c().get(CH + "/" + other["id"]).json["fraud_details"], {})
+        held = self.c().post(CH, {"amount": 900, "currency": "usd", "source": "tok_visa", "capture": "false"}).json
+        self.assertEqual(self.c().post("/v1/refunds", {"charge": held["id"], "reason": "fraudulent"}).status, 200)
+        self.assertEqual(self.c().get(CH + "/" + held["id"]).json["fraud_details"], {"user_report": "fraudulent"})
+
     def test_a_refund_under_the_charge(self):
         ch = self.charge()
         r = self.c().post("%s/%s/refunds" % (CH, ch["id"]), {"amount": 500, "reason": "requested_by_customer",
