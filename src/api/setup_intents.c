@@ -374,13 +374,21 @@ json_t *tp_si_attempt(struct tp_req *r, struct tp_cs *cs, const json_t *si, cons
     return NULL;
   json_t *old = tp_store_get_json(&tp_app.store, TP_K_SETUP_ATTEMPT, r->merchant.id, id);
   json_int_t created = old ? json_integer_value(json_object_get(old, "created")) : (json_int_t)tp_now();
+  char tx[37];
+  const char *old_tx = json_string_value(json_object_get(
+      json_object_get(json_object_get(json_object_get(old, "payment_method_details"), "card"), "three_d_secure"),
+      "transaction_id"));
+  if (old_tx && strlen(old_tx) == 36)
+    memcpy(tx, old_tx, 37); /* the attempt rewritten keeps its authentication's id */
+  else
+    tp_uuid4(tx); /* the authentication's id, as on a charge (it was null) */
   json_decref(old);
   const json_t *card = json_object_get(pm, "card");
   const char *brand = json_string_value(json_object_get(card, "brand"));
-  json_t *tds = authenticated ? tp_pack("{s:s, s:s, s:s, s:n, s:n, s:s}", "authentication_flow", "challenge",
+  json_t *tds = authenticated ? tp_pack("{s:s, s:s, s:s, s:n, s:s, s:s}", "authentication_flow", "challenge",
                                         "electronic_commerce_indicator",
                                         brand && strcmp(brand, "mastercard") == 0 ? "02" : "05", "result",
-                                        "authenticated", "result_reason", "transaction_id", "version", "2.2.0")
+                                        "authenticated", "result_reason", "transaction_id", tx, "version", "2.2.0")
                               : json_null();
   json_t *a = tp_pack("{s:s, s:s, s:n, s:I, s:O?, s:n, s:n, s:b, s:n, s:O, s:{s:{s:O?, s:O?, s:O?, s:O?, "
                       "s:O?, s:O?, s:O?, s:O?, s:O?, s:o, s:n}, s:s}, s:o?, s:O, s:s, s:O}",

@@ -1479,10 +1479,14 @@ json_t *tp_charge_new(const struct tp_pay *p, bool approved)
      * 02 on Mastercard's scale, 05 on the others'. */
     const char *eci = strcmp(json_string_value(json_object_get(card, "brand")) ?: "", "mastercard") == 0 ? "02" : "05";
     json_object_set_new(pmd_card, "electronic_commerce_indicator", json_string(eci));
+    /* transaction_id: the 3-D Secure server's id of the authentication
+     * (a UUID in EMV 3DS), one per charge: it was null */
+    char tx[37];
+    tp_uuid4(tx);
     json_object_set_new(pmd_card, "three_d_secure",
-                        tp_pack("{s:s, s:s, s:n, s:s, s:n, s:n, s:s}", "authentication_flow", "challenge",
+                        tp_pack("{s:s, s:s, s:n, s:s, s:n, s:s, s:s}", "authentication_flow", "challenge",
                                 "electronic_commerce_indicator", eci, "exemption_indicator", "result",
-                                "authenticated", "result_reason", "transaction_id", "version", "2.2.0"));
+                                "authenticated", "result_reason", "transaction_id", tx, "version", "2.2.0"));
   }
   /* Every key the API version's Charge always has (clients index them
    * unconditionally: tests/integration/test_object_shapes.py), null where

@@ -35,6 +35,8 @@ void tp_ids_ran_ahead_set(void);
 
 /* Cryptographically random bytes; aborts if the RNG fails (never fall back). */
 void tp_random(void *buf, size_t n);
+/* A random (version 4) UUID, RFC 9562, lower-case: 36 characters and a NUL. */
+void tp_uuid4(char out[37]);
 /* Random base62 string of n chars, NUL-terminated (out has n+1 bytes). */
 void tp_random_b62(char *out, size_t n);
 

@@ -234,6 +234,7 @@ class SetupIntents(DaemonTestCase):
         a = self.attempts(si["id"])[0]
         self.assertEqual(a["status"], "succeeded")
         tds = a["payment_method_details"]["card"]["three_d_secure"]
+        self.assertRegex(tds["transaction_id"] or "", r"^[0-9a-f-]{36}$")  # it was null
         self.assertEqual((tds["result"], tds["electronic_commerce_indicator"]), ("authenticated", "02"))
         # canceling abandons an attempt that waits for its challenge
         si = c.post(SI, {"payment_method": "pm_card_threeDSecure2Required", "confirm": "true",

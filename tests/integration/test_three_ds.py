@@ -461,6 +461,8 @@ class ThreeDSTest(DaemonTestCase):
         self.assertEqual((r.json["status"], r.json["amount_received"]), ("succeeded", 3100), r)
         tds = r.json["latest_charge"]["payment_method_details"]["card"]["three_d_secure"]
         self.assertEqual(tds["result"], "authenticated", r)
+        # the authentication's id (EMV 3DS: a UUID); it was null
+        self.assertRegex(tds["transaction_id"] or "", r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
         self.assertNotIn("turnpike", self.get_pi(pi["id"]))
 
     def test_manual_confirmation_challenges_again_for_another_amount(self):
