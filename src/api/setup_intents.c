@@ -340,7 +340,11 @@ static void save_pm(struct tp_req *r, struct tp_cs *cs, const json_t *si, json_t
   bool attach = cus && !json_is_string(json_object_get(pm, "customer")) &&
                 !json_is_true(json_object_get(json_object_get(pm, "turnpike"), "detached")) &&
                 tp_store_live(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, cus) == 1;
-  bool mark = authenticated &&
+  /* set up for off-session payments only by a SetupIntent for them (usage
+   * off_session, the default): one for on_session use left the card
+   * taking off-session payments without authentication */
+  const char *usage = json_string_value(json_object_get(si, "usage"));
+  bool mark = authenticated && (!usage || strcmp(usage, "off_session") == 0) &&
               !json_is_true(json_object_get(json_object_get(pm, "turnpike"), "off_session_authenticated"));
   if (mark)
     tp_mark(pm, "off_session_authenticated", json_true());

@@ -1650,7 +1650,9 @@ static void save_for_future_use(struct tp_pay *p, struct tp_cs *cs)
   if (sfu && strcmp(sfu, "none") == 0)
     sfu = NULL; /* the card's own "none" overrides the top level */
   const char *cus = json_string_value(json_object_get(p->pi, "customer"));
-  bool mark = p->three_ds_done && !set_up_by_authentication(p->pm);
+  /* (set up for off-session payments only by setup_future_usage
+   * off_session; on_session saves the card, no more) */
+  bool mark = p->three_ds_done && sfu && strcmp(sfu, "off_session") == 0 && !set_up_by_authentication(p->pm);
   /* With no customer there is nothing to attach to, but a card that passed
    * its challenge is set up all the same (Stripe lets it be attached later,
    * then paid off-session without asking, as a SetupIntent's is). */

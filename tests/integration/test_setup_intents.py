@@ -165,6 +165,38 @@ class SetupIntents(DaemonTestCase):
         token = urllib.parse.parse_qs(u.query)["token"][0]
         self.assertEqual(c.post(u.path, {"token": token, "result": "fail"}, key=None).status, 409)
 
+    def test_a_card_set_up_for_on_session_use_still_asks_off_session(self):
+        """usage=on_session (and setup_future_usage=on_session) saves the card
+        for payments the customer is present for: an off-session payment of
+        a card that asks until set up still asks (it paid without)."""
+        c = self.c()
+        cus = self.customer()
+        si = c.post(SI, {"customer": cus, "payment_method_data": card("4000002500003155"), "confirm": "true",
+                         "usage": "on_session", "return_url": RETURN}).json
+        self.challenge(si, "approve")
+        done = c.get(SI + "/" + si["id"]).json
+        self.assertEqual(done["status"], "succeeded", done)
+        pm = c.get("/v1/payment_methods/" + done["payment_method"]).json
+        self.assertEqual(pm["customer"], cus)
+        self.assertNotIn("turnpike", pm)
+        r = c.post("/v1/payment_intents", {"amount": 900, "currency": "eur", "customer": cus,
+                                           "payment_method": pm["id"], "off_session": "true", "confirm": "true"})
+        self.assertEqual((r.status, r.json["error"]["code"]), (402, "authentication_required"), r)
+        # the same through a payment saving it for on-session use
+        pi = c.post("/v1/payment_intents", {"amount": 900, "currency": "eur", "customer": cus, "confirm": "true",
+                                            "payment_method_data": card("4000002500003155"),
+                                            "setup_future_usage": "on_session", "return_url": RETURN}).json
+        self.assertEqual(pi["status"], "requires_action", pi)
+        u = urllib.parse.urlsplit(pi["next_action"]["redirect_to_url"]["url"])
+        token = urllib.parse.parse_qs(u.query)["token"][0]
+        self.assertEqual(c.post(u.path, {"token": token, "result": "approve"}, key=None).status, 303)
+        self.assertEqual(c.get("/v1/payment_intents/" + pi["id"]).json["status"], "succeeded")
+        pm2 = c.get("/v1/payment_methods/" + c.get("/v1/payment_intents/" + pi["id"]).json["payment_method"]).json
+        self.assertEqual(pm2["customer"], cus)
+        r = c.post("/v1/payment_intents", {"amount": 900, "currency": "eur", "customer": cus,
+                                           "payment_method": pm2["id"], "off_session": "true", "confirm": "true"})
+        self.assertEqual((r.status, r.json["error"]["code"]), (402, "authentication_required"), r)
+
     def test_a_failed_challenge_saves_nothing(self):
         c = self.c()
         cus = self.customer()
