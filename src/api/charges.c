@@ -84,30 +84,24 @@ void tp_h_charge_update(struct tp_req *r)
     return;
   }
   const char *had = json_string_value(json_object_get(ch, "customer"));
-  if (cus && (!*cus ? had != NULL : had && strcmp(had, cus) != 0)) {
-    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "customer",
-                   "This charge already has a customer: its customer may only be set when it has none.");
+  const char *refuse = NULL;
+  if (cus && (!*cus ? had != NULL : had && strcmp(had, cus) != 0))
+    refuse = "This charge already has a customer: its customer may only be set when it has none.";
+  else if (cus && *cus && !had && pi_lock[0]) {
+    /* nor one other than its PaymentIntent's (the two would disagree) */
+    json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, pi_lock);
+    const char *pc = json_string_value(json_object_get(pi, "customer"));
+    if (pc && strcmp(pc, cus) != 0)
+      refuse = "This charge's PaymentIntent has another customer: a charge takes its PaymentIntent's.";
+    json_decref(pi);
+  }
+  if (refuse) {
+    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "customer", refuse);
     for (size_t i = 0; i < nlocks; i++)
       tp_lock_release(locks[i]);
     json_decref(sh);
     json_decref(ch);
     return;
-  }
-  if (cus && *cus && !had && pi_lock[0]) {
-    /* nor one other than its PaymentIntent's (the two would disagree) */
-    json_t *pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, pi_lock);
-    const char *pc = json_string_value(json_object_get(pi, "customer"));
-    bool other = pc && strcmp(pc, cus) != 0;
-    json_decref(pi);
-    if (other) {
-      tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "customer",
-                     "This charge's PaymentIntent has another customer: a charge takes its PaymentIntent's.");
-      for (size_t i = 0; i < nlocks; i++)
-        tp_lock_release(locks[i]);
-      json_decref(sh);
-      json_decref(ch);
-      return;
-    }
   }
   json_t *before = json_deep_copy(ch);
   if (cus && *cus)

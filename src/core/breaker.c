@@ -64,6 +64,14 @@ enum tp_breaker_state tp_breaker_tick(struct tp_breaker *b, int64_t now_ms)
   return b->state;
 }
 
+/* A probe admitted but never reported (its caller chose another processor,
+ * or crashed) must not wedge the breaker half-open: past the longer of
+ * open_ms and probe_stale_ms since the last admission, the slots free. */
+static bool probes_stale(const struct tp_breaker *b, int64_t now_ms)
+{
+  return now_ms - b->last_admit_ms >= (b->cfg.probe_stale_ms > b->cfg.open_ms ? b->cfg.probe_stale_ms : b->cfg.open_ms);
+}
+
 /* Would tp_breaker_allow say yes now? (Changes nothing but the time-driven
  * transition.) */
 bool tp_breaker_would_allow(struct tp_breaker *b, int64_t now_ms)
@@ -74,32 +82,22 @@ bool tp_breaker_would_allow(struct tp_breaker *b, int64_t now_ms)
   case TP_BREAKER_OPEN:
     return false;
   case TP_BREAKER_HALF_OPEN:
-    return b->admitted < b->cfg.probes ||
-           now_ms - b->last_admit_ms >= (b->cfg.probe_stale_ms > b->cfg.open_ms ? b->cfg.probe_stale_ms : b->cfg.open_ms);
+    return b->admitted < b->cfg.probes || probes_stale(b, now_ms);
   }
   return false;
 }
 
 bool tp_breaker_allow(struct tp_breaker *b, int64_t now_ms)
 {
-  switch (tp_breaker_tick(b, now_ms)) {
-  case TP_BREAKER_CLOSED:
-    return true;
-  case TP_BREAKER_OPEN:
+  if (!tp_breaker_would_allow(b, now_ms))
     return false;
-  case TP_BREAKER_HALF_OPEN:
-    /* A probe admitted but never reported (its caller chose another
-     * processor, or crashed) must not wedge the breaker half-open. */
-    if (b->admitted >= b->cfg.probes &&
-        now_ms - b->last_admit_ms >= (b->cfg.probe_stale_ms > b->cfg.open_ms ? b->cfg.probe_stale_ms : b->cfg.open_ms))
+  if (b->state == TP_BREAKER_HALF_OPEN) {
+    if (b->admitted >= b->cfg.probes) /* stale */
       b->admitted = b->succeeded;
-    if (b->admitted >= b->cfg.probes)
-      return false;
     b->admitted++;
     b->last_admit_ms = now_ms;
-    return true;
   }
-  return false;
+  return true;
 }
 
 void tp_breaker_window(const struct tp_breaker *b, int64_t now_ms, int *calls, int *failures)

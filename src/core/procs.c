@@ -194,28 +194,29 @@ int64_t tp_proc_fee(const struct tp_proc *p, const char *currency, int64_t amoun
   return pct + fixed_fee(s, currency);
 }
 
-bool tp_proc_allow(struct tp_proc *p)
+/* Ask the breaker whether a call may go (take: and admit it, a probe slot
+ * in half-open), under the processor's lock. */
+static bool breaker_ask(const struct tp_proc *p, bool take)
 {
   struct tp_proc_state *s = p->st;
   pthread_mutex_lock(&s->mu);
   enum tp_breaker_state from = s->br.state;
-  bool ok = tp_breaker_allow(&s->br, now_ms());
+  bool ok = take ? tp_breaker_allow(&s->br, now_ms()) : tp_breaker_would_allow(&s->br, now_ms());
   enum tp_breaker_state to = s->br.state;
   pthread_mutex_unlock(&s->mu);
-  breaker_changed(p, from, to);
+  /* The callbacks get a mutable processor: it is ours (the registry). */
+  breaker_changed(&procs[p - procs], from, to);
   return ok;
+}
+
+bool tp_proc_allow(struct tp_proc *p)
+{
+  return breaker_ask(p, true);
 }
 
 bool tp_proc_may_call(const struct tp_proc *p)
 {
-  struct tp_proc_state *s = p->st;
-  pthread_mutex_lock(&s->mu);
-  enum tp_breaker_state from = s->br.state;
-  bool ok = tp_breaker_would_allow(&s->br, now_ms());
-  enum tp_breaker_state to = s->br.state;
-  pthread_mutex_unlock(&s->mu);
-  breaker_changed(&procs[p - procs], from, to);
-  return ok;
+  return breaker_ask(p, false);
 }
 
 enum tp_breaker_state tp_proc_breaker(const struct tp_proc *p)
