@@ -354,6 +354,11 @@ static bool parse_params(struct tp_req *r, bool api)
 {
   struct tp_params_error pe;
   memset(&pe, 0, sizeof pe);
+  if (r->bad_query) {
+    snprintf(pe.message, sizeof pe.message, "Invalid percent-encoding in the query string");
+    tp_reply_params_error(r, &pe, false);
+    return false;
+  }
   if (strcmp(r->method, "POST") == 0 || (strcmp(r->method, "DELETE") == 0 && r->body_len > 0)) {
     const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
     /* the media type itself, then parameters (RFC 9110 8.3.1): not a prefix */
@@ -989,6 +994,10 @@ static enum MHD_Result queue_reply(struct tp_req *r)
  * route (RFC 3986 2.2: an encoded delimiter is data). Such a path names no
  * object here and is answered 404. */
 static char encoded_delimiter;
+/* on_uri's mark: the query string holds a "%" not followed by two hex
+ * digits (libmicrohttpd passes it through as text; the body's parser
+ * refuses it, and so does the query's now) */
+static char bad_query_escape;
 
 
 /* A Stripe-shaped error written straight to the socket, which is then shut
@@ -1314,8 +1323,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 {
   (void)cls;
   struct tp_req *r = *con_cls;
-  bool bad_path = r == (void *)&encoded_delimiter;
-  if (bad_path)
+  bool bad_path = r == (void *)&encoded_delimiter, bad_query = r == (void *)&bad_query_escape;
+  if (bad_path || bad_query)
     r = *con_cls = NULL;
   if (!r) {
     r = calloc(1, sizeof *r);
@@ -1323,6 +1332,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
       return MHD_NO;
     r->conn = conn;
     r->bad_path = bad_path;
+    r->bad_query = bad_query;
     r->t0_ns = tp_mono_ns();
     /* A method is a token (RFC 9110 9.1) and a path text: what else came
      * (libmicrohttpd takes any method and decodes %FF in a path) is made
@@ -1428,7 +1438,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   (void)cls;
   (void)conn;
   struct tp_req *r = *con_cls;
-  if (!r || r == (void *)&encoded_delimiter)
+  if (!r || r == (void *)&encoded_delimiter || r == (void *)&bad_query_escape)
     return;
   if (r->dispatched && !r->observed && toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
     /* The client went away before its reply was queued (it closed, or
@@ -1501,6 +1511,15 @@ int tp_http_set_tls(const char *cert_pem, const char *key_pem, const char *prior
 #define TP_HTTP_URI_MAX (TP_HTTP_CONN_MEMORY - 4096)
 
 
+static bool query_bad_escape(const char *uri)
+{
+  const char *q = strchr(uri, '?');
+  for (const char *p = q; p && *p && *p != '#'; p++)
+    if (*p == '%' && (tp_hex_digit(p[1]) < 0 || tp_hex_digit(p[2]) < 0))
+      return true;
+  return false;
+}
+
 static bool encodes_delimiter(const char *uri)
 {
   for (const char *p = uri; *p && *p != '?' && *p != '#'; p++)
@@ -1558,7 +1577,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
   size_t len = strnlen(uri, TP_HTTP_URI_MAX + 1), args = query_args(uri);
   bool too_long = len > TP_HTTP_URI_MAX;
   if (!too_long && args <= TP_HTTP_MAX_QUERY_ARGS && len + args * TP_HTTP_QUERY_ARG_COST <= TP_HTTP_URI_MAX)
-    return encodes_delimiter(uri) ? &encoded_delimiter : NULL;
+    return encodes_delimiter(uri) ? &encoded_delimiter : query_bad_escape(uri) ? &bad_query_escape : NULL;
   char rnd[15], rid[24];
   tp_random_b62(rnd, 14);
   snprintf(rid, sizeof rid, "req_%s", rnd);

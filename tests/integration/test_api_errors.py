@@ -114,6 +114,21 @@ class ApiErrorsTest(DaemonTestCase):
         finally:
             s.close()
 
+    def test_a_bad_percent_escape_in_the_query_is_refused_as_in_the_body(self):
+        """?description=x%zzy was taken as the text it is (libmicrohttpd
+        passes it through), where the body refuses it."""
+        import http.client
+        key = self.daemon.merchants["bad"]["secret_key"]
+        for target in ("/v1/payment_intents?limit=1%zz", "/v1/payment_intents?limit=%2", "/v1/customers?email=a%"):
+            conn = http.client.HTTPConnection(self.daemon.host, self.daemon.port, timeout=10)
+            conn.request("GET", target, headers={"Authorization": "Bearer " + key})
+            resp = conn.getresponse()
+            body = json.loads(resp.read())
+            conn.close()
+            self.assertEqual((resp.status, body["error"]["type"]), (400, "invalid_request_error"), (target, body))
+            self.assertIn("percent-encoding", body["error"]["message"])
+        self.assertEqual(self.c("bad").get("/v1/customers", {"email": "a%b@example.com"}).status, 200)
+
     def test_an_amount_over_the_maximum_names_it_as_stripe_does(self):
         c = self.c("bad")
         for cur, want in (("usd", "$999,999.99"), ("jpy", "\u00a599,999,999"), ("kwd", "99,999.999 kwd"),
