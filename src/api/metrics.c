@@ -135,8 +135,9 @@ void tp_h_metrics(struct tp_req *r)
      * a scraper left on a rotated token locked the address's API clients
      * out, and bad API keys blinded the scraper. A 401 names its scheme
      * (RFC 9110 15.5.2). */
-    char who[64];
-    snprintf(who, sizeof who, "metrics %s", tp_req_client_addr(r));
+    char sub[INET6_ADDRSTRLEN + 8], who[64];
+    tp_ratelimit_addr_bucket(tp_req_client_addr(r), sub, sizeof sub); /* an IPv6 /64 is one client */
+    snprintf(who, sizeof who, "metrics %s", sub);
     int wait = tp_ratelimit_auth_blocked(who, tp_mono_ms());
     if (wait) {
       r->retry_after_s = (unsigned)wait;

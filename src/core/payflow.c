@@ -741,7 +741,9 @@ static void send_call(struct tp_pay *p)
   }
   /* A new call asks the breaker first (half-open admits a few probes); a
    * status query about a call already made always goes. */
-  if (pr && c->kind != TP_PROC_STATUS && !p->fencing && p->orchestrated && !tp_proc_allow(pr)) {
+  bool admitted = p->admitted;
+  p->admitted = false;
+  if (pr && c->kind != TP_PROC_STATUS && !p->fencing && p->orchestrated && !admitted && !tp_proc_allow(pr)) {
     p->not_sent = true;
     snprintf(c->decline_code, sizeof c->decline_code, "processor_circuit_open");
     call_done(c);
@@ -901,11 +903,14 @@ static void next_step(struct tp_pay *p, bool transport_error)
   int64_t now = tp_mono_ms();
   struct tp_proc *pr = NULL;
   conn_of(p->att.processor, &pr);
-  /* Same processor again while it has retries left and its breaker is not
-   * open; else the next processor in the route whose breaker is not open. */
-  /* (A half-open breaker with no probe slot free refuses the call at
-   * send: not sent, it ended the payment 502 in place of the issuer's
-   * soft decline just answered. It is passed over here as an open one is.) */
+  /* Same processor again while it has retries left and its breaker lets a
+   * call through; else the next processor in the route whose breaker does.
+   * The breaker's admission is taken here, for the call the timer sends
+   * (p->admitted): a half-open breaker with no probe slot free is passed
+   * over as an open one is. Asked only at send, it refused the retry of a
+   * soft decline after another payment took the slot meanwhile, and the
+   * payment ended 502 in place of the issuer's answer. */
+  p->admitted = false;
   bool same = p->tries < max_retries + 1 && !p->not_sent && (!pr || tp_proc_may_call(pr));
   /* A processor that said when to come back (Retry-After) is not called
    * sooner; one that cannot be called again within the deadline is left
@@ -914,39 +919,45 @@ static void next_step(struct tp_pay *p, bool transport_error)
   p->retry_after_ms = 0;
   if (same && asked > 0 && now + asked >= p->deadline_ms)
     same = false;
-  if (!same) {
-    size_t i = p->route_i + 1;
-    for (; i < p->route.n; i++) {
-      struct tp_proc *q = NULL;
-      conn_of(p->route_names[i], &q);
-      if (!q || tp_proc_may_call(q))
-        break;
-    }
-    if (i >= p->route.n) {
+  if (same) {
+    int64_t delay = backoff_ms(p->tries);
+    if (delay < asked)
+      delay = asked;
+    if (now + delay >= p->deadline_ms) {
       if (transport_error)
         exhausted_outcome(p, TP_ERR_PROCESSOR_RETRIES_EXHAUSTED);
       else
-        final_outcome(p); /* the last soft decline is the answer */
+        final_outcome(p);
       return;
     }
-    p->route_i = i;
-    p->tries = 0;
-    tp_metric_inc("turnpike_payment_cascades_total", NULL, 1);
-  } else {
-    tp_metric_inc("turnpike_payment_retries_total", NULL, 1);
+    if (!pr || tp_proc_allow(pr)) {
+      tp_metric_inc("turnpike_payment_retries_total", NULL, 1);
+      p->admitted = true;
+      /* p->tries counts calls made to route_i; retry_fire increments it. */
+      timer_after(delay, retry_fire, p);
+      return;
+    }
+    /* (its last slot went to another payment just now: the next processor) */
   }
-  int64_t delay = same ? backoff_ms(p->tries) : 0;
-  if (same && delay < asked)
-    delay = asked;
-  if (now + delay >= p->deadline_ms) {
+  size_t i = p->route_i + 1;
+  for (; i < p->route.n; i++) {
+    struct tp_proc *q = NULL;
+    conn_of(p->route_names[i], &q);
+    if (!q || tp_proc_allow(q))
+      break;
+  }
+  if (i >= p->route.n || now >= p->deadline_ms) {
     if (transport_error)
       exhausted_outcome(p, TP_ERR_PROCESSOR_RETRIES_EXHAUSTED);
     else
-      final_outcome(p);
+      final_outcome(p); /* the last soft decline is the answer */
     return;
   }
-  /* p->tries counts calls made to route_i; retry_fire increments it. */
-  timer_after(delay, retry_fire, p);
+  p->route_i = i;
+  p->tries = 0;
+  p->admitted = true;
+  tp_metric_inc("turnpike_payment_cascades_total", NULL, 1);
+  timer_after(0, retry_fire, p);
 }
 
 /* Resolve the outcome-unknown call att by asking its processor. */

@@ -347,6 +347,18 @@ class MetricsTokenTest(DaemonTestCase):
             self.assertEqual([bad.get("/v1/balance").status for _ in range(4)][-1], 429)
         finally:
             d.cleanup()
+        # behind a trusted proxy an IPv6 /64 is one client, as for API keys
+        d = Daemon()
+        try:
+            d.create_merchant("m")
+            d.start(config="[metrics]\ntoken = s3cret-scrape\n[ratelimit]\nauth_failures = 3\nauth_window = 60\n"
+                           "[server]\ntrusted_proxies = 127.0.0.1\n")
+            wrong = Client(HOST, d.port, key="guess")
+            got = [wrong.get("/metrics", headers={"X-Forwarded-For": "2001:db8:0:1::%d" % i}).status
+                   for i in range(1, 6)]
+            self.assertEqual(got, [401, 401, 401, 429, 429], got)
+        finally:
+            d.cleanup()
 
     def test_payments_are_counted_with_alerts_off(self):
         d = Daemon()

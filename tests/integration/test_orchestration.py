@@ -1058,6 +1058,51 @@ def crash_during_void(test, make, request, settled):
         sim.stop()
 
 
+class SoftDeclineRetryKeepsItsProbeTest(SimGatewayTest):
+    """A soft decline in half-open gives its probe slot back; its retry,
+    sent after the backoff, found the slot taken by another payment,
+    was refused at send, and the payment ended 502 processor_retries_
+    exhausted in place of the issuer's 402 processing_error (reviewer 21's
+    reproduction). The retry now takes its admission when it is planned."""
+
+    @classmethod
+    def config(cls, sim):
+        ini = gateway_config(sim, names=("a",), timeout_ms=3000)
+        ini = ini.replace("backoff_base_ms = 20", "backoff_base_ms = 1000\nbackoff_cap_ms = 1000\nmax_retries = 1")
+        return ini.replace("breaker_half_open_probes = 1", "breaker_half_open_probes = 2")
+
+    def pay(self, pm="pm_card_visa"):
+        return self.c.post("/v1/payment_intents", {"amount": 1234, "currency": "usd", "confirm": "true",
+                                                   "payment_method": pm}, idem=new_key("sd"))
+
+    def test_the_soft_decline_is_the_answer(self):
+        self.sim.faults("a", outage=True, latency_ms_min=0, latency_ms_max=0)
+        for _ in range(3):
+            self.pay()
+        self.assertEqual({x["name"]: x["breaker"] for x in self.c.get("/v1/turnpike/processors").json["data"]}["a"],
+                         "open")
+        self.sim.faults("a", outage=False, latency_ms_min=1500, latency_ms_max=1500)
+        time.sleep(1.0)  # half-open: two probe slots
+        out = {}
+        tx = threading.Thread(target=lambda: out.setdefault("x", self.pay("pm_card_chargeDeclinedProcessingError")))
+        ty = threading.Thread(target=lambda: out.setdefault("y", self.pay()))
+        tx.start()
+        ty.start()
+        time.sleep(1.55)  # X soft-declined (its retry waiting 1 s), Y approved
+        tz = threading.Thread(target=lambda: out.setdefault("z", self.pay()))
+        tz.start()
+        for t in (tx, ty, tz):
+            t.join(20)
+        x = out["x"]
+        self.assertEqual((x.status, x.json["error"].get("code")), (402, "processing_error"), x)
+        pid = x.json["error"]["payment_intent"]["id"]
+        atts = self.c.get("/v1/payment_intents/%s/attempts" % pid).json["data"]
+        self.assertEqual([(a["state"], a["result_code"]) for a in atts],
+                         [("declined", "processing_error"), ("declined", "processing_error")], atts)
+        self.assertEqual(out["y"].status, 200, out["y"])
+        self.assertIn(out["z"].status, (200, 503), out["z"])  # a slot free, or none: never a failed payment
+
+
 class ExpiryVoidRecoveryTest(unittest.TestCase):
     """An authorization's expiry is a void; if the gateway dies while the
     void is out, recovery finishes it as the expiry it was: the
