@@ -394,4 +394,9 @@ bool tp_check_card_amount(struct tp_req *r, int64_t amount, const struct tp_curr
  * the other kept, checked against the current UTC month as Stripe does,
  * and set on pm's card; false, answered, when refused. */
 bool tp_pm_expiry_apply(struct tp_req *r, json_t *pm, const json_t *card, bool nested);
+/* An error about an intent's state, the intent (as it stands) in it under
+ * key ("payment_intent", "setup_intent"), as Stripe sends it (a
+ * publishable key's reply is cut to its view by the server). */
+void tp_intent_error(struct tp_req *r, const char *key, const json_t *intent, enum tp_err e, const char *param,
+                     const char *msg);
 #endif

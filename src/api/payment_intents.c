@@ -249,16 +249,22 @@ static bool pm_owner_ok(struct tp_req *r, const json_t *intent, const char *what
   return ok;
 }
 
+void tp_intent_error(struct tp_req *r, const char *key, const json_t *intent, enum tp_err e, const char *param,
+                     const char *msg)
+{
+  const struct tp_error_info *ei = tp_error_info(e);
+  json_t *err = tp_error_object(e, param, msg);
+  json_object_set_new(err, key, json_deep_copy(intent));
+  tp_error_request_log(err, r);
+  tp_reply_json(r, ei ? (unsigned)ei->http_status : 400, tp_pack("{s:o}", "error", err));
+  r->err = (int)e; /* an error of the intent's state (tp_idem_keeps_error) */
+}
+
 /* An error about the PaymentIntent's state: Stripe names the PaymentIntent
  * in it (stripe-node's err.payment_intent), as a decline's 402 does. */
 static void pi_state_error(struct tp_req *r, const json_t *pi, enum tp_err e, const char *param, const char *msg)
 {
-  const struct tp_error_info *ei = tp_error_info(e);
-  json_t *err = tp_error_object(e, param, msg);
-  json_object_set_new(err, "payment_intent", json_deep_copy(pi));
-  tp_error_request_log(err, r);
-  tp_reply_json(r, ei ? (unsigned)ei->http_status : 400, tp_pack("{s:o}", "error", err));
-  r->err = (int)e; /* an error of the PaymentIntent's state (tp_idem_keeps_error) */
+  tp_intent_error(r, "payment_intent", pi, e, param, msg);
 }
 
 static void unexpected_state(struct tp_req *r, const json_t *pi, const char *action)
@@ -805,8 +811,8 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
     const char *cus = json_string_value(json_object_get(pi, "customer"));
     if (!pm_id && cus && default_card_source(r, cus, def))
       pm_id = def;
-    if (!pm_id) {
-      tp_reply_error(r, TP_ERR_PAYMENT_METHOD_MISSING, "payment_method", NULL);
+    if (!pm_id) { /* Stripe's words, the PaymentIntent in the error */
+      pi_state_error(r, pi, TP_ERR_PAYMENT_METHOD_MISSING, "payment_method", NULL);
       goto fail;
     }
     pm = tp_pm_resolve(r, cs, pm_id, &ci);

@@ -142,12 +142,31 @@ static json_t *si_new(void)
 }
 
 
+/* Stripe's words where it has its own, the SetupIntent in the error (as a
+ * PaymentIntent's state errors have theirs: integrations read
+ * error.setup_intent.status to tell a retried setup that succeeded). */
 static void unexpected_state(struct tp_req *r, const json_t *si, const char *action)
 {
-  char msg[256];
-  snprintf(msg, sizeof msg, "You cannot %s this SetupIntent because it has a status of %s.", action,
-           json_string_value(json_object_get(si, "status")));
-  tp_reply_error(r, TP_ERR_SETUP_INTENT_UNEXPECTED_STATE, NULL, msg);
+  char msg[320];
+  const char *st = json_string_value(json_object_get(si, "status"));
+  if (!st)
+    st = "unknown";
+  bool changes_pm = json_object_get(r->params, "payment_method") || json_object_get(r->params, "payment_method_data");
+  if (strcmp(st, "succeeded") == 0 && (strcmp(action, "update") == 0 || changes_pm))
+    snprintf(msg, sizeof msg, "You cannot update this SetupIntent because it has already succeeded.");
+  else if (strcmp(st, "succeeded") == 0 && strcmp(action, "confirm") == 0)
+    snprintf(msg, sizeof msg, "You cannot confirm this SetupIntent because it has already succeeded.");
+  else if (strcmp(st, "canceled") == 0 && strcmp(action, "cancel") == 0)
+    snprintf(msg, sizeof msg, "You cannot cancel this SetupIntent because it is already canceled.");
+  else if (strcmp(action, "cancel") == 0)
+    snprintf(msg, sizeof msg,
+             "You cannot cancel this SetupIntent because it has a status of %s. Only a SetupIntent with one of the "
+             "following statuses may be canceled: `requires_payment_method`, `requires_confirmation`, or "
+             "`requires_action`.",
+             st);
+  else
+    snprintf(msg, sizeof msg, "You cannot %s this SetupIntent because it has a status of %s.", action, st);
+  tp_intent_error(r, "setup_intent", si, TP_ERR_SETUP_INTENT_UNEXPECTED_STATE, NULL, msg);
 }
 
 static bool open_status(const json_t *si)
@@ -498,9 +517,10 @@ static void si_confirm(struct tp_req *r, json_t *si, struct tp_cs *cs, bool crea
     goto fail;
   if (!pm) {
     if (!pm_id) {
-      tp_reply_error(r, TP_ERR_SETUP_INTENT_UNEXPECTED_STATE, "payment_method",
-                     "You cannot confirm this SetupIntent because it's missing a payment method. Update the "
-                     "SetupIntent with a payment method and then confirm it again.");
+      tp_intent_error(r, "setup_intent", si, TP_ERR_SETUP_INTENT_UNEXPECTED_STATE, "payment_method",
+                      "You cannot confirm this SetupIntent because it's missing a payment method. You can either "
+                      "update the SetupIntent with a payment method and then confirm it again, or confirm it again "
+                      "directly with a payment method.");
       goto fail;
     }
     /* A stored PaymentMethod may be saved to the customer below: as attach

@@ -197,6 +197,41 @@ class SetupIntents(DaemonTestCase):
                                            "payment_method": pm2["id"], "off_session": "true", "confirm": "true"})
         self.assertEqual((r.status, r.json["error"]["code"]), (402, "authentication_required"), r)
 
+    def test_state_errors_carry_the_setup_intent_in_stripes_words(self):
+        """Stripe's error has the SetupIntent (error.setup_intent) and its
+        own wording; integrations check a retried setup that succeeded by
+        both (Turnpike gave neither)."""
+        c = self.c()
+        si = c.post(SI, {"payment_method": "pm_card_visa", "confirm": "true"}).json
+        self.assertEqual(si["status"], "succeeded", si)
+        for path, params, msg in (
+                ("/confirm", {}, "You cannot confirm this SetupIntent because it has already succeeded."),
+                ("/confirm", {"payment_method": "pm_card_visa"},
+                 "You cannot update this SetupIntent because it has already succeeded."),
+                ("/cancel", {}, "You cannot cancel this SetupIntent because it has a status of succeeded. Only a "
+                                "SetupIntent with one of the following statuses may be canceled: "
+                                "`requires_payment_method`, `requires_confirmation`, or `requires_action`.")):
+            r = c.post(SI + "/" + si["id"] + path, params)
+            err = self.assertStripeError(r, 400, "invalid_request_error", "setup_intent_unexpected_state")
+            self.assertEqual(err["message"], msg, path)
+            self.assertEqual((err["setup_intent"]["id"], err["setup_intent"]["status"]), (si["id"], "succeeded"))
+        gone = c.post(SI, {}).json
+        self.assertEqual(c.post(SI + "/" + gone["id"] + "/cancel", {}).status, 200)
+        err = self.assertStripeError(c.post(SI + "/" + gone["id"] + "/cancel", {}), 400, "invalid_request_error",
+                                     "setup_intent_unexpected_state")
+        self.assertEqual(err["message"], "You cannot cancel this SetupIntent because it is already canceled.")
+        bare = c.post(SI, {}).json
+        err = self.assertStripeError(c.post(SI + "/" + bare["id"] + "/confirm", {}), 400, "invalid_request_error")
+        self.assertIn("You can either update the SetupIntent with a payment method", err["message"])
+        self.assertEqual(err["setup_intent"]["id"], bare["id"])
+        pi = c.post("/v1/payment_intents", {"amount": 500, "currency": "usd"}).json
+        err = self.assertStripeError(c.post("/v1/payment_intents/%s/confirm" % pi["id"], {}), 400,
+                                     "invalid_request_error", "payment_intent_unexpected_state")
+        self.assertEqual(err["message"], "You cannot confirm this PaymentIntent because it's missing a payment "
+                                         "method. You can either update the PaymentIntent with a payment method and "
+                                         "then confirm it again, or confirm it again directly with a payment method.")
+        self.assertEqual(err["payment_intent"]["amount"], 500)
+
     def test_a_failed_challenge_saves_nothing(self):
         c = self.c()
         cus = self.customer()
