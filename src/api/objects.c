@@ -657,14 +657,36 @@ static json_t *pm_create(struct tp_cs *cs, const struct tp_merchant *m, const st
     json_t *v;
     void *it;
     json_t *bdm = json_deep_copy(billing_details);
+    /* "" unsets (Stripe's emptyable fields): null, as an update and a
+     * customer's creation take it (it was stored as "", and an address
+     * given as "" became the string "") */
     json_object_foreach_safe(bdm, it, k, v)
     {
-      if (strcmp(k, "address") == 0 && json_is_object(v))
-        json_object_update_existing(json_object_get(bd, "address"), v);
-      else if (json_is_string(v))
-        json_object_set(bd, k, v);
+      if (strcmp(k, "address") == 0) {
+        const char *ak;
+        json_t *av;
+        json_t *addr = json_object_get(bd, "address");
+        if (json_is_object(v))
+          json_object_foreach(v, ak, av)
+          {
+            if (json_is_string(av) && json_object_get(addr, ak))
+              json_object_set_new(addr, ak, json_string_length(av) ? json_incref(av) : json_null());
+          }
+      } else if (json_is_string(v))
+        json_object_set_new(bd, k, json_string_length(v) ? json_incref(v) : json_null());
     }
     json_decref(bdm);
+  }
+  /* metadata as an update takes it: a key set to "" is none */
+  json_t *md = json_object();
+  if (json_is_object(metadata)) {
+    const char *mk;
+    json_t *mv;
+    json_object_foreach((json_t *)(uintptr_t)metadata, mk, mv)
+    {
+      if (!json_is_string(mv) || json_string_length(mv))
+        json_object_set(md, mk, mv);
+    }
   }
   json_t *card = tp_pack("{s:s, s:{s:n, s:n, s:s?}, s:s, s:s, s:i, s:i, s:s, s:s, s:n, s:s, s:{s:[s], s:n}, "
                          "s:n, s:{s:b}, s:n}",
@@ -677,8 +699,7 @@ static json_t *pm_create(struct tp_cs *cs, const struct tp_merchant *m, const st
                        "payment_method", "allow_redisplay",
                        allow_redisplay && *allow_redisplay ? allow_redisplay : "unspecified", "billing_details", bd,
                        "card", card, "created", (json_int_t)tp_now(), "customer", "customer_account",
-                       "livemode", 0, "metadata",
-                       json_is_object(metadata) ? json_deep_copy(metadata) : json_object(), "type", "card");
+                       "livemode", 0, "metadata", md, "type", "card");
   if (!pm)
     abort();
   json_decref(token_bd);

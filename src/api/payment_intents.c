@@ -803,6 +803,13 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
   const char *pm_id;
   char def[TP_ID_MAX];
   tp_scopy(r->pm_made_for, sizeof r->pm_made_for, json_string_value(json_object_get(pi, "id")));
+  /* A card to be saved to a customer deleted since: refused as a
+   * SetupIntent's is (it succeeded and saved nothing, no attach event,
+   * nothing to charge off-session later) */
+  const char *sfu = tp_pi_card_option(pi, "setup_future_usage");
+  const char *pcus = json_string_value(json_object_get(pi, "customer"));
+  if (sfu && strcmp(sfu, "none") != 0 && pcus && !tp_live_or_missing(r, TP_K_CUSTOMER, pcus, "customer", "customer"))
+    goto fail;
   if (!tp_redirect_allowed(r, pi) || !tp_confirm_pm_choice(r, cs, pi, &pm, &pm_id, &ci, cvc))
     goto fail;
   if (!pm) {

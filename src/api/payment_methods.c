@@ -30,7 +30,10 @@ static const char *const list_type_choices[] = {
   "fpx", "giropay", "grabpay", "ideal", "interac_present", "kakao_pay", "klarna", "konbini", "kr_card", "link",
   "mobilepay", "multibanco", "naver_pay", "nz_bank_account", "oxxo", "p24", "pay_by_bank", "payco", "paynow",
   "paypal", "pix", "promptpay", "revolut_pay", "samsung_pay", "satispay", "sepa_debit", "sofort", "swish", "twint",
-  "us_bank_account", "wechat_pay", "zip", NULL};
+  "us_bank_account", "wechat_pay", "zip",
+  /* and those of the served version (stripe-node 23's list): a filter
+   * on one answers an empty list, not a 400 */
+  "bizum", "custom", "mb_way", "paypay", "payto", "scalapay", "sequra", "sunbit", "upi", NULL};
 
 static const struct tp_pspec spec_create[] = {
   {"allow_redisplay", TP_P_ENUM, NULL, tp_allow_redisplay},

@@ -430,6 +430,41 @@ class SdkParams(h.DaemonTestCase):
             self.assertEqual(err["tp_code"], 1115)
         self.assertEqual(c.get("/v1/payment_intents/" + pi["id"]).json["customer"], cus1)
 
+    def test_empty_values_unset_at_a_payment_method_s_creation(self):
+        """"" unsets an emptyable field (stripe-node types billing_details'
+        fields Emptyable): it was stored as "", an address given as "" as
+        the string ""; a metadata key set to "" is none."""
+        c = self.c()
+        base = {"type": "card", "card[number]": "4242424242424242", "card[exp_month]": "12",
+                "card[exp_year]": "2034"}
+        pm = c.post("/v1/payment_methods", dict(base, **{
+            "billing_details[name]": "", "billing_details[email]": "", "billing_details[address][line1]": "",
+            "billing_details[address][country]": "", "metadata[a]": "", "metadata[b]": "1"})).json
+        bd = pm["billing_details"]
+        self.assertEqual((bd["name"], bd["email"], bd["address"]["line1"], bd["address"]["country"]),
+                         (None, None, None, None), pm)
+        self.assertEqual(pm["metadata"], {"b": "1"})
+        pm = c.post("/v1/payment_methods", dict(base, **{"billing_details[address]": "",
+                                                          "billing_details[name]": "X"})).json
+        self.assertTrue(isinstance(pm["billing_details"]["address"], dict), pm)
+        self.assertEqual(pm["billing_details"]["name"], "X")
+        # a filter on a type of the served version is an empty list, not a 400
+        for t in ("upi", "payto", "bizum", "custom"):
+            r = c.get("/v1/payment_methods", {"type": t})
+            self.assertEqual((r.status, r.json["data"]), (200, []), (t, r))
+
+    def test_a_card_to_save_for_a_deleted_customer_is_refused(self):
+        """A PaymentIntent with setup_future_usage whose customer was deleted
+        succeeded and saved nothing; refused as a SetupIntent's confirm is."""
+        c = self.c()
+        cus = c.post("/v1/customers", {}).json["id"]
+        pi = c.post("/v1/payment_intents", {"amount": 700, "currency": "usd", "customer": cus,
+                                            "setup_future_usage": "off_session"}).json
+        self.assertEqual(c.delete("/v1/customers/" + cus).status, 200)
+        r = c.post("/v1/payment_intents/%s/confirm" % pi["id"], {"payment_method": "pm_card_visa"})
+        self.assertStripeError(r, 404, "invalid_request_error", "resource_missing", "customer")
+        self.assertEqual(c.get("/v1/payment_intents/" + pi["id"]).json["status"], "requires_payment_method")
+
     def test_allow_redisplay(self):
         c = self.c()
         cus = c.post("/v1/customers", {}).json["id"]
