@@ -808,8 +808,12 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
    * nothing to charge off-session later) */
   const char *sfu = tp_pi_card_option(pi, "setup_future_usage");
   const char *pcus = json_string_value(json_object_get(pi, "customer"));
-  if (sfu && strcmp(sfu, "none") != 0 && pcus && !tp_live_or_missing(r, TP_K_CUSTOMER, pcus, "customer", "customer"))
+  if (sfu && strcmp(sfu, "none") != 0 && pcus && tp_store_live(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, pcus) == 0) {
+    /* (not naming the id: a publishable key's view of the PaymentIntent hides it) */
+    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "customer",
+                   "The customer this payment was to save the card to was deleted.");
     goto fail;
+  }
   if (!tp_redirect_allowed(r, pi) || !tp_confirm_pm_choice(r, cs, pi, &pm, &pm_id, &ci, cvc))
     goto fail;
   if (!pm) {

@@ -278,9 +278,9 @@ static void setup_done(struct tp_req *r, json_t *si, bool approved)
 /* The payment fails at the page (the challenge failed, or its card was
  * spent meanwhile): back to requires_payment_method with the error e, the
  * customer sent back to the merchant. Owns pi; releases its lock. */
-static void fail_payment(struct tp_req *r, json_t *pi, enum tp_err e)
+static void fail_payment_why(struct tp_req *r, json_t *pi, enum tp_err e, const char *param, const char *msg)
 {
-  json_t *err = tp_error_object(e, e == TP_ERR_PAYMENT_METHOD_CONSUMED ? "payment_method" : NULL, NULL);
+  json_t *err = tp_error_object(e, param, msg);
   const char *pm_id = json_string_value(json_object_get(pi, "payment_method"));
   json_t *pm = pm_id ? tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id) : NULL;
   if (pm)
@@ -295,6 +295,11 @@ static void fail_payment(struct tp_req *r, json_t *pi, enum tp_err e)
   tp_emit(cs, r, r->merchant.id, "payment_intent.payment_failed", pi);
   json_decref(pi);
   tp_commit_and_reply_unlock(r, cs, r->path_id);
+}
+
+static void fail_payment(struct tp_req *r, json_t *pi, enum tp_err e)
+{
+  fail_payment_why(r, pi, e, e == TP_ERR_PAYMENT_METHOD_CONSUMED ? "payment_method" : NULL, NULL);
 }
 
 void tp_h_3ds_submit(struct tp_req *r)
@@ -382,6 +387,17 @@ void tp_h_3ds_submit(struct tp_req *r)
     tp_card_wipe(&ci, sizeof ci);
     json_decref(pm);
     fail_payment(r, pi, moved);
+    return;
+  }
+  /* A card to be saved to a customer deleted while the challenge was out:
+   * failed, as a confirmation is refused now (it paid and saved nothing) */
+  const char *sfu = tp_pi_card_option(pi, "setup_future_usage");
+  const char *pcus = json_string_value(json_object_get(pi, "customer"));
+  if (sfu && strcmp(sfu, "none") != 0 && pcus && tp_store_live(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, pcus) == 0) {
+    tp_card_wipe(&ci, sizeof ci);
+    json_decref(pm);
+    fail_payment_why(r, pi, TP_ERR_RESOURCE_MISSING, "customer",
+                     "The customer this payment was to save the card to was deleted.");
     return;
   }
   /* A PaymentMethod attached to no customer pays once (consume_unattached),

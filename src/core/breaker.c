@@ -100,6 +100,12 @@ bool tp_breaker_allow(struct tp_breaker *b, int64_t now_ms)
   return true;
 }
 
+void tp_breaker_release(struct tp_breaker *b, int64_t now_ms)
+{
+  if (tp_breaker_tick(b, now_ms) == TP_BREAKER_HALF_OPEN && b->admitted > b->succeeded)
+    b->admitted--;
+}
+
 void tp_breaker_window(const struct tp_breaker *b, int64_t now_ms, int *calls, int *failures)
 {
   int64_t epoch = now_ms / b->cfg.bucket_ms;

@@ -69,6 +69,9 @@ bool tp_breaker_allow(struct tp_breaker *b, int64_t now_ms);
 /* Would tp_breaker_allow admit a call now (open: no; half-open: a probe
  * slot free)? Takes none. */
 bool tp_breaker_would_allow(struct tp_breaker *b, int64_t now_ms);
+/* Give back the probe slot tp_breaker_allow took for a call that never
+ * went (half-open; otherwise nothing). */
+void tp_breaker_release(struct tp_breaker *b, int64_t now_ms);
 /* A finished call: failure = transport error, timeout, 5xx. Issuer declines
  * are successes here. */
 void tp_breaker_record(struct tp_breaker *b, bool failure, int64_t now_ms);

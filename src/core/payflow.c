@@ -266,10 +266,19 @@ static void drop_objects(struct tp_pay *p)
   p->pi = p->charge = p->refund = p->pm = p->txn = NULL;
 }
 
+/* Give back a probe slot next_step took for a call that will not go. */
+static void admission_drop(struct tp_pay *p)
+{
+  if (p->admitted)
+    tp_proc_release(p->admitted);
+  p->admitted = NULL;
+}
+
 void tp_pay_free(struct tp_pay *p)
 {
   if (!p)
     return;
+  admission_drop(p); /* a planned call that never went (deadline, stop, a failed write-ahead) */
   /* Whatever way a payment ends (a recovery query still unanswered too),
    * the object lock it holds goes with it. */
   if (p->lock_id[0])
@@ -741,8 +750,10 @@ static void send_call(struct tp_pay *p)
   }
   /* A new call asks the breaker first (half-open admits a few probes); a
    * status query about a call already made always goes. */
-  bool admitted = p->admitted;
-  p->admitted = false;
+  bool admitted = p->admitted && p->admitted == pr; /* a slot next_step took for this very call */
+  if (p->admitted && !admitted)
+    admission_drop(p);
+  p->admitted = NULL;
   if (pr && c->kind != TP_PROC_STATUS && !p->fencing && p->orchestrated && !admitted && !tp_proc_allow(pr)) {
     p->not_sent = true;
     snprintf(c->decline_code, sizeof c->decline_code, "processor_circuit_open");
@@ -898,6 +909,17 @@ static void retry_fire(void *arg, bool stopping)
 }
 
 /* The current attempt failed without charging: retry, cascade, or give up. */
+/* Plan a call to q: true when it may go (closed, or a half-open probe slot
+ * taken for it, kept in p->admitted). */
+static bool admission_take(struct tp_pay *p, struct tp_proc *q)
+{
+  bool taken = false;
+  if (q && !tp_proc_reserve(q, &taken))
+    return false;
+  p->admitted = taken ? q : NULL;
+  return true;
+}
+
 static void next_step(struct tp_pay *p, bool transport_error)
 {
   int64_t now = tp_mono_ms();
@@ -905,12 +927,13 @@ static void next_step(struct tp_pay *p, bool transport_error)
   conn_of(p->att.processor, &pr);
   /* Same processor again while it has retries left and its breaker lets a
    * call through; else the next processor in the route whose breaker does.
-   * The breaker's admission is taken here, for the call the timer sends
-   * (p->admitted): a half-open breaker with no probe slot free is passed
-   * over as an open one is. Asked only at send, it refused the retry of a
-   * soft decline after another payment took the slot meanwhile, and the
-   * payment ended 502 in place of the issuer's answer. */
-  p->admitted = false;
+   * A half-open breaker's probe slot is taken here, for the call the timer
+   * sends (p->admitted), and one with none free is passed over as an open
+   * one is: asked only at send, it refused the retry of a soft decline
+   * after another payment took the slot meanwhile, and the payment ended
+   * 502 in place of the issuer's answer. (A closed breaker holds nothing:
+   * the send asks it again, as it may have opened meanwhile.) */
+  admission_drop(p);
   bool same = p->tries < max_retries + 1 && !p->not_sent && (!pr || tp_proc_may_call(pr));
   /* A processor that said when to come back (Retry-After) is not called
    * sooner; one that cannot be called again within the deadline is left
@@ -930,9 +953,8 @@ static void next_step(struct tp_pay *p, bool transport_error)
         final_outcome(p);
       return;
     }
-    if (!pr || tp_proc_allow(pr)) {
+    if (admission_take(p, pr)) {
       tp_metric_inc("turnpike_payment_retries_total", NULL, 1);
-      p->admitted = true;
       /* p->tries counts calls made to route_i; retry_fire increments it. */
       timer_after(delay, retry_fire, p);
       return;
@@ -940,13 +962,14 @@ static void next_step(struct tp_pay *p, bool transport_error)
     /* (its last slot went to another payment just now: the next processor) */
   }
   size_t i = p->route_i + 1;
-  for (; i < p->route.n; i++) {
-    struct tp_proc *q = NULL;
-    conn_of(p->route_names[i], &q);
-    if (!q || tp_proc_allow(q))
-      break;
-  }
-  if (i >= p->route.n || now >= p->deadline_ms) {
+  if (now < p->deadline_ms) /* nothing new past it: no slot is taken for nothing */
+    for (; i < p->route.n; i++) {
+      struct tp_proc *q = NULL;
+      conn_of(p->route_names[i], &q);
+      if (admission_take(p, q))
+        break;
+    }
+  if (now >= p->deadline_ms || i >= p->route.n) {
     if (transport_error)
       exhausted_outcome(p, TP_ERR_PROCESSOR_RETRIES_EXHAUSTED);
     else
@@ -955,7 +978,6 @@ static void next_step(struct tp_pay *p, bool transport_error)
   }
   p->route_i = i;
   p->tries = 0;
-  p->admitted = true;
   tp_metric_inc("turnpike_payment_cascades_total", NULL, 1);
   timer_after(0, retry_fire, p);
 }

@@ -53,7 +53,8 @@ struct tp_pay {
   bool recovering;           /* a recovery status query, no live request */
   bool resolving;            /* the call in flight is a status query for att */
   bool not_sent;             /* the last call never left (breaker, queue) */
-  bool admitted;             /* next_step took the breaker's admission for the next call (send_call asks no more) */
+  struct tp_proc *admitted;  /* next_step took a half-open probe slot of this processor for the next call
+                                (send_call asks no more; given back if the call never goes) */
   bool sent_any;             /* some call of this payment was handed to a connector */
   bool fencing;              /* the call in flight voids att's reference, which the processor never saw */
   int fence_tries;           /* voids sent for att's reference */

@@ -219,6 +219,29 @@ bool tp_proc_may_call(const struct tp_proc *p)
   return breaker_ask(p, false);
 }
 
+bool tp_proc_reserve(struct tp_proc *p, bool *taken)
+{
+  struct tp_proc_state *s = p->st;
+  pthread_mutex_lock(&s->mu);
+  enum tp_breaker_state from = s->br.state;
+  enum tp_breaker_state st = tp_breaker_tick(&s->br, now_ms());
+  /* closed: nothing to hold (send_call asks again: it may open meanwhile) */
+  bool ok = st == TP_BREAKER_CLOSED || (st == TP_BREAKER_HALF_OPEN && tp_breaker_allow(&s->br, now_ms()));
+  *taken = ok && st == TP_BREAKER_HALF_OPEN;
+  enum tp_breaker_state to = s->br.state;
+  pthread_mutex_unlock(&s->mu);
+  breaker_changed(p, from, to);
+  return ok;
+}
+
+void tp_proc_release(struct tp_proc *p)
+{
+  struct tp_proc_state *s = p->st;
+  pthread_mutex_lock(&s->mu);
+  tp_breaker_release(&s->br, now_ms());
+  pthread_mutex_unlock(&s->mu);
+}
+
 enum tp_breaker_state tp_proc_breaker(const struct tp_proc *p)
 {
   struct tp_proc_state *s = p->st;

@@ -43,6 +43,12 @@ int64_t tp_proc_fee(const struct tp_proc *p, const char *currency, int64_t amoun
 bool tp_proc_allow(struct tp_proc *p);
 /* Would tp_proc_allow let a call through now? (Takes no probe slot.) */
 bool tp_proc_may_call(const struct tp_proc *p);
+/* For a call planned now and sent later: closed, true (nothing held: the
+ * send asks tp_proc_allow); half-open, a probe slot taken for it (*taken);
+ * open or no slot, false. */
+bool tp_proc_reserve(struct tp_proc *p, bool *taken);
+/* Give back a slot tp_proc_reserve took for a call that never went. */
+void tp_proc_release(struct tp_proc *p);
 /* The breaker state now (time-driven transitions applied). */
 enum tp_breaker_state tp_proc_breaker(const struct tp_proc *p);
 /* Every finished call: feeds the breaker, rolling success rate, latency

@@ -462,8 +462,23 @@ class SdkParams(h.DaemonTestCase):
                                             "setup_future_usage": "off_session"}).json
         self.assertEqual(c.delete("/v1/customers/" + cus).status, 200)
         r = c.post("/v1/payment_intents/%s/confirm" % pi["id"], {"payment_method": "pm_card_visa"})
-        self.assertStripeError(r, 404, "invalid_request_error", "resource_missing", "customer")
+        err = self.assertStripeError(r, 404, "invalid_request_error", "resource_missing", "customer")
+        self.assertNotIn(cus, err["message"])  # a publishable key's view hides the customer
         self.assertEqual(c.get("/v1/payment_intents/" + pi["id"]).json["status"], "requires_payment_method")
+        # nor is the card paid and left unsaved when the deletion comes during its challenge
+        import urllib.parse
+        cus = c.post("/v1/customers", {}).json["id"]
+        pi = c.post("/v1/payment_intents", {"amount": 700, "currency": "usd", "customer": cus, "confirm": "true",
+                                            "setup_future_usage": "off_session", "return_url": "https://shop.example/r",
+                                            "payment_method": "pm_card_threeDSecure2Required"}).json
+        self.assertEqual(pi["status"], "requires_action", pi)
+        self.assertEqual(c.delete("/v1/customers/" + cus).status, 200)
+        u = urllib.parse.urlsplit(pi["next_action"]["redirect_to_url"]["url"])
+        token = urllib.parse.parse_qs(u.query)["token"][0]
+        c.post(u.path, {"token": token, "result": "approve"}, key=None)
+        got = c.get("/v1/payment_intents/" + pi["id"]).json
+        self.assertEqual((got["status"], got["amount_received"]), ("requires_payment_method", 0), got)
+        self.assertEqual(got["last_payment_error"]["param"], "customer", got)
 
     def test_allow_redisplay(self):
         c = self.c()
