@@ -185,6 +185,9 @@ enum tp_err tp_credential_check(const char *key, const char *merchant);
 bool tp_req_access(struct tp_req *r);
 /* The failed-login block of the client's address: true after replying 429. */
 bool tp_req_login_blocked(struct tp_req *r);
+/* The same for failures counted under their own bucket key (the metrics
+ * token's, apart from API keys'). */
+bool tp_req_login_blocked_as(struct tp_req *r, const char *bucket);
 /* Count a failed authentication (e) toward that block, unless it proves no
  * guess (no credential, a publishable key, a real key or token expired). */
 void tp_req_login_failed(struct tp_req *r, enum tp_err e);

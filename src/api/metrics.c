@@ -138,13 +138,8 @@ void tp_h_metrics(struct tp_req *r)
     char sub[INET6_ADDRSTRLEN + 8], who[64];
     tp_ratelimit_addr_bucket(tp_req_client_addr(r), sub, sizeof sub); /* an IPv6 /64 is one client */
     snprintf(who, sizeof who, "metrics %s", sub);
-    int wait = tp_ratelimit_auth_blocked(who, tp_mono_ms());
-    if (wait) {
-      r->retry_after_s = (unsigned)wait;
-      tp_metric_inc("turnpike_ratelimit_rejected_total", "reason=\"auth_failures\"", 1);
-      tp_reply_error(r, TP_ERR_LOGIN_RATE_LIMITED, NULL, NULL);
+    if (tp_req_login_blocked_as(r, who))
       return;
-    }
     if (!h || strncasecmp(h, "Bearer ", 7) != 0 || strlen(h + 7) != tl || !tp_ct_equal(h + 7, token, tl)) {
       if (h)
         tp_ratelimit_auth_failed(who, tp_mono_ms());

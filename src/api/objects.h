@@ -399,4 +399,10 @@ bool tp_pm_expiry_apply(struct tp_req *r, json_t *pm, const json_t *card, bool n
  * publishable key's reply is cut to its view by the server). */
 void tp_intent_error(struct tp_req *r, const char *key, const json_t *intent, enum tp_err e, const char *param,
                      const char *msg);
+/* Does pi save its card (setup_future_usage) for a customer deleted
+ * since? Such a payment is refused (at confirm, at the 3-D Secure
+ * approval), with this message: not naming the customer, whom a
+ * publishable key's view of the PaymentIntent hides. */
+bool tp_pi_save_target_gone(const struct tp_req *r, const json_t *pi);
+#define TP_PI_SAVE_TARGET_GONE "The customer this payment was to save the card to was deleted."
 #endif

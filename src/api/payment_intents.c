@@ -249,6 +249,13 @@ static bool pm_owner_ok(struct tp_req *r, const json_t *intent, const char *what
   return ok;
 }
 
+bool tp_pi_save_target_gone(const struct tp_req *r, const json_t *pi)
+{
+  const char *sfu = tp_pi_card_option(pi, "setup_future_usage");
+  const char *cus = json_string_value(json_object_get(pi, "customer"));
+  return sfu && strcmp(sfu, "none") != 0 && cus && tp_store_live(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, cus) == 0;
+}
+
 void tp_intent_error(struct tp_req *r, const char *key, const json_t *intent, enum tp_err e, const char *param,
                      const char *msg)
 {
@@ -806,12 +813,8 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
   /* A card to be saved to a customer deleted since: refused as a
    * SetupIntent's is (it succeeded and saved nothing, no attach event,
    * nothing to charge off-session later) */
-  const char *sfu = tp_pi_card_option(pi, "setup_future_usage");
-  const char *pcus = json_string_value(json_object_get(pi, "customer"));
-  if (sfu && strcmp(sfu, "none") != 0 && pcus && tp_store_live(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, pcus) == 0) {
-    /* (not naming the id: a publishable key's view of the PaymentIntent hides it) */
-    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "customer",
-                   "The customer this payment was to save the card to was deleted.");
+  if (tp_pi_save_target_gone(r, pi)) {
+    tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "customer", TP_PI_SAVE_TARGET_GONE);
     goto fail;
   }
   if (!tp_redirect_allowed(r, pi) || !tp_confirm_pm_choice(r, cs, pi, &pm, &pm_id, &ci, cvc))

@@ -183,7 +183,12 @@ static bool access_check(struct tp_req *r, const struct tp_route *rt);
 
 bool tp_req_login_blocked(struct tp_req *r)
 {
-  int wait = tp_ratelimit_auth_blocked(tp_req_client_addr(r), tp_mono_ms());
+  return tp_req_login_blocked_as(r, tp_req_client_addr(r));
+}
+
+bool tp_req_login_blocked_as(struct tp_req *r, const char *bucket)
+{
+  int wait = tp_ratelimit_auth_blocked(bucket, tp_mono_ms());
   if (!wait)
     return false;
   r->retry_after_s = (unsigned)wait;

@@ -391,13 +391,10 @@ void tp_h_3ds_submit(struct tp_req *r)
   }
   /* A card to be saved to a customer deleted while the challenge was out:
    * failed, as a confirmation is refused now (it paid and saved nothing) */
-  const char *sfu = tp_pi_card_option(pi, "setup_future_usage");
-  const char *pcus = json_string_value(json_object_get(pi, "customer"));
-  if (sfu && strcmp(sfu, "none") != 0 && pcus && tp_store_live(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, pcus) == 0) {
+  if (tp_pi_save_target_gone(r, pi)) {
     tp_card_wipe(&ci, sizeof ci);
     json_decref(pm);
-    fail_payment_why(r, pi, TP_ERR_RESOURCE_MISSING, "customer",
-                     "The customer this payment was to save the card to was deleted.");
+    fail_payment_why(r, pi, TP_ERR_RESOURCE_MISSING, "customer", TP_PI_SAVE_TARGET_GONE);
     return;
   }
   /* A PaymentMethod attached to no customer pays once (consume_unattached),

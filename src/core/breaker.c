@@ -191,7 +191,7 @@ void tp_breaker_record_soft(struct tp_breaker *b, int64_t now_ms)
      * 36's review). One card's soft answer says nothing of the processor
      * (it reopened, so one customer's card kept every merchant's breaker
      * open; session 33's): only `probes` of them from distinct cards (the
-     * caller tells repeats apart, tp_breaker_soft_repeat) reopen it, as a
+     * caller tells repeats apart and only gives their slot back, tp_breaker_release) reopen it, as a
      * processor answering 96 to everything does. */
     if (b->admitted > b->succeeded)
       b->admitted--;
@@ -199,12 +199,6 @@ void tp_breaker_record_soft(struct tp_breaker *b, int64_t now_ms)
       enter(b, TP_BREAKER_OPEN, now_ms);
     return;
   }
-}
-
-void tp_breaker_soft_repeat(struct tp_breaker *b, int64_t now_ms)
-{
-  if (tp_breaker_tick(b, now_ms) == TP_BREAKER_HALF_OPEN && b->admitted > b->succeeded)
-    b->admitted--; /* its slot back; a card already counted counts no more */
 }
 
 static bool health_hold_over(const struct tp_breaker *b, int64_t now_ms)

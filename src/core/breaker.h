@@ -69,8 +69,9 @@ bool tp_breaker_allow(struct tp_breaker *b, int64_t now_ms);
 /* Would tp_breaker_allow admit a call now (open: no; half-open: a probe
  * slot free)? Takes none. */
 bool tp_breaker_would_allow(struct tp_breaker *b, int64_t now_ms);
-/* Give back the probe slot tp_breaker_allow took for a call that never
- * went (half-open; otherwise nothing). */
+/* Give back the probe slot tp_breaker_allow took (half-open; otherwise
+ * nothing): for a call that never went, or one whose answer says nothing
+ * of the processor (a card's repeated soft decline). */
 void tp_breaker_release(struct tp_breaker *b, int64_t now_ms);
 /* A finished call: failure = transport error, timeout, 5xx. Issuer declines
  * are successes here. */
@@ -80,11 +81,8 @@ void tp_breaker_record(struct tp_breaker *b, bool failure, int64_t now_ms);
  * toward nor clears `consecutive` (one customer retrying one card must not
  * open the breaker for everyone); half-open, it passes no probe and gives
  * its probe slot back, and `probes` of them (from distinct cards: the
- * caller sends a card's repeats to tp_breaker_soft_repeat) reopen it. */
+ * caller gives a card's repeats their slot back only, tp_breaker_release) reopen it. */
 void tp_breaker_record_soft(struct tp_breaker *b, int64_t now_ms);
-/* A soft decline of a card already counted: half-open, its probe slot is
- * given back and nothing else; otherwise nothing. */
-void tp_breaker_soft_repeat(struct tp_breaker *b, int64_t now_ms);
 /* Was a call sent at sent_ms (ms, the breaker's clock) sent before the
  * breaker went half-open, so that its answer is no probe's? Such answers
  * say how the processor was, not how it is: counted as probes, two slow

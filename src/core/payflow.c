@@ -908,7 +908,6 @@ static void retry_fire(void *arg, bool stopping)
   }
 }
 
-/* The current attempt failed without charging: retry, cascade, or give up. */
 /* Plan a call to q: true when it may go (closed, or a half-open probe slot
  * taken for it, kept in p->admitted). */
 static bool admission_take(struct tp_pay *p, struct tp_proc *q)
@@ -920,6 +919,7 @@ static bool admission_take(struct tp_pay *p, struct tp_proc *q)
   return true;
 }
 
+/* The current attempt failed without charging: retry, cascade, or give up. */
 static void next_step(struct tp_pay *p, bool transport_error)
 {
   int64_t now = tp_mono_ms();
@@ -1230,8 +1230,8 @@ static void call_done(struct tp_proc_call *c)
       /* a call without the card (capture, refund, void) is keyed by the
        * authorization it names: one PaymentIntent's repeated captures count
        * once, as one card's repeats do (each counted as a new card) */
-      tp_proc_record_call(pr, p->brand, p->att.currency, c->outcome, c->decline_code, transient, lat,
-                          card_key(c->pan[0] ? c->pan : c->orig_ref[0] ? c->orig_ref : c->ref), p->orchestrated);
+      tp_proc_record(pr, p->brand, p->att.currency, c->outcome, c->decline_code, transient, lat,
+                     card_key(c->pan[0] ? c->pan : c->orig_ref[0] ? c->orig_ref : c->ref), p->orchestrated);
     /* The bandit learns issuer answers only; a processor's own failures
      * (processing_error, transport) are the breaker's business. */
     if (c->kind == TP_PROC_AUTHORIZE &&

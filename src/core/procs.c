@@ -294,13 +294,7 @@ static bool soft_card_seen(struct tp_proc_state *s, uint64_t card, int64_t now)
 }
 
 void tp_proc_record(struct tp_proc *p, const char *brand, const char *currency, enum tp_proc_outcome o,
-                    const char *decline_code, bool transient, int64_t latency_us, uint64_t card)
-{
-  tp_proc_record_call(p, brand, currency, o, decline_code, transient, latency_us, card, true);
-}
-
-void tp_proc_record_call(struct tp_proc *p, const char *brand, const char *currency, enum tp_proc_outcome o,
-                         const char *decline_code, bool transient, int64_t latency_us, uint64_t card, bool probe)
+                    const char *decline_code, bool transient, int64_t latency_us, uint64_t card, bool probe)
 {
   struct tp_proc_state *s = p->st;
   /* A soft decline from a networked processor (ISO 96/91, processing_error)
@@ -327,7 +321,7 @@ void tp_proc_record_call(struct tp_proc *p, const char *brand, const char *curre
     if (!card || !soft_card_seen(s, card, now))
       tp_breaker_record_soft(&s->br, now);
     else
-      tp_breaker_soft_repeat(&s->br, now);
+      tp_breaker_release(&s->br, now);
   } else
     tp_breaker_record(&s->br, error, now);
   enum tp_breaker_state to = s->br.state;

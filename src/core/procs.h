@@ -57,14 +57,12 @@ enum tp_breaker_state tp_proc_breaker(const struct tp_proc *p);
  * transient is set (issuer declines such as insufficient_funds are not).
  * card: a key of the card (0 unknown); a card's soft decline counts toward
  * the failure rate once per TP_PROC_SOFT_CARD_MS, so one card retried
- * cannot open the breaker for every merchant. */
+ * cannot open the breaker for every merchant.
+ * probe: the call was admitted by tp_proc_allow (an authorization; a
+ * capture, refund or void is not, and in half-open its soft decline neither
+ * frees a probe slot nor counts toward reopening). */
 void tp_proc_record(struct tp_proc *p, const char *brand, const char *currency, enum tp_proc_outcome o,
-                    const char *decline_code, bool transient, int64_t latency_us, uint64_t card);
-/* The same, saying whether the call was admitted by tp_proc_allow (an
- * authorization; a capture, refund or void is not, and in half-open its
- * soft decline neither frees a probe slot nor counts toward reopening). */
-void tp_proc_record_call(struct tp_proc *p, const char *brand, const char *currency, enum tp_proc_outcome o,
-                         const char *decline_code, bool transient, int64_t latency_us, uint64_t card, bool probe);
+                    const char *decline_code, bool transient, int64_t latency_us, uint64_t card, bool probe);
 /* Latency percentile (50, 90, 99) over the last calls, microseconds; 0 with no data. */
 int64_t tp_proc_latency_us(const struct tp_proc *p, int percentile);
 /* Approved share of the last calls (a rate, not money); 1.0 with no data. */

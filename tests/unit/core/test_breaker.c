@@ -96,7 +96,7 @@ static void test_soft_declines_count_for_the_rate_not_the_run(void **state)
    * for open_ms); repeats of one card give the slot back and count no more */
   for (int i = 0; i < 5; i++) {
     assert_true(tp_breaker_allow(&b, 2002));
-    tp_breaker_soft_repeat(&b, 2002);
+    tp_breaker_release(&b, 2002);
   }
   assert_int_equal(b.state, TP_BREAKER_HALF_OPEN);
   for (int i = 0; i < 3; i++)
@@ -274,7 +274,7 @@ static void test_would_allow_takes_no_slot(void **state)
   }
   assert_false(tp_breaker_would_allow(&b, 1002)); /* a retry would be refused at send: passed over */
   assert_int_equal(b.admitted, 3);
-  tp_breaker_soft_repeat(&b, 1003);
+  tp_breaker_release(&b, 1003);
   assert_true(tp_breaker_would_allow(&b, 1003));
   assert_int_equal(b.admitted, 2);
 }
@@ -489,23 +489,23 @@ static void test_registry_breaker_record_and_stats(void **state)
   struct tp_proc *r = tp_proc_find("r");
   /* issuer declines are not failures */
   for (int i = 0; i < 10; i++)
-    tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "insufficient_funds", false, 1000 * (i + 1), 0);
+    tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "insufficient_funds", false, 1000 * (i + 1), 0, true);
   assert_int_equal(tp_proc_breaker(r), TP_BREAKER_CLOSED);
   assert_int_equal(tp_proc_latency_us(r, 50), 5000);
   assert_int_equal(tp_proc_latency_us(r, 90), 9000);
   assert_int_equal(tp_proc_latency_us(r, 99), 10000);
-  tp_proc_record(r, "visa", "usd", TP_OUT_APPROVED, "", false, 500, 0);
-  tp_proc_record(r, "visa", "usd", TP_OUT_APPROVED, "", false, 500, 0);
+  tp_proc_record(r, "visa", "usd", TP_OUT_APPROVED, "", false, 500, 0, true);
+  tp_proc_record(r, "visa", "usd", TP_OUT_APPROVED, "", false, 500, 0, true);
   /* soft declines count as failures but not toward breaker_consecutive */
-  tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500, 101);
-  tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500, 102);
-  tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500, 103);
+  tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500, 101, true);
+  tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500, 102, true);
+  tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500, 103, true);
   assert_int_equal(tp_proc_breaker(r), TP_BREAKER_CLOSED);
-  tp_proc_record(r, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 500, 0);
-  tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500, 104);
-  tp_proc_record(r, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 500, 0);
+  tp_proc_record(r, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 500, 0, true);
+  tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500, 104, true);
+  tp_proc_record(r, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 500, 0, true);
   assert_true(tp_proc_allow(r));
-  tp_proc_record(r, "visa", "usd", TP_OUT_ERROR, "processor_http_5xx", true, 500, 0);
+  tp_proc_record(r, "visa", "usd", TP_OUT_ERROR, "processor_http_5xx", true, 500, 0, true);
   assert_int_equal(tp_proc_breaker(r), TP_BREAKER_OPEN);
   assert_false(tp_proc_allow(r));
   assert_false(tp_procs_any_usable());
@@ -525,11 +525,11 @@ static void test_registry_breaker_record_and_stats(void **state)
   /* a capture's soft decline (not a probe) frees no probe slot and reopens
    * nothing, however often one payment's capture is repeated */
   for (int i = 0; i < 5; i++)
-    tp_proc_record_call(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500, 777, false);
+    tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500, 777, false);
   assert_int_equal(tp_proc_breaker(r), TP_BREAKER_HALF_OPEN);
   assert_false(tp_proc_may_call(r));
   assert_false(tp_proc_allow(r));
-  tp_proc_record(r, "visa", "usd", TP_OUT_APPROVED, "", false, 500, 0);
+  tp_proc_record(r, "visa", "usd", TP_OUT_APPROVED, "", false, 500, 0, true);
   assert_int_equal(tp_proc_breaker(r), TP_BREAKER_CLOSED);
   assert_true(tp_procs_any_usable());
 }
