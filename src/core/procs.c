@@ -137,11 +137,21 @@ void tp_procs_on_breaker(void (*fn)(struct tp_proc *p, enum tp_breaker_state fro
   ncallbacks++;
 }
 
-/* A breaker changed state: log, gauge, callbacks. Outside the lock. */
-static void breaker_changed(struct tp_proc *p, enum tp_breaker_state from, enum tp_breaker_state to)
+/* A breaker's state and count of openings, taken under the lock before and
+ * after a call's accounting. */
+struct br_mark {
+  enum tp_breaker_state state;
+  uint64_t opens;
+};
+
+static struct br_mark br_mark(const struct tp_breaker *b)
 {
-  if (from == to)
-    return;
+  return (struct br_mark){b->state, b->opens};
+}
+
+/* One transition: log, gauge, callbacks. Outside the lock. */
+static void breaker_moved(struct tp_proc *p, enum tp_breaker_state from, enum tp_breaker_state to)
+{
   tp_log(to == TP_BREAKER_OPEN ? TP_LOG_WARN : TP_LOG_INFO, "processor_breaker", "{s:s, s:s, s:s}", "processor",
          p->name, "from", tp_breaker_state_name(from), "to", tp_breaker_state_name(to));
   tp_metric_set("turnpike_processor_breaker_state", p->st->labels, (int64_t)to);
@@ -150,6 +160,23 @@ static void breaker_changed(struct tp_proc *p, enum tp_breaker_state from, enum 
   tp_alert_scope_down(p->name, to == TP_BREAKER_OPEN);
   for (int i = 0; i < ncallbacks; i++)
     callbacks[i].fn(p, from, to, callbacks[i].arg);
+}
+
+/* A breaker changed state between two marks. Open at both ends with an
+ * opening between means its open period ended inside the call (half-open)
+ * and the call's failure opened it again: two transitions, so the log and
+ * turnpike_processor_breaker_opens_total agree with the API's
+ * breaker_opens. */
+static void breaker_changed(struct tp_proc *p, struct br_mark a, struct br_mark b)
+{
+  if (a.state == b.state && a.opens == b.opens)
+    return;
+  if (a.state == b.state) {
+    breaker_moved(p, a.state, TP_BREAKER_HALF_OPEN);
+    breaker_moved(p, TP_BREAKER_HALF_OPEN, b.state);
+    return;
+  }
+  breaker_moved(p, a.state, b.state);
 }
 
 /* ---- queries ------------------------------------------------------------ */
@@ -200,9 +227,9 @@ static bool breaker_ask(const struct tp_proc *p, bool take)
 {
   struct tp_proc_state *s = p->st;
   pthread_mutex_lock(&s->mu);
-  enum tp_breaker_state from = s->br.state;
+  struct br_mark from = br_mark(&s->br);
   bool ok = take ? tp_breaker_allow(&s->br, now_ms()) : tp_breaker_would_allow(&s->br, now_ms());
-  enum tp_breaker_state to = s->br.state;
+  struct br_mark to = br_mark(&s->br);
   pthread_mutex_unlock(&s->mu);
   /* The callbacks get a mutable processor: it is ours (the registry). */
   breaker_changed(&procs[p - procs], from, to);
@@ -223,12 +250,12 @@ bool tp_proc_reserve(struct tp_proc *p, bool *taken)
 {
   struct tp_proc_state *s = p->st;
   pthread_mutex_lock(&s->mu);
-  enum tp_breaker_state from = s->br.state;
+  struct br_mark from = br_mark(&s->br);
   enum tp_breaker_state st = tp_breaker_tick(&s->br, now_ms());
   /* closed: nothing to hold (send_call asks again: it may open meanwhile) */
   bool ok = st == TP_BREAKER_CLOSED || (st == TP_BREAKER_HALF_OPEN && tp_breaker_allow(&s->br, now_ms()));
   *taken = ok && st == TP_BREAKER_HALF_OPEN;
-  enum tp_breaker_state to = s->br.state;
+  struct br_mark to = br_mark(&s->br);
   pthread_mutex_unlock(&s->mu);
   breaker_changed(p, from, to);
   return ok;
@@ -246,12 +273,13 @@ enum tp_breaker_state tp_proc_breaker(const struct tp_proc *p)
 {
   struct tp_proc_state *s = p->st;
   pthread_mutex_lock(&s->mu);
-  enum tp_breaker_state from = s->br.state;
-  enum tp_breaker_state to = tp_breaker_tick(&s->br, now_ms());
+  struct br_mark from = br_mark(&s->br);
+  tp_breaker_tick(&s->br, now_ms());
+  struct br_mark to = br_mark(&s->br);
   pthread_mutex_unlock(&s->mu);
   /* The callbacks get a mutable processor: it is ours (the registry). */
   breaker_changed(&procs[p - procs], from, to);
-  return to;
+  return to.state;
 }
 
 static const char *outcome_name(enum tp_proc_outcome o)
@@ -308,7 +336,7 @@ void tp_proc_record(struct tp_proc *p, const char *brand, const char *currency, 
   if (latency_us < 0)
     latency_us = 0;
   pthread_mutex_lock(&s->mu);
-  enum tp_breaker_state from = s->br.state;
+  struct br_mark from = br_mark(&s->br);
   int64_t now = now_ms();
   if (tp_breaker_before_probes(&s->br, now - latency_us / 1000, now)) {
     /* sent before the half-open began: no probe, and says nothing of now */
@@ -324,7 +352,7 @@ void tp_proc_record(struct tp_proc *p, const char *brand, const char *currency, 
       tp_breaker_release(&s->br, now);
   } else
     tp_breaker_record(&s->br, error, now);
-  enum tp_breaker_state to = s->br.state;
+  struct br_mark to = br_mark(&s->br);
   s->calls++;
   s->failures += failure;
   s->approved += o == TP_OUT_APPROVED;
@@ -507,9 +535,9 @@ void tp_proc_health(struct tp_proc *p, bool ok)
   pthread_mutex_lock(&s->mu);
   enum proc_health was = s->health;
   s->health = ok ? HEALTH_UP : HEALTH_DOWN;
-  enum tp_breaker_state from = s->br.state;
+  struct br_mark from = br_mark(&s->br);
   tp_breaker_health(&s->br, ok, now_ms());
-  enum tp_breaker_state to = s->br.state;
+  struct br_mark to = br_mark(&s->br);
   pthread_mutex_unlock(&s->mu);
   if (was != s->health) {
     tp_log(ok ? TP_LOG_INFO : TP_LOG_WARN, "processor_health", "{s:s, s:s}", "processor", p->name, "health",

@@ -565,6 +565,48 @@ static void test_breaker_callback_and_health(void **state)
   json_decref(js);
 }
 
+/* The open period ends and a call fails before anything looked at the
+ * breaker: half-open and open again inside one call's accounting. Both
+ * transitions are reported (the log and opens_total counted none). */
+static int reopen_seen[3][3];
+static void on_reopen(struct tp_proc *p, enum tp_breaker_state from, enum tp_breaker_state to, void *arg)
+{
+  (void)arg;
+  if (strcmp(p->name, "q") == 0)
+    reopen_seen[from][to]++;
+}
+
+static void test_reopen_inside_one_call_reports_both_transitions(void **state)
+{
+  (void)state;
+  tp_config_reset();
+  put("processor.q", "type", "restjson");
+  put("processor.q", "endpoint", "http://127.0.0.1:9");
+  put("processor.q", "breaker_consecutive", "1");
+  put("processor.q", "breaker_open_ms", "200");
+  fake_now = 9000;
+  tp_procs_set_clock(fake_clock);
+  assert_int_equal(tp_procs_configure(), 0);
+  memset(transitions, 0, sizeof reopen_seen);
+  tp_procs_on_breaker(on_reopen, NULL); /* callbacks stay registered: its own counts */
+  struct tp_proc *q = tp_proc_find("q");
+  tp_proc_record(q, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 0, 0, true);
+  assert_int_equal(reopen_seen[TP_BREAKER_CLOSED][TP_BREAKER_OPEN], 1);
+  fake_now += 200;
+  tp_proc_record(q, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 0, 0, true);
+  assert_int_equal(reopen_seen[TP_BREAKER_OPEN][TP_BREAKER_HALF_OPEN], 1);
+  assert_int_equal(reopen_seen[TP_BREAKER_HALF_OPEN][TP_BREAKER_OPEN], 1);
+  json_t *js = tp_proc_json(q);
+  assert_string_equal(json_string_value(json_object_get(js, "breaker")), "open");
+  assert_int_equal(json_integer_value(json_object_get(js, "breaker_opens")), 2);
+  json_decref(js);
+  /* the same through a health check failing the moment the period ends */
+  fake_now += 200;
+  tp_proc_health(q, false);
+  assert_int_equal(reopen_seen[TP_BREAKER_OPEN][TP_BREAKER_HALF_OPEN], 2);
+  assert_int_equal(reopen_seen[TP_BREAKER_HALF_OPEN][TP_BREAKER_OPEN], 2);
+}
+
 static void expect_config_error(const char *key, const char *value)
 {
   tp_config_reset();
@@ -656,6 +698,7 @@ int main(void)
     cmocka_unit_test_teardown(test_brands_and_currencies_filter, teardown_registry),
     cmocka_unit_test_teardown(test_registry_breaker_record_and_stats, teardown_registry),
     cmocka_unit_test_teardown(test_breaker_callback_and_health, teardown_registry),
+    cmocka_unit_test_teardown(test_reopen_inside_one_call_reports_both_transitions, teardown_registry),
     cmocka_unit_test_teardown(test_config_errors, teardown_registry),
     cmocka_unit_test_teardown(test_duplicate_names_rejected, teardown_registry),
   };
