@@ -348,6 +348,20 @@ static void merge_under(json_t *body, const json_t *query)
   }
 }
 
+/* Per connection (libmicrohttpd's socket context). */
+struct conn_ctx {
+  const char *uri;
+  /* A query string with a bad %-escape: the form parser's error over it,
+   * taken before libmicrohttpd decodes it in place (the pair it names). */
+  struct tp_params_error qerr;
+};
+
+static struct conn_ctx *conn_ctx_of(struct MHD_Connection *conn)
+{
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  return ci ? ci->socket_context : NULL;
+}
+
 /* Parse the query (GET, DELETE) or the body (POST, DELETE with one) into
  * r->params. On a POST of the API (authenticated routes) the query string
  * counts too, as on Stripe: `POST /v1/refunds?amount=100` refunds 100, and
@@ -360,7 +374,11 @@ static bool parse_params(struct tp_req *r, bool api)
   struct tp_params_error pe;
   memset(&pe, 0, sizeof pe);
   if (r->bad_query) {
-    snprintf(pe.message, sizeof pe.message, "Invalid percent-encoding in the query string");
+    const struct conn_ctx *cc = conn_ctx_of(r->conn);
+    if (cc && cc->qerr.message[0])
+      pe = cc->qerr;
+    else
+      snprintf(pe.message, sizeof pe.message, "Invalid percent-encoding in the query string");
     tp_reply_params_error(r, &pe, false);
     return false;
   }
@@ -1151,16 +1169,6 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
 
 /* Per connection (libmicrohttpd's socket context): where the request
  * line of the request being read sits in the connection's buffer. */
-struct conn_ctx {
-  const char *uri;
-};
-
-static struct conn_ctx *conn_ctx_of(struct MHD_Connection *conn)
-{
-  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-  return ci ? ci->socket_context : NULL;
-}
-
 /* The highest end of a field's key or value: with the request line's start
  * (conn_ctx.uri), the bytes the request's section really takes in the
  * buffer, whitespace libmicrohttpd skipped and a query's %XX it decoded in
@@ -1525,6 +1533,24 @@ static bool query_bad_escape(const char *uri)
   return false;
 }
 
+/* What the form parser says of the raw query string (the same message,
+ * code and param as a bad escape in a body). */
+static void query_error(const char *uri, struct tp_params_error *pe)
+{
+  memset(pe, 0, sizeof *pe);
+  const char *q = strchr(uri, '?');
+  if (!q)
+    return;
+  q++;
+  size_t n = strcspn(q, "#");
+  json_t *params = tp_params_parse_form(q, n, pe);
+  if (params) { /* not expected: the escape is there */
+    tp_params_wipe(params);
+    json_decref(params);
+    memset(pe, 0, sizeof *pe);
+  }
+}
+
 static bool encodes_delimiter(const char *uri)
 {
   for (const char *p = uri; *p && *p != '?' && *p != '#'; p++)
@@ -1582,7 +1608,15 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
   size_t len = strnlen(uri, TP_HTTP_URI_MAX + 1), args = query_args(uri);
   bool too_long = len > TP_HTTP_URI_MAX;
   if (!too_long && args <= TP_HTTP_MAX_QUERY_ARGS && len + args * TP_HTTP_QUERY_ARG_COST <= TP_HTTP_URI_MAX)
-    return encodes_delimiter(uri) ? &encoded_delimiter : query_bad_escape(uri) ? &bad_query_escape : NULL;
+  {
+    if (encodes_delimiter(uri))
+      return &encoded_delimiter;
+    if (!query_bad_escape(uri))
+      return NULL;
+    if (cc)
+      query_error(uri, &cc->qerr);
+    return &bad_query_escape;
+  }
   char rnd[15], rid[24];
   tp_random_b62(rnd, 14);
   snprintf(rid, sizeof rid, "req_%s", rnd);

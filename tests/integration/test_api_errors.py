@@ -119,7 +119,9 @@ class ApiErrorsTest(DaemonTestCase):
         passes it through), where the body refuses it."""
         import http.client
         key = self.daemon.merchants["bad"]["secret_key"]
-        for target in ("/v1/payment_intents?limit=1%zz", "/v1/payment_intents?limit=%2", "/v1/customers?email=a%"):
+        # as the body says it: the code and the parameter named
+        for target, param in (("/v1/payment_intents?limit=1%zz", "limit"), ("/v1/payment_intents?limit=%2", "limit"),
+                              ("/v1/customers?limit=3&email=a%", "email"), ("/v1/customers?em%zzail=a", None)):
             conn = http.client.HTTPConnection(self.daemon.host, self.daemon.port, timeout=10)
             conn.request("GET", target, headers={"Authorization": "Bearer " + key})
             resp = conn.getresponse()
@@ -127,6 +129,9 @@ class ApiErrorsTest(DaemonTestCase):
             conn.close()
             self.assertEqual((resp.status, body["error"]["type"]), (400, "invalid_request_error"), (target, body))
             self.assertIn("percent-encoding", body["error"]["message"])
+            self.assertEqual(body["error"].get("param"), param, (target, body))
+            if param:
+                self.assertEqual(body["error"].get("code"), "parameter_invalid_string", (target, body))
         self.assertEqual(self.c("bad").get("/v1/customers", {"email": "a%b@example.com"}).status, 200)
 
     def test_an_amount_over_the_maximum_names_it_as_stripe_does(self):
