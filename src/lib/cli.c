@@ -46,9 +46,11 @@ int tp_cli_hostport(const char *s, char *host, size_t hl, uint16_t *port)
   }
   if (n >= hl || memchr(h, '[', n) || memchr(h, ']', n))
     return -1;
-  char *end;
-  long p = strtol(colon + 1, &end, 10);
-  if (*end || p < 0 || p > 65535 || colon[1] == '-' || colon[1] == '+')
+  /* digits only: strtol took "127.0.0.1: 80" (leading space) for port 80 */
+  if (strspn(colon + 1, "0123456789") != strlen(colon + 1) || strlen(colon + 1) > 5)
+    return -1;
+  long p = strtol(colon + 1, NULL, 10);
+  if (p > 65535)
     return -1;
   memcpy(host, h, n);
   host[n] = '\0';

@@ -306,7 +306,8 @@ static void test_hostport_parses_ipv4_ipv6_and_rejects_the_rest(void **state)
   assert_string_equal(h, "fe80::1:2");
   assert_int_equal(p, 65535);
   const char *bad[] = {"::1:80", "[::1]", "[::1]80", "[]:80", "host:", ":80", "host:65536", "host:-1", "host:+1",
-                       "host:8x", "[::1:80", "a]:80", "noport"};
+                       "host:8x", "[::1:80", "a]:80", "noport", "127.0.0.1: 80", "host:80 ", "host:\t80",
+                       "host:\n80", "host:0x50", "host:123456"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
     assert_int_equal(tp_cli_hostport(bad[i], h, sizeof h, &p), -1);
   assert_int_equal(tp_cli_hostport("0123456789012345678901234567890123456789:1", h, 16, &p), -1);
