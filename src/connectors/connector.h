@@ -97,6 +97,10 @@ int tp_restjson_start(struct tp_connector *out, const char *name, const char *ba
  * settings are read from [processor.NAME]). */
 int tp_iso8583_start(struct tp_connector *out, const char *name, const char *host, int port, int timeout_ms,
                      const char *terminal_id, const char *merchant_id);
+/* Where ISO 8583 links keep each terminal's STAN mark (the data
+ * directory), so that a restart does not reuse the STANs sent before it;
+ * before tp_iso8583_start. NULL or "": none (a start from the clock). */
+void tp_iso8583_state_dir(const char *dir);
 struct json_t;
 /* Link state of an ISO 8583 connector (link, signed_on, in_flight,
  * reversals_pending, last_echo_ms ...) added to out; no-op for other types. */

@@ -47,10 +47,85 @@ struct stan_seq {
   struct stan_seq *next;
   char tid[9];
   int refs;
-  _Atomic uint32_t n;
+  _Atomic uint64_t n;
+  /* Counter values below hw are on disk (stan_dir): a restart starts at
+   * hw, past every STAN this process could have sent. */
+  _Atomic uint64_t hw;
+  pthread_mutex_t hw_mu;
 };
 static pthread_mutex_t seqs_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct stan_seq *seqs;
+static char stan_dir[1024]; /* the data directory; "" (tests): no file */
+#define STAN_BLOCK 20000    /* STANs taken on disk at a time */
+
+void tp_iso8583_state_dir(const char *dir)
+{
+  tp_scopy(stan_dir, sizeof stan_dir, dir ? dir : "");
+}
+
+/* DIR/iso-stan-HEX(terminal id): the counter a restart starts from. */
+static void stan_path(const struct stan_seq *s, char *out, size_t cap)
+{
+  char hex[2 * sizeof s->tid + 1] = "";
+  for (size_t i = 0; s->tid[i] && i < sizeof s->tid; i++)
+    snprintf(hex + 2 * i, 3, "%02x", (unsigned char)s->tid[i]);
+  snprintf(out, cap, "%s/iso-stan-%s", stan_dir, hex);
+}
+
+static bool stan_load(const struct stan_seq *s, uint64_t *v)
+{
+  char path[1200], buf[32];
+  stan_path(s, path, sizeof path);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return false;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0)
+    return false;
+  buf[n] = '\0';
+  char *end;
+  errno = 0;
+  unsigned long long x = strtoull(buf, &end, 10);
+  if (errno || end == buf || (*end && *end != '\n'))
+    return false;
+  *v = x;
+  return true;
+}
+
+/* Write hw durably (a temporary file, fsync, rename, the directory). */
+static int stan_store(const struct stan_seq *s, uint64_t hw)
+{
+  char path[1200], tmp[1210], buf[32];
+  stan_path(s, path, sizeof path);
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  int len = snprintf(buf, sizeof buf, "%llu\n", (unsigned long long)hw);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return -1;
+  bool ok = write(fd, buf, (size_t)len) == len && fsync(fd) == 0;
+  ok = close(fd) == 0 && ok;
+  ok = ok && rename(tmp, path) == 0 && tp_fsync_dir_of(path) == 0;
+  if (!ok)
+    unlink(tmp);
+  return ok ? 0 : -1;
+}
+
+/* Move the mark on disk past counter value v before v is used. */
+static void stan_reach(struct stan_seq *s, uint64_t v)
+{
+  if (!stan_dir[0] || v < atomic_load(&s->hw))
+    return;
+  pthread_mutex_lock(&s->hw_mu);
+  uint64_t hw = atomic_load(&s->hw);
+  if (v >= hw) {
+    uint64_t next = v + STAN_BLOCK;
+    if (stan_store(s, next) != 0)
+      tp_log(TP_LOG_ERROR, "iso_stan_mark_failed", "{s:s, s:s}", "terminal_id", s->tid, "error", strerror(errno));
+    atomic_store(&s->hw, next); /* a failed write is logged, not retried per STAN */
+  }
+  pthread_mutex_unlock(&s->hw_mu);
+}
 
 static struct stan_seq *seq_get(const char *tid)
 {
@@ -61,10 +136,17 @@ static struct stan_seq *seq_get(const char *tid)
   if (!s && (s = calloc(1, sizeof *s)) != NULL) {
     tp_scopy(s->tid, sizeof s->tid, tid);
     /* Not 1 at every start: a host that tells duplicates by terminal, STAN
-     * and date would refuse the first messages after a restart. Eleven
-     * STANs a second from midnight (UTC) stay ahead of what a terminal
-     * that sent fewer than that already used today. */
-    atomic_init(&s->n, (uint32_t)((time(NULL) % 86400) * 11 % ISO_STAN_MAX));
+     * and date would refuse the first messages after a restart. From the
+     * mark on disk, past every STAN the last process could have sent (it
+     * is moved STAN_BLOCK ahead before a STAN past it is used); without
+     * one (a new data directory, the tests), eleven STANs a second from
+     * midnight UTC. */
+    uint64_t start = 0;
+    if (!stan_dir[0] || !stan_load(s, &start))
+      start = (uint64_t)(time(NULL) % 86400) * 11 % ISO_STAN_MAX;
+    atomic_init(&s->n, start);
+    atomic_init(&s->hw, start);
+    pthread_mutex_init(&s->hw_mu, NULL);
     s->next = seqs;
     seqs = s;
   }
@@ -82,6 +164,7 @@ static void seq_put(struct stan_seq *s)
     while (*pp != s)
       pp = &(*pp)->next;
     *pp = s->next;
+    pthread_mutex_destroy(&s->hw_mu);
     free(s);
   }
   pthread_mutex_unlock(&seqs_mu);
@@ -90,7 +173,9 @@ static void seq_put(struct stan_seq *s)
 /* The terminal's next STAN, 1..999999, wrapping. */
 static uint32_t seq_next(struct stan_seq *s)
 {
-  return atomic_fetch_add_explicit(&s->n, 1, memory_order_relaxed) % ISO_STAN_MAX + 1;
+  uint64_t v = atomic_fetch_add_explicit(&s->n, 1, memory_order_relaxed);
+  stan_reach(s, v);
+  return (uint32_t)(v % ISO_STAN_MAX + 1);
 }
 
 /* What a pending message is. */

@@ -30,6 +30,7 @@ static void enter(struct tp_breaker *b, enum tp_breaker_state s, int64_t now_ms)
   if (s == TP_BREAKER_OPEN)
     b->opened_by_calls = true; /* tp_breaker_health clears it for its own */
   b->state = s;
+  b->period++;
   b->since_ms = now_ms;
   b->admitted = 0;
   b->succeeded = 0;
@@ -104,6 +105,16 @@ void tp_breaker_release(struct tp_breaker *b, int64_t now_ms)
 {
   if (tp_breaker_tick(b, now_ms) == TP_BREAKER_HALF_OPEN && b->admitted > b->succeeded)
     b->admitted--;
+}
+
+uint64_t tp_breaker_slot(const struct tp_breaker *b)
+{
+  return b->state == TP_BREAKER_HALF_OPEN ? b->period : 0;
+}
+
+bool tp_breaker_slot_live(struct tp_breaker *b, uint64_t slot, int64_t now_ms)
+{
+  return slot && tp_breaker_tick(b, now_ms) == TP_BREAKER_HALF_OPEN && b->period == slot;
 }
 
 void tp_breaker_window(const struct tp_breaker *b, int64_t now_ms, int *calls, int *failures)

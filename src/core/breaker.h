@@ -42,6 +42,7 @@ struct tp_breaker {
   int soft_half; /* soft declines of distinct cards while half-open */
   int64_t last_admit_ms;
   uint64_t opens;        /* times it opened (for the API) */
+  uint64_t period;       /* states entered: a probe slot belongs to one half-open period */
   /* opened by payment calls failing (not by failed health checks): then a
    * passing health check neither ends the open period nor passes a probe,
    * only calls do (a processor that answered its health check and failed
@@ -73,6 +74,13 @@ bool tp_breaker_would_allow(struct tp_breaker *b, int64_t now_ms);
  * nothing): for a call that never went, or one whose answer says nothing
  * of the processor (a card's repeated soft decline). */
 void tp_breaker_release(struct tp_breaker *b, int64_t now_ms);
+/* A probe slot taken for a call to send later (0: none): its half-open
+ * period, so that it is given back, or used, only in that period (a slot
+ * reserved before the breaker reopened and half-opened again was given back
+ * out of the new period's count, admitting one probe too many). */
+uint64_t tp_breaker_slot(const struct tp_breaker *b);
+/* Does the slot still hold a place (half-open, in the period it was taken)? */
+bool tp_breaker_slot_live(struct tp_breaker *b, uint64_t slot, int64_t now_ms);
 /* A finished call: failure = transport error, timeout, 5xx. Issuer declines
  * are successes here. */
 void tp_breaker_record(struct tp_breaker *b, bool failure, int64_t now_ms);

@@ -270,8 +270,9 @@ static void drop_objects(struct tp_pay *p)
 static void admission_drop(struct tp_pay *p)
 {
   if (p->admitted)
-    tp_proc_release(p->admitted);
+    tp_proc_release(p->admitted, p->admitted_slot);
   p->admitted = NULL;
+  p->admitted_slot = 0;
 }
 
 void tp_pay_free(struct tp_pay *p)
@@ -750,11 +751,16 @@ static void send_call(struct tp_pay *p)
   }
   /* A new call asks the breaker first (half-open admits a few probes); a
    * status query about a call already made always goes. */
-  bool admitted = p->admitted && p->admitted == pr; /* a slot next_step took for this very call */
+  /* A slot next_step took for this very call, while the breaker is still
+   * half-open in the period it was taken: reopened meanwhile (another
+   * probe failed), the call is asked for again like any other. */
+  bool admitted = p->admitted && p->admitted == pr && tp_proc_slot_live(pr, p->admitted_slot);
+  uint64_t slot = admitted ? p->admitted_slot : 0;
   if (p->admitted && !admitted)
     admission_drop(p);
   p->admitted = NULL;
-  if (pr && c->kind != TP_PROC_STATUS && !p->fencing && p->orchestrated && !admitted && !tp_proc_allow(pr)) {
+  p->admitted_slot = 0;
+  if (pr && c->kind != TP_PROC_STATUS && !p->fencing && p->orchestrated && !admitted && !tp_proc_allow(pr, &slot)) {
     p->not_sent = true;
     snprintf(c->decline_code, sizeof c->decline_code, "processor_circuit_open");
     call_done(c);
@@ -765,6 +771,8 @@ static void send_call(struct tp_pay *p)
   if (!conn || conn->ops->submit(conn->cls, c) != 0) {
     p->sent_any = sent_before;
     p->not_sent = true;
+    if (pr && slot)
+      tp_proc_release(pr, slot); /* never went: its probe slot back */
     c->outcome = TP_OUT_ERROR;
     tp_scopy(c->decline_code, sizeof c->decline_code, conn ? "processor_queue_full" : "processor_config_invalid");
     call_done(c);
@@ -912,10 +920,11 @@ static void retry_fire(void *arg, bool stopping)
  * taken for it, kept in p->admitted). */
 static bool admission_take(struct tp_pay *p, struct tp_proc *q)
 {
-  bool taken = false;
-  if (q && !tp_proc_reserve(q, &taken))
+  uint64_t slot = 0;
+  if (q && !tp_proc_reserve(q, &slot))
     return false;
-  p->admitted = taken ? q : NULL;
+  p->admitted = slot ? q : NULL;
+  p->admitted_slot = slot;
   return true;
 }
 

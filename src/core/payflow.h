@@ -54,7 +54,8 @@ struct tp_pay {
   bool resolving;            /* the call in flight is a status query for att */
   bool not_sent;             /* the last call never left (breaker, queue) */
   struct tp_proc *admitted;  /* next_step took a half-open probe slot of this processor for the next call
-                                (send_call asks no more; given back if the call never goes) */
+                                (send_call asks no more while it is live; given back if the call never goes) */
+  uint64_t admitted_slot;    /* that slot's half-open period (tp_proc_reserve) */
   bool sent_any;             /* some call of this payment was handed to a connector */
   bool fencing;              /* the call in flight voids att's reference, which the processor never saw */
   int fence_tries;           /* voids sent for att's reference */

@@ -222,13 +222,15 @@ int64_t tp_proc_fee(const struct tp_proc *p, const char *currency, int64_t amoun
 }
 
 /* Ask the breaker whether a call may go (take: and admit it, a probe slot
- * in half-open), under the processor's lock. */
-static bool breaker_ask(const struct tp_proc *p, bool take)
+ * in half-open, *slot), under the processor's lock. */
+static bool breaker_ask(const struct tp_proc *p, bool take, uint64_t *slot)
 {
   struct tp_proc_state *s = p->st;
   pthread_mutex_lock(&s->mu);
   struct br_mark from = br_mark(&s->br);
   bool ok = take ? tp_breaker_allow(&s->br, now_ms()) : tp_breaker_would_allow(&s->br, now_ms());
+  if (slot)
+    *slot = ok && take ? tp_breaker_slot(&s->br) : 0;
   struct br_mark to = br_mark(&s->br);
   pthread_mutex_unlock(&s->mu);
   /* The callbacks get a mutable processor: it is ours (the registry). */
@@ -236,17 +238,17 @@ static bool breaker_ask(const struct tp_proc *p, bool take)
   return ok;
 }
 
-bool tp_proc_allow(struct tp_proc *p)
+bool tp_proc_allow(struct tp_proc *p, uint64_t *slot)
 {
-  return breaker_ask(p, true);
+  return breaker_ask(p, true, slot);
 }
 
 bool tp_proc_may_call(const struct tp_proc *p)
 {
-  return breaker_ask(p, false);
+  return breaker_ask(p, false, NULL);
 }
 
-bool tp_proc_reserve(struct tp_proc *p, bool *taken)
+bool tp_proc_reserve(struct tp_proc *p, uint64_t *slot)
 {
   struct tp_proc_state *s = p->st;
   pthread_mutex_lock(&s->mu);
@@ -254,19 +256,35 @@ bool tp_proc_reserve(struct tp_proc *p, bool *taken)
   enum tp_breaker_state st = tp_breaker_tick(&s->br, now_ms());
   /* closed: nothing to hold (send_call asks again: it may open meanwhile) */
   bool ok = st == TP_BREAKER_CLOSED || (st == TP_BREAKER_HALF_OPEN && tp_breaker_allow(&s->br, now_ms()));
-  *taken = ok && st == TP_BREAKER_HALF_OPEN;
+  *slot = ok ? tp_breaker_slot(&s->br) : 0;
   struct br_mark to = br_mark(&s->br);
   pthread_mutex_unlock(&s->mu);
   breaker_changed(p, from, to);
   return ok;
 }
 
-void tp_proc_release(struct tp_proc *p)
+bool tp_proc_slot_live(struct tp_proc *p, uint64_t slot)
 {
   struct tp_proc_state *s = p->st;
   pthread_mutex_lock(&s->mu);
-  tp_breaker_release(&s->br, now_ms());
+  struct br_mark from = br_mark(&s->br);
+  bool live = tp_breaker_slot_live(&s->br, slot, now_ms());
+  struct br_mark to = br_mark(&s->br);
   pthread_mutex_unlock(&s->mu);
+  breaker_changed(p, from, to);
+  return live;
+}
+
+void tp_proc_release(struct tp_proc *p, uint64_t slot)
+{
+  struct tp_proc_state *s = p->st;
+  pthread_mutex_lock(&s->mu);
+  struct br_mark from = br_mark(&s->br);
+  if (tp_breaker_slot_live(&s->br, slot, now_ms()))
+    tp_breaker_release(&s->br, now_ms());
+  struct br_mark to = br_mark(&s->br);
+  pthread_mutex_unlock(&s->mu);
+  breaker_changed(p, from, to);
 }
 
 enum tp_breaker_state tp_proc_breaker(const struct tp_proc *p)

@@ -39,16 +39,23 @@ bool tp_proc_supports(const struct tp_proc *p, const char *brand, const char *cu
 /* p's fee for amount (minor units of currency): percent part rounded half to
  * even once, plus the fixed fee for that currency. */
 int64_t tp_proc_fee(const struct tp_proc *p, const char *currency, int64_t amount);
-/* Does the breaker admit a call now? (half-open: a limited number of probes) */
-bool tp_proc_allow(struct tp_proc *p);
+/* Does the breaker admit a call now? (half-open: a limited number of
+ * probes). slot (may be NULL): the probe slot taken, 0 when none (closed),
+ * to give back with tp_proc_release if the call does not go after all. */
+bool tp_proc_allow(struct tp_proc *p, uint64_t *slot);
 /* Would tp_proc_allow let a call through now? (Takes no probe slot.) */
 bool tp_proc_may_call(const struct tp_proc *p);
-/* For a call planned now and sent later: closed, true (nothing held: the
- * send asks tp_proc_allow); half-open, a probe slot taken for it (*taken);
- * open or no slot, false. */
-bool tp_proc_reserve(struct tp_proc *p, bool *taken);
-/* Give back a slot tp_proc_reserve took for a call that never went. */
-void tp_proc_release(struct tp_proc *p);
+/* For a call planned now and sent later: closed, true (nothing held, *slot
+ * 0: the send asks tp_proc_allow); half-open, a probe slot taken for it
+ * (*slot); open or no slot, false. */
+bool tp_proc_reserve(struct tp_proc *p, uint64_t *slot);
+/* Is a reserved slot still good at send (the breaker half-open in the
+ * period it was taken)? If not, the send asks tp_proc_allow: the breaker
+ * may have reopened meanwhile. */
+bool tp_proc_slot_live(struct tp_proc *p, uint64_t slot);
+/* Give back a slot tp_proc_reserve or tp_proc_allow took for a call that
+ * never went (nothing when the breaker has left that half-open period). */
+void tp_proc_release(struct tp_proc *p, uint64_t slot);
 /* The breaker state now (time-driven transitions applied). */
 enum tp_breaker_state tp_proc_breaker(const struct tp_proc *p);
 /* Every finished call: feeds the breaker, rolling success rate, latency

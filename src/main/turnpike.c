@@ -532,6 +532,7 @@ static int cmd_serve(int argc, char **argv)
   }
   if (tp_writer_start(&tp_app.store) != 0)
     return 1;
+  tp_iso8583_state_dir(c.data);
   if (tp_procs_start() != 0 || tp_router_load(tp_proc_known) != 0)
     return 1;
 

@@ -12,6 +12,7 @@ would show up here.
 - malformed and truncated messages from the host are logged clearly, the
   link reconnects, and the next payment works; no PAN reaches the log.
 """
+import os
 import re
 import socket
 import struct
@@ -533,6 +534,42 @@ class TwoLinksOneTerminal(unittest.TestCase):
             daemon.cleanup()
             for h in hosts:
                 h.close()
+
+
+class StansAfterARestart(unittest.TestCase):
+    """A restart does not hand out the STANs the last process sent: the
+    sequence started at eleven a second since midnight, so a terminal that
+    had sent faster than that since its start (any burst) reused them, and
+    a host that tells duplicates by terminal, STAN and date declined the
+    payments (94) after the restart. The mark is kept on disk."""
+
+    def test_no_stan_twice_across_a_restart(self):
+        host = IsoHost()
+        daemon = Daemon()
+        conf = ("[processor.acq]\ntype = iso8583\nendpoint = %s:%d\ntimeout_ms = 2000\n"
+                "terminal_id = TERM/009\necho_interval_ms = 10\nhealth_interval_ms = 0\n" % (HOST, host.port))
+        try:
+            daemon.create_merchant("m")
+            stans = []
+            for run in range(2):
+                daemon.start(config=conf)
+                # echoes every 10 ms: ~100 STANs a second, far past eleven
+                wait_for(lambda: host.count("0800", "301") >= 60 * (run + 1), what="echoes")
+                for _ in range(3):
+                    r = daemon.client("m").post("/v1/payment_intents", {
+                        "amount": 1000, "currency": "usd", "confirm": "true",
+                        "payment_method_data": card(PAN_OK)}, idem=new_key())
+                    self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r)
+                daemon.stop()
+            with host.lock:
+                stans = [f[11] for m, f in host.seen]
+            dup = sorted({s for s in stans if stans.count(s) > 1})
+            self.assertEqual(dup, [], "STANs sent twice by terminal TERM/009 across a restart")
+            marks = [n for n in os.listdir(daemon.data) if n.startswith("iso-stan-")]
+            self.assertEqual(marks, ["iso-stan-5445524d2f303039"], marks)  # the id hex-encoded (it may hold '/')
+        finally:
+            daemon.cleanup()
+            host.close()
 
 
 class WithSimulator(unittest.TestCase):

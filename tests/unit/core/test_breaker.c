@@ -504,10 +504,10 @@ static void test_registry_breaker_record_and_stats(void **state)
   tp_proc_record(r, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 500, 0, true);
   tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500, 104, true);
   tp_proc_record(r, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 500, 0, true);
-  assert_true(tp_proc_allow(r));
+  assert_true(tp_proc_allow(r, NULL));
   tp_proc_record(r, "visa", "usd", TP_OUT_ERROR, "processor_http_5xx", true, 500, 0, true);
   assert_int_equal(tp_proc_breaker(r), TP_BREAKER_OPEN);
-  assert_false(tp_proc_allow(r));
+  assert_false(tp_proc_allow(r, NULL));
   assert_false(tp_procs_any_usable());
   json_t *js = tp_proc_json(r);
   char *s = json_dumps(js, 0);
@@ -520,15 +520,15 @@ static void test_registry_breaker_record_and_stats(void **state)
   assert_true(tp_proc_success_rate(r) > 0.10 && tp_proc_success_rate(r) < 0.11); /* 2/19 */
   fake_now += 200;
   assert_int_equal(tp_proc_breaker(r), TP_BREAKER_HALF_OPEN);
-  assert_true(tp_proc_allow(r));
-  assert_false(tp_proc_allow(r));
+  assert_true(tp_proc_allow(r, NULL));
+  assert_false(tp_proc_allow(r, NULL));
   /* a capture's soft decline (not a probe) frees no probe slot and reopens
    * nothing, however often one payment's capture is repeated */
   for (int i = 0; i < 5; i++)
     tp_proc_record(r, "visa", "usd", TP_OUT_DECLINED, "processing_error", true, 500, 777, false);
   assert_int_equal(tp_proc_breaker(r), TP_BREAKER_HALF_OPEN);
   assert_false(tp_proc_may_call(r));
-  assert_false(tp_proc_allow(r));
+  assert_false(tp_proc_allow(r, NULL));
   tp_proc_record(r, "visa", "usd", TP_OUT_APPROVED, "", false, 500, 0, true);
   assert_int_equal(tp_proc_breaker(r), TP_BREAKER_CLOSED);
   assert_true(tp_procs_any_usable());
@@ -576,6 +576,16 @@ static void on_reopen(struct tp_proc *p, enum tp_breaker_state from, enum tp_bre
     reopen_seen[from][to]++;
 }
 
+/* Callbacks stay registered for the program: on_reopen once. */
+static void watch_q(void)
+{
+  static bool on;
+  memset(reopen_seen, 0, sizeof reopen_seen);
+  if (!on)
+    tp_procs_on_breaker(on_reopen, NULL);
+  on = true;
+}
+
 static void test_reopen_inside_one_call_reports_both_transitions(void **state)
 {
   (void)state;
@@ -587,8 +597,7 @@ static void test_reopen_inside_one_call_reports_both_transitions(void **state)
   fake_now = 9000;
   tp_procs_set_clock(fake_clock);
   assert_int_equal(tp_procs_configure(), 0);
-  memset(transitions, 0, sizeof reopen_seen);
-  tp_procs_on_breaker(on_reopen, NULL); /* callbacks stay registered: its own counts */
+  watch_q();
   struct tp_proc *q = tp_proc_find("q");
   tp_proc_record(q, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 0, 0, true);
   assert_int_equal(reopen_seen[TP_BREAKER_CLOSED][TP_BREAKER_OPEN], 1);
@@ -605,6 +614,50 @@ static void test_reopen_inside_one_call_reports_both_transitions(void **state)
   tp_proc_health(q, false);
   assert_int_equal(reopen_seen[TP_BREAKER_OPEN][TP_BREAKER_HALF_OPEN], 2);
   assert_int_equal(reopen_seen[TP_BREAKER_HALF_OPEN][TP_BREAKER_OPEN], 2);
+}
+
+/* A slot reserved in one half-open period and given back in a later one
+ * frees nothing of the later period's (it admitted one probe too many);
+ * at send it is no longer good (the breaker reopened meanwhile); and a
+ * release whose clock tick ends an open period reports it. */
+static void test_a_slot_belongs_to_its_half_open_period(void **state)
+{
+  (void)state;
+  tp_config_reset();
+  put("processor.q", "type", "restjson");
+  put("processor.q", "endpoint", "http://127.0.0.1:9");
+  put("processor.q", "breaker_consecutive", "1");
+  put("processor.q", "breaker_open_ms", "200");
+  put("processor.q", "breaker_half_open_probes", "2");
+  fake_now = 20000;
+  tp_procs_set_clock(fake_clock);
+  assert_int_equal(tp_procs_configure(), 0);
+  watch_q();
+  struct tp_proc *q = tp_proc_find("q");
+  uint64_t old = 0, a = 0, b = 0;
+  tp_proc_record(q, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 0, 0, true);
+  fake_now += 200;
+  assert_true(tp_proc_reserve(q, &old));
+  assert_true(old != 0);
+  assert_true(tp_proc_slot_live(q, old));
+  tp_proc_record(q, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 0, 0, true); /* another probe fails */
+  assert_false(tp_proc_slot_live(q, old)); /* open again: the send must ask */
+  fake_now += 200;
+  assert_true(tp_proc_allow(q, &a));
+  assert_true(tp_proc_allow(q, &b));
+  assert_false(tp_proc_allow(q, NULL));
+  assert_false(tp_proc_slot_live(q, old));
+  tp_proc_release(q, old); /* the old period's: nothing freed */
+  assert_false(tp_proc_allow(q, NULL));
+  tp_proc_release(q, a); /* this period's: one freed */
+  assert_true(tp_proc_allow(q, NULL));
+  /* a release that ticks the breaker out of its open period reports it */
+  tp_proc_record(q, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 0, 0, true);
+  int before = reopen_seen[TP_BREAKER_OPEN][TP_BREAKER_HALF_OPEN];
+  fake_now += 200;
+  tp_proc_release(q, b);
+  assert_int_equal(reopen_seen[TP_BREAKER_OPEN][TP_BREAKER_HALF_OPEN], before + 1);
+  assert_int_equal(tp_proc_breaker(q), TP_BREAKER_HALF_OPEN);
 }
 
 static void expect_config_error(const char *key, const char *value)
@@ -699,6 +752,7 @@ int main(void)
     cmocka_unit_test_teardown(test_registry_breaker_record_and_stats, teardown_registry),
     cmocka_unit_test_teardown(test_breaker_callback_and_health, teardown_registry),
     cmocka_unit_test_teardown(test_reopen_inside_one_call_reports_both_transitions, teardown_registry),
+    cmocka_unit_test_teardown(test_a_slot_belongs_to_its_half_open_period, teardown_registry),
     cmocka_unit_test_teardown(test_config_errors, teardown_registry),
     cmocka_unit_test_teardown(test_duplicate_names_rejected, teardown_registry),
   };
