@@ -826,7 +826,10 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
     if (!pm_id && cus && default_card_source(r, cus, def))
       pm_id = def;
     if (!pm_id) { /* Stripe's words, the PaymentIntent in the error */
-      pi_state_error(r, pi, TP_ERR_PAYMENT_METHOD_MISSING, "payment_method", NULL);
+      if (created) /* made by this request and not saved: no object to name, nothing kept */
+        tp_reply_error(r, TP_ERR_PAYMENT_METHOD_MISSING, "payment_method", NULL);
+      else
+        pi_state_error(r, pi, TP_ERR_PAYMENT_METHOD_MISSING, "payment_method", NULL);
       goto fail;
     }
     pm = tp_pm_resolve(r, cs, pm_id, &ci);

@@ -992,7 +992,10 @@ static enum MHD_Result queue_reply(struct tp_req *r)
    * stopping: the client is told before it sends another request into the
    * close (it got its 503s on a kept-alive connection, then a reset under
    * the next request, not knowing whether it ran) */
-  if (r->close_after || tp_app.shutting_down)
+  bool close = r->close_after || tp_app.shutting_down;
+  if (r->status == 426) /* RFC 9110 7.8: an Upgrade is sent with its Connection option */
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, close ? "upgrade, close" : "upgrade");
+  else if (close)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
   else if (r->keep_alive) /* how long an idle connection is kept, so that a
                             * client (undici/fetch) closes it first rather

@@ -517,10 +517,18 @@ static void si_confirm(struct tp_req *r, json_t *si, struct tp_cs *cs, bool crea
     goto fail;
   if (!pm) {
     if (!pm_id) {
-      tp_intent_error(r, "setup_intent", si, TP_ERR_SETUP_INTENT_UNEXPECTED_STATE, "payment_method",
-                      "You cannot confirm this SetupIntent because it's missing a payment method. You can either "
-                      "update the SetupIntent with a payment method and then confirm it again, or confirm it again "
-                      "directly with a payment method.");
+      static const char msg[] =
+          "You cannot confirm this SetupIntent because it's missing a payment method. You can either update the "
+          "SetupIntent with a payment method and then confirm it again, or confirm it again directly with a payment "
+          "method.";
+      /* made by this request and not saved: no object to name, nothing
+       * kept under the Idempotency-Key (the retry replayed an id that was
+       * never written) */
+      if (created) {
+        tp_reply_error(r, TP_ERR_SETUP_INTENT_UNEXPECTED_STATE, "payment_method", msg);
+        r->err = 0; /* a request refused, not a state: tp_idem_keeps_error passes it */
+      } else
+        tp_intent_error(r, "setup_intent", si, TP_ERR_SETUP_INTENT_UNEXPECTED_STATE, "payment_method", msg);
       goto fail;
     }
     /* A stored PaymentMethod may be saved to the customer below: as attach

@@ -401,8 +401,14 @@ void tp_h_we_update(struct tp_req *r)
     return;
   }
   /* Pointing such an endpoint elsewhere, or enabling it again, is reading
-   * its events (a key without reports:read redirected a "*" endpoint). */
-  if (!reports_fit(r, json_object_get(ep, "enabled_events"))) {
+   * its events (a key without reports:read redirected a "*" endpoint);
+   * pausing it, narrowing it (new events are checked above), or its
+   * description and metadata are not, and a key that may delete it may do
+   * those (every update was refused: such a key could only delete it). */
+  bool enables = json_object_get(p, "disabled") && !json_is_true(json_object_get(p, "disabled")) &&
+                 strcmp(json_string_value(json_object_get(ep, "status")) ?: "", "enabled") != 0;
+  if ((json_object_get(p, "url") || enables) && !json_object_get(p, "enabled_events") &&
+      !reports_fit(r, json_object_get(ep, "enabled_events"))) {
     json_decref(ep);
     unlock(r);
     return;

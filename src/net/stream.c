@@ -111,6 +111,7 @@ struct conn {
   char replay_last[64];
   bool closing;        /* close queued or owed: send nothing else */
   bool close_owed;     /* queued once what is queued before it has gone */
+  bool close_counted;  /* its close is in the metric and the log */
   uint16_t close_code;
   char close_reason[64];
   bool io_failed;      /* the socket failed (not the peer's protocol) */
@@ -465,6 +466,19 @@ static void send_json(struct conn *c, json_t *o)
   }
 }
 
+/* A connection's close, once: the metric by code and the log line. */
+static void close_count(struct conn *c, uint16_t code, const char *reason)
+{
+  if (c->close_counted)
+    return;
+  c->close_counted = true;
+  char lbl[64];
+  snprintf(lbl, sizeof lbl, "code=\"%u\"", (unsigned)code);
+  tp_metric_inc("turnpike_stream_closed_total", lbl, 1);
+  tp_log(code == 1000 || code == 1001 || code == 1005 ? TP_LOG_DEBUG : TP_LOG_INFO, "stream_close",
+         "{s:s, s:i, s:s}", "merchant", c->merchant, "code", (int)code, "reason", reason);
+}
+
 /* Close now: wslay sends a close frame ahead of any queued message, and
  * nothing after it (a slow reader's backlog is dropped). */
 static void conn_close(struct conn *c, uint16_t code, const char *reason)
@@ -475,11 +489,7 @@ static void conn_close(struct conn *c, uint16_t code, const char *reason)
   c->close_owed = false;
   c->close_deadline_ms = tp_mono_ms() + TP_STREAM_CLOSE_GRACE_MS;
   wslay_event_queue_close(c->ws, code, (const uint8_t *)reason, strlen(reason));
-  char lbl[64];
-  snprintf(lbl, sizeof lbl, "code=\"%u\"", (unsigned)code);
-  tp_metric_inc("turnpike_stream_closed_total", lbl, 1);
-  tp_log(code == 1000 || code == 1001 ? TP_LOG_DEBUG : TP_LOG_INFO, "stream_close", "{s:s, s:i, s:s}", "merchant",
-         c->merchant, "code", (int)code, "reason", reason);
+  close_count(c, code, reason);
 }
 
 static void send_error(struct conn *c, const char *code, const char *message)
@@ -783,6 +793,7 @@ static void conn_pump(struct conn *c)
        * 1002. Unless a frame is half written (its rest must come first,
        * then wslay's close), the 1002 close goes out instead, written here;
        * what was queued is dropped, as it would be after wslay's close. */
+      close_count(c, 1002, "protocol error");
       if (!c->frame_open) {
         static const uint8_t f[] = {0x88, 16, 0x03, 0xEA, 'p', 'r', 'o', 't', 'o', 'c', 'o', 'l', ' ', 'e', 'r', 'r',
                                     'o', 'r'};
@@ -800,6 +811,17 @@ static void conn_pump(struct conn *c)
   if (wslay_event_want_write(c->ws) && wslay_event_send(c->ws) != 0) {
     c->dead = true;
     return;
+  }
+  /* A close wslay sent itself: a message over the size limit (1009),
+   * text that is not UTF-8 (1007), or the echo of the client's close
+   * (its code; 1005 for none). */
+  if (!c->close_counted && wslay_event_get_close_sent(c->ws)) {
+    uint16_t code = wslay_event_get_status_code_sent(c->ws);
+    close_count(c, code,
+                wslay_event_get_close_received(c->ws) ? "closed by the client"
+                : code == 1007                          ? "invalid UTF-8"
+                : code == 1009                          ? "message too big"
+                                                        : "protocol error");
   }
   if (c->close_owed && wslay_event_get_queued_msg_count(c->ws) == 0) {
     conn_close(c, c->close_code, c->close_reason);
@@ -1258,7 +1280,7 @@ int tp_stream_start(void)
   tp_random(S.token_key, sizeof S.token_key);
   tp_metric_help("turnpike_stream_connections", "Open WebSocket event stream connections.");
   tp_metric_help("turnpike_stream_messages_sent_total", "Messages queued to stream clients.");
-  tp_metric_help("turnpike_stream_closed_total", "Stream connections closed by the server, by close code.");
+  tp_metric_help("turnpike_stream_closed_total", "Stream connections closed, by close code (the server's, or the client's echoed).");
   tp_metric_help("turnpike_stream_slow_client_closes_total", "Stream clients closed because their send buffer was full.");
   tp_metric_help("turnpike_stream_event_queue_depth", "Events waiting for the stream thread to fan them out to clients.");
   tp_metric_set("turnpike_stream_connections", NULL, 0);

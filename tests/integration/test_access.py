@@ -386,10 +386,18 @@ class KeysTest(DaemonTestCase):
         star = full.post("/v1/webhook_endpoints", {"url": url, "enabled_events[]": "*"})
         self.assertEqual(star.status, 200, star)
         # an endpoint that takes them is not the lesser key's to point elsewhere,
-        # enable again, or read the deliveries of (it redirected a "*" endpoint)
-        for params in ({"url": "http://127.0.0.1:9/stolen"}, {"disabled": "false"}, {"metadata[a]": "b"}):
-            self.assertStripeError(ap.post("/v1/webhook_endpoints/" + star.json["id"], params), 403,
-                                   "permission_error")
+        # enable again, or read the deliveries of (it redirected a "*" endpoint);
+        # but it may pause it and edit its metadata, as it may delete it (every
+        # update was refused: in an incident it could only delete it)
+        sid = "/v1/webhook_endpoints/" + star.json["id"]
+        self.assertStripeError(ap.post(sid, {"url": "http://127.0.0.1:9/stolen"}), 403, "permission_error")
+        self.assertEqual(ap.post(sid, {"disabled": "false"}).status, 200)  # enabled already: nothing to read more
+        paused = ap.post(sid, {"disabled": "true", "metadata[paused_by]": "oncall"})
+        self.assertEqual((paused.status, paused.json.get("status")), (200, "disabled"), paused)
+        self.assertStripeError(ap.post(sid, {"disabled": "false"}), 403, "permission_error")
+        self.assertStripeError(ap.post(sid, {"url": "http://127.0.0.1:9/stolen", "disabled": "true"}), 403,
+                               "permission_error")
+        self.assertEqual(full.post(sid, {"disabled": "false"}).json["status"], "enabled")
         self.assertStripeError(ap.get("/v1/webhook_endpoints/%s/deliveries" % star.json["id"]), 403,
                                "permission_error")
         self.assertEqual(ap.get("/v1/webhook_endpoints/" + star.json["id"]).json["url"], url)

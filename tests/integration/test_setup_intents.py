@@ -7,7 +7,7 @@ cancel, update, list filters, the publishable key's view, and bad input
 that changes nothing."""
 import urllib.parse
 
-from harness import DaemonTestCase, card, main, open_db_ro
+from harness import DaemonTestCase, card, main, new_key, open_db_ro
 
 SI = "/v1/setup_intents"
 RETURN = "https://shop.example/saved?x=1"
@@ -231,6 +231,20 @@ class SetupIntents(DaemonTestCase):
                                          "method. You can either update the PaymentIntent with a payment method and "
                                          "then confirm it again, or confirm it again directly with a payment method.")
         self.assertEqual(err["payment_intent"]["amount"], 500)
+        # created and confirmed in one request: the intent is not saved, so
+        # the error names none (it named an id that 404s) and keeps nothing
+        # under the Idempotency-Key (its retry replayed that id)
+        for path, params, key in ((SI, {"confirm": "true"}, "setup_intent"),
+                                  ("/v1/payment_intents", {"amount": 500, "currency": "usd", "confirm": "true"},
+                                   "payment_intent")):
+            idem = new_key()
+            r = c.post(path, params, headers={"Idempotency-Key": idem})
+            err = self.assertStripeError(r, 400, "invalid_request_error", key + "_unexpected_state"
+                                         if key == "setup_intent" else "payment_intent_unexpected_state")
+            self.assertIn("missing a payment method", err["message"])
+            self.assertNotIn(key, err, err)
+            r2 = c.post(path, params, headers={"Idempotency-Key": idem})
+            self.assertNotEqual(r2.headers.get("Idempotent-Replayed"), "true", r2.headers)
 
     def test_a_failed_challenge_saves_nothing(self):
         c = self.c()

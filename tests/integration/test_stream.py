@@ -178,6 +178,11 @@ class StreamLimitsTest(DaemonTestCase):
             ws = self.open_ws()
             ws.send(opcode, payload, masked=masked)
             self.assertEqual(self.close_code(ws), code, payload)
+        # every close is counted by its code: the client's echoed (1000),
+        # wslay's own (1007) and the raw protocol-error one (1002) were not
+        m = self.c().get("/metrics", key=None).body.decode()
+        for code in (1000, 1002, 1003, 1007):
+            self.assertRegex(m, r'turnpike_stream_closed_total\{code="%d"\} [1-9]' % code, code)
 
     def test_a_client_that_never_pongs_is_closed_and_one_that_does_stays(self):
         mute = RawWS(self.daemon.port, self.key())
@@ -448,6 +453,8 @@ class StreamBoundsTest(DaemonTestCase):
         self.assertTrue(head.startswith("HTTP/1.1 426"), head)
         self.assertIn("Sec-WebSocket-Version: 13", head)
         self.assertRegex(head, "(?i)upgrade: websocket")
+        # RFC 9110 7.8: Upgrade goes with the "upgrade" connection option
+        self.assertRegex(head, "(?im)^connection:[^\r\n]*\\bupgrade\\b")
         # a key that is not 16 bytes in base64: 400
         s = socket.create_connection((HOST, self.daemon.port), timeout=5)
         s.sendall(("GET /v1/turnpike/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
