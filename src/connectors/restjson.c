@@ -323,26 +323,9 @@ static void map_status(struct tp_proc_call *c, enum tp_proc_kind kind, json_t *j
                    : kind == TP_PROC_CAPTURE ? "captured"
                    : kind == TP_PROC_VOID    ? "voided"
                                              : "succeeded";
-  /* A status answer is about an authorization when it says so, or, when it
-   * names no operation, when we asked about one (the attempt's kind). */
+  /* A status answer is about the operation it names, or, when it names
+   * none, the one we asked about (the attempt's kind). */
   const char *op = json_string_value(json_object_get(js, "operation"));
-  bool of_auth = kind == TP_PROC_STATUS && (op ? strcmp(op, "authorize") == 0 : c->status_of == TP_PROC_AUTHORIZE);
-  if (of_auth && strcmp(st, "voided") == 0) {
-    /* An authorization voided before it arrived (we fenced the reference
-     * after a lost answer): it never charged. */
-    c->outcome = TP_OUT_NOT_FOUND;
-    return;
-  }
-  /* an authorization that captured in the same call (capture=true) may say so */
-  bool approved = strcmp(st, ok) == 0 || (kind == TP_PROC_AUTHORIZE && c->capture && strcmp(st, "captured") == 0);
-  if (kind == TP_PROC_STATUS) /* the stored answer of any operation */
-    approved = strcmp(st, "approved") == 0 || strcmp(st, "captured") == 0 || strcmp(st, "voided") == 0 ||
-               strcmp(st, "succeeded") == 0;
-  /* A capture or refund moves money: its answer (or a status answer about
-   * one) must be for the amount asked too, as an ISO 8583 host's fields 4
-   * and 49 are checked on every approval. One for another amount moved
-   * money we did not ask for: never recorded as done (left unresolved for
-   * an operator; until session 33 it was taken as the amount asked). */
   enum tp_proc_kind about = kind;
   if (kind == TP_PROC_STATUS)
     about = !op                           ? c->status_of
@@ -350,6 +333,39 @@ static void map_status(struct tp_proc_call *c, enum tp_proc_kind kind, json_t *j
             : strcmp(op, "refund") == 0   ? TP_PROC_REFUND
             : strcmp(op, "authorize") == 0 ? TP_PROC_AUTHORIZE
                                           : TP_PROC_VOID;
+  bool of_auth = kind == TP_PROC_STATUS && about == TP_PROC_AUTHORIZE;
+  if (kind == TP_PROC_STATUS && strcmp(st, "voided") == 0 &&
+      (of_auth || (!op && (about == TP_PROC_CAPTURE || about == TP_PROC_REFUND)))) {
+    /* An authorization voided before it arrived: the reference we fenced
+     * after a lost answer. It never charged; and a capture's or refund's
+     * reference fenced so (the processor keeps it as a voided
+     * authorization, and says so with no operation) was never done: until
+     * session 37 that was read as the capture or refund made. */
+    c->outcome = TP_OUT_NOT_FOUND;
+    return;
+  }
+  if (kind == TP_PROC_STATUS && ((op && about != c->status_of) || (!op && about == TP_PROC_VOID))) {
+    /* About another operation than the one asked (an authorization's
+     * approval for a capture's reference is no capture); or a void's
+     * `voided` with no operation, which is the void done or its
+     * reference fenced (the hold still live): unknown, for an operator. */
+    set_error(c, "processor_bad_response");
+    return;
+  }
+  /* an authorization that captured in the same call (capture=true) may say
+   * so; a status answer, the word of the operation it is about (an
+   * authorization's: approved, or captured since) */
+  bool approved = strcmp(st, ok) == 0 || (kind == TP_PROC_AUTHORIZE && c->capture && strcmp(st, "captured") == 0);
+  if (kind == TP_PROC_STATUS)
+    approved = about == TP_PROC_AUTHORIZE ? strcmp(st, "approved") == 0 || strcmp(st, "captured") == 0
+               : about == TP_PROC_CAPTURE ? strcmp(st, "captured") == 0
+               : about == TP_PROC_REFUND  ? strcmp(st, "succeeded") == 0
+                                          : strcmp(st, "voided") == 0;
+  /* A capture or refund moves money: its answer (or a status answer about
+   * one) must be for the amount asked too, as an ISO 8583 host's fields 4
+   * and 49 are checked on every approval. One for another amount moved
+   * money we did not ask for: never recorded as done (left unresolved for
+   * an operator; until session 33 it was taken as the amount asked). */
   bool moves_money = (about == TP_PROC_CAPTURE || about == TP_PROC_REFUND) && c->amount > 0;
   if (approved) {
     if (kind == TP_PROC_AUTHORIZE || (of_auth && c->amount > 0) || moves_money) {

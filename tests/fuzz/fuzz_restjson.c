@@ -6,7 +6,10 @@
  * authorisation code with a byte that is not printable ASCII, a decline
  * without a code, anything but an error for a status outside 2xx (a status
  * query's 404 aside), or an approval of an authorisation, a capture or a
- * refund for another amount or currency than asked. */
+ * refund for another amount or currency than asked, or a status query
+ * approved with a word that is not its operation's (a capture's or
+ * refund's reference fenced, `voided`, was read as the capture or refund
+ * done). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +41,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   struct tp_proc_call c;
   memset(&c, 0, sizeof c);
   c.kind = (enum tp_proc_kind)(data[0] % 5);
+  c.status_of = (enum tp_proc_kind)(data[0] / 5 % 4); /* what a status query asks about */
   long http = 100 + (long)(((unsigned)data[1] << 8 | data[2]) % 500);
   c.amount = 1999;
   memcpy(c.currency, "usd", 4);
@@ -59,6 +63,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     abort();
   if (c.outcome == TP_OUT_NOT_FOUND && c.kind != TP_PROC_STATUS)
     abort();
+  if (c.outcome == TP_OUT_APPROVED && c.kind == TP_PROC_STATUS) {
+    json_t *js = json_loadb((const char *)data + 3, size - 3, JSON_REJECT_DUPLICATES, NULL);
+    const char *st = json_string_value(json_object_get(js, "status"));
+    const char *op = json_string_value(json_object_get(js, "operation"));
+    if (!st || (!op && c.status_of != TP_PROC_VOID && strcmp(st, "voided") == 0) ||
+        (!op && c.status_of == TP_PROC_VOID))
+      abort();
+    json_decref(js);
+  }
   /* An approved authorisation, capture or refund names no other amount or
    * currency (each moved or held money). */
   if (c.outcome == TP_OUT_APPROVED &&

@@ -111,6 +111,20 @@ class FakeProcessor:
                             return self._reply(409, {"error": "reference already used"})
                         outer.applied.append(ref)
                     return self._reply(200, {"status": "voided", "reference": ref})
+                if mode == "fence_capture_lost" and method == "POST" and path.endswith("/capture"):
+                    return self._reply(500, {"error": "boom"})  # not done here
+                if mode == "fence_capture_lost" and method == "POST" and path.endswith("/void") and \
+                        js["reference"].endswith("-fence"):
+                    # the fence takes the capture's reference as a voided
+                    # authorization; its answer is lost, and the status
+                    # answer then names no operation (the contract allows it)
+                    ref = path.rsplit("/", 2)[1]
+                    with outer.lock:
+                        again = ref in outer.kept
+                        outer.kept[ref] = {"status": "voided", "reference": ref}
+                    if again:  # a repeated reference: its first answer
+                        return self._reply(200, {"status": "voided", "reference": js["reference"]})
+                    return self._reply(500, {"error": "boom"})
                 if mode in ("502", "503") and method == "POST" and path.endswith("/v1/authorizations"):
                     return self._reply(int(mode), {"error": "upstream"})
                 if mode == "429" and method == "POST" and path.endswith("/v1/authorizations"):
@@ -429,6 +443,37 @@ class ConnectorContract(unittest.TestCase):
         self.assertNotIn("succeeded", [x["status"] for x in refunds], refunds)
         self.assertEqual(self.c.get("/v1/charges/" + paid.json["latest_charge"]).json["amount_refunded"], 0)
         self.assertEqual(self.c.get("/v1/balance").json, bal1)
+
+    def test_a_capture_whose_reference_was_fenced_is_not_made(self):
+        """A capture's answer lost, the status query finding nothing, the
+        fence's answer lost too: the next status answer is the fence's,
+        `voided` with no operation. The capture never happened (the fence
+        took its reference); it was read as the capture made, and the
+        merchant shown 700 captured that the processor never captured."""
+        r = self.pay(PAN_OK, capture_method="manual")
+        self.assertEqual((r.status, r.json["status"]), (200, "requires_capture"), r)
+        pi = r.json["id"]
+        bal0 = self.c.get("/v1/balance").json
+        self.fake.mode = "fence_capture_lost"
+        key = new_key()
+        cap = self.c.post("/v1/payment_intents/%s/capture" % pi, {"amount_to_capture": 700},
+                          headers={"Idempotency-Key": key})
+        self.assertGreaterEqual(cap.status, 500, cap)
+        fenced = lambda: [q for q in self.fake.requests if q[0] == "GET" and "/v1/transactions/" in q[1]
+                          and q[1].rsplit("/", 1)[1] in self.fake.kept]
+        wait_for(lambda: len(fenced()) >= 1 and self.c.post("/v1/payment_intents/%s/capture" % pi,
+                                                             {"amount_to_capture": 700},
+                                                             headers={"Idempotency-Key": key}).status in (200, 402),
+                 what="the capture settled", timeout=20)
+        self.fake.mode = "ok"
+        got = self.c.get("/v1/payment_intents/" + pi).json
+        self.assertEqual((got["status"], got["amount_received"]), ("requires_capture", 0), got)
+        self.assertFalse(self.c.get("/v1/charges/" + got["latest_charge"]).json["captured"])
+        self.assertEqual(self.c.get("/v1/balance").json, bal0)
+        # a capture with a new key is made
+        again = self.c.post("/v1/payment_intents/%s/capture" % pi, {"amount_to_capture": 700},
+                            headers={"Idempotency-Key": new_key()})
+        self.assertEqual((again.status, again.json.get("amount_received")), (200, 700), (again, again.json))
 
     def test_a_502_is_resolved_before_going_on_and_a_503_is_not(self):
         """A 502 (or 500, 504) may come from a proxy after the processor
