@@ -15,7 +15,7 @@ PI = "/v1/payment_intents"
 
 
 class ConcurrencyTest(DaemonTestCase):
-    MERCHANTS = ("m",)
+    MERCHANTS = ("m", "other")
 
     def at_once(self, n, fn):
         """fn(i) on n threads released together; the answers in order of i."""
@@ -101,6 +101,44 @@ class ConcurrencyTest(DaemonTestCase):
         self.assertEqual(rest.json["amount"], 1000 - 70 * len(won))
         over = self.c("m").post("/v1/refunds", {"payment_intent": pi["id"], "amount": 1}, idem=new_key())
         self.assertEqual(over.status, 400, over)
+
+    def test_another_merchants_requests_on_an_id_do_not_unlock_it(self):
+        """Another merchant's request naming this merchant's charge takes its
+        lock (locks are by id) before its reads find nothing; this
+        merchant's requests finding the charge held by another merchant's
+        request ran on past the lock, so two refunds of 600 of one 1000
+        charge both succeeded (1200 refunded) while the other merchant sent
+        refunds of that id. Bounded: 40 rounds, 6 threads."""
+        stop = threading.Event()
+        target = [None]
+
+        def hammer():
+            c = self.daemon.client("other")
+            while not stop.is_set():
+                t = target[0]
+                if t:
+                    r = c.post("/v1/refunds", {"charge": t})
+                    assert r.status in (404, 429), r
+                else:
+                    stop.wait(0.005)
+        threads = [threading.Thread(target=hammer, daemon=True) for _ in range(6)]
+        for t in threads:
+            t.start()
+        try:
+            for i in range(40):
+                ch = self.pay()["latest_charge"]
+                target[0] = ch
+                answers = self.at_once(2, lambda j: self.daemon.client("m").post(
+                    "/v1/refunds", {"charge": ch, "amount": 600}, idem=new_key()))
+                target[0] = None
+                got = self.c("m").get("/v1/charges/" + ch).json
+                self.assertLessEqual(got["amount_refunded"], 1000, (i, got))
+                self.assertEqual(sorted(r.status for r in answers), [200, 400], (i, answers))
+                self.assertEqual(got["amount_refunded"], 600, (i, got))
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
 
     def test_parallel_captures_capture_once(self):
         pi = self.pay(capture_method="manual")
