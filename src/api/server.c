@@ -997,9 +997,9 @@ static enum MHD_Result queue_reply(struct tp_req *r)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, close ? "upgrade, close" : "upgrade");
   else if (close)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
-  else if (r->keep_alive) /* how long an idle connection is kept, so that a
-                            * client (undici/fetch) closes it first rather
-                            * than send into the server's close */
+  if (!close && r->keep_alive) /* how long an idle connection is kept, so that a
+                                * client (undici/fetch) closes it first rather
+                                * than send into the server's close */
     MHD_add_response_header(resp, "Keep-Alive", "timeout=" TP_HTTP_TIMEOUT_TEXT);
   if (cors_url(r->url)) {
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, "*");

@@ -400,14 +400,15 @@ void tp_h_we_update(struct tp_req *r)
     unlock(r);
     return;
   }
-  /* Pointing such an endpoint elsewhere, or enabling it again, is reading
-   * its events (a key without reports:read redirected a "*" endpoint);
-   * pausing it, narrowing it (new events are checked above), or its
-   * description and metadata are not, and a key that may delete it may do
-   * those (every update was refused: such a key could only delete it). */
+  /* Pointing such an endpoint elsewhere, enabling it again or changing
+   * what it takes is reading its events (a key without reports:read
+   * redirected a "*" endpoint; narrowed first, its pending deliveries of
+   * the old list still went to the new URL). Pausing it, its description
+   * and metadata are not, and a key that may delete it may do those
+   * (every update was refused: such a key could only delete it). */
   bool enables = json_object_get(p, "disabled") && !json_is_true(json_object_get(p, "disabled")) &&
                  strcmp(json_string_value(json_object_get(ep, "status")) ?: "", "enabled") != 0;
-  if ((json_object_get(p, "url") || enables) && !json_object_get(p, "enabled_events") &&
+  if ((json_object_get(p, "url") || enables || json_object_get(p, "enabled_events")) &&
       !reports_fit(r, json_object_get(ep, "enabled_events"))) {
     json_decref(ep);
     unlock(r);

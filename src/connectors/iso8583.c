@@ -52,6 +52,7 @@ struct stan_seq {
    * hw, past every STAN this process could have sent. */
   _Atomic uint64_t hw;
   pthread_mutex_t hw_mu;
+  int64_t hw_failed_ms; /* under hw_mu: the last failed write (retried 100 ms on) */
 };
 static pthread_mutex_t seqs_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct stan_seq *seqs;
@@ -77,18 +78,25 @@ static bool stan_load(const struct stan_seq *s, uint64_t *v)
   char path[1200], buf[32];
   stan_path(s, path, sizeof path);
   int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
+  if (fd < 0) {
+    if (errno != ENOENT)
+      tp_log(TP_LOG_WARN, "iso_stan_mark_unreadable", "{s:s, s:s}", "terminal_id", s->tid, "error", strerror(errno));
     return false;
+  }
   ssize_t n = read(fd, buf, sizeof buf - 1);
   close(fd);
-  if (n <= 0)
+  char *end = buf;
+  unsigned long long x = 0;
+  if (n > 0) {
+    buf[n] = '\0';
+    errno = 0;
+    x = strtoull(buf, &end, 10);
+  }
+  if (n <= 0 || errno || end == buf || (*end && *end != '\n')) {
+    tp_log(TP_LOG_WARN, "iso_stan_mark_unreadable", "{s:s, s:s}", "terminal_id", s->tid, "error",
+           "not a number: the sequence starts from the clock");
     return false;
-  buf[n] = '\0';
-  char *end;
-  errno = 0;
-  unsigned long long x = strtoull(buf, &end, 10);
-  if (errno || end == buf || (*end && *end != '\n'))
-    return false;
+  }
   *v = x;
   return true;
 }
@@ -106,23 +114,40 @@ static int stan_store(const struct stan_seq *s, uint64_t hw)
   bool ok = write(fd, buf, (size_t)len) == len && fsync(fd) == 0;
   ok = close(fd) == 0 && ok;
   ok = ok && rename(tmp, path) == 0 && tp_fsync_dir_of(path) == 0;
-  if (!ok)
+  if (!ok) {
+    int e = errno; /* the cause, not unlink's */
     unlink(tmp);
+    errno = e;
+  }
   return ok ? 0 : -1;
 }
 
-/* Move the mark on disk past counter value v before v is used. */
+/* Move the mark on disk past counter value v before v is used. A failed
+ * write (a full disk) leaves the mark where it was, so a later draw tries
+ * again (every 100 ms at most, logged once a streak): taken as written, the
+ * next 20,000 STANs went out with nothing on disk, and a restart reused
+ * them. Meanwhile the STAN is still drawn: refusing it would fail payments
+ * that may yet commit. */
 static void stan_reach(struct stan_seq *s, uint64_t v)
 {
   if (!stan_dir[0] || v < atomic_load(&s->hw))
     return;
   pthread_mutex_lock(&s->hw_mu);
   uint64_t hw = atomic_load(&s->hw);
-  if (v >= hw) {
+  int64_t now = tp_mono_ms();
+  if (v >= hw && (!s->hw_failed_ms || now - s->hw_failed_ms >= 100)) {
     uint64_t next = v + STAN_BLOCK;
-    if (stan_store(s, next) != 0)
-      tp_log(TP_LOG_ERROR, "iso_stan_mark_failed", "{s:s, s:s}", "terminal_id", s->tid, "error", strerror(errno));
-    atomic_store(&s->hw, next); /* a failed write is logged, not retried per STAN */
+    if (stan_store(s, next) != 0) {
+      if (!s->hw_failed_ms)
+        tp_log(TP_LOG_ERROR, "iso_stan_mark_failed", "{s:s, s:s}", "terminal_id", s->tid, "error",
+               strerror(errno));
+      s->hw_failed_ms = now;
+    } else {
+      if (s->hw_failed_ms)
+        tp_log(TP_LOG_INFO, "iso_stan_mark_written", "{s:s}", "terminal_id", s->tid);
+      s->hw_failed_ms = 0;
+      atomic_store(&s->hw, next);
+    }
   }
   pthread_mutex_unlock(&s->hw_mu);
 }
@@ -164,6 +189,11 @@ static void seq_put(struct stan_seq *s)
     while (*pp != s)
       pp = &(*pp)->next;
     *pp = s->next;
+    /* A clean stop writes where the sequence is: the next start goes on
+     * from there, not a block on (each start cost 20,000 STANs, and fifty
+     * in a day wrapped the million onto that day's STANs). */
+    if (stan_dir[0] && stan_store(s, atomic_load(&s->n)) != 0)
+      tp_log(TP_LOG_WARN, "iso_stan_mark_failed", "{s:s, s:s}", "terminal_id", s->tid, "error", strerror(errno));
     pthread_mutex_destroy(&s->hw_mu);
     free(s);
   }

@@ -327,12 +327,18 @@ static void map_status(struct tp_proc_call *c, enum tp_proc_kind kind, json_t *j
    * none, the one we asked about (the attempt's kind). */
   const char *op = json_string_value(json_object_get(js, "operation"));
   enum tp_proc_kind about = kind;
-  if (kind == TP_PROC_STATUS)
+  if (kind == TP_PROC_STATUS) {
     about = !op                           ? c->status_of
             : strcmp(op, "capture") == 0  ? TP_PROC_CAPTURE
             : strcmp(op, "refund") == 0   ? TP_PROC_REFUND
             : strcmp(op, "authorize") == 0 ? TP_PROC_AUTHORIZE
-                                          : TP_PROC_VOID;
+            : strcmp(op, "void") == 0     ? TP_PROC_VOID
+                                          : TP_PROC_STATUS;
+    if (about == TP_PROC_STATUS) { /* a word of no operation the contract has: not read as any */
+      set_error(c, "processor_bad_response");
+      return;
+    }
+  }
   bool of_auth = kind == TP_PROC_STATUS && about == TP_PROC_AUTHORIZE;
   if (kind == TP_PROC_STATUS && strcmp(st, "voided") == 0 &&
       (of_auth || (!op && (about == TP_PROC_CAPTURE || about == TP_PROC_REFUND)))) {

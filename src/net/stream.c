@@ -466,14 +466,19 @@ static void send_json(struct conn *c, json_t *o)
   }
 }
 
-/* A connection's close, once: the metric by code and the log line. */
+/* A connection's close, once: the metric by code and the log line. A
+ * client's own code (3000-4999, echoed) is one label, "application": each
+ * value was a series of its own, and one client made two thousand. */
 static void close_count(struct conn *c, uint16_t code, const char *reason)
 {
   if (c->close_counted)
     return;
   c->close_counted = true;
   char lbl[64];
-  snprintf(lbl, sizeof lbl, "code=\"%u\"", (unsigned)code);
+  if (code >= 1000 && code < 3000)
+    snprintf(lbl, sizeof lbl, "code=\"%u\"", (unsigned)code);
+  else
+    snprintf(lbl, sizeof lbl, "code=\"application\"");
   tp_metric_inc("turnpike_stream_closed_total", lbl, 1);
   tp_log(code == 1000 || code == 1001 || code == 1005 ? TP_LOG_DEBUG : TP_LOG_INFO, "stream_close",
          "{s:s, s:i, s:s}", "merchant", c->merchant, "code", (int)code, "reason", reason);
@@ -817,9 +822,10 @@ static void conn_pump(struct conn *c)
    * (its code; 1005 for none). */
   if (!c->close_counted && wslay_event_get_close_sent(c->ws)) {
     uint16_t code = wslay_event_get_status_code_sent(c->ws);
+    bool echo = wslay_event_get_close_received(c->ws) && code == wslay_event_get_status_code_received(c->ws);
     close_count(c, code,
-                wslay_event_get_close_received(c->ws) ? "closed by the client"
-                : code == 1007                          ? "invalid UTF-8"
+                echo           ? "closed by the client"
+                : code == 1007 ? "invalid UTF-8"
                 : code == 1009                          ? "message too big"
                                                         : "protocol error");
   }

@@ -397,6 +397,12 @@ class KeysTest(DaemonTestCase):
         self.assertStripeError(ap.post(sid, {"disabled": "false"}), 403, "permission_error")
         self.assertStripeError(ap.post(sid, {"url": "http://127.0.0.1:9/stolen", "disabled": "true"}), 403,
                                "permission_error")
+        # narrowing it, alone or with a new URL: its pending deliveries of the
+        # old list went to the new URL
+        self.assertStripeError(ap.post(sid, {"url": "http://127.0.0.1:9/stolen",
+                                             "enabled_events[]": "charge.succeeded"}), 403, "permission_error")
+        self.assertStripeError(ap.post(sid, {"enabled_events[]": "charge.succeeded"}), 403, "permission_error")
+        self.assertEqual(ap.get(sid).json["enabled_events"], ["*"])
         self.assertEqual(full.post(sid, {"disabled": "false"}).json["status"], "enabled")
         self.assertStripeError(ap.get("/v1/webhook_endpoints/%s/deliveries" % star.json["id"]), 403,
                                "permission_error")

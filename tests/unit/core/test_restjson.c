@@ -60,6 +60,11 @@ static void test_a_status_answer_is_the_word_of_its_operation(void **state)
   /* a void's `voided` with no operation: the void done, or its reference
    * fenced with the hold still live; unknown */
   assert_int_equal(status_answer(TP_PROC_VOID, "{\"status\":\"voided\"}"), TP_OUT_ERROR);
+  /* an operation word the contract does not have is no answer (it was
+   * read as a void) */
+  assert_int_equal(status_answer(TP_PROC_VOID, "{\"status\":\"voided\",\"operation\":\"reversal\"}"),
+                   TP_OUT_ERROR);
+  assert_int_equal(status_answer(TP_PROC_VOID, "{\"status\":\"voided\",\"operation\":\"Void\"}"), TP_OUT_ERROR);
   /* declines stay declines */
   assert_int_equal(status_answer(TP_PROC_CAPTURE, "{\"status\":\"failed\",\"decline_code\":\"expired_card\"}"),
                    TP_OUT_DECLINED);
