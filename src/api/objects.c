@@ -1997,9 +1997,18 @@ static unsigned lock_hash(const char *s)
 _Thread_local char tp_lock_busy_id[TP_ID_MAX];
 static _Thread_local char lock_pretend[TP_ID_MAX];
 
+/* The key a lock is kept under: the id's first TP_ID_MAX - 1 bytes, the
+ * same for the take, the look-ups and the release (an id of 64-71
+ * characters, which a path allows, was stored cut and looked up whole: its
+ * entry never found again, one leaked per request, and two requests on it
+ * both got the lock). Two long ids alike that far share a lock. */
+#define LOCK_KEY(var, id) \
+  char var[TP_ID_MAX]; \
+  tp_scopy(var, sizeof var, (id))
+
 void tp_lock_pretend(const char *id)
 {
-  tp_scopy(lock_pretend, sizeof lock_pretend, id ? id : "");
+  tp_scopy(lock_pretend, sizeof lock_pretend, id ? id : ""); /* cut as LOCK_KEY cuts */
 }
 
 /* Is id, by its prefix a stored kind's, in merchant's store (or can the
@@ -2020,8 +2029,9 @@ static bool lock_id_ours(const char *merchant, const char *id)
   return true;
 }
 
-bool tp_lock_foreign(const char *merchant, const char *id)
+bool tp_lock_foreign(const char *merchant, const char *whole)
 {
+  LOCK_KEY(id, whole);
   /* Only a lock whose taker is known to be another merchant's request: an
    * object not in this merchant's store may still be its own (a token's
    * card, made by the request that holds it), and a request of no merchant
@@ -2057,8 +2067,9 @@ static bool held(unsigned b, const char *id)
   return false;
 }
 
-bool tp_lock_try(const char *id)
+bool tp_lock_try(const char *whole)
 {
+  LOCK_KEY(id, whole);
   if (lock_pretend[0] && strcmp(id, lock_pretend) == 0)
     return true;
   unsigned b = lock_hash(id);
@@ -2185,8 +2196,9 @@ void tp_lock_wait_stop(void)
     pthread_join(waiter_thread, NULL);
 }
 
-int tp_lock_wait(const char *id, int64_t deadline_ms, void (*wake)(void *arg), void *arg)
+int tp_lock_wait(const char *whole, int64_t deadline_ms, void (*wake)(void *arg), void *arg)
 {
+  LOCK_KEY(id, whole);
   pthread_once(&waiter_once, waiter_start);
   struct lock_waiter *w = waiter_ok ? calloc(1, sizeof *w) : NULL;
   if (!w)
@@ -2208,8 +2220,9 @@ int tp_lock_wait(const char *id, int64_t deadline_ms, void (*wake)(void *arg), v
   return 1;
 }
 
-void tp_lock_release(const char *id)
+void tp_lock_release(const char *whole)
 {
+  LOCK_KEY(id, whole);
   if (lock_pretend[0] && strcmp(id, lock_pretend) == 0)
     return;
   unsigned b = lock_hash(id);
