@@ -182,6 +182,13 @@ static void refund_create(struct tp_req *r, const char *path_charge, bool reply_
       return;
     }
     const char *lc = json_string_value(json_object_get(pi, "latest_charge"));
+    /* A capture (or authorization) whose outcome is being settled: 409 as
+     * by the charge (a final-looking 400 said a capture that is going
+     * through had no successful charge) */
+    if (strcmp(json_string_value(json_object_get(pi, "status")), "succeeded") != 0 && tp_refuse_unsettled(r, pi_id)) {
+      json_decref(pi);
+      return;
+    }
     if (strcmp(json_string_value(json_object_get(pi, "status")), "succeeded") != 0 || !lc) {
       snprintf(msg, sizeof msg, "This PaymentIntent (%.64s) does not have a successful charge to refund.", pi_id);
       tp_reply_error(r, TP_ERR_CHARGE_NOT_REFUNDABLE, "payment_intent", msg);

@@ -459,6 +459,10 @@ class ConnectorContract(unittest.TestCase):
         cap = self.c.post("/v1/payment_intents/%s/capture" % pi, {"amount_to_capture": 700},
                           headers={"Idempotency-Key": key})
         self.assertGreaterEqual(cap.status, 500, cap)
+        # meanwhile a refund by the PaymentIntent waits, as one by the charge
+        # does (a final-looking 400 said it had no successful charge)
+        ref = self.c.post("/v1/refunds", {"payment_intent": pi, "amount": 100}, headers={"Idempotency-Key": new_key()})
+        self.assertEqual((ref.status, ref.json["error"].get("tp_code")), (409, 3009), ref)
         fenced = lambda: [q for q in self.fake.requests if q[0] == "GET" and "/v1/transactions/" in q[1]
                           and q[1].rsplit("/", 1)[1] in self.fake.kept]
         wait_for(lambda: len(fenced()) >= 1 and self.c.post("/v1/payment_intents/%s/capture" % pi,
