@@ -285,9 +285,9 @@ static int audit_merchant_created(struct tp_store *st, const char *actor, const 
   tp_audit_append(cs, id, actor, "merchant.created", id, details);
   json_decref(details);
   int rc = -1;
-  st->ops->apply_batch(st->cls, &cs, 1, &rc);
+  int brc = st->ops->apply_batch(st->cls, &cs, 1, &rc); /* a failed COMMIT fails the batch, rc stays 0 */
   tp_cs_free(cs);
-  return rc == 0 ? 0 : -1;
+  return brc == 0 && rc == 0 ? 0 : -1;
 }
 
 static int write_addr_file(const char *dir, const char *host, uint16_t port)

@@ -173,10 +173,12 @@ int tp_audit_cli_commit(struct tp_store *st, struct tp_cs *cs, const char *merch
   tp_audit_append(cs, merchant, "cli", action, object_id, details);
   json_decref(details);
   int rc = -1;
-  st->ops->apply_batch(st->cls, &cs, 1, &rc);
+  /* A failed COMMIT fails the batch, not the set (its rc stays 0): both
+   * are read, or a revoke the disk refused was reported done */
+  int brc = st->ops->apply_batch(st->cls, &cs, 1, &rc);
   tp_cs_free(cs);
   st->ops->close(st->cls);
-  if (rc != 0) {
+  if (brc != 0 || rc != 0) {
     fprintf(stderr, "turnpike %s: store write failed\n", cmd);
     return 1;
   }

@@ -13,14 +13,16 @@ the test's word, without filling a real file system.
   disk filled is settled by recovery once space is back (one charge in the
   processor's journal), and the client's retry with its Idempotency-Key gets
   that settled payment."""
+import json
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
 import unittest
 
-from harness import Daemon, Sim, new_key, open_db_ro, preload_env, start_beside, main
+from harness import BIN, Client, Daemon, Sim, new_key, open_db_ro, preload_env, start_beside, main
 
 PI = "/v1/payment_intents"
 SO = os.environ.get("TP_DISKFAULT_SO", "")
@@ -134,6 +136,30 @@ class DiskFullTest(unittest.TestCase):
         self.assertEqual(err.get("tp_code"), 8009, err)
 
     # -- the space guard ---------------------------------------------------
+    def test_an_admin_command_whose_commit_fails_says_so(self):
+        """The disk full at the COMMIT of `api-key create`/`revoke`: the
+        command exits 1 and prints no key (it exited 0 and printed a key
+        never stored, or a revoke never made: the leaked key went on
+        working)."""
+        mid = self.daemon.merchants["m"]["id"]
+        env = dict(os.environ, **preload_env(SO, TP_DISKFAULT_DATA=os.path.realpath(self.daemon.data),
+                                                 TP_DISKFAULT_CTL=self.ctl))
+
+        def run(*args):
+            return subprocess.run([BIN] + list(args) + ["--data", self.daemon.data], env=env, timeout=60,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        made = run("api-key", "create", "--merchant", mid, "--scopes", "payments:read")
+        self.assertEqual(made.returncode, 0, made.stderr)
+        key = json.loads(made.stdout)["restricted_key"]
+        self.set_fault(enospc=True)
+        p = run("api-key", "create", "--merchant", mid, "--scopes", "payments:read")
+        self.assertEqual((p.returncode, p.stdout), (1, b""), p.stderr)
+        p = run("api-key", "revoke", "--merchant", mid, "--key", key)
+        self.assertEqual((p.returncode, p.stdout), (1, b""), p.stderr)
+        self.set_fault(enospc=False)
+        # the revoke was not made, and the command said so: the key works
+        self.assertEqual(Client(self.daemon.host, self.daemon.port, key=key).get(PI).status, 200)
+
     def test_space_guard_refuses_new_work_and_lets_sent_calls_finish(self):
         r = self.c.post(PI, self.pay_params(1100), idem=new_key("df"))
         self.assertEqual((r.status, r.json["status"]), (200, "succeeded"), r.json)
