@@ -457,7 +457,10 @@ static void usage_restore(FILE *f)
 
 
 /* Key files the restored store needs: vault.key always, kek-vN.key for
- * every file-provider KEK version it names. */
+ * the file provider's current KEK version and every version a card record
+ * still names (serve's own check, kek.c older_keks_held): not every version
+ * ever made (a retired one, destroyed as key retirement wants, refused
+ * `restore --force` for good). */
 static json_t *missing_keys(const char *db_path, const char *dir)
 {
   json_t *need = json_array();
@@ -465,7 +468,11 @@ static json_t *missing_keys(const char *db_path, const char *dir)
   sqlite3 *db = NULL;
   if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db, "SELECT version FROM kek_versions WHERE provider = 'file' ORDER BY version", -1,
+    if (sqlite3_prepare_v2(db, "SELECT version FROM kek_versions WHERE provider = 'file' AND "
+                           "(version = (SELECT max(version) FROM kek_versions) OR printf('%08X', version) IN "
+                           "(SELECT DISTINCT hex(substr(blob, 2, 4)) FROM vault WHERE substr(blob, 1, 1) = X'02')) "
+                           "ORDER BY version",
+                           -1,
                            &st, NULL) == SQLITE_OK)
       while (sqlite3_step(st) == SQLITE_ROW) {
         char name[48];

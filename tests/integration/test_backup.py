@@ -538,5 +538,41 @@ class DamagedStoreTest(unittest.TestCase):
         self.assertEqual((r.status, r.json.get("reason")), (503, "store_corrupt"), r)
         self.assertEqual(d.log_text().count('"event":"store_corrupt"'), 1)
 
+class RetiredKek(unittest.TestCase):
+    def test_a_retired_kek_is_not_asked_for(self):
+        """Once every card record is re-wrapped under a new KEK, the old
+        one's file may be destroyed (key retirement): restore --force and
+        its missing_key_files asked for every version ever made, so a
+        restore was refused for good."""
+        tmp = tempfile.mkdtemp(prefix="tp-retired-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        d = Daemon(root=os.path.join(tmp, "d"))
+        self.addCleanup(d.cleanup)
+        d.create_merchant("m")
+        d.start(config="[vault]\nrewrap_settle_ms = 300\n")
+        c = d.client("m")
+        pm = c.post("/v1/payment_methods", {"type": "card", "card": card("4242424242424242")["card"]}).json["id"]
+        cus = c.post("/v1/customers", {}).json["id"]
+        self.assertEqual(c.post("/v1/payment_methods/%s/attach" % pm, {"customer": cus}).status, 200)
+        rc, _, err = run("kek", "rotate", "--data", d.data)
+        self.assertEqual(rc, 0, err)
+        deadline = time.monotonic() + 60
+        while "kek_rewrap_done" not in d.log_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertIn("kek_rewrap_done", d.log_text())
+        out = os.path.join(tmp, "b.db")
+        rc, _, err = run("backup", "--data", d.data, "--out", out)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(d.stop(), 0)
+        os.unlink(os.path.join(d.data, "kek-v1.key"))  # retired: destroyed
+        rc, stdout, err = run("restore", "--from", out, "--data", d.data, "--force")
+        self.assertEqual(rc, 0, err)
+        self.assertNotIn("kek-v1.key", json.loads(stdout)["missing_key_files"])
+        d.start(config="[vault]\nrewrap_settle_ms = 300\n")
+        r = d.client("m").post(PI, {"amount": 700, "currency": "usd", "confirm": "true", "customer": cus,
+                                    "payment_method": pm, "off_session": "true"})
+        self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), r)
+
+
 if __name__ == "__main__":
     main()
