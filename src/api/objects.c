@@ -374,8 +374,8 @@ static json_t *prev_attrs(const json_t *before, const json_t *after)
 }
 
 /* An event about object with data.previous_attributes = prev. */
-static void emit_prev(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type,
-                      const json_t *object, const json_t *prev)
+void tp_emit_prev(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type,
+                  const json_t *object, const json_t *prev)
 {
   size_t ol = 0, pl = 0;
   char *os = tp_json_dump(object, &ol), *ps = tp_json_dump(prev, &pl);
@@ -393,7 +393,7 @@ void tp_emit_update(struct tp_cs *cs, const struct tp_req *r, const char *mercha
   /* Nothing changed (an update that re-sent what the object holds): no
    * event, as on Stripe, whose *.updated says a property changed. */
   if (json_object_size(prev) > 0)
-    emit_prev(cs, r, merchant, type, object, prev);
+    tp_emit_prev(cs, r, merchant, type, object, prev);
   json_decref(prev);
 }
 
@@ -1234,7 +1234,7 @@ void tp_pm_detach(struct tp_cs *cs, const struct tp_req *r, json_t *pm)
   json_object_set_new(pm, "customer", json_null());
   tp_mark(pm, "detached", json_true());
   tp_cs_put(cs, TP_K_PAYMENT_METHOD, r->merchant.id, pm);
-  emit_prev(cs, r, r->merchant.id, "payment_method.detached", pm, prev);
+  tp_emit_prev(cs, r, r->merchant.id, "payment_method.detached", pm, prev);
   json_decref(prev);
 }
 

@@ -18,6 +18,10 @@
 void tp_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type, const json_t *object);
 /* A *.updated event: tp_emit with data.previous_attributes, the old values
  * of what changed from before to object (Stripe); none when nothing did. */
+/* An event about object with data.previous_attributes = prev (as given:
+ * the top-level values before, for an event that is not an update). */
+void tp_emit_prev(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type,
+                  const json_t *object, const json_t *prev);
 void tp_emit_update(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type,
                     const json_t *before, const json_t *object);
 /* tp_cs_put of object (kind) and tp_emit about it, serialising it once. */

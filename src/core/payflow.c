@@ -2133,6 +2133,24 @@ static void refund_reports_fraud(json_t *ch, const json_t *re)
   json_object_set_new(fd, "user_report", json_string("fraudulent"));
 }
 
+/* The charge stored and its charge.refunded event, with
+ * data.previous_attributes as Stripe's has them (amount_refunded and
+ * refunded before): a webhook handler takes this refund's amount as the
+ * difference, and had none to take. */
+static void put_charge_refunded(struct tp_cs *cs, struct tp_pay *p, const json_t *before, const json_t *ch)
+{
+  tp_cs_put(cs, TP_K_CHARGE, p->m.id, ch);
+  json_t *prev = json_object();
+  const char *k;
+  json_t *bv;
+  json_object_foreach((json_t *)(uintptr_t)before, k, bv) {
+    if (!json_equal(bv, json_object_get(ch, k)))
+      json_object_set(prev, k, bv);
+  }
+  tp_emit_prev(cs, p->r, p->m.id, "charge.refunded", ch, prev);
+  json_decref(prev);
+}
+
 /* A refund of an uncaptured charge: its authorization voided (Stripe's
  * older way to release a hold, which ActiveMerchant's void and verify and
  * omnipay still use). The Refund shows the release (no money moved: no
@@ -2148,6 +2166,7 @@ void tp_outcome_void_refund(struct tp_pay *p, struct tp_cs *cs)
   json_t *re = p->refund, *ch = p->charge, *pi = p->pi;
   const char *merchant = p->m.id;
   int64_t amount = p->att.amount;
+  json_t *before = json_deep_copy(ch);
   release_uncaptured(p, json_integer_value(json_object_get(ch, "amount")));
   json_t *turn = json_object_get(ch, "turnpike");
   if (json_is_object(turn))
@@ -2158,7 +2177,8 @@ void tp_outcome_void_refund(struct tp_pay *p, struct tp_cs *cs)
   json_object_set_new(re, "status", json_string("succeeded"));
   tp_put_emit(cs, p->r, merchant, TP_K_REFUND, "refund.created", re);
   refund_reports_fraud(ch, re);
-  tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.refunded", ch);
+  put_charge_refunded(cs, p, before, ch);
+  json_decref(before);
   json_object_set_new(pi, "status", json_string("canceled"));
   json_object_set_new(pi, "canceled_at", json_integer(tp_now()));
   json_object_set_new(pi, "cancellation_reason", json_null());
@@ -2196,13 +2216,15 @@ void tp_outcome_refund(struct tp_pay *p, struct tp_cs *cs)
   free(desc);
   json_object_set_new(re, "balance_transaction", json_string(txn));
   json_object_set_new(re, "status", json_string("succeeded"));
+  json_t *before = json_deep_copy(ch);
   int64_t refunded = json_integer_value(json_object_get(ch, "amount_refunded")) + amount;
   json_object_set_new(ch, "amount_refunded", json_integer(refunded));
   json_object_set_new(ch, "refunded", json_boolean(refunded - tp_charge_released(ch) >=
                                                   json_integer_value(json_object_get(ch, "amount_captured"))));
   tp_put_emit(cs, p->r, merchant, TP_K_REFUND, "refund.created", re);
   refund_reports_fraud(ch, re);
-  tp_put_emit(cs, p->r, merchant, TP_K_CHARGE, "charge.refunded", ch);
+  put_charge_refunded(cs, p, before, ch);
+  json_decref(before);
   if (json_is_true(json_object_get(ch, "refunded")))
     tp_efw_settle(cs, p->r, merchant, ch);
   /* the reply is written out now, as it stands; the Charges API's legacy

@@ -39,6 +39,23 @@ class ChargeRefunds(DaemonTestCase):
         self.assertEqual(self.c().post("/v1/refunds", {"charge": held["id"], "reason": "fraudulent"}).status, 200)
         self.assertEqual(self.c().get(CH + "/" + held["id"]).json["fraud_details"], {"user_report": "fraudulent"})
 
+    def test_charge_refunded_carries_what_was_refunded_before(self):
+        """Stripe's charge.refunded has data.previous_attributes
+        (amount_refunded, refunded before): a webhook handler takes the
+        refund's amount as the difference. It had none."""
+        ch = self.charge(2000)
+        for amount, before, after in ((500, 0, 500), (1500, 500, 2000)):
+            self.assertEqual(self.c().post("/v1/refunds", {"charge": ch["id"], "amount": amount}).status, 200)
+            evs = [e for e in self.c().get("/v1/events", {"type": "charge.refunded", "limit": 10}).json["data"]
+                   if e["data"]["object"]["id"] == ch["id"]]
+            ev = evs[0]
+            self.assertEqual(ev["data"]["object"]["amount_refunded"], after, ev)
+            prev = ev["data"].get("previous_attributes")
+            self.assertIsNotNone(prev, ev)
+            self.assertEqual(prev.get("amount_refunded"), before, prev)
+            self.assertEqual(after - prev["amount_refunded"], amount)
+        self.assertEqual(prev.get("refunded"), False, prev)
+
     def test_a_refund_under_the_charge(self):
         ch = self.charge()
         r = self.c().post("%s/%s/refunds" % (CH, ch["id"]), {"amount": 500, "reason": "requested_by_customer",
