@@ -1,10 +1,12 @@
 /* Ids, hashes, randomness and clocks. */
 #include "util.h"
+#include "log.h"
 
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/crypto.h>
 #include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -783,6 +785,50 @@ void tp_utf8_scrub(char *s)
       *p++ = '?';
     }
   }
+}
+
+int tp_secret_open(const char *path)
+{
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+  if (fd < 0) {
+    if (errno == ELOOP) { /* a symbolic link */
+      tp_log(TP_LOG_ERROR, "secret_file_unsafe", "{s:s, s:s}", "path", path, "why",
+             "a symbolic link: put the file itself there");
+      errno = EPERM;
+    }
+    return -1;
+  }
+  struct stat st;
+  const char *why = NULL;
+  if (fstat(fd, &st) != 0)
+    why = "cannot be examined";
+  else if (!S_ISREG(st.st_mode))
+    why = "not a regular file";
+  else if (st.st_uid != geteuid())
+    why = "owned by another user: chown it to the user that runs turnpike";
+  else if (st.st_mode & (S_IWGRP | S_IWOTH))
+    why = "others than its owner may write it: check it is the key you made, then chmod 600 it";
+  if (why) {
+    tp_log(TP_LOG_ERROR, "secret_file_unsafe", "{s:s, s:s}", "path", path, "why", why);
+    close(fd);
+    errno = EPERM;
+    return -1;
+  }
+  if (st.st_mode & 077) {
+    tp_log(TP_LOG_WARN, "secret_file_tightened", "{s:s, s:s}", "path", path, "why",
+           "others than its owner could read it: now 0600");
+    (void)fchmod(fd, S_IRUSR | S_IWUSR);
+  }
+  return fd;
+}
+
+FILE *tp_secret_fopen(const char *path)
+{
+  int fd = tp_secret_open(path);
+  FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
+  if (fd >= 0 && !f)
+    close(fd);
+  return f;
 }
 
 const char *tp_key_file_exposed(const char *path)

@@ -4,6 +4,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <time.h>
 
 #define TP_ID_MAX 64
@@ -137,5 +138,14 @@ int tp_b64_digit(char c, bool url);
 /* Why a private key file is too open to use, or NULL: other users may
  * read it (as PostgreSQL rules: 0600, or 0640 when owned by root). */
 const char *tp_key_file_exposed(const char *path);
+/* Open a secret file of the data directory (a KEK, vault.key, a signing or
+ * decryption key) to read: not through a symbolic link, a regular file
+ * owned by this user that no one else may write (else refused: logged
+ * secret_file_unsafe, errno EPERM; in a directory others can write, a key
+ * planted there was used to seal every card). One others may only read is
+ * made 0600 (logged secret_file_tightened). -1 with errno ENOENT: none. */
+int tp_secret_open(const char *path);
+/* tp_secret_open as a stdio stream ("r"); NULL and errno as above. */
+FILE *tp_secret_fopen(const char *path);
 
 #endif

@@ -38,8 +38,12 @@ static EVP_PKEY *load_or_create(const char *dir, const char *name, const char *t
 {
   char path[1200];
   snprintf(path, sizeof path, "%s/%s", dir, name);
-  FILE *f = fopen(path, "r");
+  FILE *f = tp_secret_fopen(path);
   EVP_PKEY *k = NULL;
+  if (!f && errno != ENOENT) {
+    tp_log(TP_LOG_ERROR, "jwe_key_bad", "{s:s, s:s}", "path", path, "error", strerror(errno));
+    return NULL;
+  }
   if (f) {
     k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
     fclose(f);

@@ -129,7 +129,7 @@ int tp_jwt_key_generate(struct tp_jwt_key *k)
 int tp_jwt_key_load_or_create(const char *path, struct tp_jwt_key *k)
 {
   memset(k, 0, sizeof *k);
-  FILE *f = fopen(path, "r");
+  FILE *f = tp_secret_fopen(path);
   if (f) {
     k->pkey = PEM_read_PrivateKey(f, NULL, NULL, NULL);
     fclose(f);

@@ -57,7 +57,7 @@ static int file_load(struct file_kek *f, uint32_t v, uint8_t key[32])
     }
   char path[1200];
   snprintf(path, sizeof path, "%s/kek-v%u.key", f->dir, v);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  int fd = tp_secret_open(path);
   ssize_t n = fd >= 0 ? read(fd, key, 32) : -1;
   if (fd >= 0)
     close(fd);
@@ -81,7 +81,17 @@ static int file_create(void *cls, uint32_t v)
   snprintf(path, sizeof path, "%s/kek-v%u.key", f->dir, v);
   int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   struct stat sb;
-  if (fd < 0 && errno == EEXIST && stat(path, &sb) == 0 && S_ISREG(sb.st_mode)) {
+  bool exists = fd < 0 && errno == EEXIST;
+  if (exists) {
+    /* one there already must be ours, and no one else's to have written */
+    int rfd = tp_secret_open(path);
+    if (rfd < 0 || fstat(rfd, &sb) != 0) {
+      if (rfd >= 0)
+        close(rfd);
+      tp_log(TP_LOG_ERROR, "kek_file_create", "{s:s, s:s}", "path", path, "error", "an unsafe file is there");
+      return -1;
+    }
+    close(rfd);
     if (sb.st_size == 32) {
       /* A key of this version is there already: a rotation killed after its
        * file and before its row, or a store restored from an older backup
@@ -93,7 +103,7 @@ static int file_create(void *cls, uint32_t v)
     }
     /* Shorter: a rotation killed while writing it; no record can be sealed
      * with it. Written again. */
-    fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+    fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOFOLLOW);
   }
   if (fd < 0) {
     tp_log(TP_LOG_ERROR, "kek_file_create", "{s:s, s:s}", "path", path, "error", strerror(errno));
@@ -139,11 +149,11 @@ static EVP_PKEY *file_sign_key(struct file_kek *f)
   if (!f->sign_key) {
     char path[1200];
     snprintf(path, sizeof path, "%s/audit-signing.pem", f->dir);
-    FILE *fp = fopen(path, "r");
+    FILE *fp = tp_secret_fopen(path);
     if (fp) {
       f->sign_key = PEM_read_PrivateKey(fp, NULL, NULL, NULL);
       fclose(fp);
-    } else {
+    } else if (errno == ENOENT) {
       EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
       int fd = k ? open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600) : -1;
       FILE *out = fd >= 0 ? fdopen(fd, "w") : NULL;

@@ -28,7 +28,7 @@ int tp_vault_init(const char *dir, uint8_t kek[32])
 {
   char path[1200];
   snprintf(path, sizeof path, "%s/vault.key", dir);
-  int fd = open(path, O_RDONLY);
+  int fd = tp_secret_open(path);
   if (fd >= 0) {
     ssize_t n = read(fd, kek, 32);
     close(fd);
@@ -36,6 +36,9 @@ int tp_vault_init(const char *dir, uint8_t kek[32])
       tp_log(TP_LOG_ERROR, "vault_key_bad", "{s:s}", "path", path);
       return -1;
     }
+  } else if (errno != ENOENT) {
+    tp_log(TP_LOG_ERROR, "vault_key_bad", "{s:s, s:s}", "path", path, "error", strerror(errno));
+    return -1;
   } else {
     tp_random(kek, 32);
     fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);

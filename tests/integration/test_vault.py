@@ -261,6 +261,41 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
         finally:
             d.cleanup()
 
+    def test_a_key_file_others_may_write_or_a_link_is_refused_one_they_may_read_is_tightened(self):
+        """A KEK or vault.key that another user could have written (a data
+        directory others can write: a planted all-zero kek-v2.key sealed
+        every new card) is refused at start, and so is a symbolic link;
+        one others could only read is made 0600 and the start goes on."""
+        d = Daemon()
+        try:
+            self.stopped_store_with_a_card(d)
+            kek = os.path.join(d.data, "kek-v1.key")
+            os.chmod(kek, 0o644)
+            d.start()
+            self.assertEqual(stat.S_IMODE(os.stat(kek).st_mode), 0o600)
+            self.assertIn('"secret_file_tightened"', d.log_text())
+            self.assertEqual(d.stop(), 0)
+            for name, how in (("kek-v1.key", "chmod"), ("vault.key", "chmod"), ("kek-v1.key", "link")):
+                with self.subTest(name=name, how=how):
+                    p = os.path.join(d.data, name)
+                    if how == "chmod":
+                        os.chmod(p, 0o622)
+                    else:
+                        os.replace(p, p + ".real")
+                        os.symlink(p + ".real", p)
+                    with self.assertRaises(RuntimeError):
+                        d.start()
+                    self.assertIn('"secret_file_unsafe"', d.log_text())
+                    if how == "chmod":
+                        os.chmod(p, 0o600)
+                    else:
+                        os.unlink(p)
+                        os.replace(p + ".real", p)
+            d.start()
+            self.assertEqual(d.client("m").get("/v1/payment_methods", {"type": "card"}).status, 200)
+        finally:
+            d.cleanup()
+
     def stopped_store_with_a_card(self, d):
         """d started, a card saved, d stopped: the card's id."""
         d.create_merchant("m")
