@@ -92,6 +92,7 @@ struct tp_req {
   bool cors_preflight; /* answering an OPTIONS preflight */
   bool bad_path;       /* the path encodes a delimiter (%2F, %5C, %00): 404 */
   bool bad_query;      /* the query string has a "%" not followed by two hex digits: 400 */
+  bool bad_target;     /* the request target holds a space or tab: 400, closed */
   bool close_after;    /* refused before its body was read: Connection: close */
   bool keep_alive;     /* the client keeps the connection (Connection, HTTP version): say for how long */
   bool http11;         /* HTTP/1.1 or a later 1.x (else 1.0) */

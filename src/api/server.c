@@ -665,7 +665,18 @@ static void run_handler_loop(struct tp_req *r)
 static void dispatch(struct tp_req *r)
 {
   tp_store_read_failed = false; /* this request's reads only (tp_reply_missing) */
+  if (r->bad_target) { /* RFC 9112 3: an invalid request-line gets 400 */
+    tp_reply_error(r, TP_ERR_REQUEST_FRAMING_INVALID, NULL,
+                   "The request line is not valid HTTP/1.1: its target holds a space (RFC 9112 3).");
+    r->close_after = true;
+    return;
+  }
   if (strcmp(r->method, "OPTIONS") == 0) {
+    if (strcmp(r->url, "*") == 0) { /* RFC 9110 9.3.7: the server in general */
+      snprintf(r->methods, sizeof r->methods, "GET, HEAD, POST, DELETE, OPTIONS");
+      tp_reply_raw(r, 200, strdup(""), 0, "text/plain");
+      return;
+    }
     preflight(r);
     return;
   }
@@ -677,6 +688,10 @@ static void dispatch(struct tp_req *r)
   int mi = 0;
   while (http_methods[mi] && strcmp(http_methods[mi], r->method) != 0)
     mi++;
+  if (strcmp(r->method, "CONNECT") == 0) { /* RFC 9110 9.1: a method not implemented here */
+    tp_reply_error(r, TP_ERR_METHOD_NOT_IMPLEMENTED, NULL, NULL);
+    return;
+  }
   if (!http_methods[mi]) {
     bool token = r->method[0] && !strchr(r->method, '?');
     if (token)
@@ -986,7 +1001,7 @@ static enum MHD_Result queue_reply(struct tp_req *r)
   }
   if (r->status == 415) /* RFC 9110 12.5.3: the codings a request body may have */
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCEPT_ENCODING, "identity");
-  if (r->status == 405 && r->methods[0])
+  if ((r->status == 405 || (r->status == 200 && strcmp(r->url, "*") == 0)) && r->methods[0])
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->methods);
   /* its body is not read: the connection cannot go on; or the gateway is
    * stopping: the client is told before it sends another request into the
@@ -1024,6 +1039,7 @@ static char encoded_delimiter;
  * digits (libmicrohttpd passes it through as text; the body's parser
  * refuses it, and so does the query's now) */
 static char bad_query_escape;
+static char bad_target; /* a request target with a space or a tab in it (RFC 9112 3) */
 
 
 /* A Stripe-shaped error written straight to the socket, which is then shut
@@ -1339,8 +1355,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 {
   (void)cls;
   struct tp_req *r = *con_cls;
-  bool bad_path = r == (void *)&encoded_delimiter, bad_query = r == (void *)&bad_query_escape;
-  if (bad_path || bad_query)
+  bool bad_path = r == (void *)&encoded_delimiter, bad_query = r == (void *)&bad_query_escape,
+       bad_line = r == (void *)&bad_target;
+  if (bad_path || bad_query || bad_line)
     r = *con_cls = NULL;
   if (!r) {
     r = calloc(1, sizeof *r);
@@ -1349,6 +1366,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     r->conn = conn;
     r->bad_path = bad_path;
     r->bad_query = bad_query;
+    r->bad_target = bad_line;
     r->t0_ns = tp_mono_ns();
     /* A method is a token (RFC 9110 9.1) and a path text: what else came
      * (libmicrohttpd takes any method and decodes %FF in a path) is made
@@ -1454,7 +1472,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   (void)cls;
   (void)conn;
   struct tp_req *r = *con_cls;
-  if (!r || r == (void *)&encoded_delimiter || r == (void *)&bad_query_escape)
+  if (!r || r == (void *)&encoded_delimiter || r == (void *)&bad_query_escape || r == (void *)&bad_target)
     return;
   if (r->dispatched && !r->observed && toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
     /* The client went away before its reply was queued (it closed, or
@@ -1612,6 +1630,10 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
   bool too_long = len > TP_HTTP_URI_MAX;
   if (!too_long && args <= TP_HTTP_MAX_QUERY_ARGS && len + args * TP_HTTP_QUERY_ARG_COST <= TP_HTTP_URI_MAX)
   {
+    /* "GET /v1/balance xyz HTTP/1.1": libmicrohttpd takes the target to the
+     * last space, and it was served as a path with a space in it */
+    if (strpbrk(uri, " \t"))
+      return &bad_target;
     if (encodes_delimiter(uri))
       return &encoded_delimiter;
     if (!query_bad_escape(uri))

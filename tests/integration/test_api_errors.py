@@ -343,6 +343,17 @@ class ApiErrorsTest(DaemonTestCase):
             self.assertNotIn("Allow", r.headers)
         out = _exchange(self.daemon, b"G(T /v1/customers HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(out.startswith(b"HTTP/1.1 400"), out[:100])
+        # CONNECT is not implemented here (it was 404); OPTIONS * asks about
+        # the server (RFC 9110 9.3.7: 200 with Allow, it was 404); a target
+        # with a space in it is no request line (RFC 9112 3: 400, it was
+        # served as the path "/v1/balance xyz")
+        out = _exchange(self.daemon, b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 501"), out[:100])
+        out = _exchange(self.daemon, b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:100])
+        self.assertIn(b"\r\nAllow: GET, HEAD, POST, DELETE, OPTIONS\r\n", out)
+        out = _exchange(self.daemon, b"GET /v1/balance xyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 400"), out[:100])
         self.assertEqual(self.daemon.client(None).request("HEAD", "/v1/customers").status, 401)
 
     def test_expansions_are_checked_before_anything_happens(self):
