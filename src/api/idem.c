@@ -304,7 +304,8 @@ bool tp_idem_keeps_error(const struct tp_req *r)
     TP_ERR_CHARGE_ALREADY_CAPTURED, TP_ERR_CHARGE_NOT_REFUNDABLE, TP_ERR_CHARGE_EXPIRED_FOR_CAPTURE,
     TP_ERR_CHARGE_DISPUTED, TP_ERR_REFUND_DISPUTED_PAYMENT, TP_ERR_REFUND_NOT_CANCELABLE,
     TP_ERR_DISPUTE_ALREADY_CLOSED, TP_ERR_STATUS_TRANSITION_INVALID, TP_ERR_PAYMENT_METHOD_CONSUMED,
-    TP_ERR_ATTEMPT_UNEXPECTED_STATE,
+    TP_ERR_ATTEMPT_UNEXPECTED_STATE, TP_ERR_PAYMENT_METHOD_MISSING, /* a confirm of an intent with none, as a
+                                                                       * SetupIntent's is */
   };
   if (!r->has_idem || !r->idem_registered || r->settled_error || r->status < 400 || r->status >= 500 || !r->err)
     return false;

@@ -826,9 +826,10 @@ static void confirm(struct tp_req *r, json_t *pi, struct tp_cs *cs, bool created
     if (!pm_id && cus && default_card_source(r, cus, def))
       pm_id = def;
     if (!pm_id) { /* Stripe's words, the PaymentIntent in the error */
-      if (created) /* made by this request and not saved: no object to name, nothing kept */
+      if (created) { /* made by this request and not saved: no object to name, nothing kept */
         tp_reply_error(r, TP_ERR_PAYMENT_METHOD_MISSING, "payment_method", NULL);
-      else
+        r->err = 0; /* a request refused, not a state: tp_idem_keeps_error passes it */
+      } else
         pi_state_error(r, pi, TP_ERR_PAYMENT_METHOD_MISSING, "payment_method", NULL);
       goto fail;
     }

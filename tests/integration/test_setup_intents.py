@@ -231,6 +231,14 @@ class SetupIntents(DaemonTestCase):
                                          "method. You can either update the PaymentIntent with a payment method and "
                                          "then confirm it again, or confirm it again directly with a payment method.")
         self.assertEqual(err["payment_intent"]["amount"], 500)
+        # of an intent that exists, the refusal is its result under its key, as
+        # a SetupIntent's is (it was not kept)
+        for path in ("/v1/payment_intents/%s/confirm" % pi["id"], SI + "/" + bare["id"] + "/confirm"):
+            idem = new_key()
+            first = c.post(path, {}, headers={"Idempotency-Key": idem})
+            again = c.post(path, {}, headers={"Idempotency-Key": idem})
+            self.assertEqual((first.status, again.status, again.headers.get("Idempotent-Replayed")),
+                             (400, 400, "true"), (path, again.headers))
         # created and confirmed in one request: the intent is not saved, so
         # the error names none (it named an id that 404s) and keeps nothing
         # under the Idempotency-Key (its retry replayed that id)
