@@ -296,6 +296,33 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
         finally:
             d.cleanup()
 
+    def test_a_restart_inside_the_settle_period_still_says_the_rewrap_is_done(self):
+        """Every record re-wrapped, the gateway stopped within the settle
+        period: the next start found nothing to do and said nothing, so
+        kek_rewrap_done (the operator's word to retire the old key) and the
+        kek.rewrapped audit entry never came."""
+        d = Daemon()
+        try:
+            self.stopped_store_with_a_card(d)
+            d.start(config="[vault]\nrewrap_settle_ms = 600000\nkek_poll_seconds = 1\n")
+            self.assertEqual(self.rotate_offline(d), 2)
+            self.wait_versions(d, {2: 1})
+            self.assertNotIn("kek_rewrap_done", d.log_text())
+            self.assertEqual(d.stop(), 0)
+            d.start(config="[vault]\nrewrap_settle_ms = 600000\nkek_poll_seconds = 1\n")
+            deadline = time.monotonic() + REWRAP_WAIT_S
+            while "kek_rewrap_done" not in d.log_text() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            self.assertIn("kek_rewrap_done", d.log_text())
+            db = open_db_ro(d)
+            try:
+                acts = [a for (a,) in db.execute("SELECT action FROM audit_log WHERE action LIKE 'kek.%' ORDER BY seq")]
+            finally:
+                db.close()
+            self.assertEqual(acts[-2:], ["kek.rotated", "kek.rewrapped"], acts)
+        finally:
+            d.cleanup()
+
     def stopped_store_with_a_card(self, d):
         """d started, a card saved, d stopped: the card's id."""
         d.create_merchant("m")
