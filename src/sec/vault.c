@@ -286,11 +286,15 @@ int tp_vault_rewrap(const char *merchant, const char *token, const uint8_t *blob
     int al = rec_aad(aad, sizeof aad, merchant, token, 0);
     memcpy(tag, blob + 45, 16);
     if (!have_legacy || al < 0 ||
-        tp_vault_gcm(0, legacy_kek, blob + 1, (const uint8_t *)aad, (size_t)al, blob + 13, 32, dek, tag) != 0)
+        tp_vault_gcm(0, legacy_kek, blob + 1, (const uint8_t *)aad, (size_t)al, blob + 13, 32, dek, tag) != 0) {
+      tp_card_wipe(dek, sizeof dek); /* a failed decryption may have written part of it */
       return -1;
+    }
     rest = blob + 61;
-  } else if (rec_unwrap(merchant, token, blob, len, dek, &rest) != 0)
+  } else if (rec_unwrap(merchant, token, blob, len, dek, &rest) != 0) {
+    tp_card_wipe(dek, sizeof dek);
     return -1;
+  }
   int rc = p->wrap(p->cls, v, dek, (const uint8_t *)waad, (size_t)wal, w, &wl);
   tp_card_wipe(dek, sizeof dek);
   size_t tail = len - (size_t)(rest - blob);
