@@ -899,7 +899,8 @@ static const char *should_retry(const struct tp_req *r)
     return NULL;
   long code = strtol(c + 10, NULL, 10);
   if (code == TP_ERR_LOCK_TIMEOUT || code == TP_ERR_IDEMPOTENCY_KEY_IN_USE ||
-      code == TP_ERR_SEARCH_CONCURRENCY_LIMITED) /* a search refused at once, to retry shortly */
+      code == TP_ERR_SEARCH_CONCURRENCY_LIMITED || /* a search refused at once, to retry shortly */
+      code == TP_ERR_SHUTTING_DOWN) /* nothing done: the restarted gateway, or another, takes it */
     return "true";
   if (code == TP_ERR_PROCESSOR_RETRIES_EXHAUSTED || code == TP_ERR_PROCESSOR_STATUS_UNKNOWN)
     return "false";

@@ -177,6 +177,8 @@ class SlowProcessorShutdownTest(DaemonTestCase):
         self.assertEqual(sorted(got), ["a", "b"], got)
         self.assertGreaterEqual(got["a"].status, 400, got["a"])
         self.assertEqual((got["b"].status, got["b"].json["error"]["tp_code"]), (503, 8004), got["b"])  # shutting_down
+        # nothing was done: the client may send it again (to the restarted gateway)
+        self.assertEqual(got["b"].headers.get("Stripe-Should-Retry"), "true", got["b"].headers)
         # and the connection is closed after it, said in the reply: a client
         # kept it alive and sent its next request into the close
         self.assertEqual(got["b"].headers.get("Connection"), "close", got["b"].headers)
