@@ -58,12 +58,17 @@ static int file_load(struct file_kek *f, uint32_t v, uint8_t key[32])
   char path[1200];
   snprintf(path, sizeof path, "%s/kek-v%u.key", f->dir, v);
   int fd = tp_secret_open(path);
+  bool none = fd < 0 && errno == ENOENT;
   ssize_t n = fd >= 0 ? read(fd, key, 32) : -1;
   if (fd >= 0)
     close(fd);
   if (n != 32) {
     pthread_mutex_unlock(&f->mu);
-    tp_log(TP_LOG_ERROR, "kek_file_missing", "{s:s}", "path", path);
+    if (none)
+      tp_log(TP_LOG_ERROR, "kek_file_missing", "{s:s}", "path", path);
+    else /* there, but short, unreadable or unsafe (logged): not "missing" */
+      tp_log(TP_LOG_ERROR, "kek_file_bad", "{s:s, s:s}", "path", path, "error",
+             fd >= 0 ? "not 32 bytes" : strerror(errno));
     return -1;
   }
   size_t slot = f->ncache < FILE_CACHE ? f->ncache++ : v % FILE_CACHE;

@@ -275,17 +275,23 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
             self.assertEqual(stat.S_IMODE(os.stat(kek).st_mode), 0o600)
             self.assertIn('"secret_file_tightened"', d.log_text())
             self.assertEqual(d.stop(), 0)
-            for name, how in (("kek-v1.key", "chmod"), ("vault.key", "chmod"), ("kek-v1.key", "link")):
+            for name, how in (("kek-v1.key", "chmod"), ("vault.key", "chmod"), ("kek-v1.key", "link"),
+                              ("kek-v1.key", "short")):
                 with self.subTest(name=name, how=how):
                     p = os.path.join(d.data, name)
                     if how == "chmod":
                         os.chmod(p, 0o622)
+                    elif how == "short":  # there but torn: said so, not "missing"
+                        os.replace(p, p + ".real")
+                        with open(p, "wb") as f:
+                            f.write(b"0" * 16)
+                        os.chmod(p, 0o600)
                     else:
                         os.replace(p, p + ".real")
                         os.symlink(p + ".real", p)
                     with self.assertRaises(RuntimeError):
                         d.start()
-                    self.assertIn('"secret_file_unsafe"', d.log_text())
+                    self.assertIn('"kek_file_bad"' if how == "short" else '"secret_file_unsafe"', d.log_text())
                     if how == "chmod":
                         os.chmod(p, 0o600)
                     else:
