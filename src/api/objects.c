@@ -352,7 +352,7 @@ void tp_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant, con
 /* What changed from before to after, as Stripe's previous_attributes: each
  * changed field with its old value (null when it was absent); in a nested
  * object (metadata, billing_details, address ...) only the changed keys. */
-static json_t *prev_attrs(const json_t *before, const json_t *after)
+json_t *tp_prev_attrs(const json_t *before, const json_t *after)
 {
   json_t *out = json_object();
   const char *k;
@@ -362,7 +362,7 @@ static json_t *prev_attrs(const json_t *before, const json_t *after)
     if (json_equal(bv, av))
       continue;
     if (json_is_object(bv) && json_is_object(av))
-      json_object_set_new(out, k, prev_attrs(bv, av));
+      json_object_set_new(out, k, tp_prev_attrs(bv, av));
     else
       json_object_set(out, k, bv);
   }
@@ -389,7 +389,7 @@ void tp_emit_prev(struct tp_cs *cs, const struct tp_req *r, const char *merchant
 void tp_emit_update(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type,
                     const json_t *before, const json_t *object)
 {
-  json_t *prev = prev_attrs(before, object);
+  json_t *prev = tp_prev_attrs(before, object);
   /* Nothing changed (an update that re-sent what the object holds): no
    * event, as on Stripe, whose *.updated says a property changed. */
   if (json_object_size(prev) > 0)

@@ -18,6 +18,10 @@
 void tp_emit(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type, const json_t *object);
 /* A *.updated event: tp_emit with data.previous_attributes, the old values
  * of what changed from before to object (Stripe); none when nothing did. */
+/* data.previous_attributes of a change from before to after: the keys that
+ * changed with their old values, inside objects only what changed there,
+ * keys added as null. */
+json_t *tp_prev_attrs(const json_t *before, const json_t *after);
 /* An event about object with data.previous_attributes = prev (as given:
  * the top-level values before, for an event that is not an update). */
 void tp_emit_prev(struct tp_cs *cs, const struct tp_req *r, const char *merchant, const char *type,

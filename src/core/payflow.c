@@ -2140,13 +2140,7 @@ static void refund_reports_fraud(json_t *ch, const json_t *re)
 static void put_charge_refunded(struct tp_cs *cs, struct tp_pay *p, const json_t *before, const json_t *ch)
 {
   tp_cs_put(cs, TP_K_CHARGE, p->m.id, ch);
-  json_t *prev = json_object();
-  const char *k;
-  json_t *bv;
-  json_object_foreach((json_t *)(uintptr_t)before, k, bv) {
-    if (!json_equal(bv, json_object_get(ch, k)))
-      json_object_set(prev, k, bv);
-  }
+  json_t *prev = tp_prev_attrs(before, ch); /* as an update's: inside objects, what changed there */
   tp_emit_prev(cs, p->r, p->m.id, "charge.refunded", ch, prev);
   json_decref(prev);
 }

@@ -55,6 +55,13 @@ class ChargeRefunds(DaemonTestCase):
             self.assertEqual(prev.get("amount_refunded"), before, prev)
             self.assertEqual(after - prev["amount_refunded"], amount)
         self.assertEqual(prev.get("refunded"), False, prev)
+        # inside an object, only what changed there (as an update's)
+        fr = self.charge(1000)
+        self.assertEqual(self.c().post("/v1/refunds", {"charge": fr["id"], "amount": 100,
+                                                      "reason": "fraudulent"}).status, 200)
+        ev = [e for e in self.c().get("/v1/events", {"type": "charge.refunded", "limit": 10}).json["data"]
+              if e["data"]["object"]["id"] == fr["id"]][0]
+        self.assertEqual(ev["data"]["previous_attributes"].get("fraud_details"), {"user_report": None}, ev)
 
     def test_a_refund_under_the_charge(self):
         ch = self.charge()
