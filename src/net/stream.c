@@ -1166,6 +1166,17 @@ static void handshake_release(void *arg)
 }
 
 /* GET /v1/turnpike/stream */
+/* The request's Authorization uses the Basic scheme. */
+static bool basic_auth(const struct tp_req *r)
+{
+  const char *a = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+  if (!a)
+    return false;
+  while (*a == ' ' || *a == '\t')
+    a++;
+  return strncasecmp(a, "Basic", 5) == 0 && (a[5] == ' ' || a[5] == '\t' || !a[5]);
+}
+
 void tp_h_stream(struct tp_req *r)
 {
   char *token_cred = NULL; /* a stream token's: the key it was made with */
@@ -1212,6 +1223,14 @@ void tp_h_stream(struct tp_req *r)
                      "for a new one.");
       return;
     }
+  } else if (MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Origin") && basic_auth(r)) {
+    /* A browser sends Origin on every WebSocket handshake and can set no
+     * Authorization header there: Basic credentials on it are ones the
+     * browser kept (typed at the 401 prompt) and replays to any page that
+     * opens the stream (cross-site WebSocket hijacking). A page uses a
+     * stream token; servers send no Origin, or use Bearer. */
+    tp_reply_error(r, TP_ERR_STREAM_BROWSER_BASIC_AUTH, NULL, NULL);
+    return;
   } else if (!tp_req_access(r) || !tp_req_require_scope(r, TP_SCOPE_PAYMENTS_READ)) {
     /* a key as on any route: its scope (admin, as for stream tokens), rate
      * limit, failed logins; and payments:read, which reads events */

@@ -463,6 +463,26 @@ class StreamBoundsTest(DaemonTestCase):
         head = s.recv(4096).decode("latin-1")
         s.close()
         self.assertTrue(head.startswith("HTTP/1.1 400"), head)
+        # Basic credentials with an Origin are a browser's kept ones (it can set
+        # no Authorization on a WebSocket): refused, so a page elsewhere cannot
+        # open the stream with them; Bearer with an Origin, and Basic without,
+        # still open it
+        def handshake(auth, origin):
+            s = socket.create_connection((HOST, self.daemon.port), timeout=5)
+            s.sendall(("GET /v1/turnpike/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                       "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+                       "Authorization: %s\r\n%s\r\n" % (base64.b64encode(os.urandom(16)).decode(), auth,
+                                                         "Origin: https://evil.example\r\n" if origin else ""))
+                      .encode())
+            head = s.recv(4096).decode("latin-1")
+            s.close()
+            return head
+        basic = "Basic " + base64.b64encode((self.key() + ":").encode()).decode()
+        head = handshake(basic, True)
+        self.assertTrue(head.startswith("HTTP/1.1 403"), head)
+        self.assertIn('"tp_code":2035', head)
+        self.assertTrue(handshake(basic, False).startswith("HTTP/1.1 101"))
+        self.assertTrue(handshake("Bearer " + self.key(), True).startswith("HTTP/1.1 101"))
         # a restricted key needs the admin scope, as for stream tokens
         from test_access import admin
         rk = admin(self.daemon, "api-key", "create", "--merchant", self.daemon.merchants["m"]["id"], "--scopes",
