@@ -298,6 +298,12 @@ void tp_store_corrupt_watch(void); /* serve: from now on */
 int tp_writer_start(struct tp_store *st);
 /* [store] commit_sync = pipelined: readers may see a commit before its sync. */
 bool tp_writer_pipelined(void);
+/* With commit_sync = pipelined: the id of the oldest event that may be
+ * committed but not yet on disk ("" when none is): a reader that sends
+ * events on (the stream's resume, the webhooks' scan) reads only those
+ * before it, or a power cut erased events already sent. "" always in full
+ * mode (a commit is on disk before any reader sees it). */
+void tp_writer_durable_bound(char out[64]);
 /* Queue a change set; ownership passes to the writer, which frees it after
  * the completion ran. Returns -1 (and frees nothing) if the queue is full or
  * the writer stopped; the caller then still owns cs. */

@@ -76,6 +76,7 @@ struct unsynced {
   struct tp_cs **batch;
   int *rc;
   size_t n;
+  char first_event[TP_ID_MAX]; /* its first event's id, "" for none */
 };
 static struct {
   pthread_mutex_t mu;
@@ -84,7 +85,49 @@ static struct {
   size_t head, len;
   bool on, sync, stopping;
   pthread_t thread;
+  /* Events at or past these ids may be committed and not yet on disk:
+   * the batch the writer is committing (before its COMMIT, so no reader
+   * sees one of its events unbounded), and the oldest still unsynced. */
+  char committing[TP_ID_MAX];
+  char unsynced_from[TP_ID_MAX];
 } S = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .space = PTHREAD_COND_INITIALIZER};
+
+/* The first event id of a numbered batch into out ("" for none). */
+static void batch_first_event(struct tp_cs **batch, size_t n, char out[TP_ID_MAX])
+{
+  out[0] = '\0';
+  for (size_t i = 0; i < n && !out[0]; i++) {
+    size_t c = tp_cs_count(batch[i]);
+    for (size_t k = 0; k < c; k++) {
+      const struct tp_cs_op *op = tp_cs_op_at(batch[i], k);
+      if (op->type == TP_OP_PUT && op->kind == TP_K_EVENT && op->id) {
+        tp_scopy(out, TP_ID_MAX, op->id);
+        break;
+      }
+    }
+  }
+}
+
+/* Under S.mu: the oldest event that may not be on disk: the first queued
+ * batch's with events, else the one being committed. */
+static void unsynced_recompute(void)
+{
+  S.unsynced_from[0] = '\0';
+  for (size_t i = 0; i < S.len && !S.unsynced_from[0]; i++)
+    tp_scopy(S.unsynced_from, sizeof S.unsynced_from, S.q[(S.head + i) % TP_WRITER_MAX_UNSYNCED].first_event);
+  if (!S.unsynced_from[0])
+    tp_scopy(S.unsynced_from, sizeof S.unsynced_from, S.committing);
+}
+
+void tp_writer_durable_bound(char out[TP_ID_MAX])
+{
+  out[0] = '\0';
+  if (!S.sync)
+    return;
+  pthread_mutex_lock(&S.mu);
+  tp_scopy(out, TP_ID_MAX, S.unsynced_from);
+  pthread_mutex_unlock(&S.mu);
+}
 
 static void hand_to_syncer(struct tp_cs **batch, const int *rc, size_t n);
 
@@ -114,6 +157,15 @@ static void *writer_main(void *arg)
     /* Event ids in commit order (tp_cs_number_events). */
     for (size_t i = 0; i < n; i++)
       tp_cs_number_events(batch[i]);
+    if (S.on) { /* pipelined: readers are bounded below this batch's events before they can see them */
+      char first[TP_ID_MAX];
+      batch_first_event(batch, n, first);
+      pthread_mutex_lock(&S.mu);
+      tp_scopy(S.committing, sizeof S.committing, first);
+      if (!S.unsynced_from[0])
+        tp_scopy(S.unsynced_from, sizeof S.unsynced_from, first);
+      pthread_mutex_unlock(&S.mu);
+    }
     int64_t t0 = tp_mono_ns();
     int brc = W.st->ops->apply_batch(W.st->cls, batch, n, rc);
     int64_t dt = tp_mono_ns() - t0;
@@ -185,6 +237,10 @@ static void *syncer_main(void *arg)
       tp_log_flush();
       _exit(75);
     }
+    /* On disk now: readers may see up to the oldest still unsynced. */
+    pthread_mutex_lock(&S.mu);
+    unsynced_recompute();
+    pthread_mutex_unlock(&S.mu);
     for (size_t j = 0; j < k; j++) {
       finish_batch(items[j].batch, items[j].rc, items[j].n);
       free(items[j].batch);
@@ -198,16 +254,18 @@ static void *syncer_main(void *arg)
  * syncer; waits while TP_WRITER_MAX_UNSYNCED batches are pending. */
 static void hand_to_syncer(struct tp_cs **batch, const int *rc, size_t n)
 {
-  struct unsynced it = {malloc(n * sizeof *batch), malloc(n * sizeof *rc), n};
+  struct unsynced it = {malloc(n * sizeof *batch), malloc(n * sizeof *rc), n, ""};
   if (!it.batch || !it.rc)
     abort();
   memcpy(it.batch, batch, n * sizeof *batch);
   memcpy(it.rc, rc, n * sizeof *rc);
   pthread_mutex_lock(&S.mu);
+  tp_scopy(it.first_event, sizeof it.first_event, S.committing); /* committed now: queued */
   while (S.len == TP_WRITER_MAX_UNSYNCED)
     pthread_cond_wait(&S.space, &S.mu);
   S.q[(S.head + S.len) % TP_WRITER_MAX_UNSYNCED] = it;
   S.len++;
+  S.committing[0] = '\0';
   pthread_cond_signal(&S.cv);
   pthread_mutex_unlock(&S.mu);
 }

@@ -8,7 +8,11 @@
  *                      fails with ENOSPC, as on a file system with no free
  *                      block (SQLite then reports SQLITE_FULL);
  *     CTL/free_bytes   while it exists, statvfs() of a path under DATA
- *                      reports the number it holds as the space available.
+ *                      reports the number it holds as the space available;
+ *     CTL/hold_sync    while it exists, fsync()/fdatasync() of a file
+ *                      under DATA wait (a slow disk: commits a pipelined
+ *                      writer made stay unsynced for as long as the test
+ *                      wants; polled every 10 ms, at most 60 s).
  *
  * Writes to other files (the log on stderr) are never touched. Not part of
  * the product: built only for the integration tests. */
@@ -72,6 +76,7 @@ static int fd_full(int fd)
 typedef ssize_t (*write_fn)(int, const void *, size_t);
 typedef ssize_t (*pwrite_fn)(int, const void *, size_t, off_t);
 typedef ssize_t (*writev_fn)(int, const struct iovec *, int);
+typedef int (*sync_fn)(int);
 typedef int (*statvfs_fn)(const char *, struct statvfs *);
 typedef int (*statvfs64_fn)(const char *, struct statvfs64 *);
 
@@ -168,4 +173,36 @@ int statvfs64(const char *path, struct statvfs64 *st)
     }
   }
   return rc;
+}
+
+/* Hold a sync of a file under DATA while CTL/hold_sync exists. */
+static void hold(int fd)
+{
+  char flag[PATH_MAX];
+  if (ctl_path(flag, sizeof flag, "hold_sync") != 0)
+    return;
+  char link[64], target[PATH_MAX];
+  snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(link, target, sizeof target - 1);
+  if (n <= 0)
+    return;
+  target[n] = '\0';
+  if (!under_data(target))
+    return;
+  for (int i = 0; i < 6000 && access(flag, F_OK) == 0; i++)
+    usleep(10000);
+}
+
+int fsync(int fd)
+{
+  REAL(fsync, sync_fn);
+  hold(fd);
+  return real_fsync(fd);
+}
+
+int fdatasync(int fd)
+{
+  REAL(fdatasync, sync_fn);
+  hold(fd);
+  return real_fdatasync(fd);
 }

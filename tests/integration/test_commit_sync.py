@@ -2,14 +2,22 @@
 crash test's kill -9 cycles run with the writer committing without waiting
 for the disk and a second thread fdatasyncing the WAL before any reply, and
 the daemon really runs in that mode."""
+import json
 import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import unittest
 import urllib.request
 
 # Before the daemon starts: the harness hands os.environ to it.
 os.environ["TURNPIKE_STORE_COMMIT_SYNC"] = "pipelined"
 
 import test_crash  # noqa: E402  (after the environment is set)
-from harness import main  # noqa: E402
+from harness import Daemon, main, open_db_ro, preload_env  # noqa: E402
+from test_stream import RawWS  # noqa: E402
 
 
 class PipelinedCrashTest(test_crash.CrashTest):
@@ -26,6 +34,69 @@ class PipelinedCrashTest(test_crash.CrashTest):
                   if line.startswith("turnpike_store_sync_duration_seconds_count")]
         self.assertTrue(counts, "no sync metric: not running pipelined")
         self.assertGreater(float(counts[0].split()[-1]), 0)
+
+
+@unittest.skipUnless(os.environ.get("TP_DISKFAULT_SO"), "TP_DISKFAULT_SO (the diskfault.so test shim) not set")
+class UnsyncedEventsAreNotSent(unittest.TestCase):
+    """Readers see a pipelined commit before its fdatasync. The stream's
+    resume sent such events, and a power cut then erased events already
+    sent (a subscriber held a customer, charge or payment that never
+    existed); they come live, once on disk. The disk is held slow with
+    diskfault.so's hold_sync."""
+
+    def test_a_resume_sends_no_event_before_it_is_on_disk(self):
+        ctl = tempfile.mkdtemp(prefix="tp-hold-")
+        self.addCleanup(shutil.rmtree, ctl, True)
+        d = Daemon()
+        self.addCleanup(d.cleanup)
+        d.create_merchant("m")
+        d.start(extra_env=preload_env(os.environ["TP_DISKFAULT_SO"], TP_DISKFAULT_DATA=os.path.realpath(d.data),
+                                      TP_DISKFAULT_CTL=ctl))
+        c = d.client("m")
+        self.assertEqual(c.post("/v1/customers", {"name": "before"}).status, 200)
+        since = c.get("/v1/events", {"limit": 1}).json["data"][0]["id"]
+        hold = os.path.join(ctl, "hold_sync")
+        open(hold, "w").close()
+        self.addCleanup(lambda: os.path.exists(hold) and os.unlink(hold))
+        got = {}
+        t = threading.Thread(target=lambda: got.update(r=d.client("m").post("/v1/customers", {"name": "held"})))
+        t.start()
+
+        def committed():
+            db = open_db_ro(d)
+            try:
+                return db.execute("SELECT count(*) FROM customers").fetchone()[0] >= 2
+            finally:
+                db.close()
+        deadline = time.monotonic() + 20
+        while not committed() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertTrue(committed(), "the held commit never showed")
+        ws = RawWS(d.port, d.merchants["m"]["secret_key"])
+        self.addCleanup(ws.close)
+        ws.send(0x1, ('{"type":"subscribe","events":["*"],"last_event_id":"%s"}' % since).encode())
+        seen = []
+        ws.sock.settimeout(0.3)
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            try:
+                op, payload = ws.frame()
+            except (socket.timeout, TimeoutError):
+                continue
+            if op == 0x1:
+                m = json.loads(payload)
+                if m.get("type") == "event":
+                    seen.append(m["event"]["type"])
+        self.assertEqual(seen, [], "events sent while not on disk")
+        os.unlink(hold)
+        t.join(30)
+        self.assertEqual(got["r"].status, 200, got)
+        ws.sock.settimeout(10)
+        m = json.loads(ws.until(0x1))
+        while m.get("type") != "event":
+            m = json.loads(ws.until(0x1))
+        self.assertEqual((m["event"]["type"], m["event"]["data"]["object"]["id"]),
+                         ("customer.created", got["r"].json["id"]), m)
 
 
 if __name__ == "__main__":
