@@ -625,6 +625,16 @@ static int cmd_serve(int argc, char **argv)
            tp_app.public_url, demo_id, demo_sk, demo_pk, tp_app.public_url, demo_sk);
     fflush(stdout);
     demo_unshown.id[0] = '\0'; /* shown */
+  } else {
+    /* A later start says where it is too (the keys were shown at the first:
+     * one who lost them is told how to get more). */
+    printf("Turnpike is running at %s (data in %s)\n\n"
+           "Its merchants' keys were printed when they were made. Another merchant:\n"
+           "  turnpike merchant create --data %s --name NAME\n"
+           "a new secret key for one (the old one keeps working for a day):\n"
+           "  turnpike api-key roll --data %s --merchant acct_...\n\n",
+           tp_app.public_url, c.data, c.data, c.data);
+    fflush(stdout);
   }
 
   /* Request lines are written in batches from here on (src/lib/log.c). */

@@ -493,6 +493,13 @@ static json_t *missing_keys(const char *db_path, const char *dir)
     sqlite3_finalize(st);
   }
   sqlite3_close(db);
+  /* Made anew at start when absent, but then every OAuth access token
+   * issued before is refused, and card data a page encrypted with the JWK
+   * set it fetched no longer decrypts: listed so they are copied too (the
+   * backup names them among its key files). */
+  json_array_append_new(need, json_string("oauth_signing_key.pem"));
+  json_array_append_new(need, json_string("jwe-rsa.pem"));
+  json_array_append_new(need, json_string("jwe-ec.pem"));
   json_t *missing = json_array();
   size_t i;
   json_t *v;
@@ -551,7 +558,8 @@ static bool keys_fit(const char *copy, const char *dir, bool replacing, char *wh
   json_array_foreach(missing, i, v)
   {
     const char *name = json_string_value(v);
-    if (strcmp(name, "audit-signing.pem") == 0) /* a new one is made: the log shows two keys */
+    if (strcmp(name, "audit-signing.pem") == 0 || strcmp(name, "oauth_signing_key.pem") == 0 ||
+        strncmp(name, "jwe-", 4) == 0) /* a new one is made (for the audit key, the log shows two keys) */
       continue;
     size_t l = strlen(list);
     snprintf(list + l, sizeof list - l, "%s%s", l ? ", " : "", name);
