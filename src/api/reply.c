@@ -50,6 +50,10 @@ static json_t *echo_string(char *s)
 
 void tp_error_request_log(json_t *err, const struct tp_req *r)
 {
+  /* Only an authenticated request is kept in the log (server.c
+   * observe_request): another's link led to a 404. */
+  if (!r->authed)
+    return;
   json_object_set_new(err, "request_log_url", json_sprintf("%s/v1/turnpike/requests/%s", tp_app.public_url,
                                                           r->request_id));
 }

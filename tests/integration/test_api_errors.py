@@ -1334,6 +1334,10 @@ class ApiErrorsTest(DaemonTestCase):
         self.assertStripeError(self.c("other").get(path), 404, "invalid_request_error", "resource_missing")
         self.assertStripeError(self.c("bad").get("/v1/turnpike/requests/req_nope"), 404,
                                "invalid_request_error", "resource_missing")
+        # a request that did not authenticate is not kept: no link to a 404
+        anon = self.daemon.client(None).get("/v1/customers")
+        self.assertEqual(anon.status, 401, anon)
+        self.assertNotIn("request_log_url", anon.json["error"])
 
     def test_non_boolean_confirm_is_rejected(self):
         self.send_bad("confirm_maybe")
