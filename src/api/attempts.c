@@ -114,13 +114,21 @@ void tp_h_pi_attempts(struct tp_req *r)
  * an operator who has learnt the outcome from the processor settles the
  * attempt here (docs/routing.md, "Settling by hand"). */
 
+/* An empty field is null, as in a PaymentIntent's attempts list and the
+ * docs ("null until it answered"): it was "". */
+static json_t *text_or_null(const char *s)
+{
+  return s && *s ? json_string(s) : json_null();
+}
+
 json_t *tp_attempt_json(const struct tp_attempt *a)
 {
-  return tp_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:I, s:I}", "id", a->id, "object",
+  return tp_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:o, s:I, s:s, s:I, s:I}", "id", a->id, "object",
                  "turnpike.attempt", "payment_intent", a->payment_intent, "processor", a->processor, "kind", a->kind,
-                 "state", a->state, "result_code", a->result_code, "authorization_code", a->auth_code,
-                 "processor_reference", a->processor_ref, "refund", a->refund, "amount", (json_int_t)a->amount,
-                 "currency", a->currency, "created", (json_int_t)a->created, "updated", (json_int_t)a->updated);
+                 "state", a->state, "result_code", text_or_null(a->result_code), "authorization_code",
+                 text_or_null(a->auth_code), "processor_reference", text_or_null(a->processor_ref), "refund",
+                 text_or_null(a->refund), "amount", (json_int_t)a->amount, "currency", a->currency, "created",
+                 (json_int_t)a->created, "updated", (json_int_t)a->updated);
 }
 
 #define UNSETTLED_LIST_MAX 100

@@ -454,6 +454,10 @@ class OrchestrationTest(SimGatewayTest):
         listed = self.c.get("/v1/turnpike/attempts", {"state": "sent", "processor": "a"})
         self.assertEqual(listed.status, 200, listed.json)
         self.assertIn(att_id, [a["id"] for a in listed.json["data"]])
+        # what it does not know yet is null, as in the PaymentIntent's attempts ("" before)
+        mine = [a for a in listed.json["data"] if a["id"] == att_id][0]
+        self.assertEqual((mine["authorization_code"], mine["processor_reference"], mine["refund"]),
+                         (None, None, None), mine)
         r = self.resolve(att_id, outcome="processed", authorization_code="A1B2C3",
                          processor_reference="proc-778", reason="acquirer portal shows it approved")
         self.assertEqual(r.status, 200, r.json)
