@@ -350,6 +350,21 @@ int tp_cmd_backup(int argc, char **argv)
     fprintf(stderr, "turnpike backup: %s exists; a backup never overwrites\n", lstat(out, &sb) == 0 ? out : side);
     return 1;
   }
+  {
+    /* its directory, said plainly (SQLite said "unable to open database") */
+    char dir[1200];
+    tp_scopy(dir, sizeof dir, out);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+      *(slash == dir ? slash + 1 : slash) = '\0';
+    else
+      tp_scopy(dir, sizeof dir, ".");
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode) || access(dir, W_OK) != 0) {
+      fprintf(stderr, "turnpike backup: cannot write into %s: %s\n", dir,
+              stat(dir, &sb) != 0 ? strerror(errno) : !S_ISDIR(sb.st_mode) ? "not a directory" : strerror(errno));
+      return 1;
+    }
+  }
   unlink(tmp); /* left by an interrupted backup: never a whole copy */
   char side_tmp[1320];
   snprintf(side_tmp, sizeof side_tmp, "%s.partial", side);

@@ -227,6 +227,11 @@ class BackupTest(DaemonTestCase):
         self.assertEqual(rc, 1)
         self.assertIn("exists", stderr)
         self.assertEqual(os.stat(out).st_mtime_ns, mtime)
+        # into a directory that is not there: said so (it said SQLite's "unable to open database")
+        rc, _, stderr = run("backup", "--data", self.daemon.data, "--out", os.path.join(out + ".nodir", "b.db"))
+        self.assertEqual(rc, 1)
+        self.assertIn("cannot write into", stderr)
+        self.assertIn("No such file or directory", stderr)
 
         # restore refuses while the server runs, and changes nothing
         keys = {k: v for k, v in tree(self.daemon.data).items() if k.endswith((".key", ".pem"))}
