@@ -2714,6 +2714,9 @@ int tp_recover(void)
   available_after_s = tp_config_int("balance", "available_after_seconds", 2 * 86400, 2, 30 * 86400);
   tp_metric_help("turnpike_payment_retries_total", "Calls retried on the same processor after a transient failure");
   tp_metric_help("turnpike_payment_cascades_total", "Payments moved to the next processor of their route");
+  /* at 0 from the start (Prometheus: rate() and absence alerts work before the first) */
+  tp_metric_inc("turnpike_payment_retries_total", NULL, 0);
+  tp_metric_inc("turnpike_payment_cascades_total", NULL, 0);
   tp_metric_help("turnpike_payments_exhausted_total", "Payments whose every call failed transiently (or timed out)");
   tp_metric_help("turnpike_payments_unroutable_total", "Payments with no eligible processor");
   tp_metric_help("turnpike_attempts_unresolved_total", "Calls left with an unknown outcome for recovery");

@@ -1256,6 +1256,7 @@ int tp_procs_start(void)
     }
     p->st->running = true;
     tp_metric_set("turnpike_processor_breaker_state", p->st->labels, 0);
+    tp_metric_inc("turnpike_processor_breaker_opens_total", p->st->labels, 0); /* at 0 from the start */
     tp_log(TP_LOG_INFO, "processor_started", "{s:s, s:s, s:s}", "processor", p->name, "type", p->type,
            "endpoint", p->st->endpoint);
   }

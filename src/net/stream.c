@@ -1315,6 +1315,8 @@ int tp_stream_start(void)
   tp_metric_help("turnpike_stream_event_queue_depth", "Events waiting for the stream thread to fan them out to clients.");
   tp_metric_set("turnpike_stream_connections", NULL, 0);
   tp_metric_inc("turnpike_stream_slow_client_closes_total", NULL, 0);
+  tp_metric_inc("turnpike_stream_rejected_total", "reason=\"credential\"", 0);
+  tp_metric_inc("turnpike_stream_rejected_total", "reason=\"connection_limit\"", 0);
   S.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   S.epfd = epoll_create1(EPOLL_CLOEXEC);
   if (S.efd < 0 || S.epfd < 0)

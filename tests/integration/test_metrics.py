@@ -48,6 +48,13 @@ class MetricsTest(DaemonTestCase):
     def test_promtool_accepts_the_output_and_counts_are_exact(self):
         c = self.c()
         before = parse(self.scrape())
+        # counters a fresh gateway has not moved yet are there at 0 (absent
+        # until first used, rate() and absence alerts had nothing to read)
+        for key in (("turnpike_payment_retries_total", ""), ("turnpike_payment_cascades_total", ""),
+                    ("turnpike_processor_breaker_opens_total", 'processor="sandbox"'),
+                    ("turnpike_stream_rejected_total", 'reason="credential"'),
+                    ("turnpike_stream_rejected_total", 'reason="connection_limit"')):
+            self.assertIn(key, before, key)
         ok_key = ("turnpike_http_requests_total", 'route="/v1/payment_intents",method="POST",code="2xx"')
         dec_key = ("turnpike_http_requests_total", 'route="/v1/payment_intents",method="POST",code="4xx"')
         hist_key = ("turnpike_http_request_duration_seconds_count", 'route="/v1/payment_intents",method="POST"')
