@@ -586,19 +586,28 @@ static void watch_q(void)
   on = true;
 }
 
-static void test_reopen_inside_one_call_reports_both_transitions(void **state)
+/* Processor q: open after one failure, for 200 ms, `probes` probes
+ * (NULL: the default), its transitions counted in reopen_seen. */
+static struct tp_proc *proc_q(const char *probes, int64_t now)
 {
-  (void)state;
   tp_config_reset();
   put("processor.q", "type", "restjson");
   put("processor.q", "endpoint", "http://127.0.0.1:9");
   put("processor.q", "breaker_consecutive", "1");
   put("processor.q", "breaker_open_ms", "200");
-  fake_now = 9000;
+  if (probes)
+    put("processor.q", "breaker_half_open_probes", probes);
+  fake_now = now;
   tp_procs_set_clock(fake_clock);
   assert_int_equal(tp_procs_configure(), 0);
   watch_q();
-  struct tp_proc *q = tp_proc_find("q");
+  return tp_proc_find("q");
+}
+
+static void test_reopen_inside_one_call_reports_both_transitions(void **state)
+{
+  (void)state;
+  struct tp_proc *q = proc_q(NULL, 9000);
   tp_proc_record(q, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 0, 0, true);
   assert_int_equal(reopen_seen[TP_BREAKER_CLOSED][TP_BREAKER_OPEN], 1);
   fake_now += 200;
@@ -623,17 +632,7 @@ static void test_reopen_inside_one_call_reports_both_transitions(void **state)
 static void test_a_slot_belongs_to_its_half_open_period(void **state)
 {
   (void)state;
-  tp_config_reset();
-  put("processor.q", "type", "restjson");
-  put("processor.q", "endpoint", "http://127.0.0.1:9");
-  put("processor.q", "breaker_consecutive", "1");
-  put("processor.q", "breaker_open_ms", "200");
-  put("processor.q", "breaker_half_open_probes", "2");
-  fake_now = 20000;
-  tp_procs_set_clock(fake_clock);
-  assert_int_equal(tp_procs_configure(), 0);
-  watch_q();
-  struct tp_proc *q = tp_proc_find("q");
+  struct tp_proc *q = proc_q("2", 20000);
   uint64_t old = 0, a = 0, b = 0;
   tp_proc_record(q, "visa", "usd", TP_OUT_ERROR, "processor_timeout", true, 0, 0, true);
   fake_now += 200;
