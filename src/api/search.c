@@ -905,6 +905,8 @@ static void search_reply(struct tp_req *r, int kind, const char *url, const stru
     json_decref(rows);
   }
   int64_t total = want_total && !failed ? search_count(&q, s) : 0;
+  if (total >= 0 && total < (int64_t)json_array_size(data))
+    total = (int64_t)json_array_size(data); /* a count cut by its time bound: at least the page */
   free(s);
   if (failed || total < 0) {
     json_decref(data);

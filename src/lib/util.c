@@ -789,7 +789,9 @@ void tp_utf8_scrub(char *s)
 
 int tp_secret_open(const char *path)
 {
-  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+  /* O_NONBLOCK: a FIFO planted there opens at once (and is refused below)
+   * rather than hanging the start */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
   if (fd < 0) {
     if (errno == ELOOP) { /* a symbolic link */
       tp_log(TP_LOG_ERROR, "secret_file_unsafe", "{s:s, s:s}", "path", path, "why",
@@ -804,17 +806,19 @@ int tp_secret_open(const char *path)
     why = "cannot be examined";
   else if (!S_ISREG(st.st_mode))
     why = "not a regular file";
-  else if (st.st_uid != geteuid())
+  else if (st.st_uid != geteuid() && st.st_uid != 0) /* root's (0640 for the service's group) is as safe */
     why = "owned by another user: chown it to the user that runs turnpike";
   else if (st.st_mode & (S_IWGRP | S_IWOTH))
     why = "others than its owner may write it: check it is the key you made, then chmod 600 it";
+  else if (st.st_uid != geteuid() && (st.st_mode & S_IROTH))
+    why = "any user may read it: chmod 640 it (root owns it)";
   if (why) {
     tp_log(TP_LOG_ERROR, "secret_file_unsafe", "{s:s, s:s}", "path", path, "why", why);
     close(fd);
     errno = EPERM;
     return -1;
   }
-  if (st.st_mode & 077) {
+  if (st.st_uid == geteuid() && (st.st_mode & 077)) {
     tp_log(TP_LOG_WARN, "secret_file_tightened", "{s:s, s:s}", "path", path, "why",
            "others than its owner could read it: now 0600");
     (void)fchmod(fd, S_IRUSR | S_IWUSR);

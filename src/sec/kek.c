@@ -559,18 +559,23 @@ again:;
   return n;
 }
 
-/* Is a re-wrap's end owed to the log and the audit trail: the latest KEK
- * entry a rotation with no kek.rewrapped after it? (A restart inside the
- * settle period found nothing left to do and said nothing: the operator,
- * told to keep the old keys until kek_rewrap_done, never heard it.) */
+/* Is a re-wrap's end owed to the log and the audit trail: the current
+ * version, past the first, not yet said done (meta kek_rewrapped_version)?
+ * (A restart inside the settle period found nothing left to do and said
+ * nothing: the operator, told to keep the old keys until kek_rewrap_done,
+ * never heard it.) By the version this process re-wrapped to, not the
+ * audit trail's last rotation: one made while the start-up pass ran was
+ * said done before any record was re-wrapped to it. */
 static bool rewrap_done_owed(void)
 {
-  json_t *rows = tp_store_query(&tp_app.store,
-                                "SELECT action FROM audit_log WHERE action IN ('kek.rotated', 'kek.rewrapped') "
-                                "ORDER BY seq DESC LIMIT 1",
-                                NULL);
-  const char *a = json_string_value(json_object_get(json_array_get(rows, 0), "action"));
-  bool owed = a && strcmp(a, "kek.rotated") == 0;
+  uint32_t cur = tp_kek_current();
+  if (cur <= 1)
+    return false;
+  json_t *rows = tp_store_query(&tp_app.store, "SELECT value FROM meta WHERE key = 'kek_rewrapped_version'", NULL);
+  if (!rows)
+    return false;
+  const char *v = json_string_value(json_object_get(json_array_get(rows, 0), "value"));
+  bool owed = !v || strtoul(v, NULL, 10) != cur;
   json_decref(rows);
   return owed;
 }
@@ -697,6 +702,11 @@ static void *maint_main(void *arg)
           json_t *d = tp_pack("{s:I, s:i}", "version", (json_int_t)tp_kek_current(), "records", total);
           tp_audit_append(cs, NULL, "system", "kek.rewrapped", NULL, d);
           json_decref(d);
+          char ver[16];
+          snprintf(ver, sizeof ver, "%u", tp_kek_current());
+          json_t *a = tp_pack("[s]", ver);
+          tp_cs_sql(cs, "INSERT OR REPLACE INTO meta(key, value) VALUES('kek_rewrapped_version', ?1)", a, 1);
+          json_decref(a);
           tp_writer_submit_wait(cs);
         }
       }

@@ -71,7 +71,7 @@ int tp_oauth_init(const char *data_dir)
   }
   nkeys = 1;
   snprintf(path, sizeof path, "%s/oauth_signing_key.prev.pem", data_dir);
-  FILE *f = fopen(path, "r");
+  FILE *f = tp_secret_fopen(path); /* checked as the others: a FIFO there hung the start */
   if (f) {
     fclose(f);
     if (tp_jwt_key_load_or_create(path, &keys[1]) == 0)

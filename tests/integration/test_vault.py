@@ -297,8 +297,13 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
                     else:
                         os.unlink(p)
                         os.replace(p + ".real", p)
+            # a FIFO planted where an optional key is looked for is refused at
+            # once, not opened for a writer that never comes (the start hung)
+            fifo = os.path.join(d.data, "oauth_signing_key.prev.pem")
+            os.mkfifo(fifo)
             d.start()
             self.assertEqual(d.client("m").get("/v1/payment_methods", {"type": "card"}).status, 200)
+            self.assertIn("oauth_signing_key.prev.pem", d.log_text())
         finally:
             d.cleanup()
 
@@ -326,6 +331,11 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
             finally:
                 db.close()
             self.assertEqual(acts[-2:], ["kek.rotated", "kek.rewrapped"], acts)
+            # said once: a later start owes nothing (meta kek_rewrapped_version)
+            self.assertEqual(d.stop(), 0)
+            d.start(config="[vault]\nrewrap_settle_ms = 600000\nkek_poll_seconds = 1\n")
+            time.sleep(1.5)
+            self.assertEqual(d.log_text().count('"kek_rewrap_done"'), 1)
         finally:
             d.cleanup()
 
