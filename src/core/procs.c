@@ -263,28 +263,29 @@ bool tp_proc_reserve(struct tp_proc *p, uint64_t *slot)
   return ok;
 }
 
-bool tp_proc_slot_live(struct tp_proc *p, uint64_t slot)
+/* Is slot still live (half-open, its period)? And, release, give it back. */
+static bool slot_live(struct tp_proc *p, uint64_t slot, bool release)
 {
   struct tp_proc_state *s = p->st;
   pthread_mutex_lock(&s->mu);
   struct br_mark from = br_mark(&s->br);
   bool live = tp_breaker_slot_live(&s->br, slot, now_ms());
+  if (live && release)
+    tp_breaker_release(&s->br, now_ms());
   struct br_mark to = br_mark(&s->br);
   pthread_mutex_unlock(&s->mu);
   breaker_changed(p, from, to);
   return live;
 }
 
+bool tp_proc_slot_live(struct tp_proc *p, uint64_t slot)
+{
+  return slot_live(p, slot, false);
+}
+
 void tp_proc_release(struct tp_proc *p, uint64_t slot)
 {
-  struct tp_proc_state *s = p->st;
-  pthread_mutex_lock(&s->mu);
-  struct br_mark from = br_mark(&s->br);
-  if (tp_breaker_slot_live(&s->br, slot, now_ms()))
-    tp_breaker_release(&s->br, now_ms());
-  struct br_mark to = br_mark(&s->br);
-  pthread_mutex_unlock(&s->mu);
-  breaker_changed(p, from, to);
+  (void)slot_live(p, slot, true);
 }
 
 enum tp_breaker_state tp_proc_breaker(const struct tp_proc *p)
