@@ -2672,19 +2672,52 @@ static int recover_reversals(bool startup)
   return done;
 }
 
+/* The attempts left "sent" when this process started (sorted ids): no call
+ * or connector repeat of this process is behind them, so a tick takes them
+ * at once, as the start-up pass did. Without this, one the start-up pass
+ * could not settle (its processor's link not up yet: processor_link_down)
+ * waited twice its timeout from its creation, a minute with a 30 s
+ * timeout, while its PaymentIntent refused every other money movement.
+ * Written before the first tick is scheduled, read only by ticks. */
+static char (*boot_sent)[sizeof ((struct tp_attempt *)0)->id];
+static size_t boot_sent_n;
+
+static int id_cmp(const void *a, const void *b)
+{
+  return strcmp(a, b);
+}
+
+static void boot_sent_keep(const struct tp_attempt *list, size_t n)
+{
+  if (n == 0 || !(boot_sent = calloc(n, sizeof *boot_sent)))
+    return; /* without memory: those wait out their quiet period */
+  for (size_t i = 0; i < n; i++)
+    tp_scopy(boot_sent[i], sizeof boot_sent[i], list[i].id);
+  qsort(boot_sent, n, sizeof *boot_sent, id_cmp);
+  boot_sent_n = n;
+}
+
+static bool boot_sent_has(const char *id)
+{
+  return boot_sent_n > 0 && bsearch(id, boot_sent, boot_sent_n, sizeof *boot_sent, id_cmp) != NULL;
+}
+
 /* Resolve attempts left "sent": all of them at start-up, else those older
- * than twice their processor's timeout that nobody here waits for. */
+ * than twice their processor's timeout that nobody here waits for, and
+ * those the start-up pass found. */
 static int recover_scan(bool startup)
 {
   struct tp_attempt *list = NULL;
   size_t n = 0;
   if (tp_app.store.ops->attempts_in_state(tp_app.store.cls, "sent", &list, &n) != 0)
     return -1;
+  if (startup)
+    boot_sent_keep(list, n);
   int done = 0;
   int64_t now = tp_now();
   for (size_t i = 0; i < n; i++) {
     const struct tp_attempt *a = &list[i];
-    if (!startup && !quiet_since(a, a->created, now))
+    if (!startup && !quiet_since(a, a->created, now) && !boot_sent_has(a->id))
       continue;
     done += recover_one(a);
   }
