@@ -1140,30 +1140,46 @@ static void client_cut(json_t *pi, const char *const *fields)
   }
 }
 
-/* A card's fingerprint is never shown to a publishable key (Stripe, since
- * API 2014-10-07): it is an HMAC of the card number under the merchant's
- * key, and a public key that answered it for any number it was given would
- * recover a stored card's number from its last4 and fingerprint (a copy of
- * the store, or of a backup) by trying the digits left open. Dropped from
- * every card object (one with last4) anywhere in the reply. */
-static void drop_fingerprints(json_t *v)
+/* What no reply to a publishable key holds, anywhere in it (the top-level
+ * cut below is of one object; a PaymentMethod also comes nested, as
+ * last_payment_error.payment_method, error.payment_method of a 402 or an
+ * expanded payment_method):
+ * - a card's fingerprint (Stripe, since API 2014-10-07): it is an HMAC of
+ *   the card number under the merchant's key, and a public key that
+ *   answered it for any number it was given would recover a stored card's
+ *   number from its last4 and fingerprint (a copy of the store, or of a
+ *   backup) by trying the digits left open; dropped from every card object
+ *   (one with last4);
+ * - metadata, redacted to {} ("We redact metadata from objects in response
+ *   to publishable key requests", Stripe's metadata page): the merchant's
+ *   notes (fraud flags, CRM tiers) on a saved card reached the shopper's
+ *   browser through a decline's payment_method (session 38's review);
+ * - a PaymentMethod's customer id, the merchant's. */
+static void public_redact(json_t *v)
 {
   if (json_is_array(v)) {
     size_t i;
     json_t *x;
-    json_array_foreach(v, i, x) drop_fingerprints(x);
+    json_array_foreach(v, i, x) public_redact(x);
     return;
   }
   if (!json_is_object(v))
     return;
   if (json_object_get(v, "last4"))
     json_object_del(v, "fingerprint");
+  const char *type = json_string_value(json_object_get(v, "object"));
+  if (type && strcmp(type, "payment_method") == 0 && json_object_get(v, "customer"))
+    json_object_set_new(v, "customer", json_null());
   const char *k;
   json_t *x;
   json_object_foreach(v, k, x)
   {
-    if (strcmp(k, "metadata") != 0) /* the merchant's own keys, shown as set */
-      drop_fingerprints(x);
+    if (strcmp(k, "metadata") == 0) {
+      if (json_is_object(x))
+        json_object_clear(x);
+    } else {
+      public_redact(x);
+    }
   }
 }
 
@@ -1172,7 +1188,7 @@ char *tp_publishable_view(const char *body, size_t *len, bool client)
   json_t *o = tp_json_loadb(body, *len);
   if (!o)
     return NULL;
-  drop_fingerprints(o);
+  public_redact(o);
   if (!client) {
     char *out = tp_json_dump(o, len);
     json_decref(o);

@@ -566,6 +566,42 @@ class KeysTest(DaemonTestCase):
         self.assertNotIn("metadata", epi)
         self.assertEqual(epi["last_payment_error"]["decline_code"], "generic_decline")
 
+    def test_a_saved_cards_metadata_and_customer_stay_the_merchants(self):
+        """A declined saved card comes back nested (the PaymentIntent's
+        last_payment_error.payment_method, the 402's error.payment_method,
+        an expanded payment_method): to a publishable key with the
+        client_secret its metadata is redacted and its customer hidden, as
+        at the top level (they reached the shopper's browser whole)."""
+        sk = self.key_client(self.daemon.merchants["K"]["secret_key"])
+        pk = self.key_client(self.daemon.merchants["K"]["publishable_key"])
+        cus = sk.post("/v1/customers", {"email": "v@example.test"}).json
+        pm = sk.post("/v1/payment_methods", dict(card("4000000000000341"),
+                                                **{"metadata[crm_note]": "merchant-only"})).json
+        self.assertEqual(sk.post("/v1/payment_methods/%s/attach" % pm["id"], {"customer": cus["id"]}).status, 200)
+        pi = sk.post(PI, {"amount": 1000, "currency": "usd", "customer": cus["id"]}).json
+        err = pk.post(PI + "/" + pi["id"] + "/confirm",
+                      {"client_secret": pi["client_secret"], "payment_method": pm["id"]})
+        self.assertStripeError(err, 402, "card_error", "card_declined")
+        seen = [err.json["error"]["payment_method"], err.json["error"]["payment_intent"]["last_payment_error"]
+                ["payment_method"]]
+        got = pk.get(PI + "/" + pi["id"], {"client_secret": pi["client_secret"]})
+        self.assertEqual(got.status, 200, got)
+        seen.append(got.json["last_payment_error"]["payment_method"])
+        pi2 = sk.post(PI, {"amount": 1000, "currency": "usd", "customer": cus["id"], "payment_method": pm["id"]}).json
+        exp = pk.get(PI + "/" + pi2["id"], {"client_secret": pi2["client_secret"], "expand[]": "payment_method"})
+        self.assertEqual(exp.status, 200, exp)
+        seen.append(exp.json["payment_method"])
+        for v in seen:
+            self.assertIsNotNone(v, seen)
+            self.assertEqual((v["id"], v["metadata"], v["customer"]), (pm["id"], {}, None), v)
+            self.assertNotIn("fingerprint", v["card"])
+        self.assertNotIn("merchant-only", err.body.decode() + got.body.decode() + exp.body.decode())
+        self.assertNotIn(cus["id"], err.body.decode() + got.body.decode() + exp.body.decode())
+        # the merchant's own key sees both
+        full = sk.get(PI + "/" + pi2["id"], {"expand[]": "payment_method"}).json
+        self.assertEqual((full["payment_method"]["metadata"], full["payment_method"]["customer"]),
+                         ({"crm_note": "merchant-only"}, cus["id"]))
+
     def test_publishable_key_tokenises_a_card_the_server_then_charges(self):
         """Stripe.js's flow: the browser creates the PaymentMethod with the
         publishable key, so the card number never reaches the merchant's
@@ -600,11 +636,15 @@ class KeysTest(DaemonTestCase):
         self.assertStripeError(pk.post("/v1/payment_methods", dict(card("4242424242424242"),
                                                                   customer="cus_x")),
                                400, "invalid_request_error", None, param="customer")  # Connect's, unsupported
-        # the merchant's metadata comes back as set: only a card's fingerprint is hidden
+        # metadata is kept as set and redacted from the publishable key's
+        # reply (Stripe: "We redact metadata from objects in response to
+        # publishable key requests"); a card's fingerprint is hidden
         md = pk.post("/v1/payment_methods", dict(card("4242424242424242"), **{"metadata[last4]": "1",
                                                                                "metadata[fingerprint]": "keep"}))
-        self.assertEqual(md.json["metadata"], {"last4": "1", "fingerprint": "keep"}, md)
+        self.assertEqual(md.json["metadata"], {}, md)
         self.assertNotIn("fingerprint", md.json["card"])
+        self.assertEqual(sk.get("/v1/payment_methods/" + md.json["id"]).json["metadata"],
+                         {"last4": "1", "fingerprint": "keep"})
         # card validation is the same as for a secret key
         self.assertStripeError(pk.post("/v1/payment_methods", dict(card("4242424242424241"))),
                                402, "card_error", "incorrect_number")
