@@ -79,7 +79,7 @@ class RateLimitTest(DaemonTestCase):
         cred = json.loads(out)
         anon = self.daemon.client(None)
         toks = []
-        for _ in range(2):  # the token endpoint itself is not a keyed route
+        for _ in range(2):  # minting takes from the client's bucket too
             r = anon.post("/oauth/token", {"grant_type": "client_credentials", "client_id": cred["client_id"],
                                            "client_secret": cred["client_secret"]})
             self.assertEqual(r.status, 200, r)
@@ -89,8 +89,47 @@ class RateLimitTest(DaemonTestCase):
             c = self.daemon.client(None)
             c.key = toks[i % 2]
             codes.append(c.get("/v1/payment_intents").status)
-        self.assertEqual(codes[:4], [200] * 4)
-        self.assertIn(429, codes[4:])
+        self.assertEqual(codes[:2], [200] * 2)
+        self.assertIn(429, codes[2:])
+
+    def test_an_oauth_clients_token_and_revoke_calls_take_from_its_bucket(self):
+        """Minting and revoking went unlimited: each revocation of a live
+        token is a write in the writer every merchant's commits wait on
+        (a loop of them made another merchant's payments ~80 times
+        slower), so they count in the client's bucket like its API calls;
+        another client, and the merchant's own key, are not held back."""
+        import json
+        import subprocess
+        from harness import BIN
+        time.sleep(2.1)
+
+        def client():
+            out = subprocess.run([BIN, "oauth-client", "create", "--data", self.daemon.data, "--merchant",
+                                  self.daemon.merchants["a"]["id"], "--scopes", "payments:read"],
+                                 stdout=subprocess.PIPE, check=True, timeout=60, stdin=subprocess.DEVNULL).stdout
+            return json.loads(out)
+        cred, other = client(), client()
+        anon = self.daemon.client(None)
+        creds = {"client_id": cred["client_id"], "client_secret": cred["client_secret"]}
+        codes, last = [], None
+        for _ in range(5):
+            r = anon.post("/oauth/token", dict(creds, grant_type="client_credentials"))
+            codes.append(r.status)
+            if r.status == 200:
+                tok = r.json["access_token"]
+                last = anon.post("/oauth/revoke", dict(creds, token=tok))
+                codes.append(last.status)
+            else:
+                last = r
+        self.assertEqual(codes[:4], [200] * 4, codes)
+        self.assertEqual(codes.count(429), len(codes) - 4, codes)
+        err = self.assertStripeError(last, 429, "invalid_request_error", "rate_limit")
+        self.assertTrue(1 <= int(last.headers["Retry-After"]) <= 2, last.headers)
+        self.assertEqual(err["tp_code"], 2026)
+        ok = anon.post("/oauth/token", {"grant_type": "client_credentials", "client_id": other["client_id"],
+                                        "client_secret": other["client_secret"]})
+        self.assertEqual(ok.status, 200, ok)
+        self.assertEqual(self.c("b").get("/v1/payment_intents").status, 200)
 
     def test_publishable_key_has_a_bucket_per_client_address(self):
         """A publishable key is public, so its tokens are counted per client
