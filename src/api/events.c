@@ -334,16 +334,39 @@ static int by_str_desc(const void *a, const void *b)
   return -strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* How far down the walk of one endpoint's delivery rows went: all of them
+ * below the cursor, or down to lo. */
+struct ds_floor {
+  bool all;
+  char lo[TP_ID_MAX];
+};
+
 /* The merchant's undelivered event ids, newest first and distinct, in
- * *ids (n of them; the caller frees each and the array). false on a store
- * error. */
+ * *ids (n of them; the caller frees each and the array), and with floors
+ * (one per endpoint) how far down each endpoint's rows were read. false on
+ * a store error. */
 static bool undelivered(const struct wh_eps *w, const char *before, json_int_t per_endpoint, json_int_t scan,
-                        char ***ids, size_t *n)
+                        char ***ids, size_t *n, struct ds_floor *floors)
 {
   *ids = NULL;
   *n = 0;
   size_t cap = 0;
   for (size_t k = 0; k < w->n; k++) {
+    if (floors) {
+      /* how far down this endpoint's rows were read: below, an event's rows
+       * are not known to the walk */
+      json_t *lo = tp_store_query_take(&tp_app.store,
+                                       "SELECT min(event) AS lo, count(*) AS n FROM (SELECT event FROM "
+                                       "webhook_deliveries WHERE endpoint=?1 AND event < ?2 ORDER BY event DESC "
+                                       "LIMIT ?3)",
+                                       tp_pack("[s, s, I]", w->e[k].id, before && *before ? before : "evt_~", scan));
+      if (!lo)
+        return false;
+      json_t *row = json_array_get(lo, 0);
+      floors[k].all = json_integer_value(json_object_get(row, "n")) < scan;
+      tp_scopy(floors[k].lo, sizeof floors[k].lo, json_string_value(json_object_get(row, "lo")) ?: "");
+      json_decref(lo);
+    }
     json_t *rows = tp_store_query_take(&tp_app.store,
                                        "SELECT event FROM (SELECT event, state FROM webhook_deliveries "
                                        "WHERE endpoint=?1 AND event < ?3 ORDER BY event DESC LIMIT ?4) "
@@ -396,6 +419,30 @@ static bool event_in_list(const json_t *ev, const struct tp_list_query *q, const
   return (!type && !types) || type_wanted(ev, type, types);
 }
 
+/* Whether event id, below what the walk of some endpoint's rows read (a
+ * page of one type, an upper created bound or ending_before reach past the
+ * newest rows), is still pending or failed there: looked up by the key.
+ * Without it a delivery given up on (failed: not in pending_webhooks) was
+ * listed as delivered. -1 on a store error. */
+static int owed_below(const struct wh_eps *w, const struct ds_floor *floors, const char *id)
+{
+  for (size_t k = 0; k < w->n; k++) {
+    if (floors[k].all || strcmp(id, floors[k].lo) >= 0)
+      continue;
+    json_t *rows = tp_store_query_take(&tp_app.store,
+                                       "SELECT 1 AS owed FROM webhook_deliveries WHERE endpoint=?1 AND event=?2 "
+                                       "AND state IN ('pending', 'failed')",
+                                       tp_pack("[s, s]", w->e[k].id, id));
+    if (!rows)
+      return -1;
+    size_t got = json_array_size(rows);
+    json_decref(rows);
+    if (got)
+      return 1;
+  }
+  return 0;
+}
+
 /* A page of the events with delivery_success = ds. */
 static json_t *by_delivery(struct tp_req *r, const struct tp_list_query *q0, int limit, const char *type,
                            const json_t *types, bool ds, const struct wh_eps *w, bool *more)
@@ -410,7 +457,8 @@ static json_t *by_delivery(struct tp_req *r, const struct tp_list_query *q0, int
   json_int_t per = ds ? EVENTS_DS_PAGES * EVENTS_PAGE
                       : ascending || narrowed ? EVENTS_MAX_UNDELIVERED : limit + 1;
   json_int_t scan = ds ? EVENTS_DS_PAGES * EVENTS_PAGE : EVENTS_SCAN_DELIVERIES;
-  if (!undelivered(w, ascending ? NULL : q0->starting_after, per, scan, &ids, &n)) {
+  struct ds_floor floors[TP_WH_MAX_PER_MERCHANT];
+  if (!undelivered(w, ascending ? NULL : q0->starting_after, per, scan, &ids, &n, ds ? floors : NULL)) {
     tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
     return NULL;
   }
@@ -467,6 +515,16 @@ static json_t *by_delivery(struct tp_req *r, const struct tp_list_query *q0, int
         const char *id = json_string_value(json_object_get(ev, "id"));
         if (in_desc(ids, n, id) || json_integer_value(json_object_get(ev, "pending_webhooks")) > 0)
           continue;
+        int owed = owed_below(w, floors, id);
+        if (owed < 0) {
+          json_decref(page);
+          json_decref(out);
+          out = NULL;
+          tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+          goto done;
+        }
+        if (owed)
+          continue;
         if (json_array_size(out) == (size_t)limit)
           *more = true;
         else
@@ -485,6 +543,7 @@ static json_t *by_delivery(struct tp_req *r, const struct tp_list_query *q0, int
         break;
     }
   }
+done:
   for (size_t k = 0; k < n; k++)
     free(ids[k]);
   free(ids);

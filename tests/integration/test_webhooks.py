@@ -716,6 +716,53 @@ class EndpointChangesTest(ReceiverCase):
         self.assertLess(got[0]["t"] - t0, 3.0, "the healthy endpoint waited for the hanging ones")
 
 
+class GivenUpTest(ReceiverCase):
+    """delivery_success=true never lists an event whose delivery was given
+    up (failed), however far the list reaches: a page of one type, an upper
+    created bound or ending_before walk below the newest 1,000 delivery
+    rows the undelivered ones were read from, and failed rows are not in
+    pending_webhooks, so the three failures were listed by both true and
+    false."""
+    EXTRA = "max_age_s = 1\n"
+
+    def test_a_failed_delivery_is_never_listed_as_delivered(self):
+        c = self.c("m")
+        self.recv.behaviour["/given-up"] = lambda ev, n: (
+            (500, 0) if ev["data"]["object"].get("name") == "bad" else (200, 0))
+        self.assertEqual(c.post(WE, {"url": self.recv.url("/given-up"), "enabled_events[]": "*"}).status, 200)
+        bad = [c.post("/v1/customers", {"name": "bad"}).json["id"] for _ in range(3)]
+
+        def failed():
+            got = c.get("/v1/events", {"delivery_success": "false", "limit": 100}).json["data"]
+            return sorted(e["data"]["object"]["id"] for e in got if e["pending_webhooks"] == 0)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and failed() != sorted(bad):
+            time.sleep(0.2)
+        self.assertEqual(failed(), sorted(bad), "the three deliveries were not given up")
+        ok = c.post("/v1/customers", {"name": "ok"}).json["id"]
+        for i in range(1010):  # other events after them: a page of customer.created reaches past 1,000 rows
+            self.assertEqual(c.post("/v1/customers/" + ok, {"metadata[n]": str(i)}).status, 200)
+        self.recv.wait_for("/given-up", lambda g: len({x["event"]["id"] for x in g
+                                                      if x["event"]["data"]["object"].get("name") == "ok"}) >= 1011,
+                           timeout=60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and c.get("/v1/events", {"limit": 1}).json["data"][0]["pending_webhooks"]:
+            time.sleep(0.1)
+        evs = {e["data"]["object"]["id"]: e for e in c.list_all("/v1/events", {"type": "customer.created"})}
+        bad_ev = sorted(evs[b]["id"] for b in bad)
+        undelivered = c.list_all("/v1/events", {"delivery_success": "false", "type": "customer.created"})
+        self.assertEqual(sorted(e["id"] for e in undelivered), bad_ev)
+        for params in ({"type": "customer.created"}, {"types[]": "customer.created"}, {"type": "customer.*"},
+                       {"created[lte]": str(evs[bad[-1]]["created"])}):
+            got = [e["id"] for e in c.list_all("/v1/events", dict(params, delivery_success="true"))]
+            self.assertFalse(set(got) & set(bad_ev), params)
+            if "created[lte]" not in params:
+                self.assertIn(evs[ok]["id"], got, params)
+        back = c.get("/v1/events", {"delivery_success": "true", "ending_before": bad_ev[0], "limit": 10}).json
+        self.assertEqual(len(back["data"]), 10, back)
+        self.assertFalse({e["id"] for e in back["data"]} & set(bad_ev), back)
+
+
 class PrivateNetworksTest(ReceiverCase):
     """[webhooks] private_networks = deny: a merchant cannot make the
     gateway call into its own network (SSRF). Address literals and
