@@ -435,9 +435,12 @@ void tp_h_dispute_update(struct tp_req *r)
   tp_param_bool(r->params, "submit", &submit);
   if ((ev || json_object_get(r->params, "submit")) && !open_status(st)) {
     char msg[200];
+    bool reviewing = strcmp(st, "under_review") == 0 || strcmp(st, "warning_under_review") == 0;
     snprintf(msg, sizeof msg, "This dispute is already %s: its evidence can no longer be changed.",
-             strcmp(st, "under_review") == 0 || strcmp(st, "warning_under_review") == 0 ? "under review" : "closed");
-    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, "evidence", msg);
+             reviewing ? "under review" : "closed");
+    /* a closed one answers the registry's own code (1087), kept under the
+     * Idempotency-Key as a state error (tp_idem_keeps_error) */
+    tp_reply_error(r, reviewing ? TP_ERR_PARAMETER_INVALID : TP_ERR_DISPUTE_ALREADY_CLOSED, "evidence", msg);
     goto out;
   }
   /* An inquiry's update may escalate it into a chargeback (escalate), which
@@ -537,7 +540,7 @@ void tp_h_dispute_close(struct tp_req *r)
   if (!open_status(st) && strcmp(st, "under_review") != 0 && strcmp(st, "warning_under_review") != 0) {
     char msg[200];
     snprintf(msg, sizeof msg, "This dispute is already closed (%s).", st);
-    tp_reply_error(r, TP_ERR_PARAMETER_INVALID, NULL, msg);
+    tp_reply_error(r, TP_ERR_DISPUTE_ALREADY_CLOSED, NULL, msg);
     json_decref(dp);
     tp_lock_release(r->path_id);
     return;

@@ -120,8 +120,9 @@ class Disputes(DaemonTestCase):
                                                      "charge.dispute.funds_reinstated", "charge.dispute.closed"])
         # closed: its evidence is final
         r = self.c().post(DP + "/" + dp["id"], {"evidence[customer_name]": "Bob"})
-        self.assertStripeError(r, 400, "invalid_request_error")
-        self.assertStripeError(self.c().post(DP + "/%s/close" % dp["id"], {}), 400, "invalid_request_error")
+        self.assertEqual(self.assertStripeError(r, 400, "invalid_request_error")["tp_code"], 1087)
+        self.assertEqual(self.assertStripeError(self.c().post(DP + "/%s/close" % dp["id"], {}), 400,
+                                                "invalid_request_error")["tp_code"], 1087)  # dispute_already_closed
 
     def test_evidence_texts_take_20000_characters_each_and_150000_in_all(self):
         """Stripe's limits, in characters (not the 5,000 bytes of other values)."""
