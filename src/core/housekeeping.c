@@ -212,9 +212,18 @@ static int sweep_merchant(struct tp_cs *cs, const char *merchant, const char *cu
     const char *cur = json_string_value(json_object_get(bt, "currency"));
     int64_t created = json_integer_value(json_object_get(bt, "created"));
     bool pending = st && strcmp(st, "pending") == 0 && cur && strlen(cur) == 3;
+    int64_t available_on = json_integer_value(json_object_get(bt, "available_on"));
     bool ahead = created > now_s; /* made while the clock was ahead of this one */
-    bool settled = created <= now_s - guard_s; /* nothing before it is still on its way */
-    bool due = pending && settled && json_integer_value(json_object_get(bt, "available_on")) <= now_s;
+    /* Nothing before it is still on its way: the delay it was made under
+     * if shorter than today's (a row made before the delay was raised is
+     * not held past its own available_on for the new delay: funds due
+     * stayed pending for up to the new delay, two days after a test
+     * value), never under 2 s. */
+    int64_t row_guard = available_on - created < guard_s ? available_on - created : guard_s;
+    if (row_guard < 2)
+      row_guard = 2;
+    bool settled = created <= now_s - row_guard;
+    bool due = pending && settled && available_on <= now_s;
     /* Out of order: made ahead of this clock (a clock stepped back since):
      * later rows may come due before it. (A row made under a longer
      * [balance] available_after_seconds than today's also comes due after

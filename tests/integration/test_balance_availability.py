@@ -15,7 +15,7 @@ PI = "/v1/payment_intents"
 
 
 class BalanceAvailability(DaemonTestCase):
-    MERCHANTS = ("m", "n", "many", "busy", "quiet")
+    MERCHANTS = ("m", "n", "many", "busy", "quiet", "raised")
 
     @classmethod
     def config(cls):
@@ -206,6 +206,32 @@ class BalanceAvailability(DaemonTestCase):
         self.assertBalanceMatchesTransactions()
         a2, p2 = self.balance()
         self.assertEqual(a2 - a0 + p2 - p0, 1150)
+
+    def test_raising_the_delay_does_not_hold_funds_already_due(self):
+        """A row made under the old delay comes due at its own available_on:
+        after the delay was raised the sweep held it (and every later one)
+        for the new delay, two days after a test value of seconds."""
+        a0, p0 = self.balance("raised")
+        pi = self.pay(1300, merchant="raised")
+        ch = self.c("raised").get("/v1/charges/" + pi["latest_charge"]).json
+        self.daemon.stop()
+        try:
+            self.daemon.start(config=self.config().replace("available_after_seconds = 2",
+                                                           "available_after_seconds = 600"))
+            bt = self.wait_available(ch["balance_transaction"], "raised", timeout=15)
+            self.assertEqual(bt["available_on"] - bt["created"], 2, bt)
+            self.assertEqual(self.balance("raised"), (a0 + 1300, p0))
+            # one made now waits for the new delay
+            later = self.pay(700, merchant="raised")
+            lbt = self.c("raised").get("/v1/charges/" + later["latest_charge"],
+                                       {"expand[]": "balance_transaction"}).json["balance_transaction"]
+            self.assertEqual((lbt["status"], lbt["available_on"] - lbt["created"]), ("pending", 600), lbt)
+            time.sleep(3)
+            self.assertEqual(self.balance("raised"), (a0 + 1300, p0 + 700))
+            self.assertBalanceMatchesTransactions("raised")
+        finally:
+            self.daemon.stop()
+            self.daemon.start(config=self.config())
 
     def test_the_bypass_pending_card_is_available_at_once(self):
         a0, p0 = self.balance("n", "eur")
