@@ -446,8 +446,21 @@ void tp_h_we_update(struct tp_req *r)
     /* Enabling starts a fresh failure window. */
     cs_sql(cs, "UPDATE webhook_endpoints SET status=?2, failing_since=NULL WHERE id=?1",
            tp_pack("[s, s]", r->path_id, st), 1);
-    if (was_disabled && !json_is_true(v))
+    if (was_disabled && !json_is_true(v)) {
       floor_now = true; /* like Stripe, events of the disabled period are not delivered */
+      /* Stripe: "If your endpoint has been disabled or deleted when we
+       * attempt a retry, future retries of that event are prevented";
+       * only a retry not yet due when it is enabled again goes on. A
+       * delivery never tried (attempts 0: an event committed just before
+       * the disable) is not a retry, and is still made. */
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      int64_t now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+      cs_sql(cs,
+             "UPDATE webhook_deliveries SET state='failed' WHERE endpoint=?1 AND state='pending' AND attempts > 0 "
+             "AND next_at <= ?2",
+             tp_pack("[s, I]", r->path_id, (json_int_t)now_ms), 0);
+    }
   }
   /* A new enabled_events applies to events from now on: the scan, which
    * reads events since the floor with the endpoint's current filter, would

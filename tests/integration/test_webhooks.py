@@ -854,7 +854,12 @@ class DisableTest(ReceiverCase):
         self.assertEqual(lag, ["turnpike_outbox_lag_seconds 0"], lag)
 
         # Events of the disabled period are not delivered after re-enabling
-        # (like Stripe); new ones are, and the old pending ones resume.
+        # (like Stripe); new ones are. The failing ones whose retry fell due
+        # while it was disabled are not retried (Stripe: "If your endpoint
+        # has been disabled or deleted when we attempt a retry, future
+        # retries of that event are prevented"): they failed.
+        failing = event_ids(self.recv.on("/dead"))
+        self.assertTrue(failing)
         self.recv.behaviour["/dead"] = lambda ev, n: (200, 0)
         during = pay(c)
         time.sleep(0.8)   # a few scans
@@ -868,6 +873,9 @@ class DisableTest(ReceiverCase):
         time.sleep(0.8)
         later = event_ids([g for g in self.recv.on("/dead") if g["t"] >= t_on])
         self.assertFalse(later & {e["id"] for e in pi_events(c, during["id"])}, "disabled-period events delivered")
+        self.assertFalse(later & failing, "retries that fell due while disabled were made")
+        undelivered = {e["id"] for e in c.list_all("/v1/events", {"delivery_success": "false"})}
+        self.assertTrue(failing <= undelivered, failing - undelivered)
         self.assertEqual(c.get(WE + "/" + dead["id"]).json["status"], "enabled")
 
 
