@@ -32,6 +32,7 @@
 #define ISO_INFLIGHT_MAX 100000      /* requests in flight per link (STANs are 6 digits) */
 #define ISO_BUCKETS 16384            /* STAN hash table */
 #define ISO_LATE_RING 4096           /* timed-out STANs remembered to recognise late answers */
+#define ISO_REVERSED_RING 1024       /* RRNs whose reversal the host acknowledged with no caller left */
 #define ISO_BACKOFF_MIN_MS 50
 #define ISO_BACKOFF_MAX_MS 5000
 #define ISO_RESEND_MAX_MS 600000     /* a reversal waits this long for the link, then gives up */
@@ -286,6 +287,8 @@ struct iso_link {
   uint32_t late[ISO_LATE_RING];
   size_t late_pos;
   uint8_t late_bits[ISO_STAN_MAX / 8 + 1]; /* the STANs in late[], for stan_assign and late_stan */
+  char reversed[ISO_REVERSED_RING][13];      /* reversed_add, reversed_known */
+  size_t reversed_pos;
 };
 
 /* ---- small helpers ---------------------------------------------------------- */
@@ -354,6 +357,28 @@ static void late_add(struct iso_link *l, uint32_t stan)
   }
   if (stan <= ISO_STAN_MAX)
     l->late_bits[stan / 8] |= (uint8_t)(1u << (stan % 8));
+}
+
+/* RRNs whose reversal the host acknowledged (00, or 25: nothing stands)
+ * after its caller had been told the outcome was unknown: a host slower
+ * than timeout_ms answers every reversal after the caller's deadline, and
+ * the acknowledgement, which only the link saw, was dropped; recovery's
+ * next reversal was cut off the same way, for as long as the host stayed
+ * slow, and the attempt stayed sent or reversal_pending with the money
+ * back at the host. The next void or status call for such an RRN is
+ * answered from here at once. An RRN names one call (each call has its own
+ * reference), so an acknowledgement stays true. */
+static void reversed_add(struct iso_link *l, const char *rrn)
+{
+  tp_scopy(l->reversed[l->reversed_pos++ % ISO_REVERSED_RING], sizeof l->reversed[0], rrn);
+}
+
+static bool reversed_known(const struct iso_link *l, const char *rrn)
+{
+  for (size_t i = 0; i < ISO_REVERSED_RING; i++)
+    if (l->reversed[i][0] && strcmp(l->reversed[i], rrn) == 0)
+      return true;
+  return false;
 }
 
 /* A STAN unused by any pending message: the one reserved for p when it is
@@ -885,6 +910,8 @@ static void on_reversal_answer(struct iso_link *l, struct pend *p, const struct 
    * (11, 85 ... are approvals as in an answer to a call). */
   bool reversed = f39 && tp_iso_f39_approved(f39) && strcmp(f39, "10") != 0;
   bool unknown = f39 && strcmp(f39, "25") == 0; /* unable to locate: nothing stands */
+  if ((reversed || unknown) && p->tries > 1)
+    late_add(l, p->stan); /* a repeat's (0401, same STAN) answer may follow: late, not unknown */
   if (p->c) {
     tp_scopy(p->c->processor_ref, sizeof p->c->processor_ref, p->rrn);
     if (p->kind == TP_PROC_STATUS) {
@@ -916,6 +943,7 @@ static void on_reversal_answer(struct iso_link *l, struct pend *p, const struct 
   if (reversed || unknown) {
     tp_log(TP_LOG_INFO, "iso_reversal_done", "{s:s, s:s, s:s}", "processor", l->name, "rrn", p->rrn, "code",
            f39);
+    reversed_add(l, p->rrn);
     pend_drop(l, p);
     return;
   }
@@ -1121,6 +1149,14 @@ static void check_resend(struct iso_link *l, int64_t now)
 
 static void start_call(struct iso_link *l, struct pend *p, int64_t now)
 {
+  if (p->type == PT_REVERSAL && p->c && reversed_known(l, p->rrn)) {
+    tp_log(TP_LOG_INFO, "iso_reversal_known", "{s:s, s:s}", "processor", l->name, "rrn", p->rrn);
+    tp_scopy(p->c->processor_ref, sizeof p->c->processor_ref, p->rrn);
+    /* as the acknowledgement would have answered it (on_reversal_answer) */
+    report(l, p, p->kind == TP_PROC_STATUS ? TP_OUT_NOT_FOUND : TP_OUT_APPROVED, "");
+    pend_free(p);
+    return;
+  }
   if (!l->signed_on) {
     report(l, p, TP_OUT_ERROR, "processor_link_down");
     pend_free(p);

@@ -22,6 +22,7 @@ the test lets it accept:
   reversal survives a kill -9.
 """
 import socket
+import threading
 import time
 import unittest
 
@@ -49,7 +50,19 @@ class RefusingHost(IsoHost):
         self.by_conn = []  # (connection number, mti, fields)
         self.undone = set()
         self.signon_delay = 0.0  # seconds the 0810 of a sign-on waits
+        self.slow_s = 0.8  # how late "slow" answers reversals
+        self.send_lock = threading.Lock()  # a late answer is sent from a timer thread
         super().__init__()
+
+    def reply(self, c, mti, q, f39):
+        with self.send_lock:
+            super().reply(c, mti, q, f39)
+
+    def late_reply(self, c, mti, q, f39):
+        try:
+            self.reply(c, mti, q, f39)
+        except OSError:  # the connection (or the test) ended meanwhile
+            pass
 
     def handle(self, c, body):
         try:
@@ -78,12 +91,15 @@ class RefusingHost(IsoHost):
         elif mti in ("0400", "0401"):
             if mode == "refuse":
                 self.reply(c, "0410", f, "96")
-            elif mode == "accept":
+            elif mode in ("accept", "slow"):
                 found = (f.get(37), f.get(90, "")[:20]) in originals
                 if found:
                     with self.lock:
                         self.undone.add(f.get(37))
-                self.reply(c, "0410", f, "00" if found else "25")
+                if mode == "slow":  # acknowledged, past the gateway's timeout
+                    threading.Timer(self.slow_s, self.late_reply, (c, "0410", f, "00" if found else "25")).start()
+                else:
+                    self.reply(c, "0410", f, "00" if found else "25")
 
     def reversals(self, rrn, min_conn=0):
         with self.lock:
@@ -444,6 +460,50 @@ class VoidTimedOut(LinkedBase):
         revs = self.host.reversals(auth_rrn)
         self.assertGreaterEqual(len(revs), 2, revs)
         self.assertTrue(all(f[90][:4] == "0100" for _, _, f in revs), revs)
+
+
+class SlowHostAcknowledges(LinkedBase):
+    def test_reversals_acknowledged_after_the_timeout_settle(self):
+        """A host that acknowledges every reversal (00) but later than the
+        link's timeout: the caller of a void is told the outcome is unknown
+        before the 0410 comes, and the acknowledgement, seen only by the
+        link, was dropped; recovery's reversals were cut off the same way
+        for as long as the host stayed slow, so the void stayed sent and
+        the PaymentIntent requires_capture while the hold was released at
+        the host. The link remembers what the host acknowledged, and
+        answers recovery from it."""
+        pi, auth_rrn = self.authorize("manual")
+        c = self.daemon.client("m")
+        with self.host.lock:
+            self.host.rev_mode = "slow"
+        key = new_key("void")
+        r = c.post("/v1/payment_intents/%s/cancel" % pi["id"], {}, idem=key)
+        self.assertEqual((r.status, r.json["error"].get("tp_code")), (502, 6018), r)
+        wait_for(lambda: c.get("/v1/payment_intents/" + pi["id"]).json["status"] == "canceled", timeout=WAIT_S,
+                 what="recovery to settle the void from the late acknowledgement")
+        self.assertEqual([a["state"] for a in self.of_kind(pi["id"], "void")], ["succeeded"])
+        self.assertIn(auth_rrn, self.host.undone)
+        again = c.post("/v1/payment_intents/%s/cancel" % pi["id"], {}, idem=key)
+        self.assertEqual((again.status, again.json.get("status")), (200, "canceled"), again)
+        # a repeat's late answer is a late answer, not a message of no call
+        time.sleep(2 * self.host.slow_s)
+        self.assertNotIn("iso_unknown_stan", self.daemon.log_text())
+        self.assertEqual(self.host.errors, [])
+
+    def test_an_owed_reversal_acknowledged_late_is_settled(self):
+        """The same for a timed-out capture's owed reversal: reversed once
+        the host has acknowledged it, though each acknowledgement comes
+        after the timeout."""
+        with self.host.lock:
+            self.host.rev_mode = "slow"
+        pi, auth_rrn, cap_rrn = self.capture_timing_out()
+        wait_for(lambda: [a["state"] for a in self.of_kind(pi["id"], "capture")] == ["reversed"], timeout=WAIT_S,
+                 what="the capture's reversal settled from the late acknowledgement")
+        self.assertIn(cap_rrn, self.host.undone)
+        self.assertNotIn(auth_rrn, self.host.undone)
+        pi2 = self.daemon.client("m").get("/v1/payment_intents/%s" % pi["id"]).json
+        self.assertEqual((pi2["status"], pi2["amount_capturable"], pi2["amount_received"]),
+                         ("requires_capture", 4321, 0), pi2)
 
 
 class CaptureReversalOwed(LinkedBase):
