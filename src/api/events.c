@@ -352,27 +352,38 @@ static bool undelivered(const struct wh_eps *w, const char *before, json_int_t p
   *n = 0;
   size_t cap = 0;
   for (size_t k = 0; k < w->n; k++) {
+    json_t *rows;
     if (floors) {
-      /* how far down this endpoint's rows were read: below, an event's rows
-       * are not known to the walk */
-      json_t *lo = tp_store_query_take(&tp_app.store,
-                                       "SELECT min(event) AS lo, count(*) AS n FROM (SELECT event FROM "
-                                       "webhook_deliveries WHERE endpoint=?1 AND event < ?2 ORDER BY event DESC "
-                                       "LIMIT ?3)",
-                                       tp_pack("[s, s, I]", w->e[k].id, before && *before ? before : "evt_~", scan));
-      if (!lo)
+      /* The window and what is owed in it from one read (two reads saw
+       * two windows when a delivery row came between them, and an event
+       * at the first one's bottom was in neither). */
+      rows = tp_store_query_take(&tp_app.store,
+                                 "SELECT event, state FROM webhook_deliveries WHERE endpoint=?1 AND event < ?2 "
+                                 "ORDER BY event DESC LIMIT ?3",
+                                 tp_pack("[s, s, I]", w->e[k].id, before && *before ? before : "evt_~", scan));
+      if (!rows)
         return false;
-      json_t *row = json_array_get(lo, 0);
-      floors[k].all = json_integer_value(json_object_get(row, "n")) < scan;
-      tp_scopy(floors[k].lo, sizeof floors[k].lo, json_string_value(json_object_get(row, "lo")) ?: "");
-      json_decref(lo);
+      size_t m = json_array_size(rows);
+      floors[k].all = (json_int_t)m < scan;
+      tp_scopy(floors[k].lo, sizeof floors[k].lo,
+               m ? json_string_value(json_object_get(json_array_get(rows, m - 1), "event")) ?: "" : "");
+      json_t *owed = json_array(); /* at most per_endpoint, newest first */
+      for (size_t i = 0; i < m && (json_int_t)json_array_size(owed) < per_endpoint; i++) {
+        json_t *row = json_array_get(rows, i);
+        const char *st = json_string_value(json_object_get(row, "state"));
+        if (st && (strcmp(st, "pending") == 0 || strcmp(st, "failed") == 0))
+          json_array_append(owed, row);
+      }
+      json_decref(rows);
+      rows = owed;
+    } else {
+      rows = tp_store_query_take(&tp_app.store,
+                                 "SELECT event FROM (SELECT event, state FROM webhook_deliveries "
+                                 "WHERE endpoint=?1 AND event < ?3 ORDER BY event DESC LIMIT ?4) "
+                                 "WHERE state IN ('pending', 'failed') LIMIT ?2",
+                                 tp_pack("[s, I, s, I]", w->e[k].id, per_endpoint,
+                                         before && *before ? before : "evt_~", scan));
     }
-    json_t *rows = tp_store_query_take(&tp_app.store,
-                                       "SELECT event FROM (SELECT event, state FROM webhook_deliveries "
-                                       "WHERE endpoint=?1 AND event < ?3 ORDER BY event DESC LIMIT ?4) "
-                                       "WHERE state IN ('pending', 'failed') LIMIT ?2",
-                                       tp_pack("[s, I, s, I]", w->e[k].id, per_endpoint,
-                                               before && *before ? before : "evt_~", scan));
     if (!rows)
       return false;
     size_t i;

@@ -218,8 +218,12 @@ static int sweep_merchant(struct tp_cs *cs, const char *merchant, const char *cu
      * if shorter than today's (a row made before the delay was raised is
      * not held past its own available_on for the new delay: funds due
      * stayed pending for up to the new delay, two days after a test
-     * value), never under 2 s. */
-    int64_t row_guard = available_on - created < guard_s ? available_on - created : guard_s;
+     * value); a row available when made (a refund, a dispute's debit)
+     * keeps a minute of it; never under 2 s. */
+    int64_t own = available_on - created;
+    int64_t row_guard = own > 0 ? own : 60;
+    if (row_guard > guard_s)
+      row_guard = guard_s;
     if (row_guard < 2)
       row_guard = 2;
     bool settled = created <= now_s - row_guard;

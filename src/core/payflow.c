@@ -18,6 +18,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "sec/audit.h"
+#include "sec/auth.h"
 #include "util.h"
 
 #include <pthread.h>
@@ -293,8 +294,71 @@ void tp_pay_free(struct tp_pay *p)
   free(p->body);
   free(p->redirect_body);
   free(p->return_url);
+  if (p->shape) {
+    json_decref(p->shape->params);
+    free(p->shape->resp);
+    free(p->shape->location);
+    free(p->shape);
+  }
   tp_card_wipe(&p->call, sizeof p->call);
   free(p);
+}
+
+/* What besides the objects shapes r's reply: its expand[] and a pinned
+ * Stripe-Version that shows the legacy lists, as JSON into out (attempt
+ * reply_opts; "" when neither, or when they do not fit: then a recovered
+ * reply is the bare object, as before). */
+static void reply_opts_keep(const struct tp_req *r, char *out, size_t cap)
+{
+  out[0] = '\0';
+  const json_t *ex = json_object_get(r->params, "expand");
+  bool expand = json_is_array(ex) && json_array_size(ex) > 0, legacy = tp_legacy_lists_wanted(r);
+  if (!expand && !legacy)
+    return;
+  json_t *o = json_object();
+  if (expand)
+    json_object_set(o, "expand", (json_t *)(uintptr_t)ex);
+  if (legacy)
+    json_object_set_new(o, "v", json_string(r->api_version));
+  char *text = json_dumps(o, JSON_COMPACT);
+  json_decref(o);
+  if (text && strlen(text) < cap)
+    tp_scopy(out, cap, text);
+  else
+    tp_log(TP_LOG_WARN, "reply_opts_too_long", "{s:s}", "request_id", r->request_id);
+  free(text);
+}
+
+/* Recovery: a stand-in for the request behind a, from its reply_opts, so
+ * the reply stored under the client's key is expanded (and shows the
+ * legacy lists) as the live one would have been. Its merchant is p's; its
+ * expansions were checked, and allowed to the key, when it came. */
+static void reply_shape(struct tp_pay *p, const struct tp_attempt *a)
+{
+  if (!a->reply_opts[0])
+    return;
+  json_t *o = json_loads(a->reply_opts, 0, NULL);
+  struct tp_req *q = o ? calloc(1, sizeof *q) : NULL;
+  if (!q) {
+    json_decref(o);
+    return;
+  }
+  q->merchant = p->m;
+  q->params = json_object();
+  json_t *ex = json_object_get(o, "expand");
+  if (json_is_array(ex))
+    json_object_set(q->params, "expand", ex);
+  tp_scopy(q->api_version, sizeof q->api_version, json_string_value(json_object_get(o, "v")) ?: "");
+  tp_scopy(q->request_id, sizeof q->request_id, "recovery");
+  json_decref(o);
+  p->shape = q;
+  p->params = q->params;
+}
+
+/* The request whose reply p builds: the live one, recovery's stand-in, or NULL. */
+static struct tp_req *reply_req(const struct tp_pay *p)
+{
+  return p->r ? p->r : p->shape;
 }
 
 void tp_pay_attempt(struct tp_pay *p, const char *kind, int64_t amount, const char *currency)
@@ -319,6 +383,7 @@ void tp_pay_attempt(struct tp_pay *p, const char *kind, int64_t amount, const ch
   if (p->r && p->r->has_idem && p->r->idem_registered) {
     tp_scopy(a->client_idem_key, sizeof a->client_idem_key, p->r->idem_slot);
     tp_scopy(a->client_req_hash, sizeof a->client_req_hash, p->r->req_hash);
+    reply_opts_keep(p->r, a->reply_opts, sizeof a->reply_opts);
   }
   a->reply_charge = p->reply_charge;
   if (strcmp(kind, "void") == 0)
@@ -331,7 +396,7 @@ void tp_pay_attempt(struct tp_pay *p, const char *kind, int64_t amount, const ch
  * outcome posts is kept for it: it is not committed when the reply is built. */
 static bool wants_txn(const struct tp_pay *p)
 {
-  if (!p->r)
+  if (!reply_req(p))
     return false;
   const json_t *ex = json_object_get(p->params, "expand");
   size_t i;
@@ -349,7 +414,8 @@ static bool wants_txn(const struct tp_pay *p)
 void tp_pay_reply_text(struct tp_pay *p, unsigned status, json_t *obj, char *text)
 {
   const json_t *ex = json_object_get(p->params, "expand");
-  if (text && !(p->r && json_is_array(ex) && json_array_size(ex) > 0) && !tp_legacy_lists_wanted(p->r)) {
+  struct tp_req *rq = reply_req(p);
+  if (text && !(rq && json_is_array(ex) && json_array_size(ex) > 0) && !tp_legacy_lists_wanted(rq)) {
     /* obj as already written out (tp_put_emit_text): the same bytes. */
     free(p->body);
     p->status = status;
@@ -365,11 +431,12 @@ void tp_pay_reply(struct tp_pay *p, unsigned status, json_t *obj)
 {
   const json_t *ex = json_object_get(p->params, "expand");
   bool expand = json_is_array(ex) && json_array_size(ex) > 0;
-  bool legacy = p->r && tp_legacy_lists_wanted(p->r);
+  struct tp_req *rq = reply_req(p);
+  bool legacy = rq && tp_legacy_lists_wanted(rq);
   /* a decline's error.payment_intent, as the pinned version showed it too
    * (with its charges: e.error.payment_intent.charges.data[0].outcome) */
   json_t *err_pi = status >= 400 ? json_object_get(json_object_get(obj, "error"), "payment_intent") : NULL;
-  if (p->r && ((status < 300 && (expand || legacy)) || (legacy && json_is_object(err_pi)))) {
+  if (rq && ((status < 300 && (expand || legacy)) || (legacy && json_is_object(err_pi)))) {
     /* The objects this payment just wrote, as they are before obj (which
      * may be one of them) is expanded: latest_charge.payment_intent then
      * shows the PaymentIntent with latest_charge as an id, as Stripe does. */
@@ -380,11 +447,11 @@ void tp_pay_reply(struct tp_pay *p, unsigned status, json_t *obj)
         json_array_append_new(known, json_deep_copy(mine[i]));
     /* Expansion errors were checked up front (tp_check_params). */
     if (status >= 400)
-      tp_legacy_lists(p->r, err_pi, known);
+      tp_legacy_lists(rq, err_pi, known);
     else {
       if (expand)
-        tp_expand(p->r, obj, known);
-      tp_legacy_lists(p->r, obj, known); /* a request pinned to an old API version */
+        tp_expand(rq, obj, known);
+      tp_legacy_lists(rq, obj, known); /* a request pinned to an old API version */
     }
     json_decref(known);
   }
@@ -890,14 +957,16 @@ static void retry_fire(void *arg, bool stopping)
   tp_scopy(client_key, sizeof client_key, p->att.client_idem_key);
   tp_scopy(client_hash, sizeof client_hash, p->att.client_req_hash);
   int capture = p->att.capture;
-  char vault_token[64];
+  char vault_token[64], reply_opts[sizeof p->att.reply_opts];
   tp_scopy(vault_token, sizeof vault_token, p->att.vault_token);
+  tp_scopy(reply_opts, sizeof reply_opts, p->att.reply_opts);
   char currency[4];
   snprintf(currency, sizeof currency, "%s", p->att.currency); /* tp_pay_attempt clears att */
   tp_pay_attempt(p, "authorize", p->att.amount, currency);
   tp_scopy(p->att.client_idem_key, sizeof p->att.client_idem_key, client_key);
   tp_scopy(p->att.client_req_hash, sizeof p->att.client_req_hash, client_hash);
   tp_scopy(p->att.vault_token, sizeof p->att.vault_token, vault_token);
+  tp_scopy(p->att.reply_opts, sizeof p->att.reply_opts, reply_opts);
   p->att.capture = capture;
   tp_scopy(p->att.processor, sizeof p->att.processor, p->route_names[p->route_i]);
   route_reason(p);
@@ -2273,10 +2342,15 @@ static bool claim(const struct tp_attempt *a)
 static struct tp_pay *attempt_pay(const struct tp_attempt *a)
 {
   struct tp_merchant m;
-  memset(&m, 0, sizeof m);
-  tp_scopy(m.id, sizeof m.id, a->merchant);
+  /* the whole row: its name is a charge's calculated_statement_descriptor
+   * (a charge recovery made had null where the live one had the name) */
+  if (tp_auth_merchant(&tp_app.store, a->merchant, &m) != 1) {
+    memset(&m, 0, sizeof m);
+    tp_scopy(m.id, sizeof m.id, a->merchant);
+  }
   struct tp_pay *p = tp_pay_new(NULL, &m);
   p->att = *a;
+  reply_shape(p, a);
   p->recovering = true;
   p->reply_charge = a->reply_charge != 0; /* the reply stored under the client's key */
   return p;

@@ -23,6 +23,8 @@ typedef void (*tp_pay_outcome_fn)(struct tp_pay *p, struct tp_cs *cs);
 
 struct tp_pay {
   struct tp_req *r;          /* NULL during recovery */
+  struct tp_req *shape;      /* recovery: a stand-in request with the attempt's reply_opts (expand[],
+                                Stripe-Version) for the reply stored under the client's key; else NULL */
   struct tp_merchant m;
   json_t *pi, *charge, *refund, *pm; /* owned */
   json_t *txn;               /* the balance transaction posted, when the reply may expand it; owned */

@@ -80,6 +80,9 @@ struct tp_attempt {
   /* ISO 8583, reversal_pending: the original data elements (MTI, STAN,
    * field 7) of the message it reverses, when the link knew them; "" else */
   char orig_data[24];
+  /* the request's expand[] and legacy Stripe-Version, for the reply recovery
+   * stores under the client's key: {"expand":[...],"v":"..."}; "" none */
+  char reply_opts[512];
   int64_t created, updated;
 };
 

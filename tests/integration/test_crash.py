@@ -319,12 +319,19 @@ class ChargesApiRecoveryTest(unittest.TestCase):
         auth = c.post("/v1/charges", {"amount": 1500, "currency": "usd", "source": "tok_visa", "capture": "false"})
         self.assertEqual((auth.status, auth.json["captured"]), (200, False), auth)
         sim.faults("slow", latency_ms_min=4000, latency_ms_max=4000)
-        calls = [("/v1/charges", {"amount": 2000, "currency": "usd", "source": "tok_visa"}, new_key("ch")),
-                 ("/v1/charges/%s/capture" % auth.json["id"], {"amount": 1000}, new_key("cap"))]
+        # the reply each would have had: expanded, and with the lists a
+        # pinned old Stripe-Version shows (the recovered replay was the bare
+        # object: a retry broke code reading charge.balance_transaction.fee)
+        old = {"Stripe-Version": "2020-08-27"}
+        calls = [("/v1/charges", {"amount": 2000, "currency": "usd", "source": "tok_visa",
+                                  "expand[]": "balance_transaction"}, new_key("ch"), None),
+                 ("/v1/charges/%s/capture" % auth.json["id"], {"amount": 1000}, new_key("cap"), None),
+                 ("/v1/payment_intents", {"amount": 2500, "currency": "usd", "payment_method": "pm_card_visa", "confirm": "true",
+                       "expand[]": "latest_charge"}, new_key("pi"), old)]
 
-        def fire(path, params, key):
+        def fire(path, params, key, headers):
             try:
-                c.request("POST", path, params, idem=key, timeout=15)
+                c.request("POST", path, params, idem=key, timeout=15, headers=headers)
             except Exception:
                 pass  # the kill cuts it
         threads = [threading.Thread(target=fire, args=call) for call in calls]
@@ -337,9 +344,9 @@ class ChargesApiRecoveryTest(unittest.TestCase):
             finally:
                 db.close()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and sent() < 2:  # both calls recorded as sent
+        while time.monotonic() < deadline and sent() < 3:  # the calls recorded as sent
             time.sleep(0.05)
-        self.assertEqual(sent(), 2)
+        self.assertEqual(sent(), 3)
         # recorded as sent is not yet on the wire: on a loaded machine the
         # kill could come first, the processor then never saw the call, and
         # recovery rightly failed it (processing_error). The calls are held
@@ -352,17 +359,29 @@ class ChargesApiRecoveryTest(unittest.TestCase):
         d.start(config=ini)
         c = d.client("m")
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and sent() > 0:  # recovery settles both
+        while time.monotonic() < deadline and sent() > 0:  # recovery settles them
             time.sleep(0.1)
         r = c.post(*calls[0][:2], idem=calls[0][2])
         self.assertEqual((r.status, r.headers.get("Idempotent-Replayed"), r.json.get("object")),
                          (200, "true", "charge"), r)
         self.assertTrue(r.json["id"].startswith("ch_") and r.json["captured"] and r.json["paid"], r)
+        bt = r.json["balance_transaction"]
+        self.assertIsInstance(bt, dict, r)
+        self.assertEqual((bt["object"], bt["amount"], bt["source"]), ("balance_transaction", 2000, r.json["id"]), bt)
+        # the merchant's name, as on the live charge (recovery's had null)
+        self.assertTrue(auth.json["calculated_statement_descriptor"], auth)
+        self.assertEqual(r.json["calculated_statement_descriptor"], auth.json["calculated_statement_descriptor"], r)
         r = c.post(*calls[1][:2], idem=calls[1][2])
         self.assertEqual((r.status, r.headers.get("Idempotent-Replayed"), r.json.get("object")),
                          (200, "true", "charge"), r)
         self.assertEqual((r.json["id"], r.json["captured"], r.json["amount_captured"]),
                          (auth.json["id"], True, 1000), r)
+        r = c.post(*calls[2][:2], idem=calls[2][2], headers=old)
+        self.assertEqual((r.status, r.headers.get("Idempotent-Replayed"), r.json.get("status")),
+                         (200, "true", "succeeded"), r)
+        self.assertIsInstance(r.json["latest_charge"], dict, r)
+        self.assertEqual(r.json["latest_charge"]["amount_captured"], 2500, r)
+        self.assertEqual([ch["id"] for ch in r.json["charges"]["data"]], [r.json["latest_charge"]["id"]], r)
 
 
 class DiskFullTest(unittest.TestCase):

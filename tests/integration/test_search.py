@@ -610,12 +610,13 @@ class MetadataIndexTest(DaemonTestCase):
         import sqlite3
         db = sqlite3.connect(self.daemon.db_path())
         db.execute("DELETE FROM metadata_index")
-        # a store of migration 19: without what 0022, 0023, 0024 and 0026 add (0021 and 0025
-        # are IF NOT EXISTS; the fingerprint keys are then masked again, which this test does
-        # not look at)
+        # a store of migration 19: without what 0022, 0023, 0024, 0026 and 0028 add (0021,
+        # 0025 and 0027 are IF NOT EXISTS; the fingerprint keys are then masked again, which
+        # this test does not look at)
         db.execute("ALTER TABLE attempts DROP COLUMN reply_charge")
         db.execute("ALTER TABLE attempts DROP COLUMN reason")
         db.execute("ALTER TABLE attempts DROP COLUMN orig_data")
+        db.execute("ALTER TABLE attempts DROP COLUMN reply_opts")
         db.execute("ALTER TABLE merchants DROP COLUMN fp_key_masked")
         db.execute("UPDATE meta SET value='19' WHERE key='schema_version'")
         db.commit()

@@ -558,7 +558,9 @@ class ThreeDSTest(DaemonTestCase):
         base = {"client_secret": pi["client_secret"]}
         r = c.get(PI + "/" + pi["id"], dict(base, **{"expand[]": "payment_method"}), key=pk)
         self.assertEqual((r.status, r.json["payment_method"]["id"]), (200, pm["id"]), r)
-        self.assertEqual(r.json["payment_method"]["customer"], cus["id"])
+        # the customer id and the merchant's metadata are the merchant's
+        # (public_redact, as at the top level)
+        self.assertEqual((r.json["payment_method"]["customer"], r.json["payment_method"]["metadata"]), (None, {}))
         for path in ("payment_method.customer", "customer", "latest_charge"):
             r = c.get(PI + "/" + pi["id"], dict(base, **{"expand[]": path}), key=pk)
             self.assertEqual((r.status, r.json["error"]["param"]), (400, "expand"), (path, r))

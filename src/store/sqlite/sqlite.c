@@ -516,6 +516,7 @@ static int apply_one(struct sq *s, struct tp_cs *cs, struct bal_set *bal)
       sqlite3_bind_int(st, 21, a->reply_charge);
       bind_text(st, 22, a->reason);
       bind_text(st, 23, a->orig_data);
+      bind_text(st, 24, a->reply_opts);
       if (step_done(s->w, st) || sqlite3_changes(s->w) != 1)
         return -1;
       break;
@@ -1277,7 +1278,7 @@ static int sq_vault_get(void *cls, const char *merchant, const char *token, void
 
 #define ATTEMPT_COLS "id, merchant, payment_intent, processor, idem_ref, kind, state, currency, amount, " \
                      "vault_token, refund, result_code, auth_code, processor_ref, route, client_idem_key, client_req_hash, capture, created, updated, " \
-                     "reply_charge, reason, orig_data"
+                     "reply_charge, reason, orig_data, reply_opts"
 
 static void row_to_attempt(sqlite3_stmt *st, struct tp_attempt *a)
 {
@@ -1302,6 +1303,7 @@ static void row_to_attempt(sqlite3_stmt *st, struct tp_attempt *a)
   COL(16, client_req_hash);
   COL(21, reason);
   COL(22, orig_data);
+  COL(23, reply_opts);
 #undef COL
   a->capture = sqlite3_column_int(st, 17);
   a->created = sqlite3_column_int64(st, 18);
@@ -1738,14 +1740,15 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
    * again when settled; its id, idem_ref, merchant and PaymentIntent never
    * change (a mismatch changes nothing and fails the change set). */
   s->attempt = prep(s->w, "INSERT INTO attempts(" ATTEMPT_COLS ") VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,"
-                          "?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23) ON CONFLICT(id) DO UPDATE SET "
+                          "?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24) ON CONFLICT(id) DO UPDATE SET "
                           "processor=excluded.processor, kind=excluded.kind, state=excluded.state, "
                           "currency=excluded.currency, amount=excluded.amount, vault_token=excluded.vault_token, "
                           "refund=excluded.refund, result_code=excluded.result_code, auth_code=excluded.auth_code, "
                           "processor_ref=excluded.processor_ref, route=excluded.route, "
                           "client_idem_key=excluded.client_idem_key, client_req_hash=excluded.client_req_hash, "
                           "capture=excluded.capture, created=excluded.created, updated=excluded.updated, "
-                          "reply_charge=excluded.reply_charge, reason=excluded.reason, orig_data=excluded.orig_data "
+                          "reply_charge=excluded.reply_charge, reason=excluded.reason, orig_data=excluded.orig_data, "
+                          "reply_opts=excluded.reply_opts "
                           "WHERE attempts.merchant=excluded.merchant AND attempts.idem_ref=excluded.idem_ref "
                           "AND attempts.payment_intent IS excluded.payment_intent");
   /* A key's 24 h run from its first use: the final reply keeps the created
