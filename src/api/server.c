@@ -1041,6 +1041,10 @@ static char encoded_delimiter;
  * refuses it, and so does the query's now) */
 static char bad_query_escape;
 static char bad_target; /* a request target with a space or a tab in it (RFC 9112 3) */
+/* on_uri answered the request 414 itself and shut the socket: nothing of it
+ * runs (libmicrohttpd may have the whole request in its buffer already, and
+ * went on to hand it over: a payment was made while its client read 414) */
+static char uri_refused;
 
 
 /* A Stripe-shaped error written straight to the socket, which is then shut
@@ -1356,6 +1360,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 {
   (void)cls;
   struct tp_req *r = *con_cls;
+  if (r == (void *)&uri_refused)
+    return MHD_NO; /* answered and closed by on_uri */
   bool bad_path = r == (void *)&encoded_delimiter, bad_query = r == (void *)&bad_query_escape,
        bad_line = r == (void *)&bad_target;
   if (bad_path || bad_query || bad_line)
@@ -1473,7 +1479,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   (void)cls;
   (void)conn;
   struct tp_req *r = *con_cls;
-  if (!r || r == (void *)&encoded_delimiter || r == (void *)&bad_query_escape || r == (void *)&bad_target)
+  if (!r || r == (void *)&encoded_delimiter || r == (void *)&bad_query_escape || r == (void *)&bad_target ||
+      r == (void *)&uri_refused)
     return;
   if (r->dispatched && !r->observed && toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
     /* The client went away before its reply was queued (it closed, or
@@ -1648,7 +1655,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
   snprintf(rid, sizeof rid, "req_%s", rnd);
   raw_reply_close(conn, 414, "URI Too Long", too_long ? TP_ERR_URI_TOO_LONG : TP_ERR_QUERY_TOO_MANY_PARAMETERS, rid);
   tp_metric_inc("turnpike_http_uri_too_long_total", NULL, 1);
-  return NULL;
+  return &uri_refused;
 }
 
 /* The listening socket is made here, before libmicrohttpd starts, so

@@ -901,6 +901,39 @@ class ApiErrorsTest(DaemonTestCase):
             with self.subTest(n=n, vlen=vlen):
                 self.assertTrue(first_line(n, vlen).startswith(b"HTTP/1.1 401 "))
 
+    def test_a_request_answered_414_is_not_carried_out(self):
+        """The 414 of a query with too many arguments for its length is
+        written by on_uri itself; libmicrohttpd, which had the whole
+        request in its buffer, went on to hand it over, and a confirming
+        POST made its payment while its client read 414 (and, without a
+        key, would pay again with a shorter request)."""
+        import socket
+        key = self.daemon.merchants["other"]["secret_key"]
+        c = self.c("other")
+        before = len(c.list_all("/v1/payment_intents"))
+        form = b"amount=4242&currency=usd&payment_method=pm_card_visa&confirm=true"
+        queries = ["&" * 130,  # 131 empty arguments
+                   # ordinary arguments, past the budget of length and count
+                   "&".join(["metadata[k%d]=%s" % (i, "v" * 150) for i in range(50)] + ["description=d"] * 18)]
+        for q in queries:
+            with self.subTest(q=q[:40]):
+                s = socket.create_connection((self.daemon.host, self.daemon.port), timeout=10)
+                try:
+                    s.sendall(("POST /v1/payment_intents?%s HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n"
+                               "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n"
+                               % (q, key, len(form))).encode() + form)
+                    data = b""
+                    while True:
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                finally:
+                    s.close()
+                self.assertTrue(data.startswith(b"HTTP/1.1 414 "), data[:300])
+        time.sleep(0.5)  # what would have run has had its time
+        self.assertEqual(len(c.list_all("/v1/payment_intents")), before)
+
     def test_a_later_http_1_minor_version_is_served_as_1_1(self):
         """RFC 9110 2.5: HTTP/1.2 is handled as 1.1 (chunked allowed, Host
         required), not as 1.0."""
