@@ -917,8 +917,10 @@ static void fan_out(void)
   pthread_mutex_unlock(&S.mu);
   if (overflow) {
     tp_log(TP_LOG_WARN, "stream_queue_overflow", "{s:I}", "max", (json_int_t)cfg.queue_max);
-    for (struct conn *c = S.conns; c; c = c->next)
+    for (struct conn *c = S.conns; c; c = c->next) {
       conn_close(c, 1013, "event queue overflow: reconnect with last_event_id");
+      conn_pump(c); /* out now: a client sending nothing had its close sit until the 2 s close deadline */
+    }
   }
   bool need_obj = false;
   for (struct conn *c = S.conns; c; c = c->next)
@@ -1173,6 +1175,10 @@ static void handshake_release(void *arg)
   if (!h->upgraded) {
     handshake_unlink(h);
     atomic_fetch_sub(&S.nconns, 1);
+    /* The 101 never went (the client left first): on_upgrade will not
+     * run, and its reference goes too (the record, and its copy of the
+     * key, leaked). */
+    h->refs--;
   }
   bool last = --h->refs == 0;
   pthread_mutex_unlock(&S.mu);
@@ -1400,6 +1406,7 @@ void tp_stream_stop(void)
   }
   while (h) {
     struct handshake *n = h->next;
+    free_cred(&h->cred);
     free(h);
     h = n;
   }

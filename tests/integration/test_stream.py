@@ -249,6 +249,84 @@ purge_interval_ms = 100
 """
 
 
+class StreamOverflowTest(DaemonTestCase):
+    """The event queue overflows (events committed faster than the stream
+    thread hands them out, queue_max = 16): every client gets the 1013
+    close frame and may resume. A client that sent nothing had its close
+    sit unsent until the 2 s close deadline, and saw only the connection
+    end (1006), by then often past replay_max."""
+    MERCHANTS = ("m",)
+
+    @classmethod
+    def config(cls):
+        return "[stream]\nqueue_max = 16\nping_interval_ms = 60000\n[store]\ncommit_sync = pipelined\n"
+
+    def test_an_overflow_closes_every_client_with_1013(self):
+        key = self.daemon.merchants["m"]["secret_key"]
+        c = self.c("m")
+
+        def many_cards():
+            cus = c.post("/v1/customers", {"name": "many"}).json["id"]
+            for _ in range(80):
+                pm = c.post("/v1/payment_methods", {"type": "card", "card[number]": "4242424242424242",
+                                                    "card[exp_month]": "12", "card[exp_year]": "2034",
+                                                    "card[cvc]": "123"}).json["id"]
+                self.assertEqual(c.post("/v1/payment_methods/%s/attach" % pm, {"customer": cus}).status, 200)
+            return cus
+        customers = [many_cards() for _ in range(3)]
+        clients = [RawWS(self.daemon.port, key) for _ in range(6)]
+        for ws in clients:
+            self.assertEqual(ws.status, 101, ws.head)
+            ws.send(0x1, b'{"type":"subscribe","events":["*"]}')
+        time.sleep(0.5)  # subscribed
+        # one commit of 81 events (a customer deleted with its 80 cards
+        # detached) comes faster than the stream thread hands them to six
+        # clients; should it not, once more
+        for cus in customers:
+            self.assertEqual(c.delete("/v1/customers/" + cus).status, 200)
+            deadline = time.monotonic() + 3
+            while "stream_queue_overflow" not in self.daemon.log_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if "stream_queue_overflow" in self.daemon.log_text():
+                break
+        self.assertTrue("stream_queue_overflow" in self.daemon.log_text(), "the queue did not overflow")
+        for ws in clients:
+            ws.sock.settimeout(10)
+            payload = ws.until(0x8)  # EOFError here: the connection ended with no close frame
+            self.assertEqual(struct.unpack(">H", payload[:2])[0], 1013, payload)
+            ws.close()
+
+
+class AbortedHandshakeTest(DaemonTestCase):
+    MERCHANTS = ("m",)
+
+    def test_handshakes_the_client_abandons_leak_nothing(self):
+        """Upgrades whose client resets the connection before the 101 is
+        written: the handshake record (with its copy of the key) was never
+        freed, a leak LeakSanitizer reports at exit."""
+        key = self.daemon.merchants["m"]["secret_key"]
+        req = ("GET /v1/turnpike/stream HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               "Sec-WebSocket-Version: 13\r\nAuthorization: Bearer %s\r\n\r\n"
+               % (HOST, self.daemon.port, key)).encode()
+        for i in range(300):
+            s = socket.create_connection((HOST, self.daemon.port), timeout=5)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.sendall(req)
+            time.sleep((i % 7) / 2000)  # a reset, at once or while the request is served
+            s.close()
+        ws = RawWS(self.daemon.port, key)  # the slots came back
+        self.assertEqual(ws.status, 101, ws.head)
+        ws.close()
+        rc = self.daemon.stop()
+        log = self.daemon.log_text()
+        self.daemon.start(config=self.config())
+        for marker in ("LeakSanitizer", "AddressSanitizer", "runtime error:"):
+            at = log.find(marker)
+            self.assertEqual(at, -1, log[at:at + 2000])
+        self.assertEqual(rc, 0)
+
+
 class StreamBoundsTest(DaemonTestCase):
     """A client's queue bound (send_buffer_bytes) against what the server
     queues: a resume larger than the bound is sent as the client reads it; a
