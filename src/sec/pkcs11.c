@@ -43,6 +43,7 @@ struct p11 {
   char token[64];
   const char *pin;
   int64_t reopened_ms;
+  bool pin_refused; /* a login answered that the PIN is wrong, locked or expired: no more tries */
 };
 
 static CK_BBOOL ck_true = CK_TRUE, ck_false = CK_FALSE;
@@ -150,7 +151,7 @@ static int find_slot(CK_FUNCTION_LIST *f, const char *want, CK_SLOT_ID *out);
 static bool reopen(struct p11 *p)
 {
   int64_t now = tp_mono_ms();
-  if (now - p->reopened_ms < 1000)
+  if (p->pin_refused || now - p->reopened_ms < 1000)
     return false;
   p->reopened_ms = now;
   p->f->C_CloseSession(p->s);
@@ -162,6 +163,18 @@ static bool reopen(struct p11 *p)
     r = p->f->C_Login(p->s, CKU_USER, (CK_UTF8CHAR *)(uintptr_t)p->pin, strlen(p->pin));
     if (r == CKR_USER_ALREADY_LOGGED_IN)
       r = CKR_OK;
+  }
+  if (r == CKR_PIN_INCORRECT || r == CKR_PIN_LOCKED || r == CKR_PIN_EXPIRED || r == CKR_PIN_INVALID ||
+      r == CKR_PIN_LEN_RANGE) {
+    /* The PIN changed on the token (or was locked) while the session was
+     * down: a login a second would lock a real token after its few tries,
+     * for the security officer to unlock, and every other application on
+     * its partition with it. No more logins until a restart. */
+    p->pin_refused = true;
+    p->f->C_CloseSession(p->s);
+    tp_log(TP_LOG_ERROR, "kek_pkcs11_pin_refused", "{s:s, s:I, s:s}", "token", p->token, "ckr", (json_int_t)r,
+           "message", "the token refused the PIN: no more logins; restart with the right [vault] pkcs11_pin");
+    return false;
   }
   if (r != CKR_OK) {
     tp_log(TP_LOG_ERROR, "kek_pkcs11_reopen_failed", "{s:s, s:I}", "token", p->token, "ckr", (json_int_t)r);
@@ -347,7 +360,17 @@ static int p11_pubkey(void *cls, char *pem, size_t cap)
 static int p11_check(void *cls)
 {
   struct p11 *p = cls;
-  pthread_mutex_lock(&p->mu);
+  /* A token that stopped answering holds the session's lock inside a
+   * call: the check says not ready rather than wait with it (it waited,
+   * and /readyz said ready while every card request hung). */
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 2;
+  if (pthread_mutex_timedlock(&p->mu, &until) != 0) {
+    tp_log(TP_LOG_ERROR, "kek_pkcs11_unavailable", "{s:s, s:s}", "token", p->token, "why",
+           "a call to the token has not returned for 2 s");
+    return -1;
+  }
   CK_SESSION_INFO info;
   CK_RV r = p->f->C_GetSessionInfo(p->s, &info);
   bool ok = r == CKR_OK && info.state == CKS_RW_USER_FUNCTIONS;

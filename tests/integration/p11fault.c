@@ -2,9 +2,12 @@
  * calls it passes on): while the file named by $TP_P11FAULT_FILE exists the
  * token is "removed": no session opens (CKR_TOKEN_NOT_PRESENT) and every
  * session opened before is dead for good (CKR_SESSION_HANDLE_INVALID), as a
- * pulled USB token or a restarted network HSM leaves them. */
+ * pulled USB token or a restarted network HSM leaves them. While the file
+ * named by $TP_P11FAULT_PIN_FILE exists, every login is refused as a wrong
+ * PIN (CKR_PIN_INCORRECT) and counted there, a line each. */
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 #include <p11-kit-1/p11-kit/pkcs11.h>
@@ -60,13 +63,29 @@ static CK_RV open_session(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_N
   return r;
 }
 
+static CK_RV login(CK_SESSION_HANDLE s, CK_USER_TYPE t, CK_UTF8CHAR_PTR pin, CK_ULONG n)
+{
+  CK_RV r = check(s);
+  if (r != CKR_OK)
+    return r;
+  const char *f = getenv("TP_P11FAULT_PIN_FILE");
+  if (f && access(f, F_OK) == 0) {
+    FILE *out = fopen(f, "a");
+    if (out) {
+      fputs("login\n", out);
+      fclose(out);
+    }
+    return CKR_PIN_INCORRECT;
+  }
+  return softhsm->C_Login(s, t, pin, n);
+}
+
 #define PASS(name, params, args)                                                                                   \
   static CK_RV w_##name params                                                                                     \
   {                                                                                                                \
     CK_RV r = check(s);                                                                                            \
     return r != CKR_OK ? r : softhsm->C_##name args;                                                              \
   }
-PASS(Login, (CK_SESSION_HANDLE s, CK_USER_TYPE t, CK_UTF8CHAR_PTR pin, CK_ULONG n), (s, t, pin, n))
 PASS(EncryptInit, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), (s, m, k))
 PASS(Encrypt, (CK_SESSION_HANDLE s, CK_BYTE_PTR a, CK_ULONG b, CK_BYTE_PTR c, CK_ULONG_PTR d), (s, a, b, c, d))
 PASS(DecryptInit, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), (s, m, k))
@@ -88,7 +107,7 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out)
       return CKR_GENERAL_ERROR;
     wrapped = *softhsm;
     wrapped.C_OpenSession = open_session;
-    wrapped.C_Login = w_Login;
+    wrapped.C_Login = login;
     wrapped.C_EncryptInit = w_EncryptInit;
     wrapped.C_Encrypt = w_Encrypt;
     wrapped.C_DecryptInit = w_DecryptInit;

@@ -751,5 +751,53 @@ class HsmSessionLostTest(SoftHsm, KekHelpers, unittest.TestCase):
                                "payment_method_data": card(PAN_OK)})
         self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), r)
 
+class HsmPinChangedTest(SoftHsm, KekHelpers, unittest.TestCase):
+    """The session drops while the token's PIN is changed (or locked): the
+    login the daemon tries again is refused as a wrong PIN. It stops
+    logging in (it tried once a second for ever: a real token locks after
+    a few wrong PINs, for the security officer to unlock) and says not
+    ready until a restart with the right PIN."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.removed = tempfile.mktemp(prefix="tp-p11-removed-")
+        cls.pin_file = tempfile.mktemp(prefix="tp-p11-pin-")
+        cls.start_on_token(P11FAULT_SO, extra_env={"TP_P11FAULT_FILE": cls.removed,
+                                                   "TP_P11FAULT_PIN_FILE": cls.pin_file})
+
+    @classmethod
+    def tearDownClass(cls):
+        for f in (cls.removed, cls.pin_file):
+            try:
+                os.unlink(f)
+            except FileNotFoundError:
+                pass
+        super().tearDownClass()
+
+    def test_a_refused_pin_is_not_tried_again(self):
+        c = self.daemon.client("m")
+        self.assertEqual(c.post(PI, {"amount": 1500, "currency": "usd", "confirm": "true",
+                                     "payment_method_data": card(PAN_OK)}).status, 200)
+        open(self.removed, "w").close()
+        with open(self.pin_file, "w"):
+            pass
+        r = c.post(PI, {"amount": 1500, "currency": "usd", "confirm": "true", "payment_method_data": card(PAN_OK)})
+        self.assertEqual(r.status, 500, r)
+        os.unlink(self.removed)  # back, with another PIN
+        deadline = time.monotonic() + 15
+        while '"kek_pkcs11_pin_refused"' not in self.daemon.log_text() and time.monotonic() < deadline:
+            c.post(PI, {"amount": 1500, "currency": "usd", "confirm": "true", "payment_method_data": card(PAN_OK)})
+            time.sleep(0.3)
+        self.assertIn('"kek_pkcs11_pin_refused"', self.daemon.log_text())
+        for _ in range(8):  # requests and the readiness checks go on for 4 s: no more logins
+            r = c.post(PI, {"amount": 1500, "currency": "usd", "confirm": "true", "payment_method_data": card(PAN_OK)})
+            self.assertEqual(r.status, 500, r)
+            time.sleep(0.5)
+        with open(self.pin_file) as f:
+            self.assertEqual(f.read().count("login"), 1)
+        r = c.get("/readyz", key=None)
+        self.assertEqual((r.status, (r.json or {}).get("reason")), (503, "vault_keys_unavailable"), r)
+
+
 if __name__ == "__main__":
     main()
