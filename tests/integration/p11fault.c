@@ -4,7 +4,9 @@
  * session opened before is dead for good (CKR_SESSION_HANDLE_INVALID), as a
  * pulled USB token or a restarted network HSM leaves them. While the file
  * named by $TP_P11FAULT_PIN_FILE exists, every login is refused as a wrong
- * PIN (CKR_PIN_INCORRECT) and counted there, a line each. */
+ * PIN (CKR_PIN_INCORRECT) and counted there, a line each. While the file
+ * named by $TP_P11FAULT_HANG_FILE exists, encryption and decryption do not
+ * return (at most 60 s), as a token that stopped answering. */
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -80,6 +82,27 @@ static CK_RV login(CK_SESSION_HANDLE s, CK_USER_TYPE t, CK_UTF8CHAR_PTR pin, CK_
   return softhsm->C_Login(s, t, pin, n);
 }
 
+static void hang(void)
+{
+  const char *f = getenv("TP_P11FAULT_HANG_FILE");
+  for (int i = 0; f && i < 6000 && access(f, F_OK) == 0; i++)
+    usleep(10000);
+}
+
+static CK_RV encrypt(CK_SESSION_HANDLE s, CK_BYTE_PTR a, CK_ULONG b, CK_BYTE_PTR c, CK_ULONG_PTR d)
+{
+  hang();
+  CK_RV r = check(s);
+  return r != CKR_OK ? r : softhsm->C_Encrypt(s, a, b, c, d);
+}
+
+static CK_RV decrypt(CK_SESSION_HANDLE s, CK_BYTE_PTR a, CK_ULONG b, CK_BYTE_PTR c, CK_ULONG_PTR d)
+{
+  hang();
+  CK_RV r = check(s);
+  return r != CKR_OK ? r : softhsm->C_Decrypt(s, a, b, c, d);
+}
+
 #define PASS(name, params, args)                                                                                   \
   static CK_RV w_##name params                                                                                     \
   {                                                                                                                \
@@ -87,9 +110,7 @@ static CK_RV login(CK_SESSION_HANDLE s, CK_USER_TYPE t, CK_UTF8CHAR_PTR pin, CK_
     return r != CKR_OK ? r : softhsm->C_##name args;                                                              \
   }
 PASS(EncryptInit, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), (s, m, k))
-PASS(Encrypt, (CK_SESSION_HANDLE s, CK_BYTE_PTR a, CK_ULONG b, CK_BYTE_PTR c, CK_ULONG_PTR d), (s, a, b, c, d))
 PASS(DecryptInit, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), (s, m, k))
-PASS(Decrypt, (CK_SESSION_HANDLE s, CK_BYTE_PTR a, CK_ULONG b, CK_BYTE_PTR c, CK_ULONG_PTR d), (s, a, b, c, d))
 PASS(FindObjectsInit, (CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n), (s, t, n))
 PASS(GetAttributeValue, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n), (s, o, t, n))
 PASS(SignInit, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), (s, m, k))
@@ -109,9 +130,9 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out)
     wrapped.C_OpenSession = open_session;
     wrapped.C_Login = login;
     wrapped.C_EncryptInit = w_EncryptInit;
-    wrapped.C_Encrypt = w_Encrypt;
+    wrapped.C_Encrypt = encrypt;
     wrapped.C_DecryptInit = w_DecryptInit;
-    wrapped.C_Decrypt = w_Decrypt;
+    wrapped.C_Decrypt = decrypt;
     wrapped.C_FindObjectsInit = w_FindObjectsInit;
     wrapped.C_GetAttributeValue = w_GetAttributeValue;
     wrapped.C_SignInit = w_SignInit;

@@ -751,6 +751,49 @@ class HsmSessionLostTest(SoftHsm, KekHelpers, unittest.TestCase):
                                "payment_method_data": card(PAN_OK)})
         self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), r)
 
+class HsmHangTest(SoftHsm, KekHelpers, unittest.TestCase):
+    """A token that stops answering (a call that does not return): the
+    readiness check does not wait for the session's lock behind it, and
+    /readyz says not ready within a few seconds (it said ready while every
+    card request hung); once the token answers, the payment completes and
+    the gateway is ready again."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.hang = tempfile.mktemp(prefix="tp-p11-hang-")
+        cls.start_on_token(P11FAULT_SO, extra_env={"TP_P11FAULT_HANG_FILE": cls.hang},
+                           extra_config="[server]\nthreads = 4\n")
+
+    def readyz(self):
+        r = self.daemon.client(None, timeout=10).get("/readyz")
+        return r.status, (r.json or {}).get("reason")
+
+    def test_readyz_says_not_ready_while_a_token_call_hangs(self):
+        import threading
+        c = self.daemon.client("m", timeout=90)
+        self.assertEqual(self.readyz(), (200, None))
+        open(self.hang, "w").close()
+        got = {}
+        t = threading.Thread(target=lambda: got.setdefault("r", c.post(
+            PI, {"amount": 1500, "currency": "usd", "confirm": "true", "payment_method_data": card(PAN_OK)})))
+        try:
+            t.start()
+            deadline = time.monotonic() + 20
+            state = self.readyz()
+            while state != (503, "vault_keys_unavailable") and time.monotonic() < deadline:
+                time.sleep(0.2)
+                state = self.readyz()
+            self.assertEqual(state, (503, "vault_keys_unavailable"))
+        finally:
+            os.unlink(self.hang)
+        t.join(60)
+        self.assertEqual((got["r"].status, got["r"].json.get("status")), (200, "succeeded"), got["r"])
+        deadline = time.monotonic() + 20
+        while self.readyz() != (200, None) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertEqual(self.readyz(), (200, None))
+
+
 class HsmPinChangedTest(SoftHsm, KekHelpers, unittest.TestCase):
     """The session drops while the token's PIN is changed (or locked): the
     login the daemon tries again is refused as a wrong PIN. It stops
