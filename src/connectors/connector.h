@@ -105,6 +105,8 @@ struct json_t;
 /* Link state of an ISO 8583 connector (link, signed_on, in_flight,
  * reversals_pending, last_echo_ms ...) added to out; no-op for other types. */
 void tp_iso8583_stats(const struct tp_connector *c, struct json_t *out);
+/* Whether an ISO 8583 link has signed on (false for another connector). */
+bool tp_iso8583_signed_on(const struct tp_connector *c);
 /* The original data elements (MTI, STAN, field 7: 20 digits) the ISO 8583
  * message of an authorization, capture or refund call will carry, fixed
  * now, before its write-ahead, and given back to submit in c->orig_data:

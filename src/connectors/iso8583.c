@@ -1454,6 +1454,17 @@ int tp_iso8583_reserve(const struct tp_connector *c, enum tp_proc_kind kind, boo
   return 0;
 }
 
+bool tp_iso8583_signed_on(const struct tp_connector *c)
+{
+  if (!c || c->ops != &iso_ops)
+    return false;
+  struct iso_link *l = c->cls;
+  pthread_mutex_lock(&l->mu);
+  bool on = l->st_signed_on;
+  pthread_mutex_unlock(&l->mu);
+  return on;
+}
+
 void tp_iso8583_stats(const struct tp_connector *c, struct json_t *out)
 {
   if (!c || c->ops != &iso_ops || !out)

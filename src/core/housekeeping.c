@@ -630,7 +630,15 @@ int tp_housekeeping_start(void)
   space_check();
   H.stop = false;
   tp_cond_init_mono(&H.cv);
-  heartbeat();
+  /* The first heartbeat commits before the gateway listens: until it had,
+   * /readyz answered 503 store_not_writable for the first milliseconds of
+   * every start (a probe, or an alert on that reason, saw a store fault). */
+  struct tp_cs *cs = tp_cs_new();
+  json_t *args = tp_pack("[I]", (json_int_t)tp_now());
+  tp_cs_sql(cs, "INSERT OR REPLACE INTO heartbeat(id, at) VALUES(1, ?1)", args, 1);
+  json_decref(args);
+  if (tp_writer_submit_wait(cs) == 0)
+    atomic_store(&H.heartbeat_ms, tp_mono_ms());
   if (pthread_create(&H.thread, NULL, housekeeping_main, NULL) != 0)
     return -1;
   pthread_setname_np(H.thread, "tp-housekeep");

@@ -144,7 +144,7 @@ static const char *const section_keys[][24] = {
   {"oauth", "audience", "issuer", "token_ttl", NULL},
   {"ratelimit", "auth_failures", "auth_window", "burst", "rate", NULL},
   {"routing", "backoff_base_ms", "backoff_cap_ms", "bandit_window", "deadline_ms", "max_retries",
-   "recovery_interval_ms", "reversal_backoff_max_ms", "startup_settle_ms", NULL},
+   "recovery_interval_ms", "reversal_backoff_max_ms", "startup_settle_ms", "startup_signon_ms", NULL},
   {"search", "max_concurrent", "max_scan_rows", NULL},
   {"store", "checkpoint_pages", "commit_sync", "compress", "min_free_mb", NULL},
   {"stream", "max_connections", "ping_interval_ms", "queue_max", "replay_max", "send_buffer_bytes", "socket_sndbuf",
@@ -535,6 +535,21 @@ static int cmd_serve(int argc, char **argv)
   tp_iso8583_state_dir(c.data);
   if (tp_procs_start() != 0 || tp_router_load(tp_proc_known) != 0)
     return 1;
+  /* ISO 8583 links sign on first, for a while: recovery's reversals and the
+   * first payments went to a link not signed on yet and failed
+   * (processor_link_down: an attempt the start-up pass could not settle,
+   * payments answered 502 or cascaded in the first milliseconds). Not for
+   * long: a host that is down must not keep the gateway from starting. */
+  int64_t signon_until = tp_mono_ms() + tp_config_int("routing", "startup_signon_ms", 3000, 0, 600000);
+  for (size_t i = 0; i < tp_procs_count(); i++) {
+    struct tp_proc *pr = tp_proc_at(i);
+    if (strcmp(pr->type, "iso8583") != 0)
+      continue;
+    while (!tp_iso8583_signed_on(&pr->conn) && tp_mono_ms() < signon_until)
+      usleep(5000);
+    if (!tp_iso8583_signed_on(&pr->conn))
+      tp_log(TP_LOG_WARN, "iso_not_signed_on_at_start", "{s:s}", "processor", pr->name);
+  }
 
   /* Resolve attempts a crash left in flight before taking new work, for a
    * while: a client retrying then gets the settled answer rather than 409.

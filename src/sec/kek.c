@@ -649,19 +649,33 @@ static void *maint_main(void *arg)
   bool rewrap = true; /* one pass at start finishes a re-wrap a restart interrupted */
   bool switched = false; /* the version changed while this process sealed cards: settle before done */
   int total = 0;
-  int64_t retry_at = 0, retry_wait_ms = 0, settle_at = 0;
+  int64_t retry_at = 0, retry_wait_ms = 0, settle_at = 0, unusable_logged = 0;
   int64_t next_poll = tp_mono_ms() + poll_ms;
   for (;;) {
     if (atomic_exchange(&g_poke, false) || tp_mono_ms() >= next_poll) {
       next_poll = tp_mono_ms() + poll_ms;
-      if (g_prov.check) {
-        bool ok = g_prov.check(g_prov.cls) == 0;
-        if (atomic_exchange(&g_unready, !ok) == ok)
-          tp_log(ok ? TP_LOG_INFO : TP_LOG_ERROR, ok ? "kek_ready" : "kek_not_ready", "{s:s}", "provider",
-                 g_prov.name);
-      }
+      bool ok = !g_prov.check || g_prov.check(g_prov.cls) == 0;
       int64_t v = latest_version(&tp_app.store);
-      if (v > (int64_t)tp_kek_current()) {
+      bool unusable = ok && v > (int64_t)tp_kek_current() && !kek_holds(&tp_app.store, (uint32_t)v);
+      if (g_prov.check && atomic_exchange(&g_unready, !ok || unusable) == ok && !unusable)
+        tp_log(ok ? TP_LOG_INFO : TP_LOG_ERROR, ok ? "kek_ready" : "kek_not_ready", "{s:s}", "provider",
+               g_prov.name);
+      if (!g_prov.check)
+        atomic_store(&g_unready, unusable);
+      if (unusable) {
+        /* A version this process cannot use (made by `kek rotate` with
+         * another key label, or a key file it may not read): sealing with
+         * it failed every new card while /readyz said ready, and a restart
+         * was refused. The old version goes on sealing; not ready until
+         * the new one works (asked again each poll). */
+        if (unusable_logged != v)
+          tp_log(TP_LOG_ERROR, "kek_version_unusable", "{s:I, s:s, s:s}", "version", (json_int_t)v, "provider",
+                 g_prov.name, "message",
+                 "the store's newest KEK version does not wrap and unwrap here: cards are sealed with the "
+                 "previous one; fix the key (label, file owner) the daemon sees");
+        unusable_logged = v;
+      } else if (ok && v > (int64_t)tp_kek_current()) {
+        unusable_logged = 0;
         tp_kek_set_current((uint32_t)v);
         tp_log(TP_LOG_INFO, "kek_current", "{s:I}", "version", (json_int_t)v);
         rewrap = true;

@@ -472,6 +472,12 @@ class IsoLink(unittest.TestCase):
         self.assertEqual(got["status"], "canceled")
         self.assertEqual(c.post("/v1/payment_intents/" + pi["id"], {"metadata[k]": "v"}).status, 200)
 
+    def signed_on(self):
+        for p in self.daemon.client("m").get("/v1/turnpike/processors").json["data"]:
+            if p.get("type") == "iso8583" and not p.get("link", {}).get("signed_on"):
+                return False
+        return True
+
     def test_3_bad_and_truncated_messages_link_recovers(self):
         conns = self.host.connections
         # well framed, malformed body: logged and dropped, link stays
@@ -483,13 +489,13 @@ class IsoLink(unittest.TestCase):
         signons = self.host.count("0800", "001")
         self.host.send_raw(b"\x00\x00")
         wait_for(lambda: self.host.count("0800", "001") > signons, what="re-sign-on")
-        time.sleep(0.2)
+        wait_for(self.signed_on, what="the gateway to read the 0810")  # the host sent it; read is later
         self.assertEqual(self.pay().json["status"], "succeeded")
         # truncated: 200 bytes announced, 10 sent, then the host hangs up
         signons = self.host.count("0800", "001")
         self.host.send_raw(b"\x00\xc8" + b"0110" + bytes(6), then_close=True)
         wait_for(lambda: self.host.count("0800", "001") > signons, what="re-sign-on after truncation")
-        time.sleep(0.2)
+        wait_for(self.signed_on, what="the gateway to read the 0810")
         self.assertEqual(self.pay().json["status"], "succeeded")
         log = self.daemon.log_text()
         self.assertIn("bad frame length 0", log)

@@ -751,6 +751,40 @@ class HsmSessionLostTest(SoftHsm, KekHelpers, unittest.TestCase):
                                "payment_method_data": card(PAN_OK)})
         self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), r)
 
+class UnusableRotationTest(SoftHsm, KekHelpers, unittest.TestCase):
+    """`kek rotate` run with a config that names another key label than the
+    daemon's (the default one): version 2 is made on the token under a label
+    the daemon does not look for. The daemon switched to it, every new card
+    failed (500) while /readyz said ready, and a restart was refused. Now
+    it keeps sealing with version 1, says why, and is not ready."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.start_on_token(SOFTHSM_MODULE, extra_config="pkcs11_key_label = prod-kek\n")
+
+    def test_a_version_the_daemon_cannot_use_is_not_switched_to(self):
+        c = self.daemon.client("m")
+        self.assertEqual(c.post("/v1/payment_methods", {"type": "card", "card": card(PAN_OK)["card"]}).status, 200)
+        cli = os.path.join(self.hsm, "cli.ini")
+        with open(cli, "w") as f:
+            f.write(self.config.replace("pkcs11_key_label = prod-kek\n", ""))
+        p = subprocess.run([BIN, "kek", "rotate", "--data", self.daemon.data, "--config", cli], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=60, env=dict(os.environ, **self.env))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        deadline = time.monotonic() + 15
+        while '"kek_version_unusable"' not in self.daemon.log_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertIn('"kek_version_unusable"', self.daemon.log_text())
+        r = c.get("/readyz", key=None)
+        self.assertEqual((r.status, (r.json or {}).get("reason")), (503, "vault_keys_unavailable"), r)
+        for _ in range(3):  # new cards are still sealed, with version 1
+            r = c.post("/v1/payment_methods", {"type": "card", "card": card(PAN_OK)["card"]})
+            self.assertEqual(r.status, 200, r)
+        r = c.post(PI, {"amount": 1500, "currency": "usd", "confirm": "true", "payment_method_data": card(PAN_OK)})
+        self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), r)
+        self.assertNotIn('"kek_current"', self.daemon.log_text())
+
+
 class HsmHangTest(SoftHsm, KekHelpers, unittest.TestCase):
     """A token that stops answering (a call that does not return): the
     readiness check does not wait for the session's lock behind it, and
