@@ -1097,7 +1097,11 @@ static const struct {
                   {"Stripe-Account", "more than one Stripe-Account"},
                   {"Stripe-Version", "more than one Stripe-Version"},
                   {"Stripe-Context", "more than one Stripe-Context"},
-                  {"Content-Type", "more than one Content-Type (RFC 9110 8.3)"}};
+                  {"Content-Type", "more than one Content-Type (RFC 9110 8.3)"},
+                  /* RFC 6455 11.3.1, 11.3.5: not more than once in a request
+                   * (a second key was served, the accept made from the first) */
+                  {"Sec-WebSocket-Key", "more than one Sec-WebSocket-Key (RFC 6455 11.3.1)"},
+                  {"Sec-WebSocket-Version", "more than one Sec-WebSocket-Version (RFC 6455 11.3.5)"}};
 #define N_SINGLETONS (sizeof singletons / sizeof singletons[0])
 
 struct header_scan {

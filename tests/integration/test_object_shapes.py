@@ -44,9 +44,9 @@ class ObjectShapes(DaemonTestCase):
 
     @classmethod
     def setUpClass(cls):
-        super().setUpClass()
-        cls.types = Types(FILES)
+        cls.types = Types(FILES)  # before the daemon starts: a failure here leaves none running
         cls.seen = {}
+        super().setUpClass()
 
     def get(self, path, params=None):
         r = self.c().get(path, params)

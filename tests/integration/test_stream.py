@@ -541,6 +541,17 @@ class StreamBoundsTest(DaemonTestCase):
         head = s.recv(4096).decode("latin-1")
         s.close()
         self.assertTrue(head.startswith("HTTP/1.1 400"), head)
+        # a second Sec-WebSocket-Key or -Version (RFC 6455 11.3.1, 11.3.5: not
+        # more than once): 400 (the first key's accept was sent, a 101)
+        for dup in ("Sec-WebSocket-Key: %s\r\n" % base64.b64encode(os.urandom(16)).decode(),
+                    "Sec-WebSocket-Version: 13\r\n"):
+            s = socket.create_connection((HOST, self.daemon.port), timeout=5)
+            s.sendall(("GET /v1/turnpike/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                       "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%sAuthorization: Bearer %s\r\n\r\n"
+                       % (base64.b64encode(os.urandom(16)).decode(), dup, self.key())).encode())
+            head = s.recv(4096).decode("latin-1")
+            s.close()
+            self.assertTrue(head.startswith("HTTP/1.1 400"), (dup, head))
         # Basic credentials with an Origin are a browser's kept ones (it can set
         # no Authorization on a WebSocket): refused, so a page elsewhere cannot
         # open the stream with them; Bearer with an Origin, and Basic without,
