@@ -1081,7 +1081,7 @@ json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, str
       return NULL;
     json_t *pm = pm_create(cs, &r->merchant, ci, NULL, NULL, NULL, prefix, NULL, r->pm_made_for);
     if (!pm)
-      tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+      tp_reply_error(r, TP_ERR_VAULT_UNAVAILABLE, NULL, NULL);
     return pm;
   }
   if (pan && test_card_info(pan, ci)) {
@@ -1095,7 +1095,7 @@ json_t *tp_pm_resolve(struct tp_req *r, struct tp_cs *cs, const char *pm_id, str
     json_t *pm = pm_create(cs, &r->merchant, ci, bd, NULL, NULL, prefix, NULL, r->pm_made_for);
     json_decref(bd);
     if (!pm)
-      tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+      tp_reply_error(r, TP_ERR_VAULT_UNAVAILABLE, NULL, NULL);
     return pm;
   }
   json_t *pm = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_METHOD, r->merchant.id, pm_id);
@@ -1209,7 +1209,7 @@ json_t *tp_card_source_create(struct tp_req *r, struct tp_cs *cs, const char *so
     ok = attach_check_reply(r, decline);
   json_t *pm = ok ? pm_create(cs, &r->merchant, &ci, NULL, metadata, NULL, "card", customer, NULL) : NULL;
   if (ok && !pm)
-    tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+    tp_reply_error(r, TP_ERR_VAULT_UNAVAILABLE, NULL, NULL);
   tp_card_wipe(&ci, sizeof ci);
   return pm;
 }

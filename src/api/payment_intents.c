@@ -690,7 +690,7 @@ json_t *tp_pm_from_data(struct tp_req *r, struct tp_cs *cs, const json_t *pmd, s
   json_t *pm = tp_pm_create_card(cs, &r->merchant, ci, json_object_get(pmd, "billing_details"),
                                  json_object_get(pmd, "metadata"), tp_pstr(pmd, "allow_redisplay"), r->pm_made_for);
   if (!pm)
-    tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+    tp_reply_error(r, TP_ERR_VAULT_UNAVAILABLE, NULL, NULL);
   return pm;
 }
 

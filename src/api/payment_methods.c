@@ -164,7 +164,7 @@ void tp_h_pm_create(struct tp_req *r)
   tp_card_wipe(cvc, sizeof cvc);
   if (!pm) {
     tp_cs_free(cs);
-    tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+    tp_reply_error(r, TP_ERR_VAULT_UNAVAILABLE, NULL, NULL); /* the card could not be sealed */
     return;
   }
   if (!reply_object(r, pm, NULL)) {

@@ -117,7 +117,7 @@ void tp_h_token_create(struct tp_req *r)
   json_t *c = sealed == 0 ? card_object(r, card, &ci, had_cvc) : NULL;
   tp_card_wipe(&ci, sizeof ci);
   if (sealed != 0) {
-    tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
+    tp_reply_error(r, TP_ERR_VAULT_UNAVAILABLE, NULL, NULL);
     return;
   }
   const char *ip = tp_req_client_addr(r);
