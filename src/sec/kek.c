@@ -388,8 +388,6 @@ int tp_kek_init(struct tp_store *st, const char *dir, const char *config_path)
   if (tp_kek_open(dir, &g_prov) != 0)
     return -1;
   g_active = &g_prov;
-  if (tp_jwe_init(dir) != 0)
-    return -1;
   if (strcmp(g_prov.name, "file") == 0)
     tp_log(TP_LOG_WARN, "vault_file_kek", "{s:s}", "message",
            "card vault key-encryption keys are files in the data dir; set [vault] kek = pkcs11 (HSM) in production");
@@ -424,6 +422,12 @@ int tp_kek_init(struct tp_store *st, const char *dir, const char *config_path)
       return -1;
     }
   }
+  /* The JWE keys once the start is known to go ahead: a start refused for a
+   * missing KEK made new ones, and an operator who then copied in only the
+   * key the refusal named started with them (card data encrypted to the
+   * old ones refused). */
+  if (tp_jwe_init(dir) != 0)
+    return -1;
   struct tp_cs *cs = tp_cs_new();
   if (v == 0) {
     if (g_prov.create(g_prov.cls, 1) != 0) {

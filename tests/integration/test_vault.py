@@ -427,8 +427,16 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
                 self.assertIn(event, str(e.exception))
 
             os.rename(os.path.join(d.data, "kek-v1.key"), os.path.join(d.root, "kek-v1.key"))
+            for name in ("jwe-ec.pem", "jwe-rsa.pem"):  # as after a restore: the keys not copied in yet
+                os.rename(os.path.join(d.data, name), os.path.join(d.root, name))
             refused("kek_missing")
             self.assertFalse(os.path.exists(os.path.join(d.data, "kek-v1.key")))  # not made anew
+            # nor the JWE keys: an operator copying in only the KEK the refusal
+            # named started with new ones, and card data encrypted to the
+            # old ones was refused
+            self.assertFalse([n for n in os.listdir(d.data) if n.startswith("jwe-")])
+            for name in ("jwe-ec.pem", "jwe-rsa.pem"):
+                os.rename(os.path.join(d.root, name), os.path.join(d.data, name))
             # another key of that version (another store's, one made anew): the cards do not open
             refused("kek_missing", "kek-v1.key")
             # another vault.key: sealed webhook secrets, idempotency records and fingerprints would all change
