@@ -514,7 +514,7 @@ static int cmd_serve(int argc, char **argv)
     return 1;
   /* Card vault KEK provider ([vault] kek = file | pkcs11), before the writer. */
   if (tp_kek_init(&tp_app.store, c.data, cfg) != 0)
-    return 1;
+    return tp_kek_pin_refused() ? TP_EXIT_PIN_REFUSED : 1;
   bool demo = false;
   char *demo_id = demo_unshown.id, *demo_sk = demo_unshown.sk, *demo_pk = demo_unshown.pk;
   if (tp_app.store.ops->merchant_count(tp_app.store.cls) == 0) {

@@ -383,6 +383,37 @@ static bool older_keks_held(struct tp_store *st, uint32_t current)
   return true;
 }
 
+static atomic_bool g_unready; /* the provider's last check failed, or its newest version is unusable here */
+
+/* Whether a vault record names version v: 1, 0, or -1 on a store error. */
+static int version_has_records(struct tp_store *st, uint32_t v)
+{
+  char sql[160];
+  snprintf(sql, sizeof sql, "SELECT 1 AS x FROM vault WHERE substr(blob, 1, 5) = X'02%08X' LIMIT 1", v);
+  json_t *rows = tp_store_query(st, sql, NULL);
+  if (!rows)
+    return -1;
+  int n = json_array_size(rows) > 0;
+  json_decref(rows);
+  return n;
+}
+
+/* The store's newest version v is not held here: the newest version below
+ * it that is, when no record names v or anything between (a `kek rotate`
+ * this daemon cannot use: another key label, a key file it may not read);
+ * 0 when none, -1 on a store error. */
+static int64_t usable_below(struct tp_store *st, int64_t v)
+{
+  for (int64_t w = v; w >= 1; w--) {
+    if (w < v && kek_holds(st, (uint32_t)w))
+      return w;
+    int hr = version_has_records(st, (uint32_t)w);
+    if (hr != 0)
+      return hr < 0 ? -1 : 0;
+  }
+  return 0;
+}
+
 int tp_kek_init(struct tp_store *st, const char *dir, const char *config_path)
 {
   if (tp_kek_open(dir, &g_prov) != 0)
@@ -400,10 +431,23 @@ int tp_kek_init(struct tp_store *st, const char *dir, const char *config_path)
      * gone or another, the gateway started, said it was ready and failed
      * every card with a 500. */
     if (!kek_holds(st, (uint32_t)v)) {
-      tp_log(TP_LOG_ERROR, "kek_missing", "{s:s, s:I, s:s}", "provider", g_prov.name, "version", (json_int_t)v,
-             "message", "the key provider does not hold the store's current key-encryption key: check [vault] kek, "
-                        "the token label and its PIN, or the kek-vN.key files in the data directory");
-      return -1;
+      /* A newest version nothing is sealed under yet, which this daemon
+       * cannot use, is what the running daemon refuses to switch to
+       * (maint_main): start on the version before it, not ready, as it
+       * ran (a restart was refused, one deploy from an outage). */
+      int64_t u = usable_below(st, v);
+      if (u <= 0) {
+        tp_log(TP_LOG_ERROR, "kek_missing", "{s:s, s:I, s:s}", "provider", g_prov.name, "version", (json_int_t)v,
+               "message", "the key provider does not hold the store's current key-encryption key: check [vault] "
+                          "kek, the token label and its PIN, or the kek-vN.key files in the data directory");
+        return -1;
+      }
+      tp_log(TP_LOG_ERROR, "kek_version_unusable", "{s:I, s:s, s:I, s:s}", "version", (json_int_t)v, "provider",
+             g_prov.name, "sealing_with", (json_int_t)u, "message",
+             "the store's newest KEK version does not wrap and unwrap here: cards are sealed with the previous "
+             "one; fix the key (label, file owner) the daemon sees");
+      atomic_store(&g_unready, true);
+      v = u;
     }
     if (!older_keks_held(st, (uint32_t)v))
       return -1;
@@ -610,7 +654,6 @@ static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_cv = PTHREAD_COND_INITIALIZER;
 static bool g_stop;
 static atomic_bool g_poke;
-static atomic_bool g_unready; /* the provider's last check failed */
 
 bool tp_kek_ready(void)
 {
@@ -653,14 +696,23 @@ static void *maint_main(void *arg)
   bool rewrap = true; /* one pass at start finishes a re-wrap a restart interrupted */
   bool switched = false; /* the version changed while this process sealed cards: settle before done */
   int total = 0;
-  int64_t retry_at = 0, retry_wait_ms = 0, settle_at = 0, unusable_logged = 0;
+  int64_t retry_at = 0, retry_wait_ms = 0, settle_at = 0, unusable_logged = 0, unusable_retry_at = 0;
   int64_t next_poll = tp_mono_ms() + poll_ms;
   for (;;) {
     if (atomic_exchange(&g_poke, false) || tp_mono_ms() >= next_poll) {
       next_poll = tp_mono_ms() + poll_ms;
       bool ok = !g_prov.check || g_prov.check(g_prov.cls) == 0;
       int64_t v = latest_version(&tp_app.store);
-      bool unusable = ok && v > (int64_t)tp_kek_current() && !kek_holds(&tp_app.store, (uint32_t)v);
+      /* A version found unusable is tried again once a minute, not every
+       * poll (each try logs the provider's error). */
+      bool unusable;
+      if (ok && v > (int64_t)tp_kek_current() && unusable_logged == v && tp_mono_ms() < unusable_retry_at)
+        unusable = true;
+      else {
+        unusable = ok && v > (int64_t)tp_kek_current() && !kek_holds(&tp_app.store, (uint32_t)v);
+        if (unusable)
+          unusable_retry_at = tp_mono_ms() + 60000;
+      }
       if (g_prov.check && atomic_exchange(&g_unready, !ok || unusable) == ok && !unusable)
         tp_log(ok ? TP_LOG_INFO : TP_LOG_ERROR, ok ? "kek_ready" : "kek_not_ready", "{s:s}", "provider",
                g_prov.name);
@@ -714,8 +766,6 @@ static void *maint_main(void *arg)
         switched = false;
         retry_wait_ms = settle_at = 0;
         if (total > 0 || rewrap_done_owed()) {
-          tp_log(TP_LOG_INFO, "kek_rewrap_done", "{s:I, s:i}", "version", (json_int_t)tp_kek_current(), "records",
-                 total);
           struct tp_cs *cs = tp_cs_new();
           json_t *d = tp_pack("{s:I, s:i}", "version", (json_int_t)tp_kek_current(), "records", total);
           tp_audit_append(cs, NULL, "system", "kek.rewrapped", NULL, d);
@@ -725,7 +775,13 @@ static void *maint_main(void *arg)
           json_t *a = tp_pack("[s]", ver);
           tp_cs_sql(cs, "INSERT OR REPLACE INTO meta(key, value) VALUES('kek_rewrapped_version', ?1)", a, 1);
           json_decref(a);
-          tp_writer_submit_wait(cs);
+          /* Said once its record is on disk: an operator told done retires
+           * the old key (said first, a crash could leave the re-wrap
+           * unrecorded; a test reading the audit trail at the log line
+           * found it not yet there). A failed commit is said again later. */
+          if (tp_writer_submit_wait(cs) == 0)
+            tp_log(TP_LOG_INFO, "kek_rewrap_done", "{s:I, s:i}", "version", (json_int_t)tp_kek_current(), "records",
+                   total);
         }
       }
     }

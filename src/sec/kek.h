@@ -47,6 +47,12 @@ int tp_kek_open_pkcs11(struct tp_kek_provider *p);
  * the current version and record the configuration hash in the audit log.
  * Runs before the writer starts (applies its change set directly). */
 int tp_kek_init(struct tp_store *st, const char *dir, const char *config_path);
+/* The token refused the configured PIN (wrong, locked, expired) when it was
+ * opened: serve exits TP_EXIT_PIN_REFUSED, which a supervisor must not
+ * restart on (each start is another wrong login; a real token locks after
+ * a few). */
+bool tp_kek_pin_refused(void);
+#define TP_EXIT_PIN_REFUSED 78 /* EX_CONFIG */
 /* serve: start/stop the maintenance thread (current-version poll, re-wrap,
  * audit checkpoints). */
 int tp_kek_start(void);

@@ -13,6 +13,7 @@
 #include "util.h"
 
 #include <dlfcn.h>
+#include <stdatomic.h>
 #include <jansson.h>
 #include <openssl/core_names.h>
 #include <openssl/ec.h>
@@ -47,6 +48,12 @@ struct p11 {
 };
 
 static CK_BBOOL ck_true = CK_TRUE, ck_false = CK_FALSE;
+static atomic_bool g_pin_refused; /* opening: the token refused the PIN */
+
+bool tp_kek_pin_refused(void)
+{
+  return atomic_load(&g_pin_refused);
+}
 
 static void key_label(const struct p11 *p, uint32_t v, char *out, size_t cap)
 {
@@ -364,11 +371,15 @@ static int p11_check(void *cls)
    * call: the check says not ready rather than wait with it (it waited,
    * and /readyz said ready while every card request hung). */
   struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);
+  clock_gettime(CLOCK_MONOTONIC, &until);
   until.tv_sec += 2;
-  if (pthread_mutex_timedlock(&p->mu, &until) != 0) {
+  if (pthread_mutex_clocklock(&p->mu, CLOCK_MONOTONIC, &until) != 0) {
     tp_log(TP_LOG_ERROR, "kek_pkcs11_unavailable", "{s:s, s:s}", "token", p->token, "why",
            "a call to the token has not returned for 2 s");
+    return -1;
+  }
+  if (p->pin_refused) { /* said once (kek_pkcs11_pin_refused): not ready until a restart */
+    pthread_mutex_unlock(&p->mu);
     return -1;
   }
   CK_SESSION_INFO info;
@@ -477,6 +488,9 @@ int tp_kek_open_pkcs11(struct tp_kek_provider *out)
   tp_log(TP_LOG_INFO, "kek_pkcs11_ready", "{s:s, s:s}", "module", mod, "token", tok);
   return 0;
 fail:
+  if (strcmp(stage, "C_Login") == 0 && (r == CKR_PIN_INCORRECT || r == CKR_PIN_LOCKED || r == CKR_PIN_EXPIRED ||
+                                        r == CKR_PIN_INVALID || r == CKR_PIN_LEN_RANGE))
+    atomic_store(&g_pin_refused, true);
   tp_log(TP_LOG_ERROR, "kek_pkcs11_failed", "{s:s, s:s, s:I}", "stage", stage, "module", mod, "ckr", (json_int_t)r);
   p11_close(p);
   return -1;

@@ -679,6 +679,9 @@ class Pkcs11KekTest(SoftHsm, KekRotationMixin, unittest.TestCase):
             with self.assertRaises(RuntimeError) as cm:
                 d.start(extra_env=dict(self.env, TURNPIKE_VAULT_PKCS11_PIN="0000"), config=self.config)
             self.assertIn("kek_pkcs11_failed", str(cm.exception))
+            # an exit status a supervisor is told not to restart on (each
+            # start is another wrong login: a real token locks after a few)
+            self.assertIn("exited with 78 ", str(cm.exception))
         finally:
             d.cleanup()
 
@@ -794,6 +797,15 @@ class UnusableRotationTest(SoftHsm, KekHelpers, unittest.TestCase):
         r = c.post(PI, {"amount": 1500, "currency": "usd", "confirm": "true", "payment_method_data": card(PAN_OK)})
         self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), r)
         self.assertNotIn('"kek_current"', self.daemon.log_text())
+        # a restart in that state starts the same way (it was refused:
+        # kek_missing, one deploy from an outage), and the saved cards pay
+        self.assertEqual(self.daemon.stop(), 0)
+        self.daemon.start(extra_env=self.env, config=self.config)
+        c = self.daemon.client("m")
+        r = c.get("/readyz", key=None)
+        self.assertEqual((r.status, (r.json or {}).get("reason")), (503, "vault_keys_unavailable"), r)
+        r = c.post(PI, {"amount": 1500, "currency": "usd", "confirm": "true", "payment_method_data": card(PAN_OK)})
+        self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), r)
 
 
 class HsmHangTest(SoftHsm, KekHelpers, unittest.TestCase):
