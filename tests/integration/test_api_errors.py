@@ -917,19 +917,10 @@ class ApiErrorsTest(DaemonTestCase):
                    "&".join(["metadata[k%d]=%s" % (i, "v" * 150) for i in range(50)] + ["description=d"] * 18)]
         for q in queries:
             with self.subTest(q=q[:40]):
-                s = socket.create_connection((self.daemon.host, self.daemon.port), timeout=10)
-                try:
-                    s.sendall(("POST /v1/payment_intents?%s HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n"
-                               "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n"
-                               % (q, key, len(form))).encode() + form)
-                    data = b""
-                    while True:
-                        chunk = s.recv(65536)
-                        if not chunk:
-                            break
-                        data += chunk
-                finally:
-                    s.close()
+                data = _exchange(self.daemon, ("POST /v1/payment_intents?%s HTTP/1.1\r\nHost: t\r\n"
+                                               "Authorization: Bearer %s\r\nContent-Type: "
+                                               "application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n"
+                                               % (q, key, len(form))).encode() + form)
                 self.assertTrue(data.startswith(b"HTTP/1.1 414 "), data[:300])
         time.sleep(0.5)  # what would have run has had its time
         self.assertEqual(len(c.list_all("/v1/payment_intents")), before)

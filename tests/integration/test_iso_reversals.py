@@ -361,6 +361,20 @@ class LinkedBase(ReversalBase):
         self.assertEqual(len(auths), 1, auths)
         return r.json, auths[0][37]
 
+    def cancel_unsettled(self, rev_mode):
+        """A manual-capture payment canceled while the host answers
+        reversals as rev_mode says, past the link's timeout: the cancel is
+        502 processor_status_unknown. (pi, the authorization's RRN, the
+        client, the cancel's Idempotency-Key.)"""
+        pi, auth_rrn = self.authorize("manual")
+        c = self.daemon.client("m")
+        with self.host.lock:
+            self.host.rev_mode = rev_mode
+        key = new_key("void")
+        r = c.post("/v1/payment_intents/%s/cancel" % pi["id"], {}, idem=key)
+        self.assertEqual((r.status, r.json["error"].get("tp_code")), (502, 6018), r)
+        return pi, auth_rrn, c, key
+
     def capture_timing_out(self):
         """A manual-capture payment whose capture gets no answer: (pi, the
         authorization's RRN, the capture's RRN)."""
@@ -438,13 +452,7 @@ class VoidTimedOut(LinkedBase):
         stays sent, a capture meanwhile is refused (409), and once the host
         answers, recovery reverses the authorization again: canceled, and
         the client's retry with its key gets that."""
-        pi, auth_rrn = self.authorize("manual")
-        c = self.daemon.client("m")
-        with self.host.lock:
-            self.host.rev_mode = "ignore"
-        key = new_key("void")
-        r = c.post("/v1/payment_intents/%s/cancel" % pi["id"], {}, idem=key)
-        self.assertEqual((r.status, r.json["error"].get("tp_code")), (502, 6018), r)
+        pi, auth_rrn, c, key = self.cancel_unsettled("ignore")
         self.assertEqual(c.get("/v1/payment_intents/" + pi["id"]).json["status"], "requires_capture")
         self.assertEqual([a["state"] for a in self.of_kind(pi["id"], "void")], ["sent"])
         cap = c.post("/v1/payment_intents/%s/capture" % pi["id"], {}, idem=new_key("cap"))
@@ -472,13 +480,7 @@ class SlowHostAcknowledges(LinkedBase):
         the PaymentIntent requires_capture while the hold was released at
         the host. The link remembers what the host acknowledged, and
         answers recovery from it."""
-        pi, auth_rrn = self.authorize("manual")
-        c = self.daemon.client("m")
-        with self.host.lock:
-            self.host.rev_mode = "slow"
-        key = new_key("void")
-        r = c.post("/v1/payment_intents/%s/cancel" % pi["id"], {}, idem=key)
-        self.assertEqual((r.status, r.json["error"].get("tp_code")), (502, 6018), r)
+        pi, auth_rrn, c, key = self.cancel_unsettled("slow")
         wait_for(lambda: c.get("/v1/payment_intents/" + pi["id"]).json["status"] == "canceled", timeout=WAIT_S,
                  what="recovery to settle the void from the late acknowledgement")
         self.assertEqual([a["state"] for a in self.of_kind(pi["id"], "void")], ["succeeded"])
