@@ -384,6 +384,7 @@ static bool older_keks_held(struct tp_store *st, uint32_t current)
 }
 
 static atomic_bool g_unready; /* the provider's last check failed, or its newest version is unusable here */
+static int64_t g_unusable_at_start; /* the newest version tp_kek_init found unusable, 0 none */
 
 /* Whether a vault record names version v: 1, 0, or -1 on a store error. */
 static int version_has_records(struct tp_store *st, uint32_t v)
@@ -447,6 +448,7 @@ int tp_kek_init(struct tp_store *st, const char *dir, const char *config_path)
              "the store's newest KEK version does not wrap and unwrap here: cards are sealed with the previous "
              "one; fix the key (label, file owner) the daemon sees");
       atomic_store(&g_unready, true);
+      g_unusable_at_start = v;
       v = u;
     }
     if (!older_keks_held(st, (uint32_t)v))
@@ -696,11 +698,15 @@ static void *maint_main(void *arg)
   bool rewrap = true; /* one pass at start finishes a re-wrap a restart interrupted */
   bool switched = false; /* the version changed while this process sealed cards: settle before done */
   int total = 0;
-  int64_t retry_at = 0, retry_wait_ms = 0, settle_at = 0, unusable_logged = 0, unusable_retry_at = 0;
+  int64_t retry_at = 0, retry_wait_ms = 0, settle_at = 0, unusable_retry_at = 0;
+  int64_t unusable_logged = g_unusable_at_start; /* tp_kek_init said it */
   int64_t next_poll = tp_mono_ms() + poll_ms;
   for (;;) {
-    if (atomic_exchange(&g_poke, false) || tp_mono_ms() >= next_poll) {
+    bool poked = atomic_exchange(&g_poke, false);
+    if (poked || tp_mono_ms() >= next_poll) {
       next_poll = tp_mono_ms() + poll_ms;
+      if (poked) /* SIGHUP: the operator fixed something; look at once */
+        unusable_retry_at = 0;
       bool ok = !g_prov.check || g_prov.check(g_prov.cls) == 0;
       int64_t v = latest_version(&tp_app.store);
       /* A version found unusable is tried again once a minute, not every
@@ -723,7 +729,7 @@ static void *maint_main(void *arg)
          * another key label, or a key file it may not read): sealing with
          * it failed every new card while /readyz said ready, and a restart
          * was refused. The old version goes on sealing; not ready until
-         * the new one works (asked again each poll). */
+         * the new one works (asked again once a minute, or at a SIGHUP). */
         if (unusable_logged != v)
           tp_log(TP_LOG_ERROR, "kek_version_unusable", "{s:I, s:s, s:s}", "version", (json_int_t)v, "provider",
                  g_prov.name, "message",
@@ -778,7 +784,8 @@ static void *maint_main(void *arg)
           /* Said once its record is on disk: an operator told done retires
            * the old key (said first, a crash could leave the re-wrap
            * unrecorded; a test reading the audit trail at the log line
-           * found it not yet there). A failed commit is said again later. */
+           * found it not yet there). After a failed commit it is said at
+           * the next start or version switch (rewrap_done_owed). */
           if (tp_writer_submit_wait(cs) == 0)
             tp_log(TP_LOG_INFO, "kek_rewrap_done", "{s:I, s:i}", "version", (json_int_t)tp_kek_current(), "records",
                    total);

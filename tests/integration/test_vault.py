@@ -808,6 +808,43 @@ class UnusableRotationTest(SoftHsm, KekHelpers, unittest.TestCase):
         self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), r)
 
 
+class FileUnusableVersionTest(unittest.TestCase):
+    """The file provider's newest version is unreadable here (its key file
+    moved away) and nothing is sealed under it: the start goes on with the
+    version before it, not ready; the key put back and a SIGHUP, the daemon
+    takes it at once (the once-a-minute retry of an unusable version does
+    not hold up a SIGHUP)."""
+
+    def test_start_on_the_previous_version_and_sighup_after_the_fix(self):
+        d = Daemon()
+        self.addCleanup(d.cleanup)
+        d.create_merchant("m")
+        d.start()
+        self.assertEqual(d.client("m").post("/v1/payment_methods", {"type": "card", "card": card(PAN_OK)["card"]})
+                         .status, 200)
+        self.assertEqual(d.stop(), 0)
+        for _ in range(2):
+            p = subprocess.run([BIN, "kek", "rotate", "--data", d.data], capture_output=True, timeout=60,
+                               stdin=subprocess.DEVNULL)
+            self.assertEqual(p.returncode, 0, p.stderr)
+        moved = os.path.join(d.root, "kek-v3.key")
+        os.rename(os.path.join(d.data, "kek-v3.key"), moved)
+        d.start()
+        self.assertIn('"kek_version_unusable"', d.log_text())
+        c = d.client("m")
+        r = c.get("/readyz", key=None)
+        self.assertEqual((r.status, (r.json or {}).get("reason")), (503, "vault_keys_unavailable"), r)
+        self.assertEqual(c.post("/v1/payment_methods", {"type": "card", "card": card(PAN_OK)["card"]}).status, 200)
+        time.sleep(3)  # a poll or two: the retry now waits a minute
+        os.rename(moved, os.path.join(d.data, "kek-v3.key"))
+        os.kill(d.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while c.get("/readyz", key=None).status != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertEqual(c.get("/readyz", key=None).status, 200)
+        self.assertIn('"kek_current","version":3', d.log_text())
+
+
 class HsmHangTest(SoftHsm, KekHelpers, unittest.TestCase):
     """A token that stops answering (a call that does not return): the
     readiness check does not wait for the session's lock behind it, and
