@@ -515,12 +515,18 @@ static void heartbeat_done(struct tp_cs *cs, int rc, void *arg)
 }
 
 /* Prove the store takes writes: one tiny committed row per tick. */
-static void heartbeat(void)
+static struct tp_cs *heartbeat_cs(void)
 {
   struct tp_cs *cs = tp_cs_new();
   json_t *args = tp_pack("[I]", (json_int_t)tp_now());
   tp_cs_sql(cs, "INSERT OR REPLACE INTO heartbeat(id, at) VALUES(1, ?1)", args, 1);
   json_decref(args);
+  return cs;
+}
+
+static void heartbeat(void)
+{
+  struct tp_cs *cs = heartbeat_cs();
   tp_cs_on_done(cs, heartbeat_done, NULL);
   submit(cs);
 }
@@ -633,11 +639,7 @@ int tp_housekeeping_start(void)
   /* The first heartbeat commits before the gateway listens: until it had,
    * /readyz answered 503 store_not_writable for the first milliseconds of
    * every start (a probe, or an alert on that reason, saw a store fault). */
-  struct tp_cs *cs = tp_cs_new();
-  json_t *args = tp_pack("[I]", (json_int_t)tp_now());
-  tp_cs_sql(cs, "INSERT OR REPLACE INTO heartbeat(id, at) VALUES(1, ?1)", args, 1);
-  json_decref(args);
-  if (tp_writer_submit_wait(cs) == 0)
+  if (tp_writer_submit_wait(heartbeat_cs()) == 0)
     atomic_store(&H.heartbeat_ms, tp_mono_ms());
   if (pthread_create(&H.thread, NULL, housekeeping_main, NULL) != 0)
     return -1;

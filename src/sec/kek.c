@@ -386,6 +386,16 @@ static bool older_keks_held(struct tp_store *st, uint32_t current)
 static atomic_bool g_unready; /* the provider's last check failed, or its newest version is unusable here */
 static int64_t g_unusable_at_start; /* the newest version tp_kek_init found unusable, 0 none */
 
+/* The store's newest version v does not wrap and unwrap here; cards are
+ * sealed with sealing_with. */
+static void log_unusable(int64_t v, int64_t sealing_with)
+{
+  tp_log(TP_LOG_ERROR, "kek_version_unusable", "{s:I, s:s, s:I, s:s}", "version", (json_int_t)v, "provider",
+         g_prov.name, "sealing_with", (json_int_t)sealing_with, "message",
+         "the store's newest KEK version does not wrap and unwrap here: cards are sealed with the previous one; "
+         "fix the key (label, file owner) the daemon sees");
+}
+
 /* Whether a vault record names version v: 1, 0, or -1 on a store error. */
 static int version_has_records(struct tp_store *st, uint32_t v)
 {
@@ -443,10 +453,7 @@ int tp_kek_init(struct tp_store *st, const char *dir, const char *config_path)
                           "kek, the token label and its PIN, or the kek-vN.key files in the data directory");
         return -1;
       }
-      tp_log(TP_LOG_ERROR, "kek_version_unusable", "{s:I, s:s, s:I, s:s}", "version", (json_int_t)v, "provider",
-             g_prov.name, "sealing_with", (json_int_t)u, "message",
-             "the store's newest KEK version does not wrap and unwrap here: cards are sealed with the previous "
-             "one; fix the key (label, file owner) the daemon sees");
+      log_unusable(v, u);
       atomic_store(&g_unready, true);
       g_unusable_at_start = v;
       v = u;
@@ -731,10 +738,7 @@ static void *maint_main(void *arg)
          * was refused. The old version goes on sealing; not ready until
          * the new one works (asked again once a minute, or at a SIGHUP). */
         if (unusable_logged != v)
-          tp_log(TP_LOG_ERROR, "kek_version_unusable", "{s:I, s:s, s:s}", "version", (json_int_t)v, "provider",
-                 g_prov.name, "message",
-                 "the store's newest KEK version does not wrap and unwrap here: cards are sealed with the "
-                 "previous one; fix the key (label, file owner) the daemon sees");
+          log_unusable(v, tp_kek_current());
         unusable_logged = v;
       } else if (ok && v > (int64_t)tp_kek_current()) {
         unusable_logged = 0;

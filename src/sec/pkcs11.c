@@ -55,6 +55,14 @@ bool tp_kek_pin_refused(void)
   return atomic_load(&g_pin_refused);
 }
 
+/* The token's answer to a login says the PIN itself is refused: trying it
+ * again (a real token locks after a few wrong PINs) must not happen. */
+static bool pin_refused_rv(CK_RV r)
+{
+  return r == CKR_PIN_INCORRECT || r == CKR_PIN_LOCKED || r == CKR_PIN_EXPIRED || r == CKR_PIN_INVALID ||
+         r == CKR_PIN_LEN_RANGE;
+}
+
 static void key_label(const struct p11 *p, uint32_t v, char *out, size_t cap)
 {
   if (v == 1)
@@ -171,8 +179,7 @@ static bool reopen(struct p11 *p)
     if (r == CKR_USER_ALREADY_LOGGED_IN)
       r = CKR_OK;
   }
-  if (r == CKR_PIN_INCORRECT || r == CKR_PIN_LOCKED || r == CKR_PIN_EXPIRED || r == CKR_PIN_INVALID ||
-      r == CKR_PIN_LEN_RANGE) {
+  if (pin_refused_rv(r)) {
     /* The PIN changed on the token (or was locked) while the session was
      * down: a login a second would lock a real token after its few tries,
      * for the security officer to unlock, and every other application on
@@ -488,8 +495,7 @@ int tp_kek_open_pkcs11(struct tp_kek_provider *out)
   tp_log(TP_LOG_INFO, "kek_pkcs11_ready", "{s:s, s:s}", "module", mod, "token", tok);
   return 0;
 fail:
-  if (strcmp(stage, "C_Login") == 0 && (r == CKR_PIN_INCORRECT || r == CKR_PIN_LOCKED || r == CKR_PIN_EXPIRED ||
-                                        r == CKR_PIN_INVALID || r == CKR_PIN_LEN_RANGE))
+  if (strcmp(stage, "C_Login") == 0 && pin_refused_rv(r))
     atomic_store(&g_pin_refused, true);
   tp_log(TP_LOG_ERROR, "kek_pkcs11_failed", "{s:s, s:s, s:I}", "stage", stage, "module", mod, "ckr", (json_int_t)r);
   p11_close(p);
