@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -1615,14 +1616,48 @@ static size_t query_args(const char *uri)
   return n;
 }
 
+/* Connections are accepted here, by one thread of ours, and handed to
+ * libmicrohttpd's workers with MHD_add_connection; MHD itself listens on
+ * nothing (MHD_USE_NO_LISTEN_SOCKET). Why: stopping MHD's own accepting
+ * takes MHD_quiesce_daemon, and on an epoll daemon with its own threads
+ * 0.9.75 races a worker's removal of the listening socket from its epoll
+ * set against its own, and whichever loses aborts the process ("Failed to
+ * remove listen FD from epoll set"; seen in clean-clone runs at a stop just
+ * after a start). Stopping our thread has no such race.
+ *
+ * At TP_HTTP_MAX_CONNECTIONS the thread stops accepting, so a new client
+ * waits in the listen backlog as it did with MHD's own accepting (MHD
+ * would close a connection handed to it over its limit). The count is the
+ * connections MHD has started plus those handed over and not yet started;
+ * a hand-over MHD drops before it starts one (a TLS session or epoll_ctl
+ * out of memory) is forgotten after a second without any start. */
+static atomic_uint conns_open;    /* started and not closed */
+static atomic_uint conns_pending; /* handed over, not yet started */
+static atomic_ullong conns_started_total;
+static pthread_t acceptor;
+static bool acceptor_running;
+static int acceptor_stop_fd = -1; /* a pipe: its write end ends the thread */
+static int acceptor_stop_w = -1;
+
+static void conn_started(void)
+{
+  atomic_fetch_add(&conns_open, 1);
+  atomic_fetch_add(&conns_started_total, 1);
+  unsigned p = atomic_load(&conns_pending);
+  while (p > 0 && !atomic_compare_exchange_weak(&conns_pending, &p, p - 1))
+    ;
+}
+
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe)
 {
   (void)cls;
   if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+    conn_started();
     MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)TP_HTTP_REQUEST_IDLE_S);
     *socket_context = calloc(1, sizeof(struct conn_ctx)); /* NULL: the parsed count alone */
   } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+    atomic_fetch_sub(&conns_open, 1);
     free(*socket_context);
     *socket_context = NULL;
   }
@@ -1702,6 +1737,64 @@ int tp_http_listen(const char *host, uint16_t port, uint16_t *bound_port)
   return 0;
 }
 
+/* Waits up to ms for the stop pipe (true: stop) or, with fd >= 0, for fd
+ * to be readable. */
+static bool acceptor_wait(int fd, int ms)
+{
+  struct pollfd p[2] = {{.fd = acceptor_stop_fd, .events = POLLIN}, {.fd = fd, .events = POLLIN}};
+  int n = poll(p, fd >= 0 ? 2 : 1, ms);
+  return n > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR));
+}
+
+static void *acceptor_main(void *arg)
+{
+  (void)arg;
+  unsigned long long seen_started = atomic_load(&conns_started_total);
+  int64_t no_start_since = tp_mono_ms();
+  for (;;) {
+    unsigned long long started = atomic_load(&conns_started_total);
+    if (started != seen_started || atomic_load(&conns_pending) == 0) {
+      seen_started = started;
+      no_start_since = tp_mono_ms();
+    } else if (tp_mono_ms() - no_start_since > 1000) {
+      atomic_store(&conns_pending, 0); /* dropped by MHD before it started them */
+      no_start_since = tp_mono_ms();
+    }
+    if (atomic_load(&conns_open) + atomic_load(&conns_pending) >= TP_HTTP_MAX_CONNECTIONS) {
+      if (acceptor_wait(-1, 20))
+        break;
+      continue;
+    }
+    if (acceptor_wait(listen_fd, 1000))
+      break;
+    /* a burst: up to 64 at a time, then the count is looked at again */
+    for (int i = 0; i < 64; i++) {
+      if (atomic_load(&conns_open) + atomic_load(&conns_pending) >= TP_HTTP_MAX_CONNECTIONS)
+        break;
+      struct sockaddr_storage ca;
+      socklen_t cl = sizeof ca;
+      int fd = accept4(listen_fd, (struct sockaddr *)&ca, &cl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+          tp_metric_inc("turnpike_http_accept_failures_total", NULL, 1);
+          if (acceptor_wait(-1, 100)) /* a connection must close first */
+            goto out;
+        }
+        break; /* EAGAIN, or the client already gone (ECONNABORTED) */
+      }
+      atomic_fetch_add(&conns_pending, 1);
+      if (MHD_add_connection(daemon_, fd, (struct sockaddr *)&ca, cl) != MHD_YES) {
+        /* MHD has closed fd itself */
+        unsigned p = atomic_load(&conns_pending);
+        while (p > 0 && !atomic_compare_exchange_weak(&conns_pending, &p, p - 1))
+          ;
+      }
+    }
+  }
+out:
+  return NULL;
+}
+
 static unsigned http_threads = 1;
 
 unsigned tp_http_threads(void)
@@ -1719,7 +1812,7 @@ int tp_http_start(unsigned threads)
   log_requests = tp_config_bool("log", "requests", true);
   lock_wait_ms = tp_config_int("server", "lock_wait_ms", 2000, 0, 60000);
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC |
-                   MHD_ALLOW_UPGRADE | (listen_v6 ? MHD_USE_IPv6 : 0);
+                   MHD_ALLOW_UPGRADE | MHD_USE_NO_LISTEN_SOCKET | (listen_v6 ? MHD_USE_IPv6 : 0);
   struct MHD_OptionItem tls_opts[] = {
     {MHD_OPTION_HTTPS_MEM_CERT, 0, tls_cert},
     {MHD_OPTION_HTTPS_MEM_KEY, 0, tls_key},
@@ -1731,7 +1824,6 @@ int tp_http_start(unsigned threads)
   else
     tls_opts[0].option = MHD_OPTION_END;
   daemon_ = MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL,
-                             MHD_OPTION_LISTEN_SOCKET, (MHD_socket)listen_fd,
                              MHD_OPTION_THREAD_POOL_SIZE, threads,
                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)TP_HTTP_MAX_CONNECTIONS,
                              MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)TP_HTTP_CONN_MEMORY,
@@ -1741,44 +1833,60 @@ int tp_http_start(unsigned threads)
                              MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
                              MHD_OPTION_ARRAY, tls_opts,
                              MHD_OPTION_END);
-  if (!daemon_) {
-    int e = errno;
-    close(listen_fd); /* not handed over */
-    listen_fd = -1;
-    errno = e;
-    return -1;
+  int pfd[2] = {-1, -1};
+  int e = errno;
+  if (daemon_ && pipe2(pfd, O_CLOEXEC) == 0) {
+    acceptor_stop_fd = pfd[0];
+    acceptor_stop_w = pfd[1];
+    e = pthread_create(&acceptor, NULL, acceptor_main, NULL);
+    if (e == 0) {
+      pthread_setname_np(acceptor, "tp-accept");
+      acceptor_running = true;
+      return 0;
+    }
+    close(pfd[0]);
+    close(pfd[1]);
+    acceptor_stop_fd = acceptor_stop_w = -1;
+  } else if (daemon_) {
+    e = errno;
   }
-  return 0;
+  if (daemon_) {
+    MHD_stop_daemon(daemon_);
+    daemon_ = NULL;
+  }
+  close(listen_fd);
+  listen_fd = -1;
+  errno = e;
+  return -1;
 }
 
 void tp_http_stop(unsigned wait_ms)
 {
   if (!daemon_)
     return;
-  MHD_socket s = MHD_quiesce_daemon(daemon_);
-  if (s != MHD_INVALID_SOCKET) {
-    /* Connections the kernel already completed but MHD had not accepted
+  /* Stop accepting: our acceptor ends (see acceptor_main). */
+  if (acceptor_running) {
+    ssize_t w = write(acceptor_stop_w, "q", 1);
+    (void)w;
+    pthread_join(acceptor, NULL);
+    acceptor_running = false;
+  }
+  if (listen_fd >= 0) {
+    /* Connections the kernel already completed but we had not accepted
      * would be reset by close(): a client that sent its request before the
      * signal would get no answer. Hand them to MHD instead; a POST among
      * them is answered 503 shutting_down, which a client can retry. */
-    int fl = fcntl(s, F_GETFL);
-    if (fl >= 0)
-      fcntl(s, F_SETFL, fl | O_NONBLOCK);
     for (int i = 0; i < TP_HTTP_MAX_CONNECTIONS; i++) {
       struct sockaddr_storage ca;
       socklen_t cl = sizeof ca;
-      int fd = accept4(s, (struct sockaddr *)&ca, &cl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      int fd = accept4(listen_fd, (struct sockaddr *)&ca, &cl, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0)
         break;
       /* On failure MHD has closed fd itself. */
       (void)MHD_add_connection(daemon_, fd, (struct sockaddr *)&ca, cl);
     }
-    /* Stop listening now, but keep the descriptor until MHD has stopped:
-     * MHD_quiesce_daemon only asks the workers to take it out of their
-     * epoll sets, and a close() before they have would let a new
-     * connection get its number while a worker still deletes "it"
-     * (ThreadSanitizer saw a worker's epoll_ctl on it after the close). */
-    shutdown(s, SHUT_RDWR);
+    close(listen_fd); /* no new connections: a client now gets a refusal */
+    listen_fd = -1;
   }
   tp_stream_shutdown(); /* upgraded sockets must be closed before MHD stops */
   /* A suspended request ends by its payment's deadline plus one call's
@@ -1812,7 +1920,10 @@ void tp_http_stop(unsigned wait_ms)
   usleep(100000);
   MHD_stop_daemon(daemon_);
   daemon_ = NULL;
-  if (s != MHD_INVALID_SOCKET)
-    close(s);
+  if (acceptor_stop_fd >= 0) {
+    close(acceptor_stop_fd);
+    close(acceptor_stop_w);
+    acceptor_stop_fd = acceptor_stop_w = -1;
+  }
   tp_lock_wait_stop(); /* its waiters were requests, all ended above */
 }
