@@ -57,13 +57,83 @@
 /* Settings ([stream] in the INI file), read at start. */
 static struct {
   int64_t max_connections;
+  int64_t max_per_account;
   int64_t ping_interval_ms;
   int64_t send_buffer_bytes;
   int64_t sndbuf;
   int64_t replay_max;
   int64_t token_ttl_s;
   int64_t queue_max;
-} cfg = {1000, 20000, 1048576, 65536, 1000, 60, 65536};
+} cfg = {1000, 100, 20000, 1048576, 65536, 1000, 60, 65536};
+
+/* Stream slots, handshaking and live: the gateway's (S.nconns) and each
+ * account's, so one account cannot take every slot ([stream]
+ * max_connections_per_account). The per-account counts are a small table
+ * of the accounts with a stream open, under their own mutex (taken inside
+ * S.mu, never the other way). */
+struct slot_count {
+  char merchant[64];
+  int64_t n;
+};
+static pthread_mutex_t slots_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct slot_count *slots;
+static size_t nslots, slots_cap;
+
+static atomic_int *nconns_of(void);
+
+/* 0: taken; else the error that refuses it */
+static enum tp_err slot_take(const char *merchant)
+{
+  atomic_int *total = nconns_of();
+  if (atomic_fetch_add(total, 1) >= cfg.max_connections) {
+    atomic_fetch_sub(total, 1);
+    return TP_ERR_WEBSOCKET_CONNECTION_LIMIT;
+  }
+  enum tp_err e = TP_ERR_OK;
+  pthread_mutex_lock(&slots_mu);
+  size_t i = 0;
+  while (i < nslots && strcmp(slots[i].merchant, merchant) != 0)
+    i++;
+  if (i < nslots && slots[i].n >= cfg.max_per_account) {
+    e = TP_ERR_WEBSOCKET_ACCOUNT_CONNECTION_LIMIT;
+  } else if (i == nslots) {
+    if (nslots == slots_cap) {
+      size_t cap = slots_cap ? slots_cap * 2 : 16;
+      struct slot_count *n = realloc(slots, cap * sizeof *n);
+      if (!n)
+        e = TP_ERR_INTERNAL;
+      else {
+        slots = n;
+        slots_cap = cap;
+      }
+    }
+    if (e == TP_ERR_OK) {
+      tp_scopy(slots[i].merchant, sizeof slots[i].merchant, merchant);
+      slots[i].n = 1;
+      nslots++;
+    }
+  } else {
+    slots[i].n++;
+  }
+  pthread_mutex_unlock(&slots_mu);
+  if (e != TP_ERR_OK)
+    atomic_fetch_sub(total, 1);
+  return e;
+}
+
+static void slot_put(const char *merchant)
+{
+  pthread_mutex_lock(&slots_mu);
+  for (size_t i = 0; i < nslots; i++) {
+    if (strcmp(slots[i].merchant, merchant) == 0) {
+      if (--slots[i].n <= 0)
+        slots[i] = slots[--nslots];
+      break;
+    }
+  }
+  pthread_mutex_unlock(&slots_mu);
+  atomic_fetch_sub(nconns_of(), 1);
+}
 
 struct ev {
   struct ev *next;
@@ -154,6 +224,11 @@ static struct {
   atomic_int nconns;             /* handshaking + live */
   struct conn *conns;            /* stream thread only */
 } S = {.mu = PTHREAD_MUTEX_INITIALIZER, .efd = -1, .epfd = -1};
+
+static atomic_int *nconns_of(void)
+{
+  return &S.nconns;
+}
 
 static void wake(void)
 {
@@ -795,8 +870,8 @@ static void conn_free(struct conn *c)
   free(c->extra);
   free(c->objects);
   free_cred(&c->cred);
+  slot_put(c->merchant);
   free(c);
-  atomic_fetch_sub(&S.nconns, 1);
   tp_metric_add("turnpike_stream_connections", NULL, -1);
 }
 
@@ -1090,7 +1165,7 @@ static void on_upgrade(void *cls, struct MHD_Connection *connection, void *con_c
   if (!c) {
     free_cred(&cred);
     MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
-    atomic_fetch_sub(&S.nconns, 1);
+    slot_put(merchant);
     return;
   }
   c->fd = sock;
@@ -1111,7 +1186,7 @@ static void on_upgrade(void *cls, struct MHD_Connection *connection, void *con_c
   pthread_mutex_unlock(&S.mu);
   if (stopping) {
     MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
-    atomic_fetch_sub(&S.nconns, 1);
+    slot_put(merchant);
     free(c->extra);
     free_cred(&c->cred);
     free(c);
@@ -1174,7 +1249,7 @@ static void handshake_release(void *arg)
   pthread_mutex_lock(&S.mu);
   if (!h->upgraded) {
     handshake_unlink(h);
-    atomic_fetch_sub(&S.nconns, 1);
+    slot_put(h->merchant);
     /* The 101 never went (the client left first): on_upgrade will not
      * run, and its reference goes too (the record, and its copy of the
      * key, leaked). */
@@ -1285,11 +1360,14 @@ void tp_h_stream(struct tp_req *r)
     tp_reply_error(r, TP_ERR_SHUTTING_DOWN, NULL, NULL);
     return;
   }
-  if (atomic_fetch_add(&S.nconns, 1) >= cfg.max_connections) {
-    atomic_fetch_sub(&S.nconns, 1);
+  enum tp_err full = slot_take(r->merchant.id);
+  if (full != TP_ERR_OK) {
     free_cred(&token_cred);
-    tp_metric_inc("turnpike_stream_rejected_total", "reason=\"connection_limit\"", 1);
-    tp_reply_error(r, TP_ERR_WEBSOCKET_CONNECTION_LIMIT, NULL, NULL);
+    tp_metric_inc("turnpike_stream_rejected_total",
+                  full == TP_ERR_WEBSOCKET_ACCOUNT_CONNECTION_LIMIT ? "reason=\"account_connection_limit\""
+                                                                   : "reason=\"connection_limit\"",
+                  1);
+    tp_reply_error(r, full, NULL, NULL);
     return;
   }
   /* Sec-WebSocket-Accept = base64(SHA1(key + GUID)) (RFC 6455 §4.2.2) */
@@ -1305,7 +1383,7 @@ void tp_h_stream(struct tp_req *r)
   if (!resp) {
     free(h);
     free_cred(&token_cred);
-    atomic_fetch_sub(&S.nconns, 1);
+    slot_put(r->merchant.id);
     tp_reply_error(r, TP_ERR_INTERNAL, NULL, NULL);
     return;
   }
@@ -1337,6 +1415,7 @@ void tp_h_stream(struct tp_req *r)
 int tp_stream_start(void)
 {
   cfg.max_connections = tp_config_int("stream", "max_connections", cfg.max_connections, 1, 100000);
+  cfg.max_per_account = tp_config_int("stream", "max_connections_per_account", cfg.max_per_account, 1, 100000);
   cfg.ping_interval_ms = tp_config_int("stream", "ping_interval_ms", cfg.ping_interval_ms, 100, 3600000);
   cfg.send_buffer_bytes = tp_config_int("stream", "send_buffer_bytes", cfg.send_buffer_bytes, 4096, 1 << 30);
   cfg.sndbuf = tp_config_int("stream", "socket_sndbuf", cfg.sndbuf, 0, 1 << 26);

@@ -297,6 +297,59 @@ class StreamOverflowTest(DaemonTestCase):
             ws.close()
 
 
+class AccountStreamLimitTest(DaemonTestCase):
+    """[stream] max_connections_per_account: one account cannot take every
+    stream slot of the gateway (before, one merchant could hold all
+    max_connections and every other account was answered 429)."""
+    MERCHANTS = ("a", "b")
+
+    @classmethod
+    def config(cls):
+        return "[stream]\nmax_connections = 4\nmax_connections_per_account = 2\n"
+
+    def open_all(self, merchant, n, want):
+        key = self.daemon.merchants[merchant]["secret_key"]
+        got = []
+        for _ in range(n):
+            got.append(RawWS(self.daemon.port, key))
+        self.assertEqual([w.status for w in got], want, [w.head for w in got])
+        return got
+
+    @staticmethod
+    def body(ws):
+        body = ws.buf
+        while not body.endswith(b"}}"):
+            d = ws.sock.recv(4096)
+            if not d:
+                break
+            body += d
+        return body
+
+    def test_one_account_takes_at_most_its_share(self):
+        a = self.open_all("a", 3, [101, 101, 429])
+        self.assertIn(b'"tp_code":2036', self.body(a[2]))  # websocket_account_connection_limit
+        self.assertIn(b'"code":"rate_limit"', self.body(a[2]) + a[2].buf)
+        a[2].close()
+        # the other account still gets its two
+        b = self.open_all("b", 2, [101, 101])
+        # the gateway is full now (4): the gateway's limit answers
+        c = self.open_all("b", 1, [429])
+        self.assertIn(b'"tp_code":2030', self.body(c[0]))
+        c[0].close()
+        # a closed stream gives its account's slot back
+        a[0].close()
+        deadline = time.monotonic() + 15
+        while True:
+            again = RawWS(self.daemon.port, self.daemon.merchants["a"]["secret_key"])
+            if again.status == 101 or time.monotonic() > deadline:
+                break
+            again.close()
+            time.sleep(0.1)
+        self.assertEqual(again.status, 101, again.head)
+        for w in [again, a[1]] + b:
+            w.close()
+
+
 class AbortedHandshakeTest(DaemonTestCase):
     MERCHANTS = ("m",)
 
