@@ -48,6 +48,15 @@ class RawWS:
         self.status = int(head.split(b" ")[1])
         self.head = head.decode("latin-1")
 
+    def error_body(self):
+        """The whole JSON error body of a refused handshake."""
+        while not self.buf.endswith(b"}}"):
+            d = self.sock.recv(4096)
+            if not d:
+                break
+            self.buf += d
+        return self.buf
+
     def _need(self, n):
         while len(self.buf) < n:
             d = self.sock.recv(65536)
@@ -121,13 +130,7 @@ class StreamLimitsTest(DaemonTestCase):
             self.assertIn("Sec-WebSocket-Accept:", a.head)
             c = RawWS(self.daemon.port, self.key())
             self.assertEqual(c.status, 429, c.head)
-            body = c.buf
-            while not body.endswith(b"}}"):
-                d = c.sock.recv(4096)
-                if not d:
-                    break
-                body += d
-            self.assertIn(b'"tp_code":2030', body)  # websocket_connection_limit
+            self.assertIn(b'"tp_code":2030', c.error_body())  # websocket_connection_limit
             c.close()
         finally:
             a.close()
@@ -315,26 +318,17 @@ class AccountStreamLimitTest(DaemonTestCase):
         self.assertEqual([w.status for w in got], want, [w.head for w in got])
         return got
 
-    @staticmethod
-    def body(ws):
-        body = ws.buf
-        while not body.endswith(b"}}"):
-            d = ws.sock.recv(4096)
-            if not d:
-                break
-            body += d
-        return body
-
     def test_one_account_takes_at_most_its_share(self):
         a = self.open_all("a", 3, [101, 101, 429])
-        self.assertIn(b'"tp_code":2036', self.body(a[2]))  # websocket_account_connection_limit
-        self.assertIn(b'"code":"rate_limit"', self.body(a[2]) + a[2].buf)
+        body = a[2].error_body()
+        self.assertIn(b'"tp_code":2036', body)  # websocket_account_connection_limit
+        self.assertIn(b'"code":"rate_limit"', body)
         a[2].close()
         # the other account still gets its two
         b = self.open_all("b", 2, [101, 101])
         # the gateway is full now (4): the gateway's limit answers
         c = self.open_all("b", 1, [429])
-        self.assertIn(b'"tp_code":2030', self.body(c[0]))
+        self.assertIn(b'"tp_code":2030', c[0].error_body())
         c[0].close()
         # a closed stream gives its account's slot back
         a[0].close()
