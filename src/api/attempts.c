@@ -324,8 +324,8 @@ bool tp_refuse_unsettled(struct tp_req *r, const char *pi_id)
   }
   char msg[256];
   snprintf(msg, sizeof msg,
-           "A processor call for PaymentIntent %.64s has an unknown outcome that is being settled; retry that request "
-           "with its Idempotency-Key, or try again once it is settled.",
+           "A processor call for PaymentIntent %.64s has an unknown outcome that is being settled; try again once it "
+           "is settled (the request that made the call can be retried with its Idempotency-Key).",
            pi_id);
   tp_reply_error(r, TP_ERR_ATTEMPT_IN_FLIGHT, NULL, msg);
   return true;

@@ -181,10 +181,30 @@ static void refund_create(struct tp_req *r, const char *path_charge, bool reply_
       tp_reply_error(r, TP_ERR_RESOURCE_MISSING, "payment_intent", msg);
       return;
     }
+    /* Not succeeded: a capture or authorization of it may be going
+     * through in this process (it holds the PaymentIntent's lock): wait for
+     * it, as a refund by the charge waits on the charge's, and look again
+     * (a refund by payment_intent was answered 409 "unknown outcome"
+     * while a capture was simply in flight). */
+    if (strcmp(json_string_value(json_object_get(pi, "status")), "succeeded") != 0) {
+      if (!tp_lock_try(pi_id)) {
+        json_decref(pi);
+        tp_reply_error(r, TP_ERR_LOCK_TIMEOUT, NULL, NULL);
+        return;
+      }
+      json_decref(pi);
+      pi = tp_store_get_json(&tp_app.store, TP_K_PAYMENT_INTENT, r->merchant.id, pi_id);
+      tp_lock_release(pi_id);
+      if (!pi) {
+        tp_reply_error(r, TP_ERR_STORE_UNAVAILABLE, NULL, NULL);
+        return;
+      }
+    }
     const char *lc = json_string_value(json_object_get(pi, "latest_charge"));
-    /* A capture (or authorization) whose outcome is being settled: 409 as
-     * by the charge (a final-looking 400 said a capture that is going
-     * through had no successful charge) */
+    /* A capture (or authorization) whose outcome is being settled (none in
+     * flight here: its lock was free): 409 as by the charge (a
+     * final-looking 400 said a capture that is going through had no
+     * successful charge) */
     if (strcmp(json_string_value(json_object_get(pi, "status")), "succeeded") != 0 && tp_refuse_unsettled(r, pi_id)) {
       json_decref(pi);
       return;

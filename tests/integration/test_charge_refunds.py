@@ -6,7 +6,11 @@ Solidus) and other Charges-era integrations call them: POST
 POST /v1/refunds, with its limits, events and ledger entry; another
 charge's refund is missing there. Also: a metadata key sent empty on a
 refund's create is not kept, and instructions_email must be an address."""
-from harness import DaemonTestCase, main
+import threading
+import time
+import unittest
+
+from harness import Daemon, DaemonTestCase, Sim, main, new_key
 
 CH = "/v1/charges"
 
@@ -197,6 +201,47 @@ class ChargeRefunds(DaemonTestCase):
         self.assertEqual(self.c().get("/v1/refunds", {"charge": ch["id"]}).json["data"], [])
         ok = self.c().post("/v1/refunds", {"charge": ch["id"], "amount": 100, "instructions_email": "a@example.com"})
         self.assertEqual(ok.status, 200, ok)
+
+
+
+class RefundDuringCaptureTest(unittest.TestCase):
+    """A refund by payment_intent sent while that PaymentIntent's capture
+    is still at the processor waits for the capture, as a refund by the
+    charge does, and refunds the captured charge. It was answered 409
+    attempt_in_flight, "an unknown outcome that is being settled", while
+    the capture simply took 1.5 s."""
+
+    def test_a_refund_by_payment_intent_waits_for_a_capture_in_flight(self):
+        sim = Sim()
+        self.addCleanup(sim.stop)
+        d = Daemon()
+        self.addCleanup(d.cleanup)
+        d.create_merchant("m")
+        d.start(config="[processor.slow]\ntype = restjson\nendpoint = http://%s/p/slow\n"
+                       "timeout_ms = 10000\nhealth_interval_ms = 0\n" % sim.rest)
+        c = d.client("m")
+        for via in ("payment_intent", "charge"):
+            pi = c.post("/v1/payment_intents", {"amount": 10000, "currency": "usd", "payment_method": "pm_card_visa",
+                                                "confirm": "true", "capture_method": "manual"}).json
+            self.assertEqual(pi["status"], "requires_capture", pi)
+            sim.faults("slow", latency_ms_min=1500, latency_ms_max=1500)
+            got = {}
+
+            def capture():
+                got["capture"] = c.post("/v1/payment_intents/%s/capture" % pi["id"], {"amount_to_capture": 6000},
+                                        idem=new_key("cap"))
+            t = threading.Thread(target=capture)
+            t.start()
+            time.sleep(0.4)  # the capture is at the processor
+            target = pi["id"] if via == "payment_intent" else pi["latest_charge"]
+            refund = c.post("/v1/refunds", {via: target, "amount": 1000}, idem=new_key("re"))
+            t.join()
+            sim.faults("slow", latency_ms_min=0, latency_ms_max=0)
+            self.assertEqual(got["capture"].status, 200, got["capture"])
+            self.assertEqual((refund.status, refund.json.get("status"), refund.json.get("amount")),
+                             (200, "succeeded", 1000), (via, refund))
+            ch = c.get("/v1/charges/" + pi["latest_charge"]).json
+            self.assertEqual((ch["amount_captured"], ch["amount_refunded"]), (6000, 1000), ch)
 
 
 if __name__ == "__main__":
