@@ -167,6 +167,10 @@ void tp_pm_detach(struct tp_cs *cs, const struct tp_req *r, json_t *pm);
 /* Delete card source pm within cs (its PaymentMethod row and vault record)
  * and emit customer.source.deleted; the customer's default is the caller's. */
 void tp_card_source_delete(struct tp_cs *cs, const struct tp_req *r, const json_t *pm);
+/* The id of the customer's newest legacy card other than except, into out (TP_ID_MAX)
+ * ("" when it has none): the default_source after a default card goes, as
+ * Stripe's "delete a card" documents. */
+void tp_newest_other_card(const char *merchant, const char *customer, const char *except, char *out);
 
 /* Load a vaulted card for a PM id. 0 on success. */
 int tp_vault_load(const char *merchant, const char *pm_id, struct tp_card_info *ci);

@@ -456,8 +456,10 @@ void tp_h_pm_detach(struct tp_req *r)
   tp_scopy(cus_lock, sizeof cus_lock, cus_id); /* pm's copy goes with the detach */
   locks[1] = cus_lock;
   struct tp_cs *cs = tp_cs_new();
-  /* A customer whose default this was (its default PaymentMethod, or its
-   * default card of the legacy Cards API) loses it, as on Stripe. */
+  /* A customer whose default PaymentMethod this was loses it, as on
+   * Stripe; one whose default card of the legacy Cards API this was gets
+   * its newest other card, as deleting the card as a source does (Stripe's
+   * "delete a card": the card is gone from its sources either way). */
   cus = tp_store_get_json(&tp_app.store, TP_K_CUSTOMER, r->merchant.id, cus_id);
   json_t *is = cus ? json_object_get(cus, "invoice_settings") : NULL;
   const char *def = json_string_value(json_object_get(is, "default_payment_method"));
@@ -467,8 +469,11 @@ void tp_h_pm_detach(struct tp_req *r)
     json_t *cus_before = json_deep_copy(cus);
     if (was_default)
       json_object_set_new(is, "default_payment_method", json_null());
-    if (was_source)
-      json_object_set_new(cus, "default_source", json_null());
+    if (was_source) {
+      char next[TP_ID_MAX];
+      tp_newest_other_card(r->merchant.id, cus_id, r->path_id, next);
+      json_object_set_new(cus, "default_source", next[0] ? json_string(next) : json_null());
+    }
     tp_cs_put(cs, TP_K_CUSTOMER, r->merchant.id, cus);
     tp_emit_update(cs, r, r->merchant.id, "customer.updated", cus_before, cus);
     json_decref(cus_before);

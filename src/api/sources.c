@@ -118,7 +118,7 @@ static json_t *load_card(struct tp_req *r)
 }
 
 /* The customer's newest card but except ("" none). */
-static void newest_other_card(const char *merchant, const char *customer, const char *except, char out[TP_ID_MAX])
+void tp_newest_other_card(const char *merchant, const char *customer, const char *except, char *out)
 {
   out[0] = '\0';
   json_t *args = tp_pack("[s, s, s]", merchant, customer, except);
@@ -349,7 +349,7 @@ void tp_h_source_delete(struct tp_req *r)
     json_t *before = json_deep_copy(cus);
     if (was_source) {
       char next[TP_ID_MAX];
-      newest_other_card(r->merchant.id, r->path_id, r->path_sub, next);
+      tp_newest_other_card(r->merchant.id, r->path_id, r->path_sub, next);
       json_object_set_new(cus, "default_source", next[0] ? json_string(next) : json_null());
     }
     if (was_invoice)

@@ -486,7 +486,38 @@ class StripePython(DaemonTestCase):
         self.assertEqual(sorted(ids), sorted([cus.default_source, card.id]))
         gone = stripe.Customer.delete_source(cus.id, card.id, api_key=k)
         self.assertTrue(gone.deleted)
+        # the default card detached through the PaymentMethods API: the
+        # newest other card becomes the default, as deleting it as a source
+        # does (it was left null, and a charge by customer then failed)
+        two = stripe.Customer.create(api_key=k, source="tok_visa")
+        other = stripe.Customer.create_source(two.id, api_key=k, source="tok_mastercard")
+        stripe.PaymentMethod.detach(two.default_source, api_key=k)
+        self.assertEqual(stripe.Customer.retrieve(two.id, api_key=k).default_source, other.id)
+        ch = stripe.Charge.create(api_key=k, amount=700, currency="usd", customer=two.id)
+        self.assertEqual((ch.status, ch.source.id), ("succeeded", other.id))
+        stripe.PaymentMethod.detach(other.id, api_key=k)
+        self.assertIsNone(stripe.Customer.retrieve(two.id, api_key=k).default_source)
         self.assertEqual(stripe.Account.retrieve(api_key=k).id, self.daemon.merchants[self.MERCHANTS[0]]["id"])
+
+    def test_stripe_s_international_test_cards(self):
+        """Stripe's international test cards (docs.stripe.com/testing):
+        their pm_card_ and tok_ ids, and their numbers, give the card's
+        country and funding (routing rules match on card.country). Most
+        answered US, and pm_card_pl 404."""
+        k = self.key()
+        for name, country, funding in (("pl", "PL", "credit"), ("nz", "NZ", "credit"), ("ae", "AE", "credit"),
+                                       ("cz", "CZ", "credit"), ("gb_mastercard", "GB", "credit"),
+                                       ("th_debit", "TH", "debit"), ("ar", "AR", "credit")):
+            pm = stripe.PaymentMethod.retrieve("pm_card_" + name, api_key=k)
+            self.assertEqual((pm.card.country, pm.card.funding), (country, funding), name)
+        cus = stripe.Customer.create(api_key=k, source="tok_nz")
+        card = stripe.Customer.retrieve_source(cus.id, cus.default_source, api_key=k)
+        self.assertEqual(card.country, "NZ")
+        for number, country, funding in (("4000006160000005", "PL", "credit"), ("6200000000000047", "US", "debit"),
+                                         ("4000050360000001", "AU", "debit"), ("3530111333300000", "JP", "credit")):
+            pm = stripe.PaymentMethod.create(api_key=k, type="card", card={"number": number, "exp_month": 12,
+                                                                          "exp_year": 2034, "cvc": "123"})
+            self.assertEqual((pm.card.country, pm.card.funding), (country, funding), number)
 
     def test_idempotency_keys(self):
         k = self.key()

@@ -57,7 +57,7 @@ static const struct {
   {"36227206271667", TP_BRAND_DINERS, "credit", "US"},
   {"3566002020360505", TP_BRAND_JCB, "credit", "US"},
   {"6200000000000005", TP_BRAND_UNIONPAY, "credit", "US"},
-  {"6200000000000047", TP_BRAND_UNIONPAY, "credit", "US"},
+  {"6200000000000047", TP_BRAND_UNIONPAY, "debit", "US"},
   {"6205500000000000004", TP_BRAND_UNIONPAY, "credit", "US"},
   {"6759649826438453", TP_BRAND_MAESTRO, "credit", "US"},
   /* Decline and 3DS test numbers: valid cards that processors refuse. */
@@ -75,6 +75,15 @@ static const struct {
   {"4000001240000000", TP_BRAND_VISA, "credit", "CA"},
   {"4000004840008001", TP_BRAND_VISA, "credit", "MX"},
   {"4000008260000000", TP_BRAND_VISA, "credit", "GB"},
+  {"4000006160000005", TP_BRAND_VISA, "credit", "PL"},
+  {"4000005540000008", TP_BRAND_VISA, "credit", "NZ"},
+  {"4000006000000066", TP_BRAND_VISA, "credit", "PY"},
+  {"5555558265554449", TP_BRAND_MASTERCARD, "credit", "GB"},
+  {"5200007840000022", TP_BRAND_MASTERCARD, "credit", "AE"},
+  {"3530111333300000", TP_BRAND_JCB, "credit", "JP"},
+  {"4000057640000008", TP_BRAND_VISA, "debit", "TH"},
+  {"4000050360000001", TP_BRAND_VISA, "debit", "AU"},
+  {"4000002500001001", TP_BRAND_VISA, "credit", "FR"},
 };
 
 static void test_stripe_test_numbers_validate(void **state)
