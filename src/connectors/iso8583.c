@@ -274,6 +274,7 @@ struct iso_link {
   enum link_state state;
   bool signed_on;
   int64_t reconnect_at, backoff_ms, next_echo, echo_sent_at;
+  int64_t in_since; /* when the frame now partly read began (0: none) */
   uint8_t *out;
   size_t out_len, out_cap;
   uint64_t out_queued, out_written; /* cumulative byte offsets */
@@ -512,6 +513,15 @@ static bool same_terminal(const struct iso_link *l, const struct tp_iso_msg *m)
   while (t > 0 && l->tid[t - 1] == ' ')
     t--;
   return n == t && memcmp(f41, l->tid, n) == 0;
+}
+
+/* Field 3 of an answer echoes the request's: a refund (200000) answered
+ * 000000 is about a purchase, not it (it was booked as a refund done). An
+ * answer without field 3 is taken as the echo, as without field 41. */
+static bool same_processing_code(const struct pend *p, const struct tp_iso_msg *m)
+{
+  const char *f3 = tp_iso_get(m, 3);
+  return !f3 || !p->proc_code[0] || strcmp(f3, p->proc_code) == 0;
 }
 
 /* The MTI of a call: a capture advice, a sale or refund (financial), or an
@@ -784,6 +794,7 @@ static void link_fail(struct iso_link *l, const char *why, int64_t now)
   l->out_len = 0;
   explicit_bzero(l->in, l->in_len);
   l->in_len = 0;
+  l->in_since = 0;
   publish_stats(l);
 }
 
@@ -798,7 +809,17 @@ static void answer_host_echo(struct iso_link *l, const struct tp_iso_msg *q, int
   for (int f = 7; f <= 70; f++)
     if ((f == 7 || f == 11 || f == 70) && tp_iso_get(q, f))
       bad |= tp_iso_set(&m, f, tp_iso_get(q, f));
-  bad |= tp_iso_set(&m, 39, "00");
+  /* Sign-on, sign-off, cutover and echo are answered 00; anything else
+   * (a key exchange, 161/162 ...) is a function this connector does not
+   * perform: 12, invalid transaction (a 00 claimed a key change that never
+   * happened); no field 70 at all, 30, format error. */
+  const char *f70 = tp_iso_get(q, 70);
+  const char *f39 = !f70 ? "30"
+                    : (strcmp(f70, "001") == 0 || strcmp(f70, "002") == 0 || strcmp(f70, "201") == 0 ||
+                       strcmp(f70, "301") == 0)
+                        ? "00"
+                        : "12";
+  bad |= tp_iso_set(&m, 39, f39);
   int n = bad ? -1 : tp_iso_frame(&m, buf, sizeof buf);
   tp_iso_free(&m);
   if (n > 0 && l->out_len + (size_t)n <= l->out_cap) {
@@ -826,6 +847,7 @@ static void on_call_answer(struct iso_link *l, struct pend *p, const struct tp_i
                     : !f37                                ? "field 37 missing"
                     : strcmp(f37, p->rrn) != 0            ? "field 37 does not match the request"
                     : !same_terminal(l, m)                ? "field 41 names another terminal"
+                    : !same_processing_code(p, m)         ? "field 3 does not match the request"
                     : strcmp(f39, "09") == 0              ? "field 39 09: request in progress"
                     : approval_without_code(p, m, f39)    ? "field 38 missing on an approval"
                                                           : NULL;
@@ -835,7 +857,7 @@ static void on_call_answer(struct iso_link *l, struct pend *p, const struct tp_i
     to_reversal(l, p, now);
     return;
   }
-  if (strcmp(f39, "10") == 0 || strcmp(f39, "08") == 0) {
+  if (strcmp(f39, "10") == 0 || strcmp(f39, "08") == 0 || strcmp(f39, "32") == 0) {
     /* A partial approval (10): we never ask for one and cannot charge less
      * than requested. Honour with identification (08): the issuer holds the
      * amount on condition of an identity check that a card-not-present
@@ -844,11 +866,17 @@ static void on_call_answer(struct iso_link *l, struct pend *p, const struct tp_i
      * is the issuer's answer that the funds do not cover it: reported as
      * the hard decline insufficient_funds (Stripe's card_error), its
      * reversal owed; it was a timeout, retried and cascaded, the merchant
-     * told 502 after another hold on the same account. */
+     * told 502 after another hold on the same account. Completed
+     * partially (32): part of the transaction stands at the host while a
+     * decline would say none does; reversed the same way, reported as a
+     * decline (generic_decline) so that nothing is tried elsewhere before
+     * the merchant decides (it was a plain decline, with no reversal). */
     tp_log(TP_LOG_WARN, "iso_conditional_approval_reversed", "{s:s, s:s, s:s}", "processor", l->name, "rrn", p->rrn,
            "code", f39);
     if (f39[1] == '0' && p->kind == TP_PROC_AUTHORIZE)
       tp_scopy(p->report_decline, sizeof p->report_decline, "insufficient_funds");
+    else if (f39[0] == '3')
+      tp_scopy(p->report_decline, sizeof p->report_decline, "generic_decline");
     if (p->c) /* the host answered under this RRN: what an operator settles the owed reversal by */
       tp_scopy(p->c->processor_ref, sizeof p->c->processor_ref, p->rrn);
     to_reversal(l, p, now);
@@ -909,6 +937,10 @@ static void on_reversal_answer(struct iso_link *l, struct pend *p, const struct 
   /* Any approval code but a partial one (10) says the reversal was done
    * (11, 85 ... are approvals as in an answer to a call). */
   bool reversed = f39 && tp_iso_f39_approved(f39) && strcmp(f39, "10") != 0;
+  /* 79, already reversed: an earlier send of this reversal (its 0410 lost
+   * or late) got there; it was read as a refusal, and a void of a released
+   * hold declined, a sale's reversal repeated for good (review, session 39) */
+  reversed = reversed || (f39 && strcmp(f39, "79") == 0);
   bool unknown = f39 && strcmp(f39, "25") == 0; /* unable to locate: nothing stands */
   if ((reversed || unknown) && p->tries > 1)
     late_add(l, p->stan); /* a repeat's (0401, same STAN) answer may follow: late, not unknown */
@@ -998,8 +1030,10 @@ static void on_message(struct iso_link *l, const uint8_t *body, size_t len, int6
     }
     goto out;
   }
-  /* The answer to 0100 is 0110, to 0220 0230, to 0400/0401 0410. */
-  if (m.mti[0] != p->mti[0] || m.mti[1] != p->mti[1] || m.mti[2] != p->mti[2] + 1) {
+  /* The answer to 0100 is 0110, to 0220 0230, to 0400/0401 0410; its
+   * last digit the origin, 0-5 in ISO 8583:1987 (0219 was taken). */
+  if (m.mti[0] != p->mti[0] || m.mti[1] != p->mti[1] || m.mti[2] != p->mti[2] + 1 || m.mti[3] < '0' ||
+      m.mti[3] > '5') {
     l->bad_messages++;
     tp_log(TP_LOG_ERROR, "iso_mti_mismatch", "{s:s, s:s, s:s}", "processor", l->name, "mti", m.mti, "request",
            p->mti);
@@ -1020,12 +1054,20 @@ static void on_message(struct iso_link *l, const uint8_t *body, size_t len, int6
     tp_log(TP_LOG_INFO, "iso_signed_on", "{s:s}", "processor", l->name);
     break;
   }
-  case PT_ECHO:
+  case PT_ECHO: {
+    const char *f39 = tp_iso_get(&m, 39);
     pthread_mutex_lock(&l->mu);
     l->st_last_echo_ms = now - l->echo_sent_at;
     pthread_mutex_unlock(&l->mu);
     pend_drop(l, p);
+    if (!f39 || strcmp(f39, "00") != 0) {
+      /* 91, switch inoperative ...: the host says it cannot take payments
+       * now; they go elsewhere until a new sign-on (the answer was not
+       * looked at, and the link stayed in use). */
+      link_fail(l, "echo refused", now);
+    }
     break;
+  }
   case PT_CALL:
     on_call_answer(l, p, &m, now);
     break;
@@ -1075,6 +1117,10 @@ static void read_in(struct iso_link *l, int64_t now)
     memmove(l->in, l->in + pos, l->in_len - pos);
     l->in_len -= pos;
     explicit_bzero(l->in + l->in_len, pos);
+    if (l->in_len == 0)
+      l->in_since = 0;
+    else if (pos > 0 || l->in_since == 0)
+      l->in_since = now;
   }
 }
 
@@ -1221,6 +1267,11 @@ static void *link_main(void *arg)
       on_deadline(l, l->wire_head, now);
     if (l->state == LINK_CONNECTING && now - l->echo_sent_at > l->timeout_ms)
       link_fail(l, "connect timed out", now);
+    /* A frame begun and not finished within timeout_ms: the stream is
+     * stuck or out of step (only the echo timeout caught it, and never
+     * with echoes off, while every call behind it timed out). */
+    if (l->fd >= 0 && l->in_len > 0 && l->in_since > 0 && now - l->in_since > l->timeout_ms)
+      link_fail(l, "a frame stalled", now);
     if (l->resend_head)
       check_resend(l, now);
     if (l->signed_on && l->echo_ms > 0 && now >= l->next_echo) {
@@ -1244,6 +1295,8 @@ static void *link_main(void *arg)
       wake = min64(wake, l->next_echo);
     if (l->resend_head && !l->signed_on)
       wake = min64(wake, now + 50);
+    if (l->in_len > 0 && l->in_since > 0)
+      wake = min64(wake, l->in_since + l->timeout_ms + 1);
     struct pollfd pf[2] = {{.fd = l->efd, .events = POLLIN}, {.fd = l->fd, .events = 0}};
     int nfds = 1;
     if (l->fd >= 0) {

@@ -115,6 +115,8 @@ class IsoHost:
         self.reset_on = set()   # MTIs this host answers by closing the connection
         self.held = []
         self.rev_code = "00"    # field 39 of the 0410s
+        self.echo_code = "00"   # field 39 of the 0810s answering echoes (70 = 301)
+        self.mti_override = None  # the MTI the next approval of a 0100/0200 is sent as
         self.conn = None
         self.stop = False
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -152,6 +154,9 @@ class IsoHost:
                 r.update(self.tamper)  # a None value leaves the field out
                 self.tamper = {}
         r = {k: v for k, v in r.items() if v is not None}
+        if mti in ("0110", "0210"):
+            with self.lock:
+                mti, self.mti_override = self.mti_override or mti, None
         c.sendall(frame(pack(mti, r)))
 
     def handle(self, c, body):
@@ -171,7 +176,9 @@ class IsoHost:
                 self.hold -= 1
                 self.held.append((mti, f))
         if mti == "0800":
-            self.reply(c, "0810", f, "00")
+            with self.lock:
+                code = self.echo_code if f.get(70) == "301" else "00"
+            self.reply(c, "0810", f, code)
         elif mti in ("0100", "0200") and not hold:
             f39 = DECLINES.get(f.get(2, ""), "00")
             self.reply(c, mti[:2] + "10", f, f39)
@@ -445,6 +452,61 @@ class IsoLink(unittest.TestCase):
             what="the cancel settled by recovery")
         self.assertEqual(got["status"], "canceled")
 
+    def test_2dd_completed_partially_is_declined_and_reversed(self):
+        """39 = 32, completed partially: part of the sale stands at the
+        host. It was a plain decline with no reversal; now the sale is
+        reversed (0400 under its RRN) and the merchant gets a decline
+        (generic_decline), with nothing tried again."""
+        before_sales, before_rev = self.host.count("0200"), self.host.count("0400")
+        with self.host.lock:
+            self.host.tamper = {39: "32"}
+        r = self.pay(amount=3200)
+        self.assertEqual((r.status, r.json["error"].get("decline_code")), (402, "generic_decline"), r)
+        self.assertEqual(self.host.count("0200"), before_sales + 1, "tried again after a partial completion")
+        wait_for(lambda: self.host.count("0400") > before_rev, what="the partial completion's reversal")
+        sale, rev = self.host.last("0200"), self.host.last("0400")
+        self.assertEqual((rev[37], rev[4], rev[90][:20]), (sale[37], "000000003200", "0200" + sale[11] + sale[7]))
+
+    def test_2de_an_answer_for_another_processing_code_or_origin_is_not_the_request_s(self):
+        """Field 3 of an answer echoes the request's, and an MTI's last
+        digit is an origin (0-5): a sale approved as a refund (200000), or
+        answered 0219, is no answer to it; the sale is reversed, never
+        booked on that answer."""
+        for tamper, override in (({3: "200000"}, None), ({}, "0219")):
+            before = self.host.count("0400")
+            with self.host.lock:
+                self.host.tamper = dict(tamper)
+                self.host.mti_override = override
+            r = self.pay(amount=2222)
+            wait_for(lambda: self.host.count("0400") > before, what="the reversal (%r %r)" % (tamper, override))
+            with self.host.lock:
+                tampered = [f for m, f in self.host.seen if m == "0200"][-1 if r.status != 200 else -2]
+            rev = self.host.last("0400")
+            self.assertEqual((rev[37], rev[4]), (tampered[37], "000000002222"))
+            if r.status == 200:  # a retry under a new RRN, answered properly
+                self.assertEqual(r.json["amount_received"], 2222, r)
+        log = self.daemon.log_text()
+        self.assertIn("field 3 does not match the request", log)
+        self.assertIn('"mti":"0219"', log.replace(" ", ""))
+
+    def test_2df_a_reversal_answered_already_reversed_is_done(self):
+        """39 = 79 in a 0410, already reversed: an earlier send of the same
+        reversal got there. The cancel is done (it was read as a refusal:
+        the void declined duplicate_transaction, the PaymentIntent left
+        requires_capture with its hold released at the host)."""
+        r = self.daemon.client("m").post("/v1/payment_intents", {
+            "amount": 7900, "currency": "usd", "confirm": "true", "capture_method": "manual",
+            "payment_method_data": card(PAN_OK)}, idem=new_key())
+        self.assertEqual((r.status, r.json["status"]), (200, "requires_capture"), r)
+        with self.host.lock:
+            self.host.rev_code = "79"
+        try:
+            c = self.daemon.client("m").post("/v1/payment_intents/%s/cancel" % r.json["id"], {})
+        finally:
+            with self.host.lock:
+                self.host.rev_code = "00"
+        self.assertEqual((c.status, c.json.get("status")), (200, "canceled"), c)
+
     def test_2e_a_cancel_answers_while_the_host_resets_every_reversal(self):
         """A host that drops the link at each 0400: every resend moved the
         call's deadline, so the cancel got no answer for 10 minutes and its
@@ -504,6 +566,59 @@ class IsoLink(unittest.TestCase):
             self.assertNotIn(pan, log)
         self.assertNotIn("runtime error", log)  # UBSan reports
         self.assertEqual(self.host.errors, [])
+
+
+    def test_4_an_echo_refused_takes_the_link_down(self):
+        """An echo answered 91 (switch inoperative): the host cannot take
+        payments now. The link is dropped and signed on again (the answer
+        was not looked at, and payments went on to a host that had said
+        so)."""
+        signons = self.host.count("0800", "001")
+        with self.host.lock:
+            self.host.echo_code = "91"
+        try:
+            wait_for(lambda: "echo refused" in self.daemon.log_text(), what="the refused echo")
+        finally:
+            with self.host.lock:
+                self.host.echo_code = "00"
+        wait_for(lambda: self.host.count("0800", "001") > signons, what="a new sign-on")
+        wait_for(self.signed_on, what="the gateway to read the 0810")
+        self.assertEqual(self.pay().json["status"], "succeeded")
+
+    def test_5_a_host_s_network_request_is_answered_by_what_it_asks(self):
+        """A host's 0800 is answered 00 for an echo (301) or a cutover
+        (201), 12 (invalid transaction) for what the connector does not do,
+        such as a key exchange (161): a 00 claimed a key change that never
+        happened."""
+        for stan, f70, want in (("900001", "301", "00"), ("900002", "201", "00"), ("900003", "161", "12")):
+            self.host.send_raw(frame(pack("0800", {7: "1207120000", 11: stan, 70: f70})))
+            got = wait_for(lambda: [f for m, f in list(self.host.seen) if m == "0810" and f.get(11) == stan],
+                           what="the answer to %s" % f70)
+            self.assertEqual((got[0].get(70), got[0].get(39)), (f70, want))
+        self.assertEqual(self.pay().json["status"], "succeeded")
+
+
+class StalledFrame(unittest.TestCase):
+    """A frame the host begins and never finishes, with echoes off: the
+    link is dropped after timeout_ms and signed on again (only the echo
+    timeout caught it, so with echoes off every payment behind it timed
+    out)."""
+
+    def test_a_stalled_frame_drops_the_link(self):
+        host = IsoHost()
+        self.addCleanup(host.close)
+        d = Daemon()
+        self.addCleanup(d.cleanup)
+        d.create_merchant("m")
+        d.start(config=("[processor.acq]\ntype = iso8583\nendpoint = %s:%d\ntimeout_ms = 700\n"
+                        "echo_interval_ms = 0\nhealth_interval_ms = 0\n") % (HOST, host.port))
+        wait_for(lambda: host.count("0800", "001") >= 1, what="sign-on")
+        host.send_raw(b"\x00\xc8" + b"0110" + bytes(6))  # 200 bytes announced, 10 sent
+        wait_for(lambda: "a frame stalled" in d.log_text(), timeout=10, what="the stalled frame")
+        wait_for(lambda: host.count("0800", "001") >= 2, what="a new sign-on")
+        r = d.client("m").post("/v1/payment_intents", {"amount": 1000, "currency": "usd", "confirm": "true",
+                                                       "payment_method_data": card(PAN_OK)}, idem=new_key())
+        self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), r)
 
 
 class TwoLinksOneTerminal(unittest.TestCase):
