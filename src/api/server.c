@@ -62,7 +62,6 @@
 
 struct tp_app tp_app;
 
-static struct MHD_Daemon *daemon_;
 static atomic_uint inflight;
 /* Requests from their first byte to the end of their reply (on_completed):
  * the graceful stop waits for them, not only for the suspended ones, so a
@@ -1359,11 +1358,10 @@ static const char *origin_form(const char *url)
   return slash ? slash : "/";
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
-                                  const char *version, const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+static enum MHD_Result handle_request(struct MHD_Connection *conn, const char *url, const char *method,
+                                     const char *version, const char *upload_data, size_t *upload_data_size,
+                                     void **con_cls)
 {
-  (void)cls;
   struct tp_req *r = *con_cls;
   if (r == (void *)&uri_refused)
     return MHD_NO; /* answered and closed by on_uri */
@@ -1616,22 +1614,41 @@ static size_t query_args(const char *uri)
   return n;
 }
 
-/* Connections are accepted here, by one thread of ours, and handed to
- * libmicrohttpd's workers with MHD_add_connection; MHD itself listens on
- * nothing (MHD_USE_NO_LISTEN_SOCKET). Why: stopping MHD's own accepting
- * takes MHD_quiesce_daemon, and on an epoll daemon with its own threads
- * 0.9.75 races a worker's removal of the listening socket from its epoll
- * set against its own, and whichever loses aborts the process ("Failed to
- * remove listen FD from epoll set"; seen in clean-clone runs at a stop just
- * after a start). Stopping our thread has no such race.
+/* Connections are accepted here, by one thread of ours, and handed to one
+ * of N libmicrohttpd daemons of one thread each (`server.threads`) with
+ * MHD_add_connection; MHD itself listens on nothing
+ * (MHD_USE_NO_LISTEN_SOCKET). Why not MHD's own listening and thread pool:
+ * - stopping MHD's accepting takes MHD_quiesce_daemon, and on an epoll
+ *   daemon with its own threads 0.9.75 races a worker's removal of the
+ *   listening socket from its epoll set against its own, and whichever
+ *   loses aborts the process ("Failed to remove listen FD from epoll set";
+ *   seen in clean-clone runs at a stop just after a start);
+ * - a pool daemon's MHD_add_connection places a connection by its
+ *   descriptor's number, on a worker stuck in a slow handler as readily as
+ *   on an idle one, and one that finds its worker at its share of the
+ *   limit (the limit over the pool) takes a path of 0.9.75's
+ *   new_connection_process_ that leaves its cleanup mutex locked: the
+ *   worker deadlocks on itself, and the stop waits for it for ever (a burst
+ *   of 4,096 connections; review, session 39).
+ * Here each connection goes to the daemon with the fewest connections of
+ * those not inside a callback of ours now, and each daemon's limit is the
+ * whole TP_HTTP_MAX_CONNECTIONS, which the count below never lets one
+ * reach.
  *
  * At TP_HTTP_MAX_CONNECTIONS the thread stops accepting, so a new client
- * waits in the listen backlog as it did with MHD's own accepting (MHD
- * would close a connection handed to it over its limit). The count is the
- * connections MHD has started plus those handed over and not yet started;
- * a hand-over MHD drops before it starts one (a TLS session or epoll_ctl
- * out of memory) is forgotten after a second without any start. */
-static atomic_uint conns_open;    /* started and not closed */
+ * waits in the listen backlog as it did with MHD's own accepting. The count
+ * is the connections MHD has started plus those handed over and not yet
+ * started; a hand-over MHD drops before it starts one (a TLS session or
+ * epoll_ctl out of memory) is forgotten after a second without any start. */
+struct http_worker {
+  struct MHD_Daemon *d;
+  atomic_uint conns;   /* started and not closed */
+  atomic_uint pending; /* handed over, not yet started */
+  atomic_uint busy;    /* requests inside on_request now */
+};
+static struct http_worker *workers;
+static unsigned nworkers;
+static atomic_uint conns_open;    /* started and not closed, all daemons */
 static atomic_uint conns_pending; /* handed over, not yet started */
 static atomic_ullong conns_started_total;
 static pthread_t acceptor;
@@ -1639,28 +1656,79 @@ static bool acceptor_running;
 static int acceptor_stop_fd = -1; /* a pipe: its write end ends the thread */
 static int acceptor_stop_w = -1;
 
-static void conn_started(void)
+static void dec_floor0(atomic_uint *v)
 {
-  atomic_fetch_add(&conns_open, 1);
-  atomic_fetch_add(&conns_started_total, 1);
-  unsigned p = atomic_load(&conns_pending);
-  while (p > 0 && !atomic_compare_exchange_weak(&conns_pending, &p, p - 1))
+  unsigned p = atomic_load(v);
+  while (p > 0 && !atomic_compare_exchange_weak(v, &p, p - 1))
     ;
 }
 
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe)
 {
-  (void)cls;
+  struct http_worker *w = cls;
   if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
-    conn_started();
+    atomic_fetch_add(&conns_open, 1);
+    atomic_fetch_add(&w->conns, 1);
+    atomic_fetch_add(&conns_started_total, 1);
+    dec_floor0(&conns_pending);
+    dec_floor0(&w->pending);
     MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)TP_HTTP_REQUEST_IDLE_S);
     *socket_context = calloc(1, sizeof(struct conn_ctx)); /* NULL: the parsed count alone */
   } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
     atomic_fetch_sub(&conns_open, 1);
+    atomic_fetch_sub(&w->conns, 1);
     free(*socket_context);
     *socket_context = NULL;
   }
+}
+
+/* The daemon a new connection goes to: the fewest connections (started and
+ * handed over) among those not inside a handler now; all busy, the fewest.
+ * Ties go round. Called by the acceptor, and by the stop once it has
+ * ended. */
+static struct http_worker *pick_worker(void)
+{
+  static unsigned next;
+  struct http_worker *best = NULL;
+  unsigned long best_score = ULONG_MAX;
+  for (unsigned k = 0; k < nworkers; k++) {
+    struct http_worker *w = &workers[(next + k) % nworkers];
+    unsigned long score = (unsigned long)atomic_load(&w->conns) + atomic_load(&w->pending) +
+                          (atomic_load(&w->busy) ? (unsigned long)TP_HTTP_MAX_CONNECTIONS : 0);
+    if (score < best_score) {
+      best = w;
+      best_score = score;
+    }
+  }
+  next++;
+  return best;
+}
+
+/* MHD's access handler: the request's work (handle_request), counted as
+ * its daemon's thread being busy meanwhile (pick_worker). */
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                  const char *version, const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+  struct http_worker *w = cls;
+  atomic_fetch_add(&w->busy, 1);
+  enum MHD_Result res = handle_request(conn, url, method, version, upload_data, upload_data_size, con_cls);
+  atomic_fetch_sub(&w->busy, 1);
+  return res;
+}
+
+/* Hands accepted fd over; false when MHD refused it (and closed it). */
+static bool hand_over(int fd, const struct sockaddr_storage *ca, socklen_t cl)
+{
+  struct http_worker *w = pick_worker();
+  atomic_fetch_add(&conns_pending, 1);
+  atomic_fetch_add(&w->pending, 1);
+  if (MHD_add_connection(w->d, fd, (const struct sockaddr *)ca, cl) == MHD_YES)
+    return true;
+  dec_floor0(&conns_pending);
+  dec_floor0(&w->pending);
+  return false;
 }
 
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
@@ -1758,6 +1826,8 @@ static void *acceptor_main(void *arg)
       no_start_since = tp_mono_ms();
     } else if (tp_mono_ms() - no_start_since > 1000) {
       atomic_store(&conns_pending, 0); /* dropped by MHD before it started them */
+      for (unsigned k = 0; k < nworkers; k++)
+        atomic_store(&workers[k].pending, 0);
       no_start_since = tp_mono_ms();
     }
     if (atomic_load(&conns_open) + atomic_load(&conns_pending) >= TP_HTTP_MAX_CONNECTIONS) {
@@ -1782,13 +1852,7 @@ static void *acceptor_main(void *arg)
         }
         break; /* EAGAIN, or the client already gone (ECONNABORTED) */
       }
-      atomic_fetch_add(&conns_pending, 1);
-      if (MHD_add_connection(daemon_, fd, (struct sockaddr *)&ca, cl) != MHD_YES) {
-        /* MHD has closed fd itself */
-        unsigned p = atomic_load(&conns_pending);
-        while (p > 0 && !atomic_compare_exchange_weak(&conns_pending, &p, p - 1))
-          ;
-      }
+      (void)hand_over(fd, &ca, cl); /* refused: MHD has closed fd itself */
     }
   }
 out:
@@ -1823,19 +1887,28 @@ int tp_http_start(unsigned threads)
     flags |= MHD_USE_TLS;
   else
     tls_opts[0].option = MHD_OPTION_END;
-  daemon_ = MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL,
-                             MHD_OPTION_THREAD_POOL_SIZE, threads,
-                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)TP_HTTP_MAX_CONNECTIONS,
-                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)TP_HTTP_CONN_MEMORY,
-                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)TP_HTTP_TIMEOUT_S,
-                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-                             MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
-                             MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
-                             MHD_OPTION_ARRAY, tls_opts,
-                             MHD_OPTION_END);
+  workers = calloc(http_threads, sizeof *workers);
+  int e = ENOMEM;
+  if (workers) {
+    for (nworkers = 0; nworkers < http_threads; nworkers++) {
+      struct http_worker *w = &workers[nworkers];
+      w->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, w,
+                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)TP_HTTP_MAX_CONNECTIONS,
+                              MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)TP_HTTP_CONN_MEMORY,
+                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)TP_HTTP_TIMEOUT_S,
+                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+                              MHD_OPTION_NOTIFY_CONNECTION, on_connection, w,
+                              MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
+                              MHD_OPTION_ARRAY, tls_opts,
+                              MHD_OPTION_END);
+      if (!w->d) {
+        e = errno ? errno : EINVAL;
+        break;
+      }
+    }
+  }
   int pfd[2] = {-1, -1};
-  int e = errno;
-  if (daemon_ && pipe2(pfd, O_CLOEXEC) == 0) {
+  if (workers && nworkers == http_threads && pipe2(pfd, O_CLOEXEC) == 0) {
     acceptor_stop_fd = pfd[0];
     acceptor_stop_w = pfd[1];
     e = pthread_create(&acceptor, NULL, acceptor_main, NULL);
@@ -1847,13 +1920,14 @@ int tp_http_start(unsigned threads)
     close(pfd[0]);
     close(pfd[1]);
     acceptor_stop_fd = acceptor_stop_w = -1;
-  } else if (daemon_) {
+  } else if (workers && nworkers == http_threads) {
     e = errno;
   }
-  if (daemon_) {
-    MHD_stop_daemon(daemon_);
-    daemon_ = NULL;
-  }
+  for (unsigned k = 0; workers && k < nworkers; k++)
+    MHD_stop_daemon(workers[k].d);
+  free(workers);
+  workers = NULL;
+  nworkers = 0;
   close(listen_fd);
   listen_fd = -1;
   errno = e;
@@ -1862,7 +1936,7 @@ int tp_http_start(unsigned threads)
 
 void tp_http_stop(unsigned wait_ms)
 {
-  if (!daemon_)
+  if (!workers)
     return;
   /* Stop accepting: our acceptor ends (see acceptor_main). */
   if (acceptor_running) {
@@ -1876,14 +1950,15 @@ void tp_http_stop(unsigned wait_ms)
      * would be reset by close(): a client that sent its request before the
      * signal would get no answer. Hand them to MHD instead; a POST among
      * them is answered 503 shutting_down, which a client can retry. */
-    for (int i = 0; i < TP_HTTP_MAX_CONNECTIONS; i++) {
+    /* Up to the connection limit, as the acceptor (past it the backlog is
+     * reset by the close, §11). */
+    while (atomic_load(&conns_open) + atomic_load(&conns_pending) < TP_HTTP_MAX_CONNECTIONS) {
       struct sockaddr_storage ca;
       socklen_t cl = sizeof ca;
       int fd = accept4(listen_fd, (struct sockaddr *)&ca, &cl, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0)
         break;
-      /* On failure MHD has closed fd itself. */
-      (void)MHD_add_connection(daemon_, fd, (struct sockaddr *)&ca, cl);
+      (void)hand_over(fd, &ca, cl); /* refused: MHD has closed fd itself */
     }
     close(listen_fd); /* no new connections: a client now gets a refusal */
     listen_fd = -1;
@@ -1918,8 +1993,11 @@ void tp_http_stop(unsigned wait_ms)
   }
   /* Let resumed connections flush their replies. */
   usleep(100000);
-  MHD_stop_daemon(daemon_);
-  daemon_ = NULL;
+  for (unsigned k = 0; k < nworkers; k++)
+    MHD_stop_daemon(workers[k].d);
+  free(workers);
+  workers = NULL;
+  nworkers = 0;
   if (acceptor_stop_fd >= 0) {
     close(acceptor_stop_fd);
     close(acceptor_stop_w);

@@ -893,6 +893,40 @@ class HsmHangTest(SoftHsm, KekHelpers, unittest.TestCase):
         self.assertEqual(self.readyz(), (200, None))
 
 
+    def test_new_connections_go_to_threads_not_stuck_in_the_token(self):
+        """While a token call holds one HTTP thread, every new connection
+        is answered: the acceptor hands it to a thread not inside a
+        handler. (libmicrohttpd's pool placed connections by descriptor
+        number, and every fourth new one here waited on the stuck thread;
+        with two threads, every second.)"""
+        import socket
+        import threading
+        c = self.daemon.client("m", timeout=90)
+        open(self.hang, "w").close()
+        got = {}
+        t = threading.Thread(target=lambda: got.setdefault("r", c.post(
+            "/v1/payment_methods", {"type": "card", "card": card(PAN_OK)["card"]})))
+        held, answers = [], []
+        try:
+            t.start()
+            time.sleep(1.0)  # the token call is in and hangs
+            for _ in range(12):
+                s = socket.create_connection((self.daemon.host, self.daemon.port), timeout=3)
+                held.append(s)  # kept open: each new one gets a new descriptor
+                try:
+                    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                    answers.append(s.recv(12)[:12])
+                except OSError as e:
+                    answers.append(repr(e))
+        finally:
+            os.unlink(self.hang)
+            for s in held:
+                s.close()
+        t.join(60)
+        self.assertEqual(answers, [b"HTTP/1.1 200"] * 12)
+        self.assertEqual(got["r"].status, 200, got["r"])
+
+
 class HsmPinChangedTest(SoftHsm, KekHelpers, unittest.TestCase):
     """The session drops while the token's PIN is changed (or locked): the
     login the daemon tries again is refused as a wrong PIN. It stops
