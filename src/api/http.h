@@ -132,6 +132,10 @@ int tp_http_listen(const char *host, uint16_t port, uint16_t *bound_port);
 int tp_http_start(unsigned threads);
 /* The HTTP threads serving requests (set by tp_http_start). */
 unsigned tp_http_threads(void);
+/* The request carries Basic credentials and comes from another site's page
+ * (its Origin is not the gateway's Host, or Sec-Fetch-Site says
+ * cross-site/same-site): credentials a browser kept and replays. */
+bool tp_req_browser_basic(const struct tp_req *r);
 /* Serve HTTPS: certificate chain and private key as PEM text, GnuTLS
  * priorities ("NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"). Call before
  * tp_http_start; -1 if libmicrohttpd has no TLS. */

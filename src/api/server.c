@@ -435,10 +435,51 @@ static bool parse_params(struct tp_req *r, bool api)
 /* Authentication, rate limits and the route's scope (src/sec/): false when
  * the reply is already set. An address with too many failed attempts is
  * answered 429 before its credentials are even looked at; nothing sleeps. */
+/* An Origin that is not the gateway's own (its Host): "null", or another
+ * scheme://host[:port]. */
+static bool cross_site(const struct tp_req *r)
+{
+  const char *o = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Origin");
+  const char *fs = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Sec-Fetch-Site");
+  if (fs && (strcasecmp(fs, "cross-site") == 0 || strcasecmp(fs, "same-site") == 0))
+    return true;
+  if (!o)
+    return false;
+  const char *host = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+  const char *sep = strstr(o, "://");
+  if (!host || !sep)
+    return true;
+  const char *oh = sep + 3;
+  size_t n = strcspn(oh, "/");
+  return strlen(host) != n || strncasecmp(host, oh, n) != 0;
+}
+
+bool tp_req_browser_basic(const struct tp_req *r)
+{
+  const char *a = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+  if (!a)
+    return false;
+  while (*a == ' ' || *a == '\t')
+    a++;
+  bool basic = strncasecmp(a, "Basic", 5) == 0 && (a[5] == ' ' || a[5] == '\t' || !a[5]);
+  return basic && cross_site(r);
+}
+
 static bool access_check(struct tp_req *r, const struct tp_route *rt)
 {
   if (tp_req_login_blocked(r))
     return false;
+  /* Basic credentials sent by another site's page are ones the browser
+   * kept (typed at the 401 prompt, whose WWW-Authenticate Stripe sends
+   * too) and replays on any cross-site form POST: one forged request made
+   * a refund, or a webhook endpoint that took every later event to the
+   * forger (review, session 39). A browser always names the page's Origin
+   * (or Sec-Fetch-Site) on such a request; server-side clients send
+   * neither, or the gateway itself. Refused before the key is looked at. */
+  if (tp_req_browser_basic(r)) {
+    tp_reply_error(r, TP_ERR_CROSS_SITE_BASIC_AUTH, NULL, NULL);
+    return false;
+  }
   enum tp_err e = authenticate(r);
   if (e != TP_ERR_OK) {
     tp_req_login_failed(r, e);

@@ -1264,33 +1264,6 @@ static void handshake_release(void *arg)
 }
 
 /* GET /v1/turnpike/stream */
-/* An Origin that is not the gateway's own (its Host): "null", or another
- * scheme://host[:port]. */
-static bool cross_site(const struct tp_req *r)
-{
-  const char *o = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Origin");
-  if (!o)
-    return false;
-  const char *host = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
-  const char *sep = strstr(o, "://");
-  if (!host || !sep)
-    return true;
-  const char *oh = sep + 3;
-  size_t n = strcspn(oh, "/");
-  return strlen(host) != n || strncasecmp(host, oh, n) != 0;
-}
-
-/* The request's Authorization uses the Basic scheme. */
-static bool basic_auth(const struct tp_req *r)
-{
-  const char *a = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-  if (!a)
-    return false;
-  while (*a == ' ' || *a == '\t')
-    a++;
-  return strncasecmp(a, "Basic", 5) == 0 && (a[5] == ' ' || a[5] == '\t' || !a[5]);
-}
-
 void tp_h_stream(struct tp_req *r)
 {
   char *token_cred = NULL; /* a stream token's: the key it was made with */
@@ -1337,7 +1310,7 @@ void tp_h_stream(struct tp_req *r)
                      "for a new one.");
       return;
     }
-  } else if (cross_site(r) && basic_auth(r)) {
+  } else if (tp_req_browser_basic(r)) {
     /* A browser sends Origin on every WebSocket handshake and can set no
      * Authorization header there: Basic credentials with another site's
      * Origin are ones the browser kept (typed at the 401 prompt) and

@@ -671,6 +671,36 @@ class KeysTest(DaemonTestCase):
                        {"client_secret": pi2["client_secret"], "payment_method": pm2["id"]})
         self.assertEqual((done.status, done.json["status"]), (200, "succeeded"), done)
 
+    def test_basic_credentials_from_another_site_s_page_are_refused(self):
+        """A browser keeps Basic credentials typed at the 401 prompt and
+        sends them on any other site's form POST to the gateway: such a
+        request (another Origin, or Sec-Fetch-Site cross-site/same-site) is
+        refused 403 cross_site_basic_auth and changes nothing. (One forged
+        POST made a webhook endpoint taking every later event, or a
+        refund.) Server-side clients, Bearer keys and the gateway's own
+        origin are not refused."""
+        sk = self.daemon.merchants["K"]["secret_key"]
+        c = self.key_client(sk)
+        before = len(c.list_all("/v1/customers"))
+        host = "%s:%d" % (self.daemon.host, self.daemon.port)
+        for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"},
+                        {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}):
+            with self.subTest(headers=headers):
+                r = c.post("/v1/customers", {"name": "forged"}, auth="basic", headers=headers)
+                self.assertStripeError(r, 403, "permission_error")
+                self.assertEqual(r.json["error"].get("tp_code"), 2037, r)
+                g = c.get("/v1/customers", auth="basic", headers=headers)
+                self.assertEqual(g.status, 403, g)
+        self.assertEqual(len(c.list_all("/v1/customers")), before)
+        # not refused: Basic from a server (no Origin), or naming the
+        # gateway itself; a Bearer key from a page (Stripe.js's way)
+        for auth, headers in (("basic", {}), ("basic", {"Origin": "http://" + host}),
+                              ("basic", {"Sec-Fetch-Site": "same-origin"}),
+                              ("bearer", {"Origin": "https://shop.example"})):
+            with self.subTest(auth=auth, headers=headers):
+                r = c.post("/v1/customers", {"name": "ok"}, auth=auth, headers=headers)
+                self.assertEqual(r.status, 200, r)
+
     def test_cors_lets_a_page_on_another_origin_call_the_api(self):
         """The CORS protocol of the Fetch standard, as Stripe's API answers
         it: preflights need no key and create nothing; every /v1 reply,
