@@ -133,12 +133,14 @@ static void request_hash(struct tp_req *r)
   char kind[24] = "";
   if (r->publishable)
     snprintf(kind, sizeof kind, "pk\n");
-  else if ((r->scopes & TP_SCOPE_ALL) != TP_SCOPE_ALL && json_object_get(r->params, "expand"))
-    /* A restricted key or token expanding: what it may see is part of the
-     * request too (a reply stored for the secret key holds an expanded
-     * customer that a payments:write key is refused). Without expand[] the
-     * reply is the same for every key, and a retry with another key of the
-     * account replays it, as on Stripe. */
+  else if ((r->scopes & TP_SCOPE_ALL) != TP_SCOPE_ALL)
+    /* A restricted key or token: what it may do and see is part of the
+     * request too. A reply stored for the secret key holds an expanded
+     * customer that a payments:write key is refused, or a webhook
+     * endpoint's secret that a key without reports:read is refused (its
+     * handler checks that, after a replay would have answered: review,
+     * session 39; this was done for expand[] alone). Keys with every scope
+     * (secret keys) share their replies, as on Stripe. */
     snprintf(kind, sizeof kind, "scopes %u\n", r->scopes & TP_SCOPE_ALL);
   int len = snprintf(buf, n, "%s %.*s\n%s%s", r->method, (int)ul, r->url, kind, canon ? canon : "");
   /* Keyed, not a plain SHA-256: the body may hold a card number, and a PAN's

@@ -344,13 +344,29 @@ class KeysTest(DaemonTestCase):
         cw = self.key_client(admin(self.daemon, "api-key", "create", "--merchant", self.mid("K"), "--scopes",
                                    "customers:write")["restricted_key"])
         self.assertStripeError(cw.get("/v1/payment_intents"), 403, "permission_error")
-        # without expand[] the reply is the same for any key: a retry with the
-        # secret key replays the restricted key's request, as on Stripe
+        # a restricted key's scopes are part of its requests, expand[] or
+        # not: a handler may check a scope itself (a webhook endpoint's
+        # secret needs reports:read) after a replay would have answered, so
+        # the secret key's reply is not replayed to it (it was without
+        # expand[]: the restricted key got the endpoint's secret), nor its
+        # reply to the secret key; the same restricted key replays its own
         plain = {"amount": 710, "currency": "usd"}
         first = w.post("/v1/payment_intents", plain, idem="rk-replay-2")
         self.assertEqual(first.status, 200, first)
-        again = self.c("K").post("/v1/payment_intents", plain, idem="rk-replay-2")
+        again = w.post("/v1/payment_intents", plain, idem="rk-replay-2")
         self.assertEqual((again.headers.get("Idempotent-Replayed"), again.json["id"]), ("true", first.json["id"]))
+        other = self.c("K").post("/v1/payment_intents", plain, idem="rk-replay-2")
+        self.assertStripeError(other, 400, "idempotency_error")
+        ep = {"url": "http://127.0.0.1:9/h", "enabled_events[]": "*"}
+        made = self.c("K").post("/v1/webhook_endpoints", ep, idem="rk-replay-3")
+        self.assertTrue(made.json["secret"].startswith("whsec_"), made)
+        pr = self.key_client(admin(self.daemon, "api-key", "create", "--merchant", self.mid("K"), "--scopes",
+                                   "admin payments:read")["restricted_key"])
+        stolen = pr.post("/v1/webhook_endpoints", ep, idem="rk-replay-3")
+        self.assertNotIn(made.json["secret"], stolen.body.decode())
+        self.assertIsNone(stolen.headers.get("Idempotent-Replayed"), stolen.headers)
+        self.assertEqual(stolen.status // 100, 4, stolen)
+        self.assertEqual(self.c("K").delete("/v1/webhook_endpoints/" + made.json["id"]).status, 200)
         # A webhook endpoint reads events: admin alone may not make one (its
         # deliveries carried every event the key could not list), and the
         # balance's events need reports:read as /v1/balance does
