@@ -136,6 +136,9 @@ unsigned tp_http_threads(void);
  * (its Origin is not the gateway's Host, or Sec-Fetch-Site says
  * cross-site/same-site): credentials a browser kept and replays. */
 bool tp_req_browser_basic(const struct tp_req *r);
+/* The client (behind a trusted proxy: the one it names) is on the gateway's
+ * own host: the operator, for routes about the whole process (metrics.c). */
+bool tp_req_client_is_loopback(struct tp_req *r);
 /* Serve HTTPS: certificate chain and private key as PEM text, GnuTLS
  * priorities ("NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"). Call before
  * tp_http_start; -1 if libmicrohttpd has no TLS. */

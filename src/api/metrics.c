@@ -30,7 +30,6 @@
  * every connection comes from loopback: with [server] trusted_proxies the
  * client is the one the proxy forwards (and one it does not disclose is not
  * a loopback client). */
-static bool client_is_loopback(struct tp_req *r);
 
 static bool peer_is_loopback(struct tp_req *r)
 {
@@ -49,7 +48,7 @@ static bool peer_is_loopback(struct tp_req *r)
   return false;
 }
 
-static bool client_is_loopback(struct tp_req *r)
+bool tp_req_client_is_loopback(struct tp_req *r)
 {
   if (!peer_is_loopback(r))
     return false;
@@ -147,7 +146,7 @@ void tp_h_metrics(struct tp_req *r)
       tp_reply_error(r, TP_ERR_AUTH_INVALID_KEY, NULL, "The metrics endpoint needs its bearer token.");
       return;
     }
-  } else if (!tp_config_bool("metrics", "public", false) && !client_is_loopback(r)) {
+  } else if (!tp_config_bool("metrics", "public", false) && !tp_req_client_is_loopback(r)) {
     tp_reply_error(r, TP_ERR_IP_NOT_ALLOWED, NULL,
                    "Metrics are served to loopback clients only unless [metrics] token or public is set.");
     return;
@@ -171,7 +170,7 @@ void tp_h_log_level(struct tp_req *r)
   static const char *const names[] = {"debug", "info", "warn", "error"};
   /* The level is every tenant's: only the operator's host may change it
    * (a merchant's key from elsewhere could hide the others' request log). */
-  if (!client_is_loopback(r)) {
+  if (!tp_req_client_is_loopback(r)) {
     tp_reply_error(r, TP_ERR_IP_NOT_ALLOWED, NULL,
                    "The log level is the whole process's: it is changed from the gateway's own host only.");
     return;

@@ -14,6 +14,16 @@ void tp_h_processors_list(struct tp_req *r)
 {
   if (!tp_check_params(r, spec_none)) /* as every route: an unknown parameter is a 400 */
     return;
+  /* The figures are the whole process's, every tenant's payments: a
+   * merchant's key from elsewhere watched another's volume and declines as
+   * they happened (review, session 39). The operator's host only, as for
+   * the log level and /metrics. */
+  if (!tp_req_client_is_loopback(r)) {
+    tp_reply_error(r, TP_ERR_IP_NOT_ALLOWED, NULL,
+                   "The processors' figures are the whole gateway's: they are read from the gateway's own host "
+                   "only (or /metrics with its token).");
+    return;
+  }
   json_t *data = json_array();
   size_t n = tp_procs_count();
   for (size_t i = 0; i < n; i++)

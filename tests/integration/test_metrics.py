@@ -323,6 +323,19 @@ class OperatorRoutesBehindAProxyTest(DaemonTestCase):
         r = c.post("/v1/turnpike/log_level", {"level": "warn"}, headers={"X-Forwarded-For": "127.0.0.1"})
         self.assertEqual((r.status, r.json.get("previous")), (200, "info"), r)
 
+    def test_the_processors_figures_are_the_operator_s(self):
+        """GET /v1/turnpike/processors counts every tenant's payments: from
+        elsewhere a merchant's key watched another's volume and declines;
+        now it is read from the gateway's own host only."""
+        c = self.c()
+        r = c.get("/v1/turnpike/processors", headers={"X-Forwarded-For": "203.0.113.9"})
+        err = self.assertStripeError(r, 403, "permission_error")
+        self.assertEqual(err["tp_code"], 2009, r)
+        self.assertNotIn(b'"calls"', r.body)
+        r = c.get("/v1/turnpike/processors", headers={"X-Forwarded-For": "127.0.0.1"})
+        self.assertEqual(r.status, 200, r)
+        self.assertIn("calls", r.json["data"][0])
+
 
 class MetricsTokenTest(DaemonTestCase):
     MERCHANTS = ("m",)
