@@ -651,6 +651,19 @@ static void replay_step(struct conn *c)
       tp_scopy(c->replay_last, sizeof c->replay_last, newest);
       send_error(c, "invalid_subscription", "last_event_id is after every event of this account; resuming from now.");
     }
+    if (ok && !newest && c->replay_last[0]) {
+      /* No event at all: what comes is after any cursor but one that sorts
+       * after the ids made from now on (a Stripe id, evt_1..., after every
+       * one of ours for decades), and such a cursor had every live event
+       * skipped for good, silently (review, session 39). Read from the
+       * start; said when the cursor is of the future. */
+      char floor_now[TP_ID_MAX];
+      tp_id_floor(floor_now, "evt", tp_now() * 1000);
+      bool future = strcmp(c->replay_last, floor_now) >= 0;
+      c->replay_last[0] = '\0';
+      if (future)
+        send_error(c, "invalid_subscription", "last_event_id is after every event of this account; resuming from now.");
+    }
     json_decref(rows);
     if (!ok || too_far) {
       c->replaying = false;

@@ -741,6 +741,32 @@ class StreamBoundsTest(DaemonTestCase):
         finally:
             d.cleanup()
 
+    def test_a_resume_from_a_future_id_on_an_account_without_events_gets_them(self):
+        """An account without events, resumed from an id that sorts after
+        every one made from now on (a Stripe id, evt_1..., as a client
+        moving over keeps): told so, and the events that come are sent.
+        Every live event was skipped for good, silently, and a subscribe
+        without a cursor did not recover."""
+        from harness import Daemon
+        d = Daemon()
+        try:
+            d.create_merchant("q")
+            d.start(config=BOUNDS)
+            ws = RawWS(d.port, d.merchants["q"]["secret_key"])
+            try:
+                ws.send(0x1, b'{"type":"subscribe","events":["*"],"last_event_id":"evt_1NG8Du2eZvKYlo2CUI79vXWy"}')
+                got = [json.loads(ws.until(0x1)) for _ in range(2)]
+                self.assertEqual(sorted(m["type"] for m in got), ["error", "subscribed"], got)
+                err = [m for m in got if m["type"] == "error"][0]
+                self.assertEqual(err["code"], "invalid_subscription", err)
+                r = d.client("q").post("/v1/customers", {"name": "first"})
+                ev = json.loads(ws.until(0x1))
+                self.assertEqual((ev["type"], ev["event"]["data"]["object"]["id"]), ("event", r.json["id"]), ev)
+            finally:
+                ws.close()
+        finally:
+            d.cleanup()
+
     def test_an_http_1_0_upgrade_is_refused(self):
         """RFC 6455 4.1: HTTP/1.1 or higher. libmicrohttpd does not upgrade a
         1.0 connection: it was logged 101, closed unanswered, and its
