@@ -261,8 +261,12 @@ class WebhooksTest(DaemonTestCase):
         self.assertStripeError(c.post(WE, {"enabled_events": ["*"]}), 400, param="url")
         for bad in ("ftp://example.test/x", "not a url", "http://", "https:///path", "http://exa mple.test/",
                     "javascript:alert(1)", "http://example.test/" + "a" * 2100, "//example.test/x",
-                    "http://example.test:0/", "https://example.test\\@evil.test/", "https://example.test/a\\b"):
+                    "http://example.test:0/", "https://example.test\\@evil.test/", "https://example.test/a\\b",
+                    "http://\u2603.example/", "https://b\u00fccher.example/hook"):  # not ASCII: its xn-- form
             self.assertStripeError(c.post(WE, {"url": bad, "enabled_events": ["*"]}), 400, param="url")
+        ok = c.post(WE, {"url": "https://xn--bcher-kva.example/hook", "enabled_events": ["*"]})
+        self.assertEqual(ok.status, 200, ok)
+        self.assertEqual(c.delete(WE + "/" + ok.json["id"]).status, 200)
         self.assertStripeError(c.post(WE, {"url": "https://example.test/"}), 400, param="enabled_events")
         err = self.assertStripeError(c.post(WE, {"url": "https://example.test/",
                                                  "enabled_events": ["charge.succeeded", "charge.exploded"]}),
@@ -507,6 +511,16 @@ class WebhooksTest(DaemonTestCase):
         h = {k.lower(): v for k, v in got[1]["headers"].items()}
         self.assertTrue(verify_signature(got[1]["body"], h["stripe-signature"], ep["secret"]))
         self.assertStripeError(c.post(WE + "/" + ep["id"] + "/deliveries/evt_nope/resend"), 404)
+        # an event the endpoint was never sent and does not select is not
+        # sent to it (it went out signed, to an endpoint that never asked)
+        other_types = [e for e in c.get("/v1/events", {"limit": 20}).json["data"]
+                       if e["type"] != "payment_intent.created"]
+        self.assertTrue(other_types)
+        err = self.assertStripeError(
+            c.post(WE + "/" + ep["id"] + "/deliveries/" + other_types[0]["id"] + "/resend"), 400, param="event")
+        self.assertEqual(err["tp_code"], 1117)
+        time.sleep(0.5)
+        self.assertEqual(len(self.recv.on("/resend")), 2)
         self.assertStripeError(c.post(WE + "/we_nope/deliveries/" + evid + "/resend"), 404)
         self.assertStripeError(self.c("other").post(WE + "/" + ep["id"] + "/deliveries/" + evid + "/resend"), 404)
         c.post(WE + "/" + ep["id"], {"disabled": "true"})
