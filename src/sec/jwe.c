@@ -61,7 +61,10 @@ static EVP_PKEY *load_or_create(const char *dir, const char *name, const char *t
   else if (fd >= 0)
     close(fd);
   if (!ok) {
-    tp_log(TP_LOG_ERROR, "jwe_key_create", "{s:s, s:s}", "path", path, "error", strerror(errno));
+    int e = errno;
+    if (fd >= 0)
+      unlink(path); /* a part-written key refused every later start (jwe_key_bad) */
+    tp_log(TP_LOG_ERROR, "jwe_key_create", "{s:s, s:s}", "path", path, "error", strerror(e));
     EVP_PKEY_free(k);
     return NULL;
   }

@@ -44,9 +44,14 @@ int tp_vault_init(const char *dir, uint8_t kek[32])
     fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
     /* The directory too: a new file's name is durable only once it is. */
     if (fd < 0 || write(fd, kek, 32) != 32 || fsync(fd) != 0 || tp_fsync_dir_of(path) != 0) {
-      tp_log(TP_LOG_ERROR, "vault_key_create", "{s:s, s:s}", "path", path, "error", strerror(errno));
-      if (fd >= 0)
+      int e = errno;
+      if (fd >= 0) {
         close(fd);
+        /* ours and unusable (a full disk): left, every later start refused
+         * it as vault_key_bad (review, session 39) */
+        unlink(path);
+      }
+      tp_log(TP_LOG_ERROR, "vault_key_create", "{s:s, s:s}", "path", path, "error", strerror(e));
       return -1;
     }
     close(fd);

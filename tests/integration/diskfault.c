@@ -9,6 +9,10 @@
  *                      block (SQLite then reports SQLITE_FULL);
  *     CTL/free_bytes   while it exists, statvfs() of a path under DATA
  *                      reports the number it holds as the space available;
+ *     CTL/only         while it exists, enospc faults only the files whose
+ *                      name (the last part of the path) it holds, e.g.
+ *                      "vault.key": a first start whose key file cannot be
+ *                      written while the store can;
  *     CTL/hold_sync    while it exists, fsync()/fdatasync() of a file
  *                      under DATA wait (a slow disk: commits a pipelined
  *                      writer made stay unsynced for as long as the test
@@ -70,7 +74,24 @@ static int fd_full(int fd)
   if (n <= 0)
     return 0;
   target[n] = '\0';
-  return under_data(target);
+  if (!under_data(target))
+    return 0;
+  char only_path[PATH_MAX];
+  if (ctl_path(only_path, sizeof only_path, "only") != 0)
+    return 1;
+  int ofd = open(only_path, O_RDONLY | O_CLOEXEC);
+  if (ofd < 0)
+    return 1; /* no filter: every file */
+  char only[256];
+  ssize_t k = read(ofd, only, sizeof only - 1);
+  close(ofd);
+  if (k <= 0)
+    return 1;
+  while (k > 0 && (only[k - 1] == '\n' || only[k - 1] == ' '))
+    k--;
+  only[k] = '\0';
+  const char *base = strrchr(target, '/');
+  return strcmp(base ? base + 1 : target, only) == 0;
 }
 
 typedef ssize_t (*write_fn)(int, const void *, size_t);
