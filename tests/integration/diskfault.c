@@ -16,7 +16,10 @@
  *     CTL/hold_sync    while it exists, fsync()/fdatasync() of a file
  *                      under DATA wait (a slow disk: commits a pipelined
  *                      writer made stay unsynced for as long as the test
- *                      wants; polled every 10 ms, at most 60 s).
+ *                      wants; polled every 10 ms, at most 60 s);
+ *     CTL/fsync_eio    while it exists, fsync()/fdatasync() of a file
+ *                      under DATA fail with EIO (the write reached the
+ *                      page cache; the disk said no).
  *
  * Writes to other files (the log on stderr) are never touched. Not part of
  * the product: built only for the integration tests. */
@@ -214,10 +217,29 @@ static void hold(int fd)
     usleep(10000);
 }
 
+/* Should a sync of fd fail with EIO now? */
+static int sync_eio(int fd)
+{
+  char flag[PATH_MAX];
+  if (ctl_path(flag, sizeof flag, "fsync_eio") != 0 || access(flag, F_OK) != 0)
+    return 0;
+  char link[64], target[PATH_MAX];
+  snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(link, target, sizeof target - 1);
+  if (n <= 0)
+    return 0;
+  target[n] = '\0';
+  return under_data(target);
+}
+
 int fsync(int fd)
 {
   REAL(fsync, sync_fn);
   hold(fd);
+  if (sync_eio(fd)) {
+    errno = EIO;
+    return -1;
+  }
   return real_fsync(fd);
 }
 
@@ -225,5 +247,9 @@ int fdatasync(int fd)
 {
   REAL(fdatasync, sync_fn);
   hold(fd);
+  if (sync_eio(fd)) {
+    errno = EIO;
+    return -1;
+  }
   return real_fdatasync(fd);
 }

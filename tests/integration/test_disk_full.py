@@ -298,5 +298,44 @@ class FirstStartKeyFilesTest(unittest.TestCase):
                     shutil.rmtree(ctl, ignore_errors=True)
 
 
+@unittest.skipUnless(SO, "TP_DISKFAULT_SO (the diskfault.so test shim; meson passes it) not set")
+class CommitSyncFailsTest(unittest.TestCase):
+    """The fsync of a COMMIT fails (EIO): its frames are in the WAL, whole,
+    and the next start's recovery may replay them, so the outcome is not
+    known. The gateway stops (75) instead of answering 503 "nothing sent"
+    (after a crash that request's payment was there, and its key replayed
+    it); after a restart a retry with the key gets one payment."""
+
+    def test_a_commit_whose_sync_fails_stops_the_gateway(self):
+        ctl = tempfile.mkdtemp(prefix="tp-diskfault-")
+        self.addCleanup(shutil.rmtree, ctl, True)
+        d = Daemon()
+        self.addCleanup(d.cleanup)
+        d.create_merchant("m")
+        env = preload_env(SO, TP_DISKFAULT_DATA=os.path.realpath(d.data), TP_DISKFAULT_CTL=ctl)
+        d.start(extra_env=env)
+        c = d.client("m", timeout=10)
+        params = {"amount": 4321, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa"}
+        open(os.path.join(ctl, "fsync_eio"), "w").close()
+        key = new_key("eio")
+        try:
+            r = c.post(PI, params, idem=key)
+            answered = r.status
+        except OSError:
+            answered = None  # the process went before it answered
+        self.assertNotEqual(answered, 200)
+        self.assertNotEqual(answered, 503, "answered 503 store_unavailable: the commit's outcome is not known")
+        rc = d.proc.wait(timeout=30)
+        self.assertEqual(rc, 75, d.log_tail())
+        self.assertIn("store_commit_sync_failed_exiting", d.log_text())
+        os.unlink(os.path.join(ctl, "fsync_eio"))
+        d.proc = None
+        d.start(extra_env=env)
+        again = d.client("m").post(PI, params, idem=key)
+        self.assertEqual((again.status, again.json.get("status")), (200, "succeeded"), again)
+        listed = [p for p in d.client("m").list_all(PI) if p["amount"] == 4321]
+        self.assertEqual(len(listed), 1, listed)
+
+
 if __name__ == "__main__":
     main()
