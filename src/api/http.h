@@ -106,6 +106,8 @@ struct tp_req {
   unsigned gone_status; /* the reply the client left before getting (logged as 499) */
   char pm_made_for[72]; /* the PaymentIntent this request makes a PaymentMethod for ("" none: tp_pm_usable) */
   bool suspended;
+  uint64_t sync_mark;        /* pipelined: held until this batch is synced (sync_hold) */
+  struct tp_req *sync_next;  /* in the list of replies held for a sync */
   bool lock_rerun;           /* woken from a lock wait: run the handler again */
   int64_t lock_deadline_ms;  /* tp_mono_ms after which a busy object is 429 (0: not waited yet) */
   struct MHD_Response *raw_resp; /* queued as is with status (a 101 upgrade) */

@@ -1399,6 +1399,59 @@ static const char *origin_form(const char *url)
   return slash ? slash : "/";
 }
 
+/* commit_sync = pipelined: a reply built by the handler from what it read
+ * (not by a commit's completion, which runs after its batch is synced) is
+ * held until every batch begun before it is on disk. Reads see a commit
+ * before its sync, and a GET showed a payment, its charge and events that
+ * a power cut then erased (review, session 39; the stream and webhooks,
+ * and idempotent replays, were bounded before). The syncer resumes it. */
+static pthread_mutex_t sync_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct tp_req *sync_waiters;
+
+static bool sync_hold(struct tp_req *r)
+{
+  if (r->raw_resp)
+    return false; /* a WebSocket upgrade: the stream bounds what it sends itself */
+  uint64_t mark = tp_writer_read_mark();
+  if (tp_writer_synced(mark))
+    return false;
+  r->sync_mark = mark;
+  tp_req_suspend(r); /* first: the syncer may resume it at once */
+  pthread_mutex_lock(&sync_mu);
+  r->sync_next = sync_waiters;
+  sync_waiters = r;
+  bool now = tp_writer_synced(mark);
+  if (now)
+    sync_waiters = r->sync_next; /* still first: only this thread adds */
+  pthread_mutex_unlock(&sync_mu);
+  if (now)
+    tp_req_resume(r);
+  return true;
+}
+
+/* The syncer thread, after a sync: the replies it covers go out. */
+static void on_synced(void)
+{
+  struct tp_req *go = NULL;
+  pthread_mutex_lock(&sync_mu);
+  for (struct tp_req **p = &sync_waiters; *p;) {
+    struct tp_req *w = *p;
+    if (tp_writer_synced(w->sync_mark)) {
+      *p = w->sync_next;
+      w->sync_next = go;
+      go = w;
+    } else {
+      p = &w->sync_next;
+    }
+  }
+  pthread_mutex_unlock(&sync_mu);
+  while (go) {
+    struct tp_req *n = go->sync_next;
+    tp_req_resume(go);
+    go = n;
+  }
+}
+
 static enum MHD_Result handle_request(struct MHD_Connection *conn, const char *url, const char *method,
                                      const char *version, const char *upload_data, size_t *upload_data_size,
                                      void **con_cls)
@@ -1498,7 +1551,7 @@ static enum MHD_Result handle_request(struct MHD_Connection *conn, const char *u
   if (!r->dispatched) {
     mark_dispatched(r);
     dispatch(r);
-    if (r->suspended)
+    if (r->suspended || sync_hold(r))
       return MHD_YES;
   } else if (r->lock_rerun) {
     r->lock_rerun = false;
@@ -1511,7 +1564,7 @@ static enum MHD_Result handle_request(struct MHD_Connection *conn, const char *u
       return queue_reply(r);
     }
     run_handler(r);
-    if (r->suspended)
+    if (r->suspended || sync_hold(r))
       return MHD_YES;
   }
   return queue_reply(r);
@@ -1916,6 +1969,7 @@ int tp_http_start(unsigned threads)
   }
   log_requests = tp_config_bool("log", "requests", true);
   lock_wait_ms = tp_config_int("server", "lock_wait_ms", 2000, 0, 60000);
+  tp_writer_on_synced(on_synced);
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC |
                    MHD_ALLOW_UPGRADE | MHD_USE_NO_LISTEN_SOCKET | (listen_v6 ? MHD_USE_IPv6 : 0);
   struct MHD_OptionItem tls_opts[] = {

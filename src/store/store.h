@@ -307,6 +307,14 @@ bool tp_writer_pipelined(void);
  * before it, or a power cut erased events already sent. "" always in full
  * mode (a commit is on disk before any reader sees it). */
 void tp_writer_durable_bound(char out[64]);
+/* With commit_sync = pipelined: the number of the last batch begun (0 in
+ * full mode). A reply built from reads made before now shows nothing of a
+ * later batch; held until tp_writer_synced(mark), it shows nothing a power
+ * cut can take back. tp_writer_on_synced(cb): cb runs on the syncer thread
+ * after each sync. */
+uint64_t tp_writer_read_mark(void);
+bool tp_writer_synced(uint64_t mark);
+void tp_writer_on_synced(void (*cb)(void));
 /* Queue a change set; ownership passes to the writer, which frees it after
  * the completion ran. Returns -1 (and frees nothing) if the queue is full or
  * the writer stopped; the caller then still owns cs. */

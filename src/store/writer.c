@@ -77,7 +77,15 @@ struct unsynced {
   int *rc;
   size_t n;
   char first_event[TP_ID_MAX]; /* its first event's id, "" for none */
+  uint64_t seq;                /* its number (seq_committing) */
 };
+/* Batches numbered as the writer starts committing them, and the highest
+ * number on disk: a reply made from reads is held until every batch begun
+ * before it is synced (tp_writer_read_mark), or a reader was shown a
+ * payment, a charge or an event that a power cut then erased. */
+static atomic_ullong seq_committing, seq_synced;
+typedef void (*synced_fn)(void);
+static _Atomic(synced_fn) synced_cb;
 static struct {
   pthread_mutex_t mu;
   pthread_cond_t cv, space;
@@ -129,7 +137,7 @@ void tp_writer_durable_bound(char out[TP_ID_MAX])
   pthread_mutex_unlock(&S.mu);
 }
 
-static void hand_to_syncer(struct tp_cs **batch, const int *rc, size_t n);
+static void hand_to_syncer(struct tp_cs **batch, const int *rc, size_t n, uint64_t seq);
 
 static void *writer_main(void *arg)
 {
@@ -157,7 +165,9 @@ static void *writer_main(void *arg)
     /* Event ids in commit order (tp_cs_number_events). */
     for (size_t i = 0; i < n; i++)
       tp_cs_number_events(batch[i]);
+    uint64_t seq = 0;
     if (S.on) { /* pipelined: readers are bounded below this batch's events before they can see them */
+      seq = atomic_fetch_add(&seq_committing, 1) + 1;
       char first[TP_ID_MAX];
       batch_first_event(batch, n, first);
       pthread_mutex_lock(&S.mu);
@@ -185,7 +195,7 @@ static void *writer_main(void *arg)
     tp_metric_observe_n("turnpike_store_batch_size", NULL, n);
     tp_metric_observe_us("turnpike_store_commit_duration_seconds", NULL, dt / 1000);
     if (S.on)
-      hand_to_syncer(batch, rc, n);
+      hand_to_syncer(batch, rc, n, seq);
     else
       finish_batch(batch, rc, n);
   }
@@ -241,6 +251,15 @@ static void *syncer_main(void *arg)
     pthread_mutex_lock(&S.mu);
     unsynced_recompute();
     pthread_mutex_unlock(&S.mu);
+    uint64_t top = 0;
+    for (size_t j = 0; j < k; j++)
+      if (items[j].seq > top)
+        top = items[j].seq;
+    if (top > atomic_load(&seq_synced))
+      atomic_store(&seq_synced, top);
+    synced_fn cb = atomic_load(&synced_cb);
+    if (cb)
+      cb();
     for (size_t j = 0; j < k; j++) {
       finish_batch(items[j].batch, items[j].rc, items[j].n);
       free(items[j].batch);
@@ -252,9 +271,9 @@ static void *syncer_main(void *arg)
 
 /* Queue a committed batch (copied: the writer reuses its arrays) for the
  * syncer; waits while TP_WRITER_MAX_UNSYNCED batches are pending. */
-static void hand_to_syncer(struct tp_cs **batch, const int *rc, size_t n)
+static void hand_to_syncer(struct tp_cs **batch, const int *rc, size_t n, uint64_t seq)
 {
-  struct unsynced it = {malloc(n * sizeof *batch), malloc(n * sizeof *rc), n, ""};
+  struct unsynced it = {malloc(n * sizeof *batch), malloc(n * sizeof *rc), n, "", seq};
   if (!it.batch || !it.rc)
     abort();
   memcpy(it.batch, batch, n * sizeof *batch);
@@ -273,6 +292,21 @@ static void hand_to_syncer(struct tp_cs **batch, const int *rc, size_t n)
 bool tp_writer_pipelined(void)
 {
   return S.sync;
+}
+
+uint64_t tp_writer_read_mark(void)
+{
+  return S.sync ? atomic_load(&seq_committing) : 0;
+}
+
+bool tp_writer_synced(uint64_t mark)
+{
+  return mark == 0 || atomic_load(&seq_synced) >= mark;
+}
+
+void tp_writer_on_synced(void (*cb)(void))
+{
+  atomic_store(&synced_cb, cb);
 }
 
 int tp_writer_start(struct tp_store *st)

@@ -99,5 +99,59 @@ class UnsyncedEventsAreNotSent(unittest.TestCase):
                          ("customer.created", got["r"].json["id"]), m)
 
 
+@unittest.skipUnless(os.environ.get("TP_DISKFAULT_SO"), "TP_DISKFAULT_SO (the diskfault.so test shim) not set")
+class UnsyncedReadsAreHeld(unittest.TestCase):
+    """A reply built from reads (a GET, a list, the events) is held until
+    every commit it may have seen is on disk: a GET showed a customer, a
+    payment, its charge and events that a power cut then erased. The disk
+    is held slow with diskfault.so's hold_sync."""
+
+    def test_a_read_waits_for_the_sync_of_what_it_saw(self):
+        ctl = tempfile.mkdtemp(prefix="tp-hold-")
+        self.addCleanup(shutil.rmtree, ctl, True)
+        d = Daemon()
+        self.addCleanup(d.cleanup)
+        d.create_merchant("m")
+        d.start(extra_env=preload_env(os.environ["TP_DISKFAULT_SO"], TP_DISKFAULT_DATA=os.path.realpath(d.data),
+                                      TP_DISKFAULT_CTL=ctl))
+        c = d.client("m")
+        self.assertEqual(c.post("/v1/customers", {"name": "before"}).status, 200)
+        self.assertEqual(len(c.get("/v1/customers").json["data"]), 1)  # nothing held: answered at once
+        hold = os.path.join(ctl, "hold_sync")
+        open(hold, "w").close()
+        self.addCleanup(lambda: os.path.exists(hold) and os.unlink(hold))
+        got = {}
+        t = threading.Thread(target=lambda: got.update(r=d.client("m").post("/v1/customers", {"name": "held"})))
+        t.start()
+
+        def committed():
+            db = open_db_ro(d)
+            try:
+                return db.execute("SELECT count(*) FROM customers").fetchone()[0] >= 2
+            finally:
+                db.close()
+        deadline = time.monotonic() + 20
+        while not committed() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertTrue(committed(), "the held commit never showed")
+        reads = {}
+
+        def read(name, path):
+            reads[name] = d.client("m", timeout=30).get(path)
+        readers = [threading.Thread(target=read, args=(n, p))
+                   for n, p in (("list", "/v1/customers"), ("events", "/v1/events"))]
+        for r in readers:
+            r.start()
+        time.sleep(1.0)
+        self.assertEqual(reads, {}, "a read answered with a commit not on disk")
+        os.unlink(hold)
+        for r in readers + [t]:
+            r.join(30)
+        self.assertEqual(got["r"].status, 200, got)
+        names = [x["name"] for x in reads["list"].json["data"]]
+        self.assertIn("held", names)
+        self.assertEqual(reads["events"].status, 200, reads["events"])
+
+
 if __name__ == "__main__":
     main()
