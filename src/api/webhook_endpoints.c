@@ -641,6 +641,11 @@ void tp_h_we_resend(struct tp_req *r)
   free(ev);
   const char *type = json_string_value(json_object_get(evj, "type"));
   bool reports = tp_event_type_reports(type);
+  if (reports && !tp_req_require_scope(r, TP_SCOPE_REPORTS_READ)) {
+    json_decref(evj);
+    json_decref(ep);
+    return;
+  }
   /* Delivered again, it is one the endpoint was sent (a delivery row) or
    * would be now (newer than it, a type it selects): any other went out
    * signed to an endpoint that never asked for it (review, session 39). */
@@ -662,8 +667,6 @@ void tp_h_we_resend(struct tp_req *r)
     tp_reply_error(r, TP_ERR_WEBHOOK_EVENT_NOT_FOR_ENDPOINT, "event", NULL);
     return;
   }
-  if (reports && !tp_req_require_scope(r, TP_SCOPE_REPORTS_READ))
-    return;
   if (!lock(r))
     return;
   struct timespec ts;
