@@ -73,6 +73,7 @@ struct tp_req {
   bool has_idem;
   bool idem_registered;
   char req_hash[TP_REQ_HASH_LEN];
+  char req_hash_v1[65]; /* the whole-request part as before session 39, when it differs ("" else) */
 
   /* response */
   unsigned status;

@@ -149,7 +149,16 @@ static void request_hash(struct tp_req *r)
   tp_hmac_sha256_hex(tp_app.vault_key, sizeof tp_app.vault_key, buf, (size_t)len, whole);
   /* The endpoint holds no card data: a plain hash will do. */
   tp_sha256_hex(buf, strlen(r->method) + 1 + ul, endpoint);
-  snprintf(r->req_hash, sizeof r->req_hash, "%.64s/%.16s", whole, endpoint);
+  /* ':' marks a fingerprint with a restricted key's scopes in it always
+   * (session 39); a record made before, '/', is compared with the request
+   * as it was hashed then, or a retry across the upgrade got 400
+   * idempotency_error for a payment that was made (review). */
+  snprintf(r->req_hash, sizeof r->req_hash, "%.64s:%.16s", whole, endpoint);
+  r->req_hash_v1[0] = '\0';
+  if (kind[0] == 's' && !json_object_get(r->params, "expand")) {
+    len = snprintf(buf, n, "%s %.*s\n%s", r->method, (int)ul, r->url, canon ? canon : "");
+    tp_hmac_sha256_hex(tp_app.vault_key, sizeof tp_app.vault_key, buf, (size_t)len, r->req_hash_v1);
+  }
   tp_card_wipe(buf, n);
   free(buf);
   if (canon)
@@ -163,9 +172,13 @@ static void request_hash(struct tp_req *r)
  * endpoint part is compared on the whole request alone. */
 static int idem_differs(const char *stored, const struct tp_req *r)
 {
-  if (strlen(stored) == TP_REQ_HASH_LEN - 1 && memcmp(stored + 65, r->req_hash + 65, 16) != 0)
+  bool whole_form = strlen(stored) == TP_REQ_HASH_LEN - 1;
+  if (whole_form && memcmp(stored + 65, r->req_hash + 65, 16) != 0)
     return TP_ERR_IDEMPOTENCY_ENDPOINT_MISMATCH;
-  return strncmp(stored, r->req_hash, 64) != 0 ? TP_ERR_IDEMPOTENCY_MISMATCH : 0;
+  const char *mine = r->req_hash;
+  if (!(whole_form && stored[64] == ':') && r->req_hash_v1[0])
+    mine = r->req_hash_v1; /* a record from before session 39: hashed as then */
+  return strncmp(stored, mine, 64) != 0 ? TP_ERR_IDEMPOTENCY_MISMATCH : 0;
 }
 
 /* Refuse r for reusing its key: another endpoint, or other parameters. */
