@@ -299,7 +299,7 @@ class NoPanTest(DaemonTestCase):
         db = sqlite3.connect(self.daemon.db_path())
         try:
             for (h,) in db.execute("SELECT req_hash FROM idempotency"):
-                self.assertRegex(h, r"^[0-9a-f]{64}/[0-9a-f]{16}$")
+                self.assertRegex(h, r"^[0-9a-f]{64}:[0-9a-f]{16}$")
             cols = [r[1] for r in db.execute("PRAGMA table_info(attempts)")]
             self.assertNotIn("pan", cols)
             pat = re.compile(rb"\d{13,19}")
