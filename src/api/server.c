@@ -37,6 +37,10 @@
 #include <unistd.h>
 
 #define TP_HTTP_MAX_CONNECTIONS 4096
+/* Each libmicrohttpd daemon's own limit: never reached (the acceptor keeps
+ * to TP_HTTP_MAX_CONNECTIONS for all of them), since a connection handed to
+ * a daemon at its limit deadlocks it in 0.9.75 (acceptor_main). */
+#define TP_HTTP_MHD_LIMIT (4 * TP_HTTP_MAX_CONNECTIONS)
 #define TP_HTTP_CONN_MEMORY (16 * 1024)   /* per-connection header/read buffer (MHD zeroes it per request) */
 /* A request line and header fields past this leave libmicrohttpd's pool
  * too little room for a reply (it closed such connections without one,
@@ -1412,6 +1416,12 @@ static bool sync_hold(struct tp_req *r)
 {
   if (r->raw_resp)
     return false; /* a WebSocket upgrade: the stream bounds what it sends itself */
+  /* Only what an account reads: not /healthz, /readyz, /metrics, a
+   * preflight, or a request refused before its key was taken (they show no
+   * committed object, and a stalled disk held the liveness probe and the
+   * metrics that say so; review, session 39). */
+  if (!r->authed || r->cors_preflight || !r->url || strncmp(r->url, "/v1/", 4) != 0)
+    return false;
   uint64_t mark = tp_writer_read_mark();
   if (tp_writer_synced(mark))
     return false;
@@ -1725,26 +1735,28 @@ static size_t query_args(const char *uri)
  *   worker deadlocks on itself, and the stop waits for it for ever (a burst
  *   of 4,096 connections; review, session 39).
  * Here each connection goes to the daemon with the fewest connections of
- * those not inside a callback of ours now, and each daemon's limit is the
- * whole TP_HTTP_MAX_CONNECTIONS, which the count below never lets one
- * reach.
+ * those not inside a callback of ours now, and each daemon's limit
+ * (TP_HTTP_MHD_LIMIT) is four times what the count below lets all of them
+ * hold together.
  *
  * At TP_HTTP_MAX_CONNECTIONS the thread stops accepting, so a new client
  * waits in the listen backlog as it did with MHD's own accepting. The count
  * is the connections MHD has started plus those handed over and not yet
- * started; a hand-over MHD drops before it starts one (a TLS session or
- * epoll_ctl out of memory) is forgotten after a second without any start. */
+ * started (a hand-over MHD drops before it starts one: forget_dropped). */
 struct http_worker {
   struct MHD_Daemon *d;
-  atomic_uint conns;   /* started and not closed */
-  atomic_uint pending; /* handed over, not yet started */
-  atomic_uint busy;    /* requests inside on_request now */
+  atomic_uint conns;            /* started and not closed */
+  atomic_uint pending;          /* handed over, not yet started */
+  atomic_uint busy;             /* requests inside on_request now */
+  atomic_ullong started_total;  /* connections it has started */
+  /* the acceptor's own: when it last saw this daemon idle with pending
+   * connections and none started (0: not so) */
+  unsigned long long seen_started;
+  int64_t stall_since;
 };
 static struct http_worker *workers;
 static unsigned nworkers;
-static atomic_uint conns_open;    /* started and not closed, all daemons */
-static atomic_uint conns_pending; /* handed over, not yet started */
-static atomic_ullong conns_started_total;
+static atomic_uint conns_open; /* started and not closed, all daemons */
 static pthread_t acceptor;
 static bool acceptor_running;
 static int acceptor_stop_fd = -1; /* a pipe: its write end ends the thread */
@@ -1764,8 +1776,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
   if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
     atomic_fetch_add(&conns_open, 1);
     atomic_fetch_add(&w->conns, 1);
-    atomic_fetch_add(&conns_started_total, 1);
-    dec_floor0(&conns_pending);
+    atomic_fetch_add(&w->started_total, 1);
     dec_floor0(&w->pending);
     MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)TP_HTTP_REQUEST_IDLE_S);
     *socket_context = calloc(1, sizeof(struct conn_ctx)); /* NULL: the parsed count alone */
@@ -1816,13 +1827,44 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static bool hand_over(int fd, const struct sockaddr_storage *ca, socklen_t cl)
 {
   struct http_worker *w = pick_worker();
-  atomic_fetch_add(&conns_pending, 1);
   atomic_fetch_add(&w->pending, 1);
   if (MHD_add_connection(w->d, fd, (const struct sockaddr *)ca, cl) == MHD_YES)
     return true;
-  dec_floor0(&conns_pending);
   dec_floor0(&w->pending);
   return false;
+}
+
+/* Connections started and handed over, all daemons: what the limit counts. */
+static unsigned conns_held(void)
+{
+  unsigned n = atomic_load(&conns_open);
+  for (unsigned k = 0; k < nworkers; k++)
+    n += atomic_load(&workers[k].pending);
+  return n;
+}
+
+/* A hand-over MHD dropped before starting it (a TLS session or epoll_ctl
+ * out of memory) never starts: a daemon seen idle (not inside a handler)
+ * with connections pending and none started, twice a second apart, has
+ * dropped them; its count is cleared. Only then: a daemon inside a slow
+ * handler starts nothing while its connections wait, and clearing its count
+ * on a timer let the acceptor take thousands more, past the daemon's own
+ * limit, where libmicrohttpd 0.9.75 deadlocks (review, session 39). */
+static void forget_dropped(int64_t now)
+{
+  for (unsigned k = 0; k < nworkers; k++) {
+    struct http_worker *w = &workers[k];
+    unsigned long long started = atomic_load(&w->started_total);
+    if (started != w->seen_started || atomic_load(&w->pending) == 0 || atomic_load(&w->busy) > 0) {
+      w->seen_started = started;
+      w->stall_since = 0;
+    } else if (w->stall_since == 0) {
+      w->stall_since = now;
+    } else if (now - w->stall_since > 1000) {
+      atomic_store(&w->pending, 0);
+      w->stall_since = 0;
+    }
+  }
 }
 
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
@@ -1911,20 +1953,9 @@ static bool acceptor_wait(int fd, int ms)
 static void *acceptor_main(void *arg)
 {
   (void)arg;
-  unsigned long long seen_started = atomic_load(&conns_started_total);
-  int64_t no_start_since = tp_mono_ms();
   for (;;) {
-    unsigned long long started = atomic_load(&conns_started_total);
-    if (started != seen_started || atomic_load(&conns_pending) == 0) {
-      seen_started = started;
-      no_start_since = tp_mono_ms();
-    } else if (tp_mono_ms() - no_start_since > 1000) {
-      atomic_store(&conns_pending, 0); /* dropped by MHD before it started them */
-      for (unsigned k = 0; k < nworkers; k++)
-        atomic_store(&workers[k].pending, 0);
-      no_start_since = tp_mono_ms();
-    }
-    if (atomic_load(&conns_open) + atomic_load(&conns_pending) >= TP_HTTP_MAX_CONNECTIONS) {
+    forget_dropped(tp_mono_ms());
+    if (conns_held() >= TP_HTTP_MAX_CONNECTIONS) {
       if (acceptor_wait(-1, 20))
         break;
       continue;
@@ -1933,7 +1964,7 @@ static void *acceptor_main(void *arg)
       break;
     /* a burst: up to 64 at a time, then the count is looked at again */
     for (int i = 0; i < 64; i++) {
-      if (atomic_load(&conns_open) + atomic_load(&conns_pending) >= TP_HTTP_MAX_CONNECTIONS)
+      if (conns_held() >= TP_HTTP_MAX_CONNECTIONS)
         break;
       struct sockaddr_storage ca;
       socklen_t cl = sizeof ca;
@@ -1988,7 +2019,7 @@ int tp_http_start(unsigned threads)
     for (nworkers = 0; nworkers < http_threads; nworkers++) {
       struct http_worker *w = &workers[nworkers];
       w->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, w,
-                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)TP_HTTP_MAX_CONNECTIONS,
+                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)TP_HTTP_MHD_LIMIT,
                               MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)TP_HTTP_CONN_MEMORY,
                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)TP_HTTP_TIMEOUT_S,
                               MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
@@ -2047,7 +2078,7 @@ void tp_http_stop(unsigned wait_ms)
      * them is answered 503 shutting_down, which a client can retry. */
     /* Up to the connection limit, as the acceptor (past it the backlog is
      * reset by the close, §11). */
-    while (atomic_load(&conns_open) + atomic_load(&conns_pending) < TP_HTTP_MAX_CONNECTIONS) {
+    while (conns_held() < TP_HTTP_MAX_CONNECTIONS) {
       struct sockaddr_storage ca;
       socklen_t cl = sizeof ca;
       int fd = accept4(listen_fd, (struct sockaddr *)&ca, &cl, SOCK_NONBLOCK | SOCK_CLOEXEC);

@@ -144,6 +144,12 @@ class UnsyncedReadsAreHeld(unittest.TestCase):
             r.start()
         time.sleep(1.0)
         self.assertEqual(reads, {}, "a read answered with a commit not on disk")
+        # what shows no account's data is not held: the liveness and
+        # readiness probes, and a request refused before its key is taken
+        quick = d.client(None, timeout=3)
+        self.assertEqual(quick.get("/healthz").status, 200)
+        self.assertIn(quick.get("/readyz").status, (200, 503))
+        self.assertEqual(quick.get("/v1/customers").status, 401)
         os.unlink(hold)
         for r in readers + [t]:
             r.join(30)

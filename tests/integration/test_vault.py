@@ -927,6 +927,62 @@ class HsmHangTest(SoftHsm, KekHelpers, unittest.TestCase):
         self.assertEqual(got["r"].status, 200, got["r"])
 
 
+    def test_the_connection_limit_holds_while_every_thread_is_stuck(self):
+        """Every HTTP thread inside a token call that does not return, and
+        5,000 clients connecting: the gateway holds at most its 4,096
+        connections (the rest wait in the backlog), and answers again once
+        the token does. The acceptor forgot, after a second, connections
+        handed to a thread that had not started them, took thousands more,
+        and libmicrohttpd deadlocked at its own limit: nothing was answered
+        again and the stop hung."""
+        import resource
+        import socket
+        import threading
+        n = 5000
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard < n + 300:
+            self.skipTest("hard limit %d" % hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n + 300, hard))
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        open(self.hang, "w").close()
+        got = {}
+        posts = [threading.Thread(target=lambda i=i: got.setdefault(i, self.daemon.client("m", timeout=120).post(
+            "/v1/payment_methods", {"type": "card", "card": card(PAN_OK)["card"]}))) for i in range(4)]
+        socks = []
+        try:
+            for t in posts:
+                t.start()
+                time.sleep(0.3)  # each on its own thread (the others are busy)
+            time.sleep(1.0)
+            for _ in range(n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setblocking(False)
+                try:
+                    s.connect((self.daemon.host, self.daemon.port))
+                except BlockingIOError:
+                    pass
+                socks.append(s)
+            time.sleep(3.0)  # past the acceptor's one-second look at dropped hand-overs
+            fds = len(os.listdir("/proc/%d/fd" % self.daemon.proc.pid))
+            self.assertLess(fds, 4096 + 200, "the gateway holds %d descriptors" % fds)
+        finally:
+            os.unlink(self.hang)
+            for s in socks:
+                s.close()
+        for t in posts:
+            t.join(60)
+        self.assertEqual(sorted(r.status for r in got.values()), [200] * 4, got)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if self.daemon.client(None, timeout=2).get("/healthz").status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.assertEqual(self.daemon.client(None, timeout=5).get("/healthz").status, 200)
+
+
 class HsmPinChangedTest(SoftHsm, KekHelpers, unittest.TestCase):
     """The session drops while the token's PIN is changed (or locked): the
     login the daemon tries again is refused as a wrong PIN. It stops
