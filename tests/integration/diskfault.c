@@ -65,19 +65,26 @@ static int under_data(const char *path)
   return strncmp(path, data, n) == 0 && (path[n] == '/' || path[n] == '\0');
 }
 
-/* Should a write to fd fail with ENOSPC now? */
-static int fd_full(int fd)
+/* While CTL/flag exists, is fd a file under DATA? Its path into target. */
+static int flagged_fd(int fd, const char *flag_name, char target[PATH_MAX])
 {
   char flag[PATH_MAX];
-  if (ctl_path(flag, sizeof flag, "enospc") != 0 || access(flag, F_OK) != 0)
+  if (ctl_path(flag, sizeof flag, flag_name) != 0 || access(flag, F_OK) != 0)
     return 0;
-  char link[64], target[PATH_MAX];
+  char link[64];
   snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-  ssize_t n = readlink(link, target, sizeof target - 1);
+  ssize_t n = readlink(link, target, PATH_MAX - 1);
   if (n <= 0)
     return 0;
   target[n] = '\0';
-  if (!under_data(target))
+  return under_data(target);
+}
+
+/* Should a write to fd fail with ENOSPC now? */
+static int fd_full(int fd)
+{
+  char target[PATH_MAX];
+  if (!flagged_fd(fd, "enospc", target))
     return 0;
   char only_path[PATH_MAX];
   if (ctl_path(only_path, sizeof only_path, "only") != 0)
@@ -202,16 +209,8 @@ int statvfs64(const char *path, struct statvfs64 *st)
 /* Hold a sync of a file under DATA while CTL/hold_sync exists. */
 static void hold(int fd)
 {
-  char flag[PATH_MAX];
-  if (ctl_path(flag, sizeof flag, "hold_sync") != 0)
-    return;
-  char link[64], target[PATH_MAX];
-  snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-  ssize_t n = readlink(link, target, sizeof target - 1);
-  if (n <= 0)
-    return;
-  target[n] = '\0';
-  if (!under_data(target))
+  char flag[PATH_MAX], target[PATH_MAX];
+  if (ctl_path(flag, sizeof flag, "hold_sync") != 0 || !flagged_fd(fd, "hold_sync", target))
     return;
   for (int i = 0; i < 6000 && access(flag, F_OK) == 0; i++)
     usleep(10000);
@@ -220,16 +219,8 @@ static void hold(int fd)
 /* Should a sync of fd fail with EIO now? */
 static int sync_eio(int fd)
 {
-  char flag[PATH_MAX];
-  if (ctl_path(flag, sizeof flag, "fsync_eio") != 0 || access(flag, F_OK) != 0)
-    return 0;
-  char link[64], target[PATH_MAX];
-  snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-  ssize_t n = readlink(link, target, sizeof target - 1);
-  if (n <= 0)
-    return 0;
-  target[n] = '\0';
-  return under_data(target);
+  char target[PATH_MAX];
+  return flagged_fd(fd, "fsync_eio", target);
 }
 
 int fsync(int fd)

@@ -20,6 +20,42 @@ from harness import Daemon, main, open_db_ro, preload_env  # noqa: E402
 from test_stream import RawWS  # noqa: E402
 
 
+def held_commit(tc):
+    """A daemon (pipelined, diskfault.so) with one customer on disk, then a
+    second customer's commit made and its sync held: (daemon, the held
+    POST's thread, its result dict, the hold_sync flag path, the newest
+    event id before the hold)."""
+    ctl = tempfile.mkdtemp(prefix="tp-hold-")
+    tc.addCleanup(shutil.rmtree, ctl, True)
+    d = Daemon()
+    tc.addCleanup(d.cleanup)
+    d.create_merchant("m")
+    d.start(extra_env=preload_env(os.environ["TP_DISKFAULT_SO"], TP_DISKFAULT_DATA=os.path.realpath(d.data),
+                                  TP_DISKFAULT_CTL=ctl))
+    c = d.client("m")
+    tc.assertEqual(c.post("/v1/customers", {"name": "before"}).status, 200)
+    tc.assertEqual(len(c.get("/v1/customers").json["data"]), 1)  # nothing held: answered at once
+    since = c.get("/v1/events", {"limit": 1}).json["data"][0]["id"]
+    hold = os.path.join(ctl, "hold_sync")
+    open(hold, "w").close()
+    tc.addCleanup(lambda: os.path.exists(hold) and os.unlink(hold))
+    got = {}
+    t = threading.Thread(target=lambda: got.update(r=d.client("m").post("/v1/customers", {"name": "held"})))
+    t.start()
+
+    def committed():
+        db = open_db_ro(d)
+        try:
+            return db.execute("SELECT count(*) FROM customers").fetchone()[0] >= 2
+        finally:
+            db.close()
+    deadline = time.monotonic() + 20
+    while not committed() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tc.assertTrue(committed(), "the held commit never showed")
+    return d, t, got, hold, since
+
+
 class PipelinedCrashTest(test_crash.CrashTest):
 
     def test_mode_is_pipelined(self):
@@ -45,33 +81,7 @@ class UnsyncedEventsAreNotSent(unittest.TestCase):
     diskfault.so's hold_sync."""
 
     def test_a_resume_sends_no_event_before_it_is_on_disk(self):
-        ctl = tempfile.mkdtemp(prefix="tp-hold-")
-        self.addCleanup(shutil.rmtree, ctl, True)
-        d = Daemon()
-        self.addCleanup(d.cleanup)
-        d.create_merchant("m")
-        d.start(extra_env=preload_env(os.environ["TP_DISKFAULT_SO"], TP_DISKFAULT_DATA=os.path.realpath(d.data),
-                                      TP_DISKFAULT_CTL=ctl))
-        c = d.client("m")
-        self.assertEqual(c.post("/v1/customers", {"name": "before"}).status, 200)
-        since = c.get("/v1/events", {"limit": 1}).json["data"][0]["id"]
-        hold = os.path.join(ctl, "hold_sync")
-        open(hold, "w").close()
-        self.addCleanup(lambda: os.path.exists(hold) and os.unlink(hold))
-        got = {}
-        t = threading.Thread(target=lambda: got.update(r=d.client("m").post("/v1/customers", {"name": "held"})))
-        t.start()
-
-        def committed():
-            db = open_db_ro(d)
-            try:
-                return db.execute("SELECT count(*) FROM customers").fetchone()[0] >= 2
-            finally:
-                db.close()
-        deadline = time.monotonic() + 20
-        while not committed() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.assertTrue(committed(), "the held commit never showed")
+        d, t, got, hold, since = held_commit(self)
         ws = RawWS(d.port, d.merchants["m"]["secret_key"])
         self.addCleanup(ws.close)
         ws.send(0x1, ('{"type":"subscribe","events":["*"],"last_event_id":"%s"}' % since).encode())
@@ -107,33 +117,7 @@ class UnsyncedReadsAreHeld(unittest.TestCase):
     is held slow with diskfault.so's hold_sync."""
 
     def test_a_read_waits_for_the_sync_of_what_it_saw(self):
-        ctl = tempfile.mkdtemp(prefix="tp-hold-")
-        self.addCleanup(shutil.rmtree, ctl, True)
-        d = Daemon()
-        self.addCleanup(d.cleanup)
-        d.create_merchant("m")
-        d.start(extra_env=preload_env(os.environ["TP_DISKFAULT_SO"], TP_DISKFAULT_DATA=os.path.realpath(d.data),
-                                      TP_DISKFAULT_CTL=ctl))
-        c = d.client("m")
-        self.assertEqual(c.post("/v1/customers", {"name": "before"}).status, 200)
-        self.assertEqual(len(c.get("/v1/customers").json["data"]), 1)  # nothing held: answered at once
-        hold = os.path.join(ctl, "hold_sync")
-        open(hold, "w").close()
-        self.addCleanup(lambda: os.path.exists(hold) and os.unlink(hold))
-        got = {}
-        t = threading.Thread(target=lambda: got.update(r=d.client("m").post("/v1/customers", {"name": "held"})))
-        t.start()
-
-        def committed():
-            db = open_db_ro(d)
-            try:
-                return db.execute("SELECT count(*) FROM customers").fetchone()[0] >= 2
-            finally:
-                db.close()
-        deadline = time.monotonic() + 20
-        while not committed() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.assertTrue(committed(), "the held commit never showed")
+        d, t, got, hold, _ = held_commit(self)
         reads = {}
 
         def read(name, path):

@@ -720,10 +720,11 @@ class StreamBoundsTest(DaemonTestCase):
         finally:
             ws.close()
 
-    def test_a_resume_of_an_account_without_events_is_quiet(self):
-        """An account whose events are all gone (or never were): a resume
-        from any id reads what comes, and is not told the id is after
-        every event (there is none)."""
+    def resume_on_a_new_account(self, last_event_id, before):
+        """A fresh account (no events) subscribed with last_event_id: reads
+        the first 1 + before messages ("subscribed" and any error), then a
+        customer made there must come as an event. Returns those first
+        messages."""
         from harness import Daemon
         d = Daemon()
         try:
@@ -731,15 +732,23 @@ class StreamBoundsTest(DaemonTestCase):
             d.start(config=BOUNDS)
             ws = RawWS(d.port, d.merchants["q"]["secret_key"])
             try:
-                ws.send(0x1, b'{"type":"subscribe","events":["*"],"last_event_id":"evt_0"}')
-                self.assertEqual(json.loads(ws.until(0x1))["type"], "subscribed")
+                ws.send(0x1, ('{"type":"subscribe","events":["*"],"last_event_id":"%s"}' % last_event_id).encode())
+                first = [json.loads(ws.until(0x1)) for _ in range(1 + before)]
                 r = d.client("q").post("/v1/customers", {"name": "first"})
                 got = json.loads(ws.until(0x1))
                 self.assertEqual((got["type"], got["event"]["data"]["object"]["id"]), ("event", r.json["id"]), got)
+                return first
             finally:
                 ws.close()
         finally:
             d.cleanup()
+
+    def test_a_resume_of_an_account_without_events_is_quiet(self):
+        """An account whose events are all gone (or never were): a resume
+        from any id reads what comes, and is not told the id is after
+        every event (there is none)."""
+        first = self.resume_on_a_new_account("evt_0", 0)
+        self.assertEqual(first[0]["type"], "subscribed")
 
     def test_a_resume_from_a_future_id_on_an_account_without_events_gets_them(self):
         """An account without events, resumed from an id that sorts after
@@ -747,25 +756,10 @@ class StreamBoundsTest(DaemonTestCase):
         moving over keeps): told so, and the events that come are sent.
         Every live event was skipped for good, silently, and a subscribe
         without a cursor did not recover."""
-        from harness import Daemon
-        d = Daemon()
-        try:
-            d.create_merchant("q")
-            d.start(config=BOUNDS)
-            ws = RawWS(d.port, d.merchants["q"]["secret_key"])
-            try:
-                ws.send(0x1, b'{"type":"subscribe","events":["*"],"last_event_id":"evt_1NG8Du2eZvKYlo2CUI79vXWy"}')
-                got = [json.loads(ws.until(0x1)) for _ in range(2)]
-                self.assertEqual(sorted(m["type"] for m in got), ["error", "subscribed"], got)
-                err = [m for m in got if m["type"] == "error"][0]
-                self.assertEqual(err["code"], "invalid_subscription", err)
-                r = d.client("q").post("/v1/customers", {"name": "first"})
-                ev = json.loads(ws.until(0x1))
-                self.assertEqual((ev["type"], ev["event"]["data"]["object"]["id"]), ("event", r.json["id"]), ev)
-            finally:
-                ws.close()
-        finally:
-            d.cleanup()
+        first = self.resume_on_a_new_account("evt_1NG8Du2eZvKYlo2CUI79vXWy", 1)
+        self.assertEqual(sorted(m["type"] for m in first), ["error", "subscribed"], first)
+        err = [m for m in first if m["type"] == "error"][0]
+        self.assertEqual(err["code"], "invalid_subscription", err)
 
     def test_an_http_1_0_upgrade_is_refused(self):
         """RFC 6455 4.1: HTTP/1.1 or higher. libmicrohttpd does not upgrade a
