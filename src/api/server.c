@@ -436,9 +436,6 @@ static bool parse_params(struct tp_req *r, bool api)
 }
 
 /* ---- dispatch ------------------------------------------------------------- */
-/* Authentication, rate limits and the route's scope (src/sec/): false when
- * the reply is already set. An address with too many failed attempts is
- * answered 429 before its credentials are even looked at; nothing sleeps. */
 /* An Origin that is not the gateway's own (its Host): "null", or another
  * scheme://host[:port]. */
 static bool cross_site(const struct tp_req *r)
@@ -469,6 +466,9 @@ bool tp_req_browser_basic(const struct tp_req *r)
   return basic && cross_site(r);
 }
 
+/* Authentication, rate limits and the route's scope (src/sec/): false when
+ * the reply is already set. An address with too many failed attempts is
+ * answered 429 before its credentials are even looked at; nothing sleeps. */
 static bool access_check(struct tp_req *r, const struct tp_route *rt)
 {
   if (tp_req_login_blocked(r))
@@ -1414,6 +1414,9 @@ static struct tp_req *sync_waiters;
 
 static bool sync_hold(struct tp_req *r)
 {
+  uint64_t mark = tp_writer_read_mark(); /* 0 in full mode: nothing to hold */
+  if (tp_writer_synced(mark))
+    return false;
   if (r->raw_resp)
     return false; /* a WebSocket upgrade: the stream bounds what it sends itself */
   /* Only what an account reads: not /healthz, /readyz, /metrics, a
@@ -1421,9 +1424,6 @@ static bool sync_hold(struct tp_req *r)
    * committed object, and a stalled disk held the liveness probe and the
    * metrics that say so; review, session 39). */
   if (!r->authed || r->cors_preflight || !r->url || strncmp(r->url, "/v1/", 4) != 0)
-    return false;
-  uint64_t mark = tp_writer_read_mark();
-  if (tp_writer_synced(mark))
     return false;
   r->sync_mark = mark;
   tp_req_suspend(r); /* first: the syncer may resume it at once */
@@ -1756,7 +1756,6 @@ struct http_worker {
 };
 static struct http_worker *workers;
 static unsigned nworkers;
-static atomic_uint conns_open; /* started and not closed, all daemons */
 static pthread_t acceptor;
 static bool acceptor_running;
 static int acceptor_stop_fd = -1; /* a pipe: its write end ends the thread */
@@ -1774,14 +1773,12 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
 {
   struct http_worker *w = cls;
   if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
-    atomic_fetch_add(&conns_open, 1);
     atomic_fetch_add(&w->conns, 1);
     atomic_fetch_add(&w->started_total, 1);
     dec_floor0(&w->pending);
     MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)TP_HTTP_REQUEST_IDLE_S);
     *socket_context = calloc(1, sizeof(struct conn_ctx)); /* NULL: the parsed count alone */
   } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
-    atomic_fetch_sub(&conns_open, 1);
     atomic_fetch_sub(&w->conns, 1);
     free(*socket_context);
     *socket_context = NULL;
@@ -1837,9 +1834,9 @@ static bool hand_over(int fd, const struct sockaddr_storage *ca, socklen_t cl)
 /* Connections started and handed over, all daemons: what the limit counts. */
 static unsigned conns_held(void)
 {
-  unsigned n = atomic_load(&conns_open);
+  unsigned n = 0;
   for (unsigned k = 0; k < nworkers; k++)
-    n += atomic_load(&workers[k].pending);
+    n += atomic_load(&workers[k].conns) + atomic_load(&workers[k].pending);
   return n;
 }
 

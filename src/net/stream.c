@@ -66,74 +66,6 @@ static struct {
   int64_t queue_max;
 } cfg = {1000, 100, 20000, 1048576, 65536, 1000, 60, 65536};
 
-/* Stream slots, handshaking and live: the gateway's (S.nconns) and each
- * account's, so one account cannot take every slot ([stream]
- * max_connections_per_account). The per-account counts are a small table
- * of the accounts with a stream open, under their own mutex (taken inside
- * S.mu, never the other way). */
-struct slot_count {
-  char merchant[64];
-  int64_t n;
-};
-static pthread_mutex_t slots_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct slot_count *slots;
-static size_t nslots, slots_cap;
-
-static atomic_int *nconns_of(void);
-
-/* 0: taken; else the error that refuses it */
-static enum tp_err slot_take(const char *merchant)
-{
-  atomic_int *total = nconns_of();
-  if (atomic_fetch_add(total, 1) >= cfg.max_connections) {
-    atomic_fetch_sub(total, 1);
-    return TP_ERR_WEBSOCKET_CONNECTION_LIMIT;
-  }
-  enum tp_err e = TP_ERR_OK;
-  pthread_mutex_lock(&slots_mu);
-  size_t i = 0;
-  while (i < nslots && strcmp(slots[i].merchant, merchant) != 0)
-    i++;
-  if (i < nslots && slots[i].n >= cfg.max_per_account) {
-    e = TP_ERR_WEBSOCKET_ACCOUNT_CONNECTION_LIMIT;
-  } else if (i == nslots) {
-    if (nslots == slots_cap) {
-      size_t cap = slots_cap ? slots_cap * 2 : 16;
-      struct slot_count *n = realloc(slots, cap * sizeof *n);
-      if (!n)
-        e = TP_ERR_INTERNAL;
-      else {
-        slots = n;
-        slots_cap = cap;
-      }
-    }
-    if (e == TP_ERR_OK) {
-      tp_scopy(slots[i].merchant, sizeof slots[i].merchant, merchant);
-      slots[i].n = 1;
-      nslots++;
-    }
-  } else {
-    slots[i].n++;
-  }
-  pthread_mutex_unlock(&slots_mu);
-  if (e != TP_ERR_OK)
-    atomic_fetch_sub(total, 1);
-  return e;
-}
-
-static void slot_put(const char *merchant)
-{
-  pthread_mutex_lock(&slots_mu);
-  for (size_t i = 0; i < nslots; i++) {
-    if (strcmp(slots[i].merchant, merchant) == 0) {
-      if (--slots[i].n <= 0)
-        slots[i] = slots[--nslots];
-      break;
-    }
-  }
-  pthread_mutex_unlock(&slots_mu);
-  atomic_fetch_sub(nconns_of(), 1);
-}
 
 struct ev {
   struct ev *next;
@@ -225,9 +157,71 @@ static struct {
   struct conn *conns;            /* stream thread only */
 } S = {.mu = PTHREAD_MUTEX_INITIALIZER, .efd = -1, .epfd = -1};
 
-static atomic_int *nconns_of(void)
+/* Stream slots, handshaking and live: the gateway's (S.nconns) and each
+ * account's, so one account cannot take every slot ([stream]
+ * max_connections_per_account). The per-account counts are a small table
+ * of the accounts with a stream open, under their own mutex (taken inside
+ * S.mu, never the other way). */
+struct slot_count {
+  char merchant[64];
+  int64_t n;
+};
+static pthread_mutex_t slots_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct slot_count *slots;
+static size_t nslots, slots_cap;
+
+/* 0: taken; else the error that refuses it */
+static enum tp_err slot_take(const char *merchant)
 {
-  return &S.nconns;
+  atomic_int *total = &S.nconns;
+  if (atomic_fetch_add(total, 1) >= cfg.max_connections) {
+    atomic_fetch_sub(total, 1);
+    return TP_ERR_WEBSOCKET_CONNECTION_LIMIT;
+  }
+  enum tp_err e = TP_ERR_OK;
+  pthread_mutex_lock(&slots_mu);
+  size_t i = 0;
+  while (i < nslots && strcmp(slots[i].merchant, merchant) != 0)
+    i++;
+  if (i < nslots && slots[i].n >= cfg.max_per_account) {
+    e = TP_ERR_WEBSOCKET_ACCOUNT_CONNECTION_LIMIT;
+  } else if (i == nslots) {
+    if (nslots == slots_cap) {
+      size_t cap = slots_cap ? slots_cap * 2 : 16;
+      struct slot_count *n = realloc(slots, cap * sizeof *n);
+      if (!n)
+        e = TP_ERR_INTERNAL;
+      else {
+        slots = n;
+        slots_cap = cap;
+      }
+    }
+    if (e == TP_ERR_OK) {
+      tp_scopy(slots[i].merchant, sizeof slots[i].merchant, merchant);
+      slots[i].n = 1;
+      nslots++;
+    }
+  } else {
+    slots[i].n++;
+  }
+  pthread_mutex_unlock(&slots_mu);
+  if (e != TP_ERR_OK)
+    atomic_fetch_sub(total, 1);
+  return e;
+}
+
+static void slot_put(const char *merchant)
+{
+  pthread_mutex_lock(&slots_mu);
+  for (size_t i = 0; i < nslots; i++) {
+    if (strcmp(slots[i].merchant, merchant) == 0) {
+      if (--slots[i].n <= 0)
+        slots[i] = slots[--nslots];
+      break;
+    }
+  }
+  pthread_mutex_unlock(&slots_mu);
+  atomic_fetch_sub(&S.nconns, 1);
 }
 
 static void wake(void)
