@@ -280,7 +280,9 @@ static void refund_create(struct tp_req *r, const char *path_charge, bool reply_
       char want[48], left[48];
       tp_amount_display(want, sizeof want, amount, cur);
       tp_amount_display(left, sizeof left, remaining, cur);
-      snprintf(msg, sizeof msg, "Refund amount (%s) is greater than unrefunded amount on charge (%s)", want, left);
+      /* Stripe's words differ by whether anything was refunded before. */
+      snprintf(msg, sizeof msg, "Refund amount (%s) is greater than %s (%s)", want,
+               refunded > 0 ? "unrefunded amount on charge" : "charge amount", left);
       tp_reply_error(r, TP_ERR_REFUND_AMOUNT_TOO_LARGE, "amount", msg);
       goto fail;
     }

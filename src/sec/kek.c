@@ -364,20 +364,30 @@ static bool older_keks_held(struct tp_store *st, uint32_t current)
   char seen[1024];
   int n = snprintf(seen, sizeof seen, "X'%08X'", current);
   for (int found = 0; found < 64; found++) {
-    char sql[1200];
+    char sql[1400];
     snprintf(sql, sizeof sql,
-             "SELECT hex(substr(blob, 2, 4)) AS v FROM vault WHERE substr(blob, 1, 1) = X'02' AND "
-             "substr(blob, 2, 4) NOT IN (%s) LIMIT 1",
+             "SELECT hex(substr(blob, 2, 4)) AS v, token, EXISTS(SELECT 1 FROM kek_versions k WHERE "
+             "printf('%%08X', k.version) = hex(substr(blob, 2, 4))) AS known FROM vault "
+             "WHERE substr(blob, 1, 1) = X'02' AND substr(blob, 2, 4) NOT IN (%s) LIMIT 1",
              seen);
     json_t *rows = tp_store_query(st, sql, NULL);
     if (!rows)
       return false;
-    const char *hex = json_string_value(json_object_get(json_array_get(rows, 0), "v"));
+    json_t *row = json_array_get(rows, 0);
+    const char *hex = json_string_value(json_object_get(row, "v"));
     unsigned long u = hex ? strtoul(hex, NULL, 16) : 0;
+    bool known = json_integer_value(json_object_get(row, "known")) != 0;
+    if (hex && !known)
+      /* No KEK of that version was ever made: the record is damaged (a
+       * flipped bit in its version field), not a key missing. It fails
+       * alone when read, as any damaged record does. */
+      tp_log(TP_LOG_ERROR, "vault_record_unreadable", "{s:s?, s:I, s:s}", "token",
+             json_string_value(json_object_get(row, "token")), "version", (json_int_t)u, "message",
+             "a card record names a key-encryption key version this store never had: the record is damaged");
     json_decref(rows);
     if (!hex)
       return true;
-    if (!kek_holds(st, (uint32_t)u)) {
+    if (known && !kek_holds(st, (uint32_t)u)) {
       tp_log(TP_LOG_ERROR, "kek_missing", "{s:s, s:I, s:s}", "provider", g_prov.name, "version", (json_int_t)u,
              "message", "card records still name an older key-encryption key the provider does not hold (a "
                         "re-wrap was not finished): put its kek-vN.key back, or use the token that holds it");

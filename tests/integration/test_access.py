@@ -514,7 +514,7 @@ class KeysTest(DaemonTestCase):
 
     def test_publishable_key_is_refused_on_secret_routes(self):
         c = self.key_client(self.daemon.merchants["K"]["publishable_key"])
-        self.assertStripeError(c.get("/v1/payment_intents"), 401, "invalid_request_error")
+        self.assertStripeError(c.get("/v1/payment_intents"), 403, "invalid_request_error")
         # every authenticated route but the browser ones (retrieve and
         # confirm a PaymentIntent or SetupIntent with its client_secret,
         # tokenise a card as a PaymentMethod or a token)
@@ -526,7 +526,7 @@ class KeysTest(DaemonTestCase):
                 continue
             path = re.sub(r"\{\w+\}", "x", pattern.replace("{id}", "pi_x"))
             r = c.request(method, path, {})
-            self.assertEqual(r.status, 401, (method, pattern, r))
+            self.assertEqual(r.status, 403, (method, pattern, r))
             self.assertEqual(r.json["error"]["code"], "secret_key_required", (method, pattern))
 
     def test_publishable_key_with_client_secret_retrieves_and_confirms(self):
@@ -648,10 +648,10 @@ class KeysTest(DaemonTestCase):
         self.assertEqual(sk.post(PI, {"amount": 700, "currency": "usd"}, idem="pk-pm-1").json["id"],
                          mine.json["id"])
         # the browser's key does nothing else with it
-        self.assertStripeError(pk.get("/v1/payment_methods/" + pm.json["id"]), 401, "invalid_request_error",
+        self.assertStripeError(pk.get("/v1/payment_methods/" + pm.json["id"]), 403, "invalid_request_error",
                                "secret_key_required")
         self.assertStripeError(pk.post("/v1/payment_methods/" + pm.json["id"] + "/attach", {"customer": "cus_x"}),
-                               401, "invalid_request_error", "secret_key_required")
+                               403, "invalid_request_error", "secret_key_required")
         self.assertStripeError(pk.post("/v1/payment_methods", dict(card("4242424242424242"),
                                                                   customer="cus_x")),
                                400, "invalid_request_error", None, param="customer")  # Connect's, unsupported
@@ -755,7 +755,7 @@ class KeysTest(DaemonTestCase):
         self.assertEqual(ok.headers.get("Access-Control-Allow-Origin"), "*")
         self.assertIn("Request-Id", ok.headers.get("Access-Control-Expose-Headers", ""))
         bad = pk.get("/v1/payment_methods/" + ok.json["id"], headers=origin)
-        self.assertEqual((bad.status, bad.headers.get("Access-Control-Allow-Origin")), (401, "*"))
+        self.assertEqual((bad.status, bad.headers.get("Access-Control-Allow-Origin")), (403, "*"))
         # outside /v1 (OAuth, metrics) no origin is allowed
         tok = pk.request("OPTIONS", "/oauth/token", key=None, headers=origin)
         self.assertEqual(tok.status, 405, tok)

@@ -1248,7 +1248,9 @@ class ApiErrorsTest(DaemonTestCase):
         pi = c.post(PI, {"amount": 5000, "currency": "kwd", "confirm": "true", "payment_method": "pm_card_visa"}).json
         err = self.assertStripeError(c.post("/v1/refunds", {"charge": pi["latest_charge"], "amount": 6000}), 400,
                                      param="amount")
-        self.assertIn("(6.000 kwd) is greater than unrefunded amount on charge (5.000 kwd)", err["message"])
+        # nothing refunded yet: Stripe says "charge amount" (hyperswitch's and
+        # GOV.UK Pay's tests against Stripe's test mode assert these words)
+        self.assertEqual(err["message"], "Refund amount (6.000 kwd) is greater than charge amount (5.000 kwd)")
         err = self.assertStripeError(c.post(PI, {"amount": 10, "currency": "usd"}), 400, param="amount")
         self.assertEqual(err["message"], "Amount must be at least $0.50 usd")
         err = self.assertStripeError(c.post(PI, {"amount": 10, "currency": "eur"}), 400, param="amount")

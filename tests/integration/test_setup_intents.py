@@ -512,7 +512,7 @@ class SetupIntents(DaemonTestCase):
         self.assertEqual((r.status, r.json["status"]), (200, "succeeded"))
         self.assertNotIn("metadata", r.json)
         # creating one takes the secret key
-        self.assertEqual(pc.post(SI, {}, key=pk).status, 401)
+        self.assertEqual(pc.post(SI, {}, key=pk).status, 403)
 
     def test_bad_input_changes_nothing(self):
         c = self.c()

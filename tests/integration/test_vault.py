@@ -408,6 +408,80 @@ class FileKekTest(KekRotationMixin, unittest.TestCase):
         finally:
             d.cleanup()
 
+    def test_one_record_naming_a_version_never_made_does_not_stop_the_start(self):
+        # A flipped bit in one record's KEK-version field named kek-v7.key,
+        # a file that never existed, and the gateway refused to start; a
+        # damaged record fails alone when read, as any other damage does.
+        d = Daemon()
+        try:
+            pm = self.stopped_store_with_a_card(d)
+            d.start()
+            other = d.client("m").post("/v1/payment_methods", {"type": "card", "card": card(PAN_OK)["card"]}).json["id"]
+            self.assertEqual(d.stop(), 0)
+            db = sqlite3.connect(os.path.join(d.data, "turnpike.db"))
+            try:
+                (tok, blob), = db.execute("SELECT token, blob FROM vault ORDER BY token LIMIT 1").fetchall()
+                b = bytearray(blob)
+                self.assertEqual(b[0], 2)
+                b[4] ^= 6  # version 1 -> 7
+                db.execute("UPDATE vault SET blob = ? WHERE token = ?", (bytes(b), tok))
+                db.commit()
+            finally:
+                db.close()
+            d.start()
+            self.assertIn('"vault_record_unreadable"', d.log_text())
+            self.assertNotIn("kek_missing", d.log_text())
+            c = d.client("m")
+            pays = [c.post("/v1/payment_intents", {"amount": 500, "currency": "usd", "confirm": "true",
+                                                   "payment_method": p}) for p in (pm, other)]
+            # one of the two is the damaged record: it fails alone, the other pays
+            self.assertEqual(sorted(r.status for r in pays), [200, 500], [r.json for r in pays])
+            self.assertEqual([r.json["status"] for r in pays if r.status == 200], ["succeeded"])
+        finally:
+            d.cleanup()
+
+    def test_a_deleted_card_s_sealed_record_is_gone_from_the_store_file(self):
+        # A deleted card's sealed record stayed in turnpike.db's free space
+        # (SQLite leaves a deleted cell's bytes in place): with the key
+        # files beside it, the number could be opened again. The writer
+        # zeroes what it deletes (secure_delete=FAST).
+        d = Daemon()
+        try:
+            d.create_merchant("m")
+            d.start()
+            c = d.client("m")
+            cus = c.post("/v1/customers", {}).json["id"]
+            cards = [c.post("/v1/customers/%s/sources" % cus, {"source": t}).json["id"]
+                     for t in ("tok_visa", "tok_mastercard", "tok_amex")]
+            self.assertTrue(all(x and x.startswith("card_") for x in cards), cards)
+            self.assertEqual(d.stop(), 0)
+            db = sqlite3.connect(os.path.join(d.data, "turnpike.db"))
+            try:
+                before = dict(db.execute("SELECT token, blob FROM vault").fetchall())
+            finally:
+                db.close()
+            self.assertEqual(len(before), 3, before.keys())
+            d.start()
+            c = d.client("m")
+            self.assertEqual(c.delete("/v1/customers/%s/sources/%s" % (cus, cards[1])).status, 200)
+            self.assertEqual(d.stop(), 0)  # a clean stop checkpoints the WAL into the file
+            db = sqlite3.connect(os.path.join(d.data, "turnpike.db"))
+            try:
+                after = dict(db.execute("SELECT token, blob FROM vault").fetchall())
+            finally:
+                db.close()
+            gone = [t for t in before if t not in after]
+            self.assertEqual(len(gone), 1, (before.keys(), after.keys()))
+            with open(os.path.join(d.data, "turnpike.db"), "rb") as f:
+                raw = f.read()
+            sealed = before[gone[0]]
+            self.assertGreater(len(sealed), 48)
+            self.assertNotIn(sealed[-32:], raw)  # its ciphertext and tag
+            for t in after:
+                self.assertIn(after[t][-32:], raw)  # the search does find what is kept
+        finally:
+            d.cleanup()
+
     def test_a_store_whose_kek_file_is_gone_is_refused_at_start(self):
         d = Daemon()
         try:

@@ -197,7 +197,7 @@ test('publishable key with client_secret confirms through 3DS and retrieves the 
 
   // the publishable key reaches nothing else
   const denied = await browser.paymentIntents.capture(pi.id).catch((e) => e);
-  assert.equal(denied.type, 'StripeAuthenticationError');
+  assert.equal(denied.type, 'StripePermissionError');
   assert.equal(denied.code, 'secret_key_required');
 });
 
@@ -216,7 +216,7 @@ test('publishable key creates a PaymentMethod that the secret key charges', asyn
   assert.equal(pm.billing_details.email, 'ada@example.test');
   assert.ok(!JSON.stringify(pm).includes(CARDS.mastercard), 'no card number in the reply');
   const denied = await browser.paymentMethods.retrieve(pm.id).catch((e) => e);
-  assert.equal(denied.type, 'StripeAuthenticationError');
+  assert.equal(denied.type, 'StripePermissionError');
   assert.equal(denied.code, 'secret_key_required');
 
   const pi = await stripe.paymentIntents.create({ amount: 1250, currency: 'eur', payment_method: pm.id, confirm: true });

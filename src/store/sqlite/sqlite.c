@@ -1707,8 +1707,13 @@ int tp_store_open_sqlite(struct tp_store *st, const char *dir)
     return -1;
   }
   add_functions(s->w); /* before the migrations: one reads stored objects (0020) */
+  /* secure_delete: what a DELETE frees is zeroed (a deleted card's sealed
+   * record, with the key files beside the store, opened again from the
+   * file's free space). Debian's SQLite has it on by default; said here so
+   * a build against another SQLite keeps it. */
   if (exec(s->w, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; "
-                 "PRAGMA cache_size=-32000; PRAGMA wal_autocheckpoint=4000; PRAGMA temp_store=MEMORY") ||
+                 "PRAGMA cache_size=-32000; PRAGMA wal_autocheckpoint=4000; PRAGMA temp_store=MEMORY; "
+                 "PRAGMA secure_delete=ON") ||
       migrate(s->w)) {
     sqlite3_close(s->w);
     free(s->bal);
