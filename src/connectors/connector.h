@@ -52,6 +52,10 @@ struct tp_proc_call {
   /* the processor asked not to be called again before this many ms
    * (Retry-After on a 429 or 503, RFC 9110 10.2.3); 0 when it did not */
   int64_t retry_after_ms;
+  /* REST/JSON: the approval named its amount and currency and both were
+   * the ones asked (an answer may leave them out: "checked when the
+   * answer has them"), so it confirms the amount, not only the outcome */
+  bool amount_checked;
   void (*done)(struct tp_proc_call *c);
   void *arg;
 };

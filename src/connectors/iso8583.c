@@ -231,6 +231,7 @@ struct pend {
   struct tp_proc_call *c;        /* caller still waiting, or NULL */
   int64_t caller_by;             /* mono ms: the caller is told by then, whatever resends the link makes */
   bool report_on_send;           /* timed-out call: report once its reversal is out */
+  bool located_again;            /* a 25 to this reversal is being asked again (on_reversal_answer) */
   char report_decline[24];       /* ... as this decline (reversing), not processor_timeout */
   enum tp_proc_kind kind;
   bool capture;
@@ -246,6 +247,16 @@ struct pend {
    * (tp_iso8583_reserve): a reversal after a crash names them */
   uint32_t want_stan;
   char want_f7[11];
+};
+
+/* A call given up on and reversed, kept with its STAN in the late ring: an
+ * approval that arrives after its reversal was answered 25 (the host had
+ * not seen the call yet) stands at the host, and is reversed again from
+ * this. No card data: a reversal is found by fields 37 and 90. */
+struct late_call {
+  bool is_call; /* false: the STAN was a reversal's own (a repeat's late 0410) */
+  enum tp_proc_kind kind;
+  char rrn[13], proc_code[7], amount[13], cur[4], mti[5], f7[11];
 };
 
 struct iso_link {
@@ -286,6 +297,7 @@ struct iso_link {
   struct pend *resend_head, *resend_tail;
   struct stan_seq *seq;
   uint32_t late[ISO_LATE_RING];
+  struct late_call late_call[ISO_LATE_RING]; /* for late[i]: the call it was, to reverse again */
   size_t late_pos;
   uint8_t late_bits[ISO_STAN_MAX / 8 + 1]; /* the STANs in late[], for stan_assign and late_stan */
   char reversed[ISO_REVERSED_RING][13];      /* reversed_add, reversed_known */
@@ -344,8 +356,20 @@ static bool late_stan(const struct iso_link *l, uint32_t stan)
   return stan != 0 && stan <= ISO_STAN_MAX && (l->late_bits[stan / 8] & (1u << (stan % 8)));
 }
 
-static void late_add(struct iso_link *l, uint32_t stan)
+static void late_add(struct iso_link *l, uint32_t stan, const struct pend *p)
 {
+  struct late_call *lc = &l->late_call[l->late_pos % ISO_LATE_RING];
+  memset(lc, 0, sizeof *lc);
+  if (p->type == PT_CALL) {
+    lc->is_call = true;
+    lc->kind = p->kind;
+    tp_scopy(lc->rrn, sizeof lc->rrn, p->rrn);
+    tp_scopy(lc->proc_code, sizeof lc->proc_code, p->proc_code);
+    tp_scopy(lc->amount, sizeof lc->amount, p->amount);
+    tp_scopy(lc->cur, sizeof lc->cur, p->cur);
+    tp_scopy(lc->mti, sizeof lc->mti, p->mti);
+    tp_scopy(lc->f7, sizeof lc->f7, p->orig_f7);
+  }
   uint32_t *slot = &l->late[l->late_pos++ % ISO_LATE_RING];
   uint32_t old = *slot;
   *slot = stan;
@@ -380,6 +404,15 @@ static bool reversed_known(const struct iso_link *l, const char *rrn)
     if (l->reversed[i][0] && strcmp(l->reversed[i], rrn) == 0)
       return true;
   return false;
+}
+
+/* rrn stands at the host after all (a late approval): no longer known as
+ * reversed, so recovery's reversal of it goes out again. */
+static void reversed_forget(struct iso_link *l, const char *rrn)
+{
+  for (size_t i = 0; i < ISO_REVERSED_RING; i++)
+    if (l->reversed[i][0] && strcmp(l->reversed[i], rrn) == 0)
+      l->reversed[i][0] = '\0';
 }
 
 /* A STAN unused by any pending message: the one reserved for p when it is
@@ -677,7 +710,7 @@ static void to_reversal(struct iso_link *l, struct pend *p, int64_t now)
   list_del(l, p);
   p->orig_stan = p->stan;
   if (p->stan) {
-    late_add(l, p->stan);
+    late_add(l, p->stan, p);
     table_del(l, p);
   }
   p->type = PT_REVERSAL;
@@ -800,21 +833,32 @@ static void link_fail(struct iso_link *l, const char *why, int64_t now)
 
 /* ---- answers ---------------------------------------------------------------- */
 
-static void answer_host_echo(struct iso_link *l, const struct tp_iso_msg *q, int64_t now)
+/* Answer a request (xx0) or advice (xx2) the host started: every one
+ * expects its response (xx1 / xx3), or the host repeats it or drops the
+ * link. Network management (08x0/08x2) by what field 70 asks; anything
+ * else (a 0200 or 0420 from the host: this terminal takes no such
+ * messages) 12, invalid transaction (review, session 41: a 0820 cutover
+ * advice got nothing). */
+static void answer_host_request(struct iso_link *l, const struct tp_iso_msg *q, int64_t now)
 {
   struct tp_iso_msg m;
   uint8_t buf[256];
-  tp_iso_init(&m, "0810");
+  char mti[5];
+  memcpy(mti, q->mti, 5);
+  mti[2] = (char)(mti[2] + 1);
+  mti[3] = '0'; /* origin: ours, the acquirer's */
+  tp_iso_init(&m, mti);
   int bad = 0;
-  for (int f = 7; f <= 70; f++)
-    if ((f == 7 || f == 11 || f == 70) && tp_iso_get(q, f))
+  for (int f = 3; f <= 70; f++)
+    if ((f == 3 || f == 4 || f == 7 || f == 11 || f == 37 || f == 41 || f == 49 || f == 70) && tp_iso_get(q, f))
       bad |= tp_iso_set(&m, f, tp_iso_get(q, f));
   /* Sign-on, sign-off, cutover and echo are answered 00; anything else
    * (a key exchange, 161/162 ...) is a function this connector does not
    * perform: 12, invalid transaction (a 00 claimed a key change that never
    * happened); no field 70 at all, 30, format error. */
   const char *f70 = tp_iso_get(q, 70);
-  const char *f39 = !f70 ? "30"
+  const char *f39 = q->mti[1] != '8' ? "12"
+                    : !f70 ? "30"
                     : (strcmp(f70, "001") == 0 || strcmp(f70, "002") == 0 || strcmp(f70, "201") == 0 ||
                        strcmp(f70, "301") == 0)
                         ? "00"
@@ -943,7 +987,7 @@ static void on_reversal_answer(struct iso_link *l, struct pend *p, const struct 
   reversed = reversed || (f39 && strcmp(f39, "79") == 0);
   bool unknown = f39 && strcmp(f39, "25") == 0; /* unable to locate: nothing stands */
   if ((reversed || unknown) && p->tries > 1)
-    late_add(l, p->stan); /* a repeat's (0401, same STAN) answer may follow: late, not unknown */
+    late_add(l, p->stan, p); /* a repeat's (0401, same STAN) answer may follow: late, not unknown */
   if (p->c) {
     tp_scopy(p->c->processor_ref, sizeof p->c->processor_ref, p->rrn);
     if (p->kind == TP_PROC_STATUS) {
@@ -972,6 +1016,16 @@ static void on_reversal_answer(struct iso_link *l, struct pend *p, const struct 
     pend_drop(l, p);
     return;
   }
+  if (unknown && !p->located_again && p->tries < l->rev_tries) {
+    /* 25 says the host has no record of the call now, not that it never
+     * will: a call still on its way (queued at the host, at its issuer,
+     * on the connection that was lost) is approved after the reversal
+     * missed it, and stands (review, session 41). Asked once more, after
+     * timeout_ms (on_deadline repeats it as 0401). */
+    p->located_again = true;
+    tp_log(TP_LOG_INFO, "iso_reversal_unlocated_asking_again", "{s:s, s:s}", "processor", l->name, "rrn", p->rrn);
+    return;
+  }
   if (reversed || unknown) {
     tp_log(TP_LOG_INFO, "iso_reversal_done", "{s:s, s:s, s:s}", "processor", l->name, "rrn", p->rrn, "code",
            f39);
@@ -982,6 +1036,48 @@ static void on_reversal_answer(struct iso_link *l, struct pend *p, const struct 
   /* Refused: keep repeating (0401) until reversal_tries runs out. */
   tp_log(TP_LOG_WARN, "iso_reversal_refused", "{s:s, s:s, s:s}", "processor", l->name, "rrn", p->rrn, "code",
          f39 ? f39 : "");
+}
+
+/* A late answer to a call given up on (its STAN in the late ring). Unless
+ * it is a decline, the call may stand at the host whatever its reversal
+ * was told (a 25 came back before the host saw the call): a reversal of
+ * it is sent again, with no caller (the payment moved on long ago), and
+ * the RRN is no longer taken as reversed until that one is acknowledged.
+ * A host that has reversed it answers 79 or 25 again, so this is safe. */
+static void late_answer(struct iso_link *l, uint32_t stan, const struct tp_iso_msg *m, int64_t now)
+{
+  const struct late_call *lc = NULL;
+  for (size_t i = 0; i < ISO_LATE_RING && !lc; i++)
+    if (l->late[i] == stan && l->late_call[i].is_call)
+      lc = &l->late_call[i];
+  const char *f39 = tp_iso_get(m, 39), *f37 = tp_iso_get(m, 37);
+  if (!lc || m->mti[2] != lc->mti[2] + 1 || (f37 && strcmp(f37, lc->rrn) != 0))
+    return; /* not an answer to that call */
+  if (f39 && tp_iso_f39_well_formed(f39) && !tp_iso_f39_approved(f39) && strcmp(f39, "09") != 0 &&
+      strcmp(f39, "10") != 0 && strcmp(f39, "08") != 0 && strcmp(f39, "32") != 0)
+    return; /* declined: nothing stands */
+  struct pend *r = calloc(1, sizeof *r);
+  if (!r)
+    return;
+  r->type = PT_REVERSAL;
+  r->kind = lc->kind;
+  tp_scopy(r->rrn, sizeof r->rrn, lc->rrn);
+  tp_scopy(r->proc_code, sizeof r->proc_code, lc->proc_code);
+  tp_scopy(r->amount, sizeof r->amount, lc->amount);
+  tp_scopy(r->cur, sizeof r->cur, lc->cur);
+  tp_scopy(r->orig_mti, sizeof r->orig_mti, lc->mti);
+  tp_scopy(r->orig_f7, sizeof r->orig_f7, lc->f7);
+  r->orig_stan = stan;
+  r->located_again = true; /* its own 25 is believed: the host has answered the call */
+  reversed_forget(l, r->rrn);
+  tp_log(TP_LOG_WARN, "iso_late_approval_reversed", "{s:s, s:s, s:s, s:s}", "processor", l->name, "mti", m->mti,
+         "rrn", r->rrn, "code", f39 ? f39 : "");
+  tp_metric_inc("turnpike_iso_reversals_total", l->labels, 1);
+  l->reversals++;
+  r->created = now;
+  if (l->signed_on && send_pend(l, r, now) == 0)
+    return;
+  list_add(l, r, 2);
 }
 
 static void on_message(struct iso_link *l, const uint8_t *body, size_t len, int64_t now)
@@ -1002,7 +1098,7 @@ static void on_message(struct iso_link *l, const uint8_t *body, size_t len, int6
   }
   const char *f11 = tp_iso_get(&m, 11);
   if (strcmp(m.mti, "0800") == 0) {
-    answer_host_echo(l, &m, now);
+    answer_host_request(l, &m, now);
     const char *f70 = tp_iso_get(&m, 70);
     if (f70 && strcmp(f70, "002") == 0) {
       /* The host signs off: no financial message may follow until a new
@@ -1016,15 +1112,18 @@ static void on_message(struct iso_link *l, const uint8_t *body, size_t len, int6
   if (!f11 || m.mti[2] == '0' || m.mti[2] == '2' || m.mti[2] == '4') {
     l->bad_messages++;
     tp_log(TP_LOG_ERROR, "iso_unexpected_message", "{s:s, s:s}", "processor", l->name, "mti", m.mti);
+    if (m.mti[2] == '0' || m.mti[2] == '2')
+      answer_host_request(l, &m, now);
     goto out;
   }
   uint32_t stan = (uint32_t)atoi(f11);
   struct pend *p = table_find(l, stan);
   if (!p || p->where != 1) {
-    if (late_stan(l, stan))
+    if (late_stan(l, stan)) {
       tp_log(TP_LOG_WARN, "iso_late_response_ignored", "{s:s, s:s, s:s, s:s}", "processor", l->name, "mti", m.mti,
              "stan", f11, "code", tp_iso_get(&m, 39) ? tp_iso_get(&m, 39) : "");
-    else {
+      late_answer(l, stan, &m, now);
+    } else {
       l->bad_messages++;
       tp_log(TP_LOG_ERROR, "iso_unknown_stan", "{s:s, s:s, s:s}", "processor", l->name, "mti", m.mti, "stan", f11);
     }

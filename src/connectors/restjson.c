@@ -387,6 +387,7 @@ static void map_status(struct tp_proc_call *c, enum tp_proc_kind kind, json_t *j
         set_error(c, "processor_currency_mismatch");
         return;
       }
+      c->amount_checked = amt && cur;
     }
     c->outcome = TP_OUT_APPROVED;
     c->decline_code[0] = 0;
@@ -407,6 +408,7 @@ static void map_status(struct tp_proc_call *c, enum tp_proc_kind kind, json_t *j
 void tp_restjson_interpret(struct tp_proc_call *c, long http, const char *body, size_t len)
 {
   c->decline_code[0] = 0;
+  c->amount_checked = false;
   if (http == 503)
     set_error(c, "processor_http_503"); /* unavailable: the request was not handled (RFC 9110 15.6.4) */
   else if (http >= 500)

@@ -706,6 +706,15 @@ static void processing_said(struct tp_cs *cs, int rc, void *arg)
   finish(p, 0);
 }
 
+/* An approval for another amount or currency than asked (restjson.c,
+ * map_status): the card is held for something else, so the reference is
+ * voided (the fence) and the payment goes on as if it had not been charged;
+ * a void that fails leaves it to recovery and an operator. */
+static bool approval_mismatch(const char *code)
+{
+  return strcmp(code, "processor_amount_mismatch") == 0 || strcmp(code, "processor_currency_mismatch") == 0;
+}
+
 static void unresolved(struct tp_pay *p)
 {
   tp_log(TP_LOG_WARN, "attempt_unresolved", "{s:s, s:s, s:s}", "attempt", p->att.id, "processor", p->att.processor,
@@ -729,6 +738,16 @@ static void unresolved(struct tp_pay *p)
   if (p->call.orig_data[0] && strcmp(p->att.state, "sent") == 0 && strcmp(p->att.kind, "void") != 0 &&
       strcmp(p->att.orig_data, p->call.orig_data) != 0 && proc_type_is(p, "iso8583")) {
     tp_scopy(p->att.orig_data, sizeof p->att.orig_data, p->call.orig_data);
+    if (!said)
+      said = tp_cs_new();
+    tp_cs_attempt(said, &p->att);
+  }
+  /* A call answered for another amount or currency than asked: kept on
+   * the attempt, so recovery does not take a later status answer that
+   * leaves the amount out as the approval of the amount asked. */
+  if (approval_mismatch(p->last_code) && strcmp(p->att.state, "sent") == 0 &&
+      strcmp(p->att.result_code, p->last_code) != 0) {
+    tp_scopy(p->att.result_code, sizeof p->att.result_code, p->last_code);
     if (!said)
       said = tp_cs_new();
     tp_cs_attempt(said, &p->att);
@@ -874,15 +893,6 @@ static bool error_not_processed(const char *code)
     if (strcmp(code, codes[i]) == 0)
       return true;
   return false;
-}
-
-/* An approval for another amount or currency than asked (restjson.c,
- * map_status): the card is held for something else, so the reference is
- * voided (the fence) and the payment goes on as if it had not been charged;
- * a void that fails leaves it to recovery and an operator. */
-static bool approval_mismatch(const char *code)
-{
-  return strcmp(code, "processor_amount_mismatch") == 0 || strcmp(code, "processor_currency_mismatch") == 0;
 }
 
 /* How many times a fence, or a status query that failed, is sent in all
@@ -1245,6 +1255,19 @@ static void orchestrate(struct tp_pay *p)
     next_step(p, true);
     return;
   }
+  if (approval_mismatch(p->last_code) && proc_type_is(p, "restjson")) {
+    /* A definite answer, for something we did not ask: voided at once. A
+     * status query would only repeat the outcome, and one that leaves the
+     * amount out (allowed) was taken as an approval for the amount asked
+     * (review, session 41: 500 held, 1000 recorded, nothing voided). */
+    if (tp_mono_ms() < p->deadline_ms) {
+      p->fence_tries = 0;
+      fence(p);
+    } else {
+      unresolved(p);
+    }
+    return;
+  }
   if ((!pr || pr->can_query_status || !tp_procs_count()) && tp_mono_ms() < p->deadline_ms) {
     /* Past the deadline nothing new is sent (tp_payflow_longest_ms): the
      * outcome is left unknown, for recovery to ask. */
@@ -1344,6 +1367,19 @@ static void call_done(struct tp_proc_call *c)
     fence(p);
     return;
   }
+  if (p->recovering && c->kind == TP_PROC_STATUS && c->outcome == TP_OUT_APPROVED && !c->amount_checked &&
+      approval_mismatch(p->att.result_code) && proc_type_is(p, "restjson")) {
+    /* The call was answered for another amount or currency; a status
+     * answer that leaves the amount out does not undo that. An
+     * authorization is voided (the fence); a capture or refund stays for
+     * an operator (docs/processors.md). */
+    if (strcmp(p->att.kind, "authorize") == 0) {
+      fence(p);
+      return;
+    }
+    tp_scopy(c->decline_code, sizeof c->decline_code, p->att.result_code);
+    c->outcome = TP_OUT_ERROR;
+  }
   if (p->recovering && c->outcome == TP_OUT_ERROR) {
     /* Still unknown: the attempt stays "sent" for the next tick. */
     tp_log(TP_LOG_WARN, "recovery_unresolved", "{s:s, s:s, s:s}", "attempt", p->att.id, "processor",
@@ -1369,6 +1405,7 @@ static size_t route_payment(struct tp_pay *p)
     c[nc].name = pr->name;
     c[nc].supports = tp_proc_supports(pr, p->brand, cur);
     c[nc].open = tp_proc_breaker(pr) == TP_BREAKER_OPEN;
+    p->route_breaker_open = p->route_breaker_open || (c[nc].supports && c[nc].open);
     c[nc].fee = tp_proc_fee(pr, cur, p->att.amount);
     c[nc].p50_us = tp_proc_latency_us(pr, 50);
     c[nc].weight = pr->weight;
@@ -1399,8 +1436,10 @@ static void refuse(struct tp_pay *p, enum tp_err e)
     tp_reply_error(p->r, e, NULL, NULL);
     return;
   }
-  browser_page(p, e, "The payment could not be made just now. Nothing was charged. "
-                     "Go back and try again in a moment.");
+  browser_page(p, e, e == TP_ERR_NO_PROCESSOR_ROUTE
+                        ? "This payment cannot be taken with this card here. Nothing was charged."
+                        : "The payment could not be made just now. Nothing was charged. "
+                          "Go back and try again in a moment.");
 }
 
 void tp_pay_run(struct tp_pay *p, struct tp_cs *cs)
@@ -1411,7 +1450,12 @@ void tp_pay_run(struct tp_pay *p, struct tp_cs *cs)
        * error and the PaymentIntent stays as it was. */
       tp_cs_free(cs);
       tp_metric_inc("turnpike_payments_unroutable_total", NULL, 1);
-      refuse(p, TP_ERR_NO_PROCESSOR_AVAILABLE);
+      /* Only an open breaker passes: a retry may find it closed (503,
+       * which SDKs retry). No processor taking this brand or currency, or
+       * a rule allowing none, will not change: 400, as Stripe refuses a
+       * currency the account cannot take (SDKs retried it: review,
+       * session 41). */
+      refuse(p, p->route_breaker_open ? TP_ERR_NO_PROCESSOR_AVAILABLE : TP_ERR_NO_PROCESSOR_ROUTE);
       free_then_resume(p, p->r, NULL);
       return;
     }

@@ -36,6 +36,7 @@ struct tp_pay {
   char cus_lock_id[80];      /* that customer's, released with p */
   char cancellation_reason[64];
   bool three_ds_done;        /* the payment passed a 3-D Secure challenge */
+  bool route_breaker_open;   /* routing: a processor that takes the payment has its breaker open */
   int64_t retry_after_ms;    /* the failed call's processor asked to wait this long (Retry-After) */
   bool pm_made_here;         /* the PaymentMethod was made by this confirmation (payment_method_data, a test id) */
   bool reply_charge;         /* the Charges API: answer the charge (or an error naming it), not the PaymentIntent */

@@ -117,6 +117,9 @@ class IsoHost:
         self.rev_code = "00"    # field 39 of the 0410s
         self.echo_code = "00"   # field 39 of the 0810s answering echoes (70 = 301)
         self.mti_override = None  # the MTI the next approval of a 0100/0200 is sent as
+        self.unlocated_first = 0  # this many 0400s answered 25 while the held calls stay held...
+        self.late_s = 0.3         # ...which are approved this long after
+        self.late_at = None       # len(seen) when those late approvals went out
         self.conn = None
         self.stop = False
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -182,6 +185,19 @@ class IsoHost:
         elif mti in ("0100", "0200") and not hold:
             f39 = DECLINES.get(f.get(2, ""), "00")
             self.reply(c, mti[:2] + "10", f, f39)
+        elif mti in ("0400", "0401") and self.unlocated_first > 0:
+            # the calls are still at the issuer: not found now, approved later
+            with self.lock:
+                self.unlocated_first -= 1
+                held, self.held = self.held, []
+            self.reply(c, "0410", f, "25")
+
+            def late():
+                with self.lock:
+                    self.late_at = len(self.seen)  # what the host had seen by then
+                for hm, hf in held:
+                    self.reply(c, hm[:2] + "10", hf, "00")
+            threading.Timer(self.late_s, late).start()
         elif mti in ("0400", "0401"):
             with self.lock:
                 held, self.held = self.held, []
@@ -301,6 +317,38 @@ class IsoLink(unittest.TestCase):
         # gateway retried, that retry is a different request with its own RRN.
         if r.status == 200 and r.json.get("status") == "succeeded":
             self.assertNotEqual(orig[37], rev[37])
+        self.assertEqual(self.host.errors, [])
+
+    def test_2g_an_approval_after_the_reversal_was_answered_25_is_reversed_again(self):
+        """The host answers the reversal 25 (unable to locate) while the
+        call is still at its issuer, then approves the call: it stands. The
+        gateway took 25 as final and only logged the late approval, so the
+        host kept the charge while the payment failed or went elsewhere
+        (review, session 41). Now the approval is reversed again."""
+        n0 = len(self.host.seen)
+        with self.host.lock:
+            self.host.hold = 1
+            self.host.unlocated_first = 1
+            self.host.late_at = None
+        try:
+            self.pay()  # (retried on the link as a new call, it may succeed: that one stands alone)
+            wait_for(lambda: self.host.late_at is not None, what="the late approval")
+            with self.host.lock:
+                held = [f for m, f in self.host.seen[n0:] if m == "0200"][0]
+
+            def reversed_after():
+                # a new reversal (0400, not the 25's repeat 0401) after the approval
+                with self.host.lock:
+                    return [f for m, f in self.host.seen[self.host.late_at:] if m == "0400" and
+                            f.get(37) == held[37]]
+            revs = wait_for(reversed_after, what="a reversal after the late approval")
+            self.assertEqual(revs[-1][90][:10], "0200" + held[11])  # it names the call in field 90
+            self.assertEqual(revs[-1][90][10:20], held[7])
+            self.assertEqual(revs[-1][4], held[4])
+        finally:
+            with self.host.lock:
+                self.host.unlocated_first = 0
+                self.host.hold = 0
         self.assertEqual(self.host.errors, [])
 
     def test_2b_a_void_names_its_authorization_in_field_90(self):
@@ -595,6 +643,23 @@ class IsoLink(unittest.TestCase):
             got = wait_for(lambda: [f for m, f in list(self.host.seen) if m == "0810" and f.get(11) == stan],
                            what="the answer to %s" % f70)
             self.assertEqual((got[0].get(70), got[0].get(39)), (f70, want))
+        # every other request or advice gets its response too (ISO 8583: an
+        # x0 or x2 expects one; a host repeats it or drops the link): a
+        # cutover advice 0820 by its field 70, a financial request from the
+        # host 12, as this terminal takes none; a 0830 answer is not answered
+        for mti, stan, f70, resp, want in (("0820", "900004", "201", "0830", "00"),
+                                           ("0200", "900005", None, "0210", "12")):
+            fields = {7: "1207120000", 11: stan}
+            if f70:
+                fields[70] = f70
+            else:
+                fields.update({3: "000000", 4: "000000000100", 37: "HOSTREQ00001", 41: "TERM0042", 49: "840"})
+            self.host.send_raw(frame(pack(mti, fields)))
+            got = wait_for(lambda: [f for m, f in list(self.host.seen) if m == resp and f.get(11) == stan],
+                           what="the answer to %s" % mti)
+            self.assertEqual(got[0].get(39), want, got)
+            if not f70:
+                self.assertEqual(got[0].get(37), "HOSTREQ00001")
         self.assertEqual(self.pay().json["status"], "succeeded")
 
 

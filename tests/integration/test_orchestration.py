@@ -206,7 +206,7 @@ class OrchestrationTest(SimGatewayTest):
 
     def test_an_approval_that_cannot_be_sent_redirects_nowhere(self):
         """The customer approves a challenge, and nothing can take the
-        payment (jpy routes only to z, which takes eur): 503, the
+        payment (jpy routes only to z, which takes eur): 400, the
         PaymentIntent still waits for its challenge, and no Location tells
         the merchant's return page it succeeded."""
         import urllib.parse
@@ -217,7 +217,7 @@ class OrchestrationTest(SimGatewayTest):
         u = urllib.parse.urlsplit(r.json["next_action"]["redirect_to_url"]["url"])
         token = urllib.parse.parse_qs(u.query)["token"][0]
         a = self.c.post(u.path, {"token": token, "result": "approve"}, key=None)
-        self.assertEqual((a.status, a.headers.get("Location")), (503, None), a.body[:300])
+        self.assertEqual((a.status, a.headers.get("Location")), (400, None), a.body[:300])
         self.assertEqual(self.c.get("/v1/payment_intents/" + r.json["id"]).json["status"], "requires_action")
 
     def charge_processor(self, pi):
@@ -821,16 +821,19 @@ class OrchestrationTest(SimGatewayTest):
                          [("capture", "b"), ("refund", "b")])
 
     def test_no_processor_available_leaves_nothing_behind(self):
+        # no processor takes jpy: that will not change on a retry, so a
+        # 400 (a 503 was retried by the SDKs), nothing committed
         r = self.pay(currency="jpy", amount=500)
-        self.assertEqual(r.status, 503, r.json)
-        self.assertEqual(r.json["error"]["tp_code"], 6027)  # no_processor_available
-        self.assertEqual(r.json["error"]["type"], "api_error")
+        self.assertEqual(r.status, 400, r.json)
+        self.assertEqual(r.json["error"]["tp_code"], 6028)  # no_processor_route
+        self.assertEqual(r.json["error"]["type"], "invalid_request_error")
+        self.assertIsNone(r.headers.get("Stripe-Should-Retry"))
         # An existing PaymentIntent keeps its state.
         pi = self.c.post("/v1/payment_intents", {"amount": 500, "currency": "jpy",
                                                  "payment_method": "pm_card_visa"}).json
         self.assertEqual(pi["status"], "requires_confirmation")
         r = self.c.post("/v1/payment_intents/%s/confirm" % pi["id"], {})
-        self.assertEqual(r.status, 503, r.json)
+        self.assertEqual(r.status, 400, r.json)
         now = self.c.get("/v1/payment_intents/%s" % pi["id"]).json
         self.assertEqual(now["status"], "requires_confirmation")
         self.assertEqual(self.attempts(pi["id"]), [])
@@ -903,7 +906,7 @@ class OrchestrationTest(SimGatewayTest):
         token = urllib.parse.parse_qs(u.query)["token"][0]
         for _ in range(2):
             page = self.c.post(u.path, {"token": token, "result": "approve"}, key=None)
-            self.assertEqual(page.status, 503, page.body[:300])
+            self.assertEqual(page.status, 400, page.body[:300])  # no processor takes jpy: will not change
             self.assertTrue(page.headers.get("Content-Type", "").startswith("text/html"), page.headers)
             self.assertIn(b'id="result"', page.body)
             self.assertNotIn(b"api_error", page.body)
