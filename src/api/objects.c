@@ -1619,16 +1619,27 @@ static void legacy_pi_charges(struct tp_req *r, json_t *pi, const json_t *known)
   json_t *data = tp_app.store.ops->list(tp_app.store.cls, &q, &more);
   if (!data)
     return;
-  /* the charge this request writes may not be in the store yet */
+  /* the charge this request writes may not be in the store yet (first:
+   * the newest), and the page stays a page */
   overlay_known(data, known, charge_of, id);
+  while (q.limit > 0 && json_array_size(data) > (size_t)q.limit) {
+    json_array_remove(data, json_array_size(data) - 1);
+    more = true;
+  }
   size_t k;
   json_t *c;
   json_array_foreach(data, k, c) (void)expand_list(r, c, "refunds", known); /* each as that version showed it */
   char url[128];
   snprintf(url, sizeof url, "/v1/charges?payment_intent=%s", id);
+  /* past the page, counted as a charge's refunds are (expand_list): an
+   * integration reading charges.total_count raised once a customer had
+   * retried past ten declines (review, session 41) */
+  int64_t total = more ? count_all(q) : (int64_t)json_array_size(data);
+  if (more && total >= 0)
+    total += known_delta(r, TP_K_CHARGE, known, charge_of, id);
   json_t *list = tp_pack("{s:s, s:o, s:b, s:I, s:s}", "object", "list", "data", data, "has_more", more,
-                         "total_count", (json_int_t)json_array_size(data), "url", url);
-  if (more)
+                         "total_count", (json_int_t)total, "url", url);
+  if (total < 0)
     json_object_del(list, "total_count");
   json_object_set_new(pi, "charges", list);
 }

@@ -189,6 +189,24 @@ class ChargeRefunds(DaemonTestCase):
         cap = self.c().post("/v1/payment_intents/%s/capture" % pi["id"], {})
         self.assertEqual((cap.status, cap.json["status"]), (200, "succeeded"), cap)
 
+    def test_an_old_version_s_charges_list_counts_past_its_page(self):
+        """Before 2022-11-15 a PaymentIntent carries its charges as a list.
+        Past ten charges (declines retried) its total_count was left out,
+        while a charge's refunds list counted past the page: merchant code
+        reading charges.total_count raised (stripe-python's AttributeError)."""
+        old = {"Stripe-Version": "2020-08-27"}
+        c = self.c()
+        pi = c.post("/v1/payment_intents", {"amount": 700, "currency": "usd"}).json["id"]
+        for _ in range(11):
+            r = c.post("/v1/payment_intents/%s/confirm" % pi, {"payment_method": "pm_card_chargeDeclined"})
+            self.assertEqual(r.status, 402, r)
+        r = c.post("/v1/payment_intents/%s/confirm" % pi, {"payment_method": "pm_card_visa"}, headers=old)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual((len(r.json["charges"]["data"]), r.json["charges"]["has_more"],
+                          r.json["charges"].get("total_count")), (10, True, 12), r.json["charges"])
+        got = c.get("/v1/payment_intents/" + pi, headers=old).json["charges"]
+        self.assertEqual((len(got["data"]), got["has_more"], got.get("total_count")), (10, True, 12), got)
+
     def test_a_metadata_key_sent_empty_is_not_kept(self):
         ch = self.charge()
         re = self.c().post("/v1/refunds", {"charge": ch["id"], "amount": 100, "metadata[a]": "", "metadata[b]": "x"})
