@@ -1170,6 +1170,11 @@ static void public_redact(json_t *v)
   const char *type = json_string_value(json_object_get(v, "object"));
   if (type && strcmp(type, "payment_method") == 0 && json_object_get(v, "customer"))
     json_object_set_new(v, "customer", json_null());
+  /* the gateway's own marks (which payment made a PaymentMethod, a
+   * charge's processor and sandbox hints) are the merchant's, not the
+   * browser's */
+  if (type)
+    json_object_del(v, "turnpike");
   const char *k;
   json_t *x;
   json_object_foreach(v, k, x)

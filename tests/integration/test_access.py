@@ -584,6 +584,10 @@ class KeysTest(DaemonTestCase):
         self.assertEqual((epi["id"], epi["status"]), (d["id"], "requires_payment_method"))
         self.assertNotIn("metadata", epi)
         self.assertEqual(epi["last_payment_error"]["decline_code"], "generic_decline")
+        # the gateway's own marks on the PaymentMethod (which payment made
+        # it) stay the merchant's too (review, session 41)
+        self.assertIn("turnpike", sk.get("/v1/payment_methods/" + err.json["error"]["payment_method"]["id"]).json)
+        self.assertNotIn('"turnpike"', err.body.decode())
 
     def test_a_saved_cards_metadata_and_customer_stay_the_merchants(self):
         """A declined saved card comes back nested (the PaymentIntent's
