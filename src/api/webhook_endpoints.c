@@ -464,6 +464,14 @@ void tp_h_we_update(struct tp_req *r)
       struct timespec ts;
       clock_gettime(CLOCK_REALTIME, &ts);
       int64_t now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+      /* their last attempts no longer name a retry (next_retry_at: null
+       * after the last attempt, docs/webhooks.md) */
+      cs_sql(cs,
+             "UPDATE webhook_attempts SET next_retry_at=NULL WHERE endpoint=?1 AND next_retry_at IS NOT NULL AND "
+             "event IN (SELECT event FROM webhook_deliveries WHERE endpoint=?1 AND state='pending' AND attempts > 0 "
+             "AND next_at <= ?2) AND attempt = (SELECT max(a.attempt) FROM webhook_attempts a WHERE "
+             "a.endpoint=?1 AND a.event=webhook_attempts.event)",
+             tp_pack("[s, I]", r->path_id, (json_int_t)now_ms), 0);
       cs_sql(cs,
              "UPDATE webhook_deliveries SET state='failed' WHERE endpoint=?1 AND state='pending' AND attempts > 0 "
              "AND next_at <= ?2",

@@ -621,6 +621,50 @@ static const char *object_id_of(json_t *ev)
 
 #define TP_STREAM_REPLAY_PAGE 100
 
+/* The subscription's event types as SQL over events.type, its values
+ * appended to args from parameter number first on: "" when it takes every
+ * type. A resume counts and reads only what it may send (a subscriber to
+ * one rare type, a thousand events of others behind, was refused every
+ * reconnect as too far: review, session 41). */
+static void type_filter_sql(const struct conn *c, json_t *args, int first, char *out, size_t cap)
+{
+  out[0] = '\0';
+  for (int i = 0; i < c->npatterns; i++)
+    if (strcmp(c->patterns[i], "*") == 0)
+      return;
+  size_t len = 0;
+  int k = first;
+  for (int i = 0; i < c->npatterns && len < cap; i++) {
+    const char *pat = c->patterns[i];
+    size_t n = strlen(pat);
+    int w;
+    if (n >= 2 && pat[n - 1] == '*' && pat[n - 2] == '.') {
+      /* "charge.*": from "charge." up to "charge/" ('.' + 1) */
+      char lo[100], hi[100];
+      snprintf(lo, sizeof lo, "%.*s", (int)(n - 1), pat);
+      snprintf(hi, sizeof hi, "%.*s/", (int)(n - 2), pat);
+      json_array_append_new(args, json_string(lo));
+      json_array_append_new(args, json_string(hi));
+      w = snprintf(out + len, cap - len, "%s(type >= ?%d AND type < ?%d)", i ? " OR " : " AND (", k, k + 1);
+      k += 2;
+    } else {
+      json_array_append_new(args, json_string(pat));
+      w = snprintf(out + len, cap - len, "%stype = ?%d", i ? " OR " : " AND (", k);
+      k++;
+    }
+    if (w < 0 || (size_t)w >= cap - len) {
+      out[0] = '\0'; /* cannot happen with 64 patterns in 4 KiB; then unfiltered, as before */
+      return;
+    }
+    len += (size_t)w;
+  }
+  if (len + 2 > cap) {
+    out[0] = '\0';
+    return;
+  }
+  memcpy(out + len, ")", 2);
+}
+
 /* One page of a resume (conn.replaying), when the client's queue has room:
  * first whether the window is within replay_max, then the next events after
  * replay_last in id order. A page shorter than a full one has caught up. */
@@ -628,10 +672,13 @@ static void replay_step(struct conn *c)
 {
   if (!c->replay_checked) {
     json_t *args = tp_pack("[s, s, I]", c->merchant, c->replay_last, (json_int_t)(cfg.replay_max + 1));
-    json_t *rows = tp_store_query(&tp_app.store,
-                                  "SELECT count(*) AS n, (SELECT max(id) FROM events WHERE merchant = ?1) AS newest "
-                                  "FROM (SELECT 1 FROM events WHERE merchant = ?1 AND id > ?2 LIMIT ?3)",
-                                  args);
+    char filter[4096], sql[4400];
+    type_filter_sql(c, args, 4, filter, sizeof filter);
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) AS n, (SELECT max(id) FROM events WHERE merchant = ?1) AS newest "
+             "FROM (SELECT 1 FROM events WHERE merchant = ?1 AND id > ?2%s LIMIT ?3)",
+             filter);
+    json_t *rows = tp_store_query(&tp_app.store, sql, args);
     json_decref(args);
     json_t *n = json_object_get(json_array_get(rows, 0), "n");
     const char *newest = json_string_value(json_object_get(json_array_get(rows, 0), "newest"));
@@ -676,10 +723,13 @@ static void replay_step(struct conn *c)
   char bound[TP_ID_MAX];
   tp_writer_durable_bound(bound);
   json_t *args = tp_pack("[s, s, I, s]", c->merchant, c->replay_last, (json_int_t)TP_STREAM_REPLAY_PAGE, bound);
-  json_t *rows = tp_store_query(&tp_app.store,
-                                "SELECT id, type, tp_json(data) AS data FROM events WHERE merchant = ?1 AND id > ?2 "
-                                "AND (?4 = '' OR id < ?4) ORDER BY id LIMIT ?3",
-                                args);
+  char filter[4096], sql[4400];
+  type_filter_sql(c, args, 5, filter, sizeof filter);
+  snprintf(sql, sizeof sql,
+           "SELECT id, type, tp_json(data) AS data FROM events WHERE merchant = ?1 AND id > ?2 "
+           "AND (?4 = '' OR id < ?4)%s ORDER BY id LIMIT ?3",
+           filter);
+  json_t *rows = tp_store_query(&tp_app.store, sql, args);
   json_decref(args);
   if (!json_is_array(rows)) {
     json_decref(rows);

@@ -845,6 +845,10 @@ static bool start_job(struct ep *e, const char *event_id, int attempts, int64_t 
     struct tp_cs *cs = tp_cs_new();
     wsql(cs, "UPDATE webhook_deliveries SET state='failed' WHERE endpoint=?1 AND event=?2",
          tp_pack("[s, s]", e->id, event_id), 0);
+    wsql(cs,
+         "UPDATE webhook_attempts SET next_retry_at=NULL WHERE endpoint=?1 AND event=?2 AND next_retry_at IS NOT NULL "
+         "AND attempt = (SELECT max(a.attempt) FROM webhook_attempts a WHERE a.endpoint=?1 AND a.event=?2)",
+         tp_pack("[s, s]", e->id, event_id), 0);
     submit(cs);
     return false;
   }

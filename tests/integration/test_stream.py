@@ -403,8 +403,35 @@ class StreamBoundsTest(DaemonTestCase):
         self.assertEqual(r.status, 200, r)
         return r.json["data"][0]["id"]
 
-    def subscribe(self, ws, last_id):
-        ws.send(0x1, ('{"type":"subscribe","events":["*"],"last_event_id":"%s"}' % last_id).encode())
+    def subscribe(self, ws, last_id, events=("*",)):
+        ws.send(0x1, json.dumps({"type": "subscribe", "events": list(events), "last_event_id": last_id}).encode())
+
+    def test_a_resume_counts_only_the_events_it_subscribes_to(self):
+        """A subscriber to a few types resumes from the last event it got,
+        of its own type, however many of other types came since: all were
+        counted against replay_max, so such a client was refused every
+        reconnect on a busy account (review, session 41)."""
+        c = self.c("m")
+        self.assertEqual(c.post("/v1/customers", {"name": "rare"}).status, 200)
+        since = self.last_event_id()
+        for i in range(45):  # 45 payment_intent.created, past replay_max (40)
+            self.assertEqual(c.post("/v1/payment_intents", {"amount": 500, "currency": "usd"}).status, 200)
+        want = [c.post("/v1/customers", {"name": "rare %d" % i}).json["id"] for i in range(3)]
+        ws = self.ws()
+        try:
+            self.subscribe(ws, since, ("customer.*", "charge.dispute.created"))
+            got = []
+            while len(got) < 3:
+                op, payload = ws.frame()
+                self.assertNotEqual(op, 0x8, payload)
+                msg = json.loads(payload)
+                self.assertNotEqual(msg.get("type"), "error", msg)
+                if msg.get("type") == "event":
+                    self.assertEqual(msg["event"]["type"], "customer.created", msg)
+                    got.append(msg["event"]["data"]["object"]["id"])
+            self.assertEqual(got, want)
+        finally:
+            ws.close()
 
     def test_a_resume_of_large_events_holds_no_more_than_the_bound(self):
         """A resuming client that does not read: the pages it is sent stop at

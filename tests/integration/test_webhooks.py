@@ -891,6 +891,13 @@ class DisableTest(ReceiverCase):
         undelivered = {e["id"] for e in c.list_all("/v1/events", {"delivery_success": "false"})}
         self.assertTrue(failing <= undelivered, failing - undelivered)
         self.assertEqual(c.get(WE + "/" + dead["id"]).json["status"], "enabled")
+        # and their last attempts name no retry: none will be made (a
+        # retry time left in the past told monitoring one was overdue)
+        for ev in failing:
+            atts = c.get(WE + "/" + dead["id"] + "/deliveries", {"event": ev, "limit": 100}).json["data"]
+            atts.sort(key=lambda a: a["attempt"])
+            self.assertIsNone(atts[-1]["next_retry_at"], (ev, atts))
+            self.assertTrue(all(a["next_retry_at"] for a in atts[:-1]), atts)  # the earlier ones' stay
 
 
 class KillTest(DaemonTestCase):
