@@ -998,9 +998,12 @@ fail:
 enum tp_pm_hold tp_pm_hold(const struct tp_req *r, const json_t *pi, const json_t *pm, char lock[TP_ID_MAX])
 {
   const char *id = json_string_value(json_object_get(pm, "id"));
-  const char *sfu = tp_pi_card_option(pi, "setup_future_usage");
-  if (!id || json_is_string(json_object_get(pm, "customer")) || tp_is_card_source(pm, NULL) ||
-      (sfu && *sfu && strcmp(sfu, "none") != 0))
+  /* Held with setup_future_usage too, to its outcome (save_for_future_use
+   * saves it under this lock): two payments saving one new card for two
+   * customers both paid and it was saved to one, and a payment that saved
+   * it raced one that spent it (review, session 41). Such a payment does
+   * not spend it; tp_pm_spent says whether an earlier one did. */
+  if (!id || json_is_string(json_object_get(pm, "customer")) || tp_is_card_source(pm, NULL))
     return TP_PM_FREE;
   if (!tp_lock_try(id))
     return TP_PM_BUSY;

@@ -995,6 +995,8 @@ static enum MHD_Result queue_reply(struct tp_req *r)
                           r->content_type ? r->content_type : "application/json");
   MHD_add_response_header(resp, "Request-Id", r->request_id);
   MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache, no-store");
+  if (r->url && strncmp(r->url, "/oauth/", 7) == 0) /* a token's reply: RFC 6749 §5.1 asks for both */
+    MHD_add_response_header(resp, "Pragma", "no-cache");
   if (r->has_idem)
     MHD_add_response_header(resp, "Idempotency-Key", r->idem_key);
   if (r->replayed) {

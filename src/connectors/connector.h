@@ -60,6 +60,13 @@ struct tp_proc_call {
   void *arg;
 };
 
+/* Set by the payment flow: a call a connector had given up on and had
+ * reversed stands at the processor after all (an ISO 8583 approval that
+ * came after its reversal was answered 25): the attempt whose reference is
+ * ref owes a reversal again, durably. Called on the connector's thread. */
+typedef void (*tp_reversal_owed_fn)(const char *ref);
+void tp_connector_on_reversal_owed(tp_reversal_owed_fn fn);
+
 struct tp_connector_ops {
   const char *type;
   int (*submit)(void *cls, struct tp_proc_call *c);

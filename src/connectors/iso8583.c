@@ -231,7 +231,7 @@ struct pend {
   struct tp_proc_call *c;        /* caller still waiting, or NULL */
   int64_t caller_by;             /* mono ms: the caller is told by then, whatever resends the link makes */
   bool report_on_send;           /* timed-out call: report once its reversal is out */
-  bool located_again;            /* a 25 to this reversal is being asked again (on_reversal_answer) */
+  bool believe_25;               /* a 25 to this reversal's first send is final (on_reversal_answer) */
   char report_decline[24];       /* ... as this decline (reversing), not processor_timeout */
   enum tp_proc_kind kind;
   bool capture;
@@ -254,8 +254,9 @@ struct pend {
  * not seen the call yet) stands at the host, and is reversed again from
  * this. No card data: a reversal is found by fields 37 and 90. */
 struct late_call {
-  bool is_call; /* false: the STAN was a reversal's own (a repeat's late 0410) */
+  bool is_call; /* false: the STAN was a reversal's own (a repeat's late 0410), or it was reversed again */
   enum tp_proc_kind kind;
+  char ref[64]; /* the caller's reference (its attempt's), "" when none was waiting */
   char rrn[13], proc_code[7], amount[13], cur[4], mti[5], f7[11];
 };
 
@@ -363,6 +364,8 @@ static void late_add(struct iso_link *l, uint32_t stan, const struct pend *p)
   if (p->type == PT_CALL) {
     lc->is_call = true;
     lc->kind = p->kind;
+    if (p->c)
+      tp_scopy(lc->ref, sizeof lc->ref, p->c->ref);
     tp_scopy(lc->rrn, sizeof lc->rrn, p->rrn);
     tp_scopy(lc->proc_code, sizeof lc->proc_code, p->proc_code);
     tp_scopy(lc->amount, sizeof lc->amount, p->amount);
@@ -1016,13 +1019,14 @@ static void on_reversal_answer(struct iso_link *l, struct pend *p, const struct 
     pend_drop(l, p);
     return;
   }
-  if (unknown && !p->located_again && p->tries < l->rev_tries) {
+  if (unknown && !p->believe_25 && p->tries == 1 && p->tries < l->rev_tries) {
     /* 25 says the host has no record of the call now, not that it never
      * will: a call still on its way (queued at the host, at its issuer,
      * on the connection that was lost) is approved after the reversal
      * missed it, and stands (review, session 41). Asked once more, after
-     * timeout_ms (on_deadline repeats it as 0401). */
-    p->located_again = true;
+     * timeout_ms (on_deadline repeats it as 0401); only the answer to that
+     * is believed (a 25 sent twice to the first was taken as the second
+     * answer). */
     tp_log(TP_LOG_INFO, "iso_reversal_unlocated_asking_again", "{s:s, s:s}", "processor", l->name, "rrn", p->rrn);
     return;
   }
@@ -1038,6 +1042,13 @@ static void on_reversal_answer(struct iso_link *l, struct pend *p, const struct 
          f39 ? f39 : "");
 }
 
+static _Atomic(tp_reversal_owed_fn) reversal_owed_fn; /* set once the payment flow recovers, links running */
+
+void tp_connector_on_reversal_owed(tp_reversal_owed_fn fn)
+{
+  atomic_store(&reversal_owed_fn, fn);
+}
+
 /* A late answer to a call given up on (its STAN in the late ring). Unless
  * it is a decline, the call may stand at the host whatever its reversal
  * was told (a 25 came back before the host saw the call): a reversal of
@@ -1046,16 +1057,29 @@ static void on_reversal_answer(struct iso_link *l, struct pend *p, const struct 
  * A host that has reversed it answers 79 or 25 again, so this is safe. */
 static void late_answer(struct iso_link *l, uint32_t stan, const struct tp_iso_msg *m, int64_t now)
 {
-  const struct late_call *lc = NULL;
+  struct late_call *lc = NULL;
   for (size_t i = 0; i < ISO_LATE_RING && !lc; i++)
     if (l->late[i] == stan && l->late_call[i].is_call)
       lc = &l->late_call[i];
   const char *f39 = tp_iso_get(m, 39), *f37 = tp_iso_get(m, 37);
-  if (!lc || m->mti[2] != lc->mti[2] + 1 || (f37 && strcmp(f37, lc->rrn) != 0))
-    return; /* not an answer to that call */
-  if (f39 && tp_iso_f39_well_formed(f39) && !tp_iso_f39_approved(f39) && strcmp(f39, "09") != 0 &&
+  /* The call's own response (0110 to 0100, 0210 to 0200, 0230 to 0220),
+   * naming its RRN and saying something in field 39: anything else with
+   * that STAN (an 0810, a 0410) is not about it. */
+  if (!lc || m->mti[0] != lc->mti[0] || m->mti[1] != lc->mti[1] || m->mti[2] != lc->mti[2] + 1 || !f37 ||
+      strcmp(f37, lc->rrn) != 0 || !f39)
+    return;
+  if (tp_iso_f39_well_formed(f39) && !tp_iso_f39_approved(f39) && strcmp(f39, "09") != 0 &&
       strcmp(f39, "10") != 0 && strcmp(f39, "08") != 0 && strcmp(f39, "32") != 0)
     return; /* declined: nothing stands */
+  /* Once per call: a host that sends the late answer again (after each
+   * reversal, or a hundred copies) made a reversal each, without end. */
+  lc->is_call = false;
+  /* The reversal below is only the fast path, in memory: the attempt, which
+   * may have been closed as reversed meanwhile, owes it again durably
+   * (recovery repeats it until the host acknowledges it). */
+  tp_reversal_owed_fn owed = atomic_load(&reversal_owed_fn);
+  if (lc->ref[0] && owed)
+    owed(lc->ref);
   struct pend *r = calloc(1, sizeof *r);
   if (!r)
     return;
@@ -1068,7 +1092,7 @@ static void late_answer(struct iso_link *l, uint32_t stan, const struct tp_iso_m
   tp_scopy(r->orig_mti, sizeof r->orig_mti, lc->mti);
   tp_scopy(r->orig_f7, sizeof r->orig_f7, lc->f7);
   r->orig_stan = stan;
-  r->located_again = true; /* its own 25 is believed: the host has answered the call */
+  r->believe_25 = true; /* the host has answered the call: its 25 now means nothing stands */
   reversed_forget(l, r->rrn);
   tp_log(TP_LOG_WARN, "iso_late_approval_reversed", "{s:s, s:s, s:s, s:s}", "processor", l->name, "mti", m->mti,
          "rrn", r->rrn, "code", f39 ? f39 : "");
@@ -1097,7 +1121,7 @@ static void on_message(struct iso_link *l, const uint8_t *body, size_t len, int6
     tp_log(TP_LOG_DEBUG, "iso_in", "{s:s, s:s}", "processor", l->name, "msg", d);
   }
   const char *f11 = tp_iso_get(&m, 11);
-  if (strcmp(m.mti, "0800") == 0) {
+  if (strcmp(m.mti, "0800") == 0 || strcmp(m.mti, "0801") == 0) { /* a request, or its repeat */
     answer_host_request(l, &m, now);
     const char *f70 = tp_iso_get(&m, 70);
     if (f70 && strcmp(f70, "002") == 0) {
@@ -1109,10 +1133,16 @@ static void on_message(struct iso_link *l, const uint8_t *body, size_t len, int6
     }
     goto out;
   }
+  if (f11 && m.mti[1] == '8' && (m.mti[2] == '0' || m.mti[2] == '2')) {
+    /* network management advice (0820: a cutover, say), or another
+     * request of that class: answered by its field 70, not a bad message */
+    answer_host_request(l, &m, now);
+    goto out;
+  }
   if (!f11 || m.mti[2] == '0' || m.mti[2] == '2' || m.mti[2] == '4') {
     l->bad_messages++;
     tp_log(TP_LOG_ERROR, "iso_unexpected_message", "{s:s, s:s}", "processor", l->name, "mti", m.mti);
-    if (m.mti[2] == '0' || m.mti[2] == '2')
+    if (f11 && (m.mti[2] == '0' || m.mti[2] == '2'))
       answer_host_request(l, &m, now);
     goto out;
   }

@@ -1128,6 +1128,46 @@ static void fence(struct tp_pay *p)
   send_call(p);
 }
 
+static void mismatch_kept(struct tp_cs *cs, int rc, void *arg)
+{
+  (void)cs;
+  struct tp_pay *p = arg;
+  if (rc != 0) {
+    inflight_del(p->att.id);
+    if (p->recovering)
+      tp_pay_free(p);
+    else
+      finish(p, rc);
+    return;
+  }
+  fence(p);
+}
+
+/* An answer for another amount or currency than asked (code), found on
+ * the call's own answer, a status query's, or recovery's: committed on the
+ * attempt (result_code, state still "sent") before the fence goes out.
+ * A status answer that leaves the amount out (allowed) does not then
+ * settle the attempt as the amount asked, after a fence that failed or a
+ * crash while it was in flight (review, session 41: 1000 recorded while
+ * the processor held 10000). */
+static void fence_mismatch(struct tp_pay *p, const char *code)
+{
+  tp_scopy(p->last_code, sizeof p->last_code, code);
+  p->fence_tries = 0;
+  if (strcmp(p->att.result_code, code) == 0) {
+    fence(p);
+    return;
+  }
+  tp_scopy(p->att.result_code, sizeof p->att.result_code, code);
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_attempt(cs, &p->att);
+  tp_cs_on_done(cs, mismatch_kept, p);
+  if (tp_writer_submit(cs) != 0) {
+    tp_cs_free(cs);
+    mismatch_kept(NULL, -1, p);
+  }
+}
+
 /* The fence's answer: true when the reference is voided (nothing was or
  * will be charged with it); the call then reads as "not found" again. */
 static bool fenced(struct tp_pay *p)
@@ -1208,7 +1248,7 @@ static void orchestrate(struct tp_pay *p)
         not_charged_next(p);
       } else if (approval_mismatch(c->decline_code) && proc_type_is(p, "restjson") &&
                  tp_mono_ms() < p->deadline_ms) {
-        fence(p);
+        fence_mismatch(p, c->decline_code);
       } else if (p->status_tries < RESOLVE_TRIES && tp_mono_ms() + delay < p->deadline_ms) {
         p->status_tries++;
         p->resend = query_status;
@@ -1260,12 +1300,10 @@ static void orchestrate(struct tp_pay *p)
      * status query would only repeat the outcome, and one that leaves the
      * amount out (allowed) was taken as an approval for the amount asked
      * (review, session 41: 500 held, 1000 recorded, nothing voided). */
-    if (tp_mono_ms() < p->deadline_ms) {
-      p->fence_tries = 0;
-      fence(p);
-    } else {
+    if (tp_mono_ms() < p->deadline_ms)
+      fence_mismatch(p, p->last_code);
+    else
       unresolved(p);
-    }
     return;
   }
   if ((!pr || pr->can_query_status || !tp_procs_count()) && tp_mono_ms() < p->deadline_ms) {
@@ -1364,7 +1402,10 @@ static void call_done(struct tp_proc_call *c)
            (c->outcome == TP_OUT_NOT_FOUND ||
             (c->outcome == TP_OUT_ERROR && approval_mismatch(c->decline_code) &&
              strcmp(p->att.kind, "authorize") == 0))) {
-    fence(p);
+    if (c->outcome == TP_OUT_ERROR)
+      fence_mismatch(p, c->decline_code);
+    else
+      fence(p);
     return;
   }
   if (p->recovering && c->kind == TP_PROC_STATUS && c->outcome == TP_OUT_APPROVED && !c->amount_checked &&
@@ -2854,8 +2895,36 @@ static void recovery_tick(void *arg, bool stopping)
   timer_after(recovery_ms, recovery_tick, NULL);
 }
 
+/* A connector found that the call of attempt ref, given up on and
+ * reversed, stands at its processor after all (tp_connector_reversal_owed):
+ * an attempt closed as reversed owes its reversal again, which recovery
+ * repeats until the processor acknowledges it. One still owing it is left
+ * as it is; anything else (it succeeded after all) is logged. */
+static void reversal_owed(const char *ref)
+{
+  struct tp_attempt a;
+  if (tp_app.store.ops->attempt_get(tp_app.store.cls, ref, &a) != 1)
+    return;
+  if (strcmp(a.state, "reversed") != 0) {
+    tp_log(TP_LOG_INFO, "reversal_owed_already", "{s:s, s:s}", "attempt", a.id, "state", a.state);
+    return;
+  }
+  snprintf(a.state, sizeof a.state, "reversal_pending");
+  a.updated = tp_now();
+  struct tp_cs *cs = tp_cs_new();
+  tp_cs_attempt(cs, &a);
+  if (tp_writer_submit(cs) != 0) {
+    tp_cs_free(cs);
+    tp_log(TP_LOG_ERROR, "reversal_reopen_failed", "{s:s}", "attempt", a.id);
+    return;
+  }
+  tp_log(TP_LOG_WARN, "reversal_reopened", "{s:s, s:s, s:s}", "attempt", a.id, "processor", a.processor,
+         "payment_intent", a.payment_intent);
+}
+
 int tp_recover(void)
 {
+  tp_connector_on_reversal_owed(reversal_owed);
   deadline_ms = tp_config_int("routing", "deadline_ms", 10000, 100, 600000);
   backoff_base_ms = tp_config_int("routing", "backoff_base_ms", 50, 0, 60000);
   backoff_cap_ms = tp_config_int("routing", "backoff_cap_ms", 1000, 0, 600000);

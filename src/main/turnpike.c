@@ -465,6 +465,12 @@ static int cmd_serve(int argc, char **argv)
   if (nofile < 4096 + 256)
     tp_log(TP_LOG_WARN, "open_files_limited", "{s:i, s:s}", "limit", (int)nofile, "hint",
            "raise the hard limit (ulimit -Hn, LimitNOFILE=) to serve 4096 connections");
+  /* HTTPS settings are checked before anything is made or started (a
+   * missing key file, min_version 1.1: refused after the store, a demo
+   * merchant and every thread had been made; review, session 41). */
+  int tls = tp_tls_configure(tls_cert, tls_key, tls_min);
+  if (tls < 0)
+    return 2;
   tp_scopy(tp_app.data_dir, sizeof tp_app.data_dir, c.data);
   /* Before anything in the directory is touched: a second server would
    * remove the first's serve.addr and share its store. */
@@ -580,8 +586,7 @@ static int cmd_serve(int argc, char **argv)
     return 1;
 
   /* HTTPS, OAuth signing key, rate limits: before the first request. */
-  int tls = tp_tls_configure(tls_cert, tls_key, tls_min);
-  if (tls < 0 || tp_oauth_init(c.data) != 0 || tp_proxies_init() != 0)
+  if (tp_oauth_init(c.data) != 0 || tp_proxies_init() != 0)
     return stop_early();
   tp_ratelimit_init();
   /* Settings read so far that were there but not valid (config_invalid,

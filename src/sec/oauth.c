@@ -155,9 +155,13 @@ static void oauth_error(struct tp_req *r, unsigned status, const char *error, co
   tp_reply_json(r, status, tp_pack("{s:s, s:s}", "error", error, "error_description", desc));
 }
 
+/* RFC 6749 §3.2: "Parameters sent without a value MUST be treated as if
+ * they were omitted from the request" (client_id= beside Basic was two
+ * methods, resource= an invalid target: review, session 41). */
 static const char *param(struct tp_req *r, const char *name)
 {
-  return json_string_value(json_object_get(r->params, name));
+  const char *v = json_string_value(json_object_get(r->params, name));
+  return v && *v ? v : NULL;
 }
 
 /* application/x-www-form-urlencoded decoding in place (RFC 6749 §2.3.1). */
@@ -290,6 +294,9 @@ static bool endpoint_client_auth(struct tp_req *r, struct oclient *c)
   }
   tp_ratelimit_auth_failed(addr, tp_mono_ms());
   oauth_error(r, 401, "invalid_client", "Client authentication failed.");
+  /* every 401 names a scheme (RFC 9110 §15.5.2), and one to a client that
+   * tried the Authorization header must (RFC 6749 §5.2) */
+  snprintf(r->www_authenticate, sizeof r->www_authenticate, "Basic realm=\"turnpike\", charset=\"UTF-8\"");
   return false;
 }
 
@@ -653,14 +660,23 @@ void tp_h_oauth_jwks(struct tp_req *r)
 void tp_h_oauth_metadata(struct tp_req *r)
 {
   const char *iss = issuer();
+  /* The endpoints hang off the issuer without its trailing slashes (RFC
+   * 8414 §2 allows one: "http://host/" advertised "http://host//oauth/token",
+   * which nothing routes; review, session 41). The issuer itself is given
+   * as configured: it must equal the tokens' iss. */
+  char base[512];
+  size_t bl = strlen(iss);
+  while (bl > 0 && iss[bl - 1] == '/')
+    bl--;
+  snprintf(base, sizeof base, "%.*s", (int)bl, iss);
   char all[160];
   tp_scopes_format(TP_SCOPE_ALL, all, sizeof all);
   json_t *scopes = json_array();
   for (unsigned b = 1; b & TP_SCOPE_ALL; b <<= 1)
     json_array_append_new(scopes, json_string(tp_scope_name(b)));
   json_t *o = tp_pack("{s:s, s:s+, s:s+, s:s+, s:s+, s:[s], s:[s, s], s:[s, s], s:[s, s], s:o, s:[s]}", "issuer",
-                      iss, "token_endpoint", iss, "/oauth/token", "jwks_uri", iss, "/.well-known/jwks.json",
-                      "revocation_endpoint", iss, "/oauth/revoke", "introspection_endpoint", iss,
+                      iss, "token_endpoint", base, "/oauth/token", "jwks_uri", base, "/.well-known/jwks.json",
+                      "revocation_endpoint", base, "/oauth/revoke", "introspection_endpoint", base,
                       "/oauth/introspect", "grant_types_supported", "client_credentials",
                       "token_endpoint_auth_methods_supported", "client_secret_basic", "client_secret_post",
                       "revocation_endpoint_auth_methods_supported", "client_secret_basic", "client_secret_post",

@@ -72,6 +72,36 @@ class ConcurrencyTest(DaemonTestCase):
         made = {r.json["payment_method"] for r in res}
         saved = {pm["id"] for pm in c.list_all("/v1/customers/%s/payment_methods" % cus)}
         self.assertEqual(made - saved, set(), "cards not saved")
+    def test_one_new_card_saved_by_two_payments_at_once_pays_once(self):
+        """One unattached card, confirmed at the same moment by two
+        payments with setup_future_usage for two customers (or by one that
+        saves it and one that spends it): both paid, and it was saved to
+        one customer or to none (review, session 41). Sent one after the
+        other the second is refused; at once, one pays and saves it, the
+        other is refused or told to retry (429 lock_timeout)."""
+        c = self.c("m")
+        for rnd in range(3):
+            pm = c.post("/v1/payment_methods", {"type": "card", "card[number]": "4242424242424242",
+                                                 "card[exp_month]": "12", "card[exp_year]": "2034",
+                                                 "card[cvc]": "123"}).json["id"]
+            cus = [c.post("/v1/customers", {"name": "saver %d %d" % (rnd, i)}).json["id"] for i in range(2)]
+            spend_one = rnd == 2  # the first pays without saving it, the second saves it
+
+            def confirm(i):
+                params = {"amount": 1000, "currency": "usd", "confirm": "true", "payment_method": pm}
+                if not (spend_one and i == 0):
+                    params.update(customer=cus[i], setup_future_usage="off_session")
+                return self.daemon.client("m").post(PI, params, idem=new_key())
+            answers = self.at_once(2, confirm)
+            self.assert_settled(answers)
+            paid = [i for i, r in enumerate(answers) if r.status == 200 and r.json["status"] == "succeeded"]
+            self.assertEqual(len(paid), 1, [(r.status, r.json) for r in answers])
+            owner = c.get("/v1/payment_methods/" + pm).json["customer"]
+            if spend_one and paid == [0]:
+                self.assertIsNone(owner)
+            else:
+                self.assertEqual(owner, cus[paid[0]], "the paying customer's card was not saved")
+
     def test_parallel_refunds_wait_for_each_other(self):
         """Twelve refunds of one PaymentIntent at once, room for all of them:
         each waits for the object the one before holds (as Stripe does), so

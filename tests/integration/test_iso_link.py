@@ -120,6 +120,9 @@ class IsoHost:
         self.unlocated_first = 0  # this many 0400s answered 25 while the held calls stay held...
         self.late_s = 0.3         # ...which are approved this long after
         self.late_at = None       # len(seen) when those late approvals went out
+        self.rev_silent = False   # 0400/0401 get no answer
+        self.late_copies = 1      # each late approval sent this many times
+        self.rev25_copies = 1     # each such 25 sent this many times
         self.conn = None
         self.stop = False
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -185,18 +188,24 @@ class IsoHost:
         elif mti in ("0100", "0200") and not hold:
             f39 = DECLINES.get(f.get(2, ""), "00")
             self.reply(c, mti[:2] + "10", f, f39)
+        elif mti in ("0400", "0401") and self.rev_silent:
+            pass
         elif mti in ("0400", "0401") and self.unlocated_first > 0:
             # the calls are still at the issuer: not found now, approved later
             with self.lock:
                 self.unlocated_first -= 1
                 held, self.held = self.held, []
-            self.reply(c, "0410", f, "25")
+            for _ in range(self.rev25_copies):
+                self.reply(c, "0410", f, "25")
+            if self.late_s is None:
+                return  # never approved
 
             def late():
                 with self.lock:
                     self.late_at = len(self.seen)  # what the host had seen by then
-                for hm, hf in held:
-                    self.reply(c, hm[:2] + "10", hf, "00")
+                for _ in range(self.late_copies):
+                    for hm, hf in held:
+                        self.reply(c, hm[:2] + "10", hf, "00")
             threading.Timer(self.late_s, late).start()
         elif mti in ("0400", "0401"):
             with self.lock:
@@ -329,6 +338,7 @@ class IsoLink(unittest.TestCase):
         with self.host.lock:
             self.host.hold = 1
             self.host.unlocated_first = 1
+            self.host.late_copies = 50
             self.host.late_at = None
         try:
             self.pay()  # (retried on the link as a new call, it may succeed: that one stands alone)
@@ -345,10 +355,82 @@ class IsoLink(unittest.TestCase):
             self.assertEqual(revs[-1][90][:10], "0200" + held[11])  # it names the call in field 90
             self.assertEqual(revs[-1][90][10:20], held[7])
             self.assertEqual(revs[-1][4], held[4])
+            # the approval sent 50 times is reversed once, not 50 times (a
+            # host repeating it made a reversal each, without end)
+            time.sleep(1.5)
+            self.assertEqual(len(reversed_after()), 1, reversed_after())
+        finally:
+            with self.host.lock:
+                self.host.unlocated_first = 0
+                self.host.late_copies = 1
+                self.host.hold = 0
+        self.assertEqual(self.host.errors, [])
+
+    def test_2i_a_25_sent_twice_is_still_asked_again(self):
+        """The first 25 to a reversal is asked again (0401) before it is
+        believed; a host that sent that 0410 twice had its copy taken as
+        the answer to the re-ask, which then never went out."""
+        n0 = len(self.host.seen)
+        with self.host.lock:
+            self.host.hold = 1
+            self.host.unlocated_first = 1
+            self.host.rev25_copies = 2
+            self.host.late_s = None
+        try:
+            self.pay()
+            with self.host.lock:
+                held = [f for m, f in self.host.seen[n0:] if m == "0200"][0]
+            wait_for(lambda: [f for m, f in list(self.host.seen)[n0:] if m == "0401" and f.get(37) == held[37]],
+                     what="the 25 asked again")
+        finally:
+            with self.host.lock:
+                self.host.unlocated_first = 0
+                self.host.rev25_copies = 1
+                self.host.late_s = 0.3
+                self.host.hold = 0
+        self.assertEqual(self.host.errors, [])
+
+    def test_2h_a_late_approval_reopens_an_attempt_closed_as_reversed(self):
+        """The late approval comes after recovery closed the attempt as
+        reversed, and the host does not answer the new reversal at once:
+        the link's repeats gave up and nothing owed it any more, with the
+        sale standing at the host (review of the day's fix, session 41).
+        The attempt owes its reversal again, durably, until acknowledged."""
+        c = self.daemon.client("m")
+        n0 = len(self.host.seen)
+        with self.host.lock:
+            self.host.hold = 1
+            self.host.unlocated_first = 1
+            self.host.late_s = 12.0
+            self.host.late_at = None
+        try:
+            r = self.pay()
+            pi = r.json["id"] if r.status == 200 else r.json["error"]["payment_intent"]["id"]
+            with self.host.lock:
+                held = [f for m, f in self.host.seen[n0:] if m == "0200"][0]
+
+            def first_attempt():
+                return [a for a in c.get("/v1/payment_intents/%s/attempts" % pi).json["data"]
+                        if a["kind"] == "authorize"][0]
+            # its reversal acknowledged (the 0401 after the 25), recovery closes it
+            wait_for(lambda: first_attempt()["state"] == "reversed", timeout=11, what="the attempt reversed")
+            with self.host.lock:
+                self.host.rev_silent = True  # the new reversal is not answered for now
+            wait_for(lambda: self.host.late_at is not None, timeout=15, what="the late approval")
+            wait_for(lambda: first_attempt()["state"] == "reversal_pending", timeout=5, what="the attempt reopened")
+            with self.host.lock:
+                self.host.rev_silent = False
+            wait_for(lambda: first_attempt()["state"] == "reversed", timeout=30, what="reversed again")
+            with self.host.lock:
+                revs = [f for m, f in self.host.seen[self.host.late_at:] if m in ("0400", "0401")
+                        and f.get(37) == held[37]]
+            self.assertTrue(revs)
         finally:
             with self.host.lock:
                 self.host.unlocated_first = 0
                 self.host.hold = 0
+                self.host.rev_silent = False
+                self.host.late_s = 0.3
         self.assertEqual(self.host.errors, [])
 
     def test_2b_a_void_names_its_authorization_in_field_90(self):
@@ -660,7 +742,15 @@ class IsoLink(unittest.TestCase):
             self.assertEqual(got[0].get(39), want, got)
             if not f70:
                 self.assertEqual(got[0].get(37), "HOSTREQ00001")
-        self.assertEqual(self.pay().json["status"], "succeeded")
+        # a sign-off sent as a repeat (0801) is a sign-off: answered, the
+        # link dropped and signed on again (it was answered 00 and ignored)
+        with self.host.lock:
+            conns = self.host.connections
+        self.host.send_raw(frame(pack("0801", {7: "1207120000", 11: "900006", 70: "002"})))
+        wait_for(lambda: [f for m, f in list(self.host.seen) if m == "0810" and f.get(11) == "900006"],
+                 what="the answer to the repeated sign-off")
+        wait_for(lambda: self.host.connections > conns, what="the link signed on again")
+        wait_for(lambda: self.pay().json.get("status") == "succeeded", what="a payment on the new link")
 
 
 class StalledFrame(unittest.TestCase):

@@ -170,6 +170,16 @@ class OAuthTest(DaemonTestCase):
         for res in (self.url, self.url + "/", self.url + "/v1"):  # this server, or a path of it
             r = self.token_req({"grant_type": "client_credentials", "resource": res})
             self.assertEqual(r.status, 200, (res, r))
+        # RFC 6749 §3.2: a parameter sent without a value is as if omitted
+        for extra in ({"client_id": ""}, {"client_secret": ""}, {"resource": ""}, {"audience": ""}, {"scope": ""}):
+            r = self.token_req(dict({"grant_type": "client_credentials"}, **extra))
+            self.assertEqual(r.status, 200, (extra, r))
+        r = self.token_req({"grant_type": "", "scope": "payments:read"})
+        self.assertEqual((r.status, r.json["error"]), (400, "invalid_request"), r)  # missing, not unsupported
+        # RFC 6749 §5.1: a token's reply says no-store, and Pragma no-cache
+        r = self.token_req({"grant_type": "client_credentials"})
+        self.assertIn("no-store", r.headers.get("Cache-Control", ""))
+        self.assertEqual(r.headers.get("Pragma"), "no-cache")
         auth = {"Authorization": basic(self.cl["client_id"], self.cl["client_secret"]),
                 "Content-Type": "application/json"}
         r = self.anon.request("POST", TOKEN, body=json.dumps({"grant_type": "client_credentials"}).encode(),
@@ -224,6 +234,12 @@ class OAuthTest(DaemonTestCase):
         r = self.token_req({"grant_type": "client_credentials"}, client=bad, how="post")
         self.assertEqual(r.status, 401, r)
         self.assertEqual(r.json["error"], "invalid_client")
+        # every 401 names a scheme (RFC 9110 §15.5.2), another scheme tried included (RFC 6749 §5.2)
+        self.assertTrue(r.headers.get("WWW-Authenticate", "").startswith("Basic"), r.headers)
+        for h in ("Bearer abc", "Basic", "Digest username=\"x\""):
+            r = self.anon.post(TOKEN, {"grant_type": "client_credentials"}, headers={"Authorization": h}, key=None)
+            self.assertEqual((r.status, r.json["error"]), (401, "invalid_client"), (h, r))
+            self.assertTrue(r.headers.get("WWW-Authenticate", "").startswith("Basic"), (h, r.headers))
         unknown = {"client_id": "oc_nobody", "client_secret": self.cl["client_secret"]}
         r = self.token_req({"grant_type": "client_credentials"}, client=unknown)
         self.assertEqual(r.json["error"], "invalid_client", r)
@@ -385,6 +401,25 @@ class OAuthTest(DaemonTestCase):
         self.assertEqual(self.bearer(self.token()).get("/v1/payment_intents").status, 200)
         # The old token names the old issuer (the old port): refused.
         self.assertEqual(self.bearer(tok).get("/v1/payment_intents").status, 401)
+
+
+
+class IssuerWithSlashTest(DaemonTestCase):
+    """RFC 8414 §2 allows an issuer ending in "/": its endpoints were
+    advertised as "https://pay.example//oauth/token", which nothing routes
+    (openid-client failed discovery; review, session 41)."""
+    MERCHANTS = ("a",)
+
+    @classmethod
+    def config(cls):
+        return "[oauth]\nissuer = https://pay.example/\n"
+
+    def test_endpoints_hang_off_the_issuer_once(self):
+        m = Client(HOST, self.daemon.port, key=None).get("/.well-known/oauth-authorization-server", key=None).json
+        self.assertEqual(m["issuer"], "https://pay.example/")  # as configured: the tokens' iss
+        for k, path in (("token_endpoint", "/oauth/token"), ("jwks_uri", "/.well-known/jwks.json"),
+                        ("revocation_endpoint", "/oauth/revoke"), ("introspection_endpoint", "/oauth/introspect")):
+            self.assertEqual(m[k], "https://pay.example" + path)
 
 
 if __name__ == "__main__":

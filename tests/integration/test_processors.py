@@ -64,6 +64,7 @@ class FakeProcessor:
         self.fenced, self.applied, self.stall_s = set(), [], 0.0  # mode stall_void
         self.retry_after = None  # mode 429: the Retry-After of the next authorization's 429
         self.status_bare = False  # status answers leave out amount and currency
+        self.void_500 = False  # every void answered 500 (not done)
         self.requests = []  # (method, path, headers, body-json-or-None)
         self.lock = threading.Lock()
         outer = self
@@ -141,6 +142,16 @@ class FakeProcessor:
                         self.send_header("Content-Length", str(len(data)))
                         self.end_headers()
                         return self.wfile.write(data)
+                if outer.void_500 and method == "POST" and path.endswith("/void"):
+                    return self._reply(500, {"error": "boom"})  # not done here
+                if mode == "mismatch_lost" and method == "POST" and path.endswith("/v1/authorizations"):
+                    # approved here for ten times the amount, the answer lost
+                    with outer.lock:
+                        outer.kept[js["reference"]] = {
+                            "id": "auth_" + js["reference"], "operation": "authorize",
+                            "reference": js["reference"], "status": "approved", "auth_code": "A1B2C3",
+                            "amount": js["amount"] * 10, "currency": js["currency"], "captured": False}
+                    return self._reply(500, {"error": "boom"})
                 if mode == "mismatch" and method == "POST" and path.endswith("/v1/authorizations"):
                     a = {"id": "auth_" + js["reference"], "operation": "authorize", "reference": js["reference"],
                          "status": "approved", "auth_code": "A1B2C3", "amount": js["amount"] * 10,
@@ -391,6 +402,39 @@ class ConnectorContract(unittest.TestCase):
         self.assertEqual(statuses, [], reqs)
         with self.fake.lock:
             self.assertTrue(all(self.fake.kept[a]["status"] == "voided" for a in auths))
+
+    def test_a_mismatch_a_status_query_found_is_kept_for_recovery(self):
+        """The authorization's answer is lost; the status query finds it
+        approved for ten times the amount; every void of it fails, so the
+        payment is left to recovery. The mismatch was not kept on the
+        attempt, and recovery's status answer, leaving the amount out, was
+        taken as the approval asked: succeeded for 2000 while the
+        processor held 20000, never voided (review, session 41)."""
+        n0 = len(self.fake.requests)
+        self.fake.void_500 = True
+        try:
+            self.fake.mode = "mismatch_lost"
+            r = self.pay(PAN_OK)
+            self.fake.mode = "ok"
+            self.assertEqual(r.status, 502, r)
+            pi = r.json["error"]["payment_intent"]["id"]
+            att = self.c.get("/v1/payment_intents/%s/attempts" % pi).json["data"]
+            self.assertEqual([(a["state"], a["result_code"]) for a in att], [("sent", "processor_amount_mismatch")])
+        finally:
+            self.fake.void_500 = False
+            self.fake.mode = "ok"
+        self.fake.status_bare = True
+        try:
+            with self.fake.lock:
+                ref = [q[3]["reference"] for q in self.fake.requests[n0:] if q[0] == "POST" and
+                       q[1].endswith("/v1/authorizations")][0]
+            wait_for(lambda: self.fake.kept[ref]["status"] == "voided", timeout=30, what="recovery's void")
+            got = wait_for(lambda: (lambda g: g["status"] != "processing" and g)(
+                self.c.get("/v1/payment_intents/" + pi).json), timeout=10, what="the payment settled")
+            self.assertNotIn(got["status"], ("succeeded", "requires_capture", "processing"), got)
+            self.assertEqual(got["amount_received"], 0, got)
+        finally:
+            self.fake.status_bare = False
 
     def test_a_status_answer_without_the_amount_does_not_undo_a_mismatch(self):
         """The contract lets a status answer leave amount and currency out.

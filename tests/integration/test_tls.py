@@ -206,6 +206,9 @@ class TLS13OnlyTest(unittest.TestCase):
                 self.assertIn(why, log)
                 self.assertIn(file, log)
                 self.assertNotIn("listen_failed", log)
+                # refused before anything was made (a store and a demo merchant were)
+                self.assertFalse(os.path.exists(os.path.join(d.data, "turnpike.db")), log)
+                self.assertEqual(d.proc.returncode, 2, log)
             finally:
                 d.cleanup()
 
