@@ -474,20 +474,7 @@ class ConnectorContract(unittest.TestCase):
             self.assertNotEqual(got["status"], "succeeded", got)
             self.assertEqual(got["amount_received"], 0, got)
             self.assertEqual(self.c.get("/v1/balance").json, bal0)
-            # a refund made in another currency
-            paid = self.pay(PAN_OK)
-            self.assertEqual(paid.json["status"], "succeeded", paid)
-            bal1 = self.c.get("/v1/balance").json
-            self.fake.mode = "refund_mismatch"
-            re = self.c.post("/v1/refunds", {"payment_intent": paid.json["id"], "amount": 100},
-                             headers={"Idempotency-Key": new_key()})
-            self.fake.mode = "ok"
-            self.assertNotEqual(re.json.get("status"), "succeeded", re)
-            time.sleep(2.5)
-            refunds = self.c.get("/v1/refunds", {"payment_intent": paid.json["id"]}).json["data"]
-            self.assertNotIn("succeeded", [x["status"] for x in refunds], refunds)
-            self.assertEqual(self.c.get("/v1/charges/" + paid.json["latest_charge"]).json["amount_refunded"], 0)
-            self.assertEqual(self.c.get("/v1/balance").json, bal1)
+            self.refund_in_another_currency_is_never_recorded()
         finally:
             self.fake.status_bare = False
             self.fake.mode = "ok"
@@ -534,6 +521,12 @@ class ConnectorContract(unittest.TestCase):
         self.assertEqual(self.c.get("/v1/balance").json, bal0)
         # a refund answered in another currency
         self.fake.mode = "ok"
+        self.refund_in_another_currency_is_never_recorded()
+
+    def refund_in_another_currency_is_never_recorded(self):
+        """A refund the processor says it made in another currency: the
+        call is left unresolved, recovery (whatever its status answers
+        say) does not settle it, and no money moves in the ledger."""
         paid = self.pay(PAN_OK)
         self.assertEqual(paid.json["status"], "succeeded", paid)
         bal1 = self.c.get("/v1/balance").json
