@@ -56,6 +56,10 @@ struct tp_proc_call {
    * the ones asked (an answer may leave them out: "checked when the
    * answer has them"), so it confirms the amount, not only the outcome */
   bool amount_checked;
+  /* ISO 8583: the reversal was answered 25 (no record of the call), not
+   * 00: the call may yet reach the host, so recovery asks once more
+   * before it believes it (payflow.c, unlocated_first) */
+  bool unlocated;
   void (*done)(struct tp_proc_call *c);
   void *arg;
 };

@@ -993,6 +993,7 @@ static void on_reversal_answer(struct iso_link *l, struct pend *p, const struct 
     late_add(l, p->stan, p); /* a repeat's (0401, same STAN) answer may follow: late, not unknown */
   if (p->c) {
     tp_scopy(p->c->processor_ref, sizeof p->c->processor_ref, p->rrn);
+    p->c->unlocated = unknown && !reversed;
     if (p->kind == TP_PROC_STATUS) {
       if (reversed || unknown)
         report(l, p, TP_OUT_NOT_FOUND, "");
@@ -1324,6 +1325,8 @@ static void check_resend(struct iso_link *l, int64_t now)
 
 static void start_call(struct iso_link *l, struct pend *p, int64_t now)
 {
+  if (p->c)
+    p->c->unlocated = false;
   if (p->type == PT_REVERSAL && p->c && reversed_known(l, p->rrn)) {
     tp_log(TP_LOG_INFO, "iso_reversal_known", "{s:s, s:s}", "processor", l->name, "rrn", p->rrn);
     tp_scopy(p->c->processor_ref, sizeof p->c->processor_ref, p->rrn);

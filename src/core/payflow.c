@@ -1132,14 +1132,12 @@ static void mismatch_kept(struct tp_cs *cs, int rc, void *arg)
 {
   (void)cs;
   struct tp_pay *p = arg;
-  if (rc != 0) {
-    inflight_del(p->att.id);
-    if (p->recovering)
-      tp_pay_free(p);
-    else
-      finish(p, rc);
-    return;
-  }
+  /* The fence goes out whatever became of that commit: a hold for another
+   * amount is voided in any case (a full disk stopped it, and recovery
+   * then booked the amount asked; review, session 41). unresolved()
+   * commits the mismatch again if the fence does not settle it. */
+  if (rc != 0)
+    tp_log(TP_LOG_ERROR, "attempt_mismatch_not_kept", "{s:s, s:i}", "attempt", p->att.id, "rc", rc);
   fence(p);
 }
 
@@ -1322,6 +1320,7 @@ static void orchestrate(struct tp_pay *p)
 }
 
 static void reversal_answered(struct tp_pay *p);
+static bool unlocated_first(const char *id);
 
 static bool answer_lost(const struct tp_pay *p)
 {
@@ -1419,6 +1418,12 @@ static void call_done(struct tp_proc_call *c)
       return;
     }
     tp_scopy(c->decline_code, sizeof c->decline_code, p->att.result_code);
+    c->outcome = TP_OUT_ERROR;
+  }
+  if (p->recovering && c->kind == TP_PROC_STATUS && c->outcome == TP_OUT_NOT_FOUND && c->unlocated &&
+      unlocated_first(p->att.id)) {
+    /* An ISO host's first 25: asked again at the next tick */
+    tp_scopy(c->decline_code, sizeof c->decline_code, "processor_reversal_unlocated");
     c->outcome = TP_OUT_ERROR;
   }
   if (p->recovering && c->outcome == TP_OUT_ERROR) {
@@ -2636,6 +2641,36 @@ static void rev_forget(const char *id)
   pthread_mutex_unlock(&rev_mu);
 }
 
+/* Attempts whose recovery reversal was answered 25 once (an ISO host had
+ * no record of the call): the next one is believed. The call may still
+ * be on its way to the host (queued at it, at its issuer, on the
+ * connection the crash cut), approved after a first 25, and standing
+ * there while the attempt was closed (review, session 41: the link asks
+ * its own reversals again; recovery believed the first). True the first
+ * time for id, then false (and id forgotten). */
+static struct rev_wait *unlocated_tab[REV_BUCKETS];
+
+static bool unlocated_first(const char *id)
+{
+  pthread_mutex_lock(&rev_mu);
+  struct rev_wait **pp = &unlocated_tab[inflight_bucket(id) % REV_BUCKETS];
+  while (*pp && strcmp((*pp)->id, id) != 0)
+    pp = &(*pp)->next;
+  struct rev_wait *e = *pp;
+  bool first = e == NULL;
+  if (e) {
+    *pp = e->next;
+    free(e);
+  } else if ((e = calloc(1, sizeof *e)) != NULL) {
+    tp_scopy(e->id, sizeof e->id, id);
+    *pp = e;
+  } else {
+    first = false; /* no memory to remember it: believed now */
+  }
+  pthread_mutex_unlock(&rev_mu);
+  return first;
+}
+
 size_t tp_payflow_reversals_pending(const char *processor)
 {
   size_t n = 0;
@@ -2678,7 +2713,7 @@ static void rev_publish(const struct rev_count *c, size_t n)
 static void reversal_answered(struct tp_pay *p)
 {
   const struct tp_proc_call *c = &p->call;
-  if (c->outcome == TP_OUT_NOT_FOUND) {
+  if (c->outcome == TP_OUT_NOT_FOUND && !(c->unlocated && unlocated_first(p->att.id))) {
     /* 0410 with 00 (reversed now) or 25 (nothing stands under the
      * reference, e.g. the connector's own 0401 got there first). */
     rev_forget(p->att.id);
@@ -2905,8 +2940,15 @@ static void reversal_owed(const char *ref)
   struct tp_attempt a;
   if (tp_app.store.ops->attempt_get(tp_app.store.cls, ref, &a) != 1)
     return;
-  if (strcmp(a.state, "reversed") != 0) {
-    tp_log(TP_LOG_INFO, "reversal_owed_already", "{s:s, s:s}", "attempt", a.id, "state", a.state);
+  /* Closed as reversed, or as failed or declined on a reversal's 25, or
+   * owing one now: written "reversal_pending" in every case. The writer
+   * applies change sets in order, so a "reversed" recovery committed just
+   * before (queued behind a slow fsync when the approval came) is
+   * overwritten, not the other way round (review, session 41). A call
+   * still in flight ("sent") is the payment's or recovery's to settle, and
+   * a succeeded one stands as it should. */
+  if (strcmp(a.state, "sent") == 0 || strcmp(a.state, "succeeded") == 0) {
+    tp_log(TP_LOG_WARN, "reversal_owed_in_flight", "{s:s, s:s}", "attempt", a.id, "state", a.state);
     return;
   }
   snprintf(a.state, sizeof a.state, "reversal_pending");

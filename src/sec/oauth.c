@@ -316,6 +316,39 @@ static bool only_params(struct tp_req *r, const char *const *allowed)
   return true;
 }
 
+/* RFC 6749 §3.2: "Request and response parameters MUST NOT be included
+ * more than once" (the form parser keeps the last: client_secret=wrong&
+ * client_secret=right signed in). True when the form body names a key
+ * twice. */
+static bool param_repeated(const struct tp_req *r)
+{
+  const char *b = r->body, *end = r->body ? r->body + r->body_len : NULL;
+  /* a token request has six parameters at most: past 32, refused as one
+   * would be (and the pairwise look below stays small) */
+  size_t n = 0;
+  for (const char *q = b; q && q < end && n <= 32; q++)
+    n += *q == '&';
+  if (n > 32)
+    return true;
+  for (const char *k = b; k && k < end;) {
+    const char *amp = memchr(k, '&', (size_t)(end - k));
+    const char *stop = amp ? amp : end;
+    const char *eq = memchr(k, '=', (size_t)(stop - k));
+    size_t kl = (size_t)((eq ? eq : stop) - k);
+    for (const char *o = stop + 1; kl > 0 && o < end;) {
+      const char *oamp = memchr(o, '&', (size_t)(end - o));
+      const char *ostop = oamp ? oamp : end;
+      const char *oeq = memchr(o, '=', (size_t)(ostop - o));
+      size_t ol = (size_t)((oeq ? oeq : ostop) - o);
+      if (ol == kl && memcmp(o, k, kl) == 0)
+        return true;
+      o = ostop + 1;
+    }
+    k = stop + 1;
+  }
+  return false;
+}
+
 /* ---- POST /oauth/token ----------------------------------------------------- */
 void tp_h_oauth_token(struct tp_req *r)
 {
@@ -338,10 +371,18 @@ void tp_h_oauth_token(struct tp_req *r)
     oauth_error(r, 400, "invalid_request", "A parameter is not text.");
     return;
   }
+  if (param_repeated(r)) {
+    oauth_error(r, 400, "invalid_request", "A parameter is included more than once.");
+    return;
+  }
   /* RFC 8707 2: a resource (or an audience) this server's tokens are not
-   * for is invalid_target, not ignored: the token would not be for it. */
+   * for is invalid_target, not ignored: the token would not be for it.
+   * The issuer without its trailing slashes (an issuer "https://h/" owns
+   * "https://h/v1" and "https://h"). */
   const char *res = param(r, "resource"), *aud = param(r, "audience");
   size_t il = strlen(issuer());
+  while (il > 0 && issuer()[il - 1] == '/')
+    il--;
   bool res_ours = res && (strcmp(res, audience()) == 0 ||
                           (strncmp(res, issuer(), il) == 0 && (res[il] == '\0' || res[il] == '/')));
   if ((res && !res_ours) || (aud && strcmp(aud, audience()) != 0)) {

@@ -848,6 +848,50 @@ class StansAfterARestart(unittest.TestCase):
             host.close()
 
 
+class RecoveryAsksA25Again(unittest.TestCase):
+    """kill -9 while an authorization is at the host, unanswered. After the
+    restart recovery reverses it; the host, whose issuer still has the
+    sale, answers 25 and approves the sale a moment later. Recovery
+    believed the first 25 and closed the attempt, with the sale standing at
+    the host (review, session 41); it asks again at its next tick."""
+
+    def test_recovery_reverses_again_after_a_first_25(self):
+        host = IsoHost()
+        daemon = Daemon()
+        conf = ("[processor.acq]\ntype = iso8583\nendpoint = %s:%d\ntimeout_ms = 3000\n"
+                "terminal_id = TERM0043\necho_interval_ms = 60000\nhealth_interval_ms = 0\n"
+                "[routing]\nrecovery_interval_ms = 500\nstartup_settle_ms = 0\n" % (HOST, host.port))
+        try:
+            daemon.create_merchant("m")
+            daemon.start(config=conf)
+            with host.lock:
+                host.hold = 1
+            t = threading.Thread(target=lambda: daemon.client("m").post("/v1/payment_intents", {
+                "amount": 1000, "currency": "usd", "confirm": "true", "payment_method_data": card(PAN_OK)},
+                idem=new_key()))
+            t.daemon = True
+            t.start()
+            wait_for(lambda: host.count("0200") >= 1, what="the sale at the host")
+            daemon.kill9()
+            t.join(10)
+            with host.lock:
+                held = [f for m, f in host.seen if m == "0200"][0]
+                host.unlocated_first = 1  # the first reversal: 25, then the sale is approved
+                host.late_s = 0.3
+            daemon.start(config=conf)
+            wait_for(lambda: host.late_at is not None, what="the late approval")
+
+            def reversed_after():
+                with host.lock:
+                    return [f for m, f in host.seen[host.late_at:] if m in ("0400", "0401") and
+                            f.get(37) == held[37]]
+            wait_for(reversed_after, timeout=20, what="recovery's reversal after the first 25")
+            self.assertEqual(host.errors, [])
+        finally:
+            daemon.cleanup()
+            host.close()
+
+
 class WithSimulator(unittest.TestCase):
     """The connector against the real `turnpike sim` ISO host (written by
     another hand from the same docs): payments, declines, a void by

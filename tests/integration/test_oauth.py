@@ -176,6 +176,13 @@ class OAuthTest(DaemonTestCase):
             self.assertEqual(r.status, 200, (extra, r))
         r = self.token_req({"grant_type": "", "scope": "payments:read"})
         self.assertEqual((r.status, r.json["error"]), (400, "invalid_request"), r)  # missing, not unsupported
+        # RFC 6749 §3.2: a parameter included more than once is invalid_request
+        # (the last one won: a wrong secret then the right one signed in)
+        raw = "grant_type=client_credentials&client_id=%s&client_secret=ocs_wrong&client_secret=%s" % (
+            self.cl["client_id"], self.cl["client_secret"])
+        r = self.anon.request("POST", TOKEN, body=raw.encode(), key=None,
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+        self.assertEqual((r.status, r.json["error"]), (400, "invalid_request"), r)
         # RFC 6749 §5.1: a token's reply says no-store, and Pragma no-cache
         r = self.token_req({"grant_type": "client_credentials"})
         self.assertIn("no-store", r.headers.get("Cache-Control", ""))
@@ -420,6 +427,16 @@ class IssuerWithSlashTest(DaemonTestCase):
         for k, path in (("token_endpoint", "/oauth/token"), ("jwks_uri", "/.well-known/jwks.json"),
                         ("revocation_endpoint", "/oauth/revoke"), ("introspection_endpoint", "/oauth/introspect")):
             self.assertEqual(m[k], "https://pay.example" + path)
+        # and a resource of it, written either way, is its own (RFC 8707)
+        d = self.daemon
+        cl = create_client(d, d.merchants["a"]["id"], "payments:read")
+        for res, want in (("https://pay.example/v1", 200), ("https://pay.example", 200),
+                          ("https://pay.example.evil/v1", 400)):
+            r = Client(HOST, d.port, key=None).post(TOKEN, {"grant_type": "client_credentials", "resource": res},
+                                                    headers={"Authorization": basic(cl["client_id"],
+                                                                                    cl["client_secret"])},
+                                                    key=None)
+            self.assertEqual(r.status, want, (res, r))
 
 
 if __name__ == "__main__":
