@@ -95,6 +95,8 @@ struct tp_req {
   bool bad_query;      /* the query string has a "%" not followed by two hex digits: 400 */
   bool bad_target;     /* the request target holds a space or tab: 400, closed */
   bool close_after;    /* refused before its body was read: Connection: close */
+  size_t reply_held;   /* bytes of this reply counted in the replies held for their clients (server.c) */
+  bool reply_queued;   /* its reply is with libmicrohttpd, being sent (counted in server.c's replying) */
   bool keep_alive;     /* the client keeps the connection (Connection, HTTP version): say for how long */
   bool http11;         /* HTTP/1.1 or a later 1.x (else 1.0) */
   bool coded_body;     /* Content-Encoding other than identity: 415 */

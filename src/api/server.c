@@ -75,6 +75,19 @@ static atomic_uint active;
  * client may have gone away mid-body, which libmicrohttpd notices only at
  * the connection timeout, so the stop waits for them a moment only. */
 static atomic_uint receiving;
+/* Bytes of large replies handed to libmicrohttpd and not yet sent (their
+ * clients read slowly, or not at all): each is held whole until sent or
+ * the connection times out, so 400 connections pipelining a 2.7 MB list
+ * and reading nothing held ~1 GB (review, session 41). A read whose reply
+ * would pass the bound is answered 503 overloaded instead. */
+static atomic_size_t replies_held;
+/* Of the active requests, those whose reply is queued and being written:
+ * at a stop they get the second a request still arriving gets, not the
+ * payment bound (clients that never read held the stop 15-22 s, then lost
+ * their replies all the same; review, session 41). */
+static atomic_uint replying;
+#define TP_HTTP_REPLY_COUNTED (64u * 1024) /* replies from this size on are counted */
+static size_t replies_held_max = (size_t)256 << 20; /* [server] reply_memory_mb */
 
 /* The request is complete and handed to its handler (or answered as it
  * stands): no longer "receiving". */
@@ -962,6 +975,19 @@ static enum MHD_Result queue_reply(struct tp_req *r)
   tp_idem_end(r);
   /* answered: the connection may now idle as keep-alive allows */
   MHD_set_connection_option(r->conn, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)TP_HTTP_TIMEOUT_S);
+  /* A client that half-closed as it sent its request (printf ... | nc -N)
+   * has nothing more to send: libmicrohttpd 0.9.75's edge-triggered epoll
+   * can miss that FIN, and the connection sat 60 s in CLOSE-WAIT after the
+   * reply; 70 such a second held every connection slot (review, session
+   * 41). Seen here (a read of nothing at end of stream; a pipelined
+   * request's bytes read as more), the reply closes it (RFC 9112 9.6).
+   * Plain HTTP only: TLS reads its own records. */
+  if (!tls_cert) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    char c;
+    if (ci && recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0)
+      r->close_after = true;
+  }
   if (r->raw_resp) {
     enum MHD_Result rr = MHD_queue_response(r->conn, r->status, r->raw_resp);
     MHD_destroy_response(r->raw_resp);
@@ -985,10 +1011,28 @@ static enum MHD_Result queue_reply(struct tp_req *r)
       r->resp_len = len;
     }
   }
+  if (r->resp_len >= TP_HTTP_REPLY_COUNTED) {
+    size_t held = atomic_fetch_add(&replies_held, r->resp_len) + r->resp_len;
+    /* (one reply alone is never refused, however large) */
+    if (held > replies_held_max && held > r->resp_len &&
+        (strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0)) {
+      /* only a read: what a write did is in its idempotency record */
+      atomic_fetch_sub(&replies_held, r->resp_len);
+      tp_log(TP_LOG_WARN, "replies_held_full", "{s:I, s:s}", "bytes", (json_int_t)(held - r->resp_len), "route",
+             r->route ? r->route->pattern : "");
+      tp_reply_error(r, TP_ERR_OVERLOADED, NULL, NULL);
+    } else {
+      r->reply_held = r->resp_len;
+    }
+  }
   const char *retry = should_retry(r); /* before MHD takes the body */
   struct MHD_Response *resp = MHD_create_response_from_buffer(r->resp_len, r->resp, MHD_RESPMEM_MUST_FREE);
   if (!resp)
     return MHD_NO;
+  if (!r->reply_queued) {
+    r->reply_queued = true;
+    atomic_fetch_add(&replying, 1);
+  }
   observe_request(r);
   r->resp = NULL; /* MHD owns it now */
   MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
@@ -1603,6 +1647,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   atomic_fetch_sub(&active, 1);
   if (!r->dispatched)
     atomic_fetch_sub(&receiving, 1);
+  if (r->reply_held)
+    atomic_fetch_sub(&replies_held, r->reply_held);
+  if (r->reply_queued)
+    atomic_fetch_sub(&replying, 1);
   tp_idem_end(r);
   if (r->raw_resp)
     MHD_destroy_response(r->raw_resp);
@@ -1999,6 +2047,7 @@ int tp_http_start(unsigned threads)
   }
   log_requests = tp_config_bool("log", "requests", true);
   lock_wait_ms = tp_config_int("server", "lock_wait_ms", 2000, 0, 60000);
+  replies_held_max = (size_t)tp_config_int("server", "reply_memory_mb", 256, 1, 1048576) << 20;
   tp_writer_on_synced(on_synced);
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC |
                    MHD_ALLOW_UPGRADE | MHD_USE_NO_LISTEN_SOCKET | (listen_v6 ? MHD_USE_IPv6 : 0);
@@ -2100,11 +2149,11 @@ void tp_http_stop(unsigned wait_ms)
     longest = lock_wait_ms;
   longest += 2000;
   int64_t now = tp_mono_ms(), until = now + (longest > (int64_t)wait_ms ? longest : (int64_t)wait_ms);
-  int64_t arriving_until = now + 1000; /* a request still arriving: a second to finish */
+  int64_t arriving_until = now + 1000; /* a request still arriving, a reply still going: a second to finish */
   for (;;) {
-    unsigned a = atomic_load(&active), in = atomic_load(&receiving);
+    unsigned a = atomic_load(&active), in = atomic_load(&receiving), out = atomic_load(&replying);
     now = tp_mono_ms();
-    bool waiting = a > in || atomic_load(&inflight) > 0 || (in > 0 && now < arriving_until);
+    bool waiting = a > in + out || atomic_load(&inflight) > 0 || (in + out > 0 && now < arriving_until);
     if (!waiting || now >= until)
       break;
     usleep(5000);

@@ -90,6 +90,11 @@ static int config_set(struct config *c, const char *section, const char *key, co
       long ms = strtol(value, &end, 10);
       if (end == value || *end || ms < 0 || ms > 60000)
         return 0;
+    } else if (strcasecmp(key, "reply_memory_mb") == 0) { /* read by server.c */
+      char *end;
+      long mb = strtol(value, &end, 10);
+      if (end == value || *end || mb < 1 || mb > 1048576)
+        return 0;
     } else if (strcasecmp(key, "core_dumps") != 0 && /* read through tp_config_bool */
                strcasecmp(key, "trusted_proxies") != 0 && strcasecmp(key, "forwarded_header") != 0) /* tp_proxies_init */
       return 0;

@@ -294,9 +294,13 @@ static bool endpoint_client_auth(struct tp_req *r, struct oclient *c)
   }
   tp_ratelimit_auth_failed(addr, tp_mono_ms());
   oauth_error(r, 401, "invalid_client", "Client authentication failed.");
-  /* every 401 names a scheme (RFC 9110 §15.5.2), and one to a client that
-   * tried the Authorization header must (RFC 6749 §5.2) */
-  snprintf(r->www_authenticate, sizeof r->www_authenticate, "Basic realm=\"turnpike\", charset=\"UTF-8\"");
+  /* A client that tried the Authorization header (another scheme, Basic
+   * with nothing) is told the scheme: RFC 6749 §5.2 "MUST" (review,
+   * session 41). One that sent its secret in the body is not: there it is
+   * a MAY, and openid-client reads a challenge in place of the
+   * invalid_client the body says. */
+  if (MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION))
+    snprintf(r->www_authenticate, sizeof r->www_authenticate, "Basic realm=\"turnpike\", charset=\"UTF-8\"");
   return false;
 }
 

@@ -940,6 +940,30 @@ class ApiErrorsTest(DaemonTestCase):
                              b"Connection: close\r\n\r\n" + body)
             self.assertIn(want, data.split(b"\r\n", 1)[0], data[:300])
 
+    def test_a_client_that_half_closes_after_its_request_is_answered_and_closed(self):
+        """printf 'GET ...' | nc -N: the request, then the client's FIN. The
+        reply came at once but the connection stayed open 60 s (CLOSE-WAIT:
+        libmicrohttpd missed the FIN that came with the request), so ~70
+        such clients a second held every connection slot (review, session
+        41). RFC 9112 9.6: the server finishes its reply and closes."""
+        import socket
+        for _ in range(10):
+            s = socket.create_connection(("127.0.0.1", self.daemon.port), timeout=5)
+            try:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                s.shutdown(socket.SHUT_WR)
+                t0 = time.monotonic()
+                data = b""
+                while True:
+                    chunk = s.recv(65536)  # a socket.timeout here: the server kept it open
+                    if not chunk:
+                        break
+                    data += chunk
+                self.assertLess(time.monotonic() - t0, 4.0)
+                self.assertIn(b" 200 ", data.split(b"\r\n", 1)[0], data[:200])
+            finally:
+                s.close()
+
     def test_a_request_with_many_header_fields_is_answered_or_refused(self):
         """Header sections of many fields near the limit, on a confirming
         POST: each is answered (and its payment made) or refused with 431
@@ -1535,6 +1559,49 @@ class ApiErrorsTest(DaemonTestCase):
         self.assertTrue(log.strip(), "daemon logged nothing; the check would be vacuous")
         for pan in TEST_PANS:
             self.assertNotIn(pan, log, "PAN found in daemon log")
+
+
+class RepliesHeldTest(DaemonTestCase):
+    """Clients that ask for big lists and never read them: each reply was
+    held whole until sent or timed out, with no bound in all (400 such
+    connections held ~1 GB; review, session 41). Past [server]
+    reply_memory_mb a read is answered 503 overloaded; a reply alone is
+    never refused, and what is held is given back when its client goes."""
+    MERCHANTS = ("m",)
+
+    @classmethod
+    def config(cls):
+        return "[server]\nreply_memory_mb = 1\n"
+
+    def test_replies_held_for_clients_that_do_not_read_are_bounded(self):
+        import socket
+        c = self.c("m")
+        md = {"metadata[k%02d]" % i: "v" * 500 for i in range(50)}
+        for i in range(100):
+            self.assertEqual(c.post("/v1/customers", dict(md, name="big %d" % i)).status, 200)
+        key = self.daemon.merchants["m"]["secret_key"]
+        req = ("GET /v1/customers?limit=100 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n\r\n" % key).encode()
+        self.assertEqual(c.get("/v1/customers", {"limit": 100}).status, 200)  # one alone: ~2.6 MB
+        stuck = []
+        try:
+            for _ in range(2):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.connect(("127.0.0.1", self.daemon.port))
+                s.sendall(req * 3)  # pipelined: the first fills the kernel's buffers, the next is held
+                stuck.append(s)
+                time.sleep(0.5)
+            r = c.get("/v1/customers", {"limit": 100})
+            self.assertEqual(r.status, 503, r.status)
+            self.assertEqual(r.json["error"]["tp_code"], 8003, r.json)
+            self.assertEqual(c.get("/v1/customers", {"limit": 1}).status, 200)  # small replies go on
+        finally:
+            for s in stuck:
+                s.close()
+        deadline = time.monotonic() + 10
+        while c.get("/v1/customers", {"limit": 100}).status != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertEqual(c.get("/v1/customers", {"limit": 100}).status, 200)
 
 
 if __name__ == "__main__":

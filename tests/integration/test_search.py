@@ -236,7 +236,7 @@ class SearchTest(DaemonTestCase):
         pk = Client(d.host, d.port, key=d.merchants["shop"]["publishable_key"], auth="bearer",
                     ssl_context=d.ssl_context)
         r = pk.get(PI + "/search", {"query": "amount>1"})
-        self.assertEqual(r.status, 401, r)
+        self.assertEqual(r.status, 403, r)  # Stripe: a permission error
 
 
 
