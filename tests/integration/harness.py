@@ -768,3 +768,27 @@ class PaymentLoad:
             return "reply"
         finally:
             conn.close()
+
+
+def big_customers(client, n):
+    """n customers of ~26 KB each (50 metadata values of 500 characters):
+    a list of them is a reply of n x 26 KB."""
+    md = {"metadata[k%02d]" % i: "v" * 500 for i in range(50)}
+    for i in range(n):
+        r = client.post("/v1/customers", dict(md, name="big %d" % i))
+        assert r.status == 200, r
+
+
+def unread_requests(daemon, raw, connections, copies):
+    """Sockets that each send raw copies times (pipelined) and never read,
+    their receive buffer tiny so the replies stay with the server. The
+    caller closes them."""
+    import socket
+    out = []
+    for _ in range(connections):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect((daemon.host, daemon.port))
+        s.sendall(raw * copies)
+        out.append(s)
+    return out

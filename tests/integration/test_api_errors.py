@@ -1574,22 +1574,17 @@ class RepliesHeldTest(DaemonTestCase):
         return "[server]\nreply_memory_mb = 1\n"
 
     def test_replies_held_for_clients_that_do_not_read_are_bounded(self):
-        import socket
+        from harness import big_customers, unread_requests
         c = self.c("m")
-        md = {"metadata[k%02d]" % i: "v" * 500 for i in range(50)}
-        for i in range(100):
-            self.assertEqual(c.post("/v1/customers", dict(md, name="big %d" % i)).status, 200)
+        big_customers(c, 100)
         key = self.daemon.merchants["m"]["secret_key"]
         req = ("GET /v1/customers?limit=100 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n\r\n" % key).encode()
         self.assertEqual(c.get("/v1/customers", {"limit": 100}).status, 200)  # one alone: ~2.6 MB
         stuck = []
         try:
             for _ in range(2):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                s.connect(("127.0.0.1", self.daemon.port))
-                s.sendall(req * 3)  # pipelined: the first fills the kernel's buffers, the next is held
-                stuck.append(s)
+                # pipelined: the first fills the kernel's buffers, the next is held
+                stuck += unread_requests(self.daemon, req, 1, 3)
                 time.sleep(0.5)
             r = c.get("/v1/customers", {"limit": 100})
             self.assertEqual(r.status, 503, r.status)
