@@ -979,14 +979,16 @@ static enum MHD_Result queue_reply(struct tp_req *r)
    * has nothing more to send: libmicrohttpd 0.9.75's edge-triggered epoll
    * can miss that FIN, and the connection sat 60 s in CLOSE-WAIT after the
    * reply; 70 such a second held every connection slot (review, session
-   * 41). Seen here (a read of nothing at end of stream; a pipelined
-   * request's bytes read as more), the reply closes it (RFC 9112 9.6).
-   * Plain HTTP only: TLS reads its own records. */
+   * 41). Seen here (a read of nothing at end of stream), the connection
+   * may idle a second only, not be closed with this reply: requests it
+   * pipelined before its FIN may be in libmicrohttpd's buffer already, and
+   * closing answered the first alone (the day's review). Plain HTTP only:
+   * TLS reads its own records. */
   if (!tls_cert) {
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     char c;
     if (ci && recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0)
-      r->close_after = true;
+      MHD_set_connection_option(r->conn, MHD_CONNECTION_OPTION_TIMEOUT, 1u);
   }
   if (r->raw_resp) {
     enum MHD_Result rr = MHD_queue_response(r->conn, r->status, r->raw_resp);
@@ -1029,7 +1031,7 @@ static enum MHD_Result queue_reply(struct tp_req *r)
   struct MHD_Response *resp = MHD_create_response_from_buffer(r->resp_len, r->resp, MHD_RESPMEM_MUST_FREE);
   if (!resp)
     return MHD_NO;
-  if (!r->reply_queued) {
+  if (!r->reply_queued && r->dispatched) { /* (one refused before its body is read counts as receiving) */
     r->reply_queued = true;
     atomic_fetch_add(&replying, 1);
   }

@@ -1321,6 +1321,7 @@ static void orchestrate(struct tp_pay *p)
 
 static void reversal_answered(struct tp_pay *p);
 static bool unlocated_first(const char *id);
+static void unlocated_forget(const char *id);
 
 static bool answer_lost(const struct tp_pay *p)
 {
@@ -1381,6 +1382,8 @@ static void call_done(struct tp_proc_call *c)
     orchestrate(p);
     return;
   }
+  if (p->recovering && !c->unlocated)
+    unlocated_forget(p->att.id); /* (its first 25, if any, no longer counts) */
   if (p->recovering && strcmp(p->att.state, "reversal_pending") == 0) {
     reversal_answered(p);
     return;
@@ -2649,6 +2652,21 @@ static void rev_forget(const char *id)
  * its own reversals again; recovery believed the first). True the first
  * time for id, then false (and id forgotten). */
 static struct rev_wait *unlocated_tab[REV_BUCKETS];
+
+/* id closed, or answered other than 25: a first 25 it had is forgotten. */
+static void unlocated_forget(const char *id)
+{
+  pthread_mutex_lock(&rev_mu);
+  struct rev_wait **pp = &unlocated_tab[inflight_bucket(id) % REV_BUCKETS];
+  while (*pp && strcmp((*pp)->id, id) != 0)
+    pp = &(*pp)->next;
+  struct rev_wait *e = *pp;
+  if (e) {
+    *pp = e->next;
+    free(e);
+  }
+  pthread_mutex_unlock(&rev_mu);
+}
 
 static bool unlocated_first(const char *id)
 {

@@ -947,10 +947,11 @@ class ApiErrorsTest(DaemonTestCase):
         such clients a second held every connection slot (review, session
         41). RFC 9112 9.6: the server finishes its reply and closes."""
         import socket
-        for _ in range(10):
+        for i in range(10):
             s = socket.create_connection(("127.0.0.1", self.daemon.port), timeout=5)
+            n = 1 + i % 3  # pipelined before the FIN: every one answered (closing answered the first alone)
             try:
-                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n" * n)
                 s.shutdown(socket.SHUT_WR)
                 t0 = time.monotonic()
                 data = b""
@@ -961,6 +962,7 @@ class ApiErrorsTest(DaemonTestCase):
                     data += chunk
                 self.assertLess(time.monotonic() - t0, 4.0)
                 self.assertIn(b" 200 ", data.split(b"\r\n", 1)[0], data[:200])
+                self.assertEqual(data.count(b"HTTP/1.1 200 "), n, data)
             finally:
                 s.close()
 
