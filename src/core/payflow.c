@@ -2590,12 +2590,28 @@ static pthread_mutex_t rev_mu = PTHREAD_MUTEX_INITIALIZER;
 
 /* Where this process's backoff entry for attempt id is, or would go (rev_mu
  * held): *slot is NULL when there is none. */
-static struct rev_wait **rev_slot(const char *id)
+static struct rev_wait **tab_slot(struct rev_wait **tab, const char *id)
 {
-  struct rev_wait **pp = &rev_tab[inflight_bucket(id) % REV_BUCKETS];
+  struct rev_wait **pp = &tab[inflight_bucket(id) % REV_BUCKETS];
   while (*pp && strcmp((*pp)->id, id) != 0)
     pp = &(*pp)->next;
   return pp;
+}
+
+static struct rev_wait **rev_slot(const char *id)
+{
+  return tab_slot(rev_tab, id);
+}
+
+/* Remove id's entry from tab (rev_mu held); whether it had one. */
+static bool tab_take(struct rev_wait **tab, const char *id)
+{
+  struct rev_wait **pp = tab_slot(tab, id), *e = *pp;
+  if (!e)
+    return false;
+  *pp = e->next;
+  free(e);
+  return true;
 }
 
 /* -1: no try of id seen here yet; 0: due now; 1: backing off. */
@@ -2636,11 +2652,7 @@ static int64_t rev_later(const char *id)
 static void rev_forget(const char *id)
 {
   pthread_mutex_lock(&rev_mu);
-  struct rev_wait **pp = rev_slot(id), *e = *pp;
-  if (e) {
-    *pp = e->next;
-    free(e);
-  }
+  (void)tab_take(rev_tab, id);
   pthread_mutex_unlock(&rev_mu);
 }
 
@@ -2657,36 +2669,23 @@ static struct rev_wait *unlocated_tab[REV_BUCKETS];
 static void unlocated_forget(const char *id)
 {
   pthread_mutex_lock(&rev_mu);
-  struct rev_wait **pp = &unlocated_tab[inflight_bucket(id) % REV_BUCKETS];
-  while (*pp && strcmp((*pp)->id, id) != 0)
-    pp = &(*pp)->next;
-  struct rev_wait *e = *pp;
-  if (e) {
-    *pp = e->next;
-    free(e);
-  }
+  (void)tab_take(unlocated_tab, id);
   pthread_mutex_unlock(&rev_mu);
 }
 
 static bool unlocated_first(const char *id)
 {
   pthread_mutex_lock(&rev_mu);
-  struct rev_wait **pp = &unlocated_tab[inflight_bucket(id) % REV_BUCKETS];
-  while (*pp && strcmp((*pp)->id, id) != 0)
-    pp = &(*pp)->next;
-  struct rev_wait *e = *pp;
-  bool first = e == NULL;
+  bool first = !tab_take(unlocated_tab, id);
+  struct rev_wait *e = first ? calloc(1, sizeof *e) : NULL;
   if (e) {
-    *pp = e->next;
-    free(e);
-  } else if ((e = calloc(1, sizeof *e)) != NULL) {
     tp_scopy(e->id, sizeof e->id, id);
+    struct rev_wait **pp = tab_slot(unlocated_tab, id);
+    e->next = *pp;
     *pp = e;
-  } else {
-    first = false; /* no memory to remember it: believed now */
   }
   pthread_mutex_unlock(&rev_mu);
-  return first;
+  return first && e; /* no memory to remember it: believed now */
 }
 
 size_t tp_payflow_reversals_pending(const char *processor)

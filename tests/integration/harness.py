@@ -792,3 +792,21 @@ def unread_requests(daemon, raw, connections, copies):
         s.sendall(raw * copies)
         out.append(s)
     return out
+
+
+def connect_many(daemon, n):
+    """n connections opened at once (non-blocking: a loaded machine made a
+    blocking loop take past the 10 s a connection may stay silent, and the
+    first ones were closed, rightly, before they asked). The caller closes
+    them."""
+    import socket
+    out = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect((daemon.host, daemon.port))
+        except BlockingIOError:
+            pass
+        out.append(s)
+    return out

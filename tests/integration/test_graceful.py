@@ -10,6 +10,7 @@ import resource
 import shutil
 import tempfile
 
+import harness
 from harness import BIN, DaemonTestCase, PaymentLoad, main
 
 PI = "/v1/payment_intents"
@@ -150,18 +151,8 @@ class ConnectionLimitBurstTest(DaemonTestCase):
             self.daemon.start()
         socks = []
         try:
-            # connected at once (non-blocking: a loaded machine made a
-            # blocking loop take past the 10 s a connection may stay silent,
-            # and the first ones were closed, rightly, before they asked)
             t0 = time.monotonic()
-            for _ in range(self.N):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                s.setblocking(False)
-                try:
-                    s.connect((self.daemon.host, self.daemon.port))
-                except BlockingIOError:
-                    pass
-                socks.append(s)
+            socks += harness.connect_many(self.daemon, self.N)
             time.sleep(0.5)
             sel = selectors.DefaultSelector()
             got = {}

@@ -13,6 +13,7 @@ import threading
 import time
 import unittest
 
+import harness
 from harness import (BIN, PAN_OK, Daemon, card, main, open_db_ro)
 
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -1028,14 +1029,7 @@ class HsmHangTest(SoftHsm, KekHelpers, unittest.TestCase):
                 t.start()
                 time.sleep(0.3)  # each on its own thread (the others are busy)
             time.sleep(1.0)
-            for _ in range(n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                s.setblocking(False)
-                try:
-                    s.connect((self.daemon.host, self.daemon.port))
-                except BlockingIOError:
-                    pass
-                socks.append(s)
+            socks += harness.connect_many(self.daemon, n)
             time.sleep(3.0)  # past the acceptor's one-second look at dropped hand-overs
             fds = len(os.listdir("/proc/%d/fd" % self.daemon.proc.pid))
             self.assertLess(fds, 4096 + 200, "the gateway holds %d descriptors" % fds)
