@@ -324,10 +324,17 @@ class WebhooksTest(DaemonTestCase):
         # Stable ids: every delivered id is a stored event, each delivered once.
         ids = [g["event"]["id"] for g in got]
         self.assertEqual(len(ids), len(set(ids)), ids)
-        # The attempts are visible through the API.
-        dl = c.get(WE + "/" + ep["id"] + "/deliveries", {"limit": 100})
-        self.assertEqual(dl.status, 200, dl)
-        ok = [a for a in dl.json["data"] if a["outcome"] == "success"]
+        # The attempts are visible through the API. An attempt's outcome is
+        # committed once its answer is read, which may be just after the
+        # receiver above recorded the body: wait for it, bounded.
+        deadline = time.monotonic() + 10
+        while True:
+            dl = c.get(WE + "/" + ep["id"] + "/deliveries", {"limit": 100})
+            self.assertEqual(dl.status, 200, dl)
+            ok = [a for a in dl.json["data"] if a["outcome"] == "success"]
+            if set(ids) <= {a["event"] for a in ok} or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         self.assertEqual({a["event"] for a in ok}, set(ids))
         for a in ok:
             self.assertEqual(a["status_code"], 200)
