@@ -2744,10 +2744,15 @@ static void reversal_answered(struct tp_pay *p)
     commit_outcome(p, tp_cs_new());
     return;
   }
-  /* Refused, no answer, link down: still owed; never given up. */
+  /* Refused, no answer, link down: still owed; never given up. A first
+   * 25 is asked again on purpose (a call still at the issuer may be
+   * approved after it), and logged as such, not as a fault. */
   int64_t wait = rev_later(p->att.id);
-  tp_log(TP_LOG_WARN, "reversal_still_pending", "{s:s, s:s, s:s, s:I}", "attempt", p->att.id, "processor",
-         p->att.processor, "error", c->outcome == TP_OUT_ERROR ? c->decline_code : "unexpected_answer", "retry_ms",
+  const char *why = c->outcome == TP_OUT_ERROR         ? c->decline_code
+                    : c->outcome == TP_OUT_NOT_FOUND ? "first_not_found_asked_again"
+                                                       : "unexpected_answer";
+  tp_log(c->outcome == TP_OUT_NOT_FOUND ? TP_LOG_INFO : TP_LOG_WARN, "reversal_still_pending",
+         "{s:s, s:s, s:s, s:I}", "attempt", p->att.id, "processor", p->att.processor, "error", why, "retry_ms",
          (json_int_t)wait);
   inflight_del(p->att.id);
   tp_pay_free(p);
