@@ -175,6 +175,13 @@ struct ep {
   json_t *events;               /* enabled_events */
   bool enabled;
   int64_t failing_since;        /* unix ms, 0 = healthy */
+  /* Jobs whose change sets write this endpoint's row (failing_since, the
+   * disable) and are not committed yet: meanwhile load_endpoints keeps
+   * enabled and failing_since as they are here, not as the row still
+   * says. A reload in that window turned a just-disabled endpoint back on;
+   * its next failure disabled it again, with a second disabled event and
+   * a delivery made after the decision (review, session 42). */
+  int row_writes;
   int inflight;                 /* in curl or waiting for the outcome's commit */
   int sending;                  /* of those, requests in curl: what max_in_flight_per_endpoint bounds */
   int64_t next_check;           /* unix ms when its rows may next be due; 0 = now */
@@ -202,6 +209,7 @@ struct job {
   char event[TP_ID_MAX];
   char merchant[TP_ID_MAX];
   int attempt;                  /* 1 for the first */
+  bool ep_write;                /* its change set writes the endpoint's row (ep.row_writes) */
   int64_t created_ms;           /* when the delivery first became due */
   CURL *easy;
   struct curl_slist *hdrs;
@@ -585,6 +593,12 @@ static void load_endpoints(void)
     if (old) {
       e->inflight = old->inflight;
       e->sending = old->sending;
+      e->row_writes = old->row_writes;
+      if (old->row_writes > 0) {
+        /* our own write to the row is on its way: the row is older */
+        e->enabled = old->enabled;
+        e->failing_since = old->failing_since;
+      }
     }
     k++;
     continue;
@@ -948,6 +962,7 @@ static void finish(struct job *j, CURLcode cc)
   curl_easy_getinfo(j->easy, CURLINFO_RESPONSE_CODE, &status);
   curl_multi_remove_handle(W.multi, j->easy);
   int64_t dur_us = (tp_mono_ns() - j->t0_ns) / 1000;
+  j->ep_write = false;
   bool ok = cc == CURLE_OK && status >= 200 && status < 300;
   const char *outcome = ok ? "success" : cc == CURLE_OPERATION_TIMEDOUT ? "timeout" : "failure";
   char err[WH_ERR_MAX];
@@ -993,6 +1008,7 @@ static void finish(struct job *j, CURLcode cc)
     if (e->failing_since) {
       wsql(cs, "UPDATE webhook_endpoints SET failing_since=NULL WHERE id=?1", tp_pack("[s]", e->id), 0);
       e->failing_since = 0;
+      j->ep_write = true;
     }
   } else {
     if (t - j->created_ms >= W.max_age_ms) {
@@ -1014,8 +1030,10 @@ static void finish(struct job *j, CURLcode cc)
         e->failing_since = t;
         wsql(cs, "UPDATE webhook_endpoints SET failing_since=?2 WHERE id=?1",
              tp_pack("[s, I]", e->id, (json_int_t)t), 0);
+        j->ep_write = true;
       } else if (t - e->failing_since >= W.disable_after_ms) {
         disable_endpoint(cs, e);
+        j->ep_write = true;
       }
     }
     int64_t mono = tp_mono_ms();
@@ -1039,6 +1057,8 @@ static void finish(struct job *j, CURLcode cc)
        "duration_ms, created, next_retry_at) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11 "
        "WHERE EXISTS (SELECT 1 FROM webhook_endpoints WHERE id = ?2)",
        args, 0);
+  if (j->ep_write)
+    e->row_writes++;
   tp_cs_on_done(cs, settled_done, j);
   if (!submit(cs))
     settled_done(NULL, -1, j);
@@ -1060,6 +1080,8 @@ static void reap_settled(struct job *list)
     if (e) {
       e->inflight--;
       e->next_check = 0;
+      if (j->ep_write && e->row_writes > 0)
+        e->row_writes--;
     }
     job_free(j);
   }
