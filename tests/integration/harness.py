@@ -365,6 +365,16 @@ class Daemon:
         except FileNotFoundError:
             return ""
 
+    def wait_log(self, text, timeout=10.0):
+        """Wait (bounded) until text is in the log (request lines are
+        buffered up to [log] buffer_ms); returns the log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log_text()
+            if text in log or time.monotonic() > deadline:
+                return log
+            time.sleep(0.02)
+
     def log_tail(self, n=4000):
         return self.log_text()[-n:]
 

@@ -452,7 +452,7 @@ class KeysTest(DaemonTestCase):
         old = self.daemon.merchants["R"]["secret_key"]
         oc = self.key_client(old)
         self.assertEqual(oc.get("/v1/payment_intents").status, 200)
-        out = admin(self.daemon, "api-key", "roll", "--merchant", self.mid("R"), "--overlap", "2")
+        out = admin(self.daemon, "api-key", "roll", "--merchant", self.mid("R"), "--overlap", "4")
         new = out["secret_key"]
         self.assertTrue(new.startswith("sk_test_"))
         self.assertNotEqual(new, old)

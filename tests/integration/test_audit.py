@@ -48,7 +48,9 @@ class AuditTest(unittest.TestCase):
             p = subprocess.run([BIN, "kek", "rotate", "--data", d.data], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, timeout=60)
             assert p.returncode == 0, p.stderr
-            time.sleep(4)  # the daemon picks the version up, re-wraps, checkpoints
+            # the daemon picks the version up (a 2 s poll) and re-wraps; then a checkpoint (1 s)
+            d.wait_log("kek_rewrap_done", timeout=30)
+            time.sleep(2)
             assert d.stop() == 0
             cls.db = os.path.join(d.data, "turnpike.db")
             with sqlite3.connect(cls.db) as con:
@@ -444,7 +446,7 @@ class SealedRecordTest(unittest.TestCase):
         d.start(config="[audit]\ncheckpoint_seconds = 1\ncheckpoint_entries = 1\n")
         d.client("m").post(PI, {"amount": 500, "currency": "usd", "confirm": "true",
                                 "payment_method": "pm_card_visa"})
-        time.sleep(2.5)  # a checkpoint would be due
+        d.wait_log("audit_checkpoint_refused")  # a checkpoint falls due within a second
         self.assertEqual(d.stop(), 0)
         self.assertIn("audit_chain_tampered", d.log_text())
         self.assertIn("audit_checkpoint_refused", d.log_text())
@@ -536,7 +538,7 @@ class SealedRecordTest(unittest.TestCase):
         con.close()
         r = c.post(PI, {"amount": 800, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa"})
         self.assertEqual(c.post("/v1/refunds", {"payment_intent": r.json["id"], "amount": 200}).status, 200)
-        time.sleep(2.5)  # a checkpoint would be due
+        d.wait_log('"event":"audit_chain_tampered","when":"running"')  # a checkpoint falls due within a second
         self.assertEqual(d.stop(), 0)
         self.assertIn('"event":"audit_chain_tampered","when":"running"', d.log_text())
         rc, out, err = verify(d.data, "--sealed")

@@ -1,5 +1,5 @@
 """Funds become available: a balance transaction stays pending for
-[balance] available_after_seconds (Stripe: 2 days; 2 s here), then the
+[balance] available_after_seconds (Stripe: 2 days; 3 s here), then the
 balance sweep shows it available and moves its amount from the pending to
 the available balance by a balanced ledger transaction, once, also across a
 restart (its cursor commits with the funds it moves). Stripe's
@@ -19,7 +19,7 @@ class BalanceAvailability(DaemonTestCase):
 
     @classmethod
     def config(cls):
-        return "[balance]\navailable_after_seconds = 2\n[idempotency]\npurge_interval_ms = 100\n"
+        return "[balance]\navailable_after_seconds = 3\n[idempotency]\npurge_interval_ms = 100\n"
 
     def pay(self, amount, pm="pm_card_visa", merchant=None, currency="usd"):
         r = self.c(merchant).post(PI, {"amount": amount, "currency": currency, "confirm": "true",
@@ -147,7 +147,7 @@ class BalanceAvailability(DaemonTestCase):
         pi = self.pay(1000)
         ch = self.c().get("/v1/charges/" + pi["latest_charge"]).json
         bt = self.c().get("/v1/balance_transactions/" + ch["balance_transaction"]).json
-        self.assertEqual((bt["status"], bt["available_on"] - bt["created"]), ("pending", 2), bt)
+        self.assertEqual((bt["status"], bt["available_on"] - bt["created"]), ("pending", 3), bt)  # (3 s: with created in whole seconds, 2 left as little as 1 s to read it pending)
         self.assertEqual(self.balance(), (a0, p0 + 1000))
         self.wait_available(bt["id"])
         self.assertEqual(self.balance(), (a0 + 1000, p0))
@@ -216,10 +216,10 @@ class BalanceAvailability(DaemonTestCase):
         ch = self.c("raised").get("/v1/charges/" + pi["latest_charge"]).json
         self.daemon.stop()
         try:
-            self.daemon.start(config=self.config().replace("available_after_seconds = 2",
+            self.daemon.start(config=self.config().replace("available_after_seconds = 3",
                                                            "available_after_seconds = 600"))
             bt = self.wait_available(ch["balance_transaction"], "raised", timeout=15)
-            self.assertEqual(bt["available_on"] - bt["created"], 2, bt)
+            self.assertEqual(bt["available_on"] - bt["created"], 3, bt)
             self.assertEqual(self.balance("raised"), (a0 + 1300, p0))
             # one made now waits for the new delay
             later = self.pay(700, merchant="raised")

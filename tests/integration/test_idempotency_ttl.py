@@ -13,7 +13,7 @@ class IdempotencyTtlTest(unittest.TestCase):
     def setUp(self):
         self.d = Daemon()
         self.d.create_merchant("m")
-        self.d.start(config="[idempotency]\nttl_seconds = 2\npurge_interval_ms = 200\n")
+        self.d.start(config="[idempotency]\nttl_seconds = 3\npurge_interval_ms = 200\n")
         self.addCleanup(self.d.cleanup)
 
     def rows(self):

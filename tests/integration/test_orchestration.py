@@ -651,8 +651,15 @@ class OrchestrationTest(SimGatewayTest):
         params = {"amount": 4321, "currency": "usd", "confirm": "true", "payment_method": "pm_card_visa"}
         t = threading.Thread(target=lambda: box.update(
             r=self.c.post("/v1/payment_intents", params, idem=key)))
+        n0 = len(self.sim.journal(processor="a", limit=100000)["entries"])
         t.start()
-        time.sleep(0.15)
+        # a has the call (the sim journals it before holding its answer):
+        # now down, so the status query that follows fails too
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+                e["operation"] == "authorize" and e["amount"] == 4321
+                for e in self.sim.journal(processor="a", limit=100000)["entries"][n0:]):
+            time.sleep(0.01)
         self.sim.faults("a", outage=True)
         t.join(30)
         r = box["r"]

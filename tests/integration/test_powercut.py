@@ -150,8 +150,8 @@ class PowerCutTest(unittest.TestCase):
         c = d.client("m")
         load = PaymentLoad(c, threads=8, seconds=30.0, tag="cut-" + mode).start()
         time.sleep(3.0)
+        t_cut = time.monotonic()  # before the file: a reply read after it may be one the cut did not keep
         open(os.path.join(self.ctl, "cut"), "w").close()
-        t_cut = time.monotonic()
         time.sleep(0.6)  # the process goes on a little, writing to nothing durable
         d.kill9()
         load.stop_flag.set()

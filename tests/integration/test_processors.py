@@ -1024,10 +1024,13 @@ class WithSimulator(harness.DaemonTestCase):
         self.sim.faults(processor="a", outage=False)
         wait_for(lambda: processors(self.c)["a"]["breaker"] == "closed", what="breaker of a closed")
         self.assertEqual(processors(self.c)["a"]["health"], "up")
-        log = self.daemon.log_text()
-        seq = [json.loads(l) for l in log.splitlines()
-               if '"processor_breaker"' in l and '"a"' in l]
-        trans = [(e["from"], e["to"]) for e in seq]
+
+        def transitions():  # logged just after the move the API shows
+            seq = [json.loads(l) for l in self.daemon.log_text().splitlines()
+                   if '"processor_breaker"' in l and '"a"' in l]
+            return [(e["from"], e["to"]) for e in seq]
+        wait_for(lambda: ("half_open", "closed") in transitions(), what="the breaker's closing logged")
+        trans = transitions()
         self.assertIn(("closed", "open"), trans)
         self.assertIn(("open", "half_open"), trans)
         self.assertIn(("half_open", "closed"), trans)

@@ -795,8 +795,16 @@ class UnknownOutcomeRedirectTest(unittest.TestCase):
         u = urllib.parse.urlsplit(pi["next_action"]["redirect_to_url"]["url"])
         q = dict(urllib.parse.parse_qsl(u.query))
         sim.faults("a", timeout_rate=1.0, timeout_mode="after", timeout_hold_ms=5000, timeout_operations="all")
-        # the status queries that would settle it at once fail too
-        t = threading.Timer(0.15, lambda: sim.faults("a", outage=True))
+        # the status queries that would settle it at once fail too: a goes
+        # down once it has the authorization (journalled before its answer
+        # is held)
+        def outage_once_called():
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any(
+                    e["operation"] == "authorize" for e in sim.journal(payment=pi["id"])["entries"]):
+                time.sleep(0.01)
+            sim.faults("a", outage=True)
+        t = threading.Thread(target=outage_once_called)
         t.start()
         r = c.post(u.path, {"token": q["token"], "account": q["account"], "result": "approve"}, key=None)
         t.join()

@@ -831,11 +831,11 @@ class HsmSessionLostTest(SoftHsm, KekHelpers, unittest.TestCase):
         open(self.removed, "w").close()
         try:
             self.assertEqual(self.wait_readyz((503, "vault_keys_unavailable")), (503, "vault_keys_unavailable"))
-            self.assertIn('"kek_not_ready"', self.daemon.log_text())
+            self.assertIn('"kek_not_ready"', self.daemon.wait_log('"kek_not_ready"'))
         finally:
             os.unlink(self.removed)
         self.assertEqual(self.wait_readyz((200, None)), (200, None))
-        self.assertIn('"kek_ready"', self.daemon.log_text())
+        self.assertIn('"kek_ready"', self.daemon.wait_log('"kek_ready"'))
         r = self.c().post(PI, {"amount": 1500, "currency": "usd", "confirm": "true",
                                "payment_method_data": card(PAN_OK)})
         self.assertEqual((r.status, r.json.get("status")), (200, "succeeded"), r)
