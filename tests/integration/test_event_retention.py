@@ -38,12 +38,16 @@ class Ok(http.server.BaseHTTPRequestHandler):
         pass
 
 
+_held = []
+
+
 def closed_port():
+    """A port that refuses connections for the whole run: bound, never
+    listening, and held (closed, another process could take it)."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    _held.append(s)
+    return s.getsockname()[1]
 
 
 def pay(c, amount):
