@@ -595,9 +595,15 @@ static void load_endpoints(void)
       e->sending = old->sending;
       e->row_writes = old->row_writes;
       if (old->row_writes > 0) {
-        /* our own write to the row is on its way: the row is older */
-        e->enabled = old->enabled;
-        e->failing_since = old->failing_since;
+        /* Our own write to the row is on its way, so the row may be older
+         * than memory: a disable decided here stands; a disable in the row
+         * (the merchant's) wins; failing_since is memory's while the two
+         * agree on the status. The held values last until the write is
+         * reaped, which asks for a reload (reap_settled). */
+        bool row_enabled = e->enabled;
+        e->enabled = row_enabled && old->enabled;
+        if (row_enabled == old->enabled)
+          e->failing_since = old->failing_since;
       }
     }
     k++;
@@ -1080,8 +1086,8 @@ static void reap_settled(struct job *list)
     if (e) {
       e->inflight--;
       e->next_check = 0;
-      if (j->ep_write && e->row_writes > 0)
-        e->row_writes--;
+      if (j->ep_write && e->row_writes > 0 && --e->row_writes == 0)
+        W.next_reload = 0; /* the row is as memory now: read it again (a merchant's change held meanwhile) */
     }
     job_free(j);
   }

@@ -138,6 +138,9 @@ class KekRotationMixin(KekHelpers):
         self.assertEqual(set(vault_versions(self.daemon)), {3})
         self.charge(new)
         self.charge(saved[-1])
+        # the re-wrap's audit row is committed a settle window after the
+        # last record (and logged after that commit): wait for it, bounded
+        self.daemon.wait_log('"kek_rewrap_done","version":3', timeout=15)
         db = open_db_ro(self.daemon)
         try:
             versions = [r[0] for r in db.execute("SELECT version FROM kek_versions ORDER BY version")]
