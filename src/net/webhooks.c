@@ -176,12 +176,13 @@ struct ep {
   bool enabled;
   int64_t failing_since;        /* unix ms, 0 = healthy */
   /* Jobs whose change sets write this endpoint's row (failing_since, the
-   * disable) and are not committed yet: meanwhile load_endpoints keeps
-   * enabled and failing_since as they are here, not as the row still
-   * says. A reload in that window turned a just-disabled endpoint back on;
+   * disable) and are not committed yet: meanwhile load_endpoints lets the
+   * row turn the endpoint off but not back on, and keeps failing_since as
+   * here. A reload in that window turned a just-disabled endpoint back on;
    * its next failure disabled it again, with a second disabled event and
    * a delivery made after the decision (review, session 42). */
   int row_writes;
+  bool held;                    /* a reload kept memory's values over the row's: read it again once written */
   int inflight;                 /* in curl or waiting for the outcome's commit */
   int sending;                  /* of those, requests in curl: what max_in_flight_per_endpoint bounds */
   int64_t next_check;           /* unix ms when its rows may next be due; 0 = now */
@@ -601,9 +602,11 @@ static void load_endpoints(void)
          * agree on the status. The held values last until the write is
          * reaped, which asks for a reload (reap_settled). */
         bool row_enabled = e->enabled;
+        int64_t row_failing = e->failing_since;
         e->enabled = row_enabled && old->enabled;
         if (row_enabled == old->enabled)
           e->failing_since = old->failing_since;
+        e->held = old->held || e->enabled != row_enabled || e->failing_since != row_failing;
       }
     }
     k++;
@@ -1086,8 +1089,10 @@ static void reap_settled(struct job *list)
     if (e) {
       e->inflight--;
       e->next_check = 0;
-      if (j->ep_write && e->row_writes > 0 && --e->row_writes == 0)
-        W.next_reload = 0; /* the row is as memory now: read it again (a merchant's change held meanwhile) */
+      if (j->ep_write && e->row_writes > 0 && --e->row_writes == 0 && e->held) {
+        e->held = false;
+        W.next_reload = 0; /* a reload kept memory over the row: read it again now it is written */
+      }
     }
     job_free(j);
   }
